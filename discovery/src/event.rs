@@ -1,0 +1,77 @@
+//! The contract between discovery sources and the node.
+
+use std::net::SocketAddr;
+
+use shoal_proto::NodeId;
+use thiserror::Error;
+
+/// The channel a source sends its events on.
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<DiscoveryEvent>;
+
+/// What the local node tells a source about itself, so the source can announce it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalNode {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The service this node is an instance of.
+    pub service: String,
+    /// The addresses this node accepts QUIC connections on.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Which kind of source produced an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Source {
+    /// A configured static peer or seed address.
+    Static,
+    /// An mDNS/DNS-SD announcement.
+    Mdns,
+}
+
+/// A hint that an instance may be reachable. Fields a source does not know are `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerHint {
+    /// The instance's node id, if the source knows it (mDNS does, static addresses do not).
+    pub node_id: Option<NodeId>,
+    /// The instance's service, if the source knows it.
+    pub service: Option<String>,
+    /// Where to dial it.
+    pub addrs: Vec<SocketAddr>,
+    /// Where the hint came from.
+    pub source: Source,
+}
+
+/// Something a discovery source noticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscoveryEvent {
+    /// An instance appeared.
+    Up(PeerHint),
+    /// An instance already seen changed (for example its addresses).
+    Updated(PeerHint),
+    /// An instance said goodbye or its announcement expired.
+    Down(PeerHint),
+}
+
+/// Why a discovery source could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DiscoveryError {
+    /// The source's configuration is unusable.
+    #[error("invalid discovery configuration: {0}")]
+    Config(String),
+    /// The source could not open what it needs (sockets, interfaces).
+    #[error("discovery could not start: {0}")]
+    Start(String),
+}
+
+/// A source of [`DiscoveryEvent`]s. The node starts each configured source once and stops it
+/// on shutdown.
+pub trait Discovery: Send + 'static {
+    /// Starts announcing `local` (if this source announces) and sending events to `events`.
+    fn start(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError>;
+
+    /// Stops the source; sources that announce send their goodbyes here.
+    fn stop(&mut self) {}
+}

@@ -1,0 +1,29 @@
+//! How Shoal nodes find each other.
+//!
+//! A discovery source turns "somewhere out there" into [`DiscoveryEvent`]s: hints that an
+//! instance may be reachable at some addresses. Hints are not trusted: the node dials them and
+//! the mutually authenticated TLS handshake proves who is there.
+//!
+//! ```
+//! use shoal_discovery::{Discovery, DiscoveryEvent, LocalNode, StaticDiscovery};
+//! use shoal_proto::NodeId;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let mut source = StaticDiscovery::new(["127.0.0.1:7001".parse().unwrap()]);
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let local = LocalNode {
+//!     node_id: NodeId::from_u128(1),
+//!     service: "invoice".into(),
+//!     addrs: vec!["127.0.0.1:7000".parse().unwrap()],
+//! };
+//! source.start(&local, tx).unwrap();
+//! let Some(DiscoveryEvent::Up(hint)) = rx.recv().await else { panic!("expected a hint") };
+//! assert_eq!(hint.addrs, vec!["127.0.0.1:7001".parse().unwrap()]);
+//! # }
+//! ```
+
+mod event;
+mod static_peers;
+
+pub use event::{Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source};
+pub use static_peers::StaticDiscovery;

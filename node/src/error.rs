@@ -1,0 +1,58 @@
+//! The one error type of the `shoal` crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::dead_letter::DeadLetter;
+
+/// Everything that can go wrong in a Shoal node, from start-up to a single send.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder was given an unusable configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A certificate, key or CA is unusable (unparseable PEM, wrong key type, expired, ...).
+    #[error("invalid identity: {0}")]
+    Identity(String),
+    /// A file could not be read or written.
+    #[error("could not access {path}: {source}")]
+    Io {
+        /// The file or folder involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not bind its listen address.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A discovery source could not start.
+    #[error(transparent)]
+    Discovery(#[from] shoal_discovery::DiscoveryError),
+    /// The message breaks a wire limit (too large, too many headers, name too long).
+    #[error("message refused before sending: {0}")]
+    Encode(#[from] shoal_proto::EncodeError),
+    /// Every attempt failed or the deadline passed; the message was recorded as a dead letter.
+    #[error("{0}")]
+    DeadLettered(Box<DeadLetter>),
+    /// A request got no reply in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The in-flight limit is reached and the caller asked to fail fast instead of waiting.
+    #[error("too many messages in flight to `{service}` (fail-fast)")]
+    Busy {
+        /// The service the message was for.
+        service: String,
+    },
+    /// The node is shutting down and takes no new work.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}

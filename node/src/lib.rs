@@ -1,0 +1,1 @@
+//! Shoal node (work in progress).

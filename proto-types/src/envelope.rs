@@ -1,0 +1,68 @@
+//! The message envelope: everything a receiver learns about one message.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{MessageId, NodeId};
+
+/// What a message asks of its receiver (the body kinds of enterprise messaging).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// "Do this": handled by exactly one instance of the receiving service.
+    Command,
+    /// "This happened": fanned out to subscribers.
+    Event,
+    /// "Here is data": handled like a command, but asks for nothing to be done.
+    Document,
+    /// The answer to a request; carries the request's id as its correlation id.
+    Reply,
+}
+
+/// Where the reply to a request should go.
+///
+/// A synchronous `request` names its own node and leaves `channel` empty, so the reply
+/// resolves the waiting call. An asynchronous request names a channel that a reply handler is
+/// registered on; `node` is then a preference, and any instance of `service` may take the
+/// reply if that node is gone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReturnAddress {
+    /// The service the reply is sent to.
+    pub service: String,
+    /// The instance that asked, if the reply should go back to it.
+    pub node: Option<NodeId>,
+    /// The message name the reply is sent under; empty for a synchronous request.
+    pub channel: String,
+}
+
+/// One message as it travels between nodes.
+///
+/// The header fields are plain data: the node fills in ids, timestamps and attempt numbers,
+/// and limits on sizes are enforced by the codec ([`crate::Limits`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique, time-ordered id; stays the same across retries so receivers can drop duplicates.
+    pub id: MessageId,
+    /// Command, event, document or reply.
+    pub kind: MessageKind,
+    /// The message type (for events, the topic), e.g. `create-invoice` or `order.created`.
+    pub name: String,
+    /// Version of the message type's schema, so readers can tolerate change.
+    pub version: u16,
+    /// MIME type of the payload, e.g. `application/json`; empty means unspecified bytes.
+    pub content_type: String,
+    /// Free-form string metadata (tracing ids, tenant, ...), in the order they were set.
+    pub headers: Vec<(String, String)>,
+    /// For replies: the id of the request being answered.
+    pub correlation_id: Option<MessageId>,
+    /// For requests: where the reply goes.
+    pub reply_to: Option<ReturnAddress>,
+    /// Messages with the same key are handled in order by one instance.
+    pub partition_key: Option<String>,
+    /// 1 on the first delivery, then 2, 3, ... on redeliveries of the same id.
+    pub attempt: u32,
+    /// Unix time in milliseconds when the message was created.
+    pub timestamp_ms: u64,
+    /// The body, opaque to Shoal.
+    pub payload: Bytes,
+}

@@ -1,0 +1,56 @@
+//! Errors from encoding and decoding frames.
+
+use thiserror::Error;
+
+/// Why a frame could not be encoded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A field or the whole frame is larger than a configured limit.
+    #[error("{limit} exceeded: {actual} > {max}")]
+    LimitExceeded {
+        /// The name of the [`crate::Limits`] field that was exceeded.
+        limit: &'static str,
+        /// The offending size or count.
+        actual: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The serializer failed (should not happen for Shoal's own types).
+    #[error("could not encode frame: {0}")]
+    Serialize(String),
+}
+
+/// Why bytes could not be decoded into a frame.
+///
+/// "Need more bytes" is not an error: [`crate::codec::decode`] returns `Ok(None)` then.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The length prefix announces a frame larger than `max_frame_len`; the stream cannot be
+    /// trusted past this point.
+    #[error("frame of {len} bytes exceeds max_frame_len ({max})")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The frame's bytes are not a valid frame. The frame has been consumed; the stream stays
+    /// in sync, but the peer is not speaking Shoal correctly.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A well-formed frame breaks a limit. The frame has been consumed; `id` names the message
+    /// when the frame was a delivery, so the receiver can refuse just that message.
+    #[error("{limit} exceeded: {actual} > {max}")]
+    LimitExceeded {
+        /// The name of the [`crate::Limits`] field that was exceeded.
+        limit: &'static str,
+        /// The offending size or count.
+        actual: usize,
+        /// The configured maximum.
+        max: usize,
+        /// The message the frame carried, if it was a delivery.
+        id: Option<crate::MessageId>,
+    },
+}

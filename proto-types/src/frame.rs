@@ -1,0 +1,89 @@
+//! Frames: the units that cross a Shoal connection.
+//!
+//! Each side of a connection opens one long-lived unidirectional QUIC stream and writes
+//! length-prefixed frames on it ([`crate::codec`]). The first frame on every stream is a
+//! [`Hello`]; after that any frame may follow in any order.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::id::{MessageId, NodeId};
+
+/// The protocol version spoken by this crate. Also part of the ALPN string ([`ALPN`]).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The ALPN protocol name; a peer that speaks another version fails the TLS handshake.
+pub const ALPN: &[u8] = b"shoal/1";
+
+/// Everything that crosses a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Frame {
+    /// First frame on a stream: who is speaking.
+    Hello(Hello),
+    /// A message for the receiving node's handlers.
+    Deliver(Box<Envelope>),
+    /// The listed messages were handled (or were duplicates of handled ones).
+    Ack(Ack),
+    /// A message was not handled.
+    Nack(Nack),
+    /// Liveness and round-trip probe; answered with [`Frame::Pong`] carrying the same nonce.
+    Ping(u64),
+    /// Answer to [`Frame::Ping`].
+    Pong(u64),
+    /// The sender is closing the connection on purpose.
+    Goodbye(Goodbye),
+    /// The sender wants events matching a topic pattern (publish/subscribe).
+    Subscribe(Subscription),
+    /// The sender no longer wants events matching a topic pattern.
+    Unsubscribe(Subscription),
+}
+
+/// The first frame a node writes on a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the sender speaks ([`PROTOCOL_VERSION`]).
+    pub protocol_version: u16,
+    /// The sender's node id, random per start.
+    pub node_id: NodeId,
+    /// The service the sender is an instance of.
+    pub service: String,
+    /// Addresses the sender accepts connections on.
+    pub listen_addrs: Vec<SocketAddr>,
+}
+
+/// Acknowledgements, coalesced: one frame may acknowledge many messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Ids of the messages whose handlers finished successfully.
+    pub ids: Vec<MessageId>,
+}
+
+/// A negative acknowledgement: the handler failed or the message was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    /// The message that was not handled.
+    pub id: MessageId,
+    /// Whether the sender should try again (perhaps on another instance).
+    pub retryable: bool,
+    /// Human-readable reason, shown in dead letters.
+    pub reason: String,
+}
+
+/// Sent before a node closes a connection on purpose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goodbye {
+    /// Why the connection is closing, e.g. `shutdown`.
+    pub reason: String,
+}
+
+/// A topic subscription, used by [`Frame::Subscribe`] and [`Frame::Unsubscribe`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Subscription {
+    /// The topic pattern, e.g. `orders.*`.
+    pub pattern: String,
+    /// The subscriber group; `None` means every subscribing instance gets its own copy.
+    pub group: Option<String>,
+}

@@ -1,0 +1,29 @@
+//! Shoal's wire protocol: the message [`Envelope`], the [`Frame`]s that cross a connection, and
+//! the [`codec`] that turns frames into length-prefixed bytes and back.
+//!
+//! This crate is pure: no sockets, no clocks, no randomness. Bytes go in and frames come out,
+//! so every rule about the wire can be tested without a network.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use shoal_proto::{codec, Frame, Limits};
+//!
+//! let limits = Limits::default();
+//! let mut buf = BytesMut::new();
+//! codec::encode(&Frame::Ping(7), &limits, &mut buf).unwrap();
+//! assert_eq!(codec::decode(&mut buf, &limits).unwrap(), Some(Frame::Ping(7)));
+//! assert!(buf.is_empty());
+//! ```
+
+pub mod codec;
+mod envelope;
+mod error;
+mod frame;
+mod id;
+mod limits;
+
+pub use envelope::{Envelope, MessageKind, ReturnAddress};
+pub use error::{DecodeError, EncodeError};
+pub use frame::{ALPN, Ack, Frame, Goodbye, Hello, Nack, PROTOCOL_VERSION, Subscription};
+pub use id::{MessageId, NodeId};
+pub use limits::Limits;
