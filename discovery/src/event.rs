@@ -66,6 +66,27 @@ pub enum DiscoveryError {
     Start(String),
 }
 
+/// What a source currently believes and what it refused, for logs and `/status`-style output.
+///
+/// Sources fill in what they know; the default is an empty report. Build one with
+/// [`DiscoveryReport::default`] and set the fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoveryReport {
+    /// Which kind of source wrote the report (`None` for the trait's default report).
+    pub source: Option<Source>,
+    /// Whether the source is started and not yet stopped.
+    pub running: bool,
+    /// The instances the source currently reports as up.
+    pub peers: Vec<PeerHint>,
+    /// Recently refused announcements, one human-readable line each (bounded by the source).
+    pub rejected: Vec<String>,
+    /// How many announcements the source refused since it started.
+    pub rejected_total: u64,
+    /// Anything else worth showing (errors from the network layer, interface changes).
+    pub notes: Vec<String>,
+}
+
 /// A source of [`DiscoveryEvent`]s. The node starts each configured source once and stops it
 /// on shutdown.
 pub trait Discovery: Send + 'static {
@@ -74,4 +95,9 @@ pub trait Discovery: Send + 'static {
 
     /// Stops the source; sources that announce send their goodbyes here.
     fn stop(&mut self) {}
+
+    /// A snapshot of the source's state, for diagnostics. Cheap; never blocks on the network.
+    fn report(&self) -> DiscoveryReport {
+        DiscoveryReport::default()
+    }
 }

@@ -25,5 +25,7 @@
 mod event;
 mod static_peers;
 
-pub use event::{Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source};
+pub use event::{
+    Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source,
+};
 pub use static_peers::StaticDiscovery;

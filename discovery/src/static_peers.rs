@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use crate::event::{Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source};
+use crate::event::{
+    Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
+    Source,
+};
 
 /// A fixed list of peer addresses. Each address is reported once as [`DiscoveryEvent::Up`];
 /// the node keeps dialling it (with backoff) while it is unreachable, so peers may start in any
@@ -15,7 +18,9 @@ pub struct StaticDiscovery {
 impl StaticDiscovery {
     /// A source that reports `addrs`.
     pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
-        Self { addrs: addrs.into_iter().collect() }
+        Self {
+            addrs: addrs.into_iter().collect(),
+        }
     }
 
     /// The configured addresses.
@@ -30,10 +35,31 @@ impl Discovery for StaticDiscovery {
             if local.addrs.contains(addr) {
                 continue; // a shared peer list may name this node itself
             }
-            let hint = PeerHint { node_id: None, service: None, addrs: vec![*addr], source: Source::Static };
+            let hint = PeerHint {
+                node_id: None,
+                service: None,
+                addrs: vec![*addr],
+                source: Source::Static,
+            };
             // A closed receiver means the node is shutting down: nothing to report to.
             let _ = events.send(DiscoveryEvent::Up(hint));
         }
         Ok(())
+    }
+
+    fn report(&self) -> DiscoveryReport {
+        let mut report = DiscoveryReport::default();
+        report.source = Some(Source::Static);
+        report.peers = self
+            .addrs
+            .iter()
+            .map(|addr| PeerHint {
+                node_id: None,
+                service: None,
+                addrs: vec![*addr],
+                source: Source::Static,
+            })
+            .collect();
+        report
     }
 }

@@ -1,1 +1,83 @@
-//! Shoal node (work in progress).
+//! # Shoal: a brokerless messaging mesh, embedded in each service
+//!
+//! Every service links this crate and starts a [`Node`]. Nodes connect to each other directly
+//! over QUIC with mutual TLS (every node holds a certificate from the mesh's own CA), and
+//! deliver messages point-to-point with acknowledgements, retries, a dedup window and
+//! dead letters, or as request/response.
+//!
+//! ```
+//! use std::time::Duration;
+//! use shoal::{MeshCa, Message, Node};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One CA for the mesh; one certificate per service instance.
+//! let ca = MeshCa::generate("example mesh")?;
+//!
+//! let pricing = Node::builder("pricing").identity(ca.issue("pricing")?).trust(ca.clone()).start().await?;
+//! pricing.handle("quote", |msg: Message| async move {
+//!     Ok(format!("price for {} is 25", String::from_utf8_lossy(msg.payload())))
+//! });
+//!
+//! let shop = Node::builder("shop")
+//!     .identity(ca.issue("shop")?)
+//!     .trust(ca.clone())
+//!     .peer(pricing.local_addr()) // static peer; mDNS discovery finds peers on a LAN
+//!     .start()
+//!     .await?;
+//! let reply = shop.request("pricing", Message::command("quote", "book"), Duration::from_secs(5)).await?;
+//! assert_eq!(reply.payload(), "price for book is 25");
+//!
+//! let receipt = shop.send("pricing", Message::command("quote", "pen")).await?; // resolves on ack
+//! assert_eq!(receipt.attempts, 1);
+//! shop.shutdown().await;
+//! pricing.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! - [`core`](self) (private): the decisions, as plain data structures without IO: the dedup
+//!   window, the retry schedule, the choice of instance.
+//! - `peer`, `net`, `inbound`, `outbound` (private): one QUIC connection per peer, the handshake,
+//!   the reader that runs handlers, the send loop with retries.
+//! - [`Node`] and [`NodeBuilder`]: the public handle and its configuration.
+//! - [`Identity`] and [`MeshCa`]: certificates.
+//!
+//! ## Delivery guarantees
+//! At-least-once: [`Node::send`] resolves only after the receiver's handler finished. Retries
+//! carry the same [`MessageId`], and each receiver's dedup window acks a redelivery again
+//! without running the handler. A message is handled twice only if an instance crashed after
+//! its handler ran but before its ack left, and the retry went to another instance: handlers
+//! should be idempotent or check [`Message::is_redelivery`].
+
+mod builder;
+mod config;
+mod core;
+mod dead_letter;
+mod error;
+mod event;
+mod handler;
+mod identity;
+mod inbound;
+mod message;
+mod net;
+mod node;
+mod outbound;
+mod peer;
+mod registry;
+mod stats;
+mod tls;
+
+pub use builder::NodeBuilder;
+pub use core::retry::RetryPolicy;
+pub use dead_letter::DeadLetter;
+pub use error::Error;
+pub use event::NodeEvent;
+pub use handler::{HandlerError, IntoReply};
+pub use identity::{Identity, MeshCa};
+pub use message::Message;
+pub use node::{Node, PeerInfo, Receipt};
+pub use outbound::SendOptions;
+pub use shoal_discovery as discovery;
+pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
+pub use stats::NodeStats;

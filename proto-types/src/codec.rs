@@ -1,19 +1,366 @@
 //! Length-prefixed bincode framing. The only module that knows about bincode.
 //!
-//! TODO(helper): implement.
+//! # Wire format
+//!
+//! A frame on the wire is a 4-byte big-endian `u32` body length ([`LENGTH_PREFIX`]) followed by
+//! the body: the [`Frame`] encoded with bincode 2's standard configuration (little-endian,
+//! variable-length integers) through serde. The length excludes the prefix itself and is never
+//! zero.
+//!
+//! # Limits
+//!
+//! [`encode`] and [`decode`] both run [`validate_frame`] (the per-field [`Limits`]) and enforce
+//! `max_frame_len` on the body, so a sender learns about a violation before anything is
+//! written and a receiver can refuse a single oversized message without losing the stream.
+//! Whatever `max_frame_len` says, no body larger than [`MAX_FRAME_LEN_CAP`] (64 MiB) is ever
+//! written or accepted.
+//!
+//! # Hostile input
+//!
+//! [`decode`] never panics, whatever the bytes. A bincode body may claim a string or vector
+//! far longer than the frame (say 2<sup>60</sup> bytes); bincode allocates such buffers before
+//! reading them, so every decode runs with a byte budget (bincode's `with_limit`) that grows
+//! with the frame: 16 times the body length rounded up to 4 KiB, 256 KiB or 4 MiB, and
+//! 128 MiB for bodies above 4 MiB. A lying length claim therefore fails with
+//! [`DecodeError::Malformed`] after allocating at most that budget (64 KiB for a small frame).
+//! The budget is generous enough for every valid frame up to 4 MiB: bincode charges at most
+//! 16 bytes of budget per byte of input (a `u128` encoded in one byte). Independently of the
+//! budget, serde preallocates at most 1 MiB for a claimed sequence length (`headers`,
+//! `listen_addrs`, `ids`) before its elements have been read.
 
-use bytes::BytesMut;
+use bincode::config::{Configuration, Limit};
+use bincode::enc::write::Writer;
+use bytes::{Buf, BufMut, BytesMut};
 
-use crate::{DecodeError, EncodeError, Frame, Limits};
+use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
+
+/// Size of the length prefix in front of every frame body: a big-endian `u32`.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// The largest frame body the codec writes or accepts, whatever
+/// [`Limits::max_frame_len`] says: 64 MiB.
+pub const MAX_FRAME_LEN_CAP: usize = 64 * MIB;
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+
+/// The bincode decoding budget for bodies larger than 4 MiB (twice [`MAX_FRAME_LEN_CAP`]).
+const LARGE_FRAME_BUDGET: usize = 2 * MAX_FRAME_LEN_CAP;
+
+/// The largest body the codec allows under `limits`.
+#[inline]
+fn max_frame_len(limits: &Limits) -> usize {
+    limits.max_frame_len.min(MAX_FRAME_LEN_CAP)
+}
+
+/// The bincode configuration of the wire format (without a decoding budget).
+#[inline]
+const fn config() -> Configuration {
+    bincode::config::standard()
+}
 
 /// Appends `frame` to `dst` as a 4-byte big-endian length followed by its bincode encoding.
+///
+/// Checks the per-field [`Limits`] first ([`validate_frame`]), then encodes straight into
+/// `dst`. A body longer than `max_frame_len` (or [`MAX_FRAME_LEN_CAP`]) fails with
+/// [`EncodeError::LimitExceeded`] naming `"max_frame_len"` and giving the body's size.
+///
+/// # Errors
+///
+/// On any error `dst` is left as it was (its capacity may have grown); bytes already in it are
+/// kept.
 pub fn encode(frame: &Frame, limits: &Limits, dst: &mut BytesMut) -> Result<(), EncodeError> {
-    let _ = (frame, limits, dst);
-    todo!()
+    validate_frame(frame, limits)?;
+    let max = max_frame_len(limits);
+    let start = dst.len();
+    dst.reserve(LENGTH_PREFIX + body_len_estimate(frame).min(max));
+    dst.put_u32(0); // patched below, once the body length is known
+
+    let mut writer = BodyWriter {
+        dst,
+        written: 0,
+        max,
+    };
+    let result = bincode::serde::encode_into_writer(frame, &mut writer, config());
+    let written = writer.written;
+
+    if let Err(e) = result {
+        dst.truncate(start);
+        return Err(EncodeError::Serialize(e.to_string()));
+    }
+    let len = match u32::try_from(written) {
+        Ok(len) if written <= max => len,
+        _ => {
+            dst.truncate(start);
+            return Err(EncodeError::LimitExceeded {
+                limit: "max_frame_len",
+                actual: written,
+                max,
+            });
+        }
+    };
+    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// Takes one frame off the front of `src`; `Ok(None)` when more bytes are needed.
+///
+/// - Fewer than [`LENGTH_PREFIX`] bytes, or a frame whose body has not fully arrived:
+///   `Ok(None)`, and nothing is consumed (`src` may reserve room for the rest of the frame).
+/// - A length prefix above `max_frame_len` (or [`MAX_FRAME_LEN_CAP`]):
+///   [`DecodeError::FrameTooLarge`], nothing consumed; the connection should be closed.
+/// - Otherwise exactly one frame (prefix and body) is consumed, and the result is the frame,
+///   [`DecodeError::Malformed`] (zero length, undecodable body, or bytes left over after the
+///   frame), or [`DecodeError::LimitExceeded`] (a valid frame that breaks a per-field limit;
+///   `id` is the message id for a [`Frame::Deliver`]). After any of these the stream is still
+///   in sync and the next call decodes the next frame.
+///
+/// Never panics, whatever `src` contains; see the module docs for memory bounds.
 pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
-    let _ = (src, limits);
-    todo!()
+    let Some(prefix) = src.first_chunk::<LENGTH_PREFIX>() else {
+        return Ok(None);
+    };
+    let len = usize::try_from(u32::from_be_bytes(*prefix)).unwrap_or(usize::MAX);
+    let max = max_frame_len(limits);
+    if len > max {
+        return Err(DecodeError::FrameTooLarge { len, max });
+    }
+    let total = LENGTH_PREFIX + len;
+    if src.len() < total {
+        src.reserve(total - src.len());
+        return Ok(None);
+    }
+
+    let result = decode_body(&src[LENGTH_PREFIX..total]);
+    src.advance(total);
+    let frame = result?;
+
+    validate_frame(&frame, limits).map_err(|v| DecodeError::LimitExceeded {
+        limit: v.limit,
+        actual: v.actual,
+        max: v.max,
+        id: match &frame {
+            Frame::Deliver(envelope) => Some(envelope.id),
+            _ => None,
+        },
+    })?;
+    Ok(Some(frame))
+}
+
+/// Decodes a whole frame body, with a bincode budget chosen from its length (module docs).
+fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::Malformed("empty frame".into()));
+    }
+    let (frame, used) = if body.len() <= 4 * KIB {
+        decode_with_budget::<{ 64 * KIB }>(body)
+    } else if body.len() <= 256 * KIB {
+        decode_with_budget::<{ 4 * MIB }>(body)
+    } else if body.len() <= 4 * MIB {
+        decode_with_budget::<{ 64 * MIB }>(body)
+    } else {
+        decode_with_budget::<LARGE_FRAME_BUDGET>(body)
+    }
+    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after a {used}-byte frame",
+            body.len() - used
+        )));
+    }
+    Ok(frame)
+}
+
+/// Decodes a frame from the front of `body`, letting bincode claim at most `BUDGET` bytes.
+fn decode_with_budget<const BUDGET: usize>(
+    body: &[u8],
+) -> Result<(Frame, usize), bincode::error::DecodeError> {
+    let config: Configuration<_, _, Limit<BUDGET>> = config().with_limit::<BUDGET>();
+    bincode::serde::decode_from_slice(body, config)
+}
+
+/// A bincode writer that appends to a `BytesMut` until the body passes `max`, then only
+/// counts, so an oversized frame is measured without being copied.
+struct BodyWriter<'a> {
+    dst: &'a mut BytesMut,
+    written: usize,
+    max: usize,
+}
+
+impl Writer for BodyWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.written = self.written.saturating_add(bytes.len());
+        if self.written <= self.max {
+            self.dst.extend_from_slice(bytes);
+        }
+        Ok(())
+    }
+}
+
+/// A cheap upper estimate of a frame's body length, used to reserve space once.
+fn body_len_estimate(frame: &Frame) -> usize {
+    /// Worst-case bytes for a string's or vector's length prefix.
+    const LEN: usize = 9;
+    let opt_str = |s: &Option<String>| s.as_ref().map_or(1, |s| 1 + LEN + s.len());
+    1 + match frame {
+        Frame::Deliver(e) => {
+            // id, kind, version, correlation id, attempt, timestamp and the length prefixes.
+            96 + e.name.len()
+                + e.content_type.len()
+                + e.payload.len()
+                + opt_str(&e.partition_key)
+                + e.reply_to
+                    .as_ref()
+                    .map_or(0, |r| 2 * LEN + 18 + r.service.len() + r.channel.len())
+                + e.headers
+                    .iter()
+                    .map(|(k, v)| 2 * LEN + k.len() + v.len())
+                    .sum::<usize>()
+        }
+        Frame::Hello(h) => 3 + 17 + LEN + h.service.len() + LEN + 20 * h.listen_addrs.len(),
+        Frame::Ack(a) => LEN + 17 * a.ids.len(),
+        Frame::Nack(n) => 17 + 1 + LEN + n.reason.len(),
+        Frame::Ping(_) | Frame::Pong(_) => 9,
+        Frame::Goodbye(g) => LEN + g.reason.len(),
+        Frame::Subscribe(s) | Frame::Unsubscribe(s) => LEN + s.pattern.len() + opt_str(&s.group),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{Ack, Envelope, MessageId, MessageKind};
+
+    fn frame_bytes(body: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::try_from(body.len()).unwrap());
+        buf.extend_from_slice(body);
+        buf
+    }
+
+    /// bincode's varint for a `u64` that needs all eight bytes.
+    fn varint_u64(v: u64) -> Vec<u8> {
+        let mut out = vec![253];
+        out.extend_from_slice(&v.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn the_body_is_standard_bincode() {
+        let frame = Frame::Ping(7);
+        let mut buf = BytesMut::new();
+        encode(&frame, &Limits::default(), &mut buf).unwrap();
+        let body = bincode::serde::encode_to_vec(&frame, config()).unwrap();
+        assert_eq!(&buf[..LENGTH_PREFIX], &(body.len() as u32).to_be_bytes());
+        assert_eq!(&buf[LENGTH_PREFIX..], &body[..]);
+    }
+
+    /// The most budget-hungry valid frames (one-byte `u128`s charged 16 bytes each) still
+    /// decode right at each budget tier's boundary.
+    #[test]
+    fn budget_tiers_admit_worst_case_valid_frames() {
+        // (body length, bytes of the id count's varint: 251 + u16 or 252 + u32)
+        for (body_len, count_len) in [(4 * KIB, 3), (256 * KIB, 5)] {
+            // Tag, id count, then one byte per zero id.
+            let n = body_len - 1 - count_len;
+            let frame = Frame::Ack(Ack {
+                ids: vec![MessageId::from_u128(0); n],
+            });
+            let mut buf = BytesMut::new();
+            encode(&frame, &Limits::default(), &mut buf).unwrap();
+            assert_eq!(buf.len(), LENGTH_PREFIX + body_len);
+            assert_eq!(decode(&mut buf, &Limits::default()).unwrap(), Some(frame));
+        }
+    }
+
+    #[test]
+    fn hostile_length_claims_fail_fast_without_allocating_them() {
+        // Frame::Deliver is variant 1; then id 0, kind 0 (Command), then the name's length.
+        let deliver_prefix = [1u8, 0, 0];
+        let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+        for claim in [1u64 << 60, u64::MAX, 60 * MIB as u64, 1 << 32] {
+            let mut name = deliver_prefix.to_vec();
+            name.extend(varint_u64(claim));
+            cases.push(("name", name));
+
+            // Ack (variant 2) with a huge id count.
+            let mut ack = vec![2u8];
+            ack.extend(varint_u64(claim));
+            cases.push(("ack ids", ack));
+
+            // Deliver with name "", version 0, content type "", then a huge header count.
+            let mut headers = deliver_prefix.to_vec();
+            headers.extend([0, 0, 0]);
+            headers.extend(varint_u64(claim));
+            cases.push(("headers", headers));
+
+            // A complete envelope up to the payload, whose length is huge.
+            // name "", version 0, content type "", no headers, no correlation id, no reply_to,
+            // no partition key, attempt 1, timestamp 0, then the payload length.
+            let mut payload = deliver_prefix.to_vec();
+            payload.extend([0, 0, 0, 0, 0, 0, 0, 1, 0]);
+            let mut valid = payload.clone();
+            payload.extend(varint_u64(claim));
+            payload.extend([0xAB; 32]);
+            cases.push(("payload", payload));
+
+            // The same bytes with an honest payload length decode: the layout above is right.
+            valid.extend([2, 0xAB, 0xCD]);
+            let frame = decode(&mut frame_bytes(&valid), &Limits::default())
+                .unwrap()
+                .unwrap();
+            let Frame::Deliver(envelope) = frame else {
+                panic!("not a delivery: {frame:?}")
+            };
+            assert_eq!(envelope.payload, Bytes::from_static(&[0xAB, 0xCD]));
+            assert_eq!(envelope.attempt, 1);
+            assert_eq!(envelope.kind, MessageKind::Command);
+        }
+
+        let started = Instant::now();
+        for (what, body) in &cases {
+            let mut buf = frame_bytes(body);
+            buf.extend_from_slice(b"next");
+            let err = decode(&mut buf, &Limits::default()).unwrap_err();
+            assert!(matches!(err, DecodeError::Malformed(_)), "{what}: {err:?}");
+            assert_eq!(&buf[..], b"next", "{what}: the frame is consumed");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn estimate_covers_a_typical_delivery() {
+        let envelope = Envelope {
+            id: MessageId::from_u128(u128::MAX),
+            kind: MessageKind::Reply,
+            name: "create-invoice".into(),
+            version: u16::MAX,
+            content_type: "application/json".into(),
+            headers: vec![("trace".into(), "abc".into()); 3],
+            correlation_id: Some(MessageId::from_u128(u128::MAX)),
+            reply_to: Some(crate::ReturnAddress {
+                service: "billing".into(),
+                node: Some(crate::NodeId::from_u128(u128::MAX)),
+                channel: "invoice-created".into(),
+            }),
+            partition_key: Some("customer-1".into()),
+            attempt: u32::MAX,
+            timestamp_ms: u64::MAX,
+            payload: Bytes::from(vec![0; 64]),
+        };
+        let frame = Frame::Deliver(Box::new(envelope));
+        let mut buf = BytesMut::new();
+        encode(&frame, &Limits::default(), &mut buf).unwrap();
+        assert!(buf.len() - LENGTH_PREFIX <= body_len_estimate(&frame));
+    }
 }

@@ -2,7 +2,32 @@
 
 use thiserror::Error;
 
-/// Why a frame could not be encoded.
+/// A field, count or frame that is larger than a [`crate::Limits`] field allows.
+///
+/// Returned by [`crate::validate_envelope`] and [`crate::validate_frame`]; the codec turns it
+/// into [`EncodeError::LimitExceeded`] or [`DecodeError::LimitExceeded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("{limit} exceeded: {actual} > {max}")]
+pub struct LimitViolation {
+    /// The name of the [`crate::Limits`] field that was exceeded, e.g. `"max_headers"`.
+    pub limit: &'static str,
+    /// The offending size or count.
+    pub actual: usize,
+    /// The configured maximum.
+    pub max: usize,
+}
+
+impl From<LimitViolation> for EncodeError {
+    fn from(v: LimitViolation) -> Self {
+        Self::LimitExceeded {
+            limit: v.limit,
+            actual: v.actual,
+            max: v.max,
+        }
+    }
+}
+
+/// Why a frame could not be encoded. Nothing was appended to the destination buffer.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EncodeError {
@@ -28,7 +53,7 @@ pub enum EncodeError {
 #[non_exhaustive]
 pub enum DecodeError {
     /// The length prefix announces a frame larger than `max_frame_len`; the stream cannot be
-    /// trusted past this point.
+    /// trusted past this point. Nothing was consumed: the connection should be closed.
     #[error("frame of {len} bytes exceeds max_frame_len ({max})")]
     FrameTooLarge {
         /// The announced length.

@@ -114,7 +114,10 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "7", "version nibble");
-        assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"), "variant bits");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "a" | "b"),
+            "variant bits"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod id;
 mod limits;
 
 pub use envelope::{Envelope, MessageKind, ReturnAddress};
-pub use error::{DecodeError, EncodeError};
+pub use error::{DecodeError, EncodeError, LimitViolation};
 pub use frame::{ALPN, Ack, Frame, Goodbye, Hello, Nack, PROTOCOL_VERSION, Subscription};
 pub use id::{MessageId, NodeId};
-pub use limits::Limits;
+pub use limits::{Limits, validate_envelope, validate_frame};

@@ -1,16 +1,33 @@
-//! Size limits enforced when encoding and decoding frames.
+//! Size limits enforced when encoding and decoding frames, and the one function that checks
+//! them ([`validate_frame`]).
+
+use crate::envelope::Envelope;
+use crate::error::LimitViolation;
+use crate::frame::{Frame, Subscription};
 
 /// Limits on what a frame may contain. Both ends enforce them: the sender gets an
 /// [`crate::EncodeError`] before anything is written, the receiver a [`crate::DecodeError`]
 /// that names the limit.
+///
+/// Errors name the exceeded limit by its field name (`"max_frame_len"`, `"max_headers"`,
+/// `"max_name_len"` or `"max_header_value_len"`).
+///
+/// Whatever `max_frame_len` says, the codec never accepts a frame larger than
+/// [`crate::codec::MAX_FRAME_LEN_CAP`] (64 MiB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest encoded frame, length prefix excluded. Default 4 MiB.
+    /// Largest encoded frame, length prefix excluded. Default 4 MiB. Values above
+    /// [`crate::codec::MAX_FRAME_LEN_CAP`] act as that cap.
     pub max_frame_len: usize,
     /// Most headers on one envelope. Default 64.
     pub max_headers: usize,
     /// Longest message name, service name, topic, header key, partition key, content type or
     /// channel, in bytes. Default 256.
+    ///
+    /// Applies to [`Envelope::name`], [`Envelope::content_type`], [`Envelope::partition_key`],
+    /// every header key, [`crate::ReturnAddress::service`] and
+    /// [`crate::ReturnAddress::channel`], [`crate::Hello::service`], and
+    /// [`Subscription::pattern`] and [`Subscription::group`].
     pub max_name_len: usize,
     /// Longest header value, in bytes. Default 4096.
     pub max_header_value_len: usize,
@@ -25,4 +42,89 @@ impl Default for Limits {
             max_header_value_len: 4096,
         }
     }
+}
+
+/// Fails when `actual > max`, naming `limit`.
+#[inline]
+fn check(limit: &'static str, actual: usize, max: usize) -> Result<(), LimitViolation> {
+    if actual > max {
+        Err(LimitViolation { limit, actual, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// Fails when the string is longer than `max_name_len` bytes.
+#[inline]
+fn check_name(s: &str, limits: &Limits) -> Result<(), LimitViolation> {
+    check("max_name_len", s.len(), limits.max_name_len)
+}
+
+/// Checks an envelope against every per-field limit (all but `max_frame_len`, which depends on
+/// the encoding and is enforced by [`crate::codec`]).
+///
+/// Checks run in a fixed order and the first violation is returned: header count, then name,
+/// content type, partition key, return address (service, channel), then each header's key
+/// and value in order.
+///
+/// ```
+/// use shoal_proto::{Limits, validate_envelope};
+/// # use shoal_proto::{Envelope, MessageId, MessageKind};
+/// # let mut envelope = Envelope {
+/// #     id: MessageId::from_u128(1), kind: MessageKind::Command, name: String::new(),
+/// #     version: 1, content_type: String::new(), headers: Vec::new(), correlation_id: None,
+/// #     reply_to: None, partition_key: None, attempt: 1, timestamp_ms: 0,
+/// #     payload: Default::default(),
+/// # };
+/// envelope.name = "x".repeat(300);
+/// let violation = validate_envelope(&envelope, &Limits::default()).unwrap_err();
+/// assert_eq!(violation.limit, "max_name_len");
+/// assert_eq!((violation.actual, violation.max), (300, 256));
+/// ```
+pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), LimitViolation> {
+    check("max_headers", envelope.headers.len(), limits.max_headers)?;
+    check_name(&envelope.name, limits)?;
+    check_name(&envelope.content_type, limits)?;
+    if let Some(key) = &envelope.partition_key {
+        check_name(key, limits)?;
+    }
+    if let Some(reply_to) = &envelope.reply_to {
+        check_name(&reply_to.service, limits)?;
+        check_name(&reply_to.channel, limits)?;
+    }
+    for (key, value) in &envelope.headers {
+        check_name(key, limits)?;
+        check(
+            "max_header_value_len",
+            value.len(),
+            limits.max_header_value_len,
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks a frame against every per-field limit: [`validate_envelope`] for
+/// [`Frame::Deliver`], the service name of a [`Frame::Hello`], and the pattern and group of a
+/// [`Frame::Subscribe`] or [`Frame::Unsubscribe`]. Other frames have no per-field limits.
+///
+/// `max_frame_len` is not checked here: [`crate::codec::encode`] and
+/// [`crate::codec::decode`] enforce it on the encoded bytes, after calling this function.
+pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolation> {
+    match frame {
+        Frame::Deliver(envelope) => validate_envelope(envelope, limits),
+        Frame::Hello(hello) => check_name(&hello.service, limits),
+        Frame::Subscribe(sub) | Frame::Unsubscribe(sub) => validate_subscription(sub, limits),
+        Frame::Ack(_) | Frame::Nack(_) | Frame::Ping(_) | Frame::Pong(_) | Frame::Goodbye(_) => {
+            Ok(())
+        }
+    }
+}
+
+/// Checks a subscription's pattern and group against `max_name_len`.
+fn validate_subscription(sub: &Subscription, limits: &Limits) -> Result<(), LimitViolation> {
+    check_name(&sub.pattern, limits)?;
+    if let Some(group) = &sub.group {
+        check_name(group, limits)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,265 @@
+//! Raw quinn floors: what QUIC with mutual TLS costs before Shoal adds anything.
+//!
+//! Both scenarios use one quinn `Endpoint` per side, certificates from
+//! [`crate::certs::generate_pki`] (server *requires* a client certificate), ALPN
+//! [`ALPN`], quinn's default transport settings, and one connection set up before timing
+//! starts (the handshake is not measured).
+//!
+//! * `quinn-stream` — **the baseline** ("raw quinn"): ONE long-lived bidirectional stream;
+//!   the client writes a frame (`u32` big-endian length + `payload` bytes), the server reads
+//!   it and writes it back, the client reads the whole echo. Closed loop.
+//! * `quinn-datagram` — the same over QUIC DATAGRAM frames (unreliable, unordered):
+//!   `max(payload, 8)` bytes, the first 8 being the attempt number; a reply missing for
+//!   [`crate::measure::LOSS_TIMEOUT`] counts as lost.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, Endpoint, ReadError, ReadExactError};
+use tokio::time::Instant;
+
+use crate::certs::{self, SERVER_NAME, TestPki};
+use crate::error::{BenchError, BenchResult};
+use crate::measure::{LOSS_TIMEOUT, RoundTrip, measure};
+use crate::report::LatencyReport;
+use crate::runtime::{Announce, Shutdown, run_pair};
+use crate::{BenchConfig, LOOPBACK, datagram_len};
+
+/// Stream scenario name (row name in the reports; the default ratio baseline).
+pub const STREAM_NAME: &str = "quinn-stream";
+
+/// Datagram scenario name (row name in the reports).
+pub const DATAGRAM_NAME: &str = "quinn-datagram";
+
+/// ALPN protocol both sides offer.
+pub const ALPN: &[u8] = b"bench";
+
+/// Largest frame the stream echo server accepts (bounds its buffer).
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Stale echoes read per datagram round trip before giving up on it.
+const MAX_STALE_REPLIES: usize = 64;
+
+/// Application close code used when a side is done.
+const DONE: u32 = 0;
+
+/// A quinn server configuration: the PKI's server leaf, client certificates required and
+/// verified against the PKI's CA, ALPN [`ALPN`], default transport settings.
+pub fn server_config(pki: &TestPki) -> BenchResult<quinn::ServerConfig> {
+    let tls = certs::server_tls_config(&pki.ca, &pki.server, &[ALPN])?;
+    let crypto = QuicServerConfig::try_from(tls)?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// A quinn client configuration: trusts the PKI's CA, presents the PKI's client leaf,
+/// ALPN [`ALPN`], default transport settings.
+pub fn client_config(pki: &TestPki) -> BenchResult<quinn::ClientConfig> {
+    let tls = certs::client_tls_config(&pki.ca, &pki.client, &[ALPN])?;
+    let crypto = QuicClientConfig::try_from(tls)?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Which way the echo travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Stream,
+    Datagram,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stream => STREAM_NAME,
+            Self::Datagram => DATAGRAM_NAME,
+        }
+    }
+}
+
+/// Runs one `quinn-stream` run.
+pub fn run_stream(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+    run(config, Mode::Stream)
+}
+
+/// Runs one `quinn-datagram` run.
+pub fn run_datagram(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+    run(config, Mode::Datagram)
+}
+
+fn run(config: &BenchConfig, mode: Mode) -> BenchResult<Vec<LatencyReport>> {
+    let config = *config;
+    // Certificates are made outside the timed part and outside the runtimes.
+    let pki = certs::generate_pki()?;
+    let server_cfg = server_config(&pki)?;
+    let client_cfg = client_config(&pki)?;
+    let report = run_pair(
+        mode.name(),
+        config.run_timeout,
+        move |announce, shutdown| serve(announce, shutdown, server_cfg, mode, config),
+        move |addr| client(addr, client_cfg, mode, config),
+    )?;
+    Ok(vec![report])
+}
+
+async fn serve(
+    announce: Announce<SocketAddr>,
+    shutdown: Shutdown,
+    server_cfg: quinn::ServerConfig,
+    mode: Mode,
+    config: BenchConfig,
+) -> BenchResult<()> {
+    let endpoint = Endpoint::server(server_cfg, LOOPBACK)?;
+    announce.send(endpoint.local_addr()?)?;
+    let result = shutdown
+        .run_until(async {
+            let incoming = endpoint
+                .accept()
+                .await
+                .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
+            let connection = incoming.await?;
+            match mode {
+                Mode::Stream => echo_stream(&connection, config.max_round_trips()).await,
+                Mode::Datagram => echo_datagrams(&connection, config.max_round_trips()).await,
+            }
+        })
+        .await;
+    endpoint.close(DONE.into(), b"done");
+    result
+}
+
+/// `true` for the ways a peer ends a connection on purpose.
+fn closed_by_peer(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed
+    )
+}
+
+async fn echo_stream(connection: &quinn::Connection, max_frames: u64) -> BenchResult<()> {
+    let (mut send, mut recv) = match connection.accept_bi().await {
+        Ok(stream) => stream,
+        Err(e) if closed_by_peer(&e) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut frame = Vec::new();
+    for _ in 0..max_frames {
+        let mut header = [0u8; 4];
+        match recv.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(0)) => return Ok(()),
+            Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) if closed_by_peer(&e) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+        if len > MAX_FRAME {
+            return Err(BenchError::msg(format!(
+                "frame of {len} bytes is too large"
+            )));
+        }
+        frame.clear();
+        frame.extend_from_slice(&header);
+        frame.resize(4 + len, 0);
+        recv.read_exact(&mut frame[4..]).await?;
+        send.write_all(&frame).await?;
+    }
+    Ok(())
+}
+
+async fn echo_datagrams(connection: &quinn::Connection, max_datagrams: u64) -> BenchResult<()> {
+    for _ in 0..max_datagrams {
+        let datagram = match connection.read_datagram().await {
+            Ok(d) => d,
+            Err(e) if closed_by_peer(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        connection.send_datagram(datagram)?;
+    }
+    Ok(())
+}
+
+async fn client(
+    server: SocketAddr,
+    client_cfg: quinn::ClientConfig,
+    mode: Mode,
+    config: BenchConfig,
+) -> BenchResult<LatencyReport> {
+    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    endpoint.set_default_client_config(client_cfg);
+    let connection = endpoint.connect(server, SERVER_NAME)?.await?;
+    let result = match mode {
+        Mode::Stream => stream_client(&connection, &config).await,
+        Mode::Datagram => datagram_client(&connection, &config).await,
+    };
+    connection.close(DONE.into(), b"done");
+    // Let the CONNECTION_CLOSE go out; bounded, and its outcome does not matter.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+async fn stream_client(
+    connection: &quinn::Connection,
+    config: &BenchConfig,
+) -> BenchResult<LatencyReport> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let len = u32::try_from(config.payload)
+        .map_err(|_| BenchError::msg("payload does not fit a u32 length prefix"))?;
+    if config.payload > MAX_FRAME {
+        return Err(BenchError::msg(format!(
+            "{STREAM_NAME}: payload above {MAX_FRAME} bytes"
+        )));
+    }
+    let mut frame = Vec::with_capacity(4 + config.payload);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.resize(4 + config.payload, 0xA5);
+    let mut reply = vec![0u8; frame.len()];
+    let report = measure(STREAM_NAME, config, async |_attempt| {
+        send.write_all(&frame).await?;
+        recv.read_exact(&mut reply).await?;
+        if reply[..4] != frame[..4] {
+            return Err(BenchError::msg("echoed frame has the wrong length prefix"));
+        }
+        Ok(RoundTrip::Done)
+    })
+    .await?;
+    // A clean end of stream for the server; an error only means it is already gone.
+    let _ = send.finish();
+    Ok(report)
+}
+
+async fn datagram_client(
+    connection: &quinn::Connection,
+    config: &BenchConfig,
+) -> BenchResult<LatencyReport> {
+    let len = datagram_len(config.payload);
+    let max = connection
+        .max_datagram_size()
+        .ok_or_else(|| BenchError::msg("peer does not accept datagrams"))?;
+    if len > max {
+        return Err(BenchError::msg(format!(
+            "{DATAGRAM_NAME}: payload {len} exceeds the path's datagram limit of {max} bytes"
+        )));
+    }
+    let mut out = vec![0xA5u8; len];
+    measure(DATAGRAM_NAME, config, async |attempt| {
+        out[..8].copy_from_slice(&attempt.to_le_bytes());
+        connection.send_datagram(Bytes::copy_from_slice(&out))?;
+        let deadline = Instant::now() + LOSS_TIMEOUT;
+        for _ in 0..MAX_STALE_REPLIES {
+            match tokio::time::timeout_at(deadline, connection.read_datagram()).await {
+                Err(_elapsed) => return Ok(RoundTrip::Lost),
+                Ok(received) => {
+                    let reply = received?;
+                    if reply.len() == out.len() && reply[..8] == out[..8] {
+                        return Ok(RoundTrip::Done);
+                    }
+                }
+            }
+        }
+        Ok(RoundTrip::Lost)
+    })
+    .await
+}

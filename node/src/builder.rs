@@ -1,0 +1,265 @@
+//! [`NodeBuilder`]: configuration with documented defaults, then `start`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use shoal_discovery::{Discovery, LocalNode, StaticDiscovery};
+use shoal_proto::{Limits, NodeId};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::dedup::DedupWindow;
+use crate::dead_letter::DeadLetters;
+use crate::node::Shared;
+use crate::{Error, Identity, MeshCa, Node, RetryPolicy, net, tls};
+
+/// Configures and starts a [`Node`]. Every setting has a default suited to services on one
+/// LAN; only the identity and the trusted mesh CA are required.
+///
+/// ```no_run
+/// # async fn run(identity: shoal::Identity, mesh_ca: shoal::MeshCa) -> Result<(), shoal::Error> {
+/// let node = shoal::Node::builder("invoice")
+///     .listen("127.0.0.1:7000".parse().unwrap())
+///     .identity(identity)
+///     .trust(mesh_ca)
+///     .peer("127.0.0.1:7001".parse().unwrap())
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct NodeBuilder {
+    service: String,
+    listen: SocketAddr,
+    identity: Option<Identity>,
+    trust: Option<MeshCa>,
+    peers: Vec<SocketAddr>,
+    discovery: Vec<Box<dyn Discovery>>,
+    config: Config,
+}
+
+impl std::fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("service", &self.service)
+            .field("listen", &self.listen)
+            .field("peers", &self.peers)
+            .field("discovery_sources", &self.discovery.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBuilder {
+    pub(crate) fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity: None,
+            trust: None,
+            peers: Vec::new(),
+            discovery: Vec::new(),
+            config: Config::default(),
+        }
+    }
+
+    /// The UDP address to accept QUIC connections on. Default `127.0.0.1:0` (loopback, a free
+    /// port): a node reachable from other hosts must name a LAN address explicitly.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// This node's certificate and key, issued by the mesh CA for this node's service.
+    /// Required.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The mesh CA: only peers with a certificate it signed can connect, in either direction.
+    /// Required.
+    pub fn trust(mut self, ca: MeshCa) -> Self {
+        self.trust = Some(ca);
+        self
+    }
+
+    /// A static peer address, dialled at start and redialled whenever the connection drops.
+    /// Repeat for several peers; both ends may list each other.
+    pub fn peer(mut self, addr: SocketAddr) -> Self {
+        self.peers.push(addr);
+        self
+    }
+
+    /// Several static peer addresses at once.
+    pub fn peers(mut self, addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.peers.extend(addrs);
+        self
+    }
+
+    /// Adds a discovery source (for example mDNS). Sources run side by side with the static
+    /// peers.
+    pub fn discovery(mut self, source: impl Discovery) -> Self {
+        self.discovery.push(Box::new(source));
+        self
+    }
+
+    /// How sends are retried and when they are dead-lettered ([`RetryPolicy`] documents the
+    /// defaults).
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// The dedup window: how many message ids, and for how long, this node remembers to drop
+    /// redeliveries. Default 100,000 ids for 10 minutes (about 72 bytes per id: 7 MB when full).
+    pub fn dedup_window(mut self, capacity: usize, max_age: Duration) -> Self {
+        self.config.dedup_capacity = capacity;
+        self.config.dedup_max_age = max_age;
+        self
+    }
+
+    /// Most unacknowledged messages to one peer; further sends wait (or fail fast).
+    /// Default 1024.
+    pub fn max_in_flight_per_peer(mut self, max: usize) -> Self {
+        self.config.max_in_flight_per_peer = max.max(1);
+        self
+    }
+
+    /// Most handlers running at once on this node; further deliveries wait, and QUIC flow
+    /// control slows their senders. Default 1024.
+    pub fn max_concurrent_handlers(mut self, max: usize) -> Self {
+        self.config.max_concurrent_handlers = max.max(1);
+        self
+    }
+
+    /// Wire limits (frame size, header count, name lengths), enforced on send and receive.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// How many dead letters [`Node::dead_letters`] keeps. Default 1000.
+    pub fn dead_letter_capacity(mut self, capacity: usize) -> Self {
+        self.config.dead_letter_capacity = capacity;
+        self
+    }
+
+    /// How long [`Node::shutdown`] waits for running handlers. Default 5 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// How a silent peer is detected: keep-alives every `keep_alive`, and a connection with no
+    /// traffic for `idle_timeout` is closed (its messages retried elsewhere). Default 500 ms and
+    /// 2 s, so a crashed instance is noticed within about 2 s.
+    pub fn liveness(mut self, keep_alive: Duration, idle_timeout: Duration) -> Self {
+        self.config.keep_alive = keep_alive;
+        self.config.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Binds the endpoint, starts discovery and dialling, and returns the running node.
+    /// Must be called inside a Tokio runtime (a `current_thread` runtime gives the lowest
+    /// latency).
+    pub async fn start(self) -> Result<Node, Error> {
+        let Self {
+            service,
+            listen,
+            identity,
+            trust,
+            peers,
+            mut discovery,
+            config,
+        } = self;
+        if service.is_empty() || service.len() > config.limits.max_name_len {
+            return Err(Error::Config(format!(
+                "service name must be 1 to {} bytes",
+                config.limits.max_name_len
+            )));
+        }
+        let identity = identity
+            .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;
+        let ca =
+            trust.ok_or_else(|| Error::Config("no mesh CA: call NodeBuilder::trust".into()))?;
+        if let Some(certified) = identity.service() {
+            if certified != service {
+                return Err(Error::Identity(format!(
+                    "the certificate is for service `{certified}`, this node is `{service}`"
+                )));
+            }
+        }
+
+        let mut transport = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+            .map_err(|_| Error::Config("idle timeout too large".into()))?;
+        transport
+            .keep_alive_interval(Some(config.keep_alive))
+            .max_idle_timeout(Some(idle));
+        let transport = Arc::new(transport);
+        let server = tls::server_config(&identity, &ca, Arc::clone(&transport))?;
+        let client = tls::client_config(&identity, &ca, transport)?;
+        let socket = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Config("start must run inside a Tokio runtime".into()))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+        endpoint.set_default_client_config(client);
+
+        let shared = Arc::new(Shared {
+            id: NodeId::from_u128(rand::random()),
+            service,
+            endpoint,
+            registry: crate::registry::Registry::new(),
+            handlers: RwLock::default(),
+            dedup: Mutex::new(DedupWindow::new(
+                config.dedup_capacity,
+                config.dedup_max_age,
+            )),
+            pending: Mutex::default(),
+            counters: Default::default(),
+            dead_letters: DeadLetters::new(config.dead_letter_capacity),
+            events: broadcast::channel(1024).0,
+            stopping: CancellationToken::new(),
+            killed: CancellationToken::new(),
+            handler_tasks: TaskTracker::new(),
+            handler_permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_handlers)),
+            tasks: TaskTracker::new(),
+            discovery: Mutex::new(Vec::new()),
+            config,
+        });
+
+        let local = LocalNode {
+            node_id: shared.id,
+            service: shared.service.clone(),
+            addrs: shared.endpoint.local_addr().into_iter().collect(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        if !peers.is_empty() {
+            discovery.insert(0, Box::new(StaticDiscovery::new(peers)));
+        }
+        for source in &mut discovery {
+            source.start(&local, tx.clone())?;
+        }
+        *shared.discovery.lock().unwrap_or_else(|e| e.into_inner()) = discovery;
+        shared.tasks.spawn(net::accept_loop(Arc::clone(&shared)));
+        shared
+            .tasks
+            .spawn(net::follow_discovery(Arc::clone(&shared), rx));
+        tracing::info!(node = %shared.id, service = %shared.service, addr = ?local.addrs, "shoal node started");
+        Ok(Node::from_shared(shared))
+    }
+}

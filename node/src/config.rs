@@ -1,0 +1,43 @@
+//! Tunables of a node, with their defaults and what they are for.
+
+use std::time::Duration;
+
+use shoal_proto::Limits;
+
+use crate::RetryPolicy;
+
+/// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) dedup_capacity: usize,
+    pub(crate) dedup_max_age: Duration,
+    pub(crate) max_in_flight_per_peer: usize,
+    pub(crate) max_concurrent_handlers: usize,
+    pub(crate) write_queue_len: usize,
+    pub(crate) limits: Limits,
+    pub(crate) dead_letter_capacity: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) keep_alive: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            dedup_capacity: 100_000,
+            dedup_max_age: Duration::from_secs(600),
+            max_in_flight_per_peer: 1024,
+            max_concurrent_handlers: 1024,
+            write_queue_len: 4096,
+            limits: Limits::default(),
+            dead_letter_capacity: 1000,
+            handshake_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(2),
+        }
+    }
+}

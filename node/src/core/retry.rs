@@ -1,0 +1,174 @@
+//! When to retry a message, and when to give up.
+
+use std::time::{Duration, Instant};
+
+/// Exponential backoff with jitter, bounded by attempts and an overall deadline.
+///
+/// Defaults, tuned for commands between services on one LAN: the first retry comes after about
+/// 50 ms (enough for a restarted peer or another instance to take over), delays double up to 2 s,
+/// at most 8 attempts, and no message is retried more than 30 s after it was first sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delivery attempts in total, the first included. Default 8.
+    pub max_attempts: u32,
+    /// Give up this long after the first attempt, whatever the attempt count. Default 30 s.
+    pub deadline: Duration,
+    /// Delay before the second attempt. Default 50 ms.
+    pub initial_backoff: Duration,
+    /// Upper bound of any delay. Default 2 s.
+    pub max_backoff: Duration,
+    /// How long to wait for the receiver's ack (its handler included) before retrying.
+    /// Default 5 s.
+    pub ack_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            deadline: Duration::from_secs(30),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Try again at this instant.
+    RetryAt(Instant),
+    /// Attempts or time ran out.
+    GiveUp,
+}
+
+/// The retry state of one message: a pure state machine driven by the send loop.
+#[derive(Debug)]
+pub(crate) struct RetryState {
+    policy: RetryPolicy,
+    started: Instant,
+    attempts: u32,
+}
+
+impl RetryState {
+    pub(crate) fn new(policy: RetryPolicy, now: Instant) -> Self {
+        Self {
+            policy,
+            started: now,
+            attempts: 0,
+        }
+    }
+
+    /// Counts an attempt about to be made and returns its number (1 for the first).
+    pub(crate) fn begin_attempt(&mut self) -> u32 {
+        self.attempts += 1;
+        self.attempts
+    }
+
+    /// Attempts made so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The instant past which nothing more is tried.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.started + self.policy.deadline
+    }
+
+    /// The latest instant the current attempt may wait for its ack.
+    pub(crate) fn ack_deadline(&self, now: Instant) -> Instant {
+        (now + self.policy.ack_timeout).min(self.deadline())
+    }
+
+    /// Decides what follows a failed attempt. `jitter` is a number in `[0, 1)` from the caller's
+    /// random source; the delay is drawn from `[d/2, d)` where `d` doubles per attempt
+    /// ("equal jitter"), so retries from many senders spread out but never come instantly.
+    pub(crate) fn after_failure(&self, now: Instant, jitter: f64) -> Next {
+        if self.attempts >= self.policy.max_attempts {
+            return Next::GiveUp;
+        }
+        let exp = self.attempts.saturating_sub(1).min(30);
+        let full = self
+            .policy
+            .initial_backoff
+            .saturating_mul(1 << exp)
+            .min(self.policy.max_backoff);
+        let delay = full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
+        let at = now + delay;
+        if at >= self.deadline() {
+            Next::GiveUp
+        } else {
+            Next::RetryAt(at)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            deadline: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+            ack_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_within_jitter_bounds() {
+        let t0 = Instant::now();
+        let mut s = RetryState::new(policy(), t0);
+        let expected_full_ms = [100u64, 200, 400, 500];
+        for full in expected_full_ms {
+            s.begin_attempt();
+            for (jitter, want) in [(0.0, full / 2), (0.999_999, full)] {
+                let Next::RetryAt(at) = s.after_failure(t0, jitter) else {
+                    panic!("gave up early")
+                };
+                let ms = (at - t0).as_millis() as u64;
+                assert!(
+                    ms.abs_diff(want) <= 1,
+                    "attempt {}: {ms} ms, want ~{want}",
+                    s.attempts()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts() {
+        let t0 = Instant::now();
+        let mut s = RetryState::new(policy(), t0);
+        for _ in 0..5 {
+            s.begin_attempt();
+        }
+        assert_eq!(s.after_failure(t0, 0.5), Next::GiveUp);
+    }
+
+    #[test]
+    fn gives_up_when_the_next_try_would_pass_the_deadline() {
+        let t0 = Instant::now();
+        let mut s = RetryState::new(policy(), t0);
+        s.begin_attempt();
+        assert_eq!(
+            s.after_failure(t0 + Duration::from_millis(9_990), 0.5),
+            Next::GiveUp
+        );
+        assert!(matches!(s.after_failure(t0, 0.5), Next::RetryAt(_)));
+    }
+
+    #[test]
+    fn ack_wait_never_passes_the_deadline() {
+        let t0 = Instant::now();
+        let s = RetryState::new(policy(), t0);
+        assert_eq!(s.ack_deadline(t0), t0 + Duration::from_secs(1));
+        assert_eq!(
+            s.ack_deadline(t0 + Duration::from_millis(9_500)),
+            t0 + Duration::from_secs(10)
+        );
+    }
+}

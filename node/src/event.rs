@@ -1,0 +1,45 @@
+//! [`NodeEvent`]: what happens to a node's connections, for logs, diagnostics and tests.
+
+use std::net::SocketAddr;
+
+use shoal_proto::NodeId;
+
+/// Something that happened to the node's peers. Read them with [`crate::Node::events`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A peer completed the TLS and Shoal handshakes and can take messages.
+    PeerUp {
+        /// The peer's node id.
+        node: NodeId,
+        /// The service it is an instance of.
+        service: String,
+        /// Its address as seen from here.
+        addr: SocketAddr,
+    },
+    /// A peer's connection ended.
+    PeerDown {
+        /// The peer's node id.
+        node: NodeId,
+        /// The service it was an instance of.
+        service: String,
+        /// Why: a goodbye, a timeout, a protocol error.
+        reason: String,
+    },
+    /// A connection was refused or failed before the peer was known: wrong certificate, wrong
+    /// protocol version, nobody listening.
+    HandshakeFailed {
+        /// The remote address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A peer sent something that is not valid Shoal; its connection was closed or the frame
+    /// refused.
+    ProtocolError {
+        /// The remote address.
+        addr: SocketAddr,
+        /// What was wrong.
+        reason: String,
+    },
+}

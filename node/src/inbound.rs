@@ -1,0 +1,251 @@
+//! Receiving: read frames from a peer, run handlers, answer with acks and nacks.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use shoal_proto::{DecodeError, Envelope, Frame, MessageKind, Nack, codec};
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use crate::core::dedup::Seen;
+use crate::handler::HandlerError;
+use crate::node::Shared;
+use crate::peer::{Outcome, Outgoing, Peer, lock};
+use crate::registry::Target;
+use crate::stats::Counters;
+use crate::{Message, NodeEvent};
+
+/// Reads and handles frames from `peer` until its stream ends or breaks the protocol.
+/// Returns why the connection should close.
+pub(crate) async fn read_loop(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+) -> String {
+    loop {
+        loop {
+            match codec::decode(&mut buf, &shared.config.limits) {
+                Ok(Some(frame)) => {
+                    if let Err(reason) = on_frame(shared, peer, frame).await {
+                        return reason;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Counters::bump(&shared.counters.malformed_frames);
+                    shared.emit(NodeEvent::ProtocolError {
+                        addr: peer.addr,
+                        reason: e.to_string(),
+                    });
+                    match e {
+                        // The frame was consumed and names its message: refuse just that one.
+                        DecodeError::LimitExceeded { id: Some(id), .. } => {
+                            let nack = Nack {
+                                id,
+                                retryable: false,
+                                reason: e.to_string(),
+                            };
+                            let _ = peer.push(Outgoing::Frame(Frame::Nack(nack))).await;
+                        }
+                        _ => return format!("protocol error: {e}"),
+                    }
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match recv.read_buf(&mut buf).await {
+            Ok(0) => return "peer closed its stream".into(),
+            Ok(_) => {}
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Result<(), String> {
+    match frame {
+        Frame::Deliver(env) => on_deliver(shared, peer, *env).await,
+        Frame::Ack(ack) => {
+            for id in ack.ids {
+                peer.answer(id, Outcome::Acked);
+            }
+        }
+        Frame::Nack(nack) => peer.answer(
+            nack.id,
+            Outcome::Nacked {
+                retryable: nack.retryable,
+                reason: nack.reason,
+            },
+        ),
+        Frame::Ping(nonce) => peer.push(Outgoing::Frame(Frame::Pong(nonce))).await?,
+        Frame::Pong(nonce) => peer.pong(nonce),
+        Frame::Goodbye(goodbye) => {
+            tracing::debug!(peer = %peer.node, reason = %goodbye.reason, "peer said goodbye");
+            shared.registry.leaving(peer);
+        }
+        Frame::Hello(_) => return Err("protocol error: a second hello".into()),
+        // Publish/subscribe is not spoken yet; a newer peer's subscriptions are ignored.
+        Frame::Subscribe(_) | Frame::Unsubscribe(_) => {}
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses a delivery with a negative ack.
+async fn nack(peer: &Peer, env: &Envelope, retryable: bool, reason: String) {
+    let _ = peer
+        .push(Outgoing::Frame(Frame::Nack(Nack {
+            id: env.id,
+            retryable,
+            reason,
+        })))
+        .await;
+}
+
+async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
+    if shared.is_stopping() {
+        return nack(peer, &env, true, format!("{} is shutting down", shared.id)).await;
+    }
+    let seen = lock(&shared.dedup).check(env.id, Instant::now().into_std());
+    match seen {
+        Seen::Done => {
+            Counters::bump(&shared.counters.duplicates);
+            return peer.push_ack(env.id);
+        }
+        Seen::InProgress => {
+            // The running handler's ack answers this copy too.
+            Counters::bump(&shared.counters.duplicates);
+            return;
+        }
+        Seen::New => {}
+    }
+
+    // A reply to a synchronous request goes to the waiting call, not to a handler.
+    if env.kind == MessageKind::Reply && env.name.is_empty() {
+        if let Some(waiting) = env
+            .correlation_id
+            .and_then(|id| lock(&shared.pending).remove(&id))
+        {
+            let _ = waiting.send(Message::from_envelope(env.clone()));
+        } else {
+            tracing::debug!(id = %env.id, "late reply to a request that already ended; dropped");
+        }
+        lock(&shared.dedup).complete(env.id);
+        return peer.push_ack(env.id);
+    }
+
+    let handler = shared
+        .handlers
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&env.name)
+        .cloned();
+    let Some(handler) = handler else {
+        lock(&shared.dedup).forget(env.id);
+        Counters::bump(&shared.counters.unhandled);
+        let reason = format!(
+            "service `{}` has no handler for `{}`",
+            shared.service, env.name
+        );
+        return nack(peer, &env, false, reason).await;
+    };
+
+    // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
+    // flow control pushes back on the sender.
+    let Ok(permit) = Arc::clone(&shared.handler_permits).acquire_owned().await else {
+        return;
+    };
+    let shared2 = Arc::clone(shared);
+    let peer = Arc::clone(peer);
+    shared.handler_tasks.spawn(async move {
+        let _permit = permit;
+        let shared = shared2;
+        let id = env.id;
+        let reply_to = env.reply_to.clone();
+        let run = CatchUnwind(AssertUnwindSafe(handler(Message::from_envelope(env))));
+        let Some(result) = shared.killed.run_until_cancelled(run).await else {
+            return;
+        };
+        match result {
+            Ok(Ok(reply)) => {
+                lock(&shared.dedup).complete(id);
+                Counters::bump(&shared.counters.handled);
+                if let (Some(body), Some(addr)) = (reply, reply_to) {
+                    send_reply(&shared, id, addr, body);
+                    // Let the reply's first attempt queue its frame before the ack, so both go
+                    // out in one write.
+                    tokio::task::yield_now().await;
+                }
+                peer.push_ack(id);
+            }
+            Ok(Err(err)) => {
+                Counters::bump(&shared.counters.handler_errors);
+                fail(&shared, &peer, id, &err).await;
+            }
+            Err(()) => {
+                Counters::bump(&shared.counters.handler_errors);
+                let err = HandlerError::permanent("handler panicked");
+                fail(&shared, &peer, id, &err).await;
+            }
+        }
+    });
+}
+
+async fn fail(shared: &Shared, peer: &Peer, id: shoal_proto::MessageId, err: &HandlerError) {
+    if err.is_retryable() {
+        lock(&shared.dedup).forget(id);
+    } else {
+        lock(&shared.dedup).complete(id);
+    }
+    let nack = Nack {
+        id,
+        retryable: err.is_retryable(),
+        reason: err.reason().to_owned(),
+    };
+    let _ = peer.push(Outgoing::Frame(Frame::Nack(nack))).await;
+}
+
+/// Sends a handler's reply to the request's return address, reliably, in its own task.
+fn send_reply(
+    shared: &Arc<Shared>,
+    request: shoal_proto::MessageId,
+    addr: shoal_proto::ReturnAddress,
+    body: bytes::Bytes,
+) {
+    let sync = addr.channel.is_empty();
+    let reply = Message::reply_to_request(request, addr.channel, body);
+    let target = Target {
+        service: addr.service,
+        node: addr.node,
+        node_only: sync,
+    };
+    let policy = shared.config.retry.clone();
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false).await {
+            tracing::debug!("reply not delivered: {e}");
+        }
+    });
+}
+
+/// Catches a panic in the wrapped future so one bad handler does not take the node down.
+struct CatchUnwind<F>(AssertUnwindSafe<F>);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut inner.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

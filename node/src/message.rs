@@ -1,0 +1,212 @@
+//! [`Message`]: what users send and what handlers receive.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
+
+/// A message: a header (id, name, kind, metadata) and a body of bytes.
+///
+/// Build one with [`Message::command`], [`Message::event`] or [`Message::document`], then add
+/// metadata with the `with_*` methods. The id is assigned at creation and stays the same across
+/// retries, so receivers can drop duplicates; create a new `Message` for a new piece of work.
+///
+/// ```
+/// let msg = shoal::Message::command("create-invoice", &b"{\"order\":42}"[..])
+///     .with_content_type("application/json")
+///     .with_header("tenant", "acme")
+///     .with_key("customer-7");
+/// assert_eq!(msg.name(), "create-invoice");
+/// assert_eq!(msg.header("tenant"), Some("acme"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub(crate) env: Envelope,
+}
+
+impl Message {
+    fn new(kind: MessageKind, name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let now_ms = unix_ms();
+        Self {
+            env: Envelope {
+                id: MessageId::from_parts(now_ms, rand::random()),
+                kind,
+                name: name.into(),
+                version: 1,
+                content_type: String::new(),
+                headers: Vec::new(),
+                correlation_id: None,
+                reply_to: None,
+                partition_key: None,
+                attempt: 0,
+                timestamp_ms: now_ms,
+                payload: payload.into(),
+            },
+        }
+    }
+
+    /// A command ("do this"), handled by exactly one instance of the receiving service.
+    pub fn command(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self::new(MessageKind::Command, name, payload)
+    }
+
+    /// An event ("this happened").
+    pub fn event(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self::new(MessageKind::Event, name, payload)
+    }
+
+    /// A document ("here is data").
+    pub fn document(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self::new(MessageKind::Document, name, payload)
+    }
+
+    /// A reply to `request`, sent under `name` with the request's id as correlation id.
+    pub(crate) fn reply_to_request(request: MessageId, name: String, payload: Bytes) -> Self {
+        let mut reply = Self::new(MessageKind::Reply, name, payload);
+        reply.env.correlation_id = Some(request);
+        reply
+    }
+
+    /// Adds a header (string metadata such as a trace id). Headers keep their order.
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets the payload's MIME type, e.g. `application/json`.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.env.content_type = content_type.into();
+        self
+    }
+
+    /// Sets the version of the message type's schema (default 1).
+    pub fn with_version(mut self, version: u16) -> Self {
+        self.env.version = version;
+        self
+    }
+
+    /// Sets the partition key: messages with one key are meant to be handled in order.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.env.partition_key = Some(key.into());
+        self
+    }
+
+    /// Sets the correlation id, e.g. to tie a message to the request it follows up on.
+    pub fn with_correlation_id(mut self, id: MessageId) -> Self {
+        self.env.correlation_id = Some(id);
+        self
+    }
+
+    /// Asks the receiver to reply asynchronously: its handler's reply is sent back to this
+    /// service under the message name `channel`, where a handler registered with
+    /// [`crate::Node::handle`] receives it (match it up with [`Message::correlation_id`]).
+    /// The sending node fills in its own service and node id when the message is sent.
+    pub fn with_reply_channel(mut self, channel: impl Into<String>) -> Self {
+        self.env.reply_to = Some(ReturnAddress {
+            service: String::new(),
+            node: None,
+            channel: channel.into(),
+        });
+        self
+    }
+
+    /// The unique id; the same on every redelivery.
+    pub fn id(&self) -> MessageId {
+        self.env.id
+    }
+
+    /// Command, event, document or reply.
+    pub fn kind(&self) -> MessageKind {
+        self.env.kind
+    }
+
+    /// The message type (for events, the topic).
+    pub fn name(&self) -> &str {
+        &self.env.name
+    }
+
+    /// The schema version of the message type.
+    pub fn version(&self) -> u16 {
+        self.env.version
+    }
+
+    /// The payload's MIME type; empty if none was set.
+    pub fn content_type(&self) -> &str {
+        &self.env.content_type
+    }
+
+    /// The body.
+    pub fn payload(&self) -> &Bytes {
+        &self.env.payload
+    }
+
+    /// The value of the first header named `key`.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.env
+            .headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All headers in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.env.headers
+    }
+
+    /// For replies: the id of the request answered.
+    pub fn correlation_id(&self) -> Option<MessageId> {
+        self.env.correlation_id
+    }
+
+    /// Where a reply to this message goes, if it asked for one.
+    pub fn reply_to(&self) -> Option<&ReturnAddress> {
+        self.env.reply_to.as_ref()
+    }
+
+    /// The partition key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.env.partition_key.as_deref()
+    }
+
+    /// Which delivery attempt this is: 1 the first time, more on redeliveries.
+    pub fn attempt(&self) -> u32 {
+        self.env.attempt
+    }
+
+    /// Whether this delivery is a retry (the receiver may have seen the message before, on
+    /// this or another instance).
+    pub fn is_redelivery(&self) -> bool {
+        self.env.attempt > 1
+    }
+
+    /// Unix time in milliseconds when the message was created.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.env.timestamp_ms
+    }
+
+    /// The wire envelope, for tools that need every field.
+    pub fn envelope(&self) -> &Envelope {
+        &self.env
+    }
+
+    /// Wraps an envelope received from the wire.
+    pub(crate) fn from_envelope(env: Envelope) -> Self {
+        Self { env }
+    }
+
+    /// Fills in the return address of a request from `service`/`node`.
+    pub(crate) fn address_replies(&mut self, service: &str, node: NodeId) {
+        if let Some(addr) = &mut self.env.reply_to {
+            addr.service = service.to_owned();
+            addr.node = Some(node);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

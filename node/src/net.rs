@@ -1,0 +1,289 @@
+//! Connections: accepting, dialling, the Shoal handshake, and keeping static peers dialled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use shoal_discovery::DiscoveryEvent;
+use shoal_proto::{Frame, Hello, NodeId, PROTOCOL_VERSION, codec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::node::Shared;
+use crate::peer::{Peer, PeerParams};
+use crate::registry::Inserted;
+use crate::stats::Counters;
+use crate::{NodeEvent, tls};
+
+/// Application close codes, visible to the peer with a reason string.
+pub(crate) const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub(crate) const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub(crate) const CLOSE_DUPLICATE: quinn::VarInt = quinn::VarInt::from_u32(2);
+pub(crate) const CLOSE_KILLED: quinn::VarInt = quinn::VarInt::from_u32(3);
+
+/// Why a handshake failed when a node dialled its own address.
+const SELF_CONNECTION: &str = "connected to itself";
+
+/// Accepts connections until the node stops.
+pub(crate) async fn accept_loop(shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => incoming,
+            _ = shared.stopping.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let shared2 = Arc::clone(&shared);
+        shared.tasks.spawn(async move {
+            let addr = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    let _ = establish(&shared2, conn, false).await;
+                }
+                Err(e) => {
+                    handshake_failed(&shared2, addr, format!("TLS handshake failed: {e}"));
+                }
+            }
+        });
+    }
+}
+
+/// Dials `addr` once and runs the Shoal handshake.
+pub(crate) async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Arc<Peer>, String> {
+    let connecting = shared
+        .endpoint
+        .connect(addr, tls::SERVER_NAME)
+        .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+    let conn = match tokio::time::timeout(shared.config.handshake_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            return Err(handshake_failed(
+                shared,
+                addr,
+                format!("TLS handshake with {addr} failed: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(handshake_failed(
+                shared,
+                addr,
+                format!("no answer from {addr}"),
+            ));
+        }
+    };
+    establish(shared, conn, true).await
+}
+
+fn handshake_failed(shared: &Shared, addr: SocketAddr, reason: String) -> String {
+    Counters::bump(&shared.counters.handshake_failures);
+    shared.emit(NodeEvent::HandshakeFailed {
+        addr,
+        reason: reason.clone(),
+    });
+    reason
+}
+
+/// Exchanges hellos over a fresh TLS connection, registers the peer and starts its reader.
+/// Both sides write their hello first and then read the other's, so neither waits on the other.
+async fn establish(
+    shared: &Arc<Shared>,
+    conn: quinn::Connection,
+    dialed: bool,
+) -> Result<Arc<Peer>, String> {
+    let addr = conn.remote_address();
+    let exchange = async {
+        let mut send = conn
+            .open_uni()
+            .await
+            .map_err(|e| format!("open stream: {e}"))?;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: shared.id,
+            service: shared.service.clone(),
+            listen_addrs: shared.endpoint.local_addr().into_iter().collect(),
+        };
+        let mut buf = BytesMut::new();
+        codec::encode(&Frame::Hello(hello), &shared.config.limits, &mut buf)
+            .map_err(|e| e.to_string())?;
+        send.write_all(&buf)
+            .await
+            .map_err(|e| format!("send hello: {e}"))?;
+        let mut recv = conn
+            .accept_uni()
+            .await
+            .map_err(|e| format!("accept stream: {e}"))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let hello = loop {
+            match codec::decode(&mut buf, &shared.config.limits) {
+                Ok(Some(Frame::Hello(hello))) => break hello,
+                Ok(Some(other)) => return Err(format!("expected hello, got {other:?}")),
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad hello: {e}")),
+            }
+            match recv.read_buf(&mut buf).await {
+                Ok(0) => return Err("stream closed before hello".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read hello: {e}")),
+            }
+        };
+        Ok((send, recv, hello, buf))
+    };
+    let result = tokio::time::timeout(shared.config.handshake_timeout, exchange).await;
+    let (send, recv, hello, buf) = match result {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(reason)) => {
+            conn.close(CLOSE_PROTOCOL, reason.as_bytes());
+            return Err(handshake_failed(shared, addr, reason));
+        }
+        Err(_) => {
+            conn.close(CLOSE_PROTOCOL, b"hello timeout");
+            return Err(handshake_failed(shared, addr, "no hello in time".into()));
+        }
+    };
+    if let Err(reason) = check_hello(shared, &conn, &hello) {
+        conn.close(CLOSE_PROTOCOL, reason.as_bytes());
+        return Err(handshake_failed(shared, addr, reason));
+    }
+
+    let peer = Peer::new(
+        conn,
+        send,
+        PeerParams {
+            node: hello.node_id,
+            service: hello.service,
+            listen_addrs: hello.listen_addrs,
+            dialer: if dialed { shared.id } else { hello.node_id },
+            max_in_flight: shared.config.max_in_flight_per_peer,
+            queue_len: shared.config.write_queue_len,
+            limits: shared.config.limits.clone(),
+        },
+    );
+    match shared.registry.insert(Arc::clone(&peer)) {
+        Inserted::Rejected => {
+            peer.conn.close(CLOSE_DUPLICATE, b"duplicate connection");
+            return Ok(peer);
+        }
+        Inserted::Kept { displaced } => {
+            if let Some(old) = displaced {
+                old.conn.close(CLOSE_DUPLICATE, b"duplicate connection");
+            }
+        }
+    }
+    Counters::bump(&shared.counters.connections);
+    shared.emit(NodeEvent::PeerUp {
+        node: peer.node,
+        service: peer.service.clone(),
+        addr,
+    });
+    let shared2 = Arc::clone(shared);
+    let peer2 = Arc::clone(&peer);
+    shared
+        .tasks
+        .spawn(async move { run_peer(shared2, peer2, recv, buf).await });
+    Ok(peer)
+}
+
+fn check_hello(shared: &Shared, conn: &quinn::Connection, hello: &Hello) -> Result<(), String> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(format!(
+            "peer speaks protocol {}, this node {PROTOCOL_VERSION}",
+            hello.protocol_version
+        ));
+    }
+    if hello.node_id == shared.id {
+        return Err(SELF_CONNECTION.into());
+    }
+    match tls::peer_service(conn) {
+        Some(certified) if certified == hello.service => Ok(()),
+        Some(certified) => Err(format!(
+            "peer claims service `{}` but its certificate is for `{certified}`",
+            hello.service
+        )),
+        None => Err("peer certificate names no service".into()),
+    }
+}
+
+/// Reads from a peer until the connection ends, then forgets it and fails what waited on it.
+async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream, buf: BytesMut) {
+    let reason = tokio::select! {
+        reason = crate::inbound::read_loop(&shared, &peer, recv, buf) => reason,
+        closed = peer.conn.closed() => closed.to_string(),
+    };
+    if reason.starts_with("protocol error") {
+        peer.conn.close(CLOSE_PROTOCOL, reason.as_bytes());
+    }
+    let closed = peer.conn.closed().await.to_string();
+    shared.registry.remove(&peer);
+    peer.fail_all(&closed);
+    shared.emit(NodeEvent::PeerDown {
+        node: peer.node,
+        service: peer.service.clone(),
+        reason,
+    });
+}
+
+/// Turns discovery hints into connections: one dialler per address.
+pub(crate) async fn follow_discovery(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<DiscoveryEvent>,
+) {
+    let mut dialling = std::collections::HashSet::new();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = shared.stopping.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        let hint = match event {
+            DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint) => hint,
+            // Liveness comes from the QUIC connection itself; a vanished announcement changes nothing.
+            _ => continue,
+        };
+        if hint.node_id == Some(shared.id) {
+            continue;
+        }
+        for addr in hint.addrs {
+            if dialling.insert(addr) {
+                let shared2 = Arc::clone(&shared);
+                shared
+                    .tasks
+                    .spawn(async move { keep_dialled(shared2, addr).await });
+            }
+        }
+    }
+}
+
+/// Keeps a connection to whoever listens on `addr`: dials, waits while connected, and redials
+/// with backoff (100 ms doubling to 2 s) after a failure, until the node stops.
+async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr) {
+    let mut backoff = Duration::from_millis(100);
+    let mut known: Option<NodeId> = None;
+    let mut changes = shared.registry.watch();
+    while !shared.is_stopping() {
+        let connected = known
+            .filter(|n| shared.registry.contains(*n))
+            .or_else(|| shared.registry.listens_on(addr));
+        if let Some(node) = connected {
+            known = Some(node);
+            tokio::select! {
+                _ = changes.changed() => continue,
+                _ = shared.stopping.cancelled() => return,
+            }
+        }
+        match connect(&shared, addr).await {
+            Ok(peer) => {
+                known = Some(peer.node);
+                backoff = Duration::from_millis(100);
+            }
+            Err(reason) if reason == SELF_CONNECTION => return, // a peer list naming this node
+            Err(reason) => {
+                tracing::debug!(%addr, %reason, "dial failed; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.stopping.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! [`Node`]: the handle a service uses to send, request and handle messages.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use shoal_proto::{MessageId, NodeId, ReturnAddress};
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::dedup::DedupWindow;
+use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
+use crate::outbound::{self, SendOptions};
+use crate::peer::lock;
+use crate::registry::{Registry, Target};
+use crate::stats::Counters;
+use crate::{Error, Message, NodeBuilder, NodeEvent, NodeStats};
+
+/// State shared by the node's handle and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) service: String,
+    pub(crate) config: Config,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) registry: Registry,
+    pub(crate) handlers: RwLock<HashMap<String, BoxedHandler>>,
+    pub(crate) dedup: Mutex<DedupWindow>,
+    /// Synchronous requests waiting for their reply, by request id.
+    pub(crate) pending: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
+    pub(crate) counters: Counters,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    /// Cancelled when shutdown starts: no new work is taken.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when the node stops at once: running handlers are dropped.
+    pub(crate) killed: CancellationToken,
+    /// Running handlers, so shutdown can wait for them.
+    pub(crate) handler_tasks: TaskTracker,
+    pub(crate) handler_permits: Arc<tokio::sync::Semaphore>,
+    /// Background tasks (accept loop, dialers, discovery), stopped on shutdown.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: NodeEvent) {
+        tracing::debug!(?event, node = %self.id, "node event");
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    /// Stops at once, like a crash: connections are closed without goodbyes, running handlers
+    /// are dropped, nothing is flushed.
+    pub(crate) fn kill(&self) {
+        self.stopping.cancel();
+        self.killed.cancel();
+        self.endpoint
+            .close(crate::net::CLOSE_KILLED, b"node stopped abruptly");
+        for source in lock(&self.discovery).iter_mut() {
+            source.stop();
+        }
+    }
+}
+
+/// A running Shoal node: one instance of one service.
+///
+/// `Node` is a cheap handle (an `Arc`): clone it into handlers and tasks. The node's work runs
+/// in background tasks on the Tokio runtime that started it. Call [`Node::shutdown`] to stop
+/// gracefully; dropping the last handle stops the node abruptly, like [`Node::abort`].
+#[derive(Clone)]
+pub struct Node {
+    owner: Arc<Owner>,
+}
+
+/// Stops the node when the last handle goes away.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if !self.shared.is_stopping() {
+            self.shared.kill();
+        }
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("service", &self.service())
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+/// Proof that a message was handled: returned by [`Node::send`] once the receiver acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message's id.
+    pub id: MessageId,
+    /// The instance whose handler finished it.
+    pub node: NodeId,
+    /// Delivery attempts it took (1 if the first one succeeded).
+    pub attempts: u32,
+}
+
+/// A live peer, as listed by [`Node::peers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's node id.
+    pub node: NodeId,
+    /// The service it is an instance of.
+    pub service: String,
+    /// Its address as seen from here.
+    pub addr: SocketAddr,
+    /// QUIC's smoothed round-trip estimate.
+    pub rtt: Duration,
+    /// Messages sent to it and not yet acknowledged.
+    pub in_flight: usize,
+}
+
+impl Node {
+    /// Starts configuring a node that is an instance of `service`.
+    pub fn builder(service: impl Into<String>) -> NodeBuilder {
+        NodeBuilder::new(service)
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self {
+            owner: Arc::new(Owner { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.owner.shared
+    }
+
+    /// This node's id (random per start).
+    pub fn id(&self) -> NodeId {
+        self.shared().id
+    }
+
+    /// The service this node is an instance of.
+    pub fn service(&self) -> &str {
+        &self.shared().service
+    }
+
+    /// The address the node accepts connections on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared()
+            .endpoint
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Registers the handler for messages named `name` (commands, documents, events and
+    /// asynchronous replies alike), replacing any earlier one.
+    ///
+    /// The message is acknowledged when the returned future completes with `Ok`; an `Err`
+    /// sends a negative acknowledgement ([`HandlerError::retryable`] or
+    /// [`HandlerError::permanent`]). A handler that returns a body (`Ok(bytes)`) answers a
+    /// request. Handlers run concurrently, up to the configured limit.
+    ///
+    /// Retried messages carry the same id and are filtered by this node's dedup window, but a
+    /// message may still reach a second instance if the first one crashed before acking: keep
+    /// handlers idempotent, or use [`Message::is_redelivery`] to take care.
+    pub fn handle<F, Fut, R>(&self, name: impl Into<String>, handler: F)
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        let mut handlers = self
+            .shared()
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        handlers.insert(name.into(), handler::boxed(handler));
+    }
+
+    /// Sends `msg` to one instance of `service` and resolves when that instance's handler has
+    /// finished and acknowledged it.
+    ///
+    /// Picks the least busy live instance; without an ack in time, or when the connection
+    /// drops, it retries with exponential backoff and jitter, on another instance when there is
+    /// one. If no instance is connected yet it waits for one (within the retry deadline). When
+    /// attempts or time run out it returns [`Error::DeadLettered`] and records the message in
+    /// [`Node::dead_letters`]. Waits while the instance has the maximum of unacknowledged
+    /// messages; use [`Node::send_with`] to fail fast instead.
+    ///
+    /// Dropping the returned future stops retrying.
+    pub async fn send(&self, service: &str, msg: Message) -> Result<Receipt, Error> {
+        self.send_with(service, msg, SendOptions::default()).await
+    }
+
+    /// [`Node::send`] with per-message options (retry policy, fail-fast).
+    pub async fn send_with(
+        &self,
+        service: &str,
+        mut msg: Message,
+        options: SendOptions,
+    ) -> Result<Receipt, Error> {
+        let shared = self.shared();
+        msg.address_replies(&shared.service, shared.id);
+        let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
+        outbound::deliver(
+            shared,
+            Target::service(service),
+            msg,
+            policy,
+            options.fail_fast,
+        )
+        .await
+    }
+
+    /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
+    /// `timeout`. The receiver's handler answers by returning a body.
+    pub async fn request(
+        &self,
+        service: &str,
+        mut msg: Message,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        let shared = Arc::clone(self.shared());
+        msg.env.reply_to = Some(ReturnAddress {
+            service: shared.service.clone(),
+            node: Some(shared.id),
+            channel: String::new(),
+        });
+        let id = msg.id();
+        let (tx, mut rx) = oneshot::channel();
+        lock(&shared.pending).insert(id, tx);
+        let _cleanup = PendingGuard {
+            shared: &shared,
+            id,
+        };
+
+        let mut policy = shared.config.retry.clone();
+        policy.deadline = policy.deadline.min(timeout);
+        let send = outbound::deliver(&shared, Target::service(service), msg, policy, false);
+        let wait = async {
+            tokio::pin!(send);
+            tokio::select! {
+                biased;
+                reply = &mut rx => reply.map_err(|_| Error::ShuttingDown),
+                sent = &mut send => match sent {
+                    Ok(_) => rx.await.map_err(|_| Error::ShuttingDown),
+                    Err(e) => Err(e),
+                },
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// Round-trip time to one instance of `service`, measured with a protocol-level ping.
+    pub async fn ping(&self, service: &str, timeout: Duration) -> Result<Duration, Error> {
+        let shared = self.shared();
+        let fut = async {
+            let mut changes = shared.registry.watch();
+            let peer = loop {
+                if let Some(peer) = shared.registry.choose(&Target::service(service), &[]) {
+                    break peer;
+                }
+                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+            };
+            let rx = peer.ping().await.map_err(|_| Error::ShuttingDown)?;
+            rx.await.map_err(|_| Error::ShuttingDown)
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// The live peers, with their RTT and load.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .shared()
+            .registry
+            .all()
+            .into_iter()
+            .map(|p| PeerInfo {
+                node: p.node,
+                service: p.service.clone(),
+                addr: p.addr,
+                rtt: p.conn.rtt(),
+                in_flight: p.in_flight(),
+            })
+            .collect();
+        peers.sort_by(|a, b| (&a.service, a.node).cmp(&(&b.service, b.node)));
+        peers
+    }
+
+    /// Waits until at least `count` instances of `service` are connected, at most `timeout`.
+    pub async fn wait_for_instances(
+        &self,
+        service: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let shared = self.shared();
+        let fut = async {
+            let mut changes = shared.registry.watch();
+            loop {
+                let live = shared
+                    .registry
+                    .all()
+                    .iter()
+                    .filter(|p| p.service == service && !p.is_leaving())
+                    .count();
+                if live >= count {
+                    return Ok(());
+                }
+                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// Subscribes to connection events (peers up and down, refused handshakes, protocol
+    /// errors). Events are kept in a bounded buffer: a receiver that falls behind misses the
+    /// oldest ones and is told so by `RecvError::Lagged`.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.shared().events.subscribe()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> NodeStats {
+        self.shared().counters.snapshot()
+    }
+
+    /// The most recent dead letters (bounded; see [`NodeBuilder::dead_letter_capacity`]).
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.shared().dead_letters.snapshot()
+    }
+
+    /// Stops gracefully: takes no new work (new sends fail with [`Error::ShuttingDown`], new
+    /// deliveries are refused with a retryable nack so senders go elsewhere), waits for running
+    /// handlers (at most the shutdown grace period), flushes their acks, says goodbye to every
+    /// peer and closes the connections.
+    pub async fn shutdown(&self) {
+        let shared = self.shared();
+        if shared.is_stopping() {
+            return;
+        }
+        shared.stopping.cancel();
+        for source in lock(&shared.discovery).iter_mut() {
+            source.stop();
+        }
+        let grace = shared.config.shutdown_grace;
+        shared.handler_tasks.close();
+        if tokio::time::timeout(grace, shared.handler_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("handlers still running after {grace:?}; closing anyway");
+        }
+        let mut closes = tokio::task::JoinSet::new();
+        for peer in shared.registry.all() {
+            closes.spawn(async move { peer.close_gracefully("shutdown", grace).await });
+        }
+        while closes.join_next().await.is_some() {}
+        shared
+            .endpoint
+            .close(crate::net::CLOSE_SHUTDOWN, b"shutdown");
+        shared.tasks.close();
+        let _ = tokio::time::timeout(grace, shared.tasks.wait()).await;
+        let _ = tokio::time::timeout(grace, shared.endpoint.wait_idle()).await;
+    }
+
+    /// Stops at once, as if the process had crashed: no goodbyes, running handlers dropped,
+    /// unsent acks lost. Peers see the connections close and retry elsewhere. Meant for tests
+    /// and emergencies; prefer [`Node::shutdown`].
+    pub fn abort(&self) {
+        self.shared().kill();
+    }
+}
+
+/// Removes a request's pending entry however the request ends.
+struct PendingGuard<'a> {
+    shared: &'a Shared,
+    id: MessageId,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.id);
+    }
+}

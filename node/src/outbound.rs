@@ -1,0 +1,264 @@
+//! Sending: pick an instance, deliver, wait for the ack, retry, or dead-letter.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use shoal_proto::{Frame, NodeId, codec};
+use tokio::time::Instant;
+
+use crate::core::retry::{Next, RetryState};
+use crate::dead_letter::DeadLetter;
+use crate::peer::{Outcome, Outgoing, Peer};
+use crate::registry::Target;
+use crate::stats::Counters;
+use crate::{Error, Message, Receipt, RetryPolicy, node::Shared};
+
+/// Per-message options for [`crate::Node::send_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SendOptions {
+    /// Overrides the node's retry policy for this message.
+    pub retry: Option<RetryPolicy>,
+    /// Fail with [`Error::Busy`] instead of waiting when the chosen instance already has the
+    /// maximum of unacknowledged messages.
+    pub fail_fast: bool,
+}
+
+impl SendOptions {
+    /// Options that fail fast instead of waiting on a full in-flight window.
+    pub fn fail_fast() -> Self {
+        Self {
+            fail_fast: true,
+            ..Self::default()
+        }
+    }
+
+    /// Options with a retry policy of their own.
+    pub fn with_retry(retry: RetryPolicy) -> Self {
+        Self {
+            retry: Some(retry),
+            ..Self::default()
+        }
+    }
+}
+
+/// The send loop of one message. Runs in the caller's task: no task is spawned per message.
+pub(crate) async fn deliver(
+    shared: &Arc<Shared>,
+    target: Target,
+    mut msg: Message,
+    policy: RetryPolicy,
+    fail_fast: bool,
+) -> Result<Receipt, Error> {
+    let mut state = RetryState::new(policy, Instant::now().into_std());
+    let mut tried: Vec<NodeId> = Vec::new();
+    let mut changes = shared.registry.watch();
+    let mut last_failure;
+    loop {
+        if shared.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        match shared.registry.choose(&target, &tried) {
+            None => {
+                last_failure = no_instance(&target);
+                // Wait for an instance to appear instead of polling; give up at the deadline.
+                let deadline = Instant::from_std(state.deadline());
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_ok() { continue; }
+                        return Err(Error::ShuttingDown);
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(dead_letter(shared, &target, msg, state.attempts(), last_failure));
+                    }
+                    _ = shared.stopping.cancelled() => return Err(Error::ShuttingDown),
+                }
+            }
+            Some(peer) => {
+                let attempt = state.begin_attempt();
+                if attempt > 1 {
+                    Counters::bump(&shared.counters.retries);
+                }
+                match attempt_once(shared, &peer, &mut msg, attempt, &state, fail_fast, &target)
+                    .await?
+                {
+                    Ok(()) => {
+                        Counters::bump(&shared.counters.acked);
+                        return Ok(Receipt {
+                            id: msg.id(),
+                            node: peer.node,
+                            attempts: attempt,
+                        });
+                    }
+                    Err(Failure::Permanent(reason)) => {
+                        return Err(dead_letter(shared, &target, msg, attempt, reason));
+                    }
+                    Err(Failure::Retryable(reason)) => last_failure = reason,
+                }
+                if !tried.contains(&peer.node) {
+                    tried.push(peer.node);
+                }
+            }
+        }
+        match state.after_failure(Instant::now().into_std(), rand::random()) {
+            Next::RetryAt(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
+                    _ = shared.stopping.cancelled() => return Err(Error::ShuttingDown),
+                }
+            }
+            Next::GiveUp => {
+                return Err(dead_letter(
+                    shared,
+                    &target,
+                    msg,
+                    state.attempts(),
+                    last_failure,
+                ));
+            }
+        }
+    }
+}
+
+enum Failure {
+    Retryable(String),
+    Permanent(String),
+}
+
+/// One delivery attempt to `peer`. The outer `Result` is for errors that end the send at once
+/// (the message breaks a limit, fail-fast on a full window, shutdown).
+async fn attempt_once(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    msg: &mut Message,
+    attempt: u32,
+    state: &RetryState,
+    fail_fast: bool,
+    target: &Target,
+) -> Result<Result<(), Failure>, Error> {
+    let ack_deadline = Instant::from_std(state.ack_deadline(Instant::now().into_std()));
+    let permit = if fail_fast {
+        match Arc::clone(&peer.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                return Err(Error::Busy {
+                    service: target.service.clone(),
+                });
+            }
+        }
+    } else {
+        tokio::select! {
+            p = Arc::clone(&peer.permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(Err(Failure::Retryable("connection closed".into()))),
+            },
+            _ = tokio::time::sleep_until(ack_deadline) => {
+                return Ok(Err(Failure::Retryable(format!("{} messages already in flight to {}", peer.permits.available_permits(), peer.node))));
+            }
+        }
+    };
+
+    msg.env.attempt = attempt;
+    let bytes = encode_delivery(msg, &shared.config.limits)?;
+    let id = msg.id();
+    let answer = peer.expect_answer(id);
+    if let Err(reason) = peer.push(Outgoing::Encoded(bytes)).await {
+        peer.forget_answer(id);
+        return Ok(Err(Failure::Retryable(reason)));
+    }
+    let outcome = tokio::select! {
+        outcome = answer => outcome.unwrap_or_else(|_| Outcome::Lost("connection closed".into())),
+        _ = tokio::time::sleep_until(ack_deadline) => {
+            peer.forget_answer(id);
+            Outcome::Lost(format!("no ack from {} within {:?}", peer.node, shared.config.retry.ack_timeout))
+        }
+        _ = shared.stopping.cancelled() => {
+            peer.forget_answer(id);
+            return Err(Error::ShuttingDown);
+        }
+    };
+    drop(permit);
+    Ok(match outcome {
+        Outcome::Acked => Ok(()),
+        Outcome::Nacked {
+            retryable: true,
+            reason,
+        } => Err(Failure::Retryable(format!(
+            "{} refused: {reason}",
+            peer.node
+        ))),
+        Outcome::Nacked {
+            retryable: false,
+            reason,
+        } => Err(Failure::Permanent(format!(
+            "{} refused: {reason}",
+            peer.node
+        ))),
+        Outcome::Lost(reason) => Err(Failure::Retryable(reason)),
+    })
+}
+
+/// Encodes a delivery once per attempt (the attempt number changes), without cloning the
+/// envelope.
+fn encode_delivery(msg: &mut Message, limits: &shoal_proto::Limits) -> Result<bytes::Bytes, Error> {
+    let env = std::mem::replace(&mut msg.env, placeholder());
+    let frame = Frame::Deliver(Box::new(env));
+    let mut buf = BytesMut::with_capacity(128 + frame_payload_len(&frame));
+    let result = codec::encode(&frame, limits, &mut buf);
+    if let Frame::Deliver(env) = frame {
+        msg.env = *env;
+    }
+    result?;
+    Ok(buf.freeze())
+}
+
+fn frame_payload_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Deliver(env) => env.payload.len() + env.name.len(),
+        _ => 0,
+    }
+}
+
+/// An envelope that allocates nothing, to stand in while the real one is being encoded.
+fn placeholder() -> shoal_proto::Envelope {
+    shoal_proto::Envelope {
+        id: shoal_proto::MessageId::from_u128(0),
+        kind: shoal_proto::MessageKind::Command,
+        name: String::new(),
+        version: 0,
+        content_type: String::new(),
+        headers: Vec::new(),
+        correlation_id: None,
+        reply_to: None,
+        partition_key: None,
+        attempt: 0,
+        timestamp_ms: 0,
+        payload: bytes::Bytes::new(),
+    }
+}
+
+fn no_instance(target: &Target) -> String {
+    match (target.node, target.node_only) {
+        (Some(node), true) => format!("instance {node} of `{}` is not connected", target.service),
+        _ => format!("no instance of service `{}` is connected", target.service),
+    }
+}
+
+fn dead_letter(
+    shared: &Shared,
+    target: &Target,
+    message: Message,
+    attempts: u32,
+    last_failure: String,
+) -> Error {
+    let letter = DeadLetter {
+        service: target.service.clone(),
+        message,
+        attempts,
+        last_failure,
+    };
+    tracing::warn!("{letter}");
+    Counters::bump(&shared.counters.dead_lettered);
+    shared.dead_letters.record(letter.clone());
+    Error::DeadLettered(Box::new(letter))
+}

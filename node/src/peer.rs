@@ -1,0 +1,263 @@
+//! One live peer: its QUIC connection, the task that writes frames to it, and the messages
+//! waiting for its acknowledgement.
+//!
+//! Each side of a connection writes on one long-lived unidirectional stream. The writer task
+//! drains everything queued before each write, so under load many frames (and all pending acks,
+//! coalesced into one [`Frame::Ack`]) go out in one write, while an idle connection writes a
+//! lone frame at once: batching without added latency.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use shoal_proto::{Ack, Frame, Goodbye, Limits, MessageId, NodeId, codec};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// How a delivery attempt ended, as seen by the sender.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The receiver's handler finished.
+    Acked,
+    /// The receiver refused or failed the message.
+    Nacked { retryable: bool, reason: String },
+    /// The connection ended before an answer came.
+    Lost(String),
+}
+
+/// What the writer task is asked to write.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// An already encoded frame (deliveries are encoded by the sender, once).
+    Encoded(Bytes),
+    /// A frame to encode.
+    Frame(Frame),
+    /// Acknowledge this message; coalesced with other acks.
+    Ack(MessageId),
+    /// Write a goodbye, flush, finish the stream and stop.
+    Close(String),
+}
+
+/// Largest batch gathered before a write, and most acks in one frame.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+const MAX_ACKS_PER_FRAME: usize = 4096;
+
+/// A connected, handshaken peer.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) node: NodeId,
+    pub(crate) service: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) listen_addrs: Vec<SocketAddr>,
+    pub(crate) conn: quinn::Connection,
+    /// Which node dialled this connection: decides which of two duplicate connections survives.
+    pub(crate) dialer: NodeId,
+    out: mpsc::Sender<Outgoing>,
+    in_flight: Mutex<HashMap<MessageId, oneshot::Sender<Outcome>>>,
+    /// One permit per message in flight to this peer: the bound on unacknowledged messages.
+    pub(crate) permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    pings: Mutex<HashMap<u64, (Instant, oneshot::Sender<Duration>)>>,
+    /// Set when the peer said goodbye or lost a duplicate-connection race: send nothing new.
+    leaving: AtomicBool,
+    writer_done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// What [`Peer::new`] needs besides the connection.
+pub(crate) struct PeerParams {
+    pub(crate) node: NodeId,
+    pub(crate) service: String,
+    pub(crate) listen_addrs: Vec<SocketAddr>,
+    pub(crate) dialer: NodeId,
+    pub(crate) max_in_flight: usize,
+    pub(crate) queue_len: usize,
+    pub(crate) limits: Limits,
+}
+
+impl Peer {
+    /// Wraps an established connection and starts its writer task on `send`.
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        p: PeerParams,
+    ) -> Arc<Self> {
+        let (out, rx) = mpsc::channel(p.queue_len);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(write_loop(send, rx, p.limits, done_tx));
+        Arc::new(Self {
+            node: p.node,
+            service: p.service,
+            addr: conn.remote_address(),
+            listen_addrs: p.listen_addrs,
+            conn,
+            dialer: p.dialer,
+            out,
+            in_flight: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(p.max_in_flight)),
+            max_in_flight: p.max_in_flight,
+            pings: Mutex::new(HashMap::new()),
+            leaving: AtomicBool::new(false),
+            writer_done: Mutex::new(Some(done_rx)),
+        })
+    }
+
+    /// Messages sent and not yet answered.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.max_in_flight - self.permits.available_permits()
+    }
+
+    pub(crate) fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_leaving(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
+    }
+
+    /// Registers interest in the answer to message `id`; replaces an earlier registration
+    /// (a retry to the same peer).
+    pub(crate) fn expect_answer(&self, id: MessageId) -> oneshot::Receiver<Outcome> {
+        let (tx, rx) = oneshot::channel();
+        lock(&self.in_flight).insert(id, tx);
+        rx
+    }
+
+    /// Stops waiting for `id` (its ack timed out).
+    pub(crate) fn forget_answer(&self, id: MessageId) {
+        lock(&self.in_flight).remove(&id);
+    }
+
+    /// Hands an answer from the peer to whoever waits for it; unknown ids are ignored (a late
+    /// ack after a timeout, or a duplicate ack).
+    pub(crate) fn answer(&self, id: MessageId, outcome: Outcome) {
+        if let Some(tx) = lock(&self.in_flight).remove(&id) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Fails every message waiting on this peer: the connection is gone.
+    pub(crate) fn fail_all(&self, reason: &str) {
+        let waiting: Vec<_> = lock(&self.in_flight).drain().collect();
+        for (_, tx) in waiting {
+            let _ = tx.send(Outcome::Lost(reason.to_owned()));
+        }
+        lock(&self.pings).clear();
+    }
+
+    /// Queues something for the writer, waiting if the queue is full (backpressure).
+    pub(crate) async fn push(&self, item: Outgoing) -> Result<(), String> {
+        self.out
+            .send(item)
+            .await
+            .map_err(|_| "connection writer stopped".to_owned())
+    }
+
+    /// Queues an ack without waiting: acks are tiny, and a handler must never block on a full
+    /// queue. If the queue is full the ack is handed to a task that waits.
+    pub(crate) fn push_ack(self: &Arc<Self>, id: MessageId) {
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.out.try_send(Outgoing::Ack(id)) {
+            let peer = Arc::clone(self);
+            tokio::spawn(async move { peer.push(item).await });
+        }
+    }
+
+    /// Sends a ping and returns a receiver for the round-trip time.
+    pub(crate) async fn ping(&self) -> Result<oneshot::Receiver<Duration>, String> {
+        let nonce = rand::random();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pings).insert(nonce, (Instant::now(), tx));
+        self.push(Outgoing::Frame(Frame::Ping(nonce))).await?;
+        Ok(rx)
+    }
+
+    /// A pong arrived.
+    pub(crate) fn pong(&self, nonce: u64) {
+        if let Some((sent, tx)) = lock(&self.pings).remove(&nonce) {
+            let _ = tx.send(sent.elapsed());
+        }
+    }
+
+    /// Writes a goodbye after everything queued, finishes the stream, and waits (bounded)
+    /// until the writer is done, so queued acks reach the peer before the connection closes.
+    pub(crate) async fn close_gracefully(&self, reason: &str, wait: Duration) {
+        self.mark_leaving();
+        let _ = tokio::time::timeout(wait, self.push(Outgoing::Close(reason.to_owned()))).await;
+        let done = lock(&self.writer_done).take();
+        if let Some(done) = done {
+            let _ = tokio::time::timeout(wait, done).await;
+        }
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: the data under these locks stays consistent even if a
+/// holder panicked (single inserts and removes).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outgoing>,
+    limits: Limits,
+    done: oneshot::Sender<()>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut acks = Vec::new();
+    let mut closing = None;
+    while let Some(first) = rx.recv().await {
+        let mut item = Some(first);
+        while let Some(next) = item.take() {
+            match next {
+                Outgoing::Encoded(bytes) => buf.extend_from_slice(&bytes),
+                Outgoing::Frame(frame) => encode_into(&frame, &limits, &mut buf),
+                Outgoing::Ack(id) => acks.push(id),
+                Outgoing::Close(reason) => {
+                    closing = Some(reason);
+                    break;
+                }
+            }
+            if buf.len() < MAX_BATCH_BYTES {
+                item = rx.try_recv().ok();
+            }
+        }
+        for chunk in acks.chunks(MAX_ACKS_PER_FRAME) {
+            encode_into(
+                &Frame::Ack(Ack {
+                    ids: chunk.to_vec(),
+                }),
+                &limits,
+                &mut buf,
+            );
+        }
+        acks.clear();
+        if let Some(reason) = &closing {
+            encode_into(
+                &Frame::Goodbye(Goodbye {
+                    reason: reason.clone(),
+                }),
+                &limits,
+                &mut buf,
+            );
+        }
+        if send.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+        if closing.is_some() {
+            let _ = send.finish();
+            // Wait until the peer has the data (bounded by the caller's timeout on `done`).
+            let _ = send.stopped().await;
+            break;
+        }
+    }
+    let _ = done.send(());
+}
+
+fn encode_into(frame: &Frame, limits: &Limits, buf: &mut BytesMut) {
+    // Frames built by the node itself (acks, pings, goodbyes) are far below every limit.
+    if let Err(e) = codec::encode(frame, limits, buf) {
+        tracing::error!("could not encode a control frame: {e}");
+    }
+}

@@ -1,0 +1,64 @@
+//! Counters a user can read to see what the node did.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of the node's counters since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Messages acknowledged by a receiver (point-to-point sends and replies).
+    pub acked: u64,
+    /// Delivery attempts after the first.
+    pub retries: u64,
+    /// Messages given up on (see [`crate::Node::dead_letters`]).
+    pub dead_lettered: u64,
+    /// Deliveries whose handler ran and succeeded on this node.
+    pub handled: u64,
+    /// Deliveries whose handler returned an error or panicked.
+    pub handler_errors: u64,
+    /// Deliveries recognised as duplicates by the dedup window (acked again, not handled).
+    pub duplicates: u64,
+    /// Deliveries refused because no handler was registered for their name.
+    pub unhandled: u64,
+    /// Frames from peers that could not be decoded or broke a limit.
+    pub malformed_frames: u64,
+    /// Connections refused or failed during the TLS or Shoal handshake.
+    pub handshake_failures: u64,
+    /// Peer connections established.
+    pub connections: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) acked: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) handler_errors: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) unhandled: AtomicU64,
+    pub(crate) malformed_frames: AtomicU64,
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) connections: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> NodeStats {
+        NodeStats {
+            acked: self.acked.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+            handled: self.handled.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+            duplicates: self.duplicates.load(Relaxed),
+            unhandled: self.unhandled.load(Relaxed),
+            malformed_frames: self.malformed_frames.load(Relaxed),
+            handshake_failures: self.handshake_failures.load(Relaxed),
+            connections: self.connections.load(Relaxed),
+        }
+    }
+}
