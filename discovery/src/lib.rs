@@ -4,6 +4,9 @@
 //! instance may be reachable at some addresses. Hints are not trusted: the node dials them and
 //! the mutually authenticated TLS handshake proves who is there.
 //!
+//! Sources: [`StaticDiscovery`] (a fixed address list) and [`MdnsDiscovery`] (mDNS/DNS-SD on
+//! the interfaces its [`MdnsConfig`] selects).
+//!
 //! ```
 //! use shoal_discovery::{Discovery, DiscoveryEvent, LocalNode, StaticDiscovery};
 //! use shoal_proto::NodeId;
@@ -21,11 +24,22 @@
 //! assert_eq!(hint.addrs, vec!["127.0.0.1:7001".parse().unwrap()]);
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! * `netns`: [`netns`], helpers that build LANs of Linux network namespaces for tests and
+//!   benchmarks (needs root at run time).
 
 mod event;
+pub mod mdns;
+#[cfg(all(feature = "netns", target_os = "linux"))]
+pub mod netns;
+mod root_netns;
 mod static_peers;
 
 pub use event::{
-    Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source,
+    Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint, Source,
 };
+pub use mdns::{InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
+pub use root_netns::in_root_netns;
 pub use static_peers::StaticDiscovery;

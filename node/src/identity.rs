@@ -11,7 +11,7 @@
 //!   is an instance of the service it claims to be.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), shoal::Error> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use shoal::{Identity, MeshCa};
 //!
 //! // `shoal ca init --dir ./ca`
@@ -29,7 +29,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -740,9 +740,7 @@ mod der {
             let mut p = general_names.content;
             while let Some((name, _, rest)) = read(p) {
                 if name.tag == DNS_NAME {
-                    if let Ok(name) = std::str::from_utf8(name.content) {
-                        names.push(name);
-                    }
+                    names.extend(std::str::from_utf8(name.content).ok());
                 }
                 p = rest;
             }
@@ -759,8 +757,11 @@ mod der {
         }
     }
 
-    /// The attributes of a Name, in order: (OID content, string tag, string bytes).
-    fn attributes(name: &[u8]) -> Option<Vec<(&[u8], u8, &[u8])>> {
+    /// One attribute of a Name: OID content, string tag, string bytes.
+    type Attribute<'a> = (&'a [u8], u8, &'a [u8]);
+
+    /// The attributes of a Name, in order.
+    fn attributes(name: &[u8]) -> Option<Vec<Attribute<'_>>> {
         let (name, _, _) = expect(name, SEQUENCE)?;
         let mut attrs = Vec::new();
         let mut p = name.content;

@@ -197,12 +197,10 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
     });
 }
 
+/// Forgets the id (a redelivery must run the handler again, or be refused again: never be
+/// acknowledged as if it had succeeded) and sends the negative ack.
 async fn fail(shared: &Shared, peer: &Peer, id: shoal_proto::MessageId, err: &HandlerError) {
-    if err.is_retryable() {
-        lock(&shared.dedup).forget(id);
-    } else {
-        lock(&shared.dedup).complete(id);
-    }
+    lock(&shared.dedup).forget(id);
     let nack = Nack {
         id,
         retryable: err.is_retryable(),
@@ -226,9 +224,12 @@ fn send_reply(
         node_only: sync,
     };
     let policy = shared.config.retry.clone();
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false).await {
+    let shared2 = Arc::clone(shared);
+    // Tracked with the handlers, so a graceful shutdown waits for replies too.
+    shared.handler_tasks.spawn(async move {
+        let shared = shared2;
+        let stop = shared.killed.clone();
+        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false, &stop).await {
             tracing::debug!("reply not delivered: {e}");
         }
     });

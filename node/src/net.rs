@@ -209,9 +209,10 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream,
         reason = crate::inbound::read_loop(&shared, &peer, recv, buf) => reason,
         closed = peer.conn.closed() => closed.to_string(),
     };
-    if reason.starts_with("protocol error") {
-        peer.conn.close(CLOSE_PROTOCOL, reason.as_bytes());
-    }
+    // Whatever ended the read loop (a protocol error, the peer finishing its stream after a
+    // goodbye), the connection is of no further use.
+    let code = if reason.starts_with("protocol error") { CLOSE_PROTOCOL } else { CLOSE_SHUTDOWN };
+    peer.conn.close(code, reason.as_bytes());
     let closed = peer.conn.closed().await.to_string();
     shared.registry.remove(&peer);
     peer.fail_all(&closed);

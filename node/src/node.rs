@@ -218,6 +218,7 @@ impl Node {
             msg,
             policy,
             options.fail_fast,
+            &shared.stopping,
         )
         .await
     }
@@ -246,7 +247,7 @@ impl Node {
 
         let mut policy = shared.config.retry.clone();
         policy.deadline = policy.deadline.min(timeout);
-        let send = outbound::deliver(&shared, Target::service(service), msg, policy, false);
+        let send = outbound::deliver(&shared, Target::service(service), msg, policy, false, &shared.stopping);
         let wait = async {
             tokio::pin!(send);
             tokio::select! {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use shoal_proto::{Frame, NodeId, codec};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::core::retry::{Next, RetryState};
 use crate::dead_letter::DeadLetter;
@@ -43,19 +44,23 @@ impl SendOptions {
 }
 
 /// The send loop of one message. Runs in the caller's task: no task is spawned per message.
+///
+/// `stop` ends the loop with [`Error::ShuttingDown`]: the node's `stopping` token for users'
+/// sends, the `killed` token for replies, which a graceful shutdown still lets out.
 pub(crate) async fn deliver(
     shared: &Arc<Shared>,
     target: Target,
     mut msg: Message,
     policy: RetryPolicy,
     fail_fast: bool,
+    stop: &CancellationToken,
 ) -> Result<Receipt, Error> {
     let mut state = RetryState::new(policy, Instant::now().into_std());
     let mut tried: Vec<NodeId> = Vec::new();
     let mut changes = shared.registry.watch();
     let mut last_failure;
     loop {
-        if shared.is_stopping() {
+        if stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         match shared.registry.choose(&target, &tried) {
@@ -71,7 +76,7 @@ pub(crate) async fn deliver(
                     _ = tokio::time::sleep_until(deadline) => {
                         return Err(dead_letter(shared, &target, msg, state.attempts(), last_failure));
                     }
-                    _ = shared.stopping.cancelled() => return Err(Error::ShuttingDown),
+                    _ = stop.cancelled() => return Err(Error::ShuttingDown),
                 }
             }
             Some(peer) => {
@@ -79,9 +84,8 @@ pub(crate) async fn deliver(
                 if attempt > 1 {
                     Counters::bump(&shared.counters.retries);
                 }
-                match attempt_once(shared, &peer, &mut msg, attempt, &state, fail_fast, &target)
-                    .await?
-                {
+                msg.env.attempt = attempt;
+                match attempt_once(shared, &peer, &mut msg, &state, fail_fast, stop).await? {
                     Ok(()) => {
                         Counters::bump(&shared.counters.acked);
                         return Ok(Receipt {
@@ -104,7 +108,7 @@ pub(crate) async fn deliver(
             Next::RetryAt(at) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
-                    _ = shared.stopping.cancelled() => return Err(Error::ShuttingDown),
+                    _ = stop.cancelled() => return Err(Error::ShuttingDown),
                 }
             }
             Next::GiveUp => {
@@ -131,10 +135,9 @@ async fn attempt_once(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     msg: &mut Message,
-    attempt: u32,
     state: &RetryState,
     fail_fast: bool,
-    target: &Target,
+    stop: &CancellationToken,
 ) -> Result<Result<(), Failure>, Error> {
     let ack_deadline = Instant::from_std(state.ack_deadline(Instant::now().into_std()));
     let permit = if fail_fast {
@@ -142,7 +145,7 @@ async fn attempt_once(
             Ok(p) => p,
             Err(_) => {
                 return Err(Error::Busy {
-                    service: target.service.clone(),
+                    service: peer.service.clone(),
                 });
             }
         }
@@ -158,11 +161,14 @@ async fn attempt_once(
         }
     };
 
-    msg.env.attempt = attempt;
     let bytes = encode_delivery(msg, &shared.config.limits)?;
     let id = msg.id();
     let answer = peer.expect_answer(id);
-    if let Err(reason) = peer.push(Outgoing::Encoded(bytes)).await {
+    let pushed = tokio::select! {
+        pushed = peer.push(Outgoing::Encoded(bytes)) => pushed,
+        _ = tokio::time::sleep_until(ack_deadline) => Err(format!("write queue to {} stayed full", peer.node)),
+    };
+    if let Err(reason) = pushed {
         peer.forget_answer(id);
         return Ok(Err(Failure::Retryable(reason)));
     }
@@ -172,7 +178,7 @@ async fn attempt_once(
             peer.forget_answer(id);
             Outcome::Lost(format!("no ack from {} within {:?}", peer.node, shared.config.retry.ack_timeout))
         }
-        _ = shared.stopping.cancelled() => {
+        _ = stop.cancelled() => {
             peer.forget_answer(id);
             return Err(Error::ShuttingDown);
         }

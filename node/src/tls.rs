@@ -17,7 +17,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, version};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -395,6 +394,7 @@ mod tests {
         use std::sync::atomic::{AtomicU32, Ordering};
 
         use super::super::*;
+        use super::transport;
 
         /// A fresh, unique folder under the system temp folder, removed on drop.
         struct TempDir(PathBuf);
@@ -484,6 +484,7 @@ mod tests {
         fn garbage_pem_gives_a_readable_identity_error() {
             let ca = MeshCa::generate("garbage").unwrap();
             let good = ca.issue("orders").unwrap();
+            let good_cert = good.cert_pem();
             let cases = [
                 ("not a pem at all", good.key_pem()),
                 ("", good.key_pem()),
@@ -491,11 +492,8 @@ mod tests {
                     "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
                     good.key_pem(),
                 ),
-                (good.cert_pem().as_str(), "garbage".to_owned()),
-                (
-                    good.cert_pem().as_str(),
-                    ca.issue("orders").unwrap().key_pem(),
-                ),
+                (good_cert.as_str(), "garbage".to_owned()),
+                (good_cert.as_str(), ca.issue("orders").unwrap().key_pem()),
             ];
             for (cert, key) in cases {
                 match Identity::from_pem(cert, &key) {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs Shoal's whole test suite: unit, property, integration (real sockets on 127.0.0.1) and
+# discovery tests (mDNS inside network namespaces this script's tests create themselves).
+#
+# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`).
+# Namespace tests need root; without it they print "skipped: ..." and pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v ip >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing iproute2 (for network-namespace tests)"
+        apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+    else
+        echo "note: iproute2 missing and cannot be installed; namespace tests will be skipped"
+    fi
+fi
+
+# cargo-nextest runs test binaries in parallel processes; plain cargo test works the same.
+cargo test --workspace --features shoal-discovery/netns "$@"
