@@ -192,13 +192,7 @@ impl NodeBuilder {
             }
         }
 
-        let mut transport = quinn::TransportConfig::default();
-        let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
-            .map_err(|_| Error::Config("idle timeout too large".into()))?;
-        transport
-            .keep_alive_interval(Some(config.keep_alive))
-            .max_idle_timeout(Some(idle));
-        let transport = Arc::new(transport);
+        let transport = Arc::new(tls::transport(config.keep_alive, config.idle_timeout)?);
         let server = tls::server_config(&identity, &ca, Arc::clone(&transport))?;
         let client = tls::client_config(&identity, &ca, transport)?;
         let socket = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind {

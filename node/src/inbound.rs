@@ -229,7 +229,8 @@ fn send_reply(
     shared.handler_tasks.spawn(async move {
         let shared = shared2;
         let stop = shared.killed.clone();
-        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false, &stop).await {
+        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false, &stop).await
+        {
             tracing::debug!("reply not delivered: {e}");
         }
     });

@@ -211,7 +211,11 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream,
     };
     // Whatever ended the read loop (a protocol error, the peer finishing its stream after a
     // goodbye), the connection is of no further use.
-    let code = if reason.starts_with("protocol error") { CLOSE_PROTOCOL } else { CLOSE_SHUTDOWN };
+    let code = if reason.starts_with("protocol error") {
+        CLOSE_PROTOCOL
+    } else {
+        CLOSE_SHUTDOWN
+    };
     peer.conn.close(code, reason.as_bytes());
     let closed = peer.conn.closed().await.to_string();
     shared.registry.remove(&peer);

@@ -247,7 +247,14 @@ impl Node {
 
         let mut policy = shared.config.retry.clone();
         policy.deadline = policy.deadline.min(timeout);
-        let send = outbound::deliver(&shared, Target::service(service), msg, policy, false, &shared.stopping);
+        let send = outbound::deliver(
+            &shared,
+            Target::service(service),
+            msg,
+            policy,
+            false,
+            &shared.stopping,
+        );
         let wait = async {
             tokio::pin!(send);
             tokio::select! {

@@ -108,10 +108,6 @@ impl Registry {
         self.bump();
     }
 
-    pub(crate) fn get(&self, node: NodeId) -> Option<Arc<Peer>> {
-        lock(&self.inner).peers.get(&node).cloned()
-    }
-
     pub(crate) fn contains(&self, node: NodeId) -> bool {
         lock(&self.inner).peers.contains_key(&node)
     }

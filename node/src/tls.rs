@@ -27,17 +27,24 @@ use crate::identity::{self, Identity, MeshCa};
 /// so any node of the mesh can serve any other.
 pub(crate) const SERVER_NAME: &str = identity::MESH_DNS_NAME;
 
-/// The QUIC transport settings Shoal uses unless told otherwise.
+/// The QUIC transport settings for a node.
 ///
-/// A keep-alive every 500 ms and an idle timeout of 2 s: a peer that dies without closing
-/// its connection (killed, unplugged) is noticed within about 2 s, so its in-flight messages
-/// can be retried on another instance quickly. The keep-alives stop a quiet but healthy
-/// connection from timing out. QUIC uses the smaller of the two peers' idle timeouts.
-pub(crate) fn default_transport() -> quinn::TransportConfig {
+/// The defaults (see `NodeBuilder::liveness`) are a keep-alive every 500 ms and an idle timeout
+/// of 2 s: a peer that dies without closing its connection (killed, unplugged) is noticed within
+/// about 2 s, so its in-flight messages can be retried on another instance quickly. The
+/// keep-alives stop a quiet but healthy connection from timing out. QUIC uses the smaller of the
+/// two peers' idle timeouts.
+pub(crate) fn transport(
+    keep_alive: Duration,
+    idle_timeout: Duration,
+) -> Result<quinn::TransportConfig, Error> {
+    let idle = quinn::IdleTimeout::try_from(idle_timeout)
+        .map_err(|_| Error::Config(format!("idle timeout {idle_timeout:?} is too large")))?;
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_millis(500)));
-    transport.max_idle_timeout(Some(quinn::VarInt::from_u32(2_000).into()));
     transport
+        .keep_alive_interval(Some(keep_alive))
+        .max_idle_timeout(Some(idle));
+    Ok(transport)
 }
 
 /// The QUIC configuration for accepting connections: presents `identity`, requires every
@@ -188,7 +195,7 @@ mod tests {
     const PROMPT: Duration = Duration::from_secs(5);
 
     fn transport() -> Arc<quinn::TransportConfig> {
-        Arc::new(default_transport())
+        Arc::new(super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
     }
 
     fn server(identity: &Identity, ca: &MeshCa) -> (quinn::Endpoint, SocketAddr) {
@@ -384,9 +391,9 @@ mod tests {
     }
 
     #[test]
-    fn default_transport_detects_a_dead_peer_quickly() {
-        // Only a smoke test that the values are accepted; the timings are documented above.
-        let _ = default_transport();
+    fn an_idle_timeout_quic_cannot_express_is_a_config_error() {
+        let err = super::transport(Duration::from_millis(500), Duration::MAX).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
     }
 
     mod files_and_names {

@@ -169,6 +169,17 @@ impl MdnsConfig {
         MdnsDiscovery::new(self)
     }
 
+    /// Refuses the root network namespace unless allowed. Checked for the calling thread,
+    /// which is the thread that will create the daemon.
+    fn netns_gate(&self) -> Result<(), DiscoveryError> {
+        if in_root_netns() && !self.allow_root_netns {
+            return Err(DiscoveryError::Start(
+                "refusing to start mDNS in the root network namespace (see MdnsConfig::allow_root_netns)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), DiscoveryError> {
         if self.interfaces.is_empty() {
             return Err(DiscoveryError::Config(
@@ -267,16 +278,13 @@ impl MdnsDiscovery {
     }
 
     fn start_inner(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError> {
+        // First, before anything else can go wrong or be reordered.
+        self.config.netns_gate()?;
         if self.running.is_some() {
             return Err(DiscoveryError::Config("mDNS discovery is already started".into()));
         }
         self.config.check()?;
         let plan = AnnouncePlan::new(local)?;
-        if in_root_netns() && !self.config.allow_root_netns {
-            return Err(DiscoveryError::Start(
-                "refusing to start mDNS in the root network namespace (MdnsConfig::allow_root_netns)".into(),
-            ));
-        }
 
         let me = Me { node_id: local.node_id, service: local.service.clone(), port: plan.port };
         *lock(&self.state) = State::new(me);
@@ -681,17 +689,16 @@ mod tests {
         assert!(!InterfaceSelector::AllMulticast.matches("lan0", lan, || false));
     }
 
-    /// Starting in the root namespace is refused before any daemon exists. (Runs only where
-    /// the test really is in the root namespace, which is the normal case.)
+    /// The gate `start` passes first. Tested directly: no test calls `start` in the root
+    /// namespace, so a regression here cannot make a test touch the real network.
     #[test]
-    fn refuses_the_root_namespace_by_default() {
-        if !in_root_netns() {
-            return;
+    fn root_namespace_is_refused_by_default() {
+        let config = MdnsConfig::new([InterfaceSelector::LoopbackOnly]);
+        if in_root_netns() {
+            assert!(matches!(config.netns_gate(), Err(DiscoveryError::Start(_))));
+        } else {
+            assert!(config.netns_gate().is_ok());
         }
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut mdns = MdnsConfig::new([InterfaceSelector::LoopbackOnly]).build();
-        let err = mdns.start(&local(&["127.0.0.1:7000"]), tx).expect_err("must refuse the root namespace");
-        assert!(matches!(err, DiscoveryError::Start(_)), "{err}");
-        assert!(!mdns.diagnostics().running);
+        assert!(config.allow_root_netns(true).netns_gate().is_ok());
     }
 }

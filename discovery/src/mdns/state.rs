@@ -140,6 +140,7 @@ impl State {
     fn reject(&mut self, a: &Announcement, reason: RejectReason, now: Instant) {
         self.rejected_total += 1;
         let instance = record::printable_name(&a.fullname);
+        tracing::debug!(%instance, %reason, "mdns: rejected announcement");
         let mut addrs = record::usable_addrs(&a.addrs, a.port);
         addrs.truncate(4);
         if let Some(pos) = self.rejected.iter().position(|r| r.instance == instance && r.reason == reason) {
@@ -157,7 +158,6 @@ impl State {
             let via = a.via.clone();
             self.rejected.push_back(RejectedRecord { instance, reason, addrs, via, count: 1, first_seen: now, last_seen: now });
         }
-        tracing::debug!(instance = %record::printable_name(&a.fullname), reason = %self.rejected.back().map(|r| r.reason.to_string()).unwrap_or_default(), "mdns: rejected announcement");
     }
 
     pub(crate) fn note(&mut self, note: String) {

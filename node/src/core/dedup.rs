@@ -78,6 +78,7 @@ impl DedupWindow {
     }
 
     /// Number of ids remembered.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.states.len()
     }
