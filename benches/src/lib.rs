@@ -14,17 +14,20 @@
 //!
 //! All sockets are on `127.0.0.1` ([`LOOPBACK`]).
 
+pub mod affinity;
 pub mod certs;
 pub mod error;
 pub mod measure;
 pub mod quinn_echo;
 pub mod report;
 pub mod runtime;
+pub mod shoal_scenarios;
 pub mod udp_echo;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+pub use affinity::Placement;
 pub use error::{BenchError, BenchResult};
 pub use report::{AggregatedReport, LatencyReport};
 
@@ -45,6 +48,8 @@ pub struct BenchConfig {
     pub payload: usize,
     /// Time limit of one run, both sides included; exceeding it fails the run.
     pub run_timeout: Duration,
+    /// CPUs the server-side and client-side threads are pinned to.
+    pub placement: Placement,
 }
 
 impl Default for BenchConfig {
@@ -54,6 +59,7 @@ impl Default for BenchConfig {
             warmup: 2_000,
             payload: 64,
             run_timeout: Duration::from_secs(120),
+            placement: Placement::default(),
         }
     }
 }
@@ -109,9 +115,17 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "raw quinn datagrams: QUIC DATAGRAM frame echoed, mutual TLS",
         run: quinn_echo::run_datagram,
     },
-    // Shoal's own scenarios go here, e.g.:
-    // Scenario { name: "shoal-send", about: "...", run: shoal_send::run },
-    // Scenario { name: "shoal-request", about: "...", run: shoal_request::run },
+    Scenario {
+        name: shoal_scenarios::SEND_NAME,
+        about: "Shoal point-to-point: send a command, resolve when the receiver's handler \
+                finished and its ack came back",
+        run: shoal_scenarios::run_send,
+    },
+    Scenario {
+        name: shoal_scenarios::REQUEST_NAME,
+        about: "Shoal request/response: request to an echo handler, resolve on the reply",
+        run: shoal_scenarios::run_request,
+    },
 ];
 
 /// The scenario called `name`, if any.
@@ -155,6 +169,7 @@ mod tests {
             warmup: 30,
             payload: 64,
             run_timeout: Duration::from_secs(30),
+            placement: Placement::Any,
         }
     }
 

@@ -13,7 +13,7 @@ use clap::Parser;
 use shoal_benches::report::{self, RunInfo};
 use shoal_benches::{
     AggregatedReport, BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE, LatencyReport,
-    SCENARIOS, Scenario, find_scenario, run_repeated, runtime,
+    Placement, SCENARIOS, Scenario, find_scenario, run_repeated, runtime,
 };
 
 /// Closed-loop round-trip latency benchmarks for Shoal and its raw floors (127.0.0.1 only).
@@ -43,6 +43,11 @@ struct Cli {
     /// Row the ratios are computed against.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_BASELINE)]
     baseline: String,
+
+    /// Where the server and client threads run: `split` = pinned to two different CPUs,
+    /// `same` = both pinned to one CPU, `any` = not pinned.
+    #[arg(long, value_enum, default_value_t = Placement::Split)]
+    placement: Placement,
 
     /// Time limit of one run of one scenario, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -113,13 +118,20 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         warmup: cli.warmup,
         payload: cli.payload,
         run_timeout: Duration::from_secs(cli.run_timeout),
+        placement: cli.placement,
     };
-    let info = RunInfo::detect(config.count, config.warmup, config.payload, runs);
+    let info = RunInfo::detect(&config, runs);
     eprintln!(
         "shoal-bench {}: {} CPU(s), {}; count {}, warm-up {}, payload {} B, {} run(s) per scenario",
         info.date, info.nproc, info.cpu_model, info.count, info.warmup, info.payload, runs
     );
-    eprintln!("runtime: {}", runtime::DESCRIPTION);
+    // Fail early (before any run) if the placement cannot be honoured.
+    config.placement.cpus()?;
+    eprintln!(
+        "runtime: {}; placement: {}",
+        runtime::DESCRIPTION,
+        info.placement
+    );
 
     let mut results: Vec<AggregatedReport> = Vec::new();
     let mut all_ok = true;
@@ -169,7 +181,7 @@ fn markdown_document(info: &RunInfo, medians: &[LatencyReport], baseline: Option
     let mut text = format!(
         "Round-trip times in µs, {}; median of {} run(s) per percentile; \
          {} measured + {} warm-up round trips per run, {}-byte payload.\n\
-         Host: `nproc` = {}, {}. Runtime: {}.\n\n",
+         Host: `nproc` = {}, {}. Runtime: {}. Placement: {}.\n\n",
         info.date,
         info.runs,
         info.count,
@@ -177,7 +189,8 @@ fn markdown_document(info: &RunInfo, medians: &[LatencyReport], baseline: Option
         info.payload,
         info.nproc,
         info.cpu_model,
-        info.runtime
+        info.runtime,
+        info.placement
     );
     text.push_str(&report::render_markdown(medians, baseline));
     text

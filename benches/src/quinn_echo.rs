@@ -96,7 +96,7 @@ fn run(config: &BenchConfig, mode: Mode) -> BenchResult<Vec<LatencyReport>> {
     let client_cfg = client_config(&pki)?;
     let report = run_pair(
         mode.name(),
-        config.run_timeout,
+        &config,
         move |announce, shutdown| serve(announce, shutdown, server_cfg, mode, config),
         move |addr| client(addr, client_cfg, mode, config),
     )?;

@@ -284,11 +284,13 @@ pub struct RunInfo {
     pub runs: usize,
     /// How the runtimes were built (see [`crate::runtime::DESCRIPTION`]).
     pub runtime: String,
+    /// CPU placement of the two sides, e.g. `split (server on CPU 0, client on CPU 1)`.
+    pub placement: String,
 }
 
 impl RunInfo {
-    /// Fills in date and host details; the caller supplies the settings.
-    pub fn detect(count: u64, warmup: u64, payload: usize, runs: usize) -> Self {
+    /// Fills in date and host details around the run's settings.
+    pub fn detect(config: &crate::BenchConfig, runs: usize) -> Self {
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -298,11 +300,12 @@ impl RunInfo {
             unix_time,
             nproc: std::thread::available_parallelism().map_or(0, usize::from),
             cpu_model: cpu_model(),
-            count,
-            warmup,
-            payload,
+            count: config.count,
+            warmup: config.warmup,
+            payload: config.payload,
             runs,
             runtime: crate::runtime::DESCRIPTION.to_owned(),
+            placement: config.placement.describe(),
         }
     }
 }
@@ -398,12 +401,13 @@ pub fn render_json(info: &RunInfo, results: &[AggregatedReport], baseline: Optio
     );
     let _ = writeln!(
         out,
-        "  \"settings\": {{\"count\": {}, \"warmup\": {}, \"payload_bytes\": {}, \"runs\": {}, \"runtime\": {}}},",
+        "  \"settings\": {{\"count\": {}, \"warmup\": {}, \"payload_bytes\": {}, \"runs\": {}, \"runtime\": {}, \"placement\": {}}},",
         info.count,
         info.warmup,
         info.payload,
         info.runs,
-        json_string(&info.runtime)
+        json_string(&info.runtime),
+        json_string(&info.placement)
     );
     let _ = writeln!(
         out,
@@ -495,7 +499,7 @@ mod tests {
     #[test]
     fn json_is_escaped_and_shaped() {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        let info = RunInfo::detect(10, 1, 64, 1);
+        let info = RunInfo::detect(&crate::BenchConfig::default(), 1);
         let agg = AggregatedReport::from_runs(vec![report("quinn", 100, 200)]).expect("one run");
         let json = render_json(&info, &[agg], Some("quinn"));
         assert!(json.contains("\"ratio_p50\": 1.0000"), "{json}");

@@ -21,11 +21,12 @@
 
 use std::future::Future;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::BenchConfig;
+use crate::affinity;
 use crate::error::{BenchError, BenchResult};
 
 /// One-line description of the runtime setting, copied into the JSON and Markdown output.
@@ -40,13 +41,14 @@ pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Starts an OS thread named `name` that builds a [`current_thread`] runtime and runs the
-/// future made by `make` to completion on it.
+/// Starts an OS thread named `name`, pinned to `cpu` if given, that builds a
+/// [`current_thread`] runtime and runs the future made by `make` to completion on it.
 ///
 /// `make` is called on the new thread, so the future itself need not be `Send` (Shoal
 /// nodes, quinn endpoints and sockets are created inside it, bound to that runtime).
 pub fn spawn_runtime_thread<F, Fut, T>(
     name: String,
+    cpu: Option<usize>,
     make: F,
 ) -> BenchResult<JoinHandle<BenchResult<T>>>
 where
@@ -55,6 +57,9 @@ where
     T: Send + 'static,
 {
     let handle = std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(cpu) = cpu {
+            affinity::pin_current_thread(cpu)?;
+        }
         let runtime = current_thread()?;
         runtime.block_on(make())
     })?;
@@ -123,12 +128,13 @@ impl Shutdown {
 /// 2. `client(info)` starts on thread `"{label}-client"` once the info arrives, measures,
 ///    and returns `T` (typically a [`crate::report::LatencyReport`]).
 /// 3. When the client side returns, the server side is told to stop and both threads are
-///    joined. The whole run is bounded by `limit` on both sides.
+///    joined. The whole run is bounded by `config.run_timeout` on both sides.
 ///
+/// The threads are pinned as `config.placement` says (see [`affinity::Placement`]).
 /// A client error wins over a server error in the returned error.
 pub fn run_pair<I, T, S, SFut, C, CFut>(
     label: &str,
-    limit: Duration,
+    config: &BenchConfig,
     server: S,
     client: C,
 ) -> BenchResult<T>
@@ -140,11 +146,12 @@ where
     C: FnOnce(I) -> CFut + Send + 'static,
     CFut: Future<Output = BenchResult<T>> + 'static,
 {
-    let deadline = std::time::Instant::now() + limit;
+    let (server_cpu, client_cpu) = config.placement.cpus()?;
+    let deadline = std::time::Instant::now() + config.run_timeout;
     let (info_tx, info_rx) = oneshot::channel::<I>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
 
-    let server_thread = spawn_runtime_thread(format!("{label}-server"), move || {
+    let server_thread = spawn_runtime_thread(format!("{label}-server"), server_cpu, move || {
         let shutdown = Shutdown {
             rx: stop_rx,
             deadline: Instant::from_std(deadline),
@@ -152,16 +159,17 @@ where
         server(Announce { tx: info_tx }, shutdown)
     })?;
 
-    let client_thread = spawn_runtime_thread(format!("{label}-client"), move || async move {
-        let deadline = Instant::from_std(deadline);
-        let info = tokio::time::timeout_at(deadline, info_rx)
-            .await
-            .map_err(|_| BenchError::msg("server side did not announce itself in time"))?
-            .map_err(|_| BenchError::msg("server side ended before announcing itself"))?;
-        tokio::time::timeout_at(deadline, client(info))
-            .await
-            .map_err(|_| BenchError::msg("client side hit the run's time limit"))?
-    });
+    let client_thread =
+        spawn_runtime_thread(format!("{label}-client"), client_cpu, move || async move {
+            let deadline = Instant::from_std(deadline);
+            let info = tokio::time::timeout_at(deadline, info_rx)
+                .await
+                .map_err(|_| BenchError::msg("server side did not announce itself in time"))?
+                .map_err(|_| BenchError::msg("server side ended before announcing itself"))?;
+            tokio::time::timeout_at(deadline, client(info))
+                .await
+                .map_err(|_| BenchError::msg("client side hit the run's time limit"))?
+        });
 
     let client_result = match client_thread {
         Ok(handle) => join(handle).map_err(|e| e.context(format!("{label} client"))),
@@ -185,13 +193,24 @@ fn join<T>(handle: JoinHandle<BenchResult<T>>) -> BenchResult<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::affinity::Placement;
+
+    fn limit(run_timeout: Duration) -> BenchConfig {
+        BenchConfig {
+            run_timeout,
+            placement: Placement::Any,
+            ..BenchConfig::default()
+        }
+    }
 
     #[test]
     fn pair_passes_info_and_stops_server() {
         let got = run_pair(
             "test",
-            Duration::from_secs(10),
+            &limit(Duration::from_secs(10)),
             |announce: Announce<u32>, shutdown| async move {
                 announce.send(41)?;
                 shutdown.wait().await;
@@ -207,7 +226,7 @@ mod tests {
     fn server_failure_before_announce_is_reported() {
         let err = run_pair(
             "test",
-            Duration::from_secs(10),
+            &limit(Duration::from_secs(10)),
             |_announce: Announce<u32>, _shutdown| async move { Err(BenchError::msg("no socket")) },
             |info| async move { Ok(info) },
         )
@@ -219,7 +238,7 @@ mod tests {
     fn time_limit_bounds_a_stuck_client() {
         let err = run_pair(
             "test",
-            Duration::from_millis(200),
+            &limit(Duration::from_millis(200)),
             |announce: Announce<()>, shutdown| async move {
                 announce.send(())?;
                 shutdown.wait().await;

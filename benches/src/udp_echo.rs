@@ -37,7 +37,7 @@ pub fn run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
     }
     let report = run_pair(
         NAME,
-        config.run_timeout,
+        &config,
         move |announce, shutdown| serve(announce, shutdown, config),
         move |addr| client(addr, config),
     )?;

@@ -38,7 +38,8 @@ mod root_netns;
 mod static_peers;
 
 pub use event::{
-    Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint, Source,
+    Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
+    Source,
 };
 pub use mdns::{InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
 pub use root_netns::in_root_netns;

@@ -32,15 +32,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdns_sd::{DaemonEvent, IfKind, IfPredicate, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
-
-pub use self::record::{
-    MAX_ADDRS_PER_INSTANCE, MAX_SERVICE_NAME_LEN, RejectReason, SERVICE_TYPE, TXT_NODE_ID, TXT_PROTOCOL_VERSION,
-    TXT_SERVICE,
+use mdns_sd::{
+    DaemonEvent, IfKind, IfPredicate, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
 };
-pub use self::state::{MAX_REJECTED_RECORDS, MAX_TRACKED_INSTANCES, RejectedRecord, SeenInstance};
+
 use self::record::{Announcement, Me, ReceivedAddr};
+pub use self::record::{
+    MAX_ADDRS_PER_INSTANCE, MAX_SERVICE_NAME_LEN, RejectReason, SERVICE_TYPE, TXT_NODE_ID,
+    TXT_PROTOCOL_VERSION, TXT_SERVICE,
+};
 use self::state::State;
+pub use self::state::{MAX_REJECTED_RECORDS, MAX_TRACKED_INSTANCES, RejectedRecord, SeenInstance};
 use crate::event::{Discovery, DiscoveryError, DiscoveryReport, EventSender, LocalNode, Source};
 use crate::root_netns::in_root_netns;
 
@@ -190,7 +192,9 @@ impl MdnsConfig {
             if let InterfaceSelector::Name(name) = selector
                 && !interface_exists(name)
             {
-                return Err(DiscoveryError::Config(format!("mDNS: no interface named {name:?}")));
+                return Err(DiscoveryError::Config(format!(
+                    "mDNS: no interface named {name:?}"
+                )));
             }
         }
         Ok(())
@@ -253,8 +257,17 @@ impl std::fmt::Debug for MdnsDiscovery {
 impl MdnsDiscovery {
     /// An unstarted source. Nothing touches the network before [`Discovery::start`].
     pub fn new(config: MdnsConfig) -> Self {
-        let me = Me { node_id: shoal_proto::NodeId::from_u128(0), service: String::new(), port: 0 };
-        Self { config, state: Arc::new(Mutex::new(State::new(me))), local_instance: None, running: None }
+        let me = Me {
+            node_id: shoal_proto::NodeId::from_u128(0),
+            service: String::new(),
+            port: 0,
+        };
+        Self {
+            config,
+            state: Arc::new(Mutex::new(State::new(me))),
+            local_instance: None,
+            running: None,
+        }
     }
 
     /// The configuration.
@@ -277,22 +290,33 @@ impl MdnsDiscovery {
         }
     }
 
-    fn start_inner(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError> {
+    fn start_inner(
+        &mut self,
+        local: &LocalNode,
+        events: EventSender,
+    ) -> Result<(), DiscoveryError> {
         // First, before anything else can go wrong or be reordered.
         self.config.netns_gate()?;
         if self.running.is_some() {
-            return Err(DiscoveryError::Config("mDNS discovery is already started".into()));
+            return Err(DiscoveryError::Config(
+                "mDNS discovery is already started".into(),
+            ));
         }
         self.config.check()?;
         let plan = AnnouncePlan::new(local)?;
 
-        let me = Me { node_id: local.node_id, service: local.service.clone(), port: plan.port };
+        let me = Me {
+            node_id: local.node_id,
+            service: local.service.clone(),
+            port: plan.port,
+        };
         *lock(&self.state) = State::new(me);
 
         // mdns-sd's daemon thread (spawned here, so in this thread's network namespace) joins
         // the multicast group on every interface it sees before the commands below run; they
         // are processed in order, before anything is announced or queried.
-        let daemon = ServiceDaemon::new().map_err(|e| DiscoveryError::Start(format!("mDNS daemon: {e}")))?;
+        let daemon =
+            ServiceDaemon::new().map_err(|e| DiscoveryError::Start(format!("mDNS daemon: {e}")))?;
         match self.configure(&daemon, local, &plan, events) {
             Ok(running) => {
                 self.local_instance = Some(running.fullname.clone());
@@ -315,36 +339,56 @@ impl MdnsDiscovery {
         plan: &AnnouncePlan,
         events: EventSender,
     ) -> Result<Running, DiscoveryError> {
-        let start_err = |what: &str, e: mdns_sd::Error| DiscoveryError::Start(format!("mDNS {what}: {e}"));
+        let start_err =
+            |what: &str, e: mdns_sd::Error| DiscoveryError::Start(format!("mDNS {what}: {e}"));
 
         let selected = self.config.interfaces.clone();
         let daemon_filter = IfPredicate::new(move |intf| {
             let (name, ip) = (intf.name.as_str(), intf.ip());
-            selected.iter().any(|s| s.matches(name, ip, || multicast_flag(name)))
+            selected
+                .iter()
+                .any(|s| s.matches(name, ip, || multicast_flag(name)))
         });
-        daemon.disable_interface(IfKind::All).map_err(|e| start_err("disable interfaces", e))?;
-        daemon.enable_interface(IfKind::Predicate(daemon_filter)).map_err(|e| start_err("enable interfaces", e))?;
+        daemon
+            .disable_interface(IfKind::All)
+            .map_err(|e| start_err("disable interfaces", e))?;
+        daemon
+            .enable_interface(IfKind::Predicate(daemon_filter))
+            .map_err(|e| start_err("enable interfaces", e))?;
         let monitor = daemon.monitor().map_err(|e| start_err("monitor", e))?;
 
         let id = local.node_id.to_string();
         let txt = record::txt_entries(local);
-        let mut info =
-            ServiceInfo::new(SERVICE_TYPE, &id, &format!("{id}.local."), &plan.explicit[..], plan.port, &txt[..])
-                .map_err(|e| DiscoveryError::Config(format!("mDNS service info: {e}")))?;
+        let mut info = ServiceInfo::new(
+            SERVICE_TYPE,
+            &id,
+            &format!("{id}.local."),
+            &plan.explicit[..],
+            plan.port,
+            &txt[..],
+        )
+        .map_err(|e| DiscoveryError::Config(format!("mDNS service info: {e}")))?;
         info.set_requires_probe(self.config.probe);
         if plan.auto_v4 || plan.auto_v6 {
             let selected = self.config.interfaces.clone();
             let (v4, v6) = (plan.auto_v4, plan.auto_v6);
             info.set_interfaces(vec![IfKind::Predicate(IfPredicate::new(move |intf| {
                 let (name, ip) = (intf.name.as_str(), intf.ip());
-                (if ip.is_ipv4() { v4 } else { v6 }) && selected.iter().any(|s| s.matches(name, ip, || multicast_flag(name)))
+                (if ip.is_ipv4() { v4 } else { v6 })
+                    && selected
+                        .iter()
+                        .any(|s| s.matches(name, ip, || multicast_flag(name)))
             }))]);
             info = info.enable_addr_auto();
         }
         let fullname = info.get_fullname().to_owned();
 
-        let browse = daemon.browse(SERVICE_TYPE).map_err(|e| start_err("browse", e))?;
-        daemon.register(info).map_err(|e| start_err("register", e))?;
+        let browse = daemon
+            .browse(SERVICE_TYPE)
+            .map_err(|e| start_err("browse", e))?;
+        daemon
+            .register(info)
+            .map_err(|e| start_err("register", e))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let bridge = Bridge {
@@ -360,7 +404,12 @@ impl MdnsDiscovery {
             .spawn(move || bridge.run())
             .map_err(|e| DiscoveryError::Start(format!("mDNS event thread: {e}")))?;
         tracing::debug!(instance = %fullname, port = plan.port, "mdns: started");
-        Ok(Running { daemon: daemon.clone(), fullname, stop, bridge })
+        Ok(Running {
+            daemon: daemon.clone(),
+            fullname,
+            stop,
+            bridge,
+        })
     }
 }
 
@@ -381,7 +430,9 @@ impl Discovery for MdnsDiscovery {
     /// Says goodbye (TTL-0 records, sent twice), shuts the daemon down and joins the event
     /// thread, waiting at most about [`MdnsConfig::stop_timeout`] in total. Idempotent.
     fn stop(&mut self) {
-        let Some(running) = self.running.take() else { return };
+        let Some(running) = self.running.take() else {
+            return;
+        };
         let deadline = Instant::now() + self.config.stop_timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
 
@@ -416,7 +467,15 @@ impl Discovery for MdnsDiscovery {
         report.rejected = d
             .rejected
             .iter()
-            .map(|r| format!("{}: {} (x{}, via {})", r.instance, r.reason, r.count, r.via.join(",")))
+            .map(|r| {
+                format!(
+                    "{}: {} (x{}, via {})",
+                    r.instance,
+                    r.reason,
+                    r.count,
+                    r.via.join(",")
+                )
+            })
             .collect();
         report.rejected_total = d.rejected_total;
         report.notes = d.notes;
@@ -439,8 +498,12 @@ fn wait_for_goodbye_repeat(daemon: &ServiceDaemon, deadline: Instant) {
         if left.is_zero() {
             return;
         }
-        let Ok(metrics) = daemon.get_metrics() else { return };
-        let Ok(metrics) = metrics.recv_timeout(left) else { return };
+        let Ok(metrics) = daemon.get_metrics() else {
+            return;
+        };
+        let Ok(metrics) = metrics.recv_timeout(left) else {
+            return;
+        };
         if metrics.get("unregister-resend").is_some_and(|n| *n > 0) {
             return;
         }
@@ -469,20 +532,39 @@ impl AnnouncePlan {
             )));
         }
         let Some(first) = local.addrs.first() else {
-            return Err(DiscoveryError::Config("mDNS: the local node has no address to announce".into()));
+            return Err(DiscoveryError::Config(
+                "mDNS: the local node has no address to announce".into(),
+            ));
         };
         let port = first.port();
         if port == 0 {
-            return Err(DiscoveryError::Config("mDNS: cannot announce port 0".into()));
+            return Err(DiscoveryError::Config(
+                "mDNS: cannot announce port 0".into(),
+            ));
         }
         if local.addrs.iter().any(|a| a.port() != port) {
-            tracing::warn!(port, "mdns: listen addresses use several ports; announcing only the first");
+            tracing::warn!(
+                port,
+                "mdns: listen addresses use several ports; announcing only the first"
+            );
         }
-        let on_port = || local.addrs.iter().filter(|a| a.port() == port).map(SocketAddr::ip);
+        let on_port = || {
+            local
+                .addrs
+                .iter()
+                .filter(|a| a.port() == port)
+                .map(SocketAddr::ip)
+        };
         let explicit = on_port().filter(|ip| !ip.is_unspecified()).collect();
         let auto_v6 = on_port().any(|ip| ip == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-        let auto_v4 = auto_v6 || on_port().any(|ip| ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        Ok(Self { port, explicit, auto_v4, auto_v6 })
+        let auto_v4 =
+            auto_v6 || on_port().any(|ip| ip == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(Self {
+            port,
+            explicit,
+            auto_v4,
+            auto_v6,
+        })
     }
 }
 
@@ -512,7 +594,9 @@ impl Bridge {
                         Ok(browse) => {
                             resubscribes += 1;
                             self.browse = browse;
-                            lock(&self.state).note("browse subscription dropped by the daemon; resubscribed".into());
+                            lock(&self.state).note(
+                                "browse subscription dropped by the daemon; resubscribed".into(),
+                            );
                         }
                         Err(_) => break,
                     }
@@ -545,7 +629,9 @@ impl Bridge {
             DaemonEvent::Error(e) => format!("daemon error: {e}"),
             DaemonEvent::IpAdd(ip) => format!("address added: {ip}"),
             DaemonEvent::IpDel(ip) => format!("address removed: {ip}"),
-            DaemonEvent::Announce(name, on) => format!("announced {} on {}", record::printable_name(&name), on),
+            DaemonEvent::Announce(name, on) => {
+                format!("announced {} on {}", record::printable_name(&name), on)
+            }
             DaemonEvent::NameChange(change) => format!("name change: {change:?}"),
             other => format!("{other:?}"),
         };
@@ -578,7 +664,11 @@ fn announcement(resolved: &mdns_sd::ResolvedService) -> Announcement {
         fullname: resolved.get_fullname().to_owned(),
         port: resolved.get_port(),
         addrs,
-        txt: resolved.get_properties().iter().map(|p| (p.key().to_owned(), p.val().map(<[u8]>::to_vec))).collect(),
+        txt: resolved
+            .get_properties()
+            .iter()
+            .map(|p| (p.key().to_owned(), p.val().map(<[u8]>::to_vec)))
+            .collect(),
         via,
     }
 }
@@ -589,7 +679,9 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 /// Whether an interface with this name exists in the calling thread's network namespace.
 fn interface_exists(name: &str) -> bool {
-    let Ok(name) = CString::new(name) else { return false };
+    let Ok(name) = CString::new(name) else {
+        return false;
+    };
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call;
     // if_nametoindex only reads it.
     unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
@@ -616,7 +708,9 @@ fn multicast_flag(name: &str) -> bool {
         if !entry.ifa_name.is_null() {
             // SAFETY: ifa_name is a NUL-terminated string owned by the list.
             let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
-            if entry_name.to_bytes() == name.as_bytes() && entry.ifa_flags & libc::IFF_MULTICAST as u32 != 0 {
+            if entry_name.to_bytes() == name.as_bytes()
+                && entry.ifa_flags & libc::IFF_MULTICAST as u32 != 0
+            {
                 found = true;
                 break;
             }
@@ -644,13 +738,19 @@ mod tests {
     #[test]
     fn announce_plan_follows_the_listen_addresses() {
         let plan = AnnouncePlan::new(&local(&["0.0.0.0:7000"])).expect("plan");
-        assert_eq!((plan.port, plan.auto_v4, plan.auto_v6, plan.explicit.len()), (7000, true, false, 0));
+        assert_eq!(
+            (plan.port, plan.auto_v4, plan.auto_v6, plan.explicit.len()),
+            (7000, true, false, 0)
+        );
 
         let plan = AnnouncePlan::new(&local(&["[::]:7000"])).expect("plan");
         assert!(plan.auto_v4 && plan.auto_v6);
 
         let plan = AnnouncePlan::new(&local(&["10.99.0.1:7000", "0.0.0.0:7001"])).expect("plan");
-        assert_eq!(plan.explicit, vec!["10.99.0.1".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(
+            plan.explicit,
+            vec!["10.99.0.1".parse::<IpAddr>().expect("ip")]
+        );
         assert!(!plan.auto_v4, "other ports are not announced");
 
         assert!(AnnouncePlan::new(&local(&[])).is_err());
@@ -662,11 +762,22 @@ mod tests {
 
     #[test]
     fn config_requires_interfaces_that_exist() {
-        assert!(matches!(MdnsConfig::new([]).check(), Err(DiscoveryError::Config(_))));
+        assert!(matches!(
+            MdnsConfig::new([]).check(),
+            Err(DiscoveryError::Config(_))
+        ));
         let missing = MdnsConfig::new([InterfaceSelector::name("shoal-no-such-if0")]);
         assert!(matches!(missing.check(), Err(DiscoveryError::Config(_))));
-        assert!(MdnsConfig::new([InterfaceSelector::name("lo")]).check().is_ok());
-        assert!(MdnsConfig::new([InterfaceSelector::LoopbackOnly]).check().is_ok());
+        assert!(
+            MdnsConfig::new([InterfaceSelector::name("lo")])
+                .check()
+                .is_ok()
+        );
+        assert!(
+            MdnsConfig::new([InterfaceSelector::LoopbackOnly])
+                .check()
+                .is_ok()
+        );
     }
 
     #[test]

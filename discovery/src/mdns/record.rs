@@ -69,7 +69,10 @@ impl fmt::Display for RejectReason {
             Self::BadService => write!(f, "TXT `{TXT_SERVICE}` is not a valid service name"),
             Self::BadProtocolVersion => write!(f, "TXT `{TXT_PROTOCOL_VERSION}` is not a number"),
             Self::UnsupportedProtocolVersion(v) => {
-                write!(f, "protocol version {v} (this build speaks {PROTOCOL_VERSION})")
+                write!(
+                    f,
+                    "protocol version {v} (this build speaks {PROTOCOL_VERSION})"
+                )
             }
             Self::ClaimsOurNodeId => write!(f, "claims this node's own id"),
             Self::ZeroPort => write!(f, "port 0"),
@@ -139,7 +142,9 @@ pub(crate) fn parse_node_id(text: &str) -> Option<NodeId> {
 /// Whether `service` may be announced: 1..=[`MAX_SERVICE_NAME_LEN`] bytes, no control
 /// characters.
 pub(crate) fn valid_service_name(service: &str) -> bool {
-    !service.is_empty() && service.len() <= MAX_SERVICE_NAME_LEN && !service.chars().any(char::is_control)
+    !service.is_empty()
+        && service.len() <= MAX_SERVICE_NAME_LEN
+        && !service.chars().any(char::is_control)
 }
 
 /// The instance label of `fullname` if it is `<instance>.` + [`SERVICE_TYPE`] (case-insensitive).
@@ -150,7 +155,9 @@ fn instance_of(fullname: &str) -> Option<&str> {
     }
     let (instance, rest) = fullname.split_at(split);
     let suffix = rest.strip_prefix('.')?;
-    suffix.eq_ignore_ascii_case(SERVICE_TYPE).then_some(instance)
+    suffix
+        .eq_ignore_ascii_case(SERVICE_TYPE)
+        .then_some(instance)
 }
 
 /// The TXT entries this node announces for `local` (in this order).
@@ -163,7 +170,10 @@ pub(crate) fn txt_entries(local: &LocalNode) -> [(&'static str, String); 3] {
 }
 
 /// The value of the first TXT entry named `key` (RFC 6763 §6.4: later duplicates are ignored).
-fn txt_value<'a>(txt: &'a [(String, Option<Vec<u8>>)], key: &'static str) -> Result<&'a [u8], RejectReason> {
+fn txt_value<'a>(
+    txt: &'a [(String, Option<Vec<u8>>)],
+    key: &'static str,
+) -> Result<&'a [u8], RejectReason> {
     match txt.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
         Some((_, Some(value))) => Ok(value),
         _ => Err(RejectReason::MissingTxt(key)),
@@ -204,13 +214,15 @@ fn check_inner(a: &Announcement, me: &Me) -> Result<Verdict, RejectReason> {
     let instance = instance_of(&a.fullname).ok_or(RejectReason::WrongServiceType)?;
     let instance_id = parse_node_id(instance).ok_or(RejectReason::BadInstanceName)?;
 
-    let id_text = std::str::from_utf8(txt_value(&a.txt, TXT_NODE_ID)?).map_err(|_| RejectReason::BadNodeId)?;
+    let id_text = std::str::from_utf8(txt_value(&a.txt, TXT_NODE_ID)?)
+        .map_err(|_| RejectReason::BadNodeId)?;
     let node_id = parse_node_id(id_text).ok_or(RejectReason::BadNodeId)?;
     if node_id != instance_id {
         return Err(RejectReason::NodeIdMismatch);
     }
 
-    let service = std::str::from_utf8(txt_value(&a.txt, TXT_SERVICE)?).map_err(|_| RejectReason::BadService)?;
+    let service = std::str::from_utf8(txt_value(&a.txt, TXT_SERVICE)?)
+        .map_err(|_| RejectReason::BadService)?;
     if !valid_service_name(service) {
         return Err(RejectReason::BadService);
     }
@@ -242,7 +254,11 @@ fn check_inner(a: &Announcement, me: &Me) -> Result<Verdict, RejectReason> {
     if addrs.is_empty() {
         return Err(RejectReason::NoUsableAddress);
     }
-    Ok(Verdict::Peer(ValidPeer { node_id, service: service.to_owned(), addrs }))
+    Ok(Verdict::Peer(ValidPeer {
+        node_id,
+        service: service.to_owned(),
+        addrs,
+    }))
 }
 
 /// `name` cut to a length fit for diagnostics, control characters escaped.
@@ -272,11 +288,18 @@ mod tests {
     const ME: u128 = 0xfeed;
 
     fn me() -> Me {
-        Me { node_id: NodeId::from_u128(ME), service: "invoice".into(), port: 7000 }
+        Me {
+            node_id: NodeId::from_u128(ME),
+            service: "invoice".into(),
+            port: 7000,
+        }
     }
 
     fn txt(entries: &[(&str, &str)]) -> Vec<(String, Option<Vec<u8>>)> {
-        entries.iter().map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec()))).collect()
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Some(v.as_bytes().to_vec())))
+            .collect()
     }
 
     fn good() -> Announcement {
@@ -284,8 +307,15 @@ mod tests {
         Announcement {
             fullname: format!("{id}.{SERVICE_TYPE}"),
             port: 7001,
-            addrs: vec![ReceivedAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), scope_id: 0 }],
-            txt: txt(&[("svc", "billing"), ("id", &id), ("pv", &PROTOCOL_VERSION.to_string())]),
+            addrs: vec![ReceivedAddr {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)),
+                scope_id: 0,
+            }],
+            txt: txt(&[
+                ("svc", "billing"),
+                ("id", &id),
+                ("pv", &PROTOCOL_VERSION.to_string()),
+            ]),
             via: vec!["lan0".into()],
         }
     }
@@ -299,16 +329,27 @@ mod tests {
 
     #[test]
     fn accepts_a_well_formed_announcement() {
-        let Verdict::Peer(peer) = check(&good(), &me()) else { panic!("rejected a good announcement") };
+        let Verdict::Peer(peer) = check(&good(), &me()) else {
+            panic!("rejected a good announcement")
+        };
         assert_eq!(peer.node_id, NodeId::from_u128(PEER));
         assert_eq!(peer.service, "billing");
-        assert_eq!(peer.addrs, vec!["10.99.0.2:7001".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(
+            peer.addrs,
+            vec!["10.99.0.2:7001".parse::<SocketAddr>().expect("addr")]
+        );
     }
 
     #[test]
     fn node_ids_must_be_exactly_32_hex_digits() {
-        assert_eq!(parse_node_id(&NodeId::from_u128(PEER).to_string()), Some(NodeId::from_u128(PEER)));
-        assert_eq!(parse_node_id("0123456789ABCDEF0123456789ABCDEF"), Some(NodeId::from_u128(PEER)));
+        assert_eq!(
+            parse_node_id(&NodeId::from_u128(PEER).to_string()),
+            Some(NodeId::from_u128(PEER))
+        );
+        assert_eq!(
+            parse_node_id("0123456789ABCDEF0123456789ABCDEF"),
+            Some(NodeId::from_u128(PEER))
+        );
         assert_eq!(parse_node_id("+123456789abcdef0123456789abcdef"), None);
         assert_eq!(parse_node_id("123456789abcdef0123456789abcdef"), None);
         assert_eq!(parse_node_id("0123456789abcdef0123456789abcdef0"), None);
@@ -325,7 +366,10 @@ mod tests {
             addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
         };
         let mut a = good();
-        a.txt = txt_entries(&local).iter().map(|(k, v)| ((*k).to_owned(), Some(v.clone().into_bytes()))).collect();
+        a.txt = txt_entries(&local)
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), Some(v.clone().into_bytes())))
+            .collect();
         assert!(matches!(check(&a, &me()), Verdict::Peer(_)));
     }
 
@@ -375,7 +419,11 @@ mod tests {
                     entry.1 = None;
                 }
             }
-            assert_eq!(rejected(&a), RejectReason::MissingTxt(key), "{key} without value");
+            assert_eq!(
+                rejected(&a),
+                RejectReason::MissingTxt(key),
+                "{key} without value"
+            );
         }
 
         let mut a = good();
@@ -394,7 +442,12 @@ mod tests {
         a.txt[1].1 = Some(NodeId::from_u128(PEER + 1).to_string().into_bytes());
         assert_eq!(rejected(&a), RejectReason::NodeIdMismatch);
 
-        for bad in [&b""[..], &[0xc3, 0x28], b"tab\there", &[b'a'; MAX_SERVICE_NAME_LEN + 1]] {
+        for bad in [
+            &b""[..],
+            &[0xc3, 0x28],
+            b"tab\there",
+            &[b'a'; MAX_SERVICE_NAME_LEN + 1],
+        ] {
             let mut a = good();
             a.txt[0].1 = Some(bad.to_vec());
             assert_eq!(rejected(&a), RejectReason::BadService, "svc {bad:?}");
@@ -416,7 +469,9 @@ mod tests {
         let mut a = good();
         a.txt.push(("svc".into(), Some(b"other".to_vec())));
         a.txt.push(("future".into(), None));
-        let Verdict::Peer(peer) = check(&a, &me()) else { panic!("rejected") };
+        let Verdict::Peer(peer) = check(&a, &me()) else {
+            panic!("rejected")
+        };
         assert_eq!(peer.service, "billing");
     }
 
@@ -426,7 +481,11 @@ mod tests {
         let mut a = good();
         a.fullname = format!("{id}.{SERVICE_TYPE}");
         a.port = 7000;
-        a.txt = txt(&[("svc", "invoice"), ("id", &id), ("pv", &PROTOCOL_VERSION.to_string())]);
+        a.txt = txt(&[
+            ("svc", "invoice"),
+            ("id", &id),
+            ("pv", &PROTOCOL_VERSION.to_string()),
+        ]);
         assert_eq!(check(&a, &me()), Verdict::Ours);
 
         let mut impostor = a.clone();
@@ -445,10 +504,17 @@ mod tests {
         assert_eq!(rejected(&a), RejectReason::NoUsableAddress);
 
         let mut a = good();
-        a.addrs = [Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 251)]
-            .into_iter()
-            .map(|ip| ReceivedAddr { ip: IpAddr::V4(ip), scope_id: 3 })
-            .collect();
+        a.addrs = [
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            Ipv4Addr::new(224, 0, 0, 251),
+        ]
+        .into_iter()
+        .map(|ip| ReceivedAddr {
+            ip: IpAddr::V4(ip),
+            scope_id: 3,
+        })
+        .collect();
         assert_eq!(rejected(&a), RejectReason::NoUsableAddress);
 
         let mut a = good();
@@ -459,12 +525,26 @@ mod tests {
         let global: Ipv6Addr = "2001:db8::1".parse().expect("ip");
         let mut a = good();
         a.addrs = vec![
-            ReceivedAddr { ip: IpAddr::V6(global), scope_id: 4 },
-            ReceivedAddr { ip: IpAddr::V6(link_local), scope_id: 4 },
-            ReceivedAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), scope_id: 0 },
-            ReceivedAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), scope_id: 0 },
+            ReceivedAddr {
+                ip: IpAddr::V6(global),
+                scope_id: 4,
+            },
+            ReceivedAddr {
+                ip: IpAddr::V6(link_local),
+                scope_id: 4,
+            },
+            ReceivedAddr {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)),
+                scope_id: 0,
+            },
+            ReceivedAddr {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)),
+                scope_id: 0,
+            },
         ];
-        let Verdict::Peer(peer) = check(&a, &me()) else { panic!("rejected") };
+        let Verdict::Peer(peer) = check(&a, &me()) else {
+            panic!("rejected")
+        };
         assert_eq!(
             peer.addrs,
             vec![
@@ -475,8 +555,15 @@ mod tests {
         );
 
         let mut a = good();
-        a.addrs = (1..=100u8).map(|i| ReceivedAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), scope_id: 0 }).collect();
-        let Verdict::Peer(peer) = check(&a, &me()) else { panic!("rejected") };
+        a.addrs = (1..=100u8)
+            .map(|i| ReceivedAddr {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)),
+                scope_id: 0,
+            })
+            .collect();
+        let Verdict::Peer(peer) = check(&a, &me()) else {
+            panic!("rejected")
+        };
         assert_eq!(peer.addrs.len(), MAX_ADDRS_PER_INSTANCE);
     }
 

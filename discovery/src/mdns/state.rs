@@ -88,7 +88,9 @@ impl State {
     pub(crate) fn on_resolved(&mut self, a: &Announcement, now: Instant) -> Option<DiscoveryEvent> {
         let key = a.fullname.to_ascii_lowercase();
         let verdict = match record::check(a, &self.me) {
-            Verdict::Peer(_) if !self.peers.contains_key(&key) && self.peers.len() >= MAX_TRACKED_INSTANCES => {
+            Verdict::Peer(_)
+                if !self.peers.contains_key(&key) && self.peers.len() >= MAX_TRACKED_INSTANCES =>
+            {
                 Verdict::Rejected(RejectReason::TooManyInstances)
             }
             verdict => verdict,
@@ -101,7 +103,9 @@ impl State {
             Verdict::Rejected(reason) => {
                 self.reject(a, reason, now);
                 // An instance that was fine and now is not is gone as far as the node knows.
-                self.peers.remove(&key).map(|gone| DiscoveryEvent::Down(hint(&gone)))
+                self.peers
+                    .remove(&key)
+                    .map(|gone| DiscoveryEvent::Down(hint(&gone)))
             }
             Verdict::Peer(peer) => match self.peers.get_mut(&key) {
                 Some(known) => {
@@ -134,7 +138,9 @@ impl State {
 
     /// An instance said goodbye or expired. Returns the event to forward, if any.
     pub(crate) fn on_removed(&mut self, fullname: &str) -> Option<DiscoveryEvent> {
-        self.peers.remove(&fullname.to_ascii_lowercase()).map(|gone| DiscoveryEvent::Down(hint(&gone)))
+        self.peers
+            .remove(&fullname.to_ascii_lowercase())
+            .map(|gone| DiscoveryEvent::Down(hint(&gone)))
     }
 
     fn reject(&mut self, a: &Announcement, reason: RejectReason, now: Instant) {
@@ -143,7 +149,11 @@ impl State {
         tracing::debug!(%instance, %reason, "mdns: rejected announcement");
         let mut addrs = record::usable_addrs(&a.addrs, a.port);
         addrs.truncate(4);
-        if let Some(pos) = self.rejected.iter().position(|r| r.instance == instance && r.reason == reason) {
+        if let Some(pos) = self
+            .rejected
+            .iter()
+            .position(|r| r.instance == instance && r.reason == reason)
+        {
             if let Some(mut entry) = self.rejected.remove(pos) {
                 entry.count += 1;
                 entry.last_seen = now;
@@ -156,7 +166,15 @@ impl State {
                 self.rejected.pop_front();
             }
             let via = a.via.clone();
-            self.rejected.push_back(RejectedRecord { instance, reason, addrs, via, count: 1, first_seen: now, last_seen: now });
+            self.rejected.push_back(RejectedRecord {
+                instance,
+                reason,
+                addrs,
+                via,
+                count: 1,
+                first_seen: now,
+                last_seen: now,
+            });
         }
     }
 
@@ -199,7 +217,11 @@ mod tests {
     use crate::mdns::record::{ReceivedAddr, SERVICE_TYPE};
 
     fn state() -> State {
-        State::new(Me { node_id: NodeId::from_u128(1), service: "invoice".into(), port: 7000 })
+        State::new(Me {
+            node_id: NodeId::from_u128(1),
+            service: "invoice".into(),
+            port: 7000,
+        })
     }
 
     fn announcement(id: u128, service: &str, last_octet: u8) -> Announcement {
@@ -207,7 +229,10 @@ mod tests {
         Announcement {
             fullname: format!("{id}.{SERVICE_TYPE}"),
             port: 7001,
-            addrs: vec![ReceivedAddr { ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, last_octet)), scope_id: 0 }],
+            addrs: vec![ReceivedAddr {
+                ip: IpAddr::V4(Ipv4Addr::new(10, 99, 0, last_octet)),
+                scope_id: 0,
+            }],
             txt: vec![
                 ("svc".into(), Some(service.as_bytes().to_vec())),
                 ("id".into(), Some(id.into_bytes())),
@@ -222,16 +247,27 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         let a = announcement(2, "billing", 2);
-        let Some(DiscoveryEvent::Up(hint)) = s.on_resolved(&a, now) else { panic!("expected Up") };
+        let Some(DiscoveryEvent::Up(hint)) = s.on_resolved(&a, now) else {
+            panic!("expected Up")
+        };
         assert_eq!(hint.node_id, Some(NodeId::from_u128(2)));
         assert_eq!(hint.service.as_deref(), Some("billing"));
         assert_eq!(hint.source, Source::Mdns);
 
-        assert_eq!(s.on_resolved(&a, now), None, "same announcement again is not news");
+        assert_eq!(
+            s.on_resolved(&a, now),
+            None,
+            "same announcement again is not news"
+        );
 
         let moved = announcement(2, "billing", 3);
-        let Some(DiscoveryEvent::Updated(hint)) = s.on_resolved(&moved, now) else { panic!("expected Updated") };
-        assert_eq!(hint.addrs, vec!["10.99.0.3:7001".parse::<SocketAddr>().expect("addr")]);
+        let Some(DiscoveryEvent::Updated(hint)) = s.on_resolved(&moved, now) else {
+            panic!("expected Updated")
+        };
+        assert_eq!(
+            hint.addrs,
+            vec!["10.99.0.3:7001".parse::<SocketAddr>().expect("addr")]
+        );
 
         let Some(DiscoveryEvent::Down(hint)) = s.on_removed(&moved.fullname.to_uppercase()) else {
             panic!("expected Down")
@@ -256,10 +292,16 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         let a = announcement(2, "billing", 2);
-        assert!(matches!(s.on_resolved(&a, now), Some(DiscoveryEvent::Up(_))));
+        assert!(matches!(
+            s.on_resolved(&a, now),
+            Some(DiscoveryEvent::Up(_))
+        ));
         let mut bad = a;
         bad.txt.retain(|(k, _)| k != "pv");
-        assert!(matches!(s.on_resolved(&bad, now), Some(DiscoveryEvent::Down(_))));
+        assert!(matches!(
+            s.on_resolved(&bad, now),
+            Some(DiscoveryEvent::Down(_))
+        ));
         assert_eq!(s.rejected()[0].reason, RejectReason::MissingTxt("pv"));
         assert_eq!(s.on_resolved(&bad, now), None);
         assert_eq!(s.rejected().len(), 1, "repeats are counted, not listed");
@@ -280,7 +322,11 @@ mod tests {
         assert_eq!(s.rejected_total, MAX_REJECTED_RECORDS as u64 * 3);
         // The newest are kept.
         let last = NodeId::from_u128(1000 + MAX_REJECTED_RECORDS as u128 * 3 - 1).to_string();
-        assert!(s.rejected().last().is_some_and(|r| r.instance.starts_with(&last)));
+        assert!(
+            s.rejected()
+                .last()
+                .is_some_and(|r| r.instance.starts_with(&last))
+        );
     }
 
     #[test]
@@ -288,12 +334,18 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         for i in 0..MAX_TRACKED_INSTANCES as u128 {
-            assert!(matches!(s.on_resolved(&announcement(10 + i, "x", 2), now), Some(DiscoveryEvent::Up(_))));
+            assert!(matches!(
+                s.on_resolved(&announcement(10 + i, "x", 2), now),
+                Some(DiscoveryEvent::Up(_))
+            ));
         }
         assert_eq!(s.on_resolved(&announcement(5_000_000, "x", 2), now), None);
         assert_eq!(s.rejected()[0].reason, RejectReason::TooManyInstances);
         // Known ones still update.
-        assert!(matches!(s.on_resolved(&announcement(10, "x", 3), now), Some(DiscoveryEvent::Updated(_))));
+        assert!(matches!(
+            s.on_resolved(&announcement(10, "x", 3), now),
+            Some(DiscoveryEvent::Updated(_))
+        ));
     }
 
     #[test]

@@ -1,0 +1,141 @@
+//! `shoal send` and `shoal request`: one-off messages to a running service.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use shoal::{Message, RetryPolicy, SendOptions};
+
+use crate::common::{ClientArgs, micros, parse_header, wait_for_service};
+use crate::{CliError, CliResult};
+
+/// What to send: the target, the message name, payload and headers.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MessageArgs {
+    /// The service to send to.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// The message name; the receiver runs the handler registered for it.
+    #[arg(long, value_name = "MSG")]
+    name: String,
+    /// The payload, as text.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    payload: String,
+    /// A header to attach. Repeatable.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+impl MessageArgs {
+    /// A new command message (new id) from these flags.
+    fn command(&self) -> Message {
+        self.headers.iter().fold(
+            Message::command(self.name.clone(), self.payload.clone()),
+            |msg, (k, v)| msg.with_header(k.clone(), v.clone()),
+        )
+    }
+}
+
+/// `shoal send`
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    message: MessageArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// How many commands to send, one after the other (each a new message).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u64,
+    /// Give up on a message (dead-letter it) this long after it was first sent, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    timeout: u64,
+}
+
+/// `shoal request`
+#[derive(Debug, Args)]
+pub(crate) struct RequestArgs {
+    #[command(flatten)]
+    message: MessageArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+    /// How long to wait for the reply, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    timeout: u64,
+}
+
+/// Runs `shoal send`: prints `sent id <id> node <id> attempts <n> time <µs>` per command.
+/// Fails if any command was not delivered.
+pub(crate) async fn send(args: SendArgs) -> CliResult {
+    let (node, mut events) = args.client.start().await?;
+    let result = async {
+        let service = &args.message.service;
+        wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await?;
+        let options = SendOptions::with_retry(RetryPolicy {
+            deadline: Duration::from_millis(args.timeout),
+            ..RetryPolicy::default()
+        });
+        let mut failed = 0;
+        let mut last_error = None;
+        for i in 1..=args.count {
+            let start = Instant::now();
+            match node
+                .send_with(service, args.message.command(), options.clone())
+                .await
+            {
+                Ok(receipt) => say!(
+                    "sent id {} node {} attempts {} time {}",
+                    receipt.id,
+                    receipt.node,
+                    receipt.attempts,
+                    micros(start.elapsed())
+                ),
+                Err(e) => {
+                    if args.count > 1 {
+                        eprintln!("error: message {i}/{}: {e}", args.count);
+                    }
+                    failed += 1;
+                    last_error = Some(e);
+                }
+            }
+        }
+        match last_error {
+            Some(e) if args.count == 1 => Err(e.into()),
+            Some(_) => Err(CliError::new(format!(
+                "{failed} of {} messages were not delivered",
+                args.count
+            ))),
+            None => Ok(()),
+        }
+    }
+    .await;
+    node.shutdown().await;
+    result
+}
+
+/// Runs `shoal request`: prints the reply's payload.
+pub(crate) async fn request(args: RequestArgs) -> CliResult {
+    let (node, mut events) = args.client.start().await?;
+    let result = async {
+        let service = &args.message.service;
+        wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await?;
+        let timeout = Duration::from_millis(args.timeout);
+        let reply = node
+            .request(service, args.message.command(), timeout)
+            .await?;
+        print_payload(reply.payload());
+        Ok(())
+    }
+    .await;
+    node.shutdown().await;
+    result
+}
+
+/// Writes a payload to stdout as it is, ending with a newline.
+fn print_payload(payload: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(payload);
+    if !payload.ends_with(b"\n") {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}

@@ -1,0 +1,204 @@
+//! Flags shared by every command that runs a node, and how they become a running node.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent};
+use tokio::sync::broadcast;
+
+use crate::{CliError, CliResult};
+
+/// The flags of every node: whom it trusts, who it is, where it listens, whom it dials.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NodeArgs {
+    /// The mesh CA to trust: a folder made by `shoal ca init` (its ca.pem), or a ca.pem file.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) ca: PathBuf,
+    /// This node's certificate (PEM) [default: <CA folder>/<service>.pem].
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub(crate) cert: Option<PathBuf>,
+    /// This node's private key (PEM) [default: <CA folder>/<service>.key].
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// UDP address to accept QUIC connections on. The default is loopback only: name a LAN
+    /// address to be reachable from other hosts.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+    /// A peer to dial (IP:PORT), redialled whenever the connection drops. Repeatable.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub(crate) peers: Vec<SocketAddr>,
+}
+
+impl NodeArgs {
+    /// A builder for a node of `service` with these flags' trust, identity, listen address and
+    /// peers. Without `--cert/--key` the identity is read from `<CA folder>/<service>.pem/.key`;
+    /// if those do not exist and `ephemeral` is set, a throwaway certificate is issued from the
+    /// CA key, when the CA folder has one.
+    pub(crate) fn builder(&self, service: &str, ephemeral: bool) -> CliResult<NodeBuilder> {
+        let (ca, dir) = self.load_ca()?;
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Identity::load(cert, key)?,
+            _ => default_identity(&ca, &dir, service, ephemeral)?,
+        };
+        // Nodes need only the CA certificate; drop the key as soon as it is not needed.
+        let trust = MeshCa::from_pem(&ca.cert_pem())?;
+        Ok(Node::builder(service)
+            .trust(trust)
+            .identity(identity)
+            .listen(self.listen)
+            .peers(self.peers.iter().copied()))
+    }
+
+    /// The CA of `--ca`, and the folder to look for default certificate files in.
+    fn load_ca(&self) -> CliResult<(MeshCa, PathBuf)> {
+        let meta = fs::metadata(&self.ca).map_err(|e| {
+            CliError::new(format!(
+                "cannot read the mesh CA {}: {e}",
+                self.ca.display()
+            ))
+        })?;
+        if meta.is_dir() {
+            Ok((MeshCa::load(&self.ca)?, self.ca.clone()))
+        } else {
+            let dir = self.ca.parent().map(Path::to_path_buf).unwrap_or_default();
+            Ok((MeshCa::load_cert(&self.ca)?, dir))
+        }
+    }
+}
+
+/// The identity in `<dir>/<service>.pem/.key`, or with `ephemeral` one issued on the spot.
+fn default_identity(
+    ca: &MeshCa,
+    dir: &Path,
+    service: &str,
+    ephemeral: bool,
+) -> CliResult<Identity> {
+    let cert = dir.join(format!("{service}.pem"));
+    let key = dir.join(format!("{service}.key"));
+    if cert.exists() || key.exists() {
+        return Ok(Identity::load(&cert, &key)?);
+    }
+    if ephemeral && ca.can_issue() {
+        tracing::info!(service, "issuing an ephemeral certificate from the CA key");
+        return Ok(ca.issue(service)?);
+    }
+    let how = if ephemeral {
+        format!(
+            "pass --cert and --key, put {service}.pem and {service}.key in {dir}, or use a CA \
+             folder that holds {} so one can be issued on the fly",
+            MeshCa::KEY_FILE,
+            dir = dir.display()
+        )
+    } else {
+        format!(
+            "issue one with `shoal cert issue --ca {dir} --service {service}` or pass --cert \
+             and --key",
+            dir = dir.display()
+        )
+    };
+    Err(CliError::new(format!(
+        "no certificate for service `{service}`: {} does not exist; {how}",
+        cert.display()
+    )))
+}
+
+/// The flags of the client commands (send, request, ping, peers): a node of their own that
+/// dials the given peers.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientArgs {
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    /// The service this client's own node runs as. Without --cert/--key its certificate is
+    /// read from <CA folder>/NAME.pem/.key or, if those do not exist and the CA folder holds
+    /// ca.key, an ephemeral one is issued from the CA on the fly (never written to disk).
+    #[arg(long = "as", value_name = "NAME", default_value = "shoal-cli")]
+    pub(crate) as_service: String,
+    /// How long to wait for a connection, in milliseconds [default: 5000; peers: 1000].
+    #[arg(long, value_name = "MS")]
+    pub(crate) wait: Option<u64>,
+}
+
+impl ClientArgs {
+    /// Starts the client's node, subscribed to its events before any connection is made.
+    pub(crate) async fn start(&self) -> CliResult<(Node, broadcast::Receiver<NodeEvent>)> {
+        if self.node.peers.is_empty() {
+            return Err(CliError::new(
+                "no peers to connect to: pass --peer ADDR (the address `shoal serve` printed)",
+            ));
+        }
+        let node = self
+            .node
+            .builder(&self.as_service, true)?
+            .shutdown_grace(Duration::from_secs(1))
+            .start()
+            .await?;
+        // `start` only spawns the diallers; on this single-threaded runtime they have not run
+        // yet, so no event is missed.
+        let events = node.events();
+        Ok((node, events))
+    }
+
+    /// `--wait`, or `default_ms`.
+    pub(crate) fn wait_or(&self, default_ms: u64) -> Duration {
+        Duration::from_millis(self.wait.unwrap_or(default_ms))
+    }
+}
+
+/// Waits until an instance of `service` is connected, at most `wait`. On timeout the error
+/// says what happened instead: the last refused handshake, or which other services answered.
+pub(crate) async fn wait_for_service(
+    node: &Node,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    service: &str,
+    wait: Duration,
+) -> CliResult {
+    let mut last_failure = None;
+    let ready = node.wait_for_instances(service, 1, wait);
+    tokio::pin!(ready);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            ready = &mut ready => match ready {
+                Ok(()) => return Ok(()),
+                Err(shoal::Error::Timeout(_)) => break,
+                Err(e) => return Err(e.into()),
+            },
+            event = events.recv(), if listening => match event {
+                Ok(NodeEvent::HandshakeFailed { addr, reason }) => {
+                    last_failure = Some(format!("{addr}: {reason}"));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => listening = false,
+            },
+        }
+    }
+    let others: Vec<String> = node
+        .peers()
+        .iter()
+        .map(|p| format!("`{}` at {}", p.service, p.addr))
+        .collect();
+    let hint = match (last_failure, others.is_empty()) {
+        (Some(failure), _) => format!("; last failure: {failure}"),
+        (None, false) => format!("; connected instead to {}", others.join(", ")),
+        (None, true) => String::from("; no answer from the peers"),
+    };
+    Err(CliError::new(format!(
+        "no instance of `{service}` connected within {} ms{hint}",
+        wait.as_millis()
+    )))
+}
+
+/// Parses `KEY=VALUE` (for `--header`).
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// Formats a duration as microseconds, e.g. `412µs`.
+pub(crate) fn micros(d: Duration) -> String {
+    format!("{}µs", d.as_micros())
+}

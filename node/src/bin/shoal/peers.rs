@@ -1,0 +1,83 @@
+//! `shoal peers`: dial the given peers, wait briefly, and list the live ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use clap::Args;
+use shoal::NodeEvent;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::common::{ClientArgs, micros};
+use crate::{CliError, CliResult};
+
+/// `shoal peers`
+#[derive(Debug, Args)]
+pub(crate) struct PeersArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs `shoal peers`: waits until every `--peer` address is connected (at most `--wait`, 1 s
+/// by default), then prints a table `SERVICE NODE ADDRESS RTT IN_FLIGHT`, grouped by service.
+/// Addresses that did not connect are reported on stderr; it fails if none did.
+pub(crate) async fn run(args: PeersArgs) -> CliResult {
+    let (node, mut events) = args.client.start().await?;
+    let wanted: BTreeSet<SocketAddr> = args.client.node.peers.iter().copied().collect();
+    let deadline = Instant::now() + args.client.wait_or(1_000);
+    let mut failures: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut listening = true;
+    loop {
+        let connected: BTreeSet<SocketAddr> = node.peers().iter().map(|p| p.addr).collect();
+        if wanted.is_subset(&connected) {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            event = events.recv(), if listening => match event {
+                Ok(NodeEvent::HandshakeFailed { addr, reason }) => {
+                    failures.insert(addr, reason);
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => listening = false,
+            },
+        }
+    }
+
+    let peers = node.peers();
+    node.shutdown().await;
+    if !peers.is_empty() {
+        say!(
+            "{:<20} {:<32} {:<22} {:>10} IN_FLIGHT",
+            "SERVICE",
+            "NODE",
+            "ADDRESS",
+            "RTT"
+        );
+        // `Node::peers` is sorted by service, so instances of one service are listed together.
+        for p in &peers {
+            say!(
+                "{:<20} {:<32} {:<22} {:>10} {}",
+                p.service,
+                p.node.to_string(),
+                p.addr.to_string(),
+                micros(p.rtt),
+                p.in_flight
+            );
+        }
+    }
+    let connected: BTreeSet<SocketAddr> = peers.iter().map(|p| p.addr).collect();
+    for addr in wanted.difference(&connected) {
+        match failures.get(addr) {
+            Some(reason) => eprintln!("not connected: {addr}: {reason}"),
+            None => eprintln!("not connected: {addr}: no answer yet"),
+        }
+    }
+    if peers.is_empty() {
+        return Err(CliError::new(format!(
+            "no live peers within {} ms",
+            args.client.wait_or(1_000).as_millis()
+        )));
+    }
+    Ok(())
+}

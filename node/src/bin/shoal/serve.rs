@@ -1,0 +1,219 @@
+//! `shoal serve`: a node that answers messages until Ctrl-C or SIGTERM.
+//!
+//! Prints, one line each, on stdout:
+//! - `listening <addr> node <id> service <name>` once started;
+//! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`;
+//! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers;
+//! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown.
+
+use std::str::FromStr;
+
+use clap::{Args, ValueEnum};
+use shoal::{HandlerError, Message, Node, NodeEvent};
+use tokio::sync::broadcast;
+
+use crate::CliResult;
+use crate::common::NodeArgs;
+
+/// `shoal serve`
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The service this node is an instance of (its certificate must be for it).
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// A handler to register, as KIND (handles messages named KIND) or MSG=KIND. KIND is
+    /// `echo` (replies with the payload) or `print` (prints the message). Repeatable
+    /// [default: echo and print].
+    #[arg(long = "handler", value_name = "[MSG=]KIND")]
+    handlers: Vec<HandlerSpec>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// What a built-in handler does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HandlerKind {
+    /// Replies with the request's payload (and acks commands).
+    Echo,
+    /// Prints the message on stdout and acks it.
+    Print,
+}
+
+/// One `--handler`: the message name and the behaviour.
+#[derive(Debug, Clone)]
+struct HandlerSpec {
+    name: String,
+    kind: HandlerKind,
+}
+
+impl FromStr for HandlerSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, kind) = s.split_once('=').unwrap_or((s, s));
+        let kind = HandlerKind::from_str(kind, false)
+            .map_err(|_| format!("unknown handler kind `{kind}` (expected echo or print)"))?;
+        if name.is_empty() {
+            return Err("the message name is empty".into());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            kind,
+        })
+    }
+}
+
+/// Runs `shoal serve`.
+pub(crate) async fn run(args: ServeArgs) -> CliResult {
+    // Listen for signals before announcing the node, so a supervisor that sends SIGTERM right
+    // after the `listening` line gets a graceful shutdown.
+    let mut signals = Signals::new()?;
+    let node = args.node.builder(&args.service, false)?.start().await?;
+    let events = node.events();
+
+    let handlers = if args.handlers.is_empty() {
+        vec![
+            HandlerSpec {
+                name: "echo".into(),
+                kind: HandlerKind::Echo,
+            },
+            HandlerSpec {
+                name: "print".into(),
+                kind: HandlerKind::Print,
+            },
+        ]
+    } else {
+        args.handlers
+    };
+    for spec in &handlers {
+        register(&node, spec);
+    }
+
+    say!(
+        "listening {} node {} service {}",
+        node.local_addr(),
+        node.id(),
+        node.service()
+    );
+    let printer = tokio::spawn(print_events(events));
+
+    let signal = signals.next().await;
+    say!("stopping ({signal})");
+    tokio::select! {
+        () = node.shutdown() => {}
+        signal = signals.next() => {
+            eprintln!("{signal} again: stopping at once");
+            node.abort();
+        }
+    }
+    printer.abort();
+    let s = node.stats();
+    say!(
+        "stats acked={} retries={} dead_lettered={} handled={} handler_errors={} duplicates={} \
+         unhandled={} malformed_frames={} handshake_failures={} connections={}",
+        s.acked,
+        s.retries,
+        s.dead_lettered,
+        s.handled,
+        s.handler_errors,
+        s.duplicates,
+        s.unhandled,
+        s.malformed_frames,
+        s.handshake_failures,
+        s.connections
+    );
+    Ok(())
+}
+
+/// Registers a built-in handler.
+fn register(node: &Node, spec: &HandlerSpec) {
+    match spec.kind {
+        HandlerKind::Echo => node.handle(spec.name.clone(), |msg: Message| async move {
+            Ok::<_, HandlerError>(msg.payload().clone())
+        }),
+        HandlerKind::Print => node.handle(spec.name.clone(), |msg: Message| async move {
+            say!(
+                "received {} {} id {} attempt {} payload {:?}",
+                format!("{:?}", msg.kind()).to_lowercase(),
+                msg.name(),
+                msg.id(),
+                msg.attempt(),
+                String::from_utf8_lossy(msg.payload())
+            );
+            Ok::<_, HandlerError>(())
+        }),
+    }
+}
+
+/// Prints peers coming and going until the node is dropped.
+async fn print_events(mut events: broadcast::Receiver<NodeEvent>) {
+    loop {
+        match events.recv().await {
+            Ok(NodeEvent::PeerUp {
+                node,
+                service,
+                addr,
+            }) => say!("peer up {node} service {service} addr {addr}"),
+            Ok(NodeEvent::PeerDown {
+                node,
+                service,
+                reason,
+            }) => say!("peer down {node} service {service} reason {reason:?}"),
+            Ok(NodeEvent::HandshakeFailed { addr, reason }) => {
+                tracing::warn!(%addr, %reason, "handshake failed");
+            }
+            Ok(NodeEvent::ProtocolError { addr, reason }) => {
+                tracing::warn!(%addr, %reason, "protocol error");
+            }
+            Ok(other) => tracing::info!(?other, "node event"),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("missed {n} node events");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, registered up front so none is missed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> CliResult<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let err =
+                |e: std::io::Error| crate::CliError::new(format!("cannot listen for signals: {e}"));
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).map_err(err)?,
+                terminate: signal(SignalKind::terminate()).map_err(err)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Waits for the next signal and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = self.interrupt.recv() => "SIGINT",
+                Some(()) = self.terminate.recv() => "SIGTERM",
+                else => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "Ctrl-C",
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+}
