@@ -95,7 +95,7 @@ fn wait_for(
     // Bounded by time and by count.
     for _ in 0..10_000 {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rt.block_on(tokio::time::timeout(left, events.recv())) {
+        match rt.block_on(async { tokio::time::timeout(left, events.recv()).await }) {
             Ok(Some(event)) if pred(&event) => return (Some(event), skipped),
             Ok(Some(event)) => skipped.push(event),
             Ok(None) | Err(_) => break,

@@ -47,8 +47,9 @@ impl HandlerError {
 }
 
 /// What a handler can return on success: nothing (`()`), or a reply body for requests
-/// (`Bytes`, `Vec<u8>`, `String`, `&'static str`). A reply is sent only when the message asked
-/// for one (a [`crate::Node::request`] or a message with a reply channel).
+/// (`Bytes`, `Vec<u8>`, `String`, `&'static str`). A message that asked for a reply (a
+/// [`crate::Node::request`] or a message with a reply channel) always gets one: a handler that
+/// returns `()` answers it with an empty body. Messages that asked for none get no reply.
 pub trait IntoReply {
     /// The reply body, if any.
     fn into_reply(self) -> Option<Bytes>;

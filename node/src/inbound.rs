@@ -88,6 +88,7 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
         Frame::Goodbye(goodbye) => {
             tracing::debug!(peer = %peer.node, reason = %goodbye.reason, "peer said goodbye");
             shared.registry.leaving(peer);
+            return Err(format!("peer said goodbye: {}", goodbye.reason));
         }
         Frame::Hello(_) => return Err("protocol error: a second hello".into()),
         // Publish/subscribe is not spoken yet; a newer peer's subscriptions are ignored.
@@ -176,8 +177,10 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
             Ok(Ok(reply)) => {
                 lock(&shared.dedup).complete(id);
                 Counters::bump(&shared.counters.handled);
-                if let (Some(body), Some(addr)) = (reply, reply_to) {
-                    send_reply(&shared, id, addr, body);
+                // A message that asked for a reply always gets one: an empty body if the
+                // handler returned none, so a request never just times out.
+                if let Some(addr) = reply_to {
+                    send_reply(&shared, id, addr, reply.unwrap_or_default());
                     // Let the reply's first attempt queue its frame before the ack, so both go
                     // out in one write.
                     tokio::task::yield_now().await;
