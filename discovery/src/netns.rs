@@ -14,7 +14,8 @@
 //! Both ends of every veth pair are created inside namespaces (`ip -n <host> link add lan0
 //! type veth peer name v<i> netns <prefix>-br`), so nothing is ever added to the root
 //! namespace, and addresses (`10.99.0.0/24`) exist only inside the host namespaces. IPv6 is
-//! off in the hosts unless the LAN is built with [`Lan::new_dual_stack`]. Dropping the
+//! off in the bridge namespace, and in the hosts unless the LAN is built with
+//! [`Lan::new_dual_stack`]. Dropping the
 //! [`Lan`] deletes every namespace it created, also after a panic or a partial setup.
 //!
 //! Code runs inside a namespace with [`run_in`] (or [`Lan::run_on`]): a new thread enters the
@@ -251,6 +252,8 @@ impl Lan {
         let br = format!("{}-br", lan.prefix);
         ip(&["netns", "add", &br])?;
         lan.bridge = Some(br.clone());
+        // The bridge is pure layer 2: no IPv6 chatter (DAD, MLD, router solicitations) from it.
+        set_ipv6(&br, false)?;
         ip(&["-n", &br, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",

@@ -48,9 +48,7 @@ impl Discovery for StaticDiscovery {
     }
 
     fn report(&self) -> DiscoveryReport {
-        let mut report = DiscoveryReport::default();
-        report.source = Some(Source::Static);
-        report.peers = self
+        let peers = self
             .addrs
             .iter()
             .map(|addr| PeerHint {
@@ -60,6 +58,10 @@ impl Discovery for StaticDiscovery {
                 source: Source::Static,
             })
             .collect();
-        report
+        DiscoveryReport {
+            source: Some(Source::Static),
+            peers,
+            ..DiscoveryReport::default()
+        }
     }
 }

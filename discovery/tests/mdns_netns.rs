@@ -57,6 +57,56 @@ struct Node {
     id: NodeId,
     mdns: MdnsDiscovery,
     events: UnboundedReceiver<DiscoveryEvent>,
+    /// Events received while waiting for something else, oldest first.
+    backlog: Vec<DiscoveryEvent>,
+}
+
+impl Node {
+    /// Waits (at most `within`) for an event matching `pred`, looking at the backlog first.
+    /// Events that do not match stay in the backlog.
+    fn wait_for(
+        &mut self,
+        within: Duration,
+        mut pred: impl FnMut(&DiscoveryEvent) -> bool,
+    ) -> Option<DiscoveryEvent> {
+        if let Some(pos) = self.backlog.iter().position(&mut pred) {
+            return Some(self.backlog.remove(pos));
+        }
+        let rt = runtime();
+        let deadline = Instant::now() + within;
+        // Bounded by time and by count.
+        for _ in 0..10_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rt.block_on(async { tokio::time::timeout(left, self.events.recv()).await }) {
+                Ok(Some(event)) if pred(&event) => return Some(event),
+                Ok(Some(event)) => self.backlog.push(event),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        None
+    }
+
+    fn expect_up(&mut self, peer: NodeId, within: Duration) -> PeerHint {
+        match self.wait_for(within, is_up_of(peer)) {
+            Some(DiscoveryEvent::Up(hint)) => hint,
+            _ => panic!(
+                "{} did not see {peer} come up within {within:?}; other events: {:?}; diagnostics: {:#?}",
+                self.id,
+                self.backlog,
+                self.mdns.diagnostics()
+            ),
+        }
+    }
+
+    fn expect_down(&mut self, peer: NodeId, within: Duration) -> PeerHint {
+        match self.wait_for(within, is_down_of(peer)) {
+            Some(DiscoveryEvent::Down(hint)) => hint,
+            _ => panic!(
+                "{} did not see {peer} go down within {within:?}; other events: {:?}",
+                self.id, self.backlog
+            ),
+        }
+    }
 }
 
 /// Starts a source on a new thread inside namespace `ns`.
@@ -73,7 +123,12 @@ fn start_in(ns: &str, config: MdnsConfig, local: LocalNode) -> Node {
         (mdns, rx)
     })
     .expect("enter namespace");
-    Node { id, mdns, events }
+    Node {
+        id,
+        mdns,
+        events,
+        backlog: Vec::new(),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -81,27 +136,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_time()
         .build()
         .expect("tokio runtime")
-}
-
-/// Waits (at most `within`) for an event matching `pred`; returns it and the events skipped.
-fn wait_for(
-    events: &mut UnboundedReceiver<DiscoveryEvent>,
-    within: Duration,
-    mut pred: impl FnMut(&DiscoveryEvent) -> bool,
-) -> (Option<DiscoveryEvent>, Vec<DiscoveryEvent>) {
-    let rt = runtime();
-    let deadline = Instant::now() + within;
-    let mut skipped = Vec::new();
-    // Bounded by time and by count.
-    for _ in 0..10_000 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rt.block_on(async { tokio::time::timeout(left, events.recv()).await }) {
-            Ok(Some(event)) if pred(&event) => return (Some(event), skipped),
-            Ok(Some(event)) => skipped.push(event),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    (None, skipped)
 }
 
 fn is_up_of(id: NodeId) -> impl FnMut(&DiscoveryEvent) -> bool {
@@ -112,35 +146,41 @@ fn is_down_of(id: NodeId) -> impl FnMut(&DiscoveryEvent) -> bool {
     move |e| matches!(e, DiscoveryEvent::Down(h) if h.node_id == Some(id))
 }
 
-fn expect_up(node: &mut Node, peer: NodeId, within: Duration) -> PeerHint {
-    let (found, skipped) = wait_for(&mut node.events, within, is_up_of(peer));
-    match found {
-        Some(DiscoveryEvent::Up(hint)) => hint,
-        _ => panic!(
-            "{} did not see {peer} come up within {within:?}; other events: {skipped:?}; diagnostics: {:#?}",
-            node.id,
-            node.mdns.diagnostics()
-        ),
-    }
-}
-
 /// Every mdns-sd daemon thread in the process is outside the root namespace, and each of
 /// `namespaces` has at least one (so the daemon thread inherited its creator's namespace).
 fn audit_daemon_threads(namespaces: &[&str]) {
     let root = netns::root_netns_inode().expect("root netns inode");
-    let threads = netns::mdns_daemon_thread_netns().expect("list threads");
-    assert!(
-        !threads.contains(&root),
-        "an mDNS daemon thread runs in the root network namespace"
-    );
-    for ns in namespaces {
-        let inode = netns::netns_inode(ns).expect("netns inode");
+    let wanted: Vec<u64> = namespaces
+        .iter()
+        .map(|ns| netns::netns_inode(ns).expect("netns inode"))
+        .collect();
+    // A new thread names itself after it starts: poll briefly (bounded) for the names.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let threads = netns::mdns_daemon_thread_netns().expect("list threads");
         assert!(
-            threads.contains(&inode),
-            "no mDNS daemon thread in {ns}: {threads:?}"
+            !threads.contains(&root),
+            "an mDNS daemon thread runs in the root network namespace"
         );
+        let missing: Vec<&&str> = namespaces
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, inode)| !threads.contains(inode))
+            .map(|(ns, _)| ns)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mDNS daemon thread in {missing:?}: {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A hostile instance: name, port, TXT entries, and the reason the observer must record.
+type Hostile = (String, u16, Vec<(&'static str, String)>, RejectReason);
 
 fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
@@ -166,7 +206,7 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
     );
     audit_daemon_threads(&[lan.host(0), lan.host(1)]);
 
-    let hint = expect_up(&mut a, b.id, STEP);
+    let hint = a.expect_up(b.id, STEP);
     let a_saw_b = t0.elapsed();
     assert_eq!(hint.node_id, Some(b.id));
     assert_eq!(hint.service.as_deref(), Some("billing"));
@@ -177,7 +217,7 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
     );
     assert_eq!(hint.source, Source::Mdns);
 
-    let hint = expect_up(&mut b, a.id, STEP);
+    let hint = b.expect_up(a.id, STEP);
     assert_eq!(hint.service.as_deref(), Some("invoice"));
     assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
 
@@ -205,11 +245,8 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
     );
     b.mdns.stop(); // idempotent
     assert!(!b.mdns.diagnostics().running);
-    let (down, skipped) = wait_for(&mut a.events, GOODBYE, is_down_of(b.id));
+    let hint = a.expect_down(b.id, GOODBYE);
     let down_after = stop_started.elapsed();
-    let Some(DiscoveryEvent::Down(hint)) = down else {
-        panic!("no Down for {} within {GOODBYE:?}: {skipped:?}", b.id)
-    };
     assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
     assert!(a.mdns.diagnostics().peers.is_empty());
     println!("A saw B after {a_saw_b:?}; stop took {stop_took:?}; Down after {down_after:?}");
@@ -249,13 +286,13 @@ fn nodes_on_one_host_find_each_other_over_loopback_only() {
     for (i, node) in nodes.iter_mut().enumerate() {
         for (j, peer) in ids.iter().enumerate() {
             if i != j {
-                let hint = expect_up(node, *peer, STEP);
+                let hint = node.expect_up(*peer, STEP);
                 assert_eq!(hint.addrs, vec![sock(Ipv4Addr::LOCALHOST, 7000 + j as u16)]);
             }
         }
     }
     // Once the LAN node on h0 has heard the one on h1, LAN traffic demonstrably flows...
-    expect_up(&mut on_lan_h0, on_lan_h1.id, STEP);
+    on_lan_h0.expect_up(on_lan_h1.id, STEP);
     // ...and the loopback-only nodes still know only each other, the LAN nodes only each other.
     for node in &nodes {
         let seen: HashSet<NodeId> = node
@@ -299,19 +336,20 @@ fn dual_stack_announces_link_local_ipv6_with_scope() {
         .expect("enter h0");
 
     // IPv6 link-local addresses may show up in a later Updated: wait for one.
-    let hint = expect_up(&mut a, b.id, STEP);
+    let hint = a.expect_up(b.id, STEP);
     let has_v6 = |h: &PeerHint| h.addrs.iter().any(SocketAddr::is_ipv6);
     let hint = if has_v6(&hint) {
         hint
     } else {
-        let (found, skipped) = wait_for(
-            &mut a.events,
+        match a.wait_for(
             STEP,
             |e| matches!(e, DiscoveryEvent::Updated(h) if has_v6(h)),
-        );
-        match found {
+        ) {
             Some(DiscoveryEvent::Updated(h)) => h,
-            _ => panic!("no IPv6 address for B: first {hint:?}, then {skipped:?}"),
+            _ => panic!(
+                "no IPv6 address for B: first {hint:?}, then {:?}",
+                a.backlog
+            ),
         }
     };
     assert!(hint.addrs.contains(&sock(lan.addr(1), 7001)), "{hint:?}");
@@ -356,9 +394,12 @@ fn hostile_announcements_are_rejected_and_recorded() {
         random_id(),
         random_id(),
     );
-    let huge = "h".repeat(200);
+    // The longest legal DNS label. Longer instance names (one is tried below) are not valid
+    // DNS; mdns-sd's parser drops them before the checks. They must not come up either.
+    let huge = "h".repeat(63);
+    let illegal = "i".repeat(200);
     // (instance, port, TXT, expected reason)
-    let hostile: Vec<(String, u16, Vec<(&str, String)>, RejectReason)> = vec![
+    let hostile: Vec<Hostile> = vec![
         (
             id(x1),
             7201,
@@ -415,9 +456,17 @@ fn hostile_announcements_are_rejected_and_recorded() {
             ],
             RejectReason::BadService,
         ),
+        (
+            illegal,
+            7209,
+            vec![("svc", "x".into()), ("id", id(x4)), ("pv", pv.clone())],
+            RejectReason::BadInstanceName,
+        ),
     ];
+    // All but the illegal name must be recorded.
     let expected: Vec<(String, RejectReason)> = hostile
         .iter()
+        .take(hostile.len() - 1)
         .map(|(instance, _, _, reason)| (instance.clone(), reason.clone()))
         .collect();
 
@@ -453,13 +502,10 @@ fn hostile_announcements_are_rejected_and_recorded() {
     let mut b = start_in(lan.host(1), lan0(), local(b_id, "honest", "0.0.0.0:7001"));
     audit_daemon_threads(&[lan.host(0), lan.host(1), lan.host(2)]);
 
-    let (found, skipped) = wait_for(&mut a.events, STEP, is_up_of(b_id));
-    let Some(DiscoveryEvent::Up(hint)) = found else {
-        panic!("honest peer not seen: {skipped:?}")
-    };
+    let hint = a.expect_up(b_id, STEP);
     assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
     assert_eq!(hint.service.as_deref(), Some("honest"));
-    expect_up(&mut b, a_id, STEP);
+    b.expect_up(a_id, STEP);
 
     // Wait (bounded) until every hostile instance shows up in A's diagnostics.
     let deadline = Instant::now() + STEP;
@@ -502,8 +548,8 @@ fn hostile_announcements_are_rejected_and_recorded() {
     );
 
     // Nothing but B was ever reported to A.
-    let (_, rest) = wait_for(&mut a.events, Duration::ZERO, |_| false);
-    for event in skipped.iter().chain(&rest) {
+    a.wait_for(Duration::ZERO, |_| false);
+    for event in &a.backlog {
         let (DiscoveryEvent::Up(h) | DiscoveryEvent::Updated(h) | DiscoveryEvent::Down(h)) = event
         else {
             continue;
@@ -521,8 +567,7 @@ fn hostile_announcements_are_rejected_and_recorded() {
 
     // The honest peer is unaffected by the instance that claims its id.
     b.mdns.stop();
-    let (down, skipped) = wait_for(&mut a.events, GOODBYE, is_down_of(b_id));
-    assert!(down.is_some(), "no Down for the honest peer: {skipped:?}");
+    a.expect_down(b_id, GOODBYE);
 
     if let Ok(status) = evil.shutdown() {
         let _ = status.recv_timeout(Duration::from_secs(2));
@@ -558,15 +603,13 @@ fn discovery_latency() {
                 lan0(probe),
                 local(random_id(), "b", &format!("0.0.0.0:{}", 7100 + round)),
             );
-            let (up, _) = wait_for(&mut a.events, STEP, is_up_of(b.id));
-            assert!(up.is_some(), "round {round}: A did not see B");
+            a.expect_up(b.id, STEP);
             a_sees_b.push(t0.elapsed());
-            let (up, _) = wait_for(&mut b.events, STEP, is_up_of(a.id));
-            assert!(up.is_some(), "round {round}: B did not see A");
+            b.expect_up(a.id, STEP);
             b_sees_a.push(t0.elapsed());
             b.mdns.stop();
-            let (down, _) = wait_for(&mut a.events, GOODBYE, is_down_of(b.id));
-            assert!(down.is_some(), "round {round}: no goodbye");
+            a.expect_down(b.id, GOODBYE);
+            a.backlog.clear();
         }
         for (what, mut samples) in [("A sees new B", a_sees_b), ("new B sees A", b_sees_a)] {
             samples.sort();
@@ -577,4 +620,167 @@ fn discovery_latency() {
             );
         }
     }
+}
+
+/// Counts of frames seen on the bridge, by kind.
+#[derive(Debug, Default)]
+struct Captured {
+    mdns: usize,
+    igmp: usize,
+    ipv6: usize,
+    other: usize,
+}
+
+/// A raw packet socket on every interface of the namespace it was opened in.
+struct Capture(std::os::fd::OwnedFd);
+
+impl Capture {
+    /// Opens the capture inside namespace `ns`.
+    fn open_in(ns: &str) -> Self {
+        netns::run_in(ns, || {
+            let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
+            // SAFETY: plain socket(2) call; the descriptor is owned below.
+            let fd = unsafe {
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
+            };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+        })
+        .expect("enter bridge namespace")
+    }
+
+    /// Reads everything queued so far (bounded) and classifies it.
+    fn drain(&self) -> Captured {
+        use std::os::fd::AsRawFd;
+        let mut counts = Captured::default();
+        let mut buf = [0u8; 2048];
+        for _ in 0..100_000 {
+            // SAFETY: `buf` is valid for `buf.len()` bytes for the call.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else { break };
+            let frame = &buf[..n];
+            let ipv4 = frame.len() > 34 && frame[12..14] == [0x08, 0x00];
+            let ihl = if ipv4 {
+                usize::from(frame[14] & 0x0f) * 4
+            } else {
+                0
+            };
+            match (ipv4, frame.get(23)) {
+                (true, Some(2)) => counts.igmp += 1,
+                (true, Some(17))
+                    if frame.get(14 + ihl + 2..14 + ihl + 4) == Some(&[0x14, 0xe9]) =>
+                {
+                    counts.mdns += 1
+                }
+                _ if frame.get(12..14) == Some(&[0x86, 0xdd]) => counts.ipv6 += 1,
+                _ => counts.other += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// Nodes that select only loopback send no mDNS on the LAN interface; a LAN node does (which
+/// shows the capture works). Reports the IGMP membership traffic mdns-sd causes on every
+/// interface when it starts (before the interface selection applies).
+#[test]
+fn loopback_only_sends_no_mdns_on_the_lan() {
+    if !netns_or_skip("loopback_only_sends_no_mdns_on_the_lan") {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let capture = Capture::open_in(lan.bridge());
+    let before = capture.drain();
+
+    let lo = || MdnsConfig::new([InterfaceSelector::LoopbackOnly]);
+    let mut a = start_in(lan.host(0), lo(), local(random_id(), "svc", "0.0.0.0:7000"));
+    let mut b = start_in(lan.host(0), lo(), local(random_id(), "svc", "0.0.0.0:7001"));
+    audit_daemon_threads(&[lan.host(0)]);
+    a.expect_up(b.id, STEP);
+    b.expect_up(a.id, STEP);
+    b.mdns.stop();
+    a.expect_down(b.id, GOODBYE);
+    a.mdns.stop();
+    let loopback_only = capture.drain();
+    println!("before: {before:?}; loopback-only nodes: {loopback_only:?}");
+    assert_eq!(
+        loopback_only.mdns, 0,
+        "mDNS left a loopback-only namespace on lan0"
+    );
+    // mdns-sd joins the multicast group on every interface before the selection applies (and
+    // leaves it again): IGMP membership reports are all that may appear.
+    assert_eq!(
+        (loopback_only.ipv6, loopback_only.other),
+        (0, 0),
+        "{loopback_only:?}"
+    );
+
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let mut c = start_in(
+        lan.host(0),
+        lan0(),
+        local(random_id(), "svc", "0.0.0.0:7002"),
+    );
+    let d = start_in(
+        lan.host(1),
+        lan0(),
+        local(random_id(), "svc", "0.0.0.0:7003"),
+    );
+    c.expect_up(d.id, STEP);
+    let with_lan = capture.drain();
+    println!("LAN nodes: {with_lan:?}");
+    assert!(
+        with_lan.mdns > 0,
+        "the capture saw no mDNS at all: {with_lan:?}"
+    );
+}
+
+/// `AllMulticast` covers every multicast-capable interface: here `lan0` and `lo` (the LAN
+/// helper turns multicast on for `lo`). Each peer is reported with the addresses of the
+/// interface it was heard on.
+#[test]
+fn all_multicast_covers_lan_and_loopback() {
+    if !netns_or_skip("all_multicast_covers_lan_and_loopback") {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let all = MdnsConfig::new([InterfaceSelector::AllMulticast]);
+    let mut a = start_in(lan.host(0), all, local(random_id(), "svc", "0.0.0.0:7000"));
+    let on_lo = start_in(
+        lan.host(0),
+        MdnsConfig::new([InterfaceSelector::LoopbackOnly]),
+        local(random_id(), "svc", "0.0.0.0:7001"),
+    );
+    let on_lan = start_in(
+        lan.host(1),
+        MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]),
+        local(random_id(), "svc", "0.0.0.0:7002"),
+    );
+    let hint = a.expect_up(on_lo.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(Ipv4Addr::LOCALHOST, 7001)]);
+    let hint = a.expect_up(on_lan.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7002)]);
+    let via: Vec<Vec<String>> = a
+        .mdns
+        .diagnostics()
+        .peers
+        .into_iter()
+        .map(|p| p.via)
+        .collect();
+    assert!(
+        via.contains(&vec!["lo".to_owned()]) && via.contains(&vec![netns::HOST_IF.to_owned()]),
+        "{via:?}"
+    );
 }

@@ -14,8 +14,8 @@
 //!
 //! # What comes out
 //!
-//! [`DiscoveryEvent::Up`] when a valid peer resolves, [`DiscoveryEvent::Updated`] when a known
-//! peer's addresses or service change, [`DiscoveryEvent::Down`] when it says goodbye, expires,
+//! [`DiscoveryEvent::Up`](crate::DiscoveryEvent::Up) when a valid peer resolves, [`DiscoveryEvent::Updated`](crate::DiscoveryEvent::Updated) when a known
+//! peer's addresses or service change, [`DiscoveryEvent::Down`](crate::DiscoveryEvent::Down) when it says goodbye, expires,
 //! or starts announcing something invalid. Every hint has `node_id` and `service` set and
 //! [`Source::Mdns`]. Announcements that fail the checks (wrong TXT, bad or mismatched id,
 //! unknown protocol version, our own id, no usable address, ...) are never forwarded; they are
@@ -25,7 +25,6 @@
 mod record;
 mod state;
 
-use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -138,7 +137,7 @@ impl MdnsConfig {
     /// interface selection takes effect, so a daemon in the root namespace of a development or
     /// CI machine touches its real network. Tests run the source inside network namespaces
     /// (see the `netns` feature); a deployed node sets this to `true` (from its own
-    /// configuration) to run on a real host. See [`in_root_netns`](crate::in_root_netns).
+    /// configuration) to run on a real host. See [`in_root_netns`].
     pub fn allow_root_netns(mut self, allow: bool) -> Self {
         self.allow_root_netns = allow;
         self
@@ -460,11 +459,7 @@ impl Discovery for MdnsDiscovery {
 
     fn report(&self) -> DiscoveryReport {
         let d = self.diagnostics();
-        let mut report = DiscoveryReport::default();
-        report.source = Some(Source::Mdns);
-        report.running = d.running;
-        report.peers = d.peers.iter().map(state::hint).collect();
-        report.rejected = d
+        let rejected = d
             .rejected
             .iter()
             .map(|r| {
@@ -477,9 +472,14 @@ impl Discovery for MdnsDiscovery {
                 )
             })
             .collect();
-        report.rejected_total = d.rejected_total;
-        report.notes = d.notes;
-        report
+        DiscoveryReport {
+            source: Some(Source::Mdns),
+            running: d.running,
+            peers: d.peers.iter().map(state::hint).collect(),
+            rejected,
+            rejected_total: d.rejected_total,
+            notes: d.notes,
+        }
     }
 }
 
@@ -677,9 +677,22 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether an interface with this name exists (cannot be checked here: assume it does).
+#[cfg(not(unix))]
+fn interface_exists(_name: &str) -> bool {
+    true
+}
+
+/// Whether the interface `name` has the multicast flag (cannot be checked here: assume so).
+#[cfg(not(unix))]
+fn multicast_flag(_name: &str) -> bool {
+    true
+}
+
 /// Whether an interface with this name exists in the calling thread's network namespace.
+#[cfg(unix)]
 fn interface_exists(name: &str) -> bool {
-    let Ok(name) = CString::new(name) else {
+    let Ok(name) = std::ffi::CString::new(name) else {
         return false;
     };
     // SAFETY: `name` is a valid NUL-terminated string that outlives the call;
@@ -689,6 +702,7 @@ fn interface_exists(name: &str) -> bool {
 
 /// Whether the interface `name` has the `IFF_MULTICAST` flag, looked up in the calling
 /// thread's network namespace (mdns-sd calls the predicates on its daemon thread).
+#[cfg(unix)]
 fn multicast_flag(name: &str) -> bool {
     let mut ifaddrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head to the pointer we pass; on success we own the list
