@@ -13,6 +13,8 @@
 /// started from, so a process started with `ip netns exec NAME ...` from a shell in the root
 /// namespace still counts its own namespace as not root.
 ///
+/// A namespace made with `ip netns add` (bind-mounted under `/run/netns`) is never root.
+///
 /// Fails safe: if the calling thread's namespace or every reference is unreadable, the answer
 /// is `true`. On systems without network namespaces (not Linux) it is `false`.
 ///
@@ -21,10 +23,14 @@
 pub fn in_root_netns() -> bool {
     #[cfg(target_os = "linux")]
     {
-        match (
-            linux::netns_id("/proc/thread-self/ns/net"),
-            linux::root_netns_id(),
-        ) {
+        let mine = linux::netns_id("/proc/thread-self/ns/net");
+        // A namespace made with `ip netns add` is bind-mounted under /run/netns: being in one
+        // of those settles it, even for a process whose ancestors are gone (a daemon reparented
+        // to an unreadable PID 1).
+        if mine.is_some() && linux::named_netns_ids().contains(&mine) {
+            return false;
+        }
+        match (mine, linux::root_netns_id()) {
             (Some(mine), Some(root)) => mine == root,
             _ => true,
         }
@@ -68,6 +74,18 @@ pub(crate) mod linux {
             pid = parent;
         }
         topmost
+    }
+
+    /// The identities of the namespaces named by `ip netns add` (bind mounts in `/run/netns`).
+    pub(crate) fn named_netns_ids() -> Vec<Option<NetnsId>> {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .take(4096)
+            .map(|e| netns_id(&e.path().to_string_lossy()))
+            .collect()
     }
 
     fn parent_pid(pid: u32) -> Option<u32> {

@@ -233,6 +233,8 @@ impl NodeBuilder {
             handler_permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_handlers)),
             tasks: TaskTracker::new(),
             discovery: Mutex::new(Vec::new()),
+            static_peers: peers.clone(),
+            dial_failures: Default::default(),
             config,
         });
 

@@ -76,6 +76,7 @@ pub(crate) async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Ar
 
 fn handshake_failed(shared: &Shared, addr: SocketAddr, reason: String) -> String {
     Counters::bump(&shared.counters.handshake_failures);
+    shared.dial_failures.record(addr, &reason);
     shared.emit(NodeEvent::HandshakeFailed {
         addr,
         reason: reason.clone(),
@@ -170,6 +171,7 @@ async fn establish(
         }
     }
     Counters::bump(&shared.counters.connections);
+    shared.dial_failures.clear(addr);
     shared.emit(NodeEvent::PeerUp {
         node: peer.node,
         service: peer.service.clone(),
@@ -247,7 +249,12 @@ pub(crate) async fn follow_discovery(
         if hint.node_id == Some(shared.id) {
             continue;
         }
+        let local = shared.endpoint.local_addr().ok();
         for addr in hint.addrs {
+            if let Some(reason) = local.and_then(|local| unreachable_from(local, addr)) {
+                shared.dial_failures.record(addr, &reason);
+                continue;
+            }
             if dialling.insert(addr) {
                 let shared2 = Arc::clone(&shared);
                 shared
@@ -256,6 +263,23 @@ pub(crate) async fn follow_discovery(
             }
         }
     }
+}
+
+/// Why a socket bound to `local` cannot send to `remote`, if it cannot: a loopback-bound node
+/// cannot reach a LAN address, and an IPv4 socket cannot reach IPv6 (the kernel refuses).
+fn unreachable_from(local: SocketAddr, remote: SocketAddr) -> Option<String> {
+    let dual_stack = local.ip().is_unspecified() && local.is_ipv6();
+    if local.is_ipv4() != remote.is_ipv4() && !dual_stack {
+        return Some(format!(
+            "{remote} is not reachable from this node's socket {local} (other address family)"
+        ));
+    }
+    if local.ip().is_loopback() && !remote.ip().is_loopback() {
+        return Some(format!(
+            "{remote} is not reachable from this node's loopback socket {local}: listen on a LAN address or 0.0.0.0"
+        ));
+    }
+    None
 }
 
 /// Keeps a connection to whoever listens on `addr`: dials, waits while connected, and redials
@@ -290,5 +314,22 @@ async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unreachable_from;
+
+    #[test]
+    fn a_socket_only_dials_what_it_can_reach() {
+        let p = |s: &str| s.parse().expect("address");
+        assert!(unreachable_from(p("127.0.0.1:1"), p("127.0.0.1:2")).is_none());
+        assert!(unreachable_from(p("0.0.0.0:1"), p("10.99.0.2:7000")).is_none());
+        assert!(unreachable_from(p("10.99.0.1:1"), p("10.99.0.2:7000")).is_none());
+        assert!(unreachable_from(p("[::]:1"), p("10.99.0.2:7000")).is_none());
+        let loopback = unreachable_from(p("127.0.0.1:1"), p("10.99.0.2:7000"));
+        assert!(loopback.is_some_and(|r| r.contains("loopback")));
+        assert!(unreachable_from(p("0.0.0.0:1"), p("[fe80::1]:7000")).is_some());
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::core::dedup::DedupWindow;
 use crate::dead_letter::{DeadLetter, DeadLetters};
+use crate::diagnose::{DialFailures, ServiceDiagnosis};
 use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
 use crate::outbound::{self, SendOptions};
 use crate::peer::lock;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     /// Background tasks (accept loop, dialers, discovery), stopped on shutdown.
     pub(crate) tasks: TaskTracker,
     pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
+    pub(crate) static_peers: Vec<SocketAddr>,
+    pub(crate) dial_failures: DialFailures,
 }
 
 impl Shared {
@@ -64,8 +67,23 @@ impl Shared {
         self.killed.cancel();
         self.endpoint
             .close(crate::net::CLOSE_KILLED, b"node stopped abruptly");
-        for source in lock(&self.discovery).iter_mut() {
-            source.stop();
+        let mut sources = std::mem::take(&mut *lock(&self.discovery));
+        // Stopping a source may block (mDNS goodbyes); this may run outside any runtime.
+        let _ = std::thread::Builder::new()
+            .name("shoal-discovery-stop".into())
+            .spawn(move || sources.iter_mut().for_each(|s| s.stop()));
+    }
+
+    /// Stops the discovery sources on a blocking thread and puts them back (their reports stay
+    /// readable after shutdown).
+    async fn stop_discovery(self: &Arc<Self>) {
+        let mut sources = std::mem::take(&mut *lock(&self.discovery));
+        let stopped = tokio::task::spawn_blocking(move || {
+            sources.iter_mut().for_each(|s| s.stop());
+            sources
+        });
+        if let Ok(sources) = stopped.await {
+            *lock(&self.discovery) = sources;
         }
     }
 }
@@ -337,6 +355,41 @@ impl Node {
             .map_err(|_| Error::Timeout(timeout))?
     }
 
+    /// Says why `service` has, or has no, reachable instance: the connected instances, the
+    /// instances discovery announced and the last error reaching each (TLS refused, no answer,
+    /// wrong protocol version), failing static peers, and announcements discovery refused.
+    ///
+    /// ```no_run
+    /// # fn show(node: &shoal::Node) {
+    /// let diagnosis = node.diagnose("invoice");
+    /// println!("{diagnosis}"); // e.g. "`invoice` is announced but unreachable: TLS handshake ... failed"
+    /// # }
+    /// ```
+    pub fn diagnose(&self, service: &str) -> ServiceDiagnosis {
+        let shared = self.shared();
+        let connected = self
+            .peers()
+            .into_iter()
+            .filter(|p| p.service == service)
+            .collect();
+        ServiceDiagnosis::build(
+            service,
+            connected,
+            &self.discovery_reports(),
+            &shared.static_peers,
+            &shared.dial_failures,
+        )
+    }
+
+    /// What each discovery source currently reports (static peers first, then sources added
+    /// with [`NodeBuilder::discovery`]).
+    pub fn discovery_reports(&self) -> Vec<shoal_discovery::DiscoveryReport> {
+        lock(&self.shared().discovery)
+            .iter()
+            .map(|s| s.report())
+            .collect()
+    }
+
     /// Subscribes to connection events (peers up and down, refused handshakes, protocol
     /// errors). Events are kept in a bounded buffer: a receiver that falls behind misses the
     /// oldest ones and is told so by `RecvError::Lagged`.
@@ -364,9 +417,11 @@ impl Node {
             return;
         }
         shared.stopping.cancel();
-        for source in lock(&shared.discovery).iter_mut() {
-            source.stop();
-        }
+        // Goodbyes on discovery first, so peers stop dialling, concurrently with the rest.
+        let discovery = tokio::spawn({
+            let shared = Arc::clone(shared);
+            async move { shared.stop_discovery().await }
+        });
         let grace = shared.config.shutdown_grace;
         shared.handler_tasks.close();
         if tokio::time::timeout(grace, shared.handler_tasks.wait())
@@ -386,6 +441,7 @@ impl Node {
         shared.tasks.close();
         let _ = tokio::time::timeout(grace, shared.tasks.wait()).await;
         let _ = tokio::time::timeout(grace, shared.endpoint.wait_idle()).await;
+        let _ = discovery.await;
     }
 
     /// Stops at once, as if the process had crashed: no goodbyes, running handlers dropped,

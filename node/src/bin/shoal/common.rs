@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use shoal::discovery::{InterfaceSelector, MdnsConfig};
 use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent};
 use tokio::sync::broadcast;
 
@@ -23,13 +24,23 @@ pub(crate) struct NodeArgs {
     /// This node's private key (PEM) [default: <CA folder>/<service>.key].
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub(crate) key: Option<PathBuf>,
-    /// UDP address to accept QUIC connections on. The default is loopback only: name a LAN
-    /// address to be reachable from other hosts.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub(crate) listen: SocketAddr,
+    /// UDP address to accept QUIC connections on [default: 127.0.0.1:0, loopback only; with
+    /// --mdns 0.0.0.0:0, since discovered peers are on the LAN]. Name a LAN address to be
+    /// reachable from other hosts.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
     /// A peer to dial (IP:PORT), redialled whenever the connection drops. Repeatable.
     #[arg(long = "peer", value_name = "ADDR")]
     pub(crate) peers: Vec<SocketAddr>,
+    /// Discover peers by mDNS on this interface (repeatable; `lo` for this host only). Off
+    /// unless given: mDNS uses only the interfaces named here.
+    #[arg(long = "mdns", value_name = "IFACE")]
+    pub(crate) mdns: Vec<String>,
+    /// Allow mDNS in the host's own network namespace. Without it mDNS runs only inside a
+    /// network namespace (as in the demo), because mdns-sd briefly joins the multicast group on
+    /// every interface when it starts. Pass it on a real LAN host.
+    #[arg(long, requires = "mdns")]
+    pub(crate) mdns_on_host: bool,
 }
 
 impl NodeArgs {
@@ -45,11 +56,30 @@ impl NodeArgs {
         };
         // Nodes need only the CA certificate; drop the key as soon as it is not needed.
         let trust = MeshCa::from_pem(&ca.cert_pem())?;
-        Ok(Node::builder(service)
+        let mut builder = Node::builder(service)
             .trust(trust)
             .identity(identity)
-            .listen(self.listen)
-            .peers(self.peers.iter().copied()))
+            .listen(self.listen_addr())
+            .peers(self.peers.iter().copied());
+        if !self.mdns.is_empty() {
+            let interfaces = self.mdns.iter().map(InterfaceSelector::name);
+            builder = builder.discovery(
+                MdnsConfig::new(interfaces)
+                    .allow_root_netns(self.mdns_on_host)
+                    .build(),
+            );
+        }
+        Ok(builder)
+    }
+
+    /// `--listen`, or its default: loopback, or every interface when mDNS finds LAN peers.
+    pub(crate) fn listen_addr(&self) -> SocketAddr {
+        let any = if self.mdns.is_empty() {
+            [127, 0, 0, 1]
+        } else {
+            [0, 0, 0, 0]
+        };
+        self.listen.unwrap_or(SocketAddr::from((any, 0)))
     }
 
     /// The CA of `--ca`, and the folder to look for default certificate files in.
@@ -124,9 +154,10 @@ pub(crate) struct ClientArgs {
 impl ClientArgs {
     /// Starts the client's node, subscribed to its events before any connection is made.
     pub(crate) async fn start(&self) -> CliResult<(Node, broadcast::Receiver<NodeEvent>)> {
-        if self.node.peers.is_empty() {
+        if self.node.peers.is_empty() && self.node.mdns.is_empty() {
             return Err(CliError::new(
-                "no peers to connect to: pass --peer ADDR (the address `shoal serve` printed)",
+                "no peers to connect to: pass --peer ADDR (the address `shoal serve` printed) \
+                 or --mdns IFACE",
             ));
         }
         let node = self

@@ -16,6 +16,10 @@ use crate::{CliError, CliResult};
 pub(crate) struct PeersArgs {
     #[command(flatten)]
     client: ClientArgs,
+    /// Also explain why this service has (or has no) reachable instance: what discovery
+    /// announced, and the last error reaching each address. Repeatable.
+    #[arg(long = "service", value_name = "NAME")]
+    diagnose: Vec<String>,
 }
 
 /// Runs `shoal peers`: waits until every `--peer` address is connected (at most `--wait`, 1 s
@@ -29,7 +33,8 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     let mut listening = true;
     loop {
         let connected: BTreeSet<SocketAddr> = node.peers().iter().map(|p| p.addr).collect();
-        if wanted.is_subset(&connected) {
+        // With mDNS there is no list to complete: listen for the whole wait.
+        if wanted.is_subset(&connected) && args.client.node.mdns.is_empty() {
             break;
         }
         tokio::select! {
@@ -45,7 +50,11 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     }
 
     let peers = node.peers();
+    let diagnoses: Vec<_> = args.diagnose.iter().map(|s| node.diagnose(s)).collect();
     node.shutdown().await;
+    for diagnosis in &diagnoses {
+        say!("{diagnosis}");
+    }
     if !peers.is_empty() {
         say!(
             "{:<20} {:<32} {:<22} {:>10} IN_FLIGHT",
@@ -73,7 +82,7 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
             None => eprintln!("not connected: {addr}: no answer yet"),
         }
     }
-    if peers.is_empty() {
+    if peers.is_empty() && diagnoses.is_empty() {
         return Err(CliError::new(format!(
             "no live peers within {} ms",
             args.client.wait_or(1_000).as_millis()
