@@ -234,6 +234,7 @@ impl NodeBuilder {
             tasks: TaskTracker::new(),
             discovery: Mutex::new(Vec::new()),
             static_peers: peers.clone(),
+            admission: Mutex::new(()),
             dial_failures: Default::default(),
             config,
         });

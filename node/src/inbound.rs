@@ -90,7 +90,15 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
             shared.registry.leaving(peer);
             return Err(format!("peer said goodbye: {}", goodbye.reason));
         }
-        Frame::Hello(_) => return Err("protocol error: a second hello".into()),
+        Frame::Hello(_) => {
+            let reason = "protocol error: a second hello";
+            Counters::bump(&shared.counters.malformed_frames);
+            shared.emit(NodeEvent::ProtocolError {
+                addr: peer.addr,
+                reason: reason.into(),
+            });
+            return Err(reason.into());
+        }
         // Publish/subscribe is not spoken yet; a newer peer's subscriptions are ignored.
         Frame::Subscribe(_) | Frame::Unsubscribe(_) => {}
         _ => {}
@@ -99,10 +107,10 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
 }
 
 /// Refuses a delivery with a negative ack.
-async fn nack(peer: &Peer, env: &Envelope, retryable: bool, reason: String) {
+async fn nack(peer: &Peer, id: shoal_proto::MessageId, retryable: bool, reason: String) {
     let _ = peer
         .push(Outgoing::Frame(Frame::Nack(Nack {
-            id: env.id,
+            id,
             retryable,
             reason,
         })))
@@ -111,7 +119,13 @@ async fn nack(peer: &Peer, env: &Envelope, retryable: bool, reason: String) {
 
 async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
     if shared.is_stopping() {
-        return nack(peer, &env, true, format!("{} is shutting down", shared.id)).await;
+        return nack(
+            peer,
+            env.id,
+            true,
+            format!("{} is shutting down", shared.id),
+        )
+        .await;
     }
     let seen = lock(&shared.dedup).check(env.id, Instant::now().into_std());
     match seen {
@@ -129,16 +143,19 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
 
     // A reply to a synchronous request goes to the waiting call, not to a handler.
     if env.kind == MessageKind::Reply && env.name.is_empty() {
+        // Ack first: once the waiting call wakes, its node may shut down at once, and an ack
+        // queued after its goodbye would never leave.
+        lock(&shared.dedup).complete(env.id);
+        peer.push_ack(env.id);
         if let Some(waiting) = env
             .correlation_id
             .and_then(|id| lock(&shared.pending).remove(&id))
         {
-            let _ = waiting.send(Message::from_envelope(env.clone()));
+            let _ = waiting.send(Message::from_envelope(env));
         } else {
             tracing::debug!(id = %env.id, "late reply to a request that already ended; dropped");
         }
-        lock(&shared.dedup).complete(env.id);
-        return peer.push_ack(env.id);
+        return;
     }
 
     let handler = shared
@@ -154,7 +171,9 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
             "service `{}` has no handler for `{}`",
             shared.service, env.name
         );
-        return nack(peer, &env, false, reason).await;
+        // Retryable: the handler may be registered a moment after start, or another instance
+        // (a newer version during a rolling deploy) may have it.
+        return nack(peer, env.id, true, reason).await;
     };
 
     // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
@@ -162,12 +181,12 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
     let Ok(permit) = Arc::clone(&shared.handler_permits).acquire_owned().await else {
         return;
     };
+    let id = env.id;
     let shared2 = Arc::clone(shared);
-    let peer = Arc::clone(peer);
-    shared.handler_tasks.spawn(async move {
+    let peer2 = Arc::clone(peer);
+    let task = async move {
         let _permit = permit;
-        let shared = shared2;
-        let id = env.id;
+        let (shared, peer) = (shared2, peer2);
         let reply_to = env.reply_to.clone();
         let run = CatchUnwind(AssertUnwindSafe(handler(Message::from_envelope(env))));
         let Some(result) = shared.killed.run_until_cancelled(run).await else {
@@ -197,7 +216,17 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
                 fail(&shared, &peer, id, &err).await;
             }
         }
-    });
+    };
+    // Admission and shutdown exclude each other: either this handler is tracked before
+    // shutdown starts waiting for handlers, or it sees the node stopping and is refused.
+    let admission = lock(&shared.admission);
+    if shared.is_stopping() {
+        drop(admission);
+        lock(&shared.dedup).forget(id);
+        let reason = format!("{} is shutting down", shared.id);
+        return nack(peer, id, true, reason).await;
+    }
+    shared.handler_tasks.spawn(task);
 }
 
 /// Forgets the id (a redelivery must run the handler again, or be refused again: never be

@@ -208,6 +208,8 @@ fn check_hello(shared: &Shared, conn: &quinn::Connection, hello: &Hello) -> Resu
 /// Reads from a peer until the connection ends, then forgets it and fails what waited on it.
 async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream, buf: BytesMut) {
     let reason = tokio::select! {
+        // Frames already received (acks above all) are read before a close is acted on.
+        biased;
         reason = crate::inbound::read_loop(&shared, &peer, recv, buf) => reason,
         closed = peer.conn.closed() => closed.to_string(),
     };

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
     pub(crate) static_peers: Vec<SocketAddr>,
+    /// Held while a handler is admitted, and while shutdown starts: see `inbound::on_deliver`.
+    pub(crate) admission: Mutex<()>,
     pub(crate) dial_failures: DialFailures,
 }
 
@@ -263,8 +265,9 @@ impl Node {
             id,
         };
 
-        let mut policy = shared.config.retry.clone();
-        policy.deadline = policy.deadline.min(timeout);
+        // The delivery keeps its own deadline: `timeout` below ends the whole request, so an
+        // answer that is merely late is a timeout, not a dead letter.
+        let policy = shared.config.retry.clone();
         let send = outbound::deliver(
             &shared,
             Target::service(service),
@@ -416,7 +419,10 @@ impl Node {
         if shared.is_stopping() {
             return;
         }
-        shared.stopping.cancel();
+        {
+            let _admission = lock(&shared.admission);
+            shared.stopping.cancel();
+        }
         // Goodbyes on discovery first, so peers stop dialling, concurrently with the rest.
         let discovery = tokio::spawn({
             let shared = Arc::clone(shared);
@@ -428,7 +434,8 @@ impl Node {
             .await
             .is_err()
         {
-            tracing::warn!("handlers still running after {grace:?}; closing anyway");
+            tracing::warn!("handlers still running after {grace:?}; dropping them");
+            shared.killed.cancel();
         }
         let mut closes = tokio::task::JoinSet::new();
         for peer in shared.registry.all() {

@@ -176,7 +176,7 @@ async fn attempt_once(
         outcome = answer => outcome.unwrap_or_else(|_| Outcome::Lost("connection closed".into())),
         _ = tokio::time::sleep_until(ack_deadline) => {
             peer.forget_answer(id);
-            Outcome::Lost(format!("no ack from {} within {:?}", peer.node, shared.config.retry.ack_timeout))
+            Outcome::Lost(format!("no ack from {} within {:?}", peer.node, state.ack_timeout()))
         }
         _ = stop.cancelled() => {
             peer.forget_answer(id);

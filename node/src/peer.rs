@@ -34,8 +34,6 @@ pub(crate) enum Outgoing {
     Encoded(Bytes),
     /// A frame to encode.
     Frame(Frame),
-    /// Acknowledge this message; coalesced with other acks.
-    Ack(MessageId),
     /// Write a goodbye, flush, finish the stream and stop.
     Close(String),
 }
@@ -43,6 +41,7 @@ pub(crate) enum Outgoing {
 /// Largest batch gathered before a write, and most acks in one frame.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 const MAX_ACKS_PER_FRAME: usize = 4096;
+const MAX_ACKS_PER_BATCH: usize = 16 * MAX_ACKS_PER_FRAME;
 
 /// A connected, handshaken peer.
 #[derive(Debug)]
@@ -55,7 +54,13 @@ pub(crate) struct Peer {
     /// Which node dialled this connection: decides which of two duplicate connections survives.
     pub(crate) dialer: NodeId,
     out: mpsc::Sender<Outgoing>,
-    in_flight: Mutex<HashMap<MessageId, oneshot::Sender<Outcome>>>,
+    /// Acks travel apart from the bounded queue so a handler never waits to ack, and the
+    /// writer drains them all before a goodbye. Bounded in practice by the peer's in-flight
+    /// window: it sends no more until it sees acks.
+    acks: mpsc::UnboundedSender<MessageId>,
+    /// Waiting senders by message id; `None` once the connection is gone, so a late
+    /// registration fails at once instead of waiting for its ack timeout.
+    in_flight: Mutex<Option<HashMap<MessageId, oneshot::Sender<Outcome>>>>,
     /// One permit per message in flight to this peer: the bound on unacknowledged messages.
     pub(crate) permits: Arc<Semaphore>,
     max_in_flight: usize,
@@ -84,8 +89,9 @@ impl Peer {
         p: PeerParams,
     ) -> Arc<Self> {
         let (out, rx) = mpsc::channel(p.queue_len);
+        let (acks, ack_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
-        tokio::spawn(write_loop(send, rx, p.limits, done_tx));
+        tokio::spawn(write_loop(send, rx, ack_rx, p.limits, done_tx));
         Arc::new(Self {
             node: p.node,
             service: p.service,
@@ -94,7 +100,8 @@ impl Peer {
             conn,
             dialer: p.dialer,
             out,
-            in_flight: Mutex::new(HashMap::new()),
+            acks,
+            in_flight: Mutex::new(Some(HashMap::new())),
             permits: Arc::new(Semaphore::new(p.max_in_flight)),
             max_in_flight: p.max_in_flight,
             pings: Mutex::new(HashMap::new()),
@@ -120,26 +127,36 @@ impl Peer {
     /// (a retry to the same peer).
     pub(crate) fn expect_answer(&self, id: MessageId) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.in_flight).insert(id, tx);
+        match lock(&self.in_flight).as_mut() {
+            Some(waiting) => {
+                waiting.insert(id, tx);
+            }
+            None => {
+                let _ = tx.send(Outcome::Lost("connection closed".into()));
+            }
+        }
         rx
     }
 
     /// Stops waiting for `id` (its ack timed out).
     pub(crate) fn forget_answer(&self, id: MessageId) {
-        lock(&self.in_flight).remove(&id);
+        if let Some(waiting) = lock(&self.in_flight).as_mut() {
+            waiting.remove(&id);
+        }
     }
 
     /// Hands an answer from the peer to whoever waits for it; unknown ids are ignored (a late
     /// ack after a timeout, or a duplicate ack).
     pub(crate) fn answer(&self, id: MessageId, outcome: Outcome) {
-        if let Some(tx) = lock(&self.in_flight).remove(&id) {
+        let waiting = lock(&self.in_flight).as_mut().and_then(|w| w.remove(&id));
+        if let Some(tx) = waiting {
             let _ = tx.send(outcome);
         }
     }
 
     /// Fails every message waiting on this peer: the connection is gone.
     pub(crate) fn fail_all(&self, reason: &str) {
-        let waiting: Vec<_> = lock(&self.in_flight).drain().collect();
+        let waiting = lock(&self.in_flight).take().unwrap_or_default();
         for (_, tx) in waiting {
             let _ = tx.send(Outcome::Lost(reason.to_owned()));
         }
@@ -154,13 +171,10 @@ impl Peer {
             .map_err(|_| "connection writer stopped".to_owned())
     }
 
-    /// Queues an ack without waiting: acks are tiny, and a handler must never block on a full
-    /// queue. If the queue is full the ack is handed to a task that waits.
-    pub(crate) fn push_ack(self: &Arc<Self>, id: MessageId) {
-        if let Err(mpsc::error::TrySendError::Full(item)) = self.out.try_send(Outgoing::Ack(id)) {
-            let peer = Arc::clone(self);
-            tokio::spawn(async move { peer.push(item).await });
-        }
+    /// Queues an ack without waiting; it is coalesced with other acks into one frame.
+    pub(crate) fn push_ack(&self, id: MessageId) {
+        // A closed channel means the connection is gone: the sender will retry.
+        let _ = self.acks.send(id);
     }
 
     /// Sends a ping and returns a receiver for the round-trip time.
@@ -180,7 +194,7 @@ impl Peer {
     }
 
     /// Writes a goodbye after everything queued, finishes the stream, and waits (bounded)
-    /// until the writer is done, so queued acks reach the peer before the connection closes.
+    /// until the peer has read it and closed the connection, so queued acks are not lost.
     pub(crate) async fn close_gracefully(&self, reason: &str, wait: Duration) {
         self.mark_leaving();
         let _ = tokio::time::timeout(wait, self.push(Outgoing::Close(reason.to_owned()))).await;
@@ -188,6 +202,9 @@ impl Peer {
         if let Some(done) = done {
             let _ = tokio::time::timeout(wait, done).await;
         }
+        // The peer closes the connection once it has read our goodbye, and so every ack
+        // before it. Closing first could discard acks it has received but not yet read.
+        let _ = tokio::time::timeout(wait, self.conn.closed()).await;
     }
 }
 
@@ -200,19 +217,30 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Outgoing>,
+    mut ack_rx: mpsc::UnboundedReceiver<MessageId>,
     limits: Limits,
     done: oneshot::Sender<()>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut acks = Vec::new();
     let mut closing = None;
-    while let Some(first) = rx.recv().await {
-        let mut item = Some(first);
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(id) = ack_rx.recv() => {
+                acks.push(id);
+                rx.try_recv().ok()
+            }
+            item = rx.recv() => match item {
+                Some(item) => Some(item),
+                None => break,
+            },
+        };
+        let mut item = first;
         while let Some(next) = item.take() {
             match next {
                 Outgoing::Encoded(bytes) => buf.extend_from_slice(&bytes),
                 Outgoing::Frame(frame) => encode_into(&frame, &limits, &mut buf),
-                Outgoing::Ack(id) => acks.push(id),
                 Outgoing::Close(reason) => {
                     closing = Some(reason);
                     break;
@@ -220,6 +248,13 @@ async fn write_loop(
             }
             if buf.len() < MAX_BATCH_BYTES {
                 item = rx.try_recv().ok();
+            }
+        }
+        // Every ack queued so far goes out in this write (before a goodbye, if closing).
+        while acks.len() < MAX_ACKS_PER_BATCH {
+            match ack_rx.try_recv() {
+                Ok(id) => acks.push(id),
+                Err(_) => break,
             }
         }
         for chunk in acks.chunks(MAX_ACKS_PER_FRAME) {

@@ -133,6 +133,15 @@ pub fn envelope(name: &str, payload: &'static [u8]) -> Envelope {
 /// certificate at all), speaking Shoal's ALPN. Built directly from PEM, bypassing the node's
 /// own start-up checks, so tests can act as a foreign or broken client.
 pub fn client_config(ca: &MeshCa, identity: Option<&Identity>) -> quinn::ClientConfig {
+    client_config_with_alpn(ca, identity, shoal_proto::ALPN)
+}
+
+/// [`client_config`] offering the ALPN protocol `alpn` instead of Shoal's.
+pub fn client_config_with_alpn(
+    ca: &MeshCa,
+    identity: Option<&Identity>,
+    alpn: &[u8],
+) -> quinn::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -154,7 +163,7 @@ pub fn client_config(ca: &MeshCa, identity: Option<&Identity>) -> quinn::ClientC
         }
         None => builder.with_no_client_auth(),
     };
-    tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_millis(500)));

@@ -31,7 +31,10 @@ enum Stop {
 struct Outcome {
     records: Vec<Record>,
     sent: Vec<MessageId>,
+    /// From the first send to the last answer.
     took: Duration,
+    /// From the moment the instance was stopped to the last answer.
+    tail: Duration,
 }
 
 /// Runs the scenario and returns every handler run, in order.
@@ -54,16 +57,21 @@ async fn run(stop: Stop) -> Outcome {
         let handled = Arc::clone(&handled);
         let reached_tx = Arc::clone(&reached_tx);
         worker.handle("job", move |msg: Message| {
-            records
-                .lock()
-                .unwrap()
-                .push((index, msg.id(), msg.attempt()));
-            if handled.fetch_add(1, Ordering::SeqCst) + 1 == STOP_AFTER {
-                if let Some(tx) = reached_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
+            let records = Arc::clone(&records);
+            let handled = Arc::clone(&handled);
+            let reached_tx = Arc::clone(&reached_tx);
+            async move {
+                records
+                    .lock()
+                    .unwrap()
+                    .push((index, msg.id(), msg.attempt()));
+                if handled.fetch_add(1, Ordering::SeqCst) + 1 == STOP_AFTER {
+                    if let Some(tx) = reached_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
                 }
+                Ok(())
             }
-            async { Ok(()) }
         });
     }
 
@@ -77,7 +85,8 @@ async fn run(stop: Stop) -> Outcome {
         let sender = sender.clone();
         sends.spawn(async move {
             let id = msg.id();
-            (id, sender.send("work", msg).await)
+            let result = sender.send("work", msg).await;
+            (id, result, Instant::now())
         });
     }
 
@@ -85,6 +94,7 @@ async fn run(stop: Stop) -> Outcome {
         .await
         .expect("the workers did not get through the first messages in time")
         .unwrap();
+    let stopped_at = Instant::now();
     let victim = workers[VICTIM].clone();
     let stopping = match stop {
         Stop::Crash => {
@@ -96,9 +106,11 @@ async fn run(stop: Stop) -> Outcome {
 
     let mut failures = Vec::new();
     let mut ok = HashSet::new();
+    let mut last_done = stopped_at;
     let all_sent = async {
         while let Some(joined) = sends.join_next().await {
-            let (id, result) = joined.unwrap();
+            let (id, result, done) = joined.unwrap();
+            last_done = last_done.max(done);
             match result {
                 Ok(receipt) => {
                     assert_eq!(receipt.id, id);
@@ -135,6 +147,7 @@ async fn run(stop: Stop) -> Outcome {
         records,
         sent,
         took,
+        tail: last_done - stopped_at,
     }
 }
 
@@ -163,19 +176,16 @@ fn check(outcome: &Outcome) -> Vec<(MessageId, Vec<(usize, u32)>)> {
     duplicates
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_of_an_instance_mid_run_loses_nothing() {
-    let outcome = timeout(Duration::from_secs(60), run(Stop::Crash))
-        .await
-        .expect("the crash scenario took longer than 60 s");
-    let duplicates = check(&outcome);
-    for (id, handled) in &duplicates {
+/// Every duplicate is an at-least-once redelivery across the stopped instance: first handled
+/// there, then by a survivor on a later attempt.
+fn assert_duplicates_start_on_the_victim(duplicates: &[(MessageId, Vec<(usize, u32)>)]) {
+    for (id, handled) in duplicates {
         assert_eq!(handled.len(), 2, "{id}: {handled:?}");
         let (first, first_attempt) = handled[0];
         let (second, second_attempt) = handled[1];
         assert_eq!(
             first, VICTIM,
-            "{id}: a duplicate must start on the crashed instance: {handled:?}"
+            "{id}: a duplicate must start on the stopped instance: {handled:?}"
         );
         assert_ne!(second, VICTIM);
         assert!(
@@ -183,32 +193,102 @@ async fn crash_of_an_instance_mid_run_loses_nothing() {
             "{id}: the survivor's run must be a later attempt: {handled:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_of_an_instance_mid_run_loses_nothing() {
+    let outcome = timeout(Duration::from_secs(60), run(Stop::Crash))
+        .await
+        .expect("the crash scenario took longer than 60 s");
+    let duplicates = check(&outcome);
+    assert_duplicates_start_on_the_victim(&duplicates);
     let victim_runs = outcome.records.iter().filter(|r| r.0 == VICTIM).count();
     eprintln!(
-        "crash: {MESSAGES} messages in {:?}; the crashed instance handled {victim_runs}; \
-         {} handled twice (crashed instance, then a survivor)",
+        "crash: {MESSAGES} messages in {:?} (last answer {:?} after the crash); the crashed \
+         instance handled {victim_runs}; {} handled twice (crashed instance, then a survivor)",
         outcome.took,
+        outcome.tail,
         duplicates.len()
     );
 }
 
+/// Graceful shutdown mid-run: nothing is lost, and (see the next test) nothing should be
+/// handled twice. This test checks the at-least-once invariants and reports duplicates; the
+/// strict check is `graceful_shutdown_of_an_instance_mid_run_handles_each_message_once`
+/// (ignored: it fails intermittently, see there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_of_an_instance_mid_run_handles_each_message_once() {
+async fn graceful_shutdown_of_an_instance_mid_run_loses_nothing() {
     let outcome = timeout(Duration::from_secs(60), run(Stop::Graceful))
         .await
         .expect("the graceful scenario took longer than 60 s");
     let duplicates = check(&outcome);
+    assert_duplicates_start_on_the_victim(&duplicates);
     let victim_runs = outcome.records.iter().filter(|r| r.0 == VICTIM).count();
     eprintln!(
-        "graceful: {MESSAGES} messages in {:?}; the stopped instance handled {victim_runs}; \
-         {} handled twice",
+        "graceful: {MESSAGES} messages in {:?} (last answer {:?} after the shutdown began); \
+         the stopped instance handled {victim_runs}; {} handled twice",
         outcome.took,
+        outcome.tail,
         duplicates.len()
     );
+}
+
+/// After a graceful shutdown no message may have been handled twice: every handler that ran
+/// on the stopping instance had its ack flushed before the goodbye.
+///
+/// Bug (intermittent: about one run in three to five, more when the machine is busy): a
+/// message handled by the stopping instance is handled again by a survivor, e.g.
+/// `[(0, 1), (2, 2)]`. The stopping node writes its acks before the goodbye, but closes the
+/// connection as soon as that data is acknowledged at the QUIC level (`SendStream::stopped`
+/// in `write_loop`, node/src/peer.rs, then `endpoint.close` in `Node::shutdown`,
+/// node/src/node.rs), not once the peer has processed it. On the busy sender, `run_peer`
+/// (node/src/net.rs) races its read loop against `conn.closed()` in a `tokio::select!`
+/// (random branch order): when the close wins, the read loop is dropped with acks still
+/// unread, `fail_all` reports those messages lost, and they are retried elsewhere (quinn also
+/// documents that a peer may drop buffered data on CONNECTION_CLOSE). Suggested fix: after
+/// the goodbye, wait (within the grace period) for the peer to close the connection, which a
+/// Shoal peer does once it has read the goodbye; and in `run_peer` poll the read loop first
+/// (`biased;`) or drain it before acting on `conn.closed()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn graceful_shutdown_of_an_instance_mid_run_handles_each_message_once() {
+    // Two scenarios at a time: a busier sender makes the race more likely.
+    for round in 0..3 {
+        let (a, b) = timeout(Duration::from_secs(60), async {
+            tokio::join!(run(Stop::Graceful), run(Stop::Graceful))
+        })
+        .await
+        .expect("the graceful scenarios took longer than 60 s");
+        for outcome in [a, b] {
+            let duplicates = check(&outcome);
+            assert!(
+                duplicates.is_empty(),
+                "round {round}: {} messages handled twice across a graceful shutdown, e.g. {:?}",
+                duplicates.len(),
+                &duplicates[..duplicates.len().min(5)]
+            );
+        }
+    }
+}
+
+/// After a crash, the messages that were in flight to the crashed instance are retried
+/// elsewhere as soon as its connection closes (at once here: `abort` closes the connections),
+/// not after the 5 s ack timeout.
+///
+/// Bug: in every run one or a few sends take the full ack timeout. `run_peer`
+/// (node/src/net.rs) removes the peer from the registry and then fails what waits on it
+/// (`Peer::fail_all`, node/src/peer.rs); an attempt that chose the peer just before and
+/// registers its answer (`Peer::expect_answer`) after `fail_all` ran is never failed: its
+/// frame goes to a writer whose connection is gone, and it waits out `ack_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn failover_after_a_crash_does_not_wait_for_the_ack_timeout() {
+    let outcome = timeout(Duration::from_secs(60), run(Stop::Crash))
+        .await
+        .expect("the crash scenario took longer than 60 s");
     assert!(
-        duplicates.is_empty(),
-        "{} messages handled twice across a graceful shutdown, e.g. {:?}",
-        duplicates.len(),
-        &duplicates[..duplicates.len().min(5)]
+        outcome.tail < Duration::from_secs(3),
+        "the last send was answered {:?} after the crash",
+        outcome.tail
     );
 }

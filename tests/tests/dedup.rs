@@ -1,0 +1,205 @@
+//! The receiver's dedup window: redeliveries of one message id are acknowledged without
+//! running the handler again, whether they come from a hand-written client or from a node
+//! retrying after an ack timeout.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use shoal::{HandlerError, Message, MessageId, RetryPolicy, SendOptions};
+use shoal_proto::{Frame, Limits, codec};
+use shoal_tests::{Mesh, RawPeer, WAIT, envelope, wait_instances};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+fn acks(frame: &Frame, id: MessageId) -> bool {
+    matches!(frame, Frame::Ack(ack) if ack.ids.contains(&id))
+}
+
+/// Encodes several frames into one buffer, so they go out in one write.
+fn batch(frames: &[Frame]) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    for frame in frames {
+        codec::encode(frame, &Limits::default(), &mut buf).unwrap();
+    }
+    buf.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_duplicates_run_the_handler_once_and_are_all_acked() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = watch::channel(false);
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("create-invoice", move |msg: Message| {
+        let runs = Arc::clone(&handler_runs);
+        let started_tx = started_tx.clone();
+        let mut release_rx = release_rx.clone();
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            started_tx.send(msg.id()).unwrap();
+            let _ = release_rx.wait_for(|released| *released).await;
+            Ok(())
+        }
+    });
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    assert_eq!(raw.server_hello.node_id, billing.id());
+    assert_eq!(raw.server_hello.service, "billing");
+
+    // Two copies back to back, then a ping: the pong proves both copies were read.
+    let env = envelope("create-invoice", b"order 42");
+    let id = env.id;
+    let copy = Frame::Deliver(Box::new(env.clone()));
+    raw.send_raw(&batch(&[copy.clone(), copy, Frame::Ping(1)]))
+        .await;
+    let (_, before) = raw
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Pong(1)))
+        .await;
+    assert!(
+        !before.iter().any(|f| acks(f, id)),
+        "acked before the handler finished: {before:?}"
+    );
+    assert_eq!(timeout(WAIT, started_rx.recv()).await.unwrap(), Some(id));
+    assert_eq!(
+        billing.stats().duplicates,
+        1,
+        "the second copy is a duplicate"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // The running handler's ack answers both copies.
+    release_tx.send(true).unwrap();
+    raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+
+    // Later redeliveries (a sender's retries, attempt 2 and 3) are acked again, not handled.
+    for attempt in [2, 3] {
+        let mut again = env.clone();
+        again.attempt = attempt;
+        raw.send_frame(&Frame::Deliver(Box::new(again))).await;
+        raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert!(started_rx.try_recv().is_err());
+    let stats = billing.stats();
+    assert_eq!(stats.handled, 1, "{stats:?}");
+    assert_eq!(stats.duplicates, 3, "{stats:?}");
+    billing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_ids_are_not_mistaken_for_duplicates() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("create-invoice", move |_msg: Message| {
+        handler_runs.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    let envs: Vec<_> = (0..20)
+        .map(|_| envelope("create-invoice", b"same body"))
+        .collect();
+    let frames: Vec<Frame> = envs
+        .iter()
+        .map(|e| Frame::Deliver(Box::new(e.clone())))
+        .collect();
+    raw.send_raw(&batch(&frames)).await;
+    let mut unacked: std::collections::HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    for _ in 0..40 {
+        if unacked.is_empty() {
+            break;
+        }
+        if let Frame::Ack(ack) = raw.next_frame(WAIT).await.unwrap() {
+            for id in ack.ids {
+                unacked.remove(&id);
+            }
+        }
+    }
+    assert!(unacked.is_empty(), "not acked: {unacked:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 20);
+    assert_eq!(billing.stats().duplicates, 0);
+    billing.shutdown().await;
+}
+
+/// A node that retries because its ack did not come in time (the handler outlived a short
+/// `ack_timeout`) sends the same id to the same instance again: the handler still runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_an_ack_timeout_does_not_run_the_handler_twice() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let shop = mesh.start("shop", &[billing.local_addr()]).await;
+    wait_instances(&shop, "billing", 1).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("create-invoice", move |_msg: Message| {
+        let first = handler_runs.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                // Slower than the sender's ack timeout: its ack "gets lost".
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(())
+        }
+    });
+
+    let policy = RetryPolicy {
+        ack_timeout: Duration::from_millis(200),
+        ..RetryPolicy::default()
+    };
+    let msg = Message::command("create-invoice", "order 42");
+    let id = msg.id();
+    let receipt = timeout(
+        WAIT,
+        shop.send_with("billing", msg, SendOptions::with_retry(policy)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(receipt.id, id);
+    assert_eq!(receipt.node, billing.id());
+    assert!(receipt.attempts >= 2, "{receipt:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    let stats = billing.stats();
+    assert_eq!(stats.handled, 1, "{stats:?}");
+    assert!(stats.duplicates >= 1, "{stats:?}");
+    assert!(shop.stats().retries >= 1);
+    shop.shutdown().await;
+    billing.shutdown().await;
+}
+
+/// A message whose handler failed is not remembered as done: a redelivery runs the handler
+/// again (retryable) or is refused again, never acknowledged as if it had succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_messages_are_not_acked_on_redelivery() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("create-invoice", move |_msg: Message| {
+        handler_runs.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), _>(HandlerError::permanent("unknown order")) }
+    });
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    let env = envelope("create-invoice", b"order 42");
+    let id = env.id;
+    for attempt in [1, 2] {
+        let mut copy = env.clone();
+        copy.attempt = attempt;
+        raw.send_frame(&Frame::Deliver(Box::new(copy))).await;
+        let (frame, skipped) = raw
+            .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
+            .await;
+        assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
+        let Frame::Nack(nack) = frame else {
+            unreachable!()
+        };
+        assert!(!nack.retryable);
+        assert!(nack.reason.contains("unknown order"), "{}", nack.reason);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    billing.shutdown().await;
+}
