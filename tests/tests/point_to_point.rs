@@ -274,7 +274,7 @@ async fn a_handler_registered_after_the_first_delivery_still_gets_it() {
     })
     .await
     .expect("the first attempt was never refused");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
     billing.handle("late", move |msg: Message| {
         let tx = tx.clone();
         async move {
