@@ -1,5 +1,6 @@
 //! Connections: accepting, dialling, the Shoal handshake, and keeping static peers dialled.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use shoal_discovery::DiscoveryEvent;
 use shoal_proto::{Frame, Hello, NodeId, PROTOCOL_VERSION, codec};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use crate::core::dial_plan::DialPlan;
 use crate::node::Shared;
 use crate::peer::{Peer, PeerParams};
 use crate::registry::Inserted;
@@ -222,47 +225,60 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream,
     };
     peer.conn.close(code, reason.as_bytes());
     let closed = peer.conn.closed().await.to_string();
-    shared.registry.remove(&peer);
+    let was_current = shared.registry.remove(&peer);
     peer.fail_all(&closed);
-    shared.emit(NodeEvent::PeerDown {
-        node: peer.node,
-        service: peer.service.clone(),
-        reason,
-    });
+    // A connection that lost a duplicate race was never the peer's connection: the peer is
+    // still up on the other one.
+    if was_current {
+        shared.emit(NodeEvent::PeerDown {
+            node: peer.node,
+            service: peer.service.clone(),
+            reason,
+        });
+    }
 }
 
-/// Turns discovery hints into connections: one dialler per address.
+/// Turns discovery hints into connections: one dialler per address, stopped when no hint
+/// names the address any more (see [`DialPlan`]).
 pub(crate) async fn follow_discovery(
     shared: Arc<Shared>,
     mut events: mpsc::UnboundedReceiver<DiscoveryEvent>,
 ) {
-    let mut dialling = std::collections::HashSet::new();
+    let mut plan = DialPlan::default();
+    let mut diallers: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+    let local = shared.endpoint.local_addr().ok();
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             _ = shared.stopping.cancelled() => return,
         };
         let Some(event) = event else { return };
-        let hint = match event {
-            DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint) => hint,
-            // Liveness comes from the QUIC connection itself; a vanished announcement changes nothing.
-            _ => continue,
-        };
-        if hint.node_id == Some(shared.id) {
-            continue;
-        }
-        let local = shared.endpoint.local_addr().ok();
-        for addr in hint.addrs {
-            if let Some(reason) = local.and_then(|local| unreachable_from(local, addr)) {
-                shared.dial_failures.record(addr, &reason);
+        if let DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint) = &event {
+            if hint.node_id == Some(shared.id) {
                 continue;
             }
-            if dialling.insert(addr) {
-                let shared2 = Arc::clone(&shared);
-                shared
-                    .tasks
-                    .spawn(async move { keep_dialled(shared2, addr).await });
+        }
+        let usable = |addr: SocketAddr| match local.and_then(|local| unreachable_from(local, addr))
+        {
+            Some(reason) => {
+                shared.dial_failures.record(addr, &reason);
+                false
             }
+            None => true,
+        };
+        let changes = plan.apply(event, usable);
+        for addr in changes.stop {
+            if let Some(token) = diallers.remove(&addr) {
+                token.cancel();
+            }
+        }
+        for addr in changes.start {
+            let token = shared.stopping.child_token();
+            diallers.insert(addr, token.clone());
+            let shared2 = Arc::clone(&shared);
+            shared
+                .tasks
+                .spawn(async move { keep_dialled(shared2, addr, token).await });
         }
     }
 }
@@ -285,12 +301,13 @@ fn unreachable_from(local: SocketAddr, remote: SocketAddr) -> Option<String> {
 }
 
 /// Keeps a connection to whoever listens on `addr`: dials, waits while connected, and redials
-/// with backoff (100 ms doubling to 2 s) after a failure, until the node stops.
-async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr) {
+/// with backoff (100 ms doubling to 2 s) after a failure, until `stop` (the node stops, or no
+/// hint names the address any more). Stopping does not close a live connection.
+async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     let mut known: Option<NodeId> = None;
     let mut changes = shared.registry.watch();
-    while !shared.is_stopping() {
+    while !stop.is_cancelled() {
         let connected = known
             .filter(|n| shared.registry.contains(*n))
             .or_else(|| shared.registry.listens_on(addr));
@@ -298,10 +315,14 @@ async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr) {
             known = Some(node);
             tokio::select! {
                 _ = changes.changed() => continue,
-                _ = shared.stopping.cancelled() => return,
+                _ = stop.cancelled() => return,
             }
         }
-        match connect(&shared, addr).await {
+        let connected = tokio::select! {
+            connected = connect(&shared, addr) => connected,
+            _ = stop.cancelled() => return,
+        };
+        match connected {
             Ok(peer) => {
                 known = Some(peer.node);
                 backoff = Duration::from_millis(100);
@@ -311,7 +332,7 @@ async fn keep_dialled(shared: Arc<Shared>, addr: SocketAddr) {
                 tracing::debug!(%addr, %reason, "dial failed; retrying in {backoff:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.stopping.cancelled() => return,
+                    _ = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

@@ -88,8 +88,8 @@ impl Registry {
         Inserted::Kept { displaced }
     }
 
-    /// Removes `peer` if it is still the registered connection for its node.
-    pub(crate) fn remove(&self, peer: &Arc<Peer>) {
+    /// Removes `peer` if it is still the registered connection for its node; says whether it was.
+    pub(crate) fn remove(&self, peer: &Arc<Peer>) -> bool {
         let mut inner = lock(&self.inner);
         if inner
             .peers
@@ -99,7 +99,9 @@ impl Registry {
             inner.peers.remove(&peer.node);
             drop(inner);
             self.bump();
+            return true;
         }
+        false
     }
 
     /// Marks a peer as leaving (it said goodbye): no new messages go to it.

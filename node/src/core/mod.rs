@@ -4,5 +4,6 @@
 //! so retries, dedup ageing and instance choice are unit-tested with made-up instants.
 
 pub(crate) mod dedup;
+pub(crate) mod dial_plan;
 pub(crate) mod retry;
 pub(crate) mod route;
