@@ -16,5 +16,14 @@ if ! command -v ip >/dev/null 2>&1; then
     fi
 fi
 
-# cargo-nextest runs test binaries in parallel processes; plain cargo test works the same.
-cargo test --workspace --features shoal-discovery/netns "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --features shoal-discovery/netns "$@" 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole run: cargo prints one "test result" line per test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?/) p += $(i-1);
+                                               if ($(i) ~ /^failed;?/) f += $(i-1);
+                                               if ($(i) ~ /^ignored;?/) g += $(i-1) } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, g }' "$log"
+exit "$status"
