@@ -16,6 +16,7 @@
 
 pub mod affinity;
 pub mod certs;
+pub mod discovery_timing;
 pub mod error;
 pub mod measure;
 pub mod quinn_echo;

@@ -36,8 +36,8 @@ impl Default for Config {
             dead_letter_capacity: 1000,
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
-            keep_alive: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(2),
+            keep_alive: Duration::from_millis(250),
+            idle_timeout: Duration::from_millis(1500),
         }
     }
 }

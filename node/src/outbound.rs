@@ -105,6 +105,9 @@ pub(crate) async fn deliver(
             }
         }
         match state.after_failure(Instant::now().into_std(), rand::random()) {
+            // Another live instance has not failed on this message yet: go there at once.
+            // Backoff is for retrying the same instances.
+            Next::RetryAt(_) if shared.registry.has_untried(&target, &tried) => {}
             Next::RetryAt(at) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(Instant::from_std(at)) => {}

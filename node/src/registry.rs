@@ -127,6 +127,18 @@ impl Registry {
         lock(&self.inner).peers.values().cloned().collect()
     }
 
+    /// Whether a live instance for `target` that this message has not failed on exists: the
+    /// next attempt can go there at once instead of waiting out a backoff.
+    pub(crate) fn has_untried(&self, target: &Target, tried: &[NodeId]) -> bool {
+        let inner = lock(&self.inner);
+        inner.peers.values().any(|p| {
+            !p.is_leaving()
+                && !tried.contains(&p.node)
+                && (p.service == target.service || target.node == Some(p.node))
+                && (!target.node_only || target.node == Some(p.node))
+        })
+    }
+
     /// Picks the peer for the next attempt at `target` (see [`route::choose`]).
     pub(crate) fn choose(&self, target: &Target, tried: &[NodeId]) -> Option<Arc<Peer>> {
         let mut inner = lock(&self.inner);

@@ -29,9 +29,9 @@ pub(crate) const SERVER_NAME: &str = identity::MESH_DNS_NAME;
 
 /// The QUIC transport settings for a node.
 ///
-/// The defaults (see `NodeBuilder::liveness`) are a keep-alive every 500 ms and an idle timeout
-/// of 2 s: a peer that dies without closing its connection (killed, unplugged) is noticed within
-/// about 2 s, so its in-flight messages can be retried on another instance quickly. The
+/// The defaults (see `NodeBuilder::liveness`) are a keep-alive every 250 ms and an idle timeout
+/// of 1.5 s: a peer that dies without closing its connection (killed, unplugged) is noticed
+/// within about 1.8 s, so its in-flight messages can be retried on another instance quickly. The
 /// keep-alives stop a quiet but healthy connection from timing out. QUIC uses the smaller of the
 /// two peers' idle timeouts.
 pub(crate) fn transport(
