@@ -71,8 +71,10 @@ pub const FAILOVER_TARGET: Duration = Duration::from_secs(2);
 pub const FAST_LIVENESS: (Duration, Duration) =
     (Duration::from_millis(200), Duration::from_millis(800));
 /// The node's default liveness (documented on `NodeBuilder::liveness`), for the report.
-pub const DEFAULT_LIVENESS: (Duration, Duration) =
-    (Duration::from_millis(500), Duration::from_secs(2));
+pub const DEFAULT_LIVENESS: (Duration, Duration) = (
+    shoal::NodeBuilder::DEFAULT_KEEP_ALIVE,
+    shoal::NodeBuilder::DEFAULT_IDLE_TIMEOUT,
+);
 
 /// Longest a fresh node may take to its first successful send before the round fails.
 const FIRST_SEND_LIMIT: Duration = Duration::from_secs(10);
@@ -158,7 +160,7 @@ pub struct Series {
 /// Everything one failover pass (one liveness setting) found.
 #[derive(Debug, Clone)]
 pub struct FailoverPass {
-    /// Pass name, e.g. `defaults (500 ms / 2 s)`.
+    /// Pass name, e.g. `defaults (250 ms / 1.5 s)`.
     pub name: String,
     /// kill → PeerDown, kill → first retried ack, kill → last retried ack.
     pub series: Vec<Series>,

@@ -52,6 +52,11 @@ impl std::fmt::Debug for NodeBuilder {
 }
 
 impl NodeBuilder {
+    /// Default interval of QUIC keep-alives (see [`NodeBuilder::liveness`]).
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(250);
+    /// Default idle timeout after which a silent peer is dropped (see [`NodeBuilder::liveness`]).
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
     pub(crate) fn new(service: impl Into<String>) -> Self {
         Self {
             service: service.into(),

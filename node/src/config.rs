@@ -36,8 +36,8 @@ impl Default for Config {
             dead_letter_capacity: 1000,
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
-            keep_alive: Duration::from_millis(250),
-            idle_timeout: Duration::from_millis(1500),
+            keep_alive: crate::NodeBuilder::DEFAULT_KEEP_ALIVE,
+            idle_timeout: crate::NodeBuilder::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
