@@ -127,6 +127,22 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         )
         .await;
     }
+    // A reply to a synchronous request goes straight to the waiting call: it is neither
+    // deduplicated nor acked (see `reply_directly`).
+    if env.kind == MessageKind::Reply && env.name.is_empty() {
+        match env
+            .correlation_id
+            .and_then(|id| lock(&shared.pending).remove(&id))
+        {
+            Some(waiting) => {
+                let _ = waiting.send(Message::from_envelope(env));
+            }
+            None => {
+                tracing::debug!(id = %env.id, "late reply to a request that already ended; dropped")
+            }
+        }
+        return;
+    }
     let seen = lock(&shared.dedup).check(env.id, Instant::now().into_std());
     match seen {
         Seen::Done => {
@@ -139,23 +155,6 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
             return;
         }
         Seen::New => {}
-    }
-
-    // A reply to a synchronous request goes to the waiting call, not to a handler.
-    if env.kind == MessageKind::Reply && env.name.is_empty() {
-        // Ack first: once the waiting call wakes, its node may shut down at once, and an ack
-        // queued after its goodbye would never leave.
-        lock(&shared.dedup).complete(env.id);
-        peer.push_ack(env.id);
-        if let Some(waiting) = env
-            .correlation_id
-            .and_then(|id| lock(&shared.pending).remove(&id))
-        {
-            let _ = waiting.send(Message::from_envelope(env));
-        } else {
-            tracing::debug!(id = %env.id, "late reply to a request that already ended; dropped");
-        }
-        return;
     }
 
     let handler = shared
@@ -198,11 +197,17 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
                 Counters::bump(&shared.counters.handled);
                 // A message that asked for a reply always gets one: an empty body if the
                 // handler returned none, so a request never just times out.
-                if let Some(addr) = reply_to {
-                    send_reply(&shared, id, addr, reply.unwrap_or_default());
-                    // Let the reply's first attempt queue its frame before the ack, so both go
-                    // out in one write.
-                    tokio::task::yield_now().await;
+                match reply_to {
+                    Some(addr) if addr.channel.is_empty() => {
+                        reply_directly(&shared, &peer, id, addr, reply.unwrap_or_default()).await;
+                    }
+                    Some(addr) => {
+                        send_reply(&shared, id, addr, reply.unwrap_or_default());
+                        // Let the reply's first attempt queue its frame before the ack, so
+                        // both go out in one write.
+                        tokio::task::yield_now().await;
+                    }
+                    None => {}
                 }
                 peer.push_ack(id);
             }
@@ -241,19 +246,47 @@ async fn fail(shared: &Shared, peer: &Peer, id: shoal_proto::MessageId, err: &Ha
     let _ = peer.push(Outgoing::Frame(Frame::Nack(nack))).await;
 }
 
-/// Sends a handler's reply to the request's return address, reliably, in its own task.
+/// Answers a synchronous request: one frame on the requester's connection, written in the same
+/// batch as the request's ack. It is not tracked, acked or retried: exactly one call waits for
+/// it, QUIC delivers the stream reliably, and if the connection is gone the call ends with
+/// `Error::Timeout` (the request was handled; its reply was lost with the connection).
+async fn reply_directly(
+    shared: &Shared,
+    peer: &Arc<Peer>,
+    request: shoal_proto::MessageId,
+    addr: shoal_proto::ReturnAddress,
+    body: bytes::Bytes,
+) {
+    let target = match addr.node {
+        Some(node) if node != peer.node => shared.registry.get(node),
+        _ => Some(Arc::clone(peer)),
+    };
+    let Some(target) = target else {
+        tracing::debug!(%request, "requester is gone; reply dropped");
+        return;
+    };
+    let mut reply = Message::reply_to_request(request, String::new(), body);
+    reply.env.attempt = 1;
+    match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
+        Ok(bytes) => {
+            let _ = target.push(Outgoing::Encoded(bytes)).await;
+        }
+        Err(e) => tracing::warn!(%request, "reply not sent: {e}"),
+    }
+}
+
+/// Sends a handler's reply to an asynchronous request's reply channel: a reliable message
+/// (acked, retried, deduplicated), in its own task.
 fn send_reply(
     shared: &Arc<Shared>,
     request: shoal_proto::MessageId,
     addr: shoal_proto::ReturnAddress,
     body: bytes::Bytes,
 ) {
-    let sync = addr.channel.is_empty();
     let reply = Message::reply_to_request(request, addr.channel, body);
     let target = Target {
         service: addr.service,
         node: addr.node,
-        node_only: sync,
     };
     let policy = shared.config.retry.clone();
     let shared2 = Arc::clone(shared);

@@ -209,7 +209,10 @@ async fn attempt_once(
 
 /// Encodes a delivery once per attempt (the attempt number changes), without cloning the
 /// envelope.
-fn encode_delivery(msg: &mut Message, limits: &shoal_proto::Limits) -> Result<bytes::Bytes, Error> {
+pub(crate) fn encode_delivery(
+    msg: &mut Message,
+    limits: &shoal_proto::Limits,
+) -> Result<bytes::Bytes, Error> {
     let env = std::mem::replace(&mut msg.env, placeholder());
     let frame = Frame::Deliver(Box::new(env));
     let mut buf = BytesMut::with_capacity(128 + frame_payload_len(&frame));
@@ -247,10 +250,7 @@ fn placeholder() -> shoal_proto::Envelope {
 }
 
 fn no_instance(target: &Target) -> String {
-    match (target.node, target.node_only) {
-        (Some(node), true) => format!("instance {node} of `{}` is not connected", target.service),
-        _ => format!("no instance of service `{}` is connected", target.service),
-    }
+    format!("no instance of service `{}` is connected", target.service)
 }
 
 fn dead_letter(

@@ -14,10 +14,9 @@ use crate::peer::{Peer, lock};
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
     pub(crate) service: String,
-    /// A preferred instance (the requester, for replies).
+    /// A preferred instance (the requester, for asynchronous replies); any instance of
+    /// `service` will do when it is gone.
     pub(crate) node: Option<NodeId>,
-    /// Only `node` will do (a synchronous reply: nobody else is waiting for it).
-    pub(crate) node_only: bool,
 }
 
 impl Target {
@@ -25,7 +24,6 @@ impl Target {
         Self {
             service: service.into(),
             node: None,
-            node_only: false,
         }
     }
 }
@@ -110,6 +108,10 @@ impl Registry {
         self.bump();
     }
 
+    pub(crate) fn get(&self, node: NodeId) -> Option<Arc<Peer>> {
+        lock(&self.inner).peers.get(&node).cloned()
+    }
+
     pub(crate) fn contains(&self, node: NodeId) -> bool {
         lock(&self.inner).peers.contains_key(&node)
     }
@@ -135,7 +137,6 @@ impl Registry {
             !p.is_leaving()
                 && !tried.contains(&p.node)
                 && (p.service == target.service || target.node == Some(p.node))
-                && (!target.node_only || target.node == Some(p.node))
         })
     }
 
@@ -144,13 +145,8 @@ impl Registry {
         let mut inner = lock(&self.inner);
         if let Some(node) = target.node {
             let preferred = inner.peers.get(&node).filter(|p| !p.is_leaving());
-            if let Some(p) = preferred {
-                if target.node_only || !tried.contains(&node) {
-                    return Some(Arc::clone(p));
-                }
-            }
-            if target.node_only {
-                return None;
+            if let Some(p) = preferred.filter(|_| !tried.contains(&node)) {
+                return Some(Arc::clone(p));
             }
         }
         let candidates: Vec<Candidate> = inner
