@@ -236,21 +236,11 @@ async fn graceful_shutdown_of_an_instance_mid_run_loses_nothing() {
 /// After a graceful shutdown no message may have been handled twice: every handler that ran
 /// on the stopping instance had its ack flushed before the goodbye.
 ///
-/// Bug (intermittent: about one run in three to five, more when the machine is busy): a
-/// message handled by the stopping instance is handled again by a survivor, e.g.
-/// `[(0, 1), (2, 2)]`. The stopping node writes its acks before the goodbye, but closes the
-/// connection as soon as that data is acknowledged at the QUIC level (`SendStream::stopped`
-/// in `write_loop`, node/src/peer.rs, then `endpoint.close` in `Node::shutdown`,
-/// node/src/node.rs), not once the peer has processed it. On the busy sender, `run_peer`
-/// (node/src/net.rs) races its read loop against `conn.closed()` in a `tokio::select!`
-/// (random branch order): when the close wins, the read loop is dropped with acks still
-/// unread, `fail_all` reports those messages lost, and they are retried elsewhere (quinn also
-/// documents that a peer may drop buffered data on CONNECTION_CLOSE). Suggested fix: after
-/// the goodbye, wait (within the grace period) for the peer to close the connection, which a
-/// Shoal peer does once it has read the goodbye; and in `run_peer` poll the read loop first
-/// (`biased;`) or drain it before acting on `conn.closed()`.
+/// Regression guard: the stopping node once closed the connection as soon as its acks were
+/// acknowledged at the QUIC level, and the sender's reader could drop them unread. Now the
+/// stopping node waits for the peer to close after reading its goodbye, and the reader drains
+/// before acting on a close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn graceful_shutdown_of_an_instance_mid_run_handles_each_message_once() {
     // Two scenarios at a time: a busier sender makes the race more likely.
     for round in 0..3 {
@@ -275,13 +265,9 @@ async fn graceful_shutdown_of_an_instance_mid_run_handles_each_message_once() {
 /// elsewhere as soon as its connection closes (at once here: `abort` closes the connections),
 /// not after the 5 s ack timeout.
 ///
-/// Bug: in every run one or a few sends take the full ack timeout. `run_peer`
-/// (node/src/net.rs) removes the peer from the registry and then fails what waits on it
-/// (`Peer::fail_all`, node/src/peer.rs); an attempt that chose the peer just before and
-/// registers its answer (`Peer::expect_answer`) after `fail_all` ran is never failed: its
-/// frame goes to a writer whose connection is gone, and it waits out `ack_timeout`.
+/// Regression guard: an attempt that registered on a peer just after its connection was
+/// failed once waited out the whole ack timeout; it now fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn failover_after_a_crash_does_not_wait_for_the_ack_timeout() {
     let outcome = timeout(Duration::from_secs(60), run(Stop::Crash))
         .await

@@ -100,10 +100,8 @@ async fn request_gets_the_reply_correlated_with_the_request() {
         assert_eq!(reply.kind(), MessageKind::Reply);
     }
     assert_eq!(pricing.stats().handled, 2);
-    // The replier first (see `requester_shutdown_right_after_a_reply_loses_no_ack`); the
-    // requester is then aborted: see `shutdown::shutdown_is_prompt_when_a_static_peer_is_gone`.
+    shop.shutdown().await;
     pricing.shutdown().await;
-    shop.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,14 +403,9 @@ async fn request_to_a_handler_without_a_body_gets_an_empty_reply() {
 /// A request whose handler is still running when the timeout passes must end with
 /// `Error::Timeout` and leave no dead letter behind.
 ///
-/// Bug: `Node::request` also bounds the delivery by the request's timeout
-/// (`policy.deadline = policy.deadline.min(timeout)`, node/src/node.rs), so the delivery's ack
-/// deadline and the request's timeout fall in the same timer tick; the inner future is polled
-/// first and wins: the request fails with `Error::DeadLettered` ("no ack from ... within 5s",
-/// naming the default ack timeout, not the one in force) and a dead letter is recorded for a
-/// message that was being handled. Observed 5 out of 5 times.
+/// Regression guard: the delivery used to be bounded by the request's timeout, so the two
+/// fired in the same tick and the request ended as a dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn request_timeout_while_the_handler_runs_is_a_timeout() {
     let mesh = Mesh::new();
     let (pricing, shop) = pair(&mesh).await;
@@ -567,7 +560,6 @@ async fn oversized_message_fails_to_encode_and_is_not_sent() {
 /// A per-message retry policy's ack timeout is honoured, and the dead letter says which one
 /// applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn ack_timeout_reason_names_the_policy_in_force() {
     let mesh = Mesh::new();
     let (billing, shop) = pair(&mesh).await;

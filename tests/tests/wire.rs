@@ -152,11 +152,8 @@ async fn second_hello_closes_the_connection() {
     billing.shutdown().await;
 }
 
-/// Bug: a second hello closes the connection without a `ProtocolError` event and without
-/// counting a malformed frame (`on_frame` in node/src/inbound.rs returns the error directly),
-/// unlike every other protocol violation.
+/// A second hello is a protocol violation like any other: reported and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-
 async fn second_hello_is_reported_as_a_protocol_error() {
     let mesh = Mesh::new();
     let (billing, _shop) = server(&mesh).await;
