@@ -216,6 +216,13 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream,
         reason = crate::inbound::read_loop(&shared, &peer, recv, buf) => reason,
         closed = peer.conn.closed() => closed.to_string(),
     };
+    // A connection that lost a duplicate race (closed by us, or by the peer with
+    // CLOSE_DUPLICATE) was never the peer's lasting connection: the peer is up on the other.
+    // Read before our own close below, which would overwrite the reason.
+    let duplicate = matches!(
+        peer.conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == CLOSE_DUPLICATE
+    );
     // Whatever ended the read loop (a protocol error, the peer finishing its stream after a
     // goodbye), the connection is of no further use.
     let code = if reason.starts_with("protocol error") {
@@ -227,9 +234,7 @@ async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream,
     let closed = peer.conn.closed().await.to_string();
     let was_current = shared.registry.remove(&peer);
     peer.fail_all(&closed);
-    // A connection that lost a duplicate race was never the peer's connection: the peer is
-    // still up on the other one.
-    if was_current {
+    if was_current && !duplicate {
         shared.emit(NodeEvent::PeerDown {
             node: peer.node,
             service: peer.service.clone(),
