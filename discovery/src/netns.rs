@@ -55,6 +55,16 @@ use crate::in_root_netns;
 /// The line tests print when they cannot run here.
 pub const SKIP_MESSAGE: &str = "skipped: needs root to create network namespaces";
 
+/// For tests: whether namespaces can be made here; if not, prints `<test>: <SKIP_MESSAGE>` so
+/// the skip is visible in the test output, and the caller returns early (the test passes).
+pub fn can_create_netns_or_say_skipped(test: &str) -> bool {
+    let can = can_create_netns();
+    if !can {
+        println!("{test}: {SKIP_MESSAGE}");
+    }
+    can
+}
+
 /// The name of each host's LAN interface (inside its namespace).
 pub const HOST_IF: &str = "lan0";
 

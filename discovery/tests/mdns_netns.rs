@@ -27,12 +27,7 @@ const STEP: Duration = Duration::from_secs(5);
 const GOODBYE: Duration = Duration::from_secs(5);
 
 fn netns_or_skip(test: &str) -> bool {
-    if netns::can_create_netns() {
-        true
-    } else {
-        println!("{test}: {}", netns::SKIP_MESSAGE);
-        false
-    }
+    netns::can_create_netns_or_say_skipped(test)
 }
 
 fn random_id() -> NodeId {

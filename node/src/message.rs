@@ -27,21 +27,9 @@ pub struct Message {
 impl Message {
     fn new(kind: MessageKind, name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         let now_ms = unix_ms();
+        let id = MessageId::from_parts(now_ms, rand::random());
         Self {
-            env: Envelope {
-                id: MessageId::from_parts(now_ms, rand::random()),
-                kind,
-                name: name.into(),
-                version: 1,
-                content_type: String::new(),
-                headers: Vec::new(),
-                correlation_id: None,
-                reply_to: None,
-                partition_key: None,
-                attempt: 0,
-                timestamp_ms: now_ms,
-                payload: payload.into(),
-            },
+            env: Envelope::new(id, kind, name.into(), now_ms, payload.into()),
         }
     }
 

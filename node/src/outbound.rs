@@ -233,20 +233,14 @@ fn frame_payload_len(frame: &Frame) -> usize {
 
 /// An envelope that allocates nothing, to stand in while the real one is being encoded.
 fn placeholder() -> shoal_proto::Envelope {
-    shoal_proto::Envelope {
-        id: shoal_proto::MessageId::from_u128(0),
-        kind: shoal_proto::MessageKind::Command,
-        name: String::new(),
-        version: 0,
-        content_type: String::new(),
-        headers: Vec::new(),
-        correlation_id: None,
-        reply_to: None,
-        partition_key: None,
-        attempt: 0,
-        timestamp_ms: 0,
-        payload: bytes::Bytes::new(),
-    }
+    let id = shoal_proto::MessageId::from_u128(0);
+    shoal_proto::Envelope::new(
+        id,
+        shoal_proto::MessageKind::Command,
+        String::new(),
+        0,
+        bytes::Bytes::new(),
+    )
 }
 
 fn no_instance(target: &Target) -> String {

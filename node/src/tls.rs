@@ -17,6 +17,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, version};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -62,34 +63,24 @@ pub(crate) fn server_config(
     ca: &MeshCa,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, Error> {
-    let provider = provider();
-    let roots = roots(ca)?;
-
-    let own_check = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}")))?;
+    let trust = MeshTrust::new(ca)?;
     check_own_certificate(identity, |leaf, rest, now| {
         let name = ServerName::try_from(SERVER_NAME).map_err(|e| {
             rustls::Error::General(format!("invalid server name {SERVER_NAME}: {e}"))
         })?;
-        own_check
+        trust
+            .servers
             .verify_server_cert(leaf, rest, &name, &[], now)
             .map(drop)
     })?;
-
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}")))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(trust.provider)
         .with_protocol_versions(&[&version::TLS13])
-        .map_err(|e| Error::Config(format!("TLS 1.3 is unavailable: {e}")))?
-        .with_client_cert_verifier(client_verifier)
+        .map_err(tls13_unavailable)?
+        .with_client_cert_verifier(trust.clients)
         .with_single_cert(identity.cert_chain(), identity.key_der())
-        .map_err(|e| Error::Identity(format!("the node certificate or key is unusable: {e}")))?;
+        .map_err(unusable_identity)?;
     tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
-
-    let quic = QuicServerConfig::try_from(tls)
-        .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+    let quic = QuicServerConfig::try_from(tls).map_err(unusable_for_quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
@@ -104,32 +95,61 @@ pub(crate) fn client_config(
     ca: &MeshCa,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, Error> {
-    let provider = provider();
-    let roots = roots(ca)?;
-
-    let own_check = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}")))?;
+    let trust = MeshTrust::new(ca)?;
     check_own_certificate(identity, |leaf, rest, now| {
-        own_check.verify_client_cert(leaf, rest, now).map(drop)
+        trust.clients.verify_client_cert(leaf, rest, now).map(drop)
     })?;
-
-    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}")))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(trust.provider)
         .with_protocol_versions(&[&version::TLS13])
-        .map_err(|e| Error::Config(format!("TLS 1.3 is unavailable: {e}")))?
-        .with_webpki_verifier(server_verifier)
+        .map_err(tls13_unavailable)?
+        .with_webpki_verifier(trust.servers)
         .with_client_auth_cert(identity.cert_chain(), identity.key_der())
-        .map_err(|e| Error::Identity(format!("the node certificate or key is unusable: {e}")))?;
+        .map_err(unusable_identity)?;
     tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
-
-    let quic = QuicClientConfig::try_from(tls)
-        .map_err(|e| Error::Config(format!("TLS configuration unusable for QUIC: {e}")))?;
+    let quic = QuicClientConfig::try_from(tls).map_err(unusable_for_quic)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
+}
+
+/// The verifiers of a mesh: certificates count only if the mesh CA issued them, whichever side
+/// presents them. Also used to check this node's own certificate before it is offered.
+struct MeshTrust {
+    provider: Arc<CryptoProvider>,
+    servers: Arc<WebPkiServerVerifier>,
+    clients: Arc<dyn ClientCertVerifier>,
+}
+
+impl MeshTrust {
+    fn new(ca: &MeshCa) -> Result<Self, Error> {
+        let provider = provider();
+        let roots = roots(ca)?;
+        let unusable_ca =
+            |e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}"));
+        let servers = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| unusable_ca(e.to_string()))?;
+        let clients = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| unusable_ca(e.to_string()))?;
+        Ok(Self {
+            provider,
+            servers,
+            clients,
+        })
+    }
+}
+
+fn tls13_unavailable(e: rustls::Error) -> Error {
+    Error::Config(format!("TLS 1.3 is unavailable: {e}"))
+}
+
+fn unusable_identity(e: rustls::Error) -> Error {
+    Error::Identity(format!("the node certificate or key is unusable: {e}"))
+}
+
+fn unusable_for_quic(e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("TLS configuration unusable for QUIC: {e}"))
 }
 
 /// The service the peer's certificate was issued for (its `<service>.svc.shoal.mesh` name).

@@ -66,3 +66,31 @@ pub struct Envelope {
     /// The body, opaque to Shoal.
     pub payload: Bytes,
 }
+
+impl Envelope {
+    /// An envelope with the given identity and body, schema version 1, and no content type,
+    /// headers, correlation id, return address or partition key; attempt 0 (the sender sets
+    /// it per delivery).
+    pub fn new(
+        id: MessageId,
+        kind: MessageKind,
+        name: String,
+        timestamp_ms: u64,
+        payload: Bytes,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            name,
+            version: 1,
+            content_type: String::new(),
+            headers: Vec::new(),
+            correlation_id: None,
+            reply_to: None,
+            partition_key: None,
+            attempt: 0,
+            timestamp_ms,
+            payload,
+        }
+    }
+}

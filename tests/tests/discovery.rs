@@ -44,12 +44,7 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------------
 
 fn netns_or_skip(test: &str) -> bool {
-    if netns::can_create_netns() {
-        true
-    } else {
-        println!("{test}: {}", netns::SKIP_MESSAGE);
-        false
-    }
+    netns::can_create_netns_or_say_skipped(test)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
