@@ -132,8 +132,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Most handlers running at once on this node; further deliveries wait, and QUIC flow
-    /// control slows their senders. Default 1024.
+    /// Most handlers running at once for the deliveries of one peer connection. Past that the
+    /// node stops reading that peer's stream and QUIC flow control slows that peer only; other
+    /// peers, and the acks on every connection, keep flowing. Default 1024.
     pub fn max_concurrent_handlers(mut self, max: usize) -> Self {
         self.config.max_concurrent_handlers = max.max(1);
         self
@@ -241,7 +242,7 @@ impl NodeBuilder {
             stopping: CancellationToken::new(),
             killed: CancellationToken::new(),
             handler_tasks: TaskTracker::new(),
-            handler_permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_handlers)),
+            finished: Default::default(),
             tasks: TaskTracker::new(),
             discovery: Mutex::new(Vec::new()),
             static_peers: peers.clone(),
@@ -262,7 +263,7 @@ impl NodeBuilder {
         for source in &mut discovery {
             source.start(&local, tx.clone())?;
         }
-        *shared.discovery.lock().unwrap_or_else(|e| e.into_inner()) = discovery;
+        *crate::sync::lock(&shared.discovery) = discovery;
         shared.tasks.spawn(net::accept_loop(Arc::clone(&shared)));
         shared
             .tasks

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use crate::Message;
+use crate::sync::lock;
 
 /// A message that could not be delivered: every attempt failed, the deadline passed, or the
 /// receiver refused it permanently.
@@ -51,7 +52,7 @@ impl DeadLetters {
     }
 
     pub(crate) fn record(&self, letter: DeadLetter) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = lock(&self.recent);
         if recent.len() >= self.capacity {
             recent.pop_front();
         }
@@ -61,11 +62,6 @@ impl DeadLetters {
     }
 
     pub(crate) fn snapshot(&self) -> Vec<DeadLetter> {
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        lock(&self.recent).iter().cloned().collect()
     }
 }

@@ -9,7 +9,7 @@ use shoal_discovery::{DiscoveryReport, Source};
 use shoal_proto::NodeId;
 
 use crate::PeerInfo;
-use crate::peer::lock;
+use crate::sync::lock;
 
 /// Most addresses whose last dial failure is remembered.
 const MAX_DIAL_FAILURES: usize = 256;

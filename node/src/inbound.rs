@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use crate::core::dedup::Seen;
 use crate::handler::HandlerError;
 use crate::node::Shared;
-use crate::peer::{Outcome, Outgoing, Peer, lock};
+use crate::peer::{Outcome, Outgoing, Peer};
 use crate::registry::Target;
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::{Message, NodeEvent};
 
 /// Reads and handles frames from `peer` until its stream ends or breaks the protocol.
@@ -45,12 +46,7 @@ pub(crate) async fn read_loop(
                     match e {
                         // The frame was consumed and names its message: refuse just that one.
                         DecodeError::LimitExceeded { id: Some(id), .. } => {
-                            let nack = Nack {
-                                id,
-                                retryable: false,
-                                reason: e.to_string(),
-                            };
-                            let _ = peer.push(Outgoing::Frame(Frame::Nack(nack))).await;
+                            nack(peer, id, false, e.to_string()).await;
                         }
                         _ => return format!("protocol error: {e}"),
                     }
@@ -100,21 +96,24 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
             return Err(reason.into());
         }
         // Publish/subscribe is not spoken yet; a newer peer's subscriptions are ignored.
-        Frame::Subscribe(_) | Frame::Unsubscribe(_) => {}
+        // Publish/subscribe frames and newer kinds: not spoken by this version, ignored.
         _ => {}
     }
     Ok(())
 }
 
-/// Refuses a delivery with a negative ack.
+/// The negative ack of message `id`.
+fn nack_frame(id: shoal_proto::MessageId, retryable: bool, reason: String) -> Outgoing {
+    Outgoing::Frame(Frame::Nack(Nack {
+        id,
+        retryable,
+        reason,
+    }))
+}
+
+/// Refuses a delivery from the read loop (waiting on a full queue slows only this peer).
 async fn nack(peer: &Peer, id: shoal_proto::MessageId, retryable: bool, reason: String) {
-    let _ = peer
-        .push(Outgoing::Frame(Frame::Nack(Nack {
-            id,
-            retryable,
-            reason,
-        })))
-        .await;
+    let _ = peer.push(nack_frame(id, retryable, reason)).await;
 }
 
 async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
@@ -157,12 +156,7 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         Seen::New => {}
     }
 
-    let handler = shared
-        .handlers
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&env.name)
-        .cloned();
+    let handler = crate::sync::read(&shared.handlers).get(&env.name).cloned();
     let Some(handler) = handler else {
         lock(&shared.dedup).forget(env.id);
         Counters::bump(&shared.counters.unhandled);
@@ -177,7 +171,7 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
 
     // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
     // flow control pushes back on the sender.
-    let Ok(permit) = Arc::clone(&shared.handler_permits).acquire_owned().await else {
+    let Ok(permit) = Arc::clone(&peer.handler_permits).acquire_owned().await else {
         return;
     };
     let id = env.id;
@@ -187,7 +181,11 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         let _permit = permit;
         let (shared, peer) = (shared2, peer2);
         let reply_to = env.reply_to.clone();
-        let run = CatchUnwind(AssertUnwindSafe(handler(Message::from_envelope(env))));
+        // The closure itself runs inside the guard too: it may panic before it returns a future.
+        let msg = Message::from_envelope(env);
+        let run = CatchUnwind(AssertUnwindSafe(Box::pin(
+            async move { handler(msg).await },
+        )));
         let Some(result) = shared.killed.run_until_cancelled(run).await else {
             return;
         };
@@ -209,7 +207,9 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
                     }
                     None => {}
                 }
-                peer.push_ack(id);
+                // The peer's current connection: the one the message came on may have been
+                // replaced while the handler ran (a retry there waits for this ack).
+                current(&shared, &peer).push_ack(id);
             }
             Ok(Err(err)) => {
                 Counters::bump(&shared.counters.handler_errors);
@@ -236,14 +236,19 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
 
 /// Forgets the id (a redelivery must run the handler again, or be refused again: never be
 /// acknowledged as if it had succeeded) and sends the negative ack.
-async fn fail(shared: &Shared, peer: &Peer, id: shoal_proto::MessageId, err: &HandlerError) {
+async fn fail(shared: &Shared, peer: &Arc<Peer>, id: shoal_proto::MessageId, err: &HandlerError) {
     lock(&shared.dedup).forget(id);
-    let nack = Nack {
-        id,
-        retryable: err.is_retryable(),
-        reason: err.reason().to_owned(),
-    };
-    let _ = peer.push(Outgoing::Frame(Frame::Nack(nack))).await;
+    let nack = nack_frame(id, err.is_retryable(), err.reason().to_owned());
+    let limit = shared.config.retry.ack_timeout;
+    current(shared, peer).push_or_close(nack, limit).await;
+}
+
+/// The connection that now stands for `peer`'s node: the same one, unless it was replaced.
+fn current(shared: &Shared, peer: &Arc<Peer>) -> Arc<Peer> {
+    shared
+        .registry
+        .get(peer.node)
+        .unwrap_or_else(|| Arc::clone(peer))
 }
 
 /// Answers a synchronous request: one frame on the requester's connection, written in the same
@@ -269,7 +274,8 @@ async fn reply_directly(
     reply.env.attempt = 1;
     match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
         Ok(bytes) => {
-            let _ = target.push(Outgoing::Encoded(bytes)).await;
+            let limit = shared.config.retry.ack_timeout;
+            target.push_or_close(Outgoing::Encoded(bytes), limit).await;
         }
         Err(e) => tracing::warn!(%request, "reply not sent: {e}"),
     }

@@ -67,6 +67,7 @@ mod outbound;
 mod peer;
 mod registry;
 mod stats;
+mod sync;
 mod tls;
 
 pub use builder::NodeBuilder;

@@ -78,6 +78,10 @@ pub(crate) async fn connect(shared: &Arc<Shared>, addr: SocketAddr) -> Result<Ar
 }
 
 fn handshake_failed(shared: &Shared, addr: SocketAddr, reason: String) -> String {
+    // A peer list naming this node itself is normal (one shared list for every node).
+    if reason == SELF_CONNECTION {
+        return reason;
+    }
     Counters::bump(&shared.counters.handshake_failures);
     shared.dial_failures.record(addr, &reason);
     shared.emit(NodeEvent::HandshakeFailed {
@@ -158,6 +162,7 @@ async fn establish(
             listen_addrs: hello.listen_addrs,
             dialer: if dialed { shared.id } else { hello.node_id },
             max_in_flight: shared.config.max_in_flight_per_peer,
+            max_handlers: shared.config.max_concurrent_handlers,
             queue_len: shared.config.write_queue_len,
             limits: shared.config.limits.clone(),
         },

@@ -17,9 +17,9 @@ use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::diagnose::{DialFailures, ServiceDiagnosis};
 use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
 use crate::outbound::{self, SendOptions};
-use crate::peer::lock;
 use crate::registry::{Registry, Target};
 use crate::stats::Counters;
+use crate::sync::lock;
 use crate::{Error, Message, NodeBuilder, NodeEvent, NodeStats};
 
 /// State shared by the node's handle and its background tasks.
@@ -42,7 +42,8 @@ pub(crate) struct Shared {
     pub(crate) killed: CancellationToken,
     /// Running handlers, so shutdown can wait for them.
     pub(crate) handler_tasks: TaskTracker,
-    pub(crate) handler_permits: Arc<tokio::sync::Semaphore>,
+    /// Set when a graceful shutdown has completed.
+    pub(crate) finished: std::sync::atomic::AtomicBool,
     /// Background tasks (accept loop, dialers, discovery), stopped on shutdown.
     pub(crate) tasks: TaskTracker,
     pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
@@ -107,7 +108,12 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if !self.shared.is_stopping() {
+        // Also when a shutdown was started but its future dropped before it finished.
+        if !self
+            .shared
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             self.shared.kill();
         }
     }
@@ -199,11 +205,7 @@ impl Node {
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
         R: IntoReply + 'static,
     {
-        let mut handlers = self
-            .shared()
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut handlers = crate::sync::write(&self.shared().handlers);
         handlers.insert(name.into(), handler::boxed(handler));
     }
 
@@ -295,20 +297,22 @@ impl Node {
     /// Round-trip time to one instance of `service`, measured with a protocol-level ping.
     pub async fn ping(&self, service: &str, timeout: Duration) -> Result<Duration, Error> {
         let shared = self.shared();
-        let fut = async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let find = async {
             let mut changes = shared.registry.watch();
-            let peer = loop {
+            loop {
                 if let Some(peer) = shared.registry.choose(&Target::service(service), &[]) {
-                    break peer;
+                    return Ok::<_, Error>(peer);
                 }
                 changes.changed().await.map_err(|_| Error::ShuttingDown)?;
-            };
-            let rx = peer.ping().await.map_err(|_| Error::ShuttingDown)?;
-            rx.await.map_err(|_| Error::ShuttingDown)
+            }
         };
-        tokio::time::timeout(timeout, fut)
+        let peer = tokio::time::timeout_at(deadline, find)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::Timeout(timeout))??;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // No pong in time, or the connection closed first: either way, no answer.
+        peer.ping(left).await.map_err(|_| Error::Timeout(timeout))
     }
 
     /// The live peers, with their RTT and load.
@@ -449,6 +453,9 @@ impl Node {
         let _ = tokio::time::timeout(grace, shared.tasks.wait()).await;
         let _ = tokio::time::timeout(grace, shared.endpoint.wait_idle()).await;
         let _ = discovery.await;
+        shared
+            .finished
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Stops at once, as if the process had crashed: no goodbyes, running handlers dropped,

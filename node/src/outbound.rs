@@ -159,7 +159,7 @@ async fn attempt_once(
                 Err(_) => return Ok(Err(Failure::Retryable("connection closed".into()))),
             },
             _ = tokio::time::sleep_until(ack_deadline) => {
-                return Ok(Err(Failure::Retryable(format!("{} messages already in flight to {}", peer.permits.available_permits(), peer.node))));
+                return Ok(Err(Failure::Retryable(format!("{} messages already in flight to {}", peer.in_flight(), peer.node))));
             }
         }
     };
@@ -215,20 +215,14 @@ pub(crate) fn encode_delivery(
 ) -> Result<bytes::Bytes, Error> {
     let env = std::mem::replace(&mut msg.env, placeholder());
     let frame = Frame::Deliver(Box::new(env));
-    let mut buf = BytesMut::with_capacity(128 + frame_payload_len(&frame));
+    // The codec reserves what the frame needs.
+    let mut buf = BytesMut::new();
     let result = codec::encode(&frame, limits, &mut buf);
     if let Frame::Deliver(env) = frame {
         msg.env = *env;
     }
     result?;
     Ok(buf.freeze())
-}
-
-fn frame_payload_len(frame: &Frame) -> usize {
-    match frame {
-        Frame::Deliver(env) => env.payload.len() + env.name.len(),
-        _ => 0,
-    }
 }
 
 /// An envelope that allocates nothing, to stand in while the real one is being encoded.

@@ -16,6 +16,8 @@ use bytes::{Bytes, BytesMut};
 use shoal_proto::{Ack, Frame, Goodbye, Limits, MessageId, NodeId, codec};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::sync::lock;
+
 /// How a delivery attempt ended, as seen by the sender.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -54,15 +56,18 @@ pub(crate) struct Peer {
     /// Which node dialled this connection: decides which of two duplicate connections survives.
     pub(crate) dialer: NodeId,
     out: mpsc::Sender<Outgoing>,
-    /// Acks travel apart from the bounded queue so a handler never waits to ack, and the
-    /// writer drains them all before a goodbye. Bounded in practice by the peer's in-flight
-    /// window: it sends no more until it sees acks.
-    acks: mpsc::UnboundedSender<MessageId>,
+    /// Acks travel apart from the frame queue so a handler never waits to ack, and the writer
+    /// drains them all before a goodbye. An honest peer never has more unread acks than its
+    /// in-flight window; the cap is a multiple of ours, and a peer past it is not reading.
+    acks: mpsc::Sender<MessageId>,
     /// Waiting senders by message id; `None` once the connection is gone, so a late
     /// registration fails at once instead of waiting for its ack timeout.
     in_flight: Mutex<Option<HashMap<MessageId, oneshot::Sender<Outcome>>>>,
     /// One permit per message in flight to this peer: the bound on unacknowledged messages.
     pub(crate) permits: Arc<Semaphore>,
+    /// Handlers running for this peer's deliveries. Per peer, so a peer that keeps handlers
+    /// busy slows only its own stream, never the reading of other peers' acks and frames.
+    pub(crate) handler_permits: Arc<Semaphore>,
     max_in_flight: usize,
     pings: Mutex<HashMap<u64, (Instant, oneshot::Sender<Duration>)>>,
     /// Set when the peer said goodbye or lost a duplicate-connection race: send nothing new.
@@ -77,6 +82,7 @@ pub(crate) struct PeerParams {
     pub(crate) listen_addrs: Vec<SocketAddr>,
     pub(crate) dialer: NodeId,
     pub(crate) max_in_flight: usize,
+    pub(crate) max_handlers: usize,
     pub(crate) queue_len: usize,
     pub(crate) limits: Limits,
 }
@@ -89,7 +95,7 @@ impl Peer {
         p: PeerParams,
     ) -> Arc<Self> {
         let (out, rx) = mpsc::channel(p.queue_len);
-        let (acks, ack_rx) = mpsc::unbounded_channel();
+        let (acks, ack_rx) = mpsc::channel(4 * p.max_in_flight.max(1024));
         let (done_tx, done_rx) = oneshot::channel();
         tokio::spawn(write_loop(send, rx, ack_rx, p.limits, done_tx));
         Arc::new(Self {
@@ -103,6 +109,7 @@ impl Peer {
             acks,
             in_flight: Mutex::new(Some(HashMap::new())),
             permits: Arc::new(Semaphore::new(p.max_in_flight)),
+            handler_permits: Arc::new(Semaphore::new(p.max_handlers)),
             max_in_flight: p.max_in_flight,
             pings: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
@@ -171,19 +178,42 @@ impl Peer {
             .map_err(|_| "connection writer stopped".to_owned())
     }
 
-    /// Queues an ack without waiting; it is coalesced with other acks into one frame.
+    /// Queues an ack without waiting; it is coalesced with other acks into one frame. A peer
+    /// with more unread acks than the cap is not reading its stream: its connection is closed
+    /// (its messages will be retried elsewhere).
     pub(crate) fn push_ack(&self, id: MessageId) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.acks.try_send(id) {
+            self.conn
+                .close(crate::net::CLOSE_PROTOCOL, b"too many unread acks");
+        }
         // A closed channel means the connection is gone: the sender will retry.
-        let _ = self.acks.send(id);
     }
 
-    /// Sends a ping and returns a receiver for the round-trip time.
-    pub(crate) async fn ping(&self) -> Result<oneshot::Receiver<Duration>, String> {
+    /// Queues a frame from a handler task, which must not wait forever on a peer that stopped
+    /// reading (it would hold a handler slot): after `limit` the connection is closed.
+    pub(crate) async fn push_or_close(&self, item: Outgoing, limit: Duration) {
+        if tokio::time::timeout(limit, self.push(item)).await.is_err() {
+            self.conn.close(
+                crate::net::CLOSE_PROTOCOL,
+                b"peer is not reading its stream",
+            );
+        }
+    }
+
+    /// Sends a ping and waits for its pong, at most `limit`; the pending entry is removed
+    /// whatever happens.
+    pub(crate) async fn ping(&self, limit: Duration) -> Result<Duration, String> {
         let nonce = rand::random();
         let (tx, rx) = oneshot::channel();
         lock(&self.pings).insert(nonce, (Instant::now(), tx));
-        self.push(Outgoing::Frame(Frame::Ping(nonce))).await?;
-        Ok(rx)
+        let result = tokio::time::timeout(limit, async {
+            self.push(Outgoing::Frame(Frame::Ping(nonce))).await?;
+            rx.await.map_err(|_| "connection closed".to_owned())
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no pong within {limit:?}")));
+        lock(&self.pings).remove(&nonce);
+        result
     }
 
     /// A pong arrived.
@@ -208,16 +238,10 @@ impl Peer {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: the data under these locks stays consistent even if a
-/// holder panicked (single inserts and removes).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 async fn write_loop(
     mut send: quinn::SendStream,
     mut rx: mpsc::Receiver<Outgoing>,
-    mut ack_rx: mpsc::UnboundedReceiver<MessageId>,
+    mut ack_rx: mpsc::Receiver<MessageId>,
     limits: Limits,
     done: oneshot::Sender<()>,
 ) {

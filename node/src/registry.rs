@@ -8,7 +8,8 @@ use shoal_proto::NodeId;
 use tokio::sync::watch;
 
 use crate::core::route::{self, Candidate};
-use crate::peer::{Peer, lock};
+use crate::peer::Peer;
+use crate::sync::lock;
 
 /// Who a message goes to.
 #[derive(Clone, Debug)]
@@ -71,6 +72,11 @@ impl Registry {
     pub(crate) fn insert(&self, peer: Arc<Peer>) -> Inserted {
         let mut inner = lock(&self.inner);
         let displaced = match inner.peers.get(&peer.node) {
+            // Node ids are not certified, services are: a connection claiming a live node's
+            // id for another service is an impostor (or a collision) and cannot take its place.
+            Some(existing) if existing.service != peer.service && !existing.is_leaving() => {
+                return Inserted::Rejected;
+            }
             Some(existing) if !existing.is_leaving() && existing.dialer <= peer.dialer => {
                 if existing.dialer == peer.dialer {
                     // Same dialer twice (a redial racing a slow close): the newer one wins.
@@ -121,7 +127,13 @@ impl Registry {
         lock(&self.inner)
             .peers
             .values()
-            .find(|p| p.listen_addrs.contains(&addr) || p.addr == addr)
+            .find(|p| {
+                p.addr == addr
+                    || p.listen_addrs.iter().any(|l| {
+                        // A node bound to 0.0.0.0:P (or [::]:P) listens on every address at P.
+                        *l == addr || (l.ip().is_unspecified() && l.port() == addr.port())
+                    })
+            })
             .map(|p| p.node)
     }
 

@@ -44,6 +44,9 @@ impl DedupWindow {
     }
 
     /// Records a delivery of `id` and says what to do with it.
+    ///
+    /// When the window is full the oldest id is evicted even if its handler still runs; the
+    /// count bound wins over exactness so memory stays bounded.
     pub(crate) fn check(&mut self, id: MessageId, now: Instant) -> Seen {
         self.expire(now);
         match self.states.get(&id) {
@@ -62,10 +65,7 @@ impl DedupWindow {
         }
     }
 
-    /// The handler for `id` finished successfully (or failed permanently): remember it as done.
-    ///
-    /// When the window is full the oldest id is evicted even if its handler still runs; the
-    /// count bound wins over exactness so memory stays bounded.
+    /// The handler for `id` finished successfully: remember it as done.
     pub(crate) fn complete(&mut self, id: MessageId) {
         if let Some(state) = self.states.get_mut(&id) {
             *state = Seen::Done;
@@ -85,9 +85,13 @@ impl DedupWindow {
 
     fn expire(&mut self, now: Instant) {
         // An id whose handler still runs must not be forgotten by age, or a redelivery would
-        // start the handler a second time: it is re-queued with a fresh time instead. The loop
-        // ends because re-queued entries are younger than `max_age`.
-        while let Some(&(id, at)) = self.order.front() {
+        // start the handler a second time: it is re-queued with a fresh time instead. One pass
+        // at most, so re-queued entries are not looked at again (with a zero max age they
+        // would expire at once, forever).
+        for _ in 0..self.order.len() {
+            let Some(&(id, at)) = self.order.front() else {
+                break;
+            };
             if now.saturating_duration_since(at) < self.max_age {
                 break;
             }
@@ -99,7 +103,7 @@ impl DedupWindow {
             }
         }
         // Ids forgotten early leave stale queue entries behind; keep the queue bounded too.
-        while self.order.len() > 2 * self.capacity.max(1) {
+        while self.order.len() > self.capacity.max(1).saturating_mul(2) {
             self.pop_oldest();
         }
     }
@@ -162,6 +166,20 @@ mod tests {
         assert_eq!(w.check(id(4), now), Seen::Done);
         assert_eq!(w.check(id(2), now), Seen::Done);
         assert_eq!(w.check(id(1), now), Seen::New, "oldest was evicted");
+    }
+
+    #[test]
+    fn a_zero_max_age_keeps_running_ids_and_terminates() {
+        let now = Instant::now();
+        let mut w = DedupWindow::new(10, Duration::ZERO);
+        assert_eq!(w.check(id(1), now), Seen::New);
+        assert_eq!(w.check(id(1), now), Seen::InProgress);
+        w.complete(id(1));
+        assert_eq!(
+            w.check(id(1), now),
+            Seen::New,
+            "done ids are forgotten at once"
+        );
     }
 
     #[test]

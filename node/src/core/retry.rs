@@ -13,7 +13,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Give up this long after the first attempt, whatever the attempt count. Default 30 s.
     pub deadline: Duration,
-    /// Delay before the second attempt. Default 50 ms.
+    /// Base delay before the second attempt; the actual delay is drawn from half of it to all
+    /// of it (equal jitter), and doubles with each attempt. Default 50 ms.
     pub initial_backoff: Duration,
     /// Upper bound of any delay. Default 2 s.
     pub max_backoff: Duration,
@@ -78,12 +79,12 @@ impl RetryState {
 
     /// The instant past which nothing more is tried.
     pub(crate) fn deadline(&self) -> Instant {
-        self.started + self.policy.deadline
+        later(self.started, self.policy.deadline)
     }
 
     /// The latest instant the current attempt may wait for its ack.
     pub(crate) fn ack_deadline(&self, now: Instant) -> Instant {
-        (now + self.policy.ack_timeout).min(self.deadline())
+        later(now, self.policy.ack_timeout).min(self.deadline())
     }
 
     /// Decides what follows a failed attempt. `jitter` is a number in `[0, 1)` from the caller's
@@ -100,13 +101,20 @@ impl RetryState {
             .saturating_mul(1 << exp)
             .min(self.policy.max_backoff);
         let delay = full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
-        let at = now + delay;
+        let at = later(now, delay);
         if at >= self.deadline() {
             Next::GiveUp
         } else {
             Next::RetryAt(at)
         }
     }
+}
+
+/// `at + d`, or a century later when that does not fit: `Duration::MAX` means "never".
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
 }
 
 #[cfg(test)]
@@ -164,6 +172,26 @@ mod tests {
             Next::GiveUp
         );
         assert!(matches!(s.after_failure(t0, 0.5), Next::RetryAt(_)));
+    }
+
+    #[test]
+    fn durations_too_large_for_an_instant_mean_never() {
+        let t0 = Instant::now();
+        let forever = RetryPolicy {
+            deadline: Duration::MAX,
+            ack_timeout: Duration::MAX,
+            max_backoff: Duration::MAX,
+            initial_backoff: Duration::MAX,
+            max_attempts: u32::MAX,
+        };
+        let mut s = RetryState::new(forever, t0);
+        s.begin_attempt();
+        assert!(s.deadline() > t0 + Duration::from_secs(3600 * 24 * 365));
+        assert!(s.ack_deadline(t0) > t0 + Duration::from_secs(3600 * 24 * 365));
+        assert!(matches!(
+            s.after_failure(t0, 0.99),
+            Next::RetryAt(_) | Next::GiveUp
+        ));
     }
 
     #[test]
