@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use shoal_proto::NodeId;
@@ -196,6 +197,11 @@ impl State {
     pub(crate) fn rejected(&self) -> Vec<RejectedRecord> {
         self.rejected.iter().cloned().collect()
     }
+}
+
+/// Locks the table, carrying on with what is there if a holder of the lock panicked.
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) fn hint(seen: &SeenInstance) -> PeerHint {

@@ -1,0 +1,222 @@
+//! How an [`MdnsDiscovery`] is configured: which interfaces it runs on and its options.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::MdnsDiscovery;
+use super::netif::interface_exists;
+#[cfg(doc)]
+use crate::event::Discovery;
+use crate::event::DiscoveryError;
+use crate::root_netns::in_root_netns;
+
+/// Which interfaces mDNS runs on. A node lists one or more; an interface is used if any entry
+/// matches it. There is deliberately no "default": see [`MdnsConfig::new`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InterfaceSelector {
+    /// The interface with this name, for example `"eth1"`. [`Discovery::start`] fails if no
+    /// interface has this name at that time.
+    Name(String),
+    /// Loopback interfaces only (`127.0.0.0/8`, `::1`): nodes on this host find each other and
+    /// nothing leaves the machine. The loopback interface must allow multicast
+    /// (`ip link set lo multicast on` on Linux).
+    LoopbackOnly,
+    /// Every interface that is up, has the `MULTICAST` flag and is not point-to-point,
+    /// loopback included only if it has that flag.
+    AllMulticast,
+}
+
+impl InterfaceSelector {
+    /// Shorthand for [`InterfaceSelector::Name`].
+    pub fn name(name: impl Into<String>) -> Self {
+        Self::Name(name.into())
+    }
+
+    /// Whether an interface with these properties is selected by this entry.
+    pub(super) fn matches(
+        &self,
+        ifname: &str,
+        ip: IpAddr,
+        multicast_flag: impl FnOnce() -> bool,
+    ) -> bool {
+        match self {
+            Self::Name(name) => name == ifname,
+            Self::LoopbackOnly => ip.is_loopback(),
+            Self::AllMulticast => multicast_flag(),
+        }
+    }
+}
+
+/// How to run [`MdnsDiscovery`]. Builder-style:
+///
+/// ```
+/// use shoal_discovery::{InterfaceSelector, MdnsConfig};
+///
+/// let mdns = MdnsConfig::new([InterfaceSelector::name("eth1"), InterfaceSelector::LoopbackOnly])
+///     .probe(false) // the default: instance names are random node ids
+///     .build();
+/// # drop(mdns); // not started: building does not touch the network
+/// ```
+///
+/// Defaults: no name probing, root network namespace refused, `stop` waits at most 2 s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MdnsConfig {
+    pub(super) interfaces: Vec<InterfaceSelector>,
+    pub(super) probe: bool,
+    pub(super) allow_root_netns: bool,
+    pub(super) stop_timeout: Duration,
+}
+
+impl MdnsConfig {
+    /// A configuration using exactly the interfaces `interfaces` selects.
+    ///
+    /// The list is required and must not be empty ([`Discovery::start`] fails otherwise): mDNS
+    /// should never silently run on every interface of a machine. Use
+    /// [`InterfaceSelector::AllMulticast`] to ask for that explicitly.
+    pub fn new(interfaces: impl IntoIterator<Item = InterfaceSelector>) -> Self {
+        Self {
+            interfaces: interfaces.into_iter().collect(),
+            probe: false,
+            allow_root_netns: false,
+            stop_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Whether to probe for name conflicts before announcing (RFC 6762 §8.1). Default `false`.
+    ///
+    /// Probing costs about 750 ms before a new node becomes visible and protects names that
+    /// may collide; Shoal's instance names are random 128-bit node ids, so they do not. With
+    /// probing on, a hostile responder could also force a rename of this node's records.
+    pub fn probe(mut self, probe: bool) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Whether [`Discovery::start`] may run mDNS in the root network namespace. Default
+    /// `false`: `start` fails with [`DiscoveryError::Start`] there.
+    ///
+    /// mdns-sd joins the mDNS multicast group on every interface of the namespace before the
+    /// interface selection takes effect, so a daemon in the root namespace of a development or
+    /// CI machine touches its real network. Tests run the source inside network namespaces
+    /// (see the `netns` feature); a deployed node sets this to `true` (from its own
+    /// configuration) to run on a real host. See [`in_root_netns`].
+    pub fn allow_root_netns(mut self, allow: bool) -> Self {
+        self.allow_root_netns = allow;
+        self
+    }
+
+    /// The longest [`Discovery::stop`] waits for the goodbyes and the daemon shutdown.
+    /// Default 2 s.
+    pub fn stop_timeout(mut self, timeout: Duration) -> Self {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The interface selection.
+    pub fn interfaces(&self) -> &[InterfaceSelector] {
+        &self.interfaces
+    }
+
+    /// Whether name probing is on.
+    pub fn probe_enabled(&self) -> bool {
+        self.probe
+    }
+
+    /// Whether the root network namespace is allowed.
+    pub fn root_netns_allowed(&self) -> bool {
+        self.allow_root_netns
+    }
+
+    /// An (unstarted) source with this configuration.
+    pub fn build(self) -> MdnsDiscovery {
+        MdnsDiscovery::new(self)
+    }
+
+    /// Refuses the root network namespace unless allowed. Checked for the calling thread,
+    /// which is the thread that will create the daemon.
+    pub(super) fn netns_gate(&self) -> Result<(), DiscoveryError> {
+        if in_root_netns() && !self.allow_root_netns {
+            return Err(DiscoveryError::Start(
+                "refusing to start mDNS in the root network namespace (see MdnsConfig::allow_root_netns)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check(&self) -> Result<(), DiscoveryError> {
+        if self.interfaces.is_empty() {
+            return Err(DiscoveryError::Config(
+                "mDNS needs at least one interface selector (use AllMulticast to mean every interface)".into(),
+            ));
+        }
+        for selector in &self.interfaces {
+            if let InterfaceSelector::Name(name) = selector
+                && !interface_exists(name)
+            {
+                return Err(DiscoveryError::Config(format!(
+                    "mDNS: no interface named {name:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_requires_interfaces_that_exist() {
+        assert!(matches!(
+            MdnsConfig::new([]).check(),
+            Err(DiscoveryError::Config(_))
+        ));
+        let missing = MdnsConfig::new([InterfaceSelector::name("shoal-no-such-if0")]);
+        assert!(matches!(missing.check(), Err(DiscoveryError::Config(_))));
+        assert!(
+            MdnsConfig::new([InterfaceSelector::name("lo")])
+                .check()
+                .is_ok()
+        );
+        assert!(
+            MdnsConfig::new([InterfaceSelector::LoopbackOnly])
+                .check()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let config = MdnsConfig::new([InterfaceSelector::LoopbackOnly]);
+        assert!(!config.probe_enabled());
+        assert!(!config.root_netns_allowed());
+        assert_eq!(config.interfaces(), &[InterfaceSelector::LoopbackOnly]);
+    }
+
+    #[test]
+    fn selectors_match() {
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let lan: IpAddr = "10.99.0.1".parse().expect("ip");
+        assert!(InterfaceSelector::name("lan0").matches("lan0", lan, || false));
+        assert!(!InterfaceSelector::name("lan0").matches("lan1", lan, || true));
+        assert!(InterfaceSelector::LoopbackOnly.matches("lo", lo, || false));
+        assert!(!InterfaceSelector::LoopbackOnly.matches("lan0", lan, || true));
+        assert!(InterfaceSelector::AllMulticast.matches("lan0", lan, || true));
+        assert!(!InterfaceSelector::AllMulticast.matches("lan0", lan, || false));
+    }
+
+    /// The gate `start` passes first. Tested directly: no test calls `start` in the root
+    /// namespace, so a regression here cannot make a test touch the real network.
+    #[test]
+    fn root_namespace_is_refused_by_default() {
+        let config = MdnsConfig::new([InterfaceSelector::LoopbackOnly]);
+        if in_root_netns() {
+            assert!(matches!(config.netns_gate(), Err(DiscoveryError::Start(_))));
+        } else {
+            assert!(config.netns_gate().is_ok());
+        }
+        assert!(config.allow_root_netns(true).netns_gate().is_ok());
+    }
+}

@@ -1,0 +1,222 @@
+//! mDNS discovery between hosts on a LAN of network namespaces (feature `netns`, Linux, root):
+//! finding each other, goodbyes, IPv6 link-local addresses, `AllMulticast`, latency.
+//!
+//! Every mDNS daemon here is created on a thread inside a namespace built by
+//! `shoal_discovery::netns`; nothing runs in the root namespace (the tests check this for every
+//! daemon thread of the process). Without root the tests print a skip line and pass.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use shoal_discovery::mdns::SERVICE_TYPE;
+use shoal_discovery::netns::{self, Lan};
+use shoal_discovery::{Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, PeerHint, Source};
+
+use support::{
+    GOODBYE, STEP, audit_daemon_threads, local, netns_or_skip, random_id, sock, start_in,
+};
+
+#[test]
+fn two_hosts_find_each_other_and_goodbye_means_down() {
+    if !netns_or_skip("two_hosts_find_each_other_and_goodbye_means_down") {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let mut a = start_in(
+        lan.host(0),
+        lan0(),
+        local(random_id(), "invoice", "0.0.0.0:7000"),
+    );
+    let t0 = Instant::now();
+    let mut b = start_in(
+        lan.host(1),
+        lan0(),
+        local(random_id(), "billing", "0.0.0.0:7001"),
+    );
+    audit_daemon_threads(&[lan.host(0), lan.host(1)]);
+
+    let hint = a.expect_up(b.id, STEP);
+    let a_saw_b = t0.elapsed();
+    assert_eq!(hint.node_id, Some(b.id));
+    assert_eq!(hint.service.as_deref(), Some("billing"));
+    assert_eq!(
+        hint.addrs,
+        vec![sock(lan.addr(1), 7001)],
+        "only lan0's IPv4 address, with the QUIC port"
+    );
+    assert_eq!(hint.source, Source::Mdns);
+
+    let hint = b.expect_up(a.id, STEP);
+    assert_eq!(hint.service.as_deref(), Some("invoice"));
+    assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
+
+    let diagnostics = a.mdns.diagnostics();
+    assert!(diagnostics.running);
+    assert_eq!(
+        diagnostics.local_instance,
+        Some(format!("{}.{SERVICE_TYPE}", a.id))
+    );
+    assert_eq!(diagnostics.peers.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics.peers[0].node_id, b.id);
+    assert_eq!(diagnostics.peers[0].via, vec![netns::HOST_IF.to_owned()]);
+    assert!(diagnostics.rejected.is_empty(), "{diagnostics:#?}");
+    let report = a.mdns.report();
+    assert_eq!(report.source, Some(Source::Mdns));
+    assert_eq!(report.peers.len(), 1);
+
+    // Goodbye: B stops, A hears it.
+    let stop_started = Instant::now();
+    b.mdns.stop();
+    let stop_took = stop_started.elapsed();
+    assert!(
+        stop_took < Duration::from_secs(3),
+        "stop took {stop_took:?}"
+    );
+    b.mdns.stop(); // idempotent
+    assert!(!b.mdns.diagnostics().running);
+    let hint = a.expect_down(b.id, GOODBYE);
+    let down_after = stop_started.elapsed();
+    assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
+    assert!(a.mdns.diagnostics().peers.is_empty());
+    println!("A saw B after {a_saw_b:?}; stop took {stop_took:?}; Down after {down_after:?}");
+}
+
+#[test]
+fn dual_stack_announces_link_local_ipv6_with_scope() {
+    if !netns_or_skip("dual_stack_announces_link_local_ipv6_with_scope") {
+        return;
+    }
+    let lan = Lan::new_dual_stack(2).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let mut a = start_in(lan.host(0), lan0(), local(random_id(), "svc", "[::]:7000"));
+    let b = start_in(lan.host(1), lan0(), local(random_id(), "svc", "[::]:7001"));
+    let lan0_index_on_a = lan
+        .run_on(0, || {
+            let name = std::ffi::CString::new(netns::HOST_IF).expect("name");
+            // SAFETY: `name` is a valid NUL-terminated string for the call.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        })
+        .expect("enter h0");
+
+    // IPv6 link-local addresses may show up in a later Updated: wait for one.
+    let hint = a.expect_up(b.id, STEP);
+    let has_v6 = |h: &PeerHint| h.addrs.iter().any(SocketAddr::is_ipv6);
+    let hint = if has_v6(&hint) {
+        hint
+    } else {
+        match a.wait_for(
+            STEP,
+            |e| matches!(e, DiscoveryEvent::Updated(h) if has_v6(h)),
+        ) {
+            Some(DiscoveryEvent::Updated(h)) => h,
+            _ => panic!(
+                "no IPv6 address for B: first {hint:?}, then {:?}",
+                a.backlog
+            ),
+        }
+    };
+    assert!(hint.addrs.contains(&sock(lan.addr(1), 7001)), "{hint:?}");
+    for addr in hint.addrs.iter().filter(|a| a.is_ipv6()) {
+        let SocketAddr::V6(v6) = addr else {
+            unreachable!()
+        };
+        assert_eq!(v6.port(), 7001);
+        if v6.ip().segments()[0] & 0xffc0 == 0xfe80 {
+            assert_eq!(
+                v6.scope_id(),
+                lan0_index_on_a,
+                "link-local needs A's interface index: {hint:?}"
+            );
+        }
+    }
+}
+
+/// `AllMulticast` covers every multicast-capable interface: here `lan0` and `lo` (the LAN
+/// helper turns multicast on for `lo`). Each peer is reported with the addresses of the
+/// interface it was heard on.
+#[test]
+fn all_multicast_covers_lan_and_loopback() {
+    if !netns_or_skip("all_multicast_covers_lan_and_loopback") {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let all = MdnsConfig::new([InterfaceSelector::AllMulticast]);
+    let mut a = start_in(lan.host(0), all, local(random_id(), "svc", "0.0.0.0:7000"));
+    let on_lo = start_in(
+        lan.host(0),
+        MdnsConfig::new([InterfaceSelector::LoopbackOnly]),
+        local(random_id(), "svc", "0.0.0.0:7001"),
+    );
+    let on_lan = start_in(
+        lan.host(1),
+        MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]),
+        local(random_id(), "svc", "0.0.0.0:7002"),
+    );
+    let hint = a.expect_up(on_lo.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(Ipv4Addr::LOCALHOST, 7001)]);
+    let hint = a.expect_up(on_lan.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7002)]);
+    let via: Vec<Vec<String>> = a
+        .mdns
+        .diagnostics()
+        .peers
+        .into_iter()
+        .map(|p| p.via)
+        .collect();
+    assert!(
+        via.contains(&vec!["lo".to_owned()]) && via.contains(&vec![netns::HOST_IF.to_owned()]),
+        "{via:?}"
+    );
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// Time from starting B to A reporting B up, and from starting B to B reporting A up, ten times
+/// each with and without name probing. `cargo test -p shoal-discovery --all-features --
+/// --ignored --nocapture discovery_latency`.
+#[test]
+#[ignore = "measurement; prints p50/max"]
+fn discovery_latency() {
+    if !netns_or_skip("discovery_latency") {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let lan0 = |probe| MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]).probe(probe);
+    for probe in [false, true] {
+        let mut a = start_in(
+            lan.host(0),
+            lan0(probe),
+            local(random_id(), "a", "0.0.0.0:7000"),
+        );
+        let (mut a_sees_b, mut b_sees_a) = (Vec::new(), Vec::new());
+        for round in 0..10 {
+            let t0 = Instant::now();
+            let mut b = start_in(
+                lan.host(1),
+                lan0(probe),
+                local(random_id(), "b", &format!("0.0.0.0:{}", 7100 + round)),
+            );
+            a.expect_up(b.id, STEP);
+            a_sees_b.push(t0.elapsed());
+            b.expect_up(a.id, STEP);
+            b_sees_a.push(t0.elapsed());
+            b.mdns.stop();
+            a.expect_down(b.id, GOODBYE);
+            a.backlog.clear();
+        }
+        for (what, mut samples) in [("A sees new B", a_sees_b), ("new B sees A", b_sees_a)] {
+            samples.sort();
+            println!(
+                "probe={probe}: {what}: p50 {:?}, max {:?}, all {samples:?}",
+                percentile(&samples, 50),
+                samples[samples.len() - 1]
+            );
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Certificates and PEM files: issuing, saving and loading, validation, readable errors.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+use crate::tls;
+
+/// QUIC transport settings for checking that an identity is accepted by the TLS configuration.
+fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(tls::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
+}
+
+/// A fresh, unique folder under the system temp folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "shoal-identity-test-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pem_files_round_trip() {
+    let dir = TempDir::new();
+    let ca = MeshCa::generate("round trip").unwrap();
+    let ca_dir = dir.0.join("ca");
+    ca.save(&ca_dir).unwrap();
+
+    let loaded = MeshCa::load(&ca_dir).unwrap();
+    assert!(loaded.can_issue());
+    assert_eq!(loaded.cert_pem(), ca.cert_pem());
+    assert_eq!(loaded.key_pem(), ca.key_pem());
+    let trust_only = MeshCa::load_cert(ca_dir.join(MeshCa::CERT_FILE)).unwrap();
+    assert!(!trust_only.can_issue());
+    assert!(trust_only.key_pem().is_none());
+
+    // Saving over an existing CA is refused and names the file.
+    let err = ca.save(&ca_dir).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io { path, .. } if path.starts_with(&ca_dir)),
+        "{err}"
+    );
+
+    let identity = loaded.issue("orders").unwrap();
+    let cert_path = dir.0.join("orders").join("node.pem");
+    let key_path = dir.0.join("orders").join("node.key");
+    identity.save(&cert_path, &key_path).unwrap();
+    identity.save(&cert_path, &key_path).unwrap(); // overwriting is fine
+    let back = Identity::load(&cert_path, &key_path).unwrap();
+    assert_eq!(back.service(), Some("orders"));
+    assert_eq!(back.cert_pem(), identity.cert_pem());
+    assert_eq!(back.key_pem(), identity.key_pem());
+    // The reloaded identity still works with the (trust-only) CA.
+    tls::server_config(&back, &trust_only, transport()).unwrap();
+    tls::client_config(&back, &trust_only, transport()).unwrap();
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in [ca_dir.join(MeshCa::KEY_FILE), key_path] {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+    }
+
+    // A CA folder without ca.key loads as trust-only.
+    std::fs::remove_file(ca_dir.join(MeshCa::KEY_FILE)).unwrap();
+    let trust_only = MeshCa::load(&ca_dir).unwrap();
+    let err = trust_only.issue("orders").unwrap_err();
+    assert!(err.to_string().contains("without its private key"), "{err}");
+
+    // Missing files are reported with their path.
+    let missing = dir.0.join("nowhere");
+    match MeshCa::load(&missing).unwrap_err() {
+        Error::Io { path, .. } => assert_eq!(path, missing.join(MeshCa::CERT_FILE)),
+        other => panic!("unexpected error {other}"),
+    }
+}
+
+#[test]
+fn garbage_pem_gives_a_readable_identity_error() {
+    let ca = MeshCa::generate("garbage").unwrap();
+    let good = ca.issue("orders").unwrap();
+    let good_cert = good.cert_pem();
+    let cases = [
+        ("not a pem at all", good.key_pem()),
+        ("", good.key_pem()),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            good.key_pem(),
+        ),
+        (good_cert.as_str(), "garbage".to_owned()),
+        (good_cert.as_str(), ca.issue("orders").unwrap().key_pem()),
+    ];
+    for (cert, key) in cases {
+        match Identity::from_pem(cert, &key) {
+            Err(Error::Identity(msg)) => {
+                assert!(!msg.is_empty());
+                eprintln!("{msg}");
+            }
+            other => panic!("expected an identity error, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        MeshCa::from_pem("garbage"),
+        Err(Error::Identity(_))
+    ));
+    // A node certificate is not a CA.
+    let err = MeshCa::from_pem(&good.cert_pem()).unwrap_err();
+    assert!(err.to_string().contains("not a CA"), "{err}");
+    // A CA key that belongs to another CA is refused.
+    let other = MeshCa::generate("other").unwrap();
+    let err = MeshCa::from_pem_with_key(&ca.cert_pem(), &other.key_pem().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("does not belong"), "{err}");
+}
+
+#[test]
+fn service_names_are_validated() {
+    let ca = MeshCa::generate("names").unwrap();
+    for good in ["a", "orders", "order-service-2", &"x".repeat(63)] {
+        assert_eq!(ca.issue(good).unwrap().service(), Some(good));
+    }
+    for bad in [
+        "",
+        "Orders",
+        "or.ders",
+        "or_ders",
+        "-orders",
+        "orders-",
+        &"x".repeat(64),
+    ] {
+        match ca.issue(bad) {
+            Err(Error::Identity(msg)) => assert!(msg.contains("service name"), "{msg}"),
+            other => panic!("`{bad}` should be refused, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn debug_never_prints_private_keys() {
+    let ca = MeshCa::generate("debug").unwrap();
+    let identity = ca.issue("orders").unwrap();
+    let key_body = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
+    let ca_debug = format!("{ca:?}");
+    let id_debug = format!("{identity:?}");
+    assert!(
+        !ca_debug.contains(&key_body(&ca.key_pem().unwrap())),
+        "{ca_debug}"
+    );
+    assert!(
+        !id_debug.contains(&key_body(&identity.key_pem())),
+        "{id_debug}"
+    );
+    assert!(ca_debug.contains("debug"), "{ca_debug}");
+    assert!(id_debug.contains("orders"), "{id_debug}");
+}
+
+#[test]
+fn issued_certificates_have_the_mesh_names() {
+    let ca = MeshCa::generate("names").unwrap();
+    let identity = ca.issue("orders").unwrap();
+    let leaf = &identity.cert_chain()[0];
+    let fields = dns_names_for_tests(leaf);
+    assert_eq!(fields, vec!["shoal.mesh", "orders.svc.shoal.mesh"]);
+}

@@ -1,0 +1,284 @@
+//! Limits: each limit of `Limits` is refused by name on encode and on decode (where the frame
+//! is consumed and the stream stays in sync), limits are inclusive, and `max_frame_len` holds
+//! both ways.
+
+#![allow(clippy::unwrap_used)]
+
+mod samples;
+
+use bytes::{Bytes, BytesMut};
+use shoal_proto::codec::{self, LENGTH_PREFIX, MAX_FRAME_LEN_CAP};
+use shoal_proto::{
+    DecodeError, EncodeError, Envelope, Frame, Hello, LimitViolation, Limits, NodeId, Subscription,
+    validate_frame,
+};
+
+use samples::{encoded, rich_envelope};
+
+/// Limits no test frame comes near.
+fn generous() -> Limits {
+    Limits {
+        max_frame_len: MAX_FRAME_LEN_CAP,
+        max_headers: usize::MAX,
+        max_name_len: usize::MAX,
+        max_header_value_len: usize::MAX,
+    }
+}
+
+/// A frame that breaks exactly one limit of `Limits::default()`, which one, and by how much.
+struct Case {
+    what: &'static str,
+    frame: Frame,
+    limit: &'static str,
+    actual: usize,
+    max: usize,
+}
+
+fn deliver(f: impl FnOnce(&mut Envelope)) -> Frame {
+    let mut envelope = rich_envelope();
+    f(&mut envelope);
+    Frame::Deliver(Box::new(envelope))
+}
+
+fn limit_cases() -> Vec<Case> {
+    let d = Limits::default();
+    let long = |n: usize| "x".repeat(n);
+    let name = d.max_name_len;
+    let case = |what, frame, limit, actual, max| Case {
+        what,
+        frame,
+        limit,
+        actual,
+        max,
+    };
+    vec![
+        case(
+            "header count",
+            deliver(|e| e.headers = vec![("k".into(), "v".into()); d.max_headers + 1]),
+            "max_headers",
+            d.max_headers + 1,
+            d.max_headers,
+        ),
+        case(
+            "name",
+            deliver(|e| e.name = long(name + 1)),
+            "max_name_len",
+            name + 1,
+            name,
+        ),
+        case(
+            "content type",
+            deliver(|e| e.content_type = long(name + 2)),
+            "max_name_len",
+            name + 2,
+            name,
+        ),
+        case(
+            "partition key",
+            deliver(|e| e.partition_key = Some(long(name + 3))),
+            "max_name_len",
+            name + 3,
+            name,
+        ),
+        case(
+            "return service",
+            deliver(|e| e.reply_to.as_mut().unwrap().service = long(name + 4)),
+            "max_name_len",
+            name + 4,
+            name,
+        ),
+        case(
+            "return channel",
+            deliver(|e| e.reply_to.as_mut().unwrap().channel = long(name + 5)),
+            "max_name_len",
+            name + 5,
+            name,
+        ),
+        case(
+            "header key",
+            deliver(|e| e.headers.push((long(name + 6), "v".into()))),
+            "max_name_len",
+            name + 6,
+            name,
+        ),
+        case(
+            "header value",
+            deliver(|e| {
+                e.headers
+                    .push(("k".into(), long(d.max_header_value_len + 1)))
+            }),
+            "max_header_value_len",
+            d.max_header_value_len + 1,
+            d.max_header_value_len,
+        ),
+        case(
+            "hello service",
+            Frame::Hello(Hello {
+                protocol_version: 1,
+                node_id: NodeId::from_u128(1),
+                service: long(name + 7),
+                listen_addrs: Vec::new(),
+            }),
+            "max_name_len",
+            name + 7,
+            name,
+        ),
+        case(
+            "subscribe pattern",
+            Frame::Subscribe(Subscription {
+                pattern: long(name + 8),
+                group: None,
+            }),
+            "max_name_len",
+            name + 8,
+            name,
+        ),
+        case(
+            "unsubscribe group",
+            Frame::Unsubscribe(Subscription {
+                pattern: "a.*".into(),
+                group: Some(long(name + 9)),
+            }),
+            "max_name_len",
+            name + 9,
+            name,
+        ),
+    ]
+}
+
+#[test]
+fn each_limit_is_refused_on_encode_by_name() {
+    for c in limit_cases() {
+        let v = validate_frame(&c.frame, &Limits::default()).unwrap_err();
+        assert_eq!(
+            v,
+            LimitViolation {
+                limit: c.limit,
+                actual: c.actual,
+                max: c.max
+            },
+            "{}",
+            c.what
+        );
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        match codec::encode(&c.frame, &Limits::default(), &mut buf) {
+            Err(EncodeError::LimitExceeded { limit, actual, max }) => {
+                assert_eq!(
+                    (limit, actual, max),
+                    (c.limit, c.actual, c.max),
+                    "{}",
+                    c.what
+                );
+            }
+            other => panic!("{}: {other:?}", c.what),
+        }
+        assert_eq!(&buf[..], b"kept", "{}: nothing written", c.what);
+    }
+}
+
+#[test]
+fn each_limit_is_refused_on_decode_by_name_and_the_frame_is_consumed() {
+    for c in limit_cases() {
+        let mut buf = BytesMut::new();
+        codec::encode(&c.frame, &generous(), &mut buf).unwrap();
+        codec::encode(&Frame::Ping(1), &generous(), &mut buf).unwrap();
+        match codec::decode(&mut buf, &Limits::default()) {
+            Err(DecodeError::LimitExceeded {
+                limit,
+                actual,
+                max,
+                id,
+            }) => {
+                assert_eq!(
+                    (limit, actual, max),
+                    (c.limit, c.actual, c.max),
+                    "{}",
+                    c.what
+                );
+                let expected_id = match &c.frame {
+                    Frame::Deliver(e) => Some(e.id),
+                    _ => None,
+                };
+                assert_eq!(id, expected_id, "{}", c.what);
+            }
+            other => panic!("{}: {other:?}", c.what),
+        }
+        assert_eq!(
+            codec::decode(&mut buf, &Limits::default()).unwrap(),
+            Some(Frame::Ping(1)),
+            "{}: stream stays in sync",
+            c.what
+        );
+    }
+}
+
+#[test]
+fn limits_are_inclusive() {
+    let d = Limits::default();
+    let frame = deliver(|e| {
+        e.name = "n".repeat(d.max_name_len);
+        e.headers = vec![(
+            "k".repeat(d.max_name_len),
+            "v".repeat(d.max_header_value_len),
+        )];
+        e.headers.resize(d.max_headers, ("k".into(), "v".into()));
+    });
+    let mut buf = encoded(&frame);
+    assert_eq!(codec::decode(&mut buf, &d).unwrap(), Some(frame));
+}
+
+#[test]
+fn max_frame_len_is_refused_on_encode_and_decode() {
+    let frame = deliver(|e| e.payload = Bytes::from(vec![7; 1000]));
+    let body_len = encoded(&frame).len() - LENGTH_PREFIX;
+
+    // Exactly at the limit: fine both ways.
+    let exact = Limits {
+        max_frame_len: body_len,
+        ..Limits::default()
+    };
+    let mut buf = BytesMut::new();
+    codec::encode(&frame, &exact, &mut buf).unwrap();
+    assert_eq!(
+        codec::decode(&mut buf, &exact).unwrap(),
+        Some(frame.clone())
+    );
+
+    // One byte over: refused with the body's real size, and nothing is left in the buffer.
+    let strict = Limits {
+        max_frame_len: body_len - 1,
+        ..Limits::default()
+    };
+    let mut buf = BytesMut::from(&b"kept"[..]);
+    match codec::encode(&frame, &strict, &mut buf) {
+        Err(EncodeError::LimitExceeded { limit, actual, max }) => {
+            assert_eq!(
+                (limit, actual, max),
+                ("max_frame_len", body_len, body_len - 1)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(&buf[..], b"kept");
+
+    let mut buf = encoded(&frame);
+    let before = buf.clone();
+    match codec::decode(&mut buf, &strict) {
+        Err(DecodeError::FrameTooLarge { len, max }) => {
+            assert_eq!((len, max), (body_len, body_len - 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(buf, before);
+}
+
+#[test]
+fn limit_violation_displays_like_the_codec_errors() {
+    let v = LimitViolation {
+        limit: "max_headers",
+        actual: 65,
+        max: 64,
+    };
+    assert_eq!(v.to_string(), "max_headers exceeded: 65 > 64");
+    assert_eq!(EncodeError::from(v).to_string(), v.to_string());
+}

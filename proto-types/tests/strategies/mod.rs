@@ -1,0 +1,152 @@
+//! Proptest strategies for the codec tests: every frame variant, with ids, strings, byte
+//! strings and socket addresses chosen to reach the varint and length edge cases.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use shoal_proto::{
+    Ack, Envelope, Frame, Goodbye, Hello, MessageId, MessageKind, Nack, NodeId, ReturnAddress,
+    Subscription,
+};
+
+fn arb_u128() -> impl Strategy<Value = u128> {
+    // Small values exercise bincode's one-byte varints, large ones the 17-byte form.
+    prop_oneof![any::<u128>(), 0..300u128, Just(u128::MAX)]
+}
+
+fn arb_message_id() -> impl Strategy<Value = MessageId> {
+    prop_oneof![
+        arb_u128().prop_map(MessageId::from_u128),
+        (any::<u64>(), any::<u128>()).prop_map(|(ms, r)| MessageId::from_parts(ms, r)),
+    ]
+}
+
+fn arb_node_id() -> impl Strategy<Value = NodeId> {
+    arb_u128().prop_map(NodeId::from_u128)
+}
+
+fn arb_kind() -> impl Strategy<Value = MessageKind> {
+    prop_oneof![
+        Just(MessageKind::Command),
+        Just(MessageKind::Event),
+        Just(MessageKind::Document),
+        Just(MessageKind::Reply),
+    ]
+}
+
+/// Short strings of any characters (up to 4 bytes each), so well within default limits.
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z0-9.*-]{0,12}", "\\PC{0,12}"]
+}
+
+fn arb_bytes() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from),
+    ]
+}
+
+fn arb_return_address() -> impl Strategy<Value = ReturnAddress> {
+    (arb_text(), proptest::option::of(arb_node_id()), arb_text()).prop_map(
+        |(service, node, channel)| ReturnAddress {
+            service,
+            node,
+            channel,
+        },
+    )
+}
+
+fn arb_envelope() -> impl Strategy<Value = Envelope> {
+    (
+        (
+            arb_message_id(),
+            arb_kind(),
+            arb_text(),
+            any::<u16>(),
+            arb_text(),
+        ),
+        proptest::collection::vec((arb_text(), arb_text()), 0..5),
+        proptest::option::of(arb_message_id()),
+        proptest::option::of(arb_return_address()),
+        proptest::option::of(arb_text()),
+        (any::<u32>(), any::<u64>(), arb_bytes()),
+    )
+        .prop_map(
+            |(
+                (id, kind, name, version, content_type),
+                headers,
+                correlation_id,
+                reply_to,
+                partition_key,
+                (attempt, timestamp_ms, payload),
+            )| Envelope {
+                id,
+                kind,
+                name,
+                version,
+                content_type,
+                headers,
+                correlation_id,
+                reply_to,
+                partition_key,
+                attempt,
+                timestamp_ms,
+                payload,
+            },
+        )
+}
+
+/// Socket addresses as the wire carries them: IPv6 flow info and scope id are not encoded
+/// (see `ipv6_flowinfo_and_scope_id_are_not_carried`).
+fn arb_socket_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(ip),
+            port,
+            0,
+            0
+        ))),
+    ]
+}
+
+fn arb_subscription() -> impl Strategy<Value = Subscription> {
+    (arb_text(), proptest::option::of(arb_text()))
+        .prop_map(|(pattern, group)| Subscription { pattern, group })
+}
+
+/// Any frame, of any variant.
+pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            arb_node_id(),
+            arb_text(),
+            proptest::collection::vec(arb_socket_addr(), 0..4),
+        )
+            .prop_map(|(protocol_version, node_id, service, listen_addrs)| {
+                Frame::Hello(Hello {
+                    protocol_version,
+                    node_id,
+                    service,
+                    listen_addrs,
+                })
+            }),
+        arb_envelope().prop_map(|e| Frame::Deliver(Box::new(e))),
+        proptest::collection::vec(arb_message_id(), 0..8).prop_map(|ids| Frame::Ack(Ack { ids })),
+        (arb_message_id(), any::<bool>(), arb_text()).prop_map(|(id, retryable, reason)| {
+            Frame::Nack(Nack {
+                id,
+                retryable,
+                reason,
+            })
+        }),
+        any::<u64>().prop_map(Frame::Ping),
+        any::<u64>().prop_map(Frame::Pong),
+        arb_text().prop_map(|reason| Frame::Goodbye(Goodbye { reason })),
+        arb_subscription().prop_map(Frame::Subscribe),
+        arb_subscription().prop_map(Frame::Unsubscribe),
+    ]
+}
