@@ -145,6 +145,12 @@ pub fn render_text(outcome: &Outcome, options: &Options) -> String {
             verdict(s)
         );
     }
+    push_notes(&mut out, outcome, options);
+    out
+}
+
+/// The notes and safety lines that close both renderings.
+fn push_notes(out: &mut String, outcome: &Outcome, options: &Options) {
     out.push('\n');
     for note in notes(outcome, options) {
         let _ = writeln!(out, "* {note}");
@@ -152,7 +158,6 @@ pub fn render_text(outcome: &Outcome, options: &Options) -> String {
     for line in &outcome.safety {
         let _ = writeln!(out, "* safety: {line}");
     }
-    out
 }
 
 /// The same as Markdown.
@@ -184,13 +189,7 @@ pub fn render_markdown(outcome: &Outcome, options: &Options) -> String {
             verdict(s)
         );
     }
-    out.push('\n');
-    for note in notes(outcome, options) {
-        let _ = writeln!(out, "* {note}");
-    }
-    for line in &outcome.safety {
-        let _ = writeln!(out, "* safety: {line}");
-    }
+    push_notes(&mut out, outcome, options);
     out
 }
 
