@@ -34,6 +34,10 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 
+mod prepared;
+
+pub use prepared::{EventFrame, PreparedEvent};
+
 /// Size of the length prefix in front of every frame body: a big-endian `u32`.
 pub const LENGTH_PREFIX: usize = 4;
 
@@ -112,7 +116,8 @@ pub fn encode(frame: &Frame, limits: &Limits, dst: &mut BytesMut) -> Result<(), 
 /// - Otherwise exactly one frame (prefix and body) is consumed, and the result is the frame,
 ///   [`DecodeError::Malformed`] (zero length, undecodable body, or bytes left over after the
 ///   frame), or [`DecodeError::LimitExceeded`] (a valid frame that breaks a per-field limit;
-///   `id` is the message id for a [`Frame::Deliver`]). After any of these the stream is still
+///   `id` is the message id for a [`Frame::Deliver`], the delivery key for a
+///   [`Frame::Publish`]). After any of these the stream is still
 ///   in sync and the next call decodes the next frame.
 ///
 /// Never panics, whatever `src` contains; see the module docs for memory bounds.
@@ -141,6 +146,7 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         max: v.max,
         id: match &frame {
             Frame::Deliver(envelope) => Some(envelope.id),
+            Frame::Publish(p) => Some(p.envelope.id.delivery_key(p.group.as_deref())),
             _ => None,
         },
     })?;
@@ -204,20 +210,8 @@ fn body_len_estimate(frame: &Frame) -> usize {
     const LEN: usize = 9;
     let opt_str = |s: &Option<String>| s.as_ref().map_or(1, |s| 1 + LEN + s.len());
     1 + match frame {
-        Frame::Deliver(e) => {
-            // id, kind, version, correlation id, attempt, timestamp and the length prefixes.
-            96 + e.name.len()
-                + e.content_type.len()
-                + e.payload.len()
-                + opt_str(&e.partition_key)
-                + e.reply_to
-                    .as_ref()
-                    .map_or(0, |r| 2 * LEN + 18 + r.service.len() + r.channel.len())
-                + e.headers
-                    .iter()
-                    .map(|(k, v)| 2 * LEN + k.len() + v.len())
-                    .sum::<usize>()
-        }
+        Frame::Deliver(e) => envelope_len_estimate(e),
+        Frame::Publish(p) => envelope_len_estimate(&p.envelope) + 1 + opt_str(&p.group),
         Frame::Hello(h) => 3 + 17 + LEN + h.service.len() + LEN + 20 * h.listen_addrs.len(),
         Frame::Ack(a) => LEN + 17 * a.ids.len(),
         Frame::Nack(n) => 17 + 1 + LEN + n.reason.len(),
@@ -225,6 +219,24 @@ fn body_len_estimate(frame: &Frame) -> usize {
         Frame::Goodbye(g) => LEN + g.reason.len(),
         Frame::Subscribe(s) | Frame::Unsubscribe(s) => LEN + s.pattern.len() + opt_str(&s.group),
     }
+}
+
+/// A cheap upper estimate of an envelope's encoded length.
+fn envelope_len_estimate(e: &crate::Envelope) -> usize {
+    /// Worst-case bytes for a string's or vector's length prefix.
+    const LEN: usize = 9;
+    // id, kind, version, correlation id, attempt, timestamp and the length prefixes.
+    96 + e.name.len()
+        + e.content_type.len()
+        + e.payload.len()
+        + e.partition_key.as_ref().map_or(1, |k| 1 + LEN + k.len())
+        + e.reply_to
+            .as_ref()
+            .map_or(0, |r| 2 * LEN + 18 + r.service.len() + r.channel.len())
+        + e.headers
+            .iter()
+            .map(|(k, v)| 2 * LEN + k.len() + v.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]

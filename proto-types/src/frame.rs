@@ -39,6 +39,8 @@ pub enum Frame {
     Subscribe(Subscription),
     /// The sender no longer wants events matching a topic pattern.
     Unsubscribe(Subscription),
+    /// An event for the receiver's subscriptions of one group (publish/subscribe).
+    Publish(Box<Publish>),
 }
 
 /// The first frame a node writes on a connection.
@@ -85,5 +87,21 @@ pub struct Subscription {
     /// The topic pattern, e.g. `orders.*`.
     pub pattern: String,
     /// The subscriber group; `None` means every subscribing instance gets its own copy.
+    pub group: Option<String>,
+}
+
+/// One copy of a published event, addressed to one subscriber group on the receiving node.
+///
+/// A publisher sends one copy per target group (and one per ungrouped subscriber instance).
+/// The copies differ only in `group`, which is encoded last, so [`crate::codec::PreparedEvent`]
+/// encodes the envelope once for all of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// The event; its `name` is the topic.
+    pub envelope: Envelope,
+    /// Whether the receiver acknowledges it (reliable events) or not (best-effort).
+    pub reliable: bool,
+    /// The group this copy is for; `None` for the receiver's ungrouped subscriptions.
+    /// Acks, nacks and deduplication use [`MessageId::delivery_key`] of this group.
     pub group: Option<String>,
 }

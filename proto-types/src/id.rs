@@ -41,6 +41,36 @@ impl MessageId {
     pub const fn unix_ms(self) -> u64 {
         (self.0 >> 80) as u64
     }
+
+    /// The key under which one group's copy of an event is acknowledged and deduplicated.
+    ///
+    /// A node may receive the same event for two groups it has subscriptions in (say `billing`
+    /// and `audit`); each copy must be handled and acked on its own, so each gets its own key.
+    /// `None` (ungrouped subscriptions) keeps the id itself. Otherwise the low 80 bits are
+    /// mixed with a fixed hash of the group name (the time bits stay), the same on every node
+    /// and every version.
+    ///
+    /// ```
+    /// # use shoal_proto::MessageId;
+    /// let id = MessageId::from_parts(1_700_000_000_000, 42);
+    /// assert_eq!(id.delivery_key(None), id);
+    /// assert_ne!(id.delivery_key(Some("billing")), id.delivery_key(Some("audit")));
+    /// assert_eq!(id.delivery_key(Some("billing")).unix_ms(), id.unix_ms());
+    /// ```
+    pub fn delivery_key(self, group: Option<&str>) -> Self {
+        let Some(group) = group else { return self };
+        let hash = (u128::from(fnv1a(group, 0xcbf2_9ce4_8422_2325)) << 64)
+            | u128::from(fnv1a(group, 0x6c62_272e_07bb_0142));
+        Self(self.0 ^ (hash & ((1 << 80) - 1)))
+    }
+}
+
+/// FNV-1a, 64 bits, from a chosen offset basis: a fixed, portable hash (unlike std's hasher,
+/// whose output may change between Rust versions).
+fn fnv1a(text: &str, basis: u64) -> u64 {
+    text.bytes().fold(basis, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 impl fmt::Display for MessageId {

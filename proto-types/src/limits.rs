@@ -56,7 +56,7 @@ fn check(limit: &'static str, actual: usize, max: usize) -> Result<(), LimitViol
 
 /// Fails when the string is longer than `max_name_len` bytes.
 #[inline]
-fn check_name(s: &str, limits: &Limits) -> Result<(), LimitViolation> {
+pub(crate) fn check_name(s: &str, limits: &Limits) -> Result<(), LimitViolation> {
     check("max_name_len", s.len(), limits.max_name_len)
 }
 
@@ -104,7 +104,7 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
 }
 
 /// Checks a frame against every per-field limit: [`validate_envelope`] for
-/// [`Frame::Deliver`], the service name of a [`Frame::Hello`], and the pattern and group of a
+/// [`Frame::Deliver`] and [`Frame::Publish`] (and the group's length), the service name of a [`Frame::Hello`], and the pattern and group of a
 /// [`Frame::Subscribe`] or [`Frame::Unsubscribe`]. Other frames have no per-field limits.
 ///
 /// `max_frame_len` is not checked here: [`crate::codec::encode`] and
@@ -112,6 +112,13 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
 pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolation> {
     match frame {
         Frame::Deliver(envelope) => validate_envelope(envelope, limits),
+        Frame::Publish(publish) => {
+            validate_envelope(&publish.envelope, limits)?;
+            publish
+                .group
+                .as_deref()
+                .map_or(Ok(()), |group| check_name(group, limits))
+        }
         Frame::Hello(hello) => check_name(&hello.service, limits),
         Frame::Subscribe(sub) | Frame::Unsubscribe(sub) => validate_subscription(sub, limits),
         Frame::Ack(_) | Frame::Nack(_) | Frame::Ping(_) | Frame::Pong(_) | Frame::Goodbye(_) => {

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use bytes::Bytes;
 use proptest::prelude::*;
 use shoal_proto::{
-    Ack, Envelope, Frame, Goodbye, Hello, MessageId, MessageKind, Nack, NodeId, ReturnAddress,
-    Subscription,
+    Ack, Envelope, Frame, Goodbye, Hello, MessageId, MessageKind, Nack, NodeId, Publish,
+    ReturnAddress, Subscription,
 };
 
 fn arb_u128() -> impl Strategy<Value = u128> {
@@ -148,5 +148,17 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_text().prop_map(|reason| Frame::Goodbye(Goodbye { reason })),
         arb_subscription().prop_map(Frame::Subscribe),
         arb_subscription().prop_map(Frame::Unsubscribe),
+        (
+            arb_envelope(),
+            any::<bool>(),
+            proptest::option::of(arb_text())
+        )
+            .prop_map(|(envelope, reliable, group)| {
+                Frame::Publish(Box::new(Publish {
+                    envelope,
+                    reliable,
+                    group,
+                }))
+            }),
     ]
 }
