@@ -173,6 +173,23 @@ impl NodeBuilder {
         self
     }
 
+    /// How long a published event's copy for a subscriber group with no live instance is
+    /// held, waiting for one to appear, before it is dead-lettered. Default 30 s; a publish
+    /// may override it ([`crate::PublishOptions::hold_for`]).
+    pub fn hold_events_for(mut self, hold: Duration) -> Self {
+        self.config.event_hold = hold;
+        self
+    }
+
+    /// How long a subscriber group whose last instance left (crashed, or shut down) still
+    /// counts as an audience of its topics, so events published meanwhile are held for it
+    /// rather than reaching nobody. Default 10 minutes; zero forgets groups at once. A group
+    /// that unsubscribes on purpose is forgotten at once.
+    pub fn remember_groups_for(mut self, remember: Duration) -> Self {
+        self.config.remember_groups = remember;
+        self
+    }
+
     /// Binds the endpoint, starts discovery and dialling, and returns the running node.
     /// Must be called inside a Tokio runtime (a `current_thread` runtime gives the lowest
     /// latency).
@@ -229,7 +246,7 @@ impl NodeBuilder {
             id: NodeId::from_u128(rand::random()),
             service,
             endpoint,
-            registry: crate::registry::Registry::new(),
+            registry: crate::registry::Registry::new(config.remember_groups),
             handlers: RwLock::default(),
             dedup: Mutex::new(DedupWindow::new(
                 config.dedup_capacity,
@@ -248,6 +265,9 @@ impl NodeBuilder {
             static_peers: peers.clone(),
             admission: Mutex::new(()),
             dial_failures: Default::default(),
+            subscriptions: RwLock::default(),
+            subscription_gate: tokio::sync::Mutex::new(()),
+            key_order: Default::default(),
             config,
         });
 

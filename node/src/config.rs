@@ -21,6 +21,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) event_hold: Duration,
+    pub(crate) remember_groups: Duration,
 }
 
 impl Default for Config {
@@ -38,6 +40,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             keep_alive: crate::NodeBuilder::DEFAULT_KEEP_ALIVE,
             idle_timeout: crate::NodeBuilder::DEFAULT_IDLE_TIMEOUT,
+            event_hold: Duration::from_secs(30),
+            remember_groups: Duration::from_secs(600),
         }
     }
 }

@@ -10,9 +10,13 @@ use crate::sync::lock;
 /// A message that could not be delivered: every attempt failed, the deadline passed, or the
 /// receiver refused it permanently.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DeadLetter {
-    /// The service it was for.
+    /// The service it was for; empty for a published event (see `group`).
     pub service: String,
+    /// For a published event: the audience it was for (a subscriber group, or an ungrouped
+    /// subscriber instance).
+    pub group: Option<String>,
     /// The message itself, as last sent.
     pub message: Message,
     /// How many delivery attempts were made.
@@ -23,12 +27,15 @@ pub struct DeadLetter {
 
 impl fmt::Display for DeadLetter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let to = match &self.group {
+            Some(audience) => audience.clone(),
+            None => format!("`{}`", self.service),
+        };
         write!(
             f,
-            "message {} ({}) to `{}` dead-lettered after {} attempt(s): {}",
+            "message {} ({}) to {to} dead-lettered after {} attempt(s): {}",
             self.message.id(),
             self.message.name(),
-            self.service,
             self.attempts,
             self.last_failure
         )

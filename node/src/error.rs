@@ -52,6 +52,10 @@ pub enum Error {
         /// The service the message was for.
         service: String,
     },
+    /// A topic, subscription pattern or group name is malformed (see [`crate::Node::publish`]
+    /// and [`crate::SubscribeOptions`] for the rules).
+    #[error("invalid topic or pattern: {0}")]
+    Topic(String),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,

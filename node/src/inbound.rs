@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use shoal_proto::{DecodeError, Envelope, Frame, MessageKind, Nack, codec};
+use shoal_proto::{DecodeError, Envelope, Frame, MessageId, MessageKind, Nack, codec};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::core::dedup::Seen;
-use crate::handler::HandlerError;
+use crate::handler::{BoxedHandler, HandlerError};
 use crate::node::Shared;
 use crate::peer::{Outcome, Outgoing, Peer};
 use crate::registry::Target;
@@ -95,15 +95,33 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
             });
             return Err(reason.into());
         }
-        // Publish/subscribe is not spoken yet; a newer peer's subscriptions are ignored.
-        // Publish/subscribe frames and newer kinds: not spoken by this version, ignored.
+        Frame::Subscribe(sub) => {
+            if let Err(reason) = crate::core::topic::check_pattern(&sub.pattern)
+                .and_then(|()| shared.registry.subscribed(peer, sub))
+            {
+                refused_subscription(shared, peer, reason);
+            }
+        }
+        Frame::Unsubscribe(sub) => shared.registry.unsubscribed(peer, &sub),
+        Frame::Publish(publish) => on_publish(shared, peer, *publish).await,
+        // Newer frame kinds: not spoken by this version, ignored.
         _ => {}
     }
     Ok(())
 }
 
+/// A peer announced a subscription this node will not keep (malformed pattern, too many):
+/// said in an event and counted; the connection stays up.
+fn refused_subscription(shared: &Shared, peer: &Peer, reason: String) {
+    Counters::bump(&shared.counters.malformed_frames);
+    shared.emit(NodeEvent::ProtocolError {
+        addr: peer.addr,
+        reason: format!("subscription refused: {reason}"),
+    });
+}
+
 /// The negative ack of message `id`.
-fn nack_frame(id: shoal_proto::MessageId, retryable: bool, reason: String) -> Outgoing {
+fn nack_frame(id: MessageId, retryable: bool, reason: String) -> Outgoing {
     Outgoing::Frame(Frame::Nack(Nack {
         id,
         retryable,
@@ -112,7 +130,7 @@ fn nack_frame(id: shoal_proto::MessageId, retryable: bool, reason: String) -> Ou
 }
 
 /// Refuses a delivery from the read loop (waiting on a full queue slows only this peer).
-async fn nack(peer: &Peer, id: shoal_proto::MessageId, retryable: bool, reason: String) {
+async fn nack(peer: &Peer, id: MessageId, retryable: bool, reason: String) {
     let _ = peer.push(nack_frame(id, retryable, reason)).await;
 }
 
@@ -142,20 +160,9 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         }
         return;
     }
-    let seen = lock(&shared.dedup).check(env.id, Instant::now().into_std());
-    match seen {
-        Seen::Done => {
-            Counters::bump(&shared.counters.duplicates);
-            return peer.push_ack(env.id);
-        }
-        Seen::InProgress => {
-            // The running handler's ack answers this copy too.
-            Counters::bump(&shared.counters.duplicates);
-            return;
-        }
-        Seen::New => {}
+    if !is_new(shared, peer, env.id, true) {
+        return;
     }
-
     let handler = crate::sync::read(&shared.handlers).get(&env.name).cloned();
     let Some(handler) = handler else {
         lock(&shared.dedup).forget(env.id);
@@ -168,57 +175,147 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         // (a newer version during a rolling deploy) may have it.
         return nack(peer, env.id, true, reason).await;
     };
+    let work = Work {
+        key: env.id,
+        acked: true,
+        handlers: vec![handler],
+        env,
+    };
+    run(shared, peer, work).await;
+}
 
+/// One group's copy of a published event: run this node's subscriptions of that group.
+async fn on_publish(shared: &Arc<Shared>, peer: &Arc<Peer>, publish: shoal_proto::Publish) {
+    let shoal_proto::Publish {
+        envelope: env,
+        reliable,
+        group,
+    } = publish;
+    let key = env.id.delivery_key(group.as_deref());
+    if shared.is_stopping() {
+        if reliable {
+            nack(peer, key, true, format!("{} is shutting down", shared.id)).await;
+        }
+        return;
+    }
+    if !is_new(shared, peer, key, reliable) {
+        return;
+    }
+    let handlers =
+        crate::sync::read(&shared.subscriptions).handlers_for(group.as_deref(), &env.name);
+    if handlers.is_empty() {
+        // Unsubscribed while the event was on its way: the publisher has the unsubscribe
+        // (it came first on this stream) and takes a retry to another instance.
+        lock(&shared.dedup).forget(key);
+        Counters::bump(&shared.counters.unhandled);
+        if reliable {
+            let group = group.as_deref().unwrap_or("(ungrouped)");
+            let reason = format!("no subscription of group {group} for `{}` here", env.name);
+            nack(peer, key, true, reason).await;
+        }
+        return;
+    }
+    run(
+        shared,
+        peer,
+        Work {
+            key,
+            acked: reliable,
+            handlers,
+            env,
+        },
+    )
+    .await;
+}
+
+/// Checks the dedup window: `true` for a first delivery. A copy of a message already handled
+/// is acked again (if `acked`); a copy of one being handled now waits for that handler's ack.
+fn is_new(shared: &Shared, peer: &Peer, key: MessageId, acked: bool) -> bool {
+    let seen = lock(&shared.dedup).check(key, Instant::now().into_std());
+    match seen {
+        Seen::New => true,
+        Seen::Done => {
+            Counters::bump(&shared.counters.duplicates);
+            if acked {
+                peer.push_ack(key);
+            }
+            false
+        }
+        Seen::InProgress => {
+            Counters::bump(&shared.counters.duplicates);
+            false
+        }
+    }
+}
+
+/// A delivery admitted for handling.
+struct Work {
+    /// What the delivery is acked and deduplicated under.
+    key: MessageId,
+    /// Whether the sender waits for an ack (not for best-effort events).
+    acked: bool,
+    /// Run one after the other; the delivery is acked when all succeeded.
+    handlers: Vec<BoxedHandler>,
+    env: Envelope,
+}
+
+/// Runs a delivery's handlers in a task of their own, then acks or nacks it.
+async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
     // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
     // flow control pushes back on the sender.
     let Ok(permit) = Arc::clone(&peer.handler_permits).acquire_owned().await else {
         return;
     };
-    let id = env.id;
+    let Work {
+        key,
+        acked,
+        handlers,
+        env,
+    } = work;
     let shared2 = Arc::clone(shared);
     let peer2 = Arc::clone(peer);
     let task = async move {
         let _permit = permit;
         let (shared, peer) = (shared2, peer2);
-        let reply_to = env.reply_to.clone();
-        // The closure itself runs inside the guard too: it may panic before it returns a future.
+        let (id, reply_to) = (env.id, env.reply_to.clone());
         let msg = Message::from_envelope(env);
-        let run = CatchUnwind(AssertUnwindSafe(Box::pin(
-            async move { handler(msg).await },
-        )));
+        // The closures themselves run inside the guard too: one may panic before it returns
+        // a future.
+        let run = CatchUnwind(AssertUnwindSafe(Box::pin(async move {
+            let mut replies = Vec::with_capacity(handlers.len());
+            for handler in handlers {
+                replies.push(handler(msg.clone()).await?);
+            }
+            Ok::<_, HandlerError>(replies)
+        })));
         let Some(result) = shared.killed.run_until_cancelled(run).await else {
             return;
         };
         match result {
-            Ok(Ok(reply)) => {
-                lock(&shared.dedup).complete(id);
+            Ok(Ok(replies)) => {
+                lock(&shared.dedup).complete(key);
                 Counters::bump(&shared.counters.handled);
                 // A message that asked for a reply always gets one: an empty body if the
                 // handler returned none, so a request never just times out.
-                match reply_to {
-                    Some(addr) if addr.channel.is_empty() => {
-                        reply_directly(&shared, &peer, id, addr, reply.unwrap_or_default()).await;
+                if let Some(addr) = reply_to {
+                    for reply in replies {
+                        answer(&shared, &peer, id, &addr, reply.unwrap_or_default()).await;
                     }
-                    Some(addr) => {
-                        send_reply(&shared, id, addr, reply.unwrap_or_default());
-                        // Let the reply's first attempt queue its frame before the ack, so
-                        // both go out in one write.
-                        tokio::task::yield_now().await;
-                    }
-                    None => {}
                 }
-                // The peer's current connection: the one the message came on may have been
-                // replaced while the handler ran (a retry there waits for this ack).
-                current(&shared, &peer).push_ack(id);
+                if acked {
+                    // The peer's current connection: the one the message came on may have
+                    // been replaced while the handler ran (a retry there waits for this ack).
+                    current(&shared, &peer).push_ack(key);
+                }
             }
             Ok(Err(err)) => {
                 Counters::bump(&shared.counters.handler_errors);
-                fail(&shared, &peer, id, &err).await;
+                fail(&shared, &peer, key, acked, &err).await;
             }
             Err(()) => {
                 Counters::bump(&shared.counters.handler_errors);
                 let err = HandlerError::permanent("handler panicked");
-                fail(&shared, &peer, id, &err).await;
+                fail(&shared, &peer, key, acked, &err).await;
             }
         }
     };
@@ -227,17 +324,43 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
     let admission = lock(&shared.admission);
     if shared.is_stopping() {
         drop(admission);
-        lock(&shared.dedup).forget(id);
-        let reason = format!("{} is shutting down", shared.id);
-        return nack(peer, id, true, reason).await;
+        lock(&shared.dedup).forget(key);
+        if acked {
+            let reason = format!("{} is shutting down", shared.id);
+            nack(peer, key, true, reason).await;
+        }
+        return;
     }
     shared.handler_tasks.spawn(task);
 }
 
+/// Sends a handler's reply to where the message asked: straight back to a synchronous
+/// request, or as a reliable message to an asynchronous reply channel.
+async fn answer(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    request: MessageId,
+    addr: &shoal_proto::ReturnAddress,
+    body: bytes::Bytes,
+) {
+    if addr.channel.is_empty() {
+        reply_directly(shared, peer, request, addr.clone(), body).await;
+    } else {
+        send_reply(shared, request, addr.clone(), body);
+        // Let the reply's first attempt queue its frame before the ack, so both go out in
+        // one write.
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Forgets the id (a redelivery must run the handler again, or be refused again: never be
-/// acknowledged as if it had succeeded) and sends the negative ack.
-async fn fail(shared: &Shared, peer: &Arc<Peer>, id: shoal_proto::MessageId, err: &HandlerError) {
+/// acknowledged as if it had succeeded) and sends the negative ack, if the sender waits for
+/// one.
+async fn fail(shared: &Shared, peer: &Arc<Peer>, id: MessageId, acked: bool, err: &HandlerError) {
     lock(&shared.dedup).forget(id);
+    if !acked {
+        return;
+    }
     let nack = nack_frame(id, err.is_retryable(), err.reason().to_owned());
     let limit = shared.config.retry.ack_timeout;
     current(shared, peer).push_or_close(nack, limit).await;
@@ -258,7 +381,7 @@ fn current(shared: &Shared, peer: &Arc<Peer>) -> Arc<Peer> {
 async fn reply_directly(
     shared: &Shared,
     peer: &Arc<Peer>,
-    request: shoal_proto::MessageId,
+    request: MessageId,
     addr: shoal_proto::ReturnAddress,
     body: bytes::Bytes,
 ) {
@@ -285,7 +408,7 @@ async fn reply_directly(
 /// (acked, retried, deduplicated), in its own task.
 fn send_reply(
     shared: &Arc<Shared>,
-    request: shoal_proto::MessageId,
+    request: MessageId,
     addr: shoal_proto::ReturnAddress,
     body: bytes::Bytes,
 ) {
@@ -300,8 +423,8 @@ fn send_reply(
     shared.handler_tasks.spawn(async move {
         let shared = shared2;
         let stop = shared.killed.clone();
-        if let Err(e) = crate::outbound::deliver(&shared, target, reply, policy, false, &stop).await
-        {
+        let delivery = crate::outbound::Delivery::to(target, policy);
+        if let Err(e) = crate::outbound::deliver(&shared, delivery, reply, &stop).await {
             tracing::debug!("reply not delivered: {e}");
         }
     });

@@ -215,6 +215,11 @@ fn check_hello(shared: &Shared, conn: &quinn::Connection, hello: &Hello) -> Resu
 
 /// Reads from a peer until the connection ends, then forgets it and fails what waited on it.
 async fn run_peer(shared: Arc<Shared>, peer: Arc<Peer>, recv: quinn::RecvStream, buf: BytesMut) {
+    // Tell the new peer this node's subscriptions, without holding up reading from it.
+    let (shared2, peer2) = (Arc::clone(&shared), Arc::clone(&peer));
+    shared
+        .tasks
+        .spawn(async move { crate::subscribe::announce_to(&shared2, &peer2).await });
     let reason = tokio::select! {
         // Frames already received (acks above all) are read before a close is acted on.
         biased;

@@ -16,8 +16,8 @@ use crate::core::dedup::DedupWindow;
 use crate::dead_letter::{DeadLetter, DeadLetters};
 use crate::diagnose::{DialFailures, ServiceDiagnosis};
 use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
-use crate::outbound::{self, SendOptions};
-use crate::registry::{Registry, Target};
+use crate::outbound::{self, Delivery, SendOptions};
+use crate::registry::{Registry, Route, Target};
 use crate::stats::Counters;
 use crate::sync::lock;
 use crate::{Error, Message, NodeBuilder, NodeEvent, NodeStats};
@@ -51,6 +51,13 @@ pub(crate) struct Shared {
     /// Held while a handler is admitted, and while shutdown starts: see `inbound::on_deliver`.
     pub(crate) admission: Mutex<()>,
     pub(crate) dial_failures: DialFailures,
+    /// This node's subscriptions and their handlers.
+    pub(crate) subscriptions: RwLock<crate::subscribe::LocalSubscriptions>,
+    /// Held while subscriptions change or are announced to a new peer, so peers learn of
+    /// changes in the order they happened.
+    pub(crate) subscription_gate: tokio::sync::Mutex<()>,
+    /// Turns of messages with a partition key, per destination and key.
+    pub(crate) key_order: crate::ordering::KeyOrder,
 }
 
 impl Shared {
@@ -166,7 +173,7 @@ impl Node {
         }
     }
 
-    fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.owner.shared
     }
 
@@ -234,15 +241,9 @@ impl Node {
         let shared = self.shared();
         msg.address_replies(&shared.service, shared.id);
         let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
-        outbound::deliver(
-            shared,
-            Target::service(service),
-            msg,
-            policy,
-            options.fail_fast,
-            &shared.stopping,
-        )
-        .await
+        let mut delivery = Delivery::to(Target::service(service), policy);
+        delivery.fail_fast = options.fail_fast;
+        outbound::deliver(shared, delivery, msg, &shared.stopping).await
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
@@ -270,14 +271,8 @@ impl Node {
         // The delivery keeps its own deadline: `timeout` below ends the whole request, so an
         // answer that is merely late is a timeout, not a dead letter.
         let policy = shared.config.retry.clone();
-        let send = outbound::deliver(
-            &shared,
-            Target::service(service),
-            msg,
-            policy,
-            false,
-            &shared.stopping,
-        );
+        let delivery = Delivery::to(Target::service(service), policy);
+        let send = outbound::deliver(&shared, delivery, msg, &shared.stopping);
         let wait = async {
             tokio::pin!(send);
             tokio::select! {
@@ -301,7 +296,8 @@ impl Node {
         let find = async {
             let mut changes = shared.registry.watch();
             loop {
-                if let Some(peer) = shared.registry.choose(&Target::service(service), &[]) {
+                let route = Route::Service(Target::service(service));
+                if let Some(peer) = shared.registry.choose(&route, &[], None) {
                     return Ok::<_, Error>(peer);
                 }
                 changes.changed().await.map_err(|_| Error::ShuttingDown)?;

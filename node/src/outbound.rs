@@ -3,14 +3,16 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use shoal_proto::{Frame, NodeId, codec};
+use shoal_proto::codec::PreparedEvent;
+use shoal_proto::{Frame, MessageId, NodeId, codec};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::fanout::Audience;
 use crate::core::retry::{Next, RetryState};
 use crate::dead_letter::DeadLetter;
 use crate::peer::{Outcome, Outgoing, Peer};
-use crate::registry::Target;
+use crate::registry::{Route, Target};
 use crate::stats::Counters;
 use crate::{Error, Message, Receipt, RetryPolicy, node::Shared};
 
@@ -43,19 +45,60 @@ impl SendOptions {
     }
 }
 
+/// One message's way to its receiver: where it may go and how hard to try.
+pub(crate) struct Delivery<'a> {
+    pub(crate) route: Route,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) fail_fast: bool,
+    /// How long to hold the message while no instance is live; `None`: until the retry
+    /// deadline.
+    pub(crate) hold: Option<std::time::Duration>,
+    /// For a published event: its encoding, shared with the other audiences' copies.
+    pub(crate) event: Option<&'a PreparedEvent>,
+}
+
+impl<'a> Delivery<'a> {
+    /// A point-to-point delivery to `target` under `policy`.
+    pub(crate) fn to(target: Target, policy: RetryPolicy) -> Self {
+        Self {
+            route: Route::Service(target),
+            policy,
+            fail_fast: false,
+            hold: None,
+            event: None,
+        }
+    }
+}
+
 /// The send loop of one message. Runs in the caller's task: no task is spawned per message.
+///
+/// A message with a partition key first waits for its turn ([`crate::ordering`]) and keeps
+/// it, retries included, until it is acked or dead-lettered.
 ///
 /// `stop` ends the loop with [`Error::ShuttingDown`]: the node's `stopping` token for users'
 /// sends, the `killed` token for replies, which a graceful shutdown still lets out.
 pub(crate) async fn deliver(
     shared: &Arc<Shared>,
-    target: Target,
+    delivery: Delivery<'_>,
     mut msg: Message,
-    policy: RetryPolicy,
-    fail_fast: bool,
     stop: &CancellationToken,
 ) -> Result<Receipt, Error> {
-    let mut state = RetryState::new(policy, Instant::now().into_std());
+    let key = msg.env.partition_key.clone();
+    let destination = destination(&delivery.route);
+    let _turn = match &key {
+        Some(key) => Some(tokio::select! {
+            turn = shared.key_order.turn(&destination, key) => turn,
+            _ = stop.cancelled() => return Err(Error::ShuttingDown),
+        }),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut state = RetryState::new(delivery.policy.clone(), started.into_std());
+    let hold_until = delivery.hold.map_or_else(
+        || Instant::from_std(state.deadline()),
+        |hold| started + hold,
+    );
+    let route = &delivery.route;
     let mut tried: Vec<NodeId> = Vec::new();
     let mut changes = shared.registry.watch();
     let mut last_failure;
@@ -63,18 +106,17 @@ pub(crate) async fn deliver(
         if stop.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        match shared.registry.choose(&target, &tried) {
+        match shared.registry.choose(route, &tried, key.as_deref()) {
             None => {
-                last_failure = no_instance(&target);
+                last_failure = no_instance(route, delivery.hold, started);
                 // Wait for an instance to appear instead of polling; give up at the deadline.
-                let deadline = Instant::from_std(state.deadline());
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_ok() { continue; }
                         return Err(Error::ShuttingDown);
                     }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(dead_letter(shared, &target, msg, state.attempts(), last_failure));
+                    _ = tokio::time::sleep_until(hold_until) => {
+                        return Err(dead_letter(shared, route, msg, state.attempts(), last_failure));
                     }
                     _ = stop.cancelled() => return Err(Error::ShuttingDown),
                 }
@@ -85,7 +127,9 @@ pub(crate) async fn deliver(
                     Counters::bump(&shared.counters.retries);
                 }
                 msg.env.attempt = attempt;
-                match attempt_once(shared, &peer, &mut msg, &state, fail_fast, stop).await? {
+                let attempt_result =
+                    attempt_once(shared, &peer, &delivery, &mut msg, &state, stop).await?;
+                match attempt_result {
                     Ok(()) => {
                         Counters::bump(&shared.counters.acked);
                         return Ok(Receipt {
@@ -95,7 +139,7 @@ pub(crate) async fn deliver(
                         });
                     }
                     Err(Failure::Permanent(reason)) => {
-                        return Err(dead_letter(shared, &target, msg, attempt, reason));
+                        return Err(dead_letter(shared, route, msg, attempt, reason));
                     }
                     Err(Failure::Retryable(reason)) => last_failure = reason,
                 }
@@ -107,7 +151,7 @@ pub(crate) async fn deliver(
         match state.after_failure(Instant::now().into_std(), rand::random()) {
             // Another live instance has not failed on this message yet: go there at once.
             // Backoff is for retrying the same instances.
-            Next::RetryAt(_) if shared.registry.has_untried(&target, &tried) => {}
+            Next::RetryAt(_) if shared.registry.has_untried(route, &tried) => {}
             Next::RetryAt(at) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
@@ -117,13 +161,28 @@ pub(crate) async fn deliver(
             Next::GiveUp => {
                 return Err(dead_letter(
                     shared,
-                    &target,
+                    route,
                     msg,
                     state.attempts(),
                     last_failure,
                 ));
             }
         }
+    }
+}
+
+/// The name a key's turns are kept under: messages are ordered per key *and* destination.
+fn destination(route: &Route) -> String {
+    match route {
+        Route::Service(target) => format!("service/{}", target.service),
+        Route::Audience {
+            audience: Audience::Group(group),
+            ..
+        } => format!("group/{group}"),
+        Route::Audience {
+            audience: Audience::Instance(node),
+            ..
+        } => format!("node/{node}"),
     }
 }
 
@@ -137,11 +196,12 @@ enum Failure {
 async fn attempt_once(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
+    delivery: &Delivery<'_>,
     msg: &mut Message,
     state: &RetryState,
-    fail_fast: bool,
     stop: &CancellationToken,
 ) -> Result<Result<(), Failure>, Error> {
+    let fail_fast = delivery.fail_fast;
     let ack_deadline = Instant::from_std(state.ack_deadline(Instant::now().into_std()));
     let permit = if fail_fast {
         match Arc::clone(&peer.permits).try_acquire_owned() {
@@ -164,11 +224,10 @@ async fn attempt_once(
         }
     };
 
-    let bytes = encode_delivery(msg, &shared.config.limits)?;
-    let id = msg.id();
+    let (item, id) = encode_attempt(delivery, msg, &shared.config.limits)?;
     let answer = peer.expect_answer(id);
     let pushed = tokio::select! {
-        pushed = peer.push(Outgoing::Encoded(bytes)) => pushed,
+        pushed = peer.push(item) => pushed,
         _ = tokio::time::sleep_until(ack_deadline) => Err(format!("write queue to {} stayed full", peer.node)),
     };
     if let Err(reason) = pushed {
@@ -207,6 +266,28 @@ async fn attempt_once(
     })
 }
 
+/// What goes on the wire for this attempt, and the id its answer will carry. An event's first
+/// attempt reuses the encoding shared by all its copies; later attempts carry a new attempt
+/// number and are encoded again.
+fn encode_attempt(
+    delivery: &Delivery<'_>,
+    msg: &mut Message,
+    limits: &shoal_proto::Limits,
+) -> Result<(Outgoing, MessageId), Error> {
+    let (Some(prepared), Route::Audience { audience, .. }) = (delivery.event, &delivery.route)
+    else {
+        let bytes = encode_delivery(msg, limits)?;
+        return Ok((Outgoing::Encoded(bytes), msg.id()));
+    };
+    let frame = if msg.env.attempt <= 1 {
+        prepared.frame_for(audience.wire_group(), limits)?
+    } else {
+        PreparedEvent::new(&msg.env, true, limits)?.frame_for(audience.wire_group(), limits)?
+    };
+    let key = frame.key();
+    Ok((Outgoing::Event(frame), key))
+}
+
 /// Encodes a delivery once per attempt (the attempt number changes), without cloning the
 /// envelope.
 pub(crate) fn encode_delivery(
@@ -227,7 +308,7 @@ pub(crate) fn encode_delivery(
 
 /// An envelope that allocates nothing, to stand in while the real one is being encoded.
 fn placeholder() -> shoal_proto::Envelope {
-    let id = shoal_proto::MessageId::from_u128(0);
+    let id = MessageId::from_u128(0);
     shoal_proto::Envelope::new(
         id,
         shoal_proto::MessageKind::Command,
@@ -237,19 +318,31 @@ fn placeholder() -> shoal_proto::Envelope {
     )
 }
 
-fn no_instance(target: &Target) -> String {
-    format!("no instance of service `{}` is connected", target.service)
+fn no_instance(route: &Route, hold: Option<std::time::Duration>, since: Instant) -> String {
+    match hold {
+        Some(_) => format!(
+            "no live instance of {} (held {:?})",
+            route.describe(),
+            since.elapsed()
+        ),
+        None => format!("no instance of {} is connected", route.describe()),
+    }
 }
 
 fn dead_letter(
     shared: &Shared,
-    target: &Target,
+    route: &Route,
     message: Message,
     attempts: u32,
     last_failure: String,
 ) -> Error {
+    let (service, group) = match route {
+        Route::Service(target) => (target.service.clone(), None),
+        Route::Audience { audience, .. } => (String::new(), Some(audience.to_string())),
+    };
     let letter = DeadLetter {
-        service: target.service.clone(),
+        service,
+        group,
         message,
         attempts,
         last_failure,

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use shoal_proto::{Ack, Frame, Goodbye, Limits, MessageId, NodeId, codec};
+use shoal_proto::codec::EventFrame;
+use shoal_proto::{Ack, Frame, Goodbye, Limits, MessageId, NodeId, Subscription, codec};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::sync::lock;
@@ -34,6 +35,8 @@ pub(crate) enum Outcome {
 pub(crate) enum Outgoing {
     /// An already encoded frame (deliveries are encoded by the sender, once).
     Encoded(Bytes),
+    /// One group's copy of a published event, sharing its encoded body with the other copies.
+    Event(EventFrame),
     /// A frame to encode.
     Frame(Frame),
     /// Write a goodbye, flush, finish the stream and stop.
@@ -44,6 +47,9 @@ pub(crate) enum Outgoing {
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 const MAX_ACKS_PER_FRAME: usize = 4096;
 const MAX_ACKS_PER_BATCH: usize = 16 * MAX_ACKS_PER_FRAME;
+
+/// Most subscriptions one peer may announce.
+pub(crate) const MAX_PEER_SUBSCRIPTIONS: usize = 10_000;
 
 /// A connected, handshaken peer.
 #[derive(Debug)]
@@ -72,6 +78,8 @@ pub(crate) struct Peer {
     pings: Mutex<HashMap<u64, (Instant, oneshot::Sender<Duration>)>>,
     /// Set when the peer said goodbye or lost a duplicate-connection race: send nothing new.
     leaving: AtomicBool,
+    /// The topic patterns the peer subscribed to, with their groups (see [`crate::subscribe`]).
+    subscriptions: Mutex<Vec<Subscription>>,
     writer_done: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
@@ -113,6 +121,7 @@ impl Peer {
             max_in_flight: p.max_in_flight,
             pings: Mutex::new(HashMap::new()),
             leaving: AtomicBool::new(false),
+            subscriptions: Mutex::new(Vec::new()),
             writer_done: Mutex::new(Some(done_rx)),
         })
     }
@@ -128,6 +137,47 @@ impl Peer {
 
     pub(crate) fn mark_leaving(&self) {
         self.leaving.store(true, Ordering::Relaxed);
+    }
+
+    /// The peer's subscriptions, as it announced them.
+    pub(crate) fn subscriptions(&self) -> Vec<Subscription> {
+        lock(&self.subscriptions).clone()
+    }
+
+    /// Calls `f` with the peer's subscriptions, without copying them.
+    pub(crate) fn with_subscriptions<R>(&self, f: impl FnOnce(&[Subscription]) -> R) -> R {
+        f(&lock(&self.subscriptions))
+    }
+
+    /// The peer announced a subscription. Refused (`Err`) past [`MAX_PEER_SUBSCRIPTIONS`], so a
+    /// peer cannot grow this node's memory without bound; `Ok(false)` if it was known already.
+    pub(crate) fn subscribe(&self, sub: Subscription) -> Result<bool, String> {
+        let mut subs = lock(&self.subscriptions);
+        if subs.contains(&sub) {
+            return Ok(false);
+        }
+        if subs.len() >= MAX_PEER_SUBSCRIPTIONS {
+            return Err(format!(
+                "more than {MAX_PEER_SUBSCRIPTIONS} subscriptions from one peer"
+            ));
+        }
+        subs.push(sub);
+        Ok(true)
+    }
+
+    /// The peer withdrew a subscription; says whether it had it.
+    pub(crate) fn unsubscribe(&self, sub: &Subscription) -> bool {
+        let mut subs = lock(&self.subscriptions);
+        let before = subs.len();
+        subs.retain(|s| s != sub);
+        subs.len() != before
+    }
+
+    /// Queues something for the writer without waiting; gives it back if the queue is full.
+    pub(crate) fn try_push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        self.out.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item) => item,
+        })
     }
 
     /// Registers interest in the answer to message `id`; replaces an earlier registration
@@ -264,6 +314,7 @@ async fn write_loop(
         while let Some(next) = item.take() {
             match next {
                 Outgoing::Encoded(bytes) => buf.extend_from_slice(&bytes),
+                Outgoing::Event(frame) => frame.write_to(&mut buf),
                 Outgoing::Frame(frame) => encode_into(&frame, &limits, &mut buf),
                 Outgoing::Close(reason) => {
                     closing = Some(reason);

@@ -7,7 +7,11 @@ use std::sync::{Arc, Mutex};
 use shoal_proto::NodeId;
 use tokio::sync::watch;
 
+use std::time::Instant;
+
+use crate::core::fanout::{self, Audience, DepartedGroups};
 use crate::core::route::{self, Candidate};
+use crate::core::topic;
 use crate::peer::Peer;
 use crate::sync::lock;
 
@@ -29,6 +33,43 @@ impl Target {
     }
 }
 
+/// Where a delivery may go: one instance of a service, or one member of an event's audience.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    /// Point-to-point: commands, documents, replies.
+    Service(Target),
+    /// One copy of an event on `topic`, for one audience (a group or an ungrouped instance).
+    Audience { topic: String, audience: Audience },
+}
+
+impl Route {
+    /// Whether `peer` may take this delivery (leaving peers aside).
+    fn admits(&self, peer: &Peer) -> bool {
+        match self {
+            Self::Service(target) => {
+                peer.service == target.service || target.node == Some(peer.node)
+            }
+            Self::Audience { topic, audience } => match audience {
+                Audience::Instance(node) if *node != peer.node => false,
+                _ => peer.with_subscriptions(|subs| {
+                    subs.iter().any(|s| {
+                        s.group.as_deref() == audience.wire_group()
+                            && topic::matches(&s.pattern, topic)
+                    })
+                }),
+            },
+        }
+    }
+
+    /// Who the delivery is for, as dead letters and logs name it.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Service(target) => format!("service `{}`", target.service),
+            Self::Audience { topic, audience } => format!("{audience} on topic `{topic}`"),
+        }
+    }
+}
+
 /// Result of adding a connection for a node that may already have one.
 pub(crate) enum Inserted {
     /// The new connection is the peer's connection; `displaced` lost the race, if any.
@@ -37,10 +78,11 @@ pub(crate) enum Inserted {
     Rejected,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     peers: HashMap<NodeId, Arc<Peer>>,
     turn: usize,
+    departed: DepartedGroups,
 }
 
 /// Shared table of live peers; every change bumps a watch channel so waiting senders wake.
@@ -51,9 +93,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new() -> Self {
+    /// A registry that remembers a departed subscriber group for `remember_groups`.
+    pub(crate) fn new(remember_groups: std::time::Duration) -> Self {
         Self {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                peers: HashMap::new(),
+                turn: 0,
+                departed: DepartedGroups::new(remember_groups),
+            }),
             changed: watch::channel(0).0,
         }
     }
@@ -63,7 +110,8 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    fn bump(&self) {
+    /// Wakes everyone watching: something about the peers changed.
+    pub(crate) fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -101,6 +149,17 @@ impl Registry {
             .is_some_and(|p| Arc::ptr_eq(p, peer))
         {
             inner.peers.remove(&peer.node);
+            // Groups whose last instance this was are remembered, so events for them are held.
+            let now = Instant::now();
+            for sub in peer.subscriptions() {
+                let still_held = inner
+                    .peers
+                    .values()
+                    .any(|p| p.with_subscriptions(|subs| subs.contains(&sub)));
+                if !still_held {
+                    inner.departed.left(sub, now);
+                }
+            }
             drop(inner);
             self.bump();
             return true;
@@ -141,37 +200,92 @@ impl Registry {
         lock(&self.inner).peers.values().cloned().collect()
     }
 
-    /// Whether a live instance for `target` that this message has not failed on exists: the
+    /// Whether a live instance for `route` that this message has not failed on exists: the
     /// next attempt can go there at once instead of waiting out a backoff.
-    pub(crate) fn has_untried(&self, target: &Target, tried: &[NodeId]) -> bool {
+    pub(crate) fn has_untried(&self, route: &Route, tried: &[NodeId]) -> bool {
         let inner = lock(&self.inner);
-        inner.peers.values().any(|p| {
-            !p.is_leaving()
-                && !tried.contains(&p.node)
-                && (p.service == target.service || target.node == Some(p.node))
-        })
+        inner
+            .peers
+            .values()
+            .any(|p| !p.is_leaving() && !tried.contains(&p.node) && route.admits(p))
     }
 
-    /// Picks the peer for the next attempt at `target` (see [`route::choose`]).
-    pub(crate) fn choose(&self, target: &Target, tried: &[NodeId]) -> Option<Arc<Peer>> {
+    /// Picks the peer for the next attempt on `route`: the preferred node of a reply if it
+    /// lives, the rendezvous owner of `key` if there is one ([`route::choose_for_key`]), the
+    /// least busy instance otherwise ([`route::choose`]).
+    pub(crate) fn choose(
+        &self,
+        route: &Route,
+        tried: &[NodeId],
+        key: Option<&str>,
+    ) -> Option<Arc<Peer>> {
         let mut inner = lock(&self.inner);
-        if let Some(node) = target.node {
-            let preferred = inner.peers.get(&node).filter(|p| !p.is_leaving());
-            if let Some(p) = preferred.filter(|_| !tried.contains(&node)) {
+        if let Route::Service(Target {
+            node: Some(node), ..
+        }) = route
+        {
+            let preferred = inner.peers.get(node).filter(|p| !p.is_leaving());
+            if let Some(p) = preferred.filter(|_| !tried.contains(node)) {
                 return Some(Arc::clone(p));
             }
         }
-        let candidates: Vec<Candidate> = inner
+        let live = inner
             .peers
             .values()
-            .filter(|p| p.service == target.service && !p.is_leaving())
-            .map(|p| Candidate {
-                node: p.node,
-                in_flight: p.in_flight(),
-            })
-            .collect();
-        inner.turn = inner.turn.wrapping_add(1);
-        let chosen = route::choose(&candidates, tried, inner.turn)?;
+            .filter(|p| !p.is_leaving() && route.admits(p));
+        let chosen = match key {
+            Some(key) => {
+                let nodes: Vec<NodeId> = live.map(|p| p.node).collect();
+                route::choose_for_key(&nodes, tried, key)?
+            }
+            None => {
+                let candidates: Vec<Candidate> = live
+                    .map(|p| Candidate {
+                        node: p.node,
+                        in_flight: p.in_flight(),
+                    })
+                    .collect();
+                inner.turn = inner.turn.wrapping_add(1);
+                route::choose(&candidates, tried, inner.turn)?
+            }
+        };
         inner.peers.get(&chosen).cloned()
+    }
+
+    /// The audiences of an event on `topic`: every group and ungrouped instance subscribed
+    /// among the live peers, each with its live instances, plus groups remembered after their
+    /// last instance left (with none).
+    pub(crate) fn audiences(&self, topic: &str) -> Vec<(Audience, Vec<NodeId>)> {
+        let mut inner = lock(&self.inner);
+        let live: Vec<&Arc<Peer>> = inner.peers.values().filter(|p| !p.is_leaving()).collect();
+        let subs: Vec<(NodeId, Vec<shoal_proto::Subscription>)> =
+            live.iter().map(|p| (p.node, p.subscriptions())).collect();
+        let mut audiences = fanout::audiences(topic, subs.iter().map(|(n, s)| (*n, s.as_slice())));
+        for group in inner.departed.matching(topic, Instant::now()) {
+            audiences.entry(Audience::Group(group)).or_default();
+        }
+        audiences.into_iter().collect()
+    }
+
+    /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.
+    pub(crate) fn subscribed(
+        &self,
+        peer: &Peer,
+        sub: shoal_proto::Subscription,
+    ) -> Result<(), String> {
+        let mut inner = lock(&self.inner);
+        inner.departed.forget(&sub);
+        if peer.subscribe(sub)? {
+            drop(inner);
+            self.bump();
+        }
+        Ok(())
+    }
+
+    /// A peer withdrew `sub` on purpose: events no longer go to it for this subscription.
+    pub(crate) fn unsubscribed(&self, peer: &Peer, sub: &shoal_proto::Subscription) {
+        if peer.unsubscribe(sub) {
+            self.bump();
+        }
     }
 }

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NodeStats {
-    /// Messages acknowledged by a receiver (point-to-point sends and replies).
+    /// Messages acknowledged by a receiver (point-to-point sends, replies, and each
+    /// audience's copy of a reliable event).
     pub acked: u64,
     /// Delivery attempts after the first.
     pub retries: u64,
     /// Messages given up on (see [`crate::Node::dead_letters`]).
     pub dead_lettered: u64,
-    /// Deliveries whose handler ran and succeeded on this node.
+    /// Deliveries (messages and event copies) whose handlers ran and succeeded on this node.
     pub handled: u64,
     /// Deliveries whose handler returned an error or panicked.
     pub handler_errors: u64,
@@ -26,6 +27,13 @@ pub struct NodeStats {
     pub handshake_failures: u64,
     /// Peer connections established.
     pub connections: u64,
+    /// Events published by this node.
+    pub published: u64,
+    /// Events published on a topic nobody subscribed to (nothing was sent).
+    pub events_unrouted: u64,
+    /// Best-effort event copies dropped: the subscriber's queue was full, or its group had no
+    /// live instance.
+    pub events_dropped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -40,6 +48,9 @@ pub(crate) struct Counters {
     pub(crate) malformed_frames: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
     pub(crate) connections: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) events_unrouted: AtomicU64,
+    pub(crate) events_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -59,6 +70,9 @@ impl Counters {
             malformed_frames: self.malformed_frames.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),
             connections: self.connections.load(Relaxed),
+            published: self.published.load(Relaxed),
+            events_unrouted: self.events_unrouted.load(Relaxed),
+            events_dropped: self.events_dropped.load(Relaxed),
         }
     }
 }

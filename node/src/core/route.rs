@@ -23,6 +23,39 @@ pub(crate) fn choose(candidates: &[Candidate], tried: &[NodeId], turn: usize) ->
     pick_least_loaded(untried, turn).or_else(|| pick_least_loaded(candidates.iter(), turn))
 }
 
+/// Picks the instance for a message with partition key `key`, by rendezvous
+/// (highest-random-weight) hashing: every instance gets a weight from the key and its node id,
+/// and the heaviest wins. All messages with one key go to one instance while it lives; when
+/// it goes, only its keys move (each to its next-heaviest instance), and a new instance takes
+/// only the keys it now weighs most for.
+///
+/// Instances this message failed on are skipped while another is left, as in [`choose`].
+pub(crate) fn choose_for_key(nodes: &[NodeId], tried: &[NodeId], key: &str) -> Option<NodeId> {
+    let heaviest = |it: &mut dyn Iterator<Item = &NodeId>| {
+        it.max_by_key(|n| (weight(key, **n), n.as_u128())).copied()
+    };
+    heaviest(&mut nodes.iter().filter(|n| !tried.contains(n)))
+        .or_else(|| heaviest(&mut nodes.iter()))
+}
+
+/// The rendezvous weight of `node` for `key`: a fixed hash (FNV-1a of the key, mixed with the
+/// node id by SplitMix64's finaliser), the same in every process and version, so every sender
+/// maps a key to the same instance.
+pub(crate) fn weight(key: &str, node: NodeId) -> u64 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let id = node.as_u128();
+    mix(mix(h ^ id as u64) ^ (id >> 64) as u64)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn pick_least_loaded<'a>(
     it: impl Iterator<Item = &'a Candidate> + Clone,
     turn: usize,
@@ -62,6 +95,66 @@ mod tests {
     fn least_loaded_wins() {
         let all = [c(1, 5), c(2, 1), c(3, 9)];
         assert_eq!(choose(&all, &[], 7), Some(NodeId::from_u128(2)));
+    }
+
+    fn owners(nodes: &[NodeId], keys: usize) -> Vec<NodeId> {
+        (0..keys)
+            .map(|k| choose_for_key(nodes, &[], &format!("customer-{k}")).expect("an owner"))
+            .collect()
+    }
+
+    #[test]
+    fn keys_spread_evenly_and_stay_put() {
+        let nodes: Vec<NodeId> = (1..=4).map(NodeId::from_u128).collect();
+        let first = owners(&nodes, 4000);
+        assert_eq!(
+            first,
+            owners(&nodes, 4000),
+            "the same key always maps the same way"
+        );
+        for node in &nodes {
+            let share = first.iter().filter(|o| *o == node).count();
+            assert!((800..1200).contains(&share), "{node}: {share} of 4000 keys");
+        }
+    }
+
+    #[test]
+    fn removing_or_adding_an_instance_moves_only_its_share() {
+        let nodes: Vec<NodeId> = (1..=4).map(NodeId::from_u128).collect();
+        let before = owners(&nodes, 4000);
+        let after_removal = owners(&nodes[1..], 4000);
+        for (b, a) in before.iter().zip(&after_removal) {
+            if *b != nodes[0] {
+                assert_eq!(a, b, "a key of a surviving instance moved");
+            }
+        }
+        let mut grown = nodes.clone();
+        grown.push(NodeId::from_u128(5));
+        let after_add = owners(&grown, 4000);
+        let moved: Vec<_> = before
+            .iter()
+            .zip(&after_add)
+            .filter(|(b, a)| b != a)
+            .collect();
+        assert!(
+            moved.iter().all(|(_, a)| **a == grown[4]),
+            "keys only move to the new instance"
+        );
+        assert!(
+            (600..1000).contains(&moved.len()),
+            "{} of 4000 keys moved",
+            moved.len()
+        );
+    }
+
+    #[test]
+    fn a_key_skips_instances_it_failed_on() {
+        let nodes: Vec<NodeId> = (1..=3).map(NodeId::from_u128).collect();
+        let owner = choose_for_key(&nodes, &[], "k").expect("an owner");
+        let next = choose_for_key(&nodes, &[owner], "k").expect("another");
+        assert_ne!(owner, next);
+        assert_eq!(choose_for_key(&nodes, &nodes, "k"), Some(owner));
+        assert_eq!(choose_for_key(&[], &[], "k"), None);
     }
 
     #[test]

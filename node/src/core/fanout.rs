@@ -1,0 +1,171 @@
+//! Who gets a published event: one audience per subscriber group, one per ungrouped
+//! subscriber instance, and groups remembered for a while after their last instance left.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use shoal_proto::{NodeId, Subscription};
+
+use crate::core::topic;
+
+/// One recipient of an event: it gets exactly one copy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Audience {
+    /// A subscriber group: one of its instances handles the event.
+    Group(String),
+    /// An instance subscribed without a group: it gets its own copy.
+    Instance(NodeId),
+}
+
+impl Audience {
+    /// The group name a copy for this audience carries on the wire.
+    pub(crate) fn wire_group(&self) -> Option<&str> {
+        match self {
+            Self::Group(g) => Some(g),
+            Self::Instance(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Audience {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Group(g) => write!(f, "group `{g}`"),
+            Self::Instance(n) => write!(f, "ungrouped subscriber {n}"),
+        }
+    }
+}
+
+/// The audiences of `topic` among live instances and their subscriptions, each with the
+/// instances that may take its copy (in no particular order).
+pub(crate) fn audiences<'a>(
+    topic: &str,
+    instances: impl IntoIterator<Item = (NodeId, &'a [Subscription])>,
+) -> BTreeMap<Audience, Vec<NodeId>> {
+    let mut out: BTreeMap<Audience, Vec<NodeId>> = BTreeMap::new();
+    for (node, subs) in instances {
+        for sub in subs.iter().filter(|s| topic::matches(&s.pattern, topic)) {
+            let audience = match &sub.group {
+                Some(g) => Audience::Group(g.clone()),
+                None => Audience::Instance(node),
+            };
+            let nodes = out.entry(audience).or_default();
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    out
+}
+
+/// Grouped subscriptions whose last live instance went away, remembered for `remember` so
+/// events published meanwhile are held for the group instead of reaching nobody.
+#[derive(Debug)]
+pub(crate) struct DepartedGroups {
+    left_at: HashMap<Subscription, Instant>,
+    remember: Duration,
+}
+
+impl DepartedGroups {
+    pub(crate) fn new(remember: Duration) -> Self {
+        Self {
+            left_at: HashMap::new(),
+            remember,
+        }
+    }
+
+    /// The last live instance holding `sub` is gone (ungrouped subscriptions are not kept:
+    /// their instance is gone for good).
+    pub(crate) fn left(&mut self, sub: Subscription, now: Instant) {
+        if sub.group.is_some() && !self.remember.is_zero() {
+            self.left_at.insert(sub, now);
+        }
+    }
+
+    /// `sub` has a live instance again, or was unsubscribed on purpose.
+    pub(crate) fn forget(&mut self, sub: &Subscription) {
+        self.left_at.remove(sub);
+    }
+
+    /// Groups remembered (and not expired at `now`) with a pattern matching `topic`.
+    pub(crate) fn matching(&mut self, topic: &str, now: Instant) -> Vec<String> {
+        let remember = self.remember;
+        self.left_at
+            .retain(|_, left| now.saturating_duration_since(*left) < remember);
+        let mut groups: Vec<String> = self
+            .left_at
+            .keys()
+            .filter(|s| topic::matches(&s.pattern, topic))
+            .filter_map(|s| s.group.clone())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(pattern: &str, group: Option<&str>) -> Subscription {
+        Subscription {
+            pattern: pattern.into(),
+            group: group.map(str::to_owned),
+        }
+    }
+
+    fn n(i: u128) -> NodeId {
+        NodeId::from_u128(i)
+    }
+
+    #[test]
+    fn one_audience_per_group_and_per_ungrouped_instance() {
+        let billing = [sub("orders.*", Some("billing"))];
+        let audit = [sub("orders.>", Some("audit")), sub("orders.created", None)];
+        let other = [sub("invoices.*", Some("billing"))];
+        let got = audiences(
+            "orders.created",
+            [
+                (n(1), &billing[..]),
+                (n(2), &billing[..]),
+                (n(3), &audit[..]),
+                (n(4), &other[..]),
+            ],
+        );
+        let expected: BTreeMap<Audience, Vec<NodeId>> = [
+            (Audience::Group("audit".into()), vec![n(3)]),
+            (Audience::Group("billing".into()), vec![n(1), n(2)]),
+            (Audience::Instance(n(3)), vec![n(3)]),
+        ]
+        .into();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn two_patterns_of_one_group_on_one_instance_make_one_candidate() {
+        let subs = [
+            sub("orders.*", Some("billing")),
+            sub("orders.>", Some("billing")),
+        ];
+        let got = audiences("orders.created", [(n(1), &subs[..])]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[&Audience::Group("billing".into())], vec![n(1)]);
+    }
+
+    #[test]
+    fn departed_groups_are_remembered_for_a_while() {
+        let start = Instant::now();
+        let mut departed = DepartedGroups::new(Duration::from_secs(60));
+        departed.left(sub("orders.*", Some("billing")), start);
+        departed.left(sub("orders.*", None), start);
+        assert_eq!(departed.matching("orders.created", start), vec!["billing"]);
+        assert!(departed.matching("invoices.created", start).is_empty());
+        let later = start + Duration::from_secs(61);
+        assert!(departed.matching("orders.created", later).is_empty());
+
+        departed.left(sub("orders.*", Some("billing")), later);
+        departed.forget(&sub("orders.*", Some("billing")));
+        assert!(departed.matching("orders.created", later).is_empty());
+    }
+}

@@ -1,0 +1,323 @@
+//! Publishing: one event, encoded once, to every audience of its topic.
+//!
+//! The audiences of a topic are its subscriber groups (one copy each, to one instance) and
+//! its ungrouped subscriber instances (one copy each), as peers announced them
+//! ([`crate::subscribe`]). Each audience's copy is delivered on its own, concurrently with the
+//! others: acked, retried on another instance of the group, dead-lettered, exactly like a
+//! point-to-point message ([`crate::outbound`]). A slow audience holds back only its own
+//! copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use shoal_proto::codec::PreparedEvent;
+use shoal_proto::{MessageId, NodeId};
+
+use crate::core::topic;
+use crate::node::Shared;
+use crate::outbound::{self, Delivery};
+use crate::peer::Outgoing;
+use crate::registry::Route;
+use crate::stats::Counters;
+use crate::{Error, Message, Node, RetryPolicy};
+
+/// How hard a publish tries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reliability {
+    /// Every audience acknowledges its copy; unacknowledged copies are retried (on another
+    /// instance of the group when there is one) and dead-lettered when attempts run out.
+    #[default]
+    Reliable,
+    /// Each copy is written once and not acknowledged: for telemetry-like events where the
+    /// next one soon replaces a lost one. A copy that finds its subscriber's queue full, or
+    /// no live instance, is dropped and counted in [`crate::NodeStats::events_dropped`].
+    BestEffort,
+}
+
+/// Per-publish options for [`Node::publish_with`].
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct PublishOptions {
+    /// Reliable (the default) or best-effort.
+    pub reliability: Reliability,
+    /// Return once every copy is queued instead of waiting for the acks; reliable copies keep
+    /// being delivered (and retried, or dead-lettered) in the background.
+    pub background: bool,
+    /// Overrides the node's retry policy for this event.
+    pub retry: Option<RetryPolicy>,
+    /// Overrides how long a copy waits for its group to have a live instance
+    /// ([`crate::NodeBuilder::hold_events_for`]).
+    pub hold_for: Option<Duration>,
+}
+
+impl PublishOptions {
+    /// Best-effort delivery: written once, no acks, drops counted.
+    pub fn best_effort() -> Self {
+        Self {
+            reliability: Reliability::BestEffort,
+            ..Self::default()
+        }
+    }
+
+    /// Reliable delivery that does not wait for the acks.
+    pub fn background() -> Self {
+        Self {
+            background: true,
+            ..Self::default()
+        }
+    }
+
+    /// Holds copies for a group with no live instance at most `hold` before dead-lettering
+    /// them.
+    pub fn hold_for(mut self, hold: Duration) -> Self {
+        self.hold_for = Some(hold);
+        self
+    }
+
+    /// Uses `policy` instead of the node's retry policy.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
+/// What became of a published event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishReceipt {
+    /// The event's message id.
+    pub id: MessageId,
+    /// One entry per audience: acknowledged (reliable) or queued (best-effort, background).
+    pub deliveries: Vec<EventDelivery>,
+    /// Best-effort copies that were dropped (subscriber queue full, or no live instance),
+    /// named by audience.
+    pub dropped: Vec<String>,
+}
+
+/// One audience's copy of an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventDelivery {
+    /// The subscriber group, or `None` for an ungrouped subscriber instance.
+    pub group: Option<String>,
+    /// The instance that took the copy.
+    pub node: NodeId,
+    /// Delivery attempts (1 when the first one was acked; 1 for best-effort copies).
+    pub attempts: u32,
+}
+
+impl Node {
+    /// Publishes `event` on the topic named by its name (`Message::event("order.created",
+    /// ...)`) and resolves when every audience has acknowledged it: each subscriber group
+    /// once, by one of its instances, and each ungrouped subscriber instance. Shorthand for
+    /// [`Node::publish_with`] with default options.
+    pub async fn publish(&self, event: Message) -> Result<PublishReceipt, Error> {
+        self.publish_with(event, PublishOptions::default()).await
+    }
+
+    /// Publishes `event` with per-event options.
+    ///
+    /// The event is encoded once and each audience's copy is written to its connection
+    /// concurrently. The audiences are the subscriptions this node knows of when the call
+    /// starts: a subscriber that appears later does not get the event. A group whose last
+    /// instance left recently (see [`crate::NodeBuilder::remember_groups_for`]) still counts:
+    /// its copy is held until an instance appears, at most the hold time, then
+    /// dead-lettered.
+    ///
+    /// With a partition key ([`Message::with_key`]), copies for one group go to the
+    /// instance the key maps to, one at a time per key and group, in the order published.
+    ///
+    /// Reliable publishing returns [`Error::DeadLettered`] if any audience's copy was
+    /// dead-lettered (the other audiences were still served; every dead letter is in
+    /// [`Node::dead_letters`]). A topic with no subscribers is not an error: the receipt
+    /// lists no deliveries, and [`crate::NodeStats::events_unrouted`] counts it.
+    pub async fn publish_with(
+        &self,
+        mut event: Message,
+        options: PublishOptions,
+    ) -> Result<PublishReceipt, Error> {
+        let shared = self.shared();
+        if shared.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let topic = event.name().to_owned();
+        topic::check_topic(&topic).map_err(Error::Topic)?;
+        event.address_replies(&shared.service, shared.id);
+        event.env.attempt = 1;
+        let reliable = options.reliability == Reliability::Reliable;
+        let prepared = PreparedEvent::new(&event.env, reliable, &shared.config.limits)?;
+        Counters::bump(&shared.counters.published);
+
+        let audiences = shared.registry.audiences(&topic);
+        if audiences.is_empty() {
+            Counters::bump(&shared.counters.events_unrouted);
+        }
+        let routes = audiences.into_iter().map(|(audience, _)| Route::Audience {
+            topic: topic.clone(),
+            audience,
+        });
+        let id = event.id();
+        if !reliable {
+            return Ok(publish_best_effort(shared, routes, &prepared, &event));
+        }
+
+        let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
+        let hold = options.hold_for.unwrap_or(shared.config.event_hold);
+        let delivery = |route| Delivery {
+            route,
+            policy: policy.clone(),
+            fail_fast: false,
+            hold: Some(hold),
+            event: Some(&prepared),
+        };
+        if options.background {
+            // Tracked with the handlers: a graceful shutdown waits (within its grace period)
+            // for them as it does for replies.
+            for route in routes {
+                let (shared2, msg, prepared) =
+                    (Arc::clone(shared), event.clone(), prepared.clone());
+                let policy = policy.clone();
+                shared.handler_tasks.spawn(async move {
+                    let shared = shared2;
+                    let d = Delivery {
+                        route,
+                        policy,
+                        fail_fast: false,
+                        hold: Some(hold),
+                        event: Some(&prepared),
+                    };
+                    let stop = shared.killed.clone();
+                    if let Err(e) = outbound::deliver(&shared, d, msg, &stop).await {
+                        tracing::debug!("background event copy not delivered: {e}");
+                    }
+                });
+            }
+            return Ok(PublishReceipt {
+                id,
+                deliveries: Vec::new(),
+                dropped: Vec::new(),
+            });
+        }
+
+        let copies = routes.map(|route| {
+            let group = match &route {
+                Route::Audience { audience, .. } => audience.wire_group().map(str::to_owned),
+                Route::Service(_) => None,
+            };
+            let d = delivery(route);
+            let msg = event.clone();
+            async move {
+                let receipt = outbound::deliver(shared, d, msg, &shared.stopping).await?;
+                Ok::<_, Error>(EventDelivery {
+                    group,
+                    node: receipt.node,
+                    attempts: receipt.attempts,
+                })
+            }
+        });
+        let mut deliveries = Vec::new();
+        let mut first_error = None;
+        for result in join_all(copies).await {
+            match result {
+                Ok(d) => deliveries.push(d),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(PublishReceipt {
+                id,
+                deliveries,
+                dropped: Vec::new(),
+            }),
+        }
+    }
+
+    /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber
+    /// groups plus ungrouped subscriber instances), at most `timeout`. Useful before the first
+    /// publish of a process, since events reach only the subscribers known when published.
+    pub async fn wait_for_subscribers(
+        &self,
+        topic: &str,
+        audiences: usize,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let shared = self.shared();
+        let fut = async {
+            let mut changes = shared.registry.watch();
+            loop {
+                if self.live_audiences(topic) >= audiences {
+                    return Ok(());
+                }
+                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// The subscriber groups (by name) and ungrouped subscriber instances (`None`) an event
+    /// on `topic` would go to now, each with its live instances. A group remembered after its
+    /// last instance left is listed with none.
+    pub fn subscribers(&self, topic: &str) -> Vec<(Option<String>, Vec<NodeId>)> {
+        self.shared()
+            .registry
+            .audiences(topic)
+            .into_iter()
+            .map(|(audience, nodes)| (audience.wire_group().map(str::to_owned), nodes))
+            .collect()
+    }
+
+    fn live_audiences(&self, topic: &str) -> usize {
+        self.subscribers(topic)
+            .iter()
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .count()
+    }
+}
+
+/// Writes one copy per audience without waiting: a full queue or a missing instance drops
+/// that copy (counted), never the others.
+fn publish_best_effort(
+    shared: &Shared,
+    routes: impl Iterator<Item = Route>,
+    prepared: &PreparedEvent,
+    event: &Message,
+) -> PublishReceipt {
+    let mut receipt = PublishReceipt {
+        id: event.id(),
+        deliveries: Vec::new(),
+        dropped: Vec::new(),
+    };
+    for route in routes {
+        let Route::Audience { audience, .. } = &route else {
+            continue;
+        };
+        let peer = shared.registry.choose(&route, &[], event.key());
+        let sent = peer.and_then(|peer| {
+            let frame = prepared
+                .frame_for(audience.wire_group(), &shared.config.limits)
+                .ok()?;
+            peer.try_push(Outgoing::Event(frame)).ok()?;
+            Some(peer.node)
+        });
+        match sent {
+            Some(node) => receipt.deliveries.push(EventDelivery {
+                group: audience.wire_group().map(str::to_owned),
+                node,
+                attempts: 1,
+            }),
+            None => {
+                Counters::bump(&shared.counters.events_dropped);
+                tracing::debug!(id = %event.id(), "best-effort copy for {audience} dropped");
+                receipt.dropped.push(audience.to_string());
+            }
+        }
+    }
+    receipt
+}

@@ -1,0 +1,264 @@
+//! Subscribing: the node's own subscriptions, and telling peers about them.
+//!
+//! A subscription is a topic pattern ([`crate::core::topic`]), a group and a handler. Peers
+//! learn of it through a [`Frame::Subscribe`] on their connection (and of every subscription
+//! when they connect), so a publisher always knows whom to send to without asking anybody.
+//! Frames about subscriptions and deliveries share one ordered stream per connection: a
+//! publisher never sees an event's delivery overtake the subscription it is for, nor a
+//! withdrawn subscription come back.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::Frame;
+
+use crate::core::topic;
+use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
+use crate::node::Shared;
+use crate::peer::{Outgoing, Peer};
+use crate::{Error, Message, Node};
+
+/// Which group a subscription belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Group {
+    /// The subscribing service's name: each event is handled once per service, by one of its
+    /// instances. The default.
+    #[default]
+    Service,
+    /// A group of this name: each event is handled once by one member of the group, whichever
+    /// service its instances belong to.
+    Named(String),
+    /// No group: this instance gets its own copy of every matching event.
+    EveryInstance,
+}
+
+/// What to subscribe to: a topic pattern and a [`Group`].
+///
+/// ```
+/// use shoal::{Group, SubscribeOptions};
+/// let invoices = SubscribeOptions::new("orders.created"); // group = this service
+/// let audit = SubscribeOptions::new("orders.>").group("audit");
+/// let cache = SubscribeOptions::new("prices.*").every_instance();
+/// assert_eq!(cache.group_choice(), &Group::EveryInstance);
+/// # let _ = (invoices, audit);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SubscribeOptions {
+    pattern: String,
+    group: Group,
+}
+
+impl SubscribeOptions {
+    /// Subscribes to topics matching `pattern` (`orders.created`, `orders.*`, `orders.>`), in
+    /// the service's own group.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            group: Group::Service,
+        }
+    }
+
+    /// Joins the group `name` instead of the service's own.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Group::Named(name.into());
+        self
+    }
+
+    /// Takes every matching event on this instance, whatever other instances do.
+    pub fn every_instance(mut self) -> Self {
+        self.group = Group::EveryInstance;
+        self
+    }
+
+    /// The group chosen so far.
+    pub fn group_choice(&self) -> &Group {
+        &self.group
+    }
+}
+
+/// A live subscription of this node. Dropping it keeps the subscription; call
+/// [`Subscription::unsubscribe`] to end it.
+#[derive(Clone)]
+pub struct Subscription {
+    shared: Arc<Shared>,
+    id: u64,
+    wire: shoal_proto::Subscription,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.wire.pattern)
+            .field("group", &self.wire.group)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The topic pattern.
+    pub fn pattern(&self) -> &str {
+        &self.wire.pattern
+    }
+
+    /// The group, or `None` for a subscription of every instance.
+    pub fn group(&self) -> Option<&str> {
+        self.wire.group.as_deref()
+    }
+
+    /// Ends the subscription: its handler runs no more, and peers stop sending its events here
+    /// (unless another subscription of this node has the same pattern and group). Events
+    /// already on their way are refused with a retryable nack, so their publisher takes them
+    /// to another instance of the group.
+    pub async fn unsubscribe(self) {
+        let _gate = self.shared.subscription_gate.lock().await;
+        let last = crate::sync::write(&self.shared.subscriptions).remove(self.id);
+        if last {
+            let frame = Frame::Unsubscribe(self.wire.clone());
+            tell_all(&self.shared, &frame).await;
+        }
+    }
+}
+
+impl Node {
+    /// Subscribes this service to events on topics matching `pattern`, each handled by one of
+    /// its instances (the service's group). Shorthand for [`Node::subscribe_with`].
+    pub async fn subscribe<F, Fut, R>(
+        &self,
+        pattern: &str,
+        handler: F,
+    ) -> Result<Subscription, Error>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        self.subscribe_with(SubscribeOptions::new(pattern), handler)
+            .await
+    }
+
+    /// Subscribes with a chosen group. `handler` runs for each event delivered for this
+    /// subscription; its `Ok` acknowledges the event, an `Err` sends it back to the publisher
+    /// (retried on another instance of the group, or dead-lettered), as with
+    /// [`Node::handle`]. A handler that returns a body answers an event that carries a return
+    /// address ([`Message::with_reply_channel`]).
+    ///
+    /// Every connected peer is told before this returns (the frames are queued on each
+    /// connection); peers that connect later are told when they connect. Events published
+    /// before a publisher learned of the subscription are not delivered to it.
+    pub async fn subscribe_with<F, Fut, R>(
+        &self,
+        options: SubscribeOptions,
+        handler: F,
+    ) -> Result<Subscription, Error>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+        R: IntoReply + 'static,
+    {
+        let shared = self.shared();
+        if shared.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        topic::check_pattern(&options.pattern).map_err(Error::Topic)?;
+        let group = match options.group {
+            Group::Service => Some(shared.service.clone()),
+            Group::Named(name) if name.is_empty() => {
+                return Err(Error::Topic("a group name cannot be empty".into()));
+            }
+            Group::Named(name) => Some(name),
+            Group::EveryInstance => None,
+        };
+        let wire = shoal_proto::Subscription {
+            pattern: options.pattern,
+            group,
+        };
+        shoal_proto::validate_frame(&Frame::Subscribe(wire.clone()), &shared.config.limits)
+            .map_err(|v| Error::Topic(v.to_string()))?;
+
+        let _gate = shared.subscription_gate.lock().await;
+        let (id, first) =
+            crate::sync::write(&shared.subscriptions).add(wire.clone(), handler::boxed(handler));
+        if first {
+            tell_all(shared, &Frame::Subscribe(wire.clone())).await;
+        }
+        Ok(Subscription {
+            shared: Arc::clone(shared),
+            id,
+            wire,
+        })
+    }
+}
+
+/// The subscriptions of this node, with their handlers.
+#[derive(Default)]
+pub(crate) struct LocalSubscriptions {
+    next_id: u64,
+    subs: Vec<(u64, shoal_proto::Subscription, BoxedHandler)>,
+}
+
+impl LocalSubscriptions {
+    /// Adds a subscription; says whether it is the first with its pattern and group (peers
+    /// must be told).
+    fn add(&mut self, sub: shoal_proto::Subscription, handler: BoxedHandler) -> (u64, bool) {
+        self.next_id += 1;
+        let first = !self.subs.iter().any(|(_, s, _)| *s == sub);
+        self.subs.push((self.next_id, sub, handler));
+        (self.next_id, first)
+    }
+
+    /// Removes a subscription; says whether it was the last with its pattern and group.
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(at) = self.subs.iter().position(|(i, _, _)| *i == id) else {
+            return false;
+        };
+        let (_, sub, _) = self.subs.remove(at);
+        !self.subs.iter().any(|(_, s, _)| *s == sub)
+    }
+
+    /// Each distinct pattern and group, as peers know them.
+    pub(crate) fn distinct(&self) -> Vec<shoal_proto::Subscription> {
+        let mut out: Vec<shoal_proto::Subscription> = Vec::new();
+        for (_, sub, _) in &self.subs {
+            if !out.contains(sub) {
+                out.push(sub.clone());
+            }
+        }
+        out
+    }
+
+    /// The handlers a copy of an event on `topic` for `group` runs: every subscription of
+    /// that group whose pattern matches (usually one).
+    pub(crate) fn handlers_for(&self, group: Option<&str>, topic: &str) -> Vec<BoxedHandler> {
+        self.subs
+            .iter()
+            .filter(|(_, s, _)| s.group.as_deref() == group && topic::matches(&s.pattern, topic))
+            .map(|(_, _, h)| Arc::clone(h))
+            .collect()
+    }
+}
+
+/// How long a subscription frame may wait for room in a peer's queue before the peer is
+/// taken for one that stopped reading and its connection is closed.
+const TELL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Queues `frame` for every connected peer.
+async fn tell_all(shared: &Shared, frame: &Frame) {
+    for peer in shared.registry.all() {
+        peer.push_or_close(Outgoing::Frame(frame.clone()), TELL_LIMIT)
+            .await;
+    }
+}
+
+/// Tells a newly connected peer every subscription of this node. Runs under the same gate as
+/// subscribing and unsubscribing, so the peer never learns of a withdrawn subscription after
+/// its withdrawal.
+pub(crate) async fn announce_to(shared: &Shared, peer: &Peer) {
+    let _gate = shared.subscription_gate.lock().await;
+    let subs = crate::sync::read(&shared.subscriptions).distinct();
+    for sub in subs {
+        peer.push_or_close(Outgoing::Frame(Frame::Subscribe(sub)), TELL_LIMIT)
+            .await;
+    }
+}
