@@ -267,7 +267,7 @@ impl NodeBuilder {
             dial_failures: Default::default(),
             subscriptions: RwLock::default(),
             subscription_gate: tokio::sync::Mutex::new(()),
-            key_order: Default::default(),
+            key_order: Arc::default(),
             config,
         });
 

@@ -15,7 +15,7 @@ use crate::core::dedup::Seen;
 use crate::handler::{BoxedHandler, HandlerError};
 use crate::node::Shared;
 use crate::peer::{Outcome, Outgoing, Peer};
-use crate::registry::Target;
+use crate::registry::{Route, Target};
 use crate::stats::Counters;
 use crate::sync::lock;
 use crate::{Message, NodeEvent};
@@ -423,7 +423,8 @@ fn send_reply(
     shared.handler_tasks.spawn(async move {
         let shared = shared2;
         let stop = shared.killed.clone();
-        let delivery = crate::outbound::Delivery::to(target, policy);
+        let delivery =
+            crate::outbound::Delivery::new(&shared, Route::Service(target), policy, &reply);
         if let Err(e) = crate::outbound::deliver(&shared, delivery, reply, &stop).await {
             tracing::debug!("reply not delivered: {e}");
         }

@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     /// changes in the order they happened.
     pub(crate) subscription_gate: tokio::sync::Mutex<()>,
     /// Turns of messages with a partition key, per destination and key.
-    pub(crate) key_order: crate::ordering::KeyOrder,
+    pub(crate) key_order: Arc<crate::ordering::KeyOrder>,
 }
 
 impl Shared {
@@ -226,67 +226,79 @@ impl Node {
     /// [`Node::dead_letters`]. Waits while the instance has the maximum of unacknowledged
     /// messages; use [`Node::send_with`] to fail fast instead.
     ///
+    /// A message with a partition key ([`Message::with_key`]) goes to the instance the key
+    /// maps to (rendezvous hashing), and messages with one key are handled one at a time in
+    /// the order `send` was *called* (not the order the futures are polled), retries included.
+    ///
     /// Dropping the returned future stops retrying.
-    pub async fn send(&self, service: &str, msg: Message) -> Result<Receipt, Error> {
-        self.send_with(service, msg, SendOptions::default()).await
+    pub fn send(
+        &self,
+        service: &str,
+        msg: Message,
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
+        self.send_with(service, msg, SendOptions::default())
     }
 
     /// [`Node::send`] with per-message options (retry policy, fail-fast).
-    pub async fn send_with(
+    pub fn send_with(
         &self,
         service: &str,
         mut msg: Message,
         options: SendOptions,
-    ) -> Result<Receipt, Error> {
-        let shared = self.shared();
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
+        let shared = Arc::clone(self.shared());
         msg.address_replies(&shared.service, shared.id);
         let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
-        let mut delivery = Delivery::to(Target::service(service), policy);
+        let route = Route::Service(Target::service(service));
+        let mut delivery = Delivery::new(&shared, route, policy, &msg);
         delivery.fail_fast = options.fail_fast;
-        outbound::deliver(shared, delivery, msg, &shared.stopping).await
+        async move { outbound::deliver(&shared, delivery, msg, &shared.stopping).await }
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
-    /// `timeout`. The receiver's handler answers by returning a body.
-    pub async fn request(
+    /// `timeout`. The receiver's handler answers by returning a body. A partition key orders
+    /// requests like [`Node::send`] does.
+    pub fn request(
         &self,
         service: &str,
         mut msg: Message,
         timeout: Duration,
-    ) -> Result<Message, Error> {
+    ) -> impl Future<Output = Result<Message, Error>> + Send + 'static {
         let shared = Arc::clone(self.shared());
         msg.env.reply_to = Some(ReturnAddress {
             service: shared.service.clone(),
             node: Some(shared.id),
             channel: String::new(),
         });
-        let id = msg.id();
-        let (tx, mut rx) = oneshot::channel();
-        lock(&shared.pending).insert(id, tx);
-        let _cleanup = PendingGuard {
-            shared: &shared,
-            id,
-        };
-
         // The delivery keeps its own deadline: `timeout` below ends the whole request, so an
         // answer that is merely late is a timeout, not a dead letter.
         let policy = shared.config.retry.clone();
-        let delivery = Delivery::to(Target::service(service), policy);
-        let send = outbound::deliver(&shared, delivery, msg, &shared.stopping);
-        let wait = async {
-            tokio::pin!(send);
-            tokio::select! {
-                biased;
-                reply = &mut rx => reply.map_err(|_| Error::ShuttingDown),
-                sent = &mut send => match sent {
-                    Ok(_) => rx.await.map_err(|_| Error::ShuttingDown),
-                    Err(e) => Err(e),
-                },
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        let route = Route::Service(Target::service(service));
+        let delivery = Delivery::new(&shared, route, policy, &msg);
+        async move {
+            let id = msg.id();
+            let (tx, mut rx) = oneshot::channel();
+            lock(&shared.pending).insert(id, tx);
+            let _cleanup = PendingGuard {
+                shared: &shared,
+                id,
+            };
+            let send = outbound::deliver(&shared, delivery, msg, &shared.stopping);
+            let wait = async {
+                tokio::pin!(send);
+                tokio::select! {
+                    biased;
+                    reply = &mut rx => reply.map_err(|_| Error::ShuttingDown),
+                    sent = &mut send => match sent {
+                        Ok(_) => rx.await.map_err(|_| Error::ShuttingDown),
+                        Err(e) => Err(e),
+                    },
+                }
+            };
+            tokio::time::timeout(timeout, wait)
+                .await
+                .map_err(|_| Error::Timeout(timeout))?
+        }
     }
 
     /// Round-trip time to one instance of `service`, measured with a protocol-level ping.

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::core::fanout::Audience;
 use crate::core::retry::{Next, RetryState};
 use crate::dead_letter::DeadLetter;
+use crate::ordering::Ticket;
 use crate::peer::{Outcome, Outgoing, Peer};
-use crate::registry::{Route, Target};
+use crate::registry::Route;
 use crate::stats::Counters;
 use crate::{Error, Message, Receipt, RetryPolicy, node::Shared};
 
@@ -55,25 +56,33 @@ pub(crate) struct Delivery<'a> {
     pub(crate) hold: Option<std::time::Duration>,
     /// For a published event: its encoding, shared with the other audiences' copies.
     pub(crate) event: Option<&'a PreparedEvent>,
+    /// For a message with a partition key: its place in the key's order, taken when the
+    /// user's call was made.
+    pub(crate) ticket: Option<Ticket>,
 }
 
-impl<'a> Delivery<'a> {
-    /// A point-to-point delivery to `target` under `policy`.
-    pub(crate) fn to(target: Target, policy: RetryPolicy) -> Self {
+impl Delivery<'_> {
+    /// A delivery of `msg` on `route` under `policy`; a message with a partition key takes its
+    /// ticket now ([`crate::ordering`]).
+    pub(crate) fn new(shared: &Shared, route: Route, policy: RetryPolicy, msg: &Message) -> Self {
+        let ticket = msg
+            .key()
+            .map(|key| shared.key_order.ticket(destination(&route), key.to_owned()));
         Self {
-            route: Route::Service(target),
+            route,
             policy,
             fail_fast: false,
             hold: None,
             event: None,
+            ticket,
         }
     }
 }
 
 /// The send loop of one message. Runs in the caller's task: no task is spawned per message.
 ///
-/// A message with a partition key first waits for its turn ([`crate::ordering`]) and keeps
-/// it, retries included, until it is acked or dead-lettered.
+/// A message with a partition key first waits for its ticket's turn ([`crate::ordering`])
+/// and keeps it, retries included, until it is acked or dead-lettered.
 ///
 /// `stop` ends the loop with [`Error::ShuttingDown`]: the node's `stopping` token for users'
 /// sends, the `killed` token for replies, which a graceful shutdown still lets out.
@@ -84,14 +93,12 @@ pub(crate) async fn deliver(
     stop: &CancellationToken,
 ) -> Result<Receipt, Error> {
     let key = msg.env.partition_key.clone();
-    let destination = destination(&delivery.route);
-    let _turn = match &key {
-        Some(key) => Some(tokio::select! {
-            turn = shared.key_order.turn(&destination, key) => turn,
+    if let Some(ticket) = &delivery.ticket {
+        tokio::select! {
+            () = ticket.turn() => {}
             _ = stop.cancelled() => return Err(Error::ShuttingDown),
-        }),
-        None => None,
-    };
+        }
+    }
     let started = Instant::now();
     let mut state = RetryState::new(delivery.policy.clone(), started.into_std());
     let hold_until = delivery.hold.map_or_else(

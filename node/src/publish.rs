@@ -7,6 +7,7 @@
 //! point-to-point message ([`crate::outbound`]). A slow audience holds back only its own
 //! copy.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use shoal_proto::{MessageId, NodeId};
 
 use crate::core::topic;
 use crate::node::Shared;
+use crate::ordering::Ticket;
 use crate::outbound::{self, Delivery};
 use crate::peer::Outgoing;
 use crate::registry::Route;
@@ -113,127 +115,46 @@ impl Node {
     /// ...)`) and resolves when every audience has acknowledged it: each subscriber group
     /// once, by one of its instances, and each ungrouped subscriber instance. Shorthand for
     /// [`Node::publish_with`] with default options.
-    pub async fn publish(&self, event: Message) -> Result<PublishReceipt, Error> {
-        self.publish_with(event, PublishOptions::default()).await
+    pub fn publish(
+        &self,
+        event: Message,
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        self.publish_with(event, PublishOptions::default())
     }
 
     /// Publishes `event` with per-event options.
     ///
     /// The event is encoded once and each audience's copy is written to its connection
-    /// concurrently. The audiences are the subscriptions this node knows of when the call
-    /// starts: a subscriber that appears later does not get the event. A group whose last
+    /// concurrently. The audiences are the subscriptions this node knows of when `publish` is
+    /// called: a subscriber that appears later does not get the event. A group whose last
     /// instance left recently (see [`crate::NodeBuilder::remember_groups_for`]) still counts:
     /// its copy is held until an instance appears, at most the hold time, then
     /// dead-lettered.
     ///
-    /// With a partition key ([`Message::with_key`]), copies for one group go to the
-    /// instance the key maps to, one at a time per key and group, in the order published.
+    /// With a partition key ([`Message::with_key`]), each group's copy goes to the instance
+    /// the key maps to, and copies for one group and key are handled one at a time in the
+    /// order `publish` was called, retries included.
     ///
     /// Reliable publishing returns [`Error::DeadLettered`] if any audience's copy was
     /// dead-lettered (the other audiences were still served; every dead letter is in
     /// [`Node::dead_letters`]). A topic with no subscribers is not an error: the receipt
     /// lists no deliveries, and [`crate::NodeStats::events_unrouted`] counts it.
-    pub async fn publish_with(
+    pub fn publish_with(
         &self,
-        mut event: Message,
+        event: Message,
         options: PublishOptions,
-    ) -> Result<PublishReceipt, Error> {
-        let shared = self.shared();
-        if shared.is_stopping() {
-            return Err(Error::ShuttingDown);
-        }
-        let topic = event.name().to_owned();
-        topic::check_topic(&topic).map_err(Error::Topic)?;
-        event.address_replies(&shared.service, shared.id);
-        event.env.attempt = 1;
-        let reliable = options.reliability == Reliability::Reliable;
-        let prepared = PreparedEvent::new(&event.env, reliable, &shared.config.limits)?;
-        Counters::bump(&shared.counters.published);
-
-        let audiences = shared.registry.audiences(&topic);
-        if audiences.is_empty() {
-            Counters::bump(&shared.counters.events_unrouted);
-        }
-        let routes = audiences.into_iter().map(|(audience, _)| Route::Audience {
-            topic: topic.clone(),
-            audience,
-        });
-        let id = event.id();
-        if !reliable {
-            return Ok(publish_best_effort(shared, routes, &prepared, &event));
-        }
-
-        let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
-        let hold = options.hold_for.unwrap_or(shared.config.event_hold);
-        let delivery = |route| Delivery {
-            route,
-            policy: policy.clone(),
-            fail_fast: false,
-            hold: Some(hold),
-            event: Some(&prepared),
-        };
-        if options.background {
-            // Tracked with the handlers: a graceful shutdown waits (within its grace period)
-            // for them as it does for replies.
-            for route in routes {
-                let (shared2, msg, prepared) =
-                    (Arc::clone(shared), event.clone(), prepared.clone());
-                let policy = policy.clone();
-                shared.handler_tasks.spawn(async move {
-                    let shared = shared2;
-                    let d = Delivery {
-                        route,
-                        policy,
-                        fail_fast: false,
-                        hold: Some(hold),
-                        event: Some(&prepared),
-                    };
-                    let stop = shared.killed.clone();
-                    if let Err(e) = outbound::deliver(&shared, d, msg, &stop).await {
-                        tracing::debug!("background event copy not delivered: {e}");
-                    }
-                });
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        let shared = Arc::clone(self.shared());
+        let plan = Plan::new(&shared, event, options);
+        async move {
+            let plan = plan?;
+            if plan.reliable && !plan.background {
+                plan.deliver(&shared).await
+            } else if plan.reliable {
+                Ok(plan.spawn(&shared))
+            } else {
+                Ok(plan.best_effort(&shared))
             }
-            return Ok(PublishReceipt {
-                id,
-                deliveries: Vec::new(),
-                dropped: Vec::new(),
-            });
-        }
-
-        let copies = routes.map(|route| {
-            let group = match &route {
-                Route::Audience { audience, .. } => audience.wire_group().map(str::to_owned),
-                Route::Service(_) => None,
-            };
-            let d = delivery(route);
-            let msg = event.clone();
-            async move {
-                let receipt = outbound::deliver(shared, d, msg, &shared.stopping).await?;
-                Ok::<_, Error>(EventDelivery {
-                    group,
-                    node: receipt.node,
-                    attempts: receipt.attempts,
-                })
-            }
-        });
-        let mut deliveries = Vec::new();
-        let mut first_error = None;
-        for result in join_all(copies).await {
-            match result {
-                Ok(d) => deliveries.push(d),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(PublishReceipt {
-                id,
-                deliveries,
-                dropped: Vec::new(),
-            }),
         }
     }
 
@@ -281,43 +202,173 @@ impl Node {
     }
 }
 
-/// Writes one copy per audience without waiting: a full queue or a missing instance drops
-/// that copy (counted), never the others.
-fn publish_best_effort(
-    shared: &Shared,
-    routes: impl Iterator<Item = Route>,
-    prepared: &PreparedEvent,
-    event: &Message,
-) -> PublishReceipt {
-    let mut receipt = PublishReceipt {
-        id: event.id(),
-        deliveries: Vec::new(),
-        dropped: Vec::new(),
-    };
-    for route in routes {
-        let Route::Audience { audience, .. } = &route else {
-            continue;
-        };
-        let peer = shared.registry.choose(&route, &[], event.key());
-        let sent = peer.and_then(|peer| {
-            let frame = prepared
-                .frame_for(audience.wire_group(), &shared.config.limits)
-                .ok()?;
-            peer.try_push(Outgoing::Event(frame)).ok()?;
-            Some(peer.node)
-        });
-        match sent {
-            Some(node) => receipt.deliveries.push(EventDelivery {
-                group: audience.wire_group().map(str::to_owned),
-                node,
-                attempts: 1,
-            }),
-            None => {
-                Counters::bump(&shared.counters.events_dropped);
-                tracing::debug!(id = %event.id(), "best-effort copy for {audience} dropped");
-                receipt.dropped.push(audience.to_string());
-            }
+/// One publish, decided when `publish` is called: the event encoded once, and one copy per
+/// audience with its place in its key's order.
+struct Plan {
+    event: Message,
+    prepared: PreparedEvent,
+    copies: Vec<(Route, Option<Ticket>)>,
+    reliable: bool,
+    background: bool,
+    policy: RetryPolicy,
+    hold: Duration,
+}
+
+impl Plan {
+    fn new(shared: &Shared, mut event: Message, options: PublishOptions) -> Result<Self, Error> {
+        if shared.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let topic = event.name().to_owned();
+        topic::check_topic(&topic).map_err(Error::Topic)?;
+        event.address_replies(&shared.service, shared.id);
+        event.env.attempt = 1;
+        let reliable = options.reliability == Reliability::Reliable;
+        let prepared = PreparedEvent::new(&event.env, reliable, &shared.config.limits)?;
+        Counters::bump(&shared.counters.published);
+
+        let audiences = shared.registry.audiences(&topic);
+        if audiences.is_empty() {
+            Counters::bump(&shared.counters.events_unrouted);
+        }
+        let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
+        let copies = audiences
+            .into_iter()
+            .map(|(audience, _)| {
+                let route = Route::Audience {
+                    topic: topic.clone(),
+                    audience,
+                };
+                // Best-effort copies are not retried, so they need no turn.
+                let ticket = reliable
+                    .then(|| Delivery::new(shared, route.clone(), policy.clone(), &event).ticket)
+                    .flatten();
+                (route, ticket)
+            })
+            .collect();
+        Ok(Self {
+            event,
+            prepared,
+            copies,
+            reliable,
+            background: options.background,
+            policy,
+            hold: options.hold_for.unwrap_or(shared.config.event_hold),
+        })
+    }
+
+    fn delivery(&self, route: Route, ticket: Option<Ticket>) -> Delivery<'_> {
+        Delivery {
+            route,
+            policy: self.policy.clone(),
+            fail_fast: false,
+            hold: Some(self.hold),
+            event: Some(&self.prepared),
+            ticket,
         }
     }
-    receipt
+
+    /// Delivers every copy concurrently and waits for all of them.
+    async fn deliver(mut self, shared: &Arc<Shared>) -> Result<PublishReceipt, Error> {
+        let copies = std::mem::take(&mut self.copies);
+        let this = &self;
+        let deliveries = copies.into_iter().map(|(route, ticket)| {
+            let group = audience_group(&route);
+            let delivery = this.delivery(route, ticket);
+            async move {
+                let receipt =
+                    outbound::deliver(shared, delivery, this.event.clone(), &shared.stopping)
+                        .await?;
+                Ok::<_, Error>(EventDelivery {
+                    group,
+                    node: receipt.node,
+                    attempts: receipt.attempts,
+                })
+            }
+        });
+        let mut receipt = PublishReceipt {
+            id: self.event.id(),
+            deliveries: Vec::new(),
+            dropped: Vec::new(),
+        };
+        let mut first_error = None;
+        for result in join_all(deliveries).await {
+            match result {
+                Ok(d) => receipt.deliveries.push(d),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(receipt), Err)
+    }
+
+    /// Delivers every copy in the background. Tracked with the handlers: a graceful shutdown
+    /// waits for them (within its grace period) as it does for replies.
+    fn spawn(mut self, shared: &Arc<Shared>) -> PublishReceipt {
+        let id = self.event.id();
+        let copies = std::mem::take(&mut self.copies);
+        let plan = Arc::new(self);
+        for (route, ticket) in copies {
+            let (shared2, plan) = (Arc::clone(shared), Arc::clone(&plan));
+            shared.handler_tasks.spawn(async move {
+                let shared = shared2;
+                let delivery = plan.delivery(route, ticket);
+                let stop = shared.killed.clone();
+                let result = outbound::deliver(&shared, delivery, plan.event.clone(), &stop).await;
+                if let Err(e) = result {
+                    tracing::debug!("background event copy not delivered: {e}");
+                }
+            });
+        }
+        PublishReceipt {
+            id,
+            deliveries: Vec::new(),
+            dropped: Vec::new(),
+        }
+    }
+
+    /// Writes one copy per audience without waiting: a full queue or a missing instance drops
+    /// that copy (counted), never the others.
+    fn best_effort(self, shared: &Shared) -> PublishReceipt {
+        let mut receipt = PublishReceipt {
+            id: self.event.id(),
+            deliveries: Vec::new(),
+            dropped: Vec::new(),
+        };
+        for (route, _) in self.copies {
+            let Route::Audience { audience, .. } = &route else {
+                continue;
+            };
+            let peer = shared.registry.choose(&route, &[], self.event.key());
+            let sent = peer.and_then(|peer| {
+                let frame = self
+                    .prepared
+                    .frame_for(audience.wire_group(), &shared.config.limits)
+                    .ok()?;
+                peer.try_push(Outgoing::Event(frame)).ok()?;
+                Some(peer.node)
+            });
+            match sent {
+                Some(node) => receipt.deliveries.push(EventDelivery {
+                    group: audience.wire_group().map(str::to_owned),
+                    node,
+                    attempts: 1,
+                }),
+                None => {
+                    Counters::bump(&shared.counters.events_dropped);
+                    tracing::debug!(id = %receipt.id, "best-effort copy for {audience} dropped");
+                    receipt.dropped.push(audience.to_string());
+                }
+            }
+        }
+        receipt
+    }
+}
+
+fn audience_group(route: &Route) -> Option<String> {
+    match route {
+        Route::Audience { audience, .. } => audience.wire_group().map(str::to_owned),
+        Route::Service(_) => None,
+    }
 }
