@@ -2,8 +2,9 @@
 //! namespace (discovering each other by mDNS) or on loopback with static peers.
 //!
 //! Each node serves `greet` (it replies with who it is), finds the services it was told to talk
-//! to, sends them a few requests and commands, prints what it found and what it exchanged, then
-//! lingers so the others can finish talking to it, and shuts down gracefully.
+//! to, sends them a few requests and commands, subscribes to and publishes the events it was
+//! told to, prints what it found and what it exchanged, then lingers so the others can finish
+//! talking to it, and shuts down gracefully.
 //!
 //! ```sh
 //! cargo run -p shoal-examples --example demo -- --service orders --ca /tmp/ca --talk-to invoice \
@@ -39,7 +40,18 @@ struct Args {
     /// A service to exchange messages with (repeatable).
     #[arg(long = "talk-to")]
     talk_to: Vec<String>,
-    /// Requests and commands per service talked to.
+    /// Subscribe this service (its own group) to events matching this pattern (repeatable),
+    /// e.g. `order.*`.
+    #[arg(long = "subscribe")]
+    subscribe: Vec<String>,
+    /// Publish `--rounds` events on this topic (repeatable), once `--audiences` subscriber
+    /// groups are known.
+    #[arg(long = "publish")]
+    publish: Vec<String>,
+    /// Subscriber groups to wait for before publishing.
+    #[arg(long, default_value_t = 1)]
+    audiences: usize,
+    /// Requests, commands and events per service or topic.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// A label for this node's output lines (e.g. its namespace).
@@ -80,7 +92,7 @@ async fn run(args: Args) -> Result<(), shoal::Error> {
     } else {
         format!("{}/{}", args.label, args.service)
     };
-    let say = |line: String| println!("[{me:>18}] {line}");
+    let say = move |line: String| println!("[{me:>18}] {line}");
     say(format!(
         "node {} listening on {}",
         short(node.id()),
@@ -99,6 +111,19 @@ async fn run(args: Args) -> Result<(), shoal::Error> {
         }
     });
     node.handle("note", |_msg: Message| async move { Ok(()) });
+
+    for pattern in &args.subscribe {
+        let say = say.clone();
+        node.subscribe(pattern, move |event: Message| {
+            say(format!(
+                "event {} '{}' handled here",
+                event.name(),
+                String::from_utf8_lossy(event.payload())
+            ));
+            async { Ok(()) }
+        })
+        .await?;
+    }
 
     for target in &args.talk_to {
         let started = Instant::now();
@@ -134,6 +159,24 @@ async fn run(args: Args) -> Result<(), shoal::Error> {
                 "command -> {target}: acked by {} after {} attempt(s)",
                 short(receipt.node),
                 receipt.attempts
+            ));
+        }
+    }
+
+    for topic in &args.publish {
+        node.wait_for_subscribers(topic, args.audiences, Duration::from_secs(15))
+            .await?;
+        for round in 1..=args.rounds {
+            let event = Message::event(topic.clone(), format!("order #{round}"));
+            let receipt = node.publish(event).await?;
+            let to: Vec<String> = receipt
+                .deliveries
+                .iter()
+                .map(|d| format!("{} {}", d.group.as_deref().unwrap_or("-"), short(d.node)))
+                .collect();
+            say(format!(
+                "event {topic} #{round} -> acked by {}",
+                to.join(", ")
             ));
         }
     }

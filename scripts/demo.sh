@@ -41,13 +41,19 @@ fi
 
 "$bin/shoal" ca init --dir "$work/ca" >/dev/null
 
-# host index, service, services it talks to
+# host index, service, services it talks to, and its events: orders publishes order.created
+# (once both subscriber groups are known), invoice and shipping subscribe to order.*.
 nodes=("0 orders invoice,shipping" "1 invoice " "2 invoice " "3 shipping invoice")
 
 start() {
     local i=$1 service=$2 talk=$3
     local args=(--service "$service" --ca "$work/ca" --rounds 3 --linger-ms 4000)
     for t in ${talk//,/ }; do args+=(--talk-to "$t"); done
+    if [[ $service == orders ]]; then
+        args+=(--publish order.created --audiences 2)
+    else
+        args+=(--subscribe 'order.*')
+    fi
     if [[ $mode == netns ]]; then
         args+=(--label "$prefix-h$i" --listen 0.0.0.0:7000 --mdns lan0)
         ip netns exec "$prefix-h$i" timeout 60 "$bin/examples/demo" "${args[@]}" &

@@ -81,7 +81,6 @@ pub(crate) enum Inserted {
 #[derive(Debug)]
 struct Inner {
     peers: HashMap<NodeId, Arc<Peer>>,
-    turn: usize,
     departed: DepartedGroups,
 }
 
@@ -98,7 +97,6 @@ impl Registry {
         Self {
             inner: Mutex::new(Inner {
                 peers: HashMap::new(),
-                turn: 0,
                 departed: DepartedGroups::new(remember_groups),
             }),
             changed: watch::channel(0).0,
@@ -219,7 +217,7 @@ impl Registry {
         tried: &[NodeId],
         key: Option<&str>,
     ) -> Option<Arc<Peer>> {
-        let mut inner = lock(&self.inner);
+        let inner = lock(&self.inner);
         if let Route::Service(Target {
             node: Some(node), ..
         }) = route
@@ -245,8 +243,9 @@ impl Registry {
                         in_flight: p.in_flight(),
                     })
                     .collect();
-                inner.turn = inner.turn.wrapping_add(1);
-                route::choose(&candidates, tried, inner.turn)?
+                // Ties are broken at random: a counter shared by all routes would send every
+                // second copy of a two-group publish to the same instance.
+                route::choose(&candidates, tried, rand::random::<u32>() as usize)?
             }
         };
         inner.peers.get(&chosen).cloned()
