@@ -15,6 +15,7 @@ use futures_util::future::join_all;
 use shoal_proto::codec::PreparedEvent;
 use shoal_proto::{MessageId, NodeId};
 
+use crate::core::fanout::Audience;
 use crate::core::topic;
 use crate::node::Shared;
 use crate::ordering::Ticket;
@@ -258,11 +259,20 @@ impl Plan {
     }
 
     fn delivery(&self, route: Route, ticket: Option<Ticket>) -> Delivery<'_> {
+        // An ungrouped subscriber that is gone is gone for good (a restart is a new node):
+        // its copy is not held, only a group's is.
+        let hold = match &route {
+            Route::Audience {
+                audience: Audience::Instance(_),
+                ..
+            } => Duration::ZERO,
+            _ => self.hold,
+        };
         Delivery {
             route,
             policy: self.policy.clone(),
             fail_fast: false,
-            hold: Some(self.hold),
+            hold: Some(hold),
             event: Some(&self.prepared),
             ticket,
         }
