@@ -3,7 +3,8 @@
 //! Every service links this crate and starts a [`Node`]. Nodes connect to each other directly
 //! over QUIC with mutual TLS (every node holds a certificate from the mesh's own CA), and
 //! deliver messages point-to-point with acknowledgements, retries, a dedup window and
-//! dead letters, or as request/response.
+//! dead letters, as request/response, or as events to every subscriber group, in order per
+//! partition key.
 //!
 //! ```
 //! use std::time::Duration;
@@ -30,6 +31,12 @@
 //!
 //! let receipt = shop.send("pricing", Message::command("quote", "pen")).await?; // resolves on ack
 //! assert_eq!(receipt.attempts, 1);
+
+//! // Events: every subscriber group (by default, the subscribing service) handles each once.
+//! pricing.subscribe("order.*", |event: Message| async move { Ok(()) }).await?;
+//! shop.wait_for_subscribers("order.created", 1, Duration::from_secs(5)).await?;
+//! let published = shop.publish(Message::event("order.created", "order-42").with_key("customer-7")).await?;
+//! assert_eq!(published.deliveries[0].group.as_deref(), Some("pricing"));
 //! shop.shutdown().await;
 //! pricing.shutdown().await;
 //! # Ok(()) }
@@ -37,9 +44,12 @@
 //!
 //! ## Layout
 //! - [`core`](self) (private): the decisions, as plain data structures without IO: the dedup
-//!   window, the retry schedule, the choice of instance.
+//!   window, the retry schedule, the choice of instance (rendezvous hashing for keys), topic
+//!   matching and the audiences of an event.
 //! - `peer`, `net`, `inbound`, `outbound` (private): one QUIC connection per peer, the handshake,
 //!   the reader that runs handlers, the send loop with retries.
+//! - `subscribe`, `publish`, `ordering` (private): subscriptions and their propagation to peers,
+//!   the fan-out of one event to its audiences, the per-key turns of keyed messages.
 //! - [`Node`] and [`NodeBuilder`]: the public handle and its configuration.
 //! - [`Identity`] and [`MeshCa`]: certificates.
 //!
