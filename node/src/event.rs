@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 
 use shoal_proto::NodeId;
 
-/// Something that happened to the node's peers. Read them with [`crate::Node::events`].
+/// Something that happened to the node's peers and their subscriptions. Read them with
+/// [`crate::Node::events`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeEvent {
@@ -25,6 +26,24 @@ pub enum NodeEvent {
         service: String,
         /// Why: a goodbye, a timeout, a protocol error.
         reason: String,
+    },
+    /// A peer announced a subscription: events on matching topics now go to it (for its group).
+    Subscribed {
+        /// The peer's node id.
+        node: NodeId,
+        /// The topic pattern.
+        pattern: String,
+        /// The group, or `None` for an every-instance subscription.
+        group: Option<String>,
+    },
+    /// A peer withdrew a subscription.
+    Unsubscribed {
+        /// The peer's node id.
+        node: NodeId,
+        /// The topic pattern.
+        pattern: String,
+        /// The group, or `None` for an every-instance subscription.
+        group: Option<String>,
     },
     /// A connection was refused or failed before the peer was known: wrong certificate, wrong
     /// protocol version, nobody listening.

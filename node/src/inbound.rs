@@ -96,13 +96,28 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
             return Err(reason.into());
         }
         Frame::Subscribe(sub) => {
-            if let Err(reason) = crate::core::topic::check_pattern(&sub.pattern)
+            let event = NodeEvent::Subscribed {
+                node: peer.node,
+                pattern: sub.pattern.clone(),
+                group: sub.group.clone(),
+            };
+            match crate::core::topic::check_pattern(&sub.pattern)
                 .and_then(|()| shared.registry.subscribed(peer, sub))
             {
-                refused_subscription(shared, peer, reason);
+                Ok(true) => shared.emit(event),
+                Ok(false) => {}
+                Err(reason) => refused_subscription(shared, peer, reason),
             }
         }
-        Frame::Unsubscribe(sub) => shared.registry.unsubscribed(peer, &sub),
+        Frame::Unsubscribe(sub) => {
+            if shared.registry.unsubscribed(peer, &sub) {
+                shared.emit(NodeEvent::Unsubscribed {
+                    node: peer.node,
+                    pattern: sub.pattern,
+                    group: sub.group,
+                });
+            }
+        }
         Frame::Publish(publish) => on_publish(shared, peer, *publish).await,
         // Newer frame kinds: not spoken by this version, ignored.
         _ => {}

@@ -267,24 +267,29 @@ impl Registry {
     }
 
     /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.
+    /// Says whether it is new.
     pub(crate) fn subscribed(
         &self,
         peer: &Peer,
         sub: shoal_proto::Subscription,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mut inner = lock(&self.inner);
         inner.departed.forget(&sub);
-        if peer.subscribe(sub)? {
-            drop(inner);
+        let new = peer.subscribe(sub)?;
+        drop(inner);
+        if new {
             self.bump();
         }
-        Ok(())
+        Ok(new)
     }
 
     /// A peer withdrew `sub` on purpose: events no longer go to it for this subscription.
-    pub(crate) fn unsubscribed(&self, peer: &Peer, sub: &shoal_proto::Subscription) {
-        if peer.unsubscribe(sub) {
+    /// Says whether it had it.
+    pub(crate) fn unsubscribed(&self, peer: &Peer, sub: &shoal_proto::Subscription) -> bool {
+        let had = peer.unsubscribe(sub);
+        if had {
             self.bump();
         }
+        had
     }
 }

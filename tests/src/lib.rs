@@ -117,6 +117,30 @@ pub async fn next_event(
         .expect("the expected node event did not come in time")
 }
 
+/// Waits (at most [`WAIT`]) until `pred` holds for `node`, checking again after each of its
+/// events (peers up and down, subscriptions announced and withdrawn). Panics on timeout.
+pub async fn until(node: &Node, what: &str, mut pred: impl FnMut(&Node) -> bool) {
+    let mut events = node.events();
+    let fut = async {
+        while !pred(node) {
+            if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                panic!("event channel closed while waiting until {what}");
+            }
+        }
+    };
+    if timeout(WAIT, fut).await.is_err() {
+        panic!("not within {WAIT:?}: {what}");
+    }
+}
+
+/// How many live instances each audience of `topic` has, as `node` knows them.
+pub fn audience_sizes(node: &Node, topic: &str) -> Vec<usize> {
+    node.subscribers(topic)
+        .iter()
+        .map(|(_, n)| n.len())
+        .collect()
+}
+
 /// A node id nobody else uses (random, from a fresh message id).
 pub fn fresh_node_id() -> NodeId {
     NodeId::from_u128(Message::command("x", "").id().as_u128())

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal::{HandlerError, Message, Node};
-use shoal_tests::{Mesh, WAIT, wait_instances};
+use shoal_tests::{Mesh, WAIT, audience_sizes, until, wait_instances};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -99,13 +99,10 @@ async fn run(via: Via) {
     let sender = mesh.start("teller", &addrs).await;
     wait_instances(&sender, SERVICE, 3).await;
     if via == Via::Publish {
-        timeout(WAIT, async {
-            while sender.subscribers(TOPIC).first().map(|(_, n)| n.len()) != Some(3) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        until(&sender, "every subscription known", |n| {
+            audience_sizes(n, TOPIC) == [3]
         })
-        .await
-        .unwrap();
+        .await;
     }
 
     // All 20,000 calls are made up front, keys interleaved; each call takes its place in its

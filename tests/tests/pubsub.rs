@@ -9,7 +9,7 @@ use std::time::Duration;
 use shoal::{
     HandlerError, Message, MessageId, Node, PublishOptions, Reliability, SubscribeOptions,
 };
-use shoal_tests::{Mesh, WAIT};
+use shoal_tests::{Mesh, WAIT, audience_sizes, until};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -189,33 +189,17 @@ async fn unsubscribe_stops_delivery_and_the_group_moves_to_its_other_instance() 
     let publisher = mesh
         .start("orders", &[a.local_addr(), b.local_addr()])
         .await;
-    timeout(WAIT, async {
-        while publisher
-            .subscribers("order.created")
-            .first()
-            .map(|(_, n)| n.len())
-            != Some(2)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "both billing instances known", |n| {
+        audience_sizes(n, "order.created") == [2]
     })
-    .await
-    .unwrap();
+    .await;
 
     sub_a.unsubscribe().await;
     // The unsubscribe reaches the publisher as a frame: wait for it to count one instance.
-    timeout(WAIT, async {
-        while publisher
-            .subscribers("order.created")
-            .first()
-            .map(|(_, n)| n.len())
-            != Some(1)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "the unsubscribe reached the publisher", |n| {
+        audience_sizes(n, "order.created") == [1]
     })
-    .await
-    .unwrap();
+    .await;
     for _ in 0..50 {
         let receipt = publisher
             .publish(Message::event("order.created", "x"))
@@ -269,17 +253,10 @@ async fn late_subscribers_miss_earlier_events_and_departed_groups_are_held_for()
 
     // The group's only instance crashes: the next event is held until a new one subscribes.
     first.abort();
-    timeout(WAIT, async {
-        while publisher
-            .subscribers("order.created")
-            .iter()
-            .any(|(_, n)| !n.is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "the crash noticed", |n| {
+        audience_sizes(n, "order.created") == [0]
     })
-    .await
-    .unwrap();
+    .await;
     let held = tokio::spawn({
         let publisher = publisher.clone();
         async move {
@@ -302,17 +279,10 @@ async fn late_subscribers_miss_earlier_events_and_departed_groups_are_held_for()
 
     // Held no longer than asked: with no instance, the copy is dead-lettered with a reason.
     second.abort();
-    timeout(WAIT, async {
-        while publisher
-            .subscribers("order.created")
-            .iter()
-            .any(|(_, n)| !n.is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "the second crash noticed", |n| {
+        audience_sizes(n, "order.created") == [0]
     })
-    .await
-    .unwrap();
+    .await;
     let options = PublishOptions::default().hold_for(Duration::from_millis(200));
     let err = publisher
         .publish_with(Message::event("order.created", "lost"), options)
@@ -364,17 +334,10 @@ async fn best_effort_events_are_not_acked_and_drops_are_counted() {
 
     // The group's instance is gone: the copy is dropped and counted, not held.
     sub.abort();
-    timeout(WAIT, async {
-        while publisher
-            .subscribers("cpu.load")
-            .iter()
-            .any(|(_, n)| !n.is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "the crash noticed", |n| {
+        audience_sizes(n, "cpu.load") == [0]
     })
-    .await
-    .unwrap();
+    .await;
     let mut options = PublishOptions::best_effort();
     options.reliability = Reliability::BestEffort;
     let receipt = publisher

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal::{HandlerError, Message, MessageId, Node};
-use shoal_tests::{Mesh, WAIT, wait_instances};
+use shoal_tests::{Mesh, WAIT, audience_sizes, until, wait_instances};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -59,17 +59,10 @@ async fn three_services_each_handle_every_event_while_an_instance_is_killed() {
     for service in SERVICES {
         wait_instances(&publisher, service, 2).await;
     }
-    timeout(WAIT, async {
-        while publisher
-            .subscribers(TOPIC)
-            .iter()
-            .any(|(_, n)| n.len() < 2)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "every instance's subscription known", |n| {
+        audience_sizes(n, TOPIC) == [2, 2, 2]
     })
-    .await
-    .expect("every instance's subscription reached the publisher");
+    .await;
 
     // Every publish call is made up front; they run concurrently.
     let mut publishes = JoinSet::new();
@@ -188,19 +181,10 @@ async fn a_subscriber_that_never_acks_stalls_nobody_else() {
     let publisher = mesh
         .start_with(mesh.builder("orders").retry_policy(policy), &addrs)
         .await;
-    timeout(WAIT, async {
-        while publisher
-            .subscribers(TOPIC)
-            .iter()
-            .map(|(_, n)| n.len())
-            .sum::<usize>()
-            != 4
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until(&publisher, "every subscription known", |n| {
+        audience_sizes(n, TOPIC) == [1, 2, 1]
     })
-    .await
-    .unwrap();
+    .await;
 
     let mut publishes = JoinSet::new();
     for i in 0..EVENTS {
