@@ -109,14 +109,12 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
                 Err(reason) => refused_subscription(shared, peer, reason),
             }
         }
-        Frame::Unsubscribe(sub) => {
-            if shared.registry.unsubscribed(peer, &sub) {
-                shared.emit(NodeEvent::Unsubscribed {
-                    node: peer.node,
-                    pattern: sub.pattern,
-                    group: sub.group,
-                });
-            }
+        Frame::Unsubscribe(sub) if shared.registry.unsubscribed(peer, &sub) => {
+            shared.emit(NodeEvent::Unsubscribed {
+                node: peer.node,
+                pattern: sub.pattern,
+                group: sub.group,
+            });
         }
         Frame::Publish(publish) => on_publish(shared, peer, *publish).await,
         // Newer frame kinds: not spoken by this version, ignored.
