@@ -1,13 +1,15 @@
-//! Shoal's benchmark harness: closed-loop round-trip latency scenarios, the raw floors they
-//! are compared with (plain UDP, raw quinn over mutual TLS), and the reporting.
+//! Shoal's benchmark harness: closed-loop round-trip latency scenarios, publish/subscribe
+//! one-way latency and throughput scenarios, the raw floors they are compared with (plain
+//! UDP, raw quinn over mutual TLS), and the reporting.
 //!
 //! # Adding a scenario
 //!
 //! 1. Write `fn run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>>` doing **one
 //!    run**: build the two sides with [`runtime::run_pair`] (server side announces what the
 //!    client needs; client side times round trips with [`measure::measure`]). Certificates
-//!    come from [`certs::generate_pki`].
-//! 2. Add one entry to [`SCENARIOS`].
+//!    come from [`certs::generate_pki`]. Throughput scenarios return
+//!    [`ThroughputReport`]s instead (see [`pubsub_throughput`]).
+//! 2. Add one entry to [`SCENARIOS`], saying which table its rows go to ([`Measures`]).
 //!
 //! The harness repeats the run `--runs` times, takes medians, prints the ratio to the
 //! baseline row and writes JSON/Markdown; nothing else needs touching.
@@ -19,10 +21,13 @@ pub mod certs;
 pub mod discovery_timing;
 pub mod error;
 pub mod measure;
+pub mod pubsub;
+pub mod pubsub_throughput;
 pub mod quinn_echo;
 pub mod report;
 pub mod runtime;
 pub mod shoal_scenarios;
+pub mod throughput;
 pub mod udp_echo;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -31,6 +36,7 @@ use std::time::Duration;
 pub use affinity::Placement;
 pub use error::{BenchError, BenchResult};
 pub use report::{AggregatedReport, LatencyReport};
+pub use throughput::{AggregatedThroughput, ThroughputReport};
 
 /// Where every scenario binds: `127.0.0.1`, any free port.
 pub const LOOPBACK: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
@@ -51,6 +57,8 @@ pub struct BenchConfig {
     pub run_timeout: Duration,
     /// CPUs the server-side and client-side threads are pinned to.
     pub placement: Placement,
+    /// Measured window of each throughput row (after a warm-up of a quarter of it).
+    pub duration: Duration,
 }
 
 impl Default for BenchConfig {
@@ -61,6 +69,7 @@ impl Default for BenchConfig {
             payload: 64,
             run_timeout: Duration::from_secs(120),
             placement: Placement::default(),
+            duration: Duration::from_secs(2),
         }
     }
 }
@@ -84,18 +93,35 @@ pub fn datagram_len(payload: usize) -> usize {
     payload.max(8)
 }
 
-/// One run of a scenario: returns one or more report rows.
+/// One run of a latency scenario: returns one or more report rows.
 pub type ScenarioFn = fn(&BenchConfig) -> BenchResult<Vec<LatencyReport>>;
+
+/// One run of a throughput scenario: returns one or more throughput rows.
+pub type ThroughputFn = fn(&BenchConfig) -> BenchResult<Vec<ThroughputReport>>;
+
+/// What a scenario measures, which decides the table its rows go to.
+#[derive(Debug, Clone, Copy)]
+pub enum Measures {
+    /// Round-trip times; ratios to `--baseline` (default [`DEFAULT_BASELINE`]).
+    RoundTrip(ScenarioFn),
+    /// One-way latencies; ratios to [`pubsub::ONEWAY_NAME`].
+    OneWay(ScenarioFn),
+    /// Messages per second; each row's ratio to the raw row it names.
+    Throughput(ThroughputFn),
+}
 
 /// A named scenario.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
-    /// Name used with `--scenario` and as the report row name.
+    /// Name used with `--scenario` (and, for single-row scenarios, the report row name).
     pub name: &'static str,
     /// One line on what it measures (shown by `--list`).
     pub about: &'static str,
     /// Performs one run.
-    pub run: ScenarioFn,
+    pub run: Measures,
+    /// Whether `--scenario all` runs it (the pub/sub scenarios take longer than all the
+    /// others together, so they run only when named).
+    pub in_all: bool,
 }
 
 /// Every scenario, in the order `--scenario all` runs them. Add new scenarios here.
@@ -103,61 +129,153 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: udp_echo::NAME,
         about: "raw UDP: one datagram echoed over loopback, no crypto, closed loop",
-        run: udp_echo::run,
+        run: Measures::RoundTrip(udp_echo::run),
+        in_all: true,
     },
     Scenario {
         name: quinn_echo::STREAM_NAME,
         about: "raw quinn (baseline): echo over ONE long-lived bidi stream, mutual TLS, \
                 u32-length-prefixed frames",
-        run: quinn_echo::run_stream,
+        run: Measures::RoundTrip(quinn_echo::run_stream),
+        in_all: true,
     },
     Scenario {
         name: quinn_echo::DATAGRAM_NAME,
         about: "raw quinn datagrams: QUIC DATAGRAM frame echoed, mutual TLS",
-        run: quinn_echo::run_datagram,
+        run: Measures::RoundTrip(quinn_echo::run_datagram),
+        in_all: true,
     },
     Scenario {
         name: shoal_scenarios::SEND_NAME,
         about: "Shoal point-to-point: send a command, resolve when the receiver's handler \
                 finished and its ack came back",
-        run: shoal_scenarios::run_send,
+        run: Measures::RoundTrip(shoal_scenarios::run_send),
+        in_all: true,
     },
     Scenario {
         name: shoal_scenarios::REQUEST_NAME,
         about: "Shoal request/response: request to an echo handler, resolve on the reply",
-        run: shoal_scenarios::run_request,
+        run: Measures::RoundTrip(shoal_scenarios::run_request),
+        in_all: true,
+    },
+    Scenario {
+        name: PUBSUB_NAME,
+        about: "one-way publish -> handler latency to 1, 4, 16 subscriber nodes (closed loop \
+                on the reliable ack), with raw quinn one-way (quinn-oneway) as baseline",
+        run: Measures::OneWay(pubsub::run),
+        in_all: false,
+    },
+    Scenario {
+        name: PUBSUB_THROUGHPUT_NAME,
+        about: "events/s to one subscriber (reliable, 256 in flight; best-effort), 64 B and \
+                1 KiB, against raw quinn batched frames on one stream",
+        run: Measures::Throughput(pubsub_throughput::run),
+        in_all: false,
     },
 ];
+
+/// Scenario name of the pub/sub one-way latency rows.
+pub const PUBSUB_NAME: &str = "pubsub";
+/// Scenario name of the pub/sub throughput rows.
+pub const PUBSUB_THROUGHPUT_NAME: &str = "pubsub-throughput";
 
 /// The scenario called `name`, if any.
 pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
 }
 
+/// The rows of one run of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunRows {
+    /// Latency rows (round-trip or one-way).
+    Latency(Vec<LatencyReport>),
+    /// Throughput rows.
+    Throughput(Vec<ThroughputReport>),
+}
+
+impl RunRows {
+    /// `(row name, one-line summary)` per row, for progress output.
+    pub fn summaries(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Latency(rows) => rows.iter().map(|r| (r.name.clone(), r.summary())).collect(),
+            Self::Throughput(rows) => rows.iter().map(|r| (r.name.clone(), r.summary())).collect(),
+        }
+    }
+}
+
+/// Every row of a scenario aggregated across runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScenarioResults {
+    /// Latency rows (round-trip or one-way, as the scenario's [`Measures`] says).
+    Latency(Vec<AggregatedReport>),
+    /// Throughput rows.
+    Throughput(Vec<AggregatedThroughput>),
+}
+
 /// Runs `scenario` `runs` times (each run fresh: new sockets, certificates, connection) and
 /// returns, per report row, the median across runs with every run kept.
-/// `on_run(run_index, &reports)` is called after each run (progress output).
+/// `on_run(run_index, &rows)` is called after each run (progress output).
 pub fn run_repeated(
     scenario: &Scenario,
     config: &BenchConfig,
     runs: usize,
-    mut on_run: impl FnMut(usize, &[LatencyReport]),
-) -> BenchResult<Vec<AggregatedReport>> {
-    let mut rows: Vec<(String, Vec<LatencyReport>)> = Vec::new();
+    mut on_run: impl FnMut(usize, &RunRows),
+) -> BenchResult<ScenarioResults> {
+    let context = |run: usize| move |e: BenchError| e.context(format!("run {}", run + 1));
+    match scenario.run {
+        Measures::RoundTrip(run_fn) | Measures::OneWay(run_fn) => {
+            let rows = repeat(
+                runs,
+                |r| run_fn(config).map_err(context(r)),
+                |r| &r.name,
+                |run, rows| {
+                    on_run(run, &RunRows::Latency(rows.to_vec()));
+                },
+            )?;
+            Ok(ScenarioResults::Latency(
+                rows.into_iter()
+                    .filter_map(AggregatedReport::from_runs)
+                    .collect(),
+            ))
+        }
+        Measures::Throughput(run_fn) => {
+            let rows = repeat(
+                runs,
+                |r| run_fn(config).map_err(context(r)),
+                |r| &r.name,
+                |run, rows| {
+                    on_run(run, &RunRows::Throughput(rows.to_vec()));
+                },
+            )?;
+            Ok(ScenarioResults::Throughput(
+                rows.into_iter()
+                    .filter_map(AggregatedThroughput::from_runs)
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Runs `one_run` `runs` times and groups the rows by name (first-seen order), each group in
+/// run order.
+fn repeat<R: Clone>(
+    runs: usize,
+    mut one_run: impl FnMut(usize) -> BenchResult<Vec<R>>,
+    name: impl Fn(&R) -> &String,
+    mut on_run: impl FnMut(usize, &[R]),
+) -> BenchResult<Vec<Vec<R>>> {
+    let mut rows: Vec<(String, Vec<R>)> = Vec::new();
     for run in 0..runs {
-        let reports = (scenario.run)(config).map_err(|e| e.context(format!("run {}", run + 1)))?;
+        let reports = one_run(run)?;
         on_run(run, &reports);
         for report in reports {
-            match rows.iter_mut().find(|(name, _)| *name == report.name) {
+            match rows.iter_mut().find(|(n, _)| n == name(&report)) {
                 Some((_, list)) => list.push(report),
-                None => rows.push((report.name.clone(), vec![report])),
+                None => rows.push((name(&report).clone(), vec![report])),
             }
         }
     }
-    Ok(rows
-        .into_iter()
-        .filter_map(|(_, list)| AggregatedReport::from_runs(list))
-        .collect())
+    Ok(rows.into_iter().map(|(_, list)| list).collect())
 }
 
 #[cfg(test)]
@@ -171,6 +289,7 @@ mod tests {
             payload: 64,
             run_timeout: Duration::from_secs(30),
             placement: Placement::Any,
+            duration: Duration::from_millis(200),
         }
     }
 
@@ -183,10 +302,16 @@ mod tests {
     }
 
     #[test]
-    fn every_scenario_runs_on_loopback() {
+    fn every_round_trip_scenario_runs_on_loopback() {
         for scenario in SCENARIOS {
-            let rows = run_repeated(scenario, &quick(), 2, |_, _| {})
+            if !matches!(scenario.run, Measures::RoundTrip(_)) {
+                continue;
+            }
+            let results = run_repeated(scenario, &quick(), 2, |_, _| {})
                 .unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
+            let ScenarioResults::Latency(rows) = results else {
+                panic!("{}: latency rows expected", scenario.name);
+            };
             assert_eq!(rows.len(), 1, "{}", scenario.name);
             let row = &rows[0];
             assert_eq!(row.median.name, scenario.name);
@@ -194,6 +319,49 @@ mod tests {
             assert_eq!(row.per_run.len(), 2);
             assert!(row.median.p50 > 0 && row.median.p50 <= row.median.max);
         }
+    }
+
+    #[test]
+    fn pubsub_rows_include_the_baseline_and_every_fan_out() {
+        let scenario = find_scenario(PUBSUB_NAME).expect("registered");
+        let config = BenchConfig {
+            count: 100,
+            warmup: 10,
+            ..quick()
+        };
+        let Ok(ScenarioResults::Latency(rows)) = run_repeated(scenario, &config, 1, |_, _| {})
+        else {
+            panic!("pubsub failed or gave no latency rows");
+        };
+        let names: Vec<&str> = rows.iter().map(|r| r.median.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                pubsub::ONEWAY_NAME,
+                "shoal-publish-1",
+                "shoal-publish-4",
+                "shoal-publish-4-last",
+                "shoal-publish-16",
+                "shoal-publish-16-last"
+            ]
+        );
+        // Every subscriber recorded every measured event.
+        assert_eq!(rows[4].median.count, 16 * 100);
+        assert_eq!(rows[5].median.count, 100);
+    }
+
+    #[test]
+    fn throughput_rows_are_measured_and_compared() {
+        let scenario = find_scenario(PUBSUB_THROUGHPUT_NAME).expect("registered");
+        let Ok(ScenarioResults::Throughput(rows)) = run_repeated(scenario, &quick(), 1, |_, _| {})
+        else {
+            panic!("pubsub-throughput failed or gave no throughput rows");
+        };
+        assert_eq!(rows.len(), 6);
+        for row in &rows {
+            assert!(row.median.messages > 0, "{}", row.median.name);
+        }
+        assert_eq!(rows[1].median.baseline.as_deref(), Some("quinn-batch-64"));
     }
 
     #[test]

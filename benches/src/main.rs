@@ -1,8 +1,10 @@
 //! `shoal-bench`: runs latency scenarios and prints p50/p90/p99/p99.9/max in µs with each
-//! row's ratio to the baseline (raw quinn by default).
+//! row's ratio to the baseline (raw quinn by default), and throughput scenarios (msgs/s and
+//! MB/s, each row's ratio to raw quinn with the same payload).
 //!
 //! ```text
 //! cargo run --release -p shoal-benches -- --scenario all --runs 5
+//! cargo run --release -p shoal-benches -- --scenario pubsub --scenario pubsub-throughput --runs 3
 //! ```
 
 use std::path::PathBuf;
@@ -12,23 +14,26 @@ use std::time::Duration;
 use clap::Parser;
 use shoal_benches::report::{self, RunInfo};
 use shoal_benches::{
-    AggregatedReport, BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE, LatencyReport,
-    Placement, SCENARIOS, Scenario, find_scenario, run_repeated, runtime,
+    AggregatedReport, AggregatedThroughput, BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE,
+    LatencyReport, Measures, Placement, SCENARIOS, Scenario, ScenarioResults, ThroughputReport,
+    find_scenario, pubsub, run_repeated, runtime, throughput,
 };
 
-/// Closed-loop round-trip latency benchmarks for Shoal and its raw floors (127.0.0.1 only).
+/// Latency and throughput benchmarks for Shoal and its raw floors (127.0.0.1 only).
 #[derive(Debug, Parser)]
 #[command(name = "shoal-bench", version)]
 struct Cli {
-    /// Scenario to run, or `all`; repeat the flag for several. See `--list`.
+    /// Scenario to run, or `all` (every scenario but `pubsub` and `pubsub-throughput`);
+    /// repeat the flag for several. See `--list`.
     #[arg(long = "scenario", value_name = "NAME|all", default_value = "all")]
     scenarios: Vec<String>,
 
-    /// Measured round trips per run of each scenario.
+    /// Measured round trips (pub/sub: events) per run of each latency scenario.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     count: u64,
 
-    /// Unrecorded warm-up round trips per run (same connection, before measuring).
+    /// Unrecorded warm-up round trips (pub/sub: events) per run (same connection, before
+    /// measuring).
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
     warmup: u64,
 
@@ -48,6 +53,10 @@ struct Cli {
     /// `same` = both pinned to one CPU, `any` = not pinned.
     #[arg(long, value_enum, default_value_t = Placement::Split)]
     placement: Placement,
+
+    /// Measured window of each throughput row, in seconds (after a warm-up of a quarter of it).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_duration_secs)]
+    duration: f64,
 
     /// Time limit of one run of one scenario, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -78,12 +87,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_duration_secs(s: &str) -> Result<f64, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.05..=3_600.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err("must be between 0.05 and 3600 seconds".to_owned())
+    }
+}
+
 /// Resolves `--scenario` values (in order, without duplicates).
 fn selected(names: &[String]) -> BenchResult<Vec<&'static Scenario>> {
     let mut out: Vec<&'static Scenario> = Vec::new();
     for name in names {
         let batch: Vec<&'static Scenario> = if name == "all" {
-            SCENARIOS.iter().collect()
+            SCENARIOS.iter().filter(|s| s.in_all).collect()
         } else {
             let scenario = find_scenario(name).ok_or_else(|| {
                 let known: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
@@ -107,7 +125,8 @@ fn selected(names: &[String]) -> BenchResult<Vec<&'static Scenario>> {
 fn run(cli: &Cli) -> BenchResult<bool> {
     if cli.list {
         for s in SCENARIOS {
-            println!("{:<16} {}", s.name, s.about);
+            let note = if s.in_all { "" } else { " (not in `all`)" };
+            println!("{:<18} {}{note}", s.name, s.about);
         }
         return Ok(true);
     }
@@ -119,6 +138,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         payload: cli.payload,
         run_timeout: Duration::from_secs(cli.run_timeout),
         placement: cli.placement,
+        duration: Duration::from_secs_f64(cli.duration),
     };
     let info = RunInfo::detect(&config, runs);
     eprintln!(
@@ -133,16 +153,16 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         info.placement
     );
 
-    let mut results: Vec<AggregatedReport> = Vec::new();
+    let mut results = Results::default();
     let mut all_ok = true;
     for scenario in scenarios {
-        let outcome = run_repeated(scenario, &config, runs, |run, reports: &[LatencyReport]| {
-            for r in reports {
-                eprintln!("  {} run {}/{}: {}", r.name, run + 1, runs, r.summary());
+        let outcome = run_repeated(scenario, &config, runs, |run, rows| {
+            for (name, summary) in rows.summaries() {
+                eprintln!("  {name} run {}/{runs}: {summary}", run + 1);
             }
         });
         match outcome {
-            Ok(rows) => results.extend(rows),
+            Ok(rows) => results.add(scenario, rows),
             Err(e) => {
                 all_ok = false;
                 eprintln!("  {} FAILED: {e}", scenario.name);
@@ -150,26 +170,66 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         }
     }
 
-    let medians: Vec<LatencyReport> = results.iter().map(|r| r.median.clone()).collect();
     let baseline = Some(cli.baseline.as_str());
-    println!();
-    if runs > 1 {
-        println!("Medians of {runs} runs (each percentile separately), µs:");
+    let round_trip = medians(&results.round_trip);
+    let one_way = medians(&results.one_way);
+    let throughput: Vec<ThroughputReport> = results
+        .throughput
+        .iter()
+        .map(|r| r.median.clone())
+        .collect();
+    let (of_runs, each) = if runs > 1 {
+        (
+            format!("medians of {runs} runs"),
+            " (each percentile separately)",
+        )
     } else {
-        println!("Round-trip times, µs:");
+        ("one run".to_owned(), "")
+    };
+    if !round_trip.is_empty() {
+        println!("\nRound-trip times, µs, {of_runs}{each}:");
+        print!("{}", report::render_table(&round_trip, baseline));
+        if !round_trip.iter().any(|r| r.name == cli.baseline) {
+            println!("(baseline `{}` was not run: no ratios)", cli.baseline);
+        }
     }
-    print!("{}", report::render_table(&medians, baseline));
-    if !medians.iter().any(|r| r.name == cli.baseline) {
-        println!("(baseline `{}` was not run: no ratios)", cli.baseline);
+    if !one_way.is_empty() {
+        println!("\nOne-way latency (send -> receiver's handler), µs, {of_runs}{each}:");
+        print!(
+            "{}",
+            report::render_table(&one_way, Some(pubsub::ONEWAY_NAME))
+        );
+    }
+    if !throughput.is_empty() {
+        println!(
+            "\nThroughput over {:.1} s windows, {}:",
+            cli.duration, of_runs
+        );
+        print!("{}", throughput::render_table(&throughput));
     }
 
     if let Some(path) = &cli.json {
-        std::fs::write(path, report::render_json(&info, &results, baseline))
+        let sections = [
+            (
+                "one_way",
+                format!(
+                    "{{\"baseline\": {}, \"results\": {}}}",
+                    report::json_string(pubsub::ONEWAY_NAME),
+                    report::render_json_rows(&results.one_way, Some(pubsub::ONEWAY_NAME))
+                ),
+            ),
+            (
+                "throughput",
+                throughput::render_json(&results.throughput, config.duration),
+            ),
+        ];
+        let text = report::render_json(&info, &results.round_trip, baseline, &sections);
+        std::fs::write(path, text)
             .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &cli.markdown {
-        let text = markdown_document(&info, &medians, baseline);
+        let text = markdown_document(&info, &round_trip, baseline, &one_way, &throughput, cli);
         std::fs::write(path, text)
             .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
         eprintln!("wrote {}", path.display());
@@ -177,11 +237,40 @@ fn run(cli: &Cli) -> BenchResult<bool> {
     Ok(all_ok)
 }
 
-fn markdown_document(info: &RunInfo, medians: &[LatencyReport], baseline: Option<&str>) -> String {
+/// Aggregated rows, by table.
+#[derive(Default)]
+struct Results {
+    round_trip: Vec<AggregatedReport>,
+    one_way: Vec<AggregatedReport>,
+    throughput: Vec<AggregatedThroughput>,
+}
+
+impl Results {
+    fn add(&mut self, scenario: &Scenario, rows: ScenarioResults) {
+        match (scenario.run, rows) {
+            (Measures::OneWay(_), ScenarioResults::Latency(rows)) => self.one_way.extend(rows),
+            (_, ScenarioResults::Latency(rows)) => self.round_trip.extend(rows),
+            (_, ScenarioResults::Throughput(rows)) => self.throughput.extend(rows),
+        }
+    }
+}
+
+fn medians(rows: &[AggregatedReport]) -> Vec<LatencyReport> {
+    rows.iter().map(|r| r.median.clone()).collect()
+}
+
+fn markdown_document(
+    info: &RunInfo,
+    round_trip: &[LatencyReport],
+    baseline: Option<&str>,
+    one_way: &[LatencyReport],
+    throughput: &[ThroughputReport],
+    cli: &Cli,
+) -> String {
     let mut text = format!(
-        "Round-trip times in µs, {}; median of {} run(s) per percentile; \
-         {} measured + {} warm-up round trips per run, {}-byte payload.\n\
-         Host: `nproc` = {}, {}. Runtime: {}. Placement: {}.\n\n",
+        "{}; median of {} run(s) per value; {} measured + {} warm-up messages per latency \
+         run, {}-byte payload.\n\
+         Host: `nproc` = {}, {}. Runtime: {}. Placement: {}.\n",
         info.date,
         info.runs,
         info.count,
@@ -192,7 +281,21 @@ fn markdown_document(info: &RunInfo, medians: &[LatencyReport], baseline: Option
         info.runtime,
         info.placement
     );
-    text.push_str(&report::render_markdown(medians, baseline));
+    if !round_trip.is_empty() {
+        text.push_str("\nRound-trip times in µs:\n\n");
+        text.push_str(&report::render_markdown(round_trip, baseline));
+    }
+    if !one_way.is_empty() {
+        text.push_str("\nOne-way latency (send -> receiver's handler) in µs:\n\n");
+        text.push_str(&report::render_markdown(one_way, Some(pubsub::ONEWAY_NAME)));
+    }
+    if !throughput.is_empty() {
+        text.push_str(&format!(
+            "\nThroughput, {:.1} s measured window per row:\n\n",
+            cli.duration
+        ));
+        text.push_str(&throughput::render_markdown(throughput));
+    }
     text
 }
 
@@ -203,7 +306,10 @@ mod tests {
     #[test]
     fn scenario_selection() {
         let all = selected(&["all".to_owned(), "udp-echo".to_owned()]).expect("known");
-        assert_eq!(all.len(), SCENARIOS.len());
+        assert_eq!(all.len(), SCENARIOS.iter().filter(|s| s.in_all).count());
+        let more = selected(&["all".to_owned(), "pubsub-throughput".to_owned()]).expect("known");
+        assert_eq!(more.len(), all.len() + 1);
+        assert!(all.iter().all(|s| !s.name.starts_with("pubsub")));
         let one = selected(&["quinn-stream".to_owned()]).expect("known");
         assert_eq!(one[0].name, "quinn-stream");
         assert!(selected(&["nope".to_owned()]).is_err());

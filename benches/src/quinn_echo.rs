@@ -130,7 +130,7 @@ async fn serve(
 }
 
 /// `true` for the ways a peer ends a connection on purpose.
-fn closed_by_peer(error: &ConnectionError) -> bool {
+pub(crate) fn closed_by_peer(error: &ConnectionError) -> bool {
     matches!(
         error,
         ConnectionError::ApplicationClosed(_) | ConnectionError::LocallyClosed

@@ -385,8 +385,14 @@ fn json_report(r: &LatencyReport) -> String {
 }
 
 /// The whole result set as pretty-printed JSON (hand-written, no serde): run info,
-/// baseline name, and per row the medians (µs), ratios to the baseline and every run.
-pub fn render_json(info: &RunInfo, results: &[AggregatedReport], baseline: Option<&str>) -> String {
+/// baseline name, per row the medians (µs), ratios to the baseline and every run, then each
+/// `(key, JSON value)` of `sections` as a further top-level field.
+pub fn render_json(
+    info: &RunInfo,
+    results: &[AggregatedReport],
+    baseline: Option<&str>,
+    sections: &[(&str, String)],
+) -> String {
     let medians: Vec<LatencyReport> = results.iter().map(|r| r.median.clone()).collect();
     let base = find(&medians, baseline);
     let mut out = String::new();
@@ -414,7 +420,24 @@ pub fn render_json(info: &RunInfo, results: &[AggregatedReport], baseline: Optio
         "  \"baseline\": {},",
         base.map_or_else(|| "null".to_owned(), |b| json_string(&b.name))
     );
-    out.push_str("  \"results\": [");
+    let _ = write!(
+        out,
+        "  \"results\": {}",
+        render_json_rows(results, baseline)
+    );
+    for (key, value) in sections {
+        let _ = write!(out, ",\n  {}: {value}", json_string(key));
+    }
+    out.push_str("\n}\n");
+    out
+}
+
+/// Latency rows as a JSON array: per row the medians (µs), the p50/p99 ratios to the row
+/// named `baseline` (`null` without it) and every run.
+pub fn render_json_rows(results: &[AggregatedReport], baseline: Option<&str>) -> String {
+    let medians: Vec<LatencyReport> = results.iter().map(|r| r.median.clone()).collect();
+    let base = find(&medians, baseline);
+    let mut out = String::from("[");
     for (i, result) in results.iter().enumerate() {
         let m = &result.median;
         let (r50, r99) = base.map_or((f64::NAN, f64::NAN), |b| m.ratio_to(b));
@@ -435,7 +458,7 @@ pub fn render_json(info: &RunInfo, results: &[AggregatedReport], baseline: Optio
         }
         out.push_str("]}");
     }
-    out.push_str("\n  ]\n}\n");
+    out.push_str("\n  ]");
     out
 }
 
@@ -501,8 +524,9 @@ mod tests {
         assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
         let info = RunInfo::detect(&crate::BenchConfig::default(), 1);
         let agg = AggregatedReport::from_runs(vec![report("quinn", 100, 200)]).expect("one run");
-        let json = render_json(&info, &[agg], Some("quinn"));
+        let json = render_json(&info, &[agg], Some("quinn"), &[("extra", "[]".to_owned())]);
         assert!(json.contains("\"ratio_p50\": 1.0000"), "{json}");
+        assert!(json.contains("\"extra\": []"), "{json}");
         assert!(json.trim_end().ends_with('}'));
     }
 

@@ -112,6 +112,6 @@ async fn client(
     report
 }
 
-fn shoal_err(e: shoal::Error) -> BenchError {
+pub(crate) fn shoal_err(e: shoal::Error) -> BenchError {
     BenchError::msg(format!("shoal: {e}"))
 }
