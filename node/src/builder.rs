@@ -251,6 +251,7 @@ impl NodeBuilder {
             dedup: Mutex::new(DedupWindow::new(
                 config.dedup_capacity,
                 config.dedup_max_age,
+                rand::random(),
             )),
             pending: Mutex::default(),
             counters: Default::default(),

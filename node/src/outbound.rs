@@ -210,6 +210,10 @@ async fn attempt_once(
 ) -> Result<Result<(), Failure>, Error> {
     let fail_fast = delivery.fail_fast;
     let ack_deadline = Instant::from_std(state.ack_deadline(Instant::now().into_std()));
+    // One timer for the whole attempt, polled only when the step before it has to wait (each
+    // `select!` is biased), so an attempt that finds room and an answer registers it once.
+    let timer = tokio::time::sleep_until(ack_deadline);
+    tokio::pin!(timer);
     let permit = if fail_fast {
         match Arc::clone(&peer.permits).try_acquire_owned() {
             Ok(p) => p,
@@ -221,11 +225,12 @@ async fn attempt_once(
         }
     } else {
         tokio::select! {
+            biased;
             p = Arc::clone(&peer.permits).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return Ok(Err(Failure::Retryable("connection closed".into()))),
             },
-            _ = tokio::time::sleep_until(ack_deadline) => {
+            () = &mut timer => {
                 return Ok(Err(Failure::Retryable(format!("{} messages already in flight to {}", peer.in_flight(), peer.node))));
             }
         }
@@ -234,22 +239,24 @@ async fn attempt_once(
     let (item, id) = encode_attempt(delivery, msg, &shared.config.limits)?;
     let answer = peer.expect_answer(id);
     let pushed = tokio::select! {
+        biased;
         pushed = peer.push(item) => pushed,
-        _ = tokio::time::sleep_until(ack_deadline) => Err(format!("write queue to {} stayed full", peer.node)),
+        () = &mut timer => Err(format!("write queue to {} stayed full", peer.node)),
     };
     if let Err(reason) = pushed {
         peer.forget_answer(id);
         return Ok(Err(Failure::Retryable(reason)));
     }
     let outcome = tokio::select! {
+        biased;
         outcome = answer => outcome.unwrap_or_else(|_| Outcome::Lost("connection closed".into())),
-        _ = tokio::time::sleep_until(ack_deadline) => {
-            peer.forget_answer(id);
-            Outcome::Lost(format!("no ack from {} within {:?}", peer.node, state.ack_timeout()))
-        }
         _ = stop.cancelled() => {
             peer.forget_answer(id);
             return Err(Error::ShuttingDown);
+        }
+        () = &mut timer => {
+            peer.forget_answer(id);
+            Outcome::Lost(format!("no ack from {} within {:?}", peer.node, state.ack_timeout()))
         }
     };
     drop(permit);

@@ -190,8 +190,8 @@ impl Node {
         self.shared()
             .registry
             .audiences(topic)
-            .into_iter()
-            .map(|(audience, nodes)| (audience.wire_group().map(str::to_owned), nodes))
+            .iter()
+            .map(|(audience, nodes)| (audience.wire_group().map(str::to_owned), nodes.clone()))
             .collect()
     }
 
@@ -234,11 +234,11 @@ impl Plan {
         }
         let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
         let copies = audiences
-            .into_iter()
+            .iter()
             .map(|(audience, _)| {
                 let route = Route::Audience {
                     topic: topic.clone(),
-                    audience,
+                    audience: audience.clone(),
                 };
                 // Best-effort copies are not retried, so they need no turn.
                 let ticket = reliable

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use crate::core::fanout::{self, Audience, DepartedGroups};
 use crate::core::route::{self, Candidate};
-use crate::core::topic;
 use crate::peer::Peer;
 use crate::sync::lock;
 
@@ -43,24 +42,6 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// Whether `peer` may take this delivery (leaving peers aside).
-    fn admits(&self, peer: &Peer) -> bool {
-        match self {
-            Self::Service(target) => {
-                peer.service == target.service || target.node == Some(peer.node)
-            }
-            Self::Audience { topic, audience } => match audience {
-                Audience::Instance(node) if *node != peer.node => false,
-                _ => peer.with_subscriptions(|subs| {
-                    subs.iter().any(|s| {
-                        s.group.as_deref() == audience.wire_group()
-                            && topic::matches(&s.pattern, topic)
-                    })
-                }),
-            },
-        }
-    }
-
     /// Who the delivery is for, as dead letters and logs name it.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -78,10 +59,75 @@ pub(crate) enum Inserted {
     Rejected,
 }
 
+/// The audiences of events on one topic, each with its live instances.
+pub(crate) type Audiences = Arc<Vec<(Audience, Vec<NodeId>)>>;
+
+/// Most topics whose audiences are kept between changes of the peer table.
+const MAX_CACHED_TOPICS: usize = 4096;
+
 #[derive(Debug)]
 struct Inner {
     peers: HashMap<NodeId, Arc<Peer>>,
     departed: DepartedGroups,
+    /// Audiences by topic, worked out once per change of the peer table (cleared by `bump`),
+    /// so publishing does not match every peer's patterns for every event.
+    audience_cache: HashMap<String, Audiences>,
+}
+
+impl Inner {
+    fn audiences(&mut self, topic: &str) -> Audiences {
+        if let Some(cached) = self.audience_cache.get(topic) {
+            return Arc::clone(cached);
+        }
+        let subs: Vec<(NodeId, Vec<shoal_proto::Subscription>)> = self
+            .peers
+            .values()
+            .filter(|p| !p.is_leaving())
+            .map(|p| (p.node, p.subscriptions()))
+            .collect();
+        let mut audiences = fanout::audiences(topic, subs.iter().map(|(n, s)| (*n, s.as_slice())));
+        let departed = self.departed.matching(topic, Instant::now());
+        let remembered = !departed.is_empty();
+        for group in departed {
+            audiences.entry(Audience::Group(group)).or_default();
+        }
+        let audiences: Audiences = Arc::new(audiences.into_iter().collect());
+        // Remembered groups expire with time, not with a change: such answers are not kept.
+        if !remembered {
+            if self.audience_cache.len() >= MAX_CACHED_TOPICS {
+                self.audience_cache.clear();
+            }
+            self.audience_cache
+                .insert(topic.to_owned(), Arc::clone(&audiences));
+        }
+        audiences
+    }
+
+    /// The live peers (not leaving) that may take a delivery on `route`.
+    fn candidates(&mut self, route: &Route) -> Vec<Arc<Peer>> {
+        match route {
+            Route::Service(target) => self
+                .peers
+                .values()
+                .filter(|p| {
+                    !p.is_leaving() && (p.service == target.service || target.node == Some(p.node))
+                })
+                .cloned()
+                .collect(),
+            Route::Audience { topic, audience } => {
+                let audiences = self.audiences(topic);
+                let Some((_, nodes)) = audiences.iter().find(|(a, _)| a == audience) else {
+                    return Vec::new();
+                };
+                nodes
+                    .iter()
+                    .filter_map(|n| self.peers.get(n))
+                    .filter(|p| !p.is_leaving())
+                    .cloned()
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Shared table of live peers; every change bumps a watch channel so waiting senders wake.
@@ -98,6 +144,7 @@ impl Registry {
             inner: Mutex::new(Inner {
                 peers: HashMap::new(),
                 departed: DepartedGroups::new(remember_groups),
+                audience_cache: HashMap::new(),
             }),
             changed: watch::channel(0).0,
         }
@@ -110,6 +157,7 @@ impl Registry {
 
     /// Wakes everyone watching: something about the peers changed.
     pub(crate) fn bump(&self) {
+        lock(&self.inner).audience_cache.clear();
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -201,11 +249,11 @@ impl Registry {
     /// Whether a live instance for `route` that this message has not failed on exists: the
     /// next attempt can go there at once instead of waiting out a backoff.
     pub(crate) fn has_untried(&self, route: &Route, tried: &[NodeId]) -> bool {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
         inner
-            .peers
-            .values()
-            .any(|p| !p.is_leaving() && !tried.contains(&p.node) && route.admits(p))
+            .candidates(route)
+            .iter()
+            .any(|p| !tried.contains(&p.node))
     }
 
     /// Picks the peer for the next attempt on `route`: the preferred node of a reply if it
@@ -217,7 +265,7 @@ impl Registry {
         tried: &[NodeId],
         key: Option<&str>,
     ) -> Option<Arc<Peer>> {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
         if let Route::Service(Target {
             node: Some(node), ..
         }) = route
@@ -227,17 +275,17 @@ impl Registry {
                 return Some(Arc::clone(p));
             }
         }
-        let live = inner
-            .peers
-            .values()
-            .filter(|p| !p.is_leaving() && route.admits(p));
+        let live = inner.candidates(route);
+        drop(inner);
         let chosen = match key {
             Some(key) => {
-                let nodes: Vec<NodeId> = live.map(|p| p.node).collect();
+                let nodes: Vec<NodeId> = live.iter().map(|p| p.node).collect();
                 route::choose_for_key(&nodes, tried, key)?
             }
+            None if live.len() == 1 => live[0].node,
             None => {
                 let candidates: Vec<Candidate> = live
+                    .iter()
                     .map(|p| Candidate {
                         node: p.node,
                         in_flight: p.in_flight(),
@@ -248,22 +296,14 @@ impl Registry {
                 route::choose(&candidates, tried, rand::random::<u32>() as usize)?
             }
         };
-        inner.peers.get(&chosen).cloned()
+        live.into_iter().find(|p| p.node == chosen)
     }
 
     /// The audiences of an event on `topic`: every group and ungrouped instance subscribed
     /// among the live peers, each with its live instances, plus groups remembered after their
     /// last instance left (with none).
-    pub(crate) fn audiences(&self, topic: &str) -> Vec<(Audience, Vec<NodeId>)> {
-        let mut inner = lock(&self.inner);
-        let live: Vec<&Arc<Peer>> = inner.peers.values().filter(|p| !p.is_leaving()).collect();
-        let subs: Vec<(NodeId, Vec<shoal_proto::Subscription>)> =
-            live.iter().map(|p| (p.node, p.subscriptions())).collect();
-        let mut audiences = fanout::audiences(topic, subs.iter().map(|(n, s)| (*n, s.as_slice())));
-        for group in inner.departed.matching(topic, Instant::now()) {
-            audiences.entry(Audience::Group(group)).or_default();
-        }
-        audiences.into_iter().collect()
+    pub(crate) fn audiences(&self, topic: &str) -> Audiences {
+        lock(&self.inner).audiences(topic)
     }
 
     /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.
