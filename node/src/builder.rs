@@ -269,6 +269,8 @@ impl NodeBuilder {
             subscriptions: RwLock::default(),
             subscription_gate: tokio::sync::Mutex::new(()),
             key_order: Arc::default(),
+            inline_handlers: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread,
             config,
         });
 

@@ -344,7 +344,20 @@ async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
         }
         return;
     }
-    shared.handler_tasks.spawn(task);
+    let task = shared.handler_tasks.track_future(task);
+    drop(admission);
+    if !shared.inline_handlers {
+        tokio::spawn(task);
+        return;
+    }
+    // On a current-thread runtime a spawned handler would run on this thread anyway: give it
+    // its first poll here, and spawn a task only for a handler that has to wait. Most
+    // handlers finish in that poll, and skip the task.
+    let mut task = Box::pin(task);
+    let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        tokio::spawn(task);
+    }
 }
 
 /// Sends a handler's reply to where the message asked: straight back to a synchronous

@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// Held while subscriptions change or are announced to a new peer, so peers learn of
     /// changes in the order they happened.
     pub(crate) subscription_gate: tokio::sync::Mutex<()>,
+    /// Whether handlers get their first poll in the read loop (on a current-thread runtime,
+    /// where a spawned task would run on the same thread anyway).
+    pub(crate) inline_handlers: bool,
     /// Turns of messages with a partition key, per destination and key.
     pub(crate) key_order: Arc<crate::ordering::KeyOrder>,
 }
