@@ -268,3 +268,73 @@ async fn delivery_over_a_field_limit_is_nacked_and_the_connection_stays_usable()
     shop.shutdown().await;
     billing.shutdown().await;
 }
+
+/// Publish/subscribe frames from a hostile or confused peer: a malformed subscription is
+/// refused and reported without closing the connection; an event for a group this node has
+/// no subscription in is refused with a retryable nack under that group's delivery key; and
+/// the node's own subscriptions reach the raw peer when it connects.
+#[tokio::test(flavor = "current_thread")]
+async fn bad_subscriptions_and_stray_events_are_refused_not_fatal() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    billing
+        .subscribe("order.created", |_msg: Message| async { Ok(()) })
+        .await
+        .unwrap();
+    let mut events = billing.events();
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    raw.read_until(WAIT, 16, |f| {
+        matches!(f, Frame::Subscribe(s) if s.pattern == "order.created" && s.group.as_deref() == Some("billing"))
+    })
+    .await;
+
+    let bad = shoal_proto::Subscription {
+        pattern: "orders.>.late".into(),
+        group: None,
+    };
+    raw.send_frame(&Frame::Subscribe(bad)).await;
+    let event = next_event(&mut events, WAIT, |e| {
+        matches!(e, NodeEvent::ProtocolError { .. })
+    })
+    .await;
+    assert!(
+        format!("{event:?}").contains("subscription refused"),
+        "{event:?}"
+    );
+
+    let env = envelope("order.created", b"x");
+    let key = env.id.delivery_key(Some("audit"));
+    let stray = shoal_proto::Publish {
+        envelope: env,
+        reliable: true,
+        group: Some("audit".into()),
+    };
+    raw.send_frame(&Frame::Publish(Box::new(stray))).await;
+    let nack = raw
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == key))
+        .await;
+    let (Frame::Nack(nack), _) = nack else {
+        unreachable!()
+    };
+    assert!(
+        nack.retryable && nack.reason.contains("no subscription"),
+        "{nack:?}"
+    );
+
+    // The connection is still up: a good event for the billing group is handled and acked.
+    let env = envelope("order.created", b"y");
+    let key = env.id.delivery_key(Some("billing"));
+    let good = shoal_proto::Publish {
+        envelope: env,
+        reliable: true,
+        group: Some("billing".into()),
+    };
+    raw.send_frame(&Frame::Publish(Box::new(good))).await;
+    raw.read_until(
+        WAIT,
+        16,
+        |f| matches!(f, Frame::Ack(a) if a.ids.contains(&key)),
+    )
+    .await;
+    assert_eq!(billing.stats().handled, 1);
+}
