@@ -188,7 +188,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
     };
     if !round_trip.is_empty() {
         println!("\nRound-trip times, µs, {of_runs}{each}:");
-        print!("{}", report::render_table(&round_trip, baseline));
+        print!("{}", report::render_table(&round_trip, baseline, None));
         if !round_trip.iter().any(|r| r.name == cli.baseline) {
             println!("(baseline `{}` was not run: no ratios)", cli.baseline);
         }
@@ -197,7 +197,11 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         println!("\nOne-way latency (send -> receiver's handler), µs, {of_runs}{each}:");
         print!(
             "{}",
-            report::render_table(&one_way, Some(pubsub::ONEWAY_NAME))
+            report::render_table(
+                &one_way,
+                Some(pubsub::ONEWAY_NAME),
+                Some(pubsub::SAME_FAN_OUT)
+            )
         );
     }
     if !throughput.is_empty() {
@@ -215,7 +219,11 @@ fn run(cli: &Cli) -> BenchResult<bool> {
                 format!(
                     "{{\"baseline\": {}, \"results\": {}}}",
                     report::json_string(pubsub::ONEWAY_NAME),
-                    report::render_json_rows(&results.one_way, Some(pubsub::ONEWAY_NAME))
+                    report::render_json_rows(
+                        &results.one_way,
+                        Some(pubsub::ONEWAY_NAME),
+                        Some(pubsub::SAME_FAN_OUT)
+                    )
                 ),
             ),
             (
@@ -283,11 +291,15 @@ fn markdown_document(
     );
     if !round_trip.is_empty() {
         text.push_str("\nRound-trip times in µs:\n\n");
-        text.push_str(&report::render_markdown(round_trip, baseline));
+        text.push_str(&report::render_markdown(round_trip, baseline, None));
     }
     if !one_way.is_empty() {
         text.push_str("\nOne-way latency (send -> receiver's handler) in µs:\n\n");
-        text.push_str(&report::render_markdown(one_way, Some(pubsub::ONEWAY_NAME)));
+        text.push_str(&report::render_markdown(
+            one_way,
+            Some(pubsub::ONEWAY_NAME),
+            Some(pubsub::SAME_FAN_OUT),
+        ));
     }
     if !throughput.is_empty() {
         text.push_str(&format!(

@@ -1,45 +1,56 @@
 //! Publish/subscribe one-way latency: publish → subscriber handler, to 1, 4 and 16 subscriber
-//! nodes, against raw quinn's one-way floor, all in the same run.
+//! nodes, against raw quinn's one-way floor to 1, 4 and 16 receivers, all in the same run.
 //!
 //! All nodes live in one process, so a `std::time::Instant` taken before the run is a clock
 //! every thread shares: each message carries its sequence number and its send time (ns since
 //! that instant) in its first 16 bytes, and the receiver records `now - sent` on arrival.
 //! The loop is **closed**: the next message leaves when the previous one was acknowledged
-//! (raw quinn: a 1-byte ack written after recording; Shoal: the reliable `publish` resolves
-//! when every subscriber group's handler ran and acked). The ack's way back is not timed.
+//! by every receiver (raw quinn: a 1-byte ack written after recording; Shoal: the reliable
+//! `publish` resolves when every subscriber group's handler ran and acked). The ack's way
+//! back is not timed.
 //!
-//! Setting as everywhere ([`crate::runtime`]): the receiving side (quinn server, or *all*
-//! subscriber nodes) on one thread and `current_thread` runtime, the sender on another.
+//! Setting as everywhere ([`crate::runtime`]): the receiving side (*all* quinn servers, or
+//! *all* subscriber nodes) on one thread and `current_thread` runtime, the sender on another.
 //!
 //! Rows:
 //! * `quinn-oneway` — the baseline: one long-lived bidi stream, mutual TLS, `u32` length
 //!   prefix + payload, the server records arrival then writes 1 byte back.
+//! * `quinn-fanout-N` (N > 1) — the same to N servers, each its own endpoint (socket) with
+//!   one connection from the client's single endpoint; the client writes each frame to all N
+//!   streams, then reads the N acks. Every server's latency (N samples per frame).
 //! * `shoal-publish-N` — every subscriber's handler latency (N samples per event); each of
 //!   the N subscriber nodes is its own service, so its own group, and gets every event.
-//! * `shoal-publish-N-last` (N > 1) — per event, until the *last* of the N handlers ran.
+//! * `-last` variants of both (N > 1) — per message, until the *last* of the N receivers
+//!   got it.
+//!
+//! [`SAME_FAN_OUT`] pairs each Shoal row with the raw quinn row of the same N.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use quinn::{Endpoint, ReadError, ReadExactError};
 use shoal::{HandlerError, MeshCa, Message, Node};
 
 use crate::error::{BenchError, BenchResult};
-use crate::quinn_echo::{self, closed_by_peer};
-use crate::report::{self, LatencyReport};
+use crate::report::{self, LatencyReport, PeerColumn};
 use crate::runtime::{Announce, Shutdown, run_pair};
 use crate::shoal_scenarios::shoal_err;
-use crate::{BenchConfig, LOOPBACK, certs};
+use crate::{BenchConfig, LOOPBACK};
+
+mod raw_quinn;
 
 /// Baseline row: raw quinn, one-way over one long-lived stream.
 pub const ONEWAY_NAME: &str = "quinn-oneway";
+/// Prefix of the raw quinn fan-out rows (`quinn-fanout-4`, `quinn-fanout-16-last`, ...).
+pub const FANOUT_PREFIX: &str = "quinn-fanout";
 /// Prefix of the Shoal rows (`shoal-publish-1`, `shoal-publish-4-last`, ...).
 pub const PUBLISH_PREFIX: &str = "shoal-publish";
-/// Subscriber counts measured, each in its own group.
+/// Suffix of the rows timing each message until the last of its receivers got it.
+pub const LAST_SUFFIX: &str = "-last";
+/// Subscriber (and raw quinn receiver) counts measured.
 pub const FAN_OUTS: [usize; 3] = [1, 4, 16];
 /// Topic every pub/sub scenario publishes on.
 pub const TOPIC: &str = "bench.topic";
@@ -48,17 +59,45 @@ pub const STAMP_LEN: usize = 16;
 /// How long a publisher waits for its subscribers to be known.
 pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A latency histogram the receiving thread records into and the harness reads afterwards.
-type Shared = Arc<Mutex<Histogram<u64>>>;
+/// The one-way table's extra ratio column: each Shoal row against raw quinn with the same
+/// number of receivers (see [`same_fan_out`]).
+pub const SAME_FAN_OUT: PeerColumn = PeerColumn {
+    header: "p50 / p99 vs raw quinn, same N",
+    peer_of: same_fan_out,
+};
 
 /// Bytes per message in one-way scenarios: the payload, but at least [`STAMP_LEN`].
 pub fn stamped_len(payload: usize) -> usize {
     payload.max(STAMP_LEN)
 }
 
-/// One run: `quinn-oneway`, then Shoal with each of [`FAN_OUTS`], each on fresh sockets.
+/// Row name of raw quinn to `n` receivers: [`ONEWAY_NAME`] for 1, `quinn-fanout-<n>` above.
+pub fn quinn_row(n: usize) -> String {
+    if n == 1 {
+        ONEWAY_NAME.to_owned()
+    } else {
+        format!("{FANOUT_PREFIX}-{n}")
+    }
+}
+
+/// The raw quinn row a Shoal row compares with: `shoal-publish-N[-last]` →
+/// `quinn-fanout-N[-last]` (`quinn-oneway` for N = 1); `None` for other rows.
+pub fn same_fan_out(row: &str) -> Option<String> {
+    let rest = row.strip_prefix(PUBLISH_PREFIX)?.strip_prefix('-')?;
+    let (n, last) = match rest.strip_suffix(LAST_SUFFIX) {
+        Some(n) => (n, LAST_SUFFIX),
+        None => (rest, ""),
+    };
+    let n: usize = n.parse().ok()?;
+    Some(format!("{}{last}", quinn_row(n)))
+}
+
+/// One run: raw quinn then Shoal, each with every one of [`FAN_OUTS`], each on fresh sockets.
 pub fn run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
-    let mut rows = vec![run_quinn(config)?];
+    let mut rows = Vec::new();
+    for n in FAN_OUTS {
+        rows.extend(raw_quinn::run(config, n)?);
+    }
     for n in FAN_OUTS {
         rows.extend(run_shoal(config, n)?);
     }
@@ -66,12 +105,12 @@ pub fn run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
 }
 
 /// Nanoseconds since `base` (saturating; a run is far shorter than 584 years).
-fn nanos_since(base: std::time::Instant) -> u64 {
+fn nanos_since(base: Instant) -> u64 {
     u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Writes `seq` and the current time into the first [`STAMP_LEN`] bytes of `buf`.
-fn stamp(buf: &mut [u8], seq: u64, base: std::time::Instant) -> u64 {
+fn stamp(buf: &mut [u8], seq: u64, base: Instant) -> u64 {
     let sent = nanos_since(base);
     buf[..8].copy_from_slice(&seq.to_le_bytes());
     buf[8..16].copy_from_slice(&sent.to_le_bytes());
@@ -79,137 +118,111 @@ fn stamp(buf: &mut [u8], seq: u64, base: std::time::Instant) -> u64 {
 }
 
 /// `(seq, one-way latency ns, arrival ns)` of a stamped message, read on arrival.
-fn arrival(buf: &[u8], base: std::time::Instant) -> Option<(u64, u64, u64)> {
+fn arrival(buf: &[u8], base: Instant) -> Option<(u64, u64, u64)> {
     let now = nanos_since(base);
     let seq = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?);
     let sent = u64::from_le_bytes(buf.get(8..16)?.try_into().ok()?);
     Some((seq, now.saturating_sub(sent), now))
 }
 
-fn shared_histogram() -> BenchResult<Shared> {
-    Ok(Arc::new(Mutex::new(report::new_histogram()?)))
-}
-
-fn lock(h: &Shared) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
     h.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Checks that a receiver recorded exactly the measured messages, once each.
-fn expect_count(name: &str, h: &Histogram<u64>, count: u64) -> BenchResult<()> {
-    if h.len() == count {
-        Ok(())
-    } else {
-        Err(BenchError::msg(format!(
-            "{name}: receiver recorded {} of {count} messages",
-            h.len()
-        )))
+/// What one fan-out run records, shared by the harness, the receiving thread (per-receiver
+/// latencies) and the sending thread (the `-last` times). Cloning is one `Arc` clone.
+#[derive(Clone)]
+struct Probe(Arc<ProbeState>);
+
+struct ProbeState {
+    config: BenchConfig,
+    /// The shared clock stamps are taken against.
+    base: Instant,
+    /// One latency histogram per receiver.
+    per_receiver: Vec<Mutex<Histogram<u64>>>,
+    /// Latest arrival (ns since `base`) of the message in flight, over all receivers.
+    latest: AtomicU64,
+}
+
+impl Probe {
+    fn new(config: &BenchConfig, receivers: usize) -> BenchResult<Self> {
+        let per_receiver = (0..receivers)
+            .map(|_| report::new_histogram().map(Mutex::new))
+            .collect::<BenchResult<_>>()?;
+        Ok(Self(Arc::new(ProbeState {
+            config: *config,
+            base: Instant::now(),
+            per_receiver,
+            latest: AtomicU64::new(0),
+        })))
     }
-}
 
-fn run_quinn(config: &BenchConfig) -> BenchResult<LatencyReport> {
-    let config = *config;
-    let pki = certs::generate_pki()?;
-    let server_cfg = quinn_echo::server_config(&pki)?;
-    let client_cfg = quinn_echo::client_config(&pki)?;
-    let base = std::time::Instant::now();
-    let histogram = shared_histogram()?;
-    let server_histogram = Arc::clone(&histogram);
-    run_pair(
-        ONEWAY_NAME,
-        &config,
-        move |announce, shutdown| {
-            quinn_server(
-                announce,
-                shutdown,
-                server_cfg,
-                config,
-                base,
-                server_histogram,
-            )
-        },
-        move |addr| quinn_client(addr, client_cfg, config, base),
-    )?;
-    let h = lock(&histogram);
-    expect_count(ONEWAY_NAME, &h, config.count)?;
-    Ok(LatencyReport::from_histogram(ONEWAY_NAME, &h))
-}
-
-async fn quinn_server(
-    announce: Announce<SocketAddr>,
-    shutdown: Shutdown,
-    server_cfg: quinn::ServerConfig,
-    config: BenchConfig,
-    base: std::time::Instant,
-    histogram: Shared,
-) -> BenchResult<()> {
-    let endpoint = Endpoint::server(server_cfg, LOOPBACK)?;
-    announce.send(endpoint.local_addr()?)?;
-    let result = shutdown
-        .run_until(async {
-            let incoming = endpoint
-                .accept()
-                .await
-                .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
-            let connection = incoming.await?;
-            let (mut send, mut recv) = match connection.accept_bi().await {
-                Ok(stream) => stream,
-                Err(e) if closed_by_peer(&e) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut frame = vec![0u8; 4 + stamped_len(config.payload)];
-            for _ in 0..config.max_round_trips() {
-                match recv.read_exact(&mut frame).await {
-                    Ok(()) => {}
-                    Err(ReadExactError::FinishedEarly(0)) => return Ok(()),
-                    Err(ReadExactError::ReadError(ReadError::ConnectionLost(e)))
-                        if closed_by_peer(&e) =>
-                    {
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                let (seq, latency, _) = arrival(&frame[4..], base)
-                    .ok_or_else(|| BenchError::msg("frame without a stamp"))?;
-                if seq >= config.warmup {
-                    lock(&histogram).saturating_record(latency.max(1));
-                }
-                send.write_all(&[1]).await?;
-            }
-            Ok(())
-        })
-        .await;
-    endpoint.close(0u32.into(), b"done");
-    result
-}
-
-async fn quinn_client(
-    server: SocketAddr,
-    client_cfg: quinn::ClientConfig,
-    config: BenchConfig,
-    base: std::time::Instant,
-) -> BenchResult<()> {
-    let mut endpoint = Endpoint::client(LOOPBACK)?;
-    endpoint.set_default_client_config(client_cfg);
-    let connection = endpoint.connect(server, certs::SERVER_NAME)?.await?;
-    let len = stamped_len(config.payload);
-    let prefix = u32::try_from(len).map_err(|_| BenchError::msg("payload too large"))?;
-    let mut frame = vec![0xA5u8; 4 + len];
-    frame[..4].copy_from_slice(&prefix.to_be_bytes());
-    let result = async {
-        let (mut send, mut recv) = connection.open_bi().await?;
-        let mut ack = [0u8; 1];
-        for seq in 0..config.warmup + config.count {
-            stamp(&mut frame[4..], seq, base);
-            send.write_all(&frame).await?;
-            recv.read_exact(&mut ack).await?;
+    /// Receiver `i` got the stamped message `buf`: records its latency (after the warm-up)
+    /// and its arrival. `None` if `buf` carries no stamp.
+    fn arrived(&self, i: usize, buf: &[u8]) -> Option<()> {
+        let (seq, latency, now) = arrival(buf, self.0.base)?;
+        if seq >= self.0.config.warmup {
+            lock(self.0.per_receiver.get(i)?).saturating_record(latency.max(1));
         }
-        let _ = send.finish();
-        Ok(())
+        self.0.latest.fetch_max(now, Ordering::AcqRel);
+        Some(())
     }
-    .await;
-    connection.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    result
+
+    /// The sending side's closed loop: per message, stamps `header` + a stamped payload,
+    /// has `deliver` send it and wait until every receiver acknowledged it, and records the
+    /// time until the last receiver got it. Returns those times (measured messages only).
+    async fn closed_loop(
+        &self,
+        header: &[u8],
+        mut deliver: impl AsyncFnMut(u64, &[u8]) -> BenchResult<()>,
+    ) -> BenchResult<Histogram<u64>> {
+        let BenchConfig {
+            warmup,
+            count,
+            payload,
+            ..
+        } = self.0.config;
+        let mut last = report::new_histogram()?;
+        let mut buf = header.to_vec();
+        buf.resize(header.len() + stamped_len(payload), 0xA5);
+        for seq in 0..warmup + count {
+            self.0.latest.store(0, Ordering::Release);
+            let sent = stamp(&mut buf[header.len()..], seq, self.0.base);
+            deliver(seq, &buf).await?;
+            if seq >= warmup {
+                let arrived = self.0.latest.load(Ordering::Acquire);
+                last.saturating_record(arrived.saturating_sub(sent).max(1));
+            }
+        }
+        Ok(last)
+    }
+
+    /// The rows of a run named `name`: every receiver's latencies merged (each receiver
+    /// must have recorded every measured message once) and, for more than one receiver,
+    /// `<name>-last` from `last`.
+    fn rows(&self, name: &str, last: &Histogram<u64>) -> BenchResult<Vec<LatencyReport>> {
+        let count = self.0.config.count;
+        let mut all = report::new_histogram()?;
+        for h in &self.0.per_receiver {
+            let h = lock(h);
+            if h.len() != count {
+                return Err(BenchError::msg(format!(
+                    "{name}: receiver recorded {} of {count} messages",
+                    h.len()
+                )));
+            }
+            all.add(&*h)
+                .map_err(|e| BenchError::msg(format!("merging histograms: {e:?}")))?;
+        }
+        let mut rows = vec![LatencyReport::from_histogram(name, &all)];
+        if self.0.per_receiver.len() > 1 {
+            rows.push(LatencyReport::from_histogram(
+                format!("{name}{LAST_SUFFIX}"),
+                last,
+            ));
+        }
+        Ok(rows)
+    }
 }
 
 /// Starts `n` subscriber nodes (services `bench-sub-0..n`, so `n` groups) on the current
@@ -273,54 +286,32 @@ pub(crate) async fn serve_subscribers(
 }
 
 fn run_shoal(config: &BenchConfig, n: usize) -> BenchResult<Vec<LatencyReport>> {
-    let config = *config;
     let name = format!("{PUBLISH_PREFIX}-{n}");
     let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
     let server_ca = ca.clone();
-    let base = std::time::Instant::now();
-    let per_sub = (0..n)
-        .map(|_| shared_histogram())
-        .collect::<BenchResult<Vec<_>>>()?;
-    let server_hists = per_sub.clone();
-    // Latest handler arrival (ns since `base`) of the event in flight.
-    let latest = Arc::new(AtomicU64::new(0));
-    let server_latest = Arc::clone(&latest);
+    let probe = Probe::new(config, n)?;
+    let (server_probe, client_probe) = (probe.clone(), probe.clone());
     let last = run_pair(
         &name,
-        &config,
+        config,
         move |announce, shutdown| async move {
             let nodes = start_subscribers(&server_ca, n, |i| {
-                let (h, latest) = (Arc::clone(&server_hists[i]), Arc::clone(&server_latest));
+                let probe = server_probe.clone();
                 move |msg: Message| {
-                    let (h, latest) = (Arc::clone(&h), Arc::clone(&latest));
+                    let probe = probe.clone();
                     async move {
-                        let (seq, latency, now) = arrival(msg.payload(), base)
-                            .ok_or_else(|| HandlerError::permanent("event without a stamp"))?;
-                        if seq >= config.warmup {
-                            lock(&h).saturating_record(latency.max(1));
-                        }
-                        latest.fetch_max(now, Ordering::AcqRel);
-                        Ok(())
+                        probe
+                            .arrived(i, msg.payload())
+                            .ok_or_else(|| HandlerError::permanent("event without a stamp"))
                     }
                 }
             })
             .await?;
             serve_subscribers(nodes, announce, shutdown).await
         },
-        move |addrs| publish_loop(ca, addrs, config, base, latest),
+        move |addrs| publish_loop(ca, addrs, client_probe),
     )?;
-    let mut all = report::new_histogram()?;
-    for h in &per_sub {
-        let h = lock(h);
-        expect_count(&name, &h, config.count)?;
-        all.add(&*h)
-            .map_err(|e| BenchError::msg(format!("merging histograms: {e:?}")))?;
-    }
-    let mut rows = vec![LatencyReport::from_histogram(&name, &all)];
-    if n > 1 {
-        rows.push(LatencyReport::from_histogram(format!("{name}-last"), &last));
-    }
-    Ok(rows)
+    probe.rows(&name, &last)
 }
 
 /// The publisher side: closed loop of reliable publishes; returns, per measured event, the
@@ -328,34 +319,24 @@ fn run_shoal(config: &BenchConfig, n: usize) -> BenchResult<Vec<LatencyReport>> 
 async fn publish_loop(
     ca: MeshCa,
     subscribers: Vec<SocketAddr>,
-    config: BenchConfig,
-    base: std::time::Instant,
-    latest: Arc<AtomicU64>,
+    probe: Probe,
 ) -> BenchResult<Histogram<u64>> {
     let node = start_publisher(ca, &subscribers).await?;
-    let mut last = report::new_histogram()?;
-    let mut buf = vec![0xA5u8; stamped_len(config.payload)];
-    let result = async {
-        for seq in 0..config.warmup + config.count {
-            latest.store(0, Ordering::Release);
-            let sent = stamp(&mut buf, seq, base);
-            let event = Message::event(TOPIC, Bytes::copy_from_slice(&buf));
+    let result = probe
+        .closed_loop(&[], async |seq, buf| {
+            let event = Message::event(TOPIC, Bytes::copy_from_slice(buf));
             let receipt = node.publish(event).await.map_err(shoal_err)?;
-            if receipt.deliveries.len() != subscribers.len() {
-                return Err(BenchError::msg(format!(
+            if receipt.deliveries.len() == subscribers.len() {
+                Ok(())
+            } else {
+                Err(BenchError::msg(format!(
                     "event {seq} reached {} of {} subscribers",
                     receipt.deliveries.len(),
                     subscribers.len()
-                )));
+                )))
             }
-            if seq >= config.warmup {
-                let arrived = latest.load(Ordering::Acquire);
-                last.saturating_record(arrived.saturating_sub(sent).max(1));
-            }
-        }
-        Ok(last)
-    }
-    .await;
+        })
+        .await;
     node.shutdown().await;
     result
 }
@@ -366,7 +347,7 @@ mod tests {
 
     #[test]
     fn stamps_round_trip() {
-        let base = std::time::Instant::now();
+        let base = Instant::now();
         let mut buf = vec![0u8; stamped_len(4)];
         assert_eq!(buf.len(), STAMP_LEN);
         let sent = stamp(&mut buf, 7, base);
@@ -374,5 +355,20 @@ mod tests {
         assert_eq!(seq, 7);
         assert_eq!(now - sent, latency);
         assert!(arrival(&buf[..10], base).is_none());
+    }
+
+    #[test]
+    fn shoal_rows_pair_with_quinn_rows_of_the_same_fan_out() {
+        assert_eq!(
+            same_fan_out("shoal-publish-1").as_deref(),
+            Some(ONEWAY_NAME)
+        );
+        assert_eq!(
+            same_fan_out("shoal-publish-16-last").as_deref(),
+            Some("quinn-fanout-16-last")
+        );
+        assert_eq!(quinn_row(4), "quinn-fanout-4");
+        assert_eq!(same_fan_out("quinn-fanout-4"), None);
+        assert_eq!(same_fan_out("shoal-publish-x"), None);
     }
 }

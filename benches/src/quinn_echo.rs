@@ -137,22 +137,39 @@ pub(crate) fn closed_by_peer(error: &ConnectionError) -> bool {
     )
 }
 
+/// The peer's first bidi stream; `None` if the peer closed the connection instead.
+pub(crate) async fn accept_bi_or_end(
+    connection: &quinn::Connection,
+) -> BenchResult<Option<(quinn::SendStream, quinn::RecvStream)>> {
+    match connection.accept_bi().await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if closed_by_peer(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fills `buf` from `recv`: `true` once filled, `false` if the peer cleanly ended the stream
+/// or closed the connection before the first byte.
+pub(crate) async fn read_or_end(recv: &mut quinn::RecvStream, buf: &mut [u8]) -> BenchResult<bool> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(true),
+        Err(ReadExactError::FinishedEarly(0)) => Ok(false),
+        Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) if closed_by_peer(&e) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn echo_stream(connection: &quinn::Connection, max_frames: u64) -> BenchResult<()> {
-    let (mut send, mut recv) = match connection.accept_bi().await {
-        Ok(stream) => stream,
-        Err(e) if closed_by_peer(&e) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some((mut send, mut recv)) = accept_bi_or_end(connection).await? else {
+        return Ok(());
     };
     let mut frame = Vec::new();
     for _ in 0..max_frames {
         let mut header = [0u8; 4];
-        match recv.read_exact(&mut header).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(0)) => return Ok(()),
-            Err(ReadExactError::ReadError(ReadError::ConnectionLost(e))) if closed_by_peer(&e) => {
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
+        if !read_or_end(&mut recv, &mut header).await? {
+            return Ok(());
         }
         let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
         if len > MAX_FRAME {

@@ -1,13 +1,17 @@
-//! Latency reports: percentiles from an HDR histogram, medians across runs, and the text,
-//! Markdown and JSON renderings (with each row's ratio to a named baseline row).
+//! Latency reports: percentiles from an HDR histogram, medians across runs, and the text and
+//! Markdown renderings (with each row's ratio to a named baseline row, and optionally to a
+//! peer row of its own, see [`PeerColumn`]); the JSON rendering is in [`json`].
 //!
 //! All values are **recorded and stored in nanoseconds** and **printed in microseconds**.
+
+pub mod json;
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
+pub use self::json::{json_string, render_json, render_json_rows};
 use crate::error::{BenchError, BenchResult};
 
 /// Highest value a latency histogram can hold: 60 s, in nanoseconds. Larger samples are
@@ -101,15 +105,16 @@ impl LatencyReport {
         (ratio(self.p50, baseline.p50), ratio(self.p99, baseline.p99))
     }
 
+    /// `[p50, p90, p99, p99.9, max]` in µs, for printing.
+    pub fn percentiles_us(&self) -> [f64; 5] {
+        [self.p50, self.p90, self.p99, self.p999, self.max].map(us)
+    }
+
     /// One line for progress output, e.g. `p50 61.2 µs  p99 95.3 µs  p99.9 180.2 µs`.
     pub fn summary(&self) -> String {
+        let [p50, p90, p99, p999, max] = self.percentiles_us();
         format!(
-            "p50 {:.1} µs  p90 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  max {:.1} µs  (n={}{})",
-            us(self.p50),
-            us(self.p90),
-            us(self.p99),
-            us(self.p999),
-            us(self.max),
+            "p50 {p50:.1} µs  p90 {p90:.1} µs  p99 {p99:.1} µs  p99.9 {p999:.1} µs  max {max:.1} µs  (n={}{})",
             self.count,
             if self.lost > 0 {
                 format!(", lost {}", self.lost)
@@ -172,6 +177,32 @@ fn find<'a>(reports: &'a [LatencyReport], name: Option<&str>) -> Option<&'a Late
     reports.iter().find(|r| r.name == name)
 }
 
+/// A second ratio column: each row against a peer row of its own (e.g. a Shoal row against
+/// the raw quinn row with the same fan-out); `-` for rows without one.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerColumn {
+    /// Column header, e.g. `"p50 / p99 vs raw quinn, same N"`.
+    pub header: &'static str,
+    /// Name of a row's peer row, given the row's name (`None`: the row has no peer).
+    pub peer_of: fn(&str) -> Option<String>,
+}
+
+impl PeerColumn {
+    /// The peer of `row` among `reports`, if it has one and that row is there.
+    fn find<'a>(
+        &self,
+        row: &LatencyReport,
+        reports: &'a [LatencyReport],
+    ) -> Option<&'a LatencyReport> {
+        find(reports, (self.peer_of)(&row.name).as_deref())
+    }
+
+    /// The ratio cell of `row` against its peer among `reports`.
+    fn cell(&self, row: &LatencyReport, reports: &[LatencyReport]) -> String {
+        ratio_cell(row, self.find(row, reports))
+    }
+}
+
 fn ratio_cell(row: &LatencyReport, baseline: Option<&LatencyReport>) -> String {
     match baseline {
         Some(base) => {
@@ -190,9 +221,14 @@ fn ratio_header(baseline: Option<&str>) -> String {
 }
 
 /// A fixed-width text table (µs), one row per report, with each row's p50 and p99 ratio to
-/// the row named `baseline` (e.g. `x1.05 / x1.10` means 5 % / 10 % slower than it).
-/// The ratio column shows `-` when there is no such row.
-pub fn render_table(reports: &[LatencyReport], baseline: Option<&str>) -> String {
+/// the row named `baseline` (e.g. `x1.05 / x1.10` means 5 % / 10 % slower than it), and with
+/// `peer`, a further column of each row's ratios to its own peer row.
+/// A ratio column shows `-` when there is no such row.
+pub fn render_table(
+    reports: &[LatencyReport],
+    baseline: Option<&str>,
+    peer: Option<PeerColumn>,
+) -> String {
     let base = find(reports, baseline);
     let name_width = reports
         .iter()
@@ -200,64 +236,69 @@ pub fn render_table(reports: &[LatencyReport], baseline: Option<&str>) -> String
         .chain(std::iter::once("scenario".len()))
         .max()
         .unwrap_or(8);
+    let header = ratio_header(base.map(|b| b.name.as_str()));
+    // The base ratio column is padded only when another column follows it.
+    let ratio_width = if peer.is_some() { header.len() } else { 0 };
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "{:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {}",
-        "scenario",
-        "count",
-        "p50 µs",
-        "p90 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "max µs",
-        ratio_header(base.map(|b| b.name.as_str())),
+        "{:<name_width$}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {header:<ratio_width$}",
+        "scenario", "count", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs",
     );
+    if let Some(peer) = peer {
+        let _ = write!(out, "  {}", peer.header);
+    }
+    out.push('\n');
     for r in reports {
-        let _ = writeln!(
+        let [p50, p90, p99, p999, max] = r.percentiles_us();
+        let _ = write!(
             out,
-            "{:<name_width$}  {:>7}  {:>9.1}  {:>9.1}  {:>9.1}  {:>9.1}  {:>9.1}  {}{}",
+            "{:<name_width$}  {:>7}  {p50:>9.1}  {p90:>9.1}  {p99:>9.1}  {p999:>9.1}  {max:>9.1}  {:<ratio_width$}",
             r.name,
             r.count,
-            us(r.p50),
-            us(r.p90),
-            us(r.p99),
-            us(r.p999),
-            us(r.max),
             ratio_cell(r, base),
-            if r.lost > 0 {
-                format!("  (lost {})", r.lost)
-            } else {
-                String::new()
-            },
         );
+        if let Some(peer) = peer {
+            let _ = write!(out, "  {}", peer.cell(r, reports));
+        }
+        if r.lost > 0 {
+            let _ = write!(out, "  (lost {})", r.lost);
+        }
+        out.push('\n');
     }
     out
 }
 
 /// The same table as [`render_table`], as GitHub-flavoured Markdown.
-pub fn render_markdown(reports: &[LatencyReport], baseline: Option<&str>) -> String {
+pub fn render_markdown(
+    reports: &[LatencyReport],
+    baseline: Option<&str>,
+    peer: Option<PeerColumn>,
+) -> String {
     let base = find(reports, baseline);
+    let (peer_header, peer_rule) = peer.map_or((String::new(), ""), |p| {
+        (format!(" {} |", p.header), "---:|")
+    });
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | count | runs | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | {} |",
+        "| scenario | count | runs | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | {} |{peer_header}",
         ratio_header(base.map(|b| b.name.as_str()))
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|{peer_rule}"
+    );
     for r in reports {
+        let [p50, p90, p99, p999, max] = r.percentiles_us();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            "| {} | {} | {} | {p50:.1} | {p90:.1} | {p99:.1} | {p999:.1} | {max:.1} | {} |{}",
             r.name,
             r.count,
             r.runs,
-            us(r.p50),
-            us(r.p90),
-            us(r.p99),
-            us(r.p999),
-            us(r.max),
             ratio_cell(r, base),
+            peer.map_or_else(String::new, |p| format!(" {} |", p.cell(r, reports))),
         );
     }
     out
@@ -339,134 +380,11 @@ pub fn utc_date(unix_time: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// Escapes a string for a JSON string literal (quotes included).
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_number(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.4}")
-    } else {
-        "null".to_owned()
-    }
-}
-
-fn json_report(r: &LatencyReport) -> String {
-    format!(
-        "{{\"name\": {}, \"count\": {}, \"lost\": {}, \"runs\": {}, \
-         \"p50_us\": {:.3}, \"p90_us\": {:.3}, \"p99_us\": {:.3}, \"p999_us\": {:.3}, \"max_us\": {:.3}}}",
-        json_string(&r.name),
-        r.count,
-        r.lost,
-        r.runs,
-        us(r.p50),
-        us(r.p90),
-        us(r.p99),
-        us(r.p999),
-        us(r.max),
-    )
-}
-
-/// The whole result set as pretty-printed JSON (hand-written, no serde): run info,
-/// baseline name, per row the medians (µs), ratios to the baseline and every run, then each
-/// `(key, JSON value)` of `sections` as a further top-level field.
-pub fn render_json(
-    info: &RunInfo,
-    results: &[AggregatedReport],
-    baseline: Option<&str>,
-    sections: &[(&str, String)],
-) -> String {
-    let medians: Vec<LatencyReport> = results.iter().map(|r| r.median.clone()).collect();
-    let base = find(&medians, baseline);
-    let mut out = String::new();
-    out.push_str("{\n");
-    let _ = writeln!(out, "  \"date\": {},", json_string(&info.date));
-    let _ = writeln!(out, "  \"unix_time\": {},", info.unix_time);
-    let _ = writeln!(
-        out,
-        "  \"host\": {{\"nproc\": {}, \"cpu_model\": {}}},",
-        info.nproc,
-        json_string(&info.cpu_model)
-    );
-    let _ = writeln!(
-        out,
-        "  \"settings\": {{\"count\": {}, \"warmup\": {}, \"payload_bytes\": {}, \"runs\": {}, \"runtime\": {}, \"placement\": {}}},",
-        info.count,
-        info.warmup,
-        info.payload,
-        info.runs,
-        json_string(&info.runtime),
-        json_string(&info.placement)
-    );
-    let _ = writeln!(
-        out,
-        "  \"baseline\": {},",
-        base.map_or_else(|| "null".to_owned(), |b| json_string(&b.name))
-    );
-    let _ = write!(
-        out,
-        "  \"results\": {}",
-        render_json_rows(results, baseline)
-    );
-    for (key, value) in sections {
-        let _ = write!(out, ",\n  {}: {value}", json_string(key));
-    }
-    out.push_str("\n}\n");
-    out
-}
-
-/// Latency rows as a JSON array: per row the medians (µs), the p50/p99 ratios to the row
-/// named `baseline` (`null` without it) and every run.
-pub fn render_json_rows(results: &[AggregatedReport], baseline: Option<&str>) -> String {
-    let medians: Vec<LatencyReport> = results.iter().map(|r| r.median.clone()).collect();
-    let base = find(&medians, baseline);
-    let mut out = String::from("[");
-    for (i, result) in results.iter().enumerate() {
-        let m = &result.median;
-        let (r50, r99) = base.map_or((f64::NAN, f64::NAN), |b| m.ratio_to(b));
-        out.push_str(if i == 0 { "\n" } else { ",\n" });
-        let _ = write!(
-            out,
-            "    {{\"median\": {},\n     \"ratio_p50\": {}, \"ratio_p99\": {},\n     \"per_run\": [",
-            json_report(m),
-            json_number(r50),
-            json_number(r99),
-        );
-        for (j, run) in result.per_run.iter().enumerate() {
-            if j > 0 {
-                out.push(',');
-            }
-            out.push_str("\n       ");
-            out.push_str(&json_report(run));
-        }
-        out.push_str("]}");
-    }
-    out.push_str("\n  ]");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn report(name: &str, p50: u64, p99: u64) -> LatencyReport {
+    pub(super) fn report(name: &str, p50: u64, p99: u64) -> LatencyReport {
         LatencyReport {
             name: name.to_owned(),
             count: 10,
@@ -512,22 +430,27 @@ mod tests {
     #[test]
     fn ratios_in_tables() {
         let rows = [report("raw", 50, 100), report("quinn", 100, 200)];
-        let text = render_table(&rows, Some("quinn"));
+        let text = render_table(&rows, Some("quinn"), None);
         assert!(text.contains("x0.50 / x0.50"), "{text}");
         assert!(text.contains("x1.00 / x1.00"), "{text}");
-        let md = render_markdown(&rows, Some("missing"));
+        let md = render_markdown(&rows, Some("missing"), None);
         assert!(md.contains("| - |"), "{md}");
     }
 
     #[test]
-    fn json_is_escaped_and_shaped() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        let info = RunInfo::detect(&crate::BenchConfig::default(), 1);
-        let agg = AggregatedReport::from_runs(vec![report("quinn", 100, 200)]).expect("one run");
-        let json = render_json(&info, &[agg], Some("quinn"), &[("extra", "[]".to_owned())]);
-        assert!(json.contains("\"ratio_p50\": 1.0000"), "{json}");
-        assert!(json.contains("\"extra\": []"), "{json}");
-        assert!(json.trim_end().ends_with('}'));
+    fn peer_ratio_column() {
+        let peer = PeerColumn {
+            header: "vs peer",
+            peer_of: |name| (name == "shoal").then(|| "raw".to_owned()),
+        };
+        let rows = [report("raw", 50, 100), report("shoal", 100, 300)];
+        let text = render_table(&rows, Some("raw"), Some(peer));
+        let shoal = text.lines().find(|l| l.starts_with("shoal")).expect("row");
+        assert_eq!(shoal.matches("x2.00 / x3.00").count(), 2, "{text}");
+        assert!(text.lines().next().is_some_and(|l| l.ends_with("vs peer")));
+        let md = render_markdown(&rows, Some("raw"), Some(peer));
+        assert!(md.contains("| x1.00 / x1.00 | - |"), "{md}");
+        assert!(md.contains("|---:|---:|\n"), "{md}");
     }
 
     #[test]
