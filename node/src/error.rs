@@ -56,6 +56,9 @@ pub enum Error {
     /// and [`crate::SubscribeOptions`] for the rules).
     #[error("invalid topic or pattern: {0}")]
     Topic(String),
+    /// A batch of events cannot be published as one (empty, or mixed topics or keys).
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,

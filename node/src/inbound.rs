@@ -1,21 +1,17 @@
-//! Receiving: read frames from a peer, run handlers, answer with acks and nacks.
+//! Receiving: read frames from a peer, check them against the dedup window and the
+//! subscriptions, and hand what is new to [`crate::handling`].
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use shoal_proto::{DecodeError, Envelope, Frame, MessageId, MessageKind, Nack, codec};
+use shoal_proto::{DecodeError, Envelope, Frame, MessageId, MessageKind, codec};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::core::dedup::Seen;
-use crate::handler::{BoxedHandler, HandlerError};
+use crate::handling::{Work, nack, run};
 use crate::node::Shared;
 use crate::peer::{Outcome, Outgoing, Peer};
-use crate::registry::{Route, Target};
 use crate::stats::Counters;
 use crate::sync::lock;
 use crate::{Message, NodeEvent};
@@ -117,6 +113,7 @@ async fn on_frame(shared: &Arc<Shared>, peer: &Arc<Peer>, frame: Frame) -> Resul
             });
         }
         Frame::Publish(publish) => on_publish(shared, peer, *publish).await,
+        Frame::PublishBatch(batch) => on_publish_batch(shared, peer, *batch).await,
         // Newer frame kinds: not spoken by this version, ignored.
         _ => {}
     }
@@ -131,20 +128,6 @@ fn refused_subscription(shared: &Shared, peer: &Peer, reason: String) {
         addr: peer.addr,
         reason: format!("subscription refused: {reason}"),
     });
-}
-
-/// The negative ack of message `id`.
-fn nack_frame(id: MessageId, retryable: bool, reason: String) -> Outgoing {
-    Outgoing::Frame(Frame::Nack(Nack {
-        id,
-        retryable,
-        reason,
-    }))
-}
-
-/// Refuses a delivery from the read loop (waiting on a full queue slows only this peer).
-async fn nack(peer: &Peer, id: MessageId, retryable: bool, reason: String) {
-    let _ = peer.push(nack_frame(id, retryable, reason)).await;
 }
 
 async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
@@ -192,7 +175,7 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         key: env.id,
         acked: true,
         handlers: vec![handler],
-        env,
+        items: vec![(None, env)],
     };
     run(shared, peer, work).await;
 }
@@ -235,10 +218,71 @@ async fn on_publish(shared: &Arc<Shared>, peer: &Arc<Peer>, publish: shoal_proto
             key,
             acked: reliable,
             handlers,
-            env,
+            items: vec![(None, env)],
         },
     )
     .await;
+}
+
+/// A batch of events for one group: handled in order, acked once.
+async fn on_publish_batch(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    batch: shoal_proto::PublishBatch,
+) {
+    let shoal_proto::PublishBatch {
+        id,
+        envelopes,
+        reliable,
+        group,
+    } = batch;
+    let key = id.delivery_key(group.as_deref());
+    let refuse = |retryable, reason: String| async move {
+        if reliable {
+            nack(peer, key, retryable, reason).await;
+        }
+    };
+    if shared.is_stopping() {
+        return refuse(true, format!("{} is shutting down", shared.id)).await;
+    }
+    let topic = match envelopes.first() {
+        Some(first) if envelopes.iter().all(|e| e.name == first.name) => first.name.clone(),
+        Some(_) => {
+            Counters::bump(&shared.counters.malformed_frames);
+            return refuse(false, "the events of a batch must share one topic".into()).await;
+        }
+        None => {
+            if reliable {
+                peer.push_ack(key);
+            }
+            return;
+        }
+    };
+    if !is_new(shared, peer, key, reliable) {
+        return;
+    }
+    let handlers = crate::sync::read(&shared.subscriptions).handlers_for(group.as_deref(), &topic);
+    if handlers.is_empty() {
+        lock(&shared.dedup).forget(key);
+        Counters::bump(&shared.counters.unhandled);
+        let name = group.as_deref().unwrap_or("(ungrouped)");
+        return refuse(
+            true,
+            format!("no subscription of group {name} for `{topic}` here"),
+        )
+        .await;
+    }
+    let items = envelopes
+        .into_iter()
+        .map(|e| (Some(e.id.delivery_key(group.as_deref())), e))
+        .collect();
+    let work = Work {
+        key,
+        acked: reliable,
+        handlers,
+        items,
+    };
+    run(shared, peer, work).await;
 }
 
 /// Checks the dedup window: `true` for a first delivery. A copy of a message already handled
@@ -257,218 +301,6 @@ fn is_new(shared: &Shared, peer: &Peer, key: MessageId, acked: bool) -> bool {
         Seen::InProgress => {
             Counters::bump(&shared.counters.duplicates);
             false
-        }
-    }
-}
-
-/// A delivery admitted for handling.
-struct Work {
-    /// What the delivery is acked and deduplicated under.
-    key: MessageId,
-    /// Whether the sender waits for an ack (not for best-effort events).
-    acked: bool,
-    /// Run one after the other; the delivery is acked when all succeeded.
-    handlers: Vec<BoxedHandler>,
-    env: Envelope,
-}
-
-/// Runs a delivery's handlers in a task of their own, then acks or nacks it.
-async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
-    // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
-    // flow control pushes back on the sender.
-    let Ok(permit) = Arc::clone(&peer.handler_permits).acquire_owned().await else {
-        return;
-    };
-    let Work {
-        key,
-        acked,
-        handlers,
-        env,
-    } = work;
-    let shared2 = Arc::clone(shared);
-    let peer2 = Arc::clone(peer);
-    let task = async move {
-        let _permit = permit;
-        let (shared, peer) = (shared2, peer2);
-        let (id, reply_to) = (env.id, env.reply_to.clone());
-        let msg = Message::from_envelope(env);
-        // The closures themselves run inside the guard too: one may panic before it returns
-        // a future.
-        let run = CatchUnwind(AssertUnwindSafe(Box::pin(async move {
-            let mut replies = Vec::with_capacity(handlers.len());
-            for handler in handlers {
-                replies.push(handler(msg.clone()).await?);
-            }
-            Ok::<_, HandlerError>(replies)
-        })));
-        let Some(result) = shared.killed.run_until_cancelled(run).await else {
-            return;
-        };
-        match result {
-            Ok(Ok(replies)) => {
-                lock(&shared.dedup).complete(key);
-                Counters::bump(&shared.counters.handled);
-                // A message that asked for a reply always gets one: an empty body if the
-                // handler returned none, so a request never just times out.
-                if let Some(addr) = reply_to {
-                    for reply in replies {
-                        answer(&shared, &peer, id, &addr, reply.unwrap_or_default()).await;
-                    }
-                }
-                if acked {
-                    // The peer's current connection: the one the message came on may have
-                    // been replaced while the handler ran (a retry there waits for this ack).
-                    current(&shared, &peer).push_ack(key);
-                }
-            }
-            Ok(Err(err)) => {
-                Counters::bump(&shared.counters.handler_errors);
-                fail(&shared, &peer, key, acked, &err).await;
-            }
-            Err(()) => {
-                Counters::bump(&shared.counters.handler_errors);
-                let err = HandlerError::permanent("handler panicked");
-                fail(&shared, &peer, key, acked, &err).await;
-            }
-        }
-    };
-    // Admission and shutdown exclude each other: either this handler is tracked before
-    // shutdown starts waiting for handlers, or it sees the node stopping and is refused.
-    let admission = lock(&shared.admission);
-    if shared.is_stopping() {
-        drop(admission);
-        lock(&shared.dedup).forget(key);
-        if acked {
-            let reason = format!("{} is shutting down", shared.id);
-            nack(peer, key, true, reason).await;
-        }
-        return;
-    }
-    let task = shared.handler_tasks.track_future(task);
-    drop(admission);
-    if !shared.inline_handlers {
-        tokio::spawn(task);
-        return;
-    }
-    // On a current-thread runtime a spawned handler would run on this thread anyway: give it
-    // its first poll here, and spawn a task only for a handler that has to wait. Most
-    // handlers finish in that poll, and skip the task.
-    let mut task = Box::pin(task);
-    let first = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx))).await;
-    if first.is_pending() {
-        tokio::spawn(task);
-    }
-}
-
-/// Sends a handler's reply to where the message asked: straight back to a synchronous
-/// request, or as a reliable message to an asynchronous reply channel.
-async fn answer(
-    shared: &Arc<Shared>,
-    peer: &Arc<Peer>,
-    request: MessageId,
-    addr: &shoal_proto::ReturnAddress,
-    body: bytes::Bytes,
-) {
-    if addr.channel.is_empty() {
-        reply_directly(shared, peer, request, addr.clone(), body).await;
-    } else {
-        send_reply(shared, request, addr.clone(), body);
-        // Let the reply's first attempt queue its frame before the ack, so both go out in
-        // one write.
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Forgets the id (a redelivery must run the handler again, or be refused again: never be
-/// acknowledged as if it had succeeded) and sends the negative ack, if the sender waits for
-/// one.
-async fn fail(shared: &Shared, peer: &Arc<Peer>, id: MessageId, acked: bool, err: &HandlerError) {
-    lock(&shared.dedup).forget(id);
-    if !acked {
-        return;
-    }
-    let nack = nack_frame(id, err.is_retryable(), err.reason().to_owned());
-    let limit = shared.config.retry.ack_timeout;
-    current(shared, peer).push_or_close(nack, limit).await;
-}
-
-/// The connection that now stands for `peer`'s node: the same one, unless it was replaced.
-fn current(shared: &Shared, peer: &Arc<Peer>) -> Arc<Peer> {
-    shared
-        .registry
-        .get(peer.node)
-        .unwrap_or_else(|| Arc::clone(peer))
-}
-
-/// Answers a synchronous request: one frame on the requester's connection, written in the same
-/// batch as the request's ack. It is not tracked, acked or retried: exactly one call waits for
-/// it, QUIC delivers the stream reliably, and if the connection is gone the call ends with
-/// `Error::Timeout` (the request was handled; its reply was lost with the connection).
-async fn reply_directly(
-    shared: &Shared,
-    peer: &Arc<Peer>,
-    request: MessageId,
-    addr: shoal_proto::ReturnAddress,
-    body: bytes::Bytes,
-) {
-    let target = match addr.node {
-        Some(node) if node != peer.node => shared.registry.get(node),
-        _ => Some(Arc::clone(peer)),
-    };
-    let Some(target) = target else {
-        tracing::debug!(%request, "requester is gone; reply dropped");
-        return;
-    };
-    let mut reply = Message::reply_to_request(request, String::new(), body);
-    reply.env.attempt = 1;
-    match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
-        Ok(bytes) => {
-            let limit = shared.config.retry.ack_timeout;
-            target.push_or_close(Outgoing::Encoded(bytes), limit).await;
-        }
-        Err(e) => tracing::warn!(%request, "reply not sent: {e}"),
-    }
-}
-
-/// Sends a handler's reply to an asynchronous request's reply channel: a reliable message
-/// (acked, retried, deduplicated), in its own task.
-fn send_reply(
-    shared: &Arc<Shared>,
-    request: MessageId,
-    addr: shoal_proto::ReturnAddress,
-    body: bytes::Bytes,
-) {
-    let reply = Message::reply_to_request(request, addr.channel, body);
-    let target = Target {
-        service: addr.service,
-        node: addr.node,
-    };
-    let policy = shared.config.retry.clone();
-    let shared2 = Arc::clone(shared);
-    // Tracked with the handlers, so a graceful shutdown waits for replies too.
-    shared.handler_tasks.spawn(async move {
-        let shared = shared2;
-        let stop = shared.killed.clone();
-        let delivery =
-            crate::outbound::Delivery::new(&shared, Route::Service(target), policy, &reply);
-        if let Err(e) = crate::outbound::deliver(&shared, delivery, reply, &stop).await {
-            tracing::debug!("reply not delivered: {e}");
-        }
-    });
-}
-
-/// Catches a panic in the wrapped future so one bad handler does not take the node down.
-struct CatchUnwind<F>(AssertUnwindSafe<F>);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut inner.0).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
-            Err(_) => Poll::Ready(Err(())),
         }
     }
 }

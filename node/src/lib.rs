@@ -68,6 +68,7 @@ mod diagnose;
 mod error;
 mod event;
 mod handler;
+mod handling;
 mod identity;
 mod inbound;
 mod message;

@@ -27,7 +27,7 @@ pub struct Message {
 impl Message {
     fn new(kind: MessageKind, name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         let now_ms = unix_ms();
-        let id = MessageId::from_parts(now_ms, rand::random());
+        let id = fresh_id(now_ms);
         Self {
             env: Envelope::new(id, kind, name.into(), now_ms, payload.into()),
         }
@@ -192,7 +192,12 @@ impl Message {
     }
 }
 
-fn unix_ms() -> u64 {
+/// A new time-ordered message id (for messages, and for batches of events).
+pub(crate) fn fresh_id(now_ms: u64) -> MessageId {
+    MessageId::from_parts(now_ms, rand::random())
+}
+
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use shoal_proto::codec::PreparedEvent;
-use shoal_proto::{Frame, MessageId, NodeId, codec};
+use shoal_proto::{Envelope, Frame, MessageId, NodeId, codec};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,9 @@ pub(crate) struct Delivery<'a> {
     pub(crate) hold: Option<std::time::Duration>,
     /// For a published event: its encoding, shared with the other audiences' copies.
     pub(crate) event: Option<&'a PreparedEvent>,
+    /// For a batch of events: its id and events, to encode again with a new attempt number
+    /// on retries (`event` holds the first attempt's encoding).
+    pub(crate) batch: Option<(MessageId, &'a [Envelope])>,
     /// For a message with a partition key: its place in the key's order, taken when the
     /// user's call was made.
     pub(crate) ticket: Option<Ticket>,
@@ -74,6 +77,7 @@ impl Delivery<'_> {
             fail_fast: false,
             hold: None,
             event: None,
+            batch: None,
             ticket,
         }
     }
@@ -293,10 +297,17 @@ fn encode_attempt(
         let bytes = encode_delivery(msg, limits)?;
         return Ok((Outgoing::Encoded(bytes), msg.id()));
     };
-    let frame = if msg.env.attempt <= 1 {
-        prepared.frame_for(audience.wire_group(), limits)?
-    } else {
-        PreparedEvent::new(&msg.env, true, limits)?.frame_for(audience.wire_group(), limits)?
+    let group = audience.wire_group();
+    let frame = match delivery.batch {
+        _ if msg.env.attempt <= 1 => prepared.frame_for(group, limits)?,
+        None => PreparedEvent::new(&msg.env, true, limits)?.frame_for(group, limits)?,
+        Some((id, envelopes)) => {
+            let mut envelopes = envelopes.to_vec();
+            envelopes
+                .iter_mut()
+                .for_each(|e| e.attempt = msg.env.attempt);
+            PreparedEvent::new_batch(id, &envelopes, true, limits)?.frame_for(group, limits)?
+        }
     };
     let key = frame.key();
     Ok((Outgoing::Event(frame), key))
@@ -321,9 +332,9 @@ pub(crate) fn encode_delivery(
 }
 
 /// An envelope that allocates nothing, to stand in while the real one is being encoded.
-fn placeholder() -> shoal_proto::Envelope {
+fn placeholder() -> Envelope {
     let id = MessageId::from_u128(0);
-    shoal_proto::Envelope::new(
+    Envelope::new(
         id,
         shoal_proto::MessageKind::Command,
         String::new(),

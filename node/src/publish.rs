@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use shoal_proto::codec::PreparedEvent;
-use shoal_proto::{MessageId, NodeId};
+use shoal_proto::{Envelope, MessageId, NodeId};
 
 use crate::core::fanout::Audience;
 use crate::core::topic;
@@ -23,7 +23,7 @@ use crate::outbound::{self, Delivery};
 use crate::peer::Outgoing;
 use crate::registry::Route;
 use crate::stats::Counters;
-use crate::{Error, Message, Node, RetryPolicy};
+use crate::{Error, Message, Node, Receipt, RetryPolicy};
 
 /// How hard a publish tries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -146,17 +146,38 @@ impl Node {
         options: PublishOptions,
     ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
         let shared = Arc::clone(self.shared());
-        let plan = Plan::new(&shared, event, options);
-        async move {
-            let plan = plan?;
-            if plan.reliable && !plan.background {
-                plan.deliver(&shared).await
-            } else if plan.reliable {
-                Ok(plan.spawn(&shared))
-            } else {
-                Ok(plan.best_effort(&shared))
-            }
-        }
+        let plan = Plan::new(&shared, vec![event], false, options);
+        async move { plan?.run(&shared).await }
+    }
+
+    /// Publishes several events on one topic as one batch: each audience gets them in one
+    /// frame, handles them in order and acknowledges them once, so a batch costs about what
+    /// one event costs in acks, timers and bookkeeping. Shorthand for
+    /// [`Node::publish_batch_with`] with default options.
+    pub fn publish_batch(
+        &self,
+        events: Vec<Message>,
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        self.publish_batch_with(events, PublishOptions::default())
+    }
+
+    /// Publishes a batch with per-batch options.
+    ///
+    /// The events must share one topic and one partition key (or none), and the batch must
+    /// fit in one frame (`Limits::max_frame_len`, 4 MiB by default); otherwise it is refused
+    /// with [`Error::InvalidBatch`] or [`Error::Encode`] before anything is sent. Everything
+    /// [`Node::publish_with`] says holds for the batch as a unit: audiences, retries (the
+    /// batch is retried whole; each event is also deduplicated on its own, so the receiver
+    /// skips the events it already handled), holding, ordering by key, dead letters (one per
+    /// event of a dead-lettered batch). The receipt's `id` is the first event's.
+    pub fn publish_batch_with(
+        &self,
+        events: Vec<Message>,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        let shared = Arc::clone(self.shared());
+        let plan = Plan::new(&shared, events, true, options);
+        async move { plan?.run(&shared).await }
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber
@@ -206,7 +227,11 @@ impl Node {
 /// One publish, decided when `publish` is called: the event encoded once, and one copy per
 /// audience with its place in its key's order.
 struct Plan {
+    /// The event (a batch's first event): what the delivery loop sends, orders by key and
+    /// dead-letters.
     event: Message,
+    /// For a batch: its id and all its events.
+    batch: Option<(MessageId, Vec<Envelope>)>,
     prepared: PreparedEvent,
     copies: Vec<(Route, Option<Ticket>)>,
     reliable: bool,
@@ -216,16 +241,46 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(shared: &Shared, mut event: Message, options: PublishOptions) -> Result<Self, Error> {
+    fn new(
+        shared: &Shared,
+        mut events: Vec<Message>,
+        batched: bool,
+        options: PublishOptions,
+    ) -> Result<Self, Error> {
         if shared.is_stopping() {
             return Err(Error::ShuttingDown);
         }
-        let topic = event.name().to_owned();
+        let Some(first) = events.first() else {
+            return Err(Error::InvalidBatch(
+                "a batch needs at least one event".into(),
+            ));
+        };
+        let topic = first.name().to_owned();
         topic::check_topic(&topic).map_err(Error::Topic)?;
-        event.address_replies(&shared.service, shared.id);
-        event.env.attempt = 1;
+        let key = first.key().map(str::to_owned);
+        if events
+            .iter()
+            .any(|e| e.name() != topic || e.key() != key.as_deref())
+        {
+            return Err(Error::InvalidBatch(
+                "the events of a batch must share one topic and one partition key".into(),
+            ));
+        }
+        for event in &mut events {
+            event.address_replies(&shared.service, shared.id);
+            event.env.attempt = 1;
+        }
         let reliable = options.reliability == Reliability::Reliable;
-        let prepared = PreparedEvent::new(&event.env, reliable, &shared.config.limits)?;
+        let limits = &shared.config.limits;
+        let (prepared, batch) = if batched {
+            let id = crate::message::fresh_id(crate::message::unix_ms());
+            let envelopes: Vec<Envelope> = events.iter().map(|e| e.env.clone()).collect();
+            let prepared = PreparedEvent::new_batch(id, &envelopes, reliable, limits)?;
+            (prepared, Some((id, envelopes)))
+        } else {
+            (PreparedEvent::new(&events[0].env, reliable, limits)?, None)
+        };
+        let event = events.swap_remove(0);
         Counters::bump(&shared.counters.published);
 
         let audiences = shared.registry.audiences(&topic);
@@ -249,6 +304,7 @@ impl Plan {
             .collect();
         Ok(Self {
             event,
+            batch,
             prepared,
             copies,
             reliable,
@@ -274,7 +330,31 @@ impl Plan {
             fail_fast: false,
             hold: Some(hold),
             event: Some(&self.prepared),
+            batch: self.batch.as_ref().map(|(id, envs)| (*id, envs.as_slice())),
             ticket,
+        }
+    }
+
+    async fn run(self, shared: &Arc<Shared>) -> Result<PublishReceipt, Error> {
+        if self.reliable && !self.background {
+            self.deliver(shared).await
+        } else if self.reliable {
+            Ok(self.spawn(shared))
+        } else {
+            Ok(self.best_effort(shared))
+        }
+    }
+
+    /// The delivery loop dead-lettered the first event of a batch: the others share its fate.
+    fn dead_letter_rest(&self, shared: &Shared, result: &Result<Receipt, Error>) {
+        let (Some((_, envelopes)), Err(Error::DeadLettered(first))) = (&self.batch, result) else {
+            return;
+        };
+        for env in &envelopes[1..] {
+            let mut letter = (**first).clone();
+            letter.message = Message::from_envelope(env.clone());
+            Counters::bump(&shared.counters.dead_lettered);
+            shared.dead_letters.record(letter);
         }
     }
 
@@ -286,9 +366,10 @@ impl Plan {
             let group = audience_group(&route);
             let delivery = this.delivery(route, ticket);
             async move {
-                let receipt =
-                    outbound::deliver(shared, delivery, this.event.clone(), &shared.stopping)
-                        .await?;
+                let result =
+                    outbound::deliver(shared, delivery, this.event.clone(), &shared.stopping).await;
+                this.dead_letter_rest(shared, &result);
+                let receipt = result?;
                 Ok::<_, Error>(EventDelivery {
                     group,
                     node: receipt.node,
@@ -326,6 +407,7 @@ impl Plan {
                 let delivery = plan.delivery(route, ticket);
                 let stop = shared.killed.clone();
                 let result = outbound::deliver(&shared, delivery, plan.event.clone(), &stop).await;
+                plan.dead_letter_rest(&shared, &result);
                 if let Err(e) = result {
                     tracing::debug!("background event copy not delivered: {e}");
                 }

@@ -117,7 +117,7 @@ pub fn encode(frame: &Frame, limits: &Limits, dst: &mut BytesMut) -> Result<(), 
 ///   [`DecodeError::Malformed`] (zero length, undecodable body, or bytes left over after the
 ///   frame), or [`DecodeError::LimitExceeded`] (a valid frame that breaks a per-field limit;
 ///   `id` is the message id for a [`Frame::Deliver`], the delivery key for a
-///   [`Frame::Publish`]). After any of these the stream is still
+///   [`Frame::Publish`] or [`Frame::PublishBatch`]). After any of these the stream is still
 ///   in sync and the next call decodes the next frame.
 ///
 /// Never panics, whatever `src` contains; see the module docs for memory bounds.
@@ -147,6 +147,7 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         id: match &frame {
             Frame::Deliver(envelope) => Some(envelope.id),
             Frame::Publish(p) => Some(p.envelope.id.delivery_key(p.group.as_deref())),
+            Frame::PublishBatch(b) => Some(b.id.delivery_key(b.group.as_deref())),
             _ => None,
         },
     })?;
@@ -212,6 +213,12 @@ fn body_len_estimate(frame: &Frame) -> usize {
     1 + match frame {
         Frame::Deliver(e) => envelope_len_estimate(e),
         Frame::Publish(p) => envelope_len_estimate(&p.envelope) + 1 + opt_str(&p.group),
+        Frame::PublishBatch(b) => {
+            17 + LEN
+                + b.envelopes.iter().map(envelope_len_estimate).sum::<usize>()
+                + 1
+                + opt_str(&b.group)
+        }
         Frame::Hello(h) => 3 + 17 + LEN + h.service.len() + LEN + 20 * h.listen_addrs.len(),
         Frame::Ack(a) => LEN + 17 * a.ids.len(),
         Frame::Nack(n) => 17 + 1 + LEN + n.reason.len(),

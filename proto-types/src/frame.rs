@@ -41,6 +41,8 @@ pub enum Frame {
     Unsubscribe(Subscription),
     /// An event for the receiver's subscriptions of one group (publish/subscribe).
     Publish(Box<Publish>),
+    /// Several events on one topic for one group, handled in order and acked together.
+    PublishBatch(Box<PublishBatch>),
 }
 
 /// The first frame a node writes on a connection.
@@ -103,5 +105,21 @@ pub struct Publish {
     pub reliable: bool,
     /// The group this copy is for; `None` for the receiver's ungrouped subscriptions.
     /// Acks, nacks and deduplication use [`MessageId::delivery_key`] of this group.
+    pub group: Option<String>,
+}
+
+/// Several events on one topic, for one subscriber group, in one frame: the receiver handles
+/// them in order and acknowledges the batch once, under [`MessageId::delivery_key`] of `id`
+/// and `group`. Each event is also deduplicated on its own, so a batch retried after a
+/// failure part-way skips the events already handled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishBatch {
+    /// The batch's own id (not any event's): what the batch is acked and deduplicated under.
+    pub id: MessageId,
+    /// The events, all with the same `name` (the topic).
+    pub envelopes: Vec<Envelope>,
+    /// Whether the receiver acknowledges the batch.
+    pub reliable: bool,
+    /// The group this copy is for; `None` for the receiver's ungrouped subscriptions.
     pub group: Option<String>,
 }

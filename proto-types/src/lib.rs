@@ -24,6 +24,8 @@ mod limits;
 
 pub use envelope::{Envelope, MessageKind, ReturnAddress};
 pub use error::{DecodeError, EncodeError, LimitViolation};
-pub use frame::{ALPN, Ack, Frame, Goodbye, Hello, Nack, PROTOCOL_VERSION, Publish, Subscription};
+pub use frame::{
+    ALPN, Ack, Frame, Goodbye, Hello, Nack, PROTOCOL_VERSION, Publish, PublishBatch, Subscription,
+};
 pub use id::{MessageId, NodeId};
 pub use limits::{Limits, validate_envelope, validate_frame};

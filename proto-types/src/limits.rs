@@ -104,7 +104,8 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
 }
 
 /// Checks a frame against every per-field limit: [`validate_envelope`] for
-/// [`Frame::Deliver`] and [`Frame::Publish`] (and the group's length), the service name of a [`Frame::Hello`], and the pattern and group of a
+/// [`Frame::Deliver`], [`Frame::Publish`] and each event of a [`Frame::PublishBatch`] (and the
+/// group's length), the service name of a [`Frame::Hello`], and the pattern and group of a
 /// [`Frame::Subscribe`] or [`Frame::Unsubscribe`]. Other frames have no per-field limits.
 ///
 /// `max_frame_len` is not checked here: [`crate::codec::encode`] and
@@ -112,6 +113,15 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
 pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolation> {
     match frame {
         Frame::Deliver(envelope) => validate_envelope(envelope, limits),
+        Frame::PublishBatch(batch) => {
+            for envelope in &batch.envelopes {
+                validate_envelope(envelope, limits)?;
+            }
+            batch
+                .group
+                .as_deref()
+                .map_or(Ok(()), |group| check_name(group, limits))
+        }
         Frame::Publish(publish) => {
             validate_envelope(&publish.envelope, limits)?;
             publish

@@ -31,9 +31,10 @@ use super::{BodyWriter, LENGTH_PREFIX, config, max_frame_len};
 use crate::limits::check_name;
 use crate::{EncodeError, Envelope, Frame, Limits, MessageId, validate_envelope};
 
-/// The index of [`Frame::Publish`] among `Frame`'s variants, as serde numbers them.
-/// A test checks that the prepared encoding equals encoding the `Frame` itself.
+/// The indices of [`Frame::Publish`] and [`Frame::PublishBatch`] among `Frame`'s variants, as
+/// serde numbers them. A test checks that the prepared encodings equal encoding the `Frame`.
 const PUBLISH_VARIANT: u32 = 9;
+const PUBLISH_BATCH_VARIANT: u32 = 10;
 
 /// An event whose envelope is encoded once, ready to be framed for each target group.
 #[derive(Clone, Debug)]
@@ -61,15 +62,51 @@ impl PreparedEvent {
     /// than `max_frame_len` on its own.
     pub fn new(envelope: &Envelope, reliable: bool, limits: &Limits) -> Result<Self, EncodeError> {
         validate_envelope(envelope, limits)?;
+        let head = Head {
+            variant: (PUBLISH_VARIANT, "Publish"),
+            fields: Fields::One(envelope, reliable),
+        };
+        let estimate = super::envelope_len_estimate(envelope);
+        Self::encode(&head, envelope.id, estimate, limits)
+    }
+
+    /// Encodes a batch of events ([`crate::PublishBatch`]) with the batch id `id` as the
+    /// shared part of every copy. Every envelope is checked against `limits`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`PreparedEvent::new`], for any envelope or for the whole batch.
+    pub fn new_batch(
+        id: MessageId,
+        envelopes: &[Envelope],
+        reliable: bool,
+        limits: &Limits,
+    ) -> Result<Self, EncodeError> {
+        for envelope in envelopes {
+            validate_envelope(envelope, limits)?;
+        }
+        let head = Head {
+            variant: (PUBLISH_BATCH_VARIANT, "PublishBatch"),
+            fields: Fields::Batch(id, envelopes, reliable),
+        };
+        let estimate = envelopes.iter().map(super::envelope_len_estimate).sum();
+        Self::encode(&head, id, estimate, limits)
+    }
+
+    fn encode(
+        head: &Head<'_>,
+        id: MessageId,
+        estimate: usize,
+        limits: &Limits,
+    ) -> Result<Self, EncodeError> {
         let max = max_frame_len(limits);
-        let mut dst = BytesMut::with_capacity(super::envelope_len_estimate(envelope).min(max));
+        let mut dst = BytesMut::with_capacity(estimate.min(max));
         let mut writer = BodyWriter {
             dst: &mut dst,
             written: 0,
             max,
         };
-        let head = PublishHead { envelope, reliable };
-        bincode::serde::encode_into_writer(&head, &mut writer, config())
+        bincode::serde::encode_into_writer(head, &mut writer, config())
             .map_err(|e| EncodeError::Serialize(e.to_string()))?;
         if writer.written > max {
             return Err(EncodeError::LimitExceeded {
@@ -80,7 +117,7 @@ impl PreparedEvent {
         }
         Ok(Self {
             shared: dst.freeze(),
-            id: envelope.id,
+            id,
         })
     }
 
@@ -120,7 +157,7 @@ impl PreparedEvent {
         })
     }
 
-    /// The event's message id.
+    /// The event's message id (a batch's own id for a batch).
     pub fn id(&self) -> MessageId {
         self.id
     }
@@ -152,34 +189,49 @@ impl EventFrame {
     }
 }
 
-/// `Frame::Publish` without its last field, serialized from borrowed parts.
-struct PublishHead<'a> {
-    envelope: &'a Envelope,
-    reliable: bool,
+/// A `Frame::Publish` or `Frame::PublishBatch` without its last field (the group),
+/// serialized from borrowed parts.
+struct Head<'a> {
+    variant: (u32, &'static str),
+    fields: Fields<'a>,
 }
 
-impl Serialize for PublishHead<'_> {
+/// The fields before `group`, in order. bincode writes a struct as a tuple of its fields, so a
+/// tuple of the same fields encodes to the same bytes.
+enum Fields<'a> {
+    /// `Publish { envelope, reliable, .. }`
+    One(&'a Envelope, bool),
+    /// `PublishBatch { id, envelopes, reliable, .. }`; a slice serializes like the `Vec`.
+    Batch(MessageId, &'a [Envelope], bool),
+}
+
+impl Serialize for Fields<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        /// The fields of `Publish` before `group`, in order: bincode writes a struct as a
-        /// tuple, so a tuple of the same fields encodes to the same bytes.
-        struct Fields<'a>(&'a Envelope, bool);
-        impl Serialize for Fields<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeTuple;
+        use serde::ser::SerializeTuple;
+        match self {
+            Self::One(envelope, reliable) => {
                 let mut t = serializer.serialize_tuple(2)?;
-                t.serialize_element(self.0)?;
-                t.serialize_element(&self.1)?;
+                t.serialize_element(envelope)?;
+                t.serialize_element(reliable)?;
+                t.end()
+            }
+            Self::Batch(id, envelopes, reliable) => {
+                let mut t = serializer.serialize_tuple(3)?;
+                t.serialize_element(id)?;
+                t.serialize_element(envelopes)?;
+                t.serialize_element(reliable)?;
                 t.end()
             }
         }
-        // `Frame::Publish(Box<Publish>)` is a newtype variant; a `Box` serializes as its
+    }
+}
+
+impl Serialize for Head<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Both frames are newtype variants of `Frame` around a `Box`, which serializes as its
         // contents.
-        serializer.serialize_newtype_variant(
-            "Frame",
-            PUBLISH_VARIANT,
-            "Publish",
-            &Fields(self.envelope, self.reliable),
-        )
+        let (index, name) = self.variant;
+        serializer.serialize_newtype_variant("Frame", index, name, &self.fields)
     }
 }
 
@@ -195,7 +247,8 @@ const _: fn(&Frame) = |f| match f {
     | Frame::Goodbye(_)
     | Frame::Subscribe(_)
     | Frame::Unsubscribe(_)
-    | Frame::Publish(_) => {}
+    | Frame::Publish(_)
+    | Frame::PublishBatch(_) => {}
 };
 
 #[cfg(test)]
@@ -244,6 +297,36 @@ mod tests {
                 assert_eq!(copy.key(), event().id.delivery_key(group));
                 assert_eq!(codec::decode(&mut got, &limits).unwrap(), Some(frame));
             }
+        }
+    }
+
+    #[test]
+    fn prepared_batches_equal_encoding_the_frame() {
+        let limits = Limits::default();
+        let batch_id = MessageId::from_parts(1_700_000_000_001, 5);
+        let events: Vec<Envelope> = (0..3)
+            .map(|i| {
+                let mut e = event();
+                e.id = MessageId::from_parts(1_700_000_000_000, i);
+                e
+            })
+            .collect();
+        let prepared = PreparedEvent::new_batch(batch_id, &events, true, &limits).unwrap();
+        for group in [None, Some("billing")] {
+            let frame = Frame::PublishBatch(Box::new(crate::PublishBatch {
+                id: batch_id,
+                envelopes: events.clone(),
+                reliable: true,
+                group: group.map(str::to_owned),
+            }));
+            let mut expected = BytesMut::new();
+            codec::encode(&frame, &limits, &mut expected).unwrap();
+            let copy = prepared.frame_for(group, &limits).unwrap();
+            let mut got = BytesMut::new();
+            copy.write_to(&mut got);
+            assert_eq!(got, expected, "group {group:?}");
+            assert_eq!(copy.key(), batch_id.delivery_key(group));
+            assert_eq!(codec::decode(&mut got, &limits).unwrap(), Some(frame));
         }
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use shoal_proto::{
     Ack, Envelope, Frame, Goodbye, Hello, MessageId, MessageKind, Nack, NodeId, Publish,
-    ReturnAddress, Subscription,
+    PublishBatch, ReturnAddress, Subscription,
 };
 
 fn arb_u128() -> impl Strategy<Value = u128> {
@@ -156,6 +156,20 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(envelope, reliable, group)| {
                 Frame::Publish(Box::new(Publish {
                     envelope,
+                    reliable,
+                    group,
+                }))
+            }),
+        (
+            arb_message_id(),
+            proptest::collection::vec(arb_envelope(), 0..3),
+            any::<bool>(),
+            proptest::option::of(arb_text())
+        )
+            .prop_map(|(id, envelopes, reliable, group)| {
+                Frame::PublishBatch(Box::new(PublishBatch {
+                    id,
+                    envelopes,
                     reliable,
                     group,
                 }))

@@ -1,0 +1,173 @@
+//! Batches of events (`publish_batch`): handled in order, once per group, retried whole with
+//! the events already handled skipped, refused when malformed, dead-lettered event by event.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use shoal::{Error, HandlerError, Message, Node, RetryPolicy};
+use shoal_tests::{Mesh, WAIT, audience_sizes, until};
+
+const TOPIC: &str = "stock.moved";
+
+fn batch(n: usize) -> Vec<Message> {
+    (0..n)
+        .map(|i| Message::event(TOPIC, i.to_string()).with_key("warehouse-1"))
+        .collect()
+}
+
+fn seq(msg: &Message) -> usize {
+    std::str::from_utf8(msg.payload()).unwrap().parse().unwrap()
+}
+
+/// Records `(label, seq)` for every event handled.
+type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+
+async fn subscriber(mesh: &Mesh, service: &str, label: &str, seen: &Seen) -> Node {
+    let node = mesh.start(service, &[]).await;
+    let (seen, label) = (Arc::clone(seen), label.to_owned());
+    node.subscribe(TOPIC, move |msg: Message| {
+        seen.lock().unwrap().push((label.clone(), seq(&msg)));
+        async { Ok::<_, HandlerError>(()) }
+    })
+    .await
+    .unwrap();
+    node
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_reaches_each_group_once_in_order() {
+    let mesh = Mesh::new();
+    let seen: Seen = Arc::default();
+    let nodes = [
+        subscriber(&mesh, "ledger", "ledger-a", &seen).await,
+        subscriber(&mesh, "ledger", "ledger-b", &seen).await,
+        subscriber(&mesh, "audit", "audit", &seen).await,
+    ];
+    let addrs: Vec<_> = nodes.iter().map(Node::local_addr).collect();
+    let publisher = mesh.start("warehouse", &addrs).await;
+    until(&publisher, "every subscription known", |n| {
+        audience_sizes(n, TOPIC) == [1, 2]
+    })
+    .await;
+
+    for round in 0..3 {
+        let receipt = publisher.publish_batch(batch(100)).await.unwrap();
+        assert_eq!(receipt.deliveries.len(), 2, "round {round}: {receipt:?}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    let audit: Vec<usize> = seen
+        .iter()
+        .filter(|(l, _)| l == "audit")
+        .map(|(_, s)| *s)
+        .collect();
+    let ledger: Vec<usize> = seen
+        .iter()
+        .filter(|(l, _)| l != "audit")
+        .map(|(_, s)| *s)
+        .collect();
+    let expected: Vec<usize> = (0..3).flat_map(|_| 0..100).collect();
+    assert_eq!(audit, expected);
+    assert_eq!(ledger, expected, "one ledger instance per event, in order");
+    // One key: every batch went to the same ledger instance.
+    let labels: std::collections::HashSet<&str> = seen
+        .iter()
+        .filter(|(l, _)| l != "audit")
+        .map(|(l, _)| l.as_str())
+        .collect();
+    assert_eq!(labels.len(), 1, "{labels:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_retried_after_a_failure_skips_what_was_handled() {
+    let mesh = Mesh::new();
+    let seen: Seen = Arc::default();
+    let node = mesh.start("ledger", &[]).await;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let (seen2, failed) = (Arc::clone(&seen), Arc::clone(&failed_once));
+    node.subscribe(TOPIC, move |msg: Message| {
+        let n = seq(&msg);
+        let fail = n == 5 && !failed.swap(true, Ordering::SeqCst);
+        if !fail {
+            seen2
+                .lock()
+                .unwrap()
+                .push((format!("attempt {}", msg.attempt()), n));
+        }
+        async move {
+            if fail {
+                return Err(HandlerError::retryable("database busy"));
+            }
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let publisher = mesh.start("warehouse", &[node.local_addr()]).await;
+    publisher
+        .wait_for_subscribers(TOPIC, 1, WAIT)
+        .await
+        .unwrap();
+
+    let receipt = publisher.publish_batch(batch(10)).await.unwrap();
+    assert_eq!(receipt.deliveries[0].attempts, 2);
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<usize> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        order,
+        (0..10).collect::<Vec<_>>(),
+        "each event once, in order: {seen:?}"
+    );
+    assert!(seen[..5].iter().all(|(a, _)| a == "attempt 1"), "{seen:?}");
+    assert!(seen[5..].iter().all(|(a, _)| a == "attempt 2"), "{seen:?}");
+    assert_eq!(
+        node.stats().duplicates,
+        5,
+        "the retry skipped the five handled events"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_batches_are_refused_and_failed_ones_dead_letter_every_event() {
+    let mesh = Mesh::new();
+    let node = mesh.start("ledger", &[]).await;
+    node.subscribe(TOPIC, |_msg: Message| async {
+        Err::<(), _>(HandlerError::permanent("schema mismatch"))
+    })
+    .await
+    .unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..RetryPolicy::default()
+    };
+    let publisher = mesh
+        .start_with(
+            mesh.builder("warehouse").retry_policy(policy),
+            &[node.local_addr()],
+        )
+        .await;
+    publisher
+        .wait_for_subscribers(TOPIC, 1, WAIT)
+        .await
+        .unwrap();
+
+    let empty = publisher.publish_batch(Vec::new()).await;
+    assert!(matches!(empty, Err(Error::InvalidBatch(_))), "{empty:?}");
+    let mut mixed = batch(2);
+    mixed.push(Message::event("stock.counted", "x"));
+    let mixed = publisher.publish_batch(mixed).await;
+    assert!(matches!(mixed, Err(Error::InvalidBatch(_))), "{mixed:?}");
+
+    let events = batch(4);
+    let ids: Vec<_> = events.iter().map(Message::id).collect();
+    let err = publisher.publish_batch(events).await.unwrap_err();
+    assert!(matches!(err, Error::DeadLettered(_)), "{err}");
+    let letters = publisher.dead_letters();
+    let lettered: Vec<_> = letters.iter().map(|l| l.message.id()).collect();
+    assert_eq!(lettered, ids, "one dead letter per event of the batch");
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.last_failure.contains("schema mismatch"))
+    );
+}
