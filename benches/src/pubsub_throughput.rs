@@ -14,6 +14,8 @@
 //!   publishes in flight (that many spawned tasks, each publishing and awaiting its receipt
 //!   in a loop; tasks measured ~15 % faster than one `FuturesUnordered` of the loops);
 //!   counts events **acked** (receipt resolved) per second at the publisher.
+//! * `shoal-reliable-batch-<size>` — reliable `publish_batch` of [`BATCH_EVENTS`] events,
+//!   [`BATCH_WINDOW`] batches in flight; counts events acked per second.
 //! * `shoal-best-effort-<size>` — best-effort `publish_with`, one loop publishing as fast as
 //!   it can and yielding every [`BEST_EFFORT_BATCH`] publishes and on every drop; counts
 //!   events **handled** by the subscriber per second; drops (whole run) in the `dropped`
@@ -41,6 +43,10 @@ pub const PAYLOADS: [usize; 2] = [64, 1024];
 /// Reliable publishes kept in flight (below the node's default of 1024 unacked per peer;
 /// 256 gave the highest rates of 32, 64, 128, 256, 512 and 1000 on a 2-vCPU VM).
 pub const RELIABLE_WINDOW: usize = 256;
+/// Events per `publish_batch` in the batch rows.
+pub const BATCH_EVENTS: usize = 256;
+/// Batches kept in flight in the batch rows.
+pub const BATCH_WINDOW: usize = 8;
 /// Best-effort publishes between two yields to the runtime.
 pub const BEST_EFFORT_BATCH: u64 = 64;
 /// Bytes per raw quinn `write_all` (rounded down to whole frames, at least one).
@@ -56,6 +62,7 @@ pub fn quinn_name(payload: usize) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Reliable,
+    ReliableBatch,
     BestEffort,
 }
 
@@ -64,7 +71,7 @@ pub fn run(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport>> {
     let mut rows = Vec::new();
     for payload in PAYLOADS {
         rows.push(run_quinn(config, payload)?);
-        for mode in [Mode::Reliable, Mode::BestEffort] {
+        for mode in [Mode::Reliable, Mode::ReliableBatch, Mode::BestEffort] {
             rows.push(run_shoal(config, payload, mode)?.compared_with(quinn_name(payload)));
         }
     }
@@ -204,6 +211,7 @@ fn run_shoal(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Th
     let config = *config;
     let name = match mode {
         Mode::Reliable => format!("shoal-reliable-{payload}"),
+        Mode::ReliableBatch => format!("shoal-reliable-batch-{payload}"),
         Mode::BestEffort => format!("shoal-best-effort-{payload}"),
     };
     let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
@@ -256,6 +264,35 @@ async fn publisher(
                             let event = Message::event(TOPIC, body.clone());
                             node.publish(event).await.map_err(shoal_err)?;
                             acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, BenchError>(())
+                    })
+                })
+                .collect();
+            let drive = async {
+                for handle in loops {
+                    handle.await??;
+                }
+                Ok(())
+            };
+            let (done, window) = tokio::join!(drive, schedule.sample(&acked));
+            done.map(|()| window)
+        }
+        Mode::ReliableBatch => {
+            let acked = Arc::new(AtomicU64::new(0));
+            let loops: Vec<_> = (0..BATCH_WINDOW)
+                .map(|_| {
+                    let (node, body, acked) = (node.clone(), body.clone(), Arc::clone(&acked));
+                    tokio::spawn(async move {
+                        for _ in 0..MAX_MESSAGES {
+                            if schedule.over() {
+                                break;
+                            }
+                            let events = (0..BATCH_EVENTS)
+                                .map(|_| Message::event(TOPIC, body.clone()))
+                                .collect();
+                            node.publish_batch(events).await.map_err(shoal_err)?;
+                            acked.fetch_add(BATCH_EVENTS as u64, Ordering::Relaxed);
                         }
                         Ok::<_, BenchError>(())
                     })

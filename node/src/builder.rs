@@ -258,6 +258,7 @@ impl NodeBuilder {
             dead_letters: DeadLetters::new(config.dead_letter_capacity),
             events: broadcast::channel(1024).0,
             stopping: CancellationToken::new(),
+            stopping_flag: Default::default(),
             killed: CancellationToken::new(),
             handler_tasks: TaskTracker::new(),
             finished: Default::default(),

@@ -134,8 +134,16 @@ async fn handle_items(
         let (id, reply_to) = (env.id, env.reply_to.clone());
         let msg = Message::from_envelope(env);
         let mut replies = Vec::with_capacity(handlers.len());
-        for handler in handlers {
-            match call(handler, msg.clone()).await {
+        let mut msg = Some(msg);
+        for (i, handler) in handlers.iter().enumerate() {
+            // The last handler (usually the only one) takes the message itself.
+            let this = if i + 1 == handlers.len() {
+                msg.take()
+            } else {
+                msg.clone()
+            };
+            let Some(this) = this else { break };
+            match call(handler, this).await {
                 Ok(reply) => replies.push(reply),
                 Err(err) => {
                     if let Some(k) = item_key {

@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<NodeEvent>,
     /// Cancelled when shutdown starts: no new work is taken.
     pub(crate) stopping: CancellationToken,
+    /// Set with `stopping`, for cheap checks.
+    pub(crate) stopping_flag: std::sync::atomic::AtomicBool,
     /// Cancelled when the node stops at once: running handlers are dropped.
     pub(crate) killed: CancellationToken,
     /// Running handlers, so shutdown can wait for them.
@@ -69,14 +71,24 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// Whether shutdown has started. Read for every frame and handler, so it is an atomic
+    /// flag (a cancellation token's check takes a lock).
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.is_cancelled()
+        self.stopping_flag
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Starts stopping: no new work is taken.
+    fn begin_stopping(&self) {
+        self.stopping_flag
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stopping.cancel();
     }
 
     /// Stops at once, like a crash: connections are closed without goodbyes, running handlers
     /// are dropped, nothing is flushed.
     pub(crate) fn kill(&self) {
-        self.stopping.cancel();
+        self.begin_stopping();
         self.killed.cancel();
         self.endpoint
             .close(crate::net::CLOSE_KILLED, b"node stopped abruptly");
@@ -436,7 +448,7 @@ impl Node {
         }
         {
             let _admission = lock(&shared.admission);
-            shared.stopping.cancel();
+            shared.begin_stopping();
         }
         // Goodbyes on discovery first, so peers stop dialling, concurrently with the rest.
         let discovery = tokio::spawn({

@@ -266,22 +266,27 @@ impl Plan {
                 "the events of a batch must share one topic and one partition key".into(),
             ));
         }
+        let count = events.len() as u64;
         for event in &mut events {
             event.address_replies(&shared.service, shared.id);
             event.env.attempt = 1;
         }
         let reliable = options.reliability == Reliability::Reliable;
         let limits = &shared.config.limits;
-        let (prepared, batch) = if batched {
+        let (event, prepared, batch) = if batched {
             let id = crate::message::fresh_id(crate::message::unix_ms());
-            let envelopes: Vec<Envelope> = events.iter().map(|e| e.env.clone()).collect();
+            let event = events[0].clone();
+            let envelopes: Vec<Envelope> = events.into_iter().map(|e| e.env).collect();
             let prepared = PreparedEvent::new_batch(id, &envelopes, reliable, limits)?;
-            (prepared, Some((id, envelopes)))
+            (event, prepared, Some((id, envelopes)))
         } else {
-            (PreparedEvent::new(&events[0].env, reliable, limits)?, None)
+            let prepared = PreparedEvent::new(&events[0].env, reliable, limits)?;
+            (events.swap_remove(0), prepared, None)
         };
-        let event = events.swap_remove(0);
-        Counters::bump(&shared.counters.published);
+        shared
+            .counters
+            .published
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
 
         let audiences = shared.registry.audiences(&topic);
         if audiences.is_empty() {

@@ -27,7 +27,7 @@ pub struct NodeStats {
     pub handshake_failures: u64,
     /// Peer connections established.
     pub connections: u64,
-    /// Events published by this node.
+    /// Events published by this node (each event of a batch counts).
     pub published: u64,
     /// Events published on a topic nobody subscribed to (nothing was sent).
     pub events_unrouted: u64,
