@@ -364,21 +364,30 @@ impl Node {
         count: usize,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let shared = self.shared();
+        let registry = &self.shared().registry;
+        self.wait_until(timeout, || {
+            let all = registry.all();
+            let live = all
+                .iter()
+                .filter(|p| p.service == service && !p.is_leaving());
+            live.count() >= count
+        })
+        .await
+    }
+
+    /// Waits until `ready` holds, checking again on every change of the peer table (peers up
+    /// and down, subscriptions), at most `timeout`.
+    pub(crate) async fn wait_until(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), Error> {
         let fut = async {
-            let mut changes = shared.registry.watch();
-            loop {
-                let live = shared
-                    .registry
-                    .all()
-                    .iter()
-                    .filter(|p| p.service == service && !p.is_leaving())
-                    .count();
-                if live >= count {
-                    return Ok(());
-                }
+            let mut changes = self.shared().registry.watch();
+            while !ready() {
                 changes.changed().await.map_err(|_| Error::ShuttingDown)?;
             }
+            Ok(())
         };
         tokio::time::timeout(timeout, fut)
             .await

@@ -189,19 +189,8 @@ impl Node {
         audiences: usize,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let shared = self.shared();
-        let fut = async {
-            let mut changes = shared.registry.watch();
-            loop {
-                if self.live_audiences(topic) >= audiences {
-                    return Ok(());
-                }
-                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
-            }
-        };
-        tokio::time::timeout(timeout, fut)
+        self.wait_until(timeout, || self.live_audiences(topic) >= audiences)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
     }
 
     /// The subscriber groups (by name) and ungrouped subscriber instances (`None`) an event
