@@ -68,9 +68,7 @@ impl Delivery<'_> {
     /// A delivery of `msg` on `route` under `policy`; a message with a partition key takes its
     /// ticket now ([`crate::ordering`]).
     pub(crate) fn new(shared: &Shared, route: Route, policy: RetryPolicy, msg: &Message) -> Self {
-        let ticket = msg
-            .key()
-            .map(|key| shared.key_order.ticket(destination(&route), key.to_owned()));
+        let ticket = ticket_for(shared, &route, msg);
         Self {
             route,
             policy,
@@ -180,6 +178,12 @@ pub(crate) async fn deliver(
             }
         }
     }
+}
+
+/// The place of `msg` in its key's order on `route`, if it has a key ([`crate::ordering`]).
+pub(crate) fn ticket_for(shared: &Shared, route: &Route, msg: &Message) -> Option<Ticket> {
+    let key = msg.key()?;
+    Some(shared.key_order.ticket(destination(route), key.to_owned()))
 }
 
 /// The name a key's turns are kept under: messages are ordered per key *and* destination.

@@ -291,7 +291,7 @@ impl Plan {
                 };
                 // Best-effort copies are not retried, so they need no turn.
                 let ticket = reliable
-                    .then(|| Delivery::new(shared, route.clone(), policy.clone(), &event).ticket)
+                    .then(|| outbound::ticket_for(shared, &route, &event))
                     .flatten();
                 (route, ticket)
             })
