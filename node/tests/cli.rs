@@ -118,10 +118,16 @@ struct Server {
 impl Server {
     /// Starts `shoal serve` on a free loopback port and waits for its `listening` line.
     fn start(ca: &str, service: &str) -> Self {
+        Self::start_with(ca, service, &[])
+    }
+
+    /// [`Server::start`] with more `shoal serve` arguments.
+    fn start_with(ca: &str, service: &str, extra: &[&str]) -> Self {
         let mut child = ChildGuard(
             Command::new(SHOAL)
                 .args(["serve", "--ca", ca, "--service", service])
                 .args(["--listen", "127.0.0.1:0"])
+                .args(extra)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -348,6 +354,68 @@ fn serve_and_request_returns_the_echo() {
         out.stdout
             .lines()
             .any(|l| l.starts_with("echo ") && l.contains(&peer))
+    );
+}
+
+#[test]
+fn publish_reaches_a_subscribed_server() {
+    let (_dir, ca) = mesh("publish");
+    let mut server = Server::start_with(&ca, "echo", &["--subscribe", "order.*"]);
+    let peer = server.peer();
+    let out = shoal(
+        &[
+            "publish",
+            "--ca",
+            &ca,
+            "--peer",
+            &peer,
+            "--topic",
+            "order.created",
+            "--payload",
+            "order 42",
+            "--count",
+            "2",
+            "--partition-key",
+            "customer-7",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "publish failed: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("published id ") && l.contains(" to echo@")),
+        "{}",
+        out.stdout
+    );
+    for _ in 0..2 {
+        let printed =
+            server.next_line_with("received event order.created", Duration::from_secs(10));
+        assert!(printed.contains("\"order 42\""), "{printed}");
+    }
+
+    // Nobody subscribes to `invoice.*`: a clear error once the wait is over.
+    let out = shoal(
+        &[
+            "publish",
+            "--ca",
+            &ca,
+            "--peer",
+            &peer,
+            "--topic",
+            "invoice.paid",
+            "--wait",
+            "500",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("fewer than 1 subscriber group"),
+        "{}",
+        out.stderr
     );
 }
 

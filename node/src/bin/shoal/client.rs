@@ -1,10 +1,10 @@
-//! `shoal send` and `shoal request`: one-off messages to a running service.
+//! `shoal send`, `shoal request` and `shoal publish`: one-off messages to running services.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use shoal::{Message, RetryPolicy, SendOptions};
+use shoal::{Message, PublishOptions, RetryPolicy, SendOptions};
 
 use crate::common::{ClientArgs, micros, parse_header, wait_for_service};
 use crate::{CliError, CliResult};
@@ -61,6 +61,86 @@ pub(crate) struct RequestArgs {
     /// How long to wait for the reply, in ms.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     timeout: u64,
+}
+
+/// `shoal publish`
+#[derive(Debug, Args)]
+pub(crate) struct PublishArgs {
+    /// The topic, e.g. `order.created` (no wildcards).
+    #[arg(long, value_name = "TOPIC")]
+    topic: String,
+    /// The payload, as text.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    payload: String,
+    /// A header to attach. Repeatable.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// A partition key: events with one key are handled in order, by one instance per group.
+    #[arg(long, value_name = "KEY")]
+    partition_key: Option<String>,
+    /// How many events to publish, one after the other (each a new message).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    count: u64,
+    /// Subscriber groups to wait for before publishing (events reach only the subscribers
+    /// known when they are published).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    audiences: usize,
+    /// Best-effort: write each copy once, no acks, no retries.
+    #[arg(long)]
+    best_effort: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs `shoal publish`: prints `published id <id> to <group>@<node>[,...] time <µs>` per
+/// event, and `dropped <audience>` for best-effort copies that were dropped.
+pub(crate) async fn publish(args: PublishArgs) -> CliResult {
+    let (node, _events) = args.client.start().await?;
+    let result = async {
+        let wait = args.client.wait_or(5_000);
+        node.wait_for_subscribers(&args.topic, args.audiences, wait)
+            .await
+            .map_err(|_| {
+                CliError::new(format!(
+                    "fewer than {} subscriber group(s) for `{}` within {wait:?}",
+                    args.audiences, args.topic
+                ))
+            })?;
+        for _ in 0..args.count {
+            let mut event = args.headers.iter().fold(
+                Message::event(args.topic.clone(), args.payload.clone()),
+                |msg, (k, v)| msg.with_header(k.clone(), v.clone()),
+            );
+            if let Some(key) = &args.partition_key {
+                event = event.with_key(key.clone());
+            }
+            let options = if args.best_effort {
+                PublishOptions::best_effort()
+            } else {
+                PublishOptions::default()
+            };
+            let start = Instant::now();
+            let receipt = node.publish_with(event, options).await?;
+            let to: Vec<String> = receipt
+                .deliveries
+                .iter()
+                .map(|d| format!("{}@{}", d.group.as_deref().unwrap_or("-"), d.node))
+                .collect();
+            say!(
+                "published id {} to {} time {}",
+                receipt.id,
+                to.join(","),
+                micros(start.elapsed())
+            );
+            for audience in &receipt.dropped {
+                say!("dropped {audience}");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    node.shutdown().await;
+    result
 }
 
 /// Runs `shoal send`: prints `sent id <id> node <id> attempts <n> time <µs>` per command.

@@ -1,5 +1,5 @@
 //! The `shoal` command-line tool: make a mesh CA and node certificates, run a node that
-//! answers messages, and talk to running nodes (send, request, ping, list peers).
+//! answers messages, and talk to running nodes (send, request, publish, ping, list peers).
 //!
 //! ```text
 //! shoal ca init --dir mesh
@@ -61,6 +61,8 @@ enum Command {
     Send(client::SendArgs),
     /// Send a request to a service and print the reply's payload.
     Request(client::RequestArgs),
+    /// Publish events on a topic to every subscriber group and print who took them.
+    Publish(client::PublishArgs),
     /// Measure round trips to a service (request/reply to its echo handler, or protocol pings).
     Ping(ping::PingArgs),
     /// Connect to peers and list the live ones per service, with address and RTT.
@@ -103,6 +105,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).await,
         Command::Send(args) => client::send(args).await,
         Command::Request(args) => client::request(args).await,
+        Command::Publish(args) => client::publish(args).await,
         Command::Ping(args) => ping::run(args).await,
         Command::Peers(args) => peers::run(args).await,
     };
@@ -124,4 +127,15 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap checks the whole command tree (no two arguments of one command share a name, ...).
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

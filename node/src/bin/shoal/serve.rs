@@ -3,13 +3,14 @@
 //! Prints, one line each, on stdout:
 //! - `listening <addr> node <id> service <name>` once started;
 //! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`;
-//! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers;
+//! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers
+//!   and `--subscribe` subscriptions;
 //! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown.
 
 use std::str::FromStr;
 
 use clap::{Args, ValueEnum};
-use shoal::{HandlerError, Message, Node, NodeEvent};
+use shoal::{HandlerError, Message, Node, NodeEvent, SubscribeOptions};
 use tokio::sync::broadcast;
 
 use crate::CliResult;
@@ -26,6 +27,10 @@ pub(crate) struct ServeArgs {
     /// [default: echo and print].
     #[arg(long = "handler", value_name = "[MSG=]KIND")]
     handlers: Vec<HandlerSpec>,
+    /// Subscribe to events on topics matching PATTERN (NATS-style: `orders.*`, `orders.>`)
+    /// and print them, in this service's group or in GROUP. Repeatable.
+    #[arg(long = "subscribe", value_name = "PATTERN[=GROUP]")]
+    subscriptions: Vec<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -88,6 +93,17 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     for spec in &handlers {
         register(&node, spec);
     }
+    for spec in &args.subscriptions {
+        let options = match spec.split_once('=') {
+            Some((pattern, group)) => SubscribeOptions::new(pattern).group(group),
+            None => SubscribeOptions::new(spec.as_str()),
+        };
+        node.subscribe_with(options, |msg: Message| async move {
+            print_message(&msg);
+            Ok::<_, HandlerError>(())
+        })
+        .await?;
+    }
 
     say!(
         "listening {} node {} service {}",
@@ -132,17 +148,22 @@ fn register(node: &Node, spec: &HandlerSpec) {
             Ok::<_, HandlerError>(msg.payload().clone())
         }),
         HandlerKind::Print => node.handle(spec.name.clone(), |msg: Message| async move {
-            say!(
-                "received {} {} id {} attempt {} payload {:?}",
-                format!("{:?}", msg.kind()).to_lowercase(),
-                msg.name(),
-                msg.id(),
-                msg.attempt(),
-                String::from_utf8_lossy(msg.payload())
-            );
+            print_message(&msg);
             Ok::<_, HandlerError>(())
         }),
     }
+}
+
+/// `received <kind> <name> id <id> attempt <n> payload <quoted text>`
+fn print_message(msg: &Message) {
+    say!(
+        "received {} {} id {} attempt {} payload {:?}",
+        format!("{:?}", msg.kind()).to_lowercase(),
+        msg.name(),
+        msg.id(),
+        msg.attempt(),
+        String::from_utf8_lossy(msg.payload())
+    );
 }
 
 /// Prints peers coming and going until the node is dropped.
