@@ -56,6 +56,12 @@ pub enum Error {
     /// and [`crate::SubscribeOptions`] for the rules).
     #[error("invalid topic or pattern: {0}")]
     Topic(String),
+    /// A published event's audience (a subscriber group, or an every-instance subscriber)
+    /// unsubscribed or left for good while its copy was on the way: the copy was dropped and
+    /// counted in [`crate::NodeStats::events_dropped`]. `publish` reports such copies in
+    /// [`crate::PublishReceipt::dropped`], not as an error.
+    #[error("{0} no longer subscribes; its copy was dropped")]
+    AudienceGone(String),
     /// A batch of events cannot be published as one (empty, or mixed topics or keys).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),

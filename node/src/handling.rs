@@ -52,6 +52,12 @@ pub(crate) struct Work {
 pub(crate) async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
     // Bound concurrent handlers: when all permits are taken this read loop waits, and QUIC
     // flow control pushes back on the sender.
+    // If this read loop is dropped while it waits (the connection closed), the key must not
+    // stay "in progress" in the dedup window: a redelivery would then never be answered.
+    let pending = ForgetOnDrop {
+        shared,
+        key: Some(work.key),
+    };
     let Ok(permit) = Arc::clone(&peer.handler_permits).acquire_owned().await else {
         return;
     };
@@ -93,6 +99,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
     let admission = lock(&shared.admission);
     if shared.is_stopping() {
         drop(admission);
+        pending.disarm();
         lock(&shared.dedup).forget(key);
         if acked {
             let reason = format!("{} is shutting down", shared.id);
@@ -102,6 +109,7 @@ pub(crate) async fn run(shared: &Arc<Shared>, peer: &Arc<Peer>, work: Work) {
     }
     let task = shared.handler_tasks.track_future(task);
     drop(admission);
+    pending.disarm();
     if !shared.inline_handlers {
         tokio::spawn(task);
         return;
@@ -126,9 +134,20 @@ async fn handle_items(
 ) -> Result<(), HandlerError> {
     for (item_key, env) in items {
         if let Some(k) = item_key {
-            if lock(&shared.dedup).check(k, Instant::now().into_std()) != Seen::New {
-                Counters::bump(&shared.counters.duplicates);
-                continue;
+            match lock(&shared.dedup).check(k, Instant::now().into_std()) {
+                Seen::New => {}
+                Seen::Done => {
+                    Counters::bump(&shared.counters.duplicates);
+                    continue;
+                }
+                // Another delivery (a single publish of the same event) is handling it: the
+                // batch must not be acked before that one finishes.
+                Seen::InProgress => {
+                    return Err(HandlerError::retryable(format!(
+                        "event {} of this batch is being handled by another delivery",
+                        env.id
+                    )));
+                }
             }
         }
         let (id, reply_to) = (env.id, env.reply_to.clone());
@@ -178,6 +197,27 @@ async fn call(handler: &BoxedHandler, msg: Message) -> Result<Option<bytes::Byte
     CatchUnwind(AssertUnwindSafe(future))
         .await
         .unwrap_or_else(|()| Err(panicked()))
+}
+
+/// Forgets a dedup key when dropped while armed: a delivery admitted as new but never handed
+/// to a handler task.
+struct ForgetOnDrop<'a> {
+    shared: &'a Shared,
+    key: Option<MessageId>,
+}
+
+impl ForgetOnDrop<'_> {
+    fn disarm(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            lock(&self.shared.dedup).forget(key);
+        }
+    }
 }
 
 /// Sends a handler's reply to where the message asked: straight back to a synchronous

@@ -272,9 +272,20 @@ async fn on_publish_batch(
         )
         .await;
     }
+    // Each event of a reliable batch is tracked on its own (a retried batch skips what was
+    // handled); a batch that would push most of the window out is refused.
+    if reliable && envelopes.len() > shared.config.dedup_capacity / 2 {
+        lock(&shared.dedup).forget(key);
+        let reason = format!(
+            "a batch of {} events is larger than half this node's dedup window ({})",
+            envelopes.len(),
+            shared.config.dedup_capacity
+        );
+        return refuse(false, reason).await;
+    }
     let items = envelopes
         .into_iter()
-        .map(|e| (Some(e.id.delivery_key(group.as_deref())), e))
+        .map(|e| (reliable.then(|| e.id.delivery_key(group.as_deref())), e))
         .collect();
     let work = Work {
         key,
@@ -286,8 +297,14 @@ async fn on_publish_batch(
 }
 
 /// Checks the dedup window: `true` for a first delivery. A copy of a message already handled
-/// is acked again (if `acked`); a copy of one being handled now waits for that handler's ack.
+/// is acked again; a copy of one being handled now waits for that handler's ack. Copies that
+/// are not acknowledged (`acked` false, best-effort) are not tracked.
 fn is_new(shared: &Shared, peer: &Peer, key: MessageId, acked: bool) -> bool {
+    // Unacknowledged (best-effort) copies are never retried: they need no dedup entry, and
+    // must not crowd reliable ids out of the window.
+    if !acked {
+        return true;
+    }
     let seen = lock(&shared.dedup).check(key, Instant::now().into_std());
     match seen {
         Seen::New => true,

@@ -95,7 +95,7 @@ pub use identity::{Identity, MeshCa};
 pub use message::Message;
 pub use node::{Node, PeerInfo, Receipt};
 pub use outbound::SendOptions;
-pub use publish::{EventDelivery, PublishOptions, PublishReceipt, Reliability};
+pub use publish::{EventDelivery, MAX_BATCH_EVENTS, PublishOptions, PublishReceipt, Reliability};
 pub use shoal_discovery as discovery;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;

@@ -62,6 +62,8 @@ pub(crate) struct Delivery<'a> {
     /// For a message with a partition key: its place in the key's order, taken when the
     /// user's call was made.
     pub(crate) ticket: Option<Ticket>,
+    /// When the user's call was made: deadlines and holds count from here.
+    pub(crate) created: std::time::Instant,
 }
 
 impl Delivery<'_> {
@@ -77,6 +79,7 @@ impl Delivery<'_> {
             event: None,
             batch: None,
             ticket,
+            created: std::time::Instant::now(),
         }
     }
 }
@@ -95,19 +98,26 @@ pub(crate) async fn deliver(
     stop: &CancellationToken,
 ) -> Result<Receipt, Error> {
     let key = msg.env.partition_key.clone();
-    if let Some(ticket) = &delivery.ticket {
-        tokio::select! {
-            () = ticket.turn() => {}
-            _ = stop.cancelled() => return Err(Error::ShuttingDown),
-        }
-    }
-    let started = Instant::now();
-    let mut state = RetryState::new(delivery.policy.clone(), started.into_std());
+    // Deadlines and holds count from the user's call, not from the turn of a keyed message.
+    let started = Instant::from_std(delivery.created);
+    let mut state = RetryState::new(delivery.policy.clone(), delivery.created);
     let hold_until = delivery.hold.map_or_else(
         || Instant::from_std(state.deadline()),
         |hold| started + hold,
     );
     let route = &delivery.route;
+    if let Some(ticket) = &delivery.ticket {
+        let deadline = Instant::from_std(state.deadline());
+        tokio::select! {
+            () = ticket.turn() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                let reason = "the message before it with the same key was still in progress at \
+                              the retry deadline (is that send's future still being polled?)";
+                return Err(dead_letter(shared, route, msg, 0, reason.into()));
+            }
+            _ = stop.cancelled() => return Err(Error::ShuttingDown),
+        }
+    }
     let mut tried: Vec<NodeId> = Vec::new();
     let mut changes = shared.registry.watch();
     let mut last_failure;
@@ -117,7 +127,13 @@ pub(crate) async fn deliver(
         }
         match shared.registry.choose(route, &tried, key.as_deref()) {
             None => {
-                last_failure = no_instance(route, delivery.hold, started);
+                // An audience that unsubscribed on purpose (or an every-instance subscriber
+                // that left) is gone for good: its copy ends here, neither held nor retried.
+                if let Route::Audience { topic, audience } = route {
+                    if !shared.registry.has_audience(topic, audience) {
+                        return Err(Error::AudienceGone(audience.to_string()));
+                    }
+                }
                 // Wait for an instance to appear instead of polling; give up at the deadline.
                 tokio::select! {
                     changed = changes.changed() => {
@@ -125,6 +141,7 @@ pub(crate) async fn deliver(
                         return Err(Error::ShuttingDown);
                     }
                     _ = tokio::time::sleep_until(hold_until) => {
+                        last_failure = no_instance(route, delivery.hold, started);
                         return Err(dead_letter(shared, route, msg, state.attempts(), last_failure));
                     }
                     _ = stop.cancelled() => return Err(Error::ShuttingDown),
@@ -358,7 +375,7 @@ fn no_instance(route: &Route, hold: Option<std::time::Duration>, since: Instant)
     }
 }
 
-fn dead_letter(
+pub(crate) fn dead_letter(
     shared: &Shared,
     route: &Route,
     message: Message,

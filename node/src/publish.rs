@@ -45,8 +45,8 @@ pub enum Reliability {
 pub struct PublishOptions {
     /// Reliable (the default) or best-effort.
     pub reliability: Reliability,
-    /// Return once every copy is queued instead of waiting for the acks; reliable copies keep
-    /// being delivered (and retried, or dead-lettered) in the background.
+    /// Return at once instead of waiting for the acks; the reliable copies are delivered (and
+    /// retried, or dead-lettered) in the background.
     pub background: bool,
     /// Overrides the node's retry policy for this event.
     pub retry: Option<RetryPolicy>,
@@ -92,10 +92,12 @@ impl PublishOptions {
 pub struct PublishReceipt {
     /// The event's message id.
     pub id: MessageId,
-    /// One entry per audience: acknowledged (reliable) or queued (best-effort, background).
+    /// One entry per audience: acknowledged (reliable) or queued (best-effort). Empty for a
+    /// background publish, which returns before any copy is sent.
     pub deliveries: Vec<EventDelivery>,
-    /// Best-effort copies that were dropped (subscriber queue full, or no live instance),
-    /// named by audience.
+    /// Copies that were dropped, named by audience: best-effort copies that found their
+    /// subscriber's queue full or no live instance, and reliable copies whose audience
+    /// unsubscribed while they were on the way ([`Error::AudienceGone`]).
     pub dropped: Vec<String>,
 }
 
@@ -213,6 +215,10 @@ impl Node {
     }
 }
 
+/// Most events in one batch: a receiver tracks each in its dedup window (100,000 ids by
+/// default), and a batch must not push most of it out.
+pub const MAX_BATCH_EVENTS: usize = 10_000;
+
 /// One publish, decided when `publish` is called: the event encoded once, and one copy per
 /// audience with its place in its key's order.
 struct Plan {
@@ -227,6 +233,8 @@ struct Plan {
     background: bool,
     policy: RetryPolicy,
     hold: Duration,
+    /// When `publish` was called.
+    created: std::time::Instant,
 }
 
 impl Plan {
@@ -255,6 +263,12 @@ impl Plan {
                 "the events of a batch must share one topic and one partition key".into(),
             ));
         }
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(Error::InvalidBatch(format!(
+                "{} events; a batch holds at most {MAX_BATCH_EVENTS}",
+                events.len()
+            )));
+        }
         let count = events.len() as u64;
         for event in &mut events {
             event.address_replies(&shared.service, shared.id);
@@ -279,7 +293,10 @@ impl Plan {
 
         let audiences = shared.registry.audiences(&topic);
         if audiences.is_empty() {
-            Counters::bump(&shared.counters.events_unrouted);
+            shared
+                .counters
+                .events_unrouted
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         }
         let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
         let copies = audiences
@@ -305,6 +322,7 @@ impl Plan {
             background: options.background,
             policy,
             hold: options.hold_for.unwrap_or(shared.config.event_hold),
+            created: std::time::Instant::now(),
         })
     }
 
@@ -326,6 +344,7 @@ impl Plan {
             event: Some(&self.prepared),
             batch: self.batch.as_ref().map(|(id, envs)| (*id, envs.as_slice())),
             ticket,
+            created: self.created,
         }
     }
 
@@ -380,6 +399,10 @@ impl Plan {
         for result in join_all(deliveries).await {
             match result {
                 Ok(d) => receipt.deliveries.push(d),
+                Err(Error::AudienceGone(audience)) => {
+                    Counters::bump(&shared.counters.events_dropped);
+                    receipt.dropped.push(audience);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -389,7 +412,8 @@ impl Plan {
     }
 
     /// Delivers every copy in the background. Tracked with the handlers: a graceful shutdown
-    /// waits for them (within its grace period) as it does for replies.
+    /// waits for them (within its grace period) as it does for replies; a copy still not
+    /// delivered when the node stops is dead-lettered with that reason, never dropped unseen.
     fn spawn(mut self, shared: &Arc<Shared>) -> PublishReceipt {
         let id = self.event.id();
         let copies = std::mem::take(&mut self.copies);
@@ -398,13 +422,26 @@ impl Plan {
             let (shared2, plan) = (Arc::clone(shared), Arc::clone(&plan));
             shared.handler_tasks.spawn(async move {
                 let shared = shared2;
-                let delivery = plan.delivery(route, ticket);
+                let delivery = plan.delivery(route.clone(), ticket);
                 let stop = shared.killed.clone();
-                let result = outbound::deliver(&shared, delivery, plan.event.clone(), &stop).await;
-                plan.dead_letter_rest(&shared, &result);
-                if let Err(e) = result {
-                    tracing::debug!("background event copy not delivered: {e}");
+                let mut result =
+                    outbound::deliver(&shared, delivery, plan.event.clone(), &stop).await;
+                match &result {
+                    Err(Error::ShuttingDown) => {
+                        let reason = "the node stopped before this copy was delivered";
+                        let msg = plan.event.clone();
+                        result = Err(outbound::dead_letter(
+                            &shared,
+                            &route,
+                            msg,
+                            0,
+                            reason.into(),
+                        ));
+                    }
+                    Err(Error::AudienceGone(_)) => Counters::bump(&shared.counters.events_dropped),
+                    _ => {}
                 }
+                plan.dead_letter_rest(&shared, &result);
             });
         }
         PublishReceipt {

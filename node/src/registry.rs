@@ -165,6 +165,7 @@ impl Registry {
     /// the smaller node id survives; both sides apply the same rule, so they agree without talking.
     pub(crate) fn insert(&self, peer: Arc<Peer>) -> Inserted {
         let mut inner = lock(&self.inner);
+        let new = Arc::clone(&peer);
         let displaced = match inner.peers.get(&peer.node) {
             // Node ids are not certified, services are: a connection claiming a live node's
             // id for another service is an impostor (or a collision) and cannot take its place.
@@ -181,6 +182,13 @@ impl Registry {
             }
             _ => inner.peers.insert(peer.node, peer),
         };
+        // The peer announces its subscriptions again on the new connection; until then the
+        // new connection keeps those of the one it replaces, so no event misses the peer.
+        if let Some(old) = &displaced {
+            for sub in old.subscriptions() {
+                let _ = new.subscribe(sub);
+            }
+        }
         drop(inner);
         self.bump();
         Inserted::Kept { displaced }
@@ -304,6 +312,12 @@ impl Registry {
     /// last instance left (with none).
     pub(crate) fn audiences(&self, topic: &str) -> Audiences {
         lock(&self.inner).audiences(topic)
+    }
+
+    /// Whether `audience` is still an audience of `topic`: subscribed on a live peer, or a
+    /// group remembered after its last instance left.
+    pub(crate) fn has_audience(&self, topic: &str, audience: &Audience) -> bool {
+        self.audiences(topic).iter().any(|(a, _)| a == audience)
     }
 
     /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.

@@ -202,3 +202,32 @@ async fn keyed_sends_stay_in_order_while_instances_die_and_join() {
 async fn keyed_events_stay_in_order_while_instances_die_and_join() {
     run(Via::Publish).await;
 }
+
+/// A keyed send whose predecessor is never polled does not wait forever: it is dead-lettered
+/// at its retry deadline with a reason that says why.
+#[tokio::test(flavor = "current_thread")]
+async fn a_keyed_send_behind_an_unpolled_one_ends_at_its_deadline() {
+    let mesh = Mesh::new();
+    let ledger = mesh.start(SERVICE, &[]).await;
+    ledger.handle("apply", |_msg: Message| async { Ok::<_, HandlerError>(()) });
+    let sender = mesh.start("teller", &[ledger.local_addr()]).await;
+    wait_instances(&sender, SERVICE, 1).await;
+
+    let first = sender.send(SERVICE, Message::command("apply", "0").with_key("k"));
+    let policy = shoal::RetryPolicy {
+        deadline: Duration::from_millis(300),
+        ..shoal::RetryPolicy::default()
+    };
+    let second = sender.send_with(
+        SERVICE,
+        Message::command("apply", "1").with_key("k"),
+        shoal::SendOptions::with_retry(policy),
+    );
+    let err = timeout(WAIT, second).await.unwrap().unwrap_err();
+    let shoal::Error::DeadLettered(letter) = err else {
+        panic!("{err}")
+    };
+    assert!(letter.last_failure.contains("same key"), "{letter}");
+    // The first one still goes through once polled.
+    timeout(WAIT, first).await.unwrap().unwrap();
+}

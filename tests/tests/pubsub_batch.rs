@@ -171,3 +171,71 @@ async fn malformed_batches_are_refused_and_failed_ones_dead_letter_every_event()
             .all(|l| l.last_failure.contains("schema mismatch"))
     );
 }
+
+/// A batch holding an event that a single publish is handling right now is not acked until
+/// that handler is done: the event is never reported delivered while it may still fail.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_waits_for_its_events_that_are_being_handled_elsewhere() {
+    let mesh = Mesh::new();
+    let node = mesh.start("ledger", &[]).await;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (release2, runs2) = (Arc::clone(&release), Arc::clone(&runs));
+    node.subscribe(TOPIC, move |_msg: Message| {
+        runs2.fetch_add(1, Ordering::SeqCst);
+        let _ = started_tx.send(());
+        let release = Arc::clone(&release2);
+        async move {
+            release.notified().await;
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    let policy = RetryPolicy {
+        max_attempts: 10_000,
+        initial_backoff: std::time::Duration::from_millis(20),
+        max_backoff: std::time::Duration::from_millis(50),
+        ..RetryPolicy::default()
+    };
+    let publisher = mesh
+        .start_with(
+            mesh.builder("warehouse").retry_policy(policy),
+            &[node.local_addr()],
+        )
+        .await;
+    publisher
+        .wait_for_subscribers(TOPIC, 1, WAIT)
+        .await
+        .unwrap();
+
+    let event = Message::event(TOPIC, "1");
+    let single = tokio::spawn(publisher.publish(event.clone()));
+    tokio::time::timeout(WAIT, started.recv()).await.unwrap();
+    let batched = tokio::spawn(publisher.publish_batch(vec![event]));
+    // While the handler runs, the batch is refused (retryably) again and again, never acked.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !batched.is_finished() {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "the batch was acked while its event was still being handled"
+    );
+    release.notify_one();
+    tokio::time::timeout(WAIT, single)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(WAIT, batched)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the event was handled once");
+}

@@ -338,3 +338,43 @@ async fn bad_subscriptions_and_stray_events_are_refused_not_fatal() {
     .await;
     assert_eq!(billing.stats().handled, 1);
 }
+
+/// A subscriber that unsubscribes while an event is on its way to it refuses the copy; the
+/// publisher then drops that copy (counted, listed in the receipt), neither holding it nor
+/// dead-lettering it: the group is gone on purpose.
+#[tokio::test(flavor = "current_thread")]
+async fn an_audience_that_unsubscribes_mid_flight_has_its_copy_dropped() {
+    let mesh = Mesh::new();
+    let publisher = mesh.start("orders", &[]).await;
+    let mut raw = RawPeer::connect(&mesh, "audit", publisher.local_addr()).await;
+    let sub = shoal_proto::Subscription {
+        pattern: "order.*".into(),
+        group: Some("audit".into()),
+    };
+    raw.send_frame(&Frame::Subscribe(sub.clone())).await;
+    publisher
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+
+    let publish = tokio::spawn(publisher.publish(Message::event("order.created", "x")));
+    let (frame, _) = raw
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Publish(_)))
+        .await;
+    let Frame::Publish(copy) = frame else {
+        unreachable!()
+    };
+    let key = copy.envelope.id.delivery_key(copy.group.as_deref());
+    raw.send_frame(&Frame::Unsubscribe(sub)).await;
+    raw.send_frame(&Frame::Nack(shoal_proto::Nack {
+        id: key,
+        retryable: true,
+        reason: "unsubscribed".into(),
+    }))
+    .await;
+    let receipt = timeout(WAIT, publish).await.unwrap().unwrap().unwrap();
+    assert!(receipt.deliveries.is_empty(), "{receipt:?}");
+    assert_eq!(receipt.dropped, ["group `audit`"]);
+    let stats = publisher.stats();
+    assert_eq!((stats.events_dropped, stats.dead_lettered), (1, 0));
+}

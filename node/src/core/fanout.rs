@@ -58,6 +58,9 @@ pub(crate) fn audiences<'a>(
     out
 }
 
+/// Most departed group subscriptions remembered at once.
+const MAX_DEPARTED: usize = 10_000;
+
 /// Grouped subscriptions whose last live instance went away, remembered for `remember` so
 /// events published meanwhile are held for the group instead of reaching nobody.
 #[derive(Debug)]
@@ -77,9 +80,22 @@ impl DepartedGroups {
     /// The last live instance holding `sub` is gone (ungrouped subscriptions are not kept:
     /// their instance is gone for good).
     pub(crate) fn left(&mut self, sub: Subscription, now: Instant) {
-        if sub.group.is_some() && !self.remember.is_zero() {
-            self.left_at.insert(sub, now);
+        if sub.group.is_none() || self.remember.is_zero() {
+            return;
         }
+        // Bounded: peers that announce many groups and leave, again and again, cannot grow it
+        // without limit; the oldest departures are forgotten first.
+        if self.left_at.len() >= MAX_DEPARTED && !self.left_at.contains_key(&sub) {
+            if let Some(oldest) = self
+                .left_at
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(s, _)| s.clone())
+            {
+                self.left_at.remove(&oldest);
+            }
+        }
+        self.left_at.insert(sub, now);
     }
 
     /// `sub` has a live instance again, or was unsubscribed on purpose.
