@@ -21,6 +21,7 @@
 //!   events **handled** by the subscriber per second; drops (whole run) in the `dropped`
 //!   column.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::Endpoint;
-use shoal::{MeshCa, Message, PublishOptions};
+use shoal::{MeshCa, Message, Node, PublishOptions};
 
 use crate::error::{BenchError, BenchResult};
 use crate::pubsub::{TOPIC, serve_subscribers, start_publisher, start_subscribers};
@@ -252,60 +253,22 @@ async fn publisher(
     let dropped = AtomicU64::new(0);
     let result = match mode {
         Mode::Reliable => {
-            let acked = Arc::new(AtomicU64::new(0));
-            let loops: Vec<_> = (0..RELIABLE_WINDOW)
-                .map(|_| {
-                    let (node, body, acked) = (node.clone(), body.clone(), Arc::clone(&acked));
-                    tokio::spawn(async move {
-                        for _ in 0..MAX_MESSAGES {
-                            if schedule.over() {
-                                break;
-                            }
-                            let event = Message::event(TOPIC, body.clone());
-                            node.publish(event).await.map_err(shoal_err)?;
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok::<_, BenchError>(())
-                    })
-                })
-                .collect();
-            let drive = async {
-                for handle in loops {
-                    handle.await??;
-                }
-                Ok(())
+            let publish = move |node: Node, body: Bytes| async move {
+                let event = Message::event(TOPIC, body);
+                node.publish(event).await.map_err(shoal_err)?;
+                Ok(1)
             };
-            let (done, window) = tokio::join!(drive, schedule.sample(&acked));
-            done.map(|()| window)
+            acked_loops(RELIABLE_WINDOW, &node, &body, schedule, publish).await
         }
         Mode::ReliableBatch => {
-            let acked = Arc::new(AtomicU64::new(0));
-            let loops: Vec<_> = (0..BATCH_WINDOW)
-                .map(|_| {
-                    let (node, body, acked) = (node.clone(), body.clone(), Arc::clone(&acked));
-                    tokio::spawn(async move {
-                        for _ in 0..MAX_MESSAGES {
-                            if schedule.over() {
-                                break;
-                            }
-                            let events = (0..BATCH_EVENTS)
-                                .map(|_| Message::event(TOPIC, body.clone()))
-                                .collect();
-                            node.publish_batch(events).await.map_err(shoal_err)?;
-                            acked.fetch_add(BATCH_EVENTS as u64, Ordering::Relaxed);
-                        }
-                        Ok::<_, BenchError>(())
-                    })
-                })
-                .collect();
-            let drive = async {
-                for handle in loops {
-                    handle.await??;
-                }
-                Ok(())
+            let publish = move |node: Node, body: Bytes| async move {
+                let events = (0..BATCH_EVENTS)
+                    .map(|_| Message::event(TOPIC, body.clone()))
+                    .collect();
+                node.publish_batch(events).await.map_err(shoal_err)?;
+                Ok(BATCH_EVENTS as u64)
             };
-            let (done, window) = tokio::join!(drive, schedule.sample(&acked));
-            done.map(|()| window)
+            acked_loops(BATCH_WINDOW, &node, &body, schedule, publish).await
         }
         Mode::BestEffort => {
             let send = async {
@@ -334,6 +297,50 @@ async fn publisher(
     };
     node.shutdown().await;
     Ok((result?, dropped.load(Ordering::Relaxed)))
+}
+
+/// Runs `loops` tasks that each repeat `publish` (which returns the events it got acked)
+/// until the window is over, and measures the acked events per second.
+async fn acked_loops<F, Fut>(
+    loops: usize,
+    node: &Node,
+    body: &Bytes,
+    schedule: Schedule,
+    publish: F,
+) -> BenchResult<Window>
+where
+    F: Fn(Node, Bytes) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = BenchResult<u64>> + Send,
+{
+    let acked = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..loops)
+        .map(|_| {
+            let (node, body, acked, publish) = (
+                node.clone(),
+                body.clone(),
+                Arc::clone(&acked),
+                publish.clone(),
+            );
+            tokio::spawn(async move {
+                for _ in 0..MAX_MESSAGES {
+                    if schedule.over() {
+                        break;
+                    }
+                    let n = publish(node.clone(), body.clone()).await?;
+                    acked.fetch_add(n, Ordering::Relaxed);
+                }
+                Ok::<_, BenchError>(())
+            })
+        })
+        .collect();
+    let drive = async {
+        for handle in handles {
+            handle.await??;
+        }
+        Ok(())
+    };
+    let (done, window) = tokio::join!(drive, schedule.sample(&acked));
+    done.map(|()| window)
 }
 
 #[cfg(test)]
