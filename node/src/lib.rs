@@ -50,7 +50,8 @@
 //!   the reader that runs handlers, the send loop with retries.
 //! - `subscribe`, `publish`, `ordering` (private): subscriptions and their propagation to peers,
 //!   the fan-out of one event to its audiences, the per-key turns of keyed messages.
-//! - [`Node`] and [`NodeBuilder`]: the public handle and its configuration.
+//! - [`Node`] and [`NodeBuilder`]: the public handle and its configuration; `inspect`
+//!   (private) holds what a node tells about its peers and itself.
 //! - [`Identity`] and [`MeshCa`]: certificates.
 //!
 //! ## Delivery guarantees
@@ -71,6 +72,7 @@ mod handler;
 mod handling;
 mod identity;
 mod inbound;
+mod inspect;
 mod message;
 mod net;
 mod node;
