@@ -140,11 +140,7 @@ async fn quinn_server(
     announce.send(endpoint.local_addr()?)?;
     let result = shutdown
         .run_until(async {
-            let incoming = endpoint
-                .accept()
-                .await
-                .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
-            let connection = incoming.await?;
+            let connection = quinn_echo::first_connection(&endpoint).await?;
             let mut recv = match connection.accept_uni().await {
                 Ok(stream) => stream,
                 Err(e) if closed_by_peer(&e) => return Ok(()),

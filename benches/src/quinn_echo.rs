@@ -114,11 +114,7 @@ async fn serve(
     announce.send(endpoint.local_addr()?)?;
     let result = shutdown
         .run_until(async {
-            let incoming = endpoint
-                .accept()
-                .await
-                .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
-            let connection = incoming.await?;
+            let connection = first_connection(&endpoint).await?;
             match mode {
                 Mode::Stream => echo_stream(&connection, config.max_round_trips()).await,
                 Mode::Datagram => echo_datagrams(&connection, config.max_round_trips()).await,
@@ -279,4 +275,13 @@ async fn datagram_client(
         Ok(RoundTrip::Lost)
     })
     .await
+}
+
+/// The first connection `endpoint` accepts (every raw quinn scenario serves one client).
+pub(crate) async fn first_connection(endpoint: &Endpoint) -> BenchResult<quinn::Connection> {
+    let incoming = endpoint
+        .accept()
+        .await
+        .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
+    Ok(incoming.await?)
 }

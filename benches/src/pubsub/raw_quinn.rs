@@ -75,11 +75,7 @@ async fn quinn_servers(
 /// Receiver `i`: accepts one connection and its one stream, then per frame records the
 /// arrival and writes a 1-byte ack.
 async fn receive_frames(endpoint: Endpoint, i: usize, probe: Probe) -> BenchResult<()> {
-    let incoming = endpoint
-        .accept()
-        .await
-        .ok_or_else(|| BenchError::msg("endpoint closed before a client connected"))?;
-    let connection = incoming.await?;
+    let connection = quinn_echo::first_connection(&endpoint).await?;
     let Some((mut send, mut recv)) = quinn_echo::accept_bi_or_end(&connection).await? else {
         return Ok(());
     };
