@@ -25,8 +25,10 @@ pub mod pubsub;
 pub mod pubsub_throughput;
 pub mod quinn_echo;
 pub mod report;
+pub mod rivals;
 pub mod runtime;
 pub mod shoal_scenarios;
+pub mod systems;
 pub mod throughput;
 pub mod udp_echo;
 
@@ -115,6 +117,11 @@ pub enum Measures {
 pub struct Scenario {
     /// Name used with `--scenario` (and, for single-row scenarios, the report row name).
     pub name: &'static str,
+    /// The system it measures ([`systems::SYSTEMS`]), selected with `--system`.
+    pub system: &'static str,
+    /// How the system is configured for this scenario, printed with the results (rivals
+    /// are set up as their own documentation recommends for low latency).
+    pub setup: &'static str,
     /// One line on what it measures (shown by `--list`).
     pub about: &'static str,
     /// Performs one run.
@@ -128,12 +135,16 @@ pub struct Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: udp_echo::NAME,
+        system: systems::UDP,
+        setup: "tokio UdpSocket, one datagram per message, no crypto",
         about: "raw UDP: one datagram echoed over loopback, no crypto, closed loop",
         run: Measures::RoundTrip(udp_echo::run),
         in_all: true,
     },
     Scenario {
         name: quinn_echo::STREAM_NAME,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream, u32 length prefix",
         about: "raw quinn (baseline): echo over ONE long-lived bidi stream, mutual TLS, \
                 u32-length-prefixed frames",
         run: Measures::RoundTrip(quinn_echo::run_stream),
@@ -141,12 +152,16 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: quinn_echo::DATAGRAM_NAME,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring), mutual TLS, QUIC DATAGRAM frames",
         about: "raw quinn datagrams: QUIC DATAGRAM frame echoed, mutual TLS",
         run: Measures::RoundTrip(quinn_echo::run_datagram),
         in_all: true,
     },
     Scenario {
         name: shoal_scenarios::SEND_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, ack after the handler ran",
         about: "Shoal point-to-point: send a command, resolve when the receiver's handler \
                 finished and its ack came back",
         run: Measures::RoundTrip(shoal_scenarios::run_send),
@@ -154,12 +169,16 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: shoal_scenarios::REQUEST_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, reply in the ack's write",
         about: "Shoal request/response: request to an echo handler, resolve on the reply",
         run: Measures::RoundTrip(shoal_scenarios::run_request),
         in_all: true,
     },
     Scenario {
         name: PUBSUB_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: reliable publish, one group per subscriber node",
         about: "one-way publish -> handler latency to 1, 4, 16 subscriber nodes (closed loop \
                 on the reliable ack), with raw quinn one-way to 1, 4, 16 receivers \
                 (quinn-oneway, the baseline; quinn-fanout-4, -16)",
@@ -168,6 +187,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: PUBSUB_THROUGHPUT_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: reliable (256 in flight, or publish_batch of 256) and best-effort",
         about: "events/s to one subscriber (reliable, 256 in flight; best-effort), 64 B and \
                 1 KiB, against raw quinn batched frames on one stream",
         run: Measures::Throughput(pubsub_throughput::run),

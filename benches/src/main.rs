@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long = "scenario", value_name = "NAME|all", default_value = "all")]
     scenarios: Vec<String>,
 
+    /// Only scenarios of this system (`udp`, `quinn`, `shoal`, `nats`, `zenoh`, `zmq`,
+    /// `libp2p`); repeat the flag for several. Default: every system built in.
+    #[arg(long = "system", value_name = "NAME")]
+    systems: Vec<String>,
+
     /// Measured round trips (pub/sub: events) per run of each latency scenario.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     count: u64,
@@ -121,6 +126,38 @@ fn selected(names: &[String]) -> BenchResult<Vec<&'static Scenario>> {
     Ok(out)
 }
 
+/// Keeps the scenarios of the named systems (all if none is named). Naming a system that is
+/// unknown, or a rival this binary was built without, is an error that says which feature
+/// builds it.
+fn for_systems(
+    scenarios: Vec<&'static Scenario>,
+    systems: &[String],
+) -> BenchResult<Vec<&'static Scenario>> {
+    for name in systems {
+        let system = shoal_benches::systems::find(name).ok_or_else(|| {
+            let known: Vec<&str> = shoal_benches::systems::SYSTEMS
+                .iter()
+                .map(|s| s.name)
+                .collect();
+            BenchError::msg(format!(
+                "unknown system `{name}` (known: {})",
+                known.join(", ")
+            ))
+        })?;
+        if !system.built {
+            return Err(BenchError::msg(format!(
+                "`{name}` is not built in: run with `--features {}` (benches/README.md says \
+                 what it needs installed)",
+                system.feature.unwrap_or(name)
+            )));
+        }
+    }
+    Ok(scenarios
+        .into_iter()
+        .filter(|s| systems.is_empty() || systems.iter().any(|n| n == s.system))
+        .collect())
+}
+
 /// Runs everything; `Ok(false)` if some scenario failed (the others still ran).
 fn run(cli: &Cli) -> BenchResult<bool> {
     if cli.list {
@@ -130,7 +167,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         }
         return Ok(true);
     }
-    let scenarios = selected(&cli.scenarios)?;
+    let scenarios = for_systems(selected(&cli.scenarios)?, &cli.systems)?;
     let runs = usize::try_from(cli.runs).map_err(BenchError::msg)?;
     let config = BenchConfig {
         count: cli.count,
@@ -145,6 +182,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         "shoal-bench {}: {} CPU(s), {}; count {}, warm-up {}, payload {} B, {} run(s) per scenario",
         info.date, info.nproc, info.cpu_model, info.count, info.warmup, info.payload, runs
     );
+    eprintln!("{}", shoal_benches::systems::built_summary());
     // Fail early (before any run) if the placement cannot be honoured.
     config.placement.cpus()?;
     eprintln!(
@@ -212,6 +250,13 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         print!("{}", throughput::render_table(&throughput));
     }
 
+    if !results.ran.is_empty() {
+        println!("\nSet-up of each system:");
+        for s in &results.ran {
+            println!("  {:<22} [{}] {}", s.name, s.system, s.setup);
+        }
+    }
+
     if let Some(path) = &cli.json {
         let sections = [
             (
@@ -237,7 +282,15 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &cli.markdown {
-        let text = markdown_document(&info, &round_trip, baseline, &one_way, &throughput, cli);
+        let text = markdown_document(
+            &info,
+            &round_trip,
+            baseline,
+            &one_way,
+            &throughput,
+            &results.ran,
+            cli,
+        );
         std::fs::write(path, text)
             .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
         eprintln!("wrote {}", path.display());
@@ -248,13 +301,16 @@ fn run(cli: &Cli) -> BenchResult<bool> {
 /// Aggregated rows, by table.
 #[derive(Default)]
 struct Results {
+    /// Scenarios that produced rows, in run order.
+    ran: Vec<&'static Scenario>,
     round_trip: Vec<AggregatedReport>,
     one_way: Vec<AggregatedReport>,
     throughput: Vec<AggregatedThroughput>,
 }
 
 impl Results {
-    fn add(&mut self, scenario: &Scenario, rows: ScenarioResults) {
+    fn add(&mut self, scenario: &'static Scenario, rows: ScenarioResults) {
+        self.ran.push(scenario);
         match (scenario.run, rows) {
             (Measures::OneWay(_), ScenarioResults::Latency(rows)) => self.one_way.extend(rows),
             (_, ScenarioResults::Latency(rows)) => self.round_trip.extend(rows),
@@ -273,6 +329,7 @@ fn markdown_document(
     baseline: Option<&str>,
     one_way: &[LatencyReport],
     throughput: &[ThroughputReport],
+    ran: &[&Scenario],
     cli: &Cli,
 ) -> String {
     let mut text = format!(
@@ -307,6 +364,14 @@ fn markdown_document(
             cli.duration
         ));
         text.push_str(&throughput::render_markdown(throughput));
+    }
+    if !ran.is_empty() {
+        text.push_str(
+            "\nSet-up of each system:\n\n| scenario | system | set-up |\n|---|---|---|\n",
+        );
+        for s in ran {
+            text.push_str(&format!("| {} | {} | {} |\n", s.name, s.system, s.setup));
+        }
     }
     text
 }
