@@ -194,6 +194,36 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Measures::Throughput(pubsub_throughput::run),
         in_all: false,
     },
+    #[cfg(feature = "nats")]
+    Scenario {
+        name: rivals::nats::REQUEST_NAME,
+        system: systems::NATS,
+        setup: rivals::nats::REQUEST_SETUP,
+        about: "NATS request/reply through nats-server: Client::request to an echoing \
+                responder subscription, closed loop",
+        run: Measures::RoundTrip(rivals::nats::run_request),
+        in_all: true,
+    },
+    #[cfg(feature = "nats")]
+    Scenario {
+        name: rivals::nats::PUBLISH_NAME,
+        system: systems::NATS,
+        setup: rivals::nats::PUBLISH_SETUP,
+        about: "NATS one-way publish -> subscriber latency to 1 and 8 subscriber connections \
+                (closed loop on the subscribers' acks)",
+        run: Measures::OneWay(rivals::nats::run_publish),
+        in_all: true,
+    },
+    #[cfg(feature = "nats")]
+    Scenario {
+        name: rivals::nats::THROUGHPUT_NAME,
+        system: systems::NATS,
+        setup: rivals::nats::THROUGHPUT_SETUP,
+        about: "NATS msgs/s delivered to one subscriber (pubsub) and to a 2-member queue \
+                group (p2p), 64 B, 1 KiB, 64 KiB",
+        run: Measures::Throughput(rivals::nats::run_throughput),
+        in_all: true,
+    },
 ];
 
 /// Scenario name of the pub/sub one-way latency rows.
