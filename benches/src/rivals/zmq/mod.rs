@@ -409,6 +409,42 @@ mod tests {
     }
 
     #[test]
+    fn a_side_that_fails_or_never_binds_is_an_error() {
+        let config = BenchConfig {
+            run_timeout: Duration::from_millis(300),
+            ..quick()
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1);
+        let err = run_threads(
+            "t",
+            &config,
+            move |_| {
+                drop(tx);
+                Err(BenchError::msg("no socket"))
+            },
+            move |ctl| receive_endpoints(&rx, ctl),
+        )
+        .expect_err("must fail");
+        assert!(err.message().contains("ended before binding"), "{err}");
+
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1);
+        let err = run_threads(
+            "t",
+            &config,
+            move |ctl| {
+                let _keep = tx;
+                while !ctl.stopped() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(())
+            },
+            move |ctl| receive_endpoints(&rx, ctl),
+        )
+        .expect_err("must time out");
+        assert!(err.message().contains("did not bind in time"), "{err}");
+    }
+
+    #[test]
     fn request_counts_every_round_trip() {
         let rows = latency_rows(REQUEST_NAME);
         assert_eq!(rows.len(), 1);
