@@ -224,6 +224,34 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Measures::Throughput(rivals::nats::run_throughput),
         in_all: true,
     },
+    #[cfg(feature = "zmq")]
+    Scenario {
+        name: rivals::zmq::REQUEST_NAME,
+        system: systems::ZMQ,
+        setup: rivals::zmq::REQUEST_SETUP,
+        about: "ZeroMQ (libzmq) REQ/REP: request echoed by the REP socket, closed loop",
+        run: Measures::RoundTrip(rivals::zmq::run_request),
+        in_all: true,
+    },
+    #[cfg(feature = "zmq")]
+    Scenario {
+        name: rivals::zmq::PUBLISH_NAME,
+        system: systems::ZMQ,
+        setup: rivals::zmq::PUBLISH_SETUP,
+        about: "ZeroMQ PUB/SUB one-way latency to 1 and 8 SUB sockets (closed loop on \
+                PUSH/PULL acks)",
+        run: Measures::OneWay(rivals::zmq::run_publish),
+        in_all: true,
+    },
+    #[cfg(feature = "zmq")]
+    Scenario {
+        name: rivals::zmq::THROUGHPUT_NAME,
+        system: systems::ZMQ,
+        setup: rivals::zmq::THROUGHPUT_SETUP,
+        about: "ZeroMQ msgs/s delivered PUB -> SUB and PUSH -> PULL, 64 B, 1 KiB, 64 KiB",
+        run: Measures::Throughput(rivals::zmq::run_throughput),
+        in_all: true,
+    },
 ];
 
 /// Scenario name of the pub/sub one-way latency rows.

@@ -3,3 +3,5 @@
 
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "zmq")]
+pub mod zmq;
