@@ -132,7 +132,7 @@ fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> 
 /// What one fan-out run records, shared by the harness, the receiving thread (per-receiver
 /// latencies) and the sending thread (the `-last` times). Cloning is one `Arc` clone.
 #[derive(Clone)]
-struct Probe(Arc<ProbeState>);
+pub(crate) struct Probe(Arc<ProbeState>);
 
 struct ProbeState {
     config: BenchConfig,
@@ -145,7 +145,7 @@ struct ProbeState {
 }
 
 impl Probe {
-    fn new(config: &BenchConfig, receivers: usize) -> BenchResult<Self> {
+    pub(crate) fn new(config: &BenchConfig, receivers: usize) -> BenchResult<Self> {
         let per_receiver = (0..receivers)
             .map(|_| report::new_histogram().map(Mutex::new))
             .collect::<BenchResult<_>>()?;
@@ -159,7 +159,7 @@ impl Probe {
 
     /// Receiver `i` got the stamped message `buf`: records its latency (after the warm-up)
     /// and its arrival. `None` if `buf` carries no stamp.
-    fn arrived(&self, i: usize, buf: &[u8]) -> Option<()> {
+    pub(crate) fn arrived(&self, i: usize, buf: &[u8]) -> Option<()> {
         let (seq, latency, now) = arrival(buf, self.0.base)?;
         if seq >= self.0.config.warmup {
             lock(self.0.per_receiver.get(i)?).saturating_record(latency.max(1));
@@ -171,7 +171,7 @@ impl Probe {
     /// The sending side's closed loop: per message, stamps `header` + a stamped payload,
     /// has `deliver` send it and wait until every receiver acknowledged it, and records the
     /// time until the last receiver got it. Returns those times (measured messages only).
-    async fn closed_loop(
+    pub(crate) async fn closed_loop(
         &self,
         header: &[u8],
         mut deliver: impl AsyncFnMut(u64, &[u8]) -> BenchResult<()>,
@@ -200,7 +200,11 @@ impl Probe {
     /// The rows of a run named `name`: every receiver's latencies merged (each receiver
     /// must have recorded every measured message once) and, for more than one receiver,
     /// `<name>-last` from `last`.
-    fn rows(&self, name: &str, last: &Histogram<u64>) -> BenchResult<Vec<LatencyReport>> {
+    pub(crate) fn rows(
+        &self,
+        name: &str,
+        last: &Histogram<u64>,
+    ) -> BenchResult<Vec<LatencyReport>> {
         let count = self.0.config.count;
         let mut all = report::new_histogram()?;
         for h in &self.0.per_receiver {
