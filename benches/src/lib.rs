@@ -252,6 +252,35 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Measures::Throughput(rivals::zmq::run_throughput),
         in_all: true,
     },
+    #[cfg(feature = "zenoh")]
+    Scenario {
+        name: rivals::zenoh::request::NAME,
+        system: systems::ZENOH,
+        setup: rivals::zenoh::REQUEST_SETUP,
+        about: "Zenoh put/subscriber ping-pong (z_ping/z_pong), tcp, tcp-ll, quic, quic-ll",
+        run: Measures::RoundTrip(rivals::zenoh::request::run),
+        in_all: true,
+    },
+    #[cfg(feature = "zenoh")]
+    Scenario {
+        name: rivals::zenoh::publish::NAME,
+        system: systems::ZENOH,
+        setup: rivals::zenoh::PUBLISH_SETUP,
+        about: "Zenoh one-way put -> subscriber latency to 1 and 8 subscriber sessions \
+                (closed loop on an untimed ack), every variant",
+        run: Measures::OneWay(rivals::zenoh::publish::run),
+        in_all: true,
+    },
+    #[cfg(feature = "zenoh")]
+    Scenario {
+        name: rivals::zenoh::throughput::NAME,
+        system: systems::ZENOH,
+        setup: rivals::zenoh::THROUGHPUT_SETUP,
+        about: "Zenoh put -> subscriber msgs/s counted at the subscriber, tcp and quic, \
+                64 B, 1 KiB, 64 KiB",
+        run: Measures::Throughput(rivals::zenoh::throughput::run),
+        in_all: true,
+    },
 ];
 
 /// Scenario name of the pub/sub one-way latency rows.
@@ -384,7 +413,10 @@ mod tests {
     #[test]
     fn every_round_trip_scenario_runs_on_loopback() {
         for scenario in SCENARIOS {
-            if !matches!(scenario.run, Measures::RoundTrip(_)) {
+            // Rivals give one row per variant and are tested in their own modules.
+            let rival =
+                systems::find(scenario.system).is_some_and(|s| s.role == systems::Role::Rival);
+            if rival || !matches!(scenario.run, Measures::RoundTrip(_)) {
                 continue;
             }
             let results = run_repeated(scenario, &quick(), 2, |_, _| {})

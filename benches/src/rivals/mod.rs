@@ -5,3 +5,5 @@
 pub mod nats;
 #[cfg(feature = "zmq")]
 pub mod zmq;
+#[cfg(feature = "zenoh")]
+pub mod zenoh;
