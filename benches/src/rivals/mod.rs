@@ -1,2 +1,5 @@
 //! Rival messaging systems, each behind its own cargo feature of `shoal-benches`
 //! (see [`crate::systems`]). Every rival listens on `127.0.0.1` only and never multicasts.
+
+#[cfg(feature = "libp2p")]
+pub mod libp2p;
