@@ -281,6 +281,27 @@ pub const SCENARIOS: &[Scenario] = &[
         run: Measures::Throughput(rivals::zenoh::throughput::run),
         in_all: true,
     },
+    #[cfg(feature = "libp2p")]
+    Scenario {
+        name: rivals::libp2p::REQUEST_NAME,
+        system: systems::LIBP2P,
+        setup: rivals::libp2p::SETUP,
+        about: "rust-libp2p request-response over QUIC: request of --payload bytes echoed \
+                back, one new QUIC stream per request, closed loop",
+        run: Measures::RoundTrip(rivals::libp2p::run_request),
+        in_all: true,
+    },
+    #[cfg(feature = "libp2p")]
+    Scenario {
+        name: rivals::libp2p::THROUGHPUT_NAME,
+        system: systems::LIBP2P,
+        setup: rivals::libp2p::SETUP,
+        about: "rust-libp2p request-response over QUIC, 64 requests in flight, empty \
+                responses: requests/s answered (libp2p-p2p-64, -1024, -65536) against \
+                quinn-batch-<payload>",
+        run: Measures::Throughput(rivals::libp2p::run_throughput),
+        in_all: true,
+    },
 ];
 
 /// Scenario name of the pub/sub one-way latency rows.

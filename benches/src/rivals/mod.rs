@@ -7,3 +7,5 @@ pub mod nats;
 pub mod zmq;
 #[cfg(feature = "zenoh")]
 pub mod zenoh;
+#[cfg(feature = "libp2p")]
+pub mod libp2p;
