@@ -78,6 +78,8 @@ mod net;
 mod node;
 mod ordering;
 mod outbound;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod peer;
 mod publish;
 mod registry;

@@ -1,0 +1,14 @@
+//! The transactional outbox and the persistent inbox (work in progress: storage only).
+//!
+//! A service that changes its database and then sends a message can crash in between. With
+//! the outbox, the message is written into an outbox table *in the same transaction* as the
+//! domain change; the node's relay later delivers it through the normal delivery path and
+//! removes it once acknowledged. The inbox is the receiver's mirror: a table of handled
+//! message ids, written in the same transaction as the handler's own changes, so a
+//! redelivered message is recognised even after a restart.
+
+mod sqlite;
+mod store;
+
+pub use sqlite::SqliteOutbox;
+pub use store::{Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};
