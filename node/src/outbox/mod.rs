@@ -1,4 +1,4 @@
-//! The transactional outbox and the persistent inbox (work in progress: storage only).
+//! The transactional outbox and the persistent inbox (work in progress).
 //!
 //! A service that changes its database and then sends a message can crash in between. With
 //! the outbox, the message is written into an outbox table *in the same transaction* as the
@@ -7,8 +7,12 @@
 //! message ids, written in the same transaction as the handler's own changes, so a
 //! redelivered message is recognised even after a restart.
 
+pub(crate) mod relay;
 mod sqlite;
 mod store;
 
+/// The SQLite bindings the outbox uses: open your connections and transactions with these,
+/// so their types match [`SqliteOutbox::enqueue`].
+pub use rusqlite;
 pub use sqlite::SqliteOutbox;
 pub use store::{Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};

@@ -1,7 +1,7 @@
 //! The SQLite outbox and inbox: tables in the service's own database file, WAL mode.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -42,6 +42,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SqliteOutbox {
     conn: Mutex<Connection>,
     limits: Limits,
+    committed: Arc<tokio::sync::Notify>,
 }
 
 impl SqliteOutbox {
@@ -60,6 +61,7 @@ impl SqliteOutbox {
         Ok(Self {
             conn: Mutex::new(conn),
             limits: Limits::default(),
+            committed: Arc::default(),
         })
     }
 
@@ -93,6 +95,17 @@ impl SqliteOutbox {
             ],
         )
         .map_err(db)?;
+        Ok(())
+    }
+
+    /// Commits `tx` (holding enqueued messages) and wakes the node's relay at once.
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] when the commit fails; nothing was stored then.
+    pub fn commit(&self, tx: Transaction<'_>) -> Result<(), OutboxError> {
+        tx.commit().map_err(db)?;
+        self.committed.notify_one();
         Ok(())
     }
 
@@ -187,6 +200,10 @@ impl OutboxStore for SqliteOutbox {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    fn notifier(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.committed)
     }
 
     fn stats(&self) -> Result<OutboxStats, OutboxError> {

@@ -1,5 +1,7 @@
 //! What the relay needs from outbox storage, whatever the database.
 
+use std::sync::Arc;
+
 use crate::Message;
 
 /// Where an outbox message goes.
@@ -80,4 +82,7 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn dead(&self, seq: i64, reason: &str) -> Result<(), OutboxError>;
     /// Counts of pending and dead rows.
     fn stats(&self) -> Result<OutboxStats, OutboxError>;
+    /// Notified after a commit that added rows, so the relay wakes at once instead of at its
+    /// next poll.
+    fn notifier(&self) -> Arc<tokio::sync::Notify>;
 }

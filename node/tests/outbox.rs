@@ -1,0 +1,112 @@
+//! The outbox relay on real sockets: messages committed with domain rows wait while no
+//! receiver is up, then all arrive once one appears; rolled-back ones never do.
+#![cfg(feature = "outbox")]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::outbox::rusqlite::Connection;
+use shoal::outbox::{Destination, OutboxStore, SqliteOutbox};
+use shoal::{HandlerError, MeshCa, Message, MessageId, Node};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
+    Node::builder(service)
+        .identity(ca.issue(service).unwrap())
+        .trust(ca.clone())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-relay-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let ca = MeshCa::generate("outbox test").unwrap();
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            Duration::from_millis(100),
+        )
+        .start()
+        .await
+        .unwrap();
+
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let mut committed = HashSet::new();
+    for i in 0..40 {
+        let tx = conn.transaction().unwrap();
+        tx.execute("INSERT INTO orders (id) VALUES (?1)", [i])
+            .unwrap();
+        let command = Message::command("create-invoice", format!("order {i}"));
+        SqliteOutbox::enqueue(&tx, &Destination::Service("invoice".into()), &command).unwrap();
+        let event = Message::event("order.created", format!("order {i}"));
+        SqliteOutbox::enqueue(&tx, &Destination::Publish, &event).unwrap();
+        if i % 4 == 3 {
+            drop(tx); // rolled back: neither message may ever arrive
+        } else {
+            outbox.commit(tx).unwrap();
+            committed.insert(command.id());
+            committed.insert(event.id());
+        }
+    }
+    assert_eq!(
+        outbox.stats().unwrap().pending,
+        60,
+        "nobody to deliver to yet"
+    );
+
+    // The receiver starts late: everything committed arrives, once.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
+    let invoice = node(&ca, "invoice")
+        .await
+        .peer(orders.local_addr())
+        .start()
+        .await
+        .unwrap();
+    let tx2 = tx.clone();
+    invoice.handle("create-invoice", move |msg: Message| {
+        let _ = tx2.send(msg.id());
+        async { Ok::<_, HandlerError>(()) }
+    });
+    invoice
+        .subscribe("order.created", move |msg: Message| {
+            let _ = tx.send(msg.id());
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .await
+        .unwrap();
+    let mut got = HashSet::new();
+    while got.len() < committed.len() {
+        let id = timeout(WAIT, rx.recv())
+            .await
+            .expect("all committed messages arrive")
+            .unwrap();
+        assert!(got.insert(id), "{id} handled twice");
+    }
+    assert_eq!(got, committed);
+    timeout(WAIT, async {
+        while outbox.stats().unwrap().pending > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("delivered rows leave the outbox");
+    orders.shutdown().await;
+    invoice.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
