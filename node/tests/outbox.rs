@@ -110,3 +110,61 @@ fn rand_suffix() -> u128 {
         .map(|d| d.as_nanos())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn keyed_rows_kept_for_later_keep_their_order() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-order-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let ca = MeshCa::generate("outbox order test").unwrap();
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            Duration::from_millis(50),
+        )
+        .start()
+        .await
+        .unwrap();
+    let mut conn = Connection::open(&path).unwrap();
+    for i in 0..60 {
+        let tx = conn.transaction().unwrap();
+        let event = Message::event("order.changed", format!("{}/{i}", i % 3))
+            .with_key(format!("k{}", i % 3));
+        SqliteOutbox::enqueue(&tx, &Destination::Publish, &event).unwrap();
+        outbox.commit(tx).unwrap();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let billing = node(&ca, "billing")
+        .await
+        .peer(orders.local_addr())
+        .start()
+        .await
+        .unwrap();
+    billing
+        .subscribe("order.changed", move |msg: Message| {
+            let _ = tx.send(String::from_utf8_lossy(msg.payload()).into_owned());
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .await
+        .unwrap();
+    let mut per_key: Vec<Vec<usize>> = vec![Vec::new(); 3];
+    for _ in 0..60 {
+        let body = timeout(WAIT, rx.recv())
+            .await
+            .expect("all rows arrive")
+            .unwrap();
+        let (key, seq) = body.split_once('/').unwrap();
+        per_key[key.parse::<usize>().unwrap()].push(seq.parse().unwrap());
+    }
+    for (key, seqs) in per_key.iter().enumerate() {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, &sorted, "key {key} out of order");
+        assert_eq!(seqs.len(), 20);
+    }
+    orders.shutdown().await;
+    billing.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,7 +1,7 @@
 //! The relay: delivers outbox rows through the node's normal delivery path and removes them
 //! once acknowledged (the polling publisher, woken at once by commits made through Shoal).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +17,18 @@ use crate::{Error, WeakNode};
 /// Rows handed to the delivery path at once.
 const WINDOW: usize = 256;
 
-/// Runs until `stop`: reads pending rows in order, delivers them (in row order, so rows with
-/// one partition key keep their order), and records each outcome in `store`.
+/// A destination and partition key: rows sharing one go one at a time, in row order.
+type KeySlot = (String, String);
+
+fn key_slot(row: &OutboxRow) -> Option<KeySlot> {
+    let key = row.message.key()?;
+    Some((row.destination.to_column(), key.to_owned()))
+}
+
+/// Runs until `stop`: reads pending rows in order, delivers them, and records each outcome in
+/// `store`. Rows with a partition key go one at a time per destination and key, the next only
+/// after the previous one left the outbox (delivered or dead): a row kept for later (no
+/// subscriber yet) holds back the later rows of its key until it goes.
 pub(crate) async fn run(
     node: WeakNode,
     store: Arc<dyn OutboxStore>,
@@ -30,7 +40,10 @@ pub(crate) async fn run(
         return;
     };
     let mut after = 0_i64;
-    let mut in_flight: HashSet<i64> = HashSet::new();
+    let mut in_flight: HashMap<i64, Option<KeySlot>> = HashMap::new();
+    // Keys with a row in flight, and keys whose earliest row was kept for later.
+    let mut busy: HashSet<KeySlot> = HashSet::new();
+    let mut blocked: HashSet<KeySlot> = HashSet::new();
     let mut deliveries = FuturesUnordered::new();
     loop {
         let free = WINDOW.saturating_sub(in_flight.len());
@@ -41,28 +54,47 @@ pub(crate) async fn run(
                 Vec::new()
             }
         };
+        // The cursor stops before the first row held back, so it is read again later.
+        let mut first_held: Option<i64> = None;
+        let mut last = after;
         for row in rows {
-            after = after.max(row.seq);
-            if !in_flight.insert(row.seq) {
+            last = last.max(row.seq);
+            if in_flight.contains_key(&row.seq) {
                 continue;
             }
+            let slot = key_slot(&row);
+            if let Some(slot) = &slot {
+                if busy.contains(slot) || blocked.contains(slot) {
+                    first_held.get_or_insert(row.seq);
+                    continue;
+                }
+                busy.insert(slot.clone());
+            }
+            in_flight.insert(row.seq, slot);
             let Some(delivery) = start(&node, row) else {
                 return; // the node is gone
             };
             deliveries.push(delivery);
         }
+        after = first_held.map_or(last, |seq| seq - 1);
         tokio::select! {
             Some((seq, result)) = deliveries.next(), if !deliveries.is_empty() => {
-                in_flight.remove(&seq);
+                let slot = in_flight.remove(&seq).flatten();
+                if let Some(slot) = &slot {
+                    busy.remove(slot);
+                }
                 let recorded = match result {
                     Ok(()) => store.delivered(&[seq]),
                     Err(Error::DeadLettered(letter)) => store.dead(seq, &letter.last_failure),
                     Err(Error::ShuttingDown) => return,
                     // Anything else (no subscriber yet, a copy dropped because its audience
                     // left): the row stays, and is read again at the next poll or change of
-                    // peers.
+                    // peers; the later rows of its key wait for it.
                     Err(e) => {
                         tracing::debug!(seq, "outbox row not delivered, kept: {e}");
+                        if let Some(slot) = slot {
+                            blocked.insert(slot);
+                        }
                         Ok(())
                     }
                 };
@@ -74,18 +106,17 @@ pub(crate) async fn run(
             () = wake.notified() => {}
             // Rows kept for later, written by other processes, or left unsent by a crash lie
             // below the cursor: start over when idle, at each poll and when peers change.
+            // (Rows in flight are skipped when read again.)
             () = tokio::time::sleep(poll) => {
-                if in_flight.is_empty() {
-                    after = 0;
-                }
+                after = 0;
+                blocked.clear();
             }
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                if in_flight.is_empty() {
-                    after = 0;
-                }
+                after = 0;
+                blocked.clear();
             }
             () = stop.cancelled() => return,
         }
