@@ -39,7 +39,10 @@ pub struct NodeBuilder {
     discovery: Vec<Box<dyn Discovery>>,
     config: Config,
     #[cfg(feature = "outbox")]
-    outbox: Option<(Arc<dyn crate::outbox::OutboxStore>, Duration)>,
+    outbox: Option<(
+        Arc<dyn crate::outbox::OutboxStore>,
+        crate::outbox::RelayOptions,
+    )>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -197,11 +200,15 @@ impl NodeBuilder {
     /// Delivers the messages of `store`'s outbox: a relay in the node reads pending rows in
     /// order, sends or publishes each through the normal delivery path, and removes it once
     /// acknowledged (dead-lettered rows stay, marked dead). It wakes at once after
-    /// [`crate::outbox::SqliteOutbox::commit`] and also checks every `poll` for rows written
+    /// [`crate::outbox::SqliteOutbox::commit`] and also checks every `options.poll` for rows written
     /// by other processes or left by a crash.
     #[cfg(feature = "outbox")]
-    pub fn outbox(mut self, store: Arc<dyn crate::outbox::OutboxStore>, poll: Duration) -> Self {
-        self.outbox = Some((store, poll));
+    pub fn outbox(
+        mut self,
+        store: Arc<dyn crate::outbox::OutboxStore>,
+        options: crate::outbox::RelayOptions,
+    ) -> Self {
+        self.outbox = Some((store, options));
         self
     }
 
@@ -312,10 +319,10 @@ impl NodeBuilder {
         tracing::info!(node = %shared.id, service = %shared.service, addr = ?local.addrs, "shoal node started");
         let node = Node::from_shared(shared);
         #[cfg(feature = "outbox")]
-        if let Some((store, poll)) = outbox {
+        if let Some((store, options)) = outbox {
             let shared = node.shared();
             let stop = shared.stopping.clone();
-            let relay = crate::outbox::relay::run(node.downgrade(), store, poll, stop);
+            let relay = crate::outbox::relay::run(node.downgrade(), store, options, stop);
             shared.tasks.spawn(relay);
         }
         Ok(node)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::outbox::rusqlite::Connection;
-use shoal::outbox::{Destination, OutboxStore, SqliteOutbox};
+use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{HandlerError, MeshCa, Message, MessageId, Node};
 use tokio::time::timeout;
 
@@ -31,7 +31,7 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
         .await
         .outbox(
             Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            Duration::from_millis(100),
+            RelayOptions::default().poll(Duration::from_millis(100)),
         )
         .start()
         .await
@@ -122,7 +122,7 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
         .await
         .outbox(
             Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            Duration::from_millis(50),
+            RelayOptions::default().poll(Duration::from_millis(50)),
         )
         .start()
         .await

@@ -11,6 +11,7 @@ pub(crate) mod relay;
 mod sqlite;
 mod store;
 
+pub use relay::RelayOptions;
 /// The SQLite bindings the outbox uses: open your connections and transactions with these,
 /// so their types match [`SqliteOutbox::enqueue`].
 pub use rusqlite;

@@ -12,7 +12,42 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Destination, OutboxRow, OutboxStore};
-use crate::{Error, WeakNode};
+use crate::{Error, PublishOptions, RetryPolicy, SendOptions, WeakNode};
+
+/// How the relay works; see [`crate::NodeBuilder::outbox`].
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RelayOptions {
+    /// How often the relay looks for rows it was not woken for (written by other processes,
+    /// left by a crash, kept for later). Default 1 s.
+    pub poll: Duration,
+    /// How long a row keeps being retried, and waits for a receiver, before it is marked
+    /// dead. Default 24 hours.
+    pub keep_trying: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_secs(1),
+            keep_trying: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl RelayOptions {
+    /// Options with this poll interval.
+    pub fn poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Options with this retry span.
+    pub fn keep_trying(mut self, span: Duration) -> Self {
+        self.keep_trying = span;
+        self
+    }
+}
 
 /// Rows handed to the delivery path at once.
 const WINDOW: usize = 256;
@@ -32,9 +67,10 @@ fn key_slot(row: &OutboxRow) -> Option<KeySlot> {
 pub(crate) async fn run(
     node: WeakNode,
     store: Arc<dyn OutboxStore>,
-    poll: Duration,
+    options: RelayOptions,
     stop: CancellationToken,
 ) {
+    let poll = options.poll;
     let wake = store.notifier();
     let Some(mut changes) = node.upgrade().map(|n| n.shared().registry.watch()) else {
         return;
@@ -71,7 +107,7 @@ pub(crate) async fn run(
                 busy.insert(slot.clone());
             }
             in_flight.insert(row.seq, slot);
-            let Some(delivery) = start(&node, row) else {
+            let Some(delivery) = start(&node, row, options.keep_trying) else {
                 return; // the node is gone
             };
             deliveries.push(delivery);
@@ -126,16 +162,29 @@ pub(crate) async fn run(
 type Outcome = (i64, Result<(), Error>);
 
 /// Starts delivering one row; `None` once the node is gone.
-fn start(node: &WeakNode, row: OutboxRow) -> Option<Pin<Box<dyn Future<Output = Outcome> + Send>>> {
+fn start(
+    node: &WeakNode,
+    row: OutboxRow,
+    keep_trying: Duration,
+) -> Option<Pin<Box<dyn Future<Output = Outcome> + Send>>> {
     let node = node.upgrade()?;
     let seq = row.seq;
+    // Store and forward: keep trying (and waiting for a receiver) far longer than a live call.
+    let policy = RetryPolicy {
+        max_attempts: u32::MAX,
+        deadline: keep_trying,
+        ..RetryPolicy::default()
+    };
     Some(match row.destination {
         Destination::Service(service) => {
-            let send = node.send(&service, row.message);
+            let send = node.send_with(&service, row.message, SendOptions::with_retry(policy));
             Box::pin(async move { (seq, send.await.map(|_| ())) })
         }
         Destination::Publish => {
-            let publish = node.publish(row.message);
+            let options = PublishOptions::default()
+                .with_retry(policy)
+                .hold_for(keep_trying);
+            let publish = node.publish_with(row.message, options);
             Box::pin(async move {
                 // Store and forward: an event nobody subscribes to yet stays in the outbox.
                 let result = publish.await.and_then(|receipt| {
