@@ -46,9 +46,11 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
         tx.execute("INSERT INTO orders (id) VALUES (?1)", [i])
             .unwrap();
         let command = Message::command("create-invoice", format!("order {i}"));
-        SqliteOutbox::enqueue(&tx, &Destination::Service("invoice".into()), &command).unwrap();
+        outbox
+            .enqueue(&tx, &Destination::Service("invoice".into()), &command)
+            .unwrap();
         let event = Message::event("order.created", format!("order {i}"));
-        SqliteOutbox::enqueue(&tx, &Destination::Publish, &event).unwrap();
+        outbox.enqueue(&tx, &Destination::Publish, &event).unwrap();
         if i % 4 == 3 {
             drop(tx); // rolled back: neither message may ever arrive
         } else {
@@ -132,7 +134,7 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
         let tx = conn.transaction().unwrap();
         let event = Message::event("order.changed", format!("{}/{i}", i % 3))
             .with_key(format!("k{}", i % 3));
-        SqliteOutbox::enqueue(&tx, &Destination::Publish, &event).unwrap();
+        outbox.enqueue(&tx, &Destination::Publish, &event).unwrap();
         outbox.commit(tx).unwrap();
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -1,4 +1,4 @@
-//! The transactional outbox and the persistent inbox (work in progress).
+//! The transactional outbox and the persistent inbox .
 //!
 //! A service that changes its database and then sends a message can crash in between. With
 //! the outbox, the message is written into an outbox table *in the same transaction* as the
@@ -15,5 +15,5 @@ pub use relay::RelayOptions;
 /// The SQLite bindings the outbox uses: open your connections and transactions with these,
 /// so their types match [`SqliteOutbox::enqueue`].
 pub use rusqlite;
-pub use sqlite::SqliteOutbox;
-pub use store::{Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};
+pub use sqlite::{OutboxOptions, SqliteOutbox};
+pub use store::{DeadRow, Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};

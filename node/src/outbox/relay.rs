@@ -7,11 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Destination, OutboxRow, OutboxStore};
+use super::store::{Destination, OutboxError, OutboxRow, OutboxStore};
+use crate::message::unix_ms;
 use crate::{Error, PublishOptions, RetryPolicy, SendOptions, WeakNode};
 
 /// How the relay works; see [`crate::NodeBuilder::outbox`].
@@ -60,6 +61,48 @@ fn key_slot(row: &OutboxRow) -> Option<KeySlot> {
     Some((row.destination.to_column(), key.to_owned()))
 }
 
+/// Runs a store call on a blocking thread (SQLite may wait for another writer's lock), so the
+/// node's runtime never stalls on the database. `None` if the call panicked.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn OutboxStore>,
+    call: impl FnOnce(&dyn OutboxStore) -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, OutboxError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::Database(format!("store call failed: {e}"))))
+}
+
+/// The relay's bookkeeping: which rows are in flight and which keys may not go yet.
+#[derive(Default)]
+struct Relay {
+    /// Rows are read from after this `seq`.
+    after: i64,
+    in_flight: HashMap<i64, Option<KeySlot>>,
+    /// Keys with a row in flight.
+    busy: HashSet<KeySlot>,
+    /// Keys whose earliest row was kept for later: their later rows wait for it.
+    blocked: HashSet<KeySlot>,
+}
+
+impl Relay {
+    /// Rows below the cursor (kept for later, written by other processes, left unsent by a
+    /// crash) are read again from the start; rows in flight are skipped then.
+    fn rescan(&mut self) {
+        self.after = 0;
+        self.blocked.clear();
+    }
+
+    /// A row's delivery ended: its key may go on.
+    fn finished(&mut self, seq: i64) -> Option<KeySlot> {
+        let slot = self.in_flight.remove(&seq).flatten();
+        if let Some(slot) = &slot {
+            self.busy.remove(slot);
+        }
+        slot
+    }
+}
+
 /// Runs until `stop`: reads pending rows in order, delivers them, and records each outcome in
 /// `store`. Rows with a partition key go one at a time per destination and key, the next only
 /// after the previous one left the outbox (delivered or dead): a row kept for later (no
@@ -70,98 +113,153 @@ pub(crate) async fn run(
     options: RelayOptions,
     stop: CancellationToken,
 ) {
-    let poll = options.poll;
     let wake = store.notifier();
     let Some(mut changes) = node.upgrade().map(|n| n.shared().registry.watch()) else {
         return;
     };
-    let mut after = 0_i64;
-    let mut in_flight: HashMap<i64, Option<KeySlot>> = HashMap::new();
-    // Keys with a row in flight, and keys whose earliest row was kept for later.
-    let mut busy: HashSet<KeySlot> = HashSet::new();
-    let mut blocked: HashSet<KeySlot> = HashSet::new();
+    let mut relay = Relay::default();
     let mut deliveries = FuturesUnordered::new();
+    // Not a sleep in the select below: that would never fire while deliveries keep ending.
+    let mut tick = tokio::time::interval(options.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let free = WINDOW.saturating_sub(in_flight.len());
-        let rows = match store.pending(after, free) {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!("outbox relay cannot read pending rows: {e}");
-                Vec::new()
-            }
+        let free = WINDOW.saturating_sub(relay.in_flight.len());
+        let after = relay.after;
+        let rows = if free == 0 {
+            Vec::new()
+        } else {
+            blocking(&store, move |s| s.pending(after, free))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!("outbox relay cannot read pending rows: {e}");
+                    Vec::new()
+                })
         };
         // The cursor stops before the first row held back, so it is read again later.
         let mut first_held: Option<i64> = None;
-        let mut last = after;
+        let mut last = relay.after;
+        let mut expired = Vec::new();
         for row in rows {
             last = last.max(row.seq);
-            if in_flight.contains_key(&row.seq) {
+            if relay.in_flight.contains_key(&row.seq) {
                 continue;
             }
             let slot = key_slot(&row);
             if let Some(slot) = &slot {
-                if busy.contains(slot) || blocked.contains(slot) {
+                if relay.busy.contains(slot) || relay.blocked.contains(slot) {
                     first_held.get_or_insert(row.seq);
                     continue;
                 }
-                busy.insert(slot.clone());
             }
-            in_flight.insert(row.seq, slot);
-            let Some(delivery) = start(&node, row, options.keep_trying) else {
+            // keep_trying counts from the row's creation, across restarts of the sender.
+            let age = Duration::from_millis(unix_ms().saturating_sub(row.created_ms));
+            let Some(left) = options
+                .keep_trying
+                .checked_sub(age)
+                .filter(|d| !d.is_zero())
+            else {
+                expired.push(row.seq);
+                continue;
+            };
+            if let Some(slot) = &slot {
+                relay.busy.insert(slot.clone());
+            }
+            relay.in_flight.insert(row.seq, slot);
+            let Some(delivery) = start(&node, row, left) else {
                 return; // the node is gone
             };
             deliveries.push(delivery);
         }
-        after = first_held.map_or(last, |seq| seq - 1);
+        relay.after = first_held.map_or(last, |seq| seq - 1);
+        for seq in expired {
+            let reason = format!(
+                "not delivered within keep_trying ({:?}) of being enqueued",
+                options.keep_trying
+            );
+            if let Err(e) = blocking(&store, move |s| s.dead(seq, &reason)).await {
+                tracing::warn!(seq, "outbox relay cannot mark a row dead: {e}");
+            }
+        }
         tokio::select! {
-            Some((seq, result)) = deliveries.next(), if !deliveries.is_empty() => {
-                let slot = in_flight.remove(&seq).flatten();
-                if let Some(slot) = &slot {
-                    busy.remove(slot);
+            Some(first) = deliveries.next(), if !deliveries.is_empty() => {
+                // Record every outcome that is ready in one store call.
+                let mut outcomes = vec![first];
+                while let Some(Some(more)) = deliveries.next().now_or_never() {
+                    outcomes.push(more);
                 }
-                let recorded = match result {
-                    Ok(()) => store.delivered(&[seq]),
-                    Err(Error::DeadLettered(letter)) => store.dead(seq, &letter.last_failure),
-                    Err(Error::ShuttingDown) => return,
-                    // Anything else (no subscriber yet, a copy dropped because its audience
-                    // left): the row stays, and is read again at the next poll or change of
-                    // peers; the later rows of its key wait for it.
-                    Err(e) => {
-                        tracing::debug!(seq, "outbox row not delivered, kept: {e}");
-                        if let Some(slot) = slot {
-                            blocked.insert(slot);
-                        }
-                        Ok(())
-                    }
-                };
-                if let Err(e) = recorded {
-                    tracing::warn!(seq, "outbox relay cannot record an outcome: {e}");
-                    after = after.min(seq - 1);
+                if !record(&mut relay, &store, outcomes).await {
+                    return;
                 }
             }
             () = wake.notified() => {}
-            // Rows kept for later, written by other processes, or left unsent by a crash lie
-            // below the cursor: start over when idle, at each poll and when peers change.
-            // (Rows in flight are skipped when read again.)
-            () = tokio::time::sleep(poll) => {
-                after = 0;
-                blocked.clear();
+            _ = tick.tick() => {
+                relay.rescan();
+                match blocking(&store, |s| s.prune_dead()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "outbox: dead rows past retention removed"),
+                    Err(e) => tracing::warn!("outbox relay cannot prune dead rows: {e}"),
+                }
             }
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                after = 0;
-                blocked.clear();
+                relay.rescan();
             }
             () = stop.cancelled() => return,
         }
     }
 }
 
+/// Records finished deliveries: acknowledged rows leave the outbox (one store call),
+/// dead-lettered ones are marked dead, the rest stay for later. `false` once the node shuts
+/// down.
+async fn record(relay: &mut Relay, store: &Arc<dyn OutboxStore>, outcomes: Vec<Outcome>) -> bool {
+    let mut delivered = Vec::with_capacity(outcomes.len());
+    let mut dead = Vec::new();
+    for (seq, result) in outcomes {
+        let slot = relay.finished(seq);
+        match result {
+            Ok(()) => delivered.push(seq),
+            Err(Error::DeadLettered(letter)) => dead.push((seq, letter.last_failure)),
+            Err(Error::ShuttingDown) => return false,
+            // Anything else (no subscriber yet, a copy dropped because its audience left):
+            // the row stays, and is read again at the next poll or change of peers; the later
+            // rows of its key wait for it.
+            Err(e) => {
+                tracing::debug!(seq, "outbox row not delivered, kept: {e}");
+                if let Some(slot) = slot {
+                    relay.blocked.insert(slot);
+                }
+            }
+        }
+    }
+    let lowest = delivered
+        .iter()
+        .chain(dead.iter().map(|(seq, _)| seq))
+        .min()
+        .copied();
+    let recorded = blocking(store, move |s| {
+        if !delivered.is_empty() {
+            s.delivered(&delivered)?;
+        }
+        dead.iter()
+            .try_for_each(|(seq, reason)| s.dead(*seq, reason))
+    })
+    .await;
+    if let Err(e) = recorded {
+        // The rows stay pending and go again (receivers deduplicate by id).
+        tracing::warn!("outbox relay cannot record outcomes, rows will be sent again: {e}");
+        if let Some(seq) = lowest {
+            relay.after = relay.after.min(seq - 1);
+        }
+    }
+    true
+}
+
 type Outcome = (i64, Result<(), Error>);
 
-/// Starts delivering one row; `None` once the node is gone.
+/// Starts delivering one row, trying for at most `keep_trying`; `None` once the node is gone.
 fn start(
     node: &WeakNode,
     row: OutboxRow,
