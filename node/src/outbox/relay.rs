@@ -267,11 +267,12 @@ fn start(
 ) -> Option<Pin<Box<dyn Future<Output = Outcome> + Send>>> {
     let node = node.upgrade()?;
     let seq = row.seq;
-    // Store and forward: keep trying (and waiting for a receiver) far longer than a live call.
+    // Store and forward: the node's retry policy (ack timeout, backoff), but trying (and
+    // waiting for a receiver) far longer than a live call.
     let policy = RetryPolicy {
         max_attempts: u32::MAX,
         deadline: keep_trying,
-        ..RetryPolicy::default()
+        ..node.shared().config.retry.clone()
     };
     Some(match row.destination {
         Destination::Service(service) => {

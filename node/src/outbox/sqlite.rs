@@ -229,6 +229,30 @@ impl SqliteOutbox {
         Ok(inserted == 1)
     }
 
+    /// Applies a message's effect exactly once: in one transaction on `conn`, records `id`
+    /// in the inbox and runs `effect`, unless `id` was handled before, even before a restart.
+    /// Returns `Some(effect's value)`, or `None` for a redelivery (skip it and return `Ok`
+    /// from the handler so the node acknowledges it). Call it from the handler before any
+    /// `.await` (a connection cannot be held across one).
+    ///
+    /// # Errors
+    ///
+    /// [`OutboxError::Database`] when the transaction or `effect` fails; nothing was
+    /// recorded then, so a redelivery applies the effect.
+    pub fn apply_once<T>(
+        conn: &mut Connection,
+        id: MessageId,
+        effect: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, OutboxError> {
+        let tx = conn.transaction().map_err(db)?;
+        if !Self::first_delivery(&tx, id)? {
+            return Ok(None);
+        }
+        let value = effect(&tx).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Some(value))
+    }
+
     /// Forgets inbox entries older than `age`. Keep `age` well above the longest time a
     /// sender may still retry a message (its outbox's
     /// [`keep_trying`](crate::outbox::RelayOptions::keep_trying)): a message redelivered
