@@ -170,3 +170,134 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
     billing.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A subscriber of `topic` in `group` that forwards each event's payload.
+async fn subscriber(
+    ca: &MeshCa,
+    group: &str,
+    peer: std::net::SocketAddr,
+) -> (Node, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = node(ca, group).await.peer(peer).start().await.unwrap();
+    node.subscribe("order.created", move |msg: Message| {
+        let _ = tx.send(String::from_utf8_lossy(msg.payload()).into_owned());
+        async { Ok::<_, HandlerError>(()) }
+    })
+    .await
+    .unwrap();
+    (node, rx)
+}
+
+async fn publish_rows(outbox: &SqliteOutbox, conn: &mut Connection, bodies: &[&str]) {
+    for body in bodies {
+        let tx = conn.transaction().unwrap();
+        let event = Message::event("order.created", body.to_string());
+        outbox.enqueue(&tx, &Destination::Publish, &event).unwrap();
+        outbox.commit(tx).unwrap();
+    }
+}
+
+async fn receive(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(
+            timeout(WAIT, rx.recv())
+                .await
+                .expect("event arrives")
+                .unwrap(),
+        );
+    }
+    got.sort();
+    got
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_away() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-groups-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let ca = MeshCa::generate("outbox groups test").unwrap();
+    let options = RelayOptions::default().poll(Duration::from_millis(50));
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options.clone())
+        .start()
+        .await
+        .unwrap();
+    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
+    let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    let mut conn = outbox.connect().unwrap();
+    publish_rows(&outbox, &mut conn, &["first"]).await;
+    assert_eq!(receive(&mut billing_rx, 1).await, ["first"]);
+    assert_eq!(receive(&mut audit_rx, 1).await, ["first"]);
+    timeout(WAIT, async {
+        while outbox.groups(Duration::from_secs(60)).unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the relay records the groups it sees");
+
+    // Billing goes away; the publisher restarts (a new node, its memory gone) and publishes
+    // while billing is away and audit is up.
+    billing.shutdown().await;
+    orders.shutdown().await;
+    drop(outbox);
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let orders = node(&ca, "orders")
+        .await
+        .peer(audit.local_addr())
+        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options.clone())
+        .start()
+        .await
+        .unwrap();
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+    let mut conn = outbox.connect().unwrap();
+    publish_rows(&outbox, &mut conn, &["a", "b", "c"]).await;
+    assert_eq!(receive(&mut audit_rx, 3).await, ["a", "b", "c"]);
+    assert!(outbox.stats().unwrap().pending > 0, "held for billing");
+    let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    assert_eq!(receive(&mut billing_rx, 3).await, ["a", "b", "c"]);
+    for n in [&orders, &audit, &billing] {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-expect-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let ca = MeshCa::generate("outbox expected group test").unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            RelayOptions::default()
+                .poll(Duration::from_millis(50))
+                .expect_group("order.*", "billing"),
+        )
+        .start()
+        .await
+        .unwrap();
+    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+    let mut conn = outbox.connect().unwrap();
+    publish_rows(&outbox, &mut conn, &["x", "y"]).await;
+    assert_eq!(receive(&mut audit_rx, 2).await, ["x", "y"]);
+    let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    assert_eq!(receive(&mut billing_rx, 2).await, ["x", "y"]);
+    for n in [&orders, &audit, &billing] {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

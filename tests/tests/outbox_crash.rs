@@ -63,7 +63,9 @@ fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
         let node = mesh.start("invoice", &[]).await;
         let seen = Arc::clone(&handled);
         node.handle("create-invoice", move |msg: Message| {
-            let id: u64 = String::from_utf8_lossy(msg.payload()).parse().unwrap_or(u64::MAX);
+            let id: u64 = String::from_utf8_lossy(msg.payload())
+                .parse()
+                .unwrap_or(u64::MAX);
             *seen.lock().unwrap().entry(id).or_default() += 1;
             async { Ok::<_, HandlerError>(()) }
         });
@@ -81,7 +83,9 @@ fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
     };
     // Killed at four random points while enqueuing, then left to finish.
     let mut rng = rand::rng();
-    let mut kill_points: Vec<u64> = (0..4).map(|_| rng.random_range(200..ORDERS - 200)).collect();
+    let mut kill_points: Vec<u64> = (0..4)
+        .map(|_| rng.random_range(200..ORDERS - 200))
+        .collect();
     kill_points.sort_unstable();
     for at in kill_points {
         let mut sender = spawn();
@@ -109,8 +113,14 @@ fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
     let ids: HashSet<u64> = handled.keys().copied().collect();
     let missing: Vec<_> = committed.difference(&ids).take(10).collect();
     let extra: Vec<_> = ids.difference(&committed).take(10).collect();
-    assert!(missing.is_empty(), "committed but never handled: {missing:?}");
-    assert!(extra.is_empty(), "handled without a committed row: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "committed but never handled: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "handled without a committed row: {extra:?}"
+    );
     rt.block_on(invoice.shutdown());
 }
 
@@ -174,7 +184,11 @@ fn receiver_killed_mid_stream_applies_each_effect_once_with_the_inbox() {
     let mut ledger = spawn(None);
     let started = Instant::now();
     while outbox.stats().unwrap().pending > 0 {
-        assert!(started.elapsed() < WAIT, "outbox not drained: {:?}", outbox.stats());
+        assert!(
+            started.elapsed() < WAIT,
+            "outbox not drained: {:?}",
+            outbox.stats()
+        );
         // Not synchronisation: the relay deletes rows as acks arrive; this samples it.
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -192,7 +206,10 @@ fn receiver_killed_mid_stream_applies_each_effect_once_with_the_inbox() {
     eprintln!("effects {effects}, distinct {distinct}, redeliveries skipped {skipped}");
     assert_eq!(distinct, LEDGER_MESSAGES as i64, "every message applied");
     assert_eq!(effects, distinct, "no effect applied twice");
-    assert!(skipped >= 1, "the paused message was redelivered and skipped");
+    assert!(
+        skipped >= 1,
+        "the paused message was redelivered and skipped"
+    );
     let applied: HashSet<String> = ledger
         .prepare("SELECT message_id FROM effects")
         .unwrap()
@@ -250,7 +267,9 @@ async fn run_sender(builder: shoal::NodeBuilder, db: &Path) {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
         .unwrap();
     let next: i64 = conn
-        .query_row("SELECT COALESCE(MAX(id) + 1, 0) FROM orders", [], |r| r.get(0))
+        .query_row("SELECT COALESCE(MAX(id) + 1, 0) FROM orders", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     for id in next as u64..ORDERS {
         let tx = conn.transaction().unwrap();

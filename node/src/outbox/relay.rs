@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::store::{Destination, OutboxError, OutboxRow, OutboxStore};
 use crate::message::unix_ms;
 use crate::{Error, PublishOptions, RetryPolicy, SendOptions, WeakNode};
+use shoal_proto::Subscription;
 
 /// How the relay works; see [`crate::NodeBuilder::outbox`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RelayOptions {
     /// How often the relay looks for rows it was not woken for (written by other processes,
@@ -25,6 +26,13 @@ pub struct RelayOptions {
     /// How long a row keeps being retried, and waits for a receiver, before it is marked
     /// dead. Default 24 hours.
     pub keep_trying: Duration,
+    /// How long a subscriber group, once seen, stays an audience of the outbox's events while
+    /// it is away (its copies are held for it, up to `keep_trying`), even across restarts of
+    /// this node: the relay records the groups it sees in the store. Default 7 days.
+    pub remember_groups_for: Duration,
+    /// Subscriber groups (`(pattern, group)`) that must get the outbox's events even before
+    /// they were ever seen: a new deployment whose publisher starts first loses nothing.
+    pub expected_groups: Vec<(String, String)>,
 }
 
 impl Default for RelayOptions {
@@ -32,6 +40,8 @@ impl Default for RelayOptions {
         Self {
             poll: Duration::from_secs(1),
             keep_trying: Duration::from_secs(24 * 3600),
+            remember_groups_for: Duration::from_secs(7 * 24 * 3600),
+            expected_groups: Vec::new(),
         }
     }
 }
@@ -46,6 +56,19 @@ impl RelayOptions {
     /// Options with this retry span.
     pub fn keep_trying(mut self, span: Duration) -> Self {
         self.keep_trying = span;
+        self
+    }
+
+    /// Options with this memory of subscriber groups.
+    pub fn remember_groups_for(mut self, span: Duration) -> Self {
+        self.remember_groups_for = span;
+        self
+    }
+
+    /// Options where the subscriber `group` of events matching `pattern` is an audience from
+    /// the start, as if it had been seen (see [`RelayOptions::expected_groups`]).
+    pub fn expect_group(mut self, pattern: impl Into<String>, group: impl Into<String>) -> Self {
+        self.expected_groups.push((pattern.into(), group.into()));
         self
     }
 }
@@ -117,6 +140,9 @@ pub(crate) async fn run(
     let Some(mut changes) = node.upgrade().map(|n| n.shared().registry.watch()) else {
         return;
     };
+    // The groups seen before (by an earlier run of this node, too) are audiences from the
+    // first row on.
+    remember_groups(&node, &store, &options).await;
     let mut relay = Relay::default();
     let mut deliveries = FuturesUnordered::new();
     // Not a sleep in the select below: that would never fire while deliveries keep ending.
@@ -194,6 +220,7 @@ pub(crate) async fn run(
             () = wake.notified() => {}
             _ = tick.tick() => {
                 relay.rescan();
+                remember_groups(&node, &store, &options).await;
                 match blocking(&store, |s| s.prune_dead()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(pruned = n, "outbox: dead rows past retention removed"),
@@ -208,6 +235,42 @@ pub(crate) async fn run(
             }
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// Records the subscriber groups live now in the store, and keeps every group the store
+/// remembers an audience of this node's events until the next poll (and a margin), so
+/// events are held for a group that is away, even if this node restarted since it was seen.
+async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options: &RelayOptions) {
+    let Some(shared) = node.upgrade().map(|n| Arc::clone(n.shared())) else {
+        return;
+    };
+    let mut live: Vec<(String, String)> = shared
+        .registry
+        .live_groups()
+        .into_iter()
+        .filter_map(|s| Some((s.pattern, s.group?)))
+        .collect();
+    live.extend(options.expected_groups.iter().cloned());
+    let within = options.remember_groups_for;
+    match blocking(store, move |s| {
+        s.saw_groups(&live)?;
+        s.groups(within)
+    })
+    .await
+    {
+        Ok(groups) => {
+            let subs = groups
+                .into_iter()
+                .map(|(pattern, group)| Subscription {
+                    pattern,
+                    group: Some(group),
+                })
+                .collect();
+            let until = std::time::Instant::now() + options.poll * 3;
+            shared.registry.remember_groups(subs, until);
+        }
+        Err(e) => tracing::warn!("outbox relay cannot read or record subscriber groups: {e}"),
     }
 }
 

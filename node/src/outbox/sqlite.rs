@@ -44,6 +44,12 @@ CREATE TRIGGER IF NOT EXISTS shoal_outbox_counts_updates AFTER UPDATE OF state O
     WHEN OLD.state != NEW.state
     BEGIN UPDATE shoal_outbox_count
         SET pending = pending + (NEW.state = 0) - (OLD.state = 0) WHERE id = 0; END;
+CREATE TABLE IF NOT EXISTS shoal_outbox_groups (
+    pattern TEXT    NOT NULL,
+    grp     TEXT    NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (pattern, grp)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shoal_inbox (
     message_id BLOB    PRIMARY KEY,
     handled_ms INTEGER NOT NULL
@@ -400,6 +406,39 @@ impl OutboxStore for SqliteOutbox {
             .map_err(db)
     }
 
+    fn saw_groups(&self, groups: &[(String, String)]) -> Result<(), OutboxError> {
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction().map_err(db)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO shoal_outbox_groups (pattern, grp, seen_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (pattern, grp) DO UPDATE SET seen_ms = excluded.seen_ms",
+                )
+                .map_err(db)?;
+            for (pattern, group) in groups {
+                upsert
+                    .execute(params![pattern, group, unix_ms() as i64])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
+    }
+
+    fn groups(&self, within: Duration) -> Result<Vec<(String, String)>, OutboxError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare_cached("SELECT pattern, grp FROM shoal_outbox_groups WHERE seen_ms >= ?1")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([cutoff_ms(within)], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
     fn notifier(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.committed)
     }
@@ -467,7 +506,7 @@ fn db(e: rusqlite::Error) -> OutboxError {
 mod tests {
     use super::*;
 
-    fn temp_db(name: &str) -> std::path::PathBuf {
+    fn temp_db(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "shoal-outbox-{name}-{}-{}",
             std::process::id(),

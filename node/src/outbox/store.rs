@@ -115,6 +115,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn dead(&self, seq: i64, reason: &str) -> Result<(), OutboxError>;
     /// Removes dead rows past the store's retention; returns how many went.
     fn prune_dead(&self) -> Result<usize, OutboxError>;
+    /// Records that these subscriber groups (`(pattern, group)`) are live now.
+    fn saw_groups(&self, groups: &[(String, String)]) -> Result<(), OutboxError>;
+    /// The subscriber groups seen within `within`: events published from the outbox are held
+    /// for them while they are away, even after this node restarts.
+    fn groups(&self, within: Duration) -> Result<Vec<(String, String)>, OutboxError>;
     /// Counts of pending and dead rows.
     fn stats(&self) -> Result<OutboxStats, OutboxError>;
     /// Notified after a commit that added rows, so the relay wakes at once instead of at its
