@@ -124,7 +124,7 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
         .await
         .outbox(
             Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default().poll(Duration::from_millis(50)),
+            RelayOptions::default().poll(Duration::from_secs(30)),
         )
         .start()
         .await
@@ -299,5 +299,71 @@ async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
     for n in [&orders, &audit, &billing] {
         n.shutdown().await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_database_locked_while_the_relay_runs_loses_no_row() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-locked-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let quick = shoal::outbox::OutboxOptions::default().busy_timeout(Duration::from_millis(50));
+    let outbox = Arc::new(SqliteOutbox::open_with(&path, quick).unwrap());
+    let ca = MeshCa::generate("outbox locked test").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
+    let invoice = node(&ca, "invoice").await.start().await.unwrap();
+    invoice.handle("create-invoice", move |msg: Message| {
+        let _ = tx.send(msg.id());
+        async { Ok::<_, HandlerError>(()) }
+    });
+    let orders = node(&ca, "orders")
+        .await
+        .peer(invoice.local_addr())
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            RelayOptions::default().poll(Duration::from_millis(50)),
+        )
+        .start()
+        .await
+        .unwrap();
+    orders.wait_for_instances("invoice", 1, WAIT).await.unwrap();
+    let mut conn = outbox.connect().unwrap();
+    let mut sent = HashSet::new();
+    for i in 0..20 {
+        let tx = conn.transaction().unwrap();
+        let command = Message::command("create-invoice", format!("{i}"));
+        outbox
+            .enqueue(&tx, &Destination::Service("invoice".into()), &command)
+            .unwrap();
+        sent.insert(command.id());
+        // Another process takes the write lock right after the commit: the relay can read
+        // and deliver, but cannot record the acknowledgements for a while.
+        tx.commit().unwrap();
+    }
+    let mut holder = Connection::open(&path).unwrap();
+    let exclusive = holder
+        .transaction_with_behavior(shoal::outbox::rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    outbox.notifier().notify_one();
+    let mut got = HashSet::new();
+    while got.len() < sent.len() {
+        let id = timeout(WAIT, rx.recv()).await.expect("delivered").unwrap();
+        got.insert(id);
+    }
+    assert_eq!(outbox.stats().unwrap().pending, 20, "acks not recorded yet");
+    // A few relay cycles fail to record, then the lock goes away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    exclusive.rollback().unwrap();
+    timeout(WAIT, async {
+        while outbox.stats().unwrap().pending > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("rows leave once the lock is gone");
+    assert_eq!(got, sent);
+    assert_eq!(orders.stats().dead_lettered, 0);
+    orders.shutdown().await;
+    invoice.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

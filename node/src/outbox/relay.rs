@@ -106,6 +106,12 @@ struct Relay {
     busy: HashSet<KeySlot>,
     /// Keys whose earliest row was kept for later: their later rows wait for it.
     blocked: HashSet<KeySlot>,
+    /// The store must be read: woken by a commit, a poll, a change of peers, or a failure.
+    read: bool,
+    /// The last read filled every free slot: more rows may be waiting behind it.
+    more: bool,
+    /// The last read held rows back behind their key: read again when a keyed row finishes.
+    held: bool,
 }
 
 impl Relay {
@@ -114,6 +120,14 @@ impl Relay {
     fn rescan(&mut self) {
         self.after = 0;
         self.blocked.clear();
+        self.read = true;
+    }
+
+    /// Whether to read the store now: when told to, or when half the window is free and the
+    /// last read suggested more rows (not after every single ack: most such reads would find
+    /// nothing new).
+    fn should_read(&self, free: usize) -> bool {
+        free > 0 && (self.read || (self.more && free >= WINDOW / 2))
     }
 
     /// A row's delivery ended: its key may go on.
@@ -121,6 +135,7 @@ impl Relay {
         let slot = self.in_flight.remove(&seq).flatten();
         if let Some(slot) = &slot {
             self.busy.remove(slot);
+            self.read |= self.held;
         }
         slot
     }
@@ -143,7 +158,10 @@ pub(crate) async fn run(
     // The groups seen before (by an earlier run of this node, too) are audiences from the
     // first row on.
     remember_groups(&node, &store, &options).await;
-    let mut relay = Relay::default();
+    let mut relay = Relay {
+        read: true,
+        ..Relay::default()
+    };
     let mut deliveries = FuturesUnordered::new();
     // Not a sleep in the select below: that would never fire while deliveries keep ending.
     let mut tick = tokio::time::interval(options.poll);
@@ -151,15 +169,19 @@ pub(crate) async fn run(
     loop {
         let free = WINDOW.saturating_sub(relay.in_flight.len());
         let after = relay.after;
-        let rows = if free == 0 {
-            Vec::new()
-        } else {
-            blocking(&store, move |s| s.pending(after, free))
+        let read = relay.should_read(free);
+        let rows = if read {
+            relay.read = false;
+            let rows = blocking(&store, move |s| s.pending(after, free))
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!("outbox relay cannot read pending rows: {e}");
                     Vec::new()
-                })
+                });
+            relay.more = rows.len() == free;
+            rows
+        } else {
+            Vec::new()
         };
         // The cursor stops before the first row held back, so it is read again later.
         let mut first_held: Option<i64> = None;
@@ -197,6 +219,9 @@ pub(crate) async fn run(
             deliveries.push(delivery);
         }
         relay.after = first_held.map_or(last, |seq| seq - 1);
+        if read {
+            relay.held = first_held.is_some();
+        }
         for seq in expired {
             let reason = format!(
                 "not delivered within keep_trying ({:?}) of being enqueued",
@@ -217,7 +242,7 @@ pub(crate) async fn run(
                     return;
                 }
             }
-            () = wake.notified() => {}
+            () = wake.notified() => relay.read = true,
             _ = tick.tick() => {
                 relay.rescan();
                 remember_groups(&node, &store, &options).await;
@@ -316,6 +341,7 @@ async fn record(relay: &mut Relay, store: &Arc<dyn OutboxStore>, outcomes: Vec<O
         if let Some(seq) = lowest {
             relay.after = relay.after.min(seq - 1);
         }
+        relay.read = true;
     }
     true
 }
