@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::outbox::rusqlite::Connection;
+use shoal::outbox::rusqlite::{Connection, TransactionBehavior};
 use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{HandlerError, MeshCa, Message, MessageId, Node};
 use tokio::time::timeout;
@@ -342,7 +342,7 @@ async fn a_database_locked_while_the_relay_runs_loses_no_row() {
     }
     let mut holder = Connection::open(&path).unwrap();
     let exclusive = holder
-        .transaction_with_behavior(shoal::outbox::rusqlite::TransactionBehavior::Immediate)
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .unwrap();
     outbox.notifier().notify_one();
     let mut got = HashSet::new();
