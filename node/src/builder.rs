@@ -38,6 +38,11 @@ pub struct NodeBuilder {
     peers: Vec<SocketAddr>,
     discovery: Vec<Box<dyn Discovery>>,
     config: Config,
+    #[cfg(feature = "outbox")]
+    outbox: Option<(
+        Arc<dyn crate::outbox::OutboxStore>,
+        crate::outbox::RelayOptions,
+    )>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -66,6 +71,8 @@ impl NodeBuilder {
             peers: Vec::new(),
             discovery: Vec::new(),
             config: Config::default(),
+            #[cfg(feature = "outbox")]
+            outbox: None,
         }
     }
 
@@ -190,6 +197,21 @@ impl NodeBuilder {
         self
     }
 
+    /// Delivers the messages of `store`'s outbox: a relay in the node reads pending rows in
+    /// order, sends or publishes each through the normal delivery path, and removes it once
+    /// acknowledged (dead-lettered rows stay, marked dead). It wakes at once after
+    /// [`crate::outbox::SqliteOutbox::commit`] and also checks every `options.poll` for rows written
+    /// by other processes or left by a crash.
+    #[cfg(feature = "outbox")]
+    pub fn outbox(
+        mut self,
+        store: Arc<dyn crate::outbox::OutboxStore>,
+        options: crate::outbox::RelayOptions,
+    ) -> Self {
+        self.outbox = Some((store, options));
+        self
+    }
+
     /// Binds the endpoint, starts discovery and dialling, and returns the running node.
     /// Must be called inside a Tokio runtime (a `current_thread` runtime gives the lowest
     /// latency).
@@ -202,6 +224,8 @@ impl NodeBuilder {
             peers,
             mut discovery,
             config,
+            #[cfg(feature = "outbox")]
+            outbox,
         } = self;
         if service.is_empty() || service.len() > config.limits.max_name_len {
             return Err(Error::Config(format!(
@@ -293,6 +317,14 @@ impl NodeBuilder {
             .tasks
             .spawn(net::follow_discovery(Arc::clone(&shared), rx));
         tracing::info!(node = %shared.id, service = %shared.service, addr = ?local.addrs, "shoal node started");
-        Ok(Node::from_shared(shared))
+        let node = Node::from_shared(shared);
+        #[cfg(feature = "outbox")]
+        if let Some((store, options)) = outbox {
+            let shared = node.shared();
+            let stop = shared.stopping.clone();
+            let relay = crate::outbox::relay::run(node.downgrade(), store, options, stop);
+            shared.tasks.spawn(relay);
+        }
+        Ok(node)
     }
 }

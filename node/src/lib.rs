@@ -78,6 +78,8 @@ mod net;
 mod node;
 mod ordering;
 mod outbound;
+#[cfg(feature = "outbox")]
+pub mod outbox;
 mod peer;
 mod publish;
 mod registry;
@@ -95,6 +97,8 @@ pub use event::NodeEvent;
 pub use handler::{HandlerError, IntoReply};
 pub use identity::{Identity, MeshCa};
 pub use message::Message;
+#[cfg(feature = "outbox")]
+pub(crate) use node::WeakNode;
 pub use node::{Node, PeerInfo, Receipt};
 pub use outbound::SendOptions;
 pub use publish::{EventDelivery, MAX_BATCH_EVENTS, PublishOptions, PublishReceipt, Reliability};

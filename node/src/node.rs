@@ -123,6 +123,20 @@ pub struct Node {
     owner: Arc<Owner>,
 }
 
+/// A handle that does not keep the node alive (for the node's own long-running tasks, which
+/// would otherwise keep it from stopping when the user drops the last [`Node`]).
+#[cfg(feature = "outbox")]
+#[derive(Clone)]
+pub(crate) struct WeakNode(std::sync::Weak<Owner>);
+
+#[cfg(feature = "outbox")]
+impl WeakNode {
+    /// The node, if a user still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|owner| Node { owner })
+    }
+}
+
 /// Stops the node when the last handle goes away.
 struct Owner {
     shared: Arc<Shared>,
@@ -180,6 +194,12 @@ impl Node {
     /// Starts configuring a node that is an instance of `service`.
     pub fn builder(service: impl Into<String>) -> NodeBuilder {
         NodeBuilder::new(service)
+    }
+
+    /// A handle that does not keep the node alive.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.owner))
     }
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {

@@ -320,6 +320,45 @@ impl Registry {
         self.audiences(topic).iter().any(|(a, _)| a == audience)
     }
 
+    /// The grouped subscriptions of the live peers.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn live_groups(&self) -> Vec<shoal_proto::Subscription> {
+        let inner = lock(&self.inner);
+        let mut subs: Vec<shoal_proto::Subscription> = inner
+            .peers
+            .values()
+            .filter(|p| !p.is_leaving())
+            .flat_map(|p| p.subscriptions())
+            .filter(|s| s.group.is_some())
+            .collect();
+        subs.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));
+        subs.dedup();
+        subs
+    }
+
+    /// Keeps the grouped `subs` that no live peer holds as audiences until `until`, so events
+    /// published meanwhile are held for them (the outbox relay's memory of groups it has
+    /// seen, across restarts).
+    #[cfg(feature = "outbox")]
+    pub(crate) fn remember_groups(&self, subs: Vec<shoal_proto::Subscription>, until: Instant) {
+        let mut inner = lock(&self.inner);
+        let mut changed = false;
+        for sub in subs {
+            let live = inner
+                .peers
+                .values()
+                .any(|p| p.with_subscriptions(|held| held.contains(&sub)));
+            if !live {
+                inner.departed.remember_until(sub, until);
+                changed = true;
+            }
+        }
+        drop(inner);
+        if changed {
+            self.bump();
+        }
+    }
+
     /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.
     /// Says whether it is new.
     pub(crate) fn subscribed(

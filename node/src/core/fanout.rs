@@ -65,14 +65,15 @@ const MAX_DEPARTED: usize = 10_000;
 /// events published meanwhile are held for the group instead of reaching nobody.
 #[derive(Debug)]
 pub(crate) struct DepartedGroups {
-    left_at: HashMap<Subscription, Instant>,
+    /// Each remembered subscription and when it is forgotten.
+    until: HashMap<Subscription, Instant>,
     remember: Duration,
 }
 
 impl DepartedGroups {
     pub(crate) fn new(remember: Duration) -> Self {
         Self {
-            left_at: HashMap::new(),
+            until: HashMap::new(),
             remember,
         }
     }
@@ -80,36 +81,44 @@ impl DepartedGroups {
     /// The last live instance holding `sub` is gone (ungrouped subscriptions are not kept:
     /// their instance is gone for good).
     pub(crate) fn left(&mut self, sub: Subscription, now: Instant) {
-        if sub.group.is_none() || self.remember.is_zero() {
+        if self.remember.is_zero() {
+            return;
+        }
+        self.remember_until(sub, now + self.remember);
+    }
+
+    /// Remembers the grouped `sub` at least until `until` (the outbox relay keeps the groups
+    /// it has seen remembered this way, across restarts).
+    pub(crate) fn remember_until(&mut self, sub: Subscription, until: Instant) {
+        if sub.group.is_none() {
             return;
         }
         // Bounded: peers that announce many groups and leave, again and again, cannot grow it
-        // without limit; the oldest departures are forgotten first.
-        if self.left_at.len() >= MAX_DEPARTED && !self.left_at.contains_key(&sub) {
-            if let Some(oldest) = self
-                .left_at
+        // without limit; the ones forgotten soonest go first.
+        if self.until.len() >= MAX_DEPARTED && !self.until.contains_key(&sub) {
+            if let Some(soonest) = self
+                .until
                 .iter()
                 .min_by_key(|(_, t)| **t)
                 .map(|(s, _)| s.clone())
             {
-                self.left_at.remove(&oldest);
+                self.until.remove(&soonest);
             }
         }
-        self.left_at.insert(sub, now);
+        let entry = self.until.entry(sub).or_insert(until);
+        *entry = (*entry).max(until);
     }
 
     /// `sub` has a live instance again, or was unsubscribed on purpose.
     pub(crate) fn forget(&mut self, sub: &Subscription) {
-        self.left_at.remove(sub);
+        self.until.remove(sub);
     }
 
     /// Groups remembered (and not expired at `now`) with a pattern matching `topic`.
     pub(crate) fn matching(&mut self, topic: &str, now: Instant) -> Vec<String> {
-        let remember = self.remember;
-        self.left_at
-            .retain(|_, left| now.saturating_duration_since(*left) < remember);
+        self.until.retain(|_, until| now < *until);
         let mut groups: Vec<String> = self
-            .left_at
+            .until
             .keys()
             .filter(|s| topic::matches(&s.pattern, topic))
             .filter_map(|s| s.group.clone())

@@ -1,0 +1,19 @@
+//! The transactional outbox and the persistent inbox .
+//!
+//! A service that changes its database and then sends a message can crash in between. With
+//! the outbox, the message is written into an outbox table *in the same transaction* as the
+//! domain change; the node's relay later delivers it through the normal delivery path and
+//! removes it once acknowledged. The inbox is the receiver's mirror: a table of handled
+//! message ids, written in the same transaction as the handler's own changes, so a
+//! redelivered message is recognised even after a restart.
+
+pub(crate) mod relay;
+mod sqlite;
+mod store;
+
+pub use relay::RelayOptions;
+/// The SQLite bindings the outbox uses: open your connections and transactions with these,
+/// so their types match [`SqliteOutbox::enqueue`].
+pub use rusqlite;
+pub use sqlite::{OutboxOptions, SqliteOutbox};
+pub use store::{DeadRow, Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};
