@@ -76,6 +76,11 @@ impl RelayOptions {
 /// Rows handed to the delivery path at once.
 const WINDOW: usize = 256;
 
+/// How long acknowledged rows wait before they are removed from the store, so one write
+/// removes many, and the service's own transactions seldom wait for the relay's lock (with
+/// SQLite, a writer that finds the lock taken sleeps at least a millisecond).
+const RECORD_DELAY: Duration = Duration::from_millis(5);
+
 /// A destination and partition key: rows sharing one go one at a time, in row order.
 type KeySlot = (String, String);
 
@@ -112,6 +117,12 @@ struct Relay {
     more: bool,
     /// The last read held rows back behind their key: read again when a keyed row finishes.
     held: bool,
+    /// Rows acknowledged, and rows dead-lettered (with the reason), not yet recorded in the
+    /// store: outcomes are written in batches, at most [`RECORD_DELAY`] after the first.
+    delivered: Vec<i64>,
+    dead: Vec<(i64, String)>,
+    /// When the outcomes above must be written.
+    record_at: Option<tokio::time::Instant>,
 }
 
 impl Relay {
@@ -128,6 +139,11 @@ impl Relay {
     /// nothing new).
     fn should_read(&self, free: usize) -> bool {
         free > 0 && (self.read || (self.more && free >= WINDOW / 2))
+    }
+
+    /// Whether the row's outcome is known but not yet written (it must not go again).
+    fn unrecorded(&self, seq: i64) -> bool {
+        self.delivered.contains(&seq) || self.dead.iter().any(|(s, _)| *s == seq)
     }
 
     /// A row's delivery ended: its key may go on.
@@ -189,7 +205,7 @@ pub(crate) async fn run(
         let mut expired = Vec::new();
         for row in rows {
             last = last.max(row.seq);
-            if relay.in_flight.contains_key(&row.seq) {
+            if relay.in_flight.contains_key(&row.seq) || relay.unrecorded(row.seq) {
                 continue;
             }
             let slot = key_slot(&row);
@@ -238,10 +254,15 @@ pub(crate) async fn run(
                 while let Some(Some(more)) = deliveries.next().now_or_never() {
                     outcomes.push(more);
                 }
-                if !record(&mut relay, &store, outcomes).await {
+                if !finish(&mut relay, outcomes) {
+                    flush(&mut relay, &store).await;
                     return;
                 }
+                if relay.delivered.len() + relay.dead.len() >= WINDOW {
+                    flush(&mut relay, &store).await;
+                }
             }
+            () = sleep_until_some(relay.record_at) => flush(&mut relay, &store).await,
             () = wake.notified() => relay.read = true,
             _ = tick.tick() => {
                 relay.rescan();
@@ -258,7 +279,10 @@ pub(crate) async fn run(
                 }
                 relay.rescan();
             }
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                flush(&mut relay, &store).await;
+                return;
+            }
         }
     }
 }
@@ -299,17 +323,14 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
     }
 }
 
-/// Records finished deliveries: acknowledged rows leave the outbox (one store call),
-/// dead-lettered ones are marked dead, the rest stay for later. `false` once the node shuts
-/// down.
-async fn record(relay: &mut Relay, store: &Arc<dyn OutboxStore>, outcomes: Vec<Outcome>) -> bool {
-    let mut delivered = Vec::with_capacity(outcomes.len());
-    let mut dead = Vec::new();
+/// Takes finished deliveries: acknowledged and dead-lettered rows wait to be recorded (see
+/// [`flush`]), the rest stay for later. `false` once the node shuts down.
+fn finish(relay: &mut Relay, outcomes: Vec<Outcome>) -> bool {
     for (seq, result) in outcomes {
         let slot = relay.finished(seq);
         match result {
-            Ok(()) => delivered.push(seq),
-            Err(Error::DeadLettered(letter)) => dead.push((seq, letter.last_failure)),
+            Ok(()) => relay.delivered.push(seq),
+            Err(Error::DeadLettered(letter)) => relay.dead.push((seq, letter.last_failure)),
             Err(Error::ShuttingDown) => return false,
             // Anything else (no subscriber yet, a copy dropped because its audience left):
             // the row stays, and is read again at the next poll or change of peers; the later
@@ -321,6 +342,22 @@ async fn record(relay: &mut Relay, store: &Arc<dyn OutboxStore>, outcomes: Vec<O
                 }
             }
         }
+    }
+    if relay.record_at.is_none() && !(relay.delivered.is_empty() && relay.dead.is_empty()) {
+        relay.record_at = Some(tokio::time::Instant::now() + RECORD_DELAY);
+    }
+    true
+}
+
+/// Records the outcomes taken so far in one store call: acknowledged rows leave the outbox,
+/// dead-lettered ones are marked dead. If that fails, the rows stay pending and go again
+/// (receivers deduplicate by id).
+async fn flush(relay: &mut Relay, store: &Arc<dyn OutboxStore>) {
+    relay.record_at = None;
+    let delivered = std::mem::take(&mut relay.delivered);
+    let dead = std::mem::take(&mut relay.dead);
+    if delivered.is_empty() && dead.is_empty() {
+        return;
     }
     let lowest = delivered
         .iter()
@@ -336,14 +373,20 @@ async fn record(relay: &mut Relay, store: &Arc<dyn OutboxStore>, outcomes: Vec<O
     })
     .await;
     if let Err(e) = recorded {
-        // The rows stay pending and go again (receivers deduplicate by id).
         tracing::warn!("outbox relay cannot record outcomes, rows will be sent again: {e}");
         if let Some(seq) = lowest {
             relay.after = relay.after.min(seq - 1);
         }
         relay.read = true;
     }
-    true
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 type Outcome = (i64, Result<(), Error>);
