@@ -27,9 +27,9 @@ impl BenchError {
         }
     }
 
-    /// A scenario that cannot run on this machine, said why (e.g. `"skipped: needs root to
-    /// create network namespaces"`). `shoal-bench` prints it as SKIPPED and, unlike any other
-    /// error, it does not make the run's exit status a failure.
+    /// A scenario that cannot run on this machine, said why (e.g. `"needs root to create
+    /// network namespaces"`). `shoal-bench` prints it as SKIPPED and, unlike any other error,
+    /// it does not make the run's exit status a failure.
     pub fn skipped(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),

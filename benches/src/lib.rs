@@ -348,7 +348,16 @@ pub fn run_repeated_at(
     runs: usize,
     mut on_run: impl FnMut(usize, &RunRows),
 ) -> BenchResult<ScenarioResults> {
-    let context = |run: usize| move |e: BenchError| e.context(format!("run {}", run + 1));
+    // "Skipped" says why the scenario cannot run here at all, whichever run found out.
+    let context = |run: usize| {
+        move |e: BenchError| {
+            if e.is_skipped() {
+                e
+            } else {
+                e.context(format!("run {}", run + 1))
+            }
+        }
+    };
     match scenario.run {
         Measures::RoundTrip(run_fn) | Measures::OneWay(run_fn) | Measures::SetUp(run_fn) => {
             let rows = repeat(

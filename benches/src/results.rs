@@ -348,7 +348,7 @@ mod tests {
             scenario("shoal-at-rate"),
             ScenarioResults::Rate(vec![AggregatedRate::from_runs(vec![rate]).expect("run")]),
         );
-        results.not_run(scenario("discovery"), "skipped: needs root".into(), true);
+        results.not_run(scenario("discovery"), "needs root".into(), true);
         let labels = Labels {
             baseline: "quinn-stream".into(),
             duration: Duration::from_secs(2),
@@ -362,7 +362,7 @@ mod tests {
             "Latency at 10000 msgs/s",
             "Comparison by kind",
             "x1.20 / x1.20",
-            "discovery SKIPPED: skipped: needs root",
+            "discovery SKIPPED: needs root",
         ] {
             assert!(text.contains(part), "{part} missing in\n{text}");
         }
@@ -373,10 +373,7 @@ mod tests {
             md.contains("| **request** | shoal-request | shoal |"),
             "{md}"
         );
-        assert!(
-            md.contains("* `discovery` skipped: skipped: needs root"),
-            "{md}"
-        );
+        assert!(md.contains("* `discovery` skipped: needs root"), "{md}");
         let json = results.render_json(&info, &labels);
         for key in [
             "\"one_way\": {",

@@ -126,8 +126,8 @@ impl DaemonAudit {
 pub(super) fn check_before_run() -> BenchResult<String> {
     if !netns::can_create_netns() {
         return Err(BenchError::skipped(format!(
-            "skipped: needs root to create network namespaces ({}); mDNS must never run in \
-             the root namespace, so nothing was measured",
+            "needs root to create network namespaces ({}); mDNS must never run in the root \
+             namespace, so nothing was measured",
             why_no_netns()
         )));
     }
