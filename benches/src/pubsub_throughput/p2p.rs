@@ -5,9 +5,14 @@
 //! * `shoal-p2p-<size>` — `send` of a command whose handler (`sink`) only counts it;
 //!   counted when **acked** (the handler ran and its ack came back).
 //! * `shoal-p2p-request-<size>` — `request` to a handler (`echo`) that replies with the
-//!   payload; counted when the **reply** arrived (so the payload crosses twice).
+//!   payload; counted when the **reply** arrived (so the payload crosses twice). A request
+//!   without a reply within [`TIMEOUT`] is counted in the row's `dropped` column (and the
+//!   loop goes on) rather than failing the whole scenario: a loaded machine should show as
+//!   such in the table.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +55,8 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
     let name = mode.row(payload);
     let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
     let server_ca = ca.clone();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let client_dropped = Arc::clone(&dropped);
     let window = run_pair(
         &name,
         &config,
@@ -71,9 +78,9 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
             node.shutdown().await;
             Ok(())
         },
-        move |addr| sender(ca, addr, config, payload, mode),
+        move |addr| sender(ca, addr, config, payload, mode, client_dropped),
     )?;
-    Ok(ThroughputReport::new(name, payload, window))
+    Ok(ThroughputReport::new(name, payload, window).with_dropped(dropped.load(Ordering::Relaxed)))
 }
 
 async fn sender(
@@ -82,6 +89,7 @@ async fn sender(
     config: BenchConfig,
     payload: usize,
     mode: Mode,
+    dropped: Arc<AtomicU64>,
 ) -> BenchResult<crate::throughput::Window> {
     let node = Node::builder("bench-p2p-sender")
         .listen(LOOPBACK)
@@ -108,16 +116,26 @@ async fn sender(
                 acked_loops(RELIABLE_WINDOW, &node, &body, schedule, send).await
             }
             Mode::Request => {
-                let request = |node: Node, body: Bytes| async move {
-                    let len = body.len();
-                    let reply = node
-                        .request(SERVICE, Message::command("echo", body), TIMEOUT)
-                        .await
-                        .map_err(shoal_err)?;
-                    if reply.payload().len() != len {
-                        return Err(BenchError::msg("echo reply has the wrong length"));
+                let request = move |node: Node, body: Bytes| {
+                    let dropped = Arc::clone(&dropped);
+                    async move {
+                        let len = body.len();
+                        let reply = match node
+                            .request(SERVICE, Message::command("echo", body), TIMEOUT)
+                            .await
+                        {
+                            Ok(reply) => reply,
+                            Err(shoal::Error::Timeout(_)) => {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                                return Ok(0);
+                            }
+                            Err(e) => return Err(shoal_err(e)),
+                        };
+                        if reply.payload().len() != len {
+                            return Err(BenchError::msg("echo reply has the wrong length"));
+                        }
+                        Ok(1)
                     }
-                    Ok(1)
                 };
                 acked_loops(RELIABLE_WINDOW, &node, &body, schedule, request).await
             }
