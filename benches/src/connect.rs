@@ -17,13 +17,16 @@
 //!   `send` to the server's echo handler is acknowledged: what a freshly started service
 //!   waits before its first message is known to be handled.
 //!
-//! Each fresh Shoal node shuts down gracefully after its sample (not timed), so the server
-//! never holds dead connections. The certificate of each fresh node is issued before the
-//! clock starts (issuing is key generation, not connection set-up).
+//! Clients are closed (quinn) or shut down gracefully (Shoal) in batches of [`CLOSE_BATCH`],
+//! all of a batch at once and not timed: closing one by one would cost a QUIC draining
+//! period (~0.1 s) per connection, and never closing would leave the server holding hundreds
+//! of connections. The certificate of each fresh node is issued before the clock starts
+//! (issuing is key generation, not connection set-up).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use quinn::Endpoint;
 use shoal::{MeshCa, Message, Node};
 use tokio::task::JoinSet;
@@ -45,8 +48,10 @@ pub const SHOAL_NAME: &str = "shoal-connect";
 pub const SHOAL_SEND_NAME: &str = "shoal-connect-send";
 /// Longest one connection may take before the run fails.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
-/// How long a closing client waits for its close to be acknowledged (not timed).
-const CLOSE_WAIT: Duration = Duration::from_millis(100);
+/// How long closing clients wait for their closes to be acknowledged (not timed).
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Clients closed together, after every this many samples.
+pub const CLOSE_BATCH: usize = 20;
 
 /// Measured connections per run: `--count` / 100, between 10 and 1000 (200 by default).
 pub fn connections(config: &BenchConfig) -> u64 {
@@ -120,6 +125,7 @@ async fn quinn_client(
 ) -> BenchResult<LatencyReport> {
     let mut histogram = report::new_histogram()?;
     let warmup = warmup_connections(&config);
+    let mut open = Vec::with_capacity(CLOSE_BATCH);
     for i in 0..warmup + connections(&config) {
         let start = Instant::now();
         let client_cfg = quinn_echo::client_config(&pki)?;
@@ -139,9 +145,20 @@ async fn quinn_client(
             report::record(&mut histogram, elapsed);
         }
         connected.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
+        open.push(endpoint);
+        if open.len() >= CLOSE_BATCH {
+            close_quinn(&mut open).await;
+        }
     }
+    close_quinn(&mut open).await;
     Ok(LatencyReport::from_histogram(QUINN_NAME, &histogram))
+}
+
+/// Waits (bounded) until the closed connections of `endpoints` have drained, all at once.
+async fn close_quinn(endpoints: &mut Vec<Endpoint>) {
+    let idle = join_all(endpoints.iter().map(Endpoint::wait_idle));
+    let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
+    endpoints.clear();
 }
 
 /// One run of `shoal-connect` (rows `shoal-connect` and `shoal-connect-send`).
@@ -166,6 +183,7 @@ async fn shoal_client(
     let mut first_send = report::new_histogram()?;
     let warmup = warmup_connections(&config);
     let service = "bench-connect";
+    let mut nodes = Vec::with_capacity(CLOSE_BATCH);
     for i in 0..warmup + connections(&config) {
         let identity = ca.issue(service).map_err(shoal_err)?;
         let builder = Node::builder(service)
@@ -188,13 +206,18 @@ async fn shoal_client(
             Ok::<_, BenchError>((up, start.elapsed()))
         }
         .await;
-        node.shutdown().await;
+        nodes.push(node);
+        if nodes.len() >= CLOSE_BATCH || sample.is_err() {
+            join_all(nodes.iter().map(Node::shutdown)).await;
+            nodes.clear();
+        }
         let (up, sent) = sample.map_err(|e| e.context(format!("{SHOAL_NAME}: node {i}")))?;
         if i >= warmup {
             report::record(&mut connected, up);
             report::record(&mut first_send, sent);
         }
     }
+    join_all(nodes.iter().map(Node::shutdown)).await;
     Ok(vec![
         LatencyReport::from_histogram(SHOAL_NAME, &connected),
         LatencyReport::from_histogram(SHOAL_SEND_NAME, &first_send),
