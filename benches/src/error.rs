@@ -10,6 +10,9 @@ use std::fmt;
 /// blanket `From` impl coherent.
 pub struct BenchError {
     message: String,
+    /// Set by [`BenchError::skipped`]: the scenario could not run here (e.g. it needs root),
+    /// which is reported but does not fail the whole benchmark run.
+    skipped: bool,
 }
 
 /// `Result` with [`BenchError`] as the error type.
@@ -20,7 +23,24 @@ impl BenchError {
     pub fn msg(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+            skipped: false,
         }
+    }
+
+    /// A scenario that cannot run on this machine, said why (e.g. `"needs root to create
+    /// network namespaces"`). `shoal-bench` prints it as SKIPPED and, unlike any other error,
+    /// it does not make the run's exit status a failure.
+    pub fn skipped(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            skipped: true,
+        }
+    }
+
+    /// Whether this error means "could not run here" rather than "failed"
+    /// (see [`BenchError::skipped`]).
+    pub fn is_skipped(&self) -> bool {
+        self.skipped
     }
 
     /// Prefixes the message with what was being done, e.g. `"quinn-stream server: ..."`.
@@ -28,6 +48,7 @@ impl BenchError {
     pub fn context(self, what: impl fmt::Display) -> Self {
         Self {
             message: format!("{what}: {}", self.message),
+            skipped: self.skipped,
         }
     }
 
@@ -52,7 +73,10 @@ impl<E: std::error::Error> From<E> for BenchError {
             source = cause.source();
             depth += 1;
         }
-        Self { message }
+        Self {
+            message,
+            skipped: false,
+        }
     }
 }
 
@@ -77,5 +101,9 @@ mod tests {
         let io = std::io::Error::other("boom");
         let err = BenchError::from(io).context("udp-echo server");
         assert_eq!(err.message(), "udp-echo server: boom");
+        assert!(!err.is_skipped());
+        let skip = BenchError::skipped("needs root").context("run 1");
+        assert!(skip.is_skipped());
+        assert_eq!(skip.message(), "run 1: needs root");
     }
 }

@@ -1,6 +1,8 @@
-//! Shoal's benchmark harness: closed-loop round-trip latency scenarios, publish/subscribe
-//! one-way latency and throughput scenarios, the raw floors they are compared with (plain
-//! UDP, raw quinn over mutual TLS), and the reporting.
+//! Shoal's benchmark harness: closed-loop round-trip latency, publish/subscribe one-way
+//! latency, pub/sub and point-to-point throughput, latency at a fixed offered rate,
+//! connection set-up and discovery scenarios; the raw floors they are compared with (plain
+//! UDP, raw quinn over mutual TLS); the rivals (behind cargo features, [`rivals`]); and the
+//! reporting, including a comparison by kind of row ([`compare`]).
 //!
 //! # Adding a scenario
 //!
@@ -8,8 +10,11 @@
 //!    run**: build the two sides with [`runtime::run_pair`] (server side announces what the
 //!    client needs; client side times round trips with [`measure::measure`]). Certificates
 //!    come from [`certs::generate_pki`]. Throughput scenarios return
-//!    [`ThroughputReport`]s instead (see [`pubsub_throughput`]).
+//!    [`ThroughputReport`]s instead (see [`pubsub_throughput`]); offered-rate scenarios
+//!    return [`RateReport`]s made with [`measure::open_loop()`].
 //! 2. Add one entry to [`SCENARIOS`], saying which table its rows go to ([`Measures`]).
+//! 3. Name the rows `<variant>-<kind>` (e.g. `nats-request`, `zenoh-tcp-ll-publish-8`,
+//!    `zmq-pubsub-1024`) so that [`compare`] puts them beside Shoal's row of that kind.
 //!
 //! The harness repeats the run `--runs` times, takes medians, prints the ratio to the
 //! baseline row and writes JSON/Markdown; nothing else needs touching.
@@ -18,6 +23,8 @@
 
 pub mod affinity;
 pub mod certs;
+pub mod compare;
+pub mod connect;
 pub mod discovery_timing;
 pub mod error;
 pub mod measure;
@@ -26,6 +33,7 @@ pub mod pubsub;
 pub mod pubsub_throughput;
 pub mod quinn_echo;
 pub mod report;
+pub mod results;
 pub mod rivals;
 pub mod runtime;
 pub mod shoal_scenarios;
@@ -38,6 +46,7 @@ use std::time::Duration;
 
 pub use affinity::Placement;
 pub use error::{BenchError, BenchResult};
+pub use report::rate::{AggregatedRate, RateReport};
 pub use report::{AggregatedReport, LatencyReport};
 pub use throughput::{AggregatedThroughput, ThroughputReport};
 
@@ -102,6 +111,10 @@ pub type ScenarioFn = fn(&BenchConfig) -> BenchResult<Vec<LatencyReport>>;
 /// One run of a throughput scenario: returns one or more throughput rows.
 pub type ThroughputFn = fn(&BenchConfig) -> BenchResult<Vec<ThroughputReport>>;
 
+/// One run of an offered-rate scenario at `rate` messages per second (`--rate`): returns
+/// one or more rows made with [`measure::open_loop()`] (or [`measure::RateRecorder`]).
+pub type RateFn = fn(&BenchConfig, u64) -> BenchResult<Vec<RateReport>>;
+
 /// What a scenario measures, which decides the table its rows go to.
 #[derive(Debug, Clone, Copy)]
 pub enum Measures {
@@ -111,6 +124,12 @@ pub enum Measures {
     OneWay(ScenarioFn),
     /// Messages per second; each row's ratio to the raw row it names.
     Throughput(ThroughputFn),
+    /// Latency at a fixed offered rate, from each message's intended send time, with late
+    /// and lost messages; ratios to raw quinn at the same rate (rows `<variant>-at-<rate>`).
+    AtRate(RateFn),
+    /// Set-up times (a new connection, a newly discovered peer); ratios to
+    /// [`connect::QUINN_NAME`].
+    SetUp(ScenarioFn),
 }
 
 /// A named scenario.
@@ -127,8 +146,8 @@ pub struct Scenario {
     pub about: &'static str,
     /// Performs one run.
     pub run: Measures,
-    /// Whether `--scenario all` runs it (the pub/sub scenarios take longer than all the
-    /// others together, so they run only when named).
+    /// Whether `--scenario all` runs it. Every scenario of the suite has `true`; `false` is
+    /// for diagnostic scenarios that should run only when named.
     pub in_all: bool,
 }
 
@@ -177,23 +196,89 @@ pub const SCENARIOS: &[Scenario] = &[
         in_all: true,
     },
     Scenario {
-        name: PUBSUB_NAME,
-        system: systems::SHOAL,
-        setup: "Shoal defaults: reliable publish, one group per subscriber node",
-        about: "one-way publish -> handler latency to 1, 4, 16 subscriber nodes (closed loop \
-                on the reliable ack), with raw quinn one-way to 1, 4, 16 receivers \
-                (quinn-oneway, the baseline; quinn-fanout-4, -16)",
-        run: Measures::OneWay(pubsub::run),
-        in_all: false,
+        name: pubsub::FANOUT_PREFIX,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream per receiver, \
+                1-byte ack",
+        about: "raw quinn one-way latency to 1 and 8 receivers (quinn-oneway, the one-way \
+                baseline; quinn-fanout-8, -8-last), closed loop on the acks",
+        run: Measures::OneWay(pubsub::run_quinn),
+        in_all: true,
     },
     Scenario {
-        name: PUBSUB_THROUGHPUT_NAME,
+        name: pubsub::PUBLISH_PREFIX,
         system: systems::SHOAL,
-        setup: "Shoal defaults: reliable (256 in flight, or publish_batch of 256) and best-effort",
-        about: "events/s to one subscriber (reliable, 256 in flight; best-effort), 64 B and \
-                1 KiB, against raw quinn batched frames on one stream",
-        run: Measures::Throughput(pubsub_throughput::run),
-        in_all: false,
+        setup: "Shoal defaults: reliable publish, one group per subscriber node",
+        about: "one-way publish -> handler latency to 1 and 8 subscriber nodes (closed loop \
+                on the reliable ack): shoal-publish-1, -8, -8-last",
+        run: Measures::OneWay(pubsub::run_shoal_publish),
+        in_all: true,
+    },
+    Scenario {
+        name: pubsub_throughput::QUINN_SCENARIO,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring), mutual TLS, one uni stream, ~64 KiB of frames per write_all",
+        about: "raw quinn msgs/s at 64 B, 1 KiB, 64 KiB: the floor of every throughput row",
+        run: Measures::Throughput(pubsub_throughput::run_quinn_batch),
+        in_all: true,
+    },
+    Scenario {
+        name: pubsub_throughput::SHOAL_SCENARIO,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: 256 reliable publishes/sends/requests in flight, or \
+                publish_batch (<= 256 events, <= 1 MiB) x 8 in flight, or best-effort",
+        about: "msgs/s at 64 B, 1 KiB, 64 KiB: shoal-pubsub-, -pubsub-batch-, \
+                -pubsub-best-effort-, shoal-p2p-, shoal-p2p-request-<size>",
+        run: Measures::Throughput(pubsub_throughput::run_shoal_throughput),
+        in_all: true,
+    },
+    Scenario {
+        name: QUINN_AT_RATE_NAME,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream, frames written \
+                when due, echoes read concurrently",
+        about: "raw quinn stream echo at the offered --rate: quinn-stream-at-<rate>, latency \
+                from each frame's intended send time",
+        run: Measures::AtRate(quinn_echo::run_stream_at_rate),
+        in_all: true,
+    },
+    Scenario {
+        name: SHOAL_AT_RATE_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: static peer on 127.0.0.1, every message its own request / \
+                send future",
+        about: "Shoal request and send at the offered --rate: shoal-request-at-<rate>, \
+                shoal-send-at-<rate>",
+        run: Measures::AtRate(shoal_scenarios::run_at_rate),
+        in_all: true,
+    },
+    Scenario {
+        name: connect::QUINN_NAME,
+        system: systems::QUINN,
+        setup: "quinn 0.11 (ring): client config + new endpoint + mutual-TLS handshake + \
+                the server's first byte",
+        about: "raw quinn connection set-up, TLS included, over fresh client endpoints",
+        run: Measures::SetUp(connect::run_quinn),
+        in_all: true,
+    },
+    Scenario {
+        name: connect::SHOAL_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults: a fresh node with the server as static peer",
+        about: "Shoal node start -> peer up (TLS + hello), and -> first send acked \
+                (shoal-connect-send), over fresh nodes",
+        run: Measures::SetUp(connect::run_shoal),
+        in_all: true,
+    },
+    Scenario {
+        name: discovery_timing::SCENARIO_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults with mDNS on a LAN of network namespaces (needs root; \
+                skipped otherwise)",
+        about: "fresh node start -> first send acked by a service found by mDNS \
+                (shoal-discover), inside namespaces it builds",
+        run: Measures::SetUp(discovery_timing::run_scenario),
+        in_all: true,
     },
     Scenario {
         name: OUTBOX_LATENCY_NAME,
@@ -211,7 +296,7 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "transactional outbox: messages handled per second, committed in transactions \
                 of 1, 10 and 100 messages",
         run: Measures::Throughput(outbox::run_throughput),
-        in_all: false,
+        in_all: true,
     },
     #[cfg(feature = "nats")]
     Scenario {
@@ -328,10 +413,10 @@ pub const OUTBOX_LATENCY_NAME: &str = "outbox-latency";
 /// Scenario name of the outbox throughput rows.
 pub const OUTBOX_THROUGHPUT_NAME: &str = "outbox-throughput";
 
-/// Scenario name of the pub/sub one-way latency rows.
-pub const PUBSUB_NAME: &str = "pubsub";
-/// Scenario name of the pub/sub throughput rows.
-pub const PUBSUB_THROUGHPUT_NAME: &str = "pubsub-throughput";
+/// Scenario name of raw quinn at the offered rate.
+pub const QUINN_AT_RATE_NAME: &str = "quinn-stream-at-rate";
+/// Scenario name of Shoal's rows at the offered rate.
+pub const SHOAL_AT_RATE_NAME: &str = "shoal-at-rate";
 
 /// The scenario called `name`, if any.
 pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
@@ -341,10 +426,12 @@ pub fn find_scenario(name: &str) -> Option<&'static Scenario> {
 /// The rows of one run of a scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunRows {
-    /// Latency rows (round-trip or one-way).
+    /// Latency rows (round-trip, one-way or set-up).
     Latency(Vec<LatencyReport>),
     /// Throughput rows.
     Throughput(Vec<ThroughputReport>),
+    /// Offered-rate rows.
+    Rate(Vec<RateReport>),
 }
 
 impl RunRows {
@@ -353,6 +440,10 @@ impl RunRows {
         match self {
             Self::Latency(rows) => rows.iter().map(|r| (r.name.clone(), r.summary())).collect(),
             Self::Throughput(rows) => rows.iter().map(|r| (r.name.clone(), r.summary())).collect(),
+            Self::Rate(rows) => rows
+                .iter()
+                .map(|r| (r.name().to_owned(), r.summary()))
+                .collect(),
         }
     }
 }
@@ -360,24 +451,47 @@ impl RunRows {
 /// Every row of a scenario aggregated across runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScenarioResults {
-    /// Latency rows (round-trip or one-way, as the scenario's [`Measures`] says).
+    /// Latency rows (round-trip, one-way or set-up, as the scenario's [`Measures`] says).
     Latency(Vec<AggregatedReport>),
     /// Throughput rows.
     Throughput(Vec<AggregatedThroughput>),
+    /// Offered-rate rows.
+    Rate(Vec<AggregatedRate>),
 }
 
 /// Runs `scenario` `runs` times (each run fresh: new sockets, certificates, connection) and
 /// returns, per report row, the median across runs with every run kept.
-/// `on_run(run_index, &rows)` is called after each run (progress output).
+/// `on_run(run_index, &rows)` is called after each run (progress output). Offered-rate
+/// scenarios run at [`measure::DEFAULT_RATE`]; see [`run_repeated_at`].
 pub fn run_repeated(
     scenario: &Scenario,
     config: &BenchConfig,
     runs: usize,
+    on_run: impl FnMut(usize, &RunRows),
+) -> BenchResult<ScenarioResults> {
+    run_repeated_at(scenario, config, measure::DEFAULT_RATE, runs, on_run)
+}
+
+/// [`run_repeated`], with offered-rate scenarios at `rate` messages per second.
+pub fn run_repeated_at(
+    scenario: &Scenario,
+    config: &BenchConfig,
+    rate: u64,
+    runs: usize,
     mut on_run: impl FnMut(usize, &RunRows),
 ) -> BenchResult<ScenarioResults> {
-    let context = |run: usize| move |e: BenchError| e.context(format!("run {}", run + 1));
+    // "Skipped" says why the scenario cannot run here at all, whichever run found out.
+    let context = |run: usize| {
+        move |e: BenchError| {
+            if e.is_skipped() {
+                e
+            } else {
+                e.context(format!("run {}", run + 1))
+            }
+        }
+    };
     match scenario.run {
-        Measures::RoundTrip(run_fn) | Measures::OneWay(run_fn) => {
+        Measures::RoundTrip(run_fn) | Measures::OneWay(run_fn) | Measures::SetUp(run_fn) => {
             let rows = repeat(
                 runs,
                 |r| run_fn(config).map_err(context(r)),
@@ -407,6 +521,21 @@ pub fn run_repeated(
                     .collect(),
             ))
         }
+        Measures::AtRate(run_fn) => {
+            let rows = repeat(
+                runs,
+                |r| run_fn(config, rate).map_err(context(r)),
+                |r| &r.latency.name,
+                |run, rows| {
+                    on_run(run, &RunRows::Rate(rows.to_vec()));
+                },
+            )?;
+            Ok(ScenarioResults::Rate(
+                rows.into_iter()
+                    .filter_map(AggregatedRate::from_runs)
+                    .collect(),
+            ))
+        }
     }
 }
 
@@ -433,134 +562,4 @@ fn repeat<R: Clone>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn quick() -> BenchConfig {
-        BenchConfig {
-            count: 300,
-            warmup: 30,
-            payload: 64,
-            run_timeout: Duration::from_secs(30),
-            placement: Placement::Any,
-            duration: Duration::from_millis(200),
-        }
-    }
-
-    #[test]
-    fn scenario_names_are_unique_and_baseline_exists() {
-        for (i, a) in SCENARIOS.iter().enumerate() {
-            assert!(SCENARIOS[i + 1..].iter().all(|b| b.name != a.name));
-        }
-        assert!(find_scenario(DEFAULT_BASELINE).is_some());
-    }
-
-    #[test]
-    fn every_round_trip_scenario_runs_on_loopback() {
-        for scenario in SCENARIOS {
-            // Rivals give one row per variant and are tested in their own modules.
-            let rival =
-                systems::find(scenario.system).is_some_and(|s| s.role == systems::Role::Rival);
-            if rival || !matches!(scenario.run, Measures::RoundTrip(_)) {
-                continue;
-            }
-            let results = run_repeated(scenario, &quick(), 2, |_, _| {})
-                .unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
-            let ScenarioResults::Latency(rows) = results else {
-                panic!("{}: latency rows expected", scenario.name);
-            };
-            assert!(!rows.is_empty(), "{}", scenario.name);
-            if rows.len() == 1 {
-                assert_eq!(rows[0].median.name, scenario.name);
-            }
-            for row in &rows {
-                assert_eq!(row.median.count, 300, "{}", row.median.name);
-                assert_eq!(row.per_run.len(), 2);
-                assert!(row.median.p50 > 0 && row.median.p50 <= row.median.max);
-            }
-        }
-    }
-
-    #[test]
-    fn pubsub_rows_include_the_baseline_and_every_fan_out() {
-        let scenario = find_scenario(PUBSUB_NAME).expect("registered");
-        let config = BenchConfig {
-            count: 100,
-            warmup: 10,
-            ..quick()
-        };
-        let Ok(ScenarioResults::Latency(rows)) = run_repeated(scenario, &config, 1, |_, _| {})
-        else {
-            panic!("pubsub failed or gave no latency rows");
-        };
-        let names: Vec<&str> = rows.iter().map(|r| r.median.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                pubsub::ONEWAY_NAME,
-                "quinn-fanout-4",
-                "quinn-fanout-4-last",
-                "quinn-fanout-16",
-                "quinn-fanout-16-last",
-                "shoal-publish-1",
-                "shoal-publish-4",
-                "shoal-publish-4-last",
-                "shoal-publish-16",
-                "shoal-publish-16-last"
-            ]
-        );
-        // Every receiver recorded every measured message.
-        for (row, count) in [(3, 16 * 100), (4, 100), (8, 16 * 100), (9, 100)] {
-            assert_eq!(rows[row].median.count, count, "{}", rows[row].median.name);
-        }
-    }
-
-    #[test]
-    fn throughput_rows_are_measured_and_compared() {
-        let scenario = find_scenario(PUBSUB_THROUGHPUT_NAME).expect("registered");
-        let Ok(ScenarioResults::Throughput(rows)) = run_repeated(scenario, &quick(), 1, |_, _| {})
-        else {
-            panic!("pubsub-throughput failed or gave no throughput rows");
-        };
-        let names: Vec<&str> = rows.iter().map(|r| r.median.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "quinn-batch-64",
-                "shoal-reliable-64",
-                "shoal-reliable-batch-64",
-                "shoal-best-effort-64",
-                "quinn-batch-1024",
-                "shoal-reliable-1024",
-                "shoal-reliable-batch-1024",
-                "shoal-best-effort-1024"
-            ]
-        );
-        for row in &rows {
-            assert!(row.median.messages > 0, "{}", row.median.name);
-        }
-        for row in &rows[1..4] {
-            assert_eq!(row.median.baseline.as_deref(), Some("quinn-batch-64"));
-        }
-    }
-
-    #[test]
-    fn zero_payload_and_large_payload_work() {
-        let tiny = BenchConfig {
-            payload: 0,
-            ..quick()
-        };
-        let big = BenchConfig {
-            payload: 100_000,
-            count: 50,
-            warmup: 5,
-            ..quick()
-        };
-        for config in [tiny, big] {
-            let rows = quinn_echo::run_stream(&config).expect("stream echo");
-            assert_eq!(rows[0].count, config.count);
-        }
-        let err = quinn_echo::run_datagram(&big).expect_err("too large for a datagram");
-        assert!(err.message().contains("datagram limit"), "{err}");
-    }
-}
+mod tests;

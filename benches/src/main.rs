@@ -1,30 +1,30 @@
-//! `shoal-bench`: runs latency scenarios and prints p50/p90/p99/p99.9/max in µs with each
-//! row's ratio to the baseline (raw quinn by default), and throughput scenarios (msgs/s and
-//! MB/s, each row's ratio to raw quinn with the same payload).
+//! `shoal-bench`: runs the scenarios (every one with `--scenario all`, the default) and
+//! prints their tables — round-trip, one-way, throughput, latency at an offered rate, set-up
+//! times — each row with its ratio to the raw floor, then the comparison by kind (Shoal's
+//! row beside the floor and every rival's row of the same kind). Progress goes to stderr.
 //!
 //! ```text
-//! cargo run --release -p shoal-benches -- --scenario all --runs 5
-//! cargo run --release -p shoal-benches -- --scenario pubsub --scenario pubsub-throughput --runs 3
+//! cargo run --release -p shoal-benches -- --scenario all --runs 3
+//! cargo run --release -p shoal-benches -- --scenario shoal-publish --scenario quinn-fanout --runs 3
 //! ```
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use shoal_benches::report::{self, RunInfo};
+use shoal_benches::report::RunInfo;
+use shoal_benches::results::{Labels, Results};
 use shoal_benches::{
-    AggregatedReport, AggregatedThroughput, BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE,
-    LatencyReport, Measures, Placement, SCENARIOS, Scenario, ScenarioResults, ThroughputReport,
-    find_scenario, pubsub, run_repeated, runtime, throughput,
+    BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE, Placement, SCENARIOS, Scenario,
+    find_scenario, measure, run_repeated_at, runtime,
 };
 
 /// Latency and throughput benchmarks for Shoal and its raw floors (127.0.0.1 only).
 #[derive(Debug, Parser)]
 #[command(name = "shoal-bench", version)]
 struct Cli {
-    /// Scenario to run, or `all` (every scenario but `pubsub` and `pubsub-throughput`);
-    /// repeat the flag for several. See `--list`.
+    /// Scenario to run, or `all` (every scenario); repeat the flag for several. See `--list`.
     #[arg(long = "scenario", value_name = "NAME|all", default_value = "all")]
     scenarios: Vec<String>,
 
@@ -62,6 +62,11 @@ struct Cli {
     /// Measured window of each throughput row, in seconds (after a warm-up of a quarter of it).
     #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_duration_secs)]
     duration: f64,
+
+    /// Offered rate of the `…-at-<rate>` scenarios, messages per second (latency measured
+    /// from each message's intended send time).
+    #[arg(long, value_name = "MSGS_PER_SEC", default_value_t = measure::DEFAULT_RATE, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    rate: u64,
 
     /// Time limit of one run of one scenario, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -158,12 +163,23 @@ fn for_systems(
         .collect())
 }
 
-/// Runs everything; `Ok(false)` if some scenario failed (the others still ran).
+/// `95` → `"1m35s"`: elapsed time for progress lines.
+fn elapsed(since: Instant) -> String {
+    let secs = since.elapsed().as_secs();
+    if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Runs everything; `Ok(false)` if some scenario failed (the others still ran; a scenario
+/// that was skipped, e.g. for lack of root, does not count as failed).
 fn run(cli: &Cli) -> BenchResult<bool> {
     if cli.list {
         for s in SCENARIOS {
             let note = if s.in_all { "" } else { " (not in `all`)" };
-            println!("{:<18} {}{note}", s.name, s.about);
+            println!("{:<22} [{}] {}{note}", s.name, s.system, s.about);
         }
         return Ok(true);
     }
@@ -191,189 +207,82 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         info.placement
     );
 
+    let started = Instant::now();
+    let total = scenarios.len();
     let mut results = Results::default();
     let mut all_ok = true;
-    for scenario in scenarios {
-        let outcome = run_repeated(scenario, &config, runs, |run, rows| {
+    for (i, scenario) in scenarios.into_iter().enumerate() {
+        let step = format!("[{}/{total}] {}", i + 1, scenario.name);
+        eprintln!(
+            "{step}: run 1/{runs} starting, elapsed {}",
+            elapsed(started)
+        );
+        let outcome = run_repeated_at(scenario, &config, cli.rate, runs, |run, rows| {
             for (name, summary) in rows.summaries() {
-                eprintln!("  {name} run {}/{runs}: {summary}", run + 1);
+                eprintln!("  {name}: {summary}");
             }
+            let next = if run + 1 < runs {
+                format!("; run {}/{runs} starting", run + 2)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{step}: run {}/{runs} done{next}, elapsed {}",
+                run + 1,
+                elapsed(started)
+            );
         });
         match outcome {
             Ok(rows) => results.add(scenario, rows),
+            Err(e) if e.is_skipped() => {
+                eprintln!("{step} SKIPPED: {e}");
+                results.not_run(scenario, e.to_string(), true);
+            }
             Err(e) => {
                 all_ok = false;
-                eprintln!("  {} FAILED: {e}", scenario.name);
+                eprintln!("{step} FAILED: {e}");
+                results.not_run(scenario, e.to_string(), false);
             }
         }
     }
+    eprintln!("all {total} scenario(s) done in {}", elapsed(started));
 
-    let baseline = Some(cli.baseline.as_str());
-    let round_trip = medians(&results.round_trip);
-    let one_way = medians(&results.one_way);
-    let throughput: Vec<ThroughputReport> = results
-        .throughput
-        .iter()
-        .map(|r| r.median.clone())
-        .collect();
-    let (of_runs, each) = if runs > 1 {
-        (
-            format!("medians of {runs} runs"),
-            " (each percentile separately)",
-        )
-    } else {
-        ("one run".to_owned(), "")
+    let labels = Labels {
+        baseline: cli.baseline.clone(),
+        duration: config.duration,
+        rate: cli.rate,
+        command: command_line(),
     };
-    if !round_trip.is_empty() {
-        println!("\nRound-trip times, µs, {of_runs}{each}:");
-        print!("{}", report::render_table(&round_trip, baseline, None));
-        if !round_trip.iter().any(|r| r.name == cli.baseline) {
-            println!("(baseline `{}` was not run: no ratios)", cli.baseline);
-        }
-    }
-    if !one_way.is_empty() {
-        println!("\nOne-way latency (send -> receiver's handler), µs, {of_runs}{each}:");
-        print!(
-            "{}",
-            report::render_table(
-                &one_way,
-                Some(pubsub::ONEWAY_NAME),
-                Some(pubsub::SAME_FAN_OUT)
-            )
-        );
-    }
-    if !throughput.is_empty() {
-        println!(
-            "\nThroughput over {:.1} s windows, {}:",
-            cli.duration, of_runs
-        );
-        print!("{}", throughput::render_table(&throughput));
-    }
-
-    if !results.ran.is_empty() {
-        println!("\nSet-up of each system:");
-        for s in &results.ran {
-            println!("  {:<22} [{}] {}", s.name, s.system, s.setup);
-        }
-    }
+    let of_runs = if runs > 1 {
+        format!("medians of {runs} runs (each percentile separately)")
+    } else {
+        "one run".to_owned()
+    };
+    print!("{}", results.render_text(&labels, &of_runs));
 
     if let Some(path) = &cli.json {
-        let sections = [
-            (
-                "one_way",
-                format!(
-                    "{{\"baseline\": {}, \"results\": {}}}",
-                    report::json_string(pubsub::ONEWAY_NAME),
-                    report::render_json_rows(
-                        &results.one_way,
-                        Some(pubsub::ONEWAY_NAME),
-                        Some(pubsub::SAME_FAN_OUT)
-                    )
-                ),
-            ),
-            (
-                "throughput",
-                throughput::render_json(&results.throughput, config.duration),
-            ),
-        ];
-        let text = report::render_json(&info, &results.round_trip, baseline, &sections);
-        std::fs::write(path, text)
-            .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
-        eprintln!("wrote {}", path.display());
+        write(path, &results.render_json(&info, &labels))?;
     }
     if let Some(path) = &cli.markdown {
-        let text = markdown_document(
-            &info,
-            &round_trip,
-            baseline,
-            &one_way,
-            &throughput,
-            &results.ran,
-            cli,
-        );
-        std::fs::write(path, text)
-            .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
-        eprintln!("wrote {}", path.display());
+        write(path, &results.render_markdown(&info, &labels))?;
     }
     Ok(all_ok)
 }
 
-/// Aggregated rows, by table.
-#[derive(Default)]
-struct Results {
-    /// Scenarios that produced rows, in run order.
-    ran: Vec<&'static Scenario>,
-    round_trip: Vec<AggregatedReport>,
-    one_way: Vec<AggregatedReport>,
-    throughput: Vec<AggregatedThroughput>,
+/// How this program was started, for the Markdown report.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "cargo run --release -p shoal-benches --{}",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    )
 }
 
-impl Results {
-    fn add(&mut self, scenario: &'static Scenario, rows: ScenarioResults) {
-        self.ran.push(scenario);
-        match (scenario.run, rows) {
-            (Measures::OneWay(_), ScenarioResults::Latency(rows)) => self.one_way.extend(rows),
-            (_, ScenarioResults::Latency(rows)) => self.round_trip.extend(rows),
-            (_, ScenarioResults::Throughput(rows)) => self.throughput.extend(rows),
-        }
-    }
-}
-
-fn medians(rows: &[AggregatedReport]) -> Vec<LatencyReport> {
-    rows.iter().map(|r| r.median.clone()).collect()
-}
-
-fn markdown_document(
-    info: &RunInfo,
-    round_trip: &[LatencyReport],
-    baseline: Option<&str>,
-    one_way: &[LatencyReport],
-    throughput: &[ThroughputReport],
-    ran: &[&Scenario],
-    cli: &Cli,
-) -> String {
-    let mut text = format!(
-        "{}; median of {} run(s) per value; {} measured + {} warm-up messages per latency \
-         run, {}-byte payload.\n\
-         Host: `nproc` = {}, {}. Runtime: {}. Placement: {}.\n",
-        info.date,
-        info.runs,
-        info.count,
-        info.warmup,
-        info.payload,
-        info.nproc,
-        info.cpu_model,
-        info.runtime,
-        info.placement
-    );
-    if !round_trip.is_empty() {
-        text.push_str("\nRound-trip times in µs:\n\n");
-        text.push_str(&report::render_markdown(round_trip, baseline, None));
-    }
-    if !one_way.is_empty() {
-        text.push_str("\nOne-way latency (send -> receiver's handler) in µs:\n\n");
-        text.push_str(&report::render_markdown(
-            one_way,
-            Some(pubsub::ONEWAY_NAME),
-            Some(pubsub::SAME_FAN_OUT),
-        ));
-    }
-    if !throughput.is_empty() {
-        text.push_str(&format!(
-            "\nThroughput, {:.1} s measured window per row:\n\n",
-            cli.duration
-        ));
-        text.push_str(&throughput::render_markdown(throughput));
-    }
-    if !ran.is_empty() {
-        text.push_str(
-            "\nSet-up of each system:\n\n| scenario | system | set-up |\n|---|---|---|\n",
-        );
-        for s in ran {
-            text.push_str(&format!("| {} | {} | {} |\n", s.name, s.system, s.setup));
-        }
-    }
-    text
+fn write(path: &std::path::Path, text: &str) -> BenchResult<()> {
+    std::fs::write(path, text)
+        .map_err(|e| BenchError::from(e).context(format!("writing {}", path.display())))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -383,13 +292,21 @@ mod tests {
     #[test]
     fn scenario_selection() {
         let all = selected(&["all".to_owned(), "udp-echo".to_owned()]).expect("known");
-        assert_eq!(all.len(), SCENARIOS.iter().filter(|s| s.in_all).count());
-        let more = selected(&["all".to_owned(), "pubsub-throughput".to_owned()]).expect("known");
-        assert_eq!(more.len(), all.len() + 1);
-        assert!(all.iter().all(|s| !s.name.starts_with("pubsub")));
+        assert_eq!(all.len(), SCENARIOS.len());
+        for name in [
+            "shoal-publish",
+            "shoal-throughput",
+            "shoal-at-rate",
+            "discovery",
+        ] {
+            assert!(all.iter().any(|s| s.name == name), "{name}");
+        }
         let one = selected(&["quinn-stream".to_owned()]).expect("known");
         assert_eq!(one[0].name, "quinn-stream");
         assert!(selected(&["nope".to_owned()]).is_err());
+        let quinn = for_systems(all, &["quinn".to_owned()]).expect("known system");
+        assert!(quinn.iter().all(|s| s.system == "quinn"));
+        assert_eq!(quinn.len(), 6);
     }
 
     #[test]
@@ -397,8 +314,8 @@ mod tests {
         let cli = Cli::try_parse_from(["shoal-bench"]).expect("parses");
         assert_eq!(cli.scenarios, vec!["all".to_owned()]);
         assert_eq!(
-            (cli.count, cli.warmup, cli.payload, cli.runs),
-            (20_000, 2_000, 64, 1)
+            (cli.count, cli.warmup, cli.payload, cli.runs, cli.rate),
+            (20_000, 2_000, 64, 1, 10_000)
         );
         let cli = Cli::try_parse_from([
             "shoal-bench",

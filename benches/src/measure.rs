@@ -1,6 +1,9 @@
 //! The closed-loop driver shared by every latency scenario: warm up, then time `count`
 //! round trips one at a time (the next request leaves only after the previous reply came
-//! back) into an HDR histogram.
+//! back) into an HDR histogram. The open-loop driver (a fixed offered rate, latency from the
+//! intended send time) is in [`open_loop`](mod@open_loop).
+
+pub mod open_loop;
 
 use std::time::Duration;
 
@@ -9,6 +12,10 @@ use tokio::time::Instant;
 use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::report::{self, LatencyReport};
+
+pub use self::open_loop::{
+    DEFAULT_RATE, RateRecorder, RateSchedule, at_rate_name, open_loop, rate_label,
+};
 
 /// How long a datagram scenario waits for a reply before counting the round trip as lost
 /// and sending the next one. Loopback loses almost nothing; this only keeps a lost datagram

@@ -1,5 +1,11 @@
-//! Publish/subscribe one-way latency: publish → subscriber handler, to 1, 4 and 16 subscriber
-//! nodes, against raw quinn's one-way floor to 1, 4 and 16 receivers, all in the same run.
+//! Publish/subscribe one-way latency: publish → subscriber handler, to 1 and 8 subscriber
+//! nodes (scenario `shoal-publish`), against raw quinn's one-way floor to 1 and 8 receivers
+//! (scenario `quinn-fanout`).
+//!
+//! Rivals measure their `<variant>-publish-1`, `-publish-8` and `-publish-8-last` rows the
+//! same way by reusing [`Probe`]: [`Probe::new`] before the run, [`Probe::arrived`] in each
+//! subscriber when a message arrives, [`Probe::closed_loop`] on the publishing side (its
+//! `deliver` closure publishes and waits for every subscriber's ack), [`Probe::rows`] after.
 //!
 //! All nodes live in one process, so a `std::time::Instant` taken before the run is a clock
 //! every thread shares: each message carries its sequence number and its send time (ns since
@@ -44,14 +50,16 @@ mod raw_quinn;
 
 /// Baseline row: raw quinn, one-way over one long-lived stream.
 pub const ONEWAY_NAME: &str = "quinn-oneway";
-/// Prefix of the raw quinn fan-out rows (`quinn-fanout-4`, `quinn-fanout-16-last`, ...).
+/// Prefix of the raw quinn fan-out rows (`quinn-fanout-8`, `quinn-fanout-8-last`).
+/// Also the name of the scenario that runs every raw row (`quinn-oneway` included).
 pub const FANOUT_PREFIX: &str = "quinn-fanout";
-/// Prefix of the Shoal rows (`shoal-publish-1`, `shoal-publish-4-last`, ...).
+/// Prefix of the Shoal rows (`shoal-publish-1`, `shoal-publish-8-last`, ...). Also the name
+/// of the scenario that runs them.
 pub const PUBLISH_PREFIX: &str = "shoal-publish";
 /// Suffix of the rows timing each message until the last of its receivers got it.
 pub const LAST_SUFFIX: &str = "-last";
 /// Subscriber (and raw quinn receiver) counts measured.
-pub const FAN_OUTS: [usize; 3] = [1, 4, 16];
+pub const FAN_OUTS: [usize; 2] = [1, 8];
 /// Topic every pub/sub scenario publishes on.
 pub const TOPIC: &str = "bench.topic";
 /// Bytes of each message that carry the sequence number and the send time.
@@ -92,12 +100,18 @@ pub fn same_fan_out(row: &str) -> Option<String> {
     Some(format!("{}{last}", quinn_row(n)))
 }
 
-/// One run: raw quinn then Shoal, each with every one of [`FAN_OUTS`], each on fresh sockets.
-pub fn run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+/// One run of `quinn-fanout`: raw quinn to every one of [`FAN_OUTS`], each on fresh sockets.
+pub fn run_quinn(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
     let mut rows = Vec::new();
     for n in FAN_OUTS {
         rows.extend(raw_quinn::run(config, n)?);
     }
+    Ok(rows)
+}
+
+/// One run of `shoal-publish`: Shoal to every one of [`FAN_OUTS`], each on fresh nodes.
+pub fn run_shoal_publish(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+    let mut rows = Vec::new();
     for n in FAN_OUTS {
         rows.extend(run_shoal(config, n)?);
     }
@@ -135,7 +149,7 @@ fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> 
 /// Rival scenarios (e.g. [`crate::rivals`]' NATS publish rows) use it too, so every one-way
 /// row is measured the same way.
 #[derive(Clone)]
-pub(crate) struct Probe(Arc<ProbeState>);
+pub struct Probe(Arc<ProbeState>);
 
 struct ProbeState {
     config: BenchConfig,
@@ -148,7 +162,9 @@ struct ProbeState {
 }
 
 impl Probe {
-    pub(crate) fn new(config: &BenchConfig, receivers: usize) -> BenchResult<Self> {
+    /// A probe for one run to `receivers` receivers (`config.warmup` unrecorded messages,
+    /// then `config.count` recorded ones, each of `max(config.payload, 16)` bytes).
+    pub fn new(config: &BenchConfig, receivers: usize) -> BenchResult<Self> {
         let per_receiver = (0..receivers)
             .map(|_| report::new_histogram().map(Mutex::new))
             .collect::<BenchResult<_>>()?;
@@ -160,9 +176,14 @@ impl Probe {
         })))
     }
 
+    /// The run's settings.
+    pub fn config(&self) -> &BenchConfig {
+        &self.0.config
+    }
+
     /// Receiver `i` got the stamped message `buf`: records its latency (after the warm-up)
     /// and its arrival. `None` if `buf` carries no stamp.
-    pub(crate) fn arrived(&self, i: usize, buf: &[u8]) -> Option<()> {
+    pub fn arrived(&self, i: usize, buf: &[u8]) -> Option<()> {
         let (seq, latency, now) = arrival(buf, self.0.base)?;
         if seq >= self.0.config.warmup {
             lock(self.0.per_receiver.get(i)?).saturating_record(latency.max(1));
@@ -174,7 +195,7 @@ impl Probe {
     /// The sending side's closed loop: per message, stamps `header` + a stamped payload,
     /// has `deliver` send it and wait until every receiver acknowledged it, and records the
     /// time until the last receiver got it. Returns those times (measured messages only).
-    pub(crate) async fn closed_loop(
+    pub async fn closed_loop(
         &self,
         header: &[u8],
         mut deliver: impl AsyncFnMut(u64, &[u8]) -> BenchResult<()>,
@@ -203,11 +224,7 @@ impl Probe {
     /// The rows of a run named `name`: every receiver's latencies merged (each receiver
     /// must have recorded every measured message once) and, for more than one receiver,
     /// `<name>-last` from `last`.
-    pub(crate) fn rows(
-        &self,
-        name: &str,
-        last: &Histogram<u64>,
-    ) -> BenchResult<Vec<LatencyReport>> {
+    pub fn rows(&self, name: &str, last: &Histogram<u64>) -> BenchResult<Vec<LatencyReport>> {
         let count = self.0.config.count;
         let mut all = report::new_histogram()?;
         for h in &self.0.per_receiver {
@@ -371,11 +388,11 @@ mod tests {
             Some(ONEWAY_NAME)
         );
         assert_eq!(
-            same_fan_out("shoal-publish-16-last").as_deref(),
-            Some("quinn-fanout-16-last")
+            same_fan_out("shoal-publish-8-last").as_deref(),
+            Some("quinn-fanout-8-last")
         );
-        assert_eq!(quinn_row(4), "quinn-fanout-4");
-        assert_eq!(same_fan_out("quinn-fanout-4"), None);
+        assert_eq!(quinn_row(8), "quinn-fanout-8");
+        assert_eq!(same_fan_out("quinn-fanout-8"), None);
         assert_eq!(same_fan_out("shoal-publish-x"), None);
     }
 }

@@ -1,25 +1,32 @@
-//! Sustained throughput of events to one subscriber, against raw quinn's batched throughput
-//! on one stream, for 64 B and 1 KiB payloads, all in the same run.
+//! Sustained throughput at 64 B, 1 KiB and 64 KiB ([`PAYLOADS`]), publish/subscribe and
+//! point-to-point, against raw quinn's batched throughput on one stream with the same
+//! payload, all in the same run.
 //!
 //! Each row warms up, then counts messages over a window of `--duration` seconds
 //! ([`Schedule`]); senders start nothing new after the window, every loop is also bounded
 //! in count, and the whole row by `--run-timeout`. Same threads and runtimes as every
 //! scenario ([`crate::runtime`]): receiver on one thread, sender on another.
 //!
-//! Rows (`<size>` = payload bytes):
-//! * `quinn-batch-<size>` — the baseline: one uni stream, mutual TLS; the client writes
-//!   batches of about 64 KiB of frames (`u32` length + payload) with one `write_all` each; the
-//!   server parses the frames and counts them as they arrive.
-//! * `shoal-reliable-<size>` — reliable `publish` to one subscriber node, [`RELIABLE_WINDOW`]
+//! Scenario `quinn-batch`, rows `quinn-batch-<size>` — the floor of every throughput row:
+//! one uni stream, mutual TLS; the client writes batches of about 64 KiB of frames (`u32`
+//! length + payload) with one `write_all` each; the server parses the frames and counts them
+//! as they arrive.
+//!
+//! Scenario `shoal-throughput`, per payload (`<size>` = payload bytes):
+//! * `shoal-pubsub-<size>` — reliable `publish` to one subscriber node, [`RELIABLE_WINDOW`]
 //!   publishes in flight (that many spawned tasks, each publishing and awaiting its receipt
 //!   in a loop; tasks measured ~15 % faster than one `FuturesUnordered` of the loops);
-//!   counts events **acked** (receipt resolved) per second at the publisher.
-//! * `shoal-reliable-batch-<size>` — reliable `publish_batch` of [`BATCH_EVENTS`] events,
+//!   counts events **acked** (receipt resolved: the subscriber's handler ran) per second.
+//! * `shoal-pubsub-batch-<size>` — reliable `publish_batch` of [`batch_events`] events,
 //!   [`BATCH_WINDOW`] batches in flight; counts events acked per second.
-//! * `shoal-best-effort-<size>` — best-effort `publish_with`, one loop publishing as fast as
-//!   it can and yielding every [`BEST_EFFORT_BATCH`] publishes and on every drop; counts
-//!   events **handled** by the subscriber per second; drops (whole run) in the `dropped`
-//!   column.
+//! * `shoal-pubsub-best-effort-<size>` — best-effort `publish_with`, one loop publishing as
+//!   fast as it can and yielding every [`BEST_EFFORT_BATCH`] publishes and on every drop;
+//!   counts events **handled** by the subscriber per second; drops (whole run) in the
+//!   `dropped` column.
+//! * `shoal-p2p-<size>` and `shoal-p2p-request-<size>` — point-to-point: reliable `send` of
+//!   a command (counted when acked: the receiver's handler ran) and `request` (counted when
+//!   the reply, carrying the payload back, arrived), [`RELIABLE_WINDOW`] in flight; see
+//!   [`p2p`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,13 +46,18 @@ use crate::shoal_scenarios::shoal_err;
 use crate::throughput::{Schedule, ThroughputReport, Window};
 use crate::{BenchConfig, LOOPBACK, certs};
 
+pub mod p2p;
+
 /// Payload sizes measured (`--payload` does not apply here).
-pub const PAYLOADS: [usize; 2] = [64, 1024];
+pub const PAYLOADS: [usize; 3] = [64, 1024, 65536];
 /// Reliable publishes kept in flight (below the node's default of 1024 unacked per peer;
 /// 256 gave the highest rates of 32, 64, 128, 256, 512 and 1000 on a 2-vCPU VM).
 pub const RELIABLE_WINDOW: usize = 256;
-/// Events per `publish_batch` in the batch rows.
+/// Most events per `publish_batch` in the batch rows (see [`batch_events`]).
 pub const BATCH_EVENTS: usize = 256;
+/// Most payload bytes per `publish_batch`: a batch is one frame, and frames are limited
+/// (4 MiB by default).
+pub const BATCH_BYTES: usize = 1024 * 1024;
 /// Batches kept in flight in the batch rows.
 pub const BATCH_WINDOW: usize = 8;
 /// Best-effort publishes between two yields to the runtime.
@@ -54,10 +66,20 @@ pub const BEST_EFFORT_BATCH: u64 = 64;
 pub const QUINN_BATCH_BYTES: usize = 64 * 1024;
 /// Upper bound on the messages any one sending loop sends.
 const MAX_MESSAGES: u64 = 1_000_000_000;
+/// Scenario name of the raw quinn rows.
+pub const QUINN_SCENARIO: &str = "quinn-batch";
+/// Scenario name of Shoal's throughput rows.
+pub const SHOAL_SCENARIO: &str = "shoal-throughput";
 
 /// Name of the raw quinn row for `payload`.
 pub fn quinn_name(payload: usize) -> String {
     format!("quinn-batch-{payload}")
+}
+
+/// Events per `publish_batch` for `payload`: [`BATCH_EVENTS`], fewer for large payloads so
+/// a batch stays within [`BATCH_BYTES`] (16 at 64 KiB).
+pub fn batch_events(payload: usize) -> usize {
+    (BATCH_BYTES / payload.max(1)).clamp(1, BATCH_EVENTS)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +89,24 @@ enum Mode {
     BestEffort,
 }
 
-/// One run: for each of [`PAYLOADS`], raw quinn, Shoal reliable, Shoal best-effort.
-pub fn run(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport>> {
+/// One run of `quinn-batch`: `quinn-batch-<size>` for each of [`PAYLOADS`].
+pub fn run_quinn_batch(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport>> {
+    PAYLOADS
+        .into_iter()
+        .map(|payload| run_quinn(config, payload))
+        .collect()
+}
+
+/// One run of `shoal-throughput`: for each of [`PAYLOADS`], the three pub/sub rows and the
+/// two point-to-point rows, each compared with `quinn-batch-<size>`.
+pub fn run_shoal_throughput(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport>> {
     let mut rows = Vec::new();
     for payload in PAYLOADS {
-        rows.push(run_quinn(config, payload)?);
         for mode in [Mode::Reliable, Mode::ReliableBatch, Mode::BestEffort] {
             rows.push(run_shoal(config, payload, mode)?.compared_with(quinn_name(payload)));
+        }
+        for mode in [p2p::Mode::Send, p2p::Mode::Request] {
+            rows.push(p2p::run(config, payload, mode)?.compared_with(quinn_name(payload)));
         }
     }
     Ok(rows)
@@ -207,9 +240,9 @@ async fn quinn_client(
 fn run_shoal(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<ThroughputReport> {
     let config = *config;
     let name = match mode {
-        Mode::Reliable => format!("shoal-reliable-{payload}"),
-        Mode::ReliableBatch => format!("shoal-reliable-batch-{payload}"),
-        Mode::BestEffort => format!("shoal-best-effort-{payload}"),
+        Mode::Reliable => format!("shoal-pubsub-{payload}"),
+        Mode::ReliableBatch => format!("shoal-pubsub-batch-{payload}"),
+        Mode::BestEffort => format!("shoal-pubsub-best-effort-{payload}"),
     };
     let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
     let server_ca = ca.clone();
@@ -257,12 +290,13 @@ async fn publisher(
             acked_loops(RELIABLE_WINDOW, &node, &body, schedule, publish).await
         }
         Mode::ReliableBatch => {
+            let events = batch_events(payload);
             let publish = move |node: Node, body: Bytes| async move {
-                let events = (0..BATCH_EVENTS)
+                let batch = (0..events)
                     .map(|_| Message::event(TOPIC, body.clone()))
                     .collect();
-                node.publish_batch(events).await.map_err(shoal_err)?;
-                Ok(BATCH_EVENTS as u64)
+                node.publish_batch(batch).await.map_err(shoal_err)?;
+                Ok(events as u64)
             };
             acked_loops(BATCH_WINDOW, &node, &body, schedule, publish).await
         }
@@ -297,7 +331,7 @@ async fn publisher(
 
 /// Runs `loops` tasks that each repeat `publish` (which returns the events it got acked)
 /// until the window is over, and measures the acked events per second.
-async fn acked_loops<F, Fut>(
+pub(crate) async fn acked_loops<F, Fut>(
     loops: usize,
     node: &Node,
     body: &Bytes,
@@ -342,6 +376,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_stay_within_the_frame_limit() {
+        assert_eq!(batch_events(64), BATCH_EVENTS);
+        assert_eq!(batch_events(1024), BATCH_EVENTS);
+        assert_eq!(batch_events(65536), 16);
+        assert_eq!(batch_events(8 * 1024 * 1024), 1);
+    }
 
     #[test]
     fn frames_are_counted_across_pieces() {

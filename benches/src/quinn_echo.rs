@@ -11,6 +11,13 @@
 //! * `quinn-datagram` — the same over QUIC DATAGRAM frames (unreliable, unordered):
 //!   `max(payload, 8)` bytes, the first 8 being the attempt number; a reply missing for
 //!   [`crate::measure::LOSS_TIMEOUT`] counts as lost.
+//! * `quinn-stream-at-<rate>` (scenario `quinn-stream-at-rate`) — the `quinn-stream` echo at
+//!   a fixed offered rate, the floor of the `request-at-<rate>` rows: a writer sends frame
+//!   `seq` (`max(payload, 8)` bytes, the first 8 being `seq`) when it is due
+//!   ([`RateSchedule::wait_turn`]) whatever the echoes do, a reader records each echo
+//!   against its frame's intended send time ([`RateRecorder`]). The stream keeps order, so
+//!   echoes missing when the reader has waited [`open_loop::LOSS_TIMEOUT`] are the last ones
+//!   and count as lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +30,10 @@ use tokio::time::Instant;
 
 use crate::certs::{self, SERVER_NAME, TestPki};
 use crate::error::{BenchError, BenchResult};
+use crate::measure::open_loop::{self, RateRecorder, RateSchedule, at_rate_name};
 use crate::measure::{LOSS_TIMEOUT, RoundTrip, measure};
 use crate::report::LatencyReport;
+use crate::report::rate::RateReport;
 use crate::runtime::{Announce, Shutdown, run_pair};
 use crate::{BenchConfig, LOOPBACK, datagram_len};
 
@@ -86,6 +95,22 @@ pub fn run_stream(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
 /// Runs one `quinn-datagram` run.
 pub fn run_datagram(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
     run(config, Mode::Datagram)
+}
+
+/// Runs one `quinn-stream-at-rate` run: the row `quinn-stream-at-<rate>`.
+pub fn run_stream_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<RateReport>> {
+    let config = *config;
+    let name = at_rate_name(STREAM_NAME, rate);
+    let pki = certs::generate_pki()?;
+    let server_cfg = server_config(&pki)?;
+    let client_cfg = client_config(&pki)?;
+    let report = run_pair(
+        &name.clone(),
+        &config,
+        move |announce, shutdown| serve(announce, shutdown, server_cfg, Mode::Stream, config),
+        move |addr| stream_at_rate_client(addr, client_cfg, config, rate, name),
+    )?;
+    Ok(vec![report])
 }
 
 fn run(config: &BenchConfig, mode: Mode) -> BenchResult<Vec<LatencyReport>> {
@@ -275,6 +300,69 @@ async fn datagram_client(
         Ok(RoundTrip::Lost)
     })
     .await
+}
+
+async fn stream_at_rate_client(
+    server: SocketAddr,
+    client_cfg: quinn::ClientConfig,
+    config: BenchConfig,
+    rate: u64,
+    name: String,
+) -> BenchResult<RateReport> {
+    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    endpoint.set_default_client_config(client_cfg);
+    let connection = endpoint.connect(server, SERVER_NAME)?.await?;
+    let result = async {
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let len = datagram_len(config.payload);
+        let prefix = u32::try_from(len)
+            .map_err(|_| BenchError::msg("payload does not fit a u32 length prefix"))?;
+        let mut frame = Vec::with_capacity(4 + len);
+        frame.extend_from_slice(&prefix.to_be_bytes());
+        frame.resize(4 + len, 0xA5);
+        let schedule = RateSchedule::starting_now(&config, rate)?;
+        let recorder = RateRecorder::new(schedule)?;
+        let total = schedule.total();
+        let writer = async {
+            for seq in 0..total {
+                if schedule.wait_turn(seq).await {
+                    recorder.late(seq);
+                }
+                frame[4..12].copy_from_slice(&seq.to_le_bytes());
+                send.write_all(&frame).await?;
+            }
+            Ok::<_, BenchError>(())
+        };
+        let reader = async {
+            let mut reply = vec![0u8; 4 + len];
+            let mut answered = 0;
+            for _ in 0..total {
+                let read = recv.read_exact(&mut reply);
+                match tokio::time::timeout(open_loop::LOSS_TIMEOUT, read).await {
+                    Err(_elapsed) => break,
+                    Ok(read) => read?,
+                }
+                let at = Instant::now();
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&reply[4..12]);
+                recorder.complete(u64::from_le_bytes(seq), at);
+                answered += 1;
+            }
+            Ok::<_, BenchError>(answered)
+        };
+        let (written, answered) = tokio::join!(writer, reader);
+        written?;
+        // In order: the unanswered ones are the last ones.
+        for seq in answered?..total {
+            recorder.lost(seq);
+        }
+        let _ = send.finish();
+        recorder.report(&name)
+    }
+    .await;
+    connection.close(DONE.into(), b"done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
 }
 
 /// The first connection `endpoint` accepts (every raw quinn scenario serves one client).

@@ -1,10 +1,12 @@
 //! Latency reports: percentiles from an HDR histogram, medians across runs, and the text and
 //! Markdown renderings (with each row's ratio to a named baseline row, and optionally to a
-//! peer row of its own, see [`PeerColumn`]); the JSON rendering is in [`json`].
+//! peer row of its own, see [`PeerColumn`]); the JSON rendering is in [`json`], the rows of
+//! latency at an offered rate in [`rate`].
 //!
 //! All values are **recorded and stored in nanoseconds** and **printed in microseconds**.
 
 pub mod json;
+pub mod rate;
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,5 +1,10 @@
 //! Shoal's own scenarios: two Shoal nodes on loopback, one serving an `echo` handler.
 //!
+//! * `shoal-send`, `shoal-request` — closed loop (one message at a time).
+//! * `shoal-at-rate` — the same two calls at a fixed offered rate (`--rate`), latency from
+//!   each message's intended send time ([`crate::measure::open_loop()`]): rows
+//!   `shoal-request-at-<rate>` and `shoal-send-at-<rate>` (e.g. `shoal-request-at-10k`).
+//!
 //! Same runtime settings as the floors (each side on its own `current_thread` runtime and OS
 //! thread, pinned per `--placement`), same payload, mutual TLS like raw quinn, so the ratio to
 //! `quinn-stream` is the cost of Shoal's envelope, framing, acks, dedup and handler dispatch.
@@ -10,8 +15,10 @@ use std::time::Duration;
 use shoal::{MeshCa, Message, Node};
 
 use crate::error::{BenchError, BenchResult};
-use crate::measure::{RoundTrip, measure};
+use crate::measure::open_loop::LOSS_TIMEOUT;
+use crate::measure::{RoundTrip, at_rate_name, measure, open_loop};
 use crate::report::LatencyReport;
+use crate::report::rate::RateReport;
 use crate::runtime::{Announce, Shutdown, run_pair};
 use crate::{BenchConfig, LOOPBACK};
 
@@ -20,7 +27,8 @@ pub const SEND_NAME: &str = "shoal-send";
 /// Row name: `request` until the reply came back.
 pub const REQUEST_NAME: &str = "shoal-request";
 
-const SERVICE: &str = "bench-echo";
+/// Service of the serving node (its handler `echo` answers with the payload).
+pub(crate) const SERVICE: &str = "bench-echo";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One run of `shoal-send`.
@@ -31,6 +39,26 @@ pub fn run_send(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
 /// One run of `shoal-request`.
 pub fn run_request(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
     run(REQUEST_NAME, config, Mode::Request)
+}
+
+/// One run of `shoal-at-rate`: `shoal-request-at-<rate>` then `shoal-send-at-<rate>`, each
+/// on fresh nodes.
+pub fn run_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<RateReport>> {
+    [(REQUEST_NAME, Mode::Request), (SEND_NAME, Mode::Send)]
+        .into_iter()
+        .map(|(variant, mode)| {
+            let config = *config;
+            let name = at_rate_name(variant, rate);
+            let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
+            let server_ca = ca.clone();
+            run_pair(
+                &name.clone(),
+                &config,
+                move |announce, shutdown| serve(server_ca, announce, shutdown),
+                move |addr| client_at_rate(name, ca, addr, config, mode, rate),
+            )
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy)]
@@ -52,7 +80,13 @@ fn run(name: &'static str, config: &BenchConfig, mode: Mode) -> BenchResult<Vec<
     Ok(vec![report])
 }
 
-async fn serve(ca: MeshCa, announce: Announce<SocketAddr>, shutdown: Shutdown) -> BenchResult<()> {
+/// The serving side of every two-node Shoal scenario: a node of [`SERVICE`] whose `echo`
+/// handler answers with the payload, alive until told to stop.
+pub(crate) async fn serve(
+    ca: MeshCa,
+    announce: Announce<SocketAddr>,
+    shutdown: Shutdown,
+) -> BenchResult<()> {
     let node = Node::builder(SERVICE)
         .listen(LOOPBACK)
         .identity(ca.issue(SERVICE).map_err(shoal_err)?)
@@ -70,13 +104,8 @@ async fn serve(ca: MeshCa, announce: Announce<SocketAddr>, shutdown: Shutdown) -
     Ok(())
 }
 
-async fn client(
-    name: &str,
-    ca: MeshCa,
-    server: SocketAddr,
-    config: BenchConfig,
-    mode: Mode,
-) -> BenchResult<LatencyReport> {
+/// The client node, peered with the server and connected to it.
+async fn start_client(ca: MeshCa, server: SocketAddr) -> BenchResult<Node> {
     let node = Node::builder("bench-client")
         .listen(LOOPBACK)
         .identity(ca.issue("bench-client").map_err(shoal_err)?)
@@ -88,6 +117,17 @@ async fn client(
     node.wait_for_instances(SERVICE, 1, TIMEOUT)
         .await
         .map_err(shoal_err)?;
+    Ok(node)
+}
+
+async fn client(
+    name: &str,
+    ca: MeshCa,
+    server: SocketAddr,
+    config: BenchConfig,
+    mode: Mode,
+) -> BenchResult<LatencyReport> {
+    let node = start_client(ca, server).await?;
     let payload = bytes::Bytes::from(vec![0xA5u8; config.payload]);
     let report = measure(name, &config, async |_attempt| {
         let msg = Message::command("echo", payload.clone());
@@ -106,6 +146,38 @@ async fn client(
             }
         }
         Ok(RoundTrip::Done)
+    })
+    .await;
+    node.shutdown().await;
+    report
+}
+
+/// Open loop at `rate`: every message is its own `send` or `request` future; one that is not
+/// answered within [`LOSS_TIMEOUT`] counts as lost.
+async fn client_at_rate(
+    name: String,
+    ca: MeshCa,
+    server: SocketAddr,
+    config: BenchConfig,
+    mode: Mode,
+    rate: u64,
+) -> BenchResult<RateReport> {
+    let node = start_client(ca, server).await?;
+    let payload = bytes::Bytes::from(vec![0xA5u8; config.payload]);
+    let report = open_loop(&name, &config, rate, |_seq| {
+        let msg = Message::command("echo", payload.clone());
+        let node = node.clone();
+        async move {
+            let outcome = match mode {
+                Mode::Send => node.send(SERVICE, msg).await.map(drop),
+                Mode::Request => node.request(SERVICE, msg, LOSS_TIMEOUT).await.map(drop),
+            };
+            match outcome {
+                Ok(()) => Ok(RoundTrip::Done),
+                Err(shoal::Error::Timeout(_)) => Ok(RoundTrip::Lost),
+                Err(e) => Err(shoal_err(e)),
+            }
+        }
     })
     .await;
     node.shutdown().await;

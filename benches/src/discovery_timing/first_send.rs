@@ -110,13 +110,27 @@ pub(super) struct FirstSendResults {
     pub(super) target_connections: u64,
 }
 
+/// How measurement 1 runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FirstSendPlan {
+    /// Fresh-node starts.
+    pub(super) starts: usize,
+    /// Print a line per start (the `discovery-timing` binary does; `shoal-bench` does not).
+    pub(super) verbose: bool,
+    /// Watch the target for [`DIAL_WATCH`] afterwards for redials of departed nodes.
+    pub(super) watch_dials: bool,
+}
+
 pub(super) fn measure_first_send(
     lan: &Lan,
     ca: &MeshCa,
-    starts: usize,
+    plan: FirstSendPlan,
     audit: &DaemonAudit,
 ) -> BenchResult<FirstSendResults> {
-    eprintln!("measurement 1: {starts} fresh nodes on h1, each sending to `target` on h0");
+    let starts = plan.starts;
+    if plan.verbose {
+        eprintln!("measurement 1: {starts} fresh nodes on h1, each sending to `target` on h0");
+    }
     let target = NodeThread::start(
         "target",
         lan.host(0),
@@ -172,6 +186,9 @@ pub(super) fn measure_first_send(
                 if sample.attempts > 1 {
                     retried += 1;
                 }
+                if !plan.verbose {
+                    continue;
+                }
                 eprintln!(
                     "  start {}/{starts}: start() {:.1} ms, first send Ok after {:.1} ms ({} attempt(s)), shutdown {:.1} ms",
                     round + 1,
@@ -193,11 +210,13 @@ pub(super) fn measure_first_send(
         |node| async move { node.peers().len() },
     )?;
     // Every fresh node is gone now; see whether the target keeps dialling their addresses.
-    eprintln!(
-        "  watching the target for {:?} with no fresh node alive",
-        DIAL_WATCH
-    );
-    sleep_checked(DIAL_WATCH)?;
+    if plan.watch_dials {
+        eprintln!(
+            "  watching the target for {:?} with no fresh node alive",
+            DIAL_WATCH
+        );
+        sleep_checked(DIAL_WATCH)?;
+    }
     let later = target.call(Duration::from_secs(5), |node| async move { node.stats() })?;
     drop(target);
     let log = dials

@@ -1,7 +1,9 @@
 //! `discovery-timing`: how long mDNS discovery and failover take, end to end, between Shoal
 //! nodes on a LAN made of Linux network namespaces.
 //!
-//! Two measurements (see `benches/README.md` and the `discovery-timing` binary):
+//! Two measurements (see `benches/README.md` and the `discovery-timing` binary); the first
+//! one is also the `discovery` scenario of `shoal-bench` ([`run_scenario`], row
+//! `shoal-discover`):
 //!
 //! 1. **Start → first send.** Host `h0` runs a long-lived node of service `target` with mDNS
 //!    on `lan0`. For each of `--starts` rounds a fresh node is started on host `h1` (mDNS on
@@ -44,6 +46,7 @@ use std::time::{Duration, Instant};
 use shoal::{Error as ShoalError, MeshCa};
 use shoal_discovery::netns::Lan;
 
+use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::report::{self, LatencyReport};
 
@@ -60,7 +63,7 @@ pub use render::{all_targets_met, machine, render_markdown, render_text};
 pub use victim::{VictimArgs, victim_main};
 
 use failover::measure_failover;
-use first_send::{FirstSendResults, measure_first_send};
+use first_send::{FirstSendPlan, FirstSendResults, measure_first_send};
 use safety::{DaemonAudit, root_snapshot};
 
 /// Hosts of the LAN: `h0` (target / sender), `h1` (fresh nodes / survivor), `h2` (victim).
@@ -175,6 +178,96 @@ pub struct Outcome {
     pub safety: Vec<String>,
 }
 
+/// Scenario name of measurement 1 in `shoal-bench`.
+pub const SCENARIO_NAME: &str = "discovery";
+/// Row of the `discovery` scenario: a fresh node's `start()` → its first `send` acked by a
+/// service it found by mDNS.
+pub const DISCOVER_NAME: &str = "shoal-discover";
+/// Row of the `discovery` scenario: how long `start()` itself took.
+pub const DISCOVER_START_NAME: &str = "shoal-discover-start";
+/// Hosts the `discovery` scenario needs: `h0` (target) and `h1` (fresh nodes).
+const SCENARIO_HOSTS: usize = 2;
+
+/// Fresh-node starts per run of the `discovery` scenario: `--count` / 1000, between 3 and
+/// 100 (20 by default).
+pub fn scenario_starts(config: &BenchConfig) -> usize {
+    usize::try_from((config.count / 1_000).clamp(3, 100)).unwrap_or(20)
+}
+
+/// One run of the `discovery` scenario: measurement 1 only ([`scenario_starts`] fresh
+/// nodes), on a LAN of two namespaces built for the run and removed after it, with the same
+/// safety checks as [`run`]. Rows [`DISCOVER_NAME`] and [`DISCOVER_START_NAME`].
+///
+/// Without the rights to create namespaces (not root, or a container without
+/// `CAP_SYS_ADMIN`) it fails with a [`BenchError::skipped`] error saying so, having started
+/// nothing: mDNS never runs outside namespaces this function made. Ctrl-C during the run
+/// stops it after cleaning up, then ends the process as Ctrl-C normally would.
+///
+/// # Errors
+///
+/// Skipped as above; a node that cannot start; a first send that failed; a safety check.
+pub fn run_scenario(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+    install_interrupt_handler();
+    let result = scenario_run(config);
+    restore_default_signals();
+    if INTERRUPTED.swap(false, Ordering::SeqCst) {
+        // SAFETY: raising a signal whose default action was just restored has no
+        // preconditions; it ends the process like the Ctrl-C the user pressed.
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+    }
+    result
+}
+
+fn scenario_run(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
+    let before = safety::check_before_run()?;
+    let audit = DaemonAudit::new()?;
+    let ca = MeshCa::generate("discovery-timing").map_err(shoal_err)?;
+    let plan = FirstSendPlan {
+        starts: scenario_starts(config),
+        verbose: false,
+        watch_dials: false,
+    };
+    let result = {
+        let lan = Lan::new(SCENARIO_HOSTS)?;
+        let measured = measure_first_send(&lan, &ca, plan, &audit)
+            .and_then(|first| Ok((first, root_snapshot()?)));
+        drop(lan);
+        measured
+    };
+    let during = result.as_ref().ok().map(|(_, during)| during.as_str());
+    safety::check_after_run(&before, during, &audit)?;
+    let (first, _) = result?;
+    if first.failed > 0 {
+        return Err(BenchError::msg(format!(
+            "{DISCOVER_NAME}: {} of {} first sends failed",
+            first.failed, plan.starts
+        )));
+    }
+    // Series 0 is start → first send, series 1 is start() alone (see `measure_first_send`).
+    let row = |i: usize, name: &str| {
+        first.series.get(i).map(|s| LatencyReport {
+            name: name.to_owned(),
+            ..s.report.clone()
+        })
+    };
+    [row(0, DISCOVER_NAME), row(1, DISCOVER_START_NAME)]
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| BenchError::msg("measurement 1 returned too few series"))
+}
+
+/// Puts back the default action of SIGINT and SIGTERM.
+fn restore_default_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: restoring the default disposition has no preconditions.
+        unsafe {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+    }
+}
+
 /// Asks the running measurement to stop early (SIGINT/SIGTERM); cleanup still runs.
 pub fn install_interrupt_handler() {
     extern "C" fn on_signal(_: libc::c_int) {
@@ -258,7 +351,12 @@ pub fn run(options: &Options) -> BenchResult<Outcome> {
             lan.bridge()
         );
         let measured = (|| -> BenchResult<(FirstSendResults, Vec<FailoverPass>, String)> {
-            let first = measure_first_send(&lan, &ca, options.starts, &audit)?;
+            let plan = FirstSendPlan {
+                starts: options.starts,
+                verbose: true,
+                watch_dials: true,
+            };
+            let first = measure_first_send(&lan, &ca, plan, &audit)?;
             let mut passes = Vec::new();
             passes.push(measure_failover(&lan, &ca, None, options, &audit)?);
             let during = root_snapshot()?;

@@ -125,9 +125,9 @@ impl DaemonAudit {
 /// the root namespace's snapshot to compare with after the run.
 pub(super) fn check_before_run() -> BenchResult<String> {
     if !netns::can_create_netns() {
-        return Err(BenchError::msg(format!(
-            "cannot create network namespaces: {}. mDNS must never run in the root namespace, \
-             so nothing was measured",
+        return Err(BenchError::skipped(format!(
+            "needs root to create network namespaces ({}); mDNS must never run in the root \
+             namespace, so nothing was measured",
             why_no_netns()
         )));
     }

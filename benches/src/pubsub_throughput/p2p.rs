@@ -1,0 +1,147 @@
+//! Point-to-point throughput rows of `shoal-throughput`: one sending node, one receiving node
+//! of service [`SERVICE`], [`RELIABLE_WINDOW`] messages in flight (that many tasks, each
+//! sending and awaiting in a loop, like the reliable pub/sub row).
+//!
+//! * `shoal-p2p-<size>` — `send` of a command whose handler (`sink`) only counts it;
+//!   counted when **acked** (the handler ran and its ack came back).
+//! * `shoal-p2p-request-<size>` — `request` to a handler (`echo`) that replies with the
+//!   payload; counted when the **reply** arrived (so the payload crosses twice). A request
+//!   without a reply within [`TIMEOUT`] is counted in the row's `dropped` column (and the
+//!   loop goes on) rather than failing the whole scenario: a loaded machine should show as
+//!   such in the table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal::{MeshCa, Message, Node};
+
+use super::{RELIABLE_WINDOW, acked_loops};
+use crate::error::{BenchError, BenchResult};
+use crate::runtime::run_pair;
+use crate::shoal_scenarios::shoal_err;
+use crate::throughput::{Schedule, ThroughputReport};
+use crate::{BenchConfig, LOOPBACK};
+
+/// Service of the receiving node.
+pub const SERVICE: &str = "bench-p2p";
+/// How long a connection may take to come up, and a request to be answered.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which point-to-point call a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `send`, counted when acked: row `shoal-p2p-<size>`.
+    Send,
+    /// `request`, counted when the reply arrived: row `shoal-p2p-request-<size>`.
+    Request,
+}
+
+impl Mode {
+    /// The row name for `payload`.
+    pub fn row(self, payload: usize) -> String {
+        match self {
+            Self::Send => format!("shoal-p2p-{payload}"),
+            Self::Request => format!("shoal-p2p-request-{payload}"),
+        }
+    }
+}
+
+/// One row: a fresh pair of nodes, one window.
+pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<ThroughputReport> {
+    let config = *config;
+    let name = mode.row(payload);
+    let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
+    let server_ca = ca.clone();
+    let dropped = Arc::new(AtomicU64::new(0));
+    let client_dropped = Arc::clone(&dropped);
+    let window = run_pair(
+        &name,
+        &config,
+        move |announce, shutdown| async move {
+            let node = Node::builder(SERVICE)
+                .listen(LOOPBACK)
+                .identity(server_ca.issue(SERVICE).map_err(shoal_err)?)
+                .trust(server_ca)
+                .start()
+                .await
+                .map_err(shoal_err)?;
+            node.handle("sink", |_msg: Message| async { Ok(()) });
+            node.handle(
+                "echo",
+                |msg: Message| async move { Ok(msg.payload().clone()) },
+            );
+            announce.send(node.local_addr())?;
+            shutdown.wait().await;
+            node.shutdown().await;
+            Ok(())
+        },
+        move |addr| sender(ca, addr, config, payload, mode, client_dropped),
+    )?;
+    Ok(ThroughputReport::new(name, payload, window).with_dropped(dropped.load(Ordering::Relaxed)))
+}
+
+async fn sender(
+    ca: MeshCa,
+    server: SocketAddr,
+    config: BenchConfig,
+    payload: usize,
+    mode: Mode,
+    dropped: Arc<AtomicU64>,
+) -> BenchResult<crate::throughput::Window> {
+    let node = Node::builder("bench-p2p-sender")
+        .listen(LOOPBACK)
+        .identity(ca.issue("bench-p2p-sender").map_err(shoal_err)?)
+        .trust(ca)
+        .peer(server)
+        .start()
+        .await
+        .map_err(shoal_err)?;
+    let result = async {
+        node.wait_for_instances(SERVICE, 1, TIMEOUT)
+            .await
+            .map_err(shoal_err)?;
+        let body = Bytes::from(vec![0xA5u8; payload]);
+        let schedule = Schedule::starting_now(config.duration);
+        match mode {
+            Mode::Send => {
+                let send = |node: Node, body: Bytes| async move {
+                    node.send(SERVICE, Message::command("sink", body))
+                        .await
+                        .map_err(shoal_err)?;
+                    Ok(1)
+                };
+                acked_loops(RELIABLE_WINDOW, &node, &body, schedule, send).await
+            }
+            Mode::Request => {
+                let request = move |node: Node, body: Bytes| {
+                    let dropped = Arc::clone(&dropped);
+                    async move {
+                        let len = body.len();
+                        let reply = match node
+                            .request(SERVICE, Message::command("echo", body), TIMEOUT)
+                            .await
+                        {
+                            Ok(reply) => reply,
+                            Err(shoal::Error::Timeout(_)) => {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                                return Ok(0);
+                            }
+                            Err(e) => return Err(shoal_err(e)),
+                        };
+                        if reply.payload().len() != len {
+                            return Err(BenchError::msg("echo reply has the wrong length"));
+                        }
+                        Ok(1)
+                    }
+                };
+                acked_loops(RELIABLE_WINDOW, &node, &body, schedule, request).await
+            }
+        }
+    }
+    .await;
+    node.shutdown().await;
+    result
+}
