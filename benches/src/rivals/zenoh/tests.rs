@@ -19,7 +19,7 @@ fn latency_rows(name: &str) -> Vec<crate::AggregatedReport> {
     assert_eq!(scenario.system, crate::systems::ZENOH);
     match run_repeated(scenario, &quick(), 1, |_, _| {}) {
         Ok(ScenarioResults::Latency(rows)) => rows,
-        Ok(ScenarioResults::Throughput(_)) => panic!("{name}: latency rows expected"),
+        Ok(other) => panic!("{name}: latency rows expected, got {other:?}"),
         Err(e) => panic!("{name}: {e}"),
     }
 }
