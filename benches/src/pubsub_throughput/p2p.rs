@@ -6,7 +6,7 @@
 //!   counted when **acked** (the handler ran and its ack came back).
 //! * `shoal-p2p-request-<size>` — `request` to a handler (`echo`) that replies with the
 //!   payload; counted when the **reply** arrived (so the payload crosses twice). A request
-//!   without a reply within [`TIMEOUT`] is counted in the row's `dropped` column (and the
+//!   without a reply within 10 s (`TIMEOUT`) is counted in the row's `dropped` column (and the
 //!   loop goes on) rather than failing the whole scenario: a loaded machine should show as
 //!   such in the table.
 

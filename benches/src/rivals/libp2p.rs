@@ -39,7 +39,7 @@
 //!   outstanding, sending a new one for every response; the server answers each with an
 //!   empty response (so the bytes flow one way, like `quinn-batch-<payload>`, the row it is
 //!   compared with). Counted: responses received by the client in the
-//!   [`Schedule`](crate::throughput::Schedule) window, i.e. requests the server handled.
+//!   [`Schedule`] window, i.e. requests the server handled.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

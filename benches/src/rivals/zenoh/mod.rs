@@ -37,7 +37,7 @@
 //! thread (it inherits the side's CPU pinning) with Zenoh's synchronous API
 //! ([`::zenoh::Wait`]), as `z_ping`/`z_pong` do; the harness's runtime thread only waits for
 //! it. Zenoh's own runtime threads are started once per process from an unpinned thread
-//! ([`start_zenoh_runtime`]) so they float over all CPUs instead of inheriting one side's
+//! (`start_zenoh_runtime`) so they float over all CPUs instead of inheriting one side's
 //! pin. Callbacks (pong, subscribers) run on Zenoh's `rx` threads.
 //!
 //! # Nothing leaves the machine

@@ -13,7 +13,7 @@
 //!
 //! Everything runs over `tcp://127.0.0.1:<port>` (no multicast transport, no discovery:
 //! ZeroMQ has none). libzmq's API is blocking, so each side is a plain OS thread pinned as
-//! `--placement` says ([`run_threads`]), not a tokio runtime. Each side has its own
+//! `--placement` says (`run_threads`), not a tokio runtime. Each side has its own
 //! [`Context`], like two processes, with the default single I/O thread; the context is
 //! created on the pinned thread, so its I/O thread inherits that CPU (like a process started
 //! under `taskset`). Low-latency configuration, as libzmq's documentation describes it:
@@ -40,7 +40,7 @@
 //!
 //! A PUB socket drops messages to a subscriber whose connection or subscription is not in
 //! place yet ("slow joiner"), so publishers first send hello messages until every subscriber
-//! has answered one ([`await_subscribers`]).
+//! has answered one (`await_subscribers`).
 
 mod latency;
 mod throughput;
