@@ -259,7 +259,7 @@ impl SqliteOutbox {
         Ok(Some(value))
     }
 
-    /// Forgets inbox entries older than `age`. Keep `age` well above the longest time a
+    /// Forgets inbox entries at least `age` old. Keep `age` well above the longest time a
     /// sender may still retry a message (its outbox's
     /// [`keep_trying`](crate::outbox::RelayOptions::keep_trying)): a message redelivered
     /// after its entry is gone is handled again. Returns how many were removed.
@@ -270,7 +270,7 @@ impl SqliteOutbox {
     pub fn prune_inbox(&self, age: Duration) -> Result<usize, OutboxError> {
         lock(&self.conn)
             .execute(
-                "DELETE FROM shoal_inbox WHERE handled_ms < ?1",
+                "DELETE FROM shoal_inbox WHERE handled_ms <= ?1",
                 [cutoff_ms(age)],
             )
             .map_err(db)
