@@ -31,12 +31,12 @@ use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{MeshCa, Message, Node};
 use tokio::sync::mpsc;
 
+use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::report::{self, LatencyReport};
 use crate::runtime::{Announce, Shutdown, run_pair};
-use crate::shoal_scenarios::shoal_err;
+use crate::shoal_scenarios::{builder, shoal_err};
 use crate::throughput::{Schedule, ThroughputReport};
-use crate::{BenchConfig, LOOPBACK};
 
 /// Row: direct `send` until the handler ran.
 pub const SEND_HANDLED: &str = "shoal-send-handled";
@@ -107,13 +107,7 @@ async fn serve(
     announce: Announce<SocketAddr>,
     shutdown: Shutdown,
 ) -> BenchResult<()> {
-    let node = Node::builder(SERVICE)
-        .listen(LOOPBACK)
-        .identity(ca.issue(SERVICE).map_err(shoal_err)?)
-        .trust(ca)
-        .start()
-        .await
-        .map_err(shoal_err)?;
+    let node = builder(&ca, SERVICE)?.start().await.map_err(shoal_err)?;
     node.handle("credit", move |_msg: Message| {
         handled.fetch_add(1, Ordering::Relaxed);
         let _ = signal.send(());
@@ -138,10 +132,7 @@ impl Sender {
     async fn start(ca: MeshCa, server: SocketAddr) -> BenchResult<Self> {
         let dir = Arc::new(TempDir::new()?);
         let outbox = Arc::new(SqliteOutbox::open(dir.0.join("sender.db")).map_err(outbox_err)?);
-        let node = Node::builder("bench-payments")
-            .listen(LOOPBACK)
-            .identity(ca.issue("bench-payments").map_err(shoal_err)?)
-            .trust(ca)
+        let node = builder(&ca, "bench-payments")?
             .peer(server)
             .outbox(
                 Arc::clone(&outbox) as Arc<dyn OutboxStore>,

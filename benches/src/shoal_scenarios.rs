@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal::{MeshCa, Message, Node};
+use shoal::{MeshCa, Message, Node, NodeBuilder};
 
 use crate::error::{BenchError, BenchResult};
 use crate::measure::open_loop::LOSS_TIMEOUT;
@@ -87,13 +87,7 @@ pub(crate) async fn serve(
     announce: Announce<SocketAddr>,
     shutdown: Shutdown,
 ) -> BenchResult<()> {
-    let node = Node::builder(SERVICE)
-        .listen(LOOPBACK)
-        .identity(ca.issue(SERVICE).map_err(shoal_err)?)
-        .trust(ca)
-        .start()
-        .await
-        .map_err(shoal_err)?;
+    let node = builder(&ca, SERVICE)?.start().await.map_err(shoal_err)?;
     node.handle(
         "echo",
         |msg: Message| async move { Ok(msg.payload().clone()) },
@@ -104,12 +98,18 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// A builder for a node of `service` on loopback, with a certificate from `ca` and trusting
+/// it: where every side of a Shoal scenario starts (add peers and options, then `start`).
+pub(crate) fn builder(ca: &MeshCa, service: &str) -> BenchResult<NodeBuilder> {
+    Ok(Node::builder(service)
+        .listen(LOOPBACK)
+        .identity(ca.issue(service).map_err(shoal_err)?)
+        .trust(ca.clone()))
+}
+
 /// The client node, peered with the server and connected to it.
 async fn start_client(ca: MeshCa, server: SocketAddr) -> BenchResult<Node> {
-    let node = Node::builder("bench-client")
-        .listen(LOOPBACK)
-        .identity(ca.issue("bench-client").map_err(shoal_err)?)
-        .trust(ca)
+    let node = builder(&ca, "bench-client")?
         .peer(server)
         .start()
         .await

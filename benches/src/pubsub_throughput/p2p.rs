@@ -19,11 +19,11 @@ use bytes::Bytes;
 use shoal::{MeshCa, Message, Node};
 
 use super::{RELIABLE_WINDOW, acked_loops};
+use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::runtime::run_pair;
-use crate::shoal_scenarios::shoal_err;
+use crate::shoal_scenarios::{builder, shoal_err};
 use crate::throughput::{Schedule, ThroughputReport};
-use crate::{BenchConfig, LOOPBACK};
 
 /// Service of the receiving node.
 pub const SERVICE: &str = "bench-p2p";
@@ -61,10 +61,7 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
         &name,
         &config,
         move |announce, shutdown| async move {
-            let node = Node::builder(SERVICE)
-                .listen(LOOPBACK)
-                .identity(server_ca.issue(SERVICE).map_err(shoal_err)?)
-                .trust(server_ca)
+            let node = builder(&server_ca, SERVICE)?
                 .start()
                 .await
                 .map_err(shoal_err)?;
@@ -91,10 +88,7 @@ async fn sender(
     mode: Mode,
     dropped: Arc<AtomicU64>,
 ) -> BenchResult<crate::throughput::Window> {
-    let node = Node::builder("bench-p2p-sender")
-        .listen(LOOPBACK)
-        .identity(ca.issue("bench-p2p-sender").map_err(shoal_err)?)
-        .trust(ca)
+    let node = builder(&ca, "bench-p2p-sender")?
         .peer(server)
         .start()
         .await
