@@ -172,22 +172,16 @@ impl SqliteOutbox {
         destination: &Destination,
         message: &Message,
     ) -> Result<(), OutboxError> {
-        let pending: i64 = tx
-            .query_row("SELECT pending FROM shoal_outbox_count", [], |r| r.get(0))
-            .map_err(db)?;
-        let pending = pending.max(0) as u64;
-        if pending >= self.options.max_pending {
-            return Err(OutboxError::Full {
-                pending,
-                limit: self.options.max_pending,
-            });
-        }
         let mut frame = BytesMut::new();
         codec::encode(
             &Frame::Deliver(Box::new(message.envelope().clone())),
             &self.limits,
             &mut frame,
         )?;
+        // Write first, then check the limit: a transaction that begins with a read cannot
+        // take the write lock if another connection wrote meanwhile (SQLite's WAL answers
+        // "database is locked" at once, without waiting), and the caller's transaction may
+        // begin with this call.
         tx.prepare_cached(
             "INSERT INTO shoal_outbox (message_id, destination, frame, created_ms)
              VALUES (?1, ?2, ?3, ?4)",
@@ -201,6 +195,22 @@ impl SqliteOutbox {
             ])
         })
         .map_err(db)?;
+        let pending: i64 = tx
+            .query_row("SELECT pending FROM shoal_outbox_count", [], |r| r.get(0))
+            .map_err(db)?;
+        let pending = pending.max(0) as u64;
+        if pending > self.options.max_pending {
+            // Take the row back out: the rest of the caller's transaction is untouched.
+            tx.execute(
+                "DELETE FROM shoal_outbox WHERE seq = ?1",
+                [tx.last_insert_rowid()],
+            )
+            .map_err(db)?;
+            return Err(OutboxError::Full {
+                pending: pending - 1,
+                limit: self.options.max_pending,
+            });
+        }
         Ok(())
     }
 
