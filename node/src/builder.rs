@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::dedup::DedupWindow;
+use crate::core::replies::ReplyCache;
 use crate::dead_letter::DeadLetters;
 use crate::node::Shared;
 use crate::{Error, Identity, MeshCa, Node, RetryPolicy, net, tls};
@@ -129,6 +130,16 @@ impl NodeBuilder {
     pub fn dedup_window(mut self, capacity: usize, max_age: Duration) -> Self {
         self.config.dedup_capacity = capacity;
         self.config.dedup_max_age = max_age;
+        self
+    }
+
+    /// How many bytes of replies to recent requests this node keeps, so a request retried
+    /// with the same id (its reply was lost with a connection, say) gets the reply again
+    /// without its handler running twice. Replies are kept as long as the dedup window
+    /// remembers ids. A retry whose reply is no longer kept is refused with a clear reason
+    /// rather than acknowledged without an answer. Default 16 MiB; 0 keeps none.
+    pub fn reply_cache(mut self, max_bytes: usize) -> Self {
+        self.config.reply_cache_size = max_bytes;
         self
     }
 
@@ -274,6 +285,11 @@ impl NodeBuilder {
             handlers: RwLock::default(),
             dedup: Mutex::new(DedupWindow::new(
                 config.dedup_capacity,
+                config.dedup_max_age,
+                rand::random(),
+            )),
+            replies: Mutex::new(ReplyCache::new(
+                config.reply_cache_size,
                 config.dedup_max_age,
                 rand::random(),
             )),

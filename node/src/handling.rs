@@ -172,16 +172,17 @@ async fn handle_items(
                 }
             }
         }
-        if let Some(k) = item_key {
-            lock(&shared.dedup).complete(k);
-        }
         Counters::bump(&shared.counters.handled);
         // A message that asked for a reply always gets one: an empty body if the handler
-        // returned none, so a request never just times out.
+        // returned none, so a request never just times out. The reply is sent (and kept for
+        // retries) before the id counts as done, so a retry never finds it done yet unanswered.
         if let Some(addr) = reply_to {
             for reply in replies {
                 answer(shared, peer, id, &addr, reply.unwrap_or_default()).await;
             }
+        }
+        if let Some(k) = item_key {
+            lock(&shared.dedup).complete(k);
         }
     }
     Ok(())
@@ -262,8 +263,9 @@ fn current(shared: &Shared, peer: &Arc<Peer>) -> Arc<Peer> {
 
 /// Answers a synchronous request: one frame on the requester's connection, written in the same
 /// batch as the request's ack. It is not tracked, acked or retried: exactly one call waits for
-/// it, QUIC delivers the stream reliably, and if the connection is gone the call ends with
-/// `Error::Timeout` (the request was handled; its reply was lost with the connection).
+/// it and QUIC delivers the stream reliably. The frame is also kept in the reply cache: if the
+/// connection breaks before it arrives, the requester retries the request and
+/// [`answer_retried_request`] sends the kept frame again.
 async fn reply_directly(
     shared: &Shared,
     peer: &Arc<Peer>,
@@ -271,23 +273,61 @@ async fn reply_directly(
     addr: shoal_proto::ReturnAddress,
     body: bytes::Bytes,
 ) {
+    let mut reply = Message::reply_to_request(request, String::new(), body);
+    reply.env.attempt = 1;
+    let frame = match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
+        Ok(frame) => frame,
+        Err(e) => return tracing::warn!(%request, "reply not sent: {e}"),
+    };
+    lock(&shared.replies).insert(request, frame.clone(), Instant::now().into_std());
+    send_reply_frame(shared, peer, request, &addr, frame).await;
+}
+
+/// A synchronous request this node has already handled came again (the requester retried
+/// it, because the reply or the ack was lost with a connection): sends the reply kept for it,
+/// then acks. With no reply kept (evicted from the cache, or it could not be sent) the retry
+/// is refused for good with the reason: an ack alone would leave the requester waiting until
+/// its timeout, and running the handler twice is what the dedup window exists to prevent.
+pub(crate) async fn answer_retried_request(shared: &Shared, peer: &Arc<Peer>, env: &Envelope) {
+    let Some(addr) = env.reply_to.as_ref().filter(|a| a.channel.is_empty()) else {
+        return peer.push_ack(env.id);
+    };
+    let kept = lock(&shared.replies).get(env.id, Instant::now().into_std());
+    match kept {
+        Some(frame) => {
+            send_reply_frame(shared, peer, env.id, addr, frame).await;
+            peer.push_ack(env.id);
+        }
+        None => {
+            let reason = format!(
+                "request {} was already handled here and its reply is no longer kept \
+                 (see NodeBuilder::reply_cache); not running it twice",
+                env.id
+            );
+            nack(peer, env.id, false, reason).await;
+        }
+    }
+}
+
+/// Writes an encoded reply to the requester: the node named in its return address, on the
+/// connection that stands for it now (the request's own connection may have been replaced).
+async fn send_reply_frame(
+    shared: &Shared,
+    peer: &Arc<Peer>,
+    request: MessageId,
+    addr: &shoal_proto::ReturnAddress,
+    frame: bytes::Bytes,
+) {
     let target = match addr.node {
         Some(node) if node != peer.node => shared.registry.get(node),
-        _ => Some(Arc::clone(peer)),
+        _ => Some(current(shared, peer)),
     };
     let Some(target) = target else {
         tracing::debug!(%request, "requester is gone; reply dropped");
         return;
     };
-    let mut reply = Message::reply_to_request(request, String::new(), body);
-    reply.env.attempt = 1;
-    match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
-        Ok(bytes) => {
-            let limit = shared.config.retry.ack_timeout;
-            target.push_or_close(Outgoing::Encoded(bytes), limit).await;
-        }
-        Err(e) => tracing::warn!(%request, "reply not sent: {e}"),
-    }
+    let limit = shared.config.retry.ack_timeout;
+    target.push_or_close(Outgoing::Encoded(frame), limit).await;
 }
 
 /// Sends a handler's reply to an asynchronous request's reply channel: a reliable message

@@ -9,7 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::core::dedup::Seen;
-use crate::handling::{Work, nack, run};
+use crate::handling::{Work, answer_retried_request, nack, run};
 use crate::node::Shared;
 use crate::peer::{Outcome, Outgoing, Peer};
 use crate::stats::Counters;
@@ -156,8 +156,10 @@ async fn on_deliver(shared: &Arc<Shared>, peer: &Arc<Peer>, env: Envelope) {
         }
         return;
     }
-    if !is_new(shared, peer, env.id, true) {
-        return;
+    match admit(shared, env.id, true) {
+        Seen::New => {}
+        Seen::InProgress => return,
+        Seen::Done => return answer_retried_request(shared, peer, &env).await,
     }
     let handler = crate::sync::read(&shared.handlers).get(&env.name).cloned();
     let Some(handler) = handler else {
@@ -300,24 +302,27 @@ async fn on_publish_batch(
 /// is acked again; a copy of one being handled now waits for that handler's ack. Copies that
 /// are not acknowledged (`acked` false, best-effort) are not tracked.
 fn is_new(shared: &Shared, peer: &Peer, key: MessageId, acked: bool) -> bool {
+    match admit(shared, key, acked) {
+        Seen::New => true,
+        Seen::Done => {
+            peer.push_ack(key);
+            false
+        }
+        Seen::InProgress => false,
+    }
+}
+
+/// Checks `key` against the dedup window and counts a duplicate. A running handler acks its
+/// duplicates when it finishes; one already done must be acked again by the caller.
+fn admit(shared: &Shared, key: MessageId, acked: bool) -> Seen {
     // Unacknowledged (best-effort) copies are never retried: they need no dedup entry, and
     // must not crowd reliable ids out of the window.
     if !acked {
-        return true;
+        return Seen::New;
     }
     let seen = lock(&shared.dedup).check(key, Instant::now().into_std());
-    match seen {
-        Seen::New => true,
-        Seen::Done => {
-            Counters::bump(&shared.counters.duplicates);
-            if acked {
-                peer.push_ack(key);
-            }
-            false
-        }
-        Seen::InProgress => {
-            Counters::bump(&shared.counters.duplicates);
-            false
-        }
+    if seen != Seen::New {
+        Counters::bump(&shared.counters.duplicates);
     }
+    seen
 }

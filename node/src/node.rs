@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::core::dedup::DedupWindow;
+use crate::core::replies::ReplyCache;
 use crate::dead_letter::DeadLetters;
 use crate::diagnose::DialFailures;
 use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) handlers: RwLock<HashMap<String, BoxedHandler>>,
     pub(crate) dedup: Mutex<DedupWindow>,
+    /// Replies to recent synchronous requests, for retries of them.
+    pub(crate) replies: Mutex<ReplyCache>,
     /// Synchronous requests waiting for their reply, by request id.
     pub(crate) pending: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
     pub(crate) counters: Counters,

@@ -4,9 +4,13 @@
 //! - [`wait_instances`], [`next_event`]: bounded waits on a node.
 //! - [`RawPeer`]: a bare QUIC client that presents a valid mesh certificate and speaks Shoal
 //!   frames directly, so tests can put arbitrary bytes on the wire.
+//! - [`UdpRelay`]: a loopback relay a test can cut, to lose a connection's packets.
 //!
 //! Everything listens and dials on 127.0.0.1 only. Every wait is bounded.
 #![allow(clippy::unwrap_used)]
+
+mod udp_relay;
+pub use udp_relay::UdpRelay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal::{HandlerError, Message, MessageId, RetryPolicy, SendOptions};
 use shoal_proto::{Frame, Limits, codec};
-use shoal_tests::{Mesh, RawPeer, WAIT, envelope, wait_instances};
+use shoal_tests::{Mesh, RawPeer, WAIT, envelope, next_event, wait_instances};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
@@ -201,5 +201,141 @@ async fn failed_messages_are_not_acked_on_redelivery() {
         assert!(nack.reason.contains("unknown order"), "{}", nack.reason);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+    billing.shutdown().await;
+}
+
+/// Whether `frame` is the reply to the synchronous request `id`; returns its body.
+fn reply_body(frame: &Frame, id: MessageId) -> Option<bytes::Bytes> {
+    match frame {
+        Frame::Deliver(env) if env.correlation_id == Some(id) && env.name.is_empty() => {
+            Some(env.payload.clone())
+        }
+        _ => None,
+    }
+}
+
+/// A request whose reply was lost (a dropped connection, say) is retried by the requester with
+/// the same id. The handler must not run again, but the retry must get the reply: an ack alone
+/// would leave the requester waiting for its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_gets_the_reply_again_without_running_the_handler() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("quote", move |_msg: Message| {
+        let n = handler_runs.fetch_add(1, Ordering::SeqCst) + 1;
+        async move { Ok(bytes::Bytes::from(format!("quote #{n}"))) }
+    });
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    let mut env = envelope("quote", b"order 42");
+    env.reply_to = Some(shoal_proto::ReturnAddress {
+        service: "shop".to_owned(),
+        node: Some(raw.node_id),
+        channel: String::new(),
+    });
+    let id = env.id;
+    for attempt in [1, 2, 3] {
+        let mut copy = env.clone();
+        copy.attempt = attempt;
+        raw.send_frame(&Frame::Deliver(Box::new(copy))).await;
+        let (frame, _) = raw
+            .read_until(WAIT, 16, |f| reply_body(f, id).is_some())
+            .await;
+        assert_eq!(
+            reply_body(&frame, id).unwrap(),
+            "quote #1",
+            "attempt {attempt}"
+        );
+        raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(billing.stats().duplicates, 2);
+    billing.shutdown().await;
+}
+
+/// With no reply kept (here the cache is switched off), a retried request that was already
+/// handled is refused for good with the reason, rather than acked without an answer: the
+/// requester learns at once instead of waiting for its timeout, and the handler runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
+    let mesh = Mesh::new();
+    let billing = mesh
+        .start_with(mesh.builder("billing").reply_cache(0), &[])
+        .await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    billing.handle("quote", move |_msg: Message| {
+        handler_runs.fetch_add(1, Ordering::SeqCst);
+        async { Ok(bytes::Bytes::from_static(b"a quote")) }
+    });
+    let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
+    let mut env = envelope("quote", b"order 42");
+    env.reply_to = Some(shoal_proto::ReturnAddress {
+        service: "shop".to_owned(),
+        node: Some(raw.node_id),
+        channel: String::new(),
+    });
+    let id = env.id;
+    raw.send_frame(&Frame::Deliver(Box::new(env.clone()))).await;
+    raw.read_until(WAIT, 16, |f| reply_body(f, id).is_some())
+        .await;
+    raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+
+    env.attempt = 2;
+    raw.send_frame(&Frame::Deliver(Box::new(env))).await;
+    let (frame, skipped) = raw
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
+        .await;
+    assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
+    let Frame::Nack(nack) = frame else {
+        unreachable!()
+    };
+    assert!(!nack.retryable);
+    assert!(nack.reason.contains("reply is no longer kept"), "{nack:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    billing.shutdown().await;
+}
+
+/// The user's view of the two tests above: the reply and the ack are lost with the connection
+/// (the relay between the nodes drops everything right after the handler ran). The requester
+/// retries on a new connection and gets the reply the handler gave the first time, which ran
+/// once. Without the kept reply the retry would be acked only and `request` would time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_reply_was_lost_with_its_connection_still_gets_it() {
+    let mesh = Mesh::new();
+    let fast = |service| {
+        mesh.builder(service)
+            .liveness(Duration::from_millis(100), Duration::from_millis(500))
+    };
+    let billing = mesh.start_with(fast("billing"), &[]).await;
+    let relay = Arc::new(shoal_tests::UdpRelay::start(billing.local_addr()).await);
+    let shop = mesh.start_with(fast("shop"), &[relay.addr()]).await;
+    wait_instances(&shop, "billing", 1).await;
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let handler_runs = Arc::clone(&runs);
+    let handler_relay = Arc::clone(&relay);
+    billing.handle("quote", move |_msg: Message| {
+        let n = handler_runs.fetch_add(1, Ordering::SeqCst) + 1;
+        // The reply and the ack are written into a dead link.
+        handler_relay.cut(true);
+        async move { Ok(bytes::Bytes::from(format!("quote #{n}"))) }
+    });
+    let mut events = shop.events();
+    let request = tokio::spawn(shop.request("billing", Message::command("quote", "book"), WAIT));
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, shoal::NodeEvent::PeerDown { node, .. } if *node == billing.id()),
+    )
+    .await;
+    relay.cut(false);
+
+    let reply = timeout(WAIT, request).await.unwrap().unwrap().unwrap();
+    assert_eq!(reply.payload(), "quote #1");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert!(billing.stats().duplicates >= 1, "{:?}", billing.stats());
+    shop.shutdown().await;
     billing.shutdown().await;
 }

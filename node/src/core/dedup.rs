@@ -39,7 +39,7 @@ impl DedupWindow {
     /// node, so a peer cannot pick ids that collide).
     pub(crate) fn new(capacity: usize, max_age: Duration, keys: [u64; 2]) -> Self {
         Self {
-            states: HashMap::with_hasher(IdHashing { keys }),
+            states: HashMap::with_hasher(IdHashing::new(keys)),
             order: VecDeque::new(),
             capacity,
             max_age,
@@ -126,8 +126,15 @@ impl DedupWindow {
 /// which profiles showed as a large share of a receiver's time under load. The keys are
 /// random per node: a peer that does not know them cannot choose ids that collide.
 #[derive(Clone, Copy, Debug)]
-struct IdHashing {
+pub(crate) struct IdHashing {
     keys: [u64; 2],
+}
+
+impl IdHashing {
+    /// Hashing seeded with `keys` (random per node).
+    pub(crate) fn new(keys: [u64; 2]) -> Self {
+        Self { keys }
+    }
 }
 
 impl BuildHasher for IdHashing {
@@ -141,7 +148,7 @@ impl BuildHasher for IdHashing {
     }
 }
 
-struct IdHasher {
+pub(crate) struct IdHasher {
     keys: [u64; 2],
     hash: u64,
 }

@@ -6,6 +6,7 @@
 pub(crate) mod dedup;
 pub(crate) mod dial_plan;
 pub(crate) mod fanout;
+pub(crate) mod replies;
 pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod topic;
