@@ -178,7 +178,12 @@ async fn handle_items(
         // retries) before the id counts as done, so a retry never finds it done yet unanswered.
         if let Some(addr) = reply_to {
             for reply in replies {
-                answer(shared, peer, id, &addr, reply.unwrap_or_default()).await;
+                if let Err(err) = answer(shared, peer, id, &addr, reply.unwrap_or_default()).await {
+                    if let Some(k) = item_key {
+                        lock(&shared.dedup).forget(k);
+                    }
+                    return Err(err);
+                }
             }
         }
         if let Some(k) = item_key {
@@ -222,22 +227,25 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 /// Sends a handler's reply to where the message asked: straight back to a synchronous
-/// request, or as a reliable message to an asynchronous reply channel.
+/// request, or as a reliable message to an asynchronous reply channel. A synchronous reply
+/// that cannot be encoded (larger than the wire limits) fails the request for good, so the
+/// requester hears why instead of waiting for its timeout.
 async fn answer(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     request: MessageId,
     addr: &shoal_proto::ReturnAddress,
     body: bytes::Bytes,
-) {
+) -> Result<(), HandlerError> {
     if addr.channel.is_empty() {
-        reply_directly(shared, peer, request, addr.clone(), body).await;
+        reply_directly(shared, peer, request, addr.clone(), body).await?;
     } else {
         send_reply(shared, request, addr.clone(), body);
         // Let the reply's first attempt queue its frame before the ack, so both go out in
         // one write.
         tokio::task::yield_now().await;
     }
+    Ok(())
 }
 
 /// Forgets the id (a redelivery must run the handler again, or be refused again: never be
@@ -272,15 +280,14 @@ async fn reply_directly(
     request: MessageId,
     addr: shoal_proto::ReturnAddress,
     body: bytes::Bytes,
-) {
+) -> Result<(), HandlerError> {
     let mut reply = Message::reply_to_request(request, String::new(), body);
     reply.env.attempt = 1;
-    let frame = match crate::outbound::encode_delivery(&mut reply, &shared.config.limits) {
-        Ok(frame) => frame,
-        Err(e) => return tracing::warn!(%request, "reply not sent: {e}"),
-    };
+    let frame = crate::outbound::encode_delivery(&mut reply, &shared.config.limits)
+        .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
     lock(&shared.replies).insert(request, frame.clone(), Instant::now().into_std());
     send_reply_frame(shared, peer, request, &addr, frame).await;
+    Ok(())
 }
 
 /// A synchronous request this node has already handled came again (the requester retried

@@ -557,6 +557,51 @@ async fn oversized_message_fails_to_encode_and_is_not_sent() {
     billing.shutdown().await;
 }
 
+/// A handler whose reply is too large for the wire: the request fails at once with the reason
+/// (the reply's encode error), not with a timeout, and the next request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_to_send_fails_the_request_with_the_reason() {
+    let mesh = Mesh::new();
+    let (billing, shop) = pair(&mesh).await;
+    billing.handle("export", |msg: Message| async move {
+        let len = if msg.payload() == "all" {
+            Limits::default().max_frame_len + 1
+        } else {
+            10
+        };
+        Ok(bytes::Bytes::from(vec![1u8; len]))
+    });
+    let started = Instant::now();
+    let err = timeout(
+        WAIT,
+        shop.request("billing", Message::command("export", "all"), WAIT),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    match &err {
+        Error::DeadLettered(letter) => {
+            assert!(
+                letter.last_failure.contains("reply was not sent"),
+                "{letter:?}"
+            );
+            assert!(letter.last_failure.contains("max_frame_len"), "{letter:?}");
+        }
+        other => panic!("expected a dead letter with the reason, got {other:?}"),
+    }
+    assert!(started.elapsed() < WAIT / 2, "took {:?}", started.elapsed());
+    let small = timeout(
+        WAIT,
+        shop.request("billing", Message::command("export", "one"), WAIT),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(small.payload().len(), 10);
+    shop.shutdown().await;
+    billing.shutdown().await;
+}
+
 /// A per-message retry policy's ack timeout is honoured, and the dead letter says which one
 /// applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
