@@ -268,6 +268,133 @@ async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_awa
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Rows waiting for a receiver that is away (a group not up yet, a service with no instance)
+/// must not hold back the rows the others can take: more of them than the relay keeps in
+/// flight at once (256) are committed first, and the live group still gets every event.
+#[tokio::test(flavor = "current_thread")]
+async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-absent-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let ca = MeshCa::generate("outbox absent receiver test").unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            RelayOptions::default()
+                .poll(Duration::from_millis(50))
+                .expect_group("order.*", "billing"),
+        )
+        .start()
+        .await
+        .unwrap();
+    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+    // 300 commands for a service that has no instance, then 600 events that billing (away)
+    // and audit (up) both must get.
+    let mut conn = outbox.connect().unwrap();
+    let tx = conn.transaction().unwrap();
+    for n in 0..300 {
+        let command = Message::command("post", format!("entry {n}"));
+        let ledger = Destination::Service("ledger".into());
+        outbox.enqueue(&tx, &ledger, &command).unwrap();
+    }
+    outbox.commit(tx).unwrap();
+    let bodies: Vec<String> = (0..600).map(|n| format!("order {n:03}")).collect();
+    let tx = conn.transaction().unwrap();
+    for body in &bodies {
+        let event = Message::event("order.created", body.clone());
+        outbox.enqueue(&tx, &Destination::Publish, &event).unwrap();
+    }
+    outbox.commit(tx).unwrap();
+    let mut expected = bodies.clone();
+    expected.sort();
+    assert_eq!(receive(&mut audit_rx, 600).await, expected);
+
+    let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    assert_eq!(receive(&mut billing_rx, 600).await, expected);
+    timeout(WAIT, async {
+        while outbox.stats().unwrap().pending > 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every event leaves the outbox; the commands wait for the ledger");
+    for n in [&orders, &audit, &billing] {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Past `max_waiting` rows waiting for an absent service, further ones stay in the store, and
+/// the rows behind them that can go still go; when the service appears, every row arrives.
+#[tokio::test(flavor = "current_thread")]
+async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-cap-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let ca = MeshCa::generate("outbox max_waiting test").unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let options = RelayOptions::default()
+        .poll(Duration::from_millis(50))
+        .max_waiting(100);
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options)
+        .start()
+        .await
+        .unwrap();
+    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+    let mut conn = outbox.connect().unwrap();
+    let tx = conn.transaction().unwrap();
+    let entries: Vec<String> = (0..300).map(|n| format!("entry {n:03}")).collect();
+    for entry in &entries {
+        let command = Message::command("post", entry.clone());
+        let ledger = Destination::Service("ledger".into());
+        outbox.enqueue(&tx, &ledger, &command).unwrap();
+    }
+    let bodies: Vec<String> = (0..300).map(|n| format!("order {n:03}")).collect();
+    for body in &bodies {
+        let event = Message::event("order.created", body.clone());
+        outbox.enqueue(&tx, &Destination::Publish, &event).unwrap();
+    }
+    outbox.commit(tx).unwrap();
+    assert_eq!(receive(&mut audit_rx, 300).await, bodies);
+    timeout(WAIT, async {
+        while outbox.stats().unwrap().pending > 300 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the events leave the outbox");
+    assert_eq!(outbox.stats().unwrap().pending, 300, "the commands wait");
+
+    let (tx, mut ledger_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ledger = node(&ca, "ledger")
+        .await
+        .peer(orders.local_addr())
+        .start()
+        .await
+        .unwrap();
+    ledger.handle("post", move |msg: Message| {
+        let _ = tx.send(String::from_utf8_lossy(msg.payload()).into_owned());
+        async { Ok::<_, HandlerError>(()) }
+    });
+    assert_eq!(receive(&mut ledger_rx, 300).await, entries);
+    for n in [&orders, &audit, &ledger] {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
     let dir = std::env::temp_dir().join(format!("shoal-outbox-expect-{}", rand_suffix()));

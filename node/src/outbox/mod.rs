@@ -8,10 +8,12 @@
 //! redelivered message is recognised even after a restart.
 
 pub(crate) mod relay;
+mod relay_options;
 mod sqlite;
 mod store;
+mod waiting;
 
-pub use relay::RelayOptions;
+pub use relay_options::RelayOptions;
 /// The SQLite bindings the outbox uses: open your connections and transactions with these,
 /// so their types match [`SqliteOutbox::enqueue`].
 pub use rusqlite;

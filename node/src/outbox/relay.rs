@@ -11,69 +11,15 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 
+use super::relay_options::RelayOptions;
 use super::store::{Destination, OutboxError, OutboxRow, OutboxStore};
+use super::waiting::{Absence, Receiver};
 use crate::message::unix_ms;
 use crate::{Error, PublishOptions, RetryPolicy, SendOptions, WeakNode};
 use shoal_proto::Subscription;
 
-/// How the relay works; see [`crate::NodeBuilder::outbox`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RelayOptions {
-    /// How often the relay looks for rows it was not woken for (written by other processes,
-    /// left by a crash, kept for later). Default 1 s.
-    pub poll: Duration,
-    /// How long a row keeps being retried, and waits for a receiver, before it is marked
-    /// dead. Default 24 hours.
-    pub keep_trying: Duration,
-    /// How long a subscriber group, once seen, stays an audience of the outbox's events while
-    /// it is away (its copies are held for it, up to `keep_trying`), even across restarts of
-    /// this node: the relay records the groups it sees in the store. Default 7 days.
-    pub remember_groups_for: Duration,
-    /// Subscriber groups (`(pattern, group)`) that must get the outbox's events even before
-    /// they were ever seen: a new deployment whose publisher starts first loses nothing.
-    pub expected_groups: Vec<(String, String)>,
-}
-
-impl Default for RelayOptions {
-    fn default() -> Self {
-        Self {
-            poll: Duration::from_secs(1),
-            keep_trying: Duration::from_secs(24 * 3600),
-            remember_groups_for: Duration::from_secs(7 * 24 * 3600),
-            expected_groups: Vec::new(),
-        }
-    }
-}
-
-impl RelayOptions {
-    /// Options with this poll interval.
-    pub fn poll(mut self, poll: Duration) -> Self {
-        self.poll = poll;
-        self
-    }
-
-    /// Options with this retry span.
-    pub fn keep_trying(mut self, span: Duration) -> Self {
-        self.keep_trying = span;
-        self
-    }
-
-    /// Options with this memory of subscriber groups.
-    pub fn remember_groups_for(mut self, span: Duration) -> Self {
-        self.remember_groups_for = span;
-        self
-    }
-
-    /// Options where the subscriber `group` of events matching `pattern` is an audience from
-    /// the start, as if it had been seen (see [`RelayOptions::expected_groups`]).
-    pub fn expect_group(mut self, pattern: impl Into<String>, group: impl Into<String>) -> Self {
-        self.expected_groups.push((pattern.into(), group.into()));
-        self
-    }
-}
-
-/// Rows handed to the delivery path at once.
+/// Rows handed to the delivery path at once, not counting those waiting for a receiver that is
+/// away ([`RelayOptions::max_waiting`]).
 const WINDOW: usize = 256;
 
 /// How long acknowledged rows wait before they are removed from the store, so one write
@@ -101,12 +47,24 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(OutboxError::Database(format!("store call failed: {e}"))))
 }
 
+/// A row being delivered.
+struct InFlight {
+    slot: Option<KeySlot>,
+    receiver: Receiver,
+    /// Its receiver is away: the row does not count against [`WINDOW`].
+    waiting: bool,
+    /// The peers' generation when it started ([`crate::registry::Registry::generation`]).
+    generation: u64,
+}
+
 /// The relay's bookkeeping: which rows are in flight and which keys may not go yet.
 #[derive(Default)]
 struct Relay {
     /// Rows are read from after this `seq`.
     after: i64,
-    in_flight: HashMap<i64, Option<KeySlot>>,
+    in_flight: HashMap<i64, InFlight>,
+    /// How many rows in flight are waiting for an absent receiver.
+    waiting: usize,
     /// Keys with a row in flight.
     busy: HashSet<KeySlot>,
     /// Keys whose earliest row was kept for later: their later rows wait for it.
@@ -146,14 +104,39 @@ impl Relay {
         self.delivered.contains(&seq) || self.dead.iter().any(|(s, _)| *s == seq)
     }
 
+    /// Rows in flight that count against [`WINDOW`].
+    fn active(&self) -> usize {
+        self.in_flight.len() - self.waiting
+    }
+
     /// A row's delivery ended: its key may go on.
-    fn finished(&mut self, seq: i64) -> Option<KeySlot> {
-        let slot = self.in_flight.remove(&seq).flatten();
-        if let Some(slot) = &slot {
+    fn finished(&mut self, seq: i64) -> Option<InFlight> {
+        let done = self.in_flight.remove(&seq)?;
+        if done.waiting {
+            self.waiting -= 1;
+            self.read |= self.held;
+        }
+        if let Some(slot) = &done.slot {
             self.busy.remove(slot);
             self.read |= self.held;
         }
-        slot
+        Some(done)
+    }
+
+    /// The peers changed: rows whose receiver went away stop counting against the window,
+    /// rows whose receiver came back count again (they are about to finish).
+    fn reclassify(&mut self, absence: &mut Absence<'_>) {
+        for row in self.in_flight.values_mut() {
+            let waiting = absence.away(&row.receiver);
+            if waiting != row.waiting {
+                row.waiting = waiting;
+                if waiting {
+                    self.waiting += 1;
+                } else {
+                    self.waiting -= 1;
+                }
+            }
+        }
     }
 }
 
@@ -183,28 +166,110 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(options.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let free = WINDOW.saturating_sub(relay.in_flight.len());
-        let after = relay.after;
-        let read = relay.should_read(free);
-        let rows = if read {
+        let expired = if relay.should_read(WINDOW.saturating_sub(relay.active())) {
             relay.read = false;
-            let rows = blocking(&store, move |s| s.pending(after, free))
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!("outbox relay cannot read pending rows: {e}");
-                    Vec::new()
-                });
-            relay.more = rows.len() == free;
-            rows
+            let Some(expired) = fill(&mut relay, &store, &node, &options, &mut deliveries).await
+            else {
+                return; // the node is gone
+            };
+            expired
         } else {
             Vec::new()
         };
-        // The cursor stops before the first row held back, so it is read again later.
-        let mut first_held: Option<i64> = None;
-        let mut last = relay.after;
-        let mut expired = Vec::new();
+        for seq in expired {
+            let reason = format!(
+                "not delivered within keep_trying ({:?}) of being enqueued",
+                options.keep_trying
+            );
+            if let Err(e) = blocking(&store, move |s| s.dead(seq, &reason)).await {
+                tracing::warn!(seq, "outbox relay cannot mark a row dead: {e}");
+            }
+        }
+        tokio::select! {
+            Some(first) = deliveries.next(), if !deliveries.is_empty() => {
+                // Record every outcome that is ready in one store call.
+                let mut outcomes = vec![first];
+                while let Some(Some(more)) = deliveries.next().now_or_never() {
+                    outcomes.push(more);
+                }
+                let generation = *changes.borrow();
+                if !finish(&mut relay, outcomes, generation) {
+                    flush(&mut relay, &store).await;
+                    return;
+                }
+                if relay.delivered.len() + relay.dead.len() >= WINDOW {
+                    flush(&mut relay, &store).await;
+                }
+            }
+            () = sleep_until_some(relay.record_at) => flush(&mut relay, &store).await,
+            () = wake.notified() => relay.read = true,
+            _ = tick.tick() => {
+                relay.rescan();
+                reclassify(&mut relay, &node);
+                remember_groups(&node, &store, &options).await;
+                match blocking(&store, |s| s.prune_dead()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "outbox: dead rows past retention removed"),
+                    Err(e) => tracing::warn!("outbox relay cannot prune dead rows: {e}"),
+                }
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                relay.rescan();
+                reclassify(&mut relay, &node);
+            }
+            () = stop.cancelled() => {
+                flush(&mut relay, &store).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Reads pending rows from the cursor on and starts each that may go, page after page while
+/// the window has room: rows already in flight (waiting for an absent receiver, which do not
+/// take room) are skipped, so they never hide the rows behind them. Returns the rows past
+/// `keep_trying`, to be marked dead; `None` once the node is gone.
+async fn fill(
+    relay: &mut Relay,
+    store: &Arc<dyn OutboxStore>,
+    node: &WeakNode,
+    options: &RelayOptions,
+    deliveries: &mut FuturesUnordered<Delivery>,
+) -> Option<Vec<i64>> {
+    let shared = Arc::clone(node.upgrade()?.shared());
+    let mut absence = Absence::new(&shared.registry);
+    let generation = shared.registry.generation();
+    // The cursor stops before the first row held back, so it is read again later.
+    let mut first_held: Option<i64> = None;
+    let mut cursor = relay.after;
+    let mut expired = Vec::new();
+    // Rows skipped because they are in flight, plus a margin for rows held behind their key:
+    // the scan is bounded even when most pending rows must wait.
+    let mut budget = relay.in_flight.len() + 4 * WINDOW;
+    relay.more = false;
+    'pages: while budget > 0 {
+        let (after, limit) = (cursor, WINDOW.saturating_sub(relay.active()));
+        if limit == 0 {
+            relay.more = true;
+            break;
+        }
+        let rows = blocking(store, move |s| s.pending(after, limit))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!("outbox relay cannot read pending rows: {e}");
+                Vec::new()
+            });
+        let full = rows.len() == limit;
+        budget = budget.saturating_sub(rows.len());
         for row in rows {
-            last = last.max(row.seq);
+            if relay.active() >= WINDOW {
+                relay.more = true;
+                break 'pages;
+            }
+            cursor = cursor.max(row.seq);
             if relay.in_flight.contains_key(&row.seq) || relay.unrecorded(row.seq) {
                 continue;
             }
@@ -225,65 +290,42 @@ pub(crate) async fn run(
                 expired.push(row.seq);
                 continue;
             };
+            let receiver = Receiver::of(&row);
+            let waiting = absence.away(&receiver);
+            if waiting && relay.waiting >= options.max_waiting {
+                // Stays in the store; read again when a waiting row goes.
+                first_held.get_or_insert(row.seq);
+                continue;
+            }
             if let Some(slot) = &slot {
                 relay.busy.insert(slot.clone());
             }
-            relay.in_flight.insert(row.seq, slot);
-            let Some(delivery) = start(&node, row, left) else {
-                return; // the node is gone
-            };
-            deliveries.push(delivery);
-        }
-        relay.after = first_held.map_or(last, |seq| seq - 1);
-        if read {
-            relay.held = first_held.is_some();
-        }
-        for seq in expired {
-            let reason = format!(
-                "not delivered within keep_trying ({:?}) of being enqueued",
-                options.keep_trying
+            relay.waiting += usize::from(waiting);
+            relay.in_flight.insert(
+                row.seq,
+                InFlight {
+                    slot,
+                    receiver,
+                    waiting,
+                    generation,
+                },
             );
-            if let Err(e) = blocking(&store, move |s| s.dead(seq, &reason)).await {
-                tracing::warn!(seq, "outbox relay cannot mark a row dead: {e}");
-            }
+            deliveries.push(start(node, row, left)?);
         }
-        tokio::select! {
-            Some(first) = deliveries.next(), if !deliveries.is_empty() => {
-                // Record every outcome that is ready in one store call.
-                let mut outcomes = vec![first];
-                while let Some(Some(more)) = deliveries.next().now_or_never() {
-                    outcomes.push(more);
-                }
-                if !finish(&mut relay, outcomes) {
-                    flush(&mut relay, &store).await;
-                    return;
-                }
-                if relay.delivered.len() + relay.dead.len() >= WINDOW {
-                    flush(&mut relay, &store).await;
-                }
-            }
-            () = sleep_until_some(relay.record_at) => flush(&mut relay, &store).await,
-            () = wake.notified() => relay.read = true,
-            _ = tick.tick() => {
-                relay.rescan();
-                remember_groups(&node, &store, &options).await;
-                match blocking(&store, |s| s.prune_dead()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "outbox: dead rows past retention removed"),
-                    Err(e) => tracing::warn!("outbox relay cannot prune dead rows: {e}"),
-                }
-            }
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                relay.rescan();
-            }
-            () = stop.cancelled() => {
-                flush(&mut relay, &store).await;
-                return;
-            }
+        if !full {
+            break;
         }
+        relay.more = budget == 0;
+    }
+    relay.after = first_held.map_or(cursor, |seq| seq - 1);
+    relay.held = first_held.is_some();
+    Some(expired)
+}
+
+/// Re-checks which rows in flight wait for an absent receiver (the peers changed).
+fn reclassify(relay: &mut Relay, node: &WeakNode) {
+    if let Some(node) = node.upgrade() {
+        relay.reclassify(&mut Absence::new(&node.shared().registry));
     }
 }
 
@@ -325,19 +367,24 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
 
 /// Takes finished deliveries: acknowledged and dead-lettered rows wait to be recorded (see
 /// [`flush`]), the rest stay for later. `false` once the node shuts down.
-fn finish(relay: &mut Relay, outcomes: Vec<Outcome>) -> bool {
+fn finish(relay: &mut Relay, outcomes: Vec<Outcome>, generation: u64) -> bool {
     for (seq, result) in outcomes {
-        let slot = relay.finished(seq);
+        let done = relay.finished(seq);
         match result {
             Ok(()) => relay.delivered.push(seq),
             Err(Error::DeadLettered(letter)) => relay.dead.push((seq, letter.last_failure)),
             Err(Error::ShuttingDown) => return false,
             // Anything else (no subscriber yet, a copy dropped because its audience left):
             // the row stays, and is read again at the next poll or change of peers; the later
-            // rows of its key wait for it.
+            // rows of its key wait for it. If the peers changed while it was on its way (the
+            // subscriber it lacked may have come), that change has been handled already: read
+            // everything again now rather than at the next poll.
             Err(e) => {
                 tracing::debug!(seq, "outbox row not delivered, kept: {e}");
-                if let Some(slot) = slot {
+                let Some(done) = done else { continue };
+                if done.generation != generation {
+                    relay.rescan();
+                } else if let Some(slot) = done.slot {
                     relay.blocked.insert(slot);
                 }
             }
@@ -391,12 +438,11 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
 
 type Outcome = (i64, Result<(), Error>);
 
+/// One row's delivery, ending with its outcome.
+type Delivery = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
 /// Starts delivering one row, trying for at most `keep_trying`; `None` once the node is gone.
-fn start(
-    node: &WeakNode,
-    row: OutboxRow,
-    keep_trying: Duration,
-) -> Option<Pin<Box<dyn Future<Output = Outcome> + Send>>> {
+fn start(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<Delivery> {
     let node = node.upgrade()?;
     let seq = row.seq;
     // Store and forward: the node's retry policy (ack timeout, backoff), but trying (and
