@@ -293,6 +293,8 @@ impl NodeBuilder {
                 config.dedup_max_age,
                 rand::random(),
             )),
+            #[cfg(feature = "outbox")]
+            outbox: std::sync::OnceLock::new(),
             pending: Mutex::default(),
             counters: Default::default(),
             dead_letters: DeadLetters::new(config.dead_letter_capacity),
@@ -337,6 +339,7 @@ impl NodeBuilder {
         #[cfg(feature = "outbox")]
         if let Some((store, options)) = outbox {
             let shared = node.shared();
+            let _ = shared.outbox.set(Arc::clone(&store));
             let stop = shared.stopping.clone();
             let relay = crate::outbox::relay::run(node.downgrade(), store, options, stop);
             shared.tasks.spawn(relay);

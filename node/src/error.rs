@@ -65,6 +65,10 @@ pub enum Error {
     /// A batch of events cannot be published as one (empty, or mixed topics or keys).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// The outbox's store failed (see [`crate::outbox::OutboxError`]).
+    #[cfg(feature = "outbox")]
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,

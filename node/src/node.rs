@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) dedup: Mutex<DedupWindow>,
     /// Replies to recent synchronous requests, for retries of them.
     pub(crate) replies: Mutex<ReplyCache>,
+    /// The outbox's store, when the node relays one ([`Node::forget_group`] edits it).
+    #[cfg(feature = "outbox")]
+    pub(crate) outbox: std::sync::OnceLock<Arc<dyn crate::outbox::OutboxStore>>,
     /// Synchronous requests waiting for their reply, by request id.
     pub(crate) pending: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
     pub(crate) counters: Counters,

@@ -349,7 +349,8 @@ impl Registry {
     #[cfg(feature = "outbox")]
     pub(crate) fn remember_groups(&self, subs: Vec<shoal_proto::Subscription>, until: Instant) {
         let mut inner = lock(&self.inner);
-        let mut changed = false;
+        // Groups that expired wake the copies held for them (they end as dropped).
+        let mut changed = inner.departed.expire(Instant::now());
         for sub in subs {
             let live = inner
                 .peers
@@ -364,6 +365,16 @@ impl Registry {
         if changed {
             self.bump();
         }
+    }
+
+    /// Forgets the grouped `sub` remembered while it has no live instance: the copies held for
+    /// it wake and end as dropped. Says whether it was remembered.
+    pub(crate) fn forget_group(&self, sub: &shoal_proto::Subscription) -> bool {
+        let forgotten = lock(&self.inner).departed.forget(sub);
+        if forgotten {
+            self.bump();
+        }
+        forgotten
     }
 
     /// A peer announced `sub`: it is no longer a departed group, and waiting publishers wake.

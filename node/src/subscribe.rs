@@ -122,6 +122,34 @@ impl Subscription {
 }
 
 impl Node {
+    /// Stops holding events for the subscriber `group` of `pattern`, gone for good (a
+    /// decommissioned service), and says whether it was remembered. A group whose last
+    /// instance left is remembered for [`crate::NodeBuilder::remember_groups_for`] (and by the
+    /// outbox relay for [`crate::outbox::RelayOptions::remember_groups_for`], in its
+    /// database), and events are held for it meanwhile; after this call the copies held for it
+    /// end as dropped (in [`crate::PublishReceipt::dropped`]) and new events no longer wait
+    /// for it. A group declared with [`crate::outbox::RelayOptions::expect_group`] must be
+    /// removed there too, or the relay remembers it again.
+    pub async fn forget_group(&self, pattern: &str, group: &str) -> Result<bool, Error> {
+        let sub = shoal_proto::Subscription {
+            pattern: pattern.to_owned(),
+            group: Some(group.to_owned()),
+        };
+        let mut forgotten = false;
+        // The store first: the relay re-reads its groups from it at every poll.
+        #[cfg(feature = "outbox")]
+        if let Some(store) = self.shared().outbox.get() {
+            let (store, p, g) = (Arc::clone(store), sub.pattern.clone(), group.to_owned());
+            forgotten |= tokio::task::spawn_blocking(move || store.forget_group(&p, &g))
+                .await
+                .map_err(|e| {
+                    crate::outbox::OutboxError::Database(format!("store call failed: {e}"))
+                })??;
+        }
+        forgotten |= self.shared().registry.forget_group(&sub);
+        Ok(forgotten)
+    }
+
     /// Subscribes this service to events on topics matching `pattern`, each handled by one of
     /// its instances (the service's group). Shorthand for [`Node::subscribe_with`].
     pub async fn subscribe<F, Fut, R>(

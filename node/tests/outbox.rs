@@ -94,13 +94,7 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
         assert!(got.insert(id), "{id} handled twice");
     }
     assert_eq!(got, committed);
-    timeout(WAIT, async {
-        while outbox.stats().unwrap().pending > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("delivered rows leave the outbox");
+    pending_falls_to(&outbox, 0, "delivered rows leave the outbox").await;
     orders.shutdown().await;
     invoice.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -169,6 +163,19 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
     orders.shutdown().await;
     billing.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (at most [`WAIT`]) until the outbox holds at most `rows` pending rows (acknowledged
+/// rows are removed a few milliseconds after their ack; the store has no event to await).
+async fn pending_falls_to(outbox: &SqliteOutbox, rows: u64, what: &str) {
+    let fall = async {
+        while outbox.stats().unwrap().pending > rows {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    timeout(WAIT, fall)
+        .await
+        .unwrap_or_else(|_| panic!("not within {WAIT:?}: {what}"));
 }
 
 /// A subscriber of `topic` in `group` that forwards each event's payload.
@@ -317,13 +324,12 @@ async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
 
     let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
     assert_eq!(receive(&mut billing_rx, 600).await, expected);
-    timeout(WAIT, async {
-        while outbox.stats().unwrap().pending > 300 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("every event leaves the outbox; the commands wait for the ledger");
+    pending_falls_to(
+        &outbox,
+        300,
+        "every event leaves the outbox; the commands wait for the ledger",
+    )
+    .await;
     for n in [&orders, &audit, &billing] {
         n.shutdown().await;
     }
@@ -368,13 +374,7 @@ async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
     }
     outbox.commit(tx).unwrap();
     assert_eq!(receive(&mut audit_rx, 300).await, bodies);
-    timeout(WAIT, async {
-        while outbox.stats().unwrap().pending > 300 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the events leave the outbox");
+    pending_falls_to(&outbox, 300, "the events leave the outbox").await;
     assert_eq!(outbox.stats().unwrap().pending, 300, "the commands wait");
 
     let (tx, mut ledger_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -390,6 +390,72 @@ async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
     });
     assert_eq!(receive(&mut ledger_rx, 300).await, entries);
     for n in [&orders, &audit, &ledger] {
+        n.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A group gone for good (decommissioned) is forgotten with `Node::forget_group`: the events
+/// held for it leave the outbox, and new ones no longer wait for it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_forgotten_group_no_longer_holds_events() {
+    let dir = std::env::temp_dir().join(format!("shoal-outbox-forget-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orders.db");
+    let ca = MeshCa::generate("outbox forget group test").unwrap();
+    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
+    let orders = node(&ca, "orders")
+        .await
+        .outbox(
+            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+            RelayOptions::default().poll(Duration::from_millis(50)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
+    let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    let mut conn = outbox.connect().unwrap();
+    publish_rows(&outbox, &mut conn, &["first"]).await;
+    assert_eq!(receive(&mut billing_rx, 1).await, ["first"]);
+    assert_eq!(receive(&mut audit_rx, 1).await, ["first"]);
+    billing.shutdown().await;
+    publish_rows(&outbox, &mut conn, &["a", "b"]).await;
+    assert_eq!(receive(&mut audit_rx, 2).await, ["a", "b"]);
+    pending_falls_to(&outbox, 2, "the first row leaves").await;
+    assert_eq!(outbox.stats().unwrap().pending, 2, "held for billing");
+
+    let forgotten = orders
+        .forget_group("order.created", "billing")
+        .await
+        .unwrap();
+    assert!(forgotten);
+    pending_falls_to(&outbox, 0, "the held rows leave").await;
+    assert!(
+        !outbox
+            .groups(Duration::from_secs(3600))
+            .unwrap()
+            .iter()
+            .any(|(_, g)| g == "billing")
+    );
+    assert!(
+        orders
+            .subscribers("order.created")
+            .iter()
+            .all(|(g, _)| g.as_deref() != Some("billing")),
+        "{:?}",
+        orders.subscribers("order.created")
+    );
+    publish_rows(&outbox, &mut conn, &["c"]).await;
+    assert_eq!(receive(&mut audit_rx, 1).await, ["c"]);
+    pending_falls_to(&outbox, 0, "a new event no longer waits for billing").await;
+    assert!(
+        !orders
+            .forget_group("order.created", "billing")
+            .await
+            .unwrap()
+    );
+    for n in [&orders, &audit] {
         n.shutdown().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -481,13 +547,7 @@ async fn a_database_locked_while_the_relay_runs_loses_no_row() {
     // A few relay cycles fail to record, then the lock goes away.
     tokio::time::sleep(Duration::from_millis(300)).await;
     exclusive.rollback().unwrap();
-    timeout(WAIT, async {
-        while outbox.stats().unwrap().pending > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("rows leave once the lock is gone");
+    pending_falls_to(&outbox, 0, "rows leave once the lock is gone").await;
     assert_eq!(got, sent);
     assert_eq!(orders.stats().dead_lettered, 0);
     orders.shutdown().await;

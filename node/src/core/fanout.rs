@@ -109,9 +109,18 @@ impl DepartedGroups {
         *entry = (*entry).max(until);
     }
 
-    /// `sub` has a live instance again, or was unsubscribed on purpose.
-    pub(crate) fn forget(&mut self, sub: &Subscription) {
-        self.until.remove(sub);
+    /// `sub` has a live instance again, was unsubscribed on purpose, or was forgotten by the
+    /// user. Says whether it was remembered.
+    pub(crate) fn forget(&mut self, sub: &Subscription) -> bool {
+        self.until.remove(sub).is_some()
+    }
+
+    /// Drops what is remembered no longer at `now`; says whether anything went.
+    #[cfg(feature = "outbox")]
+    pub(crate) fn expire(&mut self, now: Instant) -> bool {
+        let before = self.until.len();
+        self.until.retain(|_, until| now < *until);
+        self.until.len() != before
     }
 
     /// Groups remembered (and not expired at `now`) with a pattern matching `topic`.
@@ -190,7 +199,19 @@ mod tests {
         assert!(departed.matching("orders.created", later).is_empty());
 
         departed.left(sub("orders.*", Some("billing")), later);
-        departed.forget(&sub("orders.*", Some("billing")));
+        assert!(departed.forget(&sub("orders.*", Some("billing"))));
+        assert!(!departed.forget(&sub("orders.*", Some("billing"))));
         assert!(departed.matching("orders.created", later).is_empty());
+    }
+
+    #[cfg(feature = "outbox")]
+    #[test]
+    fn expiry_says_whether_a_group_went() {
+        let start = Instant::now();
+        let mut departed = DepartedGroups::new(Duration::from_secs(60));
+        departed.left(sub("orders.*", Some("billing")), start);
+        assert!(!departed.expire(start + Duration::from_secs(59)));
+        assert!(departed.expire(start + Duration::from_secs(60)));
+        assert!(!departed.expire(start + Duration::from_secs(61)));
     }
 }

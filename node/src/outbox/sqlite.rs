@@ -438,6 +438,17 @@ impl OutboxStore for SqliteOutbox {
         tx.commit().map_err(db)
     }
 
+    fn forget_group(&self, pattern: &str, group: &str) -> Result<bool, OutboxError> {
+        let conn = lock(&self.conn);
+        let removed = conn
+            .execute(
+                "DELETE FROM shoal_outbox_groups WHERE pattern = ?1 AND grp = ?2",
+                params![pattern, group],
+            )
+            .map_err(db)?;
+        Ok(removed > 0)
+    }
+
     fn groups(&self, within: Duration) -> Result<Vec<(String, String)>, OutboxError> {
         let conn = lock(&self.conn);
         let mut stmt = conn

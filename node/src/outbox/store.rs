@@ -117,6 +117,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn prune_dead(&self) -> Result<usize, OutboxError>;
     /// Records that these subscriber groups (`(pattern, group)`) are live now.
     fn saw_groups(&self, groups: &[(String, String)]) -> Result<(), OutboxError>;
+    /// Forgets the subscriber `group` of `pattern` (gone for good); says whether it was
+    /// remembered.
+    fn forget_group(&self, pattern: &str, group: &str) -> Result<bool, OutboxError>;
     /// The subscriber groups seen within `within`: events published from the outbox are held
     /// for them while they are away, even after this node restarts.
     fn groups(&self, within: Duration) -> Result<Vec<(String, String)>, OutboxError>;
