@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
+fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
     Node::builder(service)
         .identity(ca.issue(service).unwrap())
         .trust(ca.clone())
@@ -22,20 +23,18 @@ async fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
 
 #[tokio::test(flavor = "current_thread")]
 async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-relay-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
+    let fx = Fixture::new("relay");
+    let path = fx.path.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let ca = MeshCa::generate("outbox test").unwrap();
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default().poll(Duration::from_millis(100)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let ca = fx.ca.clone();
+    let orders = publisher(
+        &ca,
+        &outbox,
+        RelayOptions::default().poll(Duration::from_millis(100)),
+    )
+    .start()
+    .await
+    .unwrap();
 
     let mut conn = Connection::open(&path).unwrap();
     conn.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
@@ -68,7 +67,6 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
     // The receiver starts late: everything committed arrives, once.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
     let invoice = node(&ca, "invoice")
-        .await
         .peer(orders.local_addr())
         .start()
         .await
@@ -97,7 +95,38 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
     pending_falls_to(&outbox, 0, "delivered rows leave the outbox").await;
     orders.shutdown().await;
     invoice.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One test's database, in a folder of its own that is removed when the test ends, and its
+/// mesh CA.
+struct Fixture {
+    dir: PathBuf,
+    path: PathBuf,
+    ca: MeshCa,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shoal-outbox-{name}-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            path: dir.join("orders.db"),
+            ca: MeshCa::generate(&format!("outbox {name} test")).unwrap(),
+            dir,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `orders` node, relaying `outbox` with `options`.
+fn publisher(ca: &MeshCa, outbox: &Arc<SqliteOutbox>, options: RelayOptions) -> shoal::NodeBuilder {
+    let store = Arc::clone(outbox) as Arc<dyn OutboxStore>;
+    node(ca, "orders").outbox(store, options)
 }
 
 fn rand_suffix() -> u128 {
@@ -109,20 +138,18 @@ fn rand_suffix() -> u128 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn keyed_rows_kept_for_later_keep_their_order() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-order-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
+    let fx = Fixture::new("order");
+    let path = fx.path.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let ca = MeshCa::generate("outbox order test").unwrap();
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default().poll(Duration::from_secs(30)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let ca = fx.ca.clone();
+    let orders = publisher(
+        &ca,
+        &outbox,
+        RelayOptions::default().poll(Duration::from_secs(30)),
+    )
+    .start()
+    .await
+    .unwrap();
     let mut conn = Connection::open(&path).unwrap();
     for i in 0..60 {
         let tx = conn.transaction().unwrap();
@@ -133,7 +160,6 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let billing = node(&ca, "billing")
-        .await
         .peer(orders.local_addr())
         .start()
         .await
@@ -162,7 +188,6 @@ async fn keyed_rows_kept_for_later_keep_their_order() {
     }
     orders.shutdown().await;
     billing.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Waits (at most [`WAIT`]) until the outbox holds at most `rows` pending rows (acknowledged
@@ -185,7 +210,7 @@ async fn subscriber(
     peer: std::net::SocketAddr,
 ) -> (Node, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let node = node(ca, group).await.peer(peer).start().await.unwrap();
+    let node = node(ca, group).peer(peer).start().await.unwrap();
     node.subscribe("order.created", move |msg: Message| {
         let _ = tx.send(String::from_utf8_lossy(msg.payload()).into_owned());
         async { Ok::<_, HandlerError>(()) }
@@ -220,15 +245,12 @@ async fn receive(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, n: usize
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_away() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-groups-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
-    let ca = MeshCa::generate("outbox groups test").unwrap();
+    let fx = Fixture::new("groups");
+    let path = fx.path.clone();
+    let ca = fx.ca.clone();
     let options = RelayOptions::default().poll(Duration::from_millis(50));
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options.clone())
+    let orders = publisher(&ca, &outbox, options.clone())
         .start()
         .await
         .unwrap();
@@ -252,10 +274,8 @@ async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_awa
     orders.shutdown().await;
     drop(outbox);
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = node(&ca, "orders")
-        .await
+    let orders = publisher(&ca, &outbox, options.clone())
         .peer(audit.local_addr())
-        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options.clone())
         .start()
         .await
         .unwrap();
@@ -272,7 +292,6 @@ async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_awa
     for n in [&orders, &audit, &billing] {
         n.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Rows waiting for a receiver that is away (a group not up yet, a service with no instance)
@@ -280,22 +299,20 @@ async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_awa
 /// flight at once (256) are committed first, and the live group still gets every event.
 #[tokio::test(flavor = "current_thread")]
 async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-absent-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
-    let ca = MeshCa::generate("outbox absent receiver test").unwrap();
+    let fx = Fixture::new("absent");
+    let path = fx.path.clone();
+    let ca = fx.ca.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default()
-                .poll(Duration::from_millis(50))
-                .expect_group("order.*", "billing"),
-        )
-        .start()
-        .await
-        .unwrap();
+    let orders = publisher(
+        &ca,
+        &outbox,
+        RelayOptions::default()
+            .poll(Duration::from_millis(50))
+            .expect_group("order.*", "billing"),
+    )
+    .start()
+    .await
+    .unwrap();
     let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
     orders
         .wait_for_subscribers("order.created", 1, WAIT)
@@ -333,27 +350,20 @@ async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
     for n in [&orders, &audit, &billing] {
         n.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Past `max_waiting` rows waiting for an absent service, further ones stay in the store, and
 /// the rows behind them that can go still go; when the service appears, every row arrives.
 #[tokio::test(flavor = "current_thread")]
 async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-cap-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
-    let ca = MeshCa::generate("outbox max_waiting test").unwrap();
+    let fx = Fixture::new("cap");
+    let path = fx.path.clone();
+    let ca = fx.ca.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
     let options = RelayOptions::default()
         .poll(Duration::from_millis(50))
         .max_waiting(100);
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options)
-        .start()
-        .await
-        .unwrap();
+    let orders = publisher(&ca, &outbox, options).start().await.unwrap();
     let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
     orders
         .wait_for_subscribers("order.created", 1, WAIT)
@@ -379,7 +389,6 @@ async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
 
     let (tx, mut ledger_rx) = tokio::sync::mpsc::unbounded_channel();
     let ledger = node(&ca, "ledger")
-        .await
         .peer(orders.local_addr())
         .start()
         .await
@@ -392,27 +401,24 @@ async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
     for n in [&orders, &audit, &ledger] {
         n.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A group gone for good (decommissioned) is forgotten with `Node::forget_group`: the events
 /// held for it leave the outbox, and new ones no longer wait for it.
 #[tokio::test(flavor = "current_thread")]
 async fn a_forgotten_group_no_longer_holds_events() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-forget-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
-    let ca = MeshCa::generate("outbox forget group test").unwrap();
+    let fx = Fixture::new("forget");
+    let path = fx.path.clone();
+    let ca = fx.ca.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default().poll(Duration::from_millis(50)),
-        )
-        .start()
-        .await
-        .unwrap();
+    let orders = publisher(
+        &ca,
+        &outbox,
+        RelayOptions::default().poll(Duration::from_millis(50)),
+    )
+    .start()
+    .await
+    .unwrap();
     let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
     let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
     let mut conn = outbox.connect().unwrap();
@@ -458,27 +464,24 @@ async fn a_forgotten_group_no_longer_holds_events() {
     for n in [&orders, &audit] {
         n.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-expect-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
-    let ca = MeshCa::generate("outbox expected group test").unwrap();
+    let fx = Fixture::new("expect");
+    let path = fx.path.clone();
+    let ca = fx.ca.clone();
     let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = node(&ca, "orders")
-        .await
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            RelayOptions::default()
-                .poll(Duration::from_millis(50))
-                .expect_group("order.*", "billing"),
-        )
-        .start()
-        .await
-        .unwrap();
+    let orders = publisher(
+        &ca,
+        &outbox,
+        RelayOptions::default()
+            .poll(Duration::from_millis(50))
+            .expect_group("order.*", "billing"),
+    )
+    .start()
+    .await
+    .unwrap();
     let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
     orders
         .wait_for_subscribers("order.created", 1, WAIT)
@@ -492,25 +495,22 @@ async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
     for n in [&orders, &audit, &billing] {
         n.shutdown().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_database_locked_while_the_relay_runs_loses_no_row() {
-    let dir = std::env::temp_dir().join(format!("shoal-outbox-locked-{}", rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("orders.db");
+    let fx = Fixture::new("locked");
+    let path = fx.path.clone();
     let quick = shoal::outbox::OutboxOptions::default().busy_timeout(Duration::from_millis(50));
     let outbox = Arc::new(SqliteOutbox::open_with(&path, quick).unwrap());
-    let ca = MeshCa::generate("outbox locked test").unwrap();
+    let ca = fx.ca.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
-    let invoice = node(&ca, "invoice").await.start().await.unwrap();
+    let invoice = node(&ca, "invoice").start().await.unwrap();
     invoice.handle("create-invoice", move |msg: Message| {
         let _ = tx.send(msg.id());
         async { Ok::<_, HandlerError>(()) }
     });
     let orders = node(&ca, "orders")
-        .await
         .peer(invoice.local_addr())
         .outbox(
             Arc::clone(&outbox) as Arc<dyn OutboxStore>,
@@ -552,5 +552,4 @@ async fn a_database_locked_while_the_relay_runs_loses_no_row() {
     assert_eq!(orders.stats().dead_lettered, 0);
     orders.shutdown().await;
     invoice.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,18 @@ fn acks(frame: &Frame, id: MessageId) -> bool {
     matches!(frame, Frame::Ack(ack) if ack.ids.contains(&id))
 }
 
+/// Reads until the node's nack of `id`, which must not have been acked before it.
+async fn nack_without_ack(raw: &mut RawPeer, id: MessageId) -> shoal_proto::Nack {
+    let (frame, skipped) = raw
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
+        .await;
+    assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
+    let Frame::Nack(nack) = frame else {
+        unreachable!()
+    };
+    nack
+}
+
 /// Encodes several frames into one buffer, so they go out in one write.
 fn batch(frames: &[Frame]) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
@@ -190,18 +202,23 @@ async fn failed_messages_are_not_acked_on_redelivery() {
         let mut copy = env.clone();
         copy.attempt = attempt;
         raw.send_frame(&Frame::Deliver(Box::new(copy))).await;
-        let (frame, skipped) = raw
-            .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
-            .await;
-        assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
-        let Frame::Nack(nack) = frame else {
-            unreachable!()
-        };
+        let nack = nack_without_ack(&mut raw, id).await;
         assert!(!nack.retryable);
         assert!(nack.reason.contains("unknown order"), "{}", nack.reason);
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     billing.shutdown().await;
+}
+
+/// A synchronous request for `name`, from `raw` (its reply comes back on `raw`'s connection).
+fn request_envelope(raw: &RawPeer, name: &str) -> shoal_proto::Envelope {
+    let mut env = envelope(name, b"order 42");
+    env.reply_to = Some(shoal_proto::ReturnAddress {
+        service: "shop".to_owned(),
+        node: Some(raw.node_id),
+        channel: String::new(),
+    });
+    env
 }
 
 /// Whether `frame` is the reply to the synchronous request `id`; returns its body.
@@ -228,12 +245,7 @@ async fn a_retried_request_gets_the_reply_again_without_running_the_handler() {
         async move { Ok(bytes::Bytes::from(format!("quote #{n}"))) }
     });
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
-    let mut env = envelope("quote", b"order 42");
-    env.reply_to = Some(shoal_proto::ReturnAddress {
-        service: "shop".to_owned(),
-        node: Some(raw.node_id),
-        channel: String::new(),
-    });
+    let env = request_envelope(&raw, "quote");
     let id = env.id;
     for attempt in [1, 2, 3] {
         let mut copy = env.clone();
@@ -270,12 +282,7 @@ async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
         async { Ok(bytes::Bytes::from_static(b"a quote")) }
     });
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
-    let mut env = envelope("quote", b"order 42");
-    env.reply_to = Some(shoal_proto::ReturnAddress {
-        service: "shop".to_owned(),
-        node: Some(raw.node_id),
-        channel: String::new(),
-    });
+    let mut env = request_envelope(&raw, "quote");
     let id = env.id;
     raw.send_frame(&Frame::Deliver(Box::new(env.clone()))).await;
     raw.read_until(WAIT, 16, |f| reply_body(f, id).is_some())
@@ -284,13 +291,7 @@ async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
 
     env.attempt = 2;
     raw.send_frame(&Frame::Deliver(Box::new(env))).await;
-    let (frame, skipped) = raw
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
-        .await;
-    assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
-    let Frame::Nack(nack) = frame else {
-        unreachable!()
-    };
+    let nack = nack_without_ack(&mut raw, id).await;
     assert!(!nack.retryable);
     assert!(nack.reason.contains("reply is no longer kept"), "{nack:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
