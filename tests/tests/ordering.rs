@@ -38,6 +38,18 @@ struct Recorder {
     reached: Notify,
 }
 
+/// A key's handler is running while this lives.
+struct Running<'a> {
+    rec: &'a Recorder,
+    key: usize,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.rec.running.lock().unwrap().remove(&self.key);
+    }
+}
+
 fn parse(msg: &Message) -> (usize, usize) {
     let text = std::str::from_utf8(msg.payload()).unwrap();
     let (key, seq) = text.split_once('/').unwrap();
@@ -60,13 +72,16 @@ async fn start_instance(
             if !rec.running.lock().unwrap().insert(key) {
                 rec.overlaps.fetch_add(1, Ordering::SeqCst);
             }
+            // The key stops running when this handler ends, or when it is dropped mid-run
+            // (its instance was aborted): then it does not run any more either.
+            let running = Running { rec: &rec, key };
             rec.runs
                 .lock()
                 .unwrap()
                 .push((key, seq, index, msg.attempt()));
             // Give another message of the same key a chance to overlap, were it sent early.
             tokio::task::yield_now().await;
-            rec.running.lock().unwrap().remove(&key);
+            drop(running);
             if rec.handled.fetch_add(1, Ordering::SeqCst) + 1 == CHANGE_AFTER {
                 rec.reached.notify_one();
             }
