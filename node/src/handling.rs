@@ -132,9 +132,11 @@ async fn handle_items(
     handlers: &[BoxedHandler],
     items: Vec<(Option<MessageId>, Envelope)>,
 ) -> Result<(), HandlerError> {
+    // One clock read for the whole delivery: a batch's events arrived together.
+    let now = Instant::now().into_std();
     for (item_key, env) in items {
         if let Some(k) = item_key {
-            match lock(&shared.dedup).check(k, Instant::now().into_std()) {
+            match lock(&shared.dedup).check(k, now) {
                 Seen::New => {}
                 Seen::Done => {
                     Counters::bump(&shared.counters.duplicates);

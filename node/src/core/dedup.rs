@@ -1,6 +1,7 @@
 //! The receiver's dedup window: remembers recently seen message ids so a redelivered message
 //! is acknowledged again without running its handler twice.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
@@ -52,13 +53,14 @@ impl DedupWindow {
     /// count bound wins over exactness so memory stays bounded.
     pub(crate) fn check(&mut self, id: MessageId, now: Instant) -> Seen {
         self.expire(now);
-        match self.states.get(&id) {
-            Some(seen) => *seen,
-            None => {
-                if self.capacity == 0 {
-                    return Seen::New;
-                }
-                self.states.insert(id, Seen::InProgress);
+        if self.capacity == 0 {
+            return Seen::New;
+        }
+        // One probe of the table for both the lookup and the insert.
+        match self.states.entry(id) {
+            Entry::Occupied(seen) => *seen.get(),
+            Entry::Vacant(slot) => {
+                slot.insert(Seen::InProgress);
                 self.order.push_back((id, now));
                 while self.states.len() > self.capacity {
                     self.pop_oldest();
