@@ -304,10 +304,12 @@ pub(crate) async fn answer_retried_request(shared: &Shared, peer: &Arc<Peer>, en
     let kept = lock(&shared.replies).get(env.id, Instant::now().into_std());
     match kept {
         Some(frame) => {
+            Counters::bump(&shared.counters.replies_resent);
             send_reply_frame(shared, peer, env.id, addr, frame).await;
             peer.push_ack(env.id);
         }
         None => {
+            Counters::bump(&shared.counters.replies_missing);
             let reason = format!(
                 "request {} was already handled here and its reply is no longer kept \
                  (see NodeBuilder::reply_cache); not running it twice",

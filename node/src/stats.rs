@@ -19,6 +19,12 @@ pub struct NodeStats {
     pub handler_errors: u64,
     /// Deliveries recognised as duplicates by the dedup window (acked again, not handled).
     pub duplicates: u64,
+    /// Duplicates of requests already handled that got the reply this node kept for them
+    /// (the requester's first reply was lost; see [`crate::NodeBuilder::reply_cache`]).
+    pub replies_resent: u64,
+    /// Duplicates of requests already handled whose reply was no longer kept: refused for
+    /// good, so the requester's call fails with the reason.
+    pub replies_missing: u64,
     /// Deliveries refused because no handler was registered for their name.
     pub unhandled: u64,
     /// Frames from peers that could not be decoded or broke a limit.
@@ -44,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) handled: AtomicU64,
     pub(crate) handler_errors: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) replies_resent: AtomicU64,
+    pub(crate) replies_missing: AtomicU64,
     pub(crate) unhandled: AtomicU64,
     pub(crate) malformed_frames: AtomicU64,
     pub(crate) handshake_failures: AtomicU64,
@@ -66,6 +74,8 @@ impl Counters {
             handled: self.handled.load(Relaxed),
             handler_errors: self.handler_errors.load(Relaxed),
             duplicates: self.duplicates.load(Relaxed),
+            replies_resent: self.replies_resent.load(Relaxed),
+            replies_missing: self.replies_missing.load(Relaxed),
             unhandled: self.unhandled.load(Relaxed),
             malformed_frames: self.malformed_frames.load(Relaxed),
             handshake_failures: self.handshake_failures.load(Relaxed),

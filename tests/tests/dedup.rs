@@ -262,7 +262,12 @@ async fn a_retried_request_gets_the_reply_again_without_running_the_handler() {
         raw.read_until(WAIT, 16, |f| acks(f, id)).await;
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
-    assert_eq!(billing.stats().duplicates, 2);
+    let stats = billing.stats();
+    assert_eq!(
+        (stats.duplicates, stats.replies_resent),
+        (2, 2),
+        "{stats:?}"
+    );
     billing.shutdown().await;
 }
 
@@ -295,6 +300,7 @@ async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
     assert!(!nack.retryable);
     assert!(nack.reason.contains("reply is no longer kept"), "{nack:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(billing.stats().replies_missing, 1);
     billing.shutdown().await;
 }
 
