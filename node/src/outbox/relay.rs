@@ -73,8 +73,15 @@ struct Relay {
     read: bool,
     /// The last read filled every free slot: more rows may be waiting behind it.
     more: bool,
-    /// The last read held rows back behind their key: read again when a keyed row finishes.
-    held: bool,
+    /// The lowest row read but held back (behind its key, or past `max_waiting`), below the
+    /// cursor: read again from there when a keyed or waiting row finishes ([`Relay::revisit`]).
+    held_from: Option<i64>,
+    /// Keys with a row held back below the cursor: their later rows are held too, in order.
+    held_keys: HashSet<KeySlot>,
+    /// The next read starts again from `held_from`.
+    revisit: bool,
+    /// The last read stopped at its budget with more rows behind: read on at once.
+    unfinished: bool,
     /// Rows acknowledged, and rows dead-lettered (with the reason), not yet recorded in the
     /// store: outcomes are written in batches, at most [`RECORD_DELAY`] after the first.
     delivered: Vec<i64>,
@@ -89,6 +96,9 @@ impl Relay {
     fn rescan(&mut self) {
         self.after = 0;
         self.blocked.clear();
+        self.held_from = None;
+        self.held_keys.clear();
+        self.revisit = false;
         self.read = true;
     }
 
@@ -114,11 +124,14 @@ impl Relay {
         let done = self.in_flight.remove(&seq)?;
         if done.waiting {
             self.waiting -= 1;
-            self.read |= self.held;
         }
         if let Some(slot) = &done.slot {
             self.busy.remove(slot);
-            self.read |= self.held;
+        }
+        // A held row may go now: its key is free, or there is room among the waiting rows.
+        if self.held_from.is_some() && (done.waiting || done.slot.is_some()) {
+            self.revisit = true;
+            self.read = true;
         }
         Some(done)
     }
@@ -203,8 +216,14 @@ pub(crate) async fn run(
             }
             () = sleep_until_some(relay.record_at) => flush(&mut relay, &store).await,
             () = wake.notified() => relay.read = true,
+            // The read stopped at its budget: go on reading (the rows behind many held ones),
+            // between deliveries' outcomes.
+            () = std::future::ready(()), if relay.unfinished => relay.read = true,
             _ = tick.tick() => {
-                relay.rescan();
+                // Not in the middle of a long read, or it would start over and never end.
+                if !relay.unfinished {
+                    relay.rescan();
+                }
                 reclassify(&mut relay, &node);
                 remember_groups(&node, &store, &options).await;
                 match blocking(&store, |s| s.prune_dead()).await {
@@ -242,14 +261,22 @@ async fn fill(
     let shared = Arc::clone(node.upgrade()?.shared());
     let mut absence = Absence::new(&shared.registry);
     let generation = shared.registry.generation();
-    // The cursor stops before the first row held back, so it is read again later.
-    let mut first_held: Option<i64> = None;
+    // Rows held back are read again from `held_from` when they may go; the cursor itself moves
+    // on, so rows behind any number of held ones are still read.
     let mut cursor = relay.after;
+    if std::mem::take(&mut relay.revisit) {
+        if let Some(from) = relay.held_from.take() {
+            cursor = cursor.min(from - 1);
+            relay.held_keys.clear();
+        }
+    }
+    let mut first_held: Option<i64> = None;
     let mut expired = Vec::new();
     // Rows skipped because they are in flight, plus a margin for rows held behind their key:
     // the scan is bounded even when most pending rows must wait.
     let mut budget = relay.in_flight.len() + 4 * WINDOW;
     relay.more = false;
+    relay.unfinished = false;
     'pages: while budget > 0 {
         let (after, limit) = (cursor, WINDOW.saturating_sub(relay.active()));
         if limit == 0 {
@@ -275,8 +302,12 @@ async fn fill(
             }
             let slot = key_slot(&row);
             if let Some(slot) = &slot {
-                if relay.busy.contains(slot) || relay.blocked.contains(slot) {
+                if relay.busy.contains(slot)
+                    || relay.blocked.contains(slot)
+                    || relay.held_keys.contains(slot)
+                {
                     first_held.get_or_insert(row.seq);
+                    relay.held_keys.insert(slot.clone());
                     continue;
                 }
             }
@@ -293,8 +324,12 @@ async fn fill(
             let receiver = Receiver::of(&row);
             let waiting = absence.away(&receiver);
             if waiting && relay.waiting >= options.max_waiting {
-                // Stays in the store; read again when a waiting row goes.
+                // Stays in the store; read again when a waiting row goes. Its key's later
+                // rows wait for it.
                 first_held.get_or_insert(row.seq);
+                if let Some(slot) = slot {
+                    relay.held_keys.insert(slot);
+                }
                 continue;
             }
             if let Some(slot) = &slot {
@@ -316,9 +351,13 @@ async fn fill(
             break;
         }
         relay.more = budget == 0;
+        relay.unfinished = budget == 0;
     }
-    relay.after = first_held.map_or(cursor, |seq| seq - 1);
-    relay.held = first_held.is_some();
+    relay.after = cursor;
+    relay.held_from = match (relay.held_from, first_held) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Some(expired)
 }
 
