@@ -658,3 +658,45 @@ async fn a_row_held_by_max_waiting_keeps_its_key_in_order() {
         n.shutdown().await;
     }
 }
+
+/// Forgetting the only group of a topic: the events held for it leave the outbox too.
+#[tokio::test(flavor = "current_thread")]
+async fn forgetting_the_only_group_empties_the_outbox() {
+    let fx = Fixture::new("forget-only");
+    let outbox = Arc::new(SqliteOutbox::open(&fx.path).unwrap());
+    let options = RelayOptions::default().poll(Duration::from_millis(50));
+    let orders = publisher(&fx.ca, &outbox, options).start().await.unwrap();
+    let (billing, mut billing_rx) = subscriber(&fx.ca, "billing", orders.local_addr()).await;
+    let mut conn = outbox.connect().unwrap();
+    publish_rows(&outbox, &mut conn, &["first"]).await;
+    assert_eq!(receive(&mut billing_rx, 1).await, ["first"]);
+    billing.shutdown().await;
+    // Billing is remembered with no instance: events published now are held for it.
+    let held_for_billing = |node: &Node| {
+        node.subscribers("order.created") == [(Some("billing".to_owned()), Vec::new())]
+    };
+    let mut events = orders.events();
+    timeout(WAIT, async {
+        while !held_for_billing(&orders) {
+            let _ = events.recv().await;
+        }
+    })
+    .await
+    .expect("billing is remembered once its instance left");
+    let published = orders.stats().published;
+    publish_rows(&outbox, &mut conn, &["a", "b"]).await;
+    pending_falls_to(&outbox, 2, "the first row leaves").await;
+    // The relay has published both (their copies are held for billing); the node has no
+    // event for that.
+    timeout(WAIT, async {
+        while orders.stats().published < published + 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the relay publishes the rows");
+    let forgotten = orders.forget_group("order.created", "billing").await;
+    assert!(forgotten.unwrap());
+    pending_falls_to(&outbox, 0, "the rows held for the forgotten group leave").await;
+    orders.shutdown().await;
+}

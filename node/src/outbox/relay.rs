@@ -503,8 +503,10 @@ fn start(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<Deliv
             let publish = node.publish_with(row.message, options);
             Box::pin(async move {
                 // Store and forward: an event nobody subscribes to yet stays in the outbox.
+                // A copy dropped because its audience is gone for good (unsubscribed, or
+                // forgotten with `Node::forget_group`) is done with, even if it was the only one.
                 let result = publish.await.and_then(|receipt| {
-                    if receipt.deliveries.is_empty() {
+                    if receipt.deliveries.is_empty() && receipt.dropped.is_empty() {
                         Err(Error::AudienceGone("no subscriber yet".into()))
                     } else {
                         Ok(())
