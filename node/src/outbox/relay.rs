@@ -218,7 +218,12 @@ pub(crate) async fn run(
             () = wake.notified() => relay.read = true,
             // The read stopped at its budget: go on reading (the rows behind many held ones),
             // between deliveries' outcomes.
-            () = std::future::ready(()), if relay.unfinished => relay.read = true,
+            // (Cleared here: with no room in the window the read waits for an outcome,
+            // rather than this branch firing again at once, forever.)
+            () = std::future::ready(()), if relay.unfinished => {
+                relay.unfinished = false;
+                relay.read = true;
+            }
             _ = tick.tick() => {
                 // Not in the middle of a long read, or it would start over and never end.
                 if !relay.unfinished {
