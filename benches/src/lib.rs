@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use affinity::Placement;
 pub use error::{BenchError, BenchResult};
 pub use report::rate::{AggregatedRate, RateReport};
-pub use report::{AggregatedReport, LatencyReport};
+pub use report::{Aggregated, AggregatedReport, LatencyReport, MedianOf};
 pub use throughput::{AggregatedThroughput, ThroughputReport};
 
 /// Where every scenario binds: `127.0.0.1`, any free port.
@@ -71,6 +71,21 @@ pub struct BenchConfig {
     pub placement: Placement,
     /// Measured window of each throughput row (after a warm-up of a quarter of it).
     pub duration: Duration,
+}
+
+impl BenchConfig {
+    /// Tiny counts and short windows, for the tests that run each scenario once on loopback.
+    #[cfg(test)]
+    pub(crate) fn quick() -> Self {
+        Self {
+            count: 300,
+            warmup: 30,
+            payload: 64,
+            run_timeout: Duration::from_secs(60),
+            placement: Placement::Any,
+            duration: Duration::from_millis(200),
+        }
+    }
 }
 
 impl Default for BenchConfig {

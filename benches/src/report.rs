@@ -127,22 +127,38 @@ impl LatencyReport {
     }
 }
 
-/// One result row with the individual runs it was made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AggregatedReport {
-    /// Medians across `per_run` (see [`LatencyReport::median_of`]).
-    pub median: LatencyReport,
-    /// Each run's own report, in run order.
-    pub per_run: Vec<LatencyReport>,
+/// A result row whose runs combine into one row of medians (latency, throughput and
+/// offered-rate rows alike).
+pub trait MedianOf: Sized {
+    /// The row of medians across `runs`; `None` if there are none.
+    fn median_of(runs: &[Self]) -> Option<Self>;
 }
 
-impl AggregatedReport {
+impl MedianOf for LatencyReport {
+    fn median_of(runs: &[Self]) -> Option<Self> {
+        Self::median_of(runs)
+    }
+}
+
+/// One result row with the individual runs it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregated<R> {
+    /// Medians across `per_run` (see [`MedianOf`]).
+    pub median: R,
+    /// Each run's own report, in run order.
+    pub per_run: Vec<R>,
+}
+
+impl<R: MedianOf> Aggregated<R> {
     /// Aggregates runs of one row. `None` if `per_run` is empty.
-    pub fn from_runs(per_run: Vec<LatencyReport>) -> Option<Self> {
-        let median = LatencyReport::median_of(&per_run)?;
+    pub fn from_runs(per_run: Vec<R>) -> Option<Self> {
+        let median = R::median_of(&per_run)?;
         Some(Self { median, per_run })
     }
 }
+
+/// A latency row with its runs.
+pub type AggregatedReport = Aggregated<LatencyReport>;
 
 /// Nanoseconds to microseconds, for printing.
 pub fn us(ns: u64) -> f64 {

@@ -3,17 +3,6 @@
 
 use super::*;
 
-fn quick() -> BenchConfig {
-    BenchConfig {
-        count: 300,
-        warmup: 30,
-        payload: 64,
-        run_timeout: Duration::from_secs(30),
-        placement: Placement::Any,
-        duration: Duration::from_millis(200),
-    }
-}
-
 #[test]
 fn scenario_names_are_unique_and_baseline_exists() {
     for (i, a) in SCENARIOS.iter().enumerate() {
@@ -28,7 +17,7 @@ fn every_round_trip_scenario_runs_on_loopback() {
         if !matches!(scenario.run, Measures::RoundTrip(_)) {
             continue;
         }
-        let results = run_repeated(scenario, &quick(), 2, |_, _| {})
+        let results = run_repeated(scenario, &BenchConfig::quick(), 2, |_, _| {})
             .unwrap_or_else(|e| panic!("{}: {e}", scenario.name));
         let ScenarioResults::Latency(rows) = results else {
             panic!("{}: latency rows expected", scenario.name);
@@ -75,7 +64,7 @@ fn one_way_rows_with_1_and_8_receivers() {
     let config = BenchConfig {
         count: 100,
         warmup: 10,
-        ..quick()
+        ..BenchConfig::quick()
     };
     let quinn = latency_rows(pubsub::FANOUT_PREFIX, &config);
     assert_eq!(
@@ -98,7 +87,7 @@ fn one_way_rows_with_1_and_8_receivers() {
 fn throughput_rows_at_three_payloads_are_measured_and_compared() {
     let config = BenchConfig {
         duration: Duration::from_millis(150),
-        ..quick()
+        ..BenchConfig::quick()
     };
     let mut rows = Vec::new();
     for name in [
@@ -139,7 +128,7 @@ fn throughput_rows_at_three_payloads_are_measured_and_compared() {
 
 #[test]
 fn offered_rate_rows_count_every_message() {
-    let config = quick();
+    let config = BenchConfig::quick();
     let mut rows = Vec::new();
     for name in [QUINN_AT_RATE_NAME, SHOAL_AT_RATE_NAME] {
         let scenario = find_scenario(name).expect("registered");
@@ -165,7 +154,7 @@ fn offered_rate_rows_count_every_message() {
 
 #[test]
 fn connection_set_up_rows() {
-    let config = quick();
+    let config = BenchConfig::quick();
     let quinn = latency_rows(connect::QUINN_NAME, &config);
     let shoal = latency_rows(connect::SHOAL_NAME, &config);
     let n = connect::connections(&config);
@@ -186,7 +175,7 @@ fn connection_set_up_rows() {
 #[test]
 fn discovery_runs_in_namespaces_or_says_it_was_skipped() {
     let scenario = find_scenario(discovery_timing::SCENARIO_NAME).expect("registered");
-    match run_repeated(scenario, &quick(), 1, |_, _| {}) {
+    match run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {}) {
         Ok(ScenarioResults::Latency(rows)) => {
             let names: Vec<&str> = rows.iter().map(|r| r.median.name.as_str()).collect();
             assert_eq!(
@@ -207,13 +196,13 @@ fn discovery_runs_in_namespaces_or_says_it_was_skipped() {
 fn zero_payload_and_large_payload_work() {
     let tiny = BenchConfig {
         payload: 0,
-        ..quick()
+        ..BenchConfig::quick()
     };
     let big = BenchConfig {
         payload: 100_000,
         count: 50,
         warmup: 5,
-        ..quick()
+        ..BenchConfig::quick()
     };
     for config in [tiny, big] {
         let rows = quinn_echo::run_stream(&config).expect("stream echo");

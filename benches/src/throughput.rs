@@ -105,22 +105,14 @@ impl ThroughputReport {
     }
 }
 
-/// One throughput row with the runs it was made from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AggregatedThroughput {
-    /// Medians across `per_run`.
-    pub median: ThroughputReport,
-    /// Each run's own report, in run order.
-    pub per_run: Vec<ThroughputReport>,
-}
-
-impl AggregatedThroughput {
-    /// Aggregates runs of one row. `None` if `per_run` is empty.
-    pub fn from_runs(per_run: Vec<ThroughputReport>) -> Option<Self> {
-        let median = ThroughputReport::median_of(&per_run)?;
-        Some(Self { median, per_run })
+impl crate::report::MedianOf for ThroughputReport {
+    fn median_of(runs: &[Self]) -> Option<Self> {
+        Self::median_of(runs)
     }
 }
+
+/// One throughput row with the runs it was made from.
+pub type AggregatedThroughput = crate::report::Aggregated<ThroughputReport>;
 
 /// Messages counted over a measured window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

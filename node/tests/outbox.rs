@@ -203,6 +203,27 @@ async fn pending_falls_to(outbox: &SqliteOutbox, rows: u64, what: &str) {
         .unwrap_or_else(|_| panic!("not within {WAIT:?}: {what}"));
 }
 
+/// The fixture's outbox, the `orders` node relaying it with `options`, and an `audit`
+/// subscriber of `order.created` (with its events) that `orders` already sees.
+async fn publisher_and_audit(
+    fx: &Fixture,
+    options: RelayOptions,
+) -> (
+    Arc<SqliteOutbox>,
+    Node,
+    Node,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let outbox = Arc::new(SqliteOutbox::open(&fx.path).unwrap());
+    let orders = publisher(&fx.ca, &outbox, options).start().await.unwrap();
+    let (audit, audit_rx) = subscriber(&fx.ca, "audit", orders.local_addr()).await;
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .unwrap();
+    (outbox, orders, audit, audit_rx)
+}
+
 /// A subscriber of `topic` in `group` that forwards each event's payload.
 async fn subscriber(
     ca: &MeshCa,
@@ -300,24 +321,14 @@ async fn a_group_seen_before_a_restart_gets_the_events_published_while_it_is_awa
 #[tokio::test(flavor = "current_thread")]
 async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
     let fx = Fixture::new("absent");
-    let path = fx.path.clone();
     let ca = fx.ca.clone();
-    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = publisher(
-        &ca,
-        &outbox,
+    let (outbox, orders, audit, mut audit_rx) = publisher_and_audit(
+        &fx,
         RelayOptions::default()
             .poll(Duration::from_millis(50))
             .expect_group("order.*", "billing"),
     )
-    .start()
-    .await
-    .unwrap();
-    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
-    orders
-        .wait_for_subscribers("order.created", 1, WAIT)
-        .await
-        .unwrap();
+    .await;
     // 300 commands for a service that has no instance, then 600 events that billing (away)
     // and audit (up) both must get.
     let mut conn = outbox.connect().unwrap();
@@ -357,18 +368,11 @@ async fn rows_waiting_for_an_absent_receiver_do_not_hold_back_the_others() {
 #[tokio::test(flavor = "current_thread")]
 async fn rows_past_max_waiting_stay_in_the_store_without_blocking_the_rest() {
     let fx = Fixture::new("cap");
-    let path = fx.path.clone();
     let ca = fx.ca.clone();
-    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
     let options = RelayOptions::default()
         .poll(Duration::from_millis(50))
         .max_waiting(100);
-    let orders = publisher(&ca, &outbox, options).start().await.unwrap();
-    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
-    orders
-        .wait_for_subscribers("order.created", 1, WAIT)
-        .await
-        .unwrap();
+    let (outbox, orders, audit, mut audit_rx) = publisher_and_audit(&fx, options).await;
     let mut conn = outbox.connect().unwrap();
     let tx = conn.transaction().unwrap();
     let entries: Vec<String> = (0..300).map(|n| format!("entry {n:03}")).collect();
@@ -469,24 +473,14 @@ async fn a_forgotten_group_no_longer_holds_events() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_expected_group_gets_events_published_before_it_ever_subscribed() {
     let fx = Fixture::new("expect");
-    let path = fx.path.clone();
     let ca = fx.ca.clone();
-    let outbox = Arc::new(SqliteOutbox::open(&path).unwrap());
-    let orders = publisher(
-        &ca,
-        &outbox,
+    let (outbox, orders, audit, mut audit_rx) = publisher_and_audit(
+        &fx,
         RelayOptions::default()
             .poll(Duration::from_millis(50))
             .expect_group("order.*", "billing"),
     )
-    .start()
-    .await
-    .unwrap();
-    let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
-    orders
-        .wait_for_subscribers("order.created", 1, WAIT)
-        .await
-        .unwrap();
+    .await;
     let mut conn = outbox.connect().unwrap();
     publish_rows(&outbox, &mut conn, &["x", "y"]).await;
     assert_eq!(receive(&mut audit_rx, 2).await, ["x", "y"]);
@@ -578,16 +572,10 @@ fn commit_commands_then_an_event(outbox: &SqliteOutbox, n: usize, key: Option<&s
 async fn any_number_of_held_rows_does_not_hide_the_rows_behind_them() {
     for (name, max_waiting, key) in [("held-cap", 100, None), ("held-key", 16_384, Some("c-1"))] {
         let fx = Fixture::new(name);
-        let outbox = Arc::new(SqliteOutbox::open(&fx.path).unwrap());
         let options = RelayOptions::default()
             .poll(Duration::from_millis(50))
             .max_waiting(max_waiting);
-        let orders = publisher(&fx.ca, &outbox, options).start().await.unwrap();
-        let (audit, mut audit_rx) = subscriber(&fx.ca, "audit", orders.local_addr()).await;
-        orders
-            .wait_for_subscribers("order.created", 1, WAIT)
-            .await
-            .unwrap();
+        let (outbox, orders, audit, mut audit_rx) = publisher_and_audit(&fx, options).await;
         // Far more than the relay reads in one pass (in flight + 4 x 256).
         commit_commands_then_an_event(&outbox, 2_000, key);
         assert_eq!(

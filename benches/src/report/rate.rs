@@ -64,22 +64,14 @@ impl RateReport {
     }
 }
 
-/// One row with the runs it was made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AggregatedRate {
-    /// Medians across `per_run` (see [`RateReport::median_of`]).
-    pub median: RateReport,
-    /// Each run's own report, in run order.
-    pub per_run: Vec<RateReport>,
-}
-
-impl AggregatedRate {
-    /// Aggregates runs of one row. `None` if `per_run` is empty.
-    pub fn from_runs(per_run: Vec<RateReport>) -> Option<Self> {
-        let median = RateReport::median_of(&per_run)?;
-        Some(Self { median, per_run })
+impl super::MedianOf for RateReport {
+    fn median_of(runs: &[Self]) -> Option<Self> {
+        Self::median_of(runs)
     }
 }
+
+/// An offered-rate row with its runs.
+pub type AggregatedRate = super::Aggregated<RateReport>;
 
 /// The row each row is compared with: the raw quinn stream at the same rate
 /// (`quinn-stream-at-<rate>`), if it ran.

@@ -503,18 +503,6 @@ async fn throughput_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Placement;
-
-    fn quick() -> BenchConfig {
-        BenchConfig {
-            count: 300,
-            warmup: 30,
-            payload: 64,
-            run_timeout: Duration::from_secs(30),
-            placement: Placement::Any,
-            duration: Duration::from_millis(200),
-        }
-    }
 
     #[test]
     fn codec_round_trips_frames() {
@@ -538,7 +526,7 @@ mod tests {
 
     #[test]
     fn request_scenario_counts_every_round_trip() {
-        let rows = run_request(&quick()).expect("libp2p-request runs");
+        let rows = run_request(&BenchConfig::quick()).expect("libp2p-request runs");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, REQUEST_NAME);
         assert_eq!(rows[0].count, 300);
@@ -547,14 +535,14 @@ mod tests {
             payload: 100_000,
             count: 20,
             warmup: 2,
-            ..quick()
+            ..BenchConfig::quick()
         };
         assert_eq!(run_request(&big).expect("large payload")[0].count, 20);
     }
 
     #[test]
     fn throughput_scenario_has_a_row_per_payload() {
-        let rows = run_throughput(&quick()).expect("libp2p-throughput runs");
+        let rows = run_throughput(&BenchConfig::quick()).expect("libp2p-throughput runs");
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,

@@ -195,18 +195,7 @@ async fn sync_subscribers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BenchConfig, Placement, ScenarioResults, find_scenario, run_repeated};
-
-    fn tiny() -> BenchConfig {
-        BenchConfig {
-            count: 200,
-            warmup: 20,
-            payload: 64,
-            run_timeout: Duration::from_secs(60),
-            placement: Placement::Any,
-            duration: Duration::from_millis(200),
-        }
-    }
+    use crate::{BenchConfig, ScenarioResults, find_scenario, run_repeated};
 
     #[test]
     fn acks_round_trip() {
@@ -218,7 +207,8 @@ mod tests {
     #[test]
     fn request_scenario_times_every_round_trip() {
         let scenario = find_scenario(REQUEST_NAME).expect("registered");
-        let Ok(ScenarioResults::Latency(rows)) = run_repeated(scenario, &tiny(), 1, |_, _| {})
+        let Ok(ScenarioResults::Latency(rows)) =
+            run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {})
         else {
             panic!("nats-request failed or gave no latency rows");
         };
@@ -231,7 +221,8 @@ mod tests {
     #[test]
     fn publish_scenario_records_every_subscriber() {
         let scenario = find_scenario(PUBLISH_NAME).expect("registered");
-        let Ok(ScenarioResults::Latency(rows)) = run_repeated(scenario, &tiny(), 1, |_, _| {})
+        let Ok(ScenarioResults::Latency(rows)) =
+            run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {})
         else {
             panic!("nats-publish failed or gave no latency rows");
         };
@@ -252,7 +243,8 @@ mod tests {
     #[test]
     fn throughput_scenario_counts_deliveries() {
         let scenario = find_scenario(THROUGHPUT_NAME).expect("registered");
-        let Ok(ScenarioResults::Throughput(rows)) = run_repeated(scenario, &tiny(), 1, |_, _| {})
+        let Ok(ScenarioResults::Throughput(rows)) =
+            run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {})
         else {
             panic!("nats-throughput failed or gave no throughput rows");
         };

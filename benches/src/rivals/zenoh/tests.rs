@@ -1,23 +1,10 @@
-use std::time::Duration;
-
 use super::*;
-use crate::{BenchConfig, Measures, Placement, ScenarioResults, find_scenario, run_repeated};
-
-fn quick() -> BenchConfig {
-    BenchConfig {
-        count: 200,
-        warmup: 20,
-        payload: 64,
-        run_timeout: Duration::from_secs(60),
-        placement: Placement::Any,
-        duration: Duration::from_millis(200),
-    }
-}
+use crate::{BenchConfig, Measures, ScenarioResults, find_scenario, run_repeated};
 
 fn latency_rows(name: &str) -> Vec<crate::AggregatedReport> {
     let scenario = find_scenario(name).expect("registered");
     assert_eq!(scenario.system, crate::systems::ZENOH);
-    match run_repeated(scenario, &quick(), 1, |_, _| {}) {
+    match run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {}) {
         Ok(ScenarioResults::Latency(rows)) => rows,
         Ok(other) => panic!("{name}: latency rows expected, got {other:?}"),
         Err(e) => panic!("{name}: {e}"),
@@ -102,7 +89,8 @@ fn publish_rows_count_every_subscriber() {
 #[test]
 fn throughput_rows_count_deliveries() {
     let scenario = find_scenario(throughput::NAME).expect("registered");
-    let Ok(ScenarioResults::Throughput(rows)) = run_repeated(scenario, &quick(), 1, |_, _| {})
+    let Ok(ScenarioResults::Throughput(rows)) =
+        run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {})
     else {
         panic!("zenoh-throughput failed or gave no throughput rows");
     };

@@ -1,22 +1,11 @@
 //! Tests of the ZeroMQ scenarios: each runs once with tiny counts on loopback.
 
 use super::*;
-use crate::{AggregatedReport, Placement, ScenarioResults, find_scenario, pubsub, run_repeated};
-
-fn quick() -> BenchConfig {
-    BenchConfig {
-        count: 200,
-        warmup: 20,
-        payload: 64,
-        run_timeout: Duration::from_secs(30),
-        placement: Placement::Any,
-        duration: Duration::from_millis(200),
-    }
-}
+use crate::{AggregatedReport, ScenarioResults, find_scenario, pubsub, run_repeated};
 
 fn latency_rows(name: &str) -> Vec<AggregatedReport> {
     let scenario = find_scenario(name).expect("registered");
-    match run_repeated(scenario, &quick(), 1, |_, _| {}) {
+    match run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {}) {
         Ok(ScenarioResults::Latency(rows)) => rows,
         Ok(_) => panic!("{name}: latency rows expected"),
         Err(e) => panic!("{name}: {e}"),
@@ -45,7 +34,7 @@ fn refuses_endpoints_off_loopback() {
 fn a_side_that_fails_or_never_binds_is_an_error() {
     let config = BenchConfig {
         run_timeout: Duration::from_millis(300),
-        ..quick()
+        ..BenchConfig::quick()
     };
     let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1);
     let err = run_threads(
@@ -82,7 +71,7 @@ fn request_counts_every_round_trip() {
     let rows = latency_rows(REQUEST_NAME);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].median.name, REQUEST_NAME);
-    assert_eq!(rows[0].median.count, quick().count);
+    assert_eq!(rows[0].median.count, BenchConfig::quick().count);
     assert!(rows[0].median.p50 > 0);
 }
 
@@ -94,7 +83,7 @@ fn publish_rows_count_every_subscriber() {
         names,
         ["zmq-publish-1", "zmq-publish-8", "zmq-publish-8-last"]
     );
-    let count = quick().count;
+    let count = BenchConfig::quick().count;
     let counts: Vec<u64> = rows.iter().map(|r| r.median.count).collect();
     assert_eq!(counts, [count, 8 * count, count]);
 }
@@ -102,7 +91,8 @@ fn publish_rows_count_every_subscriber() {
 #[test]
 fn throughput_rows_are_delivered_and_compared() {
     let scenario = find_scenario(THROUGHPUT_NAME).expect("registered");
-    let Ok(ScenarioResults::Throughput(rows)) = run_repeated(scenario, &quick(), 1, |_, _| {})
+    let Ok(ScenarioResults::Throughput(rows)) =
+        run_repeated(scenario, &BenchConfig::quick(), 1, |_, _| {})
     else {
         panic!("{THROUGHPUT_NAME} failed or gave no throughput rows");
     };
