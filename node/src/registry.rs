@@ -356,9 +356,10 @@ impl Registry {
                 .peers
                 .values()
                 .any(|p| p.with_subscriptions(|held| held.contains(&sub)));
+            // Only a newly remembered group changes the audiences: keeping one longer wakes
+            // nobody (this runs at every poll of the relay).
             if !live {
-                inner.departed.remember_until(sub, until);
-                changed = true;
+                changed |= inner.departed.remember_until(sub, until);
             }
         }
         drop(inner);

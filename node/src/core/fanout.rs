@@ -1,6 +1,7 @@
 //! Who gets a published event: one audience per subscriber group, one per ungrouped
 //! subscriber instance, and groups remembered for a while after their last instance left.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -88,10 +89,11 @@ impl DepartedGroups {
     }
 
     /// Remembers the grouped `sub` at least until `until` (the outbox relay keeps the groups
-    /// it has seen remembered this way, across restarts).
-    pub(crate) fn remember_until(&mut self, sub: Subscription, until: Instant) {
+    /// it has seen remembered this way, across restarts). Says whether it is newly remembered
+    /// (not merely kept longer).
+    pub(crate) fn remember_until(&mut self, sub: Subscription, until: Instant) -> bool {
         if sub.group.is_none() {
-            return;
+            return false;
         }
         // Bounded: peers that announce many groups and leave, again and again, cannot grow it
         // without limit; the ones forgotten soonest go first.
@@ -105,8 +107,17 @@ impl DepartedGroups {
                 self.until.remove(&soonest);
             }
         }
-        let entry = self.until.entry(sub).or_insert(until);
-        *entry = (*entry).max(until);
+        match self.until.entry(sub) {
+            Entry::Occupied(mut kept) => {
+                let later = (*kept.get()).max(until);
+                kept.insert(later);
+                false
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(until);
+                true
+            }
+        }
     }
 
     /// `sub` has a live instance again, was unsubscribed on purpose, or was forgotten by the
@@ -202,6 +213,16 @@ mod tests {
         assert!(departed.forget(&sub("orders.*", Some("billing"))));
         assert!(!departed.forget(&sub("orders.*", Some("billing"))));
         assert!(departed.matching("orders.created", later).is_empty());
+
+        // Newly remembered, then only kept longer; an every-instance subscription never.
+        let until = later + Duration::from_secs(5);
+        assert!(departed.remember_until(sub("orders.*", Some("billing")), until));
+        assert!(!departed.remember_until(
+            sub("orders.*", Some("billing")),
+            until + until.duration_since(later)
+        ));
+        assert!(!departed.remember_until(sub("orders.*", None), until));
+        assert_eq!(departed.matching("orders.created", until), vec!["billing"]);
     }
 
     #[cfg(feature = "outbox")]
