@@ -74,13 +74,13 @@ pub fn classify(row: &str) -> Vec<Classified> {
             return vec![classified(format!("publish-{n}{last}"), "quinn")];
         }
     }
-    if let Some(p) = row.strip_prefix("quinn-batch-") {
-        if is_number(p) {
-            return vec![
-                classified(format!("pubsub-{p}"), "quinn"),
-                classified(format!("p2p-{p}"), "quinn"),
-            ];
-        }
+    if let Some(p) = row.strip_prefix("quinn-batch-")
+        && is_number(p)
+    {
+        return vec![
+            classified(format!("pubsub-{p}"), "quinn"),
+            classified(format!("p2p-{p}"), "quinn"),
+        ];
     }
     classify_by_convention(row).into_iter().collect()
 }
@@ -91,10 +91,10 @@ fn classify_by_convention(row: &str) -> Option<Classified> {
         let (variant, n) = rest.rsplit_once("-publish-")?;
         return is_number(n).then(|| classified(format!("publish-{n}-last"), variant));
     }
-    if let Some((variant, n)) = row.rsplit_once("-publish-") {
-        if is_number(n) {
-            return Some(classified(format!("publish-{n}"), variant));
-        }
+    if let Some((variant, n)) = row.rsplit_once("-publish-")
+        && is_number(n)
+    {
+        return Some(classified(format!("publish-{n}"), variant));
     }
     for pattern in ["pubsub", "p2p"] {
         if let Some((system, rest)) = row.split_once(&format!("-{pattern}-")) {
@@ -117,10 +117,10 @@ fn classify_by_convention(row: &str) -> Option<Classified> {
         }
     }
     for kind in ["request", "connect", "discover"] {
-        if let Some(variant) = row.strip_suffix(&format!("-{kind}")) {
-            if !variant.is_empty() {
-                return Some(classified(kind, variant));
-            }
+        if let Some(variant) = row.strip_suffix(&format!("-{kind}"))
+            && !variant.is_empty()
+        {
+            return Some(classified(kind, variant));
         }
     }
     None

@@ -138,7 +138,7 @@ async fn handle_orders(
         let result = match applied {
             Ok(Some(_)) => {
                 let n = handled.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 100 == 0 {
+                if n.is_multiple_of(100) {
                     println!("handled {n}");
                 }
                 Ok(())

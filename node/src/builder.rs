@@ -248,12 +248,12 @@ impl NodeBuilder {
             .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;
         let ca =
             trust.ok_or_else(|| Error::Config("no mesh CA: call NodeBuilder::trust".into()))?;
-        if let Some(certified) = identity.service() {
-            if certified != service {
-                return Err(Error::Identity(format!(
-                    "the certificate is for service `{certified}`, this node is `{service}`"
-                )));
-            }
+        if let Some(certified) = identity.service()
+            && certified != service
+        {
+            return Err(Error::Identity(format!(
+                "the certificate is for service `{certified}`, this node is `{service}`"
+            )));
         }
 
         let transport = Arc::new(tls::transport(config.keep_alive, config.idle_timeout)?);

@@ -268,10 +268,10 @@ pub(crate) async fn follow_discovery(
             _ = shared.stopping.cancelled() => return,
         };
         let Some(event) = event else { return };
-        if let DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint) = &event {
-            if hint.node_id == Some(shared.id) {
-                continue;
-            }
+        if let DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint) = &event
+            && hint.node_id == Some(shared.id)
+        {
+            continue;
         }
         let usable = |addr: SocketAddr| match local.and_then(|local| unreachable_from(local, addr))
         {

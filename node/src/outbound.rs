@@ -129,10 +129,10 @@ pub(crate) async fn deliver(
             None => {
                 // An audience that unsubscribed on purpose (or an every-instance subscriber
                 // that left) is gone for good: its copy ends here, neither held nor retried.
-                if let Route::Audience { topic, audience } = route {
-                    if !shared.registry.has_audience(topic, audience) {
-                        return Err(Error::AudienceGone(audience.to_string()));
-                    }
+                if let Route::Audience { topic, audience } = route
+                    && !shared.registry.has_audience(topic, audience)
+                {
+                    return Err(Error::AudienceGone(audience.to_string()));
                 }
                 // Wait for an instance to appear instead of polling; give up at the deadline.
                 tokio::select! {

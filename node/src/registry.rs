@@ -155,13 +155,6 @@ impl Registry {
         self.changed.subscribe()
     }
 
-    /// How many changes there have been: a delivery that failed for want of a receiver is
-    /// worth retrying at once if this moved while it was on its way.
-    #[cfg(feature = "outbox")]
-    pub(crate) fn generation(&self) -> u64 {
-        *self.changed.borrow()
-    }
-
     /// Wakes everyone watching: something about the peers changed.
     pub(crate) fn bump(&self) {
         lock(&self.inner).audience_cache.clear();

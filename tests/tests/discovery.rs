@@ -235,10 +235,11 @@ async fn send_stream(node: Node, reached: oneshot::Sender<()>) -> Vec<Sent> {
                 .await;
             let at = Instant::now();
             drop(permit);
-            if sent.is_ok() && acked.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER {
-                if let Some(tx) = reached.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
+            if sent.is_ok()
+                && acked.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER
+                && let Some(tx) = reached.lock().unwrap().take()
+            {
+                let _ = tx.send(());
             }
             (i, sent, at)
         });

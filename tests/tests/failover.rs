@@ -65,10 +65,10 @@ async fn run(stop: Stop) -> Outcome {
                     .lock()
                     .unwrap()
                     .push((index, msg.id(), msg.attempt()));
-                if handled.fetch_add(1, Ordering::SeqCst) + 1 == STOP_AFTER {
-                    if let Some(tx) = reached_tx.lock().unwrap().take() {
-                        let _ = tx.send(());
-                    }
+                if handled.fetch_add(1, Ordering::SeqCst) + 1 == STOP_AFTER
+                    && let Some(tx) = reached_tx.lock().unwrap().take()
+                {
+                    let _ = tx.send(());
                 }
                 Ok(())
             }

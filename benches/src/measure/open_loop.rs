@@ -57,9 +57,9 @@ const MAX_SPINS: u64 = 100_000_000;
 
 /// `10000` → `"10k"`, `2000000` → `"2m"`, `1500` → `"1500"`: the rate as row names show it.
 pub fn rate_label(rate: u64) -> String {
-    if rate >= 1_000_000 && rate % 1_000_000 == 0 {
+    if rate >= 1_000_000 && rate.is_multiple_of(1_000_000) {
         format!("{}m", rate / 1_000_000)
-    } else if rate >= 1_000 && rate % 1_000 == 0 {
+    } else if rate >= 1_000 && rate.is_multiple_of(1_000) {
         format!("{}k", rate / 1_000)
     } else {
         rate.to_string()

@@ -97,15 +97,15 @@ impl DepartedGroups {
         }
         // Bounded: peers that announce many groups and leave, again and again, cannot grow it
         // without limit; the ones forgotten soonest go first.
-        if self.until.len() >= MAX_DEPARTED && !self.until.contains_key(&sub) {
-            if let Some(soonest) = self
+        if self.until.len() >= MAX_DEPARTED
+            && !self.until.contains_key(&sub)
+            && let Some(soonest) = self
                 .until
                 .iter()
                 .min_by_key(|(_, t)| **t)
                 .map(|(s, _)| s.clone())
-            {
-                self.until.remove(&soonest);
-            }
+        {
+            self.until.remove(&soonest);
         }
         match self.until.entry(sub) {
             Entry::Occupied(mut kept) => {

@@ -7,6 +7,7 @@
 //! message ids, written in the same transaction as the handler's own changes, so a
 //! redelivered message is recognised even after a restart.
 
+mod peers;
 pub(crate) mod relay;
 mod relay_options;
 mod sqlite;

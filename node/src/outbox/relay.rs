@@ -53,7 +53,7 @@ struct InFlight {
     receiver: Receiver,
     /// Its receiver is away: the row does not count against [`WINDOW`].
     waiting: bool,
-    /// The peers' generation when it started ([`crate::registry::Registry::generation`]).
+    /// The peers' generation when it started ([`crate::Node::peer_changes`]).
     generation: u64,
 }
 
@@ -164,7 +164,7 @@ pub(crate) async fn run(
     stop: CancellationToken,
 ) {
     let wake = store.notifier();
-    let Some(mut changes) = node.upgrade().map(|n| n.shared().registry.watch()) else {
+    let Some(mut changes) = node.upgrade().map(|n| n.peer_changes()) else {
         return;
     };
     // The groups seen before (by an earlier run of this node, too) are audiences from the
@@ -263,17 +263,17 @@ async fn fill(
     options: &RelayOptions,
     deliveries: &mut FuturesUnordered<Delivery>,
 ) -> Option<Vec<i64>> {
-    let shared = Arc::clone(node.upgrade()?.shared());
-    let mut absence = Absence::new(&shared.registry);
-    let generation = shared.registry.generation();
+    let peers = node.upgrade()?;
+    let mut absence = Absence::new(&peers);
+    let generation = *peers.peer_changes().borrow();
     // Rows held back are read again from `held_from` when they may go; the cursor itself moves
     // on, so rows behind any number of held ones are still read.
     let mut cursor = relay.after;
-    if std::mem::take(&mut relay.revisit) {
-        if let Some(from) = relay.held_from.take() {
-            cursor = cursor.min(from - 1);
-            relay.held_keys.clear();
-        }
+    if std::mem::take(&mut relay.revisit)
+        && let Some(from) = relay.held_from.take()
+    {
+        cursor = cursor.min(from - 1);
+        relay.held_keys.clear();
     }
     let mut first_held: Option<i64> = None;
     let mut expired = Vec::new();
@@ -306,15 +306,14 @@ async fn fill(
                 continue;
             }
             let slot = key_slot(&row);
-            if let Some(slot) = &slot {
-                if relay.busy.contains(slot)
+            if let Some(slot) = &slot
+                && (relay.busy.contains(slot)
                     || relay.blocked.contains(slot)
-                    || relay.held_keys.contains(slot)
-                {
-                    first_held.get_or_insert(row.seq);
-                    relay.held_keys.insert(slot.clone());
-                    continue;
-                }
+                    || relay.held_keys.contains(slot))
+            {
+                first_held.get_or_insert(row.seq);
+                relay.held_keys.insert(slot.clone());
+                continue;
             }
             // keep_trying counts from the row's creation, across restarts of the sender.
             let age = Duration::from_millis(unix_ms().saturating_sub(row.created_ms));
@@ -369,7 +368,7 @@ async fn fill(
 /// Re-checks which rows in flight wait for an absent receiver (the peers changed).
 fn reclassify(relay: &mut Relay, node: &WeakNode) {
     if let Some(node) = node.upgrade() {
-        relay.reclassify(&mut Absence::new(&node.shared().registry));
+        relay.reclassify(&mut Absence::new(&node));
     }
 }
 
@@ -377,11 +376,10 @@ fn reclassify(relay: &mut Relay, node: &WeakNode) {
 /// remembers an audience of this node's events until the next poll (and a margin), so
 /// events are held for a group that is away, even if this node restarted since it was seen.
 async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options: &RelayOptions) {
-    let Some(shared) = node.upgrade().map(|n| Arc::clone(n.shared())) else {
+    let Some(peers) = node.upgrade() else {
         return;
     };
-    let mut live: Vec<(String, String)> = shared
-        .registry
+    let mut live: Vec<(String, String)> = peers
         .live_groups()
         .into_iter()
         .filter_map(|s| Some((s.pattern, s.group?)))
@@ -403,7 +401,7 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
                 })
                 .collect();
             let until = std::time::Instant::now() + options.poll * 3;
-            shared.registry.remember_groups(subs, until);
+            peers.remember_groups(subs, until);
         }
         Err(e) => tracing::warn!("outbox relay cannot read or record subscriber groups: {e}"),
     }
@@ -494,7 +492,7 @@ fn start(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<Deliv
     let policy = RetryPolicy {
         max_attempts: u32::MAX,
         deadline: keep_trying,
-        ..node.shared().config.retry.clone()
+        ..node.default_retry_policy()
     };
     Some(match row.destination {
         Destination::Service(service) => {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::store::{Destination, OutboxRow};
-use crate::registry::{Registry, Route, Target};
+use crate::Node;
 
 /// Who a row in flight is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -30,17 +30,17 @@ impl Receiver {
     }
 }
 
-/// Answers "is this receiver away?" against the registry, once per receiver per pass.
+/// Answers "is this receiver away?" against the node's peers, once per receiver per pass.
 pub(super) struct Absence<'a> {
-    registry: &'a Registry,
+    node: &'a Node,
     known: HashMap<Receiver, bool>,
 }
 
 impl<'a> Absence<'a> {
     /// A pass over the peers as they are now.
-    pub(super) fn new(registry: &'a Registry) -> Self {
+    pub(super) fn new(node: &'a Node) -> Self {
         Self {
-            registry,
+            node,
             known: HashMap::new(),
         }
     }
@@ -54,12 +54,10 @@ impl<'a> Absence<'a> {
             return away;
         }
         let away = match receiver {
-            Receiver::Service(service) => !self
-                .registry
-                .has_untried(&Route::Service(Target::service(service.clone())), &[]),
+            Receiver::Service(service) => !self.node.has_live_instance(service),
             Receiver::Topic(topic) => self
-                .registry
-                .audiences(topic)
+                .node
+                .subscribers(topic)
                 .iter()
                 .any(|(_, instances)| instances.is_empty()),
         };

@@ -81,15 +81,15 @@ fn ca_init(args: &CaInitArgs) -> CliResult {
     let existing = [&cert_path, &key_path]
         .into_iter()
         .find(|p| fs::symlink_metadata(p).is_ok());
-    if let Some(existing) = existing {
-        if !args.force {
-            return Err(CliError::new(format!(
-                "a mesh CA already exists in {} ({}); pass --force to replace it (every \
+    if let Some(existing) = existing
+        && !args.force
+    {
+        return Err(CliError::new(format!(
+            "a mesh CA already exists in {} ({}); pass --force to replace it (every \
                  certificate it issued stops working)",
-                dir.display(),
-                existing.display()
-            )));
-        }
+            dir.display(),
+            existing.display()
+        )));
     }
     let ca = MeshCa::generate(&args.name)?;
     if existing.is_some() {
@@ -144,16 +144,15 @@ fn cert_issue(args: &CertIssueArgs) -> CliResult {
         .key
         .clone()
         .unwrap_or_else(|| out.join(format!("{}.key", args.service)));
-    if !args.force {
-        if let Some(existing) = [&cert_path, &key_path]
+    if !args.force
+        && let Some(existing) = [&cert_path, &key_path]
             .into_iter()
             .find(|p| fs::symlink_metadata(p).is_ok())
-        {
-            return Err(CliError::new(format!(
-                "{} already exists; pass --force to replace it",
-                existing.display()
-            )));
-        }
+    {
+        return Err(CliError::new(format!(
+            "{} already exists; pass --force to replace it",
+            existing.display()
+        )));
     }
     let identity = ca.issue(&args.service)?;
     identity.save(&cert_path, &key_path)?;
