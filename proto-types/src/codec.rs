@@ -34,9 +34,9 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 
-mod prepared;
+mod run;
 
-pub use prepared::{EventFrame, PreparedEvent};
+pub use run::{EncodedHead, EncodedItem, messages_len, write_messages};
 
 /// Size of the length prefix in front of every frame body: a big-endian `u32`.
 pub const LENGTH_PREFIX: usize = 4;
@@ -116,9 +116,8 @@ pub fn encode(frame: &Frame, limits: &Limits, dst: &mut BytesMut) -> Result<(), 
 /// - Otherwise exactly one frame (prefix and body) is consumed, and the result is the frame,
 ///   [`DecodeError::Malformed`] (zero length, undecodable body, or bytes left over after the
 ///   frame), or [`DecodeError::LimitExceeded`] (a valid frame that breaks a per-field limit;
-///   `id` is the message id for a [`Frame::Deliver`], the delivery key for a
-///   [`Frame::Publish`] or [`Frame::PublishBatch`]). After any of these the stream is still
-///   in sync and the next call decodes the next frame.
+///   `seqs` are the sequence numbers of a [`Frame::Messages`]). After any of these the stream
+///   is still in sync and the next call decodes the next frame.
 ///
 /// Never panics, whatever `src` contains; see the module docs for memory bounds.
 pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
@@ -144,10 +143,8 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         limit: v.limit,
         actual: v.actual,
         max: v.max,
-        id: match &frame {
-            Frame::Deliver(envelope) => Some(envelope.id),
-            Frame::Publish(p) => Some(p.envelope.id.delivery_key(p.group.as_deref())),
-            Frame::PublishBatch(b) => Some(b.id.delivery_key(b.group.as_deref())),
+        seqs: match &frame {
+            Frame::Messages(run) => Some(run.seqs()),
             _ => None,
         },
     })?;
@@ -209,23 +206,38 @@ impl Writer for BodyWriter<'_> {
 fn body_len_estimate(frame: &Frame) -> usize {
     /// Worst-case bytes for a string's or vector's length prefix.
     const LEN: usize = 9;
-    let opt_str = |s: &Option<String>| s.as_ref().map_or(1, |s| 1 + LEN + s.len());
     1 + match frame {
-        Frame::Deliver(e) => envelope_len_estimate(e),
-        Frame::Publish(p) => envelope_len_estimate(&p.envelope) + 1 + opt_str(&p.group),
-        Frame::PublishBatch(b) => {
-            17 + LEN
-                + b.envelopes.iter().map(envelope_len_estimate).sum::<usize>()
-                + 1
-                + opt_str(&b.group)
+        Frame::Messages(run) => {
+            2 * LEN
+                + 64
+                + run.head.name.len()
+                + run.head.content_type.len()
+                + run
+                    .items
+                    .iter()
+                    .map(|i| 48 + i.payload.len() + headers_len_estimate(&i.headers))
+                    .sum::<usize>()
         }
+        Frame::Reply(e) => envelope_len_estimate(e),
         Frame::Hello(h) => 3 + 17 + LEN + h.service.len() + LEN + 20 * h.listen_addrs.len(),
-        Frame::Ack(a) => LEN + 17 * a.ids.len(),
-        Frame::Nack(n) => 17 + 1 + LEN + n.reason.len(),
+        Frame::Ack(a) => LEN + 2 * LEN * a.ranges.len(),
+        Frame::Nack(n) => LEN + 3 + LEN + n.reason.len(),
         Frame::Ping(_) | Frame::Pong(_) => 9,
         Frame::Goodbye(g) => LEN + g.reason.len(),
-        Frame::Subscribe(s) | Frame::Unsubscribe(s) => LEN + s.pattern.len() + opt_str(&s.group),
+        Frame::Subscribe(s) | Frame::Unsubscribe(s) => {
+            LEN + s.pattern.len() + s.group.as_ref().map_or(1, |g| 1 + LEN + g.len())
+        }
     }
+}
+
+/// A cheap upper estimate of the encoded length of a list of headers.
+fn headers_len_estimate(headers: &[(String, String)]) -> usize {
+    /// Worst-case bytes for a string's or vector's length prefix.
+    const LEN: usize = 9;
+    LEN + headers
+        .iter()
+        .map(|(k, v)| 2 * LEN + k.len() + v.len())
+        .sum::<usize>()
 }
 
 /// A cheap upper estimate of an envelope's encoded length.
@@ -240,10 +252,7 @@ fn envelope_len_estimate(e: &crate::Envelope) -> usize {
         + e.reply_to
             .as_ref()
             .map_or(0, |r| 2 * LEN + 18 + r.service.len() + r.channel.len())
-        + e.headers
-            .iter()
-            .map(|(k, v)| 2 * LEN + k.len() + v.len())
-            .sum::<usize>()
+        + headers_len_estimate(&e.headers)
 }
 
 #[cfg(test)]
@@ -280,50 +289,93 @@ mod tests {
         assert_eq!(&buf[LENGTH_PREFIX..], &body[..]);
     }
 
-    /// The most budget-hungry valid frames (one-byte `u128`s charged 16 bytes each) still
+    /// Budget-hungry valid frames (runs of items whose integers all encode in one byte) still
     /// decode right at each budget tier's boundary.
     #[test]
     fn budget_tiers_admit_worst_case_valid_frames() {
-        // (body length, bytes of the id count's varint: 251 + u16 or 252 + u32)
-        for (body_len, count_len) in [(4 * KIB, 3), (256 * KIB, 5)] {
-            // Tag, id count, then one byte per zero id.
-            let n = body_len - 1 - count_len;
-            let frame = Frame::Ack(Ack {
-                ids: vec![MessageId::from_u128(0); n],
-            });
+        let zero_item = || crate::Item {
+            id: MessageId::from_u128(0),
+            attempt: 0,
+            timestamp_ms: 0,
+            correlation_id: None,
+            headers: Vec::new(),
+            payload: Bytes::new(),
+        };
+        let head = crate::Head {
+            kind: MessageKind::Command,
+            name: String::new(),
+            version: 0,
+            content_type: String::new(),
+            partition_key: None,
+            reply_to: None,
+            to: crate::To::Handler,
+            reliable: false,
+            ordered: false,
+        };
+        for body_len in [4 * KIB, 256 * KIB] {
+            // Tag, first_seq, a nine-byte head, a three-byte item count, six bytes per item;
+            // the last item's payload takes up the rest.
+            let fixed = 1 + 1 + 9 + 3;
+            let n = (body_len - fixed) / 6;
+            let mut items = vec![zero_item(); n];
+            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 6]);
+            let frame = Frame::Messages(Box::new(crate::Messages {
+                first_seq: 0,
+                head: head.clone(),
+                items,
+            }));
             let mut buf = BytesMut::new();
             encode(&frame, &Limits::default(), &mut buf).unwrap();
             assert_eq!(buf.len(), LENGTH_PREFIX + body_len);
             assert_eq!(decode(&mut buf, &Limits::default()).unwrap(), Some(frame));
         }
+        // Acks are small however many messages they acknowledge.
+        let ack = Frame::Ack(Ack {
+            ranges: vec![crate::SeqRange { start: 0, len: 1 << 40 }],
+        });
+        let mut buf = BytesMut::new();
+        encode(&ack, &Limits::default(), &mut buf).unwrap();
+        assert!(buf.len() <= 16, "{} bytes", buf.len());
     }
 
     #[test]
     fn hostile_length_claims_fail_fast_without_allocating_them() {
-        // Frame::Deliver is variant 1; then id 0, kind 0 (Command), then the name's length.
-        let deliver_prefix = [1u8, 0, 0];
+        // Frame::Messages is variant 1; then first_seq 0, then the head: kind 0 (Command),
+        // then the name's length.
+        let run_prefix = [1u8, 0, 0];
+        // The rest of an empty head: name "", version 0, content type "", no key, no return
+        // address, to the handler, not reliable, not ordered.
+        let empty_head = [0u8, 0, 0, 0, 0, 0, 0, 0];
         let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
         for claim in [1u64 << 60, u64::MAX, 60 * MIB as u64, 1 << 32] {
-            let mut name = deliver_prefix.to_vec();
+            let mut name = run_prefix.to_vec();
             name.extend(varint_u64(claim));
             cases.push(("name", name));
 
-            // Ack (variant 2) with a huge id count.
+            // Ack (variant 2) with a huge range count.
             let mut ack = vec![2u8];
             ack.extend(varint_u64(claim));
-            cases.push(("ack ids", ack));
+            cases.push(("ack ranges", ack));
 
-            // Deliver with name "", version 0, content type "", then a huge header count.
-            let mut headers = deliver_prefix.to_vec();
-            headers.extend([0, 0, 0]);
+            // A run claiming a huge number of items.
+            let mut count = run_prefix.to_vec();
+            count.extend(empty_head);
+            count.extend(varint_u64(claim));
+            cases.push(("items", count));
+
+            // One item: id 0, attempt 0, timestamp 0, no correlation id, then a huge header
+            // count.
+            let mut headers = run_prefix.to_vec();
+            headers.extend(empty_head);
+            headers.extend([1, 0, 0, 0, 0]);
             headers.extend(varint_u64(claim));
             cases.push(("headers", headers));
 
-            // A complete envelope up to the payload, whose length is huge.
-            // name "", version 0, content type "", no headers, no correlation id, no reply_to,
-            // no partition key, attempt 1, timestamp 0, then the payload length.
-            let mut payload = deliver_prefix.to_vec();
-            payload.extend([0, 0, 0, 0, 0, 0, 0, 1, 0]);
+            // One item up to the payload, whose length is huge: id 0, attempt 1, timestamp 0,
+            // no correlation id, no headers, then the payload length.
+            let mut payload = run_prefix.to_vec();
+            payload.extend(empty_head);
+            payload.extend([1, 0, 1, 0, 0, 0]);
             let mut valid = payload.clone();
             payload.extend(varint_u64(claim));
             payload.extend([0xAB; 32]);
@@ -334,12 +386,12 @@ mod tests {
             let frame = decode(&mut frame_bytes(&valid), &Limits::default())
                 .unwrap()
                 .unwrap();
-            let Frame::Deliver(envelope) = frame else {
-                panic!("not a delivery: {frame:?}")
+            let Frame::Messages(run) = frame else {
+                panic!("not a run: {frame:?}")
             };
-            assert_eq!(envelope.payload, Bytes::from_static(&[0xAB, 0xCD]));
-            assert_eq!(envelope.attempt, 1);
-            assert_eq!(envelope.kind, MessageKind::Command);
+            assert_eq!(run.items[0].payload, Bytes::from_static(&[0xAB, 0xCD]));
+            assert_eq!(run.items[0].attempt, 1);
+            assert_eq!(run.head.kind, MessageKind::Command);
         }
 
         let started = Instant::now();
@@ -377,9 +429,16 @@ mod tests {
             timestamp_ms: u64::MAX,
             payload: Bytes::from(vec![0; 64]),
         };
-        let frame = Frame::Deliver(Box::new(envelope));
-        let mut buf = BytesMut::new();
-        encode(&frame, &Limits::default(), &mut buf).unwrap();
-        assert!(buf.len() - LENGTH_PREFIX <= body_len_estimate(&frame));
+        let run = Frame::Messages(Box::new(crate::Messages {
+            first_seq: u64::MAX,
+            head: crate::Head::of(&envelope, crate::To::Group("billing".into()), true, true),
+            items: vec![crate::Item::of(&envelope); 3],
+        }));
+        let reply = Frame::Reply(Box::new(envelope));
+        for frame in [run, reply] {
+            let mut buf = BytesMut::new();
+            encode(&frame, &Limits::default(), &mut buf).unwrap();
+            assert!(buf.len() - LENGTH_PREFIX <= body_len_estimate(&frame));
+        }
     }
 }

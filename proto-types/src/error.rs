@@ -65,8 +65,8 @@ pub enum DecodeError {
     /// in sync, but the peer is not speaking Shoal correctly.
     #[error("malformed frame: {0}")]
     Malformed(String),
-    /// A well-formed frame breaks a limit. The frame has been consumed; `id` names the message
-    /// when the frame was a delivery, so the receiver can refuse just that message.
+    /// A well-formed frame breaks a limit. The frame has been consumed; `seqs` names the
+    /// messages when the frame was a run of them, so the receiver can refuse just those.
     #[error("{limit} exceeded: {actual} > {max}")]
     LimitExceeded {
         /// The name of the [`crate::Limits`] field that was exceeded.
@@ -75,7 +75,7 @@ pub enum DecodeError {
         actual: usize,
         /// The configured maximum.
         max: usize,
-        /// The message the frame carried, if it was a delivery.
-        id: Option<crate::MessageId>,
+        /// The sequence numbers of the messages the frame carried, if it was a run of them.
+        seqs: Option<crate::SeqRange>,
     },
 }

@@ -3,19 +3,39 @@
 //! Each side of a connection opens one long-lived unidirectional QUIC stream and writes
 //! length-prefixed frames on it ([`crate::codec`]). The first frame on every stream is a
 //! [`Hello`]; after that any frame may follow in any order.
+//!
+//! # Messages travel in runs
+//!
+//! Every message (command, document, asynchronous reply, each subscriber group's copy of an
+//! event) travels in a [`Messages`] frame: one [`Head`] with what a run of messages shares
+//! (kind, name or topic, version, content type, partition key, return address, who it is
+//! for, whether it is acknowledged) and the [`Item`]s that differ (id, attempt, timestamp,
+//! headers, payload). A sender that has many messages queued for one connection writes them
+//! in as few frames as their heads allow, so the shared part is encoded and decoded once.
+//!
+//! Each item gets the next **sequence number** of its stream: a frame's items are numbered
+//! `first_seq`, `first_seq + 1`, .... Acknowledgements name sequence numbers in ranges
+//! ([`Ack`]), so one small frame acknowledges any number of messages; a receiver acknowledges
+//! a message on the connection it came on, and a sender that loses a connection retries what
+//! was not acknowledged on another one, with new numbers (and the same message ids, which the
+//! receiver's dedup window recognises).
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, MessageKind, ReturnAddress};
 use crate::id::{MessageId, NodeId};
 
 /// The protocol version spoken by this crate. Also part of the ALPN string ([`ALPN`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 carries messages in runs numbered per stream ([`Messages`], [`Ack`]); version 1
+/// nodes (one frame and one id-named ack per message) cannot talk to it.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The ALPN protocol name; a peer that speaks another version fails the TLS handshake.
-pub const ALPN: &[u8] = b"shoal/1";
+pub const ALPN: &[u8] = b"shoal/2";
 
 /// Everything that crosses a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,12 +43,15 @@ pub const ALPN: &[u8] = b"shoal/1";
 pub enum Frame {
     /// First frame on a stream: who is speaking.
     Hello(Hello),
-    /// A message for the receiving node's handlers.
-    Deliver(Box<Envelope>),
-    /// The listed messages were handled (or were duplicates of handled ones).
+    /// A run of messages that share a head, numbered from `first_seq`.
+    Messages(Box<Messages>),
+    /// The listed sequence numbers were handled (or were duplicates of handled messages).
     Ack(Ack),
     /// A message was not handled.
     Nack(Nack),
+    /// The answer to a synchronous request (its `correlation_id` is the request's id). Not
+    /// numbered and not acknowledged: exactly one call waits for it.
+    Reply(Box<Envelope>),
     /// Liveness and round-trip probe; answered with [`Frame::Pong`] carrying the same nonce.
     Ping(u64),
     /// Answer to [`Frame::Ping`].
@@ -39,10 +62,6 @@ pub enum Frame {
     Subscribe(Subscription),
     /// The sender no longer wants events matching a topic pattern.
     Unsubscribe(Subscription),
-    /// An event for the receiver's subscriptions of one group (publish/subscribe).
-    Publish(Box<Publish>),
-    /// Several events on one topic for one group, handled in order and acked together.
-    PublishBatch(Box<PublishBatch>),
 }
 
 /// The first frame a node writes on a connection.
@@ -58,21 +77,217 @@ pub struct Hello {
     pub listen_addrs: Vec<SocketAddr>,
 }
 
-/// Acknowledgements, coalesced: one frame may acknowledge many messages.
+/// Who the messages of a run are for, on the receiving node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum To {
+    /// The handler registered for the message's name (point-to-point).
+    Handler,
+    /// The receiver's subscriptions of this group (one group's copy of an event).
+    Group(String),
+    /// The receiver's subscriptions without a group (an every-instance copy of an event).
+    Instance,
+}
+
+impl To {
+    /// The group this copy is for, if it is a group's copy.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Self::Group(group) => Some(group),
+            Self::Handler | Self::Instance => None,
+        }
+    }
+
+    /// The key a message is acknowledged and deduplicated under on the receiver: its id for a
+    /// point-to-point message or an every-instance copy, [`MessageId::delivery_key`] of the
+    /// group for a group's copy (a node in two groups handles the event once for each).
+    pub fn delivery_key(&self, id: MessageId) -> MessageId {
+        id.delivery_key(self.group())
+    }
+}
+
+/// What the messages of a run share.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Head {
+    /// Command, event, document or reply.
+    pub kind: MessageKind,
+    /// The message type (for events, the topic).
+    pub name: String,
+    /// Version of the message type's schema.
+    pub version: u16,
+    /// MIME type of the payloads; empty means unspecified bytes.
+    pub content_type: String,
+    /// Messages with the same key are handled in order by one instance.
+    pub partition_key: Option<String>,
+    /// Where replies go, for requests.
+    pub reply_to: Option<ReturnAddress>,
+    /// Who the messages are for.
+    pub to: To,
+    /// Whether the receiver acknowledges each message (`false`: best-effort events).
+    pub reliable: bool,
+    /// Whether the receiver handles the items one after the other, stopping at the first
+    /// failure (a batch of events, which must be handled in order). Items of an unordered run
+    /// are handled concurrently.
+    pub ordered: bool,
+}
+
+impl Head {
+    /// The head of `envelope`, for a run addressed `to`.
+    pub fn of(envelope: &Envelope, to: To, reliable: bool, ordered: bool) -> Self {
+        Self {
+            kind: envelope.kind,
+            name: envelope.name.clone(),
+            version: envelope.version,
+            content_type: envelope.content_type.clone(),
+            partition_key: envelope.partition_key.clone(),
+            reply_to: envelope.reply_to.clone(),
+            to,
+            reliable,
+            ordered,
+        }
+    }
+
+    /// Whether `envelope` shares this head's fields (and so can travel in its run).
+    pub fn fits(&self, envelope: &Envelope) -> bool {
+        self.kind == envelope.kind
+            && self.version == envelope.version
+            && self.name == envelope.name
+            && self.content_type == envelope.content_type
+            && self.partition_key == envelope.partition_key
+            && self.reply_to == envelope.reply_to
+    }
+}
+
+/// What differs between the messages of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// The message id; the same on every attempt.
+    pub id: MessageId,
+    /// 1 on the first delivery, then 2, 3, ... on redeliveries of the same id.
+    pub attempt: u32,
+    /// Unix time in milliseconds when the message was created.
+    pub timestamp_ms: u64,
+    /// For replies: the id of the request being answered.
+    pub correlation_id: Option<MessageId>,
+    /// Free-form string metadata, in the order they were set.
+    pub headers: Vec<(String, String)>,
+    /// The body, opaque to Shoal.
+    pub payload: Bytes,
+}
+
+impl Item {
+    /// The item part of `envelope`.
+    pub fn of(envelope: &Envelope) -> Self {
+        Self {
+            id: envelope.id,
+            attempt: envelope.attempt,
+            timestamp_ms: envelope.timestamp_ms,
+            correlation_id: envelope.correlation_id,
+            headers: envelope.headers.clone(),
+            payload: envelope.payload.clone(),
+        }
+    }
+
+    /// The whole message: this item under `head`.
+    pub fn into_envelope(self, head: &Head) -> Envelope {
+        Envelope {
+            id: self.id,
+            kind: head.kind,
+            name: head.name.clone(),
+            version: head.version,
+            content_type: head.content_type.clone(),
+            headers: self.headers,
+            correlation_id: self.correlation_id,
+            reply_to: head.reply_to.clone(),
+            partition_key: head.partition_key.clone(),
+            attempt: self.attempt,
+            timestamp_ms: self.timestamp_ms,
+            payload: self.payload,
+        }
+    }
+}
+
+/// A run of messages sharing one head; item `i` has sequence number `first_seq + i`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Messages {
+    /// The sequence number of the first item.
+    pub first_seq: u64,
+    /// What the items share.
+    pub head: Head,
+    /// The messages.
+    pub items: Vec<Item>,
+}
+
+impl Messages {
+    /// The sequence numbers of the items.
+    pub fn seqs(&self) -> SeqRange {
+        SeqRange {
+            start: self.first_seq,
+            len: self.items.len() as u64,
+        }
+    }
+}
+
+/// Consecutive sequence numbers `start .. start + len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeqRange {
+    /// The first number.
+    pub start: u64,
+    /// How many.
+    pub len: u64,
+}
+
+impl SeqRange {
+    /// The numbers in the range (empty if it would overflow).
+    pub fn iter(self) -> impl Iterator<Item = u64> {
+        let end = self.start.checked_add(self.len).unwrap_or(self.start);
+        self.start..end
+    }
+}
+
+/// Acknowledgements, in ranges of sequence numbers: one frame acknowledges any number of
+/// messages received on this connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
-    /// Ids of the messages whose handlers finished successfully.
-    pub ids: Vec<MessageId>,
+    /// The handled sequence numbers.
+    pub ranges: Vec<SeqRange>,
+}
+
+/// Why a message was not handled, so a sender (and its dead letters) can tell refusals apart
+/// without reading text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NackCode {
+    /// The handler returned an error (or panicked).
+    HandlerFailed,
+    /// The receiver has no handler for the message's name.
+    NoHandler,
+    /// The receiver has no subscription of the copy's group for its topic.
+    NoSubscription,
+    /// The receiver is shutting down.
+    ShuttingDown,
+    /// The message breaks one of the receiver's limits.
+    LimitExceeded,
+    /// The run's items or head are not valid (for example a batch larger than the receiver
+    /// can track).
+    Invalid,
+    /// A request handled before whose reply is no longer kept: not run twice.
+    ReplyNotKept,
+    /// An earlier item of the same ordered run failed, so this one was not run.
+    Skipped,
+    /// The receiver's policy does not allow this sender to send this message.
+    NotAuthorized,
 }
 
 /// A negative acknowledgement: the handler failed or the message was refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
-    /// The message that was not handled.
-    pub id: MessageId,
+    /// The sequence number of the message that was not handled.
+    pub seq: u64,
     /// Whether the sender should try again (perhaps on another instance).
     pub retryable: bool,
-    /// Human-readable reason, shown in dead letters.
+    /// Why, as a code.
+    pub code: NackCode,
+    /// Why, for people: shown in dead letters.
     pub reason: String,
 }
 
@@ -89,37 +304,5 @@ pub struct Subscription {
     /// The topic pattern, e.g. `orders.*`.
     pub pattern: String,
     /// The subscriber group; `None` means every subscribing instance gets its own copy.
-    pub group: Option<String>,
-}
-
-/// One copy of a published event, addressed to one subscriber group on the receiving node.
-///
-/// A publisher sends one copy per target group (and one per ungrouped subscriber instance).
-/// The copies differ only in `group`, which is encoded last, so [`crate::codec::PreparedEvent`]
-/// encodes the envelope once for all of them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Publish {
-    /// The event; its `name` is the topic.
-    pub envelope: Envelope,
-    /// Whether the receiver acknowledges it (reliable events) or not (best-effort).
-    pub reliable: bool,
-    /// The group this copy is for; `None` for the receiver's ungrouped subscriptions.
-    /// Acks, nacks and deduplication use [`MessageId::delivery_key`] of this group.
-    pub group: Option<String>,
-}
-
-/// Several events on one topic, for one subscriber group, in one frame: the receiver handles
-/// them in order and acknowledges the batch once, under [`MessageId::delivery_key`] of `id`
-/// and `group`. Each event is also deduplicated on its own, so a batch retried after a
-/// failure part-way skips the events already handled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublishBatch {
-    /// The batch's own id (not any event's): what the batch is acked and deduplicated under.
-    pub id: MessageId,
-    /// The events, all with the same `name` (the topic).
-    pub envelopes: Vec<Envelope>,
-    /// Whether the receiver acknowledges the batch.
-    pub reliable: bool,
-    /// The group this copy is for; `None` for the receiver's ungrouped subscriptions.
     pub group: Option<String>,
 }

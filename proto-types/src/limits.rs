@@ -1,9 +1,9 @@
 //! Size limits enforced when encoding and decoding frames, and the one function that checks
 //! them ([`validate_frame`]).
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ReturnAddress};
 use crate::error::LimitViolation;
-use crate::frame::{Frame, Subscription};
+use crate::frame::{Frame, Head, Item, Subscription, To};
 
 /// Limits on what a frame may contain. Both ends enforce them: the sender gets an
 /// [`crate::EncodeError`] before anything is written, the receiver a [`crate::DecodeError`]
@@ -85,14 +85,49 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
     check("max_headers", envelope.headers.len(), limits.max_headers)?;
     check_name(&envelope.name, limits)?;
     check_name(&envelope.content_type, limits)?;
-    if let Some(key) = &envelope.partition_key {
+    check_key_and_address(
+        envelope.partition_key.as_deref(),
+        envelope.reply_to.as_ref(),
+        limits,
+    )?;
+    check_headers(&envelope.headers, limits)
+}
+
+/// Checks what a run of messages shares ([`Head`]): name, content type, partition key, return
+/// address and the group it is for.
+pub fn validate_head(head: &Head, limits: &Limits) -> Result<(), LimitViolation> {
+    check_name(&head.name, limits)?;
+    check_name(&head.content_type, limits)?;
+    check_key_and_address(head.partition_key.as_deref(), head.reply_to.as_ref(), limits)?;
+    match &head.to {
+        To::Group(group) => check_name(group, limits),
+        To::Handler | To::Instance => Ok(()),
+    }
+}
+
+/// Checks what one message of a run carries on its own ([`Item`]): its headers.
+pub fn validate_item(item: &Item, limits: &Limits) -> Result<(), LimitViolation> {
+    check("max_headers", item.headers.len(), limits.max_headers)?;
+    check_headers(&item.headers, limits)
+}
+
+fn check_key_and_address(
+    key: Option<&str>,
+    reply_to: Option<&ReturnAddress>,
+    limits: &Limits,
+) -> Result<(), LimitViolation> {
+    if let Some(key) = key {
         check_name(key, limits)?;
     }
-    if let Some(reply_to) = &envelope.reply_to {
+    if let Some(reply_to) = reply_to {
         check_name(&reply_to.service, limits)?;
         check_name(&reply_to.channel, limits)?;
     }
-    for (key, value) in &envelope.headers {
+    Ok(())
+}
+
+fn check_headers(headers: &[(String, String)], limits: &Limits) -> Result<(), LimitViolation> {
+    for (key, value) in headers {
         check_name(key, limits)?;
         check(
             "max_header_value_len",
@@ -103,32 +138,22 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
     Ok(())
 }
 
-/// Checks a frame against every per-field limit: [`validate_envelope`] for
-/// [`Frame::Deliver`], [`Frame::Publish`] and each event of a [`Frame::PublishBatch`] (and the
-/// group's length), the service name of a [`Frame::Hello`], and the pattern and group of a
-/// [`Frame::Subscribe`] or [`Frame::Unsubscribe`]. Other frames have no per-field limits.
+/// Checks a frame against every per-field limit: [`validate_head`] and [`validate_item`] for
+/// [`Frame::Messages`], [`validate_envelope`] for [`Frame::Reply`], the service name of a
+/// [`Frame::Hello`], and the pattern and group of a [`Frame::Subscribe`] or
+/// [`Frame::Unsubscribe`]. Other frames have no per-field limits.
 ///
 /// `max_frame_len` is not checked here: [`crate::codec::encode`] and
 /// [`crate::codec::decode`] enforce it on the encoded bytes, after calling this function.
 pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolation> {
     match frame {
-        Frame::Deliver(envelope) => validate_envelope(envelope, limits),
-        Frame::PublishBatch(batch) => {
-            for envelope in &batch.envelopes {
-                validate_envelope(envelope, limits)?;
-            }
-            batch
-                .group
-                .as_deref()
-                .map_or(Ok(()), |group| check_name(group, limits))
+        Frame::Messages(run) => {
+            validate_head(&run.head, limits)?;
+            run.items
+                .iter()
+                .try_for_each(|item| validate_item(item, limits))
         }
-        Frame::Publish(publish) => {
-            validate_envelope(&publish.envelope, limits)?;
-            publish
-                .group
-                .as_deref()
-                .map_or(Ok(()), |group| check_name(group, limits))
-        }
+        Frame::Reply(envelope) => validate_envelope(envelope, limits),
         Frame::Hello(hello) => check_name(&hello.service, limits),
         Frame::Subscribe(sub) | Frame::Unsubscribe(sub) => validate_subscription(sub, limits),
         Frame::Ack(_) | Frame::Nack(_) | Frame::Ping(_) | Frame::Pong(_) | Frame::Goodbye(_) => {

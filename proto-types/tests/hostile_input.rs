@@ -270,10 +270,10 @@ fn unknown_frame_variant_is_malformed() {
 
 #[test]
 fn hostile_length_claim_in_a_valid_prefix_fails_fast() {
-    // A Goodbye (variant 6) whose reason claims 2^60 bytes (varint marker 253 + u64 LE).
+    // A Goodbye (variant 7) whose reason claims 2^60 bytes (varint marker 253 + u64 LE).
     let started = Instant::now();
     let mut buf = BytesMut::new();
-    let mut body = vec![6u8, 253];
+    let mut body = vec![7u8, 253];
     body.extend_from_slice(&(1u64 << 60).to_le_bytes());
     buf.put_u32(body.len() as u32);
     buf.extend_from_slice(&body);

@@ -9,8 +9,8 @@ mod samples;
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, LENGTH_PREFIX, MAX_FRAME_LEN_CAP};
 use shoal_proto::{
-    DecodeError, EncodeError, Envelope, Frame, Hello, LimitViolation, Limits, NodeId, Subscription,
-    validate_frame,
+    DecodeError, EncodeError, Envelope, Frame, Head, Hello, Item, LimitViolation, Limits, Messages,
+    NodeId, Subscription, To, validate_frame,
 };
 
 use samples::{encoded, rich_envelope};
@@ -34,10 +34,15 @@ struct Case {
     max: usize,
 }
 
+/// A run of one message (the rich envelope, changed by `f`) for a group.
 fn deliver(f: impl FnOnce(&mut Envelope)) -> Frame {
     let mut envelope = rich_envelope();
     f(&mut envelope);
-    Frame::Deliver(Box::new(envelope))
+    Frame::Messages(Box::new(Messages {
+        first_seq: 7,
+        head: Head::of(&envelope, To::Group("audit".into()), true, false),
+        items: vec![Item::of(&envelope)],
+    }))
 }
 
 fn limit_cases() -> Vec<Case> {
@@ -110,6 +115,27 @@ fn limit_cases() -> Vec<Case> {
             "max_header_value_len",
             d.max_header_value_len + 1,
             d.max_header_value_len,
+        ),
+        case(
+            "group of a run",
+            Frame::Messages(Box::new(Messages {
+                first_seq: 0,
+                head: Head::of(&rich_envelope(), To::Group(long(name + 10)), true, false),
+                items: vec![Item::of(&rich_envelope())],
+            })),
+            "max_name_len",
+            name + 10,
+            name,
+        ),
+        case(
+            "reply header count",
+            Frame::Reply(Box::new(Envelope {
+                headers: vec![("k".into(), "v".into()); d.max_headers + 1],
+                ..rich_envelope()
+            })),
+            "max_headers",
+            d.max_headers + 1,
+            d.max_headers,
         ),
         case(
             "hello service",
@@ -187,7 +213,7 @@ fn each_limit_is_refused_on_decode_by_name_and_the_frame_is_consumed() {
                 limit,
                 actual,
                 max,
-                id,
+                seqs,
             }) => {
                 assert_eq!(
                     (limit, actual, max),
@@ -195,11 +221,11 @@ fn each_limit_is_refused_on_decode_by_name_and_the_frame_is_consumed() {
                     "{}",
                     c.what
                 );
-                let expected_id = match &c.frame {
-                    Frame::Deliver(e) => Some(e.id),
+                let expected = match &c.frame {
+                    Frame::Messages(run) => Some(run.seqs()),
                     _ => None,
                 };
-                assert_eq!(id, expected_id, "{}", c.what);
+                assert_eq!(seqs, expected, "{}", c.what);
             }
             other => panic!("{}: {other:?}", c.what),
         }

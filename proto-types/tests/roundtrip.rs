@@ -12,9 +12,9 @@ use std::time::Instant;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, LENGTH_PREFIX};
-use shoal_proto::{Frame, Hello, Limits, NodeId, validate_frame};
+use shoal_proto::{Frame, Head, Hello, Item, Limits, Messages, NodeId, To, validate_frame};
 
-use samples::{encoded, sample_envelope, sample_frames};
+use samples::{encoded, run_of, sample_envelope, sample_frames};
 use strategies::arb_frame;
 
 // ---------------------------------------------------------------------------------------------
@@ -122,20 +122,29 @@ fn ipv6_flowinfo_and_scope_id_are_not_carried() {
 // ---------------------------------------------------------------------------------------------
 // Size and speed
 
-/// A typical small command: 64-byte payload, name `create-invoice`, no headers.
+/// A typical small command: 64-byte payload, name `create-invoice`, no headers; alone, and
+/// as one of a run of 100 that share their head.
 #[test]
 fn typical_delivery_size() {
-    let frame = Frame::Deliver(Box::new(sample_envelope()));
-    let len = encoded(&frame).len();
-    println!("Deliver(64-byte payload, no headers): {len} bytes on the wire");
-    assert_eq!(len, 119, "the wire size of a typical delivery changed");
+    let alone = encoded(&run_of(&sample_envelope(), 1 << 20)).len();
+    println!("a run of one (64-byte payload, no headers): {alone} bytes on the wire");
+    assert_eq!(alone, 128, "the wire size of a typical delivery changed");
+    let envelope = sample_envelope();
+    let run = Frame::Messages(Box::new(Messages {
+        first_seq: 1 << 20,
+        head: Head::of(&envelope, To::Handler, true, false),
+        items: vec![Item::of(&envelope); 100],
+    }));
+    let per_message = encoded(&run).len() / 100;
+    println!("in a run of 100: {per_message} bytes per message");
+    assert_eq!(per_message, 94, "the wire size of a message in a run changed");
 }
 
 /// `cargo test -p shoal-proto --release -- --ignored --nocapture`
 #[test]
 #[ignore = "timing; run in release mode"]
 fn time_one_million_round_trips() {
-    let frame = Frame::Deliver(Box::new(sample_envelope()));
+    let frame = run_of(&sample_envelope(), 1 << 20);
     let limits = Limits::default();
     let mut buf = BytesMut::with_capacity(4096);
     let n = 1_000_000u32;

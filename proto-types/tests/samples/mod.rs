@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec;
 use shoal_proto::{
-    Ack, Envelope, Frame, Goodbye, Hello, Limits, MessageId, MessageKind, Nack, NodeId,
-    ReturnAddress, Subscription,
+    Ack, Envelope, Frame, Goodbye, Head, Hello, Item, Limits, MessageId, MessageKind, Messages,
+    Nack, NackCode, NodeId, ReturnAddress, SeqRange, Subscription, To,
 };
 
 /// `frame` encoded with the default limits, length prefix included.
@@ -50,6 +50,15 @@ pub(crate) fn rich_envelope() -> Envelope {
     }
 }
 
+/// `envelope` alone in a run to its handler, numbered `seq`.
+pub(crate) fn run_of(envelope: &Envelope, seq: u64) -> Frame {
+    Frame::Messages(Box::new(Messages {
+        first_seq: seq,
+        head: Head::of(envelope, To::Handler, true, false),
+        items: vec![Item::of(envelope)],
+    }))
+}
+
 /// Frames of every variant, for the deterministic tests.
 pub(crate) fn sample_frames() -> Vec<Frame> {
     vec![
@@ -62,14 +71,26 @@ pub(crate) fn sample_frames() -> Vec<Frame> {
                 "[2001:db8::1]:4100".parse().unwrap(),
             ],
         }),
-        Frame::Deliver(Box::new(sample_envelope())),
-        Frame::Deliver(Box::new(rich_envelope())),
+        run_of(&sample_envelope(), 0),
+        Frame::Messages(Box::new(Messages {
+            first_seq: 1 << 40,
+            head: Head::of(&rich_envelope(), To::Group("audit".into()), true, true),
+            items: vec![Item::of(&rich_envelope()), Item::of(&sample_envelope())],
+        })),
+        Frame::Reply(Box::new(rich_envelope())),
         Frame::Ack(Ack {
-            ids: vec![MessageId::from_u128(1), sample_envelope().id],
+            ranges: vec![
+                SeqRange { start: 0, len: 17 },
+                SeqRange {
+                    start: 1 << 40,
+                    len: 1,
+                },
+            ],
         }),
         Frame::Nack(Nack {
-            id: sample_envelope().id,
+            seq: 9,
             retryable: true,
+            code: NackCode::HandlerFailed,
             reason: "handler panicked".into(),
         }),
         Frame::Ping(u64::MAX),

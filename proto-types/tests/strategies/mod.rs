@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use bytes::Bytes;
 use proptest::prelude::*;
 use shoal_proto::{
-    Ack, Envelope, Frame, Goodbye, Hello, MessageId, MessageKind, Nack, NodeId, Publish,
-    PublishBatch, ReturnAddress, Subscription,
+    Ack, Envelope, Frame, Goodbye, Head, Hello, Item, MessageId, MessageKind, Messages, Nack,
+    NackCode, NodeId, ReturnAddress, SeqRange, Subscription, To,
 };
 
 fn arb_u128() -> impl Strategy<Value = u128> {
@@ -117,6 +117,28 @@ fn arb_subscription() -> impl Strategy<Value = Subscription> {
         .prop_map(|(pattern, group)| Subscription { pattern, group })
 }
 
+fn arb_to() -> impl Strategy<Value = To> {
+    prop_oneof![
+        Just(To::Handler),
+        Just(To::Instance),
+        arb_text().prop_map(To::Group),
+    ]
+}
+
+fn arb_nack_code() -> impl Strategy<Value = NackCode> {
+    prop_oneof![
+        Just(NackCode::HandlerFailed),
+        Just(NackCode::NoHandler),
+        Just(NackCode::NoSubscription),
+        Just(NackCode::ShuttingDown),
+        Just(NackCode::LimitExceeded),
+        Just(NackCode::Invalid),
+        Just(NackCode::ReplyNotKept),
+        Just(NackCode::Skipped),
+        Just(NackCode::NotAuthorized),
+    ]
+}
+
 /// Any frame, of any variant.
 pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
@@ -134,45 +156,46 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
                     listen_addrs,
                 })
             }),
-        arb_envelope().prop_map(|e| Frame::Deliver(Box::new(e))),
-        proptest::collection::vec(arb_message_id(), 0..8).prop_map(|ids| Frame::Ack(Ack { ids })),
-        (arb_message_id(), any::<bool>(), arb_text()).prop_map(|(id, retryable, reason)| {
-            Frame::Nack(Nack {
-                id,
-                retryable,
-                reason,
+        (
+            any::<u64>(),
+            arb_envelope(),
+            arb_to(),
+            any::<bool>(),
+            any::<bool>(),
+            proptest::collection::vec(arb_envelope(), 0..3)
+        )
+            .prop_map(|(first_seq, first, to, reliable, ordered, rest)| {
+                let head = Head::of(&first, to, reliable, ordered);
+                let items = std::iter::once(&first).chain(&rest).map(Item::of).collect();
+                Frame::Messages(Box::new(Messages {
+                    first_seq,
+                    head,
+                    items,
+                }))
+            }),
+        arb_envelope().prop_map(|e| Frame::Reply(Box::new(e))),
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8).prop_map(|ranges| {
+            Frame::Ack(Ack {
+                ranges: ranges
+                    .into_iter()
+                    .map(|(start, len)| SeqRange { start, len })
+                    .collect(),
             })
         }),
+        (any::<u64>(), any::<bool>(), arb_nack_code(), arb_text()).prop_map(
+            |(seq, retryable, code, reason)| {
+                Frame::Nack(Nack {
+                    seq,
+                    retryable,
+                    code,
+                    reason,
+                })
+            }
+        ),
         any::<u64>().prop_map(Frame::Ping),
         any::<u64>().prop_map(Frame::Pong),
         arb_text().prop_map(|reason| Frame::Goodbye(Goodbye { reason })),
         arb_subscription().prop_map(Frame::Subscribe),
         arb_subscription().prop_map(Frame::Unsubscribe),
-        (
-            arb_envelope(),
-            any::<bool>(),
-            proptest::option::of(arb_text())
-        )
-            .prop_map(|(envelope, reliable, group)| {
-                Frame::Publish(Box::new(Publish {
-                    envelope,
-                    reliable,
-                    group,
-                }))
-            }),
-        (
-            arb_message_id(),
-            proptest::collection::vec(arb_envelope(), 0..3),
-            any::<bool>(),
-            proptest::option::of(arb_text())
-        )
-            .prop_map(|(id, envelopes, reliable, group)| {
-                Frame::PublishBatch(Box::new(PublishBatch {
-                    id,
-                    envelopes,
-                    reliable,
-                    group,
-                }))
-            }),
     ]
 }
