@@ -6,6 +6,7 @@ use shoal_proto::Limits;
 
 use crate::RetryPolicy;
 
+
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -15,7 +16,10 @@ pub(crate) struct Config {
     pub(crate) reply_cache_size: usize,
     pub(crate) max_in_flight_per_peer: usize,
     pub(crate) max_concurrent_handlers: usize,
+    /// Best-effort copies are dropped when this many items already wait to be written.
     pub(crate) write_queue_len: usize,
+    /// A connection with more bytes waiting to be written is closed: its peer is not reading.
+    pub(crate) max_queued_bytes: usize,
     pub(crate) limits: Limits,
     pub(crate) dead_letter_capacity: usize,
     pub(crate) handshake_timeout: Duration,
@@ -36,12 +40,13 @@ impl Default for Config {
             max_in_flight_per_peer: 1024,
             max_concurrent_handlers: 1024,
             write_queue_len: 4096,
+            max_queued_bytes: 64 << 20,
             limits: Limits::default(),
             dead_letter_capacity: 1000,
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
-            keep_alive: crate::NodeBuilder::DEFAULT_KEEP_ALIVE,
-            idle_timeout: crate::NodeBuilder::DEFAULT_IDLE_TIMEOUT,
+            keep_alive: Duration::from_millis(250),
+            idle_timeout: Duration::from_millis(1500),
             event_hold: Duration::from_secs(30),
             remember_groups: Duration::from_secs(600),
         }

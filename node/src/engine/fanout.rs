@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{NodeId, Subscription};
 
-use crate::core::topic;
+use super::topic;
 
 /// One recipient of an event: it gets exactly one copy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,7 +127,6 @@ impl DepartedGroups {
     }
 
     /// Drops what is remembered no longer at `now`; says whether anything went.
-    #[cfg(feature = "outbox")]
     pub(crate) fn expire(&mut self, now: Instant) -> bool {
         let before = self.until.len();
         self.until.retain(|_, until| now < *until);
@@ -225,7 +224,6 @@ mod tests {
         assert_eq!(departed.matching("orders.created", until), vec!["billing"]);
     }
 
-    #[cfg(feature = "outbox")]
     #[test]
     fn expiry_says_whether_a_group_went() {
         let start = Instant::now();

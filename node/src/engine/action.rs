@@ -1,0 +1,103 @@
+//! What the engine asks of its driver, and the handles it gives out.
+
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::handler::HandlerError;
+use crate::{Message, NodeEvent, PublishReceipt, Receipt};
+
+slotmap::new_key_type! {
+    /// A connection the engine knows of. Never reused, so a stale id names nothing.
+    pub(crate) struct ConnId;
+    /// A user's call (a send, request, publish or ping) or an internal one (an asynchronous
+    /// reply, a background publish), from the call until its result is taken.
+    pub(crate) struct OpId;
+    /// One run of handlers for one received message (or, for an ordered run, for its
+    /// messages one after the other).
+    pub(crate) struct TaskId;
+}
+
+/// Something the engine needs done. The driver takes actions with
+/// [`super::Engine::poll_action`] after every call into the engine.
+#[derive(Debug)]
+pub(crate) enum Action<H> {
+    /// Frames wait to be written on this connection: call [`super::Engine::poll_transmit`].
+    Transmit(ConnId),
+    /// Run these handlers, one after the other, on this message, and report with
+    /// [`super::Engine::handler_done`].
+    Run(Run<H>),
+    /// An operation ended: its result is ready with [`super::Engine::take_result`].
+    Complete(OpId),
+    /// Close this connection, after writing what is queued on it when `flush` says so.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why; the transport turns it into a close code.
+        reason: CloseReason,
+        /// Write what is queued first (acks, a goodbye).
+        flush: bool,
+    },
+    /// Stop reading this connection: its handlers are all busy.
+    PauseReading(ConnId),
+    /// Read this connection again.
+    ResumeReading(ConnId),
+    /// Something users can watch happened ([`crate::Node::events`]).
+    Event(NodeEvent),
+    /// The peers, or what they subscribe to, changed: whoever waits for an instance or a
+    /// subscriber looks again.
+    PeersChanged,
+}
+
+/// Handlers to run on one message.
+#[derive(Debug)]
+pub(crate) struct Run<H> {
+    /// Report the outcome under this id.
+    pub(crate) task: TaskId,
+    /// Run in order; the message is handled when all succeeded.
+    pub(crate) handlers: SmallVec<[H; 1]>,
+    /// The message.
+    pub(crate) message: Message,
+}
+
+/// How a run of handlers ended: the replies to send (one per handler, when the message asked
+/// for a reply; the driver makes them, with fresh ids), or the first failure.
+pub(crate) type HandlerOutcome = Result<SmallVec<[Message; 1]>, HandlerError>;
+
+/// What an operation ended with.
+#[derive(Debug)]
+pub(crate) enum Done {
+    /// A point-to-point message was acknowledged.
+    Sent(Receipt),
+    /// A request was answered.
+    Replied(Message),
+    /// Every audience of an event acknowledged (or was dropped).
+    Published(PublishReceipt),
+    /// A ping was answered after this long.
+    Pong(Duration),
+}
+
+/// Why the engine wants a connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub(crate) enum CloseReason {
+    /// The node shuts down, or the peer said goodbye.
+    Shutdown,
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// Another connection to the same node won (see [`super::Engine::connection_up`]).
+    Duplicate,
+    /// The peer does not read its stream: too much waits to be written to it.
+    NotReading,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shutdown => f.write_str("shutdown"),
+            Self::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            Self::Duplicate => f.write_str("duplicate connection"),
+            Self::NotReading => f.write_str("peer is not reading its stream"),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! One connection as the engine sees it: who is on the other end, the messages it has sent
+//! there and not yet had answered, what waits to be written, and what it owes the peer (acks).
+//!
+//! Writing is pulled, not pushed: the engine queues items and frames here and tells the driver
+//! once that the connection has something to write; the driver's writer then takes
+//! everything queued in one [`Conn::transmit`], so messages queued together leave together
+//! (in as few runs as their heads allow) with every ack owed so far, and a lone message on an
+//! idle connection leaves at once.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use shoal_proto::codec::{self, EncodedHead, EncodedItem};
+use shoal_proto::{Ack, Frame, Goodbye, Limits, NodeId, Subscription};
+
+use super::action::TaskId;
+use super::ranges::RangeSet;
+use super::send::InFlight;
+use super::window::Window;
+
+/// Most acknowledged ranges in one frame.
+const MAX_RANGES_PER_ACK: usize = 4096;
+
+/// Something queued for the writer.
+#[derive(Debug)]
+enum Outgoing {
+    /// A message: its item, under a head it may share with its neighbours.
+    Item {
+        seq: u64,
+        head: Arc<EncodedHead>,
+        /// Items of one ordered run share a run number (and never join another run); 0 for
+        /// unordered items, which join any neighbour with an equal head.
+        run: u64,
+        item: EncodedItem,
+        /// Whose item it is, and which attempt: an item whose attempt ended before it was
+        /// written is not written.
+        owner: Option<Owner>,
+    },
+    /// A frame encoded when it was queued.
+    Frame(Bytes),
+}
+
+/// The attempt an item belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub(super) delivery: super::send::DeliveryId,
+    pub(super) epoch: u32,
+}
+
+/// What [`Conn::transmit`] wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Transmit {
+    /// The goodbye was written: finish the stream after these bytes.
+    pub(crate) finish: bool,
+    /// More is queued than fitted in this write: call again after writing.
+    pub(crate) more: bool,
+}
+
+/// A live connection to a peer node.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) node: NodeId,
+    pub(super) service: String,
+    pub(super) addr: SocketAddr,
+    pub(super) listen_addrs: Vec<SocketAddr>,
+    /// Which node dialled: decides which of two duplicate connections survives.
+    pub(super) dialer: NodeId,
+    /// The peer said goodbye, or lost a duplicate race: nothing new goes to it.
+    pub(super) leaving: bool,
+    /// The topic patterns the peer subscribed to, with their groups.
+    pub(super) subscriptions: Vec<Subscription>,
+    /// Messages sent here and not yet answered.
+    pub(super) window: Window<InFlight>,
+    /// Deliveries waiting for room in the window, with the epoch they waited in.
+    pub(super) waiting_room: VecDeque<(super::send::DeliveryId, u32)>,
+    /// Handlers running for this peer's messages.
+    pub(super) running: usize,
+    /// Handler runs admitted while all handler slots were taken, in arrival order.
+    pub(super) backlog: VecDeque<TaskId>,
+    /// Reading is paused because of the backlog.
+    pub(super) paused: bool,
+    next_seq: u64,
+    queue: VecDeque<Outgoing>,
+    queued_bytes: usize,
+    /// Items queued (for the best-effort "queue full" rule).
+    queued_items: usize,
+    acks: RangeSet,
+    goodbye: Option<String>,
+    /// The driver has been told there is something to write and has not taken it yet.
+    signalled: bool,
+}
+
+impl Conn {
+    pub(super) fn new(
+        node: NodeId,
+        service: String,
+        addr: SocketAddr,
+        listen_addrs: Vec<SocketAddr>,
+        dialer: NodeId,
+    ) -> Self {
+        Self {
+            node,
+            service,
+            addr,
+            listen_addrs,
+            dialer,
+            leaving: false,
+            subscriptions: Vec::new(),
+            window: Window::new(0),
+            waiting_room: VecDeque::new(),
+            running: 0,
+            backlog: VecDeque::new(),
+            paused: false,
+            next_seq: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            queued_items: 0,
+            acks: RangeSet::default(),
+            goodbye: None,
+            signalled: false,
+        }
+    }
+
+    /// Whether new messages may go here.
+    pub(super) fn takes_messages(&self) -> bool {
+        !self.leaving && self.goodbye.is_none()
+    }
+
+    /// The next sequence number.
+    pub(super) fn next_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Bytes waiting to be written.
+    pub(super) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Items waiting to be written.
+    pub(super) fn queued_items(&self) -> usize {
+        self.queued_items
+    }
+
+    /// Queues a message's item. Says whether the driver must be told (nothing was waiting).
+    pub(super) fn queue_item(
+        &mut self,
+        seq: u64,
+        head: &Arc<EncodedHead>,
+        run: u64,
+        item: EncodedItem,
+        owner: Option<Owner>,
+    ) -> bool {
+        self.queued_bytes += item.len();
+        self.queued_items += 1;
+        self.queue.push_back(Outgoing::Item {
+            seq,
+            head: Arc::clone(head),
+            run,
+            item,
+            owner,
+        });
+        self.signal()
+    }
+
+    /// Queues an encoded frame. Says whether the driver must be told.
+    pub(super) fn queue_frame(&mut self, frame: Bytes) -> bool {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(Outgoing::Frame(frame));
+        self.signal()
+    }
+
+    /// Encodes and queues a control frame built by the node itself. Says whether the driver
+    /// must be told.
+    pub(super) fn queue_control(&mut self, frame: &Frame, limits: &Limits) -> bool {
+        let mut buf = BytesMut::new();
+        // Frames built by the node (nacks, pings, subscriptions) are far below every limit,
+        // and subscriptions were checked when they were made.
+        if let Err(e) = codec::encode(frame, limits, &mut buf) {
+            tracing::error!("could not encode a control frame: {e}");
+            return false;
+        }
+        self.queue_frame(buf.freeze())
+    }
+
+    /// Owes the peer an ack of `seq`. Says whether the driver must be told.
+    pub(super) fn ack(&mut self, seq: u64) -> bool {
+        self.acks.insert(seq);
+        self.signal()
+    }
+
+    /// Writes a goodbye after everything queued, then finishes the stream.
+    pub(super) fn say_goodbye(&mut self, reason: &str) -> bool {
+        self.goodbye.get_or_insert_with(|| reason.to_owned());
+        self.signal()
+    }
+
+    fn signal(&mut self) -> bool {
+        !std::mem::replace(&mut self.signalled, true)
+    }
+
+    /// Appends to `buf` what is queued, up to about `max_bytes`: first every ack owed, then
+    /// items (as runs) and frames in the order they were queued, then the goodbye if one is
+    /// due and nothing else waits. Items whose attempt has ended (`current` says no) are
+    /// dropped unwritten.
+    pub(super) fn transmit(
+        &mut self,
+        buf: &mut BytesMut,
+        max_bytes: usize,
+        limits: &Limits,
+        mut current: impl FnMut(Owner) -> bool,
+    ) -> Transmit {
+        self.signalled = false;
+        if !self.acks.is_empty() {
+            let ranges = self.acks.take();
+            for chunk in ranges.chunks(MAX_RANGES_PER_ACK) {
+                let ack = Frame::Ack(Ack {
+                    ranges: chunk.to_vec(),
+                });
+                if let Err(e) = codec::encode(&ack, limits, buf) {
+                    tracing::error!("could not encode an ack: {e}");
+                }
+            }
+        }
+        let mut run: Vec<EncodedItem> = Vec::new();
+        while buf.len() < max_bytes {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            match next {
+                Outgoing::Frame(frame) => {
+                    self.queued_bytes -= frame.len();
+                    buf.extend_from_slice(&frame);
+                }
+                Outgoing::Item {
+                    seq,
+                    head,
+                    run: run_id,
+                    item,
+                    owner,
+                } => {
+                    self.queued_bytes -= item.len();
+                    self.queued_items -= 1;
+                    if owner.is_some_and(|o| !current(o)) {
+                        continue;
+                    }
+                    run.clear();
+                    run.push(item);
+                    let mut last = seq;
+                    // Gather the queued items that can share this frame: an ordered run whole (it
+                    // was checked against the frame limit when it was sent), others up to the
+                    // size of a write.
+                    let cap = if run_id == 0 {
+                        max_bytes.min(limits.max_frame_len)
+                    } else {
+                        usize::MAX
+                    };
+                    let mut len = codec::messages_len(&head, &run);
+                    while let Some(Outgoing::Item {
+                        seq: s,
+                        head: h,
+                        run: r,
+                        item: i,
+                        owner: o,
+                    }) = self.queue.front()
+                    {
+                        let joins = *s == last + 1
+                            && *r == run_id
+                            && (Arc::ptr_eq(h, &head) || (run_id == 0 && **h == *head));
+                        if !joins || len + i.len() > cap {
+                            break;
+                        }
+                        if o.is_some_and(|o| !current(o)) {
+                            // A gap in the numbers ends the run; the stale item is dropped.
+                            break;
+                        }
+                        len += i.len();
+                        last = *s;
+                        if let Some(Outgoing::Item { item, .. }) = self.queue.pop_front() {
+                            self.queued_bytes -= item.len();
+                            self.queued_items -= 1;
+                            run.push(item);
+                        }
+                    }
+                    let first = last + 1 - run.len() as u64;
+                    if let Err(e) = codec::write_messages(buf, first, &head, &run, limits) {
+                        // Each item was checked against the frame limit with its head when it
+                        // was sent, and runs are cut below it: not expected.
+                        tracing::error!("could not frame a run of {} messages: {e}", run.len());
+                    }
+                }
+            }
+        }
+        let more = !self.queue.is_empty();
+        let finish = !more && self.goodbye.is_some();
+        if finish && let Some(reason) = self.goodbye.take() {
+            let frame = Frame::Goodbye(Goodbye { reason });
+            if let Err(e) = codec::encode(&frame, limits, buf) {
+                tracing::error!("could not encode a goodbye: {e}");
+            }
+        }
+        if more {
+            self.signalled = true;
+        }
+        Transmit { finish, more }
+    }
+
+    /// Drops everything queued (the connection is gone).
+    pub(super) fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.queued_items = 0;
+    }
+
+    /// When the oldest unanswered message here is due.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.window.next_deadline()
+    }
+}

@@ -1,0 +1,342 @@
+//! The delivery engine: every decision about messages, as a deterministic state machine.
+//!
+//! Like `quinn-proto` beside `quinn`, the engine does no IO, owns no clock and starts no task.
+//! The driver ([`crate::runtime`]) feeds it what happened, with the time it happened:
+//!
+//! - a connection came up or went down ([`Engine::connection_up`],
+//!   [`Engine::connection_lost`]); a frame arrived ([`Engine::handle_frame`]) or could not be
+//!   decoded ([`Engine::malformed`]);
+//! - a user called `send`, `request`, `publish`, `ping`, `subscribe` ... ([`Engine::send`]
+//!   and friends), or dropped the call's future ([`Engine::cancel`]);
+//! - handlers finished ([`Engine::handler_done`]); time passed ([`Engine::handle_timeout`]).
+//!
+//! and takes back what to do: [`Action`]s from [`Engine::poll_action`] (run handlers, complete
+//! a caller, close a connection, tell users of an event), the bytes each connection should
+//! write from [`Engine::poll_transmit`], and the next instant it wants to be woken at from
+//! [`Engine::poll_timeout`].
+//!
+//! Inside: the dedup window and the kept replies ([`dedup`], [`replies`]), the retry schedule
+//! ([`retry`]), the choice of instance ([`route`], [`peers`]), topics and the audiences of an
+//! event ([`topic`], [`fanout`]), the turns of keyed messages ([`ordering`]), the window of
+//! unanswered messages per connection ([`window`]), and the states of sending
+//! ([`send`], [`delivery`]) and receiving ([`receive`]).
+//!
+//! Handlers are opaque to the engine (`H`): it stores them and hands them back in
+//! [`Action::Run`]; the driver calls them. The simulated network in the tests plays driver for
+//! many engines at once, on a virtual clock.
+//!
+//! A test (`node/tests/engine_boundary.rs`) checks that nothing here names tokio, quinn, a
+//! clock or a thread-local random source.
+
+pub(crate) mod action;
+mod conn;
+pub(crate) mod dedup;
+mod delivery;
+pub(crate) mod fanout;
+mod link;
+mod ordering;
+pub(crate) mod peers;
+mod ranges;
+mod receive;
+pub(crate) mod replies;
+pub(crate) mod retry;
+pub(crate) mod route;
+pub(crate) mod send;
+mod stats;
+pub(crate) mod topic;
+mod window;
+
+#[cfg(test)]
+mod sim;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Instant;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use shoal_proto::{NodeId, Subscription};
+use slotmap::SlotMap;
+
+pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
+pub(crate) use conn::Transmit;
+pub(crate) use link::{PeerHello, PeerSummary};
+pub(crate) use peers::{Admission, Route, Target};
+pub(crate) use receive::SubId;
+
+use crate::config::Config;
+use crate::dead_letter::DeadLetter;
+use crate::{NodeEvent, NodeStats};
+
+/// Where the node is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    /// Taking work.
+    Running,
+    /// A graceful shutdown started: no new work; handlers and background deliveries finish.
+    Stopping,
+    /// Stopped at once, like a crash.
+    Killed,
+}
+
+/// Something the engine wants to be woken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// A delivery waits for a turn, an instance, room or a backoff: look at it again. Stale
+    /// when the delivery moved on (its epoch changed).
+    Delivery(send::DeliveryId, u32),
+}
+
+/// The engine of one node. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Engine<H> {
+    id: NodeId,
+    service: String,
+    config: Config,
+    rng: SmallRng,
+    lifecycle: Lifecycle,
+    conns: SlotMap<ConnId, conn::Conn>,
+    peers: peers::Peers,
+    out: send::Outbound,
+    inbound: receive::Inbound<H>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    actions: VecDeque<Action<H>>,
+    stats: stats::Counters,
+    dead_letters: VecDeque<DeadLetter>,
+    /// The earliest deadline the driver was told of, to tell it again only when one is earlier.
+    told_deadline: Option<Instant>,
+    /// A new deadline is earlier than the one the driver knows.
+    timer_moved: bool,
+}
+
+impl<H: Clone> Engine<H> {
+    /// The engine of node `id`, an instance of `service`. `seed` seeds every random choice
+    /// (jitter, ties between instances, the dedup hash), so a run is repeatable.
+    pub(crate) fn new(id: NodeId, service: String, config: Config, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let inbound = receive::Inbound::new(&config, rng.random(), rng.random());
+        Self {
+            id,
+            service,
+            peers: peers::Peers::new(config.remember_groups),
+            config,
+            rng,
+            lifecycle: Lifecycle::Running,
+            conns: SlotMap::with_key(),
+            out: send::Outbound::default(),
+            inbound,
+            timers: BinaryHeap::new(),
+            actions: VecDeque::new(),
+            stats: stats::Counters::default(),
+            dead_letters: VecDeque::new(),
+            told_deadline: None,
+            timer_moved: false,
+        }
+    }
+
+    /// This node's id.
+    pub(crate) fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The next thing to do, if any.
+    pub(crate) fn poll_action(&mut self) -> Option<Action<H>> {
+        self.actions.pop_front()
+    }
+
+    /// Whether a deadline earlier than the last one [`Engine::poll_timeout`] gave was set
+    /// since: the driver's timer must be moved.
+    pub(crate) fn timer_moved(&mut self) -> bool {
+        std::mem::take(&mut self.timer_moved)
+    }
+
+    /// The instant the engine next wants [`Engine::handle_timeout`] called at.
+    pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
+        let conns = self.conns.values().filter_map(conn::Conn::next_deadline);
+        let timers = self.timers.peek().map(|Reverse((at, _))| *at);
+        let next = conns.chain(timers).min();
+        self.told_deadline = next;
+        self.timer_moved = false;
+        next
+    }
+
+    /// Notes a deadline the driver may not know of yet.
+    fn deadline_at(&mut self, at: Instant) {
+        if self.told_deadline.is_none_or(|told| at < told) {
+            self.timer_moved = true;
+            self.told_deadline = Some(at);
+        }
+    }
+
+    fn set_timer(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+        self.deadline_at(at);
+    }
+
+    /// Time passed: acts on every deadline due at `now`.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.expire_windows(now);
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
+            match timer {
+                Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
+            }
+        }
+        // Remembered groups expire with time: waiting copies for them wake up.
+        if self.peers.expire_groups(now) {
+            self.peers_changed(now);
+        }
+    }
+
+    fn emit(&mut self, event: NodeEvent) {
+        tracing::debug!(?event, node = %self.id, "node event");
+        self.actions.push_back(Action::Event(event));
+    }
+
+    /// Tells the driver that `conn` has something to write.
+    fn transmit(&mut self, conn: ConnId) {
+        self.actions.push_back(Action::Transmit(conn));
+    }
+
+    /// The peers changed: deliveries waiting for an instance look again, and so does whoever
+    /// watches the peers.
+    fn peers_changed(&mut self, now: Instant) {
+        self.actions.push_back(Action::PeersChanged);
+        self.wake_waiting(now);
+    }
+
+    /// A random number for tie-breaks.
+    fn turn(&mut self) -> usize {
+        self.rng.random::<u32>() as usize
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Lifecycle
+
+    /// Where the node is in its life.
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+    }
+
+    /// Starts a graceful shutdown: calls waiting for a result end with
+    /// [`crate::Error::ShuttingDown`], new messages are refused with a retryable nack so their
+    /// senders go elsewhere; running handlers, asynchronous replies and background publishes
+    /// go on.
+    pub(crate) fn begin_shutdown(&mut self, now: Instant) {
+        if self.lifecycle != Lifecycle::Running {
+            return;
+        }
+        self.lifecycle = Lifecycle::Stopping;
+        self.stop_user_ops(now);
+    }
+
+    /// Whether nothing is left to wait for before saying goodbye: no handler runs and no
+    /// background delivery is in progress.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.inbound.running() == 0 && self.out.background_open() == 0
+    }
+
+    /// Queues a goodbye on every connection (after every ack owed), and ends what is still in
+    /// progress: background copies not delivered by now are dead-lettered with that reason.
+    pub(crate) fn say_goodbye(&mut self, now: Instant) {
+        self.stop_background_ops(now);
+        let conns: Vec<ConnId> = self.conns.keys().collect();
+        for conn in conns {
+            if let Some(c) = self.conns.get_mut(conn)
+                && c.say_goodbye("shutdown")
+            {
+                self.transmit(conn);
+            }
+        }
+    }
+
+    /// Stops at once, like a crash: every call and delivery ends; nothing more is written.
+    pub(crate) fn kill(&mut self, now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        self.lifecycle = Lifecycle::Killed;
+        self.stop_user_ops(now);
+        self.stop_background_ops(now);
+        for conn in self.conns.values_mut() {
+            conn.clear_queue();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // What a node tells about itself
+
+    /// Counters since start.
+    pub(crate) fn stats(&self) -> NodeStats {
+        self.stats.snapshot()
+    }
+
+    /// The most recent dead letters.
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.dead_letters.iter().cloned().collect()
+    }
+
+    fn record_dead_letter(&mut self, letter: DeadLetter) {
+        tracing::warn!("{letter}");
+        self.stats.dead_lettered += 1;
+        if self.config.dead_letter_capacity == 0 {
+            return;
+        }
+        if self.dead_letters.len() >= self.config.dead_letter_capacity {
+            self.dead_letters.pop_front();
+        }
+        self.dead_letters.push_back(letter);
+    }
+
+    /// How many times the peers have changed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.peers.generation()
+    }
+
+    /// The subscriber groups (by name) and ungrouped subscriber instances (`None`) an event on
+    /// `topic` would go to now, each with its live instances.
+    pub(crate) fn subscribers(
+        &mut self,
+        topic: &str,
+        now: Instant,
+    ) -> Vec<(Option<String>, Vec<NodeId>)> {
+        self.peers
+            .audiences(&self.conns, topic, now)
+            .iter()
+            .map(|(audience, nodes)| (audience.wire_group().map(str::to_owned), nodes.clone()))
+            .collect()
+    }
+
+    /// Live instances of `service` that take messages.
+    pub(crate) fn live_instances(&mut self, service: &str, now: Instant) -> usize {
+        let route = Route::Service(Target::service(service));
+        self.peers.live_count(&self.conns, &route, now)
+    }
+
+    /// The grouped subscriptions of the live peers.
+    pub(crate) fn live_groups(&self) -> Vec<Subscription> {
+        self.peers.live_groups(&self.conns)
+    }
+
+    /// Keeps the grouped `subs` that no live peer holds as audiences until `until`.
+    pub(crate) fn remember_groups(&mut self, subs: Vec<Subscription>, until: Instant, now: Instant) {
+        if self.peers.remember_groups(&self.conns, subs, until, now) {
+            self.peers_changed(now);
+        }
+    }
+
+    /// Forgets the remembered group `sub`: copies held for it end as dropped. Says whether it
+    /// was remembered.
+    pub(crate) fn forget_group(&mut self, sub: &Subscription, now: Instant) -> bool {
+        let forgotten = self.peers.forget_group(sub);
+        if forgotten {
+            self.peers_changed(now);
+        }
+        forgotten
+    }
+}

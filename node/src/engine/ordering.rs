@@ -1,0 +1,119 @@
+//! Per-key ordering on the sending side: deliveries that share a partition key and a
+//! destination go one at a time, in the order they were made.
+//!
+//! A delivery with a key takes its place when `send` or `publish` is *called*, so the order
+//! is the order of the calls, whatever order the returned futures are polled in (the engine
+//! drives deliveries itself; a future only waits for the result). It keeps its turn, retries
+//! included, until it is acknowledged, dead-lettered or cancelled; then the next in line
+//! goes. So the receiver never sees message *n + 1* of a key before *n* was handled, even when
+//! *n* had to be retried on another instance; deliveries with other keys pass meanwhile.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::send::DeliveryId;
+
+/// A destination and a key: the unit of ordering.
+pub(super) type Slot = (String, String);
+
+/// The turns of every (destination, key) with a delivery in progress or waiting.
+#[derive(Debug, Default)]
+pub(super) struct KeyTurns {
+    slots: HashMap<Slot, Turns>,
+}
+
+#[derive(Debug)]
+struct Turns {
+    holder: DeliveryId,
+    waiting: VecDeque<DeliveryId>,
+}
+
+impl KeyTurns {
+    /// Takes the next place for `slot`; says whether it is `delivery`'s turn at once.
+    pub(super) fn enter(&mut self, slot: &Slot, delivery: DeliveryId) -> bool {
+        match self.slots.get_mut(slot) {
+            Some(turns) => {
+                turns.waiting.push_back(delivery);
+                false
+            }
+            None => {
+                self.slots.insert(
+                    slot.clone(),
+                    Turns {
+                        holder: delivery,
+                        waiting: VecDeque::new(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// `delivery` leaves `slot` (acknowledged, dead-lettered or cancelled, whether it held the
+    /// turn or waited for it). Returns the delivery whose turn it is now, if the turn passed.
+    pub(super) fn leave(&mut self, slot: &Slot, delivery: DeliveryId) -> Option<DeliveryId> {
+        let turns = self.slots.get_mut(slot)?;
+        if turns.holder != delivery {
+            turns.waiting.retain(|d| *d != delivery);
+            return None;
+        }
+        match turns.waiting.pop_front() {
+            Some(next) => {
+                turns.holder = next;
+                Some(next)
+            }
+            None => {
+                // No delivery left: forget the key, so memory follows the keys in use.
+                self.slots.remove(slot);
+                None
+            }
+        }
+    }
+
+    /// Keys with a delivery in progress or waiting.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use slotmap::SlotMap;
+
+    use super::*;
+
+    fn slot(dest: &str, key: &str) -> Slot {
+        (dest.into(), key.into())
+    }
+
+    #[test]
+    fn one_key_waits_other_keys_pass_and_slots_are_freed() {
+        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
+        let (a, b, c, d) = (ids.insert(()), ids.insert(()), ids.insert(()), ids.insert(()));
+        let mut turns = KeyTurns::default();
+        assert!(turns.enter(&slot("billing", "k1"), a));
+        assert!(!turns.enter(&slot("billing", "k1"), b), "waits for a");
+        assert!(turns.enter(&slot("billing", "k2"), c), "another key");
+        assert!(turns.enter(&slot("audit", "k1"), d), "another destination");
+        assert_eq!(turns.leave(&slot("billing", "k1"), a), Some(b));
+        assert_eq!(turns.leave(&slot("billing", "k1"), b), None);
+        turns.leave(&slot("billing", "k2"), c);
+        turns.leave(&slot("audit", "k1"), d);
+        assert_eq!(turns.len(), 0, "no slot is kept for idle keys");
+    }
+
+    #[test]
+    fn a_waiting_delivery_that_leaves_is_skipped() {
+        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
+        let (a, b, c) = (ids.insert(()), ids.insert(()), ids.insert(()));
+        let mut turns = KeyTurns::default();
+        let s = slot("svc", "k");
+        assert!(turns.enter(&s, a));
+        assert!(!turns.enter(&s, b));
+        assert!(!turns.enter(&s, c));
+        assert_eq!(turns.leave(&s, b), None, "b never had the turn");
+        assert_eq!(turns.leave(&s, a), Some(c));
+        assert_eq!(turns.leave(&s, c), None);
+        assert_eq!(turns.len(), 0);
+    }
+}

@@ -1,0 +1,415 @@
+//! The peer table: which connection stands for which node and service, who subscribes to
+//! what, which groups are remembered after their last instance left, and the choice of the
+//! connection the next attempt of a message goes to.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::{NodeId, Subscription};
+use slotmap::SlotMap;
+
+use super::action::ConnId;
+use super::conn::Conn;
+use super::fanout::{self, Audience, DepartedGroups};
+use super::route::{self, Candidate};
+
+/// Who a message goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) service: String,
+    /// A preferred instance (the requester, for asynchronous replies); any instance of
+    /// `service` will do when it is gone.
+    pub(crate) node: Option<NodeId>,
+}
+
+impl Target {
+    pub(crate) fn service(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            node: None,
+        }
+    }
+}
+
+/// Where a delivery may go: one instance of a service, or one member of an event's audience.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Point-to-point: commands, documents, replies.
+    Service(Target),
+    /// One copy of an event on `topic`, for one audience (a group or an ungrouped instance).
+    Audience { topic: String, audience: Audience },
+}
+
+impl Route {
+    /// Who the delivery is for, as dead letters and logs name it.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::Service(target) => format!("service `{}`", target.service),
+            Self::Audience { topic, audience } => format!("{audience} on topic `{topic}`"),
+        }
+    }
+}
+
+/// The audiences of events on one topic, each with its live instances.
+pub(crate) type Audiences = Arc<Vec<(Audience, Vec<NodeId>)>>;
+
+/// Most topics whose audiences are kept between changes of the peer table.
+const MAX_CACHED_TOPICS: usize = 4096;
+
+/// Whether a new connection stands for its node.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// It does; `displaced` lost the race and is being closed.
+    Admitted { displaced: Option<ConnId> },
+    /// Another connection to the same node wins; this one must be closed.
+    Refused,
+}
+
+#[derive(Debug)]
+pub(super) struct Peers {
+    /// The connection that stands for each node (ordered, so choices and listings are the
+    /// same in every run with the same inputs).
+    by_node: BTreeMap<NodeId, ConnId>,
+    /// The current connections of each service.
+    by_service: HashMap<String, Vec<ConnId>>,
+    departed: DepartedGroups,
+    audience_cache: HashMap<String, Audiences>,
+    /// Bumped on every change, so waiting deliveries and the outbox relay look again.
+    generation: u64,
+}
+
+impl Peers {
+    pub(super) fn new(remember_groups: Duration) -> Self {
+        Self {
+            by_node: BTreeMap::new(),
+            by_service: HashMap::new(),
+            departed: DepartedGroups::new(remember_groups),
+            audience_cache: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Something about the peers changed.
+    pub(super) fn bump(&mut self) {
+        self.audience_cache.clear();
+        self.generation += 1;
+    }
+
+    /// The connection standing for `node`.
+    pub(super) fn current(&self, node: NodeId) -> Option<ConnId> {
+        self.by_node.get(&node).copied()
+    }
+
+    /// Whether `conn` stands for its node.
+    pub(super) fn is_current(&self, conns: &SlotMap<ConnId, Conn>, conn: ConnId) -> bool {
+        conns
+            .get(conn)
+            .is_some_and(|c| self.by_node.get(&c.node) == Some(&conn))
+    }
+
+    /// The current connections.
+    pub(super) fn all(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.by_node.values().copied()
+    }
+
+    /// Decides whether `conn` (just added to `conns`) stands for its node. When two nodes
+    /// dialled each other at once, the connection dialled by the smaller node id survives;
+    /// both sides apply the same rule, so they agree without talking. Node ids are not
+    /// certified, services are: a connection claiming a live node's id for another service is
+    /// an impostor (or a collision) and cannot take its place.
+    pub(super) fn admit(&mut self, conns: &mut SlotMap<ConnId, Conn>, conn: ConnId) -> Admission {
+        let Some(new) = conns.get(conn) else {
+            return Admission::Refused;
+        };
+        let (node, service, dialer) = (new.node, new.service.clone(), new.dialer);
+        let displaced = match self.by_node.get(&node).and_then(|c| Some((*c, conns.get(*c)?))) {
+            Some((_, existing)) if existing.service != service && !existing.leaving => {
+                return Admission::Refused;
+            }
+            Some((_, existing)) if !existing.leaving && existing.dialer < dialer => {
+                return Admission::Refused;
+            }
+            // Same dialer twice (a redial racing a slow close): the newer one wins.
+            Some((old, _)) => Some(old),
+            None => None,
+        };
+        // The peer announces its subscriptions again on the new connection; until then the
+        // new connection keeps those of the one it replaces, so no event misses the peer.
+        if let Some((old, old_conn)) = displaced.and_then(|old| Some((old, conns.get_mut(old)?))) {
+            old_conn.leaving = true;
+            let (inherited, old_service) =
+                (old_conn.subscriptions.clone(), old_conn.service.clone());
+            if let Some(new) = conns.get_mut(conn) {
+                new.subscriptions = inherited;
+            }
+            self.unlist(&old_service, old);
+        }
+        self.by_node.insert(node, conn);
+        self.by_service.entry(service).or_default().push(conn);
+        self.bump();
+        Admission::Admitted { displaced }
+    }
+
+    /// Forgets `conn` (its connection ended); says whether it stood for its node. Groups
+    /// whose last instance it was are remembered, so events for them are held.
+    pub(super) fn remove(&mut self, conns: &SlotMap<ConnId, Conn>, conn: ConnId, now: Instant) -> bool {
+        let Some(gone) = conns.get(conn) else {
+            return false;
+        };
+        if self.by_node.get(&gone.node) != Some(&conn) {
+            return false;
+        }
+        self.by_node.remove(&gone.node);
+        self.unlist(&gone.service, conn);
+        for sub in &gone.subscriptions {
+            let still_held = self
+                .by_node
+                .values()
+                .filter_map(|c| conns.get(*c))
+                .any(|c| c.subscriptions.contains(sub));
+            if !still_held {
+                self.departed.left(sub.clone(), now);
+            }
+        }
+        self.bump();
+        true
+    }
+
+    fn unlist(&mut self, service: &str, conn: ConnId) {
+        if let Some(list) = self.by_service.get_mut(service) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.by_service.remove(service);
+            }
+        }
+    }
+
+    /// A peer announced `sub`: it is no longer a departed group.
+    pub(super) fn subscribed(&mut self, sub: &Subscription) {
+        self.departed.forget(sub);
+        self.bump();
+    }
+
+    /// Forgets the remembered group `sub`; says whether it was remembered.
+    pub(super) fn forget_group(&mut self, sub: &Subscription) -> bool {
+        let forgotten = self.departed.forget(sub);
+        if forgotten {
+            self.bump();
+        }
+        forgotten
+    }
+
+    /// Keeps the grouped `subs` that no live peer holds remembered until `until`. Says
+    /// whether that changed the audiences (a group newly remembered, or one expired).
+    pub(super) fn remember_groups(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        subs: Vec<Subscription>,
+        until: Instant,
+        now: Instant,
+    ) -> bool {
+        let mut changed = self.departed.expire(now);
+        for sub in subs {
+            let live = self
+                .by_node
+                .values()
+                .filter_map(|c| conns.get(*c))
+                .any(|c| c.subscriptions.contains(&sub));
+            // Only a newly remembered group changes the audiences: keeping one longer wakes
+            // nobody (the outbox relay calls this at every poll).
+            if !live {
+                changed |= self.departed.remember_until(sub, until);
+            }
+        }
+        if changed {
+            self.bump();
+        }
+        changed
+    }
+
+    /// Drops remembered groups whose time is up; says whether any went.
+    pub(super) fn expire_groups(&mut self, now: Instant) -> bool {
+        let expired = self.departed.expire(now);
+        if expired {
+            self.bump();
+        }
+        expired
+    }
+
+    /// How many live connections may take a delivery on `route`.
+    pub(super) fn live_count(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        now: Instant,
+    ) -> usize {
+        self.candidates(conns, route, now).len()
+    }
+
+    /// The grouped subscriptions of the live peers.
+    pub(super) fn live_groups(&self, conns: &SlotMap<ConnId, Conn>) -> Vec<Subscription> {
+        let mut subs: Vec<Subscription> = self
+            .by_node
+            .values()
+            .filter_map(|c| conns.get(*c))
+            .filter(|c| !c.leaving)
+            .flat_map(|c| c.subscriptions.iter().cloned())
+            .filter(|s| s.group.is_some())
+            .collect();
+        subs.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));
+        subs.dedup();
+        subs
+    }
+
+    /// The audiences of an event on `topic`: every group and ungrouped instance subscribed
+    /// among the live peers, each with its live instances, plus groups remembered after their
+    /// last instance left (with none). Worked out once per change of the table.
+    pub(super) fn audiences(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        topic: &str,
+        now: Instant,
+    ) -> Audiences {
+        if let Some(cached) = self.audience_cache.get(topic) {
+            return Arc::clone(cached);
+        }
+        let live = self
+            .by_node
+            .values()
+            .filter_map(|c| conns.get(*c))
+            .filter(|c| !c.leaving)
+            .map(|c| (c.node, c.subscriptions.as_slice()));
+        let mut audiences = fanout::audiences(topic, live);
+        let departed = self.departed.matching(topic, now);
+        let remembered = !departed.is_empty();
+        for group in departed {
+            audiences.entry(Audience::Group(group)).or_default();
+        }
+        let audiences: Audiences = Arc::new(audiences.into_iter().collect());
+        // Remembered groups expire with time, not with a change: such answers are not kept.
+        if !remembered {
+            if self.audience_cache.len() >= MAX_CACHED_TOPICS {
+                self.audience_cache.clear();
+            }
+            self.audience_cache
+                .insert(topic.to_owned(), Arc::clone(&audiences));
+        }
+        audiences
+    }
+
+    /// Whether `audience` is still an audience of `topic`.
+    pub(super) fn has_audience(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        topic: &str,
+        audience: &Audience,
+        now: Instant,
+    ) -> bool {
+        self.audiences(conns, topic, now)
+            .iter()
+            .any(|(a, _)| a == audience)
+    }
+
+    /// The live connections that may take a delivery on `route`.
+    fn candidates(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        now: Instant,
+    ) -> Vec<ConnId> {
+        let live = |c: &ConnId| conns.get(*c).is_some_and(Conn::takes_messages);
+        match route {
+            Route::Service(target) => {
+                let mut out: Vec<ConnId> = self
+                    .by_service
+                    .get(&target.service)
+                    .map(|list| list.iter().copied().filter(live).collect())
+                    .unwrap_or_default();
+                if let Some(preferred) = target.node.and_then(|n| self.current(n))
+                    && live(&preferred)
+                    && !out.contains(&preferred)
+                {
+                    out.push(preferred);
+                }
+                out
+            }
+            Route::Audience { topic, audience } => {
+                let audiences = self.audiences(conns, topic, now);
+                let Some((_, nodes)) = audiences.iter().find(|(a, _)| a == audience) else {
+                    return Vec::new();
+                };
+                nodes
+                    .iter()
+                    .filter_map(|n| self.current(*n))
+                    .filter(live)
+                    .collect()
+            }
+        }
+    }
+
+    /// Whether a live instance for `route` that the message has not failed on exists.
+    pub(super) fn has_untried(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        tried: &[NodeId],
+        now: Instant,
+    ) -> bool {
+        self.candidates(conns, route, now)
+            .iter()
+            .filter_map(|c| conns.get(*c))
+            .any(|c| !tried.contains(&c.node))
+    }
+
+    /// Picks the connection for the next attempt on `route`: the preferred node of a reply if
+    /// it lives and was not tried, the rendezvous owner of `key` if there is one
+    /// ([`route::choose_for_key`]), the least busy instance otherwise ([`route::choose`],
+    /// ties broken by `turn`).
+    pub(super) fn choose(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        tried: &[NodeId],
+        key: Option<&str>,
+        turn: usize,
+        now: Instant,
+    ) -> Option<ConnId> {
+        if let Route::Service(Target {
+            node: Some(node), ..
+        }) = route
+            && !tried.contains(node)
+            && let Some(preferred) = self.current(*node)
+            && conns.get(preferred).is_some_and(Conn::takes_messages)
+        {
+            return Some(preferred);
+        }
+        let live = self.candidates(conns, route, now);
+        if live.len() <= 1 {
+            return live.first().copied();
+        }
+        let node_of = |c: ConnId| conns.get(c).map(|c| c.node);
+        let chosen = match key {
+            Some(key) => {
+                let nodes: Vec<NodeId> = live.iter().filter_map(|c| node_of(*c)).collect();
+                route::choose_for_key(&nodes, tried, key)?
+            }
+            None => {
+                let candidates: Vec<Candidate> = live
+                    .iter()
+                    .filter_map(|c| conns.get(*c))
+                    .map(|c| Candidate {
+                        node: c.node,
+                        in_flight: c.window.pending(),
+                    })
+                    .collect();
+                route::choose(&candidates, tried, turn)?
+            }
+        };
+        self.current(chosen)
+    }
+}

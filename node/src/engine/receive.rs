@@ -1,0 +1,538 @@
+//! Receiving: what each message that arrives gets (a handler run, an ack, a nack, nothing),
+//! the dedup window, handler slots per peer, and replies.
+//!
+//! A run of messages ([`Messages`]) is refused whole when the node is stopping, when nothing
+//! here handles its name or topic, or (an ordered batch) when it is too large to track. Each
+//! reliable message is then checked against the dedup window: a message handled before is
+//! acknowledged again (a request's kept reply is sent again), one being handled now is
+//! answered when its handler finishes, and a new one gets a handler run. Handler runs take a
+//! slot of their peer's; when all are taken the peer's stream is not read until one frees,
+//! so QUIC flow control slows that peer only.
+//!
+//! The items of an ordered run are handled one after the other; the first failure stops the
+//! run and the items after it are refused as [`NackCode::Skipped`], so the sender retries
+//! them in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use shoal_proto::{Frame, Head, Item, MessageId, Messages, Nack, NackCode, ReturnAddress, Subscription, To, codec};
+use slotmap::SlotMap;
+use smallvec::SmallVec;
+
+use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
+use super::dedup::{DedupWindow, Seen};
+use super::replies::ReplyCache;
+use super::{Engine, Lifecycle, topic};
+use crate::config::Config;
+use crate::handler::HandlerError;
+use crate::Message;
+
+/// A local subscription, as [`crate::Subscription`] handles name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SubId(u64);
+
+/// One handler run: a message (or, for an ordered run, its messages in turn) of one peer.
+#[derive(Debug)]
+struct Task<H> {
+    conn: ConnId,
+    head: Arc<Head>,
+    handlers: SmallVec<[H; 1]>,
+    /// The message admitted and not yet handed to a handler (waiting for a slot).
+    ready: Option<(u64, MessageId, Item)>,
+    /// The message whose handlers run: its number, dedup key and id.
+    running: Option<(u64, MessageId, MessageId)>,
+    /// An ordered run's messages after the current one.
+    rest: VecDeque<(u64, Item)>,
+}
+
+/// The receiving side's state.
+#[derive(Debug)]
+pub(super) struct Inbound<H> {
+    handlers: HashMap<String, H>,
+    subs: Vec<(SubId, Subscription, H)>,
+    next_sub: u64,
+    dedup: DedupWindow,
+    replies: ReplyCache,
+    tasks: SlotMap<TaskId, Task<H>>,
+    /// Where duplicates of messages being handled now came from: they are answered too.
+    waiters: HashMap<MessageId, Vec<(ConnId, u64)>>,
+    max_handlers: usize,
+    dedup_capacity: usize,
+}
+
+impl<H: Clone> Inbound<H> {
+    pub(super) fn new(config: &Config, dedup_keys: [u64; 2], reply_keys: [u64; 2]) -> Self {
+        Self {
+            handlers: HashMap::new(),
+            subs: Vec::new(),
+            next_sub: 0,
+            dedup: DedupWindow::new(config.dedup_capacity, config.dedup_max_age, dedup_keys),
+            replies: ReplyCache::new(config.reply_cache_size, config.dedup_max_age, reply_keys),
+            tasks: SlotMap::with_key(),
+            waiters: HashMap::new(),
+            max_handlers: config.max_concurrent_handlers.max(1),
+            dedup_capacity: config.dedup_capacity,
+        }
+    }
+
+    /// Handler runs in progress (or waiting for a slot).
+    pub(super) fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The handlers a message run for `to` with this name or topic goes to.
+    fn handlers_for(&self, to: &To, name: &str) -> SmallVec<[H; 1]> {
+        match to {
+            To::Handler => self.handlers.get(name).cloned().into_iter().collect(),
+            To::Group(_) | To::Instance => {
+                let group = to.group();
+                self.subs
+                    .iter()
+                    .filter(|(_, s, _)| s.group.as_deref() == group && topic::matches(&s.pattern, name))
+                    .map(|(_, _, h)| h.clone())
+                    .collect()
+            }
+        }
+    }
+
+    /// Each distinct pattern and group, as peers know them.
+    pub(super) fn distinct_subscriptions(&self) -> Vec<Subscription> {
+        let mut out: Vec<Subscription> = Vec::new();
+        for (_, sub, _) in &self.subs {
+            if !out.contains(sub) {
+                out.push(sub.clone());
+            }
+        }
+        out
+    }
+}
+
+impl<H: Clone> Engine<H> {
+    /// Registers the handler for messages named `name`, replacing any earlier one.
+    pub(crate) fn set_handler(&mut self, name: String, handler: H) {
+        self.inbound.handlers.insert(name, handler);
+    }
+
+    /// Adds a local subscription; the first with its pattern and group is announced to every
+    /// peer (in order with everything else on each connection).
+    pub(crate) fn subscribe(&mut self, sub: Subscription, handler: H) -> SubId {
+        self.inbound.next_sub += 1;
+        let id = SubId(self.inbound.next_sub);
+        let first = !self.inbound.subs.iter().any(|(_, s, _)| *s == sub);
+        self.inbound.subs.push((id, sub.clone(), handler));
+        if first {
+            self.tell_all(&Frame::Subscribe(sub));
+        }
+        id
+    }
+
+    /// Removes a local subscription; the last with its pattern and group is withdrawn from
+    /// every peer. Events already on their way are refused with a retryable nack.
+    pub(crate) fn unsubscribe(&mut self, id: SubId) {
+        let Some(at) = self.inbound.subs.iter().position(|(i, _, _)| *i == id) else {
+            return;
+        };
+        let (_, sub, _) = self.inbound.subs.remove(at);
+        if !self.inbound.subs.iter().any(|(_, s, _)| *s == sub) {
+            self.tell_all(&Frame::Unsubscribe(sub));
+        }
+    }
+
+    fn tell_all(&mut self, frame: &Frame) {
+        let conns: Vec<ConnId> = self.conns.keys().collect();
+        for conn in conns {
+            self.queue_control(conn, frame);
+        }
+    }
+
+    /// A run of messages arrived on `conn`.
+    pub(super) fn on_messages(&mut self, conn: ConnId, run: Messages, now: Instant) {
+        let Messages { first_seq, head, items } = run;
+        let count = items.len();
+        let seqs = items.into_iter().zip(first_seq..).map(|(item, seq)| (seq, item));
+        let reliable = head.reliable;
+        let refuse = |engine: &mut Self, retryable, code, reason: String| {
+            if reliable {
+                for seq in first_seq..first_seq + count as u64 {
+                    engine.nack(conn, seq, retryable, code, reason.clone());
+                }
+            }
+        };
+        if self.lifecycle != Lifecycle::Running {
+            return refuse(self, true, NackCode::ShuttingDown, format!("{} is shutting down", self.id));
+        }
+        let handlers = self.inbound.handlers_for(&head.to, &head.name);
+        if handlers.is_empty() {
+            self.stats.unhandled += count as u64;
+            let (code, reason) = match &head.to {
+                // Retryable: the handler may be registered a moment after start, or another
+                // instance (a newer version during a rolling deploy) may have it.
+                To::Handler => (
+                    NackCode::NoHandler,
+                    format!("service `{}` has no handler for `{}`", self.service, head.name),
+                ),
+                // Unsubscribed while the event was on its way: the publisher has the
+                // unsubscribe (it came first on this stream) and takes a retry elsewhere.
+                to => (
+                    NackCode::NoSubscription,
+                    format!(
+                        "no subscription of group {} for `{}` here",
+                        to.group().unwrap_or("(ungrouped)"),
+                        head.name
+                    ),
+                ),
+            };
+            return refuse(self, true, code, reason);
+        }
+        // Each event of an ordered batch is tracked on its own (a retried batch skips what was
+        // handled); a batch that would push most of the window out is refused.
+        if head.ordered && head.reliable && count > self.inbound.dedup_capacity / 2 {
+            let reason = format!(
+                "a batch of {count} events is larger than half this node's dedup window ({})",
+                self.inbound.dedup_capacity
+            );
+            return refuse(self, false, NackCode::Invalid, reason);
+        }
+        let head = Arc::new(head);
+        if head.ordered {
+            let task = self.inbound.tasks.insert(Task {
+                conn,
+                head,
+                handlers,
+                ready: None,
+                running: None,
+                rest: seqs.collect(),
+            });
+            return self.admit(task, now);
+        }
+        for (seq, item) in seqs {
+            let key = head.to.delivery_key(item.id);
+            if head.reliable && !self.first_delivery(conn, seq, &head, &item, key, now) {
+                continue;
+            }
+            let task = self.inbound.tasks.insert(Task {
+                conn,
+                head: Arc::clone(&head),
+                handlers: handlers.clone(),
+                ready: Some((seq, key, item)),
+                running: None,
+                rest: VecDeque::new(),
+            });
+            self.admit(task, now);
+        }
+    }
+
+    /// Checks a reliable message against the dedup window: `true` for a first delivery. A
+    /// copy of a message already handled is acked again (a request's kept reply is sent
+    /// again); a copy of one being handled now is answered when that handler finishes.
+    fn first_delivery(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        head: &Head,
+        item: &Item,
+        key: MessageId,
+        now: Instant,
+    ) -> bool {
+        match self.inbound.dedup.check(key, now) {
+            Seen::New => true,
+            Seen::InProgress => {
+                self.stats.duplicates += 1;
+                self.inbound.waiters.entry(key).or_default().push((conn, seq));
+                false
+            }
+            Seen::Done => {
+                self.stats.duplicates += 1;
+                self.answer_again(conn, seq, head, item.id, now);
+                false
+            }
+        }
+    }
+
+    /// A message handled before came again (its sender retried it, because the answer was
+    /// lost with a connection): acks it, after the kept reply of a synchronous request. With
+    /// no reply kept (evicted, or it could not be sent) the retry is refused for good with the
+    /// reason: an ack alone would leave the requester waiting until its timeout, and running
+    /// the handler twice is what the dedup window exists to prevent.
+    fn answer_again(&mut self, conn: ConnId, seq: u64, head: &Head, id: MessageId, now: Instant) {
+        let Some(addr) = head.reply_to.as_ref().filter(|a| a.channel.is_empty()) else {
+            return self.ack(conn, seq);
+        };
+        match self.inbound.replies.get(id, now) {
+            Some(frame) => {
+                self.stats.replies_resent += 1;
+                let target = self.reply_conn(conn, addr);
+                if let Some(c) = self.conns.get_mut(target)
+                    && c.queue_frame(frame)
+                {
+                    self.transmit(target);
+                }
+                self.ack(conn, seq);
+            }
+            None => {
+                self.stats.replies_missing += 1;
+                let reason = format!(
+                    "request {id} was already handled here and its reply is no longer kept \
+                     (see NodeBuilder::reply_cache); not running it twice"
+                );
+                self.nack(conn, seq, false, NackCode::ReplyNotKept, reason);
+            }
+        }
+    }
+
+    /// Starts `task` if its peer has a free handler slot; queues it otherwise (and stops
+    /// reading the peer).
+    fn admit(&mut self, task: TaskId, now: Instant) {
+        let Some(conn) = self.inbound.tasks.get(task).map(|t| t.conn) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(conn) else {
+            return self.drop_task(task);
+        };
+        if c.running >= self.inbound.max_handlers {
+            c.backlog.push_back(task);
+            if !c.paused {
+                c.paused = true;
+                self.actions.push_back(Action::PauseReading(conn));
+            }
+            return;
+        }
+        c.running += 1;
+        self.step(task, now);
+    }
+
+    /// Hands the task's next message to its handlers, or ends the task when none is left.
+    fn step(&mut self, task: TaskId, now: Instant) {
+        loop {
+            let Some(t) = self.inbound.tasks.get_mut(task) else {
+                return;
+            };
+            if let Some((seq, key, item)) = t.ready.take() {
+                t.running = Some((seq, key, item.id));
+                let message = Message::from_envelope(item.into_envelope(&t.head));
+                let handlers = t.handlers.clone();
+                self.actions.push_back(Action::Run(Run {
+                    task,
+                    handlers,
+                    message,
+                }));
+                return;
+            }
+            let Some((seq, item)) = t.rest.pop_front() else {
+                return self.end_task(task, now);
+            };
+            let (conn, head) = (t.conn, Arc::clone(&t.head));
+            let key = head.to.delivery_key(item.id);
+            if !head.reliable {
+                t.ready = Some((seq, key, item));
+                continue;
+            }
+            match self.inbound.dedup.check(key, now) {
+                Seen::New => {
+                    if let Some(t) = self.inbound.tasks.get_mut(task) {
+                        t.ready = Some((seq, key, item));
+                    }
+                }
+                Seen::Done => {
+                    self.stats.duplicates += 1;
+                    self.answer_again(conn, seq, &head, item.id, now);
+                }
+                // Another delivery (a single publish of the same event) is handling it: this
+                // run must not go on before that one finishes.
+                Seen::InProgress => {
+                    self.stats.duplicates += 1;
+                    let reason = format!(
+                        "event {} of this batch is being handled by another delivery",
+                        item.id
+                    );
+                    self.nack(conn, seq, true, NackCode::HandlerFailed, reason);
+                    self.skip_rest(task);
+                }
+            }
+        }
+    }
+
+    /// The handlers of `task`'s current message finished.
+    pub(crate) fn handler_done(&mut self, task: TaskId, outcome: HandlerOutcome, now: Instant) {
+        let Some(t) = self.inbound.tasks.get_mut(task) else {
+            return;
+        };
+        let Some((seq, key, id)) = t.running.take() else {
+            return;
+        };
+        let (conn, head) = (t.conn, Arc::clone(&t.head));
+        // A message that asked for a reply always gets one (an empty body if the handler
+        // returned none, so a request never just times out). The reply is sent (and kept for
+        // retries) before the id counts as done, so a retry never finds it done yet unanswered.
+        let outcome = outcome.and_then(|replies| {
+            match &head.reply_to {
+                Some(addr) => replies
+                    .into_iter()
+                    .try_for_each(|reply| self.deliver_reply(conn, addr, id, reply, now)),
+                None => Ok(()),
+            }
+        });
+        let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
+        match outcome {
+            Ok(()) => {
+                self.stats.handled += 1;
+                self.inbound.dedup.complete(key, now);
+                if head.reliable {
+                    for (c, s) in std::iter::once((conn, seq)).chain(waiters) {
+                        self.ack(c, s);
+                    }
+                }
+                self.step(task, now);
+            }
+            Err(err) => {
+                self.stats.handler_errors += 1;
+                // Forgotten: a redelivery must run the handler again, or be refused again;
+                // never be acknowledged as if it had succeeded.
+                self.inbound.dedup.forget(key);
+                if head.reliable {
+                    for (c, s) in std::iter::once((conn, seq)).chain(waiters) {
+                        let reason = err.reason().to_owned();
+                        self.nack(c, s, err.is_retryable(), NackCode::HandlerFailed, reason);
+                    }
+                }
+                self.skip_rest(task);
+                self.end_task(task, now);
+            }
+        }
+    }
+
+    /// Refuses the rest of an ordered run after a failure, so its sender retries them in order.
+    fn skip_rest(&mut self, task: TaskId) {
+        let Some(t) = self.inbound.tasks.get_mut(task) else {
+            return;
+        };
+        let (conn, reliable) = (t.conn, t.head.reliable);
+        let rest: Vec<u64> = t.rest.drain(..).map(|(seq, _)| seq).collect();
+        if reliable {
+            for seq in rest {
+                let reason = "an earlier event of its batch failed".to_owned();
+                self.nack(conn, seq, true, NackCode::Skipped, reason);
+            }
+        }
+    }
+
+    /// `task` is over: its slot frees, and a waiting task of the same peer starts.
+    fn end_task(&mut self, task: TaskId, now: Instant) {
+        let Some(t) = self.inbound.tasks.remove(task) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(t.conn) else {
+            return;
+        };
+        c.running = c.running.saturating_sub(1);
+        while c.running < self.inbound.max_handlers {
+            let Some(next) = c.backlog.pop_front() else {
+                break;
+            };
+            if self.inbound.tasks.contains_key(next) {
+                c.running += 1;
+                self.step(next, now);
+                return self.resume_if_drained(t.conn);
+            }
+        }
+        self.resume_if_drained(t.conn);
+    }
+
+    fn resume_if_drained(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(conn)
+            && c.paused
+            && c.backlog.is_empty()
+        {
+            c.paused = false;
+            self.actions.push_back(Action::ResumeReading(conn));
+        }
+    }
+
+    /// Drops a task whose connection is gone before it started: its message was never
+    /// handled here, so its id is forgotten and a redelivery runs it.
+    fn drop_task(&mut self, task: TaskId) {
+        if let Some(t) = self.inbound.tasks.remove(task)
+            && let Some((_, key, _)) = t.ready
+        {
+            self.inbound.dedup.forget(key);
+        }
+    }
+
+    /// `conn` is gone: its waiting tasks will never run.
+    pub(super) fn drop_backlog(&mut self, conn: ConnId) {
+        let backlog: Vec<TaskId> = self
+            .conns
+            .get_mut(conn)
+            .map(|c| c.backlog.drain(..).collect())
+            .unwrap_or_default();
+        for task in backlog {
+            self.drop_task(task);
+        }
+    }
+
+    /// Sends a handler's reply to where the request asked: straight back to a synchronous
+    /// request (one frame, kept for retries), or as a reliable message to an asynchronous
+    /// reply channel. A synchronous reply that cannot be encoded fails the request for good,
+    /// so the requester hears why instead of waiting for its timeout.
+    fn deliver_reply(
+        &mut self,
+        conn: ConnId,
+        addr: &ReturnAddress,
+        request: MessageId,
+        reply: Message,
+        now: Instant,
+    ) -> Result<(), HandlerError> {
+        if !addr.channel.is_empty() {
+            return self
+                .send_reply(addr, reply, now)
+                .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")));
+        }
+        let mut envelope = reply.env;
+        envelope.attempt = 1;
+        let mut buf = BytesMut::new();
+        codec::encode(&Frame::Reply(Box::new(envelope)), &self.config.limits, &mut buf)
+            .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
+        let frame = buf.freeze();
+        self.inbound.replies.insert(request, frame.clone(), now);
+        let target = self.reply_conn(conn, addr);
+        match self.conns.get_mut(target) {
+            Some(c) => {
+                if c.queue_frame(frame) {
+                    self.transmit(target);
+                }
+            }
+            None => tracing::debug!(%request, "requester is gone; reply dropped"),
+        }
+        Ok(())
+    }
+
+    /// The connection a reply goes on: the requester's current one (the request's own
+    /// connection may have been replaced while the handler ran).
+    fn reply_conn(&self, conn: ConnId, addr: &ReturnAddress) -> ConnId {
+        let node = addr
+            .node
+            .or_else(|| self.conns.get(conn).map(|c| c.node));
+        node.and_then(|n| self.peers.current(n)).unwrap_or(conn)
+    }
+
+    pub(super) fn ack(&mut self, conn: ConnId, seq: u64) {
+        if let Some(c) = self.conns.get_mut(conn)
+            && c.ack(seq)
+        {
+            self.transmit(conn);
+        }
+    }
+
+    pub(super) fn nack(&mut self, conn: ConnId, seq: u64, retryable: bool, code: NackCode, reason: String) {
+        let frame = Frame::Nack(Nack {
+            seq,
+            retryable,
+            code,
+            reason,
+        });
+        self.queue_control(conn, &frame);
+    }
+}

@@ -1,0 +1,559 @@
+//! Sending: the operations users start (send, request, publish, ping) and what they end with.
+//!
+//! An **operation** is one call: its messages (one, or the events of a batch), each encoded
+//! once, and its **deliveries**, one per destination (one for a point-to-point message, one
+//! per audience of an event). Deliveries move on their own ([`super::delivery`]: attempts,
+//! acks, retries, holds, dead letters); the operation ends when all have, and a caller waiting
+//! for it is told with [`Action::Complete`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::codec::{self, EncodedHead, EncodedItem};
+use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
+use slotmap::SlotMap;
+
+use super::action::{Action, ConnId, Done, OpId};
+use super::delivery::{Delivery, Spec};
+use super::fanout::Audience;
+use super::ordering::KeyTurns;
+use super::peers::{Route, Target};
+use super::{Engine, Lifecycle, topic};
+use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
+use crate::receipts::{EventDelivery, PublishReceipt, Receipt};
+use crate::{Error, Message};
+
+slotmap::new_key_type! {
+    /// One destination's delivery of an operation.
+    pub(crate) struct DeliveryId;
+}
+
+/// What an entry of a connection's window stands for: message `index` of a delivery, sent in
+/// the delivery's attempt `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InFlight {
+    pub(super) delivery: DeliveryId,
+    pub(super) index: u32,
+    pub(super) epoch: u32,
+}
+
+/// What a call wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OpKind {
+    /// `send`: a receipt when acknowledged.
+    Send,
+    /// `request`: the reply.
+    Request,
+    /// `publish`: a receipt when every audience acknowledged.
+    Publish,
+    /// A background publish: nobody waits; a graceful shutdown lets it finish.
+    Background,
+    /// A handler's reply to an asynchronous request: nobody waits; a graceful shutdown lets
+    /// it finish.
+    Reply,
+    /// `ping`: the round-trip time.
+    Ping,
+}
+
+impl OpKind {
+    /// Whether a caller waits for the result.
+    fn waited(self) -> bool {
+        !matches!(self, Self::Background | Self::Reply)
+    }
+}
+
+/// One call.
+#[derive(Debug)]
+pub(super) struct Op {
+    pub(super) kind: OpKind,
+    /// The messages, as sent (the attempt number of the last attempt).
+    pub(super) messages: Vec<Envelope>,
+    /// Each message's item, encoded for the attempt number it carries.
+    pub(super) items: Vec<(u32, EncodedItem)>,
+    /// Deliveries not finished yet.
+    pub(super) open: usize,
+    /// Publish: the copies delivered, and those dropped.
+    pub(super) copies: Vec<EventDelivery>,
+    pub(super) dropped: Vec<String>,
+    /// Send and request: the receipt, once acknowledged.
+    pub(super) sent: Option<Receipt>,
+    /// The first failure of a delivery.
+    pub(super) error: Option<Error>,
+    /// Request: the reply, when it came.
+    pub(super) reply: Option<Message>,
+    pub(super) result: Option<Result<Done, Error>>,
+}
+
+impl Op {
+    /// Message `index`'s item for `attempt`, encoded again if it was last encoded for another.
+    pub(super) fn item(&mut self, index: usize, attempt: u32, limits: &Limits) -> Result<EncodedItem, Error> {
+        let (encoded_for, item) = &self.items[index];
+        if *encoded_for == attempt {
+            return Ok(item.clone());
+        }
+        let envelope = &mut self.messages[index];
+        envelope.attempt = attempt;
+        let item = EncodedItem::new(&Item::of(envelope), limits)?;
+        self.items[index] = (attempt, item.clone());
+        Ok(item)
+    }
+}
+
+/// The sending side's state.
+#[derive(Debug, Default)]
+pub(super) struct Outbound {
+    pub(super) ops: SlotMap<OpId, Op>,
+    pub(super) deliveries: SlotMap<DeliveryId, Delivery>,
+    pub(super) turns: KeyTurns,
+    /// Deliveries waiting for a live instance, with the epoch they started waiting in.
+    pub(super) waiting: Vec<(DeliveryId, u32)>,
+    /// Synchronous requests waiting for their reply, by request id.
+    pub(super) replies: HashMap<MessageId, OpId>,
+    /// Pings waiting for their pong, by nonce, with when they left.
+    pub(super) pongs: HashMap<u64, (OpId, Instant)>,
+    /// Ordered runs are numbered so that two never merge into one frame.
+    next_run: u64,
+}
+
+impl Outbound {
+    /// Operations nobody waits for that are still going (background publishes, asynchronous
+    /// replies): a graceful shutdown waits for them.
+    pub(super) fn background_open(&self) -> usize {
+        self.ops
+            .values()
+            .filter(|op| !op.kind.waited() && op.open > 0)
+            .count()
+    }
+
+    pub(super) fn next_run(&mut self) -> u64 {
+        self.next_run += 1;
+        self.next_run
+    }
+}
+
+/// What [`Engine::publish`] started.
+#[derive(Debug)]
+pub(crate) enum Publishing {
+    /// Wait for this operation.
+    Waiting(OpId),
+    /// Nothing to wait for: best-effort copies were written (or dropped), a background
+    /// publish goes on by itself, or nobody subscribes.
+    Done(PublishReceipt),
+}
+
+impl<H: Clone> Engine<H> {
+    /// Sends `msg` to one instance of `service`; the result is a [`Done::Sent`] receipt once
+    /// that instance's handler acknowledged it. `msg`'s return address (if any) is already
+    /// filled in.
+    pub(crate) fn send(
+        &mut self,
+        service: &str,
+        msg: Message,
+        options: &SendOptions,
+        now: Instant,
+    ) -> Result<OpId, Error> {
+        let spec = Spec {
+            policy: options.retry.clone().unwrap_or_else(|| self.config.retry.clone()),
+            fail_fast: options.fail_fast,
+            hold: None,
+            reliable: true,
+            ordered: false,
+        };
+        self.point_to_point(OpKind::Send, Target::service(service), msg, spec, now)
+    }
+
+    /// Sends `msg` as a synchronous request to one instance of `service`; the result is the
+    /// reply ([`Done::Replied`]). `msg`'s return address names this node.
+    pub(crate) fn request(&mut self, service: &str, msg: Message, now: Instant) -> Result<OpId, Error> {
+        let id = msg.id();
+        let spec = Spec {
+            policy: self.config.retry.clone(),
+            fail_fast: false,
+            hold: None,
+            reliable: true,
+            ordered: false,
+        };
+        let op = self.point_to_point(OpKind::Request, Target::service(service), msg, spec, now)?;
+        self.out.replies.insert(id, op);
+        Ok(op)
+    }
+
+    /// Sends a handler's reply to an asynchronous request's reply channel: a reliable message
+    /// nobody waits for.
+    pub(super) fn send_reply(&mut self, addr: &ReturnAddress, reply: Message, now: Instant) -> Result<(), Error> {
+        let target = Target {
+            service: addr.service.clone(),
+            node: addr.node,
+        };
+        let spec = Spec {
+            policy: self.config.retry.clone(),
+            fail_fast: false,
+            hold: None,
+            reliable: true,
+            ordered: false,
+        };
+        self.point_to_point(OpKind::Reply, target, reply, spec, now).map(|_| ())
+    }
+
+    fn point_to_point(
+        &mut self,
+        kind: OpKind,
+        target: Target,
+        msg: Message,
+        spec: Spec,
+        now: Instant,
+    ) -> Result<OpId, Error> {
+        self.accepting(kind)?;
+        let mut envelope = msg.env;
+        envelope.attempt = 1;
+        let limits = &self.config.limits;
+        let item = EncodedItem::new(&Item::of(&envelope), limits)?;
+        let head = encoded_head(&envelope, To::Handler, &spec, std::slice::from_ref(&item), limits)?;
+        let key = envelope.partition_key.clone();
+        let slot = key.map(|k| (format!("service/{}", target.service), k));
+        let op = self.out.ops.insert(new_op(kind, vec![envelope], vec![(1, item)], 1));
+        self.add_delivery(op, Route::Service(target), head, spec, slot, now);
+        Ok(op)
+    }
+
+    /// Publishes `events` (one, or a batch on one topic and key) to every audience of their
+    /// topic.
+    pub(crate) fn publish(
+        &mut self,
+        mut events: Vec<Message>,
+        batched: bool,
+        options: &PublishOptions,
+        now: Instant,
+    ) -> Result<Publishing, Error> {
+        let reliable = options.reliability == Reliability::Reliable;
+        let kind = if options.background && reliable {
+            OpKind::Background
+        } else {
+            OpKind::Publish
+        };
+        self.accepting(kind)?;
+        let Some(first) = events.first() else {
+            return Err(Error::InvalidBatch("a batch needs at least one event".into()));
+        };
+        let topic = first.name().to_owned();
+        topic::check_topic(&topic).map_err(Error::Topic)?;
+        let key = first.key().map(str::to_owned);
+        if events.iter().any(|e| e.name() != topic || e.key() != key.as_deref()) {
+            return Err(Error::InvalidBatch(
+                "the events of a batch must share one topic and one partition key".into(),
+            ));
+        }
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(Error::InvalidBatch(format!(
+                "{} events; a batch holds at most {MAX_BATCH_EVENTS}",
+                events.len()
+            )));
+        }
+        let limits = &self.config.limits;
+        let mut envelopes = Vec::with_capacity(events.len());
+        let mut items = Vec::with_capacity(events.len());
+        for event in events.drain(..) {
+            let mut envelope = event.env;
+            envelope.attempt = 1;
+            items.push((1, EncodedItem::new(&Item::of(&envelope), limits)?));
+            envelopes.push(envelope);
+        }
+        let count = envelopes.len() as u64;
+        self.stats.published += count;
+        let audiences = self.peers.audiences(&self.conns, &topic, now);
+        if audiences.is_empty() {
+            self.stats.events_unrouted += count;
+        }
+        let policy = options.retry.clone().unwrap_or_else(|| self.config.retry.clone());
+        let hold = options.hold_for.unwrap_or(self.config.event_hold);
+        // Every copy's head is made (and the batch checked against the frame limit with it)
+        // before anything is sent.
+        let encoded: Vec<EncodedItem> = items.iter().map(|(_, i)| i.clone()).collect();
+        let mut copies = Vec::with_capacity(audiences.len());
+        for (audience, _) in audiences.iter() {
+            let to = match audience {
+                Audience::Group(group) => To::Group(group.clone()),
+                Audience::Instance(_) => To::Instance,
+            };
+            let spec = Spec {
+                policy: policy.clone(),
+                fail_fast: false,
+                // An ungrouped subscriber that is gone is gone for good (a restart is a new
+                // node): its copy is not held, only a group's is.
+                hold: Some(match audience {
+                    Audience::Instance(_) => Duration::ZERO,
+                    Audience::Group(_) => hold,
+                }),
+                reliable,
+                ordered: batched,
+            };
+            let head = encoded_head(&envelopes[0], to, &spec, &encoded, limits)?;
+            let route = Route::Audience {
+                topic: topic.clone(),
+                audience: audience.clone(),
+            };
+            // Best-effort copies are not retried, so they need no turn.
+            let slot = key
+                .as_ref()
+                .filter(|_| reliable)
+                .map(|k| (destination(&route), k.clone()));
+            copies.push((route, head, spec, slot));
+        }
+        let id = envelopes[0].id;
+        let op = self.out.ops.insert(new_op(kind, envelopes, items, copies.len()));
+        for (route, head, spec, slot) in copies {
+            self.add_delivery(op, route, head, spec, slot, now);
+        }
+        if kind == OpKind::Background {
+            return Ok(Publishing::Done(empty_receipt(id)));
+        }
+        // Best-effort copies and topics nobody subscribes to are done at once.
+        match self.out.ops.get_mut(op) {
+            Some(o) if o.open == 0 => {
+                let o = self.out.ops.remove(op).expect("checked above");
+                match o.error {
+                    Some(e) => Err(e),
+                    None => Ok(Publishing::Done(PublishReceipt {
+                        id,
+                        deliveries: o.copies,
+                        dropped: o.dropped,
+                    })),
+                }
+            }
+            _ => Ok(Publishing::Waiting(op)),
+        }
+    }
+
+    /// Pings one live instance of `service`; the result is the round-trip time
+    /// ([`Done::Pong`]). `None` when no instance is connected.
+    pub(crate) fn ping(&mut self, service: &str, nonce: u64, now: Instant) -> Option<OpId> {
+        let route = Route::Service(Target::service(service));
+        let turn = self.turn();
+        let conn = self.peers.choose(&self.conns, &route, &[], None, turn, now)?;
+        let op = self.out.ops.insert(new_op(OpKind::Ping, Vec::new(), Vec::new(), 1));
+        self.out.pongs.insert(nonce, (op, now));
+        self.queue_control(conn, &Frame::Ping(nonce));
+        Some(op)
+    }
+
+    /// A pong came back.
+    pub(super) fn on_pong(&mut self, nonce: u64, now: Instant) {
+        if let Some((op, sent)) = self.out.pongs.remove(&nonce) {
+            self.complete(op, Ok(Done::Pong(now.saturating_duration_since(sent))));
+        }
+    }
+
+    /// A synchronous reply came back.
+    pub(super) fn on_reply(&mut self, reply: Envelope) {
+        let Some(op) = reply.correlation_id.and_then(|id| self.out.replies.remove(&id)) else {
+            tracing::debug!(id = %reply.id, "late reply to a request that already ended; dropped");
+            return;
+        };
+        let reply = Message::from_envelope(reply);
+        if let Some(o) = self.out.ops.get_mut(op) {
+            o.reply = Some(reply);
+            if o.sent.is_some() || o.open == 0 {
+                let reply = o.reply.take().expect("just set");
+                self.complete(op, Ok(Done::Replied(reply)));
+            }
+        }
+    }
+
+    /// Takes the result of an operation that completed ([`Action::Complete`]); the operation
+    /// is then forgotten.
+    pub(crate) fn take_result(&mut self, op: OpId) -> Option<Result<Done, Error>> {
+        let result = self.out.ops.get_mut(op)?.result.take()?;
+        self.forget_op(op);
+        Some(result)
+    }
+
+    /// The caller gave up on `op` (dropped its future, or its timeout passed): its deliveries
+    /// stop. A message already on its way may still be handled.
+    pub(crate) fn cancel(&mut self, op: OpId, now: Instant) {
+        let deliveries: Vec<_> = self
+            .out
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.op == op)
+            .map(|(id, _)| id)
+            .collect();
+        for d in deliveries {
+            self.abandon(d, now);
+        }
+        self.forget_op(op);
+    }
+
+    fn forget_op(&mut self, op: OpId) {
+        if let Some(o) = self.out.ops.remove(op) {
+            if o.kind == OpKind::Request
+                && let Some(first) = o.messages.first()
+            {
+                self.out.replies.remove(&first.id);
+            }
+            if o.kind == OpKind::Ping {
+                self.out.pongs.retain(|_, (p, _)| *p != op);
+            }
+        }
+    }
+
+    /// Ends `op` with `result` and tells whoever waits.
+    pub(super) fn complete(&mut self, op: OpId, result: Result<Done, Error>) {
+        let Some(o) = self.out.ops.get_mut(op) else {
+            return;
+        };
+        if !o.kind.waited() {
+            self.out.ops.remove(op);
+            return;
+        }
+        if o.result.is_none() {
+            o.result = Some(result);
+            self.actions.push_back(Action::Complete(op));
+        }
+    }
+
+    /// A delivery of `op` ended; when it was the last, the operation ends.
+    pub(super) fn delivery_ended(&mut self, op: OpId) {
+        let Some(o) = self.out.ops.get_mut(op) else {
+            return;
+        };
+        o.open = o.open.saturating_sub(1);
+        if o.open > 0 {
+            return;
+        }
+        let result = match o.kind {
+            OpKind::Send | OpKind::Reply => match (o.sent, o.error.take()) {
+                (Some(receipt), _) => Ok(Done::Sent(receipt)),
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(Error::ShuttingDown),
+            },
+            OpKind::Request => match (o.error.take(), o.reply.take()) {
+                (Some(e), _) => Err(e),
+                (None, Some(reply)) => Ok(Done::Replied(reply)),
+                // Acknowledged; the reply may still be on its way (the caller's timeout
+                // bounds the wait).
+                (None, None) => return,
+            },
+            OpKind::Publish | OpKind::Background => match o.error.take() {
+                Some(e) => Err(e),
+                None => Ok(Done::Published(PublishReceipt {
+                    id: o.messages[0].id,
+                    deliveries: std::mem::take(&mut o.copies),
+                    dropped: std::mem::take(&mut o.dropped),
+                })),
+            },
+            OpKind::Ping => return,
+        };
+        self.complete(op, result);
+    }
+
+    /// Refuses new calls once the node stops taking work.
+    fn accepting(&self, kind: OpKind) -> Result<(), Error> {
+        match (self.lifecycle, kind) {
+            (Lifecycle::Running, _) | (Lifecycle::Stopping, OpKind::Reply) => Ok(()),
+            _ => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Queues a control frame on `conn`.
+    pub(super) fn queue_control(&mut self, conn: ConnId, frame: &Frame) {
+        if let Some(c) = self.conns.get_mut(conn)
+            && c.queue_control(frame, &self.config.limits)
+        {
+            self.transmit(conn);
+        }
+    }
+
+    /// Ends every call a user waits for with [`Error::ShuttingDown`]; background work goes on.
+    pub(super) fn stop_user_ops(&mut self, now: Instant) {
+        let waited: Vec<OpId> = self
+            .out
+            .ops
+            .iter()
+            .filter(|(_, o)| o.kind.waited() && o.result.is_none())
+            .map(|(id, _)| id)
+            .collect();
+        for op in waited {
+            let deliveries: Vec<_> = self
+                .out
+                .deliveries
+                .iter()
+                .filter(|(_, d)| d.op == op)
+                .map(|(id, _)| id)
+                .collect();
+            for d in deliveries {
+                self.abandon(d, now);
+            }
+            self.complete(op, Err(Error::ShuttingDown));
+        }
+    }
+}
+
+fn new_op(kind: OpKind, messages: Vec<Envelope>, items: Vec<(u32, EncodedItem)>, open: usize) -> Op {
+    Op {
+        kind,
+        messages,
+        items,
+        open,
+        copies: Vec::new(),
+        dropped: Vec::new(),
+        sent: None,
+        error: None,
+        reply: None,
+        result: None,
+    }
+}
+
+fn empty_receipt(id: MessageId) -> PublishReceipt {
+    PublishReceipt {
+        id,
+        deliveries: Vec::new(),
+        dropped: Vec::new(),
+    }
+}
+
+/// The encoded head of `envelope`'s run for `to`, checked with `items` against the frame
+/// limit: a message (or an ordered batch, which travels as one frame) that can never be sent
+/// is refused before anything is.
+fn encoded_head(
+    envelope: &Envelope,
+    to: To,
+    spec: &Spec,
+    items: &[EncodedItem],
+    limits: &Limits,
+) -> Result<Arc<EncodedHead>, Error> {
+    let head = EncodedHead::new(&Head::of(envelope, to, spec.reliable, spec.ordered), limits)?;
+    let longest = if spec.ordered {
+        codec::messages_len(&head, items)
+    } else {
+        items
+            .iter()
+            .map(|item| codec::messages_len(&head, [item]))
+            .max()
+            .unwrap_or(0)
+    };
+    let max = limits.max_frame_len.min(codec::MAX_FRAME_LEN_CAP);
+    if longest - codec::LENGTH_PREFIX > max {
+        return Err(Error::Encode(shoal_proto::EncodeError::LimitExceeded {
+            limit: "max_frame_len",
+            actual: longest - codec::LENGTH_PREFIX,
+            max,
+        }));
+    }
+    Ok(Arc::new(head))
+}
+
+/// The name a key's turns are kept under: messages are ordered per key *and* destination.
+pub(super) fn destination(route: &Route) -> String {
+    match route {
+        Route::Service(target) => format!("service/{}", target.service),
+        Route::Audience {
+            audience: Audience::Group(group),
+            ..
+        } => format!("group/{group}"),
+        Route::Audience {
+            audience: Audience::Instance(node),
+            ..
+        } => format!("node/{node}"),
+    }
+}

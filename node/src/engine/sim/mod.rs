@@ -1,0 +1,594 @@
+//! A simulated network for engines: nodes exchange frames through in-memory links on a
+//! virtual clock, with settable delay, loss, duplication and reordering, all drawn from one
+//! seed, so a failing schedule can be replayed exactly.
+//!
+//! The harness plays the driver for every engine: it writes what an engine transmits (encoded
+//! and decoded again by the real codec), delivers frames after their link's delay, runs
+//! handlers (closures that say how long they take and what they return), completes calls, and
+//! calls each engine's timeout when its deadline comes. It records every handler run, so tests
+//! can check what was handled where and when.
+//!
+//! Links model one QUIC connection each: frames arrive in order unless a test asks for
+//! reordering, and faults touch only frames that carry messages and their answers (a lost
+//! subscription would only make a test wait for nothing). A link can be cut; both sides then
+//! see their connection lost, as after QUIC's idle timeout.
+
+mod net;
+mod tests;
+mod random;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
+
+use super::{ConnId, Done, Engine, OpId, TaskId};
+use crate::config::Config;
+use crate::handler::HandlerError;
+use crate::{Error, Message};
+
+pub(super) use net::Faults;
+
+/// What a simulated handler does with one message: takes `after`, then succeeds (with a reply
+/// body, for requests) or fails.
+pub(super) struct Handled {
+    pub(super) after: Duration,
+    pub(super) result: Result<Option<Bytes>, HandlerError>,
+}
+
+impl Handled {
+    /// Succeeds at once.
+    pub(super) fn ok() -> Self {
+        Self::ok_after(Duration::ZERO)
+    }
+
+    /// Succeeds after `after`.
+    pub(super) fn ok_after(after: Duration) -> Self {
+        Self {
+            after,
+            result: Ok(None),
+        }
+    }
+
+    /// Fails at once.
+    pub(super) fn fail(error: HandlerError) -> Self {
+        Self {
+            after: Duration::ZERO,
+            result: Err(error),
+        }
+    }
+
+    /// Replies `body` at once.
+    pub(super) fn reply(body: impl Into<Bytes>) -> Self {
+        Self {
+            after: Duration::ZERO,
+            result: Ok(Some(body.into())),
+        }
+    }
+}
+
+/// A handler as the simulated engines store it: a label (the message name, or the group of a
+/// subscription) for the record, and the closure.
+#[derive(Clone)]
+pub(super) struct SimHandler(Rc<(String, Box<dyn Fn(&Message) -> Handled>)>);
+
+impl std::fmt::Debug for SimHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SimHandler({})", self.0.0)
+    }
+}
+
+/// One handler run that finished, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct HandlerRun {
+    pub(super) node: usize,
+    /// The handler's label: the message name, or the subscription's group.
+    pub(super) label: String,
+    pub(super) id: MessageId,
+    pub(super) key: Option<String>,
+    pub(super) started: Instant,
+    pub(super) ended: Instant,
+    pub(super) ok: bool,
+}
+
+/// One simulated node.
+pub(super) struct SimNode {
+    pub(super) engine: Engine<SimHandler>,
+    pub(super) alive: bool,
+    pub(super) results: BTreeMap<OpId, Result<Done, Error>>,
+    pub(super) events: Vec<crate::NodeEvent>,
+    /// Handler runs in progress: when they started.
+    running: BTreeMap<TaskId, (Instant, Vec<(String, MessageId, Option<String>)>)>,
+}
+
+#[derive(Debug)]
+enum Event {
+    Frame(net::Packet),
+    HandlerDone {
+        node: usize,
+        task: TaskId,
+        outcome: super::HandlerOutcome,
+    },
+    Lost {
+        node: usize,
+        conn: ConnId,
+        reason: String,
+    },
+}
+
+/// The simulated network. See the module docs.
+pub(super) struct Sim {
+    pub(super) now: Instant,
+    start: Instant,
+    pub(super) rng: SmallRng,
+    pub(super) nodes: Vec<SimNode>,
+    pub(super) net: net::Net,
+    queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    next_event: u64,
+    pub(super) runs: Vec<HandlerRun>,
+    /// Messages handed to handlers (for the throughput figure).
+    pub(super) handled: u64,
+}
+
+/// Unix milliseconds at the virtual clock's start.
+const EPOCH_MS: u64 = 1_750_000_000_000;
+
+impl Sim {
+    /// A network with no nodes; every random choice follows `seed`.
+    pub(super) fn new(seed: u64) -> Self {
+        let start = Instant::now();
+        Self {
+            now: start,
+            start,
+            rng: SmallRng::seed_from_u64(seed),
+            nodes: Vec::new(),
+            net: net::Net::default(),
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            next_event: 0,
+            runs: Vec::new(),
+            handled: 0,
+        }
+    }
+
+    /// Adds a node of `service` with `config`.
+    pub(super) fn node_with(&mut self, service: &str, config: Config) -> usize {
+        let id = NodeId::from_u128(self.rng.random());
+        let seed = self.rng.random();
+        self.nodes.push(SimNode {
+            engine: Engine::new(id, service.to_owned(), config, seed),
+            alive: true,
+            results: BTreeMap::new(),
+            events: Vec::new(),
+            running: BTreeMap::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Adds a node of `service` with the default configuration.
+    pub(super) fn node(&mut self, service: &str) -> usize {
+        self.node_with(service, Config::default())
+    }
+
+    /// Registers `f` as `node`'s handler for `name`.
+    pub(super) fn handle(&mut self, node: usize, name: &str, f: impl Fn(&Message) -> Handled + 'static) {
+        let handler = SimHandler(Rc::new((name.to_owned(), Box::new(f))));
+        self.nodes[node].engine.set_handler(name.to_owned(), handler);
+    }
+
+    /// Subscribes `node` to `pattern` in `group` (`None`: every instance) with `f`.
+    pub(super) fn subscribe(
+        &mut self,
+        node: usize,
+        pattern: &str,
+        group: Option<&str>,
+        f: impl Fn(&Message) -> Handled + 'static,
+    ) -> super::SubId {
+        let label = group.unwrap_or("(instance)").to_owned();
+        let handler = SimHandler(Rc::new((label, Box::new(f))));
+        let sub = shoal_proto::Subscription {
+            pattern: pattern.to_owned(),
+            group: group.map(str::to_owned),
+        };
+        let id = self.nodes[node].engine.subscribe(sub, handler);
+        self.settle();
+        id
+    }
+
+    /// The virtual time since the start.
+    pub(super) fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// A message of `kind` with a deterministic id and the virtual clock's timestamp.
+    pub(super) fn message(&mut self, kind: MessageKind, name: &str, payload: impl Into<Bytes>) -> Message {
+        let ms = EPOCH_MS + self.elapsed().as_millis() as u64;
+        let mut envelope = Envelope::new(
+            MessageId::from_parts(ms, self.rng.random()),
+            kind,
+            name.to_owned(),
+            ms,
+            payload.into(),
+        );
+        envelope.attempt = 1;
+        Message::from_envelope(envelope)
+    }
+
+    /// A command named `name`.
+    pub(super) fn command(&mut self, name: &str, payload: impl Into<Bytes>) -> Message {
+        self.message(MessageKind::Command, name, payload)
+    }
+
+    /// An event on `topic`.
+    pub(super) fn event(&mut self, topic: &str, payload: impl Into<Bytes>) -> Message {
+        self.message(MessageKind::Event, topic, payload)
+    }
+
+    /// `node` sends `msg` to `service`.
+    pub(super) fn send(&mut self, node: usize, service: &str, msg: Message) -> OpId {
+        let now = self.now;
+        let op = self.nodes[node]
+            .engine
+            .send(service, msg, &Default::default(), now)
+            .expect("send refused");
+        self.settle();
+        op
+    }
+
+    /// `node` sends `msg` as a request to `service`.
+    pub(super) fn request(&mut self, node: usize, service: &str, mut msg: Message) -> OpId {
+        let (now, id) = (self.now, self.nodes[node].engine.id());
+        let service_name = self.nodes[node].engine.service.clone();
+        msg.env.reply_to = Some(ReturnAddress {
+            service: service_name,
+            node: Some(id),
+            channel: String::new(),
+        });
+        let op = self.nodes[node]
+            .engine
+            .request(service, msg, now)
+            .expect("request refused");
+        self.settle();
+        op
+    }
+
+    /// `node` publishes `events` (a batch when there are several).
+    pub(super) fn publish(
+        &mut self,
+        node: usize,
+        events: Vec<Message>,
+        options: &crate::PublishOptions,
+    ) -> Result<super::send::Publishing, Error> {
+        let now = self.now;
+        let batched = events.len() > 1;
+        let result = self.nodes[node].engine.publish(events, batched, options, now);
+        self.settle();
+        result
+    }
+
+    /// The result of `op` on `node`, once it completed.
+    pub(super) fn result(&self, node: usize, op: OpId) -> Option<&Result<Done, Error>> {
+        self.nodes[node].results.get(&op)
+    }
+
+    /// Runs until nothing is left to do (no frame in flight, no handler running, no timer
+    /// pending) or `limit` of virtual time passed. Says whether it went quiet.
+    pub(super) fn run_for(&mut self, limit: Duration) -> bool {
+        let until = self.now + limit;
+        loop {
+            let next = self.next_time();
+            match next {
+                None => return true,
+                Some(at) if at > until => {
+                    self.now = until;
+                    return false;
+                }
+                Some(at) => {
+                    self.now = self.now.max(at);
+                    self.step();
+                }
+            }
+        }
+    }
+
+    /// Runs for `d` of virtual time exactly (timers included).
+    pub(super) fn advance(&mut self, d: Duration) {
+        self.run_for(d);
+        self.now = self.now.max(self.now);
+    }
+
+    fn next_time(&mut self) -> Option<Instant> {
+        let queued = self.queue.peek().map(|Reverse((at, _, _))| *at);
+        let timers = self
+            .nodes
+            .iter_mut()
+            .filter(|n| n.alive)
+            .filter_map(|n| n.engine.poll_timeout());
+        queued.into_iter().chain(timers).min()
+    }
+
+    fn step(&mut self) {
+        let now = self.now;
+        while let Some(Reverse((at, _, index))) = self.queue.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(event) = self.events[index].take() {
+                self.apply(event);
+            }
+        }
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].alive
+                && self.nodes[node]
+                    .engine
+                    .poll_timeout()
+                    .is_some_and(|at| at <= now)
+            {
+                self.nodes[node].engine.handle_timeout(now);
+            }
+        }
+        self.settle();
+    }
+
+    fn schedule(&mut self, at: Instant, event: Event) {
+        self.next_event += 1;
+        self.events.push(Some(event));
+        let index = self.events.len() - 1;
+        self.queue.push(Reverse((at, self.next_event, index)));
+    }
+
+    fn apply(&mut self, event: Event) {
+        let now = self.now;
+        match event {
+            Event::Frame(packet) => {
+                let to = packet.to;
+                if !self.nodes[to].alive {
+                    return;
+                }
+                if let Some(frame) = self.net.arrive(packet) {
+                    self.nodes[to].engine.handle_frame(frame.0, frame.1, now);
+                }
+            }
+            Event::HandlerDone {
+                node,
+                task,
+                outcome,
+            } => {
+                if !self.nodes[node].alive {
+                    return;
+                }
+                if let Some((started, labels)) = self.nodes[node].running.remove(&task) {
+                    for (label, id, key) in labels {
+                        self.runs.push(HandlerRun {
+                            node,
+                            label,
+                            id,
+                            key,
+                            started,
+                            ended: now,
+                            ok: outcome.is_ok(),
+                        });
+                    }
+                }
+                self.nodes[node].engine.handler_done(task, outcome, now);
+            }
+            Event::Lost { node, conn, reason } => {
+                if self.nodes[node].alive {
+                    self.nodes[node].engine.connection_lost(conn, &reason, now);
+                }
+            }
+        }
+    }
+
+    /// Takes every action of every node until none is left.
+    pub(super) fn settle(&mut self) {
+        loop {
+            let mut any = false;
+            for node in 0..self.nodes.len() {
+                while let Some(action) = self.nodes[node].engine.poll_action() {
+                    any = true;
+                    if self.nodes[node].alive {
+                        self.act(node, action);
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn act(&mut self, node: usize, action: super::Action<SimHandler>) {
+        use super::Action;
+        let now = self.now;
+        match action {
+            Action::Transmit(conn) => self.transmit(node, conn),
+            Action::Run(run) => {
+                self.handled += 1;
+                let mut after = Duration::ZERO;
+                let mut replies = smallvec::SmallVec::new();
+                let mut failure = None;
+                let mut labels = Vec::new();
+                for handler in &run.handlers {
+                    let (label, f) = &*handler.0;
+                    labels.push((label.clone(), run.message.id(), run.message.key().map(str::to_owned)));
+                    let handled = f(&run.message);
+                    after += handled.after;
+                    match handled.result {
+                        Ok(body) => replies.push(body),
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+                let outcome = match failure {
+                    Some(e) => Err(e),
+                    None => Ok(self.replies(&run.message, replies)),
+                };
+                self.nodes[node].running.insert(run.task, (now, labels));
+                self.schedule(
+                    now + after,
+                    Event::HandlerDone {
+                        node,
+                        task: run.task,
+                        outcome,
+                    },
+                );
+            }
+            Action::Complete(op) => {
+                if let Some(result) = self.nodes[node].engine.take_result(op) {
+                    self.nodes[node].results.insert(op, result);
+                }
+            }
+            Action::Close { conn, reason, flush } => {
+                if flush {
+                    self.transmit(node, conn);
+                }
+                self.close(node, conn, &reason.to_string());
+            }
+            Action::PauseReading(conn) => {
+                self.net.pause(node, conn, true);
+            }
+            Action::ResumeReading(conn) => {
+                for packet in self.net.pause(node, conn, false) {
+                    let at = self.now;
+                    self.schedule(at, Event::Frame(packet));
+                }
+            }
+            Action::Event(event) => self.nodes[node].events.push(event),
+            Action::PeersChanged => {}
+        }
+    }
+
+    /// The replies to `message` (if it asked for any), made as a node's driver makes them.
+    fn replies(
+        &mut self,
+        message: &Message,
+        bodies: smallvec::SmallVec<[Option<Bytes>; 1]>,
+    ) -> smallvec::SmallVec<[Message; 1]> {
+        let Some(addr) = message.reply_to() else {
+            return smallvec::SmallVec::new();
+        };
+        let channel = addr.channel.clone();
+        bodies
+            .into_iter()
+            .map(|body| {
+                let mut reply = self.message(MessageKind::Reply, &channel, body.unwrap_or_default());
+                reply.env.correlation_id = Some(message.id());
+                reply
+            })
+            .collect()
+    }
+
+    fn transmit(&mut self, node: usize, conn: ConnId) {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            let t = self.nodes[node].engine.poll_transmit(conn, &mut buf, 256 * 1024);
+            if !t.more {
+                break;
+            }
+        }
+        let packets = self.net.send(node, conn, buf, &mut self.rng, self.now);
+        for (at, packet) in packets {
+            self.schedule(at, Event::Frame(packet));
+        }
+    }
+
+    /// Closes the link `conn` of `node` belongs to: both sides lose it once what is on the
+    /// way has arrived.
+    fn close(&mut self, node: usize, conn: ConnId, reason: &str) {
+        if let Some(ends) = self.net.cut(node, conn) {
+            let at = self.net.drained_at(&ends, self.now);
+            for (n, c) in ends {
+                self.schedule(
+                    at,
+                    Event::Lost {
+                        node: n,
+                        conn: c,
+                        reason: reason.to_owned(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Connects `a` (dialling) and `b`, with `faults` on the link; returns the connection ids
+    /// on each side, or `None` when one side refused it (a duplicate).
+    pub(super) fn connect_with(&mut self, a: usize, b: usize, faults: Faults) -> Option<(ConnId, ConnId)> {
+        let now = self.now;
+        let hello = |sim: &Sim, of: usize, dialed: bool, port: u16| super::PeerHello {
+            node: sim.nodes[of].engine.id(),
+            service: sim.nodes[of].engine.service.clone(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            listen_addrs: Vec::new(),
+            dialed,
+        };
+        let (ha, hb) = (hello(self, b, true, 10_000 + b as u16), hello(self, a, false, 10_000 + a as u16));
+        let (ca, admitted_a) = self.nodes[a].engine.connection_up(ha, now);
+        let (cb, admitted_b) = self.nodes[b].engine.connection_up(hb, now);
+        let refused = super::Admission::Refused;
+        if admitted_a == refused || admitted_b == refused {
+            // Whoever admitted it closes it again, as a transport does with a refused dial.
+            if admitted_a != refused {
+                self.nodes[a].engine.connection_lost(ca, "duplicate connection", now);
+            }
+            if admitted_b != refused {
+                self.nodes[b].engine.connection_lost(cb, "duplicate connection", now);
+            }
+            self.settle();
+            return None;
+        }
+        self.net.link(a, ca, b, cb, faults);
+        self.settle();
+        Some((ca, cb))
+    }
+
+    /// Connects `a` and `b` with a clean link of 50 µs each way.
+    pub(super) fn connect(&mut self, a: usize, b: usize) -> (ConnId, ConnId) {
+        self.connect_with(a, b, Faults::default())
+            .expect("not a duplicate")
+    }
+
+    /// Cuts every link of `node` (both sides see the connections lost after `after`, as after
+    /// QUIC's idle timeout) and stops it: a crash.
+    pub(super) fn crash(&mut self, node: usize, after: Duration) {
+        self.nodes[node].alive = false;
+        self.nodes[node].running.clear();
+        let at = self.now + after;
+        for (n, c) in self.net.cut_all(node) {
+            if n != node {
+                self.schedule(
+                    at,
+                    Event::Lost {
+                        node: n,
+                        conn: c,
+                        reason: "timed out".into(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Cuts the link between `a` and `b`; both sides lose it after `after`.
+    pub(super) fn partition(&mut self, a: usize, b: usize, after: Duration) {
+        let at = self.now + after;
+        for (n, c) in self.net.cut_between(a, b) {
+            self.schedule(
+                at,
+                Event::Lost {
+                    node: n,
+                    conn: c,
+                    reason: "timed out".into(),
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Thousands of seeded fault schedules, each checked against the protocol's invariants.

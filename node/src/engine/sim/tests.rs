@@ -1,0 +1,252 @@
+//! The delivery protocol's rules, each on the simulated network: milliseconds of real time
+//! per test, whatever the virtual time.
+
+#![cfg(test)]
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Faults, Handled, Sim};
+use crate::engine::Done;
+use crate::handler::HandlerError;
+use crate::{Error, PublishOptions};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A handler that counts its runs and succeeds.
+fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Handled + 'static {
+    let count = Rc::clone(count);
+    move |_| {
+        count.set(count.get() + 1);
+        Handled::ok()
+    }
+}
+
+fn sent(result: Option<&Result<Done, Error>>) -> crate::Receipt {
+    match result {
+        Some(Ok(Done::Sent(receipt))) => *receipt,
+        other => panic!("not sent: {other:?}"),
+    }
+}
+
+fn dead_letter(result: Option<&Result<Done, Error>>) -> &crate::DeadLetter {
+    match result {
+        Some(Err(Error::DeadLettered(letter))) => letter,
+        other => panic!("not dead-lettered: {other:?}"),
+    }
+}
+
+#[test]
+fn a_send_is_handled_once_and_acknowledged() {
+    let mut sim = Sim::new(1);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    let count = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", counting(&count));
+    sim.connect(orders, billing);
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(orders, "billing", msg);
+    assert!(sim.run_for(SECOND));
+    let receipt = sent(sim.result(orders, op));
+    assert_eq!(receipt.attempts, 1);
+    assert_eq!(receipt.node, sim.nodes[billing].engine.id());
+    assert_eq!(count.get(), 1);
+}
+
+#[test]
+fn messages_sent_together_share_frames_and_acks() {
+    let mut sim = Sim::new(2);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    let count = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", counting(&count));
+    sim.connect(orders, billing);
+    let ops: Vec<_> = (0..500)
+        .map(|i| {
+            let msg = sim.command("charge", format!("order-{i}"));
+            let now = sim.now;
+            sim.nodes[orders]
+                .engine
+                .send("billing", msg, &Default::default(), now)
+                .expect("sent")
+        })
+        .collect();
+    sim.settle();
+    assert!(sim.run_for(SECOND));
+    for op in ops {
+        sent(sim.result(orders, op));
+    }
+    assert_eq!(count.get(), 500);
+    let frames = sim.net.frames();
+    assert!(
+        frames.messages <= 3 && frames.acks <= 3,
+        "500 messages queued together travel in a few runs and are acked in a few frames: {frames:?}"
+    );
+}
+
+#[test]
+fn retryable_failures_are_retried_with_backoff() {
+    let mut sim = Sim::new(3);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    let count = Rc::new(Cell::new(0));
+    let runs = Rc::clone(&count);
+    sim.handle(billing, "charge", move |_| {
+        runs.set(runs.get() + 1);
+        if runs.get() < 3 {
+            Handled::fail(HandlerError::retryable("database busy"))
+        } else {
+            Handled::ok()
+        }
+    });
+    sim.connect(orders, billing);
+    let msg = sim.command("charge", "x");
+    let op = sim.send(orders, "billing", msg);
+    assert!(sim.run_for(10 * SECOND));
+    assert_eq!(sent(sim.result(orders, op)).attempts, 3);
+    assert_eq!(count.get(), 3);
+    // Two backoffs of the default policy: at least 25 ms, then 50 ms.
+    assert!(sim.elapsed() >= Duration::from_millis(75), "{:?}", sim.elapsed());
+    assert_eq!(sim.nodes[orders].engine.stats().retries, 2);
+}
+
+#[test]
+fn a_permanent_failure_dead_letters_at_once() {
+    let mut sim = Sim::new(4);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| {
+        Handled::fail(HandlerError::permanent("no such order"))
+    });
+    sim.connect(orders, billing);
+    let msg = sim.command("charge", "x");
+    let op = sim.send(orders, "billing", msg);
+    assert!(sim.run_for(SECOND));
+    let letter = dead_letter(sim.result(orders, op));
+    assert_eq!(letter.attempts, 1);
+    assert!(letter.last_failure.contains("no such order"), "{letter}");
+    assert_eq!(sim.nodes[orders].engine.dead_letters().len(), 1);
+}
+
+#[test]
+fn a_crashed_instance_s_messages_go_to_another() {
+    let mut sim = Sim::new(5);
+    let orders = sim.node("orders");
+    let (b1, b2) = (sim.node("billing"), sim.node("billing"));
+    sim.handle(b1, "charge", |_| Handled::ok_after(10 * SECOND));
+    let count = Rc::new(Cell::new(0));
+    sim.handle(b2, "charge", counting(&count));
+    sim.connect(orders, b1);
+    let msg = sim.command("charge", "x");
+    let op = sim.send(orders, "billing", msg);
+    sim.connect(orders, b2);
+    sim.run_for(Duration::from_millis(100));
+    assert!(sim.result(orders, op).is_none(), "b1 is still at it");
+    sim.crash(b1, Duration::from_millis(1500));
+    // The crash is noticed after 1.5 s; the retry goes to b2 at once, without a backoff.
+    sim.run_for(Duration::from_millis(1600));
+    let receipt = sent(sim.result(orders, op));
+    assert_eq!(receipt.node, sim.nodes[b2].engine.id());
+    assert_eq!(receipt.attempts, 2);
+    assert_eq!(count.get(), 1);
+}
+
+#[test]
+fn lost_and_duplicated_frames_never_run_a_handler_twice() {
+    for (seed, faults) in [
+        (
+            6,
+            Faults {
+                loss: 0.2,
+                ..Faults::default()
+            },
+        ),
+        (
+            7,
+            Faults {
+                duplicate: 1.0,
+                ..Faults::default()
+            },
+        ),
+        (
+            8,
+            Faults {
+                loss: 0.1,
+                duplicate: 0.3,
+                jitter: Duration::from_millis(2),
+                reorder: true,
+                ..Faults::default()
+            },
+        ),
+    ] {
+        let mut sim = Sim::new(seed);
+        let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+        let count = Rc::new(Cell::new(0));
+        sim.handle(billing, "charge", counting(&count));
+        sim.connect_with(orders, billing, faults.clone()).expect("connected");
+        let mut ops = Vec::new();
+        for i in 0..200 {
+            let msg = sim.command("charge", format!("{i}"));
+            ops.push(sim.send(orders, "billing", msg));
+            sim.run_for(Duration::from_micros(200));
+        }
+        assert!(sim.run_for(60 * SECOND), "{faults:?}");
+        for op in &ops {
+            sent(sim.result(orders, *op));
+        }
+        assert_eq!(count.get(), 200, "each handled exactly once under {faults:?}");
+    }
+}
+
+#[test]
+fn a_group_copy_is_held_until_an_instance_subscribes_again() {
+    let mut sim = Sim::new(9);
+    let orders = sim.node("orders");
+    let invoice = sim.node("invoice");
+    sim.connect(orders, invoice);
+    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
+    sim.run_for(SECOND);
+    sim.crash(invoice, Duration::from_millis(10));
+    sim.run_for(SECOND);
+    // The group is remembered: the copy waits for it.
+    let event = sim.event("order.created", "1");
+    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
+        Ok(super::super::send::Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.run_for(5 * SECOND);
+    assert!(sim.result(orders, op).is_none(), "held");
+    let again = sim.node("invoice");
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(again, "order.*", Some("invoice"), counting(&count));
+    sim.connect(orders, again);
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Published(receipt))) => {
+            assert_eq!(receipt.deliveries.len(), 1);
+            assert_eq!(receipt.deliveries[0].node, sim.nodes[again].engine.id());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count.get(), 1);
+}
+
+#[test]
+fn a_held_copy_is_dead_lettered_after_the_hold() {
+    let mut sim = Sim::new(10);
+    let orders = sim.node("orders");
+    let invoice = sim.node("invoice");
+    sim.connect(orders, invoice);
+    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
+    sim.run_for(SECOND);
+    sim.crash(invoice, Duration::from_millis(10));
+    sim.run_for(SECOND);
+    let event = sim.event("order.created", "1");
+    let options = PublishOptions::default().hold_for(2 * SECOND);
+    let op = match sim.publish(orders, vec![event], &options) {
+        Ok(super::super::send::Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    assert!(sim.run_for(10 * SECOND));
+    let letter = dead_letter(sim.result(orders, op));
+    assert_eq!(letter.group.as_deref(), Some("group `invoice`"));
+    assert!(letter.last_failure.contains("no live instance"), "{letter}");
+    assert!(sim.elapsed() < Duration::from_secs(4), "{:?}", sim.elapsed());
+}

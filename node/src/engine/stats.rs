@@ -1,0 +1,45 @@
+//! The engine's counters, plain numbers under the driver's lock.
+
+use crate::NodeStats;
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) acked: u64,
+    pub(super) retries: u64,
+    pub(super) dead_lettered: u64,
+    pub(super) handled: u64,
+    pub(super) handler_errors: u64,
+    pub(super) duplicates: u64,
+    pub(super) replies_resent: u64,
+    pub(super) replies_missing: u64,
+    pub(super) unhandled: u64,
+    pub(super) malformed_frames: u64,
+    pub(super) connections: u64,
+    pub(super) published: u64,
+    pub(super) events_unrouted: u64,
+    pub(super) events_dropped: u64,
+}
+
+impl Counters {
+    /// A snapshot for users; handshake failures happen before a connection reaches the engine
+    /// and are counted by the transport.
+    pub(super) fn snapshot(&self) -> NodeStats {
+        NodeStats {
+            acked: self.acked,
+            retries: self.retries,
+            dead_lettered: self.dead_lettered,
+            handled: self.handled,
+            handler_errors: self.handler_errors,
+            duplicates: self.duplicates,
+            replies_resent: self.replies_resent,
+            replies_missing: self.replies_missing,
+            unhandled: self.unhandled,
+            malformed_frames: self.malformed_frames,
+            handshake_failures: 0,
+            connections: self.connections,
+            published: self.published,
+            events_unrouted: self.events_unrouted,
+            events_dropped: self.events_dropped,
+        }
+    }
+}
