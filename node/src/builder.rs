@@ -1,21 +1,17 @@
 //! [`NodeBuilder`]: configuration with documented defaults, then `start`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_discovery::{Discovery, LocalNode, StaticDiscovery};
 use shoal_proto::{Limits, NodeId};
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::dedup::DedupWindow;
-use crate::core::replies::ReplyCache;
-use crate::dead_letter::DeadLetters;
-use crate::node::Shared;
-use crate::{Error, Identity, MeshCa, Node, RetryPolicy, net, tls};
+use crate::engine::Engine;
+use crate::runtime::Driver;
+use crate::transport::endpoint;
+use crate::{Error, Identity, MeshCa, Node, RetryPolicy, tls};
 
 /// Configures and starts a [`Node`]. Every setting has a default suited to services on one
 /// LAN; only the identity and the trusted mesh CA are required.
@@ -277,50 +273,14 @@ impl NodeBuilder {
         })?;
         endpoint.set_default_client_config(client);
 
-        let shared = Arc::new(Shared {
-            id: NodeId::from_u128(rand::random()),
-            service,
-            endpoint,
-            registry: crate::registry::Registry::new(config.remember_groups),
-            handlers: RwLock::default(),
-            dedup: Mutex::new(DedupWindow::new(
-                config.dedup_capacity,
-                config.dedup_max_age,
-                rand::random(),
-            )),
-            replies: Mutex::new(ReplyCache::new(
-                config.reply_cache_size,
-                config.dedup_max_age,
-                rand::random(),
-            )),
-            #[cfg(feature = "outbox")]
-            outbox: std::sync::OnceLock::new(),
-            pending: Mutex::default(),
-            counters: Default::default(),
-            dead_letters: DeadLetters::new(config.dead_letter_capacity),
-            events: broadcast::channel(1024).0,
-            stopping: CancellationToken::new(),
-            stopping_flag: Default::default(),
-            killed: CancellationToken::new(),
-            handler_tasks: TaskTracker::new(),
-            finished: Default::default(),
-            tasks: TaskTracker::new(),
-            discovery: Mutex::new(Vec::new()),
-            static_peers: peers.clone(),
-            admission: Mutex::new(()),
-            dial_failures: Default::default(),
-            subscriptions: RwLock::default(),
-            subscription_gate: tokio::sync::Mutex::new(()),
-            key_order: Arc::default(),
-            inline_handlers: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread,
-            config,
-        });
+        let id = NodeId::from_u128(rand::random());
+        let engine = Engine::new(id, service.clone(), config.clone(), rand::random());
+        let driver = Driver::new(engine, service, config, endpoint, peers.clone());
 
         let local = LocalNode {
-            node_id: shared.id,
-            service: shared.service.clone(),
-            addrs: shared.endpoint.local_addr().into_iter().collect(),
+            node_id: driver.id,
+            service: driver.service.clone(),
+            addrs: driver.endpoint.local_addr().into_iter().collect(),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         if !peers.is_empty() {
@@ -329,20 +289,23 @@ impl NodeBuilder {
         for source in &mut discovery {
             source.start(&local, tx.clone())?;
         }
-        *crate::sync::lock(&shared.discovery) = discovery;
-        shared.tasks.spawn(net::accept_loop(Arc::clone(&shared)));
-        shared
+        *crate::sync::lock(&driver.discovery) = discovery;
+        driver.start_timer();
+        driver
             .tasks
-            .spawn(net::follow_discovery(Arc::clone(&shared), rx));
-        tracing::info!(node = %shared.id, service = %shared.service, addr = ?local.addrs, "shoal node started");
-        let node = Node::from_shared(shared);
+            .spawn(endpoint::accept_loop(Arc::clone(&driver)));
+        driver
+            .tasks
+            .spawn(endpoint::follow_discovery(Arc::clone(&driver), rx));
+        tracing::info!(node = %driver.id, service = %driver.service, addr = ?local.addrs, "shoal node started");
+        let node = Node::from_driver(driver);
         #[cfg(feature = "outbox")]
         if let Some((store, options)) = outbox {
-            let shared = node.shared();
-            let _ = shared.outbox.set(Arc::clone(&store));
-            let stop = shared.stopping.clone();
+            let driver = node.driver();
+            let _ = driver.outbox.set(Arc::clone(&store));
+            let stop = driver.stopping.clone();
             let relay = crate::outbox::relay::run(node.downgrade(), store, options, stop);
-            shared.tasks.spawn(relay);
+            driver.tasks.spawn(relay);
         }
         Ok(node)
     }

@@ -6,7 +6,6 @@ use shoal_proto::Limits;
 
 use crate::RetryPolicy;
 
-
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {

@@ -69,6 +69,9 @@ pub enum Error {
     #[cfg(feature = "outbox")]
     #[error("outbox: {0}")]
     Outbox(#[from] crate::outbox::OutboxError),
+    /// Shoal got into a state it does not expect: a bug. Please report it with the message.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,

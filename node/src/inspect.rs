@@ -1,52 +1,57 @@
 //! What a node can tell about its peers and itself: round trips, live peers, waiting for
 //! instances, diagnosis, discovery reports, events, counters and dead letters.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use crate::dead_letter::DeadLetter;
 use crate::diagnose::ServiceDiagnosis;
-use crate::registry::{Route, Target};
+use crate::engine::Done;
+use crate::runtime::op::OpFuture;
 use crate::sync::lock;
 use crate::{Error, Node, NodeEvent, NodeStats, PeerInfo};
 
 impl Node {
     /// Round-trip time to one instance of `service`, measured with a protocol-level ping.
     pub async fn ping(&self, service: &str, timeout: Duration) -> Result<Duration, Error> {
-        let shared = self.shared();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let find = async {
-            let mut changes = shared.registry.watch();
-            loop {
-                let route = Route::Service(Target::service(service));
-                if let Some(peer) = shared.registry.choose(&route, &[], None) {
-                    return Ok::<_, Error>(peer);
+        let driver = Arc::clone(self.driver());
+        let measure = async {
+            let mut changes = driver.peer_changes();
+            let op = loop {
+                let nonce = rand::random();
+                if let Some(op) = driver.call(|engine, now| engine.ping(service, nonce, now)) {
+                    break OpFuture::new(Arc::clone(&driver), op);
                 }
                 changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+            };
+            match op.await? {
+                Done::Pong(rtt) => Ok(rtt),
+                other => Err(crate::node::unexpected(&other)),
             }
         };
-        let peer = tokio::time::timeout_at(deadline, find)
-            .await
-            .map_err(|_| Error::Timeout(timeout))??;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         // No pong in time, or the connection closed first: either way, no answer.
-        peer.ping(left).await.map_err(|_| Error::Timeout(timeout))
+        tokio::time::timeout(timeout, measure)
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
     }
 
     /// The live peers, with their RTT and load.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        let mut peers: Vec<PeerInfo> = self
-            .shared()
-            .registry
-            .all()
+        let driver = self.driver();
+        let mut peers: Vec<PeerInfo> = driver
+            .read(|engine| engine.peers())
             .into_iter()
             .map(|p| PeerInfo {
                 node: p.node,
-                service: p.service.clone(),
+                service: p.service,
                 addr: p.addr,
-                rtt: p.conn.rtt(),
-                in_flight: p.in_flight(),
+                rtt: driver
+                    .connection(p.conn)
+                    .map_or(Duration::ZERO, |io| io.conn.rtt()),
+                in_flight: p.in_flight,
             })
             .collect();
         peers.sort_by(|a, b| (&a.service, a.node).cmp(&(&b.service, b.node)));
@@ -60,26 +65,22 @@ impl Node {
         count: usize,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let registry = &self.shared().registry;
+        let driver = Arc::clone(self.driver());
         self.wait_until(timeout, || {
-            let all = registry.all();
-            let live = all
-                .iter()
-                .filter(|p| p.service == service && !p.is_leaving());
-            live.count() >= count
+            driver.call(|engine, now| engine.live_instances(service, now)) >= count
         })
         .await
     }
 
-    /// Waits until `ready` holds, checking again on every change of the peer table (peers up
-    /// and down, subscriptions), at most `timeout`.
+    /// Waits until `ready` holds, checking again on every change of the peers (up and down,
+    /// subscriptions), at most `timeout`.
     pub(crate) async fn wait_until(
         &self,
         timeout: Duration,
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), Error> {
         let fut = async {
-            let mut changes = self.shared().registry.watch();
+            let mut changes = self.driver().peer_changes();
             while !ready() {
                 changes.changed().await.map_err(|_| Error::ShuttingDown)?;
             }
@@ -101,7 +102,7 @@ impl Node {
     /// # }
     /// ```
     pub fn diagnose(&self, service: &str) -> ServiceDiagnosis {
-        let shared = self.shared();
+        let driver = self.driver();
         let connected = self
             .peers()
             .into_iter()
@@ -111,15 +112,15 @@ impl Node {
             service,
             connected,
             &self.discovery_reports(),
-            &shared.static_peers,
-            &shared.dial_failures,
+            &driver.static_peers,
+            &driver.dial_failures,
         )
     }
 
     /// What each discovery source currently reports (static peers first, then sources added
     /// with [`crate::NodeBuilder::discovery`]).
     pub fn discovery_reports(&self) -> Vec<shoal_discovery::DiscoveryReport> {
-        lock(&self.shared().discovery)
+        lock(&self.driver().discovery)
             .iter()
             .map(|s| s.report())
             .collect()
@@ -129,16 +130,19 @@ impl Node {
     /// errors). Events are kept in a bounded buffer: a receiver that falls behind misses the
     /// oldest ones and is told so by `RecvError::Lagged`.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
-        self.shared().events.subscribe()
+        self.driver().events()
     }
 
     /// Counters since start.
     pub fn stats(&self) -> NodeStats {
-        self.shared().counters.snapshot()
+        let driver = self.driver();
+        let mut stats = driver.read(|engine| engine.stats());
+        stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
+        stats
     }
 
     /// The most recent dead letters (bounded; see [`crate::NodeBuilder::dead_letter_capacity`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.shared().dead_letters.snapshot()
+        self.driver().read(|engine| engine.dead_letters())
     }
 }

@@ -1,123 +1,18 @@
 //! [`Node`]: the handle a service uses to send, request and handle messages.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal_proto::{MessageId, NodeId, ReturnAddress};
-use tokio::sync::{broadcast, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use shoal_proto::{NodeId, ReturnAddress};
 
-use crate::config::Config;
-use crate::core::dedup::DedupWindow;
-use crate::core::replies::ReplyCache;
-use crate::dead_letter::DeadLetters;
-use crate::diagnose::DialFailures;
-use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
-use crate::outbound::{self, Delivery, SendOptions};
-use crate::registry::{Registry, Route, Target};
-use crate::stats::Counters;
-use crate::sync::lock;
-use crate::{Error, Message, NodeBuilder, NodeEvent};
-
-/// State shared by the node's handle and its background tasks.
-pub(crate) struct Shared {
-    pub(crate) id: NodeId,
-    pub(crate) service: String,
-    pub(crate) config: Config,
-    pub(crate) endpoint: quinn::Endpoint,
-    pub(crate) registry: Registry,
-    pub(crate) handlers: RwLock<HashMap<String, BoxedHandler>>,
-    pub(crate) dedup: Mutex<DedupWindow>,
-    /// Replies to recent synchronous requests, for retries of them.
-    pub(crate) replies: Mutex<ReplyCache>,
-    /// The outbox's store, when the node relays one ([`Node::forget_group`] edits it).
-    #[cfg(feature = "outbox")]
-    pub(crate) outbox: std::sync::OnceLock<Arc<dyn crate::outbox::OutboxStore>>,
-    /// Synchronous requests waiting for their reply, by request id.
-    pub(crate) pending: Mutex<HashMap<MessageId, oneshot::Sender<Message>>>,
-    pub(crate) counters: Counters,
-    pub(crate) dead_letters: DeadLetters,
-    pub(crate) events: broadcast::Sender<NodeEvent>,
-    /// Cancelled when shutdown starts: no new work is taken.
-    pub(crate) stopping: CancellationToken,
-    /// Set with `stopping`, for cheap checks.
-    pub(crate) stopping_flag: std::sync::atomic::AtomicBool,
-    /// Cancelled when the node stops at once: running handlers are dropped.
-    pub(crate) killed: CancellationToken,
-    /// Running handlers, so shutdown can wait for them.
-    pub(crate) handler_tasks: TaskTracker,
-    /// Set when a graceful shutdown has completed.
-    pub(crate) finished: std::sync::atomic::AtomicBool,
-    /// Background tasks (accept loop, dialers, discovery), stopped on shutdown.
-    pub(crate) tasks: TaskTracker,
-    pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
-    pub(crate) static_peers: Vec<SocketAddr>,
-    /// Held while a handler is admitted, and while shutdown starts: see `inbound::on_deliver`.
-    pub(crate) admission: Mutex<()>,
-    pub(crate) dial_failures: DialFailures,
-    /// This node's subscriptions and their handlers.
-    pub(crate) subscriptions: RwLock<crate::subscribe::LocalSubscriptions>,
-    /// Held while subscriptions change or are announced to a new peer, so peers learn of
-    /// changes in the order they happened.
-    pub(crate) subscription_gate: tokio::sync::Mutex<()>,
-    /// Whether handlers get their first poll in the read loop (on a current-thread runtime,
-    /// where a spawned task would run on the same thread anyway).
-    pub(crate) inline_handlers: bool,
-    /// Turns of messages with a partition key, per destination and key.
-    pub(crate) key_order: Arc<crate::ordering::KeyOrder>,
-}
-
-impl Shared {
-    pub(crate) fn emit(&self, event: NodeEvent) {
-        tracing::debug!(?event, node = %self.id, "node event");
-        let _ = self.events.send(event);
-    }
-
-    /// Whether shutdown has started. Read for every frame and handler, so it is an atomic
-    /// flag (a cancellation token's check takes a lock).
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping_flag
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Starts stopping: no new work is taken.
-    fn begin_stopping(&self) {
-        self.stopping_flag
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.stopping.cancel();
-    }
-
-    /// Stops at once, like a crash: connections are closed without goodbyes, running handlers
-    /// are dropped, nothing is flushed.
-    pub(crate) fn kill(&self) {
-        self.begin_stopping();
-        self.killed.cancel();
-        self.endpoint
-            .close(crate::net::CLOSE_KILLED, b"node stopped abruptly");
-        let mut sources = std::mem::take(&mut *lock(&self.discovery));
-        // Stopping a source may block (mDNS goodbyes); this may run outside any runtime.
-        let _ = std::thread::Builder::new()
-            .name("shoal-discovery-stop".into())
-            .spawn(move || sources.iter_mut().for_each(|s| s.stop()));
-    }
-
-    /// Stops the discovery sources on a blocking thread and puts them back (their reports stay
-    /// readable after shutdown).
-    async fn stop_discovery(self: &Arc<Self>) {
-        let mut sources = std::mem::take(&mut *lock(&self.discovery));
-        let stopped = tokio::task::spawn_blocking(move || {
-            sources.iter_mut().for_each(|s| s.stop());
-            sources
-        });
-        if let Ok(sources) = stopped.await {
-            *lock(&self.discovery) = sources;
-        }
-    }
-}
+use crate::engine::Done;
+use crate::handler::{self, HandlerError, IntoReply};
+use crate::runtime::Driver;
+use crate::runtime::op::OpFuture;
+use crate::{Error, Message, Receipt, SendOptions};
 
 /// A running Shoal node: one instance of one service.
 ///
@@ -145,18 +40,14 @@ impl WeakNode {
 
 /// Stops the node when the last handle goes away.
 struct Owner {
-    shared: Arc<Shared>,
+    driver: Arc<Driver>,
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
         // Also when a shutdown was started but its future dropped before it finished.
-        if !self
-            .shared
-            .finished
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            self.shared.kill();
+        if !self.driver.finished.load(Ordering::Acquire) {
+            self.driver.kill();
         }
     }
 }
@@ -170,36 +61,10 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// Proof that a message was handled: returned by [`Node::send`] once the receiver acked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Receipt {
-    /// The message's id.
-    pub id: MessageId,
-    /// The instance whose handler finished it.
-    pub node: NodeId,
-    /// Delivery attempts it took (1 if the first one succeeded).
-    pub attempts: u32,
-}
-
-/// A live peer, as listed by [`Node::peers`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's node id.
-    pub node: NodeId,
-    /// The service it is an instance of.
-    pub service: String,
-    /// Its address as seen from here.
-    pub addr: SocketAddr,
-    /// QUIC's smoothed round-trip estimate.
-    pub rtt: Duration,
-    /// Messages sent to it and not yet acknowledged.
-    pub in_flight: usize,
-}
-
 impl Node {
     /// Starts configuring a node that is an instance of `service`.
-    pub fn builder(service: impl Into<String>) -> NodeBuilder {
-        NodeBuilder::new(service)
+    pub fn builder(service: impl Into<String>) -> crate::NodeBuilder {
+        crate::NodeBuilder::new(service)
     }
 
     /// A handle that does not keep the node alive.
@@ -208,29 +73,29 @@ impl Node {
         WeakNode(Arc::downgrade(&self.owner))
     }
 
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_driver(driver: Arc<Driver>) -> Self {
         Self {
-            owner: Arc::new(Owner { shared }),
+            owner: Arc::new(Owner { driver }),
         }
     }
 
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.owner.shared
+    pub(crate) fn driver(&self) -> &Arc<Driver> {
+        &self.owner.driver
     }
 
     /// This node's id (random per start).
     pub fn id(&self) -> NodeId {
-        self.shared().id
+        self.driver().id
     }
 
     /// The service this node is an instance of.
     pub fn service(&self) -> &str {
-        &self.shared().service
+        &self.driver().service
     }
 
     /// The address the node accepts connections on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared()
+        self.driver()
             .endpoint
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -253,8 +118,9 @@ impl Node {
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
         R: IntoReply + 'static,
     {
-        let mut handlers = crate::sync::write(&self.shared().handlers);
-        handlers.insert(name.into(), handler::boxed(handler));
+        let (name, handler) = (name.into(), handler::boxed(handler));
+        self.driver()
+            .call(|engine, _| engine.set_handler(name, handler));
     }
 
     /// Sends `msg` to one instance of `service` and resolves when that instance's handler has
@@ -269,9 +135,10 @@ impl Node {
     ///
     /// A message with a partition key ([`Message::with_key`]) goes to the instance the key
     /// maps to (rendezvous hashing), and messages with one key are handled one at a time in
-    /// the order `send` was *called* (not the order the futures are polled), retries included.
+    /// the order `send` was *called*, retries included.
     ///
-    /// Dropping the returned future stops retrying.
+    /// The message is on its way from the call on: the node delivers it whether or not the
+    /// returned future is polled. Dropping the future stops retrying.
     pub fn send(
         &self,
         service: &str,
@@ -287,13 +154,16 @@ impl Node {
         mut msg: Message,
         options: SendOptions,
     ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
-        let shared = Arc::clone(self.shared());
-        msg.address_replies(&shared.service, shared.id);
-        let policy = options.retry.unwrap_or_else(|| shared.config.retry.clone());
-        let route = Route::Service(Target::service(service));
-        let mut delivery = Delivery::new(&shared, route, policy, &msg);
-        delivery.fail_fast = options.fail_fast;
-        async move { outbound::deliver(&shared, delivery, msg, &shared.stopping).await }
+        let driver = Arc::clone(self.driver());
+        msg.address_replies(&driver.service, driver.id);
+        let started = driver.call(|engine, now| engine.send(service, msg, &options, now));
+        let op = started.map(|op| OpFuture::new(driver, op));
+        async move {
+            match op?.await? {
+                Done::Sent(receipt) => Ok(receipt),
+                other => Err(unexpected(&other)),
+            }
+        }
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
@@ -305,103 +175,44 @@ impl Node {
         mut msg: Message,
         timeout: Duration,
     ) -> impl Future<Output = Result<Message, Error>> + Send + 'static {
-        let shared = Arc::clone(self.shared());
+        let driver = Arc::clone(self.driver());
         msg.env.reply_to = Some(ReturnAddress {
-            service: shared.service.clone(),
-            node: Some(shared.id),
+            service: driver.service.clone(),
+            node: Some(driver.id),
             channel: String::new(),
         });
-        // The delivery keeps its own deadline: `timeout` below ends the whole request, so an
-        // answer that is merely late is a timeout, not a dead letter.
-        let policy = shared.config.retry.clone();
-        let route = Route::Service(Target::service(service));
-        let delivery = Delivery::new(&shared, route, policy, &msg);
+        let started = driver.call(|engine, now| engine.request(service, msg, now));
+        let op = started.map(|op| OpFuture::new(driver, op));
         async move {
-            let id = msg.id();
-            let (tx, mut rx) = oneshot::channel();
-            lock(&shared.pending).insert(id, tx);
-            let _cleanup = PendingGuard {
-                shared: &shared,
-                id,
-            };
-            let send = outbound::deliver(&shared, delivery, msg, &shared.stopping);
-            let wait = async {
-                tokio::pin!(send);
-                tokio::select! {
-                    biased;
-                    reply = &mut rx => reply.map_err(|_| Error::ShuttingDown),
-                    sent = &mut send => match sent {
-                        Ok(_) => rx.await.map_err(|_| Error::ShuttingDown),
-                        Err(e) => Err(e),
-                    },
-                }
-            };
-            tokio::time::timeout(timeout, wait)
-                .await
-                .map_err(|_| Error::Timeout(timeout))?
+            // The delivery keeps its own deadline: `timeout` ends the whole request, so an
+            // answer that is merely late is a timeout, not a dead letter.
+            match tokio::time::timeout(timeout, op?).await {
+                Ok(Ok(Done::Replied(reply))) => Ok(reply),
+                Ok(Ok(other)) => Err(unexpected(&other)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Timeout(timeout)),
+            }
         }
     }
 
     /// Stops gracefully: takes no new work (new sends fail with [`Error::ShuttingDown`], new
     /// deliveries are refused with a retryable nack so senders go elsewhere), waits for running
-    /// handlers (at most the shutdown grace period), flushes their acks, says goodbye to every
-    /// peer and closes the connections.
+    /// handlers and background deliveries (at most the shutdown grace period), flushes their
+    /// acks, says goodbye to every peer and closes the connections.
     pub async fn shutdown(&self) {
-        let shared = self.shared();
-        if shared.is_stopping() {
-            return;
-        }
-        {
-            let _admission = lock(&shared.admission);
-            shared.begin_stopping();
-        }
-        // Goodbyes on discovery first, so peers stop dialling, concurrently with the rest.
-        let discovery = tokio::spawn({
-            let shared = Arc::clone(shared);
-            async move { shared.stop_discovery().await }
-        });
-        let grace = shared.config.shutdown_grace;
-        shared.handler_tasks.close();
-        if tokio::time::timeout(grace, shared.handler_tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("handlers still running after {grace:?}; dropping them");
-            shared.killed.cancel();
-        }
-        let mut closes = tokio::task::JoinSet::new();
-        for peer in shared.registry.all() {
-            closes.spawn(async move { peer.close_gracefully("shutdown", grace).await });
-        }
-        while closes.join_next().await.is_some() {}
-        shared
-            .endpoint
-            .close(crate::net::CLOSE_SHUTDOWN, b"shutdown");
-        shared.tasks.close();
-        let _ = tokio::time::timeout(grace, shared.tasks.wait()).await;
-        let _ = tokio::time::timeout(grace, shared.endpoint.wait_idle()).await;
-        let _ = discovery.await;
-        shared
-            .finished
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.driver().shutdown().await;
     }
 
     /// Stops at once, as if the process had crashed: no goodbyes, running handlers dropped,
     /// unsent acks lost. Peers see the connections close and retry elsewhere. Meant for tests
     /// and emergencies; prefer [`Node::shutdown`].
     pub fn abort(&self) {
-        self.shared().kill();
+        self.driver().kill();
     }
 }
 
-/// Removes a request's pending entry however the request ends.
-struct PendingGuard<'a> {
-    shared: &'a Shared,
-    id: MessageId,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.pending).remove(&self.id);
-    }
+/// An operation ended with a result of another kind than asked for: a bug, said plainly
+/// rather than with a panic.
+pub(crate) fn unexpected(done: &Done) -> Error {
+    Error::Internal(format!("unexpected result {done:?}"))
 }

@@ -1,7 +1,5 @@
 //! Counters a user can read to see what the node did.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 /// A snapshot of the node's counters since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -40,49 +38,4 @@ pub struct NodeStats {
     /// Best-effort event copies dropped: the subscriber's queue was full, or its group had no
     /// live instance.
     pub events_dropped: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) acked: AtomicU64,
-    pub(crate) retries: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) handled: AtomicU64,
-    pub(crate) handler_errors: AtomicU64,
-    pub(crate) duplicates: AtomicU64,
-    pub(crate) replies_resent: AtomicU64,
-    pub(crate) replies_missing: AtomicU64,
-    pub(crate) unhandled: AtomicU64,
-    pub(crate) malformed_frames: AtomicU64,
-    pub(crate) handshake_failures: AtomicU64,
-    pub(crate) connections: AtomicU64,
-    pub(crate) published: AtomicU64,
-    pub(crate) events_unrouted: AtomicU64,
-    pub(crate) events_dropped: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> NodeStats {
-        NodeStats {
-            acked: self.acked.load(Relaxed),
-            retries: self.retries.load(Relaxed),
-            dead_lettered: self.dead_lettered.load(Relaxed),
-            handled: self.handled.load(Relaxed),
-            handler_errors: self.handler_errors.load(Relaxed),
-            duplicates: self.duplicates.load(Relaxed),
-            replies_resent: self.replies_resent.load(Relaxed),
-            replies_missing: self.replies_missing.load(Relaxed),
-            unhandled: self.unhandled.load(Relaxed),
-            malformed_frames: self.malformed_frames.load(Relaxed),
-            handshake_failures: self.handshake_failures.load(Relaxed),
-            connections: self.connections.load(Relaxed),
-            published: self.published.load(Relaxed),
-            events_unrouted: self.events_unrouted.load(Relaxed),
-            events_dropped: self.events_dropped.load(Relaxed),
-        }
-    }
 }

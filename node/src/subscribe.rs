@@ -1,7 +1,7 @@
-//! Subscribing: the node's own subscriptions, and telling peers about them.
+//! Subscribing: the node's own subscriptions, which the engine announces to every peer.
 //!
-//! A subscription is a topic pattern ([`crate::core::topic`]), a group and a handler. Peers
-//! learn of it through a [`Frame::Subscribe`] on their connection (and of every subscription
+//! A subscription is a topic pattern (see `engine::topic`), a group and a handler. Peers
+//! learn of it through a `Subscribe` frame on their connection (and of every subscription
 //! when they connect), so a publisher always knows whom to send to without asking anybody.
 //! Frames about subscriptions and deliveries share one ordered stream per connection: a
 //! publisher never sees an event's delivery overtake the subscription it is for, nor a
@@ -9,14 +9,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use shoal_proto::Frame;
 
-use crate::core::topic;
-use crate::handler::{self, BoxedHandler, HandlerError, IntoReply};
-use crate::node::Shared;
-use crate::peer::{Outgoing, Peer};
+use crate::engine::{SubId, topic};
+use crate::handler::{self, HandlerError, IntoReply};
+use crate::runtime::Driver;
 use crate::{Error, Message, Node};
 
 /// Which group a subscription belongs to.
@@ -82,8 +80,8 @@ impl SubscribeOptions {
 /// [`Subscription::unsubscribe`] to end it.
 #[derive(Clone)]
 pub struct Subscription {
-    shared: Arc<Shared>,
-    id: u64,
+    driver: Arc<Driver>,
+    id: SubId,
     wire: shoal_proto::Subscription,
 }
 
@@ -112,12 +110,8 @@ impl Subscription {
     /// already on their way are refused with a retryable nack, so their publisher takes them
     /// to another instance of the group.
     pub async fn unsubscribe(self) {
-        let _gate = self.shared.subscription_gate.lock().await;
-        let last = crate::sync::write(&self.shared.subscriptions).remove(self.id);
-        if last {
-            let frame = Frame::Unsubscribe(self.wire.clone());
-            tell_all(&self.shared, &frame).await;
-        }
+        let id = self.id;
+        self.driver.call(|engine, _| engine.unsubscribe(id));
     }
 }
 
@@ -138,7 +132,7 @@ impl Node {
         let mut forgotten = false;
         // The store first: the relay re-reads its groups from it at every poll.
         #[cfg(feature = "outbox")]
-        if let Some(store) = self.shared().outbox.get() {
+        if let Some(store) = self.driver().outbox.get() {
             let (store, p, g) = (Arc::clone(store), sub.pattern.clone(), group.to_owned());
             forgotten |= tokio::task::spawn_blocking(move || store.forget_group(&p, &g))
                 .await
@@ -146,7 +140,9 @@ impl Node {
                     crate::outbox::OutboxError::Database(format!("store call failed: {e}"))
                 })??;
         }
-        forgotten |= self.shared().registry.forget_group(&sub);
+        forgotten |= self
+            .driver()
+            .call(|engine, now| engine.forget_group(&sub, now));
         Ok(forgotten)
     }
 
@@ -185,13 +181,13 @@ impl Node {
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
         R: IntoReply + 'static,
     {
-        let shared = self.shared();
-        if shared.is_stopping() {
+        let driver = self.driver();
+        if driver.is_stopping() {
             return Err(Error::ShuttingDown);
         }
         topic::check_pattern(&options.pattern).map_err(Error::Topic)?;
         let group = match options.group {
-            Group::Service => Some(shared.service.clone()),
+            Group::Service => Some(driver.service.clone()),
             Group::Named(name) if name.is_empty() => {
                 return Err(Error::Topic("a group name cannot be empty".into()));
             }
@@ -202,91 +198,14 @@ impl Node {
             pattern: options.pattern,
             group,
         };
-        shoal_proto::validate_frame(&Frame::Subscribe(wire.clone()), &shared.config.limits)
+        shoal_proto::validate_frame(&Frame::Subscribe(wire.clone()), &driver.config.limits)
             .map_err(|v| Error::Topic(v.to_string()))?;
-
-        let _gate = shared.subscription_gate.lock().await;
-        let (id, first) =
-            crate::sync::write(&shared.subscriptions).add(wire.clone(), handler::boxed(handler));
-        if first {
-            tell_all(shared, &Frame::Subscribe(wire.clone())).await;
-        }
+        let (sub, handler) = (wire.clone(), handler::boxed(handler));
+        let id = driver.call(|engine, _| engine.subscribe(sub, handler));
         Ok(Subscription {
-            shared: Arc::clone(shared),
+            driver: Arc::clone(driver),
             id,
             wire,
         })
-    }
-}
-
-/// The subscriptions of this node, with their handlers.
-#[derive(Default)]
-pub(crate) struct LocalSubscriptions {
-    next_id: u64,
-    subs: Vec<(u64, shoal_proto::Subscription, BoxedHandler)>,
-}
-
-impl LocalSubscriptions {
-    /// Adds a subscription; says whether it is the first with its pattern and group (peers
-    /// must be told).
-    fn add(&mut self, sub: shoal_proto::Subscription, handler: BoxedHandler) -> (u64, bool) {
-        self.next_id += 1;
-        let first = !self.subs.iter().any(|(_, s, _)| *s == sub);
-        self.subs.push((self.next_id, sub, handler));
-        (self.next_id, first)
-    }
-
-    /// Removes a subscription; says whether it was the last with its pattern and group.
-    fn remove(&mut self, id: u64) -> bool {
-        let Some(at) = self.subs.iter().position(|(i, _, _)| *i == id) else {
-            return false;
-        };
-        let (_, sub, _) = self.subs.remove(at);
-        !self.subs.iter().any(|(_, s, _)| *s == sub)
-    }
-
-    /// Each distinct pattern and group, as peers know them.
-    pub(crate) fn distinct(&self) -> Vec<shoal_proto::Subscription> {
-        let mut out: Vec<shoal_proto::Subscription> = Vec::new();
-        for (_, sub, _) in &self.subs {
-            if !out.contains(sub) {
-                out.push(sub.clone());
-            }
-        }
-        out
-    }
-
-    /// The handlers a copy of an event on `topic` for `group` runs: every subscription of
-    /// that group whose pattern matches (usually one).
-    pub(crate) fn handlers_for(&self, group: Option<&str>, topic: &str) -> Vec<BoxedHandler> {
-        self.subs
-            .iter()
-            .filter(|(_, s, _)| s.group.as_deref() == group && topic::matches(&s.pattern, topic))
-            .map(|(_, _, h)| Arc::clone(h))
-            .collect()
-    }
-}
-
-/// How long a subscription frame may wait for room in a peer's queue before the peer is
-/// taken for one that stopped reading and its connection is closed.
-const TELL_LIMIT: Duration = Duration::from_secs(5);
-
-/// Queues `frame` for every connected peer.
-async fn tell_all(shared: &Shared, frame: &Frame) {
-    for peer in shared.registry.all() {
-        peer.push_or_close(Outgoing::Frame(frame.clone()), TELL_LIMIT)
-            .await;
-    }
-}
-
-/// Tells a newly connected peer every subscription of this node. Runs under the same gate as
-/// subscribing and unsubscribing, so the peer never learns of a withdrawn subscription after
-/// its withdrawal.
-pub(crate) async fn announce_to(shared: &Shared, peer: &Peer) {
-    let _gate = shared.subscription_gate.lock().await;
-    let subs = crate::sync::read(&shared.subscriptions).distinct();
-    for sub in subs {
-        peer.push_or_close(Outgoing::Frame(Frame::Subscribe(sub)), TELL_LIMIT)
-            .await;
     }
 }

@@ -151,6 +151,87 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
     Ok(Some(frame))
 }
 
+/// The first byte of a stored envelope ([`encode_envelope`]).
+const STORED_ENVELOPE: u8 = 2;
+
+/// Encodes one envelope for storage (an outbox row, say): a format byte, then the envelope in
+/// bincode. Checked against `limits` like a message on the wire.
+///
+/// ```
+/// use shoal_proto::{codec, Envelope, Limits, MessageId, MessageKind};
+/// let envelope = Envelope::new(MessageId::from_u128(7), MessageKind::Command, "charge".into(), 0, "x".into());
+/// let stored = codec::encode_envelope(&envelope, &Limits::default()).unwrap();
+/// assert_eq!(codec::decode_envelope(&stored, &Limits::default()).unwrap(), envelope);
+/// ```
+///
+/// # Errors
+///
+/// [`EncodeError::LimitExceeded`] when the envelope breaks a limit.
+pub fn encode_envelope(
+    envelope: &crate::Envelope,
+    limits: &Limits,
+) -> Result<bytes::Bytes, EncodeError> {
+    crate::validate_envelope(envelope, limits)?;
+    let max = max_frame_len(limits);
+    let mut dst = BytesMut::with_capacity(1 + envelope_len_estimate(envelope).min(max));
+    dst.put_u8(STORED_ENVELOPE);
+    let mut writer = BodyWriter {
+        dst: &mut dst,
+        written: 0,
+        max,
+    };
+    bincode::serde::encode_into_writer(envelope, &mut writer, config())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if writer.written > max {
+        return Err(EncodeError::LimitExceeded {
+            limit: "max_frame_len",
+            actual: writer.written,
+            max,
+        });
+    }
+    Ok(dst.freeze())
+}
+
+/// Decodes an envelope stored by [`encode_envelope`], or by Shoal before protocol 2 (which
+/// stored a length-prefixed `Deliver` frame: variant 1, then the envelope).
+///
+/// # Errors
+///
+/// [`DecodeError::Malformed`] for anything else, [`DecodeError::LimitExceeded`] for an
+/// envelope that breaks a limit.
+pub fn decode_envelope(stored: &[u8], limits: &Limits) -> Result<crate::Envelope, DecodeError> {
+    let body = match stored {
+        [STORED_ENVELOPE, rest @ ..] => rest,
+        [_, _, _, _, 1, rest @ ..] if stored.len() > LENGTH_PREFIX => rest,
+        _ => return Err(DecodeError::Malformed("not a stored envelope".into())),
+    };
+    if body.len() > max_frame_len(limits) {
+        return Err(DecodeError::FrameTooLarge {
+            len: body.len(),
+            max: max_frame_len(limits),
+        });
+    }
+    let (envelope, used): (crate::Envelope, usize) = if body.len() <= 256 * KIB {
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 4 * MIB }>())
+    } else {
+        bincode::serde::decode_from_slice(body, config().with_limit::<LARGE_FRAME_BUDGET>())
+    }
+    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after a stored envelope",
+            body.len() - used
+        )));
+    }
+    crate::validate_envelope(&envelope, limits).map_err(|v| DecodeError::LimitExceeded {
+        limit: v.limit,
+        actual: v.actual,
+        max: v.max,
+        seqs: None,
+    })?;
+    Ok(envelope)
+}
+
 /// Decodes a whole frame body, with a bincode budget chosen from its length (module docs).
 fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
     if body.is_empty() {
@@ -280,6 +361,33 @@ mod tests {
     }
 
     #[test]
+    fn envelopes_stored_before_protocol_2_still_decode() {
+        let envelope = Envelope::new(
+            MessageId::from_parts(1_700_000_000_000, 9),
+            MessageKind::Command,
+            "charge".into(),
+            1_700_000_000_000,
+            Bytes::from_static(b"order-7"),
+        );
+        // Protocol 1 stored a Deliver frame: length prefix, variant 1, the envelope.
+        let body = bincode::serde::encode_to_vec(&envelope, config()).unwrap();
+        let mut legacy = BytesMut::new();
+        legacy.put_u32(u32::try_from(body.len() + 1).unwrap());
+        legacy.put_u8(1);
+        legacy.extend_from_slice(&body);
+        let limits = Limits::default();
+        assert_eq!(decode_envelope(&legacy, &limits).unwrap(), envelope);
+        let stored = encode_envelope(&envelope, &limits).unwrap();
+        assert_eq!(decode_envelope(&stored, &limits).unwrap(), envelope);
+        for bad in [&b""[..], b"\x09abc", &stored[..stored.len() - 1]] {
+            assert!(matches!(
+                decode_envelope(bad, &limits),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
     fn the_body_is_standard_bincode() {
         let frame = Frame::Ping(7);
         let mut buf = BytesMut::new();
@@ -331,7 +439,10 @@ mod tests {
         }
         // Acks are small however many messages they acknowledge.
         let ack = Frame::Ack(Ack {
-            ranges: vec![crate::SeqRange { start: 0, len: 1 << 40 }],
+            ranges: vec![crate::SeqRange {
+                start: 0,
+                len: 1 << 40,
+            }],
         });
         let mut buf = BytesMut::new();
         encode(&ack, &Limits::default(), &mut buf).unwrap();

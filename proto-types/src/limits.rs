@@ -98,7 +98,11 @@ pub fn validate_envelope(envelope: &Envelope, limits: &Limits) -> Result<(), Lim
 pub fn validate_head(head: &Head, limits: &Limits) -> Result<(), LimitViolation> {
     check_name(&head.name, limits)?;
     check_name(&head.content_type, limits)?;
-    check_key_and_address(head.partition_key.as_deref(), head.reply_to.as_ref(), limits)?;
+    check_key_and_address(
+        head.partition_key.as_deref(),
+        head.reply_to.as_ref(),
+        limits,
+    )?;
     match &head.to {
         To::Group(group) => check_name(group, limits),
         To::Handler | To::Instance => Ok(()),

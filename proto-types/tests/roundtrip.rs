@@ -137,7 +137,10 @@ fn typical_delivery_size() {
     }));
     let per_message = encoded(&run).len() / 100;
     println!("in a run of 100: {per_message} bytes per message");
-    assert_eq!(per_message, 94, "the wire size of a message in a run changed");
+    assert_eq!(
+        per_message, 94,
+        "the wire size of a message in a run changed"
+    );
 }
 
 /// `cargo test -p shoal-proto --release -- --ignored --nocapture`

@@ -21,7 +21,9 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shoal::{Identity, MeshCa, Message, Node, NodeBuilder, NodeEvent};
-use shoal_proto::{Envelope, Frame, Hello, Limits, NodeId, PROTOCOL_VERSION, codec};
+use shoal_proto::{
+    Envelope, Frame, Head, Hello, Item, Limits, Messages, NodeId, PROTOCOL_VERSION, To, codec,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 use tokio::time::timeout;
@@ -148,6 +150,35 @@ pub fn audience_sizes(node: &Node, topic: &str) -> Vec<usize> {
 /// A node id nobody else uses (random, from a fresh message id).
 pub fn fresh_node_id() -> NodeId {
     NodeId::from_u128(Message::command("x", "").id().as_u128())
+}
+
+/// A run of one message (`env`) to its handler, numbered `seq`, as a node would send it.
+pub fn deliver(seq: u64, env: &Envelope) -> Frame {
+    Frame::Messages(Box::new(Messages {
+        first_seq: seq,
+        head: Head::of(env, To::Handler, true, false),
+        items: vec![Item::of(env)],
+    }))
+}
+
+/// One group's copy (`None`: an every-instance copy) of the event `env`, numbered `seq`.
+pub fn publish(seq: u64, env: &Envelope, group: Option<&str>, reliable: bool) -> Frame {
+    let to = group.map_or(To::Instance, |g| To::Group(g.to_owned()));
+    Frame::Messages(Box::new(Messages {
+        first_seq: seq,
+        head: Head::of(env, to, reliable, false),
+        items: vec![Item::of(env)],
+    }))
+}
+
+/// Whether `frame` acknowledges message `seq`.
+pub fn acks(frame: &Frame, seq: u64) -> bool {
+    matches!(frame, Frame::Ack(ack) if ack.ranges.iter().any(|r| r.iter().any(|s| s == seq)))
+}
+
+/// Whether `frame` refuses message `seq`.
+pub fn nacks(frame: &Frame, seq: u64) -> bool {
+    matches!(frame, Frame::Nack(nack) if nack.seq == seq)
 }
 
 /// A valid delivery envelope for `name` with a fresh id, as a node would send it (attempt 1).

@@ -9,20 +9,16 @@ use std::time::Duration;
 
 use shoal::{HandlerError, Message, MessageId, RetryPolicy, SendOptions};
 use shoal_proto::{Frame, Limits, codec};
-use shoal_tests::{Mesh, RawPeer, WAIT, envelope, next_event, wait_instances};
+use shoal_tests::{
+    Mesh, RawPeer, WAIT, acks, deliver, envelope, nacks, next_event, wait_instances,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
-fn acks(frame: &Frame, id: MessageId) -> bool {
-    matches!(frame, Frame::Ack(ack) if ack.ids.contains(&id))
-}
-
-/// Reads until the node's nack of `id`, which must not have been acked before it.
-async fn nack_without_ack(raw: &mut RawPeer, id: MessageId) -> shoal_proto::Nack {
-    let (frame, skipped) = raw
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == id))
-        .await;
-    assert!(!skipped.iter().any(|f| acks(f, id)), "{skipped:?}");
+/// Reads until the node's nack of message `seq`, which must not have been acked before it.
+async fn nack_without_ack(raw: &mut RawPeer, seq: u64) -> shoal_proto::Nack {
+    let (frame, skipped) = raw.read_until(WAIT, 16, |f| nacks(f, seq)).await;
+    assert!(!skipped.iter().any(|f| acks(f, seq)), "{skipped:?}");
     let Frame::Nack(nack) = frame else {
         unreachable!()
     };
@@ -61,17 +57,21 @@ async fn injected_duplicates_run_the_handler_once_and_are_all_acked() {
     assert_eq!(raw.server_hello.node_id, billing.id());
     assert_eq!(raw.server_hello.service, "billing");
 
-    // Two copies back to back, then a ping: the pong proves both copies were read.
+    // Two copies back to back (messages 0 and 1 of this connection), then a ping: the pong
+    // proves both copies were read.
     let env = envelope("create-invoice", b"order 42");
     let id = env.id;
-    let copy = Frame::Deliver(Box::new(env.clone()));
-    raw.send_raw(&batch(&[copy.clone(), copy, Frame::Ping(1)]))
-        .await;
+    raw.send_raw(&batch(&[
+        deliver(0, &env),
+        deliver(1, &env),
+        Frame::Ping(1),
+    ]))
+    .await;
     let (_, before) = raw
         .read_until(WAIT, 16, |f| matches!(f, Frame::Pong(1)))
         .await;
     assert!(
-        !before.iter().any(|f| acks(f, id)),
+        !before.iter().any(|f| acks(f, 0) || acks(f, 1)),
         "acked before the handler finished: {before:?}"
     );
     assert_eq!(timeout(WAIT, started_rx.recv()).await.unwrap(), Some(id));
@@ -84,14 +84,18 @@ async fn injected_duplicates_run_the_handler_once_and_are_all_acked() {
 
     // The running handler's ack answers both copies.
     release_tx.send(true).unwrap();
-    raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+    let (first, _) = raw.read_until(WAIT, 16, |f| acks(f, 0)).await;
+    if !acks(&first, 1) {
+        raw.read_until(WAIT, 16, |f| acks(f, 1)).await;
+    }
 
     // Later redeliveries (a sender's retries, attempt 2 and 3) are acked again, not handled.
     for attempt in [2, 3] {
         let mut again = env.clone();
         again.attempt = attempt;
-        raw.send_frame(&Frame::Deliver(Box::new(again))).await;
-        raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+        let seq = u64::from(attempt);
+        raw.send_frame(&deliver(seq, &again)).await;
+        raw.read_until(WAIT, 16, |f| acks(f, seq)).await;
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
     assert!(started_rx.try_recv().is_err());
@@ -115,19 +119,16 @@ async fn distinct_ids_are_not_mistaken_for_duplicates() {
     let envs: Vec<_> = (0..20)
         .map(|_| envelope("create-invoice", b"same body"))
         .collect();
-    let frames: Vec<Frame> = envs
-        .iter()
-        .map(|e| Frame::Deliver(Box::new(e.clone())))
-        .collect();
+    let frames: Vec<Frame> = (0..).zip(&envs).map(|(seq, e)| deliver(seq, e)).collect();
     raw.send_raw(&batch(&frames)).await;
-    let mut unacked: std::collections::HashSet<MessageId> = envs.iter().map(|e| e.id).collect();
+    let mut unacked: std::collections::HashSet<u64> = (0..envs.len() as u64).collect();
     for _ in 0..40 {
         if unacked.is_empty() {
             break;
         }
         if let Frame::Ack(ack) = raw.next_frame(WAIT).await.unwrap() {
-            for id in ack.ids {
-                unacked.remove(&id);
+            for seq in ack.ranges.iter().flat_map(|r| r.iter()) {
+                unacked.remove(&seq);
             }
         }
     }
@@ -197,12 +198,12 @@ async fn failed_messages_are_not_acked_on_redelivery() {
     });
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
     let env = envelope("create-invoice", b"order 42");
-    let id = env.id;
     for attempt in [1, 2] {
         let mut copy = env.clone();
         copy.attempt = attempt;
-        raw.send_frame(&Frame::Deliver(Box::new(copy))).await;
-        let nack = nack_without_ack(&mut raw, id).await;
+        let seq = u64::from(attempt);
+        raw.send_frame(&deliver(seq, &copy)).await;
+        let nack = nack_without_ack(&mut raw, seq).await;
         assert!(!nack.retryable);
         assert!(nack.reason.contains("unknown order"), "{}", nack.reason);
     }
@@ -224,11 +225,26 @@ fn request_envelope(raw: &RawPeer, name: &str) -> shoal_proto::Envelope {
 /// Whether `frame` is the reply to the synchronous request `id`; returns its body.
 fn reply_body(frame: &Frame, id: MessageId) -> Option<bytes::Bytes> {
     match frame {
-        Frame::Deliver(env) if env.correlation_id == Some(id) && env.name.is_empty() => {
+        Frame::Reply(env) if env.correlation_id == Some(id) && env.name.is_empty() => {
             Some(env.payload.clone())
         }
         _ => None,
     }
+}
+
+/// Reads until both the reply to request `id` and the ack of message `seq` came (in either
+/// order); returns the reply's body.
+async fn reply_and_ack(raw: &mut RawPeer, id: MessageId, seq: u64) -> bytes::Bytes {
+    let (mut body, mut acked) = (None, false);
+    for _ in 0..16 {
+        let frame = raw.next_frame(WAIT).await.unwrap();
+        body = body.or_else(|| reply_body(&frame, id));
+        acked |= acks(&frame, seq);
+        if let (Some(body), true) = (&body, acked) {
+            return body.clone();
+        }
+    }
+    panic!("no reply and ack for {id} (message {seq})");
 }
 
 /// A request whose reply was lost (a dropped connection, say) is retried by the requester with
@@ -250,16 +266,10 @@ async fn a_retried_request_gets_the_reply_again_without_running_the_handler() {
     for attempt in [1, 2, 3] {
         let mut copy = env.clone();
         copy.attempt = attempt;
-        raw.send_frame(&Frame::Deliver(Box::new(copy))).await;
-        let (frame, _) = raw
-            .read_until(WAIT, 16, |f| reply_body(f, id).is_some())
-            .await;
-        assert_eq!(
-            reply_body(&frame, id).unwrap(),
-            "quote #1",
-            "attempt {attempt}"
-        );
-        raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+        let seq = u64::from(attempt);
+        raw.send_frame(&deliver(seq, &copy)).await;
+        let body = reply_and_ack(&mut raw, id, seq).await;
+        assert_eq!(body, "quote #1", "attempt {attempt}");
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
     let stats = billing.stats();
@@ -289,14 +299,12 @@ async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
     let mut env = request_envelope(&raw, "quote");
     let id = env.id;
-    raw.send_frame(&Frame::Deliver(Box::new(env.clone()))).await;
-    raw.read_until(WAIT, 16, |f| reply_body(f, id).is_some())
-        .await;
-    raw.read_until(WAIT, 16, |f| acks(f, id)).await;
+    raw.send_frame(&deliver(0, &env)).await;
+    assert_eq!(reply_and_ack(&mut raw, id, 0).await, "a quote");
 
     env.attempt = 2;
-    raw.send_frame(&Frame::Deliver(Box::new(env))).await;
-    let nack = nack_without_ack(&mut raw, id).await;
+    raw.send_frame(&deliver(1, &env)).await;
+    let nack = nack_without_ack(&mut raw, 1).await;
     assert!(!nack.retryable);
     assert!(nack.reason.contains("reply is no longer kept"), "{nack:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");

@@ -218,13 +218,23 @@ async fn keyed_events_stay_in_order_while_instances_die_and_join() {
     run(Via::Publish).await;
 }
 
-/// A keyed send whose predecessor is never polled does not wait forever: it is dead-lettered
-/// at its retry deadline with a reason that says why.
+/// A keyed send waits for the one before it, but not forever: when its predecessor is still
+/// in progress (here, a handler that does not finish) at its retry deadline, it is
+/// dead-lettered with a reason that says why.
 #[tokio::test(flavor = "current_thread")]
-async fn a_keyed_send_behind_an_unpolled_one_ends_at_its_deadline() {
+async fn a_keyed_send_behind_a_stuck_one_ends_at_its_deadline() {
     let mesh = Mesh::new();
     let ledger = mesh.start(SERVICE, &[]).await;
-    ledger.handle("apply", |_msg: Message| async { Ok::<_, HandlerError>(()) });
+    let (release, released) = tokio::sync::watch::channel(false);
+    ledger.handle("apply", move |msg: Message| {
+        let mut released = released.clone();
+        async move {
+            if msg.payload() == "0" {
+                let _ = released.wait_for(|r| *r).await;
+            }
+            Ok::<_, HandlerError>(())
+        }
+    });
     let sender = mesh.start("teller", &[ledger.local_addr()]).await;
     wait_instances(&sender, SERVICE, 1).await;
 
@@ -243,6 +253,29 @@ async fn a_keyed_send_behind_an_unpolled_one_ends_at_its_deadline() {
         panic!("{err}")
     };
     assert!(letter.last_failure.contains("same key"), "{letter}");
-    // The first one still goes through once polled.
+    // The first one still goes through once its handler finishes.
+    release.send(true).unwrap();
     timeout(WAIT, first).await.unwrap().unwrap();
+}
+
+/// A send is on its way from the call on: a keyed send whose predecessor's future is never
+/// polled still goes, in order, once the node has delivered the first one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_keyed_send_behind_an_unpolled_one_goes_in_order() {
+    let mesh = Mesh::new();
+    let ledger = mesh.start(SERVICE, &[]).await;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    ledger.handle("apply", move |msg: Message| {
+        let _ = seen_tx.send(msg.payload().clone());
+        async { Ok::<_, HandlerError>(()) }
+    });
+    let sender = mesh.start("teller", &[ledger.local_addr()]).await;
+    wait_instances(&sender, SERVICE, 1).await;
+
+    let first = sender.send(SERVICE, Message::command("apply", "0").with_key("k"));
+    let second = sender.send(SERVICE, Message::command("apply", "1").with_key("k"));
+    timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(seen.recv().await.unwrap(), "0");
+    assert_eq!(seen.recv().await.unwrap(), "1");
+    drop(first);
 }

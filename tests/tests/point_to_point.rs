@@ -352,11 +352,13 @@ async fn request_without_a_reply_times_out() {
         tokio::spawn(async move { shop.request("billing", request, wait).await })
     };
     let (frame, _) = billing
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Deliver(_)))
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Messages(_)))
         .await;
-    let Frame::Deliver(env) = frame else {
+    let Frame::Messages(run) = frame else {
         unreachable!()
     };
+    let seq = run.first_seq;
+    let env = run.items[0].clone().into_envelope(&run.head);
     assert_eq!(env.id, id);
     let reply_to = env
         .reply_to
@@ -366,7 +368,9 @@ async fn request_without_a_reply_times_out() {
     assert_eq!(reply_to.node, Some(shop.id()));
     assert!(reply_to.channel.is_empty(), "{reply_to:?}");
     billing
-        .send_frame(&Frame::Ack(shoal_proto::Ack { ids: vec![id] }))
+        .send_frame(&Frame::Ack(shoal_proto::Ack {
+            ranges: vec![shoal_proto::SeqRange { start: seq, len: 1 }],
+        }))
         .await;
 
     let result = timeout(WAIT, requesting).await.unwrap().unwrap();

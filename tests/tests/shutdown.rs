@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use shoal::{Error, Message, Node, NodeEvent, RetryPolicy, SendOptions};
 use shoal_proto::Frame;
-use shoal_tests::{Mesh, RawPeer, WAIT, envelope, next_event, wait_instances};
+use shoal_tests::{
+    Mesh, RawPeer, WAIT, acks, deliver, envelope, nacks, next_event, wait_instances,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
 
@@ -119,15 +121,13 @@ async fn graceful_shutdown_on_the_wire_nacks_new_work_then_acks_and_says_goodbye
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
 
     let first = envelope("slow", b"in progress");
-    raw.send_frame(&Frame::Deliver(Box::new(first.clone())))
-        .await;
+    raw.send_frame(&deliver(0, &first)).await;
     assert_eq!(timeout(WAIT, started.recv()).await.unwrap(), Some(first.id));
 
     let mut shutdown = Box::pin(billing.shutdown());
     begin(&mut shutdown).await;
     let second = envelope("slow", b"too late");
-    raw.send_frame(&Frame::Deliver(Box::new(second.clone())))
-        .await;
+    raw.send_frame(&deliver(1, &second)).await;
 
     // Drive the shutdown while reading what the node says.
     let node_side = async {
@@ -136,7 +136,7 @@ async fn graceful_shutdown_on_the_wire_nacks_new_work_then_acks_and_says_goodbye
         for _ in 0..16 {
             match raw.next_frame(WAIT).await {
                 Ok(frame) => {
-                    if matches!(&frame, Frame::Nack(n) if n.id == second.id) && !nacked {
+                    if nacks(&frame, 1) && !nacked {
                         nacked = true;
                         release.send(true).unwrap();
                     }
@@ -159,21 +159,17 @@ async fn graceful_shutdown_on_the_wire_nacks_new_work_then_acks_and_says_goodbye
     eprintln!("frames: {frames:?}; then {end}");
 
     let position = |pred: &dyn Fn(&Frame) -> bool| frames.iter().position(pred);
-    let nack = position(&|f| matches!(f, Frame::Nack(n) if n.id == second.id))
-        .expect("the new delivery was not refused");
+    let nack = position(&|f| nacks(f, 1)).expect("the new delivery was not refused");
     let Frame::Nack(refusal) = &frames[nack] else {
         unreachable!()
     };
     assert!(refusal.retryable, "{refusal:?}");
     assert!(refusal.reason.contains("shutting down"), "{refusal:?}");
-    let ack = position(&|f| matches!(f, Frame::Ack(a) if a.ids.contains(&first.id)))
-        .expect("the in-progress delivery was not acked");
+    let ack = position(&|f| acks(f, 0)).expect("the in-progress delivery was not acked");
     let goodbye = position(&|f| matches!(f, Frame::Goodbye(_))).expect("no goodbye before the end");
     assert!(ack < goodbye, "the ack must come before the goodbye");
     assert!(
-        !frames
-            .iter()
-            .any(|f| matches!(f, Frame::Ack(a) if a.ids.contains(&second.id))),
+        !frames.iter().any(|f| acks(f, 1)),
         "the refused delivery was acked"
     );
     assert_eq!(billing.stats().handled, 1);
@@ -192,7 +188,7 @@ async fn graceful_shutdown_lets_a_slow_reader_see_its_ack_and_goodbye() {
     });
     let mut raw = RawPeer::connect(&mesh, "shop", billing.local_addr()).await;
     let env = envelope("quick", b"x");
-    raw.send_frame(&Frame::Deliver(Box::new(env.clone()))).await;
+    raw.send_frame(&deliver(0, &env)).await;
     // The handler ran (shutdown waits for it to finish), without reading the node's stream.
     assert_eq!(timeout(WAIT, ran_rx.recv()).await.unwrap(), Some(env.id));
     timeout(WAIT, billing.shutdown()).await.unwrap();
@@ -200,12 +196,7 @@ async fn graceful_shutdown_lets_a_slow_reader_see_its_ack_and_goodbye() {
     let (_, skipped) = raw
         .read_until(WAIT, 16, |f| matches!(f, Frame::Goodbye(_)))
         .await;
-    assert!(
-        skipped
-            .iter()
-            .any(|f| matches!(f, Frame::Ack(a) if a.ids.contains(&env.id))),
-        "{skipped:?}"
-    );
+    assert!(skipped.iter().any(|f| acks(f, 0)), "{skipped:?}");
 }
 
 /// A handler that outlives the grace period does not hold `shutdown` forever; its sender gets

@@ -8,8 +8,8 @@ use std::time::Duration;
 use shoal::{Message, Node, NodeEvent};
 use shoal_proto::{Frame, Hello, Limits, PROTOCOL_VERSION, codec};
 use shoal_tests::{
-    Mesh, RawPeer, SERVER_NAME, WAIT, client_config, client_endpoint, envelope, fresh_node_id,
-    next_event, wait_instances,
+    Mesh, RawPeer, SERVER_NAME, WAIT, acks, client_config, client_endpoint, deliver, envelope,
+    fresh_node_id, nacks, next_event, publish, wait_instances,
 };
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -194,8 +194,8 @@ async fn delivery_before_the_hello_is_refused() {
     .unwrap();
     let mut send = conn.open_uni().await.unwrap();
     let mut buf = bytes::BytesMut::new();
-    let deliver = Frame::Deliver(Box::new(envelope("create-invoice", b"sneaky")));
-    codec::encode(&deliver, &Limits::default(), &mut buf).unwrap();
+    let sneaky = deliver(0, &envelope("create-invoice", b"sneaky"));
+    codec::encode(&sneaky, &Limits::default(), &mut buf).unwrap();
     send.write_all(&buf).await.unwrap();
 
     let event = next_event(&mut events, WAIT, |e| {
@@ -232,11 +232,8 @@ async fn delivery_over_a_field_limit_is_nacked_and_the_connection_stays_usable()
         max_headers: 10 * max_headers,
         ..Limits::default()
     };
-    raw.send_frame_with(&Frame::Deliver(Box::new(bad.clone())), &generous)
-        .await;
-    let (frame, skipped) = raw
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == bad.id))
-        .await;
+    raw.send_frame_with(&deliver(0, &bad), &generous).await;
+    let (frame, skipped) = raw.read_until(WAIT, 16, |f| nacks(f, 0)).await;
     assert!(
         skipped.iter().all(|f| !matches!(f, Frame::Ack(_))),
         "{skipped:?}"
@@ -254,14 +251,8 @@ async fn delivery_over_a_field_limit_is_nacked_and_the_connection_stays_usable()
     assert_eq!(billing.stats().malformed_frames, 1);
 
     let good = envelope("create-invoice", b"fine");
-    raw.send_frame(&Frame::Deliver(Box::new(good.clone())))
-        .await;
-    raw.read_until(
-        WAIT,
-        16,
-        |f| matches!(f, Frame::Ack(a) if a.ids.contains(&good.id)),
-    )
-    .await;
+    raw.send_frame(&deliver(1, &good)).await;
+    raw.read_until(WAIT, 16, |f| acks(f, 1)).await;
     assert_eq!(billing.stats().handled, 1, "only the good delivery ran");
     assert_eq!(billing.peers().len(), 2, "{:?}", billing.peers());
     traffic(&shop, 10).await;
@@ -271,7 +262,7 @@ async fn delivery_over_a_field_limit_is_nacked_and_the_connection_stays_usable()
 
 /// Publish/subscribe frames from a hostile or confused peer: a malformed subscription is
 /// refused and reported without closing the connection; an event for a group this node has
-/// no subscription in is refused with a retryable nack under that group's delivery key; and
+/// no subscription in is refused with a retryable nack; and
 /// the node's own subscriptions reach the raw peer when it connects.
 #[tokio::test(flavor = "current_thread")]
 async fn bad_subscriptions_and_stray_events_are_refused_not_fatal() {
@@ -303,16 +294,8 @@ async fn bad_subscriptions_and_stray_events_are_refused_not_fatal() {
     );
 
     let env = envelope("order.created", b"x");
-    let key = env.id.delivery_key(Some("audit"));
-    let stray = shoal_proto::Publish {
-        envelope: env,
-        reliable: true,
-        group: Some("audit".into()),
-    };
-    raw.send_frame(&Frame::Publish(Box::new(stray))).await;
-    let nack = raw
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Nack(n) if n.id == key))
-        .await;
+    raw.send_frame(&publish(0, &env, Some("audit"), true)).await;
+    let nack = raw.read_until(WAIT, 16, |f| nacks(f, 0)).await;
     let (Frame::Nack(nack), _) = nack else {
         unreachable!()
     };
@@ -323,19 +306,9 @@ async fn bad_subscriptions_and_stray_events_are_refused_not_fatal() {
 
     // The connection is still up: a good event for the billing group is handled and acked.
     let env = envelope("order.created", b"y");
-    let key = env.id.delivery_key(Some("billing"));
-    let good = shoal_proto::Publish {
-        envelope: env,
-        reliable: true,
-        group: Some("billing".into()),
-    };
-    raw.send_frame(&Frame::Publish(Box::new(good))).await;
-    raw.read_until(
-        WAIT,
-        16,
-        |f| matches!(f, Frame::Ack(a) if a.ids.contains(&key)),
-    )
-    .await;
+    raw.send_frame(&publish(1, &env, Some("billing"), true))
+        .await;
+    raw.read_until(WAIT, 16, |f| acks(f, 1)).await;
     assert_eq!(billing.stats().handled, 1);
 }
 
@@ -359,16 +332,17 @@ async fn an_audience_that_unsubscribes_mid_flight_has_its_copy_dropped() {
 
     let publish = tokio::spawn(publisher.publish(Message::event("order.created", "x")));
     let (frame, _) = raw
-        .read_until(WAIT, 16, |f| matches!(f, Frame::Publish(_)))
+        .read_until(WAIT, 16, |f| matches!(f, Frame::Messages(_)))
         .await;
-    let Frame::Publish(copy) = frame else {
+    let Frame::Messages(copy) = frame else {
         unreachable!()
     };
-    let key = copy.envelope.id.delivery_key(copy.group.as_deref());
+    assert_eq!(copy.head.to, shoal_proto::To::Group("audit".into()));
     raw.send_frame(&Frame::Unsubscribe(sub)).await;
     raw.send_frame(&Frame::Nack(shoal_proto::Nack {
-        id: key,
+        seq: copy.first_seq,
         retryable: true,
+        code: shoal_proto::NackCode::NoSubscription,
         reason: "unsubscribed".into(),
     }))
     .await;

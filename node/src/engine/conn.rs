@@ -70,6 +70,8 @@ pub(super) struct Conn {
     pub(super) dialer: NodeId,
     /// The peer said goodbye, or lost a duplicate race: nothing new goes to it.
     pub(super) leaving: bool,
+    /// The reason the peer gave in its goodbye.
+    pub(super) goodbye: Option<String>,
     /// The topic patterns the peer subscribed to, with their groups.
     pub(super) subscriptions: Vec<Subscription>,
     /// Messages sent here and not yet answered.
@@ -88,7 +90,8 @@ pub(super) struct Conn {
     /// Items queued (for the best-effort "queue full" rule).
     queued_items: usize,
     acks: RangeSet,
-    goodbye: Option<String>,
+    /// A goodbye to write after everything queued.
+    farewell: Option<String>,
     /// The driver has been told there is something to write and has not taken it yet.
     signalled: bool,
 }
@@ -108,6 +111,7 @@ impl Conn {
             listen_addrs,
             dialer,
             leaving: false,
+            goodbye: None,
             subscriptions: Vec::new(),
             window: Window::new(0),
             waiting_room: VecDeque::new(),
@@ -119,14 +123,14 @@ impl Conn {
             queued_bytes: 0,
             queued_items: 0,
             acks: RangeSet::default(),
-            goodbye: None,
+            farewell: None,
             signalled: false,
         }
     }
 
     /// Whether new messages may go here.
     pub(super) fn takes_messages(&self) -> bool {
-        !self.leaving && self.goodbye.is_none()
+        !self.leaving && self.farewell.is_none()
     }
 
     /// The next sequence number.
@@ -195,7 +199,7 @@ impl Conn {
 
     /// Writes a goodbye after everything queued, then finishes the stream.
     pub(super) fn say_goodbye(&mut self, reason: &str) -> bool {
-        self.goodbye.get_or_insert_with(|| reason.to_owned());
+        self.farewell.get_or_insert_with(|| reason.to_owned());
         self.signal()
     }
 
@@ -296,8 +300,8 @@ impl Conn {
             }
         }
         let more = !self.queue.is_empty();
-        let finish = !more && self.goodbye.is_some();
-        if finish && let Some(reason) = self.goodbye.take() {
+        let finish = !more && self.farewell.is_some();
+        if finish && let Some(reason) = self.farewell.take() {
             let frame = Frame::Goodbye(Goodbye { reason });
             if let Err(e) = codec::encode(&frame, limits, buf) {
                 tracing::error!("could not encode a goodbye: {e}");

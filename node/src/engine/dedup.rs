@@ -320,8 +320,14 @@ mod tests {
         let later = start + Duration::from_secs(9);
         w.check(id(2), later);
         w.complete(id(2), later);
-        assert_eq!(w.check(id(1), start + age - Duration::from_secs(1)), Seen::Done);
-        assert_eq!(w.check(id(1), later + age - Duration::from_secs(1)), Seen::Done);
+        assert_eq!(
+            w.check(id(1), start + age - Duration::from_secs(1)),
+            Seen::Done
+        );
+        assert_eq!(
+            w.check(id(1), later + age - Duration::from_secs(1)),
+            Seen::Done
+        );
         assert_eq!(w.check(id(1), later + age), Seen::New, "aged out");
         assert!(later + age <= start + age + age / 8);
     }
@@ -367,7 +373,11 @@ mod tests {
         // Ids from many milliseconds, some far in the past (an outbox relay after a restart).
         let ids: Vec<MessageId> = (0..100_000u128)
             .map(|n| {
-                let ms = if n % 97 == 0 { T0_MS - 3_600_000 } else { T0_MS + (n / 50) as u64 };
+                let ms = if n % 97 == 0 {
+                    T0_MS - 3_600_000
+                } else {
+                    T0_MS + (n / 50) as u64
+                };
                 MessageId::from_parts(ms, (n * 7919) << 64 | n)
             })
             .collect();
@@ -393,7 +403,11 @@ mod tests {
             w.check(id(n), now);
             w.complete(id(n), now);
         }
-        assert!(w.len() <= 1000 && w.len() > 1000 - w.chunk_len, "{}", w.len());
+        assert!(
+            w.len() <= 1000 && w.len() > 1000 - w.chunk_len,
+            "{}",
+            w.len()
+        );
         assert!(w.running.is_empty());
         assert!(w.chunks.len() <= 1000 / w.chunk_len + 1);
     }

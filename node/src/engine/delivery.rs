@@ -173,7 +173,11 @@ impl<H: Clone> Engine<H> {
             .is_none_or(|c| c.window.pending() >= self.config.max_in_flight_per_peer);
         if full && del.spec.reliable {
             if del.spec.fail_fast {
-                let service = self.conns.get(conn).map(|c| c.service.clone()).unwrap_or_default();
+                let service = self
+                    .conns
+                    .get(conn)
+                    .map(|c| c.service.clone())
+                    .unwrap_or_default();
                 return self.fail(d, Error::Busy { service }, now);
             }
             let wait = del.retry.ack_deadline(now);
@@ -239,7 +243,9 @@ impl<H: Clone> Engine<H> {
                 };
                 c.window.push(seq, what, now, timeout);
             }
-            signal |= c.queue_item(seq, &del.head, run, item, Some(owner));
+            // A best-effort item is written whatever becomes of its delivery (done at once).
+            let owner = reliable.then_some(owner);
+            signal |= c.queue_item(seq, &del.head, run, item, owner);
             count += 1;
         }
         del.state = State::Flight {
@@ -369,7 +375,10 @@ impl<H: Clone> Engine<H> {
         let epoch = del.epoch;
         if let Some(c) = self.conns.get_mut(conn) {
             for seq in first..first + u64::from(count) {
-                if c.window.get(seq).is_some_and(|e| e.delivery == d && e.epoch == epoch) {
+                if c.window
+                    .get(seq)
+                    .is_some_and(|e| e.delivery == d && e.epoch == epoch)
+                {
                     c.window.take(seq);
                 }
             }
@@ -477,9 +486,11 @@ impl<H: Clone> Engine<H> {
             let Some((d, epoch)) = c.waiting_room.pop_front() else {
                 return;
             };
-            let waiting = self.out.deliveries.get(d).is_some_and(|del| {
-                del.epoch == epoch && del.state == State::Room(conn)
-            });
+            let waiting = self
+                .out
+                .deliveries
+                .get(d)
+                .is_some_and(|del| del.epoch == epoch && del.state == State::Room(conn));
             if waiting {
                 if c.takes_messages() {
                     self.send_attempt(d, conn, now);
@@ -568,7 +579,12 @@ impl<H: Clone> Engine<H> {
             }
         }
         for (d, epoch) in waiting {
-            if self.out.deliveries.get(d).is_some_and(|del| del.epoch == epoch) {
+            if self
+                .out
+                .deliveries
+                .get(d)
+                .is_some_and(|del| del.epoch == epoch)
+            {
                 self.bump(d, State::Backoff);
                 self.attempt(d, now);
             }

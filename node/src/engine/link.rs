@@ -41,8 +41,6 @@ pub(crate) struct PeerSummary {
     pub(crate) listen_addrs: Vec<SocketAddr>,
     /// Messages sent to it and not yet answered.
     pub(crate) in_flight: usize,
-    /// It said goodbye, or lost a duplicate race.
-    pub(crate) leaving: bool,
 }
 
 impl<H: Clone> Engine<H> {
@@ -88,8 +86,16 @@ impl<H: Clone> Engine<H> {
     }
 
     /// `conn`'s connection ended (`reason` says why): its unanswered messages are retried,
-    /// and a peer whose last connection it was is down.
-    pub(crate) fn connection_lost(&mut self, conn: ConnId, reason: &str, now: Instant) {
+    /// and a peer whose last connection it was is down. `duplicate`: the peer closed it
+    /// because another connection between the two nodes won, so the peer is not down (it is
+    /// up, or about to be, on the other one).
+    pub(crate) fn connection_lost(
+        &mut self,
+        conn: ConnId,
+        reason: &str,
+        duplicate: bool,
+        now: Instant,
+    ) {
         let was_current = self.peers.remove(&self.conns, conn, now);
         self.fail_conn(conn, reason, now);
         self.drop_backlog(conn);
@@ -97,11 +103,17 @@ impl<H: Clone> Engine<H> {
             return;
         };
         if was_current {
-            self.emit(NodeEvent::PeerDown {
-                node: c.node,
-                service: c.service,
-                reason: reason.to_owned(),
-            });
+            if !duplicate {
+                let reason = match c.goodbye {
+                    Some(goodbye) => format!("peer said goodbye: {goodbye}"),
+                    None => reason.to_owned(),
+                };
+                self.emit(NodeEvent::PeerDown {
+                    node: c.node,
+                    service: c.service,
+                    reason,
+                });
+            }
             self.peers_changed(now);
         }
     }
@@ -138,6 +150,7 @@ impl<H: Clone> Engine<H> {
                 // connection is closed.
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.leaving = true;
+                    c.goodbye = Some(goodbye.reason.clone());
                 }
                 self.peers.bump();
                 self.fail_conn(conn, &format!("peer said goodbye: {}", goodbye.reason), now);
@@ -156,13 +169,19 @@ impl<H: Clone> Engine<H> {
                         (c.subscriptions.len() >= MAX_PEER_SUBSCRIPTIONS
                             && !c.subscriptions.contains(&sub))
                         .then(|| {
-                            format!("more than {MAX_PEER_SUBSCRIPTIONS} subscriptions from one peer")
+                            format!(
+                                "more than {MAX_PEER_SUBSCRIPTIONS} subscriptions from one peer"
+                            )
                         })
                     }),
                 };
                 if let Some(reason) = refused {
                     // Said in an event and counted; the connection stays up.
-                    return self.protocol_error(conn, format!("subscription refused: {reason}"), false);
+                    return self.protocol_error(
+                        conn,
+                        format!("subscription refused: {reason}"),
+                        false,
+                    );
                 }
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
@@ -239,7 +258,12 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Appends to `buf` what `conn` should write now (about `max_bytes` at most).
-    pub(crate) fn poll_transmit(&mut self, conn: ConnId, buf: &mut BytesMut, max_bytes: usize) -> Transmit {
+    pub(crate) fn poll_transmit(
+        &mut self,
+        conn: ConnId,
+        buf: &mut BytesMut,
+        max_bytes: usize,
+    ) -> Transmit {
         let Some(c) = self.conns.get_mut(conn) else {
             return Transmit::default();
         };
@@ -268,7 +292,6 @@ impl<H: Clone> Engine<H> {
                     addr: c.addr,
                     listen_addrs: c.listen_addrs.clone(),
                     in_flight: c.window.pending(),
-                    leaving: c.leaving,
                 })
             })
             .collect()

@@ -59,8 +59,7 @@ use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 
 pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
-pub(crate) use conn::Transmit;
-pub(crate) use link::{PeerHello, PeerSummary};
+pub(crate) use link::PeerHello;
 pub(crate) use peers::{Admission, Route, Target};
 pub(crate) use receive::SubId;
 
@@ -187,10 +186,6 @@ impl<H: Clone> Engine<H> {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
             }
         }
-        // Remembered groups expire with time: waiting copies for them wake up.
-        if self.peers.expire_groups(now) {
-            self.peers_changed(now);
-        }
     }
 
     fn emit(&mut self, event: NodeEvent) {
@@ -293,11 +288,6 @@ impl<H: Clone> Engine<H> {
         self.dead_letters.push_back(letter);
     }
 
-    /// How many times the peers have changed.
-    pub(crate) fn generation(&self) -> u64 {
-        self.peers.generation()
-    }
-
     /// The subscriber groups (by name) and ungrouped subscriber instances (`None`) an event on
     /// `topic` would go to now, each with its live instances.
     pub(crate) fn subscribers(
@@ -324,7 +314,12 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Keeps the grouped `subs` that no live peer holds as audiences until `until`.
-    pub(crate) fn remember_groups(&mut self, subs: Vec<Subscription>, until: Instant, now: Instant) {
+    pub(crate) fn remember_groups(
+        &mut self,
+        subs: Vec<Subscription>,
+        until: Instant,
+        now: Instant,
+    ) {
         if self.peers.remember_groups(&self.conns, subs, until, now) {
             self.peers_changed(now);
         }

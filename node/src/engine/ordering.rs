@@ -89,7 +89,12 @@ mod tests {
     #[test]
     fn one_key_waits_other_keys_pass_and_slots_are_freed() {
         let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
-        let (a, b, c, d) = (ids.insert(()), ids.insert(()), ids.insert(()), ids.insert(()));
+        let (a, b, c, d) = (
+            ids.insert(()),
+            ids.insert(()),
+            ids.insert(()),
+            ids.insert(()),
+        );
         let mut turns = KeyTurns::default();
         assert!(turns.enter(&slot("billing", "k1"), a));
         assert!(!turns.enter(&slot("billing", "k1"), b), "waits for a");

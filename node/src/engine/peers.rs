@@ -75,8 +75,6 @@ pub(super) struct Peers {
     by_service: HashMap<String, Vec<ConnId>>,
     departed: DepartedGroups,
     audience_cache: HashMap<String, Audiences>,
-    /// Bumped on every change, so waiting deliveries and the outbox relay look again.
-    generation: u64,
 }
 
 impl Peers {
@@ -86,30 +84,17 @@ impl Peers {
             by_service: HashMap::new(),
             departed: DepartedGroups::new(remember_groups),
             audience_cache: HashMap::new(),
-            generation: 0,
         }
-    }
-
-    pub(super) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Something about the peers changed.
     pub(super) fn bump(&mut self) {
         self.audience_cache.clear();
-        self.generation += 1;
     }
 
     /// The connection standing for `node`.
     pub(super) fn current(&self, node: NodeId) -> Option<ConnId> {
         self.by_node.get(&node).copied()
-    }
-
-    /// Whether `conn` stands for its node.
-    pub(super) fn is_current(&self, conns: &SlotMap<ConnId, Conn>, conn: ConnId) -> bool {
-        conns
-            .get(conn)
-            .is_some_and(|c| self.by_node.get(&c.node) == Some(&conn))
     }
 
     /// The current connections.
@@ -127,7 +112,11 @@ impl Peers {
             return Admission::Refused;
         };
         let (node, service, dialer) = (new.node, new.service.clone(), new.dialer);
-        let displaced = match self.by_node.get(&node).and_then(|c| Some((*c, conns.get(*c)?))) {
+        let displaced = match self
+            .by_node
+            .get(&node)
+            .and_then(|c| Some((*c, conns.get(*c)?)))
+        {
             Some((_, existing)) if existing.service != service && !existing.leaving => {
                 return Admission::Refused;
             }
@@ -157,7 +146,12 @@ impl Peers {
 
     /// Forgets `conn` (its connection ended); says whether it stood for its node. Groups
     /// whose last instance it was are remembered, so events for them are held.
-    pub(super) fn remove(&mut self, conns: &SlotMap<ConnId, Conn>, conn: ConnId, now: Instant) -> bool {
+    pub(super) fn remove(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        conn: ConnId,
+        now: Instant,
+    ) -> bool {
         let Some(gone) = conns.get(conn) else {
             return false;
         };
@@ -230,15 +224,6 @@ impl Peers {
             self.bump();
         }
         changed
-    }
-
-    /// Drops remembered groups whose time is up; says whether any went.
-    pub(super) fn expire_groups(&mut self, now: Instant) -> bool {
-        let expired = self.departed.expire(now);
-        if expired {
-            self.bump();
-        }
-        expired
     }
 
     /// How many live connections may take a delivery on `route`.

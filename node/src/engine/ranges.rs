@@ -111,7 +111,8 @@ mod tests {
         // Every rotation and its reverse.
         for shift in 0..seqs.len() {
             for reverse in [false, true] {
-                let mut order: Vec<u64> = seqs.iter().cycle().skip(shift).take(6).copied().collect();
+                let mut order: Vec<u64> =
+                    seqs.iter().cycle().skip(shift).take(6).copied().collect();
                 if reverse {
                     order.reverse();
                 }

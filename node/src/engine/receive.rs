@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use shoal_proto::{Frame, Head, Item, MessageId, Messages, Nack, NackCode, ReturnAddress, Subscription, To, codec};
+use shoal_proto::{
+    Frame, Head, Item, MessageId, Messages, Nack, NackCode, ReturnAddress, Subscription, To, codec,
+};
 use slotmap::SlotMap;
 use smallvec::SmallVec;
 
@@ -26,9 +28,9 @@ use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
 use super::dedup::{DedupWindow, Seen};
 use super::replies::ReplyCache;
 use super::{Engine, Lifecycle, topic};
+use crate::Message;
 use crate::config::Config;
 use crate::handler::HandlerError;
-use crate::Message;
 
 /// A local subscription, as [`crate::Subscription`] handles name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,7 +93,9 @@ impl<H: Clone> Inbound<H> {
                 let group = to.group();
                 self.subs
                     .iter()
-                    .filter(|(_, s, _)| s.group.as_deref() == group && topic::matches(&s.pattern, name))
+                    .filter(|(_, s, _)| {
+                        s.group.as_deref() == group && topic::matches(&s.pattern, name)
+                    })
                     .map(|(_, _, h)| h.clone())
                     .collect()
             }
@@ -150,9 +154,16 @@ impl<H: Clone> Engine<H> {
 
     /// A run of messages arrived on `conn`.
     pub(super) fn on_messages(&mut self, conn: ConnId, run: Messages, now: Instant) {
-        let Messages { first_seq, head, items } = run;
+        let Messages {
+            first_seq,
+            head,
+            items,
+        } = run;
         let count = items.len();
-        let seqs = items.into_iter().zip(first_seq..).map(|(item, seq)| (seq, item));
+        let seqs = items
+            .into_iter()
+            .zip(first_seq..)
+            .map(|(item, seq)| (seq, item));
         let reliable = head.reliable;
         let refuse = |engine: &mut Self, retryable, code, reason: String| {
             if reliable {
@@ -162,7 +173,12 @@ impl<H: Clone> Engine<H> {
             }
         };
         if self.lifecycle != Lifecycle::Running {
-            return refuse(self, true, NackCode::ShuttingDown, format!("{} is shutting down", self.id));
+            return refuse(
+                self,
+                true,
+                NackCode::ShuttingDown,
+                format!("{} is shutting down", self.id),
+            );
         }
         let handlers = self.inbound.handlers_for(&head.to, &head.name);
         if handlers.is_empty() {
@@ -172,7 +188,10 @@ impl<H: Clone> Engine<H> {
                 // instance (a newer version during a rolling deploy) may have it.
                 To::Handler => (
                     NackCode::NoHandler,
-                    format!("service `{}` has no handler for `{}`", self.service, head.name),
+                    format!(
+                        "service `{}` has no handler for `{}`",
+                        self.service, head.name
+                    ),
                 ),
                 // Unsubscribed while the event was on its way: the publisher has the
                 // unsubscribe (it came first on this stream) and takes a retry elsewhere.
@@ -241,7 +260,11 @@ impl<H: Clone> Engine<H> {
             Seen::New => true,
             Seen::InProgress => {
                 self.stats.duplicates += 1;
-                self.inbound.waiters.entry(key).or_default().push((conn, seq));
+                self.inbound
+                    .waiters
+                    .entry(key)
+                    .or_default()
+                    .push((conn, seq));
                 false
             }
             Seen::Done => {
@@ -367,13 +390,11 @@ impl<H: Clone> Engine<H> {
         // A message that asked for a reply always gets one (an empty body if the handler
         // returned none, so a request never just times out). The reply is sent (and kept for
         // retries) before the id counts as done, so a retry never finds it done yet unanswered.
-        let outcome = outcome.and_then(|replies| {
-            match &head.reply_to {
-                Some(addr) => replies
-                    .into_iter()
-                    .try_for_each(|reply| self.deliver_reply(conn, addr, id, reply, now)),
-                None => Ok(()),
-            }
+        let outcome = outcome.and_then(|replies| match &head.reply_to {
+            Some(addr) => replies
+                .into_iter()
+                .try_for_each(|reply| self.deliver_reply(conn, addr, id, reply, now)),
+            None => Ok(()),
         });
         let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
         match outcome {
@@ -486,15 +507,19 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<(), HandlerError> {
         if !addr.channel.is_empty() {
-            return self
-                .send_reply(addr, reply, now)
-                .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")));
+            return self.send_reply(addr, reply, now).map_err(|e| {
+                HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
+            });
         }
         let mut envelope = reply.env;
         envelope.attempt = 1;
         let mut buf = BytesMut::new();
-        codec::encode(&Frame::Reply(Box::new(envelope)), &self.config.limits, &mut buf)
-            .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
+        codec::encode(
+            &Frame::Reply(Box::new(envelope)),
+            &self.config.limits,
+            &mut buf,
+        )
+        .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
         let frame = buf.freeze();
         self.inbound.replies.insert(request, frame.clone(), now);
         let target = self.reply_conn(conn, addr);
@@ -512,9 +537,7 @@ impl<H: Clone> Engine<H> {
     /// The connection a reply goes on: the requester's current one (the request's own
     /// connection may have been replaced while the handler ran).
     fn reply_conn(&self, conn: ConnId, addr: &ReturnAddress) -> ConnId {
-        let node = addr
-            .node
-            .or_else(|| self.conns.get(conn).map(|c| c.node));
+        let node = addr.node.or_else(|| self.conns.get(conn).map(|c| c.node));
         node.and_then(|n| self.peers.current(n)).unwrap_or(conn)
     }
 
@@ -526,7 +549,14 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    pub(super) fn nack(&mut self, conn: ConnId, seq: u64, retryable: bool, code: NackCode, reason: String) {
+    pub(super) fn nack(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        retryable: bool,
+        code: NackCode,
+        reason: String,
+    ) {
         let frame = Frame::Nack(Nack {
             seq,
             retryable,

@@ -72,11 +72,6 @@ impl RetryState {
         self.attempts
     }
 
-    /// How long one attempt waits for its ack.
-    pub(crate) fn ack_timeout(&self) -> Duration {
-        self.policy.ack_timeout
-    }
-
     /// The instant past which nothing more is tried.
     pub(crate) fn deadline(&self) -> Instant {
         later(self.started, self.policy.deadline)

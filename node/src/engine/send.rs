@@ -87,7 +87,12 @@ pub(super) struct Op {
 
 impl Op {
     /// Message `index`'s item for `attempt`, encoded again if it was last encoded for another.
-    pub(super) fn item(&mut self, index: usize, attempt: u32, limits: &Limits) -> Result<EncodedItem, Error> {
+    pub(super) fn item(
+        &mut self,
+        index: usize,
+        attempt: u32,
+        limits: &Limits,
+    ) -> Result<EncodedItem, Error> {
         let (encoded_for, item) = &self.items[index];
         if *encoded_for == attempt {
             return Ok(item.clone());
@@ -154,7 +159,10 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<OpId, Error> {
         let spec = Spec {
-            policy: options.retry.clone().unwrap_or_else(|| self.config.retry.clone()),
+            policy: options
+                .retry
+                .clone()
+                .unwrap_or_else(|| self.config.retry.clone()),
             fail_fast: options.fail_fast,
             hold: None,
             reliable: true,
@@ -165,7 +173,12 @@ impl<H: Clone> Engine<H> {
 
     /// Sends `msg` as a synchronous request to one instance of `service`; the result is the
     /// reply ([`Done::Replied`]). `msg`'s return address names this node.
-    pub(crate) fn request(&mut self, service: &str, msg: Message, now: Instant) -> Result<OpId, Error> {
+    pub(crate) fn request(
+        &mut self,
+        service: &str,
+        msg: Message,
+        now: Instant,
+    ) -> Result<OpId, Error> {
         let id = msg.id();
         let spec = Spec {
             policy: self.config.retry.clone(),
@@ -181,7 +194,12 @@ impl<H: Clone> Engine<H> {
 
     /// Sends a handler's reply to an asynchronous request's reply channel: a reliable message
     /// nobody waits for.
-    pub(super) fn send_reply(&mut self, addr: &ReturnAddress, reply: Message, now: Instant) -> Result<(), Error> {
+    pub(super) fn send_reply(
+        &mut self,
+        addr: &ReturnAddress,
+        reply: Message,
+        now: Instant,
+    ) -> Result<(), Error> {
         let target = Target {
             service: addr.service.clone(),
             node: addr.node,
@@ -193,7 +211,8 @@ impl<H: Clone> Engine<H> {
             reliable: true,
             ordered: false,
         };
-        self.point_to_point(OpKind::Reply, target, reply, spec, now).map(|_| ())
+        self.point_to_point(OpKind::Reply, target, reply, spec, now)
+            .map(|_| ())
     }
 
     fn point_to_point(
@@ -209,10 +228,19 @@ impl<H: Clone> Engine<H> {
         envelope.attempt = 1;
         let limits = &self.config.limits;
         let item = EncodedItem::new(&Item::of(&envelope), limits)?;
-        let head = encoded_head(&envelope, To::Handler, &spec, std::slice::from_ref(&item), limits)?;
+        let head = encoded_head(
+            &envelope,
+            To::Handler,
+            &spec,
+            std::slice::from_ref(&item),
+            limits,
+        )?;
         let key = envelope.partition_key.clone();
         let slot = key.map(|k| (format!("service/{}", target.service), k));
-        let op = self.out.ops.insert(new_op(kind, vec![envelope], vec![(1, item)], 1));
+        let op = self
+            .out
+            .ops
+            .insert(new_op(kind, vec![envelope], vec![(1, item)], 1));
         self.add_delivery(op, Route::Service(target), head, spec, slot, now);
         Ok(op)
     }
@@ -234,12 +262,17 @@ impl<H: Clone> Engine<H> {
         };
         self.accepting(kind)?;
         let Some(first) = events.first() else {
-            return Err(Error::InvalidBatch("a batch needs at least one event".into()));
+            return Err(Error::InvalidBatch(
+                "a batch needs at least one event".into(),
+            ));
         };
         let topic = first.name().to_owned();
         topic::check_topic(&topic).map_err(Error::Topic)?;
         let key = first.key().map(str::to_owned);
-        if events.iter().any(|e| e.name() != topic || e.key() != key.as_deref()) {
+        if events
+            .iter()
+            .any(|e| e.name() != topic || e.key() != key.as_deref())
+        {
             return Err(Error::InvalidBatch(
                 "the events of a batch must share one topic and one partition key".into(),
             ));
@@ -265,7 +298,10 @@ impl<H: Clone> Engine<H> {
         if audiences.is_empty() {
             self.stats.events_unrouted += count;
         }
-        let policy = options.retry.clone().unwrap_or_else(|| self.config.retry.clone());
+        let policy = options
+            .retry
+            .clone()
+            .unwrap_or_else(|| self.config.retry.clone());
         let hold = options.hold_for.unwrap_or(self.config.event_hold);
         // Every copy's head is made (and the batch checked against the frame limit with it)
         // before anything is sent.
@@ -301,7 +337,10 @@ impl<H: Clone> Engine<H> {
             copies.push((route, head, spec, slot));
         }
         let id = envelopes[0].id;
-        let op = self.out.ops.insert(new_op(kind, envelopes, items, copies.len()));
+        let op = self
+            .out
+            .ops
+            .insert(new_op(kind, envelopes, items, copies.len()));
         for (route, head, spec, slot) in copies {
             self.add_delivery(op, route, head, spec, slot, now);
         }
@@ -309,19 +348,20 @@ impl<H: Clone> Engine<H> {
             return Ok(Publishing::Done(empty_receipt(id)));
         }
         // Best-effort copies and topics nobody subscribes to are done at once.
-        match self.out.ops.get_mut(op) {
-            Some(o) if o.open == 0 => {
-                let o = self.out.ops.remove(op).expect("checked above");
-                match o.error {
-                    Some(e) => Err(e),
-                    None => Ok(Publishing::Done(PublishReceipt {
-                        id,
-                        deliveries: o.copies,
-                        dropped: o.dropped,
-                    })),
-                }
-            }
-            _ => Ok(Publishing::Waiting(op)),
+        let nobody = self
+            .out
+            .ops
+            .get(op)
+            .is_some_and(|o| o.open == 0 && o.result.is_none());
+        if nobody {
+            self.forget_op(op);
+            return Ok(Publishing::Done(empty_receipt(id)));
+        }
+        match self.take_result(op) {
+            Some(Ok(Done::Published(receipt))) => Ok(Publishing::Done(receipt)),
+            Some(Ok(other)) => Err(Error::Internal(format!("unexpected result {other:?}"))),
+            Some(Err(e)) => Err(e),
+            None => Ok(Publishing::Waiting(op)),
         }
     }
 
@@ -330,8 +370,13 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn ping(&mut self, service: &str, nonce: u64, now: Instant) -> Option<OpId> {
         let route = Route::Service(Target::service(service));
         let turn = self.turn();
-        let conn = self.peers.choose(&self.conns, &route, &[], None, turn, now)?;
-        let op = self.out.ops.insert(new_op(OpKind::Ping, Vec::new(), Vec::new(), 1));
+        let conn = self
+            .peers
+            .choose(&self.conns, &route, &[], None, turn, now)?;
+        let op = self
+            .out
+            .ops
+            .insert(new_op(OpKind::Ping, Vec::new(), Vec::new(), 1));
         self.out.pongs.insert(nonce, (op, now));
         self.queue_control(conn, &Frame::Ping(nonce));
         Some(op)
@@ -346,7 +391,10 @@ impl<H: Clone> Engine<H> {
 
     /// A synchronous reply came back.
     pub(super) fn on_reply(&mut self, reply: Envelope) {
-        let Some(op) = reply.correlation_id.and_then(|id| self.out.replies.remove(&id)) else {
+        let Some(op) = reply
+            .correlation_id
+            .and_then(|id| self.out.replies.remove(&id))
+        else {
             tracing::debug!(id = %reply.id, "late reply to a request that already ended; dropped");
             return;
         };
@@ -489,7 +537,12 @@ impl<H: Clone> Engine<H> {
     }
 }
 
-fn new_op(kind: OpKind, messages: Vec<Envelope>, items: Vec<(u32, EncodedItem)>, open: usize) -> Op {
+fn new_op(
+    kind: OpKind,
+    messages: Vec<Envelope>,
+    items: Vec<(u32, EncodedItem)>,
+    open: usize,
+) -> Op {
     Op {
         kind,
         messages,

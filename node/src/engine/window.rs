@@ -295,6 +295,9 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::new(0);
         w.push(0, 0, t0, Duration::MAX);
-        assert!(w.next_deadline().is_some_and(|d| d > t0 + Duration::from_secs(3600)));
+        assert!(
+            w.next_deadline()
+                .is_some_and(|d| d > t0 + Duration::from_secs(3600))
+        );
     }
 }

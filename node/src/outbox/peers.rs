@@ -11,27 +11,29 @@ impl Node {
     /// counts the changes: a delivery that failed for want of a receiver is worth retrying at
     /// once if the count moved while it was on its way.
     pub(crate) fn peer_changes(&self) -> watch::Receiver<u64> {
-        self.shared().registry.watch()
+        self.driver().peer_changes()
     }
 
     /// Whether at least one live instance of `service` is connected.
     pub(crate) fn has_live_instance(&self, service: &str) -> bool {
-        let route = crate::registry::Route::Service(crate::registry::Target::service(service));
-        self.shared().registry.has_untried(&route, &[])
+        self.driver()
+            .call(|engine, now| engine.live_instances(service, now))
+            > 0
     }
 
     /// The grouped subscriptions of the live peers.
     pub(crate) fn live_groups(&self) -> Vec<Subscription> {
-        self.shared().registry.live_groups()
+        self.driver().read(|engine| engine.live_groups())
     }
 
     /// Keeps the grouped `subs` that no live peer holds as audiences until `until`.
     pub(crate) fn remember_groups(&self, subs: Vec<Subscription>, until: std::time::Instant) {
-        self.shared().registry.remember_groups(subs, until);
+        self.driver()
+            .call(|engine, now| engine.remember_groups(subs, until, now));
     }
 
     /// The node's retry policy (what sends use unless told otherwise).
     pub(crate) fn default_retry_policy(&self) -> RetryPolicy {
-        self.shared().config.retry.clone()
+        self.driver().config.retry.clone()
     }
 }

@@ -27,6 +27,9 @@ const WINDOW: usize = 256;
 /// SQLite, a writer that finds the lock taken sleeps at least a millisecond).
 const RECORD_DELAY: Duration = Duration::from_millis(5);
 
+/// The least time the groups the store remembers stay remembered by the node after a poll.
+const REMEMBER_MARGIN: Duration = Duration::from_secs(10);
+
 /// A destination and partition key: rows sharing one go one at a time, in row order.
 type KeySlot = (String, String);
 
@@ -400,7 +403,10 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
                     group: Some(group),
                 })
                 .collect();
-            let until = std::time::Instant::now() + options.poll * 3;
+            // Until well after the next poll: a relay busy with many rows may poll late, and a
+            // group forgotten meanwhile would miss the events published then.
+            let margin = (options.poll * 3).max(REMEMBER_MARGIN);
+            let until = tokio::time::Instant::now().into_std() + margin;
             peers.remember_groups(subs, until);
         }
         Err(e) => tracing::warn!("outbox relay cannot read or record subscriber groups: {e}"),

@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use rusqlite::{Connection, Transaction, params};
-use shoal_proto::{Frame, Limits, MessageId, codec};
+use shoal_proto::{Limits, MessageId, codec};
 
 use super::store::{DeadRow, Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};
 use crate::Message;
@@ -172,12 +171,7 @@ impl SqliteOutbox {
         destination: &Destination,
         message: &Message,
     ) -> Result<(), OutboxError> {
-        let mut frame = BytesMut::new();
-        codec::encode(
-            &Frame::Deliver(Box::new(message.envelope().clone())),
-            &self.limits,
-            &mut frame,
-        )?;
+        let frame = codec::encode_envelope(message.envelope(), &self.limits)?;
         // Write first, then check the limit: a transaction that begins with a read cannot
         // take the write lock if another connection wrote meanwhile (SQLite's WAL answers
         // "database is locked" at once, without waiting), and the caller's transaction may
@@ -333,12 +327,7 @@ impl SqliteOutbox {
     }
 
     fn decode(&self, destination: &str, frame: &[u8]) -> Result<(Destination, Message), String> {
-        let mut buf = BytesMut::from(frame);
-        let envelope = match codec::decode(&mut buf, &self.limits) {
-            Ok(Some(Frame::Deliver(envelope))) if buf.is_empty() => *envelope,
-            Ok(_) => return Err("not one stored message".into()),
-            Err(e) => return Err(e.to_string()),
-        };
+        let envelope = codec::decode_envelope(frame, &self.limits).map_err(|e| e.to_string())?;
         Ok((
             Destination::from_column(destination)?,
             Message::from_envelope(envelope),

@@ -278,7 +278,8 @@ mod tests {
             max_frame_len: 200,
             ..Limits::default()
         };
-        let head = EncodedHead::new(&Head::of(&event(1), To::Handler, true, false), &small).unwrap();
+        let head =
+            EncodedHead::new(&Head::of(&event(1), To::Handler, true, false), &small).unwrap();
         let item = EncodedItem::new(&Item::of(&event(1)), &small).unwrap();
         let mut dst = BytesMut::from(&b"kept"[..]);
         let err = write_messages(&mut dst, 0, &head, [&item; 6], &small).unwrap_err();

@@ -14,8 +14,8 @@
 //! see their connection lost, as after QUIC's idle timeout.
 
 mod net;
-mod tests;
 mod random;
+mod tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -177,9 +177,16 @@ impl Sim {
     }
 
     /// Registers `f` as `node`'s handler for `name`.
-    pub(super) fn handle(&mut self, node: usize, name: &str, f: impl Fn(&Message) -> Handled + 'static) {
+    pub(super) fn handle(
+        &mut self,
+        node: usize,
+        name: &str,
+        f: impl Fn(&Message) -> Handled + 'static,
+    ) {
         let handler = SimHandler(Rc::new((name.to_owned(), Box::new(f))));
-        self.nodes[node].engine.set_handler(name.to_owned(), handler);
+        self.nodes[node]
+            .engine
+            .set_handler(name.to_owned(), handler);
     }
 
     /// Subscribes `node` to `pattern` in `group` (`None`: every instance) with `f`.
@@ -207,7 +214,12 @@ impl Sim {
     }
 
     /// A message of `kind` with a deterministic id and the virtual clock's timestamp.
-    pub(super) fn message(&mut self, kind: MessageKind, name: &str, payload: impl Into<Bytes>) -> Message {
+    pub(super) fn message(
+        &mut self,
+        kind: MessageKind,
+        name: &str,
+        payload: impl Into<Bytes>,
+    ) -> Message {
         let ms = EPOCH_MS + self.elapsed().as_millis() as u64;
         let mut envelope = Envelope::new(
             MessageId::from_parts(ms, self.rng.random()),
@@ -267,7 +279,9 @@ impl Sim {
     ) -> Result<super::send::Publishing, Error> {
         let now = self.now;
         let batched = events.len() > 1;
-        let result = self.nodes[node].engine.publish(events, batched, options, now);
+        let result = self.nodes[node]
+            .engine
+            .publish(events, batched, options, now);
         self.settle();
         result
     }
@@ -381,7 +395,9 @@ impl Sim {
             }
             Event::Lost { node, conn, reason } => {
                 if self.nodes[node].alive {
-                    self.nodes[node].engine.connection_lost(conn, &reason, now);
+                    self.nodes[node]
+                        .engine
+                        .connection_lost(conn, &reason, false, now);
                 }
             }
         }
@@ -418,7 +434,11 @@ impl Sim {
                 let mut labels = Vec::new();
                 for handler in &run.handlers {
                     let (label, f) = &*handler.0;
-                    labels.push((label.clone(), run.message.id(), run.message.key().map(str::to_owned)));
+                    labels.push((
+                        label.clone(),
+                        run.message.id(),
+                        run.message.key().map(str::to_owned),
+                    ));
                     let handled = f(&run.message);
                     after += handled.after;
                     match handled.result {
@@ -448,7 +468,11 @@ impl Sim {
                     self.nodes[node].results.insert(op, result);
                 }
             }
-            Action::Close { conn, reason, flush } => {
+            Action::Close {
+                conn,
+                reason,
+                flush,
+            } => {
                 if flush {
                     self.transmit(node, conn);
                 }
@@ -481,7 +505,8 @@ impl Sim {
         bodies
             .into_iter()
             .map(|body| {
-                let mut reply = self.message(MessageKind::Reply, &channel, body.unwrap_or_default());
+                let mut reply =
+                    self.message(MessageKind::Reply, &channel, body.unwrap_or_default());
                 reply.env.correlation_id = Some(message.id());
                 reply
             })
@@ -491,7 +516,9 @@ impl Sim {
     fn transmit(&mut self, node: usize, conn: ConnId) {
         let mut buf = bytes::BytesMut::new();
         loop {
-            let t = self.nodes[node].engine.poll_transmit(conn, &mut buf, 256 * 1024);
+            let t = self.nodes[node]
+                .engine
+                .poll_transmit(conn, &mut buf, 256 * 1024);
             if !t.more {
                 break;
             }
@@ -522,7 +549,12 @@ impl Sim {
 
     /// Connects `a` (dialling) and `b`, with `faults` on the link; returns the connection ids
     /// on each side, or `None` when one side refused it (a duplicate).
-    pub(super) fn connect_with(&mut self, a: usize, b: usize, faults: Faults) -> Option<(ConnId, ConnId)> {
+    pub(super) fn connect_with(
+        &mut self,
+        a: usize,
+        b: usize,
+        faults: Faults,
+    ) -> Option<(ConnId, ConnId)> {
         let now = self.now;
         let hello = |sim: &Sim, of: usize, dialed: bool, port: u16| super::PeerHello {
             node: sim.nodes[of].engine.id(),
@@ -531,17 +563,24 @@ impl Sim {
             listen_addrs: Vec::new(),
             dialed,
         };
-        let (ha, hb) = (hello(self, b, true, 10_000 + b as u16), hello(self, a, false, 10_000 + a as u16));
+        let (ha, hb) = (
+            hello(self, b, true, 10_000 + b as u16),
+            hello(self, a, false, 10_000 + a as u16),
+        );
         let (ca, admitted_a) = self.nodes[a].engine.connection_up(ha, now);
         let (cb, admitted_b) = self.nodes[b].engine.connection_up(hb, now);
         let refused = super::Admission::Refused;
         if admitted_a == refused || admitted_b == refused {
             // Whoever admitted it closes it again, as a transport does with a refused dial.
             if admitted_a != refused {
-                self.nodes[a].engine.connection_lost(ca, "duplicate connection", now);
+                self.nodes[a]
+                    .engine
+                    .connection_lost(ca, "duplicate connection", true, now);
             }
             if admitted_b != refused {
-                self.nodes[b].engine.connection_lost(cb, "duplicate connection", now);
+                self.nodes[b]
+                    .engine
+                    .connection_lost(cb, "duplicate connection", true, now);
             }
             self.settle();
             return None;

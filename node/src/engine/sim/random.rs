@@ -58,8 +58,14 @@ fn schedule(seed: u64) -> Result<u64, String> {
         let salt: u64 = sim.rng.random();
         let handler = move |msg: &Message| flaky(msg, salt, fail_rate, delay);
         sim.handle(node, "charge", handler);
-        let group = if billing.contains(&node) { "billing" } else { "audit" };
-        sim.subscribe(node, "order.*", Some(group), move |msg| flaky(msg, salt ^ 1, fail_rate, delay));
+        let group = if billing.contains(&node) {
+            "billing"
+        } else {
+            "audit"
+        };
+        sim.subscribe(node, "order.*", Some(group), move |msg| {
+            flaky(msg, salt ^ 1, fail_rate, delay)
+        });
     }
     for &s in &senders {
         for &r in billing.iter().chain(&audit) {
@@ -96,10 +102,20 @@ fn schedule(seed: u64) -> Result<u64, String> {
                 }
                 let ids = vec![msg.id()];
                 let op = sim.send(node, "billing", msg);
-                Call { node, op: Some(op), done: None, ids, key }
+                Call {
+                    node,
+                    op: Some(op),
+                    done: None,
+                    ids,
+                    key,
+                }
             }
             n => {
-                let count = if n == 9 { sim.rng.random_range(2..6) } else { 1 };
+                let count = if n == 9 {
+                    sim.rng.random_range(2..6)
+                } else {
+                    1
+                };
                 let events: Vec<Message> = (0..count)
                     .map(|j| {
                         let e = sim.event("order.created", format!("{i}.{j}"));
@@ -115,7 +131,13 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     Ok(Publishing::Done(receipt)) => (None, Some(Ok(Done::Published(receipt)))),
                     Err(e) => return Err(format!("publish refused: {e}")),
                 };
-                Call { node, op, done, ids, key }
+                Call {
+                    node,
+                    op,
+                    done,
+                    ids,
+                    key,
+                }
             }
         });
         let gap = Duration::from_micros(sim.rng.random_range(0..3000));
@@ -130,7 +152,8 @@ fn schedule(seed: u64) -> Result<u64, String> {
 /// A handler that takes `delay` and fails retryably for a share of messages (the same ones
 /// every time they come, on any instance, so some are dead-lettered after their attempts).
 fn flaky(msg: &Message, salt: u64, fail_rate: f64, delay: Duration) -> Handled {
-    let roll = (msg.id().as_u128() as u64 ^ salt ^ u64::from(msg.attempt())).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let roll = (msg.id().as_u128() as u64 ^ salt ^ u64::from(msg.attempt()))
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
     if (roll >> 11) as f64 / (1u64 << 53) as f64 <= fail_rate {
         Handled::fail(HandlerError::retryable("flaky"))
     } else {
@@ -142,11 +165,16 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
     // Successful runs by node, label and id.
     let mut ok: BTreeMap<(usize, String, MessageId), Vec<&HandlerRun>> = BTreeMap::new();
     for run in sim.runs.iter().filter(|r| r.ok) {
-        ok.entry((run.node, run.label.clone(), run.id)).or_default().push(run);
+        ok.entry((run.node, run.label.clone(), run.id))
+            .or_default()
+            .push(run);
     }
     for ((node, label, id), runs) in &ok {
         if *node != crashed && runs.len() > 1 {
-            return Err(format!("{id} handled {} times by node {node} ({label})", runs.len()));
+            return Err(format!(
+                "{id} handled {} times by node {node} ({label})",
+                runs.len()
+            ));
         }
     }
     let first_ok = |label: &str, id: MessageId| -> Option<(Instant, Instant)> {
@@ -178,7 +206,9 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
             Ok(Done::Sent(receipt)) => {
                 let node = node_index(sim, receipt.node)?;
                 if !ok.contains_key(&(node, "charge".into(), call.ids[0])) {
-                    return Err(format!("call {index}: acked by node {node}, never handled there"));
+                    return Err(format!(
+                        "call {index}: acked by node {node}, never handled there"
+                    ));
                 }
                 acked("charge", call.ids[0]);
             }

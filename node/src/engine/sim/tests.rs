@@ -104,7 +104,11 @@ fn retryable_failures_are_retried_with_backoff() {
     assert_eq!(sent(sim.result(orders, op)).attempts, 3);
     assert_eq!(count.get(), 3);
     // Two backoffs of the default policy: at least 25 ms, then 50 ms.
-    assert!(sim.elapsed() >= Duration::from_millis(75), "{:?}", sim.elapsed());
+    assert!(
+        sim.elapsed() >= Duration::from_millis(75),
+        "{:?}",
+        sim.elapsed()
+    );
     assert_eq!(sim.nodes[orders].engine.stats().retries, 2);
 }
 
@@ -180,7 +184,8 @@ fn lost_and_duplicated_frames_never_run_a_handler_twice() {
         let (orders, billing) = (sim.node("orders"), sim.node("billing"));
         let count = Rc::new(Cell::new(0));
         sim.handle(billing, "charge", counting(&count));
-        sim.connect_with(orders, billing, faults.clone()).expect("connected");
+        sim.connect_with(orders, billing, faults.clone())
+            .expect("connected");
         let mut ops = Vec::new();
         for i in 0..200 {
             let msg = sim.command("charge", format!("{i}"));
@@ -191,7 +196,11 @@ fn lost_and_duplicated_frames_never_run_a_handler_twice() {
         for op in &ops {
             sent(sim.result(orders, *op));
         }
-        assert_eq!(count.get(), 200, "each handled exactly once under {faults:?}");
+        assert_eq!(
+            count.get(),
+            200,
+            "each handled exactly once under {faults:?}"
+        );
     }
 }
 
@@ -248,5 +257,64 @@ fn a_held_copy_is_dead_lettered_after_the_hold() {
     let letter = dead_letter(sim.result(orders, op));
     assert_eq!(letter.group.as_deref(), Some("group `invoice`"));
     assert!(letter.last_failure.contains("no live instance"), "{letter}");
-    assert!(sim.elapsed() < Duration::from_secs(4), "{:?}", sim.elapsed());
+    assert!(
+        sim.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sim.elapsed()
+    );
+}
+
+#[test]
+fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
+    let mut sim = Sim::new(11);
+    let orders = sim.node("orders");
+    let audit = sim.node("audit");
+    sim.connect(orders, audit);
+    let audit_count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&audit_count));
+    sim.run_for(SECOND);
+    let sub = shoal_proto::Subscription {
+        pattern: "order.*".into(),
+        group: Some("billing".into()),
+    };
+    let until = sim.now + Duration::from_secs(3600);
+    let now = sim.now;
+    sim.nodes[orders]
+        .engine
+        .remember_groups(vec![sub], until, now);
+    sim.settle();
+    let mut ops = Vec::new();
+    for i in 0..600 {
+        let event = sim.event("order.created", format!("{i}"));
+        let options = PublishOptions::default().hold_for(Duration::from_secs(3600));
+        match sim.publish(orders, vec![event], &options) {
+            Ok(super::super::send::Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+    }
+    sim.run_for(SECOND);
+    assert_eq!(audit_count.get(), 600);
+    let billing = sim.node("billing");
+    let count = Rc::new(Cell::new(0));
+    sim.connect(orders, billing);
+    sim.run_for(SECOND);
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&count));
+    sim.run_for(SECOND);
+    let now = sim.now;
+    eprintln!(
+        "subscribers: {:?}",
+        sim.nodes[orders].engine.subscribers("order.created", now)
+    );
+    eprintln!(
+        "waiting: {} deliveries: {}",
+        sim.nodes[orders].engine.out.waiting.len(),
+        sim.nodes[orders].engine.out.deliveries.len()
+    );
+    assert_eq!(count.get(), 600);
+    for op in ops {
+        match sim.result(orders, op) {
+            Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
 }

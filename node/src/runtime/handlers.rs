@@ -1,0 +1,98 @@
+//! Running handlers: each panic caught, replies made, the first poll given in place on a
+//! current-thread runtime, and a task only for a handler that has to wait.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use smallvec::SmallVec;
+
+use super::{Driver, replies};
+use crate::Message;
+use crate::engine::{HandlerOutcome, Run, TaskId};
+use crate::handler::{BoxedHandler, HandlerError};
+
+impl Driver {
+    /// Starts the handlers of `run`. Returns the outcome when they finished in their first
+    /// poll (the caller reports it); otherwise they go on in a task that reports it.
+    pub(super) fn run_handlers(
+        self: &Arc<Self>,
+        run: Run<BoxedHandler>,
+    ) -> Option<(TaskId, HandlerOutcome)> {
+        let Run {
+            task,
+            handlers,
+            message,
+        } = run;
+        let mut handled = Box::pin(call_all(handlers, message));
+        if self.inline_handlers {
+            // A spawned task would run on this thread anyway: poll here first. A future that
+            // is not ready registers this no-op waker, then its own task's at the task's first
+            // poll, where well-behaved futures look at their state again.
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(outcome) = handled.as_mut().poll(&mut cx) {
+                return Some((task, outcome));
+            }
+        }
+        let driver = Arc::clone(self);
+        let killed = self.killed.clone();
+        self.handler_tasks.spawn(async move {
+            if let Some(outcome) = killed.run_until_cancelled(handled).await {
+                driver.call(|engine, now| engine.handler_done(task, outcome, now));
+            }
+        });
+        None
+    }
+}
+
+/// Runs every handler on the message in order, and makes the replies it asked for. Stops at
+/// the first failure; a panicking handler counts as a permanent failure.
+async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> HandlerOutcome {
+    let request = message
+        .reply_to()
+        .map(|addr| (message.id(), addr.channel.clone()));
+    let mut bodies: SmallVec<[Option<bytes::Bytes>; 1]> = SmallVec::new();
+    let mut message = Some(message);
+    let last = handlers.len().saturating_sub(1);
+    for (i, handler) in handlers.iter().enumerate() {
+        // The last handler (usually the only one) takes the message itself.
+        let this = if i == last {
+            message.take()
+        } else {
+            message.clone()
+        };
+        let Some(this) = this else { break };
+        bodies.push(call(handler, this).await?);
+    }
+    Ok(request.map_or_else(SmallVec::new, |(id, channel)| replies(id, &channel, bodies)))
+}
+
+/// Calls one handler, turning a panic (in the closure or in its future) into a permanent
+/// failure so one bad handler does not take the node down.
+async fn call(handler: &BoxedHandler, msg: Message) -> Result<Option<bytes::Bytes>, HandlerError> {
+    let panicked = || HandlerError::permanent("handler panicked");
+    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(msg))) else {
+        return Err(panicked());
+    };
+    CatchUnwind(AssertUnwindSafe(future))
+        .await
+        .unwrap_or_else(|()| Err(panicked()))
+}
+
+/// Catches a panic in the wrapped future.
+struct CatchUnwind<F>(AssertUnwindSafe<F>);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut inner.0).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(_) => Poll::Ready(Err(())),
+        }
+    }
+}

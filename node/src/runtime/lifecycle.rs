@@ -1,0 +1,109 @@
+//! The node's timer, and how it stops: gracefully, or at once.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Driver;
+use crate::sync::lock;
+use crate::transport::connection::CloseCode;
+
+impl Driver {
+    /// Starts the task that calls the engine's timeout at its deadlines.
+    pub(crate) fn start_timer(self: &Arc<Self>) {
+        let driver = Arc::clone(self);
+        self.tasks.spawn(async move { driver.timer_loop().await });
+    }
+
+    async fn timer_loop(self: Arc<Self>) {
+        loop {
+            // A deadline moved earlier after this read leaves a permit on `timer`.
+            let next = self.call(|engine, _| engine.poll_timeout());
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => self.call(|engine, now| engine.handle_timeout(now)),
+                () = self.timer.notified() => {}
+                () = self.killed.cancelled() => return,
+            }
+        }
+    }
+
+    /// Stops gracefully: no new work; running handlers and background deliveries finish
+    /// (within the grace period); every peer gets a goodbye after the acks it is owed; the
+    /// connections close.
+    pub(crate) async fn shutdown(self: &Arc<Self>) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        self.stopping.cancel();
+        self.call(|engine, now| engine.begin_shutdown(now));
+        // Goodbyes on discovery first, so peers stop dialling, concurrently with the rest.
+        let discovery = tokio::spawn({
+            let driver = Arc::clone(self);
+            async move { driver.stop_discovery().await }
+        });
+        let grace = self.config.shutdown_grace;
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.read(|engine| engine.is_idle()) {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, idle).await.is_err() {
+            tracing::warn!("handlers still running after {grace:?}; dropping them");
+            self.killed.cancel();
+        }
+        self.call(|engine, now| engine.say_goodbye(now));
+        // Each peer closes the connection once it has read the goodbye, and so every ack
+        // before it. Closing first could discard acks it has received but not yet read.
+        let closed = futures_util::future::join_all(
+            self.connections()
+                .into_iter()
+                .map(|(_, io)| async move { io.closed().await }),
+        );
+        let _ = tokio::time::timeout(grace, closed).await;
+        self.endpoint.close(CloseCode::Shutdown.into(), b"shutdown");
+        self.killed.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+        let _ = discovery.await;
+        self.finished.store(true, Ordering::Release);
+    }
+
+    /// Stops at once, like a crash: no goodbyes, running handlers dropped, nothing flushed.
+    pub(crate) fn kill(self: &Arc<Self>) {
+        self.stopping.cancel();
+        self.call(|engine, now| engine.kill(now));
+        self.killed.cancel();
+        self.endpoint
+            .close(CloseCode::Killed.into(), b"node stopped abruptly");
+        let mut sources = std::mem::take(&mut *lock(&self.discovery));
+        // Stopping a source may block (mDNS goodbyes); this may run outside any runtime.
+        let _ = std::thread::Builder::new()
+            .name("shoal-discovery-stop".into())
+            .spawn(move || sources.iter_mut().for_each(|s| s.stop()));
+    }
+
+    /// Stops the discovery sources on a blocking thread and puts them back (their reports stay
+    /// readable after shutdown).
+    async fn stop_discovery(self: &Arc<Self>) {
+        let mut sources = std::mem::take(&mut *lock(&self.discovery));
+        let stopped = tokio::task::spawn_blocking(move || {
+            sources.iter_mut().for_each(|s| s.stop());
+            sources
+        });
+        if let Ok(sources) = stopped.await {
+            *lock(&self.discovery) = sources;
+        }
+    }
+}

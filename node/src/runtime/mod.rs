@@ -1,0 +1,355 @@
+//! The driver: the one place that sees both the engine and the IO.
+//!
+//! [`Driver`] holds the [`Engine`] under a mutex, with what the IO needs to act on the
+//! engine's actions: the waiting callers' wakers, each connection's IO handles, the handlers'
+//! closures (stored in the engine, which hands them back to run). Every call into the engine
+//! goes through [`Driver::call`]: lock, feed the engine with the time from tokio's clock (the
+//! node's one clock), take every action it produced, unlock, then act: wake callers, wake
+//! connection writers, run handlers, broadcast events, close connections, move the timer.
+//!
+//! Handlers run outside the lock. On a current-thread runtime a handler gets its first poll
+//! right here (a spawned task would run on this thread anyway), and most finish in it: their
+//! outcomes go back to the engine in one more call, without a task.
+
+mod handlers;
+mod lifecycle;
+pub(crate) mod op;
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use shoal_proto::NodeId;
+use slotmap::SecondaryMap;
+use smallvec::SmallVec;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::diagnose::DialFailures;
+use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Run};
+use crate::handler::BoxedHandler;
+use crate::sync::lock;
+use crate::transport::connection::ConnIo;
+use crate::{Message, NodeEvent};
+
+/// The node's engine and everything around it. Shared by every [`crate::Node`] handle and the
+/// node's tasks.
+pub(crate) struct Driver {
+    pub(crate) id: NodeId,
+    pub(crate) service: String,
+    pub(crate) config: Config,
+    pub(crate) endpoint: quinn::Endpoint,
+    state: Mutex<State>,
+    events: broadcast::Sender<NodeEvent>,
+    peers: watch::Sender<u64>,
+    /// Woken when the engine's next deadline moved earlier.
+    timer: Notify,
+    /// Woken when the engine may have become idle (for a graceful shutdown).
+    idle: Notify,
+    /// Cancelled when shutdown starts: no new work is taken.
+    pub(crate) stopping: CancellationToken,
+    /// Cancelled when the node stops at once: running handlers are dropped.
+    pub(crate) killed: CancellationToken,
+    /// Background tasks (accept loop, diallers, discovery, connections, the timer).
+    pub(crate) tasks: TaskTracker,
+    /// Handlers that had to wait, each in a task of its own.
+    handler_tasks: TaskTracker,
+    /// Whether handlers get their first poll in place (current-thread runtimes).
+    inline_handlers: bool,
+    pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
+    pub(crate) static_peers: Vec<std::net::SocketAddr>,
+    pub(crate) dial_failures: DialFailures,
+    pub(crate) handshake_failures: AtomicU64,
+    /// Set when a graceful shutdown has completed.
+    pub(crate) finished: AtomicBool,
+    /// The outbox's store, when the node relays one ([`crate::Node::forget_group`] edits it).
+    #[cfg(feature = "outbox")]
+    pub(crate) outbox: std::sync::OnceLock<Arc<dyn crate::outbox::OutboxStore>>,
+}
+
+/// What the lock protects.
+struct State {
+    engine: Engine<BoxedHandler>,
+    /// Callers waiting for an operation's result.
+    waiters: SecondaryMap<crate::engine::OpId, std::task::Waker>,
+    /// Each connection's IO side.
+    conns: SecondaryMap<ConnId, Arc<ConnIo>>,
+}
+
+/// What to do once the lock is released.
+#[derive(Default)]
+struct Effects {
+    wake: Vec<std::task::Waker>,
+    write: Vec<Arc<ConnIo>>,
+    run: Vec<Run<BoxedHandler>>,
+    events: Vec<NodeEvent>,
+    close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
+    pause: Vec<(Arc<ConnIo>, bool)>,
+    peers_changed: bool,
+    timer_moved: bool,
+    idle: bool,
+}
+
+impl Driver {
+    /// A driver for `engine` on `endpoint`.
+    pub(crate) fn new(
+        engine: Engine<BoxedHandler>,
+        service: String,
+        config: Config,
+        endpoint: quinn::Endpoint,
+        static_peers: Vec<std::net::SocketAddr>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id: engine.id(),
+            service,
+            config,
+            endpoint,
+            state: Mutex::new(State {
+                engine,
+                waiters: SecondaryMap::new(),
+                conns: SecondaryMap::new(),
+            }),
+            events: broadcast::channel(1024).0,
+            peers: watch::channel(0).0,
+            timer: Notify::new(),
+            idle: Notify::new(),
+            stopping: CancellationToken::new(),
+            killed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            handler_tasks: TaskTracker::new(),
+            inline_handlers: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread,
+            discovery: Mutex::new(Vec::new()),
+            static_peers,
+            dial_failures: DialFailures::default(),
+            handshake_failures: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            #[cfg(feature = "outbox")]
+            outbox: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The node's clock: tokio's, so tests that pause time move the engine's time too.
+    pub(crate) fn now() -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// Calls into the engine, then acts on what it asked for.
+    pub(crate) fn call<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Engine<BoxedHandler>, Instant) -> R,
+    ) -> R {
+        let (result, effects) = {
+            let mut state = lock(&self.state);
+            let result = f(&mut state.engine, Self::now());
+            (result, state.take_effects())
+        };
+        self.act(effects);
+        result
+    }
+
+    /// Reads the engine without acting (queries that change nothing).
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&Engine<BoxedHandler>) -> R) -> R {
+        f(&lock(&self.state).engine)
+    }
+
+    /// Registers `waker` for `op`'s result; returns the result if it is there already.
+    pub(crate) fn poll_op(
+        self: &Arc<Self>,
+        op: crate::engine::OpId,
+        waker: &std::task::Waker,
+    ) -> Option<Result<crate::engine::Done, crate::Error>> {
+        let mut state = lock(&self.state);
+        match state.engine.take_result(op) {
+            Some(result) => {
+                state.waiters.remove(op);
+                Some(result)
+            }
+            None => {
+                match state.waiters.get_mut(op) {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => {
+                        state.waiters.insert(op, waker.clone());
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Forgets a caller that gave up on `op`.
+    pub(crate) fn cancel_op(self: &Arc<Self>, op: crate::engine::OpId) {
+        self.call(|engine, now| engine.cancel(op, now));
+        lock(&self.state).waiters.remove(op);
+    }
+
+    /// Has the engine admit a peer whose handshake completed, and attaches its connection's
+    /// IO side under the same lock, so the engine's first actions for it (this node's
+    /// subscriptions) find it.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        hello: crate::engine::PeerHello,
+        io: &Arc<ConnIo>,
+    ) -> (ConnId, crate::engine::Admission) {
+        let (admitted, effects) = {
+            let mut state = lock(&self.state);
+            let (id, admission) = state.engine.connection_up(hello, Self::now());
+            if admission != crate::engine::Admission::Refused {
+                state.conns.insert(id, Arc::clone(io));
+            }
+            ((id, admission), state.take_effects())
+        };
+        self.act(effects);
+        admitted
+    }
+
+    /// Forgets the IO side of a connection that ended.
+    pub(crate) fn detach(&self, conn: ConnId) {
+        lock(&self.state).conns.remove(conn);
+    }
+
+    /// The IO sides of the live connections.
+    pub(crate) fn connections(&self) -> Vec<(ConnId, Arc<ConnIo>)> {
+        lock(&self.state)
+            .conns
+            .iter()
+            .map(|(id, io)| (id, Arc::clone(io)))
+            .collect()
+    }
+
+    /// The IO side of `conn`.
+    pub(crate) fn connection(&self, conn: ConnId) -> Option<Arc<ConnIo>> {
+        lock(&self.state).conns.get(conn).cloned()
+    }
+
+    /// Connection events for users.
+    pub(crate) fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// A receiver that wakes on every change of the peers; its value counts the changes.
+    pub(crate) fn peer_changes(&self) -> watch::Receiver<u64> {
+        self.peers.subscribe()
+    }
+
+    /// Emits an event that happened outside the engine (a failed handshake).
+    pub(crate) fn emit(&self, event: NodeEvent) {
+        tracing::debug!(?event, node = %self.id, "node event");
+        let _ = self.events.send(event);
+    }
+
+    /// Whether shutdown started.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
+    fn act(self: &Arc<Self>, mut effects: Effects) {
+        loop {
+            for waker in effects.wake.drain(..) {
+                waker.wake();
+            }
+            for io in effects.write.drain(..) {
+                io.wake_writer();
+            }
+            for (io, paused) in effects.pause.drain(..) {
+                io.set_paused(paused);
+            }
+            for (io, reason, flush) in effects.close.drain(..) {
+                io.close(&reason, flush);
+            }
+            for event in effects.events.drain(..) {
+                tracing::debug!(?event, node = %self.id, "node event");
+                let _ = self.events.send(event);
+            }
+            if std::mem::take(&mut effects.peers_changed) {
+                self.peers.send_modify(|v| *v += 1);
+            }
+            if std::mem::take(&mut effects.timer_moved) {
+                self.timer.notify_one();
+            }
+            if std::mem::take(&mut effects.idle) {
+                self.idle.notify_waiters();
+            }
+            let runs = std::mem::take(&mut effects.run);
+            if runs.is_empty() {
+                return;
+            }
+            // Handlers that finish in their first poll report together, in one more call.
+            let mut done: SmallVec<[_; 8]> = SmallVec::new();
+            for run in runs {
+                if let Some(outcome) = self.run_handlers(run) {
+                    done.push(outcome);
+                }
+            }
+            if done.is_empty() {
+                return;
+            }
+            let mut state = lock(&self.state);
+            let now = Self::now();
+            for (task, outcome) in done {
+                state.engine.handler_done(task, outcome, now);
+            }
+            effects = state.take_effects();
+        }
+    }
+}
+
+impl State {
+    /// Takes every action of the engine, turned into what to do after unlocking.
+    fn take_effects(&mut self) -> Effects {
+        let mut effects = Effects::default();
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Transmit(conn) => {
+                    if let Some(io) = self.conns.get(conn) {
+                        effects.write.push(Arc::clone(io));
+                    }
+                }
+                Action::Run(run) => effects.run.push(run),
+                Action::Complete(op) => {
+                    if let Some(waker) = self.waiters.remove(op) {
+                        effects.wake.push(waker);
+                    }
+                }
+                Action::Close {
+                    conn,
+                    reason,
+                    flush,
+                } => {
+                    if let Some(io) = self.conns.get(conn) {
+                        effects.close.push((Arc::clone(io), reason, flush));
+                    }
+                }
+                Action::PauseReading(conn) | Action::ResumeReading(conn) => {
+                    let paused = matches!(action, Action::PauseReading(_));
+                    if let Some(io) = self.conns.get(conn) {
+                        effects.pause.push((Arc::clone(io), paused));
+                    }
+                }
+                Action::Event(event) => effects.events.push(event),
+                Action::PeersChanged => effects.peers_changed = true,
+            }
+        }
+        effects.timer_moved = self.engine.timer_moved();
+        effects.idle = self.engine.lifecycle() != Lifecycle::Running && self.engine.is_idle();
+        effects
+    }
+}
+
+/// The replies to request `request` on `channel` (empty for a synchronous request), one per
+/// handler body: a message that asked for a reply always gets one, an empty body if its
+/// handler returned none.
+fn replies(
+    request: shoal_proto::MessageId,
+    channel: &str,
+    bodies: SmallVec<[Option<bytes::Bytes>; 1]>,
+) -> SmallVec<[Message; 1]> {
+    bodies
+        .into_iter()
+        .map(|body| {
+            Message::reply_to_request(request, channel.to_owned(), body.unwrap_or_default())
+        })
+        .collect()
+}

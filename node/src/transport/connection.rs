@@ -1,0 +1,259 @@
+//! One connection's IO: a reader that decodes frames and hands them to the engine, a writer
+//! that writes what the engine has for the connection, and the close codes.
+//!
+//! Each side of a connection writes on one long-lived unidirectional stream. The writer takes
+//! everything the engine has queued in one go, so under load many messages and all pending
+//! acks leave in one write, while an idle connection writes a lone message at once: batching
+//! without added latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::BytesMut;
+use shoal_proto::{DecodeError, codec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+use crate::engine::{CloseReason, ConnId};
+use crate::runtime::Driver;
+use crate::sync::lock;
+
+/// Most bytes gathered for one write.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// Application close codes, visible to the peer with a reason text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum CloseCode {
+    /// A graceful shutdown, or the end of a connection after the peer's goodbye.
+    Shutdown = 0,
+    /// The peer broke the protocol.
+    Protocol = 1,
+    /// Another connection to the same node won.
+    Duplicate = 2,
+    /// The node stopped at once.
+    Killed = 3,
+    /// The peer did not read what was written to it.
+    NotReading = 4,
+}
+
+impl CloseCode {
+    /// The code for a close the engine asked for.
+    pub(crate) fn of(reason: &CloseReason) -> Self {
+        match reason {
+            CloseReason::Shutdown => Self::Shutdown,
+            CloseReason::Protocol(_) => Self::Protocol,
+            CloseReason::Duplicate => Self::Duplicate,
+            CloseReason::NotReading => Self::NotReading,
+        }
+    }
+
+    /// Whether `error` is the peer closing the connection with this code.
+    pub(crate) fn closed_by_peer(self, error: &quinn::ConnectionError) -> bool {
+        matches!(error, quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from(self))
+    }
+}
+
+impl From<CloseCode> for quinn::VarInt {
+    fn from(code: CloseCode) -> Self {
+        Self::from_u32(code as u32)
+    }
+}
+
+/// The IO side of one admitted connection.
+#[derive(Debug)]
+pub(crate) struct ConnIo {
+    pub(crate) conn: quinn::Connection,
+    writer: Notify,
+    resume: Notify,
+    paused: AtomicBool,
+    /// A close the engine asked for after what is queued is written.
+    close_after_flush: std::sync::Mutex<Option<CloseReason>>,
+}
+
+impl ConnIo {
+    pub(crate) fn new(conn: quinn::Connection) -> Arc<Self> {
+        Arc::new(Self {
+            conn,
+            writer: Notify::new(),
+            resume: Notify::new(),
+            paused: AtomicBool::new(false),
+            close_after_flush: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// The engine has something for this connection to write.
+    pub(crate) fn wake_writer(&self) {
+        self.writer.notify_one();
+    }
+
+    /// Stops or resumes reading (the peer's handlers are all busy).
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.resume.notify_one();
+        }
+    }
+
+    /// Closes the connection, at once or after writing what is queued.
+    pub(crate) fn close(&self, reason: &CloseReason, flush: bool) {
+        if flush {
+            *lock(&self.close_after_flush) = Some(reason.clone());
+            self.wake_writer();
+        } else {
+            self.conn
+                .close(CloseCode::of(reason).into(), reason.to_string().as_bytes());
+        }
+    }
+
+    /// Resolves when the connection is closed, whoever closed it.
+    pub(crate) async fn closed(&self) {
+        self.conn.closed().await;
+    }
+}
+
+/// Runs a connection until it ends, then tells the engine. Spawns its writer.
+pub(crate) async fn run(
+    driver: Arc<Driver>,
+    conn: ConnId,
+    io: Arc<ConnIo>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+) {
+    let writer = {
+        let (driver, io) = (Arc::clone(&driver), Arc::clone(&io));
+        tokio::spawn(async move { write_loop(&driver, conn, &io, send).await })
+    };
+    let ended = tokio::select! {
+        // Frames already received (acks above all) are handed over before a close is acted on.
+        biased;
+        ended = read_loop(&driver, conn, &io, recv, buf) => Some(ended),
+        _ = io.conn.closed() => None,
+    };
+    // A connection that lost a duplicate race was never the peer's lasting one. Read before
+    // our own close below, which would overwrite the reason.
+    let duplicate = io
+        .conn
+        .close_reason()
+        .is_some_and(|e| CloseCode::Duplicate.closed_by_peer(&e));
+    // Whatever ended the read loop (a protocol error, the peer finishing its stream after a
+    // goodbye), the connection is of no further use.
+    if let Some(ended) = &ended {
+        let code = match ended {
+            ReadEnd::Protocol(_) => CloseCode::Protocol,
+            _ => CloseCode::Shutdown,
+        };
+        io.conn.close(code.into(), ended.to_string().as_bytes());
+    }
+    let error = io.conn.closed().await;
+    writer.abort();
+    let duplicate = duplicate || CloseCode::Duplicate.closed_by_peer(&error);
+    let reason = ended.map_or_else(|| error.to_string(), |e| e.to_string());
+    driver.call(|engine, now| engine.connection_lost(conn, &reason, duplicate, now));
+    driver.detach(conn);
+}
+
+/// Why a read loop ended.
+#[derive(Debug)]
+enum ReadEnd {
+    /// The peer finished its stream (after its goodbye).
+    Finished,
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// Reading failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for ReadEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Finished => f.write_str("peer closed its stream"),
+            Self::Protocol(reason) => write!(f, "protocol error: {reason}"),
+            Self::Failed(reason) => write!(f, "read failed: {reason}"),
+        }
+    }
+}
+
+/// Reads frames until the stream ends or breaks the protocol: every frame that arrived in one
+/// read goes to the engine in one call.
+async fn read_loop(
+    driver: &Arc<Driver>,
+    conn: ConnId,
+    io: &ConnIo,
+    mut recv: quinn::RecvStream,
+    mut buf: BytesMut,
+) -> ReadEnd {
+    let limits = driver.config.limits.clone();
+    let mut frames = Vec::new();
+    loop {
+        let mut fatal = None;
+        loop {
+            match codec::decode(&mut buf, &limits) {
+                Ok(Some(frame)) => frames.push(Ok(frame)),
+                Ok(None) => break,
+                // The frame was consumed and names its messages: refuse just those.
+                Err(e @ DecodeError::LimitExceeded { seqs: Some(_), .. }) => frames.push(Err(e)),
+                Err(e) => {
+                    fatal = Some(e.to_string());
+                    frames.push(Err(e));
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
+            driver.call(|engine, now| {
+                for frame in frames.drain(..) {
+                    match frame {
+                        Ok(frame) => engine.handle_frame(conn, frame, now),
+                        Err(e) => engine.malformed(conn, &e),
+                    }
+                }
+            });
+        }
+        if let Some(reason) = fatal {
+            return ReadEnd::Protocol(reason);
+        }
+        while io.paused.load(Ordering::Acquire) {
+            io.resume.notified().await;
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match recv.read_buf(&mut buf).await {
+            Ok(0) => return ReadEnd::Finished,
+            Ok(_) => {}
+            Err(e) => return ReadEnd::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Writes what the engine has for the connection whenever it has something.
+async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo, mut send: quinn::SendStream) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let written = driver.call(|engine, _| engine.poll_transmit(conn, &mut buf, MAX_WRITE));
+        if !buf.is_empty() {
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+        if written.finish {
+            let _ = send.finish();
+            // Wait until the peer has the data (bounded by the connection's end).
+            let _ = send.stopped().await;
+            return;
+        }
+        if written.more {
+            continue;
+        }
+        if let Some(reason) = lock(&io.close_after_flush).take() {
+            io.conn
+                .close(CloseCode::of(&reason).into(), reason.to_string().as_bytes());
+            return;
+        }
+        io.writer.notified().await;
+    }
+}
