@@ -127,6 +127,7 @@ impl DepartedGroups {
     }
 
     /// Drops what is remembered no longer at `now`; says whether anything went.
+    #[cfg(any(test, feature = "outbox"))]
     pub(crate) fn expire(&mut self, now: Instant) -> bool {
         let before = self.until.len();
         self.until.retain(|_, until| now < *until);

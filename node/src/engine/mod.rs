@@ -33,6 +33,7 @@ mod conn;
 pub(crate) mod dedup;
 mod delivery;
 pub(crate) mod fanout;
+mod heads;
 mod link;
 mod ordering;
 pub(crate) mod peers;
@@ -309,11 +310,13 @@ impl<H: Clone> Engine<H> {
     }
 
     /// The grouped subscriptions of the live peers.
+    #[cfg(feature = "outbox")]
     pub(crate) fn live_groups(&self) -> Vec<Subscription> {
         self.peers.live_groups(&self.conns)
     }
 
     /// Keeps the grouped `subs` that no live peer holds as audiences until `until`.
+    #[cfg(any(test, feature = "outbox"))]
     pub(crate) fn remember_groups(
         &mut self,
         subs: Vec<Subscription>,

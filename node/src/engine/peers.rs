@@ -198,6 +198,7 @@ impl Peers {
         forgotten
     }
 
+    #[cfg(any(test, feature = "outbox"))]
     /// Keeps the grouped `subs` that no live peer holds remembered until `until`. Says
     /// whether that changed the audiences (a group newly remembered, or one expired).
     pub(super) fn remember_groups(
@@ -237,6 +238,7 @@ impl Peers {
     }
 
     /// The grouped subscriptions of the live peers.
+    #[cfg(feature = "outbox")]
     pub(super) fn live_groups(&self, conns: &SlotMap<ConnId, Conn>) -> Vec<Subscription> {
         let mut subs: Vec<Subscription> = self
             .by_node

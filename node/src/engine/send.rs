@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
+use shoal_proto::{Envelope, Frame, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 
 use super::action::{Action, ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
 use super::fanout::Audience;
+use super::heads::HeadCache;
 use super::ordering::KeyTurns;
 use super::peers::{Route, Target};
 use super::{Engine, Lifecycle, topic};
@@ -80,8 +81,6 @@ pub(super) struct Op {
     pub(super) sent: Option<Receipt>,
     /// The first failure of a delivery.
     pub(super) error: Option<Error>,
-    /// Request: the reply, when it came.
-    pub(super) reply: Option<Message>,
     pub(super) result: Option<Result<Done, Error>>,
 }
 
@@ -119,6 +118,8 @@ pub(super) struct Outbound {
     pub(super) pongs: HashMap<u64, (OpId, Instant)>,
     /// Ordered runs are numbered so that two never merge into one frame.
     next_run: u64,
+    /// Heads encoded for recent messages.
+    pub(super) heads: HeadCache,
 }
 
 impl Outbound {
@@ -229,6 +230,7 @@ impl<H: Clone> Engine<H> {
         let limits = &self.config.limits;
         let item = EncodedItem::new(&Item::of(&envelope), limits)?;
         let head = encoded_head(
+            &mut self.out.heads,
             &envelope,
             To::Handler,
             &spec,
@@ -324,7 +326,14 @@ impl<H: Clone> Engine<H> {
                 reliable,
                 ordered: batched,
             };
-            let head = encoded_head(&envelopes[0], to, &spec, &encoded, limits)?;
+            let head = encoded_head(
+                &mut self.out.heads,
+                &envelopes[0],
+                to,
+                &spec,
+                &encoded,
+                limits,
+            )?;
             let route = Route::Audience {
                 topic: topic.clone(),
                 audience: audience.clone(),
@@ -389,8 +398,9 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// A synchronous reply came back.
-    pub(super) fn on_reply(&mut self, reply: Envelope) {
+    /// A synchronous reply came back. It answers the request even if the ack of the request
+    /// itself was lost: the reply says the handler ran, so the request is not retried.
+    pub(super) fn on_reply(&mut self, reply: Envelope, now: Instant) {
         let Some(op) = reply
             .correlation_id
             .and_then(|id| self.out.replies.remove(&id))
@@ -398,14 +408,8 @@ impl<H: Clone> Engine<H> {
             tracing::debug!(id = %reply.id, "late reply to a request that already ended; dropped");
             return;
         };
-        let reply = Message::from_envelope(reply);
-        if let Some(o) = self.out.ops.get_mut(op) {
-            o.reply = Some(reply);
-            if o.sent.is_some() || o.open == 0 {
-                let reply = o.reply.take().expect("just set");
-                self.complete(op, Ok(Done::Replied(reply)));
-            }
-        }
+        self.stop_deliveries(op, now);
+        self.complete(op, Ok(Done::Replied(Message::from_envelope(reply))));
     }
 
     /// Takes the result of an operation that completed ([`Action::Complete`]); the operation
@@ -419,6 +423,12 @@ impl<H: Clone> Engine<H> {
     /// The caller gave up on `op` (dropped its future, or its timeout passed): its deliveries
     /// stop. A message already on its way may still be handled.
     pub(crate) fn cancel(&mut self, op: OpId, now: Instant) {
+        self.stop_deliveries(op, now);
+        self.forget_op(op);
+    }
+
+    /// Stops every delivery of `op`, without ending it.
+    fn stop_deliveries(&mut self, op: OpId, now: Instant) {
         let deliveries: Vec<_> = self
             .out
             .deliveries
@@ -429,7 +439,6 @@ impl<H: Clone> Engine<H> {
         for d in deliveries {
             self.abandon(d, now);
         }
-        self.forget_op(op);
     }
 
     fn forget_op(&mut self, op: OpId) {
@@ -475,12 +484,11 @@ impl<H: Clone> Engine<H> {
                 (None, Some(e)) => Err(e),
                 (None, None) => Err(Error::ShuttingDown),
             },
-            OpKind::Request => match (o.error.take(), o.reply.take()) {
-                (Some(e), _) => Err(e),
-                (None, Some(reply)) => Ok(Done::Replied(reply)),
+            OpKind::Request => match o.error.take() {
+                Some(e) => Err(e),
                 // Acknowledged; the reply may still be on its way (the caller's timeout
                 // bounds the wait).
-                (None, None) => return,
+                None => return,
             },
             OpKind::Publish | OpKind::Background => match o.error.take() {
                 Some(e) => Err(e),
@@ -522,16 +530,7 @@ impl<H: Clone> Engine<H> {
             .map(|(id, _)| id)
             .collect();
         for op in waited {
-            let deliveries: Vec<_> = self
-                .out
-                .deliveries
-                .iter()
-                .filter(|(_, d)| d.op == op)
-                .map(|(id, _)| id)
-                .collect();
-            for d in deliveries {
-                self.abandon(d, now);
-            }
+            self.stop_deliveries(op, now);
             self.complete(op, Err(Error::ShuttingDown));
         }
     }
@@ -552,7 +551,6 @@ fn new_op(
         dropped: Vec::new(),
         sent: None,
         error: None,
-        reply: None,
         result: None,
     }
 }
@@ -569,13 +567,14 @@ fn empty_receipt(id: MessageId) -> PublishReceipt {
 /// limit: a message (or an ordered batch, which travels as one frame) that can never be sent
 /// is refused before anything is.
 fn encoded_head(
+    heads: &mut HeadCache,
     envelope: &Envelope,
     to: To,
     spec: &Spec,
     items: &[EncodedItem],
     limits: &Limits,
 ) -> Result<Arc<EncodedHead>, Error> {
-    let head = EncodedHead::new(&Head::of(envelope, to, spec.reliable, spec.ordered), limits)?;
+    let head = heads.get(envelope, &to, spec.reliable, spec.ordered, limits)?;
     let longest = if spec.ordered {
         codec::messages_len(&head, items)
     } else {
@@ -593,7 +592,7 @@ fn encoded_head(
             max,
         }));
     }
-    Ok(Arc::new(head))
+    Ok(head)
 }
 
 /// The name a key's turns are kept under: messages are ordered per key *and* destination.

@@ -318,3 +318,262 @@ fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
         }
     }
 }
+
+#[test]
+fn a_request_gets_its_reply_and_a_retried_one_gets_the_kept_reply() {
+    let mut sim = Sim::new(12);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    let count = Rc::new(Cell::new(0));
+    let runs = Rc::clone(&count);
+    sim.handle(pricing, "quote", move |_| {
+        runs.set(runs.get() + 1);
+        Handled::reply(format!("quote #{}", runs.get()))
+    });
+    // Replies and acks are lost half the time: the request is retried, the handler runs
+    // once, and every retry gets the reply kept from that run.
+    let lossy = Faults {
+        loss: 0.5,
+        ..Faults::default()
+    };
+    sim.connect_with(shop, pricing, lossy).expect("connected");
+    let msg = sim.command("quote", "book");
+    let op = sim.request(shop, "pricing", msg);
+    sim.run_for(60 * SECOND);
+    match sim.result(shop, op) {
+        Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "quote #1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count.get(), 1, "the handler ran once");
+}
+
+#[test]
+fn a_failed_batch_resends_only_what_was_not_acknowledged_in_order() {
+    let mut sim = Sim::new(13);
+    let (orders, ledger) = (sim.node("orders"), sim.node("ledger"));
+    let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let failed = Rc::new(Cell::new(false));
+    let (log, once) = (Rc::clone(&seen), Rc::clone(&failed));
+    sim.connect(orders, ledger);
+    sim.subscribe(ledger, "order.*", Some("ledger"), move |msg| {
+        let n: u32 = String::from_utf8_lossy(msg.payload())
+            .parse()
+            .expect("a number");
+        if n == 5 && !once.replace(true) {
+            return Handled::fail(HandlerError::retryable("busy"));
+        }
+        log.borrow_mut().push((n, msg.attempt()));
+        Handled::ok()
+    });
+    sim.run_for(SECOND);
+    let events: Vec<_> = (0..10)
+        .map(|i| sim.event("order.created", i.to_string()))
+        .collect();
+    let op = match sim.publish(orders, events, &PublishOptions::default()) {
+        Ok(super::super::send::Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.run_for(5 * SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries[0].attempts, 2),
+        other => panic!("{other:?}"),
+    }
+    let seen = seen.borrow().clone();
+    let expected: Vec<(u32, u32)> = (0..10).map(|n| (n, if n < 5 { 1 } else { 2 })).collect();
+    assert_eq!(
+        seen, expected,
+        "each once, in order; the retry carried 5..9 only"
+    );
+    assert_eq!(sim.nodes[ledger].engine.stats().duplicates, 0);
+}
+
+#[test]
+fn simultaneous_dials_leave_one_connection_on_both_sides() {
+    let mut sim = Sim::new(14);
+    let (a, b) = (sim.node("alpha"), sim.node("beta"));
+    let first = sim.connect_with(a, b, Faults::default());
+    let second = sim.connect_with(b, a, Faults::default());
+    // Whichever connection the smaller node id dialled wins on both sides.
+    let (id_a, id_b) = (sim.nodes[a].engine.id(), sim.nodes[b].engine.id());
+    assert!(first.is_some());
+    sim.run_for(SECOND);
+    let peers_a = sim.nodes[a].engine.peers();
+    let peers_b = sim.nodes[b].engine.peers();
+    assert_eq!((peers_a.len(), peers_b.len()), (1, 1));
+    let winner_dialled_by_a = id_a < id_b;
+    assert_eq!(
+        second.is_none(),
+        winner_dialled_by_a,
+        "the later dial loses iff a dialled first"
+    );
+    // Neither side told its users the peer went down.
+    for node in [a, b] {
+        let downs = sim.nodes[node]
+            .events
+            .iter()
+            .filter(|e| matches!(e, crate::NodeEvent::PeerDown { .. }))
+            .count();
+        assert_eq!(downs, 0, "{:?}", sim.nodes[node].events);
+    }
+    // And messages flow over the one that is left.
+    let count = Rc::new(Cell::new(0));
+    sim.handle(b, "ping", counting(&count));
+    let msg = sim.command("ping", "");
+    let op = sim.send(a, "beta", msg);
+    sim.run_for(SECOND);
+    sent(sim.result(a, op));
+}
+
+#[test]
+fn a_stopping_node_refuses_new_messages_and_finishes_what_it_runs() {
+    let mut sim = Sim::new(15);
+    let orders = sim.node("orders");
+    let (b1, b2) = (sim.node("billing"), sim.node("billing"));
+    let (c1, c2) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    let slow = Rc::clone(&c1);
+    sim.handle(b1, "charge", move |_| {
+        slow.set(slow.get() + 1);
+        Handled::ok_after(Duration::from_millis(200))
+    });
+    sim.handle(b2, "charge", counting(&c2));
+    sim.connect(orders, b1);
+    let first = sim.command("charge", "1");
+    let running = sim.send(orders, "billing", first);
+    sim.run_for(Duration::from_millis(10));
+    let now = sim.now;
+    sim.nodes[b1].engine.begin_shutdown(now);
+    sim.connect(orders, b2);
+    // Sent while b1 stops: refused there, retried on b2 at once.
+    let second = sim.command("charge", "2");
+    let refused = sim.send(orders, "billing", second);
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        !sim.nodes[b1].engine.is_idle(),
+        "the first handler still runs"
+    );
+    sim.run_for(SECOND);
+    assert!(sim.nodes[b1].engine.is_idle());
+    let now = sim.now;
+    sim.nodes[b1].engine.say_goodbye(now);
+    sim.settle();
+    sim.run_for(SECOND);
+    assert_eq!(
+        sent(sim.result(orders, running)).node,
+        sim.nodes[b1].engine.id()
+    );
+    assert_eq!(
+        sent(sim.result(orders, refused)).node,
+        sim.nodes[b2].engine.id()
+    );
+    assert_eq!((c1.get(), c2.get()), (1, 1));
+    let downs: Vec<_> = sim.nodes[orders]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            crate::NodeEvent::PeerDown { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(downs, ["peer said goodbye: shutdown"]);
+}
+
+#[test]
+fn a_full_window_waits_for_room_or_fails_fast() {
+    let mut sim = Sim::new(16);
+    let config = crate::config::Config {
+        max_in_flight_per_peer: 2,
+        ..Default::default()
+    };
+    let orders = sim.node_with("orders", config);
+    let billing = sim.node("billing");
+    sim.handle(billing, "charge", |_| {
+        Handled::ok_after(Duration::from_millis(100))
+    });
+    sim.connect(orders, billing);
+    let ops: Vec<_> = (0..4)
+        .map(|i| {
+            let msg = sim.command("charge", i.to_string());
+            sim.send(orders, "billing", msg)
+        })
+        .collect();
+    let msg = sim.command("charge", "fast");
+    let now = sim.now;
+    let options = crate::SendOptions::fail_fast();
+    let fast = sim.nodes[orders]
+        .engine
+        .send("billing", msg, &options, now)
+        .expect("sent");
+    sim.settle();
+    assert!(matches!(
+        sim.result(orders, fast),
+        Some(Err(Error::Busy { .. }))
+    ));
+    sim.run_for(SECOND);
+    for op in ops {
+        assert_eq!(
+            sent(sim.result(orders, op)).attempts,
+            1,
+            "waited, not retried"
+        );
+    }
+}
+
+#[test]
+fn an_audience_that_unsubscribes_has_its_copy_dropped() {
+    let mut sim = Sim::new(17);
+    let (orders, audit) = (sim.node("orders"), sim.node("audit"));
+    sim.connect(orders, audit);
+    let sub = sim.subscribe(audit, "order.*", Some("audit"), |_| {
+        Handled::ok_after(Duration::from_millis(50))
+    });
+    sim.run_for(SECOND);
+    // The copy leaves, the subscription is withdrawn while it is on its way: the audit node
+    // refuses it, and the publisher drops it rather than hold or dead-letter it.
+    let event = sim.event("order.created", "1");
+    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
+        Ok(super::super::send::Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.nodes[audit].engine.unsubscribe(sub);
+    sim.settle();
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Published(receipt))) => {
+            assert!(receipt.deliveries.is_empty());
+            assert_eq!(receipt.dropped, ["group `audit`"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.nodes[orders].engine.dead_letters().len(), 0);
+}
+
+#[test]
+fn best_effort_copies_are_written_once_and_dropped_without_an_instance() {
+    let mut sim = Sim::new(18);
+    let (host, metrics) = (sim.node("host"), sim.node("metrics"));
+    let count = Rc::new(Cell::new(0));
+    sim.connect(host, metrics);
+    sim.subscribe(metrics, "cpu.*", None, counting(&count));
+    sim.run_for(SECOND);
+    let options = PublishOptions::best_effort();
+    let event = sim.event("cpu.load", "0.5");
+    match sim.publish(host, vec![event], &options) {
+        Ok(super::super::send::Publishing::Done(receipt)) => {
+            assert_eq!(receipt.deliveries.len(), 1)
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.run_for(SECOND);
+    assert_eq!(count.get(), 1);
+    assert_eq!(
+        sim.net.frames().acks,
+        0,
+        "best-effort copies are not acknowledged"
+    );
+    sim.crash(metrics, Duration::ZERO);
+    sim.run_for(SECOND);
+    let event = sim.event("cpu.load", "0.7");
+    match sim.publish(host, vec![event], &options) {
+        Ok(super::super::send::Publishing::Done(receipt)) => assert!(receipt.deliveries.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}
