@@ -29,13 +29,17 @@
 //! clock or a thread-local random source.
 
 pub(crate) mod action;
+mod answer;
+mod attempt;
 mod conn;
 pub(crate) mod dedup;
 mod delivery;
 pub(crate) mod fanout;
 mod heads;
 mod link;
+mod ops;
 mod ordering;
+mod outcome;
 pub(crate) mod peers;
 mod ranges;
 mod receive;

@@ -17,10 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-use shoal_proto::{
-    Frame, Head, Item, MessageId, Messages, Nack, NackCode, ReturnAddress, Subscription, To, codec,
-};
+use shoal_proto::{Frame, Head, Item, MessageId, Messages, NackCode, Subscription, To};
 use slotmap::SlotMap;
 use smallvec::SmallVec;
 
@@ -30,7 +27,6 @@ use super::replies::ReplyCache;
 use super::{Engine, Lifecycle, topic};
 use crate::Message;
 use crate::config::Config;
-use crate::handler::HandlerError;
 
 /// A local subscription, as [`crate::Subscription`] handles name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,7 +53,7 @@ pub(super) struct Inbound<H> {
     subs: Vec<(SubId, Subscription, H)>,
     next_sub: u64,
     dedup: DedupWindow,
-    replies: ReplyCache,
+    pub(super) replies: ReplyCache,
     tasks: SlotMap<TaskId, Task<H>>,
     /// Where duplicates of messages being handled now came from: they are answered too.
     waiters: HashMap<MessageId, Vec<(ConnId, u64)>>,
@@ -145,7 +141,7 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    fn tell_all(&mut self, frame: &Frame) {
+    pub(super) fn tell_all(&mut self, frame: &Frame) {
         let conns: Vec<ConnId> = self.conns.keys().collect();
         for conn in conns {
             self.queue_control(conn, frame);
@@ -247,7 +243,7 @@ impl<H: Clone> Engine<H> {
     /// Checks a reliable message against the dedup window: `true` for a first delivery. A
     /// copy of a message already handled is acked again (a request's kept reply is sent
     /// again); a copy of one being handled now is answered when that handler finishes.
-    fn first_delivery(
+    pub(super) fn first_delivery(
         &mut self,
         conn: ConnId,
         seq: u64,
@@ -275,40 +271,9 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// A message handled before came again (its sender retried it, because the answer was
-    /// lost with a connection): acks it, after the kept reply of a synchronous request. With
-    /// no reply kept (evicted, or it could not be sent) the retry is refused for good with the
-    /// reason: an ack alone would leave the requester waiting until its timeout, and running
-    /// the handler twice is what the dedup window exists to prevent.
-    fn answer_again(&mut self, conn: ConnId, seq: u64, head: &Head, id: MessageId, now: Instant) {
-        let Some(addr) = head.reply_to.as_ref().filter(|a| a.channel.is_empty()) else {
-            return self.ack(conn, seq);
-        };
-        match self.inbound.replies.get(id, now) {
-            Some(frame) => {
-                self.stats.replies_resent += 1;
-                let target = self.reply_conn(conn, addr);
-                if let Some(c) = self.conns.get_mut(target)
-                    && c.queue_frame(frame)
-                {
-                    self.transmit(target);
-                }
-                self.ack(conn, seq);
-            }
-            None => {
-                self.stats.replies_missing += 1;
-                let reason = format!(
-                    "request {id} was already handled here and its reply is no longer kept \
-                     (see NodeBuilder::reply_cache); not running it twice"
-                );
-                self.nack(conn, seq, false, NackCode::ReplyNotKept, reason);
-            }
-        }
-    }
-
     /// Starts `task` if its peer has a free handler slot; queues it otherwise (and stops
     /// reading the peer).
-    fn admit(&mut self, task: TaskId, now: Instant) {
+    pub(super) fn admit(&mut self, task: TaskId, now: Instant) {
         let Some(conn) = self.inbound.tasks.get(task).map(|t| t.conn) else {
             return;
         };
@@ -328,7 +293,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Hands the task's next message to its handlers, or ends the task when none is left.
-    fn step(&mut self, task: TaskId, now: Instant) {
+    pub(super) fn step(&mut self, task: TaskId, now: Instant) {
         loop {
             let Some(t) = self.inbound.tasks.get_mut(task) else {
                 return;
@@ -426,7 +391,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Refuses the rest of an ordered run after a failure, so its sender retries them in order.
-    fn skip_rest(&mut self, task: TaskId) {
+    pub(super) fn skip_rest(&mut self, task: TaskId) {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
             return;
         };
@@ -441,7 +406,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// `task` is over: its slot frees, and a waiting task of the same peer starts.
-    fn end_task(&mut self, task: TaskId, now: Instant) {
+    pub(super) fn end_task(&mut self, task: TaskId, now: Instant) {
         let Some(t) = self.inbound.tasks.remove(task) else {
             return;
         };
@@ -462,7 +427,7 @@ impl<H: Clone> Engine<H> {
         self.resume_if_drained(t.conn);
     }
 
-    fn resume_if_drained(&mut self, conn: ConnId) {
+    pub(super) fn resume_if_drained(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(conn)
             && c.paused
             && c.backlog.is_empty()
@@ -474,7 +439,7 @@ impl<H: Clone> Engine<H> {
 
     /// Drops a task whose connection is gone before it started: its message was never
     /// handled here, so its id is forgotten and a redelivery runs it.
-    fn drop_task(&mut self, task: TaskId) {
+    pub(super) fn drop_task(&mut self, task: TaskId) {
         if let Some(t) = self.inbound.tasks.remove(task)
             && let Some((_, key, _)) = t.ready
         {
@@ -492,77 +457,5 @@ impl<H: Clone> Engine<H> {
         for task in backlog {
             self.drop_task(task);
         }
-    }
-
-    /// Sends a handler's reply to where the request asked: straight back to a synchronous
-    /// request (one frame, kept for retries), or as a reliable message to an asynchronous
-    /// reply channel. A synchronous reply that cannot be encoded fails the request for good,
-    /// so the requester hears why instead of waiting for its timeout.
-    fn deliver_reply(
-        &mut self,
-        conn: ConnId,
-        addr: &ReturnAddress,
-        request: MessageId,
-        reply: Message,
-        now: Instant,
-    ) -> Result<(), HandlerError> {
-        if !addr.channel.is_empty() {
-            return self.send_reply(addr, reply, now).map_err(|e| {
-                HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
-            });
-        }
-        let mut envelope = reply.env;
-        envelope.attempt = 1;
-        let mut buf = BytesMut::new();
-        codec::encode(
-            &Frame::Reply(Box::new(envelope)),
-            &self.config.limits,
-            &mut buf,
-        )
-        .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
-        let frame = buf.freeze();
-        self.inbound.replies.insert(request, frame.clone(), now);
-        let target = self.reply_conn(conn, addr);
-        match self.conns.get_mut(target) {
-            Some(c) => {
-                if c.queue_frame(frame) {
-                    self.transmit(target);
-                }
-            }
-            None => tracing::debug!(%request, "requester is gone; reply dropped"),
-        }
-        Ok(())
-    }
-
-    /// The connection a reply goes on: the requester's current one (the request's own
-    /// connection may have been replaced while the handler ran).
-    fn reply_conn(&self, conn: ConnId, addr: &ReturnAddress) -> ConnId {
-        let node = addr.node.or_else(|| self.conns.get(conn).map(|c| c.node));
-        node.and_then(|n| self.peers.current(n)).unwrap_or(conn)
-    }
-
-    pub(super) fn ack(&mut self, conn: ConnId, seq: u64) {
-        if let Some(c) = self.conns.get_mut(conn)
-            && c.ack(seq)
-        {
-            self.transmit(conn);
-        }
-    }
-
-    pub(super) fn nack(
-        &mut self,
-        conn: ConnId,
-        seq: u64,
-        retryable: bool,
-        code: NackCode,
-        reason: String,
-    ) {
-        let frame = Frame::Nack(Nack {
-            seq,
-            retryable,
-            code,
-            reason,
-        });
-        self.queue_control(conn, &frame);
     }
 }

@@ -14,13 +14,13 @@ use shoal_proto::codec::{self, EncodedHead, EncodedItem};
 use shoal_proto::{Envelope, Frame, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 
-use super::action::{Action, ConnId, Done, OpId};
+use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
 use super::fanout::Audience;
 use super::heads::HeadCache;
 use super::ordering::KeyTurns;
 use super::peers::{Route, Target};
-use super::{Engine, Lifecycle, topic};
+use super::{Engine, topic};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
 use crate::receipts::{EventDelivery, PublishReceipt, Receipt};
 use crate::{Error, Message};
@@ -59,7 +59,7 @@ pub(super) enum OpKind {
 
 impl OpKind {
     /// Whether a caller waits for the result.
-    fn waited(self) -> bool {
+    pub(super) fn waited(self) -> bool {
         !matches!(self, Self::Background | Self::Reply)
     }
 }
@@ -216,7 +216,7 @@ impl<H: Clone> Engine<H> {
             .map(|_| ())
     }
 
-    fn point_to_point(
+    pub(super) fn point_to_point(
         &mut self,
         kind: OpKind,
         target: Target,
@@ -412,126 +412,12 @@ impl<H: Clone> Engine<H> {
         self.complete(op, Ok(Done::Replied(Message::from_envelope(reply))));
     }
 
-    /// Takes the result of an operation that completed ([`Action::Complete`]); the operation
-    /// is then forgotten.
-    pub(crate) fn take_result(&mut self, op: OpId) -> Option<Result<Done, Error>> {
-        let result = self.out.ops.get_mut(op)?.result.take()?;
-        self.forget_op(op);
-        Some(result)
-    }
-
-    /// The caller gave up on `op` (dropped its future, or its timeout passed): its deliveries
-    /// stop. A message already on its way may still be handled.
-    pub(crate) fn cancel(&mut self, op: OpId, now: Instant) {
-        self.stop_deliveries(op, now);
-        self.forget_op(op);
-    }
-
-    /// Stops every delivery of `op`, without ending it.
-    fn stop_deliveries(&mut self, op: OpId, now: Instant) {
-        let deliveries: Vec<_> = self
-            .out
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.op == op)
-            .map(|(id, _)| id)
-            .collect();
-        for d in deliveries {
-            self.abandon(d, now);
-        }
-    }
-
-    fn forget_op(&mut self, op: OpId) {
-        if let Some(o) = self.out.ops.remove(op) {
-            if o.kind == OpKind::Request
-                && let Some(first) = o.messages.first()
-            {
-                self.out.replies.remove(&first.id);
-            }
-            if o.kind == OpKind::Ping {
-                self.out.pongs.retain(|_, (p, _)| *p != op);
-            }
-        }
-    }
-
-    /// Ends `op` with `result` and tells whoever waits.
-    pub(super) fn complete(&mut self, op: OpId, result: Result<Done, Error>) {
-        let Some(o) = self.out.ops.get_mut(op) else {
-            return;
-        };
-        if !o.kind.waited() {
-            self.out.ops.remove(op);
-            return;
-        }
-        if o.result.is_none() {
-            o.result = Some(result);
-            self.actions.push_back(Action::Complete(op));
-        }
-    }
-
-    /// A delivery of `op` ended; when it was the last, the operation ends.
-    pub(super) fn delivery_ended(&mut self, op: OpId) {
-        let Some(o) = self.out.ops.get_mut(op) else {
-            return;
-        };
-        o.open = o.open.saturating_sub(1);
-        if o.open > 0 {
-            return;
-        }
-        let result = match o.kind {
-            OpKind::Send | OpKind::Reply => match (o.sent, o.error.take()) {
-                (Some(receipt), _) => Ok(Done::Sent(receipt)),
-                (None, Some(e)) => Err(e),
-                (None, None) => Err(Error::ShuttingDown),
-            },
-            OpKind::Request => match o.error.take() {
-                Some(e) => Err(e),
-                // Acknowledged; the reply may still be on its way (the caller's timeout
-                // bounds the wait).
-                None => return,
-            },
-            OpKind::Publish | OpKind::Background => match o.error.take() {
-                Some(e) => Err(e),
-                None => Ok(Done::Published(PublishReceipt {
-                    id: o.messages[0].id,
-                    deliveries: std::mem::take(&mut o.copies),
-                    dropped: std::mem::take(&mut o.dropped),
-                })),
-            },
-            OpKind::Ping => return,
-        };
-        self.complete(op, result);
-    }
-
-    /// Refuses new calls once the node stops taking work.
-    fn accepting(&self, kind: OpKind) -> Result<(), Error> {
-        match (self.lifecycle, kind) {
-            (Lifecycle::Running, _) | (Lifecycle::Stopping, OpKind::Reply) => Ok(()),
-            _ => Err(Error::ShuttingDown),
-        }
-    }
-
     /// Queues a control frame on `conn`.
     pub(super) fn queue_control(&mut self, conn: ConnId, frame: &Frame) {
         if let Some(c) = self.conns.get_mut(conn)
             && c.queue_control(frame, &self.config.limits)
         {
             self.transmit(conn);
-        }
-    }
-
-    /// Ends every call a user waits for with [`Error::ShuttingDown`]; background work goes on.
-    pub(super) fn stop_user_ops(&mut self, now: Instant) {
-        let waited: Vec<OpId> = self
-            .out
-            .ops
-            .iter()
-            .filter(|(_, o)| o.kind.waited() && o.result.is_none())
-            .map(|(id, _)| id)
-            .collect();
-        for op in waited {
-            self.stop_deliveries(op, now);
-            self.complete(op, Err(Error::ShuttingDown));
         }
     }
 }

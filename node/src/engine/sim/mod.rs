@@ -13,6 +13,7 @@
 //! subscription would only make a test wait for nothing). A link can be cut; both sides then
 //! see their connection lost, as after QUIC's idle timeout.
 
+mod driver;
 mod net;
 mod random;
 mod tests;
@@ -100,8 +101,10 @@ pub(super) struct HandlerRun {
 pub(super) struct SimNode {
     pub(super) engine: Engine<SimHandler>,
     pub(super) alive: bool,
-    pub(super) results: BTreeMap<OpId, Result<Done, Error>>,
+    pub(super) results: std::collections::HashMap<OpId, Result<Done, Error>>,
     pub(super) events: Vec<crate::NodeEvent>,
+    /// The engine's next deadline, as last asked.
+    deadline: Option<Instant>,
     /// Handler runs in progress: when they started.
     running: BTreeMap<TaskId, (Instant, Vec<(String, MessageId, Option<String>)>)>,
 }
@@ -129,7 +132,9 @@ pub(super) struct Sim {
     pub(super) nodes: Vec<SimNode>,
     pub(super) net: net::Net,
     queue: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    /// Scheduled events by slot; `free` lists the slots to reuse.
     events: Vec<Option<Event>>,
+    free: Vec<usize>,
     next_event: u64,
     pub(super) runs: Vec<HandlerRun>,
     /// Messages handed to handlers (for the throughput figure).
@@ -151,6 +156,7 @@ impl Sim {
             net: net::Net::default(),
             queue: BinaryHeap::new(),
             events: Vec::new(),
+            free: Vec::new(),
             next_event: 0,
             runs: Vec::new(),
             handled: 0,
@@ -164,8 +170,9 @@ impl Sim {
         self.nodes.push(SimNode {
             engine: Engine::new(id, service.to_owned(), config, seed),
             alive: true,
-            results: BTreeMap::new(),
+            results: std::collections::HashMap::new(),
             events: Vec::new(),
+            deadline: None,
             running: BTreeMap::new(),
         });
         self.nodes.len() - 1
@@ -289,262 +296,6 @@ impl Sim {
     /// The result of `op` on `node`, once it completed.
     pub(super) fn result(&self, node: usize, op: OpId) -> Option<&Result<Done, Error>> {
         self.nodes[node].results.get(&op)
-    }
-
-    /// Runs until nothing is left to do (no frame in flight, no handler running, no timer
-    /// pending) or `limit` of virtual time passed. Says whether it went quiet.
-    pub(super) fn run_for(&mut self, limit: Duration) -> bool {
-        let until = self.now + limit;
-        loop {
-            let next = self.next_time();
-            match next {
-                None => return true,
-                Some(at) if at > until => {
-                    self.now = until;
-                    return false;
-                }
-                Some(at) => {
-                    self.now = self.now.max(at);
-                    self.step();
-                }
-            }
-        }
-    }
-
-    /// Runs for `d` of virtual time exactly (timers included).
-    pub(super) fn advance(&mut self, d: Duration) {
-        self.run_for(d);
-        self.now = self.now.max(self.now);
-    }
-
-    fn next_time(&mut self) -> Option<Instant> {
-        let queued = self.queue.peek().map(|Reverse((at, _, _))| *at);
-        let timers = self
-            .nodes
-            .iter_mut()
-            .filter(|n| n.alive)
-            .filter_map(|n| n.engine.poll_timeout());
-        queued.into_iter().chain(timers).min()
-    }
-
-    fn step(&mut self) {
-        let now = self.now;
-        while let Some(Reverse((at, _, index))) = self.queue.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.queue.pop();
-            if let Some(event) = self.events[index].take() {
-                self.apply(event);
-            }
-        }
-        for node in 0..self.nodes.len() {
-            if self.nodes[node].alive
-                && self.nodes[node]
-                    .engine
-                    .poll_timeout()
-                    .is_some_and(|at| at <= now)
-            {
-                self.nodes[node].engine.handle_timeout(now);
-            }
-        }
-        self.settle();
-    }
-
-    fn schedule(&mut self, at: Instant, event: Event) {
-        self.next_event += 1;
-        self.events.push(Some(event));
-        let index = self.events.len() - 1;
-        self.queue.push(Reverse((at, self.next_event, index)));
-    }
-
-    fn apply(&mut self, event: Event) {
-        let now = self.now;
-        match event {
-            Event::Frame(packet) => {
-                let to = packet.to;
-                if !self.nodes[to].alive {
-                    return;
-                }
-                if let Some(frame) = self.net.arrive(packet) {
-                    self.nodes[to].engine.handle_frame(frame.0, frame.1, now);
-                }
-            }
-            Event::HandlerDone {
-                node,
-                task,
-                outcome,
-            } => {
-                if !self.nodes[node].alive {
-                    return;
-                }
-                if let Some((started, labels)) = self.nodes[node].running.remove(&task) {
-                    for (label, id, key) in labels {
-                        self.runs.push(HandlerRun {
-                            node,
-                            label,
-                            id,
-                            key,
-                            started,
-                            ended: now,
-                            ok: outcome.is_ok(),
-                        });
-                    }
-                }
-                self.nodes[node].engine.handler_done(task, outcome, now);
-            }
-            Event::Lost { node, conn, reason } => {
-                if self.nodes[node].alive {
-                    self.nodes[node]
-                        .engine
-                        .connection_lost(conn, &reason, false, now);
-                }
-            }
-        }
-    }
-
-    /// Takes every action of every node until none is left.
-    pub(super) fn settle(&mut self) {
-        loop {
-            let mut any = false;
-            for node in 0..self.nodes.len() {
-                while let Some(action) = self.nodes[node].engine.poll_action() {
-                    any = true;
-                    if self.nodes[node].alive {
-                        self.act(node, action);
-                    }
-                }
-            }
-            if !any {
-                return;
-            }
-        }
-    }
-
-    fn act(&mut self, node: usize, action: super::Action<SimHandler>) {
-        use super::Action;
-        let now = self.now;
-        match action {
-            Action::Transmit(conn) => self.transmit(node, conn),
-            Action::Run(run) => {
-                self.handled += 1;
-                let mut after = Duration::ZERO;
-                let mut replies = smallvec::SmallVec::new();
-                let mut failure = None;
-                let mut labels = Vec::new();
-                for handler in &run.handlers {
-                    let (label, f) = &*handler.0;
-                    labels.push((
-                        label.clone(),
-                        run.message.id(),
-                        run.message.key().map(str::to_owned),
-                    ));
-                    let handled = f(&run.message);
-                    after += handled.after;
-                    match handled.result {
-                        Ok(body) => replies.push(body),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    }
-                }
-                let outcome = match failure {
-                    Some(e) => Err(e),
-                    None => Ok(self.replies(&run.message, replies)),
-                };
-                self.nodes[node].running.insert(run.task, (now, labels));
-                self.schedule(
-                    now + after,
-                    Event::HandlerDone {
-                        node,
-                        task: run.task,
-                        outcome,
-                    },
-                );
-            }
-            Action::Complete(op) => {
-                if let Some(result) = self.nodes[node].engine.take_result(op) {
-                    self.nodes[node].results.insert(op, result);
-                }
-            }
-            Action::Close {
-                conn,
-                reason,
-                flush,
-            } => {
-                if flush {
-                    self.transmit(node, conn);
-                }
-                self.close(node, conn, &reason.to_string());
-            }
-            Action::PauseReading(conn) => {
-                self.net.pause(node, conn, true);
-            }
-            Action::ResumeReading(conn) => {
-                for packet in self.net.pause(node, conn, false) {
-                    let at = self.now;
-                    self.schedule(at, Event::Frame(packet));
-                }
-            }
-            Action::Event(event) => self.nodes[node].events.push(event),
-            Action::PeersChanged => {}
-        }
-    }
-
-    /// The replies to `message` (if it asked for any), made as a node's driver makes them.
-    fn replies(
-        &mut self,
-        message: &Message,
-        bodies: smallvec::SmallVec<[Option<Bytes>; 1]>,
-    ) -> smallvec::SmallVec<[Message; 1]> {
-        let Some(addr) = message.reply_to() else {
-            return smallvec::SmallVec::new();
-        };
-        let channel = addr.channel.clone();
-        bodies
-            .into_iter()
-            .map(|body| {
-                let mut reply =
-                    self.message(MessageKind::Reply, &channel, body.unwrap_or_default());
-                reply.env.correlation_id = Some(message.id());
-                reply
-            })
-            .collect()
-    }
-
-    fn transmit(&mut self, node: usize, conn: ConnId) {
-        let mut buf = bytes::BytesMut::new();
-        loop {
-            let t = self.nodes[node]
-                .engine
-                .poll_transmit(conn, &mut buf, 256 * 1024);
-            if !t.more {
-                break;
-            }
-        }
-        let packets = self.net.send(node, conn, buf, &mut self.rng, self.now);
-        for (at, packet) in packets {
-            self.schedule(at, Event::Frame(packet));
-        }
-    }
-
-    /// Closes the link `conn` of `node` belongs to: both sides lose it once what is on the
-    /// way has arrived.
-    fn close(&mut self, node: usize, conn: ConnId, reason: &str) {
-        if let Some(ends) = self.net.cut(node, conn) {
-            let at = self.net.drained_at(&ends, self.now);
-            for (n, c) in ends {
-                self.schedule(
-                    at,
-                    Event::Lost {
-                        node: n,
-                        conn: c,
-                        reason: reason.to_owned(),
-                    },
-                );
-            }
-        }
     }
 
     /// Connects `a` (dialling) and `b`, with `faults` on the link; returns the connection ids

@@ -577,3 +577,45 @@ fn best_effort_copies_are_written_once_and_dropped_without_an_instance() {
         other => panic!("{other:?}"),
     }
 }
+
+/// How many messages per second of real time the simulated network moves: sends and
+/// publishes between two engines, acknowledged, with no faults. A measurement, not a check
+/// (`cargo test --release -p shoal --lib sim_throughput -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement; run in release mode"]
+fn sim_throughput() {
+    let mut sim = Sim::new(99);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    sim.connect(orders, billing);
+    sim.run_for(SECOND);
+    let started = std::time::Instant::now();
+    let rounds = 400;
+    for _ in 0..rounds {
+        for _ in 0..256 {
+            let msg = sim.command("charge", "x");
+            let now = sim.now;
+            let _ = sim.nodes[orders]
+                .engine
+                .send("billing", msg, &Default::default(), now);
+            let event = sim.event("order.created", "y");
+            let _ = sim.nodes[orders].engine.publish(
+                vec![event],
+                false,
+                &PublishOptions::default(),
+                now,
+            );
+        }
+        sim.settle();
+        sim.run_for(Duration::from_millis(10));
+        sim.nodes[orders].results.clear();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{} messages handled in {elapsed:?}: {:.0} per second",
+        sim.handled,
+        sim.handled as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(sim.handled, rounds * 512);
+}

@@ -1,0 +1,139 @@
+//! A fixed amount of Shoal work, for counting instructions rather than timing them.
+//!
+//! On a shared, noisy machine wall-clock figures move by tens of percent from run to run;
+//! `valgrind --tool=callgrind` counts the instructions a run executes, the same on every run
+//! of the same binary and input. This program does a fixed number of messages between two
+//! nodes on loopback, each on its own thread and `current_thread` runtime like the
+//! benchmarks, and exits, so the count divided by the messages is the CPU cost per message:
+//!
+//! ```sh
+//! cargo build --release -p shoal-benches --bin fixed-load
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
+//!     target/release/fixed-load send 20000
+//! callgrind_annotate /tmp/cg.out | head -40
+//! ```
+//!
+//! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
+//! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply).
+//! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shoal::{HandlerError, MeshCa, Message, Node};
+
+/// Calls in flight at once.
+const IN_FLIGHT: u64 = 256;
+/// Events per batch in `batch` mode.
+const BATCH: u64 = 256;
+const TOPIC: &str = "load.topic";
+const SERVICE: &str = "load-sink";
+const WAIT: Duration = Duration::from_secs(30);
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "send".into());
+    let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
+    if !["send", "publish", "batch", "request"].contains(&mode.as_str()) {
+        return Err(format!("unknown mode {mode}: send, publish, batch or request").into());
+    }
+    let ca = MeshCa::generate("fixed load")?;
+    let handled = Arc::new(AtomicU64::new(0));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let receiver = {
+        let (ca, handled) = (ca.clone(), Arc::clone(&handled));
+        std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let node = Node::builder(SERVICE)
+                    .identity(ca.issue(SERVICE)?)
+                    .trust(ca)
+                    .start()
+                    .await?;
+                let counter = Arc::clone(&handled);
+                node.handle("sink", move |msg: Message| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async move { Ok::<_, HandlerError>(msg.payload().clone()) }
+                });
+                let counter = Arc::clone(&handled);
+                node.subscribe(TOPIC, move |_msg: Message| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async { Ok::<_, HandlerError>(()) }
+                })
+                .await?;
+                addr_tx.send(node.local_addr())?;
+                let _ = done_rx.await;
+                node.shutdown().await;
+                Ok(())
+            })
+        })
+    };
+    let addr = addr_rx.recv()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let took = runtime.block_on(async move {
+        let node = Node::builder("load-source")
+            .identity(ca.issue("load-source")?)
+            .trust(ca)
+            .peer(addr)
+            .start()
+            .await?;
+        node.wait_for_instances(SERVICE, 1, WAIT).await?;
+        node.wait_for_subscribers(TOPIC, 1, WAIT).await?;
+        let started = Instant::now();
+        let per_call = if mode == "batch" { BATCH } else { 1 };
+        let calls = count.div_ceil(per_call);
+        let mut tasks = Vec::new();
+        for task in 0..IN_FLIGHT.min(calls) {
+            let (node, mode) = (node.clone(), mode.clone());
+            let mine = (calls - task).div_ceil(IN_FLIGHT);
+            tasks.push(tokio::spawn(async move {
+                let body = Bytes::from(vec![0xA5u8; 64]);
+                for _ in 0..mine {
+                    match mode.as_str() {
+                        "send" => {
+                            node.send(SERVICE, Message::command("sink", body.clone()))
+                                .await?;
+                        }
+                        "request" => {
+                            node.request(SERVICE, Message::command("sink", body.clone()), WAIT)
+                                .await?;
+                        }
+                        "publish" => {
+                            node.publish(Message::event(TOPIC, body.clone())).await?;
+                        }
+                        _ => {
+                            let events = (0..BATCH)
+                                .map(|_| Message::event(TOPIC, body.clone()))
+                                .collect();
+                            node.publish_batch(events).await?;
+                        }
+                    }
+                }
+                Ok::<_, shoal::Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let took = started.elapsed();
+        node.shutdown().await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(took)
+    })?;
+    let _ = done_tx.send(());
+    receiver.join().map_err(|_| "the receiver panicked")??;
+    let handled = handled.load(Ordering::Relaxed);
+    println!(
+        "{mode}: {handled} messages handled in {took:?} ({:.0} per second)",
+        handled as f64 / took.as_secs_f64()
+    );
+    Ok(())
+}

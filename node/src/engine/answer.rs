@@ -1,0 +1,124 @@
+//! What a receiver says back: acks, nacks, and handlers' replies (kept for retries of
+//! synchronous requests).
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use shoal_proto::{Frame, Head, MessageId, Nack, NackCode, ReturnAddress, codec};
+
+use super::Engine;
+use super::action::ConnId;
+use crate::Message;
+use crate::handler::HandlerError;
+
+impl<H: Clone> Engine<H> {
+    /// A message handled before came again (its sender retried it, because the answer was
+    /// lost with a connection): acks it, after the kept reply of a synchronous request. With
+    /// no reply kept (evicted, or it could not be sent) the retry is refused for good with the
+    /// reason: an ack alone would leave the requester waiting until its timeout, and running
+    /// the handler twice is what the dedup window exists to prevent.
+    pub(super) fn answer_again(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        head: &Head,
+        id: MessageId,
+        now: Instant,
+    ) {
+        let Some(addr) = head.reply_to.as_ref().filter(|a| a.channel.is_empty()) else {
+            return self.ack(conn, seq);
+        };
+        match self.inbound.replies.get(id, now) {
+            Some(frame) => {
+                self.stats.replies_resent += 1;
+                let target = self.reply_conn(conn, addr);
+                if let Some(c) = self.conns.get_mut(target)
+                    && c.queue_frame(frame)
+                {
+                    self.transmit(target);
+                }
+                self.ack(conn, seq);
+            }
+            None => {
+                self.stats.replies_missing += 1;
+                let reason = format!(
+                    "request {id} was already handled here and its reply is no longer kept \
+                     (see NodeBuilder::reply_cache); not running it twice"
+                );
+                self.nack(conn, seq, false, NackCode::ReplyNotKept, reason);
+            }
+        }
+    }
+
+    /// Sends a handler's reply to where the request asked: straight back to a synchronous
+    /// request (one frame, kept for retries), or as a reliable message to an asynchronous
+    /// reply channel. A synchronous reply that cannot be encoded fails the request for good,
+    /// so the requester hears why instead of waiting for its timeout.
+    pub(super) fn deliver_reply(
+        &mut self,
+        conn: ConnId,
+        addr: &ReturnAddress,
+        request: MessageId,
+        reply: Message,
+        now: Instant,
+    ) -> Result<(), HandlerError> {
+        if !addr.channel.is_empty() {
+            return self.send_reply(addr, reply, now).map_err(|e| {
+                HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
+            });
+        }
+        let mut envelope = reply.env;
+        envelope.attempt = 1;
+        let mut buf = BytesMut::new();
+        codec::encode(
+            &Frame::Reply(Box::new(envelope)),
+            &self.config.limits,
+            &mut buf,
+        )
+        .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
+        let frame = buf.freeze();
+        self.inbound.replies.insert(request, frame.clone(), now);
+        let target = self.reply_conn(conn, addr);
+        match self.conns.get_mut(target) {
+            Some(c) => {
+                if c.queue_frame(frame) {
+                    self.transmit(target);
+                }
+            }
+            None => tracing::debug!(%request, "requester is gone; reply dropped"),
+        }
+        Ok(())
+    }
+
+    /// The connection a reply goes on: the requester's current one (the request's own
+    /// connection may have been replaced while the handler ran).
+    pub(super) fn reply_conn(&self, conn: ConnId, addr: &ReturnAddress) -> ConnId {
+        let node = addr.node.or_else(|| self.conns.get(conn).map(|c| c.node));
+        node.and_then(|n| self.peers.current(n)).unwrap_or(conn)
+    }
+
+    pub(super) fn ack(&mut self, conn: ConnId, seq: u64) {
+        if let Some(c) = self.conns.get_mut(conn)
+            && c.ack(seq)
+        {
+            self.transmit(conn);
+        }
+    }
+
+    pub(super) fn nack(
+        &mut self,
+        conn: ConnId,
+        seq: u64,
+        retryable: bool,
+        code: NackCode,
+        reason: String,
+    ) {
+        let frame = Frame::Nack(Nack {
+            seq,
+            retryable,
+            code,
+            reason,
+        });
+        self.queue_control(conn, &frame);
+    }
+}

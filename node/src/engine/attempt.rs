@@ -1,0 +1,352 @@
+//! Attempts: choosing the instance, sending every message not acknowledged yet, taking the
+//! answers, and deciding what follows a failed attempt (another instance at once, a backoff,
+//! or the end).
+
+use std::time::Instant;
+
+use rand::Rng;
+use shoal_proto::NackCode;
+
+use super::action::ConnId;
+use super::conn::Owner;
+use super::delivery::{Answer, Failure, State};
+use super::retry::Next;
+use super::send::{DeliveryId, InFlight};
+use super::{Engine, Lifecycle, Timer};
+use crate::Error;
+
+impl<H: Clone> Engine<H> {
+    /// Finds an instance for the next attempt of `d` and sends, or waits.
+    pub(super) fn attempt(&mut self, d: DeliveryId, now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let turn = self.turn();
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        let key = self
+            .out
+            .ops
+            .get(del.op)
+            .and_then(|o| o.messages.first())
+            .and_then(|m| m.partition_key.as_deref());
+        let chosen = self
+            .peers
+            .choose(&self.conns, &del.route, &del.tried, key, turn, now);
+        let Some(conn) = chosen else {
+            return self.no_instance(d, now);
+        };
+        let full = self
+            .conns
+            .get(conn)
+            .is_none_or(|c| c.window.pending() >= self.config.max_in_flight_per_peer);
+        if full && del.spec.reliable {
+            if del.spec.fail_fast {
+                let service = self
+                    .conns
+                    .get(conn)
+                    .map(|c| c.service.clone())
+                    .unwrap_or_default();
+                return self.fail(d, Error::Busy { service }, now);
+            }
+            let wait = del.retry.ack_deadline(now);
+            let epoch = self.bump(d, State::Room(conn));
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.waiting_room.push_back((d, epoch));
+            }
+            self.set_timer(wait, Timer::Delivery(d, epoch));
+            return;
+        }
+        self.send_attempt(d, conn, now);
+    }
+
+    /// Sends every message of `d` not acknowledged yet to `conn`, as one attempt.
+    pub(super) fn send_attempt(&mut self, d: DeliveryId, conn: ConnId, now: Instant) {
+        let Some(ordered) = self.out.deliveries.get(d).map(|del| del.spec.ordered) else {
+            return;
+        };
+        let run = if ordered { self.out.next_run() } else { 0 };
+        let (Some(del), Some(c)) = (self.out.deliveries.get_mut(d), self.conns.get_mut(conn))
+        else {
+            return;
+        };
+        let reliable = del.spec.reliable;
+        if !reliable && c.queued_items() >= self.config.write_queue_len {
+            // A best-effort copy finds its subscriber's queue full: dropped, never waited for.
+            return self.gone(d, now);
+        }
+        let Some(op) = self.out.ops.get_mut(del.op) else {
+            return;
+        };
+        let attempt = del.retry.begin_attempt();
+        if attempt > 1 {
+            self.stats.retries += 1;
+        }
+        del.epoch += 1;
+        let epoch = del.epoch;
+        del.node = Some(c.node);
+        let timeout = del.retry.ack_deadline(now).saturating_duration_since(now);
+        let owner = Owner { delivery: d, epoch };
+        let mut signal = false;
+        let mut count = 0u32;
+        let mut first = None;
+        for (index, acked) in del.acked.iter().enumerate() {
+            if *acked {
+                continue;
+            }
+            let item = match op.item(index, attempt, &self.config.limits) {
+                Ok(item) => item,
+                Err(e) => {
+                    // Only the attempt number changed since the first encoding: not expected.
+                    tracing::error!("could not encode attempt {attempt}: {e}");
+                    continue;
+                }
+            };
+            let seq = c.next_seq();
+            first.get_or_insert(seq);
+            if reliable {
+                let what = InFlight {
+                    delivery: d,
+                    index: index as u32,
+                    epoch,
+                };
+                c.window.push(seq, what, now, timeout);
+            }
+            // A best-effort item is written whatever becomes of its delivery (done at once).
+            let owner = reliable.then_some(owner);
+            signal |= c.queue_item(seq, &del.head, run, item, owner);
+            count += 1;
+        }
+        del.state = State::Flight {
+            conn,
+            first: first.unwrap_or(0),
+            count,
+            left: count,
+            failure: None,
+        };
+        let not_reading = c.queued_bytes() > self.config.max_queued_bytes;
+        let deadline = c.next_deadline();
+        if not_reading {
+            // Nothing leaves: the peer does not read. Its messages are retried elsewhere once
+            // the connection is gone.
+            self.actions.push_back(super::Action::Close {
+                conn,
+                reason: super::CloseReason::NotReading,
+                flush: false,
+            });
+        }
+        if signal {
+            self.transmit(conn);
+        }
+        if !reliable {
+            return self.succeed(d, now);
+        }
+        if let Some(deadline) = deadline {
+            self.deadline_at(deadline);
+        }
+    }
+
+    /// An answer to message `seq` on `conn` came.
+    pub(super) fn on_answer(&mut self, conn: ConnId, seq: u64, answer: Answer, now: Instant) {
+        let Some(entry) = self.conns.get_mut(conn).and_then(|c| c.window.take(seq)) else {
+            return; // late (its attempt ended), a duplicate, or never sent
+        };
+        self.serve_room(conn, now);
+        let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
+            return;
+        };
+        let State::Flight { left, failure, .. } = &mut del.state else {
+            return;
+        };
+        if del.epoch != entry.epoch {
+            return;
+        }
+        *left -= 1;
+        let mut ended = *left == 0;
+        match answer {
+            Answer::Ack => {
+                let slot = &mut del.acked[entry.index as usize];
+                if !*slot {
+                    *slot = true;
+                    del.acked_count += 1;
+                }
+            }
+            // The failure of an earlier message of the run already ends the attempt.
+            Answer::Nack {
+                code: NackCode::Skipped,
+                reason,
+                ..
+            } => {
+                failure.get_or_insert(Failure::Retryable(reason));
+            }
+            Answer::Nack {
+                retryable, reason, ..
+            } => {
+                let node = self.conns.get(conn).map(|c| c.node);
+                let reason = match node {
+                    Some(node) => format!("{node} refused: {reason}"),
+                    None => reason,
+                };
+                *failure = Some(if retryable {
+                    Failure::Retryable(reason)
+                } else {
+                    Failure::Permanent(reason)
+                });
+                ended = true;
+            }
+        }
+        if ended {
+            self.attempt_over(entry.delivery, now);
+        }
+    }
+
+    /// The attempt of `d` is over (every message answered, or a refusal): done, dead-lettered
+    /// or retried.
+    pub(super) fn attempt_over(&mut self, d: DeliveryId, now: Instant) {
+        self.abandon_flight(d);
+        let Some(del) = self.out.deliveries.get_mut(d) else {
+            return;
+        };
+        if del.acked_count == del.acked.len() {
+            return self.succeed(d, now);
+        }
+        let failure = match std::mem::replace(&mut del.state, State::Backoff) {
+            State::Flight {
+                failure: Some(failure),
+                ..
+            } => failure,
+            _ => Failure::Retryable("not every message of the attempt was acknowledged".into()),
+        };
+        match failure {
+            Failure::Permanent(reason) => self.dead_letter(d, reason, now),
+            Failure::Retryable(reason) => self.retry(d, reason, now),
+        }
+    }
+
+    /// The attempt of `d` failed as a whole (no answer in time, the connection went).
+    pub(super) fn attempt_failed(&mut self, d: DeliveryId, reason: String, now: Instant) {
+        self.abandon_flight(d);
+        self.retry(d, reason, now);
+    }
+
+    /// Takes the unanswered messages of `d`'s attempt out of their window, so late answers to
+    /// them are ignored and the window has room again.
+    pub(super) fn abandon_flight(&mut self, d: DeliveryId) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        let State::Flight {
+            conn, first, count, ..
+        } = del.state
+        else {
+            return;
+        };
+        let epoch = del.epoch;
+        if let Some(c) = self.conns.get_mut(conn) {
+            for seq in first..first + u64::from(count) {
+                if c.window
+                    .get(seq)
+                    .is_some_and(|e| e.delivery == d && e.epoch == epoch)
+                {
+                    c.window.take(seq);
+                }
+            }
+        }
+    }
+
+    /// Decides what follows a retryable failure.
+    pub(super) fn retry(&mut self, d: DeliveryId, reason: String, now: Instant) {
+        let jitter: f64 = self.rng.random();
+        let Some(del) = self.out.deliveries.get_mut(d) else {
+            return;
+        };
+        del.last_failure = reason;
+        if let Some(node) = del.node
+            && !del.tried.contains(&node)
+        {
+            del.tried.push(node);
+        }
+        match del.retry.after_failure(now, jitter) {
+            // Another live instance has not failed on this message yet: go there at once.
+            // Backoff is for retrying the same instances.
+            Next::RetryAt(_)
+                if self
+                    .peers
+                    .has_untried(&self.conns, &del.route, &del.tried, now) =>
+            {
+                self.bump(d, State::Backoff);
+                self.attempt(d, now);
+            }
+            Next::RetryAt(at) => {
+                let epoch = self.bump(d, State::Backoff);
+                self.set_timer(at, Timer::Delivery(d, epoch));
+            }
+            Next::GiveUp => {
+                let reason = del.last_failure.clone();
+                self.dead_letter(d, reason, now);
+            }
+        }
+    }
+
+    /// Acts on every window whose timer passed.
+    pub(super) fn expire_windows(&mut self, now: Instant) {
+        let due: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.next_deadline().is_some_and(|at| at <= now))
+            .map(|(id, _)| id)
+            .collect();
+        let mut expired = Vec::new();
+        for conn in due {
+            let Some(c) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            c.window.take_expired(now, &mut expired);
+            let node = c.node;
+            for (_, entry) in expired.drain(..) {
+                let Some(del) = self.out.deliveries.get(entry.delivery) else {
+                    continue;
+                };
+                if del.epoch != entry.epoch {
+                    continue;
+                }
+                let timeout = del.spec.policy.ack_timeout;
+                let reason = format!("no ack from {node} within {timeout:?}");
+                self.attempt_failed(entry.delivery, reason, now);
+            }
+            self.serve_room(conn, now);
+        }
+    }
+
+    /// `conn` is gone: its unanswered messages are retried (elsewhere if they can be), and the
+    /// deliveries waiting for its room look for another instance.
+    pub(super) fn fail_conn(&mut self, conn: ConnId, reason: &str, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let entries = c.window.drain();
+        let waiting: Vec<(DeliveryId, u32)> = c.waiting_room.drain(..).collect();
+        for (_, entry) in entries {
+            if self
+                .out
+                .deliveries
+                .get(entry.delivery)
+                .is_some_and(|del| del.epoch == entry.epoch)
+            {
+                self.attempt_failed(entry.delivery, reason.to_owned(), now);
+            }
+        }
+        for (d, epoch) in waiting {
+            if self
+                .out
+                .deliveries
+                .get(d)
+                .is_some_and(|del| del.epoch == epoch)
+            {
+                self.bump(d, State::Backoff);
+                self.attempt(d, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! How a delivery ends: acknowledged, dropped, failed, dead-lettered or abandoned, and what
+//! its end frees (the turn of its key, its operation's wait).
+
+use std::time::Instant;
+
+use shoal_proto::NodeId;
+
+use super::Engine;
+use super::delivery::State;
+use super::peers::Route;
+use super::send::{DeliveryId, OpKind};
+use crate::dead_letter::DeadLetter;
+use crate::receipts::{EventDelivery, Receipt};
+use crate::{Error, Message};
+
+impl<H: Clone> Engine<H> {
+    /// `d` was acknowledged in full.
+    pub(super) fn succeed(&mut self, d: DeliveryId, now: Instant) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        let (node, attempts) = (del.node, del.retry.attempts().max(1));
+        self.stats.acked += u64::from(del.spec.reliable);
+        if let Some(op) = self.out.ops.get_mut(del.op) {
+            let node = node.unwrap_or(NodeId::from_u128(0));
+            match &del.route {
+                Route::Service(_) => {
+                    op.sent = Some(Receipt {
+                        id: op.messages[0].id,
+                        node,
+                        attempts,
+                    });
+                }
+                Route::Audience { audience, .. } => op.copies.push(EventDelivery {
+                    group: audience.wire_group().map(str::to_owned),
+                    node,
+                    attempts,
+                }),
+            }
+        }
+        self.finish(d, now);
+    }
+
+    /// `d`'s audience is gone (it unsubscribed on purpose, or was forgotten), or a
+    /// best-effort copy found no room or no instance: the copy is dropped, and counted.
+    pub(super) fn gone(&mut self, d: DeliveryId, now: Instant) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        self.stats.events_dropped += 1;
+        if let (Some(op), Route::Audience { audience, .. }) =
+            (self.out.ops.get_mut(del.op), &del.route)
+        {
+            tracing::debug!(id = %op.messages[0].id, "copy for {audience} dropped");
+            op.dropped.push(audience.to_string());
+        }
+        self.finish(d, now);
+    }
+
+    /// Ends `d` with `error` (no dead letter: the caller hears why).
+    pub(super) fn fail(&mut self, d: DeliveryId, error: Error, now: Instant) {
+        if let Some(op) = self
+            .out
+            .deliveries
+            .get(d)
+            .and_then(|del| self.out.ops.get_mut(del.op))
+        {
+            op.error.get_or_insert(error);
+        }
+        self.finish(d, now);
+    }
+
+    /// Gives up on `d`: every message not acknowledged becomes a dead letter.
+    pub(super) fn dead_letter(&mut self, d: DeliveryId, reason: String, now: Instant) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        let (service, group) = match &del.route {
+            Route::Service(target) => (target.service.clone(), None),
+            Route::Audience { audience, .. } => (String::new(), Some(audience.to_string())),
+        };
+        let attempts = del.retry.attempts();
+        let mut letters = Vec::new();
+        if let Some(op) = self.out.ops.get(del.op) {
+            for (index, envelope) in op.messages.iter().enumerate() {
+                if !del.acked.get(index).copied().unwrap_or(false) {
+                    letters.push(DeadLetter {
+                        service: service.clone(),
+                        group: group.clone(),
+                        message: Message::from_envelope(envelope.clone()),
+                        attempts,
+                        last_failure: reason.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(first) = letters.first()
+            && let Some(op) = self.out.ops.get_mut(del.op)
+        {
+            op.error
+                .get_or_insert_with(|| Error::DeadLettered(Box::new(first.clone())));
+        }
+        for letter in letters {
+            self.record_dead_letter(letter);
+        }
+        self.finish(d, now);
+    }
+
+    /// `d` ended: it leaves its key's turn (the next one goes) and its operation.
+    pub(super) fn finish(&mut self, d: DeliveryId, now: Instant) {
+        self.abandon_flight(d);
+        let Some(del) = self.out.deliveries.remove(d) else {
+            return;
+        };
+        let next = del.slot.as_ref().and_then(|s| self.out.turns.leave(s, d));
+        self.delivery_ended(del.op);
+        if let Some(next) = next {
+            self.bump(next, State::Backoff);
+            self.attempt(next, now);
+        }
+    }
+
+    /// Stops `d` without ending its operation (its caller gave up, or the node stops).
+    pub(super) fn abandon(&mut self, d: DeliveryId, now: Instant) {
+        self.abandon_flight(d);
+        if let Some(del) = self.out.deliveries.remove(d)
+            && let Some(slot) = &del.slot
+            && let Some(next) = self.out.turns.leave(slot, d)
+        {
+            self.bump(next, State::Backoff);
+            self.attempt(next, now);
+        }
+    }
+
+    /// Ends every background delivery still going (the node stops): copies of background
+    /// publishes become dead letters saying so; asynchronous replies are dropped.
+    pub(super) fn stop_background_ops(&mut self, now: Instant) {
+        let open: Vec<DeliveryId> = self.out.deliveries.keys().collect();
+        for d in open {
+            let Some(op) = self.out.deliveries.get(d).map(|del| del.op) else {
+                continue;
+            };
+            match self.out.ops.get(op).map(|o| o.kind) {
+                Some(OpKind::Background) => {
+                    let reason = "the node stopped before this copy was delivered";
+                    self.dead_letter(d, reason.into(), now);
+                }
+                Some(OpKind::Reply) => {
+                    tracing::debug!("reply not delivered: the node stopped");
+                    self.abandon(d, now);
+                    self.out.ops.remove(op);
+                }
+                _ => self.abandon(d, now),
+            }
+        }
+    }
+}
