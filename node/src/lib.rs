@@ -95,7 +95,7 @@ pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
 pub use error::Error;
 pub use event::NodeEvent;
 pub use handler::{HandlerError, IntoReply};
-pub use identity::{Identity, MeshCa};
+pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa};
 pub use message::Message;
 #[cfg(feature = "outbox")]
 pub(crate) use node::WeakNode;

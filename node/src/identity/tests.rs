@@ -183,3 +183,47 @@ fn issued_certificates_have_the_mesh_names() {
     let fields = dns_names_for_tests(leaf);
     assert_eq!(fields, vec!["shoal.mesh", "orders.svc.shoal.mesh"]);
 }
+
+#[test]
+fn issued_certificates_have_random_serials_and_the_asked_lifetime() {
+    let ca = MeshCa::generate("serials").unwrap();
+    let a = ca.issue("orders").unwrap();
+    let b = ca.issue("orders").unwrap();
+    assert_ne!(a.certificate().serial, b.certificate().serial);
+    assert_eq!(a.certificate().serial.as_bytes().len(), 16);
+    assert_eq!(a.certificate().service.as_deref(), Some("orders"));
+
+    let now = SystemTime::now();
+    let short = ca
+        .issue_valid_for("orders", Duration::from_secs(600))
+        .unwrap();
+    let info = short.certificate();
+    let remaining = info.remaining_at(now).unwrap();
+    assert!(remaining <= Duration::from_secs(601), "{remaining:?}");
+    assert!(remaining >= Duration::from_secs(590), "{remaining:?}");
+    assert!(
+        info.not_before <= now - Duration::from_secs(3000),
+        "backdated for skew"
+    );
+    assert!(info.remaining_at(now + Duration::from_secs(700)).is_none());
+    assert!(ca.issue_valid_for("orders", Duration::ZERO).is_err());
+
+    // The facts survive PEM, and can be read from a certificate file alone.
+    let from_pem = CertificateInfo::from_pem(&short.cert_pem()).unwrap();
+    assert_eq!(&from_pem, info);
+    let back = Identity::from_pem(&short.cert_pem(), &short.key_pem()).unwrap();
+    assert_eq!(back.certificate(), info);
+}
+
+#[test]
+fn pem_is_written_as_openssl_writes_it() {
+    let ca = MeshCa::generate("pem layout").unwrap();
+    let pem = ca.issue("orders").unwrap().cert_pem();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    assert!(pem.ends_with("-----END CERTIFICATE-----\n"), "{pem}");
+    assert!(!pem.contains('\r'));
+    let body: Vec<&str> = pem.lines().skip(1).collect();
+    let (last, full) = body[..body.len() - 1].split_last().unwrap();
+    assert!(full.iter().all(|line| line.len() == 64), "{pem}");
+    assert!(!last.is_empty() && last.len() <= 64);
+}
