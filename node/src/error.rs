@@ -18,6 +18,10 @@ pub enum Error {
     /// A certificate, key or CA is unusable (unparseable PEM, wrong key type, expired, ...).
     #[error("invalid identity: {0}")]
     Identity(String),
+    /// An authorization policy is malformed (see [`crate::policy`]): an unknown field, a bad
+    /// service name or pattern. The message names the place.
+    #[error("invalid policy: {0}")]
+    Policy(String),
     /// A file could not be read or written.
     #[error("could not access {path}: {source}")]
     Io {

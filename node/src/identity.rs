@@ -38,13 +38,17 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
+pub use crl::RevocationList;
 use encoding::parse_cert_pem;
 pub(crate) use encoding::pem_encode;
+pub use revocations::Revocations;
 pub(crate) use x509::Parsed;
 pub use x509::{CertSerial, CertificateInfo};
 
+mod crl;
 mod encoding;
 mod files;
+mod revocations;
 #[cfg(test)]
 mod tests;
 mod x509;

@@ -62,6 +62,7 @@
 //! should be idempotent or check [`Message::is_redelivery`].
 
 mod builder;
+mod cert_lifecycle;
 mod config;
 mod core;
 mod dead_letter;
@@ -81,6 +82,7 @@ mod outbound;
 #[cfg(feature = "outbox")]
 pub mod outbox;
 mod peer;
+pub mod policy;
 mod publish;
 mod registry;
 mod stats;
@@ -95,12 +97,13 @@ pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
 pub use error::Error;
 pub use event::NodeEvent;
 pub use handler::{HandlerError, IntoReply};
-pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa};
+pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa, RevocationList, Revocations};
 pub use message::Message;
 #[cfg(feature = "outbox")]
 pub(crate) use node::WeakNode;
 pub use node::{Node, PeerInfo, Receipt};
 pub use outbound::SendOptions;
+pub use policy::Policy;
 pub use publish::{EventDelivery, MAX_BATCH_EVENTS, PublishOptions, PublishReceipt, Reliability};
 pub use shoal_discovery as discovery;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};

@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     pub(crate) inline_handlers: bool,
     /// Turns of messages with a partition key, per destination and key.
     pub(crate) key_order: Arc<crate::ordering::KeyOrder>,
+    /// Certificate lifecycle hook (certs branch): the node's certificate, trusted CAs and
+    /// revocations, read by every handshake and swapped by `Node::reload_tls`.
+    pub(crate) tls: crate::tls::LiveTls,
 }
 
 impl Shared {

@@ -71,8 +71,10 @@ fn pem_files_round_trip() {
     assert_eq!(back.cert_pem(), identity.cert_pem());
     assert_eq!(back.key_pem(), identity.key_pem());
     // The reloaded identity still works with the (trust-only) CA.
-    tls::server_config(&back, &trust_only, transport()).unwrap();
-    tls::client_config(&back, &trust_only, transport()).unwrap();
+    let live =
+        tls::LiveTls::new(back.clone(), vec![trust_only.clone()], Revocations::new()).unwrap();
+    tls::server_config(&live, transport()).unwrap();
+    tls::client_config(&live, transport()).unwrap();
 
     #[cfg(unix)]
     {
@@ -226,4 +228,73 @@ fn pem_is_written_as_openssl_writes_it() {
     let (last, full) = body[..body.len() - 1].split_last().unwrap();
     assert!(full.iter().all(|line| line.len() == 64), "{pem}");
     assert!(!last.is_empty() && last.len() <= 64);
+}
+
+#[test]
+fn revocation_lists_are_signed_numbered_and_checked() {
+    let dir = TempDir::new();
+    let ca = MeshCa::generate("revoking").unwrap();
+    let trust = MeshCa::from_pem(&ca.cert_pem()).unwrap();
+    let leaked = ca.issue("billing").unwrap();
+    let other = ca.issue("shop").unwrap();
+
+    let first = ca
+        .revoke(None, [leaked.certificate().serial.clone()])
+        .unwrap();
+    assert_eq!(first.number(), 1);
+    assert_eq!(
+        first.serials().collect::<Vec<_>>(),
+        vec![&leaked.certificate().serial]
+    );
+    let path = dir.0.join(RevocationList::FILE);
+    first.save(&path).unwrap();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("-----BEGIN X509 CRL-----\n")
+    );
+
+    // A node that trusts the CA (without its key) reads it back.
+    let loaded = RevocationList::load(&path, std::slice::from_ref(&trust)).unwrap();
+    assert_eq!(loaded.number(), 1);
+    assert_eq!(loaded.len(), 1);
+
+    // Extending keeps what was revoked, adds the new serial once, and numbers the list on.
+    let second = ca
+        .revoke(
+            Some(&loaded),
+            [
+                other.certificate().serial.clone(),
+                leaked.certificate().serial.clone(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(second.number(), 2);
+    assert_eq!(second.len(), 2);
+    second.save(&path).unwrap();
+    let revocations = Revocations::new();
+    assert!(revocations.replace_with_lists([&RevocationList::load(&path, &[trust]).unwrap()]));
+    assert!(revocations.is_revoked(&other.certificate().serial));
+
+    // A list signed by another CA is refused, even when it claims the same name.
+    let impostor = MeshCa::generate("revoking").unwrap();
+    let forged = impostor.revoke(None, []).unwrap();
+    let err = RevocationList::from_pem(&forged.to_pem(), std::slice::from_ref(&ca)).unwrap_err();
+    assert!(
+        err.to_string().contains("not signed by a trusted mesh CA"),
+        "{err}"
+    );
+    let err = ca.revoke(Some(&forged), []).unwrap_err();
+    assert!(err.to_string().contains("not signed"), "{err}");
+
+    // A tampered list is refused.
+    let mut der = second.to_pem();
+    der = der.replacen('A', "B", 1);
+    assert!(RevocationList::from_pem(&der, std::slice::from_ref(&ca)).is_err());
+    assert!(RevocationList::from_pem("garbage", std::slice::from_ref(&ca)).is_err());
+
+    // Only a CA with its key can sign.
+    let trust_only = MeshCa::from_pem(&ca.cert_pem()).unwrap();
+    let err = trust_only.revoke(None, []).unwrap_err();
+    assert!(err.to_string().contains("private key"), "{err}");
 }

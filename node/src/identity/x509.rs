@@ -205,7 +205,7 @@ fn service_of(dns_names: &[String]) -> Option<String> {
 }
 
 /// Seconds since the Unix epoch (negative before it) as a [`SystemTime`].
-fn to_system_time(unix: i64) -> SystemTime {
+pub(crate) fn to_system_time(unix: i64) -> SystemTime {
     let magnitude = Duration::from_secs(unix.unsigned_abs());
     if unix >= 0 {
         UNIX_EPOCH + magnitude

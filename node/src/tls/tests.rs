@@ -8,7 +8,17 @@ use std::time::Instant;
 
 use tokio::time::timeout;
 
+use rustls::RootCertStore;
+
 use super::*;
+use crate::identity::{Identity, MeshCa, Revocations};
+
+/// A root store holding only `ca`.
+fn roots(ca: &MeshCa) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    Arc::new(roots)
+}
 
 const LOCALHOST: &str = "127.0.0.1:0";
 const PROMPT: Duration = Duration::from_secs(5);
@@ -17,8 +27,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
 }
 
+/// The TLS material of a node that presents `identity` and trusts `ca`.
+fn live(identity: &Identity, ca: &MeshCa) -> LiveTls {
+    LiveTls::new(identity.clone(), vec![ca.clone()], Revocations::new()).unwrap()
+}
+
 fn server(identity: &Identity, ca: &MeshCa) -> (quinn::Endpoint, SocketAddr) {
-    let config = server_config(identity, ca, transport()).unwrap();
+    let config = server_config(&live(identity, ca), transport()).unwrap();
     let endpoint = quinn::Endpoint::server(config, LOCALHOST.parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     (endpoint, addr)
@@ -34,7 +49,7 @@ fn raw_client(trusts: &MeshCa, presents: Option<&Identity>) -> quinn::ClientConf
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13])
         .unwrap()
-        .with_root_certificates(roots(trusts).unwrap());
+        .with_root_certificates(roots(trusts));
     let mut tls = match presents {
         Some(identity) => builder
             .with_client_auth_cert(identity.cert_chain(), identity.key_der())
@@ -80,7 +95,7 @@ async fn same_ca_handshake_succeeds_and_both_sides_see_the_peer_service() {
     let billing = ca.issue("billing").unwrap();
     let (server, addr) = server(&orders, &ca);
     let client = client_endpoint();
-    let config = client_config(&billing, &ca, transport()).unwrap();
+    let config = client_config(&live(&billing, &ca), transport()).unwrap();
 
     let started = Instant::now();
     let accept = tokio::spawn(async move {
@@ -127,7 +142,7 @@ async fn client_with_a_certificate_from_another_ca_is_refused() {
     let intruder = other.issue("billing").unwrap();
 
     // The node's own start-up check catches this misconfiguration.
-    let err = client_config(&intruder, &ca, transport()).unwrap_err();
+    let err = LiveTls::new(intruder.clone(), vec![ca.clone()], Revocations::new()).unwrap_err();
     assert!(matches!(err, Error::Identity(_)), "{err}");
 
     // A client that skips the check is refused by the server.
@@ -148,7 +163,7 @@ async fn server_with_a_certificate_from_another_ca_is_refused() {
     let other = MeshCa::generate("foreign mesh").unwrap();
     let (server, addr) = server(&other.issue("orders").unwrap(), &other);
     let client = client_endpoint();
-    let config = client_config(&ca.issue("billing").unwrap(), &ca, transport()).unwrap();
+    let config = client_config(&live(&ca.issue("billing").unwrap(), &ca), transport()).unwrap();
 
     let connecting = client.connect_with(config, addr, SERVER_NAME).unwrap();
     let (server_err, client_result) =
@@ -192,7 +207,7 @@ async fn identity_from_a_reloaded_ca_interoperates() {
 
     let (server, addr) = server(&server_id, &trust_only);
     let client = client_endpoint();
-    let config = client_config(&client_id, &trust_only, transport()).unwrap();
+    let config = client_config(&live(&client_id, &trust_only), transport()).unwrap();
     let accept = tokio::spawn(async move {
         let conn = server.accept().await.unwrap().await.unwrap();
         peer_service(&conn)
