@@ -138,7 +138,8 @@ impl MeshCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_VALIDITY);
+        let now = SystemTime::now();
+        set_validity(&mut params, now - BACKDATE, now + CA_VALIDITY);
         let cert = params
             .self_signed(&key)
             .map_err(|e| Error::Identity(format!("could not create the CA certificate: {e}")))?;
@@ -228,10 +229,29 @@ impl MeshCa {
     /// renewed and reloaded ([`crate::Node::reload_identity`]) well before they expire, limit
     /// what a leaked key is worth.
     pub fn issue_valid_for(&self, service: &str, lifetime: Duration) -> Result<Identity, Error> {
-        validate_service_name(service)?;
         if lifetime.is_zero() {
             return Err(Error::Identity(
                 "a certificate's lifetime must be longer than zero".into(),
+            ));
+        }
+        let now = SystemTime::now();
+        self.issue_valid_between(service, now - BACKDATE, now + lifetime)
+    }
+
+    /// [`MeshCa::issue`] valid from `not_before` to `not_after` (whole seconds). A certificate
+    /// that starts later can be handed out ahead of a planned rotation; peers refuse it, and
+    /// a node will not load it, before `not_before` ("not valid yet") and after `not_after`
+    /// ("expired").
+    pub fn issue_valid_between(
+        &self,
+        service: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Identity, Error> {
+        validate_service_name(service)?;
+        if not_after <= not_before {
+            return Err(Error::Identity(
+                "a certificate's validity must end after it starts".into(),
             ));
         }
         let ca_key = self.key.as_deref().ok_or_else(|| {
@@ -265,7 +285,7 @@ impl MeshCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, lifetime);
+        set_validity(&mut params, not_before, not_after);
         let cert = params.signed_by(&key, &issuer).map_err(|e| {
             Error::Identity(format!(
                 "could not sign the certificate for `{service}`: {e}"
@@ -425,12 +445,10 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// Makes `params` valid from `BACKDATE` ago until `lifetime` from now.
-fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+/// Makes `params` valid from `not_before` to `not_after`.
+fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + since_epoch.saturating_sub(BACKDATE);
-    params.not_after = epoch + since_epoch + lifetime;
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    params.not_before = epoch + since_epoch(not_before);
+    params.not_after = epoch + since_epoch(not_after);
 }

@@ -209,6 +209,30 @@ fn issued_certificates_have_random_serials_and_the_asked_lifetime() {
     );
     assert!(info.remaining_at(now + Duration::from_secs(700)).is_none());
     assert!(ca.issue_valid_for("orders", Duration::ZERO).is_err());
+    let err = ca.issue_valid_between("orders", now, now).unwrap_err();
+    assert!(
+        err.to_string().contains("must end after it starts"),
+        "{err}"
+    );
+    let later = ca
+        .issue_valid_between(
+            "orders",
+            now + Duration::from_secs(86_400),
+            now + Duration::from_secs(2 * 86_400),
+        )
+        .unwrap();
+    assert_eq!(
+        later
+            .certificate()
+            .not_before
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        (now + Duration::from_secs(86_400))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
 
     // The facts survive PEM, and can be read from a certificate file alone.
     let from_pem = CertificateInfo::from_pem(&short.cert_pem()).unwrap();
