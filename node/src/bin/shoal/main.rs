@@ -32,6 +32,7 @@ mod client;
 mod common;
 mod peers;
 mod ping;
+mod reload;
 mod serve;
 
 /// Shoal: a brokerless messaging mesh (QUIC + mutual TLS).
