@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use shoal::outbox::rusqlite::{self, Connection};
 use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{HandlerError, Identity, MeshCa, Message, Node, RetryPolicy};
