@@ -2,6 +2,7 @@
 //! running `shoal serve` following its files; `shoal serve --policy`. Loopback only, every
 //! command bounded by a timeout.
 #![cfg(feature = "cli")]
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
