@@ -52,7 +52,10 @@
 //!   the fan-out of one event to its audiences, the per-key turns of keyed messages.
 //! - [`Node`] and [`NodeBuilder`]: the public handle and its configuration; `inspect`
 //!   (private) holds what a node tells about its peers and itself.
-//! - [`Identity`] and [`MeshCa`]: certificates.
+//! - [`Identity`] and [`MeshCa`]: certificates; [`RevocationList`] and [`Revocations`]: revoked
+//!   ones. `tls` and `cert_lifecycle` (private) hold the TLS material every handshake reads,
+//!   which [`Node::reload_tls`] swaps while the node runs.
+//! - [`policy`]: who may send what to which service, publish and subscribe to which topics.
 //!
 //! ## Delivery guarantees
 //! At-least-once: [`Node::send`] resolves only after the receiver's handler finished. Retries

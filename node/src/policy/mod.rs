@@ -256,19 +256,14 @@ impl Policy {
             by_default,
         };
         let Some(rules) = self.services.get(to).and_then(|r| r.accept.as_deref()) else {
-            return self.by_default(|| denial(true));
+            return default_decision(self.default, || denial(true));
         };
-        rules
+        let found = rules
             .iter()
             .filter(|rule| rule.from.as_deref().is_none_or(|f| f == from))
             .flat_map(|rule| &rule.messages)
-            .find(|pattern| topic::matches(pattern, message))
-            .map_or_else(
-                || Decision::Denied(Box::new(denial(false))),
-                |pattern| Decision::Allowed {
-                    pattern: Arc::clone(pattern),
-                },
-            )
+            .find(|pattern| topic::matches(pattern, message));
+        allowed_by(found, || denial(false))
     }
 
     /// May `service` publish events on `topic`?
@@ -311,13 +306,9 @@ impl Policy {
             covers,
         )
     }
-
-    fn by_default(&self, denial: impl FnOnce() -> Denial) -> Decision {
-        by_default(self.default, denial)
-    }
 }
 
-fn by_default(default: DefaultRule, denial: impl FnOnce() -> Denial) -> Decision {
+fn default_decision(default: DefaultRule, denial: impl FnOnce() -> Denial) -> Decision {
     match default {
         DefaultRule::Allow => Decision::AllowedByDefault,
         DefaultRule::Deny => Decision::Denied(Box::new(denial())),
@@ -342,16 +333,20 @@ fn decide_patterns(
         by_default,
     };
     let Some(list) = list else {
-        return by_default(default, || denial(true));
+        return default_decision(default, || denial(true));
     };
-    list.iter()
-        .find(|allowed| allows(allowed, subject))
-        .map_or_else(
-            || Decision::Denied(Box::new(denial(false))),
-            |pattern| Decision::Allowed {
-                pattern: Arc::clone(pattern),
-            },
-        )
+    let found = list.iter().find(|allowed| allows(allowed, subject));
+    allowed_by(found, || denial(false))
+}
+
+/// Allowed by the rule `found`, or refused by the list that has no such rule.
+fn allowed_by(found: Option<&Arc<str>>, denial: impl FnOnce() -> Denial) -> Decision {
+    match found {
+        Some(pattern) => Decision::Allowed {
+            pattern: Arc::clone(pattern),
+        },
+        None => Decision::Denied(Box::new(denial())),
+    }
 }
 
 /// Whether every topic `requested` matches is matched by `allowed` (both checked patterns).

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -35,6 +37,9 @@ struct Inner {
     provider: Arc<CryptoProvider>,
     material: watch::Sender<Arc<Material>>,
     revocations: Revocations,
+    /// Held while a reload builds on the current material, so two reloads at once (a new
+    /// certificate and new CAs, say) cannot undo each other.
+    reloading: std::sync::Mutex<()>,
 }
 
 /// One generation of TLS material, checked as a whole before it is used.
@@ -60,6 +65,7 @@ impl LiveTls {
                 provider,
                 material: watch::Sender::new(Arc::new(material)),
                 revocations,
+                reloading: std::sync::Mutex::default(),
             }),
         })
     }
@@ -74,6 +80,7 @@ impl LiveTls {
         identity: Option<Identity>,
         trust: Option<Vec<MeshCa>>,
     ) -> Result<(), Error> {
+        let _one_at_a_time = crate::sync::lock(&self.inner.reloading);
         let current = self.material();
         let identity = identity.unwrap_or_else(|| current.identity.clone());
         let trust = trust.unwrap_or_else(|| current.trust.clone());
@@ -273,9 +280,15 @@ impl rustls::client::ResolvesClientCert for LiveTls {
 }
 
 /// Checks a peer's certificate with the trusted CAs of the moment, then against the
-/// revocations. Signatures over the handshake are checked by the same WebPKI verifiers.
+/// revocations. Signatures over the handshake are checked with the provider's algorithms.
 #[derive(Debug)]
 pub(crate) struct PeerVerifier(LiveTls);
+
+impl PeerVerifier {
+    fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
+        &self.0.inner.provider.signature_verification_algorithms
+    }
+}
 
 impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
@@ -304,7 +317,7 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls12_signature(&*self.0.material().servers, message, cert, dss)
+        verify_tls12_signature(message, cert, dss, self.algorithms())
     }
 
     fn verify_tls13_signature(
@@ -313,11 +326,11 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        ServerCertVerifier::verify_tls13_signature(&*self.0.material().servers, message, cert, dss)
+        verify_tls13_signature(message, cert, dss, self.algorithms())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        ServerCertVerifier::supported_verify_schemes(&*self.0.material().servers)
+        self.algorithms().supported_schemes()
     }
 }
 
@@ -348,10 +361,7 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .material()
-            .clients
-            .verify_tls12_signature(message, cert, dss)
+        ServerCertVerifier::verify_tls12_signature(self, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -360,13 +370,10 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
-            .material()
-            .clients
-            .verify_tls13_signature(message, cert, dss)
+        ServerCertVerifier::verify_tls13_signature(self, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.material().clients.supported_verify_schemes()
+        self.algorithms().supported_schemes()
     }
 }

@@ -118,14 +118,7 @@ async fn same_ca_handshake_succeeds_and_both_sides_see_the_peer_service() {
     let handshake = started.elapsed();
     assert_eq!(peer_service(&conn).as_deref(), Some("orders"));
 
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(b"ping").await.unwrap();
-    send.finish().unwrap();
-    let echoed = timeout(PROMPT, recv.read_to_end(64))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(echoed, b"ping");
+    echo(&conn).await;
     conn.close(0u32.into(), b"done");
 
     let server_saw = timeout(PROMPT, accept).await.unwrap().unwrap();
