@@ -63,6 +63,8 @@
 
 mod builder;
 mod config;
+#[cfg(feature = "contracts")]
+pub mod contract;
 mod core;
 mod dead_letter;
 mod diagnose;
@@ -88,7 +90,13 @@ mod subscribe;
 mod sync;
 mod tls;
 
+// `::shoal` paths (what `#[derive(Contract)]` writes) resolve inside this crate too.
+#[cfg(feature = "contracts")]
+extern crate self as shoal;
+
 pub use builder::NodeBuilder;
+#[cfg(feature = "contracts")]
+pub use contract::Contract;
 pub use core::retry::RetryPolicy;
 pub use dead_letter::DeadLetter;
 pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
@@ -103,6 +111,10 @@ pub use node::{Node, PeerInfo, Receipt};
 pub use outbound::SendOptions;
 pub use publish::{EventDelivery, MAX_BATCH_EVENTS, PublishOptions, PublishReceipt, Reliability};
 pub use shoal_discovery as discovery;
+/// Derives [`Contract`](trait@Contract): `#[derive(shoal::Contract)]` with
+/// `#[shoal(name = "...", version = N, kind = "command")]` (see [`contract`]).
+#[cfg(feature = "contracts")]
+pub use shoal_macros::Contract;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};
