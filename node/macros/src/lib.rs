@@ -184,7 +184,11 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let kind = kind.variant();
     let key_fn = key.map(|field| {
+        let name = field.to_string();
         quote! {
+            const KEY_FIELD: ::core::option::Option<&'static str> =
+                ::core::option::Option::Some(#name);
+
             fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
                 ::core::option::Option::Some(::std::string::ToString::to_string(&self.#field))
             }
@@ -223,7 +227,10 @@ mod tests {
             struct PlaceOrder { customer: String }
         });
         let parsed = parsed.expect("valid");
-        assert_eq!(text(&parsed), "orders.PlaceOrder 2 Command customer :: shoal");
+        assert_eq!(
+            text(&parsed),
+            "orders.PlaceOrder 2 Command customer :: shoal"
+        );
     }
 
     #[test]
@@ -240,41 +247,75 @@ mod tests {
     #[test]
     fn refuses_bad_settings_with_a_message_that_says_what_to_write() {
         let cases: Vec<(DeriveInput, &str)> = vec![
-            (syn::parse_quote!(struct A;), "needs the attribute"),
             (
-                syn::parse_quote!(#[shoal(version = 1, kind = "event")] struct A;),
+                syn::parse_quote!(
+                    struct A;
+                ),
+                "needs the attribute",
+            ),
+            (
+                syn::parse_quote!(
+                    #[shoal(version = 1, kind = "event")]
+                    struct A;
+                ),
                 "needs `name`",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", kind = "event")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", kind = "event")]
+                    struct A;
+                ),
                 "needs `version`",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 1)] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 1)]
+                    struct A;
+                ),
                 "needs `kind`",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 0, kind = "event")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 0, kind = "event")]
+                    struct A;
+                ),
                 "versions start at 1",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 70000, kind = "event")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 70000, kind = "event")]
+                    struct A;
+                ),
                 "1 to 65535",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a b", version = 1, kind = "event")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a b", version = 1, kind = "event")]
+                    struct A;
+                ),
                 "no whitespace",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 1, kind = "query")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 1, kind = "query")]
+                    struct A;
+                ),
                 "unknown kind `query`",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 1, kind = "event", colour = "x")] struct A;),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 1, kind = "event", colour = "x")]
+                    struct A;
+                ),
                 "unknown setting",
             ),
             (
-                syn::parse_quote!(#[shoal(name = "a", version = 1, kind = "event", key = "id")] struct A { other: u8 }),
+                syn::parse_quote!(
+                    #[shoal(name = "a", version = 1, kind = "event", key = "id")]
+                    struct A {
+                        other: u8,
+                    }
+                ),
                 "must name a field",
             ),
         ];
