@@ -150,6 +150,12 @@ impl<'a> Index<'a> {
             .collect()
     }
 
+    /// The operation `key` as written (resolved).
+    pub(crate) fn raw_operation(&self, key: &str) -> Option<&'a Value> {
+        let operation = self.doc.root.get("operations")?.get(key)?;
+        self.doc.resolve(operation).ok()
+    }
+
     /// Which way each message travels, by the operations of this document.
     pub(crate) fn usages(&self) -> BTreeMap<MessageKey, Usage> {
         let mut usages: BTreeMap<MessageKey, Usage> = BTreeMap::new();

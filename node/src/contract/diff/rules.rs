@@ -156,6 +156,8 @@ rules! {
         "A oneOf/anyOf alternative was removed: breaks a receiver.";
     VariantAdded "variant-added" FORWARD,
         "A oneOf/anyOf alternative was added: breaks a sender.";
+    Deprecated "deprecated" Fixed(Info),
+        "An operation or message is newly deprecated (`deprecated` or `x-shoal-deprecated`).";
     MajorVersionNotBumped "major-version-not-bumped" Fixed(Warning),
         "There are breaking changes but info.version kept its major version.";
     SchemaNotCompared "schema-not-compared" Fixed(Warning),

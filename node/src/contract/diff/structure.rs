@@ -107,7 +107,24 @@ impl<'a, 'b> Compare<'a, 'b> {
         }
     }
 
+    /// Reports `new` as newly deprecated if it is and `old` was not.
+    fn deprecation(&mut self, old: &Value, new: &Value, at: &str, what: &str) {
+        let deprecated = |v: &Value| {
+            ["deprecated", "x-shoal-deprecated"]
+                .iter()
+                .any(|k| v.get(k) == Some(&Value::Bool(true)))
+        };
+        if deprecated(new) && !deprecated(old) {
+            self.fixed(
+                Rule::Deprecated,
+                at.to_owned(),
+                format!("{what} is now deprecated"),
+            );
+        }
+    }
+
     fn message(&mut self, old: &'a Value, new: &'a Value, usage: Usage, at: &str) {
+        self.deprecation(old, new, at, "the message");
         let content_type = |index: &Index<'a>, m: &'a Value| {
             m.get("contentType")
                 .and_then(Value::as_str)
@@ -181,6 +198,9 @@ impl<'a, 'b> Compare<'a, 'b> {
                 );
                 continue;
             };
+            if let (Some(was), Some(is)) = (old.raw_operation(key), new.raw_operation(key)) {
+                self.deprecation(was, is, &at, "the operation");
+            }
             if op.action != now.action {
                 let message = format!(
                     "action was {}, is now {}",

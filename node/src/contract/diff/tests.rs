@@ -352,6 +352,11 @@ structure_rule!(schema_not_compared, SchemaNotCompared, Warning, |d| {
     });
 });
 
+structure_rule!(deprecated, Deprecated, Info, |d| {
+    d["operations"]["publish"]["x-shoal-deprecated"] = json!(true);
+    d["components"]["messages"]["Place"]["deprecated"] = json!(true);
+});
+
 #[test]
 fn major_version_not_bumped() {
     let mut new = service();
