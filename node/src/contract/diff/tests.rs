@@ -604,3 +604,18 @@ fn the_json_report_counts_and_lists_changes() {
     assert_eq!(found["changes"][0]["location"], "channels/placed");
     assert_eq!(found["changes"][0]["allowed"], false);
 }
+
+#[test]
+fn the_readme_lists_every_rule_with_its_level_and_test() {
+    let readme = include_str!("../../../../README.md");
+    for rule in Rule::ALL {
+        let row = format!(
+            "| `{}` | {} | {} | `{}` |",
+            rule.id(),
+            rule.level_text(),
+            rule.summary(),
+            rule.id().replace('-', "_")
+        );
+        assert!(readme.contains(&row), "README.md lacks the row\n{row}");
+    }
+}
