@@ -22,7 +22,7 @@ use crate::error::{BenchError, BenchResult};
 use crate::measure::{RoundTrip, measure};
 use crate::report::LatencyReport;
 use crate::runtime::{Announce, Shutdown, run_pair};
-use crate::shoal_scenarios::{SERVICE, builder, shoal_err};
+use crate::shoal_scenarios::{SERVICE, builder, shoal_err, start_client};
 
 /// Row name: a typed request until its typed reply is decoded.
 pub const NAME: &str = "shoal-typed-request";
@@ -110,14 +110,7 @@ async fn serve(ca: MeshCa, announce: Announce<SocketAddr>, shutdown: Shutdown) -
 }
 
 async fn client(ca: MeshCa, server: SocketAddr, config: BenchConfig) -> BenchResult<LatencyReport> {
-    let node = builder(&ca, "bench-client")?
-        .peer(server)
-        .start()
-        .await
-        .map_err(shoal_err)?;
-    node.wait_for_instances(SERVICE, 1, TIMEOUT)
-        .await
-        .map_err(shoal_err)?;
+    let node = start_client(ca, server).await?;
     let typed: TypedNode = node.typed(client_contract()).map_err(shoal_err)?;
     let report = measure(NAME, &config, async |attempt| {
         let quote = Quote::of_len(attempt, config.payload);

@@ -11,7 +11,7 @@ mod contracts {
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use contracts::types::{OrderAccepted, OrderPlaced, PlaceOrder, v1};
+use contracts::types::{OrderPlaced, PlaceOrder, orders_contract, v1};
 use shoal::contract::{Codec, ServiceContract};
 
 fn repo() -> PathBuf {
@@ -22,15 +22,7 @@ fn repo() -> PathBuf {
 /// instance subscriptions, CBOR, several services sent to.
 fn contracts() -> Vec<ServiceContract> {
     vec![
-        ServiceContract::new("orders", "2.0.0")
-            .description("Takes orders.")
-            .accepts::<PlaceOrder>()
-            .replies::<OrderAccepted>()
-            .accepts::<v1::PlaceOrder>()
-            .replies::<v1::OrderAccepted>()
-            .deprecated()
-            .publishes::<OrderPlaced>("order.placed")
-            .publishes::<v1::OrderPlaced>("order.placed")
+        orders_contract()
             .sends::<PlaceOrder>("warehouse")
             .codec(Codec::Cbor),
         ServiceContract::new("audit", "1.0.0")

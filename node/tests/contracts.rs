@@ -11,27 +11,13 @@ mod contracts {
 
 use std::time::Duration;
 
-use contracts::types::{OrderAccepted, OrderPlaced, PlaceOrder, v1};
+use contracts::types::{OrderAccepted, OrderPlaced, PlaceOrder, orders_contract, v1};
 use shoal::contract::{Codec, ServiceContract, TypedNode};
 use shoal::{Error, MeshCa, Message, Node};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Release 2 of the order service: v2 and (deprecated) v1 of PlaceOrder, both versions of
-/// OrderPlaced published.
-fn orders_contract() -> ServiceContract {
-    ServiceContract::new("orders", "2.0.0")
-        .accepts::<PlaceOrder>()
-        .replies::<OrderAccepted>()
-        .accepts::<v1::PlaceOrder>()
-        .replies::<v1::OrderAccepted>()
-        .deprecated()
-        .publishes::<OrderPlaced>("order.placed")
-        .publishes::<v1::OrderPlaced>("order.placed")
-        .deprecated()
-}
 
 async fn start(ca: &MeshCa, service: &str, peer: Option<&Node>) -> Node {
     Node::builder(service)
@@ -129,6 +115,39 @@ async fn v1_and_v2_requests_are_served_side_by_side() {
     let stats = orders.stats();
     assert_eq!((stats.handled, stats.upcast), (3, 1));
     assert_eq!((stats.refused_unknown, stats.refused_undecodable), (0, 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_replaced_handler_serves_its_upcast_versions_too() {
+    let ca = MeshCa::generate("contracts").unwrap();
+    let orders = orders(&ca).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    orders
+        .handle(move |order: PlaceOrder, msg: Message| {
+            let _ = tx.send((order.order_id.clone(), msg.version()));
+            async move {
+                Ok(OrderAccepted {
+                    order_id: order.order_id,
+                    items: 0,
+                })
+            }
+        })
+        .unwrap();
+    let old = client(&ca, "old-shop", &orders, shop_v1()).await;
+    let order = v1::PlaceOrder {
+        order_id: "o-7".into(),
+        item: "cup".into(),
+        gift: false,
+    };
+    old.send("orders", &order).await.unwrap();
+    assert_eq!(rx.try_recv().unwrap(), ("o-7".to_owned(), 1));
+    // One message type, one version: publishing it twice in one call is refused.
+    let placed = OrderPlaced {
+        order_id: "o".into(),
+        items: vec![],
+    };
+    let err = orders.publish(&(placed.clone(), placed)).await.unwrap_err();
+    assert!(err.to_string().contains("listed twice"), "{err}");
 }
 
 /// The receiver's reason in a dead letter (after "<node> refused: ").

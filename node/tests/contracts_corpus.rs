@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use contracts::types::{OrderAccepted, OrderPlaced, PlaceOrder, v1};
-use shoal::contract::{MESSAGE_HEADER, ServiceContract};
+use contracts::types::{OrderAccepted, OrderPlaced, PlaceOrder, orders_contract, v1};
+use shoal::contract::MESSAGE_HEADER;
 use shoal::{MeshCa, Message, Node};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -111,11 +111,7 @@ async fn every_v1_message_of_the_corpus_is_read_by_the_v2_code() {
     let v2 = node("orders").start().await.unwrap();
     let v2 = v2
         .typed(
-            ServiceContract::new("orders", "2.0.0")
-                .accepts::<PlaceOrder>()
-                .replies::<OrderAccepted>()
-                .accepts::<v1::PlaceOrder>()
-                .replies::<v1::OrderAccepted>()
+            orders_contract()
                 .subscribes::<OrderPlaced>("order.placed")
                 .subscribes::<v1::OrderPlaced>("order.placed"),
         )

@@ -3,6 +3,22 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use shoal::contract::ServiceContract;
+
+/// Release 2 of the order service: v2 and (deprecated) v1 of PlaceOrder, both versions of
+/// OrderPlaced published.
+pub(crate) fn orders_contract() -> ServiceContract {
+    ServiceContract::new("orders", "2.0.0")
+        .description("Takes orders.")
+        .accepts::<PlaceOrder>()
+        .replies::<OrderAccepted>()
+        .accepts::<v1::PlaceOrder>()
+        .replies::<v1::OrderAccepted>()
+        .deprecated()
+        .publishes::<OrderPlaced>("order.placed")
+        .publishes::<v1::OrderPlaced>("order.placed")
+        .deprecated()
+}
 
 /// Release 1 of the order API, as v1 senders and subscribers still compile it.
 pub(crate) mod v1 {

@@ -184,7 +184,8 @@ impl Document<'_> {
                 direction: reply_direction,
                 correlation: Some("$message.header#/correlation_id"),
                 event: false,
-                deprecated: entry.deprecated,
+                // The operation says it; one reply type may answer several requests.
+                deprecated: false,
             };
             let reply_message = self.message(&reply_channel, reply, codec, &reply_use);
             operation.insert(

@@ -86,7 +86,13 @@ impl TypedNode {
         let mut topic: Option<&str> = None;
         let mut messages = Vec::with_capacity(versions.len());
         let listed: Vec<String> = versions.iter().map(|v| v.id.version.to_string()).collect();
-        for version in &versions {
+        for (i, version) in versions.iter().enumerate() {
+            if versions[..i].iter().any(|v| v.id == version.id) {
+                return Err(Error::Contract(format!(
+                    "{} is listed twice in one publish",
+                    version.id
+                )));
+            }
             if version.id.name != first.id.name {
                 return Err(Error::Contract(format!(
                     "versions published together must be of one message type, not {} and {}",

@@ -7,7 +7,7 @@ mod routes;
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
@@ -88,7 +88,7 @@ struct State {
     messages: HashMap<&'static str, Arc<Table>>,
     /// Event routes, one table (and one byte subscription) per pattern and group.
     subscriptions: Vec<Subscribed>,
-    /// Every typed handler registered, as `TypedHandler<T>`, for upcasters to call.
+    /// Every typed handler registered, as a `Slot<T>`, for routes and upcasters to call.
     handlers: HashMap<MessageRef, Arc<dyn Any + Send + Sync>>,
 }
 
@@ -171,19 +171,17 @@ impl TypedNode {
         let id = MessageRef::of::<T>();
         let entry = self.entry(id, "accepts", |r| matches!(r, Role::Accepts))?;
         check_reply(entry, R::reply_type())?;
-        let typed: TypedHandler<T> = Arc::new(move |value, msg, codec| {
+        let typed = self.register::<T>(Arc::new(move |value, msg, codec| {
             let reply = handler(value, msg);
             Box::pin(async move { reply.await?.encode(codec) })
-        });
+        }));
         let route = Route::new(
-            Arc::clone(&typed),
+            typed,
             entry.codec(&self.inner.contract),
             Arc::clone(&self.inner.counters),
             false,
         );
-        let mut state = lock(&self.inner.state);
-        state.handlers.insert(id, Arc::new(typed));
-        self.install_message(&mut state, id, route);
+        self.install_message(&mut lock(&self.inner.state), id, route);
         Ok(())
     }
 
@@ -201,17 +199,16 @@ impl TypedNode {
         let entry = self.entry(id, "subscribes to", |r| {
             matches!(r, Role::Subscribes { .. })
         })?;
-        let typed: TypedHandler<T> = Arc::new(move |value, msg, _codec| {
+        let typed = self.register::<T>(Arc::new(move |value, msg, _codec| {
             let done = handler(value, msg);
             Box::pin(async move { done.await.map(|()| None) })
-        });
+        }));
         let route = Route::new(
-            Arc::clone(&typed),
+            typed,
             entry.codec(&self.inner.contract),
             Arc::clone(&self.inner.counters),
             false,
         );
-        lock(&self.inner.state).handlers.insert(id, Arc::new(typed));
         self.install_event(entry, id, route).await
     }
 
@@ -231,15 +228,11 @@ impl TypedNode {
         New: Contract,
     {
         let (old, new) = (MessageRef::of::<Old>(), MessageRef::of::<New>());
-        let target = lock(&self.inner.state)
-            .handlers
-            .get(&new)
-            .and_then(|h| h.downcast_ref::<TypedHandler<New>>().cloned())
-            .ok_or_else(|| {
-                Error::Contract(format!(
-                    "register the handler for {new} before upcasting {old} to it"
-                ))
-            })?;
+        let target = self.registered::<New>().ok_or_else(|| {
+            Error::Contract(format!(
+                "register the handler for {new} before upcasting {old} to it"
+            ))
+        })?;
         let typed: TypedHandler<Old> =
             Arc::new(move |value: Old, msg, codec| target(value.into(), msg, codec));
         let contract = &self.inner.contract;
@@ -275,9 +268,7 @@ impl TypedNode {
                 }
             }
         }
-        lock(&self.inner.state)
-            .handlers
-            .insert(old, Arc::new(Arc::clone(&typed)));
+        let typed = self.register::<Old>(typed);
         for entry in entries {
             let route = Route::new(
                 Arc::clone(&typed),
@@ -293,6 +284,31 @@ impl TypedNode {
             }
         }
         Ok(())
+    }
+
+    /// Makes `handler` the handler of `T` (replacing an earlier one everywhere it is called
+    /// from, upcasters included); returns a handler that calls whichever is current.
+    fn register<T: Contract>(&self, handler: TypedHandler<T>) -> TypedHandler<T> {
+        let id = MessageRef::of::<T>();
+        let mut state = lock(&self.inner.state);
+        if let Some(slot) = state
+            .handlers
+            .get(&id)
+            .and_then(|s| s.downcast_ref::<Slot<T>>())
+        {
+            *crate::sync::write(slot) = handler;
+            return through(Arc::clone(slot));
+        }
+        let slot: Slot<T> = Arc::new(RwLock::new(handler));
+        state.handlers.insert(id, Arc::new(Arc::clone(&slot)));
+        through(slot)
+    }
+
+    /// The current handler of `T`, if one is registered.
+    fn registered<T: Contract>(&self) -> Option<TypedHandler<T>> {
+        let state = lock(&self.inner.state);
+        let slot = state.handlers.get(&MessageRef::of::<T>())?;
+        slot.downcast_ref::<Slot<T>>().cloned().map(through)
     }
 
     /// The contract's entry for `id` in a role `role` accepts, or why there is none.
@@ -375,6 +391,18 @@ impl TypedNode {
         });
         Ok(subscription)
     }
+}
+
+/// Where the current handler of one message type is kept: replacing it reaches every route
+/// and upcaster that calls it.
+type Slot<T> = Arc<RwLock<TypedHandler<T>>>;
+
+/// A handler that calls the one in `slot` now.
+fn through<T: Contract>(slot: Slot<T>) -> TypedHandler<T> {
+    Arc::new(move |value, msg, codec| {
+        let current = Arc::clone(&*crate::sync::read(&slot));
+        current(value, msg, codec)
+    })
 }
 
 /// Checks a handler's reply type against the one the contract declares.
