@@ -1,6 +1,6 @@
 //! [`ServiceContract`]: what a service accepts, replies, publishes, subscribes to and sends.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use crate::contract::codec::Codec;
 use crate::contract::message::{Contract, MessageRef, MessageType, kind_name};
@@ -212,24 +212,6 @@ impl ServiceContract {
         &self.version
     }
 
-    /// The message types this service handles point-to-point.
-    pub fn accepted(&self) -> Vec<MessageRef> {
-        self.refs(|r| matches!(r, Role::Accepts))
-    }
-
-    /// The message types this service subscribes to.
-    pub fn subscribed(&self) -> Vec<MessageRef> {
-        self.refs(|r| matches!(r, Role::Subscribes { .. }))
-    }
-
-    fn refs(&self, role: impl Fn(&Role) -> bool) -> Vec<MessageRef> {
-        self.entries
-            .iter()
-            .filter(|e| role(&e.role))
-            .map(|e| e.message.id)
-            .collect()
-    }
-
     /// Checks the contract: modifiers in place, no message declared twice for one role,
     /// kinds that fit their role (commands and documents are accepted and sent, events and
     /// documents published and subscribed to, replies are replies).
@@ -238,10 +220,10 @@ impl ServiceContract {
         if self.service.is_empty() {
             problems.push("the service name is empty".into());
         }
-        let mut seen = HashMap::new();
+        let mut seen = HashSet::new();
         for entry in &self.entries {
             let id = entry.message.id;
-            if seen.insert((role_key(&entry.role), id), ()).is_some() {
+            if !seen.insert((role_key(&entry.role), id)) {
                 problems.push(format!("{id} is declared twice: {}", entry.role.describe()));
             }
             let fits = match entry.role {
