@@ -39,6 +39,7 @@ pub mod runtime;
 pub mod shoal_scenarios;
 pub mod systems;
 pub mod throughput;
+pub mod typed_request;
 pub mod udp_echo;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -208,6 +209,16 @@ pub const SCENARIOS: &[Scenario] = &[
         setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, reply in the ack's write",
         about: "Shoal request/response: request to an echo handler, resolve on the reply",
         run: Measures::RoundTrip(shoal_scenarios::run_request),
+        in_all: true,
+    },
+    Scenario {
+        name: typed_request::NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults, typed contracts: JSON request and reply with --payload bytes \
+                of fields, dispatched on (name, major version)",
+        about: "Shoal typed request/response: a typed request (JSON) to a typed handler, \
+                resolve on the decoded typed reply",
+        run: Measures::RoundTrip(typed_request::run),
         in_all: true,
     },
     Scenario {

@@ -67,6 +67,8 @@
 mod builder;
 mod cert_lifecycle;
 mod config;
+#[cfg(feature = "contracts")]
+pub mod contract;
 mod core;
 mod dead_letter;
 mod diagnose;
@@ -93,7 +95,13 @@ mod subscribe;
 mod sync;
 mod tls;
 
+// `::shoal` paths (what `#[derive(Contract)]` writes) resolve inside this crate too.
+#[cfg(feature = "contracts")]
+extern crate self as shoal;
+
 pub use builder::NodeBuilder;
+#[cfg(feature = "contracts")]
+pub use contract::Contract;
 pub use core::retry::RetryPolicy;
 pub use dead_letter::DeadLetter;
 pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
@@ -109,6 +117,10 @@ pub use outbound::SendOptions;
 pub use policy::Policy;
 pub use publish::{EventDelivery, MAX_BATCH_EVENTS, PublishOptions, PublishReceipt, Reliability};
 pub use shoal_discovery as discovery;
+/// Derives [`Contract`](trait@Contract): `#[derive(shoal::Contract)]` with
+/// `#[shoal(name = "...", version = N, kind = "command")]` (see [`contract`]).
+#[cfg(feature = "contracts")]
+pub use shoal_macros::Contract;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};

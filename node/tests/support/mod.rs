@@ -31,6 +31,12 @@ impl TempDir {
         &self.0
     }
 
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).expect("write a scratch file");
+        path.display().to_string()
+    }
+
     pub fn join(&self, p: &str) -> String {
         self.0.join(p).display().to_string()
     }
