@@ -108,7 +108,8 @@ impl State {
     }
 
     /// A commit read from the log, with its pending outbox rows.
-    fn commit(&mut self, end: u64, rows: Vec<StoredRow>) {
+    fn commit(&mut self, end: u64, mut rows: Vec<StoredRow>) {
+        rows.retain(|row| !self.recent.set.contains(&row.seq));
         for row in &rows {
             self.owner.insert(row.seq, end);
         }
@@ -471,4 +472,58 @@ pub(super) async fn check_replication_login(
 
 fn repl(e: pgwire_replication::PgWireError) -> OutboxError {
     OutboxError::Database(format!("replication stream: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: i64) -> StoredRow {
+        StoredRow {
+            seq,
+            destination: "publish".into(),
+            frame: Vec::new(),
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_slot_is_confirmed_past_a_commit_only_once_its_rows_and_earlier_ones_finished() {
+        let hold = Duration::from_secs(60);
+        let mut state = State::default();
+        state.reset(100);
+        state.commit(200, vec![row(1), row(2)]);
+        state.commit(300, vec![row(3)]);
+        state.commit(400, Vec::new());
+        assert!(!state.advance(hold), "nothing finished yet");
+        // The later commit finishing first does not move the slot past the earlier one.
+        state.finished(&[3]);
+        assert!(!state.advance(hold));
+        state.finished(&[1]);
+        assert!(!state.advance(hold));
+        assert_eq!(state.confirmed, 100);
+        state.finished(&[2]);
+        assert!(state.advance(hold));
+        assert_eq!(state.confirmed, 400, "and the commits after it, done or empty");
+        // A row finished is not handed over again when the log brings it once more, nor
+        // does it hold the slot.
+        state.commit(500, vec![row(2), row(4)]);
+        state.served_max = 0;
+        let again: Vec<i64> = state.take_fresh(10).iter().map(|r| r.seq).collect();
+        assert_eq!(again, [4]);
+        state.finished(&[4]);
+        assert!(state.advance(hold));
+        assert_eq!(state.confirmed, 500);
+    }
+
+    #[test]
+    fn a_row_waiting_past_the_hold_no_longer_holds_the_slot() {
+        let mut state = State::default();
+        state.reset(0);
+        state.commit(200, vec![row(1)]);
+        assert!(!state.advance(Duration::from_secs(60)));
+        assert!(state.advance(Duration::ZERO));
+        assert_eq!(state.confirmed, 200);
+        assert!(state.owner.is_empty());
+    }
 }
