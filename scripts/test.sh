@@ -2,8 +2,10 @@
 # Runs Shoal's whole test suite: unit, property, integration (real sockets on 127.0.0.1) and
 # discovery tests (mDNS inside network namespaces this script's tests create themselves).
 #
-# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`).
-# Namespace tests need root; without it they print "skipped: ..." and pass.
+# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; Debian's
+# postgresql for the PostgreSQL outbox) and starts a throwaway PostgreSQL cluster on a free
+# loopback port (scripts/pg-cluster.sh), stopped and removed at the end even on failure.
+# Namespace tests need root; tests that need what is missing print "skipped: ..." and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,14 @@ if ! command -v ip >/dev/null 2>&1; then
 fi
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pgdir=$(mktemp -d)
+trap 'scripts/pg-cluster.sh stop "$pgdir"; rm -f "$log"' EXIT
+if url=$(scripts/pg-cluster.sh start "$pgdir"); then
+    echo "PostgreSQL test cluster at $url"
+    export SHOAL_TEST_PG_URL="$url" SHOAL_TEST_PG_DIR="$pgdir"
+else
+    echo "note: no PostgreSQL test cluster; the PostgreSQL outbox tests will be skipped"
+fi
 status=0
 cargo test --workspace --no-fail-fast --features shoal-discovery/netns "$@" 2>&1 | tee "$log" || status=$?
 

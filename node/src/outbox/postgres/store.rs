@@ -62,15 +62,9 @@ impl OutboxStore for PostgresOutbox {
             Mode::Polling(poll) => self.block(poll.pending(&self.shared, after, limit))?,
             Mode::Tailing(tail) => self.block(tail.pending(&self.shared, after, limit))?,
         };
-        let rows = decode_rows(stored, &self.shared.limits, |seq, reason| {
+        decode_rows(stored, &self.shared.limits, |seq, reason| {
             self.dead(seq, reason)
-        })?;
-        if std::env::var("SHOAL_DEBUG_CLAIMS").is_ok() {
-            for r in &rows {
-                eprintln!("CLAIM {} {:p} after={after} seq={} key={:?} payload={}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 100000, self.shared, r.seq, r.message.key(), String::from_utf8_lossy(r.message.payload()));
-            }
-        }
-        Ok(rows)
+        })
     }
 
     fn delivered(&self, seqs: &[i64]) -> Result<(), OutboxError> {
