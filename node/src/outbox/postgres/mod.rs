@@ -156,6 +156,16 @@ impl PostgresOutbox {
         &self.shared.pool
     }
 
+    /// Whether this instance's relay delivers now: it holds the relay lock (shared when
+    /// polling; alone when tailing the log, so of several instances exactly one says yes)
+    /// and its connection is up. `false` before the node started its relay.
+    pub fn relaying(&self) -> bool {
+        match &self.shared.mode {
+            Mode::Polling(poll) => poll.is_active(),
+            Mode::Tailing(tail) => tail.is_active(),
+        }
+    }
+
     /// The schema the outbox's tables are in.
     pub fn schema(&self) -> &str {
         &self.shared.options.schema

@@ -32,6 +32,11 @@ pub(super) struct Polling {
 }
 
 impl Polling {
+    /// It holds the relay lock and may deliver.
+    pub(super) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub(super) fn new() -> Self {
         Self {
             id: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),

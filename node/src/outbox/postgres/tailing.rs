@@ -158,6 +158,11 @@ impl State {
 }
 
 impl Tailing {
+    /// It holds the relay lock and may deliver.
+    pub(super) fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub(super) fn new() -> Self {
         Self {
             active: AtomicBool::new(false),
