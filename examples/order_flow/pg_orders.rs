@@ -110,7 +110,10 @@ pub(crate) async fn committed(url: &str) -> Result<Vec<u64>> {
 pub(crate) async fn pending(url: &str) -> Result<i64> {
     let client = connect(url).await?;
     Ok(client
-        .query_one(&format!("SELECT count(*) FROM {SCHEMA}.outbox WHERE state = 0"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {SCHEMA}.outbox WHERE state = 0"),
+            &[],
+        )
         .await?
         .get(0))
 }

@@ -44,7 +44,9 @@ pub(crate) fn run(role: Role, args: &Args) -> Result<()> {
         let db = dir.join(format!("{service}.db"));
         match role {
             Role::Orders => match &args.postgres {
-                Some(url) => crate::pg_orders::take_orders(builder, url, &args.instance, args.orders).await,
+                Some(url) => {
+                    crate::pg_orders::take_orders(builder, url, &args.instance, args.orders).await
+                }
                 None => take_orders(builder, &db, args.orders).await,
             },
             _ => handle_orders(builder, &db, service, &args.instance).await,
@@ -70,10 +72,7 @@ fn exit_with_supervisor() {
 async fn take_orders(builder: NodeBuilder, db: &std::path::Path, orders: u64) -> Result<()> {
     let outbox = Arc::new(SqliteOutbox::open(db)?);
     let node = builder
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            relay_options(),
-        )
+        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, relay_options())
         .start()
         .await?;
     let mut conn = outbox.connect()?;

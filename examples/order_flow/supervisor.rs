@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use shoal::MeshCa;
 use shoal::outbox::rusqlite::{Connection, OpenFlags};
 
-use crate::{Args, pg_orders};
 use crate::services::{CA_CERT_ENV, CA_KEY_ENV};
+use crate::{Args, pg_orders};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -126,11 +126,17 @@ fn run_on_postgres(dir: &Path, url: &str, orders: u64) -> Result<()> {
     let at = |share: u64| (orders * share / 100) / 100 * 100;
     orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(20)))?;
     invoice_a.kill();
-    println!("killed invoice-a (SIGKILL) at order {}; restarting it", at(20));
+    println!(
+        "killed invoice-a (SIGKILL) at order {}; restarting it",
+        at(20)
+    );
     let _invoice_a = services.start("invoice", "invoice-a")?;
     orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(45)))?;
     shipping.kill();
-    println!("killed shipping (SIGKILL) at order {}; restarting it", at(45));
+    println!(
+        "killed shipping (SIGKILL) at order {}; restarting it",
+        at(45)
+    );
     let _shipping = services.start("shipping", "shipping")?;
     orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(70)))?;
     orders_a.kill();
@@ -264,7 +270,8 @@ impl Books {
     /// The invoice and shipping databases in `dir`, against the orders taken.
     fn read(dir: &Path, orders: &[u64]) -> Result<Self> {
         let handled = |name: &str, table: &str| -> Result<Vec<(u64, String)>> {
-            let conn = Connection::open_with_flags(dir.join(name), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let conn =
+                Connection::open_with_flags(dir.join(name), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let mut stmt = conn.prepare(&format!("SELECT order_id, instance FROM {table}"))?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
             Ok(rows.collect::<std::result::Result<_, _>>()?)
@@ -341,7 +348,8 @@ fn tally(orders: &[u64], handled: &[(u64, String)]) -> (u64, u64) {
 
 /// The orders the SQLite orders service took.
 fn orders_in_sqlite(dir: &Path) -> Result<Vec<u64>> {
-    let conn = Connection::open_with_flags(dir.join("orders.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn =
+        Connection::open_with_flags(dir.join("orders.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare("SELECT id FROM orders")?;
     let ids = stmt.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
     Ok(ids.collect::<std::result::Result<_, _>>()?)

@@ -123,7 +123,10 @@ pub async fn take_orders(outbox: &PostgresOutbox, upto: u64, mut progress: impl 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     for id in next as u64..upto {
         loop {
-            assert!(std::time::Instant::now() < deadline, "orders not taken in time");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "orders not taken in time"
+            );
             match take_order(outbox, &schema, id).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -280,13 +283,22 @@ impl Ledger {
         for row in &rows {
             let id = row.get::<_, i64>(0) as u64;
             assert!(seen.insert(id), "order {id} applied twice");
-            assert!(committed.contains(&id), "order {id} applied but never committed");
+            assert!(
+                committed.contains(&id),
+                "order {id} applied but never committed"
+            );
             let key = id % ORDERS_KEYS;
             if let Some(before) = last.insert(key, id) {
-                assert!(before < id, "customer c{key}: order {id} applied after {before}");
+                assert!(
+                    before < id,
+                    "customer c{key}: order {id} applied after {before}"
+                );
             }
         }
         let missing: Vec<_> = committed.difference(&seen).take(10).collect();
-        assert!(missing.is_empty(), "committed but never applied: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "committed but never applied: {missing:?}"
+        );
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::outbox::{
-    Destination, OutboxError, OutboxStore, PostgresOptions, PostgresOutbox, RelayMode,
-    RelayOptions,
+    Destination, OutboxError, OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions,
 };
 use shoal::{HandlerError, Message, MessageId, Node};
 use shoal_tests::postgres::{connect, database, drop_outbox, fresh_schema};
@@ -54,7 +53,9 @@ async fn receiver_at(
     addr: std::net::SocketAddr,
 ) -> (Node, mpsc::UnboundedReceiver<(MessageId, String, String)>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let node = mesh.start_with(mesh.builder("billing").listen(addr), &[]).await;
+    let node = mesh
+        .start_with(mesh.builder("billing").listen(addr), &[])
+        .await;
     node.handle("bill", move |msg: Message| {
         let key = msg.key().unwrap_or_default().to_owned();
         let _ = tx.send((
@@ -175,7 +176,9 @@ async fn log_tail_delivers_committed_rows_once_in_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_polling_relays_share_the_rows_and_keep_order_per_key() {
-    let Some(url) = database("poll_two") else { return };
+    let Some(url) = database("poll_two") else {
+        return;
+    };
     let schema = fresh_schema("poll_two");
     let mesh = Mesh::new();
     let (billing, mut rx) = receiver(&mesh).await;
@@ -217,7 +220,9 @@ async fn two_polling_relays_share_the_rows_and_keep_order_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_slot_is_confirmed_once_rows_are_acknowledged() {
-    let Some(url) = database("tail_slot") else { return };
+    let Some(url) = database("tail_slot") else {
+        return;
+    };
     let schema = fresh_schema("tail_slot");
     let mesh = Mesh::new();
     let outbox = Arc::new(
@@ -272,7 +277,10 @@ async fn the_slot_is_confirmed_once_rows_are_acknowledged() {
         }
     })
     .await;
-    assert!(confirmed.is_ok(), "slot not confirmed past {before} once acknowledged");
+    assert!(
+        confirmed.is_ok(),
+        "slot not confirmed past {before} once acknowledged"
+    );
     orders.shutdown().await;
     billing.shutdown().await;
     drop_outbox(&url, &schema).await;
@@ -361,7 +369,9 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
     let damaged = committed.iter().next().copied().unwrap();
     client
         .execute(
-            &format!("UPDATE {schema}.outbox SET frame = '\\x00000005ffff'::bytea WHERE message_id = $1"),
+            &format!(
+                "UPDATE {schema}.outbox SET frame = '\\x00000005ffff'::bytea WHERE message_id = $1"
+            ),
             &[&&damaged.as_u128().to_be_bytes()[..]],
         )
         .await
@@ -411,9 +421,7 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
 
     // The inbox: an effect applied once per id, whoever delivers it.
     client
-        .batch_execute(&format!(
-            "CREATE TABLE {schema}.effects (n INT NOT NULL)"
-        ))
+        .batch_execute(&format!("CREATE TABLE {schema}.effects (n INT NOT NULL)"))
         .await
         .unwrap();
     let id = Message::command("x", "").id();
@@ -434,7 +442,10 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
         .unwrap()
         .get(0);
     assert_eq!(effects, 1);
-    assert_eq!(outbox.prune_inbox(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(
+        outbox.prune_inbox(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
     assert_eq!(outbox.prune_inbox(Duration::ZERO).await.unwrap(), 1);
     orders.shutdown().await;
     billing.shutdown().await;

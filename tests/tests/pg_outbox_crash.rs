@@ -21,7 +21,9 @@ use rand::Rng;
 use shoal::outbox::{OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions};
 use shoal::{Identity, MeshCa, Node, RetryPolicy};
 use shoal_tests::child::{Proc, progress};
-use shoal_tests::postgres::{Ledger, committed_orders, database, drop_outbox, fresh_schema, take_orders};
+use shoal_tests::postgres::{
+    Ledger, committed_orders, database, drop_outbox, fresh_schema, take_orders,
+};
 use shoal_tests::{Mesh, loopback};
 
 const ROLE: &str = "SHOAL_PG_ROLE";
@@ -89,7 +91,9 @@ fn sender_killed_while_enqueuing(mode: RelayMode) {
     let peer = ledger.node.local_addr();
     // Killed at two random points while enqueuing, then left to finish.
     let mut rng = rand::rng();
-    let mut kill_points: Vec<u64> = (0..2).map(|_| rng.random_range(100..ORDERS - 100)).collect();
+    let mut kill_points: Vec<u64> = (0..2)
+        .map(|_| rng.random_range(100..ORDERS - 100))
+        .collect();
     kill_points.sort_unstable();
     for at in kill_points {
         let mut sender = spawn("sender", mode, &schema, peer, &mesh);
@@ -102,7 +106,9 @@ fn sender_killed_while_enqueuing(mode: RelayMode) {
     sender.kill();
     rt.block_on(async {
         let committed = committed_orders(&url, &schema).await;
-        let expected = (0..ORDERS).filter(|id| !shoal_tests::postgres::rolled_back(*id)).count();
+        let expected = (0..ORDERS)
+            .filter(|id| !shoal_tests::postgres::rolled_back(*id))
+            .count();
         assert_eq!(committed.len(), expected, "every order committed once");
         ledger.check(&committed).await;
         ledger.node.shutdown().await;
@@ -130,7 +136,9 @@ fn relay_killed_mid_stream(mode: RelayMode) {
     let ledger = rt.block_on(Ledger::start(&mesh, &url));
     let peer = ledger.node.local_addr();
     // The service writes; two instances relay. The first is killed while rows stream.
-    let writer = rt.block_on(PostgresOutbox::connect(&url, options(&schema, mode))).unwrap();
+    let writer = rt
+        .block_on(PostgresOutbox::connect(&url, options(&schema, mode)))
+        .unwrap();
     rt.block_on(take_orders(&writer, 300, |_| {}));
     let mut first = spawn("relay", mode, &schema, peer, &mesh);
     first.wait_for(|line| line.ends_with("relaying"));
@@ -142,7 +150,10 @@ fn relay_killed_mid_stream(mode: RelayMode) {
     });
     rt.block_on(ledger.wait_applied(500, WAIT));
     first.kill();
-    eprintln!("{name}: first relay killed after {} effects", ledger.applied());
+    eprintln!(
+        "{name}: first relay killed after {} effects",
+        ledger.applied()
+    );
     rt.block_on(async {
         writing.await.unwrap();
         let committed = committed_orders(&url, &schema).await;

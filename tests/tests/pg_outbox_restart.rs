@@ -12,8 +12,7 @@ use shoal::RetryPolicy;
 use shoal::outbox::{OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions};
 use shoal_tests::Mesh;
 use shoal_tests::postgres::{
-    Ledger, committed_orders, database, drop_outbox, fresh_schema, restart_database,
-    take_orders,
+    Ledger, committed_orders, database, drop_outbox, fresh_schema, restart_database, take_orders,
 };
 
 const ORDERS: u64 = 1_000;

@@ -16,6 +16,9 @@ mod sqlite;
 mod store;
 mod waiting;
 
+/// The connection pool of [`PostgresOutbox::pool`].
+#[cfg(feature = "postgres")]
+pub use deadpool_postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{Effect, PostgresOptions, PostgresOutbox, RelayMode};
 pub use relay_options::RelayOptions;
@@ -30,6 +33,3 @@ pub use store::{
 /// through [`deadpool_postgres`]), so their types match [`PostgresOutbox::enqueue`].
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
-/// The connection pool of [`PostgresOutbox::pool`].
-#[cfg(feature = "postgres")]
-pub use deadpool_postgres;

@@ -168,7 +168,9 @@ pub(crate) async fn run(
         return;
     };
     // The store's own work (leases, locks, a log tail) runs while the relay does.
-    let _background = store.background().map(|work| AbortOnDrop(tokio::spawn(work)));
+    let _background = store
+        .background()
+        .map(|work| AbortOnDrop(tokio::spawn(work)));
     // The groups seen before (by an earlier run of this node, too) are audiences from the
     // first row on.
     remember_groups(&node, &store, &options).await;

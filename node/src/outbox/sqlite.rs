@@ -328,7 +328,6 @@ impl SqliteOutbox {
         self.committed.notify_one();
         Ok(requeued)
     }
-
 }
 
 impl OutboxStore for SqliteOutbox {

@@ -8,6 +8,7 @@ mod pgoutput;
 mod polling;
 mod schema;
 mod session;
+mod slot;
 mod store;
 mod tailing;
 

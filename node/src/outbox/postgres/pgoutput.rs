@@ -131,9 +131,12 @@ impl OutboxColumns {
 
 /// A binary integer column's bytes, checked for length.
 fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
-    bytes
-        .try_into()
-        .map_err(|_| format!("expected a {N}-byte binary value, got {} bytes", bytes.len()))
+    bytes.try_into().map_err(|_| {
+        format!(
+            "expected a {N}-byte binary value, got {} bytes",
+            bytes.len()
+        )
+    })
 }
 
 /// A cursor over a message, every read checked for length.
@@ -232,7 +235,10 @@ mod tests {
         let Change::Relation(relation) = parse(&relation_message()).unwrap() else {
             panic!("not a relation");
         };
-        assert_eq!((relation.namespace.as_str(), relation.name.as_str()), ("shoal", "outbox"));
+        assert_eq!(
+            (relation.namespace.as_str(), relation.name.as_str()),
+            ("shoal", "outbox")
+        );
         let columns = OutboxColumns::find(&relation).unwrap();
         let Change::Insert { relid, values } = parse(&insert_message(0)).unwrap() else {
             panic!("not an insert");
@@ -240,7 +246,10 @@ mod tests {
         assert_eq!(relid, relation.id);
         let row = columns.row(&values).unwrap().unwrap();
         assert_eq!((row.seq, row.created_ms), (42, 1_700_000_000_000));
-        assert_eq!((row.destination.as_str(), &row.frame[..]), ("service:billing", &[9, 8, 7][..]));
+        assert_eq!(
+            (row.destination.as_str(), &row.frame[..]),
+            ("service:billing", &[9, 8, 7][..])
+        );
         // A row inserted dead is not pending.
         let Change::Insert { values, .. } = parse(&insert_message(2)).unwrap() else {
             panic!("not an insert");
@@ -267,7 +276,11 @@ mod tests {
             name: "t".into(),
             columns: vec!["seq".into()],
         };
-        assert!(OutboxColumns::find(&missing).unwrap_err().contains("destination"));
+        assert!(
+            OutboxColumns::find(&missing)
+                .unwrap_err()
+                .contains("destination")
+        );
         let Change::Relation(relation) = parse(&relation_message()).unwrap() else {
             panic!("not a relation");
         };

@@ -111,10 +111,7 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Out
     .await
     .map_err(|e| setup(format!("cannot create schema `{schema}` (the role needs CREATE on the database, or create the schema for it): {}", pg_text(&e))))?;
     let version: i32 = tx
-        .query_opt(
-            &format!("SELECT version FROM {schema}.schema_version"),
-            &[],
-        )
+        .query_opt(&format!("SELECT version FROM {schema}.schema_version"), &[])
         .await
         .map_err(pg)?
         .map_or(0, |row| row.get(0));
@@ -256,7 +253,15 @@ mod tests {
         for good in ["shoal", "orders_outbox", "_x1"] {
             assert!(valid_schema(good), "{good}");
         }
-        for bad in ["", "Shoal", "1x", "a-b", "a;drop table x", "a b", &"x".repeat(41)] {
+        for bad in [
+            "",
+            "Shoal",
+            "1x",
+            "a-b",
+            "a;drop table x",
+            "a b",
+            &"x".repeat(41),
+        ] {
             assert!(!valid_schema(bad), "{bad}");
         }
     }

@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Mode, PostgresOutbox, pg};
+use crate::message::unix_ms;
 use crate::outbox::store::{
     Background, OutboxError, OutboxRow, OutboxStats, OutboxStore, cutoff_ms, decode_rows,
 };
-use crate::message::unix_ms;
 
 impl PostgresOutbox {
     /// Runs `work` to its end on the store's runtime. Only for a thread outside the runtime
     /// (the relay's blocking calls).
-    fn block<T>(&self, work: impl Future<Output = Result<T, OutboxError>>) -> Result<T, OutboxError> {
+    fn block<T>(
+        &self,
+        work: impl Future<Output = Result<T, OutboxError>>,
+    ) -> Result<T, OutboxError> {
         self.shared.runtime.block_on(work)
     }
 
@@ -101,10 +104,8 @@ impl OutboxStore for PostgresOutbox {
         if groups.is_empty() {
             return Ok(());
         }
-        let (patterns, names): (Vec<&str>, Vec<&str>) = groups
-            .iter()
-            .map(|(p, g)| (p.as_str(), g.as_str()))
-            .unzip();
+        let (patterns, names): (Vec<&str>, Vec<&str>) =
+            groups.iter().map(|(p, g)| (p.as_str(), g.as_str())).unzip();
         self.execute(
             "INSERT INTO {s}.outbox_groups (pattern, grp, seen_ms)
              SELECT p, g, $3 FROM unnest($1::text[], $2::text[]) AS t (p, g)

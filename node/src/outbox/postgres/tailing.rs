@@ -9,16 +9,17 @@
 //! acknowledged or dead (or has waited [`super::PostgresOptions::hold_slot_for`]), so a tail
 //! that dies resumes from the rows it had not finished.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
 
 use super::pgoutput::{Change, OutboxColumns, parse};
 use super::polling::Active;
 use super::session::{Lock, Session, keep_running};
+use super::slot::State;
 use super::{PostgresOptions, Shared, pg, schema};
 use crate::outbox::OutboxError;
 use crate::outbox::store::StoredRow;
@@ -27,8 +28,6 @@ use crate::sync::lock;
 /// Most rows read from the log and not yet taken by the relay; past it the tail waits (the
 /// server keeps the rest in its WAL).
 const FRESH_ROWS: usize = 4_096;
-/// Rows recently acknowledged, remembered so the log's copy of one is not sent again.
-const RECENT_ROWS: usize = 65_536;
 
 /// The log tail's state, shared with the relay's store calls.
 pub(super) struct Tailing {
@@ -41,122 +40,6 @@ pub(super) struct Tailing {
     confirm: tokio::sync::Notify,
 }
 
-#[derive(Default)]
-struct State {
-    /// Rows from the log, in commit order, not yet taken by the relay.
-    fresh: VecDeque<StoredRow>,
-    /// The highest row the relay was given: a read from above it takes fresh rows, one from
-    /// below goes to the table (`i64::MAX`: read the table until a read reaches its end).
-    served_max: i64,
-    recent: Recent,
-    /// Commits read from the log whose rows are not all finished, in commit order.
-    commits: VecDeque<Commit>,
-    /// The commit (its end position) of each unfinished row.
-    owner: HashMap<i64, u64>,
-    /// Where the slot may be confirmed to.
-    confirmed: u64,
-}
-
-struct Commit {
-    end: u64,
-    unfinished: usize,
-    read_at: Instant,
-}
-
-/// Row numbers recently finished, oldest forgotten first.
-#[derive(Default)]
-struct Recent {
-    set: HashSet<i64>,
-    order: VecDeque<i64>,
-}
-
-impl Recent {
-    fn insert(&mut self, seq: i64) {
-        if self.set.insert(seq) {
-            self.order.push_back(seq);
-            if self.order.len() > RECENT_ROWS
-                && let Some(old) = self.order.pop_front()
-            {
-                self.set.remove(&old);
-            }
-        }
-    }
-}
-
-impl State {
-    fn reset(&mut self, confirmed: u64) {
-        self.fresh.clear();
-        self.commits.clear();
-        self.owner.clear();
-        self.served_max = i64::MAX;
-        self.confirmed = confirmed;
-    }
-
-    /// Up to `limit` fresh rows, skipping rows already finished.
-    fn take_fresh(&mut self, limit: usize) -> Vec<StoredRow> {
-        let mut rows = Vec::new();
-        while rows.len() < limit {
-            let Some(row) = self.fresh.pop_front() else {
-                break;
-            };
-            if !self.recent.set.contains(&row.seq) {
-                self.served_max = self.served_max.max(row.seq);
-                rows.push(row);
-            }
-        }
-        rows
-    }
-
-    /// A commit read from the log, with its pending outbox rows.
-    fn commit(&mut self, end: u64, mut rows: Vec<StoredRow>) {
-        rows.retain(|row| !self.recent.set.contains(&row.seq));
-        for row in &rows {
-            self.owner.insert(row.seq, end);
-        }
-        self.commits.push_back(Commit {
-            end,
-            unfinished: rows.len(),
-            read_at: Instant::now(),
-        });
-        self.fresh.extend(rows);
-    }
-
-    /// Rows acknowledged or dead: they no longer hold the slot back.
-    fn finished(&mut self, seqs: &[i64]) {
-        for &seq in seqs {
-            self.recent.insert(seq);
-            if let Some(end) = self.owner.remove(&seq)
-                && let Ok(at) = self.commits.binary_search_by_key(&end, |c| c.end)
-            {
-                self.commits[at].unfinished -= 1;
-            }
-        }
-    }
-
-    /// Moves the confirmable position past the commits that are done (or held back longer
-    /// than `hold`); whether it moved.
-    fn advance(&mut self, hold: Duration) -> bool {
-        let before = self.confirmed;
-        while let Some(first) = self.commits.front() {
-            let expired = first.read_at.elapsed() >= hold;
-            if first.unfinished > 0 && !expired {
-                break;
-            }
-            if first.unfinished > 0 {
-                let end = first.end;
-                tracing::debug!(
-                    rows = first.unfinished,
-                    "outbox rows waited past hold_slot_for: the slot moves on, they stay in the table"
-                );
-                self.owner.retain(|_, e| *e != end);
-            }
-            self.confirmed = self.confirmed.max(first.end);
-            self.commits.pop_front();
-        }
-        self.confirmed != before
-    }
-}
-
 impl Tailing {
     /// It holds the relay lock and may deliver.
     pub(super) fn is_active(&self) -> bool {
@@ -166,10 +49,7 @@ impl Tailing {
     pub(super) fn new() -> Self {
         Self {
             active: AtomicBool::new(false),
-            state: Mutex::new(State {
-                served_max: i64::MAX,
-                ..State::default()
-            }),
+            state: Mutex::new(State::new()),
             room: tokio::sync::Notify::new(),
             confirm: tokio::sync::Notify::new(),
         }
@@ -336,7 +216,10 @@ impl Tailing {
             ReplicationEvent::KeepAlive { wal_end, .. } => {
                 // Nothing read is unfinished: everything up to the server's position is done.
                 let mut state = lock(&self.state);
-                if log.open.is_none() && state.commits.is_empty() && wal_end.as_u64() > state.confirmed {
+                if log.open.is_none()
+                    && state.commits.is_empty()
+                    && wal_end.as_u64() > state.confirmed
+                {
                     state.confirmed = wal_end.as_u64();
                     self.confirm.notify_one();
                 }
@@ -388,7 +271,9 @@ impl Log {
                     Ok(Some(row)) => self.open.get_or_insert_with(Vec::new).push(row),
                     Ok(None) => {}
                     // The row is in the table still: the relay's next scan finds it.
-                    Err(e) => tracing::warn!("outbox log tail: unreadable insert ({e}); left to the table scan"),
+                    Err(e) => tracing::warn!(
+                        "outbox log tail: unreadable insert ({e}); left to the table scan"
+                    ),
                 },
                 _ => {}
             },
@@ -442,14 +327,16 @@ fn replication_config(
         .unwrap_or_default();
     let database = config.get_dbname().unwrap_or(user);
     let name = format!("{}_outbox", options.schema);
-    Ok(ReplicationConfig::new(host, user, password, database, name.as_str(), name.as_str())
-        .with_port(port)
-        .with_tls(TlsConfig::disabled())
-        .with_binary(true)
-        .with_status_interval(Duration::from_secs(1))
-        .with_wakeup_interval(Duration::from_secs(10))
-        .with_buffer_size(FRESH_ROWS)
-        .with_application_name("shoal-outbox-tail"))
+    Ok(
+        ReplicationConfig::new(host, user, password, database, name.as_str(), name.as_str())
+            .with_port(port)
+            .with_tls(TlsConfig::disabled())
+            .with_binary(true)
+            .with_status_interval(Duration::from_secs(1))
+            .with_wakeup_interval(Duration::from_secs(10))
+            .with_buffer_size(FRESH_ROWS)
+            .with_application_name("shoal-outbox-tail"),
+    )
 }
 
 /// Checks at connect that a replication connection can log in (credentials, `pg_hba.conf`).
@@ -477,58 +364,4 @@ pub(super) async fn check_replication_login(
 
 fn repl(e: pgwire_replication::PgWireError) -> OutboxError {
     OutboxError::Database(format!("replication stream: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(seq: i64) -> StoredRow {
-        StoredRow {
-            seq,
-            destination: "publish".into(),
-            frame: Vec::new(),
-            created_ms: 0,
-        }
-    }
-
-    #[test]
-    fn the_slot_is_confirmed_past_a_commit_only_once_its_rows_and_earlier_ones_finished() {
-        let hold = Duration::from_secs(60);
-        let mut state = State::default();
-        state.reset(100);
-        state.commit(200, vec![row(1), row(2)]);
-        state.commit(300, vec![row(3)]);
-        state.commit(400, Vec::new());
-        assert!(!state.advance(hold), "nothing finished yet");
-        // The later commit finishing first does not move the slot past the earlier one.
-        state.finished(&[3]);
-        assert!(!state.advance(hold));
-        state.finished(&[1]);
-        assert!(!state.advance(hold));
-        assert_eq!(state.confirmed, 100);
-        state.finished(&[2]);
-        assert!(state.advance(hold));
-        assert_eq!(state.confirmed, 400, "and the commits after it, done or empty");
-        // A row finished is not handed over again when the log brings it once more, nor
-        // does it hold the slot.
-        state.commit(500, vec![row(2), row(4)]);
-        state.served_max = 0;
-        let again: Vec<i64> = state.take_fresh(10).iter().map(|r| r.seq).collect();
-        assert_eq!(again, [4]);
-        state.finished(&[4]);
-        assert!(state.advance(hold));
-        assert_eq!(state.confirmed, 500);
-    }
-
-    #[test]
-    fn a_row_waiting_past_the_hold_no_longer_holds_the_slot() {
-        let mut state = State::default();
-        state.reset(0);
-        state.commit(200, vec![row(1)]);
-        assert!(!state.advance(Duration::from_secs(60)));
-        assert!(state.advance(Duration::ZERO));
-        assert_eq!(state.confirmed, 200);
-        assert!(state.owner.is_empty());
-    }
 }
