@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use shoal::outbox::tokio_postgres::{self, NoTls};
-use shoal::outbox::{Destination, PostgresOptions, PostgresOutbox};
+use shoal::outbox::{Destination, PostgresOptions, PostgresOutbox, RelayMode};
 use shoal::{HandlerError, Message, Node};
 
 use crate::Mesh;
@@ -29,6 +29,15 @@ pub fn database(test: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// The options the tests use: tables in `schema`, relayed in `mode`, a short lease (so a
+/// dead relay's rows move on within seconds).
+pub fn test_options(schema: &str, mode: RelayMode) -> PostgresOptions {
+    PostgresOptions::default()
+        .schema(schema)
+        .relay(mode)
+        .lease(std::time::Duration::from_secs(2))
 }
 
 /// A schema name no other test uses.
@@ -300,5 +309,15 @@ impl Ledger {
             missing.is_empty(),
             "committed but never applied: {missing:?}"
         );
+    }
+    /// Waits (bounded) until every order committed in the sender's `schema` is applied,
+    /// checks the books ([`Ledger::check`]), then stops and removes both schemas.
+    pub async fn finish(self, url: &str, schema: &str, within: std::time::Duration) {
+        let committed = committed_orders(url, schema).await;
+        self.wait_applied(committed.len() as u64, within).await;
+        self.check(&committed).await;
+        self.node.shutdown().await;
+        drop_outbox(url, schema).await;
+        drop_outbox(url, self.inbox.schema()).await;
     }
 }

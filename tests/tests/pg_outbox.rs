@@ -12,19 +12,12 @@ use shoal::outbox::{
     Destination, OutboxError, OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions,
 };
 use shoal::{HandlerError, Message, MessageId, Node};
-use shoal_tests::postgres::{connect, database, drop_outbox, fresh_schema};
+use shoal_tests::postgres::{connect, database, drop_outbox, fresh_schema, test_options};
 use shoal_tests::{Mesh, wait_instances};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn options(schema: &str, mode: RelayMode) -> PostgresOptions {
-    PostgresOptions::default()
-        .schema(schema)
-        .relay(mode)
-        .lease(Duration::from_secs(2))
-}
 
 /// A sending node of `orders` relaying `outbox`.
 async fn publisher(mesh: &Mesh, outbox: &Arc<PostgresOutbox>, peer: &Node) -> Node {
@@ -144,7 +137,7 @@ async fn one_relay_delivers_committed_rows_in_key_order(mode: RelayMode, name: &
     let schema = fresh_schema(name);
     let mesh = Mesh::new();
     let outbox = Arc::new(
-        PostgresOutbox::connect(&url, options(&schema, mode))
+        PostgresOutbox::connect(&url, test_options(&schema, mode))
             .await
             .unwrap(),
     );
@@ -183,12 +176,12 @@ async fn two_polling_relays_share_the_rows_and_keep_order_per_key() {
     let mesh = Mesh::new();
     let (billing, mut rx) = receiver(&mesh).await;
     let a = Arc::new(
-        PostgresOutbox::connect(&url, options(&schema, RelayMode::Polling))
+        PostgresOutbox::connect(&url, test_options(&schema, RelayMode::Polling))
             .await
             .unwrap(),
     );
     let b = Arc::new(
-        PostgresOutbox::connect(&url, options(&schema, RelayMode::Polling))
+        PostgresOutbox::connect(&url, test_options(&schema, RelayMode::Polling))
             .await
             .unwrap(),
     );
@@ -226,7 +219,7 @@ async fn the_slot_is_confirmed_once_rows_are_acknowledged() {
     let schema = fresh_schema("tail_slot");
     let mesh = Mesh::new();
     let outbox = Arc::new(
-        PostgresOutbox::connect(&url, options(&schema, RelayMode::LogTailing))
+        PostgresOutbox::connect(&url, test_options(&schema, RelayMode::LogTailing))
             .await
             .unwrap(),
     );
@@ -311,7 +304,7 @@ async fn bad_set_ups_are_clear_errors() {
     .unwrap();
     let schema = fresh_schema("setup");
     let plain = url.replacen("postgres@", &format!("{role}@"), 1);
-    let err = PostgresOutbox::connect(&plain, options(&schema, RelayMode::LogTailing))
+    let err = PostgresOutbox::connect(&plain, test_options(&schema, RelayMode::LogTailing))
         .await
         .unwrap_err();
     assert!(
@@ -319,7 +312,7 @@ async fn bad_set_ups_are_clear_errors() {
         "{err}"
     );
     // The same role may poll.
-    let polling = PostgresOutbox::connect(&plain, options(&schema, RelayMode::Polling)).await;
+    let polling = PostgresOutbox::connect(&plain, test_options(&schema, RelayMode::Polling)).await;
     assert!(polling.is_ok(), "{:?}", polling.err());
     drop(polling);
     drop_outbox(&url, &schema).await;
@@ -336,9 +329,12 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
     let schema = fresh_schema("rows");
     let mesh = Mesh::new();
     let outbox = Arc::new(
-        PostgresOutbox::connect(&url, options(&schema, RelayMode::Polling).max_pending(3))
-            .await
-            .unwrap(),
+        PostgresOutbox::connect(
+            &url,
+            test_options(&schema, RelayMode::Polling).max_pending(3),
+        )
+        .await
+        .unwrap(),
     );
     let committed = enqueue(&outbox, (0, 3), 3, 1).await;
     assert_eq!(committed.len(), 3);
@@ -398,7 +394,7 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
         .unwrap();
     let mended = Message::command("bill", "7").with_key("k0");
     // (Another handle on the same outbox: this one's count of pending rows is a second old.)
-    let writer = PostgresOutbox::connect(&url, options(&schema, RelayMode::Polling))
+    let writer = PostgresOutbox::connect(&url, test_options(&schema, RelayMode::Polling))
         .await
         .unwrap();
     let tx = client.transaction().await.unwrap();

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use shoal::outbox::{OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions};
+use shoal::outbox::{OutboxStore, PostgresOutbox, RelayMode, RelayOptions};
 use shoal::{Identity, MeshCa, Node, RetryPolicy};
 use shoal_tests::child::{Proc, progress};
 use shoal_tests::postgres::{
-    Ledger, committed_orders, database, drop_outbox, fresh_schema, take_orders,
+    Ledger, committed_orders, database, fresh_schema, take_orders, test_options,
 };
 use shoal_tests::{Mesh, loopback};
 
@@ -36,16 +36,9 @@ const KEY_PEM: &str = "SHOAL_PG_KEY";
 const CHILD_TEST: &str = "pg_outbox_child";
 
 /// Orders the sender test takes.
-const ORDERS: u64 = 1_500;
+const ORDERS: u64 = 1_000;
 /// Bound on each drain.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn options(schema: &str, mode: RelayMode) -> PostgresOptions {
-    PostgresOptions::default()
-        .schema(schema)
-        .relay(mode)
-        .lease(Duration::from_secs(2))
-}
 
 fn mode_name(mode: RelayMode) -> &'static str {
     match mode {
@@ -110,10 +103,7 @@ fn sender_killed_while_enqueuing(mode: RelayMode) {
             .filter(|id| !shoal_tests::postgres::rolled_back(*id))
             .count();
         assert_eq!(committed.len(), expected, "every order committed once");
-        ledger.check(&committed).await;
-        ledger.node.shutdown().await;
-        drop_outbox(&url, &schema).await;
-        drop_outbox(&url, ledger.inbox.schema()).await;
+        ledger.finish(&url, &schema, WAIT).await;
     });
 }
 
@@ -137,7 +127,7 @@ fn relay_killed_mid_stream(mode: RelayMode) {
     let peer = ledger.node.local_addr();
     // The service writes; two instances relay. The first is killed while rows stream.
     let writer = rt
-        .block_on(PostgresOutbox::connect(&url, options(&schema, mode)))
+        .block_on(PostgresOutbox::connect(&url, test_options(&schema, mode)))
         .unwrap();
     rt.block_on(take_orders(&writer, 300, |_| {}));
     let mut first = spawn("relay", mode, &schema, peer, &mesh);
@@ -156,14 +146,9 @@ fn relay_killed_mid_stream(mode: RelayMode) {
     );
     rt.block_on(async {
         writing.await.unwrap();
-        let committed = committed_orders(&url, &schema).await;
-        ledger.wait_applied(committed.len() as u64, WAIT).await;
-        ledger.check(&committed).await;
-        second.kill();
-        ledger.node.shutdown().await;
-        drop_outbox(&url, &schema).await;
-        drop_outbox(&url, ledger.inbox.schema()).await;
+        ledger.finish(&url, &schema, WAIT).await;
     });
+    second.kill();
 }
 
 #[test]
@@ -197,7 +182,7 @@ fn pg_outbox_child() {
         .unwrap();
     rt.block_on(async {
         let outbox = Arc::new(
-            PostgresOutbox::connect(&url, options(&var(SCHEMA), mode))
+            PostgresOutbox::connect(&url, test_options(&var(SCHEMA), mode))
                 .await
                 .unwrap(),
         );

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::RetryPolicy;
-use shoal::outbox::{OutboxStore, PostgresOptions, PostgresOutbox, RelayMode, RelayOptions};
+use shoal::outbox::{OutboxStore, PostgresOutbox, RelayMode, RelayOptions};
 use shoal_tests::Mesh;
 use shoal_tests::postgres::{
-    Ledger, committed_orders, database, drop_outbox, fresh_schema, restart_database, take_orders,
+    Ledger, database, fresh_schema, restart_database, take_orders, test_options,
 };
 
 const ORDERS: u64 = 1_000;
@@ -25,11 +25,7 @@ async fn database_restarted_mid_run(url: &str, mode: RelayMode) {
     let outbox = Arc::new(
         PostgresOutbox::connect(
             url,
-            PostgresOptions::default()
-                .schema(&schema)
-                .relay(mode)
-                .lease(Duration::from_secs(2))
-                .connect_timeout(Duration::from_secs(2)),
+            test_options(&schema, mode).connect_timeout(Duration::from_secs(2)),
         )
         .await
         .unwrap(),
@@ -58,13 +54,8 @@ async fn database_restarted_mid_run(url: &str, mode: RelayMode) {
         ledger.applied()
     );
     writing.await.unwrap();
-    let committed = committed_orders(url, &schema).await;
-    ledger.wait_applied(committed.len() as u64, WAIT).await;
-    ledger.check(&committed).await;
+    ledger.finish(url, &schema, WAIT).await;
     orders.shutdown().await;
-    ledger.node.shutdown().await;
-    drop_outbox(url, &schema).await;
-    drop_outbox(url, ledger.inbox.schema()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
