@@ -2,8 +2,11 @@
 # Runs Shoal's whole test suite: unit, property, integration (real sockets on 127.0.0.1) and
 # discovery tests (mDNS inside network namespaces this script's tests create themselves).
 #
-# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`).
-# Namespace tests need root; without it they print "skipped: ..." and pass.
+# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; the official
+# AsyncAPI parser, @asyncapi/parser, from npm into scripts/asyncapi/; Debian's postgresql for the
+# PostgreSQL outbox) and starts a throwaway PostgreSQL cluster on a free loopback port
+# (scripts/pg-cluster.sh), stopped and removed at the end even on failure. Namespace tests need
+# root; tests that need what is missing print "skipped: ..." and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +19,30 @@ if ! command -v ip >/dev/null 2>&1; then
     fi
 fi
 
+# The official AsyncAPI parser, for the test that checks the documents Shoal writes
+# (node/tests/asyncapi_parser.rs). Pinned in scripts/asyncapi/package-lock.json; install scripts
+# are not run (one dependency's only sends usage statistics).
+if [ ! -d scripts/asyncapi/node_modules/@asyncapi/parser ]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "installing @asyncapi/parser (npm ci in scripts/asyncapi)"
+        (cd scripts/asyncapi && SCARF_ANALYTICS=false npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) ||
+            echo "note: npm ci failed; the AsyncAPI parser test will be skipped"
+    else
+        echo "note: npm missing; the AsyncAPI parser test will be skipped"
+    fi
+fi
+
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pgdir=$(mktemp -d)
+trap 'scripts/pg-cluster.sh stop "$pgdir"; rm -f "$log"' EXIT
+if url=$(scripts/pg-cluster.sh start "$pgdir"); then
+    echo "PostgreSQL test cluster at $url"
+    export SHOAL_TEST_PG_URL="$url" SHOAL_TEST_PG_DIR="$pgdir"
+else
+    echo "note: no PostgreSQL test cluster; the PostgreSQL outbox tests will be skipped"
+fi
 status=0
-cargo test --workspace --no-fail-fast --features shoal-discovery/netns "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --features shoal-discovery/netns,shoal/contracts,shoal/postgres "$@" 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole run: cargo prints one "test result" line per test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?/) p += $(i-1);

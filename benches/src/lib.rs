@@ -39,6 +39,7 @@ pub mod runtime;
 pub mod shoal_scenarios;
 pub mod systems;
 pub mod throughput;
+pub mod typed_request;
 pub mod udp_echo;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -211,6 +212,16 @@ pub const SCENARIOS: &[Scenario] = &[
         in_all: true,
     },
     Scenario {
+        name: typed_request::NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults, typed contracts: JSON request and reply with --payload bytes \
+                of fields, dispatched on (name, major version)",
+        about: "Shoal typed request/response: a typed request (JSON) to a typed handler, \
+                resolve on the decoded typed reply",
+        run: Measures::RoundTrip(typed_request::run),
+        in_all: true,
+    },
+    Scenario {
         name: pubsub::FANOUT_PREFIX,
         system: systems::QUINN,
         setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream per receiver, \
@@ -298,19 +309,31 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: OUTBOX_LATENCY_NAME,
         system: systems::SHOAL,
-        setup: "Shoal defaults, outbox in a SQLite file (WAL, synchronous=NORMAL) in the temp dir",
-        about: "transactional outbox: commit of one message until the receiver's handler ran, \
-                beside a direct send until the handler ran",
+        setup: "Shoal defaults; outbox in a SQLite file (WAL, synchronous=NORMAL) and in \
+                PostgreSQL (a throwaway cluster, fsync=off), polling and log tailing",
+        about: "transactional outbox: commit of 1, 10 or 100 messages until each one's \
+                handler ran, beside as many direct sends",
         run: Measures::RoundTrip(outbox::run_latency),
         in_all: true,
     },
     Scenario {
         name: OUTBOX_THROUGHPUT_NAME,
         system: systems::SHOAL,
-        setup: "Shoal defaults, outbox in a SQLite file (WAL, synchronous=NORMAL) in the temp dir",
+        setup: "Shoal defaults; outbox in a SQLite file (WAL, synchronous=NORMAL) and in \
+                PostgreSQL (a throwaway cluster, fsync=off), polling and log tailing",
         about: "transactional outbox: messages handled per second, committed in transactions \
-                of 1, 10 and 100 messages",
+                of 1, 10 and 100 messages, beside direct sends in batches as large",
         run: Measures::Throughput(outbox::run_throughput),
+        in_all: true,
+    },
+    Scenario {
+        name: OUTBOX_AT_RATE_NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults; outbox in PostgreSQL (a throwaway cluster, fsync=off); \
+                1,000 msgs/s whatever --rate says",
+        about: "transactional outbox at 1,000 msgs/s offered, one message per transaction: \
+                commit until the handler ran, log tailing and polling, beside direct sends",
+        run: Measures::AtRate(outbox::run_at_rate),
         in_all: true,
     },
     #[cfg(feature = "nats")]
@@ -427,6 +450,8 @@ pub const SCENARIOS: &[Scenario] = &[
 pub const OUTBOX_LATENCY_NAME: &str = "outbox-latency";
 /// Scenario name of the outbox throughput rows.
 pub const OUTBOX_THROUGHPUT_NAME: &str = "outbox-throughput";
+/// Scenario name of the outbox offered-rate rows.
+pub const OUTBOX_AT_RATE_NAME: &str = "outbox-at-rate";
 
 /// Scenario name of raw quinn at the offered rate.
 pub const QUINN_AT_RATE_NAME: &str = "quinn-stream-at-rate";

@@ -108,7 +108,7 @@ pub(crate) fn builder(ca: &MeshCa, service: &str) -> BenchResult<NodeBuilder> {
 }
 
 /// The client node, peered with the server and connected to it.
-async fn start_client(ca: MeshCa, server: SocketAddr) -> BenchResult<Node> {
+pub(crate) async fn start_client(ca: MeshCa, server: SocketAddr) -> BenchResult<Node> {
     let node = builder(&ca, "bench-client")?
         .peer(server)
         .start()

@@ -16,7 +16,15 @@
 //! orders service itself with SIGKILL, and restarts each. At the end it counts the rows:
 //! every order has exactly one invoice and one shipment. Exit status 1 if not.
 //!
+//! With `--postgres URL`, `orders` keeps its orders and outbox in PostgreSQL instead and runs
+//! as **two instances** (each takes half the orders) relaying by **tailing the transaction
+//! log**: one tails, the other stands by. The supervisor kills the one that tails; the other
+//! takes over from the replication slot. `scripts/order-flow-postgres.sh` runs it on a
+//! throwaway cluster.
+//!
 //! [`SqliteOutbox::apply_once`]: shoal::outbox::SqliteOutbox::apply_once
+
+mod pg_orders;
 
 mod services;
 mod supervisor;
@@ -54,9 +62,13 @@ struct Args {
     /// Where this service listens (services only).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The orders service's address (invoice and shipping dial it).
+    /// The orders service's addresses (invoice and shipping dial them).
     #[arg(long)]
-    peer: Option<SocketAddr>,
+    peer: Vec<SocketAddr>,
+    /// Keep orders and their outbox in this PostgreSQL database (two `orders` instances,
+    /// relaying by tailing the log) instead of SQLite.
+    #[arg(long)]
+    postgres: Option<String>,
     /// This instance's name in the books (e.g. `invoice-a`).
     #[arg(long, default_value = "")]
     instance: String,

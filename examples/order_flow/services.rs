@@ -18,7 +18,7 @@ pub(crate) const CA_CERT_ENV: &str = "SHOAL_EXAMPLE_CA_CERT";
 /// See [`CA_CERT_ENV`].
 pub(crate) const CA_KEY_ENV: &str = "SHOAL_EXAMPLE_CA_KEY";
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// Runs one service until it is killed.
 pub(crate) fn run(role: Role, args: &Args) -> Result<()> {
@@ -40,10 +40,15 @@ pub(crate) fn run(role: Role, args: &Args) -> Result<()> {
             .listen(args.listen)
             .identity(ca.issue(service)?)
             .trust(ca)
-            .peers(args.peer);
+            .peers(args.peer.iter().copied());
         let db = dir.join(format!("{service}.db"));
         match role {
-            Role::Orders => take_orders(builder, &db, args.orders).await,
+            Role::Orders => match &args.postgres {
+                Some(url) => {
+                    crate::pg_orders::take_orders(builder, url, &args.instance, args.orders).await
+                }
+                None => take_orders(builder, &db, args.orders).await,
+            },
             _ => handle_orders(builder, &db, service, &args.instance).await,
         }
     })
@@ -67,14 +72,7 @@ fn exit_with_supervisor() {
 async fn take_orders(builder: NodeBuilder, db: &std::path::Path, orders: u64) -> Result<()> {
     let outbox = Arc::new(SqliteOutbox::open(db)?);
     let node = builder
-        .outbox(
-            Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-            // Both groups get every event, even one taken before they first subscribed.
-            RelayOptions::default()
-                .poll(Duration::from_millis(200))
-                .expect_group(ORDER_CREATED, "invoice")
-                .expect_group(ORDER_CREATED, "shipping"),
-        )
+        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, relay_options())
         .start()
         .await?;
     let mut conn = outbox.connect()?;
@@ -107,6 +105,15 @@ async fn take_orders(builder: NodeBuilder, db: &std::path::Path, orders: u64) ->
     std::future::pending::<()>().await;
     drop(node);
     Ok(())
+}
+
+/// How the orders service relays: both groups get every event, even one taken before they
+/// first subscribed.
+pub(crate) fn relay_options() -> RelayOptions {
+    RelayOptions::default()
+        .poll(Duration::from_millis(200))
+        .expect_group(ORDER_CREATED, "invoice")
+        .expect_group(ORDER_CREATED, "shipping")
 }
 
 /// Invoice or shipping: each event's effect and its inbox entry commit together.

@@ -8,11 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use shoal::MeshCa;
 use shoal::outbox::rusqlite::{Connection, OpenFlags};
 
-use crate::Args;
 use crate::services::{CA_CERT_ENV, CA_KEY_ENV};
+use crate::{Args, pg_orders};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -29,7 +31,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         ),
     };
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, args.orders);
+    let result = match &args.postgres {
+        Some(url) => run_on_postgres(&dir, url, args.orders),
+        None => run_in(&dir, args.orders),
+    };
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -43,8 +48,9 @@ fn run_in(dir: &Path, orders: u64) -> Result<()> {
     let services = Services {
         dir: dir.to_path_buf(),
         ca,
-        orders: orders_addr,
+        orders: vec![orders_addr],
         count: orders,
+        postgres: None,
     };
     println!(
         "order-flow: {orders} orders; databases in {}",
@@ -82,39 +88,91 @@ fn run_in(dir: &Path, orders: u64) -> Result<()> {
     println!("every order taken, and its event acknowledged by invoice and shipping");
     drop(invoice_b);
 
-    let books = Books::read(dir)?;
+    let books = Books::read(dir, &orders_in_sqlite(dir)?)?;
+    books.verdict(orders)
+}
+
+/// The order flow with `orders` as two instances on PostgreSQL, relaying by tailing the log.
+fn run_on_postgres(dir: &Path, url: &str, orders: u64) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(pg_orders::clear(url))?;
+    let ca = MeshCa::generate("order-flow example")?;
+    let services = Services {
+        dir: dir.to_path_buf(),
+        ca,
+        orders: vec![free_loopback_port()?, free_loopback_port()?],
+        count: orders,
+        postgres: Some(url.to_owned()),
+    };
     println!(
-        "orders {}; invoices {} (invoice-a {}, invoice-b {}), invoiced twice {}, never \
-         invoiced {}; shipments {}, shipped twice {}, never shipped {}",
-        books.orders,
-        books.invoices,
-        books.by_instance("invoice-a"),
-        books.by_instance("invoice-b"),
-        books.invoiced_twice,
-        books.never_invoiced,
-        books.shipments,
-        books.shipped_twice,
-        books.never_shipped,
+        "order-flow: {orders} orders taken by orders-a and orders-b on PostgreSQL (log \
+         tailing); other databases in {}",
+        dir.display()
     );
-    if books.orders == orders
-        && books.invoices == orders
-        && books.shipments == orders
-        && books.invoiced_twice + books.never_invoiced + books.shipped_twice + books.never_shipped
-            == 0
-    {
-        println!("OK: nothing lost, nothing invoiced or shipped twice");
-        Ok(())
-    } else {
-        Err("the books do not balance".into())
+    let mut orders_a = services.start("orders", "orders-a")?;
+    orders_a.wait_for(|l| l.ends_with("tailing"))?;
+    let mut orders_b = services.start("orders", "orders-b")?;
+    let mut invoice_a = services.start("invoice", "invoice-a")?;
+    let invoice_b = services.start("invoice", "invoice-b")?;
+    let mut shipping = services.start("shipping", "shipping")?;
+    for service in [&mut invoice_a, &mut shipping] {
+        service.wait_for(|l| l == "subscribed")?;
     }
+    println!("orders-a tails the log; orders-b stands by");
+
+    // orders-a takes the even orders: its progress paces the crashes.
+    let at = |share: u64| (orders * share / 100) / 100 * 100;
+    orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(20)))?;
+    invoice_a.kill();
+    println!(
+        "killed invoice-a (SIGKILL) at order {}; restarting it",
+        at(20)
+    );
+    let _invoice_a = services.start("invoice", "invoice-a")?;
+    orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(45)))?;
+    shipping.kill();
+    println!(
+        "killed shipping (SIGKILL) at order {}; restarting it",
+        at(45)
+    );
+    let _shipping = services.start("shipping", "shipping")?;
+    orders_a.wait_for(|l| order_number(l).is_some_and(|n| n >= at(70)))?;
+    orders_a.kill();
+    println!(
+        "killed orders-a (SIGKILL) while it tailed the log, at order {}",
+        at(70)
+    );
+    orders_b.wait_for(|l| l == "tailing")?;
+    println!("orders-b took over the log tail from the replication slot; restarting orders-a");
+    let mut orders_a = services.start("orders", "orders-a")?;
+    orders_a.wait_for(|l| l == "all orders taken")?;
+    orders_b.wait_for(|l| l == "all orders taken")?;
+    let deadline = Instant::now() + WAIT;
+    while rt.block_on(pg_orders::pending(url))? > 0 {
+        if Instant::now() > deadline {
+            return Err("the outbox did not drain".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("every order taken, and its event acknowledged by invoice and shipping");
+    drop(invoice_b);
+    let taken = rt.block_on(pg_orders::committed(url))?;
+    let books = Books::read(dir, &taken)?;
+    rt.block_on(pg_orders::clear(url))?;
+    books.verdict(orders)
 }
 
 /// What the services need to start.
 struct Services {
     dir: PathBuf,
     ca: MeshCa,
-    orders: SocketAddr,
+    /// The orders instances' addresses (kept across restarts, so the others find them).
+    orders: Vec<SocketAddr>,
     count: u64,
+    /// The orders service's PostgreSQL database, if not SQLite.
+    postgres: Option<String>,
 }
 
 impl Services {
@@ -132,9 +190,15 @@ impl Services {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if service == "orders" {
-            command.args(["--listen", &self.orders.to_string()]);
+            let at = usize::from(instance.ends_with("-b")).min(self.orders.len() - 1);
+            command.args(["--listen", &self.orders[at].to_string()]);
         } else {
-            command.args(["--peer", &self.orders.to_string()]);
+            for addr in &self.orders {
+                command.args(["--peer", &addr.to_string()]);
+            }
+        }
+        if let Some(url) = &self.postgres {
+            command.args(["--postgres", url]);
         }
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -203,55 +267,34 @@ struct Books {
 }
 
 impl Books {
-    fn read(dir: &Path) -> Result<Self> {
-        let open = |name: &str| {
-            Connection::open_with_flags(dir.join(name), OpenFlags::SQLITE_OPEN_READ_ONLY)
+    /// The invoice and shipping databases in `dir`, against the orders taken.
+    fn read(dir: &Path, orders: &[u64]) -> Result<Self> {
+        let handled = |name: &str, table: &str| -> Result<Vec<(u64, String)>> {
+            let conn =
+                Connection::open_with_flags(dir.join(name), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut stmt = conn.prepare(&format!("SELECT order_id, instance FROM {table}"))?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
         };
-        let count = |conn: &Connection, sql: &str| -> Result<u64> {
-            Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-        };
-        let orders = open("orders.db")?;
-        let invoice = open("invoice.db")?;
-        let shipping = open("shipping.db")?;
-        // Each handler's database sees the orders, to find orders never handled.
-        for conn in [&invoice, &shipping] {
-            conn.execute(
-                "ATTACH DATABASE ?1 AS o",
-                [dir.join("orders.db").to_string_lossy()],
-            )?;
-        }
-        let twice = |conn: &Connection, table: &str| {
-            count(
-                conn,
-                &format!(
-                    "SELECT COUNT(*) FROM (SELECT order_id FROM {table} GROUP BY order_id \
-                     HAVING COUNT(*) > 1)"
-                ),
-            )
-        };
-        let never = |conn: &Connection, table: &str| {
-            count(
-                conn,
-                &format!(
-                    "SELECT COUNT(*) FROM o.orders WHERE id NOT IN (SELECT order_id FROM {table})"
-                ),
-            )
-        };
-        let mut by_instance = Vec::new();
-        let mut stmt =
-            invoice.prepare("SELECT instance, COUNT(*) FROM invoice GROUP BY instance")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-            let (name, n) = row?;
-            by_instance.push((name, n as u64));
+        let invoices = handled("invoice.db", "invoice")?;
+        let shipments = handled("shipping.db", "shipping")?;
+        let (invoiced_twice, never_invoiced) = tally(orders, &invoices);
+        let (shipped_twice, never_shipped) = tally(orders, &shipments);
+        let mut by_instance: Vec<(String, u64)> = Vec::new();
+        for (_, instance) in &invoices {
+            match by_instance.iter_mut().find(|(name, _)| name == instance) {
+                Some((_, n)) => *n += 1,
+                None => by_instance.push((instance.clone(), 1)),
+            }
         }
         Ok(Self {
-            orders: count(&orders, "SELECT COUNT(*) FROM orders")?,
-            invoices: count(&invoice, "SELECT COUNT(*) FROM invoice")?,
-            invoiced_twice: twice(&invoice, "invoice")?,
-            never_invoiced: never(&invoice, "invoice")?,
-            shipments: count(&shipping, "SELECT COUNT(*) FROM shipping")?,
-            shipped_twice: twice(&shipping, "shipping")?,
-            never_shipped: never(&shipping, "shipping")?,
+            orders: orders.len() as u64,
+            invoices: invoices.len() as u64,
+            invoiced_twice,
+            never_invoiced,
+            shipments: shipments.len() as u64,
+            shipped_twice,
+            never_shipped,
             by_instance,
         })
     }
@@ -262,6 +305,54 @@ impl Books {
             .find(|(n, _)| n == name)
             .map_or(0, |(_, count)| *count)
     }
+
+    /// Prints the books; `Err` unless each of the `orders` has one invoice and one shipment.
+    fn verdict(&self, orders: u64) -> Result<()> {
+        println!(
+            "orders {}; invoices {} (invoice-a {}, invoice-b {}), invoiced twice {}, never \
+             invoiced {}; shipments {}, shipped twice {}, never shipped {}",
+            self.orders,
+            self.invoices,
+            self.by_instance("invoice-a"),
+            self.by_instance("invoice-b"),
+            self.invoiced_twice,
+            self.never_invoiced,
+            self.shipments,
+            self.shipped_twice,
+            self.never_shipped,
+        );
+        if self.orders == orders
+            && self.invoices == orders
+            && self.shipments == orders
+            && self.invoiced_twice + self.never_invoiced + self.shipped_twice + self.never_shipped
+                == 0
+        {
+            println!("OK: nothing lost, nothing invoiced or shipped twice");
+            Ok(())
+        } else {
+            Err("the books do not balance".into())
+        }
+    }
+}
+
+/// Of `orders`, how many were handled more than once, and how many never, by `handled`.
+fn tally(orders: &[u64], handled: &[(u64, String)]) -> (u64, u64) {
+    let mut times: HashMap<u64, u64> = orders.iter().map(|id| (*id, 0)).collect();
+    for (id, _) in handled {
+        *times.entry(*id).or_default() += 1;
+    }
+    let twice = times.values().filter(|n| **n > 1).count() as u64;
+    let never = times.values().filter(|n| **n == 0).count() as u64;
+    (twice, never)
+}
+
+/// The orders the SQLite orders service took.
+fn orders_in_sqlite(dir: &Path) -> Result<Vec<u64>> {
+    let conn =
+        Connection::open_with_flags(dir.join("orders.db"), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare("SELECT id FROM orders")?;
+    let ids = stmt.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+    Ok(ids.collect::<std::result::Result<_, _>>()?)
 }
 
 /// `N` from an `order N` progress line.

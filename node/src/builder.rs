@@ -9,9 +9,10 @@ use shoal_proto::{Limits, NodeId};
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::policy::Policy;
 use crate::runtime::Driver;
 use crate::transport::endpoint;
-use crate::{Error, Identity, MeshCa, Node, RetryPolicy, tls};
+use crate::{Error, Identity, MeshCa, Node, RetryPolicy, Revocations, cert_lifecycle, tls};
 
 /// Configures and starts a [`Node`]. Every setting has a default suited to services on one
 /// LAN; only the identity and the trusted mesh CA are required.
@@ -31,7 +32,8 @@ pub struct NodeBuilder {
     service: String,
     listen: SocketAddr,
     identity: Option<Identity>,
-    trust: Option<MeshCa>,
+    trust: Vec<MeshCa>,
+    revocations: Revocations,
     peers: Vec<SocketAddr>,
     discovery: Vec<Box<dyn Discovery>>,
     config: Config,
@@ -64,7 +66,8 @@ impl NodeBuilder {
             service: service.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity: None,
-            trust: None,
+            trust: Vec::new(),
+            revocations: Revocations::new(),
             peers: Vec::new(),
             discovery: Vec::new(),
             config: Config::default(),
@@ -89,8 +92,37 @@ impl NodeBuilder {
 
     /// The mesh CA: only peers with a certificate it signed can connect, in either direction.
     /// Required.
+    ///
+    /// Repeat to trust several CAs side by side, as during a CA rollover: a peer is accepted
+    /// if any of them issued its certificate. [`Node::reload_tls`] changes the set later.
     pub fn trust(mut self, ca: MeshCa) -> Self {
-        self.trust = Some(ca);
+        self.trust.push(ca);
+        self
+    }
+
+    /// The revoked certificates this node refuses. Default: none. Keep a clone of the handle
+    /// (or use [`Node::revocations`]) to revoke more while the node runs: new handshakes with
+    /// a revoked certificate are refused at once, and live connections of a revoked peer are
+    /// closed within a second.
+    pub fn revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// How long before this node's certificate expires it starts warning: a warning in the
+    /// log and a [`crate::NodeEvent::CertificateExpiring`], repeated daily and after every
+    /// reload, until a new certificate is loaded. Default: 30 days, or a third of the
+    /// certificate's lifetime if that is shorter (so a one-day certificate warns 8 hours
+    /// ahead). [`Node::certificate`] tells the expiry at any time.
+    pub fn warn_before_expiry(mut self, ahead: Duration) -> Self {
+        self.config.warn_before_expiry = Some(ahead);
+        self
+    }
+
+    /// The authorization policy: who may send what to which service, publish which topics,
+    /// subscribe to which patterns ([`crate::policy`]). Default: [`Policy::allow_all`].
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.config.policy = Arc::new(policy);
         self
     }
 
@@ -228,6 +260,7 @@ impl NodeBuilder {
             listen,
             identity,
             trust,
+            revocations,
             peers,
             mut discovery,
             config,
@@ -242,8 +275,9 @@ impl NodeBuilder {
         }
         let identity = identity
             .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;
-        let ca =
-            trust.ok_or_else(|| Error::Config("no mesh CA: call NodeBuilder::trust".into()))?;
+        if trust.is_empty() {
+            return Err(Error::Config("no mesh CA: call NodeBuilder::trust".into()));
+        }
         if let Some(certified) = identity.service()
             && certified != service
         {
@@ -253,8 +287,9 @@ impl NodeBuilder {
         }
 
         let transport = Arc::new(tls::transport(config.keep_alive, config.idle_timeout)?);
-        let server = tls::server_config(&identity, &ca, Arc::clone(&transport))?;
-        let client = tls::client_config(&identity, &ca, transport)?;
+        let live_tls = tls::LiveTls::new(identity, trust, revocations)?;
+        let server = tls::server_config(&live_tls, Arc::clone(&transport))?;
+        let client = tls::client_config(&live_tls, transport)?;
         let socket = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind {
             addr: listen,
             source,
@@ -275,7 +310,7 @@ impl NodeBuilder {
 
         let id = NodeId::from_u128(rand::random());
         let engine = Engine::new(id, service.clone(), config.clone(), rand::random());
-        let driver = Driver::new(engine, service, config, endpoint, peers.clone());
+        let driver = Driver::new(engine, service, config, endpoint, peers.clone(), live_tls);
 
         let local = LocalNode {
             node_id: driver.id,
@@ -298,6 +333,7 @@ impl NodeBuilder {
             .tasks
             .spawn(endpoint::follow_discovery(Arc::clone(&driver), rx));
         tracing::info!(node = %driver.id, service = %driver.service, addr = ?local.addrs, "shoal node started");
+        cert_lifecycle::spawn_tasks(&driver); // expiry warnings, closing revoked peers
         let node = Node::from_driver(driver);
         #[cfg(feature = "outbox")]
         if let Some((store, options)) = outbox {

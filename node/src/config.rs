@@ -1,10 +1,12 @@
 //! Tunables of a node, with their defaults and what they are for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::Limits;
 
 use crate::RetryPolicy;
+use crate::policy::Policy;
 
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]
@@ -27,6 +29,11 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Duration,
     pub(crate) event_hold: Duration,
     pub(crate) remember_groups: Duration,
+    /// How long before the node's certificate expires it warns; `None`: the default (30 days,
+    /// or a third of the certificate's lifetime if shorter).
+    pub(crate) warn_before_expiry: Option<Duration>,
+    /// Who may send, publish and subscribe what (`NodeBuilder::policy`).
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl Default for Config {
@@ -48,6 +55,8 @@ impl Default for Config {
             idle_timeout: Duration::from_millis(1500),
             event_hold: Duration::from_secs(30),
             remember_groups: Duration::from_secs(600),
+            warn_before_expiry: None,
+            policy: Arc::new(Policy::allow_all()),
         }
     }
 }

@@ -18,6 +18,10 @@ pub enum Error {
     /// A certificate, key or CA is unusable (unparseable PEM, wrong key type, expired, ...).
     #[error("invalid identity: {0}")]
     Identity(String),
+    /// An authorization policy is malformed (see [`crate::policy`]): an unknown field, a bad
+    /// service name or pattern. The message names the place.
+    #[error("invalid policy: {0}")]
+    Policy(String),
     /// A file could not be read or written.
     #[error("could not access {path}: {source}")]
     Io {
@@ -69,6 +73,31 @@ pub enum Error {
     #[cfg(feature = "outbox")]
     #[error("outbox: {0}")]
     Outbox(#[from] crate::outbox::OutboxError),
+    /// A typed message does not fit the service's contract (not declared, or declared with
+    /// another reply), or the contract itself is inconsistent (see
+    /// [`crate::contract::ServiceContract::validate`]).
+    #[cfg(feature = "contracts")]
+    #[error("contract: {0}")]
+    Contract(String),
+    /// A typed payload could not be encoded, or a typed reply could not be decoded.
+    #[cfg(feature = "contracts")]
+    #[error("payload of {message}: {reason}")]
+    Payload {
+        /// The message type and version, and the codec.
+        message: String,
+        /// What the codec said.
+        reason: String,
+    },
+    /// An AsyncAPI document could not be read or is not AsyncAPI 3.x (see
+    /// [`crate::contract::diff`]).
+    #[cfg(feature = "contracts")]
+    #[error("{document}: {reason}")]
+    Spec {
+        /// Which document (its file name, or `old` / `new`).
+        document: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Shoal got into a state it does not expect: a bug. Please report it with the message.
     #[error("internal error: {0}")]
     Internal(String),

@@ -61,4 +61,16 @@ pub enum NodeEvent {
         /// What was wrong.
         reason: String,
     },
+    // --- certificate lifecycle (certs branch, cert_lifecycle.rs) ---
+    /// This node's own certificate expires soon (or has expired): load a new one with
+    /// [`crate::Node::reload_identity`]. Raised when the warning period starts
+    /// ([`crate::NodeBuilder::warn_before_expiry`]), then daily and after every reload.
+    CertificateExpiring {
+        /// The certificate's serial.
+        serial: crate::CertSerial,
+        /// When it expires.
+        not_after: std::time::SystemTime,
+        /// How long it is still valid; zero once it has expired.
+        remaining: std::time::Duration,
+    },
 }

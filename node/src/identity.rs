@@ -32,19 +32,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SerialNumber,
 };
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
-use pem_codec::{parse_cert_pem, pem_encode};
+pub use crl::RevocationList;
+use encoding::parse_cert_pem;
+pub(crate) use encoding::pem_encode;
+pub use revocations::Revocations;
+pub(crate) use x509::Parsed;
+pub use x509::{CertSerial, CertificateInfo};
 
-mod der;
+mod crl;
+mod encoding;
 mod files;
-mod pem_codec;
+mod revocations;
 #[cfg(test)]
 mod tests;
+mod x509;
 
 /// The DNS name every node certificate carries; clients dial with this server name.
 pub(crate) const MESH_DNS_NAME: &str = "shoal.mesh";
@@ -131,7 +138,8 @@ impl MeshCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, CA_VALIDITY);
+        let now = SystemTime::now();
+        set_validity(&mut params, now - BACKDATE, now + CA_VALIDITY);
         let cert = params
             .self_signed(&key)
             .map_err(|e| Error::Identity(format!("could not create the CA certificate: {e}")))?;
@@ -152,10 +160,8 @@ impl MeshCa {
                 certs.len()
             ))
         })?;
-        let fields = der::parse_certificate(&cert).ok_or_else(|| {
-            Error::Identity("the CA certificate is not a valid X.509 certificate".into())
-        })?;
-        if !fields.is_ca() {
+        let parsed = Parsed::new(&cert).map_err(|e| context("the CA certificate", e))?;
+        if !parsed.is_ca {
             return Err(Error::Identity(
                 "the CA certificate is not a CA certificate (it lacks BasicConstraints \
                  cA=TRUE); was a node certificate given instead of ca.pem?"
@@ -173,10 +179,8 @@ impl MeshCa {
         let mut ca = Self::from_pem(cert_pem)?;
         let key = KeyPair::from_pem(key_pem)
             .map_err(|e| Error::Identity(format!("the CA private key is unusable: {e}")))?;
-        let fields = der::parse_certificate(&ca.cert).ok_or_else(|| {
-            Error::Identity("the CA certificate is not a valid X.509 certificate".into())
-        })?;
-        if key.subject_public_key_info() != fields.spki {
+        let parsed = Parsed::new(&ca.cert).map_err(|e| context("the CA certificate", e))?;
+        if key.subject_public_key_info() != parsed.spki {
             return Err(Error::Identity(
                 "the CA private key does not belong to the CA certificate".into(),
             ));
@@ -213,11 +217,43 @@ impl MeshCa {
     /// The certificate is valid for one year for both TLS server and client authentication.
     /// Its DNS names are `shoal.mesh` and `<service>.svc.shoal.mesh`, and its subject CN is
     /// `service`. `service` must be a DNS label: 1 to 63 characters from `a-z`, `0-9` and
-    /// `-`, not starting or ending with `-`.
+    /// `-`, not starting or ending with `-`. Its serial is 16 random bytes.
     ///
     /// Fails if this CA was loaded without its private key.
     pub fn issue(&self, service: &str) -> Result<Identity, Error> {
+        self.issue_valid_for(service, NODE_VALIDITY)
+    }
+
+    /// [`MeshCa::issue`] with another lifetime: the certificate is valid from an hour ago
+    /// (clock skew between machines) until `lifetime` from now. Short-lived certificates,
+    /// renewed and reloaded ([`crate::Node::reload_identity`]) well before they expire, limit
+    /// what a leaked key is worth.
+    pub fn issue_valid_for(&self, service: &str, lifetime: Duration) -> Result<Identity, Error> {
+        if lifetime.is_zero() {
+            return Err(Error::Identity(
+                "a certificate's lifetime must be longer than zero".into(),
+            ));
+        }
+        let now = SystemTime::now();
+        self.issue_valid_between(service, now - BACKDATE, now + lifetime)
+    }
+
+    /// [`MeshCa::issue`] valid from `not_before` to `not_after` (whole seconds). A certificate
+    /// that starts later can be handed out ahead of a planned rotation; peers refuse it, and
+    /// a node will not load it, before `not_before` ("not valid yet") and after `not_after`
+    /// ("expired").
+    pub fn issue_valid_between(
+        &self,
+        service: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Identity, Error> {
         validate_service_name(service)?;
+        if not_after <= not_before {
+            return Err(Error::Identity(
+                "a certificate's validity must end after it starts".into(),
+            ));
+        }
         let ca_key = self.key.as_deref().ok_or_else(|| {
             Error::Identity(
                 "this CA was loaded without its private key (ca.key), so it can check \
@@ -225,23 +261,13 @@ impl MeshCa {
                     .into(),
             )
         })?;
-        let ca_fields = der::parse_certificate(&self.cert).ok_or_else(|| {
-            Error::Identity("the CA certificate is not a valid X.509 certificate".into())
+        let ca_subject = Parsed::new(&self.cert)
+            .map_err(|e| context("the CA certificate", e))?
+            .subject;
+        // The issuer's name and key identifier are read back from the CA certificate itself.
+        let issuer = Issuer::from_ca_cert_der(&self.cert, ca_key).map_err(|e| {
+            Error::Identity(format!("the CA certificate cannot issue certificates: {e}"))
         })?;
-
-        // The issuer of the new certificate must be byte-for-byte the subject of the CA
-        // certificate, so rebuild that name from the CA certificate itself.
-        let mut issuer_params = CertificateParams::default();
-        issuer_params.distinguished_name =
-            der::distinguished_name(ca_fields.subject).ok_or_else(|| {
-                Error::Identity(
-                    "the CA certificate's subject name uses an encoding Shoal cannot \
-                     reproduce; issue certificates with a CA made by `shoal ca init`"
-                        .into(),
-                )
-            })?;
-        issuer_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let issuer = Issuer::new(issuer_params, ca_key);
 
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| Error::Identity(format!("could not generate a node key: {e}")))?;
@@ -258,7 +284,8 @@ impl MeshCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        set_validity(&mut params, NODE_VALIDITY);
+        params.serial_number = Some(random_serial());
+        set_validity(&mut params, not_before, not_after);
         let cert = params.signed_by(&key, &issuer).map_err(|e| {
             Error::Identity(format!(
                 "could not sign the certificate for `{service}`: {e}"
@@ -266,8 +293,8 @@ impl MeshCa {
         })?;
 
         let cert = cert.der().clone();
-        let issued = der::parse_certificate(&cert);
-        if issued.map(|fields| fields.issuer) != Some(ca_fields.subject) {
+        let issued = Parsed::new(&cert).map_err(|e| context("the issued certificate", e))?;
+        if issued.issuer != ca_subject {
             return Err(Error::Identity(
                 "the issued certificate's issuer name does not match the CA certificate's \
                  subject; issue certificates with a CA made by `shoal ca init`"
@@ -277,15 +304,14 @@ impl MeshCa {
         Ok(Identity {
             chain: Arc::from(vec![cert]),
             key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
-            service: Some(service.to_owned()),
+            info: issued.info,
         })
     }
 }
 
 impl fmt::Debug for MeshCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let subject =
-            der::parse_certificate(&self.cert).and_then(|fields| der::common_name(fields.subject));
+        let subject = Parsed::new(&self.cert).ok().and_then(|p| p.common_name);
         f.debug_struct("MeshCa")
             .field("subject_cn", &subject)
             .field("has_key", &self.key.is_some())
@@ -301,7 +327,7 @@ impl fmt::Debug for MeshCa {
 pub struct Identity {
     chain: Arc<[CertificateDer<'static>]>,
     key: Arc<PrivateKeyDer<'static>>,
-    service: Option<String>,
+    info: CertificateInfo,
 }
 
 impl Identity {
@@ -320,12 +346,9 @@ impl Identity {
             ),
             e => Error::Identity(format!("the node private key PEM is unreadable: {e}")),
         })?;
-        let Some(leaf) = der::parse_certificate(&chain[0]) else {
-            return Err(Error::Identity(
-                "the node certificate is not a valid X.509 certificate".into(),
-            ));
-        };
-        let service = leaf.service();
+        let info = Parsed::new(&chain[0])
+            .map_err(|e| context("the node certificate", e))?
+            .info;
         let provider = rustls::crypto::ring::default_provider();
         rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
             |e| match e {
@@ -338,7 +361,7 @@ impl Identity {
         Ok(Self {
             chain: Arc::from(chain),
             key: Arc::new(key),
-            service,
+            info,
         })
     }
 
@@ -365,7 +388,12 @@ impl Identity {
     /// The service this identity was issued for: the `<service>` of its
     /// `<service>.svc.shoal.mesh` DNS name, or `None` if the certificate has no such name.
     pub fn service(&self) -> Option<&str> {
-        self.service.as_deref()
+        self.info.service.as_deref()
+    }
+
+    /// What the node certificate says: service, serial, validity.
+    pub fn certificate(&self) -> &CertificateInfo {
+        &self.info
     }
 
     /// The certificate chain, DER-encoded, node certificate first (never empty).
@@ -382,7 +410,8 @@ impl Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Identity")
-            .field("service", &self.service)
+            .field("service", &self.info.service)
+            .field("serial", &self.info.serial)
             .field("certificates", &self.chain.len())
             .finish_non_exhaustive()
     }
@@ -390,23 +419,36 @@ impl fmt::Debug for Identity {
 
 /// The service named by a certificate's `<service>.svc.shoal.mesh` DNS name, if any.
 pub(crate) fn service_of_cert(cert: &CertificateDer<'_>) -> Option<String> {
-    der::parse_certificate(cert)?.service()
+    Parsed::new(cert).ok()?.info.service
 }
 
 /// The DNS names of a certificate (tests only).
 #[cfg(test)]
 pub(crate) fn dns_names_for_tests(cert: &CertificateDer<'_>) -> Vec<String> {
-    der::parse_certificate(cert)
-        .map(|fields| fields.dns_names().into_iter().map(str::to_owned).collect())
+    Parsed::new(cert)
+        .map(|parsed| parsed.dns_names)
         .unwrap_or_default()
 }
 
-/// Makes `params` valid from `BACKDATE` ago until `lifetime` from now.
-fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+/// Names the certificate an identity error is about: "the CA certificate is not a valid ...".
+fn context(what: &str, err: Error) -> Error {
+    match err {
+        Error::Identity(msg) => Error::Identity(format!("{what} is {msg}")),
+        other => other,
+    }
+}
+
+/// 16 random bytes, the first below 0x80 so the DER integer stays positive and 16 bytes long.
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Makes `params` valid from `not_before` to `not_after`.
+fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + since_epoch.saturating_sub(BACKDATE);
-    params.not_after = epoch + since_epoch + lifetime;
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    params.not_before = epoch + since_epoch(not_before);
+    params.not_after = epoch + since_epoch(not_after);
 }

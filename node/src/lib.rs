@@ -58,6 +58,10 @@
 //!   feeds it tokio's time, runs handlers, wakes callers and writers, and drives the timer.
 //! - [`Node`], [`NodeBuilder`], [`Message`], options, receipts, [`Error`], [`NodeEvent`],
 //!   [`NodeStats`]: the public API. [`Identity`] and [`MeshCa`]: certificates.
+//! - [`Identity`] and [`MeshCa`]: certificates; [`RevocationList`] and [`Revocations`]: revoked
+//!   ones. `tls` and `cert_lifecycle` (private) hold the TLS material every handshake reads,
+//!   which [`Node::reload_tls`] swaps while the node runs.
+//! - [`policy`]: who may send what to which service, publish and subscribe to which topics.
 //!
 //! ## Delivery guarantees
 //! At-least-once: [`Node::send`] resolves only after the receiver's handler finished. Retries
@@ -67,7 +71,10 @@
 //! should be idempotent or check [`Message::is_redelivery`].
 
 mod builder;
+mod cert_lifecycle;
 mod config;
+#[cfg(feature = "contracts")]
+pub mod contract;
 mod dead_letter;
 mod diagnose;
 mod engine;
@@ -81,6 +88,7 @@ mod node;
 mod options;
 #[cfg(feature = "outbox")]
 pub mod outbox;
+pub mod policy;
 mod publish;
 mod receipts;
 mod runtime;
@@ -90,21 +98,32 @@ mod sync;
 mod tls;
 mod transport;
 
+// `::shoal` paths (what `#[derive(Contract)]` writes) resolve inside this crate too.
+#[cfg(feature = "contracts")]
+extern crate self as shoal;
+
 pub use builder::NodeBuilder;
+#[cfg(feature = "contracts")]
+pub use contract::Contract;
 pub use dead_letter::DeadLetter;
 pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
 pub use engine::retry::RetryPolicy;
 pub use error::Error;
 pub use event::NodeEvent;
 pub use handler::{HandlerError, IntoReply};
-pub use identity::{Identity, MeshCa};
+pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa, RevocationList, Revocations};
 pub use message::Message;
 pub use node::Node;
 #[cfg(feature = "outbox")]
 pub(crate) use node::WeakNode;
 pub use options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
+pub use policy::Policy;
 pub use receipts::{EventDelivery, PeerInfo, PublishReceipt, Receipt};
 pub use shoal_discovery as discovery;
+/// Derives [`Contract`](trait@Contract): `#[derive(shoal::Contract)]` with
+/// `#[shoal(name = "...", version = N, kind = "command")]` (see [`contract`]).
+#[cfg(feature = "contracts")]
+pub use shoal_macros::Contract;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};

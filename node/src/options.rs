@@ -10,7 +10,7 @@ use crate::RetryPolicy;
 pub struct SendOptions {
     /// Overrides the node's retry policy for this message.
     pub retry: Option<RetryPolicy>,
-    /// Fail with [`Error::Busy`] instead of waiting when the chosen instance already has the
+    /// Fail with [`crate::Error::Busy`] instead of waiting when the chosen instance already has the
     /// maximum of unacknowledged messages.
     pub fail_fast: bool,
 }
@@ -47,7 +47,7 @@ pub enum Reliability {
     BestEffort,
 }
 
-/// Per-publish options for [`Node::publish_with`].
+/// Per-publish options for [`crate::Node::publish_with`].
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct PublishOptions {

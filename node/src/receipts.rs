@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shoal_proto::{MessageId, NodeId};
 
-/// Proof that a message was handled: returned by [`Node::send`] once the receiver acked.
+/// Proof that a message was handled: returned by [`crate::Node::send`] once the receiver acked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// The message's id.
@@ -27,7 +27,7 @@ pub struct PublishReceipt {
     pub deliveries: Vec<EventDelivery>,
     /// Copies that were dropped, named by audience: best-effort copies that found their
     /// subscriber's queue full or no live instance, and reliable copies whose audience
-    /// unsubscribed while they were on the way ([`Error::AudienceGone`]).
+    /// unsubscribed while they were on the way ([`crate::Error::AudienceGone`]).
     pub dropped: Vec<String>,
 }
 
@@ -43,7 +43,7 @@ pub struct EventDelivery {
     pub attempts: u32,
 }
 
-/// A live peer, as listed by [`Node::peers`].
+/// A live peer, as listed by [`crate::Node::peers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     /// The peer's node id.

@@ -1,8 +1,10 @@
 //! TLS and QUIC configuration: mutual TLS 1.3 in which both sides trust only the mesh CA.
 //!
 //! Every connection of a mesh is authenticated both ways. The listening side requires a
-//! client certificate; both sides accept only certificates issued by the [`MeshCa`] (no
-//! platform or WebPKI roots are ever loaded). Clients dial with the server name
+//! client certificate; both sides accept only certificates issued by a trusted
+//! [`crate::MeshCa`] (no platform or WebPKI roots are ever loaded) and not revoked. The node's
+//! certificate, its trusted CAs and its revocations live in a [`LiveTls`] that every handshake
+//! reads, so they can change while the node runs. Clients dial with the server name
 //! [`SERVER_NAME`], which every node certificate carries; which *service* the peer is comes
 //! from its certificate's `<service>.svc.shoal.mesh` name ([`peer_service`]).
 //!
@@ -13,16 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier;
-use rustls::{RootCertStore, version};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::version;
+use rustls_pki_types::CertificateDer;
 
 use crate::error::Error;
-use crate::identity::{self, Identity, MeshCa};
+use crate::identity::{self, CertSerial};
+pub(crate) use live::LiveTls;
+
+mod live;
 
 /// The TLS server name clients dial with. Every node certificate carries it as a DNS name,
 /// so any node of the mesh can serve any other.
@@ -52,104 +53,69 @@ pub(crate) fn transport(
     Ok(transport)
 }
 
-/// The QUIC configuration for accepting connections: presents `identity`, requires every
-/// client to present a certificate issued by `ca`, and speaks only [`shoal_proto::ALPN`].
+/// The QUIC configuration for accepting connections: presents the node's current certificate,
+/// requires every client to present one that a trusted mesh CA issued and that is not revoked,
+/// and speaks only [`shoal_proto::ALPN`].
 ///
-/// Fails with [`Error::Identity`] if `identity` is not a valid server certificate under `ca`
-/// (issued by another CA, expired, not for `shoal.mesh`, key mismatch), so a misconfigured
-/// node fails at start-up instead of at every handshake.
+/// Certificates and trust come from `live` at every handshake, so a reload
+/// ([`LiveTls::reload`]) applies to the next handshake without touching live connections.
+/// TLS session resumption is off: a resumed session would skip the certificate checks, so a
+/// revoked or rotated certificate could come back through a session ticket.
 pub(crate) fn server_config(
-    identity: &Identity,
-    ca: &MeshCa,
+    live: &LiveTls,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, Error> {
-    let trust = MeshTrust::new(ca)?;
-    check_own_certificate(identity, |leaf, rest, now| {
-        let name = ServerName::try_from(SERVER_NAME).map_err(|e| {
-            rustls::Error::General(format!("invalid server name {SERVER_NAME}: {e}"))
-        })?;
-        trust
-            .servers
-            .verify_server_cert(leaf, rest, &name, &[], now)
-            .map(drop)
-    })?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(trust.provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(live.provider())
         .with_protocol_versions(&[&version::TLS13])
         .map_err(tls13_unavailable)?
-        .with_client_cert_verifier(trust.clients)
-        .with_single_cert(identity.cert_chain(), identity.key_der())
-        .map_err(unusable_identity)?;
+        .with_client_cert_verifier(live.verifier())
+        .with_cert_resolver(Arc::new(live.clone()));
     tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic = QuicServerConfig::try_from(tls).map_err(unusable_for_quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
 }
 
-/// The QUIC configuration for dialling other nodes: trusts only `ca`, presents `identity`
-/// as client certificate, and speaks only [`shoal_proto::ALPN`]. Dial with [`SERVER_NAME`].
-///
-/// Fails with [`Error::Identity`] if `identity` is not a valid client certificate under `ca`.
+/// The QUIC configuration for dialling other nodes: trusts only the mesh CAs of `live`, refuses
+/// revoked servers, presents the node's current certificate, and speaks only
+/// [`shoal_proto::ALPN`]. Dial with [`SERVER_NAME`]. No session resumption (see
+/// [`server_config`]).
 pub(crate) fn client_config(
-    identity: &Identity,
-    ca: &MeshCa,
+    live: &LiveTls,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ClientConfig, Error> {
-    let trust = MeshTrust::new(ca)?;
-    check_own_certificate(identity, |leaf, rest, now| {
-        trust.clients.verify_client_cert(leaf, rest, now).map(drop)
-    })?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(trust.provider)
+    let mut tls = rustls::ClientConfig::builder_with_provider(live.provider())
         .with_protocol_versions(&[&version::TLS13])
         .map_err(tls13_unavailable)?
-        .with_webpki_verifier(trust.servers)
-        .with_client_auth_cert(identity.cert_chain(), identity.key_der())
-        .map_err(unusable_identity)?;
+        .dangerous()
+        .with_custom_certificate_verifier(live.verifier())
+        .with_client_cert_resolver(Arc::new(live.clone()));
     tls.alpn_protocols = vec![shoal_proto::ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
     let quic = QuicClientConfig::try_from(tls).map_err(unusable_for_quic)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport);
     Ok(config)
 }
 
-/// The verifiers of a mesh: certificates count only if the mesh CA issued them, whichever side
-/// presents them. Also used to check this node's own certificate before it is offered.
-struct MeshTrust {
-    provider: Arc<CryptoProvider>,
-    servers: Arc<WebPkiServerVerifier>,
-    clients: Arc<dyn ClientCertVerifier>,
-}
-
-impl MeshTrust {
-    fn new(ca: &MeshCa) -> Result<Self, Error> {
-        let provider = provider();
-        let roots = roots(ca)?;
-        let unusable_ca =
-            |e| Error::Identity(format!("the mesh CA cannot verify certificates: {e}"));
-        let servers = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| unusable_ca(e.to_string()))?;
-        let clients = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| unusable_ca(e.to_string()))?;
-        Ok(Self {
-            provider,
-            servers,
-            clients,
-        })
-    }
-}
-
 fn tls13_unavailable(e: rustls::Error) -> Error {
     Error::Config(format!("TLS 1.3 is unavailable: {e}"))
 }
 
-fn unusable_identity(e: rustls::Error) -> Error {
-    Error::Identity(format!("the node certificate or key is unusable: {e}"))
-}
-
 fn unusable_for_quic(e: impl std::fmt::Display) -> Error {
     Error::Config(format!("TLS configuration unusable for QUIC: {e}"))
+}
+
+/// The peer's certificate (the first of its chain), once the handshake is complete.
+fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    certs.into_iter().next()
 }
 
 /// The service the peer's certificate was issued for (its `<service>.svc.shoal.mesh` name).
@@ -158,50 +124,19 @@ fn unusable_for_quic(e: impl std::fmt::Display) -> Error {
 /// peer's authenticated service; a peer whose `Hello` claims another service is lying or
 /// misconfigured. `None` if the handshake is not complete or the certificate names no service.
 pub(crate) fn peer_service(conn: &quinn::Connection) -> Option<String> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .ok()?;
-    identity::service_of_cert(certs.first()?)
+    identity::service_of_cert(&peer_certificate(conn)?)
+}
+
+/// The serial of the peer's certificate, to find the connections of a peer whose certificate
+/// was revoked after it connected. `None` if the handshake is not complete.
+pub(crate) fn peer_serial(conn: &quinn::Connection) -> Option<CertSerial> {
+    let cert = peer_certificate(conn)?;
+    Some(identity::Parsed::new(&cert).ok()?.info.serial)
 }
 
 /// The crypto provider every Shoal TLS configuration uses.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A root store holding only the mesh CA.
-fn roots(ca: &MeshCa) -> Result<Arc<RootCertStore>, Error> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der().clone()).map_err(|e| {
-        Error::Identity(format!(
-            "the mesh CA certificate cannot be used as a trust anchor: {e}"
-        ))
-    })?;
-    Ok(Arc::new(roots))
-}
-
-/// Runs `verify` on this node's own certificate chain, turning a failure into a clear error.
-fn check_own_certificate(
-    identity: &Identity,
-    verify: impl FnOnce(
-        &CertificateDer<'_>,
-        &[CertificateDer<'_>],
-        UnixTime,
-    ) -> Result<(), rustls::Error>,
-) -> Result<(), Error> {
-    let chain = identity.cert_chain();
-    let Some((leaf, rest)) = chain.split_first() else {
-        return Err(Error::Identity(
-            "the node certificate chain is empty".into(),
-        ));
-    };
-    verify(leaf, rest, UnixTime::now()).map_err(|e| {
-        Error::Identity(format!(
-            "this node's certificate is not accepted by the mesh CA ({e}); was it issued by \
-             another CA, or has it expired?"
-        ))
-    })
 }
 
 #[cfg(test)]

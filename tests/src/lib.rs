@@ -5,10 +5,14 @@
 //! - [`RawPeer`]: a bare QUIC client that presents a valid mesh certificate and speaks Shoal
 //!   frames directly, so tests can put arbitrary bytes on the wire.
 //! - [`UdpRelay`]: a loopback relay a test can cut, to lose a connection's packets.
+//! - [`child`]: the test binary run again as a child process, to be killed with SIGKILL.
+//! - [`postgres`]: the throwaway PostgreSQL cluster of the PostgreSQL outbox tests.
 //!
 //! Everything listens and dials on 127.0.0.1 only. Every wait is bounded.
 #![allow(clippy::unwrap_used)]
 
+pub mod child;
+pub mod postgres;
 mod udp_relay;
 pub use udp_relay::UdpRelay;
 

@@ -15,18 +15,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use shoal::outbox::rusqlite::{self, Connection};
 use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{HandlerError, Identity, MeshCa, Message, Node, RetryPolicy};
+use shoal_tests::child::{Proc, TempDir, progress};
 use shoal_tests::{Mesh, loopback};
 
 const ROLE: &str = "SHOAL_OUTBOX_ROLE";
@@ -44,7 +43,7 @@ const CHILD_TEST: &str = "outbox_child";
 const ORDERS: u64 = 10_000;
 /// Messages the receiver test sends.
 const LEDGER_MESSAGES: u64 = 2_000;
-/// Bound on each wait for a child's progress, and on each full drain.
+/// Bound on each full drain.
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Is order `id` rolled back instead of committed?
@@ -55,7 +54,7 @@ fn rolled_back(id: u64) -> bool {
 #[test]
 fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
     let rt = background_runtime();
-    let dir = TempDir::new("sender");
+    let dir = TempDir::new("outbox-crash-sender");
     let db = dir.path.join("orders.db");
     let mesh = Mesh::new();
     let handled: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
@@ -72,7 +71,7 @@ fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
         node
     });
     let spawn = || {
-        Proc::spawn(
+        spawn_child(
             "sender",
             &db,
             invoice.local_addr(),
@@ -127,7 +126,7 @@ fn sender_killed_while_enqueuing_loses_nothing_and_sends_nothing_rolled_back() {
 #[test]
 fn receiver_killed_mid_stream_applies_each_effect_once_with_the_inbox() {
     let rt = background_runtime();
-    let dir = TempDir::new("receiver");
+    let dir = TempDir::new("outbox-crash-receiver");
     let outbox_db = dir.path.join("payments.db");
     let ledger_db = dir.path.join("ledger.db");
     let mesh = Mesh::new();
@@ -160,7 +159,7 @@ fn receiver_killed_mid_stream_applies_each_effect_once_with_the_inbox() {
         outbox.commit(tx).unwrap();
     }
     let spawn = |pause: Option<u64>| {
-        Proc::spawn(
+        spawn_child(
             "ledger",
             &ledger_db,
             payments.local_addr(),
@@ -351,11 +350,6 @@ fn retry(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::retryable(e.to_string())
 }
 
-/// `n` from a progress line `"<what> <n>"`.
-fn progress(line: &str, what: &str) -> Option<u64> {
-    line.strip_prefix(what)?.trim().parse().ok()
-}
-
 /// The child's runtime: it blocks on its whole run.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -374,95 +368,25 @@ fn background_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A child process of this test binary and its stdout lines.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(
-        role: &str,
-        db: &Path,
-        peer: SocketAddr,
-        ca: &MeshCa,
-        identity: &Identity,
-        pause: Option<u64>,
-    ) -> Self {
-        let mut command = Command::new(std::env::current_exe().unwrap());
-        command
-            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-            .env(ROLE, role)
-            .env(DB, db)
-            .env(PEER, peer.to_string())
-            .env(CA_PEM, ca.cert_pem())
-            .env(CERT_PEM, identity.cert_pem())
-            .env(KEY_PEM, identity.key_pem())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(n) = pause {
-            command.env(PAUSE_AFTER, n.to_string());
-        }
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Ends when the child exits; the count bounds a runaway child.
-            for line in BufReader::new(stdout).lines().take(1_000_000) {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
+/// Starts this binary again as a sender or a ledger (see [`outbox_child`]).
+fn spawn_child(
+    role: &str,
+    db: &Path,
+    peer: SocketAddr,
+    ca: &MeshCa,
+    identity: &Identity,
+    pause: Option<u64>,
+) -> Proc {
+    let mut env = vec![
+        (ROLE, role.to_owned()),
+        (DB, db.display().to_string()),
+        (PEER, peer.to_string()),
+        (CA_PEM, ca.cert_pem()),
+        (CERT_PEM, identity.cert_pem()),
+        (KEY_PEM, identity.key_pem()),
+    ];
+    if let Some(n) = pause {
+        env.push((PAUSE_AFTER, n.to_string()));
     }
-
-    /// Waits (bounded) for a line that satisfies `done`, and returns it.
-    fn wait_for(&mut self, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if done(&line) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("child gave no expected line within {WAIT:?}: {e}"),
-            }
-        }
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A directory removed when the test ends.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "shoal-outbox-crash-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+    Proc::spawn(CHILD_TEST, &env)
 }

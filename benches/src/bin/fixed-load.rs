@@ -79,6 +79,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let label = mode.clone();
     let took = runtime.block_on(async move {
         let node = Node::builder("load-source")
             .identity(ca.issue("load-source")?)
@@ -132,7 +133,7 @@ fn main() -> Result<()> {
     receiver.join().map_err(|_| "the receiver panicked")??;
     let handled = handled.load(Ordering::Relaxed);
     println!(
-        "{mode}: {handled} messages handled in {took:?} ({:.0} per second)",
+        "{label}: {handled} messages handled in {took:?} ({:.0} per second)",
         handled as f64 / took.as_secs_f64()
     );
     Ok(())

@@ -43,6 +43,7 @@ fn rows_are_classified_by_kind_and_variant() {
     );
     assert_eq!(kinds("quinn-stream"), one("request", "quinn-stream"));
     assert_eq!(kinds("shoal-send"), one("request", "shoal-send"));
+    assert_eq!(kinds("shoal-typed-request"), one("request", "shoal-typed"));
     assert_eq!(
         kinds("shoal-publish-8-last"),
         one("publish-8-last", "shoal")

@@ -21,6 +21,10 @@ slotmap::new_key_type! {
 /// Something the engine needs done. The driver takes actions with
 /// [`super::Engine::poll_action`] after every call into the engine.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "actions live in a queue for moments; boxing a handler run would cost an allocation per message"
+)]
 pub(crate) enum Action<H> {
     /// Frames wait to be written on this connection: call [`super::Engine::poll_transmit`].
     Transmit(ConnId),
@@ -66,6 +70,10 @@ pub(crate) type HandlerOutcome = Result<SmallVec<[Message; 1]>, HandlerError>;
 
 /// What an operation ended with.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one result per call, moved once to its caller"
+)]
 pub(crate) enum Done {
     /// A point-to-point message was acknowledged.
     Sent(Receipt),

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use rand::Rng;
+use rand::RngExt;
 use shoal_proto::NackCode;
 
 use super::action::ConnId;

@@ -80,6 +80,7 @@ impl HeadCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use shoal_proto::{MessageId, MessageKind};

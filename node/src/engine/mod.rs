@@ -59,7 +59,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::time::Instant;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 

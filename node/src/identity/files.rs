@@ -81,6 +81,10 @@ impl Identity {
 
     /// Writes the certificate chain and private key as PEM files, creating missing parent
     /// folders and replacing existing files. The key file gets mode 0600 on Unix.
+    ///
+    /// Each file is replaced in one step (written beside it, then renamed over it), key first:
+    /// a node watching the files (`shoal serve`) reads either file whole, and reloads once
+    /// the certificate matches the key.
     pub fn save(
         &self,
         cert_path: impl AsRef<Path>,
@@ -107,32 +111,53 @@ fn read_file(path: &Path) -> Result<String, Error> {
     })
 }
 
-/// Writes `contents` to `path`. `secret` files get mode 0600 on Unix (also when they already
-/// existed). Without `overwrite`, fails if `path` exists.
+/// Writes `contents` to `path`. `secret` files get mode 0600 on Unix. With `overwrite`, an
+/// existing file is replaced in one step ([`replace_file`]); without it, fails if `path`
+/// exists.
 fn write_file(path: &Path, contents: &[u8], secret: bool, overwrite: bool) -> Result<(), Error> {
+    if overwrite {
+        return replace_file(path, contents, secret);
+    }
+    write_new(path, contents, secret)
+}
+
+/// Replaces `path` with `contents` in one step: writes a new file beside it and renames it
+/// over `path`, so a reader (a node watching its certificate files) sees the old file or the
+/// new one, never half of one.
+pub(crate) fn replace_file(path: &Path, contents: &[u8], secret: bool) -> Result<(), Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let staging = path.with_file_name(format!(
+        ".{}.{}.new",
+        name.as_deref().unwrap_or("shoal"),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&staging);
+    let written = write_new(&staging, contents, secret).and_then(|()| {
+        fs::rename(&staging, path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })
+    });
+    if written.is_err() {
+        let _ = fs::remove_file(&staging);
+    }
+    written
+}
+
+/// Creates `path` (which must not exist) with `contents`; `secret` files get mode 0600.
+fn write_new(path: &Path, contents: &[u8], secret: bool) -> Result<(), Error> {
     let io_err = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
     let mut options = fs::OpenOptions::new();
-    options.write(true);
-    if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
+    options.write(true).create_new(true);
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io_err)?;
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io_err)?;
-    }
     #[cfg(not(unix))]
     let _ = secret;
     file.write_all(contents).map_err(io_err)?;

@@ -71,8 +71,10 @@ fn pem_files_round_trip() {
     assert_eq!(back.cert_pem(), identity.cert_pem());
     assert_eq!(back.key_pem(), identity.key_pem());
     // The reloaded identity still works with the (trust-only) CA.
-    tls::server_config(&back, &trust_only, transport()).unwrap();
-    tls::client_config(&back, &trust_only, transport()).unwrap();
+    let live =
+        tls::LiveTls::new(back.clone(), vec![trust_only.clone()], Revocations::new()).unwrap();
+    tls::server_config(&live, transport()).unwrap();
+    tls::client_config(&live, transport()).unwrap();
 
     #[cfg(unix)]
     {
@@ -182,4 +184,141 @@ fn issued_certificates_have_the_mesh_names() {
     let leaf = &identity.cert_chain()[0];
     let fields = dns_names_for_tests(leaf);
     assert_eq!(fields, vec!["shoal.mesh", "orders.svc.shoal.mesh"]);
+}
+
+#[test]
+fn issued_certificates_have_random_serials_and_the_asked_lifetime() {
+    let ca = MeshCa::generate("serials").unwrap();
+    let a = ca.issue("orders").unwrap();
+    let b = ca.issue("orders").unwrap();
+    assert_ne!(a.certificate().serial, b.certificate().serial);
+    assert_eq!(a.certificate().serial.as_bytes().len(), 16);
+    assert_eq!(a.certificate().service.as_deref(), Some("orders"));
+
+    let now = SystemTime::now();
+    let short = ca
+        .issue_valid_for("orders", Duration::from_secs(600))
+        .unwrap();
+    let info = short.certificate();
+    let remaining = info.remaining_at(now).unwrap();
+    assert!(remaining <= Duration::from_secs(601), "{remaining:?}");
+    assert!(remaining >= Duration::from_secs(590), "{remaining:?}");
+    assert!(
+        info.not_before <= now - Duration::from_secs(3000),
+        "backdated for skew"
+    );
+    assert!(info.remaining_at(now + Duration::from_secs(700)).is_none());
+    assert!(ca.issue_valid_for("orders", Duration::ZERO).is_err());
+    let err = ca.issue_valid_between("orders", now, now).unwrap_err();
+    assert!(
+        err.to_string().contains("must end after it starts"),
+        "{err}"
+    );
+    let later = ca
+        .issue_valid_between(
+            "orders",
+            now + Duration::from_secs(86_400),
+            now + Duration::from_secs(2 * 86_400),
+        )
+        .unwrap();
+    assert_eq!(
+        later
+            .certificate()
+            .not_before
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        (now + Duration::from_secs(86_400))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    );
+
+    // The facts survive PEM, and can be read from a certificate file alone.
+    let from_pem = CertificateInfo::from_pem(&short.cert_pem()).unwrap();
+    assert_eq!(&from_pem, info);
+    let back = Identity::from_pem(&short.cert_pem(), &short.key_pem()).unwrap();
+    assert_eq!(back.certificate(), info);
+}
+
+#[test]
+fn pem_is_written_as_openssl_writes_it() {
+    let ca = MeshCa::generate("pem layout").unwrap();
+    let pem = ca.issue("orders").unwrap().cert_pem();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    assert!(pem.ends_with("-----END CERTIFICATE-----\n"), "{pem}");
+    assert!(!pem.contains('\r'));
+    let body: Vec<&str> = pem.lines().skip(1).collect();
+    let (last, full) = body[..body.len() - 1].split_last().unwrap();
+    assert!(full.iter().all(|line| line.len() == 64), "{pem}");
+    assert!(!last.is_empty() && last.len() <= 64);
+}
+
+#[test]
+fn revocation_lists_are_signed_numbered_and_checked() {
+    let dir = TempDir::new();
+    let ca = MeshCa::generate("revoking").unwrap();
+    let trust = MeshCa::from_pem(&ca.cert_pem()).unwrap();
+    let leaked = ca.issue("billing").unwrap();
+    let other = ca.issue("shop").unwrap();
+
+    let first = ca
+        .revoke(None, [leaked.certificate().serial.clone()])
+        .unwrap();
+    assert_eq!(first.number(), 1);
+    assert_eq!(
+        first.serials().collect::<Vec<_>>(),
+        vec![&leaked.certificate().serial]
+    );
+    let path = dir.0.join(RevocationList::FILE);
+    first.save(&path).unwrap();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("-----BEGIN X509 CRL-----\n")
+    );
+
+    // A node that trusts the CA (without its key) reads it back.
+    let loaded = RevocationList::load(&path, std::slice::from_ref(&trust)).unwrap();
+    assert_eq!(loaded.number(), 1);
+    assert_eq!(loaded.len(), 1);
+
+    // Extending keeps what was revoked, adds the new serial once, and numbers the list on.
+    let second = ca
+        .revoke(
+            Some(&loaded),
+            [
+                other.certificate().serial.clone(),
+                leaked.certificate().serial.clone(),
+            ],
+        )
+        .unwrap();
+    assert_eq!(second.number(), 2);
+    assert_eq!(second.len(), 2);
+    second.save(&path).unwrap();
+    let revocations = Revocations::new();
+    assert!(revocations.replace_with_lists([&RevocationList::load(&path, &[trust]).unwrap()]));
+    assert!(revocations.is_revoked(&other.certificate().serial));
+
+    // A list signed by another CA is refused, even when it claims the same name.
+    let impostor = MeshCa::generate("revoking").unwrap();
+    let forged = impostor.revoke(None, []).unwrap();
+    let err = RevocationList::from_pem(&forged.to_pem(), std::slice::from_ref(&ca)).unwrap_err();
+    assert!(
+        err.to_string().contains("not signed by a trusted mesh CA"),
+        "{err}"
+    );
+    let err = ca.revoke(Some(&forged), []).unwrap_err();
+    assert!(err.to_string().contains("not signed"), "{err}");
+
+    // A tampered list is refused.
+    let mut der = second.to_pem();
+    der = der.replacen('A', "B", 1);
+    assert!(RevocationList::from_pem(&der, std::slice::from_ref(&ca)).is_err());
+    assert!(RevocationList::from_pem("garbage", std::slice::from_ref(&ca)).is_err());
+
+    // Only a CA with its key can sign.
+    let trust_only = MeshCa::from_pem(&ca.cert_pem()).unwrap();
+    let err = trust_only.revoke(None, []).unwrap_err();
+    assert!(err.to_string().contains("private key"), "{err}");
 }

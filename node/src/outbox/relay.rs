@@ -170,6 +170,10 @@ pub(crate) async fn run(
     let Some(mut changes) = node.upgrade().map(|n| n.peer_changes()) else {
         return;
     };
+    // The store's own work (leases, locks, a log tail) runs while the relay does.
+    let _background = store
+        .background()
+        .map(|work| AbortOnDrop(tokio::spawn(work)));
     // The groups seen before (by an earlier run of this node, too) are audiences from the
     // first row on.
     remember_groups(&node, &store, &options).await;
@@ -249,6 +253,9 @@ pub(crate) async fn run(
             }
             () = stop.cancelled() => {
                 flush(&mut relay, &store).await;
+                if let Err(e) = blocking(&store, |s| s.relay_stopped()).await {
+                    tracing::warn!("outbox relay cannot release its rows: {e}");
+                }
                 return;
             }
         }
@@ -473,6 +480,15 @@ async fn flush(relay: &mut Relay, store: &Arc<dyn OutboxStore>) {
             relay.after = relay.after.min(seq - 1);
         }
         relay.read = true;
+    }
+}
+
+/// Aborts the task when dropped: the store's background work ends with the relay.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, params};
-use shoal_proto::{Limits, MessageId, codec};
+use shoal_proto::{Limits, MessageId};
 
-use super::store::{DeadRow, Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore};
+use super::store::{
+    DeadRow, Destination, OutboxError, OutboxRow, OutboxStats, OutboxStore, StoredRow, cutoff_ms,
+    decode_rows, encode_stored, id_from_bytes,
+};
 use crate::Message;
 use crate::message::unix_ms;
 use crate::sync::lock;
@@ -171,7 +174,7 @@ impl SqliteOutbox {
         destination: &Destination,
         message: &Message,
     ) -> Result<(), OutboxError> {
-        let frame = codec::encode_envelope(message.envelope(), &self.limits)?;
+        let frame = encode_stored(message, &self.limits)?;
         // Write first, then check the limit: a transaction that begins with a read cannot
         // take the write lock if another connection wrote meanwhile (SQLite's WAL answers
         // "database is locked" at once, without waiting), and the caller's transaction may
@@ -298,7 +301,7 @@ impl SqliteOutbox {
                 let id: Vec<u8> = r.get(1)?;
                 Ok(DeadRow {
                     seq: r.get(0)?,
-                    message_id: MessageId::from_u128(id_from_bytes(&id)),
+                    message_id: id_from_bytes(&id),
                     destination: r.get(2)?,
                     reason: r.get(3)?,
                     created_ms: r.get::<_, i64>(4)?.max(0) as u64,
@@ -325,14 +328,6 @@ impl SqliteOutbox {
         self.committed.notify_one();
         Ok(requeued)
     }
-
-    fn decode(&self, destination: &str, frame: &[u8]) -> Result<(Destination, Message), String> {
-        let envelope = codec::decode_envelope(frame, &self.limits).map_err(|e| e.to_string())?;
-        Ok((
-            Destination::from_column(destination)?,
-            Message::from_envelope(envelope),
-        ))
-    }
 }
 
 impl OutboxStore for SqliteOutbox {
@@ -344,32 +339,21 @@ impl OutboxStore for SqliteOutbox {
                  WHERE state = 0 AND seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(db)?;
-        let raw: Vec<(i64, String, Vec<u8>, i64)> = stmt
+        let raw: Vec<StoredRow> = stmt
             .query_map(params![after, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok(StoredRow {
+                    seq: r.get(0)?,
+                    destination: r.get(1)?,
+                    frame: r.get(2)?,
+                    created_ms: r.get(3)?,
+                })
             })
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)?;
         drop(stmt);
         drop(conn);
-        let mut rows = Vec::with_capacity(raw.len());
-        for (seq, destination, frame, created_ms) in raw {
-            match self.decode(&destination, &frame) {
-                Ok((destination, message)) => rows.push(OutboxRow {
-                    seq,
-                    destination,
-                    message,
-                    created_ms: created_ms.max(0) as u64,
-                }),
-                Err(why) => {
-                    let reason = format!("unreadable outbox row: {why}");
-                    tracing::warn!(seq, "{reason}; marked dead");
-                    self.dead(seq, &reason)?;
-                }
-            }
-        }
-        Ok(rows)
+        decode_rows(raw, &self.limits, |seq, reason| self.dead(seq, reason))
     }
 
     fn delivered(&self, seqs: &[i64]) -> Result<(), OutboxError> {
@@ -489,18 +473,6 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection, Ou
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(named(path))?;
     Ok(conn)
-}
-
-/// Unix milliseconds `age` ago.
-fn cutoff_ms(age: Duration) -> i64 {
-    unix_ms().saturating_sub(age.as_millis() as u64) as i64
-}
-
-fn id_from_bytes(bytes: &[u8]) -> u128 {
-    let mut raw = [0_u8; 16];
-    let n = bytes.len().min(16);
-    raw[16 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
-    u128::from_be_bytes(raw)
 }
 
 fn named(path: &Path) -> impl Fn(rusqlite::Error) -> OutboxError + '_ {

@@ -1,7 +1,12 @@
 //! What the relay needs from outbox storage, whatever the database.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use shoal_proto::{Limits, codec};
+
+use crate::message::unix_ms;
 use crate::{Message, MessageId};
 
 /// Where an outbox message goes.
@@ -97,13 +102,88 @@ pub enum OutboxError {
     /// The message cannot be stored (it breaks a wire limit).
     #[error("message refused by the outbox: {0}")]
     Encode(#[from] shoal_proto::EncodeError),
+    /// The database lacks something this outbox needs (a setting, a privilege, a newer
+    /// schema than this build knows); the message says what and how to fix it.
+    #[error("outbox database set-up: {0}")]
+    Setup(String),
 }
 
-/// Storage the relay reads pending rows from and marks delivered or dead. The SQLite store
-/// ([`crate::outbox::SqliteOutbox`]) ships; a server database can implement the same trait.
+/// Work a store does beside the relay for as long as it runs (see
+/// [`OutboxStore::background`]).
+pub type Background = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A row as stored, before its frame is decoded.
+pub(crate) struct StoredRow {
+    pub(crate) seq: i64,
+    pub(crate) destination: String,
+    pub(crate) frame: Vec<u8>,
+    pub(crate) created_ms: i64,
+}
+
+impl StoredRow {
+    /// The row with its message decoded, or why it cannot be.
+    pub(crate) fn decode(self, limits: &Limits) -> Result<OutboxRow, String> {
+        let envelope = codec::decode_envelope(&self.frame, limits).map_err(|e| e.to_string())?;
+        Ok(OutboxRow {
+            seq: self.seq,
+            destination: Destination::from_column(&self.destination)?,
+            message: Message::from_envelope(envelope),
+            created_ms: self.created_ms.max(0) as u64,
+        })
+    }
+}
+
+/// Decodes stored rows in order; a row that cannot be read back is handed to `dead` with the
+/// reason instead, so one damaged row never stalls the others.
+pub(crate) fn decode_rows(
+    rows: Vec<StoredRow>,
+    limits: &Limits,
+    mut dead: impl FnMut(i64, &str) -> Result<(), OutboxError>,
+) -> Result<Vec<OutboxRow>, OutboxError> {
+    let mut decoded = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq = row.seq;
+        match row.decode(limits) {
+            Ok(row) => decoded.push(row),
+            Err(why) => {
+                let reason = format!("unreadable outbox row: {why}");
+                tracing::warn!(seq, "{reason}; marked dead");
+                dead(seq, &reason)?;
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+/// A message as an outbox row stores it (see `codec::encode_envelope`).
+pub(crate) fn encode_stored(
+    message: &Message,
+    limits: &Limits,
+) -> Result<bytes::Bytes, OutboxError> {
+    Ok(codec::encode_envelope(message.envelope(), limits)?)
+}
+
+/// Unix milliseconds `age` ago.
+pub(crate) fn cutoff_ms(age: Duration) -> i64 {
+    unix_ms().saturating_sub(age.as_millis() as u64) as i64
+}
+
+/// A message id from its stored bytes (big-endian, up to 16).
+pub(crate) fn id_from_bytes(bytes: &[u8]) -> MessageId {
+    let mut raw = [0_u8; 16];
+    let n = bytes.len().min(16);
+    raw[16 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    MessageId::from_u128(u128::from_be_bytes(raw))
+}
+
+/// Storage the relay reads pending rows from and marks delivered or dead. Two stores ship:
+/// SQLite ([`crate::outbox::SqliteOutbox`]) and, with the `postgres` feature, PostgreSQL
+/// (`PostgresOutbox`).
 ///
 /// The relay calls these from a blocking thread (`tokio::task::spawn_blocking`), one call at
-/// a time, so they may block on IO.
+/// a time, so they may block on IO. Rows it gets from [`OutboxStore::pending`] are this
+/// relay's until their outcome is recorded: a store shared by several relays hands each row
+/// to one of them (the PostgreSQL store claims them).
 pub trait OutboxStore: Send + Sync + 'static {
     /// Up to `limit` pending rows with `seq` above `after`, in `seq` order. A row that cannot
     /// be read back is not returned: the store marks it dead with the reason, so one damaged
@@ -128,4 +208,15 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Notified after a commit that added rows, so the relay wakes at once instead of at its
     /// next poll.
     fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify>;
+    /// Work the store does beside the relay while it runs, spawned when the relay starts
+    /// and dropped when it stops: the PostgreSQL store's lease, lock, `LISTEN` connection
+    /// or log tail. None by default.
+    fn background(&self) -> Option<Background> {
+        None
+    }
+    /// The relay stopped (the node shuts down): rows it was given but did not finish may go
+    /// to other relays at once. Nothing to do by default.
+    fn relay_stopped(&self) -> Result<(), OutboxError> {
+        Ok(())
+    }
 }

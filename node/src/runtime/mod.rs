@@ -64,6 +64,9 @@ pub(crate) struct Driver {
     pub(crate) handshake_failures: AtomicU64,
     /// Set when a graceful shutdown has completed.
     pub(crate) finished: AtomicBool,
+    /// The node's certificate, trusted CAs and revocations, read by every handshake and
+    /// swapped by [`crate::Node::reload_tls`].
+    pub(crate) tls: crate::tls::LiveTls,
     /// The outbox's store, when the node relays one ([`crate::Node::forget_group`] edits it).
     #[cfg(feature = "outbox")]
     pub(crate) outbox: std::sync::OnceLock<Arc<dyn crate::outbox::OutboxStore>>,
@@ -100,6 +103,7 @@ impl Driver {
         config: Config,
         endpoint: quinn::Endpoint,
         static_peers: Vec<std::net::SocketAddr>,
+        tls: crate::tls::LiveTls,
     ) -> Arc<Self> {
         Arc::new(Self {
             id: engine.id(),
@@ -126,6 +130,7 @@ impl Driver {
             dial_failures: DialFailures::default(),
             handshake_failures: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            tls,
             #[cfg(feature = "outbox")]
             outbox: std::sync::OnceLock::new(),
         })

@@ -8,7 +8,17 @@ use std::time::Instant;
 
 use tokio::time::timeout;
 
+use rustls::RootCertStore;
+
 use super::*;
+use crate::identity::{CertSerial, Identity, MeshCa, Revocations};
+
+/// A root store holding only `ca`.
+fn roots(ca: &MeshCa) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    Arc::new(roots)
+}
 
 const LOCALHOST: &str = "127.0.0.1:0";
 const PROMPT: Duration = Duration::from_secs(5);
@@ -17,8 +27,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
 }
 
+/// The TLS material of a node that presents `identity` and trusts `ca`.
+fn live(identity: &Identity, ca: &MeshCa) -> LiveTls {
+    LiveTls::new(identity.clone(), vec![ca.clone()], Revocations::new()).unwrap()
+}
+
 fn server(identity: &Identity, ca: &MeshCa) -> (quinn::Endpoint, SocketAddr) {
-    let config = server_config(identity, ca, transport()).unwrap();
+    let config = server_config(&live(identity, ca), transport()).unwrap();
     let endpoint = quinn::Endpoint::server(config, LOCALHOST.parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     (endpoint, addr)
@@ -34,7 +49,7 @@ fn raw_client(trusts: &MeshCa, presents: Option<&Identity>) -> quinn::ClientConf
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&version::TLS13])
         .unwrap()
-        .with_root_certificates(roots(trusts).unwrap());
+        .with_root_certificates(roots(trusts));
     let mut tls = match presents {
         Some(identity) => builder
             .with_client_auth_cert(identity.cert_chain(), identity.key_der())
@@ -80,7 +95,7 @@ async fn same_ca_handshake_succeeds_and_both_sides_see_the_peer_service() {
     let billing = ca.issue("billing").unwrap();
     let (server, addr) = server(&orders, &ca);
     let client = client_endpoint();
-    let config = client_config(&billing, &ca, transport()).unwrap();
+    let config = client_config(&live(&billing, &ca), transport()).unwrap();
 
     let started = Instant::now();
     let accept = tokio::spawn(async move {
@@ -103,14 +118,7 @@ async fn same_ca_handshake_succeeds_and_both_sides_see_the_peer_service() {
     let handshake = started.elapsed();
     assert_eq!(peer_service(&conn).as_deref(), Some("orders"));
 
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(b"ping").await.unwrap();
-    send.finish().unwrap();
-    let echoed = timeout(PROMPT, recv.read_to_end(64))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(echoed, b"ping");
+    echo(&conn).await;
     conn.close(0u32.into(), b"done");
 
     let server_saw = timeout(PROMPT, accept).await.unwrap().unwrap();
@@ -127,7 +135,7 @@ async fn client_with_a_certificate_from_another_ca_is_refused() {
     let intruder = other.issue("billing").unwrap();
 
     // The node's own start-up check catches this misconfiguration.
-    let err = client_config(&intruder, &ca, transport()).unwrap_err();
+    let err = LiveTls::new(intruder.clone(), vec![ca.clone()], Revocations::new()).unwrap_err();
     assert!(matches!(err, Error::Identity(_)), "{err}");
 
     // A client that skips the check is refused by the server.
@@ -148,7 +156,7 @@ async fn server_with_a_certificate_from_another_ca_is_refused() {
     let other = MeshCa::generate("foreign mesh").unwrap();
     let (server, addr) = server(&other.issue("orders").unwrap(), &other);
     let client = client_endpoint();
-    let config = client_config(&ca.issue("billing").unwrap(), &ca, transport()).unwrap();
+    let config = client_config(&live(&ca.issue("billing").unwrap(), &ca), transport()).unwrap();
 
     let connecting = client.connect_with(config, addr, SERVER_NAME).unwrap();
     let (server_err, client_result) =
@@ -192,7 +200,7 @@ async fn identity_from_a_reloaded_ca_interoperates() {
 
     let (server, addr) = server(&server_id, &trust_only);
     let client = client_endpoint();
-    let config = client_config(&client_id, &trust_only, transport()).unwrap();
+    let config = client_config(&live(&client_id, &trust_only), transport()).unwrap();
     let accept = tokio::spawn(async move {
         let conn = server.accept().await.unwrap().await.unwrap();
         peer_service(&conn)
@@ -213,4 +221,258 @@ async fn identity_from_a_reloaded_ca_interoperates() {
 fn an_idle_timeout_quic_cannot_express_is_a_config_error() {
     let err = super::transport(Duration::from_millis(500), Duration::MAX).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+/// An echo server on `live`: answers every bidirectional stream with what it read, and reports
+/// the serial of each client's certificate.
+fn echo_server(live: &LiveTls) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<CertSerial>) {
+    let config = server_config(live, transport()).unwrap();
+    let endpoint = quinn::Endpoint::server(config, LOCALHOST.parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let _ = tx.send(peer_serial(&conn).unwrap());
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let got = recv.read_to_end(64).await.unwrap_or_default();
+                    let _ = send.write_all(&got).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `ping` on a new stream and expects it back.
+async fn echo(conn: &quinn::Connection) {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"ping").await.unwrap();
+    send.finish().unwrap();
+    let echoed = timeout(PROMPT, recv.read_to_end(64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, b"ping");
+}
+
+async fn dial(endpoint: &quinn::Endpoint, live: &LiveTls, addr: SocketAddr) -> quinn::Connection {
+    let config = client_config(live, transport()).unwrap();
+    timeout(
+        PROMPT,
+        endpoint.connect_with(config, addr, SERVER_NAME).unwrap(),
+    )
+    .await
+    .expect("handshake hung")
+    .expect("handshake failed")
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_next_handshake_and_keeps_live_connections() {
+    let ca = MeshCa::generate("rotation").unwrap();
+    let (old, new) = (ca.issue("orders").unwrap(), ca.issue("orders").unwrap());
+    let server_tls = live(&old, &ca);
+    let (addr, mut clients_seen) = echo_server(&server_tls);
+    let client_tls = live(&ca.issue("billing").unwrap(), &ca);
+    let endpoint = client_endpoint();
+
+    let first = dial(&endpoint, &client_tls, addr).await;
+    assert_eq!(
+        peer_serial(&first).as_ref(),
+        Some(&old.certificate().serial)
+    );
+    echo(&first).await;
+
+    server_tls.reload(Some(new.clone()), None).unwrap();
+    let client_new = ca.issue("billing").unwrap();
+    client_tls.reload(Some(client_new.clone()), None).unwrap();
+
+    let second = dial(&endpoint, &client_tls, addr).await;
+    assert_eq!(
+        peer_serial(&second).as_ref(),
+        Some(&new.certificate().serial)
+    );
+    echo(&second).await;
+    echo(&first).await; // the first connection is untouched
+    assert!(first.close_reason().is_none());
+    let seen: Vec<CertSerial> = [clients_seen.recv().await, clients_seen.recv().await]
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(seen[1], client_new.certificate().serial, "{seen:?}");
+
+    // A reload that does not check out changes nothing.
+    let foreign = MeshCa::generate("foreign").unwrap();
+    let err = server_tls
+        .reload(Some(foreign.issue("orders").unwrap()), None)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not issued by a trusted mesh CA"),
+        "{err}"
+    );
+    assert_eq!(
+        server_tls.material().identity.certificate(),
+        new.certificate()
+    );
+    let third = dial(&endpoint, &client_tls, addr).await;
+    assert_eq!(
+        peer_serial(&third).as_ref(),
+        Some(&new.certificate().serial)
+    );
+}
+
+#[tokio::test]
+async fn two_trust_anchors_side_by_side_carry_a_ca_rollover() {
+    let old_ca = MeshCa::generate("old mesh").unwrap();
+    let new_ca = MeshCa::generate("new mesh").unwrap();
+    let both = vec![old_ca.clone(), new_ca.clone()];
+    let server_tls = LiveTls::new(
+        old_ca.issue("orders").unwrap(),
+        both.clone(),
+        Revocations::new(),
+    )
+    .unwrap();
+    let (addr, _seen) = echo_server(&server_tls);
+    let endpoint = client_endpoint();
+
+    // Mid-rollover, clients of either CA get in.
+    let old_client = live(&old_ca.issue("billing").unwrap(), &old_ca);
+    let new_client =
+        LiveTls::new(new_ca.issue("billing").unwrap(), both, Revocations::new()).unwrap();
+    echo(&dial(&endpoint, &old_client, addr).await).await;
+    echo(&dial(&endpoint, &new_client, addr).await).await;
+
+    // The rollover ends: the server moves to the new CA alone.
+    server_tls
+        .reload(
+            Some(new_ca.issue("orders").unwrap()),
+            Some(vec![new_ca.clone()]),
+        )
+        .unwrap();
+    echo(&dial(&endpoint, &new_client, addr).await).await;
+    let config = client_config(&old_client, transport()).unwrap();
+    let refused = timeout(
+        PROMPT,
+        endpoint.connect_with(config, addr, SERVER_NAME).unwrap(),
+    )
+    .await
+    .expect("handshake hung");
+    assert!(refused.is_err(), "a client of the retired CA got in");
+
+    // Dropping the CA that issued the node's own certificate is refused.
+    let err = server_tls.reload(None, Some(vec![old_ca])).unwrap_err();
+    assert!(
+        err.to_string().contains("not issued by a trusted mesh CA"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_with_its_serial_on_both_sides() {
+    let ca = MeshCa::generate("revocation").unwrap();
+    let revoked = ca.issue("billing").unwrap();
+    let revocations = Revocations::new();
+    revocations.revoke(revoked.certificate().serial.clone());
+    let server_tls =
+        LiveTls::new(ca.issue("orders").unwrap(), vec![ca.clone()], revocations).unwrap();
+    let config = server_config(&server_tls, transport()).unwrap();
+    let server = quinn::Endpoint::server(config, LOCALHOST.parse().unwrap()).unwrap();
+    let client = client_endpoint();
+    let connecting = client
+        .connect_with(
+            raw_client(&ca, Some(&revoked)),
+            server.local_addr().unwrap(),
+            SERVER_NAME,
+        )
+        .unwrap();
+    // The client's side of the handshake may complete before the server has checked its
+    // certificate; then the connection is closed with the server's reason.
+    let client_saw = async {
+        match timeout(PROMPT, connecting).await.expect("client hung") {
+            Ok(conn) => timeout(PROMPT, conn.closed()).await.expect("not closed"),
+            Err(e) => e,
+        }
+    };
+    let (server_err, client_err) = tokio::join!(assert_server_refuses(&server), client_saw);
+    let serial = revoked.certificate().serial.to_string();
+    for (side, reason) in [("server", server_err), ("client", client_err)] {
+        let reason = reason.to_string();
+        eprintln!("{side}: {reason}");
+        assert!(
+            reason.contains("is revoked") && reason.contains(&serial),
+            "{reason}"
+        );
+        assert!(reason.contains("`billing`"), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_server_is_refused_by_the_dialling_node() {
+    let ca = MeshCa::generate("revocation").unwrap();
+    let server_id = ca.issue("orders").unwrap();
+    let (addr, _seen) = echo_server(&live(&server_id, &ca));
+    let client_tls = live(&ca.issue("billing").unwrap(), &ca);
+    let endpoint = client_endpoint();
+    echo(&dial(&endpoint, &client_tls, addr).await).await;
+
+    client_tls
+        .revocations()
+        .revoke(server_id.certificate().serial.clone());
+    let config = client_config(&client_tls, transport()).unwrap();
+    let err = timeout(
+        PROMPT,
+        endpoint.connect_with(config, addr, SERVER_NAME).unwrap(),
+    )
+    .await
+    .expect("handshake hung")
+    .expect_err("the client accepted a revoked server");
+    assert!(err.to_string().contains("is revoked"), "{err}");
+
+    // A node cannot start, or reload, with a revoked certificate of its own.
+    let renewed = ca.issue("billing").unwrap();
+    client_tls
+        .revocations()
+        .revoke(renewed.certificate().serial.clone());
+    let err = client_tls.reload(Some(renewed), None).unwrap_err();
+    assert!(err.to_string().contains("is revoked"), "{err}");
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_certificates_are_refused_and_the_error_says_which() {
+    use std::time::SystemTime;
+    let ca = MeshCa::generate("validity").unwrap();
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let expired = ca
+        .issue_valid_between("billing", now - 48 * hour, now - 24 * hour)
+        .unwrap();
+    let early = ca
+        .issue_valid_between("billing", now + 24 * hour, now + 48 * hour)
+        .unwrap();
+    let (server, addr) = server(&ca.issue("orders").unwrap(), &ca);
+    let client = client_endpoint();
+
+    for (identity, says) in [(&expired, "certificate expired"), (&early, "not valid yet")] {
+        let connecting = client
+            .connect_with(raw_client(&ca, Some(identity)), addr, SERVER_NAME)
+            .unwrap();
+        let (server_err, ()) = tokio::join!(
+            assert_server_refuses(&server),
+            assert_client_cut_off(connecting)
+        );
+        assert!(server_err.to_string().contains(says), "{server_err}");
+
+        // A node holding such a certificate cannot start (or reload) with it, and is told why.
+        let err = LiveTls::new(identity.clone(), vec![ca.clone()], Revocations::new())
+            .unwrap_err()
+            .to_string();
+        let why = if says == "not valid yet" {
+            "is not valid yet"
+        } else {
+            "has expired"
+        };
+        assert!(err.contains(why), "{err}");
+    }
 }

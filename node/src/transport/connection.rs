@@ -35,6 +35,8 @@ pub(crate) enum CloseCode {
     Killed = 3,
     /// The peer did not read what was written to it.
     NotReading = 4,
+    /// The peer's certificate was revoked.
+    Revoked = 5,
 }
 
 impl CloseCode {

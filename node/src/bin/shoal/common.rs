@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use shoal::discovery::{InterfaceSelector, MdnsConfig};
-use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent};
+use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent, RevocationList, Revocations};
 use tokio::sync::broadcast;
 
 use crate::{CliError, CliResult};
@@ -16,8 +16,14 @@ use crate::{CliError, CliResult};
 #[derive(Debug, Clone, Args)]
 pub(crate) struct NodeArgs {
     /// The mesh CA to trust: a folder made by `shoal ca init` (its ca.pem), or a ca.pem file.
-    #[arg(long, value_name = "DIR")]
-    pub(crate) ca: PathBuf,
+    /// Repeat to trust several side by side (a CA rollover); the first one's folder holds the
+    /// default certificate files.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub(crate) ca: Vec<PathBuf>,
+    /// A revocation list to enforce (PEM, from `shoal cert revoke`), signed by a trusted CA.
+    /// Repeatable. Each CA folder's revoked.crl is enforced too, when it exists.
+    #[arg(long = "crl", value_name = "FILE")]
+    pub(crate) crls: Vec<PathBuf>,
     /// This node's certificate (PEM) [default: <CA folder>/<service>.pem].
     #[arg(long, value_name = "FILE", requires = "key")]
     pub(crate) cert: Option<PathBuf>,
@@ -49,18 +55,31 @@ impl NodeArgs {
     /// if those do not exist and `ephemeral` is set, a throwaway certificate is issued from the
     /// CA key, when the CA folder has one.
     pub(crate) fn builder(&self, service: &str, ephemeral: bool) -> CliResult<NodeBuilder> {
-        let (ca, dir) = self.load_ca()?;
+        let cas = self
+            .ca
+            .iter()
+            .map(|path| load_ca(path))
+            .collect::<CliResult<Vec<MeshCa>>>()?;
         let identity = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Identity::load(cert, key)?,
-            _ => default_identity(&ca, &dir, service, ephemeral)?,
+            _ => default_identity(&cas[0], &self.home(), service, ephemeral)?,
         };
-        // Nodes need only the CA certificate; drop the key as soon as it is not needed.
-        let trust = MeshCa::from_pem(&ca.cert_pem())?;
+        // Nodes need only the CA certificates; drop the keys as soon as they are not needed.
+        let trust = cas
+            .iter()
+            .map(|ca| MeshCa::from_pem(&ca.cert_pem()))
+            .collect::<Result<Vec<MeshCa>, _>>()?;
+        let files = self.tls_files(service);
+        let revocations = Revocations::new();
+        revocations.replace_with_lists(&files.load_lists(&trust, true)?);
         let mut builder = Node::builder(service)
-            .trust(trust)
             .identity(identity)
+            .revocations(revocations)
             .listen(self.listen_addr())
             .peers(self.peers.iter().copied());
+        for ca in trust {
+            builder = builder.trust(ca);
+        }
         if !self.mdns.is_empty() {
             let interfaces = self.mdns.iter().map(InterfaceSelector::name);
             builder = builder.discovery(
@@ -82,20 +101,118 @@ impl NodeArgs {
         self.listen.unwrap_or(SocketAddr::from((any, 0)))
     }
 
-    /// The CA of `--ca`, and the folder to look for default certificate files in.
-    fn load_ca(&self) -> CliResult<(MeshCa, PathBuf)> {
-        let meta = fs::metadata(&self.ca).map_err(|e| {
-            CliError::new(format!(
-                "cannot read the mesh CA {}: {e}",
-                self.ca.display()
-            ))
-        })?;
-        if meta.is_dir() {
-            Ok((MeshCa::load(&self.ca)?, self.ca.clone()))
+    /// The folder default certificate files are looked for in: the first `--ca` folder, or
+    /// the folder of the first `--ca` file.
+    fn home(&self) -> PathBuf {
+        let first = &self.ca[0];
+        if first.is_dir() {
+            first.clone()
         } else {
-            let dir = self.ca.parent().map(Path::to_path_buf).unwrap_or_default();
-            Ok((MeshCa::load_cert(&self.ca)?, dir))
+            first.parent().map(Path::to_path_buf).unwrap_or_default()
         }
+    }
+
+    /// The files this node's TLS material comes from, for a node of `service`.
+    pub(crate) fn tls_files(&self, service: &str) -> TlsFiles {
+        let home = self.home();
+        let (cert, key) = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => (
+                home.join(format!("{service}.pem")),
+                home.join(format!("{service}.key")),
+            ),
+        };
+        let dirs = self.ca.iter().filter(|path| path.is_dir());
+        let default_lists = dirs.clone().map(|dir| dir.join(RevocationList::FILE));
+        TlsFiles {
+            cert,
+            key,
+            cas: self
+                .ca
+                .iter()
+                .map(|path| {
+                    if path.is_dir() {
+                        path.join(MeshCa::CERT_FILE)
+                    } else {
+                        path.clone()
+                    }
+                })
+                .collect(),
+            lists: self.crls.clone(),
+            default_lists: default_lists.collect(),
+        }
+    }
+}
+
+/// Where a node's certificate, key, trusted CAs and revocation lists are read from
+/// (`shoal serve` reads them again when they change).
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    /// The CA certificates (`ca.pem`) to trust.
+    pub(crate) cas: Vec<PathBuf>,
+    /// Lists named by `--crl`: they must exist.
+    pub(crate) lists: Vec<PathBuf>,
+    /// Each CA folder's `revoked.crl`, read when it exists.
+    pub(crate) default_lists: Vec<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Every file, in a fixed order (to notice changes).
+    pub(crate) fn all(&self) -> Vec<&Path> {
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(&self.cas)
+            .chain(&self.lists)
+            .chain(&self.default_lists)
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// The CAs to trust (certificates only).
+    pub(crate) fn load_trust(&self) -> CliResult<Vec<MeshCa>> {
+        Ok(self
+            .cas
+            .iter()
+            .map(MeshCa::load_cert)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The node's certificate and key.
+    pub(crate) fn load_identity(&self) -> CliResult<Identity> {
+        Ok(Identity::load(&self.cert, &self.key)?)
+    }
+
+    /// The revocation lists, each checked against `trust`. A missing default list is no list;
+    /// a missing `--crl` file is an error when `strict` (at start), skipped otherwise (while
+    /// watching: it may be being replaced).
+    pub(crate) fn load_lists(
+        &self,
+        trust: &[MeshCa],
+        strict: bool,
+    ) -> CliResult<Vec<RevocationList>> {
+        let mut lists = Vec::new();
+        let named = self.lists.iter().map(|path| (path, strict));
+        let defaults = self.default_lists.iter().map(|path| (path, false));
+        for (path, required) in named.chain(defaults) {
+            if !required && !path.exists() {
+                continue;
+            }
+            lists.push(RevocationList::load(path, trust)?);
+        }
+        Ok(lists)
+    }
+}
+
+/// A CA from `--ca`: a folder (with its key, if it holds one) or a `ca.pem` file.
+fn load_ca(path: &Path) -> CliResult<MeshCa> {
+    let meta = fs::metadata(path)
+        .map_err(|e| CliError::new(format!("cannot read the mesh CA {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        Ok(MeshCa::load(path)?)
+    } else {
+        Ok(MeshCa::load_cert(path)?)
     }
 }
 

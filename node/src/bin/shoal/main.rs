@@ -1,5 +1,6 @@
 //! The `shoal` command-line tool: make a mesh CA and node certificates, run a node that
-//! answers messages, and talk to running nodes (send, request, publish, ping, list peers).
+//! answers messages, talk to running nodes (send, request, publish, ping, list peers), and
+//! print and compare AsyncAPI documents (spec, spec diff).
 //!
 //! ```text
 //! shoal ca init --dir mesh
@@ -32,7 +33,9 @@ mod client;
 mod common;
 mod peers;
 mod ping;
+mod reload;
 mod serve;
+mod spec;
 
 /// Shoal: a brokerless messaging mesh (QUIC + mutual TLS).
 #[derive(Debug, Parser)]
@@ -67,6 +70,9 @@ enum Command {
     Ping(ping::PingArgs),
     /// Connect to peers and list the live ones per service, with address and RTT.
     Peers(peers::PeersArgs),
+    /// Print an AsyncAPI document (a file, or a service binary's --print-spec), or compare
+    /// two (`spec diff OLD NEW`, exit 1 on a breaking change).
+    Spec(spec::SpecArgs),
 }
 
 /// A failure to report: printed as `error: <message>`, exit code 1.
@@ -108,6 +114,7 @@ async fn main() -> ExitCode {
         Command::Publish(args) => client::publish(args).await,
         Command::Ping(args) => ping::run(args).await,
         Command::Peers(args) => peers::run(args).await,
+        Command::Spec(args) => spec::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

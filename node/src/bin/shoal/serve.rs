@@ -5,16 +5,20 @@
 //! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`;
 //! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers
 //!   and `--subscribe` subscriptions;
-//! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown.
+//! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown;
+//! - the lines of certificate reloads (see `reload.rs`): a running `shoal serve` follows its
+//!   certificate, key, CA and revocation list files.
 
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use shoal::{HandlerError, Message, Node, NodeEvent, SubscribeOptions};
+use shoal::{HandlerError, Message, Node, NodeEvent, Policy, SubscribeOptions};
 use tokio::sync::broadcast;
 
-use crate::CliResult;
 use crate::common::NodeArgs;
+use crate::{CliResult, reload};
 
 /// `shoal serve`
 #[derive(Debug, Args)]
@@ -31,6 +35,14 @@ pub(crate) struct ServeArgs {
     /// and print them, in this service's group or in GROUP. Repeatable.
     #[arg(long = "subscribe", value_name = "PATTERN[=GROUP]")]
     subscriptions: Vec<String>,
+    /// The authorization policy (TOML or JSON, by extension; the README's Security section has
+    /// the format) [default: allow everything within the mesh].
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How often to check the certificate, key, CA and revocation list files for changes, in
+    /// seconds (0: only on SIGHUP). A change is applied without dropping connections.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    reload_every: u64,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -73,7 +85,12 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     // Listen for signals before announcing the node, so a supervisor that sends SIGTERM right
     // after the `listening` line gets a graceful shutdown.
     let mut signals = Signals::new()?;
-    let node = args.node.builder(&args.service, false)?.start().await?;
+    let hangups = reload::Hangups::new();
+    let mut builder = args.node.builder(&args.service, false)?;
+    if let Some(path) = &args.policy {
+        builder = builder.policy(Policy::load(path)?);
+    }
+    let node = builder.start().await?;
     let events = node.events();
 
     let handlers = if args.handlers.is_empty() {
@@ -112,6 +129,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         node.service()
     );
     let printer = tokio::spawn(print_events(events));
+    let every = (args.reload_every > 0).then(|| Duration::from_secs(args.reload_every));
+    let files = args.node.tls_files(&args.service);
+    let follower = tokio::spawn(reload::follow(node.clone(), files, every, hangups));
 
     let signal = signals.next().await;
     say!("stopping ({signal})");
@@ -123,6 +143,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         }
     }
     printer.abort();
+    follower.abort();
     let s = node.stats();
     say!(
         "stats acked={} retries={} dead_lettered={} handled={} handler_errors={} duplicates={} \

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
 
 use super::{ConnId, Done, Engine, OpId, TaskId};
@@ -76,7 +76,14 @@ impl Handled {
 /// A handler as the simulated engines store it: a label (the message name, or the group of a
 /// subscription) for the record, and the closure.
 #[derive(Clone)]
-pub(super) struct SimHandler(Rc<(String, Box<dyn Fn(&Message) -> Handled>)>);
+pub(super) struct SimHandler(Rc<(String, HandlerFn)>);
+
+/// What a simulated handler does.
+type HandlerFn = Box<dyn Fn(&Message) -> Handled>;
+
+/// A handler run in progress: when it started, and each handler's label with the message's
+/// id and key.
+type Running = (Instant, Vec<(String, MessageId, Option<String>)>);
 
 impl std::fmt::Debug for SimHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,10 +113,11 @@ pub(super) struct SimNode {
     /// The engine's next deadline, as last asked.
     deadline: Option<Instant>,
     /// Handler runs in progress: when they started.
-    running: BTreeMap<TaskId, (Instant, Vec<(String, MessageId, Option<String>)>)>,
+    running: BTreeMap<TaskId, Running>,
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "a test harness's queue")]
 enum Event {
     Frame(net::Packet),
     HandlerDone {
@@ -307,7 +315,7 @@ impl Sim {
         faults: Faults,
     ) -> Option<(ConnId, ConnId)> {
         let now = self.now;
-        let hello = |sim: &Sim, of: usize, dialed: bool, port: u16| super::PeerHello {
+        let hello = |sim: &Self, of: usize, dialed: bool, port: u16| super::PeerHello {
             node: sim.nodes[of].engine.id(),
             service: sim.nodes[of].engine.service.clone(),
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),

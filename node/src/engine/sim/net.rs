@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use rand::Rng;
+use rand::RngExt;
 use rand::rngs::SmallRng;
 use shoal_proto::{Frame, Limits, codec};
 

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
+use rand::RngExt;
 use shoal_proto::MessageId;
 
 use super::{Faults, Handled, HandlerRun, Sim};
@@ -273,7 +273,7 @@ fn seeded_fault_schedules_keep_the_invariants() {
             (0..count).collect()
         }
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let mut handled = 0;
     for seed in &seeds {
         match schedule(*seed) {

@@ -1,0 +1,208 @@
+//! Certificates while the node runs: reloading its certificate and trusted CAs, revoking
+//! peers' certificates, and warning before its own certificate expires.
+//!
+//! Every handshake reads the node's [`LiveTls`](crate::tls::LiveTls), so a reload changes what
+//! the next handshake presents and accepts; connections already up stay up (a TLS connection
+//! is authenticated once, at its handshake). Revocations are the exception: a peer whose
+//! certificate becomes revoked is disconnected at once, because its existing connection would
+//! otherwise keep working until it drops for some other reason.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::identity::{CertSerial, CertificateInfo, Identity, MeshCa, Revocations};
+use crate::runtime::Driver;
+use crate::transport::connection::CloseCode;
+use crate::{Error, Node, NodeEvent, tls};
+
+/// The default warning period before this node's certificate expires (and at most a third of
+/// its lifetime, see [`crate::NodeBuilder::warn_before_expiry`]).
+const DEFAULT_WARNING: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Expiry warnings repeat this often; the check also wakes at least this often, so a wall
+/// clock that jumps is noticed.
+const REPEAT_WARNING: Duration = Duration::from_secs(24 * 60 * 60);
+
+impl Node {
+    /// Replaces this node's certificate and the mesh CAs it trusts, without dropping a
+    /// connection: handshakes from now on present `identity` and accept peers whose
+    /// certificate one of `trust` issued; connections already up stay up.
+    ///
+    /// Checked first, like at start: `identity` must be for this node's service, valid now,
+    /// issued by one of `trust`, and not revoked. On error nothing changes. A CA rollover is
+    /// three reloads: every node trusts both CAs, then each node takes a certificate from the
+    /// new CA, then every node drops the old CA.
+    pub fn reload_tls(
+        &self,
+        identity: Identity,
+        trust: impl IntoIterator<Item = MeshCa>,
+    ) -> Result<(), Error> {
+        self.check_service(&identity)?;
+        let trust: Vec<MeshCa> = trust.into_iter().collect();
+        self.reloaded(self.driver().tls.reload(Some(identity), Some(trust)))
+    }
+
+    /// Replaces this node's certificate (a renewed one, say) and keeps the trusted CAs; see
+    /// [`Node::reload_tls`].
+    pub fn reload_identity(&self, identity: Identity) -> Result<(), Error> {
+        self.check_service(&identity)?;
+        self.reloaded(self.driver().tls.reload(Some(identity), None))
+    }
+
+    /// Replaces the mesh CAs this node trusts and keeps its certificate, which one of them must
+    /// have issued; see [`Node::reload_tls`].
+    pub fn reload_trust(&self, trust: impl IntoIterator<Item = MeshCa>) -> Result<(), Error> {
+        let trust: Vec<MeshCa> = trust.into_iter().collect();
+        self.reloaded(self.driver().tls.reload(None, Some(trust)))
+    }
+
+    /// What this node's current certificate says: service, serial, and when it expires.
+    pub fn certificate(&self) -> CertificateInfo {
+        self.driver().tls.material().identity.certificate().clone()
+    }
+
+    /// The mesh CAs this node trusts now.
+    pub fn trusted_cas(&self) -> Vec<MeshCa> {
+        self.driver().tls.material().trust.clone()
+    }
+
+    /// The certificates this node refuses (the handle given to
+    /// [`crate::NodeBuilder::revocations`], or the node's own). Revoking a serial through it
+    /// refuses that certificate's new handshakes at once and closes its live connections
+    /// within a second.
+    pub fn revocations(&self) -> Revocations {
+        self.driver().tls.revocations().clone()
+    }
+
+    fn check_service(&self, identity: &Identity) -> Result<(), Error> {
+        match identity.service() {
+            Some(certified) if certified != self.service() => Err(Error::Identity(format!(
+                "the certificate is for service `{certified}`, this node is `{}`",
+                self.service()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn reloaded(&self, result: Result<(), Error>) -> Result<(), Error> {
+        match &result {
+            Ok(()) => {
+                let info = self.certificate();
+                tracing::info!(serial = %info.serial, cas = self.trusted_cas().len(), "TLS material reloaded");
+            }
+            Err(e) => tracing::warn!("TLS reload refused: {e}"),
+        }
+        result
+    }
+}
+
+/// Starts the node's certificate tasks: expiry warnings, and closing revoked peers.
+pub(crate) fn spawn_tasks(driver: &Arc<Driver>) {
+    driver.tasks.spawn(warn_before_expiry(Arc::clone(driver)));
+    driver.tasks.spawn(close_revoked_peers(Arc::clone(driver)));
+}
+
+/// How long before `cert` expires the node warns.
+fn warning_period(configured: Option<Duration>, cert: &CertificateInfo) -> Duration {
+    configured.unwrap_or_else(|| DEFAULT_WARNING.min(cert.lifetime() / 3))
+}
+
+/// Warns (log and [`NodeEvent::CertificateExpiring`]) when the node's certificate is about to
+/// expire, again every day and after every reload, until a certificate that is not about to
+/// expire is loaded.
+async fn warn_before_expiry(shared: Arc<Driver>) {
+    let mut reloads = shared.tls.watch();
+    loop {
+        let cert = reloads.borrow_and_update().identity.certificate().clone();
+        let period = warning_period(shared.config.warn_before_expiry, &cert);
+        let wait = match cert.remaining_at(SystemTime::now()) {
+            Some(remaining) if remaining > period => (remaining - period).min(REPEAT_WARNING),
+            remaining => {
+                let remaining = remaining.unwrap_or(Duration::ZERO);
+                if remaining.is_zero() {
+                    tracing::error!(serial = %cert.serial, "this node's certificate has expired: \
+                        peers refuse new connections with it; load a new one (Node::reload_identity)");
+                } else {
+                    tracing::warn!(serial = %cert.serial, "this node's certificate expires in {} \
+                        hours; load a new one before (Node::reload_identity)", remaining.as_secs() / 3600);
+                }
+                shared.emit(NodeEvent::CertificateExpiring {
+                    serial: cert.serial.clone(),
+                    not_after: cert.not_after,
+                    remaining,
+                });
+                if remaining.is_zero() {
+                    REPEAT_WARNING
+                } else {
+                    remaining.min(REPEAT_WARNING)
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = reloads.changed() => if changed.is_err() { return },
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// Closes the connections of peers whose certificate is revoked, whenever the revocations
+/// change. A handshake that was under way when they changed may register its peer a moment
+/// later, so the connections are looked at again once such a handshake must have finished.
+async fn close_revoked_peers(shared: Arc<Driver>) {
+    let mut changes = shared.tls.revocations().watch();
+    let look_again_after = shared.config.handshake_timeout + Duration::from_millis(100);
+    let mut look_again = false;
+    loop {
+        let revoked = changes.borrow_and_update().clone();
+        close_revoked(&shared, &revoked);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() { return }
+                look_again = true;
+            }
+            () = tokio::time::sleep(look_again_after), if look_again => look_again = false,
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// Closes every live connection whose peer presented a certificate in `revoked`.
+fn close_revoked(driver: &Driver, revoked: &BTreeSet<CertSerial>) {
+    if revoked.is_empty() {
+        return;
+    }
+    for (_, io) in driver.connections() {
+        let conn = &io.conn;
+        if let Some(serial) = tls::peer_serial(conn)
+            && revoked.contains(&serial)
+        {
+            tracing::warn!(%serial, addr = %conn.remote_address(), service = ?tls::peer_service(conn),
+                "closing the connection of a peer whose certificate was revoked");
+            conn.close(CloseCode::Revoked.into(), b"certificate revoked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_warning_period_is_a_month_or_a_third_of_the_lifetime() {
+        let cert = |lifetime: Duration| {
+            let not_before = SystemTime::UNIX_EPOCH;
+            CertificateInfo {
+                service: None,
+                serial: CertSerial::from_bytes(&[1]),
+                not_before,
+                not_after: not_before + lifetime,
+            }
+        };
+        let day = Duration::from_secs(24 * 60 * 60);
+        assert_eq!(warning_period(None, &cert(365 * day)), DEFAULT_WARNING);
+        assert_eq!(warning_period(None, &cert(3 * day)), day);
+        assert_eq!(warning_period(Some(day), &cert(365 * day)), day);
+    }
+}

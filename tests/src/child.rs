@@ -1,0 +1,98 @@
+//! Child processes for crash tests: the test binary runs itself again as the child (one of
+//! its tests, selected by an environment variable), so a SIGKILL leaves exactly what a crash
+//! leaves.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Bound on each wait for a child's progress line.
+pub const CHILD_WAIT: Duration = Duration::from_secs(60);
+
+/// A child process of this test binary and its stdout lines; killed when dropped.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    /// Runs the test `test` of this binary alone, with these environment variables.
+    pub fn spawn(test: &str, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Ends when the child exits; the count bounds a runaway child.
+            for line in BufReader::new(stdout).lines().take(1_000_000) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits (at most [`CHILD_WAIT`]) for a line that satisfies `done`, and returns it.
+    pub fn wait_for(&mut self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + CHILD_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if done(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("child gave no expected line within {CHILD_WAIT:?}: {e}"),
+            }
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `n` from a progress line `"<what> <n>"`.
+pub fn progress(line: &str, what: &str) -> Option<u64> {
+    line.strip_prefix(what)?.trim().parse().ok()
+}
+
+/// A directory removed when dropped.
+pub struct TempDir {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh directory under the system's temporary folder.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "shoal-test-{name}-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
