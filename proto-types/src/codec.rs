@@ -408,6 +408,7 @@ mod tests {
             correlation_id: None,
             headers: Vec::new(),
             payload: Bytes::new(),
+            differs: None,
         };
         let head = crate::Head {
             kind: MessageKind::Command,
@@ -421,12 +422,12 @@ mod tests {
             ordered: false,
         };
         for body_len in [4 * KIB, 256 * KIB] {
-            // Tag, first_seq, a nine-byte head, a three-byte item count, six bytes per item;
+            // Tag, first_seq, a nine-byte head, a three-byte item count, seven bytes per item;
             // the last item's payload takes up the rest.
             let fixed = 1 + 1 + 9 + 3;
-            let n = (body_len - fixed) / 6;
+            let n = (body_len - fixed) / 7;
             let mut items = vec![zero_item(); n];
-            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 6]);
+            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 7]);
             let frame = Frame::Messages(Box::new(crate::Messages {
                 first_seq: 0,
                 head: head.clone(),
@@ -492,8 +493,9 @@ mod tests {
             payload.extend([0xAB; 32]);
             cases.push(("payload", payload));
 
-            // The same bytes with an honest payload length decode: the layout above is right.
-            valid.extend([2, 0xAB, 0xCD]);
+            // The same bytes with an honest payload length (and no differing fields) decode:
+            // the layout above is right.
+            valid.extend([2, 0xAB, 0xCD, 0]);
             let frame = decode(&mut frame_bytes(&valid), &Limits::default())
                 .unwrap()
                 .unwrap();

@@ -158,6 +158,10 @@ impl Head {
 }
 
 /// What differs between the messages of a run.
+///
+/// Messages that share a head travel in one run. The events of one batch share their topic and
+/// key but may differ in kind, version, content type or return address (an event published in
+/// two versions at once, say): such an item carries its own in [`Item::differs`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     /// The message id; the same on every attempt.
@@ -172,10 +176,25 @@ pub struct Item {
     pub headers: Vec<(String, String)>,
     /// The body, opaque to Shoal.
     pub payload: Bytes,
+    /// The head's fields this message does not share, if any.
+    pub differs: Option<Box<Differs>>,
+}
+
+/// The fields of a message that differ from its run's head (see [`Item`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Differs {
+    /// Its kind.
+    pub kind: MessageKind,
+    /// Its schema version.
+    pub version: u16,
+    /// Its content type.
+    pub content_type: String,
+    /// Its return address.
+    pub reply_to: Option<ReturnAddress>,
 }
 
 impl Item {
-    /// The item part of `envelope`.
+    /// The item part of `envelope`, which shares the head of its run.
     pub fn of(envelope: &Envelope) -> Self {
         Self {
             id: envelope.id,
@@ -184,20 +203,46 @@ impl Item {
             correlation_id: envelope.correlation_id,
             headers: envelope.headers.clone(),
             payload: envelope.payload.clone(),
+            differs: None,
         }
+    }
+
+    /// The item part of `envelope` in a run under `head`: with its own kind, version, content
+    /// type and return address where they differ from the head's. Name and partition key must
+    /// be the head's.
+    pub fn under(envelope: &Envelope, head: &Head) -> Self {
+        let mut item = Self::of(envelope);
+        if !head.fits(envelope) {
+            item.differs = Some(Box::new(Differs {
+                kind: envelope.kind,
+                version: envelope.version,
+                content_type: envelope.content_type.clone(),
+                reply_to: envelope.reply_to.clone(),
+            }));
+        }
+        item
     }
 
     /// The whole message: this item under `head`.
     pub fn into_envelope(self, head: &Head) -> Envelope {
+        let (kind, version, content_type, reply_to) = match self.differs {
+            Some(d) => (d.kind, d.version, d.content_type, d.reply_to),
+            None => (
+                head.kind,
+                head.version,
+                head.content_type.clone(),
+                head.reply_to.clone(),
+            ),
+        };
         Envelope {
             id: self.id,
-            kind: head.kind,
+            kind,
             name: head.name.clone(),
-            version: head.version,
-            content_type: head.content_type.clone(),
+            version,
+            content_type,
             headers: self.headers,
             correlation_id: self.correlation_id,
-            reply_to: head.reply_to.clone(),
+            reply_to,
             partition_key: head.partition_key.clone(),
             attempt: self.attempt,
             timestamp_ms: self.timestamp_ms,

@@ -25,8 +25,8 @@ mod limits;
 pub use envelope::{Envelope, MessageKind, ReturnAddress};
 pub use error::{DecodeError, EncodeError, LimitViolation};
 pub use frame::{
-    ALPN, Ack, Frame, Goodbye, Head, Hello, Item, Messages, Nack, NackCode, PROTOCOL_VERSION,
-    SeqRange, Subscription, To,
+    ALPN, Ack, Differs, Frame, Goodbye, Head, Hello, Item, Messages, Nack, NackCode,
+    PROTOCOL_VERSION, SeqRange, Subscription, To,
 };
 pub use id::{MessageId, NodeId};
 pub use limits::{Limits, validate_envelope, validate_frame, validate_head, validate_item};

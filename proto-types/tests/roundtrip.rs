@@ -128,7 +128,7 @@ fn ipv6_flowinfo_and_scope_id_are_not_carried() {
 fn typical_delivery_size() {
     let alone = encoded(&run_of(&sample_envelope(), 1 << 20)).len();
     println!("a run of one (64-byte payload, no headers): {alone} bytes on the wire");
-    assert_eq!(alone, 128, "the wire size of a typical delivery changed");
+    assert_eq!(alone, 129, "the wire size of a typical delivery changed");
     let envelope = sample_envelope();
     let run = Frame::Messages(Box::new(Messages {
         first_seq: 1 << 20,
@@ -138,7 +138,7 @@ fn typical_delivery_size() {
     let per_message = encoded(&run).len() / 100;
     println!("in a run of 100: {per_message} bytes per message");
     assert_eq!(
-        per_message, 94,
+        per_message, 95,
         "the wire size of a message in a run changed"
     );
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, Frame, Item, Limits, MessageId, ReturnAddress, To};
+use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 
 use super::action::{ConnId, Done, OpId};
@@ -96,9 +96,9 @@ impl Op {
         if *encoded_for == attempt {
             return Ok(item.clone());
         }
-        let envelope = &mut self.messages[index];
-        envelope.attempt = attempt;
-        let item = EncodedItem::new(&Item::of(envelope), limits)?;
+        self.messages[index].attempt = attempt;
+        let head = batch_head(&self.messages);
+        let item = EncodedItem::new(&item_of(&self.messages, index, head.as_ref()), limits)?;
         self.items[index] = (attempt, item.clone());
         Ok(item)
     }
@@ -291,8 +291,12 @@ impl<H: Clone> Engine<H> {
         for event in events.drain(..) {
             let mut envelope = event.env;
             envelope.attempt = 1;
-            items.push((1, EncodedItem::new(&Item::of(&envelope), limits)?));
             envelopes.push(envelope);
+        }
+        let head = batch_head(&envelopes);
+        for index in 0..envelopes.len() {
+            let item = item_of(&envelopes, index, head.as_ref());
+            items.push((1, EncodedItem::new(&item, limits)?));
         }
         let count = envelopes.len() as u64;
         self.stats.published += count;
@@ -419,6 +423,24 @@ impl<H: Clone> Engine<H> {
         {
             self.transmit(conn);
         }
+    }
+}
+
+/// Message `index` of an operation's `messages` as an item of their run: the events of a
+/// batch share their head with the first one (`head`, computed by the caller once for all), and
+/// carry whatever else of theirs differs.
+fn item_of(messages: &[Envelope], index: usize, head: Option<&Head>) -> Item {
+    match head {
+        Some(head) if messages.len() > 1 => Item::under(&messages[index], head),
+        _ => Item::of(&messages[index]),
+    }
+}
+
+/// The head the events of a batch share (`None` for a lone message, whose item needs none).
+fn batch_head(messages: &[Envelope]) -> Option<Head> {
+    match messages {
+        [first, _, ..] => Some(Head::of(first, To::Handler, true, false)),
+        _ => None,
     }
 }
 

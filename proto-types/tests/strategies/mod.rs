@@ -166,7 +166,12 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         )
             .prop_map(|(first_seq, first, to, reliable, ordered, rest)| {
                 let head = Head::of(&first, to, reliable, ordered);
-                let items = std::iter::once(&first).chain(&rest).map(Item::of).collect();
+                // The others carry whatever of their kind, version, content type and return
+                // address differs from the head's.
+                let items = std::iter::once(&first)
+                    .chain(&rest)
+                    .map(|e| Item::under(e, &head))
+                    .collect();
                 Frame::Messages(Box::new(Messages {
                     first_seq,
                     head,

@@ -18,7 +18,14 @@ impl Sim {
     pub(super) fn run_for(&mut self, limit: Duration) -> bool {
         let until = self.now + limit;
         loop {
-            let next = self.next_time();
+            let mut next = self.next_time();
+            if next.is_none_or(|at| at > until) {
+                // The cached deadlines may be stale (answered since): ask the engines.
+                for node in &mut self.nodes {
+                    node.deadline = node.engine.poll_timeout();
+                }
+                next = self.next_time();
+            }
             match next {
                 None => return true,
                 Some(at) if at > until => {
