@@ -308,6 +308,27 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Whether a question of `section` can ever be refused: about `service` when given, about
+    /// any service otherwise. `false` when the default allows and no service concerned has a
+    /// rule of that kind set, so the engine can skip asking (see `engine/authz.rs`): under the
+    /// default policy, checking costs one branch per run of messages.
+    pub(crate) fn can_refuse(&self, section: Section, service: Option<&str>) -> bool {
+        if self.default == DefaultRule::Deny {
+            return true;
+        }
+        let set = |rules: &ServiceRules| match section {
+            Section::Accept => rules.accept.is_some(),
+            Section::Publish => rules.publish.is_some(),
+            Section::Subscribe => rules.subscribe.is_some(),
+        };
+        match service {
+            Some(service) => self.services.get(service).is_some_and(set),
+            None => self.services.values().any(set),
+        }
+    }
+}
+
 fn default_decision(default: DefaultRule, denial: impl FnOnce() -> Denial) -> Decision {
     match default {
         DefaultRule::Allow => Decision::AllowedByDefault,
