@@ -10,6 +10,15 @@
 //! The service a rule talks about is always the one proven by the peer's certificate (its
 //! `<service>.svc.shoal.mesh` name), never what a peer claims.
 //!
+//! # Enforcement
+//!
+//! Give a policy to [`crate::NodeBuilder::policy`]; every node checks what reaches it before
+//! any handler runs. A refused command, request or event is nacked "not authorized" for good
+//! and dead-lettered at its sender with the [`Denial`]'s sentence; a refused subscription is
+//! not added, so it gets no events; this node's own forbidden publish or subscribe fails at
+//! once with [`crate::Error::NotAuthorized`]. Refusals are raised as
+//! [`crate::NodeEvent::NotAuthorized`] and counted in [`crate::NodeStats`].
+//!
 //! # The default, and locking a service down
 //!
 //! A section that is not set falls back to the policy's default, which is **allow** unless the
