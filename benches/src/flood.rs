@@ -179,21 +179,23 @@ async fn flood(server: SocketAddr, attempts: usize) -> BenchResult<FloodOutcome>
         let connecting = endpoint.connect_with(config, server, "shoal.mesh");
         async move {
             let connecting = connecting.map_err(|e| BenchError::msg(format!("connect: {e}")))?;
-            Ok::<_, BenchError>(match tokio::time::timeout(ATTEMPT_TIMEOUT, connecting).await {
-                Err(_) => Outcome::TimedOut,
-                Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
-                    if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-                {
-                    Outcome::Refused
-                }
-                Ok(Err(_)) => Outcome::Failed,
-                // The client's side of TLS 1.3 completes before the server has checked the
-                // client's certificate: the refusal comes as the connection's close.
-                Ok(Ok(conn)) => {
-                    let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, conn.closed()).await;
-                    Outcome::Failed
-                }
-            })
+            Ok::<_, BenchError>(
+                match tokio::time::timeout(ATTEMPT_TIMEOUT, connecting).await {
+                    Err(_) => Outcome::TimedOut,
+                    Ok(Err(quinn::ConnectionError::ConnectionClosed(close)))
+                        if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+                    {
+                        Outcome::Refused
+                    }
+                    Ok(Err(_)) => Outcome::Failed,
+                    // The client's side of TLS 1.3 completes before the server has checked the
+                    // client's certificate: the refusal comes as the connection's close.
+                    Ok(Ok(conn)) => {
+                        let _ = tokio::time::timeout(ATTEMPT_TIMEOUT, conn.closed()).await;
+                        Outcome::Failed
+                    }
+                },
+            )
         }
     };
     while outcome.attempts < attempts || !pending.is_empty() {
@@ -280,8 +282,6 @@ impl ServerCertVerifier for AnyServer {
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -216,7 +216,10 @@ fn zero_payload_and_large_payload_work() {
 #[test]
 fn flood_rows_quiet_and_during_a_small_flood() {
     let rows = flood::run_with(&BenchConfig::quick(), 300, 1).expect("flood run");
-    assert_eq!(names(&rows, |r| &r.name), [flood::QUIET_NAME, flood::DURING_NAME]);
+    assert_eq!(
+        names(&rows, |r| &r.name),
+        [flood::QUIET_NAME, flood::DURING_NAME]
+    );
     assert_eq!(rows[0].count, 300);
     assert!(rows[1].count >= 1 && rows[1].p50 > 0, "{:?}", rows[1]);
 }

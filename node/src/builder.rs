@@ -345,7 +345,9 @@ impl NodeBuilder {
             )));
         }
         if config.handshake_timeout.is_zero() {
-            return Err(Error::Config("the handshake timeout must be above zero".into()));
+            return Err(Error::Config(
+                "the handshake timeout must be above zero".into(),
+            ));
         }
         let identity = identity
             .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;

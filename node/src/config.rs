@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use shoal_proto::Limits;
 
-use crate::{NodeBuilder, RetryPolicy};
 use crate::policy::Policy;
+use crate::{NodeBuilder, RetryPolicy};
 
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]

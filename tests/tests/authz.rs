@@ -84,7 +84,11 @@ async fn a_service_not_allowed_to_send_a_command_is_refused_with_the_reason() {
     assert!(letter.last_failure.contains(reason), "{letter}");
     let kept = orders.dead_letters();
     assert_eq!(kept.len(), 1);
-    assert!(kept[0].last_failure.contains("not authorized"), "{}", kept[0]);
+    assert!(
+        kept[0].last_failure.contains("not authorized"),
+        "{}",
+        kept[0]
+    );
 
     // A request is refused the same way, at once rather than at its timeout.
     let asked = timeout(
@@ -155,20 +159,22 @@ async fn a_forbidden_subscription_gets_no_events() {
 
     // A spy with the mesh's policy cannot even ask.
     let honest = mesh
-        .start_with(
-            mesh.builder("spy").policy(policy()),
-            &[orders.local_addr()],
-        )
+        .start_with(mesh.builder("spy").policy(policy()), &[orders.local_addr()])
         .await;
     let err = honest
-        .subscribe("order.>", |_msg: Message| async { Ok::<_, HandlerError>(()) })
+        .subscribe("order.>", |_msg: Message| async {
+            Ok::<_, HandlerError>(())
+        })
         .await
         .unwrap_err();
     assert!(
         matches!(&err, Error::NotAuthorized(d) if d.section == Section::Subscribe),
         "{err:?}"
     );
-    assert!(err.to_string().contains("`spy` may not subscribe to `order.>`"));
+    assert!(
+        err.to_string()
+            .contains("`spy` may not subscribe to `order.>`")
+    );
     assert_eq!(honest.stats().unauthorized_subscriptions, 1);
     honest.shutdown().await;
 
@@ -198,13 +204,10 @@ async fn a_forbidden_subscription_gets_no_events() {
         .await
         .unwrap();
     assert!(orders.subscribers("order.created").is_empty());
-    let receipt = timeout(
-        WAIT,
-        orders.publish(Message::event("order.created", "42")),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let receipt = timeout(WAIT, orders.publish(Message::event("order.created", "42")))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(receipt.deliveries.is_empty(), "{receipt:?}");
     assert_eq!(leaked.load(Ordering::SeqCst), 0);
     let stats = orders.stats();
@@ -295,10 +298,13 @@ async fn the_default_policy_refuses_nothing() {
     let handled = counting(&billing, "anything");
     let orders = mesh.start("orders", &[billing.local_addr()]).await;
     wait_instances(&orders, "billing", 1).await;
-    timeout(WAIT, orders.send("billing", Message::command("anything", "x")))
-        .await
-        .unwrap()
-        .unwrap();
+    timeout(
+        WAIT,
+        orders.send("billing", Message::command("anything", "x")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     timeout(WAIT, orders.publish(Message::event("any.topic", "y")))
         .await
         .unwrap()

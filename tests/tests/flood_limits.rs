@@ -52,7 +52,10 @@ async fn handshakes_over_the_connection_caps_are_refused_and_slots_come_back() {
     let NodeEvent::HandshakeFailed { reason, .. } = event else {
         unreachable!()
     };
-    assert!(reason.contains("incoming connections from 127.0.0.1"), "{reason}");
+    assert!(
+        reason.contains("incoming connections from 127.0.0.1"),
+        "{reason}"
+    );
     let stats = node.stats();
     assert_eq!(stats.connections_refused, 1);
     assert_eq!(stats.handshake_failures, 0, "refused before any handshake");
@@ -71,7 +74,10 @@ async fn handshakes_over_the_connection_caps_are_refused_and_slots_come_back() {
         // close arrives; there is no event for it.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(admitted.is_some(), "the closed connection's place never came back");
+    assert!(
+        admitted.is_some(),
+        "the closed connection's place never came back"
+    );
     drop(second);
 }
 
@@ -183,9 +189,11 @@ async fn a_peer_that_does_not_read_is_cut_off_at_the_queued_bytes_cap() {
         matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 4u32.into()),
         "{closed:?}"
     );
-    next_event(&mut events, WAIT, |e| {
-        matches!(e, NodeEvent::PeerDown { service, .. } if service == "sink")
-    })
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::PeerDown { service, .. } if service == "sink"),
+    )
     .await;
     drop(pending);
     node.abort();

@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use shoal_proto::{Head, To};
 
-use super::action::ConnId;
 use super::Engine;
+use super::action::ConnId;
 use crate::policy::{Decision, Denial, Policy, Section};
 use crate::{Error, NodeEvent};
 
@@ -76,7 +76,10 @@ impl<H: Clone> Engine<H> {
     ) -> Option<String> {
         let c = self.conns.get(conn)?;
         let decision = match &head.to {
-            To::Handler => self.guard.policy.may_send(&c.service, &self.service, &head.name),
+            To::Handler => self
+                .guard
+                .policy
+                .may_send(&c.service, &self.service, &head.name),
             To::Group(_) | To::Instance => self.guard.policy.may_publish(&c.service, &head.name),
         };
         let node = c.node;

@@ -38,7 +38,10 @@ impl fmt::Display for Refusal {
         match self {
             Self::Total(max) => write!(f, "refused: {max} incoming connections open (the limit)"),
             Self::PerAddress(ip, max) => {
-                write!(f, "refused: {max} incoming connections from {ip} open (the limit)")
+                write!(
+                    f,
+                    "refused: {max} incoming connections from {ip} open (the limit)"
+                )
             }
             Self::Rate(rate) => write!(f, "refused: more than {rate} handshakes per second"),
         }
@@ -187,9 +190,12 @@ mod tests {
         let now = Instant::now();
         let a1 = limits.admit(A, now).expect("first");
         let _a2 = limits.admit(A, now).expect("second");
-        assert_eq!(limits.admit(A, now).unwrap_err(), Refusal::PerAddress(A, 2));
+        assert_eq!(
+            limits.admit(A, now).expect_err("per address"),
+            Refusal::PerAddress(A, 2)
+        );
         let _b1 = limits.admit(B, now).expect("another address");
-        assert_eq!(limits.admit(B, now).unwrap_err(), Refusal::Total(3));
+        assert_eq!(limits.admit(B, now).expect_err("total"), Refusal::Total(3));
         drop(a1);
         let _a3 = limits.admit(A, now).expect("a slot was given back");
         assert_eq!(limits.refused(), 2);
@@ -199,8 +205,10 @@ mod tests {
     fn handshakes_beyond_the_rate_are_refused_then_allowed_again() {
         let limits = limits(100, 100, 10, 5);
         let start = Instant::now();
-        let burst: Vec<Slot> = (0..5).map(|_| limits.admit(A, start).expect("burst")).collect();
-        assert_eq!(limits.admit(A, start).unwrap_err(), Refusal::Rate(10));
+        let burst: Vec<Slot> = (0..5)
+            .map(|_| limits.admit(A, start).expect("burst"))
+            .collect();
+        assert_eq!(limits.admit(A, start).expect_err("rate"), Refusal::Rate(10));
         drop(burst); // the rate limits handshakes started, not connections open
         assert!(limits.admit(A, start).is_err());
         // 10 per second: one more after 100 ms, and never more than the burst after a pause.

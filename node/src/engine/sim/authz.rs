@@ -105,8 +105,10 @@ fn a_sender_the_policy_refuses_is_nacked_for_good_and_no_handler_runs() {
     let orders_id = sim.nodes[orders].engine.id();
     let seen = refusals(&sim, billing);
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.iter().all(|(peer, section, _)| *peer == Some(orders_id)
-        && *section == Section::Accept));
+    assert!(
+        seen.iter()
+            .all(|(peer, section, _)| *peer == Some(orders_id) && *section == Section::Accept)
+    );
 }
 
 #[test]
@@ -158,7 +160,9 @@ fn an_event_from_a_publisher_that_may_not_publish_it_is_refused_by_the_subscribe
     let allowed = waiting(sim.publish(orders, vec![allowed], &PublishOptions::default()));
     let forbidden = sim.event("payment.done", "2");
     let forbidden = waiting(sim.publish(orders, vec![forbidden], &PublishOptions::default()));
-    let batch: Vec<_> = (0..3).map(|i| sim.event("payment.done", i.to_string())).collect();
+    let batch: Vec<_> = (0..3)
+        .map(|i| sim.event("payment.done", i.to_string()))
+        .collect();
     let batch = waiting(sim.publish(orders, batch, &PublishOptions::default()));
     assert!(sim.run_for(SECOND));
 
@@ -186,7 +190,10 @@ fn an_event_from_a_publisher_that_may_not_publish_it_is_refused_by_the_subscribe
     );
     let seen = refusals(&sim, audit);
     assert_eq!(seen.len(), 2, "one event per refused run: {seen:?}");
-    assert!(seen.iter().all(|(_, section, _)| *section == Section::Publish));
+    assert!(
+        seen.iter()
+            .all(|(_, section, _)| *section == Section::Publish)
+    );
 }
 
 #[test]
@@ -207,7 +214,12 @@ fn a_forbidden_subscription_is_not_added_and_gets_no_events() {
     sim.subscribe(spy, "public.*", Some("spy"), counting(&public));
     sim.run_for(SECOND);
 
-    assert!(sim.nodes[orders].engine.subscribers("secret.plans", sim.now).is_empty());
+    assert!(
+        sim.nodes[orders]
+            .engine
+            .subscribers("secret.plans", sim.now)
+            .is_empty()
+    );
     let event = sim.event("secret.plans", "x");
     match sim.publish(orders, vec![event], &PublishOptions::default()) {
         Ok(Publishing::Done(receipt)) => assert!(receipt.deliveries.is_empty()),
@@ -216,7 +228,10 @@ fn a_forbidden_subscription_is_not_added_and_gets_no_events() {
     let event = sim.event("public.news", "y");
     let op = waiting(sim.publish(orders, vec![event], &PublishOptions::default()));
     assert!(sim.run_for(SECOND));
-    assert!(matches!(sim.result(orders, op), Some(Ok(Done::Published(_)))));
+    assert!(matches!(
+        sim.result(orders, op),
+        Some(Ok(Done::Published(_)))
+    ));
     assert_eq!((secret.get(), public.get()), (0, 1));
     let stats = sim.nodes[orders].engine.stats();
     assert_eq!(stats.unauthorized_subscriptions, 2);
@@ -224,9 +239,14 @@ fn a_forbidden_subscription_is_not_added_and_gets_no_events() {
     let spy_id = sim.nodes[spy].engine.id();
     let seen = refusals(&sim, orders);
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert!(seen.iter().all(|(peer, section, _)| *peer == Some(spy_id)
-        && *section == Section::Subscribe));
-    assert!(seen[0].2.contains("`spy` may not subscribe to `secret.>`"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(peer, section, _)| *peer == Some(spy_id) && *section == Section::Subscribe)
+    );
+    assert!(
+        seen[0].2.contains("`spy` may not subscribe to `secret.>`"),
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -256,7 +276,9 @@ fn a_forbidden_publish_or_subscribe_of_this_node_fails_at_once() {
     assert_eq!(sim.net.frames().messages, before, "nothing was sent");
     let engine = &mut sim.nodes[orders].engine;
     assert!(engine.authorize_subscribe("payment.done").is_ok());
-    let err = engine.authorize_subscribe("order.>").expect_err("forbidden");
+    let err = engine
+        .authorize_subscribe("order.>")
+        .expect_err("forbidden");
     assert!(
         err.to_string()
             .starts_with("not authorized: `orders` may not subscribe to `order.>`"),
@@ -264,7 +286,11 @@ fn a_forbidden_publish_or_subscribe_of_this_node_fails_at_once() {
     );
     let stats = engine.stats();
     assert_eq!(
-        (stats.unauthorized_publishes, stats.unauthorized_subscriptions, stats.published),
+        (
+            stats.unauthorized_publishes,
+            stats.unauthorized_subscriptions,
+            stats.published
+        ),
         (1, 1, 0)
     );
     sim.settle();
