@@ -58,20 +58,8 @@ async fn accept(
 ) -> Result<NodeId, HandshakeError> {
     let addr = incoming.remote_address();
     let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            let reason = HandshakeError::Tls {
-                addr,
-                reason: e.to_string(),
-            };
-            return Err(handshake_failed(driver, addr, &reason));
-        }
-        Err(_) => {
-            let reason = HandshakeError::TlsTimeout(addr);
-            return Err(handshake_failed(driver, addr, &reason));
-        }
-    };
+    let outcome = tokio::time::timeout_at(deadline, incoming).await;
+    let conn = tls_outcome(driver, addr, outcome, HandshakeError::TlsTimeout(addr))?;
     establish_by(driver, conn, false, deadline, Some(slot)).await
 }
 
@@ -85,24 +73,28 @@ pub(crate) async fn connect(
         .endpoint
         .connect(addr, tls::SERVER_NAME)
         .map_err(|e| dial(e.to_string()))?;
-    let conn = match tokio::time::timeout(driver.config.handshake_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            let reason = HandshakeError::Tls {
-                addr,
-                reason: e.to_string(),
-            };
-            return Err(handshake_failed(driver, addr, &reason));
-        }
-        Err(_) => {
-            return Err(handshake_failed(
-                driver,
-                addr,
-                &HandshakeError::NoAnswer(addr),
-            ));
-        }
-    };
+    let outcome = tokio::time::timeout(driver.config.handshake_timeout, connecting).await;
+    let conn = tls_outcome(driver, addr, outcome, HandshakeError::NoAnswer(addr))?;
     establish(driver, conn, true).await
+}
+
+/// The connection of a TLS handshake that finished in time, or its failure (counted and told):
+/// TLS's own reason, or `late` when the time ran out.
+fn tls_outcome(
+    driver: &Driver,
+    addr: SocketAddr,
+    outcome: Result<Result<quinn::Connection, quinn::ConnectionError>, tokio::time::error::Elapsed>,
+    late: HandshakeError,
+) -> Result<quinn::Connection, HandshakeError> {
+    let reason = match outcome {
+        Ok(Ok(conn)) => return Ok(conn),
+        Ok(Err(e)) => HandshakeError::Tls {
+            addr,
+            reason: e.to_string(),
+        },
+        Err(_) => late,
+    };
+    Err(handshake_failed(driver, addr, &reason))
 }
 
 fn handshake_failed(driver: &Driver, addr: SocketAddr, reason: &HandshakeError) -> HandshakeError {
