@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal::{Message, MessageId, Node};
+use shoal::{Message, MessageId, Node, NodeBuilder};
 use shoal_tests::{Mesh, WAIT, wait_instances};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -37,15 +37,25 @@ struct Outcome {
     tail: Duration,
 }
 
+/// A node that tolerates long pauses: these tests stop an instance on purpose (by `abort`,
+/// which closes its connections at once, or by `shutdown`), and a loaded test machine can
+/// starve a runtime for longer than the default 1.5 s idle timeout, which would close a live
+/// connection and redeliver its unacknowledged messages elsewhere (at-least-once, but not
+/// what these tests look at).
+fn tolerant(mesh: &Mesh, service: &str) -> NodeBuilder {
+    mesh.builder(service)
+        .liveness(Duration::from_millis(250), Duration::from_secs(15))
+}
+
 /// Runs the scenario and returns every handler run, in order.
 async fn run(stop: Stop) -> Outcome {
     let mesh = Mesh::new();
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
-        workers.push(mesh.start("work", &[]).await);
+        workers.push(mesh.start_with(tolerant(&mesh, "work"), &[]).await);
     }
     let addrs: Vec<_> = workers.iter().map(Node::local_addr).collect();
-    let sender = mesh.start("sender", &addrs).await;
+    let sender = mesh.start_with(tolerant(&mesh, "sender"), &addrs).await;
     wait_instances(&sender, "work", WORKERS).await;
 
     let records: Arc<Mutex<Vec<Record>>> = Arc::default();
