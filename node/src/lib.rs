@@ -95,6 +95,8 @@ mod runtime;
 mod stats;
 mod subscribe;
 mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 mod transport;
 
