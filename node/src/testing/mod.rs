@@ -98,6 +98,7 @@ mod mesh;
 mod pact;
 mod probe;
 mod recording;
+mod wait;
 
 pub use conformance::Conformance;
 pub use expect::{Expect, ExpectationFailed, Failure};
