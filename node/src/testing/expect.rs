@@ -235,7 +235,10 @@ pub enum Failure {
 
 /// An expectation of a [`TestMesh`](super::TestMesh) failed: what was expected, what went
 /// wrong, and everything the probe saw, so the failure explains itself.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` is its report too: a test that returns `Result<(), shoal::Error>` prints it
+/// that way when it fails.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ExpectationFailed {
     /// What the test expected, in words.
@@ -249,6 +252,12 @@ pub struct ExpectationFailed {
     pub seen: Vec<(Recorded, bool)>,
     /// The mesh's seed: run again with `SHOAL_TEST_SEED=<seed>` to draw the same faults.
     pub seed: u64,
+}
+
+impl std::fmt::Debug for ExpectationFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExpectationFailed:\n{self}")
+    }
 }
 
 impl std::fmt::Display for ExpectationFailed {

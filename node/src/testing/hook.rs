@@ -75,6 +75,19 @@ impl NodeHooks {
     }
 }
 
+/// The outbox relay of `node` recorded outcomes or read rows: whoever waits for the mesh to
+/// go idle looks again (pending rows count as busy, and the relay's store calls are no
+/// engine calls).
+#[cfg(feature = "outbox")]
+pub(crate) fn relay_turned(node: &crate::node::WeakNode) {
+    if let Some(hooks) = node
+        .upgrade()
+        .and_then(|n| n.driver().test_hooks.get().cloned())
+    {
+        hooks.engine_called();
+    }
+}
+
 /// What a faulted frame becomes.
 enum Held {
     /// A frame for [`Engine::handle_frame`].

@@ -103,6 +103,8 @@ mod wait;
 pub use conformance::Conformance;
 pub use expect::{Expect, ExpectationFailed, Failure};
 pub use faults::{Fault, FaultId, Peer};
+#[cfg(feature = "outbox")]
+pub(crate) use hook::relay_turned;
 pub(crate) use hook::{ConnFaults, NodeHooks};
 pub use mesh::{SEED_ENV, TestMesh, TestMeshBuilder};
 pub use pact::{Example, Interaction, Pact};

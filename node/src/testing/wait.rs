@@ -71,13 +71,14 @@ impl TestMesh {
 
     /// Waits until the whole mesh is idle: on every running node of the mesh no handler
     /// runs, no delivery is unacknowledged or waiting (for a retry, an instance, a turn), no
-    /// request waits for its reply, nothing waits to be written, and no faulted frame is held
-    /// back. Since a sender's delivery stays open until the receiver's ack is read, nothing
-    /// reliable is in flight between the nodes then either.
+    /// request waits for its reply, nothing waits to be written, no faulted frame is held
+    /// back, and no row of its outbox is pending (rows held for an expected subscriber group
+    /// that is away count: they are work still to do). Since a sender's delivery stays open
+    /// until the receiver's ack is read, nothing reliable is in flight between the nodes
+    /// then either.
     ///
     /// What the nodes cannot see is not waited for: work a handler started in a task of its
-    /// own, outbox rows not yet picked up by the relay (it polls), best-effort events on the
-    /// wire.
+    /// own, best-effort events on the wire.
     pub async fn wait_idle(&self) -> Result<(), Error> {
         self.until("the mesh to be idle".into(), self.shared.timeout, || {
             let busy: Vec<String> = self
@@ -86,18 +87,20 @@ impl TestMesh {
                 .filter_map(|(hooks, driver)| {
                     let b = driver.read(|e| e.busy());
                     let held = hooks.held();
-                    (!b.is_idle() || held > 0).then(|| {
+                    let outbox = outbox_pending(driver);
+                    (!b.is_idle() || held > 0 || outbox > 0).then(|| {
                         format!(
                             "`{}` ({}) has {} handler run(s), {} open deliveries, {} \
                              unanswered request(s) or ping(s), {} connection(s) with unwritten \
-                             frames, {} frame(s) held back by a fault",
+                             frames, {} frame(s) held back by a fault, {} outbox row(s) pending",
                             driver.service,
                             driver.id,
                             b.handlers,
                             b.deliveries,
                             b.answers,
                             b.unwritten,
-                            held
+                            held,
+                            outbox
                         )
                     })
                 })
@@ -221,4 +224,15 @@ impl TestMesh {
             }
         }
     }
+}
+
+/// The rows pending in the node's outbox (0 without one; a store that cannot say counts as
+/// busy, so the wait ends in a report rather than a false idle).
+fn outbox_pending(driver: &crate::runtime::Driver) -> u64 {
+    #[cfg(feature = "outbox")]
+    if let Some(store) = driver.outbox.get() {
+        return store.stats().map_or(1, |s| s.pending);
+    }
+    let _ = driver;
+    0
 }
