@@ -235,6 +235,42 @@ async fn faults_replay_from_their_seed() {
     assert_eq!(attempts_under_loss(42).await, first);
 }
 
+/// Sends `count` commands to the `ledger` stand-in at once (all with `key`, or none) under
+/// `reorder(1.0)` and returns the payloads in the order the stand-in got them.
+async fn arrival_order(count: usize, key: Option<&str>) -> Vec<String> {
+    let mesh = TestMesh::configure().seed(7).start().await.unwrap();
+    let ledger = mesh.stand_in("ledger").await.unwrap();
+    ledger.record("ledger.book");
+    mesh.wait_for("ledger").await.unwrap();
+    mesh.inject(Fault::reorder(1.0).to("ledger"));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let mut msg = Message::command("ledger.book", i.to_string());
+        if let Some(key) = key {
+            msg = msg.with_key(key);
+        }
+        let probe = mesh.probe().clone();
+        sends.spawn(async move { probe.send("ledger", msg).await });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    mesh.recorded()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r.message.payload()).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn reorder_shuffles_unkeyed_messages_and_keys_stay_in_order() {
+    let sent: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let mut unkeyed = arrival_order(20, None).await;
+    assert_ne!(unkeyed, sent, "nothing overtook anything");
+    unkeyed.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(unkeyed, sent, "each arrived once");
+    assert_eq!(arrival_order(20, Some("account-1")).await, sent);
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn an_expectation_that_fails_lists_what_was_seen() {
     let mesh = mesh().await;
@@ -307,4 +343,118 @@ async fn kill_cuts_a_node_off_and_a_restart_takes_over() {
     let (_invoice2, runs) = invoice(&mesh, Guard::Nothing).await.unwrap();
     invoices_once(&mesh).await.unwrap();
     assert_eq!(runs.load(Ordering::Relaxed), 1);
+}
+
+/// Contract conformance: what the probe records is checked against the service's AsyncAPI
+/// document, and consumers' example messages against the provider's.
+#[cfg(feature = "contracts")]
+mod conformance {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use shoal::contract::ServiceContract;
+    use shoal::testing::{Conformance, Expect, Pact, TestMesh, typed_event};
+    use shoal::{Error, Message};
+
+    #[derive(Serialize, Deserialize, JsonSchema, shoal::Contract)]
+    #[shoal(name = "orders.OrderPlaced", version = 1, kind = "event")]
+    struct OrderPlaced {
+        order_id: String,
+        item: String,
+    }
+
+    #[derive(Serialize, Deserialize, JsonSchema, shoal::Contract)]
+    #[shoal(name = "orders.PlaceOrder", version = 1, kind = "command")]
+    struct PlaceOrder {
+        order_id: String,
+    }
+
+    fn contract() -> ServiceContract {
+        ServiceContract::new("orders", "1.0.0")
+            .accepts::<PlaceOrder>()
+            .publishes::<OrderPlaced>("order.placed")
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn messages_that_break_the_contract_are_reported() -> Result<(), Error> {
+        let mesh = TestMesh::start().await?;
+        mesh.subscribe("order.placed").await?;
+        mesh.check_conformance(Conformance::of(&contract())?);
+        let orders = mesh.builder("orders")?.start().await?;
+        mesh.wait_for("orders").await?;
+
+        let good = OrderPlaced {
+            order_id: "o-1".into(),
+            item: "chair".into(),
+        };
+        orders.publish(typed_event("order.placed", &good)?).await?;
+        // The item is missing: what a service whose code and contract drifted apart sends.
+        let bad = Message::event("order.placed", r#"{"order_id":"o-2"}"#)
+            .with_header("shoal-message", "orders.OrderPlaced")
+            .with_content_type("application/json");
+        orders.publish(bad).await?;
+        // A type the document does not publish there.
+        let other = Message::event("order.placed", r#"{"order_id":"o-3"}"#)
+            .with_header("shoal-message", "orders.OrderShipped");
+        orders.publish(other).await?;
+
+        let first = mesh.expect(Expect::of::<OrderPlaced>()).await?;
+        assert_eq!(first.violation, None);
+        let placed: OrderPlaced = first.decode()?;
+        assert_eq!(placed.item, "chair");
+        mesh.wait_idle().await?;
+        let violations = mesh.violations();
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        let err = mesh.verify().unwrap_err().to_string();
+        assert!(err.contains("item"), "{err}");
+        assert!(
+            err.contains("publishes no orders.OrderShipped v1 on `order.placed`"),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_pact_fails_when_the_provider_does_not_promise_what_the_consumer_reads() {
+        let provider = Conformance::of(&contract()).unwrap();
+        let placed = serde_json::json!({ "order_id": "o-1", "item": "chair" });
+        let relies = Pact::new("billing", "orders")
+            .event("an order", "order.placed", "orders.OrderPlaced", 1, placed)
+            .command(
+                "an order to place",
+                "orders.PlaceOrder",
+                1,
+                serde_json::json!({ "order_id": "o-1" }),
+            );
+        relies.verify(&provider).unwrap();
+        // The pact survives its file.
+        let path = std::env::temp_dir().join(format!("shoal-pact-{}.json", std::process::id()));
+        relies.save(&path).unwrap();
+        assert_eq!(Pact::load(&path).unwrap(), relies);
+        let _ = std::fs::remove_file(&path);
+
+        // A field the provider never declared, a version it does not publish, a command it
+        // does not take: each fails the provider's build, named.
+        let with_price = serde_json::json!({ "order_id": "o-1", "item": "chair", "cents": 5 });
+        let broken = Pact::new("billing", "orders")
+            .event(
+                "an order with a price",
+                "order.placed",
+                "orders.OrderPlaced",
+                1,
+                with_price,
+            )
+            .event(
+                "a v2 order",
+                "order.placed",
+                "orders.OrderPlaced",
+                2,
+                serde_json::json!({}),
+            )
+            .command("a refund", "orders.Refund", 1, serde_json::json!({}));
+        let err = broken.verify(&provider).unwrap_err().to_string();
+        assert!(err.contains("breaks 3 example(s)"), "{err}");
+        assert!(err.contains("cents"), "{err}");
+        assert!(err.contains("a v2 order"), "{err}");
+        assert!(err.contains("no longer accepts it"), "{err}");
+    }
 }
