@@ -458,3 +458,63 @@ mod conformance {
         assert!(err.contains("no longer accepts it"), "{err}");
     }
 }
+
+/// README.md's "Testing your service", verbatim, with the service it starts.
+#[cfg(feature = "outbox")]
+mod readme {
+    use shoal::testing::{Expect, Fault, TestMesh};
+    use shoal::{Error, Message};
+
+    /// The service under test, as its own crate has it: one `invoice.created` per
+    /// `order.created`, the order's message id recorded in the inbox with the effect.
+    mod my_invoice_service {
+        use std::path::Path;
+        use std::sync::{Arc, Mutex};
+
+        use shoal::outbox::SqliteOutbox;
+        use shoal::{Error, HandlerError, Message, Node, NodeBuilder};
+
+        pub(super) async fn start(builder: NodeBuilder, dir: &Path) -> Result<Node, Error> {
+            let inbox = SqliteOutbox::open(dir.join("invoice.db"))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let conn = Arc::new(Mutex::new(inbox.connect().unwrap()));
+            let node = builder.start().await?;
+            let publisher = node.clone();
+            node.subscribe("order.created", move |order: Message| {
+                let mut db = conn.lock().unwrap();
+                let first = SqliteOutbox::apply_once(&mut db, order.id(), |_| Ok(()));
+                drop(db);
+                let node = publisher.clone();
+                async move {
+                    let first = first.map_err(|e| HandlerError::retryable(e.to_string()))?;
+                    if first.is_some() {
+                        let invoice = Message::event("invoice.created", order.payload().clone());
+                        node.publish(invoice)
+                            .await
+                            .map_err(|e| HandlerError::retryable(e.to_string()))?;
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            Ok(node)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn one_invoice_per_order_even_when_duplicated() -> Result<(), Error> {
+        let mesh = TestMesh::start().await?; // an ephemeral CA and a probe node, on 127.0.0.1
+        mesh.subscribe("invoice.created").await?; // the probe records what the service publishes
+        let _invoice = my_invoice_service::start(mesh.builder("invoice")?, mesh.dir()).await?;
+        mesh.wait_for("invoice").await?;
+        mesh.inject(Fault::duplicate(1.0).to("invoice")); // every order arrives twice
+        mesh.publish(Message::event("order.created", "order-42"))
+            .await?;
+        mesh.expect(Expect::published("invoice.created").payload("order-42"))
+            .await?;
+        mesh.wait_idle().await?; // no handler running, nothing in flight, outbox empty
+        mesh.expect_none(Expect::published("invoice.created"))
+            .await?; // and no second one
+        Ok(())
+    }
+}
