@@ -3,6 +3,8 @@
 //! the service publishes (`invoice.created`) is checked, under duplicates, a lost ack and a
 //! crash. Virtual time: the 5 s ack timeout and the restart cost no real time.
 
+#![allow(clippy::unwrap_used)] // tests: a failed set-up step should panic, with its error
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

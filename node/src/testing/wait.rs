@@ -42,9 +42,10 @@ impl TestMesh {
 
     /// Checks that no message `expect` describes comes within its
     /// [`within`](Expect::within) (200 ms otherwise, see
-    /// [`TestMeshBuilder::quiet_window`]), nor came before without being claimed by an
-    /// [`expect`](Self::expect). Call [`wait_idle`](Self::wait_idle) first when what is not
-    /// wanted would follow from work still going on.
+    /// [`TestMeshBuilder::quiet_window`](super::TestMeshBuilder::quiet_window)), nor came
+    /// before without being claimed by an [`expect`](Self::expect). Call
+    /// [`wait_idle`](Self::wait_idle) first when what is not wanted would follow from work
+    /// still going on.
     pub async fn expect_none(&self, expect: Expect) -> Result<(), Error> {
         let within = expect.within.unwrap_or(self.shared.quiet);
         let deadline = tokio::time::Instant::now() + within;
