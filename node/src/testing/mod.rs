@@ -12,7 +12,7 @@
 //! use shoal::testing::{Expect, Fault, TestMesh};
 //! use shoal::{HandlerError, Message};
 //!
-//! # #[tokio::main(flavor = "current_thread")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), shoal::Error> {
 //! let mesh = TestMesh::start().await?;
 //! mesh.subscribe("invoice.created").await?;
