@@ -27,6 +27,7 @@ pub mod compare;
 pub mod connect;
 pub mod discovery_timing;
 pub mod error;
+pub mod flood;
 pub mod measure;
 pub mod outbox;
 pub mod pubsub;
@@ -304,6 +305,17 @@ pub const SCENARIOS: &[Scenario] = &[
         about: "fresh node start -> first send acked by a service found by mDNS \
                 (shoal-discover), inside namespaces it builds",
         run: Measures::SetUp(discovery_timing::run_scenario),
+        in_all: true,
+    },
+    Scenario {
+        name: flood::NAME,
+        system: systems::SHOAL,
+        setup: "Shoal defaults (handshake rate 100/s in bursts of 200): static peer on \
+                127.0.0.1; the flooder accepts any server certificate and presents one from \
+                a CA the node does not trust, 64 attempts in flight",
+        about: "honest request RTT quiet (shoal-flood-quiet) and during a flood of 10,000 \
+                handshake attempts with a foreign certificate (shoal-flood-during)",
+        run: Measures::RoundTrip(flood::run),
         in_all: true,
     },
     Scenario {

@@ -63,6 +63,22 @@ impl NodeBuilder {
     pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(250);
     /// Default idle timeout after which a silent peer is dropped (see [`NodeBuilder::liveness`]).
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+    /// Default time a connection has for its TLS handshake and hello (see
+    /// [`NodeBuilder::handshake_timeout`]).
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default cap on incoming connections at once (see [`NodeBuilder::max_connections`]).
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    /// Default cap on incoming connections at once from one IP address (see
+    /// [`NodeBuilder::max_connections`]).
+    pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+    /// Default rate of new incoming handshakes, per second (see
+    /// [`NodeBuilder::handshake_rate`]).
+    pub const DEFAULT_HANDSHAKE_RATE: u32 = 100;
+    /// Default burst of new incoming handshakes (see [`NodeBuilder::handshake_rate`]).
+    pub const DEFAULT_HANDSHAKE_BURST: u32 = 200;
+    /// Default cap on the bytes waiting to be written to one peer (see
+    /// [`NodeBuilder::max_queued_bytes`]).
+    pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
 
     pub(crate) fn new(service: impl Into<String>) -> Self {
         Self {
@@ -133,6 +149,15 @@ impl NodeBuilder {
 
     /// The authorization policy: who may send what to which service, publish which topics,
     /// subscribe to which patterns ([`crate::policy`]). Default: [`Policy::allow_all`].
+    ///
+    /// Enforced where things arrive, with the service the peer's certificate proves: a
+    /// command, request, document or asynchronous reply the policy refuses is nacked "not
+    /// authorized" for good before any handler runs (its sender dead-letters it with that
+    /// reason), as is an event from a publisher that may not publish its topic; a peer's
+    /// forbidden subscription is not added, so it gets no events. This node's own forbidden
+    /// `publish` and `subscribe` fail at once with [`Error::NotAuthorized`]. Every refusal
+    /// is counted in [`crate::NodeStats`] and raised as [`crate::NodeEvent::NotAuthorized`].
+    /// Give every node the same policy: each enforces the rules about what reaches it.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.config.policy = Arc::new(policy);
         self
@@ -231,6 +256,52 @@ impl NodeBuilder {
         self
     }
 
+    /// Limits against floods of connections: at most `total` incoming connections at once
+    /// (in their handshake or established), and at most `per_address` of them from one IP
+    /// address. A connection over a limit is refused before its TLS handshake starts (QUIC's
+    /// `CONNECTION_REFUSED`: an honest peer dials again after its backoff), counted in
+    /// [`crate::NodeStats::connections_refused`] and told as a
+    /// [`crate::NodeEvent::HandshakeFailed`]. Connections this node dials do not count.
+    /// Default 4,096 and 256 (nodes of one host share an address); each at least 1.
+    pub fn max_connections(mut self, total: usize, per_address: usize) -> Self {
+        self.config.max_connections = total.max(1);
+        self.config.max_connections_per_address = per_address.max(1);
+        self
+    }
+
+    /// The handshake rate limit: at most `per_second` new incoming handshakes per second,
+    /// after a burst of up to `burst` (a token bucket). Handshakes over it are refused before
+    /// TLS starts, as with [`NodeBuilder::max_connections`], so a flood of handshakes (with
+    /// a stolen address, a foreign certificate, garbage) costs this node little: no signature,
+    /// no certificate check. Default 100 per second in bursts of 200, enough for 200 peers
+    /// that dial a restarted node at once (more peers get in over the next seconds, as they
+    /// dial again); each at least 1.
+    pub fn handshake_rate(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.handshake_rate = per_second.max(1);
+        self.config.handshake_burst = burst.max(1);
+        self
+    }
+
+    /// How long a connection has to become a peer: an incoming one must finish its TLS
+    /// handshake **and** send its hello within this time of its first packet, or it is closed
+    /// and counted as a handshake failure (a client that completes TLS and then stays silent
+    /// holds its place for no longer); a dialled one must answer within it, then send its
+    /// hello within it. Default 5 s; must be above zero.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Most bytes waiting to be written to one peer. A peer that does not read its stream
+    /// (QUIC flow control holds the writes back) while more than this is queued for it has
+    /// its connection closed (close code 4, "not reading"), and its unanswered messages go to
+    /// other instances; this bounds what a stalled or hostile peer can make this node hold.
+    /// Default 64 MiB.
+    pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_queued_bytes = bytes;
+        self
+    }
+
     /// How long a published event's copy for a subscriber group with no live instance is
     /// held, waiting for one to appear, before it is dead-lettered. Default 30 s; a publish
     /// may override it ([`crate::PublishOptions::hold_for`]).
@@ -286,6 +357,11 @@ impl NodeBuilder {
                 "service name must be 1 to {} bytes",
                 config.limits.max_name_len
             )));
+        }
+        if config.handshake_timeout.is_zero() {
+            return Err(Error::Config(
+                "the handshake timeout must be above zero".into(),
+            ));
         }
         let identity = identity
             .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;

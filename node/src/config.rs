@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use shoal_proto::Limits;
 
-use crate::RetryPolicy;
 use crate::policy::Policy;
+use crate::{NodeBuilder, RetryPolicy};
 
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]
@@ -23,7 +23,14 @@ pub(crate) struct Config {
     pub(crate) max_queued_bytes: usize,
     pub(crate) limits: Limits,
     pub(crate) dead_letter_capacity: usize,
+    /// An incoming connection must finish its TLS handshake and its hello within this time of
+    /// arriving; a dialled one must answer within it, then send its hello within it.
     pub(crate) handshake_timeout: Duration,
+    /// Limits against floods on the accepting side (`transport/limits.rs`).
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_address: usize,
+    pub(crate) handshake_rate: u32,
+    pub(crate) handshake_burst: u32,
     pub(crate) shutdown_grace: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) idle_timeout: Duration,
@@ -46,10 +53,14 @@ impl Default for Config {
             max_in_flight_per_peer: 1024,
             max_concurrent_handlers: 1024,
             write_queue_len: 4096,
-            max_queued_bytes: 64 << 20,
+            max_queued_bytes: NodeBuilder::DEFAULT_MAX_QUEUED_BYTES,
             limits: Limits::default(),
             dead_letter_capacity: 1000,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: NodeBuilder::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: NodeBuilder::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: NodeBuilder::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            handshake_rate: NodeBuilder::DEFAULT_HANDSHAKE_RATE,
+            handshake_burst: NodeBuilder::DEFAULT_HANDSHAKE_BURST,
             shutdown_grace: Duration::from_secs(5),
             keep_alive: Duration::from_millis(250),
             idle_timeout: Duration::from_millis(1500),

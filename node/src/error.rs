@@ -22,6 +22,12 @@ pub enum Error {
     /// service name or pattern. The message names the place.
     #[error("invalid policy: {0}")]
     Policy(String),
+    /// The authorization policy does not allow this node's call: publishing this topic, or
+    /// subscribing to this pattern (see [`crate::policy`]). Nothing was sent. A message a
+    /// peer refuses as not authorized ends as [`Error::DeadLettered`] instead, with the
+    /// peer's reason.
+    #[error("{0}")]
+    NotAuthorized(Box<crate::policy::Denial>),
     /// A file could not be read or written.
     #[error("could not access {path}: {source}")]
     Io {

@@ -61,6 +61,19 @@ pub enum NodeEvent {
         /// What was wrong.
         reason: String,
     },
+    /// The authorization policy refused something (see [`crate::policy`]): a peer's
+    /// command, request or document (nacked "not authorized" for good, so its sender
+    /// dead-letters it), an event a peer published (nacked likewise), a peer's subscription
+    /// (not added: it gets no events), or this node's own publish or subscribe (the call
+    /// failed with [`crate::Error::NotAuthorized`]). One event per refused run of messages;
+    /// [`crate::NodeStats`] counts every message.
+    NotAuthorized {
+        /// The peer whose message or subscription was refused; `None` for this node's own
+        /// call.
+        peer: Option<NodeId>,
+        /// What was refused and which rule refused it; its `Display` is the reason sent back.
+        denial: crate::policy::Denial,
+    },
     // --- certificate lifecycle (certs branch, cert_lifecycle.rs) ---
     /// This node's own certificate expires soon (or has expired): load a new one with
     /// [`crate::Node::reload_identity`]. Raised when the warning period starts

@@ -138,6 +138,7 @@ impl Node {
         let driver = self.driver();
         let mut stats = driver.read(|engine| engine.stats());
         stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
+        stats.connections_refused = driver.accept_limits.refused();
         stats
     }
 

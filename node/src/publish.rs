@@ -41,6 +41,11 @@ impl Node {
     /// the key maps to, and copies for one group and key are handled one at a time in the
     /// order `publish` was called, retries included.
     ///
+    /// A topic the node's policy does not allow its service to publish fails at once with
+    /// [`Error::NotAuthorized`], before anything is sent ([`crate::NodeBuilder::policy`]);
+    /// subscribers check the publisher's right again by their own policy, and refuse a copy
+    /// it does not allow with a permanent nack (the copy is dead-lettered).
+    ///
     /// Reliable publishing returns [`Error::DeadLettered`] if any audience's copy was
     /// dead-lettered (the other audiences were still served; every dead letter is in
     /// [`Node::dead_letters`]). A topic with no subscribers is not an error: the receipt

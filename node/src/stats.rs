@@ -27,8 +27,13 @@ pub struct NodeStats {
     pub unhandled: u64,
     /// Frames from peers that could not be decoded or broke a limit.
     pub malformed_frames: u64,
-    /// Connections refused or failed during the TLS or Shoal handshake.
+    /// Connections refused or failed during the TLS or Shoal handshake (a certificate from
+    /// another CA, a revoked or expired one, no hello before the deadline, ...).
     pub handshake_failures: u64,
+    /// Incoming connections refused before their TLS handshake started, by the limits against
+    /// floods: too many connections in total or from one address, or more handshakes than the
+    /// rate limit allows (see [`crate::NodeBuilder::max_connections`]).
+    pub connections_refused: u64,
     /// Peer connections established.
     pub connections: u64,
     /// Events published by this node (each event of a batch counts).
@@ -38,4 +43,16 @@ pub struct NodeStats {
     /// Best-effort event copies dropped: the subscriber's queue was full, or its group had no
     /// live instance.
     pub events_dropped: u64,
+    /// Commands, requests, documents and asynchronous replies refused because the policy does
+    /// not allow their sender to send them here (each was nacked "not authorized" for good).
+    /// See [`crate::policy`].
+    pub unauthorized_messages: u64,
+    /// Event copies refused because the policy does not allow their publisher to publish
+    /// their topic.
+    pub unauthorized_events: u64,
+    /// Subscriptions refused by the policy: peers' subscriptions (not added to the audiences,
+    /// so they get no events) and this node's own `subscribe` calls.
+    pub unauthorized_subscriptions: u64,
+    /// This node's `publish` calls refused by the policy (each failed at once).
+    pub unauthorized_publishes: u64,
 }

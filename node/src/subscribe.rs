@@ -168,6 +168,10 @@ impl Node {
     /// [`Node::handle`]. A handler that returns a body answers an event that carries a return
     /// address ([`Message::with_reply_channel`]).
     ///
+    /// Fails with [`Error::NotAuthorized`] when the node's policy does not allow its service
+    /// to subscribe to `pattern` ([`crate::NodeBuilder::policy`]); publishers refuse such a
+    /// subscription too, by their own policy, and send it no events.
+    ///
     /// Every connected peer is told before this returns (the frames are queued on each
     /// connection); peers that connect later are told when they connect. Events published
     /// before a publisher learned of the subscription are not delivered to it.
@@ -201,7 +205,11 @@ impl Node {
         shoal_proto::validate_frame(&Frame::Subscribe(wire.clone()), &driver.config.limits)
             .map_err(|v| Error::Topic(v.to_string()))?;
         let (sub, handler) = (wire.clone(), handler::boxed(handler));
-        let id = driver.call(|engine, _| engine.subscribe(sub, handler));
+        // A pattern this node's policy forbids fails here, before any peer hears of it.
+        let id = driver.call(|engine, _| {
+            engine.authorize_subscribe(&sub.pattern)?;
+            Ok::<_, Error>(engine.subscribe(sub, handler))
+        })?;
         Ok(Subscription {
             driver: Arc::clone(driver),
             id,

@@ -162,7 +162,23 @@ fn serve_reads_a_policy_file_and_refuses_a_broken_one() {
         "[services.echo]\naccept = [{ from = \"shoal-cli\", messages = [\"echo\"] }]\n",
     )
     .unwrap();
-    let server = Server::start_with(&ca, "echo", &["--policy", &good]);
+    let mut server = Server::start_with(&ca, "echo", &["--policy", &good]);
+    let peer = server.peer();
+    let out = request(&ca, &peer, "shoal-cli");
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "hi");
+    // Another service of the same mesh is refused by the policy, at once and with the reason.
+    ok(&["cert", "issue", "--ca", &ca, "--service", "intruder"]);
+    let out = request(&ca, &peer, "intruder");
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("not authorized: `echo` does not accept `echo` from `intruder`"),
+        "{}",
+        out.stderr
+    );
+    let line = server.next_line_with("refused ", LIMIT);
+    assert!(line.contains("from `intruder`"), "{line}");
     drop(server);
 
     let bad = dir.join("bad.toml");

@@ -183,6 +183,10 @@ impl<H: Clone> Engine<H> {
                         false,
                     );
                 }
+                // The policy (authz.rs): a refused subscription never joins the audiences.
+                if self.refuses_peer_subscription(conn, &sub.pattern) {
+                    return;
+                }
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
                 };

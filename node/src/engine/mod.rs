@@ -31,6 +31,7 @@
 pub(crate) mod action;
 mod answer;
 mod attempt;
+mod authz;
 mod conn;
 pub(crate) mod dedup;
 mod delivery;
@@ -115,6 +116,8 @@ pub(crate) struct Engine<H> {
     told_deadline: Option<Instant>,
     /// A new deadline is earlier than the one the driver knows.
     timer_moved: bool,
+    /// The authorization policy, with what it can refuse worked out once ([`authz`]).
+    guard: authz::Guard,
 }
 
 impl<H: Clone> Engine<H> {
@@ -123,6 +126,7 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn new(id: NodeId, service: String, config: Config, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         let inbound = receive::Inbound::new(&config, rng.random(), rng.random());
+        let guard = authz::Guard::new(std::sync::Arc::clone(&config.policy), &service);
         Self {
             id,
             service,
@@ -140,6 +144,7 @@ impl<H: Clone> Engine<H> {
             dead_letters: VecDeque::new(),
             told_deadline: None,
             timer_moved: false,
+            guard,
         }
     }
 

@@ -176,6 +176,14 @@ impl<H: Clone> Engine<H> {
                 format!("{} is shutting down", self.id),
             );
         }
+        // The policy (authz.rs), before the dedup window or any handler: a sender that may
+        // not send this is refused for good, and learns nothing of what is handled here. One
+        // branch per run under a policy that allows everything.
+        if !self.guard.open_inbound
+            && let Some(reason) = self.refuse_unauthorized_run(conn, &head, count)
+        {
+            return refuse(self, false, NackCode::NotAuthorized, reason);
+        }
         let handlers = self.inbound.handlers_for(&head.to, &head.name);
         if handlers.is_empty() {
             self.stats.unhandled += count as u64;

@@ -282,6 +282,8 @@ impl<H: Clone> Engine<H> {
         };
         let topic = first.name().to_owned();
         topic::check_topic(&topic).map_err(Error::Topic)?;
+        // A topic this node's policy forbids fails here, before anything is sent (authz.rs).
+        self.authorize_publish(&topic)?;
         let key = first.key().map(str::to_owned);
         if events
             .iter()

@@ -18,11 +18,16 @@ pub(super) struct Counters {
     pub(super) published: u64,
     pub(super) events_unrouted: u64,
     pub(super) events_dropped: u64,
+    // Refusals of the authorization policy (engine/authz.rs).
+    pub(super) unauthorized_messages: u64,
+    pub(super) unauthorized_events: u64,
+    pub(super) unauthorized_subscriptions: u64,
+    pub(super) unauthorized_publishes: u64,
 }
 
 impl Counters {
-    /// A snapshot for users; handshake failures happen before a connection reaches the engine
-    /// and are counted by the transport.
+    /// A snapshot for users; handshake failures and refused connections happen before a
+    /// connection reaches the engine and are counted by the transport.
     pub(super) fn snapshot(&self) -> NodeStats {
         NodeStats {
             acked: self.acked,
@@ -36,10 +41,15 @@ impl Counters {
             unhandled: self.unhandled,
             malformed_frames: self.malformed_frames,
             handshake_failures: 0,
+            connections_refused: 0,
             connections: self.connections,
             published: self.published,
             events_unrouted: self.events_unrouted,
             events_dropped: self.events_dropped,
+            unauthorized_messages: self.unauthorized_messages,
+            unauthorized_events: self.unauthorized_events,
+            unauthorized_subscriptions: self.unauthorized_subscriptions,
+            unauthorized_publishes: self.unauthorized_publishes,
         }
     }
 }

@@ -431,6 +431,8 @@ fn finish(relay: &mut Relay, outcomes: Vec<Outcome>, generation: u64) -> bool {
         match result {
             Ok(()) => relay.delivered.push(seq),
             Err(Error::DeadLettered(letter)) => relay.dead.push((seq, letter.last_failure)),
+            // The policy forbids this node the topic: retrying cannot help.
+            Err(Error::NotAuthorized(denial)) => relay.dead.push((seq, denial.to_string())),
             Err(Error::ShuttingDown) => return false,
             // Anything else (no subscriber yet, a copy dropped because its audience left):
             // the row stays, and is read again at the next poll or change of peers; the later

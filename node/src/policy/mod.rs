@@ -10,6 +10,15 @@
 //! The service a rule talks about is always the one proven by the peer's certificate (its
 //! `<service>.svc.shoal.mesh` name), never what a peer claims.
 //!
+//! # Enforcement
+//!
+//! Give a policy to [`crate::NodeBuilder::policy`]; every node checks what reaches it before
+//! any handler runs. A refused command, request or event is nacked "not authorized" for good
+//! and dead-lettered at its sender with the [`Denial`]'s sentence; a refused subscription is
+//! not added, so it gets no events; this node's own forbidden publish or subscribe fails at
+//! once with [`crate::Error::NotAuthorized`]. Refusals are raised as
+//! [`crate::NodeEvent::NotAuthorized`] and counted in [`crate::NodeStats`].
+//!
 //! # The default, and locking a service down
 //!
 //! A section that is not set falls back to the policy's default, which is **allow** unless the
@@ -305,6 +314,27 @@ impl Policy {
             list,
             covers,
         )
+    }
+}
+
+impl Policy {
+    /// Whether a question of `section` can ever be refused: about `service` when given, about
+    /// any service otherwise. `false` when the default allows and no service concerned has a
+    /// rule of that kind set, so the engine can skip asking (see `engine/authz.rs`): under the
+    /// default policy, checking costs one branch per run of messages.
+    pub(crate) fn can_refuse(&self, section: Section, service: Option<&str>) -> bool {
+        if self.default == DefaultRule::Deny {
+            return true;
+        }
+        let set = |rules: &ServiceRules| match section {
+            Section::Accept => rules.accept.is_some(),
+            Section::Publish => rules.publish.is_some(),
+            Section::Subscribe => rules.subscribe.is_some(),
+        };
+        match service {
+            Some(service) => self.services.get(service).is_some_and(set),
+            None => self.services.values().any(set),
+        }
     }
 }
 

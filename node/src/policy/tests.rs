@@ -396,3 +396,28 @@ fn files_are_read_by_their_extension() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn can_refuse_says_which_questions_need_asking() {
+    let open = Policy::allow_all();
+    for section in [Section::Accept, Section::Publish, Section::Subscribe] {
+        assert!(!open.can_refuse(section, None));
+        assert!(!open.can_refuse(section, Some("billing")));
+        assert!(Policy::deny_all().can_refuse(section, Some("billing")));
+    }
+    let policy = Policy::builder()
+        .accept("billing", "shop", ["invoice.*"])
+        .publish("orders", ["order.>"])
+        .build()
+        .unwrap();
+    assert!(policy.can_refuse(Section::Accept, Some("billing")));
+    assert!(!policy.can_refuse(Section::Accept, Some("orders")));
+    assert!(policy.can_refuse(Section::Publish, None));
+    assert!(policy.can_refuse(Section::Publish, Some("orders")));
+    assert!(!policy.can_refuse(Section::Publish, Some("billing")));
+    assert!(!policy.can_refuse(Section::Subscribe, None));
+    // Whatever can_refuse says no to, the policy indeed allows.
+    assert!(policy.may_send("anyone", "orders", "x.y").is_allowed());
+    assert!(policy.may_publish("billing", "x.y").is_allowed());
+    assert!(policy.may_subscribe("anyone", ">").is_allowed());
+}

@@ -62,6 +62,8 @@ pub(crate) struct Driver {
     pub(crate) static_peers: Vec<std::net::SocketAddr>,
     pub(crate) dial_failures: DialFailures,
     pub(crate) handshake_failures: AtomicU64,
+    /// The limits on incoming connections, and their refusals (`transport/limits.rs`).
+    pub(crate) accept_limits: Arc<crate::transport::limits::AcceptLimits>,
     /// Set when a graceful shutdown has completed.
     pub(crate) finished: AtomicBool,
     /// The node's certificate, trusted CAs and revocations, read by every handshake and
@@ -110,6 +112,7 @@ impl Driver {
         static_peers: Vec<std::net::SocketAddr>,
         tls: crate::tls::LiveTls,
     ) -> Arc<Self> {
+        let accept_limits = crate::transport::limits::AcceptLimits::new(&config);
         Arc::new(Self {
             id: engine.id(),
             service,
@@ -134,6 +137,7 @@ impl Driver {
             static_peers,
             dial_failures: DialFailures::default(),
             handshake_failures: AtomicU64::new(0),
+            accept_limits,
             finished: AtomicBool::new(false),
             tls,
             #[cfg(feature = "outbox")]

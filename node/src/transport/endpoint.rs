@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use super::connection::{self, CloseCode, ConnIo};
 use super::dial_plan::DialPlan;
 use super::handshake::{self, HandshakeError};
+use super::limits::Slot;
 use crate::engine::{Admission, PeerHello};
 use crate::runtime::Driver;
 use crate::{NodeEvent, tls};
 
-/// Accepts connections until the node stops.
+/// Accepts connections until the node stops. Each incoming connection first passes the limits
+/// against floods ([`super::limits`]), before any TLS work; one over a limit is refused.
 pub(crate) async fn accept_loop(driver: Arc<Driver>) {
     loop {
         let incoming = tokio::select! {
@@ -27,23 +29,38 @@ pub(crate) async fn accept_loop(driver: Arc<Driver>) {
             () = driver.stopping.cancelled() => return,
         };
         let Some(incoming) = incoming else { return };
+        let addr = incoming.remote_address();
+        let slot = match driver.accept_limits.admit(addr.ip(), Driver::now()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                incoming.refuse();
+                driver.emit(NodeEvent::HandshakeFailed {
+                    addr,
+                    reason: refusal.to_string(),
+                });
+                continue;
+            }
+        };
         let driver2 = Arc::clone(&driver);
         driver.tasks.spawn(async move {
-            let addr = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => {
-                    let _ = establish(&driver2, conn, false).await;
-                }
-                Err(e) => {
-                    let reason = HandshakeError::Tls {
-                        addr,
-                        reason: e.to_string(),
-                    };
-                    handshake_failed(&driver2, addr, &reason);
-                }
-            }
+            let _ = accept(&driver2, incoming, slot).await;
         });
     }
+}
+
+/// Runs an incoming connection's TLS handshake and hello exchange, both within the handshake
+/// timeout of its arrival: a client that stalls the handshake, or finishes TLS and then says
+/// nothing, holds its `slot` no longer. The slot is given back when the connection ends.
+async fn accept(
+    driver: &Arc<Driver>,
+    incoming: quinn::Incoming,
+    slot: Slot,
+) -> Result<NodeId, HandshakeError> {
+    let addr = incoming.remote_address();
+    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+    let outcome = tokio::time::timeout_at(deadline, incoming).await;
+    let conn = tls_outcome(driver, addr, outcome, HandshakeError::TlsTimeout(addr))?;
+    establish_by(driver, conn, false, deadline, Some(slot)).await
 }
 
 /// Dials `addr` once and runs the Shoal handshake; returns the peer's node id.
@@ -56,24 +73,28 @@ pub(crate) async fn connect(
         .endpoint
         .connect(addr, tls::SERVER_NAME)
         .map_err(|e| dial(e.to_string()))?;
-    let conn = match tokio::time::timeout(driver.config.handshake_timeout, connecting).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            let reason = HandshakeError::Tls {
-                addr,
-                reason: e.to_string(),
-            };
-            return Err(handshake_failed(driver, addr, &reason));
-        }
-        Err(_) => {
-            return Err(handshake_failed(
-                driver,
-                addr,
-                &HandshakeError::NoAnswer(addr),
-            ));
-        }
-    };
+    let outcome = tokio::time::timeout(driver.config.handshake_timeout, connecting).await;
+    let conn = tls_outcome(driver, addr, outcome, HandshakeError::NoAnswer(addr))?;
     establish(driver, conn, true).await
+}
+
+/// The connection of a TLS handshake that finished in time, or its failure (counted and told):
+/// TLS's own reason, or `late` when the time ran out.
+fn tls_outcome(
+    driver: &Driver,
+    addr: SocketAddr,
+    outcome: Result<Result<quinn::Connection, quinn::ConnectionError>, tokio::time::error::Elapsed>,
+    late: HandshakeError,
+) -> Result<quinn::Connection, HandshakeError> {
+    let reason = match outcome {
+        Ok(Ok(conn)) => return Ok(conn),
+        Ok(Err(e)) => HandshakeError::Tls {
+            addr,
+            reason: e.to_string(),
+        },
+        Err(_) => late,
+    };
+    Err(handshake_failed(driver, addr, &reason))
 }
 
 fn handshake_failed(driver: &Driver, addr: SocketAddr, reason: &HandshakeError) -> HandshakeError {
@@ -90,12 +111,25 @@ fn handshake_failed(driver: &Driver, addr: SocketAddr, reason: &HandshakeError) 
     reason.clone()
 }
 
-/// Exchanges hellos over a fresh TLS connection, has the engine admit the peer, and starts
-/// the connection's reader and writer.
+/// Exchanges hellos over a fresh TLS connection (within the handshake timeout), has the
+/// engine admit the peer, and starts the connection's reader and writer.
 async fn establish(
     driver: &Arc<Driver>,
     conn: quinn::Connection,
     dialed: bool,
+) -> Result<NodeId, HandshakeError> {
+    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+    establish_by(driver, conn, dialed, deadline, None).await
+}
+
+/// [`establish`], with the hello due by `deadline`; an incoming connection's `slot` under the
+/// limits is held until the connection ends.
+async fn establish_by(
+    driver: &Arc<Driver>,
+    conn: quinn::Connection,
+    dialed: bool,
+    deadline: tokio::time::Instant,
+    slot: Option<Slot>,
 ) -> Result<NodeId, HandshakeError> {
     let addr = conn.remote_address();
     let ours = Hello {
@@ -105,7 +139,7 @@ async fn establish(
         listen_addrs: driver.endpoint.local_addr().into_iter().collect(),
     };
     let exchange = handshake::exchange(&conn, ours, driver.id, &driver.config.limits);
-    let shaken = match tokio::time::timeout(driver.config.handshake_timeout, exchange).await {
+    let shaken = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(Ok(shaken)) => shaken,
         Ok(Err(reason)) => {
             conn.close(CloseCode::Protocol.into(), reason.to_string().as_bytes());
@@ -119,7 +153,8 @@ async fn establish(
     let node = shaken.hello.node_id;
     let hello = PeerHello {
         node,
-        service: shaken.hello.service,
+        // The certificate's service: what every authorization decision about the peer uses.
+        service: shaken.service,
         addr,
         listen_addrs: shaken.hello.listen_addrs,
         dialed,
@@ -135,6 +170,7 @@ async fn establish(
     let driver2 = Arc::clone(driver);
     driver.tasks.spawn(async move {
         connection::run(driver2, id, io, shaken.send, shaken.recv, shaken.rest).await;
+        drop(slot);
     });
     Ok(node)
 }

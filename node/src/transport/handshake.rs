@@ -33,6 +33,9 @@ pub(crate) enum HandshakeError {
     /// No hello in time.
     #[error("no hello in time")]
     Timeout,
+    /// An incoming connection did not finish its TLS handshake in time.
+    #[error("TLS handshake with {0} not finished in time")]
+    TlsTimeout(std::net::SocketAddr),
     /// The peer speaks another protocol version.
     #[error("peer speaks protocol {peer}, this node {PROTOCOL_VERSION}")]
     Version { peer: u16 },
@@ -52,6 +55,9 @@ pub(crate) struct Shaken {
     pub(crate) send: quinn::SendStream,
     pub(crate) recv: quinn::RecvStream,
     pub(crate) hello: Hello,
+    /// The service the peer's certificate names (its hello claims the same): the identity
+    /// every authorization decision about this peer uses.
+    pub(crate) service: String,
     /// Bytes read after the hello.
     pub(crate) rest: BytesMut,
 }
@@ -97,17 +103,19 @@ pub(crate) async fn exchange(
             Err(e) => return Err(stream(&e, "read hello")),
         }
     };
-    check(conn, &hello, me)?;
+    let service = check(conn, &hello, me)?;
     Ok(Shaken {
         send,
         recv,
         hello,
+        service,
         rest,
     })
 }
 
-/// Checks a peer's hello: version, not ourselves, and the service its certificate names.
-fn check(conn: &quinn::Connection, hello: &Hello, me: NodeId) -> Result<(), HandshakeError> {
+/// Checks a peer's hello: version, not ourselves, and the service its certificate names,
+/// which it returns.
+fn check(conn: &quinn::Connection, hello: &Hello, me: NodeId) -> Result<String, HandshakeError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(HandshakeError::Version {
             peer: hello.protocol_version,
@@ -117,7 +125,7 @@ fn check(conn: &quinn::Connection, hello: &Hello, me: NodeId) -> Result<(), Hand
         return Err(HandshakeError::SelfConnection);
     }
     match tls::peer_service(conn) {
-        Some(certified) if certified == hello.service => Ok(()),
+        Some(certified) if certified == hello.service => Ok(certified),
         Some(certified) => Err(HandshakeError::ServiceMismatch {
             claimed: hello.service.clone(),
             certified,

@@ -2,6 +2,7 @@
 //!
 //! - [`endpoint`]: accepting, dialling, keeping discovered addresses dialled.
 //! - [`handshake`]: the hello exchange and its checks.
+//! - [`limits`]: the limits against floods on incoming connections.
 //! - [`connection`]: each connection's reader and writer, and the close codes.
 //! - [`dial_plan`]: which addresses to keep dialled as discovery hints come and go.
 
@@ -9,3 +10,4 @@ pub(crate) mod connection;
 pub(crate) mod dial_plan;
 pub(crate) mod endpoint;
 pub(crate) mod handshake;
+pub(crate) mod limits;

@@ -5,6 +5,8 @@
 //! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`;
 //! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers
 //!   and `--subscribe` subscriptions;
+//! - `refused <peer id>: not authorized: ...` when the `--policy` refuses a peer's message or
+//!   subscription;
 //! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown;
 //! - the lines of certificate reloads (see `reload.rs`): a running `shoal serve` follows its
 //!   certificate, key, CA and revocation list files.
@@ -147,7 +149,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     let s = node.stats();
     say!(
         "stats acked={} retries={} dead_lettered={} handled={} handler_errors={} duplicates={} \
-         unhandled={} malformed_frames={} handshake_failures={} connections={}",
+         unhandled={} malformed_frames={} handshake_failures={} connections_refused={} \
+         connections={} unauthorized_messages={} unauthorized_events={} \
+         unauthorized_subscriptions={}",
         s.acked,
         s.retries,
         s.dead_lettered,
@@ -157,7 +161,11 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         s.unhandled,
         s.malformed_frames,
         s.handshake_failures,
-        s.connections
+        s.connections_refused,
+        s.connections,
+        s.unauthorized_messages,
+        s.unauthorized_events,
+        s.unauthorized_subscriptions,
     );
     Ok(())
 }
@@ -201,6 +209,10 @@ async fn print_events(mut events: broadcast::Receiver<NodeEvent>) {
                 service,
                 reason,
             }) => say!("peer down {node} service {service} reason {reason:?}"),
+            Ok(NodeEvent::NotAuthorized {
+                peer: Some(peer),
+                denial,
+            }) => say!("refused {peer}: {denial}"),
             Ok(NodeEvent::HandshakeFailed { addr, reason }) => {
                 tracing::warn!(%addr, %reason, "handshake failed");
             }

@@ -1,0 +1,200 @@
+//! Limits against floods on real sockets: connections over the caps and handshakes over the
+//! rate limit are refused before TLS, a client that says nothing after TLS is closed at the
+//! hello deadline, and a peer that does not read is cut off at the queued-bytes cap.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use shoal::{MeshCa, Message, NodeEvent};
+use shoal_tests::{
+    Mesh, RawPeer, SERVER_NAME, WAIT, client_config, client_endpoint, next_event, wait_instances,
+};
+use tokio::time::timeout;
+
+/// Whether `result` is a connection the node refused before its handshake.
+fn refused(result: &Result<quinn::Connection, quinn::ConnectionError>) -> bool {
+    matches!(result, Err(quinn::ConnectionError::ConnectionClosed(close))
+        if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+}
+
+/// A TLS handshake with the node at `addr`, presenting a certificate for `service` from `ca`.
+async fn tls_handshake(
+    endpoint: &quinn::Endpoint,
+    ca: &MeshCa,
+    service: &str,
+    addr: std::net::SocketAddr,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let identity = ca.issue(service).unwrap();
+    let connecting = endpoint
+        .connect_with(client_config(ca, Some(&identity)), addr, SERVER_NAME)
+        .unwrap();
+    timeout(WAIT, connecting).await.expect("handshake hung")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handshakes_over_the_connection_caps_are_refused_and_slots_come_back() {
+    let mesh = Mesh::new();
+    let node = mesh
+        .start_with(mesh.builder("billing").max_connections(100, 2), &[])
+        .await;
+    let mut events = node.events();
+    let addr = node.local_addr();
+
+    let first = RawPeer::connect(&mesh, "a", addr).await;
+    let second = RawPeer::connect(&mesh, "b", addr).await;
+    let endpoint = client_endpoint();
+    let third = tls_handshake(&endpoint, &mesh.ca, "c", addr).await;
+    assert!(refused(&third), "{third:?}");
+    let event = next_event(&mut events, WAIT, |e| {
+        matches!(e, NodeEvent::HandshakeFailed { .. })
+    })
+    .await;
+    let NodeEvent::HandshakeFailed { reason, .. } = event else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("incoming connections from 127.0.0.1"),
+        "{reason}"
+    );
+    let stats = node.stats();
+    assert_eq!(stats.connections_refused, 1);
+    assert_eq!(stats.handshake_failures, 0, "refused before any handshake");
+
+    // A connection that ends gives its place back.
+    first.conn.close(0u32.into(), b"done");
+    drop(first);
+    let mut admitted = None;
+    for _ in 0..100 {
+        let attempt = tls_handshake(&endpoint, &mesh.ca, "c", addr).await;
+        if !refused(&attempt) {
+            admitted = Some(attempt.unwrap());
+            break;
+        }
+        // The place comes back when the node's connection task ends, a moment after the
+        // close arrives; there is no event for it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        admitted.is_some(),
+        "the closed connection's place never came back"
+    );
+    drop(second);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handshakes_over_the_rate_limit_are_refused() {
+    let mesh = Mesh::new();
+    let node = mesh
+        .start_with(mesh.builder("billing").handshake_rate(1, 3), &[])
+        .await;
+    let addr = node.local_addr();
+    // Six attempts at once from a client with a foreign certificate: three get a TLS
+    // handshake (and fail it), the rest are refused before it (one more at most, if a second
+    // passed meanwhile).
+    let foreign = MeshCa::generate("foreign").unwrap();
+    let endpoint = client_endpoint();
+    let mut attempts = Vec::new();
+    for i in 0..6 {
+        let identity = foreign.issue(&format!("intruder{i}")).unwrap();
+        attempts.push(
+            endpoint
+                .connect_with(client_config(&mesh.ca, Some(&identity)), addr, SERVER_NAME)
+                .unwrap(),
+        );
+    }
+    let mut refusals = 0;
+    for attempt in attempts {
+        let result = timeout(WAIT, attempt).await.expect("attempt hung");
+        if refused(&result) {
+            refusals += 1;
+            continue;
+        }
+        // In TLS 1.3 the client finishes first; the node checks the client's certificate
+        // after and closes the connection with a TLS alert.
+        let closed = match result {
+            Ok(conn) => timeout(WAIT, conn.closed()).await.expect("never closed"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(&closed, quinn::ConnectionError::ConnectionClosed(c)
+                if c.error_code != quinn::TransportErrorCode::CONNECTION_REFUSED),
+            "a foreign certificate never gets in: {closed:?}"
+        );
+    }
+    assert!((2..=3).contains(&refusals), "{refusals} refused");
+    let stats = node.stats();
+    assert_eq!(stats.connections_refused as usize, refusals);
+    shoal_tests::until(&node, "the TLS failures are counted", |n| {
+        n.stats().handshake_failures as usize == 6 - refusals
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_that_sends_no_hello_is_closed_at_the_deadline() {
+    let mesh = Mesh::new();
+    let node = mesh
+        .start_with(
+            mesh.builder("billing")
+                .handshake_timeout(Duration::from_millis(300)),
+            &[],
+        )
+        .await;
+    let mut events = node.events();
+    let endpoint = client_endpoint();
+    // TLS completes with a valid certificate; then nothing.
+    let conn = tls_handshake(&endpoint, &mesh.ca, "lurker", node.local_addr())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let closed = timeout(WAIT, conn.closed()).await.expect("never closed");
+    let waited = started.elapsed();
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.reason.as_ref() == b"hello timeout"),
+        "{closed:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
+    let event = next_event(&mut events, WAIT, |e| {
+        matches!(e, NodeEvent::HandshakeFailed { .. })
+    })
+    .await;
+    assert!(
+        matches!(&event, NodeEvent::HandshakeFailed { reason, .. } if reason == "no hello in time"),
+        "{event:?}"
+    );
+    assert_eq!(node.stats().handshake_failures, 1);
+    assert!(node.peers().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_that_does_not_read_is_cut_off_at_the_queued_bytes_cap() {
+    let mesh = Mesh::new();
+    let node = mesh
+        .start_with(mesh.builder("billing").max_queued_bytes(256 * 1024), &[])
+        .await;
+    let mut events = node.events();
+    // A peer of service `sink` that never reads its stream.
+    let sink = RawPeer::connect(&mesh, "sink", node.local_addr()).await;
+    wait_instances(&node, "sink", 1).await;
+    // 4 MiB: more than QUIC's stream window (about 1.25 MB) plus the cap. The sends are on
+    // their way from the call; their futures are kept so they are not cancelled.
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let pending: Vec<_> = (0..64)
+        .map(|_| node.send("sink", Message::command("fill", payload.clone())))
+        .collect();
+    let closed = timeout(WAIT, sink.conn.closed())
+        .await
+        .expect("the node never closed the connection of a peer that does not read");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == 4u32.into()),
+        "{closed:?}"
+    );
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::PeerDown { service, .. } if service == "sink"),
+    )
+    .await;
+    drop(pending);
+    node.abort();
+}
