@@ -28,6 +28,9 @@ mod pg_orders;
 
 mod services;
 mod supervisor;
+// Black-box tests of the invoice service with `shoal::testing` (`cargo test -p shoal-examples`).
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -116,48 +116,105 @@ pub(crate) fn relay_options() -> RelayOptions {
         .expect_group(ORDER_CREATED, "shipping")
 }
 
-/// Invoice or shipping: each event's effect and its inbox entry commit together.
+/// Invoice or shipping, as a process of the supervised run: the instances share one SQLite
+/// file, which takes one outbox relay, so they do not announce their work (see
+/// [`start_handling`]).
 async fn handle_orders(
     builder: NodeBuilder,
     db: &std::path::Path,
     service: &str,
     instance: &str,
 ) -> Result<()> {
-    let inbox = SqliteOutbox::open(db)?;
-    let conn = inbox.connect()?;
+    let node = start_handling(builder, db, service, instance, false).await?;
+    println!("subscribed");
+    std::future::pending::<()>().await;
+    drop(node);
+    Ok(())
+}
+
+/// What a handling service announces for each order it handled, when it announces.
+pub(crate) fn announcement(service: &str) -> &'static str {
+    match service {
+        "invoice" => "invoice.created",
+        _ => "shipment.created",
+    }
+}
+
+/// Starts invoice or shipping: each `order.created`'s effect (a row naming the order) and its
+/// inbox entry commit together, so a redelivered event is skipped, even after a restart.
+/// With `announce`, the same transaction enqueues an event in the service's outbox
+/// ([`announcement`]: `invoice.created` or `shipment.created`, the order id as payload, keyed
+/// by the order), which the node's relay publishes: one per order, and none lost when the
+/// instance dies right after the commit.
+pub(crate) async fn start_handling(
+    builder: NodeBuilder,
+    db: &std::path::Path,
+    service: &str,
+    instance: &str,
+    announce: bool,
+) -> Result<Node> {
+    let store = Arc::new(SqliteOutbox::open(db)?);
+    let conn = store.connect()?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {service} (order_id INTEGER NOT NULL, instance TEXT NOT NULL)"
     ))?;
     let conn = Arc::new(Mutex::new(conn));
     let handled = Arc::new(AtomicU64::new(0));
+    let builder = if announce {
+        let relay = RelayOptions::default().poll(Duration::from_millis(200));
+        builder.outbox(Arc::clone(&store) as Arc<dyn OutboxStore>, relay)
+    } else {
+        builder
+    };
     let node = builder.start().await?;
     let insert = format!("INSERT INTO {service} (order_id, instance) VALUES (?1, ?2)");
     let instance = instance.to_owned();
+    let announced = announce.then(|| announcement(service));
     node.subscribe(ORDER_CREATED, move |event: Message| {
         let order: i64 = String::from_utf8_lossy(event.payload())
             .parse()
             .unwrap_or(-1);
         let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let applied = SqliteOutbox::apply_once(&mut conn, event.id(), |tx| {
-            tx.execute(&insert, params![order, instance])
+        let applied = apply(&store, &mut conn, &event, |tx| {
+            tx.execute(&insert, params![order, instance])?;
+            if let Some(name) = announced {
+                let done =
+                    Message::event(name, order.to_string()).with_key(format!("order-{order}"));
+                store.enqueue(tx, &Destination::Publish, &done)?;
+            }
+            Ok(())
         });
         drop(conn);
         let result = match applied {
-            Ok(Some(_)) => {
+            Ok(true) => {
                 let n = handled.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_multiple_of(100) {
                     println!("handled {n}");
                 }
                 Ok(())
             }
-            Ok(None) => Ok(()), // a redelivery: already applied, just acknowledge it
+            Ok(false) => Ok(()), // a redelivery: already applied, just acknowledge it
             Err(e) => Err(HandlerError::retryable(e.to_string())),
         };
         async move { result }
     })
     .await?;
-    println!("subscribed");
-    std::future::pending::<()>().await;
-    drop(node);
-    Ok(())
+    Ok(node)
+}
+
+/// Applies `effect` with `event`'s inbox entry in one transaction, unless the inbox already
+/// has it (`false`: a redelivery). Commits through the store, which wakes its relay.
+fn apply(
+    store: &SqliteOutbox,
+    conn: &mut shoal::outbox::rusqlite::Connection,
+    event: &Message,
+    effect: impl FnOnce(&shoal::outbox::rusqlite::Transaction<'_>) -> Result<()>,
+) -> Result<bool> {
+    let tx = conn.transaction()?;
+    if !SqliteOutbox::first_delivery(&tx, event.id())? {
+        return Ok(false);
+    }
+    effect(&tx)?;
+    store.commit(tx)?;
+    Ok(true)
 }

@@ -42,6 +42,9 @@ pub struct NodeBuilder {
         Arc<dyn crate::outbox::OutboxStore>,
         crate::outbox::RelayOptions,
     )>,
+    /// Set by `shoal::testing::TestMesh::builder`: the mesh's fault plan and idle watch.
+    #[cfg(feature = "testing")]
+    test_hooks: Option<Arc<crate::testing::NodeHooks>>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -89,7 +92,16 @@ impl NodeBuilder {
             config: Config::default(),
             #[cfg(feature = "outbox")]
             outbox: None,
+            #[cfg(feature = "testing")]
+            test_hooks: None,
         }
+    }
+
+    /// Attaches a test mesh's hooks (`shoal::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn test_hooks(mut self, hooks: Arc<crate::testing::NodeHooks>) -> Self {
+        self.test_hooks = Some(hooks);
+        self
     }
 
     /// The UDP address to accept QUIC connections on. Default `127.0.0.1:0` (loopback, a free
@@ -337,6 +349,8 @@ impl NodeBuilder {
             config,
             #[cfg(feature = "outbox")]
             outbox,
+            #[cfg(feature = "testing")]
+            test_hooks,
         } = self;
         if service.is_empty() || service.len() > config.limits.max_name_len {
             return Err(Error::Config(format!(
@@ -388,6 +402,12 @@ impl NodeBuilder {
         let engine = Engine::new(id, service.clone(), config.clone(), rand::random());
         let driver = Driver::new(engine, service, config, endpoint, peers.clone(), live_tls);
 
+        #[cfg(feature = "testing")]
+        if let Some(hooks) = test_hooks {
+            // Before any connection exists, so every one of them sees the hooks.
+            hooks.attach(&driver);
+            let _ = driver.test_hooks.set(hooks);
+        }
         let local = LocalNode {
             node_id: driver.id,
             service: driver.service.clone(),

@@ -104,6 +104,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An expectation of a test mesh failed (`shoal::testing`): what was expected, what went
+    /// wrong, and every message the probe saw.
+    #[cfg(feature = "testing")]
+    #[error("{0}")]
+    Expectation(Box<crate::testing::ExpectationFailed>),
+    /// Messages or examples do not fit a service's contract (`shoal::testing`): each one and
+    /// why, one per line.
+    #[cfg(feature = "testing")]
+    #[error("contract conformance: {0}")]
+    Conformance(String),
     /// Shoal got into a state it does not expect: a bug. Please report it with the message.
     #[error("internal error: {0}")]
     Internal(String),

@@ -62,6 +62,10 @@
 //!   ones. `tls` and `cert_lifecycle` (private) hold the TLS material every handshake reads,
 //!   which [`Node::reload_tls`] swaps while the node runs.
 //! - [`policy`]: who may send what to which service, publish and subscribe to which topics.
+//! - `testing` (feature `testing`): a black-box test kit for services built on Shoal: a test
+//!   mesh on loopback with a recording probe, expectations that wait on events instead of
+//!   sleeps, seeded faults, crashes, contract conformance. Its module docs have a runnable
+//!   example.
 //!
 //! ## Delivery guarantees
 //! At-least-once: [`Node::send`] resolves only after the receiver's handler finished. Retries
@@ -95,6 +99,8 @@ mod runtime;
 mod stats;
 mod subscribe;
 mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 mod transport;
 

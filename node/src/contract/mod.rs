@@ -70,6 +70,8 @@ pub use self::spec::{ASYNCAPI_VERSION, to_yaml};
 pub use self::typed::{
     ContractStats, MESSAGE_HEADER, TypedNode, TypedReply, VERSIONS_HEADER, Version, Versions,
 };
+#[cfg(feature = "testing")]
+pub(crate) use self::typed::{encode, finish};
 
 #[cfg(test)]
 mod tests;

@@ -128,6 +128,13 @@ impl Conn {
         }
     }
 
+    /// Whether anything waits to be written: messages, frames or acks (for the test kit's
+    /// idle check).
+    #[cfg(feature = "testing")]
+    pub(super) fn has_unwritten(&self) -> bool {
+        !self.queue.is_empty() || !self.acks.is_empty()
+    }
+
     /// Whether new messages may go here.
     pub(super) fn takes_messages(&self) -> bool {
         !self.leaving && self.farewell.is_none()

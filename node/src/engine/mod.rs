@@ -49,6 +49,9 @@ pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod send;
 mod stats;
+/// Queries and one entry point for the test kit (feature `testing`).
+#[cfg(feature = "testing")]
+mod testing;
 pub(crate) mod topic;
 mod window;
 

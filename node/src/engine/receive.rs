@@ -52,7 +52,7 @@ pub(super) struct Inbound<H> {
     handlers: HashMap<String, H>,
     subs: Vec<(SubId, Subscription, H)>,
     next_sub: u64,
-    dedup: DedupWindow,
+    pub(super) dedup: DedupWindow,
     pub(super) replies: ReplyCache,
     tasks: SlotMap<TaskId, Task<H>>,
     /// Where duplicates of messages being handled now came from: they are answered too.

@@ -72,6 +72,10 @@ pub(crate) struct Driver {
     /// The outbox's store, when the node relays one ([`crate::Node::forget_group`] edits it).
     #[cfg(feature = "outbox")]
     pub(crate) outbox: std::sync::OnceLock<Arc<dyn crate::outbox::OutboxStore>>,
+    /// The test kit's hooks (faults, activity), when a `shoal::testing::TestMesh` built the
+    /// node.
+    #[cfg(feature = "testing")]
+    pub(crate) test_hooks: std::sync::OnceLock<Arc<crate::testing::NodeHooks>>,
 }
 
 /// What the lock protects.
@@ -138,6 +142,8 @@ impl Driver {
             tls,
             #[cfg(feature = "outbox")]
             outbox: std::sync::OnceLock::new(),
+            #[cfg(feature = "testing")]
+            test_hooks: std::sync::OnceLock::new(),
         })
     }
 
@@ -157,7 +163,18 @@ impl Driver {
             (result, state.take_effects())
         };
         self.act(effects);
+        #[cfg(feature = "testing")]
+        self.tell_test_kit();
         result
+    }
+
+    /// Test kit: the engine may have changed; whoever waits for the mesh to go idle looks
+    /// again.
+    #[cfg(feature = "testing")]
+    fn tell_test_kit(&self) {
+        if let Some(hooks) = self.test_hooks.get() {
+            hooks.engine_called();
+        }
     }
 
     /// Reads the engine without acting (queries that change nothing).
@@ -212,6 +229,8 @@ impl Driver {
             ((id, admission), state.take_effects())
         };
         self.act(effects);
+        #[cfg(feature = "testing")]
+        self.tell_test_kit();
         admitted
     }
 

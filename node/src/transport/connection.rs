@@ -189,6 +189,11 @@ async fn read_loop(
 ) -> ReadEnd {
     let limits = driver.config.limits.clone();
     let mut frames = Vec::new();
+    // Test kit (feature `testing`): a node a `TestMesh` built passes what it reads through
+    // the mesh's fault plan before the engine sees it. `None` for every other node: one
+    // branch per read.
+    #[cfg(feature = "testing")]
+    let mut faults = crate::testing::ConnFaults::attach(driver, conn);
     loop {
         let mut fatal = None;
         loop {
@@ -203,6 +208,12 @@ async fn read_loop(
                     break;
                 }
             }
+        }
+        // The fault plan takes the frames it has faults for (and hands them to the engine
+        // itself: dropped, duplicated, held back); what it leaves goes on as usual.
+        #[cfg(feature = "testing")]
+        if let Some(faults) = &mut faults {
+            faults.deliver(driver, conn, &mut frames);
         }
         if !frames.is_empty() {
             driver.call(|engine, now| {

@@ -206,7 +206,7 @@ impl TypedNode {
     }
 }
 
-fn encode<T: Contract>(value: &T, codec: Codec) -> Result<Bytes, Error> {
+pub(crate) fn encode<T: Contract>(value: &T, codec: Codec) -> Result<Bytes, Error> {
     codec.encode(value).map_err(|reason| Error::Payload {
         message: format!("{} ({codec})", MessageRef::of::<T>()),
         reason,
@@ -231,7 +231,7 @@ fn decode_as<T: Contract>(msg: &Message, codec: Codec) -> Result<T, Error> {
 }
 
 /// Version, content type and key, as every typed message carries them.
-fn finish(msg: Message, id: MessageRef, codec: Codec, key: Option<String>) -> Message {
+pub(crate) fn finish(msg: Message, id: MessageRef, codec: Codec, key: Option<String>) -> Message {
     let msg = msg
         .with_version(id.version)
         .with_content_type(codec.content_type());
