@@ -18,6 +18,7 @@
 //!     node_id: NodeId::from_u128(1),
 //!     service: "invoice".into(),
 //!     addrs: vec!["127.0.0.1:7000".parse().unwrap()],
+//!     subscriptions: vec![],
 //! };
 //! source.start(&local, tx).unwrap();
 //! let Some(DiscoveryEvent::Up(hint)) = rx.recv().await else { panic!("expected a hint") };
@@ -30,6 +31,7 @@
 //! * `netns`: [`netns`], helpers that build LANs of Linux network namespaces for tests and
 //!   benchmarks (needs root at run time).
 
+pub mod advert;
 mod event;
 pub mod mdns;
 #[cfg(all(feature = "netns", target_os = "linux"))]
