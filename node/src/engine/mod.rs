@@ -34,8 +34,12 @@ mod attempt;
 mod conn;
 pub(crate) mod dedup;
 mod delivery;
+// Connections where they are used (mesh branch): the directory of announced instances,
+// connecting on first use, closing idle connections.
+pub(crate) mod directory;
 pub(crate) mod fanout;
 mod heads;
+mod lazy;
 mod link;
 mod ops;
 mod ordering;
@@ -49,6 +53,7 @@ pub(crate) mod route;
 pub(crate) mod send;
 mod stats;
 pub(crate) mod topic;
+mod usage;
 mod window;
 
 #[cfg(test)]
@@ -64,6 +69,7 @@ use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 
 pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
+pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
 pub(crate) use peers::{Admission, Route, Target};
 pub(crate) use receive::SubId;
@@ -89,6 +95,8 @@ enum Timer {
     /// A delivery waits for a turn, an instance, room or a backoff: look at it again. Stale
     /// when the delivery moved on (its epoch changed).
     Delivery(send::DeliveryId, u32),
+    /// Look for connections idle long enough to close (see [`lazy`]).
+    IdleSweep,
 }
 
 /// The engine of one node. See the module docs.
@@ -111,6 +119,8 @@ pub(crate) struct Engine<H> {
     told_deadline: Option<Instant>,
     /// A new deadline is earlier than the one the driver knows.
     timer_moved: bool,
+    /// Whether idle connections are being looked for (see [`lazy`]).
+    idle: lazy::IdleSweep,
 }
 
 impl<H: Clone> Engine<H> {
@@ -135,6 +145,7 @@ impl<H: Clone> Engine<H> {
             dead_letters: VecDeque::new(),
             told_deadline: None,
             timer_moved: false,
+            idle: lazy::IdleSweep::default(),
         }
     }
 
@@ -189,6 +200,7 @@ impl<H: Clone> Engine<H> {
             };
             match timer {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
+                Timer::IdleSweep => self.sweep_idle(now),
             }
         }
     }

@@ -84,7 +84,7 @@ fn txt_round_trips_through_the_checker() {
         node_id: NodeId::from_u128(PEER),
         service: "billing".into(),
         addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
-        subscriptions: vec![shoal_proto::Subscription {
+        subscriptions: vec![Subscription {
             pattern: "orders.*".into(),
             group: Some("billing".into()),
         }],
