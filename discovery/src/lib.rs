@@ -4,8 +4,9 @@
 //! instance may be reachable at some addresses. Hints are not trusted: the node dials them and
 //! the mutually authenticated TLS handshake proves who is there.
 //!
-//! Sources: [`StaticDiscovery`] (a fixed address list) and [`MdnsDiscovery`] (mDNS/DNS-SD on
-//! the interfaces its [`MdnsConfig`] selects).
+//! Sources: [`StaticDiscovery`] (a fixed address list), [`MdnsDiscovery`] (mDNS/DNS-SD on
+//! the interfaces its [`MdnsConfig`] selects) and [`DnsSdDiscovery`] (DNS-SD records, or SRV
+//! records, served by a unicast DNS server; see [`dns_sd`]).
 //!
 //! ```
 //! use shoal_discovery::{Discovery, DiscoveryEvent, LocalNode, StaticDiscovery};
@@ -32,6 +33,7 @@
 //!   benchmarks (needs root at run time).
 
 pub mod advert;
+pub mod dns_sd;
 mod event;
 pub mod mdns;
 #[cfg(all(feature = "netns", target_os = "linux"))]
@@ -43,6 +45,7 @@ pub use event::{
     Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
     Source,
 };
+pub use dns_sd::{DnsSdConfig, DnsSdDiscovery};
 pub use mdns::{InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
 pub use root_netns::in_root_netns;
 pub use static_peers::StaticDiscovery;

@@ -44,6 +44,7 @@ pub use self::record::{
     MAX_ADDRS_PER_INSTANCE, MAX_SERVICE_NAME_LEN, RejectReason, SERVICE_TYPE, TXT_NODE_ID,
     TXT_PROTOCOL_VERSION, TXT_SERVICE,
 };
+pub(crate) use self::record::{parse_node_id, valid_service_name};
 pub use self::state::{MAX_REJECTED_RECORDS, MAX_TRACKED_INSTANCES, RejectedRecord, SeenInstance};
 use self::state::{State, lock};
 use crate::event::{Discovery, DiscoveryError, DiscoveryReport, EventSender, LocalNode, Source};
