@@ -95,7 +95,7 @@ impl<H: Clone> Engine<H> {
             if *acked {
                 continue;
             }
-            let item = match op.item(index, attempt, &self.config.limits) {
+            let item = match op.item(index, attempt, &self.config.limits, &mut self.out.arena) {
                 Ok(item) => item,
                 Err(e) => {
                     // Only the attempt number changed since the first encoding: not expected.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::EncodedHead;
+use smallvec::SmallVec;
 use shoal_proto::{NackCode, NodeId};
 
 use super::action::{ConnId, OpId};
@@ -92,7 +93,7 @@ pub(super) struct Delivery {
     /// Instances an attempt failed on.
     pub(super) tried: Vec<NodeId>,
     /// Which of the operation's messages were acknowledged.
-    pub(super) acked: Vec<bool>,
+    pub(super) acked: SmallVec<[bool; 8]>,
     pub(super) acked_count: usize,
     pub(super) state: State,
     pub(super) epoch: u32,
@@ -122,7 +123,7 @@ impl<H: Clone> Engine<H> {
             retry: RetryState::new(spec.policy.clone(), now),
             spec,
             tried: Vec::new(),
-            acked: vec![false; messages],
+            acked: smallvec::smallvec![false; messages],
             acked_count: 0,
             state: State::Turn,
             epoch: 0,

@@ -17,9 +17,14 @@ use shoal_proto::{EncodeError, Envelope, Head, Limits, To};
 /// Most heads kept; past it the cache starts over.
 const MAX_HEADS: usize = 4096;
 
+/// Heads looked at first, without hashing: a service sends few kinds of message.
+const RECENT: usize = 8;
+
 /// Recently used heads, by a hash of their fields.
 #[derive(Debug, Default)]
 pub(super) struct HeadCache {
+    /// The last heads used, newest first.
+    recent: Vec<(Head, Arc<EncodedHead>)>,
     heads: HashMap<u64, Vec<(Head, Arc<EncodedHead>)>>,
     len: usize,
 }
@@ -27,6 +32,32 @@ pub(super) struct HeadCache {
 impl HeadCache {
     /// The encoded head of `envelope`'s run for `to`.
     pub(super) fn get(
+        &mut self,
+        envelope: &Envelope,
+        to: &To,
+        reliable: bool,
+        ordered: bool,
+        limits: &Limits,
+    ) -> Result<Arc<EncodedHead>, EncodeError> {
+        let same = |head: &Head| {
+            head.to == *to && head.reliable == reliable && head.ordered == ordered && head.fits(envelope)
+        };
+        if let Some(at) = self.recent.iter().position(|(head, _)| same(head)) {
+            let found = Arc::clone(&self.recent[at].1);
+            self.recent[..=at].rotate_right(1);
+            return Ok(found);
+        }
+        let encoded = self.lookup(envelope, to, reliable, ordered, limits)?;
+        if self.recent.len() >= RECENT {
+            self.recent.pop();
+        }
+        let head = Head::of(envelope, to.clone(), reliable, ordered);
+        self.recent.insert(0, (head, Arc::clone(&encoded)));
+        Ok(encoded)
+    }
+
+    /// The head from the hashed table, encoded if new.
+    fn lookup(
         &mut self,
         envelope: &Envelope,
         to: &To,

@@ -109,6 +109,7 @@ pub(crate) struct Engine<H> {
     lifecycle: Lifecycle,
     conns: SlotMap<ConnId, conn::Conn>,
     peers: peers::Peers,
+    names: peers::Names,
     out: send::Outbound,
     inbound: receive::Inbound<H>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -137,6 +138,7 @@ impl<H: Clone> Engine<H> {
             rng,
             lifecycle: Lifecycle::Running,
             conns: SlotMap::with_key(),
+            names: peers::Names::default(),
             out: send::Outbound::default(),
             inbound,
             timers: BinaryHeap::new(),
@@ -321,7 +323,7 @@ impl<H: Clone> Engine<H> {
 
     /// Live instances of `service` that take messages.
     pub(crate) fn live_instances(&mut self, service: &str, now: Instant) -> usize {
-        let route = Route::Service(Target::service(service));
+        let route = Route::Service(Target::service(self.names.get(service)));
         self.peers.live_count(&self.conns, &route, now)
     }
 

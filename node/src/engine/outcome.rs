@@ -76,7 +76,7 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let (service, group) = match &del.route {
-            Route::Service(target) => (target.service.clone(), None),
+            Route::Service(target) => (target.service.to_string(), None),
             Route::Audience { audience, .. } => (String::new(), Some(audience.to_string())),
         };
         let attempts = del.retry.attempts();

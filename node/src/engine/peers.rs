@@ -18,18 +18,41 @@ use super::route::{self, Candidate};
 /// Who a message goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub(crate) service: String,
+    /// The service, interned ([`Names`]): cloning it is a reference count, not an allocation.
+    pub(crate) service: Arc<str>,
     /// A preferred instance (the requester, for asynchronous replies); any instance of
     /// `service` will do when it is gone.
     pub(crate) node: Option<NodeId>,
 }
 
 impl Target {
-    pub(crate) fn service(service: impl Into<String>) -> Self {
+    pub(crate) fn service(service: Arc<str>) -> Self {
         Self {
-            service: service.into(),
+            service,
             node: None,
         }
+    }
+}
+
+/// Most names interned; past it the table starts over (names are only a cache).
+const MAX_NAMES: usize = 4096;
+
+/// Service names, interned: a send names its service as a `&str`, and every delivery keeps it
+/// for its retries and dead letter; interning makes that a reference count.
+#[derive(Debug, Default)]
+pub(super) struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    pub(super) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return Arc::clone(known);
+        }
+        if self.0.len() >= MAX_NAMES {
+            self.0.clear();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&name));
+        name
     }
 }
 
@@ -50,6 +73,18 @@ impl Route {
             Self::Audience { topic, audience } => format!("{audience} on topic `{topic}`"),
         }
     }
+}
+
+/// The connection with the fewest unanswered messages among `candidates`, ties broken by
+/// `turn` (see [`route::choose`]), without collecting them.
+fn least_loaded<'a>(
+    candidates: impl Iterator<Item = (ConnId, &'a Conn)> + Clone,
+    turn: usize,
+) -> Option<ConnId> {
+    let least = candidates.clone().map(|(_, c)| c.window.pending()).min()?;
+    let tied = candidates.clone().filter(|(_, c)| c.window.pending() == least);
+    let pick = turn % tied.clone().count();
+    tied.map(|(id, _)| id).nth(pick)
 }
 
 /// The audiences of events on one topic, each with its live instances.
@@ -331,7 +366,7 @@ impl Peers {
             Route::Service(target) => {
                 let mut out: Vec<ConnId> = self
                     .by_service
-                    .get(&target.service)
+                    .get(&*target.service)
                     .map(|list| list.iter().copied().filter(live).collect())
                     .unwrap_or_default();
                 if let Some(preferred) = target.node.and_then(|n| self.current(n))
@@ -406,6 +441,16 @@ impl Peers {
             && conns.get(preferred).is_some_and(Conn::takes_messages)
         {
             return Some(preferred);
+        }
+        if let (Route::Service(target), None) = (route, key) {
+            // The usual case, without collecting the candidates.
+            let list = self.by_service.get(&*target.service)?;
+            let live = list
+                .iter()
+                .filter_map(|c| Some((*c, conns.get(*c)?)))
+                .filter(|(_, c)| c.takes_messages());
+            let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
+            return least_loaded(untried, turn).or_else(|| least_loaded(live, turn));
         }
         let live = self.candidates(conns, route, now);
         if live.len() <= 1 {

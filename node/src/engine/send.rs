@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
 use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
+use smallvec::{SmallVec, smallvec};
 
 use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
@@ -68,10 +70,11 @@ impl OpKind {
 #[derive(Debug)]
 pub(super) struct Op {
     pub(super) kind: OpKind,
-    /// The messages, as sent (the attempt number of the last attempt).
-    pub(super) messages: Vec<Envelope>,
+    /// The messages, as sent (the attempt number of the last attempt). Usually one: kept
+    /// inline, without an allocation.
+    pub(super) messages: SmallVec<[Envelope; 1]>,
     /// Each message's item, encoded for the attempt number it carries.
-    pub(super) items: Vec<(u32, EncodedItem)>,
+    pub(super) items: SmallVec<[(u32, EncodedItem); 1]>,
     /// Deliveries not finished yet.
     pub(super) open: usize,
     /// Publish: the copies delivered, and those dropped.
@@ -91,6 +94,7 @@ impl Op {
         index: usize,
         attempt: u32,
         limits: &Limits,
+        arena: &mut BytesMut,
     ) -> Result<EncodedItem, Error> {
         let (encoded_for, item) = &self.items[index];
         if *encoded_for == attempt {
@@ -98,7 +102,11 @@ impl Op {
         }
         self.messages[index].attempt = attempt;
         let head = batch_head(&self.messages);
-        let item = EncodedItem::new(&item_of(&self.messages, index, head.as_ref()), limits)?;
+        let item = EncodedItem::new_in(
+            &item_of(&self.messages, index, head.as_ref()),
+            limits,
+            arena,
+        )?;
         self.items[index] = (attempt, item.clone());
         Ok(item)
     }
@@ -120,6 +128,8 @@ pub(super) struct Outbound {
     next_run: u64,
     /// Heads encoded for recent messages.
     pub(super) heads: HeadCache,
+    /// Where items are encoded: one allocation shared by many.
+    pub(super) arena: BytesMut,
 }
 
 impl Outbound {
@@ -169,7 +179,8 @@ impl<H: Clone> Engine<H> {
             reliable: true,
             ordered: false,
         };
-        self.point_to_point(OpKind::Send, Target::service(service), msg, spec, now)
+        let target = Target::service(self.names.get(service));
+        self.point_to_point(OpKind::Send, target, msg, spec, now)
     }
 
     /// Sends `msg` as a synchronous request to one instance of `service`; the result is the
@@ -188,7 +199,8 @@ impl<H: Clone> Engine<H> {
             reliable: true,
             ordered: false,
         };
-        let op = self.point_to_point(OpKind::Request, Target::service(service), msg, spec, now)?;
+        let target = Target::service(self.names.get(service));
+        let op = self.point_to_point(OpKind::Request, target, msg, spec, now)?;
         self.out.replies.insert(id, op);
         Ok(op)
     }
@@ -202,7 +214,7 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<(), Error> {
         let target = Target {
-            service: addr.service.clone(),
+            service: self.names.get(&addr.service),
             node: addr.node,
         };
         let spec = Spec {
@@ -228,7 +240,7 @@ impl<H: Clone> Engine<H> {
         let mut envelope = msg.env;
         envelope.attempt = 1;
         let limits = &self.config.limits;
-        let item = EncodedItem::new(&Item::of(&envelope), limits)?;
+        let item = EncodedItem::new_in(&Item::of(&envelope), limits, &mut self.out.arena)?;
         let head = encoded_head(
             &mut self.out.heads,
             &envelope,
@@ -242,7 +254,7 @@ impl<H: Clone> Engine<H> {
         let op = self
             .out
             .ops
-            .insert(new_op(kind, vec![envelope], vec![(1, item)], 1));
+            .insert(new_op(kind, smallvec![envelope], smallvec![(1, item)], 1));
         self.add_delivery(op, Route::Service(target), head, spec, slot, now);
         Ok(op)
     }
@@ -286,8 +298,8 @@ impl<H: Clone> Engine<H> {
             )));
         }
         let limits = &self.config.limits;
-        let mut envelopes = Vec::with_capacity(events.len());
-        let mut items = Vec::with_capacity(events.len());
+        let mut envelopes: SmallVec<[Envelope; 1]> = SmallVec::with_capacity(events.len());
+        let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(events.len());
         for event in events.drain(..) {
             let mut envelope = event.env;
             envelope.attempt = 1;
@@ -296,7 +308,7 @@ impl<H: Clone> Engine<H> {
         let head = batch_head(&envelopes);
         for index in 0..envelopes.len() {
             let item = item_of(&envelopes, index, head.as_ref());
-            items.push((1, EncodedItem::new(&item, limits)?));
+            items.push((1, EncodedItem::new_in(&item, limits, &mut self.out.arena)?));
         }
         let count = envelopes.len() as u64;
         self.stats.published += count;
@@ -381,7 +393,7 @@ impl<H: Clone> Engine<H> {
     /// Pings one live instance of `service`; the result is the round-trip time
     /// ([`Done::Pong`]). `None` when no instance is connected.
     pub(crate) fn ping(&mut self, service: &str, nonce: u64, now: Instant) -> Option<OpId> {
-        let route = Route::Service(Target::service(service));
+        let route = Route::Service(Target::service(self.names.get(service)));
         let turn = self.turn();
         let conn = self
             .peers
@@ -389,7 +401,7 @@ impl<H: Clone> Engine<H> {
         let op = self
             .out
             .ops
-            .insert(new_op(OpKind::Ping, Vec::new(), Vec::new(), 1));
+            .insert(new_op(OpKind::Ping, SmallVec::new(), SmallVec::new(), 1));
         self.out.pongs.insert(nonce, (op, now));
         self.queue_control(conn, &Frame::Ping(nonce));
         Some(op)
@@ -446,8 +458,8 @@ fn batch_head(messages: &[Envelope]) -> Option<Head> {
 
 fn new_op(
     kind: OpKind,
-    messages: Vec<Envelope>,
-    items: Vec<(u32, EncodedItem)>,
+    messages: SmallVec<[Envelope; 1]>,
+    items: SmallVec<[(u32, EncodedItem); 1]>,
     open: usize,
 ) -> Op {
     Op {

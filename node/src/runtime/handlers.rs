@@ -23,9 +23,33 @@ impl Driver {
     ) -> Option<(TaskId, HandlerOutcome)> {
         let Run {
             task,
-            handlers,
+            mut handlers,
             message,
         } = run;
+        if handlers.len() == 1 && message.reply_to().is_none() {
+            // The usual case: one handler, no reply to make. Its own (boxed) future is polled
+            // directly, without an outer future around it.
+            let handler = handlers.remove(0);
+            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
+                Ok(future) => future,
+                Err(_) => return Some((task, Err(panicked()))),
+            };
+            if self.inline_handlers {
+                let mut cx = Context::from_waker(Waker::noop());
+                match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
+                    Ok(Poll::Ready(result)) => return Some((task, result.map(|_| SmallVec::new()))),
+                    Ok(Poll::Pending) => {}
+                    Err(_) => return Some((task, Err(panicked()))),
+                }
+            }
+            self.spawn_handler(task, async move {
+                CatchUnwind(AssertUnwindSafe(handled))
+                    .await
+                    .unwrap_or_else(|()| Err(panicked()))
+                    .map(|_| SmallVec::new())
+            });
+            return None;
+        }
         let mut handled = Box::pin(call_all(handlers, message));
         if self.inline_handlers {
             // A spawned task would run on this thread anyway: poll here first. A future that
@@ -36,6 +60,16 @@ impl Driver {
                 return Some((task, outcome));
             }
         }
+        self.spawn_handler(task, handled);
+        None
+    }
+
+    /// Runs a handler that has to wait in a task of its own, which reports its outcome.
+    fn spawn_handler(
+        self: &Arc<Self>,
+        task: TaskId,
+        handled: impl Future<Output = HandlerOutcome> + Send + 'static,
+    ) {
         let driver = Arc::clone(self);
         let killed = self.killed.clone();
         self.handler_tasks.spawn(async move {
@@ -43,8 +77,12 @@ impl Driver {
                 driver.call(|engine, now| engine.handler_done(task, outcome, now));
             }
         });
-        None
     }
+}
+
+/// The failure a panicking handler counts as.
+fn panicked() -> HandlerError {
+    HandlerError::permanent("handler panicked")
 }
 
 /// Runs every handler on the message in order, and makes the replies it asked for. Stops at
@@ -72,7 +110,6 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
 /// Calls one handler, turning a panic (in the closure or in its future) into a permanent
 /// failure so one bad handler does not take the node down.
 async fn call(handler: &BoxedHandler, msg: Message) -> Result<Option<bytes::Bytes>, HandlerError> {
-    let panicked = || HandlerError::permanent("handler panicked");
     let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(msg))) else {
         return Err(panicked());
     };

@@ -85,12 +85,13 @@ struct State {
     conns: SecondaryMap<ConnId, Arc<ConnIo>>,
 }
 
-/// What to do once the lock is released.
+/// What to do once the lock is released. Most calls produce a few of each: kept inline,
+/// without allocations.
 #[derive(Default)]
 struct Effects {
-    wake: Vec<std::task::Waker>,
-    write: Vec<Arc<ConnIo>>,
-    run: Vec<Run<BoxedHandler>>,
+    wake: SmallVec<[std::task::Waker; 4]>,
+    write: SmallVec<[Arc<ConnIo>; 2]>,
+    run: SmallVec<[Run<BoxedHandler>; 4]>,
     events: Vec<NodeEvent>,
     close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
     pause: Vec<(Arc<ConnIo>, bool)>,
@@ -319,7 +320,9 @@ impl State {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Transmit(conn) => {
-                    if let Some(io) = self.conns.get(conn) {
+                    if let Some(io) = self.conns.get(conn)
+                        && !effects.write.iter().any(|w| Arc::ptr_eq(w, io))
+                    {
                         effects.write.push(Arc::clone(io));
                     }
                 }
