@@ -125,11 +125,18 @@ mod tests {
             sub("orders.*", Some("billing")),
         ];
         let entries = txt_entries(&subs).expect("fits");
-        assert_eq!(entries[0], ("sn".to_owned(), "4".to_owned()), "deduplicated");
+        assert_eq!(
+            entries[0],
+            ("sn".to_owned(), "4".to_owned()),
+            "deduplicated"
+        );
         assert_eq!(entries[1].1, "orders.* billing");
         assert_eq!(entries[2].1, "audit.>");
         assert_eq!(parse(&as_txt(entries)), Some(subs[..4].to_vec()));
-        assert_eq!(parse(&as_txt(txt_entries(&[]).expect("fits"))), Some(vec![]));
+        assert_eq!(
+            parse(&as_txt(txt_entries(&[]).expect("fits"))),
+            Some(vec![])
+        );
     }
 
     #[test]
@@ -140,7 +147,11 @@ mod tests {
         assert_eq!(txt_entries(&many), None, "over the byte budget");
         let long = sub(&"a".repeat(300), None);
         assert_eq!(txt_entries(&[long]), None, "over one TXT string");
-        assert_eq!(txt_entries(&[sub("a b", None)]), None, "whitespace in a pattern");
+        assert_eq!(
+            txt_entries(&[sub("a b", None)]),
+            None,
+            "whitespace in a pattern"
+        );
     }
 
     #[test]
@@ -155,7 +166,11 @@ mod tests {
         assert_eq!(parse(&txt(&[("sn", "2"), ("s0", "a")])), None, "s1 missing");
         assert_eq!(parse(&txt(&[("sn", "x")])), None);
         assert_eq!(parse(&txt(&[("sn", "1000")])), None, "too many");
-        assert_eq!(parse(&txt(&[("sn", "1"), ("s0", "")])), None, "empty pattern");
+        assert_eq!(
+            parse(&txt(&[("sn", "1"), ("s0", "")])),
+            None,
+            "empty pattern"
+        );
         assert_eq!(
             parse(&txt(&[("SN", "1"), ("S0", "a g"), ("sn", "0")])),
             Some(vec![sub("a", Some("g"))]),

@@ -444,18 +444,33 @@ mod tests {
     fn txt_records_say_what_an_instance_is() {
         let id = "0123456789abcdef0123456789abcdef";
         let pv = format!("pv={PROTOCOL_VERSION}");
-        let full = from_txt(&txt(&["svc=billing", &format!("id={id}"), &pv, "sn=1", "s0=order.* billing"]))
-            .expect("usable");
+        let full = from_txt(&txt(&[
+            "svc=billing",
+            &format!("id={id}"),
+            &pv,
+            "sn=1",
+            "s0=order.* billing",
+        ]))
+        .expect("usable");
         assert_eq!(full.service, "billing");
-        assert_eq!(full.node_id, Some(NodeId::from_u128(0x0123456789abcdef0123456789abcdef)));
+        assert_eq!(
+            full.node_id,
+            Some(NodeId::from_u128(0x0123456789abcdef0123456789abcdef))
+        );
         assert_eq!(full.subscriptions.map(|s| s.len()), Some(1));
 
         let bare = from_txt(&txt(&["svc=billing"])).expect("svc alone is enough");
         assert_eq!((bare.node_id, bare.subscriptions), (None, None));
 
         assert!(from_txt(&txt(&["id=0123"])).is_none(), "no svc");
-        assert!(from_txt(&txt(&["svc=billing", "id=xyz"])).is_none(), "bad id");
-        assert!(from_txt(&txt(&["svc=billing", "pv=999"])).is_none(), "other protocol");
+        assert!(
+            from_txt(&txt(&["svc=billing", "id=xyz"])).is_none(),
+            "bad id"
+        );
+        assert!(
+            from_txt(&txt(&["svc=billing", "pv=999"])).is_none(),
+            "other protocol"
+        );
         assert!(from_txt(&txt(&["svc"])).is_none(), "svc without a value");
         assert_eq!(txt_entry(b""), None);
         assert_eq!(txt_entry(b"=x"), None);

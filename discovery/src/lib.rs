@@ -41,11 +41,11 @@ pub mod netns;
 mod root_netns;
 mod static_peers;
 
+pub use dns_sd::{DnsSdConfig, DnsSdDiscovery};
 pub use event::{
     Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
     Source,
 };
-pub use dns_sd::{DnsSdConfig, DnsSdDiscovery};
 pub use mdns::{InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
 pub use root_netns::in_root_netns;
 pub use static_peers::StaticDiscovery;

@@ -41,7 +41,10 @@ struct Dnsmasq(Child);
 
 impl Dnsmasq {
     fn start(records: &[String]) -> Self {
-        assert!(!in_root_netns(), "dnsmasq only runs inside the test's namespace");
+        assert!(
+            !in_root_netns(),
+            "dnsmasq only runs inside the test's namespace"
+        );
         let child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
@@ -150,8 +153,14 @@ fn browsed_instances_appear_change_and_disappear_with_their_records() {
             up.sort_by_key(|e| hint(e).service.clone());
             let (audit, billing_up) = (hint(&up[0]), hint(&up[1]));
             assert!(matches!(up[1], DiscoveryEvent::Up(_)));
-            assert_eq!(billing_up.node_id, Some(NodeId::from_u128(u128::from_str_radix(id, 16).unwrap())));
-            assert_eq!(billing_up.addrs, ["127.0.0.1:7001".parse::<SocketAddr>().unwrap()]);
+            assert_eq!(
+                billing_up.node_id,
+                Some(NodeId::from_u128(u128::from_str_radix(id, 16).unwrap()))
+            );
+            assert_eq!(
+                billing_up.addrs,
+                ["127.0.0.1:7001".parse::<SocketAddr>().unwrap()]
+            );
             assert_eq!(billing_up.subscriptions, Some(vec![]));
             assert_eq!(billing_up.source, Source::DnsSd);
             assert_eq!(audit.service.as_deref(), Some("audit"));

@@ -80,8 +80,13 @@ impl Discovery for BoardSource {
 
     fn stop(&mut self) {
         if let Some(me) = self.me.take() {
-            self.board.0.lock().unwrap().retain(|(l, _)| l.node_id != me.node_id);
-            self.board.tell_others(&me, &DiscoveryEvent::Down(hint(&me)));
+            self.board
+                .0
+                .lock()
+                .unwrap()
+                .retain(|(l, _)| l.node_id != me.node_id);
+            self.board
+                .tell_others(&me, &DiscoveryEvent::Down(hint(&me)));
         }
     }
 }
@@ -109,7 +114,10 @@ async fn discovered_instances_are_connected_on_first_use_and_closed_when_idle() 
     let idle = Duration::from_millis(400);
     let orders = start(&mesh, &board, "orders", Some(idle)).await;
     let mut events = orders.events();
-    until(&orders, "both services discovered", |n| n.discovered().len() == 2).await;
+    until(&orders, "both services discovered", |n| {
+        n.discovered().len() == 2
+    })
+    .await;
     assert!(orders.peers().is_empty(), "discovering is not connecting");
     assert!(orders.discovered().iter().all(|d| !d.connected));
 
@@ -140,12 +148,24 @@ async fn discovered_instances_are_connected_on_first_use_and_closed_when_idle() 
         assert!(billing_listed.connected);
 
         // Unused for `idle`: closed by orders, which dialled it.
-        let down = next_event(&mut events, WAIT, |e| matches!(e, NodeEvent::PeerDown { .. })).await;
-        let NodeEvent::PeerDown { service, reason, .. } = down else {
+        let down = next_event(&mut events, WAIT, |e| {
+            matches!(e, NodeEvent::PeerDown { .. })
+        })
+        .await;
+        let NodeEvent::PeerDown {
+            service, reason, ..
+        } = down
+        else {
             unreachable!()
         };
-        assert_eq!((service.as_str(), reason.as_str()), ("billing", "closed after being idle"));
-        until(&billing, "billing sees the connection go", |n| n.peers().is_empty()).await;
+        assert_eq!(
+            (service.as_str(), reason.as_str()),
+            ("billing", "closed after being idle")
+        );
+        until(&billing, "billing sees the connection go", |n| {
+            n.peers().is_empty()
+        })
+        .await;
         assert_eq!(orders.discovered().len(), 2, "still discovered");
     }
     for node in [orders, billing, shipping] {

@@ -169,7 +169,10 @@ pub(crate) fn txt_entries(local: &LocalNode) -> Vec<(String, String)> {
     let mut entries = vec![
         (TXT_SERVICE.to_owned(), local.service.clone()),
         (TXT_NODE_ID.to_owned(), local.node_id.to_string()),
-        (TXT_PROTOCOL_VERSION.to_owned(), PROTOCOL_VERSION.to_string()),
+        (
+            TXT_PROTOCOL_VERSION.to_owned(),
+            PROTOCOL_VERSION.to_string(),
+        ),
     ];
     match advert::txt_entries(&local.subscriptions) {
         Some(subs) => entries.extend(subs),

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_proto::codec::EncodedHead;
-use smallvec::SmallVec;
 use shoal_proto::{NackCode, NodeId};
+use smallvec::SmallVec;
 
 use super::action::{ConnId, OpId};
 use super::ordering::Slot;

@@ -151,7 +151,6 @@ impl Directory {
             entry.asked = None;
         }
     }
-
 }
 
 fn unlist(by_service: &mut HashMap<String, Vec<NodeId>>, service: &str, node: NodeId) {

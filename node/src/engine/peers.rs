@@ -295,7 +295,11 @@ impl Peers {
             .filter_map(|c| conns.get(*c))
             .filter(|c| !c.leaving)
             .flat_map(|c| c.subscriptions.iter().cloned())
-            .chain(self.directory.advertised().flat_map(|(_, subs)| subs.iter().cloned()))
+            .chain(
+                self.directory
+                    .advertised()
+                    .flat_map(|(_, subs)| subs.iter().cloned()),
+            )
             .filter(|s| s.group.is_some())
             .collect();
         subs.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));

@@ -276,9 +276,18 @@ mod tests {
                 subscriptions: subs,
             }
         };
-        assert!(dialled_at_once(&hint(None, None), false), "a static address");
-        assert!(dialled_at_once(&hint(Some(1), None), false), "subscriptions unknown");
+        assert!(
+            dialled_at_once(&hint(None, None), false),
+            "a static address"
+        );
+        assert!(
+            dialled_at_once(&hint(Some(1), None), false),
+            "subscriptions unknown"
+        );
         assert!(!dialled_at_once(&hint(Some(1), Some(vec![])), false));
-        assert!(dialled_at_once(&hint(Some(1), Some(vec![])), true), "asked for");
+        assert!(
+            dialled_at_once(&hint(Some(1), Some(vec![])), true),
+            "asked for"
+        );
     }
 }

@@ -31,7 +31,10 @@ pub(crate) struct PeersArgs {
 /// them are reachable. Addresses that did not connect are reported on stderr; it fails if
 /// nothing was found.
 pub(crate) async fn run(args: PeersArgs) -> CliResult {
-    let (node, mut events) = args.client.start_with(|b| b.connect_on_discovery(true)).await?;
+    let (node, mut events) = args
+        .client
+        .start_with(|b| b.connect_on_discovery(true))
+        .await?;
     let wanted: BTreeSet<SocketAddr> = args.client.node.peers.iter().copied().collect();
     let deadline = Instant::now() + args.client.wait_or(1_000);
     let mut failures: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -39,7 +42,10 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     loop {
         let connected: BTreeSet<SocketAddr> = node.peers().iter().map(|p| p.addr).collect();
         // With mDNS there is no list to complete: listen for the whole wait.
-        if wanted.is_subset(&connected) && args.client.node.mdns.is_empty() && args.client.node.dns_sd.is_empty() {
+        if wanted.is_subset(&connected)
+            && args.client.node.mdns.is_empty()
+            && args.client.node.dns_sd.is_empty()
+        {
             break;
         }
         tokio::select! {

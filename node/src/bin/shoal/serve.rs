@@ -200,7 +200,10 @@ async fn print_events(mut events: broadcast::Receiver<NodeEvent>) {
                 addrs,
             }) => {
                 let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-                say!("discovered {node} service {service} addr {}", addrs.join(","));
+                say!(
+                    "discovered {node} service {service} addr {}",
+                    addrs.join(",")
+                );
             }
             Ok(NodeEvent::Vanished { node, service }) => say!("vanished {node} service {service}"),
             Ok(NodeEvent::PeerUp {

@@ -133,7 +133,10 @@ enum Event {
     },
     /// A dial `node` started when its engine asked for a connection ([`super::Action::Connect`])
     /// completes: the handshake took a millisecond.
-    Dialled { node: usize, to: NodeId },
+    Dialled {
+        node: usize,
+        to: NodeId,
+    },
 }
 
 /// The simulated network. See the module docs.
@@ -200,7 +203,10 @@ impl Sim {
         let subs = advertise.then(|| engine.inbound.distinct_subscriptions());
         let known = super::Discovered {
             service: engine.service.clone(),
-            addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + other as u16))],
+            addrs: vec![std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                10_000 + other as u16,
+            ))],
             source: shoal_discovery::Source::Mdns,
             subscriptions: subs,
         };
