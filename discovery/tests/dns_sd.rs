@@ -5,6 +5,7 @@
 //! Everything runs on one thread inside the namespace. Without root, or without dnsmasq, the
 //! tests print a skip line and pass.
 #![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -149,7 +150,7 @@ fn browsed_instances_appear_change_and_disappear_with_their_records() {
             let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
             source.start(&me(), tx).expect("start");
 
-            let mut up = vec![next(&mut events).await, next(&mut events).await];
+            let mut up = [next(&mut events).await, next(&mut events).await];
             up.sort_by_key(|e| hint(e).service.clone());
             let (audit, billing_up) = (hint(&up[0]), hint(&up[1]));
             assert!(matches!(up[1], DiscoveryEvent::Up(_)));

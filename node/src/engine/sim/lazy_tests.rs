@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::tests::counting;
 use super::{Handled, Sim};
 use crate::config::Config;
 use crate::engine::Done;
@@ -14,14 +15,6 @@ use crate::engine::send::Publishing;
 use crate::{NodeEvent, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Handled + 'static {
-    let count = Rc::clone(count);
-    move |_| {
-        count.set(count.get() + 1);
-        Handled::ok()
-    }
-}
 
 fn connections(sim: &Sim, node: usize) -> usize {
     sim.nodes[node].engine.peers().len()
