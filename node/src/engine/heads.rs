@@ -40,7 +40,10 @@ impl HeadCache {
         limits: &Limits,
     ) -> Result<Arc<EncodedHead>, EncodeError> {
         let same = |head: &Head| {
-            head.to == *to && head.reliable == reliable && head.ordered == ordered && head.fits(envelope)
+            head.to == *to
+                && head.reliable == reliable
+                && head.ordered == ordered
+                && head.fits(envelope)
         };
         if let Some(at) = self.recent.iter().position(|(head, _)| same(head)) {
             let found = Arc::clone(&self.recent[at].1);

@@ -82,7 +82,9 @@ fn least_loaded<'a>(
     turn: usize,
 ) -> Option<ConnId> {
     let least = candidates.clone().map(|(_, c)| c.window.pending()).min()?;
-    let tied = candidates.clone().filter(|(_, c)| c.window.pending() == least);
+    let tied = candidates
+        .clone()
+        .filter(|(_, c)| c.window.pending() == least);
     let pick = turn % tied.clone().count();
     tied.map(|(id, _)| id).nth(pick)
 }

@@ -30,14 +30,18 @@ impl Driver {
             // The usual case: one handler, no reply to make. Its own (boxed) future is polled
             // directly, without an outer future around it.
             let handler = handlers.remove(0);
-            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message))) {
+            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message)))
+            {
                 Ok(future) => future,
                 Err(_) => return Some((task, Err(panicked()))),
             };
             if self.inline_handlers {
                 let mut cx = Context::from_waker(Waker::noop());
-                match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
-                    Ok(Poll::Ready(result)) => return Some((task, result.map(|_| SmallVec::new()))),
+                match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx)))
+                {
+                    Ok(Poll::Ready(result)) => {
+                        return Some((task, result.map(|_| SmallVec::new())));
+                    }
                     Ok(Poll::Pending) => {}
                     Err(_) => return Some((task, Err(panicked()))),
                 }
