@@ -2,7 +2,8 @@
 # Runs Shoal's whole test suite: unit, property, integration (real sockets on 127.0.0.1) and
 # discovery tests (mDNS inside network namespaces this script's tests create themselves).
 #
-# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; the official
+# Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; dnsmasq-base
+# for the DNS-SD tests; the official
 # AsyncAPI parser, @asyncapi/parser, from npm into scripts/asyncapi/; Debian's postgresql for the
 # PostgreSQL outbox) and starts a throwaway PostgreSQL cluster on a free loopback port
 # (scripts/pg-cluster.sh), stopped and removed at the end even on failure. Namespace tests need
@@ -18,6 +19,20 @@ if ! command -v ip >/dev/null 2>&1; then
         echo "note: iproute2 missing and cannot be installed; namespace tests will be skipped"
     fi
 fi
+
+# dnsmasq, the real DNS server the DNS-SD tests serve records from (discovery/tests/dns_sd.rs;
+# only the binary: dnsmasq-base starts no system service). It runs only inside the tests' own
+# network namespaces.
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing dnsmasq-base (for the DNS-SD tests)"
+        apt-get update -qq && apt-get install -y -qq dnsmasq-base >/dev/null ||
+            echo "note: dnsmasq-base could not be installed; the DNS-SD tests will be skipped"
+    else
+        echo "note: dnsmasq missing and cannot be installed; the DNS-SD tests will be skipped"
+    fi
+fi
+export PATH="$PATH:/usr/sbin"
 
 # The official AsyncAPI parser, for the test that checks the documents Shoal writes
 # (node/tests/asyncapi_parser.rs). Pinned in scripts/asyncapi/package-lock.json; install scripts

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use shoal_proto::NodeId;
+use shoal_proto::{NodeId, Subscription};
 use thiserror::Error;
 
 /// The channel a source sends its events on.
@@ -17,6 +17,10 @@ pub struct LocalNode {
     pub service: String,
     /// The addresses this node accepts QUIC connections on.
     pub addrs: Vec<SocketAddr>,
+    /// The topic patterns (with groups) this node subscribes to, to advertise where the source
+    /// can, so publishers learn of them without connecting ([`Discovery::update`] is called
+    /// when they change).
+    pub subscriptions: Vec<Subscription>,
 }
 
 /// Which kind of source produced an event.
@@ -27,6 +31,8 @@ pub enum Source {
     Static,
     /// An mDNS/DNS-SD announcement.
     Mdns,
+    /// A DNS-SD record set served by a unicast DNS server.
+    DnsSd,
 }
 
 /// A hint that an instance may be reachable. Fields a source does not know are `None`.
@@ -40,6 +46,9 @@ pub struct PeerHint {
     pub addrs: Vec<SocketAddr>,
     /// Where the hint came from.
     pub source: Source,
+    /// The subscriptions the instance advertises, if its announcement says (`Some(vec![])`:
+    /// it says it has none). `None`: unknown, so the node connects to learn them.
+    pub subscriptions: Option<Vec<Subscription>>,
 }
 
 /// Something a discovery source noticed.
@@ -92,6 +101,12 @@ pub struct DiscoveryReport {
 pub trait Discovery: Send + 'static {
     /// Starts announcing `local` (if this source announces) and sending events to `events`.
     fn start(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError>;
+
+    /// The local node's announcement changed (its subscriptions): sources that announce
+    /// announce the new one. Called from the node's runtime; must not block for long.
+    fn update(&mut self, local: &LocalNode) {
+        let _ = local;
+    }
 
     /// Stops the source; sources that announce send their goodbyes here.
     fn stop(&mut self) {}

@@ -4,8 +4,9 @@
 //! instance may be reachable at some addresses. Hints are not trusted: the node dials them and
 //! the mutually authenticated TLS handshake proves who is there.
 //!
-//! Sources: [`StaticDiscovery`] (a fixed address list) and [`MdnsDiscovery`] (mDNS/DNS-SD on
-//! the interfaces its [`MdnsConfig`] selects).
+//! Sources: [`StaticDiscovery`] (a fixed address list), [`MdnsDiscovery`] (mDNS/DNS-SD on
+//! the interfaces its [`MdnsConfig`] selects) and [`DnsSdDiscovery`] (DNS-SD records, or SRV
+//! records, served by a unicast DNS server; see [`dns_sd`]).
 //!
 //! ```
 //! use shoal_discovery::{Discovery, DiscoveryEvent, LocalNode, StaticDiscovery};
@@ -18,6 +19,7 @@
 //!     node_id: NodeId::from_u128(1),
 //!     service: "invoice".into(),
 //!     addrs: vec!["127.0.0.1:7000".parse().unwrap()],
+//!     subscriptions: vec![],
 //! };
 //! source.start(&local, tx).unwrap();
 //! let Some(DiscoveryEvent::Up(hint)) = rx.recv().await else { panic!("expected a hint") };
@@ -30,6 +32,8 @@
 //! * `netns`: [`netns`], helpers that build LANs of Linux network namespaces for tests and
 //!   benchmarks (needs root at run time).
 
+pub mod advert;
+pub mod dns_sd;
 mod event;
 pub mod mdns;
 #[cfg(all(feature = "netns", target_os = "linux"))]
@@ -37,6 +41,7 @@ pub mod netns;
 mod root_netns;
 mod static_peers;
 
+pub use dns_sd::{DnsSdConfig, DnsSdDiscovery};
 pub use event::{
     Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
     Source,

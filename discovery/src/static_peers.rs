@@ -40,6 +40,7 @@ impl Discovery for StaticDiscovery {
                 service: None,
                 addrs: vec![*addr],
                 source: Source::Static,
+                subscriptions: None,
             };
             // A closed receiver means the node is shutting down: nothing to report to.
             let _ = events.send(DiscoveryEvent::Up(hint));
@@ -56,6 +57,7 @@ impl Discovery for StaticDiscovery {
                 service: None,
                 addrs: vec![*addr],
                 source: Source::Static,
+                subscriptions: None,
             })
             .collect();
         DiscoveryReport {

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::policy::Policy;
 use crate::runtime::Driver;
-use crate::transport::endpoint;
+use crate::transport::{dial, endpoint};
 use crate::{Error, Identity, MeshCa, Node, RetryPolicy, Revocations, cert_lifecycle, tls};
 
 /// Configures and starts a [`Node`]. Every setting has a default suited to services on one
@@ -250,6 +250,10 @@ impl NodeBuilder {
     /// within about 1.8 s; `liveness(200 ms, 800 ms)` within about 1 s, at the cost of more
     /// keep-alive packets and less tolerance for pauses. QUIC uses the smaller idle timeout of
     /// the two peers.
+    ///
+    /// Keep-alives run only on open connections, and a node opens connections only where it
+    /// sends and closes them once idle ([`NodeBuilder::close_idle_after`]): an idle mesh holds
+    /// no connection and sends no keep-alive.
     pub fn liveness(mut self, keep_alive: Duration, idle_timeout: Duration) -> Self {
         self.config.keep_alive = keep_alive;
         self.config.idle_timeout = idle_timeout;
@@ -299,6 +303,28 @@ impl NodeBuilder {
     /// Default 64 MiB.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued_bytes = bytes;
+        self
+    }
+
+    /// How long a connection this node dialled may stay unused before it is closed (with a
+    /// goodbye, so nothing on its way is lost). `None` keeps every connection. Default 30 s.
+    ///
+    /// A node connects on first use: discovering an instance is not connecting to it, and a
+    /// send, request or publish that needs an instance it is not connected to connects first
+    /// (a few milliseconds on a LAN). Connections it dialled for such a use close once idle;
+    /// connections to static peers ([`NodeBuilder::peer`]) are kept. A service that talks to
+    /// `k` others holds about `k` connections, whatever the size of the mesh.
+    pub fn close_idle_after(mut self, idle: Option<Duration>) -> Self {
+        self.config.close_idle_after = idle.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Dials every instance discovery announces as soon as it is announced, and keeps the
+    /// connection, like a static peer: the full mesh, for small meshes that want their first
+    /// message to find a connection ready. Default `false`: connect on first use (see
+    /// [`NodeBuilder::close_idle_after`]).
+    pub fn connect_on_discovery(mut self, eager: bool) -> Self {
+        self.config.connect_on_discovery = eager;
         self
     }
 
@@ -412,6 +438,7 @@ impl NodeBuilder {
             node_id: driver.id,
             service: driver.service.clone(),
             addrs: driver.endpoint.local_addr().into_iter().collect(),
+            subscriptions: Vec::new(),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         if !peers.is_empty() {
@@ -427,7 +454,7 @@ impl NodeBuilder {
             .spawn(endpoint::accept_loop(Arc::clone(&driver)));
         driver
             .tasks
-            .spawn(endpoint::follow_discovery(Arc::clone(&driver), rx));
+            .spawn(dial::follow_discovery(Arc::clone(&driver), rx));
         tracing::info!(node = %driver.id, service = %driver.service, addr = ?local.addrs, "shoal node started");
         cert_lifecycle::spawn_tasks(&driver); // expiry warnings, closing revoked peers
         let node = Node::from_driver(driver);

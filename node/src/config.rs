@@ -34,6 +34,11 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) idle_timeout: Duration,
+    /// Connections this node dialled close after this long unused (`None`: never).
+    pub(crate) close_idle_after: Option<Duration>,
+    /// Dial every announced instance at once and keep the connection (the full mesh of
+    /// before), rather than on first use.
+    pub(crate) connect_on_discovery: bool,
     pub(crate) event_hold: Duration,
     pub(crate) remember_groups: Duration,
     /// How long before the node's certificate expires it warns; `None`: the default (30 days,
@@ -64,6 +69,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             keep_alive: Duration::from_millis(250),
             idle_timeout: Duration::from_millis(1500),
+            close_idle_after: Some(Duration::from_secs(30)),
+            connect_on_discovery: false,
             event_hold: Duration::from_secs(30),
             remember_groups: Duration::from_secs(600),
             warn_before_expiry: None,

@@ -193,6 +193,7 @@ mod tests {
             service: Some(service.into()),
             addrs: vec![addr(port)],
             source: Source::Mdns,
+            subscriptions: None,
         });
         report
     }

@@ -45,6 +45,25 @@ pub enum NodeEvent {
         /// The group, or `None` for an every-instance subscription.
         group: Option<String>,
     },
+    /// A discovery source announced an instance this node did not know. Discovering an
+    /// instance is not connecting to it: a connection follows when something is sent to it
+    /// ([`NodeEvent::PeerUp`]).
+    Discovered {
+        /// The instance's node id.
+        node: NodeId,
+        /// The service it is an instance of.
+        service: String,
+        /// Where its announcement says it listens.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Discovery no longer announces an instance (it said goodbye, or its record expired or
+    /// was removed). A live connection to it stays up until it ends by itself.
+    Vanished {
+        /// The instance's node id.
+        node: NodeId,
+        /// The service it was an instance of.
+        service: String,
+    },
     /// A connection was refused or failed before the peer was known: wrong certificate, wrong
     /// protocol version, nobody listening.
     HandshakeFailed {

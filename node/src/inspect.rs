@@ -21,6 +21,8 @@ impl Node {
         let measure = async {
             let mut changes = driver.peer_changes();
             let op = loop {
+                // Connects to an announced instance if none is connected.
+                driver.call(|engine, now| engine.want_service(service, now));
                 let nonce = rand::random();
                 if let Some(op) = driver.call(|engine, now| engine.ping(service, nonce, now)) {
                     break OpFuture::new(Arc::clone(&driver), op);
@@ -59,6 +61,7 @@ impl Node {
     }
 
     /// Waits until at least `count` instances of `service` are connected, at most `timeout`.
+    /// Instances discovery announced are connected to meanwhile (as a send would).
     pub async fn wait_for_instances(
         &self,
         service: &str,
@@ -67,7 +70,13 @@ impl Node {
     ) -> Result<(), Error> {
         let driver = Arc::clone(self.driver());
         self.wait_until(timeout, || {
-            driver.call(|engine, now| engine.live_instances(service, now)) >= count
+            driver.call(|engine, now| {
+                let live = engine.live_instances(service, now);
+                if live < count {
+                    engine.want_service(service, now);
+                }
+                live
+            }) >= count
         })
         .await
     }

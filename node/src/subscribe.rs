@@ -112,6 +112,7 @@ impl Subscription {
     pub async fn unsubscribe(self) {
         let id = self.id;
         self.driver.call(|engine, _| engine.unsubscribe(id));
+        self.driver.subscriptions_changed();
     }
 }
 
@@ -173,8 +174,10 @@ impl Node {
     /// subscription too, by their own policy, and send it no events.
     ///
     /// Every connected peer is told before this returns (the frames are queued on each
-    /// connection); peers that connect later are told when they connect. Events published
-    /// before a publisher learned of the subscription are not delivered to it.
+    /// connection); peers that connect later are told when they connect; discovery sources
+    /// that can (mDNS) advertise it in this node's announcement, so publishers that are not
+    /// connected learn of it too. Events published before a publisher learned of the
+    /// subscription are not delivered to it.
     pub async fn subscribe_with<F, Fut, R>(
         &self,
         options: SubscribeOptions,
@@ -210,6 +213,8 @@ impl Node {
             engine.authorize_subscribe(&sub.pattern)?;
             Ok::<_, Error>(engine.subscribe(sub, handler))
         })?;
+        // Announced too, so publishers that are not connected learn of it.
+        driver.subscriptions_changed();
         Ok(Subscription {
             driver: Arc::clone(driver),
             id,

@@ -127,6 +127,7 @@ mod tests {
             node_id: NodeId::from_u128(7),
             service: "invoice".into(),
             addrs: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
+            subscriptions: Vec::new(),
         }
     }
 

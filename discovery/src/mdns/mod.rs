@@ -44,6 +44,7 @@ pub use self::record::{
     MAX_ADDRS_PER_INSTANCE, MAX_SERVICE_NAME_LEN, RejectReason, SERVICE_TYPE, TXT_NODE_ID,
     TXT_PROTOCOL_VERSION, TXT_SERVICE,
 };
+pub(crate) use self::record::{parse_node_id, valid_service_name};
 pub use self::state::{MAX_REJECTED_RECORDS, MAX_TRACKED_INSTANCES, RejectedRecord, SeenInstance};
 use self::state::{State, lock};
 use crate::event::{Discovery, DiscoveryError, DiscoveryReport, EventSender, LocalNode, Source};
@@ -74,6 +75,7 @@ pub struct MdnsDiagnostics {
 /// What is alive between `start` and `stop`.
 struct Running {
     daemon: ServiceDaemon,
+    plan: AnnouncePlan,
     fullname: String,
     stop: Arc<AtomicBool>,
     bridge: JoinHandle<()>,
@@ -164,7 +166,7 @@ impl MdnsDiscovery {
         // are processed in order, before anything is announced or queried.
         let daemon =
             ServiceDaemon::new().map_err(|e| DiscoveryError::Start(format!("mDNS daemon: {e}")))?;
-        match self.configure(&daemon, local, &plan, events) {
+        match self.configure(&daemon, local, plan, events) {
             Ok(running) => {
                 self.local_instance = Some(running.fullname.clone());
                 self.running = Some(running);
@@ -183,7 +185,7 @@ impl MdnsDiscovery {
         &self,
         daemon: &ServiceDaemon,
         local: &LocalNode,
-        plan: &AnnouncePlan,
+        plan: AnnouncePlan,
         events: EventSender,
     ) -> Result<Running, DiscoveryError> {
         let start_err =
@@ -222,6 +224,7 @@ impl MdnsDiscovery {
         tracing::debug!(instance = %fullname, port = plan.port, "mdns: started");
         Ok(Running {
             daemon: daemon.clone(),
+            plan,
             fullname,
             stop,
             bridge,
@@ -241,6 +244,24 @@ impl Discovery for MdnsDiscovery {
     /// allowed, or if the daemon cannot start.
     fn start(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError> {
         self.start_inner(local, events)
+    }
+
+    /// Announces `local` again with its new TXT entries (its subscriptions): mdns-sd replaces
+    /// the registered records and sends the new ones, so browsers resolve the instance again.
+    fn update(&mut self, local: &LocalNode) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        let info = match running.plan.service_info(local, &self.config) {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::warn!("mdns: cannot update the announcement: {e}");
+                return;
+            }
+        };
+        if let Err(e) = running.daemon.register(info) {
+            tracing::warn!("mdns: cannot update the announcement: {e}");
+        }
     }
 
     /// Says goodbye (TTL-0 records, sent twice), shuts the daemon down and joins the event

@@ -5,8 +5,9 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use shoal_proto::{NodeId, PROTOCOL_VERSION};
+use shoal_proto::{NodeId, PROTOCOL_VERSION, Subscription};
 
+use crate::advert;
 use crate::event::LocalNode;
 
 /// The DNS-SD service type every Shoal node announces and browses.
@@ -119,6 +120,8 @@ pub(crate) struct ValidPeer {
     pub(crate) service: String,
     /// Sorted, deduplicated, at most [`MAX_ADDRS_PER_INSTANCE`].
     pub(crate) addrs: Vec<SocketAddr>,
+    /// The advertised subscriptions, if the announcement says (see [`crate::advert`]).
+    pub(crate) subscriptions: Option<Vec<Subscription>>,
 }
 
 /// The outcome of checking an [`Announcement`].
@@ -160,13 +163,25 @@ fn instance_of(fullname: &str) -> Option<&str> {
         .then_some(instance)
 }
 
-/// The TXT entries this node announces for `local` (in this order).
-pub(crate) fn txt_entries(local: &LocalNode) -> [(&'static str, String); 3] {
-    [
-        (TXT_SERVICE, local.service.clone()),
-        (TXT_NODE_ID, local.node_id.to_string()),
-        (TXT_PROTOCOL_VERSION, PROTOCOL_VERSION.to_string()),
-    ]
+/// The TXT entries this node announces for `local` (in this order): service, node id,
+/// protocol version, then its subscriptions when they fit ([`advert::txt_entries`]).
+pub(crate) fn txt_entries(local: &LocalNode) -> Vec<(String, String)> {
+    let mut entries = vec![
+        (TXT_SERVICE.to_owned(), local.service.clone()),
+        (TXT_NODE_ID.to_owned(), local.node_id.to_string()),
+        (
+            TXT_PROTOCOL_VERSION.to_owned(),
+            PROTOCOL_VERSION.to_string(),
+        ),
+    ];
+    match advert::txt_entries(&local.subscriptions) {
+        Some(subs) => entries.extend(subs),
+        None => tracing::info!(
+            count = local.subscriptions.len(),
+            "mdns: subscriptions too large to advertise; publishers will connect to learn them"
+        ),
+    }
+    entries
 }
 
 /// The value of the first TXT entry named `key` (RFC 6763 §6.4: later duplicates are ignored).
@@ -258,6 +273,7 @@ fn check_inner(a: &Announcement, me: &Me) -> Result<Verdict, RejectReason> {
         node_id,
         service: service.to_owned(),
         addrs,
+        subscriptions: advert::parse(&a.txt),
     }))
 }
 

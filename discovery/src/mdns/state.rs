@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use shoal_proto::NodeId;
+use shoal_proto::{NodeId, Subscription};
 
 use super::record::{self, Announcement, Me, RejectReason, Verdict};
 use crate::event::{DiscoveryEvent, PeerHint, Source};
@@ -33,6 +33,8 @@ pub struct SeenInstance {
     pub fullname: String,
     /// Where to dial it: the announced addresses with the SRV port.
     pub addrs: Vec<SocketAddr>,
+    /// The subscriptions it advertises, if its announcement says.
+    pub subscriptions: Option<Vec<Subscription>>,
     /// The local interfaces its records arrived on, if known (for example `["eth1"]`).
     pub via: Vec<String>,
     /// When it was first reported up.
@@ -112,11 +114,15 @@ impl State {
                 Some(known) => {
                     known.last_seen = now;
                     known.via.clone_from(&a.via);
-                    if known.addrs == peer.addrs && known.service == peer.service {
+                    if known.addrs == peer.addrs
+                        && known.service == peer.service
+                        && known.subscriptions == peer.subscriptions
+                    {
                         return None;
                     }
                     known.addrs = peer.addrs;
                     known.service = peer.service;
+                    known.subscriptions = peer.subscriptions;
                     Some(DiscoveryEvent::Updated(hint(known)))
                 }
                 None => {
@@ -125,6 +131,7 @@ impl State {
                         service: peer.service,
                         fullname: a.fullname.clone(),
                         addrs: peer.addrs,
+                        subscriptions: peer.subscriptions,
                         via: a.via.clone(),
                         first_seen: now,
                         last_seen: now,
@@ -210,6 +217,7 @@ pub(crate) fn hint(seen: &SeenInstance) -> PeerHint {
         service: Some(seen.service.clone()),
         addrs: seen.addrs.clone(),
         source: Source::Mdns,
+        subscriptions: seen.subscriptions.clone(),
     }
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn local(node_id: NodeId, service: &str, addr: &str) -> LocalNode {
         node_id,
         service: service.into(),
         addrs: vec![addr.parse().expect("listen address")],
+        subscriptions: Vec::new(),
     }
 }
 

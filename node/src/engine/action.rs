@@ -1,7 +1,9 @@
 //! What the engine asks of its driver, and the handles it gives out.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use shoal_proto::NodeId;
 use smallvec::SmallVec;
 
 use crate::handler::HandlerError;
@@ -51,6 +53,16 @@ pub(crate) enum Action<H> {
     /// The peers, or what they subscribe to, changed: whoever waits for an instance or a
     /// subscriber looks again.
     PeersChanged,
+    /// Connect to `node`, announced by discovery at `addrs`: a delivery needs it and no
+    /// connection stands for it. The connection comes back through
+    /// [`super::Engine::connection_up`] like any other; the engine asks again (at most once a
+    /// second) while deliveries still wait for it.
+    Connect {
+        /// The instance.
+        node: NodeId,
+        /// Where its announcement says it listens.
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// Handlers to run on one message.

@@ -94,6 +94,8 @@ pub(super) struct Conn {
     farewell: Option<String>,
     /// The driver has been told there is something to write and has not taken it yet.
     signalled: bool,
+    /// How the connection is used, for closing it once idle (see [`super::lazy`]).
+    pub(super) usage: super::usage::Usage,
 }
 
 impl Conn {
@@ -103,6 +105,7 @@ impl Conn {
         addr: SocketAddr,
         listen_addrs: Vec<SocketAddr>,
         dialer: NodeId,
+        usage: super::usage::Usage,
     ) -> Self {
         Self {
             node,
@@ -125,6 +128,7 @@ impl Conn {
             acks: RangeSet::default(),
             farewell: None,
             signalled: false,
+            usage,
         }
     }
 
@@ -145,6 +149,11 @@ impl Conn {
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
+    }
+
+    /// The sequence number the next message will get (without taking it).
+    pub(super) fn peek_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Bytes waiting to be written.

@@ -155,6 +155,14 @@ impl<H: Clone> Engine<H> {
         {
             return self.gone(d, now);
         }
+        // Connect on first use (mesh branch, see `lazy`): ask for connections to the
+        // instances discovery announced for this route. A reliable delivery waits for them
+        // below; a best-effort copy is dropped, but the copies after it find the connection.
+        let route = del.route.clone();
+        self.connect_for(&route, now);
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
         if !del.spec.reliable {
             return self.gone(d, now);
         }

@@ -29,6 +29,9 @@ pub(crate) struct PeerHello {
     pub(crate) listen_addrs: Vec<SocketAddr>,
     /// Whether this node dialled the connection.
     pub(crate) dialed: bool,
+    /// Whether this node keeps the connection however idle (it dialled a static peer, or an
+    /// instance whose subscriptions it can only learn over a connection).
+    pub(crate) pinned: bool,
 }
 
 /// A live peer, as [`Engine::peers`] lists it.
@@ -49,12 +52,14 @@ impl<H: Clone> Engine<H> {
     /// connection is told this node's subscriptions.
     pub(crate) fn connection_up(&mut self, hello: PeerHello, now: Instant) -> (ConnId, Admission) {
         let dialer = if hello.dialed { self.id } else { hello.node };
+        let usage = super::usage::Usage::new(hello.pinned, now);
         let conn = self.conns.insert(Conn::new(
             hello.node,
             hello.service.clone(),
             hello.addr,
             hello.listen_addrs,
             dialer,
+            usage,
         ));
         let admission = self.peers.admit(&mut self.conns, conn);
         match &admission {
@@ -71,6 +76,10 @@ impl<H: Clone> Engine<H> {
                     self.fail_conn(old, "duplicate connection", now);
                 }
                 self.stats.connections += 1;
+                self.peers.directory.connected(hello.node);
+                if hello.dialed && !hello.pinned {
+                    self.arm_idle_sweep(now);
+                }
                 self.emit(NodeEvent::PeerUp {
                     node: hello.node,
                     service: hello.service,
@@ -105,6 +114,7 @@ impl<H: Clone> Engine<H> {
         if was_current {
             if !duplicate {
                 let reason = match c.goodbye {
+                    _ if c.usage.closed_idle => "closed after being idle".to_owned(),
                     Some(goodbye) => format!("peer said goodbye: {goodbye}"),
                     None => reason.to_owned(),
                 };
@@ -120,8 +130,12 @@ impl<H: Clone> Engine<H> {
 
     /// A frame arrived on `conn`.
     pub(crate) fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
-        if !self.conns.contains_key(conn) {
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
+        };
+        // Messages and replies say the connection is used (see `lazy`).
+        if matches!(frame, Frame::Messages(_) | Frame::Reply(_)) {
+            c.usage.received += 1;
         }
         match frame {
             Frame::Messages(run) => self.on_messages(conn, *run, now),

@@ -35,8 +35,12 @@ mod authz;
 mod conn;
 pub(crate) mod dedup;
 mod delivery;
+// Connections where they are used (mesh branch): the directory of announced instances,
+// connecting on first use, closing idle connections.
+pub(crate) mod directory;
 pub(crate) mod fanout;
 mod heads;
+mod lazy;
 mod link;
 mod ops;
 mod ordering;
@@ -53,6 +57,7 @@ mod stats;
 #[cfg(feature = "testing")]
 mod testing;
 pub(crate) mod topic;
+mod usage;
 mod window;
 
 #[cfg(test)]
@@ -68,6 +73,7 @@ use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 
 pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
+pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
 pub(crate) use peers::{Admission, Route, Target};
 pub(crate) use receive::SubId;
@@ -93,6 +99,8 @@ enum Timer {
     /// A delivery waits for a turn, an instance, room or a backoff: look at it again. Stale
     /// when the delivery moved on (its epoch changed).
     Delivery(send::DeliveryId, u32),
+    /// Look for connections idle long enough to close (see [`lazy`]).
+    IdleSweep,
 }
 
 /// The engine of one node. See the module docs.
@@ -118,6 +126,8 @@ pub(crate) struct Engine<H> {
     timer_moved: bool,
     /// The authorization policy, with what it can refuse worked out once ([`authz`]).
     guard: authz::Guard,
+    /// Whether idle connections are being looked for (see [`lazy`]).
+    idle: lazy::IdleSweep,
 }
 
 impl<H: Clone> Engine<H> {
@@ -145,6 +155,7 @@ impl<H: Clone> Engine<H> {
             told_deadline: None,
             timer_moved: false,
             guard,
+            idle: lazy::IdleSweep::default(),
         }
     }
 
@@ -199,6 +210,7 @@ impl<H: Clone> Engine<H> {
             };
             match timer {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
+                Timer::IdleSweep => self.sweep_idle(now),
             }
         }
     }

@@ -11,6 +11,7 @@ use slotmap::SlotMap;
 
 use super::action::ConnId;
 use super::conn::Conn;
+use super::directory::Directory;
 use super::fanout::{self, Audience, DepartedGroups};
 use super::route::{self, Candidate};
 
@@ -112,6 +113,9 @@ pub(super) struct Peers {
     by_service: HashMap<String, Vec<ConnId>>,
     departed: DepartedGroups,
     audience_cache: HashMap<String, Audiences>,
+    /// The instances discovery announced, connected or not (see [`super::directory`]): their
+    /// advertised subscriptions count in audiences. Call [`Peers::bump`] after changing it.
+    pub(super) directory: Directory,
 }
 
 impl Peers {
@@ -121,6 +125,7 @@ impl Peers {
             by_service: HashMap::new(),
             departed: DepartedGroups::new(remember_groups),
             audience_cache: HashMap::new(),
+            directory: Directory::default(),
         }
     }
 
@@ -198,11 +203,14 @@ impl Peers {
         self.by_node.remove(&gone.node);
         self.unlist(&gone.service, conn);
         for sub in &gone.subscriptions {
+            // An instance whose announcement still advertises the subscription (its
+            // connection was closed for being idle, say) still holds it.
             let still_held = self
                 .by_node
                 .values()
                 .filter_map(|c| conns.get(*c))
-                .any(|c| c.subscriptions.contains(sub));
+                .any(|c| c.subscriptions.contains(sub))
+                || self.directory.advertises(sub, None);
             if !still_held {
                 self.departed.left(sub.clone(), now);
             }
@@ -218,6 +226,12 @@ impl Peers {
                 self.by_service.remove(service);
             }
         }
+    }
+
+    /// The last live or announced instance holding the grouped `sub` went: its events are
+    /// held for a while.
+    pub(super) fn departed_left(&mut self, sub: Subscription, now: Instant) {
+        self.departed.left(sub, now);
     }
 
     /// A peer announced `sub`: it is no longer a departed group.
@@ -283,6 +297,11 @@ impl Peers {
             .filter_map(|c| conns.get(*c))
             .filter(|c| !c.leaving)
             .flat_map(|c| c.subscriptions.iter().cloned())
+            .chain(
+                self.directory
+                    .advertised()
+                    .flat_map(|(_, subs)| subs.iter().cloned()),
+            )
             .filter(|s| s.group.is_some())
             .collect();
         subs.sort_by(|a, b| (&a.pattern, &a.group).cmp(&(&b.pattern, &b.group)));
@@ -308,7 +327,9 @@ impl Peers {
             .filter_map(|c| conns.get(*c))
             .filter(|c| !c.leaving)
             .map(|c| (c.node, c.subscriptions.as_slice()));
-        let mut audiences = fanout::audiences(topic, live);
+        // Instances discovery announced count with the subscriptions they advertise, connected
+        // or not: a delivery to one that is not connected asks for a connection and waits.
+        let mut audiences = fanout::audiences(topic, live.chain(self.directory.advertised()));
         let departed = self.departed.matching(topic, now);
         let remembered = !departed.is_empty();
         for group in departed {
@@ -374,6 +395,21 @@ impl Peers {
                     .collect()
             }
         }
+    }
+
+    /// Whether this node dialled a live connection to an instance of `service` (it uses the
+    /// service: newly announced instances are connected to as well, to share the load).
+    pub(super) fn uses_service(
+        &self,
+        conns: &SlotMap<ConnId, Conn>,
+        service: &str,
+        me: NodeId,
+    ) -> bool {
+        self.by_service.get(service).is_some_and(|list| {
+            list.iter()
+                .filter_map(|c| conns.get(*c))
+                .any(|c| c.dialer == me && c.takes_messages())
+        })
     }
 
     /// Whether a live instance for `route` that the message has not failed on exists.

@@ -61,6 +61,10 @@ pub(crate) struct Driver {
     pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
     pub(crate) static_peers: Vec<std::net::SocketAddr>,
     pub(crate) dial_failures: DialFailures,
+    /// On-demand dials in progress (mesh branch).
+    pub(crate) dials: crate::transport::dial::Dials,
+    /// Keeps the node's announcement in step with its subscriptions (mesh branch).
+    pub(crate) announcer: crate::discovered::Announcer,
     pub(crate) handshake_failures: AtomicU64,
     /// The limits on incoming connections, and their refusals (`transport/limits.rs`).
     pub(crate) accept_limits: Arc<crate::transport::limits::AcceptLimits>,
@@ -97,6 +101,8 @@ struct Effects {
     events: Vec<NodeEvent>,
     close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
     pause: Vec<(Arc<ConnIo>, bool)>,
+    /// Announced instances to connect to (mesh branch: connections on first use).
+    connect: Vec<(NodeId, Vec<std::net::SocketAddr>)>,
     peers_changed: bool,
     timer_moved: bool,
     idle: bool,
@@ -136,6 +142,8 @@ impl Driver {
             discovery: Mutex::new(Vec::new()),
             static_peers,
             dial_failures: DialFailures::default(),
+            dials: crate::transport::dial::Dials::default(),
+            announcer: crate::discovered::Announcer::default(),
             handshake_failures: AtomicU64::new(0),
             accept_limits,
             finished: AtomicBool::new(false),
@@ -288,6 +296,9 @@ impl Driver {
             for (io, reason, flush) in effects.close.drain(..) {
                 io.close(&reason, flush);
             }
+            for (node, addrs) in effects.connect.drain(..) {
+                crate::transport::dial::connect_on_demand(self, node, addrs);
+            }
             for event in effects.events.drain(..) {
                 tracing::debug!(?event, node = %self.id, "node event");
                 let _ = self.events.send(event);
@@ -361,6 +372,7 @@ impl State {
                 }
                 Action::Event(event) => effects.events.push(event),
                 Action::PeersChanged => effects.peers_changed = true,
+                Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
             }
         }
         effects.timer_moved = self.engine.timer_moved();

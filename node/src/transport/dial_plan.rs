@@ -95,6 +95,7 @@ mod tests {
             service: Some("b".into()),
             addrs: ports.iter().map(|p| addr(*p)).collect(),
             source: Source::Mdns,
+            subscriptions: None,
         }
     }
 
@@ -141,6 +142,7 @@ mod tests {
             service: None,
             addrs: vec![addr(7000)],
             source: Source::Static,
+            subscriptions: None,
         };
         plan.apply(DiscoveryEvent::Up(fixed.clone()), all);
         assert!(

@@ -1,12 +1,14 @@
 //! The transport: quinn connections and the codec, nothing about messages.
 //!
-//! - [`endpoint`]: accepting, dialling, keeping discovered addresses dialled.
+//! - [`endpoint`]: accepting, dialling one address, the handshake's outcome.
+//! - [`dial`]: following discovery, keeping static peers dialled, connecting on demand.
 //! - [`handshake`]: the hello exchange and its checks.
 //! - [`limits`]: the limits against floods on incoming connections.
 //! - [`connection`]: each connection's reader and writer, and the close codes.
 //! - [`dial_plan`]: which addresses to keep dialled as discovery hints come and go.
 
 pub(crate) mod connection;
+pub(crate) mod dial;
 pub(crate) mod dial_plan;
 pub(crate) mod endpoint;
 pub(crate) mod handshake;

@@ -84,13 +84,26 @@ fn txt_round_trips_through_the_checker() {
         node_id: NodeId::from_u128(PEER),
         service: "billing".into(),
         addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
+        subscriptions: vec![Subscription {
+            pattern: "orders.*".into(),
+            group: Some("billing".into()),
+        }],
     };
     let mut a = good();
     a.txt = txt_entries(&local)
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), Some(v.clone().into_bytes())))
+        .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
         .collect();
-    assert!(matches!(check(&a, &me()), Verdict::Peer(_)));
+    let Verdict::Peer(peer) = check(&a, &me()) else {
+        panic!("not a peer")
+    };
+    assert_eq!(peer.subscriptions, Some(local.subscriptions));
+    // An announcement that does not advertise them (an older node) is still a peer.
+    a.txt.retain(|(k, _)| k == "svc" || k == "id" || k == "pv");
+    let Verdict::Peer(peer) = check(&a, &me()) else {
+        panic!("not a peer")
+    };
+    assert_eq!(peer.subscriptions, None);
 }
 
 #[test]

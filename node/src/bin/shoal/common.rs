@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use shoal::discovery::{InterfaceSelector, MdnsConfig};
+use shoal::discovery::{DnsSdConfig, InterfaceSelector, MdnsConfig};
 use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent, RevocationList, Revocations};
 use tokio::sync::broadcast;
 
@@ -47,6 +47,21 @@ pub(crate) struct NodeArgs {
     /// every interface when it starts. Pass it on a real LAN host.
     #[arg(long, requires = "mdns")]
     pub(crate) mdns_on_host: bool,
+    /// Discover peers from DNS-SD records served by a unicast DNS server: browse
+    /// `_shoal._udp.DOMAIN` (PTR, then each instance's SRV and TXT records). Repeatable.
+    #[arg(long = "dns-sd", value_name = "DOMAIN")]
+    pub(crate) dns_sd: Vec<String>,
+    /// The DNS server for --dns-sd (IP:PORT) [default: the system's, from /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR", requires = "dns_sd")]
+    pub(crate) dns_server: Option<SocketAddr>,
+    /// Dial every instance discovery announces at once and keep the connection (a full mesh),
+    /// instead of connecting on first use.
+    #[arg(long)]
+    pub(crate) connect_on_discovery: bool,
+    /// Close a connection this node dialled after it stayed unused this long, in seconds;
+    /// 0 keeps connections [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) close_idle_after: Option<u64>,
 }
 
 impl NodeArgs {
@@ -76,7 +91,11 @@ impl NodeArgs {
             .identity(identity)
             .revocations(revocations)
             .listen(self.listen_addr())
-            .peers(self.peers.iter().copied());
+            .peers(self.peers.iter().copied())
+            .connect_on_discovery(self.connect_on_discovery);
+        if let Some(secs) = self.close_idle_after {
+            builder = builder.close_idle_after(Some(Duration::from_secs(secs)));
+        }
         for ca in trust {
             builder = builder.trust(ca);
         }
@@ -87,6 +106,13 @@ impl NodeArgs {
                     .allow_root_netns(self.mdns_on_host)
                     .build(),
             );
+        }
+        for domain in &self.dns_sd {
+            let mut config = DnsSdConfig::browse(domain.as_str());
+            if let Some(server) = self.dns_server {
+                config = config.server(server);
+            }
+            builder = builder.discovery(config.build());
         }
         Ok(builder)
     }
@@ -271,18 +297,25 @@ pub(crate) struct ClientArgs {
 impl ClientArgs {
     /// Starts the client's node, subscribed to its events before any connection is made.
     pub(crate) async fn start(&self) -> CliResult<(Node, broadcast::Receiver<NodeEvent>)> {
-        if self.node.peers.is_empty() && self.node.mdns.is_empty() {
+        self.start_with(|builder| builder).await
+    }
+
+    /// [`ClientArgs::start`], with `configure` applied to the builder first.
+    pub(crate) async fn start_with(
+        &self,
+        configure: impl FnOnce(NodeBuilder) -> NodeBuilder,
+    ) -> CliResult<(Node, broadcast::Receiver<NodeEvent>)> {
+        if self.node.peers.is_empty() && self.node.mdns.is_empty() && self.node.dns_sd.is_empty() {
             return Err(CliError::new(
                 "no peers to connect to: pass --peer ADDR (the address `shoal serve` printed) \
-                 or --mdns IFACE",
+                 or --mdns IFACE or --dns-sd DOMAIN",
             ));
         }
-        let node = self
+        let builder = self
             .node
             .builder(&self.as_service, true)?
-            .shutdown_grace(Duration::from_secs(1))
-            .start()
-            .await?;
+            .shutdown_grace(Duration::from_secs(1));
+        let node = configure(builder).start().await?;
         // `start` only spawns the diallers; on this single-threaded runtime they have not run
         // yet, so no event is missed.
         let events = node.events();

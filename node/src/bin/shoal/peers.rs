@@ -1,4 +1,5 @@
-//! `shoal peers`: dial the given peers, wait briefly, and list the live ones.
+//! `shoal peers`: dial the given peers, wait briefly, and list the live ones, then the instances
+//! discovery announced (connected or not).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -23,10 +24,17 @@ pub(crate) struct PeersArgs {
 }
 
 /// Runs `shoal peers`: waits until every `--peer` address is connected (at most `--wait`, 1 s
-/// by default), then prints a table `SERVICE NODE ADDRESS RTT IN_FLIGHT`, grouped by service.
-/// Addresses that did not connect are reported on stderr; it fails if none did.
+/// by default), then prints a table `SERVICE NODE ADDRESS RTT IN_FLIGHT` of the connected
+/// peers, grouped by service, and, when discovery announced instances, a second table
+/// `DISCOVERED SERVICE NODE ADDRESSES CONNECTED`. This probe connects to every instance
+/// discovery announces (a service connects on first use), so the first table shows which of
+/// them are reachable. Addresses that did not connect are reported on stderr; it fails if
+/// nothing was found.
 pub(crate) async fn run(args: PeersArgs) -> CliResult {
-    let (node, mut events) = args.client.start().await?;
+    let (node, mut events) = args
+        .client
+        .start_with(|b| b.connect_on_discovery(true))
+        .await?;
     let wanted: BTreeSet<SocketAddr> = args.client.node.peers.iter().copied().collect();
     let deadline = Instant::now() + args.client.wait_or(1_000);
     let mut failures: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -34,7 +42,10 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     loop {
         let connected: BTreeSet<SocketAddr> = node.peers().iter().map(|p| p.addr).collect();
         // With mDNS there is no list to complete: listen for the whole wait.
-        if wanted.is_subset(&connected) && args.client.node.mdns.is_empty() {
+        if wanted.is_subset(&connected)
+            && args.client.node.mdns.is_empty()
+            && args.client.node.dns_sd.is_empty()
+        {
             break;
         }
         tokio::select! {
@@ -50,6 +61,7 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     }
 
     let peers = node.peers();
+    let discovered = node.discovered();
     let diagnoses: Vec<_> = args.diagnose.iter().map(|s| node.diagnose(s)).collect();
     node.shutdown().await;
     for diagnosis in &diagnoses {
@@ -75,6 +87,26 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
             );
         }
     }
+    if !discovered.is_empty() {
+        say!(
+            "{:<10} {:<20} {:<32} {:<22} CONNECTED",
+            "DISCOVERED",
+            "SERVICE",
+            "NODE",
+            "ADDRESSES"
+        );
+        for d in &discovered {
+            let addrs: Vec<String> = d.addrs.iter().map(ToString::to_string).collect();
+            say!(
+                "{:<10} {:<20} {:<32} {:<22} {}",
+                format!("{:?}", d.source).to_lowercase(),
+                d.service,
+                d.node.to_string(),
+                addrs.join(","),
+                if d.connected { "yes" } else { "no" }
+            );
+        }
+    }
     let connected: BTreeSet<SocketAddr> = peers.iter().map(|p| p.addr).collect();
     for addr in wanted.difference(&connected) {
         match failures.get(addr) {
@@ -82,7 +114,7 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
             None => eprintln!("not connected: {addr}: no answer yet"),
         }
     }
-    if peers.is_empty() && diagnoses.is_empty() {
+    if peers.is_empty() && discovered.is_empty() && diagnoses.is_empty() {
         return Err(CliError::new(format!(
             "no live peers within {} ms",
             args.client.wait_or(1_000).as_millis()

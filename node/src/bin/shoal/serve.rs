@@ -2,7 +2,10 @@
 //!
 //! Prints, one line each, on stdout:
 //! - `listening <addr> node <id> service <name>` once started;
-//! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`;
+//! - `discovered <id> service <name> addr <addr>[,<addr>…]` when discovery announces an instance
+//!   and `vanished <id> service <name>` when it no longer does (discovering is not connecting);
+//! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`
+//!   for connections, made when something is first sent to an instance;
 //! - `received <kind> <name> id <id> attempt <n> payload <quoted text>` from `print` handlers
 //!   and `--subscribe` subscriptions;
 //! - `refused <peer id>: not authorized: ...` when the `--policy` refuses a peer's message or
@@ -199,6 +202,18 @@ fn print_message(msg: &Message) {
 async fn print_events(mut events: broadcast::Receiver<NodeEvent>) {
     loop {
         match events.recv().await {
+            Ok(NodeEvent::Discovered {
+                node,
+                service,
+                addrs,
+            }) => {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                say!(
+                    "discovered {node} service {service} addr {}",
+                    addrs.join(",")
+                );
+            }
+            Ok(NodeEvent::Vanished { node, service }) => say!("vanished {node} service {service}"),
             Ok(NodeEvent::PeerUp {
                 node,
                 service,

@@ -130,6 +130,15 @@ impl Sim {
                         .connection_lost(conn, &reason, false, now);
                 }
             }
+            Event::Dialled { node, to } => {
+                let target = self.nodes.iter().position(|n| n.engine.id() == to);
+                if let Some(target) = target
+                    && self.nodes[target].alive
+                    && self.nodes[node].alive
+                {
+                    self.link_up(node, target, super::Faults::default(), false);
+                }
+            }
         }
     }
 
@@ -224,6 +233,11 @@ impl Sim {
             }
             Action::Event(event) => self.nodes[node].events.push(event),
             Action::PeersChanged => {}
+            Action::Connect { node: to, .. } => {
+                self.dials.push((node, to));
+                let at = now + Duration::from_millis(1);
+                self.schedule(at, Event::Dialled { node, to });
+            }
         }
     }
 

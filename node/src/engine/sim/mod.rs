@@ -15,6 +15,7 @@
 
 mod authz;
 mod driver;
+mod lazy_tests;
 mod net;
 mod random;
 mod tests;
@@ -131,6 +132,12 @@ enum Event {
         conn: ConnId,
         reason: String,
     },
+    /// A dial `node` started when its engine asked for a connection ([`super::Action::Connect`])
+    /// completes: the handshake took a millisecond.
+    Dialled {
+        node: usize,
+        to: NodeId,
+    },
 }
 
 /// The simulated network. See the module docs.
@@ -148,6 +155,8 @@ pub(super) struct Sim {
     pub(super) runs: Vec<HandlerRun>,
     /// Messages handed to handlers (for the throughput figure).
     pub(super) handled: u64,
+    /// Every connection an engine asked for: the asking node, and whom to.
+    pub(super) dials: Vec<(usize, NodeId)>,
 }
 
 /// Unix milliseconds at the virtual clock's start.
@@ -169,6 +178,7 @@ impl Sim {
             next_event: 0,
             runs: Vec::new(),
             handled: 0,
+            dials: Vec::new(),
         }
     }
 
@@ -185,6 +195,25 @@ impl Sim {
             running: BTreeMap::new(),
         });
         self.nodes.len() - 1
+    }
+
+    /// Tells `node`'s engine that discovery announced `other` (advertising its subscriptions
+    /// when `advertise` says so): the node connects to it on first use.
+    pub(super) fn announce(&mut self, node: usize, other: usize, advertise: bool) {
+        let engine = &self.nodes[other].engine;
+        let subs = advertise.then(|| engine.inbound.distinct_subscriptions());
+        let known = super::Discovered {
+            service: engine.service.clone(),
+            addrs: vec![std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                10_000 + other as u16,
+            ))],
+            source: shoal_discovery::Source::Mdns,
+            subscriptions: subs,
+        };
+        let (id, now) = (engine.id(), self.now);
+        self.nodes[node].engine.discovered(id, known, now);
+        self.settle();
     }
 
     /// Adds a node of `service` with the default configuration.
@@ -315,6 +344,18 @@ impl Sim {
         b: usize,
         faults: Faults,
     ) -> Option<(ConnId, ConnId)> {
+        self.link_up(a, b, faults, true)
+    }
+
+    /// Connects `a` (dialling) and `b`; a `pinned` connection is kept however idle, as a
+    /// static peer's is; one made on demand is not.
+    pub(super) fn link_up(
+        &mut self,
+        a: usize,
+        b: usize,
+        faults: Faults,
+        pinned: bool,
+    ) -> Option<(ConnId, ConnId)> {
         let now = self.now;
         let hello = |sim: &Self, of: usize, dialed: bool, port: u16| super::PeerHello {
             node: sim.nodes[of].engine.id(),
@@ -322,6 +363,7 @@ impl Sim {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             listen_addrs: Vec::new(),
             dialed,
+            pinned: pinned && dialed,
         };
         let (ha, hb) = (
             hello(self, b, true, 10_000 + b as u16),

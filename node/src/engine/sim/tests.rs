@@ -15,7 +15,7 @@ use crate::{Error, PublishOptions};
 const SECOND: Duration = Duration::from_secs(1);
 
 /// A handler that counts its runs and succeeds.
-fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Handled + 'static {
+pub(super) fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Handled + 'static {
     let count = Rc::clone(count);
     move |_| {
         count.set(count.get() + 1);

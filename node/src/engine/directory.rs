@@ -1,0 +1,238 @@
+//! What discovery knows: the instances its sources announced, whether or not this node is
+//! connected to them.
+//!
+//! Discovering an instance is not connecting to it. The directory keeps each announced
+//! instance (by node id) with its service, where to dial it and, when its announcement says,
+//! what it subscribes to. The engine connects on first use: a delivery with no live connection
+//! for its route asks for connections to the instances the directory names for it
+//! ([`super::Action::Connect`]); an event's audiences count the subscriptions instances
+//! advertise in their announcements, so a publisher learns every subscriber group without a
+//! connection to every node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shoal_discovery::Source;
+use shoal_proto::{NodeId, Subscription};
+
+/// How long after asking the driver for a connection to an instance the engine may ask again
+/// (the dial failed, or the connection went since).
+pub(super) const ASK_AGAIN: Duration = Duration::from_secs(1);
+
+/// An instance a discovery source announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Discovered {
+    /// The service it is an instance of.
+    pub(crate) service: String,
+    /// Where to dial it.
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Which kind of source announced it.
+    pub(crate) source: Source,
+    /// The subscriptions its announcement advertises; `None` when it does not say (an older
+    /// node, or more than fits in the announcement): such an instance is connected to at once,
+    /// so its subscriptions are learned over the connection.
+    pub(crate) subscriptions: Option<Vec<Subscription>>,
+}
+
+/// A directory entry: the announcement and when a connection to it was last asked for.
+#[derive(Debug)]
+struct Entry {
+    known: Discovered,
+    asked: Option<Instant>,
+}
+
+/// What changed with an announcement.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Change {
+    /// The instance was not known before.
+    pub(super) new: bool,
+    /// Its advertised subscriptions (or its service) changed: audiences change.
+    pub(super) audiences: bool,
+}
+
+/// The announced instances. See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Directory {
+    /// Ordered, so listings and the order of connection requests repeat from run to run.
+    nodes: BTreeMap<NodeId, Entry>,
+    by_service: HashMap<String, Vec<NodeId>>,
+}
+
+impl Directory {
+    /// Records (or updates) `node`'s announcement.
+    pub(super) fn upsert(&mut self, node: NodeId, known: Discovered) -> Change {
+        match self.nodes.get_mut(&node) {
+            Some(entry) => {
+                let audiences = entry.known.subscriptions != known.subscriptions
+                    || entry.known.service != known.service;
+                if entry.known.service != known.service {
+                    let old = std::mem::replace(&mut entry.known.service, known.service.clone());
+                    unlist(&mut self.by_service, &old, node);
+                    self.by_service
+                        .entry(known.service.clone())
+                        .or_default()
+                        .push(node);
+                }
+                entry.known = known;
+                Change {
+                    new: false,
+                    audiences,
+                }
+            }
+            None => {
+                let audiences = known.subscriptions.as_ref().is_some_and(|s| !s.is_empty());
+                self.by_service
+                    .entry(known.service.clone())
+                    .or_default()
+                    .push(node);
+                self.nodes.insert(node, Entry { known, asked: None });
+                Change {
+                    new: true,
+                    audiences,
+                }
+            }
+        }
+    }
+
+    /// Forgets `node`; returns what was known of it.
+    pub(super) fn remove(&mut self, node: NodeId) -> Option<Discovered> {
+        let entry = self.nodes.remove(&node)?;
+        unlist(&mut self.by_service, &entry.known.service, node);
+        Some(entry.known)
+    }
+
+    /// What is known of `node`.
+    pub(super) fn get(&self, node: NodeId) -> Option<&Discovered> {
+        self.nodes.get(&node).map(|e| &e.known)
+    }
+
+    /// Every announced instance.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (NodeId, &Discovered)> + '_ {
+        self.nodes.iter().map(|(n, e)| (*n, &e.known))
+    }
+
+    /// The announced instances of `service`.
+    pub(super) fn instances(&self, service: &str) -> &[NodeId] {
+        self.by_service.get(service).map_or(&[], Vec::as_slice)
+    }
+
+    /// The instances that advertise their subscriptions, with them (for audiences).
+    pub(super) fn advertised(&self) -> impl Iterator<Item = (NodeId, &[Subscription])> + '_ {
+        self.nodes
+            .iter()
+            .filter_map(|(n, e)| Some((*n, e.known.subscriptions.as_deref()?)))
+    }
+
+    /// Whether an announced instance other than `except` advertises `sub`.
+    pub(super) fn advertises(&self, sub: &Subscription, except: Option<NodeId>) -> bool {
+        self.advertised()
+            .any(|(n, subs)| Some(n) != except && subs.contains(sub))
+    }
+
+    /// Whether a connection to `node` may be asked for now: it is announced, and was not asked
+    /// for within [`ASK_AGAIN`]. Notes the request.
+    pub(super) fn ask(&mut self, node: NodeId, now: Instant) -> Option<Vec<SocketAddr>> {
+        let entry = self.nodes.get_mut(&node)?;
+        if entry
+            .asked
+            .is_some_and(|at| now.saturating_duration_since(at) < ASK_AGAIN)
+        {
+            return None;
+        }
+        entry.asked = Some(now);
+        Some(entry.known.addrs.clone())
+    }
+
+    /// `node` is connected: the next time it is needed after the connection goes, it may be
+    /// asked for at once.
+    pub(super) fn connected(&mut self, node: NodeId) {
+        if let Some(entry) = self.nodes.get_mut(&node) {
+            entry.asked = None;
+        }
+    }
+}
+
+fn unlist(by_service: &mut HashMap<String, Vec<NodeId>>, service: &str, node: NodeId) {
+    if let Some(list) = by_service.get_mut(service) {
+        list.retain(|n| *n != node);
+        if list.is_empty() {
+            by_service.remove(service);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(pattern: &str, group: &str) -> Subscription {
+        Subscription {
+            pattern: pattern.into(),
+            group: Some(group.into()),
+        }
+    }
+
+    fn known(service: &str, subs: Option<Vec<Subscription>>) -> Discovered {
+        Discovered {
+            service: service.into(),
+            addrs: vec![SocketAddr::from(([10, 99, 0, 2], 7000))],
+            source: Source::Mdns,
+            subscriptions: subs,
+        }
+    }
+
+    #[test]
+    fn announcements_are_listed_by_service_and_changes_are_told() {
+        let mut dir = Directory::default();
+        let (a, b) = (NodeId::from_u128(1), NodeId::from_u128(2));
+        let change = dir.upsert(a, known("billing", Some(vec![sub("orders.*", "billing")])));
+        assert_eq!(
+            change,
+            Change {
+                new: true,
+                audiences: true
+            }
+        );
+        assert_eq!(
+            dir.upsert(b, known("billing", None)),
+            Change {
+                new: true,
+                audiences: false
+            }
+        );
+        assert_eq!(dir.instances("billing"), [a, b]);
+        assert!(dir.advertises(&sub("orders.*", "billing"), None));
+        assert!(!dir.advertises(&sub("orders.*", "billing"), Some(a)));
+        assert_eq!(dir.advertised().count(), 1, "b does not say");
+
+        // The same announcement again changes nothing; new subscriptions change audiences.
+        let again = dir.upsert(a, known("billing", Some(vec![sub("orders.*", "billing")])));
+        assert_eq!(again, Change::default());
+        let more = dir.upsert(a, known("billing", Some(vec![])));
+        assert!(more.audiences && !more.new);
+
+        // A moved service is listed under its new name only.
+        dir.upsert(b, known("audit", None));
+        assert_eq!(dir.instances("billing"), [a]);
+        assert_eq!(dir.instances("audit"), [b]);
+
+        assert!(dir.remove(a).is_some());
+        assert!(dir.instances("billing").is_empty());
+        assert_eq!(dir.iter().count(), 1);
+    }
+
+    #[test]
+    fn a_connection_is_asked_for_at_most_once_a_second_until_connected() {
+        let mut dir = Directory::default();
+        let a = NodeId::from_u128(1);
+        let t0 = Instant::now();
+        assert!(dir.ask(a, t0).is_none(), "not announced");
+        dir.upsert(a, known("billing", None));
+        assert!(dir.ask(a, t0).is_some());
+        assert!(dir.ask(a, t0 + Duration::from_millis(500)).is_none());
+        assert!(dir.ask(a, t0 + ASK_AGAIN).is_some());
+        dir.connected(a);
+        assert!(dir.ask(a, t0 + ASK_AGAIN).is_some(), "asked again at once");
+    }
+}

@@ -1,0 +1,248 @@
+//! Connections where they are used: announced instances enter the directory, deliveries that
+//! find no live connection for their route ask the driver to connect
+//! ([`Action::Connect`]), and connections this node dialled close once idle.
+//!
+//! - **Connecting on first use.** A send, request or publish whose route has no live
+//!   connection waits for an instance, as it always did; if discovery announced instances for
+//!   the route, the engine asks for connections to them (all of a service's announced
+//!   instances, so the load is shared and a failure has somewhere to go). A new instance of a
+//!   service this node already talks to is connected to as soon as it is announced.
+//! - **Closing when idle.** Only the node that dialled a connection closes it for being idle:
+//!   it alone knows why it opened it (a static peer is kept, a connection made for a delivery
+//!   is not), and one side deciding avoids both closing at once. A connection is idle when
+//!   nothing was sent or received on it, and nothing is in flight, queued or handled for it,
+//!   for [`Config::close_idle_after`](crate::config::Config): it then says goodbye like a
+//!   node that shuts down, so nothing on the way is lost.
+
+use std::time::{Duration, Instant};
+
+use shoal_proto::NodeId;
+
+use super::directory::Discovered;
+use super::fanout::Audience;
+use super::peers::Route;
+use super::{Action, Engine, Timer, topic};
+use crate::NodeEvent;
+
+/// A discovered instance as [`Engine::discovered_instances`] lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct DiscoveredSummary {
+    pub(crate) node: NodeId,
+    pub(crate) known: Discovered,
+    /// Whether a live connection stands for it.
+    pub(crate) connected: bool,
+}
+
+/// The state of idle closing: whether the sweep's timer is set.
+#[derive(Debug, Default)]
+pub(crate) struct IdleSweep {
+    armed: bool,
+}
+
+impl<H: Clone> Engine<H> {
+    /// Discovery announced `node` (or changed its announcement). Deliveries waiting for an
+    /// instance look again when its subscriptions count in new audiences, and a new instance
+    /// of a service this node uses is connected to at once.
+    pub(crate) fn discovered(&mut self, node: NodeId, known: Discovered, now: Instant) {
+        if node == self.id {
+            return;
+        }
+        let service = known.service.clone();
+        let addrs = known.addrs.clone();
+        let change = self.peers.directory.upsert(node, known);
+        if change.new {
+            self.emit(NodeEvent::Discovered {
+                node,
+                service: service.clone(),
+                addrs,
+            });
+        }
+        if change.audiences {
+            for sub in self
+                .peers
+                .directory
+                .get(node)
+                .and_then(|d| d.subscriptions.clone())
+                .unwrap_or_default()
+            {
+                self.peers.subscribed(&sub);
+            }
+            self.peers.bump();
+        }
+        if change.new && self.peers.uses_service(&self.conns, &service, self.id) {
+            self.ask(node, now);
+        }
+        if change.new || change.audiences {
+            self.peers_changed(now);
+        }
+    }
+
+    /// Discovery no longer announces `node` (a goodbye, an expired or removed record). A live
+    /// connection to it stays: the connection, not the announcement, says whether it lives.
+    pub(crate) fn undiscovered(&mut self, node: NodeId, now: Instant) {
+        let Some(gone) = self.peers.directory.remove(node) else {
+            return;
+        };
+        // Groups no live or announced instance holds any more are remembered as departed,
+        // as when the last connection of a group goes.
+        for sub in gone.subscriptions.iter().flatten() {
+            let live = self
+                .peers
+                .all()
+                .filter_map(|c| self.conns.get(c))
+                .any(|c| c.subscriptions.contains(sub));
+            if !live && !self.peers.directory.advertises(sub, None) {
+                self.peers.departed_left(sub.clone(), now);
+            }
+        }
+        self.peers.bump();
+        self.emit(NodeEvent::Vanished {
+            node,
+            service: gone.service,
+        });
+        self.peers_changed(now);
+    }
+
+    /// The announced instances, with whether each is connected.
+    pub(crate) fn discovered_instances(&self) -> Vec<DiscoveredSummary> {
+        self.peers
+            .directory
+            .iter()
+            .map(|(node, known)| DiscoveredSummary {
+                node,
+                known: known.clone(),
+                connected: self.peers.current(node).is_some(),
+            })
+            .collect()
+    }
+
+    /// This node's subscriptions, each pattern and group once (for its announcement).
+    pub(crate) fn local_subscriptions(&self) -> Vec<shoal_proto::Subscription> {
+        self.inbound.distinct_subscriptions()
+    }
+
+    /// A delivery on `route` found no live connection: asks for connections to the announced
+    /// instances that can take it.
+    pub(super) fn connect_for(&mut self, route: &Route, now: Instant) {
+        match route {
+            Route::Service(target) => {
+                if let Some(node) = target.node
+                    && self.peers.directory.get(node).is_some()
+                {
+                    self.ask(node, now);
+                }
+                self.want_service(&target.service, now);
+            }
+            Route::Audience {
+                audience: Audience::Instance(node),
+                ..
+            } => self.ask(*node, now),
+            Route::Audience {
+                topic,
+                audience: Audience::Group(group),
+            } => {
+                let members: Vec<NodeId> = self
+                    .peers
+                    .directory
+                    .advertised()
+                    .filter(|(_, subs)| {
+                        subs.iter().any(|s| {
+                            s.group.as_deref() == Some(group.as_str())
+                                && topic::matches(&s.pattern, topic)
+                        })
+                    })
+                    .map(|(n, _)| n)
+                    .collect();
+                for node in members {
+                    self.ask(node, now);
+                }
+            }
+        }
+    }
+
+    /// Asks for connections to every announced instance of `service` that is not connected
+    /// (a caller waits for one, or pings one).
+    pub(crate) fn want_service(&mut self, service: &str, now: Instant) {
+        let instances = self.peers.directory.instances(service).to_vec();
+        for node in instances {
+            self.ask(node, now);
+        }
+    }
+
+    /// Asks the driver to connect to `node`, unless it is connected or was asked for within
+    /// the last second.
+    fn ask(&mut self, node: NodeId, now: Instant) {
+        if node == self.id
+            || self
+                .peers
+                .current(node)
+                .and_then(|c| self.conns.get(c))
+                .is_some_and(|c| c.takes_messages())
+        {
+            return;
+        }
+        if let Some(addrs) = self.peers.directory.ask(node, now) {
+            self.actions.push_back(Action::Connect { node, addrs });
+        }
+    }
+
+    /// A connection this node dialled came up: the idle sweep runs while there are such
+    /// connections (unless idle connections are kept).
+    pub(super) fn arm_idle_sweep(&mut self, now: Instant) {
+        let Some(after) = self.config.close_idle_after else {
+            return;
+        };
+        if self.idle.armed {
+            return;
+        }
+        self.idle.armed = true;
+        self.set_timer(now + sweep_every(after), Timer::IdleSweep);
+    }
+
+    /// Closes the connections this node dialled (and does not keep) that were idle for
+    /// [`Config::close_idle_after`](crate::config::Config); sets the next sweep while any are
+    /// left.
+    pub(super) fn sweep_idle(&mut self, now: Instant) {
+        self.idle.armed = false;
+        let Some(after) = self.config.close_idle_after else {
+            return;
+        };
+        let mut closing = Vec::new();
+        let mut watched = false;
+        for (id, c) in &mut self.conns {
+            if c.dialer != self.id || c.usage.pinned || !c.takes_messages() {
+                continue;
+            }
+            watched = true;
+            let busy = c.window.pending() > 0
+                || c.running > 0
+                || !c.waiting_room.is_empty()
+                || !c.backlog.is_empty()
+                || c.queued_bytes() > 0;
+            if c.usage.idle_for(c.peek_seq(), busy, now) >= after {
+                closing.push(id);
+            }
+        }
+        for conn in closing {
+            tracing::debug!(node = %self.id, "closing a connection idle for {after:?}");
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.usage.closed_idle = true;
+                if c.say_goodbye("idle") {
+                    self.transmit(conn);
+                }
+            }
+            // No new delivery goes to a connection saying goodbye.
+            self.peers.bump();
+        }
+        if watched {
+            self.idle.armed = true;
+            self.set_timer(now + sweep_every(after), Timer::IdleSweep);
+        }
+    }
+}
+
+/// How often idle connections are looked for: a connection closes between `after` and a
+/// quarter more.
+fn sweep_every(after: Duration) -> Duration {
+    (after / 4).max(Duration::from_millis(50))
+}

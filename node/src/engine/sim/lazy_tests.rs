@@ -1,0 +1,184 @@
+//! Connections where they are used, on the simulated network: announced instances are
+//! connected to on first use, and idle connections close.
+
+#![cfg(test)]
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::tests::counting;
+use super::{Handled, Sim};
+use crate::config::Config;
+use crate::engine::Done;
+use crate::engine::send::Publishing;
+use crate::{NodeEvent, PublishOptions};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn connections(sim: &Sim, node: usize) -> usize {
+    sim.nodes[node].engine.peers().len()
+}
+
+#[test]
+fn discovering_is_not_connecting_and_a_send_connects_on_first_use() {
+    let mut sim = Sim::new(31);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    let count = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", counting(&count));
+    sim.announce(orders, billing, true);
+    assert!(sim.run_for(SECOND));
+    assert_eq!(connections(&sim, orders), 0, "announced, not connected");
+    assert!(sim.dials.is_empty());
+    assert!(
+        sim.nodes[orders]
+            .events
+            .iter()
+            .any(|e| matches!(e, NodeEvent::Discovered { service, .. } if service == "billing"))
+    );
+
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(orders, "billing", msg);
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Sent(receipt))) => assert_eq!(receipt.attempts, 1),
+        other => panic!("not sent: {other:?}"),
+    }
+    assert_eq!(count.get(), 1);
+    let billing_id = sim.nodes[billing].engine.id();
+    assert_eq!(sim.dials, [(orders, billing_id)], "one dial, on first use");
+    assert_eq!(connections(&sim, orders), 1);
+}
+
+#[test]
+fn an_idle_connection_closes_and_the_next_send_opens_another() {
+    let mut sim = Sim::new(32);
+    let config = Config {
+        close_idle_after: Some(2 * SECOND),
+        ..Config::default()
+    };
+    let orders = sim.node_with("orders", config);
+    let billing = sim.node("billing");
+    let count = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", counting(&count));
+    sim.announce(orders, billing, true);
+    let msg = sim.command("charge", "1");
+    sim.send(orders, "billing", msg);
+    sim.run_for(SECOND);
+    assert_eq!(connections(&sim, orders), 1);
+    // Idle for 2 s (and at most a quarter more): closed by the side that dialled, with a
+    // goodbye; both sides see it go.
+    sim.run_for(2 * SECOND);
+    assert_eq!(connections(&sim, orders), 0, "closed after being idle");
+    assert_eq!(connections(&sim, billing), 0);
+    let down = sim.nodes[orders].events.iter().find_map(|e| match e {
+        NodeEvent::PeerDown { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(down.as_deref(), Some("closed after being idle"));
+    assert!(
+        sim.run_for(60 * SECOND),
+        "nothing left to do: no timer while no connection is open"
+    );
+
+    let msg = sim.command("charge", "2");
+    let op = sim.send(orders, "billing", msg);
+    sim.run_for(SECOND);
+    assert!(matches!(sim.result(orders, op), Some(Ok(Done::Sent(_)))));
+    assert_eq!(count.get(), 2);
+    assert_eq!(sim.dials.len(), 2, "connected again on use");
+}
+
+#[test]
+fn a_connection_in_use_is_not_closed() {
+    let mut sim = Sim::new(33);
+    let config = Config {
+        close_idle_after: Some(SECOND),
+        ..Config::default()
+    };
+    let orders = sim.node_with("orders", config);
+    let billing = sim.node("billing");
+    // A handler that takes longer than the idle time: the connection is busy, not idle.
+    sim.handle(billing, "charge", |_| Handled::ok_after(3 * SECOND));
+    sim.announce(orders, billing, true);
+    let msg = sim.command("charge", "1");
+    let op = sim.send(orders, "billing", msg);
+    sim.run_for(3500 * Duration::from_millis(1));
+    assert!(matches!(sim.result(orders, op), Some(Ok(Done::Sent(_)))));
+    assert_eq!(sim.dials.len(), 1, "one connection all along");
+}
+
+#[test]
+fn an_idle_connection_wakes_nothing() {
+    let mut sim = Sim::new(34);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    // A static peer's connection: kept however idle.
+    sim.connect(orders, billing);
+    let msg = sim.command("charge", "1");
+    sim.send(orders, "billing", msg);
+    assert!(sim.run_for(SECOND));
+    for node in [orders, billing] {
+        assert_eq!(
+            sim.nodes[node].engine.poll_timeout(),
+            None,
+            "no timer on an idle connection"
+        );
+    }
+    let before = sim.net.frames();
+    assert!(sim.run_for(600 * SECOND));
+    assert_eq!(sim.net.frames(), before, "ten idle minutes, not one frame");
+}
+
+#[test]
+fn a_publisher_learns_subscribers_from_their_announcements_and_connects_to_deliver() {
+    let mut sim = Sim::new(35);
+    let orders = sim.node("orders");
+    let (b1, b2, audit) = (sim.node("billing"), sim.node("billing"), sim.node("audit"));
+    let (billed, audited) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    for b in [b1, b2] {
+        sim.subscribe(b, "order.*", Some("billing"), counting(&billed));
+    }
+    sim.subscribe(audit, "order.>", Some("audit"), counting(&audited));
+    let unrelated = sim.node("shipping");
+    for other in [b1, b2, audit, unrelated] {
+        sim.announce(orders, other, true);
+    }
+    assert_eq!(sim.nodes[orders].engine.peers().len(), 0);
+    let event = sim.event("order.created", "1");
+    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((billed.get(), audited.get()), (1, 1), "one copy per group");
+    let shipping = sim.nodes[unrelated].engine.id();
+    assert!(
+        sim.dials.iter().all(|(_, to)| *to != shipping),
+        "no connection to a node that subscribes to nothing: {:?}",
+        sim.dials
+    );
+    assert_eq!(sim.dials.len(), 3, "both billing instances and audit");
+}
+
+#[test]
+fn an_instance_that_does_not_advertise_its_subscriptions_counts_only_once_connected() {
+    let mut sim = Sim::new(36);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    sim.announce(orders, billing, false);
+    let audiences = sim.nodes[orders]
+        .engine
+        .subscribers("order.created", sim.now);
+    assert!(audiences.is_empty(), "unknown until connected");
+    sim.connect(orders, billing);
+    sim.run_for(SECOND);
+    let audiences = sim.nodes[orders]
+        .engine
+        .subscribers("order.created", sim.now);
+    assert_eq!(audiences.len(), 1);
+}

@@ -1,0 +1,212 @@
+//! Connections where they are used, between real nodes on 127.0.0.1: discovering an instance is
+//! not connecting to it, a send or publish connects on first use, idle connections close, and a
+//! publisher learns subscribers from their announcements.
+//!
+//! Discovery here is [`Board`], an in-process stand-in for DNS-SD: each node's source announces
+//! the node (its subscriptions included, updated when they change) to every other node's
+//! source, so no multicast is involved.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal::{Message, Node, NodeEvent};
+use shoal_discovery::{
+    Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source,
+};
+use shoal_tests::{Mesh, WAIT, audience_sizes, next_event, until};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Every node's announcement, and where to tell each node of the others'.
+#[derive(Clone, Default)]
+struct Board(Arc<Mutex<Vec<(LocalNode, EventSender)>>>);
+
+/// One node's discovery source on a [`Board`].
+struct BoardSource {
+    board: Board,
+    me: Option<LocalNode>,
+}
+
+fn hint(local: &LocalNode) -> PeerHint {
+    PeerHint {
+        node_id: Some(local.node_id),
+        service: Some(local.service.clone()),
+        addrs: local.addrs.clone(),
+        source: Source::Mdns,
+        subscriptions: Some(local.subscriptions.clone()),
+    }
+}
+
+impl Board {
+    fn source(&self) -> BoardSource {
+        BoardSource {
+            board: self.clone(),
+            me: None,
+        }
+    }
+
+    /// Tells every node but `from` of `event`.
+    fn tell_others(&self, from: &LocalNode, event: &DiscoveryEvent) {
+        for (other, tx) in self.0.lock().unwrap().iter() {
+            if other.node_id != from.node_id {
+                let _ = tx.send(event.clone());
+            }
+        }
+    }
+}
+
+impl Discovery for BoardSource {
+    fn start(&mut self, local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError> {
+        for (other, _) in self.board.0.lock().unwrap().iter() {
+            let _ = events.send(DiscoveryEvent::Up(hint(other)));
+        }
+        self.board
+            .tell_others(local, &DiscoveryEvent::Up(hint(local)));
+        self.board.0.lock().unwrap().push((local.clone(), events));
+        self.me = Some(local.clone());
+        Ok(())
+    }
+
+    fn update(&mut self, local: &LocalNode) {
+        for (known, _) in self.board.0.lock().unwrap().iter_mut() {
+            if known.node_id == local.node_id {
+                *known = local.clone();
+            }
+        }
+        self.board
+            .tell_others(local, &DiscoveryEvent::Updated(hint(local)));
+    }
+
+    fn stop(&mut self) {
+        if let Some(me) = self.me.take() {
+            self.board
+                .0
+                .lock()
+                .unwrap()
+                .retain(|(l, _)| l.node_id != me.node_id);
+            self.board
+                .tell_others(&me, &DiscoveryEvent::Down(hint(&me)));
+        }
+    }
+}
+
+async fn start(mesh: &Mesh, board: &Board, service: &str, idle: Option<Duration>) -> Node {
+    let builder = mesh
+        .builder(service)
+        .discovery(board.source())
+        .close_idle_after(idle);
+    mesh.start_with(builder, &[]).await
+}
+
+fn connected_services(node: &Node) -> Vec<String> {
+    node.peers().into_iter().map(|p| p.service).collect()
+}
+
+/// `orders` discovers `billing` and `shipping` but connects to neither until it sends to
+/// `billing`; then it holds one connection, which closes by itself once idle, and the next
+/// send opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_instances_are_connected_on_first_use_and_closed_when_idle() {
+    let (mesh, board) = (Mesh::new(), Board::default());
+    let billing = start(&mesh, &board, "billing", None).await;
+    let shipping = start(&mesh, &board, "shipping", None).await;
+    let idle = Duration::from_millis(400);
+    let orders = start(&mesh, &board, "orders", Some(idle)).await;
+    let mut events = orders.events();
+    until(&orders, "both services discovered", |n| {
+        n.discovered().len() == 2
+    })
+    .await;
+    assert!(orders.peers().is_empty(), "discovering is not connecting");
+    assert!(orders.discovered().iter().all(|d| !d.connected));
+
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    billing.handle("charge", move |msg: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(msg.id()).unwrap();
+            Ok(())
+        }
+    });
+    for round in 0..2 {
+        let msg = Message::command("charge", format!("order {round}"));
+        let id = msg.id();
+        let receipt = timeout(WAIT, orders.send("billing", msg))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(receipt.node, billing.id());
+        assert_eq!(handled.recv().await, Some(id));
+        assert_eq!(connected_services(&orders), ["billing"], "round {round}");
+        assert!(shipping.peers().is_empty(), "nothing was sent to shipping");
+        let billing_listed = orders
+            .discovered()
+            .into_iter()
+            .find(|d| d.service == "billing")
+            .unwrap();
+        assert!(billing_listed.connected);
+
+        // Unused for `idle`: closed by orders, which dialled it.
+        let down = next_event(&mut events, WAIT, |e| {
+            matches!(e, NodeEvent::PeerDown { .. })
+        })
+        .await;
+        let NodeEvent::PeerDown {
+            service, reason, ..
+        } = down
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (service.as_str(), reason.as_str()),
+            ("billing", "closed after being idle")
+        );
+        until(&billing, "billing sees the connection go", |n| {
+            n.peers().is_empty()
+        })
+        .await;
+        assert_eq!(orders.discovered().len(), 2, "still discovered");
+    }
+    for node in [orders, billing, shipping] {
+        node.shutdown().await;
+    }
+}
+
+/// `billing` subscribes after everyone started; its announcement is updated, so `orders` counts
+/// it as an audience without a connection, and connects to billing alone to deliver the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_learns_subscribers_from_announcements_and_connects_only_to_them() {
+    let (mesh, board) = (Mesh::new(), Board::default());
+    let billing = start(&mesh, &board, "billing", None).await;
+    let shipping = start(&mesh, &board, "shipping", None).await;
+    let orders = start(&mesh, &board, "orders", None).await;
+    let (tx, mut got) = mpsc::unbounded_channel();
+    let _sub = billing
+        .subscribe("order.*", move |msg: Message| {
+            let tx = tx.clone();
+            async move {
+                tx.send(msg.id()).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    orders
+        .wait_for_subscribers("order.created", 1, WAIT)
+        .await
+        .expect("billing's subscription announced");
+    assert_eq!(audience_sizes(&orders, "order.created"), [1]);
+    assert!(orders.peers().is_empty(), "learned without a connection");
+
+    let event = Message::event("order.created", "42");
+    let id = event.id();
+    let receipt = timeout(WAIT, orders.publish(event)).await.unwrap().unwrap();
+    assert_eq!(receipt.deliveries.len(), 1);
+    assert_eq!(timeout(WAIT, got.recv()).await.unwrap(), Some(id));
+    assert_eq!(connected_services(&orders), ["billing"]);
+    assert!(shipping.peers().is_empty());
+    for node in [orders, billing, shipping] {
+        node.shutdown().await;
+    }
+}
