@@ -134,6 +134,9 @@ impl<H: Clone> Engine<H> {
         };
         let deadline = delivery.retry.deadline();
         let d = self.out.deliveries.insert(delivery);
+        if let Some(o) = self.out.ops.get_mut(op) {
+            o.deliveries.push(d);
+        }
         if let Some(slot) = slot
             && !self.out.turns.enter(&slot, d)
         {

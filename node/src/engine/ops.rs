@@ -27,15 +27,13 @@ impl<H: Clone> Engine<H> {
 
     /// Stops every delivery of `op`, without ending it.
     pub(super) fn stop_deliveries(&mut self, op: OpId, now: Instant) {
-        let deliveries: Vec<_> = self
-            .out
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.op == op)
-            .map(|(id, _)| id)
-            .collect();
-        for d in deliveries {
-            self.abandon(d, now);
+        let Some(o) = self.out.ops.get_mut(op) else {
+            return;
+        };
+        for d in std::mem::take(&mut o.deliveries) {
+            if self.out.deliveries.get(d).is_some_and(|del| del.op == op) {
+                self.abandon(d, now);
+            }
         }
     }
 

@@ -77,6 +77,9 @@ pub(super) struct Op {
     pub(super) items: SmallVec<[(u32, EncodedItem); 1]>,
     /// Deliveries not finished yet.
     pub(super) open: usize,
+    /// Every delivery this operation started (some may have finished since: their ids no
+    /// longer resolve), so stopping it costs its own deliveries, not a scan of all of them.
+    pub(super) deliveries: SmallVec<[DeliveryId; 1]>,
     /// Publish: the copies delivered, and those dropped.
     pub(super) copies: Vec<EventDelivery>,
     pub(super) dropped: Vec<String>,
@@ -469,6 +472,7 @@ fn new_op(
         messages,
         items,
         open,
+        deliveries: SmallVec::new(),
         copies: Vec::new(),
         dropped: Vec::new(),
         sent: None,

@@ -18,25 +18,34 @@ use shoal::Node;
 use crate::CliResult;
 use crate::common::TlsFiles;
 
-/// Follows `files` until the returned future is dropped. `hangups` is registered before the
-/// node starts, so an early SIGHUP reloads instead of ending the process.
+/// What the files held when last read ([`snapshot`]).
+pub(crate) struct Snapshot(Vec<Option<Vec<u8>>>);
+
+/// Reads the files as they are now. `serve` takes the first snapshot before it prints
+/// `listening`, so a file changed after that line is always noticed as a change.
+pub(crate) fn snapshot(files: &TlsFiles) -> Snapshot {
+    Snapshot(contents(files))
+}
+
+/// Follows `files` until the returned future is dropped, starting from `seen`. `hangups` is
+/// registered before the node starts, so an early SIGHUP reloads instead of ending the process.
 pub(crate) async fn follow(
     node: Node,
     files: TlsFiles,
     every: Option<Duration>,
     mut hangups: Hangups,
+    mut seen: Snapshot,
 ) {
-    let mut seen = contents(&files);
     loop {
         let forced = tokio::select! {
             () = tick(every) => false,
             () = hangups.next() => true,
         };
         let now = contents(&files);
-        if !forced && now == seen {
+        if !forced && now == seen.0 {
             continue;
         }
-        seen = now;
+        seen = Snapshot(now);
         if let Err(e) = apply(&node, &files) {
             tracing::warn!("reload refused: {e}");
             say!("reload refused: {e}");

@@ -127,6 +127,8 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         .await?;
     }
 
+    let files = args.node.tls_files(&args.service);
+    let seen = reload::snapshot(&files);
     say!(
         "listening {} node {} service {}",
         node.local_addr(),
@@ -135,8 +137,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     );
     let printer = tokio::spawn(print_events(events));
     let every = (args.reload_every > 0).then(|| Duration::from_secs(args.reload_every));
-    let files = args.node.tls_files(&args.service);
-    let follower = tokio::spawn(reload::follow(node.clone(), files, every, hangups));
+    let follower = tokio::spawn(reload::follow(node.clone(), files, every, hangups, seen));
 
     let signal = signals.next().await;
     say!("stopping ({signal})");

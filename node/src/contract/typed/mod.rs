@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 
 pub use self::client::{Version, Versions};
+#[cfg(feature = "testing")]
 pub(crate) use self::client::{encode, finish};
 pub use self::routes::{ContractStats, MESSAGE_HEADER, VERSIONS_HEADER};
 use self::routes::{Counters, Route, Table, TypedHandler};
