@@ -80,31 +80,47 @@ pub fn encode(frame: &Frame, limits: &Limits, dst: &mut BytesMut) -> Result<(), 
     dst.reserve(LENGTH_PREFIX + body_len_estimate(frame).min(max));
     dst.put_u32(0); // patched below, once the body length is known
 
+    let len = append_bounded(frame, dst, max)
+        .and_then(|written| u32::try_from(written).map_err(|_| too_long(written, max)));
+    match len {
+        Ok(len) => {
+            dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            dst.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Appends `value` in bincode to `dst` and returns its length, or fails when it is longer than
+/// `max` (measured without copying past `max`). On an error, what was appended stays for the
+/// caller to cut.
+pub(crate) fn append_bounded<T: serde::Serialize + ?Sized>(
+    value: &T,
+    dst: &mut BytesMut,
+    max: usize,
+) -> Result<usize, EncodeError> {
     let mut writer = BodyWriter {
         dst,
         written: 0,
         max,
     };
-    let result = bincode::serde::encode_into_writer(frame, &mut writer, config());
-    let written = writer.written;
-
-    if let Err(e) = result {
-        dst.truncate(start);
-        return Err(EncodeError::Serialize(e.to_string()));
+    bincode::serde::encode_into_writer(value, &mut writer, config())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    if writer.written > max {
+        return Err(too_long(writer.written, max));
     }
-    let len = match u32::try_from(written) {
-        Ok(len) if written <= max => len,
-        _ => {
-            dst.truncate(start);
-            return Err(EncodeError::LimitExceeded {
-                limit: "max_frame_len",
-                actual: written,
-                max,
-            });
-        }
-    };
-    dst[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
-    Ok(())
+    Ok(writer.written)
+}
+
+fn too_long(actual: usize, max: usize) -> EncodeError {
+    EncodeError::LimitExceeded {
+        limit: "max_frame_len",
+        actual,
+        max,
+    }
 }
 
 /// Takes one frame off the front of `src`; `Ok(None)` when more bytes are needed.
@@ -175,20 +191,7 @@ pub fn encode_envelope(
     let max = max_frame_len(limits);
     let mut dst = BytesMut::with_capacity(1 + envelope_len_estimate(envelope).min(max));
     dst.put_u8(STORED_ENVELOPE);
-    let mut writer = BodyWriter {
-        dst: &mut dst,
-        written: 0,
-        max,
-    };
-    bincode::serde::encode_into_writer(envelope, &mut writer, config())
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    if writer.written > max {
-        return Err(EncodeError::LimitExceeded {
-            limit: "max_frame_len",
-            actual: writer.written,
-            max,
-        });
-    }
+    append_bounded(envelope, &mut dst, max)?;
     Ok(dst.freeze())
 }
 

@@ -32,7 +32,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
-use super::{BodyWriter, LENGTH_PREFIX, config, max_frame_len};
+use super::{LENGTH_PREFIX, append_bounded, config, max_frame_len};
 use crate::{EncodeError, Frame, Head, Item, Limits, validate_head, validate_item};
 
 /// The index of [`Frame::Messages`] among `Frame`'s variants, as serde numbers them. A test
@@ -80,25 +80,9 @@ impl EncodedItem {
         if arena.capacity() < estimate {
             arena.reserve(estimate.max(ARENA_BLOCK));
         }
-        let max = max_frame_len(limits);
-        let mut writer = BodyWriter {
-            dst: arena,
-            written: 0,
-            max,
-        };
-        let encoded = bincode::serde::encode_into_writer(item, &mut writer, config());
-        let written = writer.written;
-        if let Err(e) = encoded {
+        if let Err(e) = append_bounded(item, arena, max_frame_len(limits)) {
             arena.clear();
-            return Err(EncodeError::Serialize(e.to_string()));
-        }
-        if written > max {
-            arena.clear();
-            return Err(EncodeError::LimitExceeded {
-                limit: "max_frame_len",
-                actual: written,
-                max,
-            });
+            return Err(e);
         }
         Ok(Self(arena.split().freeze()))
     }
@@ -144,20 +128,7 @@ fn encode_part<T: Serialize>(
 ) -> Result<Bytes, EncodeError> {
     let max = max_frame_len(limits);
     let mut dst = BytesMut::with_capacity(estimate.min(max));
-    let mut writer = BodyWriter {
-        dst: &mut dst,
-        written: 0,
-        max,
-    };
-    bincode::serde::encode_into_writer(value, &mut writer, config())
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    if writer.written > max {
-        return Err(EncodeError::LimitExceeded {
-            limit: "max_frame_len",
-            actual: writer.written,
-            max,
-        });
-    }
+    append_bounded(value, &mut dst, max)?;
     Ok(dst.freeze())
 }
 
