@@ -207,6 +207,7 @@ pub(super) fn measure_failover(
             listen: SocketAddr::new(IpAddr::V4(lan.addr(1)), 0),
             liveness,
             handler: Handler::Sleep(options.handler),
+            eager: false,
         },
     )?;
     let sender = NodeThread::start(
@@ -218,6 +219,8 @@ pub(super) fn measure_failover(
             listen: SocketAddr::new(IpAddr::V4(lan.addr(0)), 0),
             liveness,
             handler: Handler::None,
+            // The failover measurement needs a connection to both instances before the kill.
+            eager: true,
         },
     )?;
     audit.check()?;

@@ -53,6 +53,7 @@ fn fresh_node_round(lan: &Lan, ca: MeshCa) -> BenchResult<StartSample> {
                 listen,
                 liveness: None,
                 handler: Handler::None,
+                eager: false,
             };
             let builder = setup.builder(ca.issue(PROBE_SERVICE).map_err(shoal_err)?);
             let t0 = Instant::now();
@@ -140,6 +141,7 @@ pub(super) fn measure_first_send(
             listen: SocketAddr::new(IpAddr::V4(lan.addr(0)), 0),
             liveness: None,
             handler: Handler::Instant,
+            eager: false,
         },
     )?;
     audit.check()?;

@@ -39,6 +39,9 @@ pub(super) struct NodeSetup {
     pub(super) listen: SocketAddr,
     pub(super) liveness: Option<(Duration, Duration)>,
     pub(super) handler: Handler,
+    /// Connect to every instance as soon as discovery announces it
+    /// ([`shoal::NodeBuilder::connect_on_discovery`]) rather than on first use.
+    pub(super) eager: bool,
 }
 
 impl NodeSetup {
@@ -48,7 +51,8 @@ impl NodeSetup {
             .listen(self.listen)
             .identity(identity)
             .trust(self.ca.clone())
-            .discovery(lan0_mdns().build());
+            .discovery(lan0_mdns().build())
+            .connect_on_discovery(self.eager);
         if let Some((keep_alive, idle)) = self.liveness {
             builder = builder.liveness(keep_alive, idle);
         }

@@ -244,6 +244,7 @@ pub fn victim_main(args: &VictimArgs) -> BenchResult<()> {
             listen: args.listen,
             liveness: args.liveness,
             handler: Handler::Sleep(args.handler),
+            eager: false,
         };
         let node = setup.builder(identity).start().await.map_err(shoal_err)?;
         install_handler(&node, setup.handler);
