@@ -390,7 +390,7 @@ fn fqdn(name: &str) -> String {
 }
 
 /// One TXT string as a key and value (`None`: a key without `=`); empty strings are skipped.
-fn txt_entry(entry: &[u8]) -> Option<(String, Option<Vec<u8>>)> {
+pub(crate) fn txt_entry(entry: &[u8]) -> Option<(String, Option<Vec<u8>>)> {
     let (key, value) = match entry.iter().position(|b| *b == b'=') {
         Some(eq) => (&entry[..eq], Some(entry[eq + 1..].to_vec())),
         None => (entry, None),

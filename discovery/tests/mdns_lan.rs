@@ -85,6 +85,44 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
     println!("A saw B after {a_saw_b:?}; stop took {stop_took:?}; Down after {down_after:?}");
 }
 
+/// A node that starts while a running one may not multicast its records (it announced less
+/// than a second ago, RFC 6762 §6) learns it from the start-up query's unicast answer; with
+/// the query off it learns it from the browse alone, later.
+#[test]
+fn the_start_up_query_is_answered_at_once() {
+    if !netns_or_skip("the_start_up_query_is_answered_at_once") {
+        return;
+    }
+    let lan = Lan::new(3).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let a = start_in(
+        lan.host(0),
+        lan0(),
+        local(random_id(), "invoice", "0.0.0.0:7000"),
+    );
+    // B starts within A's first second, when A's records are rate-limited.
+    let mut b = start_in(
+        lan.host(1),
+        lan0(),
+        local(random_id(), "orders", "0.0.0.0:7001"),
+    );
+    let mut c = start_in(
+        lan.host(2),
+        lan0().startup_query(false),
+        local(random_id(), "shipping", "0.0.0.0:7002"),
+    );
+    audit_daemon_threads(&[lan.host(0), lan.host(1), lan.host(2)]);
+
+    let hint = b.expect_up(a.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
+    let answers = b.mdns.diagnostics().startup_query_answers;
+    assert!(answers >= 1, "A answered B's start-up query: {answers}");
+
+    let hint = c.expect_up(a.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
+    assert_eq!(c.mdns.diagnostics().startup_query_answers, 0);
+}
+
 #[test]
 fn dual_stack_announces_link_local_ipv6_with_scope() {
     if !netns_or_skip("dual_stack_announces_link_local_ipv6_with_scope") {

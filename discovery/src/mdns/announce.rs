@@ -110,7 +110,7 @@ pub(super) fn daemon_interfaces(selected: Vec<InterfaceSelector>) -> IfPredicate
 }
 
 /// Whether any of `selected` matches the interface `name` with address `ip`.
-fn is_selected(selected: &[InterfaceSelector], name: &str, ip: IpAddr) -> bool {
+pub(super) fn is_selected(selected: &[InterfaceSelector], name: &str, ip: IpAddr) -> bool {
     selected
         .iter()
         .any(|s| s.matches(name, ip, || multicast_flag(name)))

@@ -59,11 +59,13 @@ impl InterfaceSelector {
 /// # drop(mdns); // not started: building does not touch the network
 /// ```
 ///
-/// Defaults: no name probing, root network namespace refused, `stop` waits at most 2 s.
+/// Defaults: no name probing, the start-up query on, root network namespace refused, `stop`
+/// waits at most 2 s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MdnsConfig {
     pub(super) interfaces: Vec<InterfaceSelector>,
     pub(super) probe: bool,
+    pub(super) startup_query: bool,
     pub(super) allow_root_netns: bool,
     pub(super) stop_timeout: Duration,
 }
@@ -78,6 +80,7 @@ impl MdnsConfig {
         Self {
             interfaces: interfaces.into_iter().collect(),
             probe: false,
+            startup_query: true,
             allow_root_netns: false,
             stop_timeout: Duration::from_secs(2),
         }
@@ -90,6 +93,21 @@ impl MdnsConfig {
     /// probing on, a hostile responder could also force a rename of this node's records.
     pub fn probe(mut self, probe: bool) -> Self {
         self.probe = probe;
+        self
+    }
+
+    /// Whether to ask the link at start with one-shot queries from an ephemeral port (RFC 6762
+    /// §5.1), which responders answer at once by unicast. Default `true`.
+    ///
+    /// Without it a node learns the instances already running from mdns-sd's browse alone,
+    /// whose first query often goes unanswered: a responder multicasts a record at most once a
+    /// second, and nodes that start together all announce in that second. The start-up query
+    /// makes the first send to a running service wait milliseconds instead of about a second.
+    /// It sends a query per selected IPv4 interface address (a second one 250 ms later if
+    /// nobody answered) and reads answers for one second; answers pass the same checks as
+    /// every announcement.
+    pub fn startup_query(mut self, on: bool) -> Self {
+        self.startup_query = on;
         self
     }
 
@@ -121,6 +139,11 @@ impl MdnsConfig {
     /// Whether name probing is on.
     pub fn probe_enabled(&self) -> bool {
         self.probe
+    }
+
+    /// Whether the start-up query is on.
+    pub fn startup_query_enabled(&self) -> bool {
+        self.startup_query
     }
 
     /// Whether the root network namespace is allowed.

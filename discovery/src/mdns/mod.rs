@@ -12,6 +12,12 @@
 //! * TXT: `svc` = service name, `id` = node id, `pv` = [`shoal_proto::PROTOCOL_VERSION`].
 //!   Nothing secret: anyone on the link can read it.
 //!
+//! # At start
+//!
+//! Besides mdns-sd's browse, a node asks the link once with one-shot queries from an ephemeral
+//! port, which responders answer at once by unicast (see `oneshot.rs` for why the browse alone
+//! takes about a second there); [`MdnsConfig::startup_query`] turns it off.
+//!
 //! # What comes out
 //!
 //! [`DiscoveryEvent::Up`](crate::DiscoveryEvent::Up) when a valid peer resolves, [`DiscoveryEvent::Updated`](crate::DiscoveryEvent::Updated) when a known
@@ -26,6 +32,7 @@ mod announce;
 mod bridge;
 mod config;
 mod netif;
+mod oneshot;
 mod record;
 mod state;
 
@@ -39,6 +46,7 @@ use mdns_sd::{IfKind, ServiceDaemon};
 use self::announce::AnnouncePlan;
 use self::bridge::{BRIDGE_POLL, Bridge};
 pub use self::config::{InterfaceSelector, MdnsConfig};
+use self::oneshot::StartupQuery;
 use self::record::Me;
 pub use self::record::{
     MAX_ADDRS_PER_INSTANCE, MAX_SERVICE_NAME_LEN, RejectReason, SERVICE_TYPE, TXT_NODE_ID,
@@ -70,6 +78,9 @@ pub struct MdnsDiagnostics {
     pub rejected_total: u64,
     /// Recent notes from the mDNS daemon (errors, address changes, announcements), oldest first.
     pub notes: Vec<String>,
+    /// How many instance descriptions the start-up query's answers carried (see
+    /// [`MdnsConfig::startup_query`]); repeats included.
+    pub startup_query_answers: u64,
 }
 
 /// What is alive between `start` and `stop`.
@@ -79,6 +90,7 @@ struct Running {
     fullname: String,
     stop: Arc<AtomicBool>,
     bridge: JoinHandle<()>,
+    startup_query: Option<JoinHandle<()>>,
 }
 
 /// Discovery over mDNS/DNS-SD (RFC 6762/6763), built on the `mdns-sd` crate. See the
@@ -136,6 +148,7 @@ impl MdnsDiscovery {
             rejected: state.rejected(),
             rejected_total: state.rejected_total,
             notes: state.notes.iter().cloned().collect(),
+            startup_query_answers: state.startup_query_answers,
         }
     }
 
@@ -212,6 +225,12 @@ impl MdnsDiscovery {
             .map_err(|e| start_err("register", e))?;
 
         let stop = Arc::new(AtomicBool::new(false));
+        let startup_query = StartupQuery {
+            selected: self.config.interfaces.clone(),
+            events: events.clone(),
+            state: Arc::clone(&self.state),
+            stop: Arc::clone(&stop),
+        };
         let bridge = Bridge {
             daemon: daemon.clone(),
             browse,
@@ -221,6 +240,18 @@ impl MdnsDiscovery {
             stop: Arc::clone(&stop),
         }
         .spawn()?;
+        let startup_query = if self.config.startup_query {
+            match startup_query.spawn() {
+                Ok(thread) => Some(thread),
+                Err(e) => {
+                    // Discovery still works without it, only slower at start.
+                    lock(&self.state).note(format!("start-up query thread not started: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tracing::debug!(instance = %fullname, port = plan.port, "mdns: started");
         Ok(Running {
             daemon: daemon.clone(),
@@ -228,6 +259,7 @@ impl MdnsDiscovery {
             fullname,
             stop,
             bridge,
+            startup_query,
         })
     }
 }
@@ -282,15 +314,11 @@ impl Discovery for MdnsDiscovery {
             let _ = status.recv_timeout(left());
         }
         running.stop.store(true, Ordering::SeqCst);
-        // The event thread notices within BRIDGE_POLL.
+        // Both threads notice within BRIDGE_POLL.
         let join_deadline = Instant::now() + BRIDGE_POLL * 10;
-        while !running.bridge.is_finished() && Instant::now() < join_deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if running.bridge.is_finished() {
-            let _ = running.bridge.join();
-        } else {
-            tracing::warn!("mdns: event thread did not stop in time; leaving it detached");
+        join_until(running.bridge, join_deadline, "event thread");
+        if let Some(thread) = running.startup_query {
+            join_until(thread, join_deadline, "start-up query thread");
         }
         tracing::debug!(instance = %running.fullname, "mdns: stopped");
     }
@@ -324,6 +352,18 @@ impl Discovery for MdnsDiscovery {
 impl Drop for MdnsDiscovery {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Joins `thread` if it ends by `deadline`; otherwise leaves it detached and says so.
+fn join_until(thread: JoinHandle<()>, deadline: Instant, what: &str) {
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        tracing::warn!("mdns: {what} did not stop in time; leaving it detached");
     }
 }
 

@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub(crate) rejected_total: u64,
     pub(crate) own_announcement_seen: bool,
     pub(crate) notes: VecDeque<String>,
+    /// Instances described by answers to the start-up query (repeats included).
+    pub(crate) startup_query_answers: u64,
 }
 
 impl State {
@@ -84,6 +86,7 @@ impl State {
             rejected_total: 0,
             own_announcement_seen: false,
             notes: VecDeque::new(),
+            startup_query_answers: 0,
         }
     }
 

@@ -1,0 +1,267 @@
+//! The start-up query: one-shot mDNS queries (RFC 6762 §5.1) from an ephemeral port, so a node
+//! that just started learns the instances already on the link at once.
+//!
+//! # Why mdns-sd's own browse is not enough at start
+//!
+//! A Multicast DNS responder must not multicast a record more than once per second (RFC 6762
+//! §6), and mdns-sd keeps that rule. Nodes that start together announce themselves twice in
+//! their first second, and a node that answered someone else's query a moment ago stays quiet
+//! too: a new node's first browse query then goes unanswered and its second one, a second
+//! later, gets the answer. Measured before this module: about 1.1 s from start to the first
+//! send to a service that was already running (`discovery-timing`), and the same in the demo.
+//!
+//! A query sent from a port other than 5353 is a "legacy unicast" query (RFC 6762 §6.7): the
+//! responders answer it at once, by unicast to the querier, with no rate limit (it reaches only
+//! the asker, so it cannot flood the link). The answer carries PTR, SRV, TXT and address
+//! records together, and goes through the same checks as what mdns-sd resolves
+//! ([`record::check`]); mdns-sd's own browse then finds the same instances and keeps them up to
+//! date, and reports their departure.
+//!
+//! Bounded: one socket per selected IPv4 interface address, one query, and a second one
+//! [`REPEAT_AFTER`] later only if nothing answered the first (it may have been lost, or the
+//! responders not ready: every node on the link answers each query, so one is enough when it
+//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams. IPv6-only
+//! links rely on mdns-sd's browse alone.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+
+use super::announce::is_selected;
+use super::config::InterfaceSelector;
+use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
+use super::state::{State, lock};
+use crate::dns_sd::txt_entry;
+use crate::event::EventSender;
+
+/// The mDNS group and port.
+const MDNS_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), 5353);
+/// The second query goes out this long after the first, if nothing answered the first.
+pub(super) const REPEAT_AFTER: Duration = Duration::from_millis(250);
+/// Answers are read for this long after the first query.
+pub(super) const LISTEN_FOR: Duration = Duration::from_millis(1000);
+/// At most this many datagrams are read per socket.
+pub(super) const MAX_DATAGRAMS: usize = 512;
+/// How long one read waits before the stop flag and the clock are checked again.
+const READ_POLL: Duration = Duration::from_millis(20);
+
+/// The start-up query's thread: queries, reads the answers and reports what they show.
+pub(super) struct StartupQuery {
+    pub(super) selected: Vec<InterfaceSelector>,
+    pub(super) events: EventSender,
+    pub(super) state: Arc<Mutex<State>>,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+/// One socket, bound to one selected interface's IPv4 address.
+struct Asker {
+    interface: String,
+    socket: UdpSocket,
+}
+
+impl StartupQuery {
+    /// Runs the query on a new thread named `shoal-mdns-query`, in the calling thread's
+    /// network namespace (a new thread inherits it).
+    pub(super) fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("shoal-mdns-query".into())
+            .spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let askers = self.askers();
+        if askers.is_empty() {
+            lock(&self.state).note("start-up query: no selected IPv4 interface".into());
+            return;
+        }
+        let id = query_id();
+        let query = match query_message(id) {
+            Ok(query) => query,
+            Err(e) => {
+                lock(&self.state).note(format!("start-up query not built: {e}"));
+                return;
+            }
+        };
+        let start = Instant::now();
+        let mut sent = 0;
+        let mut answered = false;
+        let mut read = vec![0usize; askers.len()];
+        let mut buf = vec![0u8; 9000];
+        while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
+            let elapsed = start.elapsed();
+            if elapsed >= LISTEN_FOR {
+                break;
+            }
+            if sent == 0 || (sent == 1 && !answered && elapsed >= REPEAT_AFTER) {
+                for asker in &askers {
+                    if let Err(e) = asker.socket.send_to(&query, MDNS_GROUP) {
+                        lock(&self.state)
+                            .note(format!("start-up query on {}: {e}", asker.interface));
+                    }
+                }
+                sent += 1;
+            }
+            for (asker, read) in askers.iter().zip(read.iter_mut()) {
+                if *read >= MAX_DATAGRAMS {
+                    continue;
+                }
+                // One read per socket per round: each socket's timeout bounds the round.
+                if let Ok((n, _from)) = asker.socket.recv_from(&mut buf) {
+                    *read += 1;
+                    answered |= self.on_datagram(&buf[..n], id, &asker.interface);
+                }
+            }
+        }
+    }
+
+    /// A socket per selected interface with an IPv4 address; failures become notes.
+    fn askers(&self) -> Vec<Asker> {
+        let interfaces = match if_addrs::get_if_addrs() {
+            Ok(list) => list,
+            Err(e) => {
+                lock(&self.state).note(format!("start-up query: interfaces not listed: {e}"));
+                return Vec::new();
+            }
+        };
+        let mut askers = Vec::new();
+        for interface in interfaces {
+            let IpAddr::V4(ip) = interface.ip() else {
+                continue;
+            };
+            if !is_selected(&self.selected, &interface.name, IpAddr::V4(ip)) {
+                continue;
+            }
+            match asker_socket(ip) {
+                Ok(socket) => askers.push(Asker {
+                    interface: interface.name,
+                    socket,
+                }),
+                Err(e) => lock(&self.state).note(format!(
+                    "start-up query: no socket on {} ({ip}): {e}",
+                    interface.name
+                )),
+            }
+        }
+        askers
+    }
+
+    /// Reports every valid instance an answer shows; ignores anything that is not the answer
+    /// to our query. Returns whether it was such an answer.
+    fn on_datagram(&self, datagram: &[u8], id: u16, interface: &str) -> bool {
+        let Ok(message) = Message::from_vec(datagram) else {
+            return false;
+        };
+        if message.metadata.message_type != MessageType::Response || message.metadata.id != id {
+            return false;
+        }
+        let now = Instant::now();
+        for mut announcement in announcements(&message) {
+            announcement.via = vec![interface.to_owned()];
+            let event = {
+                let mut state = lock(&self.state);
+                state.startup_query_answers += 1;
+                state.on_resolved(&announcement, now)
+            };
+            if let Some(event) = event {
+                tracing::debug!(?event, "mdns: start-up query");
+                // A closed receiver means the node is shutting down; the loop notices.
+                let _ = self.events.send(event);
+            }
+        }
+        true
+    }
+}
+
+/// A UDP socket on `ip`, an ephemeral port, sending multicast out of that address's interface
+/// with the IP TTL mDNS uses (255; 224.0.0.251 is link-local and never routed).
+fn asker_socket(ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_multicast_if_v4(&ip)?;
+    socket.set_multicast_ttl_v4(255)?;
+    socket.set_read_timeout(Some(READ_POLL))?;
+    socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+    Ok(socket.into())
+}
+
+/// A query id that differs between nodes and starts (answers must echo it).
+fn query_id() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ (nanos >> 16)) as u16
+}
+
+/// The wire form of a PTR query for [`SERVICE_TYPE`] with id `id`.
+fn query_message(id: u16) -> Result<Vec<u8>, String> {
+    let name = Name::from_ascii(SERVICE_TYPE).map_err(|e| e.to_string())?;
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(name, RecordType::PTR));
+    message.to_vec().map_err(|e| e.to_string())
+}
+
+/// The instances an answer describes whole (PTR, SRV and TXT; addresses from A/AAAA records of
+/// the SRV target), as [`Announcement`]s for [`record::check`](super::record::check).
+fn announcements(message: &Message) -> Vec<Announcement> {
+    let records = || message.answers.iter().chain(&message.additionals);
+    let service_type = SERVICE_TYPE.to_ascii_lowercase();
+    let mut instances: Vec<String> = Vec::new();
+    let mut srv: HashMap<String, (u16, String)> = HashMap::new();
+    let mut txt: HashMap<String, Vec<(String, Option<Vec<u8>>)>> = HashMap::new();
+    let mut addrs: HashMap<String, Vec<ReceivedAddr>> = HashMap::new();
+    for record in records() {
+        let owner = record.name.to_ascii().to_ascii_lowercase();
+        match &record.data {
+            RData::PTR(ptr) if owner == service_type => {
+                let instance = ptr.0.to_ascii();
+                if !instances.contains(&instance) {
+                    instances.push(instance);
+                }
+            }
+            RData::SRV(s) => {
+                srv.insert(owner, (s.port, s.target.to_ascii().to_ascii_lowercase()));
+            }
+            RData::TXT(t) => {
+                txt.insert(
+                    owner,
+                    t.txt_data.iter().filter_map(|e| txt_entry(e)).collect(),
+                );
+            }
+            RData::A(a) => addrs.entry(owner).or_default().push(ReceivedAddr {
+                ip: IpAddr::V4(a.0),
+                scope_id: 0,
+            }),
+            RData::AAAA(a) => addrs.entry(owner).or_default().push(ReceivedAddr {
+                ip: IpAddr::V6(a.0),
+                scope_id: 0,
+            }),
+            _ => {}
+        }
+    }
+    instances
+        .into_iter()
+        .filter_map(|fullname| {
+            let key = fullname.to_ascii_lowercase();
+            let (port, target) = srv.get(&key)?;
+            Some(Announcement {
+                port: *port,
+                addrs: addrs.get(target).cloned().unwrap_or_default(),
+                txt: txt.get(&key)?.clone(),
+                via: Vec::new(),
+                fullname,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

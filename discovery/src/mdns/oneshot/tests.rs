@@ -1,0 +1,138 @@
+use std::net::Ipv4Addr;
+
+use hickory_resolver::proto::rr::Record;
+use hickory_resolver::proto::rr::rdata::{A, PTR, SRV, TXT};
+use shoal_proto::{NodeId, PROTOCOL_VERSION};
+
+use super::*;
+use crate::event::DiscoveryEvent;
+use crate::mdns::record::Me;
+
+const PEER: u128 = 0xabc;
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(text).expect("name")
+}
+
+fn instance() -> String {
+    format!("{}.{SERVICE_TYPE}", NodeId::from_u128(PEER))
+}
+
+/// The answer a responder gives to a legacy unicast PTR query: PTR, then SRV, TXT and A.
+fn answer(id: u16, with_txt: bool) -> Message {
+    let mut message = Message::new(id, MessageType::Response, OpCode::Query);
+    message.add_answer(Record::from_rdata(
+        name(SERVICE_TYPE),
+        10,
+        RData::PTR(PTR(name(&instance()))),
+    ));
+    message.add_additional(Record::from_rdata(
+        name(&instance()),
+        10,
+        RData::SRV(SRV::new(0, 0, 7000, name("host-abc.local."))),
+    ));
+    if with_txt {
+        message.add_additional(Record::from_rdata(
+            name(&instance()),
+            10,
+            RData::TXT(TXT::new(vec![
+                "svc=invoice".into(),
+                format!("id={}", NodeId::from_u128(PEER)),
+                format!("pv={PROTOCOL_VERSION}"),
+            ])),
+        ));
+    }
+    message.add_additional(Record::from_rdata(
+        name("host-abc.local."),
+        10,
+        RData::A(A(Ipv4Addr::new(10, 99, 0, 1))),
+    ));
+    message
+}
+
+fn asker() -> (
+    StartupQuery,
+    tokio::sync::mpsc::UnboundedReceiver<DiscoveryEvent>,
+) {
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    let me = Me {
+        node_id: NodeId::from_u128(1),
+        service: "orders".into(),
+        port: 7000,
+    };
+    let query = StartupQuery {
+        selected: Vec::new(),
+        events,
+        state: Arc::new(Mutex::new(State::new(me))),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    (query, rx)
+}
+
+#[test]
+fn an_answer_describes_the_instance_whole() {
+    let found = announcements(&answer(7, true));
+    assert_eq!(found.len(), 1);
+    let a = &found[0];
+    assert_eq!(a.fullname, instance());
+    assert_eq!(a.port, 7000);
+    assert_eq!(a.addrs.len(), 1);
+    assert_eq!(a.addrs[0].ip, IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1)));
+    assert_eq!(a.txt[0], ("svc".to_owned(), Some(b"invoice".to_vec())));
+}
+
+#[test]
+fn an_instance_without_txt_is_left_to_the_browse() {
+    assert!(announcements(&answer(7, false)).is_empty());
+}
+
+#[test]
+fn the_answer_to_our_query_reports_the_peer() {
+    let (query, mut rx) = asker();
+    let wire = answer(42, true).to_vec().expect("encode");
+    assert!(query.on_datagram(&wire, 42, "lan0"));
+    match rx.try_recv() {
+        Ok(DiscoveryEvent::Up(hint)) => {
+            assert_eq!(hint.node_id, Some(NodeId::from_u128(PEER)));
+            assert_eq!(hint.service.as_deref(), Some("invoice"));
+            assert_eq!(hint.addrs, vec!["10.99.0.1:7000".parse().expect("addr")]);
+        }
+        other => panic!("expected Up, got {other:?}"),
+    }
+    assert_eq!(lock(&query.state).startup_query_answers, 1);
+    // The same answer again (the second query's) changes nothing.
+    assert!(query.on_datagram(&wire, 42, "lan0"));
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn other_datagrams_are_ignored_without_panicking() {
+    let (query, mut rx) = asker();
+    // Another query's answer, a query, garbage, truncations of a good answer.
+    let wire = answer(42, true).to_vec().expect("encode");
+    assert!(!query.on_datagram(&wire, 43, "lan0"));
+    let mut question = answer(42, true);
+    question.metadata.message_type = MessageType::Query;
+    assert!(!query.on_datagram(&question.to_vec().expect("encode"), 42, "lan0"));
+    assert!(!query.on_datagram(&[0xff; 40], 42, "lan0"));
+    for len in 0..wire.len() {
+        let _ = query.on_datagram(&wire[..len], 42, "lan0");
+    }
+    // Whatever a truncation still parsed to, nothing was reported twice or for another id.
+    let mut ups = 0;
+    while let Ok(event) = rx.try_recv() {
+        assert!(matches!(event, DiscoveryEvent::Up(_)), "{event:?}");
+        ups += 1;
+    }
+    assert!(ups <= 1);
+}
+
+#[test]
+fn the_query_asks_for_shoal_instances() {
+    let wire = query_message(9).expect("query");
+    let message = Message::from_vec(&wire).expect("parse");
+    assert_eq!(message.metadata.id, 9);
+    assert_eq!(message.queries.len(), 1);
+    assert_eq!(message.queries[0].query_type(), RecordType::PTR);
+    assert_eq!(message.queries[0].name().to_ascii(), SERVICE_TYPE);
+}
