@@ -201,6 +201,9 @@ fn query_id() -> u16 {
     (nanos ^ (nanos >> 16)) as u16
 }
 
+/// One TXT string as key and value (`None`: a key without `=`), as [`Announcement`] has them.
+type TxtEntry = (String, Option<Vec<u8>>);
+
 /// The wire form of a PTR query for [`SERVICE_TYPE`] with id `id`.
 fn query_message(id: u16) -> Result<Vec<u8>, String> {
     let name = Name::from_ascii(SERVICE_TYPE).map_err(|e| e.to_string())?;
@@ -216,7 +219,7 @@ fn announcements(message: &Message) -> Vec<Announcement> {
     let service_type = SERVICE_TYPE.to_ascii_lowercase();
     let mut instances: Vec<String> = Vec::new();
     let mut srv: HashMap<String, (u16, String)> = HashMap::new();
-    let mut txt: HashMap<String, Vec<(String, Option<Vec<u8>>)>> = HashMap::new();
+    let mut txt: HashMap<String, Vec<TxtEntry>> = HashMap::new();
     let mut addrs: HashMap<String, Vec<ReceivedAddr>> = HashMap::new();
     for record in records() {
         let owner = record.name.to_ascii().to_ascii_lowercase();
