@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use mdns_sd::{IfKind, ServiceDaemon};
 
 use self::announce::AnnouncePlan;
-use self::bridge::{BRIDGE_POLL, Bridge};
+use self::bridge::Bridge;
 pub use self::config::{InterfaceSelector, MdnsConfig};
 use self::oneshot::StartupQuery;
 use self::record::Me;
@@ -314,8 +314,9 @@ impl Discovery for MdnsDiscovery {
             let _ = status.recv_timeout(left());
         }
         running.stop.store(true, Ordering::SeqCst);
-        // Both threads notice within BRIDGE_POLL.
-        let join_deadline = Instant::now() + BRIDGE_POLL * 10;
+        // The daemon's shutdown disconnected the event thread's channel, and the start-up
+        // query's reads time out within 20 ms: both end at once.
+        let join_deadline = Instant::now() + JOIN_WITHIN;
         join_until(running.bridge, join_deadline, "event thread");
         if let Some(thread) = running.startup_query {
             join_until(thread, join_deadline, "start-up query thread");
@@ -354,6 +355,9 @@ impl Drop for MdnsDiscovery {
         self.stop();
     }
 }
+
+/// How long `stop` waits for the source's threads to end once the daemon is shut down.
+const JOIN_WITHIN: Duration = Duration::from_millis(500);
 
 /// Joins `thread` if it ends by `deadline`; otherwise leaves it detached and says so.
 fn join_until(thread: JoinHandle<()>, deadline: Instant, what: &str) {
