@@ -31,8 +31,21 @@ mod sim;
 
 use std::time::Duration;
 
+// What the runtime will use; until it drives the channel only the tests do.
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
 pub(crate) use header::{HEADER_LEN, Header, Kind};
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
 pub(crate) use receiver::{Receiver, ReceiverTransmit};
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
 pub(crate) use sender::{DemoteReason, RekeyReason, Sender, SenderEvent, Transmit};
 
 /// How a channel behaves. The defaults suit a switched LAN with a round trip under a

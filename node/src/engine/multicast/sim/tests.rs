@@ -236,10 +236,10 @@ fn forged_replayed_truncated_and_foreign_datagrams_are_dropped_and_counted() {
             }
         }
         // Keep the epoch a known one (an unknown newer epoch is held, unopened, for its key).
-        if let Ok(h) = Header::parse(&d) {
-            if h.epoch > lan.tx.epoch() {
-                continue;
-            }
+        if let Ok(h) = Header::parse(&d)
+            && h.epoch > lan.tx.epoch()
+        {
+            continue;
         }
         injected += 1;
         assert!(lan.subs[victim].rx.on_datagram(&d, lan.now).is_err());
