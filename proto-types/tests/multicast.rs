@@ -3,7 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[allow(dead_code, reason = "the frame strategies are for the other codec tests")]
+#[allow(
+    dead_code,
+    reason = "the frame strategies are for the other codec tests"
+)]
 mod strategies;
 
 use bytes::BytesMut;
