@@ -222,7 +222,7 @@ impl Receiver {
                     .ok_or(DropReason::Malformed)?;
                 self.held.insert(seq, body);
                 self.gaps.remove(&seq);
-                self.known_end = self.known_end.max(seq + 1);
+                self.known_end = self.known_end.max(seq.saturating_add(1));
                 self.deliver_in_order();
             }
             Kind::Heartbeat => {
@@ -233,7 +233,9 @@ impl Receiver {
                 let hb = codec::decode_heartbeat(body).map_err(|_| DropReason::Malformed)?;
                 epoch.heartbeat = Some(header.seq);
                 // Never NAK beyond the window, whatever a heartbeat claims.
-                let reach = self.next_needed + u64::from(self.config.window);
+                let reach = self
+                    .next_needed
+                    .saturating_add(u64::from(self.config.window));
                 self.known_end = self.known_end.max(hb.next_seq.min(reach));
             }
         }
@@ -282,9 +284,10 @@ impl Receiver {
     /// reordered arrives before anyone asks.
     fn note_gaps(&mut self, now: Instant) {
         let backoff = self.config.rtt * 2;
-        let end = self
-            .known_end
-            .min(self.next_needed + u64::from(self.config.window));
+        let end = self.known_end.min(
+            self.next_needed
+                .saturating_add(u64::from(self.config.window)),
+        );
         for seq in self.next_needed..end {
             if !self.held.contains_key(&seq) && !self.gaps.contains_key(&seq) {
                 let delay = backoff.mul_f64(self.rng.random::<f64>());

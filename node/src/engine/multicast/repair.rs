@@ -1,7 +1,8 @@
 //! The publisher's side of repairs: the sealed datagrams kept until every active subscriber
 //! has them, and the NAKs merged per datagram before one repair answers them all.
 //!
-//! As in NORM (RFC 5740), the publisher collects NAKs for a short while (a round trip) before
+//! As in NORM (RFC 5740), the publisher collects NAKs for a short while (two round trips, the
+//! spread of the subscribers' random NAK delays) before
 //! repairing, so the requests of several subscribers that lost the same datagram are answered
 //! by one multicast resend, and then ignores new NAKs for that datagram for a little while
 //! (two round trips): they were sent before the repair arrived.

@@ -14,6 +14,7 @@
 //! §6.6): [`EpochKey::seals`] counts them and the publisher rekeys well before
 //! ([`super::ChannelConfig::usage_limit`]).
 
+use bytes::BytesMut;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, KeyType, Salt};
 use shoal_proto::multicast::SECRET_LEN;
@@ -87,7 +88,7 @@ impl EpochKey {
 
     /// Seals `datagram` in place: its first [`HEADER_LEN`] bytes are `header` (written here)
     /// and the associated data, the rest is encrypted, and the tag is appended.
-    pub(crate) fn seal(&mut self, header: Header, datagram: &mut Vec<u8>) {
+    pub(crate) fn seal(&mut self, header: Header, datagram: &mut BytesMut) {
         datagram[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         let (head, body) = datagram.split_at_mut(HEADER_LEN);
         let nonce = self.nonce(header.kind, header.seq);
@@ -129,10 +130,10 @@ mod tests {
     }
 
     fn sealed(key: &mut EpochKey, seq: u64, body: &[u8]) -> Vec<u8> {
-        let mut d = vec![0u8; HEADER_LEN];
+        let mut d = BytesMut::zeroed(HEADER_LEN);
         d.extend_from_slice(body);
         key.seal(header(seq), &mut d);
-        d
+        d.to_vec()
     }
 
     #[test]

@@ -6,15 +6,17 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
-use shoal_proto::multicast::{
-    Assignment, ChannelDemote, ChannelKey, ChannelNak, ChannelStatus, HeartbeatBody,
-};
+use shoal_proto::multicast::{Assignment, ChannelDemote, ChannelKey, HeartbeatBody};
 use shoal_proto::{NodeId, SeqRange};
 
 use super::ChannelConfig;
 use super::header::{HEADER_LEN, Header, Kind};
 use super::repair::{Naks, RepairBuffer, Stored};
 use super::seal::{EpochKey, Secret, TAG_LEN};
+
+mod feedback;
+
+use feedback::Member;
 
 /// Where the publisher's fresh secrets come from: a cryptographically secure generator (the
 /// driver's; the engine draws no randomness of its own for keys).
@@ -87,17 +89,6 @@ struct Queued {
     head: Arc<EncodedHead>,
     assigned: Arc<[Assignment]>,
     item: EncodedItem,
-}
-
-/// What the publisher knows of one active subscriber.
-#[derive(Debug)]
-struct Member {
-    /// Every datagram below this has reached it.
-    next_needed: u64,
-    window: u32,
-    last_heard: Instant,
-    /// When `next_needed` last moved, or a datagram became outstanding for it.
-    progressed: Instant,
 }
 
 /// The publisher's side of one channel.
@@ -290,18 +281,6 @@ impl Sender {
         self.queue.len()
     }
 
-    /// The first datagram number the flow-control window does not allow yet.
-    fn limit(&self) -> u64 {
-        let slowest = self
-            .members
-            .values()
-            .map(|m| m.next_needed.saturating_add(u64::from(m.window)))
-            .min()
-            .unwrap_or(u64::MAX);
-        let kept = self.repair.oldest(self.next_seq);
-        slowest.min(kept.saturating_add(self.config.repair_capacity as u64))
-    }
-
     /// Packs queued events into datagrams and seals them, as far as the window allows.
     fn send_queued(&mut self, now: Instant) {
         self.release();
@@ -313,14 +292,13 @@ impl Sender {
             if self.key.seals >= self.config.usage_limit {
                 self.rekey(RekeyReason::Usage, now);
             }
-            let datagram = self.pack();
+            let (datagram, first_item) = self.pack();
             let seq = self.next_seq;
             // A member that had everything starts waiting now: its stall clock starts here.
             for m in self.members.values_mut().filter(|m| m.next_needed == seq) {
                 m.progressed = now;
             }
-            let first_item = self.next_item - self.queue.len() as u64 - datagram.1 as u64;
-            let bytes = self.seal(Kind::Events, seq, datagram.0);
+            let bytes = self.seal(Kind::Events, seq, datagram);
             self.next_seq += 1;
             self.sent += 1;
             self.repair.push(
@@ -336,9 +314,9 @@ impl Sender {
         self.blocked_since = None;
     }
 
-    /// Takes as many queued events as fit in one datagram; returns the datagram's body (after
-    /// room for the header) and how many events it holds.
-    fn pack(&mut self) -> (Vec<u8>, usize) {
+    /// Takes as many queued events as fit in one datagram; returns the datagram (its body
+    /// after room for the header) and the number of its first event.
+    fn pack(&mut self) -> (BytesMut, u64) {
         let budget = self.config.max_datagram - HEADER_LEN - TAG_LEN;
         let mut used = codec::BODY_OVERHEAD;
         let mut taken = 0;
@@ -380,16 +358,18 @@ impl Sender {
             })
             .collect();
         let first_item = self.next_item - self.queue.len() as u64 - taken as u64;
-        let mut body = BytesMut::with_capacity(used);
-        // Every event fitted alone (push checked) and the total is bounded above by `used`.
-        let _ = codec::write_datagram_body(&mut body, first_item, &parts, usize::MAX);
-        let mut datagram = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
+        let mut datagram = BytesMut::with_capacity(HEADER_LEN + used + TAG_LEN);
         datagram.resize(HEADER_LEN, 0);
-        datagram.extend_from_slice(&body);
-        (datagram, taken)
+        // Every event fitted alone (push checked it) and `used` bounds the body: no error.
+        let written = codec::write_datagram_body(&mut datagram, first_item, &parts, usize::MAX);
+        debug_assert!(
+            matches!(written, Ok(len) if len <= used),
+            "{written:?} > {used}"
+        );
+        (datagram, first_item)
     }
 
-    fn seal(&mut self, kind: Kind, seq: u64, mut datagram: Vec<u8>) -> Bytes {
+    fn seal(&mut self, kind: Kind, seq: u64, mut datagram: BytesMut) -> Bytes {
         let header = Header {
             kind,
             channel: self.channel,
@@ -397,7 +377,7 @@ impl Sender {
             seq,
         };
         self.key.seal(header, &mut datagram);
-        Bytes::from(datagram)
+        datagram.freeze()
     }
 
     fn heartbeat(&mut self, now: Instant) {
@@ -412,49 +392,9 @@ impl Sender {
         let _ = codec::write_heartbeat(&mut buf, &body);
         let counter = self.heartbeats;
         self.heartbeats += 1;
-        let bytes = self.seal(Kind::Heartbeat, counter, buf.to_vec());
+        let bytes = self.seal(Kind::Heartbeat, counter, buf);
         self.out.push_back(Transmit::Multicast(bytes));
         self.next_heartbeat = Some(now + self.config.heartbeat_interval);
-    }
-
-    /// A member's progress arrived over QUIC.
-    pub(crate) fn on_status(&mut self, node: NodeId, status: ChannelStatus, now: Instant) {
-        if !status.handled.is_empty() {
-            self.events.push_back(SenderEvent::Handled {
-                node,
-                items: status.handled,
-            });
-        }
-        let Some(m) = self.members.get_mut(&node) else {
-            return;
-        };
-        m.last_heard = now;
-        // Never beyond what was sent: a confused subscriber cannot free unsent numbers.
-        let next = status.next_needed.min(self.next_seq);
-        if next > m.next_needed {
-            m.next_needed = next;
-            m.progressed = now;
-        }
-        m.window = status.window.clamp(1, self.config.window);
-        self.send_queued(now);
-    }
-
-    /// A member's NAK arrived over QUIC.
-    pub(crate) fn on_nak(&mut self, node: NodeId, nak: &ChannelNak, now: Instant) {
-        let Some(m) = self.members.get_mut(&node) else {
-            return;
-        };
-        m.last_heard = now;
-        let answer_at = now + self.config.rtt;
-        let mut budget = self.config.window as usize;
-        for range in &nak.missing {
-            for seq in range.iter().take(budget) {
-                budget -= 1;
-                if seq < self.next_seq && self.repair.get(seq).is_some() {
-                    self.naks.add(seq, node, now, answer_at);
-                }
-            }
-        }
     }
 
     /// Time passed: repairs, heartbeats, the key's timer, silent and lagging members.
@@ -470,101 +410,6 @@ impl Sender {
         if self.next_heartbeat.is_some_and(|at| at <= now) {
             self.heartbeat(now);
         }
-    }
-
-    fn repair_now(&mut self, now: Instant) {
-        let holdoff = now + 2 * self.config.rtt;
-        for (seq, askers) in self
-            .naks
-            .take(self.config.max_repairs_per_round, now, holdoff)
-        {
-            let Some(stored) = self.repair.get(seq) else {
-                continue;
-            };
-            let bytes = stored.bytes.clone();
-            if askers.len() >= self.config.multicast_repair_min {
-                self.repaired_multicast += 1;
-                self.out.push_back(Transmit::Multicast(bytes));
-            } else {
-                for to in askers {
-                    self.repaired_unicast += 1;
-                    self.out.push_back(Transmit::Repair {
-                        to,
-                        datagram: bytes.clone(),
-                    });
-                }
-            }
-        }
-    }
-
-    fn demote_silent_and_stalled(&mut self, now: Instant) {
-        let (next_seq, stall) = (self.next_seq, self.config.stall_timeout);
-        // The members whose window is what holds the publisher back.
-        let binding = self
-            .members
-            .values()
-            .map(|m| m.next_needed.saturating_add(u64::from(m.window)))
-            .min();
-        let blocked = self
-            .blocked_since
-            .is_some_and(|since| now.saturating_duration_since(since) >= stall);
-        let out: Vec<(NodeId, DemoteReason)> = self
-            .members
-            .iter()
-            .filter_map(|(&node, m)| {
-                if now.saturating_duration_since(m.last_heard) >= self.config.silent_timeout {
-                    Some((node, DemoteReason::Silent))
-                } else if m.next_needed < next_seq
-                    && m.last_heard > m.progressed
-                    && now.saturating_duration_since(m.progressed) >= stall
-                {
-                    // It still talks, but what was sent does not reach it.
-                    Some((node, DemoteReason::Stalled))
-                } else if blocked
-                    && Some(m.next_needed.saturating_add(u64::from(m.window))) == binding
-                {
-                    Some((node, DemoteReason::Lagging))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        for (node, reason) in out {
-            self.demote(node, reason);
-        }
-    }
-
-    /// Moves `node` to unicast. It keeps the key (it is still an allowed subscriber), so no
-    /// rekey.
-    pub(crate) fn demote(&mut self, node: NodeId, reason: DemoteReason) {
-        let Some(m) = self.members.remove(&node) else {
-            return;
-        };
-        self.naks.forget(node);
-        let from_item = self
-            .repair
-            .get(m.next_needed)
-            .map_or(self.next_item - self.queue.len() as u64, |s| s.first_item);
-        self.out.push_back(Transmit::Demote {
-            to: node,
-            demote: ChannelDemote {
-                channel: self.channel,
-                from_item,
-            },
-        });
-        self.events.push_back(SenderEvent::Demoted {
-            node,
-            reason,
-            from_item,
-        });
-        self.release();
-        self.blocked_since = None;
-    }
-
-    /// Forgets the datagrams every member has (all of them, without members).
-    fn release(&mut self) {
-        let all_have = self.members.values().map(|m| m.next_needed).min();
-        self.repair.release_below(all_have.unwrap_or(self.next_seq));
     }
 
     /// The next thing to send, after sealing what the window allows.

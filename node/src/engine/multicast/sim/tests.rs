@@ -395,3 +395,30 @@ fn keys_change_on_usage_and_on_time_and_nothing_is_lost_across() {
     let epochs: BTreeSet<u32> = lan.sealed.keys().map(|k| k.0).collect();
     assert!(epochs.len() > 5);
 }
+
+#[test]
+fn a_lost_burst_tail_is_found_by_the_heartbeat_and_one_multicast_repair_serves_all_who_lost_it() {
+    let config = ChannelConfig::default();
+    let mut lan = Lan::new(21, config.clone());
+    let subs: Vec<usize> = (0..3)
+        .map(|_| lan.subscriber(None, Faults::default(), config.clone()))
+        .collect();
+    lan.run_for(MS);
+    let first = lan.publish(5);
+    lan.run_for(5 * MS);
+    // The next burst (one datagram, nothing after it) is lost on two subscribers.
+    lan.subs[subs[0]].faults.loss = 1.0;
+    lan.subs[subs[1]].faults.loss = 1.0;
+    let lost = lan.publish(5);
+    lan.subs[subs[0]].faults.loss = 0.0;
+    lan.subs[subs[1]].faults.loss = 0.0;
+    // Only the tail heartbeat (4 RTT later) tells them; then a NAK, then the repair: well
+    // within 5 ms, long before the next idle heartbeat (100 ms).
+    lan.run_for(5 * MS);
+    check_all_delivered(&lan, &subs, &(first.start..lost.end));
+    assert_eq!((lan.tx.repaired_multicast, lan.tx.repaired_unicast), (1, 0));
+    assert_eq!(
+        lan.subs[subs[2]].rx.naks, 0,
+        "the one that had it asked for nothing"
+    );
+}
