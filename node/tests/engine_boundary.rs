@@ -31,6 +31,14 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ),
     ("std::thread", "the engine starts no thread"),
     ("std::net::UdpSocket", "the engine does no IO"),
+    (
+        "socket2",
+        "the engine does no IO (multicast sockets live in the transport)",
+    ),
+    (
+        "SystemRandom",
+        "channel secrets come from the driver's generator (multicast `SecretSource`)",
+    ),
 ];
 
 fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -53,6 +61,21 @@ fn the_engine_imports_no_io_no_clock_and_no_thread_randomness() {
         files.len() > 10,
         "the engine's sources were not found: {files:?}"
     );
+    // The multicast channel protocol is part of the engine and held to the same rule.
+    for part in [
+        "sender.rs",
+        "receiver.rs",
+        "seal.rs",
+        "repair.rs",
+        "header.rs",
+    ] {
+        assert!(
+            files
+                .iter()
+                .any(|f| f.ends_with(Path::new("multicast").join(part))),
+            "engine/multicast/{part} is not checked: {files:?}"
+        );
+    }
     let mut violations = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("readable source");

@@ -34,8 +34,13 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 
+mod datagram;
 mod run;
 
+pub use datagram::{
+    BODY_OVERHEAD, RunParts, decode_datagram_body, decode_heartbeat, run_len, write_datagram_body,
+    write_heartbeat,
+};
 pub use run::{EncodedHead, EncodedItem, messages_len, write_messages};
 
 /// Size of the length prefix in front of every frame body: a big-endian `u32`.
@@ -265,6 +270,27 @@ fn decode_with_budget<const BUDGET: usize>(
 ) -> Result<(Frame, usize), bincode::error::DecodeError> {
     let config: Configuration<_, _, Limit<BUDGET>> = config().with_limit::<BUDGET>();
     bincode::serde::decode_from_slice(body, config)
+}
+
+/// Decodes one `T` that fills all of `body` (a multicast datagram's body: under 64 KiB), letting
+/// bincode claim at most 4 MiB however long the lengths the bytes claim.
+fn decode_small<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DecodeError> {
+    if body.len() > 256 * KIB {
+        return Err(DecodeError::Malformed(format!(
+            "a {what} of {} bytes is longer than any datagram",
+            body.len()
+        )));
+    }
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 4 * MIB }>())
+            .map_err(|e| DecodeError::Malformed(format!("{what}: {e}")))?;
+    if used != body.len() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after a {what}",
+            body.len() - used
+        )));
+    }
+    Ok(value)
 }
 
 /// A bincode writer that appends to a `BytesMut` until the body passes `max`, then only

@@ -21,6 +21,7 @@ mod error;
 mod frame;
 mod id;
 mod limits;
+pub mod multicast;
 
 pub use envelope::{Envelope, MessageKind, ReturnAddress};
 pub use error::{DecodeError, EncodeError, LimitViolation};

@@ -40,8 +40,10 @@ mod delivery;
 pub(crate) mod directory;
 pub(crate) mod fanout;
 mod heads;
+// Multicast fan-out (issue 14, multicast branch): the channel protocol, not wired in yet.
 mod lazy;
 mod link;
+mod multicast;
 mod ops;
 mod ordering;
 mod outcome;

@@ -96,6 +96,11 @@ impl EncodedItem {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The encoded bytes (multicast datagrams copy them into their bodies: `datagram.rs`).
+    pub(super) fn wire(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl EncodedHead {
@@ -118,6 +123,11 @@ impl EncodedHead {
     /// Whether it is empty (never, for an encoded head).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The encoded bytes (multicast datagrams copy them into their bodies: `datagram.rs`).
+    pub(super) fn wire(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -22,7 +22,7 @@ fn arb_message_id() -> impl Strategy<Value = MessageId> {
     ]
 }
 
-fn arb_node_id() -> impl Strategy<Value = NodeId> {
+pub(crate) fn arb_node_id() -> impl Strategy<Value = NodeId> {
     arb_u128().prop_map(NodeId::from_u128)
 }
 
@@ -57,7 +57,7 @@ fn arb_return_address() -> impl Strategy<Value = ReturnAddress> {
     )
 }
 
-fn arb_envelope() -> impl Strategy<Value = Envelope> {
+pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
     (
         (
             arb_message_id(),

@@ -1,0 +1,162 @@
+//! Multicast channels: a publisher's events reach every subscriber on a LAN in one encrypted UDP
+//! datagram, reliably, as a deterministic state machine (no socket, no clock, no task).
+//!
+//! This is the protocol only; the group socket and the wiring into publish and subscribe come
+//! later (see `DESIGN-NOTES.md` beside this file for the design and what remains). Like the
+//! rest of the engine it takes `now` and bytes, and gives back what to send where:
+//!
+//! - [`Sender`] (one per publisher and group address, a **channel**) numbers datagrams, packs
+//!   queued events into them under an MTU budget, seals each with one AEAD operation
+//!   ([`seal`]), keeps the sealed bytes for repairs, sends heartbeats, merges NAKs and
+//!   decides between a multicast and a unicast repair, holds back to the slowest active
+//!   subscriber's window, moves a silent or lagging subscriber to unicast, and rekeys when a
+//!   subscriber leaves or is refused, on a timer and before the cipher's usage limit.
+//! - [`Receiver`] (one per subscriber and channel) checks and opens datagrams, drops and
+//!   counts what is forged, replayed, truncated or foreign ([`DropReason`]), delivers events
+//!   in order, finds gaps and NAKs them after a random delay scaled to the LAN's round trip,
+//!   and reports its progress (the cumulative acknowledgement) to the publisher.
+//!
+//! Keys, progress and NAKs travel over the node's mutual-TLS QUIC connections as the control
+//! messages of [`shoal_proto::multicast`]; only the events travel by multicast.
+
+#![allow(dead_code, reason = "the protocol lands before the IO that drives it")]
+
+mod header;
+mod receiver;
+mod repair;
+mod seal;
+mod sender;
+#[cfg(test)]
+mod sim;
+
+use std::time::Duration;
+
+// What the runtime will use; until it drives the channel only the tests do.
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
+pub(crate) use header::{HEADER_LEN, Header, Kind};
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
+pub(crate) use receiver::{Receiver, ReceiverTransmit};
+#[allow(
+    unused_imports,
+    reason = "the protocol lands before the IO that drives it"
+)]
+pub(crate) use sender::{DemoteReason, RekeyReason, Sender, SenderEvent, Transmit};
+
+/// How a channel behaves. The defaults suit a switched LAN with a round trip under a
+/// millisecond and Ethernet's 1500-byte MTU.
+#[derive(Clone, Debug)]
+pub(crate) struct ChannelConfig {
+    /// The largest datagram (header, sealed events and tag): 1452 bytes, what a 1500-byte MTU
+    /// leaves after IPv6 and UDP headers.
+    pub(crate) max_datagram: usize,
+    /// The LAN's round trip, which scales every repair timer: 500 µs.
+    pub(crate) rtt: Duration,
+    /// Datagrams a subscriber holds beyond its first gap, and so how far the publisher may go
+    /// ahead of the slowest active subscriber: 256 (about 370 KB).
+    pub(crate) window: u32,
+    /// Sealed datagrams the publisher keeps for repairs at most: 1024.
+    pub(crate) repair_capacity: usize,
+    /// A heartbeat this long after the last datagram, so the loss of a burst's tail is seen
+    /// without waiting for the next burst: four round trips.
+    pub(crate) tail_heartbeat: Duration,
+    /// Heartbeats while idle: every 100 ms.
+    pub(crate) heartbeat_interval: Duration,
+    /// A subscriber reports progress at most this often while events arrive: 2 ms.
+    pub(crate) status_interval: Duration,
+    /// ... and at least this often when nothing arrives: 100 ms.
+    pub(crate) status_keepalive: Duration,
+    /// A subscriber that says nothing for this long is moved to unicast: 400 ms.
+    pub(crate) silent_timeout: Duration,
+    /// A subscriber that receives nothing of what is outstanding for it for this long (or
+    /// holds the publisher back that long) is moved to unicast: 300 ms, the fallback the
+    /// issue asks for when multicast does not arrive.
+    pub(crate) stall_timeout: Duration,
+    /// A new key at least this often: 10 minutes.
+    pub(crate) rekey_interval: Duration,
+    /// A new key after this many datagrams sealed under one: 2^22, half AES-GCM's limit.
+    pub(crate) usage_limit: u64,
+    /// A datagram asked for by at least this many subscribers is repaired by multicast, one
+    /// datagram for all; fewer get it over their QUIC connection: 2.
+    pub(crate) multicast_repair_min: usize,
+    /// Datagrams repaired per round at most: 64 (a NAK storm cannot flood the LAN).
+    pub(crate) max_repairs_per_round: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        let rtt = Duration::from_micros(500);
+        Self {
+            max_datagram: 1452,
+            rtt,
+            window: 256,
+            repair_capacity: 1024,
+            tail_heartbeat: rtt * 4,
+            heartbeat_interval: Duration::from_millis(100),
+            status_interval: Duration::from_millis(2),
+            status_keepalive: Duration::from_millis(100),
+            silent_timeout: Duration::from_millis(400),
+            stall_timeout: Duration::from_millis(300),
+            rekey_interval: Duration::from_secs(600),
+            usage_limit: 1 << 22,
+            multicast_repair_min: 2,
+            max_repairs_per_round: 64,
+        }
+    }
+}
+
+/// Why a subscriber dropped a datagram. Each is counted ([`Dropped`]); none affects the
+/// datagrams of honest publishers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum DropReason {
+    /// Shorter than a header and a tag.
+    Truncated,
+    /// Not this protocol, this version or this channel.
+    Foreign,
+    /// Sealed under an epoch whose key this subscriber does not hold (any more, or ever: a
+    /// subscriber that left and was rekeyed away sees only these).
+    UnknownEpoch,
+    /// The seal does not open: forged, damaged, or a header changed.
+    Forged,
+    /// A number already received (or older than what is wanted): a duplicate or a replay.
+    Replayed,
+    /// A number too far ahead of the subscriber's window.
+    TooFarAhead,
+    /// A number outside the range its epoch covers.
+    WrongEpoch,
+    /// Opened, but the body is not events: a publisher bug, or a key holder misbehaving.
+    Malformed,
+    /// The datagram came before this subscriber had a key, or after it was moved to unicast.
+    NotJoined,
+}
+
+/// Datagrams dropped, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Dropped(std::collections::BTreeMap<DropReason, u64>);
+
+impl Dropped {
+    pub(crate) fn count(&mut self, reason: DropReason) {
+        *self.0.entry(reason).or_default() += 1;
+    }
+
+    /// Datagrams dropped for `reason`.
+    pub(crate) fn of(&self, reason: DropReason) -> u64 {
+        self.0.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// Datagrams dropped for any reason.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// The channel a datagram names, so a subscriber with several publishers on one group address
+/// finds the [`Receiver`] to give it to (`None`: not a datagram of this protocol).
+pub(crate) fn channel_of(datagram: &[u8]) -> Option<u64> {
+    Header::parse(datagram).ok().map(|h| h.channel)
+}

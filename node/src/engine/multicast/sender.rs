@@ -1,0 +1,451 @@
+//! The publisher's side of a channel. See the module docs of [`super`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
+use shoal_proto::multicast::{Assignment, ChannelDemote, ChannelKey, HeartbeatBody};
+use shoal_proto::{NodeId, SeqRange};
+
+use super::ChannelConfig;
+use super::header::{HEADER_LEN, Header, Kind};
+use super::repair::{Naks, RepairBuffer, Stored};
+use super::seal::{EpochKey, Secret, TAG_LEN};
+
+mod feedback;
+
+use feedback::Member;
+
+/// Where the publisher's fresh secrets come from: a cryptographically secure generator (the
+/// driver's; the engine draws no randomness of its own for keys).
+pub(crate) type SecretSource = Box<dyn FnMut() -> Secret + Send>;
+
+/// Why the channel changed its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RekeyReason {
+    /// A subscriber left (unsubscribed, disconnected, crashed): it must not read what follows.
+    Left,
+    /// A subscriber was refused (the policy or its certificate no longer allows it).
+    Refused,
+    /// The key was in use for [`ChannelConfig::rekey_interval`].
+    Timer,
+    /// The key sealed [`ChannelConfig::usage_limit`] datagrams.
+    Usage,
+}
+
+/// Why a subscriber was moved to unicast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DemoteReason {
+    /// It said nothing for [`ChannelConfig::silent_timeout`].
+    Silent,
+    /// It still reports, but what was sent did not reach it for
+    /// [`ChannelConfig::stall_timeout`] (multicast does not arrive there).
+    Stalled,
+    /// It held the publisher back at its window for [`ChannelConfig::stall_timeout`].
+    Lagging,
+}
+
+/// Something the driver sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Transmit {
+    /// A datagram to the group address (events, a heartbeat, or a repair: the same bytes).
+    Multicast(Bytes),
+    /// A repair to one subscriber over its QUIC connection: the stored datagram's bytes.
+    Repair { to: NodeId, datagram: Bytes },
+    /// A key to one subscriber over its QUIC connection.
+    Key { to: NodeId, key: ChannelKey },
+    /// A subscriber's events come by unicast from now on.
+    Demote { to: NodeId, demote: ChannelDemote },
+}
+
+/// Something the engine acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SenderEvent {
+    /// A subscriber's handlers finished these events (by number): their deliveries are done.
+    Handled { node: NodeId, items: Vec<SeqRange> },
+    /// A subscriber was moved to unicast: the events numbered from `from_item` that it has
+    /// not acknowledged go to it by unicast.
+    Demoted {
+        node: NodeId,
+        reason: DemoteReason,
+        from_item: u64,
+    },
+    /// The channel changed its key; every active subscriber was sent the new one.
+    Rekeyed { epoch: u32, reason: RekeyReason },
+}
+
+/// Why an event cannot go on the channel (it goes by unicast instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// Alone it would not fit in a datagram.
+    TooLarge { needed: usize, max: usize },
+}
+
+/// An event waiting to be sent.
+#[derive(Debug)]
+struct Queued {
+    head: Arc<EncodedHead>,
+    assigned: Arc<[Assignment]>,
+    item: EncodedItem,
+}
+
+/// The publisher's side of one channel.
+pub(crate) struct Sender {
+    channel: u64,
+    config: ChannelConfig,
+    secrets: SecretSource,
+    /// The current epoch's secret, for subscribers that join during it.
+    secret: Secret,
+    epoch: u32,
+    key: EpochKey,
+    key_since: Instant,
+    heartbeats: u64,
+    next_seq: u64,
+    next_item: u64,
+    queue: VecDeque<Queued>,
+    repair: RepairBuffer,
+    naks: Naks,
+    members: BTreeMap<NodeId, Member>,
+    /// Since when a backlog has waited for the slowest subscriber's window.
+    blocked_since: Option<Instant>,
+    next_heartbeat: Option<Instant>,
+    out: VecDeque<Transmit>,
+    events: VecDeque<SenderEvent>,
+    /// Counters: datagrams sealed, repairs by multicast and by unicast.
+    pub(crate) sent: u64,
+    pub(crate) repaired_multicast: u64,
+    pub(crate) repaired_unicast: u64,
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("channel", &self.channel)
+            .field("epoch", &self.epoch)
+            .field("next_seq", &self.next_seq)
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sender {
+    /// Channel `channel` (unique per publisher and group: drawn at random when it opens),
+    /// starting at epoch 1 with a secret from `secrets`.
+    pub(crate) fn new(
+        channel: u64,
+        config: ChannelConfig,
+        mut secrets: SecretSource,
+        now: Instant,
+    ) -> Self {
+        let secret = secrets();
+        let key = EpochKey::derive(&secret, channel, 1);
+        Self {
+            channel,
+            config,
+            secrets,
+            secret,
+            epoch: 1,
+            key,
+            key_since: now,
+            heartbeats: 0,
+            next_seq: 0,
+            next_item: 0,
+            queue: VecDeque::new(),
+            repair: RepairBuffer::default(),
+            naks: Naks::default(),
+            members: BTreeMap::new(),
+            blocked_since: None,
+            next_heartbeat: None,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            sent: 0,
+            repaired_multicast: 0,
+            repaired_unicast: 0,
+        }
+    }
+
+    pub(crate) fn channel(&self) -> u64 {
+        self.channel
+    }
+
+    pub(crate) fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Whether `node` takes this channel's events by multicast.
+    pub(crate) fn is_member(&self, node: NodeId) -> bool {
+        self.members.contains_key(&node)
+    }
+
+    /// The current key, for a subscriber that reads from the next datagram on.
+    fn grant(&self) -> ChannelKey {
+        ChannelKey {
+            channel: self.channel,
+            epoch: self.epoch,
+            secret: self.secret,
+            first_seq: self.next_seq,
+        }
+    }
+
+    /// `node` joins: it gets the current key over QUIC and takes the datagrams from the next
+    /// one on. (Joining does not rekey: the joiner is allowed to read the channel, and what was
+    /// sent before it joined is not meant for it.)
+    pub(crate) fn join(&mut self, node: NodeId, now: Instant) {
+        self.naks.forget(node);
+        self.members.insert(
+            node,
+            Member {
+                next_needed: self.next_seq,
+                window: self.config.window,
+                last_heard: now,
+                progressed: now,
+            },
+        );
+        self.out.push_back(Transmit::Key {
+            to: node,
+            key: self.grant(),
+        });
+    }
+
+    /// `node` leaves (or is refused): the key changes before anything more is sent, and only
+    /// the remaining members get the new one.
+    pub(crate) fn leave(&mut self, node: NodeId, reason: RekeyReason, now: Instant) {
+        if self.members.remove(&node).is_none() {
+            return;
+        }
+        self.naks.forget(node);
+        self.rekey(reason, now);
+    }
+
+    /// Draws a secret, derives the next epoch's key and hands it to every member.
+    fn new_key(&mut self, now: Instant) {
+        self.secret = (self.secrets)();
+        self.epoch = self.epoch.wrapping_add(1);
+        self.key = EpochKey::derive(&self.secret, self.channel, self.epoch);
+        self.key_since = now;
+        self.heartbeats = 0;
+        let grant = self.grant();
+        for &to in self.members.keys() {
+            self.out.push_back(Transmit::Key {
+                to,
+                key: grant.clone(),
+            });
+        }
+    }
+
+    fn rekey(&mut self, reason: RekeyReason, now: Instant) {
+        self.new_key(now);
+        self.events.push_back(SenderEvent::Rekeyed {
+            epoch: self.epoch,
+            reason,
+        });
+    }
+
+    /// Queues an event: `item` under `head`, handled in each group by the instance
+    /// `assigned` names. Consecutive events with the same head and assignments share a run.
+    /// Returns the event's number on the channel.
+    pub(crate) fn push(
+        &mut self,
+        head: &Arc<EncodedHead>,
+        assigned: &Arc<[Assignment]>,
+        item: EncodedItem,
+    ) -> Result<u64, PushError> {
+        let items = std::slice::from_ref(&item);
+        let run = RunParts {
+            head,
+            assigned,
+            items,
+        };
+        let needed = HEADER_LEN + codec::BODY_OVERHEAD + codec::run_len(&run) + TAG_LEN;
+        if needed > self.config.max_datagram {
+            return Err(PushError::TooLarge {
+                needed,
+                max: self.config.max_datagram,
+            });
+        }
+        self.queue.push_back(Queued {
+            head: Arc::clone(head),
+            assigned: Arc::clone(assigned),
+            item,
+        });
+        let number = self.next_item;
+        self.next_item += 1;
+        Ok(number)
+    }
+
+    /// Events queued and not yet sent (the window is full, or [`Sender::poll_transmit`] was
+    /// not called since).
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Packs queued events into datagrams and seals them, as far as the window allows.
+    fn send_queued(&mut self, now: Instant) {
+        self.release();
+        while !self.queue.is_empty() {
+            if self.next_seq >= self.limit() {
+                self.blocked_since.get_or_insert(now);
+                return;
+            }
+            if self.key.seals >= self.config.usage_limit {
+                self.rekey(RekeyReason::Usage, now);
+            }
+            let (datagram, first_item) = self.pack();
+            let seq = self.next_seq;
+            // A member that had everything starts waiting now: its stall clock starts here.
+            for m in self.members.values_mut().filter(|m| m.next_needed == seq) {
+                m.progressed = now;
+            }
+            let bytes = self.seal(Kind::Events, seq, datagram);
+            self.next_seq += 1;
+            self.sent += 1;
+            self.repair.push(
+                seq,
+                Stored {
+                    bytes: bytes.clone(),
+                    first_item,
+                },
+            );
+            self.out.push_back(Transmit::Multicast(bytes));
+            self.next_heartbeat = Some(now + self.config.tail_heartbeat);
+        }
+        self.blocked_since = None;
+    }
+
+    /// Takes as many queued events as fit in one datagram; returns the datagram (its body
+    /// after room for the header) and the number of its first event.
+    fn pack(&mut self) -> (BytesMut, u64) {
+        let budget = self.config.max_datagram - HEADER_LEN - TAG_LEN;
+        let mut used = codec::BODY_OVERHEAD;
+        let mut taken = 0;
+        // Runs as (start, end) over the queue's front.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        while let Some(q) = self.queue.get(taken) {
+            let joins = runs.last().is_some_and(|&(start, _)| {
+                let first = &self.queue[start];
+                Arc::ptr_eq(&first.head, &q.head) && Arc::ptr_eq(&first.assigned, &q.assigned)
+            });
+            let items = std::slice::from_ref(&q.item);
+            let cost = if joins {
+                q.item.len()
+            } else {
+                codec::run_len(&RunParts {
+                    head: &q.head,
+                    assigned: &q.assigned,
+                    items,
+                })
+            };
+            if used + cost > budget && taken > 0 {
+                break;
+            }
+            used += cost;
+            taken += 1;
+            match runs.last_mut() {
+                Some(run) if joins => run.1 = taken,
+                _ => runs.push((taken - 1, taken)),
+            }
+        }
+        let sent: Vec<Queued> = self.queue.drain(..taken).collect();
+        let items: Vec<EncodedItem> = sent.iter().map(|q| q.item.clone()).collect();
+        let parts: Vec<RunParts<'_>> = runs
+            .iter()
+            .map(|&(start, end)| RunParts {
+                head: &sent[start].head,
+                assigned: &sent[start].assigned,
+                items: &items[start..end],
+            })
+            .collect();
+        let first_item = self.next_item - self.queue.len() as u64 - taken as u64;
+        let mut datagram = BytesMut::with_capacity(HEADER_LEN + used + TAG_LEN);
+        datagram.resize(HEADER_LEN, 0);
+        // Every event fitted alone (push checked it) and `used` bounds the body: no error.
+        let written = codec::write_datagram_body(&mut datagram, first_item, &parts, usize::MAX);
+        debug_assert!(
+            matches!(written, Ok(len) if len <= used),
+            "{written:?} > {used}"
+        );
+        (datagram, first_item)
+    }
+
+    fn seal(&mut self, kind: Kind, seq: u64, mut datagram: BytesMut) -> Bytes {
+        let header = Header {
+            kind,
+            channel: self.channel,
+            epoch: self.epoch,
+            seq,
+        };
+        self.key.seal(header, &mut datagram);
+        datagram.freeze()
+    }
+
+    fn heartbeat(&mut self, now: Instant) {
+        if self.key.seals >= self.config.usage_limit {
+            self.rekey(RekeyReason::Usage, now);
+        }
+        let body = HeartbeatBody {
+            next_seq: self.next_seq,
+            oldest_kept: self.repair.oldest(self.next_seq),
+        };
+        let mut buf = BytesMut::from(&[0u8; HEADER_LEN][..]);
+        let _ = codec::write_heartbeat(&mut buf, &body);
+        let counter = self.heartbeats;
+        self.heartbeats += 1;
+        let bytes = self.seal(Kind::Heartbeat, counter, buf);
+        self.out.push_back(Transmit::Multicast(bytes));
+        self.next_heartbeat = Some(now + self.config.heartbeat_interval);
+    }
+
+    /// Time passed: repairs, heartbeats, the key's timer, silent and lagging members.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.naks.due.is_some_and(|due| due <= now) {
+            self.repair_now(now);
+        }
+        if now.saturating_duration_since(self.key_since) >= self.config.rekey_interval {
+            self.rekey(RekeyReason::Timer, now);
+        }
+        self.demote_silent_and_stalled(now);
+        self.send_queued(now);
+        if self.next_heartbeat.is_some_and(|at| at <= now) {
+            self.heartbeat(now);
+        }
+    }
+
+    /// The next thing to send, after sealing what the window allows.
+    pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if self.out.is_empty() {
+            self.send_queued(now);
+        }
+        self.out.pop_front()
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Sender::handle_timeout`] wants to be called.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        let silent = self
+            .members
+            .values()
+            .map(|m| m.last_heard + self.config.silent_timeout);
+        let stalled = self
+            .members
+            .values()
+            .filter(|m| m.next_needed < self.next_seq && m.last_heard > m.progressed)
+            .map(|m| m.progressed + self.config.stall_timeout);
+        let blocked = self.blocked_since.map(|s| s + self.config.stall_timeout);
+        [
+            self.naks.due,
+            self.next_heartbeat,
+            Some(self.key_since + self.config.rekey_interval),
+            blocked,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(silent)
+        .chain(stalled)
+        .min()
+    }
+}

@@ -1,0 +1,143 @@
+//! Multicast datagram bodies: framed from encoded parts they decode back to what was framed,
+//! and no bytes (random, truncated, or a valid body cut short) make the decoder panic.
+
+#![allow(clippy::unwrap_used)]
+
+#[allow(
+    dead_code,
+    reason = "the frame strategies are for the other codec tests"
+)]
+mod strategies;
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
+use shoal_proto::multicast::{Assignment, DatagramBody, EventRun, HeartbeatBody};
+use shoal_proto::{Envelope, Head, Item, Limits, To};
+
+use strategies::{arb_envelope, arb_node_id};
+
+/// Runs of one to three events, each run under the head of its first event.
+fn arb_runs() -> impl Strategy<Value = Vec<(Vec<Envelope>, Vec<Assignment>)>> {
+    let assignment =
+        ("[a-z]{1,8}", arb_node_id()).prop_map(|(group, node)| Assignment { group, node });
+    proptest::collection::vec(
+        (
+            proptest::collection::vec(arb_envelope(), 1..4),
+            proptest::collection::vec(assignment, 0..3),
+        ),
+        1..4,
+    )
+}
+
+fn framed(first_item: u64, runs: &[(Vec<Envelope>, Vec<Assignment>)]) -> (BytesMut, DatagramBody) {
+    let limits = Limits::default();
+    let mut parts = Vec::new();
+    let mut expected = Vec::new();
+    for (events, assigned) in runs {
+        let head = Head::of(&events[0], To::Instance, true, false);
+        let items: Vec<Item> = events.iter().map(|e| Item::under(e, &head)).collect();
+        let encoded: Vec<EncodedItem> = items
+            .iter()
+            .map(|i| EncodedItem::new(i, &limits).unwrap())
+            .collect();
+        parts.push((
+            EncodedHead::new(&head, &limits).unwrap(),
+            assigned.clone(),
+            encoded,
+        ));
+        expected.push(EventRun {
+            head,
+            assigned: assigned.clone(),
+            items,
+        });
+    }
+    let runs: Vec<RunParts<'_>> = parts
+        .iter()
+        .map(|(head, assigned, items)| RunParts {
+            head,
+            assigned,
+            items,
+        })
+        .collect();
+    let bound = codec::BODY_OVERHEAD + runs.iter().map(codec::run_len).sum::<usize>();
+    let mut buf = BytesMut::new();
+    let len = codec::write_datagram_body(&mut buf, first_item, &runs, usize::MAX).unwrap();
+    assert_eq!(len, buf.len());
+    assert!(len <= bound, "{len} > the announced bound {bound}");
+    (
+        buf,
+        DatagramBody {
+            first_item,
+            runs: expected,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn bodies_framed_from_parts_decode_to_what_was_framed(first in any::<u64>(), runs in arb_runs()) {
+        let (buf, expected) = framed(first, &runs);
+        prop_assert_eq!(codec::decode_datagram_body(&buf, &Limits::default()).unwrap(), expected);
+    }
+
+    #[test]
+    fn cut_or_damaged_bodies_never_panic(
+        runs in arb_runs(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let (buf, _) = framed(7, &runs);
+        let cut = cut.index(buf.len());
+        prop_assert!(codec::decode_datagram_body(&buf[..cut], &Limits::default()).is_err());
+        let mut damaged = buf.to_vec();
+        let at = flip.index(damaged.len());
+        damaged[at] ^= byte | 1;
+        let _ = codec::decode_datagram_body(&damaged, &Limits::default());
+        let _ = codec::decode_heartbeat(&damaged);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = codec::decode_datagram_body(&bytes, &Limits::default());
+        let _ = codec::decode_heartbeat(&bytes);
+    }
+}
+
+#[test]
+fn a_body_longer_than_the_budget_is_refused_and_leaves_the_buffer_as_it_was() {
+    let limits = Limits::default();
+    let event = Envelope::new(
+        shoal_proto::MessageId::from_u128(1),
+        shoal_proto::MessageKind::Event,
+        "order.created".into(),
+        0,
+        vec![7u8; 2000].into(),
+    );
+    let head = EncodedHead::new(&Head::of(&event, To::Instance, true, false), &limits).unwrap();
+    let items = [EncodedItem::new(&Item::of(&event), &limits).unwrap()];
+    let runs = [RunParts {
+        head: &head,
+        assigned: &[],
+        items: &items,
+    }];
+    let mut buf = BytesMut::from(&b"kept"[..]);
+    let err = codec::write_datagram_body(&mut buf, 0, &runs, 1400).unwrap_err();
+    assert!(err.to_string().contains("max_datagram_body"), "{err}");
+    assert_eq!(&buf[..], b"kept");
+}
+
+#[test]
+fn heartbeats_round_trip() {
+    let hb = HeartbeatBody {
+        next_seq: u64::MAX,
+        oldest_kept: 3,
+    };
+    let mut buf = BytesMut::new();
+    codec::write_heartbeat(&mut buf, &hb).unwrap();
+    assert_eq!(codec::decode_heartbeat(&buf).unwrap(), hb);
+    assert!(codec::decode_heartbeat(&buf[..buf.len() - 1]).is_err());
+}
