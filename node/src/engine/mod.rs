@@ -42,6 +42,8 @@ pub(crate) mod fanout;
 mod heads;
 mod lazy;
 mod link;
+// Per-message metrics (feature `metrics`): hooks that cost one branch when off.
+pub(crate) mod metrics;
 mod ops;
 mod ordering;
 mod outcome;
@@ -128,6 +130,8 @@ pub(crate) struct Engine<H> {
     guard: authz::Guard,
     /// Whether idle connections are being looked for (see [`lazy`]).
     idle: lazy::IdleSweep,
+    /// Per-message metrics, when `NodeBuilder::metrics` turned them on ([`metrics`]).
+    metrics: Option<Box<metrics::Recorder>>,
 }
 
 impl<H: Clone> Engine<H> {
@@ -156,6 +160,7 @@ impl<H: Clone> Engine<H> {
             timer_moved: false,
             guard,
             idle: lazy::IdleSweep::default(),
+            metrics: None,
         }
     }
 
