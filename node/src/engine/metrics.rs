@@ -15,6 +15,9 @@
 //! engine: delivery latency from a delivery's start to its last ack, handler latency from the
 //! run handed to the driver to its outcome coming back.
 
+// Without the `metrics` feature nothing turns the recorder on or reads it.
+#![cfg_attr(not(feature = "metrics"), allow(dead_code))]
+
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
