@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -34,7 +34,7 @@ impl Collector for NodeCollector {
         let stats = crate::inspect::node_stats(&driver);
         per_message(&mut encoder, &snapshot)?;
 
-        let totals: [(&str, &str, u64); 13] = [
+        let totals: [(&str, &str, u64); 14] = [
             (
                 "shoal_messages_unhandled",
                 "Messages refused because no handler or subscription here takes their name.",
@@ -100,16 +100,15 @@ impl Collector for NodeCollector {
                 "Subscriptions (peers' and this node's) refused by the policy.",
                 stats.unauthorized_subscriptions,
             ),
+            (
+                "shoal_unauthorized_publishes",
+                "This node's publish calls refused by the policy.",
+                stats.unauthorized_publishes,
+            ),
         ];
         for (name, help, value) in totals {
             counter(&mut encoder, name, help, value)?;
         }
-        counter(
-            &mut encoder,
-            "shoal_unauthorized_publishes",
-            "This node's publish calls refused by the policy.",
-            stats.unauthorized_publishes,
-        )?;
         let gauges = [
             (
                 "shoal_connections",
@@ -144,123 +143,131 @@ impl Collector for NodeCollector {
 /// The per (service, message) families; each is written only when it has a series.
 fn per_message(encoder: &mut DescriptorEncoder, s: &Snapshot) -> fmt::Result {
     let out = &s.outbound;
-    family(
+    pairs(
         encoder,
         "shoal_messages_sent",
         "Messages handed to a delivery, by destination service (or subscriber group) and message name (or topic).",
-        out.iter()
-            .map(|(sv, m, o)| ([("service", sv.as_str()), ("message", m.as_str())], o.sent)),
+        out,
+        |o| o.sent,
     )?;
-    family(
+    pairs(
         encoder,
         "shoal_messages_acked",
         "Messages acknowledged by a receiver.",
-        out.iter()
-            .map(|(sv, m, o)| ([("service", sv.as_str()), ("message", m.as_str())], o.acked)),
+        out,
+        |o| o.acked,
     )?;
-    family(
+    pairs(
         encoder,
         "shoal_messages_retried",
         "Messages sent again (attempts after the first).",
-        out.iter().map(|(sv, m, o)| {
-            (
-                [("service", sv.as_str()), ("message", m.as_str())],
-                o.retried,
-            )
-        }),
+        out,
+        |o| o.retried,
     )?;
-    family(
+    reasons(
         encoder,
         "shoal_messages_nacked",
         "Negative acknowledgements received, by the receiver's reason.",
-        out.iter().flat_map(|(sv, m, o)| {
+        out,
+        |o| {
             NackReason::ALL
                 .iter()
+                .map(|r| r.as_str())
                 .zip(o.nacked)
-                .filter(|(_, n)| *n > 0)
-                .map(move |(r, n)| {
-                    (
-                        [
-                            ("service", sv.as_str()),
-                            ("message", m.as_str()),
-                            ("reason", r.as_str()),
-                        ],
-                        n,
-                    )
-                })
-        }),
+                .collect()
+        },
     )?;
-    family(
+    reasons(
         encoder,
         "shoal_messages_dead_lettered",
         "Messages given up on, by reason (refused, gave_up, shutdown).",
-        out.iter().flat_map(|(sv, m, o)| {
+        out,
+        |o| {
             DeadReason::ALL
                 .iter()
+                .map(|r| r.as_str())
                 .zip(o.dead_lettered)
-                .filter(|(_, n)| *n > 0)
-                .map(move |(r, n)| {
-                    (
-                        [
-                            ("service", sv.as_str()),
-                            ("message", m.as_str()),
-                            ("reason", r.as_str()),
-                        ],
-                        n,
-                    )
-                })
-        }),
+                .collect()
+        },
     )?;
     histograms(
         encoder,
         "shoal_delivery_duration_seconds",
         "From the start of a reliable delivery to its acknowledgement (retries and waits included).",
-        out.iter()
-            .map(|(sv, m, o)| (sv.as_str(), m.as_str(), &o.latency)),
+        out,
+        |o| &o.latency,
     )?;
 
     let inb = &s.inbound;
-    family(
+    pairs(
         encoder,
         "shoal_messages_handled",
         "Messages (and event copies) whose handlers succeeded here, by sending service and message name (or topic).",
-        inb.iter().map(|(sv, m, i)| {
-            (
-                [("service", sv.as_str()), ("message", m.as_str())],
-                i.handled,
-            )
-        }),
+        inb,
+        |i| i.handled,
     )?;
-    family(
+    pairs(
         encoder,
         "shoal_messages_handler_failed",
         "Messages whose handler returned an error or panicked.",
-        inb.iter().map(|(sv, m, i)| {
-            (
-                [("service", sv.as_str()), ("message", m.as_str())],
-                i.failed,
-            )
-        }),
+        inb,
+        |i| i.failed,
     )?;
-    family(
+    pairs(
         encoder,
         "shoal_messages_deduplicated",
         "Copies recognised as duplicates by the dedup window (acked again, not handled).",
-        inb.iter().map(|(sv, m, i)| {
-            (
-                [("service", sv.as_str()), ("message", m.as_str())],
-                i.deduplicated,
-            )
-        }),
+        inb,
+        |i| i.deduplicated,
     )?;
     histograms(
         encoder,
         "shoal_handler_duration_seconds",
         "How long handlers ran, from being handed the message to their outcome.",
-        inb.iter()
-            .map(|(sv, m, i)| (sv.as_str(), m.as_str(), &i.latency)),
-    )?;
-    Ok(())
+        inb,
+        |i| &i.latency,
+    )
+}
+
+/// A counter family labelled by service and message: `value` of each series.
+fn pairs<S>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(String, String, S)],
+    value: impl Fn(&S) -> u64,
+) -> fmt::Result {
+    let samples = rows.iter().map(|(service, message, s)| {
+        (
+            [("service", service.as_str()), ("message", message.as_str())],
+            value(s),
+        )
+    });
+    family(encoder, name, help, samples)
+}
+
+/// A counter family labelled by service, message and reason: only the reasons that occurred.
+fn reasons<S>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(String, String, S)],
+    by_reason: impl Fn(&S) -> Vec<(&'static str, u64)>,
+) -> fmt::Result {
+    let samples = rows.iter().flat_map(|(service, message, s)| {
+        by_reason(s)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(move |(reason, n)| {
+                let labels = [
+                    ("service", service.as_str()),
+                    ("message", message.as_str()),
+                    ("reason", reason),
+                ];
+                (labels, n)
+            })
+    });
+    family(encoder, name, help, samples)
 }
 
 /// A counter family with one sample per label set; nothing when there is none.
@@ -280,14 +287,18 @@ where
     Ok(())
 }
 
-/// A histogram family, labelled by service and message; nothing when there is no series.
-fn histograms<'a>(
+/// A histogram family labelled by service and message: `histogram` of each series that has
+/// observations.
+fn histograms<S>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (&'a str, &'a str, &'a Histogram)>,
+    rows: &[(String, String, S)],
+    histogram: impl Fn(&S) -> &Histogram,
 ) -> fmt::Result {
-    let mut series = series
+    let mut series = rows
+        .iter()
+        .map(|(service, message, s)| (service, message, histogram(s)))
         .filter(|(_, _, h)| h.counts.iter().any(|n| *n > 0))
         .peekable();
     if series.peek().is_none() {
@@ -301,15 +312,10 @@ fn histograms<'a>(
             *bucket = (bound, h.counts[i]);
         }
         let count = h.counts.iter().sum();
-        let labels = [("service", service), ("message", message)];
+        let labels = [("service", service.as_str()), ("message", message.as_str())];
         metric
             .encode_family(&labels)?
-            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                h.sum.as_secs_f64(),
-                count,
-                &buckets,
-                None,
-            )?;
+            .encode_histogram::<NoLabelSet>(h.sum.as_secs_f64(), count, &buckets, None)?;
     }
     Ok(())
 }
