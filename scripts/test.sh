@@ -3,7 +3,7 @@
 # discovery tests (mDNS inside network namespaces this script's tests create themselves).
 #
 # Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; dnsmasq-base
-# for the DNS-SD tests; the official
+# for the DNS-SD tests; python3-prometheus-client for its OpenMetrics parser; the official
 # AsyncAPI parser, @asyncapi/parser, from npm into scripts/asyncapi/; Debian's postgresql for the
 # PostgreSQL outbox) and starts a throwaway PostgreSQL cluster on a free loopback port
 # (scripts/pg-cluster.sh), stopped and removed at the end even on failure. Namespace tests need
@@ -34,6 +34,19 @@ if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
+# Prometheus's Python client, whose strict OpenMetrics parser checks the metrics endpoint's
+# text (node/tests/metrics.rs). Debian's package: no pip into the system Python.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1 &&
+    ! /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing python3-prometheus-client (for the OpenMetrics parser check)"
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-prometheus-client >/dev/null ||
+            echo "note: python3-prometheus-client could not be installed; the OpenMetrics parser check will be skipped"
+    else
+        echo "note: prometheus_client missing and cannot be installed; the OpenMetrics parser check will be skipped"
+    fi
+fi
+
 # The official AsyncAPI parser, for the test that checks the documents Shoal writes
 # (node/tests/asyncapi_parser.rs). Pinned in scripts/asyncapi/package-lock.json; install scripts
 # are not run (one dependency's only sends usage statistics).
@@ -57,7 +70,7 @@ else
     echo "note: no PostgreSQL test cluster; the PostgreSQL outbox tests will be skipped"
 fi
 status=0
-cargo test --workspace --no-fail-fast --features shoal-discovery/netns,shoal/contracts,shoal/postgres,shoal/testing "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --features shoal-discovery/netns,shoal/contracts,shoal/postgres,shoal/testing,shoal/metrics "$@" 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole run: cargo prints one "test result" line per test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?/) p += $(i-1);

@@ -45,6 +45,8 @@ pub struct NodeBuilder {
     /// Set by `shoal::testing::TestMesh::builder`: the mesh's fault plan and idle watch.
     #[cfg(feature = "testing")]
     test_hooks: Option<Arc<crate::testing::NodeHooks>>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::MetricsConfig>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -94,6 +96,8 @@ impl NodeBuilder {
             outbox: None,
             #[cfg(feature = "testing")]
             test_hooks: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -345,6 +349,18 @@ impl NodeBuilder {
         self
     }
 
+    /// Turns on Prometheus metrics (feature `metrics`): counts and latencies per service and
+    /// message, connections, subscriptions, the outbox's backlog. With
+    /// [`crate::MetricsConfig::listen`] the node serves them at `http://ADDR/metrics`
+    /// ([`Node::metrics_addr`] gives the bound address); with [`crate::MetricsConfig::record`]
+    /// it only records them, for [`Node::register_metrics`]. Off by default: then the engine
+    /// records nothing per message. See [`crate::metrics`].
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, config: crate::MetricsConfig) -> Self {
+        self.metrics = Some(config);
+        self
+    }
+
     /// Delivers the messages of `store`'s outbox: a relay in the node reads pending rows in
     /// order, sends or publishes each through the normal delivery path, and removes it once
     /// acknowledged (dead-lettered rows stay, marked dead). It wakes at once after
@@ -377,6 +393,8 @@ impl NodeBuilder {
             outbox,
             #[cfg(feature = "testing")]
             test_hooks,
+            #[cfg(feature = "metrics")]
+            metrics,
         } = self;
         if service.is_empty() || service.len() > config.limits.max_name_len {
             return Err(Error::Config(format!(
@@ -424,8 +442,19 @@ impl NodeBuilder {
         })?;
         endpoint.set_default_client_config(client);
 
+        // Bound before anything starts, so a taken address fails `start` with nothing to undo.
+        #[cfg(feature = "metrics")]
+        let metrics_listener = match metrics.as_ref().and_then(|m| m.listen) {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let id = NodeId::from_u128(rand::random());
-        let engine = Engine::new(id, service.clone(), config.clone(), rand::random());
+        #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+        let mut engine = Engine::new(id, service.clone(), config.clone(), rand::random());
+        #[cfg(feature = "metrics")]
+        if metrics.is_some() {
+            engine.enable_metrics();
+        }
         let driver = Driver::new(engine, service, config, endpoint, peers.clone(), live_tls);
 
         #[cfg(feature = "testing")]
@@ -457,6 +486,10 @@ impl NodeBuilder {
             .spawn(dial::follow_discovery(Arc::clone(&driver), rx));
         tracing::info!(node = %driver.id, service = %driver.service, addr = ?local.addrs, "shoal node started");
         cert_lifecycle::spawn_tasks(&driver); // expiry warnings, closing revoked peers
+        #[cfg(feature = "metrics")]
+        if let Some(listener) = metrics_listener {
+            crate::metrics::serve(&driver, listener);
+        }
         let node = Node::from_driver(driver);
         #[cfg(feature = "outbox")]
         if let Some((store, options)) = outbox {

@@ -144,15 +144,19 @@ impl Node {
 
     /// Counters since start.
     pub fn stats(&self) -> NodeStats {
-        let driver = self.driver();
-        let mut stats = driver.read(|engine| engine.stats());
-        stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
-        stats.connections_refused = driver.accept_limits.refused();
-        stats
+        node_stats(self.driver())
     }
 
     /// The most recent dead letters (bounded; see [`crate::NodeBuilder::dead_letter_capacity`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.driver().read(|engine| engine.dead_letters())
     }
+}
+
+/// The counters of the node `driver` runs: the engine's, and those the transport keeps.
+pub(crate) fn node_stats(driver: &crate::runtime::Driver) -> NodeStats {
+    let mut stats = driver.read(|engine| engine.stats());
+    stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
+    stats.connections_refused = driver.accept_limits.refused();
+    stats
 }

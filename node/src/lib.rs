@@ -61,6 +61,8 @@
 //! - [`Identity`] and [`MeshCa`]: certificates; [`RevocationList`] and [`Revocations`]: revoked
 //!   ones. `tls` and `cert_lifecycle` (private) hold the TLS material every handshake reads,
 //!   which [`Node::reload_tls`] swaps while the node runs.
+//! - `metrics` (feature `metrics`): Prometheus metrics, served by the node or registered
+//!   into the service's own registry.
 //! - [`policy`]: who may send what to which service, publish and subscribe to which topics.
 //! - `testing` (feature `testing`): a black-box test kit for services built on Shoal: a test
 //!   mesh on loopback with a recording probe, expectations that wait on events instead of
@@ -89,6 +91,8 @@ mod handler;
 mod identity;
 mod inspect;
 mod message;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod node;
 mod options;
 #[cfg(feature = "outbox")]
@@ -121,11 +125,16 @@ pub use event::NodeEvent;
 pub use handler::{HandlerError, IntoReply};
 pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa, RevocationList, Revocations};
 pub use message::Message;
+#[cfg(feature = "metrics")]
+pub use metrics::MetricsConfig;
 pub use node::Node;
 #[cfg(feature = "outbox")]
 pub(crate) use node::WeakNode;
 pub use options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
 pub use policy::Policy;
+/// The Prometheus client whose registry [`Node::register_metrics`] takes (feature `metrics`).
+#[cfg(feature = "metrics")]
+pub use prometheus_client;
 pub use receipts::{EventDelivery, PeerInfo, PublishReceipt, Receipt};
 pub use shoal_discovery as discovery;
 /// Derives [`Contract`](trait@Contract): `#[derive(shoal::Contract)]` with

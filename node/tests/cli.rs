@@ -329,3 +329,54 @@ fn errors_exit_with_code_one() {
     assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
+
+#[test]
+fn serve_with_metrics_prints_the_endpoint_and_counts_what_it_handled() {
+    use std::io::{Read, Write};
+    let (_dir, ca) = mesh("metrics");
+    let mut server = Server::start_with(&ca, "echo", &["--metrics", "127.0.0.1:0"]);
+    let line = server.next_line_with("metrics ", Duration::from_secs(10));
+    // `metrics http://<addr>/metrics`
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("metrics http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected metrics line: {line}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{line}");
+    let peer = server.peer();
+    for _ in 0..2 {
+        let out = shoal(
+            &[
+                "send",
+                "--ca",
+                &ca,
+                "--peer",
+                &peer,
+                "--service",
+                "echo",
+                "--name",
+                "print",
+                "--payload",
+                "hi",
+            ],
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "send failed: {}", out.stderr);
+    }
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer
+            .lines()
+            .any(|l| l == r#"shoal_messages_handled_total{service="shoal-cli",message="print"} 2"#),
+        "{answer}"
+    );
+}

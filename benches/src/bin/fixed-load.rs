@@ -15,7 +15,9 @@
 //!
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
 //! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply).
-//! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows.
+//! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows. A third argument
+//! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
+//! recording is the difference between two runs: `fixed-load send 20000 metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,19 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
+    let metrics = match args.next().as_deref() {
+        None => false,
+        Some("metrics") => true,
+        Some(other) => return Err(format!("unknown option {other}: metrics or nothing").into()),
+    };
+    // Records per-message metrics without serving them when asked (`metrics`).
+    let with_metrics = move |builder: shoal::NodeBuilder| {
+        if metrics {
+            builder.metrics(shoal::MetricsConfig::record())
+        } else {
+            builder
+        }
+    };
     if !["send", "publish", "batch", "request"].contains(&mode.as_str()) {
         return Err(format!("unknown mode {mode}: send, publish, batch or request").into());
     }
@@ -52,7 +67,7 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let node = Node::builder(SERVICE)
+                let node = with_metrics(Node::builder(SERVICE))
                     .identity(ca.issue(SERVICE)?)
                     .trust(ca)
                     .start()
@@ -81,7 +96,7 @@ fn main() -> Result<()> {
         .build()?;
     let label = mode.clone();
     let took = runtime.block_on(async move {
-        let node = Node::builder("load-source")
+        let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
             .trust(ca)
             .peer(addr)

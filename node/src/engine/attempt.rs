@@ -139,6 +139,9 @@ impl<H: Clone> Engine<H> {
         if signal {
             self.transmit(conn);
         }
+        if attempt > 1 {
+            self.note_retried(d); // metrics.rs
+        }
         if !reliable {
             return self.succeed(d, now);
         }
@@ -153,6 +156,12 @@ impl<H: Clone> Engine<H> {
             return; // late (its attempt ended), a duplicate, or never sent
         };
         self.serve_room(conn, now);
+        if let Answer::Nack {
+            code, retryable, ..
+        } = &answer
+        {
+            self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics.rs
+        }
         let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
             return;
         };

@@ -134,6 +134,7 @@ impl<H: Clone> Engine<H> {
         };
         let deadline = delivery.retry.deadline();
         let d = self.out.deliveries.insert(delivery);
+        self.note_sent(d); // metrics.rs
         if let Some(o) = self.out.ops.get_mut(op) {
             o.deliveries.push(d);
         }

@@ -40,9 +40,11 @@ mod delivery;
 pub(crate) mod directory;
 pub(crate) mod fanout;
 mod heads;
-// Multicast fan-out (issue 14, multicast branch): the channel protocol, not wired in yet.
 mod lazy;
 mod link;
+// Per-message metrics (feature `metrics`): hooks that cost one branch when off.
+pub(crate) mod metrics;
+// Multicast fan-out (issue 14): the channel protocol, not wired into publish yet.
 mod multicast;
 mod ops;
 mod ordering;
@@ -130,6 +132,8 @@ pub(crate) struct Engine<H> {
     guard: authz::Guard,
     /// Whether idle connections are being looked for (see [`lazy`]).
     idle: lazy::IdleSweep,
+    /// Per-message metrics, when `NodeBuilder::metrics` turned them on ([`metrics`]).
+    metrics: Option<Box<metrics::Recorder>>,
 }
 
 impl<H: Clone> Engine<H> {
@@ -158,6 +162,7 @@ impl<H: Clone> Engine<H> {
             timer_moved: false,
             guard,
             idle: lazy::IdleSweep::default(),
+            metrics: None,
         }
     }
 

@@ -81,6 +81,11 @@ impl<H: Clone> Inbound<H> {
         self.tasks.len()
     }
 
+    /// This node's own subscriptions (a metrics gauge).
+    pub(super) fn subscription_count(&self) -> usize {
+        self.subs.len()
+    }
+
     /// The handlers a message run for `to` with this name or topic goes to.
     fn handlers_for(&self, to: &To, name: &str) -> SmallVec<[H; 1]> {
         match to {
@@ -264,6 +269,7 @@ impl<H: Clone> Engine<H> {
             Seen::New => true,
             Seen::InProgress => {
                 self.stats.duplicates += 1;
+                self.note_duplicate(conn, &head.name); // metrics.rs
                 self.inbound
                     .waiters
                     .entry(key)
@@ -273,6 +279,7 @@ impl<H: Clone> Engine<H> {
             }
             Seen::Done => {
                 self.stats.duplicates += 1;
+                self.note_duplicate(conn, &head.name); // metrics.rs
                 self.answer_again(conn, seq, head, item.id, now);
                 false
             }
@@ -315,6 +322,7 @@ impl<H: Clone> Engine<H> {
                     handlers,
                     message,
                 }));
+                self.note_handler_started(task, now); // metrics.rs
                 return;
             }
             let Some((seq, item)) = t.rest.pop_front() else {
@@ -334,12 +342,14 @@ impl<H: Clone> Engine<H> {
                 }
                 Seen::Done => {
                     self.stats.duplicates += 1;
+                    self.note_duplicate(conn, &head.name); // metrics.rs
                     self.answer_again(conn, seq, &head, item.id, now);
                 }
                 // Another delivery (a single publish of the same event) is handling it: this
                 // run must not go on before that one finishes.
                 Seen::InProgress => {
                     self.stats.duplicates += 1;
+                    self.note_duplicate(conn, &head.name); // metrics.rs
                     let reason = format!(
                         "event {} of this batch is being handled by another delivery",
                         item.id
@@ -369,6 +379,7 @@ impl<H: Clone> Engine<H> {
                 .try_for_each(|reply| self.deliver_reply(conn, addr, id, reply, now)),
             None => Ok(()),
         });
+        self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics.rs
         let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
         match outcome {
             Ok(()) => {

@@ -80,6 +80,9 @@ pub(crate) struct Driver {
     /// node.
     #[cfg(feature = "testing")]
     pub(crate) test_hooks: std::sync::OnceLock<Arc<crate::testing::NodeHooks>>,
+    /// The metrics endpoint's address and the outbox counts it reports (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Exporter,
 }
 
 /// What the lock protects.
@@ -152,6 +155,8 @@ impl Driver {
             outbox: std::sync::OnceLock::new(),
             #[cfg(feature = "testing")]
             test_hooks: std::sync::OnceLock::new(),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::Exporter::default(),
         })
     }
 

@@ -1,7 +1,8 @@
 //! `shoal serve`: a node that answers messages until Ctrl-C or SIGTERM.
 //!
 //! Prints, one line each, on stdout:
-//! - `listening <addr> node <id> service <name>` once started;
+//! - `listening <addr> node <id> service <name>` once started, then
+//!   `metrics http://<addr>/metrics` with `--metrics ADDR`;
 //! - `discovered <id> service <name> addr <addr>[,<addr>…]` when discovery announces an instance
 //!   and `vanished <id> service <name>` when it no longer does (discovering is not connecting);
 //! - `peer up <id> service <name> addr <addr>` and `peer down <id> service <name> reason <why>`
@@ -48,6 +49,10 @@ pub(crate) struct ServeArgs {
     /// seconds (0: only on SIGHUP). A change is applied without dropping connections.
     #[arg(long, value_name = "SECS", default_value_t = 2)]
     reload_every: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port; the bound
+    /// address is printed). Any address other than loopback exposes them to the network.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -95,6 +100,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(path) = &args.policy {
         builder = builder.policy(Policy::load(path)?);
     }
+    if let Some(addr) = args.metrics {
+        builder = builder.metrics(shoal::MetricsConfig::listen(addr));
+    }
     let node = builder.start().await?;
     let events = node.events();
 
@@ -135,6 +143,9 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         node.id(),
         node.service()
     );
+    if let Some(addr) = node.metrics_addr() {
+        say!("metrics http://{addr}/metrics");
+    }
     let printer = tokio::spawn(print_events(events));
     let every = (args.reload_every > 0).then(|| Duration::from_secs(args.reload_every));
     let follower = tokio::spawn(reload::follow(node.clone(), files, every, hangups, seen));

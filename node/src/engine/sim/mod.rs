@@ -16,6 +16,7 @@
 mod authz;
 mod driver;
 mod lazy_tests;
+mod metrics_tests;
 mod net;
 mod random;
 mod tests;
