@@ -148,6 +148,7 @@ impl Node {
         let mut stats = driver.read(|engine| engine.stats());
         stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
         stats.connections_refused = driver.accept_limits.refused();
+        stats.addresses_penalised = driver.accept_limits.penalised();
         stats
     }
 
