@@ -19,7 +19,8 @@
 //! The harness repeats the run `--runs` times, takes medians, prints the ratio to the
 //! baseline row and writes JSON/Markdown; nothing else needs touching.
 //!
-//! All sockets are on `127.0.0.1` ([`LOOPBACK`]).
+//! All sockets are on `127.0.0.1` ([`LOOPBACK`]), but `shoal-flood`'s flooder, on `127.0.0.2`
+//! ([`flood::FLOODER`]).
 
 pub mod affinity;
 pub mod certs;

@@ -298,7 +298,9 @@ impl NodeBuilder {
     /// as with [`NodeBuilder::max_connections`], and counted in
     /// [`crate::NodeStats::addresses_penalised`]. A client that keeps dialling with a foreign
     /// certificate then costs this node one handshake per `penalty`, not one per token of
-    /// [`NodeBuilder::handshake_rate`], and takes none of those tokens from honest peers.
+    /// [`NodeBuilder::handshake_rate`] (when the penalty ends, one handshake is let through and
+    /// the penalty starts over until its outcome: a success takes the address out of the
+    /// box), and takes none of those tokens from honest peers.
     /// The box holds at most `max_addresses` addresses (when full, the one closest to leaving
     /// makes room), so a flood from many addresses cannot grow it.
     ///

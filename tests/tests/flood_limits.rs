@@ -185,15 +185,20 @@ async fn an_address_whose_tls_was_refused_is_refused_before_tls_for_the_penalty(
         foreign_attempt(&intruder, &mesh, &foreign, addr).await,
         "dialling again is refused before TLS"
     );
-    let event = next_event(&mut events, WAIT, |e| {
-        matches!(e, NodeEvent::HandshakeFailed { reason, .. } if reason.starts_with("refused"))
-    })
+    let event = next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::HandshakeFailed { reason, .. } if reason.starts_with("refused")),
+    )
     .await;
     let NodeEvent::HandshakeFailed { addr: from, reason } = event else {
         unreachable!()
     };
     assert_eq!(from.ip().to_string(), "127.0.0.2");
-    assert!(reason.contains("failed its TLS handshake lately"), "{reason}");
+    assert!(
+        reason.contains("failed its TLS handshake lately"),
+        "{reason}"
+    );
     let stats = node.stats();
     assert_eq!(stats.connections_refused, 1);
     assert_eq!(stats.handshake_failures, 1, "one TLS handshake, not two");

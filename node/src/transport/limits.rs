@@ -152,6 +152,11 @@ impl AcceptLimits {
         }
     }
 
+    /// Takes `ip` out of the penalty box: a TLS handshake from it succeeded.
+    pub(crate) fn forgive(&self, ip: IpAddr) {
+        lock(&self.state).penalties.forgive(ip);
+    }
+
     /// Times an address was put in the penalty box since start.
     pub(crate) fn penalised(&self) -> u64 {
         self.penalised.load(Ordering::Relaxed)

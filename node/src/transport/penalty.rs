@@ -18,7 +18,14 @@ use std::time::{Duration, Instant};
 pub(super) struct PenaltyBox {
     duration: Duration,
     capacity: usize,
-    until: HashMap<IpAddr, Instant>,
+    penalties: HashMap<IpAddr, Penalty>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Penalty {
+    until: Instant,
+    /// The penalty ended and one handshake was let through; this hold waits for its outcome.
+    probing: bool,
 }
 
 impl PenaltyBox {
@@ -28,54 +35,71 @@ impl PenaltyBox {
         Self {
             duration,
             capacity,
-            until: HashMap::new(),
+            penalties: HashMap::new(),
         }
     }
 
     /// Puts `ip` in the box at `now` (again, if it is there: its penalty starts over).
-    /// Returns whether it was not already there.
+    /// Returns whether this is a new penalty: the address was not in the box, or this is the
+    /// failure of the one handshake let through when its penalty ended (not of one admitted
+    /// before the penalty began).
     pub(super) fn penalise(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.duration.is_zero() || self.capacity == 0 {
             return false;
         }
-        let until = now + self.duration;
-        if let Some(entry) = self.until.get_mut(&ip) {
-            *entry = until;
-            return false;
+        let penalty = Penalty {
+            until: now + self.duration,
+            probing: false,
+        };
+        if let Some(entry) = self.penalties.get_mut(&ip) {
+            let new = entry.probing;
+            *entry = penalty;
+            return new;
         }
-        if self.until.len() >= self.capacity {
-            self.until.retain(|_, until| *until > now);
+        if self.penalties.len() >= self.capacity {
+            self.penalties.retain(|_, p| p.until > now);
         }
-        if self.until.len() >= self.capacity {
+        if self.penalties.len() >= self.capacity {
             let soonest = self
                 .until
                 .iter()
-                .min_by_key(|(_, until)| **until)
+                .min_by_key(|(_, p)| p.until)
                 .map(|(ip, _)| *ip);
             if let Some(soonest) = soonest {
-                self.until.remove(&soonest);
+                self.penalties.remove(&soonest);
             }
         }
-        self.until.insert(ip, until);
+        self.penalties.insert(ip, penalty);
         true
     }
 
-    /// How long `ip` stays in the box after `now`, if it is in it; an expired entry is
-    /// removed.
+    /// How long `ip` stays in the box after `now`, if it is in it. When its penalty has
+    /// ended, one handshake is let through (`None`) and the penalty starts over: a client
+    /// with many attempts in flight gets one handshake per penalty, not all of them at once.
+    /// That handshake's outcome decides: a failure penalises again, a success
+    /// [forgives](Self::forgive).
     pub(super) fn remaining(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let until = *self.until.get(&ip)?;
-        if until > now {
-            Some(until - now)
+        let penalty = self.penalties.get_mut(&ip)?;
+        if penalty.until > now {
+            Some(penalty.until - now)
         } else {
-            self.until.remove(&ip);
+            *penalty = Penalty {
+                until: now + self.duration,
+                probing: true,
+            };
             None
         }
+    }
+
+    /// Takes `ip` out of the box: a handshake from it succeeded.
+    pub(super) fn forgive(&mut self, ip: IpAddr) {
+        self.penalties.remove(&ip);
     }
 
     /// Addresses in the box (some may have expired and not been removed yet).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.until.len()
+        self.penalties.len()
     }
 }
 
@@ -90,34 +114,39 @@ mod tests {
     }
 
     #[test]
-    fn an_address_is_refused_until_its_penalty_ends_and_again_after_another_failure() {
+    fn an_address_is_refused_until_its_penalty_ends_then_gets_one_handshake() {
         let mut penalties = PenaltyBox::new(Duration::from_secs(10), 16);
         let start = Instant::now();
+        let second = |n: u64| start + Duration::from_secs(n);
         assert_eq!(penalties.remaining(ip(1), start), None);
         assert!(penalties.penalise(ip(1), start));
-        let later = start + Duration::from_secs(4);
+        let six = Some(Duration::from_secs(6));
+        assert_eq!(penalties.remaining(ip(1), second(4)), six);
         assert_eq!(
-            penalties.remaining(ip(1), later),
-            Some(Duration::from_secs(6))
+            penalties.remaining(ip(2), second(4)),
+            None,
+            "only that address"
         );
-        assert_eq!(penalties.remaining(ip(2), later), None, "only that address");
         // A failure while in the box (a handshake admitted before the first failed) starts
         // the penalty over.
-        assert!(!penalties.penalise(ip(1), later));
-        let after = start + Duration::from_secs(12);
+        assert!(!penalties.penalise(ip(1), second(4)));
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(penalties.remaining(ip(1), second(12)), two);
+        // The penalty ends: one handshake, and the next attempts wait for its outcome.
+        assert_eq!(penalties.remaining(ip(1), second(14)), None);
+        let ten = Some(Duration::from_secs(10));
+        assert_eq!(penalties.remaining(ip(1), second(14)), ten);
+        // It failed: a new penalty.
+        assert!(penalties.penalise(ip(1), second(15)));
         assert_eq!(
-            penalties.remaining(ip(1), after),
-            Some(Duration::from_secs(2))
+            penalties.remaining(ip(1), second(24)),
+            Some(Duration::from_secs(1))
         );
-        assert_eq!(
-            penalties.remaining(ip(1), later + Duration::from_secs(10)),
-            None
-        );
-        assert_eq!(
-            penalties.len(),
-            0,
-            "an expired entry is removed when looked up"
-        );
+        assert_eq!(penalties.remaining(ip(1), second(25)), None);
+        // That one succeeded: the address is out of the box.
+        penalties.forgive(ip(1));
+        assert_eq!(penalties.remaining(ip(1), second(25)), None);
+        assert_eq!(penalties.len(), 0);
     }
 
     #[test]
