@@ -61,7 +61,7 @@ impl PenaltyBox {
         }
         if self.penalties.len() >= self.capacity {
             let soonest = self
-                .until
+                .penalties
                 .iter()
                 .min_by_key(|(_, p)| p.until)
                 .map(|(ip, _)| *ip);
