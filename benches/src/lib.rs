@@ -19,7 +19,8 @@
 //! The harness repeats the run `--runs` times, takes medians, prints the ratio to the
 //! baseline row and writes JSON/Markdown; nothing else needs touching.
 //!
-//! All sockets are on `127.0.0.1` ([`LOOPBACK`]).
+//! All sockets are on `127.0.0.1` ([`LOOPBACK`]), but `shoal-flood`'s flooder, on `127.0.0.2`
+//! ([`flood::FLOODER`]).
 
 pub mod affinity;
 pub mod certs;
@@ -310,9 +311,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: flood::NAME,
         system: systems::SHOAL,
-        setup: "Shoal defaults (handshake rate 100/s in bursts of 200): static peer on \
-                127.0.0.1; the flooder accepts any server certificate and presents one from \
-                a CA the node does not trust, 64 attempts in flight",
+        setup: "Shoal defaults (handshake rate 100/s in bursts of 200, 5 s penalty after a \
+                refused TLS handshake): static peer on 127.0.0.1; the flooder, on 127.0.0.2 at \
+                nice 19, accepts any server certificate and presents one from a CA the node \
+                does not trust, 64 attempts in flight",
         about: "honest request RTT quiet (shoal-flood-quiet) and during a flood of 10,000 \
                 handshake attempts with a foreign certificate (shoal-flood-during)",
         run: Measures::RoundTrip(flood::run),

@@ -78,6 +78,12 @@ impl NodeBuilder {
     pub const DEFAULT_HANDSHAKE_RATE: u32 = 100;
     /// Default burst of new incoming handshakes (see [`NodeBuilder::handshake_rate`]).
     pub const DEFAULT_HANDSHAKE_BURST: u32 = 200;
+    /// Default time an address whose TLS handshake was refused is refused before TLS (see
+    /// [`NodeBuilder::handshake_penalty`]).
+    pub const DEFAULT_HANDSHAKE_PENALTY: Duration = Duration::from_secs(5);
+    /// Default number of addresses the penalty box holds at most (see
+    /// [`NodeBuilder::handshake_penalty`]).
+    pub const DEFAULT_HANDSHAKE_PENALTY_CAPACITY: usize = 4096;
     /// Default cap on the bytes waiting to be written to one peer (see
     /// [`NodeBuilder::max_queued_bytes`]).
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
@@ -287,6 +293,30 @@ impl NodeBuilder {
     pub fn handshake_rate(mut self, per_second: u32, burst: u32) -> Self {
         self.config.handshake_rate = per_second.max(1);
         self.config.handshake_burst = burst.max(1);
+        self
+    }
+
+    /// The penalty box: after this node refuses an incoming connection's TLS handshake (a
+    /// certificate from a CA it does not trust, a revoked or expired one, none at all, broken
+    /// TLS), every new connection from that IP address is refused before TLS for `penalty`,
+    /// as with [`NodeBuilder::max_connections`], and counted in
+    /// [`crate::NodeStats::addresses_penalised`]. A client that keeps dialling with a foreign
+    /// certificate then costs this node one handshake per `penalty`, not one per token of
+    /// [`NodeBuilder::handshake_rate`] (when the penalty ends, one handshake is let through and
+    /// the penalty starts over until its outcome: a success takes the address out of the
+    /// box), and takes none of those tokens from honest peers.
+    /// The box holds at most `max_addresses` addresses (when full, the one closest to leaving
+    /// makes room), so a flood from many addresses cannot grow it.
+    ///
+    /// Default 5 s and 4,096 addresses. The cost: peers behind the same address (one host, one
+    /// NAT) share the penalty, so a misconfigured service refused by this node holds off its
+    /// neighbours' *new* connections to this node for up to `penalty` after each of its
+    /// attempts (connections already open are untouched, and they retry after their backoff);
+    /// an honest peer whose certificate was just fixed gets in `penalty` later at most. A zero
+    /// `penalty` or `max_addresses` turns the box off.
+    pub fn handshake_penalty(mut self, penalty: Duration, max_addresses: usize) -> Self {
+        self.config.handshake_penalty = penalty;
+        self.config.handshake_penalty_capacity = max_addresses;
         self
     }
 

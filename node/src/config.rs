@@ -31,6 +31,10 @@ pub(crate) struct Config {
     pub(crate) max_connections_per_address: usize,
     pub(crate) handshake_rate: u32,
     pub(crate) handshake_burst: u32,
+    /// An address whose TLS handshake this node refused is refused before TLS for this long
+    /// (`transport/penalty.rs`); the box holds at most `handshake_penalty_capacity` addresses.
+    pub(crate) handshake_penalty: Duration,
+    pub(crate) handshake_penalty_capacity: usize,
     pub(crate) shutdown_grace: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) idle_timeout: Duration,
@@ -66,6 +70,8 @@ impl Default for Config {
             max_connections_per_address: NodeBuilder::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             handshake_rate: NodeBuilder::DEFAULT_HANDSHAKE_RATE,
             handshake_burst: NodeBuilder::DEFAULT_HANDSHAKE_BURST,
+            handshake_penalty: NodeBuilder::DEFAULT_HANDSHAKE_PENALTY,
+            handshake_penalty_capacity: NodeBuilder::DEFAULT_HANDSHAKE_PENALTY_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
             keep_alive: Duration::from_millis(250),
             idle_timeout: Duration::from_millis(1500),

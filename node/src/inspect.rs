@@ -158,5 +158,6 @@ pub(crate) fn node_stats(driver: &crate::runtime::Driver) -> NodeStats {
     let mut stats = driver.read(|engine| engine.stats());
     stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
     stats.connections_refused = driver.accept_limits.refused();
+    stats.addresses_penalised = driver.accept_limits.penalised();
     stats
 }

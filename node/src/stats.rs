@@ -34,6 +34,11 @@ pub struct NodeStats {
     /// floods: too many connections in total or from one address, or more handshakes than the
     /// rate limit allows (see [`crate::NodeBuilder::max_connections`]).
     pub connections_refused: u64,
+    /// Times an address was put in the penalty box: this node refused its TLS handshake, so
+    /// its next connections are refused before TLS for a while (see
+    /// [`crate::NodeBuilder::handshake_penalty`]); those refusals count in
+    /// `connections_refused`.
+    pub addresses_penalised: u64,
     /// Peer connections established.
     pub connections: u64,
     /// Events published by this node (each event of a batch counts).

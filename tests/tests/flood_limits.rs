@@ -1,6 +1,7 @@
 //! Limits against floods on real sockets: connections over the caps and handshakes over the
-//! rate limit are refused before TLS, a client that says nothing after TLS is closed at the
-//! hello deadline, and a peer that does not read is cut off at the queued-bytes cap.
+//! rate limit are refused before TLS, so is an address whose TLS handshake was just refused,
+//! a client that says nothing after TLS is closed at the hello deadline, and a peer that does
+//! not read is cut off at the queued-bytes cap.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -128,6 +129,96 @@ async fn handshakes_over_the_rate_limit_are_refused() {
         n.stats().handshake_failures as usize == 6 - refusals
     })
     .await;
+}
+
+/// A TLS handshake from `endpoint` with a certificate from a CA the node does not trust:
+/// whether the node refused it before TLS (`true`) or failed its TLS handshake (`false`).
+async fn foreign_attempt(
+    endpoint: &quinn::Endpoint,
+    mesh: &Mesh,
+    foreign: &MeshCa,
+    addr: std::net::SocketAddr,
+) -> bool {
+    let identity = foreign.issue("intruder").unwrap();
+    let connecting = endpoint
+        .connect_with(client_config(&mesh.ca, Some(&identity)), addr, SERVER_NAME)
+        .unwrap();
+    let result = timeout(WAIT, connecting).await.expect("attempt hung");
+    if refused(&result) {
+        return true;
+    }
+    // In TLS 1.3 the client finishes first; the node checks the client's certificate after.
+    let closed = match result {
+        Ok(conn) => timeout(WAIT, conn.closed()).await.expect("never closed"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code != quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "a foreign certificate never gets in: {closed:?}"
+    );
+    false
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_address_whose_tls_was_refused_is_refused_before_tls_for_the_penalty() {
+    let mesh = Mesh::new();
+    let penalty = Duration::from_millis(500);
+    let node = mesh
+        .start_with(mesh.builder("billing").handshake_penalty(penalty, 16), &[])
+        .await;
+    let mut events = node.events();
+    let addr = node.local_addr();
+    let foreign = MeshCa::generate("foreign").unwrap();
+    // The intruder dials from another loopback address than the honest peer below.
+    let intruder = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+
+    assert!(
+        !foreign_attempt(&intruder, &mesh, &foreign, addr).await,
+        "the first attempt gets its TLS handshake"
+    );
+    shoal_tests::until(&node, "the address is penalised", |n| {
+        n.stats().addresses_penalised == 1
+    })
+    .await;
+    assert!(
+        foreign_attempt(&intruder, &mesh, &foreign, addr).await,
+        "dialling again is refused before TLS"
+    );
+    let event = next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::HandshakeFailed { reason, .. } if reason.starts_with("refused")),
+    )
+    .await;
+    let NodeEvent::HandshakeFailed { addr: from, reason } = event else {
+        unreachable!()
+    };
+    assert_eq!(from.ip().to_string(), "127.0.0.2");
+    assert!(
+        reason.contains("failed its TLS handshake lately"),
+        "{reason}"
+    );
+    let stats = node.stats();
+    assert_eq!(stats.connections_refused, 1);
+    assert_eq!(stats.handshake_failures, 1, "one TLS handshake, not two");
+
+    // Another address is not touched.
+    let honest = RawPeer::connect(&mesh, "shop", addr).await;
+    wait_instances(&node, "shop", 1).await;
+
+    // After the penalty the address gets a handshake again (and fails it again). Nothing
+    // tells when a penalty ends, so the intruder dials every 50 ms, as a client would.
+    let started = std::time::Instant::now();
+    while foreign_attempt(&intruder, &mesh, &foreign, addr).await {
+        assert!(started.elapsed() < WAIT, "the penalty never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shoal_tests::until(&node, "the address is penalised again", |n| {
+        n.stats().addresses_penalised == 2
+    })
+    .await;
+    drop(honest);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -42,6 +42,7 @@ impl Counters {
             malformed_frames: self.malformed_frames,
             handshake_failures: 0,
             connections_refused: 0,
+            addresses_penalised: 0, // counted by the transport too
             connections: self.connections,
             published: self.published,
             events_unrouted: self.events_unrouted,

@@ -53,6 +53,16 @@ async fn accept(
     let addr = incoming.remote_address();
     let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
     let outcome = tokio::time::timeout_at(deadline, incoming).await;
+    match &outcome {
+        // This node refused the client's TLS (its certificate, or TLS itself): its address
+        // gets no other handshake for a while (`super::penalty`). A client that gave up, or
+        // timed out, is not penalised: that may be the network.
+        Ok(Err(quinn::ConnectionError::TransportError(_))) => {
+            driver.accept_limits.penalise(addr.ip(), Driver::now());
+        }
+        Ok(Ok(_)) => driver.accept_limits.forgive(addr.ip()),
+        _ => {}
+    }
     let conn = tls_outcome(driver, addr, outcome, HandshakeError::TlsTimeout(addr))?;
     establish_by(driver, conn, false, false, deadline, Some(slot)).await
 }

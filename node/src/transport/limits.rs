@@ -4,7 +4,11 @@
 //! - at most `max_connections` incoming connections at once, handshaking or established;
 //! - at most `max_connections_per_address` of them from one IP address;
 //! - at most `handshake_rate` new handshakes per second, in bursts of up to
-//!   `handshake_burst` (a token bucket).
+//!   `handshake_burst` (a token bucket);
+//! - none from an address whose TLS handshake this node refused in the last
+//!   `handshake_penalty` (the [`super::penalty`] box): a client with a foreign certificate
+//!   that dials again costs no second handshake. Checked first, so such a client takes none
+//!   of the rate's tokens from honest peers.
 //!
 //! A connection over a limit is refused with QUIC's `CONNECTION_REFUSED`, so an honest peer
 //! learns at once and dials again after its backoff. Refusals are counted
@@ -17,8 +21,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::penalty::PenaltyBox;
 use crate::config::Config;
 use crate::sync::lock;
 
@@ -31,6 +36,8 @@ pub(crate) enum Refusal {
     PerAddress(IpAddr, usize),
     /// More handshakes than the rate limit allows.
     Rate(u32),
+    /// This address's TLS handshake was refused lately; it may try again after `remaining`.
+    Penalised { ip: IpAddr, remaining: Duration },
 }
 
 impl fmt::Display for Refusal {
@@ -44,6 +51,11 @@ impl fmt::Display for Refusal {
                 )
             }
             Self::Rate(rate) => write!(f, "refused: more than {rate} handshakes per second"),
+            Self::Penalised { ip, remaining } => write!(
+                f,
+                "refused: {ip} failed its TLS handshake lately (may try again in {} ms)",
+                remaining.as_millis()
+            ),
         }
     }
 }
@@ -59,6 +71,8 @@ pub(crate) struct AcceptLimits {
     state: Mutex<State>,
     /// Connections refused by a limit since start.
     refused: AtomicU64,
+    /// Times an address was put in the penalty box since start.
+    penalised: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -68,6 +82,7 @@ struct State {
     /// Handshakes the bucket allows now, and when it was last filled.
     tokens: f64,
     filled: Option<Instant>,
+    penalties: PenaltyBox,
 }
 
 impl AcceptLimits {
@@ -82,8 +97,13 @@ impl AcceptLimits {
                 per_address: HashMap::new(),
                 tokens: f64::from(config.handshake_burst.max(1)),
                 filled: None,
+                penalties: PenaltyBox::new(
+                    config.handshake_penalty,
+                    config.handshake_penalty_capacity,
+                ),
             }),
             refused: AtomicU64::new(0),
+            penalised: AtomicU64::new(0),
         })
     }
 
@@ -93,7 +113,9 @@ impl AcceptLimits {
         let refused = {
             let mut state = lock(&self.state);
             let from_ip = state.per_address.get(&ip).copied().unwrap_or(0);
-            if state.total >= self.max_total {
+            if let Some(remaining) = state.penalties.remaining(ip, now) {
+                Some(Refusal::Penalised { ip, remaining })
+            } else if state.total >= self.max_total {
                 Some(Refusal::Total(self.max_total))
             } else if from_ip >= self.max_per_address {
                 Some(Refusal::PerAddress(ip, self.max_per_address))
@@ -120,6 +142,24 @@ impl AcceptLimits {
     /// Connections refused by a limit since start.
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Refuses handshakes from `ip` for the penalty from `now` on: the node refused its TLS
+    /// handshake (nothing when the penalty box is off).
+    pub(crate) fn penalise(&self, ip: IpAddr, now: Instant) {
+        if lock(&self.state).penalties.penalise(ip, now) {
+            self.penalised.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes `ip` out of the penalty box: a TLS handshake from it succeeded.
+    pub(crate) fn forgive(&self, ip: IpAddr) {
+        lock(&self.state).penalties.forgive(ip);
+    }
+
+    /// Times an address was put in the penalty box since start.
+    pub(crate) fn penalised(&self) -> u64 {
+        self.penalised.load(Ordering::Relaxed)
     }
 
     fn release(&self, ip: IpAddr) {

@@ -4,6 +4,7 @@
 //! - [`dial`]: following discovery, keeping static peers dialled, connecting on demand.
 //! - [`handshake`]: the hello exchange and its checks.
 //! - [`limits`]: the limits against floods on incoming connections.
+//! - [`penalty`]: the addresses refused for a while after a failed TLS handshake.
 //! - [`connection`]: each connection's reader and writer, and the close codes.
 //! - [`dial_plan`]: which addresses to keep dialled as discovery hints come and go.
 
@@ -13,3 +14,4 @@ pub(crate) mod dial_plan;
 pub(crate) mod endpoint;
 pub(crate) mod handshake;
 pub(crate) mod limits;
+mod penalty;

@@ -165,7 +165,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     say!(
         "stats acked={} retries={} dead_lettered={} handled={} handler_errors={} duplicates={} \
          unhandled={} malformed_frames={} handshake_failures={} connections_refused={} \
-         connections={} unauthorized_messages={} unauthorized_events={} \
+         addresses_penalised={} connections={} unauthorized_messages={} unauthorized_events={} \
          unauthorized_subscriptions={}",
         s.acked,
         s.retries,
@@ -177,6 +177,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         s.malformed_frames,
         s.handshake_failures,
         s.connections_refused,
+        s.addresses_penalised,
         s.connections,
         s.unauthorized_messages,
         s.unauthorized_events,
