@@ -53,7 +53,7 @@ pub struct TraceContext {
 impl TraceContext {
     /// A context from its parts; `None` if an id is zero (W3C: all-zero ids are invalid).
     pub fn from_parts(trace_id: u128, span_id: u64, sampled: bool) -> Option<Self> {
-        (trace_id != 0 && span_id != 0).then(|| Self {
+        (trace_id != 0 && span_id != 0).then_some(Self {
             trace_id,
             span_id,
             flags: if sampled { SAMPLED } else { 0 },
@@ -251,6 +251,8 @@ fn valid_tracestate(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
