@@ -6,19 +6,21 @@
 //! to it.
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/chain.rs"]
+mod chain;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal::{HandlerError, MeshCa, Message, Node, RetryPolicy, SendOptions, TraceContext};
+use chain::{Chain, WAIT, start};
+use shoal::{HandlerError, MeshCa, Message, RetryPolicy, SendOptions, TraceContext};
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-const WAIT: Duration = Duration::from_secs(10);
 /// The trace the first service works in, as an HTTP request would have brought it.
 const INCOMING: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -86,58 +88,18 @@ fn record_spans() -> (Spans, tracing::subscriber::DefaultGuard) {
     (spans, tracing::subscriber::set_default(subscriber))
 }
 
-async fn start(ca: &MeshCa, service: &str, peers: &[SocketAddr]) -> Node {
-    Node::builder(service)
-        .identity(ca.issue(service).unwrap())
-        .trust(ca.clone())
-        .peers(peers.iter().copied())
-        .start()
-        .await
-        .unwrap()
-}
-
-/// A -> B -> C: A requests `quote` from B in a known trace; B's handler sends `reserve` to C.
-/// Returns the three nodes and the `traceparent` C's handler saw with its current context.
-async fn chain(ca: &MeshCa) -> (Node, Node, Node, Option<String>, Option<TraceContext>) {
-    let c = start(ca, "stock", &[]).await;
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-    c.handle("reserve", move |msg: Message| {
-        let seen = (
-            msg.header("traceparent").map(str::to_owned),
-            TraceContext::current(),
-        );
-        let _ = seen_tx.send(seen);
-        async { Ok(()) }
-    });
-    let b = start(ca, "pricing", &[c.local_addr()]).await;
-    let to_c = b.clone();
-    b.handle("quote", move |msg: Message| {
-        let to_c = to_c.clone();
-        async move {
-            to_c.send("stock", Message::command("reserve", msg.payload().clone()))
-                .await
-                .map_err(|e| HandlerError::retryable(e.to_string()))?;
-            Ok("25")
-        }
-    });
-    let a = start(ca, "shop", &[b.local_addr()]).await;
-    let incoming = TraceContext::parse(INCOMING, Some("vendor=opaque")).unwrap();
-    let request =
-        incoming.in_scope(|| a.request("pricing", Message::command("quote", "book"), WAIT));
-    let reply = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
-    assert_eq!(reply.payload(), "25");
-    let (header, current) = tokio::time::timeout(WAIT, seen_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    (a, b, c, header, current)
-}
-
 #[tokio::test]
 async fn one_trace_follows_a_request_through_three_services() {
     let (spans, _guard) = record_spans();
     let ca = MeshCa::generate("traces").unwrap();
-    let (a, b, c, header, current) = chain(&ca).await;
+    let mut services = Chain::start(&ca).await;
+    let incoming = TraceContext::parse(INCOMING, Some("vendor=opaque")).unwrap();
+    let request = incoming.in_scope(|| {
+        services
+            .a
+            .request("pricing", Message::command("quote", "book"), WAIT)
+    });
+    let (header, current) = services.finish(request).await;
 
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let request = &spans.named("shoal.request")[0];
@@ -187,22 +149,20 @@ async fn one_trace_follows_a_request_through_three_services() {
     assert_eq!(handled_c.get("otel.kind"), Some("consumer"));
     assert_eq!(send.get("otel.kind"), Some("producer"));
     assert_eq!(send.get("shoal.service"), Some("stock"));
-    for node in [a, b, c] {
-        node.shutdown().await;
-    }
+    services.shutdown().await;
 }
 
 #[tokio::test]
 async fn hostile_traceparents_are_ignored_and_the_message_still_handled() {
     let (spans, _guard) = record_spans();
     let ca = MeshCa::generate("traces").unwrap();
-    let c = start(&ca, "stock", &[]).await;
+    let c = start(&ca, "stock", None).await;
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     c.handle("reserve", move |msg: Message| {
         let _ = seen_tx.send((msg.id(), TraceContext::current()));
         async { Ok(()) }
     });
-    let a = start(&ca, "shop", &[c.local_addr()]).await;
+    let a = start(&ca, "shop", Some(&c)).await;
     let zeros = "00-00000000000000000000000000000000-b7ad6b7169203331-01";
     // Within the codec's limit on a header value (4 KiB), far over W3C's 512 bytes.
     let huge_state = "k=".to_owned() + &"v".repeat(4_000);
@@ -281,7 +241,7 @@ async fn hostile_traceparents_are_ignored_and_the_message_still_handled() {
 async fn spans_carry_the_message_id_correlation_id_and_attempt() {
     let (spans, _guard) = record_spans();
     let ca = MeshCa::generate("traces").unwrap();
-    let c = start(&ca, "stock", &[]).await;
+    let c = start(&ca, "stock", None).await;
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
     c.handle("reserve", move |msg: Message| {
         let _ = seen_tx.send(msg.attempt());
@@ -295,7 +255,7 @@ async fn spans_carry_the_message_id_correlation_id_and_attempt() {
             }
         }
     });
-    let a = start(&ca, "shop", &[c.local_addr()]).await;
+    let a = start(&ca, "shop", Some(&c)).await;
     let correlation = Message::command("order", "").id();
     let msg = Message::command("reserve", "x").with_correlation_id(correlation);
     let id = msg.id();

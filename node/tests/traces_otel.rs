@@ -4,27 +4,15 @@
 #![cfg(feature = "opentelemetry")]
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
+#[path = "support/chain.rs"]
+mod chain;
 
+use chain::Chain;
 use opentelemetry::trace::{SpanId, SpanKind, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use shoal::{HandlerError, MeshCa, Message, Node};
-use tokio::sync::mpsc;
+use shoal::{MeshCa, Message};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn start(ca: &MeshCa, service: &str, peers: &[SocketAddr]) -> Node {
-    Node::builder(service)
-        .identity(ca.issue(service).unwrap())
-        .trust(ca.clone())
-        .peers(peers.iter().copied())
-        .start()
-        .await
-        .unwrap()
-}
 
 fn find<'a>(spans: &'a [SpanData], name: &str, nth: usize) -> &'a SpanData {
     spans
@@ -44,41 +32,17 @@ async fn shoal_spans_join_the_opentelemetry_trace_across_services() {
     let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
 
     let ca = MeshCa::generate("traces").unwrap();
-    let c = start(&ca, "stock", &[]).await;
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-    c.handle("reserve", move |msg: Message| {
-        let _ = seen_tx.send(msg.header("traceparent").map(str::to_owned));
-        async { Ok(()) }
-    });
-    let b = start(&ca, "pricing", &[c.local_addr()]).await;
-    let to_c = b.clone();
-    b.handle("quote", move |_: Message| {
-        let to_c = to_c.clone();
-        async move {
-            to_c.send("stock", Message::command("reserve", "book"))
-                .await
-                .map_err(|e| HandlerError::retryable(e.to_string()))?;
-            Ok("25")
-        }
-    });
-    let a = start(&ca, "shop", &[b.local_addr()]).await;
-
+    let mut chain = Chain::start(&ca).await;
     // The service's own span, e.g. an HTTP request's.
     let http = tracing::info_span!("GET /quote");
-    let request = http.in_scope(|| a.request("pricing", Message::command("quote", "book"), WAIT));
-    let reply = tokio::time::timeout(WAIT, request.instrument(http.clone()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reply.payload(), "25");
-    let header = tokio::time::timeout(WAIT, seen_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let request = http.in_scope(|| {
+        chain
+            .a
+            .request("pricing", Message::command("quote", "book"), chain::WAIT)
+    });
+    let (header, _) = chain.finish(request.instrument(http.clone())).await;
     drop(http);
-    for node in [a, b, c] {
-        node.shutdown().await;
-    }
+    chain.shutdown().await;
     provider.force_flush().unwrap();
     let spans = exporter.get_finished_spans().unwrap();
 
