@@ -70,7 +70,7 @@ else
     echo "note: no PostgreSQL test cluster; the PostgreSQL outbox tests will be skipped"
 fi
 status=0
-cargo test --workspace --no-fail-fast --features shoal-discovery/netns,shoal/contracts,shoal/postgres,shoal/testing,shoal/metrics "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --features shoal-discovery/netns,shoal/contracts,shoal/postgres,shoal/testing,shoal/metrics,shoal/opentelemetry "$@" 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole run: cargo prints one "test result" line per test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?/) p += $(i-1);

@@ -107,6 +107,7 @@ mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
+mod trace;
 mod transport;
 
 // `::shoal` paths (what `#[derive(Contract)]` writes) resolve inside this crate too.
@@ -144,3 +145,4 @@ pub use shoal_macros::Contract;
 pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};
+pub use trace::TraceContext;

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_proto::{NodeId, ReturnAddress};
+use tracing::Instrument;
 
 use crate::engine::Done;
 use crate::handler::{self, HandlerError, IntoReply};
 use crate::runtime::Driver;
 use crate::runtime::op::OpFuture;
+use crate::trace::{self, Sending};
 use crate::{Error, Message, Receipt, SendOptions};
 
 /// A running Shoal node: one instance of one service.
@@ -156,7 +158,9 @@ impl Node {
     ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
         let driver = Arc::clone(self.driver());
         msg.address_replies(&driver.service, driver.id);
-        let started = driver.call(|engine, now| engine.send(service, msg, &options, now));
+        let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
+        let started =
+            span.in_scope(|| driver.call(|engine, now| engine.send(service, msg, &options, now)));
         let op = started.map(|op| OpFuture::new(driver, op));
         async move {
             match op?.await? {
@@ -164,6 +168,7 @@ impl Node {
                 other => Err(unexpected(&other)),
             }
         }
+        .instrument(span)
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
@@ -181,7 +186,13 @@ impl Node {
             node: Some(driver.id),
             channel: String::new(),
         });
-        let started = driver.call(|engine, now| engine.request(service, msg, now));
+        let span = trace::traced_send(
+            Sending::Request,
+            Some(service),
+            std::slice::from_mut(&mut msg),
+        );
+        let started =
+            span.in_scope(|| driver.call(|engine, now| engine.request(service, msg, now)));
         let op = started.map(|op| OpFuture::new(driver, op));
         async move {
             // The delivery keeps its own deadline: `timeout` ends the whole request, so an
@@ -193,6 +204,7 @@ impl Node {
                 Err(_) => Err(Error::Timeout(timeout)),
             }
         }
+        .instrument(span)
     }
 
     /// Stops gracefully: takes no new work (new sends fail with [`Error::ShuttingDown`], new

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::NodeId;
+use tracing::Instrument;
 
 use crate::engine::Done;
 use crate::engine::send::Publishing;
 use crate::runtime::op::OpFuture;
+use crate::trace::{self, Sending};
 use crate::{Error, Message, Node, PublishOptions, PublishReceipt};
 
 impl Node {
@@ -101,7 +103,9 @@ impl Node {
         for event in &mut events {
             event.address_replies(&driver.service, driver.id);
         }
-        let started = driver.call(|engine, now| engine.publish(events, batched, &options, now));
+        let span = trace::traced_send(Sending::Publish, None, &mut events);
+        let started = span
+            .in_scope(|| driver.call(|engine, now| engine.publish(events, batched, &options, now)));
         let started = started.map(|publishing| match publishing {
             Publishing::Waiting(op) => Err(OpFuture::new(driver, op)),
             Publishing::Done(receipt) => Ok(receipt),
@@ -115,6 +119,7 @@ impl Node {
                 },
             }
         }
+        .instrument(span)
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber

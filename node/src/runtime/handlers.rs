@@ -30,8 +30,9 @@ impl Driver {
             // The usual case: one handler, no reply to make. Its own (boxed) future is polled
             // directly, without an outer future around it.
             let handler = handlers.remove(0);
-            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message)))
-            {
+            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                crate::trace::call_handler(&handler, message)
+            })) {
                 Ok(future) => future,
                 Err(_) => return Some((task, Err(panicked()))),
             };
@@ -111,10 +112,13 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
     Ok(request.map_or_else(SmallVec::new, |(id, channel)| replies(id, &channel, bodies)))
 }
 
-/// Calls one handler, turning a panic (in the closure or in its future) into a permanent
-/// failure so one bad handler does not take the node down.
+/// Calls one handler (in its `shoal.handle` span: `crate::trace`), turning a panic (in the
+/// closure or in its future) into a permanent failure so one bad handler does not take the
+/// node down.
 async fn call(handler: &BoxedHandler, msg: Message) -> Result<Option<bytes::Bytes>, HandlerError> {
-    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(msg))) else {
+    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        crate::trace::call_handler(handler, msg)
+    })) else {
         return Err(panicked());
     };
     CatchUnwind(AssertUnwindSafe(future))
