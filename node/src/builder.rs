@@ -84,6 +84,9 @@ impl NodeBuilder {
     /// Default number of addresses the penalty box holds at most (see
     /// [`NodeBuilder::handshake_penalty`]).
     pub const DEFAULT_HANDSHAKE_PENALTY_CAPACITY: usize = 4096;
+    /// Default number of refused TLS handshakes from one address within a second that put
+    /// it in the penalty box (see [`NodeBuilder::handshake_penalty_after`]).
+    pub const DEFAULT_HANDSHAKE_PENALTY_AFTER: u32 = 10;
     /// Default cap on the bytes waiting to be written to one peer (see
     /// [`NodeBuilder::max_queued_bytes`]).
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
@@ -296,9 +299,10 @@ impl NodeBuilder {
         self
     }
 
-    /// The penalty box: after this node refuses an incoming connection's TLS handshake (a
+    /// The penalty box: once this node refused incoming TLS handshakes from one IP address at
+    /// a flood's pace ([`NodeBuilder::handshake_penalty_after`] of them within a second: a
     /// certificate from a CA it does not trust, a revoked or expired one, none at all, broken
-    /// TLS), every new connection from that IP address is refused before TLS for `penalty`,
+    /// TLS), every new connection from that address is refused before TLS for `penalty`,
     /// as with [`NodeBuilder::max_connections`], and counted in
     /// [`crate::NodeStats::addresses_penalised`]. A client that keeps dialling with a foreign
     /// certificate then costs this node one handshake per `penalty`, not one per token of
@@ -309,14 +313,24 @@ impl NodeBuilder {
     /// makes room), so a flood from many addresses cannot grow it.
     ///
     /// Default 5 s and 4,096 addresses. The cost: peers behind the same address (one host, one
-    /// NAT) share the penalty, so a misconfigured service refused by this node holds off its
-    /// neighbours' *new* connections to this node for up to `penalty` after each of its
-    /// attempts (connections already open are untouched, and they retry after their backoff);
-    /// an honest peer whose certificate was just fixed gets in `penalty` later at most. A zero
+    /// NAT) share the penalty, so while a flood from their address is refused their *new*
+    /// connections to this node are too (connections already open are untouched, and they
+    /// retry after their backoff). A misconfigured service retrying with Shoal's backoff (100
+    /// ms doubling) fails a few handshakes in its first second and fewer after, below the
+    /// threshold: it keeps being told why, and its neighbours are not held off. A zero
     /// `penalty` or `max_addresses` turns the box off.
     pub fn handshake_penalty(mut self, penalty: Duration, max_addresses: usize) -> Self {
         self.config.handshake_penalty = penalty;
         self.config.handshake_penalty_capacity = max_addresses;
+        self
+    }
+
+    /// How many refused TLS handshakes from one IP address within one second put it in the
+    /// [penalty box](NodeBuilder::handshake_penalty). Default 10: a flood reaches it in its
+    /// first milliseconds (costing this node that many handshakes), a client retrying with
+    /// backoff never does. 1 penalises the first refusal.
+    pub fn handshake_penalty_after(mut self, failures_per_second: u32) -> Self {
+        self.config.handshake_penalty_after = failures_per_second.max(1);
         self
     }
 

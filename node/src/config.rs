@@ -35,6 +35,8 @@ pub(crate) struct Config {
     /// (`transport/penalty.rs`); the box holds at most `handshake_penalty_capacity` addresses.
     pub(crate) handshake_penalty: Duration,
     pub(crate) handshake_penalty_capacity: usize,
+    /// Refused TLS handshakes from one address within a second that put it in the box.
+    pub(crate) handshake_penalty_after: u32,
     pub(crate) shutdown_grace: Duration,
     pub(crate) keep_alive: Duration,
     pub(crate) idle_timeout: Duration,
@@ -72,6 +74,7 @@ impl Default for Config {
             handshake_burst: NodeBuilder::DEFAULT_HANDSHAKE_BURST,
             handshake_penalty: NodeBuilder::DEFAULT_HANDSHAKE_PENALTY,
             handshake_penalty_capacity: NodeBuilder::DEFAULT_HANDSHAKE_PENALTY_CAPACITY,
+            handshake_penalty_after: NodeBuilder::DEFAULT_HANDSHAKE_PENALTY_AFTER,
             shutdown_grace: Duration::from_secs(5),
             keep_alive: Duration::from_millis(250),
             idle_timeout: Duration::from_millis(1500),

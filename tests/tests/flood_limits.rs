@@ -165,7 +165,12 @@ async fn an_address_whose_tls_was_refused_is_refused_before_tls_for_the_penalty(
     let mesh = Mesh::new();
     let penalty = Duration::from_millis(500);
     let node = mesh
-        .start_with(mesh.builder("billing").handshake_penalty(penalty, 16), &[])
+        .start_with(
+            mesh.builder("billing")
+                .handshake_penalty(penalty, 16)
+                .handshake_penalty_after(1),
+            &[],
+        )
         .await;
     let mut events = node.events();
     let addr = node.local_addr();

@@ -100,6 +100,7 @@ impl AcceptLimits {
                 penalties: PenaltyBox::new(
                     config.handshake_penalty,
                     config.handshake_penalty_capacity,
+                    config.handshake_penalty_after,
                 ),
             }),
             refused: AtomicU64::new(0),
