@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_proto::{NodeId, ReturnAddress};
-use tracing::Instrument;
 
 use crate::engine::Done;
 use crate::handler::{self, HandlerError, IntoReply};
@@ -159,16 +158,19 @@ impl Node {
         let driver = Arc::clone(self.driver());
         msg.address_replies(&driver.service, driver.id);
         let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
-        let started =
-            span.in_scope(|| driver.call(|engine, now| engine.send(service, msg, &options, now)));
+        let started = trace::within(&span, || {
+            driver.call(|engine, now| engine.send(service, msg, &options, now))
+        });
         let op = started.map(|op| OpFuture::new(driver, op));
-        async move {
-            match op?.await? {
-                Done::Sent(receipt) => Ok(receipt),
-                other => Err(unexpected(&other)),
-            }
-        }
-        .instrument(span)
+        trace::instrumented(
+            async move {
+                match op?.await? {
+                    Done::Sent(receipt) => Ok(receipt),
+                    other => Err(unexpected(&other)),
+                }
+            },
+            span,
+        )
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
@@ -191,20 +193,23 @@ impl Node {
             Some(service),
             std::slice::from_mut(&mut msg),
         );
-        let started =
-            span.in_scope(|| driver.call(|engine, now| engine.request(service, msg, now)));
+        let started = trace::within(&span, || {
+            driver.call(|engine, now| engine.request(service, msg, now))
+        });
         let op = started.map(|op| OpFuture::new(driver, op));
-        async move {
-            // The delivery keeps its own deadline: `timeout` ends the whole request, so an
-            // answer that is merely late is a timeout, not a dead letter.
-            match tokio::time::timeout(timeout, op?).await {
-                Ok(Ok(Done::Replied(reply))) => Ok(reply),
-                Ok(Ok(other)) => Err(unexpected(&other)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Timeout(timeout)),
-            }
-        }
-        .instrument(span)
+        trace::instrumented(
+            async move {
+                // The delivery keeps its own deadline: `timeout` ends the whole request, so an
+                // answer that is merely late is a timeout, not a dead letter.
+                match tokio::time::timeout(timeout, op?).await {
+                    Ok(Ok(Done::Replied(reply))) => Ok(reply),
+                    Ok(Ok(other)) => Err(unexpected(&other)),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(Error::Timeout(timeout)),
+                }
+            },
+            span,
+        )
     }
 
     /// Stops gracefully: takes no new work (new sends fail with [`Error::ShuttingDown`], new

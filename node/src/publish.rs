@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::NodeId;
-use tracing::Instrument;
 
 use crate::engine::Done;
 use crate::engine::send::Publishing;
@@ -104,22 +103,25 @@ impl Node {
             event.address_replies(&driver.service, driver.id);
         }
         let span = trace::traced_send(Sending::Publish, None, &mut events);
-        let started = span
-            .in_scope(|| driver.call(|engine, now| engine.publish(events, batched, &options, now)));
+        let started = trace::within(&span, || {
+            driver.call(|engine, now| engine.publish(events, batched, &options, now))
+        });
         let started = started.map(|publishing| match publishing {
             Publishing::Waiting(op) => Err(OpFuture::new(driver, op)),
             Publishing::Done(receipt) => Ok(receipt),
         });
-        async move {
-            match started? {
-                Ok(receipt) => Ok(receipt),
-                Err(op) => match op.await? {
-                    Done::Published(receipt) => Ok(receipt),
-                    other => Err(crate::node::unexpected(&other)),
-                },
-            }
-        }
-        .instrument(span)
+        trace::instrumented(
+            async move {
+                match started? {
+                    Ok(receipt) => Ok(receipt),
+                    Err(op) => match op.await? {
+                        Done::Published(receipt) => Ok(receipt),
+                        other => Err(crate::node::unexpected(&other)),
+                    },
+                }
+            },
+            span,
+        )
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber

@@ -430,6 +430,11 @@ async fn a_forgotten_group_no_longer_holds_events() {
     .unwrap();
     let (audit, mut audit_rx) = subscriber(&ca, "audit", orders.local_addr()).await;
     let (billing, mut billing_rx) = subscriber(&ca, "billing", orders.local_addr()).await;
+    // Both groups must be known before the first event, or it goes to the one seen first.
+    orders
+        .wait_for_subscribers("order.created", 2, WAIT)
+        .await
+        .unwrap();
     let mut conn = outbox.connect().unwrap();
     publish_rows(&outbox, &mut conn, &["first"]).await;
     assert_eq!(receive(&mut billing_rx, 1).await, ["first"]);

@@ -2,7 +2,9 @@
 //! `prometheus-client`'s encoder (never by hand).
 
 use std::fmt;
-use std::sync::{Arc, Weak};
+#[cfg(feature = "outbox")]
+use std::sync::Arc;
+use std::sync::Weak;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};

@@ -238,6 +238,29 @@ macro_rules! send_span {
     };
 }
 
+/// Runs `f` inside `span`, or plainly when nobody records it: entering and leaving even a
+/// disabled span costs instructions on every send, request and publish.
+pub(crate) fn within<R>(span: &tracing::Span, f: impl FnOnce() -> R) -> R {
+    if span.is_disabled() {
+        f()
+    } else {
+        span.in_scope(f)
+    }
+}
+
+/// `future` instrumented with `span`, or bare when nobody records the span (an instrumented
+/// future enters and leaves its span at every poll).
+pub(crate) fn instrumented<F: Future>(
+    future: F,
+    span: tracing::Span,
+) -> futures_util::future::Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        futures_util::future::Either::Left(future)
+    } else {
+        futures_util::future::Either::Right(future.instrument(span))
+    }
+}
+
 /// Prepares the messages of one send, request or publish for tracing: opens its span
 /// (`shoal.send`, `shoal.request` or `shoal.publish`, DEBUG) and puts the trace context in
 /// every message without a `traceparent`. `service` is the receiving service (none for a
