@@ -311,8 +311,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: flood::NAME,
         system: systems::SHOAL,
-        setup: "Shoal defaults (handshake rate 100/s in bursts of 200, 5 s penalty after a \
-                refused TLS handshake): static peer on 127.0.0.1; the flooder, on 127.0.0.2 at \
+        setup: "Shoal defaults (handshake rate 100/s in bursts of 200, a 5 s penalty once 10 \
+                TLS handshakes from one address were refused within a second): static peer on 127.0.0.1; the flooder, on 127.0.0.2 at \
                 nice 19, accepts any server certificate and presents one from a CA the node \
                 does not trust, 64 attempts in flight",
         about: "honest request RTT quiet (shoal-flood-quiet) and during a flood of 10,000 \
