@@ -344,25 +344,25 @@ fn serve_with_metrics_prints_the_endpoint_and_counts_what_it_handled() {
         .unwrap_or_else(|| panic!("unexpected metrics line: {line}"));
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{line}");
     let peer = server.peer();
-    for _ in 0..2 {
-        let out = shoal(
-            &[
-                "send",
-                "--ca",
-                &ca,
-                "--peer",
-                &peer,
-                "--service",
-                "echo",
-                "--name",
-                "print",
-                "--payload",
-                "hi",
-            ],
-            Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "send failed: {}", out.stderr);
-    }
+    let out = shoal(
+        &[
+            "send",
+            "--ca",
+            &ca,
+            "--peer",
+            &peer,
+            "--service",
+            "echo",
+            "--name",
+            "print",
+            "--payload",
+            "hi",
+            "--count",
+            "2",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "send failed: {}", out.stderr);
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))

@@ -92,9 +92,10 @@ impl PenaltyBox {
                     };
                     return false;
                 }
+                // A new window (only counted entries exist, so `after` is above one).
                 Some(_) => {
-                    *entry = if self.after <= 1 { penalty } else { strike(1) };
-                    return self.after <= 1;
+                    *entry = strike(1);
+                    return false;
                 }
                 None => {
                     let new = entry.probing;
