@@ -344,10 +344,13 @@ impl NodeBuilder {
         self
     }
 
-    /// Most bytes waiting to be written to one peer. A peer that does not read its stream
-    /// (QUIC flow control holds the writes back) while more than this is queued for it has
-    /// its connection closed (close code 4, "not reading"), and its unanswered messages go to
-    /// other instances; this bounds what a stalled or hostile peer can make this node hold.
+    /// Most bytes waiting to be written to one peer (QUIC flow control lets them go as fast
+    /// as the peer reads). At the cap, reliable messages to that peer wait for the queue to
+    /// drain, as they wait for room in the in-flight window, and best-effort copies are
+    /// dropped; a slow reader only slows its senders. If nothing leaves a full queue for an
+    /// ack timeout, the peer does not read: its connection is closed (close code 4, "not
+    /// reading") and its unanswered messages go to other instances. This bounds what a
+    /// stalled or hostile peer can make this node hold (one message may go over it).
     /// Default 64 MiB.
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued_bytes = bytes;

@@ -1,12 +1,13 @@
 //! Limits against floods on real sockets: connections over the caps and handshakes over the
 //! rate limit are refused before TLS, so is an address whose TLS handshake was just refused,
 //! a client that says nothing after TLS is closed at the hello deadline, and a peer that does
-//! not read is cut off at the queued-bytes cap.
+//! not read is cut off at the queued-bytes cap, while one that reads slowly only makes its
+//! sender wait (reliable messages) or drop (best-effort copies).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use shoal::{MeshCa, Message, NodeEvent};
+use shoal::{MeshCa, Message, Node, NodeEvent, PublishOptions};
 use shoal_tests::{
     Mesh, RawPeer, SERVER_NAME, WAIT, client_config, client_endpoint, next_event, wait_instances,
 };
@@ -287,4 +288,117 @@ async fn a_peer_that_does_not_read_is_cut_off_at_the_queued_bytes_cap() {
     .await;
     drop(pending);
     node.abort();
+}
+
+/// Starts `billing`, whose queue to each peer holds at most 256 KiB, and a `ledger` that runs
+/// one handler at a time, each taking `work` (so it reads its stream only as fast as that).
+async fn slow_reader(mesh: &Mesh, work: Duration) -> (Node, Node) {
+    let ledger = mesh
+        .start_with(mesh.builder("ledger").max_concurrent_handlers(1), &[])
+        .await;
+    ledger.handle("fill", move |_msg: Message| async move {
+        tokio::time::sleep(work).await; // the handler's work, not a wait for anything
+        Ok(())
+    });
+    let billing = mesh
+        .start_with(
+            mesh.builder("billing").max_queued_bytes(256 * 1024),
+            &[ledger.local_addr()],
+        )
+        .await;
+    wait_instances(&billing, "ledger", 1).await;
+    (billing, ledger)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_makes_reliable_sends_wait_at_the_cap_and_is_not_cut_off() {
+    let mesh = Mesh::new();
+    let (billing, ledger) = slow_reader(&mesh, Duration::from_millis(10)).await;
+    let mut events = billing.events();
+    // 4 MiB at once: 16 times the cap, and more than QUIC's stream window.
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (billing, payload) = (billing.clone(), payload.clone());
+        sends.spawn(async move {
+            billing
+                .send("ledger", Message::command("fill", payload))
+                .await
+        });
+    }
+    let results = timeout(WAIT * 3, sends.join_all())
+        .await
+        .expect("the sends to a slow reader never finished");
+    for result in &results {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(ledger.stats().handled, 64);
+    assert_eq!(billing.stats().retries, 0, "a send was retried");
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, NodeEvent::PeerDown { .. }),
+            "the slow reader was cut off: {event:?}"
+        );
+    }
+    billing.shutdown().await;
+    ledger.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_effort_copies_over_the_cap_are_dropped_and_reported_and_the_rest_arrive() {
+    let mesh = Mesh::new();
+    let ledger = mesh
+        .start_with(mesh.builder("ledger").max_concurrent_handlers(1), &[])
+        .await;
+    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = ledger
+        .subscribe("fills", move |_msg: Message| {
+            let handled_tx = handled_tx.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await; // the handler's work
+                let _ = handled_tx.send(());
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let billing = mesh
+        .start_with(
+            mesh.builder("billing").max_queued_bytes(256 * 1024),
+            &[ledger.local_addr()],
+        )
+        .await;
+    billing
+        .wait_for_subscribers("fills", 1, WAIT)
+        .await
+        .unwrap();
+    let mut events = billing.events();
+    let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let (mut queued, mut dropped) = (0usize, 0usize);
+    for _ in 0..64 {
+        let event = Message::event("fills", payload.clone());
+        let receipt = billing
+            .publish_with(event, PublishOptions::best_effort())
+            .await
+            .unwrap();
+        queued += receipt.deliveries.len();
+        dropped += receipt.dropped.len();
+    }
+    assert_eq!(queued + dropped, 64);
+    // 64 copies of 64 KiB published at once, with room for 4 in the queue.
+    assert!(dropped > 0, "nothing dropped: the cap did not hold");
+    assert_eq!(billing.stats().events_dropped, dropped as u64);
+    for n in 0..queued {
+        timeout(WAIT, handled.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {n} of {queued} queued copies arrived"));
+    }
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, NodeEvent::PeerDown { .. }),
+            "the subscriber was cut off: {event:?}"
+        );
+    }
+    billing.shutdown().await;
+    ledger.shutdown().await;
 }

@@ -37,6 +37,7 @@ impl<H: Clone> Engine<H> {
                 {
                     self.transmit(target);
                 }
+                self.watch_queue(target, now); // backpressure.rs
                 self.ack(conn, seq);
             }
             None => {
@@ -84,6 +85,7 @@ impl<H: Clone> Engine<H> {
                 if c.queue_frame(frame) {
                     self.transmit(target);
                 }
+                self.watch_queue(target, now); // backpressure.rs
             }
             None => tracing::debug!(%request, "requester is gone; reply dropped"),
         }

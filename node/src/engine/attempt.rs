@@ -37,10 +37,9 @@ impl<H: Clone> Engine<H> {
         let Some(conn) = chosen else {
             return self.no_instance(d, now);
         };
-        let full = self
-            .conns
-            .get(conn)
-            .is_none_or(|c| c.window.pending() >= self.config.max_in_flight_per_peer);
+        let full = self.conns.get(conn).is_none_or(|c| {
+            c.window.pending() >= self.config.max_in_flight_per_peer || self.queue_full(c)
+        });
         if full && del.spec.reliable {
             if del.spec.fail_fast {
                 let service = self
@@ -72,7 +71,10 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let reliable = del.spec.reliable;
-        if !reliable && c.queued_items() >= self.config.write_queue_len {
+        if !reliable
+            && (c.queued_items() >= self.config.write_queue_len
+                || c.queued_bytes() >= self.config.max_queued_bytes)
+        {
             // A best-effort copy finds its subscriber's queue full: dropped, never waited for.
             return self.gone(d, now);
         }
@@ -125,17 +127,8 @@ impl<H: Clone> Engine<H> {
             left: count,
             failure: None,
         };
-        let not_reading = c.queued_bytes() > self.config.max_queued_bytes;
         let deadline = c.next_deadline();
-        if not_reading {
-            // Nothing leaves: the peer does not read. Its messages are retried elsewhere once
-            // the connection is gone.
-            self.actions.push_back(super::Action::Close {
-                conn,
-                reason: super::CloseReason::NotReading,
-                flush: false,
-            });
-        }
+        self.watch_queue(conn, now); // backpressure.rs
         if signal {
             self.transmit(conn);
         }

@@ -89,6 +89,10 @@ pub(super) struct Conn {
     queued_bytes: usize,
     /// Items queued (for the best-effort "queue full" rule).
     queued_items: usize,
+    /// How many times the driver took something from the queue (see [`super::backpressure`]).
+    taken: u64,
+    /// The queue is over its byte cap: the value of `taken` when it was seen so.
+    full_at: Option<u64>,
     acks: RangeSet,
     /// A goodbye to write after everything queued.
     farewell: Option<String>,
@@ -125,6 +129,8 @@ impl Conn {
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_items: 0,
+            taken: 0,
+            full_at: None,
             acks: RangeSet::default(),
             farewell: None,
             signalled: false,
@@ -164,6 +170,21 @@ impl Conn {
     /// Items waiting to be written.
     pub(super) fn queued_items(&self) -> usize {
         self.queued_items
+    }
+
+    /// How many times the driver took something from the queue.
+    pub(super) fn taken(&self) -> u64 {
+        self.taken
+    }
+
+    /// The value of [`Conn::taken`] when the queue was last seen over its cap, if it is.
+    pub(super) fn full_at(&self) -> Option<u64> {
+        self.full_at
+    }
+
+    /// Records that the queue is over its cap (`Some`, with [`Conn::taken`] then) or not.
+    pub(super) fn set_full_at(&mut self, taken: Option<u64>) {
+        self.full_at = taken;
     }
 
     /// Queues a message's item. Says whether the driver must be told (nothing was waiting).
@@ -235,6 +256,7 @@ impl Conn {
         mut current: impl FnMut(Owner) -> bool,
     ) -> Transmit {
         self.signalled = false;
+        let start = buf.len();
         if !self.acks.is_empty() {
             let ranges = self.acks.take();
             for chunk in ranges.chunks(MAX_RANGES_PER_ACK) {
@@ -314,6 +336,9 @@ impl Conn {
                     }
                 }
             }
+        }
+        if buf.len() > start {
+            self.taken += 1;
         }
         let more = !self.queue.is_empty();
         let finish = !more && self.farewell.is_some();

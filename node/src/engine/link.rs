@@ -281,6 +281,7 @@ impl<H: Clone> Engine<H> {
         conn: ConnId,
         buf: &mut BytesMut,
         max_bytes: usize,
+        now: Instant,
     ) -> Transmit {
         let Some(c) = self.conns.get_mut(conn) else {
             return Transmit::default();
@@ -290,11 +291,15 @@ impl<H: Clone> Engine<H> {
             return Transmit::default();
         }
         let deliveries = &self.out.deliveries;
-        c.transmit(buf, max_bytes, &self.config.limits, |owner| {
+        let written = c.transmit(buf, max_bytes, &self.config.limits, |owner| {
             deliveries
                 .get(owner.delivery)
                 .is_some_and(|d| d.epoch == owner.epoch)
-        })
+        });
+        if c.full_at().is_some() {
+            self.queue_drained(conn, now); // backpressure.rs
+        }
+        written
     }
 
     /// The live peers.

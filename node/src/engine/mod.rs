@@ -32,6 +32,7 @@ pub(crate) mod action;
 mod answer;
 mod attempt;
 mod authz;
+mod backpressure;
 mod conn;
 pub(crate) mod dedup;
 mod delivery;
@@ -105,6 +106,9 @@ enum Timer {
     Delivery(send::DeliveryId, u32),
     /// Look for connections idle long enough to close (see [`lazy`]).
     IdleSweep,
+    /// A connection's queue was seen full with the driver's take count here: close it if
+    /// nothing was taken since (see [`backpressure`]).
+    QueueFull(ConnId, u64),
 }
 
 /// The engine of one node. See the module docs.
@@ -218,6 +222,7 @@ impl<H: Clone> Engine<H> {
             match timer {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
                 Timer::IdleSweep => self.sweep_idle(now),
+                Timer::QueueFull(conn, taken) => self.queue_timer(conn, taken, now),
             }
         }
     }

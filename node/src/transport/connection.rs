@@ -246,7 +246,8 @@ async fn read_loop(
 async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo, mut send: quinn::SendStream) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        let written = driver.call(|engine, _| engine.poll_transmit(conn, &mut buf, MAX_WRITE));
+        let written =
+            driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
         if !buf.is_empty() {
             if send.write_all(&buf).await.is_err() {
                 return;

@@ -14,7 +14,7 @@
 //! learns at once and dials again after its backoff. Refusals are counted
 //! ([`crate::NodeStats::connections_refused`]). The deadline for the TLS handshake and the
 //! hello is in [`super::endpoint`]; the cap on each peer's queued bytes is the engine's
-//! (`Config::max_queued_bytes`).
+//! (`Config::max_queued_bytes`, see `engine::backpressure`).
 
 use std::collections::HashMap;
 use std::fmt;

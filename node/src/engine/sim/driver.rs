@@ -267,7 +267,7 @@ impl Sim {
         loop {
             let t = self.nodes[node]
                 .engine
-                .poll_transmit(conn, &mut buf, 256 * 1024);
+                .poll_transmit(conn, &mut buf, 256 * 1024, self.now);
             if !t.more {
                 break;
             }
