@@ -123,6 +123,80 @@ fn the_start_up_query_is_answered_at_once() {
     assert_eq!(c.mdns.diagnostics().startup_query_answers, 0);
 }
 
+/// A node that hears none of a newcomer's multicast (nftables in its namespace drops what
+/// comes from port 5353 of the newcomers, as a burst of hundreds of nodes starting together
+/// loses it) still learns of the newcomer at once: the newcomer's start-up query reached it,
+/// and the newcomer introduced itself by unicast. A newcomer without the start-up query stays
+/// unseen, which shows the drop works.
+#[test]
+fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
+    if !netns_or_skip("a_newcomer_introduces_itself_to_the_instances_that_answered") {
+        return;
+    }
+    if std::process::Command::new("nft").arg("--version").output().is_err() {
+        println!(
+            "skipped: a_newcomer_introduces_itself_to_the_instances_that_answered (no nft; \
+             apt-get install nftables)"
+        );
+        return;
+    }
+    let lan = Lan::new(3).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let mut a = start_in(
+        lan.host(0),
+        lan0(),
+        local(random_id(), "invoice", "0.0.0.0:7000"),
+    );
+    let ruleset = format!(
+        "table inet newcomers {{\n chain input {{\n type filter hook input priority 0;\n \
+         ip saddr {{ {}, {} }} ip daddr 224.0.0.251 udp sport 5353 drop\n }}\n}}\n",
+        lan.addr(1),
+        lan.addr(2)
+    );
+    nft(lan.host(0), &ruleset);
+    let mut b = start_in(
+        lan.host(1),
+        lan0(),
+        local(random_id(), "orders", "0.0.0.0:7001"),
+    );
+    let c = start_in(
+        lan.host(2),
+        lan0().startup_query(false),
+        local(random_id(), "shipping", "0.0.0.0:7002"),
+    );
+    audit_daemon_threads(&[lan.host(0), lan.host(1), lan.host(2)]);
+
+    b.expect_up(a.id, STEP);
+    let hint = a.expect_up(b.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
+    assert_eq!(hint.service.as_deref(), Some("orders"));
+    assert_eq!(b.mdns.diagnostics().introductions_sent, 1);
+    assert_eq!(c.mdns.diagnostics().introductions_sent, 0);
+    // C's announcements and answers all come from port 5353: A never hears of C.
+    let c_seen = a.wait_for(Duration::from_secs(2), |e| {
+        matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id))
+    });
+    assert!(c_seen.is_none(), "the drop rule let C through: {c_seen:?}");
+}
+
+/// Loads `ruleset` into nftables inside namespace `ns`.
+fn nft(ns: &str, ruleset: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(ruleset.as_bytes())
+        .expect("write the ruleset");
+    let status = child.wait().expect("wait for nft");
+    assert!(status.success(), "nft refused: {ruleset}");
+}
+
 #[test]
 fn dual_stack_announces_link_local_ipv6_with_scope() {
     if !netns_or_skip("dual_stack_announces_link_local_ipv6_with_scope") {

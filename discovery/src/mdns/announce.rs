@@ -11,7 +11,7 @@ use super::record::{self, MAX_SERVICE_NAME_LEN, SERVICE_TYPE};
 use crate::event::{DiscoveryError, LocalNode};
 
 /// What to put in our SRV/A/AAAA records, derived from the node's listen addresses.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct AnnouncePlan {
     pub(super) port: u16,
     /// Specific listen addresses (announced if they sit on a selected interface).
@@ -66,6 +66,15 @@ impl AnnouncePlan {
             auto_v4,
             auto_v6,
         })
+    }
+
+    /// Whether `ip`, an address of a selected interface, is announced.
+    pub(super) fn announces(&self, ip: IpAddr) -> bool {
+        (if ip.is_ipv4() {
+            self.auto_v4
+        } else {
+            self.auto_v6
+        }) || self.explicit.contains(&ip)
     }
 
     /// Our own service: instance and host named after the node id, the planned port and

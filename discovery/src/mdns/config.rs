@@ -106,6 +106,10 @@ impl MdnsConfig {
     /// It sends a query per selected IPv4 interface address (a second one 250 ms later if
     /// nobody answered) and reads answers for one second; answers pass the same checks as
     /// every announcement.
+    ///
+    /// Each instance that answers also gets this node's records at once, in one unicast
+    /// datagram to its mDNS port (an "introduction"), so it does not depend on this node's
+    /// multicast announcements, which are lost or held back when many nodes start together.
     pub fn startup_query(mut self, on: bool) -> Self {
         self.startup_query = on;
         self

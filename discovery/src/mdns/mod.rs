@@ -16,7 +16,10 @@
 //!
 //! Besides mdns-sd's browse, a node asks the link once with one-shot queries from an ephemeral
 //! port, which responders answer at once by unicast (see `oneshot.rs` for why the browse alone
-//! takes about a second there); [`MdnsConfig::startup_query`] turns it off.
+//! takes about a second there), and sends each instance that answered its own records by
+//! unicast (`introduce.rs`: peers need not wait for its multicast announcements, which are
+//! lost or held back when many nodes start together); [`MdnsConfig::startup_query`] turns
+//! both off.
 //!
 //! # What comes out
 //!
@@ -31,6 +34,7 @@
 mod announce;
 mod bridge;
 mod config;
+mod introduce;
 mod netif;
 mod oneshot;
 mod record;
@@ -46,6 +50,7 @@ use mdns_sd::{IfKind, ServiceDaemon};
 use self::announce::AnnouncePlan;
 use self::bridge::Bridge;
 pub use self::config::{InterfaceSelector, MdnsConfig};
+use self::introduce::Introduction;
 use self::oneshot::StartupQuery;
 use self::record::Me;
 pub use self::record::{
@@ -81,6 +86,9 @@ pub struct MdnsDiagnostics {
     /// How many instance descriptions the start-up query's answers carried (see
     /// [`MdnsConfig::startup_query`]); repeats included.
     pub startup_query_answers: u64,
+    /// How many instances that answered the start-up query were sent this node's records by
+    /// unicast at once, so they need not wait for its multicast announcements.
+    pub introductions_sent: u64,
 }
 
 /// What is alive between `start` and `stop`.
@@ -149,6 +157,7 @@ impl MdnsDiscovery {
             rejected_total: state.rejected_total,
             notes: state.notes.iter().cloned().collect(),
             startup_query_answers: state.startup_query_answers,
+            introductions_sent: state.introductions_sent,
         }
     }
 
@@ -225,11 +234,19 @@ impl MdnsDiscovery {
             .map_err(|e| start_err("register", e))?;
 
         let stop = Arc::new(AtomicBool::new(false));
+        let introduction = match Introduction::new(local, &plan) {
+            Ok(introduction) => Some(introduction),
+            Err(e) => {
+                lock(&self.state).note(format!("no introduction: {e}"));
+                None
+            }
+        };
         let startup_query = StartupQuery {
             selected: self.config.interfaces.clone(),
             events: events.clone(),
             state: Arc::clone(&self.state),
             stop: Arc::clone(&stop),
+            introduction,
         };
         let bridge = Bridge {
             daemon: daemon.clone(),

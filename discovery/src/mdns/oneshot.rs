@@ -17,13 +17,17 @@
 //! ([`record::check`]); mdns-sd's own browse then finds the same instances and keeps them up to
 //! date, and reports their departure.
 //!
+//! Each instance that answers is then introduced to this node at once ([`super::introduce`]),
+//! so it need not wait for this node's multicast announcements either.
+//!
 //! Bounded: one socket per selected IPv4 interface address, one query, and a second one
 //! [`REPEAT_AFTER`] later only if nothing answered the first (it may have been lost, or the
 //! responders not ready: every node on the link answers each query, so one is enough when it
-//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams. IPv6-only
+//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams and one
+//! introduction per answering address. IPv6-only
 //! links rely on mdns-sd's browse alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +39,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use super::announce::is_selected;
 use super::config::InterfaceSelector;
+use super::introduce::Introduction;
 use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
 use super::state::{State, lock};
 use crate::dns_sd::txt_entry;
@@ -57,12 +62,16 @@ pub(super) struct StartupQuery {
     pub(super) events: EventSender,
     pub(super) state: Arc<Mutex<State>>,
     pub(super) stop: Arc<AtomicBool>,
+    /// What this node tells each instance that answers (`None`: nothing).
+    pub(super) introduction: Option<Introduction>,
 }
 
 /// One socket, bound to one selected interface's IPv4 address.
 struct Asker {
     interface: String,
     socket: UdpSocket,
+    /// The introduction sent from this interface, if this node announces an address on it.
+    introduction: Option<Vec<u8>>,
 }
 
 impl StartupQuery {
@@ -92,6 +101,7 @@ impl StartupQuery {
         let mut sent = 0;
         let mut answered = false;
         let mut read = vec![0usize; askers.len()];
+        let mut introduced = HashSet::new();
         let mut buf = vec![0u8; 9000];
         while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
             let elapsed = start.elapsed();
@@ -112,9 +122,14 @@ impl StartupQuery {
                     continue;
                 }
                 // One read per socket per round: each socket's timeout bounds the round.
-                if let Ok((n, _from)) = asker.socket.recv_from(&mut buf) {
+                if let Ok((n, from)) = asker.socket.recv_from(&mut buf) {
                     *read += 1;
-                    answered |= self.on_datagram(&buf[..n], id, &asker.interface);
+                    if self.on_datagram(&buf[..n], id, &asker.interface) {
+                        answered = true;
+                        if introduced.insert(from.ip()) {
+                            self.introduce(asker, from.ip());
+                        }
+                    }
                 }
             }
         }
@@ -141,6 +156,7 @@ impl StartupQuery {
                 Ok(socket) => askers.push(Asker {
                     interface: interface.name,
                     socket,
+                    introduction: self.introduction.as_ref().and_then(|i| i.message(ip)),
                 }),
                 Err(e) => lock(&self.state).note(format!(
                     "start-up query: no socket on {} ({ip}): {e}",
@@ -149,6 +165,21 @@ impl StartupQuery {
             }
         }
         askers
+    }
+
+    /// Sends `asker`'s introduction to the mDNS port of `peer`, which answered the query.
+    fn introduce(&self, asker: &Asker, peer: IpAddr) {
+        let Some(introduction) = &asker.introduction else {
+            return;
+        };
+        let sent = asker
+            .socket
+            .send_to(introduction, SocketAddr::new(peer, MDNS_GROUP.port()));
+        let mut state = lock(&self.state);
+        match sent {
+            Ok(_) => state.introductions_sent += 1,
+            Err(e) => state.note(format!("introduction to {peer}: {e}")),
+        }
     }
 
     /// Reports every valid instance an answer shows; ignores anything that is not the answer
@@ -214,7 +245,7 @@ fn query_message(id: u16) -> Result<Vec<u8>, String> {
 
 /// The instances an answer describes whole (PTR, SRV and TXT; addresses from A/AAAA records of
 /// the SRV target), as [`Announcement`]s for [`record::check`](super::record::check).
-fn announcements(message: &Message) -> Vec<Announcement> {
+pub(super) fn announcements(message: &Message) -> Vec<Announcement> {
     let records = || message.answers.iter().chain(&message.additionals);
     let service_type = SERVICE_TYPE.to_ascii_lowercase();
     let mut instances: Vec<String> = Vec::new();

@@ -75,6 +75,8 @@ pub(crate) struct State {
     pub(crate) notes: VecDeque<String>,
     /// Instances described by answers to the start-up query (repeats included).
     pub(crate) startup_query_answers: u64,
+    /// Introductions sent to instances that answered the start-up query.
+    pub(crate) introductions_sent: u64,
 }
 
 impl State {
@@ -87,6 +89,7 @@ impl State {
             own_announcement_seen: false,
             notes: VecDeque::new(),
             startup_query_answers: 0,
+            introductions_sent: 0,
         }
     }
 

@@ -65,6 +65,7 @@ fn asker() -> (
         events,
         state: Arc::new(Mutex::new(State::new(me))),
         stop: Arc::new(AtomicBool::new(false)),
+        introduction: None,
     };
     (query, rx)
 }
