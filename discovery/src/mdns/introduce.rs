@@ -16,8 +16,13 @@
 //! address records mdns-sd announces for this node, with the same TTLs. mdns-sd accepts a
 //! response to a service type it browses from any address (it reads its port-5353 socket
 //! whatever the destination), so the peer resolves the new node as if it had heard the
-//! announcement. One small datagram per peer, only to peers that answered, only at start,
-//! only on the selected interfaces: nothing goes where the start-up query did not.
+//! announcement. One small datagram per answering address, only at start, only on the
+//! selected interfaces: nothing goes where the start-up query did not.
+//!
+//! Several nodes on one host share its address and port 5353, and a unicast datagram reaches
+//! only one of their sockets: when a second answer comes from an address already introduced
+//! to, the introduction also goes once to the mDNS group on that interface (from the query's
+//! socket, so mdns-sd's once-a-second limit on its own multicast does not hold it back).
 //!
 //! The datagram comes from the start-up query's ephemeral port. RFC 6762 §6 asks receivers to
 //! ignore responses from a source port other than 5353; mdns-sd does not check it, and other

@@ -23,11 +23,11 @@
 //! Bounded: one socket per selected IPv4 interface address, one query, and a second one
 //! [`REPEAT_AFTER`] later only if nothing answered the first (it may have been lost, or the
 //! responders not ready: every node on the link answers each query, so one is enough when it
-//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams and one
-//! introduction per answering address. IPv6-only
+//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams, one
+//! introduction per answering address and one to the group per interface. IPv6-only
 //! links rely on mdns-sd's browse alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,8 +45,10 @@ use super::state::{State, lock};
 use crate::dns_sd::txt_entry;
 use crate::event::EventSender;
 
+/// The mDNS port.
+const MDNS_PORT: u16 = 5353;
 /// The mDNS group and port.
-const MDNS_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), 5353);
+const MDNS_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), MDNS_PORT);
 /// The second query goes out this long after the first, if nothing answered the first.
 pub(super) const REPEAT_AFTER: Duration = Duration::from_millis(250);
 /// Answers are read for this long after the first query.
@@ -101,7 +103,10 @@ impl StartupQuery {
         let mut sent = 0;
         let mut answered = false;
         let mut read = vec![0usize; askers.len()];
-        let mut introduced = HashSet::new();
+        // Answers seen per (interface, address): a second one from one address means several
+        // nodes share it (one host), and a unicast datagram reaches only one of them.
+        let mut answers_from: HashMap<(usize, IpAddr), u32> = HashMap::new();
+        let mut shared = vec![false; askers.len()];
         let mut buf = vec![0u8; 9000];
         while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
             let elapsed = start.elapsed();
@@ -117,7 +122,7 @@ impl StartupQuery {
                 }
                 sent += 1;
             }
-            for (asker, read) in askers.iter().zip(read.iter_mut()) {
+            for (index, (asker, read)) in askers.iter().zip(read.iter_mut()).enumerate() {
                 if *read >= MAX_DATAGRAMS {
                     continue;
                 }
@@ -126,8 +131,14 @@ impl StartupQuery {
                     *read += 1;
                     if self.on_datagram(&buf[..n], id, &asker.interface) {
                         answered = true;
-                        if introduced.insert(from.ip()) {
-                            self.introduce(asker, from.ip());
+                        let seen = answers_from.entry((index, from.ip())).or_default();
+                        *seen += 1;
+                        if *seen == 1 {
+                            self.introduce(asker, SocketAddr::new(from.ip(), MDNS_PORT));
+                        } else if !shared[index] {
+                            // Once per interface, to every node behind a shared address.
+                            shared[index] = true;
+                            self.introduce(asker, SocketAddr::V4(MDNS_GROUP));
                         }
                     }
                 }
@@ -167,18 +178,17 @@ impl StartupQuery {
         askers
     }
 
-    /// Sends `asker`'s introduction to the mDNS port of `peer`, which answered the query.
-    fn introduce(&self, asker: &Asker, peer: IpAddr) {
+    /// Sends `asker`'s introduction to `to`: the mDNS port of an address that answered the
+    /// query, or the mDNS group when several nodes answered from one address.
+    fn introduce(&self, asker: &Asker, to: SocketAddr) {
         let Some(introduction) = &asker.introduction else {
             return;
         };
-        let sent = asker
-            .socket
-            .send_to(introduction, SocketAddr::new(peer, MDNS_GROUP.port()));
+        let sent = asker.socket.send_to(introduction, to);
         let mut state = lock(&self.state);
         match sent {
             Ok(_) => state.introductions_sent += 1,
-            Err(e) => state.note(format!("introduction to {peer}: {e}")),
+            Err(e) => state.note(format!("introduction to {to}: {e}")),
         }
     }
 
