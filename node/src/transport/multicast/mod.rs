@@ -6,8 +6,9 @@
 //! - [`socket`]: [`GroupSocket::open`] resolves the interface and sets the socket up: bound to
 //!   the group and port, joined on that one interface, TTL 1, loopback off, `IP_MULTICAST_ALL`
 //!   off.
-//! - [`link`]: [`GroupLink`](link::GroupLink), a task owning the socket: received datagrams go into a bounded
-//!   channel (a full channel drops and counts), datagrams handed to it are sent to the group.
+//! - [`link`]: [`GroupLink`](link::GroupLink), a task owning the socket: received datagrams
+//!   go into a bounded channel (a full channel drops and counts), datagrams handed to it are
+//!   sent to the group.
 //!
 //! Not used by the node yet: the engine integration (`NodeBuilder::multicast`, the CLI flag)
 //! plugs these in. Until then everything here is `pub(crate)` and compiled for its tests.

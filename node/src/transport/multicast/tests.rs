@@ -1,7 +1,8 @@
 //! The group socket and its task on a LAN of network namespaces that each test builds
 //! (`shoal_discovery::netns::Lan`: hosts `10.99.0.<i+1>` on `lan0`, a bridge without multicast
-//! snooping in a namespace of its own). Nothing runs in the root namespace; every namespace is
-//! deleted when the test ends, also on a panic. Skipped (and passing) when not root.
+//! snooping in a namespace of its own). No socket is opened in the root namespace; every
+//! namespace is deleted when the test ends, also on a panic. Skipped (and passing) when not
+//! root.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
@@ -135,8 +136,7 @@ async fn bad_configurations_get_clear_errors() {
     let Some(lan) = lan_or_skip("bad_configurations_get_clear_errors", 1) else {
         return;
     };
-    // An interface with no address at all, and one with only IPv6 would look the same to
-    // IPv4: both ends of a veth pair stay inside h0.
+    // bare0: an interface without any address (both ends of its veth pair stay inside h0).
     ip(&[
         "-n",
         lan.host(0),
