@@ -83,10 +83,12 @@ fn observer_on(
     tokio::net::UdpSocket::from_std(std).expect("register the observer")
 }
 
-/// The next datagram on `socket` within [`WAIT`]: its bytes and sender.
-async fn next(socket: &tokio::net::UdpSocket) -> (Vec<u8>, SocketAddr) {
+/// The next datagram `recv` reads into a buffer within [`WAIT`]: its bytes and sender.
+async fn receive(
+    recv: impl AsyncFnOnce(&mut [u8]) -> std::io::Result<(usize, SocketAddr)>,
+) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0; 2048];
-    let (n, from) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+    let (n, from) = tokio::time::timeout(WAIT, recv(&mut buf))
         .await
         .expect("a datagram in time")
         .expect("receive");
@@ -94,15 +96,14 @@ async fn next(socket: &tokio::net::UdpSocket) -> (Vec<u8>, SocketAddr) {
     (buf, from)
 }
 
-/// The next datagram a group socket receives within [`WAIT`].
+/// The next datagram on a plain socket.
+async fn next(socket: &tokio::net::UdpSocket) -> (Vec<u8>, SocketAddr) {
+    receive(async |buf| socket.recv_from(buf).await).await
+}
+
+/// The next datagram on a group socket.
 async fn next_on_group(socket: &GroupSocket) -> (Vec<u8>, SocketAddr) {
-    let mut buf = vec![0; 2048];
-    let (n, from) = tokio::time::timeout(WAIT, socket.recv(&mut buf))
-        .await
-        .expect("a datagram in time")
-        .expect("receive");
-    buf.truncate(n);
-    (buf, from)
+    receive(async |buf| socket.recv(buf).await).await
 }
 
 /// Asserts that nothing more arrives on `socket` within [`QUIET`].
