@@ -114,10 +114,57 @@ pub enum Error {
     #[cfg(feature = "testing")]
     #[error("contract conformance: {0}")]
     Conformance(String),
+    /// The multicast group socket could not be opened on the named interface (publish/subscribe
+    /// fan-out on a LAN, issue 14): the interface is unknown, has no IPv4 address or is the
+    /// loopback interface, the group is not a multicast address, or the operating system
+    /// refused a socket option. Not returned yet: the node opens no group socket until the
+    /// multicast data path is wired in (see the README's part on multicast datagrams).
+    #[error("multicast on interface `{interface}`: {problem}")]
+    Multicast {
+        /// The interface name asked for.
+        interface: String,
+        /// What is wrong.
+        problem: MulticastProblem,
+    },
     /// Shoal got into a state it does not expect: a bug. Please report it with the message.
     #[error("internal error: {0}")]
     Internal(String),
     /// The node is shutting down and takes no new work.
     #[error("the node is shutting down")]
     ShuttingDown,
+}
+
+/// Why a multicast group socket could not be opened (see [`Error::Multicast`]).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum MulticastProblem {
+    /// No interface of that name exists (in this network namespace).
+    #[error("no such interface")]
+    UnknownInterface,
+    /// The interface exists but has no IPv4 address: multicast groups are IPv4 for now, and
+    /// the interface's address chooses where datagrams leave.
+    #[error("the interface has no IPv4 address")]
+    NoIpv4,
+    /// The interface is a loopback interface: multicast fan-out is for a LAN (and loopback
+    /// delivery is switched off on the group socket, so nothing would arrive).
+    #[error("the interface is a loopback interface; name a LAN interface")]
+    Loopback,
+    /// The group is not an IPv4 multicast address (224.0.0.0/4). `239.255.0.0/16` is the
+    /// administratively scoped range meant for a site's own use.
+    #[error("{0} is not an IPv4 multicast address (224.0.0.0/4; e.g. 239.255.x.y)")]
+    NotMulticast(std::net::Ipv4Addr),
+    /// Port 0 names no group: every member must use the same, fixed port.
+    #[error("the group port must not be 0")]
+    PortZero,
+    /// The interfaces could not be listed.
+    #[error("could not list the interfaces: {0}")]
+    ListInterfaces(std::io::Error),
+    /// The operating system refused a step of setting up the socket (`step` says which).
+    #[error("could not {step}: {source}")]
+    Socket {
+        /// The step that failed, e.g. "join the group".
+        step: &'static str,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
 }

@@ -7,6 +7,8 @@
 //! - [`penalty`]: the addresses refused for a while after a failed TLS handshake.
 //! - [`connection`]: each connection's reader and writer, and the close codes.
 //! - [`dial_plan`]: which addresses to keep dialled as discovery hints come and go.
+//! - [`multicast`]: the multicast group socket and the task that reads and writes it (not
+//!   wired into the node yet).
 
 pub(crate) mod connection;
 pub(crate) mod dial;
@@ -14,4 +16,5 @@ pub(crate) mod dial_plan;
 pub(crate) mod endpoint;
 pub(crate) mod handshake;
 pub(crate) mod limits;
+pub(crate) mod multicast;
 mod penalty;
