@@ -114,6 +114,24 @@ impl Channels {
         }))
     }
 
+    /// Drops the channel `publisher` sends this node, and what is tracked of its events.
+    fn forget_publisher(&mut self, publisher: NodeId) {
+        let gone: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| i.publisher == publisher)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.inbound.remove(&id);
+            self.tasks.retain(|_, (channel, _)| *channel != id);
+            self.handling.retain(|(channel, _), _| *channel != id);
+            for waiting in self.followers.values_mut() {
+                waiting.retain(|(channel, _)| *channel != id);
+            }
+        }
+    }
+
     pub(super) fn has_staged(&self) -> bool {
         !self.staged.is_empty()
     }
@@ -223,13 +241,18 @@ impl<H: Clone> Engine<H> {
 
     /// A key from `node`. A channel's keys are taken only from the publisher that first
     /// handed one for it: another peer naming the same channel is refused (and told in an
-    /// event), so no key holder can take over someone else's channel.
+    /// event), so no key holder can take over someone else's channel. A publisher has one
+    /// channel: a key for a new one replaces its old one (so a peer cannot make this node
+    /// keep any number of receivers).
     fn on_channel_key(&mut self, conn: ConnId, node: NodeId, key: &ChannelKey, now: Instant) {
         let limits = self.config.limits.clone();
         let seed = self.rng_seed();
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
+        if !ch.inbound.contains_key(&key.channel) {
+            ch.forget_publisher(node);
+        }
         let inbound = ch.inbound.entry(key.channel).or_insert_with(|| Inbound {
             publisher: node,
             rx: Receiver::new(key.channel, ch.setup.channel.clone(), limits, seed),
@@ -268,20 +291,7 @@ impl<H: Clone> Engine<H> {
             return;
         };
         ch.on_group.remove(&node);
-        let gone: Vec<u64> = ch
-            .inbound
-            .iter()
-            .filter(|(_, i)| i.publisher == node)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            ch.inbound.remove(&id);
-            ch.tasks.retain(|_, (channel, _)| *channel != id);
-            ch.handling.retain(|(channel, _), _| *channel != id);
-            for waiting in ch.followers.values_mut() {
-                waiting.retain(|(channel, _)| *channel != id);
-            }
-        }
+        ch.forget_publisher(node);
         self.channel_leave(node, RekeyReason::Left, "the connection was lost", now);
     }
 
