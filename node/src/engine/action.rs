@@ -40,10 +40,7 @@ pub(crate) enum Action<H> {
     Multicast(
         #[cfg_attr(
             not(test),
-            allow(
-                dead_code,
-                reason = "the runtime's group socket task drives it (DESIGN-NOTES step 4)"
-            )
+            allow(dead_code, reason = "the runtime glue (DESIGN-NOTES) carries it")
         )]
         bytes::Bytes,
     ),

@@ -144,18 +144,17 @@ impl Channels {
     }
 }
 
+/// The driver's entry points: the runtime's group socket task calls them (DESIGN-NOTES, "What
+/// remains": the runtime glue); until then only the tests do.
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "the runtime glue (DESIGN-NOTES) calls these")
+)]
 impl<H: Clone> Engine<H> {
     /// Opens this node's channel `channel` (an id the driver draws at random, unique per
     /// publisher and group), keyed with secrets from `secrets` (a cryptographically secure
     /// generator: the engine draws none). Peers already on the group join at once. Does
     /// nothing without `Config::multicast`, or when the channel is open already.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "the runtime's group socket task drives it (DESIGN-NOTES step 4)"
-        )
-    )]
     pub(crate) fn open_channel(&mut self, channel: u64, secrets: SecretSource, now: Instant) {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
@@ -171,6 +170,25 @@ impl<H: Clone> Engine<H> {
         self.drain_sender(now);
     }
 
+    /// A datagram arrived on the multicast group (from any sender: the channel's seal says
+    /// whether it is genuine). What is not a datagram of a channel this node holds a key for,
+    /// or does not open, is dropped and counted by its channel's receiver.
+    pub(crate) fn on_multicast_datagram(&mut self, datagram: &[u8], now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let channel = super::multicast::channel_of(datagram);
+        match channel.filter(|id| ch.inbound.contains_key(id)) {
+            Some(channel) => self.channel_datagram(channel, datagram, now),
+            None => ch.foreign += 1,
+        }
+    }
+}
+
+impl<H: Clone> Engine<H> {
     /// Tells a new connection this node's group.
     pub(super) fn channel_hello(&mut self, conn: ConnId) {
         if let Some(group) = self.channels.as_ref().map(|c| c.setup.group) {

@@ -22,37 +22,9 @@ use super::multicast::{Delivered, ReceiverTransmit};
 use super::{ConnId, Engine, Lifecycle, TaskId, topic};
 
 impl<H: Clone> Engine<H> {
-    /// A datagram arrived on the multicast group (from any sender: the channel's seal says
-    /// whether it is genuine). What is not a datagram of a channel this node holds a key for,
-    /// or does not open, is dropped and counted by its channel's receiver.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "the runtime's group socket task drives it (DESIGN-NOTES step 4)"
-        )
-    )]
-    pub(crate) fn on_multicast_datagram(&mut self, datagram: &[u8], now: Instant) {
-        if self.lifecycle == Lifecycle::Killed {
-            return;
-        }
-        let Some(ch) = self.channels.as_deref_mut() else {
-            return;
-        };
-        let channel = super::multicast::channel_of(datagram);
-        match channel.filter(|id| ch.inbound.contains_key(id)) {
-            Some(channel) => self.channel_datagram(channel, datagram, now),
-            None => ch.foreign += 1,
-        }
-    }
-
     /// A datagram of `channel` (from the group, or a repair over QUIC).
     pub(super) fn channel_datagram(&mut self, channel: u64, datagram: &[u8], now: Instant) {
-        let Some(i) = self
-            .channels
-            .as_deref_mut()
-            .and_then(|c| c.inbound.get_mut(&channel))
-        else {
+        let Some(i) = self.inbound_channel(channel) else {
             return;
         };
         let _ = i.rx.on_datagram(datagram, now);
@@ -62,11 +34,7 @@ impl<H: Clone> Engine<H> {
     /// Hands `channel`'s delivered events to their handlers and sends its statuses and NAKs
     /// to the publisher.
     pub(super) fn drain_receiver(&mut self, channel: u64, now: Instant) {
-        let Some(i) = self
-            .channels
-            .as_deref_mut()
-            .and_then(|c| c.inbound.get_mut(&channel))
-        else {
+        let Some(i) = self.inbound_channel(channel) else {
             return;
         };
         let publisher = i.publisher;
@@ -223,17 +191,18 @@ impl<H: Clone> Engine<H> {
     /// Event `number` of `channel` was handled here: the publisher hears of it in the next
     /// status.
     fn channel_report(&mut self, channel: u64, number: u64) {
-        let Some(i) = self
-            .channels
-            .as_deref_mut()
-            .and_then(|c| c.inbound.get_mut(&channel))
-        else {
+        let Some(i) = self.inbound_channel(channel) else {
             return;
         };
         i.rx.handled(number);
         if let Some(at) = i.rx.poll_timeout() {
             self.deadline_at(at);
         }
+    }
+
+    /// The channel `channel` this node receives.
+    fn inbound_channel(&mut self, channel: u64) -> Option<&mut super::multicast_link::Inbound> {
+        self.channels.as_deref_mut()?.inbound.get_mut(&channel)
     }
 
     /// What the channels this node receives dropped, by reason (for `NodeStats` once the
