@@ -111,7 +111,8 @@ impl<H: Clone> Engine<H> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return false;
         };
-        let at = match ch.staged.iter().position(|s| s.op == op) {
+        // The audiences of one publish stage one after the other: look from the end.
+        let at = match ch.staged.iter().rposition(|s| s.op == op) {
             Some(at) => at,
             None => {
                 ch.staged.push(Staged {
