@@ -25,12 +25,22 @@ impl Sim {
     /// Adds a node of `service` on the multicast group, whose datagrams from the others arrive
     /// with `faults`, and opens its channel (secrets from a seeded generator, so runs repeat).
     pub(super) fn lan_node(&mut self, service: &str, faults: LanFaults) -> usize {
+        self.lan_node_with(service, faults, Config::default())
+    }
+
+    /// [`Sim::lan_node`] with `config` (its `multicast` is set here).
+    pub(super) fn lan_node_with(
+        &mut self,
+        service: &str,
+        faults: LanFaults,
+        config: Config,
+    ) -> usize {
         let config = Config {
             multicast: Some(MulticastSetup {
                 group: GROUP.parse().expect("a group address"),
                 channel: ChannelConfig::default(),
             }),
-            ..Config::default()
+            ..config
         };
         let node = self.node_with(service, config);
         self.lan.insert(node, faults);

@@ -471,3 +471,59 @@ fn hostile_keys_statuses_and_datagrams_change_nothing_for_honest_nodes() {
     }
     assert!(sim.datagrams > 0);
 }
+
+#[test]
+fn a_subscriber_the_policy_refuses_leaves_the_channel_and_gets_its_events_by_unicast() {
+    use crate::engine::multicast::DropReason;
+
+    let policy = crate::policy::Policy::builder()
+        .subscribe("spy", ["public.>"])
+        .build()
+        .expect("policy");
+    let config = crate::config::Config {
+        policy: std::sync::Arc::new(policy),
+        ..crate::config::Config::default()
+    };
+    let mut sim = Sim::new(6);
+    let publisher = sim.lan_node_with("orders", clean(), config);
+    let billing = sim.lan_node("billing", clean());
+    let spy = sim.lan_node("spy", clean());
+    sim.connect(publisher, billing);
+    sim.connect(publisher, spy);
+    sim.subscribe(billing, "public.*", Some("billing"), |_| Handled::ok());
+    sim.subscribe(spy, "public.*", None, |_| Handled::ok());
+    sim.run_for(5 * MS);
+    let spy_id = sim.nodes[spy].engine.id();
+    let member = |sim: &Sim| {
+        let ch = sim.nodes[publisher].engine.channels.as_ref();
+        ch.and_then(|c| c.sender.as_ref())
+            .is_some_and(|s| s.is_member(spy_id))
+    };
+    assert!(member(&sim), "the spy joined while allowed");
+    sim.subscribe(spy, "secret.>", None, |_| Handled::ok());
+    sim.run_for(5 * MS);
+    assert!(!member(&sim), "a refused subscriber stays on the channel");
+
+    let mut ops = Vec::new();
+    for i in 0..100 {
+        let event = sim.event("public.news", format!("{i}"));
+        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+        sim.run_for(MS / 10);
+    }
+    sim.run_for(50 * MS);
+    for op in ops {
+        match sim.result(publisher, op) {
+            Some(Ok(Done::Published(r))) => assert_eq!(r.deliveries.len(), 2, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let runs_on = |node| sim.runs.iter().filter(|r| r.node == node && r.ok).count();
+    assert_eq!((runs_on(billing), runs_on(spy)), (100, 100));
+    assert!(sim.datagrams >= 100);
+    // What the channel sealed after the refusal does not open at the spy.
+    let (dropped, _) = sim.nodes[spy].engine.channel_drops();
+    assert!(dropped.of(DropReason::UnknownEpoch) > 0, "{dropped:?}");
+}
