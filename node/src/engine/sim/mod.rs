@@ -18,6 +18,7 @@ mod driver;
 mod lazy_tests;
 mod metrics_tests;
 mod multicast;
+mod multicast_guard_tests;
 mod multicast_tests;
 mod net;
 mod random;
