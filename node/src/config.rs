@@ -52,6 +52,9 @@ pub(crate) struct Config {
     pub(crate) warn_before_expiry: Option<Duration>,
     /// Who may send, publish and subscribe what (`NodeBuilder::policy`).
     pub(crate) policy: Arc<Policy>,
+    /// The LAN multicast group this node sends and receives events on, and how its channel
+    /// behaves (`None`: every event by unicast). See `engine/multicast_link.rs`.
+    pub(crate) multicast: Option<crate::engine::MulticastSetup>,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             remember_groups: Duration::from_secs(600),
             warn_before_expiry: None,
             policy: Arc::new(Policy::allow_all()),
+            multicast: None,
         }
     }
 }

@@ -337,6 +337,12 @@ fn body_len_estimate(frame: &Frame) -> usize {
         Frame::Subscribe(s) | Frame::Unsubscribe(s) => {
             LEN + s.pattern.len() + s.group.as_ref().map_or(1, |g| 1 + LEN + g.len())
         }
+        Frame::ChannelHello(_) => 24,
+        Frame::ChannelKey(_) => 4 * LEN + 32,
+        Frame::ChannelStatus(s) => 4 * LEN + 2 * LEN * s.handled.len(),
+        Frame::ChannelNak(n) => 2 * LEN + 2 * LEN * n.missing.len(),
+        Frame::ChannelRepair(bytes) => LEN + bytes.len(),
+        Frame::ChannelDemote(_) => 2 * LEN,
     }
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageKind, ReturnAddress};
 use crate::id::{MessageId, NodeId};
+use crate::multicast::{ChannelDemote, ChannelHello, ChannelKey, ChannelNak, ChannelStatus};
 
 /// The protocol version spoken by this crate. Also part of the ALPN string ([`ALPN`]).
 ///
@@ -62,6 +63,23 @@ pub enum Frame {
     Subscribe(Subscription),
     /// The sender no longer wants events matching a topic pattern.
     Unsubscribe(Subscription),
+    // Multicast channels (see [`crate::multicast`]). Appended after every older variant, so
+    // their numbers are new and a frame of an older kind encodes as it always did. Only a
+    // node that says [`Frame::ChannelHello`] is sent the others.
+    /// The sender publishes and subscribes on this LAN multicast group: a peer on the same
+    /// group may be offered a channel. Sent after the hello, only by nodes with a group.
+    ChannelHello(ChannelHello),
+    /// A publisher's channel key for one epoch (publisher to subscriber).
+    ChannelKey(ChannelKey),
+    /// A subscriber's progress on a channel (subscriber to publisher).
+    ChannelStatus(ChannelStatus),
+    /// Datagrams a subscriber misses (subscriber to publisher).
+    ChannelNak(ChannelNak),
+    /// A repair for one subscriber: a sealed datagram as the publisher stored it (publisher to
+    /// subscriber).
+    ChannelRepair(Bytes),
+    /// The subscriber's events come by unicast from now on (publisher to subscriber).
+    ChannelDemote(ChannelDemote),
 }
 
 /// The first frame a node writes on a connection.

@@ -165,9 +165,20 @@ pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolati
         Frame::Reply(envelope) => validate_envelope(envelope, limits),
         Frame::Hello(hello) => check_name(&hello.service, limits),
         Frame::Subscribe(sub) | Frame::Unsubscribe(sub) => validate_subscription(sub, limits),
-        Frame::Ack(_) | Frame::Nack(_) | Frame::Ping(_) | Frame::Pong(_) | Frame::Goodbye(_) => {
-            Ok(())
-        }
+        // A repair is checked as a datagram by the receiver (header, seal, body limits); the
+        // range lists of statuses and NAKs are bounded by the frame's length and are only ever
+        // looked up, never expanded, by the node.
+        Frame::Ack(_)
+        | Frame::Nack(_)
+        | Frame::Ping(_)
+        | Frame::Pong(_)
+        | Frame::Goodbye(_)
+        | Frame::ChannelHello(_)
+        | Frame::ChannelKey(_)
+        | Frame::ChannelStatus(_)
+        | Frame::ChannelNak(_)
+        | Frame::ChannelRepair(_)
+        | Frame::ChannelDemote(_) => Ok(()),
     }
 }
 

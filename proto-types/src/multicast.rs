@@ -17,6 +17,8 @@
 //! the subscribers the publisher admitted, and what a subscriber says about its progress is
 //! authenticated by its certificate.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{Head, Item, SeqRange};
@@ -66,6 +68,16 @@ pub struct HeartbeatBody {
     pub next_seq: u64,
     /// The oldest datagram the publisher can still repair.
     pub oldest_kept: u64,
+}
+
+/// A node's multicast capability, said over QUIC after the hello ([`crate::Frame::ChannelHello`]):
+/// it speaks the channel protocol and sends and receives on `group`. A publisher offers its
+/// channel (a [`ChannelKey`]) only to peers on its own group; a node that never says it (an
+/// older version, or one without multicast) keeps getting every event by unicast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelHello {
+    /// The group address and port (the same on every node of one LAN's channel).
+    pub group: SocketAddr,
 }
 
 /// The key of one epoch of a channel, handed by the publisher to one subscriber over QUIC.

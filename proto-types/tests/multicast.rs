@@ -13,9 +13,9 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
 use shoal_proto::multicast::{Assignment, DatagramBody, EventRun, HeartbeatBody};
-use shoal_proto::{Envelope, Head, Item, Limits, To};
+use shoal_proto::{Envelope, Frame, Head, Item, Limits, SeqRange, Subscription, To};
 
-use strategies::{arb_envelope, arb_node_id};
+use strategies::{arb_channel_frame, arb_envelope, arb_node_id};
 
 /// Runs of one to three events, each run under the head of its first event.
 fn arb_runs() -> impl Strategy<Value = Vec<(Vec<Envelope>, Vec<Assignment>)>> {
@@ -101,6 +101,38 @@ proptest! {
     }
 
     #[test]
+    fn channel_control_frames_round_trip(frame in arb_channel_frame()) {
+        let limits = Limits::default();
+        let mut buf = BytesMut::new();
+        codec::encode(&frame, &limits, &mut buf).unwrap();
+        prop_assert_eq!(codec::decode(&mut buf, &limits).unwrap(), Some(frame));
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn cut_or_damaged_channel_frames_never_panic(
+        frame in arb_channel_frame(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let limits = Limits::default();
+        let mut whole = BytesMut::new();
+        codec::encode(&frame, &limits, &mut whole).unwrap();
+        // A frame cut short waits for more (its length prefix says so) and consumes nothing.
+        let cut = cut.index(whole.len());
+        let mut short = BytesMut::from(&whole[..cut]);
+        prop_assert_eq!(codec::decode(&mut short, &limits).unwrap(), None);
+        prop_assert_eq!(short.len(), cut);
+        // A damaged body decodes to some frame or fails; either way the frame is consumed.
+        let mut damaged = whole.clone();
+        let at = codec::LENGTH_PREFIX + flip.index(damaged.len() - codec::LENGTH_PREFIX);
+        damaged[at] ^= byte | 1;
+        let _ = codec::decode(&mut damaged, &limits);
+        prop_assert!(damaged.is_empty());
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = codec::decode_datagram_body(&bytes, &Limits::default());
         let _ = codec::decode_heartbeat(&bytes);
@@ -140,4 +172,31 @@ fn heartbeats_round_trip() {
     codec::write_heartbeat(&mut buf, &hb).unwrap();
     assert_eq!(codec::decode_heartbeat(&buf).unwrap(), hb);
     assert!(codec::decode_heartbeat(&buf[..buf.len() - 1]).is_err());
+}
+
+/// The channel frames come after every older variant: an older frame's bytes are what they
+/// were (Unsubscribe is still variant 9), and the new ones take 10 and on.
+#[test]
+fn channel_frames_are_numbered_after_the_older_variants() {
+    let limits = Limits::default();
+    let variant = |frame: &Frame| {
+        let mut buf = BytesMut::new();
+        codec::encode(frame, &limits, &mut buf).unwrap();
+        buf[codec::LENGTH_PREFIX]
+    };
+    let sub = Subscription {
+        pattern: "a".into(),
+        group: None,
+    };
+    assert_eq!(variant(&Frame::Unsubscribe(sub)), 9);
+    let hello = shoal_proto::multicast::ChannelHello {
+        group: "239.1.2.3:7000".parse().unwrap(),
+    };
+    assert_eq!(variant(&Frame::ChannelHello(hello)), 10);
+    let nak = shoal_proto::multicast::ChannelNak {
+        channel: 1,
+        missing: vec![SeqRange { start: 0, len: 1 }],
+    };
+    assert_eq!(variant(&Frame::ChannelNak(nak)), 13);
+    assert_eq!(variant(&Frame::ChannelRepair(vec![1, 2].into())), 14);
 }

@@ -35,6 +35,15 @@ pub(crate) enum Action<H> {
     Run(Run<H>),
     /// An operation ended: its result is ready with [`super::Engine::take_result`].
     Complete(OpId),
+    /// Send this datagram to the multicast group (`Config::multicast`): one sealed datagram
+    /// of the node's channel, for every subscriber on the LAN at once.
+    Multicast(
+        #[cfg_attr(
+            not(test),
+            allow(dead_code, reason = "the runtime glue (DESIGN-NOTES) carries it")
+        )]
+        bytes::Bytes,
+    ),
     /// Close this connection, after writing what is queued on it when `flush` says so.
     Close {
         /// The connection.

@@ -62,6 +62,11 @@ impl<H: Clone> Engine<H> {
 
     /// Sends every message of `d` not acknowledged yet to `conn`, as one attempt.
     pub(super) fn send_attempt(&mut self, d: DeliveryId, conn: ConnId, now: Instant) {
+        // Multicast (multicast_fanout.rs): a channel member's first copy of an event goes in
+        // the channel's next datagram instead.
+        if self.channels.is_some() && self.channel_takes(d, conn, now) {
+            return;
+        }
         let Some(ordered) = self.out.deliveries.get(d).map(|del| del.spec.ordered) else {
             return;
         };

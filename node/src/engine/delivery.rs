@@ -63,6 +63,9 @@ pub(super) enum State {
     },
     /// Waits out a backoff before the next attempt.
     Backoff,
+    /// The copy went (or goes in the next datagram) on the multicast channel to this member;
+    /// done when the member reports it handled (`multicast_fanout.rs`).
+    Channel(NodeId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,6 +269,8 @@ impl<H: Clone> Engine<H> {
             }
             State::Backoff => self.attempt(d, now),
             State::Flight { .. } => {}
+            // No handled report in time: retried by unicast (multicast_fanout.rs).
+            State::Channel(node) => self.channel_ack_timeout(d, node, now),
         }
     }
 

@@ -88,6 +88,8 @@ impl<H: Clone> Engine<H> {
                 for sub in self.inbound.distinct_subscriptions() {
                     self.queue_control(conn, &Frame::Subscribe(sub));
                 }
+                // Multicast (multicast_link.rs): say this node's group, if it has one.
+                self.channel_hello(conn);
                 self.peers_changed(now);
             }
         }
@@ -112,6 +114,9 @@ impl<H: Clone> Engine<H> {
             return;
         };
         if was_current {
+            // Multicast (multicast_link.rs): a lost member leaves the channel (rekey), and its
+            // copies go by unicast; a lost publisher's channel is dropped.
+            self.channel_peer_lost(c.node, now);
             if !duplicate {
                 let reason = match c.goodbye {
                     _ if c.usage.closed_idle => "closed after being idle".to_owned(),
@@ -199,7 +204,8 @@ impl<H: Clone> Engine<H> {
                 }
                 // The policy (authz.rs): a refused subscription never joins the audiences.
                 if self.refuses_peer_subscription(conn, &sub.pattern) {
-                    return;
+                    // Multicast (multicast_link.rs): a refused peer leaves the channel (rekey).
+                    return self.channel_refused(conn, now);
                 }
                 let Some(c) = self.conns.get_mut(conn) else {
                     return;
@@ -235,6 +241,13 @@ impl<H: Clone> Engine<H> {
                 });
                 self.peers_changed(now);
             }
+            // Multicast channels' control frames (multicast_link.rs).
+            frame @ (Frame::ChannelHello(_)
+            | Frame::ChannelKey(_)
+            | Frame::ChannelStatus(_)
+            | Frame::ChannelNak(_)
+            | Frame::ChannelRepair(_)
+            | Frame::ChannelDemote(_)) => self.on_channel_frame(conn, frame, now),
             // Newer frame kinds: not spoken by this version, ignored.
             _ => {}
         }

@@ -45,8 +45,12 @@ mod lazy;
 mod link;
 // Per-message metrics (feature `metrics`): hooks that cost one branch when off.
 pub(crate) mod metrics;
-// Multicast fan-out (issue 14): the channel protocol, not wired into publish yet.
+// Multicast fan-out (issue 14): the channel protocol (`multicast/`), and its wiring into the
+// engine: control frames and timers, publishing on the channel, receiving from it.
 mod multicast;
+mod multicast_fanout;
+mod multicast_link;
+mod multicast_receive;
 mod ops;
 mod ordering;
 mod outcome;
@@ -80,6 +84,7 @@ use slotmap::SlotMap;
 pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
 pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
+pub(crate) use multicast_link::MulticastSetup;
 pub(crate) use peers::{Admission, Route, Target};
 pub(crate) use receive::SubId;
 
@@ -138,6 +143,9 @@ pub(crate) struct Engine<H> {
     idle: lazy::IdleSweep,
     /// Per-message metrics, when `NodeBuilder::metrics` turned them on ([`metrics`]).
     metrics: Option<Box<metrics::Recorder>>,
+    /// The multicast channel's state, when `Config::multicast` names a group
+    /// ([`multicast_link`]).
+    channels: Option<Box<multicast_link::Channels>>,
 }
 
 impl<H: Clone> Engine<H> {
@@ -147,6 +155,7 @@ impl<H: Clone> Engine<H> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let inbound = receive::Inbound::new(&config, rng.random(), rng.random());
         let guard = authz::Guard::new(std::sync::Arc::clone(&config.policy), &service);
+        let channels = multicast_link::Channels::new(&config);
         Self {
             id,
             service,
@@ -167,6 +176,7 @@ impl<H: Clone> Engine<H> {
             guard,
             idle: lazy::IdleSweep::default(),
             metrics: None,
+            channels,
         }
     }
 
@@ -177,6 +187,11 @@ impl<H: Clone> Engine<H> {
 
     /// The next thing to do, if any.
     pub(crate) fn poll_action(&mut self) -> Option<Action<H>> {
+        // Multicast (multicast_fanout.rs): events staged for the channel since the last call
+        // leave together, as few datagrams as they fit in.
+        if self.channels.as_ref().is_some_and(|c| c.has_staged()) {
+            self.flush_channel();
+        }
         self.actions.pop_front()
     }
 
@@ -190,7 +205,9 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(conn::Conn::next_deadline);
         let timers = self.timers.peek().map(|Reverse((at, _))| *at);
-        let next = conns.chain(timers).min();
+        // Multicast (multicast_link.rs): the channel's repairs, heartbeats, statuses and NAKs.
+        let channel = self.channels.as_ref().and_then(|c| c.next_deadline());
+        let next = conns.chain(timers).chain(channel).min();
         self.told_deadline = next;
         self.timer_moved = false;
         next
@@ -212,6 +229,10 @@ impl<H: Clone> Engine<H> {
     /// Time passed: acts on every deadline due at `now`.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.expire_windows(now);
+        // Multicast (multicast_link.rs).
+        if self.channels.is_some() {
+            self.channel_timeout(now);
+        }
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;

@@ -87,7 +87,7 @@ impl<H: Clone> Inbound<H> {
     }
 
     /// The handlers a message run for `to` with this name or topic goes to.
-    fn handlers_for(&self, to: &To, name: &str) -> SmallVec<[H; 1]> {
+    pub(super) fn handlers_for(&self, to: &To, name: &str) -> SmallVec<[H; 1]> {
         match to {
             To::Handler => self.handlers.get(name).cloned().into_iter().collect(),
             To::Group(_) | To::Instance => {
@@ -286,6 +286,29 @@ impl<H: Clone> Engine<H> {
         }
     }
 
+    /// Runs `handlers` on one message that came by other means than `conn`'s stream (a
+    /// multicast channel's event from the publisher on `conn`), in `conn`'s handler slots.
+    /// `seq` is the message's number where it came from. Admitted as a message of `conn` is.
+    pub(super) fn start_task(
+        &mut self,
+        conn: ConnId,
+        head: Arc<Head>,
+        handlers: SmallVec<[H; 1]>,
+        message: (u64, MessageId, Item),
+        now: Instant,
+    ) -> TaskId {
+        let task = self.inbound.tasks.insert(Task {
+            conn,
+            head,
+            handlers,
+            ready: Some(message),
+            running: None,
+            rest: VecDeque::new(),
+        });
+        self.admit(task, now);
+        task
+    }
+
     /// Starts `task` if its peer has a free handler slot; queues it otherwise (and stops
     /// reading the peer).
     pub(super) fn admit(&mut self, task: TaskId, now: Instant) {
@@ -381,12 +404,17 @@ impl<H: Clone> Engine<H> {
         });
         self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics.rs
         let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
+        // Multicast (multicast_receive.rs): a channel event is reported in the channel's status,
+        // not acknowledged on `conn`; duplicates that came by unicast meanwhile still are.
+        let own = (!self.channel_task_done(task, key, outcome.is_ok()))
+            .then_some((conn, seq))
+            .into_iter();
         match outcome {
             Ok(()) => {
                 self.stats.handled += 1;
                 self.inbound.dedup.complete(key, now);
                 if head.reliable {
-                    for (c, s) in std::iter::once((conn, seq)).chain(waiters) {
+                    for (c, s) in own.chain(waiters) {
                         self.ack(c, s);
                     }
                 }
@@ -398,7 +426,7 @@ impl<H: Clone> Engine<H> {
                 // never be acknowledged as if it had succeeded.
                 self.inbound.dedup.forget(key);
                 if head.reliable {
-                    for (c, s) in std::iter::once((conn, seq)).chain(waiters) {
+                    for (c, s) in own.chain(waiters) {
                         let reason = err.reason().to_owned();
                         self.nack(c, s, err.is_retryable(), NackCode::HandlerFailed, reason);
                     }

@@ -378,6 +378,10 @@ impl State {
                 Action::Event(event) => effects.events.push(event),
                 Action::PeersChanged => effects.peers_changed = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
+                // The group socket's task will carry these (multicast DESIGN-NOTES, "What
+                // remains": the runtime glue); until then nothing sets `Config::multicast`,
+                // and the engine makes none.
+                Action::Multicast(_) => {}
             }
         }
         effects.timer_moved = self.engine.timer_moved();

@@ -218,7 +218,13 @@ const _: fn(&Frame) = |f| match f {
     | Frame::Pong(_)
     | Frame::Goodbye(_)
     | Frame::Subscribe(_)
-    | Frame::Unsubscribe(_) => {}
+    | Frame::Unsubscribe(_)
+    | Frame::ChannelHello(_)
+    | Frame::ChannelKey(_)
+    | Frame::ChannelStatus(_)
+    | Frame::ChannelNak(_)
+    | Frame::ChannelRepair(_)
+    | Frame::ChannelDemote(_) => {}
 };
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use shoal_proto::multicast::{ChannelDemote, ChannelHello, ChannelKey, ChannelNak, ChannelStatus};
 use shoal_proto::{
     Ack, Envelope, Frame, Goodbye, Head, Hello, Item, MessageId, MessageKind, Messages, Nack,
     NackCode, NodeId, ReturnAddress, SeqRange, Subscription, To,
@@ -202,5 +203,42 @@ pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_text().prop_map(|reason| Frame::Goodbye(Goodbye { reason })),
         arb_subscription().prop_map(Frame::Subscribe),
         arb_subscription().prop_map(Frame::Unsubscribe),
+        arb_channel_frame(),
+    ]
+}
+
+fn arb_seq_ranges() -> impl Strategy<Value = Vec<SeqRange>> {
+    proptest::collection::vec(
+        (any::<u64>(), any::<u64>()).prop_map(|(start, len)| SeqRange { start, len }),
+        0..8,
+    )
+}
+
+/// The control frames of multicast channels.
+pub(crate) fn arb_channel_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        arb_socket_addr().prop_map(|group| Frame::ChannelHello(ChannelHello { group })),
+        (any::<u64>(), any::<u32>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(channel, epoch, secret, first_seq)| Frame::ChannelKey(ChannelKey {
+                channel,
+                epoch,
+                secret,
+                first_seq,
+            })
+        ),
+        (any::<u64>(), any::<u64>(), any::<u32>(), arb_seq_ranges()).prop_map(
+            |(channel, next_needed, window, handled)| Frame::ChannelStatus(ChannelStatus {
+                channel,
+                next_needed,
+                window,
+                handled,
+            })
+        ),
+        (any::<u64>(), arb_seq_ranges())
+            .prop_map(|(channel, missing)| Frame::ChannelNak(ChannelNak { channel, missing })),
+        arb_bytes().prop_map(Frame::ChannelRepair),
+        (any::<u64>(), any::<u64>()).prop_map(|(channel, from_item)| Frame::ChannelDemote(
+            ChannelDemote { channel, from_item }
+        )),
     ]
 }

@@ -1,8 +1,9 @@
 //! Multicast channels: a publisher's events reach every subscriber on a LAN in one encrypted UDP
 //! datagram, reliably, as a deterministic state machine (no socket, no clock, no task).
 //!
-//! This is the protocol only; the group socket and the wiring into publish and subscribe come
-//! later (see `DESIGN-NOTES.md` beside this file for the design and what remains). Like the
+//! This is the protocol; `multicast_link.rs`, `multicast_fanout.rs` and `multicast_receive.rs`
+//! beside it wire it into the engine, and the group socket comes with the runtime (see
+//! `DESIGN-NOTES.md` beside this file for the design and what remains). Like the
 //! rest of the engine it takes `now` and bytes, and gives back what to send where:
 //!
 //! - [`Sender`] (one per publisher and group address, a **channel**) numbers datagrams, packs
@@ -19,34 +20,19 @@
 //! Keys, progress and NAKs travel over the node's mutual-TLS QUIC connections as the control
 //! messages of [`shoal_proto::multicast`]; only the events travel by multicast.
 
-#![allow(dead_code, reason = "the protocol lands before the IO that drives it")]
-
 mod header;
 mod receiver;
 mod repair;
 mod seal;
 mod sender;
 #[cfg(test)]
-mod sim;
+pub(super) mod sim;
 
 use std::time::Duration;
 
-// What the runtime will use; until it drives the channel only the tests do.
-#[allow(
-    unused_imports,
-    reason = "the protocol lands before the IO that drives it"
-)]
-pub(crate) use header::{HEADER_LEN, Header, Kind};
-#[allow(
-    unused_imports,
-    reason = "the protocol lands before the IO that drives it"
-)]
-pub(crate) use receiver::{Receiver, ReceiverTransmit};
-#[allow(
-    unused_imports,
-    reason = "the protocol lands before the IO that drives it"
-)]
-pub(crate) use sender::{DemoteReason, RekeyReason, Sender, SenderEvent, Transmit};
+pub(crate) use header::Header;
+pub(crate) use receiver::{Delivered, Receiver, ReceiverTransmit};
+pub(crate) use sender::{RekeyReason, SecretSource, Sender, SenderEvent, Transmit};
 
 /// How a channel behaves. The defaults suit a switched LAN with a round trip under a
 /// millisecond and Ethernet's 1500-byte MTU.
@@ -139,6 +125,13 @@ pub(crate) enum DropReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Dropped(std::collections::BTreeMap<DropReason, u64>);
 
+#[cfg_attr(
+    not(test),
+    allow(
+        dead_code,
+        reason = "counters for NodeStats once the runtime drives the channel; tests read them now"
+    )
+)]
 impl Dropped {
     pub(crate) fn count(&mut self, reason: DropReason) {
         *self.0.entry(reason).or_default() += 1;
@@ -147,6 +140,13 @@ impl Dropped {
     /// Datagrams dropped for `reason`.
     pub(crate) fn of(&self, reason: DropReason) -> u64 {
         self.0.get(&reason).copied().unwrap_or(0)
+    }
+
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: &Self) {
+        for (reason, n) in &other.0 {
+            *self.0.entry(*reason).or_default() += n;
+        }
     }
 
     /// Datagrams dropped for any reason.

@@ -118,11 +118,13 @@ impl Receiver {
     }
 
     /// Every datagram numbered below this has arrived.
+    #[cfg(test)]
     pub(crate) fn next_needed(&self) -> u64 {
         self.next_needed
     }
 
     /// Whether the publisher moved this subscriber to unicast.
+    #[cfg(test)]
     pub(crate) fn is_demoted(&self) -> bool {
         self.state == State::Demoted
     }

@@ -62,6 +62,7 @@ impl RepairBuffer {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }

@@ -170,6 +170,7 @@ impl Sender {
         self.channel
     }
 
+    #[cfg(test)]
     pub(crate) fn epoch(&self) -> u32 {
         self.epoch
     }

@@ -130,6 +130,7 @@ impl Sim {
                         .connection_lost(conn, &reason, false, now);
                 }
             }
+            Event::Datagram { to, bytes } => self.datagram_arrives(to, bytes),
             Event::Dialled { node, to } => {
                 let target = self.nodes.iter().position(|n| n.engine.id() == to);
                 if let Some(target) = target
@@ -233,6 +234,7 @@ impl Sim {
             }
             Action::Event(event) => self.nodes[node].events.push(event),
             Action::PeersChanged => {}
+            Action::Multicast(bytes) => self.multicast(node, bytes),
             Action::Connect { node: to, .. } => {
                 self.dials.push((node, to));
                 let at = now + Duration::from_millis(1);

@@ -17,6 +17,9 @@ mod authz;
 mod driver;
 mod lazy_tests;
 mod metrics_tests;
+mod multicast;
+mod multicast_guard_tests;
+mod multicast_tests;
 mod net;
 mod random;
 mod tests;
@@ -139,6 +142,11 @@ enum Event {
         node: usize,
         to: NodeId,
     },
+    /// A multicast datagram reaches `to` (`multicast.rs`).
+    Datagram {
+        to: usize,
+        bytes: Bytes,
+    },
 }
 
 /// The simulated network. See the module docs.
@@ -158,6 +166,12 @@ pub(super) struct Sim {
     pub(super) handled: u64,
     /// Every connection an engine asked for: the asking node, and whom to.
     pub(super) dials: Vec<(usize, NodeId)>,
+    /// The nodes on the multicast group, with the faults of what reaches each.
+    pub(super) lan: BTreeMap<usize, multicast::LanFaults>,
+    /// Multicast datagrams sent, by every node.
+    pub(super) datagrams: u64,
+    /// Datagrams that reached a crashed node, kept for the tests.
+    pub(super) captured: Vec<(usize, Bytes)>,
 }
 
 /// Unix milliseconds at the virtual clock's start.
@@ -180,6 +194,9 @@ impl Sim {
             runs: Vec::new(),
             handled: 0,
             dials: Vec::new(),
+            lan: BTreeMap::new(),
+            datagrams: 0,
+            captured: Vec::new(),
         }
     }
 

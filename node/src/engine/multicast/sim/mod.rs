@@ -18,14 +18,33 @@ use std::sync::Arc;
 
 use super::{ChannelConfig, Header, Receiver, ReceiverTransmit, Sender, SenderEvent, Transmit};
 
-/// What the group address does to the datagrams one subscriber receives.
+/// What the group address does to the datagrams one subscriber receives. The engine's
+/// simulated network (`engine/sim/multicast.rs`) uses it too.
 #[derive(Clone, Debug)]
-pub(super) struct Faults {
-    pub(super) latency: Duration,
+pub(in crate::engine) struct Faults {
+    pub(in crate::engine) latency: Duration,
     /// Extra delay up to this, drawn per datagram: datagrams overtake each other.
-    pub(super) jitter: Duration,
-    pub(super) loss: f64,
-    pub(super) duplicate: f64,
+    pub(in crate::engine) jitter: Duration,
+    pub(in crate::engine) loss: f64,
+    pub(in crate::engine) duplicate: f64,
+}
+
+impl Faults {
+    /// When a datagram sent at `now` arrives: never (lost), once, or twice (duplicated), each
+    /// copy after the latency and its own share of the jitter.
+    pub(in crate::engine) fn arrivals(&self, rng: &mut SmallRng, now: Instant) -> Vec<Instant> {
+        if rng.random_bool(self.loss) {
+            return Vec::new();
+        }
+        let copies = if rng.random_bool(self.duplicate) {
+            2
+        } else {
+            1
+        };
+        (0..copies)
+            .map(|_| now + self.latency + self.jitter.mul_f64(rng.random()))
+            .collect()
+    }
 }
 
 impl Default for Faults {
@@ -184,17 +203,8 @@ impl Lan {
                     self.record(&bytes);
                     self.multicast_datagrams += 1;
                     for to in 0..self.subs.len() {
-                        let f = self.subs[to].faults.clone();
-                        if self.rng.random_bool(f.loss) {
-                            continue;
-                        }
-                        let copies = if self.rng.random_bool(f.duplicate) {
-                            2
-                        } else {
-                            1
-                        };
-                        for _ in 0..copies {
-                            let at = now + f.latency + f.jitter.mul_f64(self.rng.random());
+                        let arrivals = self.subs[to].faults.arrivals(&mut self.rng, now);
+                        for at in arrivals {
                             self.schedule(
                                 at,
                                 Ev::Datagram {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::RngExt;
 
-use super::super::{
-    ChannelConfig, DemoteReason, DropReason, HEADER_LEN, Header, Kind, RekeyReason, SenderEvent,
-};
+use super::super::header::{HEADER_LEN, Kind};
+use super::super::sender::DemoteReason;
+use super::super::{ChannelConfig, DropReason, Header, RekeyReason, SenderEvent};
 use super::{CHANNEL, Faults, Lan};
 
 const MS: Duration = Duration::from_millis(1);

@@ -1,0 +1,366 @@
+//! Publishing on the multicast channel: one datagram carries an event to every member, in
+//! place of one unicast copy per subscriber.
+//!
+//! Every audience of a publish gets its delivery as before ([`super::delivery`]), and each
+//! delivery chooses its instance as before (the key's instance, a live one, room in its
+//! window). When the chosen instance is a member of this node's channel and this is the
+//! copy's first attempt, the copy is **staged** instead of written on the connection: the
+//! audiences' copies of one event become one staged event, with the group's chosen
+//! instance in its assignment, and the staged events leave together as datagrams the next
+//! time the driver polls the engine. The delivery waits in [`State::Channel`] until its
+//! member reports the event handled in a status; that completes it exactly as an ack does,
+//! so the publish's receipt is the same.
+//!
+//! What does not go on the channel, and why:
+//! - best-effort copies and ordered batches (a batch's events are handled in order and stop
+//!   at the first failure, which the channel does not carry): unicast as before;
+//! - retries: a copy that was not reported in time (a failed handler, a member that left) is
+//!   retried by unicast like a copy that was not acknowledged, with the same message id, so
+//!   the subscriber's dedup window absorbs a duplicate;
+//! - under a policy that restricts subscriptions, events on a topic some member may not
+//!   subscribe to (every member can read the channel);
+//! - beyond [`MAX_CHANNEL_BACKLOG`] events waiting for the channel's window.
+//!
+//! A member moved to unicast ([`SenderEvent::Demoted`]) gets its unreported copies again by
+//! unicast on its own connection (the same instance: its dedup window answers for what its
+//! handlers already ran).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_proto::codec::{EncodedHead, EncodedItem};
+use shoal_proto::multicast::Assignment;
+use shoal_proto::{Frame, NodeId};
+use smallvec::SmallVec;
+
+use super::delivery::State;
+use super::fanout::Audience;
+use super::multicast::{RekeyReason, SenderEvent, Transmit};
+use super::peers::Route;
+use super::send::DeliveryId;
+use super::{Action, ConnId, Engine, Lifecycle, OpId, Timer};
+
+/// Events that may wait for the channel's flow-control window at most; more go by unicast.
+pub(super) const MAX_CHANNEL_BACKLOG: usize = 4096;
+
+/// One event staged for the next datagrams: its audiences' copies that go on the channel.
+#[derive(Debug)]
+pub(super) struct Staged {
+    op: OpId,
+    head: Arc<EncodedHead>,
+    item: EncodedItem,
+    assigned: Vec<Assignment>,
+    /// The copies: the member each went to, its delivery and the delivery's epoch.
+    copies: SmallVec<[(NodeId, DeliveryId, u32); 4]>,
+}
+
+/// The copies one member's report of one event completes: deliveries and their epochs.
+pub(super) type Pending = SmallVec<[(DeliveryId, u32); 2]>;
+
+impl<H: Clone> Engine<H> {
+    /// Stages `d`'s copy for the channel if it belongs there (see the module docs); says
+    /// whether it did. `conn` is the instance the delivery chose.
+    pub(super) fn channel_takes(&mut self, d: DeliveryId, conn: ConnId, now: Instant) -> bool {
+        let Some(node) = self.conns.get(conn).map(|c| c.node) else {
+            return false;
+        };
+        let Some(ch) = self.channels.as_deref() else {
+            return false;
+        };
+        let Some(sender) = ch.sender.as_ref().filter(|s| s.is_member(node)) else {
+            return false;
+        };
+        let Some(del) = self.out.deliveries.get(d) else {
+            return false;
+        };
+        let Route::Audience { topic, audience } = &del.route else {
+            return false;
+        };
+        let single = self
+            .out
+            .ops
+            .get(del.op)
+            .is_some_and(|o| o.messages.len() == 1);
+        if !del.spec.reliable
+            || del.spec.ordered
+            || !single
+            || del.retry.attempts() > 0
+            || sender.queued() + ch.staged.len() >= MAX_CHANNEL_BACKLOG
+        {
+            return false;
+        }
+        let (topic, audience) = (topic.clone(), audience.clone());
+        if !self.guard.open_peer_subscribe && !self.members_may_read(&topic) {
+            return false;
+        }
+        let Some(del) = self.out.deliveries.get_mut(d) else {
+            return false;
+        };
+        let Some(op) = self.out.ops.get_mut(del.op) else {
+            return false;
+        };
+        let Ok(item) = op.item(0, 1, &self.config.limits, &mut self.out.arena) else {
+            return false;
+        };
+        del.retry.begin_attempt();
+        del.epoch += 1;
+        del.node = Some(node);
+        del.state = State::Channel(node);
+        let (epoch, op, head) = (del.epoch, del.op, Arc::clone(&del.head));
+        let deadline = del.retry.ack_deadline(now);
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return false;
+        };
+        // The audiences of one publish stage one after the other: look from the end.
+        let at = match ch.staged.iter().rposition(|s| s.op == op) {
+            Some(at) => at,
+            None => {
+                ch.staged.push(Staged {
+                    op,
+                    head,
+                    item,
+                    assigned: Vec::new(),
+                    copies: SmallVec::new(),
+                });
+                ch.staged.len() - 1
+            }
+        };
+        let staged = &mut ch.staged[at];
+        if let Audience::Group(group) = audience {
+            staged.assigned.push(Assignment { group, node });
+        }
+        staged.copies.push((node, d, epoch));
+        ch.staged_at = Some(now);
+        self.set_timer(deadline, Timer::Delivery(d, epoch));
+        true
+    }
+
+    /// Whether every member's service may subscribe to `topic` (cached per topic while the
+    /// members stay the same).
+    fn members_may_read(&mut self, topic: &str) -> bool {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return false;
+        };
+        if let Some(&known) = ch.topics.get(topic) {
+            return known;
+        }
+        let sender = ch.sender.as_ref();
+        let allowed = self.conns.values().all(|c| {
+            !sender.is_some_and(|s| s.is_member(c.node))
+                || self
+                    .config
+                    .policy
+                    .may_subscribe(&c.service, topic)
+                    .is_allowed()
+        });
+        ch.topics.insert(topic.to_owned(), allowed);
+        allowed
+    }
+
+    /// Pushes the staged events into the channel and sends what it has to send.
+    pub(super) fn flush_channel(&mut self) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let staged = std::mem::take(&mut ch.staged);
+        let Some(now) = ch.staged_at else {
+            return;
+        };
+        let mut unicast = Vec::new();
+        if let Some(sender) = ch.sender.as_mut() {
+            // Consecutive events for the same instances share one assignment, and so a run.
+            let mut last: Option<Arc<[Assignment]>> = None;
+            for s in staged {
+                let assigned = match &last {
+                    Some(a) if **a == *s.assigned => Arc::clone(a),
+                    _ => Arc::from(s.assigned),
+                };
+                last = Some(Arc::clone(&assigned));
+                match sender.push(&s.head, &assigned, s.item) {
+                    Ok(number) => {
+                        for (node, d, epoch) in s.copies {
+                            if sender.is_member(node) {
+                                let key = (node, number);
+                                ch.pending.entry(key).or_default().push((d, epoch));
+                            } else {
+                                unicast.push((node, d));
+                            }
+                        }
+                    }
+                    // Too large for one datagram: by unicast.
+                    Err(_) => unicast.extend(s.copies.iter().map(|&(node, d, _)| (node, d))),
+                }
+            }
+        } else {
+            unicast.extend(
+                staged
+                    .iter()
+                    .flat_map(|s| s.copies.iter().map(|&(node, d, _)| (node, d))),
+            );
+        }
+        for (node, d) in unicast {
+            self.channel_to_unicast(d, node, now);
+        }
+        self.drain_sender(now);
+    }
+
+    /// Sends what the channel has to send, and acts on what it says.
+    pub(super) fn drain_sender(&mut self, now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let Some(sender) = self.channels.as_deref_mut().and_then(|c| c.sender.as_mut()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = sender.poll_transmit(now) {
+            out.push(t);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = sender.poll_event() {
+            events.push(e);
+        }
+        let deadline = sender.poll_timeout();
+        for t in out {
+            match t {
+                Transmit::Multicast(bytes) => self.actions.push_back(Action::Multicast(bytes)),
+                Transmit::Repair { to, datagram } => {
+                    self.send_to_node(to, &Frame::ChannelRepair(datagram));
+                }
+                Transmit::Key { to, key } => self.send_to_node(to, &Frame::ChannelKey(key)),
+                Transmit::Demote { to, demote } => {
+                    self.send_to_node(to, &Frame::ChannelDemote(demote));
+                }
+            }
+        }
+        for e in events {
+            match e {
+                SenderEvent::Handled { node, items } => self.channel_handled(node, &items, now),
+                SenderEvent::Demoted { node, reason, .. } => {
+                    tracing::debug!(%node, ?reason, "multicast: member moved to unicast");
+                    self.channel_unreported(node, None, now);
+                }
+                SenderEvent::Rekeyed { epoch, reason } => {
+                    tracing::debug!(epoch, ?reason, "multicast: channel rekeyed");
+                }
+            }
+        }
+        if let Some(at) = deadline {
+            self.deadline_at(at);
+        }
+    }
+
+    /// `node` reports the events numbered in `items` handled: their copies are done.
+    fn channel_handled(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let mut done = Vec::new();
+        for range in items {
+            // Only what is pending is looked at: a hostile range costs nothing.
+            let end = range.start.saturating_add(range.len);
+            let keys: Vec<(NodeId, u64)> = ch
+                .pending
+                .range((node, range.start)..(node, end))
+                .map(|(k, _)| *k)
+                .collect();
+            for key in keys {
+                done.extend(ch.pending.remove(&key).unwrap_or_default());
+            }
+        }
+        for (d, epoch) in done {
+            let Some(del) = self.out.deliveries.get_mut(d) else {
+                continue;
+            };
+            if del.epoch != epoch || del.state != State::Channel(node) {
+                continue;
+            }
+            for acked in del.acked.iter_mut() {
+                *acked = true;
+            }
+            del.acked_count = del.acked.len();
+            self.succeed(d, now);
+        }
+    }
+
+    /// `node`'s copies on the channel that it has not reported go by unicast: on its own
+    /// connection when it was moved to unicast (`reason` is `None`), or as a failed attempt
+    /// (another instance of a group at once) when it is gone.
+    fn channel_unreported(&mut self, node: NodeId, reason: Option<&str>, now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let keys: Vec<(NodeId, u64)> = ch
+            .pending
+            .range((node, 0)..=(node, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut copies = Vec::new();
+        for key in keys {
+            copies.extend(ch.pending.remove(&key).unwrap_or_default());
+        }
+        for (d, epoch) in copies {
+            let current = self
+                .out
+                .deliveries
+                .get(d)
+                .is_some_and(|del| del.epoch == epoch && del.state == State::Channel(node));
+            if !current {
+                continue;
+            }
+            match reason {
+                None => self.channel_to_unicast(d, node, now),
+                Some(reason) => {
+                    let reason = format!("{node} left the multicast channel: {reason}");
+                    self.retry(d, reason, now);
+                }
+            }
+        }
+    }
+
+    /// Sends `d`'s copy by unicast to `node`, the instance it chose (its connection's window
+    /// permitting; any instance if the node has no connection now).
+    fn channel_to_unicast(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
+        self.bump(d, State::Backoff);
+        match self.peers.current(node) {
+            Some(conn) => self.send_attempt(d, conn, now),
+            None => self.attempt(d, now),
+        }
+    }
+
+    /// `node` leaves this node's channel: the key changes, and its copies go by unicast.
+    pub(super) fn channel_leave(
+        &mut self,
+        node: NodeId,
+        why: RekeyReason,
+        reason: &str,
+        now: Instant,
+    ) {
+        if let Some(ch) = self.channels.as_deref_mut()
+            && let Some(sender) = ch.sender.as_mut()
+        {
+            sender.leave(node, why, now);
+            ch.topics.clear();
+        }
+        self.channel_unreported(node, Some(reason), now);
+        self.drain_sender(now);
+    }
+
+    /// `d`'s member did not report its event in time: retried by unicast, like a copy that
+    /// was not acknowledged.
+    pub(super) fn channel_ack_timeout(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
+        if let Some(ch) = self.channels.as_deref_mut() {
+            for copies in ch.pending.values_mut() {
+                copies.retain(|(pending, _)| *pending != d);
+            }
+            ch.pending.retain(|_, copies| !copies.is_empty());
+        }
+        let timeout = self
+            .out
+            .deliveries
+            .get(d)
+            .map(|del| del.spec.policy.ack_timeout);
+        let reason = format!("{node} did not report the event handled within {timeout:?}");
+        self.retry(d, reason, now);
+    }
+}

@@ -1,0 +1,356 @@
+//! The multicast channel inside the engine: its state, the control frames that travel over
+//! QUIC beside it, and its timers.
+//!
+//! A node with a group (`Config::multicast`) says so to every peer after the hello
+//! ([`Frame::ChannelHello`]). Once the driver opened the node's channel
+//! ([`Engine::open_channel`], with a secret source of its own), every peer that said the
+//! same group joins it and is handed the current key over its mutual-TLS connection; its
+//! copies of events then travel in the channel's datagrams ([`super::multicast_fanout`]).
+//! Going the other way, a node takes the keys its peers hand it and the datagrams of their
+//! channels ([`super::multicast_receive`]).
+//!
+//! A member whose connection is lost, or whose subscription the policy refuses, leaves: the
+//! channel changes its key before it seals anything more, and only the remaining members get
+//! the new one. A member is never offered the channel again after a refusal.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use shoal_proto::multicast::{ChannelHello, ChannelKey};
+use shoal_proto::{Frame, MessageId, NodeId};
+
+use super::multicast::{ChannelConfig, Receiver, RekeyReason, Sender};
+use super::multicast_fanout::{Pending, Staged};
+use super::{ConnId, Engine, Lifecycle, TaskId};
+use crate::config::Config;
+
+pub(crate) use super::multicast::SecretSource;
+
+/// A node's multicast group and how its channel behaves (`Config::multicast`).
+#[derive(Clone, Debug)]
+pub(crate) struct MulticastSetup {
+    /// The group address and port: nodes on the same one share channels.
+    pub(crate) group: SocketAddr,
+    pub(crate) channel: ChannelConfig,
+}
+
+/// One publisher's channel as this node receives it.
+#[derive(Debug)]
+pub(super) struct Inbound {
+    /// The publisher: only it may hand keys, repairs and demotions for this channel.
+    pub(super) publisher: NodeId,
+    pub(super) rx: Receiver,
+}
+
+/// The engine's multicast state. See the module docs.
+pub(super) struct Channels {
+    pub(super) setup: MulticastSetup,
+    /// This node's channel, once the driver opened it.
+    pub(super) sender: Option<Sender>,
+    /// Peers that said they are on this node's group.
+    pub(super) on_group: HashSet<NodeId>,
+    /// Peers whose subscription the policy refused: never offered the channel again.
+    pub(super) refused: HashSet<NodeId>,
+    /// Events staged for the next datagrams ([`super::multicast_fanout`]).
+    pub(super) staged: Vec<Staged>,
+    /// Copies on the channel waiting for their member's report, by member and event number.
+    pub(super) pending: BTreeMap<(NodeId, u64), Pending>,
+    /// Topics every member may subscribe to (cached while the members stay the same), when
+    /// the policy restricts subscriptions: only those go on the channel.
+    pub(super) topics: HashMap<String, bool>,
+    /// When the engine last staged an event: the instant the staged events are sealed at.
+    pub(super) staged_at: Option<Instant>,
+    /// The channels of other publishers this node receives, by channel id.
+    pub(super) inbound: HashMap<u64, Inbound>,
+    /// Handler runs of channel events: which channel and event number they are for.
+    pub(super) tasks: HashMap<TaskId, (u64, u64)>,
+    /// Channel events being handled here: runs left, and whether one failed (then the event
+    /// is not reported, and the publisher's copy is retried by unicast).
+    pub(super) handling: HashMap<(u64, u64), (u32, bool)>,
+    /// Channel events whose message was being handled when they came (by delivery key):
+    /// they end with that run.
+    pub(super) followers: HashMap<MessageId, Vec<(u64, u64)>>,
+    /// Datagrams on the group of no channel this node holds a key for.
+    #[cfg_attr(
+        not(test),
+        allow(
+            dead_code,
+            reason = "counters for NodeStats once the runtime drives the channel; tests read them now"
+        )
+    )]
+    pub(super) foreign: u64,
+}
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channels")
+            .field("group", &self.setup.group)
+            .field("sender", &self.sender)
+            .field("on_group", &self.on_group.len())
+            .field("inbound", &self.inbound.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channels {
+    /// The state for `config`'s group, if it names one.
+    pub(super) fn new(config: &Config) -> Option<Box<Self>> {
+        let setup = config.multicast.clone()?;
+        Some(Box::new(Self {
+            setup,
+            sender: None,
+            on_group: HashSet::new(),
+            refused: HashSet::new(),
+            staged: Vec::new(),
+            pending: BTreeMap::new(),
+            topics: HashMap::new(),
+            staged_at: None,
+            inbound: HashMap::new(),
+            tasks: HashMap::new(),
+            handling: HashMap::new(),
+            followers: HashMap::new(),
+            foreign: 0,
+        }))
+    }
+
+    /// Drops the channel `publisher` sends this node, and what is tracked of its events.
+    fn forget_publisher(&mut self, publisher: NodeId) {
+        let gone: Vec<u64> = self
+            .inbound
+            .iter()
+            .filter(|(_, i)| i.publisher == publisher)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.inbound.remove(&id);
+            self.tasks.retain(|_, (channel, _)| *channel != id);
+            self.handling.retain(|(channel, _), _| *channel != id);
+            for waiting in self.followers.values_mut() {
+                waiting.retain(|(channel, _)| *channel != id);
+            }
+        }
+    }
+
+    pub(super) fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// The earliest instant the channel's timers want.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let sender = self.sender.as_ref().and_then(Sender::poll_timeout);
+        let receivers = self.inbound.values().filter_map(|i| i.rx.poll_timeout());
+        sender.into_iter().chain(receivers).min()
+    }
+}
+
+/// The driver's entry points: the runtime's group socket task calls them (DESIGN-NOTES, "What
+/// remains": the runtime glue); until then only the tests do.
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "the runtime glue (DESIGN-NOTES) calls these")
+)]
+impl<H: Clone> Engine<H> {
+    /// Opens this node's channel `channel` (an id the driver draws at random, unique per
+    /// publisher and group), keyed with secrets from `secrets` (a cryptographically secure
+    /// generator: the engine draws none). Peers already on the group join at once. Does
+    /// nothing without `Config::multicast`, or when the channel is open already.
+    pub(crate) fn open_channel(&mut self, channel: u64, secrets: SecretSource, now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        if ch.sender.is_some() {
+            return;
+        }
+        let mut sender = Sender::new(channel, ch.setup.channel.clone(), secrets, now);
+        for &node in &ch.on_group {
+            sender.join(node, now);
+        }
+        ch.sender = Some(sender);
+        self.drain_sender(now);
+    }
+
+    /// A datagram arrived on the multicast group (from any sender: the channel's seal says
+    /// whether it is genuine). What is not a datagram of a channel this node holds a key for,
+    /// or does not open, is dropped and counted by its channel's receiver.
+    pub(crate) fn on_multicast_datagram(&mut self, datagram: &[u8], now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let channel = super::multicast::channel_of(datagram);
+        match channel.filter(|id| ch.inbound.contains_key(id)) {
+            Some(channel) => self.channel_datagram(channel, datagram, now),
+            None => ch.foreign += 1,
+        }
+    }
+}
+
+impl<H: Clone> Engine<H> {
+    /// Tells a new connection this node's group.
+    pub(super) fn channel_hello(&mut self, conn: ConnId) {
+        if let Some(group) = self.channels.as_ref().map(|c| c.setup.group) {
+            self.queue_control(conn, &Frame::ChannelHello(ChannelHello { group }));
+        }
+    }
+
+    /// A channel control frame arrived on `conn`.
+    pub(super) fn on_channel_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) {
+        let Some(node) = self.conns.get(conn).map(|c| c.node) else {
+            return;
+        };
+        let Some(ch) = self.channels.as_deref_mut() else {
+            // No group here: a peer that knows it was never told one. Ignored.
+            return;
+        };
+        match frame {
+            Frame::ChannelHello(hello) => {
+                if hello.group != ch.setup.group || ch.refused.contains(&node) {
+                    return;
+                }
+                ch.on_group.insert(node);
+                if let Some(sender) = ch.sender.as_mut()
+                    && !sender.is_member(node)
+                {
+                    sender.join(node, now);
+                    ch.topics.clear();
+                    self.drain_sender(now);
+                }
+            }
+            Frame::ChannelKey(key) => self.on_channel_key(conn, node, &key, now),
+            Frame::ChannelStatus(status) => {
+                if let Some(sender) = ch.sender.as_mut()
+                    && sender.channel() == status.channel
+                {
+                    sender.on_status(node, status, now);
+                    self.drain_sender(now);
+                }
+            }
+            Frame::ChannelNak(nak) => {
+                if let Some(sender) = ch.sender.as_mut()
+                    && sender.channel() == nak.channel
+                {
+                    sender.on_nak(node, &nak, now);
+                    self.drain_sender(now);
+                }
+            }
+            Frame::ChannelRepair(datagram) => {
+                let channel = super::multicast::channel_of(&datagram);
+                let from_publisher = channel
+                    .and_then(|id| ch.inbound.get(&id))
+                    .is_some_and(|i| i.publisher == node);
+                if let (true, Some(channel)) = (from_publisher, channel) {
+                    self.channel_datagram(channel, &datagram, now);
+                }
+            }
+            Frame::ChannelDemote(demote) => {
+                if let Some(i) = ch.inbound.get_mut(&demote.channel)
+                    && i.publisher == node
+                {
+                    i.rx.on_demote(&demote);
+                    self.drain_receiver(demote.channel, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A key from `node`. A channel's keys are taken only from the publisher that first
+    /// handed one for it: another peer naming the same channel is refused (and told in an
+    /// event), so no key holder can take over someone else's channel. A publisher has one
+    /// channel: a key for a new one replaces its old one (so a peer cannot make this node
+    /// keep any number of receivers).
+    fn on_channel_key(&mut self, conn: ConnId, node: NodeId, key: &ChannelKey, now: Instant) {
+        let limits = self.config.limits.clone();
+        let seed = self.rng_seed();
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        if !ch.inbound.contains_key(&key.channel) {
+            ch.forget_publisher(node);
+        }
+        let inbound = ch.inbound.entry(key.channel).or_insert_with(|| Inbound {
+            publisher: node,
+            rx: Receiver::new(key.channel, ch.setup.channel.clone(), limits, seed),
+        });
+        if inbound.publisher != node {
+            let reason = format!("a key for channel {:x} of another publisher", key.channel);
+            return self.channel_protocol_error(conn, reason);
+        }
+        inbound.rx.on_key(key, now);
+        self.drain_receiver(key.channel, now);
+    }
+
+    /// A peer's subscription was refused by the policy: it leaves the channel, and the
+    /// channel changes its key at once.
+    pub(super) fn channel_refused(&mut self, conn: ConnId, now: Instant) {
+        let Some(node) = self.conns.get(conn).map(|c| c.node) else {
+            return;
+        };
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        ch.refused.insert(node);
+        ch.on_group.remove(&node);
+        self.channel_leave(
+            node,
+            RekeyReason::Refused,
+            "its subscription was refused",
+            now,
+        );
+    }
+
+    /// `node`'s last connection is gone: it leaves this node's channel (rekey) and its copies
+    /// on the channel go by unicast (elsewhere, for a group); its own channel is dropped.
+    pub(super) fn channel_peer_lost(&mut self, node: NodeId, now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        ch.on_group.remove(&node);
+        ch.forget_publisher(node);
+        self.channel_leave(node, RekeyReason::Left, "the connection was lost", now);
+    }
+
+    /// Channel timers.
+    pub(super) fn channel_timeout(&mut self, now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        if let Some(sender) = ch.sender.as_mut() {
+            sender.handle_timeout(now);
+        }
+        let ids: Vec<u64> = ch.inbound.keys().copied().collect();
+        for i in ch.inbound.values_mut() {
+            i.rx.handle_timeout(now);
+        }
+        self.drain_sender(now);
+        for id in ids {
+            self.drain_receiver(id, now);
+        }
+    }
+
+    /// Sends `frame` to `node` over its current connection, if it has one.
+    pub(super) fn send_to_node(&mut self, node: NodeId, frame: &Frame) {
+        if let Some(conn) = self.peers.current(node) {
+            self.queue_control(conn, frame);
+        }
+    }
+
+    fn channel_protocol_error(&mut self, conn: ConnId, reason: String) {
+        self.stats.malformed_frames += 1;
+        tracing::warn!("multicast: {reason}");
+        if let Some(addr) = self.conns.get(conn).map(|c| c.addr) {
+            self.emit(crate::NodeEvent::ProtocolError { addr, reason });
+        }
+    }
+
+    /// A seed for a receiver's NAK delays (not key material: keys come from the driver).
+    fn rng_seed(&mut self) -> u64 {
+        self.turn() as u64 ^ ((self.turn() as u64) << 32)
+    }
+}

@@ -1,0 +1,221 @@
+//! Receiving from other publishers' multicast channels: their datagrams are opened by the
+//! channel's [`Receiver`], and each event it delivers (in the publisher's order) goes
+//! through the same path as a unicast copy: the policy, the dedup window under the copy's
+//! delivery key, and a handler run in the publisher's connection's handler slots.
+//!
+//! An event is handled here for each of this node's subscriptions it matches that the
+//! datagram assigns to this node: an ungrouped subscription always, a group's only when the
+//! datagram names this node as the group's instance (so each event is handled by exactly one
+//! instance per group). When all of those runs succeeded (or the dedup window says they ran
+//! before), the event's number goes in the channel's next status, which completes the
+//! publisher's copies. A failed run is not reported: the publisher's copy is then retried by
+//! unicast after its ack timeout, and the dedup window (which forgot the failed id) runs it
+//! again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shoal_proto::{Frame, Head, MessageId, To};
+
+use super::dedup::Seen;
+use super::multicast::{Delivered, ReceiverTransmit};
+use super::{ConnId, Engine, Lifecycle, TaskId, topic};
+
+impl<H: Clone> Engine<H> {
+    /// A datagram of `channel` (from the group, or a repair over QUIC).
+    pub(super) fn channel_datagram(&mut self, channel: u64, datagram: &[u8], now: Instant) {
+        let Some(i) = self.inbound_channel(channel) else {
+            return;
+        };
+        let _ = i.rx.on_datagram(datagram, now);
+        self.drain_receiver(channel, now);
+    }
+
+    /// Hands `channel`'s delivered events to their handlers and sends its statuses and NAKs
+    /// to the publisher.
+    pub(super) fn drain_receiver(&mut self, channel: u64, now: Instant) {
+        let Some(i) = self.inbound_channel(channel) else {
+            return;
+        };
+        let publisher = i.publisher;
+        let mut delivered = Vec::new();
+        while let Some(d) = i.rx.poll_delivered() {
+            delivered.push(d);
+        }
+        let mut out = Vec::new();
+        while let Some(t) = i.rx.poll_transmit() {
+            out.push(t);
+        }
+        let deadline = i.rx.poll_timeout();
+        if let Some(conn) = self.peers.current(publisher) {
+            for d in delivered {
+                self.channel_event(conn, channel, d, now);
+            }
+        }
+        for t in out {
+            let frame = match t {
+                ReceiverTransmit::Status(status) => Frame::ChannelStatus(status),
+                ReceiverTransmit::Nak(nak) => Frame::ChannelNak(nak),
+            };
+            self.send_to_node(publisher, &frame);
+        }
+        if let Some(at) = deadline {
+            self.deadline_at(at);
+        }
+    }
+
+    /// One event of `channel`, in order, from the publisher on `conn`.
+    fn channel_event(&mut self, conn: ConnId, channel: u64, d: Delivered, now: Instant) {
+        if self.lifecycle != Lifecycle::Running {
+            return; // not reported: the publisher retries it by unicast, and hears we stop
+        }
+        let name = d.head.name.clone();
+        let mine: Vec<To> = {
+            let mut audiences: Vec<To> = Vec::new();
+            for sub in self.inbound.distinct_subscriptions() {
+                if !topic::matches(&sub.pattern, &name) {
+                    continue;
+                }
+                let to = match sub.group {
+                    None => To::Instance,
+                    Some(group) => {
+                        let assigned = d
+                            .assigned
+                            .iter()
+                            .any(|a| a.group == group && a.node == self.id);
+                        if !assigned {
+                            continue;
+                        }
+                        To::Group(group)
+                    }
+                };
+                if !audiences.contains(&to) {
+                    audiences.push(to);
+                }
+            }
+            audiences
+        };
+        if mine.is_empty() {
+            return;
+        }
+        let mut left = 0u32;
+        let mut failed = false;
+        let mut runs = Vec::new();
+        for to in mine {
+            let head = Arc::new(Head {
+                to,
+                ..(*d.head).clone()
+            });
+            // The policy (authz.rs), as for a unicast copy.
+            if !self.guard.open_inbound && self.refuse_unauthorized_run(conn, &head, 1).is_some() {
+                failed = true;
+                continue;
+            }
+            let key = head.to.delivery_key(d.item.id);
+            match self.inbound.dedup.check(key, now) {
+                Seen::New => {
+                    let handlers = self.inbound.handlers_for(&head.to, &name);
+                    left += 1;
+                    runs.push((head, handlers, key));
+                }
+                // Handled before (by unicast, or an earlier datagram): reported as handled.
+                Seen::Done => self.stats.duplicates += 1,
+                // Being handled now (a unicast copy, or this event's copy for another audience
+                // that came in an earlier datagram): reported when that run ends well.
+                Seen::InProgress => {
+                    self.stats.duplicates += 1;
+                    left += 1;
+                    if let Some(ch) = self.channels.as_deref_mut() {
+                        ch.followers
+                            .entry(key)
+                            .or_default()
+                            .push((channel, d.number));
+                    }
+                }
+            }
+        }
+        let number = d.number;
+        if left == 0 {
+            if !failed {
+                self.channel_report(channel, number);
+            }
+            return;
+        }
+        if let Some(ch) = self.channels.as_deref_mut() {
+            ch.handling.insert((channel, number), (left, failed));
+        }
+        for (head, handlers, key) in runs {
+            let message = (number, key, d.item.clone());
+            let task = self.start_task(conn, head, handlers, message, now);
+            if let Some(ch) = self.channels.as_deref_mut() {
+                ch.tasks.insert(task, (channel, number));
+            }
+        }
+    }
+
+    /// The handlers of `task` (of the message with delivery key `key`) finished (`ok`). Says
+    /// whether it was a channel event's run (then it is reported in the channel's status, not
+    /// acknowledged on its connection).
+    pub(super) fn channel_task_done(&mut self, task: TaskId, key: MessageId, ok: bool) -> bool {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return false;
+        };
+        let mut ended: Vec<(u64, u64)> = ch.followers.remove(&key).unwrap_or_default();
+        let own = ch.tasks.remove(&task);
+        ended.extend(own);
+        for (channel, number) in ended {
+            self.channel_run_ended(channel, number, ok);
+        }
+        own.is_some()
+    }
+
+    /// One run of event `number` of `channel` ended: reported once all did, and all went well.
+    fn channel_run_ended(&mut self, channel: u64, number: u64, ok: bool) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let Some((left, failed)) = ch.handling.get_mut(&(channel, number)) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        *failed |= !ok;
+        if *left == 0 {
+            let failed = *failed;
+            ch.handling.remove(&(channel, number));
+            if !failed {
+                self.channel_report(channel, number);
+            }
+        }
+    }
+
+    /// Event `number` of `channel` was handled here: the publisher hears of it in the next
+    /// status.
+    fn channel_report(&mut self, channel: u64, number: u64) {
+        let Some(i) = self.inbound_channel(channel) else {
+            return;
+        };
+        i.rx.handled(number);
+        if let Some(at) = i.rx.poll_timeout() {
+            self.deadline_at(at);
+        }
+    }
+
+    /// The channel `channel` this node receives.
+    fn inbound_channel(&mut self, channel: u64) -> Option<&mut super::multicast_link::Inbound> {
+        self.channels.as_deref_mut()?.inbound.get_mut(&channel)
+    }
+
+    /// What the channels this node receives dropped, by reason (for `NodeStats` once the
+    /// runtime drives them), and datagrams of no channel it holds a key for.
+    #[cfg(test)]
+    pub(crate) fn channel_drops(&self) -> (super::multicast::Dropped, u64) {
+        let mut all = super::multicast::Dropped::default();
+        let Some(ch) = self.channels.as_deref() else {
+            return (all, 0);
+        };
+        for i in ch.inbound.values() {
+            all.add(&i.rx.dropped);
+        }
+        (all, ch.foreign)
+    }
+}

@@ -1,0 +1,95 @@
+//! The simulated LAN's multicast group: a node's channel datagrams ([`Action::Multicast`])
+//! reach every other node on the group, each with its own loss, duplication and reordering
+//! ([`LanFaults`], the channel protocol's own simulated faults), and what reaches a crashed
+//! node is kept so a test can try it with the keys that node still holds.
+//!
+//! [`Action::Multicast`]: crate::engine::Action::Multicast
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{Event, Sim};
+use crate::config::Config;
+use crate::engine::MulticastSetup;
+use crate::engine::multicast::ChannelConfig;
+
+pub(in crate::engine) use crate::engine::multicast::sim::Faults as LanFaults;
+
+/// The group every simulated node with multicast is on.
+const GROUP: &str = "239.255.0.1:7400";
+
+impl Sim {
+    /// Adds a node of `service` on the multicast group, whose datagrams from the others arrive
+    /// with `faults`, and opens its channel (secrets from a seeded generator, so runs repeat).
+    pub(super) fn lan_node(&mut self, service: &str, faults: LanFaults) -> usize {
+        self.lan_node_with(service, faults, Config::default())
+    }
+
+    /// [`Sim::lan_node`] with `config` (its `multicast` is set here).
+    pub(super) fn lan_node_with(
+        &mut self,
+        service: &str,
+        faults: LanFaults,
+        config: Config,
+    ) -> usize {
+        let config = Config {
+            multicast: Some(MulticastSetup {
+                group: GROUP.parse().expect("a group address"),
+                channel: ChannelConfig::default(),
+            }),
+            ..config
+        };
+        let node = self.node_with(service, config);
+        self.lan.insert(node, faults);
+        let channel = self.rng.random();
+        let mut keys = SmallRng::seed_from_u64(self.rng.random());
+        let now = self.now;
+        self.nodes[node]
+            .engine
+            .open_channel(channel, Box::new(move || keys.random()), now);
+        self.settle();
+        node
+    }
+
+    /// `node` sends a datagram to the group.
+    pub(super) fn multicast(&mut self, node: usize, bytes: Bytes) {
+        self.datagrams += 1;
+        let now = self.now;
+        let others: Vec<usize> = self.lan.keys().copied().filter(|&n| n != node).collect();
+        for to in others {
+            let arrivals = self.lan[&to].arrivals(&mut self.rng, now);
+            for at in arrivals {
+                let bytes = bytes.clone();
+                self.schedule(at, Event::Datagram { to, bytes });
+            }
+        }
+    }
+
+    /// A datagram arrives at `to` (kept, when `to` crashed).
+    pub(super) fn datagram_arrives(&mut self, to: usize, bytes: Bytes) {
+        if self.nodes[to].alive {
+            let now = self.now;
+            self.nodes[to].engine.on_multicast_datagram(&bytes, now);
+        } else {
+            self.captured.push((to, bytes));
+        }
+    }
+}
+
+/// Faults of a clean switched LAN: 100 µs, nothing lost.
+pub(super) fn clean() -> LanFaults {
+    LanFaults::default()
+}
+
+/// Faults that lose `loss` of the datagrams and reorder by up to 300 µs.
+pub(super) fn lossy(loss: f64) -> LanFaults {
+    LanFaults {
+        loss,
+        duplicate: 0.01,
+        jitter: Duration::from_micros(300),
+        ..LanFaults::default()
+    }
+}

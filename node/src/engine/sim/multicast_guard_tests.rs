@@ -1,0 +1,164 @@
+//! The multicast channel against peers that misbehave or are not allowed: a rogue's key
+//! for another's channel, a status claiming every number, junk on the group, and a
+//! subscriber the publisher's policy refuses.
+
+#![cfg(test)]
+
+use std::time::Duration;
+
+use super::multicast::clean;
+use super::{Handled, Sim};
+use crate::PublishOptions;
+use crate::engine::Done;
+use crate::engine::send::Publishing;
+
+const MS: Duration = Duration::from_millis(1);
+
+#[test]
+fn hostile_keys_statuses_and_datagrams_change_nothing_for_honest_nodes() {
+    use shoal_proto::multicast::{ChannelKey, ChannelStatus};
+    use shoal_proto::{Frame, SeqRange};
+
+    let mut sim = Sim::new(5);
+    let publisher = sim.lan_node("orders", clean());
+    let sub = sim.lan_node("billing", clean());
+    let rogue = sim.lan_node("rogue", clean());
+    sim.connect(publisher, sub);
+    let (rogue_at_pub, _) = sim.connect(publisher, rogue);
+    let (_, rogue_at_sub) = sim.connect(sub, rogue);
+    sim.subscribe(sub, "order.*", Some("billing"), |_| Handled::ok_after(MS));
+    sim.run_for(5 * MS);
+    let pub_id = sim.nodes[publisher].engine.id();
+    let channel = {
+        let ch = sim.nodes[sub]
+            .engine
+            .channels
+            .as_ref()
+            .expect("on the group");
+        let mut of_pub = ch.inbound.iter().filter(|(_, i)| i.publisher == pub_id);
+        *of_pub.next().expect("the publisher's key arrived").0
+    };
+
+    // The rogue hands a key for the publisher's channel: refused, the channel stays the
+    // publisher's.
+    let now = sim.now;
+    let key = ChannelKey {
+        channel,
+        epoch: 9,
+        secret: [7; 32],
+        first_seq: 0,
+    };
+    sim.nodes[sub]
+        .engine
+        .handle_frame(rogue_at_sub, Frame::ChannelKey(key), now);
+    sim.settle();
+    let refused = sim.nodes[sub].events.iter().any(|e| {
+        matches!(e, crate::NodeEvent::ProtocolError { reason, .. } if reason.contains("another publisher"))
+    });
+    assert!(refused, "{:?}", sim.nodes[sub].events);
+    // Garbage on the group is counted and dropped.
+    for len in [0, 3, 30, 300] {
+        let junk = bytes::Bytes::from(vec![0x53; len]);
+        sim.nodes[sub].engine.on_multicast_datagram(&junk, now);
+    }
+    assert_eq!(sim.nodes[sub].engine.channel_drops().1, 4);
+
+    // An event in flight to `sub`; the rogue claims every number handled: it completes
+    // nothing of `sub`'s, and the whole range costs nothing.
+    let event = sim.event("order.created", "x");
+    let op = match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    let channel = sim.nodes[publisher]
+        .engine
+        .channels
+        .as_ref()
+        .and_then(|c| c.sender.as_ref())
+        .map(|s| s.channel())
+        .expect("open");
+    let status = ChannelStatus {
+        channel,
+        next_needed: u64::MAX,
+        window: u32::MAX,
+        handled: vec![SeqRange {
+            start: 0,
+            len: u64::MAX,
+        }],
+    };
+    let now = sim.now;
+    sim.nodes[publisher]
+        .engine
+        .handle_frame(rogue_at_pub, Frame::ChannelStatus(status), now);
+    sim.settle();
+    assert!(
+        sim.result(publisher, op).is_none(),
+        "completed by the rogue's claim"
+    );
+    sim.run_for(20 * MS);
+    let sub_id = sim.nodes[sub].engine.id();
+    match sim.result(publisher, op) {
+        Some(Ok(Done::Published(receipt))) => {
+            assert_eq!(receipt.deliveries.len(), 1);
+            assert_eq!(receipt.deliveries[0].node, sub_id);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.datagrams > 0);
+}
+
+#[test]
+fn a_subscriber_the_policy_refuses_leaves_the_channel_and_gets_its_events_by_unicast() {
+    use crate::engine::multicast::DropReason;
+
+    let policy = crate::policy::Policy::builder()
+        .subscribe("spy", ["public.>"])
+        .build()
+        .expect("policy");
+    let config = crate::config::Config {
+        policy: std::sync::Arc::new(policy),
+        ..crate::config::Config::default()
+    };
+    let mut sim = Sim::new(6);
+    let publisher = sim.lan_node_with("orders", clean(), config);
+    let billing = sim.lan_node("billing", clean());
+    let spy = sim.lan_node("spy", clean());
+    sim.connect(publisher, billing);
+    sim.connect(publisher, spy);
+    sim.subscribe(billing, "public.*", Some("billing"), |_| Handled::ok());
+    sim.subscribe(spy, "public.*", None, |_| Handled::ok());
+    sim.run_for(5 * MS);
+    let spy_id = sim.nodes[spy].engine.id();
+    let member = |sim: &Sim| {
+        let ch = sim.nodes[publisher].engine.channels.as_ref();
+        ch.and_then(|c| c.sender.as_ref())
+            .is_some_and(|s| s.is_member(spy_id))
+    };
+    assert!(member(&sim), "the spy joined while allowed");
+    sim.subscribe(spy, "secret.>", None, |_| Handled::ok());
+    sim.run_for(5 * MS);
+    assert!(!member(&sim), "a refused subscriber stays on the channel");
+
+    let mut ops = Vec::new();
+    for i in 0..100 {
+        let event = sim.event("public.news", format!("{i}"));
+        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+        sim.run_for(MS / 10);
+    }
+    sim.run_for(50 * MS);
+    for op in ops {
+        match sim.result(publisher, op) {
+            Some(Ok(Done::Published(r))) => assert_eq!(r.deliveries.len(), 2, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let runs_on = |node| sim.runs.iter().filter(|r| r.node == node && r.ok).count();
+    assert_eq!((runs_on(billing), runs_on(spy)), (100, 100));
+    assert!(sim.datagrams >= 100);
+    // What the channel sealed after the refusal does not open at the spy.
+    let (dropped, _) = sim.nodes[spy].engine.channel_drops();
+    assert!(dropped.of(DropReason::UnknownEpoch) > 0, "{dropped:?}");
+}
