@@ -47,6 +47,7 @@ pub struct NodeBuilder {
     test_hooks: Option<Arc<crate::testing::NodeHooks>>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::MetricsConfig>,
+    multicast: Option<crate::MulticastConfig>,
 }
 
 impl std::fmt::Debug for NodeBuilder {
@@ -107,6 +108,7 @@ impl NodeBuilder {
             test_hooks: None,
             #[cfg(feature = "metrics")]
             metrics: None,
+            multicast: None,
         }
     }
 
@@ -423,6 +425,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Fans published events out by multicast on a LAN interface (off by default: nothing is
+    /// sent to or read from a multicast group without this call). Each event goes out once,
+    /// sealed with AES-256-GCM under a key handed to each subscriber over its mutual-TLS
+    /// connection, however many subscribers on the LAN get it; lost datagrams are repaired,
+    /// and publish receipts, groups and exactly-once handling stay as with unicast. What cannot
+    /// go on the group (best-effort events, ordered batches, subscribers on the same host,
+    /// subscribers multicast does not reach) goes by unicast, as without it. Give every node
+    /// of the mesh on that LAN the same group and port; see the README's "Multicast fan-out".
+    ///
+    /// [`NodeBuilder::start`] fails with [`Error::Multicast`] when the group socket cannot be
+    /// opened (an unknown or loopback interface, no IPv4 address, not a multicast group).
+    pub fn multicast(mut self, config: crate::MulticastConfig) -> Self {
+        self.multicast = Some(config);
+        self
+    }
+
     /// Binds the endpoint, starts discovery and dialling, and returns the running node.
     /// Must be called inside a Tokio runtime (a `current_thread` runtime gives the lowest
     /// latency).
@@ -435,13 +453,14 @@ impl NodeBuilder {
             revocations,
             peers,
             mut discovery,
-            config,
+            mut config,
             #[cfg(feature = "outbox")]
             outbox,
             #[cfg(feature = "testing")]
             test_hooks,
             #[cfg(feature = "metrics")]
             metrics,
+            multicast,
         } = self;
         if service.is_empty() || service.len() > config.limits.max_name_len {
             return Err(Error::Config(format!(
@@ -488,6 +507,16 @@ impl NodeBuilder {
             source,
         })?;
         endpoint.set_default_client_config(client);
+        // Opened before anything starts too: a bad interface or group fails `start`.
+        let group_socket = match &multicast {
+            Some(m) => {
+                let socket = crate::transport::multicast::GroupSocket::open(m)?;
+                let group = SocketAddr::V4(m.group_addr());
+                config.multicast = Some(crate::engine::MulticastSetup::new(group));
+                Some(socket)
+            }
+            None => None,
+        };
 
         // Bound before anything starts, so a taken address fails `start` with nothing to undo.
         #[cfg(feature = "metrics")]
@@ -524,6 +553,9 @@ impl NodeBuilder {
             source.start(&local, tx.clone())?;
         }
         *crate::sync::lock(&driver.discovery) = discovery;
+        if let Some(socket) = group_socket {
+            driver.start_multicast(socket);
+        }
         driver.start_timer();
         driver
             .tasks

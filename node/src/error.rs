@@ -117,8 +117,8 @@ pub enum Error {
     /// The multicast group socket could not be opened on the named interface (publish/subscribe
     /// fan-out on a LAN, issue 14): the interface is unknown, has no IPv4 address or is the
     /// loopback interface, the group is not a multicast address, or the operating system
-    /// refused a socket option. Not returned yet: the node opens no group socket until the
-    /// multicast data path is wired in (see the README's part on multicast datagrams).
+    /// refused a socket option. Returned by [`crate::NodeBuilder::start`] when the node was
+    /// built with [`crate::NodeBuilder::multicast`].
     #[error("multicast on interface `{interface}`: {problem}")]
     Multicast {
         /// The interface name asked for.

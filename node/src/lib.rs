@@ -146,3 +146,4 @@ pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};
 pub use trace::TraceContext;
+pub use transport::multicast::MulticastConfig;

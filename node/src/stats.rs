@@ -60,4 +60,27 @@ pub struct NodeStats {
     pub unauthorized_subscriptions: u64,
     /// This node's `publish` calls refused by the policy (each failed at once).
     pub unauthorized_publishes: u64,
+    /// Multicast fan-out ([`crate::NodeBuilder::multicast`]; all zero without it): datagrams
+    /// this node sent to its group (events, heartbeats and repairs sent to the whole group).
+    pub multicast_sent: u64,
+    /// Multicast datagrams read from the group (every member's, before any check).
+    pub multicast_received: u64,
+    /// Multicast datagrams dropped: queues full (the protocol repairs them), socket errors,
+    /// and received datagrams the channels refused (duplicates, keys this node does not hold,
+    /// channels it does not receive, forgeries). The protocol repairs what an honest
+    /// publisher meant for this node.
+    pub multicast_dropped: u64,
+    /// Of `multicast_dropped`: received datagrams whose seal did not open (forged or
+    /// damaged) or that opened to something that is not events. Above zero, someone on the
+    /// LAN sends datagrams that are not an honest publisher's.
+    pub multicast_forged: u64,
+    /// Lost datagrams this node's channel sent again (to the group when several subscribers
+    /// asked, over the asker's QUIC connection otherwise).
+    pub multicast_repairs: u64,
+    /// Subscribers this node's channel moved to unicast because multicast did not reach them
+    /// (or they fell behind).
+    pub multicast_demotions: u64,
+    /// Times this node's channel changed its key: a subscriber left or was refused, every
+    /// 10 minutes, and after 2^22 datagrams under one key.
+    pub multicast_rekeys: u64,
 }

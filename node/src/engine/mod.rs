@@ -84,7 +84,7 @@ use slotmap::SlotMap;
 pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
 pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
-pub(crate) use multicast_link::MulticastSetup;
+pub(crate) use multicast_link::{MulticastSetup, SecretSource};
 pub(crate) use peers::{Admission, Route, Target};
 pub(crate) use receive::SubId;
 

@@ -238,6 +238,10 @@ impl<H: Clone> Engine<H> {
                 SenderEvent::Handled { node, items } => self.channel_handled(node, &items, now),
                 SenderEvent::Demoted { node, reason, .. } => {
                     tracing::debug!(%node, ?reason, "multicast: member moved to unicast");
+                    // Counted for NodeStats (runtime/multicast.rs).
+                    if let Some(ch) = self.channels.as_deref_mut() {
+                        ch.demotions += 1;
+                    }
                     self.channel_unreported(node, None, now);
                 }
                 SenderEvent::Rekeyed { epoch, reason } => {
@@ -346,14 +350,20 @@ impl<H: Clone> Engine<H> {
         self.drain_sender(now);
     }
 
-    /// `d`'s member did not report its event in time: retried by unicast, like a copy that
-    /// was not acknowledged.
+    /// `d`'s member did not report its event in time. Still connected: the copy goes to it
+    /// again by unicast, as on a demotion (it may have handled the event and its report was
+    /// lost, say with a connection replaced by a duplicate: its dedup window answers, and no
+    /// other instance of its group runs the event too). Gone: retried like a copy that was
+    /// not acknowledged.
     pub(super) fn channel_ack_timeout(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
         if let Some(ch) = self.channels.as_deref_mut() {
             for copies in ch.pending.values_mut() {
                 copies.retain(|(pending, _)| *pending != d);
             }
             ch.pending.retain(|_, copies| !copies.is_empty());
+        }
+        if self.peers.current(node).is_some() {
+            return self.channel_to_unicast(d, node, now);
         }
         let timeout = self
             .out

@@ -20,7 +20,7 @@ use std::time::Instant;
 use shoal_proto::multicast::{ChannelHello, ChannelKey};
 use shoal_proto::{Frame, MessageId, NodeId};
 
-use super::multicast::{ChannelConfig, Receiver, RekeyReason, Sender};
+use super::multicast::{ChannelConfig, DropReason, Receiver, RekeyReason, Sender};
 use super::multicast_fanout::{Pending, Staged};
 use super::{ConnId, Engine, Lifecycle, TaskId};
 use crate::config::Config;
@@ -33,6 +33,16 @@ pub(crate) struct MulticastSetup {
     /// The group address and port: nodes on the same one share channels.
     pub(crate) group: SocketAddr,
     pub(crate) channel: ChannelConfig,
+}
+
+impl MulticastSetup {
+    /// Group `group`, with the channel's defaults ([`ChannelConfig`]).
+    pub(crate) fn new(group: SocketAddr) -> Self {
+        Self {
+            group,
+            channel: ChannelConfig::default(),
+        }
+    }
 }
 
 /// One publisher's channel as this node receives it.
@@ -72,14 +82,31 @@ pub(super) struct Channels {
     /// they end with that run.
     pub(super) followers: HashMap<MessageId, Vec<(u64, u64)>>,
     /// Datagrams on the group of no channel this node holds a key for.
-    #[cfg_attr(
-        not(test),
-        allow(
-            dead_code,
-            reason = "counters for NodeStats once the runtime drives the channel; tests read them now"
-        )
-    )]
     pub(super) foreign: u64,
+    /// Members this node's channel moved to unicast (`SenderEvent::Demoted`).
+    pub(super) demotions: u64,
+}
+
+/// What the multicast channels of a node did, for `NodeStats` (the driver adds the socket's
+/// own counts). See [`Engine::channel_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ChannelStats {
+    /// Datagrams this node's channel sealed (events and heartbeats; repairs are not sealed
+    /// again).
+    pub(crate) sealed: u64,
+    /// Repairs this node's channel sent, by multicast and over QUIC.
+    pub(crate) repairs: u64,
+    /// Times this node's channel changed its key (a member left or was refused, the timer,
+    /// the usage limit).
+    pub(crate) rekeys: u64,
+    /// Members this node's channel moved to unicast.
+    pub(crate) demotions: u64,
+    /// Datagrams the channels this node receives dropped, for any reason, and datagrams of no
+    /// channel it holds a key for.
+    pub(crate) dropped: u64,
+    /// Of those, datagrams whose seal did not open (forged or damaged) or that opened to
+    /// something that is not events.
+    pub(crate) forged: u64,
 }
 
 impl std::fmt::Debug for Channels {
@@ -111,6 +138,7 @@ impl Channels {
             handling: HashMap::new(),
             followers: HashMap::new(),
             foreign: 0,
+            demotions: 0,
         }))
     }
 
@@ -144,12 +172,7 @@ impl Channels {
     }
 }
 
-/// The driver's entry points: the runtime's group socket task calls them (DESIGN-NOTES, "What
-/// remains": the runtime glue); until then only the tests do.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "the runtime glue (DESIGN-NOTES) calls these")
-)]
+/// The driver's entry points: the runtime's multicast glue (`runtime/multicast.rs`) calls them.
 impl<H: Clone> Engine<H> {
     /// Opens this node's channel `channel` (an id the driver draws at random, unique per
     /// publisher and group), keyed with secrets from `secrets` (a cryptographically secure
@@ -186,6 +209,23 @@ impl<H: Clone> Engine<H> {
             None => ch.foreign += 1,
         }
     }
+
+    /// What the channels did so far (all zero without `Config::multicast`).
+    pub(crate) fn channel_stats(&self) -> ChannelStats {
+        let Some(ch) = self.channels.as_deref() else {
+            return ChannelStats::default();
+        };
+        let (dropped, foreign) = self.channel_drops();
+        let sender = ch.sender.as_ref();
+        ChannelStats {
+            sealed: sender.map_or(0, |s| s.sent),
+            repairs: sender.map_or(0, |s| s.repaired_multicast + s.repaired_unicast),
+            rekeys: sender.map_or(0, |s| u64::from(s.epoch().saturating_sub(1))),
+            demotions: ch.demotions,
+            dropped: dropped.total() + foreign,
+            forged: dropped.of(DropReason::Forged) + dropped.of(DropReason::Malformed),
+        }
+    }
 }
 
 impl<H: Clone> Engine<H> {
@@ -211,11 +251,14 @@ impl<H: Clone> Engine<H> {
                     return;
                 }
                 ch.on_group.insert(node);
-                if let Some(sender) = ch.sender.as_mut()
-                    && !sender.is_member(node)
-                {
-                    sender.join(node, now);
-                    ch.topics.clear();
+                if let Some(sender) = ch.sender.as_mut() {
+                    if sender.is_member(node) {
+                        // A hello on a new connection: the key may have gone with the old one.
+                        sender.regrant(node);
+                    } else {
+                        sender.join(node, now);
+                        ch.topics.clear();
+                    }
                     self.drain_sender(now);
                 }
             }

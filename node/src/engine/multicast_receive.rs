@@ -205,9 +205,8 @@ impl<H: Clone> Engine<H> {
         self.channels.as_deref_mut()?.inbound.get_mut(&channel)
     }
 
-    /// What the channels this node receives dropped, by reason (for `NodeStats` once the
-    /// runtime drives them), and datagrams of no channel it holds a key for.
-    #[cfg(test)]
+    /// What the channels this node receives dropped, by reason (for `NodeStats`), and
+    /// datagrams of no channel it holds a key for.
     pub(crate) fn channel_drops(&self) -> (super::multicast::Dropped, u64) {
         let mut all = super::multicast::Dropped::default();
         let Some(ch) = self.channels.as_deref() else {

@@ -51,6 +51,8 @@ impl Counters {
             unauthorized_events: self.unauthorized_events,
             unauthorized_subscriptions: self.unauthorized_subscriptions,
             unauthorized_publishes: self.unauthorized_publishes,
+            // The multicast counters are filled in by the driver (runtime/multicast.rs).
+            ..NodeStats::default()
         }
     }
 }

@@ -76,6 +76,7 @@ impl Driver {
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+        self.stop_multicast().await; // the group link, after the reader stopped with the tasks
         let _ = discovery.await;
         self.finished.store(true, Ordering::Release);
     }
@@ -85,6 +86,7 @@ impl Driver {
         self.stopping.cancel();
         self.call(|engine, now| engine.kill(now));
         self.killed.cancel();
+        self.kill_multicast();
         self.endpoint
             .close(CloseCode::Killed.into(), b"node stopped abruptly");
         let mut sources = std::mem::take(&mut *lock(&self.discovery));

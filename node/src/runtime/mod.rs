@@ -13,6 +13,7 @@
 
 mod handlers;
 mod lifecycle;
+mod multicast;
 pub(crate) mod op;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -83,6 +84,8 @@ pub(crate) struct Driver {
     /// The metrics endpoint's address and the outbox counts it reports (feature `metrics`).
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::Exporter,
+    /// The group link, when the node fans events out by multicast (`runtime/multicast.rs`).
+    pub(crate) multicast: std::sync::OnceLock<multicast::MulticastIo>,
 }
 
 /// What the lock protects.
@@ -106,6 +109,8 @@ struct Effects {
     pause: Vec<(Arc<ConnIo>, bool)>,
     /// Announced instances to connect to (mesh branch: connections on first use).
     connect: Vec<(NodeId, Vec<std::net::SocketAddr>)>,
+    /// Datagrams for the multicast group (`runtime/multicast.rs`).
+    multicast: Vec<bytes::Bytes>,
     peers_changed: bool,
     timer_moved: bool,
     idle: bool,
@@ -157,6 +162,7 @@ impl Driver {
             test_hooks: std::sync::OnceLock::new(),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Exporter::default(),
+            multicast: std::sync::OnceLock::new(),
         })
     }
 
@@ -304,6 +310,9 @@ impl Driver {
             for (node, addrs) in effects.connect.drain(..) {
                 crate::transport::dial::connect_on_demand(self, node, addrs);
             }
+            if !effects.multicast.is_empty() {
+                self.send_multicast(effects.multicast.drain(..));
+            }
             for event in effects.events.drain(..) {
                 tracing::debug!(?event, node = %self.id, "node event");
                 let _ = self.events.send(event);
@@ -378,10 +387,8 @@ impl State {
                 Action::Event(event) => effects.events.push(event),
                 Action::PeersChanged => effects.peers_changed = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
-                // The group socket's task will carry these (multicast DESIGN-NOTES, "What
-                // remains": the runtime glue); until then nothing sets `Config::multicast`,
-                // and the engine makes none.
-                Action::Multicast(_) => {}
+                // Handed to the group link once unlocked (`runtime/multicast.rs`).
+                Action::Multicast(datagram) => effects.multicast.push(datagram),
             }
         }
         effects.timer_moved = self.engine.timer_moved();

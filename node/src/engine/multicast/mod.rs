@@ -125,13 +125,6 @@ pub(crate) enum DropReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Dropped(std::collections::BTreeMap<DropReason, u64>);
 
-#[cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "counters for NodeStats once the runtime drives the channel; tests read them now"
-    )
-)]
 impl Dropped {
     pub(crate) fn count(&mut self, reason: DropReason) {
         *self.0.entry(reason).or_default() += 1;

@@ -103,6 +103,8 @@ pub(crate) struct Sender {
     key_since: Instant,
     heartbeats: u64,
     next_seq: u64,
+    /// The first datagram number sealed under the current key.
+    epoch_first: u64,
     next_item: u64,
     queue: VecDeque<Queued>,
     repair: RepairBuffer,
@@ -151,6 +153,7 @@ impl Sender {
             key_since: now,
             heartbeats: 0,
             next_seq: 0,
+            epoch_first: 0,
             next_item: 0,
             queue: VecDeque::new(),
             repair: RepairBuffer::default(),
@@ -170,7 +173,7 @@ impl Sender {
         self.channel
     }
 
-    #[cfg(test)]
+    /// The current key's epoch (1 at the start; one more per rekey).
     pub(crate) fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -210,6 +213,20 @@ impl Sender {
         });
     }
 
+    /// `node`, a member, may have lost its key: a key sent on a connection that was then
+    /// replaced (two nodes dialling each other at once keep one connection, and the other
+    /// one's queued frames may go with it). The current key again, from the first datagram it
+    /// still needs (this epoch's first, at the earliest); a member that holds it already
+    /// ignores it. Not a member: nothing.
+    pub(crate) fn regrant(&mut self, node: NodeId) {
+        let Some(member) = self.members.get(&node) else {
+            return;
+        };
+        let mut key = self.grant();
+        key.first_seq = member.next_needed.clamp(self.epoch_first, self.next_seq);
+        self.out.push_back(Transmit::Key { to: node, key });
+    }
+
     /// `node` leaves (or is refused): the key changes before anything more is sent, and only
     /// the remaining members get the new one.
     pub(crate) fn leave(&mut self, node: NodeId, reason: RekeyReason, now: Instant) {
@@ -226,6 +243,7 @@ impl Sender {
         self.epoch = self.epoch.wrapping_add(1);
         self.key = EpochKey::derive(&self.secret, self.channel, self.epoch);
         self.key_since = now;
+        self.epoch_first = self.next_seq;
         self.heartbeats = 0;
         let grant = self.grant();
         for &to in self.members.keys() {

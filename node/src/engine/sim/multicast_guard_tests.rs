@@ -1,6 +1,7 @@
 //! The multicast channel against peers that misbehave or are not allowed: a rogue's key
 //! for another's channel, a status claiming every number, junk on the group, and a
-//! subscriber the publisher's policy refuses.
+//! subscriber the publisher's policy refuses; and a member whose key was lost with a
+//! replaced connection.
 
 #![cfg(test)]
 
@@ -161,4 +162,64 @@ fn a_subscriber_the_policy_refuses_leaves_the_channel_and_gets_its_events_by_uni
     // What the channel sealed after the refusal does not open at the spy.
     let (dropped, _) = sim.nodes[spy].engine.channel_drops();
     assert!(dropped.of(DropReason::UnknownEpoch) > 0, "{dropped:?}");
+}
+
+#[test]
+fn a_member_whose_key_was_lost_gets_it_again_with_its_next_hello() {
+    use shoal_proto::Frame;
+    use shoal_proto::multicast::ChannelHello;
+
+    let mut sim = Sim::new(7);
+    let publisher = sim.lan_node("orders", clean());
+    let sub = sim.lan_node("billing", clean());
+    let (sub_at_pub, _) = sim.connect(publisher, sub);
+    sim.subscribe(sub, "order.*", Some("billing"), |_| Handled::ok());
+    sim.run_for(5 * MS);
+    // The key went with a connection that was replaced by a duplicate: the subscriber holds
+    // none, and says its group again on the connection that stays.
+    let channels = sim.nodes[sub]
+        .engine
+        .channels
+        .as_mut()
+        .expect("on the group");
+    channels.inbound.clear();
+    let group = channels.setup.group;
+    let now = sim.now;
+    sim.nodes[publisher].engine.handle_frame(
+        sub_at_pub,
+        Frame::ChannelHello(ChannelHello { group }),
+        now,
+    );
+    sim.settle();
+    sim.run_for(5 * MS);
+    let pub_id = sim.nodes[publisher].engine.id();
+    let keyed = sim.nodes[sub]
+        .engine
+        .channels
+        .as_ref()
+        .is_some_and(|c| c.inbound.values().any(|i| i.publisher == pub_id));
+    assert!(keyed, "the key was not handed again");
+
+    let mut ops = Vec::new();
+    for i in 0..20 {
+        let event = sim.event("order.created", format!("{i}"));
+        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+        sim.run_for(MS / 10);
+    }
+    sim.run_for(50 * MS);
+    for op in ops {
+        match sim.result(publisher, op) {
+            Some(Ok(Done::Published(r))) => assert_eq!(r.deliveries[0].attempts, 1, "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        sim.runs.iter().filter(|r| r.node == sub && r.ok).count(),
+        20
+    );
+    assert!(sim.datagrams >= 20);
+    assert_eq!(sim.nodes[publisher].engine.channel_stats().demotions, 0);
 }

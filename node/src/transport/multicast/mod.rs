@@ -10,11 +10,8 @@
 //!   go into a bounded channel (a full channel drops and counts), datagrams handed to it are
 //!   sent to the group.
 //!
-//! Not used by the node yet: the engine integration (`NodeBuilder::multicast`, the CLI flag)
-//! plugs these in. Until then everything here is `pub(crate)` and compiled for its tests.
-
-// Used by its tests only until the engine integration drives it (see DESIGN-NOTES.md).
-#![allow(dead_code)]
+//! The driver plugs them in (`runtime/multicast.rs`) when the node is built with
+//! [`crate::NodeBuilder::multicast`].
 
 pub(crate) mod link;
 pub(crate) mod socket;
@@ -26,7 +23,23 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub(crate) use socket::GroupSocket;
 
 /// Where a node's multicast channel lives: a LAN interface by name, and a group address and
-/// port shared by every node of the mesh on that LAN.
+/// port shared by every node of the mesh on that LAN ([`crate::NodeBuilder::multicast`]; the
+/// README's "Multicast fan-out" section explains what goes on the group).
+///
+/// ```no_run
+/// # async fn run(identity: shoal::Identity, mesh_ca: shoal::MeshCa) -> Result<(), shoal::Error> {
+/// use shoal::MulticastConfig;
+///
+/// let node = shoal::Node::builder("billing")
+///     .listen("10.0.0.5:7000".parse().unwrap())
+///     .identity(identity)
+///     .trust(mesh_ca)
+///     // Every node of the mesh on this LAN names the same group and port.
+///     .multicast(MulticastConfig::new("eth1").group("239.255.83.72".parse().unwrap()).port(7451))
+///     .start()
+///     .await?; // Error::Multicast if eth1 is unknown, has no IPv4 address, is loopback, ...
+/// # Ok(()) }
+/// ```
 ///
 /// The defaults (`239.255.83.72:7451`) are in the administratively scoped range
 /// `239.255.0.0/16` (RFC 2365: for a site's own use, never routed out of it); the port is
@@ -34,7 +47,7 @@ pub(crate) use socket::GroupSocket;
 /// TTL 1: they never cross a router.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub(crate) struct MulticastConfig {
+pub struct MulticastConfig {
     interface: String,
     group: Ipv4Addr,
     port: u16,
@@ -42,13 +55,13 @@ pub(crate) struct MulticastConfig {
 
 impl MulticastConfig {
     /// The default group address.
-    pub(crate) const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 83, 72);
+    pub const DEFAULT_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 83, 72);
     /// The default port.
-    pub(crate) const DEFAULT_PORT: u16 = 7451;
+    pub const DEFAULT_PORT: u16 = 7451;
 
     /// Multicast on the interface named `interface` (as `ip link` shows it, e.g. `eth1`), on
     /// the default group and port.
-    pub(crate) fn new(interface: impl Into<String>) -> Self {
+    pub fn new(interface: impl Into<String>) -> Self {
         Self {
             interface: interface.into(),
             group: Self::DEFAULT_GROUP,
@@ -58,25 +71,25 @@ impl MulticastConfig {
 
     /// Uses the IPv4 multicast group `group` (checked when the socket opens).
     #[must_use]
-    pub(crate) fn group(mut self, group: Ipv4Addr) -> Self {
+    pub fn group(mut self, group: Ipv4Addr) -> Self {
         self.group = group;
         self
     }
 
     /// Uses UDP port `port` (checked when the socket opens: not 0).
     #[must_use]
-    pub(crate) fn port(mut self, port: u16) -> Self {
+    pub fn port(mut self, port: u16) -> Self {
         self.port = port;
         self
     }
 
     /// The interface name.
-    pub(crate) fn interface(&self) -> &str {
+    pub fn interface(&self) -> &str {
         &self.interface
     }
 
     /// The group address and port datagrams are sent to.
-    pub(crate) fn group_addr(&self) -> SocketAddrV4 {
+    pub fn group_addr(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.group, self.port)
     }
 }
