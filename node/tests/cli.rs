@@ -380,3 +380,66 @@ fn serve_with_metrics_prints_the_endpoint_and_counts_what_it_handled() {
         "{answer}"
     );
 }
+
+#[test]
+fn multicast_on_a_bad_interface_fails_with_a_clear_error() {
+    let (_dir, ca) = mesh("multicast");
+    // The loopback interface is refused before any socket is opened on it.
+    let out = shoal(
+        &[
+            "serve",
+            "--ca",
+            &ca,
+            "--service",
+            "echo",
+            "--multicast",
+            "lo",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("multicast on interface `lo`: the interface is a loopback interface"),
+        "{}",
+        out.stderr
+    );
+    let out = shoal(
+        &[
+            "publish",
+            "--ca",
+            &ca,
+            "--peer",
+            "127.0.0.1:9",
+            "--topic",
+            "order.created",
+            "--multicast",
+            "no-such-if0",
+            "--multicast-group",
+            "239.255.1.2:7000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("multicast on interface `no-such-if0`: no such interface"),
+        "{}",
+        out.stderr
+    );
+    // A group without an interface is a usage error.
+    let out = shoal(
+        &[
+            "serve",
+            "--ca",
+            &ca,
+            "--service",
+            "echo",
+            "--multicast-group",
+            "239.255.1.2:7000",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--multicast <IFACE>"), "{}", out.stderr);
+}

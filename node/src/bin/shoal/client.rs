@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use shoal::{Message, PublishOptions, RetryPolicy, SendOptions};
 
-use crate::common::{ClientArgs, micros, parse_header, wait_for_service};
+use crate::common::{ClientArgs, MulticastArgs, micros, parse_header, wait_for_service};
 use crate::{CliError, CliResult};
 
 /// What to send: the target, the message name, payload and headers.
@@ -89,13 +89,18 @@ pub(crate) struct PublishArgs {
     #[arg(long)]
     best_effort: bool,
     #[command(flatten)]
+    multicast: MulticastArgs,
+    #[command(flatten)]
     client: ClientArgs,
 }
 
 /// Runs `shoal publish`: prints `published id <id> to <group>@<node>[,...] time <µs>` per
 /// event, and `dropped <audience>` for best-effort copies that were dropped.
 pub(crate) async fn publish(args: PublishArgs) -> CliResult {
-    let (node, _events) = args.client.start().await?;
+    let (node, _events) = args
+        .client
+        .start_with(|builder| args.multicast.apply(builder))
+        .await?;
     let result = async {
         let wait = args.client.wait_or(5_000);
         node.wait_for_subscribers(&args.topic, args.audiences, wait)

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use shoal::discovery::{DnsSdConfig, InterfaceSelector, MdnsConfig};
-use shoal::{Identity, MeshCa, Node, NodeBuilder, NodeEvent, RevocationList, Revocations};
+use shoal::{
+    Identity, MeshCa, MulticastConfig, Node, NodeBuilder, NodeEvent, RevocationList, Revocations,
+};
 use tokio::sync::broadcast;
 
 use crate::{CliError, CliResult};
@@ -276,6 +278,37 @@ fn default_identity(
         "no certificate for service `{service}`: {} does not exist; {how}",
         cert.display()
     )))
+}
+
+/// The multicast flags of `shoal serve` and `shoal publish` (README, "Multicast fan-out").
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MulticastArgs {
+    /// Fan published events out by multicast on this LAN interface (e.g. eth1): one encrypted
+    /// datagram per event for every subscriber on the LAN, repaired when lost. Off unless
+    /// given; every node of the mesh on the LAN should name it.
+    #[arg(long = "multicast", value_name = "IFACE")]
+    pub(crate) interface: Option<String>,
+    /// The multicast group and port, the same on every node [default: 239.255.83.72:7451].
+    #[arg(
+        long = "multicast-group",
+        value_name = "ADDR:PORT",
+        requires = "interface"
+    )]
+    pub(crate) group: Option<std::net::SocketAddrV4>,
+}
+
+impl MulticastArgs {
+    /// `builder` with multicast turned on, when `--multicast` was given.
+    pub(crate) fn apply(&self, builder: NodeBuilder) -> NodeBuilder {
+        let Some(interface) = &self.interface else {
+            return builder;
+        };
+        let mut config = MulticastConfig::new(interface.as_str());
+        if let Some(group) = self.group {
+            config = config.group(*group.ip()).port(group.port());
+        }
+        builder.multicast(config)
+    }
 }
 
 /// The flags of the client commands (send, request, ping, peers): a node of their own that

@@ -23,7 +23,7 @@ use clap::{Args, ValueEnum};
 use shoal::{HandlerError, Message, Node, NodeEvent, Policy, SubscribeOptions};
 use tokio::sync::broadcast;
 
-use crate::common::NodeArgs;
+use crate::common::{MulticastArgs, NodeArgs};
 use crate::{CliResult, reload};
 
 /// `shoal serve`
@@ -53,6 +53,8 @@ pub(crate) struct ServeArgs {
     /// address is printed). Any address other than loopback exposes them to the network.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    multicast: MulticastArgs,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -103,7 +105,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(addr) = args.metrics {
         builder = builder.metrics(shoal::MetricsConfig::listen(addr));
     }
-    let node = builder.start().await?;
+    let node = args.multicast.apply(builder).start().await?;
     let events = node.events();
 
     let handlers = if args.handlers.is_empty() {
