@@ -1,0 +1,330 @@
+//! Multicast fan-out (issue 14) on a real LAN of network namespaces the test builds
+//! (`shoal_discovery::netns::Lan`: host `i` is `10.99.0.<i+1>` on `lan0`, the bridge in a
+//! namespace of its own). Every node runs inside its host's namespace with multicast on
+//! `lan0`, and dials the others' LAN addresses as static peers (no mDNS). Losses and blocked
+//! multicast are made with nftables in a subscriber's namespace. Every namespace (and so every
+//! rule) is deleted when the test ends, also on a panic.
+//!
+//! Skipped (and passing) when not root or when `nft` is missing.
+
+#![allow(clippy::unwrap_used)]
+
+#[allow(
+    dead_code,
+    reason = "shared with discovery.rs, which uses the rest (mDNS, the crash victim)"
+)]
+mod netns_nodes;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netns_nodes::{NsNode, STEP, netns_or_skip, runtime, stop_all, wait_event};
+use shoal::{
+    HandlerError, Message, MessageId, MulticastConfig, Node, NodeEvent, NodeId, NodeStats,
+    PublishReceipt, SubscribeOptions,
+};
+use shoal_discovery::netns::{HOST_IF, Lan};
+use shoal_tests::Mesh;
+use tokio::task::JoinSet;
+
+const TOPIC: &str = "reading.taken";
+/// Every node's QUIC port (each host has its own address).
+const PORT: u16 = 7000;
+
+/// Handled events: (subscriber label, node, event id).
+type Seen = Arc<Mutex<Vec<(String, NodeId, MessageId)>>>;
+
+/// Whether `nft` can run; says why the test is skipped otherwise.
+fn nft_or_skip(test: &str) -> bool {
+    let found = Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("{test}: skipped: `nft` is not installed (scripts/test.sh installs nftables)");
+    }
+    found
+}
+
+/// Installs an nftables input rule `rule` in host `i`'s namespace (deleted with it).
+fn nft_input_rule(lan: &Lan, i: usize, rule: &str) {
+    let ruleset = format!(
+        "table inet shoal_test {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  {rule}\n }}\n}}\n"
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", lan.host(i), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(ruleset.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft in {}: {}",
+        lan.host(i),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn addr_of(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Lan::host_addr(i), PORT))
+}
+
+/// Starts a node of `service` on host `i`, multicast on `lan0`, dialling `peers` (hosts).
+fn start_on(lan: &Lan, mesh: &Mesh, i: usize, service: &str, peers: &[usize]) -> NsNode {
+    let builder = mesh
+        .builder(service)
+        .listen(addr_of(i))
+        .peers(peers.iter().map(|&p| addr_of(p)))
+        .multicast(MulticastConfig::new(HOST_IF))
+        .shutdown_grace(Duration::from_secs(2));
+    NsNode::start(lan.host(i), builder)
+}
+
+/// Subscribes `node` to [`TOPIC`] in `group` (or every instance), recording under `label`.
+async fn record(node: &Node, group: Option<&str>, label: &str, seen: &Seen) {
+    let options = match group {
+        Some(g) => SubscribeOptions::new(TOPIC).group(g),
+        None => SubscribeOptions::new(TOPIC).every_instance(),
+    };
+    let (seen, label, me) = (Arc::clone(seen), label.to_owned(), node.id());
+    node.subscribe_with(options, move |msg: Message| {
+        seen.lock().unwrap().push((label.clone(), me, msg.id()));
+        async { Ok::<_, HandlerError>(()) }
+    })
+    .await
+    .unwrap();
+}
+
+/// Publishes `count` events from `streams` concurrent tasks; panics on any failure.
+async fn publish(node: &Node, count: usize, streams: usize) -> Vec<PublishReceipt> {
+    let mut tasks = JoinSet::new();
+    for s in 0..streams {
+        let node = node.clone();
+        tasks.spawn(async move {
+            let mut receipts = Vec::new();
+            for n in (s..count).step_by(streams) {
+                let event = Message::event(TOPIC, format!("reading {n}"));
+                let receipt = node.publish(event).await;
+                receipts.push(receipt.unwrap_or_else(|e| panic!("publish {n}: {e}")));
+            }
+            receipts
+        });
+    }
+    let all = tokio::time::timeout(STEP * 2, tasks.join_all())
+        .await
+        .expect("every publish resolves in time");
+    all.into_iter().flatten().collect()
+}
+
+/// Asserts each of `ids` was handled exactly once under each of `labels`.
+fn assert_once_each(seen: &Seen, ids: &[MessageId], labels: &[&str]) {
+    let seen = seen.lock().unwrap();
+    for label in labels {
+        let mut counts: HashMap<MessageId, usize> = HashMap::new();
+        for (l, _, id) in seen.iter() {
+            if l == label {
+                *counts.entry(*id).or_default() += 1;
+            }
+        }
+        for id in ids {
+            let n = counts.get(id).copied().unwrap_or(0);
+            let who: Vec<_> = seen
+                .iter()
+                .filter(|(l, _, i)| l == label && i == id)
+                .map(|(_, n, _)| n)
+                .collect();
+            assert_eq!(n, 1, "event {id} handled {n} times by `{label}`: {who:?}");
+        }
+        assert_eq!(counts.len(), ids.len(), "`{label}` handled unknown events");
+    }
+}
+
+/// Waits until the publisher sees `subscribers` instances of `sub` and `audiences` audiences.
+async fn wait_ready(publisher: &Node, subscribers: usize, audiences: usize) {
+    publisher
+        .wait_for_instances("sub", subscribers, STEP)
+        .await
+        .expect("every subscriber connected");
+    publisher
+        .wait_for_subscribers(TOPIC, audiences, STEP)
+        .await
+        .expect("every audience known");
+}
+
+fn stats(nodes: &[&NsNode]) -> Vec<NodeStats> {
+    nodes.iter().map(|n| n.node.stats()).collect()
+}
+
+/// One publisher, six subscribers (groups `a` and `b` of two each, two every-instance
+/// ones), 5% of UDP packets dropped on arrival at two of them: every receipt resolves, each
+/// event is handled once per group and once per every-instance subscriber, and the events
+/// travelled in datagrams (repaired where lost).
+#[test]
+fn fan_out_over_a_lossy_lan_loses_and_duplicates_nothing() {
+    let test = "fan_out_over_a_lossy_lan_loses_and_duplicates_nothing";
+    if !netns_or_skip(test) || !nft_or_skip(test) {
+        return;
+    }
+    let lan = Lan::new(7).unwrap();
+    let mesh = Mesh::new();
+    // 5% of every UDP packet (datagrams and QUIC) into a group-`a` and an every-instance one.
+    for i in [2, 5] {
+        nft_input_rule(&lan, i, "meta l4proto udp numgen random mod 100 < 5 drop");
+    }
+    let subs: Vec<NsNode> = (1..7)
+        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
+        .collect();
+    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3, 4, 5, 6]);
+    let seen = Seen::default();
+    runtime().block_on(async {
+        let plan = [
+            (Some("a"), "a"),
+            (Some("a"), "a"),
+            (Some("b"), "b"),
+            (Some("b"), "b"),
+            (None, "every-5"),
+            (None, "every-6"),
+        ];
+        for (sub, (group, label)) in subs.iter().zip(plan) {
+            record(&sub.node, group, label, &seen).await;
+        }
+        wait_ready(&publisher.node, 6, 4).await;
+        let receipts = publish(&publisher.node, 300, 4).await;
+        let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
+        for r in &receipts {
+            assert_eq!(r.deliveries.len(), 4, "one delivery per audience: {r:?}");
+        }
+        assert_once_each(&seen, &ids, &["a", "b", "every-5", "every-6"]);
+    });
+    let p = publisher.node.stats();
+    let s = stats(&subs.iter().collect::<Vec<_>>());
+    eprintln!("publisher: {p:?}");
+    for (i, st) in s.iter().enumerate() {
+        eprintln!(
+            "subscriber {}: received {} dropped {} forged {}",
+            i + 1,
+            st.multicast_received,
+            st.multicast_dropped,
+            st.multicast_forged
+        );
+    }
+    assert!(p.multicast_sent > 0, "the publisher sent no datagram");
+    for (i, st) in s.iter().enumerate() {
+        assert!(
+            st.multicast_received > 0,
+            "subscriber {} got no datagram",
+            i + 1
+        );
+        assert_eq!(st.multicast_forged, 0);
+    }
+    assert_eq!(p.multicast_demotions, 0, "5% loss is repaired, not demoted");
+    stop_all(subs.into_iter().chain([publisher]));
+}
+
+/// Multicast is blocked (nftables drops the group's port) at one of three subscribers: it is
+/// moved to unicast and gets every event; nothing is lost anywhere.
+#[test]
+fn a_subscriber_multicast_does_not_reach_falls_back_to_unicast() {
+    let test = "a_subscriber_multicast_does_not_reach_falls_back_to_unicast";
+    if !netns_or_skip(test) || !nft_or_skip(test) {
+        return;
+    }
+    let lan = Lan::new(4).unwrap();
+    let mesh = Mesh::new();
+    let port = MulticastConfig::DEFAULT_PORT;
+    nft_input_rule(&lan, 3, &format!("udp dport {port} drop"));
+    let subs: Vec<NsNode> = (1..4)
+        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
+        .collect();
+    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3]);
+    let seen = Seen::default();
+    let labels = ["every-1", "every-2", "blocked"];
+    runtime().block_on(async {
+        for (sub, label) in subs.iter().zip(labels) {
+            record(&sub.node, None, label, &seen).await;
+        }
+        wait_ready(&publisher.node, 3, 3).await;
+        let receipts = publish(&publisher.node, 150, 4).await;
+        let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
+        assert_once_each(&seen, &ids, &labels);
+    });
+    let p = publisher.node.stats();
+    let blocked = subs[2].node.stats();
+    eprintln!("publisher: {p:?}\nblocked subscriber: {blocked:?}");
+    assert!(
+        p.multicast_demotions >= 1,
+        "the blocked subscriber was not moved to unicast"
+    );
+    assert_eq!(
+        blocked.multicast_received, 0,
+        "the rule did not block multicast"
+    );
+    for sub in &subs[..2] {
+        assert!(sub.node.stats().multicast_received > 0);
+    }
+    stop_all(subs.into_iter().chain([publisher]));
+}
+
+/// A subscriber of a group of two shuts down mid-stream: the channel changes its key, the
+/// group's events go to the other instance, and every subscriber gets everything once.
+#[test]
+fn a_subscriber_leaving_mid_stream_rekeys_and_loses_nothing() {
+    let test = "a_subscriber_leaving_mid_stream_rekeys_and_loses_nothing";
+    if !netns_or_skip(test) || !nft_or_skip(test) {
+        return;
+    }
+    let lan = Lan::new(4).unwrap();
+    let mesh = Mesh::new();
+    let mut subs: Vec<NsNode> = (1..4)
+        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
+        .collect();
+    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3]);
+    let seen = Seen::default();
+    runtime().block_on(async {
+        let plan = [(Some("g"), "g"), (Some("g"), "g"), (None, "every")];
+        for (sub, (group, label)) in subs.iter().zip(plan) {
+            record(&sub.node, group, label, &seen).await;
+        }
+        wait_ready(&publisher.node, 3, 2).await;
+        let before = publish(&publisher.node, 100, 4).await;
+        assert_eq!(publisher.node.stats().multicast_rekeys, 0);
+        // The second half is published while the leaver shuts down.
+        let mut events = publisher.node.events();
+        let leaver = subs.remove(1);
+        let gone = leaver.node.id();
+        let leaving = tokio::task::spawn_blocking(move || leaver.stop());
+        let after = publish(&publisher.node, 100, 4).await;
+        leaving.await.unwrap();
+        let ids: Vec<MessageId> = before.iter().chain(&after).map(|r| r.id).collect();
+        assert_once_each(&seen, &ids, &["g", "every"]);
+        // The channel changes its key when the leaver's connection is lost, in the same step.
+        let down = wait_event(
+            &mut events,
+            STEP,
+            |e| matches!(e, NodeEvent::PeerDown { node, .. } if *node == gone),
+        );
+        assert!(down.await.is_some(), "the publisher saw the leaver go");
+        assert!(
+            publisher.node.stats().multicast_rekeys >= 1,
+            "no rekey on leave"
+        );
+    });
+    let p = publisher.node.stats();
+    eprintln!("publisher: {p:?}");
+    assert!(p.multicast_sent > 0);
+    stop_all(subs.into_iter().chain([publisher]));
+}
