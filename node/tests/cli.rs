@@ -384,62 +384,34 @@ fn serve_with_metrics_prints_the_endpoint_and_counts_what_it_handled() {
 #[test]
 fn multicast_on_a_bad_interface_fails_with_a_clear_error() {
     let (_dir, ca) = mesh("multicast");
+    let fails_with = |args: &[&str], error: &str| {
+        let out = shoal(args, Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+        assert!(out.stderr.contains(error), "{}", out.stderr);
+    };
+    let serve = ["serve", "--ca", &ca, "--service", "echo"];
     // The loopback interface is refused before any socket is opened on it.
-    let out = shoal(
-        &[
-            "serve",
-            "--ca",
-            &ca,
-            "--service",
-            "echo",
-            "--multicast",
-            "lo",
-        ],
-        Duration::from_secs(20),
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("multicast on interface `lo`: the interface is a loopback interface"),
-        "{}",
-        out.stderr
-    );
-    let out = shoal(
-        &[
-            "publish",
-            "--ca",
-            &ca,
-            "--peer",
-            "127.0.0.1:9",
-            "--topic",
-            "order.created",
-            "--multicast",
-            "no-such-if0",
-            "--multicast-group",
-            "239.255.1.2:7000",
-        ],
-        Duration::from_secs(20),
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
-    assert!(
-        out.stderr
-            .contains("multicast on interface `no-such-if0`: no such interface"),
-        "{}",
-        out.stderr
-    );
+    let loopback = "multicast on interface `lo`: the interface is a loopback interface";
+    fails_with(&[&serve[..], &["--multicast", "lo"]].concat(), loopback);
+    let publish = [
+        "publish",
+        "--ca",
+        &ca,
+        "--peer",
+        "127.0.0.1:9",
+        "--topic",
+        "order.created",
+    ];
+    let group = [
+        "--multicast",
+        "no-such-if0",
+        "--multicast-group",
+        "239.255.1.2:7000",
+    ];
+    let unknown = "multicast on interface `no-such-if0`: no such interface";
+    fails_with(&[&publish[..], &group].concat(), unknown);
     // A group without an interface is a usage error.
-    let out = shoal(
-        &[
-            "serve",
-            "--ca",
-            &ca,
-            "--service",
-            "echo",
-            "--multicast-group",
-            "239.255.1.2:7000",
-        ],
-        Duration::from_secs(20),
-    );
+    let out = shoal(&[&serve[..], &group[2..]].concat(), Duration::from_secs(20));
     assert!(!out.status.success());
     assert!(out.stderr.contains("--multicast <IFACE>"), "{}", out.stderr);
 }

@@ -94,6 +94,31 @@ fn start_on(lan: &Lan, mesh: &Mesh, i: usize, service: &str, peers: &[usize]) ->
     NsNode::start(lan.host(i), builder)
 }
 
+/// A LAN of a publisher (host 0) and `subscribers` subscribers (hosts 1..), each started in
+/// its host's namespace after the nftables `rules` (host, rule) are in place; `None` (and a
+/// "skipped" line) when namespaces or nft are not available.
+fn lan_of(
+    test: &str,
+    subscribers: usize,
+    rules: &[(usize, &str)],
+) -> Option<(Lan, Vec<NsNode>, NsNode)> {
+    if !netns_or_skip(test) || (!rules.is_empty() && !nft_or_skip(test)) {
+        return None;
+    }
+    let lan = Lan::new(subscribers + 1).unwrap();
+    let mesh = Mesh::new();
+    for (host, rule) in rules {
+        nft_input_rule(&lan, *host, rule);
+    }
+    let hosts: Vec<usize> = (1..=subscribers).collect();
+    let subs = hosts
+        .iter()
+        .map(|&i| start_on(&lan, &mesh, i, "sub", &[0]))
+        .collect();
+    let publisher = start_on(&lan, &mesh, 0, "pub", &hosts);
+    Some((lan, subs, publisher))
+}
+
 /// Subscribes `node` to [`TOPIC`] in `group` (or every instance), recording under `label`.
 async fn record(node: &Node, group: Option<&str>, label: &str, seen: &Seen) {
     let options = match group {
@@ -175,20 +200,12 @@ fn stats(nodes: &[&NsNode]) -> Vec<NodeStats> {
 /// travelled in datagrams (repaired where lost).
 #[test]
 fn fan_out_over_a_lossy_lan_loses_and_duplicates_nothing() {
-    let test = "fan_out_over_a_lossy_lan_loses_and_duplicates_nothing";
-    if !netns_or_skip(test) || !nft_or_skip(test) {
-        return;
-    }
-    let lan = Lan::new(7).unwrap();
-    let mesh = Mesh::new();
     // 5% of every UDP packet (datagrams and QUIC) into a group-`a` and an every-instance one.
-    for i in [2, 5] {
-        nft_input_rule(&lan, i, "meta l4proto udp numgen random mod 100 < 5 drop");
-    }
-    let subs: Vec<NsNode> = (1..7)
-        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
-        .collect();
-    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3, 4, 5, 6]);
+    let loss = "meta l4proto udp numgen random mod 100 < 5 drop";
+    let test = "fan_out_over_a_lossy_lan_loses_and_duplicates_nothing";
+    let Some((_lan, subs, publisher)) = lan_of(test, 6, &[(2, loss), (5, loss)]) else {
+        return;
+    };
     let seen = Seen::default();
     runtime().block_on(async {
         let plan = [
@@ -240,17 +257,10 @@ fn fan_out_over_a_lossy_lan_loses_and_duplicates_nothing() {
 #[test]
 fn a_subscriber_multicast_does_not_reach_falls_back_to_unicast() {
     let test = "a_subscriber_multicast_does_not_reach_falls_back_to_unicast";
-    if !netns_or_skip(test) || !nft_or_skip(test) {
+    let block = format!("udp dport {} drop", MulticastConfig::DEFAULT_PORT);
+    let Some((_lan, subs, publisher)) = lan_of(test, 3, &[(3, &block)]) else {
         return;
-    }
-    let lan = Lan::new(4).unwrap();
-    let mesh = Mesh::new();
-    let port = MulticastConfig::DEFAULT_PORT;
-    nft_input_rule(&lan, 3, &format!("udp dport {port} drop"));
-    let subs: Vec<NsNode> = (1..4)
-        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
-        .collect();
-    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3]);
+    };
     let seen = Seen::default();
     let labels = ["every-1", "every-2", "blocked"];
     runtime().block_on(async {
@@ -284,15 +294,9 @@ fn a_subscriber_multicast_does_not_reach_falls_back_to_unicast() {
 #[test]
 fn a_subscriber_leaving_mid_stream_rekeys_and_loses_nothing() {
     let test = "a_subscriber_leaving_mid_stream_rekeys_and_loses_nothing";
-    if !netns_or_skip(test) || !nft_or_skip(test) {
+    let Some((_lan, mut subs, publisher)) = lan_of(test, 3, &[]) else {
         return;
-    }
-    let lan = Lan::new(4).unwrap();
-    let mesh = Mesh::new();
-    let mut subs: Vec<NsNode> = (1..4)
-        .map(|i| start_on(&lan, &mesh, i, "sub", &[0]))
-        .collect();
-    let publisher = start_on(&lan, &mesh, 0, "pub", &[1, 2, 3]);
+    };
     let seen = Seen::default();
     runtime().block_on(async {
         let plan = [(Some("g"), "g"), (Some("g"), "g"), (None, "every")];

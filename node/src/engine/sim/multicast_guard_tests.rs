@@ -9,11 +9,31 @@ use std::time::Duration;
 
 use super::multicast::clean;
 use super::{Handled, Sim};
-use crate::PublishOptions;
 use crate::engine::Done;
 use crate::engine::send::Publishing;
+use crate::{PublishOptions, PublishReceipt};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Publishes `count` events on `topic` from `publisher`, one every 100 µs, and returns their
+/// receipts 50 ms after the last (each must have completed).
+fn publish_each(sim: &mut Sim, publisher: usize, topic: &str, count: usize) -> Vec<PublishReceipt> {
+    let mut ops = Vec::new();
+    for i in 0..count {
+        let event = sim.event(topic, format!("{i}"));
+        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+        sim.run_for(MS / 10);
+    }
+    sim.run_for(50 * MS);
+    let result = |op| match sim.result(publisher, op) {
+        Some(Ok(Done::Published(r))) => r.clone(),
+        other => panic!("{other:?}"),
+    };
+    ops.into_iter().map(result).collect()
+}
 
 #[test]
 fn hostile_keys_statuses_and_datagrams_change_nothing_for_honest_nodes() {
@@ -140,21 +160,8 @@ fn a_subscriber_the_policy_refuses_leaves_the_channel_and_gets_its_events_by_uni
     sim.run_for(5 * MS);
     assert!(!member(&sim), "a refused subscriber stays on the channel");
 
-    let mut ops = Vec::new();
-    for i in 0..100 {
-        let event = sim.event("public.news", format!("{i}"));
-        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-            Ok(Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
-        sim.run_for(MS / 10);
-    }
-    sim.run_for(50 * MS);
-    for op in ops {
-        match sim.result(publisher, op) {
-            Some(Ok(Done::Published(r))) => assert_eq!(r.deliveries.len(), 2, "{r:?}"),
-            other => panic!("{other:?}"),
-        }
+    for r in publish_each(&mut sim, publisher, "public.news", 100) {
+        assert_eq!(r.deliveries.len(), 2, "{r:?}");
     }
     let runs_on = |node| sim.runs.iter().filter(|r| r.node == node && r.ok).count();
     assert_eq!((runs_on(billing), runs_on(spy)), (100, 100));
@@ -200,21 +207,8 @@ fn a_member_whose_key_was_lost_gets_it_again_with_its_next_hello() {
         .is_some_and(|c| c.inbound.values().any(|i| i.publisher == pub_id));
     assert!(keyed, "the key was not handed again");
 
-    let mut ops = Vec::new();
-    for i in 0..20 {
-        let event = sim.event("order.created", format!("{i}"));
-        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-            Ok(Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
-        sim.run_for(MS / 10);
-    }
-    sim.run_for(50 * MS);
-    for op in ops {
-        match sim.result(publisher, op) {
-            Some(Ok(Done::Published(r))) => assert_eq!(r.deliveries[0].attempts, 1, "{r:?}"),
-            other => panic!("{other:?}"),
-        }
+    for r in publish_each(&mut sim, publisher, "order.created", 20) {
+        assert_eq!(r.deliveries[0].attempts, 1, "{r:?}");
     }
     assert_eq!(
         sim.runs.iter().filter(|r| r.node == sub && r.ok).count(),
