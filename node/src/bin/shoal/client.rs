@@ -95,7 +95,8 @@ pub(crate) struct PublishArgs {
 }
 
 /// Runs `shoal publish`: prints `published id <id> to <group>@<node>[,...] time <µs>` per
-/// event, and `dropped <audience>` for best-effort copies that were dropped.
+/// event, `dropped <audience>` for best-effort copies that were dropped, and with
+/// `--multicast` the node's multicast counters at the end (`multicast sent=… rekeys=…`).
 pub(crate) async fn publish(args: PublishArgs) -> CliResult {
     let (node, _events) = args
         .client
@@ -145,6 +146,7 @@ pub(crate) async fn publish(args: PublishArgs) -> CliResult {
     }
     .await;
     node.shutdown().await;
+    args.multicast.report(&node);
     result
 }
 

@@ -309,6 +309,25 @@ impl MulticastArgs {
         }
         builder.multicast(config)
     }
+
+    /// Prints `multicast sent=… rekeys=…` (the node's multicast counters), when `--multicast`
+    /// was given.
+    pub(crate) fn report(&self, node: &Node) {
+        if self.interface.is_none() {
+            return;
+        }
+        let s = node.stats();
+        say!(
+            "multicast sent={} received={} dropped={} forged={} repairs={} demotions={} rekeys={}",
+            s.multicast_sent,
+            s.multicast_received,
+            s.multicast_dropped,
+            s.multicast_forged,
+            s.multicast_repairs,
+            s.multicast_demotions,
+            s.multicast_rekeys,
+        );
+    }
 }
 
 /// The flags of the client commands (send, request, ping, peers): a node of their own that

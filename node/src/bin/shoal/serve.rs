@@ -11,7 +11,8 @@
 //!   and `--subscribe` subscriptions;
 //! - `refused <peer id>: not authorized: ...` when the `--policy` refuses a peer's message or
 //!   subscription;
-//! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown;
+//! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown
+//!   (and `multicast sent=… rekeys=…` with `--multicast`);
 //! - the lines of certificate reloads (see `reload.rs`): a running `shoal serve` follows its
 //!   certificate, key, CA and revocation list files.
 
@@ -185,6 +186,7 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         s.unauthorized_events,
         s.unauthorized_subscriptions,
     );
+    args.multicast.report(&node);
     Ok(())
 }
 
