@@ -240,15 +240,17 @@ fn fan_out_over_a_lossy_lan_loses_and_duplicates_nothing() {
         );
     }
     assert!(p.multicast_sent > 0, "the publisher sent no datagram");
+    // Every subscriber took most datagrams (a subscriber without the key, or moved to unicast
+    // early, drops nearly all it receives), and none was forged.
     for (i, st) in s.iter().enumerate() {
         assert!(
-            st.multicast_received > 0,
-            "subscriber {} got no datagram",
+            st.multicast_received > 0 && st.multicast_dropped < st.multicast_received / 2,
+            "subscriber {} used few datagrams: {st:?}",
             i + 1
         );
         assert_eq!(st.multicast_forged, 0);
     }
-    assert_eq!(p.multicast_demotions, 0, "5% loss is repaired, not demoted");
+    assert!(p.multicast_repairs > 0, "5% loss and no repair");
     stop_all(subs.into_iter().chain([publisher]));
 }
 
