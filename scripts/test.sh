@@ -3,7 +3,8 @@
 # discovery tests (mDNS inside network namespaces this script's tests create themselves).
 #
 # Installs what the tests need on a fresh Debian machine (iproute2 for `ip netns`; dnsmasq-base
-# for the DNS-SD tests; nftables to drop packets in namespaces; python3-prometheus-client for
+# for the DNS-SD tests; nftables and tcpdump to drop and capture packets in namespaces;
+# python3-prometheus-client for
 # its OpenMetrics parser; the official AsyncAPI parser, @asyncapi/parser, from npm into scripts/asyncapi/; Debian's postgresql for the
 # PostgreSQL outbox) and starts a throwaway PostgreSQL cluster on a free loopback port
 # (scripts/pg-cluster.sh), stopped and removed at the end even on failure. Namespace tests need
@@ -35,16 +36,20 @@ fi
 export PATH="$PATH:/usr/sbin"
 
 # nftables, to drop chosen packets inside a test's own namespace (this kernel has no netem):
-# discovery/tests/mdns_lan.rs drops a newcomer's multicast to show its unicast introduction.
-if ! command -v nft >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing nftables (for packet-loss tests in namespaces)"
-        apt-get update -qq && apt-get install -y -qq --no-install-recommends nftables >/dev/null ||
-            echo "note: nftables could not be installed; the tests that drop packets will be skipped"
-    else
-        echo "note: nft missing and cannot be installed; the tests that drop packets will be skipped"
+# discovery/tests/mdns_lan.rs drops a newcomer's multicast to show its unicast introduction,
+# tests/tests/multicast_lan.rs makes a lossy LAN and blocks multicast. tcpdump captures the
+# bridge of a test's own LAN (tests/tests/multicast_lan.rs: no payload in clear).
+for tool in nft:nftables tcpdump:tcpdump; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "installing ${tool#*:} (for the namespace tests that drop or capture packets)"
+            apt-get update -qq && apt-get install -y -qq --no-install-recommends "${tool#*:}" >/dev/null ||
+                echo "note: ${tool#*:} could not be installed; the tests that need it will be skipped"
+        else
+            echo "note: ${tool%%:*} missing and cannot be installed; the tests that need it will be skipped"
+        fi
     fi
-fi
+done
 
 # Prometheus's Python client, whose strict OpenMetrics parser checks the metrics endpoint's
 # text (node/tests/metrics.rs). Debian's package: no pip into the system Python.

@@ -5,7 +5,8 @@
 //! multicast are made with nftables in a subscriber's namespace. Every namespace (and so every
 //! rule) is deleted when the test ends, also on a panic.
 //!
-//! Skipped (and passing) when not root or when `nft` is missing.
+//! Skipped (and passing) when not root or when `nft` (or, for the capture, `tcpdump`) is
+//! missing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -333,4 +334,109 @@ fn a_subscriber_leaving_mid_stream_rekeys_and_loses_nothing() {
     eprintln!("publisher: {p:?}");
     assert!(p.multicast_sent > 0);
     stop_all(subs.into_iter().chain([publisher]));
+}
+
+/// What a tcpdump on the publisher's port of the bridge sees while a publisher sends 40 events, one at a time, to four
+/// every-instance subscribers: not one byte of any event's payload in clear (in the group's
+/// datagrams or anywhere else on the LAN), and one event datagram per publish (40, plus any
+/// repair), not one per subscriber (160).
+#[test]
+fn the_bridge_sees_sealed_datagrams_one_per_event_not_per_subscriber() {
+    let test = "the_bridge_sees_sealed_datagrams_one_per_event_not_per_subscriber";
+    let found = Command::new("tcpdump")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("{test}: skipped: `tcpdump` is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let Some((lan, subs, publisher)) = lan_of(test, 4, &[]) else {
+        return;
+    };
+    let pcap = std::env::temp_dir().join(format!("{}-bridge.pcap", lan.prefix()));
+    // Every UDP packet from or to the publisher (host 0) on its port of the bridge (`v0`; the
+    // bridge device itself sees only what is delivered to it), taken and written as it comes
+    // (--immediate-mode, -U: killed at the end, it must not hold packets back); bounded by
+    // `timeout`.
+    let mut capture = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lan.bridge(),
+            "timeout",
+            "60",
+            "tcpdump",
+            "-i",
+            "v0",
+        ])
+        .args(["--immediate-mode", "-U", "-n", "-w"])
+        .arg(&pcap)
+        .arg("udp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tcpdump");
+    // tcpdump says "listening on br0" once it captures.
+    let stderr = capture.stderr.take().expect("stderr");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening on") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(STEP)
+        .expect("tcpdump started capturing");
+    let seen = Seen::default();
+    let labels = ["every-1", "every-2", "every-3", "every-4"];
+    runtime().block_on(async {
+        for (sub, label) in subs.iter().zip(labels) {
+            record(&sub.node, None, label, &seen).await;
+        }
+        wait_ready(&publisher.node, 4, 4).await;
+        let receipts = publish(&publisher.node, 40, 1).await;
+        let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
+        assert_once_each(&seen, &ids, &labels);
+    });
+    let repairs = publisher.node.stats().multicast_repairs;
+    stop_all(subs.into_iter().chain([publisher]));
+    // SIGTERM to `timeout`, which passes it on: tcpdump closes the file.
+    let _ = Command::new("kill")
+        .args(["-TERM", &capture.id().to_string()])
+        .status();
+    let _ = capture.wait();
+    let bytes = std::fs::read(&pcap).expect("the capture file");
+    // The events' payloads are "reading <n>" (see `publish`).
+    let clear = bytes.windows(b"reading ".len()).any(|w| w == b"reading ");
+    // Event datagrams to the group: "SM" at the start of the UDP payload, kind 0 (events).
+    let filter = format!(
+        "dst host {} and udp dst port {} and udp[8:2] = 0x534d and udp[11] = 0",
+        MulticastConfig::DEFAULT_GROUP,
+        MulticastConfig::DEFAULT_PORT
+    );
+    let read = Command::new("tcpdump")
+        .args(["-n", "-q", "-r"])
+        .arg(&pcap)
+        .arg(&filter)
+        .stderr(Stdio::null())
+        .output()
+        .expect("read the capture");
+    let _ = std::fs::remove_file(&pcap);
+    let datagrams = String::from_utf8_lossy(&read.stdout).lines().count() as u64;
+    eprintln!("{datagrams} event datagrams for 40 events to 4 subscribers, {repairs} repairs");
+    assert!(!clear, "an event's payload crossed the bridge in clear");
+    assert!(datagrams >= 1, "no event datagram in the capture: {filter}");
+    assert!(
+        datagrams <= 40 + repairs,
+        "{datagrams} event datagrams for 40 events: one per subscriber?"
+    );
 }
