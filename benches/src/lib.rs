@@ -28,6 +28,7 @@ pub mod compare;
 pub mod connect;
 pub mod discovery_timing;
 pub mod error;
+pub mod fanout;
 pub mod flood;
 pub mod measure;
 pub mod outbox;
