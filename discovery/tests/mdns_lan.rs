@@ -160,13 +160,12 @@ fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
         lan0(),
         local(random_id(), "invoice", "0.0.0.0:7000"),
     );
-    let ruleset = format!(
-        "table inet newcomers {{\n chain input {{\n type filter hook input priority 0;\n \
-         ip saddr {{ {}, {} }} udp sport 5353 drop\n }}\n}}\n",
+    let rule = format!(
+        "ip saddr {{ {}, {} }} udp sport 5353 drop",
         lan.addr(1),
         lan.addr(2)
     );
-    nft(lan.host(0), &ruleset);
+    netns::nft_input_rule(lan.host(0), "newcomers", &rule).expect("nft");
     let mut b = start_in(
         lan.host(1),
         lan0(),
@@ -197,24 +196,6 @@ fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
         |e| matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id)),
     );
     assert!(c_seen.is_none(), "the drop rule let C through: {c_seen:?}");
-}
-
-/// Loads `ruleset` into nftables inside namespace `ns`.
-fn nft(ns: &str, ruleset: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run nft");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(ruleset.as_bytes())
-        .expect("write the ruleset");
-    let status = child.wait().expect("wait for nft");
-    assert!(status.success(), "nft refused: {ruleset}");
 }
 
 #[test]

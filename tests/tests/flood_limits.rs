@@ -291,15 +291,11 @@ async fn a_peer_that_does_not_read_is_cut_off_at_the_queued_bytes_cap() {
 }
 
 /// Starts `billing`, whose queue to each peer holds at most 256 KiB, and a `ledger` that runs
-/// one handler at a time, each taking `work` (so it reads its stream only as fast as that).
-async fn slow_reader(mesh: &Mesh, work: Duration) -> (Node, Node) {
+/// one handler at a time (so it reads its stream only as fast as its handlers go).
+async fn slow_reader(mesh: &Mesh) -> (Node, Node) {
     let ledger = mesh
         .start_with(mesh.builder("ledger").max_concurrent_handlers(1), &[])
         .await;
-    ledger.handle("fill", move |_msg: Message| async move {
-        tokio::time::sleep(work).await; // the handler's work, not a wait for anything
-        Ok(())
-    });
     let billing = mesh
         .start_with(
             mesh.builder("billing").max_queued_bytes(256 * 1024),
@@ -313,7 +309,11 @@ async fn slow_reader(mesh: &Mesh, work: Duration) -> (Node, Node) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_makes_reliable_sends_wait_at_the_cap_and_is_not_cut_off() {
     let mesh = Mesh::new();
-    let (billing, ledger) = slow_reader(&mesh, Duration::from_millis(10)).await;
+    let (billing, ledger) = slow_reader(&mesh).await;
+    ledger.handle("fill", |_msg: Message| async {
+        tokio::time::sleep(Duration::from_millis(10)).await; // the handler's work
+        Ok(())
+    });
     let mut events = billing.events();
     // 4 MiB at once: 16 times the cap, and more than QUIC's stream window.
     let payload = bytes::Bytes::from(vec![7u8; 64 * 1024]);
@@ -347,9 +347,7 @@ async fn a_slow_reader_makes_reliable_sends_wait_at_the_cap_and_is_not_cut_off()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn best_effort_copies_over_the_cap_are_dropped_and_reported_and_the_rest_arrive() {
     let mesh = Mesh::new();
-    let ledger = mesh
-        .start_with(mesh.builder("ledger").max_concurrent_handlers(1), &[])
-        .await;
+    let (billing, ledger) = slow_reader(&mesh).await;
     let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
     let _sub = ledger
         .subscribe("fills", move |_msg: Message| {
@@ -362,12 +360,6 @@ async fn best_effort_copies_over_the_cap_are_dropped_and_reported_and_the_rest_a
         })
         .await
         .unwrap();
-    let billing = mesh
-        .start_with(
-            mesh.builder("billing").max_queued_bytes(256 * 1024),
-            &[ledger.local_addr()],
-        )
-        .await;
     billing
         .wait_for_subscribers("fills", 1, WAIT)
         .await

@@ -27,7 +27,7 @@ use shoal::{
     HandlerError, Message, MessageId, MulticastConfig, Node, NodeEvent, NodeId, NodeStats,
     PublishReceipt, SubscribeOptions,
 };
-use shoal_discovery::netns::{HOST_IF, Lan};
+use shoal_discovery::netns::{self, HOST_IF, Lan};
 use shoal_tests::Mesh;
 use tokio::task::JoinSet;
 
@@ -40,44 +40,11 @@ type Seen = Arc<Mutex<Vec<(String, NodeId, MessageId)>>>;
 
 /// Whether `nft` can run; says why the test is skipped otherwise.
 fn nft_or_skip(test: &str) -> bool {
-    let found = Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let found = netns::nft_available();
     if !found {
         eprintln!("{test}: skipped: `nft` is not installed (scripts/test.sh installs nftables)");
     }
     found
-}
-
-/// Installs an nftables input rule `rule` in host `i`'s namespace (deleted with it).
-fn nft_input_rule(lan: &Lan, i: usize, rule: &str) {
-    let ruleset = format!(
-        "table inet shoal_test {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  {rule}\n }}\n}}\n"
-    );
-    let out = Command::new("ip")
-        .args(["netns", "exec", lan.host(i), "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(ruleset.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("run nft");
-    assert!(
-        out.status.success(),
-        "nft in {}: {}",
-        lan.host(i),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn addr_of(i: usize) -> SocketAddr {
@@ -109,7 +76,7 @@ fn lan_of(
     let lan = Lan::new(subscribers + 1).unwrap();
     let mesh = Mesh::new();
     for (host, rule) in rules {
-        nft_input_rule(&lan, *host, rule);
+        netns::nft_input_rule(lan.host(*host), "shoal_test", rule).unwrap();
     }
     let hosts: Vec<usize> = (1..=subscribers).collect();
     let subs = hosts

@@ -24,7 +24,7 @@
 //!    100 < 1 drop` in every subscriber's namespace's input chain (datagrams and QUIC alike).
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -177,7 +177,7 @@ pub fn run(options: &Options) -> BenchResult<Option<Vec<Row>>> {
         return Ok(None);
     }
     check_options(options)?;
-    let nft = nft_available();
+    let nft = netns::nft_available();
     if !nft {
         println!("fanout: loss passes skipped: `nft` is not installed");
     }
@@ -486,39 +486,12 @@ fn tx_bytes(ns: &str) -> BenchResult<u64> {
         .ok_or_else(|| BenchError::msg(format!("no tx bytes for {HOST_IF} in {ns}")))
 }
 
-fn nft_available() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Adds (or deletes) the [`LOSS_RULE`] in namespace `ns`'s input chain.
 fn nft_loss(ns: &str, on: bool) -> BenchResult<()> {
-    let script = if on {
-        format!(
-            "table inet {LOSS_TABLE} {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  {LOSS_RULE}\n }}\n}}\n"
-        )
+    if on {
+        netns::nft_input_rule(ns, LOSS_TABLE, LOSS_RULE)?;
     } else {
-        format!("delete table inet {LOSS_TABLE}\n")
-    };
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(BenchError::msg(format!(
-            "nft in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        netns::nft(ns, &format!("delete table inet {LOSS_TABLE}"))?;
     }
     Ok(())
 }

@@ -38,7 +38,8 @@ impl<H: Clone> Engine<H> {
             return self.no_instance(d, now);
         };
         let full = self.conns.get(conn).is_none_or(|c| {
-            c.window.pending() >= self.config.max_in_flight_per_peer || self.queue_full(c)
+            c.window.pending() >= self.config.max_in_flight_per_peer
+                || c.queue_full(self.config.max_queued_bytes)
         });
         if full && del.spec.reliable {
             if del.spec.fail_fast {
@@ -78,7 +79,7 @@ impl<H: Clone> Engine<H> {
         let reliable = del.spec.reliable;
         if !reliable
             && (c.queued_items() >= self.config.write_queue_len
-                || c.queued_bytes() >= self.config.max_queued_bytes)
+                || c.queue_full(self.config.max_queued_bytes))
         {
             // A best-effort copy finds its subscriber's queue full: dropped, never waited for.
             return self.gone(d, now);

@@ -18,22 +18,16 @@
 use std::time::Instant;
 
 use super::action::{Action, CloseReason, ConnId};
-use super::conn::Conn;
 use super::{Engine, Timer};
 
 impl<H: Clone> Engine<H> {
-    /// Whether `c`'s queue is at its byte cap: nothing more goes to it until it drains.
-    pub(super) fn queue_full(&self, c: &Conn) -> bool {
-        c.queued_bytes() >= self.config.max_queued_bytes
-    }
-
     /// Something was queued on `conn`: if that filled its queue, starts watching whether the
     /// driver takes anything from it.
     pub(super) fn watch_queue(&mut self, conn: ConnId, now: Instant) {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        if c.full_at().is_some() || !self.queue_full(c) {
+        if c.full_at().is_some() || !c.queue_full(self.config.max_queued_bytes) {
             return;
         }
         let taken = c.taken();
@@ -50,7 +44,7 @@ impl<H: Clone> Engine<H> {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        if self.queue_full(c) {
+        if c.queue_full(self.config.max_queued_bytes) {
             return;
         }
         let waiting = !c.waiting_room.is_empty();
@@ -71,7 +65,10 @@ impl<H: Clone> Engine<H> {
         if c.full_at() != Some(taken) {
             return; // the queue drained since, and this watch ended
         }
-        let (stuck, full) = (c.taken() == taken, self.queue_full(c));
+        let (stuck, full) = (
+            c.taken() == taken,
+            c.queue_full(self.config.max_queued_bytes),
+        );
         if let Some(c) = self.conns.get_mut(conn) {
             c.set_full_at(None);
         }

@@ -172,6 +172,12 @@ impl Conn {
         self.queued_items
     }
 
+    /// Whether the queue holds `max_bytes` or more: nothing more goes to it until it drains
+    /// (see [`super::backpressure`]).
+    pub(super) fn queue_full(&self, max_bytes: usize) -> bool {
+        self.queued_bytes >= max_bytes
+    }
+
     /// How many times the driver took something from the queue.
     pub(super) fn taken(&self) -> u64 {
         self.taken

@@ -216,15 +216,14 @@ impl<H: Clone> Engine<H> {
     /// `conn`'s window or queue has room: deliveries waiting for it go, while both have.
     pub(super) fn serve_room(&mut self, conn: ConnId, now: Instant) {
         loop {
-            let Some(c) = self.conns.get(conn) else {
-                return;
-            };
-            if c.window.pending() >= self.config.max_in_flight_per_peer || self.queue_full(c) {
-                return;
-            }
             let Some(c) = self.conns.get_mut(conn) else {
                 return;
             };
+            if c.window.pending() >= self.config.max_in_flight_per_peer
+                || c.queue_full(self.config.max_queued_bytes)
+            {
+                return;
+            }
             let Some((d, epoch)) = c.waiting_room.pop_front() else {
                 return;
             };

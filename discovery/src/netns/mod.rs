@@ -52,6 +52,10 @@ use std::time::{Duration, Instant};
 
 use crate::in_root_netns;
 
+mod nft;
+
+pub use nft::{nft, nft_available, nft_input_rule};
+
 /// The line tests print when they cannot run here.
 pub const SKIP_MESSAGE: &str = "skipped: needs root to create network namespaces";
 
