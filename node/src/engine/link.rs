@@ -114,10 +114,13 @@ impl<H: Clone> Engine<H> {
             return;
         };
         if was_current {
-            // Multicast (multicast_link.rs): a lost member leaves the channel (rekey), and its
-            // copies go by unicast; a lost publisher's channel is dropped.
-            self.channel_peer_lost(c.node, now);
             if !duplicate {
+                // Multicast (multicast_link.rs): a lost member leaves the channel (rekey), and
+                // its copies go by unicast; a lost publisher's channel is dropped. A node
+                // whose connection lost to a duplicate is not leaving: it stays a member (its
+                // key is handed again on the other connection, and its reports come there),
+                // and leaves only if it falls silent with no connection (`drain_sender`).
+                self.channel_peer_lost(c.node, now);
                 let reason = match c.goodbye {
                     _ if c.usage.closed_idle => "closed after being idle".to_owned(),
                     Some(goodbye) => format!("peer said goodbye: {goodbye}"),

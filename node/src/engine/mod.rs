@@ -300,6 +300,8 @@ impl<H: Clone> Engine<H> {
     /// progress: background copies not delivered by now are dead-lettered with that reason.
     pub(crate) fn say_goodbye(&mut self, now: Instant) {
         self.stop_background_ops(now);
+        // Multicast (multicast_receive.rs): channel events handled here are reported first.
+        self.channel_flush_handled(now);
         let conns: Vec<ConnId> = self.conns.keys().collect();
         for conn in conns {
             if let Some(c) = self.conns.get_mut(conn)

@@ -233,6 +233,7 @@ impl<H: Clone> Engine<H> {
                 }
             }
         }
+        let mut gone = Vec::new();
         for e in events {
             match e {
                 SenderEvent::Handled { node, items } => self.channel_handled(node, &items, now),
@@ -243,6 +244,11 @@ impl<H: Clone> Engine<H> {
                         ch.demotions += 1;
                     }
                     self.channel_unreported(node, None, now);
+                    // A member whose connection was replaced by a duplicate stays a member
+                    // (`Engine::connection_lost`); if no connection came instead, it leaves.
+                    if self.peers.current(node).is_none() {
+                        gone.push(node);
+                    }
                 }
                 SenderEvent::Rekeyed { epoch, reason } => {
                     tracing::debug!(epoch, ?reason, "multicast: channel rekeyed");
@@ -251,6 +257,10 @@ impl<H: Clone> Engine<H> {
         }
         if let Some(at) = deadline {
             self.deadline_at(at);
+        }
+        for node in gone {
+            let reason = "its connection was replaced and no other one came";
+            self.channel_leave(node, RekeyReason::Left, reason, now);
         }
     }
 

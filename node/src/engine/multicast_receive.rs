@@ -200,6 +200,23 @@ impl<H: Clone> Engine<H> {
         }
     }
 
+    /// Reports every channel event handled here at once (see [`Receiver::flush_handled`]):
+    /// before the goodbyes of a graceful stop.
+    ///
+    /// [`Receiver::flush_handled`]: super::multicast::Receiver::flush_handled
+    pub(super) fn channel_flush_handled(&mut self, now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let ids: Vec<u64> = ch.inbound.keys().copied().collect();
+        for i in ch.inbound.values_mut() {
+            i.rx.flush_handled(now);
+        }
+        for id in ids {
+            self.drain_receiver(id, now);
+        }
+    }
+
     /// The channel `channel` this node receives.
     fn inbound_channel(&mut self, channel: u64) -> Option<&mut super::multicast_link::Inbound> {
         self.channels.as_deref_mut()?.inbound.get_mut(&channel)

@@ -360,14 +360,27 @@ impl Receiver {
             }));
         }
         if self.status_due().is_some_and(|at| at <= now) {
-            self.last_status = Some((now, self.next_needed));
-            self.out.push_back(ReceiverTransmit::Status(ChannelStatus {
-                channel: self.channel,
-                next_needed: self.next_needed,
-                window: self.config.window,
-                handled: self.handled.take(),
-            }));
+            self.status(now);
         }
+    }
+
+    /// A status now if this node's handlers finished events since the last one: the node
+    /// stops, and the publisher must hear of them before the goodbye (or it hands them to
+    /// another instance, which runs them again).
+    pub(crate) fn flush_handled(&mut self, now: Instant) {
+        if self.state != State::Waiting && !self.handled.is_empty() {
+            self.status(now);
+        }
+    }
+
+    fn status(&mut self, now: Instant) {
+        self.last_status = Some((now, self.next_needed));
+        self.out.push_back(ReceiverTransmit::Status(ChannelStatus {
+            channel: self.channel,
+            next_needed: self.next_needed,
+            window: self.config.window,
+            handled: self.handled.take(),
+        }));
     }
 
     pub(crate) fn poll_transmit(&mut self) -> Option<ReceiverTransmit> {

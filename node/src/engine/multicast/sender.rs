@@ -1,6 +1,6 @@
 //! The publisher's side of a channel. See the module docs of [`super`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,6 +110,9 @@ pub(crate) struct Sender {
     repair: RepairBuffer,
     naks: Naks,
     members: BTreeMap<NodeId, Member>,
+    /// Who was handed the current key: the members, and those moved to unicast since (they
+    /// keep it). One of them leaving changes the key.
+    holders: BTreeSet<NodeId>,
     /// Since when a backlog has waited for the slowest subscriber's window.
     blocked_since: Option<Instant>,
     next_heartbeat: Option<Instant>,
@@ -159,6 +162,7 @@ impl Sender {
             repair: RepairBuffer::default(),
             naks: Naks::default(),
             members: BTreeMap::new(),
+            holders: BTreeSet::new(),
             blocked_since: None,
             next_heartbeat: None,
             out: VecDeque::new(),
@@ -198,6 +202,7 @@ impl Sender {
     /// sent before it joined is not meant for it.)
     pub(crate) fn join(&mut self, node: NodeId, now: Instant) {
         self.naks.forget(node);
+        self.holders.insert(node);
         self.members.insert(
             node,
             Member {
@@ -227,14 +232,15 @@ impl Sender {
         self.out.push_back(Transmit::Key { to: node, key });
     }
 
-    /// `node` leaves (or is refused): the key changes before anything more is sent, and only
-    /// the remaining members get the new one.
+    /// `node` leaves (or is refused): if it holds the current key (a member, or one moved to
+    /// unicast since it was handed the key), the key changes before anything more is sent, and
+    /// only the remaining members get the new one.
     pub(crate) fn leave(&mut self, node: NodeId, reason: RekeyReason, now: Instant) {
-        if self.members.remove(&node).is_none() {
-            return;
-        }
+        self.members.remove(&node);
         self.naks.forget(node);
-        self.rekey(reason, now);
+        if self.holders.remove(&node) {
+            self.rekey(reason, now);
+        }
     }
 
     /// Draws a secret, derives the next epoch's key and hands it to every member.
@@ -245,6 +251,7 @@ impl Sender {
         self.key_since = now;
         self.epoch_first = self.next_seq;
         self.heartbeats = 0;
+        self.holders = self.members.keys().copied().collect();
         let grant = self.grant();
         for &to in self.members.keys() {
             self.out.push_back(Transmit::Key {

@@ -436,6 +436,19 @@ impl Sim {
         }
     }
 
+    /// Both sides lose the link between `a` and `b` now, as a duplicate: what a node sees
+    /// when its peer closes a connection because another one between the two won (which the
+    /// test may then bring up with [`Sim::link_up`], or not).
+    pub(super) fn lose_as_duplicate(&mut self, a: usize, b: usize) {
+        let now = self.now;
+        for (n, c) in self.net.cut_between(a, b) {
+            self.nodes[n]
+                .engine
+                .connection_lost(c, "duplicate connection", true, now);
+        }
+        self.settle();
+    }
+
     /// Cuts the link between `a` and `b`; both sides lose it after `after`.
     pub(super) fn partition(&mut self, a: usize, b: usize, after: Duration) {
         let at = self.now + after;
