@@ -512,7 +512,11 @@ impl NodeBuilder {
             Some(m) => {
                 let socket = crate::transport::multicast::GroupSocket::open(m)?;
                 let group = SocketAddr::V4(m.group_addr());
-                config.multicast = Some(crate::engine::MulticastSetup::new(group));
+                let mut setup = crate::engine::MulticastSetup::new(group);
+                // The group link says when it sent everything (runtime/multicast.rs): events
+                // queued meanwhile share datagrams.
+                setup.channel.paced = true;
+                config.multicast = Some(setup);
                 Some(socket)
             }
             None => None,

@@ -300,7 +300,7 @@ impl<H: Clone> Engine<H> {
     /// `node`'s copies on the channel that it has not reported go by unicast: on its own
     /// connection when it was moved to unicast (`reason` is `None`), or as a failed attempt
     /// (another instance of a group at once) when it is gone.
-    fn channel_unreported(&mut self, node: NodeId, reason: Option<&str>, now: Instant) {
+    pub(super) fn channel_unreported(&mut self, node: NodeId, reason: Option<&str>, now: Instant) {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };

@@ -193,6 +193,15 @@ impl<H: Clone> Engine<H> {
         self.drain_sender(now);
     }
 
+    /// The group link sent every datagram it was handed: with a paced channel
+    /// (`ChannelConfig::paced`), the events queued meanwhile are packed and sent now.
+    pub(crate) fn multicast_link_idle(&mut self, now: Instant) {
+        if let Some(sender) = self.channels.as_deref_mut().and_then(|c| c.sender.as_mut()) {
+            sender.link_idle();
+            self.drain_sender(now);
+        }
+    }
+
     /// A datagram arrived on the multicast group (from any sender: the channel's seal says
     /// whether it is genuine). What is not a datagram of a channel this node holds a key for,
     /// or does not open, is dropped and counted by its channel's receiver.
@@ -252,12 +261,19 @@ impl<H: Clone> Engine<H> {
                 }
                 ch.on_group.insert(node);
                 if let Some(sender) = ch.sender.as_mut() {
-                    if sender.is_member(node) {
+                    let replaced = sender.is_member(node);
+                    if replaced {
                         // A hello on a new connection: the key may have gone with the old one.
                         sender.regrant(node);
                     } else {
                         sender.join(node, now);
                         ch.topics.clear();
+                    }
+                    if replaced {
+                        // And so may a status: what it has not reported goes to it again by
+                        // unicast now (its dedup window answers for what it handled) rather
+                        // than after each copy's ack timeout.
+                        self.channel_unreported(node, None, now);
                     }
                     self.drain_sender(now);
                 }

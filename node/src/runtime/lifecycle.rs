@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::Driver;
 use crate::sync::lock;
@@ -15,9 +16,23 @@ impl Driver {
     }
 
     async fn timer_loop(self: Arc<Self>) {
+        // The last deadline handled without sleeping (see below).
+        let mut handled_due: Option<Instant> = None;
         loop {
             // A deadline moved earlier after this read leaves a permit on `timer`.
             let next = self.call(|engine, _| engine.poll_timeout());
+            // Due already (the engine asks for "at once", say a multicast status): handled
+            // now, as tokio's timer would round it up to its next millisecond. Only while the
+            // deadlines move on, so a deadline the engine keeps due cannot spin here.
+            if let Some(at) = next
+                && at <= Self::now()
+                && handled_due.is_none_or(|h| at > h)
+            {
+                handled_due = Some(at);
+                self.call(|engine, now| engine.handle_timeout(now));
+                continue;
+            }
+            handled_due = None;
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at.into()).await,

@@ -9,7 +9,9 @@
 //!   the socket. A full queue drops the datagram and counts it, as a congested LAN would; the
 //!   channel's NAKs and repairs recover it.
 //! - A task reads the link's datagrams into `Engine::on_multicast_datagram`, several per lock
-//!   when they queue up.
+//!   when they queue up, and tells the engine when the link has sent everything
+//!   (`Engine::multicast_link_idle`): the channel is paced, so the events published while the
+//!   link was sending go out together, several to a datagram.
 //! - Shutdown: the reader stops with the node's tasks (`killed`), then the link sends what it
 //!   still holds and closes the socket ([`Driver::stop_multicast`]); a kill drops it at once.
 //!
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::Driver;
 use crate::NodeStats;
@@ -80,15 +82,18 @@ impl Driver {
             "multicast fan-out on"
         );
         let (inbound, rx) = mpsc::channel(QUEUE);
+        let idle = Arc::new(Notify::new());
+        let link = GroupLink::spawn(socket, inbound, QUEUE, Arc::clone(&idle));
         let io = MulticastIo {
-            link: std::sync::Mutex::new(Some(GroupLink::spawn(socket, inbound, QUEUE))),
+            link: std::sync::Mutex::new(Some(link)),
             ..MulticastIo::default()
         };
         if self.multicast.set(io).is_err() {
             return; // started already
         }
         let driver = Arc::clone(self);
-        self.tasks.spawn(async move { driver.read_group(rx).await });
+        self.tasks
+            .spawn(async move { driver.read_group(rx, idle).await });
         let channel: u64 = rand::random();
         self.call(|engine, now| engine.open_channel(channel, system_secrets(), now));
     }
@@ -107,11 +112,16 @@ impl Driver {
         }
     }
 
-    /// Feeds the group's datagrams to the engine until the node stops.
-    async fn read_group(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
+    /// Feeds the group's datagrams to the engine, and the link's idle moments, until the node
+    /// stops.
+    async fn read_group(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>, idle: Arc<Notify>) {
         loop {
             let first = tokio::select! {
                 () = self.killed.cancelled() => return,
+                () = idle.notified() => {
+                    self.call(|engine, now| engine.multicast_link_idle(now));
+                    continue;
+                }
                 next = rx.recv() => match next {
                     Some(inbound) => inbound,
                     None => return, // the link ended

@@ -53,7 +53,13 @@ pub(crate) struct ChannelConfig {
     pub(crate) tail_heartbeat: Duration,
     /// Heartbeats while idle: every 100 ms.
     pub(crate) heartbeat_interval: Duration,
-    /// A subscriber reports progress at most this often while events arrive: 2 ms.
+    /// Whether events are packed only while the link is idle ([`Sender::link_idle`]): what
+    /// queues while it sends goes in the next datagrams together, as a QUIC connection packs
+    /// what was written while it waited for the socket. Off by default (each call's events
+    /// are sealed at once); the runtime turns it on, as its group link says when it is idle.
+    pub(crate) paced: bool,
+    /// A subscriber reports progress at most this often while events arrive that it does
+    /// not handle: 2 ms (what its handlers finished goes at once).
     pub(crate) status_interval: Duration,
     /// ... and at least this often when nothing arrives: 100 ms.
     pub(crate) status_keepalive: Duration,
@@ -84,6 +90,7 @@ impl Default for ChannelConfig {
             repair_capacity: 1024,
             tail_heartbeat: rtt * 4,
             heartbeat_interval: Duration::from_millis(100),
+            paced: false,
             status_interval: Duration::from_millis(2),
             status_keepalive: Duration::from_millis(100),
             silent_timeout: Duration::from_millis(400),

@@ -323,10 +323,13 @@ impl Receiver {
             return self.joined_at;
         };
         let moved = self.next_needed - said;
-        if moved >= u64::from(self.config.window / 4).max(1) {
+        // Handled events at once, as unicast acks go: the publish's receipt waits for them.
+        // (Those finished in one engine step share a status.) A quarter of the window at once
+        // too, so the publisher can go on.
+        if !self.handled.is_empty() || moved >= u64::from(self.config.window / 4).max(1) {
             return Some(last);
         }
-        if moved > 0 || !self.handled.is_empty() {
+        if moved > 0 {
             Some(last + self.config.status_interval)
         } else {
             Some(last + self.config.status_keepalive)

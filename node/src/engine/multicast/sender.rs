@@ -116,6 +116,9 @@ pub(crate) struct Sender {
     /// Since when a backlog has waited for the slowest subscriber's window.
     blocked_since: Option<Instant>,
     next_heartbeat: Option<Instant>,
+    /// Paced (`ChannelConfig::paced`): whether the link sent every event datagram it was
+    /// handed. Events are packed only then.
+    link_idle: bool,
     out: VecDeque<Transmit>,
     events: VecDeque<SenderEvent>,
     /// Counters: datagrams sealed, repairs by multicast and by unicast.
@@ -165,6 +168,7 @@ impl Sender {
             holders: BTreeSet::new(),
             blocked_since: None,
             next_heartbeat: None,
+            link_idle: true,
             out: VecDeque::new(),
             events: VecDeque::new(),
             sent: 0,
@@ -310,6 +314,9 @@ impl Sender {
     /// Packs queued events into datagrams and seals them, as far as the window allows.
     fn send_queued(&mut self, now: Instant) {
         self.release();
+        if !self.link_idle {
+            return; // packed when the link is idle (`link_idle`)
+        }
         while !self.queue.is_empty() {
             if self.next_seq >= self.limit() {
                 self.blocked_since.get_or_insert(now);
@@ -336,8 +343,15 @@ impl Sender {
             );
             self.out.push_back(Transmit::Multicast(bytes));
             self.next_heartbeat = Some(now + self.config.tail_heartbeat);
+            self.link_idle = !self.config.paced;
         }
         self.blocked_since = None;
+    }
+
+    /// Paced: the link sent every datagram it was handed. What queued meanwhile is packed
+    /// (on the next [`Sender::poll_transmit`]), several events to a datagram.
+    pub(crate) fn link_idle(&mut self) {
+        self.link_idle = true;
     }
 
     /// Takes as many queued events as fit in one datagram; returns the datagram (its body

@@ -131,6 +131,7 @@ impl Sim {
                 }
             }
             Event::Datagram { to, bytes } => self.datagram_arrives(to, bytes),
+            Event::LinkIdle { node } => self.link_idle(node),
             Event::Dialled { node, to } => {
                 let target = self.nodes.iter().position(|n| n.engine.id() == to);
                 if let Some(target) = target

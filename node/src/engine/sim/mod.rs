@@ -147,6 +147,10 @@ enum Event {
         to: usize,
         bytes: Bytes,
     },
+    /// `node`'s group link may have sent everything it was handed (`multicast.rs`).
+    LinkIdle {
+        node: usize,
+    },
 }
 
 /// The simulated network. See the module docs.
@@ -172,6 +176,8 @@ pub(super) struct Sim {
     pub(super) datagrams: u64,
     /// Datagrams that reached a crashed node, kept for the tests.
     pub(super) captured: Vec<(usize, Bytes)>,
+    /// When each node's group link has sent what it was handed (`multicast.rs`).
+    link_free_at: BTreeMap<usize, Instant>,
 }
 
 /// Unix milliseconds at the virtual clock's start.
@@ -197,6 +203,7 @@ impl Sim {
             lan: BTreeMap::new(),
             datagrams: 0,
             captured: Vec::new(),
+            link_free_at: BTreeMap::new(),
         }
     }
 

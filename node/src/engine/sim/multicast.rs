@@ -20,6 +20,9 @@ pub(in crate::engine) use crate::engine::multicast::sim::Faults as LanFaults;
 
 /// The group every simulated node with multicast is on.
 const GROUP: &str = "239.255.0.1:7400";
+/// How long a node's group link takes to send one datagram. The channel is paced, as the
+/// runtime's is: events published meanwhile share the next datagrams.
+const LINK_SEND: Duration = Duration::from_micros(10);
 
 impl Sim {
     /// Adds a node of `service` on the multicast group, whose datagrams from the others arrive
@@ -38,7 +41,10 @@ impl Sim {
         let config = Config {
             multicast: Some(MulticastSetup {
                 group: GROUP.parse().expect("a group address"),
-                channel: ChannelConfig::default(),
+                channel: ChannelConfig {
+                    paced: true,
+                    ..ChannelConfig::default()
+                },
             }),
             ..config
         };
@@ -54,17 +60,30 @@ impl Sim {
         node
     }
 
-    /// `node` sends a datagram to the group.
+    /// `node` hands a datagram to its group link, which sends it after those before it.
     pub(super) fn multicast(&mut self, node: usize, bytes: Bytes) {
         self.datagrams += 1;
-        let now = self.now;
+        let free = self.link_free_at.get(&node).copied().unwrap_or(self.now);
+        let sent = free.max(self.now) + LINK_SEND;
+        self.link_free_at.insert(node, sent);
+        self.schedule(sent, Event::LinkIdle { node });
         let others: Vec<usize> = self.lan.keys().copied().filter(|&n| n != node).collect();
         for to in others {
-            let arrivals = self.lan[&to].arrivals(&mut self.rng, now);
+            let arrivals = self.lan[&to].arrivals(&mut self.rng, sent);
             for at in arrivals {
                 let bytes = bytes.clone();
                 self.schedule(at, Event::Datagram { to, bytes });
             }
+        }
+    }
+
+    /// `node`'s link sent a datagram: if it was the last one handed to it, the engine hears
+    /// the link is idle.
+    pub(super) fn link_idle(&mut self, node: usize) {
+        let now = self.now;
+        let done = self.link_free_at.get(&node).is_none_or(|&at| at <= now);
+        if done && self.nodes[node].alive {
+            self.nodes[node].engine.multicast_link_idle(now);
         }
     }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::{SendError, TrySendError};
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -87,11 +87,13 @@ pub(crate) struct GroupLink {
 
 impl GroupLink {
     /// Starts the task on the current tokio runtime. Received datagrams go to `inbound`;
-    /// up to `outbound_capacity` datagrams (at least 1) wait to be sent.
+    /// up to `outbound_capacity` datagrams (at least 1) wait to be sent; `idle` is notified
+    /// each time the task has sent every datagram it was handed.
     pub(crate) fn spawn(
         socket: GroupSocket,
         inbound: mpsc::Sender<Inbound>,
         outbound_capacity: usize,
+        idle: Arc<Notify>,
     ) -> Self {
         let (outbound, queue) = mpsc::channel(outbound_capacity.max(1));
         let counters = Arc::new(Counters::default());
@@ -100,6 +102,7 @@ impl GroupLink {
             socket,
             inbound,
             queue,
+            idle,
             counters: Arc::clone(&counters),
             cancel: cancel.clone(),
         };
@@ -162,6 +165,7 @@ struct Task {
     socket: GroupSocket,
     inbound: mpsc::Sender<Inbound>,
     queue: mpsc::Receiver<Bytes>,
+    idle: Arc<Notify>,
     counters: Arc<Counters>,
     cancel: CancellationToken,
 }
@@ -173,7 +177,12 @@ impl Task {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 next = self.queue.recv() => match next {
-                    Some(datagram) => self.send(&datagram).await,
+                    Some(datagram) => {
+                        self.send(&datagram).await;
+                        if self.queue.is_empty() {
+                            self.idle.notify_one();
+                        }
+                    }
                     // Every sender is gone: only the handle holds one, so it was dropped.
                     None => return,
                 },

@@ -6,11 +6,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_discovery::netns::{self, HOST_IF, Lan};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::link::{GroupLink, Inbound, LinkStats};
 use super::socket::index_of;
@@ -377,8 +378,19 @@ async fn the_link_sends_and_receives() {
     let port = config.group_addr().port();
     let (a_in, mut a_rx) = mpsc::channel(16);
     let (b_in, mut b_rx) = mpsc::channel(16);
-    let a = GroupLink::spawn(open_on(&lan, 0, &config).expect("h0"), a_in, 16);
-    let b = GroupLink::spawn(open_on(&lan, 1, &config).expect("h1"), b_in, 16);
+    let a_idle = Arc::new(Notify::new());
+    let a = GroupLink::spawn(
+        open_on(&lan, 0, &config).expect("h0"),
+        a_in,
+        16,
+        Arc::clone(&a_idle),
+    );
+    let b = GroupLink::spawn(
+        open_on(&lan, 1, &config).expect("h1"),
+        b_in,
+        16,
+        Arc::default(),
+    );
 
     a.send(Bytes::from_static(b"one")).await.expect("queued");
     a.try_send(Bytes::from_static(b"two")).expect("queued");
@@ -387,6 +399,10 @@ async fn the_link_sends_and_receives() {
         assert_eq!(inbound.datagram, expected);
         assert_eq!(inbound.from, from_host(&lan, 0, port));
     }
+    // Both sent: the link said it is idle.
+    tokio::time::timeout(WAIT, a_idle.notified())
+        .await
+        .expect("the link says it is idle once it sent everything");
     b.send(Bytes::from_static(b"back")).await.expect("queued");
     let inbound = recv_in_time(&mut a_rx).await;
     assert_eq!(inbound.datagram, &b"back"[..]);
@@ -421,7 +437,12 @@ async fn a_full_channel_drops_and_counts() {
     let config = MulticastConfig::new(HOST_IF);
     let sender = open_on(&lan, 0, &config).expect("h0");
     let (inbound, mut rx) = mpsc::channel(1);
-    let link = GroupLink::spawn(open_on(&lan, 1, &config).expect("h1"), inbound, 4);
+    let link = GroupLink::spawn(
+        open_on(&lan, 1, &config).expect("h1"),
+        inbound,
+        4,
+        Arc::default(),
+    );
     for i in 0..5u8 {
         sender.send(&[i]).await.expect("send");
     }
