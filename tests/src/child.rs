@@ -54,6 +54,23 @@ impl Proc {
         }
     }
 
+    /// The lines not read yet, up to the child's end: call it once the child exited (or was
+    /// killed). Bounded by [`CHILD_WAIT`].
+    pub fn rest(&mut self) -> Vec<String> {
+        let deadline = Instant::now() + CHILD_WAIT;
+        let mut rest = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => rest.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return rest,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the child's output did not end within {CHILD_WAIT:?}")
+                }
+            }
+        }
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
