@@ -261,19 +261,16 @@ impl<H: Clone> Engine<H> {
                 }
                 ch.on_group.insert(node);
                 if let Some(sender) = ch.sender.as_mut() {
-                    let replaced = sender.is_member(node);
-                    if replaced {
-                        // A hello on a new connection: the key may have gone with the old one.
+                    if sender.is_member(node) {
+                        // A hello on a new connection: the key may have gone with the old one,
+                        // and so may a status: what it has not reported goes to it again by
+                        // unicast now (its dedup window answers for what it handled) rather
+                        // than after each copy's ack timeout.
                         sender.regrant(node);
+                        self.channel_unreported(node, None, now);
                     } else {
                         sender.join(node, now);
                         ch.topics.clear();
-                    }
-                    if replaced {
-                        // And so may a status: what it has not reported goes to it again by
-                        // unicast now (its dedup window answers for what it handled) rather
-                        // than after each copy's ack timeout.
-                        self.channel_unreported(node, None, now);
                     }
                     self.drain_sender(now);
                 }

@@ -30,6 +30,8 @@ impl Driver {
             {
                 handled_due = Some(at);
                 self.call(|engine, now| engine.handle_timeout(now));
+                // The other tasks of a current-thread runtime get their turn all the same.
+                tokio::task::yield_now().await;
                 continue;
             }
             handled_due = None;
