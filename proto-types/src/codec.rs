@@ -339,7 +339,7 @@ fn body_len_estimate(frame: &Frame) -> usize {
         }
         Frame::ChannelHello(_) => 24,
         Frame::ChannelKey(_) => 4 * LEN + 32,
-        Frame::ChannelStatus(s) => 4 * LEN + 2 * LEN * s.handled.len(),
+        Frame::ChannelStatus(s) => 5 * LEN + 2 * LEN * (s.handled.len() + s.failed.len()),
         Frame::ChannelNak(n) => 2 * LEN + 2 * LEN * n.missing.len(),
         Frame::ChannelRepair(bytes) => LEN + bytes.len(),
         Frame::ChannelDemote(_) => 2 * LEN,

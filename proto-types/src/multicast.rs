@@ -121,6 +121,10 @@ pub struct ChannelStatus {
     pub window: u32,
     /// Items (event numbers) whose handlers finished since the last status.
     pub handled: Vec<SeqRange>,
+    /// Items whose handling failed here since the last status (a handler error, or the
+    /// policy refused it): the publisher sends their copies again by unicast at once, where
+    /// the error gets its usual answer (a retry, or a dead letter if it is permanent).
+    pub failed: Vec<SeqRange>,
 }
 
 /// Datagrams a subscriber misses, sent to the publisher over QUIC.

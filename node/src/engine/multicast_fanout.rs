@@ -14,9 +14,9 @@
 //! What does not go on the channel, and why:
 //! - best-effort copies and ordered batches (a batch's events are handled in order and stop
 //!   at the first failure, which the channel does not carry): unicast as before;
-//! - retries: a copy that was not reported in time (a failed handler, a member that left) is
-//!   retried by unicast like a copy that was not acknowledged, with the same message id, so
-//!   the subscriber's dedup window absorbs a duplicate;
+//! - retries: a copy reported failed (a handler error), or not reported in time (a member
+//!   that left), is sent again by unicast like a copy that was not acknowledged, with the same
+//!   message id, so the subscriber's dedup window absorbs a duplicate;
 //! - under a policy that restricts subscriptions, events on a topic some member may not
 //!   subscribe to (every member can read the channel);
 //! - beyond [`MAX_CHANNEL_BACKLOG`] events waiting for the channel's window.
@@ -237,6 +237,7 @@ impl<H: Clone> Engine<H> {
         for e in events {
             match e {
                 SenderEvent::Handled { node, items } => self.channel_handled(node, &items, now),
+                SenderEvent::Failed { node, items } => self.channel_failed(node, &items, now),
                 SenderEvent::Demoted { node, reason, .. } => {
                     tracing::debug!(%node, ?reason, "multicast: member moved to unicast");
                     // Counted for NodeStats (runtime/multicast.rs).
@@ -264,12 +265,13 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// `node` reports the events numbered in `items` handled: their copies are done.
-    fn channel_handled(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
+    /// `node`'s copies of the events numbered in `items` that wait for its report, taken out
+    /// of `pending`; only those still current (their delivery still waits on the channel).
+    fn take_reported(&mut self, node: NodeId, items: &[shoal_proto::SeqRange]) -> Vec<DeliveryId> {
         let Some(ch) = self.channels.as_deref_mut() else {
-            return;
+            return Vec::new();
         };
-        let mut done = Vec::new();
+        let mut copies = Vec::new();
         for range in items {
             // Only what is pending is looked at: a hostile range costs nothing.
             let end = range.start.saturating_add(range.len);
@@ -279,16 +281,35 @@ impl<H: Clone> Engine<H> {
                 .map(|(k, _)| *k)
                 .collect();
             for key in keys {
-                done.extend(ch.pending.remove(&key).unwrap_or_default());
+                copies.extend(ch.pending.remove(&key).unwrap_or_default());
             }
         }
-        for (d, epoch) in done {
+        copies
+            .into_iter()
+            .filter(|&(d, epoch)| {
+                self.out
+                    .deliveries
+                    .get(d)
+                    .is_some_and(|del| del.epoch == epoch && del.state == State::Channel(node))
+            })
+            .map(|(d, _)| d)
+            .collect()
+    }
+
+    /// `node` reports its handling of the events numbered in `items` failed: their copies go
+    /// to it again by unicast, where the error gets its usual answer.
+    fn channel_failed(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
+        for d in self.take_reported(node, items) {
+            self.channel_to_unicast(d, node, now);
+        }
+    }
+
+    /// `node` reports the events numbered in `items` handled: their copies are done.
+    fn channel_handled(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
+        for d in self.take_reported(node, items) {
             let Some(del) = self.out.deliveries.get_mut(d) else {
                 continue;
             };
-            if del.epoch != epoch || del.state != State::Channel(node) {
-                continue;
-            }
             for acked in del.acked.iter_mut() {
                 *acked = true;
             }

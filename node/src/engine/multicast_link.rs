@@ -76,7 +76,7 @@ pub(super) struct Channels {
     /// Handler runs of channel events: which channel and event number they are for.
     pub(super) tasks: HashMap<TaskId, (u64, u64)>,
     /// Channel events being handled here: runs left, and whether one failed (then the event
-    /// is not reported, and the publisher's copy is retried by unicast).
+    /// is reported failed, and the publisher's copy is sent again by unicast).
     pub(super) handling: HashMap<(u64, u64), (u32, bool)>,
     /// Channel events whose message was being handled when they came (by delivery key):
     /// they end with that run.

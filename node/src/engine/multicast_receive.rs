@@ -7,10 +7,11 @@
 //! datagram assigns to this node: an ungrouped subscription always, a group's only when the
 //! datagram names this node as the group's instance (so each event is handled by exactly one
 //! instance per group). When all of those runs succeeded (or the dedup window says they ran
-//! before), the event's number goes in the channel's next status, which completes the
-//! publisher's copies. A failed run is not reported: the publisher's copy is then retried by
-//! unicast after its ack timeout, and the dedup window (which forgot the failed id) runs it
-//! again.
+//! before), the event's number goes in the channel's next status as handled, which completes
+//! the publisher's copies. When one failed (or the policy refused it), the number goes in the
+//! status as failed: the publisher sends its copy again by unicast at once, and the dedup
+//! window (which forgot the failed id) runs it again, where a handler error gets its usual
+//! answer (a retry, or a dead letter if it is permanent).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -136,9 +137,7 @@ impl<H: Clone> Engine<H> {
         }
         let number = d.number;
         if left == 0 {
-            if !failed {
-                self.channel_report(channel, number);
-            }
+            self.channel_report(channel, number, !failed);
             return;
         }
         if let Some(ch) = self.channels.as_deref_mut() {
@@ -182,19 +181,21 @@ impl<H: Clone> Engine<H> {
         if *left == 0 {
             let failed = *failed;
             ch.handling.remove(&(channel, number));
-            if !failed {
-                self.channel_report(channel, number);
-            }
+            self.channel_report(channel, number, !failed);
         }
     }
 
-    /// Event `number` of `channel` was handled here: the publisher hears of it in the next
-    /// status.
-    fn channel_report(&mut self, channel: u64, number: u64) {
+    /// Event `number` of `channel` was handled here (`ok`), or its handling failed: the
+    /// publisher hears of it in the next status.
+    fn channel_report(&mut self, channel: u64, number: u64, ok: bool) {
         let Some(i) = self.inbound_channel(channel) else {
             return;
         };
-        i.rx.handled(number);
+        if ok {
+            i.rx.handled(number);
+        } else {
+            i.rx.failed(number);
+        }
         if let Some(at) = i.rx.poll_timeout() {
             self.deadline_at(at);
         }

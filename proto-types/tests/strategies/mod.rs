@@ -226,14 +226,22 @@ pub(crate) fn arb_channel_frame() -> impl Strategy<Value = Frame> {
                 first_seq,
             })
         ),
-        (any::<u64>(), any::<u64>(), any::<u32>(), arb_seq_ranges()).prop_map(
-            |(channel, next_needed, window, handled)| Frame::ChannelStatus(ChannelStatus {
-                channel,
-                next_needed,
-                window,
-                handled,
-            })
-        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            arb_seq_ranges(),
+            arb_seq_ranges()
+        )
+            .prop_map(|(channel, next_needed, window, handled, failed)| {
+                Frame::ChannelStatus(ChannelStatus {
+                    channel,
+                    next_needed,
+                    window,
+                    handled,
+                    failed,
+                })
+            }),
         (any::<u64>(), arb_seq_ranges())
             .prop_map(|(channel, missing)| Frame::ChannelNak(ChannelNak { channel, missing })),
         arb_bytes().prop_map(Frame::ChannelRepair),

@@ -82,6 +82,8 @@ pub(crate) struct Receiver {
     rng: SmallRng,
     ready: VecDeque<Delivered>,
     handled: RangeSet,
+    /// Items whose handling failed here since the last status.
+    failed: RangeSet,
     /// When the last status went, and the `next_needed` it said.
     last_status: Option<(Instant, u64)>,
     joined_at: Option<Instant>,
@@ -109,6 +111,7 @@ impl Receiver {
             rng: SmallRng::seed_from_u64(seed),
             ready: VecDeque::new(),
             handled: RangeSet::default(),
+            failed: RangeSet::default(),
             last_status: None,
             joined_at: None,
             out: VecDeque::new(),
@@ -305,6 +308,17 @@ impl Receiver {
         self.handled.insert(number);
     }
 
+    /// Handling event `number` failed here: the publisher hears of it in the next status
+    /// (at once), and sends its copy again by unicast.
+    pub(crate) fn failed(&mut self, number: u64) {
+        self.failed.insert(number);
+    }
+
+    /// Whether a status has items to report.
+    fn has_items(&self) -> bool {
+        !self.handled.is_empty() || !self.failed.is_empty()
+    }
+
     /// The next event, in order.
     pub(crate) fn poll_delivered(&mut self) -> Option<Delivered> {
         self.ready.pop_front()
@@ -316,7 +330,7 @@ impl Receiver {
             State::Waiting => return None,
             // Moved to unicast: what its handlers finished since the last status is still
             // reported, so the publisher's deliveries of those events complete.
-            State::Demoted => return last.filter(|_| !self.handled.is_empty()),
+            State::Demoted => return last.filter(|_| self.has_items()),
             State::Joined => {}
         }
         let Some((last, said)) = self.last_status else {
@@ -326,7 +340,7 @@ impl Receiver {
         // Handled events at once, as unicast acks go: the publish's receipt waits for them.
         // (Those finished in one engine step share a status.) A quarter of the window at once
         // too, so the publisher can go on.
-        if !self.handled.is_empty() || moved >= u64::from(self.config.window / 4).max(1) {
+        if self.has_items() || moved >= u64::from(self.config.window / 4).max(1) {
             return Some(last);
         }
         if moved > 0 {
@@ -371,7 +385,7 @@ impl Receiver {
     /// stops, and the publisher must hear of them before the goodbye (or it hands them to
     /// another instance, which runs them again).
     pub(crate) fn flush_handled(&mut self, now: Instant) {
-        if self.state != State::Waiting && !self.handled.is_empty() {
+        if self.state != State::Waiting && self.has_items() {
             self.status(now);
         }
     }
@@ -383,6 +397,7 @@ impl Receiver {
             next_needed: self.next_needed,
             window: self.config.window,
             handled: self.handled.take(),
+            failed: self.failed.take(),
         }));
     }
 

@@ -65,6 +65,8 @@ pub(crate) enum Transmit {
 pub(crate) enum SenderEvent {
     /// A subscriber's handlers finished these events (by number): their deliveries are done.
     Handled { node: NodeId, items: Vec<SeqRange> },
+    /// A subscriber failed to handle these events: their copies go to it again by unicast.
+    Failed { node: NodeId, items: Vec<SeqRange> },
     /// A subscriber was moved to unicast: the events numbered from `from_item` that it has
     /// not acknowledged go to it by unicast.
     Demoted {

@@ -106,6 +106,10 @@ fn hostile_keys_statuses_and_datagrams_change_nothing_for_honest_nodes() {
             start: 0,
             len: u64::MAX,
         }],
+        failed: vec![SeqRange {
+            start: 0,
+            len: u64::MAX,
+        }],
     };
     let now = sim.now;
     sim.nodes[publisher]

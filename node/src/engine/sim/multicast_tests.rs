@@ -4,13 +4,16 @@
 
 #![cfg(test)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::rc::Rc;
 use std::time::Duration;
 
 use shoal_proto::MessageId;
 
 use super::multicast::{LanFaults, clean, lossy};
 use super::{Handled, Sim};
+use crate::HandlerError;
 use crate::engine::multicast::Header;
 use crate::engine::send::Publishing;
 use crate::engine::{Action, Done, OpId};
@@ -416,4 +419,50 @@ fn a_burst_published_while_the_link_sends_shares_datagrams() {
     let datagrams = lan.sim.datagrams - before;
     // The first event goes alone; the 99 queued behind it fit about 14 to a datagram.
     assert!(datagrams <= 12, "{datagrams} datagrams for 100 events");
+}
+
+/// A handler that fails on a subscriber is reported failed in its status: the publisher sends
+/// the copy again by unicast at once (not after its 5 s ack timeout), and that run succeeds.
+#[test]
+fn a_failed_handler_is_retried_by_unicast_at_once() {
+    let mut sim = Sim::new(11);
+    let publisher = sim.lan_node("orders", clean());
+    let billing = sim.lan_node("billing", clean());
+    sim.connect(publisher, billing);
+    let tried: Rc<RefCell<HashSet<MessageId>>> = Rc::default();
+    let first_try = Rc::clone(&tried);
+    sim.subscribe(billing, "order.*", Some("billing"), move |msg| {
+        if first_try.borrow_mut().insert(msg.id()) {
+            Handled::fail(HandlerError::retryable("busy"))
+        } else {
+            Handled::ok()
+        }
+    });
+    sim.run_for(5 * MS);
+    let mut ops = Vec::new();
+    for i in 0..20 {
+        let event = sim.event("order.created", format!("{i}"));
+        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+        sim.run_for(MS / 10);
+    }
+    let start = sim.now;
+    while sim.now < start + Duration::from_secs(1)
+        && ops.iter().any(|op| sim.result(publisher, *op).is_none())
+    {
+        sim.run_for(MS);
+    }
+    for op in &ops {
+        match sim.result(publisher, *op) {
+            Some(Ok(Done::Published(receipt))) => {
+                assert_eq!(receipt.deliveries.len(), 1);
+                assert_eq!(receipt.deliveries[0].attempts, 2, "{receipt:?}");
+            }
+            other => panic!("not done within a second: {other:?}"),
+        }
+    }
+    assert!(sim.datagrams > 0, "the first tries went on the channel");
+    assert_eq!(tried.borrow().len(), 20);
 }

@@ -41,6 +41,12 @@ impl Sender {
                 items: status.handled,
             });
         }
+        if !status.failed.is_empty() {
+            self.events.push_back(SenderEvent::Failed {
+                node,
+                items: status.failed,
+            });
+        }
         let Some(m) = self.members.get_mut(&node) else {
             return;
         };
