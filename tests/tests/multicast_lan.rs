@@ -161,6 +161,26 @@ async fn wait_ready(publisher: &Node, subscribers: usize, audiences: usize) {
         .expect("every audience known");
 }
 
+/// Subscribes each of `subs` to every event under its label, waits until `publisher` knows
+/// them all, publishes `count` events from `streams` tasks, and asserts each was handled once
+/// by every one of them.
+async fn every_instance_round(
+    publisher: &Node,
+    subs: &[NsNode],
+    labels: &[&str],
+    count: usize,
+    streams: usize,
+) {
+    let seen = Seen::default();
+    for (sub, label) in subs.iter().zip(labels) {
+        record(&sub.node, None, label, &seen).await;
+    }
+    wait_ready(publisher, subs.len(), subs.len()).await;
+    let receipts = publish(publisher, count, streams).await;
+    let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
+    assert_once_each(&seen, &ids, labels);
+}
+
 fn stats(nodes: &[&NsNode]) -> Vec<NodeStats> {
     nodes.iter().map(|n| n.node.stats()).collect()
 }
@@ -244,17 +264,14 @@ fn a_subscriber_multicast_does_not_reach_falls_back_to_unicast() {
     let Some((_lan, subs, publisher)) = lan_of(test, 3, &[(3, &block)]) else {
         return;
     };
-    let seen = Seen::default();
     let labels = ["every-1", "every-2", "blocked"];
-    runtime().block_on(async {
-        for (sub, label) in subs.iter().zip(labels) {
-            record(&sub.node, None, label, &seen).await;
-        }
-        wait_ready(&publisher.node, 3, 3).await;
-        let receipts = publish(&publisher.node, 150, 4).await;
-        let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
-        assert_once_each(&seen, &ids, &labels);
-    });
+    runtime().block_on(every_instance_round(
+        &publisher.node,
+        &subs,
+        &labels,
+        150,
+        4,
+    ));
     let p = publisher.node.stats();
     let blocked = subs[2].node.stats();
     eprintln!("publisher: {p:?}\nblocked subscriber: {blocked:?}");
@@ -376,17 +393,8 @@ fn the_bridge_sees_sealed_datagrams_one_per_event_not_per_subscriber() {
     ready_rx
         .recv_timeout(STEP)
         .expect("tcpdump started capturing");
-    let seen = Seen::default();
     let labels = ["every-1", "every-2", "every-3", "every-4"];
-    runtime().block_on(async {
-        for (sub, label) in subs.iter().zip(labels) {
-            record(&sub.node, None, label, &seen).await;
-        }
-        wait_ready(&publisher.node, 4, 4).await;
-        let receipts = publish(&publisher.node, 40, 1).await;
-        let ids: Vec<MessageId> = receipts.iter().map(|r| r.id).collect();
-        assert_once_each(&seen, &ids, &labels);
-    });
+    runtime().block_on(every_instance_round(&publisher.node, &subs, &labels, 40, 1));
     let repairs = publisher.node.stats().multicast_repairs;
     stop_all(subs.into_iter().chain([publisher]));
     // SIGTERM to `timeout`, which passes it on: tcpdump closes the file.

@@ -26,10 +26,9 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
@@ -41,10 +40,12 @@ use crate::shoal_scenarios::shoal_err;
 
 mod ns_node;
 mod render;
+mod slots;
 
 pub use render::{render_markdown, render_text, targets};
 
 use ns_node::NsNode;
+use slots::Slots;
 
 const TOPIC: &str = "fanout.tick";
 /// The nftables table the loss pass adds in each subscriber's namespace (and then deletes).
@@ -225,54 +226,6 @@ fn check_options(options: &Options) -> BenchResult<()> {
     Ok(())
 }
 
-/// Per event sequence number: how many subscribers ran it and the latest one's latency.
-struct Slots {
-    epoch: Instant,
-    count: Vec<AtomicU32>,
-    last_ns: Vec<AtomicU64>,
-}
-
-impl Slots {
-    fn new(capacity: u64) -> Self {
-        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
-        Self {
-            epoch: Instant::now(),
-            count: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
-            last_ns: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// A subscriber's handler: records the event's latency.
-    fn record(&self, payload: &[u8]) {
-        let now = self.now_ns();
-        let (Some(seq), Some(sent)) = (read_u64(payload, 0), read_u64(payload, 8)) else {
-            return;
-        };
-        let Ok(i) = usize::try_from(seq) else { return };
-        if let (Some(count), Some(last)) = (self.count.get(i), self.last_ns.get(i)) {
-            last.fetch_max(now.saturating_sub(sent), Ordering::Relaxed);
-            count.fetch_add(1, Ordering::Release);
-        }
-    }
-
-    fn payload(&self, seq: u64, size: usize) -> Bytes {
-        let mut buf = BytesMut::with_capacity(size);
-        buf.put_u64(seq);
-        buf.put_u64(self.now_ns());
-        buf.resize(size, 0xab);
-        buf.freeze()
-    }
-}
-
-fn read_u64(payload: &[u8], at: usize) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(at..at + 8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
 /// A publisher and `n` subscribers, started for one path.
 struct NodeSet {
     publisher: NsNode,
@@ -347,7 +300,7 @@ impl NodeSet {
     fn reserve(&self, count: u64) -> BenchResult<std::ops::Range<u64>> {
         let start = self.next_seq.fetch_add(count, Ordering::Relaxed);
         let end = start + count;
-        if usize::try_from(end).unwrap_or(usize::MAX) > self.slots.count.len() {
+        if usize::try_from(end).unwrap_or(usize::MAX) > self.slots.capacity() {
             return Err(BenchError::msg("more events than the run has slots for"));
         }
         Ok(start..end)
@@ -444,7 +397,7 @@ impl NodeSet {
             .map_err(|e| BenchError::msg(format!("histogram: {e}")))?;
         for seq in measured {
             let i = usize::try_from(seq)?;
-            let ns = self.slots.last_ns[i].load(Ordering::Relaxed).max(1);
+            let ns = self.slots.latency_ns(i).max(1);
             histogram.saturating_record(ns);
         }
         Ok(Latency {
@@ -458,7 +411,7 @@ impl NodeSet {
     /// Every event of `seqs` ran exactly once on each of `n` subscribers.
     fn check_delivered(&self, seqs: std::ops::Range<u64>, n: usize) -> BenchResult<()> {
         for seq in seqs {
-            let got = self.slots.count[usize::try_from(seq)?].load(Ordering::Acquire);
+            let got = self.slots.runs(usize::try_from(seq)?);
             if usize::try_from(got)? != n {
                 return Err(BenchError::msg(format!(
                     "event {seq} ran on {got} subscribers, not {n}"
@@ -510,19 +463,5 @@ mod tests {
             let floor = name.replace("multicast", "unicast");
             assert!(names.contains(&floor), "{name} has no unicast floor");
         }
-    }
-
-    #[test]
-    fn a_payload_carries_its_sequence_and_stamp() {
-        let slots = Slots::new(4);
-        let payload = slots.payload(3, 64);
-        assert_eq!(payload.len(), 64);
-        assert_eq!(read_u64(&payload, 0), Some(3));
-        slots.record(&payload);
-        slots.record(&payload);
-        assert_eq!(slots.count[3].load(Ordering::Acquire), 2);
-        // Out of range or truncated payloads are ignored, not a panic.
-        slots.record(&slots.payload(9, 64));
-        slots.record(&payload[..10]);
     }
 }
