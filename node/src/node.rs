@@ -202,7 +202,7 @@ impl Node {
                 // The delivery keeps its own deadline: `timeout` ends the whole request, so an
                 // answer that is merely late is a timeout, not a dead letter.
                 match tokio::time::timeout(timeout, op?).await {
-                    Ok(Ok(Done::Replied(reply))) => Ok(reply),
+                    Ok(Ok(Done::Replied(reply))) => Ok(*reply),
                     Ok(Ok(other)) => Err(unexpected(&other)),
                     Ok(Err(e)) => Err(e),
                     Err(_) => Err(Error::Timeout(timeout)),

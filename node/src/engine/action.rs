@@ -90,16 +90,14 @@ pub(crate) struct Run<H> {
 pub(crate) type HandlerOutcome = Result<SmallVec<[Message; 1]>, HandlerError>;
 
 /// What an operation ended with.
+///
+/// Kept small: it waits in every operation's slot, so the reply is boxed.
 #[derive(Debug)]
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one result per call, moved once to its caller"
-)]
 pub(crate) enum Done {
     /// A point-to-point message was acknowledged.
     Sent(Receipt),
     /// A request was answered.
-    Replied(Message),
+    Replied(Box<Message>),
     /// Every audience of an event acknowledged (or was dropped).
     Published(PublishReceipt),
     /// A ping was answered after this long.

@@ -274,7 +274,8 @@ impl Conn {
                 }
             }
         }
-        let mut run: Vec<EncodedItem> = Vec::new();
+        // Sized once for what waits (bounded), not grown item by item.
+        let mut run: Vec<EncodedItem> = Vec::with_capacity(self.queued_items.min(256));
         while buf.len() < max_bytes {
             let Some(next) = self.queue.pop_front() else {
                 break;

@@ -92,6 +92,10 @@ fn least_loaded<'a>(
 /// The audiences of events on one topic, each with its live instances.
 pub(crate) type Audiences = Arc<Vec<(Audience, Vec<NodeId>)>>;
 
+/// How the maps keyed by topic and service names hash: foldhash, seeded per process (names
+/// are this node's topics and peers' certified services, looked up on every message).
+type NameHashing = foldhash::fast::RandomState;
+
 /// Most topics whose audiences are kept between changes of the peer table.
 const MAX_CACHED_TOPICS: usize = 4096;
 
@@ -110,9 +114,10 @@ pub(super) struct Peers {
     /// same in every run with the same inputs).
     by_node: BTreeMap<NodeId, ConnId>,
     /// The current connections of each service.
-    by_service: HashMap<String, Vec<ConnId>>,
+    by_service: HashMap<String, Vec<ConnId>, NameHashing>,
     departed: DepartedGroups,
-    audience_cache: HashMap<String, Audiences>,
+    /// Each topic's audiences, looked up twice per publish: hashed with foldhash.
+    audience_cache: HashMap<String, Audiences, NameHashing>,
     /// The instances discovery announced, connected or not (see [`super::directory`]): their
     /// advertised subscriptions count in audiences. Call [`Peers::bump`] after changing it.
     pub(super) directory: Directory,
@@ -122,9 +127,9 @@ impl Peers {
     pub(super) fn new(remember_groups: Duration) -> Self {
         Self {
             by_node: BTreeMap::new(),
-            by_service: HashMap::new(),
+            by_service: HashMap::default(),
             departed: DepartedGroups::new(remember_groups),
-            audience_cache: HashMap::new(),
+            audience_cache: HashMap::default(),
             directory: Directory::default(),
         }
     }
@@ -454,6 +459,18 @@ impl Peers {
             let live = list
                 .iter()
                 .filter_map(|c| Some((*c, conns.get(*c)?)))
+                .filter(|(_, c)| c.takes_messages());
+            let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
+            return least_loaded(untried, turn).or_else(|| least_loaded(live, turn));
+        }
+        if let (Route::Audience { topic, audience }, None) = (route, key) {
+            // An event's copy, the same way (every publish comes here).
+            let audiences = self.audiences(conns, topic, now);
+            let (_, nodes) = audiences.iter().find(|(a, _)| a == audience)?;
+            let live = nodes
+                .iter()
+                .filter_map(|n| self.current(*n))
+                .filter_map(|c| Some((c, conns.get(c)?)))
                 .filter(|(_, c)| c.takes_messages());
             let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
             return least_loaded(untried, turn).or_else(|| least_loaded(live, turn));

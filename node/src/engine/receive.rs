@@ -403,7 +403,12 @@ impl<H: Clone> Engine<H> {
             None => Ok(()),
         });
         self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics.rs
-        let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
+        // Usually nobody waits: the empty map is not hashed into.
+        let waiters = if self.inbound.waiters.is_empty() {
+            Vec::new()
+        } else {
+            self.inbound.waiters.remove(&key).unwrap_or_default()
+        };
         // Multicast (multicast_receive.rs): a channel event is reported in the channel's status,
         // not acknowledged on `conn`; duplicates that came by unicast meanwhile still are.
         let own = (!self.channel_task_done(task, key, outcome.is_ok()))

@@ -430,7 +430,10 @@ impl<H: Clone> Engine<H> {
             return;
         };
         self.stop_deliveries(op, now);
-        self.complete(op, Ok(Done::Replied(Message::from_envelope(reply))));
+        self.complete(
+            op,
+            Ok(Done::Replied(Box::new(Message::from_envelope(reply)))),
+        );
     }
 
     /// Queues a control frame on `conn`.
@@ -473,7 +476,11 @@ fn new_op(
         items,
         open,
         deliveries: SmallVec::new(),
-        copies: Vec::new(),
+        // A publish's receipt lists every copy: room for them at once.
+        copies: match kind {
+            OpKind::Publish => Vec::with_capacity(open),
+            _ => Vec::new(),
+        },
         dropped: Vec::new(),
         sent: None,
         error: None,

@@ -176,12 +176,16 @@ impl Driver {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Engine<BoxedHandler>, Instant) -> R,
     ) -> R {
-        let (result, effects) = {
+        // Filled and acted on in place: it holds a few inline vectors (over a kilobyte), which
+        // moving by value would copy on every call.
+        let mut effects = Effects::default();
+        let result = {
             let mut state = lock(&self.state);
             let result = f(&mut state.engine, Self::now());
-            (result, state.take_effects())
+            state.take_effects(&mut effects);
+            result
         };
-        self.act(effects);
+        self.act(&mut effects);
         #[cfg(feature = "testing")]
         self.tell_test_kit();
         result
@@ -239,15 +243,17 @@ impl Driver {
         hello: crate::engine::PeerHello,
         io: &Arc<ConnIo>,
     ) -> (ConnId, crate::engine::Admission) {
-        let (admitted, effects) = {
+        let mut effects = Effects::default();
+        let admitted = {
             let mut state = lock(&self.state);
             let (id, admission) = state.engine.connection_up(hello, Self::now());
             if admission != crate::engine::Admission::Refused {
                 state.conns.insert(id, Arc::clone(io));
             }
-            ((id, admission), state.take_effects())
+            state.take_effects(&mut effects);
+            (id, admission)
         };
-        self.act(effects);
+        self.act(&mut effects);
         #[cfg(feature = "testing")]
         self.tell_test_kit();
         admitted
@@ -293,7 +299,7 @@ impl Driver {
         self.stopping.is_cancelled()
     }
 
-    fn act(self: &Arc<Self>, mut effects: Effects) {
+    fn act(self: &Arc<Self>, effects: &mut Effects) {
         loop {
             for waker in effects.wake.drain(..) {
                 waker.wake();
@@ -326,13 +332,12 @@ impl Driver {
             if std::mem::take(&mut effects.idle) {
                 self.idle.notify_waiters();
             }
-            let runs = std::mem::take(&mut effects.run);
-            if runs.is_empty() {
+            if effects.run.is_empty() {
                 return;
             }
             // Handlers that finish in their first poll report together, in one more call.
             let mut done: SmallVec<[_; 8]> = SmallVec::new();
-            for run in runs {
+            for run in effects.run.drain(..) {
                 if let Some(outcome) = self.run_handlers(run) {
                     done.push(outcome);
                 }
@@ -345,15 +350,15 @@ impl Driver {
             for (task, outcome) in done {
                 state.engine.handler_done(task, outcome, now);
             }
-            effects = state.take_effects();
+            state.take_effects(effects);
         }
     }
 }
 
 impl State {
-    /// Takes every action of the engine, turned into what to do after unlocking.
-    fn take_effects(&mut self) -> Effects {
-        let mut effects = Effects::default();
+    /// Takes every action of the engine into `effects` (emptied by the last
+    /// [`Driver::act`]), turned into what to do after unlocking.
+    fn take_effects(&mut self, effects: &mut Effects) {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Transmit(conn) => {
@@ -393,7 +398,6 @@ impl State {
         }
         effects.timer_moved = self.engine.timer_moved();
         effects.idle = self.engine.lifecycle() != Lifecycle::Running && self.engine.is_idle();
-        effects
     }
 }
 
