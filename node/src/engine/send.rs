@@ -374,10 +374,8 @@ impl<H: Clone> Engine<H> {
         for (route, head, spec, slot) in copies {
             self.add_delivery(op, route, head, spec, slot, now);
         }
-        if kind == OpKind::Background {
-            return Ok(Publishing::Done(empty_receipt(id)));
-        }
-        // Best-effort copies and topics nobody subscribes to are done at once.
+        // Best-effort copies and topics nobody subscribes to are done at once (a background
+        // publish too: nothing would ever end its operation).
         let nobody = self
             .out
             .ops
@@ -385,6 +383,9 @@ impl<H: Clone> Engine<H> {
             .is_some_and(|o| o.open == 0 && o.result.is_none());
         if nobody {
             self.forget_op(op);
+            return Ok(Publishing::Done(empty_receipt(id)));
+        }
+        if kind == OpKind::Background {
             return Ok(Publishing::Done(empty_receipt(id)));
         }
         match self.take_result(op) {

@@ -14,6 +14,7 @@
 //! see their connection lost, as after QUIC's idle timeout.
 
 mod authz;
+mod background_tests;
 mod driver;
 mod lazy_tests;
 mod metrics_tests;

@@ -1,0 +1,53 @@
+//! Background publishing on the simulated network: the caller does not wait, and the engine
+//! keeps an operation only while one of its copies is on its way.
+
+#![cfg(test)]
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::Sim;
+use super::tests::counting;
+use crate::PublishOptions;
+use crate::engine::send::Publishing;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Publishes `n` background events on `topic` from `node`; each returns at once.
+fn publish_in_background(sim: &mut Sim, node: usize, topic: &str, n: usize) {
+    for i in 0..n {
+        let event = sim.event(topic, i.to_string());
+        match sim.publish(node, vec![event], &PublishOptions::background()) {
+            Ok(Publishing::Done(receipt)) => assert!(receipt.deliveries.is_empty()),
+            other => panic!("a background publish returns at once: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_background_publish_nobody_subscribes_to_keeps_nothing() {
+    let mut sim = Sim::new(41);
+    let (orders, audit) = (sim.node("orders"), sim.node("audit"));
+    sim.connect(orders, audit);
+    assert!(sim.run_for(SECOND));
+    publish_in_background(&mut sim, orders, "order.created", 100);
+    assert!(sim.run_for(SECOND));
+    // Before, each of these left its operation behind for good (nothing ever ended it).
+    assert_eq!(sim.nodes[orders].engine.out.ops.len(), 0);
+    assert_eq!(sim.nodes[orders].engine.stats().events_unrouted, 100);
+}
+
+#[test]
+fn background_copies_are_delivered_and_then_forgotten() {
+    let mut sim = Sim::new(42);
+    let (orders, audit) = (sim.node("orders"), sim.node("audit"));
+    sim.connect(orders, audit);
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
+    assert!(sim.run_for(SECOND));
+    publish_in_background(&mut sim, orders, "order.created", 100);
+    assert!(sim.run_for(SECOND));
+    assert_eq!(count.get(), 100);
+    assert_eq!(sim.nodes[orders].engine.out.ops.len(), 0);
+}
