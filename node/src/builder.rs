@@ -91,6 +91,9 @@ impl NodeBuilder {
     /// Default cap on the bytes waiting to be written to one peer (see
     /// [`NodeBuilder::max_queued_bytes`]).
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+    /// Default cap on background publishes on their way at once (see
+    /// [`NodeBuilder::max_background_publishes`]).
+    pub const DEFAULT_MAX_BACKGROUND_PUBLISHES: usize = 65_536;
 
     pub(crate) fn new(service: impl Into<String>) -> Self {
         Self {
@@ -227,6 +230,17 @@ impl NodeBuilder {
     /// Default 1024.
     pub fn max_in_flight_per_peer(mut self, max: usize) -> Self {
         self.config.max_in_flight_per_peer = max.max(1);
+        self
+    }
+
+    /// Most background publishes ([`crate::PublishOptions::background`]) on their way at once.
+    /// Each holds its event until every audience acknowledged it (or it was dead-lettered), so
+    /// a subscriber that is slow, or a group waiting for an instance, makes them pile up; past
+    /// this many, `publish_with` fails at once with [`crate::Error::Backlog`] and keeps
+    /// nothing, rather than holding events without bound. A plain `publish`, which resolves
+    /// on the acks, paces itself instead. Default 65,536.
+    pub fn max_background_publishes(mut self, max: usize) -> Self {
+        self.config.max_background_publishes = max.max(1);
         self
     }
 

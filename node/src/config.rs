@@ -17,6 +17,8 @@ pub(crate) struct Config {
     pub(crate) reply_cache_size: usize,
     pub(crate) max_in_flight_per_peer: usize,
     pub(crate) max_concurrent_handlers: usize,
+    /// Background publishes on their way at once; one more is refused ([`crate::Error::Backlog`]).
+    pub(crate) max_background_publishes: usize,
     /// Best-effort copies are dropped when this many items already wait to be written.
     pub(crate) write_queue_len: usize,
     /// A connection with more bytes waiting to be written is closed: its peer is not reading.
@@ -66,6 +68,7 @@ impl Default for Config {
             reply_cache_size: 16 << 20,
             max_in_flight_per_peer: 1024,
             max_concurrent_handlers: 1024,
+            max_background_publishes: NodeBuilder::DEFAULT_MAX_BACKGROUND_PUBLISHES,
             write_queue_len: 4096,
             max_queued_bytes: NodeBuilder::DEFAULT_MAX_QUEUED_BYTES,
             limits: Limits::default(),

@@ -62,6 +62,16 @@ pub enum Error {
         /// The service the message was for.
         service: String,
     },
+    /// A background publish was refused: `limit` background publishes are still on their way
+    /// ([`crate::NodeBuilder::max_background_publishes`]). Nothing was kept; publish again
+    /// later, or with a receipt (a plain `publish`) to pace the publisher.
+    #[error(
+        "{limit} background publishes are still on their way (NodeBuilder::max_background_publishes): publish later, or await a receipt"
+    )]
+    Backlog {
+        /// The cap that was reached.
+        limit: usize,
+    },
     /// A topic, subscription pattern or group name is malformed (see [`crate::Node::publish`]
     /// and [`crate::SubscribeOptions`] for the rules).
     #[error("invalid topic or pattern: {0}")]

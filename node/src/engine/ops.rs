@@ -38,7 +38,7 @@ impl<H: Clone> Engine<H> {
     }
 
     pub(super) fn forget_op(&mut self, op: OpId) {
-        if let Some(o) = self.out.ops.remove(op) {
+        if let Some(o) = self.out.remove_op(op) {
             if o.kind == OpKind::Request
                 && let Some(first) = o.messages.first()
             {
@@ -56,7 +56,7 @@ impl<H: Clone> Engine<H> {
             return;
         };
         if !o.kind.waited() {
-            self.out.ops.remove(op);
+            self.out.remove_op(op);
             return;
         }
         if o.result.is_none() {

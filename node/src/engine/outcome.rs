@@ -150,7 +150,7 @@ impl<H: Clone> Engine<H> {
                 Some(OpKind::Reply) => {
                     tracing::debug!("reply not delivered: the node stopped");
                     self.abandon(d, now);
-                    self.out.ops.remove(op);
+                    self.out.remove_op(op);
                 }
                 _ => self.abandon(d, now),
             }

@@ -133,9 +133,30 @@ pub(super) struct Outbound {
     pub(super) heads: HeadCache,
     /// Where items are encoded: one allocation shared by many.
     pub(super) arena: BytesMut,
+    /// Background publishes in `ops` (see [`Outbound::insert_op`]).
+    background: usize,
 }
 
 impl Outbound {
+    /// Keeps `op`; every operation goes in here and leaves through [`Outbound::remove_op`],
+    /// so the count of background publishes stays right.
+    pub(super) fn insert_op(&mut self, op: Op) -> OpId {
+        self.background += usize::from(op.kind == OpKind::Background);
+        self.ops.insert(op)
+    }
+
+    /// Forgets `id`'s operation.
+    pub(super) fn remove_op(&mut self, id: OpId) -> Option<Op> {
+        let op = self.ops.remove(id)?;
+        self.background -= usize::from(op.kind == OpKind::Background);
+        Some(op)
+    }
+
+    /// Background publishes not finished yet (each holds its events until then).
+    pub(super) fn background_publishes(&self) -> usize {
+        self.background
+    }
+
     /// Operations nobody waits for that are still going (background publishes, asynchronous
     /// replies): a graceful shutdown waits for them.
     pub(super) fn background_open(&self) -> usize {
@@ -256,8 +277,7 @@ impl<H: Clone> Engine<H> {
         let slot = key.map(|k| (format!("service/{}", target.service), k));
         let op = self
             .out
-            .ops
-            .insert(new_op(kind, smallvec![envelope], smallvec![(1, item)], 1));
+            .insert_op(new_op(kind, smallvec![envelope], smallvec![(1, item)], 1));
         self.add_delivery(op, Route::Service(target), head, spec, slot, now);
         Ok(op)
     }
@@ -278,6 +298,10 @@ impl<H: Clone> Engine<H> {
             OpKind::Publish
         };
         self.accepting(kind)?;
+        let limit = self.config.max_background_publishes;
+        if kind == OpKind::Background && self.out.background_publishes() >= limit {
+            return Err(Error::Backlog { limit });
+        }
         let Some(first) = events.first() else {
             return Err(Error::InvalidBatch(
                 "a batch needs at least one event".into(),
@@ -369,8 +393,7 @@ impl<H: Clone> Engine<H> {
         let id = envelopes[0].id;
         let op = self
             .out
-            .ops
-            .insert(new_op(kind, envelopes, items, copies.len()));
+            .insert_op(new_op(kind, envelopes, items, copies.len()));
         for (route, head, spec, slot) in copies {
             self.add_delivery(op, route, head, spec, slot, now);
         }
@@ -406,8 +429,7 @@ impl<H: Clone> Engine<H> {
             .choose(&self.conns, &route, &[], None, turn, now)?;
         let op = self
             .out
-            .ops
-            .insert(new_op(OpKind::Ping, SmallVec::new(), SmallVec::new(), 1));
+            .insert_op(new_op(OpKind::Ping, SmallVec::new(), SmallVec::new(), 1));
         self.out.pongs.insert(nonce, (op, now));
         self.queue_control(conn, &Frame::Ping(nonce));
         Some(op)
