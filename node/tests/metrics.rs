@@ -210,6 +210,8 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
     );
     assert_eq!(sample(&text, "shoal_connections"), Some(1.0));
     assert_eq!(sample(&text, "shoal_connections_opened_total"), Some(1.0));
+    assert_eq!(sample(&text, "shoal_background_publishes"), Some(0.0));
+    assert_eq!(sample(&text, "shoal_background_refused_total"), Some(0.0));
     assert_parses_as(
         &text,
         &[
@@ -217,6 +219,8 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
             "shoal_messages_nacked counter",
             "shoal_delivery_duration_seconds histogram",
             "shoal_connections gauge",
+            "shoal_background_publishes gauge",
+            "shoal_background_refused counter",
         ],
     )
     .await;

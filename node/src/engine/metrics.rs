@@ -278,6 +278,8 @@ pub(crate) struct Snapshot {
     pub(crate) subscriptions: usize,
     /// The subscriptions the connected peers announced.
     pub(crate) peer_subscriptions: usize,
+    /// Background publishes on their way.
+    pub(crate) background_publishes: usize,
 }
 
 /// The service label of a delivery: the destination service, or the audience's group (empty
@@ -307,6 +309,7 @@ impl<H: Clone> Engine<H> {
             connections: self.conns.len(),
             subscriptions: self.inbound.subscription_count(),
             peer_subscriptions: self.conns.values().map(|c| c.subscriptions.len()).sum(),
+            background_publishes: self.out.background_publishes(),
         }
     }
 

@@ -300,6 +300,7 @@ impl<H: Clone> Engine<H> {
         self.accepting(kind)?;
         let limit = self.config.max_background_publishes;
         if kind == OpKind::Background && self.out.background_publishes() >= limit {
+            self.stats.background_refused += 1;
             return Err(Error::Backlog { limit });
         }
         let Some(first) = events.first() else {

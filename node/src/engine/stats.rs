@@ -18,6 +18,7 @@ pub(super) struct Counters {
     pub(super) published: u64,
     pub(super) events_unrouted: u64,
     pub(super) events_dropped: u64,
+    pub(super) background_refused: u64,
     // Refusals of the authorization policy (engine/authz.rs).
     pub(super) unauthorized_messages: u64,
     pub(super) unauthorized_events: u64,
@@ -47,6 +48,7 @@ impl Counters {
             published: self.published,
             events_unrouted: self.events_unrouted,
             events_dropped: self.events_dropped,
+            background_refused: self.background_refused,
             unauthorized_messages: self.unauthorized_messages,
             unauthorized_events: self.unauthorized_events,
             unauthorized_subscriptions: self.unauthorized_subscriptions,

@@ -36,7 +36,7 @@ impl Collector for NodeCollector {
         let stats = crate::inspect::node_stats(&driver);
         per_message(&mut encoder, &snapshot)?;
 
-        let totals: [(&str, &str, u64); 14] = [
+        let totals: [(&str, &str, u64); 15] = [
             (
                 "shoal_messages_unhandled",
                 "Messages refused because no handler or subscription here takes their name.",
@@ -66,6 +66,11 @@ impl Collector for NodeCollector {
                 "shoal_events_dropped",
                 "Best-effort event copies dropped (full queue, or no live instance of their group).",
                 stats.events_dropped,
+            ),
+            (
+                "shoal_background_refused",
+                "Background publishes refused because max_background_publishes were on their way.",
+                stats.background_refused,
             ),
             (
                 "shoal_frames_malformed",
@@ -126,6 +131,11 @@ impl Collector for NodeCollector {
                 "shoal_peer_subscriptions",
                 "Subscriptions the connected peers announced.",
                 snapshot.peer_subscriptions,
+            ),
+            (
+                "shoal_background_publishes",
+                "Background publishes on their way (each holds its event until acknowledged).",
+                snapshot.background_publishes,
             ),
         ];
         for (name, help, value) in gauges {

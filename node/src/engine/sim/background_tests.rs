@@ -79,6 +79,7 @@ fn background_publishes_past_the_cap_are_refused_until_copies_are_delivered() {
         10,
         "the refused one is not kept"
     );
+    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 1);
     // An instance comes back: the held copies go, and there is room again.
     let again = sim.node("audit");
     let count = Rc::new(Cell::new(0));
