@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use shoal::{Identity, MeshCa};
+
 /// Bound on each wait for a child's progress line.
 pub const CHILD_WAIT: Duration = Duration::from_secs(60);
 
@@ -82,6 +84,29 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The environment variables that carry a mesh identity to a child.
+const CA_VAR: &str = "SHOAL_CHILD_CA";
+const CERT_VAR: &str = "SHOAL_CHILD_CERT";
+const KEY_VAR: &str = "SHOAL_CHILD_KEY";
+
+/// Environment entries for [`Proc::spawn`] that hand the child `ca` (to trust) and `identity`
+/// (to present); the child reads them back with [`credentials`].
+pub fn credentials_env(ca: &MeshCa, identity: &Identity) -> [(&'static str, String); 3] {
+    [
+        (CA_VAR, ca.cert_pem()),
+        (CERT_VAR, identity.cert_pem()),
+        (KEY_VAR, identity.key_pem()),
+    ]
+}
+
+/// In a child: the CA and identity its parent handed over with [`credentials_env`].
+pub fn credentials() -> (MeshCa, Identity) {
+    let var = |key: &str| std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set"));
+    let ca = MeshCa::from_pem(&var(CA_VAR)).unwrap();
+    let identity = Identity::from_pem(&var(CERT_VAR), &var(KEY_VAR)).unwrap();
+    (ca, identity)
 }
 
 /// `n` from a progress line `"<what> <n>"`.

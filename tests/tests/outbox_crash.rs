@@ -31,9 +31,6 @@ use shoal_tests::{Mesh, loopback};
 const ROLE: &str = "SHOAL_OUTBOX_ROLE";
 const DB: &str = "SHOAL_OUTBOX_DB";
 const PEER: &str = "SHOAL_OUTBOX_PEER";
-const CA_PEM: &str = "SHOAL_OUTBOX_CA";
-const CERT_PEM: &str = "SHOAL_OUTBOX_CERT";
-const KEY_PEM: &str = "SHOAL_OUTBOX_KEY";
 /// Receiver: after committing the effect of this many messages (in this run), stop before
 /// acknowledging and wait to be killed.
 const PAUSE_AFTER: &str = "SHOAL_OUTBOX_PAUSE_AFTER";
@@ -228,8 +225,7 @@ fn outbox_child() {
         return;
     };
     let var = |name: &str| std::env::var(name).unwrap();
-    let ca = MeshCa::from_pem(&var(CA_PEM)).unwrap();
-    let identity = Identity::from_pem(&var(CERT_PEM), &var(KEY_PEM)).unwrap();
+    let (ca, identity) = shoal_tests::child::credentials();
     let db = PathBuf::from(var(DB));
     let peer: SocketAddr = var(PEER).parse().unwrap();
     let builder = |service: &str| {
@@ -381,10 +377,8 @@ fn spawn_child(
         (ROLE, role.to_owned()),
         (DB, db.display().to_string()),
         (PEER, peer.to_string()),
-        (CA_PEM, ca.cert_pem()),
-        (CERT_PEM, identity.cert_pem()),
-        (KEY_PEM, identity.key_pem()),
     ];
+    env.extend(shoal_tests::child::credentials_env(ca, identity));
     if let Some(n) = pause {
         env.push((PAUSE_AFTER, n.to_string()));
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 use shoal::outbox::{OutboxStore, PostgresOutbox, RelayMode, RelayOptions};
-use shoal::{Identity, MeshCa, Node, RetryPolicy};
+use shoal::{Node, RetryPolicy};
 use shoal_tests::child::{Proc, progress};
 use shoal_tests::postgres::{
     Ledger, committed_orders, database, fresh_schema, take_orders, test_options,
@@ -30,9 +30,6 @@ const ROLE: &str = "SHOAL_PG_ROLE";
 const MODE: &str = "SHOAL_PG_MODE";
 const SCHEMA: &str = "SHOAL_PG_SCHEMA";
 const PEER: &str = "SHOAL_PG_PEER";
-const CA_PEM: &str = "SHOAL_PG_CA";
-const CERT_PEM: &str = "SHOAL_PG_CERT";
-const KEY_PEM: &str = "SHOAL_PG_KEY";
 const CHILD_TEST: &str = "pg_outbox_child";
 
 /// Orders the sender test takes.
@@ -59,7 +56,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Starts this binary again as a sender or a relay of `schema`'s outbox.
 fn spawn(role: &str, mode: RelayMode, schema: &str, peer: SocketAddr, mesh: &Mesh) -> Proc {
-    let identity = mesh.identity("orders");
+    let [ca, cert, key] = shoal_tests::child::credentials_env(&mesh.ca, &mesh.identity("orders"));
     Proc::spawn(
         CHILD_TEST,
         &[
@@ -67,9 +64,9 @@ fn spawn(role: &str, mode: RelayMode, schema: &str, peer: SocketAddr, mesh: &Mes
             (MODE, mode_name(mode).to_owned()),
             (SCHEMA, schema.to_owned()),
             (PEER, peer.to_string()),
-            (CA_PEM, mesh.ca.cert_pem()),
-            (CERT_PEM, identity.cert_pem()),
-            (KEY_PEM, identity.key_pem()),
+            ca,
+            cert,
+            key,
         ],
     )
 }
@@ -173,8 +170,7 @@ fn pg_outbox_child() {
         "tailing" => RelayMode::LogTailing,
         _ => RelayMode::Polling,
     };
-    let ca = MeshCa::from_pem(&var(CA_PEM)).unwrap();
-    let identity = Identity::from_pem(&var(CERT_PEM), &var(KEY_PEM)).unwrap();
+    let (ca, identity) = shoal_tests::child::credentials();
     let peer: SocketAddr = var(PEER).parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -77,6 +77,21 @@ impl Route {
 
 /// The connection with the fewest unanswered messages among `candidates`, ties broken by
 /// `turn` (see [`route::choose`]), without collecting them.
+/// The least-loaded live connection among `ids` (ties taken in turn), one to an instance not
+/// in `tried` when there is one.
+fn pick(
+    conns: &SlotMap<ConnId, Conn>,
+    ids: impl Iterator<Item = ConnId> + Clone,
+    tried: &[NodeId],
+    turn: usize,
+) -> Option<ConnId> {
+    let live = ids
+        .filter_map(|c| Some((c, conns.get(c)?)))
+        .filter(|(_, c)| c.takes_messages());
+    let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
+    least_loaded(untried, turn).or_else(|| least_loaded(live, turn))
+}
+
 fn least_loaded<'a>(
     candidates: impl Iterator<Item = (ConnId, &'a Conn)> + Clone,
     turn: usize,
@@ -456,24 +471,18 @@ impl Peers {
         if let (Route::Service(target), None) = (route, key) {
             // The usual case, without collecting the candidates.
             let list = self.by_service.get(&*target.service)?;
-            let live = list
-                .iter()
-                .filter_map(|c| Some((*c, conns.get(*c)?)))
-                .filter(|(_, c)| c.takes_messages());
-            let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
-            return least_loaded(untried, turn).or_else(|| least_loaded(live, turn));
+            return pick(conns, list.iter().copied(), tried, turn);
         }
         if let (Route::Audience { topic, audience }, None) = (route, key) {
             // An event's copy, the same way (every publish comes here).
             let audiences = self.audiences(conns, topic, now);
             let (_, nodes) = audiences.iter().find(|(a, _)| a == audience)?;
-            let live = nodes
-                .iter()
-                .filter_map(|n| self.current(*n))
-                .filter_map(|c| Some((c, conns.get(c)?)))
-                .filter(|(_, c)| c.takes_messages());
-            let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
-            return least_loaded(untried, turn).or_else(|| least_loaded(live, turn));
+            return pick(
+                conns,
+                nodes.iter().filter_map(|n| self.current(*n)),
+                tried,
+                turn,
+            );
         }
         let live = self.candidates(conns, route, now);
         if live.len() <= 1 {

@@ -15,11 +15,9 @@ use super::{Seen, TOPIC, addr_of, publish, record, start_on, wait_ready};
 
 /// The SIGKILL test's name: its subscriber child is this test binary running only it.
 const KILL_TEST: &str = "killed::a_subscriber_killed_mid_stream_loses_nothing_and_the_key_changes";
-/// Set in the child: the namespace to run in; the mesh's CA and the child's identity.
+/// Set in the child: the namespace to run in (the mesh's CA and the child's identity come
+/// with `shoal_tests::child::credentials_env`).
 const CHILD_NS: &str = "SHOAL_MULTICAST_CHILD_NS";
-const CHILD_CA: &str = "SHOAL_MULTICAST_CHILD_CA";
-const CHILD_CERT: &str = "SHOAL_MULTICAST_CHILD_CERT";
-const CHILD_KEY: &str = "SHOAL_MULTICAST_CHILD_KEY";
 /// The host the child runs on.
 const CHILD_HOST: usize = 2;
 /// The longest the child lives: it has no other way out than the SIGKILL.
@@ -28,9 +26,7 @@ const CHILD_LIFE: Duration = Duration::from_secs(60);
 /// The child: a group-`g` subscriber on host [`CHILD_HOST`] dialling the publisher, which
 /// prints `ready <node id>`, then `handled <event id>` for each event, until it is killed.
 fn run_killed_subscriber(ns: &str) {
-    let var = |key: &str| std::env::var(key).unwrap_or_else(|_| panic!("{key} is not set"));
-    let ca = shoal::MeshCa::from_pem(&var(CHILD_CA)).unwrap();
-    let identity = shoal::Identity::from_pem(&var(CHILD_CERT), &var(CHILD_KEY)).unwrap();
+    let (ca, identity) = shoal_tests::child::credentials();
     let run = move || {
         runtime().block_on(async {
             let node = Node::builder("sub")
@@ -73,15 +69,10 @@ fn a_subscriber_killed_mid_stream_loses_nothing_and_the_key_changes() {
     // Hosts: 0 the publisher, 1 the surviving instance of `g`, 2 the child, 3 every-instance.
     let lan = Lan::new(4).unwrap();
     let mesh = Mesh::new();
-    let identity = mesh.identity("sub");
+    let [ca, cert, key] = shoal_tests::child::credentials_env(&mesh.ca, &mesh.identity("sub"));
     let mut child = shoal_tests::child::Proc::spawn(
         test,
-        &[
-            (CHILD_NS, lan.host(CHILD_HOST).to_owned()),
-            (CHILD_CA, mesh.ca.cert_pem()),
-            (CHILD_CERT, identity.cert_pem()),
-            (CHILD_KEY, identity.key_pem()),
-        ],
+        &[(CHILD_NS, lan.host(CHILD_HOST).to_owned()), ca, cert, key],
     );
     let survivor = start_on(&lan, &mesh, 1, "sub", &[0]);
     let every = start_on(&lan, &mesh, 3, "sub", &[0]);
