@@ -46,6 +46,6 @@ pub use event::{
     Discovery, DiscoveryError, DiscoveryEvent, DiscoveryReport, EventSender, LocalNode, PeerHint,
     Source,
 };
-pub use mdns::{InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
+pub use mdns::{Browser, InterfaceSelector, MdnsConfig, MdnsDiagnostics, MdnsDiscovery};
 pub use root_netns::in_root_netns;
 pub use static_peers::StaticDiscovery;

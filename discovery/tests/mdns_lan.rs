@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use shoal_discovery::mdns::SERVICE_TYPE;
 use shoal_discovery::netns::{self, Lan};
-use shoal_discovery::{Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, PeerHint, Source};
+use shoal_discovery::{
+    Browser, Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, PeerHint, Source,
+};
 
 use support::{
     GOODBYE, STEP, audit_daemon_threads, local, netns_or_skip, random_id, sock, start_in,
@@ -196,6 +198,70 @@ fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
         |e| matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id)),
     );
     assert!(c_seen.is_none(), "the drop rule let C through: {c_seen:?}");
+}
+
+/// A node's records reach a cache that missed them at start with its next unasked
+/// announcement, and only so: B starts after A's and C's start-up announcements, and nftables
+/// in B's namespace drops their unicast answers to B's start-up queries (from port 5353 to
+/// any other port). A announces again every 2 s and B learns of it; C never announces again
+/// and B never learns of it, which also shows that nothing on B asks again after the start-up
+/// queries (mdns-sd's browse would, and be answered by multicast, to port 5353, which the rule
+/// lets through).
+#[test]
+fn a_missed_instance_is_learnt_from_its_next_announcement() {
+    const TEST: &str = "a_missed_instance_is_learnt_from_its_next_announcement";
+    if !netns_or_skip(TEST) {
+        return;
+    }
+    if !netns::nft_available() {
+        println!("skipped: {TEST} (no nft; apt-get install nftables)");
+        return;
+    }
+    let lan = Lan::new(3).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let rule = format!(
+        "ip saddr {{ {}, {} }} udp sport 5353 udp dport != 5353 drop",
+        lan.addr(0),
+        lan.addr(2)
+    );
+    netns::nft_input_rule(lan.host(1), "answers", &rule).expect("nft");
+    let mut a = start_in(
+        lan.host(0),
+        lan0().reannounce(Some(Duration::from_secs(2))),
+        local(random_id(), "invoice", "0.0.0.0:7000"),
+    );
+    let c = start_in(
+        lan.host(2),
+        lan0().reannounce(None),
+        local(random_id(), "shipping", "0.0.0.0:7002"),
+    );
+    // A's first announcement again comes 1.5-2 s after its start, after both start-up
+    // announcements of A and of C (the second goes about 1.1 s after the first).
+    let deadline = Instant::now() + STEP;
+    while a.mdns.diagnostics().reannouncements == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.mdns.diagnostics().reannouncements >= 1);
+    a.expect_up(c.id, STEP);
+
+    let mut b = start_in(
+        lan.host(1),
+        lan0(),
+        local(random_id(), "orders", "0.0.0.0:7001"),
+    );
+    audit_daemon_threads(&[lan.host(0), lan.host(1), lan.host(2)]);
+    assert_eq!(b.mdns.diagnostics().browser, Some(Browser::Shoal));
+    let hint = b.expect_up(a.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
+    let c_seen = b.wait_for(
+        Duration::from_secs(4),
+        |e| matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(c.id)),
+    );
+    assert!(
+        c_seen.is_none(),
+        "B learnt of C without an announcement: {c_seen:?}"
+    );
+    assert_eq!(c.mdns.diagnostics().reannouncements, 0);
 }
 
 #[test]

@@ -118,6 +118,21 @@ pub(super) fn daemon_interfaces(selected: Vec<InterfaceSelector>) -> IfPredicate
     })
 }
 
+/// The selected interfaces' addresses: (interface name, index, address), one entry per
+/// address, in the calling thread's network namespace.
+pub(super) fn selected_addrs(
+    selected: &[InterfaceSelector],
+) -> std::io::Result<Vec<(String, u32, IpAddr)>> {
+    Ok(if_addrs::get_if_addrs()?
+        .into_iter()
+        .filter(|interface| is_selected(selected, &interface.name, interface.ip()))
+        .map(|interface| {
+            let ip = interface.ip();
+            (interface.name, interface.index.unwrap_or(0), ip)
+        })
+        .collect())
+}
+
 /// Whether any of `selected` matches the interface `name` with address `ip`.
 pub(super) fn is_selected(selected: &[InterfaceSelector], name: &str, ip: IpAddr) -> bool {
     selected

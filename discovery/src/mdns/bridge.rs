@@ -1,14 +1,18 @@
 //! The event thread: forwards what the mdns-sd daemon reports (resolved and removed services,
-//! daemon notes) to the [`State`] table and, when it says so, to the node's event channel.
+//! daemon notes) to the [`State`] table and, when it says so, to the node's event channel; and
+//! announces this node's records again every [`MdnsConfig::reannounce`].
 
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdns_sd::{DaemonEvent, ScopedIp, ServiceDaemon, ServiceEvent};
+use mdns_sd::{DaemonEvent, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 
+#[cfg(doc)]
+use super::MdnsConfig;
 use super::record::{self, Announcement, ReceivedAddr, SERVICE_TYPE};
 use super::state::{State, lock};
 use crate::event::{DiscoveryError, EventSender};
@@ -24,14 +28,46 @@ const BRIDGE_POLL: Duration = Duration::from_secs(1);
 /// (which mdns-sd does when the subscriber falls 1000 events behind).
 const MAX_RESUBSCRIBES: u32 = 100;
 
+/// When and what the event thread announces again.
+pub(super) struct Reannounce {
+    every: Duration,
+    announced: Arc<Mutex<ServiceInfo>>,
+    next: Instant,
+    /// Announcements the daemon will report that this thread asked for (not noted).
+    unreported: u32,
+}
+
+impl Reannounce {
+    /// Every `every` (at a random point of each interval's last quarter), `announced`.
+    pub(super) fn new(every: Duration, announced: Arc<Mutex<ServiceInfo>>) -> Self {
+        Self {
+            every,
+            announced,
+            next: Instant::now() + Self::jittered(every),
+            unreported: 0,
+        }
+    }
+
+    /// A random duration between 3/4 of `every` and `every`: nodes started together do not
+    /// announce together.
+    fn jittered(every: Duration) -> Duration {
+        let mut random = RandomState::new().build_hasher();
+        random.write_u128(Instant::now().elapsed().as_nanos());
+        let fraction = (random.finish() >> 11) as f64 / (1u64 << 53) as f64;
+        every.mul_f64(0.75 + 0.25 * fraction)
+    }
+}
+
 /// The event thread: turns mdns-sd's events into [`crate::DiscoveryEvent`]s.
 pub(super) struct Bridge {
     pub(super) daemon: ServiceDaemon,
-    pub(super) browse: mdns_sd::Receiver<ServiceEvent>,
+    /// mdns-sd's browse, when it keeps the table (`None`: Shoal's listener does).
+    pub(super) browse: Option<mdns_sd::Receiver<ServiceEvent>>,
     pub(super) monitor: mdns_sd::Receiver<DaemonEvent>,
     pub(super) events: EventSender,
     pub(super) state: Arc<Mutex<State>>,
     pub(super) stop: Arc<AtomicBool>,
+    pub(super) reannounce: Option<Reannounce>,
 }
 
 impl Bridge {
@@ -48,29 +84,65 @@ impl Bridge {
     fn run(mut self) {
         let mut resubscribes = 0;
         while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
-            match self.browse.recv_timeout(BRIDGE_POLL) {
-                Ok(event) => self.on_service_event(event),
-                Err(mdns_sd::RecvTimeoutError::Timeout) => {}
-                Err(mdns_sd::RecvTimeoutError::Disconnected) => {
-                    // Either the daemon is shutting down (stop) or it dropped our subscription.
-                    if self.stop.load(Ordering::SeqCst) || resubscribes >= MAX_RESUBSCRIBES {
-                        break;
+            let disconnected = match &self.browse {
+                Some(browse) => match browse.recv_timeout(BRIDGE_POLL) {
+                    Ok(event) => {
+                        self.on_service_event(event);
+                        false
                     }
-                    match self.daemon.browse(SERVICE_TYPE) {
-                        Ok(browse) => {
-                            resubscribes += 1;
-                            self.browse = browse;
-                            lock(&self.state).note(
-                                "browse subscription dropped by the daemon; resubscribed".into(),
-                            );
-                        }
-                        Err(_) => break,
+                    Err(mdns_sd::RecvTimeoutError::Timeout) => false,
+                    Err(mdns_sd::RecvTimeoutError::Disconnected) => true,
+                },
+                None => match self.monitor.recv_timeout(BRIDGE_POLL) {
+                    Ok(event) => {
+                        self.on_daemon_event(event);
+                        false
                     }
+                    Err(mdns_sd::RecvTimeoutError::Timeout) => false,
+                    // The daemon shut down.
+                    Err(mdns_sd::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if disconnected {
+                // Either the daemon is shutting down (stop) or it dropped our subscription.
+                if self.stop.load(Ordering::SeqCst) || resubscribes >= MAX_RESUBSCRIBES {
+                    break;
+                }
+                match self.daemon.browse(SERVICE_TYPE) {
+                    Ok(browse) => {
+                        resubscribes += 1;
+                        self.browse = Some(browse);
+                        lock(&self.state)
+                            .note("browse subscription dropped by the daemon; resubscribed".into());
+                    }
+                    Err(_) => break,
                 }
             }
             while let Ok(event) = self.monitor.try_recv() {
                 self.on_daemon_event(event);
             }
+            self.reannounce_if_due();
+        }
+    }
+
+    /// Registers the announced records again once their time has come: mdns-sd multicasts
+    /// them (twice, a second apart), which refreshes every cache on the link.
+    fn reannounce_if_due(&mut self) {
+        let Some(reannounce) = &mut self.reannounce else {
+            return;
+        };
+        let now = Instant::now();
+        if now < reannounce.next {
+            return;
+        }
+        reannounce.next = now + Reannounce::jittered(reannounce.every);
+        let info = lock(&reannounce.announced).clone();
+        match self.daemon.register(info) {
+            Ok(()) => {
+                reannounce.unreported += 1;
+                lock(&self.state).reannouncements += 1;
+            }
+            Err(e) => lock(&self.state).note(format!("announcing again: {e}")),
         }
     }
 
@@ -90,7 +162,14 @@ impl Bridge {
         }
     }
 
-    fn on_daemon_event(&self, event: DaemonEvent) {
+    fn on_daemon_event(&mut self, event: DaemonEvent) {
+        if let (DaemonEvent::Announce(..), Some(reannounce)) = (&event, &mut self.reannounce)
+            && reannounce.unreported > 0
+        {
+            // Ours, every interval: counted in `reannouncements`, not worth a note each.
+            reannounce.unreported -= 1;
+            return;
+        }
         let note = match event {
             DaemonEvent::Error(e) => format!("daemon error: {e}"),
             DaemonEvent::IpAdd(ip) => format!("address added: {ip}"),

@@ -10,6 +10,13 @@ use crate::event::Discovery;
 use crate::event::DiscoveryError;
 use crate::root_netns::in_root_netns;
 
+/// The default of [`MdnsConfig::reannounce`].
+pub const DEFAULT_REANNOUNCE: Duration = Duration::from_secs(80);
+/// The default of [`MdnsConfig::interface_check`].
+pub const DEFAULT_INTERFACE_CHECK: Duration = Duration::from_secs(30);
+/// The shortest interval [`MdnsConfig::reannounce`] takes.
+const MIN_REANNOUNCE: Duration = Duration::from_secs(2);
+
 /// Which interfaces mDNS runs on. A node lists one or more; an interface is used if any entry
 /// matches it. There is deliberately no "default": see [`MdnsConfig::new`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -59,13 +66,16 @@ impl InterfaceSelector {
 /// # drop(mdns); // not started: building does not touch the network
 /// ```
 ///
-/// Defaults: no name probing, the start-up query on, root network namespace refused, `stop`
-/// waits at most 2 s.
+/// Defaults: no name probing, the start-up query on, records announced again every 80 s (at a
+/// random point of the last quarter of each interval), interface addresses looked at every
+/// 30 s, root network namespace refused, `stop` waits at most 2 s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MdnsConfig {
     pub(super) interfaces: Vec<InterfaceSelector>,
     pub(super) probe: bool,
     pub(super) startup_query: bool,
+    pub(super) reannounce: Option<Duration>,
+    pub(super) interface_check: Option<Duration>,
     pub(super) allow_root_netns: bool,
     pub(super) stop_timeout: Duration,
 }
@@ -81,6 +91,8 @@ impl MdnsConfig {
             interfaces: interfaces.into_iter().collect(),
             probe: false,
             startup_query: true,
+            reannounce: Some(DEFAULT_REANNOUNCE),
+            interface_check: Some(DEFAULT_INTERFACE_CHECK),
             allow_root_netns: false,
             stop_timeout: Duration::from_secs(2),
         }
@@ -96,22 +108,61 @@ impl MdnsConfig {
         self
     }
 
-    /// Whether to ask the link at start with one-shot queries from an ephemeral port (RFC 6762
-    /// §5.1), which responders answer at once by unicast. Default `true`.
+    /// Whether this node asks the link itself, with one-shot queries from an ephemeral port
+    /// (RFC 6762 §5.1) that responders answer at once by unicast, instead of leaving the
+    /// asking to mdns-sd's browse. Default `true`.
     ///
-    /// Without it a node learns the instances already running from mdns-sd's browse alone,
-    /// whose first query often goes unanswered: a responder multicasts a record at most once a
-    /// second, and nodes that start together all announce in that second. The start-up query
-    /// makes the first send to a running service wait milliseconds instead of about a second.
-    /// It sends a query per selected IPv4 interface address (a second one 250 ms later if
-    /// nobody answered) and reads answers for one second; answers pass the same checks as
-    /// every announcement.
+    /// With it, a node sends a query per selected IPv4 interface address at start (a second
+    /// one 250 ms later if nobody answered) and again 1 and 3 s after start, which repairs
+    /// what a burst of nodes starting together lost; answers pass the same checks as every
+    /// announcement. mdns-sd then does not browse: Shoal's own listener keeps the table of the
+    /// link from the mDNS group's datagrams (announcements, goodbyes, TTLs) and sends nothing.
+    /// mdns-sd's browse is what a mesh of hundreds cannot afford on one link: it re-queries
+    /// on every node at 1, 3, 7, 15, ... s after its start, each query with a known-answer
+    /// list of one datagram per 30 instances, answered by multicast, and its daemon goes over
+    /// its whole cache each time it wakes. Where no selected interface has an IPv4 address,
+    /// mdns-sd's browse asks and keeps the table as usual.
     ///
-    /// Each instance that answers also gets this node's records at once, in one unicast
-    /// datagram to its mDNS port (an "introduction"), so it does not depend on this node's
-    /// multicast announcements, which are lost or held back when many nodes start together.
+    /// Once an instance has answered on an interface, this node also sends its own records to
+    /// the group there at once (an "introduction"), so the link does not depend on its
+    /// multicast announcements alone, which are lost or held back when many nodes start
+    /// together.
+    ///
+    /// Off, a node learns the instances already running from mdns-sd's browse alone, whose
+    /// first query often goes unanswered: a responder multicasts a record at most once a
+    /// second, and nodes that start together all announce in that second (about a second
+    /// before the first send to a running service, instead of milliseconds).
     pub fn startup_query(mut self, on: bool) -> Self {
         self.startup_query = on;
+        self
+    }
+
+    /// How often this node announces its records again, unasked (`None`: never after the
+    /// announcements at start and on change). Default 80 s; each announcement goes at a
+    /// random point of the last quarter of its interval, so nodes started together spread out.
+    ///
+    /// mdns-sd gives a node's address and SRV records a TTL of 120 s, and each node that
+    /// cached them asks for them again at 80 % of that: without a fresh announcement, every
+    /// node of the link asks about every other node every 96 s, all at the same moment (they
+    /// cached the records from the same datagram), which in a mesh of 200 was about 330
+    /// datagrams a second on the link. An announcement every 60-80 s keeps every cache fresh
+    /// with one datagram (sent twice) per node, and also repairs, within one interval, a cache
+    /// that lost this node's announcement at start. Below 2 s is raised to 2 s: mdns-sd sends
+    /// each announcement twice, a second apart.
+    pub fn reannounce(mut self, every: Option<Duration>) -> Self {
+        self.reannounce = every.map(|every| every.max(MIN_REANNOUNCE));
+        self
+    }
+
+    /// How often mdns-sd looks at the selected interfaces' addresses, to announce a new or
+    /// changed one (`None`: never). Default 30 s (mdns-sd's own default is 5 s). Whole
+    /// seconds, at least 1.
+    ///
+    /// Each look lists every interface of the host: at 5 s it was a tenth of the whole idle
+    /// cost of a mesh of 200 nodes on one host. The listener's group sockets are opened at
+    /// start, on the interfaces selected then.
+    pub fn interface_check(mut self, every: Option<Duration>) -> Self {
+        self.interface_check = every;
         self
     }
 
@@ -148,6 +199,16 @@ impl MdnsConfig {
     /// Whether the start-up query is on.
     pub fn startup_query_enabled(&self) -> bool {
         self.startup_query
+    }
+
+    /// How often the records are announced again, if at all.
+    pub fn reannounce_interval(&self) -> Option<Duration> {
+        self.reannounce
+    }
+
+    /// How often the interfaces' addresses are looked at, if at all.
+    pub fn interface_check_interval(&self) -> Option<Duration> {
+        self.interface_check
     }
 
     /// Whether the root network namespace is allowed.
@@ -219,6 +280,15 @@ mod tests {
         let config = MdnsConfig::new([InterfaceSelector::LoopbackOnly]);
         assert!(!config.probe_enabled());
         assert!(!config.root_netns_allowed());
+        assert!(config.startup_query_enabled());
+        assert_eq!(config.reannounce_interval(), Some(DEFAULT_REANNOUNCE));
+        let fast = config.clone().reannounce(Some(Duration::from_millis(10)));
+        assert_eq!(fast.reannounce_interval(), Some(MIN_REANNOUNCE));
+        assert_eq!(config.clone().reannounce(None).reannounce_interval(), None);
+        assert_eq!(
+            config.interface_check_interval(),
+            Some(DEFAULT_INTERFACE_CHECK)
+        );
         assert_eq!(config.interfaces(), &[InterfaceSelector::LoopbackOnly]);
     }
 

@@ -1,32 +1,28 @@
-//! The introduction: a node that just learnt from its start-up query which instances are on
-//! the link tells each of them about itself, by unicast, at once.
+//! The introduction: a node that just learnt from its start-up query that instances are on the
+//! link tells them about itself at once, with one datagram to the mDNS group.
 //!
 //! # Why
 //!
 //! The start-up query ([`super::oneshot`]) lets a new node learn the instances already running
-//! within milliseconds. The other direction still relied on the new node's multicast
-//! announcements: when many nodes start together (a deployment, a 200-node mesh), the link
-//! carries hundreds of announcements and answers in the same second, receive buffers overflow,
-//! RFC 6762's one-per-second multicast rate limit holds repeats back, and a node that missed a
-//! newcomer's announcement learnt of it only at its browse's next re-query, seconds later
-//! (the slowest node of a 200-node mesh needed about 20 s; `scripts/mesh-scale.sh`).
+//! within milliseconds. The other direction relies on the new node's multicast announcements,
+//! which mdns-sd sends twice, a second apart, and then holds back: a record is multicast at
+//! most once a second (RFC 6762 §6). When many nodes start together (a deployment, a 200-node
+//! mesh), the link carries hundreds of announcements and answers in the same second and
+//! receive buffers overflow; a node that missed a newcomer's announcements learns of it only
+//! at the newcomer's next one (`MdnsConfig::reannounce`).
 //!
-//! Every instance that answered the start-up query is known, with its address, so the new
-//! node sends it one mDNS response by unicast to its port 5353: the same PTR, SRV, TXT and
-//! address records mdns-sd announces for this node, with the same TTLs. mdns-sd accepts a
-//! response to a service type it browses from any address (it reads its port-5353 socket
-//! whatever the destination), so the peer resolves the new node as if it had heard the
-//! announcement. One small datagram per answering address, only at start, only on the
-//! selected interfaces: nothing goes where the start-up query did not.
-//!
-//! Several nodes on one host share its address and port 5353, and a unicast datagram reaches
-//! only one of their sockets: when a second answer comes from an address already introduced
-//! to, the introduction also goes once to the mDNS group on that interface (from the query's
-//! socket, so mdns-sd's once-a-second limit on its own multicast does not hold it back).
+//! So once an instance has answered the start-up query on an interface, the new node sends
+//! the same PTR, SRV, TXT and address records mdns-sd announces for it, with the same TTLs, to
+//! the mDNS group on that interface: a third copy, from the query's socket, which mdns-sd's
+//! once-a-second limit does not hold back, sent when the link is known to have listeners.
+//! Shoal's listener ([`super::listen`]) and mdns-sd's browse both take it in as an
+//! announcement. One datagram per interface, only at start, only on the selected interfaces.
+//! (It went by unicast to each answering address before the listener: a node's listener
+//! hears only the group, and unicast datagrams to port 5353 stay mdns-sd's.)
 //!
 //! The datagram comes from the start-up query's ephemeral port. RFC 6762 §6 asks receivers to
-//! ignore responses from a source port other than 5353; mdns-sd does not check it, and other
-//! responders that do simply ignore the introduction and learn of the node from its
+//! ignore responses from a source port other than 5353; Shoal and mdns-sd do not check it,
+//! and other responders that do simply ignore the introduction and learn of the node from its
 //! multicast announcements as before.
 
 use std::net::{IpAddr, Ipv4Addr};

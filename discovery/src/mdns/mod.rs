@@ -14,12 +14,21 @@
 //!
 //! # At start
 //!
-//! Besides mdns-sd's browse, a node asks the link once with one-shot queries from an ephemeral
-//! port, which responders answer at once by unicast (see `oneshot.rs` for why the browse alone
-//! takes about a second there), and sends each instance that answered its own records by
-//! unicast (`introduce.rs`: peers need not wait for its multicast announcements, which are
-//! lost or held back when many nodes start together); [`MdnsConfig::startup_query`] turns
-//! both off.
+//! A node asks the link with one-shot queries from an ephemeral port, which responders answer
+//! at once by unicast, at start and again 1 and 3 s later (see `oneshot.rs` for why
+//! mdns-sd's browse is not left to ask), and once an instance has answered, sends its own
+//! records to the group (`introduce.rs`: peers need not wait for its multicast announcements,
+//! which are lost or held back when many nodes start together). mdns-sd does not browse: it
+//! announces, answers and says goodbye, and Shoal's listener (`listen.rs`) keeps the table of
+//! what the link announces and reports arrivals, changes, goodbyes and expiries (see there for
+//! why). [`MdnsConfig::startup_query`] turns this off (mdns-sd's browse then asks and keeps
+//! the table, as it does where no selected interface has an IPv4 address).
+//!
+//! # Afterwards
+//!
+//! Every [`MdnsConfig::reannounce`] (60-80 s) a node announces its records again, unasked, so
+//! no cache on the link reaches the point (80 % of the 120 s TTL mdns-sd gives addresses)
+//! where every node would ask about it at once.
 //!
 //! # What comes out
 //!
@@ -34,23 +43,31 @@
 mod announce;
 mod bridge;
 mod config;
+mod diagnostics;
 mod introduce;
+mod listen;
 mod netif;
 mod oneshot;
 mod record;
 mod state;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdns_sd::{IfKind, ServiceDaemon};
+use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 
 use self::announce::AnnouncePlan;
 use self::bridge::Bridge;
-pub use self::config::{InterfaceSelector, MdnsConfig};
+pub use self::config::{
+    DEFAULT_INTERFACE_CHECK, DEFAULT_REANNOUNCE, InterfaceSelector, MdnsConfig,
+};
+pub use self::diagnostics::{Browser, MdnsDiagnostics};
 use self::introduce::Introduction;
+use self::listen::{Listener, Table};
 use self::oneshot::StartupQuery;
 use self::record::Me;
 pub use self::record::{
@@ -62,42 +79,20 @@ pub use self::state::{MAX_REJECTED_RECORDS, MAX_TRACKED_INSTANCES, RejectedRecor
 use self::state::{State, lock};
 use crate::event::{Discovery, DiscoveryError, DiscoveryReport, EventSender, LocalNode, Source};
 
-/// A snapshot of what [`MdnsDiscovery`] has seen, for logs and status pages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MdnsDiagnostics {
-    /// Whether the source is started and not stopped.
-    pub running: bool,
-    /// The configured interface selection.
-    pub interfaces: Vec<InterfaceSelector>,
-    /// This node's own DNS-SD full name, once started.
-    pub local_instance: Option<String>,
-    /// Whether this node's own announcement has come back to it (multicast works on at least
-    /// one selected interface).
-    pub own_announcement_seen: bool,
-    /// The peers currently up, sorted by node id.
-    pub peers: Vec<SeenInstance>,
-    /// Recently rejected announcements, oldest first, at most [`MAX_REJECTED_RECORDS`].
-    pub rejected: Vec<RejectedRecord>,
-    /// How many announcements were rejected since start (repeats included).
-    pub rejected_total: u64,
-    /// Recent notes from the mDNS daemon (errors, address changes, announcements), oldest first.
-    pub notes: Vec<String>,
-    /// How many instance descriptions the start-up query's answers carried (see
-    /// [`MdnsConfig::startup_query`]); repeats included.
-    pub startup_query_answers: u64,
-    /// How many instances that answered the start-up query were sent this node's records by
-    /// unicast at once, so they need not wait for its multicast announcements.
-    pub introductions_sent: u64,
-}
-
 /// What is alive between `start` and `stop`.
 struct Running {
     daemon: ServiceDaemon,
     plan: AnnouncePlan,
+    /// What is announced now; the event thread announces it again every
+    /// [`MdnsConfig::reannounce`].
+    announced: Arc<Mutex<ServiceInfo>>,
     fullname: String,
     stop: Arc<AtomicBool>,
     bridge: JoinHandle<()>,
+    /// The listener's threads, one per group socket (none with mdns-sd's browse), and their
+    /// sockets, to wake them when stopping.
+    listener: Vec<JoinHandle<()>>,
+    listener_sockets: Vec<std::net::UdpSocket>,
     startup_query: Option<JoinHandle<()>>,
 }
 
@@ -158,6 +153,9 @@ impl MdnsDiscovery {
             notes: state.notes.iter().cloned().collect(),
             startup_query_answers: state.startup_query_answers,
             introductions_sent: state.introductions_sent,
+            startup_queries_sent: state.startup_queries_sent,
+            reannouncements: state.reannouncements,
+            browser: state.browser,
         }
     }
 
@@ -221,17 +219,16 @@ impl MdnsDiscovery {
                 self.config.interfaces.clone(),
             )))
             .map_err(|e| start_err("enable interfaces", e))?;
+        let check_every = self.config.interface_check.map_or(0, |every| {
+            u32::try_from(every.as_secs().max(1)).unwrap_or(u32::MAX)
+        });
+        daemon
+            .set_ip_check_interval(check_every)
+            .map_err(|e| start_err("interface check interval", e))?;
         let monitor = daemon.monitor().map_err(|e| start_err("monitor", e))?;
 
         let info = plan.service_info(local, &self.config)?;
         let fullname = info.get_fullname().to_owned();
-
-        let browse = daemon
-            .browse(SERVICE_TYPE)
-            .map_err(|e| start_err("browse", e))?;
-        daemon
-            .register(info)
-            .map_err(|e| start_err("register", e))?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let introduction = match Introduction::new(local, &plan) {
@@ -241,13 +238,60 @@ impl MdnsDiscovery {
                 None
             }
         };
-        let startup_query = StartupQuery {
+        let mut startup_query = StartupQuery {
             selected: self.config.interfaces.clone(),
             events: events.clone(),
             state: Arc::clone(&self.state),
             stop: Arc::clone(&stop),
             introduction,
+            table: None,
         };
+        let askers = if self.config.startup_query {
+            startup_query.askers()
+        } else {
+            Vec::new()
+        };
+        if self.config.startup_query && askers.is_empty() {
+            lock(&self.state).note("start-up query: no selected IPv4 interface".into());
+        }
+        // Where the start-up query asks, Shoal's listener keeps the table and mdns-sd only
+        // responds; elsewhere mdns-sd's browse asks and keeps it.
+        let ears = if askers.is_empty() {
+            Vec::new()
+        } else {
+            listen::open_ears(&self.config.interfaces, &self.state)
+        };
+        let table = Arc::new(Mutex::new(Table::default()));
+        let (listener, listener_sockets) = Listener {
+            events: events.clone(),
+            state: Arc::clone(&self.state),
+            stop: Arc::clone(&stop),
+        }
+        .spawn(ears, &table);
+        let browser = if listener.is_empty() {
+            Browser::MdnsSd
+        } else {
+            // The start-up query's answers go into the listener's table too.
+            startup_query.table = Some(table);
+            Browser::Shoal
+        };
+        lock(&self.state).browser = Some(browser);
+        let browse = match browser {
+            // No listener thread runs: nothing to stop on this error.
+            Browser::MdnsSd => Some(
+                daemon
+                    .browse(SERVICE_TYPE)
+                    .map_err(|e| start_err("browse", e))?,
+            ),
+            Browser::Shoal => None,
+        };
+        let announced = Arc::new(Mutex::new(info.clone()));
+        if let Err(e) = daemon.register(info) {
+            stop.store(true, Ordering::SeqCst);
+            Listener::wake(&listener_sockets);
+            return Err(start_err("register", e));
+        }
+
         let bridge = Bridge {
             daemon: daemon.clone(),
             browse,
@@ -255,10 +299,20 @@ impl MdnsDiscovery {
             events,
             state: Arc::clone(&self.state),
             stop: Arc::clone(&stop),
+            reannounce: self
+                .config
+                .reannounce
+                .map(|every| bridge::Reannounce::new(every, Arc::clone(&announced))),
         }
-        .spawn()?;
-        let startup_query = if self.config.startup_query {
-            match startup_query.spawn() {
+        .spawn()
+        .inspect_err(|_| {
+            stop.store(true, Ordering::SeqCst);
+            Listener::wake(&listener_sockets);
+        })?;
+        let startup_query = if askers.is_empty() {
+            None
+        } else {
+            match startup_query.spawn(askers) {
                 Ok(thread) => Some(thread),
                 Err(e) => {
                     // Discovery still works without it, only slower at start.
@@ -266,13 +320,14 @@ impl MdnsDiscovery {
                     None
                 }
             }
-        } else {
-            None
         };
         tracing::debug!(instance = %fullname, port = plan.port, "mdns: started");
         Ok(Running {
             daemon: daemon.clone(),
             plan,
+            announced,
+            listener,
+            listener_sockets,
             fullname,
             stop,
             bridge,
@@ -308,6 +363,7 @@ impl Discovery for MdnsDiscovery {
                 return;
             }
         };
+        *lock(&running.announced) = info.clone();
         if let Err(e) = running.daemon.register(info) {
             tracing::warn!("mdns: cannot update the announcement: {e}");
         }
@@ -331,10 +387,14 @@ impl Discovery for MdnsDiscovery {
             let _ = status.recv_timeout(left());
         }
         running.stop.store(true, Ordering::SeqCst);
-        // The daemon's shutdown disconnected the event thread's channel, and the start-up
-        // query's reads time out within 20 ms: both end at once.
+        Listener::wake(&running.listener_sockets);
+        // The daemon's shutdown disconnected the event thread's channel, the listener's reads
+        // were just ended, and the start-up query's time out within 100 ms: all end at once.
         let join_deadline = Instant::now() + JOIN_WITHIN;
         join_until(running.bridge, join_deadline, "event thread");
+        for thread in running.listener {
+            join_until(thread, join_deadline, "listener thread");
+        }
         if let Some(thread) = running.startup_query {
             join_until(thread, join_deadline, "start-up query thread");
         }

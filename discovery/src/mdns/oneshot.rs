@@ -1,5 +1,6 @@
 //! The start-up query: one-shot mDNS queries (RFC 6762 §5.1) from an ephemeral port, so a node
-//! that just started learns the instances already on the link at once.
+//! that just started learns the instances already on the link at once, and again over its first
+//! seconds, so it repairs what it lost.
 //!
 //! # Why mdns-sd's own browse is not enough at start
 //!
@@ -14,18 +15,26 @@
 //! responders answer it at once, by unicast to the querier, with no rate limit (it reaches only
 //! the asker, so it cannot flood the link). The answer carries PTR, SRV, TXT and address
 //! records together, and goes through the same checks as what mdns-sd resolves
-//! ([`record::check`]); mdns-sd's own browse then finds the same instances and keeps them up to
-//! date, and reports their departure.
+//! ([`record::check`]).
 //!
-//! Each instance that answers is then introduced to this node at once ([`super::introduce`]),
-//! so it need not wait for this node's multicast announcements either.
+//! # Why the repeats are ours too
 //!
-//! Bounded: one socket per selected IPv4 interface address, one query, and a second one
-//! [`REPEAT_AFTER`] later only if nothing answered the first (it may have been lost, or the
-//! responders not ready: every node on the link answers each query, so one is enough when it
-//! works), answers read for [`LISTEN_FOR`], at most [`MAX_DATAGRAMS`] datagrams, one
-//! introduction per answering address and one to the group per interface. IPv6-only
-//! links rely on mdns-sd's browse alone.
+//! When this thread runs, mdns-sd does not browse: Shoal's listener ([`super::listen`]) keeps
+//! the table. mdns-sd's re-queries at 1, 3, 7, 15, ... s after start, multicast with a
+//! known-answer list of one datagram per 30 instances and answered by multicast, cost a mesh
+//! of 200 nodes on one link most of a CPU. The repeats here, at [`QUERY_AT`], cost one
+//! datagram to the group and one unicast answer per instance, read by this node alone; after
+//! the last one, the link's announcements (at start, on change and every
+//! `MdnsConfig::reannounce`) keep every table current.
+//!
+//! Once an instance has answered on an interface, this node introduces itself to the group
+//! there ([`super::introduce`]), so the instances need not wait for its multicast
+//! announcements either.
+//!
+//! Bounded: one socket per selected IPv4 interface address; the queries at [`QUERY_AT`], plus
+//! one [`REPEAT_AFTER`] the first if nothing answered it; answers read until [`LISTEN_FOR`]
+//! after start, at most [`MAX_DATAGRAMS`] datagrams per socket; one introduction per
+//! interface. IPv6-only links rely on mdns-sd's browse alone.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -37,26 +46,40 @@ use std::time::{Duration, Instant};
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
-use super::announce::is_selected;
+use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
 use super::introduce::Introduction;
+use super::listen::{DEFAULT_TTL, Table};
 use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
 use super::state::{State, lock};
 use crate::dns_sd::txt_entry;
 use crate::event::EventSender;
 
 /// The mDNS port.
-const MDNS_PORT: u16 = 5353;
+pub(super) const MDNS_PORT: u16 = 5353;
 /// The mDNS group and port.
-const MDNS_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), MDNS_PORT);
-/// The second query goes out this long after the first, if nothing answered the first.
+pub(super) const MDNS_GROUP: SocketAddrV4 =
+    SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 251), MDNS_PORT);
+/// When the queries go out, counted from the start: at once, then two repeats that find what a
+/// busy start lost (answers to an earlier query that did not fit in the socket's buffer, or
+/// an instance whose announcements this node missed), spaced as mdns-sd's browse spaces its
+/// first queries. Each repeat costs every instance on the link an answer: later losses are
+/// repaired by the instances' own announcements (`MdnsConfig::reannounce`).
+pub(super) const QUERY_AT: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+/// An extra query goes out this long after the first, if nothing answered the first.
 pub(super) const REPEAT_AFTER: Duration = Duration::from_millis(250);
-/// Answers are read for this long after the first query.
-pub(super) const LISTEN_FOR: Duration = Duration::from_millis(1000);
+/// Answers are read until this long after the first query.
+pub(super) const LISTEN_FOR: Duration = Duration::from_secs(4);
 /// At most this many datagrams are read per socket.
-pub(super) const MAX_DATAGRAMS: usize = 512;
-/// How long one read waits before the stop flag and the clock are checked again.
-const READ_POLL: Duration = Duration::from_millis(20);
+pub(super) const MAX_DATAGRAMS: usize = 4096;
+/// How long one read waits before the stop flag and the clock are checked again, with one
+/// socket (a read returns as soon as a datagram comes), and with several (read in turn).
+const READ_POLL: Duration = Duration::from_millis(100);
+const READ_POLL_SEVERAL: Duration = Duration::from_millis(20);
 
 /// The start-up query's thread: queries, reads the answers and reports what they show.
 pub(super) struct StartupQuery {
@@ -66,10 +89,12 @@ pub(super) struct StartupQuery {
     pub(super) stop: Arc<AtomicBool>,
     /// What this node tells each instance that answers (`None`: nothing).
     pub(super) introduction: Option<Introduction>,
+    /// The listener's table, where it runs: answers join what the group said.
+    pub(super) table: Option<Arc<Mutex<Table>>>,
 }
 
 /// One socket, bound to one selected interface's IPv4 address.
-struct Asker {
+pub(super) struct Asker {
     interface: String,
     socket: UdpSocket,
     /// The introduction sent from this interface, if this node announces an address on it.
@@ -77,20 +102,16 @@ struct Asker {
 }
 
 impl StartupQuery {
-    /// Runs the query on a new thread named `shoal-mdns-query`, in the calling thread's
-    /// network namespace (a new thread inherits it).
-    pub(super) fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+    /// Runs the queries on `askers` (from [`StartupQuery::askers`], not empty) on a new
+    /// thread named `shoal-mdns-query`, in the calling thread's network namespace (a new
+    /// thread inherits it).
+    pub(super) fn spawn(self, askers: Vec<Asker>) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("shoal-mdns-query".into())
-            .spawn(move || self.run())
+            .spawn(move || self.run(askers))
     }
 
-    fn run(self) {
-        let askers = self.askers();
-        if askers.is_empty() {
-            lock(&self.state).note("start-up query: no selected IPv4 interface".into());
-            return;
-        }
+    fn run(self, askers: Vec<Asker>) {
         let id = query_id();
         let query = match query_message(id) {
             Ok(query) => query,
@@ -99,47 +120,62 @@ impl StartupQuery {
                 return;
             }
         };
+        let poll = if askers.len() == 1 {
+            READ_POLL
+        } else {
+            READ_POLL_SEVERAL
+        };
+        for asker in &askers {
+            if let Err(e) = asker.socket.set_read_timeout(Some(poll)) {
+                lock(&self.state).note(format!("start-up query on {}: {e}", asker.interface));
+            }
+        }
         let start = Instant::now();
-        let mut sent = 0;
+        let mut next_query = 0;
+        let mut repeated = false;
         let mut answered = false;
         let mut read = vec![0usize; askers.len()];
-        // Answers seen per (interface, address): a second one from one address means several
-        // nodes share it (one host), and a unicast datagram reaches only one of them.
-        let mut answers_from: HashMap<(usize, IpAddr), u32> = HashMap::new();
-        let mut shared = vec![false; askers.len()];
+        let mut introduced = vec![false; askers.len()];
         let mut buf = vec![0u8; 9000];
         while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
             let elapsed = start.elapsed();
             if elapsed >= LISTEN_FOR {
                 break;
             }
-            if sent == 0 || (sent == 1 && !answered && elapsed >= REPEAT_AFTER) {
+            let scheduled = QUERY_AT.get(next_query).is_some_and(|at| elapsed >= *at);
+            let repeat = next_query == 1 && !answered && !repeated && elapsed >= REPEAT_AFTER;
+            if scheduled || repeat {
                 for asker in &askers {
                     if let Err(e) = asker.socket.send_to(&query, MDNS_GROUP) {
                         lock(&self.state)
                             .note(format!("start-up query on {}: {e}", asker.interface));
                     }
                 }
-                sent += 1;
+                lock(&self.state).startup_queries_sent += 1;
+                if scheduled {
+                    next_query += 1;
+                } else {
+                    repeated = true;
+                }
             }
-            for (index, (asker, read)) in askers.iter().zip(read.iter_mut()).enumerate() {
+            for ((asker, read), introduced) in askers
+                .iter()
+                .zip(read.iter_mut())
+                .zip(introduced.iter_mut())
+            {
                 if *read >= MAX_DATAGRAMS {
                     continue;
                 }
                 // One read per socket per round: each socket's timeout bounds the round.
-                if let Ok((n, from)) = asker.socket.recv_from(&mut buf) {
-                    *read += 1;
-                    if self.on_datagram(&buf[..n], id, &asker.interface) {
-                        answered = true;
-                        let seen = answers_from.entry((index, from.ip())).or_default();
-                        *seen += 1;
-                        if *seen == 1 {
-                            self.introduce(asker, SocketAddr::new(from.ip(), MDNS_PORT));
-                        } else if !shared[index] {
-                            // Once per interface, to every node behind a shared address.
-                            shared[index] = true;
-                            self.introduce(asker, SocketAddr::V4(MDNS_GROUP));
-                        }
+                let Ok((n, _from)) = asker.socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                *read += 1;
+                if self.on_datagram(&buf[..n], id, &asker.interface) {
+                    answered = true;
+                    if !*introduced {
+                        *introduced = true;
+                        self.introduce(asker);
                     }
                 }
             }
@@ -147,8 +183,8 @@ impl StartupQuery {
     }
 
     /// A socket per selected interface with an IPv4 address; failures become notes.
-    fn askers(&self) -> Vec<Asker> {
-        let interfaces = match if_addrs::get_if_addrs() {
+    pub(super) fn askers(&self) -> Vec<Asker> {
+        let interfaces = match selected_addrs(&self.selected) {
             Ok(list) => list,
             Err(e) => {
                 lock(&self.state).note(format!("start-up query: interfaces not listed: {e}"));
@@ -156,39 +192,34 @@ impl StartupQuery {
             }
         };
         let mut askers = Vec::new();
-        for interface in interfaces {
-            let IpAddr::V4(ip) = interface.ip() else {
+        for (interface, _index, ip) in interfaces {
+            let IpAddr::V4(ip) = ip else {
                 continue;
             };
-            if !is_selected(&self.selected, &interface.name, IpAddr::V4(ip)) {
-                continue;
-            }
             match asker_socket(ip) {
                 Ok(socket) => askers.push(Asker {
-                    interface: interface.name,
+                    interface,
                     socket,
                     introduction: self.introduction.as_ref().and_then(|i| i.message(ip)),
                 }),
                 Err(e) => lock(&self.state).note(format!(
-                    "start-up query: no socket on {} ({ip}): {e}",
-                    interface.name
+                    "start-up query: no socket on {interface} ({ip}): {e}"
                 )),
             }
         }
         askers
     }
 
-    /// Sends `asker`'s introduction to `to`: the mDNS port of an address that answered the
-    /// query, or the mDNS group when several nodes answered from one address.
-    fn introduce(&self, asker: &Asker, to: SocketAddr) {
+    /// Sends `asker`'s introduction to the mDNS group of its interface.
+    fn introduce(&self, asker: &Asker) {
         let Some(introduction) = &asker.introduction else {
             return;
         };
-        let sent = asker.socket.send_to(introduction, to);
+        let sent = asker.socket.send_to(introduction, MDNS_GROUP);
         let mut state = lock(&self.state);
         match sent {
             Ok(_) => state.introductions_sent += 1,
-            Err(e) => state.note(format!("introduction to {to}: {e}")),
+            Err(e) => state.note(format!("introduction on {}: {e}", asker.interface)),
         }
     }
 
@@ -204,6 +235,9 @@ impl StartupQuery {
         let now = Instant::now();
         for mut announcement in announcements(&message) {
             announcement.via = vec![interface.to_owned()];
+            if let Some(table) = &self.table {
+                lock(table).heard(&mut announcement, now + DEFAULT_TTL, now);
+            }
             let event = {
                 let mut state = lock(&self.state);
                 state.startup_query_answers += 1;
@@ -229,7 +263,8 @@ fn asker_socket(ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
     )?;
     socket.set_multicast_if_v4(&ip)?;
     socket.set_multicast_ttl_v4(255)?;
-    socket.set_read_timeout(Some(READ_POLL))?;
+    // Every instance answers at once; the kernel caps this at `net.core.rmem_max`.
+    let _ = socket.set_recv_buffer_size(super::listen::RECV_BUFFER);
     socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
     Ok(socket.into())
 }

@@ -77,6 +77,12 @@ pub(crate) struct State {
     pub(crate) startup_query_answers: u64,
     /// Introductions sent to instances that answered the start-up query.
     pub(crate) introductions_sent: u64,
+    /// Start-up queries sent (the first and its repeats).
+    pub(crate) startup_queries_sent: u64,
+    /// Unasked announcements after the first (`MdnsConfig::reannounce`).
+    pub(crate) reannouncements: u64,
+    /// Who keeps the table, once started.
+    pub(crate) browser: Option<super::Browser>,
 }
 
 impl State {
@@ -90,6 +96,9 @@ impl State {
             notes: VecDeque::new(),
             startup_query_answers: 0,
             introductions_sent: 0,
+            startup_queries_sent: 0,
+            reannouncements: 0,
+            browser: None,
         }
     }
 
@@ -147,6 +156,18 @@ impl State {
                     Some(event)
                 }
             },
+        }
+    }
+
+    /// An instance was heard again, saying what it said before. Returns whether it is a
+    /// known peer (else what it said must be checked again: it was refused, or went down).
+    pub(crate) fn touch(&mut self, fullname: &str, now: Instant) -> bool {
+        match self.peers.get_mut(&fullname.to_ascii_lowercase()) {
+            Some(known) => {
+                known.last_seen = now;
+                true
+            }
+            None => false,
         }
     }
 
@@ -213,8 +234,8 @@ impl State {
 }
 
 /// Locks the table, carrying on with what is there if a holder of the lock panicked.
-pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub(crate) fn hint(seen: &SeenInstance) -> PeerHint {

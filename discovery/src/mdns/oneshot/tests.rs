@@ -6,17 +6,7 @@ use shoal_proto::{NodeId, PROTOCOL_VERSION};
 
 use super::*;
 use crate::event::DiscoveryEvent;
-use crate::mdns::record::Me;
-
-const PEER: u128 = 0xabc;
-
-fn name(text: &str) -> Name {
-    Name::from_ascii(text).expect("name")
-}
-
-fn instance() -> String {
-    format!("{}.{SERVICE_TYPE}", NodeId::from_u128(PEER))
-}
+use crate::mdns::test_support::{PEER, instance, name, state};
 
 /// The answer a responder gives to a legacy unicast PTR query: PTR, then SRV, TXT and A.
 fn answer(id: u16, with_txt: bool) -> Message {
@@ -55,17 +45,13 @@ fn asker() -> (
     tokio::sync::mpsc::UnboundedReceiver<DiscoveryEvent>,
 ) {
     let (events, rx) = tokio::sync::mpsc::unbounded_channel();
-    let me = Me {
-        node_id: NodeId::from_u128(1),
-        service: "orders".into(),
-        port: 7000,
-    };
     let query = StartupQuery {
         selected: Vec::new(),
         events,
-        state: Arc::new(Mutex::new(State::new(me))),
+        state: state(),
         stop: Arc::new(AtomicBool::new(false)),
         introduction: None,
+        table: None,
     };
     (query, rx)
 }

@@ -1,0 +1,474 @@
+//! The listener: Shoal's own table of what the link announces for [`SERVICE_TYPE`], kept from
+//! the mDNS group's datagrams, in place of mdns-sd's browse.
+//!
+//! # Why not mdns-sd's browse
+//!
+//! mdns-sd's daemon goes over its whole cache of a browsed type, allocating as it goes, each
+//! time it wakes: for every datagram on the link, and again for the refresh and expiry timers
+//! that each cached record sets. In a mesh of 200 nodes on one link each daemon caches 200
+//! instances, and measured at rest (`scripts/mesh-scale.sh`, 2 datagrams per node per minute)
+//! those scans took 70 to 110 % of a core for the whole mesh. mdns-sd also asks again for a
+//! cached record at 80 % of its TTL, on every node at the same moment (they cached it from the
+//! same datagram), without the duplicate-question suppression of RFC 6762 §7.3.
+//!
+//! Here each datagram costs one parse: an announcement updates its instance in the
+//! [`State`] table and pushes its expiry back, a goodbye (TTL 0) removes it, and the table is
+//! looked over only when the earliest expiry has passed. No query is sent from here: the
+//! start-up query asks (`oneshot.rs`), and every node announces its records again before
+//! their TTL runs out (`MdnsConfig::reannounce`). mdns-sd still does the responder's part:
+//! announcing, answering, goodbyes and probing.
+//!
+//! # Sockets
+//!
+//! One per selected interface and address family, bound to the group and port (224.0.0.251:5353
+//! or [ff02::fb]:5353, beside mdns-sd's sockets: all set `SO_REUSEADDR`/`SO_REUSEPORT`, and a
+//! multicast datagram goes to every socket bound to it), joined on that interface only, with
+//! `IP_MULTICAST_ALL` off: it hears the group on its own interface and nothing else, and never
+//! a unicast datagram, which stay mdns-sd's. mdns-sd announces a node's IPv4 addresses to the
+//! IPv4 group and its IPv6 addresses to the IPv6 group, so the table keeps each family's
+//! addresses as last heard (until their TTL) and reports both. The listener runs where the
+//! start-up query does, on links with IPv4; IPv6-only links use mdns-sd's browse.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::op::{Message, MessageType};
+use hickory_resolver::proto::rr::RData;
+
+use super::announce::selected_addrs;
+use super::config::InterfaceSelector;
+use super::oneshot::{MDNS_GROUP, MDNS_PORT, announcements};
+use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
+use super::state::{State, lock};
+use crate::event::EventSender;
+
+/// The IPv6 mDNS group (the IPv4 one and the port are the start-up query's).
+const MDNS_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
+/// The receive buffer asked for each group socket (and each start-up query socket, which
+/// gets an answer from every instance at once).
+pub(super) const RECV_BUFFER: usize = 4 << 20;
+/// How long a read waits before the stop flag and the expiries are checked again. Stopping
+/// does not wait for it: [`Listener::wake`] ends the reads at once.
+const READ_POLL: Duration = Duration::from_secs(2);
+/// The TTL assumed for an instance whose SRV record is not in the datagram that announced it,
+/// and for one the start-up query's answer describes (those carry at most 10 s, RFC 6762
+/// §6.7, which would have the instance expire long before its next announcement).
+pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(120);
+
+/// One group socket, on one selected interface.
+pub(super) struct Ear {
+    interface: String,
+    /// The interface index: the scope of the link-local IPv6 addresses heard here.
+    index: u32,
+    socket: UdpSocket,
+}
+
+impl Ear {
+    /// A socket hearing the IPv4 mDNS group on the interface `interface` (index `index`),
+    /// whose IPv4 address is `ip`.
+    pub(super) fn open_v4(interface: String, index: u32, ip: Ipv4Addr) -> io::Result<Self> {
+        let socket = group_socket(socket2::Domain::IPV4)?;
+        #[cfg(target_os = "linux")]
+        socket.set_multicast_all_v4(false)?;
+        socket.bind(&SocketAddr::V4(MDNS_GROUP).into())?;
+        // By index: the membership stays if the interface's address changes.
+        let on = socket2::InterfaceIndexOrAddress::Index(index);
+        if index == 0 || socket.join_multicast_v4_n(MDNS_GROUP.ip(), &on).is_err() {
+            socket.join_multicast_v4(MDNS_GROUP.ip(), &ip)?;
+        }
+        Ok(Self {
+            interface,
+            index,
+            socket: socket.into(),
+        })
+    }
+
+    /// A socket hearing the IPv6 mDNS group on the interface `interface` (index `index`).
+    pub(super) fn open_v6(interface: String, index: u32) -> io::Result<Self> {
+        let socket = group_socket(socket2::Domain::IPV6)?;
+        socket.set_only_v6(true)?;
+        #[cfg(target_os = "linux")]
+        socket.set_multicast_all_v6(false)?;
+        let group = SocketAddrV6::new(MDNS_GROUP_V6, MDNS_PORT, 0, index);
+        socket.bind(&SocketAddr::V6(group).into())?;
+        socket.join_multicast_v6(&MDNS_GROUP_V6, index)?;
+        Ok(Self {
+            interface,
+            index,
+            socket: socket.into(),
+        })
+    }
+
+    /// Whether this socket hears the IPv6 group.
+    pub(super) fn is_v6(&self) -> bool {
+        self.socket.local_addr().is_ok_and(|a| a.is_ipv6())
+    }
+}
+
+/// The listener's group sockets: one per interface and address family that `selected`
+/// selects; failures become notes. None at all, or only IPv6 ones (the start-up query runs on
+/// IPv4 only), mean mdns-sd's browse is used instead.
+pub(super) fn open_ears(selected: &[InterfaceSelector], state: &Mutex<State>) -> Vec<Ear> {
+    let interfaces = match selected_addrs(selected) {
+        Ok(list) => list,
+        Err(e) => {
+            lock(state).note(format!("listener: interfaces not listed: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut ears: Vec<Ear> = Vec::new();
+    let mut opened: Vec<(String, bool)> = Vec::new();
+    for (interface, index, ip) in interfaces {
+        let key = (interface.clone(), ip.is_ipv4());
+        if opened.contains(&key) {
+            continue;
+        }
+        opened.push(key);
+        let ear = match ip {
+            IpAddr::V4(ip) => Ear::open_v4(interface.clone(), index, ip),
+            IpAddr::V6(_) => Ear::open_v6(interface.clone(), index),
+        };
+        match ear {
+            Ok(ear) => ears.push(ear),
+            Err(e) => lock(state).note(format!(
+                "listener: no group socket on {interface} ({ip}): {e}"
+            )),
+        }
+    }
+    if ears.iter().all(Ear::is_v6) {
+        return Vec::new();
+    }
+    ears
+}
+
+/// A UDP socket of `domain` that may share the mDNS port with mdns-sd's.
+fn group_socket(domain: socket2::Domain) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Many nodes starting together announce in the same second; the kernel caps this at
+    // `net.core.rmem_max` (and a failure only leaves the default).
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    Ok(socket)
+}
+
+/// The listener: a thread per [`Ear`], sharing one [`Table`] of what they heard (with the
+/// start-up query).
+pub(super) struct Listener {
+    pub(super) events: EventSender,
+    pub(super) state: Arc<Mutex<State>>,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+impl Listener {
+    /// Runs a thread named `shoal-mdns-listen` per ear of `ears`, in the calling thread's
+    /// network namespace (a new thread inherits it). A thread that cannot start is a note.
+    /// Returns the threads and, for [`Listener::wake`], a handle on each one's socket.
+    pub(super) fn spawn(
+        self,
+        ears: Vec<Ear>,
+        table: &Arc<Mutex<Table>>,
+    ) -> (Vec<JoinHandle<()>>, Vec<UdpSocket>) {
+        let listener = Arc::new(self);
+        let mut threads = Vec::new();
+        let mut sockets = Vec::new();
+        for ear in ears {
+            let interface = ear.interface.clone();
+            match ear.socket.try_clone() {
+                Ok(socket) => sockets.push(socket),
+                Err(e) => lock(&listener.state).note(format!("listener on {interface}: {e}")),
+            }
+            let started = ear.socket.set_read_timeout(Some(READ_POLL)).and_then(|()| {
+                let (listener, table) = (Arc::clone(&listener), Arc::clone(table));
+                std::thread::Builder::new()
+                    .name("shoal-mdns-listen".into())
+                    .spawn(move || listener.run(&ear, &table))
+            });
+            match started {
+                Ok(thread) => threads.push(thread),
+                Err(e) => lock(&listener.state).note(format!("listener on {interface}: {e}")),
+            }
+        }
+        (threads, sockets)
+    }
+
+    /// Ends the reads the listener's threads wait in (they then see the stop flag): shutting
+    /// a socket's reading down wakes its reader, connected or not (Linux).
+    pub(super) fn wake(sockets: &[UdpSocket]) {
+        for socket in sockets {
+            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
+        }
+    }
+
+    fn run(&self, ear: &Ear, table: &Mutex<Table>) {
+        let mut buf = vec![0u8; 9000];
+        while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
+            if let Ok((n, _from)) = ear.socket.recv_from(&mut buf)
+                && n > 0
+            {
+                self.on_datagram(&buf[..n], ear, &mut lock(table), Instant::now());
+            }
+            let expired = lock(table).take_expired(Instant::now());
+            for fullname in expired {
+                self.forward(lock(&self.state).on_removed(&fullname));
+            }
+        }
+    }
+
+    /// Takes in what one datagram from the group says about instances of [`SERVICE_TYPE`]:
+    /// goodbyes, then announcements. Queries and anything unreadable are ignored.
+    fn on_datagram(&self, datagram: &[u8], ear: &Ear, table: &mut Table, now: Instant) {
+        // Most of the group's traffic is queries: the QR bit (the header's third byte) tells,
+        // before anything is parsed.
+        if datagram.get(2).is_none_or(|flags| flags & 0x80 == 0) {
+            return;
+        }
+        // An announcement repeated word for word (every node's, every minute) only moves the
+        // expiry on: no parse, no checks.
+        let fingerprint = fingerprint(datagram, ear.index);
+        if let Some(key) = table.repeat(fingerprint, now)
+            && lock(&self.state).touch(&key, now)
+        {
+            return;
+        }
+        let Ok(message) = Message::from_vec(datagram) else {
+            return;
+        };
+        if message.metadata.message_type != MessageType::Response {
+            return;
+        }
+        let said = said(&message);
+        for fullname in &said.goodbyes {
+            table.forget(fullname);
+            self.forward(lock(&self.state).on_removed(fullname));
+        }
+        let announcements = announcements(&message);
+        let only_one = announcements.len() == 1 && said.goodbyes.is_empty();
+        for mut announcement in announcements {
+            let key = announcement.fullname.to_ascii_lowercase();
+            if said.goodbyes.contains(&key) {
+                continue;
+            }
+            let ttl = said.ttls.get(&key).copied().unwrap_or(DEFAULT_TTL);
+            scope_link_local(&mut announcement, ear.index);
+            announcement.via = vec![ear.interface.clone()];
+            table.heard(&mut announcement, now + ttl, now);
+            if only_one {
+                table.remember(fingerprint, &key, &ear.interface, ttl);
+            }
+            let event = lock(&self.state).on_resolved(&announcement, now);
+            self.forward(event);
+        }
+    }
+
+    fn forward(&self, event: Option<crate::DiscoveryEvent>) {
+        if let Some(event) = event {
+            tracing::debug!(?event, "mdns: heard");
+            // A closed receiver means the node is shutting down; the loop notices.
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+/// What a response says besides whole announcements: which instances say goodbye (a PTR or
+/// SRV record with TTL 0) and the SRV TTL of the others, keyed by lowercase full name.
+#[derive(Debug, Default, PartialEq)]
+struct Said {
+    goodbyes: Vec<String>,
+    ttls: HashMap<String, Duration>,
+}
+
+fn said(message: &Message) -> Said {
+    let service_type = SERVICE_TYPE.to_ascii_lowercase();
+    let mut heard = Said::default();
+    for record in message.answers.iter().chain(&message.additionals) {
+        let owner = record.name.to_ascii().to_ascii_lowercase();
+        let instance = match &record.data {
+            RData::PTR(ptr) if owner == service_type => ptr.0.to_ascii().to_ascii_lowercase(),
+            RData::SRV(_) if owner.ends_with(&service_type) => owner,
+            _ => continue,
+        };
+        if record.ttl == 0 {
+            if !heard.goodbyes.contains(&instance) {
+                heard.goodbyes.push(instance);
+            }
+        } else if matches!(record.data, RData::SRV(_)) {
+            heard
+                .ttls
+                .insert(instance, Duration::from_secs(u64::from(record.ttl)));
+        }
+    }
+    heard
+}
+
+/// Gives the link-local IPv6 addresses of `announcement` the scope of the interface they
+/// were heard on (a datagram on a link carries the addresses valid on that link).
+fn scope_link_local(announcement: &mut Announcement, index: u32) {
+    for addr in &mut announcement.addrs {
+        if let IpAddr::V6(ip) = addr.ip
+            && ip.segments()[0] & 0xffc0 == 0xfe80
+            && addr.scope_id == 0
+        {
+            addr.scope_id = index;
+        }
+    }
+}
+
+/// The instances heard: the addresses last announced on each interface in each address
+/// family, and when each such set expires unless announced again; the earliest expiry, so that
+/// the table is looked over only when something may have expired. Shared by the listener's
+/// threads and the start-up query.
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    instances: HashMap<String, Heard>,
+    earliest: Option<Instant>,
+    /// Datagrams that announced one instance, by [`fingerprint`]: what a repeat refreshes.
+    repeats: HashMap<u64, Repeat>,
+}
+
+/// What a datagram heard before said: one instance, on one interface, with this TTL.
+#[derive(Debug)]
+struct Repeat {
+    key: String,
+    interface: String,
+    ttl: Duration,
+}
+
+/// At most this many datagrams are remembered (then all are forgotten and parsed again).
+const MAX_REPEATS: usize = 4096;
+
+/// A hash of a datagram and the interface it came on, its id (first two bytes) left out.
+fn fingerprint(datagram: &[u8], index: u32) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&index, &mut hasher);
+    std::hash::Hash::hash(datagram.get(2..).unwrap_or_default(), &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// One instance as heard: an address set per (interface, family), sorted by both.
+#[derive(Debug, Default)]
+struct Heard {
+    sets: Vec<AddrSet>,
+}
+
+#[derive(Debug)]
+struct AddrSet {
+    v6: bool,
+    interface: String,
+    addrs: Vec<ReceivedAddr>,
+    until: Instant,
+}
+
+impl Heard {
+    fn expires(&self) -> Option<Instant> {
+        self.sets.iter().map(|set| set.until).max()
+    }
+}
+
+impl Table {
+    /// `announcement` was heard on its interface (`via`, one entry), valid until `expires`:
+    /// each family present in its addresses replaces what that interface last said of it.
+    /// On return its addresses and interfaces are all those still valid for the instance.
+    pub(super) fn heard(
+        &mut self,
+        announcement: &mut Announcement,
+        expires: Instant,
+        now: Instant,
+    ) {
+        let interface = announcement.via.first().cloned().unwrap_or_default();
+        let heard = self
+            .instances
+            .entry(announcement.fullname.to_ascii_lowercase())
+            .or_default();
+        let (v4, v6): (Vec<ReceivedAddr>, Vec<ReceivedAddr>) =
+            announcement.addrs.drain(..).partition(|a| a.ip.is_ipv4());
+        for (is_v6, fresh) in [(false, v4), (true, v6)] {
+            if fresh.is_empty() {
+                continue;
+            }
+            let set = AddrSet {
+                v6: is_v6,
+                interface: interface.clone(),
+                addrs: fresh,
+                until: expires,
+            };
+            let key = |s: &AddrSet| (s.v6, s.interface.clone());
+            match heard.sets.binary_search_by_key(&key(&set), key) {
+                Ok(at) => heard.sets[at] = set,
+                Err(at) => heard.sets.insert(at, set),
+            }
+        }
+        announcement.via.clear();
+        for set in heard.sets.iter().filter(|set| set.until > now) {
+            announcement.addrs.extend(set.addrs.iter().cloned());
+            if !announcement.via.contains(&set.interface) {
+                announcement.via.push(set.interface.clone());
+            }
+        }
+        announcement.via.sort();
+        if let Some(expires) = heard.expires() {
+            self.earliest = Some(self.earliest.map_or(expires, |e| e.min(expires)));
+        }
+    }
+
+    fn forget(&mut self, fullname: &str) {
+        self.instances.remove(fullname);
+    }
+
+    /// Remembers that the datagram `fingerprint` announced only `key` on `interface`.
+    fn remember(&mut self, fingerprint: u64, key: &str, interface: &str, ttl: Duration) {
+        if self.repeats.len() >= MAX_REPEATS {
+            self.repeats.clear();
+        }
+        let repeat = Repeat {
+            key: key.to_owned(),
+            interface: interface.to_owned(),
+            ttl,
+        };
+        self.repeats.insert(fingerprint, repeat);
+    }
+
+    /// If the datagram `fingerprint` was heard before, alone announcing an instance still in
+    /// the table, moves the expiry of what it said on and returns the instance.
+    fn repeat(&mut self, fingerprint: u64, now: Instant) -> Option<String> {
+        let repeat = self.repeats.get(&fingerprint)?;
+        let heard = self.instances.get_mut(&repeat.key)?;
+        for set in heard
+            .sets
+            .iter_mut()
+            .filter(|set| set.interface == repeat.interface)
+        {
+            if set.until > now {
+                set.until = now + repeat.ttl;
+            }
+        }
+        Some(repeat.key.clone())
+    }
+
+    /// Removes and returns the instances expired at `now`.
+    fn take_expired(&mut self, now: Instant) -> Vec<String> {
+        if self.earliest.is_none_or(|earliest| now < earliest) {
+            return Vec::new();
+        }
+        let expired: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|(_, heard)| heard.expires().is_none_or(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &expired {
+            self.instances.remove(name);
+        }
+        self.earliest = self.instances.values().filter_map(Heard::expires).min();
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests;
