@@ -134,21 +134,17 @@ fn the_start_up_query_is_answered_at_once() {
     assert_eq!(c.mdns.diagnostics().startup_query_answers, 0);
 }
 
-/// A node that hears none of a newcomer's mDNS traffic (nftables in its namespace drops all
-/// that comes from port 5353 of the newcomers, as a burst of hundreds of nodes starting
-/// together loses their multicast) still learns of the newcomer at once: the newcomer's start-up query reached it,
-/// and the newcomer introduced itself by unicast. A newcomer without the start-up query stays
-/// unseen, which shows the drop works.
+/// A node that hears none of a newcomer's mDNS traffic from port 5353 (nftables in its
+/// namespace drops it, as a burst of hundreds of nodes starting together loses their
+/// multicast) still learns of the newcomer at once: the newcomer's start-up query reached it,
+/// and the newcomer introduced itself to the group from the query's port. A newcomer without
+/// the start-up query stays unseen, which shows the drop works.
 #[test]
 fn a_newcomer_introduces_itself_to_the_instances_that_answered() {
     if !netns_or_skip("a_newcomer_introduces_itself_to_the_instances_that_answered") {
         return;
     }
-    if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !netns::nft_available() {
         println!(
             "skipped: a_newcomer_introduces_itself_to_the_instances_that_answered (no nft; \
              apt-get install nftables)"

@@ -106,7 +106,7 @@ mod tests {
     use shoal_proto::NodeId;
 
     use super::*;
-    use crate::mdns::oneshot::announcements;
+    use crate::mdns::message::announcements;
 
     fn local(addr: &str) -> LocalNode {
         LocalNode {

@@ -1,4 +1,4 @@
-//! The listener: Shoal's own table of what the link announces for [`SERVICE_TYPE`], kept from
+//! The listener: Shoal's own table of what the link announces for [`SERVICE_TYPE`](super::record::SERVICE_TYPE), kept from
 //! the mDNS group's datagrams, in place of mdns-sd's browse.
 //!
 //! # Why not mdns-sd's browse
@@ -38,12 +38,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, MessageType};
-use hickory_resolver::proto::rr::RData;
 
 use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
-use super::oneshot::{MDNS_GROUP, MDNS_PORT, announcements};
-use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
+use super::message::{announcements, said};
+use super::oneshot::{MDNS_GROUP, MDNS_PORT};
+use super::record::{Announcement, ReceivedAddr};
 use super::state::{State, lock};
 use crate::event::EventSender;
 
@@ -65,6 +65,8 @@ pub(super) struct Ear {
     interface: String,
     /// The interface index: the scope of the link-local IPv6 addresses heard here.
     index: u32,
+    /// Whether this socket hears the IPv6 group.
+    v6: bool,
     socket: UdpSocket,
 }
 
@@ -84,6 +86,7 @@ impl Ear {
         Ok(Self {
             interface,
             index,
+            v6: false,
             socket: socket.into(),
         })
     }
@@ -100,13 +103,9 @@ impl Ear {
         Ok(Self {
             interface,
             index,
+            v6: true,
             socket: socket.into(),
         })
-    }
-
-    /// Whether this socket hears the IPv6 group.
-    pub(super) fn is_v6(&self) -> bool {
-        self.socket.local_addr().is_ok_and(|a| a.is_ipv6())
     }
 }
 
@@ -140,7 +139,7 @@ pub(super) fn open_ears(selected: &[InterfaceSelector], state: &Mutex<State>) ->
             )),
         }
     }
-    if ears.iter().all(Ear::is_v6) {
+    if ears.iter().all(|ear| ear.v6) {
         return Vec::new();
     }
     ears
@@ -221,7 +220,7 @@ impl Listener {
         }
     }
 
-    /// Takes in what one datagram from the group says about instances of [`SERVICE_TYPE`]:
+    /// Takes in what one datagram from the group says about instances of [`SERVICE_TYPE`](super::record::SERVICE_TYPE):
     /// goodbyes, then announcements. Queries and anything unreadable are ignored.
     fn on_datagram(&self, datagram: &[u8], ear: &Ear, table: &mut Table, now: Instant) {
         // Most of the group's traffic is queries: the QR bit (the header's third byte) tells,
@@ -274,37 +273,6 @@ impl Listener {
             let _ = self.events.send(event);
         }
     }
-}
-
-/// What a response says besides whole announcements: which instances say goodbye (a PTR or
-/// SRV record with TTL 0) and the SRV TTL of the others, keyed by lowercase full name.
-#[derive(Debug, Default, PartialEq)]
-struct Said {
-    goodbyes: Vec<String>,
-    ttls: HashMap<String, Duration>,
-}
-
-fn said(message: &Message) -> Said {
-    let service_type = SERVICE_TYPE.to_ascii_lowercase();
-    let mut heard = Said::default();
-    for record in message.answers.iter().chain(&message.additionals) {
-        let owner = record.name.to_ascii().to_ascii_lowercase();
-        let instance = match &record.data {
-            RData::PTR(ptr) if owner == service_type => ptr.0.to_ascii().to_ascii_lowercase(),
-            RData::SRV(_) if owner.ends_with(&service_type) => owner,
-            _ => continue,
-        };
-        if record.ttl == 0 {
-            if !heard.goodbyes.contains(&instance) {
-                heard.goodbyes.push(instance);
-            }
-        } else if matches!(record.data, RData::SRV(_)) {
-            heard
-                .ttls
-                .insert(instance, Duration::from_secs(u64::from(record.ttl)));
-        }
-    }
-    heard
 }
 
 /// Gives the link-local IPv6 addresses of `announcement` the scope of the interface they

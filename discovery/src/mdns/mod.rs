@@ -46,6 +46,7 @@ mod config;
 mod diagnostics;
 mod introduce;
 mod listen;
+mod message;
 mod netif;
 mod oneshot;
 mod record;

@@ -36,7 +36,6 @@
 //! after start, at most [`MAX_DATAGRAMS`] datagrams per socket; one introduction per
 //! interface. IPv6-only links rely on mdns-sd's browse alone.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,15 +43,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RecordType};
 
 use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
 use super::introduce::Introduction;
 use super::listen::{DEFAULT_TTL, Table};
-use super::record::{Announcement, ReceivedAddr, SERVICE_TYPE};
+use super::message::announcements;
+use super::record::SERVICE_TYPE;
 use super::state::{State, lock};
-use crate::dns_sd::txt_entry;
 use crate::event::EventSender;
 
 /// The mDNS port.
@@ -277,69 +276,12 @@ fn query_id() -> u16 {
     (nanos ^ (nanos >> 16)) as u16
 }
 
-/// One TXT string as key and value (`None`: a key without `=`), as [`Announcement`] has them.
-type TxtEntry = (String, Option<Vec<u8>>);
-
 /// The wire form of a PTR query for [`SERVICE_TYPE`] with id `id`.
 fn query_message(id: u16) -> Result<Vec<u8>, String> {
     let name = Name::from_ascii(SERVICE_TYPE).map_err(|e| e.to_string())?;
     let mut message = Message::new(id, MessageType::Query, OpCode::Query);
     message.add_query(Query::query(name, RecordType::PTR));
     message.to_vec().map_err(|e| e.to_string())
-}
-
-/// The instances an answer describes whole (PTR, SRV and TXT; addresses from A/AAAA records of
-/// the SRV target), as [`Announcement`]s for [`record::check`](super::record::check).
-pub(super) fn announcements(message: &Message) -> Vec<Announcement> {
-    let records = || message.answers.iter().chain(&message.additionals);
-    let service_type = SERVICE_TYPE.to_ascii_lowercase();
-    let mut instances: Vec<String> = Vec::new();
-    let mut srv: HashMap<String, (u16, String)> = HashMap::new();
-    let mut txt: HashMap<String, Vec<TxtEntry>> = HashMap::new();
-    let mut addrs: HashMap<String, Vec<ReceivedAddr>> = HashMap::new();
-    for record in records() {
-        let owner = record.name.to_ascii().to_ascii_lowercase();
-        match &record.data {
-            RData::PTR(ptr) if owner == service_type => {
-                let instance = ptr.0.to_ascii();
-                if !instances.contains(&instance) {
-                    instances.push(instance);
-                }
-            }
-            RData::SRV(s) => {
-                srv.insert(owner, (s.port, s.target.to_ascii().to_ascii_lowercase()));
-            }
-            RData::TXT(t) => {
-                txt.insert(
-                    owner,
-                    t.txt_data.iter().filter_map(|e| txt_entry(e)).collect(),
-                );
-            }
-            RData::A(a) => addrs.entry(owner).or_default().push(ReceivedAddr {
-                ip: IpAddr::V4(a.0),
-                scope_id: 0,
-            }),
-            RData::AAAA(a) => addrs.entry(owner).or_default().push(ReceivedAddr {
-                ip: IpAddr::V6(a.0),
-                scope_id: 0,
-            }),
-            _ => {}
-        }
-    }
-    instances
-        .into_iter()
-        .filter_map(|fullname| {
-            let key = fullname.to_ascii_lowercase();
-            let (port, target) = srv.get(&key)?;
-            Some(Announcement {
-                port: *port,
-                addrs: addrs.get(target).cloned().unwrap_or_default(),
-                txt: txt.get(&key)?.clone(),
-                via: Vec::new(),
-                fullname,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -75,8 +75,6 @@ impl Route {
     }
 }
 
-/// The connection with the fewest unanswered messages among `candidates`, ties broken by
-/// `turn` (see [`route::choose`]), without collecting them.
 /// The least-loaded live connection among `ids` (ties taken in turn), one to an instance not
 /// in `tried` when there is one.
 fn pick(
@@ -92,6 +90,8 @@ fn pick(
     least_loaded(untried, turn).or_else(|| least_loaded(live, turn))
 }
 
+/// The connection with the fewest unanswered messages among `candidates`, ties broken by
+/// `turn` (see [`route::choose`]), without collecting them.
 fn least_loaded<'a>(
     candidates: impl Iterator<Item = (ConnId, &'a Conn)> + Clone,
     turn: usize,

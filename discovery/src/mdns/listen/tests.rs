@@ -1,48 +1,21 @@
 use std::net::Ipv6Addr;
 
 use hickory_resolver::proto::op::{MessageType, OpCode};
-use hickory_resolver::proto::rr::Record;
-use hickory_resolver::proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
-use shoal_proto::{NodeId, PROTOCOL_VERSION};
+use hickory_resolver::proto::rr::rdata::PTR;
+use hickory_resolver::proto::rr::{RData, Record};
+use shoal_proto::NodeId;
 
 use super::*;
 use crate::event::DiscoveryEvent;
-use crate::mdns::test_support::{PEER, instance, name, state};
+use crate::mdns::record::SERVICE_TYPE;
+use crate::mdns::test_support::{PEER, instance, name, peer_records, state};
 
-/// What mdns-sd multicasts for an instance: PTR, SRV, TXT and addresses, all with `ttl`
-/// (0: a goodbye).
+/// What mdns-sd multicasts for an instance: PTR, SRV, TXT and addresses, all answers, all
+/// with `ttl` (0: a goodbye).
 fn announcement(ttl: u32, v6: Option<Ipv6Addr>) -> Vec<u8> {
     let mut message = Message::new(0, MessageType::Response, OpCode::Query);
-    message.add_answer(Record::from_rdata(
-        name(SERVICE_TYPE),
-        ttl,
-        RData::PTR(PTR(name(&instance()))),
-    ));
-    message.add_answer(Record::from_rdata(
-        name(&instance()),
-        ttl,
-        RData::SRV(SRV::new(0, 0, 7000, name("host-abc.local."))),
-    ));
-    message.add_answer(Record::from_rdata(
-        name(&instance()),
-        ttl,
-        RData::TXT(TXT::new(vec![
-            "svc=invoice".into(),
-            format!("id={}", NodeId::from_u128(PEER)),
-            format!("pv={PROTOCOL_VERSION}"),
-        ])),
-    ));
-    message.add_answer(Record::from_rdata(
-        name("host-abc.local."),
-        ttl,
-        RData::A(A(Ipv4Addr::new(10, 99, 0, 1))),
-    ));
-    if let Some(v6) = v6 {
-        message.add_answer(Record::from_rdata(
-            name("host-abc.local."),
-            ttl,
-            RData::AAAA(AAAA(v6)),
-        ));
+    for record in peer_records(ttl, true, v6) {
+        message.add_answer(record);
     }
     message.to_vec().expect("encode")
 }
@@ -60,11 +33,12 @@ fn listener() -> (
     (listener, rx)
 }
 
-/// An ear on an unbound socket: `on_datagram` only reads its name and index.
+/// An ear on a loopback socket: `on_datagram` only reads its name and index.
 fn ear() -> Ear {
     Ear {
         interface: "lan0".into(),
         index: 7,
+        v6: false,
         socket: UdpSocket::bind("127.0.0.1:0").expect("socket"),
     }
 }

@@ -1,42 +1,18 @@
-use std::net::Ipv4Addr;
-
-use hickory_resolver::proto::rr::Record;
-use hickory_resolver::proto::rr::rdata::{A, PTR, SRV, TXT};
-use shoal_proto::{NodeId, PROTOCOL_VERSION};
+use shoal_proto::NodeId;
 
 use super::*;
 use crate::event::DiscoveryEvent;
-use crate::mdns::test_support::{PEER, instance, name, state};
+use crate::mdns::test_support::{PEER, instance, peer_records, state};
 
-/// The answer a responder gives to a legacy unicast PTR query: PTR, then SRV, TXT and A.
+/// The answer a responder gives to a legacy unicast PTR query: PTR, then SRV, TXT and A as
+/// additionals, with TTL 10.
 fn answer(id: u16, with_txt: bool) -> Message {
     let mut message = Message::new(id, MessageType::Response, OpCode::Query);
-    message.add_answer(Record::from_rdata(
-        name(SERVICE_TYPE),
-        10,
-        RData::PTR(PTR(name(&instance()))),
-    ));
-    message.add_additional(Record::from_rdata(
-        name(&instance()),
-        10,
-        RData::SRV(SRV::new(0, 0, 7000, name("host-abc.local."))),
-    ));
-    if with_txt {
-        message.add_additional(Record::from_rdata(
-            name(&instance()),
-            10,
-            RData::TXT(TXT::new(vec![
-                "svc=invoice".into(),
-                format!("id={}", NodeId::from_u128(PEER)),
-                format!("pv={PROTOCOL_VERSION}"),
-            ])),
-        ));
+    let mut records = peer_records(10, with_txt, None).into_iter();
+    message.add_answer(records.next().expect("PTR"));
+    for record in records {
+        message.add_additional(record);
     }
-    message.add_additional(Record::from_rdata(
-        name("host-abc.local."),
-        10,
-        RData::A(A(Ipv4Addr::new(10, 99, 0, 1))),
-    ));
     message
 }
 
