@@ -50,6 +50,13 @@ pub(crate) fn transport(
     transport
         .keep_alive_interval(Some(keep_alive))
         .max_idle_timeout(Some(idle));
+    // Each side opens exactly one stream, unidirectional, for the connection's life (see
+    // `transport::connection`). quinn keeps state for every stream the peer may open (100 of
+    // each kind by default, about 8 KB per connection); allowing just the one also refuses a
+    // peer that would open more.
+    transport
+        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(1u32.into());
     Ok(transport)
 }
 

@@ -262,6 +262,9 @@ impl Conn {
         mut current: impl FnMut(Owner) -> bool,
     ) -> Transmit {
         self.signalled = false;
+        // One allocation for what is queued (the writer hands each write's buffer to QUIC
+        // and starts the next one empty).
+        buf.reserve(self.queued_bytes.min(max_bytes) + 64);
         let start = buf.len();
         if !self.acks.is_empty() {
             let ranges = self.acks.take();

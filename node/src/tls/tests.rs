@@ -23,8 +23,13 @@ fn roots(ca: &MeshCa) -> Arc<RootCertStore> {
 const LOCALHOST: &str = "127.0.0.1:0";
 const PROMPT: Duration = Duration::from_secs(5);
 
+/// A node's transport settings, plus the bidirectional streams these tests echo on (a node
+/// allows none: its connections carry one unidirectional stream each way).
 fn transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
+    let mut transport =
+        super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap();
+    transport.max_concurrent_bidi_streams(16u32.into());
+    Arc::new(transport)
 }
 
 /// The TLS material of a node that presents `identity` and trusts `ca`.

@@ -5,13 +5,18 @@
 //! everything the engine has queued in one go, so under load many messages and all pending
 //! acks leave in one write, while an idle connection writes a lone message at once: batching
 //! without added latency.
+//!
+//! An idle connection holds no buffer of its own. The writer hands each write's bytes to
+//! QUIC as they are (no copy) and starts the next write in a fresh buffer; the reader takes
+//! the chunks QUIC has received and keeps only the part of a frame still incomplete. A mesh
+//! node holds hundreds of connections, most of them quiet, so per-connection buffers sized
+//! for bursts would be most of its memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use shoal_proto::{DecodeError, codec};
-use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use crate::engine::{CloseReason, ConnId};
@@ -20,6 +25,10 @@ use crate::sync::lock;
 
 /// Most bytes gathered for one write.
 const MAX_WRITE: usize = 256 * 1024;
+
+/// Most chunks taken from QUIC in one read (a chunk is at most a packet's worth under load):
+/// what arrived together goes to the engine together.
+const READ_CHUNKS: usize = 32;
 
 /// Application close codes, visible to the peer with a reason text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +198,7 @@ async fn read_loop(
 ) -> ReadEnd {
     let limits = driver.config.limits.clone();
     let mut frames = Vec::new();
+    let mut chunks: [Bytes; READ_CHUNKS] = Default::default();
     // Test kit (feature `testing`): a node a `TestMesh` built passes what it reads through
     // the mesh's fault plan before the engine sees it. `None` for every other node: one
     // branch per read.
@@ -228,15 +238,22 @@ async fn read_loop(
         if let Some(reason) = fatal {
             return ReadEnd::Protocol(reason);
         }
+        // Every complete frame is decoded: keep a buffer only for a frame still incomplete.
+        if buf.is_empty() {
+            buf = BytesMut::new();
+        }
         while io.paused.load(Ordering::Acquire) {
             io.resume.notified().await;
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match recv.read_buf(&mut buf).await {
-            Ok(0) => return ReadEnd::Finished,
-            Ok(_) => {}
+        match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => {
+                let chunks = &mut chunks[..n];
+                buf.reserve(chunks.iter().map(Bytes::len).sum());
+                for chunk in chunks {
+                    buf.extend_from_slice(&std::mem::take(chunk));
+                }
+            }
+            Ok(None) => return ReadEnd::Finished,
             Err(e) => return ReadEnd::Failed(e.to_string()),
         }
     }
@@ -244,15 +261,17 @@ async fn read_loop(
 
 /// Writes what the engine has for the connection whenever it has something.
 async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo, mut send: quinn::SendStream) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::new();
     loop {
         let written =
             driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
         if !buf.is_empty() {
-            if send.write_all(&buf).await.is_err() {
+            // QUIC keeps these bytes until the peer acknowledges them; the next write starts
+            // in a buffer of its own, sized by the engine for what is queued then.
+            let bytes = std::mem::take(&mut buf).freeze();
+            if send.write_chunk(bytes).await.is_err() {
                 return;
             }
-            buf.clear();
         }
         if written.finish {
             let _ = send.finish();
