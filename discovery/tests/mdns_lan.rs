@@ -260,6 +260,83 @@ fn a_missed_instance_is_learnt_from_its_next_announcement() {
     assert_eq!(c.mdns.diagnostics().reannouncements, 0);
 }
 
+/// An interface that gets its address after the node started (a DHCP lease that comes late)
+/// is heard from the next interface check on: the node opens a group socket there and asks
+/// the link with a start-up query, so it learns an instance that was already there and never
+/// announces again. With only the sockets opened at start it would never learn it.
+#[test]
+fn an_interface_addressed_after_start_is_heard() {
+    const TEST: &str = "an_interface_addressed_after_start_is_heard";
+    if !netns_or_skip(TEST) {
+        return;
+    }
+    let lan = Lan::new(2).expect("build LAN");
+    let c = start_in(
+        lan.host(1),
+        MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]).reannounce(None),
+        local(random_id(), "shipping", "0.0.0.0:7001"),
+    );
+    let address = format!("{}/24", lan.addr(0));
+    let ip = |verb: &str| {
+        let status = std::process::Command::new("ip")
+            .args([
+                "-n",
+                lan.host(0),
+                "addr",
+                verb,
+                &address,
+                "dev",
+                netns::HOST_IF,
+            ])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip addr {verb} {address}: {status}");
+    };
+    // A starts with lan0 but no address on it: it hears loopback alone.
+    ip("del");
+    let mut a = start_in(
+        lan.host(0),
+        MdnsConfig::new([
+            InterfaceSelector::name(netns::HOST_IF),
+            InterfaceSelector::LoopbackOnly,
+        ])
+        .interface_check(Some(Duration::from_secs(1))),
+        local(random_id(), "invoice", "0.0.0.0:7000"),
+    );
+    audit_daemon_threads(&[lan.host(0), lan.host(1)]);
+    assert_eq!(a.mdns.diagnostics().browser, Some(Browser::Shoal));
+
+    ip("add");
+    let added = Instant::now();
+    let hint = a.expect_up(c.id, STEP);
+    assert_eq!(hint.addrs, vec![sock(lan.addr(1), 7001)]);
+    assert_eq!(c.mdns.diagnostics().reannouncements, 0);
+    let notes = a.mdns.diagnostics().notes;
+    assert!(
+        notes.iter().any(|n| n.contains("now also hears lan0")),
+        "{notes:#?}"
+    );
+    println!(
+        "A learnt C {:?} after lan0 got its address",
+        added.elapsed()
+    );
+
+    // The address goes: the next check closes lan0's group socket.
+    ip("del");
+    let deadline = Instant::now() + STEP;
+    let closed = |a: &support::Node| {
+        a.mdns
+            .diagnostics()
+            .notes
+            .iter()
+            .any(|n| n.contains("lan0 is no longer selected"))
+    };
+    while !closed(&a) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(closed(&a), "{:#?}", a.mdns.diagnostics().notes);
+}
+
 #[test]
 fn dual_stack_announces_link_local_ipv6_with_scope() {
     if !netns_or_skip("dual_stack_announces_link_local_ipv6_with_scope") {

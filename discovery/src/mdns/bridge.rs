@@ -1,6 +1,7 @@
 //! The event thread: forwards what the mdns-sd daemon reports (resolved and removed services,
-//! daemon notes) to the [`State`] table and, when it says so, to the node's event channel; and
-//! announces this node's records again every [`MdnsConfig::reannounce`].
+//! daemon notes) to the [`State`] table and, when it says so, to the node's event channel;
+//! announces this node's records again every [`MdnsConfig::reannounce`]; and keeps the
+//! listener's sockets in step with the interfaces ([`InterfaceWatch`]).
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use mdns_sd::{DaemonEvent, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 
 #[cfg(doc)]
 use super::MdnsConfig;
+use super::ears::InterfaceWatch;
 use super::record::{self, Announcement, ReceivedAddr, SERVICE_TYPE};
 use super::state::{State, lock};
 use crate::event::{DiscoveryError, EventSender};
@@ -68,6 +70,8 @@ pub(super) struct Bridge {
     pub(super) state: Arc<Mutex<State>>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) reannounce: Option<Reannounce>,
+    /// The listener's sockets, kept in step with the interfaces (where it keeps the table).
+    pub(super) watch: Option<InterfaceWatch>,
 }
 
 impl Bridge {
@@ -122,6 +126,9 @@ impl Bridge {
                 self.on_daemon_event(event);
             }
             self.reannounce_if_due();
+            if let Some(watch) = &mut self.watch {
+                watch.tick(Instant::now());
+            }
         }
     }
 

@@ -154,13 +154,15 @@ impl MdnsConfig {
         self
     }
 
-    /// How often mdns-sd looks at the selected interfaces' addresses, to announce a new or
-    /// changed one (`None`: never). Default 30 s (mdns-sd's own default is 5 s). Whole
+    /// How often the selected interfaces' addresses are looked at (`None`: never): mdns-sd
+    /// announces a new or changed one, and Shoal's listener opens a group socket on an
+    /// interface selected since the last look (an address that came after start, an
+    /// interface made anew), asks that link with a start-up query, and closes the socket of
+    /// an interface no longer selected. Default 30 s (mdns-sd's own default is 5 s). Whole
     /// seconds, at least 1.
     ///
     /// Each look lists every interface of the host: at 5 s it was a tenth of the whole idle
-    /// cost of a mesh of 200 nodes on one host. The listener's group sockets are opened at
-    /// start, on the interfaces selected then.
+    /// cost of a mesh of 200 nodes on one host.
     pub fn interface_check(mut self, every: Option<Duration>) -> Self {
         self.interface_check = every;
         self

@@ -27,7 +27,8 @@
 //! a unicast datagram, which stay mdns-sd's. mdns-sd announces a node's IPv4 addresses to the
 //! IPv4 group and its IPv6 addresses to the IPv6 group, so the table keeps each family's
 //! addresses as last heard (until their TTL) and reports both. The listener runs where the
-//! start-up query does, on links with IPv4; IPv6-only links use mdns-sd's browse.
+//! start-up query does, on links with IPv4; IPv6-only links use mdns-sd's browse. The sockets
+//! follow the interfaces as they change (`ears.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -109,38 +110,67 @@ impl Ear {
     }
 }
 
-/// The listener's group sockets: one per interface and address family that `selected`
-/// selects; failures become notes. None at all, or only IPv6 ones (the start-up query runs on
-/// IPv4 only), mean mdns-sd's browse is used instead.
-pub(super) fn open_ears(selected: &[InterfaceSelector], state: &Mutex<State>) -> Vec<Ear> {
+/// What tells one group socket from another: the interface (its name and index, which changes
+/// when the interface is made anew) and the address family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct EarKey {
+    pub(super) interface: String,
+    index: u32,
+    pub(super) v6: bool,
+}
+
+impl Ear {
+    pub(super) fn key(&self) -> EarKey {
+        EarKey {
+            interface: self.interface.clone(),
+            index: self.index,
+            v6: self.v6,
+        }
+    }
+}
+
+/// The group sockets `selected` selects now, one per interface and address family, with an
+/// address of the interface (`None` if the interfaces cannot be listed: said in a note).
+pub(super) fn selected_ears(
+    selected: &[InterfaceSelector],
+    state: &Mutex<State>,
+) -> Option<Vec<(EarKey, IpAddr)>> {
     let interfaces = match selected_addrs(selected) {
         Ok(list) => list,
         Err(e) => {
             lock(state).note(format!("listener: interfaces not listed: {e}"));
-            return Vec::new();
+            return None;
         }
     };
-    let mut ears: Vec<Ear> = Vec::new();
-    let mut opened: Vec<(String, bool)> = Vec::new();
+    let mut ears: Vec<(EarKey, IpAddr)> = Vec::new();
     for (interface, index, ip) in interfaces {
-        let key = (interface.clone(), ip.is_ipv4());
-        if opened.contains(&key) {
-            continue;
+        let key = EarKey {
+            interface,
+            index,
+            v6: ip.is_ipv6(),
+        };
+        if !ears.iter().any(|(k, _)| *k == key) {
+            ears.push((key, ip));
         }
-        opened.push(key);
+    }
+    Some(ears)
+}
+
+/// Opens the group sockets of `wanted` (from [`selected_ears`]); failures become notes.
+pub(super) fn open_ears(wanted: Vec<(EarKey, IpAddr)>, state: &Mutex<State>) -> Vec<Ear> {
+    let mut ears = Vec::new();
+    for (key, ip) in wanted {
         let ear = match ip {
-            IpAddr::V4(ip) => Ear::open_v4(interface.clone(), index, ip),
-            IpAddr::V6(_) => Ear::open_v6(interface.clone(), index),
+            IpAddr::V4(ip) => Ear::open_v4(key.interface.clone(), key.index, ip),
+            IpAddr::V6(_) => Ear::open_v6(key.interface.clone(), key.index),
         };
         match ear {
             Ok(ear) => ears.push(ear),
             Err(e) => lock(state).note(format!(
-                "listener: no group socket on {interface} ({ip}): {e}"
+                "listener: no group socket on {} ({ip}): {e}",
+                key.interface
             )),
         }
-    }
-    if ears.iter().all(|ear| ear.v6) {
-        return Vec::new();
     }
     ears
 }
@@ -157,6 +187,30 @@ fn group_socket(domain: socket2::Domain) -> io::Result<socket2::Socket> {
     Ok(socket)
 }
 
+/// A group socket being read: its thread, and what stops it.
+pub(super) struct OpenEar {
+    pub(super) key: EarKey,
+    /// A handle on the thread's socket, to end its read.
+    socket: UdpSocket,
+    /// Set when this socket's interface is no longer selected (the listener goes on).
+    closed: Arc<AtomicBool>,
+    pub(super) thread: JoinHandle<()>,
+}
+
+impl OpenEar {
+    /// Ends the read the thread waits in, so it sees the stop flag or its `closed` at once:
+    /// shutting a socket's reading down wakes its reader, connected or not (Linux).
+    pub(super) fn wake(&self) {
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read);
+    }
+
+    /// Stops this socket's thread (its interface went); it ends by itself, at once.
+    pub(super) fn close(self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+}
+
 /// The listener: a thread per [`Ear`], sharing one [`Table`] of what they heard (with the
 /// start-up query).
 pub(super) struct Listener {
@@ -166,48 +220,38 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    /// Runs a thread named `shoal-mdns-listen` per ear of `ears`, in the calling thread's
-    /// network namespace (a new thread inherits it). A thread that cannot start is a note.
-    /// Returns the threads and, for [`Listener::wake`], a handle on each one's socket.
+    /// Runs a thread named `shoal-mdns-listen` that reads `ear` into `table`, in the calling
+    /// thread's network namespace (a new thread inherits it).
     pub(super) fn spawn(
-        self,
-        ears: Vec<Ear>,
+        self: &Arc<Self>,
+        ear: Ear,
         table: &Arc<Mutex<Table>>,
-    ) -> (Vec<JoinHandle<()>>, Vec<UdpSocket>) {
-        let listener = Arc::new(self);
-        let mut threads = Vec::new();
-        let mut sockets = Vec::new();
-        for ear in ears {
-            let interface = ear.interface.clone();
-            match ear.socket.try_clone() {
-                Ok(socket) => sockets.push(socket),
-                Err(e) => lock(&listener.state).note(format!("listener on {interface}: {e}")),
-            }
-            let started = ear.socket.set_read_timeout(Some(READ_POLL)).and_then(|()| {
-                let (listener, table) = (Arc::clone(&listener), Arc::clone(table));
-                std::thread::Builder::new()
-                    .name("shoal-mdns-listen".into())
-                    .spawn(move || listener.run(&ear, &table))
-            });
-            match started {
-                Ok(thread) => threads.push(thread),
-                Err(e) => lock(&listener.state).note(format!("listener on {interface}: {e}")),
-            }
-        }
-        (threads, sockets)
+    ) -> io::Result<OpenEar> {
+        let socket = ear.socket.try_clone()?;
+        ear.socket.set_read_timeout(Some(READ_POLL))?;
+        let key = ear.key();
+        let closed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (listener, table, closed) =
+                (Arc::clone(self), Arc::clone(table), Arc::clone(&closed));
+            std::thread::Builder::new()
+                .name("shoal-mdns-listen".into())
+                .spawn(move || listener.run(&ear, &closed, &table))?
+        };
+        Ok(OpenEar {
+            key,
+            socket,
+            closed,
+            thread,
+        })
     }
 
-    /// Ends the reads the listener's threads wait in (they then see the stop flag): shutting
-    /// a socket's reading down wakes its reader, connected or not (Linux).
-    pub(super) fn wake(sockets: &[UdpSocket]) {
-        for socket in sockets {
-            let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Read);
-        }
-    }
-
-    fn run(&self, ear: &Ear, table: &Mutex<Table>) {
+    fn run(&self, ear: &Ear, closed: &AtomicBool, table: &Mutex<Table>) {
         let mut buf = vec![0u8; 9000];
-        while !self.stop.load(Ordering::SeqCst) && !self.events.is_closed() {
+        while !self.stop.load(Ordering::SeqCst)
+            && !closed.load(Ordering::SeqCst)
+            && !self.events.is_closed()
+        {
             if let Ok((n, _from)) = ear.socket.recv_from(&mut buf)
                 && n > 0
             {

@@ -44,6 +44,7 @@ mod announce;
 mod bridge;
 mod config;
 mod diagnostics;
+mod ears;
 mod introduce;
 mod listen;
 mod message;
@@ -67,6 +68,7 @@ pub use self::config::{
     DEFAULT_INTERFACE_CHECK, DEFAULT_REANNOUNCE, InterfaceSelector, MdnsConfig,
 };
 pub use self::diagnostics::{Browser, MdnsDiagnostics};
+use self::ears::{Ears, InterfaceWatch};
 use self::introduce::Introduction;
 use self::listen::{Listener, Table};
 use self::oneshot::StartupQuery;
@@ -90,10 +92,9 @@ struct Running {
     fullname: String,
     stop: Arc<AtomicBool>,
     bridge: JoinHandle<()>,
-    /// The listener's threads, one per group socket (none with mdns-sd's browse), and their
-    /// sockets, to wake them when stopping.
-    listener: Vec<JoinHandle<()>>,
-    listener_sockets: Vec<std::net::UdpSocket>,
+    /// The listener's group sockets and their threads (none with mdns-sd's browse); the
+    /// event thread opens and closes sockets as interfaces come and go.
+    ears: Arc<Mutex<Ears>>,
     startup_query: Option<JoinHandle<()>>,
 }
 
@@ -260,16 +261,27 @@ impl MdnsDiscovery {
         let ears = if askers.is_empty() {
             Vec::new()
         } else {
-            listen::open_ears(&self.config.interfaces, &self.state)
+            let wanted = listen::selected_ears(&self.config.interfaces, &self.state);
+            listen::open_ears(wanted.unwrap_or_default(), &self.state)
+        };
+        // The start-up query runs on IPv4 only: IPv6 sockets alone do not make a table.
+        let ears = if ears.iter().all(|ear| ear.key().v6) {
+            Vec::new()
+        } else {
+            ears
         };
         let table = Arc::new(Mutex::new(Table::default()));
-        let (listener, listener_sockets) = Listener {
+        let listener = Listener {
             events: events.clone(),
             state: Arc::clone(&self.state),
             stop: Arc::clone(&stop),
-        }
-        .spawn(ears, &table);
-        let browser = if listener.is_empty() {
+        };
+        let ears = Arc::new(Mutex::new(Ears::start(listener, Arc::clone(&table), ears)));
+        let stop_ears = || {
+            stop.store(true, Ordering::SeqCst);
+            lock(&ears).stop();
+        };
+        let browser = if lock(&ears).is_empty() {
             Browser::MdnsSd
         } else {
             // The start-up query's answers go into the listener's table too.
@@ -288,10 +300,21 @@ impl MdnsDiscovery {
         };
         let announced = Arc::new(Mutex::new(info.clone()));
         if let Err(e) = daemon.register(info) {
-            stop.store(true, Ordering::SeqCst);
-            Listener::wake(&listener_sockets);
+            stop_ears();
             return Err(start_err("register", e));
         }
+        // Where the listener keeps the table, its sockets follow the interfaces.
+        let watch = match (browser, self.config.interface_check) {
+            (Browser::Shoal, Some(every)) => Some(InterfaceWatch {
+                ears: Arc::clone(&ears),
+                selected: self.config.interfaces.clone(),
+                every,
+                next: Instant::now() + every,
+                events: events.clone(),
+                stop: Arc::clone(&stop),
+            }),
+            _ => None,
+        };
 
         let bridge = Bridge {
             daemon: daemon.clone(),
@@ -304,12 +327,10 @@ impl MdnsDiscovery {
                 .config
                 .reannounce
                 .map(|every| bridge::Reannounce::new(every, Arc::clone(&announced))),
+            watch,
         }
         .spawn()
-        .inspect_err(|_| {
-            stop.store(true, Ordering::SeqCst);
-            Listener::wake(&listener_sockets);
-        })?;
+        .inspect_err(|_| stop_ears())?;
         let startup_query = if askers.is_empty() {
             None
         } else {
@@ -327,8 +348,7 @@ impl MdnsDiscovery {
             daemon: daemon.clone(),
             plan,
             announced,
-            listener,
-            listener_sockets,
+            ears,
             fullname,
             stop,
             bridge,
@@ -388,12 +408,12 @@ impl Discovery for MdnsDiscovery {
             let _ = status.recv_timeout(left());
         }
         running.stop.store(true, Ordering::SeqCst);
-        Listener::wake(&running.listener_sockets);
+        let listener = lock(&running.ears).stop();
         // The daemon's shutdown disconnected the event thread's channel, the listener's reads
         // were just ended, and the start-up query's time out within 100 ms: all end at once.
         let join_deadline = Instant::now() + JOIN_WITHIN;
         join_until(running.bridge, join_deadline, "event thread");
-        for thread in running.listener {
+        for thread in listener {
             join_until(thread, join_deadline, "listener thread");
         }
         if let Some(thread) = running.startup_query {
