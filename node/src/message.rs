@@ -21,7 +21,9 @@ use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub(crate) env: Envelope,
+    /// Boxed: a message is moved many times between the API, the engine and the handlers,
+    /// and a pointer moves for less than the envelope's 272 bytes.
+    pub(crate) env: Box<Envelope>,
 }
 
 impl Message {
@@ -29,7 +31,7 @@ impl Message {
         let now_ms = unix_ms();
         let id = fresh_id(now_ms);
         Self {
-            env: Envelope::new(id, kind, name.into(), now_ms, payload.into()),
+            env: Box::new(Envelope::new(id, kind, name.into(), now_ms, payload.into())),
         }
     }
 
@@ -180,7 +182,7 @@ impl Message {
 
     /// Wraps an envelope received from the wire.
     pub(crate) fn from_envelope(env: Envelope) -> Self {
-        Self { env }
+        Self { env: Box::new(env) }
     }
 
     /// Fills in the return address of a request from `service`/`node`.

@@ -87,7 +87,7 @@ pub(crate) struct Run<H> {
 
 /// How a run of handlers ended: the replies to send (one per handler, when the message asked
 /// for a reply; the driver makes them, with fresh ids), or the first failure.
-pub(crate) type HandlerOutcome = Result<SmallVec<[Message; 1]>, HandlerError>;
+pub(crate) type HandlerOutcome = Result<Vec<Message>, HandlerError>;
 
 /// What an operation ended with.
 ///

@@ -68,7 +68,7 @@ impl<H: Clone> Engine<H> {
                 HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
             });
         }
-        let mut envelope = reply.env;
+        let mut envelope = *reply.env;
         envelope.attempt = 1;
         let mut buf = BytesMut::new();
         codec::encode(

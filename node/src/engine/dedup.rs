@@ -48,6 +48,10 @@ const BLOOM_BITS_PER_ID: usize = 16;
 pub(crate) struct DedupWindow {
     running: HashSet<MessageId, IdHashing>,
     chunks: VecDeque<Chunk>,
+    /// The newest id creation time (ms) in every chunk but the newest, or more (it is lowered
+    /// only when the oldest chunk goes): an id newer than this can only be in the newest
+    /// chunk, which is the one question a fresh message asks.
+    older_max_ms: u64,
     /// Done ids remembered, over all chunks.
     len: usize,
     capacity: usize,
@@ -119,6 +123,7 @@ impl DedupWindow {
         Self {
             running: HashSet::with_hasher(hashing),
             chunks: VecDeque::new(),
+            older_max_ms: 0,
             len: 0,
             capacity,
             max_age,
@@ -147,10 +152,11 @@ impl DedupWindow {
     /// Whether `id` is among the done ids.
     fn is_done(&self, id: MessageId) -> bool {
         let hash = self.hashing.hash_one(id);
-        self.chunks
-            .iter()
-            .rev()
-            .any(|c| c.may_hold(id, hash) && c.ids.contains(&id))
+        let holds = |c: &Chunk| c.may_hold(id, hash) && c.ids.contains(&id);
+        if id.unix_ms() > self.older_max_ms {
+            return self.chunks.back().is_some_and(holds);
+        }
+        self.chunks.iter().rev().any(holds)
     }
 
     /// The handler for `id` finished successfully: remember it as done.
@@ -163,6 +169,9 @@ impl DedupWindow {
             c.ids.len() < self.chunk_len && now.saturating_duration_since(c.opened) < seal_after
         });
         if !open {
+            if let Some(sealed) = self.chunks.back() {
+                self.older_max_ms = self.older_max_ms.max(sealed.max_ms);
+            }
             self.chunks.push_back(Chunk::new(self.chunk_len, now));
         }
         let hash = self.hashing.hash_one(id);
@@ -200,6 +209,15 @@ impl DedupWindow {
     fn pop_oldest(&mut self) {
         if let Some(chunk) = self.chunks.pop_front() {
             self.len -= chunk.ids.len();
+            // Once per chunk of ids: a walk over the few chunks left.
+            self.older_max_ms = self
+                .chunks
+                .iter()
+                .rev()
+                .skip(1)
+                .map(|c| c.max_ms)
+                .max()
+                .unwrap_or(0);
         }
     }
 }
@@ -393,6 +411,32 @@ mod tests {
             assert_eq!(w.check(s, now), Seen::New);
             w.forget(s);
         }
+    }
+
+    /// A sender whose clock runs ahead makes ids "from the future": one in an older chunk is
+    /// still found when a fresh id of the same time is looked up in the newest chunk only.
+    #[test]
+    fn an_id_from_a_clock_ahead_is_found_in_an_older_chunk() {
+        let now = Instant::now();
+        // Chunks of 1 id each (capacity / 16, at least 1).
+        let mut w = DedupWindow::new(16, Duration::from_secs(600), KEYS);
+        let ahead = MessageId::from_parts(T0_MS + 60_000, 1 << 64 | 1);
+        let later = [2u128, 3, 4].map(|n| MessageId::from_parts(T0_MS, n << 64 | n));
+        for i in std::iter::once(ahead).chain(later) {
+            assert_eq!(w.check(i, now), Seen::New);
+            w.complete(i, now);
+        }
+        assert_eq!(w.check(ahead, now), Seen::Done);
+        let fresh = MessageId::from_parts(T0_MS + 1, 9 << 64 | 9);
+        assert_eq!(w.check(fresh, now), Seen::New);
+        // The chunk that held the id from ahead goes (count bound); the bound comes down.
+        for n in 10..30u128 {
+            let i = MessageId::from_parts(T0_MS, n << 64 | n);
+            assert_eq!(w.check(i, now), Seen::New);
+            w.complete(i, now);
+        }
+        assert!(w.older_max_ms <= T0_MS, "{}", w.older_max_ms);
+        assert_eq!(w.check(ahead, now), Seen::New, "evicted with its chunk");
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<OpId, Error> {
         self.accepting(kind)?;
-        let mut envelope = msg.env;
+        let mut envelope = *msg.env;
         envelope.attempt = 1;
         let limits = &self.config.limits;
         let item = EncodedItem::new_in(&Item::of(&envelope), limits, &mut self.out.arena)?;
@@ -331,7 +331,7 @@ impl<H: Clone> Engine<H> {
         let mut envelopes: SmallVec<[Envelope; 1]> = SmallVec::with_capacity(events.len());
         let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(events.len());
         for event in events.drain(..) {
-            let mut envelope = event.env;
+            let mut envelope = *event.env;
             envelope.attempt = 1;
             envelopes.push(envelope);
         }

@@ -41,7 +41,7 @@ impl Driver {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx)))
                 {
                     Ok(Poll::Ready(result)) => {
-                        return Some((task, result.map(|_| SmallVec::new())));
+                        return Some((task, result.map(|_| Vec::new())));
                     }
                     Ok(Poll::Pending) => {}
                     Err(_) => return Some((task, Err(panicked()))),
@@ -51,7 +51,7 @@ impl Driver {
                 CatchUnwind(AssertUnwindSafe(handled))
                     .await
                     .unwrap_or_else(|()| Err(panicked()))
-                    .map(|_| SmallVec::new())
+                    .map(|_| Vec::new())
             });
             return None;
         }
@@ -109,7 +109,7 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
         let Some(this) = this else { break };
         bodies.push(call(handler, this).await?);
     }
-    Ok(request.map_or_else(SmallVec::new, |(id, channel)| replies(id, &channel, bodies)))
+    Ok(request.map_or_else(Vec::new, |(id, channel)| replies(id, &channel, bodies)))
 }
 
 /// Calls one handler (in its `shoal.handle` span: `crate::trace`), turning a panic (in the

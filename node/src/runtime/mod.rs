@@ -408,7 +408,7 @@ fn replies(
     request: shoal_proto::MessageId,
     channel: &str,
     bodies: SmallVec<[Option<bytes::Bytes>; 1]>,
-) -> SmallVec<[Message; 1]> {
+) -> Vec<Message> {
     bodies
         .into_iter()
         .map(|body| {

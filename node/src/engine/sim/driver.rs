@@ -249,9 +249,9 @@ impl Sim {
         &mut self,
         message: &Message,
         bodies: smallvec::SmallVec<[Option<Bytes>; 1]>,
-    ) -> smallvec::SmallVec<[Message; 1]> {
+    ) -> Vec<Message> {
         let Some(addr) = message.reply_to() else {
-            return smallvec::SmallVec::new();
+            return Vec::new();
         };
         let channel = addr.channel.clone();
         bodies
