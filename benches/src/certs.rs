@@ -189,14 +189,26 @@ pub fn server_tls_config(
     leaf: &LeafCert,
     alpn: &[&[u8]],
 ) -> BenchResult<rustls::ServerConfig> {
+    server_tls_config_der(ca.cert_der(), leaf.chain(), leaf.key_der(), alpn)
+}
+
+/// [`server_tls_config`] from DER: the CA certificate clients must be signed by, the chain
+/// and key to present (for a process that got them from another, as files).
+pub fn server_tls_config_der(
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
+) -> BenchResult<rustls::ServerConfig> {
     let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
     let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(ca.root_store()?), provider.clone())
-            .build()?;
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(leaf.chain(), leaf.key_der())?;
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }

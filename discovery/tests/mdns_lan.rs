@@ -271,7 +271,7 @@ fn an_interface_addressed_after_start_is_heard() {
         return;
     }
     let lan = Lan::new(2).expect("build LAN");
-    let c = start_in(
+    let mut c = start_in(
         lan.host(1),
         MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]).reannounce(None),
         local(random_id(), "shipping", "0.0.0.0:7001"),
@@ -320,6 +320,9 @@ fn an_interface_addressed_after_start_is_heard() {
         "A learnt C {:?} after lan0 got its address",
         added.elapsed()
     );
+    // And C learns A from mdns-sd's announcement on the new link, with its new address.
+    let hint = c.expect_up(a.id, STEP);
+    assert!(hint.addrs.contains(&sock(lan.addr(0), 7000)), "{hint:?}");
 
     // The address goes: the next check closes lan0's group socket.
     ip("del");

@@ -351,20 +351,12 @@ async fn shoal_hub(dir: &Path, stop: tokio::task::JoinHandle<()>) -> Result<()> 
 
 async fn quinn_hub(dir: &Path, stop: tokio::task::JoinHandle<()>) -> Result<()> {
     let read = |name: &str| -> Result<Vec<u8>> { Ok(std::fs::read(dir.join(name))?) };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(read("ca.der")?))?;
-    let provider = certs::provider();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::clone(&provider),
-    )
-    .build()?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read("server.key.der")?));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![CertificateDer::from(read("server.der")?)], key)?;
-    tls.alpn_protocols = vec![quinn_echo::ALPN.to_vec()];
+    let tls = certs::server_tls_config_der(
+        CertificateDer::from(read("ca.der")?),
+        vec![CertificateDer::from(read("server.der")?)],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(read("server.key.der")?)),
+        &[quinn_echo::ALPN],
+    )?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     config.transport_config(transport()?);
     let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))?;

@@ -263,8 +263,10 @@ impl Conn {
     ) -> Transmit {
         self.signalled = false;
         // One allocation for what is queued (the writer hands each write's buffer to QUIC
-        // and starts the next one empty).
-        buf.reserve(self.queued_bytes.min(max_bytes) + 64);
+        // and starts the next one empty); none when nothing is.
+        if self.queued_bytes > 0 {
+            buf.reserve(self.queued_bytes.min(max_bytes) + 64);
+        }
         let start = buf.len();
         if !self.acks.is_empty() {
             let ranges = self.acks.take();
