@@ -528,8 +528,10 @@ impl NodeBuilder {
                 let group = SocketAddr::V4(m.group_addr());
                 let mut setup = crate::engine::MulticastSetup::new(group);
                 // The group link says when it sent everything (runtime/multicast.rs): events
-                // queued meanwhile share datagrams.
+                // queued meanwhile share datagrams; under load, a datagram that is not full
+                // also waits for the last one to arrive somewhere.
                 setup.channel.paced = true;
+                setup.channel.coalesce = true;
                 config.multicast = Some(setup);
                 Some(socket)
             }

@@ -67,6 +67,10 @@ pub struct NodeStats {
     /// Multicast fan-out ([`crate::NodeBuilder::multicast`]; all zero without it): datagrams
     /// this node sent to its group (events, heartbeats and repairs sent to the whole group).
     pub multicast_sent: u64,
+    /// Events this node's channel sent to its group, each once for all its subscribers
+    /// (first sends: repairs are in `multicast_repairs`). `multicast_events /
+    /// multicast_sent` is about how many events a datagram carried.
+    pub multicast_events: u64,
     /// Multicast datagrams read from the group (every member's, before any check).
     pub multicast_received: u64,
     /// Multicast datagrams dropped: queues full (the protocol repairs them), socket errors,

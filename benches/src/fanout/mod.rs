@@ -24,7 +24,6 @@
 //!    100 < 1 drop` in every subscriber's namespace's input chain (datagrams and QUIC alike).
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,18 +37,20 @@ use shoal_discovery::netns::{self, HOST_IF, Lan};
 use crate::error::{BenchError, BenchResult};
 use crate::shoal_scenarios::shoal_err;
 
+mod links;
 mod ns_node;
 mod render;
 mod slots;
 
 pub use render::{render_markdown, render_text, targets};
 
+use links::{nft_loss, tx_bytes};
 use ns_node::NsNode;
 use slots::Slots;
 
 const TOPIC: &str = "fanout.tick";
 /// The nftables table the loss pass adds in each subscriber's namespace (and then deletes).
-const LOSS_TABLE: &str = "shoal_fanout";
+pub(super) const LOSS_TABLE: &str = "shoal_fanout";
 /// The loss rule (1 % of UDP packets dropped on arrival).
 pub const LOSS_RULE: &str = "meta l4proto udp numgen random mod 100 < 1 drop";
 /// Bound for a step that normally takes milliseconds (connections, subscriptions).
@@ -154,6 +155,11 @@ pub struct Row {
     pub per_sub_rate: f64,
     /// Publisher thread CPU ns per published event (throughput pass).
     pub cpu_ns_per_event: f64,
+    /// A subscriber's thread CPU ns per event, the mean over subscribers (throughput pass).
+    pub sub_cpu_ns_per_event: f64,
+    /// Events per datagram sent to the group, heartbeats and repairs counted as datagrams
+    /// (throughput pass; `None` on unicast).
+    pub events_per_datagram: Option<f64>,
     /// Bytes sent on the publisher's link per published event (throughput pass).
     pub bytes_per_event: f64,
     /// Last subscriber's latency, no loss.
@@ -296,6 +302,11 @@ impl NodeSet {
             .map_err(shoal_err)
     }
 
+    /// The CPU time of every subscriber's thread, summed.
+    fn subscribers_cpu_ns(&self) -> BenchResult<u64> {
+        self.subscribers.iter().map(NsNode::cpu_ns).sum()
+    }
+
     /// Reserves `count` sequence numbers.
     fn reserve(&self, count: u64) -> BenchResult<std::ops::Range<u64>> {
         let start = self.next_seq.fetch_add(count, Ordering::Relaxed);
@@ -314,11 +325,15 @@ impl NodeSet {
             .await?;
 
         let (cpu0, tx0) = (self.publisher.cpu_ns()?, tx_bytes(&self.publisher_ns)?);
+        let sub_cpu0 = self.subscribers_cpu_ns()?;
+        let events0 = self.publisher.node.stats();
         let seqs = self.reserve(options.events)?;
         let (published, elapsed) = self
             .publish(seqs.clone(), size, options.window, options.seconds)
             .await?;
         let (cpu1, tx1) = (self.publisher.cpu_ns()?, tx_bytes(&self.publisher_ns)?);
+        let sub_cpu1 = self.subscribers_cpu_ns()?;
+        let events1 = self.publisher.node.stats();
         self.check_delivered(seqs.start..seqs.start + published, n)?;
         let per_event = |delta: u64| delta as f64 / published.max(1) as f64;
 
@@ -343,6 +358,11 @@ impl NodeSet {
             size,
             per_sub_rate: published as f64 / elapsed.as_secs_f64(),
             cpu_ns_per_event: per_event(cpu1.saturating_sub(cpu0)),
+            sub_cpu_ns_per_event: per_event(sub_cpu1.saturating_sub(sub_cpu0)) / n.max(1) as f64,
+            events_per_datagram: (events1.multicast_sent > events0.multicast_sent).then(|| {
+                (events1.multicast_events - events0.multicast_events) as f64
+                    / (events1.multicast_sent - events0.multicast_sent) as f64
+            }),
             bytes_per_event: per_event(tx1.saturating_sub(tx0)),
             latency,
             lossy,
@@ -420,33 +440,6 @@ impl NodeSet {
         }
         Ok(())
     }
-}
-
-/// `tx_bytes` of `lan0` in namespace `ns` (`ip -n NS -s -j link show lan0`).
-fn tx_bytes(ns: &str) -> BenchResult<u64> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-s", "-j", "link", "show", HOST_IF])
-        .output()?;
-    if !out.status.success() {
-        return Err(BenchError::msg(format!(
-            "ip -s link in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    links[0]["stats64"]["tx"]["bytes"]
-        .as_u64()
-        .ok_or_else(|| BenchError::msg(format!("no tx bytes for {HOST_IF} in {ns}")))
-}
-
-/// Adds (or deletes) the [`LOSS_RULE`] in namespace `ns`'s input chain.
-fn nft_loss(ns: &str, on: bool) -> BenchResult<()> {
-    if on {
-        netns::nft_input_rule(ns, LOSS_TABLE, LOSS_RULE)?;
-    } else {
-        netns::nft(ns, &format!("delete table inet {LOSS_TABLE}"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

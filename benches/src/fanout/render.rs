@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use super::{Latency, Path, Row};
 
 /// Column headers of both renderings.
-const HEADERS: [&str; 12] = [
+const HEADERS: [&str; 15] = [
     "row",
     "msgs/s per sub",
     "x unicast",
     "pub CPU µs/event",
+    "x unicast",
+    "sub CPU µs/event",
     "x unicast",
     "link B/event",
     "x unicast",
@@ -18,6 +20,7 @@ const HEADERS: [&str; 12] = [
     "same, 1 % loss",
     "x unicast p99 (loss)",
     "datagrams",
+    "events/datagram",
     "demoted",
 ];
 
@@ -61,6 +64,8 @@ fn cells(rows: &[Row], row: &Row) -> Vec<String> {
         ratio(row.per_sub_rate, f.map(|f| f.per_sub_rate)),
         format!("{:.1}", row.cpu_ns_per_event / 1_000.0),
         ratio(row.cpu_ns_per_event, f.map(|f| f.cpu_ns_per_event)),
+        format!("{:.1}", row.sub_cpu_ns_per_event / 1_000.0),
+        ratio(row.sub_cpu_ns_per_event, f.map(|f| f.sub_cpu_ns_per_event)),
         format!("{:.0}", row.bytes_per_event),
         ratio(row.bytes_per_event, f.map(|f| f.bytes_per_event)),
         lat(Some(&row.latency)),
@@ -74,6 +79,8 @@ fn cells(rows: &[Row], row: &Row) -> Vec<String> {
             )
         ),
         row.datagrams.to_string(),
+        row.events_per_datagram
+            .map_or_else(|| "-".to_owned(), |e| format!("{e:.1}")),
         row.demotions.to_string(),
     ]
 }

@@ -94,6 +94,8 @@ pub(crate) struct ChannelStats {
     /// Datagrams this node's channel sealed (events and heartbeats; repairs are not sealed
     /// again).
     pub(crate) sealed: u64,
+    /// Events this node's channel packed into datagrams (each once for all members).
+    pub(crate) events: u64,
     /// Repairs this node's channel sent, by multicast and over QUIC.
     pub(crate) repairs: u64,
     /// Times this node's channel changed its key (a member left or was refused, the timer,
@@ -228,6 +230,7 @@ impl<H: Clone> Engine<H> {
         let sender = ch.sender.as_ref();
         ChannelStats {
             sealed: sender.map_or(0, |s| s.sent),
+            events: sender.map_or(0, Sender::events_sent),
             repairs: sender.map_or(0, |s| s.repaired_multicast + s.repaired_unicast),
             rekeys: sender.map_or(0, |s| u64::from(s.epoch().saturating_sub(1))),
             demotions: ch.demotions,

@@ -165,6 +165,7 @@ impl Driver {
         let link = io.link_stats();
         let channels = self.read(|engine| engine.channel_stats());
         stats.multicast_sent = link.sent;
+        stats.multicast_events = channels.events;
         stats.multicast_received = link.received;
         stats.multicast_dropped = channels.dropped
             + link.dropped_full

@@ -318,8 +318,9 @@ impl MulticastArgs {
         }
         let s = node.stats();
         say!(
-            "multicast sent={} received={} dropped={} forged={} repairs={} demotions={} rekeys={}",
+            "multicast sent={} events={} received={} dropped={} forged={} repairs={} demotions={} rekeys={}",
             s.multicast_sent,
+            s.multicast_events,
             s.multicast_received,
             s.multicast_dropped,
             s.multicast_forged,

@@ -58,6 +58,13 @@ pub(crate) struct ChannelConfig {
     /// what was written while it waited for the socket. Off by default (each call's events
     /// are sealed at once); the runtime turns it on, as its group link says when it is idle.
     pub(crate) paced: bool,
+    /// Whether a datagram that would be less than half full waits while the last one sent has
+    /// reached no member yet (no status says so), for at most [`ChannelConfig::rtt`]: the
+    /// events published meanwhile join it. Nagle's rule, bounded: under load datagrams fill up (fewer datagrams,
+    /// and fewer statuses from every subscriber); a lone event after a quiet spell, or one
+    /// published once the last datagram arrived, goes at once. Off by default; the runtime
+    /// turns it on.
+    pub(crate) coalesce: bool,
     /// A subscriber reports progress at most this often while events arrive that it does
     /// not handle: 2 ms (what its handlers finished goes at once).
     pub(crate) status_interval: Duration,
@@ -91,6 +98,7 @@ impl Default for ChannelConfig {
             tail_heartbeat: rtt * 4,
             heartbeat_interval: Duration::from_millis(100),
             paced: false,
+            coalesce: false,
             status_interval: Duration::from_millis(2),
             status_keepalive: Duration::from_millis(100),
             silent_timeout: Duration::from_millis(400),

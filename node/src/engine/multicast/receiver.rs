@@ -248,6 +248,12 @@ impl Receiver {
         Ok(())
     }
 
+    /// Datagrams held for a key that has not come (yet).
+    #[cfg(test)]
+    pub(crate) fn unkeyed(&self) -> usize {
+        self.unkeyed.len()
+    }
+
     fn hold_unkeyed(&mut self, datagram: &[u8], reason: DropReason) -> Result<(), DropReason> {
         if self.unkeyed.len() >= MAX_UNKEYED {
             self.unkeyed.pop_front();

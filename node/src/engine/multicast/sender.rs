@@ -93,6 +93,26 @@ struct Queued {
     item: EncodedItem,
 }
 
+/// What the next datagram takes from the queue.
+struct Plan {
+    /// How many queued events.
+    taken: usize,
+    /// Body bytes.
+    used: usize,
+    /// Runs as (start, end) over the queue's front.
+    runs: Vec<(usize, usize)>,
+    /// Whether more is queued than fits.
+    full: bool,
+}
+
+impl Plan {
+    /// Whether the datagram is worth sending without waiting for more: at least half full
+    /// (waiting could at most halve the datagrams), or more is queued than fits.
+    fn fills_half(&self, config: &ChannelConfig) -> bool {
+        self.full || self.used * 2 >= config.max_datagram - HEADER_LEN - TAG_LEN
+    }
+}
+
 /// The publisher's side of one channel.
 pub(crate) struct Sender {
     channel: u64,
@@ -121,6 +141,8 @@ pub(crate) struct Sender {
     /// Paced (`ChannelConfig::paced`): whether the link sent every event datagram it was
     /// handed. Events are packed only then.
     link_idle: bool,
+    /// Since when a datagram that is not full waits for the one before it to arrive.
+    held_since: Option<Instant>,
     out: VecDeque<Transmit>,
     events: VecDeque<SenderEvent>,
     /// Counters: datagrams sealed, repairs by multicast and by unicast.
@@ -171,6 +193,7 @@ impl Sender {
             blocked_since: None,
             next_heartbeat: None,
             link_idle: true,
+            held_since: None,
             out: VecDeque::new(),
             events: VecDeque::new(),
             sent: 0,
@@ -313,6 +336,11 @@ impl Sender {
         self.queue.len()
     }
 
+    /// Events packed into datagrams so far.
+    pub(crate) fn events_sent(&self) -> u64 {
+        self.next_item - self.queue.len() as u64
+    }
+
     /// Packs queued events into datagrams and seals them, as far as the window allows.
     fn send_queued(&mut self, now: Instant) {
         self.release();
@@ -327,7 +355,12 @@ impl Sender {
             if self.key.seals >= self.config.usage_limit {
                 self.rekey(RekeyReason::Usage, now);
             }
-            let (datagram, first_item) = self.pack();
+            let plan = self.plan();
+            if !plan.fills_half(&self.config) && self.holds_partial(now) {
+                return; // packed when a member reports, or a round trip later
+            }
+            self.held_since = None;
+            let (datagram, first_item) = self.pack(plan);
             let seq = self.next_seq;
             // A member that had everything starts waiting now: its stall clock starts here.
             for m in self.members.values_mut().filter(|m| m.next_needed == seq) {
@@ -350,22 +383,37 @@ impl Sender {
         self.blocked_since = None;
     }
 
+    /// Whether a datagram that is not full waits ([`ChannelConfig::coalesce`]): while the
+    /// last one sent has reached no member yet, for at most a round trip.
+    fn holds_partial(&mut self, now: Instant) -> bool {
+        let in_flight = self.config.coalesce
+            && !self.members.is_empty()
+            && self.members.values().all(|m| m.next_needed < self.next_seq);
+        if !in_flight {
+            return false;
+        }
+        let since = *self.held_since.get_or_insert(now);
+        now < since + self.config.rtt
+    }
+
     /// Paced: the link sent every datagram it was handed. What queued meanwhile is packed
     /// (on the next [`Sender::poll_transmit`]), several events to a datagram.
     pub(crate) fn link_idle(&mut self) {
         self.link_idle = true;
     }
 
-    /// Takes as many queued events as fit in one datagram; returns the datagram (its body
-    /// after room for the header) and the number of its first event.
-    fn pack(&mut self) -> (BytesMut, u64) {
+    /// Which queued events the next datagram takes: as many as fit, in runs of events that
+    /// share a head and an assignment.
+    fn plan(&self) -> Plan {
         let budget = self.config.max_datagram - HEADER_LEN - TAG_LEN;
-        let mut used = codec::BODY_OVERHEAD;
-        let mut taken = 0;
-        // Runs as (start, end) over the queue's front.
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        while let Some(q) = self.queue.get(taken) {
-            let joins = runs.last().is_some_and(|&(start, _)| {
+        let mut plan = Plan {
+            taken: 0,
+            used: codec::BODY_OVERHEAD,
+            runs: Vec::new(),
+            full: false,
+        };
+        while let Some(q) = self.queue.get(plan.taken) {
+            let joins = plan.runs.last().is_some_and(|&(start, _)| {
                 let first = &self.queue[start];
                 Arc::ptr_eq(&first.head, &q.head) && Arc::ptr_eq(&first.assigned, &q.assigned)
             });
@@ -379,16 +427,26 @@ impl Sender {
                     items,
                 })
             };
-            if used + cost > budget && taken > 0 {
+            if plan.used + cost > budget && plan.taken > 0 {
+                plan.full = true;
                 break;
             }
-            used += cost;
-            taken += 1;
-            match runs.last_mut() {
-                Some(run) if joins => run.1 = taken,
-                _ => runs.push((taken - 1, taken)),
+            plan.used += cost;
+            plan.taken += 1;
+            match plan.runs.last_mut() {
+                Some(run) if joins => run.1 = plan.taken,
+                _ => plan.runs.push((plan.taken - 1, plan.taken)),
             }
         }
+        plan
+    }
+
+    /// Takes what [`Sender::plan`] chose; returns the datagram (its body after room for the
+    /// header) and the number of its first event.
+    fn pack(&mut self, plan: Plan) -> (BytesMut, u64) {
+        let Plan {
+            taken, used, runs, ..
+        } = plan;
         let sent: Vec<Queued> = self.queue.drain(..taken).collect();
         let items: Vec<EncodedItem> = sent.iter().map(|q| q.item.clone()).collect();
         let parts: Vec<RunParts<'_>> = runs
@@ -478,7 +536,9 @@ impl Sender {
             .filter(|m| m.next_needed < self.next_seq && m.last_heard > m.progressed)
             .map(|m| m.progressed + self.config.stall_timeout);
         let blocked = self.blocked_since.map(|s| s + self.config.stall_timeout);
+        let held = self.held_since.map(|s| s + self.config.rtt);
         [
+            held,
             self.naks.due,
             self.next_heartbeat,
             Some(self.key_since + self.config.rekey_interval),

@@ -43,6 +43,7 @@ impl Sim {
                 group: GROUP.parse().expect("a group address"),
                 channel: ChannelConfig {
                     paced: true,
+                    coalesce: true,
                     ..ChannelConfig::default()
                 },
             }),
