@@ -1,5 +1,6 @@
 //! [`GroupLink`]: the task that owns a [`GroupSocket`], reads the group's datagrams into a
-//! bounded channel and sends the datagrams handed to it, one `send_to` each.
+//! bounded channel and sends the datagrams handed to it: all that waits at once, in as few
+//! system calls as the kernel allows ([`GroupSocket::send_batch`]).
 //!
 //! The reader never waits for the consumer: when the inbound channel is full the datagram is
 //! dropped and counted ([`LinkStats::dropped_full`]), as the network would drop it; the
@@ -20,10 +21,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::GroupSocket;
+use super::socket::RecvBuffers;
 
-/// The largest UDP payload over IPv4 (65535 − 20 − 8): the receive buffer, so no datagram is
-/// ever cut.
-const MAX_UDP_PAYLOAD: usize = 65_507;
+/// The most datagrams taken from the queue for one [`GroupSocket::send_batch`].
+const SEND_BATCH: usize = 64;
 
 /// A datagram received from the group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,13 +173,21 @@ struct Task {
 
 impl Task {
     async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
+        let mut buffers = RecvBuffers::new();
+        let mut batch: Vec<Bytes> = Vec::with_capacity(SEND_BATCH);
+        let mut scratch = Vec::new();
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 next = self.queue.recv() => match next {
                     Some(datagram) => {
-                        self.send(&datagram).await;
+                        batch.push(datagram);
+                        while batch.len() < SEND_BATCH
+                            && let Ok(more) = self.queue.try_recv()
+                        {
+                            batch.push(more);
+                        }
+                        self.send(&mut batch, &mut scratch).await;
                         if self.queue.is_empty() {
                             self.idle.notify_one();
                         }
@@ -186,16 +195,16 @@ impl Task {
                     // Every sender is gone: only the handle holds one, so it was dropped.
                     None => return,
                 },
-                read = self.socket.recv(&mut buf) => match read {
-                    Ok((n, from)) => {
-                        if !self.pass_on(from, &buf[..n]) {
-                            tracing::debug!("multicast: inbound channel closed; group task ends");
-                            return;
-                        }
-                    }
-                    Err(e) => {
+                read = self.socket.recv_batch(&mut buffers, |from, datagram| {
+                    pass_on(&self.inbound, &self.counters, from, datagram);
+                }) => {
+                    if let Err(e) = read {
                         Counters::bump(&self.counters.receive_errors);
                         tracing::debug!(error = %e, "multicast: group socket read failed");
+                    }
+                    if self.inbound.is_closed() {
+                        tracing::debug!("multicast: inbound channel closed; group task ends");
+                        return;
                     }
                 },
             }
@@ -203,36 +212,36 @@ impl Task {
         // Shut down: what was handed to us before goes out; nothing new is accepted.
         self.queue.close();
         while let Ok(datagram) = self.queue.try_recv() {
-            self.send(&datagram).await;
+            batch.push(datagram);
         }
+        self.send(&mut batch, &mut scratch).await;
     }
 
-    async fn send(&self, datagram: &[u8]) {
-        match self.socket.send(datagram).await {
-            Ok(_) => Counters::bump(&self.counters.sent),
-            Err(e) => {
-                Counters::bump(&self.counters.send_errors);
-                tracing::debug!(error = %e, group = %self.socket.group(), "multicast: send failed");
-            }
-        }
+    /// Sends and empties `batch`.
+    async fn send(&self, batch: &mut Vec<Bytes>, scratch: &mut Vec<u8>) {
+        let done = self.socket.send_batch(batch, scratch).await;
+        batch.clear();
+        self.counters.sent.fetch_add(done.sent, Ordering::Relaxed);
+        self.counters
+            .send_errors
+            .fetch_add(done.failed, Ordering::Relaxed);
     }
+}
 
-    /// Hands a datagram on without waiting; false when the receiver is gone.
-    fn pass_on(&self, from: SocketAddr, datagram: &[u8]) -> bool {
-        let inbound = Inbound {
-            from,
-            datagram: Bytes::copy_from_slice(datagram),
-        };
-        match self.inbound.try_send(inbound) {
-            Ok(()) => {
-                Counters::bump(&self.counters.received);
-                true
-            }
-            Err(TrySendError::Full(_)) => {
-                Counters::bump(&self.counters.dropped_full);
-                true
-            }
-            Err(TrySendError::Closed(_)) => false,
-        }
+/// Hands a datagram on without waiting (a full channel drops and counts it).
+fn pass_on(
+    inbound: &mpsc::Sender<Inbound>,
+    counters: &Counters,
+    from: SocketAddr,
+    datagram: &[u8],
+) {
+    let inbound_datagram = Inbound {
+        from,
+        datagram: Bytes::copy_from_slice(datagram),
+    };
+    match inbound.try_send(inbound_datagram) {
+        Ok(()) => Counters::bump(&counters.received),
+        Err(TrySendError::Full(_)) => Counters::bump(&counters.dropped_full),
+        Err(TrySendError::Closed(_)) => {}
     }
 }

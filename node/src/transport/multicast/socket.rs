@@ -16,22 +16,72 @@
 //! - **loopback off**: the node does not read its own datagrams back. Other nodes on the same
 //!   host (or network namespace) do not receive them either: they stay on unicast QUIC.
 //! - **non-blocking**, then handed to tokio.
+//! - **batched** with quinn's UDP layer (`quinn-udp`, as QUIC's own sockets are): several
+//!   datagrams read per system call (`recvmmsg`, and GRO, which hands datagrams the kernel
+//!   kept together as one buffer split by `stride`), and runs of equal-sized datagrams sent in
+//!   one call that the kernel (or the NIC) cuts into datagrams on the way out (GSO).
+//!   Fragments stay allowed (quinn-udp forbids them for QUIC; see `allow_fragments`): a
+//!   datagram larger than the interface's MTU goes as fragments, one by one, as before.
 
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::MulticastConfig;
 use crate::error::{Error, MulticastProblem};
 
+/// Buffers one read fills at most: what `recvmmsg` takes in one call.
+const RECV_BATCH: usize = if quinn_udp::BATCH_SIZE < 8 {
+    quinn_udp::BATCH_SIZE
+} else {
+    8
+};
+/// One receive buffer: the largest UDP payload over IPv4 (65535 − 20 − 8), which is also the
+/// most GRO joins into one, so no datagram is ever cut.
+const RECV_SLOT: usize = 65_507;
+/// The most bytes one segmented send carries (UDP's 16-bit length bounds it).
+const MAX_SEGMENTED: usize = 65_000;
+
 /// An open group socket (see the [module docs](self)).
 #[derive(Debug)]
 pub(crate) struct GroupSocket {
     socket: UdpSocket,
+    state: UdpSocketState,
+    /// Cleared when a segmented send failed where sending one by one worked (datagrams larger
+    /// than the MTU): from then on, one by one.
+    segmenting: AtomicBool,
     group: SocketAddrV4,
     interface: Interface,
+}
+
+/// The buffers [`GroupSocket::recv_batch`] reads into, kept across reads.
+pub(crate) struct RecvBuffers {
+    storage: Vec<u8>,
+    meta: [RecvMeta; RECV_BATCH],
+}
+
+impl RecvBuffers {
+    pub(crate) fn new() -> Self {
+        Self {
+            storage: vec![0; RECV_SLOT * RECV_BATCH],
+            meta: [RecvMeta::default(); RECV_BATCH],
+        }
+    }
+}
+
+/// What one [`GroupSocket::send_batch`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sent {
+    /// Datagrams the kernel took.
+    pub(crate) sent: u64,
+    /// Datagrams refused (counted, not retried: the channel repairs what was lost).
+    pub(crate) failed: u64,
 }
 
 /// The interface a group socket is joined on.
@@ -61,8 +111,15 @@ impl GroupSocket {
         let interface = resolve(&config.interface).map_err(fail)?;
         let group = config.group_addr();
         let socket = configure(group, &interface).map_err(fail)?;
+        let step = |step| move |source| fail(MulticastProblem::Socket { step, source });
+        let state = UdpSocketState::new((&socket).into())
+            .map_err(step("prepare batched reads and segmented sends"))?;
+        #[cfg(target_os = "linux")]
+        allow_fragments(&socket).map_err(step("allow fragments (IP_MTU_DISCOVER)"))?;
         Ok(Self {
             socket,
+            state,
+            segmenting: AtomicBool::new(true),
             group,
             interface,
         })
@@ -79,14 +136,162 @@ impl GroupSocket {
     }
 
     /// Sends one datagram to the group.
+    #[cfg(test)]
     pub(crate) async fn send(&self, datagram: &[u8]) -> io::Result<usize> {
         self.socket.send_to(datagram, self.group).await
     }
 
     /// Receives one datagram sent to the group, and who sent it (an address on the LAN).
-    pub(crate) async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+    #[cfg(test)]
+    pub(crate) async fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.socket.recv_from(buf).await
     }
+
+    /// Sends `datagrams` to the group, in order: each run of equal-sized datagrams (the last
+    /// of a run may be shorter) in one system call where the kernel segments (GSO), one call
+    /// per datagram where it does not. `scratch` holds a run's bytes end to end.
+    pub(crate) async fn send_batch(&self, datagrams: &[Bytes], scratch: &mut Vec<u8>) -> Sent {
+        let mut done = Sent::default();
+        let mut rest = datagrams;
+        while !rest.is_empty() {
+            let segments = if self.segmenting.load(Ordering::Relaxed) {
+                self.state.max_gso_segments()
+            } else {
+                1
+            };
+            let run = segment_run(rest, segments);
+            let (now, later) = rest.split_at(run);
+            rest = later;
+            let ok = if let [one] = now {
+                self.send_one(one, None).await
+            } else {
+                scratch.clear();
+                for d in now {
+                    scratch.extend_from_slice(d);
+                }
+                let ok = self.send_one(scratch, Some(now[0].len())).await;
+                if !ok {
+                    // The kernel refused to segment (no GSO here, or datagrams larger than the
+                    // MTU, which only go as fragments): one by one, and from now on if that
+                    // works.
+                    let before = done.sent;
+                    for d in now {
+                        if self.send_one(d, None).await {
+                            done.sent += 1;
+                        } else {
+                            done.failed += 1;
+                        }
+                    }
+                    if done.sent - before == now.len() as u64 {
+                        self.segmenting.store(false, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                ok
+            };
+            if ok {
+                done.sent += now.len() as u64;
+            } else {
+                done.failed += now.len() as u64;
+            }
+        }
+        done
+    }
+
+    /// One send: `contents` cut every `segment` bytes, or whole. False (logged) on failure.
+    async fn send_one(&self, contents: &[u8], segment: Option<usize>) -> bool {
+        let transmit = Transmit {
+            destination: SocketAddr::V4(self.group),
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        let result = self
+            .socket
+            .async_io(Interest::WRITABLE, || {
+                self.state.try_send((&self.socket).into(), &transmit)
+            })
+            .await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, group = %self.group, bytes = contents.len(), "multicast: send failed");
+        }
+        result.is_ok()
+    }
+
+    /// Waits for datagrams sent to the group, then reads what is there (several per system
+    /// call) and hands each to `each` with who sent it (an address on the LAN).
+    pub(crate) async fn recv_batch(
+        &self,
+        buffers: &mut RecvBuffers,
+        mut each: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<()> {
+        let RecvBuffers { storage, meta } = buffers;
+        let mut slices: Vec<IoSliceMut<'_>> =
+            storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
+        let count = self
+            .socket
+            .async_io(Interest::READABLE, || {
+                self.state.recv((&self.socket).into(), &mut slices, meta)
+            })
+            .await?;
+        for (slice, m) in slices.iter().zip(meta.iter()).take(count) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            for datagram in slice[..m.len].chunks(stride.max(1)) {
+                each(m.addr, datagram);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// quinn-udp forbids fragmentation (QUIC sizes its packets to the path); the group socket
+/// goes back to the kernel's default (`IP_PMTUDISC_WANT`): a datagram larger than the
+/// interface's MTU is fragmented, as before batching, rather than refused.
+#[cfg(target_os = "linux")]
+fn allow_fragments(socket: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+
+    let value: libc::c_int = libc::IP_PMTUDISC_WANT;
+    let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).map_err(io::Error::other)?;
+    // SAFETY: the descriptor is the open socket's, and the option value points at a c_int
+    // that lives across the call, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const value).cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// How many of `datagrams`, from the first, one segmented send can carry: those of the
+/// first's size, then at most one shorter, within `max_segments` and [`MAX_SEGMENTED`] bytes.
+pub(super) fn segment_run(datagrams: &[Bytes], max_segments: usize) -> usize {
+    let Some(first) = datagrams.first() else {
+        return 0;
+    };
+    let size = first.len();
+    let mut bytes = 0;
+    let mut run = 0;
+    for d in datagrams.iter().take(max_segments.max(1)) {
+        if d.len() > size || d.is_empty() || bytes + d.len() > MAX_SEGMENTED {
+            break;
+        }
+        bytes += d.len();
+        run += 1;
+        if d.len() < size {
+            break; // only the last segment may be shorter
+        }
+    }
+    run.max(1)
 }
 
 /// The group must be IPv4 multicast and the port fixed.

@@ -18,6 +18,7 @@ use super::socket::index_of;
 use super::{GroupSocket, MulticastConfig};
 use crate::error::{Error, MulticastProblem};
 
+mod batch;
 mod capture;
 
 /// The bound on every wait for something that should happen.
