@@ -58,9 +58,9 @@ pub(crate) struct ChannelConfig {
     /// what was written while it waited for the socket. Off by default (each call's events
     /// are sealed at once); the runtime turns it on, as its group link says when it is idle.
     pub(crate) paced: bool,
-    /// Whether a datagram that would be less than half full waits while the last one sent has
-    /// reached no member yet (no status says so), for at most [`ChannelConfig::rtt`]: the
-    /// events published meanwhile join it. Nagle's rule, bounded: under load datagrams fill up (fewer datagrams,
+    /// Whether a datagram with room for another event the size of its last waits while the
+    /// last one sent has reached no member yet (no status says so), for at most
+    /// [`ChannelConfig::rtt`]: the events published meanwhile join it. Nagle's rule, bounded: under load datagrams fill up (fewer datagrams,
     /// and fewer statuses from every subscriber); a lone event after a quiet spell, or one
     /// published once the last datagram arrived, goes at once. Off by default; the runtime
     /// turns it on.

@@ -103,13 +103,17 @@ struct Plan {
     runs: Vec<(usize, usize)>,
     /// Whether more is queued than fits.
     full: bool,
+    /// The bytes of the last event taken.
+    last: usize,
 }
 
 impl Plan {
-    /// Whether the datagram is worth sending without waiting for more: at least half full
-    /// (waiting could at most halve the datagrams), or more is queued than fits.
-    fn fills_half(&self, config: &ChannelConfig) -> bool {
-        self.full || self.used * 2 >= config.max_datagram - HEADER_LEN - TAG_LEN
+    /// Whether the datagram is worth sending without waiting for more: more is queued than
+    /// fits, or another event the size of the last one would not fit (large events never
+    /// wait; small ones fill the datagram).
+    fn no_room_for_another(&self, config: &ChannelConfig) -> bool {
+        let budget = config.max_datagram - HEADER_LEN - TAG_LEN;
+        self.full || self.used + self.last > budget
     }
 }
 
@@ -356,7 +360,7 @@ impl Sender {
                 self.rekey(RekeyReason::Usage, now);
             }
             let plan = self.plan();
-            if !plan.fills_half(&self.config) && self.holds_partial(now) {
+            if !plan.no_room_for_another(&self.config) && self.holds_partial(now) {
                 return; // packed when a member reports, or a round trip later
             }
             self.held_since = None;
@@ -411,6 +415,7 @@ impl Sender {
             used: codec::BODY_OVERHEAD,
             runs: Vec::new(),
             full: false,
+            last: 0,
         };
         while let Some(q) = self.queue.get(plan.taken) {
             let joins = plan.runs.last().is_some_and(|&(start, _)| {
@@ -433,6 +438,7 @@ impl Sender {
             }
             plan.used += cost;
             plan.taken += 1;
+            plan.last = q.item.len();
             match plan.runs.last_mut() {
                 Some(run) if joins => run.1 = plan.taken,
                 _ => plan.runs.push((plan.taken - 1, plan.taken)),

@@ -75,7 +75,6 @@ fn events_published_while_the_last_datagram_travels_share_the_next_one() {
         (sealed + 1, events + 1),
         "the first went at once"
     );
-    // Five small events fill less than half a datagram.
     for _ in 0..5 {
         ops.push(publish_one(&mut sim, publisher, 10 * US));
     }
@@ -129,10 +128,10 @@ fn a_datagram_waits_one_round_trip_at_most() {
     );
 }
 
-/// A datagram at least half full is not worth waiting for: large events go at once, each in
-/// its own datagram, even while the last one travels.
+/// A datagram with no room for another event like its last is not worth waiting for: large
+/// events go at once, each in its own datagram, even while the last one travels.
 #[test]
-fn a_datagram_at_least_half_full_does_not_wait() {
+fn a_datagram_with_no_room_for_another_like_it_does_not_wait() {
     let (mut sim, publisher) = pair(23, clean());
     let (sealed, events) = sent(&sim, publisher);
     publish_sized(&mut sim, publisher, 800, 20 * US);
