@@ -15,12 +15,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_proto::multicast::{ChannelHello, ChannelKey};
 use shoal_proto::{Frame, MessageId, NodeId};
 
-use super::multicast::{ChannelConfig, DropReason, Receiver, RekeyReason, Sender};
+use super::multicast::{ChannelConfig, DropReason, Receiver, RekeyReason, Sender, measured_rtt};
 use super::multicast_fanout::{Pending, Staged};
 use super::{ConnId, Engine, Lifecycle, TaskId};
 use crate::config::Config;
@@ -241,6 +241,27 @@ impl<H: Clone> Engine<H> {
 }
 
 impl<H: Clone> Engine<H> {
+    /// The driver measured these connections' round trips (quinn's smoothed RTT): this node's
+    /// channel follows its slowest member's, each received channel its publisher's
+    /// ([`ChannelConfig::rtt`], within [`measured_rtt`]'s bounds).
+    pub(crate) fn channel_rtts(&mut self, samples: &[(ConnId, Duration)]) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        for &(conn, rtt) in samples {
+            let Some(node) = self.conns.get(conn).map(|c| c.node) else {
+                continue;
+            };
+            let rtt = measured_rtt(rtt);
+            if let Some(sender) = ch.sender.as_mut() {
+                sender.member_rtt(node, rtt);
+            }
+            for i in ch.inbound.values_mut().filter(|i| i.publisher == node) {
+                i.rx.set_rtt(rtt);
+            }
+        }
+    }
+
     /// Tells a new connection this node's group.
     pub(super) fn channel_hello(&mut self, conn: ConnId) {
         if let Some(group) = self.channels.as_ref().map(|c| c.setup.group) {

@@ -15,11 +15,13 @@
 //! - Shutdown: the reader stops with the node's tasks (`killed`), then the link sends what it
 //!   still holds and closes the socket ([`Driver::stop_multicast`]); a kill drops it at once.
 //!
-//! The channel's round trip stays the engine's fixed 500 µs (`ChannelConfig::rtt`): it is
-//! not yet fed from the members' measured QUIC RTT.
+//! - Every [`RTT_SAMPLE`] a task reads each connection's measured QUIC round trip and hands
+//!   them to the engine (`Engine::channel_rtts`): the channel's repair timers follow the LAN
+//!   (500 µs until the first sample).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -36,6 +38,8 @@ use crate::transport::multicast::link::{GroupLink, Inbound, LinkStats};
 const QUEUE: usize = 1024;
 /// Received datagrams handed to the engine under one lock at most.
 const BATCH: usize = 64;
+/// How often the connections' round trips are read for the channels.
+const RTT_SAMPLE: Duration = Duration::from_millis(250);
 
 /// The node's group link and what it counted (`Driver::multicast`).
 #[derive(Debug, Default)]
@@ -94,6 +98,8 @@ impl Driver {
         let driver = Arc::clone(self);
         self.tasks
             .spawn(async move { driver.read_group(rx, idle).await });
+        let driver = Arc::clone(self);
+        self.tasks.spawn(async move { driver.sample_rtts().await });
         let channel: u64 = rand::random();
         self.call(|engine, now| engine.open_channel(channel, system_secrets(), now));
     }
@@ -134,6 +140,25 @@ impl Driver {
                     engine.on_multicast_datagram(&more.datagram, now);
                 }
             });
+        }
+    }
+
+    /// Hands the connections' measured round trips to the engine every [`RTT_SAMPLE`], until
+    /// the node stops.
+    async fn sample_rtts(self: Arc<Self>) {
+        let mut every = tokio::time::interval(RTT_SAMPLE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.killed.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let samples: Vec<_> = lock(&self.state)
+                .conns
+                .iter()
+                .map(|(conn, io)| (conn, io.conn.rtt()))
+                .collect();
+            self.call(|engine, _| engine.channel_rtts(&samples));
         }
     }
 

@@ -41,7 +41,10 @@ pub(crate) struct ChannelConfig {
     /// The largest datagram (header, sealed events and tag): 1452 bytes, what a 1500-byte MTU
     /// leaves after IPv6 and UDP headers.
     pub(crate) max_datagram: usize,
-    /// The LAN's round trip, which scales every repair timer: 500 µs.
+    /// The LAN's round trip, which scales every repair timer (NAK delays and merging, the
+    /// coalescing wait): 500 µs until measured, then the measured QUIC round trip
+    /// ([`measured_rtt`]): the slowest member's for the publisher, the publisher's for a
+    /// subscriber.
     pub(crate) rtt: Duration,
     /// Datagrams a subscriber holds beyond its first gap, and so how far the publisher may go
     /// ahead of the slowest active subscriber: 256 (about 370 KB).
@@ -60,10 +63,10 @@ pub(crate) struct ChannelConfig {
     pub(crate) paced: bool,
     /// Whether a datagram with room for another event the size of its last waits while the
     /// last one sent has reached no member yet (no status says so), for at most
-    /// [`ChannelConfig::rtt`]: the events published meanwhile join it. Nagle's rule, bounded: under load datagrams fill up (fewer datagrams,
-    /// and fewer statuses from every subscriber); a lone event after a quiet spell, or one
-    /// published once the last datagram arrived, goes at once. Off by default; the runtime
-    /// turns it on.
+    /// [`ChannelConfig::rtt`]: the events published meanwhile join it. Nagle's rule,
+    /// bounded: under load datagrams fill up (fewer datagrams, and fewer statuses from every
+    /// subscriber); a lone event after a quiet spell, or one published once the last datagram
+    /// arrived, goes at once. Off by default; the runtime turns it on.
     pub(crate) coalesce: bool,
     /// A subscriber reports progress at most this often while events arrive that it does
     /// not handle: 2 ms (what its handlers finished goes at once).
@@ -85,6 +88,13 @@ pub(crate) struct ChannelConfig {
     pub(crate) multicast_repair_min: usize,
     /// Datagrams repaired per round at most: 64 (a NAK storm cannot flood the LAN).
     pub(crate) max_repairs_per_round: usize,
+}
+
+/// A measured round trip as the channel uses it: within 250 µs (below that, jitter would make
+/// NAKs and repairs race each other) and 100 ms (a LAN is never slower; a connection that has
+/// not measured yet reports QUIC's initial 333 ms).
+pub(crate) fn measured_rtt(rtt: Duration) -> Duration {
+    rtt.clamp(Duration::from_micros(250), Duration::from_millis(100))
 }
 
 impl Default for ChannelConfig {

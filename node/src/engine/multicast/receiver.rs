@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -306,6 +306,17 @@ impl Receiver {
             }
         }
         self.gaps = self.gaps.split_off(&self.next_needed);
+    }
+
+    /// The publisher's measured round trip ([`super::measured_rtt`]): NAK delays follow it.
+    pub(crate) fn set_rtt(&mut self, rtt: Duration) {
+        self.config.rtt = rtt;
+    }
+
+    /// The round trip its timers use now.
+    #[cfg(test)]
+    pub(crate) fn rtt(&self) -> Duration {
+        self.config.rtt
     }
 
     /// The engine's handlers finished event `number`: the publisher hears of it in the next

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
@@ -121,6 +121,8 @@ impl Plan {
 pub(crate) struct Sender {
     channel: u64,
     config: ChannelConfig,
+    /// `config.rtt` as configured: the round trip until a member's is measured.
+    default_rtt: Duration,
     secrets: SecretSource,
     /// The current epoch's secret, for subscribers that join during it.
     secret: Secret,
@@ -179,6 +181,7 @@ impl Sender {
         let key = EpochKey::derive(&secret, channel, 1);
         Self {
             channel,
+            default_rtt: config.rtt,
             config,
             secrets,
             secret,
@@ -243,6 +246,7 @@ impl Sender {
                 window: self.config.window,
                 last_heard: now,
                 progressed: now,
+                rtt: None,
             },
         );
         self.out.push_back(Transmit::Key {

@@ -23,6 +23,7 @@ const MS: Duration = Duration::from_millis(1);
 
 mod membership;
 mod packing;
+mod round_trip;
 
 /// A publisher and its subscribers: four instances of `billing`, four of `shipping`, and two
 /// that take every event.

@@ -2,7 +2,7 @@
 //! acknowledgement that frees the repair buffer and moves the flow-control window), NAKs and
 //! the repairs that answer them, and moving silent, stalled or lagging members to unicast.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_proto::NodeId;
 use shoal_proto::multicast::{ChannelDemote, ChannelNak, ChannelStatus};
@@ -18,6 +18,8 @@ pub(super) struct Member {
     pub(super) last_heard: Instant,
     /// When `next_needed` last moved, or a datagram became outstanding for it.
     pub(super) progressed: Instant,
+    /// Its measured round trip, once the driver said.
+    pub(super) rtt: Option<Duration>,
 }
 
 impl Sender {
@@ -31,6 +33,26 @@ impl Sender {
             .unwrap_or(u64::MAX);
         let kept = self.repair.oldest(self.next_seq);
         slowest.min(kept.saturating_add(self.config.repair_capacity as u64))
+    }
+
+    /// A member's measured round trip ([`super::super::measured_rtt`]): the channel's timers
+    /// follow the slowest member's.
+    pub(crate) fn member_rtt(&mut self, node: NodeId, rtt: Duration) {
+        if let Some(m) = self.members.get_mut(&node) {
+            m.rtt = Some(rtt);
+        }
+        self.config.rtt = self
+            .members
+            .values()
+            .filter_map(|m| m.rtt)
+            .max()
+            .unwrap_or(self.default_rtt);
+    }
+
+    /// The round trip the channel's timers use now.
+    #[cfg(test)]
+    pub(crate) fn rtt(&self) -> Duration {
+        self.config.rtt
     }
 
     /// A member's progress arrived over QUIC.
