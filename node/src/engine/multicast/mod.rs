@@ -52,9 +52,11 @@ pub(crate) struct ChannelConfig {
     /// Sealed datagrams the publisher keeps for repairs at most: 1024.
     pub(crate) repair_capacity: usize,
     /// A heartbeat this long after the last datagram, so the loss of a burst's tail is seen
-    /// without waiting for the next burst: four round trips.
+    /// without waiting for the next burst: 2 ms (four of the default round trips). The next
+    /// ones come at twice the gap each time (2, 6, 14, 30, 62 ms after the burst), so a tail
+    /// lost together with its first heartbeat is found soon too.
     pub(crate) tail_heartbeat: Duration,
-    /// Heartbeats while idle: every 100 ms.
+    /// Heartbeats while idle: every 100 ms (where the doubling stops).
     pub(crate) heartbeat_interval: Duration,
     /// Whether events are packed only while the link is idle ([`Sender::link_idle`]): what
     /// queues while it sends goes in the next datagrams together, as a QUIC connection packs

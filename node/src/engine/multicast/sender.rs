@@ -15,6 +15,7 @@ use super::repair::{Naks, RepairBuffer, Stored};
 use super::seal::{EpochKey, Secret, TAG_LEN};
 
 mod feedback;
+mod packing;
 
 use feedback::Member;
 
@@ -93,30 +94,6 @@ struct Queued {
     item: EncodedItem,
 }
 
-/// What the next datagram takes from the queue.
-struct Plan {
-    /// How many queued events.
-    taken: usize,
-    /// Body bytes.
-    used: usize,
-    /// Runs as (start, end) over the queue's front.
-    runs: Vec<(usize, usize)>,
-    /// Whether more is queued than fits.
-    full: bool,
-    /// The bytes of the last event taken.
-    last: usize,
-}
-
-impl Plan {
-    /// Whether the datagram is worth sending without waiting for more: more is queued than
-    /// fits, or another event the size of the last one would not fit (large events never
-    /// wait; small ones fill the datagram).
-    fn no_room_for_another(&self, config: &ChannelConfig) -> bool {
-        let budget = config.max_datagram - HEADER_LEN - TAG_LEN;
-        self.full || self.used + self.last > budget
-    }
-}
-
 /// The publisher's side of one channel.
 pub(crate) struct Sender {
     channel: u64,
@@ -144,6 +121,9 @@ pub(crate) struct Sender {
     /// Since when a backlog has waited for the slowest subscriber's window.
     blocked_since: Option<Instant>,
     next_heartbeat: Option<Instant>,
+    /// The time from this heartbeat to the next: [`ChannelConfig::tail_heartbeat`] after a
+    /// datagram, doubling up to [`ChannelConfig::heartbeat_interval`].
+    heartbeat_gap: Duration,
     /// Paced (`ChannelConfig::paced`): whether the link sent every event datagram it was
     /// handed. Events are packed only then.
     link_idle: bool,
@@ -182,6 +162,7 @@ impl Sender {
         Self {
             channel,
             default_rtt: config.rtt,
+            heartbeat_gap: config.heartbeat_interval,
             config,
             secrets,
             secret,
@@ -363,12 +344,9 @@ impl Sender {
             if self.key.seals >= self.config.usage_limit {
                 self.rekey(RekeyReason::Usage, now);
             }
-            let plan = self.plan();
-            if !plan.no_room_for_another(&self.config) && self.holds_partial(now) {
+            let Some((datagram, first_item)) = self.next_datagram(now) else {
                 return; // packed when a member reports, or a round trip later
-            }
-            self.held_since = None;
-            let (datagram, first_item) = self.pack(plan);
+            };
             let seq = self.next_seq;
             // A member that had everything starts waiting now: its stall clock starts here.
             for m in self.members.values_mut().filter(|m| m.next_needed == seq) {
@@ -385,98 +363,17 @@ impl Sender {
                 },
             );
             self.out.push_back(Transmit::Multicast(bytes));
-            self.next_heartbeat = Some(now + self.config.tail_heartbeat);
+            self.heartbeat_gap = self.config.tail_heartbeat;
+            self.next_heartbeat = Some(now + self.heartbeat_gap);
             self.link_idle = !self.config.paced;
         }
         self.blocked_since = None;
-    }
-
-    /// Whether a datagram that is not full waits ([`ChannelConfig::coalesce`]): while the
-    /// last one sent has reached no member yet, for at most a round trip.
-    fn holds_partial(&mut self, now: Instant) -> bool {
-        let in_flight = self.config.coalesce
-            && !self.members.is_empty()
-            && self.members.values().all(|m| m.next_needed < self.next_seq);
-        if !in_flight {
-            return false;
-        }
-        let since = *self.held_since.get_or_insert(now);
-        now < since + self.config.rtt
     }
 
     /// Paced: the link sent every datagram it was handed. What queued meanwhile is packed
     /// (on the next [`Sender::poll_transmit`]), several events to a datagram.
     pub(crate) fn link_idle(&mut self) {
         self.link_idle = true;
-    }
-
-    /// Which queued events the next datagram takes: as many as fit, in runs of events that
-    /// share a head and an assignment.
-    fn plan(&self) -> Plan {
-        let budget = self.config.max_datagram - HEADER_LEN - TAG_LEN;
-        let mut plan = Plan {
-            taken: 0,
-            used: codec::BODY_OVERHEAD,
-            runs: Vec::new(),
-            full: false,
-            last: 0,
-        };
-        while let Some(q) = self.queue.get(plan.taken) {
-            let joins = plan.runs.last().is_some_and(|&(start, _)| {
-                let first = &self.queue[start];
-                Arc::ptr_eq(&first.head, &q.head) && Arc::ptr_eq(&first.assigned, &q.assigned)
-            });
-            let items = std::slice::from_ref(&q.item);
-            let cost = if joins {
-                q.item.len()
-            } else {
-                codec::run_len(&RunParts {
-                    head: &q.head,
-                    assigned: &q.assigned,
-                    items,
-                })
-            };
-            if plan.used + cost > budget && plan.taken > 0 {
-                plan.full = true;
-                break;
-            }
-            plan.used += cost;
-            plan.taken += 1;
-            plan.last = q.item.len();
-            match plan.runs.last_mut() {
-                Some(run) if joins => run.1 = plan.taken,
-                _ => plan.runs.push((plan.taken - 1, plan.taken)),
-            }
-        }
-        plan
-    }
-
-    /// Takes what [`Sender::plan`] chose; returns the datagram (its body after room for the
-    /// header) and the number of its first event.
-    fn pack(&mut self, plan: Plan) -> (BytesMut, u64) {
-        let Plan {
-            taken, used, runs, ..
-        } = plan;
-        let sent: Vec<Queued> = self.queue.drain(..taken).collect();
-        let items: Vec<EncodedItem> = sent.iter().map(|q| q.item.clone()).collect();
-        let parts: Vec<RunParts<'_>> = runs
-            .iter()
-            .map(|&(start, end)| RunParts {
-                head: &sent[start].head,
-                assigned: &sent[start].assigned,
-                items: &items[start..end],
-            })
-            .collect();
-        let first_item = self.next_item - self.queue.len() as u64 - taken as u64;
-        let mut datagram = BytesMut::with_capacity(HEADER_LEN + used + TAG_LEN);
-        datagram.resize(HEADER_LEN, 0);
-        // Every event fitted alone (push checked it) and `used` bounds the body: no error.
-        let written = codec::write_datagram_body(&mut datagram, first_item, &parts, usize::MAX);
-        debug_assert!(
-            matches!(written, Ok(len) if len <= used),
-            "{written:?} > {used}"
-        );
-        (datagram, first_item)
     }
 
     fn seal(&mut self, kind: Kind, seq: u64, mut datagram: BytesMut) -> Bytes {
@@ -504,7 +401,10 @@ impl Sender {
         self.heartbeats += 1;
         let bytes = self.seal(Kind::Heartbeat, counter, buf);
         self.out.push_back(Transmit::Multicast(bytes));
-        self.next_heartbeat = Some(now + self.config.heartbeat_interval);
+        // A burst's tail, and its first heartbeat, may both be lost: the next heartbeats come
+        // soon after, then ever less often.
+        self.heartbeat_gap = (self.heartbeat_gap * 2).min(self.config.heartbeat_interval);
+        self.next_heartbeat = Some(now + self.heartbeat_gap);
     }
 
     /// Time passed: repairs, heartbeats, the key's timer, silent and lagging members.

@@ -1,6 +1,7 @@
-//! The channel's round trip follows the connections' measured ones (the driver samples
-//! quinn's RTT and calls `Engine::channel_rtts`): the publisher's timers follow its slowest
-//! member, a subscriber's its publisher, within bounds; and the coalescing wait grows with it.
+//! The channel's timers: its round trip follows the connections' measured ones (the driver
+//! samples quinn's RTT and calls `Engine::channel_rtts`): the publisher's timers follow its
+//! slowest member, a subscriber's its publisher, within bounds; the coalescing wait grows
+//! with it; heartbeats after a burst come soon, then ever less often.
 
 use std::time::Duration;
 
@@ -118,4 +119,37 @@ fn the_coalescing_wait_follows_the_measured_round_trip() {
     assert_eq!(sealed(&sim), before + 1, "still waiting after 4 ms");
     sim.run_for(1100 * US);
     assert_eq!(sealed(&sim), before + 2, "sent after 5 ms");
+}
+
+/// After a lone event, heartbeats at 2, 6, 14, 30 and 62 ms (the gap doubles from the tail
+/// heartbeat's 2 ms up to the idle 100 ms): five in 70 ms, not one.
+#[test]
+fn heartbeats_after_a_burst_come_soon_then_less_often() {
+    let mut sim = Sim::new(33);
+    let publisher = sim.lan_node("orders", clean());
+    let billing = sim.lan_node("billing", clean());
+    sim.connect(publisher, billing);
+    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    sim.run_for(200 * MS); // past the heartbeats of the start
+    // Every datagram on the group (only the publisher sends any).
+    let sent = |sim: &Sim| sim.datagrams;
+    let before = sent(&sim);
+    let event = sim.event("order.created", "x");
+    match sim.publish(publisher, vec![event], &PublishOptions::default()) {
+        Ok(Publishing::Waiting(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut at = Vec::new();
+    let start = sim.now;
+    let mut seen = before;
+    while sim.now < start + 70 * MS {
+        sim.run_for(MS / 2);
+        let now = sent(&sim);
+        if now > seen {
+            at.push((sim.now - start).as_millis());
+            seen = now;
+        }
+    }
+    // The event's datagram at once, then the heartbeats.
+    assert_eq!(at, vec![0, 2, 6, 14, 30, 62], "datagrams sent at (ms)");
 }
