@@ -91,8 +91,8 @@ pub(super) struct Channels {
 /// own counts). See [`Engine::channel_stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ChannelStats {
-    /// Datagrams this node's channel sealed (events and heartbeats; repairs are not sealed
-    /// again).
+    /// Event datagrams this node's channel sealed (heartbeats are not counted; repairs are
+    /// not sealed again).
     pub(crate) sealed: u64,
     /// Events this node's channel packed into datagrams (each once for all members).
     pub(crate) events: u64,

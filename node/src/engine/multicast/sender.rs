@@ -127,7 +127,8 @@ pub(crate) struct Sender {
     /// Paced (`ChannelConfig::paced`): whether the link sent every event datagram it was
     /// handed. Events are packed only then.
     link_idle: bool,
-    /// Since when a datagram that is not full waits for the one before it to arrive.
+    /// Since when a datagram with room for more waits for the one before it to arrive
+    /// ([`ChannelConfig::coalesce`]).
     held_since: Option<Instant>,
     out: VecDeque<Transmit>,
     events: VecDeque<SenderEvent>,
@@ -339,6 +340,9 @@ impl Sender {
         while !self.queue.is_empty() {
             if self.next_seq >= self.limit() {
                 self.blocked_since.get_or_insert(now);
+                // No coalescing wait while blocked: its deadline would fire in vain until the
+                // window opens (a status), which starts it again.
+                self.held_since = None;
                 return;
             }
             if self.key.seals >= self.config.usage_limit {

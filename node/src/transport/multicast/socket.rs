@@ -159,30 +159,29 @@ impl GroupSocket {
             } else {
                 1
             };
-            let run = segment_run(rest, segments);
-            let (now, later) = rest.split_at(run);
+            let (run, later) = rest.split_at(segment_run(rest, segments));
             rest = later;
-            let ok = if let [one] = now {
+            let ok = if let [one] = run {
                 self.send_one(one, None).await
             } else {
                 scratch.clear();
-                for d in now {
+                for d in run {
                     scratch.extend_from_slice(d);
                 }
-                let ok = self.send_one(scratch, Some(now[0].len())).await;
+                let ok = self.send_one(scratch, Some(run[0].len())).await;
                 if !ok {
                     // The kernel refused to segment (no GSO here, or datagrams larger than the
                     // MTU, which only go as fragments): one by one, and from now on if that
                     // works.
                     let before = done.sent;
-                    for d in now {
+                    for d in run {
                         if self.send_one(d, None).await {
                             done.sent += 1;
                         } else {
                             done.failed += 1;
                         }
                     }
-                    if done.sent - before == now.len() as u64 {
+                    if done.sent - before == run.len() as u64 {
                         self.segmenting.store(false, Ordering::Relaxed);
                     }
                     continue;
@@ -190,9 +189,9 @@ impl GroupSocket {
                 ok
             };
             if ok {
-                done.sent += now.len() as u64;
+                done.sent += run.len() as u64;
             } else {
-                done.failed += now.len() as u64;
+                done.failed += run.len() as u64;
             }
         }
         done

@@ -48,7 +48,7 @@ impl Sender {
         Some(self.pack(plan))
     }
 
-    /// Whether a datagram that is not full waits ([`ChannelConfig::coalesce`]): while the
+    /// Whether a datagram with room for more waits ([`ChannelConfig::coalesce`]): while the
     /// last one sent has reached no member yet, for at most a round trip.
     fn holds_partial(&mut self, now: Instant) -> bool {
         let in_flight = self.config.coalesce

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::super::socket::segment_run;
 use super::{
-    GroupLink, HOST_IF, MulticastConfig, ip, lan_or_skip, next, observer_on, open_on, recv_in_time,
+    GroupLink, HOST_IF, Inbound, Lan, MulticastConfig, ip, lan_or_skip, next, observer_on, open_on,
+    recv_in_time,
 };
 
 /// 40 datagrams: runs of equal sizes, a shorter one ending a run, the largest the channel
@@ -26,6 +27,31 @@ fn batch() -> Vec<Bytes> {
         .enumerate()
         .map(|(i, size)| Bytes::from(vec![u8::try_from(i).unwrap_or(u8::MAX); size]))
         .collect()
+}
+
+/// A link on host 0 that sends and one on host 1 that receives.
+struct Links {
+    a: GroupLink,
+    b: GroupLink,
+    b_rx: mpsc::Receiver<Inbound>,
+    /// Kept open: a link whose channel is closed ends.
+    _a_rx: mpsc::Receiver<Inbound>,
+}
+
+/// [`Links`] on `config`'s group, with room for `queue` datagrams each way.
+fn links(lan: &Lan, config: &MulticastConfig, queue: usize) -> Links {
+    let (a_in, _a_rx) = mpsc::channel(queue);
+    let (b_in, b_rx) = mpsc::channel(queue);
+    let open = |i, inbound| {
+        let socket = open_on(lan, i, config).expect("open the group socket");
+        GroupLink::spawn(socket, inbound, queue, Arc::default())
+    };
+    Links {
+        a: open(0, a_in),
+        b: open(1, b_in),
+        b_rx,
+        _a_rx,
+    }
 }
 
 /// `got` is datagram `i` of the batch, whole (said briefly: they are long).
@@ -48,20 +74,12 @@ async fn a_queued_batch_arrives_as_the_datagrams_it_was() {
     let config = MulticastConfig::new(HOST_IF);
     let group = config.group_addr();
     let plain = observer_on(&lan, 2, group.port(), Some((*group.ip(), HOST_IF)));
-    let (a_in, _a_rx) = mpsc::channel(16);
-    let (b_in, mut b_rx) = mpsc::channel(64);
-    let a = GroupLink::spawn(
-        open_on(&lan, 0, &config).expect("h0"),
-        a_in,
-        64,
-        Arc::default(),
-    );
-    let b = GroupLink::spawn(
-        open_on(&lan, 1, &config).expect("h1"),
-        b_in,
-        16,
-        Arc::default(),
-    );
+    let Links {
+        a,
+        b,
+        mut b_rx,
+        _a_rx,
+    } = links(&lan, &config, 64);
     let sent = batch();
     // Queued before the task runs (this runtime has one thread): taken as one batch.
     for d in &sent {
@@ -104,20 +122,12 @@ async fn datagrams_larger_than_the_mtu_go_as_fragments() {
     };
     ip(&["-n", lan.host(0), "link", "set", HOST_IF, "mtu", "1000"]);
     let config = MulticastConfig::new(HOST_IF);
-    let (a_in, _a_rx) = mpsc::channel(16);
-    let (b_in, mut b_rx) = mpsc::channel(16);
-    let a = GroupLink::spawn(
-        open_on(&lan, 0, &config).expect("h0"),
-        a_in,
-        16,
-        Arc::default(),
-    );
-    let b = GroupLink::spawn(
-        open_on(&lan, 1, &config).expect("h1"),
-        b_in,
-        16,
-        Arc::default(),
-    );
+    let Links {
+        a,
+        b,
+        mut b_rx,
+        _a_rx,
+    } = links(&lan, &config, 16);
     let sent: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 1452])).collect();
     for d in &sent {
         a.try_send(d.clone()).expect("room in the queue");
