@@ -248,17 +248,19 @@ impl<H: Clone> Engine<H> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
-        for &(conn, rtt) in samples {
-            let Some(node) = self.conns.get(conn).map(|c| c.node) else {
-                continue;
-            };
-            let rtt = measured_rtt(rtt);
-            if let Some(sender) = ch.sender.as_mut() {
-                sender.member_rtt(node, rtt);
-            }
-            for i in ch.inbound.values_mut().filter(|i| i.publisher == node) {
+        let conns = &self.conns;
+        let rtts = samples.iter().filter_map(|&(conn, rtt)| {
+            let node = conns.get(conn)?.node;
+            Some((node, measured_rtt(rtt)))
+        });
+        let rtts: Vec<(NodeId, Duration)> = rtts.collect();
+        for i in ch.inbound.values_mut() {
+            if let Some(&(_, rtt)) = rtts.iter().find(|(node, _)| *node == i.publisher) {
                 i.rx.set_rtt(rtt);
             }
+        }
+        if let Some(sender) = ch.sender.as_mut() {
+            sender.member_rtts(rtts);
         }
     }
 

@@ -357,6 +357,15 @@ impl Sim {
         result
     }
 
+    /// `node` publishes one reliable `event` with the default options; the operation waits
+    /// for its receipt.
+    pub(super) fn publish_event(&mut self, node: usize, event: Message) -> OpId {
+        match self.publish(node, vec![event], &crate::PublishOptions::default()) {
+            Ok(super::send::Publishing::Waiting(op)) => op,
+            other => panic!("publish: {other:?}"),
+        }
+    }
+
     /// The result of `op` on `node`, once it completed.
     pub(super) fn result(&self, node: usize, op: OpId) -> Option<&Result<Done, Error>> {
         self.nodes[node].results.get(&op)

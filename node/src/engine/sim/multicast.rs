@@ -11,8 +11,9 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{Event, Sim};
+use super::{Event, Handled, Sim};
 use crate::config::Config;
+use crate::engine::ConnId;
 use crate::engine::MulticastSetup;
 use crate::engine::multicast::ChannelConfig;
 
@@ -59,6 +60,18 @@ impl Sim {
             .open_channel(channel, Box::new(move || keys.random()), now);
         self.settle();
         node
+    }
+
+    /// A publisher `orders` and a subscriber `billing` of `order.*` on the group, connected
+    /// and settled; datagrams reach `billing` with `faults`. Returns the publisher, the
+    /// subscriber, and the subscriber's connection at the publisher.
+    pub(super) fn lan_pair(&mut self, faults: LanFaults) -> (usize, usize, ConnId) {
+        let publisher = self.lan_node("orders", clean());
+        let billing = self.lan_node("billing", faults);
+        let (at_publisher, _) = self.connect(publisher, billing);
+        self.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+        self.run_for(Duration::from_millis(5));
+        (publisher, billing, at_publisher)
     }
 
     /// `node` hands a datagram to its group link, which sends it after those before it.

@@ -35,11 +35,13 @@ impl Sender {
         slowest.min(kept.saturating_add(self.config.repair_capacity as u64))
     }
 
-    /// A member's measured round trip ([`super::super::measured_rtt`]): the channel's timers
-    /// follow the slowest member's.
-    pub(crate) fn member_rtt(&mut self, node: NodeId, rtt: Duration) {
-        if let Some(m) = self.members.get_mut(&node) {
-            m.rtt = Some(rtt);
+    /// Members' measured round trips ([`super::super::measured_rtt`]); others are ignored.
+    /// The channel's timers follow the slowest member's.
+    pub(crate) fn member_rtts(&mut self, rtts: impl IntoIterator<Item = (NodeId, Duration)>) {
+        for (node, rtt) in rtts {
+            if let Some(m) = self.members.get_mut(&node) {
+                m.rtt = Some(rtt);
+            }
         }
         self.config.rtt = self
             .members

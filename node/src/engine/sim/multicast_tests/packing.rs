@@ -5,11 +5,8 @@
 
 use std::time::Duration;
 
-use super::super::Handled;
 use super::super::multicast::{LanFaults, clean};
 use super::{Lan, MS, Sim, check_handled_once, check_receipts};
-use crate::PublishOptions;
-use crate::engine::send::Publishing;
 use crate::engine::{Done, OpId};
 
 const US: Duration = Duration::from_micros(1);
@@ -32,11 +29,7 @@ fn a_burst_published_while_the_link_sends_shares_datagrams() {
 /// A publisher and one subscriber of `order.*`, whose datagrams arrive with `faults`.
 fn pair(seed: u64, faults: LanFaults) -> (Sim, usize) {
     let mut sim = Sim::new(seed);
-    let publisher = sim.lan_node("orders", clean());
-    let billing = sim.lan_node("billing", faults);
-    sim.connect(publisher, billing);
-    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
-    sim.run_for(5 * MS);
+    let (publisher, ..) = sim.lan_pair(faults);
     (sim, publisher)
 }
 
@@ -48,10 +41,7 @@ fn publish_one(sim: &mut Sim, publisher: usize, after: Duration) -> OpId {
 /// Publishes one event of `size` payload bytes, then lets `after` pass.
 fn publish_sized(sim: &mut Sim, publisher: usize, size: usize, after: Duration) -> OpId {
     let event = sim.event("order.created", vec![b'x'; size]);
-    let op = match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = sim.publish_event(publisher, event);
     sim.run_for(after);
     op
 }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use super::super::Handled;
 use super::super::multicast::{LanFaults, clean};
 use super::{MS, Sim};
-use crate::PublishOptions;
 use crate::engine::ConnId;
-use crate::engine::send::Publishing;
+use crate::engine::multicast_link::Channels;
 
 const US: Duration = Duration::from_micros(1);
 
@@ -31,23 +30,23 @@ fn lan(seed: u64) -> (Sim, [usize; 3], [(ConnId, ConnId); 2]) {
     (sim, [publisher, billing, audit], conns)
 }
 
+/// The multicast state of `node`.
+fn channels(sim: &Sim, node: usize) -> &Channels {
+    let engine = &sim.nodes[node].engine;
+    engine.channels.as_deref().expect("on the group")
+}
+
 fn sender_rtt(sim: &Sim, node: usize) -> Duration {
-    let ch = sim.nodes[node]
-        .engine
-        .channels
-        .as_deref()
-        .expect("on the group");
-    ch.sender.as_ref().expect("a channel").rtt()
+    channels(sim, node)
+        .sender
+        .as_ref()
+        .expect("a channel")
+        .rtt()
 }
 
 fn receiver_rtt(sim: &Sim, node: usize) -> Duration {
-    let ch = sim.nodes[node]
-        .engine
-        .channels
-        .as_deref()
-        .expect("on the group");
-    let inbound = ch.inbound.values().next().expect("receives a channel");
-    inbound.rx.rtt()
+    let inbound = channels(sim, node).inbound.values().next();
+    inbound.expect("receives a channel").rx.rtt()
 }
 
 #[test]
@@ -96,11 +95,7 @@ fn the_coalescing_wait_follows_the_measured_round_trip() {
         ..clean()
     };
     let mut sim = Sim::new(32);
-    let publisher = sim.lan_node("orders", clean());
-    let billing = sim.lan_node("billing", lost);
-    let (b_at_pub, _) = sim.connect(publisher, billing);
-    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
-    sim.run_for(5 * MS);
+    let (publisher, _, b_at_pub) = sim.lan_pair(lost);
     sim.nodes[publisher]
         .engine
         .channel_rtts(&[(b_at_pub, 5 * MS)]);
@@ -108,10 +103,7 @@ fn the_coalescing_wait_follows_the_measured_round_trip() {
     let before = sealed(&sim);
     let publish = |sim: &mut Sim, after: Duration| {
         let event = sim.event("order.created", "x");
-        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-            Ok(Publishing::Waiting(_)) => {}
-            other => panic!("{other:?}"),
-        }
+        sim.publish_event(publisher, event);
         sim.run_for(after);
     };
     publish(&mut sim, 20 * US);
@@ -126,19 +118,13 @@ fn the_coalescing_wait_follows_the_measured_round_trip() {
 #[test]
 fn heartbeats_after_a_burst_come_soon_then_less_often() {
     let mut sim = Sim::new(33);
-    let publisher = sim.lan_node("orders", clean());
-    let billing = sim.lan_node("billing", clean());
-    sim.connect(publisher, billing);
-    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    let (publisher, ..) = sim.lan_pair(clean());
     sim.run_for(200 * MS); // past the heartbeats of the start
     // Every datagram on the group (only the publisher sends any).
     let sent = |sim: &Sim| sim.datagrams;
     let before = sent(&sim);
     let event = sim.event("order.created", "x");
-    match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-        Ok(Publishing::Waiting(_)) => {}
-        other => panic!("{other:?}"),
-    }
+    sim.publish_event(publisher, event);
     let mut at = Vec::new();
     let start = sim.now;
     let mut seen = before;
