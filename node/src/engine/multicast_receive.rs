@@ -16,11 +16,29 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use shoal_proto::multicast::Assignment;
 use shoal_proto::{Frame, Head, MessageId, To};
+use smallvec::SmallVec;
 
 use super::dedup::Seen;
 use super::multicast::{Delivered, ReceiverTransmit};
 use super::{ConnId, Engine, Lifecycle, TaskId, topic};
+
+/// How this node handles the events of one run of a datagram (one head, one assignment): each
+/// audience's head and handlers. The events of a run share both, so topic matching, the
+/// assignment and the handlers are worked out once per run, not once per event.
+struct Plan<H> {
+    head: Arc<Head>,
+    assigned: Arc<[Assignment]>,
+    audiences: Vec<(Arc<Head>, SmallVec<[H; 1]>)>,
+}
+
+impl<H> Plan<H> {
+    /// Whether `d` belongs to the run this plan was made for.
+    fn fits(&self, d: &Delivered) -> bool {
+        Arc::ptr_eq(&self.head, &d.head) && Arc::ptr_eq(&self.assigned, &d.assigned)
+    }
+}
 
 impl<H: Clone> Engine<H> {
     /// A datagram of `channel` (from the group, or a repair over QUIC).
@@ -49,8 +67,14 @@ impl<H: Clone> Engine<H> {
         }
         let deadline = i.rx.poll_timeout();
         if let Some(conn) = self.peers.current(publisher) {
+            let mut plan: Option<Plan<H>> = None;
             for d in delivered {
-                self.channel_event(conn, channel, d, now);
+                if !plan.as_ref().is_some_and(|p| p.fits(&d)) {
+                    plan = Some(self.plan(&d));
+                }
+                if let Some(plan) = &plan {
+                    self.channel_event(conn, channel, d, &plan.audiences, now);
+                }
             }
         }
         for t in out {
@@ -65,59 +89,76 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// One event of `channel`, in order, from the publisher on `conn`.
-    fn channel_event(&mut self, conn: ConnId, channel: u64, d: Delivered, now: Instant) {
+    /// What this node does with events under `d`'s head and assignment: each of its
+    /// subscriptions the topic matches, an ungrouped one always, a group's only when the
+    /// assignment names this node as the group's instance; one audience (and run) per group,
+    /// one for the ungrouped subscriptions.
+    fn plan(&self, d: &Delivered) -> Plan<H> {
+        let mut audiences: Vec<(Arc<Head>, SmallVec<[H; 1]>)> = Vec::new();
+        for sub in self.inbound.distinct_subscriptions() {
+            if !topic::matches(&sub.pattern, &d.head.name) {
+                continue;
+            }
+            let to = match &sub.group {
+                None => To::Instance,
+                Some(group) => {
+                    let assigned = d
+                        .assigned
+                        .iter()
+                        .any(|a| a.group == *group && a.node == self.id);
+                    if !assigned {
+                        continue;
+                    }
+                    To::Group(group.clone())
+                }
+            };
+            if audiences.iter().any(|(head, _)| head.to == to) {
+                continue;
+            }
+            let handlers = self.inbound.handlers_for(&to, &d.head.name);
+            let head = Arc::new(Head {
+                to,
+                ..(*d.head).clone()
+            });
+            audiences.push((head, handlers));
+        }
+        Plan {
+            head: Arc::clone(&d.head),
+            assigned: Arc::clone(&d.assigned),
+            audiences,
+        }
+    }
+
+    /// One event of `channel`, in order, from the publisher on `conn`, for `audiences` (its
+    /// run's [`Plan`]).
+    fn channel_event(
+        &mut self,
+        conn: ConnId,
+        channel: u64,
+        d: Delivered,
+        audiences: &[(Arc<Head>, SmallVec<[H; 1]>)],
+        now: Instant,
+    ) {
         if self.lifecycle != Lifecycle::Running {
             return; // not reported: the publisher retries it by unicast, and hears we stop
         }
-        let name = d.head.name.clone();
-        let mine: Vec<To> = {
-            let mut audiences: Vec<To> = Vec::new();
-            for sub in self.inbound.distinct_subscriptions() {
-                if !topic::matches(&sub.pattern, &name) {
-                    continue;
-                }
-                let to = match sub.group {
-                    None => To::Instance,
-                    Some(group) => {
-                        let assigned = d
-                            .assigned
-                            .iter()
-                            .any(|a| a.group == group && a.node == self.id);
-                        if !assigned {
-                            continue;
-                        }
-                        To::Group(group)
-                    }
-                };
-                if !audiences.contains(&to) {
-                    audiences.push(to);
-                }
-            }
-            audiences
-        };
-        if mine.is_empty() {
+        if audiences.is_empty() {
             return;
         }
         let mut left = 0u32;
         let mut failed = false;
         let mut runs = Vec::new();
-        for to in mine {
-            let head = Arc::new(Head {
-                to,
-                ..(*d.head).clone()
-            });
+        for (head, handlers) in audiences {
             // The policy (authz.rs), as for a unicast copy.
-            if !self.guard.open_inbound && self.refuse_unauthorized_run(conn, &head, 1).is_some() {
+            if !self.guard.open_inbound && self.refuse_unauthorized_run(conn, head, 1).is_some() {
                 failed = true;
                 continue;
             }
             let key = head.to.delivery_key(d.item.id);
             match self.inbound.dedup.check(key, now) {
                 Seen::New => {
-                    let handlers = self.inbound.handlers_for(&head.to, &name);
                     left += 1;
-                    runs.push((head, handlers, key));
+                    runs.push((Arc::clone(head), handlers.clone(), key));
                 }
                 // Handled before (by unicast, or an earlier datagram): reported as handled.
                 Seen::Done => self.stats.duplicates += 1,
@@ -143,8 +184,17 @@ impl<H: Clone> Engine<H> {
         if let Some(ch) = self.channels.as_deref_mut() {
             ch.handling.insert((channel, number), (left, failed));
         }
-        for (head, handlers, key) in runs {
-            let message = (number, key, d.item.clone());
+        let mut item = Some(d.item);
+        let count = runs.len();
+        for (n, (head, handlers, key)) in runs.into_iter().enumerate() {
+            // The last run takes the item; the others a copy (its payload is shared).
+            let item = if n + 1 == count {
+                item.take()
+            } else {
+                item.clone()
+            };
+            let Some(item) = item else { break };
+            let message = (number, key, item);
             let task = self.start_task(conn, head, handlers, message, now);
             if let Some(ch) = self.channels.as_deref_mut() {
                 ch.tasks.insert(task, (channel, number));

@@ -21,6 +21,7 @@ use crate::{PublishOptions, PublishReceipt};
 
 const MS: Duration = Duration::from_millis(1);
 
+mod audiences;
 mod membership;
 mod packing;
 mod round_trip;
@@ -154,6 +155,23 @@ impl Lan {
         }
         runs
     }
+}
+
+/// Runs `sim` until every one of `publisher`'s `ops` has its result, a second at most, and
+/// returns their receipts.
+fn receipts_within_a_second(sim: &mut Sim, publisher: usize, ops: &[OpId]) -> Vec<PublishReceipt> {
+    let start = sim.now;
+    while sim.now < start + Duration::from_secs(1)
+        && ops.iter().any(|op| sim.result(publisher, *op).is_none())
+    {
+        sim.run_for(MS);
+    }
+    ops.iter()
+        .map(|op| match sim.result(publisher, *op) {
+            Some(Ok(Done::Published(receipt))) => receipt.clone(),
+            other => panic!("not done within a second: {other:?}"),
+        })
+        .collect()
 }
 
 /// Every receipt names both groups and both every-instance subscribers, and drops nothing.
@@ -435,20 +453,9 @@ fn a_failed_handler_is_retried_by_unicast_at_once() {
         }
         sim.run_for(MS / 10);
     }
-    let start = sim.now;
-    while sim.now < start + Duration::from_secs(1)
-        && ops.iter().any(|op| sim.result(publisher, *op).is_none())
-    {
-        sim.run_for(MS);
-    }
-    for op in &ops {
-        match sim.result(publisher, *op) {
-            Some(Ok(Done::Published(receipt))) => {
-                assert_eq!(receipt.deliveries.len(), 1);
-                assert_eq!(receipt.deliveries[0].attempts, 2, "{receipt:?}");
-            }
-            other => panic!("not done within a second: {other:?}"),
-        }
+    for receipt in receipts_within_a_second(&mut sim, publisher, &ops) {
+        assert_eq!(receipt.deliveries.len(), 1);
+        assert_eq!(receipt.deliveries[0].attempts, 2, "{receipt:?}");
     }
     assert!(sim.datagrams > 0, "the first tries went on the channel");
     assert_eq!(tried.borrow().len(), 20);

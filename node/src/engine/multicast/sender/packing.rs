@@ -75,7 +75,7 @@ impl Sender {
         while let Some(q) = self.queue.get(plan.taken) {
             let joins = plan.runs.last().is_some_and(|&(start, _)| {
                 let first = &self.queue[start];
-                Arc::ptr_eq(&first.head, &q.head) && Arc::ptr_eq(&first.assigned, &q.assigned)
+                same(&first.head, &q.head) && same(&first.assigned, &q.assigned)
             });
             let items = std::slice::from_ref(&q.item);
             let cost = if joins {
@@ -129,4 +129,12 @@ impl Sender {
         );
         (datagram, first_item)
     }
+}
+
+/// Whether two events' heads (or assignments) are the same: the same allocation, or equal.
+/// Events published one call at a time each come with their own (the head from the head
+/// cache, the assignment from the flush that staged them), and equal ones still share a run,
+/// so their head and assignment travel once per datagram, not once per event.
+fn same<T: PartialEq + ?Sized>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }

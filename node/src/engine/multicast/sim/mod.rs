@@ -159,6 +159,16 @@ impl Lan {
     /// Publishes `count` events as one burst; the instance of each group that handles them is
     /// the next in turn. Returns their numbers.
     pub(super) fn publish(&mut self, count: usize) -> std::ops::Range<u64> {
+        self.publish_burst(count, false)
+    }
+
+    /// [`Lan::publish`], each event with its own copy of the head and the assignment, as the
+    /// engine stages events published one call at a time.
+    pub(super) fn publish_apart(&mut self, count: usize) -> std::ops::Range<u64> {
+        self.publish_burst(count, true)
+    }
+
+    fn publish_burst(&mut self, count: usize, apart: bool) -> std::ops::Range<u64> {
         let mut groups: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
         for s in self.subs.iter().filter(|s| self.tx.is_member(s.node)) {
             if let Some(g) = &s.group {
@@ -178,9 +188,14 @@ impl Lan {
             let item = Item::of(&envelope(self.next_id));
             self.next_id += 1;
             let item = EncodedItem::new(&item, &Limits::default()).expect("a small item");
+            let (head, assigned) = if apart {
+                (Arc::new((*self.head).clone()), Arc::from(&*assigned))
+            } else {
+                (Arc::clone(&self.head), Arc::clone(&assigned))
+            };
             let n = self
                 .tx
-                .push(&self.head, &assigned, item)
+                .push(&head, &assigned, item)
                 .expect("fits a datagram");
             first.get_or_insert(n);
         }

@@ -422,3 +422,30 @@ fn a_lost_burst_tail_is_found_by_the_heartbeat_and_one_multicast_repair_serves_a
         "the one that had it asked for nothing"
     );
 }
+
+/// Events published one call at a time each bring their own head and assignment (equal ones):
+/// they still share runs, so a datagram carries the head once and holds as many events as
+/// when the events share one allocation.
+#[test]
+fn equal_heads_share_a_run_whether_or_not_they_share_an_allocation() {
+    let datagrams = |apart: bool| {
+        let mut lan = Lan::new(5, ChannelConfig::default());
+        let subs = [
+            lan.subscriber(Some("billing"), Faults::default(), ChannelConfig::default()),
+            lan.subscriber(None, Faults::default(), ChannelConfig::default()),
+        ];
+        lan.run_for(MS);
+        let before = lan.multicast_datagrams;
+        let events = if apart {
+            lan.publish_apart(60)
+        } else {
+            lan.publish(60)
+        };
+        lan.run_for(50 * MS);
+        check_all_delivered(&lan, &subs, &events);
+        lan.multicast_datagrams - before
+    };
+    let shared = datagrams(false);
+    assert_eq!(datagrams(true), shared);
+    assert!(shared < 60, "{shared} datagrams for 60 events");
+}
