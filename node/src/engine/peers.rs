@@ -104,8 +104,20 @@ fn least_loaded<'a>(
     tied.map(|(id, _)| id).nth(pick)
 }
 
-/// The audiences of events on one topic, each with its live instances.
+/// The audiences of events on one topic, each with its live instances, in the order of
+/// [`Audience`] (collected from a `BTreeMap`): [`instances_of`] finds one by binary search.
 pub(crate) type Audiences = Arc<Vec<(Audience, Vec<NodeId>)>>;
+
+/// The instances of `audience` among `audiences` (sorted, see [`Audiences`]); `None` when it is
+/// not an audience. Every copy of an event looks up its own audience: a scan would cost each
+/// event a number of comparisons that grows with the square of its audiences.
+fn instances_of<'a>(
+    audiences: &'a [(Audience, Vec<NodeId>)],
+    audience: &Audience,
+) -> Option<&'a [NodeId]> {
+    let at = audiences.binary_search_by(|(a, _)| a.cmp(audience)).ok()?;
+    Some(&audiences[at].1)
+}
 
 /// How the maps keyed by topic and service names hash: foldhash, seeded per process (names
 /// are this node's topics and peers' certified services, looked up on every message).
@@ -375,9 +387,7 @@ impl Peers {
         audience: &Audience,
         now: Instant,
     ) -> bool {
-        self.audiences(conns, topic, now)
-            .iter()
-            .any(|(a, _)| a == audience)
+        instances_of(&self.audiences(conns, topic, now), audience).is_some()
     }
 
     /// The live connections that may take a delivery on `route`.
@@ -405,7 +415,7 @@ impl Peers {
             }
             Route::Audience { topic, audience } => {
                 let audiences = self.audiences(conns, topic, now);
-                let Some((_, nodes)) = audiences.iter().find(|(a, _)| a == audience) else {
+                let Some(nodes) = instances_of(&audiences, audience) else {
                     return Vec::new();
                 };
                 nodes
@@ -476,7 +486,7 @@ impl Peers {
         if let (Route::Audience { topic, audience }, None) = (route, key) {
             // An event's copy, the same way (every publish comes here).
             let audiences = self.audiences(conns, topic, now);
-            let (_, nodes) = audiences.iter().find(|(a, _)| a == audience)?;
+            let nodes = instances_of(&audiences, audience)?;
             return pick(
                 conns,
                 nodes.iter().filter_map(|n| self.current(*n)),
