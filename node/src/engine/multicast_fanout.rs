@@ -168,7 +168,8 @@ impl<H: Clone> Engine<H> {
         };
         let mut unicast = Vec::new();
         if let Some(sender) = ch.sender.as_mut() {
-            // Consecutive events for the same instances share one assignment, and so a run.
+            // Consecutive events for the same instances share one assignment allocation (the
+            // packer joins events with equal heads and assignments into a run either way).
             let mut last: Option<Arc<[Assignment]>> = None;
             for s in staged {
                 let assigned = match &last {

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use super::tests::counting;
 use super::{Handled, Sim};
+use crate::NodeEvent;
 use crate::config::Config;
 use crate::engine::Done;
-use crate::engine::send::Publishing;
-use crate::{NodeEvent, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -146,10 +145,7 @@ fn a_publisher_learns_subscribers_from_their_announcements_and_connects_to_deliv
     }
     assert_eq!(sim.nodes[orders].engine.peers().len(), 0);
     let event = sim.event("order.created", "1");
-    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = sim.publish_event(orders, event);
     sim.run_for(SECOND);
     match sim.result(orders, op) {
         Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 2),

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use super::multicast::clean;
 use super::{Handled, Sim};
+use crate::PublishReceipt;
 use crate::engine::Done;
-use crate::engine::send::Publishing;
-use crate::{PublishOptions, PublishReceipt};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -21,10 +20,7 @@ fn publish_each(sim: &mut Sim, publisher: usize, topic: &str, count: usize) -> V
     let mut ops = Vec::new();
     for i in 0..count {
         let event = sim.event(topic, format!("{i}"));
-        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-            Ok(Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
+        ops.push(sim.publish_event(publisher, event));
         sim.run_for(MS / 10);
     }
     sim.run_for(50 * MS);
@@ -87,10 +83,7 @@ fn hostile_keys_statuses_and_datagrams_change_nothing_for_honest_nodes() {
     // An event in flight to `sub`; the rogue claims every number handled: it completes
     // nothing of `sub`'s, and the whole range costs nothing.
     let event = sim.event("order.created", "x");
-    let op = match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = sim.publish_event(publisher, event);
     let channel = sim.nodes[publisher]
         .engine
         .channels

@@ -14,10 +14,9 @@ use shoal_proto::MessageId;
 use super::multicast::{LanFaults, clean, lossy};
 use super::{Handled, Sim};
 use crate::HandlerError;
+use crate::PublishReceipt;
 use crate::engine::multicast::Header;
-use crate::engine::send::Publishing;
 use crate::engine::{Action, Done, OpId};
-use crate::{PublishOptions, PublishReceipt};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -82,13 +81,7 @@ impl Lan {
                 event = event.with_key(format!("customer-{}", i % 3));
             }
             let (id, key) = (event.id(), event.key().map(str::to_owned));
-            match self
-                .sim
-                .publish(self.publisher, vec![event], &PublishOptions::default())
-            {
-                Ok(Publishing::Waiting(op)) => ops.push((op, id, key)),
-                other => panic!("{other:?}"),
-            }
+            ops.push((self.sim.publish_event(self.publisher, event), id, key));
             self.sim.run_for(MS / 10);
         }
         ops
@@ -100,13 +93,7 @@ impl Lan {
         for i in 0..count {
             let event = self.sim.event("order.created", format!("burst {i}"));
             let id = event.id();
-            match self
-                .sim
-                .publish(self.publisher, vec![event], &PublishOptions::default())
-            {
-                Ok(Publishing::Waiting(op)) => ops.push((op, id, None)),
-                other => panic!("{other:?}"),
-            }
+            ops.push((self.sim.publish_event(self.publisher, event), id, None));
         }
         ops
     }
@@ -447,10 +434,7 @@ fn a_failed_handler_is_retried_by_unicast_at_once() {
     let mut ops = Vec::new();
     for i in 0..20 {
         let event = sim.event("order.created", format!("{i}"));
-        match sim.publish(publisher, vec![event], &PublishOptions::default()) {
-            Ok(Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
+        ops.push(sim.publish_event(publisher, event));
         sim.run_for(MS / 10);
     }
     for receipt in receipts_within_a_second(&mut sim, publisher, &ops) {
