@@ -500,7 +500,11 @@ impl NodeBuilder {
             )));
         }
 
-        let transport = Arc::new(tls::transport(config.keep_alive, config.idle_timeout)?);
+        let transport = Arc::new(tls::transport(
+            config.keep_alive,
+            config.idle_timeout,
+            multicast.is_some(),
+        )?);
         let live_tls = tls::LiveTls::new(identity, trust, revocations)?;
         let server = tls::server_config(&live_tls, Arc::clone(&transport))?;
         let client = tls::client_config(&live_tls, transport)?;

@@ -10,7 +10,7 @@ use crate::tls;
 
 /// QUIC transport settings for checking that an identity is accepted by the TLS configuration.
 fn transport() -> Arc<quinn::TransportConfig> {
-    Arc::new(tls::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap())
+    Arc::new(tls::transport(Duration::from_millis(500), Duration::from_secs(2), false).unwrap())
 }
 
 /// A fresh, unique folder under the system temp folder, removed on drop.

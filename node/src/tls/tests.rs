@@ -27,7 +27,7 @@ const PROMPT: Duration = Duration::from_secs(5);
 /// allows none: its connections carry one unidirectional stream each way).
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport =
-        super::transport(Duration::from_millis(500), Duration::from_secs(2)).unwrap();
+        super::transport(Duration::from_millis(500), Duration::from_secs(2), false).unwrap();
     transport.max_concurrent_bidi_streams(16u32.into());
     Arc::new(transport)
 }
@@ -224,7 +224,7 @@ async fn identity_from_a_reloaded_ca_interoperates() {
 
 #[test]
 fn an_idle_timeout_quic_cannot_express_is_a_config_error() {
-    let err = super::transport(Duration::from_millis(500), Duration::MAX).unwrap_err();
+    let err = super::transport(Duration::from_millis(500), Duration::MAX, false).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
 
