@@ -15,7 +15,8 @@
 //!
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
 //! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply).
-//! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows. A third argument
+//! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
+//! the option `closed`, as in the latency rows (`fixed-load send 20000 closed`). The option
 //! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
 //! recording is the difference between two runs: `fixed-load send 20000 metrics`.
 
@@ -40,11 +41,15 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
-    let metrics = match args.next().as_deref() {
-        None => false,
-        Some("metrics") => true,
-        Some(other) => return Err(format!("unknown option {other}: metrics or nothing").into()),
-    };
+    let (mut metrics, mut closed) = (false, false);
+    for option in args {
+        match option.as_str() {
+            "metrics" => metrics = true,
+            "closed" => closed = true,
+            other => return Err(format!("unknown option {other}: metrics or closed").into()),
+        }
+    }
+    let in_flight = if closed { 1 } else { IN_FLIGHT };
     // Records per-message metrics without serving them when asked (`metrics`).
     let with_metrics = move |builder: shoal::NodeBuilder| {
         if metrics {
@@ -108,9 +113,9 @@ fn main() -> Result<()> {
         let per_call = if mode == "batch" { BATCH } else { 1 };
         let calls = count.div_ceil(per_call);
         let mut tasks = Vec::new();
-        for task in 0..IN_FLIGHT.min(calls) {
+        for task in 0..in_flight.min(calls) {
             let (node, mode) = (node.clone(), mode.clone());
-            let mine = (calls - task).div_ceil(IN_FLIGHT);
+            let mine = (calls - task).div_ceil(in_flight);
             tasks.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![0xA5u8; 64]);
                 for _ in 0..mine {
