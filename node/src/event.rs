@@ -93,6 +93,32 @@ pub enum NodeEvent {
         /// What was refused and which rule refused it; its `Display` is the reason sent back.
         denial: crate::policy::Denial,
     },
+    /// A peer has multicast on (see [`crate::NodeBuilder::multicast`]) with another group or
+    /// port than this node: events between the two go by unicast. Every node of one LAN
+    /// should name the same group; nodes on different LANs may well differ. Raised once per
+    /// connection, on both sides.
+    MulticastGroupDiffers {
+        /// The peer's node id.
+        node: NodeId,
+        /// The service it is an instance of.
+        service: String,
+        /// The peer's group address and port.
+        theirs: SocketAddr,
+        /// This node's.
+        ours: SocketAddr,
+    },
+    /// This node publishes by multicast, and one of the subscribers on its group was moved to
+    /// unicast: it gets by unicast every event it had not reported and every later one, until
+    /// it reconnects. Nothing is lost; it just costs a copy per event again. Counted in
+    /// [`crate::NodeStats::multicast_demotions`].
+    MulticastFallback {
+        /// The subscriber's node id.
+        node: NodeId,
+        /// The service it is an instance of (empty if its connection is already gone).
+        service: String,
+        /// Why it was moved.
+        reason: FallbackReason,
+    },
     // --- certificate lifecycle (certs branch, cert_lifecycle.rs) ---
     /// This node's own certificate expires soon (or has expired): load a new one with
     /// [`crate::Node::reload_identity`]. Raised when the warning period starts
@@ -105,4 +131,30 @@ pub enum NodeEvent {
         /// How long it is still valid; zero once it has expired.
         remaining: std::time::Duration,
     },
+}
+
+/// Why a subscriber was moved from the multicast channel to unicast
+/// ([`NodeEvent::MulticastFallback`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FallbackReason {
+    /// It reported nothing for a while (about 400 ms): its process or its connection is
+    /// stuck.
+    Silent,
+    /// It kept reporting, but the datagrams did not reach it for about 300 ms: multicast is
+    /// blocked on its way (a switch, a firewall, another subnet, the wrong interface).
+    NotReached,
+    /// It held the publisher back at the channel's window for about 300 ms: it handles
+    /// events more slowly than they are published.
+    Lagging,
+}
+
+impl std::fmt::Display for FallbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Silent => "it reported nothing",
+            Self::NotReached => "the datagrams did not reach it",
+            Self::Lagging => "it held the publisher back",
+        })
+    }
 }

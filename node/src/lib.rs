@@ -122,7 +122,7 @@ pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
 pub use discovered::DiscoveredInstance;
 pub use engine::retry::RetryPolicy;
 pub use error::{Error, MulticastProblem};
-pub use event::NodeEvent;
+pub use event::{FallbackReason, NodeEvent};
 pub use handler::{HandlerError, IntoReply};
 pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa, RevocationList, Revocations};
 pub use message::Message;

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use netns_nodes::{NsNode, STEP, netns_or_skip, runtime, stop_all, wait_event};
 use shoal::{
-    HandlerError, Message, MessageId, MulticastConfig, Node, NodeEvent, NodeId, NodeStats,
-    PublishReceipt, SubscribeOptions,
+    FallbackReason, HandlerError, Message, MessageId, MulticastConfig, Node, NodeEvent, NodeId,
+    NodeStats, PublishReceipt, SubscribeOptions,
 };
 use shoal_discovery::netns::{self, HOST_IF, Lan};
 use shoal_tests::Mesh;
@@ -265,13 +265,23 @@ fn a_subscriber_multicast_does_not_reach_falls_back_to_unicast() {
         return;
     };
     let labels = ["every-1", "every-2", "blocked"];
-    runtime().block_on(every_instance_round(
-        &publisher.node,
-        &subs,
-        &labels,
-        150,
-        4,
-    ));
+    let mut events = publisher.node.events();
+    let blocked_id = subs[2].node.id();
+    runtime().block_on(async {
+        every_instance_round(&publisher.node, &subs, &labels, 150, 4).await;
+        // The publisher's user is told which subscriber went to unicast, and why.
+        let told = wait_event(&mut events, STEP, |e| {
+            matches!(
+                e,
+                NodeEvent::MulticastFallback { node, reason: FallbackReason::NotReached, .. }
+                    if *node == blocked_id
+            )
+        });
+        assert!(
+            told.await.is_some(),
+            "no MulticastFallback event for the blocked subscriber"
+        );
+    });
     let p = publisher.node.stats();
     let blocked = subs[2].node.stats();
     eprintln!("publisher: {p:?}\nblocked subscriber: {blocked:?}");

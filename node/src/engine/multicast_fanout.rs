@@ -35,10 +35,11 @@ use smallvec::SmallVec;
 
 use super::delivery::State;
 use super::fanout::Audience;
-use super::multicast::{RekeyReason, SenderEvent, Transmit};
+use super::multicast::{DemoteReason, RekeyReason, SenderEvent, Transmit};
 use super::peers::Route;
 use super::send::DeliveryId;
 use super::{Action, ConnId, Engine, Lifecycle, OpId, Timer};
+use crate::{FallbackReason, NodeEvent};
 
 /// Events that may wait for the channel's flow-control window at most; more go by unicast.
 pub(super) const MAX_CHANNEL_BACKLOG: usize = 4096;
@@ -240,11 +241,21 @@ impl<H: Clone> Engine<H> {
                 SenderEvent::Handled { node, items } => self.channel_handled(node, &items, now),
                 SenderEvent::Failed { node, items } => self.channel_failed(node, &items, now),
                 SenderEvent::Demoted { node, reason, .. } => {
-                    tracing::debug!(%node, ?reason, "multicast: member moved to unicast");
                     // Counted for NodeStats (runtime/multicast.rs).
                     if let Some(ch) = self.channels.as_deref_mut() {
                         ch.demotions += 1;
                     }
+                    let service = self
+                        .peers
+                        .current(node)
+                        .and_then(|c| self.conns.get(c))
+                        .map(|c| c.service.clone())
+                        .unwrap_or_default();
+                    self.emit(NodeEvent::MulticastFallback {
+                        node,
+                        service,
+                        reason: fallback_reason(reason),
+                    });
                     self.channel_unreported(node, None, now);
                     // A member whose connection was replaced by a duplicate stays a member
                     // (`Engine::connection_lost`); if no connection came instead, it leaves.
@@ -404,5 +415,14 @@ impl<H: Clone> Engine<H> {
             .map(|del| del.spec.policy.ack_timeout);
         let reason = format!("{node} did not report the event handled within {timeout:?}");
         self.retry(d, reason, now);
+    }
+}
+
+/// What a user is told of why a member was moved to unicast.
+fn fallback_reason(reason: DemoteReason) -> FallbackReason {
+    match reason {
+        DemoteReason::Silent => FallbackReason::Silent,
+        DemoteReason::Stalled => FallbackReason::NotReached,
+        DemoteReason::Lagging => FallbackReason::Lagging,
     }
 }

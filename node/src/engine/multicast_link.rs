@@ -23,6 +23,7 @@ use shoal_proto::{Frame, MessageId, NodeId};
 use super::multicast::{ChannelConfig, DropReason, Receiver, RekeyReason, Sender, measured_rtt};
 use super::multicast_fanout::{Pending, Staged};
 use super::{ConnId, Engine, Lifecycle, TaskId};
+use crate::NodeEvent;
 use crate::config::Config;
 
 pub(crate) use super::multicast::SecretSource;
@@ -282,7 +283,18 @@ impl<H: Clone> Engine<H> {
         };
         match frame {
             Frame::ChannelHello(hello) => {
-                if hello.group != ch.setup.group || ch.refused.contains(&node) {
+                if hello.group != ch.setup.group {
+                    let ours = ch.setup.group;
+                    let service = self.conns.get(conn).map(|c| c.service.clone());
+                    self.emit(NodeEvent::MulticastGroupDiffers {
+                        node,
+                        service: service.unwrap_or_default(),
+                        theirs: hello.group,
+                        ours,
+                    });
+                    return;
+                }
+                if ch.refused.contains(&node) {
                     return;
                 }
                 ch.on_group.insert(node);
@@ -427,7 +439,7 @@ impl<H: Clone> Engine<H> {
         self.stats.malformed_frames += 1;
         tracing::warn!("multicast: {reason}");
         if let Some(addr) = self.conns.get(conn).map(|c| c.addr) {
-            self.emit(crate::NodeEvent::ProtocolError { addr, reason });
+            self.emit(NodeEvent::ProtocolError { addr, reason });
         }
     }
 

@@ -251,6 +251,20 @@ async fn print_events(mut events: broadcast::Receiver<NodeEvent>) {
             Ok(NodeEvent::ProtocolError { addr, reason }) => {
                 tracing::warn!(%addr, %reason, "protocol error");
             }
+            Ok(NodeEvent::MulticastGroupDiffers {
+                node,
+                service,
+                theirs,
+                ours,
+            }) => say!(
+                "multicast: {node} service {service} is on group {theirs}, this node on {ours}: \
+                 events between them go by unicast"
+            ),
+            Ok(NodeEvent::MulticastFallback {
+                node,
+                service,
+                reason,
+            }) => say!("multicast: subscriber {node} service {service} moved to unicast: {reason}"),
             Ok(other) => tracing::info!(?other, "node event"),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!("missed {n} node events");

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub(crate) use header::Header;
 pub(crate) use receiver::{Delivered, Receiver, ReceiverTransmit};
-pub(crate) use sender::{RekeyReason, SecretSource, Sender, SenderEvent, Transmit};
+pub(crate) use sender::{DemoteReason, RekeyReason, SecretSource, Sender, SenderEvent, Transmit};
 
 /// How a channel behaves. The defaults suit a switched LAN with a round trip under a
 /// millisecond and Ethernet's 1500-byte MTU.

@@ -39,9 +39,20 @@ impl Sim {
         faults: LanFaults,
         config: Config,
     ) -> usize {
+        self.lan_node_on(service, faults, config, GROUP)
+    }
+
+    /// [`Sim::lan_node_with`] on `group` (the others are on [`GROUP`]).
+    pub(super) fn lan_node_on(
+        &mut self,
+        service: &str,
+        faults: LanFaults,
+        config: Config,
+        group: &str,
+    ) -> usize {
         let config = Config {
             multicast: Some(MulticastSetup {
-                group: GROUP.parse().expect("a group address"),
+                group: group.parse().expect("a group address"),
                 channel: ChannelConfig {
                     paced: true,
                     coalesce: true,

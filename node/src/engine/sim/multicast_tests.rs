@@ -17,6 +17,7 @@ use crate::HandlerError;
 use crate::PublishReceipt;
 use crate::engine::multicast::Header;
 use crate::engine::{Action, Done, OpId};
+use crate::{FallbackReason, NodeEvent};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -411,6 +412,18 @@ fn a_subscriber_whose_datagrams_never_arrive_moves_to_unicast_and_loses_nothing(
         .filter(|c| c.node == deaf_id)
         .count();
     assert!(copies > 0);
+    // The publisher's user is told, once, and why.
+    let fallbacks: Vec<&NodeEvent> = lan.sim.nodes[lan.publisher]
+        .events
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::MulticastFallback { .. }))
+        .collect();
+    let told = NodeEvent::MulticastFallback {
+        node: deaf_id,
+        service: "billing".into(),
+        reason: FallbackReason::NotReached,
+    };
+    assert_eq!(fallbacks, vec![&told]);
 }
 
 /// A handler that fails on a subscriber is reported failed in its status: the publisher sends

@@ -1,12 +1,15 @@
 //! Membership of the channel as connections come and go: a connection replaced by a
 //! duplicate (no rekey; the member stays), a replacement that never comes (the member leaves,
 //! the key changes), a demoted subscriber that goes (the key changes too), and a graceful
-//! stop (what was handled is reported before the goodbye).
+//! stop (what was handled is reported before the goodbye); a node on another group.
 
 use std::time::Duration;
 
 use super::super::multicast::{LanFaults, clean};
-use super::{Lan, MS, check_handled_once, check_receipts};
+use super::super::{Handled, Sim};
+use super::{Lan, MS, check_handled_once, check_receipts, receipts_within_a_second};
+use crate::NodeEvent;
+use crate::config::Config;
 
 /// Whether `node` takes `publisher`'s channel by multicast, and how often the channel rekeyed.
 fn membership(lan: &Lan, node: usize) -> (bool, u64) {
@@ -110,4 +113,57 @@ fn a_subscriber_stopping_mid_stream_reports_what_it_handled_first() {
     check_receipts(&lan, &receipts);
     check_handled_once(&lan, &ops, |_| true);
     assert_eq!(membership(&lan, leaver), (false, 1));
+}
+
+/// A node with multicast on another group than the publisher's: both are told (once each),
+/// it never becomes a member, and its events come by unicast, every one handled.
+#[test]
+fn a_node_on_another_group_is_told_so_and_gets_its_events_by_unicast() {
+    let mut sim = Sim::new(21);
+    let publisher = sim.lan_node("orders", clean());
+    let elsewhere = "239.255.9.9:7400";
+    let billing = sim.lan_node_on("billing", clean(), Config::default(), elsewhere);
+    sim.connect(publisher, billing);
+    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    sim.run_for(5 * MS);
+    let ops: Vec<_> = (0..20)
+        .map(|i| {
+            let event = sim.event("order.created", format!("event {i}"));
+            sim.publish_event(publisher, event)
+        })
+        .collect();
+    for receipt in receipts_within_a_second(&mut sim, publisher, &ops) {
+        assert_eq!(receipt.deliveries.len(), 1, "{receipt:?}");
+    }
+    assert_eq!(sim.runs.iter().filter(|r| r.node == billing).count(), 20);
+    assert_eq!(sim.nodes[publisher].engine.channel_stats().events, 0);
+
+    let differs = |node: usize| -> Vec<NodeEvent> {
+        sim.nodes[node]
+            .events
+            .iter()
+            .filter(|e| matches!(e, NodeEvent::MulticastGroupDiffers { .. }))
+            .cloned()
+            .collect()
+    };
+    let group = |node: usize| {
+        let ch = sim.nodes[node].engine.channels.as_deref();
+        ch.map(|c| c.setup.group).expect("a node on a group")
+    };
+    let told = |node: usize, service: &str, theirs, ours| NodeEvent::MulticastGroupDiffers {
+        node: sim.nodes[node].engine.id(),
+        service: service.into(),
+        theirs,
+        ours,
+    };
+    let (ours, theirs) = (group(publisher), group(billing));
+    assert_eq!(theirs.to_string(), elsewhere);
+    assert_eq!(
+        differs(publisher),
+        vec![told(billing, "billing", theirs, ours)]
+    );
+    assert_eq!(
+        differs(billing),
+        vec![told(publisher, "orders", ours, theirs)]
+    );
 }
