@@ -96,7 +96,7 @@ pub enum NodeEvent {
     /// A peer has multicast on (see [`crate::NodeBuilder::multicast`]) with another group or
     /// port than this node: events between the two go by unicast. Every node of one LAN
     /// should name the same group; nodes on different LANs may well differ. Raised once per
-    /// connection, on both sides.
+    /// connection (so again after a reconnect), on both sides.
     MulticastGroupDiffers {
         /// The peer's node id.
         node: NodeId,

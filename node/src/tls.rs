@@ -74,7 +74,8 @@ pub(crate) fn transport(
 
 /// How many of a multicast member's QUIC packets a peer may hold unacknowledged: it
 /// acknowledges every tenth (QUIC's default: every second). Asked of every peer by the
-/// acknowledgement frequency extension, which quinn speaks on both ends.
+/// acknowledgement frequency extension, which quinn speaks on both ends; the setting is the
+/// asker's, so a peer without multicast acknowledges this node's packets that way too.
 ///
 /// A member sends its publisher a status for about every datagram it handles, and each status
 /// is a QUIC packet of its own; the publisher has nothing to send back but QUIC's

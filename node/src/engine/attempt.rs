@@ -43,11 +43,7 @@ impl<H: Clone> Engine<H> {
         });
         if full && del.spec.reliable {
             if del.spec.fail_fast {
-                let service = self
-                    .conns
-                    .get(conn)
-                    .map(|c| c.service.clone())
-                    .unwrap_or_default();
+                let service = self.service_of(conn);
                 return self.fail(d, Error::Busy { service }, now);
             }
             let wait = del.retry.ack_deadline(now);

@@ -248,6 +248,14 @@ impl<H: Clone> Engine<H> {
         }
     }
 
+    /// The service `conn`'s peer is an instance of (empty once the connection is gone).
+    fn service_of(&self, conn: ConnId) -> String {
+        self.conns
+            .get(conn)
+            .map(|c| c.service.clone())
+            .unwrap_or_default()
+    }
+
     fn emit(&mut self, event: NodeEvent) {
         tracing::debug!(?event, node = %self.id, "node event");
         self.actions.push_back(Action::Event(event));

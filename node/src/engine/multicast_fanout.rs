@@ -245,22 +245,17 @@ impl<H: Clone> Engine<H> {
                     if let Some(ch) = self.channels.as_deref_mut() {
                         ch.demotions += 1;
                     }
-                    let service = self
-                        .peers
-                        .current(node)
-                        .and_then(|c| self.conns.get(c))
-                        .map(|c| c.service.clone())
-                        .unwrap_or_default();
-                    self.emit(NodeEvent::MulticastFallback {
-                        node,
-                        service,
-                        reason: fallback_reason(reason),
-                    });
                     self.channel_unreported(node, None, now);
                     // A member whose connection was replaced by a duplicate stays a member
-                    // (`Engine::connection_lost`); if no connection came instead, it leaves.
-                    if self.peers.current(node).is_none() {
-                        gone.push(node);
+                    // (`Engine::connection_lost`); if no connection came instead, it leaves
+                    // (and is not said to be on unicast).
+                    match self.peers.current(node) {
+                        Some(conn) => self.emit(NodeEvent::MulticastFallback {
+                            node,
+                            service: self.service_of(conn),
+                            reason: fallback_reason(reason),
+                        }),
+                        None => gone.push(node),
                     }
                 }
                 SenderEvent::Rekeyed { epoch, reason } => {

@@ -285,10 +285,9 @@ impl<H: Clone> Engine<H> {
             Frame::ChannelHello(hello) => {
                 if hello.group != ch.setup.group {
                     let ours = ch.setup.group;
-                    let service = self.conns.get(conn).map(|c| c.service.clone());
                     self.emit(NodeEvent::MulticastGroupDiffers {
                         node,
-                        service: service.unwrap_or_default(),
+                        service: self.service_of(conn),
                         theirs: hello.group,
                         ours,
                     });

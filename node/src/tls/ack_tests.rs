@@ -98,7 +98,7 @@ async fn a_multicast_member_asks_its_peers_to_acknowledge_every_tenth_packet() {
     );
     // About one in ten (a delayed acknowledgement's timer may add a few on a slow machine).
     assert!(
-        member <= PACKETS / 4,
+        member <= PACKETS / 5,
         "{member} acks for {received} packets"
     );
 }

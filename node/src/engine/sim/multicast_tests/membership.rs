@@ -66,6 +66,13 @@ fn a_member_whose_replacement_never_comes_leaves_and_the_key_changes() {
     check_handled_once(&lan, &ops, |n| n != replaced);
     lan.sim.run_for(Duration::from_secs(1));
     assert_eq!(membership(&lan, replaced), (false, 1));
+    // It left; it was not moved to unicast, and nobody is told it was.
+    let fallbacks = lan.sim.nodes[lan.publisher]
+        .events
+        .iter()
+        .filter(|e| matches!(e, NodeEvent::MulticastFallback { .. }))
+        .count();
+    assert_eq!(fallbacks, 0);
 }
 
 /// A member moved to unicast keeps the key; when it then goes, the key changes all the same.
