@@ -26,7 +26,10 @@
 //! The budget is generous enough for every valid frame up to 4 MiB: bincode charges at most
 //! 16 bytes of budget per byte of input (a `u128` encoded in one byte). Independently of the
 //! budget, serde preallocates at most 1 MiB for a claimed sequence length (`headers`,
-//! `listen_addrs`, `ids`) before its elements have been read.
+//! `listen_addrs`, `ids`) before its elements have been read. Message runs and acks, the
+//! frames nearly every message travels in, are decoded without serde (`codec/native.rs`, the
+//! same bytes): there a string's lying length allocates nothing, and a vector reserves room
+//! for at most one element per few bytes of the body.
 
 use bincode::config::{Configuration, Limit};
 use bincode::enc::write::Writer;
@@ -35,6 +38,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 
 mod datagram;
+mod native;
 mod run;
 
 pub use datagram::{
@@ -245,16 +249,15 @@ fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::Malformed("empty frame".into()));
     }
-    let (frame, used) = if body.len() <= 4 * KIB {
-        decode_with_budget::<{ 64 * KIB }>(body)
-    } else if body.len() <= 256 * KIB {
-        decode_with_budget::<{ 4 * MIB }>(body)
-    } else if body.len() <= 4 * MIB {
-        decode_with_budget::<{ 64 * MIB }>(body)
-    } else {
-        decode_with_budget::<LARGE_FRAME_BUDGET>(body)
-    }
-    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // Messages and acks, most of the frames, without serde (`native.rs`).
+    let decoded = match native::decode(body) {
+        Some(decoded) => decoded,
+        None if body.len() <= 4 * KIB => decode_with_budget::<{ 64 * KIB }>(body),
+        None if body.len() <= 256 * KIB => decode_with_budget::<{ 4 * MIB }>(body),
+        None if body.len() <= 4 * MIB => decode_with_budget::<{ 64 * MIB }>(body),
+        None => decode_with_budget::<LARGE_FRAME_BUDGET>(body),
+    };
+    let (frame, used) = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes after a {used}-byte frame",

@@ -12,9 +12,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, LENGTH_PREFIX};
-use shoal_proto::{Frame, Head, Hello, Item, Limits, Messages, NodeId, To, validate_frame};
+use shoal_proto::{
+    Frame, Head, Hello, Item, Limits, MessageKind, Messages, NodeId, To, validate_frame,
+};
 
-use samples::{encoded, run_of, sample_envelope, sample_frames};
+use samples::{encoded, rich_envelope, run_of, sample_envelope, sample_frames};
 use strategies::arb_frame;
 
 // ---------------------------------------------------------------------------------------------
@@ -60,6 +62,92 @@ proptest! {
             prop_assert_eq!(&partial[..], &full[..cut]);
         }
     }
+}
+
+proptest! {
+    // Cheap cases, and the interesting edits are rare: more of them.
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// Messages and acks are decoded without serde (`codec/native.rs`): whatever the bytes,
+    /// the frame (or the refusal) must be the one serde's derived decoding gives.
+    #[test]
+    fn native_and_serde_decode_alike(
+        frame in arb_frame(),
+        edits in proptest::collection::vec((any::<proptest::sample::Index>(), edit_byte()), 0..4),
+        cut in any::<proptest::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let full = encoded(&frame);
+        let mut body = full[LENGTH_PREFIX..].to_vec();
+        for (at, byte) in edits {
+            let at = at.index(body.len());
+            body[at] = byte;
+        }
+        if truncate {
+            body.truncate(cut.index(body.len()).max(1));
+        }
+        let (by_codec, by_serde) = decode_both(&body);
+        prop_assert_eq!(by_codec, by_serde);
+    }
+}
+
+/// Every sample frame, and a run whose item differs from its head, with each of its bytes
+/// replaced in turn by tags, variant indices and varint markers (where a decoder's choices
+/// are) and by its neighbours: the codec decodes (or refuses) each as serde would.
+#[test]
+fn every_one_byte_edit_decodes_as_serde_would() {
+    let differing = {
+        let mut document = rich_envelope();
+        document.kind = MessageKind::Document;
+        let head = Head::of(&sample_envelope(), To::Instance, false, false);
+        Frame::Messages(Box::new(Messages {
+            first_seq: 3,
+            items: vec![Item::under(&document, &head)],
+            head,
+        }))
+    };
+    let mut edits = 0;
+    for frame in sample_frames().into_iter().chain([differing]) {
+        let body = encoded(&frame)[LENGTH_PREFIX..].to_vec();
+        for at in 0..body.len() {
+            let was = body[at];
+            for byte in (0..=5)
+                .chain(250..=255)
+                .chain([was ^ 1, was.wrapping_add(1)])
+            {
+                let mut edited = body.clone();
+                edited[at] = byte;
+                let (by_codec, by_serde) = decode_both(&edited);
+                assert_eq!(by_codec, by_serde, "{frame:?} with byte {at} set to {byte}");
+                edits += 1;
+            }
+        }
+    }
+    assert!(edits > 5_000, "only {edits} edits");
+}
+
+/// `body` decoded by the codec and by serde's derived decoding (with the codec's checks):
+/// the frame, or `None` when refused.
+fn decode_both(body: &[u8]) -> (Option<Frame>, Option<Frame>) {
+    let limits = Limits::default();
+    // A lying length makes serde allocate what it claims: bounded as in the codec.
+    let budget = bincode::config::standard().with_limit::<{ 4 << 20 }>();
+    let by_serde = bincode::serde::decode_from_slice::<Frame, _>(body, budget)
+        .ok()
+        .filter(|(frame, used)| *used == body.len() && validate_frame(frame, &limits).is_ok())
+        .map(|(frame, _)| frame);
+    let mut wire = BytesMut::new();
+    wire.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    wire.extend_from_slice(body);
+    let by_codec = codec::decode(&mut wire, &limits).ok().flatten();
+    assert!(wire.is_empty(), "the frame was not consumed whole");
+    (by_codec, by_serde)
+}
+
+/// A byte to write over another: tags, variant indices and varint markers most of the time
+/// (where a decoder's choices are), any byte otherwise.
+fn edit_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![0u8..=4, 250u8..=255, any::<u8>()]
 }
 
 // ---------------------------------------------------------------------------------------------
