@@ -261,9 +261,15 @@ impl<H: Clone> Engine<H> {
         self.actions.push_back(Action::Event(event));
     }
 
-    /// Tells the driver that `conn` has something to write.
+    /// Tells the driver that `conn` has something to write, and whether at once: when nothing
+    /// of this node's is unacknowledged on it but (at most) the message just queued, nothing is
+    /// likely to join it soon, and waiting for the writer's turn would only add a task switch.
     fn transmit(&mut self, conn: ConnId) {
-        self.actions.push_back(Action::Transmit(conn));
+        let at_once = self
+            .conns
+            .get(conn)
+            .is_some_and(|c| c.window.pending() <= 1);
+        self.actions.push_back(Action::Transmit { conn, at_once });
     }
 
     /// The peers changed: deliveries waiting for an instance look again, and so does whoever

@@ -102,7 +102,8 @@ struct State {
 #[derive(Default)]
 struct Effects {
     wake: SmallVec<[std::task::Waker; 4]>,
-    write: SmallVec<[Arc<ConnIo>; 2]>,
+    /// Connections with something to write, and whether to write it here and now.
+    write: SmallVec<[(ConnId, Arc<ConnIo>, bool); 2]>,
     run: SmallVec<[Run<BoxedHandler>; 4]>,
     events: Vec<NodeEvent>,
     close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
@@ -300,12 +301,23 @@ impl Driver {
     }
 
     fn act(self: &Arc<Self>, effects: &mut Effects) {
+        self.act_until_written(effects);
+        // Last, so the acks of every handler that finished here leave in one write.
+        for (conn, io, at_once) in effects.write.drain(..) {
+            if at_once {
+                io.write_now(self, conn);
+            } else {
+                io.wake_writer();
+            }
+        }
+    }
+
+    /// Everything but the writes, handlers included (and the effects of those that finish in
+    /// their first poll, in turn).
+    fn act_until_written(self: &Arc<Self>, effects: &mut Effects) {
         loop {
             for waker in effects.wake.drain(..) {
                 waker.wake();
-            }
-            for io in effects.write.drain(..) {
-                io.wake_writer();
             }
             for (io, paused) in effects.pause.drain(..) {
                 io.set_paused(paused);
@@ -361,11 +373,11 @@ impl State {
     fn take_effects(&mut self, effects: &mut Effects) {
         while let Some(action) = self.engine.poll_action() {
             match action {
-                Action::Transmit(conn) => {
+                Action::Transmit { conn, at_once } => {
                     if let Some(io) = self.conns.get(conn)
-                        && !effects.write.iter().any(|w| Arc::ptr_eq(w, io))
+                        && !effects.write.iter().any(|(w, _, _)| *w == conn)
                     {
-                        effects.write.push(Arc::clone(io));
+                        effects.write.push((conn, Arc::clone(io), at_once));
                     }
                 }
                 Action::Run(run) => effects.run.push(run),

@@ -1,10 +1,13 @@
 //! One connection's IO: a reader that decodes frames and hands them to the engine, a writer
 //! that writes what the engine has for the connection, and the close codes.
 //!
-//! Each side of a connection writes on one long-lived unidirectional stream. The writer takes
-//! everything the engine has queued in one go, so under load many messages and all pending
-//! acks leave in one write, while an idle connection writes a lone message at once: batching
-//! without added latency.
+//! Each side of a connection writes on one long-lived unidirectional stream. On an idle
+//! connection (the engine says so: nothing else of this node's is unacknowledged on it) the
+//! task that queued a message or an ack writes it itself, at once, without a hop to another
+//! task; the peer's handler and the caller's reply are one task switch nearer. Otherwise the
+//! connection's writer task takes everything queued in one go when its turn comes, after the
+//! tasks ready now, so under load many messages and all pending acks leave in one write:
+//! batching without added latency.
 //!
 //! An idle connection holds no buffer of its own. The writer hands each write's bytes to
 //! QUIC as they are (no copy) and starts the next write in a fresh buffer; the reader takes
@@ -14,6 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use shoal_proto::{DecodeError, codec};
@@ -76,6 +80,8 @@ impl From<CloseCode> for quinn::VarInt {
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     pub(crate) conn: quinn::Connection,
+    /// The stream this side writes on, with what QUIC has not taken yet.
+    out: std::sync::Mutex<Outgoing>,
     writer: Notify,
     resume: Notify,
     paused: AtomicBool,
@@ -83,10 +89,31 @@ pub(crate) struct ConnIo {
     close_after_flush: std::sync::Mutex<Option<CloseReason>>,
 }
 
+/// The writing half: whoever holds it (the writer task, or a task that queued something on an
+/// idle connection) takes what the engine has queued and hands it to QUIC.
+#[derive(Debug)]
+struct Outgoing {
+    /// Taken by the writer to finish it.
+    stream: Option<quinn::SendStream>,
+    /// Bytes taken from the engine that QUIC has not taken yet (its flow control blocked):
+    /// they go before anything else.
+    pending: Bytes,
+    /// The engine's goodbye was taken: the writer finishes the stream once it is written.
+    finish: bool,
+    /// Writing failed: the connection is going away.
+    failed: bool,
+}
+
 impl ConnIo {
-    pub(crate) fn new(conn: quinn::Connection) -> Arc<Self> {
+    pub(crate) fn new(conn: quinn::Connection, send: quinn::SendStream) -> Arc<Self> {
         Arc::new(Self {
             conn,
+            out: std::sync::Mutex::new(Outgoing {
+                stream: Some(send),
+                pending: Bytes::new(),
+                finish: false,
+                failed: false,
+            }),
             writer: Notify::new(),
             resume: Notify::new(),
             paused: AtomicBool::new(false),
@@ -97,6 +124,28 @@ impl ConnIo {
     /// The engine has something for this connection to write.
     pub(crate) fn wake_writer(&self) {
         self.writer.notify_one();
+    }
+
+    /// The engine has something for this idle connection: written here and now, in the task
+    /// that queued it, rather than in the writer's next turn. Left to the writer when it (or
+    /// another task) is writing already, when QUIC blocks, and for the stream's end.
+    pub(crate) fn write_now(&self, driver: &Arc<Driver>, conn: ConnId) {
+        let Ok(mut out) = self.out.try_lock() else {
+            // The holder takes what is queued before it lets go; the writer's next turn
+            // covers the moment it is letting go.
+            return self.wake_writer();
+        };
+        if !out.pending.is_empty() || out.finish || out.failed {
+            drop(out);
+            return self.wake_writer();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let done = flush(&mut out, driver, conn, &mut cx).is_ready();
+        // Blocked: the writer polls again with a waker of its own.
+        if !done || out.finish || out.failed {
+            drop(out);
+            self.wake_writer();
+        }
     }
 
     /// Stops or resumes reading (the peer's handlers are all busy).
@@ -129,13 +178,12 @@ pub(crate) async fn run(
     driver: Arc<Driver>,
     conn: ConnId,
     io: Arc<ConnIo>,
-    send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: BytesMut,
 ) {
     let writer = {
         let (driver, io) = (Arc::clone(&driver), Arc::clone(&io));
-        tokio::spawn(async move { write_loop(&driver, conn, &io, send).await })
+        tokio::spawn(async move { write_loop(&driver, conn, &io).await })
     };
     let ended = tokio::select! {
         // Frames already received (acks above all) are handed over before a close is acted on.
@@ -259,28 +307,25 @@ async fn read_loop(
     }
 }
 
-/// Writes what the engine has for the connection whenever it has something.
-async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo, mut send: quinn::SendStream) {
-    let mut buf = BytesMut::new();
+/// Writes what the engine has for the connection whenever it has something (and a task that
+/// queued it could not: [`ConnIo::write_now`]), finishes the stream after the goodbye, and
+/// closes the connection when the engine asked for that after the last write.
+async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo) {
     loop {
-        let written =
-            driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
-        if !buf.is_empty() {
-            // QUIC keeps these bytes until the peer acknowledges them; the next write starts
-            // in a buffer of its own, sized by the engine for what is queued then.
-            let bytes = std::mem::take(&mut buf).freeze();
-            if send.write_chunk(bytes).await.is_err() {
-                return;
-            }
-        }
-        if written.finish {
-            let _ = send.finish();
-            // Wait until the peer has the data (bounded by the connection's end).
-            let _ = send.stopped().await;
+        std::future::poll_fn(|cx| flush(&mut lock(&io.out), driver, conn, cx)).await;
+        let (failed, finish) = {
+            let mut out = lock(&io.out);
+            let finish = if out.finish { out.stream.take() } else { None };
+            (out.failed, finish)
+        };
+        if failed {
             return;
         }
-        if written.more {
-            continue;
+        if let Some(mut stream) = finish {
+            let _ = stream.finish();
+            // Wait until the peer has the data (bounded by the connection's end).
+            let _ = stream.stopped().await;
+            return;
         }
         if let Some(reason) = lock(&io.close_after_flush).take() {
             io.conn
@@ -288,5 +333,45 @@ async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo, mut send: q
             return;
         }
         io.writer.notified().await;
+    }
+}
+
+/// Hands QUIC what is pending and then what the engine has queued, until nothing is left
+/// (ready), the goodbye was taken or writing failed (ready, flagged in `out`), or QUIC blocks
+/// (pending: `cx` is woken when it can take more).
+fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        while !out.pending.is_empty() {
+            let Some(stream) = out.stream.as_mut() else {
+                out.failed = true;
+                break;
+            };
+            // QUIC keeps these bytes until the peer acknowledges them (no copy); it takes
+            // what fits and leaves the rest in `pending`.
+            let polled = {
+                let write = stream.write_chunks(std::slice::from_mut(&mut out.pending));
+                std::pin::pin!(write).poll(cx)
+            };
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => {
+                    out.failed = true;
+                    out.pending = Bytes::new();
+                }
+            }
+        }
+        if out.finish || out.failed {
+            return Poll::Ready(());
+        }
+        // Each write starts in a buffer of its own, sized by the engine for what is queued.
+        let mut buf = BytesMut::new();
+        let written =
+            driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
+        out.pending = buf.freeze();
+        out.finish = written.finish;
+        if out.pending.is_empty() && !written.more {
+            return Poll::Ready(());
+        }
     }
 }

@@ -168,7 +168,7 @@ async fn establish_by(
         dialed,
         pinned,
     };
-    let io = ConnIo::new(conn);
+    let io = ConnIo::new(conn, shaken.send);
     let (id, admission) = driver.admit(hello, &io);
     if admission == Admission::Refused {
         io.conn
@@ -178,7 +178,7 @@ async fn establish_by(
     driver.dial_failures.clear(addr);
     let driver2 = Arc::clone(driver);
     driver.tasks.spawn(async move {
-        connection::run(driver2, id, io, shaken.send, shaken.recv, shaken.rest).await;
+        connection::run(driver2, id, io, shaken.recv, shaken.rest).await;
         drop(slot);
     });
     Ok(node)

@@ -24,6 +24,7 @@ mod multicast_tests;
 mod net;
 mod random;
 mod tests;
+mod transmit_tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};

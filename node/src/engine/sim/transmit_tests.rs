@@ -1,0 +1,56 @@
+//! When the engine asks for a write at once ([`Action::Transmit`]'s `at_once`): on an idle
+//! connection, so a lone message (or an ack) leaves from the task that queued it; not behind
+//! a message still unacknowledged, so the writer's turn gathers what queues meanwhile.
+
+#![cfg(test)]
+
+use std::time::Duration;
+
+use super::{Handled, Sim};
+use crate::engine::{Action, ConnId};
+
+/// `node` sends a command to `billing` straight into its engine; the `at_once` of each
+/// write the call asked for (nothing is acted on).
+fn writes_asked(sim: &mut Sim, node: usize) -> Vec<bool> {
+    let msg = sim.command("charge", "x");
+    let now = sim.now;
+    let engine = &mut sim.nodes[node].engine;
+    engine
+        .send("billing", msg, &Default::default(), now)
+        .expect("send refused");
+    let mut writes = Vec::new();
+    while let Some(action) = engine.poll_action() {
+        if let Action::Transmit { at_once, .. } = action {
+            writes.push(at_once);
+        }
+    }
+    writes
+}
+
+/// What the connection's writer does: takes every byte queued on `conn`, and the network
+/// carries them.
+fn writer_turn(sim: &mut Sim, node: usize, conn: ConnId) {
+    sim.transmit(node, conn);
+    sim.settle();
+}
+
+#[test]
+fn a_message_on_an_idle_connection_is_written_at_once_and_one_behind_it_waits_its_turn() {
+    let mut sim = Sim::new(3);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    let (conn, _) = sim.connect(orders, billing);
+    assert!(sim.run_for(Duration::from_secs(1)));
+
+    assert_eq!(writes_asked(&mut sim, orders), [true], "idle: at once");
+    writer_turn(&mut sim, orders, conn);
+    assert_eq!(
+        writes_asked(&mut sim, orders),
+        [false],
+        "behind an unacknowledged message: the writer's turn"
+    );
+    writer_turn(&mut sim, orders, conn);
+    // Both handled and acknowledged: idle again.
+    assert!(sim.run_for(Duration::from_secs(1)));
+    assert_eq!(writes_asked(&mut sim, orders), [true]);
+}
