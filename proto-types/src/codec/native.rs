@@ -1,5 +1,5 @@
-//! The frames every message travels in, [`Frame::Messages`] and [`Frame::Ack`], decoded with
-//! bincode's own traits instead of through serde.
+//! The frames every message travels in, [`Frame::Messages`], [`Frame::Ack`] and
+//! [`Frame::Reply`], decoded with bincode's own traits instead of through serde.
 //!
 //! The bytes are the same (bincode writes a struct as its fields in order, an enum as its
 //! variant index, an `Option` as a tag byte, a string or vector as its length and its
@@ -25,14 +25,16 @@ use bytes::Bytes;
 
 use super::config;
 use crate::{
-    Ack, Differs, Frame, Head, Item, MessageId, MessageKind, Messages, NodeId, ReturnAddress,
-    SeqRange, To,
+    Ack, Differs, Envelope, Frame, Head, Item, MessageId, MessageKind, Messages, NodeId,
+    ReturnAddress, SeqRange, To,
 };
 
 /// [`Frame::Messages`]'s variant index.
 const MESSAGES: u32 = 1;
 /// [`Frame::Ack`]'s variant index.
 const ACK: u32 = 2;
+/// [`Frame::Reply`]'s variant index.
+const REPLY: u32 = 4;
 
 /// The fewest bytes an [`Item`] takes (every field at its shortest).
 const MIN_ITEM: usize = 7;
@@ -48,6 +50,7 @@ pub(super) fn decode(body: &[u8]) -> Option<Result<(Frame, usize), DecodeError>>
     let frame = match u32::borrow_decode(&mut decoder) {
         Ok(MESSAGES) => messages(&mut decoder, body.len()).map(|m| Frame::Messages(Box::new(m))),
         Ok(ACK) => ack(&mut decoder, body.len()).map(Frame::Ack),
+        Ok(REPLY) => envelope(&mut decoder, body.len()).map(|e| Frame::Reply(Box::new(e))),
         _ => return None,
     };
     Some(frame.map(|frame| (frame, body.len() - decoder.borrow_reader().rest.len())))
@@ -92,11 +95,7 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
     let attempt = u32::borrow_decode(d)?;
     let timestamp_ms = u64::borrow_decode(d)?;
     let correlation_id = option(d, |d| u128::borrow_decode(d).map(MessageId::from_u128))?;
-    let count = len(d)?;
-    let mut headers = Vec::with_capacity(count.min(body / MIN_HEADER));
-    for _ in 0..count {
-        headers.push((string(d)?, string(d)?));
-    }
+    let headers = headers(d, body)?;
     let payload = Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?);
     let differs = option(d, |d| {
         Ok(Box::new(Differs {
@@ -115,6 +114,35 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
         payload,
         differs,
     })
+}
+
+fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelope, DecodeError> {
+    Ok(Envelope {
+        id: MessageId::from_u128(u128::borrow_decode(d)?),
+        kind: kind(d)?,
+        name: string(d)?,
+        version: u16::borrow_decode(d)?,
+        content_type: string(d)?,
+        headers: headers(d, body)?,
+        correlation_id: option(d, |d| u128::borrow_decode(d).map(MessageId::from_u128))?,
+        reply_to: option(d, return_address)?,
+        partition_key: option(d, string)?,
+        attempt: u32::borrow_decode(d)?,
+        timestamp_ms: u64::borrow_decode(d)?,
+        payload: Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?),
+    })
+}
+
+fn headers<'de, D: BorrowDecoder<'de>>(
+    d: &mut D,
+    body: usize,
+) -> Result<Vec<(String, String)>, DecodeError> {
+    let count = len(d)?;
+    let mut headers = Vec::with_capacity(count.min(body / MIN_HEADER));
+    for _ in 0..count {
+        headers.push((string(d)?, string(d)?));
+    }
+    Ok(headers)
 }
 
 fn ack<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Ack, DecodeError> {
