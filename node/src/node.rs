@@ -193,19 +193,16 @@ impl Node {
             Some(service),
             std::slice::from_mut(&mut msg),
         );
+        // The engine ends the request with `Error::Timeout` once `timeout` has passed.
         let started = trace::within(&span, || {
-            driver.call(|engine, now| engine.request(service, msg, now))
+            driver.call(|engine, now| engine.request(service, msg, timeout, now))
         });
         let op = started.map(|op| OpFuture::new(driver, op));
         trace::instrumented(
             async move {
-                // The delivery keeps its own deadline: `timeout` ends the whole request, so an
-                // answer that is merely late is a timeout, not a dead letter.
-                match tokio::time::timeout(timeout, op?).await {
-                    Ok(Ok(Done::Replied(reply))) => Ok(*reply),
-                    Ok(Ok(other)) => Err(unexpected(&other)),
-                    Ok(Err(e)) => Err(e),
-                    Err(_) => Err(Error::Timeout(timeout)),
+                match op?.await? {
+                    Done::Replied(reply) => Ok(*reply),
+                    other => Err(unexpected(&other)),
                 }
             },
             span,

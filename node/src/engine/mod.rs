@@ -205,9 +205,10 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn poll_timeout(&mut self) -> Option<Instant> {
         let conns = self.conns.values().filter_map(conn::Conn::next_deadline);
         let timers = self.timers.peek().map(|Reverse((at, _))| *at);
+        let requests = self.out.next_request_deadline();
         // Multicast (multicast_link.rs): the channel's repairs, heartbeats, statuses and NAKs.
         let channel = self.channels.as_ref().and_then(|c| c.next_deadline());
-        let next = conns.chain(timers).chain(channel).min();
+        let next = conns.chain(timers).chain(requests).chain(channel).min();
         self.told_deadline = next;
         self.timer_moved = false;
         next
@@ -229,6 +230,7 @@ impl<H: Clone> Engine<H> {
     /// Time passed: acts on every deadline due at `now`.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.expire_windows(now);
+        self.expire_requests(now); // ops.rs
         // Multicast (multicast_link.rs).
         if self.channels.is_some() {
             self.channel_timeout(now);

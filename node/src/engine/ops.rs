@@ -1,7 +1,7 @@
 //! Operations after they start: their results, cancellation by a caller who gave up, the end
 //! of their last delivery, and what a stopping node does with them.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::action::{Action, Done, OpId};
 use super::send::OpKind;
@@ -10,6 +10,36 @@ use crate::Error;
 use crate::receipts::PublishReceipt;
 
 impl<H: Clone> Engine<H> {
+    /// Request `op`'s caller waits `timeout` at most: then, unanswered, it ends with
+    /// [`Error::Timeout`]. The delivery keeps its own deadline; this one ends the whole
+    /// request, so an answer that is merely late is a timeout, not a dead letter.
+    pub(super) fn time_out_request(&mut self, op: OpId, timeout: Duration, now: Instant) {
+        let Some(at) = now.checked_add(timeout) else {
+            return; // never
+        };
+        if let Some(o) = self.out.ops.get_mut(op) {
+            o.deadline = Some(at);
+            self.out.request_deadlines.insert((at, op), timeout);
+            self.deadline_at(at);
+        }
+    }
+
+    /// Ends the requests whose callers stopped waiting by `now`.
+    pub(super) fn expire_requests(&mut self, now: Instant) {
+        while let Some(entry) = self.out.request_deadlines.first_entry()
+            && entry.key().0 <= now
+        {
+            let ((_, op), timeout) = entry.remove_entry();
+            if let Some(o) = self.out.ops.get_mut(op) {
+                o.deadline = None;
+                if o.result.is_none() {
+                    self.stop_deliveries(op, now);
+                    self.complete(op, Err(Error::Timeout(timeout)));
+                }
+            }
+        }
+    }
+
     /// Takes the result of an operation that completed ([`Action::Complete`]); the operation
     /// is then forgotten.
     pub(crate) fn take_result(&mut self, op: OpId) -> Option<Result<Done, Error>> {

@@ -6,7 +6,7 @@
 //! acks, retries, holds, dead letters); the operation ends when all have, and a caller waiting
 //! for it is told with [`Action::Complete`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,9 @@ pub(super) struct Op {
     /// The first failure of a delivery.
     pub(super) error: Option<Error>,
     pub(super) result: Option<Result<Done, Error>>,
+    /// Request: when its caller stops waiting (its entry in
+    /// [`Outbound::request_deadlines`]).
+    pub(super) deadline: Option<Instant>,
 }
 
 impl Op {
@@ -135,6 +138,9 @@ pub(super) struct Outbound {
     pub(super) arena: BytesMut,
     /// Background publishes in `ops` (see [`Outbound::insert_op`]).
     background: usize,
+    /// When the callers of requests stop waiting, earliest first (`ops.rs`); an entry leaves
+    /// with its operation.
+    pub(super) request_deadlines: BTreeMap<(Instant, OpId), Duration>,
 }
 
 impl Outbound {
@@ -149,7 +155,17 @@ impl Outbound {
     pub(super) fn remove_op(&mut self, id: OpId) -> Option<Op> {
         let op = self.ops.remove(id)?;
         self.background -= usize::from(op.kind == OpKind::Background);
+        if let Some(at) = op.deadline {
+            self.request_deadlines.remove(&(at, id));
+        }
         Some(op)
+    }
+
+    /// The earliest instant a request's caller stops waiting.
+    pub(super) fn next_request_deadline(&self) -> Option<Instant> {
+        self.request_deadlines
+            .first_key_value()
+            .map(|((at, _), _)| *at)
     }
 
     /// Background publishes not finished yet (each holds its events until then).
@@ -213,6 +229,7 @@ impl<H: Clone> Engine<H> {
         &mut self,
         service: &str,
         msg: Message,
+        timeout: Duration,
         now: Instant,
     ) -> Result<OpId, Error> {
         let id = msg.id();
@@ -226,6 +243,7 @@ impl<H: Clone> Engine<H> {
         let target = Target::service(self.names.get(service));
         let op = self.point_to_point(OpKind::Request, target, msg, spec, now)?;
         self.out.replies.insert(id, op);
+        self.time_out_request(op, timeout, now); // ops.rs
         Ok(op)
     }
 
@@ -509,6 +527,7 @@ fn new_op(
         sent: None,
         error: None,
         result: None,
+        deadline: None,
     }
 }
 

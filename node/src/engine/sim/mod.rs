@@ -23,6 +23,7 @@ mod multicast_guard_tests;
 mod multicast_tests;
 mod net;
 mod random;
+mod request_tests;
 mod tests;
 mod transmit_tests;
 
@@ -325,8 +326,19 @@ impl Sim {
         op
     }
 
-    /// `node` sends `msg` as a request to `service`.
-    pub(super) fn request(&mut self, node: usize, service: &str, mut msg: Message) -> OpId {
+    /// `node` sends `msg` as a request to `service`, waiting an hour at most.
+    pub(super) fn request(&mut self, node: usize, service: &str, msg: Message) -> OpId {
+        self.request_within(node, service, msg, Duration::from_secs(3600))
+    }
+
+    /// `node` sends `msg` as a request to `service`, waiting `timeout` at most.
+    pub(super) fn request_within(
+        &mut self,
+        node: usize,
+        service: &str,
+        mut msg: Message,
+        timeout: Duration,
+    ) -> OpId {
         let (now, id) = (self.now, self.nodes[node].engine.id());
         let service_name = self.nodes[node].engine.service.clone();
         msg.env.reply_to = Some(ReturnAddress {
@@ -336,7 +348,7 @@ impl Sim {
         });
         let op = self.nodes[node]
             .engine
-            .request(service, msg, now)
+            .request(service, msg, timeout, now)
             .expect("request refused");
         self.settle();
         op

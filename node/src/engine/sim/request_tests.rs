@@ -1,0 +1,53 @@
+//! A request's timeout, kept by the engine: the caller's wait ends when it passes, and so
+//! does the request's delivery.
+
+#![cfg(test)]
+
+use std::time::Duration;
+
+use super::{Handled, Sim};
+use crate::Error;
+use crate::engine::Done;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_request_unanswered_within_its_timeout_ends_as_a_timeout_and_its_delivery_stops() {
+    let mut sim = Sim::new(11);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    // The handler answers after 10 s; the caller waits 2 s.
+    sim.handle(pricing, "quote", |_| Handled::ok_after(10 * SECOND));
+    sim.connect(shop, pricing);
+    let msg = sim.command("quote", "book");
+    let started = sim.elapsed();
+    let op = sim.request_within(shop, "pricing", msg, 2 * SECOND);
+    assert!(!sim.run_for(SECOND));
+    assert!(sim.result(shop, op).is_none(), "ended before its timeout");
+    sim.run_for(2 * SECOND);
+    match sim.result(shop, op) {
+        Some(Err(Error::Timeout(timeout))) => assert_eq!(*timeout, 2 * SECOND),
+        other => panic!("not a timeout: {other:?}"),
+    }
+    assert!(sim.elapsed() - started >= 2 * SECOND);
+    // Nothing of the request is left to retry, and its late answer changes nothing.
+    assert!(
+        sim.run_for(60 * SECOND),
+        "the sender still has work for the request"
+    );
+    assert!(matches!(sim.result(shop, op), Some(Err(Error::Timeout(_)))));
+}
+
+#[test]
+fn a_request_answered_in_time_leaves_no_deadline_behind() {
+    let mut sim = Sim::new(12);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    sim.handle(pricing, "quote", |_| Handled::reply("42"));
+    sim.connect(shop, pricing);
+    let msg = sim.command("quote", "book");
+    let op = sim.request_within(shop, "pricing", msg, 30 * SECOND);
+    assert!(sim.run_for(SECOND), "the answered request keeps a deadline");
+    match sim.result(shop, op) {
+        Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "42"),
+        other => panic!("{other:?}"),
+    }
+}
