@@ -55,7 +55,8 @@
 //! - `transport` (private): quinn and the codec: accepting, dialling, the hello exchange,
 //!   each connection's reader and writer, close codes.
 //! - `runtime` (private): the only place that sees both: it holds the engine under a lock,
-//!   feeds it tokio's time, runs handlers, wakes callers and writers, and drives the timer.
+//!   feeds it tokio's time, runs handlers, wakes callers, writes what an idle connection has
+//!   at once (or wakes its writer when more may join), and drives the timer.
 //! - [`Node`], [`NodeBuilder`], [`Message`], options, receipts, [`Error`], [`NodeEvent`],
 //!   [`NodeStats`]: the public API. [`Identity`] and [`MeshCa`]: certificates.
 //! - [`Identity`] and [`MeshCa`]: certificates; [`RevocationList`] and [`Revocations`]: revoked

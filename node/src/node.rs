@@ -174,7 +174,8 @@ impl Node {
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
-    /// `timeout`. The receiver's handler answers by returning a body. A partition key orders
+    /// `timeout` from this call (then [`Error::Timeout`], and the request is not retried any
+    /// more). The receiver's handler answers by returning a body. A partition key orders
     /// requests like [`Node::send`] does.
     pub fn request(
         &self,
