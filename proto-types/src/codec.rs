@@ -19,17 +19,17 @@
 //!
 //! [`decode`] never panics, whatever the bytes. A bincode body may claim a string or vector
 //! far longer than the frame (say 2<sup>60</sup> bytes); bincode allocates such buffers before
-//! reading them, so every decode runs with a byte budget (bincode's `with_limit`) that grows
-//! with the frame: 16 times the body length rounded up to 4 KiB, 256 KiB or 4 MiB, and
-//! 128 MiB for bodies above 4 MiB. A lying length claim therefore fails with
+//! reading them, so every decode through serde runs with a byte budget (bincode's
+//! `with_limit`) that grows with the frame: 16 times the body length rounded up to 4 KiB,
+//! 256 KiB or 4 MiB, and 128 MiB for bodies above 4 MiB. A lying length claim therefore fails with
 //! [`DecodeError::Malformed`] after allocating at most that budget (64 KiB for a small frame).
 //! The budget is generous enough for every valid frame up to 4 MiB: bincode charges at most
 //! 16 bytes of budget per byte of input (a `u128` encoded in one byte). Independently of the
 //! budget, serde preallocates at most 1 MiB for a claimed sequence length (`headers`,
-//! `listen_addrs`, `ids`) before its elements have been read. Message runs and acks, the
-//! frames nearly every message travels in, are decoded without serde (`codec/native.rs`, the
-//! same bytes): there a string's lying length allocates nothing, and a vector reserves room
-//! for at most one element per few bytes of the body.
+//! `listen_addrs`, `ids`) before its elements have been read. Message runs, acks and replies,
+//! the frames nearly every message travels in, are decoded without serde (`codec/native.rs`,
+//! the same bytes) and without the budget: there a string's lying length allocates nothing,
+//! and a vector reserves room for at most 1,024 elements, one per few bytes of the body.
 
 use bincode::config::{Configuration, Limit};
 use bincode::enc::write::Writer;
@@ -249,7 +249,7 @@ fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::Malformed("empty frame".into()));
     }
-    // Messages and acks, most of the frames, without serde (`native.rs`).
+    // Messages, acks and replies, most of the frames, without serde (`native.rs`).
     let decoded = match native::decode(body) {
         Some(decoded) => decoded,
         None if body.len() <= 4 * KIB => decode_with_budget::<{ 64 * KIB }>(body),

@@ -14,8 +14,12 @@
 //!
 //! A string is borrowed from the body first and copied once its bytes are known to be there,
 //! so a lying length allocates nothing. A vector reserves room for at most one element per
-//! [`MIN_ITEM`] (or [`MIN_HEADER`]) bytes of body, whatever length it claims, and grows only
-//! with elements actually decoded.
+//! [`MIN_ITEM`] (or [`MIN_HEADER`]) bytes of body and at most [`MAX_RESERVE`] elements,
+//! whatever length it claims, and grows only with elements actually decoded. No byte budget
+//! applies here (serde's decoding has one, `codec.rs`): a frame is at most `max_frame_len`
+//! and every element is read from it, so a valid run larger than that budget allows (only
+//! possible with `max_frame_len` raised above 4 MiB) decodes here where serde would refuse
+//! it.
 
 use bincode::BorrowDecode;
 use bincode::de::read::{BorrowReader, Reader};
@@ -43,8 +47,19 @@ const MIN_HEADER: usize = 2;
 /// The fewest bytes a [`SeqRange`] takes.
 const MIN_RANGE: usize = 2;
 
-/// Decodes `body` if it is a [`Frame::Messages`] or a [`Frame::Ack`]: the frame and the bytes
-/// it took. `None` for every other frame (the caller decodes it through serde).
+/// Most elements a vector reserves room for before they are decoded (it grows with the
+/// elements actually there): at most 128 KiB of items, whatever length a frame claims.
+const MAX_RESERVE: usize = 1024;
+
+/// Room to reserve for a vector that claims `count` elements of at least `min` bytes each in
+/// a body of `body` bytes.
+fn reserve(count: usize, body: usize, min: usize) -> usize {
+    count.min(body / min).min(MAX_RESERVE)
+}
+
+/// Decodes `body` if it is a [`Frame::Messages`], a [`Frame::Ack`] or a [`Frame::Reply`]: the
+/// frame and the bytes it took. `None` for every other frame (the caller decodes it through
+/// serde).
 pub(super) fn decode(body: &[u8]) -> Option<Result<(Frame, usize), DecodeError>> {
     let mut decoder = DecoderImpl::new(Body { rest: body }, config(), ());
     let frame = match u32::borrow_decode(&mut decoder) {
@@ -60,7 +75,7 @@ fn messages<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Messag
     let first_seq = u64::borrow_decode(d)?;
     let head = head(d)?;
     let count = len(d)?;
-    let mut items = Vec::with_capacity(count.min(body / MIN_ITEM));
+    let mut items = Vec::with_capacity(reserve(count, body, MIN_ITEM));
     for _ in 0..count {
         items.push(item(d, body)?);
     }
@@ -138,7 +153,7 @@ fn headers<'de, D: BorrowDecoder<'de>>(
     body: usize,
 ) -> Result<Vec<(String, String)>, DecodeError> {
     let count = len(d)?;
-    let mut headers = Vec::with_capacity(count.min(body / MIN_HEADER));
+    let mut headers = Vec::with_capacity(reserve(count, body, MIN_HEADER));
     for _ in 0..count {
         headers.push((string(d)?, string(d)?));
     }
@@ -147,7 +162,7 @@ fn headers<'de, D: BorrowDecoder<'de>>(
 
 fn ack<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Ack, DecodeError> {
     let count = len(d)?;
-    let mut ranges = Vec::with_capacity(count.min(body / MIN_RANGE));
+    let mut ranges = Vec::with_capacity(reserve(count, body, MIN_RANGE));
     for _ in 0..count {
         ranges.push(SeqRange {
             start: u64::borrow_decode(d)?,
