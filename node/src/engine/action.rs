@@ -29,15 +29,7 @@ slotmap::new_key_type! {
 )]
 pub(crate) enum Action<H> {
     /// Frames wait to be written on this connection: call [`super::Engine::poll_transmit`].
-    Transmit {
-        /// The connection.
-        conn: ConnId,
-        /// Nothing else of this node's is unacknowledged on the connection, so nothing is
-        /// likely to join what waits: write it at once, from the task that made this call.
-        /// Otherwise leave it to the connection's writer, whose turn comes after the tasks
-        /// ready now, so what they queue meanwhile goes in the same write.
-        at_once: bool,
-    },
+    Transmit(ConnId),
     /// Run these handlers, one after the other, on this message, and report with
     /// [`super::Engine::handler_done`].
     Run(Run<H>),

@@ -98,6 +98,8 @@ pub(super) struct Conn {
     farewell: Option<String>,
     /// The driver has been told there is something to write and has not taken it yet.
     signalled: bool,
+    /// When the driver last took bytes to write (see [`super::Engine::write_at_once`]).
+    pub(super) last_write: Option<Instant>,
     /// How the connection is used, for closing it once idle (see [`super::lazy`]).
     pub(super) usage: super::usage::Usage,
 }
@@ -134,6 +136,7 @@ impl Conn {
             acks: RangeSet::default(),
             farewell: None,
             signalled: false,
+            last_write: None,
             usage,
         }
     }

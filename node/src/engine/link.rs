@@ -307,11 +307,15 @@ impl<H: Clone> Engine<H> {
             return Transmit::default();
         }
         let deliveries = &self.out.deliveries;
+        let before = buf.len();
         let written = c.transmit(buf, max_bytes, &self.config.limits, |owner| {
             deliveries
                 .get(owner.delivery)
                 .is_some_and(|d| d.epoch == owner.epoch)
         });
+        if buf.len() > before {
+            c.last_write = Some(now);
+        }
         if c.full_at().is_some() {
             self.queue_drained(conn, now); // backpressure.rs
         }

@@ -74,7 +74,7 @@ mod sim;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -91,6 +91,11 @@ pub(crate) use receive::SubId;
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;
 use crate::{NodeEvent, NodeStats};
+
+/// How long a connection must have gone without a write for the next one to be written at
+/// once ([`Engine::write_at_once`]): shorter than a round trip on loopback (25-45 µs here),
+/// longer than the gap between the writes of a busy connection (a few µs).
+const WRITE_QUIET: Duration = Duration::from_micros(10);
 
 /// Where the node is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,15 +268,22 @@ impl<H: Clone> Engine<H> {
         self.actions.push_back(Action::Event(event));
     }
 
-    /// Tells the driver that `conn` has something to write, and whether at once: when nothing
-    /// of this node's is unacknowledged on it but (at most) the message just queued, nothing is
-    /// likely to join it soon, and waiting for the writer's turn would only add a task switch.
+    /// Tells the driver that `conn` has something to write.
     fn transmit(&mut self, conn: ConnId) {
-        let at_once = self
-            .conns
-            .get(conn)
-            .is_some_and(|c| c.window.pending() <= 1);
-        self.actions.push_back(Action::Transmit { conn, at_once });
+        self.actions.push_back(Action::Transmit(conn));
+    }
+
+    /// Whether what waits on `conn` ([`Action::Transmit`]) is best written at once, by the
+    /// caller that queued it, rather than in the connection's writer's next turn: when nothing
+    /// was written on it for [`WRITE_QUIET`]. A connection written to that recently is busy
+    /// (a burst of sends, the acks of handlers finishing one after another, best-effort
+    /// events in a loop), and the writer's turn, after the tasks ready now, gathers what they
+    /// queue meanwhile into one write; an idle one only gains a task switch by waiting.
+    pub(crate) fn write_at_once(&self, conn: ConnId, now: Instant) -> bool {
+        self.conns.get(conn).is_some_and(|c| {
+            c.last_write
+                .is_none_or(|at| now.saturating_duration_since(at) >= WRITE_QUIET)
+        })
     }
 
     /// The peers changed: deliveries waiting for an instance look again, and so does whoever

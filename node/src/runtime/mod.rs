@@ -182,8 +182,9 @@ impl Driver {
         let mut effects = Effects::default();
         let result = {
             let mut state = lock(&self.state);
-            let result = f(&mut state.engine, Self::now());
-            state.take_effects(&mut effects);
+            let now = Self::now();
+            let result = f(&mut state.engine, now);
+            state.take_effects(&mut effects, now);
             result
         };
         self.act(&mut effects);
@@ -247,11 +248,12 @@ impl Driver {
         let mut effects = Effects::default();
         let admitted = {
             let mut state = lock(&self.state);
-            let (id, admission) = state.engine.connection_up(hello, Self::now());
+            let now = Self::now();
+            let (id, admission) = state.engine.connection_up(hello, now);
             if admission != crate::engine::Admission::Refused {
                 state.conns.insert(id, Arc::clone(io));
             }
-            state.take_effects(&mut effects);
+            state.take_effects(&mut effects, now);
             (id, admission)
         };
         self.act(&mut effects);
@@ -362,21 +364,22 @@ impl Driver {
             for (task, outcome) in done {
                 state.engine.handler_done(task, outcome, now);
             }
-            state.take_effects(effects);
+            state.take_effects(effects, now);
         }
     }
 }
 
 impl State {
     /// Takes every action of the engine into `effects` (emptied by the last
-    /// [`Driver::act`]), turned into what to do after unlocking.
-    fn take_effects(&mut self, effects: &mut Effects) {
+    /// [`Driver::act`]), turned into what to do after unlocking; `now` is the call's time.
+    fn take_effects(&mut self, effects: &mut Effects, now: Instant) {
         while let Some(action) = self.engine.poll_action() {
             match action {
-                Action::Transmit { conn, at_once } => {
+                Action::Transmit(conn) => {
                     if let Some(io) = self.conns.get(conn)
                         && !effects.write.iter().any(|(w, _, _)| *w == conn)
                     {
+                        let at_once = self.engine.write_at_once(conn, now);
                         effects.write.push((conn, Arc::clone(io), at_once));
                     }
                 }

@@ -1,10 +1,10 @@
 //! One connection's IO: a reader that decodes frames and hands them to the engine, a writer
 //! that writes what the engine has for the connection, and the close codes.
 //!
-//! Each side of a connection writes on one long-lived unidirectional stream. On an idle
-//! connection (the engine says so: nothing else of this node's is unacknowledged on it) the
-//! task that queued a message or an ack writes it itself, at once, without a hop to another
-//! task; the peer's handler and the caller's reply are one task switch nearer. Otherwise the
+//! Each side of a connection writes on one long-lived unidirectional stream. On a quiet
+//! connection (the engine says so: nothing written on it for a few microseconds) the task
+//! that queued a message or an ack writes it itself, at once, without a hop to another task;
+//! the peer's handler and the caller's reply are one task switch nearer. On a busy one the
 //! connection's writer task takes everything queued in one go when its turn comes, after the
 //! tasks ready now, so under load many messages and all pending acks leave in one write:
 //! batching without added latency.

@@ -171,7 +171,7 @@ impl Sim {
         use crate::engine::Action;
         let now = self.now;
         match action {
-            Action::Transmit { conn, .. } => self.transmit(node, conn),
+            Action::Transmit(conn) => self.transmit(node, conn),
             Action::Run(run) => {
                 self.handled += 1;
                 let mut after = Duration::ZERO;

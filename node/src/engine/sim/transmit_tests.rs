@@ -1,6 +1,9 @@
-//! When the engine asks for a write at once ([`Action::Transmit`]'s `at_once`): on an idle
-//! connection, so a lone message (or an ack) leaves from the task that queued it; not behind
-//! a message still unacknowledged, so the writer's turn gathers what queues meanwhile.
+//! When the engine says a write is best done at once ([`Engine::write_at_once`]): on a
+//! connection nothing was written to for a while, so a lone message (or an ack) leaves from the
+//! task that queued it; not on one written to a moment ago, so the writer's turn gathers what
+//! queues meanwhile.
+//!
+//! [`Engine::write_at_once`]: crate::engine::Engine::write_at_once
 
 #![cfg(test)]
 
@@ -9,8 +12,8 @@ use std::time::Duration;
 use super::{Handled, Sim};
 use crate::engine::{Action, ConnId};
 
-/// `node` sends a command to `billing` straight into its engine; the `at_once` of each
-/// write the call asked for (nothing is acted on).
+/// `node` sends a command to `billing` straight into its engine; for each write the call asked
+/// for, whether at once (nothing is acted on).
 fn writes_asked(sim: &mut Sim, node: usize) -> Vec<bool> {
     let msg = sim.command("charge", "x");
     let now = sim.now;
@@ -20,8 +23,8 @@ fn writes_asked(sim: &mut Sim, node: usize) -> Vec<bool> {
         .expect("send refused");
     let mut writes = Vec::new();
     while let Some(action) = engine.poll_action() {
-        if let Action::Transmit { at_once, .. } = action {
-            writes.push(at_once);
+        if let Action::Transmit(conn) = action {
+            writes.push(engine.write_at_once(conn, now));
         }
     }
     writes
@@ -35,22 +38,22 @@ fn writer_turn(sim: &mut Sim, node: usize, conn: ConnId) {
 }
 
 #[test]
-fn a_message_on_an_idle_connection_is_written_at_once_and_one_behind_it_waits_its_turn() {
+fn a_message_on_a_quiet_connection_is_written_at_once_and_one_right_behind_it_waits() {
     let mut sim = Sim::new(3);
     let (orders, billing) = (sim.node("orders"), sim.node("billing"));
     sim.handle(billing, "charge", |_| Handled::ok());
     let (conn, _) = sim.connect(orders, billing);
     assert!(sim.run_for(Duration::from_secs(1)));
 
-    assert_eq!(writes_asked(&mut sim, orders), [true], "idle: at once");
+    assert_eq!(writes_asked(&mut sim, orders), [true], "quiet: at once");
     writer_turn(&mut sim, orders, conn);
     assert_eq!(
         writes_asked(&mut sim, orders),
         [false],
-        "behind an unacknowledged message: the writer's turn"
+        "written to a moment ago: the writer's turn"
     );
     writer_turn(&mut sim, orders, conn);
-    // Both handled and acknowledged: idle again.
+    // Both handled and acknowledged, and nothing written since: quiet again.
     assert!(sim.run_for(Duration::from_secs(1)));
     assert_eq!(writes_asked(&mut sim, orders), [true]);
 }
