@@ -48,8 +48,8 @@ impl<H: Clone> Engine<H> {
         Some(result)
     }
 
-    /// The caller gave up on `op` (dropped its future): its deliveries
-    /// stop. A message already on its way may still be handled.
+    /// The caller gave up on `op` (dropped its future): its deliveries stop. A message
+    /// already on its way may still be handled.
     pub(crate) fn cancel(&mut self, op: OpId, now: Instant) {
         self.stop_deliveries(op, now);
         self.forget_op(op);
