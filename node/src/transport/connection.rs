@@ -312,12 +312,14 @@ async fn read_loop(
 /// closes the connection when the engine asked for that after the last write.
 async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo) {
     loop {
-        std::future::poll_fn(|cx| flush(&mut lock(&io.out), driver, conn, cx)).await;
-        let (failed, finish) = {
+        // Flushed, under one lock: whether writing failed, and the stream if it is to finish.
+        let (failed, finish) = std::future::poll_fn(|cx| {
             let mut out = lock(&io.out);
+            std::task::ready!(flush(&mut out, driver, conn, cx));
             let finish = if out.finish { out.stream.take() } else { None };
-            (out.failed, finish)
-        };
+            Poll::Ready((out.failed, finish))
+        })
+        .await;
         if failed {
             return;
         }

@@ -106,10 +106,10 @@ fn head<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<Head, DecodeError> {
 }
 
 fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, DecodeError> {
-    let id = MessageId::from_u128(u128::borrow_decode(d)?);
+    let id = message_id(d)?;
     let attempt = u32::borrow_decode(d)?;
     let timestamp_ms = u64::borrow_decode(d)?;
-    let correlation_id = option(d, |d| u128::borrow_decode(d).map(MessageId::from_u128))?;
+    let correlation_id = option(d, message_id)?;
     let headers = headers(d, body)?;
     let payload = Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?);
     let differs = option(d, |d| {
@@ -133,13 +133,13 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
 
 fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelope, DecodeError> {
     Ok(Envelope {
-        id: MessageId::from_u128(u128::borrow_decode(d)?),
+        id: message_id(d)?,
         kind: kind(d)?,
         name: string(d)?,
         version: u16::borrow_decode(d)?,
         content_type: string(d)?,
         headers: headers(d, body)?,
-        correlation_id: option(d, |d| u128::borrow_decode(d).map(MessageId::from_u128))?,
+        correlation_id: option(d, message_id)?,
         reply_to: option(d, return_address)?,
         partition_key: option(d, string)?,
         attempt: u32::borrow_decode(d)?,
@@ -188,6 +188,10 @@ fn kind<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageKind, DecodeErro
         3 => Ok(MessageKind::Reply),
         _ => Err(DecodeError::Other("unknown variant of MessageKind")),
     }
+}
+
+fn message_id<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageId, DecodeError> {
+    u128::borrow_decode(d).map(MessageId::from_u128)
 }
 
 /// A string, copied out of the body once its bytes are there and valid UTF-8.
