@@ -33,8 +33,15 @@ async fn database_restarted_mid_run(url: &str, mode: RelayMode) {
     let orders = mesh
         .builder("orders")
         .peer(ledger.node.local_addr())
+        // The ledger's handler fails (retryably) until its database is back: the default
+        // eight attempts, about 5 s of backoff, can run out before a restart under load is
+        // over (once in CI: one order dead-lettered, 899 of 900 applied). Keep trying for as
+        // long as the test waits.
         .retry_policy(RetryPolicy {
             ack_timeout: Duration::from_secs(1),
+            max_attempts: 1_000,
+            deadline: WAIT,
+            max_backoff: Duration::from_millis(500),
             ..RetryPolicy::default()
         })
         .outbox(
