@@ -83,7 +83,7 @@ pub fn parse(txt: &[(String, Option<Vec<u8>>)]) -> Option<Vec<Subscription>> {
     for i in 0..count {
         let entry = value(&format!("s{i}"))?;
         let (pattern, group) = match entry.split_once(' ') {
-            Some((pattern, group)) => (pattern, Some(group.to_owned())),
+            Some((pattern, group)) => (pattern, Some(group.into())),
             None => (entry, None),
         };
         if pattern.is_empty() || entry.chars().any(char::is_control) {
@@ -104,7 +104,7 @@ mod tests {
     fn sub(pattern: &str, group: Option<&str>) -> Subscription {
         Subscription {
             pattern: pattern.into(),
-            group: group.map(str::to_owned),
+            group: group.map(Into::into),
         }
     }
 

@@ -143,7 +143,7 @@ pub use shoal_discovery as discovery;
 /// `#[shoal(name = "...", version = N, kind = "command")]` (see [`contract`]).
 #[cfg(feature = "contracts")]
 pub use shoal_macros::Contract;
-pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress};
+pub use shoal_proto::{Limits, MessageId, MessageKind, NodeId, ReturnAddress, SmolStr};
 pub use stats::NodeStats;
 pub use subscribe::{Group, SubscribeOptions, Subscription};
 pub use trace::TraceContext;

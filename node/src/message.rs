@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
+use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress, SmolStr};
 
 /// A message: a header (id, name, kind, metadata) and a body of bytes.
 ///
@@ -27,26 +27,26 @@ pub struct Message {
 }
 
 impl Message {
-    fn new(kind: MessageKind, name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    fn new(kind: MessageKind, name: impl Into<SmolStr>, payload: impl Into<Bytes>) -> Self {
         let now_ms = unix_ms();
         let id = fresh_id(now_ms);
         Self {
-            env: Box::new(Envelope::new(id, kind, name.into(), now_ms, payload.into())),
+            env: Box::new(Envelope::new(id, kind, name, now_ms, payload.into())),
         }
     }
 
     /// A command ("do this"), handled by exactly one instance of the receiving service.
-    pub fn command(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn command(name: impl Into<SmolStr>, payload: impl Into<Bytes>) -> Self {
         Self::new(MessageKind::Command, name, payload)
     }
 
     /// An event ("this happened").
-    pub fn event(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn event(name: impl Into<SmolStr>, payload: impl Into<Bytes>) -> Self {
         Self::new(MessageKind::Event, name, payload)
     }
 
     /// A document ("here is data").
-    pub fn document(name: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn document(name: impl Into<SmolStr>, payload: impl Into<Bytes>) -> Self {
         Self::new(MessageKind::Document, name, payload)
     }
 

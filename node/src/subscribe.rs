@@ -128,7 +128,7 @@ impl Node {
     pub async fn forget_group(&self, pattern: &str, group: &str) -> Result<bool, Error> {
         let sub = shoal_proto::Subscription {
             pattern: pattern.to_owned(),
-            group: Some(group.to_owned()),
+            group: Some(group.into()),
         };
         let mut forgotten = false;
         // The store first: the relay re-reads its groups from it at every poll.
@@ -203,7 +203,7 @@ impl Node {
         };
         let wire = shoal_proto::Subscription {
             pattern: options.pattern,
-            group,
+            group: group.map(Into::into),
         };
         shoal_proto::validate_frame(&Frame::Subscribe(wire.clone()), &driver.config.limits)
             .map_err(|v| Error::Topic(v.to_string()))?;

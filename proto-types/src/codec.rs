@@ -184,7 +184,7 @@ const STORED_ENVELOPE: u8 = 2;
 ///
 /// ```
 /// use shoal_proto::{codec, Envelope, Limits, MessageId, MessageKind};
-/// let envelope = Envelope::new(MessageId::from_u128(7), MessageKind::Command, "charge".into(), 0, "x".into());
+/// let envelope = Envelope::new(MessageId::from_u128(7), MessageKind::Command, "charge", 0, "x".into());
 /// let stored = codec::encode_envelope(&envelope, &Limits::default()).unwrap();
 /// assert_eq!(codec::decode_envelope(&stored, &Limits::default()).unwrap(), envelope);
 /// ```
@@ -403,7 +403,7 @@ mod tests {
         let envelope = Envelope::new(
             MessageId::from_parts(1_700_000_000_000, 9),
             MessageKind::Command,
-            "charge".into(),
+            "charge",
             1_700_000_000_000,
             Bytes::from_static(b"order-7"),
         );
@@ -450,7 +450,7 @@ mod tests {
         };
         let head = crate::Head {
             kind: MessageKind::Command,
-            name: String::new(),
+            name: "".into(),
             version: 0,
             content_type: String::new(),
             partition_key: None,

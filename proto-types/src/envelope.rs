@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::id::{MessageId, NodeId};
 
@@ -46,7 +47,7 @@ pub struct Envelope {
     /// Command, event, document or reply.
     pub kind: MessageKind,
     /// The message type (for events, the topic), e.g. `create-invoice` or `order.created`.
-    pub name: String,
+    pub name: SmolStr,
     /// Version of the message type's schema, so readers can tolerate change.
     pub version: u16,
     /// MIME type of the payload, e.g. `application/json`; empty means unspecified bytes.
@@ -74,14 +75,14 @@ impl Envelope {
     pub fn new(
         id: MessageId,
         kind: MessageKind,
-        name: String,
+        name: impl Into<SmolStr>,
         timestamp_ms: u64,
         payload: Bytes,
     ) -> Self {
         Self {
             id,
             kind,
-            name,
+            name: name.into(),
             version: 1,
             content_type: String::new(),
             headers: Vec::new(),

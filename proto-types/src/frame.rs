@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::envelope::{Envelope, MessageKind, ReturnAddress};
 use crate::id::{MessageId, NodeId};
@@ -101,7 +102,7 @@ pub enum To {
     /// The handler registered for the message's name (point-to-point).
     Handler,
     /// The receiver's subscriptions of this group (one group's copy of an event).
-    Group(String),
+    Group(SmolStr),
     /// The receiver's subscriptions without a group (an every-instance copy of an event).
     Instance,
 }
@@ -129,7 +130,7 @@ pub struct Head {
     /// Command, event, document or reply.
     pub kind: MessageKind,
     /// The message type (for events, the topic).
-    pub name: String,
+    pub name: SmolStr,
     /// Version of the message type's schema.
     pub version: u16,
     /// MIME type of the payloads; empty means unspecified bytes.
@@ -367,5 +368,5 @@ pub struct Subscription {
     /// The topic pattern, e.g. `orders.*`.
     pub pattern: String,
     /// The subscriber group; `None` means every subscribing instance gets its own copy.
-    pub group: Option<String>,
+    pub group: Option<SmolStr>,
 }

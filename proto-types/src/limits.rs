@@ -71,12 +71,12 @@ pub(crate) fn check_name(s: &str, limits: &Limits) -> Result<(), LimitViolation>
 /// use shoal_proto::{Limits, validate_envelope};
 /// # use shoal_proto::{Envelope, MessageId, MessageKind};
 /// # let mut envelope = Envelope {
-/// #     id: MessageId::from_u128(1), kind: MessageKind::Command, name: String::new(),
+/// #     id: MessageId::from_u128(1), kind: MessageKind::Command, name: Default::default(),
 /// #     version: 1, content_type: String::new(), headers: Vec::new(), correlation_id: None,
 /// #     reply_to: None, partition_key: None, attempt: 1, timestamp_ms: 0,
 /// #     payload: Default::default(),
 /// # };
-/// envelope.name = "x".repeat(300);
+/// envelope.name = "x".repeat(300).into();
 /// let violation = validate_envelope(&envelope, &Limits::default()).unwrap_err();
 /// assert_eq!(violation.limit, "max_name_len");
 /// assert_eq!((violation.actual, violation.max), (300, 256));

@@ -20,6 +20,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use crate::frame::{Head, Item, SeqRange};
 use crate::id::NodeId;
@@ -56,7 +57,7 @@ pub struct EventRun {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Assignment {
     /// The group.
-    pub group: String,
+    pub group: SmolStr,
     /// The instance chosen.
     pub node: NodeId,
 }

@@ -66,7 +66,7 @@ fn limit_cases() -> Vec<Case> {
         ),
         case(
             "name",
-            deliver(|e| e.name = long(name + 1)),
+            deliver(|e| e.name = long(name + 1).into()),
             "max_name_len",
             name + 1,
             name,
@@ -120,7 +120,12 @@ fn limit_cases() -> Vec<Case> {
             "group of a run",
             Frame::Messages(Box::new(Messages {
                 first_seq: 0,
-                head: Head::of(&rich_envelope(), To::Group(long(name + 10)), true, false),
+                head: Head::of(
+                    &rich_envelope(),
+                    To::Group(long(name + 10).into()),
+                    true,
+                    false,
+                ),
                 items: vec![Item::of(&rich_envelope())],
             })),
             "max_name_len",
@@ -163,7 +168,7 @@ fn limit_cases() -> Vec<Case> {
             "unsubscribe group",
             Frame::Unsubscribe(Subscription {
                 pattern: "a.*".into(),
-                group: Some(long(name + 9)),
+                group: Some(long(name + 9).into()),
             }),
             "max_name_len",
             name + 9,
@@ -242,7 +247,7 @@ fn each_limit_is_refused_on_decode_by_name_and_the_frame_is_consumed() {
 fn limits_are_inclusive() {
     let d = Limits::default();
     let frame = deliver(|e| {
-        e.name = "n".repeat(d.max_name_len);
+        e.name = "n".repeat(d.max_name_len).into();
         e.headers = vec![(
             "k".repeat(d.max_name_len),
             "v".repeat(d.max_header_value_len),

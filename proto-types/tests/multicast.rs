@@ -19,8 +19,10 @@ use strategies::{arb_channel_frame, arb_envelope, arb_node_id};
 
 /// Runs of one to three events, each run under the head of its first event.
 fn arb_runs() -> impl Strategy<Value = Vec<(Vec<Envelope>, Vec<Assignment>)>> {
-    let assignment =
-        ("[a-z]{1,8}", arb_node_id()).prop_map(|(group, node)| Assignment { group, node });
+    let assignment = ("[a-z]{1,8}", arb_node_id()).prop_map(|(group, node)| Assignment {
+        group: group.into(),
+        node,
+    });
     proptest::collection::vec(
         (
             proptest::collection::vec(arb_envelope(), 1..4),
@@ -145,7 +147,7 @@ fn a_body_longer_than_the_budget_is_refused_and_leaves_the_buffer_as_it_was() {
     let event = Envelope::new(
         shoal_proto::MessageId::from_u128(1),
         shoal_proto::MessageKind::Event,
-        "order.created".into(),
+        "order.created",
         0,
         vec![7u8; 2000].into(),
     );

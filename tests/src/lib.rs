@@ -167,7 +167,7 @@ pub fn deliver(seq: u64, env: &Envelope) -> Frame {
 
 /// One group's copy (`None`: an every-instance copy) of the event `env`, numbered `seq`.
 pub fn publish(seq: u64, env: &Envelope, group: Option<&str>, reliable: bool) -> Frame {
-    let to = group.map_or(To::Instance, |g| To::Group(g.to_owned()));
+    let to = group.map_or(To::Instance, |g| To::Group(g.into()));
     Frame::Messages(Box::new(Messages {
         first_seq: seq,
         head: Head::of(env, to, reliable, false),

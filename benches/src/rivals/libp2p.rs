@@ -4,8 +4,8 @@
 //! # Set-up (the same for every scenario)
 //!
 //! * **Versions**: `libp2p` 0.56 (`libp2p-quic` 0.13 on quinn 0.11 with rustls/ring,
-//!   `libp2p-request-response` 0.29, `libp2p-swarm` 0.47). 0.56 is the newest release whose
-//!   MSRV fits the workspace's `rust-version`; 0.57 needs Rust 1.88.
+//!   `libp2p-request-response` 0.29, `libp2p-swarm` 0.47), the release every published figure
+//!   was measured with; 0.57 is not measured yet.
 //! * **Transport**: QUIC v1 only. Each side listens on `/ip4/127.0.0.1/udp/0/quic-v1`; the
 //!   client listens too *before* dialling, so that libp2p-quic dials from that loopback
 //!   socket instead of binding a fresh `0.0.0.0` one. The client dials the server's listen

@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use shoal_proto::{NodeId, Subscription};
+use shoal_proto::{NodeId, SmolStr, Subscription};
 
 use super::topic;
 
@@ -13,7 +13,7 @@ use super::topic;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Audience {
     /// A subscriber group: one of its instances handles the event.
-    Group(String),
+    Group(SmolStr),
     /// An instance subscribed without a group: it gets its own copy.
     Instance(NodeId),
 }
@@ -135,9 +135,9 @@ impl DepartedGroups {
     }
 
     /// Groups remembered (and not expired at `now`) with a pattern matching `topic`.
-    pub(crate) fn matching(&mut self, topic: &str, now: Instant) -> Vec<String> {
+    pub(crate) fn matching(&mut self, topic: &str, now: Instant) -> Vec<SmolStr> {
         self.until.retain(|_, until| now < *until);
-        let mut groups: Vec<String> = self
+        let mut groups: Vec<SmolStr> = self
             .until
             .keys()
             .filter(|s| topic::matches(&s.pattern, topic))
@@ -156,7 +156,7 @@ mod tests {
     fn sub(pattern: &str, group: Option<&str>) -> Subscription {
         Subscription {
             pattern: pattern.into(),
-            group: group.map(str::to_owned),
+            group: group.map(Into::into),
         }
     }
 

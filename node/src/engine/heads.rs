@@ -123,7 +123,7 @@ mod tests {
         Envelope::new(
             MessageId::from_u128(1),
             MessageKind::Command,
-            name.into(),
+            name,
             0,
             "x".into(),
         )

@@ -222,7 +222,7 @@ impl<H: Clone> Engine<H> {
                 self.emit(NodeEvent::Subscribed {
                     node,
                     pattern: sub.pattern,
-                    group: sub.group,
+                    group: sub.group.map(String::from),
                 });
                 self.peers_changed(now);
             }
@@ -240,7 +240,7 @@ impl<H: Clone> Engine<H> {
                 self.emit(NodeEvent::Unsubscribed {
                     node,
                     pattern: sub.pattern,
-                    group: sub.group,
+                    group: sub.group.map(String::from),
                 });
                 self.peers_changed(now);
             }

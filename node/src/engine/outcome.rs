@@ -89,7 +89,7 @@ impl<H: Clone> Engine<H> {
                     letters.push(DeadLetter {
                         service: service.clone(),
                         group: group.clone(),
-                        message: Message::from_envelope(envelope.clone()),
+                        message: Message::from_envelope((**envelope).clone()),
                         attempts,
                         last_failure: reason.clone(),
                     });

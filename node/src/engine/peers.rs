@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_proto::{NodeId, Subscription};
+use shoal_proto::{NodeId, SmolStr, Subscription};
 use slotmap::SlotMap;
 
 use super::action::ConnId;
@@ -62,7 +62,7 @@ pub(crate) enum Route {
     /// Point-to-point: commands, documents, replies.
     Service(Target),
     /// One copy of an event on `topic`, for one audience (a group or an ungrouped instance).
-    Audience { topic: String, audience: Audience },
+    Audience { topic: SmolStr, audience: Audience },
 }
 
 impl Route {

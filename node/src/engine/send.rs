@@ -70,9 +70,9 @@ impl OpKind {
 #[derive(Debug)]
 pub(super) struct Op {
     pub(super) kind: OpKind,
-    /// The messages, as sent (the attempt number of the last attempt). Usually one: kept
-    /// inline, without an allocation.
-    pub(super) messages: SmallVec<[Envelope; 1]>,
+    /// The messages, as sent (the attempt number of the last attempt), in the boxes the
+    /// caller's [`Message`]s came in. Usually one: kept inline, without an allocation.
+    pub(super) messages: SmallVec<[Box<Envelope>; 1]>,
     /// Each message's item, encoded for the attempt number it carries.
     pub(super) items: SmallVec<[(u32, EncodedItem); 1]>,
     /// Deliveries not finished yet.
@@ -279,7 +279,7 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<OpId, Error> {
         self.accepting(kind)?;
-        let mut envelope = *msg.env;
+        let mut envelope = msg.env;
         envelope.attempt = 1;
         let limits = &self.config.limits;
         let item = EncodedItem::new_in(&Item::of(&envelope), limits, &mut self.out.arena)?;
@@ -326,7 +326,7 @@ impl<H: Clone> Engine<H> {
                 "a batch needs at least one event".into(),
             ));
         };
-        let topic = first.name().to_owned();
+        let topic = first.env.name.clone();
         topic::check_topic(&topic).map_err(Error::Topic)?;
         // A topic this node's policy forbids fails here, before anything is sent (authz.rs).
         self.authorize_publish(&topic)?;
@@ -346,10 +346,10 @@ impl<H: Clone> Engine<H> {
             )));
         }
         let limits = &self.config.limits;
-        let mut envelopes: SmallVec<[Envelope; 1]> = SmallVec::with_capacity(events.len());
+        let mut envelopes: SmallVec<[Box<Envelope>; 1]> = SmallVec::with_capacity(events.len());
         let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(events.len());
         for event in events.drain(..) {
-            let mut envelope = *event.env;
+            let mut envelope = event.env;
             envelope.attempt = 1;
             envelopes.push(envelope);
         }
@@ -491,7 +491,7 @@ impl<H: Clone> Engine<H> {
 /// Message `index` of an operation's `messages` as an item of their run: the events of a
 /// batch share their head with the first one (`head`, computed by the caller once for all), and
 /// carry whatever else of theirs differs.
-fn item_of(messages: &[Envelope], index: usize, head: Option<&Head>) -> Item {
+fn item_of(messages: &[Box<Envelope>], index: usize, head: Option<&Head>) -> Item {
     match head {
         Some(head) if messages.len() > 1 => Item::under(&messages[index], head),
         _ => Item::of(&messages[index]),
@@ -499,7 +499,7 @@ fn item_of(messages: &[Envelope], index: usize, head: Option<&Head>) -> Item {
 }
 
 /// The head the events of a batch share (`None` for a lone message, whose item needs none).
-fn batch_head(messages: &[Envelope]) -> Option<Head> {
+fn batch_head(messages: &[Box<Envelope>]) -> Option<Head> {
     match messages {
         [first, _, ..] => Some(Head::of(first, To::Handler, true, false)),
         _ => None,
@@ -508,7 +508,7 @@ fn batch_head(messages: &[Envelope]) -> Option<Head> {
 
 fn new_op(
     kind: OpKind,
-    messages: SmallVec<[Envelope; 1]>,
+    messages: SmallVec<[Box<Envelope>; 1]>,
     items: SmallVec<[(u32, EncodedItem); 1]>,
     open: usize,
 ) -> Op {

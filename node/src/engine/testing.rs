@@ -49,7 +49,7 @@ impl<H: Clone> Engine<H> {
         let entry = self.conns.get(conn)?.window.get(seq)?;
         let delivery = self.out.deliveries.get(entry.delivery)?;
         let op = self.out.ops.get(delivery.op)?;
-        Some(op.messages.get(entry.index as usize)?.name.clone())
+        Some(op.messages.get(entry.index as usize)?.name.to_string())
     }
 
     /// Whether the live peer `node` has announced `sub` to this node.

@@ -395,7 +395,7 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
     let mut live: Vec<(String, String)> = peers
         .live_groups()
         .into_iter()
-        .filter_map(|s| Some((s.pattern, s.group?)))
+        .filter_map(|s| Some((s.pattern, s.group?.into())))
         .collect();
     live.extend(options.expected_groups.iter().cloned());
     let within = options.remember_groups_for;
@@ -410,7 +410,7 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
                 .into_iter()
                 .map(|(pattern, group)| Subscription {
                     pattern,
-                    group: Some(group),
+                    group: Some(group.into()),
                 })
                 .collect();
             // Until well after the next poll: a relay busy with many rows may poll late, and a

@@ -29,7 +29,7 @@ impl TestMesh {
             .await?;
         let sub = shoal_proto::Subscription {
             pattern: pattern.to_owned(),
-            group: Some(self.probe.service().to_owned()),
+            group: Some(self.probe.service().into()),
         };
         lock(&self.subscriptions).push((sub.clone(), subscription));
         let probe = self.probe.id();

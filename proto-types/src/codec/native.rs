@@ -26,6 +26,7 @@ use bincode::de::read::{BorrowReader, Reader};
 use bincode::de::{BorrowDecoder, DecoderImpl};
 use bincode::error::DecodeError;
 use bytes::Bytes;
+use smol_str::SmolStr;
 
 use super::config;
 use crate::{
@@ -89,14 +90,14 @@ fn messages<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Messag
 fn head<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<Head, DecodeError> {
     Ok(Head {
         kind: kind(d)?,
-        name: string(d)?,
+        name: name(d)?,
         version: u16::borrow_decode(d)?,
         content_type: string(d)?,
         partition_key: option(d, string)?,
         reply_to: option(d, return_address)?,
         to: match u32::borrow_decode(d)? {
             0 => To::Handler,
-            1 => To::Group(string(d)?),
+            1 => To::Group(name(d)?),
             2 => To::Instance,
             _ => return Err(DecodeError::Other("unknown variant of To")),
         },
@@ -135,7 +136,7 @@ fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelo
     Ok(Envelope {
         id: message_id(d)?,
         kind: kind(d)?,
-        name: string(d)?,
+        name: name(d)?,
         version: u16::borrow_decode(d)?,
         content_type: string(d)?,
         headers: headers(d, body)?,
@@ -197,6 +198,12 @@ fn message_id<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageId, Decode
 /// A string, copied out of the body once its bytes are there and valid UTF-8.
 fn string<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<String, DecodeError> {
     <&str>::borrow_decode(d).map(str::to_owned)
+}
+
+/// A name (a message's type or topic, a group): kept inline when short, so most names
+/// allocate nothing.
+fn name<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<SmolStr, DecodeError> {
+    <&str>::borrow_decode(d).map(SmolStr::new)
 }
 
 /// An `Option`: a tag byte (0 or 1), then the value if 1.

@@ -14,7 +14,7 @@
 //!
 //! let limits = Limits::default();
 //! let id = MessageId::from_parts(1_700_000_000_000, 7);
-//! let event = Envelope::new(id, MessageKind::Event, "order.created".into(), 0, "{}".into());
+//! let event = Envelope::new(id, MessageKind::Event, "order.created", 0, "{}".into());
 //! let item = EncodedItem::new(&Item::of(&event), &limits).unwrap();
 //! let head = EncodedHead::new(&Head::of(&event, To::Group("billing".into()), true, false), &limits).unwrap();
 //!
@@ -237,7 +237,7 @@ mod tests {
         let mut e = Envelope::new(
             MessageId::from_parts(1_700_000_000_000, n),
             MessageKind::Event,
-            "orders.created".into(),
+            "orders.created",
             1_700_000_000_000,
             Bytes::from_static(b"payload"),
         );
@@ -303,12 +303,12 @@ mod tests {
     fn limits_apply_to_items_heads_and_whole_runs() {
         let limits = Limits::default();
         let mut long = event(1);
-        long.name = "x".repeat(limits.max_name_len + 1);
+        long.name = "x".repeat(limits.max_name_len + 1).into();
         let head = Head::of(&long, To::Handler, true, false);
         let err = EncodedHead::new(&head, &limits).unwrap_err();
         assert!(err.to_string().contains("max_name_len"), "{err}");
 
-        let group = To::Group("g".repeat(limits.max_name_len + 1));
+        let group = To::Group("g".repeat(limits.max_name_len + 1).into());
         let err = EncodedHead::new(&Head::of(&event(1), group, true, false), &limits).unwrap_err();
         assert!(err.to_string().contains("max_name_len"), "{err}");
 

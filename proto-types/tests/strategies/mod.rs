@@ -84,7 +84,7 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
             )| Envelope {
                 id,
                 kind,
-                name,
+                name: name.into(),
                 version,
                 content_type,
                 headers,
@@ -114,15 +114,17 @@ fn arb_socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn arb_subscription() -> impl Strategy<Value = Subscription> {
-    (arb_text(), proptest::option::of(arb_text()))
-        .prop_map(|(pattern, group)| Subscription { pattern, group })
+    (arb_text(), proptest::option::of(arb_text())).prop_map(|(pattern, group)| Subscription {
+        pattern,
+        group: group.map(Into::into),
+    })
 }
 
 fn arb_to() -> impl Strategy<Value = To> {
     prop_oneof![
         Just(To::Handler),
         Just(To::Instance),
-        arb_text().prop_map(To::Group),
+        arb_text().prop_map(|g| To::Group(g.into())),
     ]
 }
 

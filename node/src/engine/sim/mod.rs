@@ -274,7 +274,7 @@ impl Sim {
         let handler = SimHandler(Rc::new((label, Box::new(f))));
         let sub = shoal_proto::Subscription {
             pattern: pattern.to_owned(),
-            group: group.map(str::to_owned),
+            group: group.map(Into::into),
         };
         let id = self.nodes[node].engine.subscribe(sub, handler);
         self.settle();

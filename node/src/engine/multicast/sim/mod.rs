@@ -179,7 +179,7 @@ impl Lan {
         let assigned: Arc<[Assignment]> = groups
             .into_iter()
             .map(|(group, nodes)| Assignment {
-                group,
+                group: group.into(),
                 node: nodes[turn % nodes.len()],
             })
             .collect();
@@ -269,7 +269,7 @@ impl Lan {
                     Some(g) => d
                         .assigned
                         .iter()
-                        .any(|a| &a.group == g && a.node == sub.node),
+                        .any(|a| a.group == g && a.node == sub.node),
                 };
                 if mine {
                     sub.handled.push(d.number);
@@ -371,7 +371,7 @@ fn envelope(n: u64) -> Envelope {
     Envelope::new(
         MessageId::from_parts(1_750_000_000_000, u128::from(n)),
         MessageKind::Event,
-        "order.created".into(),
+        "order.created",
         0,
         Bytes::from(format!("order {n} with a payload of some length")),
     )
