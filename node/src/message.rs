@@ -76,7 +76,7 @@ impl Message {
     }
 
     /// Sets the partition key: messages with one key are meant to be handled in order.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn with_key(mut self, key: impl Into<SmolStr>) -> Self {
         self.env.partition_key = Some(key.into());
         self
     }

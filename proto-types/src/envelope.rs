@@ -59,7 +59,7 @@ pub struct Envelope {
     /// For requests: where the reply goes.
     pub reply_to: Option<ReturnAddress>,
     /// Messages with the same key are handled in order by one instance.
-    pub partition_key: Option<String>,
+    pub partition_key: Option<SmolStr>,
     /// 1 on the first delivery, then 2, 3, ... on redeliveries of the same id.
     pub attempt: u32,
     /// Unix time in milliseconds when the message was created.

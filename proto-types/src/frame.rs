@@ -136,7 +136,7 @@ pub struct Head {
     /// MIME type of the payloads; empty means unspecified bytes.
     pub content_type: String,
     /// Messages with the same key are handled in order by one instance.
-    pub partition_key: Option<String>,
+    pub partition_key: Option<SmolStr>,
     /// Where replies go, for requests.
     pub reply_to: Option<ReturnAddress>,
     /// Who the messages are for.

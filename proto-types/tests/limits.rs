@@ -80,7 +80,7 @@ fn limit_cases() -> Vec<Case> {
         ),
         case(
             "partition key",
-            deliver(|e| e.partition_key = Some(long(name + 3))),
+            deliver(|e| e.partition_key = Some(long(name + 3).into())),
             "max_name_len",
             name + 3,
             name,

@@ -18,7 +18,9 @@
 //! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
 //! the option `closed`, as in the latency rows (`fixed-load send 20000 closed`). The option
 //! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
-//! recording is the difference between two runs: `fixed-load send 20000 metrics`.
+//! recording is the difference between two runs: `fixed-load send 20000 metrics`. The option
+//! `keyed` gives every message a partition key, one per task (`customer-<task>`), so the
+//! calls of a task are ordered and the tasks run side by side: `fixed-load send 20000 keyed`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,12 +43,15 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
-    let (mut metrics, mut closed) = (false, false);
+    let (mut metrics, mut closed, mut keyed) = (false, false, false);
     for option in args {
         match option.as_str() {
             "metrics" => metrics = true,
             "closed" => closed = true,
-            other => return Err(format!("unknown option {other}: metrics or closed").into()),
+            "keyed" => keyed = true,
+            other => {
+                return Err(format!("unknown option {other}: metrics, closed or keyed").into());
+            }
         }
     }
     let in_flight = if closed { 1 } else { IN_FLIGHT };
@@ -118,22 +123,31 @@ fn main() -> Result<()> {
             let mine = (calls - task).div_ceil(in_flight);
             tasks.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![0xA5u8; 64]);
+                let key = format!("customer-{task}");
+                let with_key = |message: Message| {
+                    if keyed {
+                        message.with_key(key.as_str())
+                    } else {
+                        message
+                    }
+                };
                 for _ in 0..mine {
                     match mode.as_str() {
                         "send" => {
-                            node.send(SERVICE, Message::command("sink", body.clone()))
+                            node.send(SERVICE, with_key(Message::command("sink", body.clone())))
                                 .await?;
                         }
                         "request" => {
-                            node.request(SERVICE, Message::command("sink", body.clone()), WAIT)
-                                .await?;
+                            let message = with_key(Message::command("sink", body.clone()));
+                            node.request(SERVICE, message, WAIT).await?;
                         }
                         "publish" => {
-                            node.publish(Message::event(TOPIC, body.clone())).await?;
+                            node.publish(with_key(Message::event(TOPIC, body.clone())))
+                                .await?;
                         }
                         _ => {
                             let events = (0..BATCH)
-                                .map(|_| Message::event(TOPIC, body.clone()))
+                                .map(|_| with_key(Message::event(TOPIC, body.clone())))
                                 .collect();
                             node.publish_batch(events).await?;
                         }

@@ -10,10 +10,12 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use shoal_proto::SmolStr;
+
 use super::send::DeliveryId;
 
 /// A destination and a key: the unit of ordering.
-pub(super) type Slot = (String, String);
+pub(super) type Slot = (SmolStr, SmolStr);
 
 /// The turns of every (destination, key) with a delivery in progress or waiting.
 #[derive(Debug, Default)]

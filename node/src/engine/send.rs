@@ -15,6 +15,7 @@ use shoal_proto::codec::{self, EncodedHead, EncodedItem};
 use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 use smallvec::{SmallVec, smallvec};
+use smol_str::{SmolStr, format_smolstr};
 
 use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
@@ -291,12 +292,15 @@ impl<H: Clone> Engine<H> {
             std::slice::from_ref(&item),
             limits,
         )?;
-        let key = envelope.partition_key.clone();
-        let slot = key.map(|k| (format!("service/{}", target.service), k));
+        let route = Route::Service(target);
+        let slot = envelope
+            .partition_key
+            .clone()
+            .map(|k| (destination(&route), k));
         let op = self
             .out
             .insert_op(new_op(kind, smallvec![envelope], smallvec![(1, item)], 1));
-        self.add_delivery(op, Route::Service(target), head, spec, slot, now);
+        self.add_delivery(op, route, head, spec, slot, now);
         Ok(op)
     }
 
@@ -330,7 +334,7 @@ impl<H: Clone> Engine<H> {
         topic::check_topic(&topic).map_err(Error::Topic)?;
         // A topic this node's policy forbids fails here, before anything is sent (authz.rs).
         self.authorize_publish(&topic)?;
-        let key = first.key().map(str::to_owned);
+        let key = first.env.partition_key.clone();
         if events
             .iter()
             .any(|e| e.name() != topic || e.key() != key.as_deref())
@@ -572,16 +576,17 @@ fn encoded_head(
 }
 
 /// The name a key's turns are kept under: messages are ordered per key *and* destination.
-pub(super) fn destination(route: &Route) -> String {
+/// Formatted inline, without an allocation, when it fits in 23 bytes.
+pub(super) fn destination(route: &Route) -> SmolStr {
     match route {
-        Route::Service(target) => format!("service/{}", target.service),
+        Route::Service(target) => format_smolstr!("service/{}", target.service),
         Route::Audience {
             audience: Audience::Group(group),
             ..
-        } => format!("group/{group}"),
+        } => format_smolstr!("group/{group}"),
         Route::Audience {
             audience: Audience::Instance(node),
             ..
-        } => format!("node/{node}"),
+        } => format_smolstr!("node/{node}"),
     }
 }

@@ -93,7 +93,7 @@ fn head<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<Head, DecodeError> {
         name: name(d)?,
         version: u16::borrow_decode(d)?,
         content_type: string(d)?,
-        partition_key: option(d, string)?,
+        partition_key: option(d, name)?,
         reply_to: option(d, return_address)?,
         to: match u32::borrow_decode(d)? {
             0 => To::Handler,
@@ -142,7 +142,7 @@ fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelo
         headers: headers(d, body)?,
         correlation_id: option(d, message_id)?,
         reply_to: option(d, return_address)?,
-        partition_key: option(d, string)?,
+        partition_key: option(d, name)?,
         attempt: u32::borrow_decode(d)?,
         timestamp_ms: u64::borrow_decode(d)?,
         payload: Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?),
@@ -200,8 +200,8 @@ fn string<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<String, DecodeError> 
     <&str>::borrow_decode(d).map(str::to_owned)
 }
 
-/// A name (a message's type or topic, a group): kept inline when short, so most names
-/// allocate nothing.
+/// A name (a message's type or topic, a group) or a partition key: kept inline when short,
+/// so most allocate nothing.
 fn name<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<SmolStr, DecodeError> {
     <&str>::borrow_decode(d).map(SmolStr::new)
 }

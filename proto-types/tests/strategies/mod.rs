@@ -90,7 +90,7 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
                 headers,
                 correlation_id,
                 reply_to,
-                partition_key,
+                partition_key: partition_key.map(Into::into),
                 attempt,
                 timestamp_ms,
                 payload,
