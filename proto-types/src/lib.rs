@@ -31,6 +31,7 @@ pub use frame::{
 };
 pub use id::{MessageId, NodeId};
 pub use limits::{Limits, validate_envelope, validate_frame, validate_head, validate_item};
-/// The string type of a message's name ([`Envelope::name`], [`Head::name`]): inline up to 23
-/// bytes, shared beyond, so cloning one never allocates.
+/// The string type of names and keys ([`Envelope::name`], [`Envelope::partition_key`],
+/// [`To::Group`], [`Subscription::group`]): inline up to 23 bytes, shared beyond, so cloning
+/// one never allocates.
 pub use smol_str::SmolStr;

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
+use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, SmolStr, To};
 use slotmap::SlotMap;
 use smallvec::{SmallVec, smallvec};
-use smol_str::{SmolStr, format_smolstr};
+use smol_str::format_smolstr;
 
 use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
