@@ -444,6 +444,7 @@ mod tests {
             attempt: 0,
             timestamp_ms: 0,
             correlation_id: None,
+            partition_key: None,
             headers: Vec::new(),
             payload: Bytes::new(),
             differs: None,
@@ -460,12 +461,12 @@ mod tests {
             ordered: false,
         };
         for body_len in [4 * KIB, 256 * KIB] {
-            // Tag, first_seq, a nine-byte head, a three-byte item count, seven bytes per item;
+            // Tag, first_seq, a nine-byte head, a three-byte item count, eight bytes per item;
             // the last item's payload takes up the rest.
             let fixed = 1 + 1 + 9 + 3;
-            let n = (body_len - fixed) / 7;
+            let n = (body_len - fixed) / 8;
             let mut items = vec![zero_item(); n];
-            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 7]);
+            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 8]);
             let frame = Frame::Messages(Box::new(crate::Messages {
                 first_seq: 0,
                 head: head.clone(),
@@ -513,19 +514,19 @@ mod tests {
             count.extend(varint_u64(claim));
             cases.push(("items", count));
 
-            // One item: id 0, attempt 0, timestamp 0, no correlation id, then a huge header
-            // count.
+            // One item: id 0, attempt 0, timestamp 0, no correlation id, no key, then a huge
+            // header count.
             let mut headers = run_prefix.to_vec();
             headers.extend(empty_head);
-            headers.extend([1, 0, 0, 0, 0]);
+            headers.extend([1, 0, 0, 0, 0, 0]);
             headers.extend(varint_u64(claim));
             cases.push(("headers", headers));
 
             // One item up to the payload, whose length is huge: id 0, attempt 1, timestamp 0,
-            // no correlation id, no headers, then the payload length.
+            // no correlation id, no key, no headers, then the payload length.
             let mut payload = run_prefix.to_vec();
             payload.extend(empty_head);
-            payload.extend([1, 0, 1, 0, 0, 0]);
+            payload.extend([1, 0, 1, 0, 0, 0, 0]);
             let mut valid = payload.clone();
             payload.extend(varint_u64(claim));
             payload.extend([0xAB; 32]);

@@ -33,11 +33,13 @@ use crate::multicast::{ChannelDemote, ChannelHello, ChannelKey, ChannelNak, Chan
 /// The protocol version spoken by this crate. Also part of the ALPN string ([`ALPN`]).
 ///
 /// Version 2 carries messages in runs numbered per stream ([`Messages`], [`Ack`]); version 1
-/// nodes (one frame and one id-named ack per message) cannot talk to it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// nodes (one frame and one id-named ack per message) cannot talk to it. Version 3 carries a
+/// message's partition key in its [`Item`] (in the [`Head`] only for an ordered batch, whose
+/// events share one), so messages under different keys share a run.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The ALPN protocol name; a peer that speaks another version fails the TLS handshake.
-pub const ALPN: &[u8] = b"shoal/2";
+pub const ALPN: &[u8] = b"shoal/3";
 
 /// Everything that crosses a connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +137,9 @@ pub struct Head {
     pub version: u16,
     /// MIME type of the payloads; empty means unspecified bytes.
     pub content_type: String,
-    /// Messages with the same key are handled in order by one instance.
+    /// The partition key every item shares: set only on an [`ordered`](Self::ordered) run (a
+    /// batch, whose events share one key). The messages of an unordered run carry their keys
+    /// in their items ([`Item::partition_key`]), so messages under different keys share a run.
     pub partition_key: Option<SmolStr>,
     /// Where replies go, for requests.
     pub reply_to: Option<ReturnAddress>,
@@ -150,14 +154,15 @@ pub struct Head {
 }
 
 impl Head {
-    /// The head of `envelope`, for a run addressed `to`.
+    /// The head of `envelope`, for a run addressed `to`; with `envelope`'s partition key if
+    /// the run is `ordered` (see [`Head::partition_key`]).
     pub fn of(envelope: &Envelope, to: To, reliable: bool, ordered: bool) -> Self {
         Self {
             kind: envelope.kind,
             name: envelope.name.clone(),
             version: envelope.version,
             content_type: envelope.content_type.clone(),
-            partition_key: envelope.partition_key.clone(),
+            partition_key: envelope.partition_key.clone().filter(|_| ordered),
             reply_to: envelope.reply_to.clone(),
             to,
             reliable,
@@ -165,22 +170,26 @@ impl Head {
         }
     }
 
-    /// Whether `envelope` shares this head's fields (and so can travel in its run).
+    /// Whether `envelope` shares this head's fields (and so can travel in its run). An
+    /// unordered head without a partition key fits a message under any key (the item carries
+    /// it); an ordered one fits only messages under its own key, or without one if it has none.
     pub fn fits(&self, envelope: &Envelope) -> bool {
         self.kind == envelope.kind
             && self.version == envelope.version
             && self.name == envelope.name
             && self.content_type == envelope.content_type
-            && self.partition_key == envelope.partition_key
+            && (self.partition_key == envelope.partition_key
+                || !self.ordered && self.partition_key.is_none())
             && self.reply_to == envelope.reply_to
     }
 }
 
 /// What differs between the messages of a run.
 ///
-/// Messages that share a head travel in one run. The events of one batch share their topic and
-/// key but may differ in kind, version, content type or return address (an event published in
-/// two versions at once, say): such an item carries its own in [`Item::differs`].
+/// Messages that share a head travel in one run. Each carries its own partition key unless the
+/// head carries one for all. The events of one batch share their topic and key but may differ
+/// in kind, version, content type or return address (an event published in two versions at
+/// once, say): such an item carries its own in [`Item::differs`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     /// The message id; the same on every attempt.
@@ -191,6 +200,9 @@ pub struct Item {
     pub timestamp_ms: u64,
     /// For replies: the id of the request being answered.
     pub correlation_id: Option<MessageId>,
+    /// Its partition key, when its head carries none ([`Head::partition_key`]). When both
+    /// carry one, the item's is the message's.
+    pub partition_key: Option<SmolStr>,
     /// Free-form string metadata, in the order they were set.
     pub headers: Vec<(String, String)>,
     /// The body, opaque to Shoal.
@@ -213,13 +225,15 @@ pub struct Differs {
 }
 
 impl Item {
-    /// The item part of `envelope`, which shares the head of its run.
+    /// The item part of `envelope`, which shares the head of its run (a head without a
+    /// partition key: the item carries `envelope`'s).
     pub fn of(envelope: &Envelope) -> Self {
         Self {
             id: envelope.id,
             attempt: envelope.attempt,
             timestamp_ms: envelope.timestamp_ms,
             correlation_id: envelope.correlation_id,
+            partition_key: envelope.partition_key.clone(),
             headers: envelope.headers.clone(),
             payload: envelope.payload.clone(),
             differs: None,
@@ -227,10 +241,14 @@ impl Item {
     }
 
     /// The item part of `envelope` in a run under `head`: with its own kind, version, content
-    /// type and return address where they differ from the head's. Name and partition key must
-    /// be the head's.
+    /// type and return address where they differ from the head's, and its partition key
+    /// unless the head carries it. Name and partition key (if the head has one) must be the
+    /// head's.
     pub fn under(envelope: &Envelope, head: &Head) -> Self {
         let mut item = Self::of(envelope);
+        if head.partition_key.is_some() {
+            item.partition_key = None;
+        }
         if !head.fits(envelope) {
             item.differs = Some(Box::new(Differs {
                 kind: envelope.kind,
@@ -262,7 +280,7 @@ impl Item {
             headers: self.headers,
             correlation_id: self.correlation_id,
             reply_to,
-            partition_key: head.partition_key.clone(),
+            partition_key: self.partition_key.or_else(|| head.partition_key.clone()),
             attempt: self.attempt,
             timestamp_ms: self.timestamp_ms,
             payload: self.payload,

@@ -110,9 +110,10 @@ pub fn validate_head(head: &Head, limits: &Limits) -> Result<(), LimitViolation>
 }
 
 /// Checks what one message of a run carries on its own ([`Item`]): its headers, and the
-/// content type and return address it may carry.
+/// partition key, content type and return address it may carry.
 pub fn validate_item(item: &Item, limits: &Limits) -> Result<(), LimitViolation> {
     check("max_headers", item.headers.len(), limits.max_headers)?;
+    check_key_and_address(item.partition_key.as_deref(), None, limits)?;
     if let Some(differs) = &item.differs {
         check_name(&differs.content_type, limits)?;
         check_key_and_address(None, differs.reply_to.as_ref(), limits)?;

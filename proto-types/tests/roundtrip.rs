@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, LENGTH_PREFIX};
 use shoal_proto::{
-    Frame, Head, Hello, Item, Limits, MessageKind, Messages, NodeId, To, validate_frame,
+    Envelope, Frame, Head, Hello, Item, Limits, MessageKind, Messages, NodeId, To, validate_frame,
 };
 
 use samples::{encoded, rich_envelope, run_of, sample_envelope, sample_frames};
@@ -216,7 +216,7 @@ fn ipv6_flowinfo_and_scope_id_are_not_carried() {
 fn typical_delivery_size() {
     let alone = encoded(&run_of(&sample_envelope(), 1 << 20)).len();
     println!("a run of one (64-byte payload, no headers): {alone} bytes on the wire");
-    assert_eq!(alone, 129, "the wire size of a typical delivery changed");
+    assert_eq!(alone, 130, "the wire size of a typical delivery changed");
     let envelope = sample_envelope();
     let run = Frame::Messages(Box::new(Messages {
         first_seq: 1 << 20,
@@ -226,9 +226,51 @@ fn typical_delivery_size() {
     let per_message = encoded(&run).len() / 100;
     println!("in a run of 100: {per_message} bytes per message");
     assert_eq!(
-        per_message, 95,
+        per_message, 96,
         "the wire size of a message in a run changed"
     );
+}
+
+/// Messages under different partition keys share a run (each item carries its key); the
+/// events of an ordered batch share one key, carried once by the head.
+#[test]
+fn keys_travel_in_items_unless_a_batch_shares_one() {
+    let keyed = |key: &str| {
+        let mut envelope = sample_envelope();
+        envelope.partition_key = Some(key.into());
+        envelope
+    };
+    let (a, b) = (keyed("customer-1"), keyed("customer-2"));
+    let head = Head::of(&a, To::Handler, true, false);
+    assert_eq!(head.partition_key, None);
+    assert!(head.fits(&b), "another key shares the run");
+    let run = |head: &Head, envelopes: &[&Envelope]| Messages {
+        first_seq: 0,
+        head: head.clone(),
+        items: envelopes.iter().map(|e| Item::under(e, head)).collect(),
+    };
+    let unordered = run(&head, &[&a, &b]);
+    let batch_head = Head::of(&a, To::Handler, true, true);
+    assert_eq!(batch_head.partition_key.as_deref(), Some("customer-1"));
+    assert!(!batch_head.fits(&b), "an ordered run is under one key");
+    let batch = run(&batch_head, &[&a, &a]);
+    assert!(batch.items.iter().all(|i| i.partition_key.is_none()));
+    for (sent, expected) in [(unordered, [&a, &b]), (batch, [&a, &a])] {
+        let Some(Frame::Messages(got)) = codec::decode(
+            &mut encoded(&Frame::Messages(Box::new(sent))),
+            &Limits::default(),
+        )
+        .unwrap() else {
+            panic!("not a run")
+        };
+        let Messages { head, items, .. } = *got;
+        let keys: Vec<_> = items
+            .into_iter()
+            .map(|item| item.into_envelope(&head).partition_key)
+            .collect();
+        let want: Vec<_> = expected.iter().map(|e| e.partition_key.clone()).collect();
+        assert_eq!(keys, want);
+    }
 }
 
 /// `cargo test -p shoal-proto --release -- --ignored --nocapture`

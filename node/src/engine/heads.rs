@@ -1,18 +1,21 @@
 //! The encoded heads of recent runs, so a service that sends the same kind of message again and
 //! again encodes its head once, not once per message.
 //!
-//! A head is what a run of messages shares (kind, name, version, content type, key, return
-//! address, who it is for). Sending looks the message's head up here by a hash of those
+//! A head is what a run of messages shares (kind, name, version, content type, return
+//! address, who it is for; the partition key only for an ordered batch: other messages carry
+//! theirs in their items, so one head serves every key). Sending looks the message's head up here by a hash of those
 //! fields, without building one, and encodes it only when it is new. Messages that share an
 //! encoded head also share it by pointer, which is how the writer knows at a glance that they
 //! can travel in one run.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use shoal_proto::codec::EncodedHead;
 use shoal_proto::{EncodeError, Envelope, Head, Limits, To};
+
+use super::peers::NameHashing;
 
 /// Most heads kept; past it the cache starts over.
 const MAX_HEADS: usize = 4096;
@@ -25,8 +28,9 @@ const RECENT: usize = 8;
 pub(super) struct HeadCache {
     /// The last heads used, newest first.
     recent: Vec<(Head, Arc<EncodedHead>)>,
-    heads: HashMap<u64, Vec<(Head, Arc<EncodedHead>)>>,
+    heads: HashMap<u64, Vec<(Head, Arc<EncodedHead>)>, NameHashing>,
     len: usize,
+    hashing: NameHashing,
 }
 
 impl HeadCache {
@@ -68,7 +72,7 @@ impl HeadCache {
         ordered: bool,
         limits: &Limits,
     ) -> Result<Arc<EncodedHead>, EncodeError> {
-        let mut hasher = DefaultHasher::new();
+        let mut hasher = self.hashing.build_hasher();
         (
             envelope.kind,
             &envelope.name,
@@ -77,7 +81,8 @@ impl HeadCache {
         )
             .hash(&mut hasher);
         (
-            &envelope.partition_key,
+            // Only an ordered run's head carries the key (`Head::partition_key`).
+            envelope.partition_key.as_ref().filter(|_| ordered),
             &envelope.reply_to,
             to,
             reliable,
@@ -144,32 +149,30 @@ mod tests {
             .get(&envelope("refund"), &To::Handler, true, false, &limits)
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &other));
-        let keyed = cache
-            .get(
-                &envelope("charge").with_key_for_test(),
-                &To::Handler,
-                true,
-                false,
-                &limits,
-            )
+        let keyed = |cache: &mut HeadCache, key: &str, ordered: bool| {
+            let mut envelope = envelope("charge");
+            envelope.partition_key = Some(key.into());
+            cache
+                .get(&envelope, &To::Handler, true, ordered, &limits)
+                .unwrap()
+        };
+        // A lone message carries its key in its item: one head serves every key.
+        assert!(Arc::ptr_eq(&a, &keyed(&mut cache, "k1", false)));
+        assert!(Arc::ptr_eq(&a, &keyed(&mut cache, "k2", false)));
+        // A batch's head carries the key its events share: one head per key, and a batch
+        // without a key does not lend its head to one with a key.
+        let unkeyed_batch = cache
+            .get(&envelope("charge"), &To::Handler, true, true, &limits)
             .unwrap();
-        assert!(!Arc::ptr_eq(&a, &keyed));
+        let batch_k1 = keyed(&mut cache, "k1", true);
+        assert!(!Arc::ptr_eq(&unkeyed_batch, &batch_k1));
+        assert!(Arc::ptr_eq(&batch_k1, &keyed(&mut cache, "k1", true)));
+        assert!(!Arc::ptr_eq(&batch_k1, &keyed(&mut cache, "k2", true)));
         let group = To::Group("billing".into());
         let copy = cache
             .get(&envelope("charge"), &group, true, false, &limits)
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &copy));
-        assert_eq!(cache.len, 4);
-    }
-
-    trait WithKey {
-        fn with_key_for_test(self) -> Self;
-    }
-
-    impl WithKey for Envelope {
-        fn with_key_for_test(mut self) -> Self {
-            self.partition_key = Some("k".into());
-            self
-        }
+        assert_eq!(cache.len, 6);
     }
 }

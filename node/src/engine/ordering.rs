@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use shoal_proto::SmolStr;
 
+use super::peers::NameHashing;
 use super::send::DeliveryId;
 
 /// A destination and a key: the unit of ordering.
@@ -20,7 +21,7 @@ pub(super) type Slot = (SmolStr, SmolStr);
 /// The turns of every (destination, key) with a delivery in progress or waiting.
 #[derive(Debug, Default)]
 pub(super) struct KeyTurns {
-    slots: HashMap<Slot, Turns>,
+    slots: HashMap<Slot, Turns, NameHashing>,
 }
 
 #[derive(Debug)]

@@ -119,9 +119,10 @@ fn instances_of<'a>(
     Some(&audiences[at].1)
 }
 
-/// How the maps keyed by topic and service names hash: foldhash, seeded per process (names
-/// are this node's topics and peers' certified services, looked up on every message).
-type NameHashing = foldhash::fast::RandomState;
+/// How the maps keyed by names hash: foldhash, seeded per process (names are this node's
+/// topics, peers' certified services and the partition keys of this node's own messages,
+/// looked up on every message).
+pub(super) type NameHashing = foldhash::fast::RandomState;
 
 /// Most topics whose audiences are kept between changes of the peer table.
 const MAX_CACHED_TOPICS: usize = 4096;

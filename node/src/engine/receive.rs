@@ -42,8 +42,10 @@ struct Task<H> {
     ready: Option<(u64, MessageId, Item)>,
     /// The message whose handlers run: its number, dedup key and id.
     running: Option<(u64, MessageId, MessageId)>,
-    /// An ordered run's messages after the current one.
-    rest: VecDeque<(u64, Item)>,
+    /// An ordered run's messages after the current one (the run's own vector, taken over
+    /// without a copy), the first of them numbered `rest_seq`.
+    rest: VecDeque<Item>,
+    rest_seq: u64,
 }
 
 /// The receiving side's state.
@@ -161,10 +163,6 @@ impl<H: Clone> Engine<H> {
             items,
         } = run;
         let count = items.len();
-        let seqs = items
-            .into_iter()
-            .zip(first_seq..)
-            .map(|(item, seq)| (seq, item));
         let reliable = head.reliable;
         let refuse = |engine: &mut Self, retryable, code, reason: String| {
             if reliable {
@@ -232,11 +230,12 @@ impl<H: Clone> Engine<H> {
                 handlers,
                 ready: None,
                 running: None,
-                rest: seqs.collect(),
+                rest: VecDeque::from(items),
+                rest_seq: first_seq,
             });
             return self.admit(task, now);
         }
-        for (seq, item) in seqs {
+        for (seq, item) in (first_seq..).zip(items) {
             let key = head.to.delivery_key(item.id);
             if head.reliable && !self.first_delivery(conn, seq, &head, &item, key, now) {
                 continue;
@@ -248,6 +247,7 @@ impl<H: Clone> Engine<H> {
                 ready: Some((seq, key, item)),
                 running: None,
                 rest: VecDeque::new(),
+                rest_seq: 0,
             });
             self.admit(task, now);
         }
@@ -304,6 +304,7 @@ impl<H: Clone> Engine<H> {
             ready: Some(message),
             running: None,
             rest: VecDeque::new(),
+            rest_seq: 0,
         });
         self.admit(task, now);
         task
@@ -348,9 +349,11 @@ impl<H: Clone> Engine<H> {
                 self.note_handler_started(task, now); // metrics.rs
                 return;
             }
-            let Some((seq, item)) = t.rest.pop_front() else {
+            let Some(item) = t.rest.pop_front() else {
                 return self.end_task(task, now);
             };
+            let seq = t.rest_seq;
+            t.rest_seq += 1;
             let (conn, head) = (t.conn, Arc::clone(&t.head));
             let key = head.to.delivery_key(item.id);
             if !head.reliable {
@@ -448,7 +451,8 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let (conn, reliable) = (t.conn, t.head.reliable);
-        let rest: Vec<u64> = t.rest.drain(..).map(|(seq, _)| seq).collect();
+        let rest: Vec<u64> = (t.rest_seq..).take(t.rest.len()).collect();
+        t.rest.clear();
         if reliable {
             for seq in rest {
                 let reason = "an earlier event of its batch failed".to_owned();

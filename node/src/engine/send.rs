@@ -493,8 +493,8 @@ impl<H: Clone> Engine<H> {
 }
 
 /// Message `index` of an operation's `messages` as an item of their run: the events of a
-/// batch share their head with the first one (`head`, computed by the caller once for all), and
-/// carry whatever else of theirs differs.
+/// batch share their head (and key) with the first one (`head`, computed by the caller once
+/// for all), and carry whatever else of theirs differs. A lone message's item carries its key.
 fn item_of(messages: &[Box<Envelope>], index: usize, head: Option<&Head>) -> Item {
     match head {
         Some(head) if messages.len() > 1 => Item::under(&messages[index], head),
@@ -502,10 +502,11 @@ fn item_of(messages: &[Box<Envelope>], index: usize, head: Option<&Head>) -> Ite
     }
 }
 
-/// The head the events of a batch share (`None` for a lone message, whose item needs none).
+/// The head the events of a batch share, their key included (`None` for a lone message,
+/// whose item needs none).
 fn batch_head(messages: &[Box<Envelope>]) -> Option<Head> {
     match messages {
-        [first, _, ..] => Some(Head::of(first, To::Handler, true, false)),
+        [first, _, ..] => Some(Head::of(first, To::Handler, true, true)),
         _ => None,
     }
 }

@@ -42,7 +42,7 @@ const ACK: u32 = 2;
 const REPLY: u32 = 4;
 
 /// The fewest bytes an [`Item`] takes (every field at its shortest).
-const MIN_ITEM: usize = 7;
+const MIN_ITEM: usize = 8;
 /// The fewest bytes a header takes (two empty strings).
 const MIN_HEADER: usize = 2;
 /// The fewest bytes a [`SeqRange`] takes.
@@ -111,6 +111,7 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
     let attempt = u32::borrow_decode(d)?;
     let timestamp_ms = u64::borrow_decode(d)?;
     let correlation_id = option(d, message_id)?;
+    let partition_key = option(d, name)?;
     let headers = headers(d, body)?;
     let payload = Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?);
     let differs = option(d, |d| {
@@ -126,6 +127,7 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
         attempt,
         timestamp_ms,
         correlation_id,
+        partition_key,
         headers,
         payload,
         differs,

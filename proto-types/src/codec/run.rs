@@ -62,7 +62,7 @@ impl EncodedItem {
     /// ([`validate_item`]) or is longer than `max_frame_len` on its own.
     pub fn new(item: &Item, limits: &Limits) -> Result<Self, EncodeError> {
         validate_item(item, limits)?;
-        let estimate = 48 + item.payload.len() + super::headers_len_estimate(&item.headers);
+        let estimate = item_len_estimate(item);
         encode_part(item, estimate, limits).map(Self)
     }
 
@@ -75,7 +75,7 @@ impl EncodedItem {
     /// As [`EncodedItem::new`]; `arena` is left as it was.
     pub fn new_in(item: &Item, limits: &Limits, arena: &mut BytesMut) -> Result<Self, EncodeError> {
         validate_item(item, limits)?;
-        let estimate = 48 + item.payload.len() + super::headers_len_estimate(&item.headers);
+        let estimate = item_len_estimate(item);
         arena.clear();
         if arena.capacity() < estimate {
             arena.reserve(estimate.max(ARENA_BLOCK));
@@ -129,6 +129,14 @@ impl EncodedHead {
     pub(super) fn wire(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// A cheap upper estimate of an item's encoded length (ids, numbers and length prefixes in
+/// the 48).
+fn item_len_estimate(item: &Item) -> usize {
+    48 + item.payload.len()
+        + item.partition_key.as_ref().map_or(0, |k| 9 + k.len())
+        + super::headers_len_estimate(&item.headers)
 }
 
 fn encode_part<T: Serialize>(

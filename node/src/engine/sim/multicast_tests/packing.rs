@@ -22,8 +22,10 @@ fn a_burst_published_while_the_link_sends_shares_datagrams() {
     check_receipts(&lan, &receipts);
     check_handled_once(&lan, &ops, |_| true);
     let datagrams = lan.sim.datagrams - before;
-    // The first event goes alone; the 99 queued behind it fit about 14 to a datagram.
-    assert!(datagrams <= 12, "{datagrams} datagrams for 100 events");
+    // The first event goes alone; the 99 queued behind it share datagrams, 8 to 11 each (each
+    // group's events go to its four instances in turn, so each event is a run of its own,
+    // about 157 bytes with its head and assignment).
+    assert!(datagrams <= 14, "{datagrams} datagrams for 100 events");
 }
 
 /// A publisher and one subscriber of `order.*`, whose datagrams arrive with `faults`.
