@@ -7,8 +7,8 @@
 //!   for `_shoal._udp.<domain>` lists instance names; each instance's SRV record says where it
 //!   listens (the target's A/AAAA records give the addresses) and its TXT record says what it
 //!   is, with the keys mDNS uses: `svc` (service name, required), and optionally `id` (node id,
-//!   32 hex digits), `pv` (protocol version) and the advertised subscriptions (`sn`, `s0`, …; see
-//!   [`crate::advert`]).
+//!   32 hex digits), `pv` (protocol version), the multicast group (`mc`) and the advertised
+//!   subscriptions (`sn`, `s0`, …; see [`crate::advert`]).
 //! - **SRV** ([`DnsSdConfig::srv`]): one SRV name lists the instances of one service, as a
 //!   Kubernetes headless service (`_shoal._udp.billing.shop.svc.cluster.local`) or Consul
 //!   (`billing.service.consul`) publishes it; there is no TXT record.
@@ -22,7 +22,7 @@
 //! handshake proves who is there, and a vanished record never closes a live connection.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
@@ -191,6 +191,7 @@ struct Found {
     service: String,
     addrs: Vec<SocketAddr>,
     subscriptions: Option<Vec<shoal_proto::Subscription>>,
+    multicast: Option<SocketAddrV4>,
 }
 
 impl Found {
@@ -201,6 +202,7 @@ impl Found {
             addrs: self.addrs.clone(),
             source: Source::DnsSd,
             subscriptions: self.subscriptions.clone(),
+            multicast: self.multicast,
         }
     }
 }
@@ -287,6 +289,7 @@ impl Poller {
                             service: service.clone(),
                             addrs,
                             subscriptions: None,
+                            multicast: None,
                         },
                     );
                 }
@@ -426,59 +429,10 @@ fn from_txt(txt: &[(String, Option<Vec<u8>>)]) -> Option<Found> {
         addrs: Vec::new(),
         // Advertised subscriptions count only for an instance whose node is known.
         subscriptions: node_id.and_then(|_| advert::parse(txt)),
+        // For information (`Node::discovered`), like the service: a bad value is no group.
+        multicast: advert::parse_multicast(txt),
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn txt(entries: &[&str]) -> Vec<(String, Option<Vec<u8>>)> {
-        entries
-            .iter()
-            .filter_map(|e| txt_entry(e.as_bytes()))
-            .collect()
-    }
-
-    #[test]
-    fn txt_records_say_what_an_instance_is() {
-        let id = "0123456789abcdef0123456789abcdef";
-        let pv = format!("pv={PROTOCOL_VERSION}");
-        let full = from_txt(&txt(&[
-            "svc=billing",
-            &format!("id={id}"),
-            &pv,
-            "sn=1",
-            "s0=order.* billing",
-        ]))
-        .expect("usable");
-        assert_eq!(full.service, "billing");
-        assert_eq!(
-            full.node_id,
-            Some(NodeId::from_u128(0x0123456789abcdef0123456789abcdef))
-        );
-        assert_eq!(full.subscriptions.map(|s| s.len()), Some(1));
-
-        let bare = from_txt(&txt(&["svc=billing"])).expect("svc alone is enough");
-        assert_eq!((bare.node_id, bare.subscriptions), (None, None));
-
-        assert!(from_txt(&txt(&["id=0123"])).is_none(), "no svc");
-        assert!(
-            from_txt(&txt(&["svc=billing", "id=xyz"])).is_none(),
-            "bad id"
-        );
-        assert!(
-            from_txt(&txt(&["svc=billing", "pv=999"])).is_none(),
-            "other protocol"
-        );
-        assert!(from_txt(&txt(&["svc"])).is_none(), "svc without a value");
-        assert_eq!(txt_entry(b""), None);
-        assert_eq!(txt_entry(b"=x"), None);
-    }
-
-    #[test]
-    fn names_are_made_fully_qualified() {
-        assert_eq!(fqdn("mesh.example"), "mesh.example.");
-        assert_eq!(fqdn("mesh.example."), "mesh.example.");
-    }
-}
+mod tests;

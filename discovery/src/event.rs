@@ -1,6 +1,6 @@
 //! The contract between discovery sources and the node.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use shoal_proto::{NodeId, Subscription};
 use thiserror::Error;
@@ -21,6 +21,10 @@ pub struct LocalNode {
     /// can, so publishers learn of them without connecting ([`Discovery::update`] is called
     /// when they change).
     pub subscriptions: Vec<Subscription>,
+    /// The multicast group and port this node sends and receives events on, when it has
+    /// multicast on; sources that announce advertise it (TXT `mc`, see [`crate::advert`]) so
+    /// operators see who is on which group. `None`: multicast is off (nothing is advertised).
+    pub multicast: Option<SocketAddrV4>,
 }
 
 /// Which kind of source produced an event.
@@ -49,6 +53,12 @@ pub struct PeerHint {
     /// The subscriptions the instance advertises, if its announcement says (`Some(vec![])`:
     /// it says it has none). `None`: unknown, so the node connects to learn them.
     pub subscriptions: Option<Vec<Subscription>>,
+    /// The multicast group and port the instance advertises (TXT `mc`, see
+    /// [`crate::advert`]). `None`: multicast is off there, the instance is older, the source
+    /// does not say (static peers, SRV-only DNS-SD), or the value was not an IPv4 multicast
+    /// group with a port (ignored, the announcement still counts). For information only:
+    /// whether two nodes share a group is settled over their connection.
+    pub multicast: Option<SocketAddrV4>,
 }
 
 /// Something a discovery source noticed.

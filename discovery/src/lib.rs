@@ -20,6 +20,7 @@
 //!     service: "invoice".into(),
 //!     addrs: vec!["127.0.0.1:7000".parse().unwrap()],
 //!     subscriptions: vec![],
+//!     multicast: None,
 //! };
 //! source.start(&local, tx).unwrap();
 //! let Some(DiscoveryEvent::Up(hint)) = rx.recv().await else { panic!("expected a hint") };

@@ -41,6 +41,7 @@ impl Discovery for StaticDiscovery {
                 addrs: vec![*addr],
                 source: Source::Static,
                 subscriptions: None,
+                multicast: None,
             };
             // A closed receiver means the node is shutting down: nothing to report to.
             let _ = events.send(DiscoveryEvent::Up(hint));
@@ -58,6 +59,7 @@ impl Discovery for StaticDiscovery {
                 addrs: vec![*addr],
                 source: Source::Static,
                 subscriptions: None,
+                multicast: None,
             })
             .collect();
         DiscoveryReport {

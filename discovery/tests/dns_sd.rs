@@ -100,6 +100,7 @@ fn me() -> LocalNode {
         service: "orders".into(),
         addrs: vec!["127.0.0.1:7000".parse().expect("addr")],
         subscriptions: Vec::new(),
+        multicast: None,
     }
 }
 
@@ -135,7 +136,12 @@ fn browsed_instances_appear_change_and_disappear_with_their_records() {
         };
         // An instance without a node id, and this node's own record (skipped).
         let mut records = billing(&["sn=0"]);
-        records.extend(instance("audit-1", &["svc=audit"], 7002));
+        // audit's group is not one (a unicast address): ignored, audit still counts.
+        records.extend(instance(
+            "audit-1",
+            &["svc=audit", "mc=10.0.0.5:7451"],
+            7002,
+        ));
         records.extend(instance(
             "orders-1",
             &["svc=orders", "id=00000000000000000000000000000001"],
@@ -166,10 +172,11 @@ fn browsed_instances_appear_change_and_disappear_with_their_records() {
             assert_eq!(billing_up.source, Source::DnsSd);
             assert_eq!(audit.service.as_deref(), Some("audit"));
             assert_eq!((audit.node_id, audit.subscriptions.clone()), (None, None));
+            assert_eq!((billing_up.multicast, audit.multicast), (None, None));
 
-            // billing now subscribes: its TXT record changes.
+            // billing now subscribes and has multicast on: its TXT record changes.
             drop(dns);
-            let mut records = billing(&["sn=1", "s0=order.* billing"]);
+            let mut records = billing(&["mc=239.255.83.72:7451", "sn=1", "s0=order.* billing"]);
             records.extend(instance("audit-1", &["svc=audit"], 7002));
             dns = Dnsmasq::start(&records);
             let changed = next(&mut events).await;
@@ -179,10 +186,18 @@ fn browsed_instances_appear_change_and_disappear_with_their_records() {
                 group: Some("billing".into()),
             };
             assert_eq!(hint(&changed).subscriptions, Some(vec![sub]));
+            assert_eq!(
+                hint(&changed).multicast,
+                Some("239.255.83.72:7451".parse().unwrap())
+            );
 
             // audit's records are removed.
             drop(dns);
-            let _dns = Dnsmasq::start(&billing(&["sn=1", "s0=order.* billing"]));
+            let _dns = Dnsmasq::start(&billing(&[
+                "mc=239.255.83.72:7451",
+                "sn=1",
+                "s0=order.* billing",
+            ]));
             let gone = next(&mut events).await;
             assert!(matches!(gone, DiscoveryEvent::Down(_)), "{gone:?}");
             assert_eq!(hint(&gone).service.as_deref(), Some("audit"));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use shoal_discovery::mdns::SERVICE_TYPE;
 use shoal_discovery::netns::{self, Lan};
 use shoal_discovery::{
-    Browser, Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, PeerHint, Source,
+    Browser, Discovery, DiscoveryEvent, InterfaceSelector, LocalNode, MdnsConfig, PeerHint, Source,
 };
 
 use support::{
@@ -34,10 +34,15 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
         local(random_id(), "invoice", "0.0.0.0:7000"),
     );
     let t0 = Instant::now();
+    // B has multicast on (its group is only announced here: no group socket in this test).
+    let group = "239.255.83.72:7451".parse().expect("group");
     let mut b = start_in(
         lan.host(1),
         lan0(),
-        local(random_id(), "billing", "0.0.0.0:7001"),
+        LocalNode {
+            multicast: Some(group),
+            ..local(random_id(), "billing", "0.0.0.0:7001")
+        },
     );
     audit_daemon_threads(&[lan.host(0), lan.host(1)]);
 
@@ -51,10 +56,12 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
         "only lan0's IPv4 address, with the QUIC port"
     );
     assert_eq!(hint.source, Source::Mdns);
+    assert_eq!(hint.multicast, Some(group), "B's group, from its TXT `mc`");
 
     let hint = b.expect_up(a.id, STEP);
     assert_eq!(hint.service.as_deref(), Some("invoice"));
     assert_eq!(hint.addrs, vec![sock(lan.addr(0), 7000)]);
+    assert_eq!(hint.multicast, None, "A has multicast off");
 
     let diagnostics = a.mdns.diagnostics();
     assert!(diagnostics.running);
@@ -65,6 +72,7 @@ fn two_hosts_find_each_other_and_goodbye_means_down() {
     assert_eq!(diagnostics.peers.len(), 1, "{diagnostics:#?}");
     assert_eq!(diagnostics.peers[0].node_id, b.id);
     assert_eq!(diagnostics.peers[0].via, vec![netns::HOST_IF.to_owned()]);
+    assert_eq!(diagnostics.peers[0].multicast, Some(group));
     assert!(diagnostics.rejected.is_empty(), "{diagnostics:#?}");
     let report = a.mdns.report();
     assert_eq!(report.source, Some(Source::Mdns));

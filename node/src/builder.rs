@@ -447,6 +447,8 @@ impl NodeBuilder {
     /// go on the group (best-effort events, ordered batches, subscribers on the same host,
     /// subscribers multicast does not reach) goes by unicast, as without it. Give every node
     /// of the mesh on that LAN the same group and port; see the README's "Multicast fan-out".
+    /// Discovery advertises the group (TXT `mc`, listed by [`Node::discovered`]), and an
+    /// announced instance on another group is warned about once in the log.
     ///
     /// [`NodeBuilder::start`] fails with [`Error::Multicast`] when the group socket cannot be
     /// opened (an unknown or loopback interface, no IPv4 address, not a multicast group).
@@ -568,6 +570,7 @@ impl NodeBuilder {
             service: driver.service.clone(),
             addrs: driver.endpoint.local_addr().into_iter().collect(),
             subscriptions: Vec::new(),
+            multicast: driver.config.multicast_group(),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         if !peers.is_empty() {

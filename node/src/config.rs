@@ -1,5 +1,6 @@
 //! Tunables of a node, with their defaults and what they are for.
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,17 @@ impl Default for Config {
             warn_before_expiry: None,
             policy: Arc::new(Policy::allow_all()),
             multicast: None,
+        }
+    }
+}
+
+impl Config {
+    /// The multicast group and port this node is on, as discovery advertises it (TXT `mc`)
+    /// and as announced instances' groups are compared with; `None` with multicast off.
+    pub(crate) fn multicast_group(&self) -> Option<SocketAddrV4> {
+        match self.multicast.as_ref()?.group {
+            SocketAddr::V4(group) => Some(group),
+            SocketAddr::V6(_) => None,
         }
     }
 }

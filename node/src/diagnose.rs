@@ -194,6 +194,7 @@ mod tests {
             addrs: vec![addr(port)],
             source: Source::Mdns,
             subscriptions: None,
+            multicast: None,
         });
         report
     }

@@ -1,7 +1,7 @@
 //! What discovery announced, apart from what is connected: [`Node::discovered`], and this
 //! node's own announcement following its subscriptions.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -34,6 +34,11 @@ pub struct DiscoveredInstance {
     /// The subscriptions its announcement advertises; `None` when it does not say (this node
     /// then stays connected to it, to learn them over the connection).
     pub subscriptions: Option<Vec<Subscription>>,
+    /// The multicast group and port its announcement advertises (TXT `mc`): `None` when it
+    /// has multicast off, is an older node, or its source does not say. A node with multicast
+    /// on logs a warning for an instance on another group: events between the two go by
+    /// unicast (see [`crate::NodeBuilder::multicast`]).
+    pub multicast: Option<SocketAddrV4>,
     /// Whether a live connection stands for it.
     pub connected: bool,
 }
@@ -53,6 +58,7 @@ impl Node {
                 addrs: d.known.addrs,
                 source: d.known.source,
                 subscriptions: d.known.subscriptions,
+                multicast: d.known.multicast,
                 connected: d.connected,
             })
             .collect();
@@ -87,6 +93,7 @@ impl Driver {
                 service: driver.service.clone(),
                 addrs: driver.endpoint.local_addr().into_iter().collect(),
                 subscriptions: driver.read(|engine| engine.local_subscriptions()),
+                multicast: driver.config.multicast_group(),
             };
             // Sources only queue the new announcement (mDNS hands it to its daemon thread).
             for source in lock(&driver.discovery).iter_mut() {

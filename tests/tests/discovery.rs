@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shoal::{Error, Message, Node, NodeEvent, NodeId, Receipt};
+use shoal::{Error, Message, MulticastConfig, Node, NodeEvent, NodeId, Receipt};
 use shoal_discovery::mdns::SERVICE_TYPE;
 use shoal_discovery::netns::{self, Lan};
 use shoal_discovery::{InterfaceSelector, MdnsConfig, in_root_netns};
@@ -43,8 +43,9 @@ use netns_nodes::{
 // ---------------------------------------------------------------------------------------------
 
 /// Three hosts, each in its own namespace; services `a`, `b`, `b`; every node knows its peers
-/// only from mDNS on `lan0`. `a` finds both instances of `b`, spreads 100 commands over them
-/// (all acknowledged) and gets a reply to a request; the `b` nodes find `a` and each other.
+/// only from mDNS on `lan0`. `a` finds both instances of `b`, lists the multicast group b1
+/// advertises (and none for b2), spreads 100 commands over them (all acknowledged) and gets a
+/// reply to a request; the `b` nodes find `a` and each other.
 #[test]
 fn nodes_in_three_namespaces_discover_each_other_and_exchange_commands() {
     if !netns_or_skip("nodes_in_three_namespaces_discover_each_other_and_exchange_commands") {
@@ -53,7 +54,11 @@ fn nodes_in_three_namespaces_discover_each_other_and_exchange_commands() {
     let lan = Lan::new(3).unwrap();
     let mesh = Mesh::new();
     let t0 = Instant::now();
-    let b1 = NsNode::start(lan.host(1), lan_node(&mesh, "b"));
+    // b1 has multicast on (default group): its announcement says so, b2's says nothing.
+    let b1 = NsNode::start(
+        lan.host(1),
+        lan_node(&mesh, "b").multicast(MulticastConfig::new(netns::HOST_IF)),
+    );
     let b2 = NsNode::start(lan.host(2), lan_node(&mesh, "b"));
     let a = NsNode::start(lan.host(0), lan_node(&mesh, "a"));
     audit_mdns_threads(&[lan.host(0), lan.host(1), lan.host(2)]);
@@ -84,6 +89,15 @@ fn nodes_in_three_namespaces_discover_each_other_and_exchange_commands() {
             "b is reached at the LAN addresses of h1 and h2: {:?}",
             a.node.peers()
         );
+        let groups: HashMap<NodeId, Option<String>> = a
+            .node
+            .discovered()
+            .into_iter()
+            .map(|d| (d.node, d.multicast.map(|g| g.to_string())))
+            .collect();
+        let default_group = Some("239.255.83.72:7451".to_owned());
+        assert_eq!(groups[&b1.node.id()], default_group, "{groups:?}");
+        assert_eq!(groups[&b2.node.id()], None, "{groups:?}");
         // The whole mesh formed from mDNS alone.
         for b in [&b1, &b2] {
             for (service, count) in [("a", 1), ("b", 1)] {

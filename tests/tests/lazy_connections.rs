@@ -35,6 +35,7 @@ fn hint(local: &LocalNode) -> PeerHint {
         addrs: local.addrs.clone(),
         source: Source::Mdns,
         subscriptions: Some(local.subscriptions.clone()),
+        multicast: local.multicast,
     }
 }
 

@@ -152,6 +152,7 @@ mod tests {
             service: "invoice".into(),
             addrs: addrs.iter().map(|a| a.parse().expect("addr")).collect(),
             subscriptions: Vec::new(),
+            multicast: None,
         }
     }
 

@@ -114,6 +114,7 @@ mod tests {
             service: "orders".into(),
             addrs: vec![addr.parse().expect("addr")],
             subscriptions: Vec::new(),
+            multicast: Some("239.255.83.72:7451".parse().expect("group")),
         }
     }
 
@@ -146,6 +147,10 @@ mod tests {
         };
         assert_eq!(peer.node_id, NodeId::from_u128(0x5e));
         assert_eq!(peer.service, "orders");
+        assert_eq!(
+            peer.multicast,
+            Some("239.255.83.72:7451".parse().expect("group"))
+        );
     }
 
     #[test]

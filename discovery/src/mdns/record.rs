@@ -122,6 +122,8 @@ pub(crate) struct ValidPeer {
     pub(crate) addrs: Vec<SocketAddr>,
     /// The advertised subscriptions, if the announcement says (see [`crate::advert`]).
     pub(crate) subscriptions: Option<Vec<Subscription>>,
+    /// The advertised multicast group, if the announcement says and it parses.
+    pub(crate) multicast: Option<SocketAddrV4>,
 }
 
 /// The outcome of checking an [`Announcement`].
@@ -164,7 +166,9 @@ fn instance_of(fullname: &str) -> Option<&str> {
 }
 
 /// The TXT entries this node announces for `local` (in this order): service, node id,
-/// protocol version, then its subscriptions when they fit ([`advert::txt_entries`]).
+/// protocol version, its multicast group when it has one ([`advert::multicast_entry`]), then
+/// its subscriptions when they fit in what the group leaves of the budget
+/// ([`advert::txt_entries`]).
 pub(crate) fn txt_entries(local: &LocalNode) -> Vec<(String, String)> {
     let mut entries = vec![
         (TXT_SERVICE.to_owned(), local.service.clone()),
@@ -174,7 +178,12 @@ pub(crate) fn txt_entries(local: &LocalNode) -> Vec<(String, String)> {
             PROTOCOL_VERSION.to_string(),
         ),
     ];
-    match advert::txt_entries(&local.subscriptions) {
+    let mut budget = advert::MAX_ADVERTISED_BYTES;
+    if let Some((key, value)) = local.multicast.and_then(advert::multicast_entry) {
+        budget = budget.saturating_sub(advert::entry_bytes(&key, &value));
+        entries.push((key, value));
+    }
+    match advert::txt_entries(&local.subscriptions, budget) {
         Some(subs) => entries.extend(subs),
         None => tracing::info!(
             count = local.subscriptions.len(),
@@ -274,6 +283,7 @@ fn check_inner(a: &Announcement, me: &Me) -> Result<Verdict, RejectReason> {
         service: service.to_owned(),
         addrs,
         subscriptions: advert::parse(&a.txt),
+        multicast: advert::parse_multicast(&a.txt),
     }))
 }
 

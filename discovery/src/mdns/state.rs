@@ -2,7 +2,7 @@
 //! passed in, so the transitions are unit-tested without a daemon.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -35,6 +35,8 @@ pub struct SeenInstance {
     pub addrs: Vec<SocketAddr>,
     /// The subscriptions it advertises, if its announcement says.
     pub subscriptions: Option<Vec<Subscription>>,
+    /// The multicast group it advertises (TXT `mc`), if its announcement says one that parses.
+    pub multicast: Option<SocketAddrV4>,
     /// The local interfaces its records arrived on, if known (for example `["eth1"]`).
     pub via: Vec<String>,
     /// When it was first reported up.
@@ -132,12 +134,14 @@ impl State {
                     if known.addrs == peer.addrs
                         && known.service == peer.service
                         && known.subscriptions == peer.subscriptions
+                        && known.multicast == peer.multicast
                     {
                         return None;
                     }
                     known.addrs = peer.addrs;
                     known.service = peer.service;
                     known.subscriptions = peer.subscriptions;
+                    known.multicast = peer.multicast;
                     Some(DiscoveryEvent::Updated(hint(known)))
                 }
                 None => {
@@ -147,6 +151,7 @@ impl State {
                         fullname: a.fullname.clone(),
                         addrs: peer.addrs,
                         subscriptions: peer.subscriptions,
+                        multicast: peer.multicast,
                         via: a.via.clone(),
                         first_seen: now,
                         last_seen: now,
@@ -245,6 +250,7 @@ pub(crate) fn hint(seen: &SeenInstance) -> PeerHint {
         addrs: seen.addrs.clone(),
         source: Source::Mdns,
         subscriptions: seen.subscriptions.clone(),
+        multicast: seen.multicast,
     }
 }
 
@@ -316,6 +322,41 @@ mod tests {
         assert_eq!(hint.node_id, Some(NodeId::from_u128(2)));
         assert_eq!(s.on_removed(&moved.fullname), None, "already gone");
         assert!(s.peers().is_empty());
+    }
+
+    #[test]
+    fn a_changed_group_is_an_update_and_a_bad_one_no_group() {
+        let mut s = state();
+        let now = Instant::now();
+        let with_group = |group: &str| {
+            let mut a = announcement(2, "billing", 2);
+            a.txt.push(("mc".into(), Some(group.as_bytes().to_vec())));
+            a
+        };
+        let Some(DiscoveryEvent::Up(hint)) = s.on_resolved(&with_group("239.1.1.1:7451"), now)
+        else {
+            panic!("expected Up")
+        };
+        assert_eq!(
+            hint.multicast,
+            Some("239.1.1.1:7451".parse().expect("group"))
+        );
+        assert_eq!(s.on_resolved(&with_group("239.1.1.1:7451"), now), None);
+        let Some(DiscoveryEvent::Updated(hint)) = s.on_resolved(&with_group("239.2.2.2:7451"), now)
+        else {
+            panic!("expected Updated")
+        };
+        assert_eq!(
+            hint.multicast,
+            Some("239.2.2.2:7451".parse().expect("group"))
+        );
+        let Some(DiscoveryEvent::Updated(hint)) = s.on_resolved(&with_group("[ff02::1]:7451"), now)
+        else {
+            panic!("expected Updated")
+        };
+        assert_eq!(hint.multicast, None, "not a group: none");
+        assert!(s.rejected().is_empty());
+        assert_eq!(s.peers()[0].multicast, None);
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub(crate) fn local(node_id: NodeId, service: &str, addr: &str) -> LocalNode {
         service: service.into(),
         addrs: vec![addr.parse().expect("listen address")],
         subscriptions: Vec::new(),
+        multicast: None,
     }
 }
 

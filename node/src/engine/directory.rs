@@ -8,9 +8,14 @@
 //! ([`super::Action::Connect`]); an event's audiences count the subscriptions instances
 //! advertise in their announcements, so a publisher learns every subscriber group without a
 //! connection to every node.
+//!
+//! An announcement may also advertise the instance's multicast group. It decides nothing here
+//! (peers settle whether they share a group over their connection, `ChannelHello`); it is
+//! listed, and an instance on another group than this node's is warned about once
+//! ([`group_to_warn_of`]), since events between the two go by unicast.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use shoal_discovery::Source;
@@ -33,6 +38,8 @@ pub(crate) struct Discovered {
     /// node, or more than fits in the announcement): such an instance is connected to at once,
     /// so its subscriptions are learned over the connection.
     pub(crate) subscriptions: Option<Vec<Subscription>>,
+    /// The multicast group its announcement advertises; `None` when it does not say.
+    pub(crate) multicast: Option<SocketAddrV4>,
 }
 
 /// A directory entry: the announcement and when a connection to it was last asked for.
@@ -153,6 +160,23 @@ impl Directory {
     }
 }
 
+/// Whether an announcement calls for a warning that the instance is on another multicast
+/// group: `ours` is this node's group (`None`: multicast off here), `theirs` the one the
+/// announcement advertises (`None`: it says none), `before` what the instance advertised when
+/// it was last announced (`None`: it is new to the directory). Returns `(ours, theirs)` when
+/// the groups differ and the instance is new or advertised something else before, so a
+/// warning comes once per instance, not with every announcement repeating it (again only if
+/// it vanishes and comes back, or moves to yet another group). An instance that advertises no
+/// group (multicast off there, or an older node) is not warned about.
+pub(super) fn group_to_warn_of(
+    ours: Option<SocketAddrV4>,
+    before: Option<Option<SocketAddrV4>>,
+    theirs: Option<SocketAddrV4>,
+) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    let (ours, theirs) = (ours?, theirs?);
+    (ours != theirs && before != Some(Some(theirs))).then_some((ours, theirs))
+}
+
 fn unlist(by_service: &mut HashMap<String, Vec<NodeId>>, service: &str, node: NodeId) {
     if let Some(list) = by_service.get_mut(service) {
         list.retain(|n| *n != node);
@@ -179,6 +203,7 @@ mod tests {
             addrs: vec![SocketAddr::from(([10, 99, 0, 2], 7000))],
             source: Source::Mdns,
             subscriptions: subs,
+            multicast: None,
         }
     }
 
@@ -234,5 +259,43 @@ mod tests {
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some());
         dir.connected(a);
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some(), "asked again at once");
+    }
+
+    #[test]
+    fn an_instance_on_another_group_is_warned_about_once() {
+        let group = |text: &str| Some(text.parse::<SocketAddrV4>().expect("group"));
+        let (ours, other, third) = (
+            group("239.255.83.72:7451"),
+            group("239.255.83.72:7500"),
+            group("239.1.1.1:7451"),
+        );
+        let warns = |before, theirs| group_to_warn_of(ours, before, theirs);
+        let both = |theirs: Option<SocketAddrV4>| ours.zip(theirs);
+
+        // A new instance: on another group (port or address), warned; on ours, or saying
+        // none, not.
+        assert_eq!(warns(None, other), both(other), "another port");
+        assert_eq!(warns(None, third), both(third), "another address");
+        assert_eq!(warns(None, ours), None, "the same group");
+        assert_eq!(
+            warns(None, None),
+            None,
+            "multicast off there, or an older node"
+        );
+
+        // The same announcement again: no second warning.
+        assert_eq!(warns(Some(other), other), None);
+        // What changes: to another group, from ours or from none, warned again.
+        assert_eq!(warns(Some(other), third), both(third));
+        assert_eq!(warns(Some(ours), other), both(other));
+        assert_eq!(warns(Some(None), other), both(other));
+        // Back to ours, or to none: nothing to say.
+        assert_eq!(warns(Some(other), ours), None);
+        assert_eq!(warns(Some(other), None), None);
+
+        // Multicast off here: never.
+        for (before, theirs) in [(None, other), (Some(ours), other), (Some(None), third)] {
+            assert_eq!(group_to_warn_of(None, before, theirs), None);
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::NodeId;
 
-use super::directory::Discovered;
+use super::directory::{Discovered, group_to_warn_of};
 use super::fanout::Audience;
 use super::peers::Route;
 use super::{Action, Engine, Timer, topic};
@@ -42,13 +42,29 @@ pub(crate) struct IdleSweep {
 impl<H: Clone> Engine<H> {
     /// Discovery announced `node` (or changed its announcement). Deliveries waiting for an
     /// instance look again when its subscriptions count in new audiences, and a new instance
-    /// of a service this node uses is connected to at once.
+    /// of a service this node uses is connected to at once. An instance that advertises
+    /// another multicast group than this node's is warned about, once
+    /// ([`group_to_warn_of`]).
     pub(crate) fn discovered(&mut self, node: NodeId, known: Discovered, now: Instant) {
         if node == self.id {
             return;
         }
         let service = known.service.clone();
         let addrs = known.addrs.clone();
+        let before = self.peers.directory.get(node).map(|d| d.multicast);
+        if let Some((ours, theirs)) =
+            group_to_warn_of(self.config.multicast_group(), before, known.multicast)
+        {
+            tracing::warn!(
+                %node,
+                %service,
+                %ours,
+                %theirs,
+                "multicast: instance {node} of `{service}` advertises group {theirs}, this node \
+                 is on {ours}: events between them go by unicast (give every node on one LAN \
+                 the same group and port)"
+            );
+        }
         let change = self.peers.directory.upsert(node, known);
         if change.new {
             self.emit(NodeEvent::Discovered {

@@ -73,6 +73,7 @@ pub(crate) async fn follow_discovery(
                     addrs: hint.addrs.clone(),
                     source: hint.source,
                     subscriptions: hint.subscriptions.clone(),
+                    multicast: hint.multicast,
                 };
                 driver.call(|engine, now| engine.discovered(node, known, now));
             } else {
@@ -274,6 +275,7 @@ mod tests {
                 addrs: vec!["10.99.0.2:7000".parse().expect("address")],
                 source: Source::Mdns,
                 subscriptions: subs,
+                multicast: None,
             }
         };
         assert!(

@@ -96,6 +96,7 @@ mod tests {
             addrs: ports.iter().map(|p| addr(*p)).collect(),
             source: Source::Mdns,
             subscriptions: None,
+            multicast: None,
         }
     }
 
@@ -143,6 +144,7 @@ mod tests {
             addrs: vec![addr(7000)],
             source: Source::Static,
             subscriptions: None,
+            multicast: None,
         };
         plan.apply(DiscoveryEvent::Up(fixed.clone()), all);
         assert!(

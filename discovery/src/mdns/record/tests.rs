@@ -88,6 +88,7 @@ fn txt_round_trips_through_the_checker() {
             pattern: "orders.*".into(),
             group: Some("billing".into()),
         }],
+        multicast: None,
     };
     let mut a = good();
     a.txt = txt_entries(&local)
@@ -104,6 +105,115 @@ fn txt_round_trips_through_the_checker() {
         panic!("not a peer")
     };
     assert_eq!(peer.subscriptions, None);
+}
+
+fn announced(local: &LocalNode) -> Announcement {
+    let mut a = good();
+    a.txt = txt_entries(local)
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
+        .collect();
+    a
+}
+
+fn keys(entries: &[(String, String)]) -> Vec<&str> {
+    entries.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+#[test]
+fn the_multicast_group_is_announced_before_the_subscriptions_and_read_back() {
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 83, 72), 7451);
+    let local = LocalNode {
+        node_id: NodeId::from_u128(PEER),
+        service: "billing".into(),
+        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
+        subscriptions: vec![Subscription {
+            pattern: "orders.*".into(),
+            group: None,
+        }],
+        multicast: Some(group),
+    };
+    let entries = txt_entries(&local);
+    assert_eq!(keys(&entries), ["svc", "id", "pv", "mc", "sn", "s0"]);
+    assert_eq!(entries[3].1, "239.255.83.72:7451");
+    let Verdict::Peer(peer) = check(&announced(&local), &me()) else {
+        panic!("not a peer")
+    };
+    assert_eq!(peer.multicast, Some(group));
+    assert_eq!(peer.subscriptions, Some(local.subscriptions.clone()));
+
+    // Multicast off, or a group no receiver would take: nothing is announced.
+    for multicast in [
+        None,
+        Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 5), 7451)),
+    ] {
+        let local = LocalNode {
+            multicast,
+            ..local.clone()
+        };
+        assert_eq!(keys(&txt_entries(&local)), ["svc", "id", "pv", "sn", "s0"]);
+        let Verdict::Peer(peer) = check(&announced(&local), &me()) else {
+            panic!("not a peer")
+        };
+        assert_eq!(peer.multicast, None);
+    }
+}
+
+#[test]
+fn the_group_counts_against_the_subscriptions_budget() {
+    // 26 subscriptions of 880 bytes: they fit alone, not beside the widest group entry (25).
+    let subscriptions: Vec<Subscription> = (0..26)
+        .map(|i| Subscription {
+            pattern: format!("t{i:02}.{}", "x".repeat(25)),
+            group: None,
+        })
+        .collect();
+    let mut local = LocalNode {
+        node_id: NodeId::from_u128(PEER),
+        service: "billing".into(),
+        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
+        subscriptions,
+        multicast: None,
+    };
+    assert_eq!(txt_entries(&local).len(), 3 + 1 + 26, "they fit alone");
+    local.multicast = Some(SocketAddrV4::new(Ipv4Addr::new(239, 255, 255, 255), 65_535));
+    let entries = txt_entries(&local);
+    assert_eq!(
+        keys(&entries),
+        ["svc", "id", "pv", "mc"],
+        "the group stays, they go"
+    );
+    let Verdict::Peer(peer) = check(&announced(&local), &me()) else {
+        panic!("not a peer")
+    };
+    assert_eq!(peer.multicast, local.multicast);
+    assert_eq!(peer.subscriptions, None, "learned over the connection");
+}
+
+#[test]
+fn a_malformed_group_is_ignored_and_the_announcement_kept() {
+    let overlong = "9".repeat(10_000);
+    for bad in [
+        &b"garbage"[..],
+        b"[ff02::1]:7451",
+        b"ff02::1",
+        b"10.99.0.2:7451",
+        b"239.255.83.72:0",
+        b"239.255.83.72",
+        overlong.as_bytes(),
+        &[0xff, 0x00, 0xfe],
+    ] {
+        let mut a = good();
+        a.txt.push(("mc".into(), Some(bad.to_vec())));
+        let Verdict::Peer(peer) = check(&a, &me()) else {
+            panic!("rejected for mc={:?}", String::from_utf8_lossy(bad))
+        };
+        assert_eq!(peer.multicast, None, "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(peer.service, "billing");
+    }
+    let mut a = good();
+    a.txt.push(("mc".into(), None));
+    assert!(matches!(check(&a, &me()), Verdict::Peer(p) if p.multicast.is_none()));
 }
 
 #[test]

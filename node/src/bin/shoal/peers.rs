@@ -26,7 +26,8 @@ pub(crate) struct PeersArgs {
 /// Runs `shoal peers`: waits until every `--peer` address is connected (at most `--wait`, 1 s
 /// by default), then prints a table `SERVICE NODE ADDRESS RTT IN_FLIGHT` of the connected
 /// peers, grouped by service, and, when discovery announced instances, a second table
-/// `DISCOVERED SERVICE NODE ADDRESSES CONNECTED`. This probe connects to every instance
+/// `DISCOVERED SERVICE NODE ADDRESSES MULTICAST CONNECTED` (MULTICAST: the group and port the
+/// instance advertises, `-` for none). This probe connects to every instance
 /// discovery announces (a service connects on first use), so the first table shows which of
 /// them are reachable. Addresses that did not connect are reported on stderr; it fails if
 /// nothing was found.
@@ -89,20 +90,25 @@ pub(crate) async fn run(args: PeersArgs) -> CliResult {
     }
     if !discovered.is_empty() {
         say!(
-            "{:<10} {:<20} {:<32} {:<22} CONNECTED",
+            "{:<10} {:<20} {:<32} {:<22} {:<21} CONNECTED",
             "DISCOVERED",
             "SERVICE",
             "NODE",
-            "ADDRESSES"
+            "ADDRESSES",
+            "MULTICAST"
         );
         for d in &discovered {
             let addrs: Vec<String> = d.addrs.iter().map(ToString::to_string).collect();
+            let group = d
+                .multicast
+                .map_or_else(|| "-".to_owned(), |g| g.to_string());
             say!(
-                "{:<10} {:<20} {:<32} {:<22} {}",
+                "{:<10} {:<20} {:<32} {:<22} {:<21} {}",
                 format!("{:?}", d.source).to_lowercase(),
                 d.service,
                 d.node.to_string(),
                 addrs.join(","),
+                group,
                 if d.connected { "yes" } else { "no" }
             );
         }

@@ -238,6 +238,8 @@ impl Sim {
             ))],
             source: shoal_discovery::Source::Mdns,
             subscriptions: subs,
+            // What the node would advertise: its group, when it has multicast on.
+            multicast: engine.config.multicast_group(),
         };
         let (id, now) = (engine.id(), self.now);
         self.nodes[node].engine.discovered(id, known, now);

@@ -1,7 +1,8 @@
 //! Membership of the channel as connections come and go: a connection replaced by a
 //! duplicate (no rekey; the member stays), a replacement that never comes (the member leaves,
 //! the key changes), a demoted subscriber that goes (the key changes too), and a graceful
-//! stop (what was handled is reported before the goodbye); a node on another group.
+//! stop (what was handled is reported before the goodbye); a node on another group, and one
+//! whose announcement says so (warned about once).
 
 use std::time::Duration;
 
@@ -173,4 +174,82 @@ fn a_node_on_another_group_is_told_so_and_gets_its_events_by_unicast() {
         differs(billing),
         vec![told(publisher, "orders", ours, theirs)]
     );
+}
+
+/// Where the engine's logs go in the test below.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        crate::sync::lock(&self.0).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Discovery announces three instances to a node with multicast on, each three times: one on
+/// another group, one on the same group, one with multicast off. Each is listed with the group
+/// it advertises; only the first is warned about, and once.
+#[test]
+fn an_instance_announced_on_another_group_is_warned_about_once() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let mut sim = Sim::new(22);
+    let publisher = sim.lan_node("orders", clean());
+    let elsewhere = "239.255.9.9:7400";
+    let billing = sim.lan_node_on("billing", clean(), Config::default(), elsewhere);
+    let shipping = sim.lan_node("shipping", clean());
+    let audit = sim.node("audit");
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 0..3 {
+            for other in [billing, shipping, audit] {
+                sim.announce(publisher, other, true);
+            }
+        }
+    });
+
+    let ours = sim.nodes[publisher].engine.config.multicast_group();
+    let listed = |node: usize| {
+        let id = sim.nodes[node].engine.id();
+        let instances = sim.nodes[publisher].engine.discovered_instances();
+        let found = instances.iter().find(|d| d.node == id).expect("listed");
+        found.known.multicast.map(|g| g.to_string())
+    };
+    assert_eq!(listed(billing).as_deref(), Some(elsewhere));
+    assert_eq!(listed(shipping), ours.map(|g| g.to_string()));
+    assert_eq!(listed(audit), None, "multicast off there");
+
+    let logs = String::from_utf8(crate::sync::lock(&logs.0).clone()).expect("UTF-8 logs");
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("advertises group"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{logs}");
+    let ours = ours.expect("the publisher is on a group").to_string();
+    let billing_id = sim.nodes[billing].engine.id().to_string();
+    for expected in [
+        "WARN",
+        &ours,
+        elsewhere,
+        "by unicast",
+        "`billing`",
+        &billing_id,
+    ] {
+        assert!(
+            warnings[0].contains(expected),
+            "{expected} in {}",
+            warnings[0]
+        );
+    }
 }
