@@ -202,7 +202,7 @@ impl Node {
         trace::instrumented(
             async move {
                 match op?.await? {
-                    Done::Replied(reply) => Ok(*reply),
+                    Done::Replied(reply) => Ok(reply),
                     other => Err(unexpected(&other)),
                 }
             },

@@ -97,7 +97,7 @@ pub(crate) enum Done {
     /// A point-to-point message was acknowledged.
     Sent(Receipt),
     /// A request was answered.
-    Replied(Box<Message>),
+    Replied(Message),
     /// Every audience of an event acknowledged (or was dropped).
     Published(PublishReceipt),
     /// A ping was answered after this long.

@@ -68,15 +68,13 @@ impl<H: Clone> Engine<H> {
                 HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
             });
         }
-        let mut envelope = *reply.env;
+        // The handler's message keeps its box: the frame takes it as it is.
+        let mut envelope = reply.env;
         envelope.attempt = 1;
         let mut buf = BytesMut::new();
-        codec::encode(
-            &Frame::Reply(Box::new(envelope)),
-            &self.config.limits,
-            &mut buf,
-        )
-        .map_err(|e| HandlerError::permanent(format!("the handler's reply was not sent: {e}")))?;
+        codec::encode(&Frame::Reply(envelope), &self.config.limits, &mut buf).map_err(|e| {
+            HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
+        })?;
         let frame = buf.freeze();
         self.inbound.replies.insert(request, frame.clone(), now);
         let target = self.reply_conn(conn, addr);

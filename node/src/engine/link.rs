@@ -162,7 +162,7 @@ impl<H: Clone> Engine<H> {
                 };
                 self.on_answer(conn, nack.seq, answer, now);
             }
-            Frame::Reply(reply) => self.on_reply(*reply, now),
+            Frame::Reply(reply) => self.on_reply(reply, now),
             Frame::Ping(nonce) => self.queue_control(conn, &Frame::Pong(nonce)),
             Frame::Pong(nonce) => self.on_pong(nonce, now),
             Frame::Goodbye(goodbye) => {

@@ -467,7 +467,7 @@ impl<H: Clone> Engine<H> {
 
     /// A synchronous reply came back. It answers the request even if the ack of the request
     /// itself was lost: the reply says the handler ran, so the request is not retried.
-    pub(super) fn on_reply(&mut self, reply: Envelope, now: Instant) {
+    pub(super) fn on_reply(&mut self, reply: Box<Envelope>, now: Instant) {
         let Some(op) = reply
             .correlation_id
             .and_then(|id| self.out.replies.remove(&id))
@@ -476,10 +476,8 @@ impl<H: Clone> Engine<H> {
             return;
         };
         self.stop_deliveries(op, now);
-        self.complete(
-            op,
-            Ok(Done::Replied(Box::new(Message::from_envelope(reply)))),
-        );
+        // The decoded envelope's box becomes the message's: no copy, no allocation.
+        self.complete(op, Ok(Done::Replied(Message { env: reply })));
     }
 
     /// Queues a control frame on `conn`.
