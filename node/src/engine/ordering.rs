@@ -9,14 +9,45 @@
 //! *n* had to be retried on another instance; deliveries with other keys pass meanwhile.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use shoal_proto::SmolStr;
+use shoal_proto::{NodeId, SmolStr};
 
-use super::peers::NameHashing;
+use super::fanout::Audience;
+use super::peers::{NameHashing, Route};
 use super::send::DeliveryId;
 
 /// A destination and a key: the unit of ordering.
-pub(super) type Slot = (SmolStr, SmolStr);
+pub(super) type Slot = (Destination, SmolStr);
+
+/// Where a keyed message goes, as its turns are kept: messages are ordered per key *and*
+/// destination. Made from the delivery's route without formatting or allocating.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Destination {
+    /// A service's handler (point-to-point).
+    Service(Arc<str>),
+    /// One subscriber group's copies of events.
+    Group(SmolStr),
+    /// One ungrouped subscriber's copies of events.
+    Node(NodeId),
+}
+
+impl Destination {
+    /// The destination of `route`.
+    pub(super) fn of(route: &Route) -> Self {
+        match route {
+            Route::Service(target) => Self::Service(Arc::clone(&target.service)),
+            Route::Audience {
+                audience: Audience::Group(group),
+                ..
+            } => Self::Group(group.clone()),
+            Route::Audience {
+                audience: Audience::Instance(node),
+                ..
+            } => Self::Node(*node),
+        }
+    }
+}
 
 /// The turns of every (destination, key) with a delivery in progress or waiting.
 #[derive(Debug, Default)]
@@ -86,7 +117,7 @@ mod tests {
     use super::*;
 
     fn slot(dest: &str, key: &str) -> Slot {
-        (dest.into(), key.into())
+        (Destination::Group(dest.into()), key.into())
     }
 
     #[test]
@@ -108,6 +139,25 @@ mod tests {
         turns.leave(&slot("billing", "k2"), c);
         turns.leave(&slot("audit", "k1"), d);
         assert_eq!(turns.len(), 0, "no slot is kept for idle keys");
+    }
+
+    #[test]
+    fn a_service_a_group_and_a_node_of_one_name_are_separate_destinations() {
+        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
+        let mut turns = KeyTurns::default();
+        let node = NodeId::from_u128(7);
+        for dest in [
+            Destination::Service("billing".into()),
+            Destination::Group("billing".into()),
+            Destination::Node(node),
+        ] {
+            assert!(
+                turns.enter(&(dest, "k".into()), ids.insert(())),
+                "its own turn"
+            );
+        }
+        assert!(!turns.enter(&(Destination::Node(node), "k".into()), ids.insert(())));
+        assert_eq!(turns.len(), 3);
     }
 
     #[test]

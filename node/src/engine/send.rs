@@ -12,16 +12,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, SmolStr, To};
+use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 use smallvec::{SmallVec, smallvec};
-use smol_str::format_smolstr;
 
 use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
 use super::fanout::Audience;
 use super::heads::HeadCache;
-use super::ordering::KeyTurns;
+use super::ordering::{Destination, KeyTurns};
 use super::peers::{Route, Target};
 use super::{Engine, topic};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
@@ -296,7 +295,7 @@ impl<H: Clone> Engine<H> {
         let slot = envelope
             .partition_key
             .clone()
-            .map(|k| (destination(&route), k));
+            .map(|k| (Destination::of(&route), k));
         let op = self
             .out
             .insert_op(new_op(kind, smallvec![envelope], smallvec![(1, item)], 1));
@@ -410,7 +409,7 @@ impl<H: Clone> Engine<H> {
             let slot = key
                 .as_ref()
                 .filter(|_| reliable)
-                .map(|k| (destination(&route), k.clone()));
+                .map(|k| (Destination::of(&route), k.clone()));
             copies.push((route, head, spec, slot));
         }
         let id = envelopes[0].id;
@@ -572,20 +571,4 @@ fn encoded_head(
         }));
     }
     Ok(head)
-}
-
-/// The name a key's turns are kept under: messages are ordered per key *and* destination.
-/// Formatted inline, without an allocation, when it fits in 23 bytes.
-pub(super) fn destination(route: &Route) -> SmolStr {
-    match route {
-        Route::Service(target) => format_smolstr!("service/{}", target.service),
-        Route::Audience {
-            audience: Audience::Group(group),
-            ..
-        } => format_smolstr!("group/{group}"),
-        Route::Audience {
-            audience: Audience::Instance(node),
-            ..
-        } => format_smolstr!("node/{node}"),
-    }
 }
