@@ -3,8 +3,8 @@
 //!
 //! A head is what a run of messages shares (kind, name, version, content type, return
 //! address, who it is for; the partition key only for an ordered batch: other messages carry
-//! theirs in their items, so one head serves every key). Sending looks the message's head up here by a hash of those
-//! fields, without building one, and encodes it only when it is new. Messages that share an
+//! theirs in their items, so one head serves every key). Sending looks the message's head up
+//! here by a hash of those fields, without building one, and encodes it only when it is new. Messages that share an
 //! encoded head also share it by pointer, which is how the writer knows at a glance that they
 //! can travel in one run.
 

@@ -90,11 +90,7 @@ fn txt_round_trips_through_the_checker() {
         }],
         multicast: None,
     };
-    let mut a = good();
-    a.txt = txt_entries(&local)
-        .iter()
-        .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
-        .collect();
+    let mut a = announced(&local);
     let Verdict::Peer(peer) = check(&a, &me()) else {
         panic!("not a peer")
     };
