@@ -98,14 +98,19 @@ pub fn run_quinn_batch(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport
 }
 
 /// One run of `shoal-throughput`: for each of [`PAYLOADS`], the three pub/sub rows and the
-/// two point-to-point rows, each compared with `quinn-batch-<size>`.
+/// two point-to-point rows (three at 64 B: the keyed `send` too), each compared with
+/// `quinn-batch-<size>`.
 pub fn run_shoal_throughput(config: &BenchConfig) -> BenchResult<Vec<ThroughputReport>> {
     let mut rows = Vec::new();
     for payload in PAYLOADS {
         for mode in [Mode::Reliable, Mode::ReliableBatch, Mode::BestEffort] {
             rows.push(run_shoal(config, payload, mode)?.compared_with(quinn_name(payload)));
         }
-        for mode in [p2p::Mode::Send, p2p::Mode::Request] {
+        for mode in [p2p::Mode::Send, p2p::Mode::KeyedSend, p2p::Mode::Request] {
+            // The keyed row only where per-message costs show (64 B).
+            if mode == p2p::Mode::KeyedSend && payload != PAYLOADS[0] {
+                continue;
+            }
             rows.push(p2p::run(config, payload, mode)?.compared_with(quinn_name(payload)));
         }
     }
@@ -282,7 +287,7 @@ async fn publisher(
     let dropped = AtomicU64::new(0);
     let result = match mode {
         Mode::Reliable => {
-            let publish = move |node: Node, body: Bytes| async move {
+            let publish = move |node: Node, body: Bytes, _| async move {
                 let event = Message::event(TOPIC, body);
                 node.publish(event).await.map_err(shoal_err)?;
                 Ok(1)
@@ -291,7 +296,7 @@ async fn publisher(
         }
         Mode::ReliableBatch => {
             let events = batch_events(payload);
-            let publish = move |node: Node, body: Bytes| async move {
+            let publish = move |node: Node, body: Bytes, _| async move {
                 let batch = (0..events)
                     .map(|_| Message::event(TOPIC, body.clone()))
                     .collect();
@@ -329,8 +334,9 @@ async fn publisher(
     Ok((result?, dropped.load(Ordering::Relaxed)))
 }
 
-/// Runs `loops` tasks that each repeat `publish` (which returns the events it got acked)
-/// until the window is over, and measures the acked events per second.
+/// Runs `loops` tasks that each repeat `publish` (which returns the events it got acked, and
+/// is given the task's number) until the window is over, and measures the acked events per
+/// second.
 pub(crate) async fn acked_loops<F, Fut>(
     loops: usize,
     node: &Node,
@@ -339,12 +345,12 @@ pub(crate) async fn acked_loops<F, Fut>(
     publish: F,
 ) -> BenchResult<Window>
 where
-    F: Fn(Node, Bytes) -> Fut + Clone + Send + 'static,
+    F: Fn(Node, Bytes, usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = BenchResult<u64>> + Send,
 {
     let acked = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..loops)
-        .map(|_| {
+        .map(|task| {
             let (node, body, acked, publish) = (
                 node.clone(),
                 body.clone(),
@@ -356,7 +362,7 @@ where
                     if schedule.over() {
                         break;
                     }
-                    let n = publish(node.clone(), body.clone()).await?;
+                    let n = publish(node.clone(), body.clone(), task).await?;
                     acked.fetch_add(n, Ordering::Relaxed);
                 }
                 Ok::<_, BenchError>(())

@@ -4,6 +4,8 @@
 //!
 //! * `shoal-p2p-<size>` — `send` of a command whose handler (`sink`) only counts it;
 //!   counted when **acked** (the handler ran and its ack came back).
+//! * `shoal-p2p-keyed-<size>` — the same `send`, each task under a partition key of its own
+//!   (`customer-<task>`), so every call takes its key's ordering turn; 64 B only.
 //! * `shoal-p2p-request-<size>` — `request` to a handler (`echo`) that replies with the
 //!   payload; counted when the **reply** arrived (so the payload crosses twice). A request
 //!   without a reply within 10 s (`TIMEOUT`) is counted in the row's `dropped` column (and the
@@ -35,6 +37,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Mode {
     /// `send`, counted when acked: row `shoal-p2p-<size>`.
     Send,
+    /// `send` under a partition key per task, counted when acked: row `shoal-p2p-keyed-<size>`.
+    KeyedSend,
     /// `request`, counted when the reply arrived: row `shoal-p2p-request-<size>`.
     Request,
 }
@@ -44,6 +48,7 @@ impl Mode {
     pub fn row(self, payload: usize) -> String {
         match self {
             Self::Send => format!("shoal-p2p-{payload}"),
+            Self::KeyedSend => format!("shoal-p2p-keyed-{payload}"),
             Self::Request => format!("shoal-p2p-request-{payload}"),
         }
     }
@@ -100,17 +105,20 @@ async fn sender(
         let body = Bytes::from(vec![0xA5u8; payload]);
         let schedule = Schedule::starting_now(config.duration);
         match mode {
-            Mode::Send => {
-                let send = |node: Node, body: Bytes| async move {
-                    node.send(SERVICE, Message::command("sink", body))
-                        .await
-                        .map_err(shoal_err)?;
+            Mode::Send | Mode::KeyedSend => {
+                let keyed = mode == Mode::KeyedSend;
+                let send = move |node: Node, body: Bytes, task: usize| async move {
+                    let mut command = Message::command("sink", body);
+                    if keyed {
+                        command = command.with_key(format!("customer-{task}"));
+                    }
+                    node.send(SERVICE, command).await.map_err(shoal_err)?;
                     Ok(1)
                 };
                 acked_loops(RELIABLE_WINDOW, &node, &body, schedule, send).await
             }
             Mode::Request => {
-                let request = move |node: Node, body: Bytes| {
+                let request = move |node: Node, body: Bytes, _| {
                     let dropped = Arc::clone(&dropped);
                     async move {
                         let len = body.len();
