@@ -80,16 +80,13 @@ fn node_ids_must_be_exactly_32_hex_digits() {
 
 #[test]
 fn txt_round_trips_through_the_checker() {
-    let local = LocalNode {
-        node_id: NodeId::from_u128(PEER),
-        service: "billing".into(),
-        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
-        subscriptions: vec![Subscription {
+    let local = local_node(
+        vec![Subscription {
             pattern: "orders.*".into(),
             group: Some("billing".into()),
         }],
-        multicast: None,
-    };
+        None,
+    );
     let mut a = announced(&local);
     let Verdict::Peer(peer) = check(&a, &me()) else {
         panic!("not a peer")
@@ -101,6 +98,17 @@ fn txt_round_trips_through_the_checker() {
         panic!("not a peer")
     };
     assert_eq!(peer.subscriptions, None);
+}
+
+/// The local node `billing` with `subscriptions` and `multicast`, as announced.
+fn local_node(subscriptions: Vec<Subscription>, multicast: Option<SocketAddrV4>) -> LocalNode {
+    LocalNode {
+        node_id: NodeId::from_u128(PEER),
+        service: "billing".into(),
+        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
+        subscriptions,
+        multicast,
+    }
 }
 
 fn announced(local: &LocalNode) -> Announcement {
@@ -119,16 +127,13 @@ fn keys(entries: &[(String, String)]) -> Vec<&str> {
 #[test]
 fn the_multicast_group_is_announced_before_the_subscriptions_and_read_back() {
     let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 83, 72), 7451);
-    let local = LocalNode {
-        node_id: NodeId::from_u128(PEER),
-        service: "billing".into(),
-        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
-        subscriptions: vec![Subscription {
+    let local = local_node(
+        vec![Subscription {
             pattern: "orders.*".into(),
             group: None,
         }],
-        multicast: Some(group),
-    };
+        Some(group),
+    );
     let entries = txt_entries(&local);
     assert_eq!(keys(&entries), ["svc", "id", "pv", "mc", "sn", "s0"]);
     assert_eq!(entries[3].1, "239.255.83.72:7451");
@@ -164,13 +169,7 @@ fn the_group_counts_against_the_subscriptions_budget() {
             group: None,
         })
         .collect();
-    let mut local = LocalNode {
-        node_id: NodeId::from_u128(PEER),
-        service: "billing".into(),
-        addrs: vec!["0.0.0.0:7001".parse().expect("addr")],
-        subscriptions,
-        multicast: None,
-    };
+    let mut local = local_node(subscriptions, None);
     assert_eq!(txt_entries(&local).len(), 3 + 1 + 26, "they fit alone");
     local.multicast = Some(SocketAddrV4::new(Ipv4Addr::new(239, 255, 255, 255), 65_535));
     let entries = txt_entries(&local);
