@@ -338,10 +338,14 @@ async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo) {
     }
 }
 
-/// Hands QUIC what is pending and then what the engine has queued, until nothing is left
-/// (ready), the goodbye was taken or writing failed (ready, flagged in `out`), or QUIC blocks
+/// Hands QUIC what is pending and then what the engine has queued, until the engine says
+/// that was all (ready), the goodbye was taken or writing failed (ready, flagged in `out`), or QUIC blocks
 /// (pending: `cx` is woken when it can take more).
 fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+    // Whether the engine may have more to write: not asked yet, or it said so. Once what it
+    // gave is written and it said that was all, asking again would only lock it for nothing
+    // (a task that queues something meanwhile, on another thread, wakes the writer).
+    let mut more = true;
     loop {
         while !out.pending.is_empty() {
             let Some(stream) = out.stream.as_mut() else {
@@ -363,7 +367,7 @@ fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Contex
                 }
             }
         }
-        if out.finish || out.failed {
+        if out.finish || out.failed || !more {
             return Poll::Ready(());
         }
         // Each write starts in a buffer of its own, sized by the engine for what is queued.
@@ -372,8 +376,6 @@ fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Contex
             driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
         out.pending = buf.freeze();
         out.finish = written.finish;
-        if out.pending.is_empty() && !written.more {
-            return Poll::Ready(());
-        }
+        more = written.more;
     }
 }
