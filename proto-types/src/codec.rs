@@ -45,7 +45,7 @@ pub use datagram::{
     BODY_OVERHEAD, RunParts, decode_datagram_body, decode_heartbeat, run_len, write_datagram_body,
     write_heartbeat,
 };
-pub use run::{EncodedHead, EncodedItem, messages_len, write_messages};
+pub use run::{EncodedHead, EncodedItem, messages_len, write_ack, write_messages};
 
 /// Size of the length prefix in front of every frame body: a big-endian `u32`.
 pub const LENGTH_PREFIX: usize = 4;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Ack, Frame, Goodbye, Limits, NodeId, Subscription};
+use shoal_proto::{Frame, Goodbye, Limits, NodeId, Subscription};
 
 use super::action::TaskId;
 use super::ranges::RangeSet;
@@ -274,10 +274,7 @@ impl Conn {
         if !self.acks.is_empty() {
             let ranges = self.acks.take();
             for chunk in ranges.chunks(MAX_RANGES_PER_ACK) {
-                let ack = Frame::Ack(Ack {
-                    ranges: chunk.to_vec(),
-                });
-                if let Err(e) = codec::encode(&ack, limits, buf) {
+                if let Err(e) = codec::write_ack(buf, chunk, limits) {
                     tracing::error!("could not encode an ack: {e}");
                 }
             }

@@ -1,4 +1,4 @@
-//! Runs of messages framed from parts encoded once.
+//! Runs of messages framed from parts encoded once, and acks framed without serde.
 //!
 //! A [`Frame::Messages`] is its variant tag, `first_seq`, the [`Head`], the item count and the
 //! items, one after the other (bincode writes a struct as its fields in order and a vector as
@@ -33,11 +33,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use super::{LENGTH_PREFIX, append_bounded, config, max_frame_len};
-use crate::{EncodeError, Frame, Head, Item, Limits, validate_head, validate_item};
+use crate::{EncodeError, Frame, Head, Item, Limits, SeqRange, validate_head, validate_item};
 
 /// The index of [`Frame::Messages`] among `Frame`'s variants, as serde numbers them. A test
 /// checks that framed runs equal encoding the `Frame`.
 const MESSAGES_VARIANT: u32 = 1;
+
+/// The index of [`Frame::Ack`], checked likewise.
+const ACK_VARIANT: u32 = 2;
 
 /// Most bytes a varint takes (bincode's tag byte and a `u64`).
 const MAX_VARINT: usize = 9;
@@ -188,6 +191,36 @@ pub fn write_messages<'a>(
     for item in items {
         dst.extend_from_slice(&item.0);
     }
+    finish_frame(dst, start, limits)
+}
+
+/// Appends a [`Frame::Ack`] of `ranges`: the same bytes as [`super::encode`] of that frame,
+/// without building it (a receiver writes an ack for nearly every read).
+///
+/// # Errors
+///
+/// [`EncodeError::LimitExceeded`] naming `max_frame_len` when the ranges are too many for one
+/// frame; `dst` is then left as it was.
+pub fn write_ack(
+    dst: &mut BytesMut,
+    ranges: &[SeqRange],
+    limits: &Limits,
+) -> Result<(), EncodeError> {
+    let start = dst.len();
+    dst.reserve(LENGTH_PREFIX + (2 + 2 * ranges.len()) * MAX_VARINT);
+    dst.put_u32(0); // patched below
+    put_varint(dst, u64::from(ACK_VARIANT));
+    put_varint(dst, ranges.len() as u64);
+    for range in ranges {
+        put_varint(dst, range.start);
+        put_varint(dst, range.len);
+    }
+    finish_frame(dst, start, limits)
+}
+
+/// Patches the length prefix of the frame written from `start`, or cuts the frame when it is
+/// longer than `limits` allow.
+fn finish_frame(dst: &mut BytesMut, start: usize, limits: &Limits) -> Result<(), EncodeError> {
     let written = dst.len() - start - LENGTH_PREFIX;
     let max = max_frame_len(limits);
     match u32::try_from(written) {
@@ -214,8 +247,8 @@ fn put_varint(dst: &mut BytesMut, value: u64) {
     dst.extend_from_slice(&buf[..n]);
 }
 
-// `Frame` is matched here so that adding a variant before `Messages` fails to compile until
-// `MESSAGES_VARIANT` is checked again (the round-trip test then confirms it).
+// `Frame` is matched here so that adding a variant before `Messages` or `Ack` fails to compile
+// until `MESSAGES_VARIANT` and `ACK_VARIANT` are checked again (the tests then confirm them).
 const _: fn(&Frame) = |f| match f {
     Frame::Hello(_)
     | Frame::Messages(_)
@@ -289,6 +322,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn framed_acks_equal_encoding_the_frame() {
+        let limits = Limits::default();
+        let range = |start, len| SeqRange { start, len };
+        let cases = [
+            vec![],
+            vec![range(0, 1)],
+            vec![range(250, 1), range(251, 5), range(65_600, 70_000)],
+            vec![range(u64::MAX - 1, 1), range(1 << 33, u64::MAX)],
+            (0..4096).map(|n| range(n * 3, 2)).collect(),
+        ];
+        for ranges in cases {
+            let frame = Frame::Ack(crate::Ack {
+                ranges: ranges.clone(),
+            });
+            let mut expected = BytesMut::new();
+            codec::encode(&frame, &limits, &mut expected).unwrap();
+            let mut got = BytesMut::from(&b"before"[..]);
+            write_ack(&mut got, &ranges, &limits).unwrap();
+            assert_eq!(&got[6..], &expected[..], "{} ranges", ranges.len());
+            let mut wire = got.split_off(6);
+            assert_eq!(codec::decode(&mut wire, &limits).unwrap(), Some(frame));
+        }
+        // Too many for a small frame limit: refused, and nothing is left behind.
+        let small = Limits {
+            max_frame_len: 64 * 1024,
+            ..Limits::default()
+        };
+        let many: Vec<SeqRange> = (0..100_000).map(|n| range(n * 3, 2)).collect();
+        let mut got = BytesMut::from(&b"before"[..]);
+        assert!(matches!(
+            write_ack(&mut got, &many, &small),
+            Err(EncodeError::LimitExceeded {
+                limit: "max_frame_len",
+                ..
+            })
+        ));
+        assert_eq!(&got[..], b"before");
     }
 
     #[test]
