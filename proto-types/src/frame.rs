@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use smol_str::SmolStr;
 
 use crate::envelope::{Envelope, MessageKind, ReturnAddress};
-use crate::id::{MessageId, NodeId};
+use crate::id::{GroupKey, MessageId, NodeId};
 use crate::multicast::{ChannelDemote, ChannelHello, ChannelKey, ChannelNak, ChannelStatus};
 
 /// The protocol version spoken by this crate. Also part of the ALPN string ([`ALPN`]).
@@ -123,6 +123,11 @@ impl To {
     /// group for a group's copy (a node in two groups handles the event once for each).
     pub fn delivery_key(&self, id: MessageId) -> MessageId {
         id.delivery_key(self.group())
+    }
+
+    /// The group's part of [`To::delivery_key`], for the many messages of one run.
+    pub fn group_key(&self) -> GroupKey {
+        GroupKey::of(self.group())
     }
 }
 

@@ -58,10 +58,37 @@ impl MessageId {
     /// assert_eq!(id.delivery_key(Some("billing")).unix_ms(), id.unix_ms());
     /// ```
     pub fn delivery_key(self, group: Option<&str>) -> Self {
-        let Some(group) = group else { return self };
+        GroupKey::of(group).key(self)
+    }
+}
+
+/// A subscriber group's part of [`MessageId::delivery_key`], hashed once for the many ids of
+/// one run instead of once for each.
+///
+/// ```
+/// # use shoal_proto::{GroupKey, MessageId};
+/// let billing = GroupKey::of(Some("billing"));
+/// let id = MessageId::from_parts(1_700_000_000_000, 42);
+/// assert_eq!(billing.key(id), id.delivery_key(Some("billing")));
+/// assert_eq!(GroupKey::of(None).key(id), id);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GroupKey(u128);
+
+impl GroupKey {
+    /// The part for `group` (`None`, ungrouped: ids are their own keys).
+    pub fn of(group: Option<&str>) -> Self {
+        let Some(group) = group else {
+            return Self(0);
+        };
         let hash = (u128::from(fnv1a(group, 0xcbf2_9ce4_8422_2325)) << 64)
             | u128::from(fnv1a(group, 0x6c62_272e_07bb_0142));
-        Self(self.0 ^ (hash & ((1 << 80) - 1)))
+        Self(hash & ((1 << 80) - 1))
+    }
+
+    /// The key `id` is acknowledged and deduplicated under in this group.
+    pub const fn key(self, id: MessageId) -> MessageId {
+        MessageId(id.0 ^ self.0)
     }
 }
 

@@ -29,7 +29,7 @@ pub use frame::{
     ALPN, Ack, Differs, Frame, Goodbye, Head, Hello, Item, Messages, Nack, NackCode,
     PROTOCOL_VERSION, SeqRange, Subscription, To,
 };
-pub use id::{MessageId, NodeId};
+pub use id::{GroupKey, MessageId, NodeId};
 pub use limits::{Limits, validate_envelope, validate_frame, validate_head, validate_item};
 /// The string type of names and keys ([`Envelope::name`], [`Envelope::partition_key`],
 /// [`To::Group`], [`Subscription::group`]): inline up to 23 bytes, shared beyond, so cloning

@@ -62,6 +62,9 @@ pub(crate) struct DedupWindow {
     max_age: Duration,
     chunk_len: usize,
     hashing: IdHashing,
+    /// No chunk expires before this (the oldest chunk's last id plus the age): a check until
+    /// then skips the walk. Ids are only ever added later, so it is never too late.
+    quiet_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -142,6 +145,7 @@ impl DedupWindow {
             max_age,
             chunk_len: (capacity / 16).clamp(1, MAX_CHUNK),
             hashing,
+            quiet_until: None,
         }
     }
 
@@ -152,13 +156,14 @@ impl DedupWindow {
             return Seen::New;
         }
         self.expire(now);
-        if self.running.contains(&id) {
-            return Seen::InProgress;
-        }
+        // An id is running or done, never both (it is done once it stops running), so one
+        // probe of the running set both asks and records.
         if self.is_done(id) {
             return Seen::Done;
         }
-        self.running.insert(id);
+        if !self.running.insert(id) {
+            return Seen::InProgress;
+        }
         Seen::New
     }
 
@@ -209,6 +214,9 @@ impl DedupWindow {
 
     /// Drops the chunks whose newest id is older than the maximum age.
     fn expire(&mut self, now: Instant) {
+        if self.quiet_until.is_some_and(|until| now < until) {
+            return;
+        }
         while self
             .chunks
             .front()
@@ -216,6 +224,10 @@ impl DedupWindow {
         {
             self.pop_oldest();
         }
+        self.quiet_until = self
+            .chunks
+            .front()
+            .and_then(|c| c.last.checked_add(self.max_age));
     }
 
     fn pop_oldest(&mut self) {

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_proto::{Frame, Head, Item, MessageId, Messages, NackCode, Subscription, To};
+use shoal_proto::{Frame, GroupKey, Head, Item, MessageId, Messages, NackCode, Subscription, To};
 use slotmap::SlotMap;
 use smallvec::SmallVec;
 
@@ -46,6 +46,8 @@ struct Task<H> {
     /// without a copy), the first of them numbered `rest_seq`.
     rest: VecDeque<Item>,
     rest_seq: u64,
+    /// The group's part of the `rest` messages' dedup keys, hashed once for the run.
+    rest_group: GroupKey,
 }
 
 /// The receiving side's state.
@@ -226,6 +228,7 @@ impl<H: Clone> Engine<H> {
         if head.ordered {
             let task = self.inbound.tasks.insert(Task {
                 conn,
+                rest_group: head.to.group_key(),
                 head,
                 handlers,
                 ready: None,
@@ -235,8 +238,9 @@ impl<H: Clone> Engine<H> {
             });
             return self.admit(task, now);
         }
+        let group = head.to.group_key();
         for (seq, item) in (first_seq..).zip(items) {
-            let key = head.to.delivery_key(item.id);
+            let key = group.key(item.id);
             if head.reliable && !self.first_delivery(conn, seq, &head, &item, key, now) {
                 continue;
             }
@@ -248,6 +252,7 @@ impl<H: Clone> Engine<H> {
                 running: None,
                 rest: VecDeque::new(),
                 rest_seq: 0,
+                rest_group: GroupKey::default(),
             });
             self.admit(task, now);
         }
@@ -305,6 +310,7 @@ impl<H: Clone> Engine<H> {
             running: None,
             rest: VecDeque::new(),
             rest_seq: 0,
+            rest_group: GroupKey::default(),
         });
         self.admit(task, now);
         task
@@ -355,7 +361,7 @@ impl<H: Clone> Engine<H> {
             let seq = t.rest_seq;
             t.rest_seq += 1;
             let (conn, head) = (t.conn, Arc::clone(&t.head));
-            let key = head.to.delivery_key(item.id);
+            let key = t.rest_group.key(item.id);
             if !head.reliable {
                 t.ready = Some((seq, key, item));
                 continue;
