@@ -15,6 +15,16 @@
 //! Whatever `max_frame_len` says, no body larger than [`MAX_FRAME_LEN_CAP`] (64 MiB) is ever
 //! written or accepted.
 //!
+//! # Payloads are not copied
+//!
+//! [`decode`] takes a frame of [`SHARE_FROM`] bytes or more off the buffer as a [`Bytes`] of
+//! its own, and the payloads of the messages in it (a run, or a reply) are views of those
+//! bytes: no copy, however large, and no allocation per message. A payload kept therefore
+//! keeps alive the whole buffer its frame was read into, with the other frames of the same
+//! read; copy it (`Bytes::copy_from_slice`) to keep a small payload for long. A smaller frame
+//! (one small message, an ack) has its payloads copied: splitting the buffer would cost more
+//! than the copy.
+//!
 //! # Hostile input
 //!
 //! [`decode`] never panics, whatever the bytes. A bincode body may claim a string or vector
@@ -33,12 +43,13 @@
 
 use bincode::config::{Configuration, Limit};
 use bincode::enc::write::Writer;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 
 mod datagram;
 mod native;
+use native::Payloads;
 mod run;
 
 pub use datagram::{
@@ -53,6 +64,10 @@ pub const LENGTH_PREFIX: usize = 4;
 /// The largest frame body the codec writes or accepts, whatever
 /// [`Limits::max_frame_len`] says: 64 MiB.
 pub const MAX_FRAME_LEN_CAP: usize = 64 * MIB;
+
+/// The smallest frame body whose payloads [`decode`] shares rather than copies (module docs):
+/// below it the frame holds one small message, or none.
+pub const SHARE_FROM: usize = 512;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -160,9 +175,15 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         return Ok(None);
     }
 
-    let result = decode_body(&src[LENGTH_PREFIX..total]);
-    src.advance(total);
-    let frame = result?;
+    let frame = if len >= SHARE_FROM {
+        // The frame's bytes become its own (split off, not copied): payloads are views of them.
+        let body = src.split_to(total).freeze().slice(LENGTH_PREFIX..);
+        decode_body(&body, Payloads::Shared(&body))
+    } else {
+        let result = decode_body(&src[LENGTH_PREFIX..total], Payloads::Copied);
+        src.advance(total);
+        result
+    }?;
 
     validate_frame(&frame, limits).map_err(|v| DecodeError::LimitExceeded {
         limit: v.limit,
@@ -192,10 +213,7 @@ const STORED_ENVELOPE: u8 = 2;
 /// # Errors
 ///
 /// [`EncodeError::LimitExceeded`] when the envelope breaks a limit.
-pub fn encode_envelope(
-    envelope: &crate::Envelope,
-    limits: &Limits,
-) -> Result<bytes::Bytes, EncodeError> {
+pub fn encode_envelope(envelope: &crate::Envelope, limits: &Limits) -> Result<Bytes, EncodeError> {
     crate::validate_envelope(envelope, limits)?;
     let max = max_frame_len(limits);
     let mut dst = BytesMut::with_capacity(1 + envelope_len_estimate(envelope).min(max));
@@ -245,12 +263,12 @@ pub fn decode_envelope(stored: &[u8], limits: &Limits) -> Result<crate::Envelope
 }
 
 /// Decodes a whole frame body, with a bincode budget chosen from its length (module docs).
-fn decode_body(body: &[u8]) -> Result<Frame, DecodeError> {
+fn decode_body(body: &[u8], payloads: Payloads<'_>) -> Result<Frame, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::Malformed("empty frame".into()));
     }
     // Messages, acks and replies, most of the frames, without serde (`native.rs`).
-    let decoded = match native::decode(body) {
+    let decoded = match native::decode(body, payloads) {
         Some(decoded) => decoded,
         None if body.len() <= 4 * KIB => decode_with_budget::<{ 64 * KIB }>(body),
         None if body.len() <= 256 * KIB => decode_with_budget::<{ 4 * MIB }>(body),
@@ -389,6 +407,56 @@ mod tests {
         buf.put_u32(u32::try_from(body.len()).unwrap());
         buf.extend_from_slice(body);
         buf
+    }
+
+    #[test]
+    fn payloads_of_a_large_frame_share_its_bytes_and_of_a_small_one_are_copied() {
+        let limits = Limits::default();
+        for (events, payload_len) in [(1, 16), (1, 4096), (40, 64), (2, 0)] {
+            let run = crate::Messages {
+                first_seq: 7,
+                head: crate::Head::of(
+                    &Envelope::new(
+                        MessageId::from_u128(1),
+                        MessageKind::Event,
+                        "t",
+                        0,
+                        "".into(),
+                    ),
+                    crate::To::Handler,
+                    true,
+                    false,
+                ),
+                items: (0..events)
+                    .map(|n| {
+                        let body = Bytes::from(vec![n as u8; payload_len]);
+                        let env = Envelope::new(
+                            MessageId::from_u128(n),
+                            MessageKind::Event,
+                            "t",
+                            0,
+                            body,
+                        );
+                        crate::Item::of(&env)
+                    })
+                    .collect(),
+            };
+            let frame = Frame::Messages(Box::new(run));
+            let mut wire = BytesMut::new();
+            encode(&frame, &limits, &mut wire).unwrap();
+            let shared = wire.len() - LENGTH_PREFIX >= SHARE_FROM;
+            let read = wire.as_ptr_range();
+            let decoded = decode(&mut wire, &limits).unwrap().unwrap();
+            let Frame::Messages(run) = &decoded else {
+                panic!("{decoded:?}")
+            };
+            for item in run.items.iter().filter(|i| !i.payload.is_empty()) {
+                let within = read.contains(&item.payload.as_ptr());
+                assert_eq!(within, shared, "{events} x {payload_len} B");
+            }
+            assert_eq!(decoded, frame);
+            assert!(wire.is_empty());
+        }
     }
 
     /// bincode's varint for a `u64` that needs all eight bytes.

@@ -61,24 +61,35 @@ fn reserve(count: usize, body: usize, min: usize) -> usize {
 /// Decodes `body` if it is a [`Frame::Messages`], a [`Frame::Ack`] or a [`Frame::Reply`]: the
 /// frame and the bytes it took. `None` for every other frame (the caller decodes it through
 /// serde).
-pub(super) fn decode(body: &[u8]) -> Option<Result<(Frame, usize), DecodeError>> {
+pub(super) fn decode(
+    body: &[u8],
+    payloads: Payloads<'_>,
+) -> Option<Result<(Frame, usize), DecodeError>> {
     let mut decoder = DecoderImpl::new(Body { rest: body }, config(), ());
     let frame = match u32::borrow_decode(&mut decoder) {
-        Ok(MESSAGES) => messages(&mut decoder, body.len()).map(|m| Frame::Messages(Box::new(m))),
+        Ok(MESSAGES) => {
+            messages(&mut decoder, body.len(), payloads).map(|m| Frame::Messages(Box::new(m)))
+        }
         Ok(ACK) => ack(&mut decoder, body.len()).map(Frame::Ack),
-        Ok(REPLY) => envelope(&mut decoder, body.len()).map(|e| Frame::Reply(Box::new(e))),
+        Ok(REPLY) => {
+            envelope(&mut decoder, body.len(), payloads).map(|e| Frame::Reply(Box::new(e)))
+        }
         _ => return None,
     };
     Some(frame.map(|frame| (frame, body.len() - decoder.borrow_reader().rest.len())))
 }
 
-fn messages<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Messages, DecodeError> {
+fn messages<'de, D: BorrowDecoder<'de>>(
+    d: &mut D,
+    body: usize,
+    payloads: Payloads<'_>,
+) -> Result<Messages, DecodeError> {
     let first_seq = u64::borrow_decode(d)?;
     let head = head(d)?;
     let count = len(d)?;
     let mut items = Vec::with_capacity(reserve(count, body, MIN_ITEM));
     for _ in 0..count {
-        items.push(item(d, body)?);
+        items.push(item(d, body, payloads)?);
     }
     Ok(Messages {
         first_seq,
@@ -106,14 +117,18 @@ fn head<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<Head, DecodeError> {
     })
 }
 
-fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, DecodeError> {
+fn item<'de, D: BorrowDecoder<'de>>(
+    d: &mut D,
+    body: usize,
+    payloads: Payloads<'_>,
+) -> Result<Item, DecodeError> {
     let id = message_id(d)?;
     let attempt = u32::borrow_decode(d)?;
     let timestamp_ms = u64::borrow_decode(d)?;
     let correlation_id = option(d, message_id)?;
     let partition_key = option(d, name)?;
     let headers = headers(d, body)?;
-    let payload = Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?);
+    let payload = payloads.take(d)?;
     let differs = option(d, |d| {
         Ok(Box::new(Differs {
             kind: kind(d)?,
@@ -134,7 +149,11 @@ fn item<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Item, Deco
     })
 }
 
-fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelope, DecodeError> {
+fn envelope<'de, D: BorrowDecoder<'de>>(
+    d: &mut D,
+    body: usize,
+    payloads: Payloads<'_>,
+) -> Result<Envelope, DecodeError> {
     Ok(Envelope {
         id: message_id(d)?,
         kind: kind(d)?,
@@ -147,8 +166,31 @@ fn envelope<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Envelo
         partition_key: option(d, name)?,
         attempt: u32::borrow_decode(d)?,
         timestamp_ms: u64::borrow_decode(d)?,
-        payload: Bytes::copy_from_slice(<&[u8]>::borrow_decode(d)?),
+        payload: payloads.take(d)?,
     })
+}
+
+/// Where decoded payloads live.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Payloads<'a> {
+    /// Each in a buffer of its own, copied from the body: for a small frame, cheaper than
+    /// sharing its bytes.
+    Copied,
+    /// Views of the frame's own bytes, which the decoded body borrows from: no copy, and the
+    /// frame's buffer lives as long as any payload does.
+    Shared(&'a Bytes),
+}
+
+impl Payloads<'_> {
+    /// Decodes the next payload.
+    fn take<'de, D: BorrowDecoder<'de>>(self, d: &mut D) -> Result<Bytes, DecodeError> {
+        let bytes = <&[u8]>::borrow_decode(d)?;
+        Ok(match self {
+            Self::Copied => Bytes::copy_from_slice(bytes),
+            // Borrowed from the body, which is this `Bytes`'s contents: it lies within them.
+            Self::Shared(frame) => frame.slice_ref(bytes),
+        })
+    }
 }
 
 fn headers<'de, D: BorrowDecoder<'de>>(
