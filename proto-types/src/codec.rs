@@ -46,10 +46,10 @@ use bincode::enc::write::Writer;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
+use native::Payloads;
 
 mod datagram;
 mod native;
-use native::Payloads;
 mod run;
 
 pub use datagram::{

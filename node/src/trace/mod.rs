@@ -13,9 +13,10 @@
 //!
 //! Cost: with no subscriber interested in these spans, a handled message costs a look at
 //! the subscribers' level and a scan of its headers for `traceparent`; a send outside a
-//! handler one task-local lookup. The spans are not built at all then, even where `tracing`'s
-//! `log` feature would hand a disabled span's fields to the `log` crate (see `may_record`). No id is drawn, nothing formatted or allocated, unless a span is
-//! recorded or a message carries a trace.
+//! handler one task-local lookup. The spans are not built at all then, even where
+//! `tracing`'s `log` feature would hand a disabled span's fields to the `log` crate (see
+//! `may_record`). No id is drawn, nothing formatted or allocated, unless a span is recorded
+//! or a message carries a trace.
 //!
 //! With the `opentelemetry` feature, the spans' OpenTelemetry contexts (from
 //! `tracing-opentelemetry`) are used instead, when a layer gives them one: see `otel.rs`.

@@ -339,8 +339,8 @@ async fn write_loop(driver: &Arc<Driver>, conn: ConnId, io: &ConnIo) {
 }
 
 /// Hands QUIC what is pending and then what the engine has queued, until the engine says
-/// that was all (ready), the goodbye was taken or writing failed (ready, flagged in `out`), or QUIC blocks
-/// (pending: `cx` is woken when it can take more).
+/// that was all (ready), the goodbye was taken or writing failed (ready, flagged in `out`),
+/// or QUIC blocks (pending: `cx` is woken when it can take more).
 fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Context<'_>) -> Poll<()> {
     // Whether the engine may have more to write: not asked yet, or it said so. Once what it
     // gave is written and it said that was all, asking again would only lock it for nothing
