@@ -297,14 +297,14 @@ pub(crate) fn traced_send(
     let Some(first) = messages.first() else {
         return tracing::Span::none();
     };
-    let span = if !may_record(tracing::Level::DEBUG) {
-        tracing::Span::none()
-    } else {
+    let span = if may_record(tracing::Level::DEBUG) {
         match kind {
             Sending::Send => send_span!("shoal.send", "send", service, first),
             Sending::Request => send_span!("shoal.request", "send", service, first),
             Sending::Publish => send_span!("shoal.publish", "publish", service, first),
         }
+    } else {
+        tracing::Span::none()
     };
     let current = current();
     let ctx = if span.is_disabled() {
