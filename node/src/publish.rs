@@ -13,7 +13,7 @@ use std::time::Duration;
 use shoal_proto::NodeId;
 
 use crate::engine::Done;
-use crate::engine::send::Publishing;
+use crate::engine::send::{Events, Publishing};
 use crate::runtime::op::OpFuture;
 use crate::trace::{self, Sending};
 use crate::{Error, Message, Node, PublishOptions, PublishReceipt};
@@ -60,7 +60,7 @@ impl Node {
         event: Message,
         options: PublishOptions,
     ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
-        self.start_publish(vec![event], false, options)
+        self.start_publish(smallvec::smallvec![event], false, options)
     }
 
     /// Publishes several events on one topic as one batch: each audience gets them in one
@@ -89,12 +89,12 @@ impl Node {
         events: Vec<Message>,
         options: PublishOptions,
     ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
-        self.start_publish(events, true, options)
+        self.start_publish(events.into(), true, options)
     }
 
     fn start_publish(
         &self,
-        mut events: Vec<Message>,
+        mut events: Events,
         batched: bool,
         options: PublishOptions,
     ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {

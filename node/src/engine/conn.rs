@@ -15,6 +15,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
 use shoal_proto::{Frame, Goodbye, Limits, NodeId, Subscription};
+use smallvec::SmallVec;
 
 use super::action::TaskId;
 use super::ranges::RangeSet;
@@ -279,8 +280,12 @@ impl Conn {
                 }
             }
         }
-        // Sized once for what waits (bounded), not grown item by item.
-        let mut run: Vec<EncodedItem> = Vec::with_capacity(self.queued_items.min(256));
+        // A lone message (the usual run when calls are one at a time) needs no allocation; a
+        // longer run is sized once for what waits (bounded), not grown item by item.
+        let mut run: SmallVec<[EncodedItem; 4]> = SmallVec::new();
+        if self.queued_items > 4 {
+            run.reserve_exact(self.queued_items.min(256));
+        }
         while buf.len() < max_bytes {
             let Some(next) = self.queue.pop_front() else {
                 break;

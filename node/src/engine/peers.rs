@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{NodeId, SmolStr, Subscription};
 use slotmap::SlotMap;
+use smallvec::SmallVec;
 
 use super::action::ConnId;
 use super::conn::Conn;
@@ -488,12 +489,10 @@ impl Peers {
             // An event's copy, the same way (every publish comes here).
             let audiences = self.audiences(conns, topic, now);
             let nodes = instances_of(&audiences, audience)?;
-            return pick(
-                conns,
-                nodes.iter().filter_map(|n| self.current(*n)),
-                tried,
-                turn,
-            );
+            // Each instance's connection is looked up once, not on each of `pick`'s passes.
+            let current: SmallVec<[ConnId; 8]> =
+                nodes.iter().filter_map(|n| self.current(*n)).collect();
+            return pick(conns, current.iter().copied(), tried, turn);
         }
         let live = self.candidates(conns, route, now);
         if live.len() <= 1 {

@@ -27,6 +27,10 @@ use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions}
 use crate::receipts::{EventDelivery, PublishReceipt, Receipt};
 use crate::{Error, Message};
 
+/// The events of one `publish` call: usually one, kept inline (no allocation for a single
+/// event), or a batch.
+pub(crate) type Events = SmallVec<[Message; 1]>;
+
 slotmap::new_key_type! {
     /// One destination's delivery of an operation.
     pub(crate) struct DeliveryId;
@@ -288,7 +292,7 @@ impl<H: Clone> Engine<H> {
             &envelope,
             To::Handler,
             &spec,
-            std::slice::from_ref(&item),
+            std::iter::once(&item),
             limits,
         )?;
         let route = Route::Service(target);
@@ -307,7 +311,7 @@ impl<H: Clone> Engine<H> {
     /// topic.
     pub(crate) fn publish(
         &mut self,
-        mut events: Vec<Message>,
+        mut events: Events,
         batched: bool,
         options: &PublishOptions,
         now: Instant,
@@ -374,8 +378,7 @@ impl<H: Clone> Engine<H> {
         let hold = options.hold_for.unwrap_or(self.config.event_hold);
         // Every copy's head is made (and the batch checked against the frame limit with it)
         // before anything is sent.
-        let encoded: Vec<EncodedItem> = items.iter().map(|(_, i)| i.clone()).collect();
-        let mut copies = Vec::with_capacity(audiences.len());
+        let mut copies: SmallVec<[_; 2]> = SmallVec::with_capacity(audiences.len());
         for (audience, _) in audiences.iter() {
             let to = match audience {
                 Audience::Group(group) => To::Group(group.clone()),
@@ -398,7 +401,7 @@ impl<H: Clone> Engine<H> {
                 &envelopes[0],
                 to,
                 &spec,
-                &encoded,
+                items.iter().map(|(_, item)| item),
                 limits,
             )?;
             let route = Route::Audience {
@@ -544,12 +547,12 @@ fn empty_receipt(id: MessageId) -> PublishReceipt {
 /// The encoded head of `envelope`'s run for `to`, checked with `items` against the frame
 /// limit: a message (or an ordered batch, which travels as one frame) that can never be sent
 /// is refused before anything is.
-fn encoded_head(
+fn encoded_head<'a>(
     heads: &mut HeadCache,
     envelope: &Envelope,
     to: To,
     spec: &Spec,
-    items: &[EncodedItem],
+    items: impl Iterator<Item = &'a EncodedItem> + Clone,
     limits: &Limits,
 ) -> Result<Arc<EncodedHead>, Error> {
     let head = heads.get(envelope, &to, spec.reliable, spec.ordered, limits)?;
@@ -557,7 +560,6 @@ fn encoded_head(
         codec::messages_len(&head, items)
     } else {
         items
-            .iter()
             .map(|item| codec::messages_len(&head, [item]))
             .max()
             .unwrap_or(0)

@@ -601,7 +601,7 @@ fn sim_throughput() {
                 .send("billing", msg, &Default::default(), now);
             let event = sim.event("order.created", "y");
             let _ = sim.nodes[orders].engine.publish(
-                vec![event],
+                smallvec::smallvec![event],
                 false,
                 &PublishOptions::default(),
                 now,
