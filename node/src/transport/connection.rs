@@ -9,8 +9,9 @@
 //! tasks ready now, so under load many messages and all pending acks leave in one write:
 //! batching without added latency.
 //!
-//! An idle connection holds no buffer of its own. The writer hands each write's bytes to
-//! QUIC as they are (no copy) and starts the next write in a fresh buffer; the reader takes
+//! An idle connection holds at most a small buffer of its own. The writer hands each write's
+//! bytes to QUIC as they are (no copy), built in a buffer it reuses for the next write once
+//! QUIC has let go of them, unless the write was larger than [`KEEP_ARENA`]; the reader takes
 //! the chunks QUIC has received and keeps only the part of a frame still incomplete. A mesh
 //! node holds hundreds of connections, most of them quiet, so per-connection buffers sized
 //! for bursts would be most of its memory.
@@ -29,6 +30,10 @@ use crate::sync::lock;
 
 /// Most bytes gathered for one write.
 const MAX_WRITE: usize = 256 * 1024;
+
+/// The largest write buffer a connection keeps for its next write ([`Outgoing::arena`]):
+/// after a larger write, the next allocates a buffer of its own again.
+const KEEP_ARENA: usize = 4 * 1024;
 
 /// Most chunks taken from QUIC in one read (a chunk is at most a packet's worth under load):
 /// what arrived together goes to the engine together.
@@ -98,6 +103,12 @@ struct Outgoing {
     /// Bytes taken from the engine that QUIC has not taken yet (its flow control blocked):
     /// they go before anything else.
     pending: Bytes,
+    /// Where each write is built. The write is split off and handed to QUIC, which keeps it
+    /// until the peer acknowledges it; once QUIC has let go of every earlier write, the next
+    /// is built in the same allocation. One request after another then allocates nothing to
+    /// write (a buffer of its own for each write cost an allocation for it and another to
+    /// share it).
+    arena: BytesMut,
     /// The engine's goodbye was taken: the writer finishes the stream once it is written.
     finish: bool,
     /// Writing failed: the connection is going away.
@@ -111,6 +122,7 @@ impl ConnIo {
             out: std::sync::Mutex::new(Outgoing {
                 stream: Some(send),
                 pending: Bytes::new(),
+                arena: BytesMut::new(),
                 finish: false,
                 failed: false,
             }),
@@ -370,11 +382,17 @@ fn flush(out: &mut Outgoing, driver: &Arc<Driver>, conn: ConnId, cx: &mut Contex
         if out.finish || out.failed || !more {
             return Poll::Ready(());
         }
-        // Each write starts in a buffer of its own, sized by the engine for what is queued.
-        let mut buf = BytesMut::new();
+        // The engine reserves room for what is queued.
         let written =
-            driver.call(|engine, now| engine.poll_transmit(conn, &mut buf, MAX_WRITE, now));
-        out.pending = buf.freeze();
+            driver.call(|engine, now| engine.poll_transmit(conn, &mut out.arena, MAX_WRITE, now));
+        if !out.arena.is_empty() {
+            out.pending = out.arena.split().freeze();
+            // A small write's buffer is kept for the next; a large one's is not, so an idle
+            // connection does not hold a burst's allocation.
+            if out.pending.len() + out.arena.capacity() > KEEP_ARENA {
+                out.arena = BytesMut::new();
+            }
+        }
         out.finish = written.finish;
         more = written.more;
     }
