@@ -266,8 +266,9 @@ impl Conn {
         mut current: impl FnMut(Owner) -> bool,
     ) -> Transmit {
         self.signalled = false;
-        // One allocation for what is queued (the writer hands each write's buffer to QUIC
-        // and starts the next one empty); none when nothing is.
+        // Room for what is queued, reserved once; none when nothing is. (The writer's buffer
+        // is empty here: its earlier writes were split off for QUIC, and its allocation is
+        // reused once QUIC has let go of them.)
         if self.queued_bytes > 0 {
             buf.reserve(self.queued_bytes.min(max_bytes) + 64);
         }
