@@ -2,18 +2,23 @@
 //! answers, and deciding what follows a failed attempt (another instance at once, a backoff,
 //! or the end).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use shoal_proto::NackCode;
+use shoal_proto::{NackCode, NodeId};
 
 use super::action::ConnId;
-use super::conn::Owner;
+use super::conn::{Conn, Owner};
 use super::delivery::{Answer, Failure, State};
 use super::retry::Next;
 use super::send::{DeliveryId, InFlight};
 use super::{Engine, Lifecycle, Timer};
 use crate::Error;
+
+/// How long messages in flight on a connection that lost a duplicate race wait for the
+/// connection that won before they go to any instance ([`Engine::resume`]). The winner is
+/// usually up already, or within a round trip.
+const RESUME_WAIT: Duration = Duration::from_millis(500);
 
 impl<H: Clone> Engine<H> {
     /// Finds an instance for the next attempt of `d` and sends, or waits.
@@ -36,6 +41,14 @@ impl<H: Clone> Engine<H> {
             .choose(&self.conns, &del.route, &del.tried, key, turn, now);
         let Some(conn) = chosen else {
             return self.no_instance(d, now);
+        };
+        self.attempt_on(d, conn, now);
+    }
+
+    /// The next attempt of `d` on `conn`: sent, or waiting for room in its window.
+    fn attempt_on(&mut self, d: DeliveryId, conn: ConnId, now: Instant) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
         };
         let full = self.conns.get(conn).is_none_or(|c| {
             c.window.pending() >= self.config.max_in_flight_per_peer
@@ -259,6 +272,31 @@ impl<H: Clone> Engine<H> {
         }
     }
 
+    /// Sends `d` again to `node` once a connection to it takes messages; until `until`, waits
+    /// for one (the peers changing wakes it, see [`Engine::wake_waiting`]), then tries any
+    /// instance as usual. Not a failure: no instance is marked as tried, no backoff.
+    pub(super) fn resume(&mut self, d: DeliveryId, node: NodeId, until: Instant, now: Instant) {
+        if self.lifecycle == Lifecycle::Killed {
+            return;
+        }
+        let live = self
+            .peers
+            .current(node)
+            .filter(|c| self.conns.get(*c).is_some_and(Conn::takes_messages));
+        match live {
+            Some(conn) => {
+                self.bump(d, State::Backoff);
+                self.attempt_on(d, conn, now);
+            }
+            None if now < until => {
+                let epoch = self.bump(d, State::Resume { node, until });
+                self.out.waiting.push((d, epoch));
+                self.set_timer(until, Timer::Delivery(d, epoch));
+            }
+            None => self.attempt(d, now),
+        }
+    }
+
     /// Decides what follows a retryable failure.
     pub(super) fn retry(&mut self, d: DeliveryId, reason: String, now: Instant) {
         let jitter: f64 = self.rng.random();
@@ -325,10 +363,17 @@ impl<H: Clone> Engine<H> {
 
     /// `conn` is gone: its unanswered messages are retried (elsewhere if they can be), and the
     /// deliveries waiting for its room look for another instance.
-    pub(super) fn fail_conn(&mut self, conn: ConnId, reason: &str, now: Instant) {
+    ///
+    /// `duplicate`: it lost a race with another connection between the same two nodes (they
+    /// dialled each other at once), so its peer is not down. Its unanswered messages may well
+    /// have been handled there, their acks lost with the connection: they go again to the same
+    /// node on the connection that won, where its dedup window knows them, and not to another
+    /// instance, which would handle them a second time ([`Engine::resume`]).
+    pub(super) fn fail_conn(&mut self, conn: ConnId, reason: &str, duplicate: bool, now: Instant) {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
+        let node = c.node;
         let entries = c.window.drain();
         let waiting: Vec<(DeliveryId, u32)> = c.waiting_room.drain(..).collect();
         for (_, entry) in entries {
@@ -338,7 +383,12 @@ impl<H: Clone> Engine<H> {
                 .get(entry.delivery)
                 .is_some_and(|del| del.epoch == entry.epoch)
             {
-                self.attempt_failed(entry.delivery, reason.to_owned(), now);
+                if duplicate {
+                    self.abandon_flight(entry.delivery);
+                    self.resume(entry.delivery, node, now + RESUME_WAIT, now);
+                } else {
+                    self.attempt_failed(entry.delivery, reason.to_owned(), now);
+                }
             }
         }
         for (d, epoch) in waiting {

@@ -63,6 +63,9 @@ pub(super) enum State {
     },
     /// Waits out a backoff before the next attempt.
     Backoff,
+    /// Its attempt was on a connection to `node` that lost a duplicate race: waits, until
+    /// `until` at most, for the connection that won, to send there again ([`Engine::resume`]).
+    Resume { node: NodeId, until: Instant },
     /// The copy went (or goes in the next datagram) on the multicast channel to this member;
     /// done when the member reports it handled (`multicast_fanout.rs`).
     Channel(NodeId),
@@ -202,13 +205,13 @@ impl<H: Clone> Engine<H> {
     /// The peers changed: every delivery waiting for an instance looks again.
     pub(super) fn wake_waiting(&mut self, now: Instant) {
         for (d, epoch) in std::mem::take(&mut self.out.waiting) {
-            if self
-                .out
-                .deliveries
-                .get(d)
-                .is_some_and(|del| del.epoch == epoch && del.state == State::Instance)
-            {
-                self.attempt(d, now);
+            let Some(del) = self.out.deliveries.get(d).filter(|del| del.epoch == epoch) else {
+                continue;
+            };
+            match del.state.clone() {
+                State::Instance => self.attempt(d, now),
+                State::Resume { node, until } => self.resume(d, node, until, now),
+                _ => {}
             }
         }
     }
@@ -267,6 +270,8 @@ impl<H: Clone> Engine<H> {
                 self.retry(d, reason, now);
             }
             State::Backoff => self.attempt(d, now),
+            // The winning connection did not come in time: any instance, as usual.
+            State::Resume { .. } => self.attempt(d, now),
             State::Flight { .. } => {}
             // No handled report in time: retried by unicast (multicast_fanout.rs).
             State::Channel(node) => self.channel_ack_timeout(d, node, now),

@@ -73,7 +73,7 @@ impl<H: Clone> Engine<H> {
                         reason: CloseReason::Duplicate,
                         flush: false,
                     });
-                    self.fail_conn(old, "duplicate connection", now);
+                    self.fail_conn(old, "duplicate connection", true, now);
                 }
                 self.stats.connections += 1;
                 self.peers.directory.connected(hello.node);
@@ -108,7 +108,7 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) {
         let was_current = self.peers.remove(&self.conns, conn, now);
-        self.fail_conn(conn, reason, now);
+        self.fail_conn(conn, reason, duplicate, now);
         self.drop_backlog(conn);
         let Some(c) = self.conns.remove(conn) else {
             return;
@@ -175,7 +175,12 @@ impl<H: Clone> Engine<H> {
                     c.goodbye = Some(goodbye.reason.clone());
                 }
                 self.peers.bump();
-                self.fail_conn(conn, &format!("peer said goodbye: {}", goodbye.reason), now);
+                self.fail_conn(
+                    conn,
+                    &format!("peer said goodbye: {}", goodbye.reason),
+                    false,
+                    now,
+                );
                 self.actions.push_back(Action::Close {
                     conn,
                     reason: CloseReason::Shutdown,

@@ -16,6 +16,7 @@
 mod authz;
 mod background_tests;
 mod driver;
+mod duplicate_tests;
 mod lazy_tests;
 mod metrics_tests;
 mod multicast;
