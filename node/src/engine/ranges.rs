@@ -7,6 +7,7 @@
 //! [`Ack`]: shoal_proto::Ack
 
 use shoal_proto::SeqRange;
+use smallvec::SmallVec;
 
 /// A set of sequence numbers, as sorted, disjoint, non-adjacent ranges `start..end`.
 #[derive(Debug, Default)]
@@ -62,8 +63,9 @@ impl RangeSet {
         self.ranges.is_empty()
     }
 
-    /// Takes every range, as the wire names them.
-    pub(super) fn take(&mut self) -> Vec<SeqRange> {
+    /// Takes every range, as the wire names them. Usually a few: kept inline, so writing an
+    /// ack (nearly every write of a receiver has one) allocates nothing for them.
+    pub(super) fn take(&mut self) -> SmallVec<[SeqRange; 8]> {
         self.ranges
             .drain(..)
             .map(|(start, end)| SeqRange {

@@ -413,8 +413,8 @@ impl Receiver {
             channel: self.channel,
             next_needed: self.next_needed,
             window: self.config.window,
-            handled: self.handled.take(),
-            failed: self.failed.take(),
+            handled: self.handled.take().into_vec(),
+            failed: self.failed.take().into_vec(),
         }));
     }
 
