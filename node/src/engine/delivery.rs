@@ -202,7 +202,8 @@ impl<H: Clone> Engine<H> {
         self.set_timer(until, Timer::Delivery(d, epoch));
     }
 
-    /// The peers changed: every delivery waiting for an instance looks again.
+    /// The peers changed: every delivery waiting for an instance looks again, and every one
+    /// waiting for the connection that won a duplicate race ([`State::Resume`]).
     pub(super) fn wake_waiting(&mut self, now: Instant) {
         for (d, epoch) in std::mem::take(&mut self.out.waiting) {
             let Some(del) = self.out.deliveries.get(d).filter(|del| del.epoch == epoch) else {

@@ -39,13 +39,24 @@ fn handled_but_not_acknowledged(seed: u64, count: usize) -> (Sim, [usize; 3], Ve
     (sim, [orders, b1, b2], ops)
 }
 
-/// How many times each message's handler ran, by message id.
-fn runs_per_message(sim: &Sim) -> HashMap<shoal_proto::MessageId, usize> {
-    let mut runs = HashMap::new();
+/// Every message was acknowledged, some by `b1` (the instance whose connection closed), and
+/// every handler ran exactly once.
+fn acknowledged_by_b1_too_and_run_once(sim: &Sim, orders: usize, b1: usize, ops: &[OpId]) {
+    let b1_id = sim.nodes[b1].engine.id();
+    let on_b1 = ops
+        .iter()
+        .filter(|op| acknowledged_by(sim, orders, **op) == b1_id)
+        .count();
+    assert!(on_b1 > 0, "some messages were on the closed connection");
+    let mut runs: HashMap<shoal_proto::MessageId, usize> = HashMap::new();
     for run in &sim.runs {
         *runs.entry(run.id).or_default() += 1;
     }
-    runs
+    assert_eq!(runs.len(), ops.len());
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "a handler ran twice: {runs:?}"
+    );
 }
 
 fn acknowledged_by(sim: &Sim, node: usize, op: OpId) -> shoal_proto::NodeId {
@@ -66,18 +77,7 @@ fn messages_in_flight_on_a_lost_duplicate_wait_for_the_winner_and_run_once() {
     sim.link_up(b1, orders, Default::default(), true)
         .expect("the winner is admitted");
     sim.run_for(Duration::from_secs(1));
-    let b1_id = sim.nodes[b1].engine.id();
-    let on_b1 = ops
-        .iter()
-        .filter(|op| acknowledged_by(&sim, orders, **op) == b1_id)
-        .count();
-    assert!(on_b1 > 0, "some messages were on the lost connection");
-    let runs = runs_per_message(&sim);
-    assert_eq!(runs.len(), ops.len());
-    assert!(
-        runs.values().all(|n| *n == 1),
-        "a handler ran twice: {runs:?}"
-    );
+    acknowledged_by_b1_too_and_run_once(&sim, orders, b1, &ops);
 }
 
 /// This node admits the winner, which displaces the connection the messages were on: they go
@@ -90,18 +90,7 @@ fn messages_in_flight_on_a_displaced_connection_go_over_the_winner_and_run_once(
     sim.link_up(orders, b1, Default::default(), true)
         .expect("the newer connection wins");
     sim.run_for(Duration::from_secs(1));
-    let b1_id = sim.nodes[b1].engine.id();
-    let on_b1 = ops
-        .iter()
-        .filter(|op| acknowledged_by(&sim, orders, **op) == b1_id)
-        .count();
-    assert!(on_b1 > 0, "some messages were on the displaced connection");
-    let runs = runs_per_message(&sim);
-    assert_eq!(runs.len(), ops.len());
-    assert!(
-        runs.values().all(|n| *n == 1),
-        "a handler ran twice: {runs:?}"
-    );
+    acknowledged_by_b1_too_and_run_once(&sim, orders, b1, &ops);
 }
 
 /// No winner comes (the instance went away right then): after the wait, the messages go to
