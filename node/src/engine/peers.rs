@@ -77,32 +77,47 @@ impl Route {
 }
 
 /// The least-loaded live connection among `ids` (ties taken in turn), one to an instance not
-/// in `tried` when there is one.
+/// in `tried` when there is one. Each candidate's connection is looked up once (an event's
+/// candidates come through a map of its instances), then chosen among without allocating.
 fn pick(
     conns: &SlotMap<ConnId, Conn>,
-    ids: impl Iterator<Item = ConnId> + Clone,
+    ids: impl Iterator<Item = ConnId>,
     tried: &[NodeId],
     turn: usize,
 ) -> Option<ConnId> {
-    let live = ids
-        .filter_map(|c| Some((c, conns.get(c)?)))
-        .filter(|(_, c)| c.takes_messages());
-    let untried = live.clone().filter(|(_, c)| !tried.contains(&c.node));
-    least_loaded(untried, turn).or_else(|| least_loaded(live, turn))
+    let live: SmallVec<[Live; 8]> = ids
+        .filter_map(|id| {
+            let c = conns.get(id).filter(|c| c.takes_messages())?;
+            Some(Live {
+                id,
+                pending: c.window.pending(),
+                untried: !tried.contains(&c.node),
+            })
+        })
+        .collect();
+    least_loaded(live.iter().filter(|c| c.untried), turn)
+        .or_else(|| least_loaded(live.iter(), turn))
+}
+
+/// A live connection `pick` may choose.
+struct Live {
+    id: ConnId,
+    /// Its unanswered messages.
+    pending: usize,
+    /// Its instance is not among those tried.
+    untried: bool,
 }
 
 /// The connection with the fewest unanswered messages among `candidates`, ties broken by
-/// `turn` (see [`route::choose`]), without collecting them.
+/// `turn` (see [`route::choose`]).
 fn least_loaded<'a>(
-    candidates: impl Iterator<Item = (ConnId, &'a Conn)> + Clone,
+    candidates: impl Iterator<Item = &'a Live> + Clone,
     turn: usize,
 ) -> Option<ConnId> {
-    let least = candidates.clone().map(|(_, c)| c.window.pending()).min()?;
-    let tied = candidates
-        .clone()
-        .filter(|(_, c)| c.window.pending() == least);
+    let least = candidates.clone().map(|c| c.pending).min()?;
+    let tied = candidates.filter(move |c| c.pending == least);
     let pick = turn % tied.clone().count();
-    tied.map(|(id, _)| id).nth(pick)
+    tied.map(|c| c.id).nth(pick)
 }
 
 /// The audiences of events on one topic, each with its live instances, in the order of
@@ -489,10 +504,12 @@ impl Peers {
             // An event's copy, the same way (every publish comes here).
             let audiences = self.audiences(conns, topic, now);
             let nodes = instances_of(&audiences, audience)?;
-            // Each instance's connection is looked up once, not on each of `pick`'s passes.
-            let current: SmallVec<[ConnId; 8]> =
-                nodes.iter().filter_map(|n| self.current(*n)).collect();
-            return pick(conns, current.iter().copied(), tried, turn);
+            return pick(
+                conns,
+                nodes.iter().filter_map(|n| self.current(*n)),
+                tried,
+                turn,
+            );
         }
         let live = self.candidates(conns, route, now);
         if live.len() <= 1 {
