@@ -59,6 +59,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Placement::Split)]
     placement: Placement,
 
+    /// The tokio runtime each side runs on: `current-thread`, or `multi-thread` (one worker
+    /// thread per side, pinned with it: the scheduler of a service under `#[tokio::main]`).
+    #[arg(long, value_enum, default_value_t = runtime::Flavor::CurrentThread)]
+    runtime: runtime::Flavor,
+
     /// Measured window of each throughput row, in seconds (after a warm-up of a quarter of it).
     #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_duration_secs)]
     duration: f64,
@@ -193,6 +198,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
         placement: cli.placement,
         duration: Duration::from_secs_f64(cli.duration),
     };
+    runtime::set_flavor(cli.runtime);
     let info = RunInfo::detect(&config, runs);
     eprintln!(
         "shoal-bench {}: {} CPU(s), {}; count {}, warm-up {}, payload {} B, {} run(s) per scenario",
@@ -203,7 +209,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
     config.placement.cpus()?;
     eprintln!(
         "runtime: {}; placement: {}",
-        runtime::DESCRIPTION,
+        runtime::description(),
         info.placement
     );
 

@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn records_count_after_warmup_and_skips_losses() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         let report = runtime
             .block_on(measure("t", &config(50, 5), async |attempt| {
                 Ok(if attempt % 10 == 3 {
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn too_many_losses_fail() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         let err = runtime
             .block_on(measure("t", &config(50, 0), async |_| Ok(RoundTrip::Lost)))
             .expect_err("must fail");

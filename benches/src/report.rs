@@ -341,7 +341,7 @@ pub struct RunInfo {
     pub payload: usize,
     /// Runs per scenario.
     pub runs: usize,
-    /// How the runtimes were built (see [`crate::runtime::DESCRIPTION`]).
+    /// How the runtimes were built (see [`crate::runtime::description`]).
     pub runtime: String,
     /// CPU placement of the two sides, e.g. `split (server on CPU 0, client on CPU 1)`.
     pub placement: String,
@@ -363,7 +363,7 @@ impl RunInfo {
             warmup: config.warmup,
             payload: config.payload,
             runs,
-            runtime: crate::runtime::DESCRIPTION.to_owned(),
+            runtime: crate::runtime::description().to_owned(),
             placement: config.placement.describe(),
         }
     }

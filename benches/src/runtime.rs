@@ -18,8 +18,15 @@
 //! **Shoal's own scenarios must use the same setting** (build each node inside
 //! [`run_pair`]'s closures) so that the ratios against the raw floors compare like with
 //! like.
+//!
+//! `--runtime multi-thread` ([`Flavor::MultiThread`]) gives every side tokio's multi-thread
+//! runtime instead, with one worker thread pinned with the side: the scheduler a service
+//! started with `#[tokio::main]` runs (spawned tasks on a worker, the task woken last run
+//! first), one CPU per side as before. Rivals that bring their own threads (Zenoh, ZeroMQ)
+//! are unaffected.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -29,20 +36,74 @@ use crate::BenchConfig;
 use crate::affinity;
 use crate::error::{BenchError, BenchResult};
 
-/// One-line description of the runtime setting, copied into the JSON and Markdown output.
-pub const DESCRIPTION: &str = "server and client each on its own OS thread, \
-    each with its own tokio current_thread runtime (enable_all, defaults otherwise)";
+/// The kind of tokio runtime every side runs on (`--runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Flavor {
+    /// tokio's `current_thread` runtime: the side's thread runs every task.
+    #[default]
+    CurrentThread,
+    /// tokio's `multi_thread` runtime with one worker thread (pinned with the side): the
+    /// side's future runs on its thread, spawned tasks on the worker.
+    MultiThread,
+}
 
-/// Builds the runtime every side of every scenario runs on: tokio `current_thread`, with
-/// the I/O and time drivers enabled and all other settings at their defaults.
-pub fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+impl Flavor {
+    /// Name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CurrentThread => "current-thread",
+            Self::MultiThread => "multi-thread",
+        }
+    }
+}
+
+/// The flavor chosen for this process ([`set_flavor`]).
+static FLAVOR: OnceLock<Flavor> = OnceLock::new();
+
+/// Chooses the runtime of every side for the rest of the process; only the first call
+/// counts (the command line's `--runtime`, before any scenario runs).
+pub fn set_flavor(flavor: Flavor) {
+    let _ = FLAVOR.set(flavor);
+}
+
+/// The runtime every side runs on: `current_thread` unless [`set_flavor`] chose otherwise.
+pub fn flavor() -> Flavor {
+    FLAVOR.get().copied().unwrap_or_default()
+}
+
+/// One-line description of the runtime setting, copied into the JSON and Markdown output.
+pub fn description() -> &'static str {
+    match flavor() {
+        Flavor::CurrentThread => {
+            "server and client each on its own OS thread, \
+             each with its own tokio current_thread runtime (enable_all, defaults otherwise)"
+        }
+        Flavor::MultiThread => {
+            "server and client each on its own OS thread, each with its own tokio \
+             multi_thread runtime of one worker thread pinned with it (enable_all, defaults \
+             otherwise)"
+        }
+    }
+}
+
+/// Builds the runtime every side of every scenario runs on ([`flavor`]): tokio
+/// `current_thread`, or `multi_thread` with one worker, with the I/O and time drivers
+/// enabled and all other settings at their defaults. Built on the side's thread, after it
+/// is pinned, so the worker inherits its CPU.
+pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
+    match flavor() {
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// Starts an OS thread named `name`, pinned to `cpu` if given, that builds a
-/// [`current_thread`] runtime and runs the future made by `make` to completion on it.
+/// runtime ([`build`]) and runs the future made by `make` to completion on it.
 ///
 /// `make` is called on the new thread, so the future itself need not be `Send` (Shoal
 /// nodes, quinn endpoints and sockets are created inside it, bound to that runtime).
@@ -60,7 +121,7 @@ where
         if let Some(cpu) = cpu {
             affinity::pin_current_thread(cpu)?;
         }
-        let runtime = current_thread()?;
+        let runtime = build()?;
         runtime.block_on(make())
     })?;
     Ok(handle)
@@ -120,7 +181,7 @@ impl Shutdown {
 }
 
 /// Runs one scenario run as two sides, each on its own OS thread with its own
-/// [`current_thread`] runtime, and returns what the client side returns.
+/// runtime ([`build`]), and returns what the client side returns.
 ///
 /// 1. `server(announce, shutdown)` starts on thread `"{label}-server"`: it sets up, calls
 ///    [`Announce::send`] with the connection info `I`, then serves (typically through

@@ -108,7 +108,10 @@ impl Node {
     /// The message is acknowledged when the returned future completes with `Ok`; an `Err`
     /// sends a negative acknowledgement ([`HandlerError::retryable`] or
     /// [`HandlerError::permanent`]). A handler that returns a body (`Ok(bytes)`) answers a
-    /// request. Handlers run concurrently, up to the configured limit.
+    /// request. Handlers run concurrently, up to the configured limit. Each gets its first
+    /// poll where its message was read, on any runtime, and goes on in a task of its own only
+    /// if it has to wait: keep its work before its first wait short (hand CPU-heavy work to
+    /// `tokio::task::spawn_blocking`), since reading that peer's connection waits for it.
     ///
     /// Retried messages carry the same id and are filtered by this node's dedup window, but a
     /// message may still reach a second instance if the first one crashed before acking: keep

@@ -43,6 +43,10 @@ pub struct NodeStats {
     pub connections: u64,
     /// Events published by this node (each event of a batch counts).
     pub published: u64,
+    /// Writes to peers' connections: each hands QUIC every message, ack and reply queued for
+    /// that peer at the time, so messages sent per write says how well traffic batches (about
+    /// one on a quiet connection, where a message leaves at once; many under load).
+    pub writes: u64,
     /// Events published on a topic nobody subscribed to (nothing was sent).
     pub events_unrouted: u64,
     /// Best-effort event copies dropped: the subscriber's queue was full, or its group had no

@@ -21,6 +21,9 @@
 //! recording is the difference between two runs: `fixed-load send 20000 metrics`. The option
 //! `keyed` gives every message a partition key, one per task (`customer-<task>`), so the
 //! calls of a task are ordered and the tasks run side by side: `fixed-load send 20000 keyed`.
+//! The option `multi-thread` runs each node on tokio's multi-thread runtime with its default
+//! worker count (one per CPU, what `#[tokio::main]` gives) instead of a `current_thread` one:
+//! `fixed-load publish 200000 multi-thread`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,14 +46,18 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
-    let (mut metrics, mut closed, mut keyed) = (false, false, false);
+    let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     for option in args {
         match option.as_str() {
             "metrics" => metrics = true,
             "closed" => closed = true,
             "keyed" => keyed = true,
+            "multi-thread" => multi_thread = true,
             other => {
-                return Err(format!("unknown option {other}: metrics, closed or keyed").into());
+                return Err(format!(
+                    "unknown option {other}: metrics, closed, keyed or multi-thread"
+                )
+                .into());
             }
         }
     }
@@ -70,12 +77,12 @@ fn main() -> Result<()> {
     let handled = Arc::new(AtomicU64::new(0));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let receiver_writes = Arc::new(AtomicU64::new(0));
     let receiver = {
         let (ca, handled) = (ca.clone(), Arc::clone(&handled));
+        let receiver_writes = Arc::clone(&receiver_writes);
         std::thread::spawn(move || -> Result<()> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime(multi_thread)?;
             runtime.block_on(async move {
                 let node = with_metrics(Node::builder(SERVICE))
                     .identity(ca.issue(SERVICE)?)
@@ -95,17 +102,16 @@ fn main() -> Result<()> {
                 .await?;
                 addr_tx.send(node.local_addr())?;
                 let _ = done_rx.await;
+                receiver_writes.store(node.stats().writes, Ordering::Relaxed);
                 node.shutdown().await;
                 Ok(())
             })
         })
     };
     let addr = addr_rx.recv()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime(multi_thread)?;
     let label = mode.clone();
-    let took = runtime.block_on(async move {
+    let (took, writes) = runtime.block_on(async move {
         let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
             .trust(ca)
@@ -160,15 +166,32 @@ fn main() -> Result<()> {
             task.await??;
         }
         let took = started.elapsed();
+        let writes = node.stats().writes;
         node.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(took)
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, writes))
     })?;
     let _ = done_tx.send(());
     receiver.join().map_err(|_| "the receiver panicked")??;
     let handled = handled.load(Ordering::Relaxed);
     println!(
-        "{label}: {handled} messages handled in {took:?} ({:.0} per second)",
-        handled as f64 / took.as_secs_f64()
+        "{label}: {handled} messages handled in {took:?} ({:.0} per second); writes: {writes} \
+         by the sender, {} by the receiver",
+        handled as f64 / took.as_secs_f64(),
+        receiver_writes.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// A node's runtime: `current_thread` like the benchmarks, or tokio's multi-thread one with
+/// its default worker count (option `multi-thread`).
+fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
 }

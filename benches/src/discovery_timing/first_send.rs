@@ -45,7 +45,7 @@ fn fresh_node_round(lan: &Lan, ca: MeshCa) -> BenchResult<StartSample> {
                 "fresh-node thread is in the root network namespace",
             ));
         }
-        let rt = runtime::current_thread()?;
+        let rt = runtime::build()?;
         rt.block_on(async move {
             let setup = NodeSetup {
                 service: PROBE_SERVICE,

@@ -195,7 +195,7 @@ fn node_thread_main(
         )));
         return;
     }
-    let rt = match runtime::current_thread() {
+    let rt = match runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(e.into()));

@@ -236,7 +236,7 @@ pub fn victim_main(args: &VictimArgs) -> BenchResult<()> {
             let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink);
             let _ = eof_tx.send(());
         })?;
-    let rt = runtime::current_thread()?;
+    let rt = runtime::build()?;
     rt.block_on(async move {
         let setup = NodeSetup {
             service: WORK_SERVICE,

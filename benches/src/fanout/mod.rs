@@ -195,7 +195,7 @@ pub fn run(options: &Options) -> BenchResult<Option<Vec<Row>>> {
         lan.prefix()
     );
     let ca = MeshCa::generate("shoal fanout bench").map_err(shoal_err)?;
-    let runtime = crate::runtime::current_thread()?;
+    let runtime = crate::runtime::build()?;
     let mut rows = Vec::new();
     for (set, &n) in options.subscribers.iter().enumerate() {
         for path in [Path::Multicast, Path::Unicast] {

@@ -47,7 +47,7 @@ impl NsNode {
                         !in_root_netns(),
                         "refusing to run a node in the root namespace"
                     );
-                    let runtime = match crate::runtime::current_thread() {
+                    let runtime = match crate::runtime::build() {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = ready_tx.send(Err(BenchError::from(e)));

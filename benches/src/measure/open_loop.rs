@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn schedule_spaces_messages_evenly() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         runtime.block_on(async {
             let s = RateSchedule::starting_now(&config(10, 2), 1_000).expect("schedule");
             assert_eq!(s.total(), 12);
@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn the_loop_keeps_sending_through_a_slow_answer() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         // 1000 msgs/s; message 20's answer takes 30 ms, message 50 is lost. The loop is
         // open: the messages due meanwhile still leave on time.
         let report = runtime
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_blocked_sender_makes_late_messages_and_counts_the_wait() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         runtime.block_on(async {
             let config = config(50, 0);
             let schedule = RateSchedule::starting_now(&config, 1_000).expect("schedule");
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn errors_fail_the_run() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         let err = runtime
             .block_on(open_loop("t", &config(5, 0), 1_000, |_| async {
                 Err::<RoundTrip, _>(BenchError::msg("boom"))

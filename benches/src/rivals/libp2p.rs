@@ -506,7 +506,7 @@ mod tests {
 
     #[test]
     fn codec_round_trips_frames() {
-        let runtime = crate::runtime::current_thread().expect("runtime");
+        let runtime = crate::runtime::build().expect("runtime");
         runtime.block_on(async {
             for len in [0usize, 1, 64, 70_000] {
                 let mut wire = Vec::new();

@@ -320,6 +320,7 @@ impl<H: Clone> Engine<H> {
         });
         if buf.len() > before {
             c.last_write = Some(now);
+            self.stats.writes += 1;
         }
         if c.full_at().is_some() {
             self.queue_drained(conn, now); // backpressure.rs

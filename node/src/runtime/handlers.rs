@@ -1,5 +1,13 @@
-//! Running handlers: each panic caught, replies made, the first poll given in place on a
-//! current-thread runtime, and a task only for a handler that has to wait.
+//! Running handlers: each panic caught, replies made, the first poll given in place, and a
+//! task only for a handler that has to wait.
+//!
+//! The first poll runs where the message was read, on every runtime. A spawned task would
+//! run on the same thread next anyway (a current-thread runtime has no other; tokio's
+//! multi-thread scheduler runs the task a task woke before the others), and polling in place
+//! saves a task for each handler that does not wait, and lets every handler that finished
+//! report in one call, so their acks leave in one write. A handler's code up to its first
+//! wait holds up the reading of its connection: CPU-heavy work belongs in
+//! `tokio::task::spawn_blocking`.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -36,16 +44,11 @@ impl Driver {
                 Ok(future) => future,
                 Err(_) => return Some((task, Err(panicked()))),
             };
-            if self.inline_handlers {
-                let mut cx = Context::from_waker(Waker::noop());
-                match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx)))
-                {
-                    Ok(Poll::Ready(result)) => {
-                        return Some((task, result.map(|_| Vec::new())));
-                    }
-                    Ok(Poll::Pending) => {}
-                    Err(_) => return Some((task, Err(panicked()))),
-                }
+            let mut cx = Context::from_waker(Waker::noop());
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(result)) => return Some((task, result.map(|_| Vec::new()))),
+                Ok(Poll::Pending) => {}
+                Err(_) => return Some((task, Err(panicked()))),
             }
             self.spawn_handler(task, async move {
                 CatchUnwind(AssertUnwindSafe(handled))
@@ -56,14 +59,11 @@ impl Driver {
             return None;
         }
         let mut handled = Box::pin(call_all(handlers, message));
-        if self.inline_handlers {
-            // A spawned task would run on this thread anyway: poll here first. A future that
-            // is not ready registers this no-op waker, then its own task's at the task's first
-            // poll, where well-behaved futures look at their state again.
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(outcome) = handled.as_mut().poll(&mut cx) {
-                return Some((task, outcome));
-            }
+        // A future that is not ready registers this no-op waker, then its own task's at the
+        // task's first poll, where well-behaved futures look at their state again.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(outcome) = handled.as_mut().poll(&mut cx) {
+            return Some((task, outcome));
         }
         self.spawn_handler(task, handled);
         None

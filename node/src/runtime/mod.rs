@@ -7,9 +7,9 @@
 //! node's one clock), take every action it produced, unlock, then act: wake callers, wake
 //! connection writers, run handlers, broadcast events, close connections, move the timer.
 //!
-//! Handlers run outside the lock. On a current-thread runtime a handler gets its first poll
-//! right here (a spawned task would run on this thread anyway), and most finish in it: their
-//! outcomes go back to the engine in one more call, without a task.
+//! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
+//! would run on this thread next anyway), and most finish in it: their outcomes go back to the
+//! engine in one more call, without a task.
 
 mod handlers;
 mod lifecycle;
@@ -57,8 +57,11 @@ pub(crate) struct Driver {
     pub(crate) tasks: TaskTracker,
     /// Handlers that had to wait, each in a task of its own.
     handler_tasks: TaskTracker,
-    /// Whether handlers get their first poll in place (current-thread runtimes).
-    inline_handlers: bool,
+    /// Whether a connection's writer, woken on a busy connection, lets the tasks ready now
+    /// run first (`transport/connection.rs`). A current-thread runtime runs a woken task after
+    /// those queued already; tokio's multi-thread scheduler runs the task woken last first,
+    /// so without the yield the writer would take one caller's message at a time.
+    pub(crate) yield_before_write: bool,
     pub(crate) discovery: Mutex<Vec<Box<dyn shoal_discovery::Discovery>>>,
     pub(crate) static_peers: Vec<std::net::SocketAddr>,
     pub(crate) dial_failures: DialFailures,
@@ -146,8 +149,8 @@ impl Driver {
             killed: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handler_tasks: TaskTracker::new(),
-            inline_handlers: tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::CurrentThread,
+            yield_before_write: tokio::runtime::Handle::current().runtime_flavor()
+                != tokio::runtime::RuntimeFlavor::CurrentThread,
             discovery: Mutex::new(Vec::new()),
             static_peers,
             dial_failures: DialFailures::default(),

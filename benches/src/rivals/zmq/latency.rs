@@ -77,7 +77,7 @@ fn request_client(endpoint: &str, config: &BenchConfig, ctl: &Ctl) -> BenchResul
     connect(&req, endpoint)?;
     let payload = vec![0xA5u8; config.payload];
     let mut reply = Message::new();
-    runtime::current_thread()?.block_on(measure(REQUEST_NAME, config, async |attempt| {
+    runtime::build()?.block_on(measure(REQUEST_NAME, config, async |attempt| {
         if attempt % CHECK_EVERY == 0 {
             ctl.check(REQUEST_NAME)?;
         }
@@ -199,34 +199,31 @@ fn publisher(
     await_subscribers(&publisher, &acks, n)?;
     let all = u64::MAX >> (64 - n);
     let mut buf = [0u8; ACK_LEN];
-    runtime::current_thread()?.block_on(probe.closed_loop(
-        TOPIC.as_bytes(),
-        async |seq, message| {
-            if seq % CHECK_EVERY == 0 {
-                ctl.check(PUBLISH_NAME)?;
-            }
-            publisher
-                .send(message, 0)
-                .map_err(io_err("zmq PUB publish"))?;
-            let mut acked = 0u64;
-            // Acks of late hellos may come first; each subscriber acks each message once.
-            for _ in 0..n + 10_000 {
-                let len = acks
-                    .recv_into(&mut buf, 0)
-                    .map_err(io_err("zmq PULL waiting for acks"))?;
-                if let Some((s, i)) = buf.get(..len).and_then(parse_ack) {
-                    if s == seq && i < n {
-                        acked |= 1 << i;
-                        if acked == all {
-                            return Ok(());
-                        }
+    runtime::build()?.block_on(probe.closed_loop(TOPIC.as_bytes(), async |seq, message| {
+        if seq % CHECK_EVERY == 0 {
+            ctl.check(PUBLISH_NAME)?;
+        }
+        publisher
+            .send(message, 0)
+            .map_err(io_err("zmq PUB publish"))?;
+        let mut acked = 0u64;
+        // Acks of late hellos may come first; each subscriber acks each message once.
+        for _ in 0..n + 10_000 {
+            let len = acks
+                .recv_into(&mut buf, 0)
+                .map_err(io_err("zmq PULL waiting for acks"))?;
+            if let Some((s, i)) = buf.get(..len).and_then(parse_ack) {
+                if s == seq && i < n {
+                    acked |= 1 << i;
+                    if acked == all {
+                        return Ok(());
                     }
                 }
             }
-            Err(BenchError::msg(format!(
-                "message {seq}: {} of {n} subscribers acked",
-                acked.count_ones()
-            )))
-        },
-    ))
+        }
+        Err(BenchError::msg(format!(
+            "message {seq}: {} of {n} subscribers acked",
+            acked.count_ones()
+        )))
+    }))
 }

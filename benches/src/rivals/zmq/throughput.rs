@@ -198,7 +198,7 @@ fn send_for_window(
     received: &AtomicU64,
     ctl: &Ctl,
 ) -> BenchResult<(Window, u64)> {
-    runtime::current_thread()?.block_on(async {
+    runtime::build()?.block_on(async {
         let schedule = Schedule::starting_now(duration);
         let send = async {
             let mut sent = 0u64;
