@@ -2,6 +2,7 @@
 //! asynchronous), handler errors, retries, dead letters, timeouts, backpressure and limits.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,45 @@ async fn pair(mesh: &Mesh) -> (Node, Node) {
     let shop = mesh.start("shop", &[billing.local_addr()]).await;
     wait_instances(&shop, "billing", 1).await;
     (billing, shop)
+}
+
+/// On tokio's multi-thread runtime (what `#[tokio::main]` gives a service) too, a handler that
+/// finishes at once runs where its message was read: no task for each, and the acks of those
+/// read together leave in one write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_finish_at_once_need_no_task_of_their_own() {
+    let mesh = Mesh::new();
+    let (billing, shop) = pair(&mesh).await;
+    let tasks = Arc::new(Mutex::new(HashSet::new()));
+    {
+        let tasks = Arc::clone(&tasks);
+        billing.handle("ping", move |_msg: Message| {
+            let tasks = Arc::clone(&tasks);
+            async move {
+                // Polled first where the message was read: the connection's task.
+                tasks.lock().unwrap().insert(tokio::task::try_id());
+                Ok(())
+            }
+        });
+    }
+    for i in 0..10 {
+        timeout(
+            WAIT,
+            shop.send("billing", Message::command("ping", format!("{i}"))),
+        )
+        .await
+        .expect("send hung")
+        .unwrap();
+    }
+    // Each send went on a quiet connection: written at once, by itself.
+    assert!(shop.stats().writes >= 10, "{:?}", shop.stats());
+    let tasks = tasks.lock().unwrap();
+    assert_eq!(
+        tasks.len(),
+        1,
+        "ten handlers ran in {} tasks: {tasks:?}",
+        tasks.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! task only for a handler that has to wait.
 //!
 //! The first poll runs where the message was read, on every runtime. A spawned task would
-//! run on the same thread next anyway (a current-thread runtime has no other; tokio's
-//! multi-thread scheduler runs the task a task woke before the others), and polling in place
+//! run on the same thread anyway (a current-thread runtime has no other; tokio's multi-thread
+//! scheduler runs a task spawned by the running one next, on its worker). Polling in place
 //! saves a task for each handler that does not wait, and lets every handler that finished
 //! report in one call, so their acks leave in one write. A handler's code up to its first
 //! wait holds up the reading of its connection: CPU-heavy work belongs in

@@ -8,8 +8,8 @@
 //! connection writers, run handlers, broadcast events, close connections, move the timer.
 //!
 //! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
-//! would run on this thread next anyway), and most finish in it: their outcomes go back to the
-//! engine in one more call, without a task.
+//! would run on this thread anyway: `handlers.rs`), and most finish in it: their outcomes go
+//! back to the engine in one more call, without a task.
 
 mod handlers;
 mod lifecycle;
