@@ -296,15 +296,25 @@ fn decode_with_budget<const BUDGET: usize>(
 /// Decodes one `T` that fills all of `body` (a multicast datagram's body: under 64 KiB), letting
 /// bincode claim at most 4 MiB however long the lengths the bytes claim.
 fn decode_small<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DecodeError> {
+    decode_whole(body, what, |body| {
+        bincode::serde::decode_from_slice(body, config().with_limit::<{ 4 * MIB }>())
+    })
+}
+
+/// Decodes, with `decode`, one value that fills all of `body` (a multicast datagram's body,
+/// refused beyond 256 KiB): `decode` gives the value and the bytes it took.
+fn decode_whole<T>(
+    body: &[u8],
+    what: &str,
+    decode: impl FnOnce(&[u8]) -> Result<(T, usize), bincode::error::DecodeError>,
+) -> Result<T, DecodeError> {
     if body.len() > 256 * KIB {
         return Err(DecodeError::Malformed(format!(
             "a {what} of {} bytes is longer than any datagram",
             body.len()
         )));
     }
-    let (value, used): (T, usize) =
-        bincode::serde::decode_from_slice(body, config().with_limit::<{ 4 * MIB }>())
-            .map_err(|e| DecodeError::Malformed(format!("{what}: {e}")))?;
+    let (value, used) = decode(body).map_err(|e| DecodeError::Malformed(format!("{what}: {e}")))?;
     if used != body.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes after a {what}",

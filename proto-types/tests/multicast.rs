@@ -13,7 +13,9 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem, RunParts};
 use shoal_proto::multicast::{Assignment, DatagramBody, EventRun, HeartbeatBody};
-use shoal_proto::{Envelope, Frame, Head, Item, Limits, SeqRange, Subscription, To};
+use shoal_proto::{
+    Envelope, Frame, Head, Item, Limits, SeqRange, Subscription, To, validate_head, validate_item,
+};
 
 use strategies::{arb_channel_frame, arb_envelope, arb_node_id};
 
@@ -102,6 +104,28 @@ proptest! {
         let _ = codec::decode_heartbeat(&damaged);
     }
 
+    /// Datagram bodies are decoded without serde (`codec/native.rs`): whatever the bytes, the
+    /// body (or the refusal) must be the one serde's derived decoding gives.
+    #[test]
+    fn native_and_serde_decode_bodies_alike(
+        runs in arb_runs(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), edit_byte()), 0..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let (buf, _) = framed(5, &runs);
+        let mut body = buf.to_vec();
+        for (at, byte) in edits {
+            let at = at.index(body.len());
+            body[at] = byte;
+        }
+        if truncate {
+            body.truncate(cut.index(body.len()));
+        }
+        let (by_codec, by_serde) = decode_both(&body);
+        prop_assert_eq!(by_codec, by_serde);
+    }
+
     #[test]
     fn channel_control_frames_round_trip(frame in arb_channel_frame()) {
         let limits = Limits::default();
@@ -139,6 +163,77 @@ proptest! {
         let _ = codec::decode_datagram_body(&bytes, &Limits::default());
         let _ = codec::decode_heartbeat(&bytes);
     }
+}
+
+/// A body of two runs (one with a group assignment, one without), each of its bytes replaced
+/// in turn by tags, variant indices and varint markers (where a decoder's choices are) and by
+/// its neighbours: the codec decodes (or refuses) each as serde would.
+#[test]
+fn every_one_byte_edit_of_a_body_decodes_as_serde_would() {
+    let event = |id: u128, name: &str| {
+        let mut e = Envelope::new(
+            shoal_proto::MessageId::from_u128(id),
+            shoal_proto::MessageKind::Event,
+            name,
+            1,
+            vec![id as u8; 3].into(),
+        );
+        e.partition_key = Some("k".into());
+        e
+    };
+    let assigned = vec![Assignment {
+        group: "billing".into(),
+        node: shoal_proto::NodeId::from_u128(7),
+    }];
+    let (buf, expected) = framed(
+        9,
+        &[
+            (vec![event(1, "a.b"), event(2, "a.b")], assigned),
+            (vec![event(3, "c")], Vec::new()),
+        ],
+    );
+    assert_eq!(decode_both(&buf), (Some(expected.clone()), Some(expected)));
+    let mut edits = 0;
+    for at in 0..buf.len() {
+        let was = buf[at];
+        for byte in (0..=5)
+            .chain(250..=255)
+            .chain([was ^ 1, was.wrapping_add(1)])
+        {
+            let mut edited = buf.to_vec();
+            edited[at] = byte;
+            let (by_codec, by_serde) = decode_both(&edited);
+            assert_eq!(by_codec, by_serde, "byte {at} set to {byte}");
+            edits += 1;
+        }
+    }
+    assert!(edits > 1_000, "only {edits} edits");
+}
+
+/// `body` decoded by the codec and by serde's derived decoding (with the codec's checks): the
+/// body, or `None` when refused.
+fn decode_both(body: &[u8]) -> (Option<DatagramBody>, Option<DatagramBody>) {
+    let limits = Limits::default();
+    // A lying length makes serde allocate what it claims: bounded as in the codec.
+    let budget = bincode::config::standard().with_limit::<{ 4 << 20 }>();
+    let by_serde = bincode::serde::decode_from_slice::<DatagramBody, _>(body, budget)
+        .ok()
+        .filter(|(decoded, used)| {
+            *used == body.len()
+                && decoded.runs.iter().all(|run| {
+                    validate_head(&run.head, &limits).is_ok()
+                        && run.items.iter().all(|i| validate_item(i, &limits).is_ok())
+                })
+        })
+        .map(|(decoded, _)| decoded);
+    let by_codec = codec::decode_datagram_body(body, &limits).ok();
+    (by_codec, by_serde)
+}
+
+/// A byte to write over another: tags, variant indices and varint markers most of the time
+/// (where a decoder's choices are), any byte otherwise.
+fn edit_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![0u8..=4, 250u8..=255, any::<u8>()]
 }
 
 #[test]

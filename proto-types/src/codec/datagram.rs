@@ -8,7 +8,7 @@
 
 use bytes::BytesMut;
 
-use super::{EncodedHead, EncodedItem, append_bounded, decode_small};
+use super::{EncodedHead, EncodedItem, append_bounded, decode_small, decode_whole, native};
 use crate::multicast::{Assignment, DatagramBody, HeartbeatBody};
 use crate::{DecodeError, EncodeError, LimitViolation, Limits, validate_head, validate_item};
 
@@ -93,7 +93,8 @@ pub fn write_datagram_body(
 /// [`DecodeError::Malformed`] for bytes that are not one whole body,
 /// [`DecodeError::LimitExceeded`] for a head or item that breaks a limit. Never panics.
 pub fn decode_datagram_body(body: &[u8], limits: &Limits) -> Result<DatagramBody, DecodeError> {
-    let decoded: DatagramBody = decode_small(body, "datagram body")?;
+    // Without serde (`native.rs`): the same bytes, read field by field.
+    let decoded: DatagramBody = decode_whole(body, "datagram body", native::datagram_body)?;
     for run in &decoded.runs {
         validate_head(&run.head, limits).map_err(exceeded)?;
         for item in &run.items {

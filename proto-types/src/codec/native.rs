@@ -1,5 +1,6 @@
 //! The frames every message travels in, [`Frame::Messages`], [`Frame::Ack`] and
-//! [`Frame::Reply`], decoded with bincode's own traits instead of through serde.
+//! [`Frame::Reply`], and multicast datagram bodies ([`DatagramBody`]), decoded with bincode's
+//! own traits instead of through serde.
 //!
 //! The bytes are the same (bincode writes a struct as its fields in order, an enum as its
 //! variant index, an `Option` as a tag byte, a string or vector as its length and its
@@ -29,6 +30,7 @@ use bytes::Bytes;
 use smol_str::SmolStr;
 
 use super::config;
+use crate::multicast::{Assignment, DatagramBody, EventRun};
 use crate::{
     Ack, Differs, Envelope, Frame, Head, Item, MessageId, MessageKind, Messages, NodeId,
     ReturnAddress, SeqRange, To,
@@ -47,6 +49,11 @@ const MIN_ITEM: usize = 8;
 const MIN_HEADER: usize = 2;
 /// The fewest bytes a [`SeqRange`] takes.
 const MIN_RANGE: usize = 2;
+/// The fewest bytes an [`EventRun`] takes (a head with empty strings and no assignment or
+/// item).
+const MIN_RUN: usize = 10;
+/// The fewest bytes an [`Assignment`] takes (an empty group name and a node id).
+const MIN_ASSIGNMENT: usize = 2;
 
 /// Most elements a vector reserves room for before they are decoded (it grows with the
 /// elements actually there): at most 128 KiB of items, whatever length a frame claims.
@@ -77,6 +84,39 @@ pub(super) fn decode(
         _ => return None,
     };
     Some(frame.map(|frame| (frame, body.len() - decoder.borrow_reader().rest.len())))
+}
+
+/// Decodes a multicast datagram's body (its events are the runs of [`Frame::Messages`] with
+/// the instances assigned to them): the body and the bytes it took.
+pub(super) fn datagram_body(body: &[u8]) -> Result<(DatagramBody, usize), DecodeError> {
+    let mut d = DecoderImpl::new(Body { rest: body }, config(), ());
+    let len_body = body.len();
+    let first_item = u64::borrow_decode(&mut d)?;
+    let count = len(&mut d)?;
+    let mut runs = Vec::with_capacity(reserve(count, len_body, MIN_RUN));
+    for _ in 0..count {
+        let head = head(&mut d)?;
+        let count = len(&mut d)?;
+        let mut assigned = Vec::with_capacity(reserve(count, len_body, MIN_ASSIGNMENT));
+        for _ in 0..count {
+            assigned.push(Assignment {
+                group: name(&mut d)?,
+                node: NodeId::from_u128(u128::borrow_decode(&mut d)?),
+            });
+        }
+        let count = len(&mut d)?;
+        let mut items = Vec::with_capacity(reserve(count, len_body, MIN_ITEM));
+        for _ in 0..count {
+            items.push(item(&mut d, len_body, Payloads::Copied)?);
+        }
+        runs.push(EventRun {
+            head,
+            assigned,
+            items,
+        });
+    }
+    let used = len_body - d.borrow_reader().rest.len();
+    Ok((DatagramBody { first_item, runs }, used))
 }
 
 fn messages<'de, D: BorrowDecoder<'de>>(
