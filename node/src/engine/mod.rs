@@ -197,6 +197,15 @@ impl<H: Clone> Engine<H> {
         if self.channels.as_ref().is_some_and(|c| c.has_staged()) {
             self.flush_channel();
         }
+        // Multicast (multicast_receive.rs): the statuses of the channels whose events were
+        // handled since the last call, one each.
+        if self
+            .channels
+            .as_ref()
+            .is_some_and(|c| c.reported_at.is_some())
+        {
+            self.send_reports();
+        }
         self.actions.pop_front()
     }
 

@@ -13,14 +13,16 @@
 //! channel changes its key before it seals anything more, and only the remaining members get
 //! the new one. A member is never offered the channel again after a refusal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use shoal_proto::multicast::{ChannelHello, ChannelKey};
 use shoal_proto::{Frame, MessageId, NodeId};
 
-use super::multicast::{ChannelConfig, DropReason, Receiver, RekeyReason, Sender, measured_rtt};
+use super::multicast::{
+    ChannelConfig, Delivered, DropReason, Receiver, RekeyReason, Sender, measured_rtt,
+};
 use super::multicast_fanout::{Pending, Staged};
 use super::{ConnId, Engine, Lifecycle, TaskId};
 use crate::NodeEvent;
@@ -45,6 +47,11 @@ impl MulticastSetup {
         }
     }
 }
+
+/// How the maps of received channels hash (channel ids, event numbers, handler runs, message
+/// ids: looked up several times for every event received): foldhash, seeded per process,
+/// several times cheaper than the default SipHash.
+type Hashing = foldhash::fast::RandomState;
 
 /// One publisher's channel as this node receives it.
 #[derive(Debug)]
@@ -72,16 +79,24 @@ pub(super) struct Channels {
     pub(super) topics: HashMap<String, bool>,
     /// When the engine last staged an event: the instant the staged events are sealed at.
     pub(super) staged_at: Option<Instant>,
+    /// When handlers here last finished a channel event (or it needed none): the channels'
+    /// statuses go out when the engine's actions are next taken, one for all the events of
+    /// an engine step ([`Engine::poll_action`]), not on a timer.
+    pub(super) reported_at: Option<Instant>,
     /// The channels of other publishers this node receives, by channel id.
-    pub(super) inbound: HashMap<u64, Inbound>,
+    pub(super) inbound: HashMap<u64, Inbound, Hashing>,
     /// Handler runs of channel events: which channel and event number they are for.
-    pub(super) tasks: HashMap<TaskId, (u64, u64)>,
+    pub(super) tasks: HashMap<TaskId, (u64, u64), Hashing>,
     /// Channel events being handled here: runs left, and whether one failed (then the event
     /// is reported failed, and the publisher's copy is sent again by unicast).
-    pub(super) handling: HashMap<(u64, u64), (u32, bool)>,
+    pub(super) handling: HashMap<(u64, u64), (u32, bool), Hashing>,
     /// Channel events whose message was being handled when they came (by delivery key):
     /// they end with that run.
-    pub(super) followers: HashMap<MessageId, Vec<(u64, u64)>>,
+    pub(super) followers: HashMap<MessageId, Vec<(u64, u64)>, Hashing>,
+    /// An empty deque for the events a received channel delivers, swapped with the
+    /// receiver's so that neither allocates for each datagram
+    /// ([`Engine::drain_receiver`]).
+    pub(super) delivering: VecDeque<Delivered>,
     /// Datagrams on the group of no channel this node holds a key for.
     pub(super) foreign: u64,
     /// Members this node's channel moved to unicast (`SenderEvent::Demoted`).
@@ -136,10 +151,12 @@ impl Channels {
             pending: BTreeMap::new(),
             topics: HashMap::new(),
             staged_at: None,
-            inbound: HashMap::new(),
-            tasks: HashMap::new(),
-            handling: HashMap::new(),
-            followers: HashMap::new(),
+            reported_at: None,
+            inbound: HashMap::default(),
+            tasks: HashMap::default(),
+            handling: HashMap::default(),
+            followers: HashMap::default(),
+            delivering: VecDeque::new(),
             foreign: 0,
             demotions: 0,
         }))

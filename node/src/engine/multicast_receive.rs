@@ -53,14 +53,16 @@ impl<H: Clone> Engine<H> {
     /// Hands `channel`'s delivered events to their handlers and sends its statuses and NAKs
     /// to the publisher.
     pub(super) fn drain_receiver(&mut self, channel: u64, now: Instant) {
-        let Some(i) = self.inbound_channel(channel) else {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let Some(i) = ch.inbound.get_mut(&channel) else {
             return;
         };
         let publisher = i.publisher;
-        let mut delivered = Vec::new();
-        while let Some(d) = i.rx.poll_delivered() {
-            delivered.push(d);
-        }
+        // The engine's spare deque and the receiver's swap places: neither allocates again.
+        let mut delivered = std::mem::take(&mut ch.delivering);
+        i.rx.swap_delivered(&mut delivered);
         let mut out = Vec::new();
         while let Some(t) = i.rx.poll_transmit() {
             out.push(t);
@@ -68,7 +70,7 @@ impl<H: Clone> Engine<H> {
         let deadline = i.rx.poll_timeout();
         if let Some(conn) = self.peers.current(publisher) {
             let mut plan: Option<Plan<H>> = None;
-            for d in delivered {
+            for d in delivered.drain(..) {
                 if !plan.as_ref().is_some_and(|p| p.fits(&d)) {
                     plan = Some(self.plan(&d));
                 }
@@ -76,6 +78,10 @@ impl<H: Clone> Engine<H> {
                     self.channel_event(conn, channel, d, &plan.audiences, now);
                 }
             }
+        }
+        delivered.clear();
+        if let Some(ch) = self.channels.as_deref_mut() {
+            ch.delivering = delivered;
         }
         for t in out {
             let frame = match t {
@@ -147,7 +153,7 @@ impl<H: Clone> Engine<H> {
         }
         let mut left = 0u32;
         let mut failed = false;
-        let mut runs = Vec::new();
+        let mut runs: SmallVec<[_; 2]> = SmallVec::new();
         for (head, handlers) in audiences {
             // The policy (authz.rs), as for a unicast copy.
             if !self.guard.open_inbound && self.refuse_unauthorized_run(conn, head, 1).is_some() {
@@ -178,7 +184,7 @@ impl<H: Clone> Engine<H> {
         }
         let number = d.number;
         if left == 0 {
-            self.channel_report(channel, number, !failed);
+            self.channel_report(channel, number, !failed, now);
             return;
         }
         if let Some(ch) = self.channels.as_deref_mut() {
@@ -205,7 +211,13 @@ impl<H: Clone> Engine<H> {
     /// The handlers of `task` (of the message with delivery key `key`) finished (`ok`). Says
     /// whether it was a channel event's run (then it is reported in the channel's status, not
     /// acknowledged on its connection).
-    pub(super) fn channel_task_done(&mut self, task: TaskId, key: MessageId, ok: bool) -> bool {
+    pub(super) fn channel_task_done(
+        &mut self,
+        task: TaskId,
+        key: MessageId,
+        ok: bool,
+        now: Instant,
+    ) -> bool {
         let Some(ch) = self.channels.as_deref_mut() else {
             return false;
         };
@@ -213,13 +225,13 @@ impl<H: Clone> Engine<H> {
         let own = ch.tasks.remove(&task);
         ended.extend(own);
         for (channel, number) in ended {
-            self.channel_run_ended(channel, number, ok);
+            self.channel_run_ended(channel, number, ok, now);
         }
         own.is_some()
     }
 
     /// One run of event `number` of `channel` ended: reported once all did, and all went well.
-    fn channel_run_ended(&mut self, channel: u64, number: u64, ok: bool) {
+    fn channel_run_ended(&mut self, channel: u64, number: u64, ok: bool, now: Instant) {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
@@ -231,14 +243,19 @@ impl<H: Clone> Engine<H> {
         if *left == 0 {
             let failed = *failed;
             ch.handling.remove(&(channel, number));
-            self.channel_report(channel, number, !failed);
+            self.channel_report(channel, number, !failed, now);
         }
     }
 
     /// Event `number` of `channel` was handled here (`ok`), or its handling failed: the
-    /// publisher hears of it in the next status.
-    fn channel_report(&mut self, channel: u64, number: u64, ok: bool) {
-        let Some(i) = self.inbound_channel(channel) else {
+    /// publisher hears of it in the next status, which leaves when the engine's actions are
+    /// next taken ([`Engine::send_reports`]), with the reports of every other event handled
+    /// until then: as unicast acks go, without a turn of the driver's timer.
+    fn channel_report(&mut self, channel: u64, number: u64, ok: bool, now: Instant) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let Some(i) = ch.inbound.get_mut(&channel) else {
             return;
         };
         if ok {
@@ -246,8 +263,25 @@ impl<H: Clone> Engine<H> {
         } else {
             i.rx.failed(number);
         }
-        if let Some(at) = i.rx.poll_timeout() {
-            self.deadline_at(at);
+        ch.reported_at = Some(now);
+    }
+
+    /// Sends the statuses due since events were reported ([`Engine::channel_report`]), one per
+    /// channel: called as the engine's actions are taken.
+    pub(super) fn send_reports(&mut self) {
+        let Some(ch) = self.channels.as_deref_mut() else {
+            return;
+        };
+        let Some(now) = ch.reported_at.take() else {
+            return;
+        };
+        let due: SmallVec<[u64; 4]> = ch
+            .inbound
+            .iter_mut()
+            .filter_map(|(id, i)| i.rx.report(now).then_some(*id))
+            .collect();
+        for channel in due {
+            self.drain_receiver(channel, now);
         }
     }
 

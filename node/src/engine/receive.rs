@@ -420,7 +420,7 @@ impl<H: Clone> Engine<H> {
         };
         // Multicast (multicast_receive.rs): a channel event is reported in the channel's status,
         // not acknowledged on `conn`; duplicates that came by unicast meanwhile still are.
-        let own = (!self.channel_task_done(task, key, outcome.is_ok()))
+        let own = (!self.channel_task_done(task, key, outcome.is_ok(), now))
             .then_some((conn, seq))
             .into_iter();
         match outcome {

@@ -336,9 +336,17 @@ impl Receiver {
         !self.handled.is_empty() || !self.failed.is_empty()
     }
 
-    /// The next event, in order.
+    /// The next event, in order (the engine takes them all at once: [`Self::swap_delivered`]).
+    #[cfg(test)]
     pub(crate) fn poll_delivered(&mut self) -> Option<Delivered> {
         self.ready.pop_front()
+    }
+
+    /// Hands over every event delivered in order so far: they go into `into` (an empty
+    /// deque), whose place (and capacity) the receiver takes for the next ones.
+    pub(crate) fn swap_delivered(&mut self, into: &mut VecDeque<Delivered>) {
+        debug_assert!(into.is_empty());
+        std::mem::swap(&mut self.ready, into);
     }
 
     fn status_due(&self) -> Option<Instant> {
@@ -393,9 +401,17 @@ impl Receiver {
                 missing,
             }));
         }
-        if self.status_due().is_some_and(|at| at <= now) {
+        self.report(now);
+    }
+
+    /// A status now if one is due (this node's handlers finished events since the last one,
+    /// or the status interval passed); says whether one was made.
+    pub(crate) fn report(&mut self, now: Instant) -> bool {
+        let due = self.status_due().is_some_and(|at| at <= now);
+        if due {
             self.status(now);
         }
+        due
     }
 
     /// A status now if this node's handlers finished events since the last one: the node

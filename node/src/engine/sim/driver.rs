@@ -47,7 +47,7 @@ impl Sim {
         let timers = self
             .nodes
             .iter()
-            .filter(|n| n.alive)
+            .filter(|n| n.alive && !n.timers_stopped)
             .filter_map(|n| n.deadline);
         queued.into_iter().chain(timers).min()
     }
@@ -65,12 +65,18 @@ impl Sim {
             }
         }
         for node in &mut self.nodes {
-            if node.alive && node.deadline.is_some_and(|at| at <= now) {
+            if node.alive && !node.timers_stopped && node.deadline.is_some_and(|at| at <= now) {
                 node.engine.handle_timeout(now);
                 node.deadline = node.engine.poll_timeout();
             }
         }
         self.settle();
+    }
+
+    /// `node`'s engine is never called for its deadlines again: what it still does, it does
+    /// in answer to frames, datagrams and handlers.
+    pub(super) fn stop_timers(&mut self, node: usize) {
+        self.nodes[node].timers_stopped = true;
     }
 
     pub(super) fn schedule(&mut self, at: Instant, event: Event) {

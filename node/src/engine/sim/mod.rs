@@ -120,8 +120,9 @@ pub(super) struct SimNode {
     pub(super) alive: bool,
     pub(super) results: std::collections::HashMap<OpId, Result<Done, Error>>,
     pub(super) events: Vec<crate::NodeEvent>,
-    /// The engine's next deadline, as last asked.
+    /// The engine's next deadline, as last asked; never reached once `timers_stopped`.
     deadline: Option<Instant>,
+    timers_stopped: bool,
     /// Handler runs in progress: when they started.
     running: BTreeMap<TaskId, Running>,
 }
@@ -221,6 +222,7 @@ impl Sim {
             results: std::collections::HashMap::new(),
             events: Vec::new(),
             deadline: None,
+            timers_stopped: false,
             running: BTreeMap::new(),
         });
         self.nodes.len() - 1

@@ -1,7 +1,7 @@
 //! How events are packed into datagrams: a burst shares datagrams while the group link is
 //! busy (the channel is paced), events published while the last datagram is still on its way
 //! wait for it to arrive (coalescing) for a round trip at most, and a lone event after a quiet
-//! spell goes at once.
+//! spell goes at once. And how soon they are reported back: in the step they were handled.
 
 use std::time::Duration;
 
@@ -129,4 +129,23 @@ fn a_datagram_with_no_room_for_another_like_it_does_not_wait() {
     publish_sized(&mut sim, publisher, 800, 20 * US);
     publish_sized(&mut sim, publisher, 800, 20 * US);
     assert_eq!(sent(&sim, publisher), (sealed + 2, events + 2));
+}
+
+/// A subscriber reports the events its handlers finished in the engine step they finished in,
+/// as unicast acks go, not on a turn of its timer: with the subscriber's timers stopped, an
+/// event's receipt still comes one datagram (100 µs) and one status (50 µs) after it was
+/// published, and the event went by multicast.
+#[test]
+fn a_handled_event_is_reported_without_a_timer() {
+    let mut sim = Sim::new(13);
+    let (publisher, billing, _) = sim.lan_pair(clean());
+    sim.stop_timers(billing);
+    let (_, events) = sent(&sim, publisher);
+    let op = publish_one(&mut sim, publisher, MS / 2);
+    match sim.result(publisher, op) {
+        Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 1),
+        other => panic!("no receipt within half a millisecond: {other:?}"),
+    }
+    assert_eq!(sent(&sim, publisher).1, events + 1, "not by multicast");
+    assert_eq!(sim.nodes[billing].engine.stats().handled, 1);
 }
