@@ -293,8 +293,8 @@ fn decode_with_budget<const BUDGET: usize>(
     bincode::serde::decode_from_slice(body, config)
 }
 
-/// Decodes one `T` that fills all of `body` (a multicast datagram's body: under 64 KiB), letting
-/// bincode claim at most 4 MiB however long the lengths the bytes claim.
+/// Decodes one `T` that fills all of `body` (a heartbeat datagram's body) through serde,
+/// letting bincode claim at most 4 MiB however long the lengths the bytes claim.
 fn decode_small<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DecodeError> {
     decode_whole(body, what, |body| {
         bincode::serde::decode_from_slice(body, config().with_limit::<{ 4 * MIB }>())

@@ -49,9 +49,9 @@ const MIN_ITEM: usize = 8;
 const MIN_HEADER: usize = 2;
 /// The fewest bytes a [`SeqRange`] takes.
 const MIN_RANGE: usize = 2;
-/// The fewest bytes an [`EventRun`] takes (a head with empty strings and no assignment or
-/// item).
-const MIN_RUN: usize = 10;
+/// The fewest bytes an [`EventRun`] takes (a head of nine one-byte fields, and no assignment
+/// or item).
+const MIN_RUN: usize = 11;
 /// The fewest bytes an [`Assignment`] takes (an empty group name and a node id).
 const MIN_ASSIGNMENT: usize = 2;
 

@@ -120,8 +120,9 @@ pub(super) struct SimNode {
     pub(super) alive: bool,
     pub(super) results: std::collections::HashMap<OpId, Result<Done, Error>>,
     pub(super) events: Vec<crate::NodeEvent>,
-    /// The engine's next deadline, as last asked; never reached once `timers_stopped`.
+    /// The engine's next deadline, as last asked.
     deadline: Option<Instant>,
+    /// Its deadlines are never reached ([`Sim::stop_timers`]).
     timers_stopped: bool,
     /// Handler runs in progress: when they started.
     running: BTreeMap<TaskId, Running>,
