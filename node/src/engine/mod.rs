@@ -51,6 +51,7 @@ mod multicast;
 mod multicast_fanout;
 mod multicast_link;
 mod multicast_receive;
+mod multicast_unreported;
 mod ops;
 mod ordering;
 mod outcome;

@@ -182,8 +182,7 @@ impl<H: Clone> Engine<H> {
                     Ok(number) => {
                         for (node, d, epoch) in s.copies {
                             if sender.is_member(node) {
-                                let key = (node, number);
-                                ch.pending.entry(key).or_default().push((d, epoch));
+                                ch.unreported.add(node, number, d, epoch);
                             } else {
                                 unicast.push((node, d));
                             }
@@ -280,16 +279,9 @@ impl<H: Clone> Engine<H> {
         };
         let mut copies = Vec::new();
         for range in items {
-            // Only what is pending is looked at: a hostile range costs nothing.
+            // Only what waits is looked at: a hostile range costs a search.
             let end = range.start.saturating_add(range.len);
-            let keys: Vec<(NodeId, u64)> = ch
-                .pending
-                .range((node, range.start)..(node, end))
-                .map(|(k, _)| *k)
-                .collect();
-            for key in keys {
-                copies.extend(ch.pending.remove(&key).unwrap_or_default());
-            }
+            ch.unreported.take(node, range.start, end, &mut copies);
         }
         copies
             .into_iter()
@@ -332,16 +324,7 @@ impl<H: Clone> Engine<H> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
-        let keys: Vec<(NodeId, u64)> = ch
-            .pending
-            .range((node, 0)..=(node, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        let mut copies = Vec::new();
-        for key in keys {
-            copies.extend(ch.pending.remove(&key).unwrap_or_default());
-        }
-        for (d, epoch) in copies {
+        for (d, epoch) in ch.unreported.take_all(node) {
             let current = self
                 .out
                 .deliveries
@@ -395,10 +378,7 @@ impl<H: Clone> Engine<H> {
     /// not acknowledged.
     pub(super) fn channel_ack_timeout(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
         if let Some(ch) = self.channels.as_deref_mut() {
-            for copies in ch.pending.values_mut() {
-                copies.retain(|(pending, _)| *pending != d);
-            }
-            ch.pending.retain(|_, copies| !copies.is_empty());
+            ch.unreported.forget(d);
         }
         if self.peers.current(node).is_some() {
             return self.channel_to_unicast(d, node, now);

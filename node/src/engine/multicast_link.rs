@@ -13,7 +13,7 @@
 //! channel changes its key before it seals anything more, and only the remaining members get
 //! the new one. A member is never offered the channel again after a refusal.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,8 @@ use shoal_proto::{Frame, MessageId, NodeId};
 use super::multicast::{
     ChannelConfig, Delivered, DropReason, Receiver, RekeyReason, Sender, measured_rtt,
 };
-use super::multicast_fanout::{Pending, Staged};
+use super::multicast_fanout::Staged;
+use super::multicast_unreported::Unreported;
 use super::{ConnId, Engine, Lifecycle, TaskId};
 use crate::NodeEvent;
 use crate::config::Config;
@@ -73,7 +74,7 @@ pub(super) struct Channels {
     /// Events staged for the next datagrams ([`super::multicast_fanout`]).
     pub(super) staged: Vec<Staged>,
     /// Copies on the channel waiting for their member's report, by member and event number.
-    pub(super) pending: BTreeMap<(NodeId, u64), Pending>,
+    pub(super) unreported: Unreported,
     /// Topics every member may subscribe to (cached while the members stay the same), when
     /// the policy restricts subscriptions: only those go on the channel.
     pub(super) topics: HashMap<String, bool>,
@@ -148,7 +149,7 @@ impl Channels {
             on_group: HashSet::new(),
             refused: HashSet::new(),
             staged: Vec::new(),
-            pending: BTreeMap::new(),
+            unreported: Unreported::default(),
             topics: HashMap::new(),
             staged_at: None,
             reported_at: None,

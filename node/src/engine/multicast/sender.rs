@@ -440,15 +440,17 @@ impl Sender {
 
     /// When [`Sender::handle_timeout`] wants to be called.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        let silent = self
-            .members
-            .values()
-            .map(|m| m.last_heard + self.config.silent_timeout);
-        let stalled = self
-            .members
-            .values()
-            .filter(|m| m.next_needed < self.next_seq && m.last_heard > m.progressed)
-            .map(|m| m.progressed + self.config.stall_timeout);
+        // One pass over the members (asked after every datagram and status): a member is
+        // silent `silent_timeout` after it was last heard, and stalled `stall_timeout` after
+        // it last moved if it lags and was heard since.
+        let mut members: Option<Instant> = None;
+        for m in self.members.values() {
+            let mut at = m.last_heard + self.config.silent_timeout;
+            if m.next_needed < self.next_seq && m.last_heard > m.progressed {
+                at = at.min(m.progressed + self.config.stall_timeout);
+            }
+            members = Some(members.map_or(at, |earliest| earliest.min(at)));
+        }
         let blocked = self.blocked_since.map(|s| s + self.config.stall_timeout);
         let held = self.held_since.map(|s| s + self.config.rtt);
         [
@@ -457,11 +459,10 @@ impl Sender {
             self.next_heartbeat,
             Some(self.key_since + self.config.rekey_interval),
             blocked,
+            members,
         ]
         .into_iter()
         .flatten()
-        .chain(silent)
-        .chain(stalled)
         .min()
     }
 }
