@@ -61,9 +61,7 @@ impl Unreported {
         for (_, copies) in queue.range_mut(from..).take_while(|(n, _)| *n < end) {
             out.extend(copies.drain(..));
         }
-        while queue.front().is_some_and(|(_, copies)| copies.is_empty()) {
-            queue.pop_front();
-        }
+        trim(queue);
     }
 
     /// Takes every copy waiting for `node`'s report (it left, or moved to unicast).
@@ -82,10 +80,15 @@ impl Unreported {
             for (_, copies) in queue.iter_mut() {
                 copies.retain(|(pending, _)| *pending != d);
             }
-            while queue.front().is_some_and(|(_, copies)| copies.is_empty()) {
-                queue.pop_front();
-            }
+            trim(queue);
         }
+    }
+}
+
+/// Drops the reported places at the front of a member's queue.
+fn trim(queue: &mut VecDeque<(u64, Pending)>) {
+    while queue.front().is_some_and(|(_, copies)| copies.is_empty()) {
+        queue.pop_front();
     }
 }
 
