@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod byte_edits;
 #[allow(
     dead_code,
     reason = "the frame strategies are for the other codec tests"
@@ -109,7 +110,7 @@ proptest! {
     #[test]
     fn native_and_serde_decode_bodies_alike(
         runs in arb_runs(),
-        edits in proptest::collection::vec((any::<prop::sample::Index>(), edit_byte()), 0..4),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), byte_edits::edit_byte()), 0..4),
         cut in any::<prop::sample::Index>(),
         truncate in any::<bool>(),
     ) {
@@ -193,20 +194,10 @@ fn every_one_byte_edit_of_a_body_decodes_as_serde_would() {
         ],
     );
     assert_eq!(decode_both(&buf), (Some(expected.clone()), Some(expected)));
-    let mut edits = 0;
-    for at in 0..buf.len() {
-        let was = buf[at];
-        for byte in (0..=5)
-            .chain(250..=255)
-            .chain([was ^ 1, was.wrapping_add(1)])
-        {
-            let mut edited = buf.to_vec();
-            edited[at] = byte;
-            let (by_codec, by_serde) = decode_both(&edited);
-            assert_eq!(by_codec, by_serde, "byte {at} set to {byte}");
-            edits += 1;
-        }
-    }
+    let edits = byte_edits::each_one_byte_edit(&buf, |edited, at, byte| {
+        let (by_codec, by_serde) = decode_both(edited);
+        assert_eq!(by_codec, by_serde, "byte {at} set to {byte}");
+    });
     assert!(edits > 1_000, "only {edits} edits");
 }
 
@@ -228,12 +219,6 @@ fn decode_both(body: &[u8]) -> (Option<DatagramBody>, Option<DatagramBody>) {
         .map(|(decoded, _)| decoded);
     let by_codec = codec::decode_datagram_body(body, &limits).ok();
     (by_codec, by_serde)
-}
-
-/// A byte to write over another: tags, variant indices and varint markers most of the time
-/// (where a decoder's choices are), any byte otherwise.
-fn edit_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![0u8..=4, 250u8..=255, any::<u8>()]
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod byte_edits;
 mod samples;
 mod strategies;
 
@@ -73,7 +74,7 @@ proptest! {
     #[test]
     fn native_and_serde_decode_alike(
         frame in arb_frame(),
-        edits in proptest::collection::vec((any::<proptest::sample::Index>(), edit_byte()), 0..4),
+        edits in proptest::collection::vec((any::<proptest::sample::Index>(), byte_edits::edit_byte()), 0..4),
         cut in any::<proptest::sample::Index>(),
         truncate in any::<bool>(),
     ) {
@@ -139,20 +140,11 @@ fn every_one_byte_edit_decodes_as_serde_would() {
     };
     let mut edits = 0;
     for frame in sample_frames().into_iter().chain([differing]) {
-        let body = encoded(&frame)[LENGTH_PREFIX..].to_vec();
-        for at in 0..body.len() {
-            let was = body[at];
-            for byte in (0..=5)
-                .chain(250..=255)
-                .chain([was ^ 1, was.wrapping_add(1)])
-            {
-                let mut edited = body.clone();
-                edited[at] = byte;
-                let (by_codec, by_serde) = decode_both(&edited);
-                assert_eq!(by_codec, by_serde, "{frame:?} with byte {at} set to {byte}");
-                edits += 1;
-            }
-        }
+        let body = &encoded(&frame)[LENGTH_PREFIX..];
+        edits += byte_edits::each_one_byte_edit(body, |edited, at, byte| {
+            let (by_codec, by_serde) = decode_both(edited);
+            assert_eq!(by_codec, by_serde, "{frame:?} with byte {at} set to {byte}");
+        });
     }
     assert!(edits > 5_000, "only {edits} edits");
 }
@@ -173,12 +165,6 @@ fn decode_both(body: &[u8]) -> (Option<Frame>, Option<Frame>) {
     let by_codec = codec::decode(&mut wire, &limits).ok().flatten();
     assert!(wire.is_empty(), "the frame was not consumed whole");
     (by_codec, by_serde)
-}
-
-/// A byte to write over another: tags, variant indices and varint markers most of the time
-/// (where a decoder's choices are), any byte otherwise.
-fn edit_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![0u8..=4, 250u8..=255, any::<u8>()]
 }
 
 // ---------------------------------------------------------------------------------------------
