@@ -24,7 +24,7 @@ use indexmap::IndexMap;
 use shoal_proto::NackCode;
 use slotmap::SecondaryMap;
 
-use super::action::{ConnId, TaskId};
+use super::action::{ConnId, OpId, TaskId};
 use super::peers::Route;
 use super::send::DeliveryId;
 use super::{Engine, Lifecycle};
@@ -344,6 +344,34 @@ impl<H: Clone> Engine<H> {
     pub(super) fn note_sent(&mut self, d: DeliveryId) {
         if self.metrics.is_some() {
             self.each_outbound(d, false, |s| s.sent += 1);
+        }
+    }
+
+    /// A copy of `op`'s event for `group` ("" for an instance) went on the multicast channel
+    /// without a delivery of its own.
+    #[inline]
+    pub(super) fn note_copy_sent(&mut self, op: OpId, group: &str) {
+        self.each_copy(op, group, |s| s.sent += 1);
+    }
+
+    /// A copy of `op`'s event for `group` on the multicast channel was reported handled,
+    /// `took` after it was sent.
+    #[inline]
+    pub(super) fn note_copy_acked(&mut self, op: OpId, group: &str, took: Duration) {
+        self.each_copy(op, group, |s| {
+            s.acked += 1;
+            s.latency.observe(took);
+        });
+    }
+
+    /// Applies `f` to the outbound series of `op`'s event for `group`, as
+    /// [`Engine::each_outbound`] does to a delivery's.
+    fn each_copy(&mut self, op: OpId, group: &str, f: impl FnOnce(&mut Outbound)) {
+        let Some(m) = self.metrics.as_deref_mut() else {
+            return;
+        };
+        if let Some(event) = self.out.ops.get(op).and_then(|o| o.messages.first()) {
+            f(m.outbound.get(group, &event.name));
         }
     }
 

@@ -48,6 +48,7 @@ pub(crate) mod metrics;
 // Multicast fan-out (issue 14): the channel protocol (`multicast/`), and its wiring into the
 // engine: control frames and timers, publishing on the channel, receiving from it.
 mod multicast;
+mod multicast_copies;
 mod multicast_fanout;
 mod multicast_link;
 mod multicast_receive;
@@ -120,6 +121,9 @@ enum Timer {
     /// A connection's queue was seen full with the driver's take count here: close it if
     /// nothing was taken since (see [`backpressure`]).
     QueueFull(ConnId, u64),
+    /// An operation's copies on the multicast channel not reported by now go by unicast
+    /// (see [`multicast_copies`]).
+    ChannelCopies(OpId),
 }
 
 /// The engine of one node. See the module docs.
@@ -259,6 +263,7 @@ impl<H: Clone> Engine<H> {
             };
             match timer {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
+                Timer::ChannelCopies(op) => self.copies_timer(op, now),
                 Timer::IdleSweep => self.sweep_idle(now),
                 Timer::QueueFull(conn, taken) => self.queue_timer(conn, taken, now),
             }

@@ -1,15 +1,19 @@
 //! Publishing on the multicast channel: one datagram carries an event to every member, in
 //! place of one unicast copy per subscriber.
 //!
-//! Every audience of a publish gets its delivery as before ([`super::delivery`]), and each
-//! delivery chooses its instance as before (the key's instance, a live one, room in its
-//! window). When the chosen instance is a member of this node's channel and this is the
-//! copy's first attempt, the copy is **staged** instead of written on the connection: the
-//! audiences' copies of one event become one staged event, with the group's chosen
-//! instance in its assignment, and the staged events leave together as datagrams the next
-//! time the driver polls the engine. The delivery waits in [`State::Channel`] until its
-//! member reports the event handled in a status; that completes it exactly as an ack does,
-//! so the publish's receipt is the same.
+//! Each audience's copy of a publish chooses its instance as a delivery
+//! ([`super::delivery`]) does (the key's instance, a live one, room in its window). When the
+//! chosen instance is a member of this node's channel and this is the copy's first attempt,
+//! the copy is **staged** instead of written on the connection: the audiences' copies of one
+//! event become one staged event, with the group's chosen instance in its assignment, and
+//! the staged events leave together as datagrams the next time the driver polls the engine.
+//! The copy waits until its member reports the event handled in a status; that completes it
+//! exactly as an ack does, so the publish's receipt is the same.
+//!
+//! An unkeyed event's copies are staged as the publish starts, without a delivery each
+//! ([`super::multicast_copies`]: one becomes a delivery only when it needs more than the
+//! report); other copies are staged by their delivery's first attempt, which then waits in
+//! [`State::Channel`].
 //!
 //! What does not go on the channel, and why:
 //! - best-effort copies and ordered batches (a batch's events are handled in order and stop
@@ -36,6 +40,8 @@ use smallvec::SmallVec;
 use super::delivery::State;
 use super::fanout::Audience;
 use super::multicast::{DemoteReason, RekeyReason, SenderEvent, Transmit};
+use super::multicast_copies::CopyRef;
+use super::multicast_link::Channels;
 use super::peers::Route;
 use super::send::DeliveryId;
 use super::{Action, ConnId, Engine, Lifecycle, OpId, Timer};
@@ -51,12 +57,49 @@ pub(super) struct Staged {
     head: Arc<EncodedHead>,
     item: EncodedItem,
     assigned: Vec<Assignment>,
-    /// The copies: the member each went to, its delivery and the delivery's epoch.
-    copies: SmallVec<[(NodeId, DeliveryId, u32); 4]>,
+    /// The copies: the member each went to, and the copy.
+    copies: SmallVec<[(NodeId, CopyRef); 4]>,
 }
 
-/// The copies one member's report of one event completes: deliveries and their epochs.
-pub(super) type Pending = SmallVec<[(DeliveryId, u32); 2]>;
+/// The copies one member's report of one event completes.
+pub(super) type Pending = SmallVec<[CopyRef; 2]>;
+
+impl Channels {
+    /// Stages `op`'s event for `audience`: its `copy` on member `node`, in the event's staged
+    /// entry (the audiences of one publish stage one after the other), or a new one.
+    pub(super) fn stage(
+        &mut self,
+        op: OpId,
+        head: &Arc<EncodedHead>,
+        item: EncodedItem,
+        audience: &Audience,
+        (node, copy): (NodeId, CopyRef),
+        now: Instant,
+    ) {
+        let at = match self.staged.iter().rposition(|s| s.op == op) {
+            Some(at) => at,
+            None => {
+                self.staged.push(Staged {
+                    op,
+                    head: Arc::clone(head),
+                    item,
+                    assigned: Vec::new(),
+                    copies: SmallVec::new(),
+                });
+                self.staged.len() - 1
+            }
+        };
+        let staged = &mut self.staged[at];
+        if let Audience::Group(group) = audience {
+            staged.assigned.push(Assignment {
+                group: group.clone(),
+                node,
+            });
+        }
+        staged.copies.push((node, copy));
+        self.staged_at = Some(now);
+    }
+}
 
 impl<H: Clone> Engine<H> {
     /// Stages `d`'s copy for the channel if it belongs there (see the module docs); says
@@ -65,13 +108,12 @@ impl<H: Clone> Engine<H> {
         let Some(node) = self.conns.get(conn).map(|c| c.node) else {
             return false;
         };
-        let Some(ch) = self.channels.as_deref() else {
-            return false;
-        };
-        let Some(sender) = ch.sender.as_ref().filter(|s| s.is_member(node)) else {
-            return false;
-        };
-        let Some(del) = self.out.deliveries.get(d) else {
+        let member = self
+            .channels
+            .as_deref()
+            .and_then(|ch| ch.sender.as_ref())
+            .is_some_and(|s| s.is_member(node));
+        let Some(del) = self.out.deliveries.get(d).filter(|_| member) else {
             return false;
         };
         let Route::Audience { topic, audience } = &del.route else {
@@ -82,16 +124,10 @@ impl<H: Clone> Engine<H> {
             .ops
             .get(del.op)
             .is_some_and(|o| o.messages.len() == 1);
-        if !del.spec.reliable
-            || del.spec.ordered
-            || !single
-            || del.retry.attempts() > 0
-            || sender.queued() + ch.staged.len() >= MAX_CHANNEL_BACKLOG
-        {
-            return false;
-        }
+        let first_reliable = del.spec.reliable && del.retry.attempts() == 0;
+        let lone = first_reliable && !del.spec.ordered && single;
         let (topic, audience) = (topic.clone(), audience.clone());
-        if !self.guard.open_peer_subscribe && !self.members_may_read(&topic) {
+        if !self.channel_may_take(&topic, lone) {
             return false;
         }
         let Some(del) = self.out.deliveries.get_mut(d) else {
@@ -112,28 +148,24 @@ impl<H: Clone> Engine<H> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return false;
         };
-        // The audiences of one publish stage one after the other: look from the end.
-        let at = match ch.staged.iter().rposition(|s| s.op == op) {
-            Some(at) => at,
-            None => {
-                ch.staged.push(Staged {
-                    op,
-                    head,
-                    item,
-                    assigned: Vec::new(),
-                    copies: SmallVec::new(),
-                });
-                ch.staged.len() - 1
-            }
-        };
-        let staged = &mut ch.staged[at];
-        if let Audience::Group(group) = audience {
-            staged.assigned.push(Assignment { group, node });
-        }
-        staged.copies.push((node, d, epoch));
-        ch.staged_at = Some(now);
+        let copy = CopyRef::Delivery(d, epoch);
+        ch.stage(op, &head, item, &audience, (node, copy), now);
         self.set_timer(deadline, Timer::Delivery(d, epoch));
         true
+    }
+
+    /// Whether an event on `topic` may go on the channel: a channel is open, the event is
+    /// `lone` (reliable, a first attempt, not a batch's), the channel's backlog has room, and
+    /// every member may read the topic.
+    pub(super) fn channel_may_take(&mut self, topic: &str, lone: bool) -> bool {
+        let Some(ch) = self.channels.as_deref() else {
+            return false;
+        };
+        let Some(sender) = ch.sender.as_ref() else {
+            return false;
+        };
+        lone && sender.queued() + ch.staged.len() < MAX_CHANNEL_BACKLOG
+            && (self.guard.open_peer_subscribe || self.members_may_read(topic))
     }
 
     /// Whether every member's service may subscribe to `topic` (cached per topic while the
@@ -180,27 +212,25 @@ impl<H: Clone> Engine<H> {
                 last = Some(Arc::clone(&assigned));
                 match sender.push(&s.head, &assigned, s.item) {
                     Ok(number) => {
-                        for (node, d, epoch) in s.copies {
+                        for (node, copy) in s.copies {
                             if sender.is_member(node) {
-                                ch.unreported.add(node, number, d, epoch);
+                                ch.unreported.add(node, number, copy);
                             } else {
-                                unicast.push((node, d));
+                                unicast.push((node, copy));
                             }
                         }
                     }
                     // Too large for one datagram: by unicast.
-                    Err(_) => unicast.extend(s.copies.iter().map(|&(node, d, _)| (node, d))),
+                    Err(_) => unicast.extend(s.copies),
                 }
             }
         } else {
-            unicast.extend(
-                staged
-                    .iter()
-                    .flat_map(|s| s.copies.iter().map(|&(node, d, _)| (node, d))),
-            );
+            unicast.extend(staged.into_iter().flat_map(|s| s.copies));
         }
-        for (node, d) in unicast {
-            self.channel_to_unicast(d, node, now);
+        for (node, copy) in unicast {
+            if let Some(d) = self.delivery_of(copy, node) {
+                self.channel_to_unicast(d, node, now);
+            }
         }
         self.drain_sender(now);
     }
@@ -272,8 +302,8 @@ impl<H: Clone> Engine<H> {
     }
 
     /// `node`'s copies of the events numbered in `items` that wait for its report, taken out
-    /// of `pending`; only those still current (their delivery still waits on the channel).
-    fn take_reported(&mut self, node: NodeId, items: &[shoal_proto::SeqRange]) -> Vec<DeliveryId> {
+    /// of the queue of its unreported copies.
+    fn take_reported(&mut self, node: NodeId, items: &[shoal_proto::SeqRange]) -> Vec<CopyRef> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return Vec::new();
         };
@@ -284,28 +314,46 @@ impl<H: Clone> Engine<H> {
             ch.unreported.take(node, range.start, end, &mut copies);
         }
         copies
-            .into_iter()
-            .filter(|&(d, epoch)| {
-                self.out
-                    .deliveries
-                    .get(d)
-                    .is_some_and(|del| del.epoch == epoch && del.state == State::Channel(node))
-            })
-            .map(|(d, _)| d)
-            .collect()
+    }
+
+    /// The delivery `copy` on `node` stands for, if it still waits on the channel: the
+    /// delivery staged there, or the one a copy without a delivery becomes now
+    /// ([`Engine::materialize`]).
+    fn delivery_of(&mut self, copy: CopyRef, node: NodeId) -> Option<DeliveryId> {
+        match copy {
+            CopyRef::Delivery(d, epoch) => self
+                .out
+                .deliveries
+                .get(d)
+                .is_some_and(|del| del.epoch == epoch && del.state == State::Channel(node))
+                .then_some(d),
+            CopyRef::Copy(op, index) => self.materialize(op, index).map(|(d, _)| d),
+        }
     }
 
     /// `node` reports its handling of the events numbered in `items` failed: their copies go
     /// to it again by unicast, where the error gets its usual answer.
     fn channel_failed(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
-        for d in self.take_reported(node, items) {
-            self.channel_to_unicast(d, node, now);
+        for copy in self.take_reported(node, items) {
+            if let Some(d) = self.delivery_of(copy, node) {
+                self.channel_to_unicast(d, node, now);
+            }
         }
     }
 
     /// `node` reports the events numbered in `items` handled: their copies are done.
     fn channel_handled(&mut self, node: NodeId, items: &[shoal_proto::SeqRange], now: Instant) {
-        for d in self.take_reported(node, items) {
+        for copy in self.take_reported(node, items) {
+            let d = match copy {
+                CopyRef::Copy(op, index) => {
+                    self.copy_handled(op, index, now);
+                    continue;
+                }
+                CopyRef::Delivery(..) => match self.delivery_of(copy, node) {
+                    Some(d) => d,
+                    None => continue,
+                },
+            };
             let Some(del) = self.out.deliveries.get_mut(d) else {
                 continue;
             };
@@ -324,15 +372,10 @@ impl<H: Clone> Engine<H> {
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
-        for (d, epoch) in ch.unreported.take_all(node) {
-            let current = self
-                .out
-                .deliveries
-                .get(d)
-                .is_some_and(|del| del.epoch == epoch && del.state == State::Channel(node));
-            if !current {
+        for copy in ch.unreported.take_all(node) {
+            let Some(d) = self.delivery_of(copy, node) else {
                 continue;
-            }
+            };
             match reason {
                 None => self.channel_to_unicast(d, node, now),
                 Some(reason) => {
@@ -378,7 +421,7 @@ impl<H: Clone> Engine<H> {
     /// not acknowledged.
     pub(super) fn channel_ack_timeout(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
         if let Some(ch) = self.channels.as_deref_mut() {
-            ch.unreported.forget(d);
+            ch.unreported.forget(node, CopyRef::Delivery(d, 0));
         }
         if self.peers.current(node).is_some() {
             return self.channel_to_unicast(d, node, now);

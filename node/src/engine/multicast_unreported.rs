@@ -13,8 +13,8 @@ use std::collections::{HashMap, VecDeque};
 
 use shoal_proto::NodeId;
 
+use super::multicast_copies::CopyRef;
 use super::multicast_fanout::Pending;
-use super::send::DeliveryId;
 
 /// How the members' queues are found: foldhash, seeded per process (node ids are
 /// certified members, looked up for every copy).
@@ -29,31 +29,25 @@ pub(super) struct Unreported {
 }
 
 impl Unreported {
-    /// `node`'s report of event `number` completes delivery `d` (at `epoch`).
-    pub(super) fn add(&mut self, node: NodeId, number: u64, d: DeliveryId, epoch: u32) {
+    /// `node`'s report of event `number` completes `copy`.
+    pub(super) fn add(&mut self, node: NodeId, number: u64, copy: CopyRef) {
         let queue = self.members.entry(node).or_default();
         match queue.back_mut() {
-            Some((last, copies)) if *last == number => copies.push((d, epoch)),
+            Some((last, copies)) if *last == number => copies.push(copy),
             Some((last, _)) if *last > number => {
                 // Not in order (never, as the channel numbers events): kept in order anyway.
                 let at = queue.partition_point(|(n, _)| *n < number);
                 match queue.get_mut(at) {
-                    Some((n, copies)) if *n == number => copies.push((d, epoch)),
-                    _ => queue.insert(at, (number, smallvec::smallvec![(d, epoch)])),
+                    Some((n, copies)) if *n == number => copies.push(copy),
+                    _ => queue.insert(at, (number, smallvec::smallvec![copy])),
                 }
             }
-            _ => queue.push_back((number, smallvec::smallvec![(d, epoch)])),
+            _ => queue.push_back((number, smallvec::smallvec![copy])),
         }
     }
 
     /// Takes `node`'s copies of the events numbered `start..end` into `out`.
-    pub(super) fn take(
-        &mut self,
-        node: NodeId,
-        start: u64,
-        end: u64,
-        out: &mut Vec<(DeliveryId, u32)>,
-    ) {
+    pub(super) fn take(&mut self, node: NodeId, start: u64, end: u64, out: &mut Vec<CopyRef>) {
         let Some(queue) = self.members.get_mut(&node) else {
             return;
         };
@@ -65,7 +59,7 @@ impl Unreported {
     }
 
     /// Takes every copy waiting for `node`'s report (it left, or moved to unicast).
-    pub(super) fn take_all(&mut self, node: NodeId) -> Vec<(DeliveryId, u32)> {
+    pub(super) fn take_all(&mut self, node: NodeId) -> Vec<CopyRef> {
         self.members
             .remove(&node)
             .into_iter()
@@ -74,14 +68,20 @@ impl Unreported {
             .collect()
     }
 
-    /// Forgets delivery `d`'s copy, whoever it waits for (it timed out).
-    pub(super) fn forget(&mut self, d: DeliveryId) {
-        for queue in self.members.values_mut() {
-            for (_, copies) in queue.iter_mut() {
-                copies.retain(|(pending, _)| *pending != d);
-            }
-            trim(queue);
+    /// Forgets `copy`, waiting for `node`'s report (it timed out); a delivery's, whatever
+    /// the epoch it was staged at.
+    pub(super) fn forget(&mut self, node: NodeId, copy: CopyRef) {
+        let Some(queue) = self.members.get_mut(&node) else {
+            return;
+        };
+        let same = |pending: &CopyRef| match (pending, copy) {
+            (CopyRef::Delivery(a, _), CopyRef::Delivery(b, _)) => *a == b,
+            (pending, copy) => *pending == copy,
+        };
+        for (_, copies) in queue.iter_mut() {
+            copies.retain(|pending| !same(pending));
         }
+        trim(queue);
     }
 }
 
@@ -97,16 +97,20 @@ mod tests {
     use slotmap::SlotMap;
 
     use super::*;
+    use crate::engine::OpId;
+    use crate::engine::send::DeliveryId;
 
-    fn ids(n: usize) -> Vec<DeliveryId> {
+    fn ids(n: usize) -> Vec<CopyRef> {
         let mut map: SlotMap<DeliveryId, ()> = SlotMap::with_key();
-        (0..n).map(|_| map.insert(())).collect()
+        (0..n)
+            .map(|_| CopyRef::Delivery(map.insert(()), 0))
+            .collect()
     }
 
-    fn taken(u: &mut Unreported, node: NodeId, start: u64, end: u64) -> Vec<DeliveryId> {
+    fn taken(u: &mut Unreported, node: NodeId, start: u64, end: u64) -> Vec<CopyRef> {
         let mut out = Vec::new();
         u.take(node, start, end, &mut out);
-        out.into_iter().map(|(d, _)| d).collect()
+        out
     }
 
     #[test]
@@ -114,14 +118,14 @@ mod tests {
         let d = ids(6);
         let (a, b) = (NodeId::from_u128(1), NodeId::from_u128(2));
         let mut u = Unreported::default();
-        u.add(a, 10, d[0], 0);
-        u.add(b, 10, d[1], 0);
-        u.add(a, 11, d[2], 0);
-        u.add(a, 11, d[3], 1); // two audiences' copies of one event
-        u.add(a, 14, d[4], 0);
-        u.add(a, 12, d[5], 0); // out of order: kept in order
+        u.add(a, 10, d[0]);
+        u.add(b, 10, d[1]);
+        u.add(a, 11, d[2]);
+        u.add(a, 11, d[3]); // two audiences' copies of one event
+        u.add(a, 14, d[4]);
+        u.add(a, 12, d[5]); // out of order: kept in order
         assert_eq!(taken(&mut u, a, 11, 13), vec![d[2], d[3], d[5]]);
-        assert_eq!(taken(&mut u, a, 11, 13), Vec::<DeliveryId>::new());
+        assert_eq!(taken(&mut u, a, 11, 13), Vec::<CopyRef>::new());
         // A range far wider than what waits, and another member's numbers: only a's.
         assert_eq!(taken(&mut u, a, 0, u64::MAX), vec![d[0], d[4]]);
         assert_eq!(
@@ -135,15 +139,26 @@ mod tests {
     #[test]
     fn a_member_that_leaves_takes_everything_and_a_forgotten_copy_is_gone() {
         let d = ids(3);
+        let mut ops: SlotMap<OpId, ()> = SlotMap::with_key();
+        let (op, other) = (ops.insert(()), ops.insert(()));
         let (a, b) = (NodeId::from_u128(1), NodeId::from_u128(2));
         let mut u = Unreported::default();
-        u.add(a, 1, d[0], 0);
-        u.add(a, 2, d[1], 0);
-        u.add(b, 2, d[2], 0);
-        u.forget(d[0]);
-        assert_eq!(u.members[&a].len(), 1, "the forgotten front left");
-        let all: Vec<DeliveryId> = u.take_all(a).into_iter().map(|(d, _)| d).collect();
-        assert_eq!(all, vec![d[1]]);
+        u.add(a, 1, d[0]);
+        u.add(a, 2, d[1]);
+        u.add(a, 2, CopyRef::Copy(op, 0));
+        u.add(a, 3, CopyRef::Copy(op, 1));
+        u.add(b, 2, d[2]);
+        let CopyRef::Delivery(first, _) = d[0] else {
+            unreachable!()
+        };
+        // A delivery's copy is forgotten whatever epoch it was staged at; only `node`'s.
+        u.forget(b, CopyRef::Delivery(first, 7));
+        assert_eq!(u.members[&a].len(), 3, "another member's copy stays");
+        u.forget(a, CopyRef::Delivery(first, 7));
+        assert_eq!(u.members[&a].len(), 2, "the forgotten front left");
+        u.forget(a, CopyRef::Copy(other, 1));
+        u.forget(a, CopyRef::Copy(op, 1));
+        assert_eq!(u.take_all(a), vec![d[1], CopyRef::Copy(op, 0)]);
         assert!(u.take_all(a).is_empty());
         assert_eq!(taken(&mut u, b, 2, 3), vec![d[2]]);
     }

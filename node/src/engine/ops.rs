@@ -57,6 +57,7 @@ impl<H: Clone> Engine<H> {
 
     /// Stops every delivery of `op`, without ending it.
     pub(super) fn stop_deliveries(&mut self, op: OpId, now: Instant) {
+        self.drop_copies(op); // multicast_copies.rs
         let Some(o) = self.out.ops.get_mut(op) else {
             return;
         };

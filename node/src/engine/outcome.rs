@@ -137,6 +137,8 @@ impl<H: Clone> Engine<H> {
     /// Ends every background delivery still going (the node stops): copies of background
     /// publishes become dead letters saying so; asynchronous replies are dropped.
     pub(super) fn stop_background_ops(&mut self, now: Instant) {
+        // Copies on the multicast channel end as their deliveries would.
+        self.materialize_all_copies();
         let open: Vec<DeliveryId> = self.out.deliveries.keys().collect();
         for d in open {
             let Some(op) = self.out.deliveries.get(d).map(|del| del.op) else {

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{NodeId, SmolStr, Subscription};
 use slotmap::SlotMap;
-use smallvec::SmallVec;
 
 use super::action::ConnId;
 use super::conn::Conn;
@@ -77,47 +76,18 @@ impl Route {
 }
 
 /// The least-loaded live connection among `ids` (ties taken in turn), one to an instance not
-/// in `tried` when there is one. Each candidate's connection is looked up once (an event's
-/// candidates come through a map of its instances), then chosen among without allocating.
+/// in `tried` when there is one ([`route::least_loaded`]).
 fn pick(
     conns: &SlotMap<ConnId, Conn>,
-    ids: impl Iterator<Item = ConnId>,
+    ids: impl Iterator<Item = ConnId> + Clone,
     tried: &[NodeId],
     turn: usize,
 ) -> Option<ConnId> {
-    let live: SmallVec<[Live; 8]> = ids
-        .filter_map(|id| {
-            let c = conns.get(id).filter(|c| c.takes_messages())?;
-            Some(Live {
-                id,
-                pending: c.window.pending(),
-                untried: !tried.contains(&c.node),
-            })
-        })
-        .collect();
-    least_loaded(live.iter().filter(|c| c.untried), turn)
-        .or_else(|| least_loaded(live.iter(), turn))
-}
-
-/// A live connection `pick` may choose.
-struct Live {
-    id: ConnId,
-    /// Its unanswered messages.
-    pending: usize,
-    /// Its instance is not among those tried.
-    untried: bool,
-}
-
-/// The connection with the fewest unanswered messages among `candidates`, ties broken by
-/// `turn` (see [`route::choose`]).
-fn least_loaded<'a>(
-    candidates: impl Iterator<Item = &'a Live> + Clone,
-    turn: usize,
-) -> Option<ConnId> {
-    let least = candidates.clone().map(|c| c.pending).min()?;
-    let tied = candidates.filter(move |c| c.pending == least);
-    let pick = turn % tied.clone().count();
-    tied.map(|c| c.id).nth(pick)
+    let live = ids.filter_map(|id| {
+        let c = conns.get(id).filter(|c| c.takes_messages())?;
+        Some((id, c.window.pending(), !tried.contains(&c.node)))
+    });
+    route::least_loaded(live, turn)
 }
 
 /// The audiences of events on one topic, each with its live instances, in the order of
@@ -181,6 +151,25 @@ impl Peers {
     /// Something about the peers changed.
     pub(super) fn bump(&mut self) {
         self.audience_cache.clear();
+    }
+
+    /// The least-loaded live connection of `nodes` (an audience's instances, as
+    /// [`Peers::audiences`] lists them), one to an instance not in `tried` when there is one;
+    /// ties taken by `turn`. What [`Peers::choose`] gives an unkeyed event's copy, for a
+    /// caller that has the audience's instances at hand.
+    pub(super) fn choose_among(
+        &self,
+        conns: &SlotMap<ConnId, Conn>,
+        nodes: &[NodeId],
+        tried: &[NodeId],
+        turn: usize,
+    ) -> Option<ConnId> {
+        pick(
+            conns,
+            nodes.iter().filter_map(|n| self.current(*n)),
+            tried,
+            turn,
+        )
     }
 
     /// The connection standing for `node`.
@@ -504,12 +493,7 @@ impl Peers {
             // An event's copy, the same way (every publish comes here).
             let audiences = self.audiences(conns, topic, now);
             let nodes = instances_of(&audiences, audience)?;
-            return pick(
-                conns,
-                nodes.iter().filter_map(|n| self.current(*n)),
-                tried,
-                turn,
-            );
+            return self.choose_among(conns, nodes, tried, turn);
         }
         let live = self.candidates(conns, route, now);
         if live.len() <= 1 {

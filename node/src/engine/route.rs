@@ -19,8 +19,70 @@ pub(crate) struct Candidate {
 /// the same instance is still better than none (it may have restarted), and its dedup window
 /// keeps the handler from running twice.
 pub(crate) fn choose(candidates: &[Candidate], tried: &[NodeId], turn: usize) -> Option<NodeId> {
-    let untried = candidates.iter().filter(|c| !tried.contains(&c.node));
-    pick_least_loaded(untried, turn).or_else(|| pick_least_loaded(candidates.iter(), turn))
+    least_loaded(
+        candidates
+            .iter()
+            .map(|c| (c.node, c.in_flight, !tried.contains(&c.node))),
+        turn,
+    )
+}
+
+/// The rule of [`choose`] over `(instance, unacknowledged messages, untried)` triples: the
+/// least loaded of the untried ones if there are any, else of all; ties broken by `turn`.
+/// One pass finds the least load and how many share it; only a tie takes a second pass, to
+/// the tied one `turn` falls on. Nothing is allocated (every message's copy comes here).
+pub(crate) fn least_loaded<T: Copy>(
+    candidates: impl Iterator<Item = (T, usize, bool)> + Clone,
+    turn: usize,
+) -> Option<T> {
+    let (mut untried, mut all) = (Least::default(), Least::default());
+    for (id, load, fresh) in candidates.clone() {
+        all.see(id, load);
+        if fresh {
+            untried.see(id, load);
+        }
+    }
+    let only_untried = untried.first.is_some();
+    let least = if only_untried { untried } else { all };
+    if least.ties <= 1 {
+        return least.first;
+    }
+    candidates
+        .filter(|&(_, load, fresh)| load == least.load && (fresh || !only_untried))
+        .map(|(id, ..)| id)
+        .nth(turn % least.ties)
+}
+
+/// The least load [`least_loaded`] has seen, how many candidates have it, and the first.
+#[derive(Clone, Copy)]
+struct Least<T> {
+    load: usize,
+    ties: usize,
+    first: Option<T>,
+}
+
+impl<T> Default for Least<T> {
+    fn default() -> Self {
+        Self {
+            load: 0,
+            ties: 0,
+            first: None,
+        }
+    }
+}
+
+impl<T> Least<T> {
+    fn see(&mut self, id: T, load: usize) {
+        if self.first.is_none() || load < self.load {
+            *self = Self {
+                load,
+                ties: 1,
+                first: Some(id),
+            };
+        } else if load == self.load {
+            self.ties += 1;
+        }
+    }
 }
 
 /// Picks the instance for a message with partition key `key`, by rendezvous
@@ -54,18 +116,6 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-fn pick_least_loaded<'a>(
-    it: impl Iterator<Item = &'a Candidate> + Clone,
-    turn: usize,
-) -> Option<NodeId> {
-    let least = it.clone().map(|c| c.in_flight).min()?;
-    let tied: Vec<NodeId> = it
-        .filter(|c| c.in_flight == least)
-        .map(|c| c.node)
-        .collect();
-    Some(tied[turn % tied.len()])
 }
 
 #[cfg(test)]
@@ -166,5 +216,17 @@ mod tests {
         );
         let all_tried = [NodeId::from_u128(1), NodeId::from_u128(2)];
         assert_eq!(choose(&all, &all_tried, 0), Some(NodeId::from_u128(1)));
+    }
+
+    #[test]
+    fn ties_among_untried_instances_take_turns_past_a_tried_one() {
+        let all = [c(1, 0), c(2, 0), c(3, 1), c(4, 0)];
+        let tried = [NodeId::from_u128(1)];
+        let picks: Vec<_> = (0..3).map(|t| choose(&all, &tried, t)).collect();
+        assert_eq!(picks, [2, 4, 2].map(|n| Some(NodeId::from_u128(n))));
+        // Every one tried: all of them, the tied ones in turn.
+        let tried = [1, 2, 3, 4].map(NodeId::from_u128);
+        let picks: Vec<_> = (0..3).map(|t| choose(&all, &tried, t)).collect();
+        assert_eq!(picks, [1, 2, 4].map(|n| Some(NodeId::from_u128(n))));
     }
 }

@@ -20,6 +20,7 @@ use super::action::{ConnId, Done, OpId};
 use super::delivery::{Delivery, Spec};
 use super::fanout::Audience;
 use super::heads::HeadCache;
+use super::multicast_copies::ChannelCopies;
 use super::ordering::{Destination, KeyTurns};
 use super::peers::{Route, Target};
 use super::{Engine, topic};
@@ -95,6 +96,8 @@ pub(super) struct Op {
     /// Request: when its caller stops waiting (its entry in
     /// [`Outbound::request_deadlines`]).
     pub(super) deadline: Option<Instant>,
+    /// Publish: the copies that went on the multicast channel without a delivery each.
+    pub(super) channel: Option<Box<ChannelCopies>>,
 }
 
 impl Op {
@@ -145,6 +148,9 @@ pub(super) struct Outbound {
     /// When the callers of requests stop waiting, earliest first (`ops.rs`); an entry leaves
     /// with its operation.
     pub(super) request_deadlines: BTreeMap<(Instant, OpId), Duration>,
+    /// Copies on the multicast channel that wait for their member's report without a
+    /// delivery of their own, in every operation ([`super::multicast_copies`]).
+    pub(super) channel_copies: usize,
 }
 
 impl Outbound {
@@ -159,6 +165,7 @@ impl Outbound {
     pub(super) fn remove_op(&mut self, id: OpId) -> Option<Op> {
         let op = self.ops.remove(id)?;
         self.background -= usize::from(op.kind == OpKind::Background);
+        self.channel_copies -= op.channel.as_deref().map_or(0, ChannelCopies::waiting);
         if let Some(at) = op.deadline {
             self.request_deadlines.remove(&(at, id));
         }
@@ -379,7 +386,7 @@ impl<H: Clone> Engine<H> {
         // Every copy's head is made (and the batch checked against the frame limit with it)
         // before anything is sent.
         let mut copies: SmallVec<[_; 2]> = SmallVec::with_capacity(audiences.len());
-        for (audience, _) in audiences.iter() {
+        for (audience, instances) in audiences.iter() {
             let to = match audience {
                 Audience::Group(group) => To::Group(group.clone()),
                 Audience::Instance(_) => To::Instance,
@@ -413,13 +420,21 @@ impl<H: Clone> Engine<H> {
                 .as_ref()
                 .filter(|_| reliable)
                 .map(|k| (Destination::of(&route), k.clone()));
-            copies.push((route, head, spec, slot));
+            copies.push((route, instances, head, spec, slot));
         }
         let id = envelopes[0].id;
         let op = self
             .out
             .insert_op(new_op(kind, envelopes, items, copies.len()));
-        for (route, head, spec, slot) in copies {
+        // On a multicast channel, copies to its members need no delivery each at first
+        // (multicast_copies.rs); a keyed event's copies wait for their key's turn as
+        // deliveries.
+        let lone = reliable && !batched && count == 1 && key.is_none();
+        let on_channel = self.channels.is_some() && self.channel_may_take(&topic, lone);
+        for (route, instances, head, spec, slot) in copies {
+            if on_channel && self.stage_copy(op, &route, instances, &head, &spec, now) {
+                continue;
+            }
             self.add_delivery(op, route, head, spec, slot, now);
         }
         // Best-effort copies and topics nobody subscribes to are done at once (a background
@@ -533,6 +548,7 @@ fn new_op(
         error: None,
         result: None,
         deadline: None,
+        channel: None,
     }
 }
 

@@ -17,7 +17,8 @@ pub(crate) struct Busy {
     /// Handler runs going on or waiting for a slot.
     pub(crate) handlers: usize,
     /// Deliveries of sends, requests, publishes and replies not finished (unacknowledged,
-    /// waiting for a retry, an instance, a turn or room).
+    /// waiting for a retry, an instance, a turn or room), and event copies on the multicast
+    /// channel waiting for their member's report.
     pub(crate) deliveries: usize,
     /// Requests acknowledged whose reply has not arrived, and pings without their pong.
     pub(crate) answers: usize,
@@ -37,7 +38,7 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn busy(&self) -> Busy {
         Busy {
             handlers: self.inbound.running(),
-            deliveries: self.out.deliveries.len(),
+            deliveries: self.out.deliveries.len() + self.out.channel_copies,
             answers: self.out.replies.len() + self.out.pongs.len(),
             unwritten: self.conns.values().filter(|c| c.has_unwritten()).count(),
         }

@@ -22,6 +22,7 @@ use crate::{FallbackReason, NodeEvent};
 const MS: Duration = Duration::from_millis(1);
 
 mod audiences;
+mod copies;
 mod membership;
 mod packing;
 mod round_trip;

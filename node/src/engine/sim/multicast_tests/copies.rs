@@ -1,0 +1,93 @@
+//! Copies on the channel without a delivery each (`multicast_copies.rs`): none is kept while
+//! they wait, their receipts are those of deliveries, one not reported in time becomes a
+//! delivery that goes again by unicast, and a caller that gives up leaves none waiting.
+
+use std::time::Duration;
+
+use super::super::multicast::clean;
+use super::{Handled, Lan, MS, Sim, check_handled_once, check_receipts, receipts_within_a_second};
+use crate::engine::send::Publishing;
+use crate::{PublishOptions, RetryPolicy};
+
+/// The publisher's deliveries, and its copies on the channel without one.
+fn kept(sim: &Sim, publisher: usize) -> (usize, usize) {
+    let out = &sim.nodes[publisher].engine.out;
+    (out.deliveries.len(), out.channel_copies)
+}
+
+/// A burst of 20 events to four audiences (two groups, two every-instance subscribers), all
+/// on the channel, waits as 80 copies and no delivery; each ends with its member's report,
+/// at its first attempt, in the receipt a delivery would have given.
+#[test]
+fn copies_on_the_channel_keep_no_delivery_each() {
+    let mut lan = Lan::new(21, true, |_| clean());
+    let ops = lan.burst(20);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 80));
+    let receipts = lan.receipts(&ops, Duration::from_secs(1));
+    check_receipts(&lan, &receipts);
+    check_handled_once(&lan, &ops, |_| true);
+    let copies = receipts.iter().flat_map(|r| &r.deliveries);
+    assert!(copies.clone().all(|c| c.attempts == 1), "{receipts:?}");
+    assert_eq!(copies.count(), 80);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+}
+
+/// A member still handling an event when the publisher's ack timeout passes: the copy becomes
+/// a delivery and goes to the same member again by unicast, where its dedup window holds it
+/// until the run ends. The event runs once, and the receipt counts two attempts.
+#[test]
+fn a_copy_not_reported_in_time_goes_again_by_unicast_to_its_member_and_runs_once() {
+    let mut sim = Sim::new(22);
+    let publisher = sim.lan_node("orders", clean());
+    let billing = sim.lan_node("billing", clean());
+    sim.connect(publisher, billing);
+    sim.subscribe(billing, "order.*", Some("billing"), |_| {
+        Handled::ok_after(30 * MS)
+    });
+    sim.run_for(5 * MS);
+    let options = PublishOptions {
+        retry: Some(RetryPolicy {
+            ack_timeout: 20 * MS,
+            ..RetryPolicy::default()
+        }),
+        ..PublishOptions::default()
+    };
+    let event = sim.event("order.created", "slow");
+    let id = event.id();
+    let op = match sim.publish(publisher, vec![event], &options) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("publish: {other:?}"),
+    };
+    assert_eq!(kept(&sim, publisher), (0, 1), "on the channel");
+    sim.run_for(25 * MS);
+    assert_eq!(
+        kept(&sim, publisher),
+        (1, 0),
+        "a delivery after the timeout"
+    );
+    let receipts = receipts_within_a_second(&mut sim, publisher, &[op]);
+    let copy = &receipts[0].deliveries[..];
+    assert_eq!(copy.len(), 1, "{receipts:?}");
+    assert_eq!(copy[0].node, sim.nodes[billing].engine.id());
+    assert_eq!(copy[0].attempts, 2);
+    let runs = sim.runs.iter().filter(|r| r.id == id && r.ok).count();
+    assert_eq!(runs, 1, "the redelivery waited for the run");
+    assert_eq!(kept(&sim, publisher), (0, 0));
+}
+
+/// Callers that give up on their publishes leave no copy waiting; the reports that come
+/// after find nothing to complete, and the events still run once each.
+#[test]
+fn a_cancelled_publish_leaves_no_copy_waiting() {
+    let mut lan = Lan::new(23, true, |_| clean());
+    let ops = lan.burst(5);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 20));
+    let now = lan.sim.now;
+    for (op, ..) in &ops {
+        lan.sim.nodes[lan.publisher].engine.cancel(*op, now);
+    }
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+    lan.sim.run_for(50 * MS);
+    check_handled_once(&lan, &ops, |_| true);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+}
