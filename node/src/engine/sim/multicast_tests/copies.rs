@@ -1,6 +1,7 @@
 //! Copies on the channel without a delivery each (`multicast_copies.rs`): none is kept while
 //! they wait, their receipts are those of deliveries, one not reported in time becomes a
-//! delivery that goes again by unicast, and a caller that gives up leaves none waiting.
+//! delivery that goes again by unicast, a caller that gives up leaves none waiting, and the
+//! metrics count them as they would deliveries.
 
 use std::time::Duration;
 
@@ -90,4 +91,33 @@ fn a_cancelled_publish_leaves_no_copy_waiting() {
     lan.sim.run_for(50 * MS);
     check_handled_once(&lan, &ops, |_| true);
     assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+}
+
+/// With metrics on, copies on the channel count as sent and acknowledged under their group
+/// (an every-instance subscriber's under none), as their deliveries would.
+#[test]
+fn copies_on_the_channel_are_counted_in_the_metrics() {
+    let mut lan = Lan::new(24, true, |_| clean());
+    lan.sim.nodes[lan.publisher].engine.enable_metrics();
+    let ops = lan.burst(10);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 40));
+    lan.receipts(&ops, Duration::from_secs(1));
+    let snapshot = lan.sim.nodes[lan.publisher].engine.metrics_snapshot();
+    let mut series: Vec<(&str, u64, u64, u64)> = snapshot
+        .outbound
+        .iter()
+        .map(|(service, topic, out)| {
+            assert_eq!(topic, "order.created");
+            let timed = out.latency.counts.iter().sum::<u64>();
+            (service.as_str(), out.sent, out.acked, timed)
+        })
+        .collect();
+    series.sort();
+    // Two every-instance subscribers: 20 copies under no group.
+    let expected = [
+        ("", 20, 20, 20),
+        ("billing", 10, 10, 10),
+        ("shipping", 10, 10, 10),
+    ];
+    assert_eq!(series, expected);
 }
