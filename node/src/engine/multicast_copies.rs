@@ -85,22 +85,19 @@ impl ChannelCopies {
 }
 
 impl<H: Clone> Engine<H> {
-    /// Stages `op`'s copy for `route` on the channel, without a delivery, if the instance
-    /// chosen among `instances` (the audience's) is a member and has room; says whether it
-    /// did. The caller checked that the event may go on the channel
+    /// Stages `op`'s copy of its event on `topic` for `audience` on the channel, without a
+    /// delivery, if the instance chosen among the audience's `instances` is a member and has
+    /// room; says whether it did. The caller checked that the event may go on the channel
     /// ([`Engine::channel_may_take`]).
     pub(super) fn stage_copy(
         &mut self,
         op: OpId,
-        route: &Route,
-        instances: &[NodeId],
+        topic: &SmolStr,
+        (audience, instances): &(Audience, Vec<NodeId>),
         head: &Arc<EncodedHead>,
         spec: &Spec,
         now: Instant,
     ) -> bool {
-        let Route::Audience { topic, audience } = route else {
-            return false;
-        };
         let turn = self.turn();
         let Some(conn) = self.peers.choose_among(&self.conns, instances, &[], turn) else {
             return false;

@@ -298,7 +298,7 @@ impl<H: Clone> Engine<H> {
             &mut self.out.heads,
             &envelope,
             To::Handler,
-            &spec,
+            (spec.reliable, spec.ordered),
             std::iter::once(&item),
             limits,
         )?;
@@ -384,13 +384,39 @@ impl<H: Clone> Engine<H> {
             .unwrap_or_else(|| self.config.retry.clone());
         let hold = options.hold_for.unwrap_or(self.config.event_hold);
         // Every copy's head is made (and the batch checked against the frame limit with it)
-        // before anything is sent.
-        let mut copies: SmallVec<[_; 2]> = SmallVec::with_capacity(audiences.len());
-        for (audience, instances) in audiences.iter() {
+        // before anything is sent. Audiences for the same recipient share one (every
+        // ungrouped subscriber's copy is `To::Instance`): it is looked up once.
+        let mut heads: SmallVec<[(To, Arc<EncodedHead>); 2]> =
+            SmallVec::with_capacity(audiences.len());
+        for (audience, _) in audiences.iter() {
             let to = match audience {
                 Audience::Group(group) => To::Group(group.clone()),
                 Audience::Instance(_) => To::Instance,
             };
+            let head = match heads.last() {
+                Some((last, head)) if *last == to => Arc::clone(head),
+                _ => encoded_head(
+                    &mut self.out.heads,
+                    &envelopes[0],
+                    to.clone(),
+                    (reliable, batched),
+                    items.iter().map(|(_, item)| item),
+                    limits,
+                )?,
+            };
+            heads.push((to, head));
+        }
+        let id = envelopes[0].id;
+        let op = self
+            .out
+            .insert_op(new_op(kind, envelopes, items, heads.len()));
+        // On a multicast channel, copies to its members need no delivery each at first
+        // (multicast_copies.rs); a keyed event's copies wait for their key's turn as
+        // deliveries.
+        let lone = reliable && !batched && count == 1 && key.is_none();
+        let on_channel = self.channels.is_some() && self.channel_may_take(&topic, lone);
+        for (copy, (_, head)) in audiences.iter().zip(heads) {
+            let audience = &copy.0;
             let spec = Spec {
                 policy: policy.clone(),
                 fail_fast: false,
@@ -403,14 +429,9 @@ impl<H: Clone> Engine<H> {
                 reliable,
                 ordered: batched,
             };
-            let head = encoded_head(
-                &mut self.out.heads,
-                &envelopes[0],
-                to,
-                &spec,
-                items.iter().map(|(_, item)| item),
-                limits,
-            )?;
+            if on_channel && self.stage_copy(op, &topic, copy, &head, &spec, now) {
+                continue;
+            }
             let route = Route::Audience {
                 topic: topic.clone(),
                 audience: audience.clone(),
@@ -420,21 +441,6 @@ impl<H: Clone> Engine<H> {
                 .as_ref()
                 .filter(|_| reliable)
                 .map(|k| (Destination::of(&route), k.clone()));
-            copies.push((route, instances, head, spec, slot));
-        }
-        let id = envelopes[0].id;
-        let op = self
-            .out
-            .insert_op(new_op(kind, envelopes, items, copies.len()));
-        // On a multicast channel, copies to its members need no delivery each at first
-        // (multicast_copies.rs); a keyed event's copies wait for their key's turn as
-        // deliveries.
-        let lone = reliable && !batched && count == 1 && key.is_none();
-        let on_channel = self.channels.is_some() && self.channel_may_take(&topic, lone);
-        for (route, instances, head, spec, slot) in copies {
-            if on_channel && self.stage_copy(op, &route, instances, &head, &spec, now) {
-                continue;
-            }
             self.add_delivery(op, route, head, spec, slot, now);
         }
         // Best-effort copies and topics nobody subscribes to are done at once (a background
@@ -567,12 +573,12 @@ fn encoded_head<'a>(
     heads: &mut HeadCache,
     envelope: &Envelope,
     to: To,
-    spec: &Spec,
+    (reliable, ordered): (bool, bool),
     items: impl Iterator<Item = &'a EncodedItem> + Clone,
     limits: &Limits,
 ) -> Result<Arc<EncodedHead>, Error> {
-    let head = heads.get(envelope, &to, spec.reliable, spec.ordered, limits)?;
-    let longest = if spec.ordered {
+    let head = heads.get(envelope, &to, reliable, ordered, limits)?;
+    let longest = if ordered {
         codec::messages_len(&head, items)
     } else {
         items
