@@ -1,7 +1,8 @@
 //! Copies on the channel without a delivery each (`multicast_copies.rs`): none is kept while
 //! they wait, their receipts are those of deliveries, one not reported in time becomes a
-//! delivery that goes again by unicast, a caller that gives up leaves none waiting, and the
-//! metrics count them as they would deliveries.
+//! delivery that goes again by unicast, a caller that gives up leaves none waiting, a killed
+//! node dead-letters its background copies, and the metrics count them as they would
+//! deliveries.
 
 use std::time::Duration;
 
@@ -120,4 +121,25 @@ fn copies_on_the_channel_are_counted_in_the_metrics() {
         ("shipping", 10, 10, 10),
     ];
     assert_eq!(series, expected);
+}
+
+/// A background publish's copies still on the channel when the node is killed become dead
+/// letters, one per audience, as its deliveries would; nothing is left waiting.
+#[test]
+fn a_killed_publisher_dead_letters_its_background_copies_on_the_channel() {
+    let mut lan = Lan::new(25, true, |_| clean());
+    let event = lan.sim.event("order.created", "in the background");
+    let options = PublishOptions::background();
+    match lan.sim.publish(lan.publisher, vec![event], &options) {
+        Ok(Publishing::Done(_)) => {}
+        other => panic!("publish: {other:?}"),
+    }
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 4));
+    let now = lan.sim.now;
+    let engine = &mut lan.sim.nodes[lan.publisher].engine;
+    engine.kill(now);
+    let letters = engine.dead_letters();
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    assert!(letters.iter().all(|l| l.attempts == 1), "{letters:?}");
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
 }
