@@ -30,7 +30,7 @@ use super::delivery::{Delivery, Spec, State};
 use super::fanout::Audience;
 use super::peers::Route;
 use super::retry::RetryState;
-use super::send::DeliveryId;
+use super::send::{DeliveryId, Outbound};
 use super::{Engine, OpId, Timer};
 use crate::RetryPolicy;
 use crate::receipts::EventDelivery;
@@ -81,6 +81,13 @@ impl ChannelCopies {
         copy.waiting = false;
         self.waiting -= 1;
         Some(copy)
+    }
+}
+
+impl Outbound {
+    /// `op`'s copies on the channel, if it has any.
+    fn copies_mut(&mut self, op: OpId) -> Option<&mut ChannelCopies> {
+        self.ops.get_mut(op)?.channel.as_deref_mut()
     }
 }
 
@@ -167,12 +174,7 @@ impl<H: Clone> Engine<H> {
     /// Copy `index` of `op`, reported handled by its member: it is done, as an acknowledged
     /// delivery is.
     pub(super) fn copy_handled(&mut self, op: OpId, index: u16, now: Instant) {
-        let Some(copies) = self
-            .out
-            .ops
-            .get_mut(op)
-            .and_then(|o| o.channel.as_deref_mut())
-        else {
+        let Some(copies) = self.out.copies_mut(op) else {
             return;
         };
         let created = copies.created;
@@ -281,12 +283,7 @@ impl<H: Clone> Engine<H> {
 
     /// Copies of `op` still waiting no longer do (its caller gave up, or the node stops).
     pub(super) fn drop_copies(&mut self, op: OpId) {
-        let Some(copies) = self
-            .out
-            .ops
-            .get_mut(op)
-            .and_then(|o| o.channel.as_deref_mut())
-        else {
+        let Some(copies) = self.out.copies_mut(op) else {
             return;
         };
         for copy in copies.copies.iter_mut().filter(|c| c.waiting) {
