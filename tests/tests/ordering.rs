@@ -2,7 +2,7 @@
 //! one instance killed and one added mid-run, by point-to-point `send` and by `publish`.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,22 +31,46 @@ type Run = (usize, usize, usize, u32);
 
 struct Recorder {
     runs: Mutex<Vec<Run>>,
-    /// Keys whose handler is running now: a second one at once breaks "one at a time".
-    running: Mutex<HashSet<usize>>,
+    /// Keys whose handler is running now, with the instance it runs on: a second one at once
+    /// breaks "one at a time".
+    running: Mutex<HashMap<usize, usize>>,
+    /// The instance aborted mid-run. Its handlers never finish: each is dropped when its task
+    /// is next polled, which on a multi-thread runtime may come after the sender has already
+    /// failed over to a live instance. Such a run is over when the abort returns, as it
+    /// would be in a process that crashed.
+    aborted: Mutex<Option<usize>>,
     overlaps: AtomicUsize,
     handled: AtomicUsize,
     reached: Notify,
 }
 
-/// A key's handler is running while this lives.
+/// A key's handler is running on an instance while this lives.
 struct Running<'a> {
     rec: &'a Recorder,
     key: usize,
+    instance: usize,
+}
+
+impl<'a> Running<'a> {
+    /// Marks `key` running on `instance`; counts an overlap if it runs on a live instance
+    /// already.
+    fn start(rec: &'a Recorder, key: usize, instance: usize) -> Self {
+        let aborted = *rec.aborted.lock().unwrap();
+        let before = rec.running.lock().unwrap().insert(key, instance);
+        if before.is_some_and(|on| Some(on) != aborted) {
+            rec.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        Self { rec, key, instance }
+    }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.rec.running.lock().unwrap().remove(&self.key);
+        let mut running = self.rec.running.lock().unwrap();
+        // A run of the aborted instance dropped late leaves the key to the one after it.
+        if running.get(&self.key) == Some(&self.instance) {
+            running.remove(&self.key);
+        }
     }
 }
 
@@ -69,12 +93,9 @@ async fn start_instance(
         let rec = Arc::clone(&rec);
         async move {
             let (key, seq) = parse(&msg);
-            if !rec.running.lock().unwrap().insert(key) {
-                rec.overlaps.fetch_add(1, Ordering::SeqCst);
-            }
-            // The key stops running when this handler ends, or when it is dropped mid-run
-            // (its instance was aborted): then it does not run any more either.
-            let running = Running { rec: &rec, key };
+            // The key stops running when this handler ends, or when its instance is aborted:
+            // then it does not run any more either.
+            let running = Running::start(&rec, key, index);
             rec.runs
                 .lock()
                 .unwrap()
@@ -102,6 +123,7 @@ async fn run(via: Via) {
     let rec = Arc::new(Recorder {
         runs: Mutex::default(),
         running: Mutex::default(),
+        aborted: Mutex::default(),
         overlaps: AtomicUsize::new(0),
         handled: AtomicUsize::new(0),
         reached: Notify::new(),
@@ -144,6 +166,7 @@ async fn run(via: Via) {
     timeout(WAIT, rec.reached.notified())
         .await
         .expect("messages flowing");
+    *rec.aborted.lock().unwrap() = Some(0);
     instances[0].abort();
     let newcomer = start_instance(&mesh, 3, via, &rec, &[sender.local_addr()]).await;
     let mut failures = Vec::new();
