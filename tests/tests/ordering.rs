@@ -34,8 +34,8 @@ struct Recorder {
     /// Keys whose handler is running now, with the instance it runs on: a second one at once
     /// breaks "one at a time".
     running: Mutex<HashMap<usize, usize>>,
-    /// The instance aborted mid-run. Its handlers never finish: each is dropped when its task
-    /// is next polled, which on a multi-thread runtime may come after the sender has already
+    /// The instance aborted mid-run. Its handlers are stopped, each dropped when its task is
+    /// next polled, which on a multi-thread runtime may come after the sender has already
     /// failed over to a live instance. Such a run is over when the abort returns, as it
     /// would be in a process that crashed.
     aborted: Mutex<Option<usize>>,
