@@ -1,8 +1,8 @@
 //! Copies on the channel without a delivery each (`multicast_copies.rs`): none is kept while
 //! they wait, their receipts are those of deliveries, one not reported in time becomes a
-//! delivery that goes again by unicast, a caller that gives up leaves none waiting, a killed
-//! node dead-letters its background copies, and the metrics count them as they would
-//! deliveries.
+//! delivery that goes again by unicast, a caller that gives up or a node that begins to stop
+//! leaves none waiting, a killed node dead-letters its background copies, and the metrics
+//! count them as they would deliveries.
 
 use std::time::Duration;
 
@@ -142,4 +142,29 @@ fn a_killed_publisher_dead_letters_its_background_copies_on_the_channel() {
     assert_eq!(letters.len(), 4, "{letters:?}");
     assert!(letters.iter().all(|l| l.attempts == 1), "{letters:?}");
     assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+}
+
+/// A node that begins to stop ends the publishes its callers wait for (`ShuttingDown`): their
+/// copies on the channel stop waiting, and the reports that come after complete nothing.
+#[test]
+fn a_stopping_publisher_drops_the_copies_of_the_publishes_it_ended() {
+    let mut lan = Lan::new(26, true, |_| clean());
+    let ops = lan.burst(5);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 20));
+    let now = lan.sim.now;
+    lan.sim.nodes[lan.publisher].engine.begin_shutdown(now);
+    // At once, before the callers take their results (which forgets the operations).
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+    lan.sim.settle();
+    for (op, ..) in &ops {
+        let result = lan.sim.result(lan.publisher, *op);
+        assert!(
+            matches!(result, Some(Err(crate::Error::ShuttingDown))),
+            "{result:?}"
+        );
+    }
+    lan.sim.run_for(50 * MS);
+    check_handled_once(&lan, &ops, |_| true);
+    assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
+    assert_eq!(lan.sim.nodes[lan.publisher].engine.stats().acked, 0);
 }
