@@ -46,7 +46,9 @@ mod link;
 // Per-message metrics (feature `metrics`): hooks that cost one branch when off.
 pub(crate) mod metrics;
 // Multicast fan-out (issue 14): the channel protocol (`multicast/`), and its wiring into the
-// engine: control frames and timers, publishing on the channel, receiving from it.
+// engine: control frames and timers (`multicast_link`), publishing on the channel
+// (`multicast_fanout`; copies that need no delivery of their own, `multicast_copies`; what
+// members have not reported, `multicast_unreported`), receiving from it (`multicast_receive`).
 mod multicast;
 mod multicast_copies;
 mod multicast_fanout;
