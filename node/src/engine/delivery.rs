@@ -275,7 +275,10 @@ impl<H: Clone> Engine<H> {
             State::Resume { .. } => self.attempt(d, now),
             State::Flight { .. } => {}
             // No handled report in time: retried by unicast (multicast_fanout.rs).
-            State::Channel(node) => self.channel_ack_timeout(d, node, now),
+            State::Channel(node) => {
+                let copy = super::multicast_copies::CopyRef::Delivery(d, epoch);
+                self.channel_ack_timeout(d, node, copy, now);
+            }
         }
     }
 

@@ -142,7 +142,11 @@ impl<H: Clone> Engine<H> {
                 waiting: 0,
             })
         });
-        let Ok(index) = u16::try_from(copies.copies.len()) else {
+        // Numbered by a `u16`, all of them ([`Engine::copy_indices`]).
+        let Some(index) = u16::try_from(copies.copies.len())
+            .ok()
+            .filter(|&i| i < u16::MAX)
+        else {
             return false;
         };
         copies.copies.push(ChannelCopy {
@@ -242,21 +246,23 @@ impl<H: Clone> Engine<H> {
     /// `op`'s copies on the channel not reported by the time its timer set: each becomes its
     /// delivery, which goes on as one not reported in time does.
     pub(super) fn copies_timer(&mut self, op: OpId, now: Instant) {
+        for index in self.copy_indices(op) {
+            if let Some((d, node)) = self.materialize(op, index) {
+                self.channel_ack_timeout(d, node, CopyRef::Copy(op, index), now);
+            }
+        }
+    }
+
+    /// The numbers of `op`'s copies on the channel (none when it has none).
+    fn copy_indices(&self, op: OpId) -> std::ops::Range<u16> {
         let count = self
             .out
             .ops
             .get(op)
             .and_then(|o| o.channel.as_deref())
             .map_or(0, |c| c.copies.len());
-        for index in 0..count {
-            let index = u16::try_from(index).unwrap_or(u16::MAX);
-            if let Some((d, node)) = self.materialize(op, index) {
-                if let Some(ch) = self.channels.as_deref_mut() {
-                    ch.unreported.forget(node, CopyRef::Copy(op, index));
-                }
-                self.channel_ack_timeout(d, node, now);
-            }
-        }
+        // `stage_copy` numbers at most `u16::MAX` copies.
+        0..u16::try_from(count).unwrap_or(u16::MAX)
     }
 
     /// Every copy still waiting becomes its delivery (the node stops: what happens to
@@ -265,15 +271,15 @@ impl<H: Clone> Engine<H> {
         if self.out.channel_copies == 0 {
             return;
         }
-        let ops: Vec<(OpId, usize)> = self
+        let ops: Vec<OpId> = self
             .out
             .ops
             .iter()
-            .filter_map(|(id, o)| Some((id, o.channel.as_deref()?.copies.len())))
+            .filter(|(_, o)| o.channel.is_some())
+            .map(|(id, _)| id)
             .collect();
-        for (op, count) in ops {
-            for index in 0..count {
-                let index = u16::try_from(index).unwrap_or(u16::MAX);
+        for op in ops {
+            for index in self.copy_indices(op) {
                 // Its place in the member's queue goes stale: a report finds it no longer
                 // waits as a copy.
                 let _ = self.materialize(op, index);

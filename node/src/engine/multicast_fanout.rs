@@ -414,14 +414,21 @@ impl<H: Clone> Engine<H> {
         self.drain_sender(now);
     }
 
-    /// `d`'s member did not report its event in time. Still connected: the copy goes to it
-    /// again by unicast, as on a demotion (it may have handled the event and its report was
-    /// lost, say with a connection replaced by a duplicate: its dedup window answers, and no
-    /// other instance of its group runs the event too). Gone: retried like a copy that was
-    /// not acknowledged.
-    pub(super) fn channel_ack_timeout(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
+    /// `d`'s member did not report its event in time; `copy` is what waited for the report
+    /// in its queue (`d` itself, or the copy `d` was made from). Still connected: the copy
+    /// goes to it again by unicast, as on a demotion (it may have handled the event and its
+    /// report was lost, say with a connection replaced by a duplicate: its dedup window
+    /// answers, and no other instance of its group runs the event too). Gone: retried like a
+    /// copy that was not acknowledged.
+    pub(super) fn channel_ack_timeout(
+        &mut self,
+        d: DeliveryId,
+        node: NodeId,
+        copy: CopyRef,
+        now: Instant,
+    ) {
         if let Some(ch) = self.channels.as_deref_mut() {
-            ch.unreported.forget(node, CopyRef::Delivery(d, 0));
+            ch.unreported.forget(node, copy);
         }
         if self.peers.current(node).is_some() {
             return self.channel_to_unicast(d, node, now);
