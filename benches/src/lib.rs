@@ -209,7 +209,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: shoal_scenarios::REQUEST_NAME,
         system: systems::SHOAL,
-        setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, reply in the ack's write",
+        setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, the reply answers (no ack)",
         about: "Shoal request/response: request to an echo handler, resolve on the reply",
         run: Measures::RoundTrip(shoal_scenarios::run_request),
         in_all: true,

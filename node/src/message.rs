@@ -91,9 +91,9 @@ impl Message {
     /// service under the message name `channel`, where a handler registered with
     /// [`crate::Node::handle`] receives it (match it up with [`Message::correlation_id`]).
     /// The sending node fills in its own service and node id when the message is sent.
-    pub fn with_reply_channel(mut self, channel: impl Into<String>) -> Self {
+    pub fn with_reply_channel(mut self, channel: impl Into<SmolStr>) -> Self {
         self.env.reply_to = Some(ReturnAddress {
-            service: String::new(),
+            service: SmolStr::default(),
             node: None,
             channel: channel.into(),
         });
@@ -188,7 +188,7 @@ impl Message {
     /// Fills in the return address of a request from `service`/`node`.
     pub(crate) fn address_replies(&mut self, service: &str, node: NodeId) {
         if let Some(addr) = &mut self.env.reply_to {
-            addr.service = service.to_owned();
+            addr.service = SmolStr::new(service);
             addr.node = Some(node);
         }
     }

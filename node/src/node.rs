@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shoal_proto::{NodeId, ReturnAddress};
+use shoal_proto::{NodeId, ReturnAddress, SmolStr};
 
 use crate::engine::Done;
 use crate::handler::{self, HandlerError, IntoReply};
@@ -188,9 +188,9 @@ impl Node {
     ) -> impl Future<Output = Result<Message, Error>> + Send + 'static {
         let driver = Arc::clone(self.driver());
         msg.env.reply_to = Some(ReturnAddress {
-            service: driver.service.clone(),
+            service: SmolStr::new(&driver.service),
             node: Some(driver.id),
-            channel: String::new(),
+            channel: SmolStr::default(),
         });
         let span = trace::traced_send(
             Sending::Request,

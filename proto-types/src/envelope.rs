@@ -26,14 +26,18 @@ pub enum MessageKind {
 /// resolves the waiting call. An asynchronous request names a channel that a reply handler is
 /// registered on; `node` is then a preference, and any instance of `service` may take the
 /// reply if that node is gone.
+///
+/// Both names are [`SmolStr`]s, like every name of a message: a short one (up to 23 bytes)
+/// is kept inline, so a request's return address allocates nothing when it is made, copied
+/// or decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReturnAddress {
     /// The service the reply is sent to.
-    pub service: String,
+    pub service: SmolStr,
     /// The instance that asked, if the reply should go back to it.
     pub node: Option<NodeId>,
     /// The message name the reply is sent under; empty for a synchronous request.
-    pub channel: String,
+    pub channel: SmolStr,
 }
 
 /// One message as it travels between nodes.

@@ -87,14 +87,14 @@ fn limit_cases() -> Vec<Case> {
         ),
         case(
             "return service",
-            deliver(|e| e.reply_to.as_mut().unwrap().service = long(name + 4)),
+            deliver(|e| e.reply_to.as_mut().unwrap().service = long(name + 4).into()),
             "max_name_len",
             name + 4,
             name,
         ),
         case(
             "return channel",
-            deliver(|e| e.reply_to.as_mut().unwrap().channel = long(name + 5)),
+            deliver(|e| e.reply_to.as_mut().unwrap().channel = long(name + 5).into()),
             "max_name_len",
             name + 5,
             name,

@@ -215,9 +215,9 @@ async fn failed_messages_are_not_acked_on_redelivery() {
 fn request_envelope(raw: &RawPeer, name: &str) -> shoal_proto::Envelope {
     let mut env = envelope(name, b"order 42");
     env.reply_to = Some(shoal_proto::ReturnAddress {
-        service: "shop".to_owned(),
+        service: "shop".into(),
         node: Some(raw.node_id),
-        channel: String::new(),
+        channel: Default::default(),
     });
     env
 }
@@ -232,19 +232,21 @@ fn reply_body(frame: &Frame, id: MessageId) -> Option<bytes::Bytes> {
     }
 }
 
-/// Reads until both the reply to request `id` and the ack of message `seq` came (in either
-/// order); returns the reply's body.
-async fn reply_and_ack(raw: &mut RawPeer, id: MessageId, seq: u64) -> bytes::Bytes {
-    let (mut body, mut acked) = (None, false);
+/// Reads until the reply to request `id` (message `seq`) came; returns its body. The reply is
+/// the request's answer: no ack of `seq` comes before it (a node acks a message before it
+/// writes anything else queued with it, so an ack sent beside the reply would be read first).
+async fn reply_alone(raw: &mut RawPeer, id: MessageId, seq: u64) -> bytes::Bytes {
     for _ in 0..16 {
         let frame = raw.next_frame(WAIT).await.unwrap();
-        body = body.or_else(|| reply_body(&frame, id));
-        acked |= acks(&frame, seq);
-        if let (Some(body), true) = (&body, acked) {
-            return body.clone();
+        assert!(
+            !acks(&frame, seq),
+            "message {seq} was acked beside its reply"
+        );
+        if let Some(body) = reply_body(&frame, id) {
+            return body;
         }
     }
-    panic!("no reply and ack for {id} (message {seq})");
+    panic!("no reply to {id} (message {seq})");
 }
 
 /// A request whose reply was lost (a dropped connection, say) is retried by the requester with
@@ -268,7 +270,7 @@ async fn a_retried_request_gets_the_reply_again_without_running_the_handler() {
         copy.attempt = attempt;
         let seq = u64::from(attempt);
         raw.send_frame(&deliver(seq, &copy)).await;
-        let body = reply_and_ack(&mut raw, id, seq).await;
+        let body = reply_alone(&mut raw, id, seq).await;
         assert_eq!(body, "quote #1", "attempt {attempt}");
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
@@ -300,7 +302,7 @@ async fn a_retried_request_whose_reply_is_gone_is_refused_with_the_reason() {
     let mut env = request_envelope(&raw, "quote");
     let id = env.id;
     raw.send_frame(&deliver(0, &env)).await;
-    assert_eq!(reply_and_ack(&mut raw, id, 0).await, "a quote");
+    assert_eq!(reply_alone(&mut raw, id, 0).await, "a quote");
 
     env.attempt = 2;
     raw.send_frame(&deliver(1, &env)).await;

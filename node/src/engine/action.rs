@@ -87,7 +87,10 @@ pub(crate) struct Run<H> {
 
 /// How a run of handlers ended: the replies to send (one per handler, when the message asked
 /// for a reply; the driver makes them, with fresh ids), or the first failure.
-pub(crate) type HandlerOutcome = Result<Vec<Message>, HandlerError>;
+pub(crate) type HandlerOutcome = Result<Replies, HandlerError>;
+
+/// A run's replies: usually none or one (one handler), kept inline.
+pub(crate) type Replies = SmallVec<[Message; 1]>;
 
 /// What an operation ended with.
 ///

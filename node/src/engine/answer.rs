@@ -13,10 +13,10 @@ use crate::handler::HandlerError;
 
 impl<H: Clone> Engine<H> {
     /// A message handled before came again (its sender retried it, because the answer was
-    /// lost with a connection): acks it, after the kept reply of a synchronous request. With
-    /// no reply kept (evicted, or it could not be sent) the retry is refused for good with the
-    /// reason: an ack alone would leave the requester waiting until its timeout, and running
-    /// the handler twice is what the dedup window exists to prevent.
+    /// lost with a connection): acks it, or answers a synchronous request with its kept
+    /// reply. With no reply kept (evicted, or it could not be sent) the retry is refused for
+    /// good with the reason: an ack alone would leave the requester waiting until its timeout,
+    /// and running the handler twice is what the dedup window exists to prevent.
     pub(super) fn answer_again(
         &mut self,
         conn: ConnId,
@@ -25,7 +25,7 @@ impl<H: Clone> Engine<H> {
         id: MessageId,
         now: Instant,
     ) {
-        let Some(addr) = head.reply_to.as_ref().filter(|a| a.channel.is_empty()) else {
+        let Some(addr) = head.reply_to.as_ref().filter(|a| is_synchronous(a)) else {
             return self.ack(conn, seq);
         };
         match self.inbound.replies.get(id, now) {
@@ -38,7 +38,6 @@ impl<H: Clone> Engine<H> {
                     self.transmit(target);
                 }
                 self.watch_queue(target, now); // backpressure.rs
-                self.ack(conn, seq);
             }
             None => {
                 self.stats.replies_missing += 1;
@@ -63,7 +62,7 @@ impl<H: Clone> Engine<H> {
         reply: Message,
         now: Instant,
     ) -> Result<(), HandlerError> {
-        if !addr.channel.is_empty() {
+        if !is_synchronous(addr) {
             return self.send_reply(addr, reply, now).map_err(|e| {
                 HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
             });
@@ -121,4 +120,11 @@ impl<H: Clone> Engine<H> {
         });
         self.queue_control(conn, &frame);
     }
+}
+
+/// Whether a request with this return address waits for its reply on the connection
+/// (`Node::request`), rather than asking for it on a reply channel of its service: its reply
+/// is then its answer, and no ack goes with it.
+pub(super) fn is_synchronous(addr: &ReturnAddress) -> bool {
+    addr.channel.is_empty()
 }

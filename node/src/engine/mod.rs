@@ -85,7 +85,9 @@ use rand::{RngExt, SeedableRng};
 use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 
-pub(crate) use action::{Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Run, TaskId};
+pub(crate) use action::{
+    Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Replies, Run, TaskId,
+};
 pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
 pub(crate) use multicast_link::{MulticastSetup, SecretSource};
@@ -165,7 +167,8 @@ impl<H: Clone> Engine<H> {
     /// (jitter, ties between instances, the dedup hash), so a run is repeatable.
     pub(crate) fn new(id: NodeId, service: String, config: Config, seed: u64) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let inbound = receive::Inbound::new(&config, rng.random(), rng.random());
+        let (dedup_keys, reply_keys) = (rng.random(), rng.random());
+        let inbound = receive::Inbound::new(&config, dedup_keys, reply_keys);
         let guard = authz::Guard::new(std::sync::Arc::clone(&config.policy), &service);
         let channels = multicast_link::Channels::new(&config);
         Self {
@@ -177,7 +180,7 @@ impl<H: Clone> Engine<H> {
             lifecycle: Lifecycle::Running,
             conns: SlotMap::with_key(),
             names: peers::Names::default(),
-            out: send::Outbound::default(),
+            out: send::Outbound::new(reply_keys),
             inbound,
             timers: BinaryHeap::new(),
             actions: VecDeque::new(),

@@ -4,10 +4,10 @@
 //! A run of messages ([`Messages`]) is refused whole when the node is stopping, when nothing
 //! here handles its name or topic, or (an ordered batch) when it is too large to track. Each
 //! reliable message is then checked against the dedup window: a message handled before is
-//! acknowledged again (a request's kept reply is sent again), one being handled now is
-//! answered when its handler finishes, and a new one gets a handler run. Handler runs take a
-//! slot of their peer's; when all are taken the peer's stream is not read until one frees,
-//! so QUIC flow control slows that peer only.
+//! acknowledged again (a request is answered with its kept reply instead), one being handled
+//! now is answered when its handler finishes, and a new one gets a handler run. Handler runs
+//! take a slot of their peer's; when all are taken the peer's stream is not read until one
+//! frees, so QUIC flow control slows that peer only.
 //!
 //! The items of an ordered run are handled one after the other; the first failure stops the
 //! run and the items after it are refused as [`NackCode::Skipped`], so the sender retries
@@ -22,6 +22,7 @@ use slotmap::SlotMap;
 use smallvec::SmallVec;
 
 use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
+use super::answer::is_synchronous;
 use super::dedup::{DedupWindow, Seen};
 use super::replies::ReplyCache;
 use super::{Engine, Lifecycle, topic};
@@ -259,8 +260,8 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Checks a reliable message against the dedup window: `true` for a first delivery. A
-    /// copy of a message already handled is acked again (a request's kept reply is sent
-    /// again); a copy of one being handled now is answered when that handler finishes.
+    /// copy of a message already handled is acked again (a request gets its kept reply
+    /// instead); a copy of one being handled now is answered when that handler finishes.
     pub(super) fn first_delivery(
         &mut self,
         conn: ConnId,
@@ -427,6 +428,10 @@ impl<H: Clone> Engine<H> {
             Ok(()) => {
                 self.stats.handled += 1;
                 self.inbound.dedup.complete(key, now);
+                // A synchronous request's reply is its answer (the requester ends the request's
+                // delivery on it, `Engine::on_reply`): no ack follows it. Copies that came in
+                // meanwhile on other connections are still acknowledged.
+                let own = own.filter(|_| !head.reply_to.as_ref().is_some_and(is_synchronous));
                 if head.reliable {
                     for (c, s) in own.chain(waiters) {
                         self.ack(c, s);

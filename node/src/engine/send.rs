@@ -17,7 +17,8 @@ use slotmap::SlotMap;
 use smallvec::{SmallVec, smallvec};
 
 use super::action::{ConnId, Done, OpId};
-use super::delivery::{Delivery, Spec};
+use super::dedup::IdHashing;
+use super::delivery::{Delivery, Spec, State};
 use super::fanout::Audience;
 use super::heads::HeadCache;
 use super::multicast_copies::ChannelCopies;
@@ -126,15 +127,16 @@ impl Op {
 }
 
 /// The sending side's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Outbound {
     pub(super) ops: SlotMap<OpId, Op>,
     pub(super) deliveries: SlotMap<DeliveryId, Delivery>,
     pub(super) turns: KeyTurns,
     /// Deliveries waiting for a live instance, with the epoch they started waiting in.
     pub(super) waiting: Vec<(DeliveryId, u32)>,
-    /// Synchronous requests waiting for their reply, by request id.
-    pub(super) replies: HashMap<MessageId, OpId>,
+    /// Synchronous requests waiting for their reply, by request id (hashed with keys of this
+    /// node's, as a reply's correlation id comes from the peer).
+    pub(super) replies: HashMap<MessageId, OpId, IdHashing>,
     /// Pings waiting for their pong, by nonce, with when they left.
     pub(super) pongs: HashMap<u64, (OpId, Instant)>,
     /// Ordered runs are numbered so that two never merge into one frame.
@@ -154,6 +156,24 @@ pub(super) struct Outbound {
 }
 
 impl Outbound {
+    /// Nothing sent yet; `reply_keys` seed the hashing of request ids.
+    pub(super) fn new(reply_keys: [u64; 2]) -> Self {
+        Self {
+            ops: SlotMap::default(),
+            deliveries: SlotMap::default(),
+            turns: KeyTurns::default(),
+            waiting: Vec::new(),
+            replies: HashMap::with_hasher(IdHashing::new(reply_keys)),
+            pongs: HashMap::new(),
+            next_run: 0,
+            heads: HeadCache::default(),
+            arena: BytesMut::new(),
+            background: 0,
+            request_deadlines: BTreeMap::new(),
+            channel_copies: 0,
+        }
+    }
+
     /// Keeps `op`; every operation goes in here and leaves through [`Outbound::remove_op`],
     /// so the count of background publishes stays right.
     pub(super) fn insert_op(&mut self, op: Op) -> OpId {
@@ -488,8 +508,8 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// A synchronous reply came back. It answers the request even if the ack of the request
-    /// itself was lost: the reply says the handler ran, so the request is not retried.
+    /// A synchronous reply came back: it answers the request (the handler ran, so the request
+    /// is not retried), and no ack comes with it.
     pub(super) fn on_reply(&mut self, reply: Box<Envelope>, now: Instant) {
         let Some(op) = reply
             .correlation_id
@@ -498,6 +518,27 @@ impl<H: Clone> Engine<H> {
             tracing::debug!(id = %reply.id, "late reply to a request that already ended; dropped");
             return;
         };
+        // The reply is the request's answer; no ack comes with it (a node of an earlier
+        // release sends one first, which ends the attempt as usual and leaves nothing here).
+        // The attempt in flight succeeded, in the statistics and metrics as an ack would have
+        // it; anything else of the request stops.
+        let answered: SmallVec<[DeliveryId; 1]> = self
+            .out
+            .ops
+            .get(op)
+            .map(|o| o.deliveries.iter().copied())
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                self.out
+                    .deliveries
+                    .get(*d)
+                    .is_some_and(|del| matches!(del.state, State::Flight { .. }))
+            })
+            .collect();
+        for d in answered {
+            self.succeed(d, now);
+        }
         self.stop_deliveries(op, now);
         // The decoded envelope's box becomes the message's: no copy, no allocation.
         self.complete(op, Ok(Done::Replied(Message { env: reply })));

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 
 use super::{Driver, replies};
 use crate::Message;
-use crate::engine::{HandlerOutcome, Run, TaskId};
+use crate::engine::{HandlerOutcome, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
 
 impl Driver {
@@ -46,7 +46,7 @@ impl Driver {
             };
             let mut cx = Context::from_waker(Waker::noop());
             match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
-                Ok(Poll::Ready(result)) => return Some((task, result.map(|_| Vec::new()))),
+                Ok(Poll::Ready(result)) => return Some((task, result.map(|_| Replies::new()))),
                 Ok(Poll::Pending) => {}
                 Err(_) => return Some((task, Err(panicked()))),
             }
@@ -54,7 +54,7 @@ impl Driver {
                 CatchUnwind(AssertUnwindSafe(handled))
                     .await
                     .unwrap_or_else(|()| Err(panicked()))
-                    .map(|_| Vec::new())
+                    .map(|_| Replies::new())
             });
             return None;
         }
@@ -109,7 +109,7 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
         let Some(this) = this else { break };
         bodies.push(call(handler, this).await?);
     }
-    Ok(request.map_or_else(Vec::new, |(id, channel)| replies(id, &channel, bodies)))
+    Ok(request.map_or_else(Replies::new, |(id, channel)| replies(id, &channel, bodies)))
 }
 
 /// Calls one handler (in its `shoal.handle` span: `crate::trace`), turning a panic (in the

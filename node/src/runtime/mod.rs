@@ -426,7 +426,7 @@ fn replies(
     request: shoal_proto::MessageId,
     channel: &str,
     bodies: SmallVec<[Option<bytes::Bytes>; 1]>,
-) -> Vec<Message> {
+) -> crate::engine::Replies {
     bodies
         .into_iter()
         .map(|body| {

@@ -259,9 +259,9 @@ fn ack<'de, D: BorrowDecoder<'de>>(d: &mut D, body: usize) -> Result<Ack, Decode
 
 fn return_address<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<ReturnAddress, DecodeError> {
     Ok(ReturnAddress {
-        service: string(d)?,
+        service: name(d)?,
         node: option(d, |d| u128::borrow_decode(d).map(NodeId::from_u128))?,
-        channel: string(d)?,
+        channel: name(d)?,
     })
 }
 

@@ -51,9 +51,9 @@ fn arb_bytes() -> impl Strategy<Value = Bytes> {
 fn arb_return_address() -> impl Strategy<Value = ReturnAddress> {
     (arb_text(), proptest::option::of(arb_node_id()), arb_text()).prop_map(
         |(service, node, channel)| ReturnAddress {
-            service,
+            service: service.into(),
             node,
-            channel,
+            channel: channel.into(),
         },
     )
 }

@@ -255,9 +255,9 @@ impl Sim {
         &mut self,
         message: &Message,
         bodies: smallvec::SmallVec<[Option<Bytes>; 1]>,
-    ) -> Vec<Message> {
+    ) -> crate::engine::Replies {
         let Some(addr) = message.reply_to() else {
-            return Vec::new();
+            return crate::engine::Replies::new();
         };
         let channel = addr.channel.clone();
         bodies

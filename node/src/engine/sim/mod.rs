@@ -348,9 +348,9 @@ impl Sim {
         let (now, id) = (self.now, self.nodes[node].engine.id());
         let service_name = self.nodes[node].engine.service.clone();
         msg.env.reply_to = Some(ReturnAddress {
-            service: service_name,
+            service: service_name.into(),
             node: Some(id),
-            channel: String::new(),
+            channel: Default::default(),
         });
         let op = self.nodes[node]
             .engine

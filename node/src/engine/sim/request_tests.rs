@@ -51,3 +51,29 @@ fn a_request_answered_in_time_leaves_no_deadline_behind() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_request_is_answered_by_its_reply_alone_and_counted_as_acknowledged() {
+    let mut sim = Sim::new(13);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    sim.handle(pricing, "quote", |_| Handled::reply("42"));
+    sim.connect(shop, pricing);
+    sim.run_for(SECOND);
+    let before = sim.net.frames();
+    let msg = sim.command("quote", "book");
+    let op = sim.request(shop, "pricing", msg);
+    sim.run_for(SECOND);
+    match sim.result(shop, op) {
+        Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "42"),
+        other => panic!("{other:?}"),
+    }
+    let after = sim.net.frames();
+    // One frame each way: the request, and the reply that answers it (no ack beside it).
+    assert_eq!(after.messages - before.messages, 1);
+    assert_eq!(after.acks - before.acks, 0, "an ack went with the reply");
+    assert_eq!(after.others - before.others, 1);
+    // The reply ended the request's attempt as an ack does: counted, and nothing left.
+    let engine = &sim.nodes[shop].engine;
+    assert_eq!(engine.stats().acked, 1);
+    assert!(engine.out.deliveries.is_empty());
+}

@@ -329,10 +329,11 @@ fn a_request_gets_its_reply_and_a_retried_one_gets_the_kept_reply() {
         runs.set(runs.get() + 1);
         Handled::reply(format!("quote #{}", runs.get()))
     });
-    // Replies and acks are lost half the time: the request is retried, the handler runs
-    // once, and every retry gets the reply kept from that run.
+    // Requests and replies are lost a third of the time: the request is retried, the handler
+    // runs once, and every retry gets the reply kept from that run. (An attempt gets through
+    // both ways with a chance of about a half, so six of them all fail about once in 60.)
     let lossy = Faults {
-        loss: 0.5,
+        loss: 0.3,
         ..Faults::default()
     };
     sim.connect_with(shop, pricing, lossy).expect("connected");
@@ -344,6 +345,10 @@ fn a_request_gets_its_reply_and_a_retried_one_gets_the_kept_reply() {
         other => panic!("{other:?}"),
     }
     assert_eq!(count.get(), 1, "the handler ran once");
+    assert!(
+        sim.nodes[pricing].engine.stats().replies_resent >= 1,
+        "no retry was answered with the kept reply"
+    );
 }
 
 #[test]
