@@ -4,8 +4,9 @@
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NodeStats {
-    /// Messages acknowledged by a receiver (point-to-point sends, replies, and each
-    /// audience's copy of a reliable event).
+    /// Messages acknowledged by a receiver (point-to-point sends, asynchronous replies, and
+    /// each audience's copy of a reliable event); a synchronous request counts when its reply
+    /// comes, which is its answer.
     pub acked: u64,
     /// Delivery attempts after the first.
     pub retries: u64,
