@@ -53,8 +53,9 @@ pub enum Frame {
     Ack(Ack),
     /// A message was not handled.
     Nack(Nack),
-    /// The answer to a synchronous request (its `correlation_id` is the request's id). Not
-    /// numbered and not acknowledged: exactly one call waits for it.
+    /// The answer to a synchronous request (its `correlation_id` is the request's id); it also
+    /// stands for the request's [`Frame::Ack`], which is not sent. Not numbered and not
+    /// acknowledged: exactly one call waits for it.
     Reply(Box<Envelope>),
     /// Liveness and round-trip probe; answered with [`Frame::Pong`] carrying the same nonce.
     Ping(u64),
