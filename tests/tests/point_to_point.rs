@@ -425,6 +425,55 @@ async fn request_without_a_reply_times_out() {
     shop.abort();
 }
 
+/// A reply answers its request whether an ack comes before it (how nodes of earlier releases
+/// answer) or not (this release: the reply alone), and the request counts as acknowledged
+/// once either way. The answering side is a hand-driven client registered as `billing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_answers_its_request_with_or_without_an_ack_before_it() {
+    let mesh = Mesh::new();
+    let shop = mesh.start("shop", &[]).await;
+    let mut billing = RawPeer::connect(&mesh, "billing", shop.local_addr()).await;
+    wait_instances(&shop, "billing", 1).await;
+    for (round, ack_first) in [(1u64, true), (2, false)] {
+        let request = Message::command("quote", "book");
+        let requesting = {
+            let shop = shop.clone();
+            tokio::spawn(async move { shop.request("billing", request, WAIT).await })
+        };
+        let (frame, _) = billing
+            .read_until(WAIT, 16, |f| matches!(f, Frame::Messages(_)))
+            .await;
+        let Frame::Messages(run) = frame else {
+            unreachable!()
+        };
+        let request = run.items[0].clone().into_envelope(&run.head);
+        if ack_first {
+            billing
+                .send_frame(&Frame::Ack(shoal_proto::Ack {
+                    ranges: vec![shoal_proto::SeqRange {
+                        start: run.first_seq,
+                        len: 1,
+                    }],
+                }))
+                .await;
+        }
+        let mut reply = shoal_proto::Envelope::new(
+            shoal_proto::MessageId::from_u128(u128::from(round)),
+            MessageKind::Reply,
+            "",
+            0,
+            bytes::Bytes::from(format!("quote #{round}")),
+        );
+        reply.correlation_id = Some(request.id);
+        billing.send_frame(&Frame::Reply(Box::new(reply))).await;
+        let answer = timeout(WAIT, requesting).await.unwrap().unwrap().unwrap();
+        assert_eq!(answer.payload(), format!("quote #{round}").as_bytes());
+        assert_eq!(shop.stats().acked, round, "ack first: {ack_first}");
+    }
+    // The raw peer never answers a goodbye, so a graceful shutdown would wait out its grace.
+    shop.abort();
+}
+
 /// A request to a handler that returns nothing still gets a reply, with an empty body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_to_a_handler_without_a_body_gets_an_empty_reply() {
