@@ -219,6 +219,20 @@ impl<H: Clone> Engine<H> {
         self.actions.pop_front()
     }
 
+    /// Whether the driver has nothing to act on: no action waits, the timer need not move,
+    /// nothing waits to go on the multicast channel, and the node runs (a stopping node's
+    /// driver watches for it going idle). Framing a write for a connection usually leaves the
+    /// engine so, and the driver then skips collecting effects.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.actions.is_empty()
+            && !self.timer_moved
+            && self.lifecycle == Lifecycle::Running
+            && self
+                .channels
+                .as_ref()
+                .is_none_or(|c| !c.has_staged() && c.reported_at.is_none())
+    }
+
     /// Whether a deadline earlier than the last one [`Engine::poll_timeout`] gave was set
     /// since: the driver's timer must be moved.
     pub(crate) fn timer_moved(&mut self) -> bool {

@@ -180,16 +180,21 @@ impl Driver {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Engine<BoxedHandler>, Instant) -> R,
     ) -> R {
+        let mut state = lock(&self.state);
+        let now = Self::now();
+        let result = f(&mut state.engine, now);
+        // Nothing to act on (framing a write, usually): no effects to collect.
+        if state.engine.is_quiet() {
+            drop(state);
+            #[cfg(feature = "testing")]
+            self.tell_test_kit();
+            return result;
+        }
         // Filled and acted on in place: it holds a few inline vectors (over a kilobyte), which
         // moving by value would copy on every call.
         let mut effects = Effects::default();
-        let result = {
-            let mut state = lock(&self.state);
-            let now = Self::now();
-            let result = f(&mut state.engine, now);
-            state.take_effects(&mut effects, now);
-            result
-        };
+        state.take_effects(&mut effects, now);
+        drop(state);
         self.act(&mut effects);
         #[cfg(feature = "testing")]
         self.tell_test_kit();

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::{Handled, Sim};
+use crate::Message;
 use crate::engine::{Action, ConnId};
 
 /// `node` sends a command to `billing` straight into its engine; for each write the call asked
@@ -56,4 +57,51 @@ fn a_message_on_a_quiet_connection_is_written_at_once_and_one_right_behind_it_wa
     // Both handled and acknowledged, and nothing written since: quiet again.
     assert!(sim.run_for(Duration::from_secs(1)));
     assert_eq!(writes_asked(&mut sim, orders), [true]);
+}
+
+#[test]
+fn the_engine_is_quiet_only_when_its_driver_has_nothing_to_act_on() {
+    let mut sim = Sim::new(31);
+    let (shop, billing) = (sim.node("shop"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    let (conn, _) = sim.connect(shop, billing);
+    sim.run_for(Duration::from_secs(1));
+    let engine = &mut sim.nodes[shop].engine;
+    assert!(engine.is_quiet(), "a settled engine");
+    let now = sim.now;
+    let msg = Message::command("charge", "order 7");
+    engine
+        .send("billing", msg, &Default::default(), now)
+        .expect("sent");
+    assert!(
+        !engine.is_quiet(),
+        "the send's connection waits to be written"
+    );
+    while engine.poll_action().is_some() {}
+    // The ack's deadline is earlier than any the driver knew: its timer must move.
+    assert!(!engine.is_quiet(), "the timer must move");
+    assert!(engine.timer_moved());
+    assert!(engine.is_quiet(), "every action taken, the timer moved");
+    // Framing the write leaves nothing else to act on.
+    let mut buf = bytes::BytesMut::new();
+    engine.poll_transmit(conn, &mut buf, 64 * 1024, now);
+    assert!(!buf.is_empty(), "the message was framed");
+    assert!(
+        engine.is_quiet(),
+        "framing the write left something to act on"
+    );
+    // A second message: its deadline is no earlier than the first's, but its write waits.
+    let msg = Message::command("charge", "order 8");
+    engine
+        .send("billing", msg, &Default::default(), now)
+        .expect("sent");
+    assert!(!engine.timer_moved());
+    assert!(!engine.is_quiet(), "the second write waits");
+    while engine.poll_action().is_some() {}
+    assert!(engine.is_quiet());
+    // A stopping node's driver watches it go idle: never quiet then.
+    engine.begin_shutdown(now);
+    while engine.poll_action().is_some() {}
+    engine.timer_moved();
+    assert!(!engine.is_quiet(), "a stopping engine");
 }

@@ -168,3 +168,33 @@ fn a_stopping_publisher_drops_the_copies_of_the_publishes_it_ended() {
     assert_eq!(kept(&lan.sim, lan.publisher), (0, 0));
     assert_eq!(lan.sim.nodes[lan.publisher].engine.stats().acked, 0);
 }
+
+/// A copy staged for the channel keeps the engine from being quiet until its actions are
+/// taken (taking them sends the datagram): a driver that skipped them would hold it back.
+#[test]
+fn a_copy_staged_for_the_channel_keeps_the_engine_from_being_quiet() {
+    let mut sim = Sim::new(23);
+    let publisher = sim.lan_node("orders", clean());
+    let billing = sim.lan_node("billing", clean());
+    sim.connect(publisher, billing);
+    sim.subscribe(billing, "order.*", Some("billing"), |_| Handled::ok());
+    sim.run_for(5 * MS);
+    let event = sim.event("order.created", "staged");
+    let now = sim.now;
+    let engine = &mut sim.nodes[publisher].engine;
+    let published = engine.publish(vec![event].into(), false, &PublishOptions::default(), now);
+    assert!(
+        matches!(published, Ok(Publishing::Waiting(_))),
+        "{published:?}"
+    );
+    engine.timer_moved();
+    assert!(engine.actions.is_empty(), "{:?}", engine.actions.len());
+    assert!(!engine.is_quiet(), "a staged copy");
+    assert!(
+        matches!(
+            engine.poll_action(),
+            Some(crate::engine::Action::Multicast(_))
+        ),
+        "the copy's datagram"
+    );
+}
