@@ -522,24 +522,21 @@ impl<H: Clone> Engine<H> {
         // release sends one first, which ends the attempt as usual and leaves nothing here).
         // The attempt in flight succeeded, in the statistics and metrics as an ack would have
         // it; anything else of the request stops.
-        let answered: SmallVec<[DeliveryId; 1]> = self
+        let deliveries = self
             .out
             .ops
-            .get(op)
-            .map(|o| o.deliveries.iter().copied())
-            .into_iter()
-            .flatten()
-            .filter(|d| {
-                self.out
-                    .deliveries
-                    .get(*d)
-                    .is_some_and(|del| matches!(del.state, State::Flight { .. }))
-            })
-            .collect();
-        for d in answered {
-            self.succeed(d, now);
+            .get_mut(op)
+            .map(|o| std::mem::take(&mut o.deliveries))
+            .unwrap_or_default();
+        for d in deliveries {
+            match self.out.deliveries.get(d) {
+                Some(del) if del.op == op && matches!(del.state, State::Flight { .. }) => {
+                    self.succeed(d, now);
+                }
+                Some(del) if del.op == op => self.abandon(d, now),
+                _ => {}
+            }
         }
-        self.stop_deliveries(op, now);
         // The decoded envelope's box becomes the message's: no copy, no allocation.
         self.complete(op, Ok(Done::Replied(Message { env: reply })));
     }

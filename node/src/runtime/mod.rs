@@ -186,16 +186,14 @@ impl Driver {
         // Nothing to act on (framing a write, usually): no effects to collect.
         if state.engine.is_quiet() {
             drop(state);
-            #[cfg(feature = "testing")]
-            self.tell_test_kit();
-            return result;
+        } else {
+            // Filled and acted on in place: it holds a few inline vectors (over a kilobyte),
+            // which moving by value would copy on every call.
+            let mut effects = Effects::default();
+            state.take_effects(&mut effects, now);
+            drop(state);
+            self.act(&mut effects);
         }
-        // Filled and acted on in place: it holds a few inline vectors (over a kilobyte), which
-        // moving by value would copy on every call.
-        let mut effects = Effects::default();
-        state.take_effects(&mut effects, now);
-        drop(state);
-        self.act(&mut effects);
         #[cfg(feature = "testing")]
         self.tell_test_kit();
         result
