@@ -64,7 +64,7 @@ impl Message {
     }
 
     /// Sets the payload's MIME type, e.g. `application/json`.
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<SmolStr>) -> Self {
         self.env.content_type = content_type.into();
         self
     }

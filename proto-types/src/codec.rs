@@ -531,7 +531,7 @@ mod tests {
             kind: MessageKind::Command,
             name: "".into(),
             version: 0,
-            content_type: String::new(),
+            content_type: Default::default(),
             partition_key: None,
             reply_to: None,
             to: crate::To::Handler,

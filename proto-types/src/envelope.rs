@@ -55,7 +55,11 @@ pub struct Envelope {
     /// Version of the message type's schema, so readers can tolerate change.
     pub version: u16,
     /// MIME type of the payload, e.g. `application/json`; empty means unspecified bytes.
-    pub content_type: String,
+    /// Inline when short, like names: setting one allocates nothing, and an empty one points
+    /// into itself (an empty `String` points to address 1, and glibc's AVX-512 `memcmp`
+    /// paid for a fault-suppressed masked load there on every run lookup: 3-4 % of a
+    /// publisher's CPU time).
+    pub content_type: SmolStr,
     /// Free-form string metadata (tracing ids, tenant, ...), in the order they were set.
     pub headers: Vec<(String, String)>,
     /// For replies: the id of the request being answered.
@@ -88,7 +92,7 @@ impl Envelope {
             kind,
             name: name.into(),
             version: 1,
-            content_type: String::new(),
+            content_type: SmolStr::default(),
             headers: Vec::new(),
             correlation_id: None,
             reply_to: None,

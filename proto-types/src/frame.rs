@@ -142,7 +142,7 @@ pub struct Head {
     /// Version of the message type's schema.
     pub version: u16,
     /// MIME type of the payloads; empty means unspecified bytes.
-    pub content_type: String,
+    pub content_type: SmolStr,
     /// The partition key every item shares: set only on an [`ordered`](Self::ordered) run (a
     /// batch, whose events share one key). The messages of an unordered run carry their keys
     /// in their items ([`Item::partition_key`]), so messages under different keys share a run.
@@ -225,7 +225,7 @@ pub struct Differs {
     /// Its schema version.
     pub version: u16,
     /// Its content type.
-    pub content_type: String,
+    pub content_type: SmolStr,
     /// Its return address.
     pub reply_to: Option<ReturnAddress>,
 }

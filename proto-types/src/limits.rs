@@ -72,7 +72,7 @@ pub(crate) fn check_name(s: &str, limits: &Limits) -> Result<(), LimitViolation>
 /// # use shoal_proto::{Envelope, MessageId, MessageKind};
 /// # let mut envelope = Envelope {
 /// #     id: MessageId::from_u128(1), kind: MessageKind::Command, name: Default::default(),
-/// #     version: 1, content_type: String::new(), headers: Vec::new(), correlation_id: None,
+/// #     version: 1, content_type: Default::default(), headers: Vec::new(), correlation_id: None,
 /// #     reply_to: None, partition_key: None, attempt: 1, timestamp_ms: 0,
 /// #     payload: Default::default(),
 /// # };

@@ -73,7 +73,7 @@ fn limit_cases() -> Vec<Case> {
         ),
         case(
             "content type",
-            deliver(|e| e.content_type = long(name + 2)),
+            deliver(|e| e.content_type = long(name + 2).into()),
             "max_name_len",
             name + 2,
             name,

@@ -143,7 +143,7 @@ fn head<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<Head, DecodeError> {
         kind: kind(d)?,
         name: name(d)?,
         version: u16::borrow_decode(d)?,
-        content_type: string(d)?,
+        content_type: name(d)?,
         partition_key: option(d, name)?,
         reply_to: option(d, return_address)?,
         to: match u32::borrow_decode(d)? {
@@ -173,7 +173,7 @@ fn item<'de, D: BorrowDecoder<'de>>(
         Ok(Box::new(Differs {
             kind: kind(d)?,
             version: u16::borrow_decode(d)?,
-            content_type: string(d)?,
+            content_type: name(d)?,
             reply_to: option(d, return_address)?,
         }))
     })?;
@@ -199,7 +199,7 @@ fn envelope<'de, D: BorrowDecoder<'de>>(
         kind: kind(d)?,
         name: name(d)?,
         version: u16::borrow_decode(d)?,
-        content_type: string(d)?,
+        content_type: name(d)?,
         headers: headers(d, body)?,
         correlation_id: option(d, message_id)?,
         reply_to: option(d, return_address)?,

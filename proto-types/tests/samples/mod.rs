@@ -23,7 +23,7 @@ pub(crate) fn sample_envelope() -> Envelope {
         kind: MessageKind::Command,
         name: "create-invoice".into(),
         version: 1,
-        content_type: String::new(),
+        content_type: Default::default(),
         headers: Vec::new(),
         correlation_id: None,
         reply_to: None,

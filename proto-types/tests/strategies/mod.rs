@@ -86,7 +86,7 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
                 kind,
                 name: name.into(),
                 version,
-                content_type,
+                content_type: content_type.into(),
                 headers,
                 correlation_id,
                 reply_to,
