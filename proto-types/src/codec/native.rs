@@ -284,8 +284,8 @@ fn string<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<String, DecodeError> 
     <&str>::borrow_decode(d).map(str::to_owned)
 }
 
-/// A name (a message's type or topic, a group) or a partition key: kept inline when short,
-/// so most allocate nothing.
+/// A name (a message's type or topic, a group), a partition key or a content type: kept
+/// inline when short, so most allocate nothing.
 fn name<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<SmolStr, DecodeError> {
     <&str>::borrow_decode(d).map(SmolStr::new)
 }
