@@ -481,10 +481,11 @@ impl<H: Clone> Engine<H> {
 
     /// `task` is over: its slot frees, and a waiting task of the same peer starts.
     pub(super) fn end_task(&mut self, task: TaskId, now: Instant) {
-        let Some(t) = self.inbound.tasks.remove(task) else {
+        let Some(conn) = self.inbound.tasks.get(task).map(|t| t.conn) else {
             return;
         };
-        let Some(c) = self.conns.get_mut(t.conn) else {
+        self.inbound.tasks.remove(task);
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.running = c.running.saturating_sub(1);
@@ -495,10 +496,10 @@ impl<H: Clone> Engine<H> {
             if self.inbound.tasks.contains_key(next) {
                 c.running += 1;
                 self.step(next, now);
-                return self.resume_if_drained(t.conn);
+                return self.resume_if_drained(conn);
             }
         }
-        self.resume_if_drained(t.conn);
+        self.resume_if_drained(conn);
     }
 
     pub(super) fn resume_if_drained(&mut self, conn: ConnId) {
