@@ -361,8 +361,8 @@ impl<H: Clone> Engine<H> {
                 return self.hand_over(task, seq, key, item, now);
             }
             match self.inbound.dedup.check(key, now) {
-                // Straight to its handlers: parked in `ready` and taken out again, an item
-                // was moved twice more (about 190 bytes each).
+                // Straight to its handlers, not through `ready` (parked there and taken out
+                // again on the next turn, the item would move twice more).
                 Seen::New => return self.hand_over(task, seq, key, item, now),
                 Seen::Done => {
                     self.stats.duplicates += 1;
@@ -385,7 +385,8 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// Runs the task's handlers on its message `seq` (dedup key `key`).
+    /// Runs the task's handlers on its message `seq` (dedup key `key`): the message becomes
+    /// the task's running one, and an [`Action::Run`] hands it to the handlers.
     fn hand_over(&mut self, task: TaskId, seq: u64, key: MessageId, item: Item, now: Instant) {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
             return;
