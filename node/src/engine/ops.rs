@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::action::{Action, Done, OpId};
+use super::delivery::State;
 use super::send::OpKind;
 use super::{Engine, Lifecycle};
 use crate::Error;
@@ -57,13 +58,31 @@ impl<H: Clone> Engine<H> {
 
     /// Stops every delivery of `op`, without ending it.
     pub(super) fn stop_deliveries(&mut self, op: OpId, now: Instant) {
+        self.end_deliveries(op, false, now);
+    }
+
+    /// `op`'s answer came (a synchronous request's reply, which stands for its ack): the
+    /// attempt in flight succeeded, in the statistics and metrics as an ack would have it,
+    /// and every other delivery stops. Does not end `op`.
+    pub(super) fn answer_deliveries(&mut self, op: OpId, now: Instant) {
+        self.end_deliveries(op, true, now);
+    }
+
+    fn end_deliveries(&mut self, op: OpId, answered: bool, now: Instant) {
         self.drop_copies(op); // multicast_copies.rs
         let Some(o) = self.out.ops.get_mut(op) else {
             return;
         };
         for d in std::mem::take(&mut o.deliveries) {
-            if self.out.deliveries.get(d).is_some_and(|del| del.op == op) {
-                self.abandon(d, now);
+            match self.out.deliveries.get(d) {
+                Some(del) if del.op == op => {
+                    if answered && matches!(del.state, State::Flight { .. }) {
+                        self.succeed(d, now);
+                    } else {
+                        self.abandon(d, now);
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -18,7 +18,7 @@ use smallvec::{SmallVec, smallvec};
 
 use super::action::{ConnId, Done, OpId};
 use super::dedup::IdHashing;
-use super::delivery::{Delivery, Spec, State};
+use super::delivery::{Delivery, Spec};
 use super::fanout::Audience;
 use super::heads::HeadCache;
 use super::multicast_copies::ChannelCopies;
@@ -520,23 +520,7 @@ impl<H: Clone> Engine<H> {
         };
         // The reply is the request's answer; no ack comes with it (a node of an earlier
         // release sends one first, which ends the attempt as usual and leaves nothing here).
-        // The attempt in flight succeeded, in the statistics and metrics as an ack would have
-        // it; anything else of the request stops.
-        let deliveries = self
-            .out
-            .ops
-            .get_mut(op)
-            .map(|o| std::mem::take(&mut o.deliveries))
-            .unwrap_or_default();
-        for d in deliveries {
-            match self.out.deliveries.get(d) {
-                Some(del) if del.op == op && matches!(del.state, State::Flight { .. }) => {
-                    self.succeed(d, now);
-                }
-                Some(del) if del.op == op => self.abandon(d, now),
-                _ => {}
-            }
-        }
+        self.answer_deliveries(op, now);
         // The decoded envelope's box becomes the message's: no copy, no allocation.
         self.complete(op, Ok(Done::Replied(Message { env: reply })));
     }
