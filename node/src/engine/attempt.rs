@@ -59,7 +59,7 @@ impl<H: Clone> Engine<H> {
                 let service = self.service_of(conn);
                 return self.fail(d, Error::Busy { service }, now);
             }
-            let wait = del.retry.ack_deadline(now);
+            let wait = del.retry.ack_deadline(&del.spec.policy, now);
             let epoch = self.bump(d, State::Room(conn));
             if let Some(c) = self.conns.get_mut(conn) {
                 c.waiting_room.push_back((d, epoch));
@@ -103,7 +103,10 @@ impl<H: Clone> Engine<H> {
         del.epoch += 1;
         let epoch = del.epoch;
         del.node = Some(c.node);
-        let timeout = del.retry.ack_deadline(now).saturating_duration_since(now);
+        let timeout = del
+            .retry
+            .ack_deadline(&del.spec.policy, now)
+            .saturating_duration_since(now);
         let owner = Owner { delivery: d, epoch };
         let mut signal = false;
         let mut count = 0u32;
@@ -309,7 +312,7 @@ impl<H: Clone> Engine<H> {
         {
             del.tried.push(node);
         }
-        match del.retry.after_failure(now, jitter) {
+        match del.retry.after_failure(&del.spec.policy, now, jitter) {
             // Another live instance has not failed on this message yet: go there at once.
             // Backoff is for retrying the same instances.
             Next::RetryAt(_)

@@ -126,7 +126,7 @@ impl<H: Clone> Engine<H> {
             op,
             route,
             head,
-            retry: RetryState::new(spec.policy.clone(), now),
+            retry: RetryState::new(now),
             spec,
             tried: Vec::new(),
             acked: smallvec::smallvec![false; messages],
@@ -138,7 +138,7 @@ impl<H: Clone> Engine<H> {
             node: None,
             last_failure: String::new(),
         };
-        let deadline = delivery.retry.deadline();
+        let deadline = delivery.retry.deadline(&delivery.spec.policy);
         let d = self.out.deliveries.insert(delivery);
         self.note_sent(d); // metrics.rs
         if let Some(o) = self.out.ops.get_mut(op) {
@@ -178,7 +178,7 @@ impl<H: Clone> Engine<H> {
         }
         let until = match del.spec.hold {
             Some(hold) => del.created + hold,
-            None => del.retry.deadline(),
+            None => del.retry.deadline(&del.spec.policy),
         };
         if now >= until {
             let reason = match del.spec.hold {

@@ -168,7 +168,7 @@ impl<H: Clone> Engine<H> {
         );
         if index == 0 {
             // One timer for all of them: a copy not reported by then goes by unicast.
-            let deadline = RetryState::new(spec.policy.clone(), now).ack_deadline(now);
+            let deadline = RetryState::new(now).ack_deadline(&spec.policy, now);
             self.set_timer(deadline, Timer::ChannelCopies(op));
         }
         self.note_copy_sent(op, audience.wire_group().unwrap_or("")); // metrics.rs
@@ -210,7 +210,7 @@ impl<H: Clone> Engine<H> {
             (copies.topic.clone(), copies.policy.clone(), copies.created);
         let copy = copies.take(index)?;
         let node = copy.node;
-        let mut retry = RetryState::new(policy.clone(), created);
+        let mut retry = RetryState::new(created);
         retry.begin_attempt();
         let delivery = Delivery {
             op,

@@ -144,7 +144,7 @@ impl<H: Clone> Engine<H> {
         del.node = Some(node);
         del.state = State::Channel(node);
         let (epoch, op, head) = (del.epoch, del.op, Arc::clone(&del.head));
-        let deadline = del.retry.ack_deadline(now);
+        let deadline = del.retry.ack_deadline(&del.spec.policy, now);
         let Some(ch) = self.channels.as_deref_mut() else {
             return false;
         };

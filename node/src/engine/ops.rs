@@ -88,15 +88,18 @@ impl<H: Clone> Engine<H> {
     }
 
     pub(super) fn forget_op(&mut self, op: OpId) {
-        if let Some(o) = self.out.remove_op(op) {
-            if o.kind == OpKind::Request
-                && let Some(first) = o.messages.first()
-            {
-                self.out.replies.remove(&first.id);
-            }
-            if o.kind == OpKind::Ping {
-                self.out.pongs.retain(|_, (p, _)| *p != op);
-            }
+        let Some(o) = self.out.ops.get(op) else {
+            return;
+        };
+        let (kind, first) = (o.kind, o.messages.first().map(|m| m.id));
+        self.out.remove_op(op);
+        if kind == OpKind::Request
+            && let Some(first) = first
+        {
+            self.out.replies.remove(&first);
+        }
+        if kind == OpKind::Ping {
+            self.out.pongs.retain(|_, (p, _)| *p != op);
         }
     }
 

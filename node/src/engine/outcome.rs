@@ -111,11 +111,16 @@ impl<H: Clone> Engine<H> {
     /// `d` ended: it leaves its key's turn (the next one goes) and its operation.
     pub(super) fn finish(&mut self, d: DeliveryId, now: Instant) {
         self.abandon_flight(d);
-        let Some(del) = self.out.deliveries.remove(d) else {
+        let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
-        let next = del.slot.as_ref().and_then(|s| self.out.turns.leave(s, d));
-        self.delivery_ended(del.op);
+        let (op, next) = (
+            del.op,
+            del.slot.as_ref().and_then(|s| self.out.turns.leave(s, d)),
+        );
+        // Dropped where it lies: a delivery is a few hundred bytes, not worth moving out.
+        self.out.deliveries.remove(d);
+        self.delivery_ended(op);
         if let Some(next) = next {
             self.bump(next, State::Backoff);
             self.attempt(next, now);

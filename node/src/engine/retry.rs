@@ -44,18 +44,18 @@ pub(crate) enum Next {
     GiveUp,
 }
 
-/// The retry state of one message: a pure state machine driven by the send loop.
+/// The retry state of one delivery: a pure state machine driven by the send loop. It keeps
+/// what changes (when it started, the attempts made); the [`RetryPolicy`] it follows is the
+/// delivery's, passed in, so a delivery holds one copy of it.
 #[derive(Debug)]
 pub(crate) struct RetryState {
-    policy: RetryPolicy,
     started: Instant,
     attempts: u32,
 }
 
 impl RetryState {
-    pub(crate) fn new(policy: RetryPolicy, now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
-            policy,
             started: now,
             attempts: 0,
         }
@@ -73,31 +73,30 @@ impl RetryState {
     }
 
     /// The instant past which nothing more is tried.
-    pub(crate) fn deadline(&self) -> Instant {
-        later(self.started, self.policy.deadline)
+    pub(crate) fn deadline(&self, policy: &RetryPolicy) -> Instant {
+        later(self.started, policy.deadline)
     }
 
     /// The latest instant the current attempt may wait for its ack.
-    pub(crate) fn ack_deadline(&self, now: Instant) -> Instant {
-        later(now, self.policy.ack_timeout).min(self.deadline())
+    pub(crate) fn ack_deadline(&self, policy: &RetryPolicy, now: Instant) -> Instant {
+        later(now, policy.ack_timeout).min(self.deadline(policy))
     }
 
     /// Decides what follows a failed attempt. `jitter` is a number in `[0, 1)` from the caller's
     /// random source; the delay is drawn from `[d/2, d)` where `d` doubles per attempt
     /// ("equal jitter"), so retries from many senders spread out but never come instantly.
-    pub(crate) fn after_failure(&self, now: Instant, jitter: f64) -> Next {
-        if self.attempts >= self.policy.max_attempts {
+    pub(crate) fn after_failure(&self, policy: &RetryPolicy, now: Instant, jitter: f64) -> Next {
+        if self.attempts >= policy.max_attempts {
             return Next::GiveUp;
         }
         let exp = self.attempts.saturating_sub(1).min(30);
-        let full = self
-            .policy
+        let full = policy
             .initial_backoff
             .saturating_mul(1 << exp)
-            .min(self.policy.max_backoff);
+            .min(policy.max_backoff);
         let delay = full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
         let at = later(now, delay);
-        if at >= self.deadline() {
+        if at >= self.deadline(policy) {
             Next::GiveUp
         } else {
             Next::RetryAt(at)
@@ -129,12 +128,12 @@ mod tests {
     #[test]
     fn delays_double_up_to_the_cap_within_jitter_bounds() {
         let t0 = Instant::now();
-        let mut s = RetryState::new(policy(), t0);
+        let mut s = RetryState::new(t0);
         let expected_full_ms = [100u64, 200, 400, 500];
         for full in expected_full_ms {
             s.begin_attempt();
             for (jitter, want) in [(0.0, full / 2), (0.999_999, full)] {
-                let Next::RetryAt(at) = s.after_failure(t0, jitter) else {
+                let Next::RetryAt(at) = s.after_failure(&policy(), t0, jitter) else {
                     panic!("gave up early")
                 };
                 let ms = (at - t0).as_millis() as u64;
@@ -150,23 +149,26 @@ mod tests {
     #[test]
     fn gives_up_after_max_attempts() {
         let t0 = Instant::now();
-        let mut s = RetryState::new(policy(), t0);
+        let mut s = RetryState::new(t0);
         for _ in 0..5 {
             s.begin_attempt();
         }
-        assert_eq!(s.after_failure(t0, 0.5), Next::GiveUp);
+        assert_eq!(s.after_failure(&policy(), t0, 0.5), Next::GiveUp);
     }
 
     #[test]
     fn gives_up_when_the_next_try_would_pass_the_deadline() {
         let t0 = Instant::now();
-        let mut s = RetryState::new(policy(), t0);
+        let mut s = RetryState::new(t0);
         s.begin_attempt();
         assert_eq!(
-            s.after_failure(t0 + Duration::from_millis(9_990), 0.5),
+            s.after_failure(&policy(), t0 + Duration::from_millis(9_990), 0.5),
             Next::GiveUp
         );
-        assert!(matches!(s.after_failure(t0, 0.5), Next::RetryAt(_)));
+        assert!(matches!(
+            s.after_failure(&policy(), t0, 0.5),
+            Next::RetryAt(_)
+        ));
     }
 
     #[test]
@@ -179,12 +181,12 @@ mod tests {
             initial_backoff: Duration::MAX,
             max_attempts: u32::MAX,
         };
-        let mut s = RetryState::new(forever, t0);
+        let mut s = RetryState::new(t0);
         s.begin_attempt();
-        assert!(s.deadline() > t0 + Duration::from_secs(3600 * 24 * 365));
-        assert!(s.ack_deadline(t0) > t0 + Duration::from_secs(3600 * 24 * 365));
+        assert!(s.deadline(&forever) > t0 + Duration::from_secs(3600 * 24 * 365));
+        assert!(s.ack_deadline(&forever, t0) > t0 + Duration::from_secs(3600 * 24 * 365));
         assert!(matches!(
-            s.after_failure(t0, 0.99),
+            s.after_failure(&forever, t0, 0.99),
             Next::RetryAt(_) | Next::GiveUp
         ));
     }
@@ -192,10 +194,10 @@ mod tests {
     #[test]
     fn ack_wait_never_passes_the_deadline() {
         let t0 = Instant::now();
-        let s = RetryState::new(policy(), t0);
-        assert_eq!(s.ack_deadline(t0), t0 + Duration::from_secs(1));
+        let s = RetryState::new(t0);
+        assert_eq!(s.ack_deadline(&policy(), t0), t0 + Duration::from_secs(1));
         assert_eq!(
-            s.ack_deadline(t0 + Duration::from_millis(9_500)),
+            s.ack_deadline(&policy(), t0 + Duration::from_millis(9_500)),
             t0 + Duration::from_secs(10)
         );
     }

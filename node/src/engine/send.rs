@@ -182,14 +182,17 @@ impl Outbound {
     }
 
     /// Forgets `id`'s operation.
-    pub(super) fn remove_op(&mut self, id: OpId) -> Option<Op> {
-        let op = self.ops.remove(id)?;
+    pub(super) fn remove_op(&mut self, id: OpId) {
+        let Some(op) = self.ops.get(id) else {
+            return;
+        };
         self.background -= usize::from(op.kind == OpKind::Background);
         self.channel_copies -= op.channel.as_deref().map_or(0, ChannelCopies::waiting);
         if let Some(at) = op.deadline {
             self.request_deadlines.remove(&(at, id));
         }
-        Some(op)
+        // Dropped where it lies: an operation is a few hundred bytes, not worth moving out.
+        self.ops.remove(id);
     }
 
     /// The earliest instant a request's caller stops waiting.
