@@ -23,6 +23,7 @@
 //! ([`flood::FLOODER`]).
 
 pub mod affinity;
+pub mod busy_poll;
 pub mod certs;
 pub mod compare;
 pub mod connect;
@@ -212,6 +213,16 @@ pub const SCENARIOS: &[Scenario] = &[
         setup: "Shoal defaults: static peer on 127.0.0.1, mutual TLS, the reply answers (no ack)",
         about: "Shoal request/response: request to an echo handler, resolve on the reply",
         run: Measures::RoundTrip(shoal_scenarios::run_request),
+        in_all: true,
+    },
+    Scenario {
+        name: busy_poll::NAME,
+        system: systems::SHOAL,
+        setup: "raw quinn's stream echo and Shoal's defaults, every side's runtime polling \
+                for input instead of sleeping (Shoal: NodeBuilder::busy_poll(1 ms))",
+        about: "round trip with busy polling: raw quinn, Shoal send and request \
+                (--baseline quinn-stream-busy-poll-request for the ratios to the polling floor)",
+        run: Measures::RoundTrip(busy_poll::run),
         in_all: true,
     },
     Scenario {

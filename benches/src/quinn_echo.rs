@@ -28,6 +28,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, Endpoint, ReadError, ReadExactError};
 use tokio::time::Instant;
 
+use crate::busy_poll::Spinner;
 use crate::certs::{self, SERVER_NAME, TestPki};
 use crate::error::{BenchError, BenchResult};
 use crate::measure::open_loop::{self, RateRecorder, RateSchedule, at_rate_name};
@@ -113,19 +114,36 @@ pub fn run_stream_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<Ra
     Ok(vec![report])
 }
 
+/// One `quinn-stream` run with both sides' runtimes polling for input all along
+/// ([`crate::busy_poll::Spinner`]), as row `name`: the floor of Shoal's busy-polling rows.
+pub fn run_stream_busy_poll(config: &BenchConfig, name: &str) -> BenchResult<LatencyReport> {
+    let mut report = run_polling(config, Mode::Stream, true)?;
+    report.name = name.to_owned();
+    Ok(report)
+}
+
 fn run(config: &BenchConfig, mode: Mode) -> BenchResult<Vec<LatencyReport>> {
+    Ok(vec![run_polling(config, mode, false)?])
+}
+
+fn run_polling(config: &BenchConfig, mode: Mode, poll: bool) -> BenchResult<LatencyReport> {
     let config = *config;
     // Certificates are made outside the timed part and outside the runtimes.
     let pki = certs::generate_pki()?;
     let server_cfg = server_config(&pki)?;
     let client_cfg = client_config(&pki)?;
-    let report = run_pair(
+    run_pair(
         mode.name(),
         &config,
-        move |announce, shutdown| serve(announce, shutdown, server_cfg, mode, config),
-        move |addr| client(addr, client_cfg, mode, config),
-    )?;
-    Ok(vec![report])
+        move |announce, shutdown| async move {
+            let _spinner = poll.then(Spinner::start);
+            serve(announce, shutdown, server_cfg, mode, config).await
+        },
+        move |addr| async move {
+            let _spinner = poll.then(Spinner::start);
+            client(addr, client_cfg, mode, config).await
+        },
+    )
 }
 
 async fn serve(

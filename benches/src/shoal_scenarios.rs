@@ -67,15 +67,36 @@ enum Mode {
     Request,
 }
 
+/// One run of `shoal-send` (`request`: `shoal-request`) as row `name`, both nodes polling
+/// for input for `window` after each activity ([`NodeBuilder::busy_poll`]).
+pub fn run_busy_poll(
+    name: &'static str,
+    config: &BenchConfig,
+    request: bool,
+    window: Duration,
+) -> BenchResult<LatencyReport> {
+    let mode = if request { Mode::Request } else { Mode::Send };
+    Ok(run_tuned(name, config, mode, Some(window))?.remove(0))
+}
+
 fn run(name: &'static str, config: &BenchConfig, mode: Mode) -> BenchResult<Vec<LatencyReport>> {
+    run_tuned(name, config, mode, None)
+}
+
+fn run_tuned(
+    name: &'static str,
+    config: &BenchConfig,
+    mode: Mode,
+    busy_poll: Option<Duration>,
+) -> BenchResult<Vec<LatencyReport>> {
     let config = *config;
     let ca = MeshCa::generate("shoal bench").map_err(shoal_err)?;
     let server_ca = ca.clone();
     let report = run_pair(
         name,
         &config,
-        move |announce, shutdown| serve(server_ca, announce, shutdown),
-        move |addr| client(name, ca, addr, config, mode),
+        move |announce, shutdown| serve_tuned(server_ca, announce, shutdown, busy_poll),
+        move |addr| client(name, ca, addr, config, mode, busy_poll),
     )?;
     Ok(vec![report])
 }
@@ -87,7 +108,20 @@ pub(crate) async fn serve(
     announce: Announce<SocketAddr>,
     shutdown: Shutdown,
 ) -> BenchResult<()> {
-    let node = builder(&ca, SERVICE)?.start().await.map_err(shoal_err)?;
+    serve_tuned(ca, announce, shutdown, None).await
+}
+
+/// [`serve`], polling for input for the window given after each activity.
+async fn serve_tuned(
+    ca: MeshCa,
+    announce: Announce<SocketAddr>,
+    shutdown: Shutdown,
+    busy_poll: Option<Duration>,
+) -> BenchResult<()> {
+    let node = polling(builder(&ca, SERVICE)?, busy_poll)
+        .start()
+        .await
+        .map_err(shoal_err)?;
     node.handle(
         "echo",
         |msg: Message| async move { Ok(msg.payload().clone()) },
@@ -107,9 +141,25 @@ pub(crate) fn builder(ca: &MeshCa, service: &str) -> BenchResult<NodeBuilder> {
         .trust(ca.clone()))
 }
 
+/// `builder`, polling for input for `window` after each activity when there is one.
+fn polling(builder: NodeBuilder, window: Option<Duration>) -> NodeBuilder {
+    match window {
+        Some(window) => builder.busy_poll(window),
+        None => builder,
+    }
+}
+
 /// The client node, peered with the server and connected to it.
 pub(crate) async fn start_client(ca: MeshCa, server: SocketAddr) -> BenchResult<Node> {
-    let node = builder(&ca, "bench-client")?
+    start_client_tuned(ca, server, None).await
+}
+
+async fn start_client_tuned(
+    ca: MeshCa,
+    server: SocketAddr,
+    busy_poll: Option<Duration>,
+) -> BenchResult<Node> {
+    let node = polling(builder(&ca, "bench-client")?, busy_poll)
         .peer(server)
         .start()
         .await
@@ -126,8 +176,9 @@ async fn client(
     server: SocketAddr,
     config: BenchConfig,
     mode: Mode,
+    busy_poll: Option<Duration>,
 ) -> BenchResult<LatencyReport> {
-    let node = start_client(ca, server).await?;
+    let node = start_client_tuned(ca, server, busy_poll).await?;
     let payload = bytes::Bytes::from(vec![0xA5u8; config.payload]);
     let report = measure(name, &config, async |_attempt| {
         let msg = Message::command("echo", payload.clone());

@@ -58,6 +58,9 @@ pub(crate) struct Config {
     /// The LAN multicast group this node sends and receives events on, and how its channel
     /// behaves (`None`: every event by unicast). See `engine/multicast_link.rs`.
     pub(crate) multicast: Option<crate::engine::MulticastSetup>,
+    /// How long the runtime thread polls for input after each activity; zero: never
+    /// (`runtime/busy_poll.rs`).
+    pub(crate) busy_poll: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             warn_before_expiry: None,
             policy: Arc::new(Policy::allow_all()),
             multicast: None,
+            busy_poll: Duration::ZERO,
         }
     }
 }

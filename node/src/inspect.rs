@@ -159,6 +159,7 @@ pub(crate) fn node_stats(driver: &crate::runtime::Driver) -> NodeStats {
     stats.handshake_failures = driver.handshake_failures.load(Ordering::Relaxed);
     stats.connections_refused = driver.accept_limits.refused();
     stats.addresses_penalised = driver.accept_limits.penalised();
+    stats.busy_poll_time = driver.busy_poll_time();
     driver.multicast_stats(&mut stats);
     stats
 }

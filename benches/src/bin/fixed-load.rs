@@ -23,7 +23,9 @@
 //! calls of a task are ordered and the tasks run side by side: `fixed-load send 20000 keyed`.
 //! The option `multi-thread` runs each node on tokio's multi-thread runtime with its default
 //! worker count (one per CPU, what `#[tokio::main]` gives) instead of a `current_thread` one:
-//! `fixed-load publish 200000 multi-thread`.
+//! `fixed-load publish 200000 multi-thread`. The option `busy-poll` has both nodes poll for
+//! input for a millisecond after each activity ([`shoal::NodeBuilder::busy_poll`]):
+//! `fixed-load send 20000 closed busy-poll`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +41,8 @@ const BATCH: u64 = 256;
 const TOPIC: &str = "load.topic";
 const SERVICE: &str = "load-sink";
 const WAIT: Duration = Duration::from_secs(30);
+/// The busy-polling window of option `busy-poll`.
+const BUSY_POLL: Duration = Duration::from_millis(1);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -47,23 +51,31 @@ fn main() -> Result<()> {
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
+    let mut busy_poll = false;
     for option in args {
         match option.as_str() {
             "metrics" => metrics = true,
             "closed" => closed = true,
             "keyed" => keyed = true,
             "multi-thread" => multi_thread = true,
+            "busy-poll" => busy_poll = true,
             other => {
                 return Err(format!(
-                    "unknown option {other}: metrics, closed, keyed or multi-thread"
+                    "unknown option {other}: metrics, closed, keyed, multi-thread or busy-poll"
                 )
                 .into());
             }
         }
     }
     let in_flight = if closed { 1 } else { IN_FLIGHT };
-    // Records per-message metrics without serving them when asked (`metrics`).
+    // Records per-message metrics without serving them when asked (`metrics`); polls for
+    // input for a millisecond after each activity when asked (`busy-poll`).
     let with_metrics = move |builder: shoal::NodeBuilder| {
+        let builder = if busy_poll {
+            builder.busy_poll(BUSY_POLL)
+        } else {
+            builder
+        };
         if metrics {
             builder.metrics(shoal::MetricsConfig::record())
         } else {

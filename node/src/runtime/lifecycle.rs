@@ -15,6 +15,26 @@ impl Driver {
         self.tasks.spawn(async move { driver.timer_loop().await });
     }
 
+    /// Starts the busy poller, when the node has one; it stops when the node is killed, at
+    /// the end of a shutdown too.
+    pub(crate) fn start_busy_poll(self: &Arc<Self>) {
+        if self.busy_poll.is_some() {
+            let driver = Arc::clone(self);
+            self.tasks.spawn(async move {
+                if let Some(poller) = &driver.busy_poll {
+                    poller.run(&driver.killed).await;
+                }
+            });
+        }
+    }
+
+    /// Time the busy poller has spent polling (zero without one).
+    pub(crate) fn busy_poll_time(&self) -> std::time::Duration {
+        self.busy_poll
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |poller| poller.spent())
+    }
+
     async fn timer_loop(self: Arc<Self>) {
         // The last deadline handled without sleeping (see below).
         let mut handled_due: Option<Instant> = None;

@@ -10,7 +10,11 @@
 //! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
 //! would run on this thread anyway: `handlers.rs`), and most finish in it: their outcomes go
 //! back to the engine in one more call, without a task.
+//!
+//! Every call also counts as activity for the busy poller, when the node has one
+//! (`busy_poll.rs`): it keeps the runtime polling for input for a while after each.
 
+mod busy_poll;
 mod handlers;
 mod lifecycle;
 mod multicast;
@@ -89,6 +93,9 @@ pub(crate) struct Driver {
     pub(crate) metrics: crate::metrics::Exporter,
     /// The group link, when the node fans events out by multicast (`runtime/multicast.rs`).
     pub(crate) multicast: std::sync::OnceLock<multicast::MulticastIo>,
+    /// The busy poller, when the node polls for input after each activity
+    /// (`runtime/busy_poll.rs`).
+    busy_poll: Option<busy_poll::BusyPoll>,
 }
 
 /// What the lock protects.
@@ -131,6 +138,8 @@ impl Driver {
         tls: crate::tls::LiveTls,
     ) -> Arc<Self> {
         let accept_limits = crate::transport::limits::AcceptLimits::new(&config);
+        let busy_poll =
+            (!config.busy_poll.is_zero()).then(|| busy_poll::BusyPoll::new(config.busy_poll));
         Arc::new(Self {
             id: engine.id(),
             service,
@@ -167,6 +176,7 @@ impl Driver {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::Exporter::default(),
             multicast: std::sync::OnceLock::new(),
+            busy_poll,
         })
     }
 
@@ -193,6 +203,9 @@ impl Driver {
             state.take_effects(&mut effects, now);
             drop(state);
             self.act(&mut effects);
+        }
+        if let Some(poller) = &self.busy_poll {
+            poller.touch();
         }
         #[cfg(feature = "testing")]
         self.tell_test_kit();
