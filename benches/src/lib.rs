@@ -226,6 +226,15 @@ pub const SCENARIOS: &[Scenario] = &[
         in_all: true,
     },
     Scenario {
+        name: busy_poll::AT_RATE_NAME,
+        system: systems::SHOAL,
+        setup: "as busy-poll, every message its own request / send future",
+        about: "busy-poll at the offered --rate: quinn-stream-busy-poll-at-<rate>, \
+                shoal-busy-poll-request-at-<rate>, shoal-send-busy-poll-at-<rate>",
+        run: Measures::AtRate(busy_poll::run_at_rate),
+        in_all: true,
+    },
+    Scenario {
         name: typed_request::NAME,
         system: systems::SHOAL,
         setup: "Shoal defaults, typed contracts: JSON request and reply with --payload bytes \

@@ -100,18 +100,42 @@ pub fn run_datagram(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
 
 /// Runs one `quinn-stream-at-rate` run: the row `quinn-stream-at-<rate>`.
 pub fn run_stream_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<RateReport>> {
+    Ok(vec![stream_at_rate(config, rate, STREAM_NAME, false)?])
+}
+
+/// The `quinn-stream-at-rate` run with both sides' runtimes polling for input all along
+/// ([`Spinner`]), as row `<variant>-at-<rate>`.
+pub fn run_stream_at_rate_busy_poll(
+    config: &BenchConfig,
+    rate: u64,
+    variant: &str,
+) -> BenchResult<RateReport> {
+    stream_at_rate(config, rate, variant, true)
+}
+
+fn stream_at_rate(
+    config: &BenchConfig,
+    rate: u64,
+    variant: &str,
+    poll: bool,
+) -> BenchResult<RateReport> {
     let config = *config;
-    let name = at_rate_name(STREAM_NAME, rate);
+    let name = at_rate_name(variant, rate);
     let pki = certs::generate_pki()?;
     let server_cfg = server_config(&pki)?;
     let client_cfg = client_config(&pki)?;
-    let report = run_pair(
+    run_pair(
         &name.clone(),
         &config,
-        move |announce, shutdown| serve(announce, shutdown, server_cfg, Mode::Stream, config),
-        move |addr| stream_at_rate_client(addr, client_cfg, config, rate, name),
-    )?;
-    Ok(vec![report])
+        move |announce, shutdown| async move {
+            let _spinner = poll.then(Spinner::start);
+            serve(announce, shutdown, server_cfg, Mode::Stream, config).await
+        },
+        move |addr| async move {
+            let _spinner = poll.then(Spinner::start);
+            stream_at_rate_client(addr, client_cfg, config, rate, name).await
+        },
+    )
 }
 
 /// One `quinn-stream` run with both sides' runtimes polling for input all along

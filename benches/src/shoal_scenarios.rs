@@ -44,7 +44,27 @@ pub fn run_request(config: &BenchConfig) -> BenchResult<Vec<LatencyReport>> {
 /// One run of `shoal-at-rate`: `shoal-request-at-<rate>` then `shoal-send-at-<rate>`, each
 /// on fresh nodes.
 pub fn run_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<RateReport>> {
-    [(REQUEST_NAME, Mode::Request), (SEND_NAME, Mode::Send)]
+    at_rate(config, rate, [REQUEST_NAME, SEND_NAME], None)
+}
+
+/// [`run_at_rate`] with both nodes polling for input for `window` after each activity
+/// ([`NodeBuilder::busy_poll`]), as rows `<request>-at-<rate>` and `<send>-at-<rate>`.
+pub fn run_at_rate_busy_poll(
+    config: &BenchConfig,
+    rate: u64,
+    [request, send]: [&'static str; 2],
+    window: Duration,
+) -> BenchResult<Vec<RateReport>> {
+    at_rate(config, rate, [request, send], Some(window))
+}
+
+fn at_rate(
+    config: &BenchConfig,
+    rate: u64,
+    [request, send]: [&'static str; 2],
+    busy_poll: Option<Duration>,
+) -> BenchResult<Vec<RateReport>> {
+    [(request, Mode::Request), (send, Mode::Send)]
         .into_iter()
         .map(|(variant, mode)| {
             let config = *config;
@@ -54,8 +74,8 @@ pub fn run_at_rate(config: &BenchConfig, rate: u64) -> BenchResult<Vec<RateRepor
             run_pair(
                 &name.clone(),
                 &config,
-                move |announce, shutdown| serve(server_ca, announce, shutdown),
-                move |addr| client_at_rate(name, ca, addr, config, mode, rate),
+                move |announce, shutdown| serve_tuned(server_ca, announce, shutdown, busy_poll),
+                move |addr| client_at_rate(name, ca, addr, config, mode, rate, busy_poll),
             )
         })
         .collect()
@@ -212,8 +232,9 @@ async fn client_at_rate(
     config: BenchConfig,
     mode: Mode,
     rate: u64,
+    busy_poll: Option<Duration>,
 ) -> BenchResult<RateReport> {
-    let node = start_client(ca, server).await?;
+    let node = start_client_tuned(ca, server, busy_poll).await?;
     let payload = bytes::Bytes::from(vec![0xA5u8; config.payload]);
     let report = open_loop(&name, &config, rate, |_seq| {
         let msg = Message::command("echo", payload.clone());

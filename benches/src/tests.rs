@@ -137,7 +137,11 @@ fn throughput_rows_at_three_payloads_are_measured_and_compared() {
 fn offered_rate_rows_count_every_message() {
     let config = BenchConfig::quick();
     let mut rows = Vec::new();
-    for name in [QUINN_AT_RATE_NAME, SHOAL_AT_RATE_NAME] {
+    for name in [
+        QUINN_AT_RATE_NAME,
+        SHOAL_AT_RATE_NAME,
+        busy_poll::AT_RATE_NAME,
+    ] {
         let scenario = find_scenario(name).expect("registered");
         match run_repeated_at(scenario, &config, 5_000, 1, |_, _| {}) {
             Ok(ScenarioResults::Rate(r)) => rows.extend(r.into_iter().map(|r| r.median)),
@@ -149,7 +153,10 @@ fn offered_rate_rows_count_every_message() {
         [
             "quinn-stream-at-5k",
             "shoal-request-at-5k",
-            "shoal-send-at-5k"
+            "shoal-send-at-5k",
+            "quinn-stream-busy-poll-at-5k",
+            "shoal-busy-poll-request-at-5k",
+            "shoal-send-busy-poll-at-5k"
         ]
     );
     for row in &rows {

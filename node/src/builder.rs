@@ -239,8 +239,10 @@ impl NodeBuilder {
     ///
     /// The cost is CPU: while it polls, the thread that runs the node's tasks is busy all the
     /// time (one core, on a current-thread runtime), also when nothing arrives. Choose a window
-    /// a little longer than the usual gap between messages, on a core the service can spare;
-    /// an idle node costs nothing. [`crate::NodeStats::busy_poll_time`] says how long it
+    /// a little longer than the usual gap between messages, on a core the service can spare,
+    /// and leave another for everything else: when no core is idle, whatever else wakes up
+    /// takes its time from the polling thread and messages wait behind it (README, "Busy
+    /// polling", has a case where the p99 got worse). An idle node costs nothing. [`crate::NodeStats::busy_poll_time`] says how long it
     /// polled.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
