@@ -53,8 +53,11 @@ impl BusyPoll {
 
     /// Notes activity: polling goes on (or starts again) for a window from now.
     pub(crate) fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
-        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+        // Sequentially consistent with the poller's `parked` store and `activity` load: one
+        // of the two sees the other's write, so activity is never missed by both (on x86 the
+        // increment is a locked instruction and the load a plain one either way).
+        self.activity.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::AcqRel) {
             // Stores a permit if the poller is not waiting yet: it does not miss this.
             self.wake.notify_one();
         }
@@ -69,10 +72,10 @@ impl BusyPoll {
     pub(crate) async fn run(&self, stop: &CancellationToken) {
         let mut seen = self.activity.load(Ordering::Relaxed);
         loop {
-            self.parked.store(true, Ordering::Release);
+            self.parked.store(true, Ordering::SeqCst);
             // Activity between the end of the last polling and `parked` found no one to wake:
             // it is seen here instead.
-            if self.activity.load(Ordering::Acquire) == seen {
+            if self.activity.load(Ordering::SeqCst) == seen {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = stop.cancelled() => return,
