@@ -120,11 +120,11 @@ impl Node {
     /// Stops holding events for the subscriber `group` of `pattern`, gone for good (a
     /// decommissioned service), and says whether it was remembered. A group whose last
     /// instance left is remembered for [`crate::NodeBuilder::remember_groups_for`] (and by the
-    /// outbox relay for [`crate::outbox::RelayOptions::remember_groups_for`], in its
+    /// outbox relay for `outbox::RelayOptions::remember_groups_for`, feature `outbox`, in its
     /// database), and events are held for it meanwhile; after this call the copies held for it
     /// end as dropped (in [`crate::PublishReceipt::dropped`]) and new events no longer wait
-    /// for it. A group declared with [`crate::outbox::RelayOptions::expect_group`] must be
-    /// removed there too, or the relay remembers it again.
+    /// for it. A group declared with `outbox::RelayOptions::expect_group` must be removed
+    /// there too, or the relay remembers it again.
     pub async fn forget_group(&self, pattern: &str, group: &str) -> Result<bool, Error> {
         let sub = shoal_proto::Subscription {
             pattern: pattern.to_owned(),
