@@ -242,8 +242,9 @@ impl NodeBuilder {
     /// a little longer than the usual gap between messages, on a core the service can spare,
     /// and leave another for everything else: when no core is idle, whatever else wakes up
     /// takes its time from the polling thread and messages wait behind it (README, "Busy
-    /// polling", has a case where the p99 got worse). An idle node costs nothing. [`crate::NodeStats::busy_poll_time`] says how long it
-    /// polled.
+    /// polling", has a case where the p99 got worse). An idle node costs nothing. Both ends
+    /// of a hop have to poll for it to be quick. [`crate::NodeStats::busy_poll_time`] (and
+    /// the metric `shoal_busy_poll_seconds_total`) says how long it polled.
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.config.busy_poll = window;
         self

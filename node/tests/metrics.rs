@@ -212,6 +212,8 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
     assert_eq!(sample(&text, "shoal_connections_opened_total"), Some(1.0));
     assert_eq!(sample(&text, "shoal_background_publishes"), Some(0.0));
     assert_eq!(sample(&text, "shoal_background_refused_total"), Some(0.0));
+    // Without busy polling, none.
+    assert_eq!(sample(&text, "shoal_busy_poll_seconds_total"), Some(0.0));
     assert_parses_as(
         &text,
         &[
@@ -221,6 +223,7 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
             "shoal_connections gauge",
             "shoal_background_publishes gauge",
             "shoal_background_refused counter",
+            "shoal_busy_poll_seconds counter",
         ],
     )
     .await;
@@ -284,6 +287,51 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
         refused.is_err(),
         "the endpoint still accepts after shutdown"
     );
+}
+
+/// A node that busy polls reports the time it polled, as `NodeStats::busy_poll_time` does.
+#[tokio::test(flavor = "current_thread")]
+async fn the_time_spent_busy_polling_is_reported() {
+    let ca = MeshCa::generate("metrics test").expect("CA");
+    let pricing = Node::builder("pricing")
+        .identity(ca.issue("pricing").expect("identity"))
+        .trust(ca.clone())
+        .busy_poll(Duration::from_millis(5))
+        .metrics(MetricsConfig::listen(loopback()))
+        .start()
+        .await
+        .expect("pricing starts");
+    pricing.handle("quote", |_msg: Message| async { Ok::<_, HandlerError>(()) });
+    let shop = Node::builder("shop")
+        .identity(ca.issue("shop").expect("identity"))
+        .trust(ca.clone())
+        .peer(pricing.local_addr())
+        .start()
+        .await
+        .expect("shop starts");
+    shop.send("pricing", Message::command("quote", "x"))
+        .await
+        .expect("quote acked");
+    // Polling time is counted when a period of polling ends (a window after the last
+    // message): wait for one to end, within WAIT.
+    let waited = std::time::Instant::now();
+    while pricing.stats().busy_poll_time.is_zero() {
+        assert!(waited.elapsed() < WAIT, "no period of polling ended");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = pricing.stats().busy_poll_time.as_secs_f64();
+    let (status, text) = get(pricing.metrics_addr().expect("serves"), "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    let after = pricing.stats().busy_poll_time.as_secs_f64();
+    let reported = sample(&text, "shoal_busy_poll_seconds_total").expect("reported");
+    // A timer of the node's may start another period meanwhile: between the two readings.
+    assert!(
+        before <= reported && reported <= after,
+        "{reported} s reported, {before} s polled before the scrape and {after} s after"
+    );
+    assert_parses_as(&text, &["shoal_busy_poll_seconds counter"]).await;
+    shop.shutdown().await;
+    pricing.shutdown().await;
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -116,6 +116,13 @@ impl Collector for NodeCollector {
         for (name, help, value) in totals {
             counter(&mut encoder, name, help, value)?;
         }
+        let polled = ConstCounter::new(stats.busy_poll_time.as_secs_f64());
+        polled.encode(encoder.encode_descriptor(
+            "shoal_busy_poll_seconds",
+            "Time the node's runtime spent busy polling for input (NodeBuilder::busy_poll).",
+            None,
+            polled.metric_type(),
+        )?)?;
         let gauges = [
             (
                 "shoal_connections",
