@@ -308,6 +308,59 @@ fn serve_stops_gracefully_on_sigterm_and_prints_stats() {
 }
 
 #[test]
+fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
+    let (_dir, ca) = mesh("busy-poll");
+    let mut server = Server::start_with(&ca, "echo", &["--busy-poll", "2ms"]);
+    let peer = server.peer();
+    let request = [
+        "request",
+        "--ca",
+        &ca,
+        "--peer",
+        &peer,
+        "--service",
+        "echo",
+        "--name",
+        "echo",
+        "--payload",
+        "polled",
+    ];
+    let out = shoal(
+        &[&request[..], &["--busy-poll", "500us"]].concat(),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "request failed: {}", out.stderr);
+    assert_eq!(out.stdout, "polled\n");
+    let pid = server.child.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    server.next_line_with("stats ", Duration::from_secs(10));
+    // `busy-poll window=2ms polled=0.004321s`: the request made the server poll.
+    let line = server.next_line_with("busy-poll ", Duration::from_secs(10));
+    let polled: f64 = line
+        .strip_prefix("busy-poll window=2ms polled=")
+        .and_then(|rest| rest.strip_suffix('s'))
+        .and_then(|secs| secs.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected busy-poll line: {line}"));
+    assert!(polled > 0.0, "{line}");
+
+    // A window that is not a duration is a usage error naming the flag.
+    let out = shoal(
+        &[&request[..], &["--busy-poll", "5 parsecs"]].concat(),
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("--busy-poll <DURATION>"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn errors_exit_with_code_one() {
     let dir = TempDir::new("errors");
     let missing = dir.join("no-such-ca");

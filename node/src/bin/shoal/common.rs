@@ -64,6 +64,11 @@ pub(crate) struct NodeArgs {
     /// 0 keeps connections [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) close_idle_after: Option<u64>,
+    /// Poll for network input this long after each message instead of sleeping (e.g.
+    /// `1ms`, `500us`): round trips without thread wake-ups, for a core kept busy while it
+    /// polls. Both ends of a hop have to poll (README, "Busy polling") [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) busy_poll: Option<Duration>,
 }
 
 impl NodeArgs {
@@ -97,6 +102,9 @@ impl NodeArgs {
             .connect_on_discovery(self.connect_on_discovery);
         if let Some(secs) = self.close_idle_after {
             builder = builder.close_idle_after(Some(Duration::from_secs(secs)));
+        }
+        if let Some(window) = self.busy_poll {
+            builder = builder.busy_poll(window);
         }
         for ca in trust {
             builder = builder.trust(ca);

@@ -12,7 +12,8 @@
 //! - `refused <peer id>: not authorized: ...` when the `--policy` refuses a peer's message or
 //!   subscription;
 //! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown
-//!   (and `multicast sent=… rekeys=…` with `--multicast`);
+//!   (and `busy-poll window=1ms polled=0.012345s` with `--busy-poll`, how long the node
+//!   polled, then `multicast sent=… rekeys=…` with `--multicast`);
 //! - the lines of certificate reloads (see `reload.rs`): a running `shoal serve` follows its
 //!   certificate, key, CA and revocation list files.
 
@@ -186,6 +187,13 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         s.unauthorized_events,
         s.unauthorized_subscriptions,
     );
+    if let Some(window) = args.node.busy_poll {
+        say!(
+            "busy-poll window={} polled={:.6}s",
+            humantime::format_duration(window),
+            s.busy_poll_time.as_secs_f64()
+        );
+    }
     args.multicast.report(&node);
     Ok(())
 }
