@@ -33,14 +33,20 @@ use crate::config::Config;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SubId(u64);
 
+/// A message admitted for its handlers: its number on its connection, its dedup key, and
+/// the message.
+pub(super) type Ready = (u64, MessageId, Item);
+
 /// One handler run: a message (or, for an ordered run, its messages in turn) of one peer.
 #[derive(Debug)]
 struct Task<H> {
     conn: ConnId,
     head: Arc<Head>,
     handlers: SmallVec<[H; 1]>,
-    /// The message admitted and not yet handed to a handler (waiting for a slot).
-    ready: Option<(u64, MessageId, Item)>,
+    /// The message admitted and not yet handed to a handler (waiting for a slot). Boxed:
+    /// only a message that waits is parked here (one with a free slot goes to its handlers
+    /// at once, in `admit`), and every other task stays smaller without it.
+    ready: Option<Box<Ready>>,
     /// The message whose handlers run: its number, dedup key and id.
     running: Option<(u64, MessageId, MessageId)>,
     /// An ordered run's messages after the current one (the run's own vector, taken over
@@ -237,7 +243,7 @@ impl<H: Clone> Engine<H> {
                 rest: VecDeque::from(items),
                 rest_seq: first_seq,
             });
-            return self.admit(task, now);
+            return self.admit(task, None, now);
         }
         let group = head.to.group_key();
         for (seq, item) in (first_seq..).zip(items) {
@@ -249,13 +255,13 @@ impl<H: Clone> Engine<H> {
                 conn,
                 head: Arc::clone(&head),
                 handlers: handlers.clone(),
-                ready: Some((seq, key, item)),
+                ready: None,
                 running: None,
                 rest: VecDeque::new(),
                 rest_seq: 0,
                 rest_group: GroupKey::default(),
             });
-            self.admit(task, now);
+            self.admit(task, Some((seq, key, item)), now);
         }
     }
 
@@ -300,42 +306,51 @@ impl<H: Clone> Engine<H> {
         conn: ConnId,
         head: Arc<Head>,
         handlers: SmallVec<[H; 1]>,
-        message: (u64, MessageId, Item),
+        message: Ready,
         now: Instant,
     ) -> TaskId {
         let task = self.inbound.tasks.insert(Task {
             conn,
             head,
             handlers,
-            ready: Some(message),
+            ready: None,
             running: None,
             rest: VecDeque::new(),
             rest_seq: 0,
             rest_group: GroupKey::default(),
         });
-        self.admit(task, now);
+        self.admit(task, Some(message), now);
         task
     }
 
-    /// Starts `task` if its peer has a free handler slot; queues it otherwise (and stops
-    /// reading the peer).
-    pub(super) fn admit(&mut self, task: TaskId, now: Instant) {
-        let Some(conn) = self.inbound.tasks.get(task).map(|t| t.conn) else {
+    /// Starts `task` if its peer has a free handler slot, on `message` (a task of one
+    /// message) or on its ordered run; queues it otherwise, with `message` parked in it (and
+    /// stops reading the peer).
+    fn admit(&mut self, task: TaskId, message: Option<Ready>, now: Instant) {
+        let Some(t) = self.inbound.tasks.get_mut(task) else {
             return;
         };
-        let Some(c) = self.conns.get_mut(conn) else {
+        let Some(c) = self.conns.get_mut(t.conn) else {
+            // Never handled here: forgotten, so a redelivery runs it (as in `drop_task`).
+            if let Some((_, key, _)) = message {
+                self.inbound.dedup.forget(key);
+            }
             return self.drop_task(task);
         };
         if c.running >= self.inbound.max_handlers {
+            t.ready = message.map(Box::new);
             c.backlog.push_back(task);
             if !c.paused {
                 c.paused = true;
-                self.actions.push_back(Action::PauseReading(conn));
+                self.actions.push_back(Action::PauseReading(t.conn));
             }
             return;
         }
         c.running += 1;
-        self.step(task, now);
+        match message {
+            Some((seq, key, item)) => self.hand_over(task, seq, key, item, now),
+            None => self.step(task, now),
+        }
     }
 
     /// Hands the task's next message to its handlers, or ends the task when none is left.
@@ -343,7 +358,8 @@ impl<H: Clone> Engine<H> {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
             return;
         };
-        if let Some((seq, key, item)) = t.ready.take() {
+        if let Some(ready) = t.ready.take() {
+            let (seq, key, item) = *ready;
             return self.hand_over(task, seq, key, item, now);
         }
         loop {
@@ -517,8 +533,9 @@ impl<H: Clone> Engine<H> {
     /// handled here, so its id is forgotten and a redelivery runs it.
     pub(super) fn drop_task(&mut self, task: TaskId) {
         if let Some(t) = self.inbound.tasks.remove(task)
-            && let Some((_, key, _)) = t.ready
+            && let Some(ready) = t.ready
         {
+            let (_, key, _) = *ready;
             self.inbound.dedup.forget(key);
         }
     }

@@ -15,6 +15,7 @@
 
 mod authz;
 mod background_tests;
+mod backlog_tests;
 mod driver;
 mod duplicate_tests;
 mod lazy_tests;
