@@ -2,7 +2,6 @@
 //! every command bounded by a timeout, every child process killed when its guard drops.
 #![cfg(feature = "cli")]
 
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -284,12 +283,7 @@ fn ping_prints_percentiles() {
 fn serve_stops_gracefully_on_sigterm_and_prints_stats() {
     let (_dir, ca) = mesh("sigterm");
     let mut server = Server::start(&ca, "echo");
-    let pid = server.child.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    server.signal("TERM");
     server.next_line_with("stopping (SIGTERM)", Duration::from_secs(10));
     let stats = server.next_line_with("stats ", Duration::from_secs(10));
     assert!(stats.contains("handled=0"), "{stats}");
@@ -307,6 +301,7 @@ fn serve_stops_gracefully_on_sigterm_and_prints_stats() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
     let (_dir, ca) = mesh("busy-poll");
@@ -331,12 +326,7 @@ fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
     );
     assert!(out.status.success(), "request failed: {}", out.stderr);
     assert_eq!(out.stdout, "polled\n");
-    let pid = server.child.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    server.signal("TERM");
     server.next_line_with("stats ", Duration::from_secs(10));
     // `busy-poll window=2ms polled=0.004321s`: the request made the server poll.
     let line = server.next_line_with("busy-poll ", Duration::from_secs(10));

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
@@ -102,9 +101,7 @@ fn serve_follows_a_rotated_certificate_and_a_revocation_list() {
     let client_pem = format!("{ca}/client.pem");
     let revoked = ok(&["cert", "revoke", "--ca", &ca, "--cert", &client_pem]);
     assert!(revoked.contains("revokes 1 certificate(s)"), "{revoked}");
-    let pid = server.child.0.id().to_string();
-    let hup = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(hup.success());
+    server.signal("HUP");
     let line = server.next_line_with("revocations", LIMIT);
     assert_eq!(line, "revocations 1 certificate(s) revoked");
     // (The client reads ca.pem alone: given the CA folder it would enforce the folder's list

@@ -183,6 +183,16 @@ impl Server {
     pub fn peer(&self) -> String {
         self.addr.to_string()
     }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) to the server with `kill`.
+    #[cfg(unix)]
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
 }
 
 /// A temp dir with a mesh CA and a certificate for `echo`.
