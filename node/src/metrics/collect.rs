@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::Weak;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeMetric, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -116,13 +118,12 @@ impl Collector for NodeCollector {
         for (name, help, value) in totals {
             counter(&mut encoder, name, help, value)?;
         }
-        let polled = ConstCounter::new(stats.busy_poll_time.as_secs_f64());
-        polled.encode(encoder.encode_descriptor(
+        counter(
+            &mut encoder,
             "shoal_busy_poll_seconds",
             "Time the node's runtime spent busy polling for input (NodeBuilder::busy_poll).",
-            None,
-            polled.metric_type(),
-        )?)?;
+            stats.busy_poll_time.as_secs_f64(),
+        )?;
         let gauges = [
             (
                 "shoal_connections",
@@ -339,7 +340,13 @@ fn histograms<S>(
     Ok(())
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+/// A counter of whole events (`u64`) or of seconds (`f64`).
+fn counter<N: EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> fmt::Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
