@@ -5,7 +5,9 @@
 //! A frame on the wire is a 4-byte big-endian `u32` body length ([`LENGTH_PREFIX`]) followed by
 //! the body: the [`Frame`] encoded with bincode 2's standard configuration (little-endian,
 //! variable-length integers) through serde. The length excludes the prefix itself and is never
-//! zero.
+//! zero. The frames nearly every message travels in are written and read field by field with
+//! bincode's own traits instead, giving and taking the same bytes (`codec/run.rs`,
+//! `codec/item.rs`, `codec/native.rs`).
 //!
 //! # Limits
 //!
@@ -49,6 +51,7 @@ use crate::{DecodeError, EncodeError, Frame, Limits, validate_frame};
 use native::Payloads;
 
 mod datagram;
+mod item;
 mod native;
 mod run;
 

@@ -30,6 +30,7 @@ pub use frame::{
     PROTOCOL_VERSION, SeqRange, Subscription, To,
 };
 pub use id::{GroupKey, MessageId, NodeId};
+pub(crate) use limits::validate_item_parts;
 pub use limits::{Limits, validate_envelope, validate_frame, validate_head, validate_item};
 /// The string type of names and keys ([`Envelope::name`], [`Envelope::partition_key`],
 /// [`To::Group`], [`Subscription::group`]): inline up to 23 bytes, shared beyond, so cloning

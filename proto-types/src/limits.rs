@@ -112,13 +112,34 @@ pub fn validate_head(head: &Head, limits: &Limits) -> Result<(), LimitViolation>
 /// Checks what one message of a run carries on its own ([`Item`]): its headers, and the
 /// partition key, content type and return address it may carry.
 pub fn validate_item(item: &Item, limits: &Limits) -> Result<(), LimitViolation> {
-    check("max_headers", item.headers.len(), limits.max_headers)?;
-    check_key_and_address(item.partition_key.as_deref(), None, limits)?;
-    if let Some(differs) = &item.differs {
-        check_name(&differs.content_type, limits)?;
-        check_key_and_address(None, differs.reply_to.as_ref(), limits)?;
+    let differs = item
+        .differs
+        .as_deref()
+        .map(|d| (d.content_type.as_str(), d.reply_to.as_ref()));
+    validate_item_parts(
+        &item.headers,
+        item.partition_key.as_deref(),
+        differs,
+        limits,
+    )
+}
+
+/// [`validate_item`] on an item's fields where they are (the codec encodes an item straight
+/// from its message's envelope): its headers, its own partition key, and the content type and
+/// return address it carries when they differ from its run's head.
+pub(crate) fn validate_item_parts(
+    headers: &[(String, String)],
+    key: Option<&str>,
+    differs: Option<(&str, Option<&ReturnAddress>)>,
+    limits: &Limits,
+) -> Result<(), LimitViolation> {
+    check("max_headers", headers.len(), limits.max_headers)?;
+    check_key_and_address(key, None, limits)?;
+    if let Some((content_type, reply_to)) = differs {
+        check_name(content_type, limits)?;
+        check_key_and_address(None, reply_to, limits)?;
     }
-    check_headers(&item.headers, limits)
+    check_headers(headers, limits)
 }
 
 fn check_key_and_address(

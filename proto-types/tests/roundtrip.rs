@@ -18,7 +18,7 @@ use shoal_proto::{
 };
 
 use samples::{encoded, rich_envelope, run_of, sample_envelope, sample_frames};
-use strategies::arb_frame;
+use strategies::{arb_envelope, arb_frame};
 
 // ---------------------------------------------------------------------------------------------
 // Properties
@@ -96,8 +96,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// A sender encodes each item and head once and frames runs from the parts
-    /// (`codec/run.rs`): the bytes must be those of encoding the whole frame, whether the items
-    /// were encoded alone or one after another in a shared arena.
+    /// (`codec/run.rs`): the bytes must be those of encoding the whole frame.
     #[test]
     fn runs_framed_from_parts_equal_the_encoded_frame(frame in arb_frame()) {
         let Frame::Messages(run) = &frame else {
@@ -105,21 +104,63 @@ proptest! {
         };
         let limits = Limits::default();
         let head = EncodedHead::new(&run.head, &limits).unwrap();
-        let mut arena = BytesMut::new();
         let alone: Vec<EncodedItem> = run
             .items
             .iter()
             .map(|item| EncodedItem::new(item, &limits).unwrap())
             .collect();
-        let in_arena: Vec<EncodedItem> = run
-            .items
-            .iter()
-            .map(|item| EncodedItem::new_in(item, &limits, &mut arena).unwrap())
-            .collect();
-        prop_assert_eq!(&alone, &in_arena);
         let mut framed = BytesMut::new();
         codec::write_messages(&mut framed, run.first_seq, &head, &alone, &limits).unwrap();
         prop_assert_eq!(framed, encoded(&frame));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A sender encodes each message straight from its envelope (`codec/item.rs`), one after
+    /// another in a shared arena: the bytes, or the error, must be those of building the item
+    /// ([`Item::of`] alone, [`Item::under`] a batch's head) and encoding it through serde. The
+    /// second message shares some of the first one's head fields when `shared` says so, so
+    /// that it fits the head, differs from it in a field or two, or has a key of its own; the
+    /// limits are sometimes small enough for a message to break one.
+    #[test]
+    fn items_encoded_from_envelopes_equal_items_built_and_encoded(
+        first in arb_envelope(),
+        mut other in arb_envelope(),
+        shared in proptest::collection::vec(any::<bool>(), 6),
+        ordered in any::<bool>(),
+        max_frame_len in prop_oneof![Just(Limits::default().max_frame_len), 20usize..400],
+        small in (0usize..5, 2usize..13, 2usize..13),
+        tight in any::<bool>(),
+    ) {
+        let share = |n: usize| shared[n];
+        if share(0) { other.kind = first.kind; }
+        if share(1) { other.name = first.name.clone(); }
+        if share(2) { other.version = first.version; }
+        if share(3) { other.content_type = first.content_type.clone(); }
+        if share(4) { other.reply_to = first.reply_to.clone(); }
+        if share(5) { other.partition_key = first.partition_key.clone(); }
+        // Tight limits on names, header counts and values, so that some messages break them.
+        let (max_headers, max_name_len, max_header_value_len) = small;
+        let limits = if tight {
+            Limits { max_frame_len, max_headers, max_name_len, max_header_value_len }
+        } else {
+            Limits { max_frame_len, ..Limits::default() }
+        };
+        let head = Head::of(&first, To::Handler, true, ordered);
+        let mut arena = BytesMut::new();
+        for (message, head) in [(&first, None), (&other, None), (&other, Some(&head))] {
+            let item = match head {
+                Some(head) => Item::under(message, head),
+                None => Item::of(message),
+            };
+            let built = EncodedItem::new(&item, &limits).map_err(|e| e.to_string());
+            let direct = EncodedItem::from_envelope_in(message, head, &limits, &mut arena)
+                .map_err(|e| e.to_string());
+            prop_assert_eq!(built, direct);
+            prop_assert!(arena.is_empty());
+        }
     }
 }
 

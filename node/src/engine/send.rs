@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use shoal_proto::codec::{self, EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, Frame, Head, Item, Limits, MessageId, ReturnAddress, To};
+use shoal_proto::{Envelope, Frame, Head, Limits, MessageId, ReturnAddress, To};
 use slotmap::SlotMap;
 use smallvec::{SmallVec, smallvec};
 
@@ -116,11 +116,8 @@ impl Op {
         }
         self.messages[index].attempt = attempt;
         let head = batch_head(&self.messages);
-        let item = EncodedItem::new_in(
-            &item_of(&self.messages, index, head.as_ref()),
-            limits,
-            arena,
-        )?;
+        let item =
+            EncodedItem::from_envelope_in(&self.messages[index], head.as_ref(), limits, arena)?;
         self.items[index] = (attempt, item.clone());
         Ok(item)
     }
@@ -316,7 +313,7 @@ impl<H: Clone> Engine<H> {
         let mut envelope = msg.env;
         envelope.attempt = 1;
         let limits = &self.config.limits;
-        let item = EncodedItem::new_in(&Item::of(&envelope), limits, &mut self.out.arena)?;
+        let item = EncodedItem::from_envelope_in(&envelope, None, limits, &mut self.out.arena)?;
         let head = encoded_head(
             &mut self.out.heads,
             &envelope,
@@ -391,9 +388,10 @@ impl<H: Clone> Engine<H> {
             envelopes.push(envelope);
         }
         let head = batch_head(&envelopes);
-        for index in 0..envelopes.len() {
-            let item = item_of(&envelopes, index, head.as_ref());
-            items.push((1, EncodedItem::new_in(&item, limits, &mut self.out.arena)?));
+        for envelope in &envelopes {
+            let arena = &mut self.out.arena;
+            let item = EncodedItem::from_envelope_in(envelope, head.as_ref(), limits, arena)?;
+            items.push((1, item));
         }
         let count = envelopes.len() as u64;
         self.stats.published += count;
@@ -538,18 +536,9 @@ impl<H: Clone> Engine<H> {
     }
 }
 
-/// Message `index` of an operation's `messages` as an item of their run: the events of a
-/// batch share their head (and key) with the first one (`head`, computed by the caller once
-/// for all), and carry whatever else of theirs differs. A lone message's item carries its key.
-fn item_of(messages: &[Box<Envelope>], index: usize, head: Option<&Head>) -> Item {
-    match head {
-        Some(head) if messages.len() > 1 => Item::under(&messages[index], head),
-        _ => Item::of(&messages[index]),
-    }
-}
-
 /// The head the events of a batch share, their key included (`None` for a lone message,
-/// whose item needs none).
+/// whose item needs none). Each event is encoded as an item under it, carrying whatever of
+/// its own differs from the first event's.
 fn batch_head(messages: &[Box<Envelope>]) -> Option<Head> {
     match messages {
         [first, _, ..] => Some(Head::of(first, To::Handler, true, true)),

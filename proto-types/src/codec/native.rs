@@ -8,8 +8,8 @@
 //! serde's derived visitors asked for each one by name and kind: about half the
 //! instructions for a one-message frame. Every other frame, rarer and off the hot path, still
 //! goes through serde. Tests in `tests/roundtrip.rs` decode arbitrary and edited frames both
-//! ways. (Encoding stays with serde: bincode's serializer is direct already; its own traits
-//! saved 3 % of an item's encoding.)
+//! ways. (A sender's items are encoded with bincode's own traits too, straight from their
+//! envelopes: `codec/item.rs`.)
 //!
 //! # Hostile input
 //!

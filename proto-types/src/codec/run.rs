@@ -32,8 +32,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
+use super::item::append_item;
 use super::{LENGTH_PREFIX, append_bounded, config, max_frame_len};
-use crate::{EncodeError, Frame, Head, Item, Limits, SeqRange, validate_head, validate_item};
+use crate::{
+    EncodeError, Envelope, Frame, Head, Item, Limits, SeqRange, validate_head, validate_item,
+};
 
 /// The index of [`Frame::Messages`] among `Frame`'s variants, as serde numbers them. A test
 /// checks that framed runs equal encoding the `Frame`.
@@ -45,7 +48,7 @@ const ACK_VARIANT: u32 = 2;
 /// Most bytes a varint takes (bincode's tag byte and a `u64`).
 const MAX_VARINT: usize = 9;
 
-/// The allocation an arena of items ([`EncodedItem::new_in`]) grows by.
+/// The allocation an arena of items ([`EncodedItem::from_envelope_in`]) grows by.
 const ARENA_BLOCK: usize = 64 * 1024;
 
 /// One message's [`Item`], encoded and checked against the limits once.
@@ -65,25 +68,36 @@ impl EncodedItem {
     /// ([`validate_item`]) or is longer than `max_frame_len` on its own.
     pub fn new(item: &Item, limits: &Limits) -> Result<Self, EncodeError> {
         validate_item(item, limits)?;
-        let estimate = item_len_estimate(item);
+        let estimate =
+            item_len_estimate(&item.payload, item.partition_key.as_deref(), &item.headers);
         encode_part(item, estimate, limits).map(Self)
     }
 
-    /// Encodes `item` at the end of `arena` and splits it off: many items share one
-    /// allocation (a sender encodes every message it sends; allocating for each costs more
-    /// than encoding it).
+    /// Encodes `envelope` as the item of a run under `head` (as [`Item::under`] makes it), or
+    /// of a run of its own when `head` is `None` (as [`Item::of`]), at the end of `arena`, and
+    /// splits it off. The same bytes as [`EncodedItem::new`] of that item, without building
+    /// it (`codec/item.rs`); many items share one allocation (a sender encodes every message
+    /// it sends; allocating for each costs more than encoding it).
     ///
     /// # Errors
     ///
     /// As [`EncodedItem::new`]; `arena` is left as it was.
-    pub fn new_in(item: &Item, limits: &Limits, arena: &mut BytesMut) -> Result<Self, EncodeError> {
-        validate_item(item, limits)?;
-        let estimate = item_len_estimate(item);
+    pub fn from_envelope_in(
+        envelope: &Envelope,
+        head: Option<&Head>,
+        limits: &Limits,
+        arena: &mut BytesMut,
+    ) -> Result<Self, EncodeError> {
+        let estimate = item_len_estimate(
+            &envelope.payload,
+            envelope.partition_key.as_deref(),
+            &envelope.headers,
+        );
         arena.clear();
         if arena.capacity() < estimate {
             arena.reserve(estimate.max(ARENA_BLOCK));
         }
-        if let Err(e) = append_bounded(item, arena, max_frame_len(limits)) {
+        if let Err(e) = append_item(envelope, head, limits, arena, max_frame_len(limits)) {
             arena.clear();
             return Err(e);
         }
@@ -136,10 +150,8 @@ impl EncodedHead {
 
 /// A cheap upper estimate of an item's encoded length (ids, numbers and length prefixes in
 /// the 48).
-fn item_len_estimate(item: &Item) -> usize {
-    48 + item.payload.len()
-        + item.partition_key.as_ref().map_or(0, |k| 9 + k.len())
-        + super::headers_len_estimate(&item.headers)
+fn item_len_estimate(payload: &[u8], key: Option<&str>, headers: &[(String, String)]) -> usize {
+    48 + payload.len() + key.map_or(0, |k| 9 + k.len()) + super::headers_len_estimate(headers)
 }
 
 fn encode_part<T: Serialize>(
@@ -369,14 +381,27 @@ mod tests {
         let limits = Limits::default();
         let mut arena = BytesMut::new();
         for n in 0..2000 {
-            let item = Item::of(&event(n));
-            let alone = EncodedItem::new(&item, &limits).unwrap();
-            let shared = EncodedItem::new_in(&item, &limits, &mut arena).unwrap();
+            let event = event(n);
+            let alone = EncodedItem::new(&Item::of(&event), &limits).unwrap();
+            let shared = EncodedItem::from_envelope_in(&event, None, &limits, &mut arena).unwrap();
             assert_eq!(alone, shared);
         }
         let mut many = event(1);
         many.headers = vec![("k".into(), "v".into()); limits.max_headers + 1];
-        assert!(EncodedItem::new_in(&Item::of(&many), &limits, &mut arena).is_err());
+        let err = EncodedItem::from_envelope_in(&many, None, &limits, &mut arena).unwrap_err();
+        assert!(err.to_string().contains("max_headers"), "{err}");
+        assert!(arena.is_empty());
+        // Longer than a frame: refused with its whole length, and nothing is left behind.
+        let small = Limits {
+            max_frame_len: 100,
+            ..Limits::default()
+        };
+        let mut big = event(1);
+        big.payload = vec![7; 150].into();
+        let alone = EncodedItem::new(&Item::of(&big), &small).unwrap_err();
+        let shared = EncodedItem::from_envelope_in(&big, None, &small, &mut arena).unwrap_err();
+        assert_eq!(alone.to_string(), shared.to_string());
+        assert!(shared.to_string().contains("max_frame_len"), "{shared}");
         assert!(arena.is_empty());
     }
 
