@@ -78,13 +78,16 @@ struct Chunk {
     /// only when the oldest chunk goes): a lookup walking back from the newest chunk stops at
     /// the first chunk whose reach is older than the id.
     reach_ms: u64,
-    opened: Instant,
+    /// When the chunk takes no more ids, however few it holds (`None`: too far ahead to
+    /// say); computed once, not per id.
+    sealed_at: Option<Instant>,
     last: Instant,
 }
 
 impl Chunk {
-    /// An empty chunk for `len` ids, newer than chunks that reach up to `reach_ms`.
-    fn new(len: usize, reach_ms: u64, now: Instant) -> Self {
+    /// An empty chunk for `len` ids, newer than chunks that reach up to `reach_ms`, that
+    /// takes ids for `open_for` from `now`.
+    fn new(len: usize, reach_ms: u64, now: Instant, open_for: Duration) -> Self {
         let words = (len * BLOOM_BITS_PER_ID).div_ceil(64).next_power_of_two();
         Self {
             ids: Vec::with_capacity(len),
@@ -92,7 +95,7 @@ impl Chunk {
             min_ms: u64::MAX,
             max_ms: 0,
             reach_ms,
-            opened: now,
+            sealed_at: now.checked_add(open_for),
             last: now,
         }
     }
@@ -182,14 +185,16 @@ impl DedupWindow {
         if !self.running.remove(&id) || self.max_age.is_zero() {
             return;
         }
-        let seal_after = self.max_age / 8;
-        let open = self.chunks.back().is_some_and(|c| {
-            c.ids.len() < self.chunk_len && now.saturating_duration_since(c.opened) < seal_after
-        });
+        let open = self
+            .chunks
+            .back()
+            .is_some_and(|c| c.ids.len() < self.chunk_len && c.sealed_at.is_none_or(|at| now < at));
         if !open {
             let reach = self.chunks.back().map_or(0, |c| c.reach_ms);
-            self.chunks
-                .push_back(Chunk::new(self.chunk_len, reach, now));
+            // A chunk takes ids for an eighth of the age at most, so that the oldest one
+            // expires (as a whole) at most an eighth late.
+            let chunk = Chunk::new(self.chunk_len, reach, now, self.max_age / 8);
+            self.chunks.push_back(chunk);
         }
         let hash = self.hashing.hash_one(id);
         if let Some(chunk) = self.chunks.back_mut() {
@@ -368,8 +373,18 @@ mod tests {
             w.check(id(1), later + age - Duration::from_secs(1)),
             Seen::Done
         );
+        // Past that eighth the chunk is sealed: a later id starts a chunk of its own and does
+        // not keep the older ones alive.
+        let sealed = start + age / 8 + Duration::from_secs(1);
+        w.check(id(3), sealed);
+        w.complete(id(3), sealed);
         assert_eq!(w.check(id(1), later + age), Seen::New, "aged out");
         assert!(later + age <= start + age + age / 8);
+        assert_eq!(
+            w.check(id(3), sealed + age - Duration::from_secs(1)),
+            Seen::Done
+        );
+        assert_eq!(w.check(id(3), sealed + age), Seen::New, "aged out");
     }
 
     #[test]
@@ -468,7 +483,7 @@ mod tests {
     fn a_full_chunk_lets_few_strangers_through_its_filter() {
         let now = Instant::now();
         let hashing = IdHashing::new(KEYS);
-        let mut chunk = Chunk::new(MAX_CHUNK, 0, now);
+        let mut chunk = Chunk::new(MAX_CHUNK, 0, now, Duration::from_secs(1));
         for n in 0..MAX_CHUNK as u128 {
             let i = MessageId::from_parts(T0_MS, (n * 7919) << 64 | n);
             chunk.insert(i, hashing.hash_one(i), now);
