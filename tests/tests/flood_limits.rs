@@ -394,3 +394,41 @@ async fn best_effort_copies_over_the_cap_are_dropped_and_reported_and_the_rest_a
     billing.shutdown().await;
     ledger.shutdown().await;
 }
+
+/// A reader paused by one thread (its handlers all busy) and resumed by another (a handler
+/// that finished in its own task) must end up as the engine last said, whatever order the two
+/// threads get to apply it in: a reader left paused by the engine's first word reads nothing
+/// more, and the sends behind it never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_paused_and_resumed_from_several_threads_keeps_reading() {
+    const SENDERS: usize = 32;
+    const EACH: usize = 100;
+    let mesh = Mesh::new();
+    let (billing, ledger) = slow_reader(&mesh).await;
+    // Each handler waits once, so it finishes in a task of its own, on any worker.
+    ledger.handle("note", |_msg: Message| async {
+        tokio::task::yield_now().await;
+        Ok(())
+    });
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let billing = billing.clone();
+        sends.spawn(async move {
+            for _ in 0..EACH {
+                billing
+                    .send("ledger", Message::command("note", &b"x"[..]))
+                    .await?;
+            }
+            Ok::<_, shoal::Error>(())
+        });
+    }
+    let results = timeout(WAIT * 3, sends.join_all())
+        .await
+        .expect("the sends never finished: the reader was left paused");
+    for result in &results {
+        assert!(result.is_ok(), "{result:?}");
+    }
+    assert_eq!(ledger.stats().handled, (SENDERS * EACH) as u64);
+    billing.shutdown().await;
+    ledger.shutdown().await;
+}

@@ -89,10 +89,11 @@ fn main() -> Result<()> {
     let handled = Arc::new(AtomicU64::new(0));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let receiver_writes = Arc::new(AtomicU64::new(0));
+    // The receiver's writes and duplicates, read as it stops.
+    let receiver_stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let receiver = {
         let (ca, handled) = (ca.clone(), Arc::clone(&handled));
-        let receiver_writes = Arc::clone(&receiver_writes);
+        let receiver_stats = Arc::clone(&receiver_stats);
         std::thread::spawn(move || -> Result<()> {
             let runtime = runtime(multi_thread)?;
             runtime.block_on(async move {
@@ -114,7 +115,9 @@ fn main() -> Result<()> {
                 .await?;
                 addr_tx.send(node.local_addr())?;
                 let _ = done_rx.await;
-                receiver_writes.store(node.stats().writes, Ordering::Relaxed);
+                let stats = node.stats();
+                receiver_stats[0].store(stats.writes, Ordering::Relaxed);
+                receiver_stats[1].store(stats.duplicates, Ordering::Relaxed);
                 node.shutdown().await;
                 Ok(())
             })
@@ -123,7 +126,7 @@ fn main() -> Result<()> {
     let addr = addr_rx.recv()?;
     let runtime = runtime(multi_thread)?;
     let label = mode.clone();
-    let (took, writes) = runtime.block_on(async move {
+    let (took, stats) = runtime.block_on(async move {
         let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
             .trust(ca)
@@ -178,18 +181,22 @@ fn main() -> Result<()> {
             task.await??;
         }
         let took = started.elapsed();
-        let writes = node.stats().writes;
+        let stats = node.stats();
         node.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, writes))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats))
     })?;
     let _ = done_tx.send(());
     receiver.join().map_err(|_| "the receiver panicked")??;
     let handled = handled.load(Ordering::Relaxed);
+    // A retry (an ack that did not come in time) shows as a duplicate on the receiver.
     println!(
-        "{label}: {handled} messages handled in {took:?} ({:.0} per second); writes: {writes} \
-         by the sender, {} by the receiver",
+        "{label}: {handled} messages handled in {took:?} ({:.0} per second); writes: {} by the \
+         sender, {} by the receiver; retries: {}, duplicates: {}",
         handled as f64 / took.as_secs_f64(),
-        receiver_writes.load(Ordering::Relaxed)
+        stats.writes,
+        receiver_stats[0].load(Ordering::Relaxed),
+        stats.retries,
+        receiver_stats[1].load(Ordering::Relaxed),
     );
     Ok(())
 }

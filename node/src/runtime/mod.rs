@@ -6,6 +6,8 @@
 //! goes through [`Driver::call`]: lock, feed the engine with the time from tokio's clock (the
 //! node's one clock), take every action it produced, unlock, then act: wake callers, wake
 //! connection writers, run handlers, broadcast events, close connections, move the timer.
+//! Only pausing and resuming a connection's reading is applied before the unlock, so that
+//! calls on several threads apply it in the engine's order.
 //!
 //! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
 //! would run on this thread anyway: `handlers.rs`), and most finish in it: their outcomes go
@@ -117,7 +119,6 @@ struct Effects {
     run: SmallVec<[Run<BoxedHandler>; 4]>,
     events: Vec<NodeEvent>,
     close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
-    pause: Vec<(Arc<ConnIo>, bool)>,
     /// Announced instances to connect to (mesh branch: connections on first use).
     connect: Vec<(NodeId, Vec<std::net::SocketAddr>)>,
     /// Datagrams for the multicast group (`runtime/multicast.rs`).
@@ -340,9 +341,6 @@ impl Driver {
             for waker in effects.wake.drain(..) {
                 waker.wake();
             }
-            for (io, paused) in effects.pause.drain(..) {
-                io.set_paused(paused);
-            }
             for (io, reason, flush) in effects.close.drain(..) {
                 io.close(&reason, flush);
             }
@@ -417,10 +415,13 @@ impl State {
                         effects.close.push((Arc::clone(io), reason, flush));
                     }
                 }
+                // Applied here, under the lock, in the engine's order: applied after the unlock,
+                // a pause taken on one thread could land after the resume another thread took
+                // later, and leave the reader paused for good (the engine would not resume a
+                // reader it believes reading). Resuming only wakes the reader's task.
                 Action::PauseReading(conn) | Action::ResumeReading(conn) => {
-                    let paused = matches!(action, Action::PauseReading(_));
                     if let Some(io) = self.conns.get(conn) {
-                        effects.pause.push((Arc::clone(io), paused));
+                        io.set_paused(matches!(action, Action::PauseReading(_)));
                     }
                 }
                 Action::Event(event) => effects.events.push(event),

@@ -162,7 +162,8 @@ impl ConnIo {
         }
     }
 
-    /// Stops or resumes reading (the peer's handlers are all busy).
+    /// Stops or resumes reading (the peer's handlers are all busy). Called under the driver's
+    /// lock, in the engine's order (`runtime::State::take_effects`); a resume wakes the reader.
     pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
         if !paused {
