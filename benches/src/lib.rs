@@ -36,6 +36,7 @@ pub mod outbox;
 pub mod pubsub;
 pub mod pubsub_throughput;
 pub mod quinn_echo;
+pub mod raw_endpoint;
 pub mod report;
 pub mod results;
 pub mod rivals;
@@ -184,7 +185,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: quinn_echo::STREAM_NAME,
         system: systems::QUINN,
-        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream, u32 length prefix",
+        setup: "quinn 0.11 (ring), mutual TLS, 4 MiB socket buffers (as Shoal), one \
+                long-lived bidi stream, u32 length prefix",
         about: "raw quinn (baseline): echo over ONE long-lived bidi stream, mutual TLS, \
                 u32-length-prefixed frames",
         run: Measures::RoundTrip(quinn_echo::run_stream),
@@ -193,7 +195,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: quinn_echo::DATAGRAM_NAME,
         system: systems::QUINN,
-        setup: "quinn 0.11 (ring), mutual TLS, QUIC DATAGRAM frames",
+        setup: "quinn 0.11 (ring), mutual TLS, 4 MiB socket buffers (as Shoal), QUIC \
+                DATAGRAM frames",
         about: "raw quinn datagrams: QUIC DATAGRAM frame echoed, mutual TLS",
         run: Measures::RoundTrip(quinn_echo::run_datagram),
         in_all: true,
@@ -247,8 +250,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: pubsub::FANOUT_PREFIX,
         system: systems::QUINN,
-        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream per receiver, \
-                1-byte ack",
+        setup: "quinn 0.11 (ring), mutual TLS, 4 MiB socket buffers (as Shoal), one \
+                long-lived bidi stream per receiver, 1-byte ack",
         about: "raw quinn one-way latency to 1 and 8 receivers (quinn-oneway, the one-way \
                 baseline; quinn-fanout-8, -8-last), closed loop on the acks",
         run: Measures::OneWay(pubsub::run_quinn),
@@ -266,7 +269,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: pubsub_throughput::QUINN_SCENARIO,
         system: systems::QUINN,
-        setup: "quinn 0.11 (ring), mutual TLS, one uni stream, ~64 KiB of frames per write_all",
+        setup: "quinn 0.11 (ring), mutual TLS, 4 MiB socket buffers (as Shoal), one uni \
+                stream, ~64 KiB of frames per write_all",
         about: "raw quinn msgs/s at 64 B, 1 KiB, 64 KiB: the floor of every throughput row",
         run: Measures::Throughput(pubsub_throughput::run_quinn_batch),
         in_all: true,
@@ -284,8 +288,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: QUINN_AT_RATE_NAME,
         system: systems::QUINN,
-        setup: "quinn 0.11 (ring), mutual TLS, one long-lived bidi stream, frames written \
-                when due, echoes read concurrently",
+        setup: "quinn 0.11 (ring), mutual TLS, 4 MiB socket buffers (as Shoal), one \
+                long-lived bidi stream, frames written when due, echoes read concurrently",
         about: "raw quinn stream echo at the offered --rate: quinn-stream-at-<rate>, latency \
                 from each frame's intended send time",
         run: Measures::AtRate(quinn_echo::run_stream_at_rate),

@@ -35,7 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quinn::Endpoint;
 use shoal::{MeshCa, Message, Node, PublishOptions};
 
 use crate::error::{BenchError, BenchResult};
@@ -44,7 +43,7 @@ use crate::quinn_echo::{self, closed_by_peer};
 use crate::runtime::{Announce, Shutdown, run_pair};
 use crate::shoal_scenarios::shoal_err;
 use crate::throughput::{Schedule, ThroughputReport, Window};
-use crate::{BenchConfig, LOOPBACK, certs};
+use crate::{BenchConfig, certs};
 
 pub mod p2p;
 
@@ -174,7 +173,7 @@ async fn quinn_server(
     server_cfg: quinn::ServerConfig,
     received: Arc<AtomicU64>,
 ) -> BenchResult<()> {
-    let endpoint = Endpoint::server(server_cfg, LOOPBACK)?;
+    let endpoint = crate::raw_endpoint::server(server_cfg)?;
     announce.send(endpoint.local_addr()?)?;
     let result = shutdown
         .run_until(async {
@@ -211,7 +210,7 @@ async fn quinn_client(
     payload: usize,
     received: Arc<AtomicU64>,
 ) -> BenchResult<Window> {
-    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    let mut endpoint = crate::raw_endpoint::client()?;
     endpoint.set_default_client_config(client_cfg);
     let connection = endpoint.connect(server, certs::SERVER_NAME)?.await?;
     let prefix = u32::try_from(payload).map_err(|_| BenchError::msg("payload too large"))?;

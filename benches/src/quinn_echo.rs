@@ -36,7 +36,7 @@ use crate::measure::{LOSS_TIMEOUT, RoundTrip, measure};
 use crate::report::LatencyReport;
 use crate::report::rate::RateReport;
 use crate::runtime::{Announce, Shutdown, run_pair};
-use crate::{BenchConfig, LOOPBACK, datagram_len};
+use crate::{BenchConfig, datagram_len};
 
 /// Stream scenario name (row name in the reports; the default ratio baseline).
 pub const STREAM_NAME: &str = "quinn-stream";
@@ -177,7 +177,7 @@ async fn serve(
     mode: Mode,
     config: BenchConfig,
 ) -> BenchResult<()> {
-    let endpoint = Endpoint::server(server_cfg, LOOPBACK)?;
+    let endpoint = crate::raw_endpoint::server(server_cfg)?;
     announce.send(endpoint.local_addr()?)?;
     let result = shutdown
         .run_until(async {
@@ -267,7 +267,7 @@ async fn client(
     mode: Mode,
     config: BenchConfig,
 ) -> BenchResult<LatencyReport> {
-    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    let mut endpoint = crate::raw_endpoint::client()?;
     endpoint.set_default_client_config(client_cfg);
     let connection = endpoint.connect(server, SERVER_NAME)?.await?;
     let result = match mode {
@@ -351,7 +351,7 @@ async fn stream_at_rate_client(
     rate: u64,
     name: String,
 ) -> BenchResult<RateReport> {
-    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    let mut endpoint = crate::raw_endpoint::client()?;
     endpoint.set_default_client_config(client_cfg);
     let connection = endpoint.connect(server, SERVER_NAME)?.await?;
     let result = async {

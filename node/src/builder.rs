@@ -250,6 +250,17 @@ impl NodeBuilder {
         self
     }
 
+    /// The receive and send buffer to ask the kernel for on the node's UDP socket, which
+    /// every peer's packets arrive on. Default 4 MiB: a burst waits there while the node's
+    /// thread is busy, where the kernel's default (208 KiB on Linux) drops it, and QUIC,
+    /// resending, takes each loss as congestion and slows down. The kernel grants at most
+    /// `net.core.rmem_max` / `wmem_max` (logged at start when it granted less); `0` keeps
+    /// the kernel's defaults.
+    pub fn socket_buffers(mut self, bytes: usize) -> Self {
+        self.config.socket_buffers = bytes;
+        self
+    }
+
     /// Most unacknowledged messages to one peer; further sends wait (or fail fast).
     /// Default 1024.
     pub fn max_in_flight_per_peer(mut self, max: usize) -> Self {
@@ -534,10 +545,7 @@ impl NodeBuilder {
         let live_tls = tls::LiveTls::new(identity, trust, revocations)?;
         let server = tls::server_config(&live_tls, Arc::clone(&transport))?;
         let client = tls::client_config(&live_tls, transport)?;
-        let socket = std::net::UdpSocket::bind(listen).map_err(|source| Error::Bind {
-            addr: listen,
-            source,
-        })?;
+        let socket = crate::transport::socket::bind(listen, config.socket_buffers)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| Error::Config("start must run inside a Tokio runtime".into()))?;
         let mut endpoint = quinn::Endpoint::new(

@@ -61,6 +61,9 @@ pub(crate) struct Config {
     /// How long the runtime thread polls for input after each activity; zero: never
     /// (`runtime/busy_poll.rs`).
     pub(crate) busy_poll: Duration,
+    /// Receive and send buffer asked of the kernel for the node's UDP socket
+    /// (`transport/socket.rs`); zero: the kernel's defaults.
+    pub(crate) socket_buffers: usize,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             policy: Arc::new(Policy::allow_all()),
             multicast: None,
             busy_poll: Duration::ZERO,
+            socket_buffers: 4 * 1024 * 1024,
         }
     }
 }

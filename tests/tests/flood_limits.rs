@@ -2,7 +2,8 @@
 //! rate limit are refused before TLS, so is an address whose TLS handshake was just refused,
 //! a client that says nothing after TLS is closed at the hello deadline, and a peer that does
 //! not read is cut off at the queued-bytes cap, while one that reads slowly only makes its
-//! sender wait (reliable messages) or drop (best-effort copies).
+//! sender wait (reliable messages) or drop (best-effort copies). A node's socket has room for
+//! bursts (the buffers it asks the kernel for).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -431,4 +432,59 @@ async fn a_reader_paused_and_resumed_from_several_threads_keeps_reading() {
     assert_eq!(ledger.stats().handled, (SENDERS * EACH) as u64);
     billing.shutdown().await;
     ledger.shutdown().await;
+}
+
+/// The receive buffer of the UDP socket on `port`, as `ss` reports it (`rb` in its socket
+/// memory line); `None` without `ss` or without such a socket.
+fn receive_buffer(port: u16) -> Option<usize> {
+    let filter = format!("sport = :{port}");
+    let out = std::process::Command::new("ss")
+        .args(["-u", "-a", "-m", "-n", &filter])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rb = text
+        .split(['(', ',', ')'])
+        .find_map(|f| f.strip_prefix("rb"))?;
+    rb.parse().ok()
+}
+
+/// A node asks the kernel for the socket buffers it was given (`socket_buffers`, 4 MiB by
+/// default), so that a burst waits while its thread is busy instead of being dropped; `0`
+/// keeps the kernel's default.
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_socket_gets_the_buffers_it_asks_for() {
+    let core = |name: &str| -> Option<usize> {
+        let text = std::fs::read_to_string(format!("/proc/sys/net/core/{name}")).ok()?;
+        text.trim().parse().ok()
+    };
+    let (Some(max), Some(default)) = (core("rmem_max"), core("rmem_default")) else {
+        eprintln!("skipped: no /proc/sys/net/core here");
+        return;
+    };
+    let ask = max.min(4 * 1024 * 1024);
+    if ask <= default {
+        eprintln!("skipped: net.core.rmem_max ({max}) leaves no room above the default");
+        return;
+    }
+    let mesh = Mesh::new();
+    let sized = mesh
+        .start_with(mesh.builder("sized").socket_buffers(ask), &[])
+        .await;
+    let plain = mesh
+        .start_with(mesh.builder("plain").socket_buffers(0), &[])
+        .await;
+    let Some(got) = receive_buffer(sized.local_addr().port()) else {
+        eprintln!("skipped: `ss` (iproute2) did not report the node's socket");
+        return;
+    };
+    // Linux reports twice what it reserves for the data (the rest is its bookkeeping).
+    assert!(got >= ask, "asked for {ask} bytes, the socket has {got}");
+    let kept = receive_buffer(plain.local_addr().port()).expect("ss saw the first socket");
+    assert!(
+        kept < ask,
+        "socket_buffers(0) kept the default, yet the socket has {kept}"
+    );
+    sized.abort();
+    plain.abort();
 }

@@ -15,7 +15,7 @@ use crate::error::{BenchError, BenchResult};
 use crate::quinn_echo;
 use crate::report::LatencyReport;
 use crate::runtime::{Announce, Shutdown, run_pair};
-use crate::{BenchConfig, LOOPBACK, certs};
+use crate::{BenchConfig, certs};
 
 /// Raw quinn to `n` receivers ([`quinn_row`]): `n` server endpoints on the server thread, one
 /// client endpoint with `n` connections on the client thread.
@@ -45,7 +45,7 @@ async fn quinn_servers(
     probe: Probe,
 ) -> BenchResult<()> {
     let endpoints = (0..n)
-        .map(|_| Endpoint::server(server_cfg.clone(), LOOPBACK))
+        .map(|_| crate::raw_endpoint::server(server_cfg.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     announce.send(
         endpoints
@@ -100,7 +100,7 @@ async fn quinn_client(
     client_cfg: quinn::ClientConfig,
     probe: Probe,
 ) -> BenchResult<Histogram<u64>> {
-    let mut endpoint = Endpoint::client(LOOPBACK)?;
+    let mut endpoint = crate::raw_endpoint::client()?;
     endpoint.set_default_client_config(client_cfg);
     let mut connections = Vec::with_capacity(servers.len());
     for server in servers {

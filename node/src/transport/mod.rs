@@ -18,3 +18,4 @@ pub(crate) mod handshake;
 pub(crate) mod limits;
 pub(crate) mod multicast;
 mod penalty;
+pub(crate) mod socket;
