@@ -26,6 +26,9 @@
 //! `fixed-load publish 200000 multi-thread`. The option `busy-poll` has both nodes poll for
 //! input for a millisecond after each activity ([`shoal::NodeBuilder::busy_poll`]):
 //! `fixed-load send 20000 closed busy-poll`.
+//!
+//! It prints the messages handled per second, the writes of each node, the sender's retries
+//! and the receiver's duplicates (a retry means an ack did not come in time).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,12 +92,10 @@ fn main() -> Result<()> {
     let handled = Arc::new(AtomicU64::new(0));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    // The receiver's writes and duplicates, read as it stops.
-    let receiver_stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let receiver = {
         let (ca, handled) = (ca.clone(), Arc::clone(&handled));
-        let receiver_stats = Arc::clone(&receiver_stats);
-        std::thread::spawn(move || -> Result<()> {
+        // Returns the receiver's stats, read as it stops.
+        std::thread::spawn(move || -> Result<shoal::NodeStats> {
             let runtime = runtime(multi_thread)?;
             runtime.block_on(async move {
                 let node = with_metrics(Node::builder(SERVICE))
@@ -116,10 +117,8 @@ fn main() -> Result<()> {
                 addr_tx.send(node.local_addr())?;
                 let _ = done_rx.await;
                 let stats = node.stats();
-                receiver_stats[0].store(stats.writes, Ordering::Relaxed);
-                receiver_stats[1].store(stats.duplicates, Ordering::Relaxed);
                 node.shutdown().await;
-                Ok(())
+                Ok(stats)
             })
         })
     };
@@ -186,7 +185,7 @@ fn main() -> Result<()> {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats))
     })?;
     let _ = done_tx.send(());
-    receiver.join().map_err(|_| "the receiver panicked")??;
+    let received = receiver.join().map_err(|_| "the receiver panicked")??;
     let handled = handled.load(Ordering::Relaxed);
     // A retry (an ack that did not come in time) shows as a duplicate on the receiver.
     println!(
@@ -194,9 +193,9 @@ fn main() -> Result<()> {
          sender, {} by the receiver; retries: {}, duplicates: {}",
         handled as f64 / took.as_secs_f64(),
         stats.writes,
-        receiver_stats[0].load(Ordering::Relaxed),
+        received.writes,
         stats.retries,
-        receiver_stats[1].load(Ordering::Relaxed),
+        received.duplicates,
     );
     Ok(())
 }
