@@ -302,6 +302,12 @@ impl<H: Clone> Engine<H> {
         self.actions.push_back(Action::Event(event));
     }
 
+    /// Makes `event` as the engine makes its own (for tests of the driver's event order).
+    #[cfg(test)]
+    pub(crate) fn emit_for_test(&mut self, event: NodeEvent) {
+        self.emit(event);
+    }
+
     /// Tells the driver that `conn` has something to write.
     fn transmit(&mut self, conn: ConnId) {
         self.actions.push_back(Action::Transmit(conn));

@@ -5,9 +5,9 @@
 //! closures (stored in the engine, which hands them back to run). Every call into the engine
 //! goes through [`Driver::call`]: lock, feed the engine with the time from tokio's clock (the
 //! node's one clock), take every action it produced, unlock, then act: wake callers, wake
-//! connection writers, run handlers, broadcast events, close connections, move the timer.
-//! Only pausing and resuming a connection's reading is applied before the unlock, so that
-//! calls on several threads apply it in the engine's order.
+//! connection writers, run handlers, close connections, move the timer. Only pausing and
+//! resuming a connection's reading and broadcasting the node's events are done before the
+//! unlock, so that calls on several threads do them in the engine's order.
 //!
 //! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
 //! would run on this thread anyway: `handlers.rs`), and most finish in it: their outcomes go
@@ -17,6 +17,8 @@
 //! (`busy_poll.rs`): it keeps the runtime polling for input for a while after each.
 
 mod busy_poll;
+#[cfg(test)]
+mod event_order_tests;
 mod handlers;
 mod lifecycle;
 mod multicast;
@@ -49,7 +51,6 @@ pub(crate) struct Driver {
     pub(crate) config: Config,
     pub(crate) endpoint: quinn::Endpoint,
     state: Mutex<State>,
-    events: broadcast::Sender<NodeEvent>,
     peers: watch::Sender<u64>,
     /// Woken when the engine's next deadline moved earlier.
     timer: Notify,
@@ -107,6 +108,10 @@ struct State {
     waiters: SecondaryMap<crate::engine::OpId, std::task::Waker>,
     /// Each connection's IO side.
     conns: SecondaryMap<ConnId, Arc<ConnIo>>,
+    /// Events for users, sent under the lock: in the engine's order, whichever thread made
+    /// them (sent after unlocking, a `PeerDown` made on one thread could reach subscribers
+    /// after the `PeerUp` another thread made next).
+    events: broadcast::Sender<NodeEvent>,
 }
 
 /// What to do once the lock is released. Most calls produce a few of each: kept inline,
@@ -117,7 +122,6 @@ struct Effects {
     /// Connections with something to write, and whether to write it here and now.
     write: SmallVec<[(ConnId, Arc<ConnIo>, bool); 2]>,
     run: SmallVec<[Run<BoxedHandler>; 4]>,
-    events: Vec<NodeEvent>,
     close: Vec<(Arc<ConnIo>, CloseReason, bool)>,
     /// Announced instances to connect to (mesh branch: connections on first use).
     connect: Vec<(NodeId, Vec<std::net::SocketAddr>)>,
@@ -150,8 +154,8 @@ impl Driver {
                 engine,
                 waiters: SecondaryMap::new(),
                 conns: SecondaryMap::new(),
+                events: broadcast::channel(1024).0,
             }),
-            events: broadcast::channel(1024).0,
             peers: watch::channel(0).0,
             timer: Notify::new(),
             idle: Notify::new(),
@@ -303,7 +307,7 @@ impl Driver {
 
     /// Connection events for users.
     pub(crate) fn events(&self) -> broadcast::Receiver<NodeEvent> {
-        self.events.subscribe()
+        lock(&self.state).events.subscribe()
     }
 
     /// A receiver that wakes on every change of the peers; its value counts the changes.
@@ -314,7 +318,7 @@ impl Driver {
     /// Emits an event that happened outside the engine (a failed handshake).
     pub(crate) fn emit(&self, event: NodeEvent) {
         tracing::debug!(?event, node = %self.id, "node event");
-        let _ = self.events.send(event);
+        lock(&self.state).emit(event);
     }
 
     /// Whether shutdown started.
@@ -350,10 +354,6 @@ impl Driver {
             if !effects.multicast.is_empty() {
                 self.send_multicast(effects.multicast.drain(..));
             }
-            for event in effects.events.drain(..) {
-                tracing::debug!(?event, node = %self.id, "node event");
-                let _ = self.events.send(event);
-            }
             if std::mem::take(&mut effects.peers_changed) {
                 self.peers.send_modify(|v| *v += 1);
             }
@@ -387,6 +387,12 @@ impl Driver {
 }
 
 impl State {
+    /// Sends `event` to the node's event subscribers (a receiver that lags loses the oldest;
+    /// none listening is fine).
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+
     /// Takes every action of the engine into `effects` (emptied by the last
     /// [`Driver::act`]), turned into what to do after unlocking; `now` is the call's time.
     fn take_effects(&mut self, effects: &mut Effects, now: Instant) {
@@ -424,7 +430,7 @@ impl State {
                         io.set_paused(matches!(action, Action::PauseReading(_)));
                     }
                 }
-                Action::Event(event) => effects.events.push(event),
+                Action::Event(event) => self.emit(event),
                 Action::PeersChanged => effects.peers_changed = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
                 // Handed to the group link once unlocked (`runtime/multicast.rs`).
