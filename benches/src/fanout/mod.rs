@@ -168,6 +168,9 @@ pub struct Row {
     pub lossy: Option<Latency>,
     /// Datagrams the publisher sent to the group over the whole row.
     pub datagrams: u64,
+    /// Lost datagrams the publisher sent again over the whole row, the 1 % loss pass
+    /// included (`NodeStats::multicast_repairs`; 0 on unicast, where QUIC resends).
+    pub repairs: u64,
     /// Subscribers moved to unicast (multicast rows).
     pub demotions: u64,
 }
@@ -367,6 +370,7 @@ impl NodeSet {
             latency,
             lossy,
             datagrams: after.multicast_sent - before.multicast_sent,
+            repairs: after.multicast_repairs - before.multicast_repairs,
             demotions: after.multicast_demotions - before.multicast_demotions,
         })
     }

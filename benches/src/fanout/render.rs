@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{Latency, Path, Row};
 
 /// Column headers of both renderings.
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 16] = [
     "row",
     "msgs/s per sub",
     "x unicast",
@@ -20,6 +20,7 @@ const HEADERS: [&str; 15] = [
     "same, 1 % loss",
     "x unicast p99 (loss)",
     "datagrams",
+    "repairs",
     "events/datagram",
     "demoted",
 ];
@@ -79,6 +80,7 @@ fn cells(rows: &[Row], row: &Row) -> Vec<String> {
             )
         ),
         row.datagrams.to_string(),
+        row.repairs.to_string(),
         row.events_per_datagram
             .map_or_else(|| "-".to_owned(), |e| format!("{e:.1}")),
         row.demotions.to_string(),
