@@ -187,6 +187,17 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
         src.advance(total);
         result
     }?;
+    // A receiver counts with a run's sequence numbers (acks, nacks, its window): numbers that
+    // pass 2^64 are no run a node sends.
+    if let Frame::Messages(run) = &frame
+        && run.first_seq.checked_add(run.items.len() as u64).is_none()
+    {
+        return Err(DecodeError::Malformed(format!(
+            "a run of {} messages numbered from {} passes 2^64",
+            run.items.len(),
+            run.first_seq
+        )));
+    }
 
     validate_frame(&frame, limits).map_err(|v| DecodeError::LimitExceeded {
         limit: v.limit,

@@ -10,7 +10,7 @@ use crate::frame::{Frame, Head, Item, Subscription, To};
 /// that names the limit.
 ///
 /// Errors name the exceeded limit by its field name (`"max_frame_len"`, `"max_headers"`,
-/// `"max_name_len"` or `"max_header_value_len"`).
+/// `"max_name_len"`, `"max_header_value_len"`, `"max_reason_len"` or `"max_listen_addrs"`).
 ///
 /// Whatever `max_frame_len` says, the codec never accepts a frame larger than
 /// [`crate::codec::MAX_FRAME_LEN_CAP`] (64 MiB).
@@ -31,6 +31,13 @@ pub struct Limits {
     pub max_name_len: usize,
     /// Longest header value, in bytes. Default 4096.
     pub max_header_value_len: usize,
+    /// Longest reason in a [`crate::Nack`] or [`crate::Goodbye`], in bytes. Default 1024. A
+    /// reason is a line for people (the sender keeps it in its dead letters), not a payload:
+    /// a node cuts longer ones before sending ([`Limits::bounded_reason`]).
+    pub max_reason_len: usize,
+    /// Most addresses in a [`crate::Hello`]'s `listen_addrs`. Default 16 (a node sends the
+    /// one it listens on).
+    pub max_listen_addrs: usize,
 }
 
 impl Default for Limits {
@@ -40,7 +47,36 @@ impl Default for Limits {
             max_headers: 64,
             max_name_len: 256,
             max_header_value_len: 4096,
+            max_reason_len: 1024,
+            max_listen_addrs: 16,
         }
+    }
+}
+
+impl Limits {
+    /// `reason`, cut to at most [`Limits::max_reason_len`] bytes (at a character boundary,
+    /// ending in `…`) if it is longer.
+    ///
+    /// ```
+    /// let limits = shoal_proto::Limits::default();
+    /// let cut = limits.bounded_reason("x".repeat(5000));
+    /// assert!(cut.len() <= limits.max_reason_len);
+    /// assert!(cut.ends_with('…'));
+    /// assert_eq!(limits.bounded_reason("short".into()), "short");
+    /// ```
+    pub fn bounded_reason(&self, mut reason: String) -> String {
+        const MARK: &str = "…";
+        if reason.len() > self.max_reason_len {
+            let mut end = self.max_reason_len.saturating_sub(MARK.len());
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            if self.max_reason_len >= MARK.len() {
+                reason.push_str(MARK);
+            }
+        }
+        reason
     }
 }
 
@@ -170,9 +206,10 @@ fn check_headers(headers: &[(String, String)], limits: &Limits) -> Result<(), Li
 }
 
 /// Checks a frame against every per-field limit: [`validate_head`] and [`validate_item`] for
-/// [`Frame::Messages`], [`validate_envelope`] for [`Frame::Reply`], the service name of a
-/// [`Frame::Hello`], and the pattern and group of a [`Frame::Subscribe`] or
-/// [`Frame::Unsubscribe`]. Other frames have no per-field limits.
+/// [`Frame::Messages`], [`validate_envelope`] for [`Frame::Reply`], the service name and the
+/// number of addresses (`max_listen_addrs`) of a [`Frame::Hello`], the reason of a
+/// [`Frame::Nack`] or [`Frame::Goodbye`] (`max_reason_len`), and the pattern and group of a
+/// [`Frame::Subscribe`] or [`Frame::Unsubscribe`]. Other frames have no per-field limits.
 ///
 /// `max_frame_len` is not checked here: [`crate::codec::encode`] and
 /// [`crate::codec::decode`] enforce it on the encoded bytes, after calling this function.
@@ -185,16 +222,28 @@ pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolati
                 .try_for_each(|item| validate_item(item, limits))
         }
         Frame::Reply(envelope) => validate_envelope(envelope, limits),
-        Frame::Hello(hello) => check_name(&hello.service, limits),
+        Frame::Hello(hello) => {
+            check_name(&hello.service, limits)?;
+            check(
+                "max_listen_addrs",
+                hello.listen_addrs.len(),
+                limits.max_listen_addrs,
+            )
+        }
+        Frame::Nack(nack) => check("max_reason_len", nack.reason.len(), limits.max_reason_len),
+        Frame::Goodbye(goodbye) => check(
+            "max_reason_len",
+            goodbye.reason.len(),
+            limits.max_reason_len,
+        ),
         Frame::Subscribe(sub) | Frame::Unsubscribe(sub) => validate_subscription(sub, limits),
         // A repair is checked as a datagram by the receiver (header, seal, body limits); the
-        // range lists of statuses and NAKs are bounded by the frame's length and are only ever
-        // looked up, never expanded, by the node.
+        // range lists of acks, statuses and NAKs are bounded by the frame's length, and the
+        // node looks at no more numbers than it has sent (an ack's ranges are cut to the
+        // connection's window).
         Frame::Ack(_)
-        | Frame::Nack(_)
         | Frame::Ping(_)
         | Frame::Pong(_)
-        | Frame::Goodbye(_)
         | Frame::ChannelHello(_)
         | Frame::ChannelKey(_)
         | Frame::ChannelStatus(_)

@@ -119,6 +119,8 @@ proptest! {
             max_headers: max / 4,
             max_name_len: max,
             max_header_value_len: max,
+            max_reason_len: max,
+            max_listen_addrs: max / 4,
         };
         let mut buf = BytesMut::from(&b"kept"[..]);
         match codec::encode(&frame, &strict, &mut buf) {
@@ -290,4 +292,34 @@ fn hostile_length_claim_in_a_valid_prefix_fails_fast() {
     let err = codec::decode(&mut buf, &limits).unwrap_err();
     assert!(matches!(err, DecodeError::Malformed(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_run_numbered_past_2_64_is_malformed_and_consumed() {
+    let envelope = samples::rich_envelope();
+    let run = |first_seq| {
+        Frame::Messages(Box::new(shoal_proto::Messages {
+            first_seq,
+            head: shoal_proto::Head::of(&envelope, shoal_proto::To::Handler, true, false),
+            items: vec![shoal_proto::Item::of(&envelope); 3],
+        }))
+    };
+    // The last number a run may take.
+    let mut buf = encoded(&run(u64::MAX - 3));
+    assert!(
+        codec::decode(&mut buf, &Limits::default())
+            .unwrap()
+            .is_some()
+    );
+    let mut buf = encoded(&run(u64::MAX - 2));
+    codec::encode(&Frame::Ping(7), &Limits::default(), &mut buf).unwrap();
+    let err = codec::decode(&mut buf, &Limits::default()).unwrap_err();
+    assert!(
+        matches!(&err, DecodeError::Malformed(m) if m.contains("passes 2^64")),
+        "{err:?}"
+    );
+    assert_eq!(
+        codec::decode(&mut buf, &Limits::default()).unwrap(),
+        Some(Frame::Ping(7))
+    );
 }

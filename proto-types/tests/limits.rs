@@ -9,8 +9,8 @@ mod samples;
 use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, LENGTH_PREFIX, MAX_FRAME_LEN_CAP};
 use shoal_proto::{
-    DecodeError, EncodeError, Envelope, Frame, Head, Hello, Item, LimitViolation, Limits, Messages,
-    NodeId, Subscription, To, validate_frame,
+    DecodeError, EncodeError, Envelope, Frame, Goodbye, Head, Hello, Item, LimitViolation, Limits,
+    Messages, Nack, NackCode, NodeId, Subscription, To, validate_frame,
 };
 
 use samples::{encoded, rich_envelope};
@@ -22,6 +22,8 @@ fn generous() -> Limits {
         max_headers: usize::MAX,
         max_name_len: usize::MAX,
         max_header_value_len: usize::MAX,
+        max_reason_len: usize::MAX,
+        max_listen_addrs: usize::MAX,
     }
 }
 
@@ -153,6 +155,39 @@ fn limit_cases() -> Vec<Case> {
             "max_name_len",
             name + 7,
             name,
+        ),
+        case(
+            "hello addresses",
+            Frame::Hello(Hello {
+                protocol_version: 1,
+                node_id: NodeId::from_u128(1),
+                service: "billing".into(),
+                listen_addrs: vec!["127.0.0.1:7000".parse().unwrap(); d.max_listen_addrs + 1],
+            }),
+            "max_listen_addrs",
+            d.max_listen_addrs + 1,
+            d.max_listen_addrs,
+        ),
+        case(
+            "nack reason",
+            Frame::Nack(Nack {
+                seq: 3,
+                retryable: false,
+                code: NackCode::HandlerFailed,
+                reason: long(d.max_reason_len + 1),
+            }),
+            "max_reason_len",
+            d.max_reason_len + 1,
+            d.max_reason_len,
+        ),
+        case(
+            "goodbye reason",
+            Frame::Goodbye(Goodbye {
+                reason: long(d.max_reason_len + 2),
+            }),
+            "max_reason_len",
+            d.max_reason_len + 2,
+            d.max_reason_len,
         ),
         case(
             "subscribe pattern",

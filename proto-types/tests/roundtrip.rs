@@ -144,7 +144,7 @@ proptest! {
         // Tight limits on names, header counts and values, so that some messages break them.
         let (max_headers, max_name_len, max_header_value_len) = small;
         let limits = if tight {
-            Limits { max_frame_len, max_headers, max_name_len, max_header_value_len }
+            Limits { max_frame_len, max_headers, max_name_len, max_header_value_len, ..Limits::default() }
         } else {
             Limits { max_frame_len, ..Limits::default() }
         };

@@ -116,7 +116,8 @@ impl<H: Clone> Engine<H> {
             seq,
             retryable,
             code,
-            reason,
+            // A handler's error can say more than a frame takes (`max_reason_len`).
+            reason: self.config.limits.bounded_reason(reason),
         });
         self.queue_control(conn, &frame);
     }

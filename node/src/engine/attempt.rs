@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use shoal_proto::{NackCode, NodeId};
+use shoal_proto::{NackCode, NodeId, SeqRange};
 
 use super::action::ConnId;
 use super::conn::{Conn, Owner};
@@ -158,6 +158,33 @@ impl<H: Clone> Engine<H> {
         }
         if let Some(deadline) = deadline {
             self.deadline_at(deadline);
+        }
+    }
+
+    /// An [`Ack`](shoal_proto::Ack) came on `conn`: every message its ranges cover is
+    /// answered. Only numbers this connection's window tracks are looked at, so a frame costs
+    /// at most its ranges and the window's span: a peer that acknowledges `0..2^63` makes the
+    /// node count through what it sent, not through the range.
+    pub(super) fn on_ack(&mut self, conn: ConnId, mut ranges: Vec<SeqRange>, now: Instant) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        // Honest peers send sorted, disjoint ranges (`ranges.rs`); others are put in that
+        // shape first, so that overlapping ranges cost no more than disjoint ones.
+        if !sorted_and_disjoint(&ranges) {
+            merge(&mut ranges);
+        }
+        // What the window tracks when the frame came: messages sent while it is answered
+        // (its room freed) were not in it.
+        let span = c.window.span();
+        for seq in c.window.stragglers_in(&ranges) {
+            self.on_answer(conn, seq, Answer::Ack, now);
+        }
+        for range in &ranges {
+            let end = range.start.saturating_add(range.len);
+            for seq in range.start.max(span.start)..end.min(span.end) {
+                self.on_answer(conn, seq, Answer::Ack, now);
+            }
         }
     }
 
@@ -406,4 +433,31 @@ impl<H: Clone> Engine<H> {
             }
         }
     }
+}
+
+/// Whether `ranges` are in increasing order without overlaps (and without overflowing ends).
+fn sorted_and_disjoint(ranges: &[SeqRange]) -> bool {
+    let mut from = 0;
+    ranges.iter().all(|r| {
+        let ok = r.start >= from;
+        from = r.start.saturating_add(r.len);
+        ok && r.start.checked_add(r.len).is_some()
+    })
+}
+
+/// Sorts `ranges` and merges those that overlap or touch; a range whose end overflows is
+/// dropped (it covers nothing, as `SeqRange::iter` says).
+fn merge(ranges: &mut Vec<SeqRange>) {
+    ranges.retain(|r| r.len > 0 && r.start.checked_add(r.len).is_some());
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<SeqRange> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.start + last.len => {
+                last.len = last.len.max(r.start + r.len - last.start);
+            }
+            _ => merged.push(r),
+        }
+    }
+    *ranges = merged;
 }

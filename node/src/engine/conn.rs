@@ -361,6 +361,7 @@ impl Conn {
         let more = !self.queue.is_empty();
         let finish = !more && self.farewell.is_some();
         if finish && let Some(reason) = self.farewell.take() {
+            let reason = limits.bounded_reason(reason);
             let frame = Frame::Goodbye(Goodbye { reason });
             if let Err(e) = codec::encode(&frame, limits, buf) {
                 tracing::error!("could not encode a goodbye: {e}");

@@ -147,13 +147,7 @@ impl<H: Clone> Engine<H> {
         }
         match frame {
             Frame::Messages(run) => self.on_messages(conn, *run, now),
-            Frame::Ack(ack) => {
-                for range in ack.ranges {
-                    for seq in range.iter() {
-                        self.on_answer(conn, seq, Answer::Ack, now);
-                    }
-                }
-            }
+            Frame::Ack(ack) => self.on_ack(conn, ack.ranges, now),
             Frame::Nack(nack) => {
                 let answer = Answer::Nack {
                     retryable: nack.retryable,

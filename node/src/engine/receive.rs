@@ -29,6 +29,11 @@ use super::{Engine, Lifecycle, topic};
 use crate::Message;
 use crate::config::Config;
 
+/// Copies of one message kept waiting while its handler runs (each is answered as the handler
+/// finishes). A sender retrying a slow handler's message makes one per ack timeout; more are
+/// refused with a retryable nack.
+pub(super) const MAX_WAITING_COPIES: usize = 64;
+
 /// A local subscription, as [`crate::Subscription`] handles name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SubId(u64);
@@ -282,11 +287,18 @@ impl<H: Clone> Engine<H> {
             Seen::InProgress => {
                 self.stats.duplicates += 1;
                 self.note_duplicate(conn, &head.name); // metrics.rs
-                self.inbound
-                    .waiters
-                    .entry(key)
-                    .or_default()
-                    .push((conn, seq));
+                let waiting = self.inbound.waiters.entry(key).or_default();
+                if waiting.len() < MAX_WAITING_COPIES {
+                    waiting.push((conn, seq));
+                } else {
+                    // Copies make no handler task, so nothing else holds a peer that sends
+                    // them by the million back: past a few, they are refused for a retry.
+                    let reason = format!(
+                        "{MAX_WAITING_COPIES} copies of message {} already wait for its handler",
+                        item.id
+                    );
+                    self.nack(conn, seq, true, NackCode::LimitExceeded, reason);
+                }
                 false
             }
             Seen::Done => {

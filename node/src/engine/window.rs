@@ -15,6 +15,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use shoal_proto::SeqRange;
+
 /// Deadlines this close together share a segment.
 const SEGMENT_SPAN: Duration = Duration::from_millis(1);
 
@@ -122,6 +124,32 @@ impl<T: Copy> Window<T> {
             }
         }
         Some(entry.what)
+    }
+
+    /// The numbers the queue spans, `base..next`: every unanswered number outside it is a
+    /// straggler ([`Window::stragglers_in`]).
+    pub(super) fn span(&self) -> std::ops::Range<u64> {
+        self.base..self.base + self.slots.len() as u64
+    }
+
+    /// The unanswered stragglers (numbers below the queue) that `ranges` cover, in order.
+    /// `ranges` must be sorted and disjoint. Empty (and free) while there are none.
+    pub(super) fn stragglers_in(&self, ranges: &[SeqRange]) -> Vec<u64> {
+        if self.stragglers.is_empty() {
+            return Vec::new();
+        }
+        let mut covered: Vec<u64> = self
+            .stragglers
+            .keys()
+            .copied()
+            .filter(|&seq| {
+                // The last range starting at or before `seq` is the only one that can hold it.
+                let i = ranges.partition_point(|r| r.start <= seq);
+                i > 0 && seq - ranges[i - 1].start < ranges[i - 1].len
+            })
+            .collect();
+        covered.sort_unstable();
+        covered
     }
 
     /// The entry of `seq`, if unanswered.

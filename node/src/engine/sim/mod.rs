@@ -25,6 +25,7 @@ mod multicast_guard_tests;
 mod multicast_tests;
 mod net;
 mod random;
+mod reason_tests;
 mod request_tests;
 mod tests;
 mod transmit_tests;
