@@ -53,13 +53,19 @@ impl<H: Clone> Engine<H> {
     /// Hands `channel`'s delivered events to their handlers and sends its statuses and NAKs
     /// to the publisher.
     pub(super) fn drain_receiver(&mut self, channel: u64, now: Instant) {
+        let Some(publisher) = self.inbound_channel(channel).map(|i| i.publisher) else {
+            return;
+        };
+        let backlogged = self.backlogged(publisher);
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
         let Some(i) = ch.inbound.get_mut(&channel) else {
             return;
         };
-        let publisher = i.publisher;
+        if !backlogged {
+            i.rx.pause(false);
+        }
         // The engine's spare deque and the receiver's swap places: neither allocates again.
         let mut delivered = std::mem::take(&mut ch.delivering);
         i.rx.swap_delivered(&mut delivered);
@@ -80,8 +86,16 @@ impl<H: Clone> Engine<H> {
             }
         }
         delivered.clear();
+        // Handlers with a backlog (receive.rs: every slot taken): what arrives next waits
+        // in the receiver, and the publisher with it, until the backlog is gone
+        // (`resume_channels`). Without this a publisher faster than the handlers would
+        // queue every event it sends here.
+        let backlogged = self.backlogged(publisher);
         if let Some(ch) = self.channels.as_deref_mut() {
             ch.delivering = delivered;
+            if backlogged && let Some(i) = ch.inbound.get_mut(&channel) {
+                i.rx.pause(true);
+            }
         }
         for t in out {
             let frame = match t {
@@ -92,6 +106,31 @@ impl<H: Clone> Engine<H> {
         }
         if let Some(at) = deadline {
             self.deadline_at(at);
+        }
+    }
+
+    /// Whether messages of `publisher` wait for a handler slot here.
+    fn backlogged(&self, publisher: shoal_proto::NodeId) -> bool {
+        self.peers
+            .current(publisher)
+            .and_then(|conn| self.conns.get(conn))
+            .is_some_and(|c| !c.backlog.is_empty())
+    }
+
+    /// `conn`'s handler backlog is gone: the channels its peer publishes deliver again what
+    /// waited in their receivers.
+    pub(super) fn resume_channels(&mut self, conn: ConnId, now: Instant) {
+        let (Some(ch), Some(c)) = (self.channels.as_deref_mut(), self.conns.get(conn)) else {
+            return;
+        };
+        let paused: Vec<u64> = ch
+            .inbound
+            .iter()
+            .filter(|(_, i)| i.publisher == c.node && i.rx.is_paused())
+            .map(|(channel, _)| *channel)
+            .collect();
+        for channel in paused {
+            self.drain_receiver(channel, now);
         }
     }
 

@@ -525,19 +525,22 @@ impl<H: Clone> Engine<H> {
             if self.inbound.tasks.contains_key(next) {
                 c.running += 1;
                 self.step(next, now);
-                return self.resume_if_drained(conn);
+                return self.resume_if_drained(conn, now);
             }
         }
-        self.resume_if_drained(conn);
+        self.resume_if_drained(conn, now);
     }
 
-    pub(super) fn resume_if_drained(&mut self, conn: ConnId) {
+    /// Reads `conn` again, and lets its peer's multicast channels deliver again, once no
+    /// message of it waits for a handler slot.
+    pub(super) fn resume_if_drained(&mut self, conn: ConnId, now: Instant) {
         if let Some(c) = self.conns.get_mut(conn)
             && c.paused
             && c.backlog.is_empty()
         {
             c.paused = false;
             self.actions.push_back(Action::ResumeReading(conn));
+            self.resume_channels(conn, now); // multicast_receive.rs
         }
     }
 

@@ -81,6 +81,9 @@ pub(crate) struct Receiver {
     gaps: BTreeMap<u64, Instant>,
     rng: SmallRng,
     ready: VecDeque<Delivered>,
+    /// Whether datagrams that arrived in order wait here instead of going to the engine
+    /// ([`Receiver::pause`]).
+    paused: bool,
     handled: RangeSet,
     /// Items whose handling failed here since the last status.
     failed: RangeSet,
@@ -110,6 +113,7 @@ impl Receiver {
             gaps: BTreeMap::new(),
             rng: SmallRng::seed_from_u64(seed),
             ready: VecDeque::new(),
+            paused: false,
             handled: RangeSet::default(),
             failed: RangeSet::default(),
             last_status: None,
@@ -263,8 +267,28 @@ impl Receiver {
         Ok(())
     }
 
+    /// Holds back (or lets go) what arrives in order, for the engine's handlers of this
+    /// channel's events have a backlog: datagrams then wait here (a window of them at most,
+    /// dropped beyond it and asked for again later), `next_needed` stays where it is, and the
+    /// publisher, which goes at most a window ahead of it, waits too, or moves this
+    /// subscriber to unicast, which has flow control of its own. Let go, what waited is
+    /// delivered.
+    pub(crate) fn pause(&mut self, paused: bool) {
+        self.paused = paused;
+        if !paused {
+            self.deliver_in_order();
+        }
+    }
+
+    /// Whether arrivals are held back ([`Receiver::pause`]).
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     fn deliver_in_order(&mut self) {
-        while let Some(body) = self.held.remove(&self.next_needed) {
+        while !self.paused
+            && let Some(body) = self.held.remove(&self.next_needed)
+        {
             let mut number = body.first_item;
             for run in body.runs {
                 let head = Arc::new(run.head);

@@ -26,6 +26,7 @@ mod copies;
 mod membership;
 mod packing;
 mod round_trip;
+mod slow_handlers;
 
 /// A publisher and its subscribers: four instances of `billing`, four of `shipping`, and two
 /// that take every event.
