@@ -93,8 +93,9 @@ pub struct NodeStats {
     /// Subscribers this node's channel moved to unicast because multicast did not reach them
     /// (or they fell behind).
     pub multicast_demotions: u64,
-    /// Times this node's channel changed its key: a subscriber left or was refused, every
-    /// 10 minutes, and after 2^22 datagrams under one key.
+    /// Times this node's channel changed its key: a subscriber left or was refused, a
+    /// subscriber joined after the key had sealed events (under a policy that restricts
+    /// subscriptions), every 10 minutes, and after 2^22 datagrams under one key.
     pub multicast_rekeys: u64,
     /// Time this node's runtime thread spent busy polling for input instead of sleeping
     /// ([`crate::NodeBuilder::busy_poll`]; zero without it): about the CPU time it cost.

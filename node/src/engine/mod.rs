@@ -41,8 +41,6 @@ mod delivery;
 pub(crate) mod directory;
 pub(crate) mod fanout;
 mod heads;
-#[cfg(test)]
-mod hostile_tests;
 mod lazy;
 mod link;
 // Per-message metrics (feature `metrics`): hooks that cost one branch when off.

@@ -208,7 +208,8 @@ impl<H: Clone> Engine<H> {
         }
         let mut sender = Sender::new(channel, ch.setup.channel.clone(), secrets, now);
         for &node in &ch.on_group {
-            sender.join(node, now);
+            // Nothing is sealed yet: no key to replace.
+            sender.join(node, false, now);
         }
         ch.sender = Some(sender);
         self.drain_sender(now);
@@ -324,7 +325,7 @@ impl<H: Clone> Engine<H> {
                         sender.regrant(node);
                         self.channel_unreported(node, None, now);
                     } else {
-                        sender.join(node, now);
+                        sender.join(node, !self.guard.open_peer_subscribe, now);
                         ch.topics.clear();
                     }
                     self.drain_sender(now);

@@ -34,6 +34,8 @@ pub(crate) enum RekeyReason {
     Timer,
     /// The key sealed [`ChannelConfig::usage_limit`] datagrams.
     Usage,
+    /// A subscriber joined after the key had sealed events: they are not for it.
+    Joined,
 }
 
 /// Why a subscriber was moved to unicast.
@@ -215,12 +217,13 @@ impl Sender {
         }
     }
 
-    /// `node` joins: it gets the current key over QUIC and takes the datagrams from the next
-    /// one on. (Joining does not rekey: the joiner is allowed to read the channel, and what was
-    /// sent before it joined is not meant for it.)
-    pub(crate) fn join(&mut self, node: NodeId, now: Instant) {
+    /// `node` joins: it gets a key over QUIC and takes the datagrams from the next one on.
+    /// With `fresh_key` (a policy restricts who may subscribe to what), a key that has sealed
+    /// events is first replaced for every member: what it sealed went out before `node`
+    /// joined, and may be events of topics `node` may not read (it could have captured them).
+    /// Without, `node` gets the current key: any member may read any topic.
+    pub(crate) fn join(&mut self, node: NodeId, fresh_key: bool, now: Instant) {
         self.naks.forget(node);
-        self.holders.insert(node);
         self.members.insert(
             node,
             Member {
@@ -231,6 +234,10 @@ impl Sender {
                 rtt: None,
             },
         );
+        if fresh_key && self.next_seq > self.epoch_first {
+            return self.rekey(RekeyReason::Joined, now);
+        }
+        self.holders.insert(node);
         self.out.push_back(Transmit::Key {
             to: node,
             key: self.grant(),

@@ -23,6 +23,7 @@ const MS: Duration = Duration::from_millis(1);
 
 mod audiences;
 mod copies;
+mod join_key;
 mod membership;
 mod packing;
 mod round_trip;

@@ -151,7 +151,7 @@ impl Lan {
             dead: false,
             captured: Vec::new(),
         });
-        self.tx.join(node, self.now);
+        self.tx.join(node, false, self.now);
         self.flush();
         self.subs.len() - 1
     }

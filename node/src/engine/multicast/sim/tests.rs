@@ -14,6 +14,7 @@ use super::super::header::{HEADER_LEN, Kind};
 use super::super::sender::DemoteReason;
 use super::super::{ChannelConfig, DropReason, Header, RekeyReason, SenderEvent};
 use super::{CHANNEL, Faults, Lan};
+use shoal_proto::multicast::ChannelKey;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -448,4 +449,50 @@ fn equal_heads_share_a_run_whether_or_not_they_share_an_allocation() {
     let shared = datagrams(false);
     assert_eq!(datagrams(true), shared);
     assert!(shared < 60, "{shared} datagrams for 60 events");
+}
+
+/// Under a policy that restricts subscriptions, a node that joins once events were sealed
+/// gets a new key, not the one that sealed them: even a joiner that kept every datagram it
+/// saw on the LAN before (and tries them all, as honest receivers do not) opens none of
+/// them. (Under an open policy it gets the current key: any member may read any topic.)
+#[test]
+fn a_subscriber_that_joins_cannot_open_what_was_sealed_before() {
+    let mut lan = Lan::new(3, ChannelConfig::default());
+    let member = lan.subscriber(Some("billing"), Faults::default(), ChannelConfig::default());
+    lan.run_for(MS);
+    let sent = lan.publish(10);
+    lan.run_for(10 * MS);
+    check_all_delivered(&lan, &[member], &sent);
+    let captured: Vec<Bytes> = lan.sealed.values().cloned().collect();
+
+    let joiner = shoal_proto::NodeId::from_u128(99);
+    let epoch = lan.tx.epoch();
+    lan.tx.join(joiner, true, lan.now);
+    let grant = std::iter::from_fn(|| lan.tx.poll_transmit(lan.now))
+        .find_map(|t| match t {
+            super::super::Transmit::Key { to, key } if to == joiner => Some(key),
+            _ => None,
+        })
+        .expect("the joiner gets a key");
+    let mut rx = super::super::Receiver::new(
+        CHANNEL,
+        ChannelConfig::default(),
+        shoal_proto::Limits::default(),
+        1,
+    );
+    rx.on_key(
+        &ChannelKey {
+            first_seq: 0,
+            ..grant
+        },
+        lan.now,
+    );
+    for datagram in &captured {
+        let _ = rx.on_datagram(datagram, lan.now);
+    }
+    assert!(
+        rx.poll_delivered().is_none(),
+        "the joiner read events sealed before it joined"
+    );
+    assert_eq!(lan.tx.epoch(), epoch + 1, "one new key on the join");
 }

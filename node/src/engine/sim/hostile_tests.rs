@@ -1,6 +1,7 @@
 //! Frames that a peer holding a valid certificate could send to hurt a node: each must cost
 //! the node no more than what the frame is about, and change nothing it has no right to.
 
+#![cfg(test)]
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -11,11 +12,10 @@ use bytes::BytesMut;
 use shoal_proto::codec;
 use shoal_proto::{Ack, Frame, Head, Item, Messages, NackCode, NodeId, SeqRange, To};
 
-use super::action::{Action, ConnId};
-use super::link::PeerHello;
-use super::{Done, Engine, OpId};
 use crate::Message;
 use crate::config::Config;
+use crate::engine::action::{Action, ConnId};
+use crate::engine::{Done, Engine, OpId, PeerHello};
 
 /// An engine of service `orders` with one connection, to an instance of `billing`.
 fn engine_with_peer(config: Config, now: Instant) -> (Engine<u8>, ConnId) {
@@ -172,7 +172,7 @@ fn written(engine: &mut Engine<u8>, conn: ConnId, now: Instant) -> Vec<Frame> {
 
 #[test]
 fn copies_of_a_message_being_handled_wait_up_to_a_bound_and_the_rest_are_refused() {
-    use super::receive::MAX_WAITING_COPIES;
+    use crate::engine::receive::MAX_WAITING_COPIES;
     let now = Instant::now();
     let (mut engine, conn) = connected("billing", "orders", Config::default(), now);
     engine.set_handler("charge".to_owned(), 1);
