@@ -267,7 +267,7 @@ impl Receiver {
         Ok(())
     }
 
-    /// Holds back (or lets go) what arrives in order, for the engine's handlers of this
+    /// Holds back (or lets go) what arrives in order, while the engine's handlers for this
     /// channel's events have a backlog: datagrams then wait here (a window of them at most,
     /// dropped beyond it and asked for again later), `next_needed` stays where it is, and the
     /// publisher, which goes at most a window ahead of it, waits too, or moves this
