@@ -287,7 +287,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Wire limits (frame size, header count, name lengths), enforced on send and receive.
+    /// Wire limits (frame size, header count, name lengths, reason lengths, hello addresses),
+    /// enforced on send and receive.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.config.limits = limits;
         self

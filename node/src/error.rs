@@ -85,6 +85,11 @@ pub enum Error {
     /// A batch of events cannot be published as one (empty, or mixed topics or keys).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// A request was made with the id of one still waiting for its reply (a cloned
+    /// [`crate::Message`]): the one reply could answer only one of them. Nothing was sent;
+    /// create a new `Message` for a new request.
+    #[error("request {0} is already waiting for its reply; create a new Message for a new request")]
+    DuplicateRequest(shoal_proto::MessageId),
     /// The outbox's store failed (see [`crate::outbox::OutboxError`]).
     #[cfg(feature = "outbox")]
     #[error("outbox: {0}")]

@@ -179,7 +179,9 @@ impl Node {
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
     /// `timeout` from this call (then [`Error::Timeout`], and the request is not retried any
     /// more). The receiver's handler answers by returning a body. A partition key orders
-    /// requests like [`Node::send`] does.
+    /// requests like [`Node::send`] does. A request with the id of one still waiting for its
+    /// reply (a cloned `Message`) fails at once with [`Error::DuplicateRequest`]: its reply
+    /// could answer only one of them.
     pub fn request(
         &self,
         service: &str,

@@ -264,6 +264,11 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<OpId, Error> {
         let id = msg.id();
+        // Replies find their request by its id: a second request with it would take the
+        // first one's place, and one of the two would wait for a reply that went to the other.
+        if self.out.replies.contains_key(&id) {
+            return Err(Error::DuplicateRequest(id));
+        }
         let spec = Spec {
             policy: self.config.retry.clone(),
             fail_fast: false,

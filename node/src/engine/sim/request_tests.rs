@@ -77,3 +77,38 @@ fn a_request_is_answered_by_its_reply_alone_and_counted_as_acknowledged() {
     assert_eq!(engine.stats().acked, 1);
     assert!(engine.out.deliveries.is_empty());
 }
+
+/// A request made with the id of one still waiting (a cloned message) is refused before
+/// anything is sent; the first gets its reply. Before, the second took the first's place in
+/// the replies' table: the first waited for its timeout, answered or not.
+#[test]
+fn a_request_with_the_id_of_one_waiting_is_refused_and_the_first_is_answered() {
+    let mut sim = Sim::new(14);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    sim.handle(pricing, "quote", |_| Handled::reply("42"));
+    sim.connect(shop, pricing);
+    sim.run_for(SECOND);
+    let msg = sim.command("quote", "book");
+    let id = msg.id();
+    let first = sim.request(shop, "pricing", msg.clone());
+    let now = sim.now;
+    match sim.nodes[shop]
+        .engine
+        .request("pricing", msg.clone(), SECOND, now)
+    {
+        Err(Error::DuplicateRequest(refused)) => assert_eq!(refused, id),
+        other => panic!("a second request with a waiting one's id: {other:?}"),
+    }
+    sim.run_for(SECOND);
+    match sim.result(shop, first) {
+        Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "42"),
+        other => panic!("{other:?}"),
+    }
+    // Once answered, the id is free again (the receiver answers from its kept reply).
+    let op = sim.request(shop, "pricing", msg);
+    sim.run_for(SECOND);
+    match sim.result(shop, op) {
+        Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "42"),
+        other => panic!("{other:?}"),
+    }
+}
