@@ -261,16 +261,24 @@ impl Ledger {
 
     /// Waits (bounded) until at least `n` effects are applied.
     pub async fn wait_applied(&self, n: u64, within: std::time::Duration) {
+        assert!(
+            self.applied_within(n, within).await,
+            "{} of {n} effects applied within {within:?}",
+            self.applied()
+        );
+    }
+
+    /// Waits until at least `n` effects are applied or `within` has passed; says which.
+    async fn applied_within(&self, n: u64, within: std::time::Duration) -> bool {
         let started = std::time::Instant::now();
         while self.applied() < n {
-            assert!(
-                started.elapsed() < within,
-                "{} of {n} effects applied within {within:?}",
-                self.applied()
-            );
+            if started.elapsed() >= within {
+                return false;
+            }
             // Not synchronisation: effects are applied by handlers; this samples the count.
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        true
     }
 
     /// Checks the books against the committed orders: each applied exactly once, none that
@@ -314,8 +322,15 @@ impl Ledger {
     /// checks the books ([`Ledger::check`]), then stops and removes both schemas.
     pub async fn finish(self, url: &str, schema: &str, within: std::time::Duration) {
         let committed = committed_orders(url, schema).await;
-        self.wait_applied(committed.len() as u64, within).await;
+        // Short of them in time, the check says which orders are missing (not only how many).
+        let all = self.applied_within(committed.len() as u64, within).await;
         self.check(&committed).await;
+        assert!(
+            all,
+            "{} of {} effects applied within {within:?}",
+            self.applied(),
+            committed.len()
+        );
         self.node.shutdown().await;
         drop_outbox(url, schema).await;
         drop_outbox(url, self.inbox.schema()).await;
