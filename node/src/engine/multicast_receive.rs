@@ -53,17 +53,21 @@ impl<H: Clone> Engine<H> {
     /// Hands `channel`'s delivered events to their handlers and sends its statuses and NAKs
     /// to the publisher.
     pub(super) fn drain_receiver(&mut self, channel: u64, now: Instant) {
-        let Some(publisher) = self.inbound_channel(channel).map(|i| i.publisher) else {
+        let Some((publisher, paused)) = self
+            .inbound_channel(channel)
+            .map(|i| (i.publisher, i.rx.is_paused()))
+        else {
             return;
         };
-        let backlogged = self.backlogged(publisher);
+        // Held back for a handler backlog (below): let go once it is gone.
+        let release = paused && !self.backlogged(publisher);
         let Some(ch) = self.channels.as_deref_mut() else {
             return;
         };
         let Some(i) = ch.inbound.get_mut(&channel) else {
             return;
         };
-        if !backlogged {
+        if release {
             i.rx.pause(false);
         }
         // The engine's spare deque and the receiver's swap places: neither allocates again.
