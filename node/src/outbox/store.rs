@@ -219,4 +219,13 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn relay_stopped(&self) -> Result<(), OutboxError> {
         Ok(())
     }
+    /// Until when the rows [`OutboxStore::pending`] gave this relay stay its own; `None` (the
+    /// default) for a store that never hands them to another relay. Once it passes, another
+    /// relay may deliver them (the PostgreSQL polling relay's lease lapsed): the relay stops
+    /// delivering the rows it has in flight (the node stops retrying them) and reads the store
+    /// again from the start, where it gets the rows that are still, or again, its own. The
+    /// relay asks after each step and sleeps until it when it has rows in flight.
+    fn claims_until(&self) -> Option<std::time::Instant> {
+        None
+    }
 }

@@ -9,22 +9,28 @@
 //! trip between two rows of one key. Claims are taken one at a time per outbox (an advisory
 //! lock inside `outbox_claim`) so each sees the ones before it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::session::{Lock, Session, keep_running};
 use super::{Shared, pg};
 use crate::outbox::OutboxError;
 use crate::outbox::store::StoredRow;
+use crate::sync::lock;
 
 /// A polling relay's identity and state.
 pub(super) struct Polling {
     /// Written into the rows it claims and its lease.
     id: String,
-    /// It holds the relay lock (shared) and a live lease: it may claim.
+    /// It holds the relay lock (shared) and its connection is up.
     active: AtomicBool,
+    /// When its lease surely ends: the start of its last renewal plus the lease (the
+    /// database set the end from its own clock after that start, so no other relay takes
+    /// this one's rows before it). Its creation until the first renewal: no lease yet.
+    lease_until: Mutex<Instant>,
     /// One less than the lowest row notified since the last read (`i64::MAX`: none). Rows
     /// get their `seq` when inserted, not when committed: one committed late may sit below
     /// the cursor, so the next read starts here.
@@ -37,23 +43,35 @@ impl Polling {
         self.active.load(Ordering::Acquire)
     }
 
+    /// Until when the rows it claimed are surely its own ([`crate::outbox::OutboxStore::claims_until`]).
+    pub(super) fn claims_until(&self) -> Instant {
+        *lock(&self.lease_until)
+    }
+
+    /// It may claim rows now: it is active and its lease holds.
+    fn may_claim(&self) -> bool {
+        self.is_active() && Instant::now() < self.claims_until()
+    }
+
     pub(super) fn new() -> Self {
         Self {
             id: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
             active: AtomicBool::new(false),
+            lease_until: Mutex::new(Instant::now()),
             rewind: AtomicI64::new(i64::MAX),
         }
     }
 
     /// Claims up to `limit` pending rows above `after` (or below, after a notification),
-    /// in `seq` order; none while this relay is not active.
+    /// in `seq` order; none while this relay is not active or its lease lapsed (its
+    /// renewals failing on a connection that still stands).
     pub(super) async fn pending(
         &self,
         shared: &Shared,
         after: i64,
         limit: usize,
     ) -> Result<Vec<StoredRow>, OutboxError> {
-        if !self.active.load(Ordering::Acquire) {
+        if !self.may_claim() {
             return Ok(Vec::new());
         }
         let rewind = self.rewind.swap(i64::MAX, Ordering::AcqRel);
@@ -162,6 +180,7 @@ impl Polling {
     /// Renews this relay's lease (and forgets relays whose lease ended a day ago).
     async fn renew(&self, shared: &Shared, client: &Client) -> Result<(), OutboxError> {
         let lease_ms = shared.options.lease.as_millis().min(i64::MAX as u128) as i64;
+        let asked = Instant::now();
         client
             .execute(
                 &shared.sql(
@@ -173,6 +192,7 @@ impl Polling {
             )
             .await
             .map_err(pg)?;
+        *lock(&self.lease_until) = asked + shared.options.lease;
         client
             .execute(
                 &shared.sql(

@@ -60,6 +60,15 @@ impl PostgresOutbox {
 }
 
 impl OutboxStore for PostgresOutbox {
+    fn claims_until(&self) -> Option<std::time::Instant> {
+        match &self.shared.mode {
+            Mode::Polling(poll) => Some(poll.claims_until().into_std()),
+            // The log tail claims nothing: a tail that took over reads the table's pending
+            // rows, in flight here or not (same ids: receivers deduplicate).
+            Mode::Tailing(_) => None,
+        }
+    }
+
     fn pending(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, OutboxError> {
         let stored = match &self.shared.mode {
             Mode::Polling(poll) => self.block(poll.pending(&self.shared, after, limit))?,

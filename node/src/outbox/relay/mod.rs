@@ -1,7 +1,6 @@
 //! The relay: delivers outbox rows through the node's normal delivery path and removes them
 //! once acknowledged (the polling publisher, woken at once by commits made through Shoal).
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +15,10 @@ use super::store::{Destination, OutboxError, OutboxRow, OutboxStore};
 use super::waiting::{Absence, Receiver};
 use crate::message::unix_ms;
 use crate::{Error, PublishOptions, RetryPolicy, SendOptions, WeakNode};
+use book::{InFlight, Relay, key_slot};
 use shoal_proto::Subscription;
+
+mod book;
 
 /// Rows handed to the delivery path at once, not counting those waiting for a receiver that is
 /// away ([`RelayOptions::max_waiting`]).
@@ -30,14 +32,6 @@ const RECORD_DELAY: Duration = Duration::from_millis(5);
 /// The least time the groups the store remembers stay remembered by the node after a poll.
 const REMEMBER_MARGIN: Duration = Duration::from_secs(10);
 
-/// A destination and partition key: rows sharing one go one at a time, in row order.
-type KeySlot = (String, String);
-
-fn key_slot(row: &OutboxRow) -> Option<KeySlot> {
-    let key = row.message.key()?;
-    Some((row.destination.to_column(), key.to_owned()))
-}
-
 /// Runs a store call on a blocking thread (SQLite may wait for another writer's lock), so the
 /// node's runtime never stalls on the database. `None` if the call panicked.
 async fn blocking<T: Send + 'static>(
@@ -48,112 +42,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || call(store.as_ref()))
         .await
         .unwrap_or_else(|e| Err(OutboxError::Database(format!("store call failed: {e}"))))
-}
-
-/// A row being delivered.
-struct InFlight {
-    slot: Option<KeySlot>,
-    receiver: Receiver,
-    /// Its receiver is away: the row does not count against [`WINDOW`].
-    waiting: bool,
-    /// The peers' generation when it started ([`crate::Node::peer_changes`]).
-    generation: u64,
-}
-
-/// The relay's bookkeeping: which rows are in flight and which keys may not go yet.
-#[derive(Default)]
-struct Relay {
-    /// Rows are read from after this `seq`.
-    after: i64,
-    in_flight: HashMap<i64, InFlight>,
-    /// How many rows in flight are waiting for an absent receiver.
-    waiting: usize,
-    /// Keys with a row in flight.
-    busy: HashSet<KeySlot>,
-    /// Keys whose earliest row was kept for later: their later rows wait for it.
-    blocked: HashSet<KeySlot>,
-    /// The store must be read: woken by a commit, a poll, a change of peers, or a failure.
-    read: bool,
-    /// The last read filled every free slot: more rows may be waiting behind it.
-    more: bool,
-    /// The lowest row read but held back (behind its key, or past `max_waiting`), below the
-    /// cursor: read again from there when a keyed or waiting row finishes ([`Relay::revisit`]).
-    held_from: Option<i64>,
-    /// Keys with a row held back below the cursor: their later rows are held too, in order.
-    held_keys: HashSet<KeySlot>,
-    /// The next read starts again from `held_from`.
-    revisit: bool,
-    /// The last read stopped at its budget with more rows behind: read on at once.
-    unfinished: bool,
-    /// Rows acknowledged, and rows dead-lettered (with the reason), not yet recorded in the
-    /// store: outcomes are written in batches, at most [`RECORD_DELAY`] after the first.
-    delivered: Vec<i64>,
-    dead: Vec<(i64, String)>,
-    /// When the outcomes above must be written.
-    record_at: Option<tokio::time::Instant>,
-}
-
-impl Relay {
-    /// Rows below the cursor (kept for later, written by other processes, left unsent by a
-    /// crash) are read again from the start; rows in flight are skipped then.
-    fn rescan(&mut self) {
-        self.after = 0;
-        self.blocked.clear();
-        self.held_from = None;
-        self.held_keys.clear();
-        self.revisit = false;
-        self.read = true;
-    }
-
-    /// Whether to read the store now: when told to, or when half the window is free and the
-    /// last read suggested more rows (not after every single ack: most such reads would find
-    /// nothing new).
-    fn should_read(&self, free: usize) -> bool {
-        free > 0 && (self.read || (self.more && free >= WINDOW / 2))
-    }
-
-    /// Whether the row's outcome is known but not yet written (it must not go again).
-    fn unrecorded(&self, seq: i64) -> bool {
-        self.delivered.contains(&seq) || self.dead.iter().any(|(s, _)| *s == seq)
-    }
-
-    /// Rows in flight that count against [`WINDOW`].
-    fn active(&self) -> usize {
-        self.in_flight.len() - self.waiting
-    }
-
-    /// A row's delivery ended: its key may go on.
-    fn finished(&mut self, seq: i64) -> Option<InFlight> {
-        let done = self.in_flight.remove(&seq)?;
-        if done.waiting {
-            self.waiting -= 1;
-        }
-        if let Some(slot) = &done.slot {
-            self.busy.remove(slot);
-        }
-        // A held row may go now: its key is free, or there is room among the waiting rows.
-        if self.held_from.is_some() && (done.waiting || done.slot.is_some()) {
-            self.revisit = true;
-            self.read = true;
-        }
-        Some(done)
-    }
-
-    /// The peers changed: rows whose receiver went away stop counting against the window,
-    /// rows whose receiver came back count again (they are about to finish).
-    fn reclassify(&mut self, absence: &mut Absence<'_>) {
-        for row in self.in_flight.values_mut() {
-            let waiting = absence.away(&row.receiver);
-            if waiting != row.waiting {
-                row.waiting = waiting;
-                if waiting {
-                    self.waiting += 1;
-                } else {
-                    self.waiting -= 1;
-                }
-            }
-        }
-    }
 }
 
 /// Runs until `stop`: reads pending rows in order, delivers them, and records each outcome in
@@ -186,6 +74,13 @@ pub(crate) async fn run(
     let mut tick = tokio::time::interval(options.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Rows in flight that may be another relay's now are let go before anything else.
+        let claims_until = store.claims_until().map(tokio::time::Instant::from_std);
+        if claims_until.is_some_and(|until| until <= tokio::time::Instant::now())
+            && !relay.in_flight.is_empty()
+        {
+            relay.let_go(&mut deliveries);
+        }
         let expired = if relay.should_read(WINDOW.saturating_sub(relay.active())) {
             relay.read = false;
             let Some(expired) = fill(&mut relay, &store, &node, &options, &mut deliveries).await
@@ -222,6 +117,8 @@ pub(crate) async fn run(
                 }
             }
             () = sleep_until_some(relay.record_at) => flush(&mut relay, &store).await,
+            // The claim on the rows in flight may have lapsed (looked at above).
+            () = sleep_until_some(claims_until), if !relay.in_flight.is_empty() => {}
             () = wake.notified() => relay.read = true,
             // The read stopped at its budget: go on reading (the rows behind many held ones),
             // between deliveries' outcomes.
