@@ -3,9 +3,10 @@
 //!
 //! Every handshake reads the node's [`LiveTls`](crate::tls::LiveTls), so a reload changes what
 //! the next handshake presents and accepts; connections already up stay up (a TLS connection
-//! is authenticated once, at its handshake). Revocations are the exception: a peer whose
-//! certificate becomes revoked is disconnected at once, because its existing connection would
-//! otherwise keep working until it drops for some other reason.
+//! is authenticated once, at its handshake). Two things end them all the same, because an
+//! existing connection would otherwise keep working until it drops for some other reason: a
+//! peer whose certificate becomes revoked is disconnected at once, and one whose certificate
+//! expires is disconnected when it does.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -97,10 +98,11 @@ impl Node {
     }
 }
 
-/// Starts the node's certificate tasks: expiry warnings, and closing revoked peers.
+/// Starts the node's certificate tasks: expiry warnings, and closing revoked or expired peers.
 pub(crate) fn spawn_tasks(driver: &Arc<Driver>) {
     driver.tasks.spawn(warn_before_expiry(Arc::clone(driver)));
     driver.tasks.spawn(close_revoked_peers(Arc::clone(driver)));
+    driver.tasks.spawn(close_expired_peers(Arc::clone(driver)));
 }
 
 /// How long before `cert` expires the node warns.
@@ -175,7 +177,7 @@ fn close_revoked(driver: &Driver, revoked: &BTreeSet<CertSerial>) {
     }
     for (_, io) in driver.connections() {
         let conn = &io.conn;
-        if let Some(serial) = tls::peer_serial(conn)
+        if let Some(serial) = tls::peer_certificate_info(conn).map(|info| info.serial)
             && revoked.contains(&serial)
         {
             tracing::warn!(%serial, addr = %conn.remote_address(), service = ?tls::peer_service(conn),
@@ -183,6 +185,51 @@ fn close_revoked(driver: &Driver, revoked: &BTreeSet<CertSerial>) {
             conn.close(CloseCode::Revoked.into(), b"certificate revoked");
         }
     }
+}
+
+/// Closes the connections of peers whose certificate expired while they were connected: a
+/// peer that connected a moment before its certificate expired would otherwise stay in for as
+/// long as its connection lasts (keep-alives keep it up), which defeats short-lived
+/// certificates. Wakes at the next expiry among the live connections, when a connection comes
+/// or goes, and at least every [`EXPIRY_RECHECK`] (the wall clock may jump).
+async fn close_expired_peers(shared: Arc<Driver>) {
+    let mut changes = shared.peer_changes();
+    loop {
+        let now = SystemTime::now();
+        let wait = close_expired(&shared, now)
+            .and_then(|next| next.duration_since(now).ok())
+            .map_or(EXPIRY_RECHECK, |d| {
+                (d + Duration::from_millis(1)).min(EXPIRY_RECHECK)
+            });
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = changes.changed() => if changed.is_err() { return },
+            () = shared.stopping.cancelled() => return,
+        }
+    }
+}
+
+/// How often the expiry of live peers' certificates is looked at, at least.
+const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
+
+/// Closes every live connection whose peer's certificate is no longer valid at `now`; returns
+/// when the first of the others expires.
+fn close_expired(driver: &Driver, now: SystemTime) -> Option<SystemTime> {
+    let mut next: Option<SystemTime> = None;
+    for (_, io) in driver.connections() {
+        let conn = &io.conn;
+        let Some(info) = tls::peer_certificate_info(conn) else {
+            continue;
+        };
+        if now > info.not_after {
+            tracing::warn!(serial = %info.serial, addr = %conn.remote_address(), service = ?info.service,
+                "closing the connection of a peer whose certificate expired");
+            conn.close(CloseCode::Expired.into(), b"certificate expired");
+        } else {
+            next = Some(next.map_or(info.not_after, |n| n.min(info.not_after)));
+        }
+    }
+    next
 }
 
 #[cfg(test)]

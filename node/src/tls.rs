@@ -20,7 +20,7 @@ use rustls::version;
 use rustls_pki_types::CertificateDer;
 
 use crate::error::Error;
-use crate::identity::{self, CertSerial};
+use crate::identity::{self, CertificateInfo};
 pub(crate) use live::LiveTls;
 
 mod live;
@@ -159,11 +159,12 @@ pub(crate) fn peer_service(conn: &quinn::Connection) -> Option<String> {
     identity::service_of_cert(&peer_certificate(conn)?)
 }
 
-/// The serial of the peer's certificate, to find the connections of a peer whose certificate
-/// was revoked after it connected. `None` if the handshake is not complete.
-pub(crate) fn peer_serial(conn: &quinn::Connection) -> Option<CertSerial> {
+/// What the peer's certificate says (serial, validity), to find the connections of a peer
+/// whose certificate was revoked or expired after it connected. `None` if the handshake is
+/// not complete.
+pub(crate) fn peer_certificate_info(conn: &quinn::Connection) -> Option<CertificateInfo> {
     let cert = peer_certificate(conn)?;
-    Some(identity::Parsed::new(&cert).ok()?.info.serial)
+    Some(identity::Parsed::new(&cert).ok()?.info)
 }
 
 /// The crypto provider every Shoal TLS configuration uses.

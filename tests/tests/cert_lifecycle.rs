@@ -1,5 +1,6 @@
 //! Certificates while nodes run: rotation and CA rollover under load, revocation, expired and
-//! not-yet-valid certificates, expiry warnings. Real nodes on 127.0.0.1, public API only.
+//! not-yet-valid certificates (refused, and cut off when they expire while connected), expiry
+//! warnings. Real nodes on 127.0.0.1, public API only.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -177,6 +178,46 @@ async fn a_revoked_peer_is_cut_off_within_3_seconds_and_cannot_come_back() {
     // Reinstating (a mistaken revocation) lets the shop back in.
     billing.revocations().reinstate(&shop.certificate().serial);
     shoal_tests::wait_instances(&shop, "billing", 1).await;
+    shop.shutdown().await;
+    billing.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_certificate_expires_while_connected_is_cut_off() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let mut events = billing.events();
+    let lifetime = Duration::from_secs(4);
+    let short = mesh.ca.issue_valid_for("shop", lifetime).unwrap();
+    let not_after = short.certificate().not_after;
+    let shop = mesh
+        .start_with(
+            mesh.builder("shop").identity(short),
+            &[billing.local_addr()],
+        )
+        .await;
+    shoal_tests::wait_instances(&billing, "shop", 1).await;
+
+    // The connection, authenticated while the certificate was valid, ends once it is not.
+    let down = next_event(
+        &mut events,
+        lifetime + WAIT,
+        |e| matches!(e, NodeEvent::PeerDown { service, .. } if service == "shop"),
+    )
+    .await;
+    eprintln!("expired peer cut off: {down:?}");
+    assert!(
+        SystemTime::now() > not_after,
+        "cut off before its certificate expired"
+    );
+    // The shop redials and is refused, saying why.
+    next_event(
+        &mut events,
+        WAIT,
+        handshake_failed_with("certificate expired"),
+    )
+    .await;
+    assert!(billing.peers().is_empty());
     shop.shutdown().await;
     billing.shutdown().await;
 }

@@ -57,6 +57,8 @@ pub(crate) enum CloseCode {
     NotReading = 4,
     /// The peer's certificate was revoked.
     Revoked = 5,
+    /// The peer's certificate expired while it was connected.
+    Expired = 6,
 }
 
 impl CloseCode {
