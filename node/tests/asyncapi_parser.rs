@@ -19,7 +19,8 @@ fn repo() -> PathBuf {
 }
 
 /// Contracts that use every feature of the document: replies, deprecations, groups, every
-/// instance subscriptions, CBOR, several services sent to.
+/// instance subscriptions, CBOR, several services sent to, an event published and
+/// subscribed to on one topic (its channel lists it twice, a key for each way).
 fn contracts() -> Vec<ServiceContract> {
     vec![
         orders_contract()
@@ -33,6 +34,10 @@ fn contracts() -> Vec<ServiceContract> {
             .every_instance()
             .sends::<v1::PlaceOrder>("orders")
             .replies::<v1::OrderAccepted>(),
+        ServiceContract::new("relay", "1.0.0")
+            .publishes::<OrderPlaced>("order.placed")
+            .subscribes::<OrderPlaced>("order.placed")
+            .every_instance(),
     ]
 }
 

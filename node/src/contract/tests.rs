@@ -255,3 +255,56 @@ fn a_document_compared_with_itself_has_no_changes() {
     assert_eq!(report.changes, []);
     assert_eq!(report.summary(), "no changes");
 }
+
+#[derive(Serialize, Deserialize, JsonSchema, crate::Contract)]
+#[shoal(name = "cache.Invalidated", version = 1, kind = "event")]
+struct Invalidated {
+    key: String,
+    #[serde(default)]
+    reason: String,
+}
+
+#[test]
+fn an_event_published_and_subscribed_on_one_topic_keeps_both_schemas() {
+    let doc = ServiceContract::new("cache", "1.0.0")
+        .publishes::<Invalidated>("cache.invalidated")
+        .subscribes::<Invalidated>("cache.invalidated")
+        .every_instance()
+        .asyncapi()
+        .unwrap();
+    // Follows an operation's message to its payload's `required` list.
+    let required = |operation: &str| {
+        let reference = doc["operations"][operation]["messages"][0]["$ref"]
+            .as_str()
+            .unwrap();
+        let in_channel = doc.pointer(reference.trim_start_matches('#')).unwrap();
+        let component = in_channel["$ref"].as_str().unwrap();
+        let message = doc.pointer(component.trim_start_matches('#')).unwrap();
+        message["payload"]["required"].clone()
+    };
+    // Written, `reason` is always there; read, it may be missing.
+    assert_eq!(
+        required("publish.cache.Invalidated.v1"),
+        serde_json::json!(["key", "reason"])
+    );
+    assert_eq!(
+        required("subscribe.cache.Invalidated.v1"),
+        serde_json::json!(["key"])
+    );
+    let messages = doc["channels"]["events.cache.invalidated"]["messages"]
+        .as_object()
+        .unwrap();
+    let keys: Vec<&str> = messages.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["cache.Invalidated.v1", "cache.Invalidated.v1.received"]
+    );
+    // Every message of the components is used by the channel.
+    for component in doc["components"]["messages"].as_object().unwrap().keys() {
+        let target = format!("#/components/messages/{component}");
+        assert!(
+            messages.values().any(|m| m["$ref"] == target.as_str()),
+            "{component} is not in the channel"
+        );
+    }
+}

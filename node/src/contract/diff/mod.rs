@@ -3,8 +3,8 @@
 //!
 //! It is **direction-aware**. Messages the service *receives* (receive operations, and
 //! replies to its requests) must stay backward compatible: new code reads what old senders
-//! send, so a new required field, a narrowed type, a tighter enum or constraint, or a closed
-//! model breaks. Messages it *sends* must stay forward compatible: old receivers read what new
+//! send, so a new required field, a narrowed type, a tighter enum or constraint, a closed
+//! model, or a field removed from a closed model breaks. Messages it *sends* must stay forward compatible: old receivers read what new
 //! code sends, so a removed field, a required field made optional, a widened type or a new
 //! enum value breaks. Removing a channel, an operation, a message version or a reply, or
 //! changing an address or content type, breaks; adding any of them does not. A rename is a
@@ -37,6 +37,7 @@ mod document;
 mod render;
 mod rules;
 mod schema;
+mod shape;
 mod structure;
 
 use std::path::Path;
@@ -155,5 +156,7 @@ fn check_version(doc: &Value, name: &str) -> Result<(), Error> {
     }
 }
 
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;

@@ -132,18 +132,18 @@ rules! {
     FieldBecameOptional "field-became-optional" FORWARD,
         "A required field became optional: breaks a sender (old receivers require it).";
     TypeNarrowed "type-narrowed" BACKWARD,
-        "A type was narrowed (number to integer, nullable to not): breaks a receiver.";
+        "A type was narrowed (number to integer, nullable to not, any value to one type): breaks a receiver.";
     TypeWidened "type-widened" FORWARD,
-        "A type was widened (integer to number, made nullable): breaks a sender.";
+        "A type was widened (integer to number, made nullable, one type to any value): breaks a sender.";
     TypeChanged "type-changed" BOTH, "A type changed to an unrelated one: breaks both.";
     EnumValueRemoved "enum-value-removed" BACKWARD,
         "An enum lost a value: breaks a receiver (old senders may send it).";
     EnumValueAdded "enum-value-added" FORWARD,
         "An enum gained a value: breaks a sender (old receivers do not know it).";
     ConstraintTightened "constraint-tightened" BACKWARD,
-        "A constraint was tightened or added (length, range, pattern, format, enum): breaks a receiver.";
+        "A constraint was tightened or added (length, range, pattern, format, enum, a narrower number format such as uint64 to uint32): breaks a receiver.";
     ConstraintLoosened "constraint-loosened" FORWARD,
-        "A constraint was loosened or removed: breaks a sender.";
+        "A constraint was loosened or removed (a wider number format such as uint32 to uint64 or float to double): breaks a sender.";
     ConstraintChanged "constraint-changed" BOTH,
         "A constraint changed to an unrelated one (a new pattern or format): breaks both.";
     ModelClosed "model-closed" BACKWARD,
@@ -152,16 +152,18 @@ rules! {
         "A closed object was opened to other properties: breaks a sender.";
     FieldAddedToClosedModel "field-added-to-closed-model" FORWARD,
         "A field was added to a closed object: breaks a sender (old receivers refuse it).";
+    FieldRemovedFromClosedModel "field-removed-from-closed-model" BACKWARD,
+        "A field was removed from a closed object: breaks a receiver (it refuses old senders' messages).";
     VariantRemoved "variant-removed" BACKWARD,
-        "A oneOf/anyOf alternative was removed: breaks a receiver.";
+        "A oneOf/anyOf alternative (or a value of one that lists values, such as a unit variant) was removed: breaks a receiver.";
     VariantAdded "variant-added" FORWARD,
-        "A oneOf/anyOf alternative was added: breaks a sender.";
+        "A oneOf/anyOf alternative (or a value of one that lists values, such as a unit variant) was added: breaks a sender.";
     Deprecated "deprecated" Fixed(Info),
         "An operation or message is newly deprecated (`deprecated` or `x-shoal-deprecated`).";
     MajorVersionNotBumped "major-version-not-bumped" Fixed(Warning),
         "There are breaking changes but info.version kept its major version.";
     SchemaNotCompared "schema-not-compared" Fixed(Warning),
-        "A schema changed that the check cannot read (another schema format, a $ref outside the document).";
+        "A schema changed that the check cannot read (another schema format, a $ref outside the document, a schema that refers to itself through nullable unions).";
 }
 
 /// Which way a message travels, as the documents' operations say.

@@ -5,10 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::document::{Doc, escape};
 use super::rules::Rule;
+use super::shape::{MAX_NULLABLE_NESTING, NumberFormat, Shape, variant_key};
+
+/// The schema `true`: any value (what an absent `items` or `additionalProperties` allows).
+static ANY: Value = Value::Bool(true);
 
 /// Deeper than this, schemas are not compared (a bound for pathological documents).
 const MAX_DEPTH: usize = 64;
@@ -30,6 +34,8 @@ const MAX_KEYWORDS: [&str; 5] = [
     "maxProperties",
 ];
 /// Constraints that are neither tighter nor looser when they change, only different.
+/// (`format` is one too, except between the number formats of Rust's types, which are
+/// ranges: [`NumberFormat`].)
 const OTHER_KEYWORDS: [&str; 5] = [
     "pattern",
     "format",
@@ -100,22 +106,46 @@ impl<'a> SchemaDiff<'a> {
         }
         let old = Shape::of(self.old, old);
         let new = Shape::of(self.new, new);
+        if old.unreadable || new.unreadable {
+            let message = format!(
+                "nullable unions nested more than {MAX_NULLABLE_NESTING} deep (a schema that \
+                 refers to itself); not compared"
+            );
+            self.found(Rule::SchemaNotCompared, path, message);
+            return;
+        }
         self.types(&old, &new, path);
         self.values(&old, &new, path);
         self.constraints(&old, &new, path);
         self.object(&old, &new, path, depth);
-        if let (Some(o), Some(n)) = (old.items, new.items) {
+        // An absent `items` allows any item, as `true` does.
+        if (old.items.is_some() || new.items.is_some())
+            && old.may_be("array")
+            && new.may_be("array")
+        {
+            let (o, n) = (old.items.unwrap_or(&ANY), new.items.unwrap_or(&ANY));
             self.node(o, n, &format!("{path}/items"), depth + 1);
         }
         self.variants(&old, &new, path, depth);
     }
 
+    /// Types and nullability. Null is judged apart from the other types: a nullable union
+    /// of a schema without `type` (a `$ref`, a `oneOf`) allows null all the same.
     fn types(&mut self, old: &Shape<'a>, new: &Shape<'a>, path: &str) {
-        let show = |t: &Option<BTreeSet<String>>| match t {
-            None => "any type".to_owned(),
-            Some(set) => set.iter().cloned().collect::<Vec<_>>().join(" or "),
+        let show = |shape: &Shape<'a>| {
+            let mut names = match shape.types_without_null() {
+                _ if shape.nothing => vec!["nothing (false)".to_owned()],
+                None if shape.variants.is_empty() => vec!["any type".to_owned()],
+                None => vec!["one of its alternatives".to_owned()],
+                Some(set) => set.into_iter().collect::<Vec<_>>(),
+            };
+            if shape.accepts_null() && (shape.types.is_some() || !shape.variants.is_empty()) {
+                names.push("null".to_owned());
+            }
+            names.join(" or ")
         };
-        let (widened, narrowed) = match (&old.types, &new.types) {
+        let (o, n) = (old.types_without_null(), new.types_without_null());
+        let (mut widened, mut narrowed) = match (&o, &n) {
             (None, None) => (false, false),
             (None, Some(_)) => (false, true),
             (Some(_), None) => (true, false),
@@ -124,13 +154,24 @@ impl<'a> SchemaDiff<'a> {
                 o.iter().any(|t| !covered(t, n)),
             ),
         };
+        let (old_null, new_null) = (old.accepts_null(), new.accepts_null());
+        widened |= new_null && !old_null;
+        narrowed |= old_null && !new_null;
         let rule = match (widened, narrowed) {
             (false, false) => return,
             (true, true) => Rule::TypeChanged,
             (true, false) => Rule::TypeWidened,
             (false, true) => Rule::TypeNarrowed,
         };
-        let message = format!("type was {}, is now {}", show(&old.types), show(&new.types));
+        let message = if o == n && old.nothing == new.nothing {
+            if new_null {
+                "null is now allowed".to_owned()
+            } else {
+                "null is no longer allowed".to_owned()
+            }
+        } else {
+            format!("type was {}, is now {}", show(old), show(new))
+        };
         self.found(rule, path, message);
     }
 
@@ -196,7 +237,16 @@ impl<'a> SchemaDiff<'a> {
                 (Some(o), Some(n)) if o == n => continue,
                 (None, Some(_)) => Rule::ConstraintTightened,
                 (Some(_), None) => Rule::ConstraintLoosened,
-                (Some(_), Some(_)) => Rule::ConstraintChanged,
+                (Some(o), Some(n)) => match (NumberFormat::of(o), NumberFormat::of(n)) {
+                    // u32 to u64, f32 to f64: every old value is still one.
+                    (Some(o), Some(n)) if key == "format" && o.within(n) => {
+                        Rule::ConstraintLoosened
+                    }
+                    (Some(o), Some(n)) if key == "format" && n.within(o) => {
+                        Rule::ConstraintTightened
+                    }
+                    _ => Rule::ConstraintChanged,
+                },
             };
             let show = |v: Option<&Value>| v.map_or("none".to_owned(), Value::to_string);
             let message = format!("{key} was {}, is now {}", show(o), show(n));
@@ -278,9 +328,25 @@ impl<'a> SchemaDiff<'a> {
                     &at,
                     format!("field `{name}` removed (it was {what})"),
                 );
+                if new.closed {
+                    let message =
+                        format!("field `{name}` removed from an object that refuses others");
+                    self.found(Rule::FieldRemovedFromClosedModel, &at, message);
+                }
             }
         }
-        if let (Some(o), Some(n)) = (old.additional, new.additional) {
+        // Values of other properties (a map's values): an absent schema allows any, as `true`
+        // does; `false` is a closed model, judged above.
+        if (old.additional.is_some() || new.additional.is_some())
+            && !old.closed
+            && !new.closed
+            && old.may_be("object")
+            && new.may_be("object")
+        {
+            let (o, n) = (
+                old.additional.unwrap_or(&ANY),
+                new.additional.unwrap_or(&ANY),
+            );
             self.node(o, n, &format!("{path}/additionalProperties"), depth + 1);
         }
     }
@@ -289,36 +355,75 @@ impl<'a> SchemaDiff<'a> {
         if old.variants.is_empty() && new.variants.is_empty() {
             return;
         }
-        let keyed =
-            |doc: Doc<'a>, variants: &[&'a Value]| -> BTreeMap<String, (usize, &'a Value)> {
-                variants
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (variant_key(doc, v, i), (i, *v)))
-                    .collect()
-            };
         let (o, n) = (
-            keyed(self.old, &old.variants),
-            keyed(self.new, &new.variants),
+            Alternatives::of(self.old, &old.variants),
+            Alternatives::of(self.new, &new.variants),
         );
         let keyword = new.combinator.or(old.combinator).unwrap_or("oneOf");
-        for (key, (i, schema)) in &n {
+        for (key, (i, schema)) in &n.keyed {
             let at = format!("{path}/{keyword}/{i}");
-            match o.get(key) {
+            match o.keyed.get(key) {
                 Some((_, before)) => self.node(before, schema, &at, depth + 1),
                 None => self.found(Rule::VariantAdded, &at, format!("alternative {key} added")),
             }
         }
-        for (key, (i, _)) in &o {
-            if !n.contains_key(key) {
+        for (key, (i, _)) in &o.keyed {
+            if !n.keyed.contains_key(key) {
                 let at = format!("{path}/{keyword}/{i}");
-                self.found(
-                    Rule::VariantRemoved,
-                    &at,
-                    format!("alternative {key} removed"),
-                );
+                let message = format!("alternative {key} removed");
+                self.found(Rule::VariantRemoved, &at, message);
             }
         }
+        // Alternatives that list values (a constant, or schemars' one enum of all unit
+        // variants) are compared by the values, whichever alternative holds them.
+        for (value, i) in &n.values {
+            if !o.values.contains_key(value) {
+                let at = format!("{path}/{keyword}/{i}");
+                let message = format!("alternative value {value} added");
+                self.found(Rule::VariantAdded, &at, message);
+            }
+        }
+        for (value, i) in &o.values {
+            if !n.values.contains_key(value) {
+                let at = format!("{path}/{keyword}/{i}");
+                let message = format!("alternative value {value} removed");
+                self.found(Rule::VariantRemoved, &at, message);
+            }
+        }
+    }
+}
+
+/// The alternatives of a `oneOf`/`anyOf`, as they are recognised across versions.
+struct Alternatives<'a> {
+    /// Alternatives that list values: each value (as JSON text) and its alternative's
+    /// position.
+    values: BTreeMap<String, usize>,
+    /// The others, by [`variant_key`], with their position.
+    keyed: BTreeMap<String, (usize, &'a Value)>,
+}
+
+impl<'a> Alternatives<'a> {
+    fn of(doc: Doc<'a>, variants: &[&'a Value]) -> Self {
+        let mut alternatives = Self {
+            values: BTreeMap::new(),
+            keyed: BTreeMap::new(),
+        };
+        for (i, variant) in variants.iter().enumerate() {
+            let variant = doc.resolve(variant).unwrap_or(variant);
+            let shape = Shape::of(doc, variant);
+            match &shape.values {
+                Some(values) if shape.properties.is_empty() && shape.variants.is_empty() => {
+                    for value in values {
+                        alternatives.values.entry(value.to_string()).or_insert(i);
+                    }
+                }
+                _ => {
+                    let key = variant_key(&shape, variant, i);
+                    alternatives.keyed.insert(key, (i, variant));
+                }
+            }
+        }
+        alternatives
     }
 }
 
@@ -334,171 +439,4 @@ fn has_ref(value: &Value) -> bool {
 /// Whether type `t` is among `types` (an integer is a number).
 fn covered(t: &str, types: &BTreeSet<String>) -> bool {
     types.contains(t) || (t == "integer" && types.contains("number"))
-}
-
-/// How an alternative of a `oneOf`/`anyOf` is recognised across versions: its constant,
-/// its tag (the single required property of serde's externally tagged enums, or a property
-/// with a constant for internally tagged ones), its title, or else its position.
-fn variant_key(doc: Doc<'_>, variant: &Value, position: usize) -> String {
-    let variant = doc.resolve(variant).unwrap_or(variant);
-    let shape = Shape::of(doc, variant);
-    if let Some([only]) = shape.values.as_deref() {
-        return format!("value {only}");
-    }
-    if let Some((name, _)) = shape.properties.iter().find(|(_, p)| {
-        p.get("const").is_some()
-            || p.get("enum")
-                .is_some_and(|e| e.as_array().is_some_and(|a| a.len() == 1))
-    }) {
-        let value = shape.properties[name]
-            .get("const")
-            .or_else(|| shape.properties[name].get("enum").and_then(|e| e.get(0)))
-            .map(Value::to_string)
-            .unwrap_or_default();
-        return format!("tagged {name}={value}");
-    }
-    if shape.required.len() == 1
-        && shape.properties.len() == 1
-        && let Some(name) = shape.required.iter().next()
-    {
-        return format!("tagged `{name}`");
-    }
-    if let Some(title) = variant.get("title").and_then(Value::as_str) {
-        return format!("`{title}`");
-    }
-    format!("#{position}")
-}
-
-/// The parts of a schema the comparison looks at, with `allOf` merged and a nullable
-/// `anyOf`/`oneOf` (`[X, {type: null}]`, as schemars writes `Option<X>`) read as X or null.
-struct Shape<'a> {
-    raw: &'a Map<String, Value>,
-    types: Option<BTreeSet<String>>,
-    values: Option<Vec<&'a Value>>,
-    properties: BTreeMap<String, &'a Value>,
-    required: BTreeSet<String>,
-    closed: bool,
-    additional: Option<&'a Value>,
-    items: Option<&'a Value>,
-    variants: Vec<&'a Value>,
-    combinator: Option<&'static str>,
-}
-
-impl<'a> Shape<'a> {
-    fn of(doc: Doc<'a>, schema: &'a Value) -> Self {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        let raw = schema
-            .as_object()
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new));
-        let mut shape = Self {
-            raw,
-            types: types_of(raw),
-            values: raw
-                .get("enum")
-                .and_then(Value::as_array)
-                .map(|values| values.iter().collect())
-                .or_else(|| raw.get("const").map(|v| vec![v])),
-            properties: BTreeMap::new(),
-            required: BTreeSet::new(),
-            closed: raw.get("additionalProperties") == Some(&Value::Bool(false)),
-            additional: raw.get("additionalProperties").filter(|a| a.is_object()),
-            items: raw.get("items").filter(|i| i.is_object()),
-            variants: Vec::new(),
-            combinator: None,
-        };
-        shape.merge_object(raw);
-        for member in raw
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Ok(Value::Object(member)) = doc.resolve(member) {
-                shape.merge_object(member);
-                shape.closed |= member.get("additionalProperties") == Some(&Value::Bool(false));
-            }
-        }
-        for keyword in ["oneOf", "anyOf"] {
-            let Some(members) = raw.get(keyword).and_then(Value::as_array) else {
-                continue;
-            };
-            let is_null = |m: &&'a Value| {
-                doc.resolve(m)
-                    .is_ok_and(|m| m.get("type") == Some(&Value::String("null".into())))
-            };
-            let nullable = members.iter().any(|m| is_null(&m));
-            let others: Vec<&'a Value> = members.iter().filter(|m| !is_null(m)).collect();
-            match others.as_slice() {
-                [only] if nullable => {
-                    if let Ok(inner) = doc.resolve(only) {
-                        let inner = Self::of(doc, inner);
-                        shape.absorb(inner);
-                    }
-                    shape.add_type("null");
-                }
-                _ => {
-                    shape.variants = others;
-                    shape.combinator = Some(if keyword == "oneOf" { "oneOf" } else { "anyOf" });
-                    if nullable {
-                        shape.add_type("null");
-                    }
-                }
-            }
-        }
-        shape
-    }
-
-    fn merge_object(&mut self, object: &'a Map<String, Value>) {
-        for (name, schema) in object
-            .get("properties")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            self.properties.insert(name.clone(), schema);
-        }
-        for name in object
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            self.required.insert(name.to_owned());
-        }
-    }
-
-    /// Takes the inner schema of a nullable union as this one (its constraints too).
-    fn absorb(&mut self, inner: Self) {
-        self.raw = inner.raw;
-        self.types = inner.types;
-        self.values = self.values.take().or(inner.values);
-        self.properties.extend(inner.properties);
-        self.required.extend(inner.required);
-        self.closed |= inner.closed;
-        self.additional = self.additional.or(inner.additional);
-        self.items = self.items.or(inner.items);
-        self.variants = inner.variants;
-        self.combinator = inner.combinator;
-    }
-
-    fn add_type(&mut self, t: &str) {
-        if let Some(types) = &mut self.types {
-            types.insert(t.to_owned());
-        }
-    }
-}
-
-/// The `type` keyword as a set; `None` when absent (any type).
-fn types_of(raw: &Map<String, Value>) -> Option<BTreeSet<String>> {
-    match raw.get("type")? {
-        Value::String(t) => Some(BTreeSet::from([t.clone()])),
-        Value::Array(ts) => Some(
-            ts.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect(),
-        ),
-        _ => None,
-    }
 }

@@ -206,6 +206,16 @@ payload_rule!(
     Breaking
 );
 payload_rule!(
+    field_removed_from_closed_model,
+    FieldRemovedFromClosedModel,
+    json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+           "additionalProperties": false}),
+    json!({"type": "object", "properties": {"a": {"type": "string"}},
+           "additionalProperties": false}),
+    Breaking,
+    Info
+);
+payload_rule!(
     variant_removed,
     VariantRemoved,
     json!({"oneOf": [

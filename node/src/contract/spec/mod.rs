@@ -7,10 +7,11 @@
 //!   that channel (address `null`: each reply goes to its request's return address).
 //!   `events.<topic>` is a topic or subscription pattern (`x-shoal-delivery:
 //!   publish-subscribe`).
-//! - **Messages** are keyed `<name>.v<major>`, with `contentType`, a JSON Schema draft-07
-//!   payload (for reading, on messages the service receives; for writing, on messages it
-//!   sends), `correlationId` on requests and replies, the `shoal-message` header on events,
-//!   and `x-shoal-version`, `x-shoal-kind`, `x-shoal-partition-key` and
+//! - **Messages** are keyed `<name>.v<major>` (in a channel that carries one both ways, the
+//!   second way's key is `<name>.v<major>.received` or `.sent`), with `contentType`, a JSON
+//!   Schema draft-07 payload (for reading, on messages the service receives; for writing,
+//!   on messages it sends), `correlationId` on requests and replies, the `shoal-message`
+//!   header on events, and `x-shoal-version`, `x-shoal-kind`, `x-shoal-partition-key` and
 //!   `x-shoal-deprecated`.
 //! - **Operations**, one per declared message and version: `receive.<name>.v<major>`
 //!   (accepted, with a `reply` whose address is `$message.header#/reply_to`),
@@ -224,10 +225,7 @@ impl Document<'_> {
             Some((_, component)) => component.clone(),
             None if !self.uses.iter().any(|((id, _, _), _)| *id == message.id) => key.clone(),
             None => {
-                let direction = match usage.direction {
-                    Direction::Receive => "received",
-                    Direction::Send => "sent",
-                };
+                let direction = way(usage.direction);
                 let codec_name = codec.content_type().trim_start_matches("application/");
                 format!("{key}.{direction}.{codec_name}")
             }
@@ -261,18 +259,25 @@ impl Document<'_> {
             self.messages
                 .insert(component.clone(), Value::Object(object));
         }
-        if let Some(messages) = self
+        let target = reference(&format!("components/messages/{component}"));
+        let Some(messages) = self
             .channels
             .get_mut(channel)
             .and_then(|c| c.get_mut("messages"))
             .and_then(Value::as_object_mut)
-        {
-            messages.insert(
-                key.clone(),
-                reference(&format!("components/messages/{component}")),
-            );
-        }
-        reference(&format!("channels/{channel}/messages/{key}"))
+        else {
+            return reference(&format!("channels/{channel}/messages/{key}"));
+        };
+        // One message type both sent and received on one channel (an event the service
+        // publishes and subscribes to) has two schemas, one to write and one to read: the
+        // second use gets its own key, `<name>.v<major>.received` (or `.sent`).
+        let direction = way(usage.direction);
+        let channel_key = [key.clone(), format!("{key}.{direction}"), component]
+            .into_iter()
+            .find(|k| messages.get(k).is_none_or(|m| *m == target))
+            .unwrap_or(key);
+        messages.insert(channel_key.clone(), target);
+        reference(&format!("channels/{channel}/messages/{channel_key}"))
     }
 
     fn command_channel(&mut self, service: &str) -> Result<String, Error> {
@@ -378,6 +383,14 @@ fn event_headers(id: MessageRef) -> Value {
             },
         },
     })
+}
+
+/// `received` or `sent`, as message keys say it.
+fn way(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Receive => "received",
+        Direction::Send => "sent",
+    }
 }
 
 fn first_line(text: &str) -> &str {
