@@ -193,6 +193,7 @@ impl Hangups {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, SystemTime};
