@@ -69,6 +69,10 @@ const NODE_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// between the machine that issued them and the machines that check them.
 const BACKDATE: Duration = Duration::from_secs(60 * 60);
 
+/// The last second an X.509 date can name, 9999-12-31T23:59:59Z, in seconds since the Unix
+/// epoch (GeneralizedTime has four digits for the year).
+const LAST_X509_SECOND: u64 = 253_402_300_799;
+
 /// Checks that `service` can be used as a service name in a certificate: 1 to 63
 /// characters from `a-z`, `0-9` and `-`, not starting or ending with `-` (a DNS label).
 pub(crate) fn validate_service_name(service: &str) -> Result<(), Error> {
@@ -235,7 +239,8 @@ impl MeshCa {
             ));
         }
         let now = SystemTime::now();
-        self.issue_valid_between(service, now - BACKDATE, now + lifetime)
+        let not_after = now.checked_add(lifetime).ok_or_else(past_9999)?;
+        self.issue_valid_between(service, now - BACKDATE, not_after)
     }
 
     /// [`MeshCa::issue`] valid from `not_before` to `not_after` (whole seconds). A certificate
@@ -253,6 +258,13 @@ impl MeshCa {
             return Err(Error::Identity(
                 "a certificate's validity must end after it starts".into(),
             ));
+        }
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if secs > LAST_X509_SECOND {
+            return Err(past_9999());
         }
         let ca_key = self.key.as_deref().ok_or_else(|| {
             Error::Identity(
@@ -445,7 +457,16 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-/// Makes `params` valid from `not_before` to `not_after`.
+/// The error of a validity that ends after the last date a certificate can hold.
+fn past_9999() -> Error {
+    Error::Identity(
+        "a certificate cannot be valid past the end of the year 9999 (X.509 dates have \
+         four-digit years): ask for a shorter lifetime"
+            .into(),
+    )
+}
+
+/// Makes `params` valid from `not_before` to `not_after` (both checked: up to the year 9999).
 fn set_validity(params: &mut CertificateParams, not_before: SystemTime, not_after: SystemTime) {
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);

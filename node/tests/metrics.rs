@@ -15,10 +15,22 @@ use std::time::Duration;
 
 use shoal::prometheus_client::encoding::text::encode;
 use shoal::prometheus_client::registry::Registry;
-use shoal::{Error, HandlerError, MeshCa, Message, MetricsConfig, Node};
+use shoal::{Error, HandlerError, MeshCa, Message, MetricsConfig, Node, SubscribeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A group name (a peer chooses it freely) that closes the label set, ends the line and
+/// writes a series of its own, with a backslash, a tab and a carriage return as well.
+const HOSTILE_GROUP: &str = "g\\\",message=\"x\"} 1\nshoal_injected_total 42\n# \t\r";
+/// The same escaped as a label value: `\`, `"` and line feed, nothing else.
+const HOSTILE_GROUP_LABEL: &str = concat!(
+    r#"g\\\",message=\"x\"} 1\nshoal_injected_total 42\n# "#,
+    "\t\r"
+);
+/// A topic may hold quotes and backslashes.
+const HOSTILE_TOPIC: &str = "orders.a\"b\\c";
+const HOSTILE_TOPIC_LABEL: &str = r#"orders.a\"b\\c"#;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
@@ -135,6 +147,14 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
     pricing.handle("broken", |_msg: Message| async {
         Err::<(), _>(HandlerError::permanent("no such product"))
     });
+    // Label values from the network: a group name and a topic the format must escape.
+    let _orders = pricing
+        .subscribe_with(
+            SubscribeOptions::new("orders.>").group(HOSTILE_GROUP),
+            |_msg: Message| async { Ok::<_, HandlerError>(()) },
+        )
+        .await
+        .expect("subscribed");
     let shop = Node::builder("shop")
         .identity(ca.issue("shop").expect("identity"))
         .trust(ca.clone())
@@ -154,6 +174,14 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
         matches!(refused, Err(Error::DeadLettered(_))),
         "{refused:?}"
     );
+    tokio::time::timeout(WAIT, shop.wait_for_subscribers("orders.a", 1, WAIT))
+        .await
+        .expect("in time")
+        .expect("shop knows the subscription");
+    tokio::time::timeout(WAIT, shop.publish(Message::event(HOSTILE_TOPIC, "x")))
+        .await
+        .expect("in time")
+        .expect("published");
 
     // The sender's side.
     let shop_addr = shop.metrics_addr().expect("shop serves metrics");
@@ -227,6 +255,17 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
         ],
     )
     .await;
+    // The group name and the topic stay label values, escaped.
+    let hostile = format!(r#"{{service="{HOSTILE_GROUP_LABEL}",message="{HOSTILE_TOPIC_LABEL}"}}"#);
+    assert_eq!(
+        sample(&text, &format!("shoal_messages_sent_total{hostile}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("shoal_injected")),
+        "a group name wrote a series of its own:\n{text}"
+    );
 
     // The receiver's side.
     let (status, text) = get(pricing.metrics_addr().expect("pricing serves"), "/metrics").await;
@@ -254,6 +293,16 @@ async fn the_endpoint_counts_what_two_nodes_did_in_valid_openmetrics() {
     assert_eq!(
         sample(&text, &format!("shoal_messages_deduplicated_total{quote}")),
         Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                r#"shoal_messages_handled_total{{service="shop",message="{HOSTILE_TOPIC_LABEL}"}}"#
+            )
+        ),
+        Some(1.0),
+        "{text}"
     );
     assert_parses_as(
         &text,

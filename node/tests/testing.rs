@@ -345,6 +345,20 @@ async fn kill_cuts_a_node_off_and_a_restart_takes_over() {
     assert_eq!(runs.load(Ordering::Relaxed), 1);
 }
 
+/// An instance that shut down but is still held is not waited for: `wait_for` looks at the
+/// instance that runs (the stopped one never learns the probe's subscriptions again).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stopped_instance_still_held_does_not_hold_up_wait_for() {
+    let mesh = mesh().await;
+    let first = mesh.builder("invoice").unwrap().start().await.unwrap();
+    mesh.wait_for("invoice").await.unwrap();
+    first.shutdown().await;
+    let _second = mesh.builder("invoice").unwrap().start().await.unwrap();
+    let ready = mesh.wait_for("invoice").await;
+    assert!(ready.is_ok(), "{ready:?}");
+    drop(first);
+}
+
 /// README.md's "Testing your service", verbatim, with the service it starts.
 #[cfg(feature = "outbox")]
 mod readme {

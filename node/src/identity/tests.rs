@@ -241,6 +241,27 @@ fn issued_certificates_have_random_serials_and_the_asked_lifetime() {
     assert_eq!(back.certificate(), info);
 }
 
+/// A lifetime past the year 9999 (`shoal cert issue --days 3000000`) is refused with an
+/// identity error instead of panicking while the date is computed; the last second of 9999 is
+/// still a valid end.
+#[test]
+fn a_lifetime_past_the_year_9999_is_refused_not_a_panic() {
+    let ca = MeshCa::generate("far future").unwrap();
+    let days = Duration::from_secs(u64::from(u32::MAX) * 86_400);
+    let err = ca.issue_valid_for("svc", days).unwrap_err();
+    assert!(matches!(err, Error::Identity(_)), "{err:?}");
+    assert!(err.to_string().contains("year 9999"), "{err}");
+    let err = ca.issue_valid_for("svc", Duration::MAX).unwrap_err();
+    assert!(err.to_string().contains("year 9999"), "{err}");
+
+    let now = SystemTime::now();
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    let until_9999 = ca.issue_valid_between("svc", now, last).unwrap();
+    assert_eq!(until_9999.certificate().not_after, last);
+    let one_more = ca.issue_valid_between("svc", now, last + Duration::from_secs(1));
+    assert!(matches!(one_more, Err(Error::Identity(_))), "{one_more:?}");
+}
+
 #[test]
 fn pem_is_written_as_openssl_writes_it() {
     let ca = MeshCa::generate("pem layout").unwrap();

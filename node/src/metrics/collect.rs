@@ -328,7 +328,7 @@ fn histograms<S>(
     let mut buckets = [(0.0, 0); BUCKETS.len() + 1];
     for (service, message, h) in series {
         for (i, bucket) in buckets.iter_mut().enumerate() {
-            let bound = BUCKETS.get(i).map_or(f64::MAX, |b| b.as_secs_f64());
+            let bound = BUCKETS.get(i).map_or(f64::INFINITY, |b| b.as_secs_f64());
             *bucket = (bound, h.counts[i]);
         }
         let count = h.counts.iter().sum();

@@ -38,6 +38,8 @@
 
 mod collect;
 mod serve;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

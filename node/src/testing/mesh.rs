@@ -175,13 +175,15 @@ fn new_builder(
         .test_hooks(hooks))
 }
 
-/// The nodes of the mesh that run (not aborted, not dropped).
+/// The nodes of the mesh that run: not aborted, not shut down (or shutting down), not
+/// dropped. A node that ran `shutdown()` but is still held by the test is not one of them: it
+/// no longer learns the mesh's subscriptions, so waiting on it would never end.
 fn live(nodes: &Mutex<Vec<Arc<NodeHooks>>>) -> Vec<(Arc<NodeHooks>, Arc<Driver>)> {
     lock(nodes)
         .iter()
         .filter_map(|h| {
             let driver = h.driver()?;
-            let running = driver.read(|e| e.lifecycle()) != Lifecycle::Killed;
+            let running = driver.read(|e| e.lifecycle()) == Lifecycle::Running;
             running.then(|| (Arc::clone(h), driver))
         })
         .collect()

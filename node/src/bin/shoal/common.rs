@@ -93,7 +93,7 @@ impl NodeArgs {
             .collect::<Result<Vec<MeshCa>, _>>()?;
         let files = self.tls_files(service);
         let revocations = Revocations::new();
-        revocations.replace_with_lists(&files.load_lists(&trust, true)?);
+        revocations.replace_with_lists(&files.load_lists(&trust)?);
         let mut builder = Node::builder(service)
             .identity(identity)
             .revocations(revocations)
@@ -220,18 +220,23 @@ impl TlsFiles {
         Ok(Identity::load(&self.cert, &self.key)?)
     }
 
-    /// The revocation lists, each checked against `trust`. A missing default list is no list;
-    /// a missing `--crl` file is an error when `strict` (at start), skipped otherwise (while
-    /// watching: it may be being replaced).
-    pub(crate) fn load_lists(
-        &self,
-        trust: &[MeshCa],
-        strict: bool,
-    ) -> CliResult<Vec<RevocationList>> {
+    /// Every revocation list's file, with whether it must exist: each `--crl` file (it must)
+    /// and each CA folder's `revoked.crl` (read when it exists).
+    pub(crate) fn list_paths(&self) -> impl Iterator<Item = (&Path, bool)> {
+        let named = self.lists.iter().map(|path| (path.as_path(), true));
+        let defaults = self
+            .default_lists
+            .iter()
+            .map(|path| (path.as_path(), false));
+        named.chain(defaults)
+    }
+
+    /// The revocation lists at start, each checked against `trust`: a missing `--crl` file is
+    /// an error, a missing default list is no list. (While watching, `reload` reads them one
+    /// by one and keeps the last good one of a file it cannot read.)
+    pub(crate) fn load_lists(&self, trust: &[MeshCa]) -> CliResult<Vec<RevocationList>> {
         let mut lists = Vec::new();
-        let named = self.lists.iter().map(|path| (path, strict));
-        let defaults = self.default_lists.iter().map(|path| (path, false));
-        for (path, required) in named.chain(defaults) {
+        for (path, required) in self.list_paths() {
             if !required && !path.exists() {
                 continue;
             }
