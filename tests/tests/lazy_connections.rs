@@ -1,6 +1,7 @@
 //! Connections where they are used, between real nodes on 127.0.0.1: discovering an instance is
-//! not connecting to it, a send or publish connects on first use, idle connections close, and a
-//! publisher learns subscribers from their announcements.
+//! not connecting to it, a send or publish connects on first use, idle connections close, a
+//! publisher learns subscribers from their announcements, and a send whose dial failed asks
+//! for another.
 //!
 //! Discovery here is [`Board`], an in-process stand-in for DNS-SD: each node's source announces
 //! the node (its subscriptions included, updated when they change) to every other node's
@@ -208,6 +209,84 @@ async fn a_publisher_learns_subscribers_from_announcements_and_connects_only_to_
     assert_eq!(connected_services(&orders), ["billing"]);
     assert!(shipping.peers().is_empty());
     for node in [orders, billing, shipping] {
+        node.shutdown().await;
+    }
+}
+
+/// A discovery source the test drives: it hands the test the node's event sender.
+#[derive(Clone, Default)]
+struct Manual(Arc<Mutex<Option<EventSender>>>);
+
+impl Manual {
+    fn tell(&self, event: DiscoveryEvent) {
+        let sender = self.0.lock().unwrap();
+        sender.as_ref().expect("started").send(event).unwrap();
+    }
+}
+
+impl Discovery for Manual {
+    fn start(&mut self, _local: &LocalNode, events: EventSender) -> Result<(), DiscoveryError> {
+        *self.0.lock().unwrap() = Some(events);
+        Ok(())
+    }
+}
+
+/// `orders` learns of `billing` at an address where nothing answers: the dial its send asks for
+/// fails (a few rounds, then given up). The announcement then moves to where billing listens,
+/// which by itself asks for nothing: the send, still waiting, asks again (a second or so later)
+/// and goes, rather than waiting for its deadline to be dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_dial_failed_asks_again_and_goes() {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let (tx, mut handled) = mpsc::unbounded_channel();
+    billing.handle("charge", move |msg: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(msg.id()).unwrap();
+            Ok(())
+        }
+    });
+    let manual = Manual::default();
+    let builder = mesh
+        .builder("orders")
+        .discovery(manual.clone())
+        .handshake_timeout(Duration::from_millis(300));
+    let orders = mesh.start_with(builder, &[]).await;
+    let mut events = orders.events();
+    // A socket nobody reads: a dial there gets no answer.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let announce = |addr| PeerHint {
+        node_id: Some(billing.id()),
+        service: Some("billing".to_owned()),
+        addrs: vec![addr],
+        source: Source::Mdns,
+        subscriptions: Some(Vec::new()),
+        multicast: None,
+    };
+    manual.tell(DiscoveryEvent::Up(announce(silent_addr)));
+    until(&orders, "billing discovered", |n| n.discovered().len() == 1).await;
+
+    let msg = Message::command("charge", "order-1");
+    let id = msg.id();
+    let send = tokio::spawn(orders.send("billing", msg));
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == silent_addr),
+    )
+    .await;
+    manual.tell(DiscoveryEvent::Updated(announce(billing.local_addr())));
+    let receipt = timeout(WAIT, send)
+        .await
+        .expect("the send did not go within 10 s: nothing dialled billing again")
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.node, billing.id());
+    assert_eq!(timeout(WAIT, handled.recv()).await.unwrap(), Some(id));
+    drop(silent);
+    for node in [orders, billing] {
         node.shutdown().await;
     }
 }

@@ -64,8 +64,9 @@ pub(crate) enum Action<H> {
     PeersChanged,
     /// Connect to `node`, announced by discovery at `addrs`: a delivery needs it and no
     /// connection stands for it. The connection comes back through
-    /// [`super::Engine::connection_up`] like any other; the engine asks again (at most once a
-    /// second) while deliveries still wait for it.
+    /// [`super::Engine::connection_up`] like any other. Nothing reports a failed dial: while
+    /// deliveries still wait for `node`, the engine asks again, 1 s after the first ask, then
+    /// doubling the wait up to 8 s while its asks bring no connection (`directory.rs`).
     Connect {
         /// The instance.
         node: NodeId,

@@ -22,8 +22,14 @@ use shoal_discovery::Source;
 use shoal_proto::{NodeId, Subscription};
 
 /// How long after asking the driver for a connection to an instance the engine may ask again
-/// (the dial failed, or the connection went since).
+/// (the dial failed, or the connection went since), the first time: every ask the instance
+/// does not answer with a connection doubles the wait, up to [`ASK_AGAIN_MAX`].
 pub(super) const ASK_AGAIN: Duration = Duration::from_secs(1);
+
+/// The longest wait between two asks for a connection to an instance that does not connect:
+/// an instance that is down for good is dialled for once in this long while deliveries wait
+/// for it.
+pub(super) const ASK_AGAIN_MAX: Duration = Duration::from_secs(8);
 
 /// An instance a discovery source announced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,11 +48,27 @@ pub(crate) struct Discovered {
     pub(crate) multicast: Option<SocketAddrV4>,
 }
 
-/// A directory entry: the announcement and when a connection to it was last asked for.
+/// A directory entry: the announcement, when a connection to it was last asked for, and how
+/// many asks in a row it has not answered with a connection.
 #[derive(Debug)]
 struct Entry {
     known: Discovered,
     asked: Option<Instant>,
+    unanswered: u32,
+}
+
+impl Entry {
+    /// The earliest instant a connection may be asked for again.
+    fn next_ask(&self) -> Option<Instant> {
+        self.asked.map(|at| at + ask_again(self.unanswered))
+    }
+}
+
+/// How long to wait before asking again after `unanswered` asks in a row that brought no
+/// connection: [`ASK_AGAIN`], doubling, at most [`ASK_AGAIN_MAX`].
+fn ask_again(unanswered: u32) -> Duration {
+    let doublings = unanswered.saturating_sub(1).min(16);
+    (ASK_AGAIN * 2u32.pow(doublings)).min(ASK_AGAIN_MAX)
 }
 
 /// What changed with an announcement.
@@ -93,7 +115,14 @@ impl Directory {
                     .entry(known.service.clone())
                     .or_default()
                     .push(node);
-                self.nodes.insert(node, Entry { known, asked: None });
+                self.nodes.insert(
+                    node,
+                    Entry {
+                        known,
+                        asked: None,
+                        unanswered: 0,
+                    },
+                );
                 Change {
                     new: true,
                     audiences,
@@ -137,25 +166,40 @@ impl Directory {
             .any(|(n, subs)| Some(n) != except && subs.contains(sub))
     }
 
-    /// Whether a connection to `node` may be asked for now: it is announced, and was not asked
-    /// for within [`ASK_AGAIN`]. Notes the request.
+    /// Whether a connection to `node` may be asked for now: it is announced, and the wait
+    /// after the last ask is over ([`ASK_AGAIN`], doubling with every ask not answered by a
+    /// connection, at most [`ASK_AGAIN_MAX`]). Notes the request. An instance nobody asked
+    /// for in twice its wait starts over from [`ASK_AGAIN`]: no delivery waited for it
+    /// meanwhile (a waiting one asks as soon as it may).
     pub(super) fn ask(&mut self, node: NodeId, now: Instant) -> Option<Vec<SocketAddr>> {
         let entry = self.nodes.get_mut(&node)?;
-        if entry
-            .asked
-            .is_some_and(|at| now.saturating_duration_since(at) < ASK_AGAIN)
-        {
-            return None;
+        if let Some(at) = entry.asked {
+            let since = now.saturating_duration_since(at);
+            let wait = ask_again(entry.unanswered);
+            if since < wait {
+                return None;
+            }
+            if since >= 2 * wait {
+                entry.unanswered = 0;
+            }
         }
         entry.asked = Some(now);
+        entry.unanswered = entry.unanswered.saturating_add(1);
         Some(entry.known.addrs.clone())
     }
 
+    /// When a connection to `node` may be asked for again (`None`: at once, or it is not
+    /// announced).
+    pub(super) fn next_ask(&self, node: NodeId) -> Option<Instant> {
+        self.nodes.get(&node).and_then(Entry::next_ask)
+    }
+
     /// `node` is connected: the next time it is needed after the connection goes, it may be
-    /// asked for at once.
+    /// asked for at once, and the wait starts over from [`ASK_AGAIN`].
     pub(super) fn connected(&mut self, node: NodeId) {
         if let Some(entry) = self.nodes.get_mut(&node) {
             entry.asked = None;
+            entry.unanswered = 0;
         }
     }
 }
@@ -255,10 +299,42 @@ mod tests {
         assert!(dir.ask(a, t0).is_none(), "not announced");
         dir.upsert(a, known("billing", None));
         assert!(dir.ask(a, t0).is_some());
+        assert_eq!(dir.next_ask(a), Some(t0 + ASK_AGAIN));
         assert!(dir.ask(a, t0 + Duration::from_millis(500)).is_none());
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some());
         dir.connected(a);
+        assert_eq!(dir.next_ask(a), None);
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some(), "asked again at once");
+    }
+
+    #[test]
+    fn asks_that_bring_no_connection_back_off_to_once_in_eight_seconds() {
+        let mut dir = Directory::default();
+        let a = NodeId::from_u128(1);
+        dir.upsert(a, known("billing", None));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Asked as soon as allowed, never connected: 1 s, 2 s, 4 s, then 8 s apart.
+        let mut at = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..7 {
+            assert!(dir.ask(a, at).is_some());
+            let next = dir.next_ask(a).expect("asked");
+            assert!(dir.ask(a, next - Duration::from_millis(1)).is_none());
+            gaps.push(next - at);
+            at = next;
+        }
+        assert_eq!(gaps, [s(1), s(2), s(4), s(8), s(8), s(8), s(8)]);
+        // Nobody asked for twice the wait: the next need starts over from a second.
+        let later = at + s(16);
+        assert!(dir.ask(a, later).is_some());
+        assert_eq!(dir.next_ask(a), Some(later + ASK_AGAIN));
+        // A connection starts it over too.
+        assert!(dir.ask(a, later + s(1)).is_some());
+        assert_eq!(dir.next_ask(a), Some(later + s(3)));
+        dir.connected(a);
+        assert!(dir.ask(a, later + s(2)).is_some());
+        assert_eq!(dir.next_ask(a), Some(later + s(3)));
     }
 
     #[test]

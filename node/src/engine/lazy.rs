@@ -6,7 +6,9 @@
 //!   connection waits for an instance, as it always did; if discovery announced instances for
 //!   the route, the engine asks for connections to them (all of a service's announced
 //!   instances, so the load is shared and a failure has somewhere to go). A new instance of a
-//!   service this node already talks to is connected to as soon as it is announced.
+//!   service this node already talks to is connected to as soon as it is announced. While a
+//!   delivery waits, it asks again (a dial may have failed): 1 s after the first ask, then
+//!   backing off to once in 8 s per instance while the asks bring no connection.
 //! - **Closing when idle.** Only the node that dialled a connection closes it for being idle:
 //!   it alone knows why it opened it (a static peer is kept, a connection made for a delivery
 //!   is not), and one side deciding avoids both closing at once. A connection is idle when
@@ -138,16 +140,19 @@ impl<H: Clone> Engine<H> {
     }
 
     /// A delivery on `route` found no live connection: asks for connections to the announced
-    /// instances that can take it.
-    pub(super) fn connect_for(&mut self, route: &Route, now: Instant) {
+    /// instances that can take it. Returns the earliest instant one of them may be asked for
+    /// again (`None`: none is announced, or all are connected): a delivery still waiting then
+    /// asks again ([`Engine::no_instance`]), so a dial that failed is followed by another.
+    pub(super) fn connect_for(&mut self, route: &Route, now: Instant) -> Option<Instant> {
         match route {
             Route::Service(target) => {
+                let mut again = None;
                 if let Some(node) = target.node
                     && self.peers.directory.get(node).is_some()
                 {
-                    self.ask(node, now);
+                    again = self.ask(node, now);
                 }
-                self.want_service(&target.service, now);
+                earliest(again, self.want_service(&target.service, now))
             }
             Route::Audience {
                 audience: Audience::Instance(node),
@@ -169,37 +174,44 @@ impl<H: Clone> Engine<H> {
                     })
                     .map(|(n, _)| n)
                     .collect();
-                for node in members {
-                    self.ask(node, now);
-                }
+                members
+                    .into_iter()
+                    .fold(None, |again, node| earliest(again, self.ask(node, now)))
             }
         }
     }
 
     /// Asks for connections to every announced instance of `service` that is not connected
-    /// (a caller waits for one, or pings one).
-    pub(crate) fn want_service(&mut self, service: &str, now: Instant) {
+    /// (a caller waits for one, or pings one). Returns the earliest instant one of them may be
+    /// asked for again, as [`Engine::connect_for`].
+    pub(crate) fn want_service(&mut self, service: &str, now: Instant) -> Option<Instant> {
         let instances = self.peers.directory.instances(service).to_vec();
-        for node in instances {
-            self.ask(node, now);
-        }
+        instances
+            .into_iter()
+            .fold(None, |again, node| earliest(again, self.ask(node, now)))
     }
 
-    /// Asks the driver to connect to `node`, unless it is connected or was asked for within
-    /// the last second.
-    fn ask(&mut self, node: NodeId, now: Instant) {
-        if node == self.id
-            || self
-                .peers
-                .current(node)
-                .and_then(|c| self.conns.get(c))
-                .is_some_and(|c| c.takes_messages())
-        {
-            return;
+    /// Whether a connection that takes new messages stands for `node` (one saying goodbye,
+    /// closing for being idle say, does not count: a delivery needs another).
+    pub(crate) fn takes_messages_to(&self, node: NodeId) -> bool {
+        self.peers
+            .current(node)
+            .and_then(|c| self.conns.get(c))
+            .is_some_and(super::conn::Conn::takes_messages)
+    }
+
+    /// Asks the driver to connect to `node`, unless it is connected or the wait after the last
+    /// ask is not over (see [`super::directory::ASK_AGAIN`]; it grows while asks bring no
+    /// connection). Returns when `node` may be asked for again (`None`: it is this node, is
+    /// connected or is not announced).
+    fn ask(&mut self, node: NodeId, now: Instant) -> Option<Instant> {
+        if node == self.id || self.takes_messages_to(node) {
+            return None;
         }
         if let Some(addrs) = self.peers.directory.ask(node, now) {
             self.actions.push_back(Action::Connect { node, addrs });
         }
+        self.peers.directory.next_ask(node)
     }
 
     /// A connection this node dialled came up: the idle sweep runs while there are such
@@ -254,6 +266,14 @@ impl<H: Clone> Engine<H> {
             self.idle.armed = true;
             self.set_timer(now + sweep_every(after), Timer::IdleSweep);
         }
+    }
+}
+
+/// The earlier of two instants, either maybe missing.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

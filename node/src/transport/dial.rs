@@ -178,7 +178,9 @@ async fn keep_dialled(driver: Arc<Driver>, addr: SocketAddr, stop: CancellationT
 /// Connects to the announced instance `node` at one of `addrs`, because the engine asked
 /// ([`crate::engine::Action::Connect`]): tries each address in turn, a few rounds with a short
 /// backoff, and gives up quietly (the failures are in [`crate::Node::diagnose`]; the engine
-/// asks again while a delivery still waits). One dial per instance at a time.
+/// asks again while a delivery still waits, after 1 s, then backing off to once in 8 s while
+/// its asks bring no connection). One dial per instance at a time: an ask that comes while
+/// one is under way is dropped.
 pub(crate) fn connect_on_demand(driver: &Arc<Driver>, node: NodeId, addrs: Vec<SocketAddr>) {
     if driver.is_stopping() || !lock(&driver.dials.in_progress).insert(node) {
         return;
@@ -200,7 +202,9 @@ pub(crate) fn connect_on_demand(driver: &Arc<Driver>, node: NodeId, addrs: Vec<S
             let mut backoff = Duration::from_millis(100);
             for _ in 0..ON_DEMAND_ROUNDS {
                 for addr in &usable {
-                    if driver2.is_connected(node) {
+                    // A connection saying goodbye (closing for being idle) takes no new
+                    // message: the delivery that asked needs another.
+                    if driver2.takes_messages_to(node) {
                         return;
                     }
                     match connect(&driver2, *addr, false).await {
@@ -228,6 +232,12 @@ impl Driver {
     /// Whether a live connection stands for `node`.
     pub(crate) fn is_connected(&self, node: NodeId) -> bool {
         self.read(|engine| engine.peers().iter().any(|p| p.node == node))
+    }
+
+    /// Whether a connection that takes new messages stands for `node` (not one saying
+    /// goodbye).
+    pub(crate) fn takes_messages_to(&self, node: NodeId) -> bool {
+        self.read(|engine| engine.takes_messages_to(node))
     }
 
     /// The node listening on `addr` among the live peers (a static address needs no dialling).

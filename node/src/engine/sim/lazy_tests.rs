@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use super::tests::counting;
 use super::{Handled, Sim};
-use crate::NodeEvent;
 use crate::config::Config;
 use crate::engine::Done;
+use crate::{Error, NodeEvent};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -177,4 +177,76 @@ fn an_instance_that_does_not_advertise_its_subscriptions_counts_only_once_connec
         .engine
         .subscribers("order.created", sim.now);
     assert_eq!(audiences.len(), 1);
+}
+
+#[test]
+fn a_send_whose_dial_failed_dials_again_and_goes_once_the_instance_is_back() {
+    let mut sim = Sim::new(41);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    let count = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", counting(&count));
+    sim.announce(orders, billing, true);
+    assert!(sim.run_for(SECOND));
+    // Unreachable for a moment (a network blip, a handshake-rate limit refusing dials): the
+    // dial the send asks for fails, and so does the one a second later.
+    sim.nodes[billing].alive = false;
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(orders, "billing", msg);
+    sim.run_for(2500 * Duration::from_millis(1));
+    assert_eq!(
+        sim.dials.len(),
+        2,
+        "asked at once, and again after a second"
+    );
+    assert!(sim.result(orders, op).is_none(), "still waiting");
+    // Reachable again: the next ask (2 s after the last) connects, and the send goes, long
+    // before its 30 s deadline.
+    sim.nodes[billing].alive = true;
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Sent(receipt))) => assert_eq!(receipt.attempts, 1),
+        other => panic!("not sent: {other:?}"),
+    }
+    assert_eq!(count.get(), 1);
+    assert_eq!(sim.dials.len(), 3);
+    assert_eq!(connections(&sim, orders), 1);
+}
+
+#[test]
+fn an_instance_down_for_good_is_dialled_for_less_and_less_often_until_the_deadline() {
+    let mut sim = Sim::new(42);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    sim.announce(orders, billing, true);
+    assert!(sim.run_for(SECOND));
+    sim.nodes[billing].alive = false;
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(orders, "billing", msg);
+    // Asked at 0 s, then 1, 2, 4, 8 and 8 s apart (at 1, 3, 7, 15 and 23 s); the next would
+    // be at 31 s, past the 30 s deadline.
+    let (mut asked_at, mut seen) = (Vec::new(), 0);
+    for second in 0..=35 {
+        if second > 0 {
+            sim.run_for(SECOND);
+        }
+        if sim.dials.len() > seen {
+            asked_at.push(second);
+            seen = sim.dials.len();
+        }
+    }
+    assert_eq!(asked_at, [0, 1, 3, 7, 15, 23]);
+    match sim.result(orders, op) {
+        Some(Err(Error::DeadLettered(letter))) => assert!(
+            letter
+                .last_failure
+                .contains("no instance of service `billing` is connected"),
+            "{letter}"
+        ),
+        other => panic!("not dead-lettered: {other:?}"),
+    }
+    assert!(
+        sim.run_for(60 * SECOND),
+        "nothing waits any more: no more asks"
+    );
+    assert_eq!(sim.dials.len(), 6);
 }
