@@ -89,3 +89,91 @@ fn a_group_is_read_whether_or_not_the_node_is_known_and_a_bad_one_ignored() {
     record.extend(not_utf8);
     assert_eq!(from_txt(&record).map(|f| f.multicast), Some(None));
 }
+
+fn found(node: Option<u128>, port: u16) -> Found {
+    Found {
+        node_id: node.map(NodeId::from_u128),
+        service: "billing".into(),
+        addrs: vec![SocketAddr::from(([10, 99, 0, 2], port))],
+        subscriptions: None,
+        multicast: None,
+    }
+}
+
+fn described(events: &[DiscoveryEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e {
+            DiscoveryEvent::Up(h) => format!("Up {}", h.addrs[0].port()),
+            DiscoveryEvent::Updated(h) => format!("Updated {}", h.addrs[0].port()),
+            DiscoveryEvent::Down(h) => format!("Down {}", h.addrs[0].port()),
+        })
+        .collect()
+}
+
+#[test]
+fn an_instance_whose_lookup_fails_stays_as_it_was() {
+    let known = BTreeMap::from([
+        ("a".to_owned(), found(None, 7001)),
+        ("b".to_owned(), found(None, 7002)),
+    ]);
+    let polled = BTreeMap::from([
+        ("a".to_owned(), Ok(found(None, 7001))),
+        (
+            "b".to_owned(),
+            Err("TXT b: error response: SERVFAIL".to_owned()),
+        ),
+        (
+            "c".to_owned(),
+            Err("TXT c: error response: SERVFAIL".to_owned()),
+        ),
+    ]);
+    let now = carry_over(&known, polled);
+    assert_eq!(now, known, "b kept, c (never seen) left for the next poll");
+    assert!(changes(&known, &now).is_empty());
+}
+
+#[test]
+fn an_instance_that_changes_who_it_is_goes_down_then_up() {
+    let before = |f: Found| BTreeMap::from([("a".to_owned(), f)]);
+    // A node-less instance is named by its addresses alone.
+    assert_eq!(
+        described(&changes(
+            &before(found(None, 7000)),
+            &before(found(None, 7001))
+        )),
+        ["Down 7000", "Up 7001"]
+    );
+    // A known node moves.
+    assert_eq!(
+        described(&changes(
+            &before(found(Some(1), 7000)),
+            &before(found(Some(1), 7001))
+        )),
+        ["Updated 7001"]
+    );
+    // Another node at the same name.
+    assert_eq!(
+        described(&changes(
+            &before(found(Some(1), 7000)),
+            &before(found(Some(2), 7000))
+        )),
+        ["Down 7000", "Up 7000"]
+    );
+    assert_eq!(
+        described(&changes(
+            &before(found(None, 7000)),
+            &before(found(Some(2), 7000))
+        )),
+        ["Down 7000", "Up 7000"]
+    );
+    // What it says changes, not who it is.
+    let renamed = Found {
+        service: "audit".into(),
+        ..found(None, 7000)
+    };
+    assert_eq!(
+        described(&changes(&before(found(None, 7000)), &before(renamed))),
+        ["Updated 7000"]
+    );
+}
