@@ -24,7 +24,7 @@ use shoal_proto::NodeId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::dial_plan::DialPlan;
+use super::dial_plan::{Announcements, DialPlan, Listing};
 use super::endpoint::connect;
 use super::handshake::HandshakeError;
 use crate::engine::Discovered;
@@ -48,6 +48,7 @@ pub(crate) async fn follow_discovery(
     mut events: mpsc::UnboundedReceiver<DiscoveryEvent>,
 ) {
     let mut plan = DialPlan::default();
+    let mut announced = Announcements::default();
     let mut diallers: HashMap<SocketAddr, CancellationToken> = HashMap::new();
     let local = driver.endpoint.local_addr().ok();
     loop {
@@ -67,17 +68,28 @@ pub(crate) async fn follow_discovery(
         // Announced instances enter the directory (they are listed, and connected to on first
         // use when their subscriptions are known).
         if let (Some(node), Some(service)) = (hint.node_id, &hint.service) {
-            if up {
-                let known = Discovered {
-                    service: service.clone(),
-                    addrs: hint.addrs.clone(),
-                    source: hint.source,
-                    subscriptions: hint.subscriptions.clone(),
-                    multicast: hint.multicast,
-                };
-                driver.call(|engine, now| engine.discovered(node, known, now));
+            // An instance stays listed while any source announces it.
+            let listing = if up {
+                announced.up(
+                    node,
+                    Discovered {
+                        service: service.clone(),
+                        addrs: hint.addrs.clone(),
+                        source: hint.source,
+                        subscriptions: hint.subscriptions.clone(),
+                        multicast: hint.multicast,
+                    },
+                )
             } else {
-                driver.call(|engine, now| engine.undiscovered(node, now));
+                announced.down(node, hint.source)
+            };
+            match listing {
+                Listing::Discovered(known) => {
+                    driver.call(|engine, now| engine.discovered(node, known, now));
+                }
+                Listing::Undiscovered => {
+                    driver.call(|engine, now| engine.undiscovered(node, now));
+                }
             }
         }
         let usable = |addr: SocketAddr| match local.and_then(|local| unreachable_from(local, addr))

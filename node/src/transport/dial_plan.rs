@@ -1,10 +1,13 @@
-//! Which addresses to keep dialling, from the hints discovery sources report.
+//! Which addresses to keep dialling, and what the directory holds, from the hints discovery
+//! sources report.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use shoal_discovery::{DiscoveryEvent, PeerHint, Source};
 use shoal_proto::NodeId;
+
+use crate::engine::Discovered;
 
 /// Who a hint speaks for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -107,6 +110,48 @@ impl DialPlan {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+/// What each source announces of each instance: an instance leaves the directory only when no
+/// source announces it any more.
+#[derive(Debug, Default)]
+pub(crate) struct Announcements {
+    /// Per instance, what each source last announced, the latest last.
+    by_node: HashMap<NodeId, Vec<Discovered>>,
+}
+
+/// What the directory should hold of an instance after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Listing {
+    /// This announcement (the latest of a source still announcing it).
+    Discovered(Discovered),
+    /// Nothing: no source announces it any more.
+    Undiscovered,
+}
+
+impl Announcements {
+    /// `known.source` announces `node` as `known`.
+    pub(crate) fn up(&mut self, node: NodeId, known: Discovered) -> Listing {
+        let sources = self.by_node.entry(node).or_default();
+        sources.retain(|d| d.source != known.source);
+        sources.push(known.clone());
+        Listing::Discovered(known)
+    }
+
+    /// `source` no longer announces `node`.
+    pub(crate) fn down(&mut self, node: NodeId, source: Source) -> Listing {
+        let Some(sources) = self.by_node.get_mut(&node) else {
+            return Listing::Undiscovered;
+        };
+        sources.retain(|d| d.source != source);
+        match sources.last() {
+            Some(latest) => Listing::Discovered(latest.clone()),
+            None => {
+                self.by_node.remove(&node);
+                Listing::Undiscovered
+            }
         }
     }
 }
@@ -278,6 +323,28 @@ mod tests {
             plan.apply(DiscoveryEvent::Down(by_dns), all).stop,
             [addr(7000)]
         );
+    }
+
+    #[test]
+    fn an_instance_stays_listed_while_any_source_announces_it() {
+        let node = NodeId::from_u128(1);
+        let by = |source: Source, port: u16| Discovered {
+            service: "billing".into(),
+            addrs: vec![addr(port)],
+            source,
+            subscriptions: None,
+            multicast: None,
+        };
+        let mut listed = Announcements::default();
+        listed.up(node, by(Source::Mdns, 7000));
+        listed.up(node, by(Source::DnsSd, 7001));
+        assert_eq!(
+            listed.down(node, Source::Mdns),
+            Listing::Discovered(by(Source::DnsSd, 7001)),
+            "DNS-SD still announces it"
+        );
+        assert_eq!(listed.down(node, Source::DnsSd), Listing::Undiscovered);
+        assert_eq!(listed.down(node, Source::DnsSd), Listing::Undiscovered);
     }
 
     #[test]
