@@ -18,7 +18,9 @@
 //! kept, like a static peer, since its node is known only after the handshake.
 //!
 //! The records are polled every [`DnsSdConfig::poll_every`] (5 s by default): instances appear
-//! and disappear as the records change. As with mDNS, a record is only a hint: the mutual-TLS
+//! and disappear as the records change. A lookup that fails (no answer, or an error such as
+//! SERVFAIL, after the resolver's retries) changes nothing: a failed poll keeps every instance,
+//! and an instance whose own lookup failed stays as the last poll found it. As with mDNS, a record is only a hint: the mutual-TLS
 //! handshake proves who is there, and a vanished record never closes a live connection.
 
 use std::collections::BTreeMap;
@@ -226,7 +228,8 @@ impl Poller {
                 _ = &mut stop => return,
             }
             match self.poll().await {
-                Ok(found) => {
+                Ok(polled) => {
+                    let found = carry_over(&self.known, polled);
                     if !self.apply(found) {
                         return; // the node is gone
                     }
@@ -240,27 +243,15 @@ impl Poller {
 
     /// Tells what changed since the last poll; `false` when nobody listens any more.
     fn apply(&mut self, found: BTreeMap<String, Found>) -> bool {
-        let mut events = Vec::new();
-        for (name, gone) in &self.known {
-            if !found.contains_key(name) {
-                events.push(DiscoveryEvent::Down(gone.hint()));
-            }
-        }
-        for (name, now) in &found {
-            match self.known.get(name) {
-                None => events.push(DiscoveryEvent::Up(now.hint())),
-                Some(before) if before != now => {
-                    events.push(DiscoveryEvent::Updated(now.hint()));
-                }
-                Some(_) => {}
-            }
-        }
+        let events = changes(&self.known, &found);
         self.known = found;
         events.into_iter().all(|e| self.events.send(e).is_ok())
     }
 
-    /// Reads the whole record set once.
-    async fn poll(&self) -> Result<BTreeMap<String, Found>, String> {
+    /// Reads the whole record set once: each instance listed, as its records describe it, or
+    /// the error that kept one of its lookups from answering. Instances that are this node, or
+    /// whose records are unusable or give no address, are left out.
+    async fn poll(&self) -> Result<BTreeMap<String, Polled>, String> {
         let mut found = BTreeMap::new();
         match &self.config.query {
             Query::Browse { domain } => {
@@ -268,29 +259,40 @@ impl Poller {
                 for instance in self.ptr(&browse).await?.into_iter().take(MAX_INSTANCES) {
                     match self.instance(&instance).await {
                         Ok(Some(f)) => {
-                            found.insert(instance, f);
+                            found.insert(instance, Ok(f));
                         }
                         Ok(None) => {}
-                        Err(e) => tracing::debug!(%instance, "dns-sd: instance skipped: {e}"),
+                        Err(Skipped::Unusable) => tracing::debug!(
+                            %instance,
+                            "dns-sd: instance skipped: TXT record without a usable `svc` (or \
+                             with a bad `id` or `pv`)"
+                        ),
+                        Err(Skipped::Lookup(e)) => {
+                            found.insert(instance, Err(e));
+                        }
                     }
                 }
             }
             Query::Srv { name, service } => {
                 for (target, port) in self.srv(&fqdn(name)).await? {
-                    let addrs = self.addrs(&target, port).await;
-                    if addrs.is_empty() {
-                        continue;
-                    }
                     let key = format!("{target}:{port}");
+                    let addrs = match self.addrs(&target, port).await {
+                        Ok(addrs) if addrs.is_empty() => continue,
+                        Ok(addrs) => addrs,
+                        Err(e) => {
+                            found.insert(key, Err(e));
+                            continue;
+                        }
+                    };
                     found.insert(
                         key,
-                        Found {
+                        Ok(Found {
                             node_id: None,
                             service: service.clone(),
                             addrs,
                             subscriptions: None,
                             multicast: None,
-                        },
+                        }),
                     );
                 }
             }
@@ -298,18 +300,18 @@ impl Poller {
         Ok(found)
     }
 
-    /// One browsed instance: `None` when it is this node, or its records are unusable.
-    async fn instance(&self, name: &str) -> Result<Option<Found>, String> {
-        let txt = self.txt(name).await?;
+    /// One browsed instance: `None` when it is this node, or it has no address.
+    async fn instance(&self, name: &str) -> Result<Option<Found>, Skipped> {
+        let txt = self.txt(name).await.map_err(Skipped::Lookup)?;
         let Some(f) = from_txt(&txt) else {
-            return Err("TXT record without a usable `svc` (or with a bad `id` or `pv`)".into());
+            return Err(Skipped::Unusable);
         };
         if f.node_id == Some(self.me) {
             return Ok(None);
         }
         let mut addrs = Vec::new();
-        for (target, port) in self.srv(name).await? {
-            addrs.extend(self.addrs(&target, port).await);
+        for (target, port) in self.srv(name).await.map_err(Skipped::Lookup)? {
+            addrs.extend(self.addrs(&target, port).await.map_err(Skipped::Lookup)?);
         }
         addrs.sort();
         addrs.dedup();
@@ -355,21 +357,29 @@ impl Poller {
             .collect())
     }
 
-    /// The addresses of `target` (or `target` itself, written as an address), with `port`.
-    async fn addrs(&self, target: &str, port: u16) -> Vec<SocketAddr> {
+    /// The addresses of `target` (or `target` itself, written as an address), with `port`,
+    /// sorted; none when the name has no address.
+    async fn addrs(&self, target: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
         if let Ok(ip) = target.trim_end_matches('.').parse::<IpAddr>() {
-            return vec![SocketAddr::new(ip, port)];
+            return Ok(vec![SocketAddr::new(ip, port)]);
         }
         match self.resolver.lookup_ip(target).await {
-            Ok(ips) => ips
-                .iter()
-                .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect(),
-            Err(e) => {
-                tracing::debug!(%target, "dns-sd: no address: {e}");
-                Vec::new()
+            Ok(ips) => {
+                let mut addrs: Vec<SocketAddr> = ips
+                    .iter()
+                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect();
+                // A server rotating its answers is no change.
+                addrs.sort();
+                addrs.dedup();
+                Ok(addrs)
             }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                tracing::debug!(%target, "dns-sd: no address: {e}");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(format!("addresses of {target}: {e}")),
         }
     }
 
@@ -381,6 +391,69 @@ impl Poller {
             Err(e) => Err(format!("{record_type} {name}: {e}")),
         }
     }
+}
+
+/// Why a browsed instance was left out of a poll.
+#[derive(Debug)]
+enum Skipped {
+    /// One of its lookups failed (the server did not answer, or answered with an error).
+    Lookup(String),
+    /// Its TXT record is unusable.
+    Unusable,
+}
+
+/// One instance as a poll read it: its records, or why a lookup of them failed.
+type Polled = Result<Found, String>;
+
+/// What a poll found, with an instance whose lookup failed taken as it was before: a DNS
+/// server that fails one query does not make an instance vanish (and come back next poll).
+/// An instance never seen before whose lookup failed is left for the next poll.
+fn carry_over(
+    known: &BTreeMap<String, Found>,
+    polled: BTreeMap<String, Polled>,
+) -> BTreeMap<String, Found> {
+    polled
+        .into_iter()
+        .filter_map(|(name, polled)| match polled {
+            Ok(found) => Some((name, found)),
+            Err(e) => {
+                tracing::debug!(instance = %name, "dns-sd: lookup failed, kept as it was: {e}");
+                known.get(&name).cloned().map(|before| (name, before))
+            }
+        })
+        .collect()
+}
+
+/// The events that take `known` to `found`. An instance whose node id changed, or whose node is
+/// unknown and whose addresses changed, goes `Down` and comes back `Up` (see
+/// [`DiscoveryEvent::Updated`]): for a node-less instance the addresses are all that name it.
+fn changes(
+    known: &BTreeMap<String, Found>,
+    found: &BTreeMap<String, Found>,
+) -> Vec<DiscoveryEvent> {
+    let mut events = Vec::new();
+    for (name, gone) in known {
+        if !found.contains_key(name) {
+            events.push(DiscoveryEvent::Down(gone.hint()));
+        }
+    }
+    for (name, now) in found {
+        match known.get(name) {
+            None => events.push(DiscoveryEvent::Up(now.hint())),
+            Some(before)
+                if before.node_id != now.node_id
+                    || (now.node_id.is_none() && before.addrs != now.addrs) =>
+            {
+                events.push(DiscoveryEvent::Down(before.hint()));
+                events.push(DiscoveryEvent::Up(now.hint()));
+            }
+            Some(before) if before != now => {
+                events.push(DiscoveryEvent::Updated(now.hint()));
+            }
+            Some(_) => {}
+        }
+    }
+    events
 }
 
 /// `name` with its final dot.

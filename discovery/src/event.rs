@@ -67,7 +67,10 @@ pub struct PeerHint {
 pub enum DiscoveryEvent {
     /// An instance appeared.
     Up(PeerHint),
-    /// An instance already seen changed (for example its addresses).
+    /// An instance already seen changed (for example its addresses). Its node id is the one
+    /// it was seen with: an instance whose node id changes, or whose node is unknown and whose
+    /// addresses change (the addresses are all that name it), is reported as `Down` (the old
+    /// hint) then `Up` (the new one).
     Updated(PeerHint),
     /// An instance said goodbye or its announcement expired.
     Down(PeerHint),

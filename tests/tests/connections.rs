@@ -4,9 +4,10 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use shoal::{Message, NodeEvent};
-use shoal_tests::{Mesh, WAIT, wait_instances};
+use shoal_tests::{Mesh, WAIT, next_event, wait_instances};
 use tokio::time::timeout;
 
 /// Two free loopback UDP ports (bound, read, released), so each node can be told the other's
@@ -69,5 +70,61 @@ async fn simultaneous_dials_settle_on_one_connection() {
         }
         a.shutdown().await;
         b.shutdown().await;
+    }
+}
+
+/// A port free both on 0.0.0.0 and on [::1] (UDP), or `None` when [::1] cannot be bound.
+fn port_free_on_both() -> Option<u16> {
+    for _ in 0..20 {
+        let v4 = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        if UdpSocket::bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).is_ok() {
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// Alpha lists bravo and charlie as static peers at the same port P: bravo listens on
+/// 0.0.0.0:P (so at 127.0.0.1:P), charlie on [::1]:P and starts only after alpha's dial to it
+/// failed while bravo was connected. Alpha connects to charlie: bravo, which listens on every
+/// one of *its* addresses at P, does not stand for charlie at another address with that port
+/// (it did, and charlie was never dialled again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_an_unspecified_address_does_not_stand_for_another_at_its_port() {
+    let Some(port) = port_free_on_both() else {
+        println!("skipped: [::1] cannot be bound here");
+        return;
+    };
+    let mesh = Mesh::new();
+    let b_listen = SocketAddr::from(([0, 0, 0, 0], port));
+    let b_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let c_addr = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let b = mesh
+        .start_with(mesh.builder("bravo").listen(b_listen), &[])
+        .await;
+    let a = mesh
+        .start_with(
+            mesh.builder("alpha")
+                .listen("[::]:0".parse().unwrap())
+                .handshake_timeout(Duration::from_millis(500)),
+            &[b_addr, c_addr],
+        )
+        .await;
+    wait_instances(&a, "bravo", 1).await;
+    // A dial to charlie fails while bravo is connected: the dialler looks again after it.
+    let mut events = a.events();
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == c_addr),
+    )
+    .await;
+    let c = mesh
+        .start_with(mesh.builder("charlie").listen(c_addr), &[])
+        .await;
+    wait_instances(&a, "charlie", 1).await;
+    for node in [a, b, c] {
+        node.shutdown().await;
     }
 }

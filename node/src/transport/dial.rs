@@ -15,7 +15,7 @@
 //! [`Action::Connect`]: crate::engine::Action::Connect
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use shoal_proto::NodeId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::dial_plan::DialPlan;
+use super::dial_plan::{Announcements, DialPlan, Listing};
 use super::endpoint::connect;
 use super::handshake::HandshakeError;
 use crate::engine::Discovered;
@@ -48,6 +48,7 @@ pub(crate) async fn follow_discovery(
     mut events: mpsc::UnboundedReceiver<DiscoveryEvent>,
 ) {
     let mut plan = DialPlan::default();
+    let mut announced = Announcements::default();
     let mut diallers: HashMap<SocketAddr, CancellationToken> = HashMap::new();
     let local = driver.endpoint.local_addr().ok();
     loop {
@@ -67,17 +68,28 @@ pub(crate) async fn follow_discovery(
         // Announced instances enter the directory (they are listed, and connected to on first
         // use when their subscriptions are known).
         if let (Some(node), Some(service)) = (hint.node_id, &hint.service) {
-            if up {
-                let known = Discovered {
-                    service: service.clone(),
-                    addrs: hint.addrs.clone(),
-                    source: hint.source,
-                    subscriptions: hint.subscriptions.clone(),
-                    multicast: hint.multicast,
-                };
-                driver.call(|engine, now| engine.discovered(node, known, now));
+            // An instance stays listed while any source announces it.
+            let listing = if up {
+                announced.up(
+                    node,
+                    Discovered {
+                        service: service.clone(),
+                        addrs: hint.addrs.clone(),
+                        source: hint.source,
+                        subscriptions: hint.subscriptions.clone(),
+                        multicast: hint.multicast,
+                    },
+                )
             } else {
-                driver.call(|engine, now| engine.undiscovered(node, now));
+                announced.down(node, hint.source)
+            };
+            match listing {
+                Listing::Discovered(known) => {
+                    driver.call(|engine, now| engine.discovered(node, known, now));
+                }
+                Listing::Undiscovered => {
+                    driver.call(|engine, now| engine.undiscovered(node, now));
+                }
             }
         }
         let usable = |addr: SocketAddr| match local.and_then(|local| unreachable_from(local, addr))
@@ -246,15 +258,32 @@ impl Driver {
             engine
                 .peers()
                 .into_iter()
-                .find(|p| {
-                    p.addr == addr
-                        || p.listen_addrs.iter().any(|l| {
-                            // A node bound to 0.0.0.0:P (or [::]:P) listens on every address at P.
-                            *l == addr || (l.ip().is_unspecified() && l.port() == addr.port())
-                        })
-                })
+                .find(|p| listens_at(p.addr, &p.listen_addrs, addr))
                 .map(|p| p.node)
         })
+    }
+}
+
+/// Whether the peer seen at `seen` (its connection's remote address), which says it listens on
+/// `listen_addrs`, is the one listening on `addr`. A peer bound to 0.0.0.0:P (or [::]:P) listens
+/// on every one of *its* addresses at P, not on every address at P: it counts only when its
+/// connection comes from `addr`'s IP. Otherwise a peer listening on 0.0.0.0:7000 would stand
+/// for every other peer at port 7000, and those would never be dialled.
+fn listens_at(seen: SocketAddr, listen_addrs: &[SocketAddr], addr: SocketAddr) -> bool {
+    let same_ip = unmapped(seen.ip()) == unmapped(addr.ip());
+    (same_ip && seen.port() == addr.port())
+        || listen_addrs.iter().any(|l| {
+            (unmapped(l.ip()) == unmapped(addr.ip()) && l.port() == addr.port())
+                || (l.ip().is_unspecified() && l.port() == addr.port() && same_ip)
+        })
+}
+
+/// `ip` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a dual-stack socket sees an IPv4
+/// peer) written as the IPv4 address.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 
@@ -262,7 +291,7 @@ impl Driver {
 mod tests {
     use shoal_discovery::Source;
 
-    use super::{dialled_at_once, unreachable_from};
+    use super::{dialled_at_once, listens_at, unreachable_from};
 
     #[test]
     fn a_socket_only_dials_what_it_can_reach() {
@@ -274,6 +303,57 @@ mod tests {
         let loopback = unreachable_from(p("127.0.0.1:1"), p("10.99.0.2:7000"));
         assert!(loopback.is_some_and(|r| r.contains("loopback")));
         assert!(unreachable_from(p("0.0.0.0:1"), p("[fe80::1]:7000")).is_some());
+    }
+
+    #[test]
+    fn a_peer_on_an_unspecified_address_listens_only_on_its_own_addresses() {
+        let p = |s: &str| -> std::net::SocketAddr { s.parse().expect("address") };
+        // B listens on [::]:7000 and is connected from [::1]:7000; C is at 127.0.0.2:7000.
+        let b_seen = p("[::1]:7000");
+        let b_listens = [p("[::]:7000")];
+        assert!(listens_at(b_seen, &b_listens, p("[::1]:7000")));
+        assert!(
+            !listens_at(b_seen, &b_listens, p("127.0.0.2:7000")),
+            "another peer at the same port"
+        );
+        // The same on IPv4, and as a dual-stack socket sees an IPv4 peer.
+        let b4_listens = [p("0.0.0.0:7000")];
+        assert!(listens_at(
+            p("10.99.0.2:7000"),
+            &b4_listens,
+            p("10.99.0.2:7000")
+        ));
+        assert!(!listens_at(
+            p("10.99.0.2:7000"),
+            &b4_listens,
+            p("10.99.0.3:7000")
+        ));
+        assert!(listens_at(
+            p("[::ffff:10.99.0.2]:7000"),
+            &b4_listens,
+            p("10.99.0.2:7000")
+        ));
+        assert!(!listens_at(
+            p("[::ffff:10.99.0.2]:7000"),
+            &b4_listens,
+            p("10.99.0.3:7000")
+        ));
+        // A peer that dialled from another port still listens where it says it does.
+        assert!(listens_at(
+            p("10.99.0.2:40000"),
+            &b4_listens,
+            p("10.99.0.2:7000")
+        ));
+        assert!(listens_at(
+            p("10.99.0.2:40000"),
+            &[p("10.99.0.2:7000")],
+            p("10.99.0.2:7000")
+        ));
+        assert!(!listens_at(
+            p("10.99.0.2:40000"),
+            &b4_listens,
+            p("10.99.0.2:7001")
+        ));
     }
 
     #[test]
