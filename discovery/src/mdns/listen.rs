@@ -14,7 +14,8 @@
 //! Here each datagram costs one parse: an announcement updates its instance in the
 //! [`State`] table and pushes its expiry back, a goodbye (TTL 0) removes it, and the table is
 //! looked over only when the earliest expiry has passed. An instance's last announcement
-//! repeated word for word is not parsed at all ([`Table`] says when a repeat may be skipped). No query is sent from here: the
+//! repeated word for word is not parsed at all ([`Table`] says when a repeat may be skipped).
+//! Only instances the [`State`] reports are kept, each for at most `table::MAX_TTL`. No query is sent from here: the
 //! start-up query asks (`oneshot.rs`), and every node announces its records again before
 //! their TTL runs out (`MdnsConfig::reannounce`). mdns-sd still does the responder's part:
 //! announcing, answering, goodbyes and probing.

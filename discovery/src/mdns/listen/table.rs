@@ -18,14 +18,25 @@
 //! - a set that lapsed makes the next datagram for the instance a parse, which reports the
 //!   instance without the lapsed addresses.
 //!
-//! A fingerprint is kept only while a set carries it.
+//! # Bounds
+//!
+//! Only instances the [`State`] keeps as peers are kept here (at most
+//! [`MAX_TRACKED_INSTANCES`](super::super::state::MAX_TRACKED_INSTANCES)): a refused
+//! announcement, this node's own and one past the limit are dropped as soon as they are
+//! checked. An announcement's TTL counts up to [`MAX_TTL`]. A fingerprint is kept only while
+//! a set carries it.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use super::DEFAULT_TTL;
 use crate::event::DiscoveryEvent;
 use crate::mdns::record::{Announcement, ReceivedAddr};
 use crate::mdns::state::State;
+
+/// The longest an announcement keeps an instance without being heard again, whatever TTL it
+/// gives: twice the 120 s mdns-sd gives the SRV and address records of every Shoal node.
+pub(super) const MAX_TTL: Duration = DEFAULT_TTL.saturating_mul(2);
 
 /// A hash of a datagram and the interface it came on, its id (first two bytes) left out.
 pub(super) fn fingerprint(datagram: &[u8], index: u32) -> u64 {
@@ -83,9 +94,10 @@ impl Heard {
 }
 
 impl Table {
-    /// Takes in `announcement`, heard on its interface (`via`, one entry) with `ttl`, in the
-    /// table and then in `state`; `fingerprint` is the datagram's if it announced this
-    /// instance alone. Returns the event to forward, if any.
+    /// Takes in `announcement`, heard on its interface (`via`, one entry) with `ttl` (counted
+    /// up to [`MAX_TTL`]), in the table and then in `state`; `fingerprint` is the datagram's
+    /// if it announced this instance alone. Returns the event to forward, if any. An instance
+    /// the state does not keep as a peer is not kept here either.
     pub(in crate::mdns) fn resolve(
         &mut self,
         state: &mut State,
@@ -95,8 +107,13 @@ impl Table {
         fingerprint: Option<u64>,
     ) -> Option<DiscoveryEvent> {
         let key = announcement.fullname.to_ascii_lowercase();
+        let ttl = ttl.min(MAX_TTL);
         self.heard_by(announcement, now + ttl, now, fingerprint);
         let event = state.on_resolved(announcement, now);
+        if !state.is_peer(&key) {
+            self.forget(&key);
+            return event;
+        }
         if event.is_some() {
             self.changed(&key, fingerprint);
         }

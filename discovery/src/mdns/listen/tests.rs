@@ -5,9 +5,11 @@ use hickory_resolver::proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_resolver::proto::rr::{RData, Record};
 use shoal_proto::NodeId;
 
+use super::table::MAX_TTL;
 use super::*;
 use crate::event::DiscoveryEvent;
 use crate::mdns::record::{ReceivedAddr, SERVICE_TYPE};
+use crate::mdns::state::MAX_TRACKED_INSTANCES;
 use crate::mdns::test_support::{PEER, instance, name, peer_records, state};
 
 /// What mdns-sd multicasts for an instance: PTR, SRV, TXT and addresses, all answers, all
@@ -341,4 +343,89 @@ fn a_repeat_renews_only_the_family_it_announced() {
         vec!["10.99.0.1:7000".parse().expect("addr")]
     );
     assert_eq!(table.sizes(), (1, 1));
+}
+
+#[test]
+fn refused_instances_are_not_kept() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let now = Instant::now();
+    // 100 datagrams of 50 instances each, none with `pv`, all with a TTL of 68 years.
+    for datagram in 0..100 {
+        let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+        for i in 0..50 {
+            let id = 10_000 + datagram * 50 + i;
+            let mut txt = txt(id, &[]);
+            txt.retain(|entry| !entry.starts_with("pv="));
+            add_instance(&mut message, id, txt, &["10.99.0.9"], i32::MAX as u32);
+        }
+        listener.on_datagram(&message.to_vec().expect("encode"), &ear(), &mut table, now);
+    }
+    // And one alone, word for word again and again.
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    add_instance(
+        &mut message,
+        9,
+        vec!["svc=invoice".into()],
+        &["10.99.0.9"],
+        120,
+    );
+    let alone = message.to_vec().expect("encode");
+    for _ in 0..3 {
+        listener.on_datagram(&alone, &ear(), &mut table, now);
+    }
+    assert!(rx.try_recv().is_err());
+    assert_eq!(lock(&listener.state).rejected_total, 5003);
+    assert_eq!(table.sizes(), (0, 0));
+}
+
+#[test]
+fn the_table_keeps_no_more_instances_than_are_tracked() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let now = Instant::now();
+    for id in 0..MAX_TRACKED_INSTANCES as u128 + 10 {
+        let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+        add_instance(
+            &mut message,
+            10_000 + id,
+            txt(10_000 + id, &[]),
+            &["10.99.0.9"],
+            120,
+        );
+        listener.on_datagram(&message.to_vec().expect("encode"), &ear(), &mut table, now);
+    }
+    assert_eq!(
+        std::iter::from_fn(|| rx.try_recv().ok()).count(),
+        MAX_TRACKED_INSTANCES
+    );
+    assert_eq!(
+        table.sizes(),
+        (MAX_TRACKED_INSTANCES, MAX_TRACKED_INSTANCES)
+    );
+}
+
+#[test]
+fn a_ttl_from_the_wire_counts_up_to_max_ttl() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    add_instance(&mut message, PEER, txt(PEER, &[]), &["10.99.0.1"], u32::MAX);
+    let forever = message.to_vec().expect("encode");
+    listener.on_datagram(&forever, &ear(), &mut table, t0);
+    assert!(matches!(rx.try_recv(), Ok(DiscoveryEvent::Up(_))));
+    // Its repeat counts the same.
+    let later = t0 + Duration::from_secs(100);
+    listener.on_datagram(&forever, &ear(), &mut table, later);
+    assert!(
+        table
+            .take_expired(later + MAX_TTL - Duration::from_secs(1))
+            .is_empty()
+    );
+    assert_eq!(
+        table.take_expired(later + MAX_TTL),
+        vec![instance().to_ascii_lowercase()]
+    );
+    assert_eq!(table.sizes(), (0, 0));
 }
