@@ -13,7 +13,9 @@
 //!
 //! Here each datagram costs one parse: an announcement updates its instance in the
 //! [`State`] table and pushes its expiry back, a goodbye (TTL 0) removes it, and the table is
-//! looked over only when the earliest expiry has passed. No query is sent from here: the
+//! looked over only when the earliest expiry has passed. An instance's last announcement
+//! repeated word for word is not parsed at all ([`Table`] says when a repeat may be skipped).
+//! Only instances the [`State`] reports are kept, each for at most `table::MAX_TTL`. No query is sent from here: the
 //! start-up query asks (`oneshot.rs`), and every node announces its records again before
 //! their TTL runs out (`MdnsConfig::reannounce`). mdns-sd still does the responder's part:
 //! announcing, answering, goodbyes and probing.
@@ -30,7 +32,6 @@
 //! start-up query does, on links with IPv4; IPv6-only links use mdns-sd's browse. The sockets
 //! follow the interfaces as they change (`ears.rs`).
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,7 @@ use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
 use super::message::{announcements, said};
 use super::oneshot::{MDNS_GROUP, MDNS_PORT};
-use super::record::{Announcement, ReceivedAddr};
+use super::record::Announcement;
 use super::state::{State, lock};
 use crate::event::EventSender;
 
@@ -273,7 +274,8 @@ impl Listener {
             return;
         }
         // An announcement repeated word for word (every node's, every minute) only moves the
-        // expiry on: no parse, no checks.
+        // expiry on: no parse, no checks, as long as it is still what its instance last said
+        // (`table.rs` says when).
         let fingerprint = fingerprint(datagram, ear.index);
         if let Some(key) = table.repeat(fingerprint, now)
             && lock(&self.state).touch(&key, now)
@@ -301,11 +303,14 @@ impl Listener {
             let ttl = said.ttls.get(&key).copied().unwrap_or(DEFAULT_TTL);
             scope_link_local(&mut announcement, ear.index);
             announcement.via = vec![ear.interface.clone()];
-            table.heard(&mut announcement, now + ttl, now);
-            if only_one {
-                table.remember(fingerprint, &key, &ear.interface, ttl);
-            }
-            let event = lock(&self.state).on_resolved(&announcement, now);
+            let fingerprint = only_one.then_some(fingerprint);
+            let event = table.resolve(
+                &mut lock(&self.state),
+                &mut announcement,
+                ttl,
+                now,
+                fingerprint,
+            );
             self.forward(event);
         }
     }
@@ -332,155 +337,9 @@ fn scope_link_local(announcement: &mut Announcement, index: u32) {
     }
 }
 
-/// The instances heard: the addresses last announced on each interface in each address
-/// family, and when each such set expires unless announced again; the earliest expiry, so that
-/// the table is looked over only when something may have expired. Shared by the listener's
-/// threads and the start-up query.
-#[derive(Debug, Default)]
-pub(super) struct Table {
-    instances: HashMap<String, Heard>,
-    earliest: Option<Instant>,
-    /// Datagrams that announced one instance, by [`fingerprint`]: what a repeat refreshes.
-    repeats: HashMap<u64, Repeat>,
-}
-
-/// What a datagram heard before said: one instance, on one interface, with this TTL.
-#[derive(Debug)]
-struct Repeat {
-    key: String,
-    interface: String,
-    ttl: Duration,
-}
-
-/// At most this many datagrams are remembered (then all are forgotten and parsed again).
-const MAX_REPEATS: usize = 4096;
-
-/// A hash of a datagram and the interface it came on, its id (first two bytes) left out.
-fn fingerprint(datagram: &[u8], index: u32) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&index, &mut hasher);
-    std::hash::Hash::hash(datagram.get(2..).unwrap_or_default(), &mut hasher);
-    std::hash::Hasher::finish(&hasher)
-}
-
-/// One instance as heard: an address set per (interface, family), sorted by both.
-#[derive(Debug, Default)]
-struct Heard {
-    sets: Vec<AddrSet>,
-}
-
-#[derive(Debug)]
-struct AddrSet {
-    v6: bool,
-    interface: String,
-    addrs: Vec<ReceivedAddr>,
-    until: Instant,
-}
-
-impl Heard {
-    fn expires(&self) -> Option<Instant> {
-        self.sets.iter().map(|set| set.until).max()
-    }
-}
-
-impl Table {
-    /// `announcement` was heard on its interface (`via`, one entry), valid until `expires`:
-    /// each family present in its addresses replaces what that interface last said of it.
-    /// On return its addresses and interfaces are all those still valid for the instance.
-    pub(super) fn heard(
-        &mut self,
-        announcement: &mut Announcement,
-        expires: Instant,
-        now: Instant,
-    ) {
-        let interface = announcement.via.first().cloned().unwrap_or_default();
-        let heard = self
-            .instances
-            .entry(announcement.fullname.to_ascii_lowercase())
-            .or_default();
-        let (v4, v6): (Vec<ReceivedAddr>, Vec<ReceivedAddr>) =
-            announcement.addrs.drain(..).partition(|a| a.ip.is_ipv4());
-        for (is_v6, fresh) in [(false, v4), (true, v6)] {
-            if fresh.is_empty() {
-                continue;
-            }
-            let set = AddrSet {
-                v6: is_v6,
-                interface: interface.clone(),
-                addrs: fresh,
-                until: expires,
-            };
-            let key = |s: &AddrSet| (s.v6, s.interface.clone());
-            match heard.sets.binary_search_by_key(&key(&set), key) {
-                Ok(at) => heard.sets[at] = set,
-                Err(at) => heard.sets.insert(at, set),
-            }
-        }
-        announcement.via.clear();
-        for set in heard.sets.iter().filter(|set| set.until > now) {
-            announcement.addrs.extend(set.addrs.iter().cloned());
-            if !announcement.via.contains(&set.interface) {
-                announcement.via.push(set.interface.clone());
-            }
-        }
-        announcement.via.sort();
-        if let Some(expires) = heard.expires() {
-            self.earliest = Some(self.earliest.map_or(expires, |e| e.min(expires)));
-        }
-    }
-
-    fn forget(&mut self, fullname: &str) {
-        self.instances.remove(fullname);
-    }
-
-    /// Remembers that the datagram `fingerprint` announced only `key` on `interface`.
-    fn remember(&mut self, fingerprint: u64, key: &str, interface: &str, ttl: Duration) {
-        if self.repeats.len() >= MAX_REPEATS {
-            self.repeats.clear();
-        }
-        let repeat = Repeat {
-            key: key.to_owned(),
-            interface: interface.to_owned(),
-            ttl,
-        };
-        self.repeats.insert(fingerprint, repeat);
-    }
-
-    /// If the datagram `fingerprint` was heard before, alone announcing an instance still in
-    /// the table, moves the expiry of what it said on and returns the instance.
-    fn repeat(&mut self, fingerprint: u64, now: Instant) -> Option<String> {
-        let repeat = self.repeats.get(&fingerprint)?;
-        let heard = self.instances.get_mut(&repeat.key)?;
-        for set in heard
-            .sets
-            .iter_mut()
-            .filter(|set| set.interface == repeat.interface)
-        {
-            if set.until > now {
-                set.until = now + repeat.ttl;
-            }
-        }
-        Some(repeat.key.clone())
-    }
-
-    /// Removes and returns the instances expired at `now`.
-    fn take_expired(&mut self, now: Instant) -> Vec<String> {
-        if self.earliest.is_none_or(|earliest| now < earliest) {
-            return Vec::new();
-        }
-        let expired: Vec<String> = self
-            .instances
-            .iter()
-            .filter(|(_, heard)| heard.expires().is_none_or(|at| at <= now))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &expired {
-            self.instances.remove(name);
-        }
-        self.earliest = self.instances.values().filter_map(Heard::expires).min();
-        expired
-    }
-}
-
+mod table;
 #[cfg(test)]
 mod tests;
+
+pub(super) use table::Table;
+use table::fingerprint;

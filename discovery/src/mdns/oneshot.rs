@@ -234,13 +234,17 @@ impl StartupQuery {
         let now = Instant::now();
         for mut announcement in announcements(&message) {
             announcement.via = vec![interface.to_owned()];
-            if let Some(table) = &self.table {
-                lock(table).heard(&mut announcement, now + DEFAULT_TTL, now);
-            }
             let event = {
+                // The table's lock first, as the listener takes them.
+                let mut table = self.table.as_ref().map(|table| lock(table));
                 let mut state = lock(&self.state);
                 state.startup_query_answers += 1;
-                state.on_resolved(&announcement, now)
+                match &mut table {
+                    Some(table) => {
+                        table.resolve(&mut state, &mut announcement, DEFAULT_TTL, now, None)
+                    }
+                    None => state.on_resolved(&announcement, now),
+                }
             };
             if let Some(event) = event {
                 tracing::debug!(?event, "mdns: start-up query");

@@ -176,6 +176,11 @@ impl State {
         }
     }
 
+    /// Whether the instance `fullname` is a peer this table reports as up.
+    pub(crate) fn is_peer(&self, fullname: &str) -> bool {
+        self.peers.contains_key(&fullname.to_ascii_lowercase())
+    }
+
     /// An instance said goodbye or expired. Returns the event to forward, if any.
     pub(crate) fn on_removed(&mut self, fullname: &str) -> Option<DiscoveryEvent> {
         self.peers

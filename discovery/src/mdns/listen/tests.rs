@@ -1,13 +1,15 @@
 use std::net::Ipv6Addr;
 
 use hickory_resolver::proto::op::{MessageType, OpCode};
-use hickory_resolver::proto::rr::rdata::PTR;
+use hickory_resolver::proto::rr::rdata::{A, AAAA, PTR, SRV, TXT};
 use hickory_resolver::proto::rr::{RData, Record};
 use shoal_proto::NodeId;
 
+use super::table::MAX_TTL;
 use super::*;
 use crate::event::DiscoveryEvent;
-use crate::mdns::record::SERVICE_TYPE;
+use crate::mdns::record::{ReceivedAddr, SERVICE_TYPE};
+use crate::mdns::state::MAX_TRACKED_INSTANCES;
 use crate::mdns::test_support::{PEER, instance, name, peer_records, state};
 
 /// What mdns-sd multicasts for an instance: PTR, SRV, TXT and addresses, all answers, all
@@ -195,4 +197,235 @@ fn each_interface_and_family_keeps_its_addresses_until_their_ttl() {
         table.take_expired(renewed + Duration::from_secs(120)),
         vec![name]
     );
+}
+
+/// The TXT entries of node `id` (service `invoice`) advertising `subs`.
+fn txt(id: u128, subs: &[&str]) -> Vec<String> {
+    let mut txt = vec![
+        "svc=invoice".to_owned(),
+        format!("id={}", NodeId::from_u128(id)),
+        format!("pv={}", shoal_proto::PROTOCOL_VERSION),
+        format!("sn={}", subs.len()),
+    ];
+    for (i, sub) in subs.iter().enumerate() {
+        txt.push(format!("s{i}={sub}"));
+    }
+    txt
+}
+
+/// Adds node `id`'s records to `message`, as mdns-sd announces them to one group: PTR, SRV
+/// (port 7000) and TXT `txt`, and an A or AAAA record for each of `ips`, all with `ttl`.
+fn add_instance(message: &mut Message, id: u128, txt: Vec<String>, ips: &[&str], ttl: u32) {
+    let fullname = name(&format!("{}.{SERVICE_TYPE}", NodeId::from_u128(id)));
+    let host = name(&format!("host-{id:x}.local."));
+    let ptr = RData::PTR(PTR(fullname.clone()));
+    message.add_answer(Record::from_rdata(name(SERVICE_TYPE), ttl, ptr));
+    let srv = RData::SRV(SRV::new(0, 0, 7000, host.clone()));
+    message.add_answer(Record::from_rdata(fullname.clone(), ttl, srv));
+    message.add_answer(Record::from_rdata(fullname, ttl, RData::TXT(TXT::new(txt))));
+    for ip in ips {
+        let data = match ip.parse().expect("ip") {
+            IpAddr::V4(ip) => RData::A(A(ip)),
+            IpAddr::V6(ip) => RData::AAAA(AAAA(ip)),
+        };
+        message.add_answer(Record::from_rdata(host.clone(), ttl, data));
+    }
+}
+
+/// The peer's announcement of `subs` at `ips`, TTL 120 s.
+fn saying(subs: &[&str], ips: &[&str]) -> Vec<u8> {
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    add_instance(&mut message, PEER, txt(PEER, subs), ips, 120);
+    message.to_vec().expect("encode")
+}
+
+/// The peer's addresses as the node's table has them (port 7000).
+fn peer_addrs(listener: &Listener) -> Vec<SocketAddr> {
+    let peers = lock(&listener.state).peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    peers[0].addrs.clone()
+}
+
+fn subscriptions(event: &DiscoveryEvent) -> Vec<String> {
+    let (DiscoveryEvent::Up(hint) | DiscoveryEvent::Updated(hint)) = event else {
+        panic!("{event:?}");
+    };
+    let subs = hint.subscriptions.as_deref().unwrap_or_default();
+    subs.iter().map(|s| s.pattern.clone()).collect()
+}
+
+#[test]
+fn subscriptions_going_back_to_what_they_were_are_reported() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let at = |secs| t0 + Duration::from_secs(secs);
+    let (with, without) = (
+        saying(&["orders.*"], &["10.99.0.1"]),
+        saying(&[], &["10.99.0.1"]),
+    );
+    listener.on_datagram(&with, &ear(), &mut table, t0);
+    assert!(matches!(rx.try_recv(), Ok(DiscoveryEvent::Up(_))));
+    listener.on_datagram(&without, &ear(), &mut table, at(1));
+    let updated = rx.try_recv().expect("unsubscribed");
+    assert!(subscriptions(&updated).is_empty(), "{updated:?}");
+    // Subscribed again: the datagram is the first one word for word, and news again.
+    listener.on_datagram(&with, &ear(), &mut table, at(2));
+    let again = rx.try_recv().expect("subscribed again");
+    assert_eq!(subscriptions(&again), vec!["orders.*".to_owned()]);
+    // From then on it is a repeat again.
+    listener.on_datagram(&with, &ear(), &mut table, at(3));
+    assert!(rx.try_recv().is_err());
+    assert_eq!(table.sizes(), (1, 1));
+}
+
+#[test]
+fn an_address_going_back_is_reported() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let (a, b) = (saying(&[], &["10.99.0.1"]), saying(&[], &["10.99.0.2"]));
+    for (secs, datagram) in [(0, &a), (70, &b), (140, &a)] {
+        let now = t0 + Duration::from_secs(secs);
+        listener.on_datagram(datagram, &ear(), &mut table, now);
+        assert!(rx.try_recv().is_ok(), "no event at {secs} s");
+    }
+    assert_eq!(
+        peer_addrs(&listener),
+        vec!["10.99.0.1:7000".parse().expect("addr")]
+    );
+}
+
+#[test]
+fn a_change_heard_in_one_family_makes_the_other_familys_announcement_news() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let at = |secs| t0 + Duration::from_secs(secs);
+    let v4 = |subs: &[&str]| saying(subs, &["10.99.0.1"]);
+    let v6 = |subs: &[&str]| saying(subs, &["fd00::1"]);
+    listener.on_datagram(&v4(&["orders.*"]), &ear(), &mut table, t0);
+    listener.on_datagram(&v6(&["orders.*"]), &ear(), &mut table, t0);
+    assert!(matches!(rx.try_recv(), Ok(DiscoveryEvent::Up(_))));
+    assert!(matches!(rx.try_recv(), Ok(DiscoveryEvent::Updated(_))));
+    // It unsubscribes; only its IPv4 announcement arrives. Then it subscribes again, and only
+    // its IPv6 announcement arrives, the one heard before word for word: news all the same.
+    listener.on_datagram(&v4(&[]), &ear(), &mut table, at(1));
+    assert!(subscriptions(&rx.try_recv().expect("unsubscribed")).is_empty());
+    listener.on_datagram(&v6(&["orders.*"]), &ear(), &mut table, at(2));
+    let again = rx.try_recv().expect("subscribed again");
+    assert_eq!(subscriptions(&again), vec!["orders.*".to_owned()]);
+}
+
+#[test]
+fn a_repeat_renews_only_the_family_it_announced() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let v4 = saying(&[], &["10.99.0.1"]);
+    listener.on_datagram(&saying(&[], &["fd00::1"]), &ear(), &mut table, t0);
+    listener.on_datagram(&v4, &ear(), &mut table, t0);
+    assert_eq!(peer_addrs(&listener).len(), 2);
+    // The peer lost its IPv6 address: only its IPv4 announcement goes on, every 70 s (a
+    // repeat, unparsed, until the IPv6 address lapses).
+    for times in 1..=10 {
+        let now = t0 + Duration::from_secs(70 * times);
+        listener.on_datagram(&v4, &ear(), &mut table, now);
+    }
+    let events: Vec<DiscoveryEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(
+        events.len(),
+        3,
+        "Up, Updated (IPv4), Updated (IPv6 lapsed): {events:?}"
+    );
+    assert_eq!(
+        peer_addrs(&listener),
+        vec!["10.99.0.1:7000".parse().expect("addr")]
+    );
+    assert_eq!(table.sizes(), (1, 1));
+}
+
+#[test]
+fn refused_instances_are_not_kept() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let now = Instant::now();
+    // 100 datagrams of 50 instances each, none with `pv`, all with a TTL of 68 years.
+    for datagram in 0..100 {
+        let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+        for i in 0..50 {
+            let id = 10_000 + datagram * 50 + i;
+            let mut txt = txt(id, &[]);
+            txt.retain(|entry| !entry.starts_with("pv="));
+            add_instance(&mut message, id, txt, &["10.99.0.9"], i32::MAX as u32);
+        }
+        listener.on_datagram(&message.to_vec().expect("encode"), &ear(), &mut table, now);
+    }
+    // And one alone, word for word again and again.
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    add_instance(
+        &mut message,
+        9,
+        vec!["svc=invoice".into()],
+        &["10.99.0.9"],
+        120,
+    );
+    let alone = message.to_vec().expect("encode");
+    for _ in 0..3 {
+        listener.on_datagram(&alone, &ear(), &mut table, now);
+    }
+    assert!(rx.try_recv().is_err());
+    assert_eq!(lock(&listener.state).rejected_total, 5003);
+    assert_eq!(table.sizes(), (0, 0));
+}
+
+#[test]
+fn the_table_keeps_no_more_instances_than_are_tracked() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let now = Instant::now();
+    for id in 0..MAX_TRACKED_INSTANCES as u128 + 10 {
+        let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+        add_instance(
+            &mut message,
+            10_000 + id,
+            txt(10_000 + id, &[]),
+            &["10.99.0.9"],
+            120,
+        );
+        listener.on_datagram(&message.to_vec().expect("encode"), &ear(), &mut table, now);
+    }
+    assert_eq!(
+        std::iter::from_fn(|| rx.try_recv().ok()).count(),
+        MAX_TRACKED_INSTANCES
+    );
+    assert_eq!(
+        table.sizes(),
+        (MAX_TRACKED_INSTANCES, MAX_TRACKED_INSTANCES)
+    );
+}
+
+#[test]
+fn a_ttl_from_the_wire_counts_up_to_max_ttl() {
+    let (listener, mut rx) = listener();
+    let mut table = Table::default();
+    let t0 = Instant::now();
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    add_instance(&mut message, PEER, txt(PEER, &[]), &["10.99.0.1"], u32::MAX);
+    let forever = message.to_vec().expect("encode");
+    listener.on_datagram(&forever, &ear(), &mut table, t0);
+    assert!(matches!(rx.try_recv(), Ok(DiscoveryEvent::Up(_))));
+    // Its repeat counts the same.
+    let later = t0 + Duration::from_secs(100);
+    listener.on_datagram(&forever, &ear(), &mut table, later);
+    assert!(
+        table
+            .take_expired(later + MAX_TTL - Duration::from_secs(1))
+            .is_empty()
+    );
+    assert_eq!(
+        table.take_expired(later + MAX_TTL),
+        vec![instance().to_ascii_lowercase()]
+    );
+    assert_eq!(table.sizes(), (0, 0));
 }
