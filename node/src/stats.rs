@@ -69,6 +69,11 @@ pub struct NodeStats {
     pub unauthorized_subscriptions: u64,
     /// This node's `publish` calls refused by the policy (each failed at once).
     pub unauthorized_publishes: u64,
+    /// Messages and event copies refused because their return address (`reply_to`) named
+    /// another service or node than their sender's certified one, or asked for a synchronous
+    /// reply to an event (each was nacked "invalid" for good, before any handler ran): a
+    /// peer trying to have replies sent, as this node, where it may not send itself.
+    pub forged_return_addresses: u64,
     /// Multicast fan-out ([`crate::NodeBuilder::multicast`]; all zero without it): datagrams
     /// this node sent to its group (events, heartbeats and repairs sent to the whole group).
     pub multicast_sent: u64,

@@ -16,19 +16,21 @@ impl<H: Clone> Engine<H> {
     /// lost with a connection): acks it, or answers a synchronous request with its kept
     /// reply. With no reply kept (evicted, or it could not be sent) the retry is refused for
     /// good with the reason: an ack alone would leave the requester waiting until its timeout,
-    /// and running the handler twice is what the dedup window exists to prevent.
+    /// and running the handler twice is what the dedup window exists to prevent. The reply is
+    /// kept under the request's dedup `key` (bound to its sender, `super::sender`), not its id.
     pub(super) fn answer_again(
         &mut self,
         conn: ConnId,
         seq: u64,
         head: &Head,
         id: MessageId,
+        key: MessageId,
         now: Instant,
     ) {
         let Some(addr) = head.reply_to.as_ref().filter(|a| is_synchronous(a)) else {
             return self.ack(conn, seq);
         };
-        match self.inbound.replies.get(id, now) {
+        match self.inbound.replies.get(key, now) {
             Some(frame) => {
                 self.stats.replies_resent += 1;
                 let target = self.reply_conn(conn, addr);
@@ -53,12 +55,13 @@ impl<H: Clone> Engine<H> {
     /// Sends a handler's reply to where the request asked: straight back to a synchronous
     /// request (one frame, kept for retries), or as a reliable message to an asynchronous
     /// reply channel. A synchronous reply that cannot be encoded fails the request for good,
-    /// so the requester hears why instead of waiting for its timeout.
+    /// so the requester hears why instead of waiting for its timeout. `request` is the
+    /// request's id and its dedup key (the kept reply's key).
     pub(super) fn deliver_reply(
         &mut self,
         conn: ConnId,
         addr: &ReturnAddress,
-        request: MessageId,
+        (request, key): (MessageId, MessageId),
         reply: Message,
         now: Instant,
     ) -> Result<(), HandlerError> {
@@ -75,7 +78,7 @@ impl<H: Clone> Engine<H> {
             HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
         })?;
         let frame = buf.freeze();
-        self.inbound.replies.insert(request, frame.clone(), now);
+        self.inbound.replies.insert(key, frame.clone(), now);
         let target = self.reply_conn(conn, addr);
         match self.conns.get_mut(target) {
             Some(c) => {

@@ -65,6 +65,8 @@ pub(crate) struct Transmit {
 pub(super) struct Conn {
     pub(super) node: NodeId,
     pub(super) service: String,
+    /// The dedup keys' part of messages from `service` ([`super::sender`]), worked out once.
+    pub(super) sender: super::sender::SenderKey,
     pub(super) addr: SocketAddr,
     pub(super) listen_addrs: Vec<SocketAddr>,
     /// Which node dialled: decides which of two duplicate connections survives.
@@ -109,6 +111,7 @@ impl Conn {
     pub(super) fn new(
         node: NodeId,
         service: String,
+        sender: super::sender::SenderKey,
         addr: SocketAddr,
         listen_addrs: Vec<SocketAddr>,
         dialer: NodeId,
@@ -117,6 +120,7 @@ impl Conn {
         Self {
             node,
             service,
+            sender,
             addr,
             listen_addrs,
             dialer,

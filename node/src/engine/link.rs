@@ -53,9 +53,11 @@ impl<H: Clone> Engine<H> {
     pub(crate) fn connection_up(&mut self, hello: PeerHello, now: Instant) -> (ConnId, Admission) {
         let dialer = if hello.dialed { self.id } else { hello.node };
         let usage = super::usage::Usage::new(hello.pinned, now);
+        let sender = self.inbound.senders.of(&hello.service);
         let conn = self.conns.insert(Conn::new(
             hello.node,
             hello.service.clone(),
+            sender,
             hello.addr,
             hello.listen_addrs,
             dialer,

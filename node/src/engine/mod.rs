@@ -65,6 +65,7 @@ pub(crate) mod replies;
 pub(crate) mod retry;
 pub(crate) mod route;
 pub(crate) mod send;
+mod sender;
 mod stats;
 /// Queries and one entry point for the test kit (feature `testing`).
 #[cfg(feature = "testing")]

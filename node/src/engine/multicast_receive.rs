@@ -22,15 +22,22 @@ use smallvec::SmallVec;
 
 use super::dedup::Seen;
 use super::multicast::{Delivered, ReceiverTransmit};
+use super::sender::{RunKey, forged_return_address};
 use super::{ConnId, Engine, Lifecycle, TaskId, topic};
 
+/// One audience of a run: its head, its handlers, and its events' dedup keys' part.
+type Audience<H> = (Arc<Head>, SmallVec<[H; 1]>, RunKey);
+
 /// How this node handles the events of one run of a datagram (one head, one assignment): each
-/// audience's head and handlers. The events of a run share both, so topic matching, the
-/// assignment and the handlers are worked out once per run, not once per event.
+/// audience's head, handlers and dedup keys' part (bound to the publisher's service, as a
+/// unicast copy's: `super::sender`). The events of a run share them, so topic matching, the
+/// assignment, the handlers and the keys are worked out once per run, not once per event.
 struct Plan<H> {
     head: Arc<Head>,
     assigned: Arc<[Assignment]>,
-    audiences: Vec<(Arc<Head>, SmallVec<[H; 1]>)>,
+    audiences: Vec<Audience<H>>,
+    /// Why the run's return address is refused (not the publisher's own), if it is.
+    forged: Option<String>,
 }
 
 impl<H> Plan<H> {
@@ -82,10 +89,10 @@ impl<H: Clone> Engine<H> {
             let mut plan: Option<Plan<H>> = None;
             for d in delivered.drain(..) {
                 if !plan.as_ref().is_some_and(|p| p.fits(&d)) {
-                    plan = Some(self.plan(&d));
+                    plan = Some(self.plan(conn, &d));
                 }
                 if let Some(plan) = &plan {
-                    self.channel_event(conn, channel, d, &plan.audiences, now);
+                    self.channel_event(conn, channel, d, plan, now);
                 }
             }
         }
@@ -141,9 +148,14 @@ impl<H: Clone> Engine<H> {
     /// What this node does with events under `d`'s head and assignment: each of its
     /// subscriptions the topic matches, an ungrouped one always, a group's only when the
     /// assignment names this node as the group's instance; one audience (and run) per group,
-    /// one for the ungrouped subscriptions.
-    fn plan(&self, d: &Delivered) -> Plan<H> {
-        let mut audiences: Vec<(Arc<Head>, SmallVec<[H; 1]>)> = Vec::new();
+    /// one for the ungrouped subscriptions. `conn` is the publisher's connection.
+    fn plan(&self, conn: ConnId, d: &Delivered) -> Plan<H> {
+        let sender = self.sender_key(conn);
+        let forged = d.head.reply_to.as_ref().and_then(|addr| {
+            let c = self.conns.get(conn)?;
+            forged_return_address(addr, &d.head.to, &c.service, c.node)
+        });
+        let mut audiences: Vec<Audience<H>> = Vec::new();
         for sub in self.inbound.distinct_subscriptions() {
             if !topic::matches(&sub.pattern, &d.head.name) {
                 continue;
@@ -161,49 +173,59 @@ impl<H: Clone> Engine<H> {
                     To::Group(group.clone())
                 }
             };
-            if audiences.iter().any(|(head, _)| head.to == to) {
+            if audiences.iter().any(|(head, _, _)| head.to == to) {
                 continue;
             }
             let handlers = self.inbound.handlers_for(&to, &d.head.name);
+            let key = RunKey::new(sender, to.group_key());
             let head = Arc::new(Head {
                 to,
                 ..(*d.head).clone()
             });
-            audiences.push((head, handlers));
+            audiences.push((head, handlers, key));
         }
         Plan {
             head: Arc::clone(&d.head),
             assigned: Arc::clone(&d.assigned),
             audiences,
+            forged,
         }
     }
 
-    /// One event of `channel`, in order, from the publisher on `conn`, for `audiences` (its
-    /// run's [`Plan`]).
+    /// One event of `channel`, in order, from the publisher on `conn`, for its run's [`Plan`].
     fn channel_event(
         &mut self,
         conn: ConnId,
         channel: u64,
         d: Delivered,
-        audiences: &[(Arc<Head>, SmallVec<[H; 1]>)],
+        plan: &Plan<H>,
         now: Instant,
     ) {
         if self.lifecycle != Lifecycle::Running {
             return; // not reported: the publisher retries it by unicast, and hears we stop
         }
+        let audiences = &plan.audiences;
         if audiences.is_empty() {
+            return;
+        }
+        // A return address not the publisher's own (sender.rs): reported as failed, so the
+        // publisher sends it by unicast, where it is refused for good with the reason.
+        if let Some(reason) = &plan.forged {
+            self.stats.forged_return_addresses += 1;
+            tracing::warn!(channel, "{reason}");
+            self.channel_report(channel, d.number, false, now);
             return;
         }
         let mut left = 0u32;
         let mut failed = false;
         let mut runs: SmallVec<[_; 2]> = SmallVec::new();
-        for (head, handlers) in audiences {
+        for (head, handlers, run_key) in audiences {
             // The policy (authz.rs), as for a unicast copy.
             if !self.guard.open_inbound && self.refuse_unauthorized_run(conn, head, 1).is_some() {
                 failed = true;
                 continue;
             }
-            let key = head.to.delivery_key(d.item.id);
+            let key = run_key.key(d.item.id);
             match self.inbound.dedup.check(key, now) {
                 Seen::New => {
                     left += 1;

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_proto::{Frame, GroupKey, Head, Item, MessageId, Messages, NackCode, Subscription, To};
+use shoal_proto::{Frame, Head, Item, MessageId, Messages, NackCode, Subscription, To};
 use slotmap::SlotMap;
 use smallvec::SmallVec;
 
@@ -25,6 +25,7 @@ use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
 use super::answer::is_synchronous;
 use super::dedup::{DedupWindow, Seen};
 use super::replies::ReplyCache;
+use super::sender::{RunKey, SenderKeys};
 use super::{Engine, Lifecycle, topic};
 use crate::Message;
 use crate::config::Config;
@@ -58,8 +59,9 @@ struct Task<H> {
     /// without a copy), the first of them numbered `rest_seq`.
     rest: VecDeque<Item>,
     rest_seq: u64,
-    /// The group's part of the `rest` messages' dedup keys, hashed once for the run.
-    rest_group: GroupKey,
+    /// The sender's and group's part of the `rest` messages' dedup keys, worked out once for
+    /// the run.
+    rest_key: RunKey,
 }
 
 /// The receiving side's state.
@@ -70,6 +72,8 @@ pub(super) struct Inbound<H> {
     next_sub: u64,
     pub(super) dedup: DedupWindow,
     pub(super) replies: ReplyCache,
+    /// Works out the sender's part of dedup keys, once per connection ([`super::sender`]).
+    pub(super) senders: SenderKeys,
     tasks: SlotMap<TaskId, Task<H>>,
     /// Where duplicates of messages being handled now came from: they are answered too.
     waiters: HashMap<MessageId, Vec<(ConnId, u64)>>,
@@ -85,6 +89,8 @@ impl<H: Clone> Inbound<H> {
             next_sub: 0,
             dedup: DedupWindow::new(config.dedup_capacity, config.dedup_max_age, dedup_keys),
             replies: ReplyCache::new(config.reply_cache_size, config.dedup_max_age, reply_keys),
+            // The same secret as the dedup window's hash: both keep ids a peer cannot steer.
+            senders: SenderKeys::new(dedup_keys),
             tasks: SlotMap::with_key(),
             waiters: HashMap::new(),
             max_handlers: config.max_concurrent_handlers.max(1),
@@ -201,6 +207,13 @@ impl<H: Clone> Engine<H> {
         {
             return refuse(self, false, NackCode::NotAuthorized, reason);
         }
+        // A return address that is not the sender's own (sender.rs): refused for good. One
+        // branch per run without one.
+        if head.reply_to.is_some()
+            && let Some(reason) = self.refuse_forged_return(conn, &head, count)
+        {
+            return refuse(self, false, NackCode::Invalid, reason);
+        }
         let handlers = self.inbound.handlers_for(&head.to, &head.name);
         if handlers.is_empty() {
             self.stats.unhandled += count as u64;
@@ -237,10 +250,11 @@ impl<H: Clone> Engine<H> {
             return refuse(self, false, NackCode::Invalid, reason);
         }
         let head = Arc::new(head);
+        let run_key = RunKey::new(self.sender_key(conn), head.to.group_key());
         if head.ordered {
             let task = self.inbound.tasks.insert(Task {
                 conn,
-                rest_group: head.to.group_key(),
+                rest_key: run_key,
                 head,
                 handlers,
                 ready: None,
@@ -250,9 +264,8 @@ impl<H: Clone> Engine<H> {
             });
             return self.admit(task, None, now);
         }
-        let group = head.to.group_key();
         for (seq, item) in (first_seq..).zip(items) {
-            let key = group.key(item.id);
+            let key = run_key.key(item.id);
             if head.reliable && !self.first_delivery(conn, seq, &head, &item, key, now) {
                 continue;
             }
@@ -264,7 +277,7 @@ impl<H: Clone> Engine<H> {
                 running: None,
                 rest: VecDeque::new(),
                 rest_seq: 0,
-                rest_group: GroupKey::default(),
+                rest_key: RunKey::default(),
             });
             self.admit(task, Some((seq, key, item)), now);
         }
@@ -304,7 +317,7 @@ impl<H: Clone> Engine<H> {
             Seen::Done => {
                 self.stats.duplicates += 1;
                 self.note_duplicate(conn, &head.name); // metrics.rs
-                self.answer_again(conn, seq, head, item.id, now);
+                self.answer_again(conn, seq, head, item.id, key, now);
                 false
             }
         }
@@ -329,7 +342,7 @@ impl<H: Clone> Engine<H> {
             running: None,
             rest: VecDeque::new(),
             rest_seq: 0,
-            rest_group: GroupKey::default(),
+            rest_key: RunKey::default(),
         });
         self.admit(task, Some(message), now);
         task
@@ -384,7 +397,7 @@ impl<H: Clone> Engine<H> {
             let seq = t.rest_seq;
             t.rest_seq += 1;
             let (conn, head) = (t.conn, Arc::clone(&t.head));
-            let key = t.rest_group.key(item.id);
+            let key = t.rest_key.key(item.id);
             if !head.reliable {
                 return self.hand_over(task, seq, key, item, now);
             }
@@ -395,7 +408,7 @@ impl<H: Clone> Engine<H> {
                 Seen::Done => {
                     self.stats.duplicates += 1;
                     self.note_duplicate(conn, &head.name); // metrics.rs
-                    self.answer_again(conn, seq, &head, item.id, now);
+                    self.answer_again(conn, seq, &head, item.id, key, now);
                 }
                 // Another delivery (a single publish of the same event) is handling it: this
                 // run must not go on before that one finishes.
@@ -445,7 +458,7 @@ impl<H: Clone> Engine<H> {
         let outcome = outcome.and_then(|replies| match &head.reply_to {
             Some(addr) => replies
                 .into_iter()
-                .try_for_each(|reply| self.deliver_reply(conn, addr, id, reply, now)),
+                .try_for_each(|reply| self.deliver_reply(conn, addr, (id, key), reply, now)),
             None => Ok(()),
         });
         self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics.rs

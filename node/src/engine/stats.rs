@@ -25,6 +25,8 @@ pub(super) struct Counters {
     pub(super) unauthorized_events: u64,
     pub(super) unauthorized_subscriptions: u64,
     pub(super) unauthorized_publishes: u64,
+    /// Messages refused for a return address not their sender's (engine/sender.rs).
+    pub(super) forged_return_addresses: u64,
 }
 
 impl Counters {
@@ -55,6 +57,7 @@ impl Counters {
             unauthorized_events: self.unauthorized_events,
             unauthorized_subscriptions: self.unauthorized_subscriptions,
             unauthorized_publishes: self.unauthorized_publishes,
+            forged_return_addresses: self.forged_return_addresses,
             // The multicast counters are filled in by the driver (runtime/multicast.rs).
             ..NodeStats::default()
         }

@@ -38,7 +38,7 @@ impl Collector for NodeCollector {
         let stats = crate::inspect::node_stats(&driver);
         per_message(&mut encoder, &snapshot)?;
 
-        let totals: [(&str, &str, u64); 15] = [
+        let totals: [(&str, &str, u64); 16] = [
             (
                 "shoal_messages_unhandled",
                 "Messages refused because no handler or subscription here takes their name.",
@@ -113,6 +113,11 @@ impl Collector for NodeCollector {
                 "shoal_unauthorized_publishes",
                 "This node's publish calls refused by the policy.",
                 stats.unauthorized_publishes,
+            ),
+            (
+                "shoal_forged_return_addresses",
+                "Messages refused because their return address was not their sender's.",
+                stats.forged_return_addresses,
             ),
         ];
         for (name, help, value) in totals {

@@ -28,6 +28,7 @@ mod net;
 mod random;
 mod reason_tests;
 mod request_tests;
+mod sender_binding_tests;
 mod tests;
 mod transmit_tests;
 
