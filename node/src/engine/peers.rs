@@ -172,6 +172,16 @@ impl Peers {
         )
     }
 
+    /// Whether the connection standing for `node`, if there is one, is of the service the
+    /// directory lists `node` under (true when either is missing).
+    fn announced_as_certified(&self, conns: &SlotMap<ConnId, Conn>, node: NodeId) -> bool {
+        let certified = self.current(node).and_then(|c| conns.get(c));
+        match (certified, self.directory.get(node)) {
+            (Some(c), Some(known)) => c.service == known.service,
+            _ => true,
+        }
+    }
+
     /// The connection standing for `node` if it is of `service`: a node id is the peer's
     /// claim, its service is certified, so a delivery for an instance of `service` goes to
     /// no connection of another service claiming the instance's id.
@@ -358,6 +368,7 @@ impl Peers {
             .chain(
                 self.directory
                     .advertised()
+                    .filter(|(node, _)| self.announced_as_certified(conns, *node))
                     .flat_map(|(_, subs)| subs.iter().cloned()),
             )
             .filter(|s| s.group.is_some())
@@ -387,7 +398,14 @@ impl Peers {
             .map(|c| (c.node, c.subscriptions.as_slice()));
         // Instances discovery announced count with the subscriptions they advertise, connected
         // or not: a delivery to one that is not connected asks for a connection and waits.
-        let mut audiences = fanout::audiences(topic, live.chain(self.directory.advertised()));
+        // What they advertise was checked against the policy under the service announced
+        // (`Engine::discovered`), which nothing certifies: a connected instance counts with
+        // it only while its connection's certified service is that service.
+        let announced = self
+            .directory
+            .advertised()
+            .filter(|(node, _)| self.announced_as_certified(conns, *node));
+        let mut audiences = fanout::audiences(topic, live.chain(announced));
         let departed = self.departed.matching(topic, now);
         let remembered = !departed.is_empty();
         for group in departed {

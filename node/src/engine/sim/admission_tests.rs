@@ -10,14 +10,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress};
+use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress, Subscription};
 
 use super::tests::counting;
 use super::{Faults, Sim};
 use crate::PublishOptions;
 use crate::config::Config;
 use crate::engine::action::ConnId;
-use crate::engine::{Admission, PeerHello};
+use crate::engine::{Admission, Discovered, PeerHello};
 use crate::policy::Policy;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -79,6 +79,84 @@ fn conn_to(sim: &Sim, node: usize, peer: NodeId) -> Option<(ConnId, String)> {
         .into_iter()
         .find(|p| p.node == peer)
         .map(|p| (p.conn, p.service))
+}
+
+#[test]
+fn a_subscription_an_announcement_advertises_is_checked_against_the_policy() {
+    let mut sim = Sim::new(104);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let spy = sim.node("spy");
+    let (secret, public) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(spy, "secret.>", Some("spy"), counting(&secret));
+    sim.subscribe(spy, "public.>", Some("spy"), counting(&public));
+    // A stock node's announcement advertises both subscriptions (and repeats itself).
+    sim.announce(orders, spy, true);
+    sim.announce(orders, spy, true);
+    sim.run_for(SECOND);
+    let event = sim.event("secret.plans", "x");
+    let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    sim.run_for(2 * SECOND);
+    assert_eq!(secret.get(), 0, "spy received an event the policy forbids");
+    assert!(sim.dials.is_empty(), "nobody to dial for `secret.plans`");
+    assert!(
+        sim.nodes[orders]
+            .engine
+            .subscribers("secret.plans", sim.now)
+            .is_empty(),
+        "no audience for what the policy refuses"
+    );
+    assert_eq!(
+        sim.nodes[orders].engine.stats().unauthorized_subscriptions,
+        1,
+        "the advertised `secret.>` is refused and counted, once, not with every announcement"
+    );
+
+    // What the policy allows still goes, connecting on first use.
+    let event = sim.event("public.news", "y");
+    let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    sim.run_for(2 * SECOND);
+    assert_eq!((secret.get(), public.get()), (0, 1));
+}
+
+#[test]
+fn an_announcement_naming_another_service_than_the_certificate_counts_for_nothing() {
+    let mut sim = Sim::new(106);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    // Spy is connected: its `Subscribe` is refused over the connection...
+    sim.connect(orders, spy);
+    sim.run_for(SECOND);
+    assert_eq!(
+        sim.nodes[orders].engine.stats().unauthorized_subscriptions,
+        1
+    );
+    // ... so it announces its node id as an instance of `billing`, which may subscribe.
+    let lie = Discovered {
+        service: "billing".into(),
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 10_000 + spy as u16))],
+        source: shoal_discovery::Source::Mdns,
+        subscriptions: Some(vec![Subscription {
+            pattern: "order.*".into(),
+            group: Some("billing".into()),
+        }]),
+        multicast: None,
+    };
+    let (spy_id, now) = (sim.nodes[spy].engine.id(), sim.now);
+    sim.nodes[orders].engine.discovered(spy_id, lie, now);
+    sim.settle();
+    sim.announce(orders, billing, true);
+    sim.run_for(SECOND);
+    for n in 0..3 {
+        let event = sim.event("order.created", format!("o{n}"));
+        let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    }
+    sim.run_for(3 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's events went to spy");
+    assert_eq!(billed.get(), 3, "the real billing instance got them all");
 }
 
 #[test]
