@@ -93,10 +93,16 @@ impl<H: Clone> Engine<H> {
     }
 
     /// The connection a reply goes on: the requester's current one (the request's own
-    /// connection may have been replaced while the handler ran).
+    /// connection may have been replaced while the handler ran), if it is of the requester's
+    /// service (the request connection's certified one, or the return address's once that
+    /// connection is gone): a node id is only claimed, and a connection of another service
+    /// claiming it gets no reply.
     pub(super) fn reply_conn(&self, conn: ConnId, addr: &ReturnAddress) -> ConnId {
-        let node = addr.node.or_else(|| self.conns.get(conn).map(|c| c.node));
-        node.and_then(|n| self.peers.current(n)).unwrap_or(conn)
+        let asked = self.conns.get(conn);
+        let node = addr.node.or_else(|| asked.map(|c| c.node));
+        let service = asked.map_or(addr.service.as_str(), |c| c.service.as_str());
+        node.and_then(|n| self.peers.current_of(&self.conns, n, service))
+            .unwrap_or(conn)
     }
 
     pub(super) fn ack(&mut self, conn: ConnId, seq: u64) {

@@ -309,10 +309,15 @@ impl<H: Clone> Engine<H> {
         if self.lifecycle == Lifecycle::Killed {
             return;
         }
+        let route = match self.out.deliveries.get(d) {
+            Some(del) => del.route.clone(),
+            None => return,
+        };
         let live = self
             .peers
             .current(node)
-            .filter(|c| self.conns.get(*c).is_some_and(Conn::takes_messages));
+            .filter(|c| self.conns.get(*c).is_some_and(Conn::takes_messages))
+            .filter(|c| self.peers.serves(&self.conns, &route, *c, now));
         match live {
             Some(conn) => {
                 self.bump(d, State::Backoff);

@@ -11,7 +11,11 @@
 //!   permanent [`NackCode::NotAuthorized`](shoal_proto::NackCode::NotAuthorized) nack before
 //!   the dedup window or any handler sees it, so its sender dead-letters it with the reason.
 //! - A peer's subscription the policy refuses is not added to the audiences: it gets no
-//!   events.
+//!   events. So is a subscription an announcement advertises (discovery), checked against the
+//!   service the announcement names; since nothing certifies that name, an announced
+//!   instance's advertised subscriptions count only while its connection (if any) is of that
+//!   service, and a connection claiming the node id of an instance announced under another
+//!   service is refused (`Peers::admit`).
 //! - This node's own publishes and subscriptions are checked before anything is sent, and fail
 //!   at once with [`Error::NotAuthorized`].
 //!
@@ -27,7 +31,7 @@
 
 use std::sync::Arc;
 
-use shoal_proto::{Head, To};
+use shoal_proto::{Head, NodeId, To};
 
 use super::Engine;
 use super::action::ConnId;
@@ -117,6 +121,46 @@ impl<H: Clone> Engine<H> {
             denial,
         });
         true
+    }
+
+    /// Drops from `subs` (the subscriptions `node`'s announcement advertises for `service`)
+    /// those the policy refuses that service: they never join the audiences, and no
+    /// connection is asked for on their account. Returns the refusals, for
+    /// [`Engine::tell_refused_advertised`]. The announced service is not certified: the
+    /// audiences also count what a connected instance advertises only while its connection's
+    /// certified service is the announced one (`Peers::audiences`).
+    pub(super) fn drop_refused_advertised(
+        &self,
+        service: &str,
+        subs: &mut Vec<shoal_proto::Subscription>,
+    ) -> Vec<Denial> {
+        if self.guard.open_peer_subscribe {
+            return Vec::new();
+        }
+        let mut refused = Vec::new();
+        subs.retain(
+            |sub| match denied(self.guard.policy.may_subscribe(service, &sub.pattern)) {
+                Some(denial) => {
+                    refused.push(denial);
+                    false
+                }
+                None => true,
+            },
+        );
+        refused
+    }
+
+    /// Counts and tells the advertised subscriptions of `node` the policy refused (once per
+    /// announcement that changed what the directory holds, not with every repetition).
+    pub(super) fn tell_refused_advertised(&mut self, node: NodeId, refused: Vec<Denial>) {
+        for denial in refused {
+            self.stats.unauthorized_subscriptions += 1;
+            tracing::warn!(peer = %node, "advertised subscription refused: {denial}");
+            self.emit(NodeEvent::NotAuthorized {
+                peer: Some(node),
+                denial,
+            });
+        }
     }
 
     /// Checks that this node may publish on `topic`: a forbidden publish fails at once.

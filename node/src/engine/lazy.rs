@@ -47,10 +47,16 @@ impl<H: Clone> Engine<H> {
     /// of a service this node uses is connected to at once. An instance that advertises
     /// another multicast group than this node's is warned about, once
     /// ([`group_to_warn_of`]).
-    pub(crate) fn discovered(&mut self, node: NodeId, known: Discovered, now: Instant) {
+    pub(crate) fn discovered(&mut self, node: NodeId, mut known: Discovered, now: Instant) {
         if node == self.id {
             return;
         }
+        // Advertised subscriptions the policy refuses the announced service are dropped
+        // (authz.rs), as a refused `Subscribe` is.
+        let refused = match known.subscriptions.as_mut() {
+            Some(subs) => self.drop_refused_advertised(&known.service, subs),
+            None => Vec::new(),
+        };
         let service = known.service.clone();
         let addrs = known.addrs.clone();
         let before = self.peers.directory.get(node).map(|d| d.multicast);
@@ -68,6 +74,9 @@ impl<H: Clone> Engine<H> {
             );
         }
         let change = self.peers.directory.upsert(node, known);
+        if change.new || change.audiences {
+            self.tell_refused_advertised(node, refused);
+        }
         if change.new {
             self.emit(NodeEvent::Discovered {
                 node,

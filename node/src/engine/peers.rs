@@ -172,6 +172,29 @@ impl Peers {
         )
     }
 
+    /// Whether the connection standing for `node`, if there is one, is of the service the
+    /// directory lists `node` under (true when either is missing).
+    fn announced_as_certified(&self, conns: &SlotMap<ConnId, Conn>, node: NodeId) -> bool {
+        let certified = self.current(node).and_then(|c| conns.get(c));
+        match (certified, self.directory.get(node)) {
+            (Some(c), Some(known)) => c.service == known.service,
+            _ => true,
+        }
+    }
+
+    /// The connection standing for `node` if it is of `service`: a node id is the peer's
+    /// claim, its service is certified, so a delivery for an instance of `service` goes to
+    /// no connection of another service claiming the instance's id.
+    pub(super) fn current_of(
+        &self,
+        conns: &SlotMap<ConnId, Conn>,
+        node: NodeId,
+        service: &str,
+    ) -> Option<ConnId> {
+        self.current(node)
+            .filter(|c| conns.get(*c).is_some_and(|c| c.service == service))
+    }
+
     /// The connection standing for `node`.
     pub(super) fn current(&self, node: NodeId) -> Option<ConnId> {
         self.by_node.get(&node).copied()
@@ -185,21 +208,28 @@ impl Peers {
     /// Decides whether `conn` (just added to `conns`) stands for its node. When two nodes
     /// dialled each other at once, the connection dialled by the smaller node id survives;
     /// both sides apply the same rule, so they agree without talking. Node ids are not
-    /// certified, services are: a connection claiming a live node's id for another service is
-    /// an impostor (or a collision) and cannot take its place.
+    /// certified, services are: a connection claiming the id of a node known under another
+    /// service (a connection to it, live or leaving, or its announcement in the directory) is
+    /// an impostor (or a collision): it is refused, and never takes the other connection's
+    /// place or its subscriptions.
     pub(super) fn admit(&mut self, conns: &mut SlotMap<ConnId, Conn>, conn: ConnId) -> Admission {
         let Some(new) = conns.get(conn) else {
             return Admission::Refused;
         };
         let (node, service, dialer) = (new.node, new.service.clone(), new.dialer);
+        if self
+            .directory
+            .get(node)
+            .is_some_and(|known| known.service != service)
+        {
+            return Admission::Refused;
+        }
         let displaced = match self
             .by_node
             .get(&node)
             .and_then(|c| Some((*c, conns.get(*c)?)))
         {
-            Some((_, existing)) if existing.service != service && !existing.leaving => {
-                return Admission::Refused;
-            }
+            Some((_, existing)) if existing.service != service => return Admission::Refused,
             Some((_, existing)) if !existing.leaving && existing.dialer < dialer => {
                 return Admission::Refused;
             }
@@ -338,6 +368,7 @@ impl Peers {
             .chain(
                 self.directory
                     .advertised()
+                    .filter(|(node, _)| self.announced_as_certified(conns, *node))
                     .flat_map(|(_, subs)| subs.iter().cloned()),
             )
             .filter(|s| s.group.is_some())
@@ -367,7 +398,14 @@ impl Peers {
             .map(|c| (c.node, c.subscriptions.as_slice()));
         // Instances discovery announced count with the subscriptions they advertise, connected
         // or not: a delivery to one that is not connected asks for a connection and waits.
-        let mut audiences = fanout::audiences(topic, live.chain(self.directory.advertised()));
+        // What they advertise was checked against the policy under the service announced
+        // (`Engine::discovered`), which nothing certifies: a connected instance counts with
+        // it only while its connection's certified service is that service.
+        let announced = self
+            .directory
+            .advertised()
+            .filter(|(node, _)| self.announced_as_certified(conns, *node));
+        let mut audiences = fanout::audiences(topic, live.chain(announced));
         let departed = self.departed.matching(topic, now);
         let remembered = !departed.is_empty();
         for group in departed {
@@ -411,7 +449,9 @@ impl Peers {
                     .get(&*target.service)
                     .map(|list| list.iter().copied().filter(live).collect())
                     .unwrap_or_default();
-                if let Some(preferred) = target.node.and_then(|n| self.current(n))
+                if let Some(preferred) = target
+                    .node
+                    .and_then(|n| self.current_of(conns, n, &target.service))
                     && live(&preferred)
                     && !out.contains(&preferred)
                 {
@@ -429,6 +469,30 @@ impl Peers {
                     .filter_map(|n| self.current(*n))
                     .filter(live)
                     .collect()
+            }
+        }
+    }
+
+    /// Whether `conn` may take a delivery on `route` (live or not): it is of the route's
+    /// service, or its node is one of the audience's instances. For a delivery resumed on
+    /// the connection now standing for the node it was in flight to: another service's
+    /// connection claiming the node's id gets nothing.
+    pub(super) fn serves(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        conn: ConnId,
+        now: Instant,
+    ) -> bool {
+        let Some(c) = conns.get(conn) else {
+            return false;
+        };
+        match route {
+            Route::Service(target) => c.service == *target.service,
+            Route::Audience { topic, audience } => {
+                let node = c.node;
+                let audiences = self.audiences(conns, topic, now);
+                instances_of(&audiences, audience).is_some_and(|nodes| nodes.contains(&node))
             }
         }
     }
@@ -476,10 +540,11 @@ impl Peers {
         now: Instant,
     ) -> Option<ConnId> {
         if let Route::Service(Target {
-            node: Some(node), ..
+            node: Some(node),
+            service,
         }) = route
             && !tried.contains(node)
-            && let Some(preferred) = self.current(*node)
+            && let Some(preferred) = self.current_of(conns, *node, service)
             && conns.get(preferred).is_some_and(Conn::takes_messages)
         {
             return Some(preferred);

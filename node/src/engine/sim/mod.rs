@@ -13,6 +13,7 @@
 //! subscription would only make a test wait for nothing). A link can be cut; both sides then
 //! see their connection lost, as after QUIC's idle timeout.
 
+mod admission_tests;
 mod authz;
 mod background_tests;
 mod backlog_tests;

@@ -1,0 +1,300 @@
+//! Who a node lets stand for a node id, and whom it lets subscribe, when discovery announces
+//! instances: a node id is only claimed by the peer (its hello, its announcement), the
+//! service is certified. Events, replies and subscriptions follow the certified service.
+
+#![cfg(test)]
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress, Subscription};
+
+use super::tests::counting;
+use super::{Faults, Sim};
+use crate::PublishOptions;
+use crate::config::Config;
+use crate::engine::action::ConnId;
+use crate::engine::{Admission, Discovered, PeerHello};
+use crate::policy::Policy;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn with(policy: &Policy) -> Config {
+    Config {
+        policy: Arc::new(policy.clone()),
+        ..Config::default()
+    }
+}
+
+/// A policy under which `spy` may subscribe to `public.>` only.
+fn spy_policy() -> Policy {
+    Policy::builder()
+        .subscribe("spy", ["public.>"])
+        .build()
+        .expect("policy")
+}
+
+/// `spy` (certified as `spy`) connects to `to` claiming the node id `claimed` in its hello;
+/// `to` dialled nothing. Returns what `to` decided, and links the two when it admitted it.
+fn impostor(sim: &mut Sim, to: usize, spy: usize, claimed: NodeId) -> Admission {
+    let (to_id, now) = (sim.nodes[to].engine.id(), sim.now);
+    let at = |n: usize| SocketAddr::from(([127, 0, 0, 1], 10_000 + n as u16));
+    let (c_to, admission) = sim.nodes[to].engine.connection_up(
+        PeerHello {
+            node: claimed,
+            service: "spy".into(),
+            addr: at(spy),
+            listen_addrs: Vec::new(),
+            dialed: false,
+            pinned: false,
+        },
+        now,
+    );
+    if admission != Admission::Refused {
+        let service = sim.nodes[to].engine.service.clone();
+        let (c_spy, _) = sim.nodes[spy].engine.connection_up(
+            PeerHello {
+                node: to_id,
+                service,
+                addr: at(to),
+                listen_addrs: Vec::new(),
+                dialed: true,
+                pinned: true,
+            },
+            now,
+        );
+        sim.net.link(to, c_to, spy, c_spy, Faults::default());
+    }
+    sim.settle();
+    admission
+}
+
+/// `node`'s connection standing for `peer`, if any.
+fn conn_to(sim: &Sim, node: usize, peer: NodeId) -> Option<(ConnId, String)> {
+    let peers = sim.nodes[node].engine.peers();
+    peers
+        .into_iter()
+        .find(|p| p.node == peer)
+        .map(|p| (p.conn, p.service))
+}
+
+#[test]
+fn a_subscription_an_announcement_advertises_is_checked_against_the_policy() {
+    let mut sim = Sim::new(104);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let spy = sim.node("spy");
+    let (secret, public) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(spy, "secret.>", Some("spy"), counting(&secret));
+    sim.subscribe(spy, "public.>", Some("spy"), counting(&public));
+    // A stock node's announcement advertises both subscriptions (and repeats itself).
+    sim.announce(orders, spy, true);
+    sim.announce(orders, spy, true);
+    sim.run_for(SECOND);
+    let event = sim.event("secret.plans", "x");
+    let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    sim.run_for(2 * SECOND);
+    assert_eq!(secret.get(), 0, "spy received an event the policy forbids");
+    assert!(sim.dials.is_empty(), "nobody to dial for `secret.plans`");
+    assert!(
+        sim.nodes[orders]
+            .engine
+            .subscribers("secret.plans", sim.now)
+            .is_empty(),
+        "no audience for what the policy refuses"
+    );
+    assert_eq!(
+        sim.nodes[orders].engine.stats().unauthorized_subscriptions,
+        1,
+        "the advertised `secret.>` is refused and counted, once, not with every announcement"
+    );
+
+    // What the policy allows still goes, connecting on first use.
+    let event = sim.event("public.news", "y");
+    let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    sim.run_for(2 * SECOND);
+    assert_eq!((secret.get(), public.get()), (0, 1));
+}
+
+#[test]
+fn an_announcement_naming_another_service_than_the_certificate_counts_for_nothing() {
+    let mut sim = Sim::new(106);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    // Spy is connected: its `Subscribe` is refused over the connection...
+    sim.connect(orders, spy);
+    sim.run_for(SECOND);
+    assert_eq!(
+        sim.nodes[orders].engine.stats().unauthorized_subscriptions,
+        1
+    );
+    // ... so it announces its node id as an instance of `billing`, which may subscribe.
+    let lie = Discovered {
+        service: "billing".into(),
+        addrs: vec![SocketAddr::from(([127, 0, 0, 1], 10_000 + spy as u16))],
+        source: shoal_discovery::Source::Mdns,
+        subscriptions: Some(vec![Subscription {
+            pattern: "order.*".into(),
+            group: Some("billing".into()),
+        }]),
+        multicast: None,
+    };
+    let (spy_id, now) = (sim.nodes[spy].engine.id(), sim.now);
+    sim.nodes[orders].engine.discovered(spy_id, lie, now);
+    sim.settle();
+    sim.announce(orders, billing, true);
+    sim.run_for(SECOND);
+    for n in 0..3 {
+        let event = sim.event("order.created", format!("o{n}"));
+        let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    }
+    sim.run_for(3 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's events went to spy");
+    assert_eq!(billed.get(), 3, "the real billing instance got them all");
+}
+
+#[test]
+fn a_node_id_impostor_is_refused_and_the_announced_instance_gets_its_events() {
+    let mut sim = Sim::new(105);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    // Billing is announced, not connected (connections are made on first use).
+    sim.announce(orders, billing, true);
+    sim.run_for(SECOND);
+    let billing_id = sim.nodes[billing].engine.id();
+    // A mesh member certified as `spy` claims billing's node id.
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    sim.run_for(SECOND);
+    for n in 0..3 {
+        let event = sim.event("order.created", format!("o{n}"));
+        let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    }
+    sim.run_for(3 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's events went to spy");
+    assert_eq!(admission, Admission::Refused, "the impostor is refused");
+    // The real instance was dialled on first use, admitted, and got every event.
+    assert_eq!(billed.get(), 3);
+    let (_, service) = conn_to(&sim, orders, billing_id).expect("billing connected");
+    assert_eq!(service, "billing");
+}
+
+#[test]
+fn an_impostor_neither_displaces_a_leaving_connection_nor_inherits_its_subscriptions() {
+    let mut sim = Sim::new(107);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    // A static peer, not announced: only its connection says who it is.
+    sim.connect(orders, billing);
+    sim.run_for(SECOND);
+    let billing_id = sim.nodes[billing].engine.id();
+    let (conn, _) = conn_to(&sim, orders, billing_id).expect("billing connected");
+    // Billing says goodbye: its connection is leaving.
+    let now = sim.now;
+    let goodbye = Frame::Goodbye(Goodbye {
+        reason: "shutdown".into(),
+    });
+    sim.nodes[orders].engine.handle_frame(conn, goodbye, now);
+    sim.settle();
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    sim.run_for(SECOND);
+    let event = sim.event("order.created", "o1");
+    let _ = sim.publish(orders, vec![event], &PublishOptions::default());
+    sim.run_for(2 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's events went to spy");
+    assert_eq!(admission, Admission::Refused);
+}
+
+#[test]
+fn a_reply_for_an_instance_goes_to_no_other_service_claiming_its_id() {
+    let mut sim = Sim::new(108);
+    let orders = sim.node("orders");
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.handle(billing, "charged", counting(&billed));
+    sim.handle(spy, "charged", counting(&spied));
+    sim.connect(orders, billing);
+    // An instance of billing that orders never heard of asked for an asynchronous reply; a
+    // spy claims its node id before it connects.
+    let absent = NodeId::from_u128(0x5eed);
+    let admission = impostor(&mut sim, orders, spy, absent);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    sim.run_for(SECOND);
+    let addr = ReturnAddress {
+        service: "billing".into(),
+        node: Some(absent),
+        channel: "charged".into(),
+    };
+    let reply = sim.message(shoal_proto::MessageKind::Reply, "charged", "ok");
+    let now = sim.now;
+    sim.nodes[orders]
+        .engine
+        .send_reply(&addr, reply, now)
+        .expect("reply");
+    sim.settle();
+    sim.run_for(2 * SECOND);
+    assert_eq!(spied.get(), 0, "the reply for billing went to spy");
+    assert_eq!(billed.get(), 1, "another billing instance took it");
+}
+
+#[test]
+fn a_synchronous_reply_goes_to_no_other_service_claiming_the_requesters_id() {
+    let mut sim = Sim::new(109);
+    let orders = sim.node("orders");
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    // Billing's request came on `asked`; its connection is gone by the time the handler
+    // replies, and a spy claims billing's node id meanwhile.
+    let (_, asked) = sim.connect(billing, orders);
+    let billing_id = sim.nodes[billing].engine.id();
+    sim.crash(billing, Duration::ZERO);
+    sim.run_for(SECOND);
+    assert!(conn_to(&sim, orders, billing_id).is_none());
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    let (spy_conn, _) = conn_to(&sim, orders, billing_id).expect("the spy stands for the id");
+    let addr = ReturnAddress {
+        service: "billing".into(),
+        node: Some(billing_id),
+        channel: "".into(),
+    };
+    let target = sim.nodes[orders].engine.reply_conn(asked, &addr);
+    assert_ne!(target, spy_conn, "billing's reply would go to spy");
+}
+
+#[test]
+fn a_delivery_resumed_after_a_duplicate_goes_to_no_other_service_claiming_the_id() {
+    let mut sim = Sim::new(110);
+    let orders = sim.node("orders");
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let spied = Rc::new(Cell::new(0));
+    sim.handle(billing, "charge", |_| super::Handled::ok_after(10 * SECOND));
+    sim.handle(spy, "charge", counting(&spied));
+    sim.connect(orders, billing);
+    let msg = sim.command("charge", "1");
+    sim.send(orders, "billing", msg);
+    sim.run_for(Duration::from_millis(5));
+    // The connection loses a duplicate race: the command waits for the winner...
+    sim.lose_as_duplicate(orders, billing);
+    // ... and a spy claims billing's node id first.
+    let billing_id = sim.nodes[billing].engine.id();
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    sim.run_for(2 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's command went to spy");
+}
