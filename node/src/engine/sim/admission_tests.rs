@@ -7,27 +7,18 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress, Subscription};
 
-use super::tests::counting;
+use super::tests::{counting, with};
 use super::{Faults, Sim};
 use crate::PublishOptions;
-use crate::config::Config;
 use crate::engine::action::ConnId;
 use crate::engine::{Admission, Discovered, PeerHello};
 use crate::policy::Policy;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn with(policy: &Policy) -> Config {
-    Config {
-        policy: Arc::new(policy.clone()),
-        ..Config::default()
-    }
-}
 
 /// A policy under which `spy` may subscribe to `public.>` only.
 fn spy_policy() -> Policy {

@@ -6,33 +6,16 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
+use super::tests::{counting, with};
 use super::{Handled, Sim};
-use crate::config::Config;
 use crate::engine::Done;
 use crate::engine::send::Publishing;
 use crate::policy::{Policy, Section};
 use crate::{Error, NodeEvent, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn with(policy: &Policy) -> Config {
-    Config {
-        policy: Arc::new(policy.clone()),
-        ..Config::default()
-    }
-}
-
-/// A handler that counts its runs and succeeds.
-fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Handled + 'static {
-    let count = Rc::clone(count);
-    move |_| {
-        count.set(count.get() + 1);
-        Handled::ok()
-    }
-}
 
 /// The denials `node` raised as events, with the peer each was about.
 fn refusals(sim: &Sim, node: usize) -> Vec<(Option<shoal_proto::NodeId>, Section, String)> {

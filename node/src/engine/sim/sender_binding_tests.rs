@@ -8,26 +8,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_proto::{MessageId, NodeId, ReturnAddress};
 
-use super::tests::counting;
+use super::tests::{counting, with};
 use super::{Faults, Handled, Sim};
-use crate::config::Config;
 use crate::engine::Done;
 use crate::policy::Policy;
 use crate::{Error, Message, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn with(policy: &Policy) -> Config {
-    Config {
-        policy: Arc::new(policy.clone()),
-        ..Config::default()
-    }
-}
 
 /// A return address to `channel` of `service` (asynchronous; synchronous when `channel` is
 /// empty), at `node` if given.

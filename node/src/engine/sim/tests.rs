@@ -23,6 +23,14 @@ pub(super) fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Han
     }
 }
 
+/// A node configuration with `policy`, and the defaults otherwise.
+pub(super) fn with(policy: &crate::policy::Policy) -> crate::config::Config {
+    crate::config::Config {
+        policy: std::sync::Arc::new(policy.clone()),
+        ..crate::config::Config::default()
+    }
+}
+
 fn sent(result: Option<&Result<Done, Error>>) -> crate::Receipt {
     match result {
         Some(Ok(Done::Sent(receipt))) => *receipt,
