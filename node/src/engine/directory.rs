@@ -48,13 +48,20 @@ pub(crate) struct Discovered {
     pub(crate) multicast: Option<SocketAddrV4>,
 }
 
-/// A directory entry: the announcement, when a connection to it was last asked for, and how
-/// many asks in a row it has not answered with a connection.
+/// A directory entry: the announcement, when a connection to it was last asked for, how
+/// many asks in a row it has not answered with a connection, and whether a connection's
+/// certificate confirmed its service.
 #[derive(Debug)]
 struct Entry {
     known: Discovered,
     asked: Option<Instant>,
     unanswered: u32,
+    /// A connection for this node was admitted whose certified service is the announced one.
+    /// Nothing certifies an announcement (anyone on the link can send one), so the announced
+    /// service alone decides no admission; a confirmed one does: a later connection claiming
+    /// this node's id for another service is an impostor. Cleared when the announced service
+    /// changes.
+    confirmed: bool,
 }
 
 impl Entry {
@@ -96,6 +103,7 @@ impl Directory {
                 let audiences = entry.known.subscriptions != known.subscriptions
                     || entry.known.service != known.service;
                 if entry.known.service != known.service {
+                    entry.confirmed = false;
                     let old = std::mem::replace(&mut entry.known.service, known.service.clone());
                     unlist(&mut self.by_service, &old, node);
                     self.by_service
@@ -121,6 +129,7 @@ impl Directory {
                         known,
                         asked: None,
                         unanswered: 0,
+                        confirmed: false,
                     },
                 );
                 Change {
@@ -194,13 +203,23 @@ impl Directory {
         self.nodes.get(&node).and_then(Entry::next_ask)
     }
 
-    /// `node` is connected: the next time it is needed after the connection goes, it may be
-    /// asked for at once, and the wait starts over from [`ASK_AGAIN`].
-    pub(super) fn connected(&mut self, node: NodeId) {
+    /// `node` is connected, by a connection certified as `service`: the next time it is
+    /// needed after the connection goes, it may be asked for at once, and the wait starts over
+    /// from [`ASK_AGAIN`]. If `service` is the announced one, the announcement is confirmed.
+    pub(super) fn connected(&mut self, node: NodeId, service: &str) {
         if let Some(entry) = self.nodes.get_mut(&node) {
             entry.asked = None;
             entry.unanswered = 0;
+            entry.confirmed |= entry.known.service == service;
         }
+    }
+
+    /// The service a certified connection confirmed for `node`'s announcement, if one did.
+    pub(super) fn confirmed_service(&self, node: NodeId) -> Option<&str> {
+        self.nodes
+            .get(&node)
+            .filter(|e| e.confirmed)
+            .map(|e| e.known.service.as_str())
     }
 }
 
@@ -292,6 +311,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_certified_connection_of_the_announced_service_confirms_an_announcement() {
+        let mut dir = Directory::default();
+        let a = NodeId::from_u128(1);
+        dir.upsert(a, known("billing", None));
+        assert_eq!(dir.confirmed_service(a), None, "an announcement alone");
+        dir.connected(a, "spy");
+        assert_eq!(
+            dir.confirmed_service(a),
+            None,
+            "another service's connection"
+        );
+        dir.connected(a, "billing");
+        assert_eq!(dir.confirmed_service(a), Some("billing"));
+        dir.upsert(a, known("billing", Some(vec![])));
+        assert_eq!(
+            dir.confirmed_service(a),
+            Some("billing"),
+            "kept through updates"
+        );
+        dir.upsert(a, known("spy", None));
+        assert_eq!(
+            dir.confirmed_service(a),
+            None,
+            "cleared when the service changes"
+        );
+    }
+
+    #[test]
     fn a_connection_is_asked_for_at_most_once_a_second_until_connected() {
         let mut dir = Directory::default();
         let a = NodeId::from_u128(1);
@@ -302,7 +349,7 @@ mod tests {
         assert_eq!(dir.next_ask(a), Some(t0 + ASK_AGAIN));
         assert!(dir.ask(a, t0 + Duration::from_millis(500)).is_none());
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some());
-        dir.connected(a);
+        dir.connected(a, "billing");
         assert_eq!(dir.next_ask(a), None);
         assert!(dir.ask(a, t0 + ASK_AGAIN).is_some(), "asked again at once");
     }
@@ -332,7 +379,7 @@ mod tests {
         // A connection starts it over too.
         assert!(dir.ask(a, later + s(1)).is_some());
         assert_eq!(dir.next_ask(a), Some(later + s(3)));
-        dir.connected(a);
+        dir.connected(a, "billing");
         assert!(dir.ask(a, later + s(2)).is_some());
         assert_eq!(dir.next_ask(a), Some(later + s(3)));
     }

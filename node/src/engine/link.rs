@@ -78,7 +78,7 @@ impl<H: Clone> Engine<H> {
                     self.fail_conn(old, "duplicate connection", true, now);
                 }
                 self.stats.connections += 1;
-                self.peers.directory.connected(hello.node);
+                self.peers.directory.connected(hello.node, &hello.service);
                 if hello.dialed && !hello.pinned {
                     self.arm_idle_sweep(now);
                 }

@@ -209,9 +209,10 @@ impl Peers {
     /// dialled each other at once, the connection dialled by the smaller node id survives;
     /// both sides apply the same rule, so they agree without talking. Node ids are not
     /// certified, services are: a connection claiming the id of a node known under another
-    /// service (a connection to it, live or leaving, or its announcement in the directory) is
-    /// an impostor (or a collision): it is refused, and never takes the other connection's
-    /// place or its subscriptions.
+    /// certified service (a connection to it, live or leaving, or an announcement a certified
+    /// connection confirmed) is an impostor (or a collision): it is refused, and never takes
+    /// the other connection's place or its subscriptions. An announcement alone decides
+    /// nothing here: anyone on the link can send one.
     pub(super) fn admit(&mut self, conns: &mut SlotMap<ConnId, Conn>, conn: ConnId) -> Admission {
         let Some(new) = conns.get(conn) else {
             return Admission::Refused;
@@ -219,8 +220,8 @@ impl Peers {
         let (node, service, dialer) = (new.node, new.service.clone(), new.dialer);
         if self
             .directory
-            .get(node)
-            .is_some_and(|known| known.service != service)
+            .confirmed_service(node)
+            .is_some_and(|confirmed| confirmed != service)
         {
             return Admission::Refused;
         }

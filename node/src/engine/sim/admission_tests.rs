@@ -150,8 +150,16 @@ fn an_announcement_naming_another_service_than_the_certificate_counts_for_nothin
     assert_eq!(billed.get(), 3, "the real billing instance got them all");
 }
 
+/// Publishes `count` `order.created` events from `from`.
+fn publish_orders(sim: &mut Sim, from: usize, count: usize) {
+    for n in 0..count {
+        let event = sim.event("order.created", format!("o{n}"));
+        let _ = sim.publish(from, vec![event], &PublishOptions::default());
+    }
+}
+
 #[test]
-fn a_node_id_impostor_is_refused_and_the_announced_instance_gets_its_events() {
+fn a_node_id_impostor_is_refused_once_a_connection_confirmed_the_announcement() {
     let mut sim = Sim::new(105);
     let orders = sim.node_with("orders", with(&spy_policy()));
     let billing = sim.node("billing");
@@ -159,24 +167,80 @@ fn a_node_id_impostor_is_refused_and_the_announced_instance_gets_its_events() {
     let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
     sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
     sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
-    // Billing is announced, not connected (connections are made on first use).
+    // Billing is announced, and connected on first use: its certificate confirms the
+    // announcement.
+    sim.announce(orders, billing, true);
+    sim.run_for(SECOND);
+    publish_orders(&mut sim, orders, 1);
+    sim.run_for(SECOND);
+    assert_eq!(billed.get(), 1);
+    let billing_id = sim.nodes[billing].engine.id();
+    // Its connection goes (closed for being idle, a network blip); it is still announced.
+    sim.partition(orders, billing, Duration::ZERO);
+    sim.run_for(SECOND);
+    assert!(conn_to(&sim, orders, billing_id).is_none());
+    // A mesh member certified as `spy` claims billing's node id.
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert_eq!(admission, Admission::Refused, "the impostor is refused");
+    publish_orders(&mut sim, orders, 3);
+    sim.run_for(3 * SECOND);
+    assert_eq!(spied.get(), 0, "billing's events went to spy");
+    // The real instance was dialled again, admitted, and got every event.
+    assert_eq!(billed.get(), 4);
+    let (_, service) = conn_to(&sim, orders, billing_id).expect("billing connected");
+    assert_eq!(service, "billing");
+}
+
+/// Before any connection confirmed an announcement, nothing says whose id it is: a peer of
+/// another service claiming it is admitted, but takes none of the instance's events (the
+/// instance is kept out while the impostor holds its id; README, Security).
+#[test]
+fn an_impostor_of_an_instance_never_connected_takes_none_of_its_events() {
+    let mut sim = Sim::new(106);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let spied = Rc::new(Cell::new(0));
+    sim.subscribe(billing, "order.*", Some("billing"), |_| {
+        super::Handled::ok()
+    });
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
     sim.announce(orders, billing, true);
     sim.run_for(SECOND);
     let billing_id = sim.nodes[billing].engine.id();
-    // A mesh member certified as `spy` claims billing's node id.
     let admission = impostor(&mut sim, orders, spy, billing_id);
-    sim.run_for(SECOND);
-    for n in 0..3 {
-        let event = sim.event("order.created", format!("o{n}"));
-        let _ = sim.publish(orders, vec![event], &PublishOptions::default());
-    }
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    publish_orders(&mut sim, orders, 3);
     sim.run_for(3 * SECOND);
     assert_eq!(spied.get(), 0, "billing's events went to spy");
-    assert_eq!(admission, Admission::Refused, "the impostor is refused");
-    // The real instance was dialled on first use, admitted, and got every event.
-    assert_eq!(billed.get(), 3);
-    let (_, service) = conn_to(&sim, orders, billing_id).expect("billing connected");
-    assert_eq!(service, "billing");
+}
+
+/// An announcement is not certified (anyone on the link can send one): one naming another
+/// service for an instance's id does not keep the instance's certified connection out.
+#[test]
+fn a_spoofed_announcement_does_not_keep_the_certified_instance_out() {
+    let mut sim = Sim::new(112);
+    let orders = sim.node("orders");
+    let billing = sim.node("billing");
+    let billing_id = sim.nodes[billing].engine.id();
+    let now = sim.now;
+    sim.nodes[orders].engine.discovered(
+        billing_id,
+        Discovered {
+            service: "spy".into(),
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 40_000))],
+            source: shoal_discovery::Source::Mdns,
+            subscriptions: None,
+            multicast: None,
+        },
+        now,
+    );
+    sim.settle();
+    let linked = sim.connect_with(billing, orders, Faults::default());
+    assert!(
+        linked.is_some(),
+        "billing's certified connection was refused"
+    );
 }
 
 #[test]
