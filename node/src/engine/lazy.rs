@@ -145,7 +145,7 @@ impl<H: Clone> Engine<H> {
 
     /// This node's subscriptions, each pattern and group once (for its announcement).
     pub(crate) fn local_subscriptions(&self) -> Vec<shoal_proto::Subscription> {
-        self.inbound.distinct_subscriptions()
+        self.inbound.local.distinct_subscriptions()
     }
 
     /// A delivery on `route` found no live connection: asks for connections to the announced

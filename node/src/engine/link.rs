@@ -87,7 +87,7 @@ impl<H: Clone> Engine<H> {
                     service: hello.service,
                     addr: hello.addr,
                 });
-                for sub in self.inbound.distinct_subscriptions() {
+                for sub in self.inbound.local.distinct_subscriptions() {
                     self.queue_control(conn, &Frame::Subscribe(sub));
                 }
                 // Multicast (multicast_link.rs): say this node's group, if it has one.

@@ -307,7 +307,7 @@ impl<H: Clone> Engine<H> {
             outbound,
             inbound,
             connections: self.conns.len(),
-            subscriptions: self.inbound.subscription_count(),
+            subscriptions: self.inbound.local.subscription_count(),
             peer_subscriptions: self.conns.values().map(|c| c.subscriptions.len()).sum(),
             background_publishes: self.out.background_publishes(),
         }

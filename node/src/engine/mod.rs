@@ -19,7 +19,8 @@
 //! ([`retry`]), the choice of instance ([`route`], [`peers`]), topics and the audiences of an
 //! event ([`topic`], [`fanout`]), the turns of keyed messages ([`ordering`]), the window of
 //! unanswered messages per connection ([`window`]), and the states of sending
-//! ([`send`], [`delivery`]) and receiving ([`receive`]).
+//! ([`send`], [`delivery`]) and receiving ([`receive`]), with this node's own handlers and
+//! subscriptions ([`local_handlers`]).
 //!
 //! Handlers are opaque to the engine (`H`): it stores them and hands them back in
 //! [`Action::Run`]; the driver calls them. The simulated network in the tests plays driver for
@@ -43,6 +44,7 @@ pub(crate) mod fanout;
 mod heads;
 mod lazy;
 mod link;
+mod local_handlers;
 // Per-message metrics (feature `metrics`): hooks that cost one branch when off.
 pub(crate) mod metrics;
 // Multicast fan-out (issue 14): the channel protocol (`multicast/`), and its wiring into the
@@ -91,9 +93,9 @@ pub(crate) use action::{
 };
 pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;
+pub(crate) use local_handlers::SubId;
 pub(crate) use multicast_link::{MulticastSetup, SecretSource};
 pub(crate) use peers::{Admission, Route, Target};
-pub(crate) use receive::SubId;
 
 use crate::config::Config;
 use crate::dead_letter::DeadLetter;

@@ -156,7 +156,7 @@ impl<H: Clone> Engine<H> {
             forged_return_address(addr, &d.head.to, &c.service, c.node)
         });
         let mut audiences: Vec<Audience<H>> = Vec::new();
-        for sub in self.inbound.distinct_subscriptions() {
+        for sub in self.inbound.local.distinct_subscriptions() {
             if !topic::matches(&sub.pattern, &d.head.name) {
                 continue;
             }
@@ -176,7 +176,7 @@ impl<H: Clone> Engine<H> {
             if audiences.iter().any(|(head, _, _)| head.to == to) {
                 continue;
             }
-            let handlers = self.inbound.handlers_for(&to, &d.head.name);
+            let handlers = self.inbound.local.handlers_for(&to, &d.head.name);
             let key = RunKey::new(sender, to.group_key());
             let head = Arc::new(Head {
                 to,

@@ -17,16 +17,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_proto::{Frame, Head, Item, MessageId, Messages, NackCode, Subscription, To};
+use shoal_proto::{Head, Item, MessageId, Messages, NackCode, To};
 use slotmap::SlotMap;
 use smallvec::SmallVec;
 
 use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
 use super::answer::is_synchronous;
 use super::dedup::{DedupWindow, Seen};
+use super::local_handlers::LocalHandlers;
 use super::replies::ReplyCache;
 use super::sender::{RunKey, SenderKeys};
-use super::{Engine, Lifecycle, topic};
+use super::{Engine, Lifecycle};
 use crate::Message;
 use crate::config::Config;
 
@@ -34,10 +35,6 @@ use crate::config::Config;
 /// finishes). A sender retrying a slow handler's message makes one per ack timeout; more are
 /// refused with a retryable nack.
 pub(super) const MAX_WAITING_COPIES: usize = 64;
-
-/// A local subscription, as [`crate::Subscription`] handles name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct SubId(u64);
 
 /// A message admitted for its handlers: its number on its connection, its dedup key, and
 /// the message.
@@ -67,9 +64,8 @@ struct Task<H> {
 /// The receiving side's state.
 #[derive(Debug)]
 pub(super) struct Inbound<H> {
-    handlers: HashMap<String, H>,
-    subs: Vec<(SubId, Subscription, H)>,
-    next_sub: u64,
+    /// This node's handlers and subscriptions ([`super::local_handlers`]).
+    pub(super) local: LocalHandlers<H>,
     pub(super) dedup: DedupWindow,
     pub(super) replies: ReplyCache,
     /// Works out the sender's part of dedup keys, once per connection ([`super::sender`]).
@@ -84,9 +80,7 @@ pub(super) struct Inbound<H> {
 impl<H: Clone> Inbound<H> {
     pub(super) fn new(config: &Config, dedup_keys: [u64; 2], reply_keys: [u64; 2]) -> Self {
         Self {
-            handlers: HashMap::new(),
-            subs: Vec::new(),
-            next_sub: 0,
+            local: LocalHandlers::new(),
             dedup: DedupWindow::new(config.dedup_capacity, config.dedup_max_age, dedup_keys),
             replies: ReplyCache::new(config.reply_cache_size, config.dedup_max_age, reply_keys),
             // The same secret as the dedup window's hash: both keep ids a peer cannot steer.
@@ -102,79 +96,9 @@ impl<H: Clone> Inbound<H> {
     pub(super) fn running(&self) -> usize {
         self.tasks.len()
     }
-
-    /// This node's own subscriptions (a metrics gauge).
-    pub(super) fn subscription_count(&self) -> usize {
-        self.subs.len()
-    }
-
-    /// The handlers a message run for `to` with this name or topic goes to.
-    pub(super) fn handlers_for(&self, to: &To, name: &str) -> SmallVec<[H; 1]> {
-        match to {
-            To::Handler => self.handlers.get(name).cloned().into_iter().collect(),
-            To::Group(_) | To::Instance => {
-                let group = to.group();
-                self.subs
-                    .iter()
-                    .filter(|(_, s, _)| {
-                        s.group.as_deref() == group && topic::matches(&s.pattern, name)
-                    })
-                    .map(|(_, _, h)| h.clone())
-                    .collect()
-            }
-        }
-    }
-
-    /// Each distinct pattern and group, as peers know them.
-    pub(super) fn distinct_subscriptions(&self) -> Vec<Subscription> {
-        let mut out: Vec<Subscription> = Vec::new();
-        for (_, sub, _) in &self.subs {
-            if !out.contains(sub) {
-                out.push(sub.clone());
-            }
-        }
-        out
-    }
 }
 
 impl<H: Clone> Engine<H> {
-    /// Registers the handler for messages named `name`, replacing any earlier one.
-    pub(crate) fn set_handler(&mut self, name: String, handler: H) {
-        self.inbound.handlers.insert(name, handler);
-    }
-
-    /// Adds a local subscription; the first with its pattern and group is announced to every
-    /// peer (in order with everything else on each connection).
-    pub(crate) fn subscribe(&mut self, sub: Subscription, handler: H) -> SubId {
-        self.inbound.next_sub += 1;
-        let id = SubId(self.inbound.next_sub);
-        let first = !self.inbound.subs.iter().any(|(_, s, _)| *s == sub);
-        self.inbound.subs.push((id, sub.clone(), handler));
-        if first {
-            self.tell_all(&Frame::Subscribe(sub));
-        }
-        id
-    }
-
-    /// Removes a local subscription; the last with its pattern and group is withdrawn from
-    /// every peer. Events already on their way are refused with a retryable nack.
-    pub(crate) fn unsubscribe(&mut self, id: SubId) {
-        let Some(at) = self.inbound.subs.iter().position(|(i, _, _)| *i == id) else {
-            return;
-        };
-        let (_, sub, _) = self.inbound.subs.remove(at);
-        if !self.inbound.subs.iter().any(|(_, s, _)| *s == sub) {
-            self.tell_all(&Frame::Unsubscribe(sub));
-        }
-    }
-
-    pub(super) fn tell_all(&mut self, frame: &Frame) {
-        let conns: Vec<ConnId> = self.conns.keys().collect();
-        for conn in conns {
-            self.queue_control(conn, frame);
-        }
-    }
-
     /// A run of messages arrived on `conn`.
     pub(super) fn on_messages(&mut self, conn: ConnId, run: Messages, now: Instant) {
         let Messages {
@@ -214,7 +138,7 @@ impl<H: Clone> Engine<H> {
         {
             return refuse(self, false, NackCode::Invalid, reason);
         }
-        let handlers = self.inbound.handlers_for(&head.to, &head.name);
+        let handlers = self.inbound.local.handlers_for(&head.to, &head.name);
         if handlers.is_empty() {
             self.stats.unhandled += count as u64;
             let (code, reason) = match &head.to {

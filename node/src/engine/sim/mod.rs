@@ -238,7 +238,7 @@ impl Sim {
     /// when `advertise` says so): the node connects to it on first use.
     pub(super) fn announce(&mut self, node: usize, other: usize, advertise: bool) {
         let engine = &self.nodes[other].engine;
-        let subs = advertise.then(|| engine.inbound.distinct_subscriptions());
+        let subs = advertise.then(|| engine.inbound.local.distinct_subscriptions());
         let known = super::Discovered {
             service: engine.service.clone(),
             addrs: vec![std::net::SocketAddr::from((
