@@ -11,7 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal::{Message, Node, NodeEvent};
+use shoal::{Message, MessageId, Node, NodeEvent};
 use shoal_discovery::{
     Discovery, DiscoveryError, DiscoveryEvent, EventSender, LocalNode, PeerHint, Source,
 };
@@ -123,14 +123,7 @@ async fn discovered_instances_are_connected_on_first_use_and_closed_when_idle() 
     assert!(orders.peers().is_empty(), "discovering is not connecting");
     assert!(orders.discovered().iter().all(|d| !d.connected));
 
-    let (tx, mut handled) = mpsc::unbounded_channel();
-    billing.handle("charge", move |msg: Message| {
-        let tx = tx.clone();
-        async move {
-            tx.send(msg.id()).unwrap();
-            Ok(())
-        }
-    });
+    let mut handled = charges(&billing);
     for round in 0..2 {
         let msg = Message::command("charge", format!("order {round}"));
         let id = msg.id();
@@ -213,6 +206,19 @@ async fn a_publisher_learns_subscribers_from_announcements_and_connects_only_to_
     }
 }
 
+/// Registers `billing`'s `charge` handler; yields the id of every charge it handles.
+fn charges(billing: &Node) -> mpsc::UnboundedReceiver<MessageId> {
+    let (tx, handled) = mpsc::unbounded_channel();
+    billing.handle("charge", move |msg: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(msg.id()).unwrap();
+            Ok(())
+        }
+    });
+    handled
+}
+
 /// A discovery source the test drives: it hands the test the node's event sender.
 #[derive(Clone, Default)]
 struct Manual(Arc<Mutex<Option<EventSender>>>);
@@ -239,14 +245,7 @@ impl Discovery for Manual {
 async fn a_send_whose_dial_failed_asks_again_and_goes() {
     let mesh = Mesh::new();
     let billing = mesh.start("billing", &[]).await;
-    let (tx, mut handled) = mpsc::unbounded_channel();
-    billing.handle("charge", move |msg: Message| {
-        let tx = tx.clone();
-        async move {
-            tx.send(msg.id()).unwrap();
-            Ok(())
-        }
-    });
+    let mut handled = charges(&billing);
     let manual = Manual::default();
     let builder = mesh
         .builder("orders")

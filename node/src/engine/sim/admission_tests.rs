@@ -28,6 +28,35 @@ fn spy_policy() -> Policy {
         .expect("policy")
 }
 
+/// `orders` (under [`spy_policy`]), `billing` and `spy`, both of the latter subscribed to
+/// `order.*` in group `billing`, and how many events each handled.
+struct Scene {
+    sim: Sim,
+    orders: usize,
+    billing: usize,
+    spy: usize,
+    billed: Rc<Cell<u32>>,
+    spied: Rc<Cell<u32>>,
+}
+
+fn scene(seed: u64) -> Scene {
+    let mut sim = Sim::new(seed);
+    let orders = sim.node_with("orders", with(&spy_policy()));
+    let billing = sim.node("billing");
+    let spy = sim.node("spy");
+    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
+    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    Scene {
+        sim,
+        orders,
+        billing,
+        spy,
+        billed,
+        spied,
+    }
+}
+
 /// `spy` (certified as `spy`) connects to `to` claiming the node id `claimed` in its hello;
 /// `to` dialled nothing. Returns what `to` decided, and links the two when it admitted it.
 fn impostor(sim: &mut Sim, to: usize, spy: usize, claimed: NodeId) -> Admission {
@@ -111,13 +140,14 @@ fn a_subscription_an_announcement_advertises_is_checked_against_the_policy() {
 
 #[test]
 fn an_announcement_naming_another_service_than_the_certificate_counts_for_nothing() {
-    let mut sim = Sim::new(106);
-    let orders = sim.node_with("orders", with(&spy_policy()));
-    let billing = sim.node("billing");
-    let spy = sim.node("spy");
-    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
-    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    let Scene {
+        mut sim,
+        orders,
+        billing,
+        spy,
+        billed,
+        spied,
+    } = scene(106);
     // Spy is connected: its `Subscribe` is refused over the connection...
     sim.connect(orders, spy);
     sim.run_for(SECOND);
@@ -160,13 +190,14 @@ fn publish_orders(sim: &mut Sim, from: usize, count: usize) {
 
 #[test]
 fn a_node_id_impostor_is_refused_once_a_connection_confirmed_the_announcement() {
-    let mut sim = Sim::new(105);
-    let orders = sim.node_with("orders", with(&spy_policy()));
-    let billing = sim.node("billing");
-    let spy = sim.node("spy");
-    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
-    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    let Scene {
+        mut sim,
+        orders,
+        billing,
+        spy,
+        billed,
+        spied,
+    } = scene(105);
     // Billing is announced, and connected on first use: its certificate confirms the
     // announcement.
     sim.announce(orders, billing, true);
@@ -245,13 +276,14 @@ fn a_spoofed_announcement_does_not_keep_the_certified_instance_out() {
 
 #[test]
 fn an_impostor_neither_displaces_a_leaving_connection_nor_inherits_its_subscriptions() {
-    let mut sim = Sim::new(107);
-    let orders = sim.node_with("orders", with(&spy_policy()));
-    let billing = sim.node("billing");
-    let spy = sim.node("spy");
-    let (billed, spied) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
-    sim.subscribe(billing, "order.*", Some("billing"), counting(&billed));
-    sim.subscribe(spy, "order.*", Some("billing"), counting(&spied));
+    let Scene {
+        mut sim,
+        orders,
+        billing,
+        spy,
+        spied,
+        ..
+    } = scene(107);
     // A static peer, not announced: only its connection says who it is.
     sim.connect(orders, billing);
     sim.run_for(SECOND);
