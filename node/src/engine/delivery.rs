@@ -140,7 +140,7 @@ impl<H: Clone> Engine<H> {
         };
         let deadline = delivery.retry.deadline(&delivery.spec.policy);
         let d = self.out.deliveries.insert(delivery);
-        self.note_sent(d); // metrics.rs
+        self.note_sent(d); // metrics/hooks.rs
         if let Some(o) = self.out.ops.get_mut(op) {
             o.deliveries.push(d);
         }
