@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use super::DEFAULT_TTL;
 use crate::event::DiscoveryEvent;
+use crate::mdns::link::Link;
 use crate::mdns::record::{Announcement, ReceivedAddr};
 use crate::mdns::state::State;
 
@@ -38,10 +39,12 @@ use crate::mdns::state::State;
 /// gives: twice the 120 s mdns-sd gives the SRV and address records of every Shoal node.
 pub(super) const MAX_TTL: Duration = DEFAULT_TTL.saturating_mul(2);
 
-/// A hash of a datagram and the interface it came on, its id (first two bytes) left out.
-pub(super) fn fingerprint(datagram: &[u8], index: u32) -> u64 {
+/// A hash of a datagram, the interface it came on and that interface's link (what its
+/// addresses were checked against), its id (first two bytes) left out.
+pub(super) fn fingerprint(datagram: &[u8], index: u32, link: &Link) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&index, &mut hasher);
+    std::hash::Hash::hash(link, &mut hasher);
     std::hash::Hash::hash(datagram.get(2..).unwrap_or_default(), &mut hasher);
     std::hash::Hasher::finish(&hasher)
 }
