@@ -308,7 +308,7 @@ impl Listener {
         // expiry on: no parse, no checks, as long as it is still what its instance last said
         // (`table.rs` says when) and the link it was checked against has not changed.
         let link = Arc::clone(&lock(&ear.link));
-        let fingerprint = fingerprint(datagram, ear.index, &link);
+        let fingerprint = table.fingerprint(datagram, ear.index, &link);
         if let Some(key) = table.repeat(fingerprint, now)
             && lock(&self.state).touch(&key, now)
         {
@@ -377,4 +377,3 @@ mod table;
 mod tests;
 
 pub(super) use table::Table;
-use table::fingerprint;

@@ -148,6 +148,27 @@ fn queries_and_garbage_are_ignored_without_panicking() {
     }
 }
 
+/// Fingerprints are keyed per table: what collides in one table does not in another, so a
+/// collision cannot be worked out ahead of time by someone on the link.
+#[test]
+fn fingerprints_are_keyed_per_table() {
+    let wire = announcement(120, None);
+    let link = Link::new(Vec::new());
+    let (one, other) = (Table::default(), Table::default());
+    assert_eq!(
+        one.fingerprint(&wire, 7, &link),
+        one.fingerprint(&wire, 7, &link)
+    );
+    assert_ne!(
+        one.fingerprint(&wire, 7, &link),
+        one.fingerprint(&wire, 8, &link)
+    );
+    assert_ne!(
+        one.fingerprint(&wire, 7, &link),
+        other.fingerprint(&wire, 7, &link)
+    );
+}
+
 #[test]
 fn the_srv_ttl_sets_the_expiry() {
     let message = Message::from_vec(&announcement(75, None)).expect("decode");
