@@ -361,7 +361,7 @@ impl Listener {
 
 /// Gives the link-local IPv6 addresses of `announcement` the scope of the interface they
 /// were heard on (a datagram on a link carries the addresses valid on that link).
-fn scope_link_local(announcement: &mut Announcement, index: u32) {
+pub(super) fn scope_link_local(announcement: &mut Announcement, index: u32) {
     for addr in &mut announcement.addrs {
         if let IpAddr::V6(ip) = addr.ip
             && ip.segments()[0] & 0xffc0 == 0xfe80

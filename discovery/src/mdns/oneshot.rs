@@ -50,7 +50,7 @@ use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
 use super::introduce::Introduction;
 use super::link::{self, Link, keep_on_link};
-use super::listen::{DEFAULT_TTL, Table};
+use super::listen::{DEFAULT_TTL, Table, scope_link_local};
 use super::message::announcements;
 use super::record::SERVICE_TYPE;
 use super::state::{State, lock};
@@ -97,6 +97,8 @@ pub(super) struct StartupQuery {
 /// One socket, bound to one selected interface's IPv4 address.
 pub(super) struct Asker {
     interface: String,
+    /// The interface's index: the scope of the link-local addresses answered on it.
+    index: u32,
     socket: UdpSocket,
     /// The introduction sent from this interface, if this node announces an address on it.
     introduction: Option<Vec<u8>>,
@@ -174,7 +176,7 @@ impl StartupQuery {
                     continue;
                 };
                 *read += 1;
-                if self.on_datagram(&buf[..n], id, &asker.interface, &asker.link) {
+                if self.on_datagram(&buf[..n], id, &asker.interface, asker.index, &asker.link) {
                     answered = true;
                     if !*introduced {
                         *introduced = true;
@@ -196,7 +198,7 @@ impl StartupQuery {
             }
         };
         let mut askers = Vec::new();
-        for (interface, _index, ip) in interfaces {
+        for (interface, index, ip) in interfaces {
             let IpAddr::V4(ip) = ip else {
                 continue;
             };
@@ -204,6 +206,7 @@ impl StartupQuery {
                 Ok(socket) => askers.push(Asker {
                     link: links.get(&interface).cloned().unwrap_or_default(),
                     interface,
+                    index,
                     socket,
                     introduction: self.introduction.as_ref().and_then(|i| i.message(ip)),
                 }),
@@ -228,10 +231,17 @@ impl StartupQuery {
         }
     }
 
-    /// Reports every valid instance an answer heard on `interface` (whose link is `link`)
-    /// shows; ignores anything that is not the answer to our query. Returns whether it was
-    /// such an answer.
-    fn on_datagram(&self, datagram: &[u8], id: u16, interface: &str, link: &Link) -> bool {
+    /// Reports every valid instance an answer heard on `interface` (numbered `index`, whose
+    /// link is `link`) shows; ignores anything that is not the answer to our query. Returns
+    /// whether it was such an answer.
+    fn on_datagram(
+        &self,
+        datagram: &[u8],
+        id: u16,
+        interface: &str,
+        index: u32,
+        link: &Link,
+    ) -> bool {
         let Ok(message) = Message::from_vec(datagram) else {
             return false;
         };
@@ -240,6 +250,7 @@ impl StartupQuery {
         }
         let now = Instant::now();
         for mut announcement in announcements(&message) {
+            scope_link_local(&mut announcement, index);
             announcement.via = vec![interface.to_owned()];
             let event = {
                 // The table's lock first, as the listener takes them.
