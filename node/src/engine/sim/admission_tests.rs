@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress, Subscription};
 
+use super::multicast::clean;
 use super::tests::{counting, with};
 use super::{Faults, Sim};
 use crate::PublishOptions;
@@ -384,4 +385,39 @@ fn a_delivery_resumed_after_a_duplicate_goes_to_no_other_service_claiming_the_id
     assert!(matches!(admission, Admission::Admitted { .. }));
     sim.run_for(2 * SECOND);
     assert_eq!(spied.get(), 0, "billing's command went to spy");
+}
+
+/// A channel member's copy that goes by unicast after all (not reported in time, the member
+/// moved to unicast, its handler failed) goes only to a connection that may take it: here
+/// the member's connection lost a duplicate race (it stays a member, its reports gone with
+/// the connection) and a spy claimed its node id before the winner came. The spy subscribes
+/// to nothing (a subscription the policy refused would take the member off the channel), so
+/// any message reaching it is one of billing's events.
+#[test]
+fn a_channel_copy_sent_again_by_unicast_goes_to_no_other_service_claiming_the_members_id() {
+    let mut sim = Sim::new(111);
+    let orders = sim.lan_node_with("orders", clean(), with(&spy_policy()));
+    let billing = sim.lan_node("billing", clean());
+    let spy = sim.node("spy");
+    // Billing's handler is slow: its copies wait for its report when its connection goes.
+    sim.subscribe(billing, "order.*", Some("billing"), |_| {
+        super::Handled::ok_after(10 * SECOND)
+    });
+    sim.connect(orders, billing);
+    sim.run_for(Duration::from_millis(5));
+    let billing_id = sim.nodes[billing].engine.id();
+    publish_orders(&mut sim, orders, 3);
+    sim.run_for(Duration::from_millis(5));
+    assert_eq!(
+        sim.nodes[orders].engine.channel_stats().events,
+        3,
+        "the events went on the channel"
+    );
+    sim.lose_as_duplicate(orders, billing);
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    // Past the copies' ack timeout (5 s) and the member's demotion for falling silent.
+    sim.run_for(10 * SECOND);
+    let spy_stats = sim.nodes[spy].engine.stats();
+    assert_eq!(spy_stats.unhandled, 0, "billing's events went to spy");
 }
