@@ -256,11 +256,11 @@ impl<H: Clone> Engine<H> {
             match t {
                 Transmit::Multicast(bytes) => self.actions.push_back(Action::Multicast(bytes)),
                 Transmit::Repair { to, datagram } => {
-                    self.send_to_node(to, &Frame::ChannelRepair(datagram));
+                    self.send_to_member(to, &Frame::ChannelRepair(datagram));
                 }
-                Transmit::Key { to, key } => self.send_to_node(to, &Frame::ChannelKey(key)),
+                Transmit::Key { to, key } => self.send_to_member(to, &Frame::ChannelKey(key)),
                 Transmit::Demote { to, demote } => {
-                    self.send_to_node(to, &Frame::ChannelDemote(demote));
+                    self.send_to_member(to, &Frame::ChannelDemote(demote));
                 }
             }
         }
@@ -276,9 +276,9 @@ impl<H: Clone> Engine<H> {
                     }
                     self.channel_unreported(node, None, now);
                     // A member whose connection was replaced by a duplicate stays a member
-                    // (`Engine::connection_lost`); if no connection came instead, it leaves
-                    // (and is not said to be on unicast).
-                    match self.peers.current(node) {
+                    // (`Engine::connection_lost`); if no connection of its service came
+                    // instead, it leaves (and is not said to be on unicast).
+                    match self.group_conn(node) {
                         Some(conn) => self.emit(NodeEvent::MulticastFallback {
                             node,
                             service: self.service_of(conn),
