@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use crate::identity::{CertSerial, CertificateInfo, Identity, MeshCa, Revocations};
 use crate::runtime::Driver;
 use crate::transport::connection::CloseCode;
-use crate::{Error, Node, NodeEvent, tls};
+use crate::{Error, Node, NodeEvent};
 
 /// The default warning period before this node's certificate expires (and at most a third of
 /// its lifetime, see [`crate::NodeBuilder::warn_before_expiry`]).
@@ -176,13 +176,14 @@ fn close_revoked(driver: &Driver, revoked: &BTreeSet<CertSerial>) {
         return;
     }
     for (_, io) in driver.connections() {
-        let conn = &io.conn;
-        if let Some(serial) = tls::peer_certificate_info(conn).map(|info| info.serial)
-            && revoked.contains(&serial)
-        {
-            tracing::warn!(%serial, addr = %conn.remote_address(), service = ?tls::peer_service(conn),
+        // Parsed at the handshake (`ConnIo::peer_certificate`), not here: this runs for
+        // every live connection at every change of the revocations.
+        let info = &io.peer_certificate;
+        if revoked.contains(&info.serial) {
+            tracing::warn!(serial = %info.serial, addr = %io.conn.remote_address(), service = ?info.service,
                 "closing the connection of a peer whose certificate was revoked");
-            conn.close(CloseCode::Revoked.into(), b"certificate revoked");
+            io.conn
+                .close(CloseCode::Revoked.into(), b"certificate revoked");
         }
     }
 }
@@ -217,14 +218,15 @@ const EXPIRY_RECHECK: Duration = Duration::from_secs(60);
 fn close_expired(driver: &Driver, now: SystemTime) -> Option<SystemTime> {
     let mut next: Option<SystemTime> = None;
     for (_, io) in driver.connections() {
-        let conn = &io.conn;
-        let Some(info) = tls::peer_certificate_info(conn) else {
-            continue;
-        };
+        // Parsed at the handshake, not here: this runs for every live connection whenever a
+        // connection comes or goes, which across a mesh starting up would be a number of
+        // parses that grows with the square of its peers.
+        let info = &io.peer_certificate;
         if now > info.not_after {
-            tracing::warn!(serial = %info.serial, addr = %conn.remote_address(), service = ?info.service,
+            tracing::warn!(serial = %info.serial, addr = %io.conn.remote_address(), service = ?info.service,
                 "closing the connection of a peer whose certificate expired");
-            conn.close(CloseCode::Expired.into(), b"certificate expired");
+            io.conn
+                .close(CloseCode::Expired.into(), b"certificate expired");
         } else {
             next = Some(next.map_or(info.not_after, |n| n.min(info.not_after)));
         }
@@ -233,8 +235,65 @@ fn close_expired(driver: &Driver, now: SystemTime) -> Option<SystemTime> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+    use crate::tls::parse_count;
+
+    /// Peers that connect to one node, one after another, in the parse count test.
+    const PEERS: usize = 8;
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The certificate tasks look at every live connection whenever a connection comes or
+    /// goes; each peer's certificate is parsed once, at its handshake, however many changes
+    /// follow. (When the expiry task parsed it at each look, 8 peers connecting one after
+    /// another cost 60 parses instead of 16: the hub's task parsed 1 + 2 + ... + 8, each
+    /// peer's its one.) On a current-thread runtime, so every node's tasks run on the thread
+    /// whose parses are counted; they run whenever the test waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_certificate_is_parsed_once_per_connection_however_many_peers_connect() {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        let ca = MeshCa::generate("parse count").unwrap();
+        let hub = Node::builder("hub")
+            .identity(ca.issue("hub").unwrap())
+            .trust(ca.clone())
+            .listen(lo)
+            .start()
+            .await
+            .unwrap();
+        let before = parse_count::parsed();
+        let mut peers = Vec::new();
+        for n in 1..=PEERS {
+            let peer = Node::builder("peer")
+                .identity(ca.issue("peer").unwrap())
+                .trust(ca.clone())
+                .listen(lo)
+                .peer(hub.local_addr())
+                .start()
+                .await
+                .unwrap();
+            // Both sides admitted the connection: both handshakes read the certificate.
+            hub.wait_for_instances("peer", n, WAIT).await.unwrap();
+            peer.wait_for_instances("hub", 1, WAIT).await.unwrap();
+            peers.push(peer);
+        }
+        let parsed = parse_count::parsed() - before;
+        tokio::time::timeout(WAIT, async {
+            for peer in peers {
+                peer.shutdown().await;
+            }
+            hub.shutdown().await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            parsed,
+            2 * PEERS,
+            "{PEERS} connections, each side's handshake parsing the other's certificate once"
+        );
+    }
 
     #[test]
     fn the_default_warning_period_is_a_month_or_a_third_of_the_lifetime() {

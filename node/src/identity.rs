@@ -429,11 +429,6 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// The service named by a certificate's `<service>.svc.shoal.mesh` DNS name, if any.
-pub(crate) fn service_of_cert(cert: &CertificateDer<'_>) -> Option<String> {
-    Parsed::new(cert).ok()?.info.service
-}
-
 /// The DNS names of a certificate (tests only).
 #[cfg(test)]
 pub(crate) fn dns_names_for_tests(cert: &CertificateDer<'_>) -> Vec<String> {

@@ -6,7 +6,7 @@
 //! certificate, its trusted CAs and its revocations live in a [`LiveTls`] that every handshake
 //! reads, so they can change while the node runs. Clients dial with the server name
 //! [`SERVER_NAME`], which every node certificate carries; which *service* the peer is comes
-//! from its certificate's `<service>.svc.shoal.mesh` name ([`peer_service`]).
+//! from its certificate's `<service>.svc.shoal.mesh` name ([`peer_certificate_info`]).
 //!
 //! The ring crypto provider is always passed explicitly, so nothing depends on a
 //! process-wide default provider being installed.
@@ -150,21 +150,35 @@ fn peer_certificate(conn: &quinn::Connection) -> Option<CertificateDer<'static>>
     certs.into_iter().next()
 }
 
-/// The service the peer's certificate was issued for (its `<service>.svc.shoal.mesh` name).
+/// What the peer's certificate says (its service, serial, validity), once the handshake is
+/// complete; `None` before, or if the certificate does not parse.
 ///
-/// The certificate was verified against the mesh CA during the handshake, so this is the
-/// peer's authenticated service; a peer whose `Hello` claims another service is lying or
-/// misconfigured. `None` if the handshake is not complete or the certificate names no service.
-pub(crate) fn peer_service(conn: &quinn::Connection) -> Option<String> {
-    identity::service_of_cert(&peer_certificate(conn)?)
-}
-
-/// What the peer's certificate says (serial, validity), to find the connections of a peer
-/// whose certificate was revoked or expired after it connected. `None` if the handshake is
-/// not complete.
+/// The certificate was verified against the mesh CA during the handshake, so its service is
+/// the peer's authenticated service; a peer whose `Hello` claims another service is lying or
+/// misconfigured. Parsing costs a few microseconds: the transport calls this once per
+/// connection, at its handshake, and keeps the answer with the connection
+/// (`ConnIo::peer_certificate`) for the certificate tasks.
 pub(crate) fn peer_certificate_info(conn: &quinn::Connection) -> Option<CertificateInfo> {
     let cert = peer_certificate(conn)?;
+    #[cfg(test)]
+    parse_count::PARSED.with(|n| n.set(n.get() + 1));
     Some(identity::Parsed::new(&cert).ok()?.info)
+}
+
+/// Counts the peer certificates parsed on this thread, so a test on a current-thread runtime
+/// can see how many its nodes parsed (other tests run on other threads).
+#[cfg(test)]
+pub(crate) mod parse_count {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(super) static PARSED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Peer certificates parsed on this thread so far.
+    pub(crate) fn parsed() -> usize {
+        PARSED.with(Cell::get)
+    }
 }
 
 /// The crypto provider every Shoal TLS configuration uses.

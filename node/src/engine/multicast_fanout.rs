@@ -256,11 +256,11 @@ impl<H: Clone> Engine<H> {
             match t {
                 Transmit::Multicast(bytes) => self.actions.push_back(Action::Multicast(bytes)),
                 Transmit::Repair { to, datagram } => {
-                    self.send_to_node(to, &Frame::ChannelRepair(datagram));
+                    self.send_to_member(to, &Frame::ChannelRepair(datagram));
                 }
-                Transmit::Key { to, key } => self.send_to_node(to, &Frame::ChannelKey(key)),
+                Transmit::Key { to, key } => self.send_to_member(to, &Frame::ChannelKey(key)),
                 Transmit::Demote { to, demote } => {
-                    self.send_to_node(to, &Frame::ChannelDemote(demote));
+                    self.send_to_member(to, &Frame::ChannelDemote(demote));
                 }
             }
         }
@@ -276,9 +276,9 @@ impl<H: Clone> Engine<H> {
                     }
                     self.channel_unreported(node, None, now);
                     // A member whose connection was replaced by a duplicate stays a member
-                    // (`Engine::connection_lost`); if no connection came instead, it leaves
-                    // (and is not said to be on unicast).
-                    match self.peers.current(node) {
+                    // (`Engine::connection_lost`); if no connection of its service came
+                    // instead, it leaves (and is not said to be on unicast).
+                    match self.group_conn(node) {
                         Some(conn) => self.emit(NodeEvent::MulticastFallback {
                             node,
                             service: self.service_of(conn),
@@ -387,13 +387,27 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Sends `d`'s copy by unicast to `node`, the instance it chose (its connection's window
-    /// permitting; any instance if the node has no connection now).
+    /// permitting; any instance if the node has no connection now that may take the copy).
     fn channel_to_unicast(&mut self, d: DeliveryId, node: NodeId, now: Instant) {
+        let conn = self.member_conn(d, node, now);
         self.bump(d, State::Backoff);
-        match self.peers.current(node) {
+        match conn {
             Some(conn) => self.send_attempt(d, conn, now),
             None => self.attempt(d, now),
         }
+    }
+
+    /// The connection standing for `d`'s member `node`, if it may take `d` (as for a delivery
+    /// resumed on the connection now standing for its node, [`Peers::serves`]): a node id is
+    /// the peer's claim, so a connection of another service claiming the member's id after
+    /// the member's connection went gets none of its copies.
+    ///
+    /// [`Peers::serves`]: super::peers::Peers::serves
+    fn member_conn(&mut self, d: DeliveryId, node: NodeId, now: Instant) -> Option<ConnId> {
+        let route = &self.out.deliveries.get(d)?.route;
+        self.peers
+            .current(node)
+            .filter(|c| self.peers.serves(&self.conns, route, *c, now))
     }
 
     /// `node` leaves this node's channel: the key changes, and its copies go by unicast.
@@ -418,8 +432,9 @@ impl<H: Clone> Engine<H> {
     /// in its queue (`d` itself, or the copy `d` was made from). Still connected: the copy
     /// goes to it again by unicast, as on a demotion (it may have handled the event and its
     /// report was lost, say with a connection replaced by a duplicate: its dedup window
-    /// answers, and no other instance of its group runs the event too). Gone: retried like a
-    /// copy that was not acknowledged.
+    /// answers, and no other instance of its group runs the event too). Gone, or its id
+    /// claimed by a connection that may not take the copy ([`Engine::member_conn`]): retried
+    /// like a copy that was not acknowledged.
     pub(super) fn channel_ack_timeout(
         &mut self,
         d: DeliveryId,
@@ -430,7 +445,7 @@ impl<H: Clone> Engine<H> {
         if let Some(ch) = self.channels.as_deref_mut() {
             ch.unreported.forget(node, copy);
         }
-        if self.peers.current(node).is_some() {
+        if self.member_conn(d, node, now).is_some() {
             return self.channel_to_unicast(d, node, now);
         }
         let timeout = self

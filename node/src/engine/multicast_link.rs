@@ -67,8 +67,11 @@ pub(super) struct Channels {
     pub(super) setup: MulticastSetup,
     /// This node's channel, once the driver opened it.
     pub(super) sender: Option<Sender>,
-    /// Peers that said they are on this node's group.
-    pub(super) on_group: HashSet<NodeId>,
+    /// Peers that said they are on this node's group, with the service their connection is
+    /// certified for: a node id is only claimed, so the channel's keys, repairs and
+    /// demotions for a member go only to a connection of that service, and a connection of
+    /// another service claiming a member's id is not taken for the member.
+    pub(super) on_group: HashMap<NodeId, String>,
     /// Peers whose subscription the policy refused: never offered the channel again.
     pub(super) refused: HashSet<NodeId>,
     /// Events staged for the next datagrams ([`super::multicast_fanout`]).
@@ -146,7 +149,7 @@ impl Channels {
         Some(Box::new(Self {
             setup,
             sender: None,
-            on_group: HashSet::new(),
+            on_group: HashMap::new(),
             refused: HashSet::new(),
             staged: Vec::new(),
             unreported: Unreported::default(),
@@ -207,7 +210,7 @@ impl<H: Clone> Engine<H> {
             return;
         }
         let mut sender = Sender::new(channel, ch.setup.channel.clone(), secrets, now);
-        for &node in &ch.on_group {
+        for &node in ch.on_group.keys() {
             // Nothing is sealed yet: no key to replace.
             sender.join(node, false, now);
         }
@@ -315,7 +318,18 @@ impl<H: Clone> Engine<H> {
                 if ch.refused.contains(&node) {
                     return;
                 }
-                ch.on_group.insert(node);
+                let service = self.conns.get(conn).map_or("", |c| c.service.as_str());
+                if let Some(known) = ch.on_group.get(&node)
+                    && known != service
+                {
+                    // Another service's connection claiming the id of a node on the group
+                    // (its connection lost a duplicate race, say): not that node. Handing it
+                    // the member's key would let it read what the policy keeps from it.
+                    tracing::warn!(%node, claimed = %service, certified = %known,
+                        "multicast: a hello claiming the id of a node of another service ignored");
+                    return;
+                }
+                ch.on_group.insert(node, service.to_owned());
                 if let Some(sender) = ch.sender.as_mut() {
                     if sender.is_member(node) {
                         // A hello on a new connection: the key may have gone with the old one,
@@ -449,6 +463,21 @@ impl<H: Clone> Engine<H> {
     /// Sends `frame` to `node` over its current connection, if it has one.
     pub(super) fn send_to_node(&mut self, node: NodeId, frame: &Frame) {
         if let Some(conn) = self.peers.current(node) {
+            self.queue_control(conn, frame);
+        }
+    }
+
+    /// The connection standing for `node`, a peer on this node's group, if it is of the
+    /// service `node` said it was on the group with (see [`Channels::on_group`]).
+    pub(super) fn group_conn(&self, node: NodeId) -> Option<ConnId> {
+        let service = self.channels.as_deref()?.on_group.get(&node)?;
+        self.peers.current_of(&self.conns, node, service)
+    }
+
+    /// Sends this node's channel's `frame` (a key, a repair, a demotion) to member `node`:
+    /// only over a connection of the member's service ([`Engine::group_conn`]).
+    pub(super) fn send_to_member(&mut self, node: NodeId, frame: &Frame) {
+        if let Some(conn) = self.group_conn(node) {
             self.queue_control(conn, frame);
         }
     }

@@ -20,6 +20,11 @@ fn roots(ca: &MeshCa) -> Arc<RootCertStore> {
     Arc::new(roots)
 }
 
+/// The service the peer's certificate names, as the handshake reads it.
+fn peer_service(conn: &quinn::Connection) -> Option<String> {
+    peer_certificate_info(conn).and_then(|info| info.service)
+}
+
 const LOCALHOST: &str = "127.0.0.1:0";
 const PROMPT: Duration = Duration::from_secs(5);
 

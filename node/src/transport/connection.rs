@@ -27,6 +27,7 @@ use shoal_proto::{DecodeError, codec};
 use tokio::sync::Notify;
 
 use crate::engine::{CloseReason, ConnId};
+use crate::identity::CertificateInfo;
 use crate::runtime::Driver;
 use crate::sync::lock;
 
@@ -89,6 +90,11 @@ impl From<CloseCode> for quinn::VarInt {
 #[derive(Debug)]
 pub(crate) struct ConnIo {
     pub(crate) conn: quinn::Connection,
+    /// What the peer's certificate says, parsed once at the handshake: revocation and expiry
+    /// are checked against it for every live connection whenever something changes
+    /// (`cert_lifecycle`), so parsing it there each time would cost every change one parse
+    /// per peer.
+    pub(crate) peer_certificate: CertificateInfo,
     /// The stream this side writes on, with what QUIC has not taken yet.
     out: std::sync::Mutex<Outgoing>,
     writer: Notify,
@@ -120,9 +126,14 @@ struct Outgoing {
 }
 
 impl ConnIo {
-    pub(crate) fn new(conn: quinn::Connection, send: quinn::SendStream) -> Arc<Self> {
+    pub(crate) fn new(
+        conn: quinn::Connection,
+        peer_certificate: CertificateInfo,
+        send: quinn::SendStream,
+    ) -> Arc<Self> {
         Arc::new(Self {
             conn,
+            peer_certificate,
             out: std::sync::Mutex::new(Outgoing {
                 stream: Some(send),
                 pending: Bytes::new(),

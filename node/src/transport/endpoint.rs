@@ -168,7 +168,7 @@ async fn establish_by(
         dialed,
         pinned,
     };
-    let io = ConnIo::new(conn, shaken.send);
+    let io = ConnIo::new(conn, shaken.certificate, shaken.send);
     let (id, admission) = driver.admit(hello, &io);
     if admission == Admission::Refused {
         io.conn

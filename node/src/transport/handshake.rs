@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use shoal_proto::{Frame, Hello, Limits, NodeId, PROTOCOL_VERSION, codec};
 use tokio::io::AsyncReadExt;
 
+use crate::identity::CertificateInfo;
 use crate::tls;
 
 /// Why a handshake failed.
@@ -58,6 +59,10 @@ pub(crate) struct Shaken {
     /// The service the peer's certificate names (its hello claims the same): the identity
     /// every authorization decision about this peer uses.
     pub(crate) service: String,
+    /// What the peer's certificate says (service, serial, validity), parsed once here: the
+    /// certificate tasks look at it for as long as the connection lives
+    /// (`cert_lifecycle`), without parsing the certificate again.
+    pub(crate) certificate: CertificateInfo,
     /// Bytes read after the hello.
     pub(crate) rest: BytesMut,
 }
@@ -103,19 +108,24 @@ pub(crate) async fn exchange(
             Err(e) => return Err(stream(&e, "read hello")),
         }
     };
-    let service = check(conn, &hello, me)?;
+    let (service, certificate) = check(conn, &hello, me)?;
     Ok(Shaken {
         send,
         recv,
         hello,
         service,
+        certificate,
         rest,
     })
 }
 
-/// Checks a peer's hello: version, not ourselves, and the service its certificate names,
-/// which it returns.
-fn check(conn: &quinn::Connection, hello: &Hello, me: NodeId) -> Result<String, HandshakeError> {
+/// Checks a peer's hello: version, not ourselves, and the service its certificate names.
+/// Returns that service and what the certificate says.
+fn check(
+    conn: &quinn::Connection,
+    hello: &Hello,
+    me: NodeId,
+) -> Result<(String, CertificateInfo), HandshakeError> {
     if hello.protocol_version != PROTOCOL_VERSION {
         return Err(HandshakeError::Version {
             peer: hello.protocol_version,
@@ -124,8 +134,11 @@ fn check(conn: &quinn::Connection, hello: &Hello, me: NodeId) -> Result<String, 
     if hello.node_id == me {
         return Err(HandshakeError::SelfConnection);
     }
-    match tls::peer_service(conn) {
-        Some(certified) if certified == hello.service => Ok(certified),
+    let Some(info) = tls::peer_certificate_info(conn) else {
+        return Err(HandshakeError::NoService);
+    };
+    match info.service.clone() {
+        Some(certified) if certified == hello.service => Ok((certified, info)),
         Some(certified) => Err(HandshakeError::ServiceMismatch {
             claimed: hello.service.clone(),
             certified,

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use shoal_proto::{Frame, Goodbye, NodeId, ReturnAddress, Subscription};
 
+use super::multicast::clean;
 use super::tests::{counting, with};
 use super::{Faults, Sim};
-use crate::PublishOptions;
 use crate::engine::action::ConnId;
 use crate::engine::{Admission, Discovered, PeerHello};
 use crate::policy::Policy;
+use crate::{NodeEvent, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -384,4 +385,108 @@ fn a_delivery_resumed_after_a_duplicate_goes_to_no_other_service_claiming_the_id
     assert!(matches!(admission, Admission::Admitted { .. }));
     sim.run_for(2 * SECOND);
     assert_eq!(spied.get(), 0, "billing's command went to spy");
+}
+
+/// A channel member's copy that goes by unicast after all (not reported in time, the member
+/// moved to unicast, its handler failed) goes only to a connection that may take it: here
+/// the member's connection lost a duplicate race (it stays a member, its reports gone with
+/// the connection) and a spy claimed its node id before the winner came. The spy subscribes
+/// to nothing (a subscription the policy refused would take the member off the channel), so
+/// any message reaching it is one of billing's events.
+#[test]
+fn a_channel_copy_sent_again_by_unicast_goes_to_no_other_service_claiming_the_members_id() {
+    let mut sim = Sim::new(111);
+    let orders = sim.lan_node_with("orders", clean(), with(&spy_policy()));
+    let billing = sim.lan_node("billing", clean());
+    let spy = sim.node("spy");
+    // Billing's handler is slow: its copies wait for its report when its connection goes.
+    sim.subscribe(billing, "order.*", Some("billing"), |_| {
+        super::Handled::ok_after(10 * SECOND)
+    });
+    sim.connect(orders, billing);
+    sim.run_for(Duration::from_millis(5));
+    let billing_id = sim.nodes[billing].engine.id();
+    publish_orders(&mut sim, orders, 3);
+    sim.run_for(Duration::from_millis(5));
+    assert_eq!(
+        sim.nodes[orders].engine.channel_stats().events,
+        3,
+        "the events went on the channel"
+    );
+    sim.lose_as_duplicate(orders, billing);
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    // Past the copies' ack timeout (5 s) and the member's demotion for falling silent.
+    sim.run_for(10 * SECOND);
+    let spy_stats = sim.nodes[spy].engine.stats();
+    assert_eq!(spy_stats.unhandled, 0, "billing's events went to spy");
+    // Fallen silent, the member was moved to unicast, with no connection of its own to go
+    // on: it left, rather than being said to be on unicast as a `spy`.
+    let as_spy = sim.nodes[orders]
+        .events
+        .iter()
+        .any(|e| matches!(e, NodeEvent::MulticastFallback { service, .. } if service == "spy"));
+    assert!(!as_spy, "billing was said to be on unicast as spy");
+}
+
+/// Orders and billing on the multicast group, billing a member of orders' channel whose
+/// connection then lost a duplicate race (it stays a member), and `spy` (a node of the
+/// group `spy_group`, `None` for orders' own) admitted under billing's node id meanwhile.
+/// Returns the sim, orders, spy, and a second member, `billing2`.
+fn member_impostor(seed: u64, spy_group: Option<&str>) -> (Sim, usize, usize, usize) {
+    let mut sim = Sim::new(seed);
+    let orders = sim.lan_node("orders", clean());
+    let billing = sim.lan_node("billing", clean());
+    let billing2 = sim.lan_node("billing", clean());
+    let spy = match spy_group {
+        Some(group) => sim.lan_node_on("spy", clean(), Default::default(), group),
+        None => sim.lan_node("spy", clean()),
+    };
+    for b in [billing, billing2] {
+        sim.subscribe(b, "order.*", Some("billing"), |_| super::Handled::ok());
+        sim.connect(orders, b);
+    }
+    sim.run_for(Duration::from_millis(5));
+    let billing_id = sim.nodes[billing].engine.id();
+    sim.lose_as_duplicate(orders, billing);
+    let admission = impostor(&mut sim, orders, spy, billing_id);
+    assert!(matches!(admission, Admission::Admitted { .. }));
+    sim.run_for(Duration::from_millis(5));
+    (sim, orders, spy, billing2)
+}
+
+/// The keys of channels `node` holds.
+fn channel_keys(sim: &Sim, node: usize) -> usize {
+    sim.nodes[node]
+        .engine
+        .channels
+        .as_deref()
+        .map_or(0, |c| c.inbound.len())
+}
+
+/// A hello on the group from a connection of another service claiming a member's node id is
+/// not the member's: it is handed no key (the member's would let it read the channel, whose
+/// events the policy may keep from its service).
+#[test]
+fn a_connection_claiming_a_members_id_is_handed_no_channel_key() {
+    let (sim, _, spy, _) = member_impostor(113, None);
+    assert_eq!(channel_keys(&sim, spy), 0, "spy holds orders' channel key");
+}
+
+/// When the channel changes its key (a member left), the new key goes to each remaining
+/// member over a connection of its own service only.
+#[test]
+fn a_new_channel_key_goes_to_no_other_service_claiming_a_members_id() {
+    // The spy is on another group: it says no hello to orders' channel.
+    let (mut sim, orders, spy, billing2) = member_impostor(114, Some("239.255.0.9:7400"));
+    let rekeys = sim.nodes[orders].engine.channel_stats().rekeys;
+    sim.crash(billing2, Duration::ZERO);
+    sim.run_for(SECOND);
+    publish_orders(&mut sim, orders, 1);
+    sim.run_for(SECOND);
+    assert!(
+        sim.nodes[orders].engine.channel_stats().rekeys > rekeys,
+        "the channel changed its key"
+    );
+    assert_eq!(channel_keys(&sim, spy), 0, "spy holds orders' channel key");
 }
