@@ -262,9 +262,9 @@ impl NodeBuilder {
     }
 
     /// Most unacknowledged messages to one peer; further sends wait (or fail fast).
-    /// Default 1024.
+    /// Default 1024; at least 1 ([`NodeBuilder::start`] refuses 0: nothing could be sent).
     pub fn max_in_flight_per_peer(mut self, max: usize) -> Self {
-        self.config.max_in_flight_per_peer = max.max(1);
+        self.config.max_in_flight_per_peer = max;
         self
     }
 
@@ -273,17 +273,19 @@ impl NodeBuilder {
     /// a subscriber that is slow, or a group waiting for an instance, makes them pile up; past
     /// this many, `publish_with` fails at once with [`crate::Error::Backlog`] and keeps
     /// nothing, rather than holding events without bound. A plain `publish`, which resolves
-    /// on the acks, paces itself instead. Default 65,536.
+    /// on the acks, paces itself instead. Default 65,536; at least 1 ([`NodeBuilder::start`]
+    /// refuses 0: a node that wants no background publishes simply makes none).
     pub fn max_background_publishes(mut self, max: usize) -> Self {
-        self.config.max_background_publishes = max.max(1);
+        self.config.max_background_publishes = max;
         self
     }
 
     /// Most handlers running at once for the deliveries of one peer connection. Past that the
     /// node stops reading that peer's stream and QUIC flow control slows that peer only; other
-    /// peers, and the acks on every connection, keep flowing. Default 1024.
+    /// peers, and the acks on every connection, keep flowing. Default 1024; at least 1
+    /// ([`NodeBuilder::start`] refuses 0: no handler could ever run).
     pub fn max_concurrent_handlers(mut self, max: usize) -> Self {
-        self.config.max_concurrent_handlers = max.max(1);
+        self.config.max_concurrent_handlers = max;
         self
     }
 
@@ -319,6 +321,11 @@ impl NodeBuilder {
     /// Keep-alives run only on open connections, and a node opens connections only where it
     /// sends and closes them once idle ([`NodeBuilder::close_idle_after`]): an idle mesh holds
     /// no connection and sends no keep-alive.
+    ///
+    /// [`NodeBuilder::start`] refuses with [`Error::Config`] a zero `keep_alive` (it would
+    /// send keep-alives without pause) or `idle_timeout` (a dead peer would never be noticed),
+    /// a `keep_alive` not shorter than `idle_timeout` (a quiet, healthy connection would time
+    /// out between two keep-alives), and an `idle_timeout` QUIC cannot carry (over 2^62 ms).
     pub fn liveness(mut self, keep_alive: Duration, idle_timeout: Duration) -> Self {
         self.config.keep_alive = keep_alive;
         self.config.idle_timeout = idle_timeout;
@@ -390,7 +397,9 @@ impl NodeBuilder {
     /// handshake **and** send its hello within this time of its first packet, or it is closed
     /// and counted as a handshake failure (a client that completes TLS and then stays silent
     /// holds its place for no longer); a dialled one must answer within it, then send its
-    /// hello within it. Default 5 s; must be above zero.
+    /// hello within it. Default 5 s; must be above zero ([`NodeBuilder::start`] refuses
+    /// zero). `Duration::MAX` means no time limit (the QUIC idle timeout of
+    /// [`NodeBuilder::liveness`] still closes a connection that goes silent).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self
@@ -403,7 +412,8 @@ impl NodeBuilder {
     /// ack timeout, the peer does not read: its connection is closed (close code 4, "not
     /// reading") and its unanswered messages go to other instances. This bounds what a
     /// stalled or hostile peer can make this node hold (one message may go over it).
-    /// Default 64 MiB.
+    /// Default 64 MiB; at least 1 ([`NodeBuilder::start`] refuses 0: every reliable message
+    /// would wait for room that never comes, and be dead-lettered).
     pub fn max_queued_bytes(mut self, bytes: usize) -> Self {
         self.config.max_queued_bytes = bytes;
         self
@@ -417,8 +427,11 @@ impl NodeBuilder {
     /// (a few milliseconds on a LAN). Connections it dialled for such a use close once idle;
     /// connections to static peers ([`NodeBuilder::peer`]) are kept. A service that talks to
     /// `k` others holds about `k` connections, whatever the size of the mesh.
+    ///
+    /// `Some(Duration::ZERO)` is refused by [`NodeBuilder::start`] (it used to mean "never",
+    /// which is what `None` says); `Some(Duration::MAX)` closes nothing either.
     pub fn close_idle_after(mut self, idle: Option<Duration>) -> Self {
-        self.config.close_idle_after = idle.filter(|d| !d.is_zero());
+        self.config.close_idle_after = idle;
         self
     }
 
@@ -433,7 +446,8 @@ impl NodeBuilder {
 
     /// How long a published event's copy for a subscriber group with no live instance is
     /// held, waiting for one to appear, before it is dead-lettered. Default 30 s; a publish
-    /// may override it ([`crate::PublishOptions::hold_for`]).
+    /// may override it ([`crate::PublishOptions::hold_for`]). `Duration::MAX` holds copies
+    /// until an instance appears (or the node stops).
     pub fn hold_events_for(mut self, hold: Duration) -> Self {
         self.config.event_hold = hold;
         self
@@ -441,8 +455,9 @@ impl NodeBuilder {
 
     /// How long a subscriber group whose last instance left (crashed, or shut down) still
     /// counts as an audience of its topics, so events published meanwhile are held for it
-    /// rather than reaching nobody. Default 10 minutes; zero forgets groups at once. A group
-    /// that unsubscribes on purpose is forgotten at once.
+    /// rather than reaching nobody. Default 10 minutes; zero forgets groups at once,
+    /// `Duration::MAX` remembers them as long as the node runs. A group that unsubscribes on
+    /// purpose is forgotten at once.
     pub fn remember_groups_for(mut self, remember: Duration) -> Self {
         self.config.remember_groups = remember;
         self
@@ -464,7 +479,8 @@ impl NodeBuilder {
     /// order, sends or publishes each through the normal delivery path, and removes it once
     /// acknowledged (dead-lettered rows stay, marked dead). It wakes at once after
     /// [`crate::outbox::SqliteOutbox::commit`] and also checks every `options.poll` for rows written
-    /// by other processes or left by a crash.
+    /// by other processes or left by a crash. [`NodeBuilder::start`] refuses a zero
+    /// `options.poll` with [`Error::Config`].
     #[cfg(feature = "outbox")]
     pub fn outbox(
         mut self,
@@ -496,6 +512,10 @@ impl NodeBuilder {
     /// Binds the endpoint, starts discovery and dialling, and returns the running node.
     /// Must be called inside a Tokio runtime (a `current_thread` runtime gives the lowest
     /// latency).
+    ///
+    /// Fails with [`Error::Config`], before anything is bound or started, on a value no node
+    /// can work with: each setter above says which (a zero limit, a zero or inverted
+    /// [`NodeBuilder::liveness`], a zero outbox poll interval, ...).
     pub async fn start(self) -> Result<Node, Error> {
         let Self {
             service,
@@ -520,10 +540,10 @@ impl NodeBuilder {
                 config.limits.max_name_len
             )));
         }
-        if config.handshake_timeout.is_zero() {
-            return Err(Error::Config(
-                "the handshake timeout must be above zero".into(),
-            ));
+        config.validate()?;
+        #[cfg(feature = "outbox")]
+        if let Some((_, options)) = &outbox {
+            options.validate()?;
         }
         let identity = identity
             .ok_or_else(|| Error::Config("no identity: call NodeBuilder::identity".into()))?;

@@ -154,7 +154,10 @@ async fn warn_before_expiry(shared: Arc<Driver>) {
 /// later, so the connections are looked at again once such a handshake must have finished.
 async fn close_revoked_peers(shared: Arc<Driver>) {
     let mut changes = shared.tls.revocations().watch();
-    let look_again_after = shared.config.handshake_timeout + Duration::from_millis(100);
+    let look_again_after = shared
+        .config
+        .handshake_timeout
+        .saturating_add(Duration::from_millis(100));
     let mut look_again = false;
     loop {
         let revoked = changes.borrow_and_update().clone();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shoal_proto::Limits;
 
 use crate::policy::Policy;
-use crate::{NodeBuilder, RetryPolicy};
+use crate::{Error, NodeBuilder, RetryPolicy};
 
 /// Everything a [`crate::NodeBuilder`] can tune besides identity and addresses.
 #[derive(Clone, Debug)]
@@ -105,6 +105,58 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Refuses the values no node can work with, naming the builder method to fix:
+    /// [`NodeBuilder::start`] calls this before it binds or starts anything.
+    ///
+    /// Durations that are only "long" are not refused: `Duration::MAX` means "forever"
+    /// wherever it is accepted, and every instant computed from one saturates
+    /// (`engine::retry::later`).
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        let refuse = |why: String| Err(Error::Config(why));
+        if self.handshake_timeout.is_zero() {
+            return refuse("the handshake timeout must be above zero".into());
+        }
+        let (keep_alive, idle) = (self.keep_alive, self.idle_timeout);
+        if keep_alive.is_zero() || idle.is_zero() {
+            return refuse(format!(
+                "NodeBuilder::liveness({keep_alive:?}, {idle:?}): the keep-alive interval and \
+                 the idle timeout must both be above zero"
+            ));
+        }
+        if keep_alive >= idle {
+            return refuse(format!(
+                "NodeBuilder::liveness({keep_alive:?}, {idle:?}): the keep-alive interval must \
+                 be shorter than the idle timeout, or quiet but healthy connections time out"
+            ));
+        }
+        let zeros = [
+            (self.max_queued_bytes, "NodeBuilder::max_queued_bytes"),
+            (
+                self.max_in_flight_per_peer,
+                "NodeBuilder::max_in_flight_per_peer",
+            ),
+            (
+                self.max_concurrent_handlers,
+                "NodeBuilder::max_concurrent_handlers",
+            ),
+            (
+                self.max_background_publishes,
+                "NodeBuilder::max_background_publishes",
+            ),
+        ];
+        if let Some((_, method)) = zeros.iter().find(|(value, _)| *value == 0) {
+            return refuse(format!("{method}(0): must be at least 1"));
+        }
+        if self.close_idle_after == Some(Duration::ZERO) {
+            return refuse(
+                "NodeBuilder::close_idle_after(Some(0)): must be above zero; None keeps idle \
+                 connections"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The multicast group and port this node is on, as discovery advertises it (TXT `mc`)
     /// and as announced instances' groups are compared with; `None` with multicast off.
     pub(crate) fn multicast_group(&self) -> Option<SocketAddrV4> {

@@ -18,6 +18,7 @@
 use std::time::Instant;
 
 use super::action::{Action, CloseReason, ConnId};
+use super::retry::later;
 use super::{Engine, Timer};
 
 impl<H: Clone> Engine<H> {
@@ -34,7 +35,7 @@ impl<H: Clone> Engine<H> {
         if let Some(c) = self.conns.get_mut(conn) {
             c.set_full_at(Some(taken));
         }
-        let at = now + self.config.retry.ack_timeout;
+        let at = later(now, self.config.retry.ack_timeout);
         self.set_timer(at, Timer::QueueFull(conn, taken));
     }
 

@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 use super::action::{ConnId, OpId};
 use super::ordering::Slot;
 use super::peers::Route;
-use super::retry::RetryState;
+use super::retry::{RetryState, later};
 use super::send::DeliveryId;
 use super::{Engine, Timer};
 use crate::RetryPolicy;
@@ -263,12 +263,7 @@ impl<H: Clone> Engine<H> {
             // Its wait is over (held or deadline passed): ended there.
             State::Instance => self.no_instance(d, now),
             State::Room(conn) => {
-                let pending = self.conns.get(conn).map_or(0, |c| c.window.pending());
-                let node = self.conns.get(conn).map(|c| c.node);
-                let reason = match node {
-                    Some(node) => format!("{pending} messages already in flight to {node}"),
-                    None => "the connection closed".into(),
-                };
+                let reason = self.no_room_reason(conn);
                 self.retry(d, reason, now);
             }
             State::Backoff => self.attempt(d, now),
@@ -280,6 +275,28 @@ impl<H: Clone> Engine<H> {
                 let copy = super::multicast_copies::CopyRef::Delivery(d, epoch);
                 self.channel_ack_timeout(d, node, copy, now);
             }
+        }
+    }
+
+    /// Why a message waiting in `conn`'s waiting room found no room by its deadline: the
+    /// write queue at its cap (`max_queued_bytes`), or else the in-flight window full.
+    fn no_room_reason(&self, conn: ConnId) -> String {
+        let Some(c) = self.conns.get(conn) else {
+            return "the connection closed".into();
+        };
+        let max = self.config.max_queued_bytes;
+        if c.queue_full(max) {
+            format!(
+                "the write queue to {} stayed full ({} bytes waiting, max_queued_bytes {max})",
+                c.node,
+                c.queued_bytes()
+            )
+        } else {
+            format!(
+                "{} messages already in flight to {}",
+                c.window.pending(),
+                c.node
+            )
         }
     }
 
@@ -299,7 +316,7 @@ impl<H: Clone> Engine<H> {
 /// How long `del` waits for a live instance: its hold, or else its retry deadline.
 fn waits_until(del: &Delivery) -> Instant {
     match del.spec.hold {
-        Some(hold) => del.created + hold,
+        Some(hold) => later(del.created, hold),
         None => del.retry.deadline(&del.spec.policy),
     }
 }

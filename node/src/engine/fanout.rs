@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::{NodeId, SmolStr, Subscription};
 
+use super::retry::later;
 use super::topic;
 
 /// One recipient of an event: it gets exactly one copy.
@@ -85,7 +86,7 @@ impl DepartedGroups {
         if self.remember.is_zero() {
             return;
         }
-        self.remember_until(sub, now + self.remember);
+        self.remember_until(sub, later(now, self.remember));
     }
 
     /// Remembers the grouped `sub` at least until `until` (the outbox relay keeps the groups

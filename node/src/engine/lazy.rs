@@ -25,6 +25,7 @@ use super::directory::{Discovered, group_to_warn_of};
 use super::fanout::Audience;
 use super::peers::Route;
 use super::reask::Asked;
+use super::retry::later;
 use super::{Action, Engine, Timer, topic};
 use crate::NodeEvent;
 
@@ -252,7 +253,7 @@ impl<H: Clone> Engine<H> {
             return;
         }
         self.idle.armed = true;
-        self.set_timer(now + sweep_every(after), Timer::IdleSweep);
+        self.set_timer(later(now, sweep_every(after)), Timer::IdleSweep);
     }
 
     /// Closes the connections this node dialled (and does not keep) that were idle for
@@ -292,7 +293,7 @@ impl<H: Clone> Engine<H> {
         }
         if watched {
             self.idle.armed = true;
-            self.set_timer(now + sweep_every(after), Timer::IdleSweep);
+            self.set_timer(later(now, sweep_every(after)), Timer::IdleSweep);
         }
     }
 }

@@ -105,7 +105,10 @@ impl RetryState {
 }
 
 /// `at + d`, or a century later when that does not fit: `Duration::MAX` means "never".
-fn later(at: Instant, d: Duration) -> Instant {
+///
+/// Every instant the engine (and the runtime) computes from a duration a user configured
+/// goes through this, so a huge value (`Duration::MAX` for "forever") never overflows.
+pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
         .unwrap_or(at)

@@ -7,7 +7,9 @@ use std::time::Duration;
 #[non_exhaustive]
 pub struct RelayOptions {
     /// How often the relay looks for rows it was not woken for (written by other processes,
-    /// left by a crash, kept for later). Default 1 s.
+    /// left by a crash, kept for later). Default 1 s; must be above zero
+    /// ([`crate::NodeBuilder::start`] refuses zero). `Duration::MAX` never polls: the relay
+    /// then wakes only for commits made through the store and for changes of peers.
     pub poll: Duration,
     /// How long a row keeps being retried, and waits for a receiver, before it is marked
     /// dead. Default 24 hours.
@@ -39,7 +41,18 @@ impl Default for RelayOptions {
 }
 
 impl RelayOptions {
-    /// Options with this poll interval.
+    /// Refuses options the relay cannot work with: a zero poll interval. Called by
+    /// [`crate::NodeBuilder::start`] before the node starts.
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        if self.poll.is_zero() {
+            return Err(crate::Error::Config(
+                "RelayOptions::poll(0): the outbox relay's poll interval must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Options with this poll interval (above zero: `NodeBuilder::start` refuses zero).
     pub fn poll(mut self, poll: Duration) -> Self {
         self.poll = poll;
         self

@@ -190,6 +190,12 @@ impl Driver {
         tokio::time::Instant::now().into_std()
     }
 
+    /// The node's clock `d` from now, for a timeout a user configured: a century from now
+    /// when `d` does not fit (`Duration::MAX`: never), rather than a panic.
+    pub(crate) fn deadline_in(d: std::time::Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(crate::engine::retry::later(Self::now(), d))
+    }
+
     /// Calls into the engine, then acts on what it asked for.
     pub(crate) fn call<R>(
         self: &Arc<Self>,

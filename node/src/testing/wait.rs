@@ -23,7 +23,7 @@ impl TestMesh {
     /// [`Error::Expectation`] listing everything the probe saw.
     pub async fn expect(&self, expect: Expect) -> Result<Recorded, Error> {
         let within = expect.within.unwrap_or(self.shared.timeout);
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = crate::runtime::Driver::deadline_in(within);
         loop {
             let added = self.shared.recording.added();
             tokio::pin!(added);
@@ -48,7 +48,7 @@ impl TestMesh {
     /// still going on.
     pub async fn expect_none(&self, expect: Expect) -> Result<(), Error> {
         let within = expect.within.unwrap_or(self.shared.quiet);
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = crate::runtime::Driver::deadline_in(within);
         loop {
             let added = self.shared.recording.added();
             tokio::pin!(added);
@@ -208,7 +208,7 @@ impl TestMesh {
         within: Duration,
         mut check: impl FnMut() -> Result<(), String>,
     ) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = crate::runtime::Driver::deadline_in(within);
         loop {
             let activity = self.shared.activity.notified();
             tokio::pin!(activity);

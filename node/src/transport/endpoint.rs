@@ -51,7 +51,7 @@ async fn accept(
     slot: Slot,
 ) -> Result<NodeId, HandshakeError> {
     let addr = incoming.remote_address();
-    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+    let deadline = Driver::deadline_in(driver.config.handshake_timeout);
     let outcome = tokio::time::timeout_at(deadline, incoming).await;
     match &outcome {
         // This node refused the client's TLS (its certificate, or TLS itself): its address
@@ -125,7 +125,7 @@ async fn establish(
     dialed: bool,
     pinned: bool,
 ) -> Result<NodeId, HandshakeError> {
-    let deadline = tokio::time::Instant::now() + driver.config.handshake_timeout;
+    let deadline = Driver::deadline_in(driver.config.handshake_timeout);
     establish_by(driver, conn, dialed, pinned, deadline, None).await
 }
 

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::engine::retry::later;
+
 /// Failures are counted over windows of this length.
 const STRIKE_WINDOW: Duration = Duration::from_secs(1);
 
@@ -69,7 +71,7 @@ impl PenaltyBox {
             return false;
         }
         let penalty = Penalty {
-            until: now + self.duration,
+            until: later(now, self.duration),
             probing: false,
             counting: None,
         };
@@ -139,7 +141,7 @@ impl PenaltyBox {
             Some(penalty.until - now)
         } else {
             *penalty = Penalty {
-                until: now + self.duration,
+                until: later(now, self.duration),
                 probing: true,
                 counting: None,
             };

@@ -312,8 +312,8 @@ async fn remember_groups(node: &WeakNode, store: &Arc<dyn OutboxStore>, options:
                 .collect();
             // Until well after the next poll: a relay busy with many rows may poll late, and a
             // group forgotten meanwhile would miss the events published then.
-            let margin = (options.poll * 3).max(REMEMBER_MARGIN);
-            let until = tokio::time::Instant::now().into_std() + margin;
+            let margin = options.poll.saturating_mul(3).max(REMEMBER_MARGIN);
+            let until = crate::runtime::Driver::deadline_in(margin).into_std();
             peers.remember_groups(subs, until);
         }
         Err(e) => tracing::warn!("outbox relay cannot read or record subscriber groups: {e}"),
