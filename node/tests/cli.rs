@@ -301,6 +301,33 @@ fn serve_stops_gracefully_on_sigterm_and_prints_stats() {
     }
 }
 
+/// `--close-idle-after 0` keeps connections, as its help says: the builder's `None`, not a
+/// zero the node refuses at start.
+#[test]
+fn close_idle_after_zero_keeps_connections() {
+    let (_dir, ca) = mesh("keep");
+    let server = Server::start_with(&ca, "echo", &["--close-idle-after", "0"]);
+    let peer = server.peer();
+    let request = [
+        "request",
+        "--ca",
+        &ca,
+        "--peer",
+        &peer,
+        "--service",
+        "echo",
+        "--name",
+        "echo",
+        "--payload",
+        "kept",
+        "--close-idle-after",
+        "0",
+    ];
+    let out = shoal(&request, Duration::from_secs(30));
+    assert!(out.status.success(), "request failed: {}", out.stderr);
+    assert_eq!(out.stdout, "kept\n");
+}
+
 #[cfg(unix)]
 #[test]
 fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {

@@ -101,7 +101,9 @@ impl NodeArgs {
             .peers(self.peers.iter().copied())
             .connect_on_discovery(self.connect_on_discovery);
         if let Some(secs) = self.close_idle_after {
-            builder = builder.close_idle_after(Some(Duration::from_secs(secs)));
+            // 0 keeps connections: the builder's `None` (it refuses `Some(ZERO)`).
+            let after = (secs > 0).then(|| Duration::from_secs(secs));
+            builder = builder.close_idle_after(after);
         }
         if let Some(window) = self.busy_poll {
             builder = builder.busy_poll(window);
