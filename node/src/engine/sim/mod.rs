@@ -19,6 +19,7 @@ mod background_tests;
 mod backlog_tests;
 mod driver;
 mod duplicate_tests;
+mod hold_tests;
 mod hostile_tests;
 mod lazy_tests;
 mod metrics_tests;
