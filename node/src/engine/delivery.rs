@@ -49,8 +49,8 @@ pub(super) struct Spec {
 pub(super) enum State {
     /// Waits for the key's turn.
     Turn,
-    /// Waits for a live instance.
-    Instance,
+    /// Waits for a live instance; its timer is set for `recheck`.
+    Instance { recheck: Instant },
     /// Waits for room in this connection's window.
     Room(ConnId),
     /// An attempt is on its way: `count` messages numbered from `first`, `left` unanswered.
@@ -138,7 +138,7 @@ impl<H: Clone> Engine<H> {
             node: None,
             last_failure: String::new(),
         };
-        let deadline = delivery.retry.deadline(&delivery.spec.policy);
+        let deadline = waits_for_turn_until(&delivery);
         let d = self.out.deliveries.insert(delivery);
         self.note_sent(d); // metrics.rs
         if let Some(o) = self.out.ops.get_mut(op) {
@@ -194,9 +194,22 @@ impl<H: Clone> Engine<H> {
             };
             return self.dead_letter(d, reason, now);
         }
-        let epoch = self.bump(d, State::Instance);
+        let at = recheck(ask_again, until);
+        // Woken by a change of the peers and still without an instance: it waits on under
+        // the same epoch, and the timer it has stands unless this one comes sooner. (A new
+        // timer per waiting delivery per change would pile up in the heap until their
+        // deadlines, up to a day for an outbox row.) Only `wake_waiting`, which took the
+        // waiting list, attempts a delivery still in this state: it is listed once again.
+        if let State::Instance { recheck: set } = del.state
+            && set <= at
+        {
+            let epoch = del.epoch;
+            self.out.waiting.push((d, epoch));
+            return;
+        }
+        let epoch = self.bump(d, State::Instance { recheck: at });
         self.out.waiting.push((d, epoch));
-        self.set_timer(recheck(ask_again, until), Timer::Delivery(d, epoch));
+        self.set_timer(at, Timer::Delivery(d, epoch));
     }
 
     /// `d` waits for an instance and its timer fired: past its hold (or deadline) it ends
@@ -213,7 +226,11 @@ impl<H: Clone> Engine<H> {
         }
         let route = del.route.clone();
         let ask_again = self.connect_for(&route, now);
-        self.set_timer(recheck(ask_again, until), Timer::Delivery(d, epoch));
+        let at = recheck(ask_again, until);
+        if let Some(del) = self.out.deliveries.get_mut(d) {
+            del.state = State::Instance { recheck: at };
+        }
+        self.set_timer(at, Timer::Delivery(d, epoch));
     }
 
     /// The peers changed: every delivery waiting for an instance looks again, and every one
@@ -224,7 +241,7 @@ impl<H: Clone> Engine<H> {
                 continue;
             };
             match del.state.clone() {
-                State::Instance => self.attempt(d, now),
+                State::Instance { .. } => self.attempt(d, now),
                 State::Resume { node, until } => self.resume(d, node, until, now),
                 _ => {}
             }
@@ -270,11 +287,18 @@ impl<H: Clone> Engine<H> {
         }
         match del.state.clone() {
             State::Turn => {
-                let reason = "the message before it with the same key was still in progress \
-                              at the retry deadline";
-                self.dead_letter(d, reason.into(), now);
+                let reason = match del.spec.hold {
+                    Some(hold) => format!(
+                        "the message before it with the same key was still in progress (or \
+                         held) when this one's retry deadline and hold ({hold:?}) were over"
+                    ),
+                    None => "the message before it with the same key was still in progress \
+                             at the retry deadline"
+                        .into(),
+                };
+                self.dead_letter(d, reason, now);
             }
-            State::Instance => self.instance_timer(d, epoch, now),
+            State::Instance { .. } => self.instance_timer(d, epoch, now),
             State::Room(conn) => {
                 let pending = self.conns.get(conn).map_or(0, |c| c.window.pending());
                 let node = self.conns.get(conn).map(|c| c.node);
@@ -307,6 +331,16 @@ impl<H: Clone> Engine<H> {
             None => 0,
         }
     }
+}
+
+/// How long `del` waits for its key's turn: as long as it may wait at all, its retry deadline
+/// or its hold, whichever ends later. The message before it may be held for a departed group
+/// as long as its own hold; one behind it waits as long (README, "Ordering per key").
+fn waits_for_turn_until(del: &Delivery) -> Instant {
+    let deadline = del.retry.deadline(&del.spec.policy);
+    del.spec
+        .hold
+        .map_or(deadline, |hold| deadline.max(del.created + hold))
 }
 
 /// How long `del` waits for a live instance: its hold, or else its retry deadline.
