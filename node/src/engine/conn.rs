@@ -99,6 +99,9 @@ pub(super) struct Conn {
     acks: RangeSet,
     /// A goodbye to write after everything queued.
     farewell: Option<String>,
+    /// This node said goodbye here (queued or written): it takes no new message, in either
+    /// direction, for good (`farewell` is taken when the goodbye is written).
+    said_goodbye: bool,
     /// The driver has been told there is something to write and has not taken it yet.
     signalled: bool,
     /// When the driver last took bytes to write (see [`super::Engine::write_at_once`]).
@@ -140,6 +143,7 @@ impl Conn {
             full_at: None,
             acks: RangeSet::default(),
             farewell: None,
+            said_goodbye: false,
             signalled: false,
             last_write: None,
             usage,
@@ -155,7 +159,12 @@ impl Conn {
 
     /// Whether new messages may go here.
     pub(super) fn takes_messages(&self) -> bool {
-        !self.leaving && self.farewell.is_none()
+        !self.leaving && !self.said_goodbye
+    }
+
+    /// Whether this node said goodbye on this connection (for being idle, or shutting down).
+    pub(super) fn said_goodbye(&self) -> bool {
+        self.said_goodbye
     }
 
     /// The next sequence number.
@@ -250,7 +259,11 @@ impl Conn {
 
     /// Writes a goodbye after everything queued, then finishes the stream.
     pub(super) fn say_goodbye(&mut self, reason: &str) -> bool {
-        self.farewell.get_or_insert_with(|| reason.to_owned());
+        if self.said_goodbye {
+            return false;
+        }
+        self.said_goodbye = true;
+        self.farewell = Some(reason.to_owned());
         self.signal()
     }
 

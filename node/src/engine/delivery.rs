@@ -49,7 +49,7 @@ pub(super) struct Spec {
 pub(super) enum State {
     /// Waits for the key's turn.
     Turn,
-    /// Waits for a live instance.
+    /// Waits for a live instance, up to its hold or deadline (its timer is set for then).
     Instance,
     /// Waits for room in this connection's window.
     Room(ConnId),
@@ -138,7 +138,7 @@ impl<H: Clone> Engine<H> {
             node: None,
             last_failure: String::new(),
         };
-        let deadline = delivery.retry.deadline(&delivery.spec.policy);
+        let deadline = waits_for_turn_until(&delivery);
         let d = self.out.deliveries.insert(delivery);
         self.note_sent(d); // metrics/hooks.rs
         if let Some(o) = self.out.ops.get_mut(op) {
@@ -194,12 +194,22 @@ impl<H: Clone> Engine<H> {
             };
             return self.dead_letter(d, reason, now);
         }
-        let epoch = self.bump(d, State::Instance);
+        // Woken by a change of the peers and still without an instance: it waits on under
+        // the same epoch, with the timer it has (its wait ends when it did). A new timer per
+        // waiting delivery per change would pile up in the heap until their deadlines, up to
+        // a day for an outbox row. Only `wake_waiting`, which took the waiting list, attempts
+        // a delivery still in this state: it is listed once again.
+        let epoch = if del.state == State::Instance {
+            del.epoch
+        } else {
+            let epoch = self.bump(d, State::Instance);
+            self.set_timer(until, Timer::Delivery(d, epoch));
+            epoch
+        };
         self.out.waiting.push((d, epoch));
         // The instances asked for are asked for again while it waits, by one timer each
         // (`reask.rs`); its own timer is for the end of its wait.
         self.wait_for_asks(&asked, d, epoch);
-        self.set_timer(until, Timer::Delivery(d, epoch));
     }
 
     /// The peers changed: every delivery waiting for an instance looks again, and every one
@@ -256,9 +266,16 @@ impl<H: Clone> Engine<H> {
         }
         match del.state.clone() {
             State::Turn => {
-                let reason = "the message before it with the same key was still in progress \
-                              at the retry deadline";
-                self.dead_letter(d, reason.into(), now);
+                let reason = match del.spec.hold {
+                    Some(hold) => format!(
+                        "the message before it with the same key was still in progress (or \
+                         held) when this one's retry deadline and hold ({hold:?}) were over"
+                    ),
+                    None => "the message before it with the same key was still in progress \
+                             at the retry deadline"
+                        .into(),
+                };
+                self.dead_letter(d, reason, now);
             }
             // Its wait is over (held or deadline passed): ended there.
             State::Instance => self.no_instance(d, now),
@@ -311,6 +328,16 @@ impl<H: Clone> Engine<H> {
             None => 0,
         }
     }
+}
+
+/// How long `del` waits for its key's turn: as long as it may wait at all, its retry deadline
+/// or its hold, whichever ends later. The message before it may be held for a departed group
+/// as long as its own hold; one behind it waits as long (README, "Ordering per key").
+fn waits_for_turn_until(del: &Delivery) -> Instant {
+    let deadline = del.retry.deadline(&del.spec.policy);
+    del.spec
+        .hold
+        .map_or(deadline, |hold| deadline.max(later(del.created, hold)))
 }
 
 /// How long `del` waits for a live instance: its hold, or else its retry deadline.

@@ -15,7 +15,9 @@
 //!   is not), and one side deciding avoids both closing at once. A connection is idle when
 //!   nothing was sent or received on it, and nothing is in flight, queued or handled for it,
 //!   for [`Config::close_idle_after`](crate::config::Config): it then says goodbye like a
-//!   node that shuts down, so nothing on the way is lost.
+//!   node that shuts down. The peer sends what it has not had answered to another instance,
+//!   and this node refuses what arrives after its goodbye (`Engine::on_messages`): a message
+//!   that crossed the goodbye is neither lost nor handled twice.
 
 use std::time::{Duration, Instant};
 

@@ -170,6 +170,7 @@ impl<H: Clone> Engine<H> {
                     c.leaving = true;
                     c.goodbye = Some(goodbye.reason.clone());
                 }
+                self.remember_leaving_groups(conn, now);
                 self.peers.bump();
                 self.fail_conn(
                     conn,
@@ -271,6 +272,35 @@ impl<H: Clone> Engine<H> {
                 }
             }
             _ => self.protocol_error(conn, error.to_string(), true),
+        }
+    }
+
+    /// The peer of `conn` said goodbye: the groups it was the last live (or announced)
+    /// instance of are remembered from now on, as they are once its connection is gone
+    /// ([`super::peers::Peers::remove`]). Between the goodbye and the close the connection no
+    /// longer counts as live: without this, an event published then would find the group
+    /// neither live nor remembered, and go nowhere instead of being held for it.
+    fn remember_leaving_groups(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        if self.peers.current(c.node) != Some(conn) {
+            return;
+        }
+        let grouped = c.subscriptions.iter().filter(|s| s.group.is_some());
+        let departed: Vec<_> = grouped
+            .filter(|sub| {
+                let live = self
+                    .peers
+                    .all()
+                    .filter_map(|other| self.conns.get(other))
+                    .any(|other| !other.leaving && other.subscriptions.contains(sub));
+                !live && !self.peers.directory.advertises(sub, None)
+            })
+            .cloned()
+            .collect();
+        for sub in departed {
+            self.peers.departed_left(sub, now);
         }
     }
 

@@ -9,18 +9,17 @@
 //! of them: ten thousand deliveries held for one unreachable instance cost one ask a wake,
 //! not ten thousand.
 //!
-//! Waiters are checked when met, not when they move on: a delivery whose epoch changed since
-//! it started waiting (it went, ended, or waits anew) is dropped from the front of the list
-//! when the timer fires, and the whole list is swept once it has grown to twice what was
-//! live at its last sweep, so the upkeep is O(1) per delivery that waits. An instance whose
-//! waiters have all moved on, that connected or that is no longer announced is not asked for
-//! again.
+//! Waiters are checked when the timer fires, not when they move on: a delivery whose epoch
+//! changed since it started waiting (it went, ended, or waits anew) is dropped then. A
+//! delivery is listed once per instance however often it looks again (a change of the peers
+//! has every waiting delivery look again, under the same epoch). An instance whose waiters
+//! have all moved on, that connected or that is no longer announced is not asked for again.
 //!
 //! Whatever changes the instances a route can use (one connects, goes, is announced, changes
 //! its subscriptions) changes the peers, and every waiting delivery then looks again itself
 //! ([`Engine::wake_waiting`]), asking for the instances its route has now.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use shoal_proto::NodeId;
@@ -33,9 +32,6 @@ use super::{Engine, Timer};
 /// The instances a delivery asked for, each with when it may be asked for again
 /// ([`Engine::connect_for`]).
 pub(super) type Asked = smallvec::SmallVec<[(NodeId, Instant); 4]>;
-
-/// Below this many waiters an instance's list is not swept: a sweep would save little.
-const SWEEP_FROM: usize = 16;
 
 /// The waiters of every instance asked for. See the module docs.
 #[derive(Debug, Default)]
@@ -52,10 +48,8 @@ struct Waiters {
     /// The instant of the instance's timer ([`Timer::AskAgain`]); a timer set for another
     /// instant was replaced by an earlier one.
     armed: Instant,
-    /// The deliveries, each with the epoch it started waiting in.
-    deliveries: VecDeque<(DeliveryId, u32)>,
-    /// How many were live at the last sweep.
-    kept: usize,
+    /// The deliveries, each with the epoch it waits in.
+    deliveries: HashMap<DeliveryId, u32>,
 }
 
 impl<H: Clone> Engine<H> {
@@ -63,18 +57,12 @@ impl<H: Clone> Engine<H> {
     /// for again when the directory allows, while `d` (or another delivery) still waits.
     pub(super) fn wait_for_asks(&mut self, asked: &Asked, d: DeliveryId, epoch: u32) {
         for &(node, at) in asked {
-            let deliveries = &self.out.deliveries;
             let waiters = self.reasks.by_node.entry(node).or_insert(Waiters {
                 armed: at,
-                deliveries: VecDeque::new(),
-                kept: 0,
+                deliveries: HashMap::new(),
             });
             let arm = waiters.deliveries.is_empty() || at < waiters.armed;
-            waiters.deliveries.push_back((d, epoch));
-            if waiters.deliveries.len() >= 2 * waiters.kept.max(SWEEP_FROM) {
-                waiters.deliveries.retain(|&(d, e)| waits(deliveries, d, e));
-                waiters.kept = waiters.deliveries.len();
-            }
+            waiters.deliveries.insert(d, epoch);
             if arm {
                 waiters.armed = at;
                 self.set_timer(at, Timer::AskAgain(node, at));
@@ -93,12 +81,9 @@ impl<H: Clone> Engine<H> {
         if waiters.armed != at {
             return;
         }
-        while let Some(&(d, epoch)) = waiters.deliveries.front() {
-            if waits(deliveries, d, epoch) {
-                break;
-            }
-            waiters.deliveries.pop_front();
-        }
+        waiters
+            .deliveries
+            .retain(|&d, &mut epoch| waits(deliveries, d, epoch));
         if waiters.deliveries.is_empty() {
             self.reasks.by_node.remove(&node);
             return;
@@ -119,7 +104,7 @@ impl<H: Clone> Engine<H> {
 }
 
 impl Reasks {
-    /// How many entries `node`'s list of waiters holds, moved on or not (for the tests).
+    /// How many deliveries `node`'s list of waiters holds, moved on or not (for the tests).
     #[cfg(test)]
     pub(super) fn listed(&self, node: NodeId) -> usize {
         self.by_node.get(&node).map_or(0, |w| w.deliveries.len())

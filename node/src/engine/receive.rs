@@ -1,13 +1,14 @@
 //! Receiving: what each message that arrives gets (a handler run, an ack, a nack, nothing),
 //! the dedup window, handler slots per peer, and replies.
 //!
-//! A run of messages ([`Messages`]) is refused whole when the node is stopping, when nothing
-//! here handles its name or topic, or (an ordered batch) when it is too large to track. Each
-//! reliable message is then checked against the dedup window: a message handled before is
-//! acknowledged again (a request is answered with its kept reply instead), one being handled
-//! now is answered when its handler finishes, and a new one gets a handler run. Handler runs
-//! take a slot of their peer's; when all are taken the peer's stream is not read until one
-//! frees, so QUIC flow control slows that peer only.
+//! A run of messages ([`Messages`]) is refused whole when the node is stopping or said goodbye
+//! on its connection (closing it for being idle), when nothing here handles its name or
+//! topic, or (an ordered batch) when it is too large to track. Each reliable message is then
+//! checked against the dedup window: a message handled before is acknowledged again (a
+//! request is answered with its kept reply instead), one being handled now is answered when
+//! its handler finishes, and a new one gets a handler run. Handler runs take a slot of their
+//! peer's; when all are taken the peer's stream is not read until one frees, so QUIC flow
+//! control slows that peer only.
 //!
 //! The items of an ordered run are handled one after the other; the first failure stops the
 //! run and the items after it are refused as [`NackCode::Skipped`], so the sender retries
@@ -23,6 +24,7 @@ use smallvec::SmallVec;
 
 use super::action::{Action, ConnId, HandlerOutcome, Run, TaskId};
 use super::answer::is_synchronous;
+use super::conn::Conn;
 use super::dedup::{DedupWindow, Seen};
 use super::local_handlers::LocalHandlers;
 use super::replies::ReplyCache;
@@ -115,13 +117,17 @@ impl<H: Clone> Engine<H> {
                 }
             }
         };
-        if self.lifecycle != Lifecycle::Running {
-            return refuse(
-                self,
-                true,
-                NackCode::ShuttingDown,
-                format!("{} is shutting down", self.id),
-            );
+        // Stopping, or closing `conn` (this node said goodbye on it, for being idle): once the
+        // peer has the goodbye it sends what is unanswered elsewhere, so a message that
+        // crossed the goodbye is refused here, not run on two instances.
+        let closing = self.conns.get(conn).is_some_and(Conn::said_goodbye);
+        if self.lifecycle != Lifecycle::Running || closing {
+            let what = match self.lifecycle {
+                Lifecycle::Running => "closing this connection",
+                _ => "shutting down",
+            };
+            let reason = format!("{} is {what}", self.id);
+            return refuse(self, true, NackCode::ShuttingDown, reason);
         }
         // The policy (authz.rs), before the dedup window or any handler: a sender that may
         // not send this is refused for good, and learns nothing of what is handled here. One

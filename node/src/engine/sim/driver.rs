@@ -273,10 +273,12 @@ impl Sim {
 
     pub(super) fn transmit(&mut self, node: usize, conn: ConnId) {
         let mut buf = bytes::BytesMut::new();
+        let mut finish = false;
         loop {
             let t = self.nodes[node]
                 .engine
                 .poll_transmit(conn, &mut buf, 256 * 1024, self.now);
+            finish |= t.finish;
             if !t.more {
                 break;
             }
@@ -285,12 +287,16 @@ impl Sim {
         for (at, packet) in packets {
             self.schedule(at, Event::Frame(packet));
         }
+        // The goodbye was written: the stream is finished, as the runtime's writer does.
+        if finish {
+            self.net.finish(node, conn);
+        }
     }
 
-    /// Closes the link `conn` of `node` belongs to: both sides lose it once what is on the
-    /// way has arrived.
+    /// Closes the link `conn` of `node` belongs to: what is on the way still arrives, then
+    /// both sides lose it.
     pub(super) fn close(&mut self, node: usize, conn: ConnId, reason: &str) {
-        if let Some(ends) = self.net.cut(node, conn) {
+        if let Some(ends) = self.net.close(node, conn) {
             let at = self.net.drained_at(&ends, self.now);
             for (n, c) in ends {
                 self.schedule(

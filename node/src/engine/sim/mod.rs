@@ -20,6 +20,7 @@ mod backlog_tests;
 mod bounds_tests;
 mod driver;
 mod duplicate_tests;
+mod hold_tests;
 mod hostile_tests;
 mod lazy_tests;
 mod metrics_tests;

@@ -54,6 +54,11 @@ struct Link {
     ends: [(usize, ConnId); 2],
     faults: Faults,
     up: bool,
+    /// Taken down by a close: what was sent before it still arrives (QUIC delivers what is on
+    /// the wire before the close), unlike a cut, which loses it.
+    closing: bool,
+    /// Whether each side finished its stream (after its goodbye): it writes nothing more.
+    finished: [bool; 2],
     /// The last arrival scheduled towards each side (frames arrive in order unless reordered).
     last: [Instant; 2],
     /// Whether each side stopped reading, and the frames held meanwhile.
@@ -85,6 +90,8 @@ impl Net {
             ends: [(a, ca), (b, cb)],
             faults,
             up: true,
+            closing: false,
+            finished: [false; 2],
             last: [far_past; 2],
             paused: [false; 2],
             held: [Vec::new(), Vec::new()],
@@ -108,10 +115,11 @@ impl Net {
             return Vec::new();
         };
         let link = &mut self.links[index];
-        if !link.up {
+        let side = usize::from(link.ends[0].0 == from);
+        // `side` is the receiving end; the sender's is the other.
+        if !link.up || link.finished[1 - side] {
             return Vec::new();
         }
-        let side = usize::from(link.ends[0].0 == from);
         let to = link.ends[side].0;
         let mut out = Vec::new();
         loop {
@@ -172,7 +180,7 @@ impl Net {
     /// the receiver stopped reading (the frame is then held).
     pub(super) fn arrive(&mut self, packet: Packet) -> Option<(ConnId, Frame)> {
         let link = &mut self.links[packet.link];
-        if !link.up {
+        if !link.up && !link.closing {
             return None;
         }
         let side = usize::from(link.ends[1].0 == packet.to);
@@ -198,14 +206,26 @@ impl Net {
         }
     }
 
-    /// Takes the link of `node`'s `conn` down; returns both ends.
-    pub(super) fn cut(&mut self, node: usize, conn: ConnId) -> Option<[(usize, ConnId); 2]> {
+    /// `node` finished its stream on `conn` (it wrote its goodbye): what it writes after that
+    /// is not sent, as a finished QUIC stream takes nothing more.
+    pub(super) fn finish(&mut self, node: usize, conn: ConnId) {
+        if let Some(&index) = self.by_conn.get(&(node, conn)) {
+            let link = &mut self.links[index];
+            let side = usize::from(link.ends[1] == (node, conn));
+            link.finished[side] = true;
+        }
+    }
+
+    /// Closes the link of `node`'s `conn`: nothing more is sent on it, and what is on the way
+    /// still arrives. Returns both ends.
+    pub(super) fn close(&mut self, node: usize, conn: ConnId) -> Option<[(usize, ConnId); 2]> {
         let index = *self.by_conn.get(&(node, conn))?;
         let link = &mut self.links[index];
         if !link.up {
             return None;
         }
         link.up = false;
+        link.closing = true;
         Some(link.ends)
     }
 

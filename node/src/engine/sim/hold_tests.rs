@@ -1,0 +1,190 @@
+//! Events held for a group whose last instance left, on the simulated network: keyed events
+//! behind a held one, a group whose last instance is saying goodbye, and what holding many
+//! events costs while the peers change.
+
+#![cfg(test)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{Handled, Sim};
+use crate::PublishOptions;
+use crate::engine::send::Publishing;
+use crate::engine::{Done, OpId};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `billing` subscribed to `orders.created` as group `billing` and crashed: the group is
+/// remembered by `orders`.
+fn departed_billing(seed: u64) -> (Sim, usize) {
+    let mut sim = Sim::new(seed);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.subscribe(billing, "orders.created", Some("billing"), |_| {
+        Handled::ok()
+    });
+    sim.connect(orders, billing);
+    assert!(sim.run_for(SECOND));
+    sim.crash(billing, Duration::from_millis(10));
+    assert!(sim.run_for(SECOND));
+    (sim, orders)
+}
+
+/// A new instance of `billing` that records the payloads it handles, connected to `orders`.
+fn billing_again(sim: &mut Sim, orders: usize) -> Rc<RefCell<Vec<String>>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let billing = sim.node("billing");
+    let s = Rc::clone(&seen);
+    sim.subscribe(billing, "orders.created", Some("billing"), move |m| {
+        s.borrow_mut()
+            .push(String::from_utf8_lossy(m.payload()).into_owned());
+        Handled::ok()
+    });
+    sim.connect(orders, billing);
+    seen
+}
+
+fn waiting(result: Result<Publishing, crate::Error>) -> OpId {
+    match result {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("not waiting for its receipt: {other:?}"),
+    }
+}
+
+fn published(sim: &Sim, node: usize, op: OpId) -> usize {
+    match sim.result(node, op) {
+        Some(Ok(Done::Published(receipt))) => receipt.deliveries.len(),
+        other => panic!("not published: {other:?}"),
+    }
+}
+
+/// Keyed events for a departed group, held for 120 s (longer than the 30 s retry deadline):
+/// the first is held, and those behind it wait for their turn as long, not only until their
+/// retry deadline. The group comes back after 62 s: all three are handled, in order.
+#[test]
+fn keyed_events_behind_a_held_one_are_held_as_long_as_it() {
+    let (mut sim, orders) = departed_billing(51);
+    let options = PublishOptions::default().hold_for(120 * SECOND);
+    let ops: Vec<OpId> = (0..3)
+        .map(|i| {
+            let event = sim
+                .event("orders.created", format!("e{i}"))
+                .with_key("customer-7");
+            waiting(sim.publish(orders, vec![event], &options))
+        })
+        .collect();
+    sim.run_for(60 * SECOND);
+    for op in &ops {
+        assert!(
+            sim.result(orders, *op).is_none(),
+            "held after 60 s, past the retry deadline: {:?}",
+            sim.result(orders, *op)
+        );
+    }
+    let seen = billing_again(&mut sim, orders);
+    sim.run_for(10 * SECOND);
+    for op in ops {
+        assert_eq!(published(&sim, orders, op), 1);
+    }
+    assert_eq!(*seen.borrow(), ["e0", "e1", "e2"], "in order, once each");
+}
+
+/// Keyed events behind a held one that never gets an instance: dead-lettered at the end of
+/// the hold, saying why.
+#[test]
+fn keyed_events_behind_a_held_one_are_dead_lettered_at_the_end_of_the_hold() {
+    let (mut sim, orders) = departed_billing(52);
+    let options = PublishOptions::default().hold_for(45 * SECOND);
+    let ops: Vec<OpId> = (0..2)
+        .map(|i| {
+            let event = sim
+                .event("orders.created", format!("e{i}"))
+                .with_key("customer-7");
+            waiting(sim.publish(orders, vec![event], &options))
+        })
+        .collect();
+    sim.run_for(44 * SECOND);
+    assert!(ops.iter().all(|op| sim.result(orders, *op).is_none()));
+    sim.run_for(2 * SECOND);
+    for op in ops {
+        match sim.result(orders, op) {
+            Some(Err(crate::Error::DeadLettered(letter))) => {
+                assert!(letter.last_failure.contains("held"), "{letter}");
+            }
+            other => panic!("not dead-lettered: {other:?}"),
+        }
+    }
+}
+
+/// The last instance of a group shuts down: an event published after its goodbye arrived,
+/// before its connection is gone, is held for the group (not unrouted), and goes to the next
+/// instance.
+#[test]
+fn an_event_published_between_the_last_instances_goodbye_and_its_close_is_held() {
+    let mut sim = Sim::new(53);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.subscribe(billing, "orders.created", Some("billing"), |_| {
+        Handled::ok()
+    });
+    sim.connect(orders, billing);
+    assert!(sim.run_for(SECOND));
+    let now = sim.now;
+    sim.nodes[billing].engine.begin_shutdown(now);
+    sim.nodes[billing].engine.say_goodbye(now);
+    sim.settle();
+    // Step by step, until `orders` has the goodbye (the close comes at a later instant).
+    let mut steps = 0;
+    while !sim.nodes[orders].engine.conns.values().any(|c| c.leaving) {
+        let at = sim.next_time().expect("the goodbye is on its way");
+        sim.now = sim.now.max(at);
+        sim.step();
+        steps += 1;
+        assert!(steps < 1000, "no goodbye");
+    }
+    assert_eq!(sim.nodes[orders].engine.conns.len(), 1, "not closed yet");
+    let event = sim.event("orders.created", "during-goodbye");
+    let op = waiting(sim.publish(orders, vec![event], &PublishOptions::default()));
+    assert_eq!(sim.nodes[orders].engine.stats().events_unrouted, 0);
+    sim.run_for(5 * SECOND);
+    assert!(sim.result(orders, op).is_none(), "held");
+    let seen = billing_again(&mut sim, orders);
+    sim.run_for(SECOND);
+    assert_eq!(published(&sim, orders, op), 1);
+    assert_eq!(*seen.borrow(), ["during-goodbye"]);
+}
+
+/// A thousand background events held for a departed group while another peer subscribes and
+/// unsubscribes a hundred times: each change wakes the waiting deliveries, and each keeps one
+/// timer (the heap does not grow by a timer per delivery per change).
+#[test]
+fn held_deliveries_keep_one_timer_each_however_often_the_peers_change() {
+    let (mut sim, orders) = departed_billing(54);
+    let other = sim.node("other");
+    sim.connect(orders, other);
+    assert!(sim.run_for(SECOND));
+    let options = PublishOptions::background().hold_for(Duration::from_secs(3600));
+    for i in 0..1000 {
+        let event = sim.event("orders.created", format!("e{i}"));
+        sim.publish(orders, vec![event], &options)
+            .expect("published");
+    }
+    sim.run_for(SECOND);
+    let before = sim.nodes[orders].engine.timers.len();
+    assert!(before >= 1000, "one timer per held delivery: {before}");
+    for _ in 0..100 {
+        let sub = sim.subscribe(other, "audit.x", Some("audit"), |_| Handled::ok());
+        sim.nodes[other].engine.unsubscribe(sub);
+        sim.settle();
+        sim.run_for(Duration::from_millis(10));
+    }
+    let after = sim.nodes[orders].engine.timers.len();
+    assert_eq!(
+        sim.nodes[orders].engine.out.waiting.len(),
+        1000,
+        "still held"
+    );
+    assert!(
+        after <= before + 10,
+        "the timer heap grew from {before} to {after} over 200 changes of the peers"
+    );
+}
