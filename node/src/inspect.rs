@@ -37,7 +37,10 @@ impl Node {
         // No pong in time, or the connection closed first: either way, no answer.
         tokio::time::timeout(timeout, measure)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: format!("a pong from an instance of `{service}`"),
+                timeout,
+            })?
     }
 
     /// The live peers, with their RTT and load.
@@ -69,7 +72,8 @@ impl Node {
         timeout: Duration,
     ) -> Result<(), Error> {
         let driver = Arc::clone(self.driver());
-        self.wait_until(timeout, || {
+        let live = || driver.call(|engine, now| engine.live_instances(service, now));
+        let ready = || {
             driver.call(|engine, now| {
                 let live = engine.live_instances(service, now);
                 if live < count {
@@ -77,16 +81,19 @@ impl Node {
                 }
                 live
             }) >= count
-        })
-        .await
+        };
+        let waited_for = || format!("{count} instance(s) of `{service}` ({} connected)", live());
+        self.wait_until(timeout, ready, waited_for).await
     }
 
     /// Waits until `ready` holds, checking again on every change of the peers (up and down,
-    /// subscriptions), at most `timeout`.
+    /// subscriptions), at most `timeout`; then [`Error::WaitTimedOut`] with what `waited_for`
+    /// says.
     pub(crate) async fn wait_until(
         &self,
         timeout: Duration,
         mut ready: impl FnMut() -> bool,
+        waited_for: impl FnOnce() -> String,
     ) -> Result<(), Error> {
         let fut = async {
             let mut changes = self.driver().peer_changes();
@@ -97,7 +104,10 @@ impl Node {
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: waited_for(),
+                timeout,
+            })?
     }
 
     /// Says why `service` has, or has no, reachable instance: the connected instances, the
