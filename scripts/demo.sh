@@ -16,7 +16,7 @@ mode=netns
 
 echo "building the demo (debug build)..."
 cargo build --quiet -p shoal --bin shoal -p shoal-examples --example demo
-bin=target/debug
+bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 prefix="shoaldemo$$"
 pids=()

@@ -30,7 +30,7 @@
 //!
 //! # Features
 //!
-//! * `netns`: [`netns`], helpers that build LANs of Linux network namespaces for tests and
+//! * `netns`: the `netns` module, helpers that build LANs of Linux network namespaces for tests and
 //!   benchmarks (needs root at run time).
 
 pub mod advert;

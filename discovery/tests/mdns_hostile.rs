@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use shoal_discovery::mdns::{RejectReason, SERVICE_TYPE};
 use shoal_discovery::netns::{self, Lan};
-use shoal_discovery::{Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, in_root_netns};
+use shoal_discovery::{
+    Browser, Discovery, DiscoveryEvent, InterfaceSelector, MdnsConfig, in_root_netns,
+};
 use shoal_proto::{NodeId, PROTOCOL_VERSION};
 
 use support::{
@@ -227,4 +229,152 @@ fn hostile_announcements_are_rejected_and_recorded() {
     if let Ok(status) = evil.shutdown() {
         let _ = status.recv_timeout(Duration::from_secs(2));
     }
+}
+
+/// What a responder that lies multicasts: instance `x1` at 203.0.113.5 alone (off the link),
+/// `x2` at `on_link` and 203.0.113.6; SRV ports 7301 and 7302; TTL 120 s.
+fn lying_announcement(x1: NodeId, x2: NodeId, on_link: std::net::Ipv4Addr) -> Vec<u8> {
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode};
+    use hickory_resolver::proto::rr::rdata::{A, PTR, SRV, TXT};
+    use hickory_resolver::proto::rr::{Name, RData, Record};
+
+    let name = |text: &str| Name::from_ascii(text).expect("name");
+    let mut message = Message::new(0, MessageType::Response, OpCode::Query);
+    let instances = [
+        (x1, 7301, vec![std::net::Ipv4Addr::new(203, 0, 113, 5)]),
+        (
+            x2,
+            7302,
+            vec![on_link, std::net::Ipv4Addr::new(203, 0, 113, 6)],
+        ),
+    ];
+    for (id, port, ips) in instances {
+        let fullname = name(&format!("{id}.{SERVICE_TYPE}"));
+        let host = name(&format!("liar-{port}.local."));
+        let txt = vec![
+            "svc=steered".to_owned(),
+            format!("id={id}"),
+            format!("pv={PROTOCOL_VERSION}"),
+        ];
+        let records = [
+            (name(SERVICE_TYPE), RData::PTR(PTR(fullname.clone()))),
+            (
+                fullname.clone(),
+                RData::SRV(SRV::new(0, 0, port, host.clone())),
+            ),
+            (fullname, RData::TXT(TXT::new(txt))),
+        ];
+        for (owner, data) in records {
+            message.add_answer(Record::from_rdata(owner, 120, data));
+        }
+        for ip in ips {
+            message.add_answer(Record::from_rdata(host.clone(), 120, RData::A(A(ip))));
+        }
+    }
+    message.to_vec().expect("encode")
+}
+
+/// Whether `rejected` lists `instance`'s addresses `addrs` as off the link.
+fn refused_off_link(
+    rejected: &[shoal_discovery::mdns::RejectedRecord],
+    instance: NodeId,
+    addrs: &[std::net::SocketAddr],
+) -> bool {
+    rejected.iter().any(|r| {
+        r.reason == RejectReason::OffLink
+            && r.instance.starts_with(&instance.to_string())
+            && r.addrs == addrs
+    })
+}
+
+/// A host announces instances whose addresses point off the LAN. Neither Shoal's listener
+/// (host 0) nor mdns-sd's browse (host 1, no start-up query) takes those addresses: the
+/// instance with only such an address is refused, the other keeps its address on the LAN, and
+/// both record the dropped addresses as `OffLink`.
+#[test]
+fn addresses_off_the_link_are_refused() {
+    if !netns_or_skip("addresses_off_the_link_are_refused") {
+        return;
+    }
+    let lan = Lan::new(3).expect("build LAN");
+    let lan0 = || MdnsConfig::new([InterfaceSelector::name(netns::HOST_IF)]);
+    let mut observers = [
+        start_in(
+            lan.host(0),
+            lan0(),
+            local(random_id(), "listener", "0.0.0.0:7000"),
+        ),
+        start_in(
+            lan.host(1),
+            lan0().startup_query(false),
+            local(random_id(), "browse", "0.0.0.0:7000"),
+        ),
+    ];
+    audit_daemon_threads(&[lan.host(0), lan.host(1)]);
+    let (x1, x2) = (random_id(), random_id());
+    let datagram = lying_announcement(x1, x2, lan.addr(2));
+
+    // The liar: a plain UDP socket made in host 2's namespace (it stays there), no mDNS.
+    let from = lan.addr(2);
+    let liar = netns::run_in(lan.host(2), move || {
+        let socket = std::net::UdpSocket::bind((from, 0)).expect("bind");
+        socket.set_multicast_ttl_v4(255).expect("ttl");
+        socket
+    })
+    .expect("enter h2");
+    let group: std::net::SocketAddr = "224.0.0.251:5353".parse().expect("group");
+    let (x1_off, x2_off) = (
+        [sock(std::net::Ipv4Addr::new(203, 0, 113, 5), 7301)],
+        [sock(std::net::Ipv4Addr::new(203, 0, 113, 6), 7302)],
+    );
+    for observer in &mut observers {
+        // Sent again (a few times at most) until this observer has heard it.
+        let deadline = Instant::now() + STEP;
+        let hint = loop {
+            liar.send_to(&datagram, group).expect("send");
+            let up = observer.wait_for(
+                Duration::from_millis(200),
+                |e| matches!(e, DiscoveryEvent::Up(h) if h.node_id == Some(x2)),
+            );
+            if let Some(DiscoveryEvent::Up(hint)) = up {
+                break hint;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw x2: {:#?}",
+                observer.id,
+                observer.mdns.diagnostics()
+            );
+        };
+        assert_eq!(
+            hint.addrs,
+            vec![sock(lan.addr(2), 7302)],
+            "only the LAN address"
+        );
+        // The datagram that brought x2 up refused x1 before (it comes first).
+        let diagnostics = observer.mdns.diagnostics();
+        let rejected = &diagnostics.rejected;
+        assert!(
+            refused_off_link(rejected, x1, &x1_off) && refused_off_link(rejected, x2, &x2_off),
+            "{} ({:?}): {rejected:#?}",
+            observer.id,
+            diagnostics.browser
+        );
+        assert!(
+            diagnostics.peers.iter().all(|p| p.node_id != x1),
+            "x1 is never a peer: {diagnostics:#?}"
+        );
+        assert!(
+            observer.backlog.iter().all(|e| !matches!(
+                e,
+                DiscoveryEvent::Up(h) | DiscoveryEvent::Updated(h) if h.node_id == Some(x1)
+            )),
+            "{:?}",
+            observer.backlog
+        );
+    }
+    assert_eq!(
+        observers.map(|o| o.mdns.diagnostics().browser),
+        [Some(Browser::Shoal), Some(Browser::MdnsSd)]
+    );
 }

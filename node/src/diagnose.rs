@@ -44,6 +44,7 @@ impl DialFailures {
 
 /// An instance a discovery source reported for the diagnosed service.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AnnouncedInstance {
     /// Its node id, if the source knows it.
     pub node: Option<NodeId>,

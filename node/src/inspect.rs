@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::dead_letter::DeadLetter;
 use crate::diagnose::ServiceDiagnosis;
@@ -21,13 +21,14 @@ impl Node {
         let measure = async {
             let mut changes = driver.peer_changes();
             let op = loop {
-                // Connects to an announced instance if none is connected.
-                driver.call(|engine, now| engine.want_service(service, now));
+                // Connects to an announced instance if none is connected; asks again when
+                // the directory allows, in case the dial failed.
+                let again = driver.call(|engine, now| engine.want_service(service, now));
                 let nonce = rand::random();
                 if let Some(op) = driver.call(|engine, now| engine.ping(service, nonce, now)) {
                     break OpFuture::new(Arc::clone(&driver), op);
                 }
-                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+                peers_change_or(&mut changes, again).await?;
             };
             match op.await? {
                 Done::Pong(rtt) => Ok(rtt),
@@ -64,7 +65,9 @@ impl Node {
     }
 
     /// Waits until at least `count` instances of `service` are connected, at most `timeout`.
-    /// Instances discovery announced are connected to meanwhile (as a send would).
+    /// Instances discovery announced are connected to meanwhile (as a send would), and asked
+    /// for again while they do not connect (a dial may have failed): 1 s after the first
+    /// ask, backing off to once in 8 s.
     pub async fn wait_for_instances(
         &self,
         service: &str,
@@ -72,18 +75,30 @@ impl Node {
         timeout: Duration,
     ) -> Result<(), Error> {
         let driver = Arc::clone(self.driver());
-        let live = || driver.call(|engine, now| engine.live_instances(service, now));
-        let ready = || {
-            driver.call(|engine, now| {
-                let live = engine.live_instances(service, now);
-                if live < count {
-                    engine.want_service(service, now);
+        let fut = async {
+            let mut changes = driver.peer_changes();
+            loop {
+                let again = driver.call(|engine, now| {
+                    if engine.live_instances(service, now) >= count {
+                        return Ok(());
+                    }
+                    Err(engine.want_service(service, now))
+                });
+                match again {
+                    Ok(()) => return Ok(()),
+                    Err(again) => peers_change_or(&mut changes, again).await?,
                 }
-                live
-            }) >= count
+            }
         };
-        let waited_for = || format!("{count} instance(s) of `{service}` ({} connected)", live());
-        self.wait_until(timeout, ready, waited_for).await
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: format!(
+                    "{count} instance(s) of `{service}` ({} connected)",
+                    driver.call(|engine, now| engine.live_instances(service, now))
+                ),
+                timeout,
+            })?
     }
 
     /// Waits until `ready` holds, checking again on every change of the peers (up and down,
@@ -98,7 +113,7 @@ impl Node {
         let fut = async {
             let mut changes = self.driver().peer_changes();
             while !ready() {
-                changes.changed().await.map_err(|_| Error::ShuttingDown)?;
+                peers_change_or(&mut changes, None).await?;
             }
             Ok(())
         };
@@ -160,6 +175,27 @@ impl Node {
     /// The most recent dead letters (bounded; see [`crate::NodeBuilder::dead_letter_capacity`]).
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.driver().read(|engine| engine.dead_letters())
+    }
+}
+
+/// Waits for the next change of the peers, or until `again` if that comes first: the instant
+/// the announced instances a caller waits for may be asked for again
+/// ([`crate::engine::Engine::want_service`]), so a dial that failed is followed by another
+/// although nothing else changes. `again` is on the node's clock
+/// ([`crate::runtime::Driver::now`]: tokio's).
+async fn peers_change_or(
+    changes: &mut watch::Receiver<u64>,
+    again: Option<Instant>,
+) -> Result<(), Error> {
+    let ask_again = async {
+        match again {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        changed = changes.changed() => changed.map_err(|_| Error::ShuttingDown),
+        () = ask_again => Ok(()),
     }
 }
 

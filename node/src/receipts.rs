@@ -7,6 +7,7 @@ use shoal_proto::{MessageId, NodeId};
 
 /// Proof that a message was handled: returned by [`crate::Node::send`] once the receiver acked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Receipt {
     /// The message's id.
     pub id: MessageId,
@@ -45,6 +46,7 @@ pub struct EventDelivery {
 
 /// A live peer, as listed by [`crate::Node::peers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerInfo {
     /// The peer's node id.
     pub node: NodeId,

@@ -1,7 +1,7 @@
 //! Connections where they are used, between real nodes on 127.0.0.1: discovering an instance is
 //! not connecting to it, a send or publish connects on first use, idle connections close, a
-//! publisher learns subscribers from their announcements, and a send whose dial failed asks
-//! for another.
+//! publisher learns subscribers from their announcements, and a send, a ping or a wait for
+//! instances whose dial failed asks for another.
 //!
 //! Discovery here is [`Board`], an in-process stand-in for DNS-SD: each node's source announces
 //! the node (its subscriptions included, updated when they change) to every other node's
@@ -235,6 +235,80 @@ impl Discovery for Manual {
         *self.0.lock().unwrap() = Some(events);
         Ok(())
     }
+}
+
+/// What a caller of `orders` does while the dial to `billing` fails.
+enum Caller {
+    /// [`Node::wait_for_instances`].
+    WaitForInstances,
+    /// [`Node::ping`].
+    Ping,
+}
+
+/// `orders` learns of `billing` at an address where nothing answers; `caller` waits for
+/// billing (10 s at most), whose first dial fails. The announcement then moves to where
+/// billing listens, which changes no peer: the caller asks again by itself when the directory
+/// allows (a second or so after its first ask) and reaches billing well within its time.
+async fn a_caller_whose_dial_failed_asks_again(caller: Caller) {
+    let mesh = Mesh::new();
+    let billing = mesh.start("billing", &[]).await;
+    let manual = Manual::default();
+    let builder = mesh
+        .builder("orders")
+        .discovery(manual.clone())
+        .handshake_timeout(Duration::from_millis(300));
+    let orders = mesh.start_with(builder, &[]).await;
+    let mut events = orders.events();
+    // A socket nobody reads: a dial there gets no answer.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let announce = |addr| PeerHint {
+        node_id: Some(billing.id()),
+        service: Some("billing".to_owned()),
+        addrs: vec![addr],
+        source: Source::Mdns,
+        subscriptions: Some(Vec::new()),
+        multicast: None,
+    };
+    manual.tell(DiscoveryEvent::Up(announce(silent_addr)));
+    until(&orders, "billing discovered", |n| n.discovered().len() == 1).await;
+
+    let waiting = {
+        let orders = orders.clone();
+        tokio::spawn(async move {
+            match caller {
+                Caller::WaitForInstances => orders.wait_for_instances("billing", 1, WAIT).await,
+                Caller::Ping => orders.ping("billing", WAIT).await.map(|_| ()),
+            }
+        })
+    };
+    next_event(
+        &mut events,
+        WAIT,
+        |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == silent_addr),
+    )
+    .await;
+    manual.tell(DiscoveryEvent::Updated(announce(billing.local_addr())));
+    timeout(WAIT + Duration::from_secs(1), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("billing not reached in 10 s: nothing dialled it again");
+    assert_eq!(connected_services(&orders), ["billing"]);
+    drop(silent);
+    for node in [orders, billing] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_instances_asks_again_after_a_failed_dial() {
+    a_caller_whose_dial_failed_asks_again(Caller::WaitForInstances).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_asks_again_after_a_failed_dial() {
+    a_caller_whose_dial_failed_asks_again(Caller::Ping).await;
 }
 
 /// `orders` learns of `billing` at an address where nothing answers: the dial its send asks for

@@ -1,7 +1,7 @@
 //! Retry deadlines in virtual time (`tokio::time::pause`): long policies checked in
 //! milliseconds of real time. The schedule itself (backoff, jitter bounds, attempt limits) is
 //! unit-tested without any clock in `node/src/core/retry.rs`, and the dedup window's ageing in
-//! `node/src/core/dedup.rs`.
+//! `node/src/engine/dedup.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant as WallClock};

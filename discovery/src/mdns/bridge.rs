@@ -15,6 +15,7 @@ use mdns_sd::{DaemonEvent, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 #[cfg(doc)]
 use super::MdnsConfig;
 use super::ears::InterfaceWatch;
+use super::link::{links, on_links, refuse_off_link};
 use super::record::{self, Announcement, ReceivedAddr, SERVICE_TYPE};
 use super::state::{State, lock};
 use crate::event::{DiscoveryError, EventSender};
@@ -156,8 +157,22 @@ impl Bridge {
     fn on_service_event(&self, event: ServiceEvent) {
         let forward = match event {
             ServiceEvent::ServiceResolved(resolved) => {
-                let announcement = announcement(&resolved);
-                lock(&self.state).on_resolved(&announcement, Instant::now())
+                let (mut announcement, heard) = announcement(&resolved);
+                // mdns-sd keeps every address it hears, wherever it points: only those on
+                // the link of an interface they were heard on are taken in (`link.rs`).
+                let links = links().unwrap_or_else(|e| {
+                    lock(&self.state).note(format!("interfaces not listed: {e}"));
+                    Default::default()
+                });
+                let (on, off) = on_links(heard, &links);
+                announcement.addrs = on;
+                let mut state = lock(&self.state);
+                let now = Instant::now();
+                if refuse_off_link(&announcement, off, &mut state, now) {
+                    state.on_resolved(&announcement, now)
+                } else {
+                    None
+                }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => lock(&self.state).on_removed(&fullname),
             _ => None,
@@ -192,35 +207,40 @@ impl Bridge {
     }
 }
 
-/// Copies what the checks need out of mdns-sd's resolved service.
-fn announcement(resolved: &mdns_sd::ResolvedService) -> Announcement {
+/// Copies what the checks need out of mdns-sd's resolved service, its addresses left out:
+/// they come apart, each with the interfaces it was heard on.
+fn announcement(
+    resolved: &mdns_sd::ResolvedService,
+) -> (Announcement, Vec<(ReceivedAddr, Vec<String>)>) {
     let mut via = Vec::new();
     let mut addrs = Vec::new();
     for scoped in resolved.get_addresses() {
-        let (ip, scope_id) = match scoped {
+        let (ip, scope_id, heard_on) = match scoped {
             ScopedIp::V4(v4) => {
-                via.extend(v4.interface_ids().iter().map(|i| i.name.clone()));
-                (IpAddr::V4(*v4.addr()), 0)
+                let on: Vec<String> = v4.interface_ids().iter().map(|i| i.name.clone()).collect();
+                (IpAddr::V4(*v4.addr()), 0, on)
             }
             ScopedIp::V6(v6) => {
-                via.push(v6.scope_id().name.clone());
-                (IpAddr::V6(*v6.addr()), v6.scope_id().index)
+                let on = vec![v6.scope_id().name.clone()];
+                (IpAddr::V6(*v6.addr()), v6.scope_id().index, on)
             }
-            other => (other.to_ip_addr(), 0),
+            other => (other.to_ip_addr(), 0, Vec::new()),
         };
-        addrs.push(ReceivedAddr { ip, scope_id });
+        via.extend(heard_on.iter().cloned());
+        addrs.push((ReceivedAddr { ip, scope_id }, heard_on));
     }
     via.sort();
     via.dedup();
-    Announcement {
+    let announcement = Announcement {
         fullname: resolved.get_fullname().to_owned(),
         port: resolved.get_port(),
-        addrs,
+        addrs: Vec::new(),
         txt: resolved
             .get_properties()
             .iter()
             .map(|p| (p.key().to_owned(), p.val().map(<[u8]>::to_vec)))
             .collect(),
         via,
-    }
+    };
+    (announcement, addrs)
 }

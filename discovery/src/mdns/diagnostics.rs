@@ -24,7 +24,9 @@ pub struct MdnsDiagnostics {
     pub peers: Vec<SeenInstance>,
     /// Recently rejected announcements, oldest first, at most [`MAX_REJECTED_RECORDS`].
     pub rejected: Vec<RejectedRecord>,
-    /// How many announcements were rejected since start (repeats included).
+    /// How many announcements were rejected since start (repeats included), counting too
+    /// those that kept some addresses but had others dropped as off the link
+    /// ([`RejectReason::OffLink`](super::RejectReason::OffLink)).
     pub rejected_total: u64,
     /// Recent notes from the mDNS daemon (errors, address changes, announcements), oldest first.
     pub notes: Vec<String>,

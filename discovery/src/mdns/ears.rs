@@ -76,8 +76,18 @@ impl Ears {
         };
         let (kept, gone): (Vec<OpenEar>, Vec<OpenEar>) = std::mem::take(&mut self.open)
             .into_iter()
-            .partition(|open| wanted.iter().any(|(key, _)| *key == open.key));
+            .partition(|open| wanted.iter().any(|wanted| wanted.key == open.key));
         self.open = kept;
+        // An interface's addresses change without a new index: what its socket checks the
+        // announced addresses against follows them.
+        for open in &self.open {
+            if let Some(wanted) = wanted.iter().find(|wanted| wanted.key == open.key) {
+                let mut link = lock(&open.link);
+                if **link != wanted.link {
+                    *link = Arc::new(wanted.link.clone());
+                }
+            }
+        }
         for ear in gone {
             lock(self.state()).note(format!(
                 "listener: {} is no longer selected; its group socket is closed",
@@ -87,7 +97,7 @@ impl Ears {
         }
         let new: Vec<_> = wanted
             .into_iter()
-            .filter(|(key, _)| !self.open.iter().any(|open| open.key == *key))
+            .filter(|wanted| !self.open.iter().any(|open| open.key == wanted.key))
             .collect();
         if new.is_empty() {
             return Vec::new();

@@ -31,6 +31,12 @@
 //! addresses as last heard (until their TTL) and reports both. The listener runs where the
 //! start-up query does, on links with IPv4; IPv6-only links use mdns-sd's browse. The sockets
 //! follow the interfaces as they change (`ears.rs`).
+//!
+//! # Addresses off the link
+//!
+//! Each socket knows the subnets of its interface (its [`Link`], kept current at every
+//! interface check): of what a datagram announces, only the addresses on that link are taken
+//! in, and an announcement with none left is refused (`link.rs` says why and how).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
@@ -43,6 +49,7 @@ use hickory_resolver::proto::op::{Message, MessageType};
 
 use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
+use super::link::{self, Link, keep_on_link};
 use super::message::{announcements, said};
 use super::oneshot::{MDNS_GROUP, MDNS_PORT};
 use super::record::Announcement;
@@ -62,6 +69,9 @@ const READ_POLL: Duration = Duration::from_secs(2);
 /// §6.7, which would have the instance expire long before its next announcement).
 pub(super) const DEFAULT_TTL: Duration = Duration::from_secs(120);
 
+/// The link of a group socket's interface, as the last interface check found it.
+pub(super) type SharedLink = Arc<Mutex<Arc<Link>>>;
+
 /// One group socket, on one selected interface.
 pub(super) struct Ear {
     interface: String,
@@ -70,12 +80,14 @@ pub(super) struct Ear {
     /// Whether this socket hears the IPv6 group.
     v6: bool,
     socket: UdpSocket,
+    /// The interface's subnets: which announced addresses are on its link.
+    link: SharedLink,
 }
 
 impl Ear {
     /// A socket hearing the IPv4 mDNS group on the interface `interface` (index `index`),
     /// whose IPv4 address is `ip`.
-    pub(super) fn open_v4(interface: String, index: u32, ip: Ipv4Addr) -> io::Result<Self> {
+    fn open_v4(interface: String, index: u32, ip: Ipv4Addr) -> io::Result<Self> {
         let socket = group_socket(socket2::Domain::IPV4)?;
         #[cfg(target_os = "linux")]
         socket.set_multicast_all_v4(false)?;
@@ -90,11 +102,12 @@ impl Ear {
             index,
             v6: false,
             socket: socket.into(),
+            link: SharedLink::default(),
         })
     }
 
     /// A socket hearing the IPv6 mDNS group on the interface `interface` (index `index`).
-    pub(super) fn open_v6(interface: String, index: u32) -> io::Result<Self> {
+    fn open_v6(interface: String, index: u32) -> io::Result<Self> {
         let socket = group_socket(socket2::Domain::IPV6)?;
         socket.set_only_v6(true)?;
         #[cfg(target_os = "linux")]
@@ -107,6 +120,7 @@ impl Ear {
             index,
             v6: true,
             socket: socket.into(),
+            link: SharedLink::default(),
         })
     }
 }
@@ -130,43 +144,56 @@ impl Ear {
     }
 }
 
+/// A group socket wanted: its key, an address of its interface, and the interface's link.
+pub(super) struct Wanted {
+    pub(super) key: EarKey,
+    ip: IpAddr,
+    pub(super) link: Link,
+}
+
 /// The group sockets `selected` selects now, one per interface and address family, with an
-/// address of the interface (`None` if the interfaces cannot be listed: said in a note).
+/// address of the interface and its link (`None` if the interfaces cannot be listed: said in
+/// a note).
 pub(super) fn selected_ears(
     selected: &[InterfaceSelector],
     state: &Mutex<State>,
-) -> Option<Vec<(EarKey, IpAddr)>> {
-    let interfaces = match selected_addrs(selected) {
-        Ok(list) => list,
+) -> Option<Vec<Wanted>> {
+    let listed = selected_addrs(selected).and_then(|list| Ok((list, link::links()?)));
+    let (interfaces, links) = match listed {
+        Ok(listed) => listed,
         Err(e) => {
             lock(state).note(format!("listener: interfaces not listed: {e}"));
             return None;
         }
     };
-    let mut ears: Vec<(EarKey, IpAddr)> = Vec::new();
+    let mut ears: Vec<Wanted> = Vec::new();
     for (interface, index, ip) in interfaces {
+        let link = links.get(&interface).cloned().unwrap_or_default();
         let key = EarKey {
             interface,
             index,
             v6: ip.is_ipv6(),
         };
-        if !ears.iter().any(|(k, _)| *k == key) {
-            ears.push((key, ip));
+        if !ears.iter().any(|wanted| wanted.key == key) {
+            ears.push(Wanted { key, ip, link });
         }
     }
     Some(ears)
 }
 
 /// Opens the group sockets of `wanted` (from [`selected_ears`]); failures become notes.
-pub(super) fn open_ears(wanted: Vec<(EarKey, IpAddr)>, state: &Mutex<State>) -> Vec<Ear> {
+pub(super) fn open_ears(wanted: Vec<Wanted>, state: &Mutex<State>) -> Vec<Ear> {
     let mut ears = Vec::new();
-    for (key, ip) in wanted {
+    for Wanted { key, ip, link } in wanted {
         let ear = match ip {
             IpAddr::V4(ip) => Ear::open_v4(key.interface.clone(), key.index, ip),
             IpAddr::V6(_) => Ear::open_v6(key.interface.clone(), key.index),
         };
         match ear {
-            Ok(ear) => ears.push(ear),
+            Ok(ear) => {
+                *lock(&ear.link) = Arc::new(link);
+                ears.push(ear);
+            }
             Err(e) => lock(state).note(format!(
                 "listener: no group socket on {} ({ip}): {e}",
                 key.interface
@@ -193,6 +220,8 @@ pub(super) struct OpenEar {
     pub(super) key: EarKey,
     /// A handle on the thread's socket, to end its read.
     socket: UdpSocket,
+    /// Its interface's link, which the interface checks keep current.
+    pub(super) link: SharedLink,
     /// Set when this socket's interface is no longer selected (the listener goes on).
     closed: Arc<AtomicBool>,
     pub(super) thread: JoinHandle<()>,
@@ -231,6 +260,7 @@ impl Listener {
         let socket = ear.socket.try_clone()?;
         ear.socket.set_read_timeout(Some(READ_POLL))?;
         let key = ear.key();
+        let link = Arc::clone(&ear.link);
         let closed = Arc::new(AtomicBool::new(false));
         let thread = {
             let (listener, table, closed) =
@@ -242,6 +272,7 @@ impl Listener {
         Ok(OpenEar {
             key,
             socket,
+            link,
             closed,
             thread,
         })
@@ -275,8 +306,9 @@ impl Listener {
         }
         // An announcement repeated word for word (every node's, every minute) only moves the
         // expiry on: no parse, no checks, as long as it is still what its instance last said
-        // (`table.rs` says when).
-        let fingerprint = fingerprint(datagram, ear.index);
+        // (`table.rs` says when) and the link it was checked against has not changed.
+        let link = Arc::clone(&lock(&ear.link));
+        let fingerprint = table.fingerprint(datagram, ear.index, &link);
         if let Some(key) = table.repeat(fingerprint, now)
             && lock(&self.state).touch(&key, now)
         {
@@ -303,6 +335,9 @@ impl Listener {
             let ttl = said.ttls.get(&key).copied().unwrap_or(DEFAULT_TTL);
             scope_link_local(&mut announcement, ear.index);
             announcement.via = vec![ear.interface.clone()];
+            if !keep_on_link(&mut announcement, &link, &mut lock(&self.state), now) {
+                continue;
+            }
             let fingerprint = only_one.then_some(fingerprint);
             let event = table.resolve(
                 &mut lock(&self.state),
@@ -326,7 +361,7 @@ impl Listener {
 
 /// Gives the link-local IPv6 addresses of `announcement` the scope of the interface they
 /// were heard on (a datagram on a link carries the addresses valid on that link).
-fn scope_link_local(announcement: &mut Announcement, index: u32) {
+pub(super) fn scope_link_local(announcement: &mut Announcement, index: u32) {
     for addr in &mut announcement.addrs {
         if let IpAddr::V6(ip) = addr.ip
             && ip.segments()[0] & 0xffc0 == 0xfe80
@@ -342,4 +377,3 @@ mod table;
 mod tests;
 
 pub(super) use table::Table;
-use table::fingerprint;

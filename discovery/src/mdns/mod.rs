@@ -46,6 +46,7 @@ mod config;
 mod diagnostics;
 mod ears;
 mod introduce;
+mod link;
 mod listen;
 mod message;
 mod netif;

@@ -15,7 +15,8 @@
 //! responders answer it at once, by unicast to the querier, with no rate limit (it reaches only
 //! the asker, so it cannot flood the link). The answer carries PTR, SRV, TXT and address
 //! records together, and goes through the same checks as what mdns-sd resolves
-//! ([`record::check`]).
+//! ([`record::check`]), after the addresses not on the asking interface's link are dropped
+//! (`link.rs`), as the listener drops them.
 //!
 //! # Why the repeats are ours too
 //!
@@ -48,7 +49,8 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 use super::announce::selected_addrs;
 use super::config::InterfaceSelector;
 use super::introduce::Introduction;
-use super::listen::{DEFAULT_TTL, Table};
+use super::link::{self, Link, keep_on_link};
+use super::listen::{DEFAULT_TTL, Table, scope_link_local};
 use super::message::announcements;
 use super::record::SERVICE_TYPE;
 use super::state::{State, lock};
@@ -95,9 +97,13 @@ pub(super) struct StartupQuery {
 /// One socket, bound to one selected interface's IPv4 address.
 pub(super) struct Asker {
     interface: String,
+    /// The interface's index: the scope of the link-local addresses answered on it.
+    index: u32,
     socket: UdpSocket,
     /// The introduction sent from this interface, if this node announces an address on it.
     introduction: Option<Vec<u8>>,
+    /// The interface's subnets: which answered addresses are on its link.
+    link: Link,
 }
 
 impl StartupQuery {
@@ -170,7 +176,7 @@ impl StartupQuery {
                     continue;
                 };
                 *read += 1;
-                if self.on_datagram(&buf[..n], id, &asker.interface) {
+                if self.on_datagram(&buf[..n], id, &asker.interface, asker.index, &asker.link) {
                     answered = true;
                     if !*introduced {
                         *introduced = true;
@@ -183,21 +189,24 @@ impl StartupQuery {
 
     /// A socket per selected interface with an IPv4 address; failures become notes.
     pub(super) fn askers(&self) -> Vec<Asker> {
-        let interfaces = match selected_addrs(&self.selected) {
-            Ok(list) => list,
+        let listed = selected_addrs(&self.selected).and_then(|list| Ok((list, link::links()?)));
+        let (interfaces, links) = match listed {
+            Ok(listed) => listed,
             Err(e) => {
                 lock(&self.state).note(format!("start-up query: interfaces not listed: {e}"));
                 return Vec::new();
             }
         };
         let mut askers = Vec::new();
-        for (interface, _index, ip) in interfaces {
+        for (interface, index, ip) in interfaces {
             let IpAddr::V4(ip) = ip else {
                 continue;
             };
             match asker_socket(ip) {
                 Ok(socket) => askers.push(Asker {
+                    link: links.get(&interface).cloned().unwrap_or_default(),
                     interface,
+                    index,
                     socket,
                     introduction: self.introduction.as_ref().and_then(|i| i.message(ip)),
                 }),
@@ -222,9 +231,17 @@ impl StartupQuery {
         }
     }
 
-    /// Reports every valid instance an answer shows; ignores anything that is not the answer
-    /// to our query. Returns whether it was such an answer.
-    fn on_datagram(&self, datagram: &[u8], id: u16, interface: &str) -> bool {
+    /// Reports every valid instance an answer heard on `interface` (numbered `index`, whose
+    /// link is `link`) shows; ignores anything that is not the answer to our query. Returns
+    /// whether it was such an answer.
+    fn on_datagram(
+        &self,
+        datagram: &[u8],
+        id: u16,
+        interface: &str,
+        index: u32,
+        link: &Link,
+    ) -> bool {
         let Ok(message) = Message::from_vec(datagram) else {
             return false;
         };
@@ -233,12 +250,16 @@ impl StartupQuery {
         }
         let now = Instant::now();
         for mut announcement in announcements(&message) {
+            scope_link_local(&mut announcement, index);
             announcement.via = vec![interface.to_owned()];
             let event = {
                 // The table's lock first, as the listener takes them.
                 let mut table = self.table.as_ref().map(|table| lock(table));
                 let mut state = lock(&self.state);
                 state.startup_query_answers += 1;
+                if !keep_on_link(&mut announcement, link, &mut state, now) {
+                    continue;
+                }
                 match &mut table {
                     Some(table) => {
                         table.resolve(&mut state, &mut announcement, DEFAULT_TTL, now, None)

@@ -57,6 +57,10 @@ pub enum RejectReason {
     NoUsableAddress,
     /// Too many instances are tracked already; new ones are refused until some leave.
     TooManyInstances,
+    /// Addresses not on the link the announcement was heard on: not in a subnet of the
+    /// interface it arrived on (IPv6 link-local addresses always are). They are dropped, and
+    /// the record lists them; an announcement with no address left is refused as a whole.
+    OffLink,
 }
 
 impl fmt::Display for RejectReason {
@@ -79,6 +83,7 @@ impl fmt::Display for RejectReason {
             Self::ZeroPort => write!(f, "port 0"),
             Self::NoUsableAddress => write!(f, "no usable address"),
             Self::TooManyInstances => write!(f, "too many instances tracked"),
+            Self::OffLink => write!(f, "addresses not on the link it was heard on"),
         }
     }
 }

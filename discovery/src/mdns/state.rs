@@ -188,7 +188,8 @@ impl State {
             .map(|gone| DiscoveryEvent::Down(hint(&gone)))
     }
 
-    fn reject(&mut self, a: &Announcement, reason: RejectReason, now: Instant) {
+    /// Records `a` as refused for `reason` (its addresses listed, a few at most).
+    pub(crate) fn reject(&mut self, a: &Announcement, reason: RejectReason, now: Instant) {
         self.rejected_total += 1;
         let instance = record::printable_name(&a.fullname);
         tracing::debug!(%instance, %reason, "mdns: rejected announcement");

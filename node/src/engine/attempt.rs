@@ -151,7 +151,7 @@ impl<H: Clone> Engine<H> {
             self.transmit(conn);
         }
         if attempt > 1 {
-            self.note_retried(d); // metrics.rs
+            self.note_retried(d); // metrics/hooks.rs
         }
         if !reliable {
             return self.succeed(d, now);
@@ -198,7 +198,7 @@ impl<H: Clone> Engine<H> {
             code, retryable, ..
         } = &answer
         {
-            self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics.rs
+            self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics/hooks.rs
         }
         let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
             return;

@@ -140,7 +140,7 @@ impl<H: Clone> Engine<H> {
         };
         let deadline = delivery.retry.deadline(&delivery.spec.policy);
         let d = self.out.deliveries.insert(delivery);
-        self.note_sent(d); // metrics.rs
+        self.note_sent(d); // metrics/hooks.rs
         if let Some(o) = self.out.ops.get_mut(op) {
             o.deliveries.push(d);
         }
@@ -169,7 +169,7 @@ impl<H: Clone> Engine<H> {
         // instances discovery announced for this route. A reliable delivery waits for them
         // below; a best-effort copy is dropped, but the copies after it find the connection.
         let route = del.route.clone();
-        let ask_again = self.connect_for(&route, now);
+        let asked = self.connect_for(&route, now);
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
@@ -183,24 +183,10 @@ impl<H: Clone> Engine<H> {
         }
         let epoch = self.bump(d, State::Instance);
         self.out.waiting.push((d, epoch));
-        self.set_timer(recheck(ask_again, until), Timer::Delivery(d, epoch));
-    }
-
-    /// `d` waits for an instance and its timer fired: past its hold (or deadline) it ends
-    /// ([`Engine::no_instance`]); before, it asks again for connections to the announced
-    /// instances, whose dials may have failed (the directory spaces the asks out, backing
-    /// off while they bring no connection), and waits on under the same epoch.
-    fn instance_timer(&mut self, d: DeliveryId, epoch: u32, now: Instant) {
-        let Some(del) = self.out.deliveries.get(d) else {
-            return;
-        };
-        let until = waits_until(del);
-        if now >= until {
-            return self.no_instance(d, now);
-        }
-        let route = del.route.clone();
-        let ask_again = self.connect_for(&route, now);
-        self.set_timer(recheck(ask_again, until), Timer::Delivery(d, epoch));
+        // The instances asked for are asked for again while it waits, by one timer each
+        // (`reask.rs`); its own timer is for the end of its wait.
+        self.wait_for_asks(&asked, d, epoch);
+        self.set_timer(until, Timer::Delivery(d, epoch));
     }
 
     /// The peers changed: every delivery waiting for an instance looks again, and every one
@@ -261,7 +247,8 @@ impl<H: Clone> Engine<H> {
                               at the retry deadline";
                 self.dead_letter(d, reason.into(), now);
             }
-            State::Instance => self.instance_timer(d, epoch, now),
+            // Its wait is over (held or deadline passed): ended there.
+            State::Instance => self.no_instance(d, now),
             State::Room(conn) => {
                 let pending = self.conns.get(conn).map_or(0, |c| c.window.pending());
                 let node = self.conns.get(conn).map(|c| c.node);
@@ -320,10 +307,4 @@ fn waits_until(del: &Delivery) -> Instant {
         Some(hold) => del.created + hold,
         None => del.retry.deadline(&del.spec.policy),
     }
-}
-
-/// When a delivery waiting for an instance until `until` looks again: when a connection to
-/// one of its instances may be asked for again (`ask_again`), or at `until`.
-fn recheck(ask_again: Option<Instant>, until: Instant) -> Instant {
-    ask_again.map_or(until, |at| at.min(until))
 }

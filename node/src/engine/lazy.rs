@@ -8,7 +8,8 @@
 //!   instances, so the load is shared and a failure has somewhere to go). A new instance of a
 //!   service this node already talks to is connected to as soon as it is announced. While a
 //!   delivery waits, it asks again (a dial may have failed): 1 s after the first ask, then
-//!   backing off to once in 8 s per instance while the asks bring no connection.
+//!   backing off to once in 8 s per instance while the asks bring no connection. One timer
+//!   per instance asks for every delivery waiting for it ([`super::reask`]).
 //! - **Closing when idle.** Only the node that dialled a connection closes it for being idle:
 //!   it alone knows why it opened it (a static peer is kept, a connection made for a delivery
 //!   is not), and one side deciding avoids both closing at once. A connection is idle when
@@ -23,6 +24,7 @@ use shoal_proto::NodeId;
 use super::directory::{Discovered, group_to_warn_of};
 use super::fanout::Audience;
 use super::peers::Route;
+use super::reask::Asked;
 use super::{Action, Engine, Timer, topic};
 use crate::NodeEvent;
 
@@ -149,24 +151,35 @@ impl<H: Clone> Engine<H> {
     }
 
     /// A delivery on `route` found no live connection: asks for connections to the announced
-    /// instances that can take it. Returns the earliest instant one of them may be asked for
-    /// again (`None`: none is announced, or all are connected): a delivery still waiting then
-    /// asks again ([`Engine::no_instance`]), so a dial that failed is followed by another.
-    pub(super) fn connect_for(&mut self, route: &Route, now: Instant) -> Option<Instant> {
+    /// instances that can take it. Returns those that are not connected, each with when it
+    /// may be asked for again: a delivery still waiting waits for them
+    /// ([`Engine::wait_for_asks`]), and each is asked for again then, so a dial that failed is
+    /// followed by another.
+    pub(super) fn connect_for(&mut self, route: &Route, now: Instant) -> Asked {
+        let mut asked = Asked::new();
+        let mut ask = |engine: &mut Self, node: NodeId| {
+            if let Some(at) = engine.ask(node, now) {
+                asked.push((node, at));
+            }
+        };
         match route {
             Route::Service(target) => {
-                let mut again = None;
                 if let Some(node) = target.node
                     && self.peers.directory.get(node).is_some()
                 {
-                    again = self.ask(node, now);
+                    ask(self, node);
                 }
-                earliest(again, self.want_service(&target.service, now))
+                for node in self.peers.directory.instances(&target.service).to_vec() {
+                    // (Asked for above already.)
+                    if Some(node) != target.node {
+                        ask(self, node);
+                    }
+                }
             }
             Route::Audience {
                 audience: Audience::Instance(node),
                 ..
-            } => self.ask(*node, now),
+            } => ask(self, *node),
             Route::Audience {
                 topic,
                 audience: Audience::Group(group),
@@ -183,16 +196,18 @@ impl<H: Clone> Engine<H> {
                     })
                     .map(|(n, _)| n)
                     .collect();
-                members
-                    .into_iter()
-                    .fold(None, |again, node| earliest(again, self.ask(node, now)))
+                for node in members {
+                    ask(self, node);
+                }
             }
         }
+        asked
     }
 
     /// Asks for connections to every announced instance of `service` that is not connected
     /// (a caller waits for one, or pings one). Returns the earliest instant one of them may be
-    /// asked for again, as [`Engine::connect_for`].
+    /// asked for again (`None`: none is announced, or all are connected): the caller, still
+    /// waiting, calls again then, so a dial that failed is followed by another.
     pub(crate) fn want_service(&mut self, service: &str, now: Instant) -> Option<Instant> {
         let instances = self.peers.directory.instances(service).to_vec();
         instances
@@ -213,9 +228,13 @@ impl<H: Clone> Engine<H> {
     /// ask is not over (see [`super::directory::ASK_AGAIN`]; it grows while asks bring no
     /// connection). Returns when `node` may be asked for again (`None`: it is this node, is
     /// connected or is not announced).
-    fn ask(&mut self, node: NodeId, now: Instant) -> Option<Instant> {
+    pub(super) fn ask(&mut self, node: NodeId, now: Instant) -> Option<Instant> {
         if node == self.id || self.takes_messages_to(node) {
             return None;
+        }
+        #[cfg(test)]
+        {
+            self.reasks.asks += 1;
         }
         if let Some(addrs) = self.peers.directory.ask(node, now) {
             self.actions.push_back(Action::Connect { node, addrs });

@@ -62,6 +62,8 @@ mod ordering;
 mod outcome;
 pub(crate) mod peers;
 mod ranges;
+// Asking again for the instances waiting deliveries need: one timer per instance.
+mod reask;
 mod receive;
 pub(crate) mod replies;
 pub(crate) mod retry;
@@ -125,6 +127,9 @@ enum Timer {
     Delivery(send::DeliveryId, u32),
     /// Look for connections idle long enough to close (see [`lazy`]).
     IdleSweep,
+    /// Deliveries wait for this announced instance, which may be asked for again at this
+    /// instant (see [`reask`]). Stale when the instance's timer was set for another instant.
+    AskAgain(NodeId, Instant),
     /// A connection's queue was seen full with the driver's take count here: close it if
     /// nothing was taken since (see [`backpressure`]).
     QueueFull(ConnId, u64),
@@ -158,6 +163,8 @@ pub(crate) struct Engine<H> {
     guard: authz::Guard,
     /// Whether idle connections are being looked for (see [`lazy`]).
     idle: lazy::IdleSweep,
+    /// The deliveries waiting for each announced instance asked for (see [`reask`]).
+    reasks: reask::Reasks,
     /// Per-message metrics, when `NodeBuilder::metrics` turned them on ([`metrics`]).
     metrics: Option<Box<metrics::Recorder>>,
     /// The multicast channel's state, when `Config::multicast` names a group
@@ -193,6 +200,7 @@ impl<H: Clone> Engine<H> {
             timer_moved: false,
             guard,
             idle: lazy::IdleSweep::default(),
+            reasks: reask::Reasks::default(),
             metrics: None,
             channels,
         }
@@ -287,6 +295,7 @@ impl<H: Clone> Engine<H> {
                 Timer::Delivery(d, epoch) => self.delivery_timer(d, epoch, now),
                 Timer::ChannelCopies(op) => self.copies_timer(op, now),
                 Timer::IdleSweep => self.sweep_idle(now),
+                Timer::AskAgain(node, at) => self.ask_again_timer(node, at, now),
                 Timer::QueueFull(conn, taken) => self.queue_timer(conn, taken, now),
             }
         }

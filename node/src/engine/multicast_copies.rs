@@ -171,7 +171,7 @@ impl<H: Clone> Engine<H> {
             let deadline = RetryState::new(now).ack_deadline(&spec.policy, now);
             self.set_timer(deadline, Timer::ChannelCopies(op));
         }
-        self.note_copy_sent(op, audience.wire_group().unwrap_or("")); // metrics.rs
+        self.note_copy_sent(op, audience.wire_group().unwrap_or("")); // metrics/hooks.rs
         true
     }
 
@@ -189,7 +189,7 @@ impl<H: Clone> Engine<H> {
         self.out.channel_copies -= 1;
         self.stats.acked += 1;
         let took = now.saturating_duration_since(created);
-        self.note_copy_acked(op, group.as_deref().unwrap_or(""), took); // metrics.rs
+        self.note_copy_acked(op, group.as_deref().unwrap_or(""), took); // metrics/hooks.rs
         if let Some(o) = self.out.ops.get_mut(op) {
             o.copies.push(EventDelivery {
                 group,

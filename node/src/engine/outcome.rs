@@ -16,7 +16,7 @@ use crate::{Error, Message};
 impl<H: Clone> Engine<H> {
     /// `d` was acknowledged in full.
     pub(super) fn succeed(&mut self, d: DeliveryId, now: Instant) {
-        self.note_acked(d, now); // metrics.rs
+        self.note_acked(d, now); // metrics/hooks.rs
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
@@ -73,7 +73,7 @@ impl<H: Clone> Engine<H> {
 
     /// Gives up on `d`: every message not acknowledged becomes a dead letter.
     pub(super) fn dead_letter(&mut self, d: DeliveryId, reason: String, now: Instant) {
-        self.note_dead_lettered(d); // metrics.rs
+        self.note_dead_lettered(d); // metrics/hooks.rs
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };

@@ -223,7 +223,7 @@ impl<H: Clone> Engine<H> {
             Seen::New => true,
             Seen::InProgress => {
                 self.stats.duplicates += 1;
-                self.note_duplicate(conn, &head.name); // metrics.rs
+                self.note_duplicate(conn, &head.name); // metrics/hooks.rs
                 let waiting = self.inbound.waiters.entry(key).or_default();
                 if waiting.len() < MAX_WAITING_COPIES {
                     waiting.push((conn, seq));
@@ -240,7 +240,7 @@ impl<H: Clone> Engine<H> {
             }
             Seen::Done => {
                 self.stats.duplicates += 1;
-                self.note_duplicate(conn, &head.name); // metrics.rs
+                self.note_duplicate(conn, &head.name); // metrics/hooks.rs
                 self.answer_again(conn, seq, head, item.id, key, now);
                 false
             }
@@ -331,14 +331,14 @@ impl<H: Clone> Engine<H> {
                 Seen::New => return self.hand_over(task, seq, key, item, now),
                 Seen::Done => {
                     self.stats.duplicates += 1;
-                    self.note_duplicate(conn, &head.name); // metrics.rs
+                    self.note_duplicate(conn, &head.name); // metrics/hooks.rs
                     self.answer_again(conn, seq, &head, item.id, key, now);
                 }
                 // Another delivery (a single publish of the same event) is handling it: this
                 // run must not go on before that one finishes.
                 Seen::InProgress => {
                     self.stats.duplicates += 1;
-                    self.note_duplicate(conn, &head.name); // metrics.rs
+                    self.note_duplicate(conn, &head.name); // metrics/hooks.rs
                     let reason = format!(
                         "event {} of this batch is being handled by another delivery",
                         item.id
@@ -364,7 +364,7 @@ impl<H: Clone> Engine<H> {
             handlers,
             message,
         }));
-        self.note_handler_started(task, now); // metrics.rs
+        self.note_handler_started(task, now); // metrics/hooks.rs
     }
 
     /// The handlers of `task`'s current message finished.
@@ -385,7 +385,7 @@ impl<H: Clone> Engine<H> {
                 .try_for_each(|reply| self.deliver_reply(conn, addr, (id, key), reply, now)),
             None => Ok(()),
         });
-        self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics.rs
+        self.note_handled(task, conn, &head.name, outcome.is_ok(), now); // metrics/hooks.rs
         // Usually nobody waits: the empty map is not hashed into.
         let waiters = if self.inbound.waiters.is_empty() {
             Vec::new()

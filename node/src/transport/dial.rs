@@ -189,10 +189,10 @@ async fn keep_dialled(driver: Arc<Driver>, addr: SocketAddr, stop: CancellationT
 
 /// Connects to the announced instance `node` at one of `addrs`, because the engine asked
 /// ([`crate::engine::Action::Connect`]): tries each address in turn, a few rounds with a short
-/// backoff, and gives up quietly (the failures are in [`crate::Node::diagnose`]; the engine
-/// asks again while a delivery still waits, after 1 s, then backing off to once in 8 s while
-/// its asks bring no connection). One dial per instance at a time: an ask that comes while
-/// one is under way is dropped.
+/// backoff between them ([`in_rounds`]), and gives up quietly after the last (the failures
+/// are in [`crate::Node::diagnose`]; the engine asks again while a delivery still waits, after
+/// 1 s, then backing off to once in 8 s while its asks bring no connection). One dial per
+/// instance at a time: an ask that comes while one is under way is dropped.
 pub(crate) fn connect_on_demand(driver: &Arc<Driver>, node: NodeId, addrs: Vec<SocketAddr>) {
     if driver.is_stopping() || !lock(&driver.dials.in_progress).insert(node) {
         return;
@@ -210,34 +210,64 @@ pub(crate) fn connect_on_demand(driver: &Arc<Driver>, node: NodeId, addrs: Vec<S
         .collect();
     let driver2 = Arc::clone(driver);
     driver.tasks.spawn(async move {
-        let dial = async {
-            let mut backoff = Duration::from_millis(100);
-            for _ in 0..ON_DEMAND_ROUNDS {
-                for addr in &usable {
-                    // A connection saying goodbye (closing for being idle) takes no new
-                    // message: the delivery that asked needs another.
-                    if driver2.takes_messages_to(node) {
-                        return;
-                    }
-                    match connect(&driver2, *addr, false).await {
-                        Ok(found) if found == node => return,
-                        Ok(other) => {
-                            tracing::debug!(%addr, %node, %other, "another node answers at the announced address");
-                        }
-                        Err(HandshakeError::SelfConnection) => return,
-                        Err(reason) => tracing::debug!(%addr, %node, %reason, "dial on demand failed"),
-                    }
-                }
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
-        };
+        let (driver3, addrs) = (&driver2, usable.as_slice());
+        let dial = in_rounds(move || dial_round(driver3, node, addrs));
         tokio::select! {
             () = dial => {}
             () = driver2.stopping.cancelled() => {}
         }
         lock(&driver2.dials.in_progress).remove(&node);
     });
+}
+
+/// How a round of dialling an instance's addresses ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Round {
+    /// Connected, or nothing more to dial (a connection stands, the address is this node's).
+    Done,
+    /// No address answered with the instance.
+    Failed,
+}
+
+/// One round of dialling `node` at each of `addrs` in turn.
+async fn dial_round(driver: &Arc<Driver>, node: NodeId, addrs: &[SocketAddr]) -> Round {
+    for addr in addrs {
+        // A connection saying goodbye (closing for being idle) takes no new message: the
+        // delivery that asked needs another.
+        if driver.takes_messages_to(node) {
+            return Round::Done;
+        }
+        match connect(driver, *addr, false).await {
+            Ok(found) if found == node => return Round::Done,
+            Ok(other) => {
+                tracing::debug!(%addr, %node, %other, "another node answers at the announced address");
+            }
+            Err(HandshakeError::SelfConnection) => return Round::Done,
+            Err(reason) => tracing::debug!(%addr, %node, %reason, "dial on demand failed"),
+        }
+    }
+    Round::Failed
+}
+
+/// Runs `round` up to [`ON_DEMAND_ROUNDS`] times while it fails, with a backoff between two
+/// rounds (100 ms, doubling) and none after the last: the dial ends, and leaves
+/// [`Dials::in_progress`], as soon as its last round failed, so an ask that comes next is
+/// dialled rather than dropped (the next one may be 8 s later).
+async fn in_rounds<F, Fut>(mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Round>,
+{
+    let mut backoff = Duration::from_millis(100);
+    for n in 0..ON_DEMAND_ROUNDS {
+        if n > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+        if round().await == Round::Done {
+            return;
+        }
+    }
 }
 
 impl Driver {
@@ -291,7 +321,41 @@ fn unmapped(ip: IpAddr) -> IpAddr {
 mod tests {
     use shoal_discovery::Source;
 
-    use super::{dialled_at_once, listens_at, unreachable_from};
+    use std::time::Duration;
+
+    use super::{
+        ON_DEMAND_ROUNDS, Round, dialled_at_once, in_rounds, listens_at, unreachable_from,
+    };
+
+    /// A dial whose rounds all fail ends when its last round does: no backoff after it, during
+    /// which the instance would still count as being dialled and an ask would be dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_dial_on_demand_ends_with_its_last_round() {
+        let start = tokio::time::Instant::now();
+        let mut rounds = Vec::new();
+        in_rounds(|| {
+            rounds.push(start.elapsed());
+            async { Round::Failed }
+        })
+        .await;
+        let ms = Duration::from_millis;
+        assert_eq!(
+            rounds,
+            [ms(0), ms(100), ms(300)],
+            "100 ms, then 200 ms between rounds"
+        );
+        assert_eq!(rounds.len(), ON_DEMAND_ROUNDS as usize);
+        assert_eq!(start.elapsed(), ms(300), "no pause after the last round");
+
+        // A round that connects ends the dial at once.
+        let mut calls = 0;
+        in_rounds(|| {
+            calls += 1;
+            async { Round::Done }
+        })
+        .await;
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn a_socket_only_dials_what_it_can_reach() {

@@ -4,7 +4,7 @@
 //!
 //! # What a repeat may skip
 //!
-//! A datagram announcing one instance alone is remembered, by [`fingerprint`], on the address
+//! A datagram announcing one instance alone is remembered, by [`fingerprint`](Table::fingerprint), on the address
 //! sets it wrote. Heard again, word for word, it is taken as a repeat (no parse, no checks)
 //! only if those sets still carry its fingerprint and none of the instance's sets has lapsed:
 //!
@@ -27,24 +27,18 @@
 //! a set carries it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use super::DEFAULT_TTL;
 use crate::event::DiscoveryEvent;
+use crate::mdns::link::Link;
 use crate::mdns::record::{Announcement, ReceivedAddr};
 use crate::mdns::state::State;
 
 /// The longest an announcement keeps an instance without being heard again, whatever TTL it
 /// gives: twice the 120 s mdns-sd gives the SRV and address records of every Shoal node.
 pub(super) const MAX_TTL: Duration = DEFAULT_TTL.saturating_mul(2);
-
-/// A hash of a datagram and the interface it came on, its id (first two bytes) left out.
-pub(super) fn fingerprint(datagram: &[u8], index: u32) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&index, &mut hasher);
-    std::hash::Hash::hash(datagram.get(2..).unwrap_or_default(), &mut hasher);
-    std::hash::Hasher::finish(&hasher)
-}
 
 /// The instances heard: the addresses last announced on each interface in each address
 /// family, and when each such set expires unless announced again; the earliest expiry, so that
@@ -54,9 +48,11 @@ pub(super) fn fingerprint(datagram: &[u8], index: u32) -> u64 {
 pub(in crate::mdns) struct Table {
     instances: HashMap<String, Heard>,
     earliest: Option<Instant>,
-    /// Datagrams that alone announced an instance, by [`fingerprint`], while a set of that
-    /// instance carries it: what a repeat renews.
+    /// Datagrams that alone announced an instance, by [`fingerprint`](Table::fingerprint),
+    /// while a set of that instance carries it: what a repeat renews.
     repeats: HashMap<u64, Repeat>,
+    /// The random keys of [`Table::fingerprint`], this table's own.
+    keys: RandomState,
 }
 
 /// What a datagram heard before said: one instance, with this TTL.
@@ -94,6 +90,15 @@ impl Heard {
 }
 
 impl Table {
+    /// A hash of a datagram, the interface it came on and that interface's link (what its
+    /// addresses were checked against), its id (first two bytes) left out. Keyed with this
+    /// table's random keys, so that nobody on the link can craft a datagram that passes for
+    /// another instance's repeat (with fixed keys, a collision costs about 2^32 tries).
+    pub(super) fn fingerprint(&self, datagram: &[u8], index: u32, link: &Link) -> u64 {
+        self.keys
+            .hash_one((index, link, datagram.get(2..).unwrap_or_default()))
+    }
+
     /// Takes in `announcement`, heard on its interface (`via`, one entry) with `ttl` (counted
     /// up to [`MAX_TTL`]), in the table and then in `state`; `fingerprint` is the datagram's
     /// if it announced this instance alone. Returns the event to forward, if any. An instance

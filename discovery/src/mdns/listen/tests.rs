@@ -8,6 +8,7 @@ use shoal_proto::NodeId;
 use super::table::MAX_TTL;
 use super::*;
 use crate::event::DiscoveryEvent;
+use crate::mdns::link::Subnet;
 use crate::mdns::record::{ReceivedAddr, SERVICE_TYPE};
 use crate::mdns::state::MAX_TRACKED_INSTANCES;
 use crate::mdns::test_support::{PEER, instance, name, peer_records, state};
@@ -35,13 +36,24 @@ fn listener() -> (
     (listener, rx)
 }
 
-/// An ear on a loopback socket: `on_datagram` only reads its name and index.
+/// An ear on a loopback socket: `on_datagram` only reads its name, index and link. Its
+/// interface, `lan0`, has the subnets 10.99.0.0/24 and fd00::/64.
 fn ear() -> Ear {
+    ear_on(&[("10.99.0.7", 24), ("fd00::7", 64)])
+}
+
+/// An ear on `lan0` whose interface has the subnets `subnets` (address, prefix length).
+fn ear_on(subnets: &[(&str, u8)]) -> Ear {
+    let subnets = subnets
+        .iter()
+        .map(|(ip, prefix)| Subnet::new(ip.parse().expect("ip"), *prefix))
+        .collect();
     Ear {
         interface: "lan0".into(),
         index: 7,
         v6: false,
         socket: UdpSocket::bind("127.0.0.1:0").expect("socket"),
+        link: Arc::new(Mutex::new(Arc::new(Link::new(subnets)))),
     }
 }
 
@@ -134,6 +146,27 @@ fn queries_and_garbage_are_ignored_without_panicking() {
     while let Ok(event) = rx.try_recv() {
         assert!(matches!(event, DiscoveryEvent::Up(_)), "{event:?}");
     }
+}
+
+/// Fingerprints are keyed per table: what collides in one table does not in another, so a
+/// collision cannot be worked out ahead of time by someone on the link.
+#[test]
+fn fingerprints_are_keyed_per_table() {
+    let wire = announcement(120, None);
+    let link = Link::new(Vec::new());
+    let (one, other) = (Table::default(), Table::default());
+    assert_eq!(
+        one.fingerprint(&wire, 7, &link),
+        one.fingerprint(&wire, 7, &link)
+    );
+    assert_ne!(
+        one.fingerprint(&wire, 7, &link),
+        one.fingerprint(&wire, 8, &link)
+    );
+    assert_ne!(
+        one.fingerprint(&wire, 7, &link),
+        other.fingerprint(&wire, 7, &link)
+    );
 }
 
 #[test]
@@ -429,3 +462,5 @@ fn a_ttl_from_the_wire_counts_up_to_max_ttl() {
     );
     assert_eq!(table.sizes(), (0, 0));
 }
+
+mod on_link;

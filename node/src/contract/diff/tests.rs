@@ -1,10 +1,18 @@
 //! Tests of every rule of the check (each rule's test is named after it, as the README's
 //! table lists them), of directions, allowlists and reports.
+//!
+//! The documents and helpers the tests share are here; the test of each payload rule is in
+//! [`payload_rules`], of each structure rule in [`structure_rules`]. This file checks that
+//! every rule has its test, and what crosses rules: renames, directions, references,
+//! documents that are not AsyncAPI 3, allowlists and the reports.
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
 
 use super::*;
+
+mod payload_rules;
+mod structure_rules;
 
 /// A document whose channel `in` carries message `M` to a receive operation and whose
 /// channel `out` carries `M` from a send operation, with the payloads given.
@@ -44,196 +52,6 @@ fn payload_change(old: Value, new: Value) -> (Found, Found) {
 fn object(properties: Value, required: &[&str]) -> Value {
     json!({"type": "object", "properties": properties, "required": required})
 }
-
-/// One test per payload rule: the change, and its level when received and when sent.
-macro_rules! payload_rule {
-    ($test:ident, $rule:ident, $old:expr, $new:expr, $received:ident, $sent:ident) => {
-        #[test]
-        fn $test() {
-            let (received, sent) = payload_change($old, $new);
-            assert!(
-                received.contains(&(Rule::$rule, Level::$received)),
-                "received: {received:?}"
-            );
-            assert!(
-                sent.contains(&(Rule::$rule, Level::$sent)),
-                "sent: {sent:?}"
-            );
-            assert_eq!(Rule::$rule.id().replace('-', "_"), stringify!($test));
-        }
-    };
-}
-
-payload_rule!(
-    required_field_added,
-    RequiredFieldAdded,
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    object(
-        json!({"a": {"type": "string"}, "b": {"type": "string"}}),
-        &["a", "b"]
-    ),
-    Breaking,
-    Info
-);
-payload_rule!(
-    optional_field_added,
-    OptionalFieldAdded,
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    object(
-        json!({"a": {"type": "string"}, "b": {"type": "string"}}),
-        &["a"]
-    ),
-    Info,
-    Info
-);
-payload_rule!(
-    field_removed,
-    FieldRemoved,
-    object(
-        json!({"a": {"type": "string"}, "b": {"type": "string"}}),
-        &["a"]
-    ),
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    Info,
-    Breaking
-);
-payload_rule!(
-    field_became_required,
-    FieldBecameRequired,
-    object(json!({"a": {"type": "string"}}), &[]),
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    Breaking,
-    Info
-);
-payload_rule!(
-    field_became_optional,
-    FieldBecameOptional,
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    object(json!({"a": {"type": "string"}}), &[]),
-    Info,
-    Breaking
-);
-payload_rule!(
-    type_narrowed,
-    TypeNarrowed,
-    object(json!({"n": {"type": "number"}}), &["n"]),
-    object(json!({"n": {"type": "integer"}}), &["n"]),
-    Breaking,
-    Info
-);
-payload_rule!(
-    type_widened,
-    TypeWidened,
-    object(json!({"n": {"type": "integer"}}), &["n"]),
-    object(json!({"n": {"type": ["integer", "null"]}}), &["n"]),
-    Info,
-    Breaking
-);
-payload_rule!(
-    type_changed,
-    TypeChanged,
-    object(json!({"n": {"type": "integer"}}), &["n"]),
-    object(json!({"n": {"type": "string"}}), &["n"]),
-    Breaking,
-    Breaking
-);
-payload_rule!(
-    enum_value_removed,
-    EnumValueRemoved,
-    json!({"type": "string", "enum": ["a", "b"]}),
-    json!({"type": "string", "enum": ["a"]}),
-    Breaking,
-    Info
-);
-payload_rule!(
-    enum_value_added,
-    EnumValueAdded,
-    json!({"type": "string", "enum": ["a"]}),
-    json!({"type": "string", "enum": ["a", "b"]}),
-    Info,
-    Breaking
-);
-payload_rule!(
-    constraint_tightened,
-    ConstraintTightened,
-    json!({"type": "string", "maxLength": 20}),
-    json!({"type": "string", "maxLength": 10}),
-    Breaking,
-    Info
-);
-payload_rule!(
-    constraint_loosened,
-    ConstraintLoosened,
-    json!({"type": "integer", "minimum": 1}),
-    json!({"type": "integer"}),
-    Info,
-    Breaking
-);
-payload_rule!(
-    constraint_changed,
-    ConstraintChanged,
-    json!({"type": "string", "pattern": "^[a-z]+$"}),
-    json!({"type": "string", "pattern": "^[0-9]+$"}),
-    Breaking,
-    Breaking
-);
-payload_rule!(
-    model_closed,
-    ModelClosed,
-    object(json!({"a": {"type": "string"}}), &["a"]),
-    json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
-           "additionalProperties": false}),
-    Breaking,
-    Info
-);
-payload_rule!(
-    model_opened,
-    ModelOpened,
-    json!({"type": "object", "properties": {"a": {"type": "string"}},
-           "additionalProperties": false}),
-    json!({"type": "object", "properties": {"a": {"type": "string"}}}),
-    Info,
-    Breaking
-);
-payload_rule!(
-    field_added_to_closed_model,
-    FieldAddedToClosedModel,
-    json!({"type": "object", "properties": {"a": {"type": "string"}},
-           "additionalProperties": false}),
-    json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
-           "additionalProperties": false}),
-    Info,
-    Breaking
-);
-payload_rule!(
-    field_removed_from_closed_model,
-    FieldRemovedFromClosedModel,
-    json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
-           "additionalProperties": false}),
-    json!({"type": "object", "properties": {"a": {"type": "string"}},
-           "additionalProperties": false}),
-    Breaking,
-    Info
-);
-payload_rule!(
-    variant_removed,
-    VariantRemoved,
-    json!({"oneOf": [
-        {"type": "object", "properties": {"Card": {"type": "string"}}, "required": ["Card"]},
-        {"type": "object", "properties": {"Cash": {"type": "integer"}}, "required": ["Cash"]}]}),
-    json!({"oneOf": [
-        {"type": "object", "properties": {"Card": {"type": "string"}}, "required": ["Card"]}]}),
-    Breaking,
-    Info
-);
-payload_rule!(
-    variant_added,
-    VariantAdded,
-    json!({"oneOf": [{"const": "card"}, {"const": "cash"}]}),
-    json!({"oneOf": [{"const": "card"}, {"const": "cash"}, {"const": "voucher"}]}),
-    Info,
-    Breaking
-);
 
 /// A small document with one receive operation that replies, for structure rules.
 fn service() -> Value {
@@ -288,108 +106,14 @@ fn remove(value: &mut Value, pointer: &str) {
         .remove(key);
 }
 
-macro_rules! structure_rule {
-    ($test:ident, $rule:ident, $level:ident, $edit:expr) => {
-        #[test]
-        fn $test() {
-            let found = structure_change($edit);
-            assert!(found.contains(&(Rule::$rule, Level::$level)), "{found:?}");
-            assert_eq!(Rule::$rule.id().replace('-', "_"), stringify!($test));
-        }
-    };
-}
-
-structure_rule!(channel_removed, ChannelRemoved, Breaking, |d| remove(
-    d,
-    "/channels/placed"
-));
-structure_rule!(channel_added, ChannelAdded, Info, |d| {
-    d["channels"]["new"] = json!({"address": "new"});
-});
-structure_rule!(channel_address_changed, AddressChanged, Breaking, |d| {
-    d["channels"]["placed"]["address"] = json!("orders.placed");
-});
-structure_rule!(operation_removed, OperationRemoved, Breaking, |d| remove(
-    d,
-    "/operations/publish"
-));
-structure_rule!(operation_added, OperationAdded, Info, |d| {
-    d["operations"]["again"] = json!({"action": "send", "channel": {"$ref": "#/channels/placed"}});
-});
-structure_rule!(operation_action_changed, ActionChanged, Breaking, |d| {
-    d["operations"]["publish"]["action"] = json!("receive");
-});
-structure_rule!(
-    operation_channel_changed,
-    OperationChannelChanged,
-    Breaking,
-    |d| {
-        d["operations"]["publish"]["channel"] = json!({"$ref": "#/channels/orders"});
-    }
-);
-structure_rule!(message_removed, MessageRemoved, Breaking, |d| remove(
-    d,
-    "/channels/orders/messages/Place"
-));
-structure_rule!(message_added, MessageAdded, Info, |d| {
-    d["channels"]["orders"]["messages"]["Cancel"] = json!({"payload": {"type": "object"}});
-});
-structure_rule!(reply_removed, ReplyRemoved, Breaking, |d| remove(
-    d,
-    "/operations/place/reply"
-));
-structure_rule!(reply_added, ReplyAdded, Info, |d| {
-    d["operations"]["publish"]["reply"] = json!({"channel": {"$ref": "#/channels/replies"}});
-});
-structure_rule!(reply_address_changed, ReplyAddressChanged, Breaking, |d| {
-    d["operations"]["place"]["reply"]["address"]["location"] = json!("$message.header#/back");
-});
-structure_rule!(content_type_changed, ContentTypeChanged, Breaking, |d| {
-    d["components"]["messages"]["Place"]["contentType"] = json!("application/cbor");
-});
-structure_rule!(
-    correlation_id_changed,
-    CorrelationIdChanged,
-    Breaking,
-    |d| {
-        remove(d, "/components/messages/Place/correlationId");
-    }
-);
-structure_rule!(schema_not_compared, SchemaNotCompared, Warning, |d| {
-    d["components"]["messages"]["Accepted"]["payload"] = json!({
-        "schemaFormat": "application/vnd.apache.avro;version=1.9.0",
-        "schema": {"type": "record", "name": "Accepted", "fields": []},
-    });
-});
-
-structure_rule!(deprecated, Deprecated, Info, |d| {
-    d["operations"]["publish"]["x-shoal-deprecated"] = json!(true);
-    d["components"]["messages"]["Place"]["deprecated"] = json!(true);
-});
-
-#[test]
-fn major_version_not_bumped() {
-    let mut new = service();
-    remove(&mut new, "/channels/placed");
-    let report = diff(&service(), &new).unwrap();
-    let found: Vec<_> = report.changes.iter().map(|c| (c.rule, c.level)).collect();
-    assert!(
-        found.contains(&(Rule::MajorVersionNotBumped, Level::Warning)),
-        "{found:?}"
-    );
-    new["info"]["version"] = json!("2.0.0");
-    let report = diff(&service(), &new).unwrap();
-    assert!(
-        !report
-            .changes
-            .iter()
-            .any(|c| c.rule == Rule::MajorVersionNotBumped)
-    );
-}
-
 #[test]
 fn every_rule_has_a_test_named_after_it() {
-    let source = include_str!("tests.rs");
+    let source = [
+        include_str!("tests.rs"),
+        include_str!("tests/payload_rules.rs"),
+        include_str!("tests/structure_rules.rs"),
+    ]
+    .concat();
     for rule in Rule::ALL {
         let test = format!("fn {}()", rule.id().replace('-', "_"));
         let generated = format!("\n    {},", rule.id().replace('-', "_"));

@@ -250,3 +250,103 @@ fn an_instance_down_for_good_is_dialled_for_less_and_less_often_until_the_deadli
     );
     assert_eq!(sim.dials.len(), 6);
 }
+
+#[test]
+fn deliveries_held_for_an_unreachable_instance_ask_for_it_once_a_wake_not_once_each() {
+    const SENDS: usize = 10_000;
+    let mut sim = Sim::new(43);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    sim.announce(orders, billing, true);
+    assert!(sim.run_for(SECOND));
+    sim.nodes[billing].alive = false;
+    let ops: Vec<_> = (0..SENDS)
+        .map(|i| {
+            let msg = sim.command("charge", format!("order-{i}"));
+            sim.send(orders, "billing", msg)
+        })
+        .collect();
+    assert_eq!(
+        sim.dials.len(),
+        1,
+        "the first send dialled, the others wait for it"
+    );
+    let asks = |sim: &Sim| sim.nodes[orders].engine.reasks.asks;
+    let started = asks(&sim);
+
+    // The instance is asked for again 1, 3, 7 and 15 s after the sends: once each time, for
+    // all ten thousand of them.
+    sim.run_for(20 * SECOND);
+    assert_eq!(
+        asks(&sim) - started,
+        4,
+        "one ask a wake, not one per delivery"
+    );
+    assert_eq!(sim.dials.len(), 5);
+
+    // Dialled once more at 23 s; at their 30 s deadline all are dead-lettered (each looks a
+    // last time as its wait ends), and nothing asks any more.
+    sim.run_for(15 * SECOND);
+    assert_eq!(sim.dials.len(), 6);
+    for op in ops {
+        assert!(
+            matches!(sim.result(orders, op), Some(Err(Error::DeadLettered(_)))),
+            "{:?}",
+            sim.result(orders, op)
+        );
+    }
+    let ended = asks(&sim);
+    assert!(sim.run_for(60 * SECOND), "nothing left to do");
+    assert_eq!(asks(&sim), ended);
+    assert_eq!(sim.dials.len(), 6);
+}
+
+#[test]
+fn an_instance_no_delivery_waits_for_any_more_is_not_asked_for_again() {
+    let mut sim = Sim::new(44);
+    let orders = sim.node("orders");
+    let (b1, b2) = (sim.node("billing"), sim.node("billing"));
+    for b in [b1, b2] {
+        sim.handle(b, "charge", |_| Handled::ok());
+        sim.announce(orders, b, true);
+        sim.nodes[b].alive = false;
+    }
+    let b1_id = sim.nodes[b1].engine.id();
+    let asked_b1 = |sim: &Sim| sim.dials.iter().filter(|(_, to)| *to == b1_id).count();
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(orders, "billing", msg);
+    assert_eq!(sim.dials.len(), 2, "both instances asked for");
+
+    // b2 is back: its next ask (1 s later) connects it, and the send goes there (b1, due at
+    // the same instant, is asked for again only if its timer comes first).
+    sim.nodes[b2].alive = true;
+    sim.run_for(2 * SECOND);
+    assert!(matches!(sim.result(orders, op), Some(Ok(Done::Sent(_)))));
+    let before = asked_b1(&sim);
+    assert!((1..=2).contains(&before), "{before}");
+    // Nothing waits for b1 any more: its timer finds no waiter and asks for nothing.
+    assert!(sim.run_for(60 * SECOND), "nothing left to do");
+    assert_eq!(asked_b1(&sim), before, "b1 not asked for again");
+}
+
+#[test]
+fn the_waiters_of_an_instance_are_swept_as_deliveries_look_again() {
+    let mut sim = Sim::new(45);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.announce(orders, billing, true);
+    sim.nodes[billing].alive = false;
+    for i in 0..100 {
+        let msg = sim.command("charge", format!("order-{i}"));
+        sim.send(orders, "billing", msg);
+    }
+    let billing_id = sim.nodes[billing].engine.id();
+    let listed = |sim: &Sim| sim.nodes[orders].engine.reasks.listed(billing_id);
+    assert_eq!(listed(&sim), 100);
+    // Every change of the peers (here: another instance announced) has each waiting delivery
+    // look again and wait anew; the entries of the waits before are swept, not kept.
+    for _ in 0..20 {
+        let other = sim.node("audit");
+        sim.announce(orders, other, true);
+        assert!(listed(&sim) <= 200, "{}", listed(&sim));
+    }
+}

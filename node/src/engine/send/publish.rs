@@ -1,0 +1,204 @@
+//! Publishing: one event, or a batch on one topic and key, to every audience of its topic.
+//!
+//! A publish is one operation with one delivery per audience ([`super::super::fanout`]: each
+//! subscriber group, each ungrouped subscriber). Its events are checked (topic, policy, one
+//! topic and key per batch, the batch size) and encoded once, and every copy's head is made
+//! before anything is sent, so a publish that cannot be sent fails whole. Copies for members
+//! of a multicast channel may go on the channel without a delivery each
+//! ([`super::super::multicast_copies`]). Best-effort copies, background publishes and topics
+//! nobody subscribes to are done at once; a reliable publish's caller waits for every
+//! audience's acknowledgement.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::codec::{EncodedHead, EncodedItem};
+use shoal_proto::{Envelope, MessageId, To};
+use smallvec::SmallVec;
+
+use super::super::action::{Done, OpId};
+use super::super::delivery::Spec;
+use super::super::fanout::Audience;
+use super::super::ordering::Destination;
+use super::super::peers::Route;
+use super::super::{Engine, topic};
+use super::{OpKind, batch_head, encoded_head, new_op};
+use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
+use crate::receipts::PublishReceipt;
+use crate::{Error, Message};
+
+/// The events of one `publish` call: usually one, kept inline (no allocation for a single
+/// event), or a batch.
+pub(crate) type Events = SmallVec<[Message; 1]>;
+
+/// What [`Engine::publish`] started.
+#[derive(Debug)]
+pub(crate) enum Publishing {
+    /// Wait for this operation.
+    Waiting(OpId),
+    /// Nothing to wait for: best-effort copies were written (or dropped), a background
+    /// publish goes on by itself, or nobody subscribes.
+    Done(PublishReceipt),
+}
+
+impl<H: Clone> Engine<H> {
+    /// Publishes `events` (one, or a batch on one topic and key) to every audience of their
+    /// topic.
+    pub(crate) fn publish(
+        &mut self,
+        mut events: Events,
+        batched: bool,
+        options: &PublishOptions,
+        now: Instant,
+    ) -> Result<Publishing, Error> {
+        let reliable = options.reliability == Reliability::Reliable;
+        let kind = if options.background && reliable {
+            OpKind::Background
+        } else {
+            OpKind::Publish
+        };
+        self.accepting(kind)?;
+        let limit = self.config.max_background_publishes;
+        if kind == OpKind::Background && self.out.background_publishes() >= limit {
+            self.stats.background_refused += 1;
+            return Err(Error::Backlog { limit });
+        }
+        let Some(first) = events.first() else {
+            return Err(Error::InvalidBatch(
+                "a batch needs at least one event".into(),
+            ));
+        };
+        let topic = first.env.name.clone();
+        topic::check_topic(&topic).map_err(Error::Topic)?;
+        // A topic this node's policy forbids fails here, before anything is sent (authz.rs).
+        self.authorize_publish(&topic)?;
+        let key = first.env.partition_key.clone();
+        if events
+            .iter()
+            .any(|e| e.name() != topic || e.key() != key.as_deref())
+        {
+            return Err(Error::InvalidBatch(
+                "the events of a batch must share one topic and one partition key".into(),
+            ));
+        }
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(Error::InvalidBatch(format!(
+                "{} events; a batch holds at most {MAX_BATCH_EVENTS}",
+                events.len()
+            )));
+        }
+        let limits = &self.config.limits;
+        let mut envelopes: SmallVec<[Box<Envelope>; 1]> = SmallVec::with_capacity(events.len());
+        let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(events.len());
+        for event in events.drain(..) {
+            let mut envelope = event.env;
+            envelope.attempt = 1;
+            envelopes.push(envelope);
+        }
+        let head = batch_head(&envelopes);
+        for envelope in &envelopes {
+            let arena = &mut self.out.arena;
+            let item = EncodedItem::from_envelope_in(envelope, head.as_ref(), limits, arena)?;
+            items.push((1, item));
+        }
+        let count = envelopes.len() as u64;
+        self.stats.published += count;
+        let audiences = self.peers.audiences(&self.conns, &topic, now);
+        if audiences.is_empty() {
+            self.stats.events_unrouted += count;
+        }
+        let policy = options
+            .retry
+            .clone()
+            .unwrap_or_else(|| self.config.retry.clone());
+        let hold = options.hold_for.unwrap_or(self.config.event_hold);
+        // Every copy's head is made (and the batch checked against the frame limit with it)
+        // before anything is sent. Audiences for the same recipient share one (every
+        // ungrouped subscriber's copy is `To::Instance`): it is looked up once.
+        let mut heads: SmallVec<[(To, Arc<EncodedHead>); 2]> =
+            SmallVec::with_capacity(audiences.len());
+        for (audience, _) in audiences.iter() {
+            let to = match audience {
+                Audience::Group(group) => To::Group(group.clone()),
+                Audience::Instance(_) => To::Instance,
+            };
+            let head = match heads.last() {
+                Some((last, head)) if *last == to => Arc::clone(head),
+                _ => encoded_head(
+                    &mut self.out.heads,
+                    &envelopes[0],
+                    to.clone(),
+                    (reliable, batched),
+                    items.iter().map(|(_, item)| item),
+                    limits,
+                )?,
+            };
+            heads.push((to, head));
+        }
+        let id = envelopes[0].id;
+        let op = self
+            .out
+            .insert_op(new_op(kind, envelopes, items, heads.len()));
+        // On a multicast channel, copies to its members need no delivery each at first
+        // (multicast_copies.rs); a keyed event's copies wait for their key's turn as
+        // deliveries.
+        let lone = reliable && !batched && count == 1 && key.is_none();
+        let on_channel = self.channels.is_some() && self.channel_may_take(&topic, lone);
+        for (copy, (_, head)) in audiences.iter().zip(heads) {
+            let audience = &copy.0;
+            let spec = Spec {
+                policy: policy.clone(),
+                fail_fast: false,
+                // An ungrouped subscriber that is gone is gone for good (a restart is a new
+                // node): its copy is not held, only a group's is.
+                hold: Some(match audience {
+                    Audience::Instance(_) => Duration::ZERO,
+                    Audience::Group(_) => hold,
+                }),
+                reliable,
+                ordered: batched,
+            };
+            if on_channel && self.stage_copy(op, &topic, copy, &head, &spec, now) {
+                continue;
+            }
+            let route = Route::Audience {
+                topic: topic.clone(),
+                audience: audience.clone(),
+            };
+            // Best-effort copies are not retried, so they need no turn.
+            let slot = key
+                .as_ref()
+                .filter(|_| reliable)
+                .map(|k| (Destination::of(&route), k.clone()));
+            self.add_delivery(op, route, head, spec, slot, now);
+        }
+        // Best-effort copies and topics nobody subscribes to are done at once (a background
+        // publish too: nothing would ever end its operation).
+        let nobody = self
+            .out
+            .ops
+            .get(op)
+            .is_some_and(|o| o.open == 0 && o.result.is_none());
+        if nobody {
+            self.forget_op(op);
+            return Ok(Publishing::Done(empty_receipt(id)));
+        }
+        if kind == OpKind::Background {
+            return Ok(Publishing::Done(empty_receipt(id)));
+        }
+        match self.take_result(op) {
+            Some(Ok(Done::Published(receipt))) => Ok(Publishing::Done(receipt)),
+            Some(Ok(other)) => Err(Error::Internal(format!("unexpected result {other:?}"))),
+            Some(Err(e)) => Err(e),
+            None => Ok(Publishing::Waiting(op)),
+        }
+    }
+}
+
+fn empty_receipt(id: MessageId) -> PublishReceipt {
+    PublishReceipt {
+        id,
+        deliveries: Vec::new(),
+        dropped: Vec::new(),
+    }
+}
