@@ -247,6 +247,11 @@ async fn client_at_rate(
             match outcome {
                 Ok(()) => Ok(RoundTrip::Done),
                 Err(shoal::Error::Timeout(_)) => Ok(RoundTrip::Lost),
+                // A request whose message had not reached the server by its timeout (waiting
+                // to be retried) ends dead-lettered: lost, as one unanswered is.
+                Err(shoal::Error::DeadLettered(_)) if matches!(mode, Mode::Request) => {
+                    Ok(RoundTrip::Lost)
+                }
                 Err(e) => Err(shoal_err(e)),
             }
         }

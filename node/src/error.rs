@@ -53,9 +53,28 @@ pub enum Error {
     /// Every attempt failed or the deadline passed; the message was recorded as a dead letter.
     #[error("{0}")]
     DeadLettered(Box<DeadLetter>),
-    /// A request got no reply in time.
+    /// A request got no reply in time: its message reached an instance (or was on its way
+    /// to one) but no reply came within the request's timeout. A request whose message could
+    /// not be delivered by then (no instance connected, or refused by every instance tried)
+    /// ends with [`Error::DeadLettered`] and the reason instead.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// A wait ended at its timeout before what it waited for happened:
+    /// [`crate::Node::wait_for_subscribers`], [`crate::Node::wait_for_instances`] or
+    /// [`crate::Node::ping`].
+    #[error("gave up after {timeout:?} waiting for {waited_for}")]
+    WaitTimedOut {
+        /// What was waited for, and how far it got (e.g. "1 instance of `billing` (0
+        /// connected)").
+        waited_for: String,
+        /// How long the caller waited.
+        timeout: Duration,
+    },
+    /// `send` or `request` named no service (an empty service name). Nothing was sent. A
+    /// service name longer than [`crate::Limits::max_name_len`] is refused with
+    /// [`Error::Encode`], as a message name is.
+    #[error("no service to send to: the service name is empty")]
+    EmptyServiceName,
     /// The in-flight limit is reached and the caller asked to fail fast instead of waiting.
     #[error("too many messages in flight to `{service}` (fail-fast)")]
     Busy {

@@ -38,7 +38,10 @@ impl Node {
         // No pong in time, or the connection closed first: either way, no answer.
         tokio::time::timeout(timeout, measure)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: format!("a pong from an instance of `{service}`"),
+                timeout,
+            })?
     }
 
     /// The live peers, with their RTT and load.
@@ -89,15 +92,23 @@ impl Node {
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: format!(
+                    "{count} instance(s) of `{service}` ({} connected)",
+                    driver.call(|engine, now| engine.live_instances(service, now))
+                ),
+                timeout,
+            })?
     }
 
     /// Waits until `ready` holds, checking again on every change of the peers (up and down,
-    /// subscriptions), at most `timeout`.
+    /// subscriptions), at most `timeout`; then [`Error::WaitTimedOut`] with what `waited_for`
+    /// says.
     pub(crate) async fn wait_until(
         &self,
         timeout: Duration,
         mut ready: impl FnMut() -> bool,
+        waited_for: impl FnOnce() -> String,
     ) -> Result<(), Error> {
         let fut = async {
             let mut changes = self.driver().peer_changes();
@@ -108,7 +119,10 @@ impl Node {
         };
         tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| Error::Timeout(timeout))?
+            .map_err(|_| Error::WaitTimedOut {
+                waited_for: waited_for(),
+                timeout,
+            })?
     }
 
     /// Says why `service` has, or has no, reachable instance: the connected instances, the

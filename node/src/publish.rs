@@ -133,8 +133,17 @@ impl Node {
         audiences: usize,
         timeout: Duration,
     ) -> Result<(), Error> {
-        self.wait_until(timeout, || self.live_audiences(topic) >= audiences)
-            .await
+        self.wait_until(
+            timeout,
+            || self.live_audiences(topic) >= audiences,
+            || {
+                format!(
+                    "{audiences} audience(s) of topic `{topic}` ({} live)",
+                    self.live_audiences(topic)
+                )
+            },
+        )
+        .await
     }
 
     /// The subscriber groups (by name) and ungrouped subscriber instances (`None`) an event

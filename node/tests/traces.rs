@@ -298,3 +298,58 @@ async fn spans_carry_the_message_id_correlation_id_and_attempt() {
     a.shutdown().await;
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn replies_continue_the_trace_of_the_handler_that_made_them() {
+    let (spans, _guard) = record_spans();
+    let ca = MeshCa::generate("traces").unwrap();
+    let b = start(&ca, "pricing", None).await;
+    b.handle("quote", |_msg: Message| async { Ok("25") });
+    let a = start(&ca, "shop", Some(&b)).await;
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    a.handle("quote-replies", move |reply: Message| {
+        let _ = seen_tx.send((
+            reply.header("traceparent").map(str::to_owned),
+            TraceContext::current(),
+        ));
+        async { Ok(()) }
+    });
+    let incoming = TraceContext::parse(INCOMING, None).unwrap();
+    let send = incoming.clone().in_scope(|| {
+        a.send(
+            "pricing",
+            Message::command("quote", "book").with_reply_channel("quote-replies"),
+        )
+    });
+    tokio::time::timeout(WAIT, send).await.unwrap().unwrap();
+    let (header, current) = tokio::time::timeout(WAIT, seen_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The asynchronous reply names B's `shoal.handle` span, and A's reply handler runs in
+    // the same trace.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let handled_b = spans
+        .named("shoal.handle")
+        .into_iter()
+        .find(|s| s.get("messaging.destination.name") == Some("quote"))
+        .unwrap();
+    let b_span = handled_b.get("shoal.span_id").unwrap();
+    assert_eq!(header, Some(format!("00-{trace}-{b_span}-01")));
+    assert_eq!(format!("{:032x}", current.unwrap().trace_id()), trace);
+    let handled_reply = spans
+        .named("shoal.handle")
+        .into_iter()
+        .find(|s| s.get("messaging.destination.name") == Some("quote-replies"))
+        .unwrap();
+    assert_eq!(handled_reply.get("shoal.parent_span_id"), Some(b_span));
+
+    // A synchronous request's reply carries the trace too.
+    let request =
+        incoming.in_scope(|| a.request("pricing", Message::command("quote", "pen"), WAIT));
+    let reply = tokio::time::timeout(WAIT, request).await.unwrap().unwrap();
+    let ctx = reply.trace_context().unwrap();
+    assert_eq!(format!("{:032x}", ctx.trace_id()), trace);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -448,3 +448,49 @@ async fn limits_damaged_and_dead_rows_and_the_inbox() {
     drop(client);
     drop_outbox(&url, &schema).await;
 }
+
+/// A row carries the trace of its enqueue: the context current at the call (given here with
+/// `in_scope`, the future awaited outside it) is stored with the message, and the relay's
+/// send carries it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_carries_the_trace_of_its_enqueue() {
+    let name = "pg_trace";
+    let Some(url) = database(name) else { return };
+    let schema = fresh_schema(name);
+    let mesh = Mesh::new();
+    let outbox = Arc::new(
+        PostgresOutbox::connect(&url, test_options(&schema, RelayMode::Polling))
+            .await
+            .unwrap(),
+    );
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let billing = mesh.start_with(mesh.builder("billing"), &[]).await;
+    billing.handle("bill", move |msg: Message| {
+        let _ = seen_tx.send(msg.header("traceparent").map(str::to_owned));
+        async { Ok::<_, HandlerError>(()) }
+    });
+    let orders = publisher(&mesh, &outbox, &billing).await;
+    let ctx = shoal::TraceContext::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        None,
+    )
+    .unwrap();
+    let (destination, msg) = (
+        Destination::Service("billing".into()),
+        Message::command("bill", "1"),
+    );
+    let mut client = outbox.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let enqueued = ctx
+        .clone()
+        .in_scope(|| outbox.enqueue(&tx, &destination, &msg));
+    enqueued.await.unwrap();
+    outbox.commit(tx).await.unwrap();
+    let header = timeout(WAIT, seen_rx.recv()).await.unwrap().unwrap();
+    assert_eq!(header, Some(ctx.traceparent()));
+    drained(&outbox).await;
+    orders.shutdown().await;
+    billing.shutdown().await;
+    drop(outbox);
+    drop_outbox(&url, &schema).await;
+}

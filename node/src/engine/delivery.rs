@@ -178,20 +178,7 @@ impl<H: Clone> Engine<H> {
         }
         let until = waits_until(del);
         if now >= until {
-            let reason = match del.spec.hold {
-                Some(_) => format!(
-                    "no live instance of {} (held {:?})",
-                    del.route.describe(),
-                    now.saturating_duration_since(del.created)
-                ),
-                None => format!("no instance of {} is connected", del.route.describe()),
-            };
-            // The failure of an earlier attempt says more, if there was one.
-            let reason = if del.last_failure.is_empty() {
-                reason
-            } else {
-                format!("{reason}; before that: {}", del.last_failure)
-            };
+            let reason = no_instance_reason(del, now);
             return self.dead_letter(d, reason, now);
         }
         // Woken by a change of the peers and still without an instance: it waits on under
@@ -341,6 +328,24 @@ fn waits_for_turn_until(del: &Delivery) -> Instant {
 }
 
 /// How long `del` waits for a live instance: its hold, or else its retry deadline.
+/// Why `d`, waiting for an instance, is given up on `now`: no instance, and the failure of
+/// an earlier attempt, which says more, if there was one.
+pub(super) fn no_instance_reason(del: &Delivery, now: Instant) -> String {
+    let reason = match del.spec.hold {
+        Some(_) => format!(
+            "no live instance of {} (held {:?})",
+            del.route.describe(),
+            now.saturating_duration_since(del.created)
+        ),
+        None => format!("no instance of {} is connected", del.route.describe()),
+    };
+    if del.last_failure.is_empty() {
+        reason
+    } else {
+        format!("{reason}; before that: {}", del.last_failure)
+    }
+}
+
 fn waits_until(del: &Delivery) -> Instant {
     match del.spec.hold {
         Some(hold) => later(del.created, hold),

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::action::{Action, Done, OpId};
-use super::delivery::State;
-use super::send::OpKind;
+use super::delivery::{State, no_instance_reason};
+use super::send::{DeliveryId, OpKind};
 use super::{Engine, Lifecycle};
 use crate::Error;
 use crate::receipts::PublishReceipt;
@@ -25,20 +25,50 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// Ends the requests whose callers stopped waiting by `now`.
+    /// Ends the requests whose callers stopped waiting by `now`: with [`Error::Timeout`] when
+    /// the message may have reached a handler (an attempt is on its way), or dead-lettered
+    /// with the reason, as a send would be at its deadline, when it has not: no instance is
+    /// connected, or the instances tried refused it (no handler) and it waits to be retried.
     pub(super) fn expire_requests(&mut self, now: Instant) {
         while let Some(entry) = self.out.request_deadlines.first_entry()
             && entry.key().0 <= now
         {
             let ((_, op), timeout) = entry.remove_entry();
-            if let Some(o) = self.out.ops.get_mut(op) {
-                o.deadline = None;
-                if o.result.is_none() {
-                    self.stop_deliveries(op, now);
-                    self.complete(op, Err(Error::Timeout(timeout)));
-                }
+            let Some(o) = self.out.ops.get_mut(op) else {
+                continue;
+            };
+            o.deadline = None;
+            if o.result.is_some() {
+                continue;
             }
+            if let Some((d, reason)) = self.undelivered(op, now) {
+                self.dead_letter(d, reason, now); // outcome.rs: sets the op's error
+            }
+            self.stop_deliveries(op, now);
+            let error = self
+                .out
+                .ops
+                .get_mut(op)
+                .and_then(|o| o.error.take())
+                .unwrap_or(Error::Timeout(timeout));
+            self.complete(op, Err(error));
         }
+    }
+
+    /// A delivery of request `op` whose message has reached no handler by `now`, with why:
+    /// it waits for an instance, or for its next attempt after a failed one. `None` while an
+    /// attempt is on its way (its handler may be running: the request then times out).
+    fn undelivered(&self, op: OpId, now: Instant) -> Option<(DeliveryId, String)> {
+        let o = self.out.ops.get(op)?;
+        o.deliveries.iter().find_map(|&d| {
+            let del = self.out.deliveries.get(d).filter(|del| del.op == op)?;
+            match del.state {
+                State::Instance => Some((d, no_instance_reason(del, now))),
+                State::Flight { .. } | State::Channel(_) => None,
+                _ if !del.last_failure.is_empty() => Some((d, del.last_failure.clone())),
+                _ => None,
+            }
+        })
     }
 
     /// Takes the result of an operation that completed ([`Action::Complete`]); the operation

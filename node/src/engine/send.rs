@@ -243,8 +243,26 @@ impl<H: Clone> Engine<H> {
             reliable: true,
             ordered: false,
         };
+        self.check_service(service)?;
         let target = Target::service(self.names.get(service));
         self.point_to_point(OpKind::Send, target, msg, spec, now)
+    }
+
+    /// Refuses a target service name no node can have: empty, or longer than the limits
+    /// allow (as a message name that long is refused), before anything is sent.
+    fn check_service(&self, service: &str) -> Result<(), Error> {
+        if service.is_empty() {
+            return Err(Error::EmptyServiceName);
+        }
+        let max = self.config.limits.max_name_len;
+        if service.len() > max {
+            return Err(Error::Encode(shoal_proto::EncodeError::LimitExceeded {
+                limit: "max_name_len",
+                actual: service.len(),
+                max,
+            }));
+        }
+        Ok(())
     }
 
     /// Sends `msg` as a synchronous request to one instance of `service`; the result is the
@@ -256,6 +274,7 @@ impl<H: Clone> Engine<H> {
         timeout: Duration,
         now: Instant,
     ) -> Result<OpId, Error> {
+        self.check_service(service)?;
         let id = msg.id();
         // Replies find their request by its id: a second request with it would take the
         // first one's place, and one of the two would wait for a reply that went to the other.

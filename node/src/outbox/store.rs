@@ -155,11 +155,15 @@ pub(crate) fn decode_rows(
     Ok(decoded)
 }
 
-/// A message as an outbox row stores it (see `codec::encode_envelope`).
+/// A message as an outbox row stores it (see `codec::encode_envelope`), with the trace
+/// context current at the enqueue in its headers (unless it has one): the row's frame holds
+/// the headers, so the relay's send, whenever it comes, continues that trace, and no column
+/// is needed.
 pub(crate) fn encode_stored(
     message: &Message,
     limits: &Limits,
 ) -> Result<bytes::Bytes, OutboxError> {
+    let message = crate::trace::with_current_context(message);
     Ok(codec::encode_envelope(message.envelope(), limits)?)
 }
 

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use smallvec::SmallVec;
 
-use super::{Driver, replies};
+use super::{Driver, ReplyBody, replies};
 use crate::Message;
 use crate::engine::{HandlerOutcome, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
@@ -39,7 +39,7 @@ impl Driver {
             // directly, without an outer future around it.
             let handler = handlers.remove(0);
             let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                crate::trace::call_handler(&handler, message)
+                crate::trace::call_handler(&handler, message).0
             })) {
                 Ok(future) => future,
                 Err(_) => return Some((task, Err(panicked()))),
@@ -96,7 +96,7 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
     let request = message
         .reply_to()
         .map(|addr| (message.id(), addr.channel.clone()));
-    let mut bodies: SmallVec<[Option<bytes::Bytes>; 1]> = SmallVec::new();
+    let mut bodies: SmallVec<[ReplyBody; 1]> = SmallVec::new();
     let mut message = Some(message);
     let last = handlers.len().saturating_sub(1);
     for (i, handler) in handlers.iter().enumerate() {
@@ -114,16 +114,17 @@ async fn call_all(handlers: SmallVec<[BoxedHandler; 1]>, message: Message) -> Ha
 
 /// Calls one handler (in its `shoal.handle` span: `crate::trace`), turning a panic (in the
 /// closure or in its future) into a permanent failure so one bad handler does not take the
-/// node down.
-async fn call(handler: &BoxedHandler, msg: Message) -> Result<Option<bytes::Bytes>, HandlerError> {
-    let Ok(future) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+/// node down. Returns the reply body with the handler's trace context.
+async fn call(handler: &BoxedHandler, msg: Message) -> Result<ReplyBody, HandlerError> {
+    let Ok((future, ctx)) = std::panic::catch_unwind(AssertUnwindSafe(|| {
         crate::trace::call_handler(handler, msg)
     })) else {
         return Err(panicked());
     };
-    CatchUnwind(AssertUnwindSafe(future))
+    let body = CatchUnwind(AssertUnwindSafe(future))
         .await
-        .unwrap_or_else(|()| Err(panicked()))
+        .unwrap_or_else(|()| Err(panicked()))?;
+    Ok((body, ctx))
 }
 
 /// Catches a panic in the wrapped future.

@@ -448,18 +448,24 @@ impl State {
     }
 }
 
+/// What one handler returned for a reply: its body, and the trace context it ran in.
+type ReplyBody = (Option<bytes::Bytes>, Option<crate::TraceContext>);
+
 /// The replies to request `request` on `channel` (empty for a synchronous request), one per
 /// handler body: a message that asked for a reply always gets one, an empty body if its
-/// handler returned none.
+/// handler returned none. Each carries the trace context of the handler that made it (a
+/// handler's reply is a message it sends, and continues its trace).
 fn replies(
     request: shoal_proto::MessageId,
     channel: &str,
-    bodies: SmallVec<[Option<bytes::Bytes>; 1]>,
+    bodies: SmallVec<[ReplyBody; 1]>,
 ) -> crate::engine::Replies {
     bodies
         .into_iter()
-        .map(|body| {
-            Message::reply_to_request(request, channel.to_owned(), body.unwrap_or_default())
+        .map(|(body, ctx)| {
+            let reply =
+                Message::reply_to_request(request, channel.to_owned(), body.unwrap_or_default());
+            crate::trace::with_handler_context(reply, ctx.as_ref())
         })
         .collect()
 }

@@ -130,10 +130,35 @@ fn set_context(msg: &mut Message, ctx: &TraceContext) {
     }
 }
 
+/// `message` with the current trace context in its headers, as `send` would put it, unless
+/// it has a `traceparent` already or there is no current context: what an outbox stores, so
+/// the relay's later send continues the trace of the enqueue.
+#[cfg(feature = "outbox")]
+pub(crate) fn with_current_context(message: &Message) -> std::borrow::Cow<'_, Message> {
+    use std::borrow::Cow;
+    if message.has_traceparent() {
+        return Cow::Borrowed(message);
+    }
+    match current() {
+        Some((ctx, _)) => {
+            let mut traced = message.clone();
+            set_context(&mut traced, &ctx);
+            Cow::Owned(traced)
+        }
+        None => Cow::Borrowed(message),
+    }
+}
+
 /// Calls `handler` on `message` inside a `shoal.handle` span and the message's trace context.
 /// Without a subscriber for the span and without a trace on the message, the handler is
 /// called as it is, with nothing around it.
-pub(crate) fn call_handler(handler: &BoxedHandler, message: Message) -> HandlerFuture {
+///
+/// Returns the handler's future and its trace context (the one its replies carry: see
+/// [`with_handler_context`]); `None` when the call is in no trace.
+pub(crate) fn call_handler(
+    handler: &BoxedHandler,
+    message: Message,
+) -> (HandlerFuture, Option<TraceContext>) {
     // Parse only when there is something to parse.
     let incoming = if message.has_traceparent() {
         message.trace_context()
@@ -159,10 +184,24 @@ pub(crate) fn call_handler(handler: &BoxedHandler, message: Message) -> HandlerF
         Some(enter_span(&span, incoming.as_ref(), true))
     };
     let Some(ctx) = ctx else {
-        return handler(message);
+        return (handler(message), None);
     };
     let future = span.in_scope(|| CURRENT.sync_scope(ctx.clone(), || handler(message)));
-    Box::pin(CURRENT.scope(ctx, future).instrument(span))
+    (
+        Box::pin(CURRENT.scope(ctx.clone(), future).instrument(span)),
+        Some(ctx),
+    )
+}
+
+/// A reply the handler that ran in `ctx` made (Shoal builds it from the handler's return
+/// value): it continues the handler's trace like any message the handler sends, so an
+/// asynchronous reply's handler, and a requester reading [`Message::trace_context`], are in
+/// the same trace. No header without a trace.
+pub(crate) fn with_handler_context(mut reply: Message, ctx: Option<&TraceContext>) -> Message {
+    if let Some(ctx) = ctx {
+        set_context(&mut reply, ctx);
+    }
+    reply
 }
 
 /// The `shoal.handle` span of one handler call, its fields after OpenTelemetry's messaging

@@ -412,7 +412,7 @@ pub(crate) async fn wait_for_service(
         tokio::select! {
             ready = &mut ready => match ready {
                 Ok(()) => return Ok(()),
-                Err(shoal::Error::Timeout(_)) => break,
+                Err(shoal::Error::WaitTimedOut { .. }) => break,
                 Err(e) => return Err(e.into()),
             },
             event = events.recv(), if listening => match event {

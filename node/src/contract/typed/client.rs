@@ -1,9 +1,11 @@
 //! The sending side of a [`TypedNode`]: typed commands, requests and events, encoded as the
 //! contract declares them, over the node's byte API.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 
 use super::TypedNode;
 use super::routes::{MESSAGE_HEADER, VERSIONS_HEADER};
@@ -35,29 +37,56 @@ impl TypedNode {
     /// Sends `value` to one instance of `service` and resolves when its handler has finished
     /// ([`Node::send`](crate::Node::send)). A receiver that does not take this version
     /// refuses it for good: the result is [`Error::DeadLettered`] with its reason.
-    pub async fn send<T: Contract>(&self, service: &str, value: &T) -> Result<Receipt, Error> {
-        self.send_with(service, value, SendOptions::default()).await
+    ///
+    /// As with `Node::send`, the value is encoded and the message on its way from the call
+    /// on (the returned future need not be polled for it to go), and the trace context is
+    /// the one current at the call: `ctx.in_scope(|| typed.send(..))` is enough.
+    pub fn send<T: Contract>(
+        &self,
+        service: &str,
+        value: &T,
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
+        self.send_with(service, value, SendOptions::default())
     }
 
     /// [`send`](Self::send) with per-message options.
-    pub async fn send_with<T: Contract>(
+    pub fn send_with<T: Contract>(
         &self,
         service: &str,
         value: &T,
         options: SendOptions,
-    ) -> Result<Receipt, Error> {
-        let msg = self.command(service, value)?;
-        self.inner.node.send_with(service, msg, options).await
+    ) -> impl Future<Output = Result<Receipt, Error>> + Send + 'static {
+        let started = self
+            .command(service, value)
+            .map(|msg| self.inner.node.send_with(service, msg, options));
+        then(started)
     }
 
     /// Sends `value` as a request to one instance of `service` and decodes its reply as `R`,
-    /// the reply the contract declares for it. Waits at most `timeout`.
-    pub async fn request<T: Contract, R: Contract>(
+    /// the reply the contract declares for it. Waits at most `timeout` from the call, which
+    /// starts the request (and reads the trace context) as [`send`](Self::send) does.
+    pub fn request<T: Contract, R: Contract>(
         &self,
         service: &str,
         value: &T,
         timeout: Duration,
-    ) -> Result<R, Error> {
+    ) -> impl Future<Output = Result<R, Error>> + Send + 'static {
+        replied::<R>(self.start_request::<T, R>(service, value, timeout))
+    }
+
+    /// Checks that the contract answers `T` with `R`, and starts the request.
+    fn start_request<T: Contract, R: Contract>(
+        &self,
+        service: &str,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<
+        (
+            impl Future<Output = Result<Message, Error>> + Send + 'static,
+            Codec,
+        ),
+        Error,
+    > {
         let (entry, codec) = self.sends::<T>(service)?;
         let expected = Some(MessageRef::of::<R>());
         if entry.reply.map(|m| m.id) != expected {
@@ -71,8 +100,7 @@ impl TypedNode {
             )));
         }
         let msg = self.command(service, value)?;
-        let reply = self.inner.node.request(service, msg, timeout).await?;
-        decode_as::<R>(&reply, codec)
+        Ok((self.inner.node.request(service, msg, timeout), codec))
     }
 
     /// The byte events for publishing `event` (one value, or several versions of one event
@@ -136,23 +164,30 @@ impl TypedNode {
     /// audience gets both in one delivery, acked once), marked as versions of one event:
     /// every subscriber handles the highest version it knows, once, and acknowledges the
     /// other unhandled, so old subscribers keep working and new ones see the event once.
-    pub async fn publish<V: Versions>(&self, event: &V) -> Result<PublishReceipt, Error> {
-        self.publish_with(event, PublishOptions::default()).await
+    ///
+    /// Like [`send`](Self::send), the publish starts (and reads the trace context) at the call.
+    pub fn publish<V: Versions>(
+        &self,
+        event: &V,
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        self.publish_with(event, PublishOptions::default())
     }
 
     /// [`publish`](Self::publish) with per-event options.
-    pub async fn publish_with<V: Versions>(
+    pub fn publish_with<V: Versions>(
         &self,
         event: &V,
         options: PublishOptions,
-    ) -> Result<PublishReceipt, Error> {
-        let mut messages = self.event(event)?;
-        if messages.len() == 1 {
-            let only = messages.remove(0);
-            self.inner.node.publish_with(only, options).await
-        } else {
-            self.inner.node.publish_batch_with(messages, options).await
-        }
+    ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
+        let started = self.event(event).map(|mut messages| {
+            if messages.len() == 1 {
+                let only = messages.remove(0);
+                Either::Left(self.inner.node.publish_with(only, options))
+            } else {
+                Either::Right(self.inner.node.publish_batch_with(messages, options))
+            }
+        });
+        then(started)
     }
 
     /// Decodes a byte message as `T` (by its content type; without one, by the codec the
@@ -204,6 +239,23 @@ impl TypedNode {
                 ))
             })
     }
+}
+
+/// The rest of an operation started at the call, or the error that refused it then. Outside
+/// the generic methods, so the future holds neither their type parameters nor their borrows.
+async fn then<F, T>(started: Result<F, Error>) -> Result<T, Error>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    started?.await
+}
+
+/// The rest of a typed request started at the call: its reply, decoded as `R`.
+async fn replied<R: Contract>(
+    started: Result<(impl Future<Output = Result<Message, Error>>, Codec), Error>,
+) -> Result<R, Error> {
+    let (request, codec) = started?;
+    decode_as::<R>(&request.await?, codec)
 }
 
 pub(crate) fn encode<T: Contract>(value: &T, codec: Codec) -> Result<Bytes, Error> {

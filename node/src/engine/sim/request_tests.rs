@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use shoal_proto::Limits;
+
 use super::{Handled, Sim};
 use crate::Error;
 use crate::engine::Done;
@@ -111,4 +113,72 @@ fn a_request_with_the_id_of_one_waiting_is_refused_and_the_first_is_answered() {
         Some(Ok(Done::Replied(reply))) => assert_eq!(reply.payload(), "42"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A request whose message reaches no handler by its timeout ends as a send would, dead-
+/// lettered with the reason (before, a bare `Error::Timeout` hid it): the instance has no
+/// handler for it, or no instance is connected.
+#[test]
+fn a_request_no_handler_took_by_its_timeout_is_dead_lettered_with_the_reason() {
+    let mut sim = Sim::new(15);
+    let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
+    sim.connect(shop, pricing);
+    sim.run_for(SECOND);
+    let msg = sim.command("quote", "book");
+    let op = sim.request_within(shop, "pricing", msg, 2 * SECOND);
+    sim.run_for(3 * SECOND);
+    match sim.result(shop, op) {
+        Some(Err(Error::DeadLettered(letter))) => {
+            assert!(
+                letter.last_failure.contains("has no handler for `quote`"),
+                "{letter}"
+            );
+        }
+        other => panic!("not dead-lettered with its reason: {other:?}"),
+    }
+    assert_eq!(sim.nodes[shop].engine.dead_letters().len(), 1);
+    // Nothing of the request is left to retry.
+    assert!(sim.run_for(60 * SECOND), "the sender still has work");
+
+    let msg = sim.command("quote", "book");
+    let op = sim.request_within(shop, "nobody", msg, 2 * SECOND);
+    sim.run_for(3 * SECOND);
+    match sim.result(shop, op) {
+        Some(Err(Error::DeadLettered(letter))) => assert!(
+            letter
+                .last_failure
+                .contains("no instance of service `nobody` is connected"),
+            "{letter}"
+        ),
+        other => panic!("not dead-lettered with its reason: {other:?}"),
+    }
+}
+
+/// A target service name no node can have is refused at once, by `send` and `request`
+/// alike: empty, or longer than `max_name_len` (as a message name that long is). Before,
+/// the message waited out its retry deadline and was dead-lettered.
+#[test]
+fn a_service_name_no_node_can_have_is_refused_at_once() {
+    let mut sim = Sim::new(16);
+    let shop = sim.node("shop");
+    let now = sim.now;
+    let long = "s".repeat(Limits::default().max_name_len + 1);
+    for service in ["", long.as_str()] {
+        let msg = sim.command("quote", "book");
+        let sent = sim.nodes[shop]
+            .engine
+            .send(service, msg, &Default::default(), now);
+        let msg = sim.command("quote", "book");
+        let requested = sim.nodes[shop].engine.request(service, msg, SECOND, now);
+        for result in [sent, requested] {
+            match (service.is_empty(), result) {
+                (true, Err(Error::EmptyServiceName)) => {}
+                (false, Err(Error::Encode(e))) => {
+                    assert!(e.to_string().contains("max_name_len"), "{e}");
+                }
+                (_, other) => panic!("`{service}` not refused: {other:?}"),
+            }
+        }
+    }
+    assert!(sim.nodes[shop].engine.dead_letters().is_empty());
 }

@@ -184,13 +184,27 @@ impl PostgresOutbox {
     /// (nothing was written; `tx` is usable); [`OutboxError::Encode`] when the message breaks
     /// a wire limit; [`OutboxError::Database`] when the insert fails (for instance, the same
     /// message enqueued twice): PostgreSQL then aborts `tx`, so roll it back.
-    pub async fn enqueue(
+    ///
+    /// The message is encoded when this is called, with the trace context current then (see
+    /// the README's outbox section): `ctx.in_scope(|| outbox.enqueue(..))` is enough.
+    pub fn enqueue(
         &self,
         tx: &Transaction<'_>,
         destination: &Destination,
         message: &Message,
+    ) -> impl Future<Output = Result<(), OutboxError>> {
+        let frame = encode_stored(message, &self.shared.limits);
+        async move { self.insert(tx, destination, message, frame?).await }
+    }
+
+    /// [`PostgresOutbox::enqueue`] once the message is encoded.
+    async fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        destination: &Destination,
+        message: &Message,
+        frame: bytes::Bytes,
     ) -> Result<(), OutboxError> {
-        let frame = encode_stored(message, &self.shared.limits)?;
         let pending = self.pending_count(tx).await?;
         let limit = self.shared.options.max_pending;
         if pending >= limit {

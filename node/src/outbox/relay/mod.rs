@@ -408,7 +408,17 @@ type Outcome = (i64, Result<(), Error>);
 type Delivery = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Starts delivering one row, trying for at most `keep_trying`; `None` once the node is gone.
+/// The send runs in the trace of the enqueue (the row's headers hold it), so the relay's own
+/// `shoal.send` span, when recorded, is in that trace too.
 fn start(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<Delivery> {
+    match row.message.trace_context() {
+        Some(ctx) => ctx.in_scope(|| start_now(node, row, keep_trying)),
+        None => start_now(node, row, keep_trying),
+    }
+}
+
+/// [`start`], in the current trace context.
+fn start_now(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<Delivery> {
     let node = node.upgrade()?;
     let seq = row.seq;
     // Store and forward: the node's retry policy (ack timeout, backoff), but trying (and
