@@ -87,19 +87,39 @@ impl Link {
 
 /// The link of each interface of the calling thread's network namespace, by name.
 pub(super) fn links() -> std::io::Result<HashMap<String, Link>> {
-    let mut links: HashMap<String, Link> = HashMap::new();
-    for interface in if_addrs::get_if_addrs()? {
-        let subnet = match &interface.addr {
-            if_addrs::IfAddr::V4(v4) => Subnet::new(IpAddr::V4(v4.ip), v4.prefixlen),
-            if_addrs::IfAddr::V6(v6) => Subnet::new(IpAddr::V6(v6.ip), v6.prefixlen),
-        };
-        links
-            .entry(interface.name)
+    Ok(links_of(if_addrs::get_if_addrs()?.into_iter().map(
+        |interface| {
+            let subnet = match &interface.addr {
+                if_addrs::IfAddr::V4(v4) => Subnet::new(IpAddr::V4(v4.ip), v4.prefixlen),
+                if_addrs::IfAddr::V6(v6) => Subnet::new(IpAddr::V6(v6.ip), v6.prefixlen),
+            };
+            (interface.name, subnet)
+        },
+    )))
+}
+
+/// The links of `interfaces` (each name with one of its subnets), by name. An IPv4 alias
+/// address comes under its label (`eth0:1`), but it is on the device's link: every name of a
+/// device (`eth0`, `eth0:1`) has the subnets of all of them.
+fn links_of(interfaces: impl IntoIterator<Item = (String, Subnet)>) -> HashMap<String, Link> {
+    let device = |name: &str| name.split(':').next().unwrap_or(name).to_owned();
+    let mut devices: HashMap<String, Link> = HashMap::new();
+    let mut names = Vec::new();
+    for (name, subnet) in interfaces {
+        devices
+            .entry(device(&name))
             .or_default()
             .subnets
             .push(subnet);
+        names.push(name);
     }
-    Ok(links)
+    names
+        .into_iter()
+        .map(|name| {
+            let link = devices.get(&device(&name)).cloned().unwrap_or_default();
+            (name, link)
+        })
+        .collect()
 }
 
 /// Drops the addresses of `announcement` (heard on its `via`) that are not on `link`,
@@ -170,6 +190,24 @@ mod tests {
 
     fn on(link: &Link, ip: &str) -> bool {
         link.contains(ip.parse().expect("ip"))
+    }
+
+    /// An alias address (listed under its label, `eth0:1`) is on its device's link: an
+    /// announcement from its subnet heard on `eth0` is taken in, and the other way round.
+    #[test]
+    fn alias_addresses_are_on_their_devices_link() {
+        let subnet = |ip: &str, prefix| Subnet::new(ip.parse().expect("ip"), prefix);
+        let links = links_of([
+            ("eth0".to_owned(), subnet("10.1.0.7", 24)),
+            ("eth0:1".to_owned(), subnet("192.168.5.7", 24)),
+            ("eth1".to_owned(), subnet("10.2.0.7", 24)),
+        ]);
+        for name in ["eth0", "eth0:1"] {
+            assert!(on(&links[name], "192.168.5.9"), "{name}");
+            assert!(on(&links[name], "10.1.0.9"), "{name}");
+            assert!(!on(&links[name], "10.2.0.9"), "{name}: another device");
+        }
+        assert!(!on(&links["eth1"], "192.168.5.9"));
     }
 
     #[test]
