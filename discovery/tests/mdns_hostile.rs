@@ -351,15 +351,25 @@ fn addresses_off_the_link_are_refused() {
             vec![sock(lan.addr(2), 7302)],
             "only the LAN address"
         );
-        // The datagram that brought x2 up refused x1 before (it comes first).
-        let diagnostics = observer.mdns.diagnostics();
-        let rejected = &diagnostics.rejected;
-        assert!(
-            refused_off_link(rejected, x1, &x1_off) && refused_off_link(rejected, x2, &x2_off),
-            "{} ({:?}): {rejected:#?}",
-            observer.id,
-            diagnostics.browser
-        );
+        // The datagram that brought x2 up carried x1 too; the listener refuses x1 first (it
+        // comes first in the datagram), mdns-sd's browse resolves the two instances in no set
+        // order: wait (bounded) for both refusals to be recorded.
+        let deadline = Instant::now() + STEP;
+        let diagnostics = loop {
+            let diagnostics = observer.mdns.diagnostics();
+            let rejected = &diagnostics.rejected;
+            if refused_off_link(rejected, x1, &x1_off) && refused_off_link(rejected, x2, &x2_off)
+            {
+                break diagnostics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} ({:?}): {rejected:#?}",
+                observer.id,
+                diagnostics.browser
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert!(
             diagnostics.peers.iter().all(|p| p.node_id != x1),
             "x1 is never a peer: {diagnostics:#?}"
