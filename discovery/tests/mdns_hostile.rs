@@ -358,8 +358,7 @@ fn addresses_off_the_link_are_refused() {
         let diagnostics = loop {
             let diagnostics = observer.mdns.diagnostics();
             let rejected = &diagnostics.rejected;
-            if refused_off_link(rejected, x1, &x1_off) && refused_off_link(rejected, x2, &x2_off)
-            {
+            if refused_off_link(rejected, x1, &x1_off) && refused_off_link(rejected, x2, &x2_off) {
                 break diagnostics;
             }
             assert!(

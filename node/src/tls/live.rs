@@ -189,7 +189,7 @@ impl Material {
         let (leaf, rest) = chain
             .split_first()
             .ok_or_else(|| Error::Identity("the node certificate chain is empty".into()))?;
-        let now = UnixTime::now();
+        let now = validity_now();
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|e| Error::Config(format!("invalid server name {SERVER_NAME}: {e}")))?;
         servers
@@ -290,6 +290,19 @@ impl PeerVerifier {
     }
 }
 
+/// The time certificates are checked against: now, rounded *up* to the whole second. webpki
+/// compares whole seconds and takes a certificate as valid through the second of its
+/// `notAfter` (rustls passes now rounded down), while this node cuts off a connection whose
+/// peer's certificate expired as soon as `notAfter` has passed (`cert_lifecycle`): rounded
+/// down, a peer cut off for expiry could dial in again for the rest of that second.
+fn validity_now() -> UnixTime {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs))
+}
+
 impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
@@ -297,7 +310,7 @@ impl ServerCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp_response: &[u8],
-        now: UnixTime,
+        _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let material = self.0.material();
         material.servers.verify_server_cert(
@@ -305,7 +318,7 @@ impl ServerCertVerifier for PeerVerifier {
             intermediates,
             server_name,
             ocsp_response,
-            now,
+            validity_now(),
         )?;
         self.0.check_revocation(end_entity)?;
         Ok(ServerCertVerified::assertion())
@@ -345,12 +358,12 @@ impl ClientCertVerifier for PeerVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
+        _: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let material = self.0.material();
         material
             .clients
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, validity_now())?;
         self.0.check_revocation(end_entity)?;
         Ok(ClientCertVerified::assertion())
     }

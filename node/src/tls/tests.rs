@@ -449,6 +449,50 @@ async fn a_revoked_server_is_refused_by_the_dialling_node() {
     assert!(err.to_string().contains("is revoked"), "{err}");
 }
 
+/// A certificate whose `notAfter` passed within the current second is refused, as the node's
+/// expiry task cuts such a peer off (webpki compares whole seconds, and rustls hands it now
+/// rounded down, which would let the certificate in for the rest of that second). Tried early
+/// in a second, so that the handshake ends within it; again if it did not.
+#[tokio::test]
+async fn a_certificate_expired_within_the_current_second_is_refused() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let ca = MeshCa::generate("validity").unwrap();
+    let (server, addr) = server(&ca.issue("orders").unwrap(), &ca);
+    let client = client_endpoint();
+    let whole_second = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+    for _ in 0..5 {
+        // Wait (at most a second) for a moment just past a second's start.
+        let now = loop {
+            let now = SystemTime::now();
+            let millis = now.duration_since(UNIX_EPOCH).unwrap().subsec_millis();
+            if (20..300).contains(&millis) {
+                break now;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let second = UNIX_EPOCH + Duration::from_secs(whole_second(now));
+        let hour = Duration::from_secs(3600);
+        let expired = ca
+            .issue_valid_between("billing", second - hour, second)
+            .unwrap();
+        let connecting = client
+            .connect_with(raw_client(&ca, Some(&expired)), addr, SERVER_NAME)
+            .unwrap();
+        let (server_err, ()) = tokio::join!(
+            assert_server_refuses(&server),
+            assert_client_cut_off(connecting)
+        );
+        assert!(
+            server_err.to_string().contains("certificate expired"),
+            "{server_err}"
+        );
+        if whole_second(SystemTime::now()) == whole_second(now) {
+            return;
+        }
+    }
+    panic!("no handshake ended within the second it started in, in 5 tries");
+}
+
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused_and_the_error_says_which() {
     use std::time::SystemTime;
