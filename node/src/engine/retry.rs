@@ -104,13 +104,18 @@ impl RetryState {
     }
 }
 
+/// A century: what [`later`] adds when `at + d` does not fit, and the longest span Shoal
+/// writes into a database (a PostgreSQL timestamp reaches the year 294276, an interval
+/// 292,000 years; a century fits both with room).
+pub(crate) const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// `at + d`, or a century later when that does not fit: `Duration::MAX` means "never".
 ///
 /// Every instant the engine (and the runtime) computes from a duration a user configured
 /// goes through this, so a huge value (`Duration::MAX` for "forever") never overflows.
 pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
-        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .or_else(|| at.checked_add(CENTURY))
         .unwrap_or(at)
 }
 
