@@ -202,7 +202,8 @@ impl NodeBuilder {
     }
 
     /// How sends are retried and when they are dead-lettered ([`RetryPolicy`] documents the
-    /// defaults).
+    /// defaults). [`NodeBuilder::start`] refuses a policy with `max_attempts` 0, or a zero
+    /// `ack_timeout` or `deadline`, with [`Error::Config`].
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
         self

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::Error;
+
 /// Exponential backoff with jitter, bounded by attempts and an overall deadline.
 ///
 /// Defaults, tuned for commands between services on one LAN: the first retry comes after about
@@ -19,7 +21,7 @@ pub struct RetryPolicy {
     /// Upper bound of any delay. Default 2 s.
     pub max_backoff: Duration,
     /// How long to wait for the receiver's ack (its handler included) before retrying.
-    /// Default 5 s.
+    /// Default 5 s. Must not be zero.
     pub ack_timeout: Duration,
 }
 
@@ -32,6 +34,25 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(2),
             ack_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// Refuses a policy no delivery can work with, naming `whose` it is (the builder method
+    /// or the option that gave it): no attempt at all (it was taken as one), an ack wait of
+    /// zero (every attempt times out before its ack can come) or a deadline of zero (nothing
+    /// is retried, and the first attempt has no time for its ack either).
+    pub(crate) fn check(&self, whose: &str) -> Result<(), Error> {
+        let why = if self.max_attempts == 0 {
+            "max_attempts 0: counts the first attempt, so it must be at least 1"
+        } else if self.ack_timeout.is_zero() {
+            "ack_timeout zero: every attempt would time out before its ack"
+        } else if self.deadline.is_zero() {
+            "deadline zero: no attempt would have time for its ack"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Config(format!("{whose}: {why}")))
     }
 }
 
@@ -197,6 +218,42 @@ mod tests {
             s.after_failure(&forever, t0, 0.99),
             Next::RetryAt(_) | Next::GiveUp
         ));
+    }
+
+    #[test]
+    fn policies_no_delivery_can_work_with_are_refused_naming_the_value() {
+        assert!(policy().check("X").is_ok());
+        let unusable = [
+            (
+                RetryPolicy {
+                    max_attempts: 0,
+                    ..policy()
+                },
+                "max_attempts 0",
+            ),
+            (
+                RetryPolicy {
+                    ack_timeout: Duration::ZERO,
+                    ..policy()
+                },
+                "ack_timeout zero",
+            ),
+            (
+                RetryPolicy {
+                    deadline: Duration::ZERO,
+                    ..policy()
+                },
+                "deadline zero",
+            ),
+        ];
+        for (p, expected) in unusable {
+            match p.check("SendOptions::retry") {
+                Err(Error::Config(why)) => {
+                    assert!(why.starts_with("SendOptions::retry: ") && why.contains(expected));
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
     }
 
     #[test]
