@@ -85,7 +85,10 @@ impl PublishOptions {
     }
 
     /// Holds copies for a group with no live instance at most `hold` before dead-lettering
-    /// them.
+    /// them. While a copy is held the group stays remembered (however short
+    /// [`crate::NodeBuilder::remember_groups_for`] is), and once an instance is back the copy
+    /// gets its full retries: its [`RetryPolicy::deadline`] counts from the end of the wait,
+    /// not from the publish.
     pub fn hold_for(mut self, hold: Duration) -> Self {
         self.hold_for = Some(hold);
         self

@@ -11,9 +11,14 @@ use crate::Error;
 /// at most 8 attempts, and no message is retried more than 30 s after it was first sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Delivery attempts in total, the first included. Default 8.
+    /// Delivery attempts in total, the first included. Default 8. Must be at least 1.
     pub max_attempts: u32,
     /// Give up this long after the first attempt, whatever the attempt count. Default 30 s.
+    ///
+    /// A held delivery (`hold_for`, `hold_events_for`) counts it from the end of its wait for
+    /// an instance instead: the attempt made when an instance is back starts the clock again,
+    /// so a message held past 30 s still gets its retries once it can be delivered. Must not
+    /// be zero (refused with [`Error::Config`](crate::Error::Config)).
     pub deadline: Duration,
     /// Base delay before the second attempt; the actual delay is drawn from half of it to all
     /// of it (equal jitter), and doubles with each attempt. Default 50 ms.
@@ -80,6 +85,12 @@ impl RetryState {
             started: now,
             attempts: 0,
         }
+    }
+
+    /// Starts the deadline's clock again at `now`: a held delivery whose wait for an instance
+    /// just ended gets its retries from here (see [`RetryPolicy::deadline`]).
+    pub(crate) fn restart_clock(&mut self, now: Instant) {
+        self.started = self.started.max(now);
     }
 
     /// Counts an attempt about to be made and returns its number (1 for the first).
