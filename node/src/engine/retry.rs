@@ -15,10 +15,11 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Give up this long after the first attempt, whatever the attempt count. Default 30 s.
     ///
-    /// A held delivery (`hold_for`, `hold_events_for`) counts it from the end of its wait for
-    /// an instance instead: the attempt made when an instance is back starts the clock again,
-    /// so a message held past 30 s still gets its retries once it can be delivered. Must not
-    /// be zero (refused with [`Error::Config`](crate::Error::Config)).
+    /// A held delivery (`hold_for`, `hold_events_for`) counts it from the end of its wait
+    /// instead: the attempt made when an instance is back (or, for a keyed event behind a held
+    /// one, when its turn comes) starts the clock again, so a message held past 30 s still
+    /// gets its retries once it can be delivered. Must not be zero (refused with
+    /// [`Error::Config`](crate::Error::Config)).
     pub deadline: Duration,
     /// Base delay before the second attempt; the actual delay is drawn from half of it to all
     /// of it (equal jitter), and doubles with each attempt. Default 50 ms.

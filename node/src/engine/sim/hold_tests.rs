@@ -222,6 +222,43 @@ fn a_held_event_whose_first_attempt_fails_gets_its_retries() {
     assert_eq!(published(&sim, orders, op), 1);
 }
 
+/// Keyed events held for 62 s (past their 30 s retry deadline) behind a held one: when each
+/// gets its turn, its first attempt fails with a retryable nack, and it is retried (its wait
+/// for its turn was a hold too), so both are handled, in order.
+#[test]
+fn a_keyed_event_held_behind_another_gets_its_retries_when_its_turn_comes() {
+    let (mut sim, orders) = departed_billing(57);
+    let options = PublishOptions::default().hold_for(120 * SECOND);
+    let ops: Vec<OpId> = (0..2)
+        .map(|i| {
+            let event = sim
+                .event("orders.created", format!("e{i}"))
+                .with_key("customer-7");
+            waiting(sim.publish(orders, vec![event], &options))
+        })
+        .collect();
+    sim.run_for(60 * SECOND);
+    let billing = sim.node("billing");
+    let calls = Rc::new(RefCell::new(Vec::new()));
+    let c = Rc::clone(&calls);
+    sim.subscribe(billing, "orders.created", Some("billing"), move |m| {
+        let payload = String::from_utf8_lossy(m.payload()).into_owned();
+        let first = !c.borrow().contains(&payload);
+        c.borrow_mut().push(payload);
+        if first {
+            Handled::fail(HandlerError::retryable("warming up"))
+        } else {
+            Handled::ok()
+        }
+    });
+    sim.connect(orders, billing);
+    sim.run_for(20 * SECOND);
+    for op in ops {
+        assert_eq!(published(&sim, orders, op), 1);
+    }
+    assert_eq!(*calls.borrow(), ["e0", "e0", "e1", "e1"]);
+}
+
 /// A 2-hour hold outlasts the group's memory (`remember_groups_for`, 10 minutes by
 /// default): the group stays remembered while the copy is held for it, so an instance back
 /// after an hour gets the copy (it used to be listed as dropped).
