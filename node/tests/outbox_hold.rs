@@ -19,9 +19,10 @@ fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
         .trust(ca.clone())
 }
 
-/// An event row for the expected group `billing`, kept trying 4 s. Billing comes after 3.5 s
-/// and refuses every copy with a retryable error: the held copy, retried from then on, would
-/// be retried until 3.5 + 4 s; the row is marked dead at its 4 s instead, saying why.
+/// An event row for the expected group `billing`, kept trying 4 s. Billing comes after 1.5 s
+/// and refuses every copy with a retryable error: the held copy, retried from then on with a
+/// fresh retry deadline, would be retried until that ran out and the row marked dead with the
+/// handler's refusal; it is marked dead at its `keep_trying` instead, saying so.
 #[tokio::test(flavor = "current_thread")]
 async fn a_held_row_is_given_up_keep_trying_after_it_was_enqueued() {
     let dir = std::env::temp_dir().join(format!(
@@ -57,7 +58,8 @@ async fn a_held_row_is_given_up_keep_trying_after_it_was_enqueued() {
     outbox.commit(tx).unwrap();
     let enqueued = Instant::now();
 
-    tokio::time::sleep_until((enqueued + Duration::from_millis(3500)).into()).await;
+    // Billing comes while the row is held (after the publish's own first look for it).
+    tokio::time::sleep_until((enqueued + Duration::from_millis(1500)).into()).await;
     let billing = node(&ca, "billing")
         .peer(orders.local_addr())
         .start()
@@ -87,12 +89,7 @@ async fn a_held_row_is_given_up_keep_trying_after_it_was_enqueued() {
     })
     .await
     .expect("the row is marked dead");
-    let after = enqueued.elapsed();
     assert!(dead[0].reason.contains("keep_trying"), "{}", dead[0].reason);
-    assert!(
-        after < Duration::from_millis(5500),
-        "marked dead {after:?} after it was enqueued, keep_trying {keep_trying:?}"
-    );
     orders.shutdown().await;
     billing.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
