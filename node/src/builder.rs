@@ -202,7 +202,8 @@ impl NodeBuilder {
     }
 
     /// How sends are retried and when they are dead-lettered ([`RetryPolicy`] documents the
-    /// defaults).
+    /// defaults). [`NodeBuilder::start`] refuses a policy with `max_attempts` 0, or a zero
+    /// `ack_timeout` or `deadline`, with [`Error::Config`].
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.config.retry = policy;
         self
@@ -447,7 +448,10 @@ impl NodeBuilder {
     /// How long a published event's copy for a subscriber group with no live instance is
     /// held, waiting for one to appear, before it is dead-lettered. Default 30 s; a publish
     /// may override it ([`crate::PublishOptions::hold_for`]). `Duration::MAX` holds copies
-    /// until an instance appears (or the node stops).
+    /// until an instance appears (or the node stops). The group stays remembered while
+    /// copies are held for it, even past [`NodeBuilder::remember_groups_for`], and a held
+    /// copy's retry deadline ([`RetryPolicy::deadline`]) counts from the end of its wait, so
+    /// it gets its retries once an instance is back.
     pub fn hold_events_for(mut self, hold: Duration) -> Self {
         self.config.event_hold = hold;
         self
@@ -456,8 +460,10 @@ impl NodeBuilder {
     /// How long a subscriber group whose last instance left (crashed, or shut down) still
     /// counts as an audience of its topics, so events published meanwhile are held for it
     /// rather than reaching nobody. Default 10 minutes; zero forgets groups at once,
-    /// `Duration::MAX` remembers them as long as the node runs. A group that unsubscribes on
-    /// purpose is forgotten at once.
+    /// `Duration::MAX` remembers them as long as the node runs. A group for which copies are
+    /// still held ([`NodeBuilder::hold_events_for`], [`crate::PublishOptions::hold_for`]) is
+    /// remembered at least until their hold ends. A group that unsubscribes on purpose is
+    /// forgotten at once.
     pub fn remember_groups_for(mut self, remember: Duration) -> Self {
         self.config.remember_groups = remember;
         self

@@ -113,6 +113,7 @@ impl Config {
     /// (`engine::retry::later`).
     pub(crate) fn validate(&self) -> Result<(), Error> {
         let refuse = |why: String| Err(Error::Config(why));
+        self.retry.check("NodeBuilder::retry_policy")?;
         if self.handshake_timeout.is_zero() {
             return refuse("the handshake timeout must be above zero".into());
         }

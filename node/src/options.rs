@@ -8,7 +8,9 @@ use crate::RetryPolicy;
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub struct SendOptions {
-    /// Overrides the node's retry policy for this message.
+    /// Overrides the node's retry policy for this message. The send fails with
+    /// [`crate::Error::Config`] if the policy has `max_attempts` 0, or a zero `ack_timeout` or
+    /// `deadline`.
     pub retry: Option<RetryPolicy>,
     /// Fail with [`crate::Error::Busy`] instead of waiting when the chosen instance already has the
     /// maximum of unacknowledged messages.
@@ -56,7 +58,9 @@ pub struct PublishOptions {
     /// Return at once instead of waiting for the acks; the reliable copies are delivered (and
     /// retried, or dead-lettered) in the background.
     pub background: bool,
-    /// Overrides the node's retry policy for this event.
+    /// Overrides the node's retry policy for this event. The publish fails with
+    /// [`crate::Error::Config`] if the policy has `max_attempts` 0, or a zero `ack_timeout` or
+    /// `deadline`.
     pub retry: Option<RetryPolicy>,
     /// Overrides how long a copy waits for its group to have a live instance
     /// ([`crate::NodeBuilder::hold_events_for`]).
@@ -81,7 +85,10 @@ impl PublishOptions {
     }
 
     /// Holds copies for a group with no live instance at most `hold` before dead-lettering
-    /// them.
+    /// them. While a copy is held the group stays remembered (however short
+    /// [`crate::NodeBuilder::remember_groups_for`] is), and once an instance is back the copy
+    /// gets its full retries: its [`RetryPolicy::deadline`] counts from the end of the wait,
+    /// not from the publish.
     pub fn hold_for(mut self, hold: Duration) -> Self {
         self.hold_for = Some(hold);
         self

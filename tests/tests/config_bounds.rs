@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
-use shoal::{Error, Message, Node, NodeBuilder, RetryPolicy};
+use shoal::{Error, Message, Node, NodeBuilder, PublishOptions, RetryPolicy, SendOptions};
 use shoal_tests::child::TempDir;
 use shoal_tests::{Mesh, WAIT};
 use tokio::sync::mpsc;
@@ -21,6 +21,33 @@ fn short() -> RetryPolicy {
         ack_timeout: Duration::from_secs(1),
         ..RetryPolicy::default()
     }
+}
+
+/// Retry policies no delivery can work with, each with what its refusal says.
+fn unusable_policies() -> Vec<(RetryPolicy, &'static str)> {
+    vec![
+        (
+            RetryPolicy {
+                max_attempts: 0,
+                ..RetryPolicy::default()
+            },
+            "max_attempts 0",
+        ),
+        (
+            RetryPolicy {
+                ack_timeout: Duration::ZERO,
+                ..RetryPolicy::default()
+            },
+            "ack_timeout zero",
+        ),
+        (
+            RetryPolicy {
+                deadline: Duration::ZERO,
+                ..RetryPolicy::default()
+            },
+            "deadline zero",
+        ),
+    ]
 }
 
 /// Starts a node of `billing` that tells `handled` about each `charge` it handles.
@@ -96,6 +123,18 @@ async fn start_refuses_values_no_node_can_work_with_and_names_the_setting() {
             Box::new(|b| b.handshake_timeout(ms(0))),
         ),
         (
+            "NodeBuilder::retry_policy: max_attempts 0",
+            Box::new(|b| b.retry_policy(unusable_policies()[0].0.clone())),
+        ),
+        (
+            "NodeBuilder::retry_policy: ack_timeout zero",
+            Box::new(|b| b.retry_policy(unusable_policies()[1].0.clone())),
+        ),
+        (
+            "NodeBuilder::retry_policy: deadline zero",
+            Box::new(|b| b.retry_policy(unusable_policies()[2].0.clone())),
+        ),
+        (
             "RelayOptions::poll(0)",
             Box::new(move |b| b.outbox(Arc::clone(&store), RelayOptions::default().poll(ms(0)))),
         ),
@@ -116,9 +155,49 @@ async fn start_refuses_values_no_node_can_work_with_and_names_the_setting() {
         .max_concurrent_handlers(1)
         .max_background_publishes(1)
         .close_idle_after(Some(ms(1)))
+        .retry_policy(RetryPolicy {
+            max_attempts: 1,
+            ack_timeout: Duration::from_nanos(1),
+            deadline: Duration::from_nanos(1),
+            ..RetryPolicy::default()
+        })
         .start()
         .await
         .unwrap();
+    node.shutdown().await;
+}
+
+/// A send or a publish given a retry policy no delivery can work with fails at once with
+/// `Error::Config` naming the option and the value (it used to be accepted: the message was
+/// dead-lettered, or timed out before its ack, without a word about why).
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_or_publish_with_an_unusable_retry_policy_fails_naming_it() {
+    let mesh = Mesh::new();
+    let node = mesh.start_with(mesh.builder("orders"), &[]).await;
+    for (policy, expected) in unusable_policies() {
+        let options = SendOptions::with_retry(policy.clone());
+        let send = node.send_with("billing", Message::command("charge", "1"), options);
+        match timeout(WAIT, send).await.unwrap() {
+            Err(Error::Config(why)) => {
+                assert!(
+                    why.contains("SendOptions::retry") && why.contains(expected),
+                    "{why}"
+                );
+            }
+            other => panic!("send with {expected}: {other:?}"),
+        }
+        let options = PublishOptions::default().with_retry(policy);
+        let publish = node.publish_with(Message::event("order.created", "1"), options);
+        match timeout(WAIT, publish).await.unwrap() {
+            Err(Error::Config(why)) => {
+                assert!(
+                    why.contains("PublishOptions::retry") && why.contains(expected),
+                    "{why}"
+                );
+            }
+            other => panic!("publish with {expected}: {other:?}"),
+        }
+    }
     node.shutdown().await;
 }
 

@@ -42,6 +42,14 @@ impl<H: Clone> Engine<H> {
         let Some(conn) = chosen else {
             return self.no_instance(d, now);
         };
+        // A held delivery whose wait for an instance ends here gets its retries from now on,
+        // however long it was held (README, "Holding events").
+        if let Some(del) = self.out.deliveries.get_mut(d)
+            && del.spec.hold.is_some()
+            && del.state == State::Instance
+        {
+            del.retry.restart_clock(now);
+        }
         self.attempt_on(d, conn, now);
     }
 

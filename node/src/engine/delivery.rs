@@ -189,6 +189,13 @@ impl<H: Clone> Engine<H> {
         let epoch = if del.state == State::Instance {
             del.epoch
         } else {
+            // A copy held for a departed group keeps the group remembered while it is held:
+            // its memory (`remember_groups_for`) may end sooner than a long hold.
+            if let (Some(_), Route::Audience { topic, audience }) = (del.spec.hold, &del.route)
+                && let Some(group) = audience.wire_group()
+            {
+                self.peers.departed_held(topic, group, until);
+            }
             let epoch = self.bump(d, State::Instance);
             self.set_timer(until, Timer::Delivery(d, epoch));
             epoch

@@ -121,6 +121,18 @@ impl DepartedGroups {
         }
     }
 
+    /// Copies for `group` on `topic` are held until `until`: every remembered subscription of
+    /// the group matching the topic stays remembered at least that long, so an instance that
+    /// comes back while they are held still gets them (README, "Late joiners and departed
+    /// groups").
+    pub(crate) fn hold_until(&mut self, topic: &str, group: &str, until: Instant) {
+        for (sub, t) in &mut self.until {
+            if sub.group.as_deref() == Some(group) && topic::matches(&sub.pattern, topic) {
+                *t = (*t).max(until);
+            }
+        }
+    }
+
     /// `sub` has a live instance again, was unsubscribed on purpose, or was forgotten by the
     /// user. Says whether it was remembered.
     pub(crate) fn forget(&mut self, sub: &Subscription) -> bool {

@@ -122,9 +122,21 @@ impl<H: Clone> Engine<H> {
         self.out.deliveries.remove(d);
         self.delivery_ended(op);
         if let Some(next) = next {
-            self.bump(next, State::Backoff);
-            self.attempt(next, now);
+            self.take_turn(next, now);
         }
+    }
+
+    /// `next` gets its key's turn: its attempt goes. A held one (a hold of its own, as keyed
+    /// events behind a held one have) gets its retries from here, as a held delivery does
+    /// when an instance is back (README, "Where the promise ends").
+    fn take_turn(&mut self, next: DeliveryId, now: Instant) {
+        if let Some(del) = self.out.deliveries.get_mut(next)
+            && del.spec.hold.is_some()
+        {
+            del.retry.restart_clock(now);
+        }
+        self.bump(next, State::Backoff);
+        self.attempt(next, now);
     }
 
     /// Stops `d` without ending its operation (its caller gave up, or the node stops).
@@ -134,8 +146,7 @@ impl<H: Clone> Engine<H> {
             && let Some(slot) = &del.slot
             && let Some(next) = self.out.turns.leave(slot, d)
         {
-            self.bump(next, State::Backoff);
-            self.attempt(next, now);
+            self.take_turn(next, now);
         }
     }
 

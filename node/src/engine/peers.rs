@@ -258,6 +258,12 @@ impl Peers {
         self.departed.left(sub, now);
     }
 
+    /// A copy for the departed `group` on `topic` is held until `until`: the group is
+    /// remembered at least as long.
+    pub(super) fn departed_held(&mut self, topic: &str, group: &str, until: Instant) {
+        self.departed.hold_until(topic, group, until);
+    }
+
     /// A peer announced `sub`: it is no longer a departed group.
     pub(super) fn subscribed(&mut self, sub: &Subscription) {
         self.departed.forget(sub);

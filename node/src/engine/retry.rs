@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::Error;
+
 /// Exponential backoff with jitter, bounded by attempts and an overall deadline.
 ///
 /// Defaults, tuned for commands between services on one LAN: the first retry comes after about
@@ -9,9 +11,15 @@ use std::time::{Duration, Instant};
 /// at most 8 attempts, and no message is retried more than 30 s after it was first sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Delivery attempts in total, the first included. Default 8.
+    /// Delivery attempts in total, the first included. Default 8. Must be at least 1.
     pub max_attempts: u32,
     /// Give up this long after the first attempt, whatever the attempt count. Default 30 s.
+    ///
+    /// A held delivery (`hold_for`, `hold_events_for`) counts it from the end of its wait
+    /// instead: the attempt made when an instance is back (or, for a keyed event behind a held
+    /// one, when its turn comes) starts the clock again, so a message held past 30 s still
+    /// gets its retries once it can be delivered. Must not be zero (refused with
+    /// [`Error::Config`](crate::Error::Config)).
     pub deadline: Duration,
     /// Base delay before the second attempt; the actual delay is drawn from half of it to all
     /// of it (equal jitter), and doubles with each attempt. Default 50 ms.
@@ -19,7 +27,7 @@ pub struct RetryPolicy {
     /// Upper bound of any delay. Default 2 s.
     pub max_backoff: Duration,
     /// How long to wait for the receiver's ack (its handler included) before retrying.
-    /// Default 5 s.
+    /// Default 5 s. Must not be zero.
     pub ack_timeout: Duration,
 }
 
@@ -32,6 +40,25 @@ impl Default for RetryPolicy {
             max_backoff: Duration::from_secs(2),
             ack_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// Refuses a policy no delivery can work with, naming `whose` it is (the builder method
+    /// or the option that gave it): no attempt at all (it was taken as one), an ack wait of
+    /// zero (every attempt times out before its ack can come) or a deadline of zero (nothing
+    /// is retried, and the first attempt has no time for its ack either).
+    pub(crate) fn check(&self, whose: &str) -> Result<(), Error> {
+        let why = if self.max_attempts == 0 {
+            "max_attempts 0: counts the first attempt, so it must be at least 1"
+        } else if self.ack_timeout.is_zero() {
+            "ack_timeout zero: every attempt would time out before its ack"
+        } else if self.deadline.is_zero() {
+            "deadline zero: no attempt would have time for its ack"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Config(format!("{whose}: {why}")))
     }
 }
 
@@ -59,6 +86,12 @@ impl RetryState {
             started: now,
             attempts: 0,
         }
+    }
+
+    /// Starts the deadline's clock again at `now`: a held delivery whose wait for an instance
+    /// just ended gets its retries from here (see [`RetryPolicy::deadline`]).
+    pub(crate) fn restart_clock(&mut self, now: Instant) {
+        self.started = self.started.max(now);
     }
 
     /// Counts an attempt about to be made and returns its number (1 for the first).
@@ -104,13 +137,18 @@ impl RetryState {
     }
 }
 
+/// A century: what [`later`] adds when `at + d` does not fit, and the longest span Shoal
+/// writes into a database (a PostgreSQL timestamp reaches the year 294276, an interval
+/// 292,000 years; a century fits both with room).
+pub(crate) const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// `at + d`, or a century later when that does not fit: `Duration::MAX` means "never".
 ///
 /// Every instant the engine (and the runtime) computes from a duration a user configured
 /// goes through this, so a huge value (`Duration::MAX` for "forever") never overflows.
 pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
-        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .or_else(|| at.checked_add(CENTURY))
         .unwrap_or(at)
 }
 
@@ -192,6 +230,42 @@ mod tests {
             s.after_failure(&forever, t0, 0.99),
             Next::RetryAt(_) | Next::GiveUp
         ));
+    }
+
+    #[test]
+    fn policies_no_delivery_can_work_with_are_refused_naming_the_value() {
+        assert!(policy().check("X").is_ok());
+        let unusable = [
+            (
+                RetryPolicy {
+                    max_attempts: 0,
+                    ..policy()
+                },
+                "max_attempts 0",
+            ),
+            (
+                RetryPolicy {
+                    ack_timeout: Duration::ZERO,
+                    ..policy()
+                },
+                "ack_timeout zero",
+            ),
+            (
+                RetryPolicy {
+                    deadline: Duration::ZERO,
+                    ..policy()
+                },
+                "deadline zero",
+            ),
+        ];
+        for (p, expected) in unusable {
+            match p.check("SendOptions::retry") {
+                Err(Error::Config(why)) => {
+                    assert!(why.starts_with("SendOptions::retry: ") && why.contains(expected));
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
     }
 
     #[test]

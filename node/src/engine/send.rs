@@ -233,6 +233,9 @@ impl<H: Clone> Engine<H> {
         options: &SendOptions,
         now: Instant,
     ) -> Result<OpId, Error> {
+        if let Some(policy) = &options.retry {
+            policy.check("SendOptions::retry")?;
+        }
         let spec = Spec {
             policy: options
                 .retry

@@ -51,6 +51,9 @@ impl<H: Clone> Engine<H> {
         options: &PublishOptions,
         now: Instant,
     ) -> Result<Publishing, Error> {
+        if let Some(policy) = &options.retry {
+            policy.check("PublishOptions::retry")?;
+        }
         let reliable = options.reliability == Reliability::Reliable;
         let kind = if options.background && reliable {
             OpKind::Background

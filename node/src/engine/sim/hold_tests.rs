@@ -4,7 +4,7 @@
 
 #![cfg(test)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use super::{Handled, Sim};
 use crate::PublishOptions;
 use crate::engine::send::Publishing;
 use crate::engine::{Done, OpId};
+use crate::handler::HandlerError;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -53,7 +54,10 @@ fn waiting(result: Result<Publishing, crate::Error>) -> OpId {
 
 fn published(sim: &Sim, node: usize, op: OpId) -> usize {
     match sim.result(node, op) {
-        Some(Ok(Done::Published(receipt))) => receipt.deliveries.len(),
+        Some(Ok(Done::Published(receipt))) => {
+            assert!(receipt.dropped.is_empty(), "dropped: {:?}", receipt.dropped);
+            receipt.deliveries.len()
+        }
         other => panic!("not published: {other:?}"),
     }
 }
@@ -187,4 +191,87 @@ fn held_deliveries_keep_one_timer_each_however_often_the_peers_change() {
         after <= before + 10,
         "the timer heap grew from {before} to {after} over 200 changes of the peers"
     );
+}
+
+/// An event held for 2 minutes (past its 30 s retry deadline, within a 5 minute hold) whose
+/// first attempt once an instance is back fails with a retryable nack: it is retried and
+/// handled, not dead-lettered at once, because a held delivery's retry deadline counts from
+/// the end of its wait for an instance.
+#[test]
+fn a_held_event_whose_first_attempt_fails_gets_its_retries() {
+    let (mut sim, orders) = departed_billing(55);
+    let options = PublishOptions::default().hold_for(300 * SECOND);
+    let event = sim.event("orders.created", "late");
+    let op = waiting(sim.publish(orders, vec![event], &options));
+    sim.run_for(120 * SECOND);
+    assert!(sim.result(orders, op).is_none(), "held");
+    let billing = sim.node("billing");
+    let calls = Rc::new(Cell::new(0));
+    let c = Rc::clone(&calls);
+    sim.subscribe(billing, "orders.created", Some("billing"), move |_| {
+        c.set(c.get() + 1);
+        if c.get() == 1 {
+            Handled::fail(HandlerError::retryable("warming up"))
+        } else {
+            Handled::ok()
+        }
+    });
+    sim.connect(orders, billing);
+    sim.run_for(10 * SECOND);
+    assert_eq!(calls.get(), 2, "{:?}", sim.result(orders, op));
+    assert_eq!(published(&sim, orders, op), 1);
+}
+
+/// Keyed events held for 62 s (past their 30 s retry deadline) behind a held one: when each
+/// gets its turn, its first attempt fails with a retryable nack, and it is retried (its wait
+/// for its turn was a hold too), so both are handled, in order.
+#[test]
+fn a_keyed_event_held_behind_another_gets_its_retries_when_its_turn_comes() {
+    let (mut sim, orders) = departed_billing(57);
+    let options = PublishOptions::default().hold_for(120 * SECOND);
+    let ops: Vec<OpId> = (0..2)
+        .map(|i| {
+            let event = sim
+                .event("orders.created", format!("e{i}"))
+                .with_key("customer-7");
+            waiting(sim.publish(orders, vec![event], &options))
+        })
+        .collect();
+    sim.run_for(60 * SECOND);
+    let billing = sim.node("billing");
+    let calls = Rc::new(RefCell::new(Vec::new()));
+    let c = Rc::clone(&calls);
+    sim.subscribe(billing, "orders.created", Some("billing"), move |m| {
+        let payload = String::from_utf8_lossy(m.payload()).into_owned();
+        let first = !c.borrow().contains(&payload);
+        c.borrow_mut().push(payload);
+        if first {
+            Handled::fail(HandlerError::retryable("warming up"))
+        } else {
+            Handled::ok()
+        }
+    });
+    sim.connect(orders, billing);
+    sim.run_for(20 * SECOND);
+    for op in ops {
+        assert_eq!(published(&sim, orders, op), 1);
+    }
+    assert_eq!(*calls.borrow(), ["e0", "e0", "e1", "e1"]);
+}
+
+/// A 2-hour hold outlasts the group's memory (`remember_groups_for`, 10 minutes by
+/// default): the group stays remembered while the copy is held for it, so an instance back
+/// after an hour gets the copy (it used to be listed as dropped).
+#[test]
+fn a_group_is_remembered_while_copies_are_held_for_it() {
+    let (mut sim, orders) = departed_billing(56);
+    let options = PublishOptions::default().hold_for(2 * 3600 * SECOND);
+    let event = sim.event("orders.created", "held-for-hours");
+    let op = waiting(sim.publish(orders, vec![event], &options));
+    sim.run_for(3600 * SECOND);
+    assert!(sim.result(orders, op).is_none(), "held after an hour");
+    let seen = billing_again(&mut sim, orders);
+    sim.run_for(10 * SECOND);
+    assert_eq!(published(&sim, orders, op), 1);
+    assert_eq!(*seen.borrow(), ["held-for-hours"]);
 }

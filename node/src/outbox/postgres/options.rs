@@ -34,7 +34,9 @@ pub struct PostgresOptions {
     pub relay: RelayMode,
     /// How long a polling relay's claim on its rows lasts without renewal (it renews every
     /// third of it): rows of an instance that died go to the others after this. Standby
-    /// instances try for the relay's lock every fifth of it. Default 10 s.
+    /// instances try for the relay's lock every fifth of it. Default 10 s. A lease longer
+    /// than a century (`Duration::MAX`, say) is written as a century, which PostgreSQL can
+    /// store as a timestamp from now.
     pub lease: Duration,
     /// Log tailing: how long an unacknowledged row holds back the slot's position (the WAL
     /// the server keeps for it). A row waiting longer, for a receiver that is away, stays in
@@ -83,7 +85,8 @@ impl PostgresOptions {
         self
     }
 
-    /// These options with another lease (at least a second).
+    /// These options with another lease (at least a second; at most a century, see
+    /// [`PostgresOptions::lease`]).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_secs(1));
         self

@@ -11,12 +11,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
 use super::session::{Lock, Session, keep_running};
 use super::{Shared, pg};
+use crate::engine::retry::{CENTURY, later};
 use crate::outbox::OutboxError;
 use crate::outbox::store::StoredRow;
 use crate::sync::lock;
@@ -179,8 +181,8 @@ impl Polling {
 
     /// Renews this relay's lease (and forgets relays whose lease ended a day ago).
     async fn renew(&self, shared: &Shared, client: &Client) -> Result<(), OutboxError> {
-        let lease_ms = shared.options.lease.as_millis().min(i64::MAX as u128) as i64;
         let asked = Instant::now();
+        let (lease_ms, lease_until) = lease_terms(asked, shared.options.lease);
         client
             .execute(
                 &shared.sql(
@@ -192,7 +194,7 @@ impl Polling {
             )
             .await
             .map_err(pg)?;
-        *lock(&self.lease_until) = asked + shared.options.lease;
+        *lock(&self.lease_until) = lease_until;
         client
             .execute(
                 &shared.sql(
@@ -204,6 +206,16 @@ impl Polling {
             .map_err(pg)?;
         Ok(())
     }
+}
+
+/// A lease renewed at `asked`: the milliseconds written into `outbox_relays`, and when it
+/// surely ends here. A lease longer than a century (`Duration::MAX` for "never expires") is a
+/// century: PostgreSQL refuses a timestamp past the year 294276 (and an interval past
+/// 292,000 years), and `asked + lease` would overflow (it used to panic in the relay).
+fn lease_terms(asked: Instant, lease: Duration) -> (i64, Instant) {
+    let lease = lease.min(CENTURY);
+    let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    (ms, Instant::from_std(later(asked.into_std(), lease)))
 }
 
 /// Marks a relay active while it lives.
@@ -219,5 +231,20 @@ impl<'a> Active<'a> {
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_of_duration_max_is_a_century_in_the_database_and_here() {
+        let asked = Instant::now();
+        let (ms, until) = lease_terms(asked, Duration::MAX);
+        assert_eq!(ms, i64::try_from(CENTURY.as_millis()).expect("fits"));
+        assert_eq!(until, asked + CENTURY);
+        let (ms, until) = lease_terms(asked, Duration::from_secs(10));
+        assert_eq!((ms, until), (10_000, asked + Duration::from_secs(10)));
     }
 }

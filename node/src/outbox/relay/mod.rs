@@ -439,10 +439,17 @@ fn start_now(node: &WeakNode, row: OutboxRow, keep_trying: Duration) -> Option<D
                 .hold_for(keep_trying);
             let publish = node.publish_with(row.message, options);
             Box::pin(async move {
+                // A held copy's retry deadline counts from the end of its hold (README,
+                // "Late joiners and departed groups"): keep_trying, counted from the row's
+                // creation, still bounds it. Past it the publish is dropped (its retries stop)
+                // and the row, kept, is marked dead at the next read.
+                let Ok(published) = tokio::time::timeout(keep_trying, publish).await else {
+                    return (seq, Err(Error::Timeout(keep_trying)));
+                };
                 // Store and forward: an event nobody subscribes to yet stays in the outbox.
                 // A copy dropped because its audience is gone for good (unsubscribed, or
                 // forgotten with `Node::forget_group`) is done with, even if it was the only one.
-                let result = publish.await.and_then(|receipt| {
+                let result = published.and_then(|receipt| {
                     if receipt.deliveries.is_empty() && receipt.dropped.is_empty() {
                         Err(Error::AudienceGone("no subscriber yet".into()))
                     } else {
