@@ -8,6 +8,7 @@
 //! source, so no multicast is involved.
 #![allow(clippy::unwrap_used)]
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -237,6 +238,83 @@ impl Discovery for Manual {
     }
 }
 
+/// `orders` has learnt of `billing` at an address where nothing answers (a socket nobody
+/// reads), so the dial a caller asks for fails; [`SilentAddress::move_to_billing`] then moves
+/// the announcement to where billing listens, which by itself changes no peer and asks for
+/// nothing.
+struct SilentAddress {
+    _mesh: Mesh,
+    billing: Node,
+    orders: Node,
+    manual: Manual,
+    events: tokio::sync::broadcast::Receiver<NodeEvent>,
+    silent: std::net::UdpSocket,
+}
+
+impl SilentAddress {
+    async fn new() -> Self {
+        let mesh = Mesh::new();
+        let billing = mesh.start("billing", &[]).await;
+        let manual = Manual::default();
+        let builder = mesh
+            .builder("orders")
+            .discovery(manual.clone())
+            .handshake_timeout(Duration::from_millis(300));
+        let orders = mesh.start_with(builder, &[]).await;
+        let events = orders.events();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let scene = Self {
+            _mesh: mesh,
+            billing,
+            orders,
+            manual,
+            events,
+            silent,
+        };
+        let silent_addr = scene.silent.local_addr().unwrap();
+        scene
+            .manual
+            .tell(DiscoveryEvent::Up(scene.billing_at(silent_addr)));
+        until(&scene.orders, "billing discovered", |n| {
+            n.discovered().len() == 1
+        })
+        .await;
+        scene
+    }
+
+    /// Billing announced at `addr`.
+    fn billing_at(&self, addr: SocketAddr) -> PeerHint {
+        PeerHint {
+            node_id: Some(self.billing.id()),
+            service: Some("billing".to_owned()),
+            addrs: vec![addr],
+            source: Source::Mdns,
+            subscriptions: Some(Vec::new()),
+            multicast: None,
+        }
+    }
+
+    /// Waits for the dial to the silent address to fail, then announces billing where it
+    /// listens.
+    async fn move_to_billing_once_the_dial_failed(&mut self) {
+        let silent_addr = self.silent.local_addr().unwrap();
+        next_event(
+            &mut self.events,
+            WAIT,
+            |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == silent_addr),
+        )
+        .await;
+        let moved = self.billing_at(self.billing.local_addr());
+        self.manual.tell(DiscoveryEvent::Updated(moved));
+    }
+
+    async fn shut_down(self) {
+        for node in [self.orders, self.billing] {
+            node.shutdown().await;
+        }
+    }
+}
+
 /// What a caller of `orders` does while the dial to `billing` fails.
 enum Caller {
     /// [`Node::wait_for_instances`].
@@ -245,36 +323,13 @@ enum Caller {
     Ping,
 }
 
-/// `orders` learns of `billing` at an address where nothing answers; `caller` waits for
-/// billing (10 s at most), whose first dial fails. The announcement then moves to where
-/// billing listens, which changes no peer: the caller asks again by itself when the directory
-/// allows (a second or so after its first ask) and reaches billing well within its time.
+/// `caller` waits for billing (10 s at most) at a [`SilentAddress`]: the caller asks again by
+/// itself when the directory allows (a second or so after its first ask) and reaches billing
+/// well within its time.
 async fn a_caller_whose_dial_failed_asks_again(caller: Caller) {
-    let mesh = Mesh::new();
-    let billing = mesh.start("billing", &[]).await;
-    let manual = Manual::default();
-    let builder = mesh
-        .builder("orders")
-        .discovery(manual.clone())
-        .handshake_timeout(Duration::from_millis(300));
-    let orders = mesh.start_with(builder, &[]).await;
-    let mut events = orders.events();
-    // A socket nobody reads: a dial there gets no answer.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let announce = |addr| PeerHint {
-        node_id: Some(billing.id()),
-        service: Some("billing".to_owned()),
-        addrs: vec![addr],
-        source: Source::Mdns,
-        subscriptions: Some(Vec::new()),
-        multicast: None,
-    };
-    manual.tell(DiscoveryEvent::Up(announce(silent_addr)));
-    until(&orders, "billing discovered", |n| n.discovered().len() == 1).await;
-
+    let mut scene = SilentAddress::new().await;
     let waiting = {
-        let orders = orders.clone();
+        let orders = scene.orders.clone();
         tokio::spawn(async move {
             match caller {
                 Caller::WaitForInstances => orders.wait_for_instances("billing", 1, WAIT).await,
@@ -282,23 +337,14 @@ async fn a_caller_whose_dial_failed_asks_again(caller: Caller) {
             }
         })
     };
-    next_event(
-        &mut events,
-        WAIT,
-        |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == silent_addr),
-    )
-    .await;
-    manual.tell(DiscoveryEvent::Updated(announce(billing.local_addr())));
+    scene.move_to_billing_once_the_dial_failed().await;
     timeout(WAIT + Duration::from_secs(1), waiting)
         .await
         .unwrap()
         .unwrap()
         .expect("billing not reached in 10 s: nothing dialled it again");
-    assert_eq!(connected_services(&orders), ["billing"]);
-    drop(silent);
-    for node in [orders, billing] {
-        node.shutdown().await;
-    }
+    assert_eq!(connected_services(&scene.orders), ["billing"]);
+    scene.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,55 +357,24 @@ async fn a_ping_asks_again_after_a_failed_dial() {
     a_caller_whose_dial_failed_asks_again(Caller::Ping).await;
 }
 
-/// `orders` learns of `billing` at an address where nothing answers: the dial its send asks for
-/// fails (a few rounds, then given up). The announcement then moves to where billing listens,
-/// which by itself asks for nothing: the send, still waiting, asks again (a second or so later)
-/// and goes, rather than waiting for its deadline to be dead-lettered.
+/// A send to billing at a [`SilentAddress`]: the dial it asks for fails (a few rounds, then
+/// given up); the send, still waiting, asks again (a second or so later) once billing is
+/// announced where it listens, and goes, rather than waiting for its deadline to be
+/// dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_dial_failed_asks_again_and_goes() {
-    let mesh = Mesh::new();
-    let billing = mesh.start("billing", &[]).await;
-    let mut handled = charges(&billing);
-    let manual = Manual::default();
-    let builder = mesh
-        .builder("orders")
-        .discovery(manual.clone())
-        .handshake_timeout(Duration::from_millis(300));
-    let orders = mesh.start_with(builder, &[]).await;
-    let mut events = orders.events();
-    // A socket nobody reads: a dial there gets no answer.
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let announce = |addr| PeerHint {
-        node_id: Some(billing.id()),
-        service: Some("billing".to_owned()),
-        addrs: vec![addr],
-        source: Source::Mdns,
-        subscriptions: Some(Vec::new()),
-        multicast: None,
-    };
-    manual.tell(DiscoveryEvent::Up(announce(silent_addr)));
-    until(&orders, "billing discovered", |n| n.discovered().len() == 1).await;
-
+    let mut scene = SilentAddress::new().await;
+    let mut handled = charges(&scene.billing);
     let msg = Message::command("charge", "order-1");
     let id = msg.id();
-    let send = tokio::spawn(orders.send("billing", msg));
-    next_event(
-        &mut events,
-        WAIT,
-        |e| matches!(e, NodeEvent::HandshakeFailed { addr, .. } if *addr == silent_addr),
-    )
-    .await;
-    manual.tell(DiscoveryEvent::Updated(announce(billing.local_addr())));
+    let send = tokio::spawn(scene.orders.send("billing", msg));
+    scene.move_to_billing_once_the_dial_failed().await;
     let receipt = timeout(WAIT, send)
         .await
         .expect("the send did not go within 10 s: nothing dialled billing again")
         .unwrap()
         .unwrap();
-    assert_eq!(receipt.node, billing.id());
+    assert_eq!(receipt.node, scene.billing.id());
     assert_eq!(timeout(WAIT, handled.recv()).await.unwrap(), Some(id));
-    drop(silent);
-    for node in [orders, billing] {
-        node.shutdown().await;
-    }
+    scene.shut_down().await;
 }

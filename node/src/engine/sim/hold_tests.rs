@@ -31,6 +31,20 @@ fn departed_billing(seed: u64) -> (Sim, usize) {
     (sim, orders)
 }
 
+/// `count` events with one key (`e0`, `e1`, ...) published by `orders`, each held for `hold`
+/// and waiting for its receipt.
+fn keyed_events(sim: &mut Sim, orders: usize, count: usize, hold: Duration) -> Vec<OpId> {
+    let options = PublishOptions::default().hold_for(hold);
+    (0..count)
+        .map(|i| {
+            let event = sim
+                .event("orders.created", format!("e{i}"))
+                .with_key("customer-7");
+            waiting(sim.publish(orders, vec![event], &options))
+        })
+        .collect()
+}
+
 /// A new instance of `billing` that records the payloads it handles, connected to `orders`.
 fn billing_again(sim: &mut Sim, orders: usize) -> Rc<RefCell<Vec<String>>> {
     let seen = Rc::new(RefCell::new(Vec::new()));
@@ -68,15 +82,7 @@ fn published(sim: &Sim, node: usize, op: OpId) -> usize {
 #[test]
 fn keyed_events_behind_a_held_one_are_held_as_long_as_it() {
     let (mut sim, orders) = departed_billing(51);
-    let options = PublishOptions::default().hold_for(120 * SECOND);
-    let ops: Vec<OpId> = (0..3)
-        .map(|i| {
-            let event = sim
-                .event("orders.created", format!("e{i}"))
-                .with_key("customer-7");
-            waiting(sim.publish(orders, vec![event], &options))
-        })
-        .collect();
+    let ops = keyed_events(&mut sim, orders, 3, 120 * SECOND);
     sim.run_for(60 * SECOND);
     for op in &ops {
         assert!(
@@ -98,15 +104,7 @@ fn keyed_events_behind_a_held_one_are_held_as_long_as_it() {
 #[test]
 fn keyed_events_behind_a_held_one_are_dead_lettered_at_the_end_of_the_hold() {
     let (mut sim, orders) = departed_billing(52);
-    let options = PublishOptions::default().hold_for(45 * SECOND);
-    let ops: Vec<OpId> = (0..2)
-        .map(|i| {
-            let event = sim
-                .event("orders.created", format!("e{i}"))
-                .with_key("customer-7");
-            waiting(sim.publish(orders, vec![event], &options))
-        })
-        .collect();
+    let ops = keyed_events(&mut sim, orders, 2, 45 * SECOND);
     sim.run_for(44 * SECOND);
     assert!(ops.iter().all(|op| sim.result(orders, *op).is_none()));
     sim.run_for(2 * SECOND);
@@ -228,15 +226,7 @@ fn a_held_event_whose_first_attempt_fails_gets_its_retries() {
 #[test]
 fn a_keyed_event_held_behind_another_gets_its_retries_when_its_turn_comes() {
     let (mut sim, orders) = departed_billing(57);
-    let options = PublishOptions::default().hold_for(120 * SECOND);
-    let ops: Vec<OpId> = (0..2)
-        .map(|i| {
-            let event = sim
-                .event("orders.created", format!("e{i}"))
-                .with_key("customer-7");
-            waiting(sim.publish(orders, vec![event], &options))
-        })
-        .collect();
+    let ops = keyed_events(&mut sim, orders, 2, 120 * SECOND);
     sim.run_for(60 * SECOND);
     let billing = sim.node("billing");
     let calls = Rc::new(RefCell::new(Vec::new()));
