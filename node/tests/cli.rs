@@ -63,28 +63,32 @@ fn ca_init_and_cert_issue_write_parseable_files() {
     assert!(bad.stderr.starts_with("error: "), "{}", bad.stderr);
 }
 
+/// `shoal request` of `echo` with `payload` to the `echo` server at `peer`, with `extra`
+/// arguments, 30 s at most.
+fn echo_request(ca: &str, peer: &str, payload: &str, extra: &[&str]) -> Output {
+    let request = [
+        "request",
+        "--ca",
+        ca,
+        "--peer",
+        peer,
+        "--service",
+        "echo",
+        "--name",
+        "echo",
+        "--payload",
+        payload,
+    ];
+    shoal(&[&request[..], extra].concat(), Duration::from_secs(30))
+}
+
 #[test]
 fn serve_and_request_returns_the_echo() {
     let (_dir, ca) = mesh("request");
     let mut server = Server::start(&ca, "echo");
     let peer = server.peer();
 
-    let out = shoal(
-        &[
-            "request",
-            "--ca",
-            &ca,
-            "--peer",
-            &peer,
-            "--service",
-            "echo",
-            "--name",
-            "echo",
-            "--payload",
-            "hello shoal",
-        ],
-        Duration::from_secs(30),
-    );
+    let out = echo_request(&ca, &peer, "hello shoal", &[]);
     assert!(out.status.success(), "request failed: {}", out.stderr);
     assert_eq!(out.stdout, "hello shoal\n");
 
@@ -308,22 +312,7 @@ fn close_idle_after_zero_keeps_connections() {
     let (_dir, ca) = mesh("keep");
     let server = Server::start_with(&ca, "echo", &["--close-idle-after", "0"]);
     let peer = server.peer();
-    let request = [
-        "request",
-        "--ca",
-        &ca,
-        "--peer",
-        &peer,
-        "--service",
-        "echo",
-        "--name",
-        "echo",
-        "--payload",
-        "kept",
-        "--close-idle-after",
-        "0",
-    ];
-    let out = shoal(&request, Duration::from_secs(30));
+    let out = echo_request(&ca, &peer, "kept", &["--close-idle-after", "0"]);
     assert!(out.status.success(), "request failed: {}", out.stderr);
     assert_eq!(out.stdout, "kept\n");
 }
@@ -334,23 +323,7 @@ fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
     let (_dir, ca) = mesh("busy-poll");
     let mut server = Server::start_with(&ca, "echo", &["--busy-poll", "2ms"]);
     let peer = server.peer();
-    let request = [
-        "request",
-        "--ca",
-        &ca,
-        "--peer",
-        &peer,
-        "--service",
-        "echo",
-        "--name",
-        "echo",
-        "--payload",
-        "polled",
-    ];
-    let out = shoal(
-        &[&request[..], &["--busy-poll", "500us"]].concat(),
-        Duration::from_secs(30),
-    );
+    let out = echo_request(&ca, &peer, "polled", &["--busy-poll", "500us"]);
     assert!(out.status.success(), "request failed: {}", out.stderr);
     assert_eq!(out.stdout, "polled\n");
     server.signal("TERM");
@@ -365,10 +338,7 @@ fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
     assert!(polled > 0.0, "{line}");
 
     // A window that is not a duration is a usage error naming the flag.
-    let out = shoal(
-        &[&request[..], &["--busy-poll", "5 parsecs"]].concat(),
-        Duration::from_secs(20),
-    );
+    let out = echo_request(&ca, &peer, "polled", &["--busy-poll", "5 parsecs"]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stdout);
     assert!(
         out.stderr.contains("--busy-poll <DURATION>"),

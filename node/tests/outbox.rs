@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +12,10 @@ use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
 use shoal::{HandlerError, MeshCa, Message, MessageId, Node};
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod outbox_fixture;
+use outbox_fixture::{Fixture, node, publisher};
 
-fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
-    Node::builder(service)
-        .identity(ca.issue(service).unwrap())
-        .trust(ca.clone())
-}
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "current_thread")]
 async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
@@ -99,42 +95,6 @@ async fn committed_messages_wait_for_a_receiver_then_all_arrive_once() {
 
 /// One test's database, in a folder of its own that is removed when the test ends, and its
 /// mesh CA.
-struct Fixture {
-    dir: PathBuf,
-    path: PathBuf,
-    ca: MeshCa,
-}
-
-impl Fixture {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("shoal-outbox-{name}-{}", rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self {
-            path: dir.join("orders.db"),
-            ca: MeshCa::generate(&format!("outbox {name} test")).unwrap(),
-            dir,
-        }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The `orders` node, relaying `outbox` with `options`.
-fn publisher(ca: &MeshCa, outbox: &Arc<SqliteOutbox>, options: RelayOptions) -> shoal::NodeBuilder {
-    let store = Arc::clone(outbox) as Arc<dyn OutboxStore>;
-    node(ca, "orders").outbox(store, options)
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn keyed_rows_kept_for_later_keep_their_order() {

@@ -7,17 +7,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal::outbox::{Destination, OutboxStore, RelayOptions, SqliteOutbox};
-use shoal::{HandlerError, MeshCa, Message, Node, RetryPolicy};
+use shoal::outbox::{Destination, RelayOptions, SqliteOutbox};
+use shoal::{HandlerError, Message, RetryPolicy};
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod outbox_fixture;
+use outbox_fixture::{Fixture, node, publisher};
 
-fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
-    Node::builder(service)
-        .identity(ca.issue(service).unwrap())
-        .trust(ca.clone())
-}
+const WAIT: Duration = Duration::from_secs(20);
 
 /// An event row for the expected group `billing`, kept trying 4 s. Billing comes after 1.5 s
 /// and refuses every copy with a retryable error: the held copy, retried from then on with a
@@ -25,29 +22,21 @@ fn node(ca: &MeshCa, service: &str) -> shoal::NodeBuilder {
 /// handler's refusal; it is marked dead at its `keep_trying` instead, saying so.
 #[tokio::test(flavor = "current_thread")]
 async fn a_held_row_is_given_up_keep_trying_after_it_was_enqueued() {
-    let dir = std::env::temp_dir().join(format!(
-        "shoal-outbox-hold-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = MeshCa::generate("outbox hold test").unwrap();
-    let outbox = Arc::new(SqliteOutbox::open(dir.join("orders.db")).unwrap());
+    let fx = Fixture::new("hold");
+    let ca = fx.ca.clone();
+    let outbox = Arc::new(SqliteOutbox::open(&fx.path).unwrap());
     let keep_trying = Duration::from_secs(4);
     let options = RelayOptions::default()
         .poll(Duration::from_millis(50))
         .keep_trying(keep_trying)
         .expect_group("order.*", "billing");
     // Short backoffs: without the bound, the copy would be retried close to its deadline.
-    let orders = node(&ca, "orders")
+    let orders = publisher(&ca, &outbox, options)
         .retry_policy(RetryPolicy {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(200),
             ..RetryPolicy::default()
         })
-        .outbox(Arc::clone(&outbox) as Arc<dyn OutboxStore>, options)
         .start()
         .await
         .unwrap();
@@ -92,5 +81,4 @@ async fn a_held_row_is_given_up_keep_trying_after_it_was_enqueued() {
     assert!(dead[0].reason.contains("keep_trying"), "{}", dead[0].reason);
     orders.shutdown().await;
     billing.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -117,16 +117,8 @@ impl<H: Clone> Engine<H> {
         };
         // Groups no live or announced instance holds any more are remembered as departed,
         // as when the last connection of a group goes.
-        for sub in gone.subscriptions.iter().flatten() {
-            let live = self
-                .peers
-                .all()
-                .filter_map(|c| self.conns.get(c))
-                .any(|c| c.subscriptions.contains(sub));
-            if !live && !self.peers.directory.advertises(sub, None) {
-                self.peers.departed_left(sub.clone(), now);
-            }
-        }
+        self.peers
+            .remember_departed(&self.conns, gone.subscriptions.iter().flatten(), now);
         self.peers.bump();
         self.emit(NodeEvent::Vanished {
             node,

@@ -284,23 +284,9 @@ impl<H: Clone> Engine<H> {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        if self.peers.current(c.node) != Some(conn) {
-            return;
-        }
-        let grouped = c.subscriptions.iter().filter(|s| s.group.is_some());
-        let departed: Vec<_> = grouped
-            .filter(|sub| {
-                let live = self
-                    .peers
-                    .all()
-                    .filter_map(|other| self.conns.get(other))
-                    .any(|other| !other.leaving && other.subscriptions.contains(sub));
-                !live && !self.peers.directory.advertises(sub, None)
-            })
-            .cloned()
-            .collect();
-        for sub in departed {
-            self.peers.departed_left(sub, now);
+        if self.peers.current(c.node) == Some(conn) {
+            self.peers
+                .remember_departed(&self.conns, &c.subscriptions, now);
         }
     }
 

@@ -226,21 +226,33 @@ impl Peers {
         }
         self.by_node.remove(&gone.node);
         self.unlist(&gone.service, conn);
-        for sub in &gone.subscriptions {
-            // An instance whose announcement still advertises the subscription (its
-            // connection was closed for being idle, say) still holds it.
+        self.remember_departed(conns, &gone.subscriptions, now);
+        self.bump();
+        true
+    }
+
+    /// Remembers as departed each of `subs` (those of an instance going: its connection
+    /// closing or saying goodbye, or its announcement withdrawn) that no live connection, one
+    /// not saying goodbye, and no announcement holds any more: events for its group are held
+    /// for a while. An instance whose announcement still advertises a subscription (its
+    /// connection was closed for being idle, say) still holds it.
+    pub(super) fn remember_departed<'a>(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        subs: impl IntoIterator<Item = &'a Subscription>,
+        now: Instant,
+    ) {
+        for sub in subs {
             let still_held = self
                 .by_node
                 .values()
                 .filter_map(|c| conns.get(*c))
-                .any(|c| c.subscriptions.contains(sub))
+                .any(|c| !c.leaving && c.subscriptions.contains(sub))
                 || self.directory.advertises(sub, None);
             if !still_held {
                 self.departed.left(sub.clone(), now);
             }
         }
-        self.bump();
-        true
     }
 
     fn unlist(&mut self, service: &str, conn: ConnId) {
@@ -250,12 +262,6 @@ impl Peers {
                 self.by_service.remove(service);
             }
         }
-    }
-
-    /// The last live or announced instance holding the grouped `sub` went: its events are
-    /// held for a while.
-    pub(super) fn departed_left(&mut self, sub: Subscription, now: Instant) {
-        self.departed.left(sub, now);
     }
 
     /// A copy for the departed `group` on `topic` is held until `until`: the group is
