@@ -162,7 +162,9 @@ impl Peers {
 
     /// Decides whether `conn` (just added to `conns`) stands for its node. When two nodes
     /// dialled each other at once, the connection dialled by the smaller node id survives;
-    /// both sides apply the same rule, so they agree without talking. Node ids are not
+    /// both sides apply the same rule, so they agree without talking. A connection on its way
+    /// out (either side said goodbye) never wins: a peer redialling a node that closed their
+    /// connection for being idle is admitted before the old one is gone. Node ids are not
     /// certified, services are: a connection claiming the id of a node known under another
     /// certified service (a connection to it, live or leaving, or an announcement a certified
     /// connection confirmed) is an impostor (or a collision): it is refused, and never takes
@@ -186,7 +188,9 @@ impl Peers {
             .and_then(|c| Some((*c, conns.get(*c)?)))
         {
             Some((_, existing)) if existing.service != service => return Admission::Refused,
-            Some((_, existing)) if !existing.leaving && existing.dialer < dialer => {
+            // A connection on its way out (the peer's goodbye, or this node's: the idle
+            // sweep's) takes no more messages and does not keep a redial out.
+            Some((_, existing)) if existing.takes_messages() && existing.dialer < dialer => {
                 return Admission::Refused;
             }
             // Same dialer twice (a redial racing a slow close): the newer one wins.

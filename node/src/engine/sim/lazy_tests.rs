@@ -428,3 +428,51 @@ fn a_message_crossing_an_idle_goodbye_is_handled_once() {
         }
     }
 }
+
+/// A peer that redials a node which just said goodbye on their connection (closing it for
+/// being idle) gets its new connection at once, whichever of the two dialled first: the
+/// connection that said goodbye takes no more messages, so it does not win the tie-break
+/// against the new one (it did, and the redial was refused until the old one closed).
+#[test]
+fn a_redial_after_an_idle_goodbye_is_admitted_before_the_old_connection_closes() {
+    // The tie-break keeps the connection dialled by the lower node id: find a seed where the
+    // node closing for idleness (and so the old connection's dialer) has the lower id.
+    let (mut sim, a, b) = (40..80)
+        .find_map(|seed| {
+            let mut sim = Sim::new(seed);
+            let config = Config {
+                close_idle_after: Some(SECOND),
+                ..Config::default()
+            };
+            let a = sim.node_with("alpha", config);
+            let b = sim.node("beta");
+            (sim.nodes[a].engine.id() < sim.nodes[b].engine.id()).then_some((sim, a, b))
+        })
+        .expect("a seed where alpha has the lower id");
+    let (ca, _) = sim
+        .link_up(a, b, super::Faults::default(), false)
+        .expect("up");
+    // The sweep at 1 s says goodbye; beta reads it 50 µs later and closes its end, and alpha
+    // loses the connection a microsecond after that.
+    sim.run_for(SECOND + Duration::from_micros(50));
+    assert!(
+        !sim.nodes[a].engine.conns[ca].takes_messages(),
+        "goodbye said"
+    );
+    assert!(sim.nodes[a].engine.conns.contains_key(ca), "not closed yet");
+    assert!(
+        sim.link_up(b, a, super::Faults::default(), false).is_some(),
+        "beta's redial refused while alpha's goodbye connection was still open"
+    );
+    let count = Rc::new(Cell::new(0));
+    sim.handle(a, "charge", counting(&count));
+    let msg = sim.command("charge", "order-1");
+    let op = sim.send(b, "alpha", msg);
+    sim.run_for(SECOND);
+    assert!(
+        matches!(sim.result(b, op), Some(Ok(Done::Sent(_)))),
+        "{:?}",
+        sim.result(b, op)
+    );
+    assert_eq!(count.get(), 1);
+}
