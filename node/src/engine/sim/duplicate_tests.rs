@@ -5,14 +5,18 @@
 
 #![cfg(test)]
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
-use super::{Handled, Sim};
+use super::tests::{counting, sent};
+use super::{Faults, Handled, Sim};
 use crate::engine::Done;
 use crate::engine::OpId;
 
 const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
 
 /// `orders` with two `billing` instances; `charge` takes 1 ms to handle. Sends `count`
 /// commands and runs until every handler ran but no ack has come back yet.
@@ -104,4 +108,41 @@ fn without_a_winner_messages_go_to_another_instance_after_the_wait() {
     for op in &ops {
         assert_eq!(acknowledged_by(&sim, orders, *op), b2_id);
     }
+}
+
+#[test]
+fn simultaneous_dials_leave_one_connection_on_both_sides() {
+    let mut sim = Sim::new(14);
+    let (a, b) = (sim.node("alpha"), sim.node("beta"));
+    let first = sim.connect_with(a, b, Faults::default());
+    let second = sim.connect_with(b, a, Faults::default());
+    // Whichever connection the smaller node id dialled wins on both sides.
+    let (id_a, id_b) = (sim.nodes[a].engine.id(), sim.nodes[b].engine.id());
+    assert!(first.is_some());
+    sim.run_for(SECOND);
+    let peers_a = sim.nodes[a].engine.peers();
+    let peers_b = sim.nodes[b].engine.peers();
+    assert_eq!((peers_a.len(), peers_b.len()), (1, 1));
+    let winner_dialled_by_a = id_a < id_b;
+    assert_eq!(
+        second.is_none(),
+        winner_dialled_by_a,
+        "the later dial loses iff a dialled first"
+    );
+    // Neither side told its users the peer went down.
+    for node in [a, b] {
+        let downs = sim.nodes[node]
+            .events
+            .iter()
+            .filter(|e| matches!(e, crate::NodeEvent::PeerDown { .. }))
+            .count();
+        assert_eq!(downs, 0, "{:?}", sim.nodes[node].events);
+    }
+    // And messages flow over the one that is left.
+    let count = Rc::new(Cell::new(0));
+    sim.handle(b, "ping", counting(&count));
+    let msg = sim.command("ping", "");
+    let op = sim.send(a, "beta", msg);
+    sim.run_for(SECOND);
+    sent(sim.result(a, op));
 }

@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::tests::{counting, dead_letter};
 use super::{Handled, Sim};
 use crate::PublishOptions;
 use crate::engine::send::Publishing;
@@ -264,4 +265,119 @@ fn a_group_is_remembered_while_copies_are_held_for_it() {
     sim.run_for(10 * SECOND);
     assert_eq!(published(&sim, orders, op), 1);
     assert_eq!(*seen.borrow(), ["held-for-hours"]);
+}
+
+#[test]
+fn a_group_copy_is_held_until_an_instance_subscribes_again() {
+    let mut sim = Sim::new(9);
+    let orders = sim.node("orders");
+    let invoice = sim.node("invoice");
+    sim.connect(orders, invoice);
+    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
+    sim.run_for(SECOND);
+    sim.crash(invoice, Duration::from_millis(10));
+    sim.run_for(SECOND);
+    // The group is remembered: the copy waits for it.
+    let event = sim.event("order.created", "1");
+    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.run_for(5 * SECOND);
+    assert!(sim.result(orders, op).is_none(), "held");
+    let again = sim.node("invoice");
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(again, "order.*", Some("invoice"), counting(&count));
+    sim.connect(orders, again);
+    sim.run_for(SECOND);
+    match sim.result(orders, op) {
+        Some(Ok(Done::Published(receipt))) => {
+            assert_eq!(receipt.deliveries.len(), 1);
+            assert_eq!(receipt.deliveries[0].node, sim.nodes[again].engine.id());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(count.get(), 1);
+}
+
+#[test]
+fn a_held_copy_is_dead_lettered_after_the_hold() {
+    let mut sim = Sim::new(10);
+    let orders = sim.node("orders");
+    let invoice = sim.node("invoice");
+    sim.connect(orders, invoice);
+    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
+    sim.run_for(SECOND);
+    sim.crash(invoice, Duration::from_millis(10));
+    sim.run_for(SECOND);
+    let event = sim.event("order.created", "1");
+    let options = PublishOptions::default().hold_for(2 * SECOND);
+    let op = match sim.publish(orders, vec![event], &options) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    assert!(sim.run_for(10 * SECOND));
+    let letter = dead_letter(sim.result(orders, op));
+    assert_eq!(letter.group.as_deref(), Some("group `invoice`"));
+    assert!(letter.last_failure.contains("no live instance"), "{letter}");
+    assert!(
+        sim.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sim.elapsed()
+    );
+}
+
+#[test]
+fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
+    let mut sim = Sim::new(11);
+    let orders = sim.node("orders");
+    let audit = sim.node("audit");
+    sim.connect(orders, audit);
+    let audit_count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&audit_count));
+    sim.run_for(SECOND);
+    let sub = shoal_proto::Subscription {
+        pattern: "order.*".into(),
+        group: Some("billing".into()),
+    };
+    let until = sim.now + Duration::from_secs(3600);
+    let now = sim.now;
+    sim.nodes[orders]
+        .engine
+        .remember_groups(vec![sub], until, now);
+    sim.settle();
+    let mut ops = Vec::new();
+    for i in 0..600 {
+        let event = sim.event("order.created", format!("{i}"));
+        let options = PublishOptions::default().hold_for(Duration::from_secs(3600));
+        match sim.publish(orders, vec![event], &options) {
+            Ok(Publishing::Waiting(op)) => ops.push(op),
+            other => panic!("{other:?}"),
+        }
+    }
+    sim.run_for(SECOND);
+    assert_eq!(audit_count.get(), 600);
+    let billing = sim.node("billing");
+    let count = Rc::new(Cell::new(0));
+    sim.connect(orders, billing);
+    sim.run_for(SECOND);
+    sim.subscribe(billing, "order.*", Some("billing"), counting(&count));
+    sim.run_for(SECOND);
+    let now = sim.now;
+    eprintln!(
+        "subscribers: {:?}",
+        sim.nodes[orders].engine.subscribers("order.created", now)
+    );
+    eprintln!(
+        "waiting: {} deliveries: {}",
+        sim.nodes[orders].engine.out.waiting.len(),
+        sim.nodes[orders].engine.out.deliveries.len()
+    );
+    assert_eq!(count.get(), 600);
+    for op in ops {
+        match sim.result(orders, op) {
+            Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -31,14 +31,14 @@ pub(super) fn with(policy: &crate::policy::Policy) -> crate::config::Config {
     }
 }
 
-fn sent(result: Option<&Result<Done, Error>>) -> crate::Receipt {
+pub(super) fn sent(result: Option<&Result<Done, Error>>) -> crate::Receipt {
     match result {
         Some(Ok(Done::Sent(receipt))) => *receipt,
         other => panic!("not sent: {other:?}"),
     }
 }
 
-fn dead_letter(result: Option<&Result<Done, Error>>) -> &crate::DeadLetter {
+pub(super) fn dead_letter(result: Option<&Result<Done, Error>>) -> &crate::DeadLetter {
     match result {
         Some(Err(Error::DeadLettered(letter))) => letter,
         other => panic!("not dead-lettered: {other:?}"),
@@ -213,121 +213,6 @@ fn lost_and_duplicated_frames_never_run_a_handler_twice() {
 }
 
 #[test]
-fn a_group_copy_is_held_until_an_instance_subscribes_again() {
-    let mut sim = Sim::new(9);
-    let orders = sim.node("orders");
-    let invoice = sim.node("invoice");
-    sim.connect(orders, invoice);
-    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
-    sim.run_for(SECOND);
-    sim.crash(invoice, Duration::from_millis(10));
-    sim.run_for(SECOND);
-    // The group is remembered: the copy waits for it.
-    let event = sim.event("order.created", "1");
-    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
-        Ok(super::super::send::Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
-    sim.run_for(5 * SECOND);
-    assert!(sim.result(orders, op).is_none(), "held");
-    let again = sim.node("invoice");
-    let count = Rc::new(Cell::new(0));
-    sim.subscribe(again, "order.*", Some("invoice"), counting(&count));
-    sim.connect(orders, again);
-    sim.run_for(SECOND);
-    match sim.result(orders, op) {
-        Some(Ok(Done::Published(receipt))) => {
-            assert_eq!(receipt.deliveries.len(), 1);
-            assert_eq!(receipt.deliveries[0].node, sim.nodes[again].engine.id());
-        }
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(count.get(), 1);
-}
-
-#[test]
-fn a_held_copy_is_dead_lettered_after_the_hold() {
-    let mut sim = Sim::new(10);
-    let orders = sim.node("orders");
-    let invoice = sim.node("invoice");
-    sim.connect(orders, invoice);
-    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
-    sim.run_for(SECOND);
-    sim.crash(invoice, Duration::from_millis(10));
-    sim.run_for(SECOND);
-    let event = sim.event("order.created", "1");
-    let options = PublishOptions::default().hold_for(2 * SECOND);
-    let op = match sim.publish(orders, vec![event], &options) {
-        Ok(super::super::send::Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
-    assert!(sim.run_for(10 * SECOND));
-    let letter = dead_letter(sim.result(orders, op));
-    assert_eq!(letter.group.as_deref(), Some("group `invoice`"));
-    assert!(letter.last_failure.contains("no live instance"), "{letter}");
-    assert!(
-        sim.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        sim.elapsed()
-    );
-}
-
-#[test]
-fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
-    let mut sim = Sim::new(11);
-    let orders = sim.node("orders");
-    let audit = sim.node("audit");
-    sim.connect(orders, audit);
-    let audit_count = Rc::new(Cell::new(0));
-    sim.subscribe(audit, "order.*", Some("audit"), counting(&audit_count));
-    sim.run_for(SECOND);
-    let sub = shoal_proto::Subscription {
-        pattern: "order.*".into(),
-        group: Some("billing".into()),
-    };
-    let until = sim.now + Duration::from_secs(3600);
-    let now = sim.now;
-    sim.nodes[orders]
-        .engine
-        .remember_groups(vec![sub], until, now);
-    sim.settle();
-    let mut ops = Vec::new();
-    for i in 0..600 {
-        let event = sim.event("order.created", format!("{i}"));
-        let options = PublishOptions::default().hold_for(Duration::from_secs(3600));
-        match sim.publish(orders, vec![event], &options) {
-            Ok(super::super::send::Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
-    }
-    sim.run_for(SECOND);
-    assert_eq!(audit_count.get(), 600);
-    let billing = sim.node("billing");
-    let count = Rc::new(Cell::new(0));
-    sim.connect(orders, billing);
-    sim.run_for(SECOND);
-    sim.subscribe(billing, "order.*", Some("billing"), counting(&count));
-    sim.run_for(SECOND);
-    let now = sim.now;
-    eprintln!(
-        "subscribers: {:?}",
-        sim.nodes[orders].engine.subscribers("order.created", now)
-    );
-    eprintln!(
-        "waiting: {} deliveries: {}",
-        sim.nodes[orders].engine.out.waiting.len(),
-        sim.nodes[orders].engine.out.deliveries.len()
-    );
-    assert_eq!(count.get(), 600);
-    for op in ops {
-        match sim.result(orders, op) {
-            Some(Ok(Done::Published(receipt))) => assert_eq!(receipt.deliveries.len(), 2),
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-#[test]
 fn a_request_gets_its_reply_and_a_retried_one_gets_the_kept_reply() {
     let mut sim = Sim::new(12);
     let (shop, pricing) = (sim.node("shop"), sim.node("pricing"));
@@ -397,43 +282,6 @@ fn a_failed_batch_resends_only_what_was_not_acknowledged_in_order() {
         "each once, in order; the retry carried 5..9 only"
     );
     assert_eq!(sim.nodes[ledger].engine.stats().duplicates, 0);
-}
-
-#[test]
-fn simultaneous_dials_leave_one_connection_on_both_sides() {
-    let mut sim = Sim::new(14);
-    let (a, b) = (sim.node("alpha"), sim.node("beta"));
-    let first = sim.connect_with(a, b, Faults::default());
-    let second = sim.connect_with(b, a, Faults::default());
-    // Whichever connection the smaller node id dialled wins on both sides.
-    let (id_a, id_b) = (sim.nodes[a].engine.id(), sim.nodes[b].engine.id());
-    assert!(first.is_some());
-    sim.run_for(SECOND);
-    let peers_a = sim.nodes[a].engine.peers();
-    let peers_b = sim.nodes[b].engine.peers();
-    assert_eq!((peers_a.len(), peers_b.len()), (1, 1));
-    let winner_dialled_by_a = id_a < id_b;
-    assert_eq!(
-        second.is_none(),
-        winner_dialled_by_a,
-        "the later dial loses iff a dialled first"
-    );
-    // Neither side told its users the peer went down.
-    for node in [a, b] {
-        let downs = sim.nodes[node]
-            .events
-            .iter()
-            .filter(|e| matches!(e, crate::NodeEvent::PeerDown { .. }))
-            .count();
-        assert_eq!(downs, 0, "{:?}", sim.nodes[node].events);
-    }
-    // And messages flow over the one that is left.
-    let count = Rc::new(Cell::new(0));
-    sim.handle(b, "ping", counting(&count));
-    let msg = sim.command("ping", "");
-    let op = sim.send(a, "beta", msg);
-    sim.run_for(SECOND);
-    sent(sim.result(a, op));
 }
 
 #[test]
