@@ -309,7 +309,8 @@ pub(crate) fn serve_jobs_and_quotes(node: &Node, seen: &Seen) {
 // ---------------------------------------------------------------------------------------------
 
 /// Name of the crash test: the victim process is this test binary running only that test.
-pub(crate) const KILL_TEST: &str = "killed_instance_is_detected_and_traffic_moves_without_loss";
+pub(crate) const KILL_TEST: &str =
+    "killed::killed_instance_is_detected_and_traffic_moves_without_loss";
 /// Set (to `victim`) when this test binary runs as the crash test's victim process.
 pub(crate) const CHILD_ENV: &str = "SHOAL_TEST_CHILD";
 const CHILD_CA_PEM: &str = "SHOAL_TEST_CA_PEM";
