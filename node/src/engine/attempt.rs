@@ -12,6 +12,7 @@ use super::conn::{Conn, Owner};
 use super::delivery::{Answer, Failure, State};
 use super::retry::Next;
 use super::send::{DeliveryId, InFlight};
+use super::window::Due;
 use super::{Engine, Lifecycle, Timer};
 use crate::Error;
 
@@ -115,6 +116,8 @@ impl<H: Clone> Engine<H> {
             .retry
             .ack_deadline(&del.spec.policy, now)
             .saturating_duration_since(now);
+        // Every message of the attempt is due at once: worked out once.
+        let due = Due::new(now, timeout);
         let owner = Owner { delivery: d, epoch };
         let mut signal = false;
         let mut count = 0u32;
@@ -139,7 +142,7 @@ impl<H: Clone> Engine<H> {
                     index: index as u32,
                     epoch,
                 };
-                c.window.push(seq, what, now, timeout);
+                c.window.push_due(seq, what, due);
             }
             // A best-effort item is written whatever becomes of its delivery (done at once).
             let owner = reliable.then_some(owner);
@@ -292,11 +295,19 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let State::Flight {
-            conn, first, count, ..
+            conn,
+            first,
+            count,
+            left,
+            ..
         } = del.state
         else {
             return;
         };
+        // Every message answered: each answer took its entry, none is left to take.
+        if left == 0 {
+            return;
+        }
         let epoch = del.epoch;
         if let Some(c) = self.conns.get_mut(conn) {
             for seq in first..first + u64::from(count) {

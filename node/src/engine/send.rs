@@ -183,9 +183,11 @@ impl Outbound {
 
     /// Forgets `id`'s operation.
     pub(super) fn remove_op(&mut self, id: OpId) {
-        let Some(op) = self.ops.get(id) else {
+        let Some(op) = self.ops.get_mut(id) else {
             return;
         };
+        // The envelopes' boxes serve the next messages made on this thread.
+        crate::message::recycle(op.messages.drain(..));
         self.background -= usize::from(op.kind == OpKind::Background);
         self.channel_copies -= op.channel.as_deref().map_or(0, ChannelCopies::waiting);
         if let Some(at) = op.deadline {

@@ -34,8 +34,26 @@ pub(super) struct Entry<T> {
 #[derive(Debug)]
 struct Lane {
     timeout: Duration,
-    /// `(first seq, last seq, deadline of the first)`, oldest first.
+    /// `(first seq, last seq, deadline of the first + SEGMENT_SPAN)`, oldest first: the
+    /// segment is due at that instant, and a message due before it joins the segment.
     segments: VecDeque<(u64, u64, Instant)>,
+}
+
+/// When the messages of one attempt are due: worked out once for all of them.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Due {
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Due {
+    /// Due by `now + timeout` ("never" when that does not fit an instant).
+    pub(super) fn new(now: Instant, timeout: Duration) -> Self {
+        Self {
+            deadline: now.checked_add(timeout).unwrap_or(now + FAR),
+            timeout,
+        }
+    }
 }
 
 /// Unanswered messages of one connection.
@@ -69,7 +87,14 @@ impl<T: Copy> Window<T> {
     }
 
     /// Tracks message `seq` (larger than every number tracked before), due by `now + timeout`.
+    #[cfg(test)]
     pub(super) fn push(&mut self, seq: u64, what: T, now: Instant, timeout: Duration) {
+        self.push_due(seq, what, Due::new(now, timeout));
+    }
+
+    /// Tracks message `seq` (larger than every number tracked before), due by `due`.
+    pub(super) fn push_due(&mut self, seq: u64, what: T, due: Due) {
+        let Due { deadline, timeout } = due;
         let next = self.base + self.slots.len() as u64;
         debug_assert!(seq >= next, "sequence numbers go up");
         if self.slots.is_empty() {
@@ -79,7 +104,6 @@ impl<T: Copy> Window<T> {
                 self.slots.push_back(None);
             }
         }
-        let deadline = now.checked_add(timeout).unwrap_or(now + FAR);
         self.slots.push_back(Some(Entry { what, deadline }));
         self.pending += 1;
         let lane = match self.lanes.iter_mut().position(|l| l.timeout == timeout) {
@@ -93,12 +117,12 @@ impl<T: Copy> Window<T> {
             }
         };
         match lane.segments.back_mut() {
-            Some((_, last, first_deadline))
-                if deadline.saturating_duration_since(*first_deadline) < SEGMENT_SPAN =>
-            {
-                *last = seq;
+            // Within a span of the segment's first deadline (or before it).
+            Some((_, last, due)) if deadline < *due => *last = seq,
+            _ => {
+                let due = deadline.checked_add(SEGMENT_SPAN).unwrap_or(deadline);
+                lane.segments.push_back((seq, seq, due));
             }
-            _ => lane.segments.push_back((seq, seq, deadline)),
         }
         if self.slots.len() > COMPACT_MIN.max(COMPACT_FACTOR * self.pending) {
             self.compact();
@@ -108,6 +132,10 @@ impl<T: Copy> Window<T> {
     /// Takes the entry of `seq` if it is unanswered (an answer came, or its attempt ended).
     pub(super) fn take(&mut self, seq: u64) -> Option<T> {
         let entry = if seq < self.base {
+            // Most windows have no stragglers: no hashing for them.
+            if self.stragglers.is_empty() {
+                return None;
+            }
             self.stragglers.remove(&seq)
         } else {
             let slot = self.slots.get_mut(usize::try_from(seq - self.base).ok()?)?;
@@ -159,6 +187,9 @@ impl<T: Copy> Window<T> {
 
     fn entry(&self, seq: u64) -> Option<&Entry<T>> {
         if seq < self.base {
+            if self.stragglers.is_empty() {
+                return None;
+            }
             self.stragglers.get(&seq)
         } else {
             self.slots
@@ -170,13 +201,20 @@ impl<T: Copy> Window<T> {
     /// Takes every entry due at `now`, into `out` with its number.
     pub(super) fn take_expired(&mut self, now: Instant, out: &mut Vec<(u64, T)>) {
         for i in 0..self.lanes.len() {
-            while let Some(&(first, last, deadline)) = self.lanes[i].segments.front() {
+            while let Some(&(first, last, due)) = self.lanes[i].segments.front() {
                 // Deadlines within a segment are less than a span apart: all are due then.
-                if deadline + SEGMENT_SPAN > now {
+                if due > now {
                     break;
                 }
                 self.lanes[i].segments.pop_front();
-                for seq in first..=last {
+                // Numbers below the queue are answered unless they are stragglers: without
+                // stragglers, only the numbers still in the queue are looked at.
+                let from = if self.stragglers.is_empty() {
+                    first.max(self.base)
+                } else {
+                    first
+                };
+                for seq in from..=last {
                     if let Some(what) = self.take(seq) {
                         out.push((seq, what));
                     }
@@ -193,7 +231,7 @@ impl<T: Copy> Window<T> {
         }
         self.lanes
             .iter()
-            .filter_map(|l| l.segments.front().map(|s| s.2 + SEGMENT_SPAN))
+            .filter_map(|l| l.segments.front().map(|s| s.2))
             .min()
     }
 
