@@ -276,30 +276,41 @@ impl Item {
     }
 
     /// The whole message: this item under `head`.
+    ///
+    /// Inlined, so that a caller that boxes the envelope can build it in place.
+    #[inline]
     pub fn into_envelope(self, head: &Head) -> Envelope {
-        let (kind, version, content_type, reply_to) = match self.differs {
-            Some(d) => (d.kind, d.version, d.content_type, d.reply_to),
-            None => (
-                head.kind,
-                head.version,
-                head.content_type.clone(),
-                head.reply_to.clone(),
-            ),
-        };
-        Envelope {
-            id: self.id,
-            kind,
+        let Self {
+            id,
+            attempt,
+            timestamp_ms,
+            correlation_id,
+            partition_key,
+            headers,
+            payload,
+            differs,
+        } = self;
+        let mut envelope = Envelope {
+            id,
+            kind: head.kind,
             name: head.name.clone(),
-            version,
-            content_type,
-            headers: self.headers,
-            correlation_id: self.correlation_id,
-            reply_to,
-            partition_key: self.partition_key.or_else(|| head.partition_key.clone()),
-            attempt: self.attempt,
-            timestamp_ms: self.timestamp_ms,
-            payload: self.payload,
+            version: head.version,
+            content_type: head.content_type.clone(),
+            headers,
+            correlation_id,
+            reply_to: head.reply_to.clone(),
+            partition_key: match partition_key {
+                Some(key) => Some(key),
+                None => head.partition_key.clone(),
+            },
+            attempt,
+            timestamp_ms,
+            payload,
+        };
+        if let Some(differs) = differs {
+            envelope.differ(*differs);
         }
+        envelope
     }
 }
 

@@ -15,8 +15,8 @@
 //! header comes before it, the common case, which then takes two copies in all.
 
 use bincode::Encode;
-use bincode::enc::EncoderImpl;
 use bincode::enc::write::{SliceWriter, Writer};
+use bincode::enc::{Encoder, EncoderImpl};
 use bytes::BytesMut;
 
 use super::{BodyWriter, append_bounded, config, too_long};
@@ -57,18 +57,22 @@ pub(super) fn append_item(
         differs,
     );
     let mut fixed = [0u8; FIXED_MAX];
-    let mut encoder = EncoderImpl::new(SliceWriter::new(&mut fixed), config());
-    (
-        item_wire::id_bytes(envelope.id),
-        envelope.attempt,
-        item_wire::time_offset(envelope.id, envelope.timestamp_ms),
-        flags,
-    )
+    // One field at a time, and the ids' bytes straight to the writer (as bincode encodes a
+    // byte array): the encoders of a tuple and of an array were left out of line.
+    let mut writer = SliceWriter::new(&mut fixed);
+    writer
+        .write(&item_wire::id_bytes(envelope.id))
+        .map_err(serialize)?;
+    let mut encoder = EncoderImpl::new(writer, config());
+    envelope.attempt.encode(&mut encoder).map_err(serialize)?;
+    item_wire::time_offset(envelope.id, envelope.timestamp_ms)
         .encode(&mut encoder)
         .map_err(serialize)?;
+    flags.encode(&mut encoder).map_err(serialize)?;
     if let Some(id) = envelope.correlation_id {
-        item_wire::id_bytes(id)
-            .encode(&mut encoder)
+        encoder
+            .writer()
+            .write(&item_wire::id_bytes(id))
             .map_err(serialize)?;
     }
     if flags & !HAS_CORRELATION == 0 {

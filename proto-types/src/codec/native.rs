@@ -4,7 +4,8 @@
 //!
 //! The bytes are the same (bincode writes a struct as its fields in order, an enum as its
 //! variant index, an `Option` as a tag byte, a string or vector as its length and its
-//! elements, all integers as varints), so these functions read the fields in order where
+//! elements, all integers as varints; an [`Item`] is laid out by its own serde impls,
+//! `frame/item_wire.rs`), so these functions read the fields in order where
 //! serde's derived visitors asked for each one by name and kind: about half the
 //! instructions for a one-message frame. Every other frame, rarer and off the hot path, still
 //! goes through serde. Tests in `tests/roundtrip.rs` decode arbitrary and edited frames both
@@ -247,8 +248,13 @@ impl Payloads<'_> {
         let bytes = <&[u8]>::borrow_decode(d)?;
         Ok(match self {
             Self::Copied => Bytes::copy_from_slice(bytes),
-            // Borrowed from the body, which is this `Bytes`'s contents: it lies within them.
-            Self::Shared(frame) => frame.slice_ref(bytes),
+            // Borrowed from the body, which is this `Bytes`'s contents: it lies within them
+            // (`slice` checks that again; `slice_ref` would check it twice more).
+            Self::Shared(_) if bytes.is_empty() => Bytes::new(),
+            Self::Shared(frame) => {
+                let start = (bytes.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+                frame.slice(start..start.wrapping_add(bytes.len()))
+            }
         })
     }
 }
