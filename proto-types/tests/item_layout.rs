@@ -168,3 +168,48 @@ fn optional_fields_each_travel_under_their_flag() {
     let frame = run_of(&envelope);
     assert_eq!(decode_body(&body(&frame)).unwrap(), Some(frame));
 }
+
+#[test]
+fn an_item_under_a_head_gives_back_its_whole_envelope() {
+    let first = event(MessageId::from_parts(T0, 1), T0, b"one");
+    let head = Head::of(&first, To::Handler, true, false);
+    let batch_head = Head::of(&first, To::Handler, true, true);
+    let mut differing = event(MessageId::from_parts(T0, 2), T0 + 5, b"two");
+    differing.kind = MessageKind::Document;
+    differing.version = 9;
+    differing.content_type = "application/json".into();
+    differing.reply_to = Some(shoal_proto::ReturnAddress {
+        service: "billing".into(),
+        node: None,
+        channel: "answers".into(),
+    });
+    let mut keyed = event(MessageId::from_parts(T0, 3), T0, b"three");
+    keyed.partition_key = Some("customer-1".into());
+    keyed.correlation_id = Some(MessageId::from_u128(5));
+    keyed.headers.push(("trace".into(), "abc".into()));
+    for envelope in [&first, &differing, &keyed] {
+        let item = Item::under(envelope, &head);
+        assert_eq!(item.differs.is_some(), std::ptr::eq(envelope, &differing));
+        let frame = Frame::Messages(Box::new(Messages {
+            first_seq: 0,
+            head: head.clone(),
+            items: vec![item],
+        }));
+        let Some(Frame::Messages(run)) = decode_body(&body(&frame)).unwrap() else {
+            panic!("not a run")
+        };
+        let Messages { head, items, .. } = *run;
+        let back = items.into_iter().next().unwrap().into_envelope(&head);
+        assert_eq!(&back, envelope);
+    }
+    // A batch's head carries the key its items leave out.
+    let mut keyed_first = first.clone();
+    keyed_first.partition_key = Some("customer-1".into());
+    let batch_head = Head {
+        partition_key: keyed_first.partition_key.clone(),
+        ..batch_head
+    };
+    let item = Item::under(&keyed_first, &batch_head);
+    assert_eq!(item.partition_key, None);
+    assert_eq!(item.into_envelope(&batch_head), keyed_first);
+}
