@@ -251,12 +251,11 @@ fn finish_frame(dst: &mut BytesMut, start: usize, limits: &Limits) -> Result<(),
     }
 }
 
-/// Appends `value` as bincode's standard varint (with bincode's own encoder: through serde a
-/// run's three varints cost more than the rest of a one-message frame).
+/// Appends `value` as bincode's standard varint.
 fn put_varint(dst: &mut BytesMut, value: u64) {
     let mut buf = [0u8; MAX_VARINT];
     // A u64 always fits in nine bytes, so this cannot fail.
-    let n = bincode::encode_into_slice(value, &mut buf, config()).unwrap_or(0);
+    let n = bincode::serde::encode_into_slice(value, &mut buf, config()).unwrap_or(0);
     dst.extend_from_slice(&buf[..n]);
 }
 

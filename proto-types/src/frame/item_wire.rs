@@ -46,10 +46,10 @@ const MAX_FIELDS: usize = 9;
 
 /// The flag byte of an item with these optional fields.
 pub(crate) const fn flags(correlation: bool, key: bool, headers: bool, differs: bool) -> u8 {
-    (correlation as u8) * HAS_CORRELATION
-        | (key as u8) * HAS_KEY
-        | (headers as u8) * HAS_HEADERS
-        | (differs as u8) * HAS_DIFFERS
+    ((correlation as u8) * HAS_CORRELATION)
+        | ((key as u8) * HAS_KEY)
+        | ((headers as u8) * HAS_HEADERS)
+        | ((differs as u8) * HAS_DIFFERS)
 }
 
 /// A message id's 16 bytes on the wire.
