@@ -370,7 +370,11 @@ fn body_len_estimate(frame: &Frame) -> usize {
                 + run
                     .items
                     .iter()
-                    .map(|i| 48 + i.payload.len() + headers_len_estimate(&i.headers))
+                    .map(|i| {
+                        64 + i.payload.len()
+                            + i.partition_key.as_ref().map_or(0, |k| LEN + k.len())
+                            + headers_len_estimate(&i.headers)
+                    })
                     .sum::<usize>()
         }
         Frame::Reply(e) => envelope_len_estimate(e),
@@ -553,12 +557,13 @@ mod tests {
             ordered: false,
         };
         for body_len in [4 * KIB, 256 * KIB] {
-            // Tag, first_seq, a nine-byte head, a three-byte item count, eight bytes per item;
-            // the last item's payload takes up the rest.
-            let fixed = 1 + 1 + 9 + 3;
-            let n = (body_len - fixed) / 8;
+            // Tag, first_seq, a nine-byte head, the item count (one byte below 251, else
+            // three), twenty bytes per item; the last item's payload takes up the rest.
+            let count_len = if (body_len - 12) / 20 < 251 { 1 } else { 3 };
+            let fixed = 1 + 1 + 9 + count_len;
+            let n = (body_len - fixed) / 20;
             let mut items = vec![zero_item(); n];
-            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 8]);
+            items[n - 1].payload = Bytes::from(vec![0u8; (body_len - fixed) % 20]);
             let frame = Frame::Messages(Box::new(crate::Messages {
                 first_seq: 0,
                 head: head.clone(),
@@ -606,27 +611,31 @@ mod tests {
             count.extend(varint_u64(claim));
             cases.push(("items", count));
 
-            // One item: id 0, attempt 0, timestamp 0, no correlation id, no key, then a huge
-            // header count.
+            // One item: id 0 (16 bytes), attempt 0, time offset 0, flags saying headers
+            // follow, then a huge header count.
             let mut headers = run_prefix.to_vec();
             headers.extend(empty_head);
-            headers.extend([1, 0, 0, 0, 0, 0]);
+            headers.push(1);
+            headers.extend([0; 16]);
+            headers.extend([0, 0, 4]);
             headers.extend(varint_u64(claim));
             cases.push(("headers", headers));
 
-            // One item up to the payload, whose length is huge: id 0, attempt 1, timestamp 0,
-            // no correlation id, no key, no headers, then the payload length.
+            // One item up to the payload, whose length is huge: id 0 (16 bytes), attempt 1,
+            // time offset 0, no flags (no correlation id, key, headers or differing fields),
+            // then the payload length.
             let mut payload = run_prefix.to_vec();
             payload.extend(empty_head);
-            payload.extend([1, 0, 1, 0, 0, 0, 0]);
+            payload.push(1);
+            payload.extend([0; 16]);
+            payload.extend([1, 0, 0]);
             let mut valid = payload.clone();
             payload.extend(varint_u64(claim));
             payload.extend([0xAB; 32]);
             cases.push(("payload", payload));
 
-            // The same bytes with an honest payload length (and no differing fields) decode:
-            // the layout above is right.
-            valid.extend([2, 0xAB, 0xCD, 0]);
+            // The same bytes with an honest payload length decode: the layout above is right.
+            valid.extend([2, 0xAB, 0xCD]);
             let frame = decode(&mut frame_bytes(&valid), &Limits::default())
                 .unwrap()
                 .unwrap();

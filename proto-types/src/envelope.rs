@@ -77,6 +77,15 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Takes the fields of `differs` (a message that does not share its run's head's).
+    #[cold]
+    pub(crate) fn differ(&mut self, differs: crate::Differs) {
+        self.kind = differs.kind;
+        self.version = differs.version;
+        self.content_type = differs.content_type;
+        self.reply_to = differs.reply_to;
+    }
+
     /// An envelope with the given identity and body, schema version 1, and no content type,
     /// headers, correlation id, return address or partition key; attempt 0 (the sender sets
     /// it per delivery).

@@ -4,18 +4,28 @@
 //! Building the [`Item`] first meant cloning the payload and headers out of the envelope (a
 //! reference count up and down, an allocation for any headers) only to serialize and drop
 //! them; serde then asked for each field by name. Here the envelope's fields are written in
-//! the item's order with bincode's own encoders, which give the same bytes as serde's
-//! (bincode writes a struct as its fields in order, an `Option` as a tag byte and its value,
-//! a string, byte string or vector as its length and its elements, every integer as a
-//! varint). A test (`tests/roundtrip.rs`) compares both encodings on arbitrary envelopes.
-//! The rare field that differs from the run's head ([`Differs`]) still goes through serde.
+//! the item's order (`frame/item_wire.rs`) with bincode's own encoders, which give the same
+//! bytes as serde's (an array of bytes as its bytes, a string, byte string or vector as its
+//! length and its elements, every other integer as a varint). A test (`tests/roundtrip.rs`)
+//! compares both encodings on arbitrary envelopes. The rare fields that differ from the run's
+//! head ([`Differs`]) still go through serde.
+//!
+//! The fixed fields (id, attempt, time offset, flags, correlation id) are encoded on the
+//! stack and copied into the arena at once; so is the payload's length when no key or
+//! header comes before it, the common case, which then takes two copies in all.
 
 use bincode::Encode;
-use bincode::enc::EncoderImpl;
+use bincode::enc::write::{SliceWriter, Writer};
+use bincode::enc::{Encoder, EncoderImpl};
 use bytes::BytesMut;
 
 use super::{BodyWriter, append_bounded, config, too_long};
+use crate::frame::item_wire::{self, HAS_CORRELATION};
 use crate::{Differs, EncodeError, Envelope, Head, Item, Limits, validate_item_parts};
+
+/// Most bytes of the fixed fields and a payload length: a 16-byte id, a `u32` and an `i64`
+/// varint, the flags, a 16-byte correlation id and a `u64` varint.
+const FIXED_MAX: usize = 16 + 5 + 9 + 1 + 16 + 9;
 
 /// Appends the encoding of `envelope` as an item: under `head` as [`Item::under`] makes it,
 /// or on its own as [`Item::of`] when `head` is `None`. Checks the per-field limits first
@@ -38,34 +48,69 @@ pub(super) fn append_item(
         differs.then(|| (envelope.content_type.as_str(), envelope.reply_to.as_ref()));
     validate_item_parts(&envelope.headers, key, differs_fields, limits)?;
 
-    let mut encoder = EncoderImpl::new(
-        BodyWriter {
-            dst,
-            written: 0,
-            max,
-        },
-        config(),
+    let headers = &envelope.headers;
+    let payload = &envelope.payload[..];
+    let flags = item_wire::flags(
+        envelope.correlation_id.is_some(),
+        key.is_some(),
+        !headers.is_empty(),
+        differs,
     );
-    let fields = (
-        envelope.id.as_u128(),
-        envelope.attempt,
-        envelope.timestamp_ms,
-        envelope.correlation_id.map(|id| id.as_u128()),
-        key,
-        &envelope.headers,
-        &envelope.payload[..],
-    );
-    fields
+    let mut fixed = [0u8; FIXED_MAX];
+    // One field at a time, and the ids' bytes straight to the writer (as bincode encodes a
+    // byte array): the encoders of a tuple and of an array were left out of line.
+    let mut writer = SliceWriter::new(&mut fixed);
+    writer
+        .write(&item_wire::id_bytes(envelope.id))
+        .map_err(serialize)?;
+    let mut encoder = EncoderImpl::new(writer, config());
+    envelope.attempt.encode(&mut encoder).map_err(serialize)?;
+    item_wire::time_offset(envelope.id, envelope.timestamp_ms)
         .encode(&mut encoder)
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+        .map_err(serialize)?;
+    flags.encode(&mut encoder).map_err(serialize)?;
+    if let Some(id) = envelope.correlation_id {
+        encoder
+            .writer()
+            .write(&item_wire::id_bytes(id))
+            .map_err(serialize)?;
+    }
+    if flags & !HAS_CORRELATION == 0 {
+        // Nothing but the payload follows: its length goes with the fixed fields.
+        payload.len().encode(&mut encoder).map_err(serialize)?;
+        let fixed_len = encoder.into_writer().bytes_written();
+        let written = fixed_len + payload.len();
+        if written > max {
+            return Err(too_long(written, max));
+        }
+        dst.extend_from_slice(&fixed[..fixed_len]);
+        dst.extend_from_slice(payload);
+        return Ok(written);
+    }
+    let fixed_len = encoder.into_writer().bytes_written();
+
+    let mut writer = BodyWriter {
+        dst,
+        written: 0,
+        max,
+    };
+    writer.write(&fixed[..fixed_len]).map_err(serialize)?;
+    let mut encoder = EncoderImpl::new(writer, config());
+    if let Some(key) = key {
+        key.encode(&mut encoder).map_err(serialize)?;
+    }
+    if !headers.is_empty() {
+        headers.encode(&mut encoder).map_err(serialize)?;
+    }
+    payload.encode(&mut encoder).map_err(serialize)?;
     let BodyWriter { dst, written, .. } = encoder.into_writer();
     let written = if differs {
-        let differs = Some(Box::new(Differs {
+        let differs = Differs {
             kind: envelope.kind,
             version: envelope.version,
             content_type: envelope.content_type.clone(),
             reply_to: envelope.reply_to.clone(),
-        }));
+        };
         // What is left of the budget bounds the rest.
         let left = max.saturating_sub(written);
         written.saturating_add(append_bounded(&differs, dst, left).map_err(|e| match e {
@@ -73,10 +118,7 @@ pub(super) fn append_item(
             other => other,
         })?)
     } else {
-        if written < max {
-            dst.extend_from_slice(&[0]); // `None`
-        }
-        written + 1
+        written
     };
     if written > max {
         return Err(too_long(written, max));
@@ -84,7 +126,11 @@ pub(super) fn append_item(
     Ok(written)
 }
 
-// The fields written above are `Item`'s, in its order: a field added to `Item` fails to
+fn serialize(e: bincode::error::EncodeError) -> EncodeError {
+    EncodeError::Serialize(e.to_string())
+}
+
+// The fields written above are `Item`'s, in its wire order: a field added to `Item` fails to
 // compile here until `append_item` writes it too (the round-trip tests then check the bytes).
 const _: fn(Item) = |item| {
     let Item {

@@ -4,7 +4,8 @@
 //!
 //! The bytes are the same (bincode writes a struct as its fields in order, an enum as its
 //! variant index, an `Option` as a tag byte, a string or vector as its length and its
-//! elements, all integers as varints), so these functions read the fields in order where
+//! elements, all integers as varints; an [`Item`] is laid out by its own serde impls,
+//! `frame/item_wire.rs`), so these functions read the fields in order where
 //! serde's derived visitors asked for each one by name and kind: about half the
 //! instructions for a one-message frame. Every other frame, rarer and off the hot path, still
 //! goes through serde. Tests in `tests/roundtrip.rs` decode arbitrary and edited frames both
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use smol_str::SmolStr;
 
 use super::config;
+use crate::frame::item_wire;
 use crate::multicast::{Assignment, DatagramBody, EventRun};
 use crate::{
     Ack, Differs, Envelope, Frame, Head, Item, MessageId, MessageKind, Messages, NodeId,
@@ -43,8 +45,9 @@ const ACK: u32 = 2;
 /// [`Frame::Reply`]'s variant index.
 const REPLY: u32 = 4;
 
-/// The fewest bytes an [`Item`] takes (every field at its shortest).
-const MIN_ITEM: usize = 8;
+/// The fewest bytes an [`Item`] takes (its id, a one-byte attempt, time offset and flags,
+/// an empty payload).
+const MIN_ITEM: usize = 20;
 /// The fewest bytes a header takes (two empty strings).
 const MIN_HEADER: usize = 2;
 /// The fewest bytes a [`SeqRange`] takes.
@@ -162,21 +165,39 @@ fn item<'de, D: BorrowDecoder<'de>>(
     body: usize,
     payloads: Payloads<'_>,
 ) -> Result<Item, DecodeError> {
-    let id = message_id(d)?;
+    let id = fixed_id(d)?;
     let attempt = u32::borrow_decode(d)?;
-    let timestamp_ms = u64::borrow_decode(d)?;
-    let correlation_id = option(d, message_id)?;
-    let partition_key = option(d, name)?;
-    let headers = headers(d, body)?;
+    let timestamp_ms = item_wire::timestamp(id, i64::borrow_decode(d)?);
+    let flags = u8::borrow_decode(d)?;
+    if flags & !item_wire::ALL_FLAGS != 0 {
+        return Err(DecodeError::Other("unknown flags in an item"));
+    }
+    let correlation_id = if flags & item_wire::HAS_CORRELATION != 0 {
+        Some(fixed_id(d)?)
+    } else {
+        None
+    };
+    let partition_key = if flags & item_wire::HAS_KEY != 0 {
+        Some(name(d)?)
+    } else {
+        None
+    };
+    let headers = if flags & item_wire::HAS_HEADERS != 0 {
+        headers(d, body)?
+    } else {
+        Vec::new()
+    };
     let payload = payloads.take(d)?;
-    let differs = option(d, |d| {
-        Ok(Box::new(Differs {
+    let differs = if flags & item_wire::HAS_DIFFERS != 0 {
+        Some(Box::new(Differs {
             kind: kind(d)?,
             version: u16::borrow_decode(d)?,
             content_type: name(d)?,
             reply_to: option(d, return_address)?,
         }))
-    })?;
+    } else {
+        None
+    };
     Ok(Item {
         id,
         attempt,
@@ -227,8 +248,13 @@ impl Payloads<'_> {
         let bytes = <&[u8]>::borrow_decode(d)?;
         Ok(match self {
             Self::Copied => Bytes::copy_from_slice(bytes),
-            // Borrowed from the body, which is this `Bytes`'s contents: it lies within them.
-            Self::Shared(frame) => frame.slice_ref(bytes),
+            // Borrowed from the body, which is this `Bytes`'s contents: it lies within them
+            // (`slice` checks that again; `slice_ref` would check it twice more).
+            Self::Shared(_) if bytes.is_empty() => Bytes::new(),
+            Self::Shared(frame) => {
+                let start = (bytes.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+                frame.slice(start..start.wrapping_add(bytes.len()))
+            }
         })
     }
 }
@@ -277,6 +303,11 @@ fn kind<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageKind, DecodeErro
 
 fn message_id<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageId, DecodeError> {
     u128::borrow_decode(d).map(MessageId::from_u128)
+}
+
+/// A message id in an item: 16 bytes, not a varint (`frame/item_wire.rs`).
+fn fixed_id<'de, D: BorrowDecoder<'de>>(d: &mut D) -> Result<MessageId, DecodeError> {
+    <[u8; 16]>::borrow_decode(d).map(item_wire::id_from_bytes)
 }
 
 /// A string, copied out of the body once its bytes are there and valid UTF-8.

@@ -149,9 +149,9 @@ impl EncodedHead {
 }
 
 /// A cheap upper estimate of an item's encoded length (ids, numbers and length prefixes in
-/// the 48).
+/// the 64).
 fn item_len_estimate(payload: &[u8], key: Option<&str>, headers: &[(String, String)]) -> usize {
-    48 + payload.len() + key.map_or(0, |k| 9 + k.len()) + super::headers_len_estimate(headers)
+    64 + payload.len() + key.map_or(0, |k| 9 + k.len()) + super::headers_len_estimate(headers)
 }
 
 fn encode_part<T: Serialize>(

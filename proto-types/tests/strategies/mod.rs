@@ -71,7 +71,7 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
         proptest::option::of(arb_message_id()),
         proptest::option::of(arb_return_address()),
         proptest::option::of(arb_text()),
-        (any::<u32>(), any::<u64>(), arb_bytes()),
+        (any::<u32>(), arb_stamp(), arb_bytes()),
     )
         .prop_map(
             |(
@@ -92,10 +92,35 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
                 reply_to,
                 partition_key: partition_key.map(Into::into),
                 attempt,
-                timestamp_ms,
+                timestamp_ms: timestamp_ms.of(id),
                 payload,
             },
         )
+}
+
+/// A message's timestamp: any, or its id's time or near it, as a node stamps its messages
+/// (an item carries its timestamp as the offset from its id's time).
+#[derive(Clone, Copy, Debug)]
+enum Stamp {
+    Any(u64),
+    FromId(i16),
+}
+
+impl Stamp {
+    fn of(self, id: MessageId) -> u64 {
+        match self {
+            Self::Any(timestamp_ms) => timestamp_ms,
+            Self::FromId(offset) => id.unix_ms().wrapping_add_signed(offset.into()),
+        }
+    }
+}
+
+fn arb_stamp() -> impl Strategy<Value = Stamp> {
+    prop_oneof![
+        any::<u64>().prop_map(Stamp::Any),
+        Just(Stamp::FromId(0)),
+        any::<i16>().prop_map(Stamp::FromId),
+    ]
 }
 
 /// Socket addresses as the wire carries them: IPv6 flow info and scope id are not encoded
