@@ -33,7 +33,10 @@ use super::{Engine, Lifecycle};
 use crate::Message;
 use crate::config::Config;
 
+mod shared_head;
 mod slots;
+
+use shared_head::SharedHeads;
 
 /// Copies of one message kept waiting while its handler runs (each is answered as the handler
 /// finishes). A sender retrying a slow handler's message makes one per ack timeout; more are
@@ -75,6 +78,8 @@ pub(super) struct Inbound<H> {
     /// Works out the sender's part of dedup keys, once per connection ([`super::sender`]).
     pub(super) senders: SenderKeys,
     tasks: SlotMap<TaskId, Task<H>>,
+    /// The head of each connection's last run, for the next run with the same one.
+    heads: SharedHeads,
     /// Where duplicates of messages being handled now came from: they are answered too.
     waiters: HashMap<MessageId, Vec<(ConnId, u64)>>,
     max_handlers: usize,
@@ -90,6 +95,7 @@ impl<H: Clone> Inbound<H> {
             // The same secret as the dedup window's hash: both keep ids a peer cannot steer.
             senders: SenderKeys::new(dedup_keys),
             tasks: SlotMap::with_key(),
+            heads: SharedHeads::default(),
             waiters: HashMap::new(),
             max_handlers: config.max_concurrent_handlers.max(1),
             dedup_capacity: config.dedup_capacity,
@@ -181,7 +187,7 @@ impl<H: Clone> Engine<H> {
             );
             return refuse(self, false, NackCode::Invalid, reason);
         }
-        let head = Arc::new(head);
+        let head = self.inbound.heads.share(conn, head);
         let run_key = RunKey::new(self.sender_key(conn), head.to.group_key());
         if head.ordered {
             let task = self.inbound.tasks.insert(Task {
@@ -378,7 +384,12 @@ impl<H: Clone> Engine<H> {
         };
         t.running = Some((seq, key, item.id));
         let message = Message::from_envelope(item.into_envelope(&t.head));
-        let handlers = t.handlers.clone();
+        // One handler, usually: cloned as such (a vector's clone goes through its generic
+        // extend).
+        let handlers = match t.handlers.as_slice() {
+            [one] => SmallVec::from_buf([one.clone()]),
+            all => all.iter().cloned().collect(),
+        };
         self.actions.push_back(Action::Run(Run {
             task,
             handlers,

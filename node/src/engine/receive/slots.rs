@@ -55,8 +55,9 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// `conn` is gone: its waiting tasks will never run.
+    /// `conn` is gone: its waiting tasks will never run, and its last run's head is let go.
     pub(in crate::engine) fn drop_backlog(&mut self, conn: ConnId) {
+        self.inbound.heads.forget(conn);
         let backlog: Vec<TaskId> = self
             .conns
             .get_mut(conn)
