@@ -33,6 +33,11 @@ use super::{Engine, Lifecycle};
 use crate::Message;
 use crate::config::Config;
 
+mod shared_head;
+mod slots;
+
+use shared_head::SharedHeads;
+
 /// Copies of one message kept waiting while its handler runs (each is answered as the handler
 /// finishes). A sender retrying a slow handler's message makes one per ack timeout; more are
 /// refused with a retryable nack.
@@ -73,6 +78,8 @@ pub(super) struct Inbound<H> {
     /// Works out the sender's part of dedup keys, once per connection ([`super::sender`]).
     pub(super) senders: SenderKeys,
     tasks: SlotMap<TaskId, Task<H>>,
+    /// The head of each connection's last run, for the next run with the same one.
+    heads: SharedHeads,
     /// Where duplicates of messages being handled now came from: they are answered too.
     waiters: HashMap<MessageId, Vec<(ConnId, u64)>>,
     max_handlers: usize,
@@ -88,6 +95,7 @@ impl<H: Clone> Inbound<H> {
             // The same secret as the dedup window's hash: both keep ids a peer cannot steer.
             senders: SenderKeys::new(dedup_keys),
             tasks: SlotMap::with_key(),
+            heads: SharedHeads::default(),
             waiters: HashMap::new(),
             max_handlers: config.max_concurrent_handlers.max(1),
             dedup_capacity: config.dedup_capacity,
@@ -179,7 +187,7 @@ impl<H: Clone> Engine<H> {
             );
             return refuse(self, false, NackCode::Invalid, reason);
         }
-        let head = Arc::new(head);
+        let head = self.inbound.heads.share(conn, head);
         let run_key = RunKey::new(self.sender_key(conn), head.to.group_key());
         if head.ordered {
             let task = self.inbound.tasks.insert(Task {
@@ -303,7 +311,7 @@ impl<H: Clone> Engine<H> {
         }
         c.running += 1;
         match message {
-            Some((seq, key, item)) => self.hand_over(task, seq, key, item, now),
+            Some((seq, key, item)) => self.hand_over(task, seq, key, Some(item), now),
             None => self.step(task, now),
         }
     }
@@ -315,56 +323,73 @@ impl<H: Clone> Engine<H> {
         };
         if let Some(ready) = t.ready.take() {
             let (seq, key, item) = *ready;
-            return self.hand_over(task, seq, key, item, now);
+            return self.hand_over(task, seq, key, Some(item), now);
         }
         loop {
             let Some(t) = self.inbound.tasks.get_mut(task) else {
                 return;
             };
-            let Some(item) = t.rest.pop_front() else {
+            // The item stays in the run until its fate is known: a new one moves once, from the
+            // run straight into its envelope (`hand_over`).
+            let Some(id) = t.rest.front().map(|item| item.id) else {
                 return self.end_task(task, now);
             };
             let seq = t.rest_seq;
             t.rest_seq += 1;
-            let (conn, head) = (t.conn, Arc::clone(&t.head));
-            let key = t.rest_key.key(item.id);
-            if !head.reliable {
-                return self.hand_over(task, seq, key, item, now);
+            let key = t.rest_key.key(id);
+            let seen = if t.head.reliable {
+                self.inbound.dedup.check(key, now)
+            } else {
+                Seen::New
+            };
+            if seen == Seen::New {
+                return self.hand_over(task, seq, key, None, now);
             }
-            match self.inbound.dedup.check(key, now) {
-                // Straight to its handlers, not through `ready` (parked there and taken out
-                // again on the next turn, the item would move twice more).
-                Seen::New => return self.hand_over(task, seq, key, item, now),
-                Seen::Done => {
-                    self.stats.duplicates += 1;
-                    self.note_duplicate(conn, &head.name); // metrics/hooks.rs
-                    self.answer_again(conn, seq, &head, item.id, key, now);
-                }
+            let Some(t) = self.inbound.tasks.get_mut(task) else {
+                return;
+            };
+            t.rest.pop_front();
+            let (conn, head) = (t.conn, Arc::clone(&t.head));
+            self.stats.duplicates += 1;
+            self.note_duplicate(conn, &head.name); // metrics/hooks.rs
+            if seen == Seen::Done {
+                self.answer_again(conn, seq, &head, id, key, now);
+            } else {
                 // Another delivery (a single publish of the same event) is handling it: this
                 // run must not go on before that one finishes.
-                Seen::InProgress => {
-                    self.stats.duplicates += 1;
-                    self.note_duplicate(conn, &head.name); // metrics/hooks.rs
-                    let reason = format!(
-                        "event {} of this batch is being handled by another delivery",
-                        item.id
-                    );
-                    self.nack(conn, seq, true, NackCode::HandlerFailed, reason);
-                    self.skip_rest(task);
-                }
+                let reason =
+                    format!("event {id} of this batch is being handled by another delivery");
+                self.nack(conn, seq, true, NackCode::HandlerFailed, reason);
+                self.skip_rest(task);
             }
         }
     }
 
-    /// Runs the task's handlers on its message `seq` (dedup key `key`): the message becomes
-    /// the task's running one, and an [`Action::Run`] hands it to the handlers.
-    fn hand_over(&mut self, task: TaskId, seq: u64, key: MessageId, item: Item, now: Instant) {
+    /// Runs the task's handlers on its message `seq` (dedup key `key`): `item`, or (`None`) the
+    /// first of its ordered run's rest. The message becomes the task's running one, and an
+    /// [`Action::Run`] hands it to the handlers.
+    fn hand_over(
+        &mut self,
+        task: TaskId,
+        seq: u64,
+        key: MessageId,
+        item: Option<Item>,
+        now: Instant,
+    ) {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
+            return;
+        };
+        let Some(item) = item.or_else(|| t.rest.pop_front()) else {
             return;
         };
         t.running = Some((seq, key, item.id));
         let message = Message::from_envelope(item.into_envelope(&t.head));
-        let handlers = t.handlers.clone();
+        // One handler, usually: cloned as such (a vector's clone goes through its generic
+        // extend).
+        let handlers = match t.handlers.as_slice() {
+            [one] => SmallVec::from_buf([one.clone()]),
+            all => all.iter().cloned().collect(),
+        };
         self.actions.push_back(Action::Run(Run {
             task,
             handlers,
@@ -448,65 +473,6 @@ impl<H: Clone> Engine<H> {
                 let reason = "an earlier event of its batch failed".to_owned();
                 self.nack(conn, seq, true, NackCode::Skipped, reason);
             }
-        }
-    }
-
-    /// `task` is over: its slot frees, and a waiting task of the same peer starts.
-    pub(super) fn end_task(&mut self, task: TaskId, now: Instant) {
-        let Some(conn) = self.inbound.tasks.get(task).map(|t| t.conn) else {
-            return;
-        };
-        self.inbound.tasks.remove(task);
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
-        c.running = c.running.saturating_sub(1);
-        while c.running < self.inbound.max_handlers {
-            let Some(next) = c.backlog.pop_front() else {
-                break;
-            };
-            if self.inbound.tasks.contains_key(next) {
-                c.running += 1;
-                self.step(next, now);
-                return self.resume_if_drained(conn, now);
-            }
-        }
-        self.resume_if_drained(conn, now);
-    }
-
-    /// Reads `conn` again, and lets its peer's multicast channels deliver again, once no
-    /// message of it waits for a handler slot.
-    pub(super) fn resume_if_drained(&mut self, conn: ConnId, now: Instant) {
-        if let Some(c) = self.conns.get_mut(conn)
-            && c.paused
-            && c.backlog.is_empty()
-        {
-            c.paused = false;
-            self.actions.push_back(Action::ResumeReading(conn));
-            self.resume_channels(conn, now); // multicast_receive.rs
-        }
-    }
-
-    /// Drops a task whose connection is gone before it started: its message was never
-    /// handled here, so its id is forgotten and a redelivery runs it.
-    pub(super) fn drop_task(&mut self, task: TaskId) {
-        if let Some(t) = self.inbound.tasks.remove(task)
-            && let Some(ready) = t.ready
-        {
-            let (_, key, _) = *ready;
-            self.inbound.dedup.forget(key);
-        }
-    }
-
-    /// `conn` is gone: its waiting tasks will never run.
-    pub(super) fn drop_backlog(&mut self, conn: ConnId) {
-        let backlog: Vec<TaskId> = self
-            .conns
-            .get_mut(conn)
-            .map(|c| c.backlog.drain(..).collect())
-            .unwrap_or_default();
-        for task in backlog {
-            self.drop_task(task);
         }
     }
 }

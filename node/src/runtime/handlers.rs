@@ -34,10 +34,12 @@ impl Driver {
             mut handlers,
             message,
         } = run;
-        if handlers.len() == 1 && message.reply_to().is_none() {
+        if handlers.len() == 1
+            && message.reply_to().is_none()
+            && let Some(handler) = handlers.pop()
+        {
             // The usual case: one handler, no reply to make. Its own (boxed) future is polled
             // directly, without an outer future around it.
-            let handler = handlers.remove(0);
             let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
                 crate::trace::call_handler(&handler, message).0
             })) {

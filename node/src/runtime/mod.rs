@@ -384,7 +384,8 @@ impl Driver {
             }
             let mut state = lock(&self.state);
             let now = Self::now();
-            for (task, outcome) in done {
+            // Drained, not moved: moving the vector by value copies its whole inline array.
+            for (task, outcome) in done.drain(..) {
                 state.engine.handler_done(task, outcome, now);
             }
             state.take_effects(effects, now);

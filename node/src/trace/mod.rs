@@ -159,13 +159,18 @@ pub(crate) fn call_handler(
     handler: &BoxedHandler,
     message: Message,
 ) -> (HandlerFuture, Option<TraceContext>) {
+    let record = may_record(tracing::Level::INFO);
+    // The usual case, no trace and no subscriber: nothing to parse, no span to build or drop.
+    if !record && !message.has_traceparent() {
+        return (handler(message), None);
+    }
     // Parse only when there is something to parse.
     let incoming = if message.has_traceparent() {
         message.trace_context()
     } else {
         None
     };
-    let span = if may_record(tracing::Level::INFO) {
+    let span = if record {
         handle_span(&message)
     } else {
         tracing::Span::none()

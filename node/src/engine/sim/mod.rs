@@ -17,6 +17,7 @@ mod admission_tests;
 mod authz;
 mod background_tests;
 mod backlog_tests;
+mod batch_copy_tests;
 mod bounds_tests;
 mod driver;
 mod duplicate_tests;
