@@ -20,14 +20,18 @@ const SECOND: Duration = Duration::from_secs(1);
 /// `billing` subscribed to `orders.created` as group `billing` and crashed: the group is
 /// remembered by `orders`.
 fn departed_billing(seed: u64) -> (Sim, usize) {
+    departed(seed, "billing", "orders.created")
+}
+
+/// An instance of `group` (its service too) subscribed to `pattern` as that group and
+/// crashed: the group is remembered by `orders`.
+fn departed(seed: u64, group: &str, pattern: &str) -> (Sim, usize) {
     let mut sim = Sim::new(seed);
-    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
-    sim.subscribe(billing, "orders.created", Some("billing"), |_| {
-        Handled::ok()
-    });
-    sim.connect(orders, billing);
+    let (orders, gone) = (sim.node("orders"), sim.node(group));
+    sim.subscribe(gone, pattern, Some(group), |_| Handled::ok());
+    sim.connect(orders, gone);
     assert!(sim.run_for(SECOND));
-    sim.crash(billing, Duration::from_millis(10));
+    sim.crash(gone, Duration::from_millis(10));
     assert!(sim.run_for(SECOND));
     (sim, orders)
 }
@@ -269,20 +273,10 @@ fn a_group_is_remembered_while_copies_are_held_for_it() {
 
 #[test]
 fn a_group_copy_is_held_until_an_instance_subscribes_again() {
-    let mut sim = Sim::new(9);
-    let orders = sim.node("orders");
-    let invoice = sim.node("invoice");
-    sim.connect(orders, invoice);
-    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
-    sim.run_for(SECOND);
-    sim.crash(invoice, Duration::from_millis(10));
-    sim.run_for(SECOND);
+    let (mut sim, orders) = departed(9, "invoice", "order.*");
     // The group is remembered: the copy waits for it.
     let event = sim.event("order.created", "1");
-    let op = match sim.publish(orders, vec![event], &PublishOptions::default()) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = waiting(sim.publish(orders, vec![event], &PublishOptions::default()));
     sim.run_for(5 * SECOND);
     assert!(sim.result(orders, op).is_none(), "held");
     let again = sim.node("invoice");
@@ -302,20 +296,10 @@ fn a_group_copy_is_held_until_an_instance_subscribes_again() {
 
 #[test]
 fn a_held_copy_is_dead_lettered_after_the_hold() {
-    let mut sim = Sim::new(10);
-    let orders = sim.node("orders");
-    let invoice = sim.node("invoice");
-    sim.connect(orders, invoice);
-    sim.subscribe(invoice, "order.*", Some("invoice"), |_| Handled::ok());
-    sim.run_for(SECOND);
-    sim.crash(invoice, Duration::from_millis(10));
-    sim.run_for(SECOND);
+    let (mut sim, orders) = departed(10, "invoice", "order.*");
     let event = sim.event("order.created", "1");
     let options = PublishOptions::default().hold_for(2 * SECOND);
-    let op = match sim.publish(orders, vec![event], &options) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = waiting(sim.publish(orders, vec![event], &options));
     assert!(sim.run_for(10 * SECOND));
     let letter = dead_letter(sim.result(orders, op));
     assert_eq!(letter.group.as_deref(), Some("group `invoice`"));
@@ -350,10 +334,7 @@ fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
     for i in 0..600 {
         let event = sim.event("order.created", format!("{i}"));
         let options = PublishOptions::default().hold_for(Duration::from_secs(3600));
-        match sim.publish(orders, vec![event], &options) {
-            Ok(Publishing::Waiting(op)) => ops.push(op),
-            other => panic!("{other:?}"),
-        }
+        ops.push(waiting(sim.publish(orders, vec![event], &options)));
     }
     sim.run_for(SECOND);
     assert_eq!(audit_count.get(), 600);
@@ -363,16 +344,6 @@ fn copies_held_for_a_remembered_group_go_when_it_subscribes() {
     sim.run_for(SECOND);
     sim.subscribe(billing, "order.*", Some("billing"), counting(&count));
     sim.run_for(SECOND);
-    let now = sim.now;
-    eprintln!(
-        "subscribers: {:?}",
-        sim.nodes[orders].engine.subscribers("order.created", now)
-    );
-    eprintln!(
-        "waiting: {} deliveries: {}",
-        sim.nodes[orders].engine.out.waiting.len(),
-        sim.nodes[orders].engine.out.deliveries.len()
-    );
     assert_eq!(count.get(), 600);
     for op in ops {
         match sim.result(orders, op) {
