@@ -25,7 +25,8 @@
 //! keeps alive the whole buffer its frame was read into, with the other frames of the same
 //! read; copy it (`Bytes::copy_from_slice`) to keep a small payload for long. A smaller frame
 //! (one small message, an ack) has its payloads copied: splitting the buffer would cost more
-//! than the copy.
+//! than the copy. [`decode_shared`] does the same from bytes already shared (a chunk a reader
+//! received): a frame of [`SHARE_FROM`] bytes or more is a view of them, payloads included.
 //!
 //! # Hostile input
 //!
