@@ -25,7 +25,8 @@
 //! keeps alive the whole buffer its frame was read into, with the other frames of the same
 //! read; copy it (`Bytes::copy_from_slice`) to keep a small payload for long. A smaller frame
 //! (one small message, an ack) has its payloads copied: splitting the buffer would cost more
-//! than the copy.
+//! than the copy. [`decode_shared`] does the same from bytes already shared (a chunk a reader
+//! received): a frame of [`SHARE_FROM`] bytes or more is a view of them, payloads included.
 //!
 //! # Hostile input
 //!
@@ -164,6 +165,29 @@ fn too_long(actual: usize, max: usize) -> EncodeError {
 ///
 /// Never panics, whatever `src` contains; see the module docs for memory bounds.
 pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
+    decode_from(src, limits)
+}
+
+/// [`decode`] from bytes already shared (a chunk read off a stream): the same rules, except
+/// that nothing is reserved when a frame is incomplete. A frame of [`SHARE_FROM`] bytes or
+/// more is a view of `src`'s bytes, as its payloads are: nothing is copied.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_shared(src: &mut Bytes, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
+    decode_from(src, limits)
+}
+
+/// The length of the body announced by the prefix at the front of `src`, once the prefix is
+/// all there: `Ok(None)` before. [`DecodeError::FrameTooLarge`] when it is above
+/// `max_frame_len` (or [`MAX_FRAME_LEN_CAP`]), so that a reader can refuse it before
+/// reserving room for it.
+///
+/// # Errors
+///
+/// [`DecodeError::FrameTooLarge`], as above.
+pub fn body_len(src: &[u8], limits: &Limits) -> Result<Option<usize>, DecodeError> {
     let Some(prefix) = src.first_chunk::<LENGTH_PREFIX>() else {
         return Ok(None);
     };
@@ -172,21 +196,66 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
     if len > max {
         return Err(DecodeError::FrameTooLarge { len, max });
     }
+    Ok(Some(len))
+}
+
+/// A buffer [`decode_from`] takes frames off: owned ([`BytesMut`]) or shared ([`Bytes`]).
+trait Source: std::ops::Deref<Target = [u8]> + Buf {
+    /// Makes room for `additional` more bytes, if the buffer can grow.
+    fn reserve_more(&mut self, additional: usize);
+    /// Takes the first `total` bytes off, and gives those after the prefix.
+    fn take_body(&mut self, total: usize) -> Bytes;
+}
+
+impl Source for BytesMut {
+    #[inline]
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+
+    #[inline]
+    fn take_body(&mut self, total: usize) -> Bytes {
+        self.split_to(total).freeze().slice(LENGTH_PREFIX..)
+    }
+}
+
+impl Source for Bytes {
+    #[inline]
+    fn reserve_more(&mut self, _additional: usize) {}
+
+    #[inline]
+    fn take_body(&mut self, total: usize) -> Bytes {
+        let body = self.slice(LENGTH_PREFIX..total);
+        self.advance(total);
+        body
+    }
+}
+
+#[inline]
+fn decode_from<S: Source>(src: &mut S, limits: &Limits) -> Result<Option<Frame>, DecodeError> {
+    let Some(len) = body_len(src, limits)? else {
+        return Ok(None);
+    };
     let total = LENGTH_PREFIX + len;
     if src.len() < total {
-        src.reserve(total - src.len());
+        src.reserve_more(total - src.len());
         return Ok(None);
     }
 
     let frame = if len >= SHARE_FROM {
         // The frame's bytes become its own (split off, not copied): payloads are views of them.
-        let body = src.split_to(total).freeze().slice(LENGTH_PREFIX..);
+        let body = src.take_body(total);
         decode_body(&body, Payloads::Shared(&body))
     } else {
         let result = decode_body(&src[LENGTH_PREFIX..total], Payloads::Copied);
         src.advance(total);
         result
     }?;
+    checked(frame, limits).map(Some)
+}
+
+/// A decoded frame, once its sequence numbers and per-field limits are checked.
+fn checked(frame: Frame, limits: &Limits) -> Result<Frame, DecodeError> {
     // A receiver counts with a run's sequence numbers (acks, nacks, its window): numbers that
     // pass 2^64 are no run a node sends.
     if let Frame::Messages(run) = &frame
@@ -208,7 +277,7 @@ pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, Deco
             _ => None,
         },
     })?;
-    Ok(Some(frame))
+    Ok(frame)
 }
 
 /// The first byte of a stored envelope ([`encode_envelope`]).

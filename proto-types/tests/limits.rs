@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use shoal_proto::codec::{self, LENGTH_PREFIX, MAX_FRAME_LEN_CAP};
 use shoal_proto::{
     DecodeError, EncodeError, Envelope, Frame, Goodbye, Head, Hello, Item, LimitViolation, Limits,
-    Messages, Nack, NackCode, NodeId, Subscription, To, validate_frame,
+    MessageId, MessageKind, Messages, Nack, NackCode, NodeId, Subscription, To, validate_frame,
 };
 
 use samples::{encoded, rich_envelope};
@@ -347,4 +347,62 @@ fn limit_violation_displays_like_the_codec_errors() {
     };
     assert_eq!(v.to_string(), "max_headers exceeded: 65 > 64");
     assert_eq!(EncodeError::from(v).to_string(), v.to_string());
+}
+
+/// Each item of a run is checked, whichever single optional field breaks a limit: headers
+/// alone, a header value, a key alone, or a field that differs from the head, in an item
+/// among items of nothing but an id, numbers and a payload (which are not checked).
+#[test]
+fn an_item_with_one_field_over_a_limit_is_refused_among_plain_ones() {
+    let d = Limits::default();
+    let long = |n: usize| "x".repeat(n);
+    let plain = |n: u128| {
+        Envelope::new(
+            MessageId::from_u128(n),
+            MessageKind::Event,
+            "orders",
+            0,
+            Bytes::from_static(b"x"),
+        )
+    };
+    /// How a case breaks its limit.
+    type Breaks<'a> = Box<dyn Fn(&mut Envelope) + 'a>;
+    let cases: Vec<(&str, Breaks<'_>)> = vec![
+        (
+            "max_headers",
+            Box::new(|e| e.headers = vec![("k".into(), "v".into()); d.max_headers + 1]),
+        ),
+        (
+            "max_header_value_len",
+            Box::new(|e| e.headers = vec![("k".into(), long(d.max_header_value_len + 1))]),
+        ),
+        (
+            "max_name_len",
+            Box::new(|e| e.partition_key = Some(long(d.max_name_len + 1).into())),
+        ),
+        (
+            "max_name_len",
+            Box::new(|e| e.content_type = long(d.max_name_len + 1).into()),
+        ),
+    ];
+    for (i, (limit, breaks)) in cases.iter().enumerate() {
+        let mut bad = plain(2);
+        breaks(&mut bad);
+        let head = Head::of(&plain(1), To::Handler, true, false);
+        let items = [plain(1), bad, plain(3)]
+            .iter()
+            .map(|e| Item::under(e, &head))
+            .collect();
+        let frame = Frame::Messages(Box::new(Messages {
+            first_seq: 1,
+            head,
+            items,
+        }));
+        let mut buf = BytesMut::new();
+        codec::encode(&frame, &generous(), &mut buf).unwrap();
+        match codec::decode(&mut buf, &d) {
+            Err(DecodeError::LimitExceeded { limit: got, .. }) => assert_eq!(got, *limit, "{i}"),
+            other => panic!("case {i} ({limit}): {other:?}"),
+        }
+    }
 }

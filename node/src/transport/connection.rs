@@ -23,13 +23,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use shoal_proto::{DecodeError, codec};
 use tokio::sync::Notify;
 
 use crate::engine::{CloseReason, ConnId};
 use crate::identity::CertificateInfo;
 use crate::runtime::Driver;
 use crate::sync::lock;
+use frames::Frames;
+
+mod frames;
 
 /// Most bytes gathered for one write.
 const MAX_WRITE: usize = 256 * 1024;
@@ -264,13 +266,13 @@ impl std::fmt::Display for ReadEnd {
 }
 
 /// Reads frames until the stream ends or breaks the protocol: every frame that arrived in one
-/// read goes to the engine in one call.
+/// read goes to the engine in one call. `rest` is what the handshake read past the hello.
 async fn read_loop(
     driver: &Arc<Driver>,
     conn: ConnId,
     io: &ConnIo,
     mut recv: quinn::RecvStream,
-    mut buf: BytesMut,
+    rest: BytesMut,
 ) -> ReadEnd {
     let limits = driver.config.limits.clone();
     let mut frames = Vec::new();
@@ -280,21 +282,9 @@ async fn read_loop(
     // branch per read.
     #[cfg(feature = "testing")]
     let mut faults = crate::testing::ConnFaults::attach(driver, conn);
+    let mut incoming = Frames::default();
+    let mut fatal = incoming.take(rest.freeze(), &limits, &mut frames);
     loop {
-        let mut fatal = None;
-        loop {
-            match codec::decode(&mut buf, &limits) {
-                Ok(Some(frame)) => frames.push(Ok(frame)),
-                Ok(None) => break,
-                // The frame was consumed and names its messages: refuse just those.
-                Err(e @ DecodeError::LimitExceeded { seqs: Some(_), .. }) => frames.push(Err(e)),
-                Err(e) => {
-                    fatal = Some(e.to_string());
-                    frames.push(Err(e));
-                    break;
-                }
-            }
-        }
         // The fault plan takes the frames it has faults for (and hands them to the engine
         // itself: dropped, duplicated, held back); what it leaves goes on as usual.
         #[cfg(feature = "testing")]
@@ -314,20 +304,14 @@ async fn read_loop(
         if let Some(reason) = fatal {
             return ReadEnd::Protocol(reason);
         }
-        // Every complete frame is decoded: keep a buffer only for a frame still incomplete.
-        if buf.is_empty() {
-            buf = BytesMut::new();
-        }
         while io.paused.load(Ordering::Acquire) {
             io.resume.notified().await;
         }
         match recv.read_chunks(&mut chunks).await {
             Ok(Some(n)) => {
-                let chunks = &mut chunks[..n];
-                buf.reserve(chunks.iter().map(Bytes::len).sum());
-                for chunk in chunks {
-                    buf.extend_from_slice(&std::mem::take(chunk));
-                }
+                fatal = chunks[..n]
+                    .iter_mut()
+                    .find_map(|chunk| incoming.take(std::mem::take(chunk), &limits, &mut frames));
             }
             Ok(None) => return ReadEnd::Finished,
             Err(e) => return ReadEnd::Failed(e.to_string()),
