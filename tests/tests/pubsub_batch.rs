@@ -240,3 +240,53 @@ async fn a_batch_waits_for_its_events_that_are_being_handled_elsewhere() {
         .unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the event was handled once");
 }
+
+/// The receiver hands a batch's events to its handler together, in one trip: an event whose
+/// handler has to wait holds up the rest, which then go on in order, and a failure stops
+/// them (the rest is retried, and only the rest).
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
+    let mesh = Mesh::new();
+    let seen: Seen = Arc::default();
+    let node = mesh.start("ledger", &[]).await;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let (seen2, failed) = (Arc::clone(&seen), Arc::clone(&failed_once));
+    node.subscribe(TOPIC, move |msg: Message| {
+        let (n, attempt) = (seq(&msg), msg.attempt());
+        let (seen, failed) = (Arc::clone(&seen2), Arc::clone(&failed));
+        async move {
+            // Events 3 and 7 wait before they finish; 7 fails the first time.
+            if n == 3 || n == 7 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            if n == 7 && !failed.swap(true, Ordering::SeqCst) {
+                return Err(HandlerError::retryable("database busy"));
+            }
+            seen.lock().unwrap().push((format!("attempt {attempt}"), n));
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let publisher = mesh.start("warehouse", &[node.local_addr()]).await;
+    publisher
+        .wait_for_subscribers(TOPIC, 1, WAIT)
+        .await
+        .unwrap();
+
+    let receipt = tokio::time::timeout(WAIT, publisher.publish_batch(batch(10)))
+        .await
+        .expect("the batch was handled")
+        .unwrap();
+    assert_eq!(receipt.deliveries[0].attempts, 2);
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<usize> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        order,
+        (0..10).collect::<Vec<_>>(),
+        "each event once, in order: {seen:?}"
+    );
+    assert!(seen[..7].iter().all(|(a, _)| a == "attempt 1"), "{seen:?}");
+    assert!(seen[7..].iter().all(|(a, _)| a == "attempt 2"), "{seen:?}");
+    assert_eq!(node.stats().duplicates, 0, "only the rest was sent again");
+}

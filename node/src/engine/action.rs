@@ -1,9 +1,11 @@
 //! What the engine asks of its driver, and the handles it gives out.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_proto::NodeId;
+use shoal_proto::{Head, Item, NodeId};
 use smallvec::SmallVec;
 
 use crate::handler::HandlerError;
@@ -84,6 +86,35 @@ pub(crate) struct Run<H> {
     pub(crate) handlers: SmallVec<[H; 1]>,
     /// The message.
     pub(crate) message: Message,
+    /// The messages that follow it in an ordered run, handed over together so the driver
+    /// runs them one after the other in one trip (`receive.rs`): each after the one before
+    /// it succeeded, each outcome reported in turn; after a failure the driver runs none of
+    /// the rest (the engine refuses them). Usually none.
+    pub(crate) more: Option<Box<Following>>,
+}
+
+/// The messages of an ordered run handed over after a [`Run`]'s first: its items, in order,
+/// with their run's head. Each becomes a [`Message`] only when its turn comes
+/// ([`Following::message`]), so one envelope at a time is alive, not a run's worth.
+#[derive(Debug)]
+pub(crate) struct Following {
+    head: Arc<Head>,
+    items: VecDeque<Item>,
+}
+
+impl Following {
+    /// `items` of the run with `head`.
+    pub(crate) fn new(head: Arc<Head>, items: VecDeque<Item>) -> Self {
+        Self { head, items }
+    }
+
+    /// The next message, if any is left. Inlined, as [`Item::into_envelope`] is, so the
+    /// envelope can be built in its box.
+    #[inline]
+    pub(crate) fn message(&mut self) -> Option<Message> {
+        let item = self.items.pop_front()?;
+        Some(Message::from_envelope(item.into_envelope(&self.head)))
+    }
 }
 
 /// How a run of handlers ended: the replies to send (one per handler, when the message asked

@@ -91,7 +91,7 @@ use shoal_proto::{NodeId, Subscription};
 use slotmap::SlotMap;
 
 pub(crate) use action::{
-    Action, CloseReason, ConnId, Done, HandlerOutcome, OpId, Replies, Run, TaskId,
+    Action, CloseReason, ConnId, Done, Following, HandlerOutcome, OpId, Replies, Run, TaskId,
 };
 pub(crate) use directory::Discovered;
 pub(crate) use link::PeerHello;

@@ -19,71 +19,155 @@ use smallvec::SmallVec;
 
 use super::{Driver, ReplyBody, replies};
 use crate::Message;
-use crate::engine::{HandlerOutcome, Replies, Run, TaskId};
+use crate::engine::{Following, HandlerOutcome, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
 
+/// What a driver trip collects: the handlers that finished in their first poll, reported
+/// together in one call. Each entry is a task, the number of its messages that succeeded
+/// (without replies) one after the other, then the outcome of the next one.
+pub(super) type Finished = SmallVec<[(TaskId, usize, HandlerOutcome); 8]>;
+
+/// A handler's future that did not finish in its first poll.
+enum Waiting {
+    /// The one handler's own future (it makes no reply).
+    One(crate::handler::HandlerFuture),
+    /// Every handler in turn, with the replies.
+    All(Pin<Box<dyn Future<Output = HandlerOutcome> + Send>>),
+}
+
+impl Waiting {
+    /// Waits for the outcome (a panic counts as a permanent failure).
+    async fn finish(self) -> HandlerOutcome {
+        match self {
+            Self::One(handled) => CatchUnwind(AssertUnwindSafe(handled))
+                .await
+                .unwrap_or_else(|()| Err(panicked()))
+                .map(|_| Replies::new()),
+            Self::All(handled) => handled.await,
+        }
+    }
+}
+
 impl Driver {
-    /// Starts the handlers of `run`. Returns the outcome when they finished in their first
-    /// poll (the caller reports it); otherwise they go on in a task that reports it.
-    pub(super) fn run_handlers(
-        self: &Arc<Self>,
-        run: Run<BoxedHandler>,
-    ) -> Option<(TaskId, HandlerOutcome)> {
+    /// Starts the handlers of `run`: on its message, then on each of the ones handed over
+    /// with it ([`Run::more`]), each once the one before it succeeded. The outcomes of those
+    /// that finished in their first poll go into `finished` (the caller reports them, in
+    /// order); from the first that has to wait, the rest go on in a task that reports each.
+    /// None runs after a failure.
+    pub(super) fn run_handlers(self: &Arc<Self>, run: Run<BoxedHandler>, finished: &mut Finished) {
         let Run {
             task,
             mut handlers,
             message,
+            more,
         } = run;
-        if handlers.len() == 1
-            && message.reply_to().is_none()
-            && let Some(handler) = handlers.pop()
-        {
-            // The usual case: one handler, no reply to make. Its own (boxed) future is polled
-            // directly, without an outer future around it.
-            let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                crate::trace::call_handler(&handler, message).0
-            })) {
-                Ok(future) => future,
-                Err(_) => return Some((task, Err(panicked()))),
-            };
-            let mut cx = Context::from_waker(Waker::noop());
-            match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
-                Ok(Poll::Ready(result)) => return Some((task, result.map(|_| Replies::new()))),
-                Ok(Poll::Pending) => {}
-                Err(_) => return Some((task, Err(panicked()))),
+        let Some(mut more) = more else {
+            match first_poll(&mut handlers, message, true) {
+                Ok(outcome) => finished.push((task, 0, outcome)),
+                Err(waiting) => self.spawn_handler(task, waiting, handlers, None),
             }
-            self.spawn_handler(task, async move {
-                CatchUnwind(AssertUnwindSafe(handled))
-                    .await
-                    .unwrap_or_else(|()| Err(panicked()))
-                    .map(|_| Replies::new())
-            });
-            return None;
+            return;
+        };
+        let mut succeeded = 0;
+        let mut next = Some(message);
+        while let Some(message) = next {
+            match first_poll(&mut handlers, message, false) {
+                Ok(Ok(replies)) if replies.is_empty() => succeeded += 1,
+                Ok(outcome) => {
+                    let failed = outcome.is_err();
+                    finished.push((task, succeeded, outcome));
+                    succeeded = 0;
+                    if failed {
+                        return;
+                    }
+                }
+                Err(waiting) => {
+                    if succeeded > 0 {
+                        finished.push((task, succeeded - 1, Ok(Replies::new())));
+                    }
+                    return self.spawn_handler(task, waiting, handlers, Some(more));
+                }
+            }
+            next = more.message();
         }
-        let mut handled = Box::pin(call_all(handlers, message));
-        // A future that is not ready registers this no-op waker, then its own task's at the
-        // task's first poll, where well-behaved futures look at their state again.
-        let mut cx = Context::from_waker(Waker::noop());
-        if let Poll::Ready(outcome) = handled.as_mut().poll(&mut cx) {
-            return Some((task, outcome));
+        if succeeded > 0 {
+            finished.push((task, succeeded - 1, Ok(Replies::new())));
         }
-        self.spawn_handler(task, handled);
-        None
     }
 
-    /// Runs a handler that has to wait in a task of its own, which reports its outcome.
+    /// Runs a handler that has to wait in a task of its own, which reports its outcome, then
+    /// runs the handlers on each message of `more` in turn (as long as they succeed),
+    /// reporting each.
     fn spawn_handler(
         self: &Arc<Self>,
         task: TaskId,
-        handled: impl Future<Output = HandlerOutcome> + Send + 'static,
+        waiting: Waiting,
+        mut handlers: SmallVec<[BoxedHandler; 1]>,
+        mut more: Option<Box<Following>>,
     ) {
         let driver = Arc::clone(self);
         let killed = self.killed.clone();
         self.handler_tasks.spawn(async move {
-            if let Some(outcome) = killed.run_until_cancelled(handled).await {
+            let Some(mut outcome) = killed.run_until_cancelled(waiting.finish()).await else {
+                return;
+            };
+            loop {
+                let failed = outcome.is_err();
                 driver.call(|engine, now| engine.handler_done(task, outcome, now));
+                let Some(message) = more.as_mut().filter(|_| !failed).and_then(|m| m.message())
+                else {
+                    return;
+                };
+                let next = match first_poll(&mut handlers, message, false) {
+                    Ok(outcome) => Some(outcome),
+                    Err(waiting) => killed.run_until_cancelled(waiting.finish()).await,
+                };
+                let Some(next) = next else {
+                    return;
+                };
+                outcome = next;
             }
         });
+    }
+}
+
+/// Calls `handlers` on `message` and polls them once: the outcome when they finished, the
+/// future to wait for otherwise. With `last` (no message follows for them), handlers that
+/// make replies, or several, are taken into the future that runs them, rather than copied.
+fn first_poll(
+    handlers: &mut SmallVec<[BoxedHandler; 1]>,
+    message: Message,
+    last: bool,
+) -> Result<HandlerOutcome, Waiting> {
+    let mut cx = Context::from_waker(Waker::noop());
+    if let [handler] = handlers.as_slice()
+        && message.reply_to().is_none()
+    {
+        // The usual case: one handler, no reply to make. Its own (boxed) future is polled
+        // directly, without an outer future around it.
+        let mut handled = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            crate::trace::call_handler(handler, message).0
+        })) {
+            Ok(future) => future,
+            Err(_) => return Ok(Err(panicked())),
+        };
+        return match std::panic::catch_unwind(AssertUnwindSafe(|| handled.as_mut().poll(&mut cx))) {
+            Ok(Poll::Ready(result)) => Ok(result.map(|_| Replies::new())),
+            Ok(Poll::Pending) => Err(Waiting::One(handled)),
+            Err(_) => Ok(Err(panicked())),
+        };
+    }
+    let handlers = if last {
+        std::mem::take(handlers)
+    } else {
+        handlers.clone()
+    };
+    let mut handled = Box::pin(call_all(handlers, message));
+    // A future that is not ready registers this no-op waker, then its own task's at the
+    // task's first poll, where well-behaved futures look at their state again.
+    match handled.as_mut().poll(&mut cx) {
+        Poll::Ready(outcome) => Ok(outcome),
+        Poll::Pending => Err(Waiting::All(handled)),
     }
 }
 

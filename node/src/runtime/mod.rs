@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::diagnose::DialFailures;
-use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Run};
+use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Replies, Run};
 use crate::handler::BoxedHandler;
 use crate::sync::lock;
 use crate::transport::connection::ConnIo;
@@ -373,11 +373,9 @@ impl Driver {
                 return;
             }
             // Handlers that finish in their first poll report together, in one more call.
-            let mut done: SmallVec<[_; 8]> = SmallVec::new();
+            let mut done = handlers::Finished::new();
             for run in effects.run.drain(..) {
-                if let Some(outcome) = self.run_handlers(run) {
-                    done.push(outcome);
-                }
+                self.run_handlers(run, &mut done);
             }
             if done.is_empty() {
                 return;
@@ -385,7 +383,10 @@ impl Driver {
             let mut state = lock(&self.state);
             let now = Self::now();
             // Drained, not moved: moving the vector by value copies its whole inline array.
-            for (task, outcome) in done.drain(..) {
+            for (task, succeeded, outcome) in done.drain(..) {
+                for _ in 0..succeeded {
+                    state.engine.handler_done(task, Ok(Replies::new()), now);
+                }
                 state.engine.handler_done(task, outcome, now);
             }
             state.take_effects(effects, now);
@@ -460,7 +461,7 @@ fn replies(
     request: shoal_proto::MessageId,
     channel: &str,
     bodies: SmallVec<[ReplyBody; 1]>,
-) -> crate::engine::Replies {
+) -> Replies {
     bodies
         .into_iter()
         .map(|(body, ctx)| {

@@ -17,6 +17,7 @@ use crate::Message;
 use crate::config::Config;
 use crate::engine::action::{Action, ConnId, TaskId};
 use crate::engine::{Engine, PeerHello};
+use crate::handler::HandlerError;
 
 /// A `billing` engine with a handler for `charge` and one connection, from `orders`.
 fn billing(now: Instant) -> (Engine<u8>, ConnId) {
@@ -48,11 +49,22 @@ fn run(messages: &[&Message], first_seq: u64, ordered: bool) -> Frame {
     }))
 }
 
-/// The handler runs the engine asks for now: their tasks and messages' ids.
+/// The handler runs the engine asks for now: their tasks and messages' ids (each message
+/// handed over with a run's first, [`crate::engine::Run::more`], too).
 fn runs(engine: &mut Engine<u8>) -> Vec<(TaskId, MessageId)> {
+    handed_over(engine).into_iter().flatten().collect()
+}
+
+/// The handler runs the engine asks for now, one list per [`Action::Run`]: its task and the
+/// ids of its messages, in order.
+fn handed_over(engine: &mut Engine<u8>) -> Vec<Vec<(TaskId, MessageId)>> {
     std::iter::from_fn(|| engine.poll_action())
         .filter_map(|action| match action {
-            Action::Run(run) => Some((run.task, run.message.id())),
+            Action::Run(mut run) => {
+                let following = std::iter::from_fn(|| run.more.as_mut()?.message());
+                let ids = std::iter::once(run.message.id()).chain(following.map(|m| m.id()));
+                Some(ids.map(|id| (run.task, id)).collect())
+            }
             _ => None,
         })
         .collect()
@@ -86,17 +98,17 @@ fn a_batch_handled_before_is_acknowledged_again_without_running_its_handler() {
         .collect();
     let batch: Vec<&Message> = events.iter().collect();
     engine.handle_frame(conn, run(&batch, 0, true), now);
-    let mut handled = Vec::new();
-    // One at a time, in order: the next runs once the one before finished.
-    for _ in 0..events.len() {
-        let started = runs(&mut engine);
-        assert_eq!(started.len(), 1, "one event of the batch at a time");
-        let (task, id) = started[0];
-        handled.push(id);
-        engine.handler_done(task, Ok(Default::default()), now);
-    }
+    // Handed over together, in order (the driver runs each once the one before it
+    // succeeded, and reports each).
+    let started = handed_over(&mut engine);
+    assert_eq!(started.len(), 1, "one run of handlers for the batch");
+    let handled: Vec<MessageId> = started[0].iter().map(|(_, id)| *id).collect();
     let ids: Vec<MessageId> = events.iter().map(Message::id).collect();
     assert_eq!(handled, ids);
+    for (task, _) in &started[0] {
+        engine.handler_done(*task, Ok(Default::default()), now);
+    }
+    assert!(runs(&mut engine).is_empty(), "nothing else runs");
     assert_eq!(written(&mut engine, conn, now).0, vec![0, 1, 2]);
 
     // The batch again (its acks were lost): every event is acknowledged again, none runs.
@@ -135,4 +147,67 @@ fn a_batch_stops_at_an_event_another_delivery_is_handling() {
     // `b`'s own delivery finishes and is acknowledged.
     engine.handler_done(b_task, Ok(Default::default()), now);
     assert_eq!(written(&mut engine, conn, now), (vec![0], vec![]));
+}
+
+#[test]
+fn a_failure_refuses_the_events_handed_over_after_it_and_forgets_them() {
+    let now = Instant::now();
+    let (mut engine, conn) = billing(now);
+    let events: Vec<Message> = (0..4)
+        .map(|i| Message::command("charge", format!("order-{i}")))
+        .collect();
+    let batch: Vec<&Message> = events.iter().collect();
+    engine.handle_frame(conn, run(&batch, 0, true), now);
+    let started = runs(&mut engine);
+    assert_eq!(started.len(), 4, "the whole batch is handed over");
+    let task = started[0].0;
+    // The first succeeds, the second fails: the driver runs none after it.
+    engine.handler_done(task, Ok(Default::default()), now);
+    engine.handler_done(task, Err(HandlerError::retryable("database down")), now);
+    assert_eq!(
+        written(&mut engine, conn, now),
+        (
+            vec![0],
+            vec![
+                (1, NackCode::HandlerFailed),
+                (2, NackCode::Skipped),
+                (3, NackCode::Skipped)
+            ]
+        ),
+        "the events after the failure are skipped"
+    );
+    assert_eq!(engine.stats().handled, 1);
+    // The sender retries them in order: they run, as events never handled here.
+    engine.handle_frame(conn, run(&batch[1..], 4, true), now);
+    let again: Vec<MessageId> = runs(&mut engine).iter().map(|(_, id)| *id).collect();
+    let ids: Vec<MessageId> = events[1..].iter().map(Message::id).collect();
+    assert_eq!(again, ids, "the skipped events were forgotten");
+}
+
+#[test]
+fn a_copy_waiting_for_a_handed_over_event_is_refused_with_it() {
+    let now = Instant::now();
+    let (mut engine, conn) = billing(now);
+    let [a, b, c] = ["a", "b", "c"].map(|n| Message::command("charge", n));
+    engine.handle_frame(conn, run(&[&a, &b, &c], 0, true), now);
+    let started = runs(&mut engine);
+    assert_eq!(started.len(), 3);
+    // A copy of `c` alone (another delivery of it) waits for the batch's.
+    engine.handle_frame(conn, run(&[&c], 3, false), now);
+    assert!(runs(&mut engine).is_empty(), "the copy waits");
+    engine.handler_done(started[0].0, Err(HandlerError::retryable("busy")), now);
+    assert_eq!(
+        written(&mut engine, conn, now),
+        (
+            vec![],
+            vec![
+                (0, NackCode::HandlerFailed),
+                (1, NackCode::Skipped),
+                (2, NackCode::Skipped),
+                (3, NackCode::Skipped)
+            ]
+        ),
+        "the waiting copy is answered, not left waiting"
+    );
+    assert_eq!(engine.stats().duplicates, 1);
 }

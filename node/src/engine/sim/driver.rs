@@ -3,6 +3,7 @@
 //! action an engine produces is acted on at once.
 
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -114,7 +115,12 @@ impl Sim {
                 if !self.nodes[node].alive {
                     return;
                 }
-                if let Some((started, labels)) = self.nodes[node].running.remove(&task) {
+                let running = &mut self.nodes[node].running;
+                let this = running.get_mut(&task).and_then(VecDeque::pop_front);
+                if running.get(&task).is_some_and(VecDeque::is_empty) {
+                    running.remove(&task);
+                }
+                if let Some((started, labels)) = this {
                     for (label, id, key) in labels {
                         self.runs.push(HandlerRun {
                             node,
@@ -179,41 +185,58 @@ impl Sim {
         match action {
             Action::Transmit(conn) => self.transmit(node, conn),
             Action::Run(run) => {
-                self.handled += 1;
-                let mut after = Duration::ZERO;
-                let mut replies = smallvec::SmallVec::new();
-                let mut failure = None;
-                let mut labels = Vec::new();
-                for handler in &run.handlers {
-                    let (label, f) = &*handler.0;
-                    labels.push((
-                        label.clone(),
-                        run.message.id(),
-                        run.message.key().map(str::to_owned),
-                    ));
-                    let handled = f(&run.message);
-                    after += handled.after;
-                    match handled.result {
-                        Ok(body) => replies.push(body),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
+                // The message, then each handed over with it, one after the other: each
+                // starts when the one before it ended, and none after a failure.
+                let mut at = now;
+                let (mut more, mut next) = (run.more, Some(run.message));
+                while let Some(message) = next.take() {
+                    let message = &message;
+                    self.handled += 1;
+                    let mut after = Duration::ZERO;
+                    let mut replies = smallvec::SmallVec::new();
+                    let mut failure = None;
+                    let mut labels = Vec::new();
+                    for handler in &run.handlers {
+                        let (label, f) = &*handler.0;
+                        labels.push((
+                            label.clone(),
+                            message.id(),
+                            message.key().map(str::to_owned),
+                        ));
+                        let handled = f(message);
+                        after += handled.after;
+                        match handled.result {
+                            Ok(body) => replies.push(body),
+                            Err(e) => {
+                                failure = Some(e);
+                                break;
+                            }
                         }
                     }
+                    let failed = failure.is_some();
+                    let outcome = match failure {
+                        Some(e) => Err(e),
+                        None => Ok(self.replies(message, replies)),
+                    };
+                    self.nodes[node]
+                        .running
+                        .entry(run.task)
+                        .or_default()
+                        .push_back((at, labels));
+                    at += after;
+                    self.schedule(
+                        at,
+                        Event::HandlerDone {
+                            node,
+                            task: run.task,
+                            outcome,
+                        },
+                    );
+                    if failed {
+                        break;
+                    }
+                    next = more.as_mut().and_then(|m| m.message());
                 }
-                let outcome = match failure {
-                    Some(e) => Err(e),
-                    None => Ok(self.replies(&run.message, replies)),
-                };
-                self.nodes[node].running.insert(run.task, (now, labels));
-                self.schedule(
-                    now + after,
-                    Event::HandlerDone {
-                        node,
-                        task: run.task,
-                        outcome,
-                    },
-                );
             }
             Action::Complete(op) => {
                 if let Some(result) = self.nodes[node].engine.take_result(op) {

@@ -37,7 +37,7 @@ mod tests;
 mod transmit_tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -133,7 +133,7 @@ pub(super) struct SimNode {
     /// Its deadlines are never reached ([`Sim::stop_timers`]).
     timers_stopped: bool,
     /// Handler runs in progress: when they started.
-    running: BTreeMap<TaskId, Running>,
+    running: BTreeMap<TaskId, VecDeque<Running>>,
 }
 
 #[derive(Debug)]
