@@ -28,7 +28,11 @@
 //! `fixed-load send 20000 closed busy-poll`.
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
-//! and the receiver's duplicates (a retry means an ack did not come in time).
+//! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
+//! `current_thread` runtimes, it also prints how each node's thread spent the timed part
+//! (from `/proc/<pid>/task/<tid>/schedstat`): running, waiting for a CPU (other processes had
+//! it), and asleep (the node had nothing to do: it waited for its peer). A node asleep much
+//! of the time while its peer runs is not CPU-bound: the two take turns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,11 +95,13 @@ fn main() -> Result<()> {
     let ca = MeshCa::generate("fixed load")?;
     let handled = Arc::new(AtomicU64::new(0));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let receiver = {
         let (ca, handled) = (ca.clone(), Arc::clone(&handled));
         // Returns the receiver's stats, read as it stops.
         std::thread::spawn(move || -> Result<shoal::NodeStats> {
+            let _ = tid_tx.send(ThreadTimes::own_tid());
             let runtime = runtime(multi_thread)?;
             runtime.block_on(async move {
                 let node = with_metrics(Node::builder(SERVICE))
@@ -123,9 +129,16 @@ fn main() -> Result<()> {
         })
     };
     let addr = addr_rx.recv()?;
+    // The two node threads, measured over the timed part (current_thread runtimes only: a
+    // multi-thread runtime works on threads of its own).
+    let threads = [
+        ("sender", ThreadTimes::own_tid()),
+        ("receiver", tid_rx.recv()?),
+    ];
+    let threads = threads.map(|(name, tid)| (name, tid.filter(|_| !multi_thread)));
     let runtime = runtime(multi_thread)?;
     let label = mode.clone();
-    let (took, stats) = runtime.block_on(async move {
+    let (took, stats, spent) = runtime.block_on(async move {
         let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
             .trust(ca)
@@ -134,6 +147,7 @@ fn main() -> Result<()> {
             .await?;
         node.wait_for_instances(SERVICE, 1, WAIT).await?;
         node.wait_for_subscribers(TOPIC, 1, WAIT).await?;
+        let before = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
         let started = Instant::now();
         let per_call = if mode == "batch" { BATCH } else { 1 };
         let calls = count.div_ceil(per_call);
@@ -180,9 +194,16 @@ fn main() -> Result<()> {
             task.await??;
         }
         let took = started.elapsed();
+        let after = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
         let stats = node.stats();
         node.shutdown().await;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats))
+        let spent = std::array::from_fn::<_, 2, _>(|i| {
+            let (name, _) = threads[i];
+            before[i]
+                .zip(after[i])
+                .map(|(b, a)| describe(name, a.since(&b, took)))
+        });
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats, spent))
     })?;
     let _ = done_tx.send(());
     let received = receiver.join().map_err(|_| "the receiver panicked")??;
@@ -197,7 +218,56 @@ fn main() -> Result<()> {
         stats.retries,
         received.duplicates,
     );
+    let spent: Vec<String> = spent.into_iter().flatten().collect();
+    if !spent.is_empty() {
+        println!(
+            "threads (running / waiting for a CPU / asleep): {}",
+            spent.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// How long a thread ran and waited for a CPU, from the kernel's scheduler statistics.
+#[derive(Clone, Copy, Debug)]
+struct ThreadTimes {
+    running: Duration,
+    waiting: Duration,
+}
+
+impl ThreadTimes {
+    /// The calling thread's id, where `/proc` says (`/proc/thread-self` names
+    /// `<pid>/task/<tid>`).
+    fn own_tid() -> Option<u32> {
+        let link = std::fs::read_link("/proc/thread-self").ok()?;
+        link.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// Thread `tid`'s times so far (`schedstat`: nanoseconds running, nanoseconds waiting on
+    /// a run queue, time slices). `None` where `/proc` does not have them.
+    fn read(tid: u32) -> Option<Self> {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let (running, waiting) = (fields.next()?.ok()?, fields.next()?.ok()?);
+        Some(Self {
+            running: Duration::from_nanos(running),
+            waiting: Duration::from_nanos(waiting),
+        })
+    }
+
+    /// The times between `earlier` and now, as shares of `wall`.
+    fn since(&self, earlier: &Self, wall: Duration) -> [f64; 3] {
+        let share = |d: Duration| d.as_secs_f64() / wall.as_secs_f64() * 100.0;
+        let running = share(self.running.saturating_sub(earlier.running));
+        let waiting = share(self.waiting.saturating_sub(earlier.waiting));
+        [running, waiting, (100.0 - running - waiting).max(0.0)]
+    }
+}
+
+/// `name 63 % / 2 % / 35 %`: a thread's shares of the timed part running, waiting for a
+/// CPU and asleep.
+fn describe(name: &str, [running, waiting, asleep]: [f64; 3]) -> String {
+    format!("{name} {running:.0} % / {waiting:.0} % / {asleep:.0} %")
 }
 
 /// A node's runtime: `current_thread` like the benchmarks, or tokio's multi-thread one with
