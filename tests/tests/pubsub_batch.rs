@@ -35,6 +35,36 @@ async fn subscriber(mesh: &Mesh, service: &str, label: &str, seen: &Seen) -> Nod
     node
 }
 
+/// A `warehouse` node that publishes to `subscriber`, once it knows the subscription.
+async fn warehouse(mesh: &Mesh, subscriber: &Node) -> Node {
+    let publisher = mesh.start("warehouse", &[subscriber.local_addr()]).await;
+    publisher
+        .wait_for_subscribers(TOPIC, 1, WAIT)
+        .await
+        .unwrap();
+    publisher
+}
+
+/// Asserts that `seen` holds the events of `batch(10)` once each, in order, the first
+/// `retried` of them on their first attempt and the others on the second.
+fn once_in_order_retried_from(seen: &Seen, retried: usize) {
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<usize> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        order,
+        (0..10).collect::<Vec<_>>(),
+        "each event once, in order: {seen:?}"
+    );
+    assert!(
+        seen[..retried].iter().all(|(a, _)| a == "attempt 1"),
+        "{seen:?}"
+    );
+    assert!(
+        seen[retried..].iter().all(|(a, _)| a == "attempt 2"),
+        "{seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_batch_reaches_each_group_once_in_order() {
     let mesh = Mesh::new();
@@ -103,23 +133,11 @@ async fn a_batch_retried_after_a_failure_resends_only_what_was_not_handled() {
     })
     .await
     .unwrap();
-    let publisher = mesh.start("warehouse", &[node.local_addr()]).await;
-    publisher
-        .wait_for_subscribers(TOPIC, 1, WAIT)
-        .await
-        .unwrap();
+    let publisher = warehouse(&mesh, &node).await;
 
     let receipt = publisher.publish_batch(batch(10)).await.unwrap();
     assert_eq!(receipt.deliveries[0].attempts, 2);
-    let seen = seen.lock().unwrap().clone();
-    let order: Vec<usize> = seen.iter().map(|(_, s)| *s).collect();
-    assert_eq!(
-        order,
-        (0..10).collect::<Vec<_>>(),
-        "each event once, in order: {seen:?}"
-    );
-    assert!(seen[..5].iter().all(|(a, _)| a == "attempt 1"), "{seen:?}");
-    assert!(seen[5..].iter().all(|(a, _)| a == "attempt 2"), "{seen:?}");
+    once_in_order_retried_from(&seen, 5);
     // The five acknowledged events are not sent again: the retry carries the other five.
     assert_eq!(
         node.stats().duplicates,
@@ -257,7 +275,7 @@ async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
         async move {
             // Events 3 and 7 wait before they finish; 7 fails the first time.
             if n == 3 || n == 7 {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::task::yield_now().await;
             }
             if n == 7 && !failed.swap(true, Ordering::SeqCst) {
                 return Err(HandlerError::retryable("database busy"));
@@ -268,25 +286,13 @@ async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
     })
     .await
     .unwrap();
-    let publisher = mesh.start("warehouse", &[node.local_addr()]).await;
-    publisher
-        .wait_for_subscribers(TOPIC, 1, WAIT)
-        .await
-        .unwrap();
+    let publisher = warehouse(&mesh, &node).await;
 
     let receipt = tokio::time::timeout(WAIT, publisher.publish_batch(batch(10)))
         .await
         .expect("the batch was handled")
         .unwrap();
     assert_eq!(receipt.deliveries[0].attempts, 2);
-    let seen = seen.lock().unwrap().clone();
-    let order: Vec<usize> = seen.iter().map(|(_, s)| *s).collect();
-    assert_eq!(
-        order,
-        (0..10).collect::<Vec<_>>(),
-        "each event once, in order: {seen:?}"
-    );
-    assert!(seen[..7].iter().all(|(a, _)| a == "attempt 1"), "{seen:?}");
-    assert!(seen[7..].iter().all(|(a, _)| a == "attempt 2"), "{seen:?}");
+    once_in_order_retried_from(&seen, 7);
     assert_eq!(node.stats().duplicates, 0, "only the rest was sent again");
 }
