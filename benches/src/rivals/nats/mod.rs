@@ -175,10 +175,10 @@ async fn sync_subscribers(
         client.publish(subject, bytes::Bytes::new()).await?;
         let wait = Instant::now() + SYNC_INTERVAL;
         while let Ok(Some(msg)) = tokio::time::timeout_at(wait, acks.next()).await {
-            if let Some((SYNC_SEQ, member)) = parse_ack(&msg.payload) {
-                if let Some(slot) = seen.get_mut(member) {
-                    *slot = true;
-                }
+            if let Some((SYNC_SEQ, member)) = parse_ack(&msg.payload)
+                && let Some(slot) = seen.get_mut(member)
+            {
+                *slot = true;
             }
         }
     }

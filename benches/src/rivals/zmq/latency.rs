@@ -212,12 +212,13 @@ fn publisher(
             let len = acks
                 .recv_into(&mut buf, 0)
                 .map_err(io_err("zmq PULL waiting for acks"))?;
-            if let Some((s, i)) = buf.get(..len).and_then(parse_ack) {
-                if s == seq && i < n {
-                    acked |= 1 << i;
-                    if acked == all {
-                        return Ok(());
-                    }
+            if let Some((s, i)) = buf.get(..len).and_then(parse_ack)
+                && s == seq
+                && i < n
+            {
+                acked |= 1 << i;
+                if acked == all {
+                    return Ok(());
                 }
             }
         }

@@ -329,10 +329,10 @@ fn await_subscribers(publisher: &Socket, acks: &Socket, subscribers: usize) -> B
         for _ in 0..subscribers * 64 {
             match acks.recv_into(&mut buf, ::zmq::DONTWAIT) {
                 Ok(len) => {
-                    if let Some((HELLO, i)) = buf.get(..len).and_then(parse_ack) {
-                        if let Some(slot) = answered.get_mut(i) {
-                            *slot = true;
-                        }
+                    if let Some((HELLO, i)) = buf.get(..len).and_then(parse_ack)
+                        && let Some(slot) = answered.get_mut(i)
+                    {
+                        *slot = true;
                     }
                 }
                 Err(e) if would_block(&e) => break,

@@ -134,10 +134,10 @@ fn count_arrivals(
         }
         match socket.recv(&mut message, 0) {
             Ok(()) => {
-                if let Some(acks) = hello_acks {
-                    if answer_hello(&message, acks, 0)? {
-                        continue;
-                    }
+                if let Some(acks) = hello_acks
+                    && answer_hello(&message, acks, 0)?
+                {
+                    continue;
                 }
                 received.fetch_add(1, Ordering::Relaxed);
             }
