@@ -21,6 +21,7 @@ mod batch_copy_tests;
 mod bounds_tests;
 mod driver;
 mod duplicate_tests;
+mod handler;
 mod hold_tests;
 mod hostile_tests;
 mod lazy_tests;
@@ -48,79 +49,11 @@ use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress};
 
 use super::{ConnId, Done, Engine, OpId, TaskId};
 use crate::config::Config;
-use crate::handler::HandlerError;
 use crate::{Error, Message};
 
+use handler::Running;
+pub(super) use handler::{Handled, HandlerRun, SimHandler};
 pub(super) use net::Faults;
-
-/// What a simulated handler does with one message: takes `after`, then succeeds (with a reply
-/// body, for requests) or fails.
-pub(super) struct Handled {
-    pub(super) after: Duration,
-    pub(super) result: Result<Option<Bytes>, HandlerError>,
-}
-
-impl Handled {
-    /// Succeeds at once.
-    pub(super) fn ok() -> Self {
-        Self::ok_after(Duration::ZERO)
-    }
-
-    /// Succeeds after `after`.
-    pub(super) fn ok_after(after: Duration) -> Self {
-        Self {
-            after,
-            result: Ok(None),
-        }
-    }
-
-    /// Fails at once.
-    pub(super) fn fail(error: HandlerError) -> Self {
-        Self {
-            after: Duration::ZERO,
-            result: Err(error),
-        }
-    }
-
-    /// Replies `body` at once.
-    pub(super) fn reply(body: impl Into<Bytes>) -> Self {
-        Self {
-            after: Duration::ZERO,
-            result: Ok(Some(body.into())),
-        }
-    }
-}
-
-/// A handler as the simulated engines store it: a label (the message name, or the group of a
-/// subscription) for the record, and the closure.
-#[derive(Clone)]
-pub(super) struct SimHandler(Rc<(String, HandlerFn)>);
-
-/// What a simulated handler does.
-type HandlerFn = Box<dyn Fn(&Message) -> Handled>;
-
-/// A handler run in progress: when it started, and each handler's label with the message's
-/// id and key.
-type Running = (Instant, Vec<(String, MessageId, Option<String>)>);
-
-impl std::fmt::Debug for SimHandler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SimHandler({})", self.0.0)
-    }
-}
-
-/// One handler run that finished, as recorded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct HandlerRun {
-    pub(super) node: usize,
-    /// The handler's label: the message name, or the subscription's group.
-    pub(super) label: String,
-    pub(super) id: MessageId,
-    pub(super) key: Option<String>,
-    pub(super) started: Instant,
-    pub(super) ended: Instant,
-    pub(super) ok: bool,
-}
 
 /// One simulated node.
 pub(super) struct SimNode {
