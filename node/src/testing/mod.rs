@@ -30,7 +30,8 @@
 //! }).await?;
 //! mesh.wait_for("invoice").await?;
 //!
-//! mesh.inject(Fault::drop(0.5).to("invoice")); // half the deliveries lost: retries
+//! // Half the deliveries lost, three at most (six in a row would use up the retries): retries.
+//! mesh.inject(Fault::drop(0.5).to("invoice").times(3));
 //! mesh.publish(Message::event("order.created", "order-42")).await?;
 //! mesh.expect(Expect::published("invoice.created").payload("order-42")).await?;
 //! mesh.wait_idle().await?;
