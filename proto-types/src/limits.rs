@@ -147,7 +147,13 @@ pub fn validate_head(head: &Head, limits: &Limits) -> Result<(), LimitViolation>
 
 /// Checks what one message of a run carries on its own ([`Item`]): its headers, and the
 /// partition key, content type and return address it may carry.
+#[inline]
 pub fn validate_item(item: &Item, limits: &Limits) -> Result<(), LimitViolation> {
+    // An item of nothing but an id, numbers and a payload (most are) has nothing a limit
+    // bounds.
+    if item.headers.is_empty() && item.partition_key.is_none() && item.differs.is_none() {
+        return Ok(());
+    }
     let differs = item
         .differs
         .as_deref()
@@ -217,15 +223,8 @@ pub fn validate_frame(frame: &Frame, limits: &Limits) -> Result<(), LimitViolati
     match frame {
         Frame::Messages(run) => {
             validate_head(&run.head, limits)?;
-            // An item of nothing but an id, numbers and a payload (most are) has nothing a
-            // limit bounds: only the others are checked.
             run.items
                 .iter()
-                .filter(|item| {
-                    !(item.headers.is_empty()
-                        && item.partition_key.is_none()
-                        && item.differs.is_none())
-                })
                 .try_for_each(|item| validate_item(item, limits))
         }
         Frame::Reply(envelope) => validate_envelope(envelope, limits),

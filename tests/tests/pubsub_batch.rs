@@ -35,6 +35,36 @@ async fn subscriber(mesh: &Mesh, service: &str, label: &str, seen: &Seen) -> Nod
     node
 }
 
+/// A `ledger` node whose handler records each event it handles in `seen` with its attempt,
+/// yields once (has to wait) before finishing the events in `waits`, and fails event
+/// `fails` the first time it gets it.
+async fn ledger_failing_once(mesh: &Mesh, seen: &Seen, fails: usize, waits: &[usize]) -> Node {
+    let node = mesh.start("ledger", &[]).await;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let (seen, waits) = (Arc::clone(seen), waits.to_vec());
+    node.subscribe(TOPIC, move |msg: Message| {
+        let (n, attempt) = (seq(&msg), msg.attempt());
+        let (seen, failed, wait) = (
+            Arc::clone(&seen),
+            Arc::clone(&failed_once),
+            waits.contains(&n),
+        );
+        async move {
+            if wait {
+                tokio::task::yield_now().await;
+            }
+            if n == fails && !failed.swap(true, Ordering::SeqCst) {
+                return Err(HandlerError::retryable("database busy"));
+            }
+            seen.lock().unwrap().push((format!("attempt {attempt}"), n));
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    node
+}
+
 /// A `warehouse` node that publishes to `subscriber`, once it knows the subscription.
 async fn warehouse(mesh: &Mesh, subscriber: &Node) -> Node {
     let publisher = mesh.start("warehouse", &[subscriber.local_addr()]).await;
@@ -112,27 +142,7 @@ async fn a_batch_reaches_each_group_once_in_order() {
 async fn a_batch_retried_after_a_failure_resends_only_what_was_not_handled() {
     let mesh = Mesh::new();
     let seen: Seen = Arc::default();
-    let node = mesh.start("ledger", &[]).await;
-    let failed_once = Arc::new(AtomicBool::new(false));
-    let (seen2, failed) = (Arc::clone(&seen), Arc::clone(&failed_once));
-    node.subscribe(TOPIC, move |msg: Message| {
-        let n = seq(&msg);
-        let fail = n == 5 && !failed.swap(true, Ordering::SeqCst);
-        if !fail {
-            seen2
-                .lock()
-                .unwrap()
-                .push((format!("attempt {}", msg.attempt()), n));
-        }
-        async move {
-            if fail {
-                return Err(HandlerError::retryable("database busy"));
-            }
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
+    let node = ledger_failing_once(&mesh, &seen, 5, &[]).await;
     let publisher = warehouse(&mesh, &node).await;
 
     let receipt = publisher.publish_batch(batch(10)).await.unwrap();
@@ -266,26 +276,8 @@ async fn a_batch_waits_for_its_events_that_are_being_handled_elsewhere() {
 async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
     let mesh = Mesh::new();
     let seen: Seen = Arc::default();
-    let node = mesh.start("ledger", &[]).await;
-    let failed_once = Arc::new(AtomicBool::new(false));
-    let (seen2, failed) = (Arc::clone(&seen), Arc::clone(&failed_once));
-    node.subscribe(TOPIC, move |msg: Message| {
-        let (n, attempt) = (seq(&msg), msg.attempt());
-        let (seen, failed) = (Arc::clone(&seen2), Arc::clone(&failed));
-        async move {
-            // Events 3 and 7 wait before they finish; 7 fails the first time.
-            if n == 3 || n == 7 {
-                tokio::task::yield_now().await;
-            }
-            if n == 7 && !failed.swap(true, Ordering::SeqCst) {
-                return Err(HandlerError::retryable("database busy"));
-            }
-            seen.lock().unwrap().push((format!("attempt {attempt}"), n));
-            Ok(())
-        }
-    })
-    .await
-    .unwrap();
+    // Events 3 and 7 wait before they finish; 7 fails the first time.
+    let node = ledger_failing_once(&mesh, &seen, 7, &[3, 7]).await;
     let publisher = warehouse(&mesh, &node).await;
 
     let receipt = tokio::time::timeout(WAIT, publisher.publish_batch(batch(10)))

@@ -11,6 +11,9 @@ use super::super::Engine;
 use super::super::action::{HandlerOutcome, TaskId};
 use super::super::answer::is_synchronous;
 
+/// The reason given with [`NackCode::Skipped`]: the events after a failed one in its run.
+const SKIPPED: &str = "an earlier event of its batch failed";
+
 impl<H: Clone> Engine<H> {
     /// The handlers of `task`'s current message finished.
     pub(crate) fn handler_done(&mut self, task: TaskId, outcome: HandlerOutcome, now: Instant) {
@@ -109,7 +112,7 @@ impl<H: Clone> Engine<H> {
             self.channel_task_done(task, key, false, now);
             if reliable {
                 for (c, s) in std::iter::once((conn, seq)).chain(waiters) {
-                    let reason = "an earlier event of its batch failed".to_owned();
+                    let reason = SKIPPED.to_owned();
                     self.nack(c, s, true, NackCode::Skipped, reason);
                 }
             }
@@ -126,7 +129,7 @@ impl<H: Clone> Engine<H> {
         t.rest.clear();
         if reliable {
             for seq in rest {
-                let reason = "an earlier event of its batch failed".to_owned();
+                let reason = SKIPPED.to_owned();
                 self.nack(conn, seq, true, NackCode::Skipped, reason);
             }
         }
