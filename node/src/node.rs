@@ -224,7 +224,8 @@ impl Node {
     }
 
     /// Stops at once, as if the process had crashed: no goodbyes, running handlers dropped,
-    /// unsent acks lost. Peers see the connections close and retry elsewhere. Meant for tests
+    /// unsent acks lost, and no handler started afterwards (not even on the rest of a batch
+    /// already handed over). Peers see the connections close and retry elsewhere. Meant for tests
     /// and emergencies; prefer [`Node::shutdown`].
     pub fn abort(&self) {
         self.driver().kill();

@@ -1,12 +1,14 @@
 //! Batches of events (`publish_batch`): handled in order, once per group, retried whole with
-//! the events already handled skipped, refused when malformed, dead-lettered event by event.
+//! the events already handled skipped, refused when malformed, dead-lettered event by event;
+//! a node aborted mid-batch handles nothing after the abort.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal::{Error, HandlerError, Message, Node, RetryPolicy};
 use shoal_tests::{Mesh, WAIT, audience_sizes, until};
+use tokio::sync::Notify;
 
 const TOPIC: &str = "stock.moved";
 
@@ -207,7 +209,7 @@ async fn malformed_batches_are_refused_and_failed_ones_dead_letter_every_event()
 async fn a_batch_waits_for_its_events_that_are_being_handled_elsewhere() {
     let mesh = Mesh::new();
     let node = mesh.start("ledger", &[]).await;
-    let release = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(Notify::new());
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (release2, runs2) = (Arc::clone(&release), Arc::clone(&runs));
@@ -287,4 +289,90 @@ async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
     assert_eq!(receipt.deliveries[0].attempts, 2);
     once_in_order_retried_from(&seen, 7);
     assert_eq!(node.stats().duplicates, 0, "only the rest was sent again");
+}
+
+/// A node aborted while a batch is being handled (here by the handler of event 3 itself, as
+/// if the process crashed as it ended) starts no handler on the events after it: like a
+/// crashed process, it runs nothing once the abort has returned. With `wait`, event 3's
+/// handler has to wait first, so the rest goes on in its task; otherwise in the driver's.
+async fn aborted_on_event_3(wait: bool) {
+    let mesh = Mesh::new();
+    let node = mesh.start("ledger", &[]).await;
+    let seen: Seen = Arc::default();
+    let (this, crashed) = (Arc::new(OnceLock::<Node>::new()), Arc::new(Notify::new()));
+    let (handled, me, done) = (Arc::clone(&seen), Arc::clone(&this), Arc::clone(&crashed));
+    node.subscribe(TOPIC, move |msg: Message| {
+        let n = seq(&msg);
+        handled.lock().unwrap().push(("ledger".into(), n));
+        let (me, done) = (Arc::clone(&me), Arc::clone(&done));
+        async move {
+            if n == 3 {
+                if wait {
+                    tokio::task::yield_now().await;
+                }
+                me.get().unwrap().abort();
+                done.notify_one();
+            }
+            Ok::<_, HandlerError>(())
+        }
+    })
+    .await
+    .unwrap();
+    this.set(node.clone()).unwrap();
+    let publisher = warehouse(&mesh, &node).await;
+
+    let batch = publisher.publish_batch(batch(10));
+    tokio::select! {
+        _ = batch => panic!("the batch was acked by a node that crashed on it"),
+        () = crashed.notified() => {}
+        () = tokio::time::sleep(WAIT) => panic!("event 3 was not handled within {WAIT:?}"),
+    }
+    // On this one-thread runtime the handlers' loop finished its turn before this runs: had
+    // it gone on after the abort, event 4 would be in `seen` now.
+    let order: Vec<usize> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert_eq!(order, [0, 1, 2, 3], "nothing handled after the abort");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_aborted_node_starts_no_handler_on_the_rest_of_a_batch() {
+    aborted_on_event_3(false).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_aborted_node_starts_no_handler_after_one_that_waited() {
+    aborted_on_event_3(true).await;
+}
+
+/// Two events that arrive together, each its own run: the handler of the first aborts its
+/// node, and the second's handler does not start.
+#[tokio::test(flavor = "current_thread")]
+async fn an_aborted_node_starts_no_handler_on_what_arrived_with_the_event() {
+    let mesh = Mesh::new();
+    let node = mesh.start("ledger", &[]).await;
+    let seen: Seen = Arc::default();
+    let (this, crashed) = (Arc::new(OnceLock::<Node>::new()), Arc::new(Notify::new()));
+    let (handled, me, done) = (Arc::clone(&seen), Arc::clone(&this), Arc::clone(&crashed));
+    node.subscribe(TOPIC, move |msg: Message| {
+        let n = seq(&msg);
+        handled.lock().unwrap().push(("ledger".into(), n));
+        if n == 0 {
+            me.get().unwrap().abort();
+            done.notify_one();
+        }
+        async { Ok::<_, HandlerError>(()) }
+    })
+    .await
+    .unwrap();
+    this.set(node.clone()).unwrap();
+    let publisher = warehouse(&mesh, &node).await;
+    // Both leave in one write, before this task waits.
+    let _calls = (
+        publisher.publish(Message::event(TOPIC, "0")),
+        publisher.publish(Message::event(TOPIC, "1")),
+    );
+    tokio::time::timeout(WAIT, crashed.notified())
+        .await
+        .expect("event 0 handled");
+    let order: Vec<usize> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
+    assert_eq!(order, [0], "nothing handled after the abort");
 }

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 
 use super::{Driver, ReplyBody, replies};
 use crate::Message;
-use crate::engine::{Following, HandlerOutcome, Replies, Run, TaskId};
+use crate::engine::{Following, HandlerOutcome, Lifecycle, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
 
 /// What a driver trip collects: the handlers that finished in their first poll, reported
@@ -53,7 +53,7 @@ impl Driver {
     /// with it ([`Run::more`]), each once the one before it succeeded. The outcomes of those
     /// that finished in their first poll go into `finished` (the caller reports them, in
     /// order); from the first that has to wait, the rest go on in a task that reports each.
-    /// None runs after a failure.
+    /// None runs after a failure, nor once the node is killed.
     pub(super) fn run_handlers(self: &Arc<Self>, run: Run<BoxedHandler>, finished: &mut Finished) {
         let Run {
             task,
@@ -61,6 +61,11 @@ impl Driver {
             message,
             more,
         } = run;
+        // Killed meanwhile (by a handler, or from another thread): like a crashed process,
+        // it starts nothing more.
+        if self.killed.is_cancelled() {
+            return;
+        }
         let Some(mut more) = more else {
             match first_poll(&mut handlers, message, true) {
                 Ok(outcome) => finished.push((task, 0, outcome)),
@@ -88,6 +93,9 @@ impl Driver {
                     return self.spawn_handler(task, waiting, handlers, Some(more));
                 }
             }
+            if self.killed.is_cancelled() {
+                break;
+            }
             next = more.message();
         }
         if succeeded > 0 {
@@ -113,8 +121,16 @@ impl Driver {
             };
             loop {
                 let failed = outcome.is_err();
-                driver.call(|engine, now| engine.handler_done(task, outcome, now));
-                let Some(message) = more.as_mut().filter(|_| !failed).and_then(|m| m.message())
+                // Asked under the lock the kill takes too: once the engine is killed, the
+                // rest handed over stays unhandled, as in a crashed process.
+                let dead = driver.call(|engine, now| {
+                    engine.handler_done(task, outcome, now);
+                    engine.lifecycle() == Lifecycle::Killed
+                });
+                let Some(message) = more
+                    .as_mut()
+                    .filter(|_| !failed && !dead)
+                    .and_then(|m| m.message())
                 else {
                     return;
                 };
