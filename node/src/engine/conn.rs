@@ -287,7 +287,7 @@ impl Conn {
         // is empty here: its earlier writes were split off for QUIC, and its allocation is
         // reused once QUIC has let go of them.)
         if self.queued_bytes > 0 {
-            buf.reserve(self.queued_bytes.min(max_bytes) + 64);
+            reserve_fresh(buf, self.queued_bytes.min(max_bytes) + FRAMING_ROOM);
         }
         let start = buf.len();
         if !self.acks.is_empty() {
@@ -400,5 +400,24 @@ impl Conn {
     /// When the oldest unanswered message here is due.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.window.next_deadline()
+    }
+}
+
+/// Room reserved beyond the queued items' bytes for their frames' prefixes and heads (an ack
+/// and a few runs' worth), so a write rarely grows its buffer midway.
+const FRAMING_ROOM: usize = 512;
+
+/// Makes room for `want` more bytes in `buf`: in the allocation it has when that is free
+/// (QUIC let go of the earlier writes), otherwise in a new one when `buf` is empty. Growing a
+/// spent buffer with `reserve` would copy everything written to it before (the bytes crate
+/// keeps the whole allocation's contents when it reallocates), tens of kilobytes each time.
+fn reserve_fresh(buf: &mut BytesMut, want: usize) {
+    if buf.try_reclaim(want) {
+        return;
+    }
+    if buf.is_empty() {
+        *buf = BytesMut::with_capacity(want);
+    } else {
+        buf.reserve(want);
     }
 }
