@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
-use shoal_proto::{NackCode, NodeId, SeqRange};
+use shoal_proto::NodeId;
 
 use super::action::ConnId;
 use super::conn::{Conn, Owner};
-use super::delivery::{Answer, Failure, State};
+use super::delivery::{Failure, State};
 use super::retry::Next;
 use super::send::{DeliveryId, InFlight};
 use super::window::Due;
@@ -169,93 +169,6 @@ impl<H: Clone> Engine<H> {
         }
         if let Some(deadline) = deadline {
             self.deadline_at(deadline);
-        }
-    }
-
-    /// An [`Ack`](shoal_proto::Ack) came on `conn`: every message its ranges cover is
-    /// answered. Only numbers this connection's window tracks are looked at, so a frame costs
-    /// at most its ranges and the window's span: a peer that acknowledges `0..2^63` makes the
-    /// node count through what it sent, not through the range.
-    pub(super) fn on_ack(&mut self, conn: ConnId, mut ranges: Vec<SeqRange>, now: Instant) {
-        let Some(c) = self.conns.get(conn) else {
-            return;
-        };
-        // Honest peers send sorted, disjoint ranges (`ranges.rs`); others are put in that
-        // shape first, so that overlapping ranges cost no more than disjoint ones.
-        if !sorted_and_disjoint(&ranges) {
-            merge(&mut ranges);
-        }
-        // What the window tracks when the frame came: messages sent while it is answered
-        // (its room freed) were not in it.
-        let span = c.window.span();
-        for seq in c.window.stragglers_in(&ranges) {
-            self.on_answer(conn, seq, Answer::Ack, now);
-        }
-        for range in &ranges {
-            let end = range.start.saturating_add(range.len);
-            for seq in range.start.max(span.start)..end.min(span.end) {
-                self.on_answer(conn, seq, Answer::Ack, now);
-            }
-        }
-    }
-
-    /// An answer to message `seq` on `conn` came.
-    pub(super) fn on_answer(&mut self, conn: ConnId, seq: u64, answer: Answer, now: Instant) {
-        let Some(entry) = self.conns.get_mut(conn).and_then(|c| c.window.take(seq)) else {
-            return; // late (its attempt ended), a duplicate, or never sent
-        };
-        self.serve_room(conn, now);
-        if let Answer::Nack {
-            code, retryable, ..
-        } = &answer
-        {
-            self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics/hooks.rs
-        }
-        let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
-            return;
-        };
-        let State::Flight { left, failure, .. } = &mut del.state else {
-            return;
-        };
-        if del.epoch != entry.epoch {
-            return;
-        }
-        *left -= 1;
-        let mut ended = *left == 0;
-        match answer {
-            Answer::Ack => {
-                let slot = &mut del.acked[entry.index as usize];
-                if !*slot {
-                    *slot = true;
-                    del.acked_count += 1;
-                }
-            }
-            // The failure of an earlier message of the run already ends the attempt.
-            Answer::Nack {
-                code: NackCode::Skipped,
-                reason,
-                ..
-            } => {
-                failure.get_or_insert(Failure::Retryable(reason));
-            }
-            Answer::Nack {
-                retryable, reason, ..
-            } => {
-                let node = self.conns.get(conn).map(|c| c.node);
-                let reason = match node {
-                    Some(node) => format!("{node} refused: {reason}"),
-                    None => reason,
-                };
-                *failure = Some(if retryable {
-                    Failure::Retryable(reason)
-                } else {
-                    Failure::Permanent(reason)
-                });
-                ended = true;
-            }
-        }
-        if ended {
-            self.attempt_over(entry.delivery, now);
         }
     }
 
@@ -457,31 +370,4 @@ impl<H: Clone> Engine<H> {
             }
         }
     }
-}
-
-/// Whether `ranges` are in increasing order without overlaps (and without overflowing ends).
-fn sorted_and_disjoint(ranges: &[SeqRange]) -> bool {
-    let mut from = 0;
-    ranges.iter().all(|r| {
-        let ok = r.start >= from;
-        from = r.start.saturating_add(r.len);
-        ok && r.start.checked_add(r.len).is_some()
-    })
-}
-
-/// Sorts `ranges` and merges those that overlap or touch; a range whose end overflows is
-/// dropped (it covers nothing, as `SeqRange::iter` says).
-fn merge(ranges: &mut Vec<SeqRange>) {
-    ranges.retain(|r| r.len > 0 && r.start.checked_add(r.len).is_some());
-    ranges.sort_unstable_by_key(|r| r.start);
-    let mut merged: Vec<SeqRange> = Vec::with_capacity(ranges.len());
-    for r in ranges.drain(..) {
-        match merged.last_mut() {
-            Some(last) if r.start <= last.start + last.len => {
-                last.len = last.len.max(r.start + r.len - last.start);
-            }
-            _ => merged.push(r),
-        }
-    }
-    *ranges = merged;
 }

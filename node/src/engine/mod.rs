@@ -29,6 +29,7 @@
 //! A test (`node/tests/engine_boundary.rs`) checks that nothing here names tokio, quinn, a
 //! clock or a thread-local random source.
 
+mod acks;
 pub(crate) mod action;
 mod answer;
 mod attempt;

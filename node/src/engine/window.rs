@@ -142,6 +142,34 @@ impl<T: Copy> Window<T> {
             slot.take()
         }?;
         self.pending -= 1;
+        self.trim_front();
+        Some(entry.what)
+    }
+
+    /// Takes the unanswered entries of `seqs` into `out`, in order, as [`Window::take`] one by
+    /// one would. Answers usually come in order, for the front of the queue: then those
+    /// numbers leave it in one step.
+    pub(super) fn take_run(&mut self, seqs: std::ops::Range<u64>, out: &mut impl Extend<T>) {
+        if seqs.start != self.base || seqs.is_empty() {
+            out.extend(seqs.filter_map(|seq| self.take(seq)));
+            return;
+        }
+        let n = usize::try_from(seqs.end - seqs.start)
+            .unwrap_or(usize::MAX)
+            .min(self.slots.len());
+        let mut taken = 0;
+        out.extend(self.slots.drain(..n).flatten().map(|e| {
+            taken += 1;
+            e.what
+        }));
+        self.base += n as u64;
+        self.pending -= taken;
+        self.trim_front();
+    }
+
+    /// Drops the answered numbers at the front of the queue; forgets the deadlines when
+    /// nothing is unanswered.
+    fn trim_front(&mut self) {
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
             self.base += 1;
@@ -151,7 +179,6 @@ impl<T: Copy> Window<T> {
                 lane.segments.clear();
             }
         }
-        Some(entry.what)
     }
 
     /// The numbers the queue spans, `base..next`: every unanswered number outside it is a
@@ -296,6 +323,45 @@ mod tests {
         assert_eq!(w.pending(), 8);
         assert_eq!(w.drain().len(), 8);
         assert_eq!(w.pending(), 0);
+    }
+
+    /// `take_run` answers what taking each number would, and leaves the window in the same
+    /// state: for runs at the front (its fast path), inside, past the end, over gaps and over
+    /// numbers answered before.
+    #[test]
+    fn a_run_of_answers_takes_what_each_answer_would() {
+        let t0 = Instant::now();
+        let filled = || {
+            let mut w = Window::new(0);
+            for seq in (0..40u64).filter(|s| s % 7 != 3) {
+                w.push(seq, seq, t0, TIMEOUT);
+            }
+            w.take(5);
+            w
+        };
+        for (start, end) in [
+            (0, 1),
+            (0, 5),
+            (0, 12),
+            (2, 9),
+            (6, 30),
+            (0, 40),
+            (30, 60),
+            (0, 99),
+        ] {
+            let (mut by_run, mut one_by_one) = (filled(), filled());
+            let mut run = Vec::new();
+            by_run.take_run(start..end, &mut run);
+            let each: Vec<u64> = (start..end).filter_map(|s| one_by_one.take(s)).collect();
+            assert_eq!(run, each, "{start}..{end}");
+            assert_eq!(by_run.pending(), one_by_one.pending(), "{start}..{end}");
+            assert_eq!(by_run.span(), one_by_one.span(), "{start}..{end}");
+            assert_eq!(
+                by_run.drain(),
+                one_by_one.drain(),
+                "{start}..{end}: what is left"
+            );
+        }
     }
 
     #[test]
