@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 use shoal_proto::NodeId;
+use smallvec::SmallVec;
 
 use super::action::ConnId;
 use super::conn::{Conn, Owner};
@@ -122,6 +123,8 @@ impl<H: Clone> Engine<H> {
         let mut signal = false;
         let mut count = 0u32;
         let mut first = None;
+        // Tracked in the window together once numbered (one after the other).
+        let mut tracked: SmallVec<[InFlight; 8]> = SmallVec::new();
         for (index, acked) in del.acked.iter().enumerate() {
             if *acked {
                 continue;
@@ -137,17 +140,19 @@ impl<H: Clone> Engine<H> {
             let seq = c.next_seq();
             first.get_or_insert(seq);
             if reliable {
-                let what = InFlight {
+                tracked.push(InFlight {
                     delivery: d,
                     index: index as u32,
                     epoch,
-                };
-                c.window.push_due(seq, what, due);
+                });
             }
             // A best-effort item is written whatever becomes of its delivery (done at once).
             let owner = reliable.then_some(owner);
             signal |= c.queue_item(seq, &del.head, run, item, owner);
             count += 1;
+        }
+        if let Some(first) = first {
+            c.window.push_run(first, tracked, due);
         }
         del.state = State::Flight {
             conn,

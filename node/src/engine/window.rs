@@ -89,23 +89,31 @@ impl<T: Copy> Window<T> {
     /// Tracks message `seq` (larger than every number tracked before), due by `now + timeout`.
     #[cfg(test)]
     pub(super) fn push(&mut self, seq: u64, what: T, now: Instant, timeout: Duration) {
-        self.push_due(seq, what, Due::new(now, timeout));
+        self.push_run(seq, [what], Due::new(now, timeout));
     }
 
-    /// Tracks message `seq` (larger than every number tracked before), due by `due`.
-    pub(super) fn push_due(&mut self, seq: u64, what: T, due: Due) {
+    /// Tracks the messages of `whats`, numbered one after the other from `first` (larger than
+    /// every number tracked before), all due by `due`; their deadline's segment is found
+    /// once.
+    pub(super) fn push_run(&mut self, first: u64, whats: impl IntoIterator<Item = T>, due: Due) {
         let Due { deadline, timeout } = due;
         let next = self.base + self.slots.len() as u64;
-        debug_assert!(seq >= next, "sequence numbers go up");
+        debug_assert!(first >= next, "sequence numbers go up");
         if self.slots.is_empty() {
-            self.base = seq;
+            self.base = first;
         } else {
-            for _ in next..seq {
+            for _ in next..first {
                 self.slots.push_back(None);
             }
         }
-        self.slots.push_back(Some(Entry { what, deadline }));
-        self.pending += 1;
+        let before = self.slots.len();
+        self.slots
+            .extend(whats.into_iter().map(|what| Some(Entry { what, deadline })));
+        let pushed = self.slots.len() - before;
+        let Some(last) = (pushed as u64).checked_sub(1).map(|n| first + n) else {
+            return;
+        };
+        self.pending += pushed;
         let lane = match self.lanes.iter_mut().position(|l| l.timeout == timeout) {
             Some(i) => &mut self.lanes[i],
             None => {
@@ -118,10 +126,10 @@ impl<T: Copy> Window<T> {
         };
         match lane.segments.back_mut() {
             // Within a span of the segment's first deadline (or before it).
-            Some((_, last, due)) if deadline < *due => *last = seq,
+            Some((_, end, due)) if deadline < *due => *end = last,
             _ => {
                 let due = deadline.checked_add(SEGMENT_SPAN).unwrap_or(deadline);
-                lane.segments.push_back((seq, seq, due));
+                lane.segments.push_back((first, last, due));
             }
         }
         if self.slots.len() > COMPACT_MIN.max(COMPACT_FACTOR * self.pending) {
@@ -362,6 +370,37 @@ mod tests {
                 "{start}..{end}: what is left"
             );
         }
+    }
+
+    /// A run pushed at once is tracked as its messages pushed one by one: same entries, same
+    /// deadline, expired together.
+    #[test]
+    fn a_run_pushed_at_once_is_due_as_its_messages_one_by_one() {
+        let t0 = Instant::now();
+        let (mut by_run, mut one_by_one) = (Window::new(0), Window::new(0));
+        by_run.push(0, 0u64, t0, TIMEOUT);
+        one_by_one.push(0, 0u64, t0, TIMEOUT);
+        let later = t0 + Duration::from_millis(10);
+        // A segment of its own, then a run that joins it.
+        by_run.push_run(3, 3..9u64, Due::new(later, TIMEOUT));
+        by_run.push_run(9, 9..12u64, Due::new(later, TIMEOUT));
+        for seq in 3..12u64 {
+            one_by_one.push(seq, seq, later, TIMEOUT);
+        }
+        assert_eq!(by_run.pending(), 10);
+        for w in [&mut by_run, &mut one_by_one] {
+            assert_eq!(w.next_deadline(), Some(t0 + TIMEOUT + SEGMENT_SPAN));
+            assert_eq!(w.take(0), Some(0));
+        }
+        let expired = |w: &mut Window<u64>| {
+            let mut out = Vec::new();
+            w.take_expired(later + TIMEOUT + SEGMENT_SPAN, &mut out);
+            out
+        };
+        let run_expired = expired(&mut by_run);
+        assert_eq!(run_expired.len(), 9, "{run_expired:?}");
+        assert_eq!(run_expired, expired(&mut one_by_one));
+        assert_eq!(by_run.pending(), 0);
     }
 
     #[test]
