@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::{Bytes, BytesMut};
-use shoal_proto::codec::{self, EncodedItem, LENGTH_PREFIX};
+use shoal_proto::codec::{self, EncodedHead, EncodedItem, LENGTH_PREFIX};
 use shoal_proto::{
     DecodeError, Envelope, Frame, Head, Item, Limits, MessageId, MessageKind, Messages, To,
 };
@@ -212,4 +212,174 @@ fn an_item_under_a_head_gives_back_its_whole_envelope() {
     let item = Item::under(&keyed_first, &batch_head);
     assert_eq!(item.partition_key, None);
     assert_eq!(item.into_envelope(&batch_head), keyed_first);
+}
+
+/// A plain item (no optional field) is written without bincode's encoder
+/// (`codec/item.rs`): at every varint width of its attempt, time offset and payload length,
+/// its bytes are serde's, alone and under heads it fits (a batch's keyed head too), and
+/// decode back. Each width is pinned by the item's length, the 251 tag by its bytes.
+#[test]
+fn plain_items_encode_as_serde_does_at_every_varint_width() {
+    // (value, its varint's bytes)
+    let attempts = [
+        (0, 1),
+        (1, 1),
+        (250, 1),
+        (251, 3),
+        (65_535, 3),
+        (65_536, 5),
+        (u32::MAX, 5),
+    ];
+    let lens = [(0, 1), (250, 1), (251, 3), (65_535, 3), (65_536, 5)];
+    // Offsets from the id's time, each a zigzag varint: 2|n|, or 2|n| - 1 below zero.
+    let offsets: [(i64, usize); 16] = [
+        (0, 1),
+        (1, 1),
+        (-1, 1),
+        (125, 1),
+        (-125, 1),
+        (126, 3),
+        (-126, 3),
+        (32_767, 3),
+        (-32_768, 3),
+        (32_768, 5),
+        (-32_769, 5),
+        (i64::from(i32::MIN), 5),
+        (i64::from(i32::MAX) + 1, 9),
+        (i64::from(i32::MIN) - 1, 9),
+        (i64::MAX, 9),
+        (i64::MIN, 9),
+    ];
+    let limits = Limits::default();
+    let body = Bytes::from(vec![0xA5; 65_536]);
+    let id = MessageId::from_parts(T0, 9);
+    let mut arena = BytesMut::new();
+    for (attempt, attempt_len) in attempts {
+        for (len, len_len) in lens {
+            for (offset, offset_len) in offsets {
+                let mut envelope = event(id, T0.wrapping_add_signed(offset), b"");
+                envelope.attempt = attempt;
+                envelope.payload = body.slice(..len);
+                let case = format!("attempt {attempt}, {len} bytes, offset {offset}");
+                let built = EncodedItem::new(&Item::of(&envelope), &limits).unwrap();
+                let direct =
+                    EncodedItem::from_envelope_in(&envelope, None, &limits, &mut arena).unwrap();
+                assert_eq!(direct, built, "{case}");
+                assert_eq!(
+                    direct.len(),
+                    16 + attempt_len + offset_len + 1 + len_len + len,
+                    "{case}"
+                );
+                let head = Head::of(&envelope, To::Handler, true, false);
+                let under =
+                    EncodedItem::from_envelope_in(&envelope, Some(&head), &limits, &mut arena)
+                        .unwrap();
+                assert_eq!(under, built, "{case}");
+                let mut keyed = envelope.clone();
+                keyed.partition_key = Some("customer-1".into());
+                let batch = Head::of(&keyed, To::Handler, true, true);
+                let in_batch =
+                    EncodedItem::from_envelope_in(&keyed, Some(&batch), &limits, &mut arena)
+                        .unwrap();
+                assert_eq!(in_batch, built, "{case}");
+                assert_eq!(
+                    in_batch,
+                    EncodedItem::new(&Item::under(&keyed, &batch), &limits).unwrap()
+                );
+                let mut wire = BytesMut::new();
+                let encoded_head = EncodedHead::new(&head, &limits).unwrap();
+                codec::write_messages(&mut wire, 0, &encoded_head, [&direct], &limits).unwrap();
+                let Some(Frame::Messages(run)) = codec::decode(&mut wire, &limits).unwrap() else {
+                    panic!("not a run: {case}")
+                };
+                assert_eq!(run.items, [Item::of(&envelope)], "{case}");
+            }
+        }
+    }
+    // The tag of a two-byte varint, then its value: attempt 251, a 251-byte payload.
+    let mut envelope = event(id, T0, b"");
+    envelope.attempt = 251;
+    envelope.payload = body.slice(..251);
+    let direct = EncodedItem::from_envelope_in(&envelope, None, &limits, &mut arena).unwrap();
+    let mut frame = BytesMut::new();
+    let head = EncodedHead::new(&Head::of(&envelope, To::Handler, true, false), &limits).unwrap();
+    codec::write_messages(&mut frame, 0, &head, [&direct], &limits).unwrap();
+    let item = &frame[frame.len() - direct.len()..];
+    assert_eq!(item[16..23], [251, 251, 0, 0, 0, 251, 251], "{item:?}");
+}
+
+/// Each optional field, alone, keeps an item off the plain path: its own key (with no head
+/// or under one without a key), a correlation id, a header, a field that differs from the
+/// head. Its bytes are serde's, and longer than the plain item's.
+#[test]
+fn any_optional_field_keeps_an_item_from_being_plain() {
+    let limits = Limits::default();
+    let plain = event(MessageId::from_parts(T0, 4), T0, b"payload");
+    let head = Head::of(&plain, To::Handler, true, false);
+    let with = |change: fn(&mut Envelope)| {
+        let mut envelope = plain.clone();
+        change(&mut envelope);
+        envelope
+    };
+    let cases = [
+        ("key", with(|e| e.partition_key = Some("k".into())), None),
+        (
+            "key",
+            with(|e| e.partition_key = Some("k".into())),
+            Some(&head),
+        ),
+        (
+            "correlation",
+            with(|e| e.correlation_id = Some(MessageId::from_u128(1))),
+            None,
+        ),
+        (
+            "header",
+            with(|e| e.headers.push(("a".into(), "b".into()))),
+            None,
+        ),
+        ("version", with(|e| e.version = 2), Some(&head)),
+    ];
+    let plain_len = item_len(&plain);
+    let mut arena = BytesMut::new();
+    for (field, envelope, head) in cases {
+        let item = head.map_or_else(|| Item::of(&envelope), |head| Item::under(&envelope, head));
+        let built = EncodedItem::new(&item, &limits).unwrap();
+        let direct = EncodedItem::from_envelope_in(&envelope, head, &limits, &mut arena).unwrap();
+        assert_eq!(direct, built, "{field}");
+        assert!(direct.len() > plain_len, "{field}");
+    }
+}
+
+/// A plain item longer than the frame limit is refused with its whole length, and nothing
+/// of it is left in the arena; one that just fits is encoded.
+#[test]
+fn a_plain_item_over_the_frame_limit_is_refused_whole() {
+    let envelope = event(MessageId::from_parts(T0, 3), T0, &[7; 300]);
+    let len = item_len(&envelope);
+    let mut arena = BytesMut::new();
+    for (max_frame_len, fits) in [(len, true), (len - 1, false), (20, false)] {
+        let limits = Limits {
+            max_frame_len,
+            ..Limits::default()
+        };
+        let head = Head::of(&envelope, To::Handler, true, false);
+        for head in [None, Some(&head)] {
+            let got = EncodedItem::from_envelope_in(&envelope, head, &limits, &mut arena);
+            let built = EncodedItem::new(&Item::of(&envelope), &limits);
+            match (got, built) {
+                (Ok(got), Ok(built)) if fits => assert_eq!(got, built),
+                (Err(got), Err(built)) if !fits => {
+                    assert_eq!(got.to_string(), built.to_string());
+                    let why = got.to_string();
+                    assert!(
+                        why.contains("max_frame_len") && why.contains(&len.to_string()),
+                        "{why}"
+                    );
+                    assert!(arena.is_empty());
+                }
+                other => panic!("limit {max_frame_len}: {other:?}"),
+            }
+        }
+    }
 }

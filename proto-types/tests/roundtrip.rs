@@ -121,9 +121,10 @@ proptest! {
     /// A sender encodes each message straight from its envelope (`codec/item.rs`), one after
     /// another in a shared arena: the bytes, or the error, must be those of building the item
     /// ([`Item::of`] alone, [`Item::under`] a batch's head) and encoding it through serde. The
-    /// second message shares some of the first one's head fields when `shared` says so, so
-    /// that it fits the head, differs from it in a field or two, or has a key of its own; the
-    /// limits are sometimes small enough for a message to break one.
+    /// first message fits its own head (which carries its key when `ordered`); the second
+    /// shares some of the first one's head fields when `shared` says so, so that it fits the
+    /// head, differs from it in a field or two, or has a key of its own; the limits are
+    /// sometimes small enough for a message to break one.
     #[test]
     fn items_encoded_from_envelopes_equal_items_built_and_encoded(
         first in arb_envelope(),
@@ -150,7 +151,8 @@ proptest! {
         };
         let head = Head::of(&first, To::Handler, true, ordered);
         let mut arena = BytesMut::new();
-        for (message, head) in [(&first, None), (&other, None), (&other, Some(&head))] {
+        let cases = [(&first, None), (&first, Some(&head)), (&other, None), (&other, Some(&head))];
+        for (message, head) in cases {
             let item = match head {
                 Some(head) => Item::under(message, head),
                 None => Item::of(message),

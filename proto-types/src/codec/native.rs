@@ -182,7 +182,8 @@ const ONE_BYTE_MAX: u8 = 250;
 /// The common item, read straight from the body: no optional field, and an attempt, time
 /// offset and payload length of one byte each (`item` reads the same bytes the same way; the
 /// round-trip tests compare both decodes with serde's). `None`, with nothing read, for any
-/// other item, or one cut short: [`item`] decodes it, or gives the error.
+/// other item, or one cut short: [`item`] decodes it, or gives the error. A sender writes
+/// these items without an encoder too (`append_plain` in `codec/item.rs`).
 #[inline(always)]
 fn plain_item(body: &mut Body<'_>, payloads: Payloads<'_>) -> Option<Item> {
     let (fixed, after) = body.rest.split_first_chunk::<PLAIN_HEAD>()?;

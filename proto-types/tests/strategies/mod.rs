@@ -44,6 +44,8 @@ fn arb_text() -> impl Strategy<Value = String> {
 fn arb_bytes() -> impl Strategy<Value = Bytes> {
     prop_oneof![
         Just(Bytes::new()),
+        // Either side of where a length's varint takes two bytes more.
+        proptest::sample::select(vec![250, 251]).prop_map(|len| Bytes::from(vec![7; len])),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from),
     ]
 }
@@ -71,7 +73,7 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
         proptest::option::of(arb_message_id()),
         proptest::option::of(arb_return_address()),
         proptest::option::of(arb_text()),
-        (any::<u32>(), arb_stamp(), arb_bytes()),
+        (arb_attempt(), arb_stamp(), arb_bytes()),
     )
         .prop_map(
             |(
@@ -98,6 +100,14 @@ pub(crate) fn arb_envelope() -> impl Strategy<Value = Envelope> {
         )
 }
 
+/// An attempt: any, or one at a varint's boundary (a one-byte varint holds up to 250).
+fn arb_attempt() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        any::<u32>(),
+        proptest::sample::select(vec![0, 1, 250, 251, 65_535, 65_536, u32::MAX]),
+    ]
+}
+
 /// A message's timestamp: any, or its id's time or near it, as a node stamps its messages
 /// (an item carries its timestamp as the offset from its id's time).
 #[derive(Clone, Copy, Debug)]
@@ -120,6 +130,9 @@ fn arb_stamp() -> impl Strategy<Value = Stamp> {
         any::<u64>().prop_map(Stamp::Any),
         Just(Stamp::FromId(0)),
         any::<i16>().prop_map(Stamp::FromId),
+        // Where the offset's zigzag varint (2|n|, or 2|n| - 1 below zero) takes two bytes more.
+        proptest::sample::select(vec![-126, -125, 125, 126, -32_768, 32_767])
+            .prop_map(Stamp::FromId),
     ]
 }
 
