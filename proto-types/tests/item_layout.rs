@@ -383,3 +383,36 @@ fn a_plain_item_over_the_frame_limit_is_refused_whole() {
         }
     }
 }
+
+/// A head fits a message that shares each of its fields, and no message that differs in
+/// one: an empty content type against a set one either way, names of one length.
+#[test]
+fn a_head_fits_only_messages_that_share_its_fields() {
+    let plain = event(MessageId::from_parts(T0, 5), T0, b"payload");
+    let typed = |content_type: &str| {
+        let mut envelope = plain.clone();
+        envelope.content_type = content_type.into();
+        envelope
+    };
+    let renamed = |name: &str| {
+        let mut envelope = plain.clone();
+        envelope.name = name.into();
+        envelope
+    };
+    let json = typed("application/json");
+    let long = "a content type longer than an inline string";
+    for (head_of, other, fits) in [
+        (&plain, plain.clone(), true),
+        (&json, typed("application/json"), true),
+        (&plain, json.clone(), false),
+        (&json, plain.clone(), false),
+        (&json, typed("application/jsom"), false),
+        (&plain, renamed("orderz"), false),
+        (&plain, renamed("order"), false),
+        (&typed(long), typed(long), true),
+        (&typed(long), typed(&long.replace('a', "b")), false),
+    ] {
+        let head = Head::of(head_of, To::Handler, true, false);
+        assert_eq!(head.fits(&other), fits, "{head:?} {other:?}");
+    }
+}

@@ -150,6 +150,15 @@ proptest! {
             Limits { max_frame_len, ..Limits::default() }
         };
         let head = Head::of(&first, To::Handler, true, ordered);
+        // The head fits a message that shares each of its fields, and its key as documented.
+        let same_key = other.partition_key == head.partition_key
+            || !ordered && head.partition_key.is_none();
+        let shares = other.kind == first.kind
+            && other.version == first.version
+            && other.name == first.name
+            && other.content_type == first.content_type
+            && other.reply_to == first.reply_to;
+        prop_assert_eq!(head.fits(&other), shares && same_key);
         let mut arena = BytesMut::new();
         let cases = [(&first, None), (&first, Some(&head)), (&other, None), (&other, Some(&head))];
         for (message, head) in cases {
