@@ -291,22 +291,24 @@ async fn a_batch_goes_on_after_a_handler_that_waits_and_stops_at_a_failure() {
     assert_eq!(node.stats().duplicates, 0, "only the rest was sent again");
 }
 
-/// A node aborted while a batch is being handled (here by the handler of event 3 itself, as
-/// if the process crashed as it ended) starts no handler on the events after it: like a
-/// crashed process, it runs nothing once the abort has returned. With `wait`, event 3's
-/// handler has to wait first, so the rest goes on in its task; otherwise in the driver's.
-async fn aborted_on_event_3(wait: bool) {
-    let mesh = Mesh::new();
+/// A `ledger` node whose handler records each event it handles in `seen`; the handler of
+/// event `on` aborts the node, after yielding once (has to wait) when `wait`, and notifies
+/// the returned `Notify` that it did.
+async fn ledger_aborting_on(
+    mesh: &Mesh,
+    seen: &Seen,
+    on: usize,
+    wait: bool,
+) -> (Node, Arc<Notify>) {
     let node = mesh.start("ledger", &[]).await;
-    let seen: Seen = Arc::default();
     let (this, crashed) = (Arc::new(OnceLock::<Node>::new()), Arc::new(Notify::new()));
-    let (handled, me, done) = (Arc::clone(&seen), Arc::clone(&this), Arc::clone(&crashed));
+    let (handled, me, done) = (Arc::clone(seen), Arc::clone(&this), Arc::clone(&crashed));
     node.subscribe(TOPIC, move |msg: Message| {
         let n = seq(&msg);
         handled.lock().unwrap().push(("ledger".into(), n));
         let (me, done) = (Arc::clone(&me), Arc::clone(&done));
         async move {
-            if n == 3 {
+            if n == on {
                 if wait {
                     tokio::task::yield_now().await;
                 }
@@ -319,6 +321,22 @@ async fn aborted_on_event_3(wait: bool) {
     .await
     .unwrap();
     this.set(node.clone()).unwrap();
+    (node, crashed)
+}
+
+/// The events handled, in order.
+fn handled(seen: &Seen) -> Vec<usize> {
+    seen.lock().unwrap().iter().map(|(_, s)| *s).collect()
+}
+
+/// A node aborted while a batch is being handled (here by the handler of event 3 itself, as
+/// if the process crashed as it ended) starts no handler on the events after it: like a
+/// crashed process, it runs nothing once the abort has returned. With `wait`, event 3's
+/// handler has to wait first, so the rest goes on in its task; otherwise in the driver's.
+async fn aborted_on_event_3(wait: bool) {
+    let mesh = Mesh::new();
+    let seen: Seen = Arc::default();
+    let (node, crashed) = ledger_aborting_on(&mesh, &seen, 3, wait).await;
     let publisher = warehouse(&mesh, &node).await;
 
     let batch = publisher.publish_batch(batch(10));
@@ -329,8 +347,11 @@ async fn aborted_on_event_3(wait: bool) {
     }
     // On this one-thread runtime the handlers' loop finished its turn before this runs: had
     // it gone on after the abort, event 4 would be in `seen` now.
-    let order: Vec<usize> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    assert_eq!(order, [0, 1, 2, 3], "nothing handled after the abort");
+    assert_eq!(
+        handled(&seen),
+        [0, 1, 2, 3],
+        "nothing handled after the abort"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -348,22 +369,8 @@ async fn an_aborted_node_starts_no_handler_after_one_that_waited() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_aborted_node_starts_no_handler_on_what_arrived_with_the_event() {
     let mesh = Mesh::new();
-    let node = mesh.start("ledger", &[]).await;
     let seen: Seen = Arc::default();
-    let (this, crashed) = (Arc::new(OnceLock::<Node>::new()), Arc::new(Notify::new()));
-    let (handled, me, done) = (Arc::clone(&seen), Arc::clone(&this), Arc::clone(&crashed));
-    node.subscribe(TOPIC, move |msg: Message| {
-        let n = seq(&msg);
-        handled.lock().unwrap().push(("ledger".into(), n));
-        if n == 0 {
-            me.get().unwrap().abort();
-            done.notify_one();
-        }
-        async { Ok::<_, HandlerError>(()) }
-    })
-    .await
-    .unwrap();
-    this.set(node.clone()).unwrap();
+    let (node, crashed) = ledger_aborting_on(&mesh, &seen, 0, false).await;
     let publisher = warehouse(&mesh, &node).await;
     // Both leave in one write, before this task waits.
     let _calls = (
@@ -373,6 +380,5 @@ async fn an_aborted_node_starts_no_handler_on_what_arrived_with_the_event() {
     tokio::time::timeout(WAIT, crashed.notified())
         .await
         .expect("event 0 handled");
-    let order: Vec<usize> = seen.lock().unwrap().iter().map(|(_, s)| *s).collect();
-    assert_eq!(order, [0], "nothing handled after the abort");
+    assert_eq!(handled(&seen), [0], "nothing handled after the abort");
 }
