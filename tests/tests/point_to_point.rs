@@ -21,6 +21,34 @@ async fn pair(mesh: &Mesh) -> (Node, Node) {
     (billing, shop)
 }
 
+/// Hundreds of sends in flight at once, answered together: the node wakes their callers a slice
+/// at a time (`runtime/wakeups.rs`), and every caller returns.
+#[tokio::test]
+async fn hundreds_of_callers_answered_together_all_return() {
+    let mesh = Mesh::new();
+    let (billing, shop) = pair(&mesh).await;
+    billing.handle("ping", |_msg: Message| async { Ok(()) });
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let shop = shop.clone();
+        calls.spawn(async move {
+            shop.send("billing", Message::command("ping", format!("{i}")))
+                .await
+        });
+    }
+    let returned = timeout(WAIT, async {
+        let mut returned = 0;
+        while let Some(sent) = calls.join_next().await {
+            sent.unwrap().unwrap();
+            returned += 1;
+        }
+        returned
+    })
+    .await
+    .expect("a caller was never woken");
+    assert_eq!(returned, 300);
+}
+
 /// On tokio's multi-thread runtime (what `#[tokio::main]` gives a service) too, a handler that
 /// finishes at once runs where its message was read: no task for each, and the acks of those
 /// read together leave in one write.

@@ -25,7 +25,8 @@
 //! worker count (one per CPU, what `#[tokio::main]` gives) instead of a `current_thread` one:
 //! `fixed-load publish 200000 multi-thread`. The option `busy-poll` has both nodes poll for
 //! input for a millisecond after each activity ([`shoal::NodeBuilder::busy_poll`]):
-//! `fixed-load send 20000 closed busy-poll`.
+//! `fixed-load send 20000 closed busy-poll`. The option `in-flight=N` keeps `N` calls in
+//! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`.
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -58,8 +59,12 @@ fn main() -> Result<()> {
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
-    let mut busy_poll = false;
+    let (mut busy_poll, mut in_flight) = (false, IN_FLIGHT);
     for option in args {
+        if let Some(n) = option.strip_prefix("in-flight=") {
+            in_flight = n.parse()?;
+            continue;
+        }
         match option.as_str() {
             "metrics" => metrics = true,
             "closed" => closed = true,
@@ -68,13 +73,14 @@ fn main() -> Result<()> {
             "busy-poll" => busy_poll = true,
             other => {
                 return Err(format!(
-                    "unknown option {other}: metrics, closed, keyed, multi-thread or busy-poll"
+                    "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll \
+                     or in-flight=N"
                 )
                 .into());
             }
         }
     }
-    let in_flight = if closed { 1 } else { IN_FLIGHT };
+    let in_flight = if closed { 1 } else { in_flight.max(1) };
     // Records per-message metrics without serving them when asked (`metrics`); polls for
     // input for a millisecond after each activity when asked (`busy-poll`).
     let with_metrics = move |builder: shoal::NodeBuilder| {

@@ -4,10 +4,11 @@
 //! engine's actions: the waiting callers' wakers, each connection's IO handles, the handlers'
 //! closures (stored in the engine, which hands them back to run). Every call into the engine
 //! goes through [`Driver::call`]: lock, feed the engine with the time from tokio's clock (the
-//! node's one clock), take every action it produced, unlock, then act: wake callers, wake
-//! connection writers, run handlers, close connections, move the timer. Only pausing and
-//! resuming a connection's reading and broadcasting the node's events are done before the
-//! unlock, so that calls on several threads do them in the engine's order.
+//! node's one clock), take every action it produced, unlock, then act: wake callers (many
+//! at once, a slice at a time: `wakeups.rs`), wake connection writers, run handlers, close
+//! connections, move the timer. Only pausing and resuming a connection's reading and
+//! broadcasting the node's events are done before the unlock, so that calls on several
+//! threads do them in the engine's order.
 //!
 //! Handlers run outside the lock. A handler gets its first poll right here (a spawned task
 //! would run on this thread anyway: `handlers.rs`), and most finish in it: their outcomes go
@@ -23,6 +24,7 @@ mod handlers;
 mod lifecycle;
 mod multicast;
 pub(crate) mod op;
+mod wakeups;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -99,6 +101,8 @@ pub(crate) struct Driver {
     /// The busy poller, when the node polls for input after each activity
     /// (`runtime/busy_poll.rs`).
     busy_poll: Option<busy_poll::BusyPoll>,
+    /// Callers completed many at once, woken a slice at a time (`wakeups.rs`).
+    wakeups: wakeups::Wakeups,
 }
 
 /// What the lock protects.
@@ -182,6 +186,7 @@ impl Driver {
             metrics: crate::metrics::Exporter::default(),
             multicast: std::sync::OnceLock::new(),
             busy_poll,
+            wakeups: wakeups::Wakeups::default(),
         })
     }
 
@@ -348,9 +353,7 @@ impl Driver {
     /// their first poll, in turn).
     fn act_until_written(self: &Arc<Self>, effects: &mut Effects) {
         loop {
-            for waker in effects.wake.drain(..) {
-                waker.wake();
-            }
+            self.wakeups.wake(&mut effects.wake, &self.killed);
             for (io, reason, flush) in effects.close.drain(..) {
                 io.close(&reason, flush);
             }
