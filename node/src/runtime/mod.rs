@@ -102,7 +102,7 @@ pub(crate) struct Driver {
     /// (`runtime/busy_poll.rs`).
     busy_poll: Option<busy_poll::BusyPoll>,
     /// Callers completed many at once, woken a slice at a time (`wakeups.rs`).
-    wakeups: wakeups::Wakeups,
+    pub(crate) wakeups: wakeups::Wakeups,
 }
 
 /// What the lock protects.
@@ -149,6 +149,8 @@ impl Driver {
         let accept_limits = crate::transport::limits::AcceptLimits::new(&config);
         let busy_poll =
             (!config.busy_poll.is_zero()).then(|| busy_poll::BusyPoll::new(config.busy_poll));
+        let current_thread = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
         Arc::new(Self {
             id: engine.id(),
             service,
@@ -167,8 +169,7 @@ impl Driver {
             killed: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handler_tasks: TaskTracker::new(),
-            yield_before_write: tokio::runtime::Handle::current().runtime_flavor()
-                != tokio::runtime::RuntimeFlavor::CurrentThread,
+            yield_before_write: !current_thread,
             discovery: Mutex::new(Vec::new()),
             static_peers,
             dial_failures: DialFailures::default(),
@@ -186,7 +187,7 @@ impl Driver {
             metrics: crate::metrics::Exporter::default(),
             multicast: std::sync::OnceLock::new(),
             busy_poll,
-            wakeups: wakeups::Wakeups::default(),
+            wakeups: wakeups::Wakeups::new(current_thread),
         })
     }
 

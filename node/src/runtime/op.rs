@@ -19,6 +19,7 @@ pub(crate) struct OpFuture {
 
 impl OpFuture {
     pub(crate) fn new(driver: Arc<Driver>, op: OpId) -> Self {
+        driver.wakeups.caller_waits();
         Self {
             driver,
             op: Some(op),
@@ -45,6 +46,7 @@ impl Future for OpFuture {
 
 impl Drop for OpFuture {
     fn drop(&mut self) {
+        self.driver.wakeups.caller_done();
         if let Some(op) = self.op.take() {
             self.driver.cancel_op(op);
         }

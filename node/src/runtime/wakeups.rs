@@ -9,11 +9,16 @@
 //! turn while the peer handles the wave (benches/README.md, "One publish per event: the two
 //! threads take turns").
 //!
-//! [`Wakeups`] wakes at most [`WAKE_SLICE`] callers at once and hands the rest to a task of its
-//! own ([`Wakeups::run`]), which wakes the next slice each time the runtime gets back to it:
-//! after the tasks woken before it, the writer and the connection driver among them. The
-//! messages of each slice leave while the next slice makes its own, and the peer starts on
-//! them sooner.
+//! [`Wakeups`] wakes one slice of them at once and hands the rest to a task of its own
+//! ([`Wakeups::run`]), which wakes the next slice each time the runtime gets back to it: after
+//! the tasks woken before it, the writer and the connection driver among them. The messages
+//! of each slice leave while the next slice makes its own, and the peer starts on them
+//! sooner. A slice is a quarter of the callers waiting for a call, and at least
+//! [`MIN_SLICE`] ([`Wakeups::slice`]).
+//!
+//! Only on a `current_thread` runtime. On tokio's multi-thread runtime the writer and the
+//! connection driver run on another worker meanwhile, and slicing measured 4-5 % slower
+//! (`fixed-load publish 1500000 multi-thread`): there every caller is woken at once.
 //!
 //! Callers are woken in the order they were completed: while some wait here, callers
 //! completed later wait behind them. A call completing one caller at a time (a lone request,
@@ -22,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Waker;
 
 use smallvec::SmallVec;
@@ -31,36 +36,65 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sync::lock;
 
-/// Most callers woken at once.
+/// The smallest slice: callers woken at once however few wait.
 ///
 /// Measured with `fixed-load publish 1500000 in-flight=N` on a 2-vCPU VM (benches/README.md,
-/// "Callers woken in slices"): 64 gave the highest rates for 192 to 384 calls in flight and
-/// changed nothing at 64, 128 and 768; 16 and 32 made more, smaller writes, and cost more per
-/// message than they saved.
-pub(crate) const WAKE_SLICE: usize = 64;
+/// "Callers woken a slice at a time"): slices of 16 and 32 made more, smaller writes, and
+/// cost more per message than they saved; a slice of half the callers or more gained nothing
+/// (the two halves settle back into one wave); a quarter, at least 64, gained at 192 to 1,024
+/// calls in flight and changed nothing at 64 or 128.
+const MIN_SLICE: usize = 64;
 
 /// Callers completed and not yet woken, and the task that wakes them.
 #[derive(Default)]
 pub(crate) struct Wakeups {
+    /// Whether callers are woken in slices (on a `current_thread` runtime) or all at once.
+    sliced: bool,
     /// Callers past the first slice, in the order they were completed.
     later: Mutex<VecDeque<Waker>>,
     /// Whether `later` may hold callers (so callers completed now queue behind them).
     waiting: AtomicBool,
     /// Tells [`Wakeups::run`] there is something in `later`.
     more: Notify,
+    /// Callers waiting for a call ([`Wakeups::caller_waits`]).
+    callers: AtomicUsize,
 }
 
 impl Wakeups {
-    /// Wakes the callers in `wakers` (emptied): the first [`WAKE_SLICE`] now, unless callers
-    /// completed earlier still wait; the rest by [`Wakeups::run`]. `killed`: the node stopped
-    /// at once, and nothing is held back.
+    /// Wakeups in slices when `sliced`, all at once otherwise.
+    pub(crate) fn new(sliced: bool) -> Self {
+        Self {
+            sliced,
+            ..Self::default()
+        }
+    }
+
+    /// A caller started waiting for a call (an [`super::op::OpFuture`] was made).
+    pub(crate) fn caller_waits(&self) {
+        self.callers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A caller stopped waiting (its future was dropped, done or not).
+    pub(crate) fn caller_done(&self) {
+        self.callers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Callers woken at once: a quarter of those waiting for a call, at least [`MIN_SLICE`].
+    fn slice(&self) -> usize {
+        (self.callers.load(Ordering::Relaxed) / 4).max(MIN_SLICE)
+    }
+
+    /// Wakes the callers in `wakers` (emptied): the first [`Wakeups::slice`] now, unless
+    /// callers completed earlier still wait; the rest by [`Wakeups::run`]. `killed`: the node
+    /// stopped at once, and nothing is held back.
     pub(crate) fn wake(&self, wakers: &mut SmallVec<[Waker; 4]>, killed: &CancellationToken) {
-        if wakers.len() <= WAKE_SLICE && !self.waiting.load(Ordering::Acquire) {
+        let slice = self.slice();
+        if !self.sliced || wakers.len() <= slice && !self.waiting.load(Ordering::Acquire) {
             wakers.drain(..).for_each(Waker::wake);
             return;
         }
         let mut later = lock(&self.later);
-        let now = if later.is_empty() { WAKE_SLICE } else { 0 };
+        let now = if later.is_empty() { slice } else { 0 };
         let now = wakers.len().min(now);
         later.extend(wakers.drain(now..));
         self.waiting.store(true, Ordering::Release);
@@ -77,9 +111,9 @@ impl Wakeups {
     /// slices; until the node is killed, when it wakes everything left and returns.
     pub(crate) async fn run(&self, killed: &CancellationToken) {
         loop {
-            let slice: SmallVec<[Waker; WAKE_SLICE]> = {
+            let slice: Vec<Waker> = {
                 let mut later = lock(&self.later);
-                let n = later.len().min(WAKE_SLICE);
+                let n = later.len().min(self.slice());
                 let slice = later.drain(..n).collect();
                 if later.is_empty() {
                     self.waiting.store(false, Ordering::Release);
@@ -155,11 +189,20 @@ mod tests {
 
     #[test]
     fn a_slice_or_less_is_woken_at_once() {
-        let wakeups = Wakeups::default();
-        let (counters, mut wakers) = callers(WAKE_SLICE);
+        let wakeups = Wakeups::new(true);
+        let (counters, mut wakers) = callers(MIN_SLICE);
         wakeups.wake(&mut wakers, &CancellationToken::new());
         assert!(wakers.is_empty());
-        assert_eq!(woken(&counters), vec![1; WAKE_SLICE]);
+        assert_eq!(woken(&counters), vec![1; MIN_SLICE]);
+        assert_eq!(wakeups.held(), 0);
+    }
+
+    #[test]
+    fn unsliced_wakeups_wake_everyone_at_once() {
+        let wakeups = Wakeups::new(false);
+        let (counters, mut wakers) = callers(3 * MIN_SLICE);
+        wakeups.wake(&mut wakers, &CancellationToken::new());
+        assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
 
@@ -167,12 +210,12 @@ mod tests {
     /// callers completed meanwhile queue behind them.
     #[tokio::test(flavor = "current_thread")]
     async fn more_than_a_slice_is_woken_a_slice_per_turn_in_order() {
-        let wakeups = Arc::new(Wakeups::default());
+        let wakeups = Arc::new(Wakeups::new(true));
         let killed = CancellationToken::new();
-        let (counters, mut wakers) = callers(3 * WAKE_SLICE);
+        let (counters, mut wakers) = callers(3 * MIN_SLICE);
         wakeups.wake(&mut wakers, &killed);
-        assert_eq!(woken(&counters[..WAKE_SLICE]), vec![1; WAKE_SLICE]);
-        assert_eq!(woken(&counters[WAKE_SLICE..]), vec![0; 2 * WAKE_SLICE]);
+        assert_eq!(woken(&counters[..MIN_SLICE]), vec![1; MIN_SLICE]);
+        assert_eq!(woken(&counters[MIN_SLICE..]), vec![0; 2 * MIN_SLICE]);
         // A caller completed now waits behind those held back.
         let (late, mut late_waker) = callers(1);
         wakeups.wake(&mut late_waker, &killed);
@@ -182,10 +225,10 @@ mod tests {
         // The relay's first turn wakes the second slice, and yields.
         tokio::task::yield_now().await;
         assert_eq!(
-            woken(&counters[WAKE_SLICE..2 * WAKE_SLICE]),
-            vec![1; WAKE_SLICE]
+            woken(&counters[MIN_SLICE..2 * MIN_SLICE]),
+            vec![1; MIN_SLICE]
         );
-        assert_eq!(wakeups.held(), WAKE_SLICE + 1);
+        assert_eq!(wakeups.held(), MIN_SLICE + 1);
         // Within a bounded wait, the rest, and the late caller behind them.
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             while wakeups.held() > 0 {
@@ -194,26 +237,46 @@ mod tests {
         })
         .await
         .expect("every held caller is woken");
-        assert_eq!(woken(&counters), vec![1; 3 * WAKE_SLICE]);
+        assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(woken(&late), vec![1]);
+        killed.cancel();
+        relay.await.expect("the relay stops without panicking");
+    }
+
+    /// With 1,024 callers waiting, a slice is 256 of them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slice_is_a_quarter_of_the_callers_waiting() {
+        let wakeups = Arc::new(Wakeups::new(true));
+        let killed = CancellationToken::new();
+        (0..1024).for_each(|_| wakeups.caller_waits());
+        let (counters, mut wakers) = callers(1024);
+        wakeups.wake(&mut wakers, &killed);
+        assert_eq!(woken(&counters[..256]), vec![1; 256]);
+        assert_eq!(wakeups.held(), 768);
+        // The woken callers are done; the relay's slice follows those still waiting.
+        (0..256).for_each(|_| wakeups.caller_done());
+        let relay = spawn_relay(&wakeups, &killed);
+        tokio::task::yield_now().await;
+        assert_eq!(woken(&counters[256..448]), vec![1; 192]);
+        assert_eq!(wakeups.held(), 576);
         killed.cancel();
         relay.await.expect("the relay stops without panicking");
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_killed_node_wakes_everything_held_back() {
-        let wakeups = Arc::new(Wakeups::default());
+        let wakeups = Arc::new(Wakeups::new(true));
         let killed = CancellationToken::new();
-        let (counters, mut wakers) = callers(2 * WAKE_SLICE);
+        let (counters, mut wakers) = callers(2 * MIN_SLICE);
         wakeups.wake(&mut wakers, &killed);
         let relay = spawn_relay(&wakeups, &killed);
         killed.cancel();
         relay.await.expect("the relay stops without panicking");
-        assert_eq!(woken(&counters), vec![1; 2 * WAKE_SLICE]);
+        assert_eq!(woken(&counters), vec![1; 2 * MIN_SLICE]);
         // After the relay stopped, nothing is held back any more.
-        let (after, mut wakers) = callers(2 * WAKE_SLICE);
+        let (after, mut wakers) = callers(2 * MIN_SLICE);
         wakeups.wake(&mut wakers, &killed);
-        assert_eq!(woken(&after), vec![1; 2 * WAKE_SLICE]);
+        assert_eq!(woken(&after), vec![1; 2 * MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
 }
