@@ -42,7 +42,7 @@ use crate::sync::lock;
 /// "Callers woken a slice at a time"): slices of 16 and 32 made more, smaller writes, and
 /// cost more per message than they saved; a slice of half the callers or more gained nothing
 /// (the two halves settle back into one wave); a quarter, at least 64, gained at 192 to 1,024
-/// calls in flight and changed nothing at 64 or 128.
+/// calls in flight and changed nothing at 64 (at 128, two measurements disagree).
 const MIN_SLICE: usize = 64;
 
 /// Callers completed and not yet woken, and the task that wakes them.
