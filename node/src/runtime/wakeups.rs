@@ -69,14 +69,19 @@ impl Wakeups {
         }
     }
 
-    /// A caller started waiting for a call (an [`super::op::OpFuture`] was made).
+    /// A caller started waiting for a call (an [`super::op::OpFuture`] was made). Counted
+    /// only where callers are woken in slices.
     pub(crate) fn caller_waits(&self) {
-        self.callers.fetch_add(1, Ordering::Relaxed);
+        if self.sliced {
+            self.callers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A caller stopped waiting (its future was dropped, done or not).
     pub(crate) fn caller_done(&self) {
-        self.callers.fetch_sub(1, Ordering::Relaxed);
+        if self.sliced {
+            self.callers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Callers woken at once: a quarter of those waiting for a call, at least [`MIN_SLICE`].
@@ -88,8 +93,12 @@ impl Wakeups {
     /// callers completed earlier still wait; the rest by [`Wakeups::run`]. `killed`: the node
     /// stopped at once, and nothing is held back.
     pub(crate) fn wake(&self, wakers: &mut SmallVec<[Waker; 4]>, killed: &CancellationToken) {
+        if !self.sliced {
+            wakers.drain(..).for_each(Waker::wake);
+            return;
+        }
         let slice = self.slice();
-        if !self.sliced || wakers.len() <= slice && !self.waiting.load(Ordering::Acquire) {
+        if wakers.len() <= slice && !self.waiting.load(Ordering::Acquire) {
             wakers.drain(..).for_each(Waker::wake);
             return;
         }
@@ -180,6 +189,20 @@ mod tests {
         tokio::spawn(async move { wakeups.run(&killed).await })
     }
 
+    /// `n` callers completed together, handed to `wakeups`.
+    fn complete(wakeups: &Wakeups, killed: &CancellationToken, n: usize) -> Vec<Arc<Counter>> {
+        let (counters, mut wakers) = callers(n);
+        wakeups.wake(&mut wakers, killed);
+        assert!(wakers.is_empty());
+        counters
+    }
+
+    /// Kills the node and waits for the relay to stop.
+    async fn kill(relay: tokio::task::JoinHandle<()>, killed: &CancellationToken) {
+        killed.cancel();
+        relay.await.expect("the relay stops without panicking");
+    }
+
     fn woken(counters: &[Arc<Counter>]) -> Vec<usize> {
         counters
             .iter()
@@ -190,9 +213,7 @@ mod tests {
     #[test]
     fn a_slice_or_less_is_woken_at_once() {
         let wakeups = Wakeups::new(true);
-        let (counters, mut wakers) = callers(MIN_SLICE);
-        wakeups.wake(&mut wakers, &CancellationToken::new());
-        assert!(wakers.is_empty());
+        let counters = complete(&wakeups, &CancellationToken::new(), MIN_SLICE);
         assert_eq!(woken(&counters), vec![1; MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
@@ -200,8 +221,7 @@ mod tests {
     #[test]
     fn unsliced_wakeups_wake_everyone_at_once() {
         let wakeups = Wakeups::new(false);
-        let (counters, mut wakers) = callers(3 * MIN_SLICE);
-        wakeups.wake(&mut wakers, &CancellationToken::new());
+        let counters = complete(&wakeups, &CancellationToken::new(), 3 * MIN_SLICE);
         assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
@@ -212,13 +232,11 @@ mod tests {
     async fn more_than_a_slice_is_woken_a_slice_per_turn_in_order() {
         let wakeups = Arc::new(Wakeups::new(true));
         let killed = CancellationToken::new();
-        let (counters, mut wakers) = callers(3 * MIN_SLICE);
-        wakeups.wake(&mut wakers, &killed);
+        let counters = complete(&wakeups, &killed, 3 * MIN_SLICE);
         assert_eq!(woken(&counters[..MIN_SLICE]), vec![1; MIN_SLICE]);
         assert_eq!(woken(&counters[MIN_SLICE..]), vec![0; 2 * MIN_SLICE]);
         // A caller completed now waits behind those held back.
-        let (late, mut late_waker) = callers(1);
-        wakeups.wake(&mut late_waker, &killed);
+        let late = complete(&wakeups, &killed, 1);
         assert_eq!(woken(&late), vec![0]);
 
         let relay = spawn_relay(&wakeups, &killed);
@@ -239,8 +257,7 @@ mod tests {
         .expect("every held caller is woken");
         assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(woken(&late), vec![1]);
-        killed.cancel();
-        relay.await.expect("the relay stops without panicking");
+        kill(relay, &killed).await;
     }
 
     /// With 1,024 callers waiting, a slice is 256 of them.
@@ -249,8 +266,7 @@ mod tests {
         let wakeups = Arc::new(Wakeups::new(true));
         let killed = CancellationToken::new();
         (0..1024).for_each(|_| wakeups.caller_waits());
-        let (counters, mut wakers) = callers(1024);
-        wakeups.wake(&mut wakers, &killed);
+        let counters = complete(&wakeups, &killed, 1024);
         assert_eq!(woken(&counters[..256]), vec![1; 256]);
         assert_eq!(wakeups.held(), 768);
         // The woken callers are done; the relay's slice follows those still waiting.
@@ -259,23 +275,18 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(woken(&counters[256..448]), vec![1; 192]);
         assert_eq!(wakeups.held(), 576);
-        killed.cancel();
-        relay.await.expect("the relay stops without panicking");
+        kill(relay, &killed).await;
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_killed_node_wakes_everything_held_back() {
         let wakeups = Arc::new(Wakeups::new(true));
         let killed = CancellationToken::new();
-        let (counters, mut wakers) = callers(2 * MIN_SLICE);
-        wakeups.wake(&mut wakers, &killed);
-        let relay = spawn_relay(&wakeups, &killed);
-        killed.cancel();
-        relay.await.expect("the relay stops without panicking");
+        let counters = complete(&wakeups, &killed, 2 * MIN_SLICE);
+        kill(spawn_relay(&wakeups, &killed), &killed).await;
         assert_eq!(woken(&counters), vec![1; 2 * MIN_SLICE]);
         // After the relay stopped, nothing is held back any more.
-        let (after, mut wakers) = callers(2 * MIN_SLICE);
-        wakeups.wake(&mut wakers, &killed);
+        let after = complete(&wakeups, &killed, 2 * MIN_SLICE);
         assert_eq!(woken(&after), vec![1; 2 * MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
