@@ -168,6 +168,28 @@ pub enum Error {
     ShuttingDown,
 }
 
+impl Error {
+    /// The same error for another caller: several callers whose events travelled as one
+    /// operation (`engine/send/each.rs`) each hear of a failure of the whole. Those an
+    /// operation can end with are copied as they are; any other (none is expected there)
+    /// keeps its text in [`Error::Internal`].
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::DeadLettered(letter) => Error::DeadLettered(letter.clone()),
+            Error::Timeout(after) => Error::Timeout(*after),
+            Error::Busy { service } => Error::Busy {
+                service: service.clone(),
+            },
+            Error::AudienceGone(audience) => Error::AudienceGone(audience.clone()),
+            Error::NotAuthorized(denial) => Error::NotAuthorized(denial.clone()),
+            Error::Topic(reason) => Error::Topic(reason.clone()),
+            Error::Backlog { limit } => Error::Backlog { limit: *limit },
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
 /// Why a multicast group socket could not be opened (see [`Error::Multicast`]).
 #[derive(Debug, Error)]
 #[non_exhaustive]

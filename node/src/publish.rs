@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use shoal_proto::NodeId;
 
 use crate::engine::Done;
@@ -103,6 +104,15 @@ impl Node {
             event.address_replies(&driver.service, driver.id);
         }
         let span = trace::traced_send(Sending::Publish, None, &mut events);
+        // While other calls wait, a lone event joins those published in this turn
+        // (`runtime/gather.rs`).
+        if !batched
+            && let [event] = events.as_slice()
+            && driver.gathers(event, &options)
+        {
+            let event = events.pop().expect("one event");
+            return Either::Left(trace::instrumented(driver.gather(event), span));
+        }
         let started = trace::within(&span, || {
             driver.call(|engine, now| engine.publish(events, batched, &options, now))
         });
@@ -110,7 +120,7 @@ impl Node {
             Publishing::Waiting(op) => Err(OpFuture::new(driver, op)),
             Publishing::Done(receipt) => Ok(receipt),
         });
-        trace::instrumented(
+        Either::Right(trace::instrumented(
             async move {
                 match started? {
                     Ok(receipt) => Ok(receipt),
@@ -121,7 +131,7 @@ impl Node {
                 }
             },
             span,
-        )
+        ))
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber

@@ -59,10 +59,14 @@ fn main() -> Result<()> {
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
-    let (mut busy_poll, mut in_flight) = (false, IN_FLIGHT);
+    let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
     for option in args {
         if let Some(n) = option.strip_prefix("in-flight=") {
             in_flight = n.parse()?;
+            continue;
+        }
+        if let Some(n) = option.strip_prefix("batch=") {
+            batch = n.parse()?;
             continue;
         }
         match option.as_str() {
@@ -155,7 +159,7 @@ fn main() -> Result<()> {
         node.wait_for_subscribers(TOPIC, 1, WAIT).await?;
         let before = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
         let started = Instant::now();
-        let per_call = if mode == "batch" { BATCH } else { 1 };
+        let per_call = if mode == "batch" { batch } else { 1 };
         let calls = count.div_ceil(per_call);
         let mut tasks = Vec::new();
         for task in 0..in_flight.min(calls) {
@@ -186,7 +190,7 @@ fn main() -> Result<()> {
                                 .await?;
                         }
                         _ => {
-                            let events = (0..BATCH)
+                            let events = (0..batch)
                                 .map(|_| with_key(Message::event(TOPIC, body.clone())))
                                 .collect();
                             node.publish_batch(events).await?;

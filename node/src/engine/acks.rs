@@ -105,6 +105,9 @@ impl<H: Clone> Engine<H> {
         {
             self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics/hooks.rs
         }
+        // Separate calls' events (send/each.rs): a refusal is the refused event's alone.
+        let separate =
+            matches!(answer, Answer::Nack { .. }) && self.of_separate_events(entry.delivery);
         let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
             return;
         };
@@ -116,6 +119,7 @@ impl<H: Clone> Engine<H> {
         }
         *left -= 1;
         let mut ended = *left == 0;
+        let mut refused = None;
         match answer {
             Answer::Ack => {
                 let slot = &mut del.acked[entry.index as usize];
@@ -140,13 +144,26 @@ impl<H: Clone> Engine<H> {
                     Some(node) => format!("{node} refused: {reason}"),
                     None => reason,
                 };
-                *failure = Some(if retryable {
-                    Failure::Retryable(reason)
+                if separate {
+                    // The others of the attempt are still answered; this one is dead-lettered
+                    // now, or retried with those not acknowledged when the attempt is over.
+                    if retryable {
+                        failure.get_or_insert(Failure::Retryable(reason));
+                    } else {
+                        refused = Some(reason);
+                    }
                 } else {
-                    Failure::Permanent(reason)
-                });
-                ended = true;
+                    *failure = Some(if retryable {
+                        Failure::Retryable(reason)
+                    } else {
+                        Failure::Permanent(reason)
+                    });
+                    ended = true;
+                }
             }
+        }
+        if let Some(reason) = refused {
+            self.refuse_alone(entry.delivery, entry.index as usize, &reason);
         }
         if ended {
             self.attempt_over(entry.delivery, now);

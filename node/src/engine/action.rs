@@ -135,6 +135,9 @@ pub(crate) enum Done {
     Replied(Message),
     /// Every audience of an event acknowledged (or was dropped).
     Published(PublishReceipt),
+    /// The events of separate `publish` calls that travelled together (`send/each.rs`): each
+    /// one's result, in the order they were handed over.
+    PublishedEach(Vec<Result<PublishReceipt, crate::Error>>),
     /// A ping was answered after this long.
     Pong(Duration),
 }

@@ -169,6 +169,12 @@ impl<H: Clone> Engine<H> {
                 // bounds the wait).
                 None => return,
             },
+            OpKind::Publish if o.each.is_some() => {
+                let mut each = o.each.take().expect("checked above");
+                let results = each.results(o);
+                o.each = Some(each);
+                Ok(results)
+            }
             OpKind::Publish | OpKind::Background => match o.error.take() {
                 Some(e) => Err(e),
                 None => Ok(Done::Published(PublishReceipt {

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use shoal_proto::NodeId;
+use shoal_proto::{Envelope, NodeId};
 
 use super::Engine;
-use super::delivery::State;
+use super::delivery::{Delivery, State};
 use super::peers::Route;
 use super::send::{DeliveryId, OpKind};
 use crate::dead_letter::DeadLetter;
@@ -77,32 +77,31 @@ impl<H: Clone> Engine<H> {
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
-        let (service, group) = match &del.route {
-            Route::Service(target) => (target.service.to_string(), None),
-            Route::Audience { audience, .. } => (String::new(), Some(audience.to_string())),
-        };
-        let attempts = del.retry.attempts();
-        let mut letters = Vec::new();
+        let mut letters: Vec<(usize, DeadLetter)> = Vec::new();
         if let Some(op) = self.out.ops.get(del.op) {
             for (index, envelope) in op.messages.iter().enumerate() {
                 if !del.acked.get(index).copied().unwrap_or(false) {
-                    letters.push(DeadLetter {
-                        service: service.clone(),
-                        group: group.clone(),
-                        message: Message::from_envelope((**envelope).clone()),
-                        attempts,
-                        last_failure: reason.clone(),
-                    });
+                    letters.push((index, letter(del, envelope, &reason)));
                 }
             }
         }
-        if let Some(first) = letters.first()
-            && let Some(op) = self.out.ops.get_mut(del.op)
-        {
-            op.error
-                .get_or_insert_with(|| Error::DeadLettered(Box::new(first.clone())));
+        if let Some(op) = self.out.ops.get_mut(del.op) {
+            match op.each.as_deref_mut() {
+                // Separate calls' events (send/each.rs): each caller hears of its own.
+                Some(each) => {
+                    for (index, letter) in &letters {
+                        each.failed(*index, || Error::DeadLettered(Box::new(letter.clone())));
+                    }
+                }
+                None => {
+                    if let Some((_, first)) = letters.first() {
+                        op.error
+                            .get_or_insert_with(|| Error::DeadLettered(Box::new(first.clone())));
+                    }
+                }
+            }
         }
-        for letter in letters {
+        for (_, letter) in letters {
             self.record_dead_letter(letter);
         }
         self.finish(d, now);
@@ -173,5 +172,20 @@ impl<H: Clone> Engine<H> {
                 _ => self.abandon(d, now),
             }
         }
+    }
+}
+
+/// The dead letter of `envelope`, a message of `del` that was not delivered.
+pub(super) fn letter(del: &Delivery, envelope: &Envelope, reason: &str) -> DeadLetter {
+    let (service, group) = match &del.route {
+        Route::Service(target) => (target.service.to_string(), None),
+        Route::Audience { audience, .. } => (String::new(), Some(audience.to_string())),
+    };
+    DeadLetter {
+        service,
+        group,
+        message: Message::from_envelope(envelope.clone()),
+        attempts: del.retry.attempts(),
+        last_failure: reason.to_owned(),
     }
 }

@@ -32,8 +32,10 @@ use crate::options::SendOptions;
 use crate::receipts::{EventDelivery, Receipt};
 use crate::{Error, Message};
 
+mod each;
 mod publish;
 
+pub(crate) use each::{Each, MAX_PAYLOAD as MAX_TOGETHER_PAYLOAD};
 pub(crate) use publish::{Events, Publishing};
 
 slotmap::new_key_type! {
@@ -102,6 +104,9 @@ pub(super) struct Op {
     pub(super) deadline: Option<Instant>,
     /// Publish: the copies that went on the multicast channel without a delivery each.
     pub(super) channel: Option<Box<ChannelCopies>>,
+    /// Publish: the events are separate calls' (`send/each.rs`), each with a result of its
+    /// own.
+    pub(super) each: Option<Box<Each>>,
 }
 
 impl Op {
@@ -118,7 +123,11 @@ impl Op {
             return Ok(item.clone());
         }
         self.messages[index].attempt = attempt;
-        let head = batch_head(&self.messages);
+        // Separate calls' events are encoded as lone ones are, not against a batch's head.
+        let head = match self.each {
+            Some(_) => None,
+            None => batch_head(&self.messages),
+        };
         let item =
             EncodedItem::from_envelope_in(&self.messages[index], head.as_ref(), limits, arena)?;
         self.items[index] = (attempt, item.clone());
@@ -439,6 +448,7 @@ fn new_op(
         result: None,
         deadline: None,
         channel: None,
+        each: None,
     }
 }
 

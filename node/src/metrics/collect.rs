@@ -38,7 +38,7 @@ impl Collector for NodeCollector {
         let stats = crate::inspect::node_stats(&driver);
         per_message(&mut encoder, &snapshot)?;
 
-        let totals: [(&str, &str, u64); 16] = [
+        let totals: [(&str, &str, u64); 17] = [
             (
                 "shoal_messages_unhandled",
                 "Messages refused because no handler or subscription here takes their name.",
@@ -58,6 +58,11 @@ impl Collector for NodeCollector {
                 "shoal_events_published",
                 "Events published by this node (each event of a batch counts).",
                 stats.published,
+            ),
+            (
+                "shoal_events_published_together",
+                "Lone events published that travelled with others of the same turn as one operation.",
+                stats.published_together,
             ),
             (
                 "shoal_events_unrouted",

@@ -9,15 +9,18 @@ use crate::sync::lock;
 use crate::transport::connection::CloseCode;
 
 impl Driver {
-    /// Starts the task that calls the engine's timeout at its deadlines, and the one that
-    /// wakes callers held back (`wakeups.rs`); both stop when the node is killed, at the end
-    /// of a shutdown too.
+    /// Starts the task that calls the engine's timeout at its deadlines, the one that wakes
+    /// callers held back (`wakeups.rs`) and the one that hands gathered events to the engine
+    /// (`gather.rs`); they stop when the node is killed, at the end of a shutdown too.
     pub(crate) fn start_timer(self: &Arc<Self>) {
         let driver = Arc::clone(self);
         self.tasks.spawn(async move { driver.timer_loop().await });
         let driver = Arc::clone(self);
         self.tasks
             .spawn(async move { driver.wakeups.run(&driver.killed).await });
+        let driver = Arc::clone(self);
+        self.tasks
+            .spawn(async move { driver.run_gather(&driver.killed).await });
     }
 
     /// Starts the busy poller, when the node has one; it stops when the node is killed, at

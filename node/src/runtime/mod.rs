@@ -20,6 +20,7 @@
 mod busy_poll;
 #[cfg(test)]
 mod event_order_tests;
+pub(crate) mod gather;
 mod handlers;
 mod lifecycle;
 mod multicast;
@@ -103,6 +104,8 @@ pub(crate) struct Driver {
     busy_poll: Option<busy_poll::BusyPoll>,
     /// Callers completed many at once, woken a slice at a time (`wakeups.rs`).
     pub(crate) wakeups: wakeups::Wakeups,
+    /// Lone events published in one turn, handed to the engine together (`gather.rs`).
+    gather: gather::Gather,
 }
 
 /// What the lock protects.
@@ -110,6 +113,8 @@ struct State {
     engine: Engine<BoxedHandler>,
     /// Callers waiting for an operation's result.
     waiters: SecondaryMap<crate::engine::OpId, std::task::Waker>,
+    /// Callers of gathered events waiting for their operation's results (`gather.rs`).
+    claims: SecondaryMap<crate::engine::OpId, gather::Claim>,
     /// Each connection's IO side.
     conns: SecondaryMap<ConnId, Arc<ConnIo>>,
     /// Events for users, sent under the lock: in the engine's order, whichever thread made
@@ -159,6 +164,7 @@ impl Driver {
             state: Mutex::new(State {
                 engine,
                 waiters: SecondaryMap::new(),
+                claims: SecondaryMap::new(),
                 conns: SecondaryMap::new(),
                 events: broadcast::channel(1024).0,
             }),
@@ -188,6 +194,7 @@ impl Driver {
             multicast: std::sync::OnceLock::new(),
             busy_poll,
             wakeups: wakeups::Wakeups::new(current_thread),
+            gather: gather::Gather::default(),
         })
     }
 
@@ -207,9 +214,14 @@ impl Driver {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Engine<BoxedHandler>, Instant) -> R,
     ) -> R {
+        self.call_state(|state, now| f(&mut state.engine, now))
+    }
+
+    /// [`Driver::call`] with the rest of the locked state.
+    fn call_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State, Instant) -> R) -> R {
         let mut state = lock(&self.state);
         let now = Self::now();
-        let result = f(&mut state.engine, now);
+        let result = f(&mut state, now);
         // Nothing to act on (framing a write, usually): no effects to collect.
         if state.engine.is_quiet() {
             drop(state);
@@ -271,6 +283,14 @@ impl Driver {
     pub(crate) fn cancel_op(self: &Arc<Self>, op: crate::engine::OpId) {
         self.call(|engine, now| engine.cancel(op, now));
         lock(&self.state).waiters.remove(op);
+    }
+
+    /// Forgets gathered events whose callers all gave up on `op` (`gather.rs`).
+    fn cancel_gathered(self: &Arc<Self>, op: crate::engine::OpId) {
+        self.call_state(|state, now| {
+            state.claims.remove(op);
+            state.engine.cancel(op, now);
+        });
     }
 
     /// Has the engine admit a peer whose handshake completed, and attaches its connection's
@@ -422,6 +442,8 @@ impl State {
                 Action::Complete(op) => {
                     if let Some(waker) = self.waiters.remove(op) {
                         effects.wake.push(waker);
+                    } else if let Some(claim) = self.claims.remove(op) {
+                        claim.settle(self.engine.take_result(op), &mut effects.wake);
                     }
                 }
                 Action::Close {

@@ -84,6 +84,12 @@ impl Wakeups {
         }
     }
 
+    /// Whether some caller waits for a call (known only where callers are woken in slices:
+    /// `false` elsewhere).
+    pub(crate) fn others_waiting(&self) -> bool {
+        self.sliced && self.callers.load(Ordering::Relaxed) > 0
+    }
+
     /// Callers woken at once: a quarter of those waiting for a call, at least [`MIN_SLICE`].
     fn slice(&self) -> usize {
         (self.callers.load(Ordering::Relaxed) / 4).max(MIN_SLICE)

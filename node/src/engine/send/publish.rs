@@ -22,7 +22,7 @@ use super::super::fanout::Audience;
 use super::super::ordering::Destination;
 use super::super::peers::Route;
 use super::super::{Engine, topic};
-use super::{OpKind, batch_head, encoded_head, new_op};
+use super::{Each, OpKind, batch_head, each, encoded_head, new_op};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::PublishReceipt;
 use crate::{Error, Message};
@@ -41,6 +41,18 @@ pub(crate) enum Publishing {
     Done(PublishReceipt),
 }
 
+/// How the events of one publish travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// One event of one call.
+    Lone,
+    /// A batch: one call's events, handled in order as one run.
+    Batch,
+    /// Separate calls' events, each handled on its own and with a result of its own
+    /// ([`super::each`]).
+    Each,
+}
+
 impl<H: Clone> Engine<H> {
     /// Publishes `events` (one, or a batch on one topic and key) to every audience of their
     /// topic.
@@ -51,6 +63,61 @@ impl<H: Clone> Engine<H> {
         options: &PublishOptions,
         now: Instant,
     ) -> Result<Publishing, Error> {
+        let shape = if batched { Shape::Batch } else { Shape::Lone };
+        self.publish_shaped(&mut events, shape, options, now)
+    }
+
+    /// Publishes the events of separate calls, all on one topic without a key, reliably and
+    /// waited for, as one operation in which each event is handled on its own and has a
+    /// result of its own ([`super::each`]): [`Done::PublishedEach`] when waited for, or
+    /// [`Publishing::Done`] with the first event's receipt when nobody subscribes.
+    ///
+    /// Refused before anything is taken from `events` (so that each can be published alone
+    /// and hear its own error) when they cannot go together or one breaks a limit.
+    pub(crate) fn publish_each(
+        &mut self,
+        events: &mut Events,
+        options: &PublishOptions,
+        now: Instant,
+    ) -> Result<Publishing, Error> {
+        let reliable = options.reliability == Reliability::Reliable;
+        if !reliable || options.background || events.iter().any(|e| e.key().is_some()) {
+            return Err(Error::InvalidBatch(
+                "separate events travel together only when reliable, waited for and unkeyed".into(),
+            ));
+        }
+        let limits = &self.config.limits;
+        if limits.max_frame_len < each::MIN_FRAME_LEN
+            || events.iter().any(|e| e.payload().len() > each::MAX_PAYLOAD)
+        {
+            return Err(Error::InvalidBatch(
+                "an event too large to travel with others".into(),
+            ));
+        }
+        if let Some(e) = events
+            .iter()
+            .find_map(|e| shoal_proto::validate_envelope(e.envelope(), limits).err())
+        {
+            return Err(Error::InvalidBatch(format!("an event breaks a limit: {e}")));
+        }
+        self.publish_shaped(events, Shape::Each, options, now)
+    }
+
+    /// Whether separate calls' events may travel together ([`Engine::publish_each`]): not on
+    /// a node with a multicast channel, whose copies go one event at a time.
+    pub(crate) fn gathers_events(&self) -> bool {
+        self.channels.is_none()
+    }
+
+    /// Publishes `events` (taken only once they passed every check that concerns them all).
+    fn publish_shaped(
+        &mut self,
+        events: &mut Events,
+        shape: Shape,
+        options: &PublishOptions,
+        now: Instant,
+    ) -> Result<Publishing, Error> {
+        let batched = shape == Shape::Batch;
         if let Some(policy) = &options.retry {
             policy.check("PublishOptions::retry")?;
         }
@@ -98,7 +165,11 @@ impl<H: Clone> Engine<H> {
             envelope.attempt = 1;
             envelopes.push(envelope);
         }
-        let head = batch_head(&envelopes);
+        let head = if batched {
+            batch_head(&envelopes)
+        } else {
+            None
+        };
         for envelope in &envelopes {
             let arena = &mut self.out.arena;
             let item = EncodedItem::from_envelope_in(envelope, head.as_ref(), limits, arena)?;
@@ -106,6 +177,9 @@ impl<H: Clone> Engine<H> {
         }
         let count = envelopes.len() as u64;
         self.stats.published += count;
+        if shape == Shape::Each {
+            self.stats.published_together += count;
+        }
         let audiences = self.peers.audiences(&self.conns, &topic, now);
         if audiences.is_empty() {
             self.stats.events_unrouted += count;
@@ -139,13 +213,15 @@ impl<H: Clone> Engine<H> {
             heads.push((to, head));
         }
         let id = envelopes[0].id;
-        let op = self
-            .out
-            .insert_op(new_op(kind, envelopes, items, heads.len()));
+        let mut op = new_op(kind, envelopes, items, heads.len());
+        if shape == Shape::Each {
+            op.each = Some(Box::new(Each::new(op.messages.len())));
+        }
+        let op = self.out.insert_op(op);
         // On a multicast channel, copies to its members need no delivery each at first
         // (multicast_copies.rs); a keyed event's copies wait for their key's turn as
         // deliveries.
-        let lone = reliable && !batched && count == 1 && key.is_none();
+        let lone = reliable && shape == Shape::Lone && count == 1 && key.is_none();
         let on_channel = self.channels.is_some() && self.channel_may_take(&topic, lone);
         for (copy, (_, head)) in audiences.iter().zip(heads) {
             let audience = &copy.0;

@@ -21,6 +21,7 @@ mod batch_copy_tests;
 mod bounds_tests;
 mod driver;
 mod duplicate_tests;
+mod each_tests;
 mod handler;
 mod hold_tests;
 mod hostile_tests;
@@ -313,6 +314,22 @@ impl Sim {
         let result = self.nodes[node]
             .engine
             .publish(events.into(), batched, options, now);
+        self.settle();
+        result
+    }
+
+    /// `node` publishes `events` as separate calls' events (`send/each.rs`).
+    pub(super) fn publish_each(
+        &mut self,
+        node: usize,
+        events: Vec<Message>,
+    ) -> Result<super::send::Publishing, Error> {
+        let now = self.now;
+        let result = self.nodes[node].engine.publish_each(
+            &mut events.into(),
+            &crate::PublishOptions::default(),
+            now,
+        );
         self.settle();
         result
     }

@@ -11,7 +11,8 @@
 //!
 //! A schedule draws its faults (loss, duplication, delay and reordering of the frames that
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
-//! keyed sends, publishes and ordered batches, and a crash of one instance and a partition
+//! keyed sends, publishes, ordered batches and separate calls' events travelling together
+//! (`send/each.rs`), and a crash of one instance and a partition
 //! healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
@@ -106,6 +107,26 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     node,
                     op: Some(op),
                     done: None,
+                    ids,
+                    key,
+                }
+            }
+            // Separate calls' events travelling together (send/each.rs): unkeyed only.
+            8 if key.is_none() => {
+                let count = sim.rng.random_range(2..6);
+                let events: Vec<Message> = (0..count)
+                    .map(|j| sim.event("order.created", format!("{i}.{j}")))
+                    .collect();
+                let ids = events.iter().map(Message::id).collect();
+                let (op, done) = match sim.publish_each(node, events) {
+                    Ok(Publishing::Waiting(op)) => (Some(op), None),
+                    Ok(Publishing::Done(receipt)) => (None, Some(Ok(Done::Published(receipt)))),
+                    Err(e) => return Err(format!("publish_each refused: {e}")),
+                };
+                Call {
+                    node,
+                    op,
+                    done,
                     ids,
                     key,
                 }
@@ -228,6 +249,30 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                             return Err(format!("call {index}: {group} acked {id}, never handled"));
                         }
                         acked(&group, *id);
+                    }
+                }
+            }
+            Ok(Done::PublishedEach(results)) => {
+                if results.len() != call.ids.len() {
+                    return Err(format!("call {index}: {} results", results.len()));
+                }
+                for (id, result) in call.ids.iter().zip(results) {
+                    match result {
+                        Ok(receipt) if receipt.id != *id => {
+                            return Err(format!("call {index}: {id}'s receipt names another"));
+                        }
+                        Ok(receipt) => {
+                            for copy in &receipt.deliveries {
+                                let group = copy.group.clone().unwrap_or_default();
+                                if first_ok(&group, *id).is_none() {
+                                    return Err(format!(
+                                        "call {index}: {group} acked {id}, never handled"
+                                    ));
+                                }
+                            }
+                        }
+                        Err(Error::DeadLettered(_)) => {}
+                        Err(e) => return Err(format!("call {index}: {id}: {e}")),
                     }
                 }
             }

@@ -1,0 +1,331 @@
+//! Lone events published while other calls wait travel to the engine together.
+//!
+//! With many `publish` calls in flight (a service publishing from many tasks), each call
+//! used to be an operation of its own: its own delivery per audience, attempt, timer, ack
+//! and engine call. Its messages already shared writes and acks on the wire, but that
+//! bookkeeping cost a publisher about three times what a `publish_batch` pays per event.
+//!
+//! So on a `current_thread` runtime, a lone reliable event published while other calls of
+//! the node wait is not handed to the engine at once: it joins the events published on its
+//! topic in the same turn of the runtime, and a task of the node ([`Driver::run_gather`])
+//! hands them over together once the tasks ready now have run, as one operation whose
+//! events stay independent (`engine/send/each.rs`: each handled on its own, refused or
+//! retried alone, each caller with its own receipt or error). No timer is involved: the
+//! events wait for the tasks already ready to run, as a busy connection's writes do
+//! (`transport/connection.rs`). A publish with no other call waiting (one publish at a time,
+//! or the first after a quiet spell) goes at once, as before.
+//!
+//! Not gathered: batches, keyed or best-effort events, background publishes, publishes with
+//! options of their own, nodes with a multicast channel, and every publish on tokio's
+//! multi-thread runtime (where callers are not counted, `wakeups.rs`).
+//!
+//! A caller that drops its future before its event was handed over takes the event back: it
+//! is not published. Once handed over, the event goes on with the others (as a lone event
+//! that left goes on when its caller gives up); the operation is cancelled when every caller
+//! gave up.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use smallvec::SmallVec;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Driver, State};
+use crate::engine::send::{Events, MAX_TOGETHER_PAYLOAD, Publishing};
+use crate::engine::{Done, OpId};
+use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
+use crate::receipts::PublishReceipt;
+use crate::sync::lock;
+use crate::{Error, Message, MessageId};
+
+/// Events waiting to be handed to the engine, by topic.
+#[derive(Default)]
+pub(crate) struct Gather {
+    pending: Mutex<Vec<Pending>>,
+    /// Tells [`Driver::run_gather`] that events wait.
+    handover: Notify,
+}
+
+/// The events of one topic gathered in one turn.
+struct Pending {
+    topic: String,
+    events: Vec<Message>,
+    callers: Arc<Callers>,
+}
+
+/// The callers whose events travel together: a slot each, in the order they published.
+#[derive(Default)]
+struct Callers(Mutex<Slots>);
+
+#[derive(Default)]
+struct Slots {
+    results: Vec<Option<Result<PublishReceipt, Error>>>,
+    wakers: Vec<Option<Waker>>,
+    /// Whether each caller still waits.
+    waiting: Vec<bool>,
+    /// The operations their events went in (one, or one per event when they went alone).
+    ops: SmallVec<[OpId; 1]>,
+}
+
+/// Which callers an operation's results go to: its events' slots, in the operation's order.
+pub(super) struct Claim {
+    callers: Arc<Callers>,
+    slots: SmallVec<[usize; 8]>,
+}
+
+impl Claim {
+    /// Hands the operation's `result` to its callers, whose wakers go in `wake`.
+    pub(super) fn settle(self, result: Option<Result<Done, Error>>, wake: &mut impl Extend<Waker>) {
+        let mut slots = lock(&self.callers.0);
+        let results: Vec<Result<PublishReceipt, Error>> = match result {
+            Some(Ok(Done::PublishedEach(each))) => each,
+            Some(Ok(Done::Published(receipt))) => vec![Ok(receipt)],
+            Some(Ok(other)) => vec![Err(crate::node::unexpected(&other))],
+            Some(Err(e)) => self.slots.iter().map(|_| Err(e.duplicate())).collect(),
+            None => self
+                .slots
+                .iter()
+                .map(|_| Err(Error::ShuttingDown))
+                .collect(),
+        };
+        for (slot, result) in self.slots.iter().zip(results) {
+            slots.results[*slot] = Some(result);
+            wake.extend(slots.wakers[*slot].take());
+        }
+    }
+}
+
+impl Driver {
+    /// Whether `event`, published with `options`, joins the events of this turn rather than
+    /// going to the engine at once (see the module docs).
+    pub(crate) fn gathers(&self, event: &Message, options: &PublishOptions) -> bool {
+        options.reliability == Reliability::Reliable
+            && !options.background
+            && options.retry.is_none()
+            && options.hold_for.is_none()
+            && event.key().is_none()
+            && event.payload().len() <= MAX_TOGETHER_PAYLOAD
+            && self.wakeups.others_waiting()
+            && self.read(|engine| engine.gathers_events())
+    }
+
+    /// Adds `event` to the events of this turn; resolves with its own result.
+    pub(crate) fn gather(self: &Arc<Self>, event: Message) -> GatheredPublish {
+        let mut pending = lock(&self.gather.pending);
+        let first = pending.is_empty();
+        let group = match pending
+            .iter_mut()
+            .find(|p| p.topic == event.name() && p.events.len() < MAX_BATCH_EVENTS)
+        {
+            Some(group) => group,
+            None => {
+                pending.push(Pending {
+                    topic: event.name().to_owned(),
+                    events: Vec::new(),
+                    callers: Arc::default(),
+                });
+                pending.last_mut().expect("just pushed")
+            }
+        };
+        group.events.push(event);
+        let slot = {
+            let mut slots = lock(&group.callers.0);
+            slots.results.push(None);
+            slots.wakers.push(None);
+            slots.waiting.push(true);
+            slots.results.len() - 1
+        };
+        let callers = Arc::clone(&group.callers);
+        drop(pending);
+        if first {
+            self.gather.handover.notify_one();
+        }
+        self.wakeups.caller_waits();
+        GatheredPublish {
+            driver: Arc::clone(self),
+            callers,
+            slot,
+            done: false,
+        }
+    }
+
+    /// Hands the events gathered to the engine whenever there are some, after the tasks
+    /// ready then; when the node is killed, their callers hear it.
+    pub(crate) async fn run_gather(self: &Arc<Self>, killed: &CancellationToken) {
+        loop {
+            tokio::select! {
+                () = killed.cancelled() => break,
+                () = self.gather.handover.notified() => {}
+            }
+            let groups = std::mem::take(&mut *lock(&self.gather.pending));
+            for group in groups {
+                self.hand_over(group);
+            }
+        }
+        let groups = std::mem::take(&mut *lock(&self.gather.pending));
+        for group in groups {
+            let mut wake = Vec::new();
+            let slots: SmallVec<[usize; 8]> = (0..group.events.len()).collect();
+            Claim {
+                callers: group.callers,
+                slots,
+            }
+            .settle(None, &mut wake);
+            wake.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Publishes a topic's gathered events as one operation (or each alone, when the
+    /// engine refuses them together: one may be too large), skipping those whose callers
+    /// gave up.
+    fn hand_over(self: &Arc<Self>, group: Pending) {
+        let callers = group.callers;
+        let (events, slots): (Vec<Message>, SmallVec<[usize; 8]>) = {
+            let waiting = &lock(&callers.0).waiting;
+            group
+                .events
+                .into_iter()
+                .enumerate()
+                .filter(|(slot, _)| waiting[*slot])
+                .map(|(slot, event)| (event, slot))
+                .unzip()
+        };
+        if events.is_empty() {
+            return;
+        }
+        let ids: SmallVec<[MessageId; 8]> = events.iter().map(Message::id).collect();
+        let mut events: Events = events.into_iter().collect();
+        let options = PublishOptions::default();
+        let mut wake = Vec::new();
+        self.call_state(|state, now| {
+            match state.engine.publish_each(&mut events, &options, now) {
+                Ok(published) => claim(state, published, &callers, slots, &ids, &mut wake),
+                // Taken, then refused (not expected): every caller hears why.
+                Err(e) if events.is_empty() => {
+                    Claim {
+                        callers: Arc::clone(&callers),
+                        slots,
+                    }
+                    .settle(Some(Err(e)), &mut wake);
+                }
+                // Refused as they were: each goes alone, and hears its own result.
+                Err(_) => {
+                    for ((event, slot), id) in events.drain(..).zip(slots).zip(&ids) {
+                        let published =
+                            state
+                                .engine
+                                .publish(smallvec::smallvec![event], false, &options, now);
+                        match published {
+                            Ok(published) => claim(
+                                state,
+                                published,
+                                &callers,
+                                smallvec::smallvec![slot],
+                                &[*id],
+                                &mut wake,
+                            ),
+                            Err(e) => {
+                                let mut slots = lock(&callers.0);
+                                slots.results[slot] = Some(Err(e));
+                                wake.extend(slots.wakers[slot].take());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        wake.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Tells the callers in `slots` what `published` says now, or has `state` tell them when its
+/// operation completes.
+fn claim(
+    state: &mut State,
+    published: Publishing,
+    callers: &Arc<Callers>,
+    slots: SmallVec<[usize; 8]>,
+    ids: &[MessageId],
+    wake: &mut Vec<Waker>,
+) {
+    match published {
+        Publishing::Waiting(op) => {
+            lock(&callers.0).ops.push(op);
+            let claim = Claim {
+                callers: Arc::clone(callers),
+                slots,
+            };
+            // Completed while it was handed over (nothing to wait for after all): settled now.
+            match state.engine.take_result(op) {
+                Some(result) => claim.settle(Some(result), wake),
+                None => {
+                    state.claims.insert(op, claim);
+                }
+            }
+        }
+        // Nobody subscribes: every caller gets a receipt of its own event saying so.
+        Publishing::Done(receipt) => {
+            let mut lock = lock(&callers.0);
+            for (slot, id) in slots.iter().zip(ids) {
+                lock.results[*slot] = Some(Ok(PublishReceipt {
+                    id: *id,
+                    ..receipt.clone()
+                }));
+                wake.extend(lock.wakers[*slot].take());
+            }
+        }
+    }
+}
+
+/// A gathered event's caller: resolves with the event's own result.
+pub(crate) struct GatheredPublish {
+    driver: Arc<Driver>,
+    callers: Arc<Callers>,
+    slot: usize,
+    done: bool,
+}
+
+impl Future for GatheredPublish {
+    type Output = Result<PublishReceipt, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let slot = self.slot;
+        let mut slots = lock(&self.callers.0);
+        if let Some(result) = slots.results[slot].take() {
+            drop(slots);
+            self.done = true;
+            return Poll::Ready(result);
+        }
+        match &slots.wakers[slot] {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slots.wakers[slot] = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for GatheredPublish {
+    fn drop(&mut self) {
+        self.driver.wakeups.caller_done();
+        if self.done {
+            return;
+        }
+        // Gave up: an event not handed over yet is not published; once every caller of an
+        // operation gave up, the operation is cancelled.
+        let ops = {
+            let mut slots = lock(&self.callers.0);
+            slots.waiting[self.slot] = false;
+            slots.wakers[self.slot] = None;
+            if slots.waiting.iter().any(|w| *w) {
+                return;
+            }
+            std::mem::take(&mut slots.ops)
+        };
+        for op in ops {
+            self.driver.cancel_gathered(op);
+        }
+    }
+}
