@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use shoal_proto::{NodeId, ReturnAddress, SmolStr};
 
 use crate::engine::Done;
 use crate::handler::{self, HandlerError, IntoReply};
 use crate::runtime::Driver;
+use crate::runtime::gather::Bound;
 use crate::runtime::op::OpFuture;
 use crate::trace::{self, Sending};
 use crate::{Error, Message, Receipt, SendOptions};
@@ -143,6 +145,13 @@ impl Node {
     ///
     /// The message is on its way from the call on: the node delivers it whether or not the
     /// returned future is polled. Dropping the future stops retrying.
+    ///
+    /// On a `current_thread` runtime, an unkeyed command sent with the default options while
+    /// other calls of the node wait joins the commands sent to `service` in the same turn of
+    /// the runtime, and they go to the engine as one operation, each still handled on its own
+    /// and with a receipt or error of its own (README, "Calls gathered in one turn").
+    /// Dropping the future before that hand-over takes the message back; after it, the
+    /// message is delivered with the others.
     pub fn send(
         &self,
         service: &str,
@@ -161,13 +170,23 @@ impl Node {
         let driver = Arc::clone(self.driver());
         msg.address_replies(&driver.service, driver.id);
         let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
-        let started = trace::within(&span, || {
-            driver.call(|engine, now| engine.send(service, msg, &options, now))
-        });
-        let op = started.map(|op| OpFuture::new(driver, op));
+        // While other calls wait, it joins the commands sent to `service` in this turn
+        // (`runtime/gather.rs`).
+        let started = if driver.gathers_command(&msg, &options) && !service.is_empty() {
+            Either::Left(driver.gather(Bound::Service(service.to_owned()), msg))
+        } else {
+            let started = trace::within(&span, || {
+                driver.call(|engine, now| engine.send(service, msg, &options, now))
+            });
+            Either::Right(started.map(|op| OpFuture::new(driver, op)))
+        };
         trace::instrumented(
             async move {
-                match op?.await? {
+                let done = match started {
+                    Either::Left(gathered) => gathered.await?,
+                    Either::Right(op) => op?.await?,
+                };
+                match done {
                     Done::Sent(receipt) => Ok(receipt),
                     other => Err(unexpected(&other)),
                 }

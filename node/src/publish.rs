@@ -15,6 +15,7 @@ use shoal_proto::NodeId;
 
 use crate::engine::Done;
 use crate::engine::send::{Events, Publishing};
+use crate::runtime::gather::Bound;
 use crate::runtime::op::OpFuture;
 use crate::trace::{self, Sending};
 use crate::{Error, Message, Node, PublishOptions, PublishReceipt};
@@ -55,7 +56,12 @@ impl Node {
     ///
     /// Events published one by one travel together when they are published together: copies
     /// queued for one connection leave in one write, sharing their common header, and are
-    /// acknowledged in ranges.
+    /// acknowledged in ranges. On a `current_thread` runtime, a lone reliable event published
+    /// with the default options while other calls of the node wait joins the events published
+    /// on its topic in the same turn of the runtime, and they go to the engine as one
+    /// operation, each still handled on its own and with a receipt or error of its own
+    /// (README, "Calls gathered in one turn"). Dropping this future before that hand-over
+    /// takes the event back; after it, the event is delivered with the others.
     pub fn publish_with(
         &self,
         event: Message,
@@ -108,10 +114,20 @@ impl Node {
         // (`runtime/gather.rs`).
         if !batched
             && let [event] = events.as_slice()
-            && driver.gathers(event, &options)
+            && driver.gathers_event(event, &options)
         {
             let event = events.pop().expect("one event");
-            return Either::Left(trace::instrumented(driver.gather(event), span));
+            let bound = Bound::Topic(event.name().to_owned());
+            let gathered = driver.gather(bound, event);
+            return Either::Left(trace::instrumented(
+                async move {
+                    match gathered.await? {
+                        Done::Published(receipt) => Ok(receipt),
+                        other => Err(crate::node::unexpected(&other)),
+                    }
+                },
+                span,
+            ));
         }
         let started = trace::within(&span, || {
             driver.call(|engine, now| engine.publish(events, batched, &options, now))

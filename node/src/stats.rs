@@ -44,10 +44,10 @@ pub struct NodeStats {
     pub connections: u64,
     /// Events published by this node (each event of a batch counts).
     pub published: u64,
-    /// Of `published`, lone events that travelled to the engine with others published in the
-    /// same turn, as one operation with a result for each (README, "Lone events published
-    /// together"): each such event saved its own delivery, attempt and timer per audience.
-    pub published_together: u64,
+    /// Lone events published and commands sent by separate calls that travelled to the
+    /// engine with others of the same turn, as one operation with a result for each (README,
+    /// "Calls gathered in one turn"): each saved its own delivery, attempt and timer.
+    pub gathered: u64,
     /// Writes to peers' connections: each hands QUIC every message, ack and reply queued for
     /// that peer at the time, so messages sent per write says how well traffic batches (about
     /// one on a quiet connection, where a message leaves at once; many under load).

@@ -135,9 +135,12 @@ pub(crate) enum Done {
     Replied(Message),
     /// Every audience of an event acknowledged (or was dropped).
     Published(PublishReceipt),
-    /// The events of separate `publish` calls that travelled together (`send/each.rs`): each
-    /// one's result, in the order they were handed over.
+    /// The lone events of separate `publish` calls that travelled together
+    /// (`send/each.rs`): each one's result, in the order they were handed over.
     PublishedEach(Vec<Result<PublishReceipt, crate::Error>>),
+    /// The commands of separate `send` calls that travelled together (`send/each.rs`): each
+    /// one's result, in the order they were handed over.
+    SentEach(Vec<Result<Receipt, crate::Error>>),
     /// A ping was answered after this long.
     Pong(Duration),
 }

@@ -158,6 +158,11 @@ impl<H: Clone> Engine<H> {
             return;
         }
         let result = match o.kind {
+            // Separate calls' messages (send/each.rs): a result for each.
+            OpKind::Send | OpKind::Publish if o.each.is_some() => {
+                let mut each = o.each.take().expect("checked above");
+                Ok(each.results(o))
+            }
             OpKind::Send | OpKind::Reply => match (o.sent, o.error.take()) {
                 (Some(receipt), _) => Ok(Done::Sent(receipt)),
                 (None, Some(e)) => Err(e),
@@ -169,12 +174,6 @@ impl<H: Clone> Engine<H> {
                 // bounds the wait).
                 None => return,
             },
-            OpKind::Publish if o.each.is_some() => {
-                let mut each = o.each.take().expect("checked above");
-                let results = each.results(o);
-                o.each = Some(each);
-                Ok(results)
-            }
             OpKind::Publish | OpKind::Background => match o.error.take() {
                 Some(e) => Err(e),
                 None => Ok(Done::Published(PublishReceipt {

@@ -264,7 +264,7 @@ impl<H: Clone> Engine<H> {
 
     /// Refuses a target service name no node can have: empty, or longer than the limits
     /// allow (as a message name that long is refused), before anything is sent.
-    fn check_service(&self, service: &str) -> Result<(), Error> {
+    pub(super) fn check_service(&self, service: &str) -> Result<(), Error> {
         if service.is_empty() {
             return Err(Error::EmptyServiceName);
         }

@@ -16,7 +16,7 @@ pub(super) struct Counters {
     pub(super) malformed_frames: u64,
     pub(super) connections: u64,
     pub(super) published: u64,
-    pub(super) published_together: u64,
+    pub(super) gathered: u64,
     pub(super) writes: u64,
     pub(super) events_unrouted: u64,
     pub(super) events_dropped: u64,
@@ -50,7 +50,7 @@ impl Counters {
             addresses_penalised: 0, // counted by the transport too
             connections: self.connections,
             published: self.published,
-            published_together: self.published_together,
+            gathered: self.gathered,
             writes: self.writes,
             events_unrouted: self.events_unrouted,
             events_dropped: self.events_dropped,

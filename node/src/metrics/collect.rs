@@ -60,9 +60,9 @@ impl Collector for NodeCollector {
                 stats.published,
             ),
             (
-                "shoal_events_published_together",
-                "Lone events published that travelled with others of the same turn as one operation.",
-                stats.published_together,
+                "shoal_messages_gathered",
+                "Lone events and commands of separate calls that travelled with others of the same turn as one operation.",
+                stats.gathered,
             ),
             (
                 "shoal_events_unrouted",

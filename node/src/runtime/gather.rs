@@ -1,28 +1,30 @@
-//! Lone events published while other calls wait travel to the engine together.
+//! Lone events published, or commands sent, while other calls wait travel to the engine
+//! together.
 //!
-//! With many `publish` calls in flight (a service publishing from many tasks), each call
-//! used to be an operation of its own: its own delivery per audience, attempt, timer, ack
-//! and engine call. Its messages already shared writes and acks on the wire, but that
-//! bookkeeping cost a publisher about three times what a `publish_batch` pays per event.
+//! With many `publish` or `send` calls in flight (a service calling from many tasks), each
+//! call used to be an operation of its own: its own delivery per destination, attempt, timer,
+//! ack and engine call. Its messages already shared writes and acks on the wire, but that
+//! bookkeeping cost about three times what an event of a `publish_batch` pays.
 //!
-//! So on a `current_thread` runtime, a lone reliable event published while other calls of
-//! the node wait is not handed to the engine at once: it joins the events published on its
-//! topic in the same turn of the runtime, and a task of the node ([`Driver::run_gather`])
-//! hands them over together once the tasks ready now have run, as one operation whose
-//! events stay independent (`engine/send/each.rs`: each handled on its own, refused or
-//! retried alone, each caller with its own receipt or error). No timer is involved: the
-//! events wait for the tasks already ready to run, as a busy connection's writes do
-//! (`transport/connection.rs`). A publish with no other call waiting (one publish at a time,
-//! or the first after a quiet spell) goes at once, as before.
+//! So on a `current_thread` runtime, a lone reliable event published (or command sent) with
+//! the default options while other calls of the node wait is not handed to the engine at once:
+//! it joins those published on its topic (sent to its service) in the same turn of the
+//! runtime, and a task of the node ([`Driver::run_gather`]) hands them over together once the
+//! tasks ready now have run, as one operation whose messages stay independent
+//! (`engine/send/each.rs`: each handled on its own, refused or retried alone, each caller with
+//! its own receipt or error). No timer is involved: the messages wait for the tasks already
+//! ready to run, as a busy connection's writes do (`transport/connection.rs`). A call with no
+//! other call waiting (one at a time, or the first after a quiet spell) goes at once, as
+//! before.
 //!
-//! Not gathered: batches, keyed or best-effort events, background publishes, publishes with
-//! options of their own, nodes with a multicast channel, and every publish on tokio's
+//! Not gathered: batches, keyed, best-effort or background messages, calls with options of
+//! their own, payloads over 16 KiB, nodes with a multicast channel, and every call on tokio's
 //! multi-thread runtime (where callers are not counted, `wakeups.rs`).
 //!
-//! A caller that drops its future before its event was handed over takes the event back: it
-//! is not published. Once handed over, the event goes on with the others (as a lone event
-//! that left goes on when its caller gives up); the operation is cancelled when every caller
-//! gave up.
+//! A caller that drops its future before its message was handed over takes the message back:
+//! it is not sent. Once handed over, the message goes on with the others (as a lone message
+//! already written goes on when its caller gives up); the operation is cancelled when every
+//! caller gave up.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -36,41 +38,50 @@ use tokio_util::sync::CancellationToken;
 use super::{Driver, State};
 use crate::engine::send::{Events, MAX_TOGETHER_PAYLOAD, Publishing};
 use crate::engine::{Done, OpId};
-use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
+use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
 use crate::receipts::PublishReceipt;
 use crate::sync::lock;
 use crate::{Error, Message, MessageId};
 
-/// Events waiting to be handed to the engine, by topic.
+/// Messages waiting to be handed to the engine, by destination.
 #[derive(Default)]
 pub(crate) struct Gather {
     pending: Mutex<Vec<Pending>>,
-    /// Tells [`Driver::run_gather`] that events wait.
+    /// Tells [`Driver::run_gather`] that messages wait.
     handover: Notify,
 }
 
-/// The events of one topic gathered in one turn.
+/// Where gathered messages go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// Events published on this topic.
+    Topic(String),
+    /// Commands sent to this service.
+    Service(String),
+}
+
+/// The messages for one destination gathered in one turn.
 struct Pending {
-    topic: String,
-    events: Vec<Message>,
+    bound: Bound,
+    messages: Vec<Message>,
     callers: Arc<Callers>,
 }
 
-/// The callers whose events travel together: a slot each, in the order they published.
+/// The callers whose messages travel together: a slot each, in the order they called.
 #[derive(Default)]
 struct Callers(Mutex<Slots>);
 
 #[derive(Default)]
 struct Slots {
-    results: Vec<Option<Result<PublishReceipt, Error>>>,
+    results: Vec<Option<Result<Done, Error>>>,
     wakers: Vec<Option<Waker>>,
     /// Whether each caller still waits.
     waiting: Vec<bool>,
-    /// The operations their events went in (one, or one per event when they went alone).
+    /// The operations their messages went in (one, or one each when they went alone).
     ops: SmallVec<[OpId; 1]>,
 }
 
-/// Which callers an operation's results go to: its events' slots, in the operation's order.
+/// Which callers an operation's results go to: its messages' slots, in the operation's order.
 pub(super) struct Claim {
     callers: Arc<Callers>,
     slots: SmallVec<[usize; 8]>,
@@ -80,10 +91,13 @@ impl Claim {
     /// Hands the operation's `result` to its callers, whose wakers go in `wake`.
     pub(super) fn settle(self, result: Option<Result<Done, Error>>, wake: &mut impl Extend<Waker>) {
         let mut slots = lock(&self.callers.0);
-        let results: Vec<Result<PublishReceipt, Error>> = match result {
-            Some(Ok(Done::PublishedEach(each))) => each,
-            Some(Ok(Done::Published(receipt))) => vec![Ok(receipt)],
-            Some(Ok(other)) => vec![Err(crate::node::unexpected(&other))],
+        let results: Vec<Result<Done, Error>> = match result {
+            Some(Ok(Done::PublishedEach(each))) => {
+                each.into_iter().map(|r| r.map(Done::Published)).collect()
+            }
+            Some(Ok(Done::SentEach(each))) => each.into_iter().map(|r| r.map(Done::Sent)).collect(),
+            // One message's own operation (it went alone).
+            Some(Ok(done)) => vec![Ok(done)],
             Some(Err(e)) => self.slots.iter().map(|_| Err(e.duplicate())).collect(),
             None => self
                 .slots
@@ -101,36 +115,46 @@ impl Claim {
 impl Driver {
     /// Whether `event`, published with `options`, joins the events of this turn rather than
     /// going to the engine at once (see the module docs).
-    pub(crate) fn gathers(&self, event: &Message, options: &PublishOptions) -> bool {
+    pub(crate) fn gathers_event(&self, event: &Message, options: &PublishOptions) -> bool {
         options.reliability == Reliability::Reliable
             && !options.background
             && options.retry.is_none()
             && options.hold_for.is_none()
-            && event.key().is_none()
-            && event.payload().len() <= MAX_TOGETHER_PAYLOAD
+            && self.gathers(event)
+    }
+
+    /// Whether `command`, sent with `options`, joins the commands of this turn rather than
+    /// going to the engine at once (see the module docs).
+    pub(crate) fn gathers_command(&self, command: &Message, options: &SendOptions) -> bool {
+        options.retry.is_none() && !options.fail_fast && self.gathers(command)
+    }
+
+    fn gathers(&self, message: &Message) -> bool {
+        message.key().is_none()
+            && message.payload().len() <= MAX_TOGETHER_PAYLOAD
             && self.wakeups.others_waiting()
             && self.read(|engine| engine.gathers_events())
     }
 
-    /// Adds `event` to the events of this turn; resolves with its own result.
-    pub(crate) fn gather(self: &Arc<Self>, event: Message) -> GatheredPublish {
+    /// Adds `message` to those for `bound` of this turn; resolves with its own result.
+    pub(crate) fn gather(self: &Arc<Self>, bound: Bound, message: Message) -> Gathered {
         let mut pending = lock(&self.gather.pending);
         let first = pending.is_empty();
         let group = match pending
             .iter_mut()
-            .find(|p| p.topic == event.name() && p.events.len() < MAX_BATCH_EVENTS)
+            .find(|p| p.bound == bound && p.messages.len() < MAX_BATCH_EVENTS)
         {
             Some(group) => group,
             None => {
                 pending.push(Pending {
-                    topic: event.name().to_owned(),
-                    events: Vec::new(),
+                    bound,
+                    messages: Vec::new(),
                     callers: Arc::default(),
                 });
                 pending.last_mut().expect("just pushed")
             }
         };
-        group.events.push(event);
+        group.messages.push(message);
         let slot = {
             let mut slots = lock(&group.callers.0);
             slots.results.push(None);
@@ -144,7 +168,7 @@ impl Driver {
             self.gather.handover.notify_one();
         }
         self.wakeups.caller_waits();
-        GatheredPublish {
+        Gathered {
             driver: Arc::clone(self),
             callers,
             slot,
@@ -152,7 +176,7 @@ impl Driver {
         }
     }
 
-    /// Hands the events gathered to the engine whenever there are some, after the tasks
+    /// Hands the messages gathered to the engine whenever there are some, after the tasks
     /// ready then; when the node is killed, their callers hear it.
     pub(crate) async fn run_gather(self: &Arc<Self>, killed: &CancellationToken) {
         loop {
@@ -168,7 +192,7 @@ impl Driver {
         let groups = std::mem::take(&mut *lock(&self.gather.pending));
         for group in groups {
             let mut wake = Vec::new();
-            let slots: SmallVec<[usize; 8]> = (0..group.events.len()).collect();
+            let slots: SmallVec<[usize; 8]> = (0..group.messages.len()).collect();
             Claim {
                 callers: group.callers,
                 slots,
@@ -178,55 +202,68 @@ impl Driver {
         }
     }
 
-    /// Publishes a topic's gathered events as one operation (or each alone, when the
-    /// engine refuses them together: one may be too large), skipping those whose callers
-    /// gave up.
+    /// Hands a destination's gathered messages to the engine as one operation (or each
+    /// alone, when the engine refuses them together: one may break a limit), skipping those
+    /// whose callers gave up.
     fn hand_over(self: &Arc<Self>, group: Pending) {
         let callers = group.callers;
-        let (events, slots): (Vec<Message>, SmallVec<[usize; 8]>) = {
+        let (messages, slots): (Events, SmallVec<[usize; 8]>) = {
             let waiting = &lock(&callers.0).waiting;
             group
-                .events
+                .messages
                 .into_iter()
                 .enumerate()
                 .filter(|(slot, _)| waiting[*slot])
-                .map(|(slot, event)| (event, slot))
+                .map(|(slot, message)| (message, slot))
                 .unzip()
         };
-        if events.is_empty() {
+        if messages.is_empty() {
             return;
         }
-        let ids: SmallVec<[MessageId; 8]> = events.iter().map(Message::id).collect();
-        let mut events: Events = events.into_iter().collect();
-        let options = PublishOptions::default();
+        let ids: SmallVec<[MessageId; 8]> = messages.iter().map(Message::id).collect();
+        let mut messages = messages;
         let mut wake = Vec::new();
         self.call_state(|state, now| {
-            match state.engine.publish_each(&mut events, &options, now) {
-                Ok(published) => claim(state, published, &callers, slots, &ids, &mut wake),
+            let together = match &group.bound {
+                Bound::Topic(_) => {
+                    let options = PublishOptions::default();
+                    state.engine.publish_each(&mut messages, &options, now)
+                }
+                Bound::Service(service) => state
+                    .engine
+                    .send_each(service, &mut messages, now)
+                    .map(Publishing::Waiting),
+            };
+            match together {
+                Ok(started) => claim(state, started, &callers, slots, &ids, &mut wake),
                 // Taken, then refused (not expected): every caller hears why.
-                Err(e) if events.is_empty() => {
-                    Claim {
+                Err(e) if messages.is_empty() => {
+                    let claim = Claim {
                         callers: Arc::clone(&callers),
                         slots,
-                    }
-                    .settle(Some(Err(e)), &mut wake);
+                    };
+                    claim.settle(Some(Err(e)), &mut wake);
                 }
                 // Refused as they were: each goes alone, and hears its own result.
                 Err(_) => {
-                    for ((event, slot), id) in events.drain(..).zip(slots).zip(&ids) {
-                        let published =
-                            state
-                                .engine
-                                .publish(smallvec::smallvec![event], false, &options, now);
-                        match published {
-                            Ok(published) => claim(
-                                state,
-                                published,
-                                &callers,
-                                smallvec::smallvec![slot],
-                                &[*id],
-                                &mut wake,
+                    for ((message, slot), id) in messages.drain(..).zip(slots).zip(&ids) {
+                        let alone = match &group.bound {
+                            Bound::Topic(_) => state.engine.publish(
+                                smallvec::smallvec![message],
+                                false,
+                                &PublishOptions::default(),
+                                now,
                             ),
+                            Bound::Service(service) => state
+                                .engine
+                                .send(service, message, &SendOptions::default(), now)
+                                .map(Publishing::Waiting),
+                        };
+                        match alone {
+                            Ok(started) => {
+                                let slots = smallvec::smallvec![slot];
+                                claim(state, started, &callers, slots, &[*id], &mut wake);
+                            }
                             Err(e) => {
                                 let mut slots = lock(&callers.0);
                                 slots.results[slot] = Some(Err(e));
@@ -270,26 +307,26 @@ fn claim(
         Publishing::Done(receipt) => {
             let mut lock = lock(&callers.0);
             for (slot, id) in slots.iter().zip(ids) {
-                lock.results[*slot] = Some(Ok(PublishReceipt {
+                lock.results[*slot] = Some(Ok(Done::Published(PublishReceipt {
                     id: *id,
                     ..receipt.clone()
-                }));
+                })));
                 wake.extend(lock.wakers[*slot].take());
             }
         }
     }
 }
 
-/// A gathered event's caller: resolves with the event's own result.
-pub(crate) struct GatheredPublish {
+/// A gathered message's caller: resolves with the message's own result.
+pub(crate) struct Gathered {
     driver: Arc<Driver>,
     callers: Arc<Callers>,
     slot: usize,
     done: bool,
 }
 
-impl Future for GatheredPublish {
-    type Output = Result<PublishReceipt, Error>;
+impl Future for Gathered {
+    type Output = Result<Done, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let slot = self.slot;
@@ -307,13 +344,13 @@ impl Future for GatheredPublish {
     }
 }
 
-impl Drop for GatheredPublish {
+impl Drop for Gathered {
     fn drop(&mut self) {
         self.driver.wakeups.caller_done();
         if self.done {
             return;
         }
-        // Gave up: an event not handed over yet is not published; once every caller of an
+        // Gave up: a message not handed over yet is not sent; once every caller of an
         // operation gave up, the operation is cancelled.
         let ops = {
             let mut slots = lock(&self.callers.0);

@@ -1,30 +1,37 @@
-//! Events of separate `publish` calls that travel as one operation, each with a result of its
-//! own.
+//! Messages of separate calls that travel as one operation, each with a result of its own:
+//! lone events of `publish` calls on one topic, or commands of `send` calls to one service.
 //!
-//! A node with many `publish` calls in flight gathers the lone events published in one turn
-//! of its runtime (`runtime/gather.rs`) and hands them to the engine together
-//! ([`Engine::publish_each`]). They become one operation with one delivery per audience, as a
-//! batch does, so what a batch shares (the operation, the audiences, each audience's delivery,
-//! attempt, timer and ack) is paid once for all of them. Unlike a batch's, the events stay
-//! independent:
+//! A node with many calls in flight gathers the lone events published, or commands sent, in
+//! one turn of its runtime (`runtime/gather.rs`) and hands them to the engine together
+//! ([`Engine::publish_each`], [`Engine::send_each`]). They become one operation with one
+//! delivery per audience (or one to the service), as a batch does, so what a batch shares
+//! (the operation, the audiences, each delivery's attempt, timer and ack) is paid once for all
+//! of them. Unlike a batch's, the messages stay independent:
 //!
-//! - they are not a run: each is handled on its own, in any order, as if published alone;
-//! - a refusal is the refused event's alone: a permanent nack dead-letters that event (its
-//!   caller gets [`Error::DeadLettered`]) and the attempt goes on for the others; a retryable
-//!   one is retried with the others not acknowledged, as a lone event's would be;
-//! - each caller gets a receipt with its own event's id, or its own error
-//!   ([`Done::PublishedEach`]).
+//! - they are not a run: each is handled on its own, in any order, as if sent alone;
+//! - a refusal is the refused message's alone: a permanent nack dead-letters that message
+//!   (its caller gets [`Error::DeadLettered`]) and the attempt goes on for the others; a
+//!   retryable one is retried with the others not acknowledged, once the attempt's other
+//!   messages are answered;
+//! - each caller gets a receipt with its own message's id, or its own error
+//!   ([`Done::PublishedEach`], [`Done::SentEach`]).
 //!
-//! What the events share is what lone events to the same audiences would have had anyway:
-//! the instance each audience's copies went to and the attempts the delivery took, which the
-//! receipts report alike.
+//! What the messages share is what lone messages to the same destinations would have had
+//! anyway: the instance each delivery went to and the attempts it took, which the receipts
+//! report alike.
 
+use std::time::Instant;
+
+use shoal_proto::codec::EncodedItem;
+use shoal_proto::{Envelope, To};
 use smallvec::SmallVec;
 
 use super::super::Engine;
-use super::super::action::Done;
+use super::super::action::{Done, OpId};
+use super::super::delivery::Spec;
 use super::super::outcome::letter;
-use super::{DeliveryId, Op};
+use super::super::peers::{Route, Target};
+use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
 use crate::Error;
 use crate::receipts::PublishReceipt;
 
@@ -59,29 +66,125 @@ impl Each {
         }
     }
 
-    /// Each event's result once every delivery ended: its own failure, the operation's (one
-    /// that stopped every delivery), or a receipt listing the audiences' copies.
+    /// Each message's result once every delivery ended: its own failure, the operation's
+    /// (one that stopped every delivery), or a receipt with its own id: for an event, listing
+    /// the audiences' copies; for a command, naming the instance that handled it.
     pub(in crate::engine) fn results(&mut self, op: &mut Op) -> Done {
-        let results = op
+        let error = op.error.take();
+        let each = op
             .messages
             .iter()
             .zip(self.errors.iter_mut())
-            .map(|(message, error)| match (error.take(), &op.error) {
+            .map(|(message, failed)| match (failed.take(), &error) {
                 (Some(e), _) => Err(e),
                 (None, Some(e)) => Err(e.duplicate()),
-                (None, None) => Ok(PublishReceipt {
-                    id: message.id,
-                    deliveries: op.copies.clone(),
-                    dropped: op.dropped.clone(),
-                }),
-            })
-            .collect();
-        op.error = None;
-        Done::PublishedEach(results)
+                (None, None) => Ok(message.id),
+            });
+        match op.kind {
+            OpKind::Send => {
+                let sent = op.sent;
+                Done::SentEach(
+                    each.map(|result| {
+                        let id = result?;
+                        let mut receipt = sent.ok_or(Error::ShuttingDown)?;
+                        receipt.id = id;
+                        Ok(receipt)
+                    })
+                    .collect(),
+                )
+            }
+            _ => Done::PublishedEach(
+                each.map(|result| {
+                    Ok(PublishReceipt {
+                        id: result?,
+                        deliveries: op.copies.clone(),
+                        dropped: op.dropped.clone(),
+                    })
+                })
+                .collect(),
+            ),
+        }
     }
 }
 
 impl<H: Clone> Engine<H> {
+    /// Sends the commands of separate calls, all to `service` without a key and with the
+    /// default options, as one operation in which each is handled on its own and has a
+    /// result of its own ([`Done::SentEach`]).
+    ///
+    /// Refused before anything is taken from `messages` (so that each can be sent alone and
+    /// hear its own error) when they cannot go together or one breaks a limit.
+    pub(crate) fn send_each(
+        &mut self,
+        service: &str,
+        messages: &mut Events,
+        now: Instant,
+    ) -> Result<OpId, Error> {
+        self.check_service(service)?;
+        self.accepting(OpKind::Send)?;
+        self.may_travel_together(messages)?;
+        let limits = &self.config.limits;
+        let mut envelopes: SmallVec<[Box<Envelope>; 1]> = SmallVec::with_capacity(messages.len());
+        let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(messages.len());
+        for message in messages.drain(..) {
+            let mut envelope = message.env;
+            envelope.attempt = 1;
+            let item = EncodedItem::from_envelope_in(&envelope, None, limits, &mut self.out.arena)?;
+            envelopes.push(envelope);
+            items.push((1, item));
+        }
+        let head = encoded_head(
+            &mut self.out.heads,
+            &envelopes[0],
+            To::Handler,
+            (true, false),
+            items.iter().map(|(_, item)| item),
+            limits,
+        )?;
+        let spec = Spec {
+            policy: self.config.retry.clone(),
+            fail_fast: false,
+            hold: None,
+            reliable: true,
+            ordered: false,
+        };
+        let route = Route::Service(Target::service(self.names.get(service)));
+        self.stats.gathered += envelopes.len() as u64;
+        let mut op = new_op(OpKind::Send, envelopes, items, 1);
+        op.each = Some(Box::new(Each::new(op.messages.len())));
+        let op = self.out.insert_op(op);
+        self.add_delivery(op, route, head, spec, None, now);
+        Ok(op)
+    }
+
+    /// Refuses messages that cannot travel together, before anything is taken from them: a
+    /// key (its order is kept by turns, one message at a time), or one too large or that
+    /// breaks a limit (it would fail them all once taken).
+    pub(in crate::engine) fn may_travel_together(&self, messages: &Events) -> Result<(), Error> {
+        let limits = &self.config.limits;
+        if messages.is_empty() || messages.iter().any(|m| m.key().is_some()) {
+            return Err(Error::InvalidBatch(
+                "separate calls' messages travel together only when there are some, unkeyed".into(),
+            ));
+        }
+        if limits.max_frame_len < MIN_FRAME_LEN
+            || messages.iter().any(|m| m.payload().len() > MAX_PAYLOAD)
+        {
+            return Err(Error::InvalidBatch(
+                "a message too large to travel with others".into(),
+            ));
+        }
+        match messages
+            .iter()
+            .find_map(|m| shoal_proto::validate_envelope(m.envelope(), limits).err())
+        {
+            Some(e) => Err(Error::InvalidBatch(format!(
+                "a message breaks a limit: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The receiver refused message `index` of `d` for good: in an operation of separate
     /// events, that event alone is dead-lettered (and not sent again), and the attempt goes
     /// on for the others. Says whether `d` is such a delivery; if not, nothing changed.

@@ -22,7 +22,7 @@ use super::super::fanout::Audience;
 use super::super::ordering::Destination;
 use super::super::peers::Route;
 use super::super::{Engine, topic};
-use super::{Each, OpKind, batch_head, each, encoded_head, new_op};
+use super::{Each, OpKind, batch_head, encoded_head, new_op};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::PublishReceipt;
 use crate::{Error, Message};
@@ -81,30 +81,18 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) -> Result<Publishing, Error> {
         let reliable = options.reliability == Reliability::Reliable;
-        if !reliable || options.background || events.iter().any(|e| e.key().is_some()) {
+        if !reliable || options.background {
             return Err(Error::InvalidBatch(
-                "separate events travel together only when reliable, waited for and unkeyed".into(),
+                "separate events travel together only when reliable and waited for".into(),
             ));
         }
-        let limits = &self.config.limits;
-        if limits.max_frame_len < each::MIN_FRAME_LEN
-            || events.iter().any(|e| e.payload().len() > each::MAX_PAYLOAD)
-        {
-            return Err(Error::InvalidBatch(
-                "an event too large to travel with others".into(),
-            ));
-        }
-        if let Some(e) = events
-            .iter()
-            .find_map(|e| shoal_proto::validate_envelope(e.envelope(), limits).err())
-        {
-            return Err(Error::InvalidBatch(format!("an event breaks a limit: {e}")));
-        }
+        self.may_travel_together(events)?;
         self.publish_shaped(events, Shape::Each, options, now)
     }
 
-    /// Whether separate calls' events may travel together ([`Engine::publish_each`]): not on
-    /// a node with a multicast channel, whose copies go one event at a time.
+    /// Whether separate calls' messages may travel together ([`Engine::publish_each`],
+    /// [`Engine::send_each`]): not on a node with a multicast channel, whose copies go one
+    /// event at a time.
     pub(crate) fn gathers_events(&self) -> bool {
         self.channels.is_none()
     }
@@ -178,7 +166,7 @@ impl<H: Clone> Engine<H> {
         let count = envelopes.len() as u64;
         self.stats.published += count;
         if shape == Shape::Each {
-            self.stats.published_together += count;
+            self.stats.gathered += count;
         }
         let audiences = self.peers.audiences(&self.conns, &topic, now);
         if audiences.is_empty() {

@@ -1,5 +1,5 @@
-//! Separate calls' events that travel as one operation (`send/each.rs`): one delivery per
-//! audience for all of them, and each event's fate its own.
+//! Separate calls' messages that travel as one operation (`send/each.rs`): one delivery per
+//! destination for all of them, and each message's fate its own.
 
 #![cfg(test)]
 
@@ -266,4 +266,88 @@ fn events_that_cannot_travel_together_are_refused_and_left_to_go_alone() {
         assert_eq!(events.len(), count, "nothing taken: each can go alone");
     }
     assert!(engine.out.ops.is_empty());
+}
+
+/// Each command's result.
+fn sent_each(result: Option<&Result<Done, Error>>) -> &[Result<crate::Receipt, Error>] {
+    match result {
+        Some(Ok(Done::SentEach(each))) => each,
+        other => panic!("not separate commands' results: {other:?}"),
+    }
+}
+
+#[test]
+fn separate_commands_share_a_delivery_and_each_is_handled_once_with_its_own_receipt() {
+    let mut sim = Sim::new(320);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.connect(orders, billing);
+    let log = Rc::default();
+    sim.handle(
+        billing,
+        "charge",
+        logging(&log, |n, _| {
+            if n == 4 {
+                Handled::fail(HandlerError::permanent("card declined"))
+            } else {
+                Handled::ok_after(Duration::from_millis(5))
+            }
+        }),
+    );
+    let commands: Vec<Message> = (0..8)
+        .map(|i| sim.command("charge", i.to_string()))
+        .collect();
+    let ids: Vec<MessageId> = commands.iter().map(Message::id).collect();
+    let op = sim.send_each(orders, "billing", commands).expect("sent");
+    assert_eq!(sim.nodes[orders].engine.out.deliveries.len(), 1);
+    assert!(sim.run_for(SECOND));
+    let billing_id = sim.nodes[billing].engine.id();
+    for (n, (result, id)) in sent_each(sim.result(orders, op))
+        .iter()
+        .zip(&ids)
+        .enumerate()
+    {
+        match result {
+            Ok(receipt) => {
+                assert_ne!(n, 4, "the declined command was acknowledged");
+                assert_eq!(
+                    (receipt.id, receipt.node, receipt.attempts),
+                    (*id, billing_id, 1)
+                );
+            }
+            Err(Error::DeadLettered(letter)) if n == 4 => assert_eq!(letter.message.id(), *id),
+            Err(e) => panic!("command {n}: {e}"),
+        }
+    }
+    let mut seen = log.borrow().clone();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..8).map(|n| (n, 1)).collect::<Vec<_>>(),
+        "each once"
+    );
+}
+
+#[test]
+fn separate_commands_fail_over_together_to_another_instance() {
+    let mut sim = Sim::new(321);
+    let orders = sim.node("orders");
+    let (b1, b2) = (sim.node("billing"), sim.node("billing"));
+    sim.handle(b1, "charge", |_| Handled::ok_after(10 * SECOND));
+    let log = Rc::default();
+    sim.handle(b2, "charge", logging(&log, |_, _| Handled::ok()));
+    sim.connect(orders, b1);
+    let commands: Vec<Message> = (0..5)
+        .map(|i| sim.command("charge", i.to_string()))
+        .collect();
+    let op = sim.send_each(orders, "billing", commands).expect("sent");
+    sim.connect(orders, b2);
+    sim.run_for(Duration::from_millis(100));
+    sim.crash(b1, Duration::from_millis(1500));
+    sim.run_for(Duration::from_millis(1600));
+    let b2_id = sim.nodes[b2].engine.id();
+    for result in sent_each(sim.result(orders, op)) {
+        let receipt = result.as_ref().expect("delivered");
+        assert_eq!((receipt.node, receipt.attempts), (b2_id, 2));
+    }
+    assert_eq!(log.borrow().len(), 5);
 }

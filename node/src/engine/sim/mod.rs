@@ -318,6 +318,21 @@ impl Sim {
         result
     }
 
+    /// `node` sends `commands` to `service` as separate calls' commands (`send/each.rs`).
+    pub(super) fn send_each(
+        &mut self,
+        node: usize,
+        service: &str,
+        commands: Vec<Message>,
+    ) -> Result<OpId, Error> {
+        let now = self.now;
+        let result = self.nodes[node]
+            .engine
+            .send_each(service, &mut commands.into(), now);
+        self.settle();
+        result
+    }
+
     /// `node` publishes `events` as separate calls' events (`send/each.rs`).
     pub(super) fn publish_each(
         &mut self,

@@ -11,8 +11,8 @@
 //!
 //! A schedule draws its faults (loss, duplication, delay and reordering of the frames that
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
-//! keyed sends, publishes, ordered batches and separate calls' events travelling together
-//! (`send/each.rs`), and a crash of one instance and a partition
+//! keyed sends, publishes, ordered batches and separate calls' commands and events travelling
+//! together (`send/each.rs`), and a crash of one instance and a partition
 //! healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
@@ -96,6 +96,24 @@ fn schedule(seed: u64) -> Result<u64, String> {
             .random_bool(0.5)
             .then(|| format!("customer-{}", sim.rng.random_range(0..4)));
         calls.push(match sim.rng.random_range(0..10) {
+            // Separate calls' commands travelling together (send/each.rs): unkeyed only.
+            4 if key.is_none() => {
+                let count = sim.rng.random_range(2..6);
+                let commands: Vec<Message> = (0..count)
+                    .map(|j| sim.command("charge", format!("{i}.{j}")))
+                    .collect();
+                let ids = commands.iter().map(Message::id).collect();
+                let op = sim
+                    .send_each(node, "billing", commands)
+                    .map_err(|e| format!("send_each refused: {e}"))?;
+                Call {
+                    node,
+                    op: Some(op),
+                    done: None,
+                    ids,
+                    key,
+                }
+            }
             0..=4 => {
                 let mut msg = sim.command("charge", format!("{i}"));
                 if let Some(key) = &key {
@@ -249,6 +267,21 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                             return Err(format!("call {index}: {group} acked {id}, never handled"));
                         }
                         acked(&group, *id);
+                    }
+                }
+            }
+            Ok(Done::SentEach(results)) => {
+                if results.len() != call.ids.len() {
+                    return Err(format!("call {index}: {} results", results.len()));
+                }
+                for (id, result) in call.ids.iter().zip(results) {
+                    match result {
+                        // The receipt names the instance of the last attempt; a command
+                        // acknowledged in an earlier one was handled by another.
+                        Ok(receipt) if receipt.id == *id && first_ok("charge", *id).is_some() => {}
+                        Ok(_) => return Err(format!("call {index}: {id} acked, never handled")),
+                        Err(Error::DeadLettered(_)) => {}
+                        Err(e) => return Err(format!("call {index}: {id}: {e}")),
                     }
                 }
             }

@@ -1,7 +1,7 @@
-//! Lone events published while other calls wait travel to the engine together
-//! (`node/src/runtime/gather.rs`): every caller still gets its own receipt or error, a refused
-//! event fails only its own caller, a caller that gives up before its event was handed over
-//! takes it back, and one publish at a time is never held.
+//! Lone events published and commands sent while other calls wait travel to the engine
+//! together (`node/src/runtime/gather.rs`): every caller still gets its own receipt or error,
+//! a refused message fails only its own caller, a caller that gives up before its message was
+//! handed over takes it back, and one call at a time is never held.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -79,7 +79,7 @@ async fn events_published_from_many_tasks_travel_together_each_with_its_own_rece
     let stats = orders.stats();
     assert_eq!(stats.published, 300);
     assert!(
-        stats.published_together > 0,
+        stats.gathered > 0,
         "published while others waited, yet none travelled together: {stats:?}"
     );
 }
@@ -103,7 +103,7 @@ async fn a_refused_event_fails_its_own_caller_only() {
     }
     assert_eq!(refused, 1, "only the refused event's caller failed");
     assert_eq!(orders.dead_letters().len(), 1);
-    assert!(orders.stats().published_together > 0);
+    assert!(orders.stats().gathered > 0);
     assert!(handled.lock().unwrap().values().all(|n| *n == 1));
 }
 
@@ -118,11 +118,7 @@ async fn one_publish_at_a_time_is_never_held_for_others() {
             .unwrap();
     }
     assert_eq!(handled.lock().unwrap().len(), 20);
-    assert_eq!(
-        orders.stats().published_together,
-        0,
-        "nothing waited beside them"
-    );
+    assert_eq!(orders.stats().gathered, 0, "nothing waited beside them");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -145,6 +141,69 @@ async fn a_publish_given_up_before_it_was_handed_over_is_not_sent() {
         stats.published, 2,
         "the event given up never reached the engine"
     );
-    assert_eq!(stats.published_together, 1, "the last one was gathered");
+    assert_eq!(stats.gathered, 1, "the last one was gathered");
     assert!(!handled.lock().unwrap().contains_key(&given_up_id));
+}
+
+/// A `billing` node whose `charge` handler counts what it handles and declines for good, at
+/// once, the command whose payload is `decline` (the others take a turn of its runtime); and
+/// a `shop` node that knows it.
+async fn billing_and_shop(mesh: &Mesh, decline: &'static str) -> (Node, Node, Handled) {
+    let billing = mesh.start("billing", &[]).await;
+    let handled: Handled = Arc::default();
+    let seen = Arc::clone(&handled);
+    billing.handle("charge", move |msg: Message| {
+        *seen.lock().unwrap().entry(msg.id()).or_default() += 1;
+        let declined = msg.payload().as_ref() == decline.as_bytes();
+        async move {
+            if declined {
+                return Err(HandlerError::permanent("card declined"));
+            }
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+    });
+    let shop = mesh.start("shop", &[billing.local_addr()]).await;
+    shop.wait_for_instances("billing", 1, WAIT).await.unwrap();
+    (billing, shop, handled)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn commands_sent_from_many_tasks_travel_together_and_a_declined_one_fails_alone() {
+    let mesh = Mesh::new();
+    let (billing, shop, handled) = billing_and_shop(&mesh, "42").await;
+    let mut calls = JoinSet::new();
+    for i in 0..300 {
+        let shop = shop.clone();
+        calls.spawn(async move {
+            let command = Message::command("charge", i.to_string());
+            let id = command.id();
+            (id, shop.send("billing", command).await)
+        });
+    }
+    let results = timeout(WAIT, calls.join_all())
+        .await
+        .expect("a send never returned");
+    let mut declined = 0;
+    for (id, result) in &results {
+        match result {
+            Ok(receipt) => {
+                assert_eq!(
+                    receipt.id, *id,
+                    "each caller's receipt names its own command"
+                );
+                assert_eq!(receipt.node, billing.id());
+            }
+            Err(Error::DeadLettered(letter)) => {
+                assert_eq!(letter.message.payload().as_ref(), b"42");
+                declined += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(declined, 1, "only the declined command's caller failed");
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 300);
+    assert!(handled.values().all(|n| *n == 1), "each handled once");
+    assert!(shop.stats().gathered > 0, "{:?}", shop.stats());
 }
