@@ -173,19 +173,19 @@ impl Error {
     /// operation (`engine/send/each.rs`) each hear of a failure of the whole. Those an
     /// operation can end with are copied as they are; any other (none is expected there)
     /// keeps its text in [`Error::Internal`].
-    pub(crate) fn duplicate(&self) -> Error {
+    pub(crate) fn duplicate(&self) -> Self {
         match self {
-            Error::ShuttingDown => Error::ShuttingDown,
-            Error::DeadLettered(letter) => Error::DeadLettered(letter.clone()),
-            Error::Timeout(after) => Error::Timeout(*after),
-            Error::Busy { service } => Error::Busy {
+            Self::ShuttingDown => Self::ShuttingDown,
+            Self::DeadLettered(letter) => Self::DeadLettered(letter.clone()),
+            Self::Timeout(after) => Self::Timeout(*after),
+            Self::Busy { service } => Self::Busy {
                 service: service.clone(),
             },
-            Error::AudienceGone(audience) => Error::AudienceGone(audience.clone()),
-            Error::NotAuthorized(denial) => Error::NotAuthorized(denial.clone()),
-            Error::Topic(reason) => Error::Topic(reason.clone()),
-            Error::Backlog { limit } => Error::Backlog { limit: *limit },
-            other => Error::Internal(other.to_string()),
+            Self::AudienceGone(audience) => Self::AudienceGone(audience.clone()),
+            Self::NotAuthorized(denial) => Self::NotAuthorized(denial.clone()),
+            Self::Topic(reason) => Self::Topic(reason.clone()),
+            Self::Backlog { limit } => Self::Backlog { limit: *limit },
+            other => Self::Internal(other.to_string()),
         }
     }
 }

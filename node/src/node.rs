@@ -173,7 +173,7 @@ impl Node {
         // While other calls wait, it joins the commands sent to `service` in this turn
         // (`runtime/gather.rs`).
         let started = if driver.gathers_command(&msg, &options) && !service.is_empty() {
-            Either::Left(driver.gather(Bound::Service(service.to_owned()), msg))
+            Either::Left(driver.gather(Bound::Service(SmolStr::new(service)), msg))
         } else {
             let started = trace::within(&span, || {
                 driver.call(|engine, now| engine.send(service, msg, &options, now))

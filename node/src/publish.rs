@@ -117,7 +117,7 @@ impl Node {
             && driver.gathers_event(event, &options)
         {
             let event = events.pop().expect("one event");
-            let bound = Bound::Topic(event.name().to_owned());
+            let bound = Bound::Topic(event.envelope().name.clone());
             let gathered = driver.gather(bound, event);
             return Either::Left(trace::instrumented(
                 async move {

@@ -209,6 +209,7 @@ impl<H: Clone> Engine<H> {
     /// Takes the unanswered messages of `d`'s attempt out of their window, so late answers to
     /// them are ignored and the window has room again.
     pub(super) fn abandon_flight(&mut self, d: DeliveryId) {
+        self.note_answered(d); // send/each.rs
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };

@@ -45,6 +45,20 @@ pub(super) struct Spec {
     pub(super) ordered: bool,
 }
 
+impl Spec {
+    /// A reliable, unordered point-to-point message's (a send, request or reply) with
+    /// `policy`: neither held nor failing fast.
+    pub(super) fn point_to_point(policy: RetryPolicy) -> Self {
+        Self {
+            policy,
+            fail_fast: false,
+            hold: None,
+            reliable: true,
+            ordered: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum State {
     /// Waits for the key's turn.

@@ -7,7 +7,8 @@
 //!   [`Engine::connection_lost`]); a frame arrived ([`Engine::handle_frame`]) or could not be
 //!   decoded ([`Engine::malformed`]);
 //! - a user called `send`, `request`, `publish`, `ping`, `subscribe` ... ([`Engine::send`]
-//!   and friends), or dropped the call's future ([`Engine::cancel`]);
+//!   and friends; several callers' lone messages at once: [`Engine::publish_each`],
+//!   [`Engine::send_each`]), or dropped the call's future ([`Engine::cancel`]);
 //! - handlers finished ([`Engine::handler_done`]); time passed ([`Engine::handle_timeout`]).
 //!
 //! and takes back what to do: [`Action`]s from [`Engine::poll_action`] (run handlers, complete

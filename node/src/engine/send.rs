@@ -248,14 +248,13 @@ impl<H: Clone> Engine<H> {
             policy.check("SendOptions::retry")?;
         }
         let spec = Spec {
-            policy: options
-                .retry
-                .clone()
-                .unwrap_or_else(|| self.config.retry.clone()),
             fail_fast: options.fail_fast,
-            hold: None,
-            reliable: true,
-            ordered: false,
+            ..Spec::point_to_point(
+                options
+                    .retry
+                    .clone()
+                    .unwrap_or_else(|| self.config.retry.clone()),
+            )
         };
         self.check_service(service)?;
         let target = Target::service(self.names.get(service));
@@ -295,13 +294,7 @@ impl<H: Clone> Engine<H> {
         if self.out.replies.contains_key(&id) {
             return Err(Error::DuplicateRequest(id));
         }
-        let spec = Spec {
-            policy: self.config.retry.clone(),
-            fail_fast: false,
-            hold: None,
-            reliable: true,
-            ordered: false,
-        };
+        let spec = Spec::point_to_point(self.config.retry.clone());
         let target = Target::service(self.names.get(service));
         let op = self.point_to_point(OpKind::Request, target, msg, spec, now)?;
         self.out.replies.insert(id, op);
@@ -321,13 +314,7 @@ impl<H: Clone> Engine<H> {
             service: self.names.get(&addr.service),
             node: addr.node,
         };
-        let spec = Spec {
-            policy: self.config.retry.clone(),
-            fail_fast: false,
-            hold: None,
-            reliable: true,
-            ordered: false,
-        };
+        let spec = Spec::point_to_point(self.config.retry.clone());
         self.point_to_point(OpKind::Reply, target, reply, spec, now)
             .map(|_| ())
     }

@@ -31,6 +31,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use shoal_proto::SmolStr;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -44,20 +45,29 @@ use crate::sync::lock;
 use crate::{Error, Message, MessageId};
 
 /// Messages waiting to be handed to the engine, by destination.
-#[derive(Default)]
 pub(crate) struct Gather {
-    pending: Mutex<Vec<Pending>>,
+    /// `None` once the node was killed: nothing is gathered any more.
+    pending: Mutex<Option<Vec<Pending>>>,
     /// Tells [`Driver::run_gather`] that messages wait.
     handover: Notify,
+}
+
+impl Default for Gather {
+    fn default() -> Self {
+        Self {
+            pending: Mutex::new(Some(Vec::new())),
+            handover: Notify::new(),
+        }
+    }
 }
 
 /// Where gathered messages go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Bound {
     /// Events published on this topic.
-    Topic(String),
+    Topic(SmolStr),
     /// Commands sent to this service.
-    Service(String),
+    Service(SmolStr),
 }
 
 /// The messages for one destination gathered in one turn.
@@ -138,7 +148,12 @@ impl Driver {
 
     /// Adds `message` to those for `bound` of this turn; resolves with its own result.
     pub(crate) fn gather(self: &Arc<Self>, bound: Bound, message: Message) -> Gathered {
-        let mut pending = lock(&self.gather.pending);
+        let mut pending_guard = lock(&self.gather.pending);
+        let Some(pending) = pending_guard.as_mut() else {
+            drop(pending_guard);
+            // Killed: refused, as the engine refuses every call now.
+            return self.refused(Error::ShuttingDown);
+        };
         let first = pending.is_empty();
         let group = match pending
             .iter_mut()
@@ -163,7 +178,7 @@ impl Driver {
             slots.results.len() - 1
         };
         let callers = Arc::clone(&group.callers);
-        drop(pending);
+        drop(pending_guard);
         if first {
             self.gather.handover.notify_one();
         }
@@ -176,21 +191,39 @@ impl Driver {
         }
     }
 
+    /// A caller whose message was refused before it was gathered.
+    fn refused(self: &Arc<Self>, error: Error) -> Gathered {
+        let callers = Callers(Mutex::new(Slots {
+            results: vec![Some(Err(error))],
+            wakers: vec![None],
+            waiting: vec![true],
+            ops: SmallVec::new(),
+        }));
+        self.wakeups.caller_waits();
+        Gathered {
+            driver: Arc::clone(self),
+            callers: Arc::new(callers),
+            slot: 0,
+            done: false,
+        }
+    }
+
     /// Hands the messages gathered to the engine whenever there are some, after the tasks
-    /// ready then; when the node is killed, their callers hear it.
+    /// ready then; when the node is killed, their callers hear it, and nothing more is
+    /// gathered.
     pub(crate) async fn run_gather(self: &Arc<Self>, killed: &CancellationToken) {
         loop {
             tokio::select! {
                 () = killed.cancelled() => break,
                 () = self.gather.handover.notified() => {}
             }
-            let groups = std::mem::take(&mut *lock(&self.gather.pending));
-            for group in groups {
+            let groups = lock(&self.gather.pending).as_mut().map(std::mem::take);
+            for group in groups.into_iter().flatten() {
                 self.hand_over(group);
             }
         }
-        let groups = std::mem::take(&mut *lock(&self.gather.pending));
-        for group in groups {
+        let groups = lock(&self.gather.pending).take();
+        for group in groups.into_iter().flatten() {
             let mut wake = Vec::new();
             let slots: SmallVec<[usize; 8]> = (0..group.messages.len()).collect();
             Claim {
@@ -332,6 +365,7 @@ impl Future for Gathered {
         let slot = self.slot;
         let mut slots = lock(&self.callers.0);
         if let Some(result) = slots.results[slot].take() {
+            slots.waiting[slot] = false;
             drop(slots);
             self.done = true;
             return Poll::Ready(result);

@@ -16,6 +16,8 @@
 //!
 //! Every call also counts as activity for the busy poller, when the node has one
 //! (`busy_poll.rs`): it keeps the runtime polling for input for a while after each.
+//! Lone `publish` and `send` calls made while others wait are handed over together, one
+//! operation per turn of the runtime whose messages keep their own results (`gather.rs`).
 
 mod busy_poll;
 #[cfg(test)]

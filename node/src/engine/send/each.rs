@@ -33,7 +33,8 @@ use super::super::outcome::letter;
 use super::super::peers::{Route, Target};
 use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
 use crate::Error;
-use crate::receipts::PublishReceipt;
+use crate::receipts::{PublishReceipt, Receipt};
+use shoal_proto::NodeId;
 
 /// The largest payload of an event that travels with others: a larger one gains little from
 /// sharing (its bytes cost more than the bookkeeping), and the events' frames stay far
@@ -45,17 +46,22 @@ pub(crate) const MAX_PAYLOAD: usize = 16 * 1024;
 /// always fits a frame, so that nothing is refused once the events were taken.
 pub(crate) const MIN_FRAME_LEN: usize = 1024 * 1024;
 
-/// What became of each event of an operation made of separate calls' events.
+/// What became of each message of an operation made of separate calls' messages.
 #[derive(Debug)]
 pub(crate) struct Each {
-    /// An event's own failure (a dead letter), by its index in the operation.
+    /// A message's own failure (a dead letter), by its index in the operation.
     errors: SmallVec<[Option<Error>; 8]>,
+    /// Commands: the instance and attempt that acknowledged each, for its own receipt (a
+    /// command acknowledged before the instance of a later attempt failed names the one that
+    /// handled it, not the one the others went on to).
+    handled: SmallVec<[Option<(NodeId, u32)>; 8]>,
 }
 
 impl Each {
-    pub(super) fn new(events: usize) -> Self {
+    pub(super) fn new(messages: usize) -> Self {
         Self {
-            errors: (0..events).map(|_| None).collect(),
+            errors: (0..messages).map(|_| None).collect(),
+            handled: SmallVec::from_elem(None, messages),
         }
     }
 
@@ -81,18 +87,15 @@ impl Each {
                 (None, None) => Ok(message.id),
             });
         match op.kind {
-            OpKind::Send => {
-                let sent = op.sent;
-                Done::SentEach(
-                    each.map(|result| {
+            OpKind::Send => Done::SentEach(
+                each.zip(&self.handled)
+                    .map(|(result, handled)| {
                         let id = result?;
-                        let mut receipt = sent.ok_or(Error::ShuttingDown)?;
-                        receipt.id = id;
-                        Ok(receipt)
+                        let (node, attempts) = handled.ok_or(Error::ShuttingDown)?;
+                        Ok(Receipt { id, node, attempts })
                     })
                     .collect(),
-                )
-            }
+            ),
             _ => Done::PublishedEach(
                 each.map(|result| {
                     Ok(PublishReceipt {
@@ -141,13 +144,7 @@ impl<H: Clone> Engine<H> {
             items.iter().map(|(_, item)| item),
             limits,
         )?;
-        let spec = Spec {
-            policy: self.config.retry.clone(),
-            fail_fast: false,
-            hold: None,
-            reliable: true,
-            ordered: false,
-        };
+        let spec = Spec::point_to_point(self.config.retry.clone());
         let route = Route::Service(Target::service(self.names.get(service)));
         self.stats.gathered += envelopes.len() as u64;
         let mut op = new_op(OpKind::Send, envelopes, items, 1);
@@ -182,6 +179,34 @@ impl<H: Clone> Engine<H> {
                 "a message breaks a limit: {e}"
             ))),
             None => Ok(()),
+        }
+    }
+
+    /// An attempt of `d` ends (answered, failed or abandoned): in an operation of separate
+    /// commands, those it acknowledged note the instance and the attempt, for their receipts.
+    pub(in crate::engine) fn note_answered(&mut self, d: DeliveryId) {
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        if !matches!(del.route, Route::Service(_)) {
+            return;
+        }
+        let Some(each) = self
+            .out
+            .ops
+            .get_mut(del.op)
+            .and_then(|o| o.each.as_deref_mut())
+        else {
+            return;
+        };
+        let (node, attempts) = (del.node, del.retry.attempts().max(1));
+        let Some(node) = node else {
+            return;
+        };
+        for (handled, acked) in each.handled.iter_mut().zip(&del.acked) {
+            if *acked && handled.is_none() {
+                *handled = Some((node, attempts));
+            }
         }
     }
 

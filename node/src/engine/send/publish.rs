@@ -253,6 +253,10 @@ impl<H: Clone> Engine<H> {
         if kind == OpKind::Background {
             return Ok(Publishing::Done(empty_receipt(id)));
         }
+        // Separate calls' events: each caller takes its own result, even one there already.
+        if shape == Shape::Each {
+            return Ok(Publishing::Waiting(op));
+        }
         match self.take_result(op) {
             Some(Ok(Done::Published(receipt))) => Ok(Publishing::Done(receipt)),
             Some(Ok(other)) => Err(Error::Internal(format!("unexpected result {other:?}"))),

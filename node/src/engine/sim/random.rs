@@ -96,61 +96,38 @@ fn schedule(seed: u64) -> Result<u64, String> {
             .random_bool(0.5)
             .then(|| format!("customer-{}", sim.rng.random_range(0..4)));
         calls.push(match sim.rng.random_range(0..10) {
-            // Separate calls' commands travelling together (send/each.rs): unkeyed only.
-            4 if key.is_none() => {
-                let count = sim.rng.random_range(2..6);
-                let commands: Vec<Message> = (0..count)
-                    .map(|j| sim.command("charge", format!("{i}.{j}")))
-                    .collect();
-                let ids = commands.iter().map(Message::id).collect();
-                let op = sim
-                    .send_each(node, "billing", commands)
-                    .map_err(|e| format!("send_each refused: {e}"))?;
-                Call {
-                    node,
-                    op: Some(op),
-                    done: None,
-                    ids,
-                    key,
-                }
-            }
-            0..=4 => {
-                let mut msg = sim.command("charge", format!("{i}"));
-                if let Some(key) = &key {
-                    msg = msg.with_key(key.clone());
-                }
-                let ids = vec![msg.id()];
-                let op = sim.send(node, "billing", msg);
-                Call {
-                    node,
-                    op: Some(op),
-                    done: None,
-                    ids,
-                    key,
-                }
-            }
-            // Separate calls' events travelling together (send/each.rs): unkeyed only.
-            8 if key.is_none() => {
-                let count = sim.rng.random_range(2..6);
-                let events: Vec<Message> = (0..count)
-                    .map(|j| sim.event("order.created", format!("{i}.{j}")))
-                    .collect();
-                let ids = events.iter().map(Message::id).collect();
-                let (op, done) = match sim.publish_each(node, events) {
-                    Ok(Publishing::Waiting(op)) => (Some(op), None),
-                    Ok(Publishing::Done(receipt)) => (None, Some(Ok(Done::Published(receipt)))),
-                    Err(e) => return Err(format!("publish_each refused: {e}")),
+            n @ 0..=4 => {
+                // 4 unkeyed: separate calls' commands travelling together (send/each.rs).
+                let (ids, op) = if n == 4 && key.is_none() {
+                    let count = sim.rng.random_range(2..6);
+                    let commands: Vec<Message> = (0..count)
+                        .map(|j| sim.command("charge", format!("{i}.{j}")))
+                        .collect();
+                    let ids = commands.iter().map(Message::id).collect();
+                    let op = sim
+                        .send_each(node, "billing", commands)
+                        .map_err(|e| format!("send_each refused: {e}"))?;
+                    (ids, op)
+                } else {
+                    let mut msg = sim.command("charge", format!("{i}"));
+                    if let Some(key) = &key {
+                        msg = msg.with_key(key.clone());
+                    }
+                    (vec![msg.id()], sim.send(node, "billing", msg))
                 };
                 Call {
                     node,
-                    op,
-                    done,
+                    op: Some(op),
+                    done: None,
                     ids,
                     key,
                 }
             }
             n => {
-                let count = if n == 9 {
+                // 9: a batch; 8 unkeyed: separate calls' events travelling together
+                // (send/each.rs).
+                let together = n == 8 && key.is_none();
+                let count = if n == 9 || together {
                     sim.rng.random_range(2..6)
                 } else {
                     1
@@ -165,7 +142,12 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     })
                     .collect();
                 let ids = events.iter().map(Message::id).collect();
-                let (op, done) = match sim.publish(node, events, &PublishOptions::default()) {
+                let published = if together {
+                    sim.publish_each(node, events)
+                } else {
+                    sim.publish(node, events, &PublishOptions::default())
+                };
+                let (op, done) = match published {
                     Ok(Publishing::Waiting(op)) => (Some(op), None),
                     Ok(Publishing::Done(receipt)) => (None, Some(Ok(Done::Published(receipt)))),
                     Err(e) => return Err(format!("publish refused: {e}")),
@@ -276,10 +258,16 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                 }
                 for (id, result) in call.ids.iter().zip(results) {
                     match result {
-                        // The receipt names the instance of the last attempt; a command
-                        // acknowledged in an earlier one was handled by another.
-                        Ok(receipt) if receipt.id == *id && first_ok("charge", *id).is_some() => {}
-                        Ok(_) => return Err(format!("call {index}: {id} acked, never handled")),
+                        // Each receipt names the instance that acknowledged its command.
+                        Ok(receipt) => {
+                            let node = node_index(sim, receipt.node)?;
+                            if receipt.id != *id || !ok.contains_key(&(node, "charge".into(), *id))
+                            {
+                                return Err(format!(
+                                    "call {index}: {id} acked by node {node}, never handled there"
+                                ));
+                            }
+                        }
                         Err(Error::DeadLettered(_)) => {}
                         Err(e) => return Err(format!("call {index}: {id}: {e}")),
                     }
