@@ -14,6 +14,9 @@ use crate::{Error, Message, MessageId, PublishOptions, PublishReceipt};
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// What a handler saw: (payload number, attempt) of each run.
+type Log = Rc<RefCell<Vec<(u32, u32)>>>;
+
 /// Events `0..n` on `order.created`, each with its number as payload.
 fn events(sim: &mut Sim, n: u32) -> Vec<Message> {
     (0..n)
@@ -39,7 +42,7 @@ fn results(result: Option<&Result<Done, Error>>) -> &[Result<PublishReceipt, Err
 
 /// A subscriber's handler that logs (payload number, attempt) and answers with `answer`.
 fn logging(
-    log: &Rc<RefCell<Vec<(u32, u32)>>>,
+    log: &Log,
     answer: impl Fn(u32, u32) -> Handled + 'static,
 ) -> impl Fn(&Message) -> Handled + 'static {
     let log = Rc::clone(log);
@@ -57,7 +60,7 @@ fn logging(
 fn orders_and_ledger(
     sim: &mut Sim,
     answer: impl Fn(u32, u32) -> Handled + 'static,
-) -> (usize, usize, Rc<RefCell<Vec<(u32, u32)>>>) {
+) -> (usize, usize, Log) {
     let (orders, ledger) = (sim.node("orders"), sim.node("ledger"));
     sim.connect(orders, ledger);
     let log = Rc::default();
@@ -67,7 +70,7 @@ fn orders_and_ledger(
 }
 
 /// Asserts that `log` holds messages `0..n` once each, in their first attempt.
-fn assert_handled_once(log: &Rc<RefCell<Vec<(u32, u32)>>>, n: u32) {
+fn assert_handled_once(log: &Log, n: u32) {
     let mut seen = log.borrow().clone();
     seen.sort_unstable();
     assert_eq!(
