@@ -26,7 +26,10 @@
 //! `fixed-load publish 200000 multi-thread`. The option `busy-poll` has both nodes poll for
 //! input for a millisecond after each activity ([`shoal::NodeBuilder::busy_poll`]):
 //! `fixed-load send 20000 closed busy-poll`. The option `in-flight=N` keeps `N` calls in
-//! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`.
+//! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`. The option
+//! `batch=N` makes `batch` mode's batches `N` events instead of [`BATCH`]: with
+//! `in-flight=M`, `N * M` events in flight as `M` calls (`fixed-load batch 1500000 batch=4
+//! in-flight=64`).
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -77,8 +80,8 @@ fn main() -> Result<()> {
             "busy-poll" => busy_poll = true,
             other => {
                 return Err(format!(
-                    "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll \
-                     or in-flight=N"
+                    "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
+                     in-flight=N or batch=N"
                 )
                 .into());
             }
