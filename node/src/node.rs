@@ -146,10 +146,10 @@ impl Node {
     /// The message is on its way from the call on: the node delivers it whether or not the
     /// returned future is polled. Dropping the future stops retrying.
     ///
-    /// On a `current_thread` runtime, an unkeyed command sent with the default options while
-    /// other calls of the node wait joins the commands sent to `service` in the same turn of
-    /// the runtime, and they go to the engine as one operation, each still handled on its own
-    /// and with a receipt or error of its own (README, "Calls gathered in one turn").
+    /// An unkeyed command sent with the default options while other calls of the node wait
+    /// joins the commands sent to `service` in the same turn of the runtime, and they go to
+    /// the engine as one operation, each still handled on its own and with a receipt or
+    /// error of its own (README, "Calls gathered in one turn").
     /// Dropping the future before that hand-over takes the message back; after it, the
     /// message is delivered with the others.
     pub fn send(

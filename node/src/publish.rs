@@ -56,10 +56,10 @@ impl Node {
     ///
     /// Events published one by one travel together when they are published together: copies
     /// queued for one connection leave in one write, sharing their common header, and are
-    /// acknowledged in ranges. On a `current_thread` runtime, a lone reliable event published
-    /// with the default options while other calls of the node wait joins the events published
-    /// on its topic in the same turn of the runtime, and they go to the engine as one
-    /// operation, each still handled on its own and with a receipt or error of its own
+    /// acknowledged in ranges. A lone reliable event published with the default options
+    /// while other calls of the node wait joins the events published on its topic in the
+    /// same turn of the runtime, and they go to the engine as one operation, each still
+    /// handled on its own and with a receipt or error of its own
     /// (README, "Calls gathered in one turn"). Dropping this future before that hand-over
     /// takes the event back; after it, the event is delivered with the others.
     pub fn publish_with(

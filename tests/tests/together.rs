@@ -84,6 +84,21 @@ async fn events_published_from_many_tasks_travel_together_each_with_its_own_rece
     );
 }
 
+/// On tokio's multi-thread runtime (what `#[tokio::main]` gives a service) too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_multi_thread_runtime_too_events_travel_together() {
+    let mesh = Mesh::new();
+    let (_ledger, orders, handled) = ledger_and_orders(&mesh, "never").await;
+    let results = publish_from_tasks(&orders, 300).await;
+    for (id, result) in &results {
+        assert_eq!(result.as_ref().unwrap().id, *id);
+    }
+    assert!(handled.lock().unwrap().values().all(|n| *n == 1));
+    assert_eq!(handled.lock().unwrap().len(), 300);
+    let stats = orders.stats();
+    assert!(stats.gathered > 0, "{stats:?}");
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_event_fails_its_own_caller_only() {
     let mesh = Mesh::new();

@@ -6,20 +6,20 @@
 //! ack and engine call. Its messages already shared writes and acks on the wire, but that
 //! bookkeeping cost about three times what an event of a `publish_batch` pays.
 //!
-//! So on a `current_thread` runtime, a lone reliable event published (or command sent) with
-//! the default options while other calls of the node wait is not handed to the engine at once:
+//! So a lone reliable event published (or command sent) with the default options while other
+//! calls of the node wait is not handed to the engine at once:
 //! it joins those published on its topic (sent to its service) in the same turn of the
 //! runtime, and a task of the node ([`Driver::run_gather`]) hands them over together once the
 //! tasks ready now have run, as one operation whose messages stay independent
 //! (`engine/send/each.rs`: each handled on its own, refused or retried alone, each caller with
 //! its own receipt or error). No timer is involved: the messages wait for the tasks already
-//! ready to run, as a busy connection's writes do (`transport/connection.rs`). A call with no
-//! other call waiting (one at a time, or the first after a quiet spell) goes at once, as
-//! before.
+//! ready to run, as a busy connection's writes do (`transport/connection.rs`; on tokio's
+//! multi-thread runtime, which runs the task woken last first, the task yields once to get
+//! behind them, as the writer does). A call with no other call waiting (one at a time, or the
+//! first after a quiet spell) goes at once, as before.
 //!
 //! Not gathered: batches, keyed, best-effort or background messages, calls with options of
-//! their own, payloads over 16 KiB, nodes with a multicast channel, and every call on tokio's
-//! multi-thread runtime (where callers are not counted, `wakeups.rs`).
+//! their own, payloads over 16 KiB, and nodes with a multicast channel.
 //!
 //! A caller that drops its future before its message was handed over takes the message back:
 //! it is not sent. Once handed over, the message goes on with the others (as a lone message
@@ -216,6 +216,10 @@ impl Driver {
             tokio::select! {
                 () = killed.cancelled() => break,
                 () = self.gather.handover.notified() => {}
+            }
+            // Behind the callers ready now, whatever the runtime (see `yield_before_write`).
+            if self.yield_before_write {
+                tokio::task::yield_now().await;
             }
             let groups = lock(&self.gather.pending).as_mut().map(std::mem::take);
             for group in groups.into_iter().flatten() {

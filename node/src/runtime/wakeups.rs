@@ -69,25 +69,21 @@ impl Wakeups {
         }
     }
 
-    /// A caller started waiting for a call (an [`super::op::OpFuture`] was made). Counted
-    /// only where callers are woken in slices.
+    /// A caller started waiting for a call (an [`super::op::OpFuture`], or a gathered call's
+    /// future, was made). Counted on every runtime: whether others wait decides whether a
+    /// call is gathered (`gather.rs`).
     pub(crate) fn caller_waits(&self) {
-        if self.sliced {
-            self.callers.fetch_add(1, Ordering::Relaxed);
-        }
+        self.callers.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A caller stopped waiting (its future was dropped, done or not).
     pub(crate) fn caller_done(&self) {
-        if self.sliced {
-            self.callers.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.callers.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Whether some caller waits for a call (known only where callers are woken in slices:
-    /// `false` elsewhere).
+    /// Whether some caller waits for a call.
     pub(crate) fn others_waiting(&self) -> bool {
-        self.sliced && self.callers.load(Ordering::Relaxed) > 0
+        self.callers.load(Ordering::Relaxed) > 0
     }
 
     /// Callers woken at once: a quarter of those waiting for a call, at least [`MIN_SLICE`].
