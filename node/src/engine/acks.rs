@@ -105,9 +105,9 @@ impl<H: Clone> Engine<H> {
         {
             self.note_nacked(entry.delivery, entry.index, *code, *retryable); // metrics/hooks.rs
         }
-        // Separate calls' events (send/each.rs): a refusal is the refused event's alone.
+        // Separate calls' messages (send/each.rs): a refusal is the refused message's alone.
         let separate =
-            matches!(answer, Answer::Nack { .. }) && self.of_separate_events(entry.delivery);
+            matches!(answer, Answer::Nack { .. }) && self.of_separate_calls(entry.delivery);
         let Some(del) = self.out.deliveries.get_mut(entry.delivery) else {
             return;
         };

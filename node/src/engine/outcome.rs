@@ -87,7 +87,7 @@ impl<H: Clone> Engine<H> {
         }
         if let Some(op) = self.out.ops.get_mut(del.op) {
             match op.each.as_deref_mut() {
-                // Separate calls' events (send/each.rs): each caller hears of its own.
+                // Separate calls' messages (send/each.rs): each caller hears of its own.
                 Some(each) => {
                     for (index, letter) in &letters {
                         each.failed(*index, || Error::DeadLettered(Box::new(letter.clone())));

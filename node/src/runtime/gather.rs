@@ -143,7 +143,7 @@ impl Driver {
         message.key().is_none()
             && message.payload().len() <= MAX_TOGETHER_PAYLOAD
             && self.wakeups.others_waiting()
-            && self.read(|engine| engine.gathers_events())
+            && self.read(|engine| engine.may_gather())
     }
 
     /// Adds `message` to those for `bound` of this turn; resolves with its own result.

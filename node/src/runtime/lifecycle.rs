@@ -10,7 +10,7 @@ use crate::transport::connection::CloseCode;
 
 impl Driver {
     /// Starts the task that calls the engine's timeout at its deadlines, the one that wakes
-    /// callers held back (`wakeups.rs`) and the one that hands gathered events to the engine
+    /// callers held back (`wakeups.rs`) and the one that hands gathered calls to the engine
     /// (`gather.rs`); they stop when the node is killed, at the end of a shutdown too.
     pub(crate) fn start_timer(self: &Arc<Self>) {
         let driver = Arc::clone(self);

@@ -106,7 +106,7 @@ pub(crate) struct Driver {
     busy_poll: Option<busy_poll::BusyPoll>,
     /// Callers completed many at once, woken a slice at a time (`wakeups.rs`).
     pub(crate) wakeups: wakeups::Wakeups,
-    /// Lone events published in one turn, handed to the engine together (`gather.rs`).
+    /// Lone events and commands of one turn, handed to the engine together (`gather.rs`).
     gather: gather::Gather,
 }
 
@@ -115,7 +115,7 @@ struct State {
     engine: Engine<BoxedHandler>,
     /// Callers waiting for an operation's result.
     waiters: SecondaryMap<crate::engine::OpId, std::task::Waker>,
-    /// Callers of gathered events waiting for their operation's results (`gather.rs`).
+    /// Callers of gathered calls waiting for their operation's results (`gather.rs`).
     claims: SecondaryMap<crate::engine::OpId, gather::Claim>,
     /// Each connection's IO side.
     conns: SecondaryMap<ConnId, Arc<ConnIo>>,
@@ -287,7 +287,7 @@ impl Driver {
         lock(&self.state).waiters.remove(op);
     }
 
-    /// Forgets gathered events whose callers all gave up on `op` (`gather.rs`).
+    /// Forgets gathered calls whose callers all gave up on `op` (`gather.rs`).
     fn cancel_gathered(self: &Arc<Self>, op: crate::engine::OpId) {
         self.call_state(|state, now| {
             state.claims.remove(op);

@@ -246,7 +246,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Whether the operation of `d` is made of separate calls' events.
-    pub(in crate::engine) fn of_separate_events(&self, d: DeliveryId) -> bool {
+    pub(in crate::engine) fn of_separate_calls(&self, d: DeliveryId) -> bool {
         self.out
             .deliveries
             .get(d)
