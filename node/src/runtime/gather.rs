@@ -46,15 +46,20 @@ use crate::{Error, Message, MessageId};
 
 /// Messages waiting to be handed to the engine, by destination.
 pub(crate) struct Gather {
+    /// Whether the engine takes calls together at all (`Engine::may_gather`: fixed when it
+    /// is made).
+    on: bool,
     /// `None` once the node was killed: nothing is gathered any more.
     pending: Mutex<Option<Vec<Pending>>>,
     /// Tells [`Driver::run_gather`] that messages wait.
     handover: Notify,
 }
 
-impl Default for Gather {
-    fn default() -> Self {
+impl Gather {
+    /// Gathering for an engine that takes calls together when `on`.
+    pub(super) fn new(on: bool) -> Self {
         Self {
+            on,
             pending: Mutex::new(Some(Vec::new())),
             handover: Notify::new(),
         }
@@ -83,12 +88,33 @@ struct Callers(Mutex<Slots>);
 
 #[derive(Default)]
 struct Slots {
-    results: Vec<Option<Result<Done, Error>>>,
-    wakers: Vec<Option<Waker>>,
-    /// Whether each caller still waits.
-    waiting: Vec<bool>,
+    slots: Vec<Slot>,
     /// The operations their messages went in (one, or one each when they went alone).
     ops: SmallVec<[OpId; 1]>,
+}
+
+/// One caller's: its result once there, its waker, and whether it still waits.
+struct Slot {
+    result: Option<Result<Done, Error>>,
+    waker: Option<Waker>,
+    waiting: bool,
+}
+
+impl Slot {
+    const WAITING: Self = Self {
+        result: None,
+        waker: None,
+        waiting: true,
+    };
+}
+
+impl Slots {
+    /// Gives slot `slot` its `result`; its waker goes in `wake`.
+    fn fill(&mut self, slot: usize, result: Result<Done, Error>, wake: &mut impl Extend<Waker>) {
+        let slot = &mut self.slots[slot];
+        slot.result = Some(result);
+        wake.extend(slot.waker.take());
+    }
 }
 
 /// Which callers an operation's results go to: its messages' slots, in the operation's order.
@@ -116,8 +142,7 @@ impl Claim {
                 .collect(),
         };
         for (slot, result) in self.slots.iter().zip(results) {
-            slots.results[*slot] = Some(result);
-            wake.extend(slots.wakers[*slot].take());
+            slots.fill(*slot, result, wake);
         }
     }
 }
@@ -142,8 +167,8 @@ impl Driver {
     fn gathers(&self, message: &Message) -> bool {
         message.key().is_none()
             && message.payload().len() <= MAX_TOGETHER_PAYLOAD
+            && self.gather.on
             && self.wakeups.others_waiting()
-            && self.read(|engine| engine.may_gather())
     }
 
     /// Adds `message` to those for `bound` of this turn; resolves with its own result.
@@ -172,10 +197,8 @@ impl Driver {
         group.messages.push(message);
         let slot = {
             let mut slots = lock(&group.callers.0);
-            slots.results.push(None);
-            slots.wakers.push(None);
-            slots.waiting.push(true);
-            slots.results.len() - 1
+            slots.slots.push(Slot::WAITING);
+            slots.slots.len() - 1
         };
         let callers = Arc::clone(&group.callers);
         drop(pending_guard);
@@ -194,9 +217,10 @@ impl Driver {
     /// A caller whose message was refused before it was gathered.
     fn refused(self: &Arc<Self>, error: Error) -> Gathered {
         let callers = Callers(Mutex::new(Slots {
-            results: vec![Some(Err(error))],
-            wakers: vec![None],
-            waiting: vec![true],
+            slots: vec![Slot {
+                result: Some(Err(error)),
+                ..Slot::WAITING
+            }],
             ops: SmallVec::new(),
         }));
         self.wakeups.caller_waits();
@@ -245,12 +269,12 @@ impl Driver {
     fn hand_over(self: &Arc<Self>, group: Pending) {
         let callers = group.callers;
         let (messages, slots): (Events, SmallVec<[usize; 8]>) = {
-            let waiting = &lock(&callers.0).waiting;
+            let slots = &lock(&callers.0).slots;
             group
                 .messages
                 .into_iter()
                 .enumerate()
-                .filter(|(slot, _)| waiting[*slot])
+                .filter(|(slot, _)| slots[*slot].waiting)
                 .map(|(slot, message)| (message, slot))
                 .unzip()
         };
@@ -303,8 +327,7 @@ impl Driver {
                             }
                             Err(e) => {
                                 let mut slots = lock(&callers.0);
-                                slots.results[slot] = Some(Err(e));
-                                wake.extend(slots.wakers[slot].take());
+                                slots.fill(slot, Err(e), &mut wake);
                             }
                         }
                     }
@@ -342,13 +365,13 @@ fn claim(
         }
         // Nobody subscribes: every caller gets a receipt of its own event saying so.
         Publishing::Done(receipt) => {
-            let mut lock = lock(&callers.0);
+            let mut callers = lock(&callers.0);
             for (slot, id) in slots.iter().zip(ids) {
-                lock.results[*slot] = Some(Ok(Done::Published(PublishReceipt {
+                let receipt = PublishReceipt {
                     id: *id,
                     ..receipt.clone()
-                })));
-                wake.extend(lock.wakers[*slot].take());
+                };
+                callers.fill(*slot, Ok(Done::Published(receipt)), wake);
             }
         }
     }
@@ -368,15 +391,16 @@ impl Future for Gathered {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let slot = self.slot;
         let mut slots = lock(&self.callers.0);
-        if let Some(result) = slots.results[slot].take() {
-            slots.waiting[slot] = false;
+        let slot = &mut slots.slots[slot];
+        if let Some(result) = slot.result.take() {
+            slot.waiting = false;
             drop(slots);
             self.done = true;
             return Poll::Ready(result);
         }
-        match &slots.wakers[slot] {
+        match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => slots.wakers[slot] = Some(cx.waker().clone()),
+            _ => slot.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -392,9 +416,10 @@ impl Drop for Gathered {
         // operation gave up, the operation is cancelled.
         let ops = {
             let mut slots = lock(&self.callers.0);
-            slots.waiting[self.slot] = false;
-            slots.wakers[self.slot] = None;
-            if slots.waiting.iter().any(|w| *w) {
+            let slot = &mut slots.slots[self.slot];
+            slot.waiting = false;
+            slot.waker = None;
+            if slots.slots.iter().any(|s| s.waiting) {
                 return;
             }
             std::mem::take(&mut slots.ops)

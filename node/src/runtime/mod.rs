@@ -156,6 +156,7 @@ impl Driver {
         let accept_limits = crate::transport::limits::AcceptLimits::new(&config);
         let busy_poll =
             (!config.busy_poll.is_zero()).then(|| busy_poll::BusyPoll::new(config.busy_poll));
+        let gathers = engine.may_gather();
         let current_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread;
         Arc::new(Self {
@@ -196,7 +197,7 @@ impl Driver {
             multicast: std::sync::OnceLock::new(),
             busy_poll,
             wakeups: wakeups::Wakeups::new(current_thread),
-            gather: gather::Gather::default(),
+            gather: gather::Gather::new(gathers),
         })
     }
 

@@ -92,7 +92,7 @@ impl<H: Clone> Engine<H> {
 
     /// Whether separate calls' messages may travel together ([`Engine::publish_each`],
     /// [`Engine::send_each`]): not on a node with a multicast channel, whose copies go one
-    /// event at a time.
+    /// event at a time. Fixed when the engine is made.
     pub(crate) fn may_gather(&self) -> bool {
         self.channels.is_none()
     }
