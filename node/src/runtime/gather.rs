@@ -205,13 +205,7 @@ impl Driver {
         if first {
             self.gather.handover.notify_one();
         }
-        self.wakeups.caller_waits();
-        Gathered {
-            driver: Arc::clone(self),
-            callers,
-            slot,
-            done: false,
-        }
+        Gathered::new(self, callers, slot)
     }
 
     /// A caller whose message was refused before it was gathered.
@@ -223,13 +217,7 @@ impl Driver {
             }],
             ops: SmallVec::new(),
         }));
-        self.wakeups.caller_waits();
-        Gathered {
-            driver: Arc::clone(self),
-            callers: Arc::new(callers),
-            slot: 0,
-            done: false,
-        }
+        Gathered::new(self, Arc::new(callers), 0)
     }
 
     /// Hands the messages gathered to the engine whenever there are some, after the tasks
@@ -268,7 +256,7 @@ impl Driver {
     /// whose callers gave up.
     fn hand_over(self: &Arc<Self>, group: Pending) {
         let callers = group.callers;
-        let (messages, slots): (Events, SmallVec<[usize; 8]>) = {
+        let (mut messages, slots): (Events, SmallVec<[usize; 8]>) = {
             let slots = &lock(&callers.0).slots;
             group
                 .messages
@@ -282,7 +270,6 @@ impl Driver {
             return;
         }
         let ids: SmallVec<[MessageId; 8]> = messages.iter().map(Message::id).collect();
-        let mut messages = messages;
         let mut wake = Vec::new();
         self.call_state(|state, now| {
             let together = match &group.bound {
@@ -383,6 +370,19 @@ pub(crate) struct Gathered {
     callers: Arc<Callers>,
     slot: usize,
     done: bool,
+}
+
+impl Gathered {
+    /// The caller of slot `slot` of `callers`, counted as waiting for a call.
+    fn new(driver: &Arc<Driver>, callers: Arc<Callers>, slot: usize) -> Self {
+        driver.wakeups.caller_waits();
+        Self {
+            driver: Arc::clone(driver),
+            callers,
+            slot,
+            done: false,
+        }
+    }
 }
 
 impl Future for Gathered {
