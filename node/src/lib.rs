@@ -138,7 +138,7 @@ pub use policy::Policy;
 /// The Prometheus client whose registry [`Node::register_metrics`] takes (feature `metrics`).
 #[cfg(feature = "metrics")]
 pub use prometheus_client;
-pub use receipts::{EventDelivery, PeerInfo, PublishReceipt, Receipt};
+pub use receipts::{Deliveries, EventDelivery, PeerInfo, PublishReceipt, Receipt};
 pub use shoal_discovery as discovery;
 /// Derives [`Contract`](trait@Contract): `#[derive(shoal::Contract)]` with
 /// `#[shoal(name = "...", version = N, kind = "command")]` (see [`contract`]).

@@ -178,7 +178,7 @@ impl<H: Clone> Engine<H> {
                 Some(e) => Err(e),
                 None => Ok(Done::Published(PublishReceipt {
                     id: o.messages[0].id,
-                    deliveries: std::mem::take(&mut o.copies),
+                    deliveries: std::mem::take(&mut o.copies).into(),
                     dropped: std::mem::take(&mut o.dropped),
                 })),
             },

@@ -33,7 +33,7 @@ use super::super::outcome::letter;
 use super::super::peers::{Route, Target};
 use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
 use crate::Error;
-use crate::receipts::{PublishReceipt, Receipt};
+use crate::receipts::{Deliveries, PublishReceipt, Receipt};
 use shoal_proto::NodeId;
 
 /// The largest payload of an event that travels with others: a larger one gains little from
@@ -96,16 +96,20 @@ impl Each {
                     })
                     .collect(),
             ),
-            _ => Done::PublishedEach(
-                each.map(|result| {
-                    Ok(PublishReceipt {
-                        id: result?,
-                        deliveries: op.copies.clone(),
-                        dropped: op.dropped.clone(),
+            // The events went to the same audiences together: their receipts share one list.
+            _ => {
+                let deliveries = Deliveries::from(std::mem::take(&mut op.copies));
+                Done::PublishedEach(
+                    each.map(|result| {
+                        Ok(PublishReceipt {
+                            id: result?,
+                            deliveries: deliveries.clone(),
+                            dropped: op.dropped.clone(),
+                        })
                     })
-                })
-                .collect(),
-            ),
+                    .collect(),
+                )
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use super::super::peers::Route;
 use super::super::{Engine, topic};
 use super::{Each, OpKind, batch_head, encoded_head, new_op};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
-use crate::receipts::PublishReceipt;
+use crate::receipts::{Deliveries, PublishReceipt};
 use crate::{Error, Message};
 
 /// The events of one `publish` call: usually one, kept inline (no allocation for a single
@@ -269,7 +269,7 @@ impl<H: Clone> Engine<H> {
 fn empty_receipt(id: MessageId) -> PublishReceipt {
     PublishReceipt {
         id,
-        deliveries: Vec::new(),
+        deliveries: Deliveries::default(),
         dropped: Vec::new(),
     }
 }
