@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -53,6 +54,9 @@ pub(crate) struct Gather {
     pending: Mutex<Option<Vec<Pending>>>,
     /// Tells [`Driver::run_gather`] that messages wait.
     handover: Notify,
+    /// How many messages the last group handed over held: a new group makes room for as
+    /// many at once, rather than growing message by message.
+    last_size: AtomicUsize,
 }
 
 impl Gather {
@@ -62,6 +66,7 @@ impl Gather {
             on,
             pending: Mutex::new(Some(Vec::new())),
             handover: Notify::new(),
+            last_size: AtomicUsize::new(0),
         }
     }
 }
@@ -83,10 +88,10 @@ struct Pending {
 }
 
 /// The callers whose messages travel together: a slot each, in the order they called.
-#[derive(Default)]
+/// A slot is made when first used (its caller polls or gives up, or the messages are handed
+/// over), not when the caller joins: that would take this lock once more per call.
 struct Callers(Mutex<Slots>);
 
-#[derive(Default)]
 struct Slots {
     slots: Vec<Slot>,
     /// The operations their messages went in (one, or one each when they went alone).
@@ -109,9 +114,17 @@ impl Slot {
 }
 
 impl Slots {
+    /// Slot `slot`, made (with those before it) if it was not yet.
+    fn slot(&mut self, slot: usize) -> &mut Slot {
+        if slot >= self.slots.len() {
+            self.slots.resize_with(slot + 1, || Slot::WAITING);
+        }
+        &mut self.slots[slot]
+    }
+
     /// Gives slot `slot` its `result`; its waker goes in `wake`.
     fn fill(&mut self, slot: usize, result: Result<Done, Error>, wake: &mut impl Extend<Waker>) {
-        let slot = &mut self.slots[slot];
+        let slot = self.slot(slot);
         slot.result = Some(result);
         wake.extend(slot.waker.take());
     }
@@ -126,23 +139,30 @@ pub(super) struct Claim {
 impl Claim {
     /// Hands the operation's `result` to its callers, whose wakers go in `wake`.
     pub(super) fn settle(self, result: Option<Result<Done, Error>>, wake: &mut impl Extend<Waker>) {
-        let mut slots = lock(&self.callers.0);
-        let results: Vec<Result<Done, Error>> = match result {
+        let mut callers = lock(&self.callers.0);
+        let mut fill = |slot: &usize, result| callers.fill(*slot, result, wake);
+        match result {
             Some(Ok(Done::PublishedEach(each))) => {
-                each.into_iter().map(|r| r.map(Done::Published)).collect()
+                for (slot, result) in self.slots.iter().zip(each) {
+                    fill(slot, result.map(Done::Published));
+                }
             }
-            Some(Ok(Done::SentEach(each))) => each.into_iter().map(|r| r.map(Done::Sent)).collect(),
+            Some(Ok(Done::SentEach(each))) => {
+                for (slot, result) in self.slots.iter().zip(each) {
+                    fill(slot, result.map(Done::Sent));
+                }
+            }
             // One message's own operation (it went alone).
-            Some(Ok(done)) => vec![Ok(done)],
-            Some(Err(e)) => self.slots.iter().map(|_| Err(e.duplicate())).collect(),
+            Some(Ok(done)) => {
+                if let Some(slot) = self.slots.first() {
+                    fill(slot, Ok(done));
+                }
+            }
+            Some(Err(e)) => self.slots.iter().for_each(|s| fill(s, Err(e.duplicate()))),
             None => self
                 .slots
                 .iter()
-                .map(|_| Err(Error::ShuttingDown))
-                .collect(),
-        };
-        for (slot, result) in self.slots.iter().zip(results) {
-            slots.fill(*slot, result, wake);
+                .for_each(|s| fill(s, Err(Error::ShuttingDown))),
         }
     }
 }
@@ -172,7 +192,7 @@ impl Driver {
     }
 
     /// Adds `message` to those for `bound` of this turn; resolves with its own result.
-    pub(crate) fn gather(self: &Arc<Self>, bound: Bound, message: Message) -> Gathered {
+    pub(crate) fn gather(self: Arc<Self>, bound: Bound, message: Message) -> Gathered {
         let mut pending_guard = lock(&self.gather.pending);
         let Some(pending) = pending_guard.as_mut() else {
             drop(pending_guard);
@@ -186,20 +206,20 @@ impl Driver {
         {
             Some(group) => group,
             None => {
+                let room = self.gather.last_size.load(Ordering::Relaxed);
                 pending.push(Pending {
                     bound,
-                    messages: Vec::new(),
-                    callers: Arc::default(),
+                    messages: Vec::with_capacity(room),
+                    callers: Arc::new(Callers(Mutex::new(Slots {
+                        slots: Vec::with_capacity(room),
+                        ops: SmallVec::new(),
+                    }))),
                 });
                 pending.last_mut().expect("just pushed")
             }
         };
         group.messages.push(message);
-        let slot = {
-            let mut slots = lock(&group.callers.0);
-            slots.slots.push(Slot::WAITING);
-            slots.slots.len() - 1
-        };
+        let slot = group.messages.len() - 1;
         let callers = Arc::clone(&group.callers);
         drop(pending_guard);
         if first {
@@ -209,7 +229,7 @@ impl Driver {
     }
 
     /// A caller whose message was refused before it was gathered.
-    fn refused(self: &Arc<Self>, error: Error) -> Gathered {
+    fn refused(self: Arc<Self>, error: Error) -> Gathered {
         let callers = Callers(Mutex::new(Slots {
             slots: vec![Slot {
                 result: Some(Err(error)),
@@ -256,16 +276,23 @@ impl Driver {
     /// whose callers gave up.
     fn hand_over(self: &Arc<Self>, group: Pending) {
         let callers = group.callers;
-        let (mut messages, slots): (Events, SmallVec<[usize; 8]>) = {
-            let slots = &lock(&callers.0).slots;
-            group
-                .messages
-                .into_iter()
-                .enumerate()
-                .filter(|(slot, _)| slots[*slot].waiting)
-                .map(|(slot, message)| (message, slot))
-                .unzip()
-        };
+        let count = group.messages.len();
+        self.gather.last_size.store(count, Ordering::Relaxed);
+        let (mut messages, mut slots) =
+            (Events::with_capacity(count), SmallVec::with_capacity(count));
+        {
+            let mut waiting = lock(&callers.0);
+            // Every caller's slot, from now on.
+            if let Some(last) = count.checked_sub(1) {
+                waiting.slot(last);
+            }
+            for (slot, message) in group.messages.into_iter().enumerate() {
+                if waiting.slots[slot].waiting {
+                    messages.push(message);
+                    slots.push(slot);
+                }
+            }
+        }
         if messages.is_empty() {
             return;
         }
@@ -374,10 +401,10 @@ pub(crate) struct Gathered {
 
 impl Gathered {
     /// The caller of slot `slot` of `callers`, counted as waiting for a call.
-    fn new(driver: &Arc<Driver>, callers: Arc<Callers>, slot: usize) -> Self {
+    fn new(driver: Arc<Driver>, callers: Arc<Callers>, slot: usize) -> Self {
         driver.wakeups.caller_waits();
         Self {
-            driver: Arc::clone(driver),
+            driver,
             callers,
             slot,
             done: false,
@@ -391,7 +418,7 @@ impl Future for Gathered {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let slot = self.slot;
         let mut slots = lock(&self.callers.0);
-        let slot = &mut slots.slots[slot];
+        let slot = slots.slot(slot);
         if let Some(result) = slot.result.take() {
             slot.waiting = false;
             drop(slots);
@@ -416,7 +443,7 @@ impl Drop for Gathered {
         // operation gave up, the operation is cancelled.
         let ops = {
             let mut slots = lock(&self.callers.0);
-            let slot = &mut slots.slots[self.slot];
+            let slot = slots.slot(self.slot);
             slot.waiting = false;
             slot.waker = None;
             if slots.slots.iter().any(|s| s.waiting) {
