@@ -36,7 +36,7 @@ pub struct PublishReceipt {
 }
 
 /// The audiences' copies of an event ([`PublishReceipt::deliveries`]): a list of
-/// [`EventDelivery`], read as a slice (`len`, `iter`, `[i]`, `for d in &deliveries`).
+/// [`EventDelivery`], read as a slice (`len`, `iter`, `[i]`, `for d in &deliveries`, `to_vec`).
 ///
 /// Cheap to clone: the events of calls gathered in one turn (README, "Calls gathered in one
 /// turn") went to the same audiences together, and their receipts share one list rather
@@ -68,6 +68,17 @@ impl<'a> IntoIterator for &'a Deliveries {
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
+    }
+}
+
+/// By value, as a `Vec` was: each entry is cloned out of the shared list.
+impl IntoIterator for Deliveries {
+    type Item = EventDelivery;
+    type IntoIter = std::vec::IntoIter<EventDelivery>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let owned: Vec<EventDelivery> = self.iter().cloned().collect();
+        owned.into_iter()
     }
 }
 
@@ -134,6 +145,8 @@ mod tests {
         assert_eq!(groups, [Some("billing".to_owned()), None]);
         assert_eq!(format!("{deliveries:?}"), format!("{list:?}"));
         assert_eq!(deliveries.clone(), deliveries);
+        let owned: Vec<EventDelivery> = deliveries.into_iter().collect();
+        assert_eq!(owned, list);
     }
 
     #[test]
