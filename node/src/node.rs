@@ -172,7 +172,7 @@ impl Node {
         let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
         // While other calls wait, it joins the commands sent to `service` in this turn
         // (`runtime/gather.rs`).
-        let started = if driver.gathers_command(&msg, &options) && !service.is_empty() {
+        let started = if driver.gathers_command(&msg, &options) {
             Either::Left(driver.gather(Bound::Service(SmolStr::new(service)), msg))
         } else {
             let started = trace::within(&span, || {

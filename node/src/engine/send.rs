@@ -38,6 +38,11 @@ mod publish;
 pub(crate) use each::{Each, MAX_PAYLOAD as MAX_TOGETHER_PAYLOAD};
 pub(crate) use publish::{Events, Publishing};
 
+/// An operation's messages (usually one, kept inline).
+pub(super) type Envelopes = SmallVec<[Box<Envelope>; 1]>;
+/// Each message's encoded item, with the attempt it was encoded for.
+pub(super) type Items = SmallVec<[(u32, EncodedItem); 1]>;
+
 slotmap::new_key_type! {
     /// One destination's delivery of an operation.
     pub(crate) struct DeliveryId;
@@ -83,9 +88,9 @@ pub(super) struct Op {
     pub(super) kind: OpKind,
     /// The messages, as sent (the attempt number of the last attempt), in the boxes the
     /// caller's [`Message`]s came in. Usually one: kept inline, without an allocation.
-    pub(super) messages: SmallVec<[Box<Envelope>; 1]>,
+    pub(super) messages: Envelopes,
     /// Each message's item, encoded for the attempt number it carries.
-    pub(super) items: SmallVec<[(u32, EncodedItem); 1]>,
+    pub(super) items: Items,
     /// Deliveries not finished yet.
     pub(super) open: usize,
     /// Every delivery this operation started (some may have finished since: their ids no
@@ -352,6 +357,36 @@ impl<H: Clone> Engine<H> {
         Ok(op)
     }
 
+    /// Takes `messages` for their first attempt, each encoded as an item: under the head a
+    /// batch's events share when `batched` ([`batch_head`]), on its own otherwise.
+    fn first_attempt(
+        &mut self,
+        messages: &mut Events,
+        batched: bool,
+    ) -> Result<(Envelopes, Items), Error> {
+        let mut envelopes = Envelopes::with_capacity(messages.len());
+        for message in messages.drain(..) {
+            let mut envelope = message.env;
+            envelope.attempt = 1;
+            envelopes.push(envelope);
+        }
+        let head = if batched {
+            batch_head(&envelopes)
+        } else {
+            None
+        };
+        let limits = &self.config.limits;
+        let mut items = SmallVec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            let arena = &mut self.out.arena;
+            items.push((
+                1,
+                EncodedItem::from_envelope_in(envelope, head.as_ref(), limits, arena)?,
+            ));
+        }
+        Ok((envelopes, items))
+    }
+
     /// Pings one live instance of `service`; the result is the round-trip time
     /// ([`Done::Pong`]). `None` when no instance is connected.
     pub(crate) fn ping(&mut self, service: &str, nonce: u64, now: Instant) -> Option<OpId> {
@@ -412,12 +447,7 @@ fn batch_head(messages: &[Box<Envelope>]) -> Option<Head> {
     }
 }
 
-fn new_op(
-    kind: OpKind,
-    messages: SmallVec<[Box<Envelope>; 1]>,
-    items: SmallVec<[(u32, EncodedItem); 1]>,
-    open: usize,
-) -> Op {
+fn new_op(kind: OpKind, messages: Envelopes, items: Items, open: usize) -> Op {
     Op {
         kind,
         messages,

@@ -22,8 +22,7 @@
 
 use std::time::Instant;
 
-use shoal_proto::codec::EncodedItem;
-use shoal_proto::{Envelope, To};
+use shoal_proto::{NodeId, To};
 use smallvec::SmallVec;
 
 use super::super::Engine;
@@ -34,7 +33,6 @@ use super::super::peers::{Route, Target};
 use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
 use crate::Error;
 use crate::receipts::{Deliveries, PublishReceipt, Receipt};
-use shoal_proto::NodeId;
 
 /// The largest payload of an event that travels with others: a larger one gains little from
 /// sharing (its bytes cost more than the bookkeeping), and the events' frames stay far
@@ -65,7 +63,7 @@ impl Each {
         }
     }
 
-    /// Event `index` failed with `error`; its first failure is the one its caller hears.
+    /// Message `index` failed with `error`; its first failure is the one its caller hears.
     pub(in crate::engine) fn failed(&mut self, index: usize, error: impl FnOnce() -> Error) {
         if let Some(slot) = self.errors.get_mut(index) {
             slot.get_or_insert_with(error);
@@ -130,16 +128,8 @@ impl<H: Clone> Engine<H> {
         self.check_service(service)?;
         self.accepting(OpKind::Send)?;
         self.may_travel_together(messages)?;
+        let (envelopes, items) = self.first_attempt(messages, false)?;
         let limits = &self.config.limits;
-        let mut envelopes: SmallVec<[Box<Envelope>; 1]> = SmallVec::with_capacity(messages.len());
-        let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(messages.len());
-        for message in messages.drain(..) {
-            let mut envelope = message.env;
-            envelope.attempt = 1;
-            let item = EncodedItem::from_envelope_in(&envelope, None, limits, &mut self.out.arena)?;
-            envelopes.push(envelope);
-            items.push((1, item));
-        }
         let head = encoded_head(
             &mut self.out.heads,
             &envelopes[0],
@@ -215,8 +205,8 @@ impl<H: Clone> Engine<H> {
     }
 
     /// The receiver refused message `index` of `d` for good: in an operation of separate
-    /// events, that event alone is dead-lettered (and not sent again), and the attempt goes
-    /// on for the others. Says whether `d` is such a delivery; if not, nothing changed.
+    /// calls' messages, that message alone is dead-lettered (and not sent again), and the
+    /// attempt goes on for the others. Says whether `d` is such a delivery; if not, nothing changed.
     pub(in crate::engine) fn refuse_alone(
         &mut self,
         d: DeliveryId,
@@ -249,7 +239,7 @@ impl<H: Clone> Engine<H> {
         true
     }
 
-    /// Whether the operation of `d` is made of separate calls' events.
+    /// Whether the operation of `d` is made of separate calls' messages.
     pub(in crate::engine) fn of_separate_calls(&self, d: DeliveryId) -> bool {
         self.out
             .deliveries

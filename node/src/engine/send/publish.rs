@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_proto::codec::{EncodedHead, EncodedItem};
-use shoal_proto::{Envelope, MessageId, To};
+use shoal_proto::codec::EncodedHead;
+use shoal_proto::{MessageId, To};
 use smallvec::SmallVec;
 
 use super::super::action::{Done, OpId};
@@ -22,7 +22,7 @@ use super::super::fanout::Audience;
 use super::super::ordering::Destination;
 use super::super::peers::Route;
 use super::super::{Engine, topic};
-use super::{Each, OpKind, batch_head, encoded_head, new_op};
+use super::{Each, OpKind, encoded_head, new_op};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::{Deliveries, PublishReceipt};
 use crate::{Error, Message};
@@ -145,24 +145,8 @@ impl<H: Clone> Engine<H> {
                 events.len()
             )));
         }
+        let (envelopes, items) = self.first_attempt(events, batched)?;
         let limits = &self.config.limits;
-        let mut envelopes: SmallVec<[Box<Envelope>; 1]> = SmallVec::with_capacity(events.len());
-        let mut items: SmallVec<[(u32, EncodedItem); 1]> = SmallVec::with_capacity(events.len());
-        for event in events.drain(..) {
-            let mut envelope = event.env;
-            envelope.attempt = 1;
-            envelopes.push(envelope);
-        }
-        let head = if batched {
-            batch_head(&envelopes)
-        } else {
-            None
-        };
-        for envelope in &envelopes {
-            let arena = &mut self.out.arena;
-            let item = EncodedItem::from_envelope_in(envelope, head.as_ref(), limits, arena)?;
-            items.push((1, item));
-        }
         let count = envelopes.len() as u64;
         self.stats.published += count;
         if shape == Shape::Each {
