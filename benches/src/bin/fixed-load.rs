@@ -23,8 +23,10 @@
 //! calls of a task are ordered and the tasks run side by side: `fixed-load send 20000 keyed`.
 //! The option `multi-thread` runs each node on tokio's multi-thread runtime with its default
 //! worker count (one per CPU, what `#[tokio::main]` gives) instead of a `current_thread` one:
-//! `fixed-load publish 200000 multi-thread`. The option `busy-poll` has both nodes poll for
-//! input for a millisecond after each activity ([`shoal::NodeBuilder::busy_poll`]):
+//! `fixed-load publish 200000 multi-thread`; `workers=N` does the same with `N` workers per
+//! node (`workers=1`: one each, as `shoal-bench --runtime multi-thread` runs them). The option
+//! `busy-poll` has both nodes poll for input for a millisecond after each activity
+//! ([`shoal::NodeBuilder::busy_poll`]):
 //! `fixed-load send 20000 closed busy-poll`. The option `in-flight=N` keeps `N` calls in
 //! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`. The option
 //! `batch=N` makes `batch` mode's batches `N` events instead of [`BATCH`]: with
@@ -63,7 +65,13 @@ fn main() -> Result<()> {
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
+    let mut workers = None;
     for option in args {
+        if let Some(n) = option.strip_prefix("workers=") {
+            workers = Some(n.parse()?);
+            multi_thread = true;
+            continue;
+        }
         if let Some(n) = option.strip_prefix("in-flight=") {
             in_flight = n.parse()?;
             continue;
@@ -81,7 +89,7 @@ fn main() -> Result<()> {
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N or batch=N"
+                     in-flight=N, batch=N or workers=N"
                 )
                 .into());
             }
@@ -115,7 +123,7 @@ fn main() -> Result<()> {
         // Returns the receiver's stats, read as it stops.
         std::thread::spawn(move || -> Result<shoal::NodeStats> {
             let _ = tid_tx.send(ThreadTimes::own_tid());
-            let runtime = runtime(multi_thread)?;
+            let runtime = runtime(multi_thread, workers)?;
             runtime.block_on(async move {
                 let node = with_metrics(Node::builder(SERVICE))
                     .identity(ca.issue(SERVICE)?)
@@ -149,7 +157,7 @@ fn main() -> Result<()> {
         ("receiver", tid_rx.recv()?),
     ];
     let threads = threads.map(|(name, tid)| (name, tid.filter(|_| !multi_thread)));
-    let runtime = runtime(multi_thread)?;
+    let runtime = runtime(multi_thread, workers)?;
     let label = mode.clone();
     let (took, stats, spent) = runtime.block_on(async move {
         let node = with_metrics(Node::builder("load-source"))
@@ -284,12 +292,14 @@ fn describe(name: &str, [running, waiting, asleep]: [f64; 3]) -> String {
 }
 
 /// A node's runtime: `current_thread` like the benchmarks, or tokio's multi-thread one with
-/// its default worker count (option `multi-thread`).
-fn runtime(multi_thread: bool) -> std::io::Result<tokio::runtime::Runtime> {
+/// its default worker count (option `multi-thread`) or `workers` of them (option `workers=N`).
+fn runtime(multi_thread: bool, workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(workers) = workers {
+            builder.worker_threads(workers);
+        }
+        builder.enable_all().build()
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -196,7 +196,7 @@ impl Driver {
             metrics: crate::metrics::Exporter::default(),
             multicast: std::sync::OnceLock::new(),
             busy_poll,
-            wakeups: wakeups::Wakeups::new(current_thread),
+            wakeups: wakeups::Wakeups::default(),
             gather: gather::Gather::new(gathers),
         })
     }

@@ -2,7 +2,8 @@
 //!
 //! One read can complete hundreds of calls at once: an `Ack` frame for a whole window of
 //! messages answers every caller that waits for one of them. Woken together, their tasks all
-//! run before anything else on a `current_thread` runtime: the connection's writer and quinn's
+//! run before anything else (on a `current_thread` runtime, and on a multi-thread runtime's
+//! worker whose queue they fill): the connection's writer and quinn's
 //! connection driver, woken by the first caller's next message, are queued behind every
 //! other caller. So each caller's next message waits for the last caller to have made its
 //! own, the peer gets them all in one wave and idles until then, and this node idles in
@@ -16,9 +17,12 @@
 //! sooner. A slice is a quarter of the callers waiting for a call, and at least
 //! [`MIN_SLICE`] ([`Wakeups::slice`]).
 //!
-//! Only on a `current_thread` runtime. On tokio's multi-thread runtime the writer and the
-//! connection driver run on another worker meanwhile, and slicing measured 4-5 % slower
-//! (`fixed-load publish 1500000 multi-thread`): there every caller is woken at once.
+//! On every runtime. On tokio's multi-thread runtime the callers woken together fill the
+//! worker's queue just the same (the writer and the connection driver are tasks on the same
+//! workers), and waking them all at once made the two nodes take turns with whole windows:
+//! with one worker per node (`fixed-load publish 1000000 workers=1`) 256 messages to a write
+//! and 0.72-0.73 M messages/s, against about 100 to a write and 1.18-1.20 M sliced
+//! (benches/README.md, "Callers woken a slice at a time on every runtime").
 //!
 //! Callers are woken in the order they were completed: while some wait here, callers
 //! completed later wait behind them. A call completing one caller at a time (a lone request,
@@ -48,8 +52,6 @@ const MIN_SLICE: usize = 64;
 /// Callers completed and not yet woken, and the task that wakes them.
 #[derive(Default)]
 pub(crate) struct Wakeups {
-    /// Whether callers are woken in slices (on a `current_thread` runtime) or all at once.
-    sliced: bool,
     /// Callers past the first slice, in the order they were completed.
     later: Mutex<VecDeque<Waker>>,
     /// Whether `later` may hold callers (so callers completed now queue behind them).
@@ -61,14 +63,6 @@ pub(crate) struct Wakeups {
 }
 
 impl Wakeups {
-    /// Wakeups in slices when `sliced`, all at once otherwise.
-    pub(crate) fn new(sliced: bool) -> Self {
-        Self {
-            sliced,
-            ..Self::default()
-        }
-    }
-
     /// A caller started waiting for a call (an [`super::op::OpFuture`], or a gathered call's
     /// future, was made). Counted on every runtime: whether others wait decides whether a
     /// call is gathered (`gather.rs`).
@@ -95,10 +89,6 @@ impl Wakeups {
     /// callers completed earlier still wait; the rest by [`Wakeups::run`]. `killed`: the node
     /// stopped at once, and nothing is held back.
     pub(crate) fn wake(&self, wakers: &mut SmallVec<[Waker; 4]>, killed: &CancellationToken) {
-        if !self.sliced {
-            wakers.drain(..).for_each(Waker::wake);
-            return;
-        }
         let slice = self.slice();
         if wakers.len() <= slice && !self.waiting.load(Ordering::Acquire) {
             wakers.drain(..).for_each(Waker::wake);
@@ -214,17 +204,9 @@ mod tests {
 
     #[test]
     fn a_slice_or_less_is_woken_at_once() {
-        let wakeups = Wakeups::new(true);
+        let wakeups = Wakeups::default();
         let counters = complete(&wakeups, &CancellationToken::new(), MIN_SLICE);
         assert_eq!(woken(&counters), vec![1; MIN_SLICE]);
-        assert_eq!(wakeups.held(), 0);
-    }
-
-    #[test]
-    fn unsliced_wakeups_wake_everyone_at_once() {
-        let wakeups = Wakeups::new(false);
-        let counters = complete(&wakeups, &CancellationToken::new(), 3 * MIN_SLICE);
-        assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(wakeups.held(), 0);
     }
 
@@ -232,7 +214,7 @@ mod tests {
     /// callers completed meanwhile queue behind them.
     #[tokio::test(flavor = "current_thread")]
     async fn more_than_a_slice_is_woken_a_slice_per_turn_in_order() {
-        let wakeups = Arc::new(Wakeups::new(true));
+        let wakeups = Arc::new(Wakeups::default());
         let killed = CancellationToken::new();
         let counters = complete(&wakeups, &killed, 3 * MIN_SLICE);
         assert_eq!(woken(&counters[..MIN_SLICE]), vec![1; MIN_SLICE]);
@@ -265,7 +247,7 @@ mod tests {
     /// With 1,024 callers waiting, a slice is 256 of them.
     #[tokio::test(flavor = "current_thread")]
     async fn a_slice_is_a_quarter_of_the_callers_waiting() {
-        let wakeups = Arc::new(Wakeups::new(true));
+        let wakeups = Arc::new(Wakeups::default());
         let killed = CancellationToken::new();
         (0..1024).for_each(|_| wakeups.caller_waits());
         let counters = complete(&wakeups, &killed, 1024);
@@ -280,9 +262,51 @@ mod tests {
         kill(relay, &killed).await;
     }
 
+    /// A relay already waiting (nothing was held back) hears of callers held back later.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_relay_is_told_of_callers_held_back() {
+        let wakeups = Arc::new(Wakeups::default());
+        let killed = CancellationToken::new();
+        let relay = spawn_relay(&wakeups, &killed);
+        // The relay's first turn: nothing held back, so it waits.
+        tokio::task::yield_now().await;
+        let counters = complete(&wakeups, &killed, 2 * MIN_SLICE);
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while wakeups.held() > 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiting relay wakes the callers held back");
+        assert_eq!(woken(&counters), vec![1; 2 * MIN_SLICE]);
+        kill(relay, &killed).await;
+    }
+
+    /// On tokio's multi-thread runtime (a node started under `#[tokio::main]`) too: of callers
+    /// completed while the relay waits, the first slice is woken at once and the relay wakes
+    /// the rest, the late ones included, within a bounded wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn on_a_multi_thread_runtime_the_relay_wakes_every_held_caller() {
+        let wakeups = Arc::new(Wakeups::default());
+        let killed = CancellationToken::new();
+        let relay = spawn_relay(&wakeups, &killed);
+        let counters = complete(&wakeups, &killed, 3 * MIN_SLICE);
+        let late = complete(&wakeups, &killed, 1);
+        assert_eq!(woken(&counters[..MIN_SLICE]), vec![1; MIN_SLICE]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while woken(&counters).contains(&0) || woken(&late).contains(&0) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the relay wakes every held caller");
+        assert_eq!(wakeups.held(), 0);
+        kill(relay, &killed).await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_killed_node_wakes_everything_held_back() {
-        let wakeups = Arc::new(Wakeups::new(true));
+        let wakeups = Arc::new(Wakeups::default());
         let killed = CancellationToken::new();
         let counters = complete(&wakeups, &killed, 2 * MIN_SLICE);
         kill(spawn_relay(&wakeups, &killed), &killed).await;
