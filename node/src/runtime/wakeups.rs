@@ -195,6 +195,18 @@ mod tests {
         relay.await.expect("the relay stops without panicking");
     }
 
+    /// Yields to the runtime until `done`, for at most five seconds (then fails, saying
+    /// `what` did not happen).
+    async fn until(done: impl Fn() -> bool, what: &str) {
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not within 5 s: {what}"));
+    }
+
     fn woken(counters: &[Arc<Counter>]) -> Vec<usize> {
         counters
             .iter()
@@ -232,13 +244,7 @@ mod tests {
         );
         assert_eq!(wakeups.held(), MIN_SLICE + 1);
         // Within a bounded wait, the rest, and the late caller behind them.
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while wakeups.held() > 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("every held caller is woken");
+        until(|| wakeups.held() == 0, "every held caller is woken").await;
         assert_eq!(woken(&counters), vec![1; 3 * MIN_SLICE]);
         assert_eq!(woken(&late), vec![1]);
         kill(relay, &killed).await;
@@ -271,13 +277,11 @@ mod tests {
         // The relay's first turn: nothing held back, so it waits.
         tokio::task::yield_now().await;
         let counters = complete(&wakeups, &killed, 2 * MIN_SLICE);
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while wakeups.held() > 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the waiting relay wakes the callers held back");
+        until(
+            || wakeups.held() == 0,
+            "the waiting relay wakes the callers held back",
+        )
+        .await;
         assert_eq!(woken(&counters), vec![1; 2 * MIN_SLICE]);
         kill(relay, &killed).await;
     }
@@ -293,13 +297,11 @@ mod tests {
         let counters = complete(&wakeups, &killed, 3 * MIN_SLICE);
         let late = complete(&wakeups, &killed, 1);
         assert_eq!(woken(&counters[..MIN_SLICE]), vec![1; MIN_SLICE]);
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while woken(&counters).contains(&0) || woken(&late).contains(&0) {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("the relay wakes every held caller");
+        until(
+            || !woken(&counters).contains(&0) && !woken(&late).contains(&0),
+            "the relay wakes every held caller",
+        )
+        .await;
         assert_eq!(wakeups.held(), 0);
         kill(relay, &killed).await;
     }
