@@ -83,7 +83,8 @@ impl IntoIterator for Deliveries {
 }
 
 impl From<Vec<EventDelivery>> for Deliveries {
-    /// One allocation, none when empty (a background publish's receipt).
+    /// The entries move into one shared allocation; none when empty (a background
+    /// publish's receipt).
     fn from(copies: Vec<EventDelivery>) -> Self {
         Self((!copies.is_empty()).then(|| copies.into()))
     }

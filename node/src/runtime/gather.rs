@@ -446,6 +446,9 @@ impl Drop for Gathered {
             let slot = slots.slot(self.slot);
             slot.waiting = false;
             slot.waker = None;
+            // Slots not made yet belong to callers that have not polled; that can only be
+            // before the hand-over (which makes every slot), when there is no operation to
+            // cancel.
             if slots.slots.iter().any(|s| s.waiting) {
                 return;
             }

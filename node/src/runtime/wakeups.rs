@@ -64,8 +64,8 @@ pub(crate) struct Wakeups {
 
 impl Wakeups {
     /// A caller started waiting for a call (an [`super::op::OpFuture`], or a gathered call's
-    /// future, was made). Counted on every runtime: whether others wait decides whether a
-    /// call is gathered (`gather.rs`).
+    /// future, was made). How many wait decides whether a call is gathered (`gather.rs`) and
+    /// how many callers a slice wakes.
     pub(crate) fn caller_waits(&self) {
         self.callers.fetch_add(1, Ordering::Relaxed);
     }
