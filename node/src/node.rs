@@ -176,7 +176,10 @@ impl Node {
             Either::Left(driver.gather(Bound::Service(SmolStr::new(service)), msg))
         } else {
             let started = trace::within(&span, || {
-                driver.call(|engine, now| engine.send(service, msg, &options, now))
+                // After keyed commands gathered before it (`runtime/gather.rs`).
+                driver.call_in_order(msg.key().is_some(), |engine, now| {
+                    engine.send(service, msg, &options, now)
+                })
             });
             Either::Right(started.map(|op| OpFuture::new(driver, op)))
         };
@@ -220,7 +223,9 @@ impl Node {
         );
         // The engine ends the request with `Error::Timeout` once `timeout` has passed.
         let started = trace::within(&span, || {
-            driver.call(|engine, now| engine.request(service, msg, timeout, now))
+            driver.call_in_order(msg.key().is_some(), |engine, now| {
+                engine.request(service, msg, timeout, now)
+            })
         });
         let op = started.map(|op| OpFuture::new(driver, op));
         trace::instrumented(

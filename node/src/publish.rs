@@ -130,7 +130,11 @@ impl Node {
             ));
         }
         let started = trace::within(&span, || {
-            driver.call(|engine, now| engine.publish(events, batched, &options, now))
+            // After keyed events gathered before it (`runtime/gather.rs`).
+            let keyed = events.iter().any(|e| e.key().is_some());
+            driver.call_in_order(keyed, |engine, now| {
+                engine.publish(events, batched, &options, now)
+            })
         });
         let started = started.map(|publishing| match publishing {
             Publishing::Waiting(op) => Err(OpFuture::new(driver, op)),

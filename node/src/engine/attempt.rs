@@ -23,21 +23,27 @@ use crate::Error;
 const RESUME_WAIT: Duration = Duration::from_millis(500);
 
 impl<H: Clone> Engine<H> {
-    /// Finds an instance for the next attempt of `d` and sends, or waits.
+    /// Finds an instance for the next attempt of `d` and sends, or waits. Keyed messages of
+    /// separate calls whose keys belong to other instances move to deliveries of their own
+    /// first, which go there (`parts.rs`).
     pub(super) fn attempt(&mut self, d: DeliveryId, now: Instant) {
         if self.lifecycle == Lifecycle::Killed {
             return;
         }
+        let moved = self.split_by_owner(d, now);
+        self.attempt_one(d, now);
+        for part in moved {
+            self.attempt_one(part, now);
+        }
+    }
+
+    /// [`Engine::attempt`] for a delivery that goes to one instance.
+    fn attempt_one(&mut self, d: DeliveryId, now: Instant) {
         let turn = self.turn();
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
-        let key = self
-            .out
-            .ops
-            .get(del.op)
-            .and_then(|o| o.messages.first())
-            .and_then(|m| m.partition_key.as_deref());
+        let key = self.out.ops.get(del.op).and_then(|o| del.key(o));
         let chosen = self
             .peers
             .choose(&self.conns, &del.route, &del.tried, key, turn, now);

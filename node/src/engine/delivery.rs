@@ -25,6 +25,7 @@ use smallvec::SmallVec;
 
 use super::action::{ConnId, OpId};
 use super::ordering::Slot;
+use super::parts::Part;
 use super::peers::Route;
 use super::retry::{RetryState, later};
 use super::send::DeliveryId;
@@ -118,10 +119,51 @@ pub(super) struct Delivery {
     pub(super) state: State,
     pub(super) epoch: u32,
     pub(super) created: Instant,
-    pub(super) slot: Option<Slot>,
+    /// The turns it holds or waits for: its key's (one), or each of its keyed messages' when
+    /// it carries several separate calls' messages (`parts.rs`).
+    pub(super) slots: SmallVec<[Slot; 1]>,
+    /// Which messages of its operation it carries, when not all (`parts.rs`); the others
+    /// are marked acknowledged from the start.
+    pub(super) part: Option<Box<Part>>,
     /// The instance of the last attempt.
     pub(super) node: Option<NodeId>,
     pub(super) last_failure: String,
+}
+
+impl Delivery {
+    /// A delivery of `op`'s `messages` messages on `route`, waiting for its turn (if `slot`
+    /// names one), that has not started.
+    pub(super) fn new(
+        (op, messages): (OpId, usize),
+        route: Route,
+        head: Arc<EncodedHead>,
+        spec: Spec,
+        slot: Option<Slot>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            op,
+            route,
+            head,
+            retry: RetryState::new(now),
+            spec,
+            tried: Vec::new(),
+            acked: smallvec::smallvec![false; messages],
+            acked_count: 0,
+            state: State::Turn,
+            epoch: 0,
+            created: now,
+            slots: slot.into_iter().collect(),
+            part: None,
+            node: None,
+            last_failure: String::new(),
+        }
+    }
+
+    /// Whether it carries message `index` of its operation.
+    pub(super) fn carries(&self, index: usize) -> bool {
+        self.part.as_ref().is_none_or(|part| part.carries(index))
+    }
 }
 
 impl<H: Clone> Engine<H> {
@@ -136,31 +178,29 @@ impl<H: Clone> Engine<H> {
         now: Instant,
     ) {
         let messages = self.out.ops.get(op).map_or(0, |o| o.messages.len());
-        let delivery = Delivery {
-            op,
-            route,
-            head,
-            retry: RetryState::new(now),
-            spec,
-            tried: Vec::new(),
-            acked: smallvec::smallvec![false; messages],
-            acked_count: 0,
-            state: State::Turn,
-            epoch: 0,
-            created: now,
-            slot: slot.clone(),
-            node: None,
-            last_failure: String::new(),
-        };
-        let deadline = waits_for_turn_until(&delivery);
+        let delivery = Delivery::new((op, messages), route, head, spec, slot, now);
+        let d = self.insert_delivery(delivery);
+        self.start_delivery(d, now);
+    }
+
+    /// Adds `delivery` to its operation, not started yet.
+    pub(super) fn insert_delivery(&mut self, delivery: Delivery) -> DeliveryId {
+        let op = delivery.op;
         let d = self.out.deliveries.insert(delivery);
-        self.note_sent(d); // metrics/hooks.rs
         if let Some(o) = self.out.ops.get_mut(op) {
             o.deliveries.push(d);
         }
-        if let Some(slot) = slot
-            && !self.out.turns.enter(&slot, d)
-        {
+        d
+    }
+
+    /// Starts `d`: its attempt goes, or it waits for its key's turn.
+    pub(super) fn start_delivery(&mut self, d: DeliveryId, now: Instant) {
+        self.note_sent(d); // metrics/hooks.rs
+        let Some(del) = self.out.deliveries.get(d) else {
+            return;
+        };
+        if del.slots.iter().any(|slot| !self.out.turns.enter(slot, d)) {
+            let deadline = waits_for_turn_until(del);
             self.set_timer(deadline, Timer::Delivery(d, 0));
             return;
         }

@@ -18,7 +18,8 @@
 //!
 //! Inside: the dedup window and the kept replies ([`dedup`], [`replies`]), the retry schedule
 //! ([`retry`]), the choice of instance ([`route`], [`peers`]), topics and the audiences of an
-//! event ([`topic`], [`fanout`]), the turns of keyed messages ([`ordering`]), the window of
+//! event ([`topic`], [`fanout`]), the turns of keyed messages ([`ordering`]; of keyed messages
+//! of separate calls travelling together, [`parts`]), the window of
 //! unanswered messages per connection ([`window`]), and the states of sending
 //! ([`send`], [`delivery`]) and receiving ([`receive`]), with this node's own handlers and
 //! subscriptions ([`local_handlers`]).
@@ -62,6 +63,7 @@ mod multicast_unreported;
 mod ops;
 mod ordering;
 mod outcome;
+mod parts;
 pub(crate) mod peers;
 mod ranges;
 // Asking again for the instances waiting deliveries need: one timer per instance.

@@ -233,7 +233,8 @@ impl<H: Clone> Engine<H> {
             state: State::Channel(node),
             epoch: 1,
             created,
-            slot: None,
+            slots: SmallVec::new(),
+            part: None,
             node: Some(node),
             last_failure: String::new(),
         };

@@ -62,9 +62,11 @@ struct Turns {
 }
 
 impl KeyTurns {
-    /// Takes the next place for `slot`; says whether it is `delivery`'s turn at once.
+    /// Takes the next place for `slot`; says whether it is `delivery`'s turn (at once, or
+    /// already: a delivery that holds the turn keeps it).
     pub(super) fn enter(&mut self, slot: &Slot, delivery: DeliveryId) -> bool {
         match self.slots.get_mut(slot) {
+            Some(turns) if turns.holder == delivery => true,
             Some(turns) => {
                 turns.waiting.push_back(delivery);
                 false
@@ -79,6 +81,32 @@ impl KeyTurns {
                 );
                 true
             }
+        }
+    }
+
+    /// Gives `delivery` the turn of `slot` if nobody holds it or waits for it; says whether it
+    /// did. Unlike [`KeyTurns::enter`], it never queues `delivery`.
+    pub(super) fn take_if_free(&mut self, slot: &Slot, delivery: DeliveryId) -> bool {
+        if self.slots.contains_key(slot) {
+            return false;
+        }
+        self.slots.insert(
+            slot.clone(),
+            Turns {
+                holder: delivery,
+                waiting: VecDeque::new(),
+            },
+        );
+        true
+    }
+
+    /// The turn of `slot` that `from` holds passes to `to`, which carries on with `from`'s
+    /// message (a delivery split in two, `parts.rs`); those waiting keep their places.
+    pub(super) fn hand(&mut self, slot: &Slot, from: DeliveryId, to: DeliveryId) {
+        if let Some(turns) = self.slots.get_mut(slot)
+            && turns.holder == from
+        {
+            turns.holder = to;
         }
     }
 
@@ -158,6 +186,27 @@ mod tests {
         }
         assert!(!turns.enter(&(Destination::Node(node), "k".into()), ids.insert(())));
         assert_eq!(turns.len(), 3);
+    }
+
+    #[test]
+    fn a_free_turn_is_taken_a_held_one_is_not_queued_for_and_a_turn_is_handed_on() {
+        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
+        let (a, b, c, d) = (
+            ids.insert(()),
+            ids.insert(()),
+            ids.insert(()),
+            ids.insert(()),
+        );
+        let mut turns = KeyTurns::default();
+        let s = slot("svc", "k");
+        assert!(turns.take_if_free(&s, a));
+        assert!(!turns.take_if_free(&s, b), "held by a");
+        assert!(!turns.enter(&s, c), "c waits behind a");
+        turns.hand(&s, a, d);
+        assert_eq!(turns.leave(&s, a), None, "a no longer holds it");
+        assert_eq!(turns.leave(&s, d), Some(c), "d held it, then c");
+        assert_eq!(turns.leave(&s, c), None);
+        assert_eq!(turns.len(), 0, "b was never queued");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 use std::time::Instant;
 
 use shoal_proto::{Envelope, NodeId};
+use smallvec::SmallVec;
 
 use super::Engine;
 use super::delivery::{Delivery, State};
+use super::ordering::KeyTurns;
 use super::peers::Route;
 use super::send::{DeliveryId, OpKind};
 use crate::dead_letter::DeadLetter;
@@ -21,23 +23,30 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let (node, attempts) = (del.node, del.retry.attempts().max(1));
+        let node = node.unwrap_or(NodeId::from_u128(0));
         self.stats.acked += u64::from(del.spec.reliable);
-        if let Some(op) = self.out.ops.get_mut(del.op) {
-            let node = node.unwrap_or(NodeId::from_u128(0));
-            match &del.route {
-                Route::Service(_) => {
+        let copy = match &del.route {
+            Route::Service(_) => {
+                if let Some(op) = self.out.ops.get_mut(del.op) {
                     op.sent = Some(Receipt {
                         id: op.messages[0].id,
                         node,
                         attempts,
                     });
                 }
-                Route::Audience { audience, .. } => op.copies.push(EventDelivery {
-                    group: audience.wire_group().map(str::to_owned),
-                    node,
-                    attempts,
-                }),
+                None
             }
+            Route::Audience { audience, .. } => Some(EventDelivery {
+                group: audience.wire_group().map(str::to_owned),
+                node,
+                attempts,
+            }),
+        };
+        if let Some(copy) = copy
+            && let Some(copy) = self.copied_part(d, copy) // parts.rs
+            && let Some(op) = self.out.deliveries.get(d).and_then(|del| self.out.ops.get_mut(del.op))
+        {
+            op.copies.push(copy);
         }
         self.finish(d, now);
     }
@@ -53,7 +62,11 @@ impl<H: Clone> Engine<H> {
             (self.out.ops.get_mut(del.op), &del.route)
         {
             tracing::debug!(id = %op.messages[0].id, "copy for {audience} dropped");
-            op.dropped.push(audience.to_string());
+            // Once per audience, also when its copies went in several deliveries (parts.rs).
+            let audience = audience.to_string();
+            if !op.dropped.contains(&audience) {
+                op.dropped.push(audience);
+            }
         }
         self.finish(d, now);
     }
@@ -113,14 +126,12 @@ impl<H: Clone> Engine<H> {
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
-        let (op, next) = (
-            del.op,
-            del.slot.as_ref().and_then(|s| self.out.turns.leave(s, d)),
-        );
+        let op = del.op;
+        let next = leave_turns(&mut self.out.turns, del, d);
         // Dropped where it lies: a delivery is a few hundred bytes, not worth moving out.
         self.out.deliveries.remove(d);
         self.delivery_ended(op);
-        if let Some(next) = next {
+        for next in next {
             self.take_turn(next, now);
         }
     }
@@ -141,11 +152,10 @@ impl<H: Clone> Engine<H> {
     /// Stops `d` without ending its operation (its caller gave up, or the node stops).
     pub(super) fn abandon(&mut self, d: DeliveryId, now: Instant) {
         self.abandon_flight(d);
-        if let Some(del) = self.out.deliveries.remove(d)
-            && let Some(slot) = &del.slot
-            && let Some(next) = self.out.turns.leave(slot, d)
-        {
-            self.take_turn(next, now);
+        if let Some(del) = self.out.deliveries.remove(d) {
+            for next in leave_turns(&mut self.out.turns, &del, d) {
+                self.take_turn(next, now);
+            }
         }
     }
 
@@ -188,4 +198,13 @@ pub(super) fn letter(del: &Delivery, envelope: &Envelope, reason: &str) -> DeadL
         attempts: del.retry.attempts(),
         last_failure: reason.to_owned(),
     }
+}
+
+/// `d` (`del`) leaves the turns it holds or waits for; returns the deliveries whose turn it is
+/// now.
+fn leave_turns(turns: &mut KeyTurns, del: &Delivery, d: DeliveryId) -> SmallVec<[DeliveryId; 1]> {
+    del.slots
+        .iter()
+        .filter_map(|slot| turns.leave(slot, d))
+        .collect()
 }

@@ -74,7 +74,7 @@ pub(crate) enum Next {
 /// The retry state of one delivery: a pure state machine driven by the send loop. It keeps
 /// what changes (when it started, the attempts made); the [`RetryPolicy`] it follows is the
 /// delivery's, passed in, so a delivery holds one copy of it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct RetryState {
     started: Instant,
     attempts: u32,

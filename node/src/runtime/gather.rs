@@ -18,7 +18,13 @@
 //! behind them, as the writer does). A call with no other call waiting (one at a time, or the
 //! first after a quiet spell) goes at once, as before.
 //!
-//! Not gathered: batches, keyed, best-effort or background messages, calls with options of
+//! Keyed messages are gathered too, and keep their order per key (the engine keeps their
+//! turns and instances, `engine/parts.rs`): a keyed message joins only the newest group, so
+//! the groups, handed over in turn, bring a key's messages in the order of their calls; and a
+//! keyed call that goes to the engine at once hands the waiting groups over first
+//! ([`Driver::call_in_order`]).
+//!
+//! Not gathered: batches, requests, best-effort or background messages, calls with options of
 //! their own, payloads over 16 KiB, and nodes with a multicast channel.
 //!
 //! A caller that drops its future before its message was handed over takes the message back:
@@ -26,11 +32,13 @@
 //! already written goes on when its caller gives up); the operation is cancelled when every
 //! caller gave up.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use shoal_proto::SmolStr;
 use smallvec::SmallVec;
@@ -39,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Driver, State};
 use crate::engine::send::{Events, MAX_TOGETHER_PAYLOAD, Publishing};
-use crate::engine::{Done, OpId};
+use crate::engine::{Done, Engine, OpId};
+use crate::handler::BoxedHandler;
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
 use crate::receipts::PublishReceipt;
 use crate::sync::lock;
@@ -51,12 +60,15 @@ pub(crate) struct Gather {
     /// is made).
     on: bool,
     /// `None` once the node was killed: nothing is gathered any more.
-    pending: Mutex<Option<Vec<Pending>>>,
+    pending: Mutex<Option<VecDeque<Pending>>>,
     /// Tells [`Driver::run_gather`] that messages wait.
     handover: Notify,
     /// How many messages the last group handed over held: a new group makes room for as
     /// many at once, rather than growing message by message.
     last_size: AtomicUsize,
+    /// Whether a keyed message waits: a keyed call that goes to the engine at once hands
+    /// the waiting messages over first ([`Driver::call_in_order`]).
+    keyed: AtomicBool,
 }
 
 impl Gather {
@@ -64,9 +76,10 @@ impl Gather {
     pub(super) fn new(on: bool) -> Self {
         Self {
             on,
-            pending: Mutex::new(Some(Vec::new())),
+            pending: Mutex::new(Some(VecDeque::new())),
             handover: Notify::new(),
             last_size: AtomicUsize::new(0),
+            keyed: AtomicBool::new(false),
         }
     }
 }
@@ -84,8 +97,18 @@ pub(crate) enum Bound {
 struct Pending {
     bound: Bound,
     messages: Vec<Message>,
+    /// Whether one of `messages` has a key: then the group holds at most [`MAX_KEYED`].
+    keyed: bool,
     callers: Arc<Callers>,
 }
+
+/// The most messages a group with keyed ones holds. In the engine, a keyed message whose key
+/// is taken waits in a delivery of its own that keeps a mark for every message of its
+/// operation (`engine/parts.rs`), so a group's cost grows with its keyed messages times its
+/// size: 256 calls in flight still travel together, and a burst of thousands of calls of one
+/// key makes many small operations rather than one whose hand-over holds the engine (and the
+/// thread) for long.
+const MAX_KEYED: usize = 256;
 
 /// The callers whose messages travel together: a slot each, in the order they called.
 /// A slot is made when first used (its caller polls or gives up, or the messages are handed
@@ -185,8 +208,7 @@ impl Driver {
     }
 
     fn gathers(&self, message: &Message) -> bool {
-        message.key().is_none()
-            && message.payload().len() <= MAX_TOGETHER_PAYLOAD
+        message.payload().len() <= MAX_TOGETHER_PAYLOAD
             && self.gather.on
             && self.wakeups.others_waiting()
     }
@@ -200,25 +222,41 @@ impl Driver {
             return self.refused(Error::ShuttingDown);
         };
         let first = pending.is_empty();
-        let group = match pending
-            .iter_mut()
-            .find(|p| p.bound == bound && p.messages.len() < MAX_BATCH_EVENTS)
-        {
+        // A keyed message joins only the newest group: the groups go to the engine in turn,
+        // so its key's messages (on any topic) reach the engine in the order of their calls.
+        let keyed = message.key().is_some();
+        let joins = |p: &Pending| {
+            let most = if keyed || p.keyed {
+                MAX_KEYED
+            } else {
+                MAX_BATCH_EVENTS
+            };
+            p.bound == bound && p.messages.len() < most
+        };
+        let group = if keyed {
+            self.gather.keyed.store(true, Ordering::Release);
+            pending.back_mut().filter(|p| joins(p))
+        } else {
+            pending.iter_mut().find(|p| joins(p))
+        };
+        let group = match group {
             Some(group) => group,
             None => {
                 let room = self.gather.last_size.load(Ordering::Relaxed);
-                pending.push(Pending {
+                pending.push_back(Pending {
                     bound,
+                    keyed: false,
                     messages: Vec::with_capacity(room),
                     callers: Arc::new(Callers(Mutex::new(Slots {
                         slots: Vec::with_capacity(room),
                         ops: SmallVec::new(),
                     }))),
                 });
-                pending.last_mut().expect("just pushed")
+                pending.back_mut().expect("just pushed")
             }
         };
         group.messages.push(message);
+        group.keyed |= keyed;
         let slot = group.messages.len() - 1;
         let callers = Arc::clone(&group.callers);
         drop(pending_guard);
@@ -253,9 +291,16 @@ impl Driver {
             if self.yield_before_write {
                 tokio::task::yield_now().await;
             }
-            let groups = lock(&self.gather.pending).as_mut().map(std::mem::take);
-            for group in groups.into_iter().flatten() {
-                self.hand_over(group);
+            // A group at a time, each in a call of its own: a large backlog does not hold the
+            // engine for long.
+            loop {
+                let mut wake = Vec::new();
+                let more =
+                    self.call_state(|state, now| self.hand_over_first(state, now, &mut wake));
+                wake.into_iter().for_each(Waker::wake);
+                if !more {
+                    break;
+                }
             }
         }
         let groups = lock(&self.gather.pending).take();
@@ -271,10 +316,48 @@ impl Driver {
         }
     }
 
+    /// [`Driver::call`] for a call with a keyed message that goes to the engine at once:
+    /// keyed messages gathered before it are handed over first, so that its key's turn comes
+    /// after theirs, as their calls came first (README, "Ordering per key").
+    pub(crate) fn call_in_order<R>(
+        self: &Arc<Self>,
+        keyed: bool,
+        f: impl FnOnce(&mut Engine<BoxedHandler>, Instant) -> R,
+    ) -> R {
+        if !keyed || !self.gather.keyed.load(Ordering::Acquire) {
+            return self.call(f);
+        }
+        let mut wake = Vec::new();
+        let result = self.call_state(|state, now| {
+            while self.hand_over_first(state, now, &mut wake) {}
+            f(&mut state.engine, now)
+        });
+        wake.into_iter().for_each(Waker::wake);
+        result
+    }
+
+    /// Hands the oldest group gathered to the engine; says whether there was one. A group
+    /// leaves `pending` in the call that hands it over, so a keyed call that goes at once
+    /// ([`Driver::call_in_order`]) finds every group not yet handed over.
+    fn hand_over_first(&self, state: &mut State, now: Instant, wake: &mut Vec<Waker>) -> bool {
+        let group = {
+            let mut pending = lock(&self.gather.pending);
+            let Some(group) = pending.as_mut().and_then(VecDeque::pop_front) else {
+                return false;
+            };
+            if pending.as_ref().is_some_and(VecDeque::is_empty) {
+                self.gather.keyed.store(false, Ordering::Release);
+            }
+            group
+        };
+        self.hand_over(state, now, group, wake);
+        true
+    }
+
     /// Hands a destination's gathered messages to the engine as one operation (or each
     /// alone, when the engine refuses them together: one may break a limit), skipping those
     /// whose callers gave up.
-    fn hand_over(self: &Arc<Self>, group: Pending) {
+    fn hand_over(&self, state: &mut State, now: Instant, group: Pending, wake: &mut Vec<Waker>) {
         let callers = group.callers;
         let count = group.messages.len();
         self.gather.last_size.store(count, Ordering::Relaxed);
@@ -297,58 +380,54 @@ impl Driver {
             return;
         }
         let ids: SmallVec<[MessageId; 8]> = messages.iter().map(Message::id).collect();
-        let mut wake = Vec::new();
-        self.call_state(|state, now| {
-            let together = match &group.bound {
-                Bound::Topic(_) => {
-                    let options = PublishOptions::default();
-                    state.engine.publish_each(&mut messages, &options, now)
-                }
-                Bound::Service(service) => state
-                    .engine
-                    .send_each(service, &mut messages, now)
-                    .map(Publishing::Waiting),
-            };
-            match together {
-                Ok(started) => claim(state, started, &callers, slots, &ids, &mut wake),
-                // Taken, then refused (not expected): every caller hears why.
-                Err(e) if messages.is_empty() => {
-                    let claim = Claim {
-                        callers: Arc::clone(&callers),
-                        slots,
+        let together = match &group.bound {
+            Bound::Topic(_) => {
+                let options = PublishOptions::default();
+                state.engine.publish_each(&mut messages, &options, now)
+            }
+            Bound::Service(service) => state
+                .engine
+                .send_each(service, &mut messages, now)
+                .map(Publishing::Waiting),
+        };
+        match together {
+            Ok(started) => claim(state, started, &callers, slots, &ids, wake),
+            // Taken, then refused (not expected): every caller hears why.
+            Err(e) if messages.is_empty() => {
+                let claim = Claim {
+                    callers: Arc::clone(&callers),
+                    slots,
+                };
+                claim.settle(Some(Err(e)), wake);
+            }
+            // Refused as they were: each goes alone, and hears its own result.
+            Err(_) => {
+                for ((message, slot), id) in messages.drain(..).zip(slots).zip(&ids) {
+                    let alone = match &group.bound {
+                        Bound::Topic(_) => state.engine.publish(
+                            smallvec::smallvec![message],
+                            false,
+                            &PublishOptions::default(),
+                            now,
+                        ),
+                        Bound::Service(service) => state
+                            .engine
+                            .send(service, message, &SendOptions::default(), now)
+                            .map(Publishing::Waiting),
                     };
-                    claim.settle(Some(Err(e)), &mut wake);
-                }
-                // Refused as they were: each goes alone, and hears its own result.
-                Err(_) => {
-                    for ((message, slot), id) in messages.drain(..).zip(slots).zip(&ids) {
-                        let alone = match &group.bound {
-                            Bound::Topic(_) => state.engine.publish(
-                                smallvec::smallvec![message],
-                                false,
-                                &PublishOptions::default(),
-                                now,
-                            ),
-                            Bound::Service(service) => state
-                                .engine
-                                .send(service, message, &SendOptions::default(), now)
-                                .map(Publishing::Waiting),
-                        };
-                        match alone {
-                            Ok(started) => {
-                                let slots = smallvec::smallvec![slot];
-                                claim(state, started, &callers, slots, &[*id], &mut wake);
-                            }
-                            Err(e) => {
-                                let mut slots = lock(&callers.0);
-                                slots.fill(slot, Err(e), &mut wake);
-                            }
+                    match alone {
+                        Ok(started) => {
+                            let slots = smallvec::smallvec![slot];
+                            claim(state, started, &callers, slots, &[*id], wake);
+                        }
+                        Err(e) => {
+                            let mut slots = lock(&callers.0);
+                            slots.fill(slot, Err(e), wake);
                         }
                     }
                 }
             }
-        });
-        wake.into_iter().for_each(Waker::wake);
+        }
     }
 }
 

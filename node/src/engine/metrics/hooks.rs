@@ -67,7 +67,8 @@ impl<H: Clone> Engine<H> {
         };
         let service = service_of(&del.route);
         for (index, envelope) in op.messages.iter().enumerate() {
-            if unacked_only && del.acked.get(index).copied().unwrap_or(false) {
+            if !del.carries(index) || unacked_only && del.acked.get(index).copied().unwrap_or(false)
+            {
                 continue;
             }
             f(m.outbound.get(service, &envelope.name));

@@ -138,6 +138,24 @@ impl Peers {
         instances_of(&self.audiences(conns, topic, now), audience).is_some()
     }
 
+    /// The nodes among which a keyed delivery on `route` goes to its key's owner
+    /// ([`route::choose_for_key`]), as [`Peers::choose`] weighs them; empty when fewer than
+    /// two are live (the one there is takes every key).
+    pub(in crate::engine) fn key_owners(
+        &mut self,
+        conns: &SlotMap<ConnId, Conn>,
+        route: &Route,
+        now: Instant,
+    ) -> Vec<NodeId> {
+        let live = self.candidates(conns, route, now);
+        if live.len() <= 1 {
+            return Vec::new();
+        }
+        live.iter()
+            .filter_map(|c| conns.get(*c).map(|c| c.node))
+            .collect()
+    }
+
     /// The live connections that may take a delivery on `route`.
     fn candidates(
         &mut self,

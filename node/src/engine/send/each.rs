@@ -18,7 +18,9 @@
 //!
 //! What the messages share is what lone messages to the same destinations would have had
 //! anyway: the instance each delivery went to and the attempts it took, which the receipts
-//! report alike.
+//! report alike. Keyed messages keep their keys' turns and instances: those that cannot share
+//! a delivery get deliveries of their own, each carrying part of the operation
+//! (`parts.rs`), and their events' receipts list their own copies.
 
 use std::time::Instant;
 
@@ -32,7 +34,7 @@ use super::super::outcome::letter;
 use super::super::peers::{Route, Target};
 use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
 use crate::Error;
-use crate::receipts::{Deliveries, PublishReceipt, Receipt};
+use crate::receipts::{Deliveries, EventDelivery, PublishReceipt, Receipt};
 
 /// The largest payload of an event that travels with others: a larger one gains little from
 /// sharing (its bytes cost more than the bookkeeping), and the events' frames stay far
@@ -53,6 +55,11 @@ pub(crate) struct Each {
     /// command acknowledged before the instance of a later attempt failed names the one that
     /// handled it, not the one the others went on to).
     handled: SmallVec<[Option<(NodeId, u32)>; 8]>,
+    /// Events: the copies made by deliveries that carried only some of them (keyed events
+    /// at their keys' instances, `parts.rs`); empty otherwise.
+    part_copies: Vec<EventDelivery>,
+    /// Which of `part_copies` each event's are.
+    copied_by: Vec<SmallVec<[u32; 2]>>,
 }
 
 impl Each {
@@ -60,6 +67,26 @@ impl Each {
         Self {
             errors: (0..messages).map(|_| None).collect(),
             handled: SmallVec::from_elem(None, messages),
+            part_copies: Vec::new(),
+            copied_by: Vec::new(),
+        }
+    }
+
+    /// The events `members` were delivered as `copy` says.
+    pub(in crate::engine) fn copied(
+        &mut self,
+        members: impl Iterator<Item = usize>,
+        copy: EventDelivery,
+    ) {
+        if self.copied_by.is_empty() {
+            self.copied_by.resize_with(self.errors.len(), SmallVec::new);
+        }
+        let at = self.part_copies.len() as u32;
+        self.part_copies.push(copy);
+        for index in members {
+            if let Some(copies) = self.copied_by.get_mut(index) {
+                copies.push(at);
+            }
         }
     }
 
@@ -94,18 +121,24 @@ impl Each {
                     })
                     .collect(),
             ),
-            // The events went to the same audiences together: their receipts share one list.
+            // The events went to the same audiences together: their receipts share one list,
+            // unless keyed events went to their keys' instances (each lists its own).
             _ => {
-                let deliveries = Deliveries::from(std::mem::take(&mut op.copies));
+                let deliveries = deliveries(
+                    (&self.part_copies, &self.copied_by),
+                    op.messages.len(),
+                    std::mem::take(&mut op.copies),
+                );
                 Done::PublishedEach(
-                    each.map(|result| {
-                        Ok(PublishReceipt {
-                            id: result?,
-                            deliveries: deliveries.clone(),
-                            dropped: op.dropped.clone(),
+                    each.zip(deliveries)
+                        .map(|(result, deliveries)| {
+                            Ok(PublishReceipt {
+                                id: result?,
+                                deliveries,
+                                dropped: op.dropped.clone(),
+                            })
                         })
-                    })
-                    .collect(),
+                        .collect(),
                 )
             }
         }
@@ -113,9 +146,9 @@ impl Each {
 }
 
 impl<H: Clone> Engine<H> {
-    /// Sends the commands of separate calls, all to `service` without a key and with the
-    /// default options, as one operation in which each is handled on its own and has a
-    /// result of its own ([`Done::SentEach`]).
+    /// Sends the commands of separate calls, all to `service` with the default options, as
+    /// one operation in which each is handled on its own and has a result of its own
+    /// ([`Done::SentEach`]). Keyed ones keep their keys' turns and instances (`parts.rs`).
     ///
     /// Refused before anything is taken from `messages` (so that each can be sent alone and
     /// hear its own error) when they cannot go together or one breaks a limit.
@@ -144,18 +177,17 @@ impl<H: Clone> Engine<H> {
         let mut op = new_op(OpKind::Send, envelopes, items, 1);
         op.each = Some(Box::new(Each::new(op.messages.len())));
         let op = self.out.insert_op(op);
-        self.add_delivery(op, route, head, spec, None, now);
+        self.add_each_delivery(op, route, head, spec, now); // parts.rs
         Ok(op)
     }
 
-    /// Refuses messages that cannot travel together, before anything is taken from them: a
-    /// key (its order is kept by turns, one message at a time), or one too large or that
-    /// breaks a limit (it would fail them all once taken).
+    /// Refuses messages that cannot travel together, before anything is taken from them:
+    /// none, or one too large or that breaks a limit (it would fail them all once taken).
     pub(in crate::engine) fn may_travel_together(&self, messages: &Events) -> Result<(), Error> {
         let limits = &self.config.limits;
-        if messages.is_empty() || messages.iter().any(|m| m.key().is_some()) {
+        if messages.is_empty() {
             return Err(Error::InvalidBatch(
-                "separate calls' messages travel together only when there are some, unkeyed".into(),
+                "separate calls' messages travel together only when there are some".into(),
             ));
         }
         if limits.max_frame_len < MIN_FRAME_LEN
@@ -197,8 +229,8 @@ impl<H: Clone> Engine<H> {
         let Some(node) = node else {
             return;
         };
-        for (handled, acked) in each.handled.iter_mut().zip(&del.acked) {
-            if *acked && handled.is_none() {
+        for (index, (handled, acked)) in each.handled.iter_mut().zip(&del.acked).enumerate() {
+            if *acked && handled.is_none() && del.carries(index) {
                 *handled = Some((node, attempts));
             }
         }
@@ -247,4 +279,29 @@ impl<H: Clone> Engine<H> {
             .and_then(|del| self.out.ops.get(del.op))
             .is_some_and(|o| o.each.is_some())
     }
+}
+
+/// Each event's list of copies: `shared` (those of deliveries that carried all), then
+/// its own. Events with the same copies share one list.
+fn deliveries(
+    (part_copies, copied_by): (&[EventDelivery], &[SmallVec<[u32; 2]>]),
+    events: usize,
+    shared: Vec<EventDelivery>,
+) -> Vec<Deliveries> {
+    if copied_by.is_empty() {
+        return vec![Deliveries::from(shared); events];
+    }
+    let mut made: SmallVec<[(&[u32], Deliveries); 4]> = SmallVec::new();
+    copied_by
+        .iter()
+        .map(|own| {
+            if let Some((_, list)) = made.iter().find(|(set, _)| *set == own.as_slice()) {
+                return list.clone();
+            }
+            let copies = own.iter().filter_map(|at| part_copies.get(*at as usize));
+            let list = Deliveries::from(shared.iter().chain(copies).cloned().collect::<Vec<_>>());
+            made.push((own, list.clone()));
+            list
+        })
+        .collect()
 }

@@ -130,10 +130,11 @@ impl<H: Clone> Engine<H> {
         topic::check_topic(&topic).map_err(Error::Topic)?;
         // A topic this node's policy forbids fails here, before anything is sent (authz.rs).
         self.authorize_publish(&topic)?;
+        // Separate calls' events may have keys of their own (`parts.rs`).
         let key = first.env.partition_key.clone();
         if events
             .iter()
-            .any(|e| e.name() != topic || e.key() != key.as_deref())
+            .any(|e| e.name() != topic || (shape != Shape::Each && e.key() != key.as_deref()))
         {
             return Err(Error::InvalidBatch(
                 "the events of a batch must share one topic and one partition key".into(),
@@ -216,6 +217,10 @@ impl<H: Clone> Engine<H> {
                 topic: topic.clone(),
                 audience: audience.clone(),
             };
+            if shape == Shape::Each {
+                self.add_each_delivery(op, route, head, spec, now); // parts.rs
+                continue;
+            }
             // Best-effort copies are not retried, so they need no turn.
             let slot = key
                 .as_ref()

@@ -245,7 +245,6 @@ fn events_that_cannot_travel_together_are_refused_and_left_to_go_alone() {
     let mut sim = Sim::new(305);
     let orders = sim.node("orders");
     let now = sim.now;
-    let keyed = sim.event("order.created", "1").with_key("customer-1");
     let plain = sim.event("order.created", "2");
     let mut crowded = sim.event("order.created", "3");
     for n in 0..=crate::config::Config::default().limits.max_headers {
@@ -253,7 +252,7 @@ fn events_that_cannot_travel_together_are_refused_and_left_to_go_alone() {
     }
     let engine = &mut sim.nodes[orders].engine;
     for (events, options) in [
-        (vec![plain.clone(), keyed], PublishOptions::default()),
+        (Vec::new(), PublishOptions::default()),
         (vec![plain.clone()], PublishOptions::best_effort()),
         (vec![plain.clone()], PublishOptions::background()),
         (vec![plain, crowded], PublishOptions::default()),

@@ -25,6 +25,7 @@ mod each_tests;
 mod handler;
 mod hold_tests;
 mod hostile_tests;
+mod keyed_each_tests;
 mod lazy_tests;
 mod metrics_tests;
 mod multicast;

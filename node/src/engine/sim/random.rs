@@ -37,7 +37,8 @@ struct Call {
     /// Receipt ready at the call (best effort, no audience).
     done: Option<Result<Done, Error>>,
     ids: Vec<MessageId>,
-    key: Option<String>,
+    /// Each message's key.
+    keys: Vec<Option<String>>,
 }
 
 /// Runs one schedule; returns the messages handled, or why an invariant broke.
@@ -91,55 +92,64 @@ fn schedule(seed: u64) -> Result<u64, String> {
             sim.connect_with(cut.0, cut.1, faults.clone());
         }
         let node = senders[sim.rng.random_range(0..senders.len())];
-        let key = sim
-            .rng
-            .random_bool(0.5)
-            .then(|| format!("customer-{}", sim.rng.random_range(0..4)));
+        let draw_key = |sim: &mut Sim| {
+            sim.rng
+                .random_bool(0.5)
+                .then(|| format!("customer-{}", sim.rng.random_range(0..4)))
+        };
+        let key = draw_key(&mut sim);
         calls.push(match sim.rng.random_range(0..10) {
             n @ 0..=4 => {
-                // 4 unkeyed: separate calls' commands travelling together (send/each.rs).
-                let (ids, op) = if n == 4 && key.is_none() {
+                // 4: separate calls' commands travelling together (send/each.rs), each with
+                // a key of its own or none (parts.rs).
+                let (ids, keys, op) = if n == 4 {
                     let count = sim.rng.random_range(2..6);
-                    let commands: Vec<Message> = (0..count)
-                        .map(|j| sim.command("charge", format!("{i}.{j}")))
+                    let keys: Vec<Option<String>> =
+                        (0..count).map(|_| draw_key(&mut sim)).collect();
+                    let commands: Vec<Message> = keys
+                        .iter()
+                        .enumerate()
+                        .map(|(j, key)| keyed(sim.command("charge", format!("{i}.{j}")), key))
                         .collect();
                     let ids = commands.iter().map(Message::id).collect();
                     let op = sim
                         .send_each(node, "billing", commands)
                         .map_err(|e| format!("send_each refused: {e}"))?;
-                    (ids, op)
+                    (ids, keys, op)
                 } else {
-                    let mut msg = sim.command("charge", format!("{i}"));
-                    if let Some(key) = &key {
-                        msg = msg.with_key(key.clone());
-                    }
-                    (vec![msg.id()], sim.send(node, "billing", msg))
+                    let msg = keyed(sim.command("charge", format!("{i}")), &key);
+                    (vec![msg.id()], vec![key], sim.send(node, "billing", msg))
                 };
                 Call {
                     node,
                     op: Some(op),
                     done: None,
                     ids,
-                    key,
+                    keys,
                 }
             }
             n => {
-                // 9: a batch; 8 unkeyed: separate calls' events travelling together
-                // (send/each.rs).
-                let together = n == 8 && key.is_none();
+                // 9: a batch (one key); 8: separate calls' events travelling together, each
+                // with a key of its own or none (send/each.rs, parts.rs).
+                let together = n == 8;
                 let count = if n == 9 || together {
                     sim.rng.random_range(2..6)
                 } else {
                     1
                 };
-                let events: Vec<Message> = (0..count)
-                    .map(|j| {
-                        let e = sim.event("order.created", format!("{i}.{j}"));
-                        match &key {
-                            Some(k) => e.with_key(k.clone()),
-                            None => e,
+                let keys: Vec<Option<String>> = (0..count)
+                    .map(|_| {
+                        if together {
+                            draw_key(&mut sim)
+                        } else {
+                            key.clone()
                         }
                     })
+                    .collect();
+                let events: Vec<Message> = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(j, key)| keyed(sim.event("order.created", format!("{i}.{j}")), key))
                     .collect();
                 let ids = events.iter().map(Message::id).collect();
                 let published = if together {
@@ -157,7 +167,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     op,
                     done,
                     ids,
-                    key,
+                    keys,
                 }
             }
         });
@@ -168,6 +178,14 @@ fn schedule(seed: u64) -> Result<u64, String> {
     sim.run_for(Duration::from_secs(70));
     check(&sim, &calls, crashed)?;
     Ok(sim.handled)
+}
+
+/// `msg` with `key`, if any.
+fn keyed(msg: Message, key: &Option<String>) -> Message {
+    match key {
+        Some(key) => msg.with_key(key.clone()),
+        None => msg,
+    }
 }
 
 /// A handler that takes `delay` and fails retryably for a share of messages (the same ones
@@ -216,7 +234,8 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
         };
         let result = result.ok_or_else(|| format!("call {index} never ended"))?;
         let mut acked = |label: &str, id: MessageId| {
-            if let Some(key) = &call.key {
+            let at = call.ids.iter().position(|i| *i == id);
+            if let Some(Some(key)) = at.and_then(|at| call.keys.get(at)) {
                 acked_by_key
                     .entry((call.node, label.to_owned(), key.clone()))
                     .or_default()
@@ -267,6 +286,7 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                                     "call {index}: {id} acked by node {node}, never handled there"
                                 ));
                             }
+                            acked("charge", *id);
                         }
                         Err(Error::DeadLettered(_)) => {}
                         Err(e) => return Err(format!("call {index}: {id}: {e}")),
@@ -290,6 +310,7 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                                         "call {index}: {group} acked {id}, never handled"
                                     ));
                                 }
+                                acked(&group, *id);
                             }
                         }
                         Err(Error::DeadLettered(_)) => {}
