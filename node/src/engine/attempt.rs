@@ -276,8 +276,10 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// Decides what follows a retryable failure.
+    /// Decides what follows a retryable failure. The turns of keyed messages of separate
+    /// calls it answered already pass on first (`parts.rs`).
     pub(super) fn retry(&mut self, d: DeliveryId, reason: String, now: Instant) {
+        self.pass_answered_turns(d, now);
         let jitter: f64 = self.rng.random();
         let Some(del) = self.out.deliveries.get_mut(d) else {
             return;

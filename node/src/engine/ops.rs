@@ -103,7 +103,19 @@ impl<H: Clone> Engine<H> {
         let Some(o) = self.out.ops.get_mut(op) else {
             return;
         };
-        for d in std::mem::take(&mut o.deliveries) {
+        // Those waiting for their key's turn go first: a turn one of the others holds would
+        // pass to them as it ends, and they would make an attempt (`parts.rs`: an
+        // operation's message may wait behind another of the same operation). Its items
+        // would not be written (the writer skips those of a delivery gone), but it might ask
+        // for a connection or be dead-lettered.
+        let mut ds = std::mem::take(&mut o.deliveries);
+        ds.sort_by_key(|d| {
+            self.out
+                .deliveries
+                .get(*d)
+                .is_none_or(|del| del.state != State::Turn)
+        });
+        for d in ds {
             match self.out.deliveries.get(d) {
                 Some(del) if del.op == op => {
                     if answered && matches!(del.state, State::Flight { .. }) {

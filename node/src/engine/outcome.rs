@@ -139,7 +139,7 @@ impl<H: Clone> Engine<H> {
     /// `next` gets its key's turn: its attempt goes. A held one (a hold of its own, as keyed
     /// events behind a held one have) gets its retries from here, as a held delivery does
     /// when an instance is back (README, "Where the promise ends").
-    fn take_turn(&mut self, next: DeliveryId, now: Instant) {
+    pub(super) fn take_turn(&mut self, next: DeliveryId, now: Instant) {
         if let Some(del) = self.out.deliveries.get_mut(next)
             && del.spec.hold.is_some()
         {

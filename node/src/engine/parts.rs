@@ -9,7 +9,9 @@
 //!   A message whose key is taken (by a message sent earlier, or by one before it in the
 //!   same operation) goes in a delivery of its own that waits for the turn, as it would
 //!   alone; the others share one delivery per destination. Turns pass when a delivery ends,
-//!   so a key's next message goes once every message it travelled with was answered.
+//!   or, for the messages answered already, when it is to be retried
+//!   ([`Engine::pass_answered_turns`]): a key's next message waits for the first attempt of
+//!   the messages it travelled with, not for their retries.
 //! - **At its key's instance.** Before each attempt, the messages whose key belongs to
 //!   another instance than the first message's move to a delivery of their own per instance
 //!   ([`Engine::split_by_owner`]), taking their turns with them. With one live instance
@@ -29,7 +31,7 @@ use smallvec::SmallVec;
 use super::Engine;
 use super::action::OpId;
 use super::delivery::{Delivery, Spec, State};
-use super::ordering::Destination;
+use super::ordering::{Destination, Slot};
 use super::peers::Route;
 use super::route;
 use super::send::{DeliveryId, Op};
@@ -184,6 +186,38 @@ impl<H: Clone> Engine<H> {
         }
         for d in started {
             self.start_delivery(d, now);
+        }
+    }
+
+    /// `d` is to be retried: the turns of its keyed messages already answered (acknowledged,
+    /// or refused for good) pass on, so that their keys' next messages do not wait for the
+    /// retries of the others.
+    pub(super) fn pass_answered_turns(&mut self, d: DeliveryId, now: Instant) {
+        let Some(del) = self.out.deliveries.get_mut(d) else {
+            return;
+        };
+        let (Some(part), Some(op)) = (&del.part, self.out.ops.get(del.op)) else {
+            return;
+        };
+        let mut passed: SmallVec<[Slot; 4]> = SmallVec::new();
+        for index in part.members() {
+            if !del.acked.get(index).copied().unwrap_or(false) {
+                continue;
+            }
+            let key = op
+                .messages
+                .get(index)
+                .and_then(|m| m.partition_key.as_ref());
+            if let Some(at) = key.and_then(|key| del.slots.iter().position(|(_, k)| k == key)) {
+                passed.push(del.slots.swap_remove(at));
+            }
+        }
+        let next: SmallVec<[DeliveryId; 4]> = passed
+            .iter()
+            .filter_map(|slot| self.out.turns.leave(slot, d))
+            .collect();
+        for next in next {
+            self.take_turn(next, now);
         }
     }
 

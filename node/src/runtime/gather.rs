@@ -329,7 +329,11 @@ impl Driver {
         }
         let mut wake = Vec::new();
         let result = self.call_state(|state, now| {
-            while self.hand_over_first(state, now, &mut wake) {}
+            // Those waiting now, not those other tasks add meanwhile (each may be large).
+            let waiting = lock(&self.gather.pending).as_ref().map_or(0, VecDeque::len);
+            for _ in 0..waiting {
+                self.hand_over_first(state, now, &mut wake);
+            }
             f(&mut state.engine, now)
         });
         wake.into_iter().for_each(Waker::wake);

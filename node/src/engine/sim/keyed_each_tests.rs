@@ -249,3 +249,36 @@ fn keyed_events_for_a_group_are_handled_and_listed_at_their_keys_instances() {
         assert_eq!(sim.nodes[run.node].engine.id(), owner, "{key}");
     }
 }
+
+#[test]
+fn a_key_answered_passes_its_turn_before_the_others_are_retried() {
+    let mut sim = Sim::new(406);
+    let (orders, billing) = (sim.node("orders"), sim.node("billing"));
+    sim.connect(orders, billing);
+    sim.handle(billing, "charge", |msg| {
+        if msg.payload().as_ref() == b"1" && msg.attempt() == 1 {
+            Handled::fail(crate::HandlerError::retryable("busy"))
+        } else {
+            Handled::ok_after(Duration::from_millis(5))
+        }
+    });
+    sim.run_for(SECOND);
+    // x is acknowledged at once; y is refused for now and retried after a backoff.
+    let commands = commands(&mut sim, &[Some("x"), Some("y")]);
+    let y = commands[1].id();
+    sim.send_each(orders, "billing", commands).expect("sent");
+    let next_x = sim.command("charge", "next").with_key("x");
+    let next_x_id = next_x.id();
+    sim.send(orders, "billing", next_x);
+    sim.run_for(10 * SECOND);
+    let next = run_of(&sim, next_x_id);
+    let retried = sim
+        .runs
+        .iter()
+        .find(|r| r.id == y && r.ok)
+        .expect("y handled on its retry");
+    assert!(
+        next.0 < retried.ended,
+        "x's next message went before y's retry was answered"
+    );
+}
