@@ -62,10 +62,11 @@ impl<H: Clone> Engine<H> {
             (self.out.ops.get_mut(del.op), &del.route)
         {
             tracing::debug!(id = %op.messages[0].id, "copy for {audience} dropped");
-            // Once per audience, also when its copies went in several deliveries (parts.rs).
             let audience = audience.to_string();
-            if !op.dropped.contains(&audience) {
-                op.dropped.push(audience);
+            // A delivery carrying some events only (parts.rs) drops theirs alone.
+            match (&del.part, op.each.as_deref_mut()) {
+                (Some(part), Some(each)) => each.dropped(part.members(), &audience),
+                _ => op.dropped.push(audience),
             }
         }
         self.finish(d, now);

@@ -243,6 +243,7 @@ impl Driver {
             Some(group) => group,
             None => {
                 let room = self.gather.last_size.load(Ordering::Relaxed);
+                let room = if keyed { room.min(MAX_KEYED) } else { room };
                 pending.push_back(Pending {
                     bound,
                     keyed: false,

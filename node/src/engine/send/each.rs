@@ -60,6 +60,9 @@ pub(crate) struct Each {
     part_copies: Vec<EventDelivery>,
     /// Which of `part_copies` each event's are.
     copied_by: Vec<SmallVec<[u32; 2]>>,
+    /// Events: the audiences each event's own deliveries dropped, when they were not the
+    /// same for all (`parts.rs`); empty otherwise (rare: an audience gone on purpose).
+    dropped_by: Vec<SmallVec<[String; 1]>>,
 }
 
 impl Each {
@@ -69,6 +72,24 @@ impl Each {
             handled: SmallVec::from_elem(None, messages),
             part_copies: Vec::new(),
             copied_by: Vec::new(),
+            dropped_by: Vec::new(),
+        }
+    }
+
+    /// The copies of `audience` for the events `members` were dropped.
+    pub(in crate::engine) fn dropped(
+        &mut self,
+        members: impl Iterator<Item = usize>,
+        audience: &str,
+    ) {
+        if self.dropped_by.is_empty() {
+            self.dropped_by
+                .resize_with(self.errors.len(), SmallVec::new);
+        }
+        for index in members {
+            if let Some(dropped) = self.dropped_by.get_mut(index) {
+                dropped.push(audience.to_owned());
+            }
         }
     }
 
@@ -129,13 +150,19 @@ impl Each {
                     op.messages.len(),
                     std::mem::take(&mut op.copies),
                 );
+                let dropped_by = &self.dropped_by;
                 Done::PublishedEach(
                     each.zip(deliveries)
-                        .map(|(result, deliveries)| {
+                        .enumerate()
+                        .map(|(index, (result, deliveries))| {
+                            let dropped = match dropped_by.get(index) {
+                                Some(own) => op.dropped.iter().chain(own).cloned().collect(),
+                                None => op.dropped.clone(),
+                            };
                             Ok(PublishReceipt {
                                 id: result?,
                                 deliveries,
-                                dropped: op.dropped.clone(),
+                                dropped,
                             })
                         })
                         .collect(),

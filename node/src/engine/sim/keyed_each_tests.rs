@@ -282,3 +282,50 @@ fn a_key_answered_passes_its_turn_before_the_others_are_retried() {
         "x's next message went before y's retry was answered"
     );
 }
+
+/// Two keyed events for a group of two instances go in a delivery each. The group leaves on
+/// purpose while the second is on its way: only that event's receipt lists it as dropped.
+#[test]
+fn a_dropped_copy_is_listed_on_its_own_events_receipts_only() {
+    let mut sim = Sim::new(407);
+    let orders = sim.node("orders");
+    let (near, far) = (sim.node("ledger"), sim.node("ledger"));
+    sim.connect(orders, near);
+    let slow = super::Faults {
+        latency: Duration::from_millis(20),
+        ..super::Faults::default()
+    };
+    sim.connect_with(orders, far, slow).expect("connected");
+    let subs = [near, far].map(|l| sim.subscribe(l, "order.*", Some("ledger"), |_| Handled::ok()));
+    sim.run_for(SECOND);
+    let nodes = [sim.nodes[near].engine.id(), sim.nodes[far].engine.id()];
+    // A key the near instance owns, then one the far instance owns.
+    let owned_by = |node: NodeId| {
+        (0..)
+            .map(|n| format!("customer-{n}"))
+            .find(|k| choose_for_key(&nodes, &[], k) == Some(node))
+            .expect("a key")
+    };
+    let keys = [owned_by(nodes[0]), owned_by(nodes[1])];
+    let events: Vec<Message> = keys
+        .iter()
+        .map(|k| sim.event("order.created", k.clone()).with_key(k.as_str()))
+        .collect();
+    let op = match sim.publish_each(orders, events) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    };
+    sim.run_for(Duration::from_millis(5));
+    for (node, sub) in [near, far].into_iter().zip(subs) {
+        sim.nodes[node].engine.unsubscribe(sub);
+    }
+    sim.settle();
+    sim.run_for(SECOND);
+    let results = published_each(&sim, orders, op);
+    let near_receipt = results[0].as_ref().expect("delivered");
+    assert_eq!(near_receipt.deliveries.len(), 1, "{near_receipt:?}");
+    assert!(near_receipt.dropped.is_empty(), "{near_receipt:?}");
+    let far_receipt = results[1].as_ref().expect("a receipt");
+    assert!(far_receipt.deliveries.is_empty(), "{far_receipt:?}");
+    assert_eq!(far_receipt.dropped, ["group `ledger`"]);
+}
