@@ -46,14 +46,45 @@ fn commands(sim: &mut Sim, keys: &[Option<&str>]) -> Vec<Message> {
         .collect()
 }
 
-/// When the successful run of message `id` started and ended.
-fn run_of(sim: &Sim, id: crate::MessageId) -> (std::time::Instant, std::time::Instant) {
-    let run = sim
-        .runs
+/// The successful run of message `id`.
+fn ok_run(sim: &Sim, id: crate::MessageId) -> &super::HandlerRun {
+    sim.runs
         .iter()
         .find(|r| r.id == id && r.ok)
-        .unwrap_or_else(|| panic!("{id} was never handled"));
+        .unwrap_or_else(|| panic!("{id} was never handled"))
+}
+
+/// When the successful run of message `id` started and ended.
+fn run_of(sim: &Sim, id: crate::MessageId) -> (std::time::Instant, std::time::Instant) {
+    let run = ok_run(sim, id);
     (run.started, run.ended)
+}
+
+/// The node that handled message `id`.
+fn handled_at(sim: &Sim, id: crate::MessageId) -> NodeId {
+    sim.nodes[ok_run(sim, id).node].engine.id()
+}
+
+/// `node` publishes an event on `order.created` under each of `keys` (its payload the key),
+/// as separate calls' events; the operation waits for them.
+fn publish_keyed(sim: &mut Sim, node: usize, keys: &[String]) -> OpId {
+    let events: Vec<Message> = keys
+        .iter()
+        .map(|k| sim.event("order.created", k.clone()).with_key(k.as_str()))
+        .collect();
+    match sim.publish_each(node, events) {
+        Ok(Publishing::Waiting(op)) => op,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Asserts that `node` holds no key's turn any more.
+fn assert_turns_passed(sim: &Sim, node: usize) {
+    assert_eq!(
+        sim.nodes[node].engine.out.turns.len(),
+        0,
+        "every turn passed"
+    );
 }
 
 #[test]
@@ -88,10 +119,7 @@ fn keyed_events_with_free_keys_share_one_delivery_and_each_gets_its_own_receipt(
         assert_eq!(nodes, [ledger_id], "one copy, at the group's instance");
     }
     assert_eq!(sim.runs.len(), 10, "each handled once");
-    assert!(
-        sim.nodes[orders].engine.out.turns.len() == 0,
-        "every turn passed"
-    );
+    assert_turns_passed(&sim, orders);
 }
 
 #[test]
@@ -135,10 +163,7 @@ fn a_message_whose_key_is_taken_waits_for_the_one_before_it() {
         z.0 < x0.1 && plain.0 < x0.1,
         "free keys and the unkeyed one did not wait"
     );
-    assert!(
-        sim.nodes[orders].engine.out.turns.len() == 0,
-        "every turn passed"
-    );
+    assert_turns_passed(&sim, orders);
 }
 
 /// Three instances of `billing` (the first slow to answer), connected to `orders`, and their
@@ -198,17 +223,9 @@ fn keyed_commands_go_to_their_keys_instances_and_on_to_their_own_next_one() {
             receipt.node, expected,
             "{key} handled by its key's instance"
         );
-        let run = sim
-            .runs
-            .iter()
-            .find(|r| r.id == receipt.id && r.ok)
-            .expect("handled");
-        assert_eq!(sim.nodes[run.node].engine.id(), expected, "{key}");
+        assert_eq!(handled_at(&sim, receipt.id), expected, "{key}");
     }
-    assert!(
-        sim.nodes[orders].engine.out.turns.len() == 0,
-        "every turn passed"
-    );
+    assert_turns_passed(&sim, orders);
 }
 
 #[test]
@@ -223,14 +240,7 @@ fn keyed_events_for_a_group_are_handled_and_listed_at_their_keys_instances() {
     sim.run_for(SECOND);
     let nodes: Vec<NodeId> = ledger.iter().map(|l| sim.nodes[*l].engine.id()).collect();
     let keys: Vec<String> = (0..12).map(|n| format!("customer-{n}")).collect();
-    let events: Vec<Message> = keys
-        .iter()
-        .map(|k| sim.event("order.created", k.clone()).with_key(k.as_str()))
-        .collect();
-    let op = match sim.publish_each(orders, events) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = publish_keyed(&mut sim, orders, &keys);
     assert!(sim.run_for(SECOND));
     for (result, key) in published_each(&sim, orders, op).iter().zip(&keys) {
         let receipt = result.as_ref().expect("delivered");
@@ -241,12 +251,7 @@ fn keyed_events_for_a_group_are_handled_and_listed_at_their_keys_instances() {
             [owner],
             "{key}: its own copy, at its key's instance"
         );
-        let run = sim
-            .runs
-            .iter()
-            .find(|r| r.id == receipt.id)
-            .expect("handled");
-        assert_eq!(sim.nodes[run.node].engine.id(), owner, "{key}");
+        assert_eq!(handled_at(&sim, receipt.id), owner, "{key}");
     }
 }
 
@@ -272,11 +277,7 @@ fn a_key_answered_passes_its_turn_before_the_others_are_retried() {
     sim.send(orders, "billing", next_x);
     sim.run_for(10 * SECOND);
     let next = run_of(&sim, next_x_id);
-    let retried = sim
-        .runs
-        .iter()
-        .find(|r| r.id == y && r.ok)
-        .expect("y handled on its retry");
+    let retried = ok_run(&sim, y);
     assert!(
         next.0 < retried.ended,
         "x's next message went before y's retry was answered"
@@ -307,14 +308,7 @@ fn a_dropped_copy_is_listed_on_its_own_events_receipts_only() {
             .expect("a key")
     };
     let keys = [owned_by(nodes[0]), owned_by(nodes[1])];
-    let events: Vec<Message> = keys
-        .iter()
-        .map(|k| sim.event("order.created", k.clone()).with_key(k.as_str()))
-        .collect();
-    let op = match sim.publish_each(orders, events) {
-        Ok(Publishing::Waiting(op)) => op,
-        other => panic!("{other:?}"),
-    };
+    let op = publish_keyed(&mut sim, orders, &keys);
     sim.run_for(Duration::from_millis(5));
     for (node, sub) in [near, far].into_iter().zip(subs) {
         sim.nodes[node].engine.unsubscribe(sub);
