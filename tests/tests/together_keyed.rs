@@ -22,6 +22,15 @@ fn record(seen: &Seen, msg: &Message) {
     seen.lock().unwrap().push((key, payload));
 }
 
+/// Awaits `calls` one after the other: they were all made (and took their places) before.
+async fn in_turn<F: Future>(calls: Vec<F>) -> Vec<F::Output> {
+    let mut results = Vec::with_capacity(calls.len());
+    for call in calls {
+        results.push(call.await);
+    }
+    results
+}
+
 /// Asserts that every key's messages were handled once each, numbered 0, 1, 2, ... in that
 /// order, `per_key` of them for each of `keys` keys.
 fn assert_in_order(seen: &Seen, keys: usize, per_key: usize) {
@@ -110,11 +119,7 @@ async fn keyed_commands_from_many_tasks_travel_together_in_call_order_per_key() 
                     shop.send("billing", command)
                 })
                 .collect();
-            let mut results = Vec::new();
-            for call in calls {
-                results.push(call.await);
-            }
-            results
+            in_turn(calls).await
         });
     }
     let results = timeout(WAIT, tasks.join_all()).await.expect("a send hung");
@@ -141,11 +146,7 @@ async fn keyed_events_from_many_tasks_travel_together_in_call_order_per_key() {
                     orders.publish(event)
                 })
                 .collect();
-            let mut results = Vec::new();
-            for call in calls {
-                results.push(call.await);
-            }
-            results
+            in_turn(calls).await
         });
     }
     let results = timeout(WAIT, tasks.join_all())

@@ -199,13 +199,9 @@ impl<H: Clone> Engine<H> {
         let Some(del) = self.out.deliveries.get(d) else {
             return;
         };
-        // Only a delivery with one slot ever waits: one with several took every turn first
-        // (`parts.rs`). Every slot is entered all the same, not only up to one it waits for.
-        let turns = &mut self.out.turns;
-        let entered: SmallVec<[bool; 1]> =
-            del.slots.iter().map(|slot| turns.enter(slot, d)).collect();
-        let waits = entered.contains(&false);
-        if waits {
+        // Only a delivery with one slot ever waits: one with several took every turn before
+        // it starts (`parts.rs`), and `enter` says yes to the holder.
+        if del.slots.iter().any(|slot| !self.out.turns.enter(slot, d)) {
             let deadline = waits_for_turn_until(del);
             self.set_timer(deadline, Timer::Delivery(d, 0));
             return;

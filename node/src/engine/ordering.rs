@@ -72,13 +72,7 @@ impl KeyTurns {
                 false
             }
             None => {
-                self.slots.insert(
-                    slot.clone(),
-                    Turns {
-                        holder: delivery,
-                        waiting: VecDeque::new(),
-                    },
-                );
+                self.hold(slot, delivery);
                 true
             }
         }
@@ -90,6 +84,12 @@ impl KeyTurns {
         if self.slots.contains_key(slot) {
             return false;
         }
+        self.hold(slot, delivery);
+        true
+    }
+
+    /// `delivery` holds the turn of `slot`, which nobody held.
+    fn hold(&mut self, slot: &Slot, delivery: DeliveryId) {
         self.slots.insert(
             slot.clone(),
             Turns {
@@ -97,7 +97,6 @@ impl KeyTurns {
                 waiting: VecDeque::new(),
             },
         );
-        true
     }
 
     /// The turn of `slot` that `from` holds passes to `to`, which carries on with `from`'s
@@ -148,15 +147,15 @@ mod tests {
         (Destination::Group(dest.into()), key.into())
     }
 
+    /// `N` distinct delivery ids.
+    fn ids<const N: usize>() -> [DeliveryId; N] {
+        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
+        [(); N].map(|()| ids.insert(()))
+    }
+
     #[test]
     fn one_key_waits_other_keys_pass_and_slots_are_freed() {
-        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
-        let (a, b, c, d) = (
-            ids.insert(()),
-            ids.insert(()),
-            ids.insert(()),
-            ids.insert(()),
-        );
+        let [a, b, c, d] = ids();
         let mut turns = KeyTurns::default();
         assert!(turns.enter(&slot("billing", "k1"), a));
         assert!(!turns.enter(&slot("billing", "k1"), b), "waits for a");
@@ -190,13 +189,7 @@ mod tests {
 
     #[test]
     fn a_free_turn_is_taken_a_held_one_is_not_queued_for_and_a_turn_is_handed_on() {
-        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
-        let (a, b, c, d) = (
-            ids.insert(()),
-            ids.insert(()),
-            ids.insert(()),
-            ids.insert(()),
-        );
+        let [a, b, c, d] = ids();
         let mut turns = KeyTurns::default();
         let s = slot("svc", "k");
         assert!(turns.take_if_free(&s, a));
@@ -211,8 +204,7 @@ mod tests {
 
     #[test]
     fn a_waiting_delivery_that_leaves_is_skipped() {
-        let mut ids: SlotMap<DeliveryId, ()> = SlotMap::with_key();
-        let (a, b, c) = (ids.insert(()), ids.insert(()), ids.insert(()));
+        let [a, b, c] = ids();
         let mut turns = KeyTurns::default();
         let s = slot("svc", "k");
         assert!(turns.enter(&s, a));

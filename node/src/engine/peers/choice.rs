@@ -52,6 +52,13 @@ fn instances_of<'a>(
 /// Most topics whose audiences are kept between changes of the peer table.
 const MAX_CACHED_TOPICS: usize = 4096;
 
+/// The nodes of the connections `live`.
+fn nodes_of(conns: &SlotMap<ConnId, Conn>, live: &[ConnId]) -> Vec<NodeId> {
+    live.iter()
+        .filter_map(|c| conns.get(*c).map(|c| c.node))
+        .collect()
+}
+
 impl Peers {
     /// The least-loaded live connection of `nodes` (an audience's instances, as
     /// [`Peers::audiences`] lists them), one to an instance not in `tried` when there is one;
@@ -151,9 +158,7 @@ impl Peers {
         if live.len() <= 1 {
             return Vec::new();
         }
-        live.iter()
-            .filter_map(|c| conns.get(*c).map(|c| c.node))
-            .collect()
+        nodes_of(conns, &live)
     }
 
     /// The live connections that may take a delivery on `route`.
@@ -271,12 +276,8 @@ impl Peers {
         if live.len() <= 1 {
             return live.first().copied();
         }
-        let node_of = |c: ConnId| conns.get(c).map(|c| c.node);
         let chosen = match key {
-            Some(key) => {
-                let nodes: Vec<NodeId> = live.iter().filter_map(|c| node_of(*c)).collect();
-                route::choose_for_key(&nodes, tried, key)?
-            }
+            Some(key) => route::choose_for_key(&nodes_of(conns, &live), tried, key)?,
             None => {
                 let candidates: Vec<Candidate> = live
                     .iter()
