@@ -204,6 +204,12 @@ impl Node {
     /// requests like [`Node::send`] does. A request with the id of one still waiting for its
     /// reply (a cloned `Message`) fails at once with [`Error::DuplicateRequest`]: its reply
     /// could answer only one of them.
+    ///
+    /// An unkeyed request made while other calls of the node wait joins the requests to
+    /// `service` with the same `timeout` made in the same turn of the runtime, and they go to
+    /// the engine as one operation; each is still handled on its own, and each caller gets
+    /// its own reply as soon as it comes (README, "Calls gathered in one turn"). Dropping the
+    /// future before that hand-over takes the request back.
     pub fn request(
         &self,
         service: &str,
@@ -221,16 +227,30 @@ impl Node {
             Some(service),
             std::slice::from_mut(&mut msg),
         );
-        // The engine ends the request with `Error::Timeout` once `timeout` has passed.
-        let started = trace::within(&span, || {
-            driver.call_in_order(msg.key().is_some(), |engine, now| {
-                engine.request(service, msg, timeout, now)
-            })
-        });
-        let op = started.map(|op| OpFuture::new(driver, op));
+        // The engine ends the request with `Error::Timeout` once `timeout` has passed. While
+        // other calls wait, it joins the requests to `service` made in this turn
+        // (`runtime/gather.rs`).
+        let started = if driver.gathers_request(&msg) {
+            let bound = Bound::Request {
+                service: SmolStr::new(service),
+                timeout,
+            };
+            Either::Left(driver.gather(bound, msg))
+        } else {
+            let started = trace::within(&span, || {
+                driver.call_in_order(msg.key().is_some(), |engine, now| {
+                    engine.request(service, msg, timeout, now)
+                })
+            });
+            Either::Right(started.map(|op| OpFuture::new(driver, op)))
+        };
         trace::instrumented(
             async move {
-                match op?.await? {
+                let done = match started {
+                    Either::Left(gathered) => gathered.await?,
+                    Either::Right(op) => op?.await?,
+                };
+                match done {
                     Done::Replied(reply) => Ok(reply),
                     other => Err(unexpected(&other)),
                 }

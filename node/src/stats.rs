@@ -44,8 +44,8 @@ pub struct NodeStats {
     pub connections: u64,
     /// Events published by this node (each event of a batch counts).
     pub published: u64,
-    /// Lone events published and commands sent by separate calls that travelled to the
-    /// engine with others of the same turn, as one operation with a result for each (README,
+    /// Lone events published, commands sent and requests made by separate calls that
+    /// travelled to the engine with others of the same turn, as one operation with a result for each (README,
     /// "Calls gathered in one turn"): each saved its own delivery, attempt and timer.
     pub gathered: u64,
     /// Writes to peers' connections: each hands QUIC every message, ack and reply queued for

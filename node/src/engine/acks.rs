@@ -13,6 +13,7 @@ use super::Engine;
 use super::action::ConnId;
 use super::delivery::{Answer, Failure, State};
 use super::send::{DeliveryId, InFlight};
+use super::window::Window;
 
 impl<H: Clone> Engine<H> {
     /// An [`Ack`](shoal_proto::Ack) came on `conn`: every message its ranges cover is
@@ -169,6 +170,29 @@ impl<H: Clone> Engine<H> {
             self.attempt_over(entry.delivery, now);
         }
     }
+}
+
+/// The number in `window` of message `index` of delivery `d`'s attempt `epoch`, sent as
+/// `first..first + count`, while unanswered: the reply to a request that travelled with others
+/// answers it (`send/each_request.rs`). The attempt numbered its unacknowledged messages in
+/// order, so message `index` is at most `index` after `first`: found in one look on a first
+/// attempt, counting back past those acknowledged before on a later one.
+pub(super) fn reply_answers_seq(
+    window: &Window<InFlight>,
+    (d, epoch, index): (DeliveryId, u32, u32),
+    first: u64,
+    count: u32,
+) -> Option<u64> {
+    let last = u64::from(index.min(count.checked_sub(1)?));
+    for seq in (first..=first + last).rev() {
+        match window.get(seq) {
+            Some(e) if e.delivery == d && e.epoch == epoch && e.index == index => return Some(seq),
+            // An earlier message of the attempt: `index` is not in the window.
+            Some(e) if e.delivery == d && e.epoch == epoch && e.index < index => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `ranges` are in increasing order without overlaps (and without overflowing ends).

@@ -37,6 +37,17 @@ pub(crate) enum Action<H> {
     Run(Run<H>),
     /// An operation ended: its result is ready with [`super::Engine::take_result`].
     Complete(OpId),
+    /// One request of an operation made of separate calls' requests (`send/each_request.rs`)
+    /// was answered, or failed: its caller hears now, while the others still wait. The
+    /// operation's own [`Action::Complete`] follows once none waits.
+    Answered {
+        /// The operation.
+        op: OpId,
+        /// The request's place in the operation.
+        index: u32,
+        /// Its reply, or why it has none.
+        result: Result<Message, crate::Error>,
+    },
     /// Send this datagram to the multicast group (`Config::multicast`): one sealed datagram
     /// of the node's channel, for every subscriber on the LAN at once.
     Multicast(
@@ -141,6 +152,10 @@ pub(crate) enum Done {
     /// The commands of separate `send` calls that travelled together (`send/each.rs`): each
     /// one's result, in the order they were handed over.
     SentEach(Vec<Result<Receipt, crate::Error>>),
+    /// The requests of separate `request` calls that travelled together
+    /// (`send/each_request.rs`) were each answered or failed, and each caller was told on its
+    /// own ([`Action::Answered`]): nothing is left to tell.
+    RepliedEach,
     /// A ping was answered after this long.
     Pong(Duration),
 }

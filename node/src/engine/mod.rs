@@ -8,12 +8,14 @@
 //!   decoded ([`Engine::malformed`]);
 //! - a user called `send`, `request`, `publish`, `ping`, `subscribe` ... ([`Engine::send`]
 //!   and friends; several callers' lone messages at once: [`Engine::publish_each`],
-//!   [`Engine::send_each`]), or dropped the call's future ([`Engine::cancel`]);
+//!   [`Engine::send_each`], [`Engine::request_each`]), or dropped the call's future
+//!   ([`Engine::cancel`]);
 //! - handlers finished ([`Engine::handler_done`]); time passed ([`Engine::handle_timeout`]).
 //!
 //! and takes back what to do: [`Action`]s from [`Engine::poll_action`] (run handlers, complete
-//! a caller, close a connection, tell users of an event), the bytes each connection should
-//! write from [`Engine::poll_transmit`], and the next instant it wants to be woken at from
+//! a caller, or one of several callers whose requests travelled together, close a connection,
+//! tell users of an event), the bytes each connection should write from
+//! [`Engine::poll_transmit`], and the next instant it wants to be woken at from
 //! [`Engine::poll_timeout`].
 //!
 //! Inside: the dedup window and the kept replies ([`dedup`], [`replies`]), the retry schedule

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::action::{Action, Done, OpId};
 use super::delivery::{State, no_instance_reason};
-use super::send::{DeliveryId, OpKind};
+use super::send::{DeliveryId, Each, OpKind};
 use super::{Engine, Lifecycle};
 use crate::Error;
 use crate::receipts::PublishReceipt;
@@ -133,13 +133,16 @@ impl<H: Clone> Engine<H> {
         let Some(o) = self.out.ops.get(op) else {
             return;
         };
-        let (kind, first) = (o.kind, o.messages.first().map(|m| m.id));
-        self.out.remove_op(op);
-        if kind == OpKind::Request
-            && let Some(first) = first
-        {
-            self.out.replies.remove(&first);
+        if o.kind == OpKind::Request {
+            // Each of its requests (several when they travelled together).
+            for m in &o.messages {
+                if self.out.replies.get(&m.id).is_some_and(|(o, _)| *o == op) {
+                    self.out.replies.remove(&m.id);
+                }
+            }
         }
+        let kind = o.kind;
+        self.out.remove_op(op);
         if kind == OpKind::Ping {
             self.out.pongs.retain(|_, (p, _)| *p != op);
         }
@@ -180,6 +183,14 @@ impl<H: Clone> Engine<H> {
                 (None, Some(e)) => Err(e),
                 (None, None) => Err(Error::ShuttingDown),
             },
+            // Separate calls' requests (send/each_request.rs): each caller was told of its
+            // own; those still waiting for a reply wait on (their timeout bounds the wait).
+            OpKind::Request if o.each.is_some() => {
+                if !o.each.as_deref().is_some_and(Each::all_answered) {
+                    return;
+                }
+                Ok(Done::RepliedEach)
+            }
             OpKind::Request => match o.error.take() {
                 Some(e) => Err(e),
                 // Acknowledged; the reply may still be on its way (the caller's timeout

@@ -99,20 +99,16 @@ impl<H: Clone> Engine<H> {
                 }
             }
         }
-        if let Some(op) = self.out.ops.get_mut(del.op) {
-            match op.each.as_deref_mut() {
+        let op = del.op;
+        if let Some(o) = self.out.ops.get_mut(op) {
+            if o.each.is_some() {
                 // Separate calls' messages (send/each.rs): each caller hears of its own.
-                Some(each) => {
-                    for (index, letter) in &letters {
-                        each.failed(*index, || Error::DeadLettered(Box::new(letter.clone())));
-                    }
+                for (index, letter) in &letters {
+                    self.fail_one(op, *index, || Error::DeadLettered(Box::new(letter.clone())));
                 }
-                None => {
-                    if let Some((_, first)) = letters.first() {
-                        op.error
-                            .get_or_insert_with(|| Error::DeadLettered(Box::new(first.clone())));
-                    }
-                }
+            } else if let Some((_, first)) = letters.first() {
+                o.error
+                    .get_or_insert_with(|| Error::DeadLettered(Box::new(first.clone())));
             }
         }
         for (_, letter) in letters {

@@ -33,6 +33,7 @@ use crate::receipts::{EventDelivery, Receipt};
 use crate::{Error, Message};
 
 mod each;
+mod each_request;
 mod publish;
 
 pub(crate) use each::{Each, MAX_PAYLOAD as MAX_TOGETHER_PAYLOAD};
@@ -149,8 +150,9 @@ pub(super) struct Outbound {
     /// Deliveries waiting for a live instance, with the epoch they started waiting in.
     pub(super) waiting: Vec<(DeliveryId, u32)>,
     /// Synchronous requests waiting for their reply, by request id (hashed with keys of this
-    /// node's, as a reply's correlation id comes from the peer).
-    pub(super) replies: HashMap<MessageId, OpId, IdHashing>,
+    /// node's, as a reply's correlation id comes from the peer): the operation, and the
+    /// request's place in it (0 but for requests that travel together, `each_request.rs`).
+    pub(super) replies: HashMap<MessageId, (OpId, u32), IdHashing>,
     /// Pings waiting for their pong, by nonce, with when they left.
     pub(super) pongs: HashMap<u64, (OpId, Instant)>,
     /// Ordered runs are numbered so that two never merge into one frame.
@@ -302,7 +304,7 @@ impl<H: Clone> Engine<H> {
         let spec = Spec::point_to_point(self.config.retry.clone());
         let target = Target::service(self.names.get(service));
         let op = self.point_to_point(OpKind::Request, target, msg, spec, now)?;
-        self.out.replies.insert(id, op);
+        self.out.replies.insert(id, (op, 0));
         self.time_out_request(op, timeout, now); // ops.rs
         Ok(op)
     }
@@ -413,13 +415,17 @@ impl<H: Clone> Engine<H> {
     /// A synchronous reply came back: it answers the request (the handler ran, so the request
     /// is not retried), and no ack comes with it.
     pub(super) fn on_reply(&mut self, reply: Box<Envelope>, now: Instant) {
-        let Some(op) = reply
+        let Some((op, index)) = reply
             .correlation_id
             .and_then(|id| self.out.replies.remove(&id))
         else {
             tracing::debug!(id = %reply.id, "late reply to a request that already ended; dropped");
             return;
         };
+        // One of separate calls' requests (send/each_request.rs): its caller's answer alone.
+        if self.out.ops.get(op).is_some_and(|o| o.each.is_some()) {
+            return self.reply_one(op, index, Message { env: reply }, now);
+        }
         // The reply is the request's answer; no ack comes with it (a node of an earlier
         // release sends one first, which ends the attempt as usual and leaves nothing here).
         self.answer_deliveries(op, now);

@@ -61,7 +61,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_messages_gathered",
-                "Lone events and commands of separate calls that travelled with others of the same turn as one operation.",
+                "Lone events, commands and requests of separate calls that travelled with others of the same turn as one operation.",
                 stats.gathered,
             ),
             (

@@ -1,5 +1,5 @@
-//! Lone events published, or commands sent, while other calls wait travel to the engine
-//! together.
+//! Lone events published, commands sent, or requests made while other calls wait travel to
+//! the engine together.
 //!
 //! With many `publish` or `send` calls in flight (a service calling from many tasks), each
 //! call used to be an operation of its own: its own delivery per destination, attempt, timer,
@@ -24,8 +24,12 @@
 //! keyed call that goes to the engine at once hands the waiting groups over first
 //! ([`Driver::call_in_order`]).
 //!
-//! Not gathered: batches, requests, best-effort or background messages, calls with options of
-//! their own, payloads over 16 KiB, and nodes with a multicast channel.
+//! Requests are gathered too, by service and timeout (`engine/send/each_request.rs`): each
+//! caller is told as soon as its own reply comes ([`Claim::answer`]), not when the others'
+//! have. Keyed requests go alone, in their key's turn.
+//!
+//! Not gathered: batches, keyed requests, best-effort or background messages, calls with
+//! options of their own, payloads over 16 KiB, and nodes with a multicast channel.
 //!
 //! A caller that drops its future before its message was handed over takes the message back:
 //! it is not sent. Once handed over, the message goes on with the others (as a lone message
@@ -38,7 +42,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_proto::SmolStr;
 use smallvec::SmallVec;
@@ -91,6 +95,13 @@ pub(crate) enum Bound {
     Topic(SmolStr),
     /// Commands sent to this service.
     Service(SmolStr),
+    /// Requests to this service, each waiting `timeout` at most.
+    Request {
+        /// The service.
+        service: SmolStr,
+        /// How long each caller waits for its reply.
+        timeout: Duration,
+    },
 }
 
 /// The messages for one destination gathered in one turn.
@@ -145,9 +156,13 @@ impl Slots {
         &mut self.slots[slot]
     }
 
-    /// Gives slot `slot` its `result`; its waker goes in `wake`.
+    /// Gives slot `slot` its `result`, unless it has one (a request answered before its
+    /// operation ended) or its caller stopped waiting; its waker goes in `wake`.
     fn fill(&mut self, slot: usize, result: Result<Done, Error>, wake: &mut impl Extend<Waker>) {
         let slot = self.slot(slot);
+        if slot.result.is_some() || !slot.waiting {
+            return;
+        }
         slot.result = Some(result);
         wake.extend(slot.waker.take());
     }
@@ -160,7 +175,21 @@ pub(super) struct Claim {
 }
 
 impl Claim {
-    /// Hands the operation's `result` to its callers, whose wakers go in `wake`.
+    /// Hands the result of the operation's request `index` (`Action::Answered`) to its
+    /// caller, whose waker goes in `wake`; the others wait on.
+    pub(super) fn answer(
+        &self,
+        index: u32,
+        result: Result<Message, Error>,
+        wake: &mut impl Extend<Waker>,
+    ) {
+        if let Some(slot) = self.slots.get(index as usize) {
+            lock(&self.callers.0).fill(*slot, result.map(Done::Replied), wake);
+        }
+    }
+
+    /// Hands the operation's `result` to its callers (but those told already), whose wakers
+    /// go in `wake`.
     pub(super) fn settle(self, result: Option<Result<Done, Error>>, wake: &mut impl Extend<Waker>) {
         let mut callers = lock(&self.callers.0);
         let mut fill = |slot: &usize, result| callers.fill(*slot, result, wake);
@@ -175,6 +204,8 @@ impl Claim {
                     fill(slot, result.map(Done::Sent));
                 }
             }
+            // Separate calls' requests: each caller was told when its own was answered.
+            Some(Ok(Done::RepliedEach)) => {}
             // One message's own operation (it went alone).
             Some(Ok(done)) => {
                 if let Some(slot) = self.slots.first() {
@@ -205,6 +236,12 @@ impl Driver {
     /// going to the engine at once (see the module docs).
     pub(crate) fn gathers_command(&self, command: &Message, options: &SendOptions) -> bool {
         options.retry.is_none() && !options.fail_fast && self.gathers(command)
+    }
+
+    /// Whether `request` joins the requests of this turn rather than going to the engine at
+    /// once (see the module docs): keyed ones go alone, in their key's turn.
+    pub(crate) fn gathers_request(&self, request: &Message) -> bool {
+        request.key().is_none() && self.gathers(request)
     }
 
     fn gathers(&self, message: &Message) -> bool {
@@ -394,6 +431,10 @@ impl Driver {
                 .engine
                 .send_each(service, &mut messages, now)
                 .map(Publishing::Waiting),
+            Bound::Request { service, timeout } => state
+                .engine
+                .request_each(service, &mut messages, *timeout, now)
+                .map(Publishing::Waiting),
         };
         match together {
             Ok(started) => claim(state, started, &callers, slots, &ids, wake),
@@ -418,6 +459,10 @@ impl Driver {
                         Bound::Service(service) => state
                             .engine
                             .send(service, message, &SendOptions::default(), now)
+                            .map(Publishing::Waiting),
+                        Bound::Request { service, timeout } => state
+                            .engine
+                            .request(service, message, *timeout, now)
                             .map(Publishing::Waiting),
                     };
                     match alone {

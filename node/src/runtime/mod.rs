@@ -106,7 +106,8 @@ pub(crate) struct Driver {
     busy_poll: Option<busy_poll::BusyPoll>,
     /// Callers completed many at once, woken a slice at a time (`wakeups.rs`).
     pub(crate) wakeups: wakeups::Wakeups,
-    /// Lone events and commands of one turn, handed to the engine together (`gather.rs`).
+    /// Lone events, commands and requests of one turn, handed to the engine together
+    /// (`gather.rs`).
     gather: gather::Gather,
 }
 
@@ -447,6 +448,12 @@ impl State {
                         effects.wake.push(waker);
                     } else if let Some(claim) = self.claims.remove(op) {
                         claim.settle(self.engine.take_result(op), &mut effects.wake);
+                    }
+                }
+                // One of requests that travelled together (`gather.rs`), answered alone.
+                Action::Answered { op, index, result } => {
+                    if let Some(claim) = self.claims.get(op) {
+                        claim.answer(index, result, &mut effects.wake);
                     }
                 }
                 Action::Close {

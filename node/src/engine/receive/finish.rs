@@ -57,13 +57,22 @@ impl<H: Clone> Engine<H> {
                 self.inbound.dedup.complete(key, now);
                 // A synchronous request's reply is its answer (the requester ends the request's
                 // delivery on it, `Engine::on_reply`): no ack follows it. Copies that came in
-                // meanwhile on other connections are still acknowledged.
+                // meanwhile are answered as a copy of a request handled before is: with the
+                // reply kept. An ack would tell the requester that the request arrived, and it
+                // would not send it again, though this reply might not reach it.
                 let synchronous = reply_to.is_some_and(is_synchronous);
-                let own = own.filter(|_| !synchronous);
-                if reliable {
-                    for (c, s) in own.chain(waiters) {
-                        self.ack(c, s);
+                match &head {
+                    Some(head) if synchronous => {
+                        for (c, s) in waiters {
+                            self.answer_again(c, s, head, id, key, now); // answer.rs
+                        }
                     }
+                    _ if reliable => {
+                        for (c, s) in own.chain(waiters) {
+                            self.ack(c, s);
+                        }
+                    }
+                    _ => {}
                 }
                 // The next message handed over with this one runs now (the driver runs it
                 // after this one succeeded); the task steps on once none is left.

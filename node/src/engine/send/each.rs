@@ -28,7 +28,7 @@ use shoal_proto::{NodeId, To};
 use smallvec::SmallVec;
 
 use super::super::Engine;
-use super::super::action::{Done, OpId};
+use super::super::action::{Action, Done, OpId};
 use super::super::delivery::Spec;
 use super::super::outcome::letter;
 use super::super::peers::{Route, Target};
@@ -63,6 +63,9 @@ pub(crate) struct Each {
     /// Events: the audiences each event's own deliveries dropped, when they were not the
     /// same for all (`parts.rs`); empty otherwise (rare: an audience gone on purpose).
     dropped_by: Vec<SmallVec<[String; 1]>>,
+    /// Requests: which were answered (their callers have their replies); empty otherwise
+    /// (`each_request.rs`).
+    replied: Vec<bool>,
 }
 
 impl Each {
@@ -73,7 +76,37 @@ impl Each {
             part_copies: Vec::new(),
             copied_by: Vec::new(),
             dropped_by: Vec::new(),
+            replied: Vec::new(),
         }
+    }
+
+    /// For requests: each answered by its own reply (`each_request.rs`).
+    pub(in crate::engine) fn of_requests(messages: usize) -> Self {
+        Self {
+            replied: vec![false; messages],
+            ..Self::new(messages)
+        }
+    }
+
+    /// Request `index` got its reply: `true` if it was still waiting for it (not answered,
+    /// nor failed, before).
+    pub(in crate::engine) fn reply(&mut self, index: usize) -> bool {
+        let failed = self.errors.get(index).is_none_or(Option::is_some);
+        match self.replied.get_mut(index) {
+            Some(replied) if !*replied && !failed => {
+                *replied = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether every request was answered or failed.
+    pub(in crate::engine) fn all_answered(&self) -> bool {
+        self.replied
+            .iter()
+            .zip(&self.errors)
+            .all(|(replied, failed)| *replied || failed.is_some())
     }
 
     /// The copies of `audience` for the events `members` were dropped.
@@ -111,11 +144,19 @@ impl Each {
         }
     }
 
-    /// Message `index` failed with `error`; its first failure is the one its caller hears.
-    pub(in crate::engine) fn failed(&mut self, index: usize, error: impl FnOnce() -> Error) {
-        if let Some(slot) = self.errors.get_mut(index) {
-            slot.get_or_insert_with(error);
+    /// Message `index` failed with `error`; its first failure is the one its caller hears
+    /// (a request's, unless it had its reply). For a request, returns a copy of that first
+    /// failure to tell its caller now.
+    fn failed(&mut self, index: usize, error: impl FnOnce() -> Error) -> Option<Error> {
+        if self.replied.get(index).copied().unwrap_or(false) {
+            return None;
         }
+        let slot = self.errors.get_mut(index)?;
+        if slot.is_some() {
+            return None;
+        }
+        let error = slot.insert(error());
+        (!self.replied.is_empty()).then(|| error.duplicate())
     }
 
     /// Each message's result once every delivery ended: its own failure, the operation's
@@ -290,12 +331,33 @@ impl<H: Clone> Engine<H> {
             *done = true;
             del.acked_count += 1;
         }
-        if let Some(each) = self.out.ops.get_mut(op).and_then(|o| o.each.as_deref_mut()) {
-            each.failed(index, || Error::DeadLettered(Box::new(letter.clone())));
-        }
+        self.fail_one(op, index, || Error::DeadLettered(Box::new(letter.clone())));
         self.note_dead_lettered(d); // metrics/hooks.rs
         self.record_dead_letter(letter);
         true
+    }
+
+    /// Message `index` of `op`, an operation of separate calls' messages, failed with
+    /// `error`, unless it failed or was answered before. A request's caller hears it now
+    /// ([`Action::Answered`]); the others' hear it when the operation ends.
+    pub(in crate::engine) fn fail_one(
+        &mut self,
+        op: OpId,
+        index: usize,
+        error: impl FnOnce() -> Error,
+    ) {
+        let Some(o) = self.out.ops.get_mut(op) else {
+            return;
+        };
+        if let Some(error) = o.each.as_deref_mut().and_then(|e| e.failed(index, error))
+            && let Ok(index) = u32::try_from(index)
+        {
+            self.actions.push_back(Action::Answered {
+                op,
+                index,
+                result: Err(error),
+            });
+        }
     }
 
     /// Whether the operation of `d` is made of separate calls' messages.

@@ -243,6 +243,11 @@ impl Sim {
                     self.nodes[node].results.insert(op, result);
                 }
             }
+            Action::Answered { op, index, result } => {
+                let at = self.elapsed();
+                let before = self.nodes[node].answers.insert((op, index), (at, result));
+                assert!(before.is_none(), "request {index} of {op:?} answered twice");
+            }
             Action::Close {
                 conn,
                 reason,

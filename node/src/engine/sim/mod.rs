@@ -21,6 +21,7 @@ mod batch_copy_tests;
 mod bounds_tests;
 mod driver;
 mod duplicate_tests;
+mod each_request_tests;
 mod each_tests;
 mod handler;
 mod hold_tests;
@@ -62,6 +63,9 @@ pub(super) struct SimNode {
     pub(super) engine: Engine<SimHandler>,
     pub(super) alive: bool,
     pub(super) results: std::collections::HashMap<OpId, Result<Done, Error>>,
+    /// Requests that travelled together, answered one by one ([`super::Action::Answered`]):
+    /// when, and with what, by operation and place.
+    pub(super) answers: std::collections::HashMap<(OpId, u32), (Duration, Result<Message, Error>)>,
     pub(super) events: Vec<crate::NodeEvent>,
     /// The engine's next deadline, as last asked.
     deadline: Option<Instant>,
@@ -164,6 +168,7 @@ impl Sim {
             engine: Engine::new(id, service.to_owned(), config, seed),
             alive: true,
             results: std::collections::HashMap::new(),
+            answers: std::collections::HashMap::new(),
             events: Vec::new(),
             deadline: None,
             timers_stopped: false,
@@ -288,19 +293,45 @@ impl Sim {
         mut msg: Message,
         timeout: Duration,
     ) -> OpId {
-        let (now, id) = (self.now, self.nodes[node].engine.id());
-        let service_name = self.nodes[node].engine.service.clone();
-        msg.env.reply_to = Some(ReturnAddress {
-            service: service_name.into(),
-            node: Some(id),
-            channel: Default::default(),
-        });
+        let now = self.now;
+        msg.env.reply_to = Some(self.return_address(node));
         let op = self.nodes[node]
             .engine
             .request(service, msg, timeout, now)
             .expect("request refused");
         self.settle();
         op
+    }
+
+    /// `node` sends `requests` to `service` as separate calls' requests, each waiting
+    /// `timeout` at most, as its runtime does once it gathered them (`send/each_request.rs`).
+    pub(super) fn request_each(
+        &mut self,
+        node: usize,
+        service: &str,
+        mut requests: Vec<Message>,
+        timeout: Duration,
+    ) -> Result<OpId, Error> {
+        let now = self.now;
+        for msg in &mut requests {
+            msg.env.reply_to = Some(self.return_address(node));
+        }
+        let result =
+            self.nodes[node]
+                .engine
+                .request_each(service, &mut requests.into(), timeout, now);
+        self.settle();
+        result
+    }
+
+    /// Where `node`'s requests ask for their replies: straight back to it.
+    fn return_address(&self, node: usize) -> ReturnAddress {
+        let engine = &self.nodes[node].engine;
+        ReturnAddress {
+            service: engine.service.as_str().into(),
+            node: Some(engine.id()),
+            channel: Default::default(),
+        }
     }
 
     /// `node` publishes `events` (a batch when there are several).

@@ -11,8 +11,8 @@
 //!
 //! A schedule draws its faults (loss, duplication, delay and reordering of the frames that
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
-//! keyed sends, publishes, ordered batches and separate calls' commands and events travelling
-//! together (`send/each.rs`), and a crash of one instance and a partition
+//! keyed sends, publishes, ordered batches and separate calls' commands, events and requests
+//! travelling together (`send/each.rs`, `send/each_request.rs`), and a crash of one instance and a partition
 //! healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
@@ -29,6 +29,10 @@ use crate::engine::send::Publishing;
 use crate::engine::{Done, OpId};
 use crate::handler::HandlerError;
 use crate::{Error, Message, PublishOptions};
+
+/// How long separate calls' requests wait for their replies: past every retry deadline, so
+/// that a request that ends by its timeout is one that hung.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One call of the workload and what to check about it.
 struct Call {
@@ -98,7 +102,25 @@ fn schedule(seed: u64) -> Result<u64, String> {
                 .then(|| format!("customer-{}", sim.rng.random_range(0..4)))
         };
         let key = draw_key(&mut sim);
-        calls.push(match sim.rng.random_range(0..10) {
+        calls.push(match sim.rng.random_range(0..11) {
+            // Separate calls' requests travelling together (send/each_request.rs).
+            10 => {
+                let count = sim.rng.random_range(2..6);
+                let requests: Vec<Message> = (0..count)
+                    .map(|j| sim.command("charge", format!("{i}.{j}")))
+                    .collect();
+                let ids: Vec<MessageId> = requests.iter().map(Message::id).collect();
+                let op = sim
+                    .request_each(node, "billing", requests, REQUEST_TIMEOUT)
+                    .map_err(|e| format!("request_each refused: {e}"))?;
+                Call {
+                    node,
+                    op: Some(op),
+                    done: None,
+                    keys: vec![None; ids.len()],
+                    ids,
+                }
+            }
             n @ 0..=4 => {
                 // 4: separate calls' commands travelling together (send/each.rs), each with
                 // a key of its own or none (parts.rs).
@@ -290,6 +312,23 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                         }
                         Err(Error::DeadLettered(_)) => {}
                         Err(e) => return Err(format!("call {index}: {id}: {e}")),
+                    }
+                }
+            }
+            // Each request answered on its own, by a reply to it from a handler that ran.
+            Ok(Done::RepliedEach) => {
+                for (at, id) in (0u32..).zip(&call.ids) {
+                    let answer = call
+                        .op
+                        .and_then(|op| sim.nodes[call.node].answers.get(&(op, at)));
+                    match answer.map(|(_, result)| result) {
+                        Some(Ok(reply)) if reply.envelope().correlation_id == Some(*id) => {
+                            if first_ok("charge", *id).is_none() {
+                                return Err(format!("call {index}: {id} answered, never handled"));
+                            }
+                        }
+                        Some(Err(Error::DeadLettered(_))) => {}
+                        other => return Err(format!("call {index}: {id}: {other:?}")),
                     }
                 }
             }
