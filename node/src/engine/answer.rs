@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
-use shoal_proto::{Frame, Head, MessageId, Nack, NackCode, ReturnAddress, codec};
+use shoal_proto::{Frame, Head, MessageId, Nack, NackCode, ReturnAddress};
 
 use super::Engine;
 use super::action::ConnId;
@@ -73,12 +72,13 @@ impl<H: Clone> Engine<H> {
         // The handler's message keeps its box: the frame takes it as it is.
         let mut envelope = reply.env;
         envelope.attempt = 1;
-        let mut buf = BytesMut::new();
-        codec::encode(&Frame::Reply(envelope), &self.config.limits, &mut buf).map_err(|e| {
-            HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
-        })?;
-        let frame = buf.freeze();
-        self.inbound.replies.insert(key, frame.clone(), now);
+        let frame = self
+            .inbound
+            .replies
+            .encode_and_keep(key, &Frame::Reply(envelope), &self.config.limits, now)
+            .map_err(|e| {
+                HandlerError::permanent(format!("the handler's reply was not sent: {e}"))
+            })?;
         let target = self.reply_conn(conn, addr);
         match self.conns.get_mut(target) {
             Some(c) => {

@@ -6,30 +6,22 @@
 //! - **Running** ids (a handler is working on them) are few, bounded by the handlers allowed
 //!   to run at once: a small hash set that stays in the cache.
 //! - **Done** ids are many (100,000 by default) and almost never asked about again: a log of
-//!   chunks in the order they were handled. Appending is a write at the end of the newest
-//!   chunk. Each chunk knows the range of creation times of its ids (message ids are UUIDv7:
-//!   their top bits are the sender's clock) and keeps a small Bloom filter, so a lookup skips
-//!   every chunk whose time range or filter rules the id out, and scans the rare one that
-//!   may hold it. A lookup walks from the newest chunk back and stops at the first chunk
-//!   that, with all older ones, holds no id as new as the one asked about: a fresh message's
-//!   id is from *now*, so it asks the newest chunk or two, and their filters answer "not
-//!   here" in a few cache lines each.
-//!
-//! Before this layout, every first delivery paid a lookup and an insert in a 100,000-entry
-//! hash table that does not fit in the cache (17 % of a receiver's time for batches of small
-//! events), and a second probe when the handler finished.
+//!   chunks in the order they were handled ([`IdLog`], in [`log`]), where appending is a
+//!   write at the end of the newest chunk and a fresh id is ruled out by the newest chunk's
+//!   filter.
 //!
 //! The ids are hashed with keys of this node's ([`IdHashing`], in [`id_hashing`]).
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use shoal_proto::MessageId;
 
 mod id_hashing;
+mod log;
 
 pub(crate) use id_hashing::IdHashing;
+pub(crate) use log::IdLog;
 
 /// How a delivered message relates to what the window remembers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,15 +37,6 @@ pub(crate) enum Seen {
 /// Most ids in one chunk of the done log.
 const MAX_CHUNK: usize = 4096;
 
-/// Bloom filter bits per id of a chunk.
-const BLOOM_BITS_PER_ID: usize = 32;
-
-/// Bits set per id: with [`BLOOM_BITS_PER_ID`], about 0.07 % false positives in a full chunk.
-/// A false positive costs a scan of the chunk's ids (thousands of comparisons), so the filter is
-/// sized for few of them: with 16 bits and two probes (1.4 %), those scans were an eighth of a
-/// receiver's instructions for batches of small events.
-const BLOOM_PROBES: usize = 3;
-
 /// Bounded by count and by age; the oldest chunk of ids goes first.
 ///
 /// Memory: 16 bytes per done id plus 4 bytes of filter, about 2 MB for the default of
@@ -61,83 +44,10 @@ const BLOOM_PROBES: usize = 3;
 #[derive(Debug)]
 pub(crate) struct DedupWindow {
     running: HashSet<MessageId, IdHashing>,
-    chunks: VecDeque<Chunk>,
-    /// Done ids remembered, over all chunks.
-    len: usize,
+    /// Done ids, each costing 1 against the capacity.
+    done: IdLog<()>,
     capacity: usize,
     max_age: Duration,
-    chunk_len: usize,
-    hashing: IdHashing,
-    /// No chunk expires before this (the oldest chunk's last id plus the age): a check until
-    /// then skips the walk. Ids are only ever added later, so it is never too late.
-    quiet_until: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct Chunk {
-    ids: Vec<MessageId>,
-    bloom: Box<[u64]>,
-    /// The range of the ids' creation times (ms), to skip chunks that cannot hold an id.
-    min_ms: u64,
-    max_ms: u64,
-    /// The newest creation time (ms) in this chunk and every older one, or more (it is lowered
-    /// only when the oldest chunk goes): a lookup walking back from the newest chunk stops at
-    /// the first chunk whose reach is older than the id.
-    reach_ms: u64,
-    /// When the chunk takes no more ids, however few it holds (`None`: too far ahead to
-    /// say); computed once, not per id.
-    sealed_at: Option<Instant>,
-    last: Instant,
-}
-
-impl Chunk {
-    /// An empty chunk for `len` ids, newer than chunks that reach up to `reach_ms`, that
-    /// takes ids for `open_for` from `now`.
-    fn new(len: usize, reach_ms: u64, now: Instant, open_for: Duration) -> Self {
-        let words = (len * BLOOM_BITS_PER_ID).div_ceil(64).next_power_of_two();
-        Self {
-            ids: Vec::with_capacity(len),
-            bloom: vec![0; words].into_boxed_slice(),
-            min_ms: u64::MAX,
-            max_ms: 0,
-            reach_ms,
-            sealed_at: now.checked_add(open_for),
-            last: now,
-        }
-    }
-
-    /// The filter bits of an id (from its keyed hash, by double hashing: probe `i` is
-    /// `a + i * b`), as (word, bit) pairs.
-    fn bits(&self, hash: u64) -> [(usize, u64); BLOOM_PROBES] {
-        let mask = self.bloom.len() * 64 - 1;
-        let (a, b) = (hash as usize, (hash >> 32) as usize | 1);
-        std::array::from_fn(|i| {
-            let bit = a.wrapping_add(i.wrapping_mul(b)) & mask;
-            (bit / 64, 1 << (bit % 64))
-        })
-    }
-
-    fn insert(&mut self, id: MessageId, hash: u64, now: Instant) {
-        for (word, bit) in self.bits(hash) {
-            self.bloom[word] |= bit;
-        }
-        let ms = id.unix_ms();
-        self.min_ms = self.min_ms.min(ms);
-        self.max_ms = self.max_ms.max(ms);
-        self.reach_ms = self.reach_ms.max(ms);
-        self.ids.push(id);
-        self.last = now;
-    }
-
-    fn may_hold(&self, id: MessageId, hash: u64) -> bool {
-        let ms = id.unix_ms();
-        ms >= self.min_ms
-            && ms <= self.max_ms
-            && self
-                .bits(hash)
-                .iter()
-                .all(|(word, bit)| self.bloom[*word] & bit != 0)
-    }
 }
 
 impl DedupWindow {
@@ -146,15 +56,12 @@ impl DedupWindow {
     /// that collide).
     pub(crate) fn new(capacity: usize, max_age: Duration, keys: [u64; 2]) -> Self {
         let hashing = IdHashing::new(keys);
+        let chunk_len = (capacity / 16).clamp(1, MAX_CHUNK);
         Self {
             running: HashSet::with_hasher(hashing),
-            chunks: VecDeque::new(),
-            len: 0,
+            done: IdLog::new(capacity, (chunk_len, chunk_len), max_age, hashing),
             capacity,
             max_age,
-            chunk_len: (capacity / 16).clamp(1, MAX_CHUNK),
-            hashing,
-            quiet_until: None,
         }
     }
 
@@ -164,10 +71,10 @@ impl DedupWindow {
         if self.capacity == 0 {
             return Seen::New;
         }
-        self.expire(now);
+        self.done.expire(now);
         // An id is running or done, never both (it is done once it stops running), so one
         // probe of the running set both asks and records.
-        if self.is_done(id) {
+        if self.done.find(id).is_some() {
             return Seen::Done;
         }
         if !self.running.insert(id) {
@@ -176,51 +83,12 @@ impl DedupWindow {
         Seen::New
     }
 
-    /// Whether `id` is among the done ids.
-    fn is_done(&self, id: MessageId) -> bool {
-        let ms = id.unix_ms();
-        // A plain walk by index: the iterator chain (reversed, cut short, searched) cost
-        // several times the one or two chunks it usually looks at.
-        let mut hash = None;
-        let mut i = self.chunks.len();
-        while i > 0 {
-            i -= 1;
-            let c = &self.chunks[i];
-            if c.reach_ms < ms {
-                return false;
-            }
-            let hash = *hash.get_or_insert_with(|| self.hashing.hash_one(id));
-            if c.may_hold(id, hash) && c.ids.contains(&id) {
-                return true;
-            }
-        }
-        false
-    }
-
     /// The handler for `id` finished successfully: remember it as done.
     pub(crate) fn complete(&mut self, id: MessageId, now: Instant) {
         if !self.running.remove(&id) || self.max_age.is_zero() {
             return;
         }
-        let open = self
-            .chunks
-            .back()
-            .is_some_and(|c| c.ids.len() < self.chunk_len && c.sealed_at.is_none_or(|at| now < at));
-        if !open {
-            let reach = self.chunks.back().map_or(0, |c| c.reach_ms);
-            // A chunk takes ids for an eighth of the age at most, so that the oldest one
-            // expires (as a whole) at most an eighth late.
-            let chunk = Chunk::new(self.chunk_len, reach, now, self.max_age / 8);
-            self.chunks.push_back(chunk);
-        }
-        let hash = self.hashing.hash_one(id);
-        if let Some(chunk) = self.chunks.back_mut() {
-            chunk.insert(id, hash, now);
-            self.len += 1;
-        }
-        while self.len > self.capacity {
-            self.pop_oldest();
-        }
+        self.done.push(id, (), 1, now);
     }
 
     /// The handler failed in a way worth retrying: forget the id so a redelivery runs again.
@@ -231,38 +99,7 @@ impl DedupWindow {
     /// Done ids remembered.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Drops the chunks whose newest id is older than the maximum age.
-    fn expire(&mut self, now: Instant) {
-        if self.quiet_until.is_some_and(|until| now < until) {
-            return;
-        }
-        while self
-            .chunks
-            .front()
-            .is_some_and(|c| now.saturating_duration_since(c.last) >= self.max_age)
-        {
-            self.pop_oldest();
-        }
-        self.quiet_until = self
-            .chunks
-            .front()
-            .and_then(|c| c.last.checked_add(self.max_age));
-    }
-
-    fn pop_oldest(&mut self) {
-        if let Some(chunk) = self.chunks.pop_front() {
-            self.len -= chunk.ids.len();
-            // Once per chunk of ids: a walk over the few chunks left, so an id from a clock far
-            // ahead stops lengthening lookups once its chunk is gone.
-            let mut reach = 0;
-            for c in &mut self.chunks {
-                reach = reach.max(c.max_ms);
-                c.reach_ms = reach;
-            }
-        }
+        self.done.len()
     }
 }
 
@@ -415,31 +252,9 @@ mod tests {
             assert_eq!(w.check(i, now), Seen::New);
             w.complete(i, now);
         }
-        let reach = w.chunks.iter().map(|c| c.reach_ms).max();
+        let reach = w.done.reach_ms();
         assert!(reach <= Some(T0_MS), "{reach:?}");
         assert_eq!(w.check(ahead, now), Seen::New, "evicted with its chunk");
-    }
-
-    /// The filter is what keeps lookups cheap: a full chunk must rule out nearly every
-    /// stranger of its time range without a scan.
-    #[test]
-    fn a_full_chunk_lets_few_strangers_through_its_filter() {
-        let now = Instant::now();
-        let hashing = IdHashing::new(KEYS);
-        let mut chunk = Chunk::new(MAX_CHUNK, 0, now, Duration::from_secs(1));
-        for n in 0..MAX_CHUNK as u128 {
-            let i = MessageId::from_parts(T0_MS, (n * 7919) << 64 | n);
-            chunk.insert(i, hashing.hash_one(i), now);
-        }
-        let passed = (0..100_000u128)
-            .map(|n| MessageId::from_parts(T0_MS, (n + 1_000_000) << 64 | n))
-            .filter(|&s| chunk.may_hold(s, hashing.hash_one(s)))
-            .count();
-        // About 70 expected (0.07 %); two probes of 16 bits per id let about 1,400 through.
-        assert!(
-            passed < 300,
-            "{passed} of 100,000 strangers passed the filter"
-        );
     }
 
     #[test]
@@ -450,12 +265,10 @@ mod tests {
             w.check(id(n), now);
             w.complete(id(n), now);
         }
-        assert!(
-            w.len() <= 1000 && w.len() > 1000 - w.chunk_len,
-            "{}",
-            w.len()
-        );
+        // Chunks of 1000 / 16 ids.
+        let chunk_len = 62;
+        assert!(w.len() <= 1000 && w.len() > 1000 - chunk_len, "{}", w.len());
         assert!(w.running.is_empty());
-        assert!(w.chunks.len() <= 1000 / w.chunk_len + 1);
+        assert!(w.done.chunk_count() <= 1000 / chunk_len + 1);
     }
 }

@@ -6,85 +6,86 @@
 //! already gave, instead of an ack alone, which would leave the requester waiting until its
 //! timeout. When a reply has been evicted the node says so (see `inbound::on_deliver`).
 
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use shoal_proto::MessageId;
+use bytes::{Bytes, BytesMut};
+use shoal_proto::{EncodeError, Frame, Limits, MessageId, codec};
 
-use super::dedup::IdHashing;
+use super::dedup::{IdHashing, IdLog};
 
-/// Bookkeeping charged per entry on top of the reply's bytes: the id in the map and in the
-/// ageing queue, the `Bytes` handle, the time and the map's overhead.
+/// Bookkeeping charged per entry on top of the reply's bytes: the id and the `Bytes` handle in
+/// the log, its share of the chunk's filter, and the frame's share of its arena block.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// Most replies in one chunk of the log (the size of its filter).
+const MAX_CHUNK: usize = 4096;
+
+/// Reply frames are encoded one after the other into blocks of this size, so that a block's
+/// replies share one allocation (freed when the last of them leaves the cache and the wire).
+const ARENA_BLOCK: usize = 64 * 1024;
+
+/// Room left in a block under which the next reply starts a new one.
+const ARENA_ROOM: usize = 2 * 1024;
+
 /// The encoded reply frames of recent synchronous requests, by request id, bounded by total
-/// size and by age; the oldest go first.
+/// size and by age; the oldest go first, a sixteenth of the bound at a time ([`IdLog`]: a
+/// reply costs an append, not a probe and an insert in a table larger than the CPU's cache).
 #[derive(Debug)]
 pub(crate) struct ReplyCache {
-    replies: HashMap<MessageId, Bytes, IdHashing>,
-    order: VecDeque<(MessageId, Instant)>,
-    /// Bytes held, counting [`ENTRY_OVERHEAD`] per entry.
-    size: usize,
+    replies: IdLog<Bytes>,
     max_size: usize,
-    max_age: Duration,
+    /// The block the next reply is encoded into.
+    arena: BytesMut,
 }
 
 impl ReplyCache {
     /// A cache of at most `max_size` bytes (0 keeps nothing) whose entries live `max_age`.
     pub(crate) fn new(max_size: usize, max_age: Duration, keys: [u64; 2]) -> Self {
+        let chunk = (MAX_CHUNK, max_size / 16);
         Self {
-            replies: HashMap::with_hasher(IdHashing::new(keys)),
-            order: VecDeque::new(),
-            size: 0,
+            replies: IdLog::new(max_size, chunk, max_age, IdHashing::new(keys)),
             max_size,
-            max_age,
+            arena: BytesMut::new(),
         }
     }
 
-    /// Keeps `frame`, the encoded reply to `request`. A request is answered once, so a reply
-    /// already kept stays as it is; a reply larger than the whole cache is not kept.
+    /// Encodes `reply`, the reply frame to `request`, keeps it ([`ReplyCache::insert`]), and
+    /// returns it to be sent.
+    pub(crate) fn encode_and_keep(
+        &mut self,
+        request: MessageId,
+        reply: &Frame,
+        limits: &Limits,
+        now: Instant,
+    ) -> Result<Bytes, EncodeError> {
+        if self.arena.capacity() < ARENA_ROOM {
+            self.arena.reserve(ARENA_BLOCK);
+        }
+        if let Err(e) = codec::encode(reply, limits, &mut self.arena) {
+            self.arena.clear();
+            return Err(e);
+        }
+        let frame = self.arena.split().freeze();
+        self.insert(request, frame.clone(), now);
+        Ok(frame)
+    }
+
+    /// Keeps `frame`, the encoded reply to `request`; a reply larger than the whole cache is
+    /// not kept. A request is answered once; if it were answered again (handled again once
+    /// its id left the dedup window), the newest reply is the one found.
     pub(crate) fn insert(&mut self, request: MessageId, frame: Bytes, now: Instant) {
-        self.expire(now);
         let cost = frame.len() + ENTRY_OVERHEAD;
-        if cost > self.max_size || self.replies.contains_key(&request) {
+        if cost > self.max_size {
             return;
         }
-        self.replies.insert(request, frame);
-        self.order.push_back((request, now));
-        self.size += cost;
-        while self.size > self.max_size {
-            self.pop_oldest();
-        }
+        self.replies.expire(now);
+        self.replies.push(request, frame, cost, now);
     }
 
     /// The reply kept for `request`, if it is still here.
     pub(crate) fn get(&mut self, request: MessageId, now: Instant) -> Option<Bytes> {
-        self.expire(now);
-        self.replies.get(&request).cloned()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(_, at)) = self.order.front() {
-            if now.saturating_duration_since(at) < self.max_age {
-                break;
-            }
-            self.pop_oldest();
-        }
-    }
-
-    /// Drops the oldest reply (every kept reply has exactly one queue entry).
-    fn pop_oldest(&mut self) {
-        if let Some((id, _)) = self.order.pop_front()
-            && let Some(frame) = self.replies.remove(&id)
-        {
-            self.size -= frame.len() + ENTRY_OVERHEAD;
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.replies.len()
+        self.replies.expire(now);
+        self.replies.find(request).cloned()
     }
 }
 
@@ -128,8 +129,8 @@ mod tests {
         for n in 0..5 {
             cache.insert(id(n), frame(100), t0);
         }
-        assert_eq!(cache.len(), 3);
-        assert_eq!(cache.size, 3 * per_entry);
+        assert_eq!(cache.replies.len(), 3);
+        assert_eq!(cache.replies.cost(), 3 * per_entry);
         assert_eq!(cache.get(id(0), t0), None);
         assert_eq!(cache.get(id(1), t0), None);
         assert!(cache.get(id(4), t0).is_some());
@@ -152,17 +153,37 @@ mod tests {
     }
 
     #[test]
-    fn a_second_reply_to_the_same_request_keeps_the_first() {
+    fn many_small_replies_go_a_sixteenth_of_the_cache_at_a_time() {
+        let t0 = Instant::now();
+        let per_entry = 100 + ENTRY_OVERHEAD;
+        // Chunks of 4 replies.
+        let mut cache = ReplyCache::new(64 * per_entry, Duration::from_secs(60), KEYS);
+        for n in 0..100 {
+            cache.insert(id(n), frame(100), t0);
+        }
+        let kept = cache.replies.len();
+        assert!((60..=64).contains(&kept), "{kept} kept");
+        assert_eq!(cache.replies.cost(), kept * per_entry);
+        assert_eq!(cache.get(id(99), t0), Some(frame(100)));
+        assert_eq!(cache.get(id(100 - kept as u128), t0), Some(frame(100)));
+        assert_eq!(cache.get(id(99 - kept as u128), t0), None);
+    }
+
+    #[test]
+    fn a_second_reply_to_the_same_request_is_the_one_found() {
         let t0 = Instant::now();
         let mut cache = ReplyCache::new(1 << 20, Duration::from_secs(10), KEYS);
         cache.insert(id(1), frame(10), t0);
         cache.insert(id(1), frame(30), t0 + Duration::from_secs(5));
-        assert_eq!(cache.size, 10 + ENTRY_OVERHEAD);
         assert_eq!(
             cache.get(id(1), t0 + Duration::from_secs(5)),
-            Some(frame(10))
+            Some(frame(30))
         );
-        assert_eq!(cache.get(id(1), t0 + Duration::from_secs(10)), None);
-        assert_eq!(cache.size, 0);
+        assert_eq!(
+            cache.get(id(1), t0 + Duration::from_secs(10)),
+            Some(frame(30))
+        );
+        assert_eq!(cache.get(id(1), t0 + Duration::from_secs(15)), None);
+        assert_eq!(cache.replies.cost(), 0);
     }
 }
