@@ -37,11 +37,9 @@
 //! caller gave up.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use shoal_proto::SmolStr;
@@ -49,14 +47,19 @@ use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+mod callers;
+
 use super::{Driver, State};
-use crate::engine::send::{Events, MAX_TOGETHER_PAYLOAD, Publishing};
-use crate::engine::{Done, Engine, OpId};
+use crate::engine::send::{MAX_TOGETHER_PAYLOAD, Publishing};
+use crate::engine::{Done, Engine};
 use crate::handler::BoxedHandler;
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability, SendOptions};
 use crate::receipts::PublishReceipt;
 use crate::sync::lock;
 use crate::{Error, Message, MessageId};
+use callers::Callers;
+pub(super) use callers::Claim;
+pub(crate) use callers::Gathered;
 
 /// Messages waiting to be handed to the engine, by destination.
 pub(crate) struct Gather {
@@ -120,106 +123,6 @@ struct Pending {
 /// key makes many small operations rather than one whose hand-over holds the engine (and the
 /// thread) for long.
 const MAX_KEYED: usize = 256;
-
-/// The callers whose messages travel together: a slot each, in the order they called.
-/// A slot is made when first used (its caller polls or gives up, or the messages are handed
-/// over), not when the caller joins: that would take this lock once more per call.
-struct Callers(Mutex<Slots>);
-
-struct Slots {
-    slots: Vec<Slot>,
-    /// The operations their messages went in (one, or one each when they went alone).
-    ops: SmallVec<[OpId; 1]>,
-}
-
-/// One caller's: its result once there, its waker, and whether it still waits.
-struct Slot {
-    result: Option<Result<Done, Error>>,
-    waker: Option<Waker>,
-    waiting: bool,
-}
-
-impl Slot {
-    const WAITING: Self = Self {
-        result: None,
-        waker: None,
-        waiting: true,
-    };
-}
-
-impl Slots {
-    /// Slot `slot`, made (with those before it) if it was not yet.
-    fn slot(&mut self, slot: usize) -> &mut Slot {
-        if slot >= self.slots.len() {
-            self.slots.resize_with(slot + 1, || Slot::WAITING);
-        }
-        &mut self.slots[slot]
-    }
-
-    /// Gives slot `slot` its `result`, unless it has one (a request answered before its
-    /// operation ended) or its caller stopped waiting; its waker goes in `wake`.
-    fn fill(&mut self, slot: usize, result: Result<Done, Error>, wake: &mut impl Extend<Waker>) {
-        let slot = self.slot(slot);
-        if slot.result.is_some() || !slot.waiting {
-            return;
-        }
-        slot.result = Some(result);
-        wake.extend(slot.waker.take());
-    }
-}
-
-/// Which callers an operation's results go to: its messages' slots, in the operation's order.
-pub(super) struct Claim {
-    callers: Arc<Callers>,
-    slots: SmallVec<[usize; 8]>,
-}
-
-impl Claim {
-    /// Hands the result of the operation's request `index` (`Action::Answered`) to its
-    /// caller, whose waker goes in `wake`; the others wait on.
-    pub(super) fn answer(
-        &self,
-        index: u32,
-        result: Result<Message, Error>,
-        wake: &mut impl Extend<Waker>,
-    ) {
-        if let Some(slot) = self.slots.get(index as usize) {
-            lock(&self.callers.0).fill(*slot, result.map(Done::Replied), wake);
-        }
-    }
-
-    /// Hands the operation's `result` to its callers (but those told already), whose wakers
-    /// go in `wake`.
-    pub(super) fn settle(self, result: Option<Result<Done, Error>>, wake: &mut impl Extend<Waker>) {
-        let mut callers = lock(&self.callers.0);
-        let mut fill = |slot: &usize, result| callers.fill(*slot, result, wake);
-        match result {
-            Some(Ok(Done::PublishedEach(each))) => {
-                for (slot, result) in self.slots.iter().zip(each) {
-                    fill(slot, result.map(Done::Published));
-                }
-            }
-            Some(Ok(Done::SentEach(each))) => {
-                for (slot, result) in self.slots.iter().zip(each) {
-                    fill(slot, result.map(Done::Sent));
-                }
-            }
-            // Separate calls' requests: each caller was told when its own was answered.
-            Some(Ok(Done::RepliedEach)) => {}
-            // One message's own operation (it went alone).
-            Some(Ok(done)) => {
-                if let Some(slot) = self.slots.first() {
-                    fill(slot, Ok(done));
-                }
-            }
-            Some(Err(e)) => self.slots.iter().for_each(|s| fill(s, Err(e.duplicate()))),
-            None => self
-                .slots
-                .iter()
-                .for_each(|s| fill(s, Err(Error::ShuttingDown))),
-        }
-    }
-}
 
 impl Driver {
     /// Whether `event`, published with `options`, joins the events of this turn rather than
@@ -285,10 +188,7 @@ impl Driver {
                     bound,
                     keyed: false,
                     messages: Vec::with_capacity(room),
-                    callers: Arc::new(Callers(Mutex::new(Slots {
-                        slots: Vec::with_capacity(room),
-                        ops: SmallVec::new(),
-                    }))),
+                    callers: Callers::with_room(room),
                 });
                 pending.back_mut().expect("just pushed")
             }
@@ -306,14 +206,7 @@ impl Driver {
 
     /// A caller whose message was refused before it was gathered.
     fn refused(self: Arc<Self>, error: Error) -> Gathered {
-        let callers = Callers(Mutex::new(Slots {
-            slots: vec![Slot {
-                result: Some(Err(error)),
-                ..Slot::WAITING
-            }],
-            ops: SmallVec::new(),
-        }));
-        Gathered::new(self, Arc::new(callers), 0)
+        Gathered::new(self, Callers::refused(error), 0)
     }
 
     /// Hands the messages gathered to the engine whenever there are some, after the tasks
@@ -345,11 +238,7 @@ impl Driver {
         for group in groups.into_iter().flatten() {
             let mut wake = Vec::new();
             let slots: SmallVec<[usize; 8]> = (0..group.messages.len()).collect();
-            Claim {
-                callers: group.callers,
-                slots,
-            }
-            .settle(None, &mut wake);
+            Claim::new(group.callers, slots).settle(None, &mut wake);
             wake.into_iter().for_each(Waker::wake);
         }
     }
@@ -403,21 +292,7 @@ impl Driver {
         let callers = group.callers;
         let count = group.messages.len();
         self.gather.last_size.store(count, Ordering::Relaxed);
-        let (mut messages, mut slots) =
-            (Events::with_capacity(count), SmallVec::with_capacity(count));
-        {
-            let mut waiting = lock(&callers.0);
-            // Every caller's slot, from now on.
-            if let Some(last) = count.checked_sub(1) {
-                waiting.slot(last);
-            }
-            for (slot, message) in group.messages.into_iter().enumerate() {
-                if waiting.slots[slot].waiting {
-                    messages.push(message);
-                    slots.push(slot);
-                }
-            }
-        }
+        let (mut messages, slots) = callers.still_waiting(group.messages);
         if messages.is_empty() {
             return;
         }
@@ -440,11 +315,7 @@ impl Driver {
             Ok(started) => claim(state, started, &callers, slots, &ids, wake),
             // Taken, then refused (not expected): every caller hears why.
             Err(e) if messages.is_empty() => {
-                let claim = Claim {
-                    callers: Arc::clone(&callers),
-                    slots,
-                };
-                claim.settle(Some(Err(e)), wake);
+                Claim::new(Arc::clone(&callers), slots).settle(Some(Err(e)), wake);
             }
             // Refused as they were: each goes alone, and hears its own result.
             Err(_) => {
@@ -470,10 +341,7 @@ impl Driver {
                             let slots = smallvec::smallvec![slot];
                             claim(state, started, &callers, slots, &[*id], wake);
                         }
-                        Err(e) => {
-                            let mut slots = lock(&callers.0);
-                            slots.fill(slot, Err(e), wake);
-                        }
+                        Err(e) => callers.fill(slot, Err(e), wake),
                     }
                 }
             }
@@ -493,11 +361,8 @@ fn claim(
 ) {
     match published {
         Publishing::Waiting(op) => {
-            lock(&callers.0).ops.push(op);
-            let claim = Claim {
-                callers: Arc::clone(callers),
-                slots,
-            };
+            callers.went_in(op);
+            let claim = Claim::new(Arc::clone(callers), slots);
             // Completed while it was handed over (nothing to wait for after all): settled now.
             match state.engine.take_result(op) {
                 Some(result) => claim.settle(Some(result), wake),
@@ -508,7 +373,6 @@ fn claim(
         }
         // Nobody subscribes: every caller gets a receipt of its own event saying so.
         Publishing::Done(receipt) => {
-            let mut callers = lock(&callers.0);
             for (slot, id) in slots.iter().zip(ids) {
                 let receipt = PublishReceipt {
                     id: *id,
@@ -516,75 +380,6 @@ fn claim(
                 };
                 callers.fill(*slot, Ok(Done::Published(receipt)), wake);
             }
-        }
-    }
-}
-
-/// A gathered message's caller: resolves with the message's own result.
-pub(crate) struct Gathered {
-    driver: Arc<Driver>,
-    callers: Arc<Callers>,
-    slot: usize,
-    done: bool,
-}
-
-impl Gathered {
-    /// The caller of slot `slot` of `callers`, counted as waiting for a call.
-    fn new(driver: Arc<Driver>, callers: Arc<Callers>, slot: usize) -> Self {
-        driver.wakeups.caller_waits();
-        Self {
-            driver,
-            callers,
-            slot,
-            done: false,
-        }
-    }
-}
-
-impl Future for Gathered {
-    type Output = Result<Done, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let slot = self.slot;
-        let mut slots = lock(&self.callers.0);
-        let slot = slots.slot(slot);
-        if let Some(result) = slot.result.take() {
-            slot.waiting = false;
-            drop(slots);
-            self.done = true;
-            return Poll::Ready(result);
-        }
-        match &slot.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
-impl Drop for Gathered {
-    fn drop(&mut self) {
-        self.driver.wakeups.caller_done();
-        if self.done {
-            return;
-        }
-        // Gave up: a message not handed over yet is not sent; once every caller of an
-        // operation gave up, the operation is cancelled.
-        let ops = {
-            let mut slots = lock(&self.callers.0);
-            let slot = slots.slot(self.slot);
-            slot.waiting = false;
-            slot.waker = None;
-            // Slots not made yet belong to callers that have not polled; that can only be
-            // before the hand-over (which makes every slot), when there is no operation to
-            // cancel.
-            if slots.slots.iter().any(|s| s.waiting) {
-                return;
-            }
-            std::mem::take(&mut slots.ops)
-        };
-        for op in ops {
-            self.driver.cancel_gathered(op);
         }
     }
 }

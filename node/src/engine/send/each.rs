@@ -226,8 +226,26 @@ impl<H: Clone> Engine<H> {
         messages: &mut Events,
         now: Instant,
     ) -> Result<OpId, Error> {
+        let each = Each::new(messages.len());
+        self.each_to_service(OpKind::Send, service, messages, each, now)
+    }
+
+    /// Starts an operation of `kind` (commands, or requests: `each_request.rs`) made of
+    /// separate calls' `messages` to `service`, with one delivery to the service for all,
+    /// keyed ones at their keys' instances and in their keys' turns (`parts.rs`). `each`
+    /// keeps what becomes of each message.
+    ///
+    /// Refused before anything is taken from `messages` when they cannot go together.
+    pub(super) fn each_to_service(
+        &mut self,
+        kind: OpKind,
+        service: &str,
+        messages: &mut Events,
+        each: Each,
+        now: Instant,
+    ) -> Result<OpId, Error> {
         self.check_service(service)?;
-        self.accepting(OpKind::Send)?;
+        self.accepting(kind)?;
         self.may_travel_together(messages)?;
         let (envelopes, items) = self.first_attempt(messages, false)?;
         let limits = &self.config.limits;
@@ -242,8 +260,8 @@ impl<H: Clone> Engine<H> {
         let spec = Spec::point_to_point(self.config.retry.clone());
         let route = Route::Service(Target::service(self.names.get(service)));
         self.stats.gathered += envelopes.len() as u64;
-        let mut op = new_op(OpKind::Send, envelopes, items, 1);
-        op.each = Some(Box::new(Each::new(op.messages.len())));
+        let mut op = new_op(kind, envelopes, items, 1);
+        op.each = Some(Box::new(each));
         let op = self.out.insert_op(op);
         self.add_each_delivery(op, route, head, spec, now); // parts.rs
         Ok(op)

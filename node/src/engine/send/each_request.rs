@@ -24,14 +24,13 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_proto::To;
+use shoal_proto::MessageId;
 
 use super::super::Engine;
 use super::super::acks::reply_answers_seq;
 use super::super::action::{Action, OpId};
-use super::super::delivery::{Answer, Spec, State};
-use super::super::peers::{Route, Target};
-use super::{Each, Events, OpKind, encoded_head, new_op};
+use super::super::delivery::{Answer, State};
+use super::{Each, Events, OpKind};
 use crate::{Error, Message};
 
 impl<H: Clone> Engine<H> {
@@ -50,10 +49,10 @@ impl<H: Clone> Engine<H> {
         timeout: Duration,
         now: Instant,
     ) -> Result<OpId, Error> {
-        self.check_service(service)?;
-        self.accepting(OpKind::Request)?;
-        self.may_travel_together(requests)?;
-        let reply_to = requests[0].envelope().reply_to.as_ref();
+        let Some(first) = requests.first() else {
+            return self.each_to_service(OpKind::Request, service, requests, Each::new(0), now);
+        };
+        let reply_to = first.envelope().reply_to.as_ref();
         if requests
             .iter()
             .any(|r| r.envelope().reply_to.as_ref() != reply_to)
@@ -63,9 +62,10 @@ impl<H: Clone> Engine<H> {
             ));
         }
         // Replies find their request by its id: ids must be unique among those waiting.
-        let mut ids: Vec<_> = requests.iter().map(Message::id).collect();
-        ids.sort_unstable();
-        if let Some(id) = ids
+        let ids: Vec<MessageId> = requests.iter().map(Message::id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        if let Some(id) = sorted
             .windows(2)
             .find(|pair| pair[0] == pair[1])
             .map(|pair| pair[0])
@@ -77,28 +77,12 @@ impl<H: Clone> Engine<H> {
         {
             return Err(Error::DuplicateRequest(id));
         }
-        let (envelopes, items) = self.first_attempt(requests, false)?;
-        let limits = &self.config.limits;
-        let head = encoded_head(
-            &mut self.out.heads,
-            &envelopes[0],
-            To::Handler,
-            (true, false),
-            items.iter().map(|(_, item)| item),
-            limits,
-        )?;
-        let spec = Spec::point_to_point(self.config.retry.clone());
-        let route = Route::Service(Target::service(self.names.get(service)));
-        self.stats.gathered += envelopes.len() as u64;
-        let mut op = new_op(OpKind::Request, envelopes, items, 1);
-        op.each = Some(Box::new(Each::of_requests(op.messages.len())));
-        let ids: Vec<_> = op.messages.iter().map(|m| m.id).collect();
-        let op = self.out.insert_op(op);
+        let each = Each::of_requests(requests.len());
+        let op = self.each_to_service(OpKind::Request, service, requests, each, now)?;
         for (index, id) in (0u32..).zip(ids) {
             self.out.replies.insert(id, (op, index));
         }
         self.time_out_request(op, timeout, now); // ops.rs
-        self.add_each_delivery(op, route, head, spec, now); // parts.rs
         Ok(op)
     }
 

@@ -44,6 +44,22 @@ fn pricing(
     }
 }
 
+/// A simulation (from `seed`) with a `shop` node connected to a `pricing` node over a link
+/// with `faults`, whose handler is [`pricing`] with `delay`; returns it, `shop` and the log.
+fn shop_and_pricing(
+    seed: u64,
+    faults: Faults,
+    delay: impl Fn(u32) -> Duration + 'static,
+) -> (Sim, usize, Log) {
+    let mut sim = Sim::new(seed);
+    let (shop, server) = (sim.node("shop"), sim.node("pricing"));
+    sim.connect_with(shop, server, faults);
+    let log = Log::default();
+    sim.handle(server, "quote", pricing(&log, delay));
+    sim.run_for(SECOND);
+    (sim, shop, log)
+}
+
 /// When request `index` of `op` on `node` was answered, and its reply's payload (or error).
 fn answer(sim: &Sim, node: usize, op: OpId, index: u32) -> (Duration, Result<String, &Error>) {
     let (at, result) = sim.nodes[node]
@@ -73,17 +89,10 @@ fn assert_handled_once(log: &Log, n: u32) {
 
 #[test]
 fn requests_share_a_delivery_and_each_caller_has_its_reply_as_soon_as_it_comes() {
-    let mut sim = Sim::new(501);
-    let (shop, server) = (sim.node("shop"), sim.node("pricing"));
-    sim.connect(shop, server);
-    let log = Log::default();
     // Request 0 takes 3 s; the others 5 ms.
-    sim.handle(
-        server,
-        "quote",
-        pricing(&log, |n| if n == 0 { 3 * SECOND } else { 5 * MS }),
-    );
-    sim.run_for(SECOND);
+    let (mut sim, shop, log) = shop_and_pricing(501, Faults::default(), |n| {
+        if n == 0 { 3 * SECOND } else { 5 * MS }
+    });
     let started = sim.elapsed();
     let requests = quotes(&mut sim, 8);
     let op = sim
@@ -185,16 +194,9 @@ fn requests_not_answered_fail_over_together() {
 
 #[test]
 fn the_timeout_ends_the_requests_still_waiting_and_no_other() {
-    let mut sim = Sim::new(504);
-    let (shop, server) = (sim.node("shop"), sim.node("pricing"));
-    sim.connect(shop, server);
-    let log = Log::default();
-    sim.handle(
-        server,
-        "quote",
-        pricing(&log, |n| if n == 1 { 10 * SECOND } else { MS }),
-    );
-    sim.run_for(SECOND);
+    let (mut sim, shop, _) = shop_and_pricing(504, Faults::default(), |n| {
+        if n == 1 { 10 * SECOND } else { MS }
+    });
     let requests = quotes(&mut sim, 3);
     let op = sim
         .request_each(shop, "pricing", requests, 2 * SECOND)
@@ -218,17 +220,12 @@ fn the_timeout_ends_the_requests_still_waiting_and_no_other() {
 #[test]
 fn requests_through_loss_and_duplication_are_each_handled_once_and_answered_once() {
     for seed in 510..516 {
-        let mut sim = Sim::new(seed);
-        let (shop, server) = (sim.node("shop"), sim.node("pricing"));
         let faults = Faults {
             loss: 0.2,
             duplicate: 0.2,
             ..Faults::default()
         };
-        sim.connect_with(shop, server, faults);
-        let log = Log::default();
-        sim.handle(server, "quote", pricing(&log, |_| MS));
-        sim.run_for(SECOND);
+        let (mut sim, shop, log) = shop_and_pricing(seed, faults, |_| MS);
         let requests = quotes(&mut sim, 40);
         let op = sim
             .request_each(shop, "pricing", requests, 120 * SECOND)
