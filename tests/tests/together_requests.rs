@@ -105,6 +105,9 @@ async fn a_slow_request_holds_its_own_caller_only() {
     let mesh = Mesh::new();
     let release = Arc::new(Notify::new());
     let (_pricing, shop, handled) = pricing_and_shop(&mesh, &release).await;
+    // The first call goes alone (no other waits); the held one and the others after it
+    // travel together.
+    let first = request_from_tasks(&shop, ["first".to_owned()], WAIT);
     let held = request_from_tasks(&shop, ["hold".to_owned()], WAIT);
     let others = request_from_tasks(&shop, (0..50).map(|i| i.to_string()), WAIT);
     let results = timeout(WAIT, others.join_all())
@@ -113,9 +116,14 @@ async fn a_slow_request_holds_its_own_caller_only() {
     for (payload, id, result) in &results {
         assert_answers(result.as_ref().unwrap(), *id, payload);
     }
-    assert!(shop.stats().gathered > 0, "{:?}", shop.stats());
+    assert_eq!(
+        shop.stats().gathered,
+        51,
+        "the held one went with the others"
+    );
     // The held handler is running (it was handled before the others' replies came back).
-    assert_eq!(handled.lock().unwrap().len(), 51);
+    assert_eq!(handled.lock().unwrap().len(), 52);
+    timeout(WAIT, first.join_all()).await.unwrap();
     release.notify_one();
     let held = timeout(WAIT, held.join_all()).await.unwrap();
     let (payload, id, result) = &held[0];
@@ -128,7 +136,8 @@ async fn a_refused_or_timed_out_request_fails_its_own_caller_only() {
     let release = Arc::new(Notify::new());
     let (_pricing, shop, _handled) = pricing_and_shop(&mesh, &release).await;
     let wait = Duration::from_secs(2);
-    let payloads = ["refuse", "hold"].into_iter().map(str::to_owned);
+    // The first call goes alone (no other waits); the others travel together.
+    let payloads = ["first", "refuse", "hold"].into_iter().map(str::to_owned);
     let calls = request_from_tasks(&shop, payloads.chain((0..20).map(|i| i.to_string())), wait);
     let results = timeout(WAIT, calls.join_all()).await.unwrap();
     for (payload, id, result) in &results {
@@ -139,5 +148,9 @@ async fn a_refused_or_timed_out_request_fails_its_own_caller_only() {
             (payload, other) => panic!("{payload}: {other:?}"),
         }
     }
-    assert!(shop.stats().gathered > 0, "{:?}", shop.stats());
+    assert_eq!(
+        shop.stats().gathered,
+        22,
+        "the refused and held ones went with the others"
+    );
 }

@@ -41,7 +41,12 @@ pub(crate) struct ReplyCache {
 impl ReplyCache {
     /// A cache of at most `max_size` bytes (0 keeps nothing) whose entries live `max_age`.
     pub(crate) fn new(max_size: usize, max_age: Duration, keys: [u64; 2]) -> Self {
-        let chunk = (MAX_CHUNK, max_size / 16);
+        // A sixteenth of the bound per chunk, and a filter for as many replies as fit in it.
+        let chunk_cost = max_size / 16;
+        let chunk = (
+            (chunk_cost / ENTRY_OVERHEAD).clamp(1, MAX_CHUNK),
+            chunk_cost,
+        );
         Self {
             replies: IdLog::new(max_size, chunk, max_age, IdHashing::new(keys)),
             max_size,
@@ -167,6 +172,20 @@ mod tests {
         assert_eq!(cache.get(id(99), t0), Some(frame(100)));
         assert_eq!(cache.get(id(100 - kept as u128), t0), Some(frame(100)));
         assert_eq!(cache.get(id(99 - kept as u128), t0), None);
+    }
+
+    #[test]
+    fn a_reply_nearly_as_large_as_the_cache_is_kept_and_evicts_the_older_ones() {
+        let t0 = Instant::now();
+        // Chunks of 1,000 bytes' worth; 8 small replies leave the first one open.
+        let mut cache = ReplyCache::new(16_000, Duration::from_secs(60), KEYS);
+        for n in 0..8 {
+            cache.insert(id(n), frame(10), t0);
+        }
+        cache.insert(id(100), frame(15_100), t0);
+        assert_eq!(cache.get(id(100), t0), Some(frame(15_100)));
+        assert_eq!(cache.get(id(0), t0), None);
+        assert_eq!(cache.replies.len(), 1);
     }
 
     #[test]

@@ -362,14 +362,12 @@ fn claim(
     match published {
         Publishing::Waiting(op) => {
             callers.went_in(op);
-            let claim = Claim::new(Arc::clone(callers), slots);
-            // Completed while it was handed over (nothing to wait for after all): settled now.
-            match state.engine.take_result(op) {
-                Some(result) => claim.settle(Some(result), wake),
-                None => {
-                    state.claims.insert(op, claim);
-                }
-            }
+            // Told by the engine's actions, taken once the hand-over's engine call returns:
+            // those of requests answered, and the operation's completion (which may have come
+            // during the hand-over already).
+            state
+                .claims
+                .insert(op, Claim::new(Arc::clone(callers), slots));
         }
         // Nobody subscribes: every caller gets a receipt of its own event saying so.
         Publishing::Done(receipt) => {

@@ -73,13 +73,14 @@ struct Chunk<V> {
 }
 
 impl<V> Chunk<V> {
-    /// An empty chunk for `len` ids, newer than chunks that reach up to `reach_ms`, that
+    /// An empty chunk (its filter sized) for `len` ids, newer than chunks that reach up to `reach_ms`, that
     /// takes entries for `open_for` from `now`.
     fn new(len: usize, reach_ms: u64, now: Instant, open_for: Duration) -> Self {
         let words = (len * BLOOM_BITS_PER_ID).div_ceil(64).next_power_of_two();
+        // The vectors grow as entries come: a chunk closed by age may hold few.
         Self {
-            ids: Vec::with_capacity(len),
-            values: Vec::with_capacity(len),
+            ids: Vec::new(),
+            values: Vec::new(),
             cost: 0,
             bloom: vec![0; words].into_boxed_slice(),
             min_ms: u64::MAX,
@@ -161,9 +162,11 @@ impl<V> IdLog<V> {
     /// Adds `id` with `value`, costing `cost`; the oldest chunks go while the log costs more
     /// than its bound.
     pub(crate) fn push(&mut self, id: MessageId, value: V, cost: usize, now: Instant) {
+        // A chunk that would cost more than its share with this entry is closed: the entry
+        // goes in a chunk of its own rather than make its chunk the whole bound.
         let open = self.chunks.back().is_some_and(|c| {
             c.ids.len() < self.chunk_len
-                && c.cost < self.chunk_cost
+                && c.cost + cost <= self.chunk_cost
                 && c.sealed_at.is_none_or(|at| now < at)
         });
         if !open {

@@ -59,12 +59,23 @@ impl<H: Clone> Engine<H> {
                 // delivery on it, `Engine::on_reply`): no ack follows it. Copies that came in
                 // meanwhile are answered as a copy of a request handled before is: with the
                 // reply kept. An ack would tell the requester that the request arrived, and it
-                // would not send it again, though this reply might not reach it.
+                // would not send it again, though this reply might not reach it; only a reply
+                // that was not kept leaves them an ack.
                 let synchronous = reply_to.is_some_and(is_synchronous);
                 match &head {
-                    Some(head) if synchronous => {
+                    // A reply not kept (too large, or no cache) would refuse them: acked.
+                    Some(head)
+                        if synchronous
+                            && (waiters.is_empty()
+                                || self.inbound.replies.get(key, now).is_some()) =>
+                    {
                         for (c, s) in waiters {
                             self.answer_again(c, s, head, id, key, now); // answer.rs
+                        }
+                    }
+                    _ if synchronous => {
+                        for (c, s) in waiters {
+                            self.ack(c, s);
                         }
                     }
                     _ if reliable => {

@@ -375,6 +375,7 @@ impl<H: Clone> Engine<H> {
                 index,
                 result: Err(error),
             });
+            self.end_if_answered(op); // each_request.rs
         }
     }
 

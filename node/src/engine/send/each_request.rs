@@ -28,7 +28,7 @@ use shoal_proto::MessageId;
 
 use super::super::Engine;
 use super::super::acks::reply_answers_seq;
-use super::super::action::{Action, OpId};
+use super::super::action::{Action, Done, OpId};
 use super::super::delivery::{Answer, State};
 use super::{Each, Events, OpKind};
 use crate::{Error, Message};
@@ -102,6 +102,20 @@ impl<H: Clone> Engine<H> {
             result: Ok(reply),
         });
         self.answer_one(op, index, now);
+        self.end_if_answered(op);
+    }
+
+    /// Ends `op` (made by [`Engine::request_each`]) if no request of it waits any more and
+    /// none of its deliveries is left: its last delivery may have ended before the last
+    /// reply came (acked by a node of an earlier release, which acks requests too).
+    pub(in crate::engine) fn end_if_answered(&mut self, op: OpId) {
+        if self.out.ops.get(op).is_some_and(|o| {
+            o.open == 0
+                && o.kind == OpKind::Request
+                && o.each.as_deref().is_some_and(Each::all_answered)
+        }) {
+            self.complete(op, Ok(Done::RepliedEach));
+        }
     }
 
     /// Request `index` of `op` was answered: in the delivery carrying it, the answer ends its

@@ -7,6 +7,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use shoal_proto::SeqRange;
+
+use super::super::delivery::State;
 use super::{Faults, Handled, Sim};
 use crate::engine::{Done, OpId};
 use crate::handler::HandlerError;
@@ -215,6 +218,43 @@ fn the_timeout_ends_the_requests_still_waiting_and_no_other() {
     assert!(sim.run_for(60 * SECOND), "the sender still has work");
     let engine = &sim.nodes[shop].engine;
     assert!(engine.out.deliveries.is_empty() && engine.out.replies.is_empty());
+}
+
+/// A node of an earlier release acks requests before it replies: the acks end the delivery,
+/// and the operation ends with the last reply.
+#[test]
+fn requests_acked_before_their_replies_end_with_the_last_reply() {
+    let (mut sim, shop, _) = shop_and_pricing(506, Faults::default(), |_| SECOND);
+    let requests = quotes(&mut sim, 3);
+    let op = sim
+        .request_each(shop, "pricing", requests, 30 * SECOND)
+        .expect("sent");
+    sim.run_for(100 * MS);
+    let engine = &mut sim.nodes[shop].engine;
+    let Some(State::Flight {
+        conn, first, count, ..
+    }) = engine
+        .out
+        .deliveries
+        .values()
+        .next()
+        .map(|d| d.state.clone())
+    else {
+        panic!("not in flight");
+    };
+    let range = SeqRange {
+        start: first,
+        len: u64::from(count),
+    };
+    engine.on_ack(conn, vec![range], sim.now);
+    sim.settle();
+    assert!(sim.nodes[shop].engine.out.deliveries.is_empty(), "acked");
+    assert!(sim.result(shop, op).is_none(), "ended before the replies");
+    sim.run_for(2 * SECOND);
+    for n in 0..3 {
+        assert_eq!(reply_of(&sim, shop, op, n), format!("price of {n}"));
+    }
+    assert!(matches!(sim.result(shop, op), Some(Ok(Done::RepliedEach))));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -18,10 +19,18 @@ use crate::{Error, Message};
 /// The callers whose messages travel together: a slot each, in the order they called.
 /// A slot is made when first used (its caller polls or gives up, or the messages are handed
 /// over), not when the caller joins: that would take this lock once more per call.
-pub(super) struct Callers(Mutex<Slots>);
+pub(super) struct Callers {
+    slots: Mutex<Slots>,
+    /// Whether a caller gave up (dropped its future before its result): then the last
+    /// caller to stop waiting cancels the operations, whose other messages (requests
+    /// answered on their own) may be done while its message is still being retried.
+    gave_up: AtomicBool,
+}
 
 struct Slots {
     slots: Vec<Slot>,
+    /// How many callers stopped waiting (took their results, or gave up).
+    stopped: usize,
     /// The operations their messages went in (one, or one each when they went alone).
     ops: SmallVec<[OpId; 1]>,
 }
@@ -44,21 +53,26 @@ impl Slot {
 impl Callers {
     /// Callers to come, with room for `room` of them.
     pub(super) fn with_room(room: usize) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(Slots {
-            slots: Vec::with_capacity(room),
-            ops: SmallVec::new(),
-        })))
+        Self::of(Vec::with_capacity(room))
+    }
+
+    fn of(slots: Vec<Slot>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::new(Slots {
+                slots,
+                stopped: 0,
+                ops: SmallVec::new(),
+            }),
+            gave_up: AtomicBool::new(false),
+        })
     }
 
     /// One caller, told `error` already.
     pub(super) fn refused(error: Error) -> Arc<Self> {
-        Arc::new(Self(Mutex::new(Slots {
-            slots: vec![Slot {
-                result: Some(Err(error)),
-                ..Slot::WAITING
-            }],
-            ops: SmallVec::new(),
-        })))
+        Self::of(vec![Slot {
+            result: Some(Err(error)),
+            ..Slot::WAITING
+        }])
     }
 
     /// The `messages` (one per caller, in their order) whose callers still wait, with their
@@ -67,7 +81,7 @@ impl Callers {
         let count = messages.len();
         let (mut waiting, mut slots) =
             (Events::with_capacity(count), SmallVec::with_capacity(count));
-        let mut callers = lock(&self.0);
+        let mut callers = lock(&self.slots);
         if let Some(last) = count.checked_sub(1) {
             callers.slot(last);
         }
@@ -82,7 +96,7 @@ impl Callers {
 
     /// Their messages went in operation `op` (cancelled once every caller gave up).
     pub(super) fn went_in(&self, op: OpId) {
-        lock(&self.0).ops.push(op);
+        lock(&self.slots).ops.push(op);
     }
 
     /// Gives slot `slot` its `result` ([`Slots::fill`]).
@@ -92,7 +106,7 @@ impl Callers {
         result: Result<Done, Error>,
         wake: &mut impl Extend<Waker>,
     ) {
-        lock(&self.0).fill(slot, result, wake);
+        lock(&self.slots).fill(slot, result, wake);
     }
 }
 
@@ -138,7 +152,7 @@ impl Claim {
         wake: &mut impl Extend<Waker>,
     ) {
         if let Some(slot) = self.slots.get(index as usize) {
-            lock(&self.callers.0).fill(*slot, result.map(Done::Replied), wake);
+            lock(&self.callers.slots).fill(*slot, result.map(Done::Replied), wake);
         }
     }
 
@@ -149,7 +163,7 @@ impl Claim {
         result: Option<Result<Done, Error>>,
         wake: &mut impl Extend<Waker>,
     ) {
-        let mut callers = lock(&self.callers.0);
+        let mut callers = lock(&self.callers.slots);
         let mut fill = |slot: &usize, result| callers.fill(*slot, result, wake);
         match result {
             Some(Ok(Done::PublishedEach(each))) => {
@@ -205,10 +219,11 @@ impl Future for Gathered {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let slot = self.slot;
-        let mut slots = lock(&self.callers.0);
+        let mut slots = lock(&self.callers.slots);
         let slot = slots.slot(slot);
         if let Some(result) = slot.result.take() {
             slot.waiting = false;
+            slots.stopped += 1;
             drop(slots);
             self.done = true;
             return Poll::Ready(result);
@@ -224,20 +239,26 @@ impl Future for Gathered {
 impl Drop for Gathered {
     fn drop(&mut self) {
         self.driver.wakeups.caller_done();
-        if self.done {
+        // Usually every caller takes its result, and nothing is left to cancel.
+        if self.done && !self.callers.gave_up.load(Ordering::Acquire) {
             return;
         }
-        // Gave up: a message not handed over yet is not sent; once every caller of an
-        // operation gave up, the operation is cancelled.
+        // Gave up (or another did): a message not handed over yet is not sent; once no
+        // caller of an operation waits, the operation is cancelled (it may be done already).
         let ops = {
-            let mut slots = lock(&self.callers.0);
-            let slot = slots.slot(self.slot);
-            slot.waiting = false;
-            slot.waker = None;
+            let mut slots = lock(&self.callers.slots);
+            if !self.done {
+                self.callers.gave_up.store(true, Ordering::Release);
+                let slot = slots.slot(self.slot);
+                slot.waker = None;
+                if std::mem::replace(&mut slot.waiting, false) {
+                    slots.stopped += 1;
+                }
+            }
             // Slots not made yet belong to callers that have not polled; that can only be
             // before the hand-over (which makes every slot), when there is no operation to
             // cancel.
-            if slots.slots.iter().any(|s| s.waiting) {
+            if slots.stopped < slots.slots.len() {
                 return;
             }
             std::mem::take(&mut slots.ops)
