@@ -257,6 +257,52 @@ fn requests_acked_before_their_replies_end_with_the_last_reply() {
     assert!(matches!(sim.result(shop, op), Some(Ok(Done::RepliedEach))));
 }
 
+/// Replies that come while their requests wait for an instance (their attempt failed) count
+/// as acknowledged there: they are not sent again, and the delivery ends with the last.
+#[test]
+fn replies_that_come_between_attempts_end_the_delivery() {
+    let (mut sim, shop, _) = shop_and_pricing(507, Faults::default(), |_| 10 * SECOND);
+    let requests = quotes(&mut sim, 3);
+    let ids: Vec<_> = requests.iter().map(Message::id).collect();
+    let op = sim
+        .request_each(shop, "pricing", requests, 60 * SECOND)
+        .expect("sent");
+    sim.run_for(100 * MS);
+    let server = shop + 1; // made right after `shop` (shop_and_pricing)
+    sim.crash(server, 100 * MS);
+    sim.run_for(SECOND);
+    let waiting = |sim: &Sim| -> Vec<State> {
+        let engine = &sim.nodes[shop].engine;
+        engine
+            .out
+            .deliveries
+            .values()
+            .map(|d| d.state.clone())
+            .collect()
+    };
+    assert!(
+        matches!(waiting(&sim).as_slice(), [s] if !matches!(s, State::Flight { .. })),
+        "{:?}",
+        waiting(&sim)
+    );
+    // The replies come anyway (sent before the crash, say, on a connection that outlived it).
+    for (n, id) in ids.iter().enumerate() {
+        let mut reply = sim.command("price", format!("late {n}"));
+        reply.env.correlation_id = Some(*id);
+        let now = sim.now;
+        sim.nodes[shop].engine.on_reply(reply.env, now);
+        sim.settle();
+        let left = if n < 2 { 1 } else { 0 };
+        assert_eq!(waiting(&sim).len(), left, "after reply {n}");
+    }
+    for n in 0..3 {
+        assert_eq!(reply_of(&sim, shop, op, n), format!("late {n}"));
+    }
+    assert!(matches!(sim.result(shop, op), Some(Ok(Done::RepliedEach))));
+    let engine = &sim.nodes[shop].engine;
+    assert!(engine.out.replies.is_empty());
+}
+
 #[test]
 fn requests_through_loss_and_duplication_are_each_handled_once_and_answered_once() {
     for seed in 510..516 {
