@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::action::{Action, Done, OpId};
 use super::delivery::{State, no_instance_reason};
-use super::send::{DeliveryId, Each, OpKind};
+use super::send::{DeliveryId, OpKind};
 use super::{Engine, Lifecycle};
 use crate::Error;
 use crate::receipts::PublishReceipt;
@@ -185,12 +185,7 @@ impl<H: Clone> Engine<H> {
             },
             // Separate calls' requests (send/each_request.rs): each caller was told of its
             // own; those still waiting for a reply wait on (their timeout bounds the wait).
-            OpKind::Request if o.each.is_some() => {
-                if !o.each.as_deref().is_some_and(Each::all_answered) {
-                    return;
-                }
-                Ok(Done::RepliedEach)
-            }
+            OpKind::Request if o.each.is_some() => return self.end_if_answered(op),
             OpKind::Request => match o.error.take() {
                 Some(e) => Err(e),
                 // Acknowledged; the reply may still be on its way (the caller's timeout

@@ -53,7 +53,7 @@ pub(crate) struct Each {
     errors: SmallVec<[Option<Error>; 8]>,
     /// Commands: the instance and attempt that acknowledged each, for its own receipt (a
     /// command acknowledged before the instance of a later attempt failed names the one that
-    /// handled it, not the one the others went on to).
+    /// handled it, not the one the others went on to); empty for requests.
     handled: SmallVec<[Option<(NodeId, u32)>; 8]>,
     /// Events: the copies made by deliveries that carried only some of them (keyed events
     /// at their keys' instances, `parts.rs`); empty otherwise.
@@ -80,10 +80,12 @@ impl Each {
         }
     }
 
-    /// For requests: each answered by its own reply (`each_request.rs`).
+    /// For requests: each answered by its own reply (`each_request.rs`); no receipt names an
+    /// instance, so none is noted.
     pub(in crate::engine) fn of_requests(messages: usize) -> Self {
         Self {
             replied: vec![false; messages],
+            handled: SmallVec::new(),
             ..Self::new(messages)
         }
     }

@@ -106,8 +106,9 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Ends `op` (made by [`Engine::request_each`]) if no request of it waits any more and
-    /// none of its deliveries is left: its last delivery may have ended before the last
-    /// reply came (acked by a node of an earlier release, which acks requests too).
+    /// none of its deliveries is left: called when its last delivery ends, and after each
+    /// request answered or failed (that delivery may have ended before the last reply came,
+    /// acked by a node of an earlier release, which acks requests too).
     pub(in crate::engine) fn end_if_answered(&mut self, op: OpId) {
         if self.out.ops.get(op).is_some_and(|o| {
             o.open == 0
