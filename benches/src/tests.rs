@@ -112,6 +112,7 @@ fn throughput_rows_at_three_payloads_are_measured_and_compared() {
         for kind in [
             "pubsub",
             "pubsub-batch",
+            "pubsub-background",
             "pubsub-best-effort",
             "p2p",
             "p2p-keyed",

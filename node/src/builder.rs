@@ -96,6 +96,9 @@ impl NodeBuilder {
     /// Default cap on background publishes on their way at once (see
     /// [`NodeBuilder::max_background_publishes`]).
     pub const DEFAULT_MAX_BACKGROUND_PUBLISHES: usize = 65_536;
+    /// Default cap on the payload bytes of background events on their way at once (see
+    /// [`NodeBuilder::max_background_bytes`]).
+    pub const DEFAULT_MAX_BACKGROUND_BYTES: usize = 64 << 20;
 
     pub(crate) fn new(service: impl Into<String>) -> Self {
         Self {
@@ -265,21 +268,36 @@ impl NodeBuilder {
     }
 
     /// Most unacknowledged messages to one peer; further sends wait (or fail fast).
-    /// Default 1024; at least 1 ([`NodeBuilder::start`] refuses 0: nothing could be sent).
+    /// Default 4096; at least 1 ([`NodeBuilder::start`] refuses 0: nothing could be sent).
+    /// A window smaller than what a busy sender keeps in flight makes the two sides take
+    /// turns (the receiver handles and acks a window's worth while the sender waits, then the
+    /// other way round) instead of working side by side.
     pub fn max_in_flight_per_peer(mut self, max: usize) -> Self {
         self.config.max_in_flight_per_peer = max;
         self
     }
 
-    /// Most background publishes ([`crate::PublishOptions::background`]) on their way at once.
-    /// Each holds its event until every audience acknowledged it (or it was dead-lettered), so
-    /// a subscriber that is slow, or a group waiting for an instance, makes them pile up; past
-    /// this many, `publish_with` fails at once with [`crate::Error::Backlog`] and keeps
-    /// nothing, rather than holding events without bound. A plain `publish`, which resolves
+    /// Most events of background publishes ([`crate::PublishOptions::background`]) on their
+    /// way at once, a batch counting each of its events, and events staged to go together
+    /// included. Each holds its event until every audience acknowledged it (or it was
+    /// dead-lettered), so a subscriber that is slow, or a group waiting for an instance, makes
+    /// them pile up; past this many, `publish_with` fails at once with
+    /// [`crate::Error::Backlog`] and keeps nothing, rather than holding events without bound. A plain `publish`, which resolves
     /// on the acks, paces itself instead. Default 65,536; at least 1 ([`NodeBuilder::start`]
     /// refuses 0: a node that wants no background publishes simply makes none).
     pub fn max_background_publishes(mut self, max: usize) -> Self {
         self.config.max_background_publishes = max;
+        self
+    }
+
+    /// Most payload bytes of background events ([`crate::PublishOptions::background`]) on
+    /// their way at once, staged ones included; past this, `publish_with` fails at once with
+    /// [`crate::Error::Backlog`] and keeps nothing, as past
+    /// [`NodeBuilder::max_background_publishes`]. An event larger than this is taken when the
+    /// node holds no other. Default 64 MiB; at least 1 ([`NodeBuilder::start`] refuses 0).
+    /// Counting events alone, 65,536 events of 64 KiB held 4 GiB.
+    pub fn max_background_bytes(mut self, max: usize) -> Self {
+        self.config.max_background_bytes = max;
         self
     }
 

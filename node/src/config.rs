@@ -18,8 +18,12 @@ pub(crate) struct Config {
     pub(crate) reply_cache_size: usize,
     pub(crate) max_in_flight_per_peer: usize,
     pub(crate) max_concurrent_handlers: usize,
-    /// Background publishes on their way at once; one more is refused ([`crate::Error::Backlog`]).
+    /// Events of background publishes on their way at once (staged ones included); one more
+    /// is refused ([`crate::Error::Backlog`]).
     pub(crate) max_background_publishes: usize,
+    /// Payload bytes of the events of background publishes on their way at once (staged
+    /// ones included); one more is refused ([`crate::Error::Backlog`]), unless none is held.
+    pub(crate) max_background_bytes: usize,
     /// Best-effort copies are dropped when this many items already wait to be written.
     pub(crate) write_queue_len: usize,
     /// A connection with more bytes waiting to be written is closed: its peer is not reading.
@@ -73,9 +77,10 @@ impl Default for Config {
             dedup_capacity: 100_000,
             dedup_max_age: Duration::from_secs(600),
             reply_cache_size: 16 << 20,
-            max_in_flight_per_peer: 1024,
+            max_in_flight_per_peer: 4096,
             max_concurrent_handlers: 1024,
             max_background_publishes: NodeBuilder::DEFAULT_MAX_BACKGROUND_PUBLISHES,
+            max_background_bytes: NodeBuilder::DEFAULT_MAX_BACKGROUND_BYTES,
             write_queue_len: 4096,
             max_queued_bytes: NodeBuilder::DEFAULT_MAX_QUEUED_BYTES,
             limits: Limits::default(),
@@ -143,6 +148,10 @@ impl Config {
             (
                 self.max_background_publishes,
                 "NodeBuilder::max_background_publishes",
+            ),
+            (
+                self.max_background_bytes,
+                "NodeBuilder::max_background_bytes",
             ),
         ];
         if let Some((_, method)) = zeros.iter().find(|(value, _)| *value == 0) {

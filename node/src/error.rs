@@ -81,15 +81,16 @@ pub enum Error {
         /// The service the message was for.
         service: String,
     },
-    /// A background publish was refused: `limit` background publishes are still on their way
-    /// ([`crate::NodeBuilder::max_background_publishes`]). Nothing was kept; publish again
-    /// later, or with a receipt (a plain `publish`) to pace the publisher.
+    /// A background publish was refused: the node holds as many background events as it may
+    /// ([`crate::NodeBuilder::max_background_publishes`],
+    /// [`crate::NodeBuilder::max_background_bytes`]). Nothing was kept; publish again once
+    /// some were delivered, or with a receipt (a plain `publish`) to pace the publisher.
     #[error(
-        "{limit} background publishes are still on their way (NodeBuilder::max_background_publishes): publish later, or await a receipt"
+        "the node holds as many background events as it may ({limit}): publish later, or await a receipt"
     )]
     Backlog {
         /// The cap that was reached.
-        limit: usize,
+        limit: BacklogLimit,
     },
     /// A topic, subscription pattern or group name is malformed (see [`crate::Node::publish`]
     /// and [`crate::SubscribeOptions`] for the rules).
@@ -188,6 +189,18 @@ impl Error {
             other => Self::Internal(other.to_string()),
         }
     }
+}
+
+/// The cap on background events a node holds that refused one (see [`Error::Backlog`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BacklogLimit {
+    /// So many events ([`crate::NodeBuilder::max_background_publishes`]).
+    #[error("{0} events, NodeBuilder::max_background_publishes")]
+    Events(usize),
+    /// So many payload bytes ([`crate::NodeBuilder::max_background_bytes`]).
+    #[error("{0} payload bytes, NodeBuilder::max_background_bytes")]
+    Bytes(usize),
 }
 
 /// Why a multicast group socket could not be opened (see [`Error::Multicast`]).

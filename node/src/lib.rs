@@ -123,7 +123,7 @@ pub use dead_letter::DeadLetter;
 pub use diagnose::{AnnouncedInstance, ServiceDiagnosis};
 pub use discovered::DiscoveredInstance;
 pub use engine::retry::RetryPolicy;
-pub use error::{Error, MulticastProblem};
+pub use error::{BacklogLimit, Error, MulticastProblem};
 pub use event::{FallbackReason, NodeEvent};
 pub use handler::{HandlerError, IntoReply};
 pub use identity::{CertSerial, CertificateInfo, Identity, MeshCa, RevocationList, Revocations};

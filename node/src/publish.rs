@@ -130,6 +130,14 @@ impl Node {
             ));
         }
         let started = trace::within(&span, || {
+            // A background event may wait for the turn's end, which needs no clock
+            // (`engine/send/staged.rs`).
+            if options.background
+                && let Some(staged) = driver
+                    .call_untimed(|engine| engine.stage_if_due(&mut events, batched, &options))
+            {
+                return staged.map(Publishing::Done);
+            }
             // After keyed events gathered before it (`runtime/gather.rs`).
             let keyed = events.iter().any(|e| e.key().is_some());
             driver.call_in_order(keyed, |engine, now| {

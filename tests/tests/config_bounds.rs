@@ -115,6 +115,10 @@ async fn start_refuses_values_no_node_can_work_with_and_names_the_setting() {
             Box::new(|b| b.max_background_publishes(0)),
         ),
         (
+            "NodeBuilder::max_background_bytes(0)",
+            Box::new(|b| b.max_background_bytes(0)),
+        ),
+        (
             "NodeBuilder::close_idle_after(Some(0))",
             Box::new(|b| b.close_idle_after(Some(ms(0)))),
         ),

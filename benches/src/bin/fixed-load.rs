@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
-//! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply).
+//! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply),
+//! `background` (one loop of background publishes, [`shoal::PublishOptions::background`],
+//! done when the receiver handled them all).
 //! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
 //! the option `closed`, as in the latency rows (`fixed-load send 20000 closed`). The option
 //! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
@@ -31,7 +33,10 @@
 //! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`. The option
 //! `batch=N` makes `batch` mode's batches `N` events instead of [`BATCH`]: with
 //! `in-flight=M`, `N * M` events in flight as `M` calls (`fixed-load batch 1500000 batch=4
-//! in-flight=64`).
+//! in-flight=64`). The option `window=N` sets both nodes'
+//! [`shoal::NodeBuilder::max_in_flight_per_peer`] (default 1024): `fixed-load background
+//! 3000000 window=4096`. The option `payload=N` makes every message's payload `N` bytes
+//! instead of 64: `fixed-load background 20000 payload=65536`.
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -49,6 +54,8 @@ use shoal::{HandlerError, MeshCa, Message, Node};
 
 /// Calls in flight at once.
 const IN_FLIGHT: u64 = 256;
+/// Background publishes between two yields in `background` mode (as the throughput rows).
+const BACKGROUND_YIELD: u64 = 64;
 /// Events per batch in `batch` mode.
 const BATCH: u64 = 256;
 const TOPIC: &str = "load.topic";
@@ -59,14 +66,52 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Publishes `count` events with [`shoal::PublishOptions::background`] from one loop,
+/// yielding every [`BACKGROUND_YIELD`] and whenever the node holds as many as it may
+/// (`Error::Backlog`: the event is published again after the yield).
+async fn publish_in_background(
+    node: &Node,
+    count: u64,
+    body: Bytes,
+) -> std::result::Result<(), shoal::Error> {
+    let mut published = 0;
+    // Bounded: a publish refused more than `count` times in all stops the loop.
+    for i in 0..count.saturating_mul(2) {
+        if published == count {
+            break;
+        }
+        if i % BACKGROUND_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+        let event = Message::event(TOPIC, body.clone());
+        match node
+            .publish_with(event, shoal::PublishOptions::background())
+            .await
+        {
+            Ok(_) => published += 1,
+            Err(shoal::Error::Backlog { .. }) => tokio::task::yield_now().await,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
-    let mut workers = None;
+    let (mut workers, mut window, mut payload) = (None, None, 64);
     for option in args {
+        if let Some(n) = option.strip_prefix("payload=") {
+            payload = n.parse()?;
+            continue;
+        }
+        if let Some(n) = option.strip_prefix("window=") {
+            window = Some(n.parse()?);
+            continue;
+        }
         if let Some(n) = option.strip_prefix("workers=") {
             workers = Some(n.parse()?);
             multi_thread = true;
@@ -89,7 +134,7 @@ fn main() -> Result<()> {
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N, batch=N or workers=N"
+                     in-flight=N, batch=N, workers=N, window=N or payload=N"
                 )
                 .into());
             }
@@ -99,6 +144,10 @@ fn main() -> Result<()> {
     // Records per-message metrics without serving them when asked (`metrics`); polls for
     // input for a millisecond after each activity when asked (`busy-poll`).
     let with_metrics = move |builder: shoal::NodeBuilder| {
+        let builder = match window {
+            Some(max) => builder.max_in_flight_per_peer(max),
+            None => builder,
+        };
         let builder = if busy_poll {
             builder.busy_poll(BUSY_POLL)
         } else {
@@ -110,8 +159,10 @@ fn main() -> Result<()> {
             builder
         }
     };
-    if !["send", "publish", "batch", "request"].contains(&mode.as_str()) {
-        return Err(format!("unknown mode {mode}: send, publish, batch or request").into());
+    if !["send", "publish", "batch", "request", "background"].contains(&mode.as_str()) {
+        return Err(
+            format!("unknown mode {mode}: send, publish, batch, request or background").into(),
+        );
     }
     let ca = MeshCa::generate("fixed load")?;
     let handled = Arc::new(AtomicU64::new(0));
@@ -159,7 +210,9 @@ fn main() -> Result<()> {
     let threads = threads.map(|(name, tid)| (name, tid.filter(|_| !multi_thread)));
     let runtime = runtime(multi_thread, workers)?;
     let label = mode.clone();
+    let all_handled = Arc::clone(&handled);
     let (took, stats, spent) = runtime.block_on(async move {
+        let handled = all_handled;
         let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
             .trust(ca)
@@ -173,11 +226,24 @@ fn main() -> Result<()> {
         let per_call = if mode == "batch" { batch } else { 1 };
         let calls = count.div_ceil(per_call);
         let mut tasks = Vec::new();
+        if mode == "background" {
+            let (node, handled) = (node.clone(), Arc::clone(&handled));
+            tasks.push(tokio::spawn(async move {
+                publish_in_background(&node, count, Bytes::from(vec![0xA5u8; payload])).await?;
+                // Done when the receiver handled them all.
+                let deadline = Instant::now() + WAIT;
+                while handled.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok::<_, shoal::Error>(())
+            }));
+        }
+        let calls = if mode == "background" { 0 } else { calls };
         for task in 0..in_flight.min(calls) {
             let (node, mode) = (node.clone(), mode.clone());
             let mine = (calls - task).div_ceil(in_flight);
             tasks.push(tokio::spawn(async move {
-                let body = Bytes::from(vec![0xA5u8; 64]);
+                let body = Bytes::from(vec![0xA5u8; payload]);
                 let key = format!("customer-{task}");
                 let with_key = |message: Message| {
                     if keyed {
@@ -232,12 +298,20 @@ fn main() -> Result<()> {
     // A retry (an ack that did not come in time) shows as a duplicate on the receiver.
     println!(
         "{label}: {handled} messages handled in {took:?} ({:.0} per second); writes: {} by the \
-         sender, {} by the receiver; retries: {}, duplicates: {}",
+         sender, {} by the receiver; retries: {}, duplicates: {}{}",
         handled as f64 / took.as_secs_f64(),
         stats.writes,
         received.writes,
         stats.retries,
         received.duplicates,
+        if stats.background_refused > 0 {
+            format!(
+                "; background publishes refused (backlog full): {}",
+                stats.background_refused
+            )
+        } else {
+            String::new()
+        },
     );
     let spent: Vec<String> = spent.into_iter().flatten().collect();
     if !spent.is_empty() {

@@ -285,7 +285,7 @@ pub(crate) struct Snapshot {
     pub(crate) subscriptions: usize,
     /// The subscriptions the connected peers announced.
     pub(crate) peer_subscriptions: usize,
-    /// Background publishes on their way.
+    /// Events of background publishes on their way, staged ones included.
     pub(crate) background_publishes: usize,
 }
 

@@ -35,6 +35,7 @@ use crate::{Error, Message};
 mod each;
 mod each_request;
 mod publish;
+mod staged;
 
 pub(crate) use each::{Each, MAX_PAYLOAD as MAX_TOGETHER_PAYLOAD};
 pub(crate) use publish::{Events, Publishing};
@@ -161,8 +162,12 @@ pub(super) struct Outbound {
     pub(super) heads: HeadCache,
     /// Where items are encoded: one allocation shared by many.
     pub(super) arena: BytesMut,
-    /// Background publishes in `ops` (see [`Outbound::insert_op`]).
+    /// The events of background publishes in `ops`, and their payload bytes (see
+    /// [`Outbound::insert_op`]).
     background: usize,
+    background_bytes: usize,
+    /// Background events waiting for the turn's end ([`staged`]).
+    pub(super) staged: staged::Staged,
     /// When the callers of requests stop waiting, earliest first (`ops.rs`); an entry leaves
     /// with its operation.
     pub(super) request_deadlines: BTreeMap<(Instant, OpId), Duration>,
@@ -185,6 +190,8 @@ impl Outbound {
             heads: HeadCache::default(),
             arena: BytesMut::new(),
             background: 0,
+            background_bytes: 0,
+            staged: staged::Staged::default(),
             request_deadlines: BTreeMap::new(),
             channel_copies: 0,
         }
@@ -193,7 +200,10 @@ impl Outbound {
     /// Keeps `op`; every operation goes in here and leaves through [`Outbound::remove_op`],
     /// so the count of background publishes stays right.
     pub(super) fn insert_op(&mut self, op: Op) -> OpId {
-        self.background += usize::from(op.kind == OpKind::Background);
+        if op.kind == OpKind::Background {
+            self.background += op.messages.len();
+            self.background_bytes += payload_bytes(&op.messages);
+        }
         self.ops.insert(op)
     }
 
@@ -202,9 +212,12 @@ impl Outbound {
         let Some(op) = self.ops.get_mut(id) else {
             return;
         };
+        if op.kind == OpKind::Background {
+            self.background -= op.messages.len();
+            self.background_bytes -= payload_bytes(&op.messages);
+        }
         // The envelopes' boxes serve the next messages made on this thread.
         crate::message::recycle(op.messages.drain(..));
-        self.background -= usize::from(op.kind == OpKind::Background);
         self.channel_copies -= op.channel.as_deref().map_or(0, ChannelCopies::waiting);
         if let Some(at) = op.deadline {
             self.request_deadlines.remove(&(at, id));
@@ -220,9 +233,15 @@ impl Outbound {
             .map(|((at, _), _)| *at)
     }
 
-    /// Background publishes not finished yet (each holds its events until then).
+    /// Events of background publishes not finished yet (each operation holds its events
+    /// until then), staged ones included.
     pub(super) fn background_publishes(&self) -> usize {
-        self.background
+        self.background + self.staged.count()
+    }
+
+    /// The payload bytes of [`Outbound::background_publishes`].
+    pub(super) fn background_bytes(&self) -> usize {
+        self.background_bytes + self.staged.bytes()
     }
 
     /// Operations nobody waits for that are still going (background publishes, asynchronous
@@ -504,4 +523,9 @@ fn encoded_head<'a>(
         }));
     }
     Ok(head)
+}
+
+/// The payload bytes of `messages`.
+fn payload_bytes(messages: &Envelopes) -> usize {
+    messages.iter().map(|m| m.payload.len()).sum()
 }

@@ -76,7 +76,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_background_refused",
-                "Background publishes refused because max_background_publishes were on their way.",
+                "Background publishes refused because max_background_publishes events were on their way.",
                 stats.background_refused,
             ),
             (
@@ -152,7 +152,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_background_publishes",
-                "Background publishes on their way (each holds its event until acknowledged).",
+                "Events of background publishes on their way, staged ones included (each held until acknowledged).",
                 snapshot.background_publishes,
             ),
         ];

@@ -28,8 +28,11 @@
 //! caller is told as soon as its own reply comes ([`Claim::answer`]), not when the others'
 //! have. Keyed requests go alone, in their key's turn.
 //!
-//! Not gathered: batches, keyed requests, best-effort or background messages, calls with
-//! options of their own, payloads over 16 KiB, and nodes with a multicast channel.
+//! Background events are not gathered here: the engine stages them itself, and this task
+//! publishes them with the groups (`engine/send/staged.rs`, [`Driver::publish_staged_soon`]).
+//!
+//! Not gathered: batches, keyed requests, best-effort messages, calls with options of their
+//! own, payloads over 16 KiB, and nodes with a multicast channel.
 //!
 //! A caller that drops its future before its message was handed over takes the message back:
 //! it is not sent. Once handed over, the message goes on with the others (as a lone message
@@ -76,6 +79,9 @@ pub(crate) struct Gather {
     /// Whether a keyed message waits: a keyed call that goes to the engine at once hands
     /// the waiting messages over first ([`Driver::call_in_order`]).
     keyed: AtomicBool,
+    /// Whether the engine staged background events (`engine/send/staged.rs`): they go
+    /// with the next hand-over.
+    staged: AtomicBool,
 }
 
 impl Gather {
@@ -87,6 +93,7 @@ impl Gather {
             handover: Notify::new(),
             last_size: AtomicUsize::new(0),
             keyed: AtomicBool::new(false),
+            staged: AtomicBool::new(false),
         }
     }
 }
@@ -204,6 +211,13 @@ impl Driver {
         Gathered::new(self, callers, slot)
     }
 
+    /// The engine staged background events: [`Driver::run_gather`] publishes them once the
+    /// tasks ready now have run, with those they publish meanwhile.
+    pub(super) fn publish_staged_soon(&self) {
+        self.gather.staged.store(true, Ordering::Release);
+        self.gather.handover.notify_one();
+    }
+
     /// A caller whose message was refused before it was gathered.
     fn refused(self: Arc<Self>, error: Error) -> Gathered {
         Gathered::new(self, Callers::refused(error), 0)
@@ -232,6 +246,9 @@ impl Driver {
                 if !more {
                     break;
                 }
+            }
+            if self.gather.staged.swap(false, Ordering::AcqRel) {
+                self.call(|engine, now| engine.publish_staged(now));
             }
         }
         let groups = lock(&self.gather.pending).take();

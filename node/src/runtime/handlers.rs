@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use smallvec::SmallVec;
 
-use super::{Driver, ReplyBody, replies};
+use super::Driver;
 use crate::Message;
 use crate::engine::{Following, HandlerOutcome, Lifecycle, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
@@ -63,7 +63,7 @@ impl Driver {
         } = run;
         // Killed meanwhile (by a handler, or from another thread): like a crashed process,
         // it starts nothing more.
-        if self.killed.is_cancelled() {
+        if self.is_killed() {
             return;
         }
         let Some(mut more) = more else {
@@ -93,7 +93,7 @@ impl Driver {
                     return self.spawn_handler(task, waiting, handlers, Some(more));
                 }
             }
-            if self.killed.is_cancelled() {
+            if self.is_killed() {
                 break;
             }
             next = more.message();
@@ -243,4 +243,26 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Err(_) => Poll::Ready(Err(())),
         }
     }
+}
+
+/// What one handler returned for a reply: its body, and the trace context it ran in.
+type ReplyBody = (Option<bytes::Bytes>, Option<crate::TraceContext>);
+
+/// The replies to request `request` on `channel` (empty for a synchronous request), one per
+/// handler body: a message that asked for a reply always gets one, an empty body if its
+/// handler returned none. Each carries the trace context of the handler that made it (a
+/// handler's reply is a message it sends, and continues its trace).
+fn replies(
+    request: shoal_proto::MessageId,
+    channel: &str,
+    bodies: SmallVec<[ReplyBody; 1]>,
+) -> Replies {
+    bodies
+        .into_iter()
+        .map(|(body, ctx)| {
+            let reply =
+                Message::reply_to_request(request, channel.to_owned(), body.unwrap_or_default());
+            crate::trace::with_handler_context(reply, ctx.as_ref())
+        })
+        .collect()
 }

@@ -105,7 +105,7 @@ impl Driver {
         };
         if tokio::time::timeout(grace, idle).await.is_err() {
             tracing::warn!("handlers still running after {grace:?}; dropping them");
-            self.killed.cancel();
+            self.mark_killed();
         }
         self.call(|engine, now| engine.say_goodbye(now));
         // Each peer closes the connection once it has read the goodbye, and so every ack
@@ -117,7 +117,7 @@ impl Driver {
         );
         let _ = tokio::time::timeout(grace, closed).await;
         self.endpoint.close(CloseCode::Shutdown.into(), b"shutdown");
-        self.killed.cancel();
+        self.mark_killed();
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
@@ -126,11 +126,22 @@ impl Driver {
         self.finished.store(true, Ordering::Release);
     }
 
+    /// The node stops at once: running handlers are dropped, and none starts any more.
+    fn mark_killed(&self) {
+        self.is_killed.store(true, Ordering::Release);
+        self.killed.cancel();
+    }
+
+    /// Whether the node was killed (or finished shutting down): no handler starts.
+    pub(crate) fn is_killed(&self) -> bool {
+        self.is_killed.load(Ordering::Acquire)
+    }
+
     /// Stops at once, like a crash: no goodbyes, running handlers dropped, nothing flushed.
     pub(crate) fn kill(self: &Arc<Self>) {
         self.stopping.cancel();
         self.call(|engine, now| engine.kill(now));
-        self.killed.cancel();
+        self.mark_killed();
         self.kill_multicast();
         self.endpoint
             .close(CloseCode::Killed.into(), b"node stopped abruptly");

@@ -30,7 +30,7 @@ pub(crate) mod op;
 mod wakeups;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use shoal_proto::NodeId;
@@ -40,13 +40,13 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::NodeEvent;
 use crate::config::Config;
 use crate::diagnose::DialFailures;
 use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Replies, Run};
 use crate::handler::BoxedHandler;
 use crate::sync::lock;
 use crate::transport::connection::ConnIo;
-use crate::{Message, NodeEvent};
 
 /// The node's engine and everything around it. Shared by every [`crate::Node`] handle and the
 /// node's tasks.
@@ -63,8 +63,11 @@ pub(crate) struct Driver {
     idle: Notify,
     /// Cancelled when shutdown starts: no new work is taken.
     pub(crate) stopping: CancellationToken,
-    /// Cancelled when the node stops at once: running handlers are dropped.
+    /// Cancelled when the node stops at once: running handlers are dropped. Cancelled only
+    /// by [`Driver::mark_killed`], which sets `is_killed` too.
     pub(crate) killed: CancellationToken,
+    /// Whether `killed` was cancelled, read without the token's lock (before every handler).
+    is_killed: AtomicBool,
     /// Background tasks (accept loop, diallers, discovery, connections, the timer).
     pub(crate) tasks: TaskTracker,
     /// Handlers that had to wait, each in a task of its own.
@@ -142,6 +145,8 @@ struct Effects {
     peers_changed: bool,
     timer_moved: bool,
     idle: bool,
+    /// Background events were staged (`gather.rs`).
+    staged: bool,
 }
 
 impl Driver {
@@ -177,6 +182,7 @@ impl Driver {
             idle: Notify::new(),
             stopping: CancellationToken::new(),
             killed: CancellationToken::new(),
+            is_killed: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             handler_tasks: TaskTracker::new(),
             yield_before_write: !current_thread,
@@ -226,6 +232,29 @@ impl Driver {
         let mut state = lock(&self.state);
         let now = Self::now();
         let result = f(&mut state, now);
+        self.after_call(state, || now);
+        result
+    }
+
+    /// [`Driver::call`] for an engine call that needs no clock (staging a background
+    /// event): the clock is read only if the call left something to act on.
+    pub(crate) fn call_untimed<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Engine<BoxedHandler>) -> R,
+    ) -> R {
+        let mut state = lock(&self.state);
+        let result = f(&mut state.engine);
+        self.after_call(state, Self::now);
+        result
+    }
+
+    /// Acts on what the engine call just made left to do, if anything (`now`: the call's
+    /// time), once `state` is unlocked.
+    fn after_call(
+        self: &Arc<Self>,
+        mut state: MutexGuard<'_, State>,
+        now: impl FnOnce() -> Instant,
+    ) {
         // Nothing to act on (framing a write, usually): no effects to collect.
         if state.engine.is_quiet() {
             drop(state);
@@ -233,7 +262,7 @@ impl Driver {
             // Filled and acted on in place: it holds a few inline vectors (over a kilobyte),
             // which moving by value would copy on every call.
             let mut effects = Effects::default();
-            state.take_effects(&mut effects, now);
+            state.take_effects(&mut effects, now());
             drop(state);
             self.act(&mut effects);
         }
@@ -242,7 +271,6 @@ impl Driver {
         }
         #[cfg(feature = "testing")]
         self.tell_test_kit();
-        result
     }
 
     /// Test kit: the engine may have changed; whoever waits for the mesh to go idle looks
@@ -394,6 +422,9 @@ impl Driver {
             if std::mem::take(&mut effects.timer_moved) {
                 self.timer.notify_one();
             }
+            if std::mem::take(&mut effects.staged) {
+                self.publish_staged_soon();
+            }
             if std::mem::take(&mut effects.idle) {
                 self.idle.notify_waiters();
             }
@@ -476,6 +507,7 @@ impl State {
                 }
                 Action::Event(event) => self.emit(event),
                 Action::PeersChanged => effects.peers_changed = true,
+                Action::PublishStaged => effects.staged = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
                 // Handed to the group link once unlocked (`runtime/multicast.rs`).
                 Action::Multicast(datagram) => effects.multicast.push(datagram),
@@ -484,26 +516,4 @@ impl State {
         effects.timer_moved = self.engine.timer_moved();
         effects.idle = self.engine.lifecycle() != Lifecycle::Running && self.engine.is_idle();
     }
-}
-
-/// What one handler returned for a reply: its body, and the trace context it ran in.
-type ReplyBody = (Option<bytes::Bytes>, Option<crate::TraceContext>);
-
-/// The replies to request `request` on `channel` (empty for a synchronous request), one per
-/// handler body: a message that asked for a reply always gets one, an empty body if its
-/// handler returned none. Each carries the trace context of the handler that made it (a
-/// handler's reply is a message it sends, and continues its trace).
-fn replies(
-    request: shoal_proto::MessageId,
-    channel: &str,
-    bodies: SmallVec<[ReplyBody; 1]>,
-) -> Replies {
-    bodies
-        .into_iter()
-        .map(|(body, ctx)| {
-            let reply =
-                Message::reply_to_request(request, channel.to_owned(), body.unwrap_or_default());
-            crate::trace::with_handler_context(reply, ctx.as_ref())
-        })
-        .collect()
 }

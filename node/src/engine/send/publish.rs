@@ -6,8 +6,9 @@
 //! before anything is sent, so a publish that cannot be sent fails whole. Copies for members
 //! of a multicast channel may go on the channel without a delivery each
 //! ([`super::super::multicast_copies`]). Best-effort copies, background publishes and topics
-//! nobody subscribes to are done at once; a reliable publish's caller waits for every
-//! audience's acknowledgement.
+//! nobody subscribes to are done at once (a background event may first wait for the turn's
+//! end, [`super::staged`]); a reliable publish's caller waits for every audience's
+//! acknowledgement.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +44,7 @@ pub(crate) enum Publishing {
 
 /// How the events of one publish travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+pub(super) enum Shape {
     /// One event of one call.
     Lone,
     /// A batch: one call's events, handled in order as one run.
@@ -63,6 +64,11 @@ impl<H: Clone> Engine<H> {
         options: &PublishOptions,
         now: Instant,
     ) -> Result<Publishing, Error> {
+        // A background event while others are on their way waits for the turn's end
+        // (staged.rs).
+        if let Some(staged) = self.stage_if_due(&mut events, batched, options) {
+            return staged.map(Publishing::Done);
+        }
         let shape = if batched { Shape::Batch } else { Shape::Lone };
         self.publish_shaped(&mut events, shape, options, now)
     }
@@ -98,7 +104,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Publishes `events` (taken only once they passed every check that concerns them all).
-    fn publish_shaped(
+    pub(super) fn publish_shaped(
         &mut self,
         events: &mut Events,
         shape: Shape,
@@ -116,10 +122,9 @@ impl<H: Clone> Engine<H> {
             OpKind::Publish
         };
         self.accepting(kind)?;
-        let limit = self.config.max_background_publishes;
-        if kind == OpKind::Background && self.out.background_publishes() >= limit {
-            self.stats.background_refused += 1;
-            return Err(Error::Backlog { limit });
+        if kind == OpKind::Background && shape != Shape::Each {
+            let bytes = events.iter().map(|e| e.payload().len()).sum();
+            self.room_for_background(events.len(), bytes)?;
         }
         let Some(first) = events.first() else {
             return Err(Error::InvalidBatch(
@@ -255,7 +260,7 @@ impl<H: Clone> Engine<H> {
     }
 }
 
-fn empty_receipt(id: MessageId) -> PublishReceipt {
+pub(super) fn empty_receipt(id: MessageId) -> PublishReceipt {
     PublishReceipt {
         id,
         deliveries: Deliveries::default(),

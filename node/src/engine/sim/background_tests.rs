@@ -1,5 +1,7 @@
 //! Background publishing on the simulated network: the caller does not wait, the engine
-//! keeps an operation only while one of its copies is on its way, and only so many at once.
+//! keeps an operation only while one of its copies is on its way, and only so many events at
+//! once; events published while others are on their way are staged and go together
+//! (`send/staged.rs`).
 
 #![cfg(test)]
 
@@ -8,10 +10,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::tests::counting;
-use super::{Handled, Sim};
+use super::{Faults, Handled, Sim};
 use crate::config::Config;
 use crate::engine::send::Publishing;
-use crate::{Error, PublishOptions};
+use crate::{BacklogLimit, Error, MessageId, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -71,11 +73,13 @@ fn background_publishes_past_the_cap_are_refused_until_copies_are_delivered() {
     publish_in_background(&mut sim, orders, "order.created", 10);
     let event = sim.event("order.created", "one too many");
     match sim.publish(orders, vec![event], &PublishOptions::background()) {
-        Err(Error::Backlog { limit: 10 }) => {}
+        Err(Error::Backlog {
+            limit: BacklogLimit::Events(10),
+        }) => {}
         other => panic!("the eleventh is refused: {other:?}"),
     }
     assert_eq!(
-        sim.nodes[orders].engine.out.ops.len(),
+        sim.nodes[orders].engine.out.background_publishes(),
         10,
         "the refused one is not kept"
     );
@@ -91,4 +95,229 @@ fn background_publishes_past_the_cap_are_refused_until_copies_are_delivered() {
     sim.run_for(SECOND);
     assert_eq!(count.get(), 11);
     assert_eq!(sim.nodes[orders].engine.out.ops.len(), 0);
+}
+
+/// `orders` with one subscriber group of `instances` instances of `audit` (each link with
+/// `faults`), each run recorded in `sim.runs`.
+fn orders_and_audit(seed: u64, instances: usize, faults: Faults) -> (Sim, usize, Vec<usize>) {
+    let mut sim = Sim::new(seed);
+    let orders = sim.node("orders");
+    let audits: Vec<usize> = (0..instances).map(|_| sim.node("audit")).collect();
+    for &audit in &audits {
+        sim.subscribe(audit, "order.*", Some("audit"), |_| Handled::ok());
+        sim.connect_with(orders, audit, faults.clone())
+            .expect("connected");
+    }
+    assert!(sim.run_for(SECOND));
+    (sim, orders, audits)
+}
+
+/// The ids of the events handled by `audit`'s subscription, each as often as it ran.
+fn handled(sim: &Sim) -> Vec<MessageId> {
+    let mut ids: Vec<MessageId> = sim
+        .runs
+        .iter()
+        .filter(|r| r.label == "audit" && r.ok)
+        .map(|r| r.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// How many runs of `audit`'s subscription repeated an event on the instance that ran it
+/// before.
+fn twice_on_one_instance(sim: &Sim) -> usize {
+    let mut runs: Vec<(usize, MessageId)> = sim
+        .runs
+        .iter()
+        .filter(|r| r.label == "audit")
+        .map(|r| (r.node, r.id))
+        .collect();
+    let all = runs.len();
+    runs.sort_unstable();
+    runs.dedup();
+    all - runs.len()
+}
+
+/// Publishes `n` background events on `order.created`; returns their ids, sorted.
+fn publish_ids(sim: &mut Sim, orders: usize, n: usize) -> Vec<MessageId> {
+    let mut ids: Vec<MessageId> = (0..n)
+        .map(|i| {
+            let event = sim.event("order.created", i.to_string());
+            let id = event.id();
+            match sim.publish(orders, vec![event], &PublishOptions::background()) {
+                Ok(Publishing::Done(receipt)) => assert_eq!(receipt.id, id),
+                other => panic!("a background publish returns at once: {other:?}"),
+            }
+            id
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn background_events_published_while_others_travel_go_as_one_operation() {
+    let (mut sim, orders, _) = orders_and_audit(44, 1, Faults::default());
+    let ids = publish_ids(&mut sim, orders, 100);
+    let engine = &sim.nodes[orders].engine;
+    // The first went at once; the 99 published while it travelled wait for the turn's end.
+    assert_eq!(engine.out.ops.len(), 1);
+    assert_eq!(engine.out.background_publishes(), 100);
+    assert!(sim.run_for(SECOND));
+    assert!(handled(&sim) == ids, "each handled once");
+    let engine = &sim.nodes[orders].engine;
+    assert_eq!(engine.stats().gathered, 99, "one operation for the 99");
+    assert_eq!(engine.stats().published, 100);
+    assert_eq!(engine.out.ops.len(), 0);
+    assert_eq!(engine.out.background_publishes(), 0);
+    // Nothing on its way: the next goes at once again.
+    publish_ids(&mut sim, orders, 1);
+    assert_eq!(sim.nodes[orders].engine.out.ops.len(), 1);
+}
+
+#[test]
+fn a_staged_event_hears_the_errors_it_would_hear_alone_at_once() {
+    let policy = crate::policy::Policy::builder()
+        .publish("orders", ["order.*"])
+        .build()
+        .expect("policy");
+    let mut sim = Sim::new(45);
+    let orders = sim.node_with("orders", super::tests::with(&policy));
+    let audit = sim.node("audit");
+    sim.subscribe(audit, "order.*", Some("audit"), |_| Handled::ok());
+    sim.connect(orders, audit);
+    assert!(sim.run_for(SECOND));
+    publish_ids(&mut sim, orders, 2);
+    for (topic, what) in [("invoice.paid", "forbidden"), ("order..bad", "a bad topic")] {
+        let event = sim.event(topic, "x");
+        match sim.publish(orders, vec![event], &PublishOptions::background()) {
+            Err(Error::NotAuthorized(_)) if what == "forbidden" => {}
+            Err(Error::Topic(_)) if what == "a bad topic" => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(sim.nodes[orders].engine.out.background_publishes(), 2);
+    let now = sim.now;
+    sim.nodes[orders].engine.begin_shutdown(now);
+    let event = sim.event("order.created", "after the stop");
+    assert!(matches!(
+        sim.publish(orders, vec![event], &PublishOptions::background()),
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[test]
+fn staged_events_through_loss_and_duplication_are_all_handled_never_twice_on_one_instance() {
+    for seed in 46..52 {
+        let faults = Faults {
+            loss: 0.2,
+            duplicate: 0.2,
+            ..Faults::default()
+        };
+        let (mut sim, orders, _) = orders_and_audit(seed, 2, faults);
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.extend(publish_ids(&mut sim, orders, 40));
+            sim.run_for(Duration::from_millis(1));
+        }
+        ids.sort_unstable();
+        assert!(sim.run_for(60 * SECOND), "seed {seed}: never settled");
+        // A copy whose ack was lost may be retried on the other instance, not on the same.
+        let mut seen = handled(&sim);
+        seen.dedup();
+        assert!(seen == ids, "seed {seed}: not every event was handled");
+        assert_eq!(
+            twice_on_one_instance(&sim),
+            0,
+            "seed {seed}: handled twice on one instance"
+        );
+        let engine = &sim.nodes[orders].engine;
+        assert!(engine.stats().gathered > 100, "seed {seed}: staged");
+        assert_eq!(engine.stats().dead_lettered, 0, "seed {seed}");
+        assert_eq!(engine.out.ops.len(), 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn staged_events_fail_over_alone_when_their_instance_crashes() {
+    let (mut sim, orders, audits) = orders_and_audit(52, 2, Faults::default());
+    let ids = publish_ids(&mut sim, orders, 60);
+    sim.crash(audits[0], Duration::from_millis(10));
+    assert!(sim.run_for(60 * SECOND));
+    let mut seen = handled(&sim);
+    seen.dedup();
+    assert!(seen == ids, "not every event was handled");
+    let moved = sim.runs.iter().filter(|r| r.node == audits[1]).count();
+    assert!(
+        moved >= 30,
+        "the crashed instance's share went to the other: {moved}"
+    );
+    assert_eq!(twice_on_one_instance(&sim), 0);
+    assert_eq!(sim.nodes[orders].engine.stats().dead_lettered, 0);
+}
+
+#[test]
+fn a_node_that_stops_publishes_what_it_staged() {
+    // Graceful: the staged events are delivered.
+    let (mut sim, orders, _) = orders_and_audit(53, 1, Faults::default());
+    let ids = publish_ids(&mut sim, orders, 30);
+    let now = sim.now;
+    sim.nodes[orders].engine.begin_shutdown(now);
+    assert!(sim.run_for(SECOND));
+    assert!(handled(&sim) == ids, "each handled once");
+    // Killed: they are dead letters, as every background copy not delivered.
+    let (mut sim, orders, _) = orders_and_audit(54, 1, Faults::default());
+    publish_ids(&mut sim, orders, 30);
+    let now = sim.now;
+    sim.nodes[orders].engine.kill(now);
+    let engine = &sim.nodes[orders].engine;
+    assert_eq!(engine.stats().dead_lettered, 30);
+    assert!(
+        engine
+            .dead_letters()
+            .iter()
+            .all(|l| l.last_failure.contains("the node stopped")),
+        "{:?}",
+        engine.dead_letters()
+    );
+    assert_eq!(engine.out.background_publishes(), 0);
+}
+
+#[test]
+fn background_events_past_the_byte_cap_are_refused_but_a_large_one_alone_goes() {
+    let mut sim = Sim::new(55);
+    let config = Config {
+        max_background_bytes: 1000,
+        ..Config::default()
+    };
+    let orders = sim.node_with("orders", config);
+    let audit = sim.node("audit");
+    sim.connect(orders, audit);
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
+    assert!(sim.run_for(SECOND));
+    // Held: a first event of 600 bytes (on its way), then a staged one of 300.
+    for size in [600, 300] {
+        let event = sim.event("order.created", vec![1u8; size]);
+        sim.publish(orders, vec![event], &PublishOptions::background())
+            .expect("room");
+    }
+    let event = sim.event("order.created", vec![1u8; 200]);
+    match sim.publish(orders, vec![event], &PublishOptions::background()) {
+        Err(Error::Backlog {
+            limit: BacklogLimit::Bytes(1000),
+        }) => {}
+        other => panic!("past 1000 bytes: {other:?}"),
+    }
+    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 1);
+    assert!(sim.run_for(SECOND));
+    assert_eq!(count.get(), 2);
+    // Nothing held: an event larger than the cap goes, alone.
+    let event = sim.event("order.created", vec![1u8; 5000]);
+    sim.publish(orders, vec![event], &PublishOptions::background())
+        .expect("a large event goes when nothing else is held");
+    assert!(sim.run_for(SECOND));
+    assert_eq!(count.get(), 3);
+    assert_eq!(sim.nodes[orders].engine.out.background_bytes(), 0);
 }

@@ -144,6 +144,11 @@ impl Sim {
             }
             Event::Datagram { to, bytes } => self.datagram_arrives(to, bytes),
             Event::LinkIdle { node } => self.link_idle(node),
+            Event::PublishStaged { node } => {
+                if self.nodes[node].alive {
+                    self.nodes[node].engine.publish_staged(now);
+                }
+            }
             Event::Dialled { node, to } => {
                 let target = self.nodes.iter().position(|n| n.engine.id() == to);
                 if let Some(target) = target
@@ -269,6 +274,7 @@ impl Sim {
             }
             Action::Event(event) => self.nodes[node].events.push(event),
             Action::PeersChanged => {}
+            Action::PublishStaged => self.schedule(now, Event::PublishStaged { node }),
             Action::Multicast(bytes) => self.multicast(node, bytes),
             Action::Connect { node: to, .. } => {
                 self.dials.push((node, to));

@@ -104,6 +104,11 @@ enum Event {
     LinkIdle {
         node: usize,
     },
+    /// `node` publishes its staged background events ([`super::Action::PublishStaged`]),
+    /// after what else is due now, as the runtime does once the ready tasks have run.
+    PublishStaged {
+        node: usize,
+    },
 }
 
 /// The simulated network. See the module docs.

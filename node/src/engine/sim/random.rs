@@ -12,7 +12,8 @@
 //! A schedule draws its faults (loss, duplication, delay and reordering of the frames that
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
 //! keyed sends, publishes, ordered batches and separate calls' commands, events and requests
-//! travelling together (`send/each.rs`, `send/each_request.rs`), and a crash of one instance and a partition
+//! travelling together (`send/each.rs`, `send/each_request.rs`), background events (staged
+//! to go together, `send/staged.rs`: each handled by every group or dead-lettered), and a crash of one instance and a partition
 //! healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
@@ -43,6 +44,9 @@ struct Call {
     ids: Vec<MessageId>,
     /// Each message's key.
     keys: Vec<Option<String>>,
+    /// Background events (`send/staged.rs`): nobody is told of them, so each must be handled
+    /// by both groups or be a dead letter of the sender's.
+    background: bool,
 }
 
 /// Runs one schedule; returns the messages handled, or why an invariant broke.
@@ -102,7 +106,31 @@ fn schedule(seed: u64) -> Result<u64, String> {
                 .then(|| format!("customer-{}", sim.rng.random_range(0..4)))
         };
         let key = draw_key(&mut sim);
-        calls.push(match sim.rng.random_range(0..11) {
+        calls.push(match sim.rng.random_range(0..12) {
+            // Background events published one after another: those published while others
+            // are on their way are staged and go together (send/staged.rs).
+            11 => {
+                let count = sim.rng.random_range(1..6);
+                let mut ids = Vec::new();
+                for j in 0..count {
+                    let event = sim.event("order.created", format!("{i}.{j}"));
+                    ids.push(event.id());
+                    sim.publish(node, vec![event], &PublishOptions::background())
+                        .map_err(|e| format!("background publish refused: {e}"))?;
+                }
+                Call {
+                    node,
+                    op: None,
+                    done: Some(Ok(Done::Published(crate::PublishReceipt {
+                        id: ids[0],
+                        deliveries: Default::default(),
+                        dropped: Vec::new(),
+                    }))),
+                    keys: vec![None; ids.len()],
+                    ids,
+                    background: true,
+                }
+            }
             // Separate calls' requests travelling together (send/each_request.rs).
             10 => {
                 let count = sim.rng.random_range(2..6);
@@ -119,6 +147,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done: None,
                     keys: vec![None; ids.len()],
                     ids,
+                    background: false,
                 }
             }
             n @ 0..=4 => {
@@ -148,6 +177,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done: None,
                     ids,
                     keys,
+                    background: false,
                 }
             }
             n => {
@@ -190,6 +220,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done,
                     ids,
                     keys,
+                    background: false,
                 }
             }
         });
@@ -250,6 +281,24 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
     let mut acked_by_key: BTreeMap<(usize, String, String), Vec<(MessageId, usize)>> =
         BTreeMap::new();
     for (index, call) in calls.iter().enumerate() {
+        if call.background {
+            let letters = sim.nodes[call.node].engine.dead_letters();
+            for id in &call.ids {
+                for group in ["billing", "audit"] {
+                    let audience = format!("group `{group}`");
+                    let lettered = letters.iter().any(|l| {
+                        l.message.id() == *id && l.group.as_deref() == Some(audience.as_str())
+                    });
+                    if first_ok(group, *id).is_none() && !lettered {
+                        return Err(format!(
+                            "call {index}: background event {id} neither handled by {group} \
+                             nor dead-lettered"
+                        ));
+                    }
+                }
+            }
+            continue;
+        }
         let result = match (call.op, &call.done) {
             (Some(op), _) => sim.result(call.node, op),
             (None, done) => done.as_ref(),

@@ -1,0 +1,143 @@
+//! Background publishing over sockets (`PublishOptions::background`): events published in a
+//! loop while others are on their way are staged by the engine and go together
+//! (`node/src/engine/send/staged.rs`), each still handled once; staged events count towards
+//! the backlog's limit; a node that shuts down delivers what it staged.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use shoal::{BacklogLimit, Error, Message, MessageId, Node, PublishOptions};
+use shoal_tests::{Mesh, WAIT};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::timeout;
+
+const TOPIC: &str = "order.created";
+
+/// An `audit` subscriber that reports each event it handled, once `gate` lets it (a permit
+/// per event, given back), and an `orders` publisher built by `orders` that knows the
+/// subscription.
+async fn audit_and_orders(
+    mesh: &Mesh,
+    gate: Arc<Semaphore>,
+    orders: shoal::NodeBuilder,
+) -> (Node, Node, mpsc::UnboundedReceiver<MessageId>) {
+    let audit = mesh.start("audit", &[]).await;
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    audit
+        .subscribe(TOPIC, move |msg: Message| {
+            let (seen_tx, gate) = (seen_tx.clone(), Arc::clone(&gate));
+            async move {
+                let _permit = gate.acquire().await.unwrap();
+                seen_tx.send(msg.id()).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let orders = mesh.start_with(orders, &[audit.local_addr()]).await;
+    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    (audit, orders, seen)
+}
+
+/// Publishes `n` background events from one loop, yielding every 64 (as a service streaming
+/// events would, to let the node work); returns their ids.
+async fn publish_in_a_loop(orders: &Node, n: usize) -> HashSet<MessageId> {
+    let mut ids = HashSet::new();
+    for i in 0..n {
+        if i % 64 == 63 {
+            tokio::task::yield_now().await;
+        }
+        let event = Message::event(TOPIC, i.to_string());
+        let id = event.id();
+        let receipt = orders
+            .publish_with(event, PublishOptions::background())
+            .await
+            .unwrap();
+        assert_eq!(receipt.id, id);
+        assert!(receipt.deliveries.is_empty(), "nobody waits for the copies");
+        ids.insert(id);
+    }
+    ids
+}
+
+/// Receives `n` handled ids (at most [`WAIT`] in all); panics on a repeat.
+async fn handled(seen: &mut mpsc::UnboundedReceiver<MessageId>, n: usize) -> HashSet<MessageId> {
+    let mut ids = HashSet::new();
+    timeout(WAIT, async {
+        while ids.len() < n {
+            let id = seen.recv().await.unwrap();
+            assert!(ids.insert(id), "{id} handled twice");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} events handled in {WAIT:?}", ids.len()));
+    ids
+}
+
+async fn events_in_a_loop_are_staged_and_each_handled_once() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let (_audit, orders, mut seen) = audit_and_orders(&mesh, gate, mesh.builder("orders")).await;
+    let published = publish_in_a_loop(&orders, 3000).await;
+    assert_eq!(handled(&mut seen, 3000).await, published);
+    let stats = orders.stats();
+    assert_eq!(stats.published, 3000);
+    // The first of each burst goes alone; the others were staged, and went together.
+    assert!(stats.gathered >= 2000, "{stats:?}");
+    assert_eq!(stats.background_refused, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn background_events_in_a_loop_are_staged_and_each_handled_once() {
+    events_in_a_loop_are_staged_and_each_handled_once().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_events_in_a_loop_are_staged_and_each_handled_once_on_two_workers() {
+    events_in_a_loop_are_staged_and_each_handled_once().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn staged_events_count_towards_the_backlog_and_the_one_past_it_is_refused() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let builder = mesh.builder("orders").max_background_publishes(50);
+    let (_audit, orders, mut seen) = audit_and_orders(&mesh, Arc::clone(&gate), builder).await;
+    // The subscriber holds every event: the first is on its way, the 49 others are staged.
+    let published = publish_in_a_loop(&orders, 50).await;
+    let event = Message::event(TOPIC, "one too many");
+    match orders
+        .publish_with(event, PublishOptions::background())
+        .await
+    {
+        Err(Error::Backlog {
+            limit: BacklogLimit::Events(50),
+        }) => {}
+        other => panic!("the 51st is refused: {other:?}"),
+    }
+    assert_eq!(orders.stats().background_refused, 1);
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    assert_eq!(handled(&mut seen, 50).await, published);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_node_that_shuts_down_delivers_what_it_staged() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let (_audit, orders, mut seen) = audit_and_orders(&mesh, gate, mesh.builder("orders")).await;
+    // No yield: every event but the first is still staged when the shutdown begins.
+    let mut published = HashSet::new();
+    for i in 0..500 {
+        let event = Message::event(TOPIC, i.to_string());
+        published.insert(event.id());
+        orders
+            .publish_with(event, PublishOptions::background())
+            .await
+            .unwrap();
+    }
+    assert!(orders.stats().published < 500, "staged, not published yet");
+    orders.shutdown().await;
+    assert_eq!(handled(&mut seen, 500).await, published);
+    assert!(orders.dead_letters().is_empty());
+}
