@@ -34,7 +34,7 @@
 //! `batch=N` makes `batch` mode's batches `N` events instead of [`BATCH`]: with
 //! `in-flight=M`, `N * M` events in flight as `M` calls (`fixed-load batch 1500000 batch=4
 //! in-flight=64`). The option `window=N` sets both nodes'
-//! [`shoal::NodeBuilder::max_in_flight_per_peer`] (default 1024): `fixed-load background
+//! [`shoal::NodeBuilder::max_in_flight_per_peer`] (default 4096): `fixed-load background
 //! 3000000 window=4096`. The option `payload=N` makes every message's payload `N` bytes
 //! instead of 64: `fixed-load background 20000 payload=65536`.
 //!

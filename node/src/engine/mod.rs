@@ -373,7 +373,7 @@ impl<H: Clone> Engine<H> {
             return;
         }
         // Staged background events were published before the stop: they go on.
-        self.publish_staged(now);
+        self.publish_all_staged(now);
         self.lifecycle = Lifecycle::Stopping;
         self.stop_user_ops(now);
     }
@@ -406,7 +406,7 @@ impl<H: Clone> Engine<H> {
             return;
         }
         // Staged background events end as every background copy does: dead letters.
-        self.publish_staged(now);
+        self.publish_all_staged(now);
         self.lifecycle = Lifecycle::Killed;
         self.stop_user_ops(now);
         self.stop_background_ops(now);

@@ -76,7 +76,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_background_refused",
-                "Background publishes refused because max_background_publishes events were on their way.",
+                "Background publishes refused because the node held max_background_publishes events or max_background_bytes.",
                 stats.background_refused,
             ),
             (

@@ -248,7 +248,8 @@ impl Driver {
                 }
             }
             if self.gather.staged.swap(false, Ordering::AcqRel) {
-                self.call(|engine, now| engine.publish_staged(now));
+                // An operation at a time, each in a call of its own, as the groups.
+                while self.call(|engine, now| engine.publish_staged(now)) {}
             }
         }
         let groups = lock(&self.gather.pending).take();

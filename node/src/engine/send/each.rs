@@ -33,8 +33,8 @@ use super::super::delivery::Spec;
 use super::super::outcome::letter;
 use super::super::peers::{Route, Target};
 use super::{DeliveryId, Events, Op, OpKind, encoded_head, new_op};
-use crate::Error;
 use crate::receipts::{Deliveries, EventDelivery, PublishReceipt, Receipt};
+use crate::{Error, Message};
 
 /// The largest payload of an event that travels with others: a larger one gains little from
 /// sharing (its bytes cost more than the bookkeeping), and the events' frames stay far
@@ -272,28 +272,27 @@ impl<H: Clone> Engine<H> {
     /// Refuses messages that cannot travel together, before anything is taken from them:
     /// none, or one too large or that breaks a limit (it would fail them all once taken).
     pub(in crate::engine) fn may_travel_together(&self, messages: &Events) -> Result<(), Error> {
-        let limits = &self.config.limits;
         if messages.is_empty() {
             return Err(Error::InvalidBatch(
                 "separate calls' messages travel together only when there are some".into(),
             ));
         }
-        if limits.max_frame_len < MIN_FRAME_LEN
-            || messages.iter().any(|m| m.payload().len() > MAX_PAYLOAD)
-        {
+        messages
+            .iter()
+            .try_for_each(|message| self.travels_with_others(message))
+    }
+
+    /// Whether `message` may travel with others (see [`Engine::may_travel_together`]): not
+    /// too large, within every limit, on a node whose frames hold any such message.
+    pub(in crate::engine) fn travels_with_others(&self, message: &Message) -> Result<(), Error> {
+        let limits = &self.config.limits;
+        if limits.max_frame_len < MIN_FRAME_LEN || message.payload().len() > MAX_PAYLOAD {
             return Err(Error::InvalidBatch(
                 "a message too large to travel with others".into(),
             ));
         }
-        match messages
-            .iter()
-            .find_map(|m| shoal_proto::validate_envelope(m.envelope(), limits).err())
-        {
-            Some(e) => Err(Error::InvalidBatch(format!(
-                "a message breaks a limit: {e}"
-            ))),
-            None => Ok(()),
-        }
+        shoal_proto::validate_envelope(message.envelope(), limits)
+            .map_err(|e| Error::InvalidBatch(format!("a message breaks a limit: {e}")))
     }
 
     /// An attempt of `d` ends (answered, failed or abandoned): in an operation of separate

@@ -30,7 +30,6 @@ use shoal_proto::SmolStr;
 use super::super::action::Action;
 use super::super::{Engine, topic};
 use super::OpKind;
-use super::each::MAX_PAYLOAD;
 use super::publish::{Events, Shape, empty_receipt};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::PublishReceipt;
@@ -56,7 +55,18 @@ impl Staged {
     pub(in crate::engine) fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Whether an event on `topic` may be staged: its topic has staged events, or fewer than
+    /// [`MAX_STAGED_TOPICS`] have. Past that, events go at once.
+    fn has_room_for(&self, topic: &str) -> bool {
+        self.topics.len() < MAX_STAGED_TOPICS || self.topics.iter().any(|(t, _)| t == topic)
+    }
 }
+
+/// The most topics with staged events at once. Staged events are looked up by topic; a
+/// service publishing on a topic per entity (`order.<id>`) would make many operations of one
+/// event each, which staging does not make cheaper.
+const MAX_STAGED_TOPICS: usize = 64;
 
 impl<H: Clone> Engine<H> {
     /// Stages the event of `events` (published with `options`, `batched` or not) when it is
@@ -88,8 +98,8 @@ impl<H: Clone> Engine<H> {
             && event.key().is_none()
             && self.out.background_publishes() > 0
             && self.may_gather()
-            && event.payload().len() <= MAX_PAYLOAD
-            && shoal_proto::validate_envelope(event.envelope(), &self.config.limits).is_ok()
+            && self.out.staged.has_room_for(&event.env.name)
+            && self.travels_with_others(event).is_ok()
     }
 
     /// Stages `event` (which [`Engine::stages_background`]) after the checks a lone background publish
@@ -135,35 +145,45 @@ impl<H: Clone> Engine<H> {
         Err(Error::Backlog { limit })
     }
 
-    /// Publishes the staged events: each topic's as one operation (of at most
-    /// [`MAX_BATCH_EVENTS`]) in which each event goes on its own.
-    pub(crate) fn publish_staged(&mut self, now: Instant) {
-        let topics = std::mem::take(&mut self.out.staged.topics);
-        self.out.staged.count = 0;
-        self.out.staged.bytes = 0;
+    /// Publishes staged events: the first topic's, at most [`MAX_BATCH_EVENTS`] of them, as
+    /// one operation in which each event goes on its own. Says whether more are staged (each
+    /// call holds the engine for one operation's worth, as a hand-over of gathered calls
+    /// does).
+    pub(crate) fn publish_staged(&mut self, now: Instant) -> bool {
+        let staged = &mut self.out.staged;
+        let Some((_, events)) = staged.topics.first_mut() else {
+            return false;
+        };
+        let mut these: Events = if events.len() > MAX_BATCH_EVENTS {
+            events.drain(..MAX_BATCH_EVENTS).collect()
+        } else {
+            staged.topics.remove(0).1
+        };
+        staged.count -= these.len();
+        staged.bytes -= these.iter().map(|e| e.payload().len()).sum::<usize>();
+        let more = !staged.topics.is_empty();
         let options = PublishOptions::background();
-        for (_, mut events) in topics {
-            while !events.is_empty() {
-                let mut these: Events = if events.len() > MAX_BATCH_EVENTS {
-                    events.drain(..MAX_BATCH_EVENTS).collect()
-                } else {
-                    std::mem::take(&mut events)
-                };
-                let Err(e) = self.publish_shaped(&mut these, Shape::Each, &options, now) else {
-                    continue;
-                };
-                // Checked when staged; not expected. Their calls returned, so they are
-                // dead letters rather than lost without a word.
-                for event in these {
-                    self.record_dead_letter(DeadLetter {
-                        service: String::new(),
-                        group: None,
-                        message: event,
-                        attempts: 0,
-                        last_failure: format!("not published: {e}"),
-                    });
-                }
+        let count = these.len();
+        if let Err(e) = self.publish_shaped(&mut these, Shape::Each, &options, now) {
+            // Not expected: each event passed every check when it was staged, the same a
+            // message travelling with others passes. Their calls returned, so those not taken
+            // are dead letters rather than lost without a word.
+            tracing::error!("{count} staged background events not published: {e}");
+            for event in these {
+                self.record_dead_letter(DeadLetter {
+                    service: String::new(),
+                    group: None,
+                    message: event,
+                    attempts: 0,
+                    last_failure: format!("not published: {e}"),
+                });
             }
         }
+        more
+    }
+
+    /// Publishes every staged event (the node stops).
+    pub(in crate::engine) fn publish_all_staged(&mut self, now: Instant) {
+        while self.publish_staged(now) {}
     }
 }

@@ -321,3 +321,70 @@ fn background_events_past_the_byte_cap_are_refused_but_a_large_one_alone_goes() 
     assert_eq!(count.get(), 3);
     assert_eq!(sim.nodes[orders].engine.out.background_bytes(), 0);
 }
+
+#[test]
+fn an_event_too_large_for_the_frames_is_not_staged_and_fails_at_once() {
+    let mut sim = Sim::new(56);
+    let mut config = Config::default();
+    config.limits.max_frame_len = 4096;
+    let orders = sim.node_with("orders", config);
+    let audit = sim.node("audit");
+    sim.connect(orders, audit);
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
+    assert!(sim.run_for(SECOND));
+    publish_in_background(&mut sim, orders, "order.created", 1);
+    // Frames this small hold no message travelling with others: each goes alone, and one
+    // that does not fit fails its own call, as it would with nothing on its way.
+    let event = sim.event("order.created", vec![1u8; 8000]);
+    assert!(
+        sim.publish(orders, vec![event], &PublishOptions::background())
+            .is_err(),
+        "refused at the call"
+    );
+    publish_in_background(&mut sim, orders, "order.created", 3);
+    assert_eq!(sim.nodes[orders].engine.out.staged.count(), 0);
+    assert!(sim.run_for(SECOND));
+    assert_eq!(count.get(), 4);
+}
+
+#[test]
+fn events_on_many_topics_are_staged_for_a_few_topics_and_the_others_go_at_once() {
+    let (mut sim, orders, _) = orders_and_audit(57, 1, Faults::default());
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        let event = sim.event(&format!("order.n{n}"), "x");
+        ids.push(event.id());
+        sim.publish(orders, vec![event], &PublishOptions::background())
+            .expect("taken");
+    }
+    let engine = &sim.nodes[orders].engine;
+    assert_eq!(
+        engine.out.staged.count(),
+        64,
+        "one event on each of 64 topics"
+    );
+    assert_eq!(
+        engine.out.ops.len(),
+        36,
+        "the first, and those past 64 topics"
+    );
+    ids.sort_unstable();
+    assert!(sim.run_for(SECOND));
+    assert!(handled(&sim) == ids, "each handled once");
+}
+
+#[test]
+fn more_staged_events_than_an_operation_holds_go_as_several() {
+    let (mut sim, orders, _) = orders_and_audit(58, 1, Faults::default());
+    let n = crate::options::MAX_BATCH_EVENTS + 50;
+    let ids = publish_ids(&mut sim, orders, n + 1);
+    assert_eq!(sim.nodes[orders].engine.out.staged.count(), n);
+    // One operation at a time: the engine is not held for all of them at once.
+    let now = sim.now;
+    assert!(sim.nodes[orders].engine.publish_staged(now), "more left");
+    assert_eq!(sim.nodes[orders].engine.out.staged.count(), 50);
+    assert!(sim.run_for(10 * SECOND));
+    assert!(handled(&sim) == ids, "each handled once");
+    assert_eq!(sim.nodes[orders].engine.out.background_publishes(), 0);
+}

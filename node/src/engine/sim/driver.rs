@@ -146,7 +146,7 @@ impl Sim {
             Event::LinkIdle { node } => self.link_idle(node),
             Event::PublishStaged { node } => {
                 if self.nodes[node].alive {
-                    self.nodes[node].engine.publish_staged(now);
+                    while self.nodes[node].engine.publish_staged(now) {}
                 }
             }
             Event::Dialled { node, to } => {
