@@ -59,11 +59,19 @@ struct Task<H> {
     ready: Option<Box<Ready>>,
     /// The message whose handlers run: its number, dedup key and id.
     running: Option<(u64, MessageId, MessageId)>,
-    /// The messages of an ordered run handed over with the running one ([`Run::more`]), in
-    /// order: each runs once the one before it succeeded. Empty unless handed over together.
+    /// An ordered run's messages; `None` for a task of one message (most tasks: boxed, so
+    /// that a task stays small, as it moves in and out of its slot).
+    run: Option<Box<OrderedRun>>,
+}
+
+/// What a task of an ordered run keeps of the run.
+#[derive(Debug, Default)]
+struct OrderedRun {
+    /// The messages handed over with the running one ([`Run::more`]), in order: each runs
+    /// once the one before it succeeded. Empty unless handed over together.
     handed: VecDeque<(u64, MessageId, MessageId)>,
-    /// An ordered run's messages after the current one (the run's own vector, taken over
-    /// without a copy), the first of them numbered `rest_seq`.
+    /// The messages after the current one (the run's own vector, taken over without a copy),
+    /// the first of them numbered `rest_seq`.
     rest: VecDeque<Item>,
     rest_seq: u64,
     /// The sender's and group's part of the `rest` messages' dedup keys, worked out once for
@@ -195,14 +203,16 @@ impl<H: Clone> Engine<H> {
         if head.ordered {
             let task = self.inbound.tasks.insert(Task {
                 conn,
-                rest_key: run_key,
                 head,
                 handlers,
                 ready: None,
                 running: None,
-                handed: VecDeque::new(),
-                rest: VecDeque::from(items),
-                rest_seq: first_seq,
+                run: Some(Box::new(OrderedRun {
+                    handed: VecDeque::new(),
+                    rest: VecDeque::from(items),
+                    rest_seq: first_seq,
+                    rest_key: run_key,
+                })),
             });
             return self.admit(task, None, now);
         }
@@ -217,10 +227,7 @@ impl<H: Clone> Engine<H> {
                 handlers: handlers.clone(),
                 ready: None,
                 running: None,
-                handed: VecDeque::new(),
-                rest: VecDeque::new(),
-                rest_seq: 0,
-                rest_key: RunKey::default(),
+                run: None,
             });
             self.admit(task, Some((seq, key, item)), now);
         }
@@ -283,10 +290,7 @@ impl<H: Clone> Engine<H> {
             handlers,
             ready: None,
             running: None,
-            handed: VecDeque::new(),
-            rest: VecDeque::new(),
-            rest_seq: 0,
-            rest_key: RunKey::default(),
+            run: None,
         });
         self.admit(task, Some(message), now);
         task
@@ -337,12 +341,15 @@ impl<H: Clone> Engine<H> {
             };
             // The item stays in the run until its fate is known: a new one moves once, from the
             // run straight into its envelope (`hand_over`).
-            let Some(id) = t.rest.front().map(|item| item.id) else {
+            let Some(run) = t.run.as_deref_mut() else {
                 return self.end_task(task, now);
             };
-            let seq = t.rest_seq;
-            t.rest_seq += 1;
-            let key = t.rest_key.key(id);
+            let Some(id) = run.rest.front().map(|item| item.id) else {
+                return self.end_task(task, now);
+            };
+            let seq = run.rest_seq;
+            run.rest_seq += 1;
+            let key = run.rest_key.key(id);
             let seen = if t.head.reliable {
                 self.inbound.dedup.check(key, now)
             } else {
@@ -354,7 +361,9 @@ impl<H: Clone> Engine<H> {
             let Some(t) = self.inbound.tasks.get_mut(task) else {
                 return;
             };
-            t.rest.pop_front();
+            if let Some(run) = t.run.as_deref_mut() {
+                run.rest.pop_front();
+            }
             let (conn, head) = (t.conn, Arc::clone(&t.head));
             self.stats.duplicates += 1;
             self.note_duplicate(conn, &head.name); // metrics/hooks.rs
@@ -394,7 +403,7 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let from_rest = item.is_none();
-        let Some(item) = item.or_else(|| t.rest.pop_front()) else {
+        let Some(item) = item.or_else(|| t.run.as_deref_mut()?.rest.pop_front()) else {
             return;
         };
         t.running = Some((seq, key, item.id));
@@ -406,27 +415,32 @@ impl<H: Clone> Engine<H> {
             all => all.iter().cloned().collect(),
         };
         let mut more = None;
-        if from_rest && together && t.handlers.len() == 1 && t.head.reply_to.is_none() {
+        if from_rest
+            && together
+            && t.handlers.len() == 1
+            && t.head.reply_to.is_none()
+            && let Some(run) = t.run.as_deref_mut()
+        {
             // The new messages at the front of the rest (one seen before stays for `step`,
             // at its turn). Usually all: the run's own vector goes, without a copy.
             let mut new = 0;
-            t.handed.reserve(t.rest.len());
-            for item in &t.rest {
-                let key = t.rest_key.key(item.id);
+            run.handed.reserve(run.rest.len());
+            for item in &run.rest {
+                let key = run.rest_key.key(item.id);
                 if t.head.reliable && inbound.dedup.check(key, now) != Seen::New {
                     break;
                 }
-                t.handed.push_back((t.rest_seq + new, key, item.id));
+                run.handed.push_back((run.rest_seq + new, key, item.id));
                 new += 1;
             }
             if new > 0 {
-                let items = if new == t.rest.len() as u64 {
-                    std::mem::take(&mut t.rest)
+                let items = if new == run.rest.len() as u64 {
+                    std::mem::take(&mut run.rest)
                 } else {
-                    let after = t.rest.split_off(new as usize);
-                    std::mem::replace(&mut t.rest, after)
+                    let after = run.rest.split_off(new as usize);
+                    std::mem::replace(&mut run.rest, after)
                 };
-                t.rest_seq += new;
+                run.rest_seq += new;
                 more = Some(Box::new(Following::new(Arc::clone(&t.head), items)));
             }
         }

@@ -88,7 +88,7 @@ impl<H: Clone> Engine<H> {
                 // The next message handed over with this one runs now (the driver runs it
                 // after this one succeeded); the task steps on once none is left.
                 if let Some(t) = self.inbound.tasks.get_mut(task)
-                    && let Some(next) = t.handed.pop_front()
+                    && let Some(next) = t.run.as_deref_mut().and_then(|r| r.handed.pop_front())
                 {
                     t.running = Some(next);
                     self.note_handler_started(task, now); // metrics/hooks.rs
@@ -114,18 +114,19 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// Refuses the messages handed over after a failed one ([`Task::handed`]; the driver runs
+    /// Refuses the messages handed over after a failed one (the run's `handed`; the driver runs
     /// none of them): each is forgotten, as a message whose handler failed, and refused as
     /// [`NackCode::Skipped`], with the copies that wait for it.
     fn skip_handed(&mut self, task: TaskId, now: Instant) {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
             return;
         };
-        if t.handed.is_empty() {
+        let Some(run) = t.run.as_deref_mut().filter(|r| !r.handed.is_empty()) else {
             return;
-        }
+        };
+        let handed = std::mem::take(&mut run.handed);
         let (conn, reliable) = (t.conn, t.head.reliable);
-        for (seq, key, _) in std::mem::take(&mut t.handed) {
+        for (seq, key, _) in handed {
             self.inbound.dedup.forget(key);
             let waiters = self.inbound.waiters.remove(&key).unwrap_or_default();
             // Multicast: channel copies that followed it fail with it.
@@ -145,8 +146,11 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let (conn, reliable) = (t.conn, t.head.reliable);
-        let rest: Vec<u64> = (t.rest_seq..).take(t.rest.len()).collect();
-        t.rest.clear();
+        let Some(run) = t.run.as_deref_mut() else {
+            return;
+        };
+        let rest: Vec<u64> = (run.rest_seq..).take(run.rest.len()).collect();
+        run.rest.clear();
         if reliable {
             for seq in rest {
                 let reason = SKIPPED.to_owned();
