@@ -17,11 +17,12 @@
 //! each event is handled, retried and dead-lettered on its own.
 //!
 //! An event published when no background event is on its way goes at once, as before: an idle
-//! node adds no delay. Staged events count towards the backlog's limit
+//! node adds no delay. Staged events count towards the backlog's caps
 //! (`Config::max_background_publishes`, which counts events, not operations, and
-//! `max_background_bytes`). A node that
-//! stops publishes what is staged first (graceful: delivered within the grace period; killed:
-//! dead-lettered, as every background copy not delivered).
+//! `max_background_bytes`). Events go to the engine an operation (at most
+//! [`MAX_BATCH_EVENTS`]) per call, and at most [`MAX_STAGED_TOPICS`] topics have staged
+//! events. A node that stops publishes what is staged first (graceful: delivered within the
+//! grace period; killed: dead-lettered, as every background copy not delivered).
 
 use std::time::Instant;
 

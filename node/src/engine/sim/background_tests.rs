@@ -55,18 +55,26 @@ fn background_copies_are_delivered_and_then_forgotten() {
     assert_eq!(sim.nodes[orders].engine.out.ops.len(), 0);
 }
 
+/// `orders` built with `config`, and an `audit` subscriber group of one instance that counts
+/// what it handles (the count returned).
+fn orders_with(seed: u64, config: Config) -> (Sim, usize, usize, Rc<Cell<u32>>) {
+    let mut sim = Sim::new(seed);
+    let orders = sim.node_with("orders", config);
+    let audit = sim.node("audit");
+    sim.connect(orders, audit);
+    let count = Rc::new(Cell::new(0));
+    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
+    assert!(sim.run_for(SECOND));
+    (sim, orders, audit, count)
+}
+
 #[test]
 fn background_publishes_past_the_cap_are_refused_until_copies_are_delivered() {
-    let mut sim = Sim::new(43);
     let config = Config {
         max_background_publishes: 10,
         ..Config::default()
     };
-    let orders = sim.node_with("orders", config);
-    let audit = sim.node("audit");
-    sim.connect(orders, audit);
-    sim.subscribe(audit, "order.*", Some("audit"), |_| Handled::ok());
-    assert!(sim.run_for(SECOND));
+    let (mut sim, orders, audit, _) = orders_with(43, config);
     // The group's only instance is gone: its copies are held, and pile up.
     sim.crash(audit, Duration::from_millis(10));
     sim.run_for(SECOND);
@@ -286,17 +294,11 @@ fn a_node_that_stops_publishes_what_it_staged() {
 
 #[test]
 fn background_events_past_the_byte_cap_are_refused_but_a_large_one_alone_goes() {
-    let mut sim = Sim::new(55);
     let config = Config {
         max_background_bytes: 1000,
         ..Config::default()
     };
-    let orders = sim.node_with("orders", config);
-    let audit = sim.node("audit");
-    sim.connect(orders, audit);
-    let count = Rc::new(Cell::new(0));
-    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
-    assert!(sim.run_for(SECOND));
+    let (mut sim, orders, _, count) = orders_with(55, config);
     // Held: a first event of 600 bytes (on its way), then a staged one of 300.
     for size in [600, 300] {
         let event = sim.event("order.created", vec![1u8; size]);
@@ -324,15 +326,9 @@ fn background_events_past_the_byte_cap_are_refused_but_a_large_one_alone_goes() 
 
 #[test]
 fn an_event_too_large_for_the_frames_is_not_staged_and_fails_at_once() {
-    let mut sim = Sim::new(56);
     let mut config = Config::default();
     config.limits.max_frame_len = 4096;
-    let orders = sim.node_with("orders", config);
-    let audit = sim.node("audit");
-    sim.connect(orders, audit);
-    let count = Rc::new(Cell::new(0));
-    sim.subscribe(audit, "order.*", Some("audit"), counting(&count));
-    assert!(sim.run_for(SECOND));
+    let (mut sim, orders, _, count) = orders_with(56, config);
     publish_in_background(&mut sim, orders, "order.created", 1);
     // Frames this small hold no message travelling with others: each goes alone, and one
     // that does not fit fails its own call, as it would with nothing on its way.
