@@ -93,7 +93,7 @@ impl NodeBuilder {
     /// Default cap on the bytes waiting to be written to one peer (see
     /// [`NodeBuilder::max_queued_bytes`]).
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
-    /// Default cap on background publishes on their way at once (see
+    /// Default cap on the events of background publishes on their way at once (see
     /// [`NodeBuilder::max_background_publishes`]).
     pub const DEFAULT_MAX_BACKGROUND_PUBLISHES: usize = 65_536;
     /// Default cap on the payload bytes of background events on their way at once (see
@@ -282,9 +282,10 @@ impl NodeBuilder {
     /// included. Each holds its event until every audience acknowledged it (or it was
     /// dead-lettered), so a subscriber that is slow, or a group waiting for an instance, makes
     /// them pile up; past this many, `publish_with` fails at once with
-    /// [`crate::Error::Backlog`] and keeps nothing, rather than holding events without bound. A plain `publish`, which resolves
-    /// on the acks, paces itself instead. Default 65,536; at least 1 ([`NodeBuilder::start`]
-    /// refuses 0: a node that wants no background publishes simply makes none).
+    /// [`crate::Error::Backlog`] and keeps nothing, rather than holding events without bound.
+    /// A plain `publish`, which resolves on the acks, paces itself instead. Default 65,536; at
+    /// least 1 ([`NodeBuilder::start`] refuses 0: a node that wants no background publishes
+    /// simply makes none).
     pub fn max_background_publishes(mut self, max: usize) -> Self {
         self.config.max_background_publishes = max;
         self

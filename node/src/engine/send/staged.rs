@@ -103,9 +103,9 @@ impl<H: Clone> Engine<H> {
             && self.travels_with_others(event).is_ok()
     }
 
-    /// Stages `event` (which [`Engine::stages_background`]) after the checks a lone background publish
-    /// makes before anything is sent; returns its receipt, which lists no deliveries, as
-    /// every background publish's.
+    /// Stages `event` (which [`Engine::stages_background`]) after the checks a lone
+    /// background publish makes before anything is sent; returns its receipt, which lists no
+    /// deliveries, as every background publish's.
     fn stage_background(&mut self, event: Message) -> Result<PublishReceipt, Error> {
         self.accepting(OpKind::Background)?;
         let bytes = event.payload().len();

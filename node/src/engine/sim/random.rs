@@ -13,8 +13,8 @@
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
 //! keyed sends, publishes, ordered batches and separate calls' commands, events and requests
 //! travelling together (`send/each.rs`, `send/each_request.rs`), background events (staged
-//! to go together, `send/staged.rs`: each handled by every group or dead-lettered), and a crash of one instance and a partition
-//! healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
+//! to go together, `send/staged.rs`: each handled by every group or dead-lettered), and a
+//! crash of one instance and a partition healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
 #![cfg(test)]
