@@ -130,16 +130,19 @@ impl Node {
             ));
         }
         let started = trace::within(&span, || {
-            // A background event may wait for the turn's end, which needs no clock
-            // (`engine/send/staged.rs`).
-            if options.background
-                && let Some(staged) = driver
-                    .call_untimed(|engine| engine.stage_if_due(&mut events, batched, &options))
-            {
-                return staged.map(Publishing::Done);
+            let keyed = events.iter().any(|e| e.key().is_some());
+            // An unkeyed background event may wait for the turn's end
+            // (`engine/send/staged.rs`), which needs no clock: it is read only if the event
+            // goes now.
+            if options.background && !keyed {
+                return driver.call_lazy(|engine, clock| {
+                    match engine.stage_if_due(&mut events, batched, &options) {
+                        Some(staged) => staged.map(Publishing::Done),
+                        None => engine.publish(events, batched, &options, clock.now()),
+                    }
+                });
             }
             // After keyed events gathered before it (`runtime/gather.rs`).
-            let keyed = events.iter().any(|e| e.key().is_some());
             driver.call_in_order(keyed, |engine, now| {
                 engine.publish(events, batched, &options, now)
             })

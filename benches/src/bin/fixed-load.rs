@@ -75,12 +75,16 @@ async fn publish_in_background(
     body: Bytes,
 ) -> std::result::Result<(), shoal::Error> {
     let mut published = 0;
-    // Bounded: a publish refused more than `count` times in all stops the loop.
-    for i in 0..count.saturating_mul(2) {
+    // Bounded in time (refusals may be many, while a slow receiver catches up) and count.
+    let deadline = Instant::now() + WAIT;
+    for i in 0..count.saturating_mul(1000) {
         if published == count {
             break;
         }
         if i % BACKGROUND_YIELD == 0 {
+            if Instant::now() > deadline {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         let event = Message::event(TOPIC, body.clone());

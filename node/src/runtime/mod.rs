@@ -48,6 +48,17 @@ use crate::handler::BoxedHandler;
 use crate::sync::lock;
 use crate::transport::connection::ConnIo;
 
+/// The node's clock for one engine call, read when first asked ([`Driver::call_lazy`]).
+#[derive(Default)]
+pub(crate) struct LazyNow(Option<Instant>);
+
+impl LazyNow {
+    /// The call's time: the node's clock, read the first time.
+    pub(crate) fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Driver::now)
+    }
+}
+
 /// The node's engine and everything around it. Shared by every [`crate::Node`] handle and the
 /// node's tasks.
 pub(crate) struct Driver {
@@ -230,31 +241,29 @@ impl Driver {
     /// [`Driver::call`] with the rest of the locked state.
     fn call_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State, Instant) -> R) -> R {
         let mut state = lock(&self.state);
-        let now = Self::now();
-        let result = f(&mut state, now);
-        self.after_call(state, || now);
+        let mut clock = LazyNow::default();
+        let result = f(&mut state, clock.now());
+        self.after_call(state, &mut clock);
         result
     }
 
-    /// [`Driver::call`] for an engine call that needs no clock (staging a background
-    /// event): the clock is read only if the call left something to act on.
-    pub(crate) fn call_untimed<R>(
+    /// [`Driver::call`] for an engine call that may need no clock (staging a background
+    /// event): `f` reads it from the [`LazyNow`] it is given when it needs it, and the clock is
+    /// read at most once in the call.
+    pub(crate) fn call_lazy<R>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Engine<BoxedHandler>) -> R,
+        f: impl FnOnce(&mut Engine<BoxedHandler>, &mut LazyNow) -> R,
     ) -> R {
         let mut state = lock(&self.state);
-        let result = f(&mut state.engine);
-        self.after_call(state, Self::now);
+        let mut clock = LazyNow::default();
+        let result = f(&mut state.engine, &mut clock);
+        self.after_call(state, &mut clock);
         result
     }
 
-    /// Acts on what the engine call just made left to do, if anything (`now`: the call's
+    /// Acts on what the engine call just made left to do, if anything (`clock`: the call's
     /// time), once `state` is unlocked.
-    fn after_call(
-        self: &Arc<Self>,
-        mut state: MutexGuard<'_, State>,
-        now: impl FnOnce() -> Instant,
-    ) {
+    fn after_call(self: &Arc<Self>, mut state: MutexGuard<'_, State>, clock: &mut LazyNow) {
         // Nothing to act on (framing a write, usually): no effects to collect.
         if state.engine.is_quiet() {
             drop(state);
@@ -262,7 +271,7 @@ impl Driver {
             // Filled and acted on in place: it holds a few inline vectors (over a kilobyte),
             // which moving by value would copy on every call.
             let mut effects = Effects::default();
-            state.take_effects(&mut effects, now());
+            state.take_effects(&mut effects, clock.now());
             drop(state);
             self.act(&mut effects);
         }

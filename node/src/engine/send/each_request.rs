@@ -62,10 +62,9 @@ impl<H: Clone> Engine<H> {
             ));
         }
         // Replies find their request by its id: ids must be unique among those waiting.
-        let ids: Vec<MessageId> = requests.iter().map(Message::id).collect();
-        let mut sorted = ids.clone();
-        sorted.sort_unstable();
-        if let Some(id) = sorted
+        let mut ids: Vec<MessageId> = requests.iter().map(Message::id).collect();
+        ids.sort_unstable();
+        if let Some(id) = ids
             .windows(2)
             .find(|pair| pair[0] == pair[1])
             .map(|pair| pair[0])
@@ -79,8 +78,12 @@ impl<H: Clone> Engine<H> {
         }
         let each = Each::of_requests(requests.len());
         let op = self.each_to_service(OpKind::Request, service, requests, each, now)?;
-        for (index, id) in (0u32..).zip(ids) {
-            self.out.replies.insert(id, (op, index));
+        // Each reply finds its request's place in the operation.
+        let out = &mut self.out;
+        if let Some(o) = out.ops.get(op) {
+            for (index, envelope) in (0u32..).zip(&o.messages) {
+                out.replies.insert(envelope.id, (op, index));
+            }
         }
         self.time_out_request(op, timeout, now); // ops.rs
         Ok(op)
