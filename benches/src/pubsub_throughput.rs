@@ -32,8 +32,9 @@
 //!   `dropped` column.
 //! * `shoal-p2p-<size>` and `shoal-p2p-request-<size>` — point-to-point: reliable `send` of
 //!   a command (counted when acked: the receiver's handler ran) and `request` (counted when
-//!   the reply, carrying the payload back, arrived), [`RELIABLE_WINDOW`] in flight; see
-//!   [`p2p`].
+//!   the reply, carrying the payload back, arrived), [`RELIABLE_WINDOW`] in flight; and
+//!   `shoal-p2p-background-<size>`, `send_background` from one loop, counted when handled;
+//!   see [`p2p`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,7 +72,7 @@ pub const BEST_EFFORT_BATCH: u64 = 64;
 /// Bytes per raw quinn `write_all` (rounded down to whole frames, at least one).
 pub const QUINN_BATCH_BYTES: usize = 64 * 1024;
 /// Upper bound on the messages any one sending loop sends.
-const MAX_MESSAGES: u64 = 1_000_000_000;
+pub(crate) const MAX_MESSAGES: u64 = 1_000_000_000;
 /// Scenario name of the raw quinn rows.
 pub const QUINN_SCENARIO: &str = "quinn-batch";
 /// Scenario name of Shoal's throughput rows.
@@ -118,7 +119,12 @@ pub fn run_shoal_throughput(config: &BenchConfig) -> BenchResult<Vec<ThroughputR
         ] {
             rows.push(run_shoal(config, payload, mode)?.compared_with(quinn_name(payload)));
         }
-        for mode in [p2p::Mode::Send, p2p::Mode::KeyedSend, p2p::Mode::Request] {
+        for mode in [
+            p2p::Mode::Send,
+            p2p::Mode::BackgroundSend,
+            p2p::Mode::KeyedSend,
+            p2p::Mode::Request,
+        ] {
             // The keyed row only where per-message costs show (64 B).
             if mode == p2p::Mode::KeyedSend && payload != PAYLOADS[0] {
                 continue;

@@ -121,10 +121,10 @@ pub const SCENARIOS: &[Scenario] = &[
         system: systems::SHOAL,
         setup: "Shoal defaults: 256 reliable publishes/sends/requests in flight, or \
                 publish_batch (<= 256 events, <= 1 MiB) x 8 in flight, or background \
-                publishes (reliable, not awaited), or best-effort",
+                publishes or sends (reliable, not awaited), or best-effort",
         about: "msgs/s at 64 B, 1 KiB, 64 KiB: shoal-pubsub-, -pubsub-batch-, \
                 -pubsub-background-, -pubsub-best-effort-, shoal-p2p-, \
-                shoal-p2p-request-<size>, shoal-p2p-keyed-64",
+                shoal-p2p-background-, shoal-p2p-request-<size>, shoal-p2p-keyed-64",
         run: Measures::Throughput(pubsub_throughput::run_shoal_throughput),
         in_all: true,
     },

@@ -115,6 +115,7 @@ fn throughput_rows_at_three_payloads_are_measured_and_compared() {
             "pubsub-background",
             "pubsub-best-effort",
             "p2p",
+            "p2p-background",
             "p2p-keyed",
             "p2p-request",
         ] {

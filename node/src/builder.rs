@@ -93,10 +93,10 @@ impl NodeBuilder {
     /// Default cap on the bytes waiting to be written to one peer (see
     /// [`NodeBuilder::max_queued_bytes`]).
     pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
-    /// Default cap on the events of background publishes on their way at once (see
+    /// Default cap on the messages of background publishes and sends on their way at once (see
     /// [`NodeBuilder::max_background_publishes`]).
     pub const DEFAULT_MAX_BACKGROUND_PUBLISHES: usize = 65_536;
-    /// Default cap on the payload bytes of background events on their way at once (see
+    /// Default cap on the payload bytes of background messages on their way at once (see
     /// [`NodeBuilder::max_background_bytes`]).
     pub const DEFAULT_MAX_BACKGROUND_BYTES: usize = 64 << 20;
 
@@ -277,13 +277,14 @@ impl NodeBuilder {
         self
     }
 
-    /// Most events of background publishes ([`crate::PublishOptions::background`]) on their
-    /// way at once, a batch counting each of its events, and events staged to go together
-    /// included. Each holds its event until every audience acknowledged it (or it was
-    /// dead-lettered), so a subscriber that is slow, or a group waiting for an instance, makes
-    /// them pile up; past this many, `publish_with` fails at once with
-    /// [`crate::Error::Backlog`] and keeps nothing, rather than holding events without bound.
-    /// A plain `publish`, which resolves on the acks, paces itself instead. Default 65,536; at
+    /// Most events of background publishes ([`crate::PublishOptions::background`]) and
+    /// commands of background sends ([`Node::send_background`]) on their way at once, a batch
+    /// counting each of its events, and messages staged to go together included. Each is held
+    /// until acknowledged (by every audience, for an event) or dead-lettered, so a receiver
+    /// that is slow, or a group waiting for an instance, makes them pile up; past this many,
+    /// the call fails at once with [`crate::Error::Backlog`] and keeps nothing, rather than
+    /// holding messages without bound. A plain `publish` or `send`, which resolves on the
+    /// acks, paces itself instead. Default 65,536; at
     /// least 1 ([`NodeBuilder::start`] refuses 0: a node that wants no background publishes
     /// simply makes none).
     pub fn max_background_publishes(mut self, max: usize) -> Self {
@@ -291,11 +292,10 @@ impl NodeBuilder {
         self
     }
 
-    /// Most payload bytes of background events ([`crate::PublishOptions::background`]) on
-    /// their way at once, staged ones included; past this, `publish_with` fails at once with
-    /// [`crate::Error::Backlog`] and keeps nothing, as past
-    /// [`NodeBuilder::max_background_publishes`]. An event larger than this is taken when the
-    /// node holds no other. Default 64 MiB; at least 1 ([`NodeBuilder::start`] refuses 0).
+    /// Most payload bytes of background events and commands (see
+    /// [`NodeBuilder::max_background_publishes`]) on their way at once, staged ones included;
+    /// past this, the call fails at once with [`crate::Error::Backlog`] and keeps nothing. A
+    /// message larger than this is taken when the node holds no other. Default 64 MiB; at least 1 ([`NodeBuilder::start`] refuses 0).
     /// Counting events alone, 65,536 events of 64 KiB held 4 GiB.
     pub fn max_background_bytes(mut self, max: usize) -> Self {
         self.config.max_background_bytes = max;

@@ -81,12 +81,13 @@ pub enum Error {
         /// The service the message was for.
         service: String,
     },
-    /// A background publish was refused: the node holds as many background events as it may
+    /// A background publish or send ([`crate::Node::send_background`]) was refused: the node
+    /// holds as many background messages as it may
     /// ([`crate::NodeBuilder::max_background_publishes`],
-    /// [`crate::NodeBuilder::max_background_bytes`]). Nothing was kept; publish again once
-    /// some were delivered, or with a receipt (a plain `publish`) to pace the publisher.
+    /// [`crate::NodeBuilder::max_background_bytes`]). Nothing was kept; try again once some
+    /// were delivered, or await a receipt (a plain `publish` or `send`) to pace the sender.
     #[error(
-        "the node holds as many background events as it may ({limit}): publish later, or await a receipt"
+        "the node holds as many background messages as it may ({limit}): try later, or await a receipt"
     )]
     Backlog {
         /// The cap that was reached.
@@ -191,12 +192,12 @@ impl Error {
     }
 }
 
-/// The cap on background events a node holds that refused one (see [`Error::Backlog`]).
+/// The cap on background messages a node holds that refused one (see [`Error::Backlog`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum BacklogLimit {
-    /// So many events ([`crate::NodeBuilder::max_background_publishes`]).
-    #[error("{0} events, NodeBuilder::max_background_publishes")]
+    /// So many messages ([`crate::NodeBuilder::max_background_publishes`]).
+    #[error("{0} messages, NodeBuilder::max_background_publishes")]
     Events(usize),
     /// So many payload bytes ([`crate::NodeBuilder::max_background_bytes`]).
     #[error("{0} payload bytes, NodeBuilder::max_background_bytes")]

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use shoal_proto::{NodeId, ReturnAddress, SmolStr};
+use shoal_proto::{MessageId, NodeId, ReturnAddress, SmolStr};
 
 use crate::engine::Done;
 use crate::handler::{self, HandlerError, IntoReply};
@@ -196,6 +196,41 @@ impl Node {
             },
             span,
         )
+    }
+
+    /// Sends `msg` to one instance of `service` without waiting for it to be handled: returns
+    /// its id as soon as the node holds it. For a service streaming commands, as
+    /// [`crate::PublishOptions::background`] is for events.
+    ///
+    /// The command is delivered as [`Node::send`] delivers one (acknowledged once handled,
+    /// retried on another instance, kept in order with the others of its partition key),
+    /// with the node's retry policy. One not delivered when that policy gives up is a dead
+    /// letter ([`Node::dead_letters`]); nothing else
+    /// tells of it. A graceful [`Node::shutdown`] delivers those still on their way within
+    /// its grace period; those left, and all of them on [`Node::abort`], are dead letters.
+    ///
+    /// Commands sent this way while others are on their way go to the engine together, each
+    /// still handled on its own (README, "Reliable events and commands in the background").
+    ///
+    /// Fails at once, keeping nothing, with [`Error::Backlog`] when the node holds as many
+    /// background messages as it may (`NodeBuilder::max_background_publishes` and
+    /// `max_background_bytes`; try again once some are delivered), or with the error a
+    /// [`Node::send`] of `msg` would fail with before anything is sent (a stopping node, an
+    /// empty service name, a message that breaks the limits).
+    pub fn send_background(&self, service: &str, mut msg: Message) -> Result<MessageId, Error> {
+        let driver = self.driver();
+        msg.address_replies(&driver.service, driver.id);
+        let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
+        trace::within(&span, || match msg.key() {
+            // Staged or sent at once (`engine/send/staged.rs`); the clock is read only for
+            // the latter.
+            None => driver
+                .call_lazy(|engine, clock| engine.send_background(service, msg, || clock.now())),
+            // After keyed commands gathered before it (`runtime/gather.rs`).
+            Some(_) => driver.call_in_order(true, |engine, now| {
+                engine.send_background(service, msg, || now)
+            }),
+        })
     }
 
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most

@@ -57,8 +57,8 @@ pub struct NodeStats {
     /// Best-effort event copies dropped: the subscriber's queue was full, or its group had no
     /// live instance.
     pub events_dropped: u64,
-    /// Background publishes refused because the node held as many background events as it
-    /// may ([`crate::NodeBuilder::max_background_publishes`],
+    /// Background publishes and sends refused because the node held as many background
+    /// messages as it may ([`crate::NodeBuilder::max_background_publishes`],
     /// [`crate::NodeBuilder::max_background_bytes`]; [`crate::Error::Backlog`]).
     pub background_refused: u64,
     /// Commands, requests, documents and asynchronous replies refused because the policy does

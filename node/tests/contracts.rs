@@ -141,6 +141,14 @@ async fn a_replaced_handler_serves_its_upcast_versions_too() {
     };
     old.send("orders", &order).await.unwrap();
     assert_eq!(rx.try_recv().unwrap(), ("o-7".to_owned(), 1));
+    // In the background: the id at once, then the handler runs it, upcast as well.
+    let later = v1::PlaceOrder {
+        order_id: "o-8".into(),
+        ..order
+    };
+    old.send_background("orders", &later).unwrap();
+    let handled = timeout(WAIT, rx.recv()).await.unwrap();
+    assert_eq!(handled, Some(("o-8".to_owned(), 1)));
     // One message type, one version: publishing it twice in one call is refused.
     let placed = OrderPlaced {
         order_id: "o".into(),

@@ -16,7 +16,8 @@
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
 //! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply),
 //! `background` (one loop of background publishes, [`shoal::PublishOptions::background`],
-//! done when the receiver handled them all).
+//! done when the receiver handled them all), `send-background` (the same with commands,
+//! [`shoal::Node::send_background`]).
 //! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
 //! the option `closed`, as in the latency rows (`fixed-load send 20000 closed`). The option
 //! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
@@ -66,13 +67,15 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Publishes `count` events with [`shoal::PublishOptions::background`] from one loop,
-/// yielding every [`BACKGROUND_YIELD`] and whenever the node holds as many as it may
-/// (`Error::Backlog`: the event is published again after the yield).
-async fn publish_in_background(
+/// Publishes `count` events with [`shoal::PublishOptions::background`] (or sends `count`
+/// commands with [`shoal::Node::send_background`]) from one loop, yielding every
+/// [`BACKGROUND_YIELD`] and whenever the node holds as many as it may (`Error::Backlog`: the
+/// message is sent again after the yield).
+async fn in_background(
     node: &Node,
     count: u64,
     body: Bytes,
+    commands: bool,
 ) -> std::result::Result<(), shoal::Error> {
     let mut published = 0;
     // Bounded in time (refusals may be many, while a slow receiver catches up) and count.
@@ -87,12 +90,16 @@ async fn publish_in_background(
             }
             tokio::task::yield_now().await;
         }
-        let event = Message::event(TOPIC, body.clone());
-        match node
-            .publish_with(event, shoal::PublishOptions::background())
-            .await
-        {
-            Ok(_) => published += 1,
+        let sent = if commands {
+            let command = Message::command("sink", body.clone());
+            node.send_background(SERVICE, command).map(drop)
+        } else {
+            let event = Message::event(TOPIC, body.clone());
+            let options = shoal::PublishOptions::background();
+            node.publish_with(event, options).await.map(drop)
+        };
+        match sent {
+            Ok(()) => published += 1,
             Err(shoal::Error::Backlog { .. }) => tokio::task::yield_now().await,
             Err(e) => return Err(e),
         }
@@ -163,10 +170,16 @@ fn main() -> Result<()> {
             builder
         }
     };
-    if !["send", "publish", "batch", "request", "background"].contains(&mode.as_str()) {
-        return Err(
-            format!("unknown mode {mode}: send, publish, batch, request or background").into(),
-        );
+    let modes = [
+        "send",
+        "publish",
+        "batch",
+        "request",
+        "background",
+        "send-background",
+    ];
+    if !modes.contains(&mode.as_str()) {
+        return Err(format!("unknown mode {mode}: one of {}", modes.join(", ")).into());
     }
     let ca = MeshCa::generate("fixed load")?;
     let handled = Arc::new(AtomicU64::new(0));
@@ -230,10 +243,13 @@ fn main() -> Result<()> {
         let per_call = if mode == "batch" { batch } else { 1 };
         let calls = count.div_ceil(per_call);
         let mut tasks = Vec::new();
-        if mode == "background" {
+        let background = mode.ends_with("background");
+        if background {
             let (node, handled) = (node.clone(), Arc::clone(&handled));
+            let commands = mode == "send-background";
             tasks.push(tokio::spawn(async move {
-                publish_in_background(&node, count, Bytes::from(vec![0xA5u8; payload])).await?;
+                let body = Bytes::from(vec![0xA5u8; payload]);
+                in_background(&node, count, body, commands).await?;
                 // Done when the receiver handled them all.
                 let deadline = Instant::now() + WAIT;
                 while handled.load(Ordering::Relaxed) < count && Instant::now() < deadline {
@@ -242,7 +258,7 @@ fn main() -> Result<()> {
                 Ok::<_, shoal::Error>(())
             }));
         }
-        let calls = if mode == "background" { 0 } else { calls };
+        let calls = if background { 0 } else { calls };
         for task in 0..in_flight.min(calls) {
             let (node, mode) = (node.clone(), mode.clone());
             let mine = (calls - task).div_ceil(in_flight);
@@ -310,7 +326,7 @@ fn main() -> Result<()> {
         received.duplicates,
         if stats.background_refused > 0 {
             format!(
-                "; background publishes refused (backlog full): {}",
+                "; background messages refused (backlog full): {}",
                 stats.background_refused
             )
         } else {

@@ -4,6 +4,11 @@
 //!
 //! * `shoal-p2p-<size>` — `send` of a command whose handler (`sink`) only counts it;
 //!   counted when **acked** (the handler ran and its ack came back).
+//! * `shoal-p2p-background-<size>` — [`Node::send_background`] of the same command from one
+//!   loop (reliable: acked, retried, dead-lettered, but not awaited), yielding every
+//!   [`BEST_EFFORT_BATCH`] sends and whenever the node refuses one with `Error::Backlog`
+//!   (not counted); counted when the receiver's handler **ran**. NATS's queue-group row is
+//!   of this kind.
 //! * `shoal-p2p-keyed-<size>` — the same `send`, each task under a partition key of its own
 //!   (`customer-<task>`), so every call takes its key's ordering turn; 64 B only.
 //! * `shoal-p2p-request-<size>` — `request` to a handler (`echo`) that replies with the
@@ -20,7 +25,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal::{MeshCa, Message, Node};
 
-use super::{RELIABLE_WINDOW, acked_loops};
+use super::{BEST_EFFORT_BATCH, MAX_MESSAGES, RELIABLE_WINDOW, acked_loops};
 use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::runtime::run_pair;
@@ -37,6 +42,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Mode {
     /// `send`, counted when acked: row `shoal-p2p-<size>`.
     Send,
+    /// `send_background` from one loop, counted when handled: row
+    /// `shoal-p2p-background-<size>`.
+    BackgroundSend,
     /// `send` under a partition key per task, counted when acked: row `shoal-p2p-keyed-<size>`.
     KeyedSend,
     /// `request`, counted when the reply arrived: row `shoal-p2p-request-<size>`.
@@ -48,6 +56,7 @@ impl Mode {
     pub fn row(self, payload: usize) -> String {
         match self {
             Self::Send => format!("shoal-p2p-{payload}"),
+            Self::BackgroundSend => format!("shoal-p2p-background-{payload}"),
             Self::KeyedSend => format!("shoal-p2p-keyed-{payload}"),
             Self::Request => format!("shoal-p2p-request-{payload}"),
         }
@@ -62,6 +71,8 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
     let server_ca = ca.clone();
     let dropped = Arc::new(AtomicU64::new(0));
     let client_dropped = Arc::clone(&dropped);
+    let handled = Arc::new(AtomicU64::new(0));
+    let (server_handled, client_handled) = (Arc::clone(&handled), handled);
     let window = run_pair(
         &name,
         &config,
@@ -70,7 +81,10 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
                 .start()
                 .await
                 .map_err(shoal_err)?;
-            node.handle("sink", |_msg: Message| async { Ok(()) });
+            node.handle("sink", move |_msg: Message| {
+                server_handled.fetch_add(1, Ordering::Relaxed);
+                async { Ok(()) }
+            });
             node.handle(
                 "echo",
                 |msg: Message| async move { Ok(msg.payload().clone()) },
@@ -80,9 +94,22 @@ pub fn run(config: &BenchConfig, payload: usize, mode: Mode) -> BenchResult<Thro
             node.shutdown().await;
             Ok(())
         },
-        move |addr| sender(ca, addr, config, payload, mode, client_dropped),
+        move |addr| {
+            let counters = Counters {
+                dropped: client_dropped,
+                handled: client_handled,
+            };
+            sender(ca, addr, config, payload, mode, counters)
+        },
     )?;
     Ok(ThroughputReport::new(name, payload, window).with_dropped(dropped.load(Ordering::Relaxed)))
+}
+
+/// What the receiving side counts for the sender: requests not answered in time, and the
+/// commands its handler ran.
+struct Counters {
+    dropped: Arc<AtomicU64>,
+    handled: Arc<AtomicU64>,
 }
 
 async fn sender(
@@ -91,8 +118,9 @@ async fn sender(
     config: BenchConfig,
     payload: usize,
     mode: Mode,
-    dropped: Arc<AtomicU64>,
+    counters: Counters,
 ) -> BenchResult<crate::throughput::Window> {
+    let Counters { dropped, handled } = counters;
     let node = builder(&ca, "bench-p2p-sender")?
         .peer(server)
         .start()
@@ -116,6 +144,28 @@ async fn sender(
                     Ok(1)
                 };
                 acked_loops(RELIABLE_WINDOW, &node, &body, schedule, send).await
+            }
+            Mode::BackgroundSend => {
+                let send = async {
+                    for i in 0..MAX_MESSAGES {
+                        if i % BEST_EFFORT_BATCH == 0 {
+                            if schedule.over() {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        let command = Message::command("sink", body.clone());
+                        match node.send_background(SERVICE, command) {
+                            Ok(_) => {}
+                            // The node holds as many as it may: let it deliver some.
+                            Err(shoal::Error::Backlog { .. }) => tokio::task::yield_now().await,
+                            Err(e) => return Err(shoal_err(e)),
+                        }
+                    }
+                    Ok::<_, BenchError>(())
+                };
+                let (sent, window) = tokio::join!(send, schedule.sample(&handled));
+                sent.map(|()| window)
             }
             Mode::Request => {
                 let request = move |node: Node, body: Bytes, _| {

@@ -48,10 +48,10 @@ pub(crate) enum Action<H> {
         /// Its reply, or why it has none.
         result: Result<Message, crate::Error>,
     },
-    /// Background events were staged (`send/staged.rs`): call
-    /// [`super::Engine::publish_staged`] once the work ready now is done (not at once: the
-    /// events published meanwhile join them).
-    PublishStaged,
+    /// Background messages were staged (`send/staged.rs`): call
+    /// [`super::Engine::send_staged`] once the work ready now is done (not at once: the
+    /// messages sent meanwhile join them).
+    SendStaged,
     /// Send this datagram to the multicast group (`Config::multicast`): one sealed datagram
     /// of the node's channel, for every subscriber on the LAN at once.
     Multicast(

@@ -372,8 +372,8 @@ impl<H: Clone> Engine<H> {
         if self.lifecycle != Lifecycle::Running {
             return;
         }
-        // Staged background events were published before the stop: they go on.
-        self.publish_all_staged(now);
+        // Staged background messages were sent before the stop: they go on.
+        self.send_all_staged(now);
         self.lifecycle = Lifecycle::Stopping;
         self.stop_user_ops(now);
     }
@@ -405,8 +405,8 @@ impl<H: Clone> Engine<H> {
         if self.lifecycle == Lifecycle::Killed {
             return;
         }
-        // Staged background events end as every background copy does: dead letters.
-        self.publish_all_staged(now);
+        // Staged background messages end as every background message does: dead letters.
+        self.send_all_staged(now);
         self.lifecycle = Lifecycle::Killed;
         self.stop_user_ops(now);
         self.stop_background_ops(now);

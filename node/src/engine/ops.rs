@@ -172,13 +172,17 @@ impl<H: Clone> Engine<H> {
         if o.open > 0 {
             return;
         }
+        // Background sends and publishes, asynchronous replies: nobody takes a result.
+        if !o.kind.waited() {
+            return self.out.remove_op(op);
+        }
         let result = match o.kind {
             // Separate calls' messages (send/each.rs): a result for each.
             OpKind::Send | OpKind::Publish if o.each.is_some() => {
                 let mut each = o.each.take().expect("checked above");
                 Ok(each.results(o))
             }
-            OpKind::Send | OpKind::Reply => match (o.sent, o.error.take()) {
+            OpKind::Send => match (o.sent, o.error.take()) {
                 (Some(receipt), _) => Ok(Done::Sent(receipt)),
                 (None, Some(e)) => Err(e),
                 (None, None) => Err(Error::ShuttingDown),
@@ -192,7 +196,7 @@ impl<H: Clone> Engine<H> {
                 // bounds the wait).
                 None => return,
             },
-            OpKind::Publish | OpKind::Background => match o.error.take() {
+            OpKind::Publish => match o.error.take() {
                 Some(e) => Err(e),
                 None => Ok(Done::Published(PublishReceipt {
                     id: o.messages[0].id,
@@ -200,7 +204,7 @@ impl<H: Clone> Engine<H> {
                     dropped: std::mem::take(&mut o.dropped),
                 })),
             },
-            OpKind::Ping => return,
+            OpKind::Ping | OpKind::Background | OpKind::Reply => return,
         };
         self.complete(op, result);
     }

@@ -156,8 +156,9 @@ impl<H: Clone> Engine<H> {
         }
     }
 
-    /// Ends every background delivery still going (the node stops): copies of background
-    /// publishes become dead letters saying so; asynchronous replies are dropped.
+    /// Ends every background delivery still going (the node stops): background sends and
+    /// copies of background publishes become dead letters saying so; asynchronous replies
+    /// are dropped.
     pub(super) fn stop_background_ops(&mut self, now: Instant) {
         // Copies on the multicast channel end as their deliveries would.
         self.materialize_all_copies();
@@ -168,7 +169,7 @@ impl<H: Clone> Engine<H> {
             };
             match self.out.ops.get(op).map(|o| o.kind) {
                 Some(OpKind::Background) => {
-                    let reason = "the node stopped before this copy was delivered";
+                    let reason = "the node stopped before this message was delivered";
                     self.dead_letter(d, reason.into(), now);
                 }
                 Some(OpKind::Reply) => {

@@ -68,7 +68,8 @@ pub(super) enum OpKind {
     Request,
     /// `publish`: a receipt when every audience acknowledged.
     Publish,
-    /// A background publish: nobody waits; a graceful shutdown lets it finish.
+    /// A background publish or send: nobody waits; a graceful shutdown lets it finish, and
+    /// it counts towards the backlog's caps.
     Background,
     /// A handler's reply to an asynchronous request: nobody waits; a graceful shutdown lets
     /// it finish.
@@ -162,11 +163,11 @@ pub(super) struct Outbound {
     pub(super) heads: HeadCache,
     /// Where items are encoded: one allocation shared by many.
     pub(super) arena: BytesMut,
-    /// The events of background publishes in `ops`, and their payload bytes (see
+    /// The messages of background publishes and sends in `ops`, and their payload bytes (see
     /// [`Outbound::insert_op`]).
     background: usize,
     background_bytes: usize,
-    /// Background events waiting for the turn's end ([`staged`]).
+    /// Background messages waiting for the turn's end ([`staged`]).
     pub(super) staged: staged::Staged,
     /// When the callers of requests stop waiting, earliest first (`ops.rs`); an entry leaves
     /// with its operation.
@@ -233,8 +234,8 @@ impl Outbound {
             .map(|((at, _), _)| *at)
     }
 
-    /// Events of background publishes not finished yet (each operation holds its events
-    /// until then), staged ones included.
+    /// Messages of background publishes and sends not finished yet (each operation holds
+    /// its messages until then), staged ones included.
     pub(super) fn background_publishes(&self) -> usize {
         self.background + self.staged.count()
     }

@@ -76,7 +76,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_background_refused",
-                "Background publishes refused because the node held max_background_publishes events or max_background_bytes.",
+                "Background publishes and sends refused because the node held max_background_publishes messages or max_background_bytes.",
                 stats.background_refused,
             ),
             (
@@ -152,7 +152,7 @@ impl Collector for NodeCollector {
             ),
             (
                 "shoal_background_publishes",
-                "Events of background publishes on their way, staged ones included (each held until acknowledged).",
+                "Events of background publishes and commands of background sends on their way, staged ones included (each held until acknowledged).",
                 snapshot.background_publishes,
             ),
         ];

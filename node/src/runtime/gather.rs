@@ -28,8 +28,8 @@
 //! caller is told as soon as its own reply comes ([`Claim::answer`]), not when the others'
 //! have. Keyed requests go alone, in their key's turn.
 //!
-//! Background events are not gathered here: the engine stages them itself, and this task
-//! publishes them with the groups (`engine/send/staged.rs`, [`Driver::publish_staged_soon`]).
+//! Background events and commands are not gathered here: the engine stages them itself, and
+//! this task sends them with the groups (`engine/send/staged.rs`, [`Driver::send_staged_soon`]).
 //!
 //! Not gathered: batches, keyed requests, best-effort messages, calls with options of their
 //! own, payloads over 16 KiB, and nodes with a multicast channel.
@@ -79,7 +79,7 @@ pub(crate) struct Gather {
     /// Whether a keyed message waits: a keyed call that goes to the engine at once hands
     /// the waiting messages over first ([`Driver::call_in_order`]).
     keyed: AtomicBool,
-    /// Whether the engine staged background events (`engine/send/staged.rs`): they go
+    /// Whether the engine staged background messages (`engine/send/staged.rs`): they go
     /// with the next hand-over.
     staged: AtomicBool,
 }
@@ -211,9 +211,9 @@ impl Driver {
         Gathered::new(self, callers, slot)
     }
 
-    /// The engine staged background events: [`Driver::run_gather`] publishes them once the
-    /// tasks ready now have run, with those they publish meanwhile.
-    pub(super) fn publish_staged_soon(&self) {
+    /// The engine staged background messages: [`Driver::run_gather`] sends them once the
+    /// tasks ready now have run, with those sent meanwhile.
+    pub(super) fn send_staged_soon(&self) {
         self.gather.staged.store(true, Ordering::Release);
         self.gather.handover.notify_one();
     }
@@ -249,7 +249,7 @@ impl Driver {
             }
             if self.gather.staged.swap(false, Ordering::AcqRel) {
                 // An operation at a time, each in a call of its own, as the groups.
-                while self.call(|engine, now| engine.publish_staged(now)) {}
+                while self.call(|engine, now| engine.send_staged(now)) {}
             }
         }
         let groups = lock(&self.gather.pending).take();

@@ -156,7 +156,7 @@ struct Effects {
     peers_changed: bool,
     timer_moved: bool,
     idle: bool,
-    /// Background events were staged (`gather.rs`).
+    /// Background messages were staged (`gather.rs`).
     staged: bool,
 }
 
@@ -432,7 +432,7 @@ impl Driver {
                 self.timer.notify_one();
             }
             if std::mem::take(&mut effects.staged) {
-                self.publish_staged_soon();
+                self.send_staged_soon();
             }
             if std::mem::take(&mut effects.idle) {
                 self.idle.notify_waiters();
@@ -516,7 +516,7 @@ impl State {
                 }
                 Action::Event(event) => self.emit(event),
                 Action::PeersChanged => effects.peers_changed = true,
-                Action::PublishStaged => effects.staged = true,
+                Action::SendStaged => effects.staged = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
                 // Handed to the group link once unlocked (`runtime/multicast.rs`).
                 Action::Multicast(datagram) => effects.multicast.push(datagram),

@@ -12,7 +12,9 @@ use super::routes::{MESSAGE_HEADER, VERSIONS_HEADER};
 use crate::contract::codec::Codec;
 use crate::contract::message::{Contract, MessageRef};
 use crate::contract::service::{Entry, Role};
-use crate::{Error, Message, MessageKind, PublishOptions, PublishReceipt, Receipt, SendOptions};
+use crate::{
+    Error, Message, MessageId, MessageKind, PublishOptions, PublishReceipt, Receipt, SendOptions,
+};
 
 impl TypedNode {
     /// The byte message for sending `value` to `service`, as the contract declares it
@@ -60,6 +62,19 @@ impl TypedNode {
             .command(service, value)
             .map(|msg| self.inner.node.send_with(service, msg, options));
         then(started)
+    }
+
+    /// Sends `value` to one instance of `service` in the background, as
+    /// [`Node::send_background`](crate::Node::send_background) does: returns the message's id
+    /// once the node holds it; one not delivered is a dead letter. Fails at once if `value`
+    /// does not encode, or as `Node::send_background` fails.
+    pub fn send_background<T: Contract>(
+        &self,
+        service: &str,
+        value: &T,
+    ) -> Result<MessageId, Error> {
+        let msg = self.command(service, value)?;
+        self.inner.node.send_background(service, msg)
     }
 
     /// Sends `value` as a request to one instance of `service` and decodes its reply as `R`,

@@ -1,53 +1,65 @@
-//! Background events published one by one while others are on their way wait for the end of
-//! the runtime's turn, and go together.
+//! Background messages sent one by one while others are on their way wait for the end of the
+//! runtime's turn, and go together.
 //!
-//! A background publish ([`crate::PublishOptions::background`]) returns at once: nobody
-//! waits for its copies. A service streaming events that way paid for a whole operation per
-//! event (its deliveries, attempt, timer, and the engine's work on each ack), where events
-//! published together can share them, as the events of many waiting callers do
-//! ([`super::each`], `runtime/gather.rs`).
+//! A background publish ([`crate::PublishOptions::background`]) or background send
+//! ([`crate::Node::send_background`]) returns at once: nobody waits for its deliveries. A
+//! service streaming events or commands that way paid for a whole operation per message (its
+//! deliveries, attempt, timer, and the engine's work on each ack), where messages sent
+//! together can share them, as the messages of many waiting callers do ([`super::each`],
+//! `runtime/gather.rs`).
 //!
-//! So a lone, unkeyed background event published while other background events are on their
-//! way is **staged**. It is checked at once, so that its call hears every error it would have
-//! heard alone: a node that stops, the backlog's limit, a bad topic, the node's policy (a
-//! message that breaks a limit is not staged, and fails alone). Then it waits, with the others
-//! of its topic, until the IO layer calls [`Engine::publish_staged`]. The engine asks for that
-//! call with [`Action::PublishStaged`] when the first is staged, and the runtime makes it once
-//! the tasks ready then have run. There each topic's events become one operation in which
-//! each event is handled, retried and dead-lettered on its own.
+//! So a lone, unkeyed background event or command sent while other background messages are
+//! on their way is **staged**. It is checked at once, so that its call hears every error it
+//! would have heard alone: a node that stops, the backlog's limit, a bad topic or service
+//! name, the node's policy (a message that breaks a limit is not staged, and fails alone).
+//! Then it waits, with the others of its topic or service, until the IO layer calls
+//! [`Engine::send_staged`]. The engine asks for that call with [`Action::SendStaged`] when
+//! the first is staged, and the runtime makes it once the tasks ready then have run. There
+//! each topic's events, and each service's commands, become one operation in which each
+//! message is handled, retried and dead-lettered on its own.
 //!
-//! An event published when no background event is on its way goes at once, as before: an idle
-//! node adds no delay. Staged events count towards the backlog's caps
-//! (`Config::max_background_publishes`, which counts events, not operations, and
-//! `max_background_bytes`). Events go to the engine an operation (at most
-//! [`MAX_BATCH_EVENTS`]) per call, and at most [`MAX_STAGED_TOPICS`] topics have staged
-//! events. A node that stops publishes what is staged first (graceful: delivered within the
-//! grace period; killed: dead-lettered, as every background copy not delivered).
+//! A message sent when no background message is on its way goes at once, as before: an idle
+//! node adds no delay. Staged messages count towards the backlog's caps
+//! (`Config::max_background_publishes`, which counts messages, not operations, and
+//! `max_background_bytes`). Messages go to the engine an operation (at most
+//! [`MAX_BATCH_EVENTS`]) per call, and at most [`MAX_STAGED`] topics and services have
+//! staged messages. A node that stops sends what is staged first (graceful: delivered within
+//! the grace period; killed: dead-lettered, as every background message not delivered).
 
 use std::time::Instant;
 
-use shoal_proto::SmolStr;
+use shoal_proto::{MessageId, SmolStr};
 
 use super::super::action::Action;
+use super::super::peers::Target;
 use super::super::{Engine, topic};
-use super::OpKind;
+use super::each::Each;
 use super::publish::{Events, Shape, empty_receipt};
+use super::{OpKind, Spec};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::PublishReceipt;
 use crate::{BacklogLimit, DeadLetter, Error, Message};
 
-/// Background events waiting for [`Engine::publish_staged`], by topic.
+/// What staged messages are: events, staged by topic, or commands, staged by service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Events,
+    Commands,
+}
+
+/// Background messages waiting for [`Engine::send_staged`], by topic or service.
 #[derive(Debug, Default)]
 pub(in crate::engine) struct Staged {
-    /// Each topic's events, topics in the order they were first staged.
-    topics: Vec<(SmolStr, Events)>,
-    /// Events in `topics`, and their payload bytes.
+    /// Each topic's events and each service's commands, in the order they were first
+    /// staged.
+    bounds: Vec<(Kind, SmolStr, Events)>,
+    /// Messages in `bounds`, and their payload bytes.
     count: usize,
     bytes: usize,
 }
 
 impl Staged {
-    /// Events staged.
+    /// Messages staged.
     pub(in crate::engine) fn count(&self) -> usize {
         self.count
     }
@@ -57,17 +69,56 @@ impl Staged {
         self.bytes
     }
 
-    /// Whether an event on `topic` may be staged: its topic has staged events, or fewer than
-    /// [`MAX_STAGED_TOPICS`] have. Past that, events go at once.
-    fn has_room_for(&self, topic: &str) -> bool {
-        self.topics.len() < MAX_STAGED_TOPICS || self.topics.iter().any(|(t, _)| t == topic)
+    /// The staged messages of `kind` for `name` (a topic or a service), if any.
+    fn find(&mut self, kind: Kind, name: &str) -> Option<&mut Events> {
+        self.bounds
+            .iter_mut()
+            .find(|(k, n, _)| *k == kind && n == name)
+            .map(|(_, _, messages)| messages)
+    }
+
+    /// Whether a message of `kind` for `name` may be staged: `name` has staged messages, or
+    /// fewer than [`MAX_STAGED`] topics and services have. Past that, messages go at once.
+    fn has_room_for(&self, kind: Kind, name: &str) -> bool {
+        self.bounds.len() < MAX_STAGED
+            || self.bounds.iter().any(|(k, n, _)| *k == kind && n == name)
+    }
+
+    /// Adds `message`, of `kind`, for `name`.
+    fn add(&mut self, kind: Kind, name: &str, message: Message) {
+        self.count += 1;
+        self.bytes += message.payload().len();
+        match self.find(kind, name) {
+            Some(messages) => messages.push(message),
+            None => self
+                .bounds
+                .push((kind, SmolStr::new(name), smallvec::smallvec![message])),
+        }
+    }
+
+    /// Takes the first topic's or service's messages, at most [`MAX_BATCH_EVENTS`].
+    fn take_first(&mut self) -> Option<(Kind, SmolStr, Events)> {
+        let (kind, name, messages) = self.bounds.first_mut()?;
+        let taken = if messages.len() > MAX_BATCH_EVENTS {
+            let these = messages.drain(..MAX_BATCH_EVENTS).collect();
+            (*kind, name.clone(), these)
+        } else {
+            self.bounds.remove(0)
+        };
+        self.count -= taken.2.len();
+        self.bytes -= taken.2.iter().map(|m| m.payload().len()).sum::<usize>();
+        Some(taken)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
     }
 }
 
-/// The most topics with staged events at once. Staged events are looked up by topic; a
-/// service publishing on a topic per entity (`order.<id>`) would make many operations of one
-/// event each, which staging does not make cheaper.
-const MAX_STAGED_TOPICS: usize = 64;
+/// The most topics and services with staged messages at once. Staged messages are looked up
+/// by topic or service; a service publishing on a topic per entity (`order.<id>`) would make
+/// many operations of one event each, which staging does not make cheaper.
+const MAX_STAGED: usize = 64;
 
 impl<H: Clone> Engine<H> {
     /// Stages the event of `events` (published with `options`, `batched` or not) when it is
@@ -82,60 +133,85 @@ impl<H: Clone> Engine<H> {
         let [event] = events.as_slice() else {
             return None;
         };
-        if batched || !self.stages_background(event, options) {
+        let plain = options.background
+            && options.reliability == Reliability::Reliable
+            && options.retry.is_none()
+            && options.hold_for.is_none();
+        if batched || !plain || !self.stages(Kind::Events, event) {
             return None;
         }
         let event = events.pop()?;
-        Some(self.stage_background(event))
+        Some(self.stage_event(event))
     }
 
-    /// Whether `event`, a lone event published with `options`, is staged rather than
-    /// published now.
-    fn stages_background(&self, event: &Message, options: &PublishOptions) -> bool {
-        options.background
-            && options.reliability == Reliability::Reliable
-            && options.retry.is_none()
-            && options.hold_for.is_none()
-            && event.key().is_none()
+    /// Whether `message`, a lone background event or command (`kind`), is staged rather than
+    /// sent now.
+    fn stages(&self, kind: Kind, message: &Message) -> bool {
+        message.key().is_none()
             && self.out.background_publishes() > 0
             && self.may_gather()
-            && self.out.staged.has_room_for(&event.env.name)
-            && self.travels_with_others(event).is_ok()
+            && self.out.staged.has_room_for(kind, &message.env.name)
+            && self.travels_with_others(message).is_ok()
     }
 
-    /// Stages `event` (which [`Engine::stages_background`]) after the checks a lone
-    /// background publish makes before anything is sent; returns its receipt, which lists no
-    /// deliveries, as every background publish's.
-    fn stage_background(&mut self, event: Message) -> Result<PublishReceipt, Error> {
+    /// Stages `event` (which [`Engine::stages`]) after the checks a lone background publish
+    /// makes before anything is sent; returns its receipt, which lists no deliveries, as
+    /// every background publish's.
+    fn stage_event(&mut self, event: Message) -> Result<PublishReceipt, Error> {
         self.accepting(OpKind::Background)?;
-        let bytes = event.payload().len();
-        self.room_for_background(1, bytes)?;
-        let topic = &event.env.name;
-        topic::check_topic(topic).map_err(Error::Topic)?;
-        self.authorize_publish(topic)?;
+        self.room_for_background(1, event.payload().len())?;
+        let topic = event.env.name.clone();
+        topic::check_topic(&topic).map_err(Error::Topic)?;
+        self.authorize_publish(&topic)?;
         let receipt = empty_receipt(event.id());
-        let staged = &mut self.out.staged;
-        match staged.topics.iter_mut().find(|(t, _)| t == topic) {
-            Some((_, events)) => events.push(event),
-            None => staged
-                .topics
-                .push((topic.clone(), smallvec::smallvec![event])),
-        }
-        staged.count += 1;
-        staged.bytes += bytes;
-        if staged.count == 1 {
-            self.actions.push_back(Action::PublishStaged);
-        }
+        self.stage(Kind::Events, &topic, event);
         Ok(receipt)
     }
 
-    /// Refuses `events` background events of `bytes` payload bytes when the node holds as
+    /// Sends `command` to one instance of `service` reliably, without anybody waiting
+    /// ([`crate::Node::send_background`]): returns its id once the node holds it. Staged
+    /// when others are on their way (see the module docs); `now` is asked for only if it goes
+    /// at once.
+    pub(crate) fn send_background(
+        &mut self,
+        service: &str,
+        command: Message,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<MessageId, Error> {
+        self.accepting(OpKind::Background)?;
+        self.check_service(service)?;
+        self.room_for_background(1, command.payload().len())?;
+        let id = command.id();
+        if self.stages(Kind::Commands, &command) {
+            self.stage(Kind::Commands, service, command);
+        } else {
+            let spec = Spec::point_to_point(self.config.retry.clone());
+            let target = Target::service(self.names.get(service));
+            self.point_to_point(OpKind::Background, target, command, spec, now())?;
+        }
+        Ok(id)
+    }
+
+    /// Stages `message`, of `kind`, for `name`; the first asks the IO layer for
+    /// [`Engine::send_staged`].
+    fn stage(&mut self, kind: Kind, name: &str, message: Message) {
+        self.out.staged.add(kind, name, message);
+        if self.out.staged.count() == 1 {
+            self.actions.push_back(Action::SendStaged);
+        }
+    }
+
+    /// Refuses `messages` background messages of `bytes` payload bytes when the node holds as
     /// many as it may (`Config::max_background_publishes`, `max_background_bytes`): the call
-    /// fails with [`Error::Backlog`], and keeps nothing. Events larger than the byte limit
+    /// fails with [`Error::Backlog`], and keeps nothing. Messages larger than the byte limit
     /// are taken when no other is held.
-    pub(super) fn room_for_background(&mut self, events: usize, bytes: usize) -> Result<(), Error> {
+    pub(super) fn room_for_background(
+        &mut self,
+        messages: usize,
+        bytes: usize,
+    ) -> Result<(), Error> {
         let (held, held_bytes) = (self.out.background_publishes(), self.out.background_bytes());
-        let limit = if held + events > self.config.max_background_publishes && held > 0 {
+        let limit = if held + messages > self.config.max_background_publishes && held > 0 {
             BacklogLimit::Events(self.config.max_background_publishes)
         } else if held_bytes + bytes > self.config.max_background_bytes && held > 0 {
             BacklogLimit::Bytes(self.config.max_background_bytes)
@@ -146,45 +222,47 @@ impl<H: Clone> Engine<H> {
         Err(Error::Backlog { limit })
     }
 
-    /// Publishes staged events: the first topic's, at most [`MAX_BATCH_EVENTS`] of them, as
-    /// one operation in which each event goes on its own. Says whether more are staged (each
-    /// call holds the engine for one operation's worth, as a hand-over of gathered calls
-    /// does).
-    pub(crate) fn publish_staged(&mut self, now: Instant) -> bool {
-        let staged = &mut self.out.staged;
-        let Some((_, events)) = staged.topics.first_mut() else {
+    /// Sends staged messages: the first topic's events or service's commands, at most
+    /// [`MAX_BATCH_EVENTS`] of them, as one operation in which each message goes on its
+    /// own. Says whether more are staged (each call holds the engine for one operation's
+    /// worth, as a hand-over of gathered calls does).
+    pub(crate) fn send_staged(&mut self, now: Instant) -> bool {
+        let Some((kind, name, mut these)) = self.out.staged.take_first() else {
             return false;
         };
-        let mut these: Events = if events.len() > MAX_BATCH_EVENTS {
-            events.drain(..MAX_BATCH_EVENTS).collect()
-        } else {
-            staged.topics.remove(0).1
-        };
-        staged.count -= these.len();
-        staged.bytes -= these.iter().map(|e| e.payload().len()).sum::<usize>();
-        let more = !staged.topics.is_empty();
-        let options = PublishOptions::background();
         let count = these.len();
-        if let Err(e) = self.publish_shaped(&mut these, Shape::Each, &options, now) {
-            // Not expected: each event passed every check when it was staged, the same a
+        let (result, service) = match kind {
+            Kind::Events => {
+                let options = PublishOptions::background();
+                let published = self.publish_shaped(&mut these, Shape::Each, &options, now);
+                (published.map(drop), "")
+            }
+            Kind::Commands => {
+                let each = Each::new(count);
+                let sent = self.each_to_service(OpKind::Background, &name, &mut these, each, now);
+                (sent.map(drop), name.as_str())
+            }
+        };
+        if let Err(e) = result {
+            // Not expected: each message passed every check when it was staged, the same a
             // message travelling with others passes. Their calls returned, so those not taken
             // are dead letters rather than lost without a word.
-            tracing::error!("{count} staged background events not published: {e}");
-            for event in these {
+            tracing::error!("{count} staged background messages not sent: {e}");
+            for message in these {
                 self.record_dead_letter(DeadLetter {
-                    service: String::new(),
+                    service: service.to_owned(),
                     group: None,
-                    message: event,
+                    message,
                     attempts: 0,
-                    last_failure: format!("not published: {e}"),
+                    last_failure: format!("not sent: {e}"),
                 });
             }
         }
-        more
+        !self.out.staged.is_empty()
     }
 
-    /// Publishes every staged event (the node stops).
-    pub(in crate::engine) fn publish_all_staged(&mut self, now: Instant) {
-        while self.publish_staged(now) {}
+    /// Sends every staged message (the node stops).
+    pub(in crate::engine) fn send_all_staged(&mut self, now: Instant) {
+        while self.send_staged(now) {}
     }
 }

@@ -378,7 +378,7 @@ fn more_staged_events_than_an_operation_holds_go_as_several() {
     assert_eq!(sim.nodes[orders].engine.out.staged.count(), n);
     // One operation at a time: the engine is not held for all of them at once.
     let now = sim.now;
-    assert!(sim.nodes[orders].engine.publish_staged(now), "more left");
+    assert!(sim.nodes[orders].engine.send_staged(now), "more left");
     assert_eq!(sim.nodes[orders].engine.out.staged.count(), 50);
     assert!(sim.run_for(10 * SECOND));
     assert!(handled(&sim) == ids, "each handled once");

@@ -144,9 +144,9 @@ impl Sim {
             }
             Event::Datagram { to, bytes } => self.datagram_arrives(to, bytes),
             Event::LinkIdle { node } => self.link_idle(node),
-            Event::PublishStaged { node } => {
+            Event::SendStaged { node } => {
                 if self.nodes[node].alive {
-                    while self.nodes[node].engine.publish_staged(now) {}
+                    while self.nodes[node].engine.send_staged(now) {}
                 }
             }
             Event::Dialled { node, to } => {
@@ -274,7 +274,7 @@ impl Sim {
             }
             Action::Event(event) => self.nodes[node].events.push(event),
             Action::PeersChanged => {}
-            Action::PublishStaged => self.schedule(now, Event::PublishStaged { node }),
+            Action::SendStaged => self.schedule(now, Event::SendStaged { node }),
             Action::Multicast(bytes) => self.multicast(node, bytes),
             Action::Connect { node: to, .. } => {
                 self.dials.push((node, to));

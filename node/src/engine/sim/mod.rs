@@ -15,6 +15,7 @@
 
 mod admission_tests;
 mod authz;
+mod background_send_tests;
 mod background_tests;
 mod backlog_tests;
 mod batch_copy_tests;
@@ -104,9 +105,9 @@ enum Event {
     LinkIdle {
         node: usize,
     },
-    /// `node` publishes its staged background events ([`super::Action::PublishStaged`]),
+    /// `node` sends its staged background messages ([`super::Action::SendStaged`]),
     /// after what else is due now, as the runtime does once the ready tasks have run.
-    PublishStaged {
+    SendStaged {
         node: usize,
     },
 }
@@ -283,6 +284,21 @@ impl Sim {
             .expect("send refused");
         self.settle();
         op
+    }
+
+    /// `node` sends `msg` to `service` in the background ([`crate::Node::send_background`]).
+    pub(super) fn send_background(
+        &mut self,
+        node: usize,
+        service: &str,
+        msg: Message,
+    ) -> Result<MessageId, Error> {
+        let now = self.now;
+        let sent = self.nodes[node]
+            .engine
+            .send_background(service, msg, || now);
+        self.settle();
+        sent
     }
 
     /// `node` sends `msg` as a request to `service`, waiting an hour at most.

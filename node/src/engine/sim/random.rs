@@ -12,8 +12,9 @@
 //! A schedule draws its faults (loss, duplication, delay and reordering of the frames that
 //! carry messages and answers), its handlers (delays, retryable failures), a mix of sends,
 //! keyed sends, publishes, ordered batches and separate calls' commands, events and requests
-//! travelling together (`send/each.rs`, `send/each_request.rs`), background events (staged
-//! to go together, `send/staged.rs`: each handled by every group or dead-lettered), and a
+//! travelling together (`send/each.rs`, `send/each_request.rs`), background events and
+//! commands (staged to go together, `send/staged.rs`: each handled by every group, or by an
+//! instance, or dead-lettered), and a
 //! crash of one instance and a partition healed later. `SHOAL_SIM_SEEDS=N` runs N schedules instead of the default; a failure names
 //! its seed, and `SHOAL_SIM_SEED=S` replays one.
 
@@ -44,9 +45,18 @@ struct Call {
     ids: Vec<MessageId>,
     /// Each message's key.
     keys: Vec<Option<String>>,
-    /// Background events (`send/staged.rs`): nobody is told of them, so each must be handled
-    /// by both groups or be a dead letter of the sender's.
-    background: bool,
+    /// Background events or commands (`send/staged.rs`): nobody is told of them, so each must
+    /// be handled (by both groups, or by `billing`) or be a dead letter of the sender's.
+    background: Background,
+}
+
+/// What a call's messages are, when nobody is told what became of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Background {
+    /// A call with a result.
+    No,
+    Events,
+    Commands,
 }
 
 /// Runs one schedule; returns the messages handled, or why an invariant broke.
@@ -106,7 +116,28 @@ fn schedule(seed: u64) -> Result<u64, String> {
                 .then(|| format!("customer-{}", sim.rng.random_range(0..4)))
         };
         let key = draw_key(&mut sim);
-        calls.push(match sim.rng.random_range(0..12) {
+        calls.push(match sim.rng.random_range(0..13) {
+            // Background commands sent one after another, keyed or not: unkeyed ones sent
+            // while others are on their way are staged and go together (send/staged.rs).
+            12 => {
+                let count = sim.rng.random_range(1..6);
+                let (mut ids, mut keys) = (Vec::new(), Vec::new());
+                for j in 0..count {
+                    let msg = keyed(sim.command("charge", format!("{i}.{j}")), &key);
+                    ids.push(msg.id());
+                    keys.push(key.clone());
+                    sim.send_background(node, "billing", msg)
+                        .map_err(|e| format!("background send refused: {e}"))?;
+                }
+                Call {
+                    node,
+                    op: None,
+                    done: None,
+                    keys,
+                    ids,
+                    background: Background::Commands,
+                }
+            }
             // Background events published one after another: those published while others
             // are on their way are staged and go together (send/staged.rs).
             11 => {
@@ -128,7 +159,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     }))),
                     keys: vec![None; ids.len()],
                     ids,
-                    background: true,
+                    background: Background::Events,
                 }
             }
             // Separate calls' requests travelling together (send/each_request.rs).
@@ -147,7 +178,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done: None,
                     keys: vec![None; ids.len()],
                     ids,
-                    background: false,
+                    background: Background::No,
                 }
             }
             n @ 0..=4 => {
@@ -177,7 +208,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done: None,
                     ids,
                     keys,
-                    background: false,
+                    background: Background::No,
                 }
             }
             n => {
@@ -220,7 +251,7 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     done,
                     ids,
                     keys,
-                    background: false,
+                    background: Background::No,
                 }
             }
         });
@@ -281,18 +312,27 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
     let mut acked_by_key: BTreeMap<(usize, String, String), Vec<(MessageId, usize)>> =
         BTreeMap::new();
     for (index, call) in calls.iter().enumerate() {
-        if call.background {
+        if call.background != Background::No {
             let letters = sim.nodes[call.node].engine.dead_letters();
             for id in &call.ids {
-                for group in ["billing", "audit"] {
-                    let audience = format!("group `{group}`");
+                let handlers: &[&str] = match call.background {
+                    Background::Events => &["billing", "audit"],
+                    _ => &["charge"],
+                };
+                for &handler in handlers {
                     let lettered = letters.iter().any(|l| {
-                        l.message.id() == *id && l.group.as_deref() == Some(audience.as_str())
+                        l.message.id() == *id
+                            && match call.background {
+                                Background::Events => {
+                                    l.group.as_deref() == Some(&format!("group `{handler}`"))
+                                }
+                                _ => l.service == "billing",
+                            }
                     });
-                    if first_ok(group, *id).is_none() && !lettered {
+                    if first_ok(handler, *id).is_none() && !lettered {
                         return Err(format!(
-                            "call {index}: background event {id} neither handled by {group} \
-                             nor dead-lettered"
+                            "call {index}: background message {id} neither handled by \
+                             {handler} nor dead-lettered"
                         ));
                     }
                 }
