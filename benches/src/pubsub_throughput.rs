@@ -22,8 +22,9 @@
 //! * `shoal-pubsub-background-<size>` — reliable `publish_with` in the background
 //!   ([`PublishOptions::background`]: acked, retried and dead-lettered as a plain publish,
 //!   but the call returns once the node holds the event), one loop publishing as fast as it
-//!   can and yielding every [`BEST_EFFORT_BATCH`] publishes and whenever the node refuses
-//!   one with `Error::Backlog` (it holds as many as it may; the event is not counted);
+//!   can, yielding every [`BEST_EFFORT_BATCH`] publishes, and waiting for room
+//!   (`Node::wait_for_background_room`) whenever the node refuses one with `Error::Backlog`
+//!   (it holds as many as it may; the event is not counted);
 //!   counts events **handled** by the subscriber per second. Zenoh's and NATS's rows are
 //!   of this kind: reliable transport, nothing awaited per message.
 //! * `shoal-pubsub-best-effort-<size>` — best-effort `publish_with`, one loop publishing as
@@ -342,16 +343,17 @@ async fn publisher(
                     // A best-effort copy dropped on a full queue, or a background event
                     // refused because the node holds as many as it may (it is not sent): let
                     // the node deliver some.
-                    let full = match node.publish_with(event, options.clone()).await {
-                        Ok(receipt) => !receipt.dropped.is_empty(),
-                        Err(shoal::Error::Backlog { .. }) => true,
-                        Err(e) => return Err(shoal_err(e)),
-                    };
-                    if full {
-                        if mode == Mode::BestEffort {
+                    match node.publish_with(event, options.clone()).await {
+                        Ok(receipt) if !receipt.dropped.is_empty() => {
                             dropped.fetch_add(1, Ordering::Relaxed);
+                            tokio::task::yield_now().await;
                         }
-                        tokio::task::yield_now().await;
+                        Ok(_) => {}
+                        // Until the node delivered half of what it holds.
+                        Err(shoal::Error::Backlog { .. }) => {
+                            node.wait_for_background_room().await;
+                        }
+                        Err(e) => return Err(shoal_err(e)),
                     }
                 }
                 Ok::<_, BenchError>(())

@@ -85,7 +85,8 @@ pub enum Error {
     /// holds as many background messages as it may
     /// ([`crate::NodeBuilder::max_background_publishes`],
     /// [`crate::NodeBuilder::max_background_bytes`]). Nothing was kept; try again once some
-    /// were delivered, or await a receipt (a plain `publish` or `send`) to pace the sender.
+    /// were delivered ([`crate::Node::wait_for_background_room`] waits for that), or await a
+    /// receipt (a plain `publish` or `send`) to pace the sender.
     #[error(
         "the node holds as many background messages as it may ({limit}): try later, or await a receipt"
     )]

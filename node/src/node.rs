@@ -233,6 +233,33 @@ impl Node {
         })
     }
 
+    /// Waits until the node can take background messages again: until it holds at most half
+    /// of what its caps allow (`NodeBuilder::max_background_publishes`,
+    /// `max_background_bytes`), or it stops. Resolves at once if that holds now.
+    ///
+    /// For a producer refused with [`Error::Backlog`]: awaiting this, rather than trying again
+    /// at once, leaves the CPU to the node delivering what it holds, and wakes the producer
+    /// once for many messages. The backlog drains as receivers acknowledge, or as their
+    /// messages run out of retries, so the wait is bounded by the retry policy.
+    ///
+    /// ```no_run
+    /// # async fn produce(node: shoal::Node, commands: Vec<shoal::Message>) -> Result<(), shoal::Error> {
+    /// for command in commands {
+    ///     // A refused call keeps nothing: the same command (and id) is sent again.
+    ///     while let Err(e) = node.send_background("billing", command.clone()) {
+    ///         match e {
+    ///             shoal::Error::Backlog { .. } => node.wait_for_background_room().await,
+    ///             e => return Err(e),
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn wait_for_background_room(&self) {
+        self.driver().wait_for_background_room().await;
+    }
+
     /// Sends `msg` as a request to one instance of `service` and waits for its reply, at most
     /// `timeout` from this call (then [`Error::Timeout`], and the request is not retried any
     /// more). The receiver's handler answers by returning a body. A partition key orders

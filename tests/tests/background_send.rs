@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use shoal::{BacklogLimit, Error, Message, MessageId, Node};
@@ -160,4 +161,26 @@ async fn a_node_that_shuts_down_delivers_the_commands_it_staged() {
     orders.shutdown().await;
     assert_eq!(set(handled(&mut seen, 500).await), set(sent));
     assert!(orders.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_producer_waits_for_room_and_goes_on_once_half_was_delivered() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(0));
+    let builder = mesh.builder("orders").max_background_publishes(50);
+    let (_billing, orders, mut seen) =
+        billing_and_orders(&mesh, 1, Arc::clone(&gate), builder).await;
+    let mut sent = send_in_a_loop(&orders, 50, None, true).await;
+    let refused = orders.send_background(SERVICE, Message::command("charge", "51"));
+    assert!(matches!(refused, Err(Error::Backlog { .. })), "{refused:?}");
+    // Nothing is delivered while the handler holds them: the wait goes on.
+    let mut room = std::pin::pin!(orders.wait_for_background_room());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(room.as_mut().poll(&mut cx).is_pending(), "no room yet");
+    gate.add_permits(Semaphore::MAX_PERMITS);
+    timeout(WAIT, room)
+        .await
+        .expect("room once half was delivered");
+    sent.extend(send_in_a_loop(&orders, 10, None, true).await);
+    assert_eq!(set(handled(&mut seen, 60).await), set(sent));
 }

@@ -37,7 +37,8 @@
 //! in-flight=64`). The option `window=N` sets both nodes'
 //! [`shoal::NodeBuilder::max_in_flight_per_peer`] (default 4096): `fixed-load background
 //! 3000000 window=4096`. The option `payload=N` makes every message's payload `N` bytes
-//! instead of 64: `fixed-load background 20000 payload=65536`.
+//! instead of 64: `fixed-load background 20000 payload=65536`. The option `handlers=N` sets
+//! both nodes' [`shoal::NodeBuilder::max_concurrent_handlers`] (default 1024).
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -69,8 +70,8 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 /// Publishes `count` events with [`shoal::PublishOptions::background`] (or sends `count`
 /// commands with [`shoal::Node::send_background`]) from one loop, yielding every
-/// [`BACKGROUND_YIELD`] and whenever the node holds as many as it may (`Error::Backlog`: the
-/// message is sent again after the yield).
+/// [`BACKGROUND_YIELD`], and waiting for room whenever the node holds as many as it may
+/// (`Error::Backlog`: the message is sent again once the node delivered half).
 async fn in_background(
     node: &Node,
     count: u64,
@@ -100,7 +101,7 @@ async fn in_background(
         };
         match sent {
             Ok(()) => published += 1,
-            Err(shoal::Error::Backlog { .. }) => tokio::task::yield_now().await,
+            Err(shoal::Error::Backlog { .. }) => node.wait_for_background_room().await,
             Err(e) => return Err(e),
         }
     }
@@ -114,7 +115,12 @@ fn main() -> Result<()> {
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
     let (mut workers, mut window, mut payload) = (None, None, 64);
+    let mut handlers = None;
     for option in args {
+        if let Some(n) = option.strip_prefix("handlers=") {
+            handlers = Some(n.parse()?);
+            continue;
+        }
         if let Some(n) = option.strip_prefix("payload=") {
             payload = n.parse()?;
             continue;
@@ -145,7 +151,7 @@ fn main() -> Result<()> {
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N, batch=N, workers=N, window=N or payload=N"
+                     in-flight=N, batch=N, workers=N, window=N, handlers=N or payload=N"
                 )
                 .into());
             }
@@ -157,6 +163,10 @@ fn main() -> Result<()> {
     let with_metrics = move |builder: shoal::NodeBuilder| {
         let builder = match window {
             Some(max) => builder.max_in_flight_per_peer(max),
+            None => builder,
+        };
+        let builder = match handlers {
+            Some(max) => builder.max_concurrent_handlers(max),
             None => builder,
         };
         let builder = if busy_poll {

@@ -6,8 +6,9 @@
 //!   counted when **acked** (the handler ran and its ack came back).
 //! * `shoal-p2p-background-<size>` — [`Node::send_background`] of the same command from one
 //!   loop (reliable: acked, retried, dead-lettered, but not awaited), yielding every
-//!   [`BEST_EFFORT_BATCH`] sends and whenever the node refuses one with `Error::Backlog`
-//!   (not counted); counted when the receiver's handler **ran**. NATS's queue-group row is
+//!   [`BEST_EFFORT_BATCH`] sends, and waiting for room (`Node::wait_for_background_room`)
+//!   whenever the node refuses one with `Error::Backlog` (not counted); counted when the
+//!   receiver's handler **ran**. NATS's queue-group row is
 //!   of this kind.
 //! * `shoal-p2p-keyed-<size>` — the same `send`, each task under a partition key of its own
 //!   (`customer-<task>`), so every call takes its key's ordering turn; 64 B only.
@@ -157,8 +158,10 @@ async fn sender(
                         let command = Message::command("sink", body.clone());
                         match node.send_background(SERVICE, command) {
                             Ok(_) => {}
-                            // The node holds as many as it may: let it deliver some.
-                            Err(shoal::Error::Backlog { .. }) => tokio::task::yield_now().await,
+                            // The node holds as many as it may: until it delivered half.
+                            Err(shoal::Error::Backlog { .. }) => {
+                                node.wait_for_background_room().await;
+                            }
                             Err(e) => return Err(shoal_err(e)),
                         }
                     }

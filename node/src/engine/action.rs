@@ -52,6 +52,10 @@ pub(crate) enum Action<H> {
     /// [`super::Engine::send_staged`] once the work ready now is done (not at once: the
     /// messages sent meanwhile join them).
     SendStaged,
+    /// A producer waiting for room in the backlog of background messages may go on
+    /// ([`super::Engine::background_room`]): wake whoever waits
+    /// ([`crate::Node::wait_for_background_room`]).
+    BackgroundRoom,
     /// Send this datagram to the multicast group (`Config::multicast`): one sealed datagram
     /// of the node's channel, for every subscriber on the LAN at once.
     Multicast(

@@ -233,7 +233,8 @@ impl<H: Clone> Engine<H> {
         {
             self.send_reports();
         }
-        self.actions.pop_front()
+        // send/backlog.rs: a producer waiting for room in the backlog may go on.
+        self.actions.pop_front().or_else(|| self.poll_room())
     }
 
     /// Whether the driver has nothing to act on: no action waits, the timer need not move,
@@ -242,6 +243,7 @@ impl<H: Clone> Engine<H> {
     /// engine so, and the driver then skips collecting effects.
     pub(crate) fn is_quiet(&self) -> bool {
         self.actions.is_empty()
+            && !self.out.room.is_ready()
             && !self.timer_moved
             && self.lifecycle == Lifecycle::Running
             && self
@@ -375,6 +377,7 @@ impl<H: Clone> Engine<H> {
         // Staged background messages were sent before the stop: they go on.
         self.send_all_staged(now);
         self.lifecycle = Lifecycle::Stopping;
+        self.stop_waiting_for_room();
         self.stop_user_ops(now);
     }
 
@@ -408,6 +411,7 @@ impl<H: Clone> Engine<H> {
         // Staged background messages end as every background message does: dead letters.
         self.send_all_staged(now);
         self.lifecycle = Lifecycle::Killed;
+        self.stop_waiting_for_room();
         self.stop_user_ops(now);
         self.stop_background_ops(now);
         for conn in self.conns.values_mut() {

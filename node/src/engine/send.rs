@@ -32,6 +32,7 @@ use crate::options::SendOptions;
 use crate::receipts::{EventDelivery, Receipt};
 use crate::{Error, Message};
 
+mod backlog;
 mod each;
 mod each_request;
 mod publish;
@@ -169,6 +170,8 @@ pub(super) struct Outbound {
     background_bytes: usize,
     /// Background messages waiting for the turn's end ([`staged`]).
     pub(super) staged: staged::Staged,
+    /// Whether a producer waits for room in the backlog ([`backlog`]).
+    pub(super) room: backlog::Room,
     /// When the callers of requests stop waiting, earliest first (`ops.rs`); an entry leaves
     /// with its operation.
     pub(super) request_deadlines: BTreeMap<(Instant, OpId), Duration>,
@@ -193,6 +196,7 @@ impl Outbound {
             background: 0,
             background_bytes: 0,
             staged: staged::Staged::default(),
+            room: backlog::Room::default(),
             request_deadlines: BTreeMap::new(),
             channel_copies: 0,
         }
@@ -216,6 +220,8 @@ impl Outbound {
         if op.kind == OpKind::Background {
             self.background -= op.messages.len();
             self.background_bytes -= payload_bytes(&op.messages);
+            let (held, bytes) = (self.background + self.staged.count(), self.background_bytes);
+            self.room.check(held, bytes + self.staged.bytes());
         }
         // The envelopes' boxes serve the next messages made on this thread.
         crate::message::recycle(op.messages.drain(..));

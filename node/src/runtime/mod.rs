@@ -19,6 +19,7 @@
 //! Lone `publish` and `send` calls made while others wait are handed over together, one
 //! operation per turn of the runtime whose messages keep their own results (`gather.rs`).
 
+mod backlog;
 mod busy_poll;
 #[cfg(test)]
 mod event_order_tests;
@@ -72,6 +73,8 @@ pub(crate) struct Driver {
     timer: Notify,
     /// Woken when the engine may have become idle (for a graceful shutdown).
     idle: Notify,
+    /// Woken when the backlog of background messages has room again (`backlog.rs`).
+    room: Notify,
     /// Cancelled when shutdown starts: no new work is taken.
     pub(crate) stopping: CancellationToken,
     /// Cancelled when the node stops at once: running handlers are dropped. Cancelled only
@@ -158,6 +161,8 @@ struct Effects {
     idle: bool,
     /// Background messages were staged (`gather.rs`).
     staged: bool,
+    /// The backlog of background messages has room again (`backlog.rs`).
+    room: bool,
 }
 
 impl Driver {
@@ -191,6 +196,7 @@ impl Driver {
             peers: watch::channel(0).0,
             timer: Notify::new(),
             idle: Notify::new(),
+            room: Notify::new(),
             stopping: CancellationToken::new(),
             killed: CancellationToken::new(),
             is_killed: AtomicBool::new(false),
@@ -434,6 +440,9 @@ impl Driver {
             if std::mem::take(&mut effects.staged) {
                 self.send_staged_soon();
             }
+            if std::mem::take(&mut effects.room) {
+                self.room.notify_waiters();
+            }
             if std::mem::take(&mut effects.idle) {
                 self.idle.notify_waiters();
             }
@@ -517,6 +526,7 @@ impl State {
                 Action::Event(event) => self.emit(event),
                 Action::PeersChanged => effects.peers_changed = true,
                 Action::SendStaged => effects.staged = true,
+                Action::BackgroundRoom => effects.room = true,
                 Action::Connect { node, addrs } => effects.connect.push((node, addrs)),
                 // Handed to the group link once unlocked (`runtime/multicast.rs`).
                 Action::Multicast(datagram) => effects.multicast.push(datagram),

@@ -38,7 +38,7 @@ use super::publish::{Events, Shape, empty_receipt};
 use super::{OpKind, Spec};
 use crate::options::{MAX_BATCH_EVENTS, PublishOptions, Reliability};
 use crate::receipts::PublishReceipt;
-use crate::{BacklogLimit, DeadLetter, Error, Message};
+use crate::{DeadLetter, Error, Message};
 
 /// What staged messages are: events, staged by topic, or commands, staged by service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,27 +199,6 @@ impl<H: Clone> Engine<H> {
         if self.out.staged.count() == 1 {
             self.actions.push_back(Action::SendStaged);
         }
-    }
-
-    /// Refuses `messages` background messages of `bytes` payload bytes when the node holds as
-    /// many as it may (`Config::max_background_publishes`, `max_background_bytes`): the call
-    /// fails with [`Error::Backlog`], and keeps nothing. Messages larger than the byte limit
-    /// are taken when no other is held.
-    pub(super) fn room_for_background(
-        &mut self,
-        messages: usize,
-        bytes: usize,
-    ) -> Result<(), Error> {
-        let (held, held_bytes) = (self.out.background_publishes(), self.out.background_bytes());
-        let limit = if held + messages > self.config.max_background_publishes && held > 0 {
-            BacklogLimit::Events(self.config.max_background_publishes)
-        } else if held_bytes + bytes > self.config.max_background_bytes && held > 0 {
-            BacklogLimit::Bytes(self.config.max_background_bytes)
-        } else {
-            return Ok(());
-        };
-        self.stats.background_refused += 1;
-        Err(Error::Backlog { limit })
     }
 
     /// Sends staged messages: the first topic's events or service's commands, at most

@@ -276,3 +276,44 @@ fn a_node_that_stops_sends_the_commands_it_staged() {
     );
     assert_eq!(engine.out.background_publishes(), 0);
 }
+
+#[test]
+fn a_refused_producer_is_told_once_when_half_the_backlog_drained_or_the_node_stops() {
+    let config = Config {
+        max_background_publishes: 10,
+        ..Config::default()
+    };
+    let (mut sim, orders, billing) = orders_and_billing(75, config.clone(), 1, Faults::default());
+    sim.crash(billing[0], Duration::from_millis(10));
+    sim.run_for(SECOND);
+    charges(&mut sim, orders, 10, None);
+    assert!(
+        !sim.nodes[orders].engine.background_room(),
+        "full: room wanted"
+    );
+    sim.run_for(SECOND);
+    assert_eq!(sim.nodes[orders].rooms, 0, "nothing delivered yet");
+    // An instance comes back: all ten are delivered, and the producer is told once.
+    let again = sim.node("billing");
+    sim.handle(again, "charge", |_| Handled::ok());
+    sim.connect(orders, again);
+    sim.run_for(10 * SECOND);
+    assert_eq!(sim.nodes[orders].rooms, 1);
+    assert!(sim.nodes[orders].engine.background_room(), "room now");
+    assert_eq!(
+        sim.nodes[orders].rooms, 1,
+        "asked when there is room: not told again"
+    );
+
+    // A node that stops tells whoever waits (their next call hears why).
+    let (mut sim, orders, billing) = orders_and_billing(76, config, 1, Faults::default());
+    sim.crash(billing[0], Duration::from_millis(10));
+    sim.run_for(SECOND);
+    charges(&mut sim, orders, 10, None);
+    assert!(!sim.nodes[orders].engine.background_room());
+    let now = sim.now;
+    sim.nodes[orders].engine.begin_shutdown(now);
+    sim.settle();
+    assert_eq!(sim.nodes[orders].rooms, 1);
+    assert!(sim.nodes[orders].engine.background_room());
+}

@@ -275,6 +275,7 @@ impl Sim {
             Action::Event(event) => self.nodes[node].events.push(event),
             Action::PeersChanged => {}
             Action::SendStaged => self.schedule(now, Event::SendStaged { node }),
+            Action::BackgroundRoom => self.nodes[node].rooms += 1,
             Action::Multicast(bytes) => self.multicast(node, bytes),
             Action::Connect { node: to, .. } => {
                 self.dials.push((node, to));

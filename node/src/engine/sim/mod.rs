@@ -68,6 +68,8 @@ pub(super) struct SimNode {
     /// when, and with what, by operation and place.
     pub(super) answers: std::collections::HashMap<(OpId, u32), (Duration, Result<Message, Error>)>,
     pub(super) events: Vec<crate::NodeEvent>,
+    /// How often the engine said the backlog has room ([`super::Action::BackgroundRoom`]).
+    pub(super) rooms: u32,
     /// The engine's next deadline, as last asked.
     deadline: Option<Instant>,
     /// Its deadlines are never reached ([`Sim::stop_timers`]).
@@ -176,6 +178,7 @@ impl Sim {
             results: std::collections::HashMap::new(),
             answers: std::collections::HashMap::new(),
             events: Vec::new(),
+            rooms: 0,
             deadline: None,
             timers_stopped: false,
             running: BTreeMap::new(),
