@@ -295,8 +295,9 @@ impl NodeBuilder {
     /// Most payload bytes of background events and commands (see
     /// [`NodeBuilder::max_background_publishes`]) on their way at once, staged ones included;
     /// past this, the call fails at once with [`crate::Error::Backlog`] and keeps nothing. A
-    /// message larger than this is taken when the node holds no other. Default 64 MiB; at least 1 ([`NodeBuilder::start`] refuses 0).
-    /// Counting events alone, 65,536 events of 64 KiB held 4 GiB.
+    /// message larger than this is taken when the node holds no other. Default 64 MiB; at
+    /// least 1 ([`NodeBuilder::start`] refuses 0). Counting messages alone, 65,536 events of
+    /// 64 KiB held 4 GiB.
     pub fn max_background_bytes(mut self, max: usize) -> Self {
         self.config.max_background_bytes = max;
         self

@@ -21,7 +21,8 @@ pub(crate) struct Config {
     /// Messages of background publishes and sends on their way at once (staged ones
     /// included); one more is refused ([`crate::Error::Backlog`]).
     pub(crate) max_background_publishes: usize,
-    /// Payload bytes of those messages (staged ones included); one more is refused ([`crate::Error::Backlog`]), unless none is held.
+    /// Payload bytes of those messages (staged ones included); one more is refused
+    /// ([`crate::Error::Backlog`]), unless none is held.
     pub(crate) max_background_bytes: usize,
     /// Best-effort copies are dropped when this many items already wait to be written.
     pub(crate) write_queue_len: usize,

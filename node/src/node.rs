@@ -205,12 +205,11 @@ impl Node {
     /// The command is delivered as [`Node::send`] delivers one (acknowledged once handled,
     /// retried on another instance, kept in order with the others of its partition key),
     /// with the node's retry policy. One not delivered when that policy gives up is a dead
-    /// letter ([`Node::dead_letters`]); nothing else
-    /// tells of it. A graceful [`Node::shutdown`] delivers those still on their way within
+    /// letter ([`Node::dead_letters`]); nothing else tells of it. A graceful [`Node::shutdown`] delivers those still on their way within
     /// its grace period; those left, and all of them on [`Node::abort`], are dead letters.
     ///
     /// Commands sent this way while others are on their way go to the engine together, each
-    /// still handled on its own (README, "Reliable events and commands in the background").
+    /// still handled on its own (README, "Delivery guarantees", "Commands in the background").
     ///
     /// Fails at once, keeping nothing, with [`Error::Backlog`] when the node holds as many
     /// background messages as it may (`NodeBuilder::max_background_publishes` and
@@ -235,20 +234,25 @@ impl Node {
 
     /// Waits until the node can take background messages again: until it holds at most half
     /// of what its caps allow (`NodeBuilder::max_background_publishes`,
-    /// `max_background_bytes`), or it stops. Resolves at once if that holds now.
+    /// `max_background_bytes`), and little enough for the call refused last to be taken (a
+    /// batch or a large message may need more), or it stops. Resolves at once if that holds
+    /// now.
     ///
     /// For a producer refused with [`Error::Backlog`]: awaiting this, rather than trying again
     /// at once, leaves the CPU to the node delivering what it holds, and wakes the producer
-    /// once for many messages. The backlog drains as receivers acknowledge, or as their
-    /// messages run out of retries, so the wait is bounded by the retry policy.
+    /// once for many messages. Another producer may take the room first: then the call is
+    /// refused again, and waits again. The backlog drains as receivers acknowledge, or as
+    /// their messages run out of retries (events for a group without a live instance are held
+    /// for the hold time first), so the wait is bounded by the retry policy and the hold.
     ///
     /// ```no_run
-    /// # async fn produce(node: shoal::Node, commands: Vec<shoal::Message>) -> Result<(), shoal::Error> {
+    /// # use shoal::{Error, Message, Node};
+    /// # async fn produce(node: Node, commands: Vec<Message>) -> Result<(), Error> {
     /// for command in commands {
     ///     // A refused call keeps nothing: the same command (and id) is sent again.
     ///     while let Err(e) = node.send_background("billing", command.clone()) {
     ///         match e {
-    ///             shoal::Error::Backlog { .. } => node.wait_for_background_room().await,
+    ///             Error::Backlog { .. } => node.wait_for_background_room().await,
     ///             e => return Err(e),
     ///         }
     ///     }

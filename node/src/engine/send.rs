@@ -217,11 +217,10 @@ impl Outbound {
         let Some(op) = self.ops.get_mut(id) else {
             return;
         };
-        if op.kind == OpKind::Background {
+        let background = op.kind == OpKind::Background;
+        if background {
             self.background -= op.messages.len();
             self.background_bytes -= payload_bytes(&op.messages);
-            let (held, bytes) = (self.background + self.staged.count(), self.background_bytes);
-            self.room.check(held, bytes + self.staged.bytes());
         }
         // The envelopes' boxes serve the next messages made on this thread.
         crate::message::recycle(op.messages.drain(..));
@@ -231,6 +230,9 @@ impl Outbound {
         }
         // Dropped where it lies: an operation is a few hundred bytes, not worth moving out.
         self.ops.remove(id);
+        if background {
+            self.backlog_shrank();
+        }
     }
 
     /// The earliest instant a request's caller stops waiting.
@@ -244,6 +246,13 @@ impl Outbound {
     /// its messages until then), staged ones included.
     pub(super) fn background_publishes(&self) -> usize {
         self.background + self.staged.count()
+    }
+
+    /// The backlog of background messages shrank: a producer waiting for room may go on
+    /// ([`backlog`]).
+    pub(super) fn backlog_shrank(&mut self) {
+        let (held, bytes) = (self.background_publishes(), self.background_bytes());
+        self.room.check(held, bytes);
     }
 
     /// The payload bytes of [`Outbound::background_publishes`].

@@ -8,9 +8,10 @@
 //! at once spins, taking the CPU its own node needs to deliver what it holds. So it may wait
 //! instead ([`crate::Node::wait_for_background_room`]): the engine notes that room is wanted
 //! ([`Engine::background_room`]), and when the backlog has drained to half of both caps (so
-//! the producer is woken once for many messages, not for each one delivered) it says so with
-//! [`Action::BackgroundRoom`]. A node that stops says so too: its waiters then hear
-//! [`Error::ShuttingDown`] from their next call.
+//! the producer is woken once for many messages, not for each one delivered), and far enough
+//! for the call last refused to be taken, it says so with [`Action::BackgroundRoom`]. A node
+//! that stops says so too: its waiters then hear [`Error::ShuttingDown`] from their next
+//! call.
 
 use super::super::action::Action;
 use super::super::{Engine, Lifecycle};
@@ -23,6 +24,9 @@ pub(in crate::engine) struct Room {
     wanted: Option<(usize, usize)>,
     /// The backlog got there: [`Action::BackgroundRoom`] is due.
     ready: bool,
+    /// The messages and payload bytes of the call refused last, which the room waited for
+    /// must take (a batch, or a large message, needs more than half of a cap may leave).
+    refused: (usize, usize),
 }
 
 impl Room {
@@ -35,6 +39,7 @@ impl Room {
         {
             self.wanted = None;
             self.ready = true;
+            self.refused = (0, 0);
         }
     }
 
@@ -63,15 +68,22 @@ impl<H: Clone> Engine<H> {
             return Ok(());
         };
         self.stats.background_refused += 1;
+        self.out.room.refused = (messages, bytes);
         Err(Error::Backlog { limit })
     }
 
-    /// Whether the backlog holds at most half of each cap, or the node stops (either way a
-    /// waiting producer goes on). If not, room is wanted: [`Action::BackgroundRoom`] comes
-    /// once it does.
+    /// Whether the backlog holds at most half of each cap, and little enough for the call
+    /// refused last to be taken, or the node stops (either way a waiting producer goes on).
+    /// If not, room is wanted: [`Action::BackgroundRoom`] comes once it does.
     pub(crate) fn background_room(&mut self) -> bool {
-        let most = self.config.max_background_publishes / 2;
-        let most_bytes = self.config.max_background_bytes / 2;
+        let (messages, bytes) = self.out.room.refused;
+        let (cap, cap_bytes) = (
+            self.config.max_background_publishes,
+            self.config.max_background_bytes,
+        );
+        // More than a cap is taken only when nothing is held (`room_for_background`).
+        let most = (cap / 2).min(cap.saturating_sub(messages));
+        let most_bytes = (cap_bytes / 2).min(cap_bytes.saturating_sub(bytes));
         let out = &mut self.out;
         if self.lifecycle != Lifecycle::Running
             || (out.background_publishes() <= most && out.background_bytes() <= most_bytes)

@@ -137,20 +137,20 @@ impl<H: Clone> Engine<H> {
             && options.reliability == Reliability::Reliable
             && options.retry.is_none()
             && options.hold_for.is_none();
-        if batched || !plain || !self.stages(Kind::Events, event) {
+        if batched || !plain || !self.stages(Kind::Events, &event.env.name, event) {
             return None;
         }
         let event = events.pop()?;
         Some(self.stage_event(event))
     }
 
-    /// Whether `message`, a lone background event or command (`kind`), is staged rather than
-    /// sent now.
-    fn stages(&self, kind: Kind, message: &Message) -> bool {
+    /// Whether `message`, a lone background event or command (`kind`) for `name` (its topic,
+    /// or the service it is sent to), is staged rather than sent now.
+    fn stages(&self, kind: Kind, name: &str, message: &Message) -> bool {
         message.key().is_none()
             && self.out.background_publishes() > 0
             && self.may_gather()
-            && self.out.staged.has_room_for(kind, &message.env.name)
+            && self.out.staged.has_room_for(kind, name)
             && self.travels_with_others(message).is_ok()
     }
 
@@ -182,7 +182,7 @@ impl<H: Clone> Engine<H> {
         self.check_service(service)?;
         self.room_for_background(1, command.payload().len())?;
         let id = command.id();
-        if self.stages(Kind::Commands, &command) {
+        if self.stages(Kind::Commands, service, &command) {
             self.stage(Kind::Commands, service, command);
         } else {
             let spec = Spec::point_to_point(self.config.retry.clone());
@@ -227,6 +227,8 @@ impl<H: Clone> Engine<H> {
             // message travelling with others passes. Their calls returned, so those not taken
             // are dead letters rather than lost without a word.
             tracing::error!("{count} staged background messages not sent: {e}");
+            // They left the backlog without an operation: a producer may wait for that.
+            self.out.backlog_shrank();
             for message in these {
                 self.record_dead_letter(DeadLetter {
                     service: service.to_owned(),

@@ -157,6 +157,7 @@ fn background_commands_past_the_cap_are_refused_until_some_are_delivered() {
         ),
         "{result:?}"
     );
+    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 1);
     // An instance comes back: the ten are delivered, and there is room again.
     let again = sim.node("billing");
     sim.handle(again, "charge", |_| Handled::ok());
@@ -316,4 +317,130 @@ fn a_refused_producer_is_told_once_when_half_the_backlog_drained_or_the_node_sto
     sim.settle();
     assert_eq!(sim.nodes[orders].rooms, 1);
     assert!(sim.nodes[orders].engine.background_room());
+}
+
+#[test]
+fn room_comes_when_half_the_backlog_drained_not_before_and_not_after() {
+    let config = Config {
+        max_background_publishes: 10,
+        ..Config::default()
+    };
+    let (mut sim, orders, billing) = orders_and_billing(77, config, 1, Faults::default());
+    sim.crash(billing[0], Duration::from_millis(10));
+    sim.run_for(SECOND);
+    // Keyed: each its own operation, handled one after the other, so the backlog drains one
+    // by one.
+    charges(&mut sim, orders, 10, Some("customer-7"));
+    assert!(!sim.nodes[orders].engine.background_room());
+    let again = sim.node("billing");
+    sim.handle(again, "charge", |_| Handled::ok());
+    sim.connect(orders, again);
+    let mut seen = Vec::new();
+    for _ in 0..200_000 {
+        sim.run_for(Duration::from_micros(50));
+        let held = sim.nodes[orders].engine.out.background_publishes();
+        let rooms = sim.nodes[orders].rooms;
+        assert_eq!(
+            rooms,
+            u32::from(held <= 5),
+            "{held} held, told {rooms} times"
+        );
+        if seen.last() != Some(&held) {
+            seen.push(held);
+        }
+        if held == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..=10).rev().collect::<Vec<_>>(),
+        "drained one by one"
+    );
+}
+
+#[test]
+fn room_for_a_refused_batch_is_room_for_all_of_it() {
+    let config = Config {
+        max_background_publishes: 10,
+        ..Config::default()
+    };
+    let (mut sim, orders, billing) = orders_and_billing(78, config, 1, Faults::default());
+    sim.subscribe(billing[0], "order.*", Some("audit"), |_| Handled::ok());
+    assert!(sim.run_for(SECOND));
+    sim.crash(billing[0], Duration::from_millis(10));
+    sim.run_for(SECOND);
+    charges(&mut sim, orders, 3, Some("customer-7"));
+    // 3 held and a batch of 8: refused, and half the cap (5) is not room enough for it.
+    let batch = (0..8)
+        .map(|i| sim.event("order.created", i.to_string()))
+        .collect();
+    let refused = sim.publish(orders, batch, &PublishOptions::background());
+    assert!(matches!(refused, Err(Error::Backlog { .. })), "{refused:?}");
+    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 1);
+    assert!(
+        !sim.nodes[orders].engine.background_room(),
+        "3 held: no room for 8"
+    );
+    let again = sim.node("billing");
+    sim.handle(again, "charge", |_| Handled::ok());
+    sim.connect(orders, again);
+    for _ in 0..200_000 {
+        sim.run_for(Duration::from_micros(50));
+        let held = sim.nodes[orders].engine.out.background_publishes();
+        assert_eq!(sim.nodes[orders].rooms, u32::from(held <= 2), "{held} held");
+        if held == 0 {
+            break;
+        }
+    }
+    let batch = (0..8)
+        .map(|i| sim.event("order.created", i.to_string()))
+        .collect();
+    sim.publish(orders, batch, &PublishOptions::background())
+        .expect("room for the batch");
+}
+
+#[test]
+fn a_command_too_large_to_travel_with_others_goes_alone() {
+    let (mut sim, orders, _) = orders_and_billing(79, Config::default(), 1, Faults::default());
+    charges(&mut sim, orders, 2, None);
+    assert_eq!(
+        sim.nodes[orders].engine.out.ops.len(),
+        1,
+        "one on its way, one staged"
+    );
+    let large = sim.command("charge", vec![7u8; 20 * 1024]);
+    let id = large.id();
+    sim.send_background(orders, "billing", large)
+        .expect("taken");
+    assert_eq!(
+        sim.nodes[orders].engine.out.ops.len(),
+        2,
+        "sent at once, not staged"
+    );
+    assert!(sim.run_for(SECOND));
+    assert!(handled(&sim).contains(&id));
+    assert_eq!(sim.nodes[orders].engine.out.background_publishes(), 0);
+}
+
+#[test]
+fn commands_are_staged_by_service_for_at_most_64_services() {
+    let (mut sim, orders, _) = orders_and_billing(80, Config::default(), 1, Faults::default());
+    charges(&mut sim, orders, 1, None);
+    for n in 0..64 {
+        let msg = sim.command("charge", "x");
+        sim.send_background(orders, &format!("service-{n}"), msg)
+            .expect("taken");
+    }
+    let ops = |sim: &Sim| sim.nodes[orders].engine.out.ops.len();
+    assert_eq!(ops(&sim), 1, "64 services staged");
+    // A service with staged commands takes more; a 65th service's go at once.
+    let msg = sim.command("charge", "x");
+    sim.send_background(orders, "service-5", msg)
+        .expect("taken");
+    assert_eq!(ops(&sim), 1);
+    let msg = sim.command("charge", "x");
+    sim.send_background(orders, "service-64", msg)
+        .expect("taken");
+    assert_eq!(ops(&sim), 2);
 }

@@ -337,6 +337,20 @@ fn check(sim: &Sim, calls: &[Call], crashed: usize) -> Result<(), String> {
                     }
                 }
             }
+            // Keyed background commands keep their key's order with the other calls': those
+            // handled take part in the order check below.
+            if call.background == Background::Commands {
+                for (id, key) in call.ids.iter().zip(&call.keys) {
+                    if let Some(key) = key
+                        && first_ok("charge", *id).is_some()
+                    {
+                        acked_by_key
+                            .entry((call.node, "charge".to_owned(), key.clone()))
+                            .or_default()
+                            .push((*id, index));
+                    }
+                }
+            }
             continue;
         }
         let result = match (call.op, &call.done) {
