@@ -73,7 +73,7 @@ pub const BEST_EFFORT_BATCH: u64 = 64;
 /// Bytes per raw quinn `write_all` (rounded down to whole frames, at least one).
 pub const QUINN_BATCH_BYTES: usize = 64 * 1024;
 /// Upper bound on the messages any one sending loop sends.
-pub(crate) const MAX_MESSAGES: u64 = 1_000_000_000;
+const MAX_MESSAGES: u64 = 1_000_000_000;
 /// Scenario name of the raw quinn rows.
 pub const QUINN_SCENARIO: &str = "quinn-batch";
 /// Scenario name of Shoal's throughput rows.
@@ -331,39 +331,47 @@ async fn publisher(
             } else {
                 PublishOptions::best_effort()
             };
-            let send = async {
-                for i in 0..MAX_MESSAGES {
-                    if i % BEST_EFFORT_BATCH == 0 {
-                        if schedule.over() {
-                            break;
-                        }
+            let send = one_loop(schedule, async || {
+                let event = Message::event(TOPIC, body.clone());
+                // A best-effort copy dropped on a full queue (let the node deliver some), or a
+                // background event refused because the node holds as many as it may (it is
+                // not sent: wait until it delivered half).
+                match node.publish_with(event, options.clone()).await {
+                    Ok(receipt) if !receipt.dropped.is_empty() => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
                         tokio::task::yield_now().await;
                     }
-                    let event = Message::event(TOPIC, body.clone());
-                    // A best-effort copy dropped on a full queue, or a background event
-                    // refused because the node holds as many as it may (it is not sent): let
-                    // the node deliver some.
-                    match node.publish_with(event, options.clone()).await {
-                        Ok(receipt) if !receipt.dropped.is_empty() => {
-                            dropped.fetch_add(1, Ordering::Relaxed);
-                            tokio::task::yield_now().await;
-                        }
-                        Ok(_) => {}
-                        // Until the node delivered half of what it holds.
-                        Err(shoal::Error::Backlog { .. }) => {
-                            node.wait_for_background_room().await;
-                        }
-                        Err(e) => return Err(shoal_err(e)),
-                    }
+                    Ok(_) => {}
+                    Err(shoal::Error::Backlog { .. }) => node.wait_for_background_room().await,
+                    Err(e) => return Err(shoal_err(e)),
                 }
-                Ok::<_, BenchError>(())
-            };
+                Ok(())
+            });
             let (sent, window) = tokio::join!(send, schedule.sample(&handled));
             sent.map(|()| window)
         }
     };
     node.shutdown().await;
     Ok((result?, dropped.load(Ordering::Relaxed)))
+}
+
+/// Calls `send` from one loop as fast as it can until the window is over (at most
+/// [`MAX_MESSAGES`] times), yielding to the runtime every [`BEST_EFFORT_BATCH`] calls: the
+/// loop of the rows that await nothing per message.
+pub(crate) async fn one_loop(
+    schedule: Schedule,
+    mut send: impl AsyncFnMut() -> BenchResult<()>,
+) -> BenchResult<()> {
+    for i in 0..MAX_MESSAGES {
+        if i % BEST_EFFORT_BATCH == 0 {
+            if schedule.over() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        send().await?;
+    }
+    Ok(())
 }
 
 /// Runs `loops` tasks that each repeat `publish` (which returns the events it got acked, and

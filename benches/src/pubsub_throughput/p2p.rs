@@ -6,7 +6,7 @@
 //!   counted when **acked** (the handler ran and its ack came back).
 //! * `shoal-p2p-background-<size>` — [`Node::send_background`] of the same command from one
 //!   loop (reliable: acked, retried, dead-lettered, but not awaited), yielding every
-//!   [`BEST_EFFORT_BATCH`] sends, and waiting for room (`Node::wait_for_background_room`)
+//!   [`super::BEST_EFFORT_BATCH`] sends, and waiting for room (`Node::wait_for_background_room`)
 //!   whenever the node refuses one with `Error::Backlog` (not counted); counted when the
 //!   receiver's handler **ran**. NATS's queue-group row is
 //!   of this kind.
@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal::{MeshCa, Message, Node};
 
-use super::{BEST_EFFORT_BATCH, MAX_MESSAGES, RELIABLE_WINDOW, acked_loops};
+use super::{RELIABLE_WINDOW, acked_loops, one_loop};
 use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::runtime::run_pair;
@@ -147,26 +147,18 @@ async fn sender(
                 acked_loops(RELIABLE_WINDOW, &node, &body, schedule, send).await
             }
             Mode::BackgroundSend => {
-                let send = async {
-                    for i in 0..MAX_MESSAGES {
-                        if i % BEST_EFFORT_BATCH == 0 {
-                            if schedule.over() {
-                                break;
-                            }
-                            tokio::task::yield_now().await;
+                let send = one_loop(schedule, async || {
+                    let command = Message::command("sink", body.clone());
+                    match node.send_background(SERVICE, command) {
+                        Ok(_) => Ok(()),
+                        // The node holds as many as it may: until it delivered half.
+                        Err(shoal::Error::Backlog { .. }) => {
+                            node.wait_for_background_room().await;
+                            Ok(())
                         }
-                        let command = Message::command("sink", body.clone());
-                        match node.send_background(SERVICE, command) {
-                            Ok(_) => {}
-                            // The node holds as many as it may: until it delivered half.
-                            Err(shoal::Error::Backlog { .. }) => {
-                                node.wait_for_background_room().await;
-                            }
-                            Err(e) => return Err(shoal_err(e)),
-                        }
+                        Err(e) => Err(shoal_err(e)),
                     }
-                    Ok::<_, BenchError>(())
-                };
+                });
                 let (sent, window) = tokio::join!(send, schedule.sample(&handled));
                 sent.map(|()| window)
             }
