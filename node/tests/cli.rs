@@ -121,6 +121,52 @@ fn serve_and_request_returns_the_echo() {
     let printed = server.next_line_with("received ", Duration::from_secs(10));
     assert!(printed.contains("\"to print\""), "{printed}");
 
+    // In the background: all of them sent at once, then delivered before the exit.
+    let background = |name: &str, count: &str| {
+        let args = [
+            "send",
+            "--ca",
+            &ca,
+            "--peer",
+            &peer,
+            "--service",
+            "echo",
+            "--name",
+            name,
+            "--count",
+            count,
+            "--timeout",
+            "2000",
+            "--background",
+        ];
+        shoal(&args, Duration::from_secs(30))
+    };
+    let out = background("print", "300");
+    assert!(
+        out.status.success(),
+        "send --background failed: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .starts_with("sent 300 in the background: delivered 300, dead-lettered 0 time "),
+        "{}",
+        out.stdout
+    );
+    // Nobody handles it: a dead letter, an error and exit code 1.
+    let out = background("nobody", "1");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("delivered 0, dead-lettered 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("1 of 1 messages were not delivered"),
+        "{}",
+        out.stderr
+    );
+
     // A message nobody handles: an error and exit code 1.
     let out = shoal(
         &[

@@ -49,6 +49,10 @@ pub(crate) struct SendArgs {
     /// Give up on a message (dead-letter it) this long after it was first sent, in ms.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     timeout: u64,
+    /// Send the commands without awaiting each (`Node::send_background`), then wait for all
+    /// of them to be delivered (at most `--timeout`) before exiting; prints one line.
+    #[arg(long)]
+    background: bool,
 }
 
 /// `shoal request`
@@ -153,6 +157,9 @@ pub(crate) async fn publish(args: PublishArgs) -> CliResult {
 /// Runs `shoal send`: prints `sent id <id> node <id> attempts <n> time <µs>` per command.
 /// Fails if any command was not delivered.
 pub(crate) async fn send(args: SendArgs) -> CliResult {
+    if args.background {
+        return send_in_background(args).await;
+    }
     let (node, mut events) = args.client.start().await?;
     let result = async {
         let service = &args.message.service;
@@ -197,6 +204,57 @@ pub(crate) async fn send(args: SendArgs) -> CliResult {
     .await;
     node.shutdown().await;
     result
+}
+
+/// Runs `shoal send --background`: sends every command with `Node::send_background`
+/// (waiting for room when the node holds as many as it may), then shuts the node down
+/// gracefully, which delivers what it holds within `--timeout`, and prints `sent <n> in the
+/// background: delivered <n>, dead-lettered <n> time <µs>`. Fails if any was not delivered.
+async fn send_in_background(args: SendArgs) -> CliResult {
+    let timeout = Duration::from_millis(args.timeout);
+    let (node, mut events) = args
+        .client
+        .start_with(|builder| {
+            builder
+                .retry_policy(RetryPolicy {
+                    deadline: timeout,
+                    ..RetryPolicy::default()
+                })
+                // The shutdown waits for the commands still on their way.
+                .shutdown_grace(timeout + Duration::from_secs(1))
+        })
+        .await?;
+    let service = &args.message.service;
+    if let Err(e) = wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await
+    {
+        node.shutdown().await;
+        return Err(e);
+    }
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < args.count {
+        match node.send_background(service, args.message.command()) {
+            Ok(_) => sent += 1,
+            Err(shoal::Error::Backlog { .. }) => node.wait_for_background_room().await,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e.into());
+            }
+        }
+    }
+    node.shutdown().await;
+    let lost = node.stats().dead_lettered;
+    say!(
+        "sent {sent} in the background: delivered {}, dead-lettered {lost} time {}",
+        sent.saturating_sub(lost),
+        micros(start.elapsed())
+    );
+    match lost {
+        0 => Ok(()),
+        _ => Err(CliError::new(format!(
+            "{lost} of {sent} messages were not delivered"
+        ))),
+    }
 }
 
 /// Runs `shoal request`: prints the reply's payload.
