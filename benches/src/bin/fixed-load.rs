@@ -38,7 +38,8 @@
 //! [`shoal::NodeBuilder::max_in_flight_per_peer`] (default 4096): `fixed-load background
 //! 3000000 window=4096`. The option `payload=N` makes every message's payload `N` bytes
 //! instead of 64: `fixed-load background 20000 payload=65536`. The option `handlers=N` sets
-//! both nodes' [`shoal::NodeBuilder::max_concurrent_handlers`] (default 1024).
+//! both nodes' [`shoal::NodeBuilder::max_concurrent_handlers`] (default 1024), and
+//! `backlog=N` their [`shoal::NodeBuilder::max_background_publishes`] (default 4096).
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -115,8 +116,12 @@ fn main() -> Result<()> {
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
     let (mut workers, mut window, mut payload) = (None, None, 64);
-    let mut handlers = None;
+    let (mut handlers, mut backlog) = (None, None);
     for option in args {
+        if let Some(n) = option.strip_prefix("backlog=") {
+            backlog = Some(n.parse()?);
+            continue;
+        }
         if let Some(n) = option.strip_prefix("handlers=") {
             handlers = Some(n.parse()?);
             continue;
@@ -151,7 +156,8 @@ fn main() -> Result<()> {
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N, batch=N, workers=N, window=N, handlers=N or payload=N"
+                     in-flight=N, batch=N, workers=N, window=N, handlers=N, backlog=N or \
+                     payload=N"
                 )
                 .into());
             }
@@ -167,6 +173,10 @@ fn main() -> Result<()> {
         };
         let builder = match handlers {
             Some(max) => builder.max_concurrent_handlers(max),
+            None => builder,
+        };
+        let builder = match backlog {
+            Some(max) => builder.max_background_publishes(max),
             None => builder,
         };
         let builder = if busy_poll {

@@ -51,9 +51,10 @@ pub(crate) const MIN_FRAME_LEN: usize = 1024 * 1024;
 pub(crate) struct Each {
     /// A message's own failure (a dead letter), by its index in the operation.
     errors: SmallVec<[Option<Error>; 8]>,
-    /// Commands: the instance and attempt that acknowledged each, for its own receipt (a
-    /// command acknowledged before the instance of a later attempt failed names the one that
-    /// handled it, not the one the others went on to); empty for requests.
+    /// Commands waited for: the instance and attempt that acknowledged each, for its own
+    /// receipt (a command acknowledged before the instance of a later attempt failed names the
+    /// one that handled it, not the one the others went on to); empty otherwise (events,
+    /// requests, background commands: no receipt names an instance).
     handled: SmallVec<[Option<(NodeId, u32)>; 8]>,
     /// Events: the copies made by deliveries that carried only some of them (keyed events
     /// at their keys' instances, `parts.rs`); empty otherwise.
@@ -69,10 +70,11 @@ pub(crate) struct Each {
 }
 
 impl Each {
+    /// For `messages` events, or commands nobody waits for.
     pub(super) fn new(messages: usize) -> Self {
         Self {
             errors: (0..messages).map(|_| None).collect(),
-            handled: SmallVec::from_elem(None, messages),
+            handled: SmallVec::new(),
             part_copies: Vec::new(),
             copied_by: Vec::new(),
             dropped_by: Vec::new(),
@@ -80,12 +82,18 @@ impl Each {
         }
     }
 
-    /// For requests: each answered by its own reply (`each_request.rs`); no receipt names an
-    /// instance, so none is noted.
+    /// For commands waited for: each with a receipt naming the instance that handled it.
+    fn of_commands(messages: usize) -> Self {
+        Self {
+            handled: SmallVec::from_elem(None, messages),
+            ..Self::new(messages)
+        }
+    }
+
+    /// For requests: each answered by its own reply (`each_request.rs`).
     pub(in crate::engine) fn of_requests(messages: usize) -> Self {
         Self {
             replied: vec![false; messages],
-            handled: SmallVec::new(),
             ..Self::new(messages)
         }
     }
@@ -228,7 +236,7 @@ impl<H: Clone> Engine<H> {
         messages: &mut Events,
         now: Instant,
     ) -> Result<OpId, Error> {
-        let each = Each::new(messages.len());
+        let each = Each::of_commands(messages.len());
         self.each_to_service(OpKind::Send, service, messages, each, now)
     }
 

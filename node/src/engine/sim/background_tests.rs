@@ -372,8 +372,13 @@ fn events_on_many_topics_are_staged_for_a_few_topics_and_the_others_go_at_once()
 
 #[test]
 fn more_staged_events_than_an_operation_holds_go_as_several() {
-    let (mut sim, orders, _) = orders_and_audit(58, 1, Faults::default());
     let n = crate::options::MAX_BATCH_EVENTS + 50;
+    // More than the default cap (one peer's window) held at once.
+    let config = Config {
+        max_background_publishes: 2 * n,
+        ..Config::default()
+    };
+    let (mut sim, orders, _, _) = orders_with(58, config);
     let ids = publish_ids(&mut sim, orders, n + 1);
     assert_eq!(sim.nodes[orders].engine.out.staged.count(), n);
     // One operation at a time: the engine is not held for all of them at once.
