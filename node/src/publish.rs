@@ -136,15 +136,12 @@ impl Node {
             // goes now.
             if options.background && !keyed {
                 return driver.call_lazy(|engine, clock| {
-                    match engine.stage_if_due(&mut events, batched, &options) {
-                        Some(staged) => staged.map(Publishing::Done),
-                        None => engine.publish(events, batched, &options, clock.now()),
-                    }
+                    engine.publish(events, batched, &options, || clock.now())
                 });
             }
             // After keyed events gathered before it (`runtime/gather.rs`).
             driver.call_in_order(keyed, |engine, now| {
-                engine.publish(events, batched, &options, now)
+                engine.publish(events, batched, &options, || now)
             })
         });
         let started = started.map(|publishing| match publishing {

@@ -343,7 +343,7 @@ impl Driver {
                             smallvec::smallvec![message],
                             false,
                             &PublishOptions::default(),
-                            now,
+                            || now,
                         ),
                         Bound::Service(service) => state
                             .engine

@@ -56,21 +56,20 @@ pub(super) enum Shape {
 
 impl<H: Clone> Engine<H> {
     /// Publishes `events` (one, or a batch on one topic and key) to every audience of their
-    /// topic.
+    /// topic. `now` is asked for only if they go now: a background event while others are on
+    /// their way waits for the turn's end instead, which needs no clock (staged.rs).
     pub(crate) fn publish(
         &mut self,
         mut events: Events,
         batched: bool,
         options: &PublishOptions,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Result<Publishing, Error> {
-        // A background event while others are on their way waits for the turn's end
-        // (staged.rs).
         if let Some(staged) = self.stage_if_due(&mut events, batched, options) {
             return staged.map(Publishing::Done);
         }
         let shape = if batched { Shape::Batch } else { Shape::Lone };
-        self.publish_shaped(&mut events, shape, options, now)
+        self.publish_shaped(&mut events, shape, options, now())
     }
 
     /// Publishes the events of separate calls, all on one topic without a key, reliably and

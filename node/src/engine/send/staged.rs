@@ -124,7 +124,7 @@ impl<H: Clone> Engine<H> {
     /// Stages the event of `events` (published with `options`, `batched` or not) when it is
     /// to wait for the turn's end (see the module docs): takes it, and returns its call's
     /// result. `None` leaves `events` as they were, to be published now. Needs no clock.
-    pub(crate) fn stage_if_due(
+    pub(super) fn stage_if_due(
         &mut self,
         events: &mut Events,
         batched: bool,

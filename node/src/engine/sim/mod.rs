@@ -369,7 +369,7 @@ impl Sim {
         let batched = events.len() > 1;
         let result = self.nodes[node]
             .engine
-            .publish(events.into(), batched, options, now);
+            .publish(events.into(), batched, options, || now);
         self.settle();
         result
     }

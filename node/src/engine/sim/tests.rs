@@ -465,7 +465,7 @@ fn sim_throughput() {
                 smallvec::smallvec![event],
                 false,
                 &PublishOptions::default(),
-                now,
+                || now,
             );
         }
         sim.settle();

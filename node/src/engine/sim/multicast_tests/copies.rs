@@ -182,7 +182,12 @@ fn a_copy_staged_for_the_channel_keeps_the_engine_from_being_quiet() {
     let event = sim.event("order.created", "staged");
     let now = sim.now;
     let engine = &mut sim.nodes[publisher].engine;
-    let published = engine.publish(vec![event].into(), false, &PublishOptions::default(), now);
+    let published = engine.publish(
+        vec![event].into(),
+        false,
+        &PublishOptions::default(),
+        || now,
+    );
     assert!(
         matches!(published, Ok(Publishing::Waiting(_))),
         "{published:?}"
