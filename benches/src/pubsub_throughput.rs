@@ -19,9 +19,10 @@
 //!   counts events **acked** (receipt resolved: the subscriber's handler ran) per second.
 //! * `shoal-pubsub-batch-<size>` — reliable `publish_batch` of [`batch_events`] events,
 //!   [`BATCH_WINDOW`] batches in flight; counts events acked per second.
-//! * `shoal-pubsub-background-<size>` — reliable `publish_with` in the background
-//!   ([`PublishOptions::background`]: acked, retried and dead-lettered as a plain publish,
-//!   but the call returns once the node holds the event), one loop publishing as fast as it
+//! * `shoal-pubsub-background-<size>` — reliable `Node::publish_background` (acked, retried
+//!   and dead-lettered as a plain publish, but the call returns once the node holds the
+//!   event; until stop 50 the row called `publish_with` with [`PublishOptions::background`],
+//!   the same delivery through a future), one loop publishing as fast as it
 //!   can, yielding every [`BEST_EFFORT_BATCH`] publishes, and waiting for room
 //!   (`Node::wait_for_background_room`) whenever the node refuses one with `Error::Backlog`
 //!   (it holds as many as it may; the event is not counted);
@@ -325,24 +326,36 @@ async fn publisher(
             };
             acked_loops(BATCH_WINDOW, &node, &body, schedule, publish).await
         }
-        Mode::Background | Mode::BestEffort => {
-            let options = if mode == Mode::Background {
-                PublishOptions::background()
-            } else {
-                PublishOptions::best_effort()
-            };
+        Mode::Background => {
             let send = one_loop(schedule, async || {
                 let event = Message::event(TOPIC, body.clone());
-                // A best-effort copy dropped on a full queue (let the node deliver some), or a
-                // background event refused because the node holds as many as it may (it is
-                // not sent: wait until it delivered half).
-                match node.publish_with(event, options.clone()).await {
+                // Refused because the node holds as many as it may (it is not sent): wait
+                // until it delivered half.
+                match node.publish_background(event) {
+                    Ok(_) => Ok(()),
+                    Err(shoal::Error::Backlog { .. }) => {
+                        node.wait_for_background_room().await;
+                        Ok(())
+                    }
+                    Err(e) => Err(shoal_err(e)),
+                }
+            });
+            let (sent, window) = tokio::join!(send, schedule.sample(&handled));
+            sent.map(|()| window)
+        }
+        Mode::BestEffort => {
+            let send = one_loop(schedule, async || {
+                let event = Message::event(TOPIC, body.clone());
+                // A copy dropped on a full queue: let the node deliver some.
+                match node
+                    .publish_with(event, PublishOptions::best_effort())
+                    .await
+                {
                     Ok(receipt) if !receipt.dropped.is_empty() => {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         tokio::task::yield_now().await;
                     }
                     Ok(_) => {}
-                    Err(shoal::Error::Backlog { .. }) => node.wait_for_background_room().await,
                     Err(e) => return Err(shoal_err(e)),
                 }
                 Ok(())

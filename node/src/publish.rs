@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use shoal_proto::NodeId;
+use shoal_proto::{MessageId, NodeId};
 
 use crate::engine::Done;
 use crate::engine::send::{Events, Publishing};
+use crate::runtime::Driver;
 use crate::runtime::gather::Bound;
 use crate::runtime::op::OpFuture;
 use crate::trace::{self, Sending};
@@ -129,21 +130,7 @@ impl Node {
                 span,
             ));
         }
-        let started = trace::within(&span, || {
-            let keyed = events.iter().any(|e| e.key().is_some());
-            // An unkeyed background event may wait for the turn's end
-            // (`engine/send/staged.rs`), which needs no clock: it is read only if the event
-            // goes now.
-            if options.background && !keyed {
-                return driver.call_lazy(|engine, clock| {
-                    engine.publish(events, batched, &options, || clock.now())
-                });
-            }
-            // After keyed events gathered before it (`runtime/gather.rs`).
-            driver.call_in_order(keyed, |engine, now| {
-                engine.publish(events, batched, &options, || now)
-            })
-        });
+        let started = trace::within(&span, || start(&driver, events, batched, &options));
         let started = started.map(|publishing| match publishing {
             Publishing::Waiting(op) => Err(OpFuture::new(driver, op)),
             Publishing::Done(receipt) => Ok(receipt),
@@ -160,6 +147,61 @@ impl Node {
             },
             span,
         ))
+    }
+
+    /// Publishes `event` reliably without waiting for its acks: returns its id as soon as the
+    /// node holds it. The synchronous form of [`Node::publish_with`] with
+    /// [`PublishOptions::background`] (no future to poll, and no receipt: a background
+    /// publish's lists no deliveries), as [`Node::send_background`] is for commands.
+    ///
+    /// Each audience's copy is delivered as [`Node::publish`] delivers it (acknowledged,
+    /// retried on another instance of its group, held for a group without a live instance,
+    /// kept in order with the others of its partition key), with the node's retry policy and
+    /// hold time. A copy not delivered is a dead letter ([`Node::dead_letters`]); nothing else
+    /// tells of it. A graceful [`Node::shutdown`] delivers those still on their way within
+    /// its grace period; those left, and all of them on [`Node::abort`], are dead letters.
+    ///
+    /// Events published this way while others are on their way go to the engine together,
+    /// each still handled on its own (README, "Reliable events").
+    ///
+    /// Fails at once, keeping nothing, with [`Error::Backlog`] when the node holds as many
+    /// background messages as it may (`NodeBuilder::max_background_publishes` and
+    /// `max_background_bytes`; await [`Node::wait_for_background_room`] and try again), or with
+    /// the error a [`Node::publish`] of `event` would fail with before anything is sent (a
+    /// stopping node, a bad topic, a topic the node's policy forbids, an event that breaks
+    /// the limits).
+    ///
+    /// ```no_run
+    /// # use shoal::{Error, Message, Node};
+    /// # async fn stream(node: Node, ticks: Vec<bytes::Bytes>) -> Result<(), Error> {
+    /// for tick in ticks {
+    ///     let event = Message::event("prices.tick", tick);
+    ///     // A refused call keeps nothing: the same event (and id) is published again.
+    ///     while let Err(e) = node.publish_background(event.clone()) {
+    ///         match e {
+    ///             Error::Backlog { .. } => node.wait_for_background_room().await,
+    ///             e => return Err(e),
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn publish_background(&self, mut event: Message) -> Result<MessageId, Error> {
+        let driver = self.driver();
+        event.address_replies(&driver.service, driver.id);
+        let span = trace::traced_send(Sending::Publish, None, std::slice::from_mut(&mut event));
+        trace::within(&span, || match event.key() {
+            // Staged or published at once (`engine/send/staged.rs`); the clock is read only
+            // for the latter.
+            None => {
+                driver.call_lazy(|engine, clock| engine.publish_background(event, || clock.now()))
+            }
+            // After keyed calls gathered before it (`runtime/gather.rs`).
+            Some(_) => {
+                driver.call_in_order(true, |engine, now| engine.publish_background(event, || now))
+            }
+        })
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber
@@ -198,4 +240,23 @@ impl Node {
             .filter(|(_, nodes)| !nodes.is_empty())
             .count()
     }
+}
+
+/// Hands `events` to the engine. An unkeyed background event may wait for the turn's end
+/// (`engine/send/staged.rs`), which needs no clock: it is read only if the event goes now.
+/// Keyed events go after the keyed calls gathered before them (`runtime/gather.rs`).
+fn start(
+    driver: &Arc<Driver>,
+    events: Events,
+    batched: bool,
+    options: &PublishOptions,
+) -> Result<Publishing, Error> {
+    let keyed = events.iter().any(|e| e.key().is_some());
+    if options.background && !keyed {
+        return driver
+            .call_lazy(|engine, clock| engine.publish(events, batched, options, || clock.now()));
+    }
+    driver.call_in_order(keyed, |engine, now| {
+        engine.publish(events, batched, options, || now)
+    })
 }

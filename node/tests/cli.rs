@@ -262,6 +262,48 @@ fn publish_reaches_a_subscribed_server() {
         assert!(printed.contains("\"order 42\""), "{printed}");
     }
 
+    // In the background: all of them published at once, then delivered before the exit.
+    let background = [
+        "publish",
+        "--ca",
+        &ca,
+        "--peer",
+        &peer,
+        "--topic",
+        "order.shipped",
+        "--payload",
+        "shipped",
+        "--count",
+        "50",
+        "--timeout",
+        "2000",
+        "--background",
+    ];
+    let out = shoal(&background, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "publish --background failed: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .starts_with("sent 50 in the background: delivered 50, dead-lettered 0 time "),
+        "{}",
+        out.stdout
+    );
+    for _ in 0..50 {
+        let printed =
+            server.next_line_with("received event order.shipped", Duration::from_secs(10));
+        assert!(printed.contains("\"shipped\""), "{printed}");
+    }
+    // Background and best-effort together make no sense: a usage error.
+    let out = shoal(
+        &[&background[..], &["--best-effort"]].concat(),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+
     // Nobody subscribes to `invoice.*`: a clear error once the wait is over.
     let out = shoal(
         &[

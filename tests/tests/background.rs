@@ -1,7 +1,8 @@
-//! Background publishing over sockets (`PublishOptions::background`): events published in a
-//! loop while others are on their way are staged by the engine and go together
-//! (`node/src/engine/send/staged.rs`), each still handled once; staged events count towards
-//! the backlog's limit; a node that shuts down delivers what it staged.
+//! Background publishing over sockets (`Node::publish_background`, and `publish_with` with
+//! `PublishOptions::background`): events published in a loop while others are on their way
+//! are staged by the engine and go together (`node/src/engine/send/staged.rs`), each still
+//! handled once; staged events count towards the backlog's limit; a node that shuts down
+//! delivers what it staged.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
@@ -40,8 +41,25 @@ async fn audit_and_orders(
     (audit, orders, seen)
 }
 
-/// Publishes `n` background events from one loop, yielding every 64 (as a service streaming
-/// events would, to let the node work); returns their ids.
+/// Publishes `event` in the background by one of the two calls (`Node::publish_background`
+/// when `sync`), which differ only in what they return; returns its id.
+async fn publish_in_background(orders: &Node, event: Message, sync: bool) -> MessageId {
+    let id = event.id();
+    if sync {
+        assert_eq!(orders.publish_background(event).unwrap(), id);
+        return id;
+    }
+    let receipt = orders
+        .publish_with(event, PublishOptions::background())
+        .await
+        .unwrap();
+    assert_eq!(receipt.id, id);
+    assert!(receipt.deliveries.is_empty(), "nobody waits for the copies");
+    id
+}
+
+/// Publishes `n` background events from one loop, by either call in turn, yielding every 64
+/// (as a service streaming events would, to let the node work); returns their ids.
 async fn publish_in_a_loop(orders: &Node, n: usize) -> HashSet<MessageId> {
     let mut ids = HashSet::new();
     for i in 0..n {
@@ -49,14 +67,7 @@ async fn publish_in_a_loop(orders: &Node, n: usize) -> HashSet<MessageId> {
             tokio::task::yield_now().await;
         }
         let event = Message::event(TOPIC, i.to_string());
-        let id = event.id();
-        let receipt = orders
-            .publish_with(event, PublishOptions::background())
-            .await
-            .unwrap();
-        assert_eq!(receipt.id, id);
-        assert!(receipt.deliveries.is_empty(), "nobody waits for the copies");
-        ids.insert(id);
+        ids.insert(publish_in_background(orders, event, i % 2 == 0).await);
     }
     ids
 }
@@ -116,7 +127,13 @@ async fn staged_events_count_towards_the_backlog_and_the_one_past_it_is_refused(
         }) => {}
         other => panic!("the 51st is refused: {other:?}"),
     }
-    assert_eq!(orders.stats().background_refused, 1);
+    match orders.publish_background(Message::event(TOPIC, "one too many")) {
+        Err(Error::Backlog {
+            limit: BacklogLimit::Events(50),
+        }) => {}
+        other => panic!("the 51st is refused by publish_background: {other:?}"),
+    }
+    assert_eq!(orders.stats().background_refused, 2);
     gate.add_permits(Semaphore::MAX_PERMITS);
     assert_eq!(handled(&mut seen, 50).await, published);
 }
@@ -130,11 +147,7 @@ async fn a_node_that_shuts_down_delivers_what_it_staged() {
     let mut published = HashSet::new();
     for i in 0..500 {
         let event = Message::event(TOPIC, i.to_string());
-        published.insert(event.id());
-        orders
-            .publish_with(event, PublishOptions::background())
-            .await
-            .unwrap();
+        published.insert(publish_in_background(&orders, event, i % 2 == 0).await);
     }
     assert!(orders.stats().published < 500, "staged, not published yet");
     orders.shutdown().await;

@@ -15,7 +15,7 @@
 //!
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
 //! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply),
-//! `background` (one loop of background publishes, [`shoal::PublishOptions::background`],
+//! `background` (one loop of background publishes, [`shoal::Node::publish_background`],
 //! done when the receiver handled them all), `send-background` (the same with commands,
 //! [`shoal::Node::send_background`]).
 //! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
@@ -69,7 +69,7 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Publishes `count` events with [`shoal::PublishOptions::background`] (or sends `count`
+/// Publishes `count` events with [`shoal::Node::publish_background`] (or sends `count`
 /// commands with [`shoal::Node::send_background`]) from one loop, yielding every
 /// [`BACKGROUND_YIELD`], and waiting for room whenever the node holds as many as it may
 /// (`Error::Backlog`: the message is sent again once the node delivered half).
@@ -97,8 +97,7 @@ async fn in_background(
             node.send_background(SERVICE, command).map(drop)
         } else {
             let event = Message::event(TOPIC, body.clone());
-            let options = shoal::PublishOptions::background();
-            node.publish_with(event, options).await.map(drop)
+            node.publish_background(event).map(drop)
         };
         match sent {
             Ok(()) => published += 1,

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use shoal::{Message, PublishOptions, RetryPolicy, SendOptions};
+use shoal::{Message, MessageId, Node, NodeBuilder, PublishOptions, RetryPolicy, SendOptions};
 
 use crate::common::{ClientArgs, MulticastArgs, micros, parse_header, wait_for_service};
 use crate::{CliError, CliResult};
@@ -92,38 +92,82 @@ pub(crate) struct PublishArgs {
     /// Best-effort: write each copy once, no acks, no retries.
     #[arg(long)]
     best_effort: bool,
+    /// Publish the events without awaiting each (`Node::publish_background`), then wait for
+    /// all of them to be delivered (at most `--timeout`) before exiting; prints one line.
+    #[arg(long, conflicts_with = "best_effort")]
+    background: bool,
+    /// With `--background`: give up on an event's copy (dead-letter it) this long after it
+    /// was first sent, in ms.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        requires = "background"
+    )]
+    timeout: u64,
     #[command(flatten)]
     multicast: MulticastArgs,
     #[command(flatten)]
     client: ClientArgs,
 }
 
+impl PublishArgs {
+    /// A new event (new id) from these flags.
+    fn event(&self) -> Message {
+        let event = self.headers.iter().fold(
+            Message::event(self.topic.clone(), self.payload.clone()),
+            |msg, (k, v)| msg.with_header(k.clone(), v.clone()),
+        );
+        match &self.partition_key {
+            Some(key) => event.with_key(key.clone()),
+            None => event,
+        }
+    }
+
+    /// Waits until the topic has the audiences asked for.
+    async fn wait_for_audiences(&self, node: &Node) -> CliResult {
+        let wait = self.client.wait_or(5_000);
+        node.wait_for_subscribers(&self.topic, self.audiences, wait)
+            .await
+            .map_err(|_| {
+                CliError::new(format!(
+                    "fewer than {} subscriber group(s) for `{}` within {wait:?}",
+                    self.audiences, self.topic
+                ))
+            })
+    }
+}
+
 /// Runs `shoal publish`: prints `published id <id> to <group>@<node>[,...] time <µs>` per
 /// event, `dropped <audience>` for best-effort copies that were dropped, and with
 /// `--multicast` the node's multicast counters at the end (`multicast sent=… rekeys=…`).
+/// With `--background`, one line for all of them ([`in_background`]).
 pub(crate) async fn publish(args: PublishArgs) -> CliResult {
+    if args.background {
+        let timeout = Duration::from_millis(args.timeout);
+        let configure = |builder| background_builder(args.multicast.apply(builder), timeout);
+        let (node, _events) = args.client.start_with(configure).await?;
+        let result = match args.wait_for_audiences(&node).await {
+            Ok(()) => {
+                let publish = || node.publish_background(args.event());
+                in_background(&node, args.count, publish).await
+            }
+            Err(e) => {
+                node.shutdown().await;
+                Err(e)
+            }
+        };
+        args.multicast.report(&node);
+        return result;
+    }
     let (node, _events) = args
         .client
         .start_with(|builder| args.multicast.apply(builder))
         .await?;
     let result = async {
-        let wait = args.client.wait_or(5_000);
-        node.wait_for_subscribers(&args.topic, args.audiences, wait)
-            .await
-            .map_err(|_| {
-                CliError::new(format!(
-                    "fewer than {} subscriber group(s) for `{}` within {wait:?}",
-                    args.audiences, args.topic
-                ))
-            })?;
+        args.wait_for_audiences(&node).await?;
         for _ in 0..args.count {
-            let mut event = args.headers.iter().fold(
-                Message::event(args.topic.clone(), args.payload.clone()),
-                |msg, (k, v)| msg.with_header(k.clone(), v.clone()),
-            );
-            if let Some(key) = &args.partition_key {
-                event = event.with_key(key.clone());
-            }
+            let event = args.event();
             let options = if args.best_effort {
                 PublishOptions::best_effort()
             } else {
@@ -206,34 +250,51 @@ pub(crate) async fn send(args: SendArgs) -> CliResult {
     result
 }
 
-/// Runs `shoal send --background`: sends every command with `Node::send_background`
-/// (waiting for room when the node holds as many as it may), then shuts the node down
-/// gracefully, which delivers what it holds within `--timeout`, and prints `sent <n> in the
-/// background: delivered <n>, dead-lettered <n> time <µs>`. Fails if any was not delivered.
+/// Runs `shoal send --background`: sends every command with `Node::send_background`, as
+/// [`in_background`] says.
 async fn send_in_background(args: SendArgs) -> CliResult {
     let timeout = Duration::from_millis(args.timeout);
     let (node, mut events) = args
         .client
-        .start_with(|builder| {
-            builder
-                .retry_policy(RetryPolicy {
-                    deadline: timeout,
-                    ..RetryPolicy::default()
-                })
-                // The shutdown waits for the commands still on their way.
-                .shutdown_grace(timeout + Duration::from_secs(1))
-        })
+        .start_with(|builder| background_builder(builder, timeout))
         .await?;
     let service = &args.message.service;
-    if let Err(e) = wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await
-    {
-        node.shutdown().await;
-        return Err(e);
+    match wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await {
+        Ok(()) => {
+            let send = || node.send_background(service, args.message.command());
+            in_background(&node, args.count, send).await
+        }
+        Err(e) => {
+            node.shutdown().await;
+            Err(e)
+        }
     }
+}
+
+/// A node for `--background`: a message not delivered `timeout` after it was first sent is
+/// a dead letter, and the shutdown waits that long for those still on their way.
+fn background_builder(builder: NodeBuilder, timeout: Duration) -> NodeBuilder {
+    builder
+        .retry_policy(RetryPolicy {
+            deadline: timeout,
+            ..RetryPolicy::default()
+        })
+        .shutdown_grace(timeout + Duration::from_secs(1))
+}
+
+/// Makes `count` background calls with `call` (waiting for room when the node holds as many
+/// as it may), then shuts `node` down gracefully, which delivers what it holds within the
+/// grace period ([`background_builder`]), and prints `sent <n> in the background: delivered
+/// <n>, dead-lettered <n> time <µs>`. Fails if any was not delivered.
+async fn in_background(
+    node: &Node,
+    count: u64,
+    mut call: impl FnMut() -> Result<MessageId, shoal::Error>,
+) -> CliResult {
     let start = Instant::now();
     let mut sent = 0;
-    while sent < args.count {
-        match node.send_background(service, args.message.command()) {
+    while sent < count {
+        match call() {
             Ok(_) => sent += 1,
             Err(shoal::Error::Backlog { .. }) => node.wait_for_background_room().await,
             Err(e) => {

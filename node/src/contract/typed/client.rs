@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use futures_util::future::Either;
 
 use super::TypedNode;
@@ -203,6 +204,30 @@ impl TypedNode {
             }
         });
         then(started)
+    }
+
+    /// Publishes `event` in the background, as
+    /// [`Node::publish_background`](crate::Node::publish_background) does: returns the
+    /// (first) message's id once the node holds it; a copy not delivered is a dead letter.
+    /// Several versions of one event, as a tuple, go as one batch, as with
+    /// [`publish`](Self::publish). Fails at once if `event` does not encode, or as
+    /// `Node::publish_background` fails.
+    pub fn publish_background<V: Versions>(&self, event: &V) -> Result<MessageId, Error> {
+        let mut messages = self.event(event)?;
+        if messages.len() == 1 {
+            return self.inner.node.publish_background(messages.remove(0));
+        }
+        // A background batch is taken or refused at the call: its future is ready at once.
+        let batch = self
+            .inner
+            .node
+            .publish_batch_with(messages, PublishOptions::background());
+        match batch.now_or_never() {
+            Some(published) => published.map(|receipt| receipt.id),
+            None => Err(Error::Internal(
+                "a background batch was not taken at once".into(),
+            )),
+        }
     }
 
     /// Decodes a byte message as `T` (by its content type; without one, by the codec the

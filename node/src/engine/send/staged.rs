@@ -141,7 +141,32 @@ impl<H: Clone> Engine<H> {
             return None;
         }
         let event = events.pop()?;
-        Some(self.stage_event(event))
+        let id = event.id();
+        Some(self.stage_event(event).map(|()| empty_receipt(id)))
+    }
+
+    /// Publishes `event` reliably, without anybody waiting, with the node's retry policy and
+    /// hold time ([`crate::Node::publish_background`]): returns its id once the node holds
+    /// it. Staged when others are on their way (see the module docs); `now` is asked for only
+    /// if it goes at once. [`Engine::publish`] with [`PublishOptions::background`], without a
+    /// receipt to make.
+    pub(crate) fn publish_background(
+        &mut self,
+        event: Message,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<MessageId, Error> {
+        let id = event.id();
+        if self.stages(Kind::Events, &event.env.name, &event) {
+            return self.stage_event(event).map(|()| id);
+        }
+        let options = PublishOptions::background();
+        self.publish_shaped(
+            &mut smallvec::smallvec![event],
+            Shape::Lone,
+            &options,
+            now(),
+        )?;
+        Ok(id)
     }
 
     /// Whether `message`, a lone background event or command (`kind`) for `name` (its topic,
@@ -155,17 +180,15 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Stages `event` (which [`Engine::stages`]) after the checks a lone background publish
-    /// makes before anything is sent; returns its receipt, which lists no deliveries, as
-    /// every background publish's.
-    fn stage_event(&mut self, event: Message) -> Result<PublishReceipt, Error> {
+    /// makes before anything is sent.
+    fn stage_event(&mut self, event: Message) -> Result<(), Error> {
         self.accepting(OpKind::Background)?;
         self.room_for_background(1, event.payload().len())?;
         let topic = event.env.name.clone();
         topic::check_topic(&topic).map_err(Error::Topic)?;
         self.authorize_publish(&topic)?;
-        let receipt = empty_receipt(event.id());
         self.stage(Kind::Events, &topic, event);
-        Ok(receipt)
+        Ok(())
     }
 
     /// Sends `command` to one instance of `service` reliably, without anybody waiting

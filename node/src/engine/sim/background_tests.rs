@@ -17,15 +17,30 @@ use crate::{BacklogLimit, Error, MessageId, PublishOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-/// Publishes `n` background events on `topic` from `node`; each returns at once.
-fn publish_in_background(sim: &mut Sim, node: usize, topic: &str, n: usize) {
-    for i in 0..n {
-        let event = sim.event(topic, i.to_string());
-        match sim.publish(node, vec![event], &PublishOptions::background()) {
-            Ok(Publishing::Done(receipt)) => assert!(receipt.deliveries.is_empty()),
-            other => panic!("a background publish returns at once: {other:?}"),
-        }
-    }
+/// Publishes `n` background events on `topic` from `node`, by either call in turn (they
+/// differ only in what they return); each returns at once. Returns their ids.
+fn publish_in_background(sim: &mut Sim, node: usize, topic: &str, n: usize) -> Vec<MessageId> {
+    (0..n)
+        .map(|i| {
+            let event = sim.event(topic, i.to_string());
+            let id = event.id();
+            if i % 2 == 0 {
+                match sim.publish_background(node, event) {
+                    Ok(got) => assert_eq!(got, id),
+                    Err(e) => panic!("a background publish returns at once: {e}"),
+                }
+                return id;
+            }
+            match sim.publish(node, vec![event], &PublishOptions::background()) {
+                Ok(Publishing::Done(receipt)) => {
+                    assert!(receipt.deliveries.is_empty());
+                    assert_eq!(receipt.id, id);
+                }
+                other => panic!("a background publish returns at once: {other:?}"),
+            }
+            id
+        })
+        .collect()
 }
 
 #[test]
@@ -86,12 +101,19 @@ fn background_publishes_past_the_cap_are_refused_until_copies_are_delivered() {
         }) => {}
         other => panic!("the eleventh is refused: {other:?}"),
     }
+    let event = sim.event("order.created", "one too many");
+    match sim.publish_background(orders, event) {
+        Err(Error::Backlog {
+            limit: BacklogLimit::Events(10),
+        }) => {}
+        other => panic!("the eleventh is refused by publish_background: {other:?}"),
+    }
     assert_eq!(
         sim.nodes[orders].engine.out.background_publishes(),
         10,
-        "the refused one is not kept"
+        "the refused ones are not kept"
     );
-    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 1);
+    assert_eq!(sim.nodes[orders].engine.stats().background_refused, 2);
     // An instance comes back: the held copies go, and there is room again.
     let again = sim.node("audit");
     let count = Rc::new(Cell::new(0));
@@ -149,17 +171,7 @@ fn twice_on_one_instance(sim: &Sim) -> usize {
 
 /// Publishes `n` background events on `order.created`; returns their ids, sorted.
 fn publish_ids(sim: &mut Sim, orders: usize, n: usize) -> Vec<MessageId> {
-    let mut ids: Vec<MessageId> = (0..n)
-        .map(|i| {
-            let event = sim.event("order.created", i.to_string());
-            let id = event.id();
-            match sim.publish(orders, vec![event], &PublishOptions::background()) {
-                Ok(Publishing::Done(receipt)) => assert_eq!(receipt.id, id),
-                other => panic!("a background publish returns at once: {other:?}"),
-            }
-            id
-        })
-        .collect();
+    let mut ids = publish_in_background(sim, orders, "order.created", n);
     ids.sort_unstable();
     ids
 }
@@ -204,6 +216,12 @@ fn a_staged_event_hears_the_errors_it_would_hear_alone_at_once() {
             Err(Error::Topic(_)) if what == "a bad topic" => {}
             other => panic!("{what}: {other:?}"),
         }
+        let event = sim.event(topic, "x");
+        match sim.publish_background(orders, event) {
+            Err(Error::NotAuthorized(_)) if what == "forbidden" => {}
+            Err(Error::Topic(_)) if what == "a bad topic" => {}
+            other => panic!("{what}, publish_background: {other:?}"),
+        }
     }
     assert_eq!(sim.nodes[orders].engine.out.background_publishes(), 2);
     let now = sim.now;
@@ -213,6 +231,70 @@ fn a_staged_event_hears_the_errors_it_would_hear_alone_at_once() {
         sim.publish(orders, vec![event], &PublishOptions::background()),
         Err(Error::ShuttingDown)
     ));
+    let event = sim.event("order.created", "after the stop");
+    assert!(matches!(
+        sim.publish_background(orders, event),
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[test]
+fn keyed_background_events_are_handled_in_the_order_they_were_published() {
+    let faults = Faults {
+        loss: 0.1,
+        ..Faults::default()
+    };
+    // Each waits for the one before it: the deadline leaves room for many lost attempts.
+    let config = Config {
+        retry: crate::RetryPolicy {
+            max_attempts: 1000,
+            deadline: 3600 * SECOND,
+            ..crate::RetryPolicy::default()
+        },
+        ..Config::default()
+    };
+    let mut sim = Sim::new(53);
+    let orders = sim.node_with("orders", config);
+    for _ in 0..2 {
+        let audit = sim.node("audit");
+        sim.subscribe(audit, "order.*", Some("audit"), |_| Handled::ok());
+        sim.connect_with(orders, audit, faults.clone())
+            .expect("connected");
+    }
+    assert!(sim.run_for(SECOND));
+    let ids: Vec<MessageId> = (0..30)
+        .map(|i| {
+            let event = sim
+                .event("order.created", i.to_string())
+                .with_key("customer-7");
+            let id = event.id();
+            match sim.publish_background(orders, event) {
+                Ok(got) => assert_eq!(got, id),
+                Err(e) => panic!("event {i}: {e}"),
+            }
+            id
+        })
+        .collect();
+    // Keyed: none was staged, each waits for its key's turn.
+    assert_eq!(sim.nodes[orders].engine.out.staged.count(), 0);
+    sim.run_for(600 * SECOND);
+    // In the order they ran (`handled` sorts).
+    let mut seen: Vec<MessageId> = sim
+        .runs
+        .iter()
+        .filter(|r| r.label == "audit" && r.ok)
+        .map(|r| r.id)
+        .collect();
+    seen.dedup();
+    assert!(
+        seen == ids,
+        "in the order published: {} of {}",
+        seen.len(),
+        ids.len()
+    );
+    let engine = &sim.nodes[orders].engine;
+    assert_eq!(engine.stats().dead_lettered, 0);
+    assert_eq!(engine.out.background_publishes(), 0);
 }
 
 #[test]

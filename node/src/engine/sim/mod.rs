@@ -374,6 +374,18 @@ impl Sim {
         result
     }
 
+    /// `node` publishes `event` in the background ([`crate::Node::publish_background`]).
+    pub(super) fn publish_background(
+        &mut self,
+        node: usize,
+        event: Message,
+    ) -> Result<MessageId, Error> {
+        let now = self.now;
+        let published = self.nodes[node].engine.publish_background(event, || now);
+        self.settle();
+        published
+    }
+
     /// `node` sends `commands` to `service` as separate calls' commands (`send/each.rs`).
     pub(super) fn send_each(
         &mut self,

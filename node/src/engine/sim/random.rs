@@ -138,16 +138,21 @@ fn schedule(seed: u64) -> Result<u64, String> {
                     background: Background::Commands,
                 }
             }
-            // Background events published one after another: those published while others
-            // are on their way are staged and go together (send/staged.rs).
+            // Background events published one after another, by either call: those published
+            // while others are on their way are staged and go together (send/staged.rs).
             11 => {
                 let count = sim.rng.random_range(1..6);
                 let mut ids = Vec::new();
                 for j in 0..count {
                     let event = sim.event("order.created", format!("{i}.{j}"));
                     ids.push(event.id());
-                    sim.publish(node, vec![event], &PublishOptions::background())
-                        .map_err(|e| format!("background publish refused: {e}"))?;
+                    let published = if sim.rng.random_bool(0.5) {
+                        sim.publish_background(node, event).map(drop)
+                    } else {
+                        sim.publish(node, vec![event], &PublishOptions::background())
+                            .map(drop)
+                    };
+                    published.map_err(|e| format!("background publish refused: {e}"))?;
                 }
                 Call {
                     node,
