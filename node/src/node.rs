@@ -220,15 +220,10 @@ impl Node {
         let driver = self.driver();
         msg.address_replies(&driver.service, driver.id);
         let span = trace::traced_send(Sending::Send, Some(service), std::slice::from_mut(&mut msg));
-        trace::within(&span, || match msg.key() {
-            // Staged or sent at once (`engine/send/staged.rs`); the clock is read only for
-            // the latter.
-            None => driver
-                .call_lazy(|engine, clock| engine.send_background(service, msg, || clock.now())),
-            // After keyed commands gathered before it (`runtime/gather.rs`).
-            Some(_) => driver.call_in_order(true, |engine, now| {
-                engine.send_background(service, msg, || now)
-            }),
+        trace::within(&span, || {
+            driver.call_background(msg.key().is_some(), |engine, clock| {
+                engine.send_background(service, msg, || clock.now())
+            })
         })
     }
 

@@ -58,6 +58,8 @@ pub struct PublishOptions {
     /// Return at once instead of waiting for the acks; the reliable copies are delivered (and
     /// retried, or dead-lettered) in the background. Events published this way one by one
     /// while others are on their way go together (README, "Reliable events").
+    /// [`crate::Node::publish_background`] does the same without a future, with the node's
+    /// retry policy and hold time.
     pub background: bool,
     /// Overrides the node's retry policy for this event. The publish fails with
     /// [`crate::Error::Config`] if the policy has `max_attempts` 0, or a zero `ack_timeout` or

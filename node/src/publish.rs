@@ -161,8 +161,9 @@ impl Node {
     /// tells of it. A graceful [`Node::shutdown`] delivers those still on their way within
     /// its grace period; those left, and all of them on [`Node::abort`], are dead letters.
     ///
-    /// Events published this way while others are on their way go to the engine together,
-    /// each still handled on its own (README, "Reliable events").
+    /// Unkeyed events published this way while others are on their way go to the engine
+    /// together, each still handled on its own (`engine/send/staged.rs` says which do not;
+    /// README, "Reliable events").
     ///
     /// Fails at once, keeping nothing, with [`Error::Backlog`] when the node holds as many
     /// background messages as it may (`NodeBuilder::max_background_publishes` and
@@ -191,17 +192,35 @@ impl Node {
         let driver = self.driver();
         event.address_replies(&driver.service, driver.id);
         let span = trace::traced_send(Sending::Publish, None, std::slice::from_mut(&mut event));
-        trace::within(&span, || match event.key() {
-            // Staged or published at once (`engine/send/staged.rs`); the clock is read only
-            // for the latter.
-            None => {
-                driver.call_lazy(|engine, clock| engine.publish_background(event, || clock.now()))
-            }
-            // After keyed calls gathered before it (`runtime/gather.rs`).
-            Some(_) => {
-                driver.call_in_order(true, |engine, now| engine.publish_background(event, || now))
-            }
+        trace::within(&span, || {
+            driver.call_background(event.key().is_some(), |engine, clock| {
+                engine.publish_background(event, || clock.now())
+            })
         })
+    }
+
+    /// [`Node::publish_batch_with`] in the background, without a future: the batch's first
+    /// id once the node holds it (a typed publish of several versions of one event).
+    #[cfg(feature = "contracts")]
+    pub(crate) fn publish_batch_background(
+        &self,
+        events: Vec<Message>,
+    ) -> Result<MessageId, Error> {
+        let driver = self.driver();
+        let mut events: Events = events.into();
+        for event in &mut events {
+            event.address_replies(&driver.service, driver.id);
+        }
+        let span = trace::traced_send(Sending::Publish, None, &mut events);
+        let options = PublishOptions::background();
+        match trace::within(&span, || start(driver, events, true, &options))? {
+            Publishing::Done(receipt) => Ok(receipt.id),
+            // Never: a background publish is not waited for (`engine/send/publish.rs`).
+            Publishing::Waiting(op) => {
+                driver.cancel_op(op);
+                Err(Error::Internal("a background batch was waited for".into()))
+            }
+        }
     }
 
     /// Waits until `topic` has at least `audiences` audiences with a live instance (subscriber
@@ -242,9 +261,8 @@ impl Node {
     }
 }
 
-/// Hands `events` to the engine. An unkeyed background event may wait for the turn's end
-/// (`engine/send/staged.rs`), which needs no clock: it is read only if the event goes now.
-/// Keyed events go after the keyed calls gathered before them (`runtime/gather.rs`).
+/// Hands `events` to the engine. Keyed events go after the keyed calls gathered before them
+/// (`runtime/gather.rs`); an unkeyed background event may be staged, with no clock read.
 fn start(
     driver: &Arc<Driver>,
     events: Events,
@@ -252,9 +270,10 @@ fn start(
     options: &PublishOptions,
 ) -> Result<Publishing, Error> {
     let keyed = events.iter().any(|e| e.key().is_some());
-    if options.background && !keyed {
-        return driver
-            .call_lazy(|engine, clock| engine.publish(events, batched, options, || clock.now()));
+    if options.background {
+        return driver.call_background(keyed, |engine, clock| {
+            engine.publish(events, batched, options, || clock.now())
+        });
     }
     driver.call_in_order(keyed, |engine, now| {
         engine.publish(events, batched, options, || now)

@@ -154,3 +154,36 @@ async fn a_node_that_shuts_down_delivers_what_it_staged() {
     assert_eq!(handled(&mut seen, 500).await, published);
     assert!(orders.dead_letters().is_empty());
 }
+
+/// Keyed events keep their key's order across both kinds of call: background ones go in
+/// their key's turn after the awaited ones called before them, gathered or not
+/// (`Driver::call_in_order`).
+#[tokio::test(flavor = "current_thread")]
+async fn keyed_background_events_keep_their_order_among_awaited_ones() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let (_audit, orders, mut seen) = audit_and_orders(&mesh, gate, mesh.builder("orders")).await;
+    let (mut published, mut waiting) = (Vec::new(), Vec::new());
+    // Every call starts before any is awaited: a publish starts at the call.
+    for i in 0..40 {
+        let event = Message::event(TOPIC, i.to_string()).with_key("customer-7");
+        published.push(event.id());
+        if i % 4 == 3 {
+            orders.publish_background(event).unwrap();
+        } else {
+            waiting.push(orders.publish(event));
+        }
+    }
+    for receipt in waiting {
+        receipt.await.unwrap();
+    }
+    let mut order = Vec::new();
+    timeout(WAIT, async {
+        while order.len() < published.len() {
+            order.push(seen.recv().await.unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {} handled", order.len(), published.len()));
+    assert_eq!(order, published, "handled in the order published");
+}

@@ -16,8 +16,9 @@
 //! Modes: `send` (point-to-point, acknowledged), `publish` (one reliable event per
 //! `publish`), `batch` (reliable `publish_batch` of 256), `request` (request/reply),
 //! `background` (one loop of background publishes, [`shoal::Node::publish_background`],
-//! done when the receiver handled them all), `send-background` (the same with commands,
-//! [`shoal::Node::send_background`]).
+//! done when the receiver handled them all), `background-future` (the same through
+//! `publish_with` and [`shoal::PublishOptions::background`], a future per event),
+//! `send-background` (the same with commands, [`shoal::Node::send_background`]).
 //! [`IN_FLIGHT`] calls are kept in flight, as in the throughput rows, or one at a time with
 //! the option `closed`, as in the latency rows (`fixed-load send 20000 closed`). The option
 //! `metrics` turns Prometheus metrics on in both nodes (recorded, not served), so the cost of
@@ -69,15 +70,26 @@ const BUSY_POLL: Duration = Duration::from_millis(1);
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Publishes `count` events with [`shoal::Node::publish_background`] (or sends `count`
-/// commands with [`shoal::Node::send_background`]) from one loop, yielding every
-/// [`BACKGROUND_YIELD`], and waiting for room whenever the node holds as many as it may
-/// (`Error::Backlog`: the message is sent again once the node delivered half).
+/// What a loop of background calls calls.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// [`shoal::Node::publish_background`].
+    Publish,
+    /// `publish_with` with [`shoal::PublishOptions::background`].
+    PublishFuture,
+    /// [`shoal::Node::send_background`].
+    Send,
+}
+
+/// Publishes `count` events (or sends `count` commands) in the background with `call` from
+/// one loop, yielding every [`BACKGROUND_YIELD`], and waiting for room whenever the node
+/// holds as many as it may (`Error::Backlog`: the message is sent again once the node
+/// delivered half).
 async fn in_background(
     node: &Node,
     count: u64,
     body: Bytes,
-    commands: bool,
+    call: Call,
 ) -> std::result::Result<(), shoal::Error> {
     let mut published = 0;
     // Bounded in time (refusals may be many, while a slow receiver catches up) and count.
@@ -92,12 +104,20 @@ async fn in_background(
             }
             tokio::task::yield_now().await;
         }
-        let sent = if commands {
-            let command = Message::command("sink", body.clone());
-            node.send_background(SERVICE, command).map(drop)
-        } else {
-            let event = Message::event(TOPIC, body.clone());
-            node.publish_background(event).map(drop)
+        let sent = match call {
+            Call::Send => {
+                let command = Message::command("sink", body.clone());
+                node.send_background(SERVICE, command).map(drop)
+            }
+            Call::Publish => {
+                let event = Message::event(TOPIC, body.clone());
+                node.publish_background(event).map(drop)
+            }
+            Call::PublishFuture => {
+                let event = Message::event(TOPIC, body.clone());
+                let options = shoal::PublishOptions::background();
+                node.publish_with(event, options).await.map(drop)
+            }
         };
         match sent {
             Ok(()) => published += 1,
@@ -195,6 +215,7 @@ fn main() -> Result<()> {
         "batch",
         "request",
         "background",
+        "background-future",
         "send-background",
     ];
     if !modes.contains(&mode.as_str()) {
@@ -262,13 +283,18 @@ fn main() -> Result<()> {
         let per_call = if mode == "batch" { batch } else { 1 };
         let calls = count.div_ceil(per_call);
         let mut tasks = Vec::new();
-        let background = mode.ends_with("background");
-        if background {
+        let call = match mode.as_str() {
+            "background" => Some(Call::Publish),
+            "background-future" => Some(Call::PublishFuture),
+            "send-background" => Some(Call::Send),
+            _ => None,
+        };
+        let background = call.is_some();
+        if let Some(call) = call {
             let (node, handled) = (node.clone(), Arc::clone(&handled));
-            let commands = mode == "send-background";
             tasks.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![0xA5u8; payload]);
-                in_background(&node, count, body, commands).await?;
+                in_background(&node, count, body, call).await?;
                 // Done when the receiver handled them all.
                 let deadline = Instant::now() + WAIT;
                 while handled.load(Ordering::Relaxed) < count && Instant::now() < deadline {

@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 mod callers;
 
-use super::{Driver, State};
+use super::{Driver, LazyNow, State};
 use crate::engine::send::{MAX_TOGETHER_PAYLOAD, Publishing};
 use crate::engine::{Done, Engine};
 use crate::handler::BoxedHandler;
@@ -283,6 +283,21 @@ impl Driver {
         });
         wake.into_iter().for_each(Waker::wake);
         result
+    }
+
+    /// [`Driver::call_lazy`] for a background call (`Node::send_background`,
+    /// `Node::publish_background`, a background `publish_with`): an unkeyed message may be
+    /// staged (`engine/send/staged.rs`), which needs no clock; a keyed one goes after the
+    /// keyed messages gathered before it ([`Driver::call_in_order`]).
+    pub(crate) fn call_background<R>(
+        self: &Arc<Self>,
+        keyed: bool,
+        f: impl FnOnce(&mut Engine<BoxedHandler>, &mut LazyNow) -> R,
+    ) -> R {
+        if keyed {
+            return self.call_in_order(true, |engine, now| f(engine, &mut LazyNow(Some(now))));
+        }
+        self.call_lazy(f)
     }
 
     /// Hands the oldest group gathered to the engine; says whether there was one. A group

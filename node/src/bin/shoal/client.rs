@@ -1,5 +1,6 @@
 //! `shoal send`, `shoal request` and `shoal publish`: one-off messages to running services.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
@@ -93,11 +94,13 @@ pub(crate) struct PublishArgs {
     #[arg(long)]
     best_effort: bool,
     /// Publish the events without awaiting each (`Node::publish_background`), then wait for
-    /// all of them to be delivered (at most `--timeout`) before exiting; prints one line.
+    /// all of them to be delivered (at most `--timeout`) before exiting; prints one line:
+    /// the events every audience took, and the copies dead-lettered.
     #[arg(long, conflicts_with = "best_effort")]
     background: bool,
-    /// With `--background`: give up on an event's copy (dead-letter it) this long after it
-    /// was first sent, in ms.
+    /// With `--background`: how long to try, in ms. A copy is retried at most this long
+    /// after it was first sent, and the node waits this long (and a second) for the copies
+    /// still on their way before it exits; those left then are dead-lettered.
     #[arg(
         long,
         value_name = "MS",
@@ -150,7 +153,7 @@ pub(crate) async fn publish(args: PublishArgs) -> CliResult {
         let result = match args.wait_for_audiences(&node).await {
             Ok(()) => {
                 let publish = || node.publish_background(args.event());
-                in_background(&node, args.count, publish).await
+                in_background(&node, args.count, Unit::Events, publish).await
             }
             Err(e) => {
                 node.shutdown().await;
@@ -262,7 +265,7 @@ async fn send_in_background(args: SendArgs) -> CliResult {
     match wait_for_service(&node, &mut events, service, args.client.wait_or(5_000)).await {
         Ok(()) => {
             let send = || node.send_background(service, args.message.command());
-            in_background(&node, args.count, send).await
+            in_background(&node, args.count, Unit::Commands, send).await
         }
         Err(e) => {
             node.shutdown().await;
@@ -282,13 +285,23 @@ fn background_builder(builder: NodeBuilder, timeout: Duration) -> NodeBuilder {
         .shutdown_grace(timeout + Duration::from_secs(1))
 }
 
+/// What a background call sends: commands (a dead letter is one command), or events (a dead
+/// letter is one audience's copy of an event).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Commands,
+    Events,
+}
+
 /// Makes `count` background calls with `call` (waiting for room when the node holds as many
 /// as it may), then shuts `node` down gracefully, which delivers what it holds within the
 /// grace period ([`background_builder`]), and prints `sent <n> in the background: delivered
-/// <n>, dead-lettered <n> time <µs>`. Fails if any was not delivered.
+/// <n>, dead-lettered <n> time <µs>`: the messages delivered (events: to every audience) and
+/// the dead letters. Fails if any was not delivered.
 async fn in_background(
     node: &Node,
     count: u64,
+    unit: Unit,
     mut call: impl FnMut() -> Result<MessageId, shoal::Error>,
 ) -> CliResult {
     let start = Instant::now();
@@ -305,15 +318,28 @@ async fn in_background(
     }
     node.shutdown().await;
     let lost = node.stats().dead_lettered;
+    let undelivered = match unit {
+        Unit::Commands => lost,
+        // The events with a dead copy (of those the node kept: `dead_letter_capacity`).
+        Unit::Events => {
+            let letters = node.dead_letters();
+            let ids: HashSet<MessageId> = letters.iter().map(|l| l.message.id()).collect();
+            ids.len() as u64
+        }
+    };
     say!(
         "sent {sent} in the background: delivered {}, dead-lettered {lost} time {}",
-        sent.saturating_sub(lost),
+        sent.saturating_sub(undelivered),
         micros(start.elapsed())
     );
-    match lost {
-        0 => Ok(()),
-        _ => Err(CliError::new(format!(
+    match (lost, unit) {
+        (0, _) => Ok(()),
+        (_, Unit::Commands) => Err(CliError::new(format!(
             "{lost} of {sent} messages were not delivered"
+        ))),
+        (_, Unit::Events) => Err(CliError::new(format!(
+            "{undelivered} of {sent} events were not delivered to every audience \
+             ({lost} copies dead-lettered)"
         ))),
     }
 }

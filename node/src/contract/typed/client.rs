@@ -5,7 +5,6 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use futures_util::future::Either;
 
 use super::TypedNode;
@@ -217,17 +216,7 @@ impl TypedNode {
         if messages.len() == 1 {
             return self.inner.node.publish_background(messages.remove(0));
         }
-        // A background batch is taken or refused at the call: its future is ready at once.
-        let batch = self
-            .inner
-            .node
-            .publish_batch_with(messages, PublishOptions::background());
-        match batch.now_or_never() {
-            Some(published) => published.map(|receipt| receipt.id),
-            None => Err(Error::Internal(
-                "a background batch was not taken at once".into(),
-            )),
-        }
+        self.inner.node.publish_batch_background(messages)
     }
 
     /// Decodes a byte message as `T` (by its content type; without one, by the codec the
