@@ -41,6 +41,8 @@
 //! instead of 64: `fixed-load background 20000 payload=65536`. The option `handlers=N` sets
 //! both nodes' [`shoal::NodeBuilder::max_concurrent_handlers`] (default 1024), and
 //! `backlog=N` their [`shoal::NodeBuilder::max_background_publishes`] (default 4096).
+//! The option `yield=N` makes the background modes' loop yield every `N` calls instead of
+//! every [`BACKGROUND_YIELD`] (`fixed-load background 3000000 yield=256`).
 //!
 //! It prints the messages handled per second, the writes of each node, the sender's retries
 //! and the receiver's duplicates (a retry means an ack did not come in time). On Linux, with
@@ -82,14 +84,14 @@ enum Call {
 }
 
 /// Publishes `count` events (or sends `count` commands) in the background with `call` from
-/// one loop, yielding every [`BACKGROUND_YIELD`], and waiting for room whenever the node
+/// one loop, yielding every `every` calls, and waiting for room whenever the node
 /// holds as many as it may (`Error::Backlog`: the message is sent again once the node
 /// delivered half).
 async fn in_background(
     node: &Node,
     count: u64,
     body: Bytes,
-    call: Call,
+    (call, every): (Call, u64),
 ) -> std::result::Result<(), shoal::Error> {
     let mut published = 0;
     // Bounded in time (refusals may be many, while a slow receiver catches up) and count.
@@ -98,7 +100,7 @@ async fn in_background(
         if published == count {
             break;
         }
-        if i % BACKGROUND_YIELD == 0 {
+        if i % every == 0 {
             if Instant::now() > deadline {
                 break;
             }
@@ -135,8 +137,12 @@ fn main() -> Result<()> {
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
     let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
     let (mut workers, mut window, mut payload) = (None, None, 64);
-    let (mut handlers, mut backlog) = (None, None);
+    let (mut handlers, mut backlog, mut every) = (None, None, BACKGROUND_YIELD);
     for option in args {
+        if let Some(n) = option.strip_prefix("yield=") {
+            every = n.parse::<u64>()?.max(1);
+            continue;
+        }
         if let Some(n) = option.strip_prefix("backlog=") {
             backlog = Some(n.parse()?);
             continue;
@@ -175,7 +181,7 @@ fn main() -> Result<()> {
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N, batch=N, workers=N, window=N, handlers=N, backlog=N or \
+                     in-flight=N, batch=N, workers=N, window=N, handlers=N, backlog=N, yield=N or \
                      payload=N"
                 )
                 .into());
@@ -294,7 +300,7 @@ fn main() -> Result<()> {
             let (node, handled) = (node.clone(), Arc::clone(&handled));
             tasks.push(tokio::spawn(async move {
                 let body = Bytes::from(vec![0xA5u8; payload]);
-                in_background(&node, count, body, call).await?;
+                in_background(&node, count, body, (call, every)).await?;
                 // Done when the receiver handled them all.
                 let deadline = Instant::now() + WAIT;
                 while handled.load(Ordering::Relaxed) < count && Instant::now() < deadline {
