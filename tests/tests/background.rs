@@ -187,3 +187,25 @@ async fn keyed_background_events_keep_their_order_among_awaited_ones() {
     .unwrap_or_else(|_| panic!("{} of {} handled", order.len(), published.len()));
     assert_eq!(order, published, "handled in the order published");
 }
+
+/// A producer that yields after every call (as one awaiting anything ready at once between
+/// its events does) adds one event per turn of the runtime. Its events still leave many per
+/// write: the node sends what is staged once a turn adds none (`runtime/gather.rs`), not
+/// at every turn's end, which made a write (a system call and a packet) per event.
+#[tokio::test(flavor = "current_thread")]
+async fn events_of_a_producer_yielding_after_each_leave_many_per_write() {
+    let mesh = Mesh::new();
+    let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
+    let (_audit, orders, mut seen) = audit_and_orders(&mesh, gate, mesh.builder("orders")).await;
+    let before = orders.stats().writes;
+    let mut published = HashSet::new();
+    for i in 0..3000 {
+        let event = Message::event(TOPIC, i.to_string());
+        published.insert(orders.publish_background(event).unwrap());
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(handled(&mut seen, 3000).await, published);
+    let writes = orders.stats().writes - before;
+    // One write per event before; about one per 256 now.
+    assert!(writes < 300, "{writes} writes for 3,000 events");
+}

@@ -279,6 +279,11 @@ impl<H: Clone> Engine<H> {
         !self.out.staged.is_empty()
     }
 
+    /// Background messages staged now.
+    pub(crate) fn staged_count(&self) -> usize {
+        self.out.staged.count()
+    }
+
     /// Sends every staged message (the node stops).
     pub(in crate::engine) fn send_all_staged(&mut self, now: Instant) {
         while self.send_staged(now) {}
