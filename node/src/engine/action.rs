@@ -49,8 +49,8 @@ pub(crate) enum Action<H> {
         result: Result<Message, crate::Error>,
     },
     /// Background messages were staged (`send/staged.rs`): call
-    /// [`super::Engine::send_staged`] once the work ready now is done (not at once: the
-    /// messages sent meanwhile join them).
+    /// [`super::Engine::send_staged`] once the work ready now is done and their producer
+    /// paused (not at once: the messages sent meanwhile join them).
     SendStaged,
     /// A producer waiting for room in the backlog of background messages may go on
     /// ([`super::Engine::background_room`]): wake whoever waits

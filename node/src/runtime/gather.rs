@@ -29,7 +29,8 @@
 //! have. Keyed requests go alone, in their key's turn.
 //!
 //! Background events and commands are not gathered here: the engine stages them itself, and
-//! this task sends them with the groups (`engine/send/staged.rs`, [`Driver::send_staged_soon`]).
+//! this task sends them after the groups, once their producer pauses
+//! (`engine/send/staged.rs`, [`Driver::send_staged_soon`], `Driver::wait_while_staging_grows`).
 //!
 //! Not gathered: batches, keyed requests, best-effort messages, calls with options of their
 //! own, payloads over 16 KiB, and nodes with a multicast channel.
@@ -64,8 +65,12 @@ use callers::Callers;
 
 /// The most turns [`Driver::wait_while_staging_grows`] waits.
 const STAGING_TURNS: usize = 256;
-/// Staged messages enough for one write's worth: no turn more is waited for.
-const STAGING_ENOUGH: usize = 256;
+/// The longest [`Driver::wait_while_staging_grows`] waits.
+const STAGING_FOR: Duration = Duration::from_millis(1);
+/// Staged messages enough to go: no turn more is waited for.
+const STAGED_ENOUGH: usize = 256;
+/// Staged payload bytes enough to go (a few packets' worth).
+const STAGED_BYTES_ENOUGH: usize = 64 * 1024;
 /// Turns without a new staged message after which the producer counts as paused.
 const QUIET_TURNS: usize = 2;
 pub(super) use callers::Claim;
@@ -87,7 +92,7 @@ pub(crate) struct Gather {
     /// the waiting messages over first ([`Driver::call_in_order`]).
     keyed: AtomicBool,
     /// Whether the engine staged background messages (`engine/send/staged.rs`): they go
-    /// with the next hand-over.
+    /// after the next hand-over, once their producer pauses.
     staged: AtomicBool,
 }
 
@@ -219,7 +224,7 @@ impl Driver {
     }
 
     /// The engine staged background messages: [`Driver::run_gather`] sends them once the
-    /// tasks ready now have run, with those sent meanwhile.
+    /// tasks ready now have run and their producer paused, with those sent meanwhile.
     pub(super) fn send_staged_soon(&self) {
         self.gather.staged.store(true, Ordering::Release);
         self.gather.handover.notify_one();
@@ -243,19 +248,11 @@ impl Driver {
             if self.yield_before_write {
                 tokio::task::yield_now().await;
             }
-            // A group at a time, each in a call of its own: a large backlog does not hold the
-            // engine for long.
-            loop {
-                let mut wake = Vec::new();
-                let more =
-                    self.call_state(|state, now| self.hand_over_first(state, now, &mut wake));
-                wake.into_iter().for_each(Waker::wake);
-                if !more {
-                    break;
-                }
-            }
+            self.hand_over_all();
             if self.gather.staged.load(Ordering::Acquire) {
-                self.wait_while_staging_grows().await;
+                self.wait_while_staging_grows(killed).await;
+                // Calls gathered meanwhile go first, as they would have without the wait.
+                self.hand_over_all();
             }
             if self.gather.staged.swap(false, Ordering::AcqRel) {
                 // An operation at a time, each in a call of its own, as the groups.
@@ -271,24 +268,46 @@ impl Driver {
         }
     }
 
-    /// Waits, a turn of the runtime at a time, while the staged background messages grow: a
-    /// producer that yields between its calls (or awaits something ready at once) adds a
-    /// few per turn, and sent at each turn's end they went a few per write, each write a
-    /// system call and a packet (one loop yielding after every call made 50-100 k msgs/s;
-    /// yielding every 64, 1.9-2.1 M). At most [`STAGING_TURNS`] turns, and not past
-    /// [`STAGING_ENOUGH`] messages; [`QUIET_TURNS`] turns that add none end the wait (the
-    /// producer paused, and what it staged goes now), as does a gathered call waiting to be
-    /// handed over. No clock: the wait is a few of the producer's turns, never a timer.
-    async fn wait_while_staging_grows(&self) {
-        let staged = || lock(&self.state).engine.staged_count();
+    /// Hands every gathered group to the engine: a group at a time, each in a call of its
+    /// own, so that a large backlog does not hold the engine for long.
+    fn hand_over_all(self: &Arc<Self>) {
+        loop {
+            let mut wake = Vec::new();
+            let more = self.call_state(|state, now| self.hand_over_first(state, now, &mut wake));
+            wake.into_iter().for_each(Waker::wake);
+            if !more {
+                break;
+            }
+        }
+    }
+
+    /// Waits, a turn of the runtime at a time, while the staged background messages grow.
+    ///
+    /// A producer that yields between its calls (or awaits something ready at once) adds a
+    /// few per turn; sent at each turn's end, they went a few per write, each write a system
+    /// call and a packet (a loop yielding after every call made 46-100 k msgs/s). The wait
+    /// ends once [`QUIET_TURNS`] turns in a row add none (the producer paused: what it
+    /// staged goes now), once [`STAGED_ENOUGH`] messages or [`STAGED_BYTES_ENOUGH`] bytes are
+    /// staged, a gathered call waits to be handed over, or the node is killed, and at the
+    /// latest after [`STAGING_TURNS`] turns or [`STAGING_FOR`] (a busy node's turns may be
+    /// long). The clock is read, never waited on: no timer.
+    async fn wait_while_staging_grows(&self, killed: &CancellationToken) {
+        let staged = || lock(&self.state).engine.staged_size();
         let calls_wait = || {
             lock(&self.gather.pending)
                 .as_ref()
                 .is_some_and(|p| !p.is_empty())
         };
+        let started = Self::now();
         let (mut before, mut quiet) = (staged(), 0);
         for _ in 0..STAGING_TURNS {
-            if before >= STAGING_ENOUGH || calls_wait() {
+            let (count, bytes) = before;
+            if count >= STAGED_ENOUGH
+                || bytes >= STAGED_BYTES_ENOUGH
+                || calls_wait()
+                || killed.is_cancelled()
+                || Self::now().saturating_duration_since(started) >= STAGING_FOR
+            {
                 return;
             }
             tokio::task::yield_now().await;
@@ -296,7 +315,7 @@ impl Driver {
             // A producer's turn and this task's do not alternate one for one (tokio defers a
             // yielding task behind the IO driver's poll): two turns without a new message
             // mean it paused.
-            quiet = if now > before { 0 } else { quiet + 1 };
+            quiet = if now.0 > count { 0 } else { quiet + 1 };
             if quiet == QUIET_TURNS {
                 return;
             }

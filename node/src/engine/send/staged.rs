@@ -1,5 +1,5 @@
-//! Background messages sent one by one while others are on their way wait for the end of the
-//! runtime's turn, and go together.
+//! Background messages sent one by one while others are on their way wait until their
+//! producer pauses, and go together.
 //!
 //! A background publish ([`crate::Node::publish_background`], or `publish_with` with
 //! [`crate::PublishOptions::background`]) or background send ([`crate::Node::send_background`])
@@ -15,7 +15,8 @@
 //! name, the node's policy (a message that breaks a limit is not staged, and fails alone).
 //! Then it waits, with the others of its topic or service, until the IO layer calls
 //! [`Engine::send_staged`]. The engine asks for that call with [`Action::SendStaged`] when
-//! the first is staged, and the runtime makes it once the tasks ready then have run. There
+//! the first is staged, and the runtime makes it once the producer pauses (a turn of the
+//! runtime at a time while each adds some, bounded: `runtime/gather.rs`). There
 //! each topic's events, and each service's commands, become one operation in which each
 //! message is handled, retried and dead-lettered on its own.
 //!
@@ -90,14 +91,18 @@ impl Staged {
         self.count += 1;
         self.bytes += message.payload().len();
         match at.and_then(|i| self.bounds.get_mut(i)) {
-            Some((_, _, messages)) => messages.push(message),
-            None => {
-                // Room for a loop's burst: grown one by one, the vector was reallocated
-                // (and copied) at every doubling.
-                let mut messages = Events::with_capacity(FIRST_ROOM);
+            Some((k, n, messages)) => {
+                debug_assert!(*k == kind && n == name, "a stale position");
+                // Room for a loop's burst at its second message: grown one by one, the vector
+                // was reallocated (and copied) at every doubling.
+                if messages.len() == 1 {
+                    messages.reserve(FIRST_ROOM);
+                }
                 messages.push(message);
-                self.bounds.push((kind, SmolStr::new(name), messages));
             }
+            None => self
+                .bounds
+                .push((kind, SmolStr::new(name), smallvec::smallvec![message])),
         }
     }
 
@@ -120,7 +125,7 @@ impl Staged {
     }
 }
 
-/// Room for messages a topic or service starts its staging with.
+/// Room for messages a topic or service's staging makes at its second message.
 const FIRST_ROOM: usize = 64;
 
 /// The most topics and services with staged messages at once. Staged messages are looked up
@@ -279,9 +284,9 @@ impl<H: Clone> Engine<H> {
         !self.out.staged.is_empty()
     }
 
-    /// Background messages staged now.
-    pub(crate) fn staged_count(&self) -> usize {
-        self.out.staged.count()
+    /// Background messages staged now, and their payload bytes.
+    pub(crate) fn staged_size(&self) -> (usize, usize) {
+        (self.out.staged.count(), self.out.staged.bytes())
     }
 
     /// Sends every staged message (the node stops).
