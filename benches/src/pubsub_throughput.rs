@@ -329,16 +329,7 @@ async fn publisher(
         Mode::Background => {
             let send = one_loop(schedule, async || {
                 let event = Message::event(TOPIC, body.clone());
-                // Refused because the node holds as many as it may (it is not sent): wait
-                // until it delivered half.
-                match node.publish_background(event) {
-                    Ok(_) => Ok(()),
-                    Err(shoal::Error::Backlog { .. }) => {
-                        node.wait_for_background_room().await;
-                        Ok(())
-                    }
-                    Err(e) => Err(shoal_err(e)),
-                }
+                room_if_refused(&node, node.publish_background(event)).await
             });
             let (sent, window) = tokio::join!(send, schedule.sample(&handled));
             sent.map(|()| window)
@@ -366,6 +357,22 @@ async fn publisher(
     };
     node.shutdown().await;
     Ok((result?, dropped.load(Ordering::Relaxed)))
+}
+
+/// What a background call of the one-loop rows returned: a call refused because the node
+/// holds as many as it may (not sent, and not counted) waits until the node delivered half.
+pub(crate) async fn room_if_refused(
+    node: &Node,
+    called: Result<shoal::MessageId, shoal::Error>,
+) -> BenchResult<()> {
+    match called {
+        Ok(_) => Ok(()),
+        Err(shoal::Error::Backlog { .. }) => {
+            node.wait_for_background_room().await;
+            Ok(())
+        }
+        Err(e) => Err(shoal_err(e)),
+    }
 }
 
 /// Calls `send` from one loop as fast as it can until the window is over (at most

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use shoal::{MeshCa, Message, Node};
 
-use super::{RELIABLE_WINDOW, acked_loops, one_loop};
+use super::{RELIABLE_WINDOW, acked_loops, one_loop, room_if_refused};
 use crate::BenchConfig;
 use crate::error::{BenchError, BenchResult};
 use crate::runtime::run_pair;
@@ -149,15 +149,7 @@ async fn sender(
             Mode::BackgroundSend => {
                 let send = one_loop(schedule, async || {
                     let command = Message::command("sink", body.clone());
-                    match node.send_background(SERVICE, command) {
-                        Ok(_) => Ok(()),
-                        // The node holds as many as it may: until it delivered half.
-                        Err(shoal::Error::Backlog { .. }) => {
-                            node.wait_for_background_room().await;
-                            Ok(())
-                        }
-                        Err(e) => Err(shoal_err(e)),
-                    }
+                    room_if_refused(&node, node.send_background(SERVICE, command)).await
                 });
                 let (sent, window) = tokio::join!(send, schedule.sample(&handled));
                 sent.map(|()| window)

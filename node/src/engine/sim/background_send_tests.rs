@@ -217,15 +217,7 @@ fn keyed_background_commands_are_handled_in_the_order_they_were_sent() {
         loss: 0.1,
         ..Faults::default()
     };
-    // Each waits for the one before it: the deadline leaves room for many lost attempts.
-    let config = Config {
-        retry: crate::RetryPolicy {
-            max_attempts: 1000,
-            deadline: 3600 * SECOND,
-            ..crate::RetryPolicy::default()
-        },
-        ..Config::default()
-    };
+    let config = super::tests::patient();
     let (mut sim, orders, _) = orders_and_billing(71, config, 2, faults);
     let ids = charges(&mut sim, orders, 30, Some("customer-7"));
     sim.run_for(600 * SECOND);

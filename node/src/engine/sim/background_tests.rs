@@ -244,15 +244,7 @@ fn keyed_background_events_are_handled_in_the_order_they_were_published() {
         loss: 0.1,
         ..Faults::default()
     };
-    // Each waits for the one before it: the deadline leaves room for many lost attempts.
-    let config = Config {
-        retry: crate::RetryPolicy {
-            max_attempts: 1000,
-            deadline: 3600 * SECOND,
-            ..crate::RetryPolicy::default()
-        },
-        ..Config::default()
-    };
+    let config = super::tests::patient();
     let mut sim = Sim::new(53);
     let orders = sim.node_with("orders", config);
     for _ in 0..2 {

@@ -23,6 +23,19 @@ pub(super) fn counting(count: &Rc<Cell<u32>>) -> impl Fn(&crate::Message) -> Han
     }
 }
 
+/// A node's config whose retries outlast heavy loss: keyed messages each wait for the one
+/// before them, so one lost many times holds up the rest.
+pub(super) fn patient() -> crate::config::Config {
+    crate::config::Config {
+        retry: crate::RetryPolicy {
+            max_attempts: 1000,
+            deadline: Duration::from_secs(3600),
+            ..crate::RetryPolicy::default()
+        },
+        ..crate::config::Config::default()
+    }
+}
+
 /// A node configuration with `policy`, and the defaults otherwise.
 pub(super) fn with(policy: &crate::policy::Policy) -> crate::config::Config {
     crate::config::Config {
