@@ -63,6 +63,9 @@ use crate::sync::lock;
 use crate::{Error, Message, MessageId};
 use callers::Callers;
 
+pub(super) use callers::Claim;
+pub(crate) use callers::Gathered;
+
 /// The most turns [`Driver::wait_while_staging_grows`] waits.
 const STAGING_TURNS: usize = 256;
 /// The longest [`Driver::wait_while_staging_grows`] waits.
@@ -73,8 +76,6 @@ const STAGED_ENOUGH: usize = 256;
 const STAGED_BYTES_ENOUGH: usize = 64 * 1024;
 /// Turns without a new staged message after which the producer counts as paused.
 const QUIET_TURNS: usize = 2;
-pub(super) use callers::Claim;
-pub(crate) use callers::Gathered;
 
 /// Messages waiting to be handed to the engine, by destination.
 pub(crate) struct Gather {

@@ -2,8 +2,8 @@
 //! producer pauses, and go together.
 //!
 //! A background publish ([`crate::Node::publish_background`], or `publish_with` with
-//! [`crate::PublishOptions::background`]) or background send ([`crate::Node::send_background`])
-//! returns at once: nobody waits for its deliveries. A
+//! [`crate::PublishOptions::background`]) or background send
+//! ([`crate::Node::send_background`]) returns at once: nobody waits for its deliveries. A
 //! service streaming events or commands that way paid for a whole operation per message (its
 //! deliveries, attempt, timer, and the engine's work on each ack), where messages sent
 //! together can share them, as the messages of many waiting callers do ([`super::each`],
