@@ -107,10 +107,7 @@ impl Node {
         options: PublishOptions,
     ) -> impl Future<Output = Result<PublishReceipt, Error>> + Send + 'static {
         let driver = Arc::clone(self.driver());
-        for event in &mut events {
-            event.address_replies(&driver.service, driver.id);
-        }
-        let span = trace::traced_send(Sending::Publish, None, &mut events);
+        let span = addressed(&driver, &mut events);
         // While other calls wait, a lone event joins those published in this turn
         // (`runtime/gather.rs`).
         if !batched
@@ -190,8 +187,7 @@ impl Node {
     /// ```
     pub fn publish_background(&self, mut event: Message) -> Result<MessageId, Error> {
         let driver = self.driver();
-        event.address_replies(&driver.service, driver.id);
-        let span = trace::traced_send(Sending::Publish, None, std::slice::from_mut(&mut event));
+        let span = addressed(driver, std::slice::from_mut(&mut event));
         trace::within(&span, || {
             driver.call_background(event.key().is_some(), |engine, clock| {
                 engine.publish_background(event, || clock.now())
@@ -208,10 +204,7 @@ impl Node {
     ) -> Result<MessageId, Error> {
         let driver = self.driver();
         let mut events: Events = events.into();
-        for event in &mut events {
-            event.address_replies(&driver.service, driver.id);
-        }
-        let span = trace::traced_send(Sending::Publish, None, &mut events);
+        let span = addressed(driver, &mut events);
         let options = PublishOptions::background();
         match trace::within(&span, || start(driver, events, true, &options))? {
             Publishing::Done(receipt) => Ok(receipt.id),
@@ -259,6 +252,15 @@ impl Node {
             .filter(|(_, nodes)| !nodes.is_empty())
             .count()
     }
+}
+
+/// Fills in the return addresses of `events` (this node's) and opens their publish's trace
+/// span.
+fn addressed(driver: &Driver, events: &mut [Message]) -> tracing::Span {
+    for event in events.iter_mut() {
+        event.address_replies(&driver.service, driver.id);
+    }
+    trace::traced_send(Sending::Publish, None, events)
 }
 
 /// Hands `events` to the engine. Keyed events go after the keyed calls gathered before them
