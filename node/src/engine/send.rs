@@ -43,8 +43,12 @@ pub(crate) use publish::{Events, Publishing};
 
 /// An operation's messages (usually one, kept inline).
 pub(super) type Envelopes = SmallVec<[Box<Envelope>; 1]>;
-/// Each message's encoded item, with the attempt it was encoded for.
+/// Each message's encoded item, with the attempt it was encoded for ([`NOT_ENCODED`] once
+/// handed over: attempts count from 1).
 pub(super) type Items = SmallVec<[(u32, EncodedItem); 1]>;
+
+/// The attempt of an item handed over to its only delivery ([`Op::item`]).
+const NOT_ENCODED: u32 = 0;
 
 slotmap::new_key_type! {
     /// One destination's delivery of an operation.
@@ -120,6 +124,12 @@ pub(super) struct Op {
 
 impl Op {
     /// Message `index`'s item for `attempt`, encoded again if it was last encoded for another.
+    ///
+    /// An operation with one delivery (and no multicast copies) sends each attempt's item
+    /// once, and the next attempt carries another number: its item is handed over rather than
+    /// kept, so the bytes' shared count is not raised for the copy kept and lowered again
+    /// when the operation ends (two atomic operations per message, a twentieth of a
+    /// background event's cost to its sender).
     pub(super) fn item(
         &mut self,
         index: usize,
@@ -127,9 +137,15 @@ impl Op {
         limits: &Limits,
         arena: &mut BytesMut,
     ) -> Result<EncodedItem, Error> {
-        let (encoded_for, item) = &self.items[index];
+        // `open` counts the deliveries a publish will start, before they all are.
+        let shared = self.open > 1 || self.deliveries.len() > 1 || self.channel.is_some();
+        let (encoded_for, item) = &mut self.items[index];
         if *encoded_for == attempt {
-            return Ok(item.clone());
+            if shared {
+                return Ok(item.clone());
+            }
+            *encoded_for = NOT_ENCODED;
+            return Ok(std::mem::take(item));
         }
         self.messages[index].attempt = attempt;
         // Separate calls' events are encoded as lone ones are, not against a batch's head.
@@ -139,7 +155,9 @@ impl Op {
         };
         let item =
             EncodedItem::from_envelope_in(&self.messages[index], head.as_ref(), limits, arena)?;
-        self.items[index] = (attempt, item.clone());
+        if shared {
+            self.items[index] = (attempt, item.clone());
+        }
         Ok(item)
     }
 }

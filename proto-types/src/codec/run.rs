@@ -52,7 +52,7 @@ const MAX_VARINT: usize = 9;
 const ARENA_BLOCK: usize = 64 * 1024;
 
 /// One message's [`Item`], encoded and checked against the limits once.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EncodedItem(Bytes);
 
 /// A run's [`Head`], encoded and checked against the limits once.
