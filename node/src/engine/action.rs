@@ -105,26 +105,43 @@ pub(crate) struct Run<H> {
     pub(crate) handlers: SmallVec<[H; 1]>,
     /// The message.
     pub(crate) message: Message,
-    /// The messages that follow it in an ordered run, handed over together so the driver
-    /// runs them one after the other in one trip (`receive.rs`): each after the one before
-    /// it succeeded, each outcome reported in turn; after a failure the driver runs none of
-    /// the rest (the engine refuses them). Usually none.
+    /// The messages that follow it in a run, handed over together so the driver runs them
+    /// one after the other in one trip (`receive.rs`), each outcome reported in turn. In an
+    /// ordered run each waits for the one before to succeed: after a failure the driver runs
+    /// none of the rest (the engine refuses them). In an unordered run a failure stops
+    /// nothing, and from the first handler that has to wait the driver runs none of the rest
+    /// but hands them back ([`crate::engine::Engine::spread`]). Usually none.
     pub(crate) more: Option<Box<Following>>,
 }
 
-/// The messages of an ordered run handed over after a [`Run`]'s first: its items, in order,
-/// with their run's head. Each becomes a [`Message`] only when its turn comes
+/// The messages of a run handed over after a [`Run`]'s first: its items, in order, with
+/// their run's head. Each becomes a [`Message`] only when its turn comes
 /// ([`Following::message`]), so one envelope at a time is alive, not a run's worth.
 #[derive(Debug)]
 pub(crate) struct Following {
     head: Arc<Head>,
     items: VecDeque<Item>,
+    ordered: bool,
 }
 
 impl Following {
-    /// `items` of the run with `head`.
-    pub(crate) fn new(head: Arc<Head>, items: VecDeque<Item>) -> Self {
-        Self { head, items }
+    /// `items` of the run with `head`, `ordered` or not.
+    pub(crate) fn new(head: Arc<Head>, items: VecDeque<Item>, ordered: bool) -> Self {
+        Self {
+            head,
+            items,
+            ordered,
+        }
+    }
+
+    /// Whether each message waits for the one before it to succeed (see [`Run::more`]).
+    pub(crate) fn ordered(&self) -> bool {
+        self.ordered
+    }
+
+    /// The messages not taken yet.
+    pub(super) fn into_items(self) -> VecDeque<Item> {
+        self.items
     }
 
     /// The next message, if any is left. Inlined, as [`Item::into_envelope`] is, so the

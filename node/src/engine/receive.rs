@@ -13,6 +13,13 @@
 //! The items of an ordered run are handled one after the other; the first failure stops the
 //! run and the items after it are refused as [`NackCode::Skipped`], so the sender retries
 //! them in order.
+//!
+//! The items of an unordered run (events or commands sent one by one that travelled
+//! together) go to their one handler together too, in one task and one [`Run`], as long as
+//! each handler finishes in its first poll; each is still acknowledged, or refused, on its
+//! own, and a failure stops nothing. The first handler that has to wait keeps the task, and
+//! the items after it become tasks of their own (`receive/unordered.rs`), so handlers that
+//! wait run side by side as before, within the peer's handler slots.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,6 +42,7 @@ use crate::config::Config;
 mod finish;
 mod shared_head;
 mod slots;
+mod unordered;
 
 use shared_head::SharedHeads;
 
@@ -47,7 +55,7 @@ pub(super) const MAX_WAITING_COPIES: usize = 64;
 /// the message.
 pub(super) type Ready = (u64, MessageId, Item);
 
-/// One handler run: a message (or, for an ordered run, its messages in turn) of one peer.
+/// One handler run: a message (or, for a run, its messages in turn) of one peer.
 #[derive(Debug)]
 struct Task<H> {
     conn: ConnId,
@@ -59,16 +67,21 @@ struct Task<H> {
     ready: Option<Box<Ready>>,
     /// The message whose handlers run: its number, dedup key and id.
     running: Option<(u64, MessageId, MessageId)>,
-    /// An ordered run's messages; `None` for a task of one message (most tasks: boxed, so
-    /// that a task stays small, as it moves in and out of its slot).
-    run: Option<Box<OrderedRun>>,
+    /// A run's messages; `None` for a task of one message (boxed, so that a task stays
+    /// small, as it moves in and out of its slot).
+    run: Option<Box<TaskRun>>,
 }
 
-/// What a task of an ordered run keeps of the run.
+/// What a task of a run keeps of the run.
 #[derive(Debug, Default)]
-struct OrderedRun {
+struct TaskRun {
+    /// An ordered run's messages each wait for the one before to succeed; an unordered
+    /// run's do not (a failure stops nothing, and a handler that waits hands the rest back:
+    /// `receive/unordered.rs`).
+    ordered: bool,
     /// The messages handed over with the running one ([`Run::more`]), in order: each runs
-    /// once the one before it succeeded. Empty unless handed over together.
+    /// once the one before it ended (in an ordered run, succeeded). Empty unless handed over
+    /// together.
     handed: VecDeque<(u64, MessageId, MessageId)>,
     /// The messages after the current one (the run's own vector, taken over without a copy),
     /// the first of them numbered `rest_seq`.
@@ -200,14 +213,20 @@ impl<H: Clone> Engine<H> {
         }
         let head = self.inbound.heads.share(conn, head);
         let run_key = RunKey::new(self.sender_key(conn), head.to.group_key());
-        if head.ordered {
+        // An unordered run goes to its handler in one task too, when `hand_over` may hand it
+        // over together (`receive/unordered.rs`).
+        let together = !head.ordered
+            && count > 1
+            && hands_over_together(self.metrics.is_some(), &head, handlers.len());
+        if head.ordered || together {
             let task = self.inbound.tasks.insert(Task {
                 conn,
                 head,
                 handlers,
                 ready: None,
                 running: None,
-                run: Some(Box::new(OrderedRun {
+                run: Some(Box::new(TaskRun {
+                    ordered: !together,
                     handed: VecDeque::new(),
                     rest: VecDeque::from(items),
                     rest_seq: first_seq,
@@ -361,10 +380,18 @@ impl<H: Clone> Engine<H> {
             let Some(t) = self.inbound.tasks.get_mut(task) else {
                 return;
             };
-            if let Some(run) = t.run.as_deref_mut() {
-                run.rest.pop_front();
-            }
             let (conn, head) = (t.conn, Arc::clone(&t.head));
+            let Some(run) = t.run.as_deref_mut() else {
+                return;
+            };
+            let item = run.rest.pop_front();
+            if !run.ordered {
+                // A copy in an unordered run is answered as a lone one is, and the run goes on.
+                if let Some(item) = item {
+                    self.first_delivery(conn, seq, &head, &item, key, now);
+                }
+                continue;
+            }
             self.stats.duplicates += 1;
             self.note_duplicate(conn, &head.name); // metrics/hooks.rs
             if seen == Seen::Done {
@@ -381,14 +408,13 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Runs the task's handlers on its message `seq` (dedup key `key`): `item`, or (`None`) the
-    /// first of its ordered run's rest. The message becomes the task's running one, and an
+    /// first of its run's rest. The message becomes the task's running one, and an
     /// [`Action::Run`] hands it to the handlers.
     ///
-    /// The new messages right after it in an ordered run go in the same [`Run`], counted as
-    /// running from now: the driver runs them in turn
-    /// and reports each, without a trip through the engine between two (a lock, a clock read
-    /// and the actions taken, per message). Only for one handler without replies to make,
-    /// and without metrics (which time each message from its hand-over).
+    /// The new messages right after it in a run go in the same [`Run`], counted as running
+    /// from now: the driver runs them in turn and reports each, without a trip through the
+    /// engine between two (a lock, a clock read and the actions taken, per message). Only
+    /// where [`hands_over_together`].
     fn hand_over(
         &mut self,
         task: TaskId,
@@ -397,7 +423,7 @@ impl<H: Clone> Engine<H> {
         item: Option<Item>,
         now: Instant,
     ) {
-        let together = self.metrics.is_none();
+        let metrics = self.metrics.is_some();
         let inbound = &mut self.inbound;
         let Some(t) = inbound.tasks.get_mut(task) else {
             return;
@@ -416,16 +442,20 @@ impl<H: Clone> Engine<H> {
         };
         let mut more = None;
         if from_rest
-            && together
-            && t.handlers.len() == 1
-            && t.head.reply_to.is_none()
+            && hands_over_together(metrics, &t.head, t.handlers.len())
             && let Some(run) = t.run.as_deref_mut()
         {
             // The new messages at the front of the rest (one seen before stays for `step`,
             // at its turn). Usually all: the run's own vector goes, without a copy.
             let mut new = 0;
             run.handed.reserve(run.rest.len());
+            // Bounded as a batch is (`on_messages`): each handed over counts as being
+            // handled in the dedup window.
+            let most = (inbound.dedup_capacity / 2).max(1) as u64;
             for item in &run.rest {
+                if new == most {
+                    break;
+                }
                 let key = run.rest_key.key(item.id);
                 if t.head.reliable && inbound.dedup.check(key, now) != Seen::New {
                     break;
@@ -441,7 +471,11 @@ impl<H: Clone> Engine<H> {
                     std::mem::replace(&mut run.rest, after)
                 };
                 run.rest_seq += new;
-                more = Some(Box::new(Following::new(Arc::clone(&t.head), items)));
+                more = Some(Box::new(Following::new(
+                    Arc::clone(&t.head),
+                    items,
+                    run.ordered,
+                )));
             }
         }
         self.actions.push_back(Action::Run(Run {
@@ -452,4 +486,11 @@ impl<H: Clone> Engine<H> {
         }));
         self.note_handler_started(task, now); // metrics/hooks.rs
     }
+}
+
+/// Whether the new messages of a run go to their handlers together, in one [`Run`]: for one
+/// handler without replies to make, and without metrics (which time each message from its
+/// hand-over).
+fn hands_over_together(metrics: bool, head: &Head, handlers: usize) -> bool {
+    !metrics && handlers == 1 && head.reply_to.is_none()
 }

@@ -27,6 +27,10 @@ use crate::handler::{BoxedHandler, HandlerError};
 /// (without replies) one after the other, then the outcome of the next one.
 pub(super) type Finished = SmallVec<[(TaskId, usize, HandlerOutcome); 8]>;
 
+/// What a driver trip hands back: the messages of unordered runs after a handler that has to
+/// wait, each run with its task, for [`crate::engine::Engine::spread`].
+pub(super) type Spread = SmallVec<[(TaskId, Box<Following>); 1]>;
+
 /// A handler's future that did not finish in its first poll.
 enum Waiting {
     /// The one handler's own future (it makes no reply).
@@ -50,11 +54,18 @@ impl Waiting {
 
 impl Driver {
     /// Starts the handlers of `run`: on its message, then on each of the ones handed over
-    /// with it ([`Run::more`]), each once the one before it succeeded. The outcomes of those
-    /// that finished in their first poll go into `finished` (the caller reports them, in
-    /// order); from the first that has to wait, the rest go on in a task that reports each.
-    /// None runs after a failure, nor once the node is killed.
-    pub(super) fn run_handlers(self: &Arc<Self>, run: Run<BoxedHandler>, finished: &mut Finished) {
+    /// with it ([`Run::more`]), in an ordered run each once the one before it succeeded. The
+    /// outcomes of those that finished in their first poll go into `finished` (the caller
+    /// reports them, in order). From the first that has to wait, the rest of an ordered run
+    /// go on in a task that reports each (none runs after a failure); the rest of an
+    /// unordered run go into `spread`, for the engine to make a task of each. None runs once
+    /// the node is killed.
+    pub(super) fn run_handlers(
+        self: &Arc<Self>,
+        run: Run<BoxedHandler>,
+        finished: &mut Finished,
+        spread: &mut Spread,
+    ) {
         let Run {
             task,
             mut handlers,
@@ -73,6 +84,7 @@ impl Driver {
             }
             return;
         };
+        let ordered = more.ordered();
         let mut succeeded = 0;
         let mut next = Some(message);
         while let Some(message) = next {
@@ -82,7 +94,7 @@ impl Driver {
                     let failed = outcome.is_err();
                     finished.push((task, succeeded, outcome));
                     succeeded = 0;
-                    if failed {
+                    if failed && ordered {
                         return;
                     }
                 }
@@ -90,7 +102,11 @@ impl Driver {
                     if succeeded > 0 {
                         finished.push((task, succeeded - 1, Ok(Replies::new())));
                     }
-                    return self.spawn_handler(task, waiting, handlers, Some(more));
+                    if ordered {
+                        return self.spawn_handler(task, waiting, handlers, Some(more));
+                    }
+                    spread.push((task, more));
+                    return self.spawn_handler(task, waiting, handlers, None);
                 }
             }
             if self.is_killed() {

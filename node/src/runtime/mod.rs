@@ -451,10 +451,11 @@ impl Driver {
             }
             // Handlers that finish in their first poll report together, in one more call.
             let mut done = handlers::Finished::new();
+            let mut spread = handlers::Spread::new();
             for run in effects.run.drain(..) {
-                self.run_handlers(run, &mut done);
+                self.run_handlers(run, &mut done, &mut spread);
             }
-            if done.is_empty() {
+            if done.is_empty() && spread.is_empty() {
                 return;
             }
             let mut state = lock(&self.state);
@@ -465,6 +466,9 @@ impl Driver {
                     state.engine.handler_done(task, Ok(Replies::new()), now);
                 }
                 state.engine.handler_done(task, outcome, now);
+            }
+            for (task, rest) in spread {
+                state.engine.spread(task, *rest, now);
             }
             state.take_effects(effects, now);
         }

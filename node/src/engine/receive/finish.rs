@@ -1,6 +1,6 @@
 //! A handler run's end: its message acknowledged (or its reply sent) and the task's next
-//! message handed over, or, on a failure, the message and everything after it in its run
-//! refused.
+//! message handed over, or, on a failure, the message refused, and with it everything after
+//! it in an ordered run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,16 +85,7 @@ impl<H: Clone> Engine<H> {
                     }
                     _ => {}
                 }
-                // The next message handed over with this one runs now (the driver runs it
-                // after this one succeeded); the task steps on once none is left.
-                if let Some(t) = self.inbound.tasks.get_mut(task)
-                    && let Some(next) = t.run.as_deref_mut().and_then(|r| r.handed.pop_front())
-                {
-                    t.running = Some(next);
-                    self.note_handler_started(task, now); // metrics/hooks.rs
-                } else {
-                    self.step(task, now);
-                }
+                self.next_handed(task, now);
             }
             Err(err) => {
                 self.stats.handler_errors += 1;
@@ -107,10 +98,33 @@ impl<H: Clone> Engine<H> {
                         self.nack(c, s, err.is_retryable(), NackCode::HandlerFailed, reason);
                     }
                 }
+                // In an unordered run, the others go on.
+                if self
+                    .inbound
+                    .tasks
+                    .get(task)
+                    .is_some_and(|t| t.run.as_deref().is_some_and(|r| !r.ordered))
+                {
+                    return self.next_handed(task, now);
+                }
                 self.skip_handed(task, now);
                 self.skip_rest(task);
                 self.end_task(task, now);
             }
+        }
+    }
+
+    /// The next message handed over with the one that finished runs now (the driver runs
+    /// it after that one, once it succeeded in an ordered run); the task steps on once none
+    /// is left.
+    fn next_handed(&mut self, task: TaskId, now: Instant) {
+        if let Some(t) = self.inbound.tasks.get_mut(task)
+            && let Some(next) = t.run.as_deref_mut().and_then(|r| r.handed.pop_front())
+        {
+            t.running = Some(next);
+            self.note_handler_started(task, now); // metrics/hooks.rs
+        } else {
+            self.step(task, now);
         }
     }
 

@@ -191,8 +191,11 @@ impl Sim {
             Action::Transmit(conn) => self.transmit(node, conn),
             Action::Run(run) => {
                 // The message, then each handed over with it, one after the other: each
-                // starts when the one before it ended, and none after a failure.
+                // starts when the one before it ended. In an ordered run none runs after a
+                // failure; in an unordered one, a handler that takes time is one that has to
+                // wait, as the runtime's driver sees it: the rest go back to the engine.
                 let mut at = now;
+                let ordered = run.more.as_ref().is_none_or(|m| m.ordered());
                 let (mut more, mut next) = (run.more, Some(run.message));
                 while let Some(message) = next.take() {
                     let message = &message;
@@ -237,7 +240,13 @@ impl Sim {
                             outcome,
                         },
                     );
-                    if failed {
+                    if failed && ordered {
+                        break;
+                    }
+                    if !ordered && after > Duration::ZERO {
+                        if let Some(rest) = more.take() {
+                            self.nodes[node].engine.spread(run.task, *rest, now);
+                        }
                         break;
                     }
                     next = more.as_mut().and_then(|m| m.message());

@@ -40,6 +40,7 @@ mod request_tests;
 mod sender_binding_tests;
 mod tests;
 mod transmit_tests;
+mod unordered_run_tests;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};

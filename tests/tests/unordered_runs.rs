@@ -1,0 +1,112 @@
+//! Events that travelled together (an unordered run: background events published in a loop)
+//! go to their handler together (`node/src/engine/receive/unordered.rs`), over sockets: a
+//! handler that has to wait holds up none of the others, and a failed event stops none of
+//! them.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use shoal::{HandlerError, Message, MessageId, Node};
+use shoal_tests::{Mesh, WAIT};
+use tokio::sync::{Barrier, mpsc};
+use tokio::time::timeout;
+
+const TOPIC: &str = "order.created";
+
+/// Publishes events `0..n` in the background from one loop that does not yield: all but the
+/// first are staged, and go as one run. Returns their ids.
+fn publish_run(orders: &Node, n: usize) -> Vec<MessageId> {
+    (0..n)
+        .map(|i| {
+            let event = Message::event(TOPIC, i.to_string());
+            orders.publish_background(event).unwrap()
+        })
+        .collect()
+}
+
+/// Receives `n` ids from `seen` (at most [`WAIT`] in all); panics on a repeat.
+async fn receive(seen: &mut mpsc::UnboundedReceiver<MessageId>, n: usize) -> HashSet<MessageId> {
+    let mut ids = HashSet::new();
+    timeout(WAIT, async {
+        while ids.len() < n {
+            let id = seen.recv().await.unwrap();
+            assert!(ids.insert(id), "{id} handled twice");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} handled in {WAIT:?}", ids.len()));
+    ids
+}
+
+/// Eight handlers, each waiting until all eight have started: they finish only if they run
+/// side by side.
+async fn handlers_that_wait_run_side_by_side() {
+    const EVENTS: usize = 8;
+    let mesh = Mesh::new();
+    let audit = mesh.start("audit", &[]).await;
+    let barrier = Arc::new(Barrier::new(EVENTS));
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    audit
+        .subscribe(TOPIC, move |msg: Message| {
+            let (seen_tx, barrier) = (seen_tx.clone(), Arc::clone(&barrier));
+            async move {
+                barrier.wait().await;
+                seen_tx.send(msg.id()).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let orders = mesh.start("orders", &[audit.local_addr()]).await;
+    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    let ids: HashSet<_> = publish_run(&orders, EVENTS).into_iter().collect();
+    assert_eq!(receive(&mut seen, EVENTS).await, ids);
+    orders.shutdown().await;
+    assert_eq!(orders.stats().retries, 0);
+    audit.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handlers_that_wait_on_events_that_travelled_together_run_side_by_side() {
+    handlers_that_wait_run_side_by_side().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_wait_on_events_that_travelled_together_run_side_by_side_on_two_workers() {
+    handlers_that_wait_run_side_by_side().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_event_among_events_that_travelled_together_stops_none_of_the_others() {
+    const EVENTS: usize = 20;
+    let mesh = Mesh::new();
+    let audit = mesh.start("audit", &[]).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    audit
+        .subscribe(TOPIC, move |msg: Message| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                seen_tx.send(msg.id()).unwrap();
+                if msg.payload().as_ref() == b"7" {
+                    return Err(HandlerError::permanent("not this one"));
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let orders = mesh.start("orders", &[audit.local_addr()]).await;
+    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    let ids: HashSet<_> = publish_run(&orders, EVENTS).into_iter().collect();
+    assert_eq!(receive(&mut seen, EVENTS).await, ids, "each handled once");
+    // A graceful shutdown waits for every background copy's end: acknowledged, or
+    // dead-lettered.
+    orders.shutdown().await;
+    let stats = orders.stats();
+    // In an ordered run the events after the failed one are refused, and sent again.
+    assert_eq!(stats.retries, 0, "{stats:?}");
+    assert_eq!(orders.dead_letters().len(), 1, "the failed one");
+    assert_eq!(audit.stats().handled, EVENTS as u64 - 1);
+    audit.shutdown().await;
+}
