@@ -110,3 +110,40 @@ async fn a_failed_event_among_events_that_travelled_together_stops_none_of_the_o
     assert_eq!(audit.stats().handled, EVENTS as u64 - 1);
     audit.shutdown().await;
 }
+
+/// Handlers that wait a moment on every third event, on two workers: a waiting handler's
+/// task may finish on the other worker at once, and every event is still handled once and
+/// acknowledged (its task starts only after the engine heard of the events before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_wait_a_moment_on_two_workers_handle_each_event_once() {
+    const EVENTS: usize = 3000;
+    let mesh = Mesh::new();
+    let audit = mesh.start("audit", &[]).await;
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    audit
+        .subscribe(TOPIC, move |msg: Message| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                if msg.payload().as_ref().last().is_some_and(|b| b % 3 == 0) {
+                    tokio::task::yield_now().await;
+                }
+                seen_tx.send(msg.id()).unwrap();
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let orders = mesh.start("orders", &[audit.local_addr()]).await;
+    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    // In chunks of 100, yielding between them, as a producing service would.
+    let mut ids = HashSet::new();
+    for _ in 0..EVENTS / 100 {
+        ids.extend(publish_run(&orders, 100));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(receive(&mut seen, EVENTS).await, ids);
+    orders.shutdown().await;
+    assert!(orders.dead_letters().is_empty());
+    assert_eq!(audit.stats().handled, EVENTS as u64);
+    audit.shutdown().await;
+}

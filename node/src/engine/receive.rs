@@ -316,7 +316,7 @@ impl<H: Clone> Engine<H> {
     }
 
     /// Starts `task` if its peer has a free handler slot, on `message` (a task of one
-    /// message) or on its ordered run; queues it otherwise, with `message` parked in it (and
+    /// message) or on its run; queues it otherwise, with `message` parked in it (and
     /// stops reading the peer).
     fn admit(&mut self, task: TaskId, message: Option<Ready>, now: Instant) {
         let Some(t) = self.inbound.tasks.get_mut(task) else {
@@ -441,6 +441,7 @@ impl<H: Clone> Engine<H> {
             all => all.iter().cloned().collect(),
         };
         let mut more = None;
+        let mut rest_alone = false;
         if from_rest
             && hands_over_together(metrics, &t.head, t.handlers.len())
             && let Some(run) = t.run.as_deref_mut()
@@ -477,6 +478,7 @@ impl<H: Clone> Engine<H> {
                     run.ordered,
                 )));
             }
+            rest_alone = !run.ordered && !run.rest.is_empty();
         }
         self.actions.push_back(Action::Run(Run {
             task,
@@ -485,6 +487,9 @@ impl<H: Clone> Engine<H> {
             more,
         }));
         self.note_handler_started(task, now); // metrics/hooks.rs
+        if rest_alone {
+            self.run_the_rest_alone(task, now); // receive/unordered.rs
+        }
     }
 }
 

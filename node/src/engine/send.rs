@@ -97,7 +97,8 @@ pub(super) struct Op {
     /// The messages, as sent (the attempt number of the last attempt), in the boxes the
     /// caller's [`Message`]s came in. Usually one: kept inline, without an allocation.
     pub(super) messages: Envelopes,
-    /// Each message's item, encoded for the attempt number it carries.
+    /// Each message's item, encoded for the attempt number it carries; empty once handed
+    /// over to the only delivery ([`Op::item`]).
     pub(super) items: Items,
     /// Deliveries not finished yet.
     pub(super) open: usize,

@@ -14,22 +14,63 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use smallvec::SmallVec;
 
 use super::Driver;
 use crate::Message;
-use crate::engine::{Following, HandlerOutcome, Lifecycle, Replies, Run, TaskId};
+use crate::engine::{Engine, Following, HandlerOutcome, Lifecycle, Replies, Run, TaskId};
 use crate::handler::{BoxedHandler, HandlerError};
 
-/// What a driver trip collects: the handlers that finished in their first poll, reported
-/// together in one call. Each entry is a task, the number of its messages that succeeded
-/// (without replies) one after the other, then the outcome of the next one.
-pub(super) type Finished = SmallVec<[(TaskId, usize, HandlerOutcome); 8]>;
+/// What a driver trip through the handlers of some runs collects, for the engine under one
+/// lock ([`Trip::report`]), and the handlers that have to wait, started after that
+/// ([`Driver::start_waiting`]).
+#[derive(Default)]
+pub(super) struct Trip {
+    /// The handlers that finished in their first poll. Each entry is a task, the number of
+    /// its messages that succeeded (without replies) one after the other, then the outcome
+    /// of the next one.
+    finished: SmallVec<[(TaskId, usize, HandlerOutcome); 8]>,
+    /// The messages of unordered runs after a handler that has to wait, each run with its
+    /// task, for [`Engine::spread`].
+    spread: SmallVec<[(TaskId, Box<Following>); 1]>,
+    /// Handlers that have to wait, each with its task's handlers and the rest of its ordered
+    /// run. Started only once the engine has the reports of the messages before them in
+    /// their runs: a task started at once, on another worker, could report its outcome first,
+    /// and the engine would take it for the outcome of the message before.
+    waiting: SmallVec<[Waiter; 2]>,
+}
 
-/// What a driver trip hands back: the messages of unordered runs after a handler that has to
-/// wait, each run with its task, for [`crate::engine::Engine::spread`].
-pub(super) type Spread = SmallVec<[(TaskId, Box<Following>); 1]>;
+/// A handler that has to wait, not started yet (see [`Trip::waiting`]).
+struct Waiter {
+    task: TaskId,
+    waiting: Waiting,
+    handlers: SmallVec<[BoxedHandler; 1]>,
+    more: Option<Box<Following>>,
+}
+
+impl Trip {
+    /// Whether the engine has anything to hear of this trip.
+    pub(super) fn has_reports(&self) -> bool {
+        !self.finished.is_empty() || !self.spread.is_empty()
+    }
+
+    /// Tells `engine` what finished, in order, and hands it the rest of the unordered runs
+    /// whose handler has to wait.
+    pub(super) fn report(&mut self, engine: &mut Engine<BoxedHandler>, now: Instant) {
+        // Drained, not moved: moving the vector by value copies its whole inline array.
+        for (task, succeeded, outcome) in self.finished.drain(..) {
+            for _ in 0..succeeded {
+                engine.handler_done(task, Ok(Replies::new()), now);
+            }
+            engine.handler_done(task, outcome, now);
+        }
+        for (task, rest) in self.spread.drain(..) {
+            engine.spread(task, *rest, now);
+        }
+    }
+}
 
 /// A handler's future that did not finish in its first poll.
 enum Waiting {
@@ -55,17 +96,12 @@ impl Waiting {
 impl Driver {
     /// Starts the handlers of `run`: on its message, then on each of the ones handed over
     /// with it ([`Run::more`]), in an ordered run each once the one before it succeeded. The
-    /// outcomes of those that finished in their first poll go into `finished` (the caller
-    /// reports them, in order). From the first that has to wait, the rest of an ordered run
-    /// go on in a task that reports each (none runs after a failure); the rest of an
-    /// unordered run go into `spread`, for the engine to make a task of each. None runs once
-    /// the node is killed.
-    pub(super) fn run_handlers(
-        self: &Arc<Self>,
-        run: Run<BoxedHandler>,
-        finished: &mut Finished,
-        spread: &mut Spread,
-    ) {
+    /// outcomes of those that finished in their first poll go into `trip` (the caller
+    /// reports them, in order). The first that has to wait goes into `trip` too, with the
+    /// rest of an ordered run, which go on in its task once it is started (none runs after a
+    /// failure); the rest of an unordered run go to the engine, to make a task of each. None
+    /// runs once the node is killed.
+    pub(super) fn run_handlers(self: &Arc<Self>, run: Run<BoxedHandler>, trip: &mut Trip) {
         let Run {
             task,
             mut handlers,
@@ -77,10 +113,16 @@ impl Driver {
         if self.is_killed() {
             return;
         }
+        let finished = &mut trip.finished;
         let Some(mut more) = more else {
             match first_poll(&mut handlers, message, true) {
                 Ok(outcome) => finished.push((task, 0, outcome)),
-                Err(waiting) => self.spawn_handler(task, waiting, handlers, None),
+                Err(waiting) => trip.waiting.push(Waiter {
+                    task,
+                    waiting,
+                    handlers,
+                    more: None,
+                }),
             }
             return;
         };
@@ -102,11 +144,19 @@ impl Driver {
                     if succeeded > 0 {
                         finished.push((task, succeeded - 1, Ok(Replies::new())));
                     }
-                    if ordered {
-                        return self.spawn_handler(task, waiting, handlers, Some(more));
-                    }
-                    spread.push((task, more));
-                    return self.spawn_handler(task, waiting, handlers, None);
+                    let more = if ordered {
+                        Some(more)
+                    } else {
+                        trip.spread.push((task, more));
+                        None
+                    };
+                    trip.waiting.push(Waiter {
+                        task,
+                        waiting,
+                        handlers,
+                        more,
+                    });
+                    return;
                 }
             }
             if self.is_killed() {
@@ -119,16 +169,23 @@ impl Driver {
         }
     }
 
+    /// Starts the handlers of `trip` that have to wait, once the engine has its reports.
+    pub(super) fn start_waiting(self: &Arc<Self>, trip: &mut Trip) {
+        for waiter in trip.waiting.drain(..) {
+            self.spawn_handler(waiter);
+        }
+    }
+
     /// Runs a handler that has to wait in a task of its own, which reports its outcome, then
-    /// runs the handlers on each message of `more` in turn (as long as they succeed),
-    /// reporting each.
-    fn spawn_handler(
-        self: &Arc<Self>,
-        task: TaskId,
-        waiting: Waiting,
-        mut handlers: SmallVec<[BoxedHandler; 1]>,
-        mut more: Option<Box<Following>>,
-    ) {
+    /// runs the handlers on each message of its ordered run's rest in turn (as long as they
+    /// succeed), reporting each.
+    fn spawn_handler(self: &Arc<Self>, waiter: Waiter) {
+        let Waiter {
+            task,
+            waiting,
+            mut handlers,
+            mut more,
+        } = waiter;
         let driver = Arc::clone(self);
         let killed = self.killed.clone();
         self.handler_tasks.spawn(async move {

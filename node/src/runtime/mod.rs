@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::NodeEvent;
 use crate::config::Config;
 use crate::diagnose::DialFailures;
-use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Replies, Run};
+use crate::engine::{Action, CloseReason, ConnId, Engine, Lifecycle, Run};
 use crate::handler::BoxedHandler;
 use crate::sync::lock;
 use crate::transport::connection::ConnIo;
@@ -449,28 +449,23 @@ impl Driver {
             if effects.run.is_empty() {
                 return;
             }
-            // Handlers that finish in their first poll report together, in one more call.
-            let mut done = handlers::Finished::new();
-            let mut spread = handlers::Spread::new();
+            // Handlers that finish in their first poll report together, in one more call;
+            // those that have to wait start after it.
+            let mut trip = handlers::Trip::default();
             for run in effects.run.drain(..) {
-                self.run_handlers(run, &mut done, &mut spread);
+                self.run_handlers(run, &mut trip);
             }
-            if done.is_empty() && spread.is_empty() {
+            let reported = trip.has_reports();
+            if reported {
+                let mut state = lock(&self.state);
+                let now = Self::now();
+                trip.report(&mut state.engine, now);
+                state.take_effects(effects, now);
+            }
+            self.start_waiting(&mut trip);
+            if !reported {
                 return;
             }
-            let mut state = lock(&self.state);
-            let now = Self::now();
-            // Drained, not moved: moving the vector by value copies its whole inline array.
-            for (task, succeeded, outcome) in done.drain(..) {
-                for _ in 0..succeeded {
-                    state.engine.handler_done(task, Ok(Replies::new()), now);
-                }
-                state.engine.handler_done(task, outcome, now);
-            }
-            for (task, rest) in spread {
-                state.engine.spread(task, *rest, now);
-            }
-            state.take_effects(effects, now);
         }
     }
 }

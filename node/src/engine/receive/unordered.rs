@@ -12,13 +12,24 @@
 //! ([`Engine::spread`]): each becomes a task of its own, admitted for one of the peer's
 //! handler slots as a message that arrived alone. The waiting handler keeps the run's task
 //! (and its slot); the messages already handled were reported, each acknowledged on its own.
+//! The messages of a run that are not handed over with the others (after a copy of one seen
+//! before, or past the hand-over's bound) become tasks of their own at once
+//! ([`Engine::run_the_rest_alone`]), so nothing of the run waits behind its task.
+//!
+//! The driver reports the messages before the waiting one and hands the rest back before it
+//! starts the waiting handler's task (`runtime/handlers.rs`): the engine pairs each report
+//! with the message it handed over next, and a task that reported first, on another worker,
+//! would be taken for the message before it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use shoal_proto::Head;
+use smallvec::SmallVec;
+
 use super::super::Engine;
-use super::super::action::{Following, TaskId};
-use super::Task;
+use super::super::action::{ConnId, Following, TaskId};
+use super::{Ready, Task};
 
 impl<H: Clone> Engine<H> {
     /// The handler of `task`, an unordered run's, has to wait on one of its messages: `rest`,
@@ -32,27 +43,73 @@ impl<H: Clone> Engine<H> {
             return;
         };
         let items = rest.into_items();
-        // They are the last handed over: the driver reports the messages before them (the
-        // waiting one included) in order, before or after this call.
-        debug_assert!(
-            items.len() <= run.handed.len(),
-            "more handed back than over"
-        );
+        // The driver reported the messages before them; the waiting one's outcome is still
+        // to come, and it is the task's running message now.
+        debug_assert_eq!(items.len(), run.handed.len(), "all the rest handed back");
         let handed = run
             .handed
             .split_off(run.handed.len().saturating_sub(items.len()));
-        let (conn, head, handlers) = (t.conn, Arc::clone(&t.head), t.handlers.clone());
+        let lone = Lone::of(t);
         for ((seq, key, id), item) in handed.into_iter().zip(items) {
-            debug_assert_eq!(id, item.id, "handed back out of order");
-            let task = self.inbound.tasks.insert(Task {
-                conn,
-                head: Arc::clone(&head),
-                handlers: handlers.clone(),
-                ready: None,
-                running: None,
-                run: None,
-            });
-            self.admit(task, Some((seq, key, item)), now);
+            debug_assert_eq!(id, item.id, "handed back in order");
+            lone.admit(self, (seq, key, item), now);
         }
+    }
+
+    /// The messages of `task`'s unordered run that were not handed over with the others
+    /// (they came after a copy of a message seen before, or past the hand-over's bound)
+    /// become tasks of their own, each checked against the dedup window as a lone message
+    /// is (`on_messages`): the run's task then holds only what its driver runs, and a
+    /// handler of it that has to wait holds up none of them.
+    pub(super) fn run_the_rest_alone(&mut self, task: TaskId, now: Instant) {
+        let Some(t) = self.inbound.tasks.get_mut(task) else {
+            return;
+        };
+        let Some(run) = t.run.as_deref_mut().filter(|r| !r.ordered) else {
+            return;
+        };
+        let (first, rest_key) = (run.rest_seq, run.rest_key);
+        let rest = std::mem::take(&mut run.rest);
+        run.rest_seq += rest.len() as u64;
+        let lone = Lone::of(t);
+        for (seq, item) in (first..).zip(rest) {
+            let key = rest_key.key(item.id);
+            if lone.head.reliable
+                && !self.first_delivery(lone.conn, seq, &lone.head, &item, key, now)
+            {
+                continue;
+            }
+            lone.admit(self, (seq, key, item), now);
+        }
+    }
+}
+
+/// What a task of one message from a run shares with the run's task.
+struct Lone<H> {
+    conn: ConnId,
+    head: Arc<Head>,
+    handlers: SmallVec<[H; 1]>,
+}
+
+impl<H: Clone> Lone<H> {
+    fn of(t: &Task<H>) -> Self {
+        Self {
+            conn: t.conn,
+            head: Arc::clone(&t.head),
+            handlers: t.handlers.clone(),
+        }
+    }
+
+    /// Makes a task of `ready` and admits it, for one of its peer's handler slots.
+    fn admit(&self, engine: &mut Engine<H>, ready: Ready, now: Instant) {
+        let task = engine.inbound.tasks.insert(Task {
+            conn: self.conn,
+            head: Arc::clone(&self.head),
+            handlers: self.handlers.clone(),
+            ready: None,
+            running: None,
+            run: None,
+        });
+        engine.admit(task, Some(ready), now);
     }
 }

@@ -20,7 +20,7 @@ use crate::engine::{Engine, PeerHello};
 use crate::handler::HandlerError;
 
 /// A `billing` engine with a handler for `charge` and one connection, from `orders`.
-fn billing(now: Instant) -> (Engine<u8>, ConnId) {
+pub(super) fn billing(now: Instant) -> (Engine<u8>, ConnId) {
     let mut engine = Engine::new(
         NodeId::from_u128(1),
         "billing".to_owned(),
@@ -41,7 +41,7 @@ fn billing(now: Instant) -> (Engine<u8>, ConnId) {
 }
 
 /// A run of `messages` numbered from `first_seq`, as one frame.
-fn run(messages: &[&Message], first_seq: u64, ordered: bool) -> Frame {
+pub(super) fn run(messages: &[&Message], first_seq: u64, ordered: bool) -> Frame {
     Frame::Messages(Box::new(Messages {
         first_seq,
         head: Head::of(&messages[0].env, To::Handler, true, ordered),
@@ -57,7 +57,7 @@ fn runs(engine: &mut Engine<u8>) -> Vec<(TaskId, MessageId)> {
 
 /// The handler runs the engine asks for now, one list per [`Action::Run`]: its task and the
 /// ids of its messages, in order.
-fn handed_over(engine: &mut Engine<u8>) -> Vec<Vec<(TaskId, MessageId)>> {
+pub(super) fn handed_over(engine: &mut Engine<u8>) -> Vec<Vec<(TaskId, MessageId)>> {
     std::iter::from_fn(|| engine.poll_action())
         .filter_map(|action| match action {
             Action::Run(mut run) => {
@@ -71,7 +71,7 @@ fn handed_over(engine: &mut Engine<u8>) -> Vec<Vec<(TaskId, MessageId)>> {
 }
 
 /// What `engine` writes on `conn` now: the acknowledged numbers, and the refusals.
-fn written(
+pub(super) fn written(
     engine: &mut Engine<u8>,
     conn: ConnId,
     now: Instant,

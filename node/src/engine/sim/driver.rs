@@ -107,6 +107,12 @@ impl Sim {
                     self.nodes[to].engine.handle_frame(frame.0, frame.1, now);
                 }
             }
+            Event::Spread { node, task, rest } => {
+                if self.nodes[node].alive {
+                    let now = self.now;
+                    self.nodes[node].engine.spread(task, *rest, now);
+                }
+            }
             Event::HandlerDone {
                 node,
                 task,
@@ -231,6 +237,7 @@ impl Sim {
                         .entry(run.task)
                         .or_default()
                         .push_back((at, labels));
+                    let started = at;
                     at += after;
                     self.schedule(
                         at,
@@ -244,8 +251,11 @@ impl Sim {
                         break;
                     }
                     if !ordered && after > Duration::ZERO {
+                        // Handed back after the reports of the messages before it, as the
+                        // runtime's driver does (`runtime/handlers.rs`).
                         if let Some(rest) = more.take() {
-                            self.nodes[node].engine.spread(run.task, *rest, now);
+                            let task = run.task;
+                            self.schedule(started, Event::Spread { node, task, rest });
                         }
                         break;
                     }

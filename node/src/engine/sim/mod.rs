@@ -113,6 +113,13 @@ enum Event {
     SendStaged {
         node: usize,
     },
+    /// The rest of an unordered run whose handler has to wait goes back to `node`'s engine
+    /// ([`super::Engine::spread`]).
+    Spread {
+        node: usize,
+        task: TaskId,
+        rest: Box<super::Following>,
+    },
 }
 
 /// The simulated network. See the module docs.

@@ -164,3 +164,33 @@ fn a_handler_that_waits_holds_up_none_of_the_events_after_it() {
         );
     }
 }
+
+#[test]
+fn a_copy_in_an_unordered_run_holds_up_none_of_the_messages_after_it() {
+    use super::batch_copy_tests::{billing, handed_over, run, written};
+    let now = std::time::Instant::now();
+    let (mut engine, conn) = billing(now);
+    let [a, c, d, e] = ["a", "c", "d", "e"].map(|p| crate::Message::command("charge", p));
+    // `a` alone; its handler is still running when the next run brings a copy of it.
+    engine.handle_frame(conn, run(&[&a], 0, false), now);
+    let first = handed_over(&mut engine);
+    assert_eq!(first.len(), 1);
+    let (a_task, _) = first[0][0];
+    engine.handle_frame(conn, run(&[&c, &a, &d, &e], 1, false), now);
+    // `c` goes to the handler; the copy of `a` waits for `a`'s handler; `d` and `e` do not
+    // wait behind `c`: each runs now, in a task of its own.
+    let started = handed_over(&mut engine);
+    let ids: Vec<Vec<MessageId>> = started
+        .iter()
+        .map(|r| r.iter().map(|(_, id)| *id).collect())
+        .collect();
+    assert_eq!(ids, vec![vec![c.id()], vec![d.id()], vec![e.id()]]);
+    for (task, _) in started.iter().flatten() {
+        engine.handler_done(*task, Ok(Default::default()), now);
+    }
+    assert_eq!(written(&mut engine, conn, now), (vec![1, 3, 4], vec![]));
+    // `a` finishes: it and its copy are acknowledged.
+    engine.handler_done(a_task, Ok(Default::default()), now);
+    assert_eq!(written(&mut engine, conn, now), (vec![0, 2], vec![]));
+    assert!(handed_over(&mut engine).is_empty(), "nothing ran twice");
+}
