@@ -139,6 +139,11 @@ impl Following {
         self.ordered
     }
 
+    /// Whether every message was taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     /// The messages not taken yet.
     pub(super) fn into_items(self) -> VecDeque<Item> {
         self.items

@@ -450,9 +450,12 @@ impl<H: Clone> Engine<H> {
             // at its turn). Usually all: the run's own vector goes, without a copy.
             let mut new = 0;
             run.handed.reserve(run.rest.len());
-            // Bounded as a batch is (`on_messages`): each handed over counts as being
-            // handled in the dedup window.
-            let most = (inbound.dedup_capacity / 2).max(1) as u64;
+            // Bounded as a batch is (`on_messages`): each reliable message handed over counts
+            // as being handled in the dedup window.
+            let most = match t.head.reliable {
+                true => (inbound.dedup_capacity / 2).max(1) as u64,
+                false => u64::MAX,
+            };
             for item in &run.rest {
                 if new == most {
                     break;

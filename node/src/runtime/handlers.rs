@@ -147,7 +147,9 @@ impl Driver {
                     let more = if ordered {
                         Some(more)
                     } else {
-                        trip.spread.push((task, more));
+                        if !more.is_empty() {
+                            trip.spread.push((task, more));
+                        }
                         None
                     };
                     trip.waiting.push(Waiter {

@@ -253,7 +253,7 @@ impl Sim {
                     if !ordered && after > Duration::ZERO {
                         // Handed back after the reports of the messages before it, as the
                         // runtime's driver does (`runtime/handlers.rs`).
-                        if let Some(rest) = more.take() {
+                        if let Some(rest) = more.take().filter(|m| !m.is_empty()) {
                             let task = run.task;
                             self.schedule(started, Event::Spread { node, task, rest });
                         }
