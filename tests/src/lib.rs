@@ -16,6 +16,7 @@ pub mod postgres;
 mod udp_relay;
 pub use udp_relay::UdpRelay;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +25,12 @@ use bytes::BytesMut;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use shoal::{Identity, MeshCa, Message, Node, NodeBuilder, NodeEvent};
+use shoal::{Identity, MeshCa, Message, MessageId, Node, NodeBuilder, NodeEvent};
 use shoal_proto::{
     Envelope, Frame, Head, Hello, Item, Limits, Messages, NodeId, PROTOCOL_VERSION, To, codec,
 };
 use tokio::io::AsyncReadExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
 /// The bound on waits that should succeed promptly (connections, acks, events).
@@ -90,6 +91,24 @@ impl Mesh {
             .expect("node start hung")
             .expect("node failed to start")
     }
+}
+
+/// Receives `n` message ids from `seen` (at most [`WAIT`] in all), as handlers report what
+/// they handled; panics on a repeat, or when fewer came.
+pub async fn handled_once(
+    seen: &mut mpsc::UnboundedReceiver<MessageId>,
+    n: usize,
+) -> HashSet<MessageId> {
+    let mut ids = HashSet::new();
+    timeout(WAIT, async {
+        while ids.len() < n {
+            let id = seen.recv().await.expect("the handler is alive");
+            assert!(ids.insert(id), "{id} handled twice");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} handled in {WAIT:?}", ids.len()));
+    ids
 }
 
 /// Waits until `node` sees at least `count` live instances of `service`; panics after

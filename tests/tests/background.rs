@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use shoal::{BacklogLimit, Error, Message, MessageId, Node, PublishOptions};
-use shoal_tests::{Mesh, WAIT};
+use shoal_tests::{Mesh, WAIT, handled_once};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::timeout;
 
@@ -72,26 +72,12 @@ async fn publish_in_a_loop(orders: &Node, n: usize) -> HashSet<MessageId> {
     ids
 }
 
-/// Receives `n` handled ids (at most [`WAIT`] in all); panics on a repeat.
-async fn handled(seen: &mut mpsc::UnboundedReceiver<MessageId>, n: usize) -> HashSet<MessageId> {
-    let mut ids = HashSet::new();
-    timeout(WAIT, async {
-        while ids.len() < n {
-            let id = seen.recv().await.unwrap();
-            assert!(ids.insert(id), "{id} handled twice");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} of {n} events handled in {WAIT:?}", ids.len()));
-    ids
-}
-
 async fn events_in_a_loop_are_staged_and_each_handled_once() {
     let mesh = Mesh::new();
     let gate = Arc::new(Semaphore::new(Semaphore::MAX_PERMITS));
     let (_audit, orders, mut seen) = audit_and_orders(&mesh, gate, mesh.builder("orders")).await;
     let published = publish_in_a_loop(&orders, 3000).await;
-    assert_eq!(handled(&mut seen, 3000).await, published);
+    assert_eq!(handled_once(&mut seen, 3000).await, published);
     let stats = orders.stats();
     assert_eq!(stats.published, 3000);
     // The first of each burst goes alone; the others were staged, and went together.
@@ -135,7 +121,7 @@ async fn staged_events_count_towards_the_backlog_and_the_one_past_it_is_refused(
     }
     assert_eq!(orders.stats().background_refused, 2);
     gate.add_permits(Semaphore::MAX_PERMITS);
-    assert_eq!(handled(&mut seen, 50).await, published);
+    assert_eq!(handled_once(&mut seen, 50).await, published);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -151,7 +137,7 @@ async fn a_node_that_shuts_down_delivers_what_it_staged() {
     }
     assert!(orders.stats().published < 500, "staged, not published yet");
     orders.shutdown().await;
-    assert_eq!(handled(&mut seen, 500).await, published);
+    assert_eq!(handled_once(&mut seen, 500).await, published);
     assert!(orders.dead_letters().is_empty());
 }
 
@@ -206,7 +192,7 @@ async fn yielding_after_each() -> u64 {
         published.insert(orders.publish_background(event).unwrap());
         tokio::task::yield_now().await;
     }
-    assert_eq!(handled(&mut seen, 3000).await, published);
+    assert_eq!(handled_once(&mut seen, 3000).await, published);
     orders.stats().writes - before
 }
 

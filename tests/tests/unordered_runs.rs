@@ -8,9 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use shoal::{HandlerError, Message, MessageId, Node};
-use shoal_tests::{Mesh, WAIT};
+use shoal_tests::{Mesh, WAIT, handled_once};
 use tokio::sync::{Barrier, mpsc};
-use tokio::time::timeout;
 
 const TOPIC: &str = "order.created";
 
@@ -25,18 +24,26 @@ fn publish_run(orders: &Node, n: usize) -> Vec<MessageId> {
         .collect()
 }
 
-/// Receives `n` ids from `seen` (at most [`WAIT`] in all); panics on a repeat.
-async fn receive(seen: &mut mpsc::UnboundedReceiver<MessageId>, n: usize) -> HashSet<MessageId> {
-    let mut ids = HashSet::new();
-    timeout(WAIT, async {
-        while ids.len() < n {
-            let id = seen.recv().await.unwrap();
-            assert!(ids.insert(id), "{id} handled twice");
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{} of {n} handled in {WAIT:?}", ids.len()));
-    ids
+/// An `audit` subscriber whose handler is `handle`, given each event and a sender for the
+/// ids it reports, and an `orders` publisher that knows the subscription; returns them and
+/// the reports.
+async fn audit_and_orders<F, Fut>(
+    mesh: &Mesh,
+    handle: F,
+) -> (Node, Node, mpsc::UnboundedReceiver<MessageId>)
+where
+    F: Fn(Message, mpsc::UnboundedSender<MessageId>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let audit = mesh.start("audit", &[]).await;
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    audit
+        .subscribe(TOPIC, move |msg: Message| handle(msg, seen_tx.clone()))
+        .await
+        .unwrap();
+    let orders = mesh.start("orders", &[audit.local_addr()]).await;
+    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    (audit, orders, seen)
 }
 
 /// Eight handlers, each waiting until all eight have started: they finish only if they run
@@ -44,24 +51,18 @@ async fn receive(seen: &mut mpsc::UnboundedReceiver<MessageId>, n: usize) -> Has
 async fn handlers_that_wait_run_side_by_side() {
     const EVENTS: usize = 8;
     let mesh = Mesh::new();
-    let audit = mesh.start("audit", &[]).await;
     let barrier = Arc::new(Barrier::new(EVENTS));
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    audit
-        .subscribe(TOPIC, move |msg: Message| {
-            let (seen_tx, barrier) = (seen_tx.clone(), Arc::clone(&barrier));
-            async move {
-                barrier.wait().await;
-                seen_tx.send(msg.id()).unwrap();
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    let orders = mesh.start("orders", &[audit.local_addr()]).await;
-    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    let (audit, orders, mut seen) = audit_and_orders(&mesh, move |msg, seen_tx| {
+        let barrier = Arc::clone(&barrier);
+        async move {
+            barrier.wait().await;
+            seen_tx.send(msg.id()).unwrap();
+            Ok(())
+        }
+    })
+    .await;
     let ids: HashSet<_> = publish_run(&orders, EVENTS).into_iter().collect();
-    assert_eq!(receive(&mut seen, EVENTS).await, ids);
+    assert_eq!(handled_once(&mut seen, EVENTS).await, ids);
     orders.shutdown().await;
     assert_eq!(orders.stats().retries, 0);
     audit.shutdown().await;
@@ -81,25 +82,20 @@ async fn handlers_that_wait_on_events_that_travelled_together_run_side_by_side_o
 async fn a_failed_event_among_events_that_travelled_together_stops_none_of_the_others() {
     const EVENTS: usize = 20;
     let mesh = Mesh::new();
-    let audit = mesh.start("audit", &[]).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    audit
-        .subscribe(TOPIC, move |msg: Message| {
-            let seen_tx = seen_tx.clone();
-            async move {
-                seen_tx.send(msg.id()).unwrap();
-                if msg.payload().as_ref() == b"7" {
-                    return Err(HandlerError::permanent("not this one"));
-                }
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    let orders = mesh.start("orders", &[audit.local_addr()]).await;
-    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    let (audit, orders, mut seen) = audit_and_orders(&mesh, |msg, seen_tx| async move {
+        seen_tx.send(msg.id()).unwrap();
+        if msg.payload().as_ref() == b"7" {
+            return Err(HandlerError::permanent("not this one"));
+        }
+        Ok(())
+    })
+    .await;
     let ids: HashSet<_> = publish_run(&orders, EVENTS).into_iter().collect();
-    assert_eq!(receive(&mut seen, EVENTS).await, ids, "each handled once");
+    assert_eq!(
+        handled_once(&mut seen, EVENTS).await,
+        ids,
+        "each handled once"
+    );
     // A graceful shutdown waits for every background copy's end: acknowledged, or
     // dead-lettered.
     orders.shutdown().await;
@@ -118,30 +114,21 @@ async fn a_failed_event_among_events_that_travelled_together_stops_none_of_the_o
 async fn handlers_that_wait_a_moment_on_two_workers_handle_each_event_once() {
     const EVENTS: usize = 3000;
     let mesh = Mesh::new();
-    let audit = mesh.start("audit", &[]).await;
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    audit
-        .subscribe(TOPIC, move |msg: Message| {
-            let seen_tx = seen_tx.clone();
-            async move {
-                if msg.payload().as_ref().last().is_some_and(|b| b % 3 == 0) {
-                    tokio::task::yield_now().await;
-                }
-                seen_tx.send(msg.id()).unwrap();
-                Ok(())
-            }
-        })
-        .await
-        .unwrap();
-    let orders = mesh.start("orders", &[audit.local_addr()]).await;
-    orders.wait_for_subscribers(TOPIC, 1, WAIT).await.unwrap();
+    let (audit, orders, mut seen) = audit_and_orders(&mesh, |msg, seen_tx| async move {
+        if msg.payload().as_ref().last().is_some_and(|b| b % 3 == 0) {
+            tokio::task::yield_now().await;
+        }
+        seen_tx.send(msg.id()).unwrap();
+        Ok(())
+    })
+    .await;
     // In chunks of 100, yielding between them, as a producing service would.
     let mut ids = HashSet::new();
     for _ in 0..EVENTS / 100 {
         ids.extend(publish_run(&orders, 100));
         tokio::task::yield_now().await;
     }
-    assert_eq!(receive(&mut seen, EVENTS).await, ids);
+    assert_eq!(handled_once(&mut seen, EVENTS).await, ids);
     orders.shutdown().await;
     assert!(orders.dead_letters().is_empty());
     assert_eq!(audit.stats().handled, EVENTS as u64);
