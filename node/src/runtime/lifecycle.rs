@@ -140,7 +140,12 @@ impl Driver {
     /// Stops at once, like a crash: no goodbyes, running handlers dropped, nothing flushed.
     pub(crate) fn kill(self: &Arc<Self>) {
         self.stopping.cancel();
-        self.call(|engine, now| engine.kill(now));
+        self.call(|engine, now| {
+            engine.kill(now);
+            // Under the engine's lock: a trip that reports to the engine after the kill (and
+            // is handed new handler runs, the rest of a run) sees it, and starts none.
+            self.is_killed.store(true, Ordering::Release);
+        });
         self.mark_killed();
         self.kill_multicast();
         self.endpoint
