@@ -214,7 +214,7 @@ mod tests {
         };
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].median.name, REQUEST_NAME);
-        assert_eq!(rows[0].median.count, 200);
+        assert_eq!(rows[0].median.count, BenchConfig::quick().count);
         assert!(rows[0].median.p50 > 0);
     }
 
@@ -226,6 +226,7 @@ mod tests {
         else {
             panic!("nats-publish failed or gave no latency rows");
         };
+        let count = BenchConfig::quick().count;
         let got: Vec<(&str, u64)> = rows
             .iter()
             .map(|r| (r.median.name.as_str(), r.median.count))
@@ -233,9 +234,9 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("nats-publish-1", 200),
-                ("nats-publish-8", 8 * 200),
-                ("nats-publish-8-last", 200)
+                ("nats-publish-1", count),
+                ("nats-publish-8", 8 * count),
+                ("nats-publish-8-last", count)
             ]
         );
     }
