@@ -44,6 +44,8 @@ mod shared_head;
 mod slots;
 mod unordered;
 
+use slots::Lone;
+
 use shared_head::SharedHeads;
 
 /// Copies of one message kept waiting while its handler runs (each is answered as the handler
@@ -235,21 +237,12 @@ impl<H: Clone> Engine<H> {
             });
             return self.admit(task, None, now);
         }
-        for (seq, item) in (first_seq..).zip(items) {
-            let key = run_key.key(item.id);
-            if head.reliable && !self.first_delivery(conn, seq, &head, &item, key, now) {
-                continue;
-            }
-            let task = self.inbound.tasks.insert(Task {
-                conn,
-                head: Arc::clone(&head),
-                handlers: handlers.clone(),
-                ready: None,
-                running: None,
-                run: None,
-            });
-            self.admit(task, Some((seq, key, item)), now);
-        }
+        let lone = Lone {
+            conn,
+            head,
+            handlers,
+        };
+        lone.admit_each(self, (first_seq, run_key), items, now);
     }
 
     /// Checks a reliable message against the dedup window: `true` for a first delivery. A

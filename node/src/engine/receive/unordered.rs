@@ -21,15 +21,11 @@
 //! with the message it handed over next, and a task that reported first, on another worker,
 //! would be taken for the message before it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use shoal_proto::Head;
-use smallvec::SmallVec;
-
 use super::super::Engine;
-use super::super::action::{ConnId, Following, TaskId};
-use super::{Ready, Task};
+use super::super::action::{Following, TaskId};
+use super::Lone;
 
 impl<H: Clone> Engine<H> {
     /// The handler of `task`, an unordered run's, has to wait on one of its messages: `rest`,
@@ -71,45 +67,6 @@ impl<H: Clone> Engine<H> {
         let (first, rest_key) = (run.rest_seq, run.rest_key);
         let rest = std::mem::take(&mut run.rest);
         run.rest_seq += rest.len() as u64;
-        let lone = Lone::of(t);
-        for (seq, item) in (first..).zip(rest) {
-            let key = rest_key.key(item.id);
-            if lone.head.reliable
-                && !self.first_delivery(lone.conn, seq, &lone.head, &item, key, now)
-            {
-                continue;
-            }
-            lone.admit(self, (seq, key, item), now);
-        }
-    }
-}
-
-/// What a task of one message from a run shares with the run's task.
-struct Lone<H> {
-    conn: ConnId,
-    head: Arc<Head>,
-    handlers: SmallVec<[H; 1]>,
-}
-
-impl<H: Clone> Lone<H> {
-    fn of(t: &Task<H>) -> Self {
-        Self {
-            conn: t.conn,
-            head: Arc::clone(&t.head),
-            handlers: t.handlers.clone(),
-        }
-    }
-
-    /// Makes a task of `ready` and admits it, for one of its peer's handler slots.
-    fn admit(&self, engine: &mut Engine<H>, ready: Ready, now: Instant) {
-        let task = engine.inbound.tasks.insert(Task {
-            conn: self.conn,
-            head: Arc::clone(&self.head),
-            handlers: self.handlers.clone(),
-            ready: None,
-            running: None,
-            run: None,
-        });
-        engine.admit(task, Some(ready), now);
+        Lone::of(t).admit_each(self, (first, rest_key), rest, now);
     }
 }
