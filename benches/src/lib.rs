@@ -43,6 +43,7 @@ pub mod rivals;
 pub mod runtime;
 mod scenarios;
 pub mod shoal_scenarios;
+pub mod steal;
 pub mod systems;
 pub mod throughput;
 pub mod typed_request;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use shoal_benches::report::RunInfo;
 use shoal_benches::results::{Labels, Results};
+use shoal_benches::steal::{CpuTimes, stolen_note};
 use shoal_benches::{
     BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE, Placement, SCENARIOS, Scenario,
     find_scenario, measure, run_repeated_at, runtime,
@@ -223,6 +224,7 @@ fn run(cli: &Cli) -> BenchResult<bool> {
             "{step}: run 1/{runs} starting, elapsed {}",
             elapsed(started)
         );
+        let mut cpu = CpuTimes::now();
         let outcome = run_repeated_at(scenario, &config, cli.rate, runs, |run, rows| {
             for (name, summary) in rows.summaries() {
                 eprintln!("  {name}: {summary}");
@@ -233,10 +235,12 @@ fn run(cli: &Cli) -> BenchResult<bool> {
                 String::new()
             };
             eprintln!(
-                "{step}: run {}/{runs} done{next}, elapsed {}",
+                "{step}: run {}/{runs} done{}{next}, elapsed {}",
                 run + 1,
+                stolen_note(cpu.as_ref()),
                 elapsed(started)
             );
+            cpu = CpuTimes::now();
         });
         match outcome {
             Ok(rows) => results.add(scenario, rows),

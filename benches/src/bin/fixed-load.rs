@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shoal::{HandlerError, MeshCa, Message, Node};
+use shoal_benches::steal::{CpuTimes, stolen_note};
 
 /// Calls in flight at once.
 const IN_FLIGHT: u64 = 256;
@@ -274,7 +275,7 @@ fn main() -> Result<()> {
     let runtime = runtime(multi_thread, workers)?;
     let label = mode.clone();
     let all_handled = Arc::clone(&handled);
-    let (took, stats, spent) = runtime.block_on(async move {
+    let (took, stats, spent, stolen) = runtime.block_on(async move {
         let handled = all_handled;
         let node = with_metrics(Node::builder("load-source"))
             .identity(ca.issue("load-source")?)
@@ -285,6 +286,7 @@ fn main() -> Result<()> {
         node.wait_for_instances(SERVICE, 1, WAIT).await?;
         node.wait_for_subscribers(TOPIC, 1, WAIT).await?;
         let before = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
+        let cpu = CpuTimes::now();
         let started = Instant::now();
         let per_call = if mode == "batch" { batch } else { 1 };
         let calls = count.div_ceil(per_call);
@@ -353,6 +355,7 @@ fn main() -> Result<()> {
         }
         let took = started.elapsed();
         let after = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
+        let stolen = stolen_note(cpu.as_ref());
         let stats = node.stats();
         node.shutdown().await;
         let spent = std::array::from_fn::<_, 2, _>(|i| {
@@ -361,7 +364,7 @@ fn main() -> Result<()> {
                 .zip(after[i])
                 .map(|(b, a)| describe(name, a.since(&b, took)))
         });
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats, spent))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((took, stats, spent, stolen))
     })?;
     let _ = done_tx.send(());
     let received = receiver.join().map_err(|_| "the receiver panicked")??;
@@ -387,9 +390,11 @@ fn main() -> Result<()> {
     let spent: Vec<String> = spent.into_iter().flatten().collect();
     if !spent.is_empty() {
         println!(
-            "threads (running / waiting for a CPU / asleep): {}",
+            "threads (running / waiting for a CPU / asleep): {}{stolen}",
             spent.join(", ")
         );
+    } else if let Some(stolen) = stolen.strip_prefix("; ") {
+        println!("{stolen}");
     }
     Ok(())
 }
