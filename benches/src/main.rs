@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use shoal_benches::report::RunInfo;
 use shoal_benches::results::{Labels, Results};
-use shoal_benches::steal::{CpuTimes, stolen_note};
+use shoal_benches::steal::{CpuTimes, stolen_since};
 use shoal_benches::{
     BenchConfig, BenchError, BenchResult, DEFAULT_BASELINE, Placement, SCENARIOS, Scenario,
     find_scenario, measure, run_repeated_at, runtime,
@@ -237,7 +237,9 @@ fn run(cli: &Cli) -> BenchResult<bool> {
             eprintln!(
                 "{step}: run {}/{runs} done{}{next}, elapsed {}",
                 run + 1,
-                stolen_note(cpu.as_ref()),
+                stolen_since(cpu.as_ref())
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default(),
                 elapsed(started)
             );
             cpu = CpuTimes::now();

@@ -4,8 +4,8 @@
 //! On a shared VM a run can lose much of its CPU to other tenants without any sign in the
 //! threads' own statistics: a thread that is not given a CPU it could run on is neither
 //! running nor waiting on a run queue in the guest's eyes. A run of `fixed-load publish` that
-//! made a quarter of its usual rate had the hypervisor take 40 % of the CPUs' time, and runs at
-//! the usual rate under 1 %: a figure far from the others is explained by this before anything
+//! made a quarter of its usual rate had about 38 % of the CPUs' time taken, and runs at the
+//! usual rate under 1 %: a figure far from the others is explained by this before anything
 //! else. `shoal-bench` prints it after every run and `fixed-load` after its timed part.
 //!
 //! ```
@@ -59,16 +59,11 @@ impl CpuTimes {
     }
 }
 
-/// `"; the hypervisor took 12.5 % of the CPUs' time"` since `earlier`, or nothing where that
-/// is not known: the suffix of a line that reports a run.
-pub fn stolen_note(earlier: Option<&CpuTimes>) -> String {
-    match (earlier, CpuTimes::now()) {
-        (Some(earlier), Some(now)) => now
-            .stolen_share_since(earlier)
-            .map(|share| format!("; the hypervisor took {share:.1} % of the CPUs' time"))
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
+/// `"steal 12.5 % of the CPUs' time"`: the share since `earlier`, for a line that reports a
+/// run. `None` where that is not known.
+pub fn stolen_since(earlier: Option<&CpuTimes>) -> Option<String> {
+    let share = CpuTimes::now()?.stolen_share_since(earlier?)?;
+    Some(format!("steal {share:.1} % of the CPUs' time"))
 }
 
 #[cfg(test)]
@@ -76,8 +71,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cpu_line_is_read_and_the_per_cpu_lines_are_not() {
-        let stat = "cpu  10 1 5 80 2 0 1 3 0 0\ncpu0 5 0 2 40 1 0 0 2 0 0\nintr 12345\n";
+    fn the_cpu_line_is_read_without_guest_time_and_the_per_cpu_lines_are_not() {
+        // Guest time (the last two numbers) is counted in user and nice already.
+        let stat = "cpu  10 1 5 80 2 0 1 3 7 9\ncpu0 5 0 2 40 1 0 0 2 0 0\nintr 12345\n";
         let times = CpuTimes::parse(stat).expect("a cpu line");
         assert_eq!(
             times,
@@ -103,10 +99,11 @@ mod tests {
 
     #[cfg(target_os = "linux")]
     #[test]
-    fn linux_has_a_reading_that_moves_forward() {
+    fn linux_has_a_reading_whose_steal_moves_forward() {
+        // (The total may go back: the kernel's iowait count can.)
         let first = CpuTimes::now().expect("/proc/stat has a cpu line");
         let later = CpuTimes::now().expect("/proc/stat has a cpu line");
         assert!(first.total > 0, "{first:?}");
-        assert!(later.total >= first.total && later.stolen >= first.stolen);
+        assert!(later.stolen >= first.stolen, "{first:?} then {later:?}");
     }
 }

@@ -49,7 +49,9 @@
 //! `current_thread` runtimes, it also prints how each node's thread spent the timed part
 //! (from `/proc/<pid>/task/<tid>/schedstat`): running, waiting for a CPU (other processes had
 //! it), and asleep (the node had nothing to do: it waited for its peer). A node asleep much
-//! of the time while its peer runs is not CPU-bound: the two take turns.
+//! of the time while its peer runs is not CPU-bound: the two take turns. Last, the share of
+//! the CPUs' time a hypervisor took for other guests meanwhile ([`shoal_benches::steal`]): a
+//! run far slower than the others with much taken measured the VM's neighbours.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shoal::{HandlerError, MeshCa, Message, Node};
-use shoal_benches::steal::{CpuTimes, stolen_note};
+use shoal_benches::steal::{CpuTimes, stolen_since};
 
 /// Calls in flight at once.
 const IN_FLIGHT: u64 = 256;
@@ -355,7 +357,7 @@ fn main() -> Result<()> {
         }
         let took = started.elapsed();
         let after = threads.map(|(_, tid)| tid.and_then(ThreadTimes::read));
-        let stolen = stolen_note(cpu.as_ref());
+        let stolen = stolen_since(cpu.as_ref());
         let stats = node.stats();
         node.shutdown().await;
         let spent = std::array::from_fn::<_, 2, _>(|i| {
@@ -390,11 +392,12 @@ fn main() -> Result<()> {
     let spent: Vec<String> = spent.into_iter().flatten().collect();
     if !spent.is_empty() {
         println!(
-            "threads (running / waiting for a CPU / asleep): {}{stolen}",
+            "threads (running / waiting for a CPU / asleep): {}",
             spent.join(", ")
         );
-    } else if let Some(stolen) = stolen.strip_prefix("; ") {
-        println!("{stolen}");
+    }
+    if let Some(stolen) = stolen {
+        println!("CPUs: {stolen}");
     }
     Ok(())
 }
