@@ -184,8 +184,8 @@ impl Message {
     }
 
     /// Unix time in milliseconds when the message was created: read from the system clock
-    /// then, or by the same thread on the same CPU at most some tens of microseconds before
-    /// (longer only if the machine was paused in between, as a VM can be).
+    /// then, or by the same thread at most some tens of microseconds before (longer only if
+    /// the machine was paused in between, as a VM can be).
     pub fn timestamp_ms(&self) -> u64 {
         self.env.timestamp_ms
     }
@@ -260,49 +260,41 @@ pub(crate) fn fresh_id(now_ms: u64) -> MessageId {
 /// The wall clock in Unix milliseconds for a new message's id and timestamp: [`unix_ms`],
 /// or this thread's last reading of it while that is fresh.
 ///
-/// Reading the clock for every message cost a loop making messages about 5 % of its time (in
+/// Reading the clock for every message cost a loop making messages about 7 % of its time (in
 /// a VM, `clock_gettime` fences the CPU's time-stamp counter, reads it and scales it). The
 /// counter alone costs a few nanoseconds, so in a busy loop most messages take a reading a
 /// few microseconds old: the clock is read again once the counter has advanced
-/// [`FRESH_TICKS`] since the last reading, or the thread is on another CPU (whose counter
-/// may differ). Only where the counter runs at one rate whatever the CPU does (an invariant
-/// counter, which the CPU says it has); elsewhere every message reads the clock.
-#[cfg(target_arch = "x86_64")]
+/// [`FRESH_TICKS`] since the last reading. Only where the kernel keeps its own clock with
+/// that counter (its clock source is `tsc`), which it does only once it has found the
+/// counter steady and the same on every CPU; elsewhere every message reads the clock.
+/// (RDTSCP, which also says which CPU the counter was read on, cost as much as the clock on
+/// the VM it was measured on.)
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn message_ms() -> u64 {
-    use std::arch::x86_64::{__cpuid, __rdtscp};
     use std::sync::OnceLock;
 
     thread_local! {
-        /// When this thread last read the clock (the counter, 0 for never, and the CPU's
-        /// number), and what it read.
-        static READ: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, 0)) };
+        /// The counter when this thread last read the clock (0: never), and what it read.
+        static READ: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
     }
-    /// Whether the counter is invariant and RDTSCP says which CPU it was read on.
+    /// Whether the kernel's clock source is the time-stamp counter (read once).
     static COUNTER: OnceLock<bool> = OnceLock::new();
-    // Newer Rust has `__cpuid` safe to call, older ones `unsafe` (rust-version is 1.88).
-    #[allow(unused_unsafe)]
     let usable = *COUNTER.get_or_init(|| {
-        // SAFETY: CPUID exists on every x86_64 CPU; leaves above the highest extended leaf
-        // (asked first) are not read.
-        let extended = unsafe { __cpuid(0x8000_0000) }.eax;
-        extended >= 0x8000_0007
-            && unsafe { __cpuid(0x8000_0001) }.edx & (1 << 27) != 0 // RDTSCP
-            && unsafe { __cpuid(0x8000_0007) }.edx & (1 << 8) != 0 // invariant TSC
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .is_ok_and(|source| source.trim() == "tsc")
     });
     if !usable {
         return unix_ms();
     }
-    let mut cpu = 0;
-    // SAFETY: the CPU has RDTSCP (checked above); it writes the CPU's TSC_AUX value (its
-    // number, on Linux) to `cpu` and returns the counter.
-    let ticks = unsafe { __rdtscp(&raw mut cpu) };
+    // SAFETY: every x86_64 CPU has RDTSC; it reads a register and has no precondition.
+    let ticks = unsafe { std::arch::x86_64::_rdtsc() };
     READ.try_with(|read| {
-        let (at, on, ms) = read.get();
-        if at != 0 && on == cpu && ticks.wrapping_sub(at) < FRESH_TICKS {
+        let (at, ms) = read.get();
+        if at != 0 && ticks.wrapping_sub(at) < FRESH_TICKS {
             return ms;
         }
         let ms = unix_ms();
-        read.set((ticks, cpu, ms));
+        read.set((ticks, ms));
         ms
     })
     .unwrap_or_else(|_| unix_ms())
@@ -310,12 +302,12 @@ fn message_ms() -> u64 {
 
 /// How far the time-stamp counter may advance before [`message_ms`] reads the clock again:
 /// 2^16 ticks, 16 µs at 4 GHz to 66 µs at 1 GHz.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 const FRESH_TICKS: u64 = 1 << 16;
 
-/// The wall clock in Unix milliseconds for a new message: read each time where the CPU has no
-/// counter [`message_ms`] knows how to read.
-#[cfg(not(target_arch = "x86_64"))]
+/// The wall clock in Unix milliseconds for a new message: read each time where [`message_ms`]
+/// cannot tell whether the CPU's counter can be trusted.
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn message_ms() -> u64 {
     unix_ms()
 }
