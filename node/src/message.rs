@@ -1,6 +1,6 @@
 //! [`Message`]: what users send and what handlers receive.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use shoal_proto::{Envelope, MessageId, MessageKind, NodeId, ReturnAddress, SmolStr};
@@ -262,15 +262,16 @@ pub(crate) fn fresh_id(now_ms: u64) -> MessageId {
 ///
 /// Reading the clock for every message cost a loop making messages about 7 % of its time (in
 /// a VM, `clock_gettime` fences the CPU's time-stamp counter, reads it and scales it). The
-/// counter alone costs a few nanoseconds, so in a busy loop most messages take a reading a
-/// few microseconds old: the clock is read again once the counter has advanced
-/// [`FRESH_TICKS`] since the last reading. Only where the kernel keeps its own clock with
-/// that counter (its clock source is `tsc`), which it does only once it has found the
-/// counter steady and the same on every CPU; elsewhere every message reads the clock.
-/// (RDTSCP, which also says which CPU the counter was read on, cost as much as the clock on
-/// the VM it was measured on.)
+/// counter alone costs a few nanoseconds, so in a busy loop most messages take a reading up
+/// to some tens of microseconds old: the clock is read again once the counter has advanced
+/// [`FRESH_TICKS`] since the last reading. This holds only where the kernel keeps its own
+/// clock with that counter (its clock source is `tsc`, checked once per process), which it
+/// does only once it has found the counter steady and the same on every CPU; elsewhere every
+/// message reads the clock. (RDTSCP, which also says which CPU the counter was read on, cost
+/// as much as the clock on the VM it was measured on.)
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn message_ms() -> u64 {
+    use std::cell::Cell;
     use std::sync::OnceLock;
 
     thread_local! {
