@@ -289,7 +289,8 @@ fn message_ms() -> u64 {
     }
     // SAFETY: every x86_64 CPU has RDTSC; it reads a register and has no precondition.
     let ticks = unsafe { std::arch::x86_64::_rdtsc() };
-    READ.try_with(|read| {
+    // A `Cell` of plain numbers has nothing to drop: `with` cannot find it gone.
+    READ.with(|read| {
         let (at, ms) = read.get();
         if at != 0 && ticks.wrapping_sub(at) < FRESH_TICKS {
             return ms;
@@ -298,7 +299,6 @@ fn message_ms() -> u64 {
         read.set((ticks, ms));
         ms
     })
-    .unwrap_or_else(|_| unix_ms())
 }
 
 /// How far the time-stamp counter may advance before [`message_ms`] reads the clock again:
