@@ -62,9 +62,9 @@ pub(crate) struct Config {
     /// The LAN multicast group this node sends and receives events on, and how its channel
     /// behaves (`None`: every event by unicast). See `engine/multicast_link.rs`.
     pub(crate) multicast: Option<crate::engine::MulticastSetup>,
-    /// How long the runtime thread polls for input after each activity; zero: never
+    /// When the runtime thread polls for input after activity, and how long
     /// (`runtime/busy_poll.rs`).
-    pub(crate) busy_poll: Duration,
+    pub(crate) busy_poll: crate::runtime::BusyPolling,
     /// Receive and send buffer asked of the kernel for the node's UDP socket
     /// (`transport/socket.rs`); zero: the kernel's defaults.
     pub(crate) socket_buffers: usize,
@@ -103,7 +103,7 @@ impl Default for Config {
             warn_before_expiry: None,
             policy: Arc::new(Policy::allow_all()),
             multicast: None,
-            busy_poll: Duration::ZERO,
+            busy_poll: crate::runtime::BusyPolling::DEFAULT,
             socket_buffers: 4 * 1024 * 1024,
         }
     }

@@ -56,8 +56,9 @@
 //!   each connection's reader and writer, close codes.
 //! - `runtime` (private): the only place that sees both: it holds the engine under a lock,
 //!   feeds it tokio's time, runs handlers, wakes callers, writes what an idle connection has
-//!   at once (or wakes its writer when more may join), and drives the timer; with
-//!   [`NodeBuilder::busy_poll`], it keeps the runtime polling for input after each message.
+//!   at once (or wakes its writer when more may join), and drives the timer; while the
+//!   node's messages travel in batches (and after every message with
+//!   [`NodeBuilder::busy_poll`]), it keeps the runtime polling for input for a while.
 //! - [`Node`], [`NodeBuilder`], [`Message`], options, receipts, [`Error`], [`NodeEvent`],
 //!   [`NodeStats`]: the public API. [`Identity`] and [`MeshCa`]: certificates.
 //! - [`Identity`] and [`MeshCa`]: certificates; [`RevocationList`] and [`Revocations`]: revoked

@@ -107,6 +107,7 @@ pub struct NodeStats {
     /// subscriptions), every 10 minutes, and after 2^22 datagrams under one key.
     pub multicast_rekeys: u64,
     /// Time this node's runtime thread spent busy polling for input instead of sleeping
-    /// ([`crate::NodeBuilder::busy_poll`]; zero without it): about the CPU time it cost.
+    /// ([`crate::NodeBuilder::busy_poll`], and by default under load:
+    /// [`crate::NodeBuilder::busy_poll_under_load`]): about the CPU time it cost.
     pub busy_poll_time: std::time::Duration,
 }

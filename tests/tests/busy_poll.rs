@@ -1,5 +1,7 @@
 //! Busy polling (`NodeBuilder::busy_poll`): a node polls for input after each activity, stops
-//! by itself once a window passes without any, and stops with the node.
+//! by itself once a window passes without any, and stops with the node. By default
+//! (`NodeBuilder::busy_poll_under_load`) a node polls only once its messages travel in
+//! batches; a zero window turns polling off.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -8,8 +10,8 @@ use shoal::{HandlerError, Message, Node};
 use shoal_tests::{Mesh, WAIT, wait_instances};
 use tokio::time::timeout;
 
-/// A `billing` node (built by `builder`) answering `echo` requests, and a `shop` node without
-/// busy polling that dials it.
+/// A `billing` node (built by `builder`) answering `echo` requests, and a `shop` node with the
+/// default busy polling (under load only) that dials it.
 async fn pair(mesh: &Mesh, billing: shoal::NodeBuilder) -> (Node, Node) {
     let billing = mesh.start_with(billing, &[]).await;
     billing.handle("echo", |msg: Message| async move {
@@ -52,7 +54,8 @@ async fn polled(node: &Node) -> Duration {
 }
 
 /// Messages flow as usual, the polling node's periods of polling end by themselves once its
-/// window passes without activity, and a node without busy polling never polls.
+/// window passes without activity, and a node with the default, sending one message at a
+/// time, never polls.
 #[tokio::test]
 async fn a_polling_node_polls_after_activity_and_stops_by_itself() {
     let mesh = Mesh::new();
@@ -91,4 +94,52 @@ async fn polling_stops_with_the_node() {
         .expect("shutdown hung");
     assert!(!billing.stats().busy_poll_time.is_zero());
     shop.shutdown().await;
+}
+
+/// By default a node polls once its messages travel in batches: a batch of events (one frame
+/// of many messages to each subscriber) makes its publisher and a subscriber poll, and a
+/// subscriber built with a zero window never does.
+#[tokio::test]
+async fn a_batch_makes_nodes_poll_by_default_and_a_zero_window_never_polls() {
+    const TOPIC: &str = "orders.placed";
+    const EVENTS: usize = 50;
+    let mesh = Mesh::new();
+    let quiet = mesh
+        .start_with(mesh.builder("audit").busy_poll(Duration::ZERO), &[])
+        .await;
+    let billing = mesh.start("billing", &[]).await;
+    let (handled, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
+    for node in [&quiet, &billing] {
+        let handled = handled.clone();
+        node.subscribe(TOPIC, move |_: Message| {
+            let _ = handled.send(());
+            async { Ok::<_, HandlerError>(()) }
+        })
+        .await
+        .unwrap();
+    }
+    let shop = mesh
+        .start("shop", &[quiet.local_addr(), billing.local_addr()])
+        .await;
+    shop.wait_for_subscribers(TOPIC, 2, WAIT).await.unwrap();
+
+    let events = (0..EVENTS)
+        .map(|i| Message::event(TOPIC, format!("{i}")))
+        .collect();
+    timeout(WAIT, shop.publish_batch(events))
+        .await
+        .expect("publish_batch hung")
+        .unwrap();
+    for _ in 0..2 * EVENTS {
+        timeout(WAIT, handled_rx.recv())
+            .await
+            .expect("an event was not handled")
+            .unwrap();
+    }
+    polled(&shop).await;
+    polled(&billing).await;
+    assert_eq!(quiet.stats().busy_poll_time, Duration::ZERO);
+    for node in [shop, billing, quiet] {
+        node.shutdown().await;
+    }
 }

@@ -31,8 +31,11 @@
 //! node (`workers=1`: one each, as `shoal-bench --runtime multi-thread` runs them). The option
 //! `busy-poll` has both nodes poll for input for a millisecond after each activity
 //! ([`shoal::NodeBuilder::busy_poll`]):
-//! `fixed-load send 20000 closed busy-poll`. The option `in-flight=N` keeps `N` calls in
-//! flight instead of [`IN_FLIGHT`]: `fixed-load publish 1500000 in-flight=1024`. The option
+//! `fixed-load send 20000 closed busy-poll`; `busy-poll=N` polls for `N` µs after each
+//! activity instead, and `busy-poll=0` turns off even the default polling under load
+//! ([`shoal::NodeBuilder::busy_poll_under_load`]): `fixed-load send 1500000 busy-poll=0`. The
+//! option `in-flight=N` keeps `N` calls in flight instead of [`IN_FLIGHT`]: `fixed-load
+//! publish 1500000 in-flight=1024`. The option
 //! `batch=N` makes `batch` mode's batches `N` events instead of [`BATCH`]: with
 //! `in-flight=M`, `N * M` events in flight as `M` calls (`fixed-load batch 1500000 batch=4
 //! in-flight=64`). The option `window=N` sets both nodes'
@@ -138,7 +141,7 @@ fn main() -> Result<()> {
     let mode = args.next().unwrap_or_else(|| "send".into());
     let count: u64 = args.next().map_or(Ok(20_000), |n| n.parse())?;
     let (mut metrics, mut closed, mut keyed, mut multi_thread) = (false, false, false, false);
-    let (mut busy_poll, mut in_flight, mut batch) = (false, IN_FLIGHT, BATCH);
+    let (mut busy_poll, mut in_flight, mut batch) = (None, IN_FLIGHT, BATCH);
     let (mut workers, mut window, mut payload) = (None, None, 64);
     let (mut handlers, mut backlog, mut every) = (None, None, BACKGROUND_YIELD);
     for option in args {
@@ -171,6 +174,10 @@ fn main() -> Result<()> {
             in_flight = n.parse()?;
             continue;
         }
+        if let Some(n) = option.strip_prefix("busy-poll=") {
+            busy_poll = Some(Duration::from_micros(n.parse()?));
+            continue;
+        }
         if let Some(n) = option.strip_prefix("batch=") {
             batch = n.parse()?;
             continue;
@@ -180,12 +187,12 @@ fn main() -> Result<()> {
             "closed" => closed = true,
             "keyed" => keyed = true,
             "multi-thread" => multi_thread = true,
-            "busy-poll" => busy_poll = true,
+            "busy-poll" => busy_poll = Some(BUSY_POLL),
             other => {
                 return Err(format!(
                     "unknown option {other}: metrics, closed, keyed, multi-thread, busy-poll, \
-                     in-flight=N, batch=N, workers=N, window=N, handlers=N, backlog=N, yield=N or \
-                     payload=N"
+                     busy-poll=MICROS, in-flight=N, batch=N, workers=N, window=N, handlers=N, \
+                     backlog=N, yield=N or payload=N"
                 )
                 .into());
             }
@@ -193,7 +200,8 @@ fn main() -> Result<()> {
     }
     let in_flight = if closed { 1 } else { in_flight.max(1) };
     // Records per-message metrics without serving them when asked (`metrics`); polls for
-    // input for a millisecond after each activity when asked (`busy-poll`).
+    // input for a millisecond after each activity when asked (`busy-poll`, or as long as
+    // `busy-poll=N` says).
     let with_metrics = move |builder: shoal::NodeBuilder| {
         let builder = match window {
             Some(max) => builder.max_in_flight_per_peer(max),
@@ -207,10 +215,9 @@ fn main() -> Result<()> {
             Some(max) => builder.max_background_publishes(max),
             None => builder,
         };
-        let builder = if busy_poll {
-            builder.busy_poll(BUSY_POLL)
-        } else {
-            builder
+        let builder = match busy_poll {
+            Some(window) => builder.busy_poll(window),
+            None => builder,
         };
         if metrics {
             builder.metrics(shoal::MetricsConfig::record())

@@ -324,7 +324,7 @@ impl<H: Clone> Engine<H> {
             return Transmit::default();
         }
         let deliveries = &self.out.deliveries;
-        let before = buf.len();
+        let (before, items) = (buf.len(), c.queued_items());
         let written = c.transmit(buf, max_bytes, &self.config.limits, |owner| {
             deliveries
                 .get(owner.delivery)
@@ -333,6 +333,8 @@ impl<H: Clone> Engine<H> {
         if buf.len() > before {
             c.last_write = Some(now);
             self.stats.writes += 1;
+            // Items taken (a stale one among them is rare): two or more are a batch.
+            self.batched |= items.saturating_sub(c.queued_items()) > 1;
         }
         if c.full_at().is_some() {
             self.queue_drained(conn, now); // backpressure.rs

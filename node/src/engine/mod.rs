@@ -165,6 +165,9 @@ pub(crate) struct Engine<H> {
     told_deadline: Option<Instant>,
     /// A new deadline is earlier than the one the driver knows.
     timer_moved: bool,
+    /// A frame read or written since the driver last asked held two or more messages
+    /// ([`Engine::take_batched`]).
+    batched: bool,
     /// The authorization policy, with what it can refuse worked out once ([`authz`]).
     guard: authz::Guard,
     /// Whether idle connections are being looked for (see [`lazy`]).
@@ -204,6 +207,7 @@ impl<H: Clone> Engine<H> {
             dead_letters: VecDeque::new(),
             told_deadline: None,
             timer_moved: false,
+            batched: false,
             guard,
             idle: lazy::IdleSweep::default(),
             reasks: reask::Reasks::default(),
@@ -256,6 +260,14 @@ impl<H: Clone> Engine<H> {
     /// since: the driver's timer must be moved.
     pub(crate) fn timer_moved(&mut self) -> bool {
         std::mem::take(&mut self.timer_moved)
+    }
+
+    /// Whether a frame read or written since the last call held two or more messages: the
+    /// node's messages travel in batches, which they do when calls wait for each other (a
+    /// node under load). The driver busy polls only then by default
+    /// (`runtime/busy_poll.rs`).
+    pub(crate) fn take_batched(&mut self) -> bool {
+        std::mem::take(&mut self.batched)
     }
 
     /// The instant the engine next wants [`Engine::handle_timeout`] called at.

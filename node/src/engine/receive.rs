@@ -143,6 +143,7 @@ impl<H: Clone> Engine<H> {
             items,
         } = run;
         let count = items.len();
+        self.batched |= count > 1;
         let reliable = head.reliable;
         let refuse = |engine: &mut Self, retryable, code, reason: String| {
             if reliable {

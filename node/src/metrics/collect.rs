@@ -131,7 +131,7 @@ impl Collector for NodeCollector {
         counter(
             &mut encoder,
             "shoal_busy_poll_seconds",
-            "Time the node's runtime spent busy polling for input (NodeBuilder::busy_poll).",
+            "Time the node's runtime spent busy polling for input (NodeBuilder::busy_poll, and under load by default).",
             stats.busy_poll_time.as_secs_f64(),
         )?;
         let gauges = [

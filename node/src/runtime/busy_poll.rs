@@ -1,5 +1,6 @@
 //! Busy polling: the node's runtime thread keeps looking for network input for a while after
-//! each message instead of going to sleep ([`crate::NodeBuilder::busy_poll`]).
+//! each message instead of going to sleep ([`crate::NodeBuilder::busy_poll`], and by default
+//! while the node is under load: [`crate::NodeBuilder::busy_poll_under_load`]).
 //!
 //! A thread that waits for a packet sleeps in `epoll_wait`; the packet's arrival wakes it. On
 //! a machine with idle cores, and on virtual machines above all, that wake-up is most of a
@@ -15,6 +16,14 @@
 //! extends the polling to one window after it; a window without any ends it, and the task
 //! waits again, so an idle node costs nothing.
 //!
+//! **Under load only** ([`BusyPolling::UnderLoad`], the default): polling starts only after
+//! an activity that moved messages in batches (a frame read or written here held two or more,
+//! which happens when calls wait for each other: [`crate::engine::Engine::take_batched`]). A
+//! node sending or receiving one message at a time never polls; a loaded one polls through
+//! the short gaps between its batches, where sleeping made its virtual CPU halt: on a VM whose
+//! host is busy, a halted CPU is given to another guest and comes back late (the "steal" the
+//! benchmarks print), and every batch after such a gap waited for it.
+//!
 //! The window is measured with the real clock, not the node's ([`super::Driver::now`]): it
 //! bounds real CPU time, and a test that pauses tokio's clock must still see the poller stop
 //! (a runtime that is never idle would never advance a paused clock).
@@ -25,13 +34,46 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// When a node busy polls, and for how long after each activity (a zero window: never).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BusyPolling {
+    /// After activity that moved messages in batches, for the window after each activity.
+    UnderLoad(Duration),
+    /// After every activity, for the window after it.
+    Always(Duration),
+}
+
+impl BusyPolling {
+    /// The default: under load, for [`UNDER_LOAD_WINDOW`].
+    pub(crate) const DEFAULT: Self = Self::UnderLoad(UNDER_LOAD_WINDOW);
+
+    /// The poller this asks for, if any (a zero window is none).
+    pub(crate) fn poller(self) -> Option<BusyPoll> {
+        match self {
+            Self::UnderLoad(window) | Self::Always(window) if window.is_zero() => None,
+            Self::UnderLoad(window) => Some(BusyPoll::new(window, true)),
+            Self::Always(window) => Some(BusyPoll::new(window, false)),
+        }
+    }
+}
+
+/// How long a node under load polls after each activity by default: longer than the gaps
+/// between the batches of a loaded connection (a few to some tens of µs here), short enough
+/// that a node whose load stops wastes little.
+pub(crate) const UNDER_LOAD_WINDOW: Duration = Duration::from_micros(20);
+
 /// The busy poller's shared state: what the node's calls touch, and what the poller reads.
 #[derive(Debug)]
 pub(crate) struct BusyPoll {
     /// How long polling goes on after the last activity.
     window: Duration,
+    /// Whether only batched activity starts polling ([`BusyPolling::UnderLoad`]).
+    under_load: bool,
     /// Bumped by every call into the engine ([`BusyPoll::touch`]).
     activity: AtomicU64,
+    /// Bumped by every activity that may start polling: batched ones under load, all
+    /// otherwise. The poller waits for it to move.
+    starts: AtomicU64,
     /// Set while the poller waits for activity: the next touch wakes it.
     parked: AtomicBool,
     wake: Notify,
@@ -40,23 +82,32 @@ pub(crate) struct BusyPoll {
 }
 
 impl BusyPoll {
-    /// A poller that polls for `window` after each activity.
-    pub(crate) fn new(window: Duration) -> Self {
+    /// A poller that polls for `window` after each activity, starting only after batched
+    /// activity when `under_load`.
+    fn new(window: Duration, under_load: bool) -> Self {
         Self {
             window,
+            under_load,
             activity: AtomicU64::new(0),
+            starts: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             wake: Notify::new(),
             spent_ns: AtomicU64::new(0),
         }
     }
 
-    /// Notes activity: polling goes on (or starts again) for a window from now.
-    pub(crate) fn touch(&self) {
-        // Sequentially consistent with the poller's `parked` store and `activity` load: one
-        // of the two sees the other's write, so activity is never missed by both (on x86 the
+    /// Notes activity (`batched`: it moved messages in batches): polling goes on for a window
+    /// from now, or starts again if this activity may start it.
+    pub(crate) fn touch(&self, batched: bool) {
+        // A poller that is polling sees this and polls on.
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        if self.under_load && !batched {
+            return;
+        }
+        // Sequentially consistent with the poller's `parked` store and `starts` load: one of
+        // the two sees the other's write, so a start is never missed by both (on x86 the
         // increment is a locked instruction and the load a plain one either way).
-        self.activity.fetch_add(1, Ordering::SeqCst);
+        self.starts.fetch_add(1, Ordering::SeqCst);
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::AcqRel) {
             // Stores a permit if the poller is not waiting yet: it does not miss this.
             self.wake.notify_one();
@@ -70,12 +121,12 @@ impl BusyPoll {
 
     /// Polls after each activity, as the module docs say, until `stop` is cancelled.
     pub(crate) async fn run(&self, stop: &CancellationToken) {
-        let mut seen = self.activity.load(Ordering::Relaxed);
+        let mut started_by = self.starts.load(Ordering::Relaxed);
         loop {
             self.parked.store(true, Ordering::SeqCst);
-            // Activity between the end of the last polling and `parked` found no one to wake:
+            // A start between the end of the last polling and `parked` found no one to wake:
             // it is seen here instead.
-            if self.activity.load(Ordering::SeqCst) == seen {
+            if self.starts.load(Ordering::SeqCst) == started_by {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = stop.cancelled() => return,
@@ -83,6 +134,9 @@ impl BusyPoll {
             } else {
                 self.parked.store(false, Ordering::Release);
             }
+            // What started this polling is seen; so is what comes while it goes on.
+            started_by = self.starts.load(Ordering::Relaxed);
+            let mut seen = self.activity.load(Ordering::Relaxed);
             let started = Instant::now();
             let mut until = deadline(started, self.window);
             loop {
@@ -95,6 +149,7 @@ impl BusyPoll {
                 let activity = self.activity.load(Ordering::Relaxed);
                 if activity != seen {
                     seen = activity;
+                    started_by = self.starts.load(Ordering::Relaxed);
                     until = deadline(now, self.window);
                 } else if until.is_some_and(|until| now >= until) {
                     break;

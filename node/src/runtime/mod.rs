@@ -30,6 +30,8 @@ mod multicast;
 pub(crate) mod op;
 mod wakeups;
 
+pub(crate) use busy_poll::BusyPolling;
+
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -176,8 +178,7 @@ impl Driver {
         tls: crate::tls::LiveTls,
     ) -> Arc<Self> {
         let accept_limits = crate::transport::limits::AcceptLimits::new(&config);
-        let busy_poll =
-            (!config.busy_poll.is_zero()).then(|| busy_poll::BusyPoll::new(config.busy_poll));
+        let busy_poll = config.busy_poll.poller();
         let gathers = engine.may_gather();
         let current_thread = tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::CurrentThread;
@@ -270,6 +271,8 @@ impl Driver {
     /// Acts on what the engine call just made left to do, if anything (`clock`: the call's
     /// time), once `state` is unlocked.
     fn after_call(self: &Arc<Self>, mut state: MutexGuard<'_, State>, clock: &mut LazyNow) {
+        // Asked on every call, so that it says what this call did.
+        let batched = state.engine.take_batched();
         // Nothing to act on (framing a write, usually): no effects to collect.
         if state.engine.is_quiet() {
             drop(state);
@@ -282,7 +285,7 @@ impl Driver {
             self.act(&mut effects);
         }
         if let Some(poller) = &self.busy_poll {
-            poller.touch();
+            poller.touch(batched);
         }
         #[cfg(feature = "testing")]
         self.tell_test_kit();

@@ -1,9 +1,11 @@
 //! When the engine says a write is best done at once ([`Engine::write_at_once`]): on a
 //! connection nothing was written to for a while, so a lone message (or an ack) leaves from the
 //! task that queued it; not on one written to a moment ago, so the writer's turn gathers what
-//! queues meanwhile.
+//! queues meanwhile. And when it says its messages travel in batches
+//! ([`Engine::take_batched`], what busy polling under load starts on).
 //!
 //! [`Engine::write_at_once`]: crate::engine::Engine::write_at_once
+//! [`Engine::take_batched`]: crate::engine::Engine::take_batched
 
 #![cfg(test)]
 
@@ -104,4 +106,59 @@ fn the_engine_is_quiet_only_when_its_driver_has_nothing_to_act_on() {
     while engine.poll_action().is_some() {}
     engine.timer_moved();
     assert!(!engine.is_quiet(), "a stopping engine");
+}
+
+/// `node` queues `count` commands to `billing` straight in its engine; their writes wait for
+/// the writer's turn (the actions are taken, not acted on).
+fn queue_commands(sim: &mut Sim, node: usize, count: usize) {
+    for n in 0..count {
+        let msg = sim.command("charge", format!("order {n}"));
+        let now = sim.now;
+        let engine = &mut sim.nodes[node].engine;
+        engine
+            .send("billing", msg, &Default::default(), now)
+            .expect("send refused");
+        while engine.poll_action().is_some() {}
+    }
+}
+
+#[test]
+fn messages_written_and_read_together_say_the_node_is_under_load_and_lone_ones_do_not() {
+    let mut sim = Sim::new(37);
+    let (shop, billing) = (sim.node("shop"), sim.node("billing"));
+    sim.handle(billing, "charge", |_| Handled::ok());
+    let (conn, _) = sim.connect(shop, billing);
+    assert!(sim.run_for(Duration::from_secs(1)));
+    for node in [shop, billing] {
+        sim.nodes[node].engine.take_batched();
+    }
+
+    // One message: written alone, read alone, acknowledged alone.
+    queue_commands(&mut sim, shop, 1);
+    writer_turn(&mut sim, shop, conn);
+    assert!(sim.run_for(Duration::from_secs(1)));
+    assert_eq!(sim.handled, 1);
+    assert!(
+        !sim.nodes[shop].engine.take_batched(),
+        "one message written"
+    );
+    assert!(
+        !sim.nodes[billing].engine.take_batched(),
+        "one message read"
+    );
+
+    // Two queued before the writer's turn: one frame of two.
+    queue_commands(&mut sim, shop, 2);
+    writer_turn(&mut sim, shop, conn);
+    assert!(
+        sim.nodes[shop].engine.take_batched(),
+        "two messages written"
+    );
+    assert!(!sim.nodes[shop].engine.take_batched(), "told once");
+    assert!(sim.run_for(Duration::from_secs(1)));
+    assert_eq!(sim.handled, 3);
+    assert!(
+        sim.nodes[billing].engine.take_batched(),
+        "two messages read"
+    );
 }
