@@ -264,12 +264,10 @@ impl NodeBuilder {
     /// `Duration::ZERO` turns busy polling off.
     ///
     /// Why by default: on a virtual machine, a thread that sleeps lets its virtual CPU halt,
-    /// and on a busy host a halted CPU is given to another guest and comes back late. Under
-    /// load that happened between every two batches: awaited `send`s went 14 % faster with
-    /// the polling (medians of 8 alternating runs, README "Busy polling"), for the same CPU
-    /// per message, and the runs where the host took a fifth to a third of the CPUs' time
-    /// away (a third as fast, before) no longer did. A node whose load stops polls for at
-    /// most one window after its last batch.
+    /// and on a busy host a halted CPU is given to another guest and comes back late; under
+    /// load that happened between every two batches. A loaded thread seldom waits, so the
+    /// polling costs little CPU per message, and a node whose load stops polls for at most
+    /// one window after its last batch (README, "Busy polling", has the figures).
     pub fn busy_poll_under_load(mut self, window: Duration) -> Self {
         self.config.busy_poll = crate::runtime::BusyPolling::UnderLoad(window);
         self
