@@ -257,17 +257,19 @@ impl NodeBuilder {
     }
 
     /// Busy polling under load only (the default, with a window of 20 µs): as
-    /// [`NodeBuilder::busy_poll`], but polling starts only after a frame this node read or
-    /// wrote held two or more messages. Messages travel together when calls wait for each
-    /// other, so a node sending or receiving one message at a time never polls, and a loaded
-    /// one polls through the short gaps between its batches instead of sleeping in each.
-    /// `Duration::ZERO` turns busy polling off.
+    /// [`NodeBuilder::busy_poll`], but polling starts only after a frame this node read held
+    /// two or more messages or a write took two or more. Messages travel together when calls
+    /// wait for each other, so a node sending or receiving one message at a time does not
+    /// poll, and a loaded one polls through the short gaps between its batches instead of
+    /// sleeping in each. Once started, it goes on while any activity follows within the
+    /// window. Events carried by a multicast channel do not start it. `Duration::ZERO` turns
+    /// busy polling off.
     ///
     /// Why by default: on a virtual machine, a thread that sleeps lets its virtual CPU halt,
     /// and on a busy host a halted CPU is given to another guest and comes back late; under
     /// load that happened between every two batches. A loaded thread seldom waits, so the
-    /// polling costs little CPU per message, and a node whose load stops polls for at most
-    /// one window after its last batch (README, "Busy polling", has the figures).
+    /// polling costs little CPU per message, and a node whose load stops polls for one
+    /// window after its last activity (README, "Busy polling", has the figures).
     pub fn busy_poll_under_load(mut self, window: Duration) -> Self {
         self.config.busy_poll = crate::runtime::BusyPolling::UnderLoad(window);
         self

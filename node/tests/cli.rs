@@ -435,6 +435,28 @@ fn busy_poll_reaches_the_node_and_serve_says_how_long_it_polled() {
     );
 }
 
+/// The default busy polling's window from the command line: a lone request never starts it
+/// (one message at a time), and `serve` says so; with `--busy-poll` it is a usage error.
+#[cfg(unix)]
+#[test]
+fn busy_poll_under_load_reaches_the_node_and_a_lone_request_does_not_start_it() {
+    let (_dir, ca) = mesh("busy-poll-under-load");
+    let mut server = Server::start_with(&ca, "echo", &["--busy-poll-under-load", "2ms"]);
+    let peer = server.peer();
+    let out = echo_request(&ca, &peer, "lone", &[]);
+    assert!(out.status.success(), "request failed: {}", out.stderr);
+    assert_eq!(out.stdout, "lone\n");
+    server.signal("TERM");
+    server.next_line_with("stats ", Duration::from_secs(10));
+    let line = server.next_line_with("busy-poll ", Duration::from_secs(10));
+    assert_eq!(line, "busy-poll under-load window=2ms polled=0.000000s");
+
+    let both = ["--busy-poll", "1ms", "--busy-poll-under-load", "1ms"];
+    let out = echo_request(&ca, &peer, "both", &both);
+    assert_eq!(out.status.code(), Some(2), "{}", out.stdout);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+}
+
 #[test]
 fn errors_exit_with_code_one() {
     let dir = TempDir::new("errors");

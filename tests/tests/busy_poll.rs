@@ -97,8 +97,9 @@ async fn polling_stops_with_the_node() {
 }
 
 /// By default a node polls once its messages travel in batches: a batch of events (one frame
-/// of many messages to each subscriber) makes its publisher and a subscriber poll, and a
-/// subscriber built with a zero window never does.
+/// of many messages to each subscriber) makes its publisher (default) and a subscriber
+/// (`busy_poll_under_load` with a window of its own) poll, and a subscriber built with a zero
+/// window never does, up to and including its shutdown (which ends and counts any polling).
 #[tokio::test]
 async fn a_batch_makes_nodes_poll_by_default_and_a_zero_window_never_polls() {
     const TOPIC: &str = "orders.placed";
@@ -107,7 +108,13 @@ async fn a_batch_makes_nodes_poll_by_default_and_a_zero_window_never_polls() {
     let quiet = mesh
         .start_with(mesh.builder("audit").busy_poll(Duration::ZERO), &[])
         .await;
-    let billing = mesh.start("billing", &[]).await;
+    let billing = mesh
+        .start_with(
+            mesh.builder("billing")
+                .busy_poll_under_load(Duration::from_micros(50)),
+            &[],
+        )
+        .await;
     let (handled, mut handled_rx) = tokio::sync::mpsc::unbounded_channel();
     for node in [&quiet, &billing] {
         let handled = handled.clone();
@@ -138,8 +145,8 @@ async fn a_batch_makes_nodes_poll_by_default_and_a_zero_window_never_polls() {
     }
     polled(&shop).await;
     polled(&billing).await;
-    assert_eq!(quiet.stats().busy_poll_time, Duration::ZERO);
-    for node in [shop, billing, quiet] {
-        node.shutdown().await;
+    for node in [&shop, &billing, &quiet] {
+        timeout(WAIT, node.shutdown()).await.expect("shutdown hung");
     }
+    assert_eq!(quiet.stats().busy_poll_time, Duration::ZERO);
 }

@@ -165,8 +165,8 @@ pub(crate) struct Engine<H> {
     told_deadline: Option<Instant>,
     /// A new deadline is earlier than the one the driver knows.
     timer_moved: bool,
-    /// A frame read or written since the driver last asked held two or more messages
-    /// ([`Engine::take_batched`]).
+    /// A frame read held two or more messages, or a write took two or more, since the driver
+    /// last asked ([`Engine::take_batched`]).
     batched: bool,
     /// The authorization policy, with what it can refuse worked out once ([`authz`]).
     guard: authz::Guard,
@@ -262,9 +262,9 @@ impl<H: Clone> Engine<H> {
         std::mem::take(&mut self.timer_moved)
     }
 
-    /// Whether a frame read or written since the last call held two or more messages: the
-    /// node's messages travel in batches, which they do when calls wait for each other (a
-    /// node under load). The driver busy polls only then by default
+    /// Whether, since the last call, a frame read held two or more messages or a write took
+    /// two or more: the node's messages travel in batches, which they do when calls wait for
+    /// each other (a node under load). The driver busy polls only then by default
     /// (`runtime/busy_poll.rs`).
     pub(crate) fn take_batched(&mut self) -> bool {
         std::mem::take(&mut self.batched)

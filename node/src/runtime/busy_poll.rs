@@ -17,12 +17,14 @@
 //! waits again, so an idle node costs nothing.
 //!
 //! **Under load only** ([`BusyPolling::UnderLoad`], the default): polling starts only after
-//! an activity that moved messages in batches (a frame read or written here held two or more,
-//! which happens when calls wait for each other: [`crate::engine::Engine::take_batched`]). A
-//! node sending or receiving one message at a time never polls; a loaded one polls through
-//! the short gaps between its batches, where sleeping made its virtual CPU halt: on a VM whose
-//! host is busy, a halted CPU is given to another guest and comes back late (the "steal" the
-//! benchmarks print), and every batch after such a gap waited for it.
+//! an activity that moved messages in batches (a frame read here held two or more, or a write
+//! took two or more, which happens when calls wait for each other:
+//! [`crate::engine::Engine::take_batched`]); once started, any activity extends it as above.
+//! A node sending or receiving one message at a time does not poll; a loaded one polls
+//! through the short gaps between its batches, where sleeping made its virtual CPU halt: on
+//! a VM whose host is busy, a halted CPU is given to another guest and comes back late (the
+//! "steal" the benchmarks print), and every batch after such a gap waited for it. Multicast
+//! datagrams do not count as batches (the engine's channel code does not set the flag).
 //!
 //! The window is measured with the real clock, not the node's ([`super::Driver::now`]): it
 //! bounds real CPU time, and a test that pauses tokio's clock must still see the poller stop
@@ -57,9 +59,9 @@ impl BusyPolling {
     }
 }
 
-/// How long a node under load polls after each activity by default: longer than the gaps
-/// between the batches of a loaded connection (a few to some tens of µs here), short enough
-/// that a node whose load stops wastes little.
+/// How long a node under load polls after each activity by default: enough to bridge the
+/// gaps between a loaded connection's batches here (20 µs did as well as 50 µs and 1 ms in
+/// `fixed-load send`), short enough that a node whose load stops wastes little.
 pub(crate) const UNDER_LOAD_WINDOW: Duration = Duration::from_micros(20);
 
 /// The busy poller's shared state: what the node's calls touch, and what the poller reads.

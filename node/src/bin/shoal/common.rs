@@ -67,10 +67,16 @@ pub(crate) struct NodeArgs {
     /// Poll for network input this long after each message instead of sleeping (e.g.
     /// `1ms`, `500us`): round trips without thread wake-ups, for a core kept busy while it
     /// polls. Both ends of a hop have to poll (README, "Busy polling"). `0s` turns busy
-    /// polling off, also the default polling under load [default: 20us after each message
-    /// once messages travel in batches].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// polling off, also the default polling under load [default: off; see
+    /// --busy-poll-under-load].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          conflicts_with = "busy_poll_under_load")]
     pub(crate) busy_poll: Option<Duration>,
+    /// Poll for network input this long after each message only once messages travel in
+    /// batches (a frame read held two or more, or a write took two or more); one message at
+    /// a time never polls. `0s` turns it off [default: 20us].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) busy_poll_under_load: Option<Duration>,
 }
 
 impl NodeArgs {
@@ -109,6 +115,9 @@ impl NodeArgs {
         }
         if let Some(window) = self.busy_poll {
             builder = builder.busy_poll(window);
+        }
+        if let Some(window) = self.busy_poll_under_load {
+            builder = builder.busy_poll_under_load(window);
         }
         for ca in trust {
             builder = builder.trust(ca);

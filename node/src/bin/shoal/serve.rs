@@ -12,7 +12,8 @@
 //! - `refused <peer id>: not authorized: ...` when the `--policy` refuses a peer's message or
 //!   subscription;
 //! - `stopping (<signal>)`, then `stats acked=… connections=…` after the graceful shutdown
-//!   (and `busy-poll window=1ms polled=0.012345s` with `--busy-poll`, how long the node
+//!   (and `busy-poll window=1ms polled=0.012345s` with `--busy-poll`, or `busy-poll
+//!   under-load window=20us polled=…` with `--busy-poll-under-load`, how long the node
 //!   polled, then `multicast sent=… rekeys=…` with `--multicast`);
 //! - the lines of certificate reloads (see `reload.rs`): a running `shoal serve` follows its
 //!   certificate, key, CA and revocation list files.
@@ -190,6 +191,13 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
     if let Some(window) = args.node.busy_poll {
         say!(
             "busy-poll window={} polled={:.6}s",
+            humantime::format_duration(window),
+            s.busy_poll_time.as_secs_f64()
+        );
+    }
+    if let Some(window) = args.node.busy_poll_under_load {
+        say!(
+            "busy-poll under-load window={} polled={:.6}s",
             humantime::format_duration(window),
             s.busy_poll_time.as_secs_f64()
         );
