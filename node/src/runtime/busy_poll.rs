@@ -71,10 +71,11 @@ pub(crate) struct BusyPoll {
     window: Duration,
     /// Whether only batched activity starts polling ([`BusyPolling::UnderLoad`]).
     under_load: bool,
-    /// Bumped by every call into the engine ([`BusyPoll::touch`]).
+    /// Bumped by every call into the engine that cannot start polling (unbatched ones, under
+    /// load): it only extends polling that goes on ([`BusyPoll::touch`]).
     activity: AtomicU64,
-    /// Bumped by every activity that may start polling: batched ones under load, all
-    /// otherwise. The poller waits for it to move.
+    /// Bumped by every call into the engine that may start polling: batched ones under load,
+    /// all otherwise. The poller waits for it to move; polling goes on while either moves.
     starts: AtomicU64,
     /// Set while the poller waits for activity: the next touch wakes it.
     parked: AtomicBool,
@@ -101,9 +102,9 @@ impl BusyPoll {
     /// Notes activity (`batched`: it moved messages in batches): polling goes on for a window
     /// from now, or starts again if this activity may start it.
     pub(crate) fn touch(&self, batched: bool) {
-        // A poller that is polling sees this and polls on.
-        self.activity.fetch_add(1, Ordering::Relaxed);
         if self.under_load && !batched {
+            // A poller that is polling sees this and polls on; one that waits does not wake.
+            self.activity.fetch_add(1, Ordering::Relaxed);
             return;
         }
         // Sequentially consistent with the poller's `parked` store and `starts` load: one of
@@ -114,6 +115,14 @@ impl BusyPoll {
             // Stores a permit if the poller is not waiting yet: it does not miss this.
             self.wake.notify_one();
         }
+    }
+
+    /// Both counters of activity (see [`BusyPoll::touch`]): polling goes on while they move.
+    fn seen(&self) -> (u64, u64) {
+        (
+            self.activity.load(Ordering::Relaxed),
+            self.starts.load(Ordering::Relaxed),
+        )
     }
 
     /// Time spent polling so far.
@@ -137,8 +146,8 @@ impl BusyPoll {
                 self.parked.store(false, Ordering::Release);
             }
             // What started this polling is seen; so is what comes while it goes on.
-            started_by = self.starts.load(Ordering::Relaxed);
-            let mut seen = self.activity.load(Ordering::Relaxed);
+            let mut seen = self.seen();
+            started_by = seen.1;
             let started = Instant::now();
             let mut until = deadline(started, self.window);
             loop {
@@ -148,10 +157,10 @@ impl BusyPoll {
                     break;
                 }
                 let now = Instant::now();
-                let activity = self.activity.load(Ordering::Relaxed);
+                let activity = self.seen();
                 if activity != seen {
                     seen = activity;
-                    started_by = self.starts.load(Ordering::Relaxed);
+                    started_by = seen.1;
                     until = deadline(now, self.window);
                 } else if until.is_some_and(|until| now >= until) {
                     break;

@@ -188,16 +188,15 @@ pub(crate) async fn run(args: ServeArgs) -> CliResult {
         s.unauthorized_events,
         s.unauthorized_subscriptions,
     );
-    if let Some(window) = args.node.busy_poll {
+    // The two flags cannot both be given.
+    let polling = match (args.node.busy_poll, args.node.busy_poll_under_load) {
+        (Some(window), _) => Some(("", window)),
+        (None, Some(window)) => Some(("under-load ", window)),
+        (None, None) => None,
+    };
+    if let Some((mode, window)) = polling {
         say!(
-            "busy-poll window={} polled={:.6}s",
-            humantime::format_duration(window),
-            s.busy_poll_time.as_secs_f64()
-        );
-    }
-    if let Some(window) = args.node.busy_poll_under_load {
-        say!(
-            "busy-poll under-load window={} polled={:.6}s",
+            "busy-poll {mode}window={} polled={:.6}s",
             humantime::format_duration(window),
             s.busy_poll_time.as_secs_f64()
         );
